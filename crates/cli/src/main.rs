@@ -1,0 +1,396 @@
+//! `embassy`: the Data Embassy command line. Commands are thin wrappers over the libraries.
+//!
+//! Exit codes: 0 success; 1 failure (the message says why and what to do); 2 bad usage;
+//! 3 integrity problem found (damaged or tampered vault).
+
+mod output;
+mod secrets;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use embassy_core::config::VaultConfig;
+use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keys::RootSecret;
+use embassy_core::manifest::VersionKind;
+use embassy_core::reader::VersionReader;
+use embassy_core::site::Site;
+use embassy_core::vault::Vault;
+use embassy_core::{verify, Error, Result};
+use embassy_sources::{files, stream};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "embassy",
+    version,
+    about = "Data Embassy: keep a state's strategic datasets alive when home is lost."
+)]
+struct Cli {
+    /// Where the vault is: a folder path (also EMBASSY_SITE).
+    #[arg(long, short = 's', env = "EMBASSY_SITE", global = true)]
+    site: Option<String>,
+    /// The vault's key file (also EMBASSY_KEY_FILE); default ~/.config/data-embassy/keys/<vault-id>.key.
+    #[arg(long, env = "EMBASSY_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
+    /// Read the passphrase from this file (else EMBASSY_PASSPHRASE, else a prompt on a terminal).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a vault at the site and a passphrase-protected key file.
+    Init,
+    /// Store a new version of a dataset: a file tree, standard input, or a command's output.
+    Backup {
+        /// Dataset name (a-z, 0-9, '.', '_', '-').
+        dataset: String,
+        /// Files or folders to store (one folder becomes the version's root).
+        paths: Vec<PathBuf>,
+        /// Store standard input as a stream.
+        #[arg(long, conflicts_with_all = ["paths", "command"])]
+        stdin: bool,
+        /// Run this shell command and store its output; no version is kept if it fails.
+        #[arg(long, conflicts_with = "paths")]
+        command: Option<String>,
+    },
+    /// List the versions of one dataset, or of all.
+    Versions {
+        /// Dataset name; all datasets when omitted.
+        dataset: Option<String>,
+    },
+    /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
+    Restore {
+        /// What to restore.
+        target: String,
+        /// Folder to restore a tree into; for a stream, a file (or `-` / omitted for stdout).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Restore only this path inside the version.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Allow restoring into a folder that is not empty.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Check the vault without keys; with --deep, also decrypt and check every chunk.
+    Verify {
+        /// Also decrypt and check every chunk (needs the key).
+        #[arg(long)]
+        deep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if cli.json {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity()})
+                );
+            }
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(if e.is_integrity() { 3 } else { 1 })
+        }
+    }
+}
+
+fn open_site(cli: &Cli) -> Result<Arc<dyn Site>> {
+    let location = cli
+        .site
+        .as_deref()
+        .ok_or_else(|| Error::invalid("no site given: pass --site PATH or set EMBASSY_SITE"))?;
+    Ok(embassy_sites::open(location)?)
+}
+
+fn print_json(value: serde_json::Value) -> Result<()> {
+    writeln!(std::io::stdout(), "{value}").map_err(|e| Error::io("writing to stdout", e))
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    let show_progress = !cli.quiet && !cli.json;
+    match &cli.command {
+        Command::Init => init(cli),
+        Command::Backup {
+            dataset,
+            paths,
+            stdin,
+            command,
+        } => {
+            let vault = Vault::open(open_site(cli)?)?;
+            let keyring = secrets::unlock(
+                vault.config(),
+                cli.key_file.as_deref(),
+                cli.passphrase_file.as_deref(),
+            )?;
+            let bar = output::Bar::new(show_progress);
+            let (version, warnings) = if *stdin {
+                let v = stream::backup_reader(
+                    &vault,
+                    &keyring,
+                    dataset,
+                    std::io::stdin().lock(),
+                    "stdin",
+                    &bar,
+                )?;
+                (v, Vec::new())
+            } else if let Some(command) = command {
+                (
+                    stream::backup_command(&vault, &keyring, dataset, command, &bar)?,
+                    Vec::new(),
+                )
+            } else if paths.is_empty() {
+                return Err(Error::invalid(
+                    "nothing to back up: give PATHs, --stdin or --command CMD",
+                ));
+            } else {
+                let b = files::backup(&vault, &keyring, dataset, paths, &bar)?;
+                (b.version, b.warnings)
+            };
+            bar.finish();
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            if cli.json {
+                let mut value = output::version_json(&version);
+                value["warnings"] = json!(warnings);
+                print_json(value)?;
+            } else {
+                println!(
+                    "{} version {} stored: {} files, {} ({} read, {} new stored), id {}",
+                    version.dataset,
+                    version.seq,
+                    version.stats.files,
+                    output::size(version.stats.bytes),
+                    output::size(version.stats.bytes_read),
+                    output::size(version.stats.new_bytes_stored),
+                    version.manifest.short()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Versions { dataset } => {
+            let vault = Vault::open(open_site(cli)?)?;
+            let names = match dataset {
+                Some(d) => vec![d.clone()],
+                None => vault.datasets()?,
+            };
+            let mut all = Vec::new();
+            for name in &names {
+                all.extend(vault.versions(name)?);
+            }
+            if cli.json {
+                print_json(json!(all
+                    .iter()
+                    .map(output::version_json)
+                    .collect::<Vec<_>>()))?;
+            } else if all.is_empty() {
+                println!("no versions yet");
+            } else {
+                print!("{}", output::version_rows(&all));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            target,
+            to,
+            path,
+            overwrite,
+        } => {
+            let (dataset, selector) = match target.split_once('@') {
+                Some((d, v)) => (d, Some(v)),
+                None => (target.as_str(), None),
+            };
+            let vault = Vault::open(open_site(cli)?)?;
+            let version = vault.find_version(dataset, selector)?;
+            let keyring = secrets::unlock(
+                vault.config(),
+                cli.key_file.as_deref(),
+                cli.passphrase_file.as_deref(),
+            )?;
+            let reader =
+                VersionReader::open(vault.site().clone(), keyring.dataset(dataset)?, &version)?;
+            let bar = output::Bar::new(show_progress);
+            match (version.kind, to.as_deref().filter(|p| *p != Path::new("-"))) {
+                (VersionKind::Stream, None) => {
+                    let mut out = std::io::stdout().lock();
+                    stream::restore_to(&reader, &mut out, &bar)?;
+                }
+                (VersionKind::Stream, Some(file)) => {
+                    let mut out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(!overwrite)
+                        .create(true)
+                        .truncate(true)
+                        .open(file)
+                        .map_err(|e| {
+                            Error::io(
+                                format!(
+                                    "creating {} (pass --overwrite to replace it)",
+                                    file.display()
+                                ),
+                                e,
+                            )
+                        })?;
+                    let n = stream::restore_to(&reader, &mut out, &bar)?;
+                    out.sync_all()
+                        .map_err(|e| Error::io(format!("syncing {}", file.display()), e))?;
+                    report_restore(cli, &version, json!({"bytes": n, "to": file}))?;
+                }
+                (VersionKind::Tree, None) => {
+                    return Err(Error::invalid("restoring a file tree needs --to DIR"));
+                }
+                (VersionKind::Tree, Some(dir)) => {
+                    let options = files::RestoreOptions {
+                        subpath: path.clone(),
+                        overwrite: *overwrite,
+                    };
+                    let stats = files::restore(&reader, dir, &options, &bar)?;
+                    bar.finish();
+                    report_restore(
+                        cli,
+                        &version,
+                        json!({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes, "to": dir}),
+                    )?;
+                }
+            }
+            bar.finish();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { deep } => {
+            let vault = Vault::open(open_site(cli)?)?;
+            let keyring = if *deep {
+                Some(secrets::unlock(
+                    vault.config(),
+                    cli.key_file.as_deref(),
+                    cli.passphrase_file.as_deref(),
+                )?)
+            } else {
+                None
+            };
+            let bar = output::Bar::new(show_progress);
+            let report = verify::verify(&vault, keyring.as_ref(), &bar)?;
+            bar.finish();
+            if cli.json {
+                let mut value =
+                    serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
+                value["ok"] = json!(report.is_ok());
+                value["deep"] = json!(deep);
+                print_json(value)?;
+            } else {
+                println!(
+                    "checked {} objects ({}){}",
+                    report.objects_checked,
+                    output::size(report.bytes_checked),
+                    if *deep {
+                        format!(", {} chunks decrypted", report.blobs_checked)
+                    } else {
+                        String::new()
+                    }
+                );
+                for d in &report.datasets {
+                    println!(
+                        "dataset {}: {} ledger entries, head {}, {} versions complete",
+                        d.name,
+                        d.entries,
+                        d.head.as_deref().map_or("-", |h| &h[..16]),
+                        d.versions_complete
+                    );
+                }
+                if !report.unreferenced.is_empty() {
+                    println!(
+                        "{} objects are not referenced by any version (left by interrupted backups; reused by the next backup)",
+                        report.unreferenced.len()
+                    );
+                }
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                if report.is_ok() {
+                    println!("vault OK");
+                } else {
+                    println!("{} problems found: repair this site from another site, or restore an older version", report.problems.len());
+                }
+            }
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+fn report_restore(
+    cli: &Cli,
+    version: &embassy_core::vault::Version,
+    mut detail: serde_json::Value,
+) -> Result<()> {
+    if cli.json {
+        detail["version"] = output::version_json(version);
+        print_json(detail)
+    } else {
+        eprintln!(
+            "restored {} version {} ({})",
+            version.dataset, version.seq, detail
+        );
+        Ok(())
+    }
+}
+
+fn init(cli: &Cli) -> Result<ExitCode> {
+    let site = open_site(cli)?;
+    if let Some(existing) = VaultConfig::try_load(site.as_ref())? {
+        return Err(Error::VaultExists {
+            site: site.location().to_string(),
+            vault_id: existing.vault_id,
+        });
+    }
+    let root = RootSecret::generate();
+    let config = VaultConfig::new(&root);
+    let key_path = secrets::key_path(cli.key_file.as_deref(), &config.vault_id)?;
+    if key_path.exists() {
+        return Err(Error::invalid(format!(
+            "key file {} already exists; choose another --key-file (existing keys are never overwritten)",
+            key_path.display()
+        )));
+    }
+    let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
+    // Key file first: a vault must never exist without a way to open it.
+    KeyFile::seal(&root, &config.vault_id, pass.as_bytes(), KdfParams::DEFAULT)?
+        .store(&key_path)?;
+    if let Err(e) = config.create(site.as_ref(), &root) {
+        let _ = std::fs::remove_file(&key_path);
+        return Err(e);
+    }
+    if cli.json {
+        print_json(
+            json!({"ok": true, "vault_id": config.vault_id, "site": site.location(), "key_file": key_path}),
+        )?;
+    } else {
+        println!("created vault {} at {}", config.vault_id, site.location());
+        println!("key file: {} (keep a copy somewhere safe: without it and the passphrase, the data cannot be read)", key_path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

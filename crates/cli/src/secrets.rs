@@ -1,0 +1,93 @@
+//! Passphrases and key files for the CLI.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use embassy_core::config::VaultConfig;
+use embassy_core::keyfile::{default_key_path, KeyFile};
+use embassy_core::keys::RootSecret;
+use embassy_core::vault::Keyring;
+use embassy_core::{Error, Result};
+use zeroize::Zeroizing;
+
+/// Where the passphrase comes from, in order: `--passphrase-file`, `EMBASSY_PASSPHRASE`, a
+/// prompt when stdin is a terminal. Never prompts otherwise.
+pub fn passphrase(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
+    if let Some(path) = file {
+        let text =
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                Error::io(format!("reading passphrase file {}", path.display()), e)
+            })?);
+        let trimmed = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
+        if trimmed.is_empty() {
+            return Err(Error::invalid(format!(
+                "passphrase file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(trimmed);
+    }
+    if let Ok(value) = std::env::var("EMBASSY_PASSPHRASE") {
+        if value.is_empty() {
+            return Err(Error::invalid("EMBASSY_PASSPHRASE is set but empty"));
+        }
+        return Ok(Zeroizing::new(value));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::invalid(
+            "no passphrase given and standard input is not a terminal: set EMBASSY_PASSPHRASE or pass --passphrase-file FILE",
+        ));
+    }
+    let first = Zeroizing::new(
+        rpassword::prompt_password("Vault passphrase: ")
+            .map_err(|e| Error::io("reading the passphrase", e))?,
+    );
+    if confirm {
+        let second = Zeroizing::new(
+            rpassword::prompt_password("Repeat passphrase: ")
+                .map_err(|e| Error::io("reading the passphrase", e))?,
+        );
+        if first.as_bytes() != second.as_bytes() {
+            return Err(Error::invalid(
+                "the two passphrases differ; nothing was created",
+            ));
+        }
+    }
+    if first.is_empty() {
+        return Err(Error::invalid("the passphrase is empty"));
+    }
+    Ok(first)
+}
+
+/// The key file to use for a vault: the one given, or the default location.
+pub fn key_path(given: Option<&Path>, vault_id: &str) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => default_key_path(vault_id).ok_or_else(|| {
+            Error::invalid(
+                "no key file given and no home directory to look in: pass --key-file FILE",
+            )
+        }),
+    }
+}
+
+/// Opens the vault's keys with the passphrase.
+pub fn unlock(
+    config: &VaultConfig,
+    key_file: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> Result<Keyring> {
+    let path = key_path(key_file, &config.vault_id)?;
+    let file = KeyFile::load(&path)?;
+    if file.vault_id != config.vault_id {
+        return Err(Error::WrongKey(format!(
+            "key file {} belongs to vault {}, but the site holds vault {}",
+            path.display(),
+            file.vault_id,
+            config.vault_id
+        )));
+    }
+    let pass = passphrase(passphrase_file, false)?;
+    let root: RootSecret = file.open(pass.as_bytes(), &path)?;
+    Keyring::from_root(root, config)
+}

@@ -1,0 +1,216 @@
+//! The vault configuration: identity, pinned public keys and format parameters. Stored as JSON
+//! at `config`, with the root key's Ed25519 signature over its exact bytes at `config.sig`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::{self, RootSecret};
+use crate::layout;
+use crate::site::{Put, Site, SiteError};
+
+const FORMAT: &str = "data-embassy-vault";
+const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
+
+/// Content-defined chunking parameters (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// Smallest chunk.
+    pub min: u32,
+    /// Average chunk.
+    pub avg: u32,
+    /// Largest chunk.
+    pub max: u32,
+}
+
+impl ChunkerParams {
+    /// 512 KiB / 1 MiB / 8 MiB, as restic: few enough chunks for a small index, small enough
+    /// that an edit in a large file stores little.
+    pub const DEFAULT: Self = Self {
+        min: 512 * 1024,
+        avg: 1024 * 1024,
+        max: 8 * 1024 * 1024,
+    };
+
+    fn check(&self) -> std::result::Result<(), String> {
+        use fastcdc::v2020 as cdc;
+        let ok = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&self.min)
+            && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&self.avg)
+            && (cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&self.max)
+            && self.min < self.avg
+            && self.avg < self.max;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("chunker parameters {self:?} are out of range"))
+        }
+    }
+}
+
+/// The vault configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Always `data-embassy-vault`.
+    pub format: String,
+    /// Format version; this code reads version 1.
+    pub format_version: u32,
+    /// Random vault identity (hex, 16 bytes).
+    pub vault_id: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// Ed25519 key that signs this configuration (hex).
+    pub root_public_key: String,
+    /// Ed25519 keys allowed to sign ledger entries (hex).
+    pub signers: Vec<String>,
+    /// Chunking parameters.
+    pub chunker: ChunkerParams,
+    /// Target size of a pack in bytes.
+    pub pack_target_bytes: u64,
+    /// Where the format is specified.
+    pub specification: String,
+}
+
+impl VaultConfig {
+    /// A new configuration for a vault whose root secret is `root`.
+    pub fn new(root: &RootSecret) -> Self {
+        let id = crate::crypto::random_32();
+        Self {
+            format: FORMAT.to_string(),
+            format_version: 1,
+            vault_id: hex::encode(&id[..16]),
+            created_unix: now_unix(),
+            root_public_key: hex::encode(root.root_signing_key().verifying_key().to_bytes()),
+            signers: vec![hex::encode(
+                root.writer_signing_key(0).verifying_key().to_bytes(),
+            )],
+            chunker: ChunkerParams::DEFAULT,
+            pack_target_bytes: 32 * 1024 * 1024,
+            specification: "Data Embassy docs/format.md, format version 1".to_string(),
+        }
+    }
+
+    /// Writes the configuration and its signature to an empty site.
+    pub fn create(&self, site: &dyn Site, root: &RootSecret) -> Result<()> {
+        if let Some(existing) = Self::try_load(site)? {
+            return Err(Error::VaultExists {
+                site: site.location().to_string(),
+                vault_id: existing.vault_id,
+            });
+        }
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid(format!("encoding config: {e}")))?;
+        let signature = keys::sign(&root.root_signing_key(), SIGNATURE_LABEL, &body);
+        site.put(layout::README, readme(&self.vault_id).as_bytes())?;
+        site.put(layout::CONFIG_SIGNATURE, hex::encode(signature).as_bytes())?;
+        match site.put(layout::CONFIG, &body)? {
+            Put::Created => Ok(()),
+            Put::AlreadyExisted => Err(Error::VaultExists {
+                site: site.location().to_string(),
+                vault_id: "created concurrently".into(),
+            }),
+        }
+    }
+
+    /// Loads and checks the configuration, or `None` when the site holds no vault.
+    pub fn try_load(site: &dyn Site) -> Result<Option<Self>> {
+        let body = match site.get(layout::CONFIG) {
+            Ok(body) => body,
+            Err(SiteError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let config: VaultConfig = serde_json::from_slice(&body).map_err(|e| {
+            Error::corrupt(layout::CONFIG, format!("not a vault configuration: {e}"))
+        })?;
+        if config.format != FORMAT {
+            return Err(Error::corrupt(layout::CONFIG, "not a Data Embassy vault"));
+        }
+        if config.format_version != 1 {
+            return Err(Error::invalid(format!(
+                "vault format version {} is newer than this program reads (1): upgrade embassy",
+                config.format_version
+            )));
+        }
+        config
+            .chunker
+            .check()
+            .map_err(|p| Error::corrupt(layout::CONFIG, p))?;
+        if !(1024..=1 << 30).contains(&config.pack_target_bytes) {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "pack target size out of range",
+            ));
+        }
+        let root_key = decode_key(&config.root_public_key)
+            .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))?;
+        let signature = site.get(layout::CONFIG_SIGNATURE).map_err(|e| match e {
+            SiteError::NotFound { .. } => Error::Missing {
+                path: layout::CONFIG_SIGNATURE.into(),
+                site: site.location().into(),
+                referenced_by: layout::CONFIG.into(),
+            },
+            e => e.into(),
+        })?;
+        let signature = hex::decode(signature.trim_ascii())
+            .map_err(|_| Error::corrupt(layout::CONFIG_SIGNATURE, "not hex"))?;
+        if !keys::verify_signature(&root_key, SIGNATURE_LABEL, &body, &signature) {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "the root key's signature does not match the configuration: it was altered",
+            ));
+        }
+        Ok(Some(config))
+    }
+
+    /// Loads the configuration, or says there is no vault.
+    pub fn load(site: &dyn Site) -> Result<Self> {
+        Self::try_load(site)?.ok_or_else(|| Error::NoVault {
+            site: site.location().to_string(),
+        })
+    }
+
+    /// The pinned ledger signers.
+    pub fn signer_keys(&self) -> Vec<[u8; 32]> {
+        self.signers.iter().filter_map(|s| decode_key(s)).collect()
+    }
+
+    /// Checks that `root` is this vault's root secret.
+    pub fn check_root(&self, root: &RootSecret) -> Result<()> {
+        let derived = hex::encode(root.root_signing_key().verifying_key().to_bytes());
+        if crate::crypto::ct_eq(derived.as_bytes(), self.root_public_key.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Error::WrongKey(format!(
+                "this key does not belong to vault {}: use that vault's key file",
+                self.vault_id
+            )))
+        }
+    }
+}
+
+fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    now_unix_nanos() / 1_000_000_000
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn readme(vault_id: &str) -> String {
+    format!(
+        "This folder is a Data Embassy vault ({vault_id}).\n\
+         Everything in it is encrypted and signed; a site never holds the keys.\n\
+         The format is specified in docs/format.md of Data Embassy (format version 1).\n\
+         Check it without keys: embassy verify --site <this location>\n"
+    )
+}

@@ -1,0 +1,251 @@
+//! Passphrase-protected key files: the root secret wrapped with XChaCha20-Poly1305 under a key
+//! stretched from the passphrase by Argon2id. The parameters are stored in the file, so they can
+//! be raised later without breaking old files.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::keys::RootSecret;
+
+/// File format tag.
+pub const KEY_FILE_FORMAT: &str = "data-embassy-key-v1";
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// The default: 64 MiB, 3 passes, 1 lane (OWASP's second recommended Argon2id setting).
+    pub const DEFAULT: Self = Self {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 1,
+    };
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.memory_kib < 8 * 1024 || self.memory_kib > 4 * 1024 * 1024 {
+            return Err(format!(
+                "Argon2 memory {} KiB is outside 8 MiB..4 GiB",
+                self.memory_kib
+            ));
+        }
+        if self.iterations == 0 || self.iterations > 100 {
+            return Err(format!(
+                "Argon2 iterations {} is outside 1..100",
+                self.iterations
+            ));
+        }
+        if self.parallelism == 0 || self.parallelism > 64 {
+            return Err(format!(
+                "Argon2 parallelism {} is outside 1..64",
+                self.parallelism
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The stored form of a key file (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Always [`KEY_FILE_FORMAT`].
+    pub format: String,
+    /// The vault this key belongs to (hex).
+    pub vault_id: String,
+    /// `argon2id`.
+    pub kdf: String,
+    /// Argon2id parameters.
+    pub kdf_params: KdfParams,
+    /// Argon2 salt (hex, 16 bytes).
+    pub salt: String,
+    /// `nonce || ciphertext` of the root secret (hex).
+    pub sealed_root: String,
+}
+
+fn stretch(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<Zeroizing<[u8; 32]>> {
+    params.check().map_err(Error::invalid)?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            Some(32),
+        )
+        .map_err(|e| Error::invalid(format!("Argon2 parameters: {e}")))?,
+    );
+    let mut out = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase, salt, out.as_mut())
+        .map_err(|e| Error::invalid(format!("Argon2: {e}")))?;
+    Ok(out)
+}
+
+fn aad(vault_id: &str, params: &KdfParams) -> Vec<u8> {
+    format!(
+        "{KEY_FILE_FORMAT}|{vault_id}|argon2id|{}|{}|{}",
+        params.memory_kib, params.iterations, params.parallelism
+    )
+    .into_bytes()
+}
+
+impl KeyFile {
+    /// Wraps `root` under `passphrase`.
+    pub fn seal(
+        root: &RootSecret,
+        vault_id: &str,
+        passphrase: &[u8],
+        params: KdfParams,
+    ) -> Result<Self> {
+        if passphrase.is_empty() {
+            return Err(Error::invalid(
+                "the passphrase is empty; choose a long passphrase",
+            ));
+        }
+        let salt = &crypto::random_32()[..16];
+        let kek = stretch(passphrase, salt, params)?;
+        let sealed = crypto::seal_symmetric(&kek, &aad(vault_id, &params), root.expose());
+        Ok(Self {
+            format: KEY_FILE_FORMAT.to_string(),
+            vault_id: vault_id.to_string(),
+            kdf: "argon2id".to_string(),
+            kdf_params: params,
+            salt: hex::encode(salt),
+            sealed_root: hex::encode(sealed),
+        })
+    }
+
+    /// Unwraps the root secret; `path` is only used in messages.
+    pub fn open(&self, passphrase: &[u8], path: &Path) -> Result<RootSecret> {
+        let bad = |problem: String| Error::KeyFile {
+            path: path.to_path_buf(),
+            problem,
+        };
+        if self.format != KEY_FILE_FORMAT || self.kdf != "argon2id" {
+            return Err(bad(format!(
+                "unknown format '{}' / kdf '{}': this is not a Data Embassy key file, or one from a newer version",
+                self.format, self.kdf
+            )));
+        }
+        self.kdf_params.check().map_err(bad)?;
+        let salt = hex::decode(&self.salt).map_err(|_| bad("salt is not hex".into()))?;
+        let sealed =
+            hex::decode(&self.sealed_root).map_err(|_| bad("sealed_root is not hex".into()))?;
+        let kek = stretch(passphrase, &salt, self.kdf_params)?;
+        let plain = crypto::open_symmetric(&kek, &aad(&self.vault_id, &self.kdf_params), &sealed)
+            .map_err(|_| Error::WrongPassphrase {
+            path: path.to_path_buf(),
+        })?;
+        let bytes: [u8; 32] = plain[..]
+            .try_into()
+            .map_err(|_| bad("the wrapped secret has the wrong length".into()))?;
+        Ok(RootSecret::from_bytes(&bytes))
+    }
+
+    /// Reads a key file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::KeyFile {
+                    path: path.to_path_buf(),
+                    problem: "not found: give the vault's key file with --key-file (or EMBASSY_KEY_FILE), \
+                              or recover the root key from custodian shares"
+                        .into(),
+                }
+            } else {
+                Error::io(format!("reading key file {}", path.display()), e)
+            }
+        })?;
+        serde_json::from_slice(&text).map_err(|e| Error::KeyFile {
+            path: path.to_path_buf(),
+            problem: format!("not a valid key file: {e}"),
+        })
+    }
+
+    /// Writes the key file with mode 0600, refusing to replace an existing file.
+    pub fn store(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            }
+        }
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid(format!("encoding key file: {e}")))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "creating key file {} (an existing key file is never overwritten)",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+        file.write_all(&json)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+    }
+}
+
+/// Where a vault's key file lives when no path is given:
+/// `$XDG_CONFIG_HOME/data-embassy/keys/<vault-id>.key` (or under `~/.config`).
+pub fn default_key_path(vault_id: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(
+        base.join("data-embassy")
+            .join("keys")
+            .join(format!("{vault_id}.key")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    #[test]
+    fn wrong_passphrase_is_named() {
+        let root = RootSecret::generate();
+        let file = KeyFile::seal(&root, "v1", b"right", FAST).unwrap();
+        let path = Path::new("/k");
+        assert_eq!(file.open(b"right", path).unwrap().expose(), root.expose());
+        assert!(matches!(
+            file.open(b"wrong", path),
+            Err(Error::WrongPassphrase { .. })
+        ));
+        let mut other_vault = file.clone();
+        other_vault.vault_id = "v2".into();
+        assert!(matches!(
+            other_vault.open(b"right", path),
+            Err(Error::WrongPassphrase { .. })
+        ));
+    }
+}

@@ -1,0 +1,179 @@
+//! The key hierarchy (see `docs/format.md`, "Keys").
+//!
+//! One 32-byte **root secret** per vault. Everything else is derived from it with BLAKE3's
+//! key-derivation mode, each under its own context string, so that later issues can hand out
+//! parts of it: a **sealing credential** (chunk-id key, index key, reader public key, signing
+//! key) for source hosts that must add data but not read it; a **reader key** per dataset;
+//! and the **root signing key** that pins the vault's configuration. Key epochs leave room for
+//! rotation without rewriting stored data.
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, ReaderPublicKey, ReaderSecretKey};
+
+const CONTEXT_ROOT_SIGNING: &str = "data-embassy 2026 root signing key v1";
+const CONTEXT_WRITER_SIGNING: &str = "data-embassy 2026 writer signing key v1";
+const CONTEXT_CHUNK_ID: &str = "data-embassy 2026 dataset chunk-id key v1";
+const CONTEXT_INDEX: &str = "data-embassy 2026 dataset index key v1";
+const CONTEXT_READER: &str = "data-embassy 2026 dataset reader key v1";
+const CONTEXT_CHUNKER_SEED: &str = "data-embassy 2026 dataset chunker seed v1";
+
+/// The vault's root secret: can derive every other key. Zeroized on drop.
+pub struct RootSecret(Zeroizing<[u8; 32]>);
+
+impl RootSecret {
+    /// A fresh random root secret.
+    pub fn generate() -> Self {
+        Self(crypto::random_32())
+    }
+
+    /// Wraps existing secret bytes (from a key file or recovered shares).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self(Zeroizing::new(*bytes))
+    }
+
+    /// The secret bytes, for wrapping into a key file or splitting into shares.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn derive(&self, context: &str, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+        let mut hasher = blake3::Hasher::new_derive_key(context);
+        hasher.update(self.0.as_ref());
+        for part in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        Zeroizing::new(*hasher.finalize().as_bytes())
+    }
+
+    /// The key that signs the vault configuration and its signer list.
+    pub fn root_signing_key(&self) -> SigningKey {
+        SigningKey::from_bytes(&self.derive(CONTEXT_ROOT_SIGNING, &[]))
+    }
+
+    /// The default writer key that signs ledger entries (epoch 0).
+    pub fn writer_signing_key(&self, epoch: u32) -> SigningKey {
+        SigningKey::from_bytes(&self.derive(CONTEXT_WRITER_SIGNING, &[&epoch.to_le_bytes()]))
+    }
+
+    /// All keys of one dataset at a key epoch (0 until the first rotation).
+    pub fn dataset_keys(&self, dataset: &str, epoch: u32) -> DatasetKeys {
+        let e = epoch.to_le_bytes();
+        let parts: [&[u8]; 2] = [dataset.as_bytes(), &e];
+        let reader_seed = self.derive(CONTEXT_READER, &parts);
+        let (secret, public) = crypto::reader_keypair_from(&reader_seed);
+        let seed_bytes = self.derive(CONTEXT_CHUNKER_SEED, &parts);
+        let mut chunker_seed = [0u8; 8];
+        chunker_seed.copy_from_slice(&seed_bytes[..8]);
+        DatasetKeys {
+            dataset: dataset.to_string(),
+            epoch,
+            chunk_id_key: self.derive(CONTEXT_CHUNK_ID, &parts),
+            index_key: self.derive(CONTEXT_INDEX, &parts),
+            chunker_seed: u64::from_le_bytes(chunker_seed),
+            reader_public: public,
+            reader_secret: Some(secret),
+        }
+    }
+}
+
+/// The keys of one dataset. A sealing credential has no `reader_secret`.
+pub struct DatasetKeys {
+    /// The dataset these keys belong to.
+    pub dataset: String,
+    /// Key epoch; objects record it so rotation keeps old versions readable.
+    pub epoch: u32,
+    /// Keys BLAKE3 for chunk ids, so that equal chunks dedup but a site cannot test guesses.
+    pub chunk_id_key: Zeroizing<[u8; 32]>,
+    /// Encrypts index bodies (writers need them to dedup; they reveal ids and sizes only).
+    pub index_key: Zeroizing<[u8; 32]>,
+    /// Seeds the chunker's gear table, so cut points do not fingerprint content across vaults.
+    pub chunker_seed: u64,
+    /// Packs and manifests are sealed to this key.
+    pub reader_public: ReaderPublicKey,
+    /// Opens packs and manifests; absent in a sealing credential.
+    pub reader_secret: Option<ReaderSecretKey>,
+}
+
+impl DatasetKeys {
+    /// The chunk id of some plaintext.
+    pub fn chunk_id(&self, data: &[u8]) -> crate::id::ChunkId {
+        crate::id::ChunkId(*blake3::keyed_hash(&self.chunk_id_key, data).as_bytes())
+    }
+
+    /// Short identifier of the reader key, stored in object headers.
+    pub fn key_id(&self) -> [u8; 8] {
+        let digest = blake3::hash(&crypto::reader_public_bytes(&self.reader_public));
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&digest.as_bytes()[..8]);
+        out
+    }
+
+    /// The reader secret, or an error saying this credential may only seal.
+    pub fn reader(&self) -> crate::Result<&ReaderSecretKey> {
+        self.reader_secret.as_ref().ok_or_else(|| {
+            crate::Error::WrongKey(format!(
+                "the key for dataset {} is a sealing credential: it can add data but not read it; \
+                 use a reader key or the root key",
+                self.dataset
+            ))
+        })
+    }
+}
+
+/// Signs `message` under a domain-separation label.
+pub fn sign(key: &SigningKey, label: &[u8], message: &[u8]) -> [u8; 64] {
+    key.sign(&labelled(label, message)).to_bytes()
+}
+
+/// Checks a signature made by [`sign`].
+pub fn verify_signature(key: &[u8; 32], label: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(key) else {
+        return false;
+    };
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(&labelled(label, message), &signature)
+        .is_ok()
+}
+
+fn labelled(label: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(label.len() + 1 + message.len());
+    out.extend_from_slice(label);
+    out.push(0);
+    out.extend_from_slice(message);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_separates_datasets_and_epochs() {
+        let root = RootSecret::from_bytes(&[9u8; 32]);
+        let a = root.dataset_keys("a", 0);
+        let b = root.dataset_keys("b", 0);
+        let a1 = root.dataset_keys("a", 1);
+        assert_ne!(a.chunk_id(b"x"), b.chunk_id(b"x"));
+        assert_ne!(a.key_id(), b.key_id());
+        assert_ne!(a.key_id(), a1.key_id());
+        assert_eq!(a.key_id(), root.dataset_keys("a", 0).key_id());
+    }
+
+    #[test]
+    fn signatures_are_bound_to_label_and_key() {
+        let root = RootSecret::from_bytes(&[3u8; 32]);
+        let key = root.root_signing_key();
+        let public = key.verifying_key().to_bytes();
+        let sig = sign(&key, b"label", b"msg");
+        assert!(verify_signature(&public, b"label", b"msg", &sig));
+        assert!(!verify_signature(&public, b"other", b"msg", &sig));
+        assert!(!verify_signature(&public, b"label", b"msg2", &sig));
+        let other = root.writer_signing_key(0).verifying_key().to_bytes();
+        assert!(!verify_signature(&other, b"label", b"msg", &sig));
+    }
+}

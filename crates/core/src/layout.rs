@@ -1,0 +1,118 @@
+//! Where each kind of object lives in a vault. Every path but `config` and `config.sig` ends in
+//! the object's id, the BLAKE3 hash of its bytes.
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+
+/// The vault configuration (JSON).
+pub const CONFIG: &str = "config";
+/// The root key's signature over the exact bytes of [`CONFIG`].
+pub const CONFIG_SIGNATURE: &str = "config.sig";
+/// A human-readable note at the vault root saying what this is and where the spec lives.
+pub const README: &str = "README.txt";
+
+/// Checks a dataset name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn check_dataset_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "'{name}' is not a valid dataset name: use 1 to 64 characters a-z, 0-9, '.', '_' or '-', \
+             starting with a letter or digit (for example population-registry)"
+        )))
+    }
+}
+
+/// Prefix of a dataset's packs.
+pub fn packs_prefix(dataset: &str) -> String {
+    format!("packs/{dataset}/")
+}
+
+/// A pack.
+pub fn pack(dataset: &str, id: &ObjectId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{dataset}/{}/{hex}", &hex[..2])
+}
+
+/// Prefix of a dataset's index objects.
+pub fn index_prefix(dataset: &str) -> String {
+    format!("index/{dataset}/")
+}
+
+/// An index object.
+pub fn index(dataset: &str, id: &ObjectId) -> String {
+    format!("index/{dataset}/{id}")
+}
+
+/// A manifest.
+pub fn manifest(dataset: &str, id: &ObjectId) -> String {
+    format!("manifests/{dataset}/{id}")
+}
+
+/// Prefix of all ledgers.
+pub const LEDGER_ROOT: &str = "ledger/";
+
+/// Prefix of a dataset's ledger.
+pub fn ledger_prefix(dataset: &str) -> String {
+    format!("ledger/{dataset}/")
+}
+
+/// A ledger entry: sequence number first so listings sort by history.
+pub fn ledger_entry(dataset: &str, seq: u64, id: &ObjectId) -> String {
+    format!("ledger/{dataset}/{seq:016}-{id}")
+}
+
+/// The id at the end of a path, if the path ends in 64 hex digits.
+pub fn id_in_path(path: &str) -> Option<ObjectId> {
+    let name = path.rsplit('/').next()?;
+    let hex = name.rsplit('-').next()?;
+    if hex.len() != 64 {
+        return None;
+    }
+    ObjectId::from_hex(hex).ok()
+}
+
+/// Splits a ledger path into (dataset, seq, id).
+pub fn parse_ledger_path(path: &str) -> Option<(String, u64, ObjectId)> {
+    let rest = path.strip_prefix(LEDGER_ROOT)?;
+    let (dataset, name) = rest.split_once('/')?;
+    let (seq, hex) = name.split_once('-')?;
+    if seq.len() != 16 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((
+        dataset.to_string(),
+        seq.parse().ok()?,
+        ObjectId::from_hex(hex).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_names() {
+        for good in ["a", "population-registry", "land.cadastre_2", "0x"] {
+            assert!(check_dataset_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "A", "a/b", "..", ".x", "a b", &"x".repeat(65)] {
+            assert!(check_dataset_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ledger_paths_round_trip() {
+        let id = ObjectId::of(b"x");
+        let path = ledger_entry("ds", 42, &id);
+        assert_eq!(parse_ledger_path(&path), Some(("ds".into(), 42, id)));
+        assert_eq!(id_in_path(&path), Some(id));
+        assert_eq!(parse_ledger_path("ledger/ds/12-ab"), None);
+    }
+}

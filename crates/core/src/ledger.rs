@@ -1,0 +1,245 @@
+//! The ledger: each dataset's signed, hash-chained, append-only history. A version exists only
+//! once its ledger entry is stored; the entry is written last (invariant 7) and names the
+//! manifest by hash, so a site cannot substitute, reorder or silently drop versions (invariant 4).
+//!
+//! ```text
+//! "EMBLEDG1" | u32 LE length | CBOR Entry | Ed25519 signature (64) over "data-embassy ledger v1\0" | CBOR
+//! path: ledger/<dataset>/<seq, 16 digits>-<object id>
+//! ```
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cbor;
+use crate::config::VaultConfig;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::layout;
+use crate::manifest::{VersionKind, VersionStats};
+use crate::site::{Site, SiteError};
+
+/// Magic at the start of every ledger entry.
+pub const MAGIC: &[u8; 8] = b"EMBLEDG1";
+const SIGNATURE_LABEL: &[u8] = b"data-embassy ledger v1";
+
+/// What happened to the dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new version was stored.
+    VersionAdded {
+        /// Its manifest.
+        manifest: ObjectId,
+        /// Tree or stream.
+        kind: VersionKind,
+        /// When the source was captured: the version's recovery point.
+        captured_at_ns: i64,
+        /// Its counts.
+        stats: VersionStats,
+    },
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The dataset.
+    pub dataset: String,
+    /// Position in the history, from 1.
+    pub seq: u64,
+    /// Id of entry `seq - 1` (none for the first).
+    pub prev: Option<ObjectId>,
+    /// When the entry was made, ns since the Unix epoch.
+    pub time_ns: i64,
+    /// Ed25519 public key of the signer; must be pinned in the vault configuration.
+    #[serde(with = "serde_bytes")]
+    pub signer: [u8; 32],
+    /// What happened.
+    pub event: Event,
+}
+
+/// A verified entry with where it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Object id of the entry.
+    pub id: ObjectId,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// Encodes and signs an entry.
+pub fn encode(entry: &Entry, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    let body = cbor::to_vec(entry);
+    let signature = keys::sign(key, SIGNATURE_LABEL, &body);
+    let mut out = Vec::with_capacity(12 + body.len() + 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&signature);
+    out
+}
+
+/// Decodes an entry and checks its signature against the pinned signers.
+pub fn decode(path: &str, bytes: &[u8], signers: &[[u8; 32]]) -> Result<Entry> {
+    if bytes.len() < 12 + 64 || &bytes[..8] != MAGIC {
+        return Err(Error::corrupt(
+            path,
+            "not a ledger entry (bad magic or too short)",
+        ));
+    }
+    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
+    if 12usize.checked_add(len).and_then(|n| n.checked_add(64)) != Some(bytes.len()) {
+        return Err(Error::corrupt(path, "ledger entry length does not match"));
+    }
+    let body = &bytes[12..12 + len];
+    let entry: Entry = cbor::from_slice(body).map_err(|e| Error::corrupt(path, e))?;
+    if !signers.contains(&entry.signer) {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "signed by {}, which is not a signer pinned in the vault configuration",
+                hex::encode(&entry.signer[..8])
+            ),
+        ));
+    }
+    if !keys::verify_signature(&entry.signer, SIGNATURE_LABEL, body, &bytes[12 + len..]) {
+        return Err(Error::corrupt(
+            path,
+            "ledger entry signature does not verify",
+        ));
+    }
+    Ok(entry)
+}
+
+/// Loads and verifies a dataset's whole history: every entry present, hash-chained, signed by a
+/// pinned signer, contiguous from 1, with no two entries at one sequence number.
+pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Result<Vec<Record>> {
+    layout::check_dataset_name(dataset)?;
+    let mut listed = Vec::new();
+    for info in site.list(&layout::ledger_prefix(dataset))? {
+        match layout::parse_ledger_path(&info.path) {
+            Some((ds, seq, id)) if ds == dataset => listed.push((seq, id, info.path)),
+            _ => {
+                return Err(Error::History {
+                    dataset: dataset.into(),
+                    problem: format!("unexpected object {} in the ledger", info.path),
+                })
+            }
+        }
+    }
+    listed.sort();
+    for pair in listed.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            return Err(Error::History {
+                dataset: dataset.into(),
+                problem: format!(
+                    "fork: two different entries at sequence {} ({} and {})",
+                    pair[0].0,
+                    pair[0].1.short(),
+                    pair[1].1.short()
+                ),
+            });
+        }
+    }
+    let signers = config.signer_keys();
+    let entries: Vec<Result<Record>> = listed
+        .par_iter()
+        .map(|(_, id, path)| {
+            let bytes = site.get(path)?;
+            if ObjectId::of(&bytes) != *id {
+                return Err(Error::corrupt(
+                    path,
+                    "bytes do not hash to the object's name",
+                ));
+            }
+            Ok(Record {
+                id: *id,
+                entry: decode(path, &bytes, &signers)?,
+            })
+        })
+        .collect();
+    let mut records = Vec::with_capacity(entries.len());
+    for (i, record) in entries.into_iter().enumerate() {
+        let record = record?;
+        let expected_seq = i as u64 + 1;
+        let path = &listed[i].2;
+        let problem = if record.entry.seq != listed[i].0 {
+            Some(format!("{path} holds sequence {}", record.entry.seq))
+        } else if record.entry.seq != expected_seq {
+            Some(format!(
+                "entry {expected_seq} is missing (next present is {}): history was deleted or truncated",
+                record.entry.seq
+            ))
+        } else if record.entry.dataset != dataset {
+            Some(format!(
+                "{path} belongs to dataset {}",
+                record.entry.dataset
+            ))
+        } else if record.entry.prev != records.last().map(|r: &Record| r.id) {
+            Some(format!(
+                "entry {} does not chain to entry {}: history was reordered or substituted",
+                record.entry.seq,
+                expected_seq - 1
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::History {
+                dataset: dataset.into(),
+                problem,
+            });
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// Appends an entry after `head` (the last verified record, if any) and returns it.
+pub fn append(
+    site: &dyn Site,
+    key: &ed25519_dalek::SigningKey,
+    dataset: &str,
+    head: Option<&Record>,
+    event: Event,
+) -> Result<Record> {
+    let seq = head.map_or(1, |h| h.entry.seq + 1);
+    let entry = Entry {
+        dataset: dataset.to_string(),
+        seq,
+        prev: head.map(|h| h.id),
+        time_ns: crate::config::now_unix_nanos(),
+        signer: key.verifying_key().to_bytes(),
+        event,
+    };
+    let bytes = encode(&entry, key);
+    let id = ObjectId::of(&bytes);
+    let seq_prefix = format!("{}{seq:016}-", layout::ledger_prefix(dataset));
+    let others = |site: &dyn Site| -> Result<Vec<String>, SiteError> {
+        Ok(site
+            .list(&seq_prefix)?
+            .into_iter()
+            .map(|i| i.path)
+            .filter(|p| layout::id_in_path(p) != Some(id))
+            .collect())
+    };
+    let concurrent = |paths: Vec<String>| {
+        Error::History {
+        dataset: dataset.into(),
+        problem: format!(
+            "another writer added entry {seq} at the same time ({}); only one writer per dataset may run",
+            paths.join(", ")
+        ),
+    }
+    };
+    let before = others(site)?;
+    if !before.is_empty() {
+        return Err(concurrent(before));
+    }
+    site.put(&layout::ledger_entry(dataset, seq, &id), &bytes)?;
+    let after = others(site)?;
+    if !after.is_empty() {
+        return Err(concurrent(after));
+    }
+    Ok(Record { id, entry })
+}

@@ -1,0 +1,329 @@
+//! Packs: many encrypted blobs (chunks of data or tree nodes) in one object, sealed to the
+//! dataset's reader so the writer cannot read them back.
+//!
+//! ```text
+//! header     "EMBPACK1" | reader key id (8) | HPKE encapsulated key (32)
+//! blob*      ChaCha20-Poly1305(object key, nonce = offset, aad = "EMBBLOB1" | kind | chunk id,
+//!                              compression (1) | body)
+//! directory  ChaCha20-Poly1305(object key, nonce = 2^64-1, aad = "EMBPDIR1", CBOR [entry*])
+//! trailer    u32 LE length of the directory
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::cbor;
+use crate::crypto::{ObjectKey, ENCAPSULATED_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::keys::DatasetKeys;
+
+/// Magic at the start of every pack.
+pub const MAGIC: &[u8; 8] = b"EMBPACK1";
+/// Length of the pack header.
+pub const HEADER_LEN: usize = 8 + 8 + ENCAPSULATED_LEN;
+const DIRECTORY_NONCE: u64 = u64::MAX;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum BlobKind {
+    /// File or stream content.
+    Data,
+    /// A serialized directory ([`crate::tree::Tree`]).
+    Tree,
+}
+
+impl From<BlobKind> for u8 {
+    fn from(kind: BlobKind) -> u8 {
+        match kind {
+            BlobKind::Data => 0,
+            BlobKind::Tree => 1,
+        }
+    }
+}
+
+impl TryFrom<u8> for BlobKind {
+    type Error = String;
+    fn try_from(v: u8) -> std::result::Result<Self, String> {
+        match v {
+            0 => Ok(BlobKind::Data),
+            1 => Ok(BlobKind::Tree),
+            _ => Err(format!("unknown blob kind {v}")),
+        }
+    }
+}
+
+/// Where a blob sits in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    /// Data or tree.
+    pub kind: BlobKind,
+    /// Keyed hash of the plaintext.
+    pub id: ChunkId,
+    /// Byte offset of the ciphertext in the pack (also its nonce).
+    pub offset: u32,
+    /// Ciphertext length, tag included.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+const COMPRESSION_NONE: u8 = 0;
+const COMPRESSION_ZSTD: u8 = 1;
+
+/// A reusable zstd context, one per worker thread.
+pub struct BlobCompressor {
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl BlobCompressor {
+    /// A compressor at [`crate::COMPRESSION_LEVEL`].
+    pub fn new() -> Result<Self> {
+        let zstd = zstd::bulk::Compressor::new(crate::COMPRESSION_LEVEL)
+            .map_err(|e| Error::invalid(format!("zstd: {e}")))?;
+        Ok(Self { zstd })
+    }
+
+    /// `compression byte | body`: zstd when it saves at least 3 %, else stored as is. Large
+    /// blobs are sampled first, so incompressible data (scans, archives) costs almost nothing.
+    fn encode(&mut self, raw: &[u8]) -> Vec<u8> {
+        const SAMPLE: usize = 64 * 1024;
+        let worth_trying = raw.len() <= 2 * SAMPLE || {
+            let sample = &raw[..SAMPLE];
+            matches!(self.zstd.compress(sample), Ok(c) if c.len() < SAMPLE * 97 / 100)
+        };
+        if worth_trying {
+            let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+            out.push(COMPRESSION_ZSTD);
+            if let Ok(compressed) = self.zstd.compress(raw) {
+                if compressed.len() < raw.len() * 97 / 100 {
+                    out.extend_from_slice(&compressed);
+                    return out;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len() + 1);
+        out.push(COMPRESSION_NONE);
+        out.extend_from_slice(raw);
+        out
+    }
+}
+
+fn hpke_info(dataset: &str, key_id: &[u8; 8]) -> Vec<u8> {
+    let mut info = b"data-embassy pack v1\0".to_vec();
+    info.extend_from_slice(dataset.as_bytes());
+    info.push(0);
+    info.extend_from_slice(key_id);
+    info
+}
+
+fn blob_aad(kind: BlobKind, id: &ChunkId) -> [u8; 41] {
+    let mut aad = [0u8; 41];
+    aad[..8].copy_from_slice(b"EMBBLOB1");
+    aad[8] = kind.into();
+    aad[9..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Builds one pack in memory.
+pub struct PackWriter {
+    key: ObjectKey,
+    bytes: Vec<u8>,
+    entries: Vec<BlobEntry>,
+}
+
+impl PackWriter {
+    /// Starts a pack sealed to `keys`' reader.
+    pub fn new(keys: &DatasetKeys, capacity: usize) -> Self {
+        let key_id = keys.key_id();
+        let (key, encapsulated) =
+            ObjectKey::seal_to(&keys.reader_public, &hpke_info(&keys.dataset, &key_id));
+        let mut bytes = Vec::with_capacity(capacity);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&key_id);
+        bytes.extend_from_slice(&encapsulated);
+        Self {
+            key,
+            bytes,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Compresses and encrypts one blob into the pack; returns its stored length.
+    pub fn add(
+        &mut self,
+        compressor: &mut BlobCompressor,
+        kind: BlobKind,
+        id: ChunkId,
+        raw: &[u8],
+    ) -> Result<u32> {
+        let offset =
+            u32::try_from(self.bytes.len()).map_err(|_| Error::invalid("pack grew past 4 GiB"))?;
+        let raw_length =
+            u32::try_from(raw.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
+        let plain = compressor.encode(raw);
+        let sealed = self
+            .key
+            .encrypt(offset as u64, &blob_aad(kind, &id), &plain);
+        let length = sealed.len() as u32;
+        self.bytes.extend_from_slice(&sealed);
+        self.entries.push(BlobEntry {
+            kind,
+            id,
+            offset,
+            length,
+            raw_length,
+        });
+        Ok(length)
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Closes the pack: the stored bytes and the blobs in it.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<BlobEntry>) {
+        let directory = cbor::to_vec(&self.entries);
+        let sealed = self.key.encrypt(DIRECTORY_NONCE, b"EMBPDIR1", &directory);
+        self.bytes.extend_from_slice(&sealed);
+        self.bytes
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        (self.bytes, self.entries)
+    }
+}
+
+/// Recovers the object key of a pack from its header (needs the reader secret).
+pub fn open_key(keys: &DatasetKeys, path: &str, header: &[u8]) -> Result<ObjectKey> {
+    if header.len() < HEADER_LEN || &header[..8] != MAGIC {
+        return Err(Error::corrupt(path, "not a pack (bad magic or too short)"));
+    }
+    let key_id: [u8; 8] = header[8..16].try_into().unwrap_or_default();
+    if key_id != keys.key_id() {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "sealed to reader key {} but dataset {} uses {}: a foreign or substituted pack",
+                hex::encode(key_id),
+                keys.dataset,
+                hex::encode(keys.key_id())
+            ),
+        ));
+    }
+    let encapsulated: [u8; ENCAPSULATED_LEN] = header[16..HEADER_LEN]
+        .try_into()
+        .unwrap_or([0u8; ENCAPSULATED_LEN]);
+    ObjectKey::open_with(
+        keys.reader()?,
+        &encapsulated,
+        &hpke_info(&keys.dataset, &key_id),
+    )
+    .map_err(|_| Error::corrupt(path, "pack header does not open with the reader key"))
+}
+
+/// Decrypts, decompresses and checks one blob; `ciphertext` is exactly the blob's stored bytes.
+pub fn open_blob(
+    key: &ObjectKey,
+    keys: &DatasetKeys,
+    path: &str,
+    entry: &BlobEntry,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>> {
+    let bad =
+        |problem: String| Error::corrupt(path, format!("blob {}: {problem}", entry.id.short()));
+    if ciphertext.len() != entry.length as usize || ciphertext.len() < TAG_LEN + 1 {
+        return Err(bad("stored length does not match the index".into()));
+    }
+    let plain = key
+        .decrypt(
+            entry.offset as u64,
+            &blob_aad(entry.kind, &entry.id),
+            ciphertext,
+        )
+        .map_err(|_| bad("authentication failed: the bytes were altered or moved".into()))?;
+    let raw = match plain.first() {
+        Some(&COMPRESSION_NONE) => plain[1..].to_vec(),
+        Some(&COMPRESSION_ZSTD) => zstd::bulk::decompress(&plain[1..], entry.raw_length as usize)
+            .map_err(|e| bad(format!("does not decompress: {e}")))?,
+        _ => return Err(bad("unknown compression".into())),
+    };
+    if raw.len() != entry.raw_length as usize {
+        return Err(bad("plaintext length does not match the index".into()));
+    }
+    if keys.chunk_id(&raw) != entry.id {
+        return Err(bad("content does not hash to its chunk id".into()));
+    }
+    Ok(raw)
+}
+
+/// Reads the directory at the end of a whole pack (for repair and deep verification).
+pub fn read_directory(key: &ObjectKey, path: &str, pack: &[u8]) -> Result<Vec<BlobEntry>> {
+    let bad = |p: &str| Error::corrupt(path, format!("pack directory: {p}"));
+    if pack.len() < HEADER_LEN + 4 {
+        return Err(bad("pack too short"));
+    }
+    let len_at = pack.len() - 4;
+    let dir_len = u32::from_le_bytes(pack[len_at..].try_into().unwrap_or_default()) as usize;
+    if dir_len > len_at - HEADER_LEN {
+        return Err(bad("length out of range"));
+    }
+    let sealed = &pack[len_at - dir_len..len_at];
+    let plain = key
+        .decrypt(DIRECTORY_NONCE, b"EMBPDIR1", sealed)
+        .map_err(|_| bad("authentication failed"))?;
+    let entries: Vec<BlobEntry> = cbor::from_slice(&plain).map_err(|e| bad(&e))?;
+    let data_end = (len_at - dir_len) as u64;
+    for e in &entries {
+        if (e.offset as usize) < HEADER_LEN || e.offset as u64 + e.length as u64 > data_end {
+            return Err(bad("entry points outside the pack"));
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::RootSecret;
+
+    #[test]
+    fn pack_round_trip_and_tamper_detection() {
+        let root = RootSecret::from_bytes(&[5u8; 32]);
+        let keys = root.dataset_keys("ds", 0);
+        let mut comp = BlobCompressor::new().unwrap();
+        let mut writer = PackWriter::new(&keys, 1024);
+        let a = vec![7u8; 300_000];
+        let b: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        writer
+            .add(&mut comp, BlobKind::Data, keys.chunk_id(&a), &a)
+            .unwrap();
+        writer
+            .add(&mut comp, BlobKind::Tree, keys.chunk_id(&b), &b)
+            .unwrap();
+        let (bytes, entries) = writer.finish();
+        let key = open_key(&keys, "p", &bytes).unwrap();
+        assert_eq!(read_directory(&key, "p", &bytes).unwrap(), entries);
+        for (entry, raw) in entries.iter().zip([&a, &b]) {
+            let ct = &bytes[entry.offset as usize..][..entry.length as usize];
+            assert_eq!(&open_blob(&key, &keys, "p", entry, ct).unwrap(), raw);
+            let mut bad = ct.to_vec();
+            bad[3] ^= 0x40;
+            assert!(open_blob(&key, &keys, "p", entry, &bad).is_err());
+        }
+        // A blob presented under another id (substitution inside a pack) is rejected.
+        let mut moved = entries[0];
+        moved.id = entries[1].id;
+        let ct = &bytes[moved.offset as usize..][..moved.length as usize];
+        assert!(open_blob(&key, &keys, "p", &moved, ct).is_err());
+        // Another dataset's keys cannot open the pack.
+        let other = root.dataset_keys("other", 0);
+        assert!(open_key(&other, "p", &bytes).is_err());
+    }
+}

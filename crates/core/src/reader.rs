@@ -1,0 +1,227 @@
+//! Reading a version: its manifest, the indexes it names, and its blobs, checked on the way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::crypto::ObjectKey;
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ObjectId};
+use crate::index;
+use crate::keys::DatasetKeys;
+use crate::layout;
+use crate::manifest::{self, ManifestBody};
+use crate::pack::{self, BlobEntry, BlobKind};
+use crate::site::{with_retry, Site, SiteError};
+use crate::tree::Tree;
+use crate::vault::Version;
+
+/// Fetches an object and checks it hashes to its name.
+pub fn get_checked(
+    site: &dyn Site,
+    path: &str,
+    id: &ObjectId,
+    referenced_by: &str,
+) -> Result<Vec<u8>> {
+    let bytes = with_retry(|| site.get(path)).map_err(|e| match e {
+        SiteError::NotFound { .. } => Error::Missing {
+            path: path.to_string(),
+            site: site.location().to_string(),
+            referenced_by: referenced_by.to_string(),
+        },
+        e => e.into(),
+    })?;
+    if ObjectId::of(&bytes) != *id {
+        return Err(Error::corrupt(
+            path,
+            "bytes do not hash to the object's name (altered or truncated)",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// An opened version, ready to read blobs from.
+pub struct VersionReader {
+    site: Arc<dyn Site>,
+    keys: Arc<DatasetKeys>,
+    /// The version.
+    pub version: Version,
+    /// Its decrypted manifest.
+    pub manifest: ManifestBody,
+    packs: Vec<ObjectId>,
+    locations: HashMap<ChunkId, (u32, BlobEntry)>,
+    pack_keys: Mutex<HashMap<u32, Arc<ObjectKey>>>,
+}
+
+impl VersionReader {
+    /// Opens a version: fetches and decrypts its manifest and loads the indexes it names.
+    pub fn open(site: Arc<dyn Site>, keys: Arc<DatasetKeys>, version: &Version) -> Result<Self> {
+        let dataset = &keys.dataset;
+        let manifest_path = layout::manifest(dataset, &version.manifest);
+        let ledger_ref = format!("ledger entry {} of {dataset}", version.seq);
+        let bytes = get_checked(
+            site.as_ref(),
+            &manifest_path,
+            &version.manifest,
+            &ledger_ref,
+        )?;
+        let (header, body) = manifest::decode(&keys, &manifest_path, &bytes)?;
+        let loaded: Vec<Result<(index::IndexHeader, Vec<index::IndexEntry>)>> = header
+            .indexes
+            .par_iter()
+            .map(|id| {
+                let path = layout::index(dataset, id);
+                let bytes = get_checked(site.as_ref(), &path, id, &manifest_path)?;
+                index::decode(&keys, &path, &bytes)
+            })
+            .collect();
+        let mut packs = Vec::new();
+        let mut pack_numbers = HashMap::new();
+        let mut locations = HashMap::new();
+        for result in loaded {
+            let (header, entries) = result?;
+            for e in entries {
+                let pack_id = header.packs[e.pack as usize];
+                let number = *pack_numbers.entry(pack_id).or_insert_with(|| {
+                    packs.push(pack_id);
+                    (packs.len() - 1) as u32
+                });
+                locations.insert(e.blob.id, (number, e.blob));
+            }
+        }
+        Ok(Self {
+            site,
+            keys,
+            version: version.clone(),
+            manifest: body,
+            packs,
+            locations,
+            pack_keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The dataset's keys.
+    pub fn keys(&self) -> &DatasetKeys {
+        &self.keys
+    }
+
+    fn pack_path(&self, number: u32) -> String {
+        layout::pack(&self.keys.dataset, &self.packs[number as usize])
+    }
+
+    fn locate(&self, id: &ChunkId) -> Result<(u32, BlobEntry)> {
+        self.locations.get(id).copied().ok_or_else(|| {
+            Error::corrupt(
+                layout::manifest(&self.keys.dataset, &self.version.manifest),
+                format!("chunk {} is not in any index the version names", id.short()),
+            )
+        })
+    }
+
+    fn pack_key(&self, number: u32) -> Result<Arc<ObjectKey>> {
+        if let Some(key) = self
+            .pack_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&number)
+        {
+            return Ok(key.clone());
+        }
+        let path = self.pack_path(number);
+        let header = self.get_range(&path, 0, pack::HEADER_LEN as u64)?;
+        let key = Arc::new(pack::open_key(&self.keys, &path, &header)?);
+        self.pack_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number, key.clone());
+        Ok(key)
+    }
+
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        with_retry(|| self.site.get_range(path, offset, len)).map_err(|e| match e {
+            SiteError::NotFound { .. } => Error::Missing {
+                path: path.to_string(),
+                site: self.site.location().to_string(),
+                referenced_by: format!(
+                    "an index of version {} of {}",
+                    self.version.seq, self.keys.dataset
+                ),
+            },
+            e => e.into(),
+        })
+    }
+
+    /// Plaintext size of a blob, from the index.
+    pub fn blob_size(&self, id: &ChunkId) -> Result<u32> {
+        Ok(self.locate(id)?.1.raw_length)
+    }
+
+    /// Reads one blob.
+    pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (number, entry) = self.locate(id)?;
+        let key = self.pack_key(number)?;
+        let path = self.pack_path(number);
+        let ciphertext = self.get_range(&path, entry.offset as u64, entry.length as u64)?;
+        pack::open_blob(&key, &self.keys, &path, &entry, &ciphertext)
+    }
+
+    /// Reads and parses a tree blob.
+    pub fn read_tree(&self, id: &ChunkId) -> Result<Tree> {
+        let (_, entry) = self.locate(id)?;
+        if entry.kind != BlobKind::Tree {
+            return Err(Error::corrupt(
+                layout::manifest(&self.keys.dataset, &self.version.manifest),
+                format!("chunk {} is used as a tree but stored as data", id.short()),
+            ));
+        }
+        Tree::decode(&self.read_blob(id)?, &format!("tree {}", id.short()))
+    }
+
+    /// The root tree.
+    pub fn root(&self) -> Result<Tree> {
+        self.read_tree(&self.manifest.root)
+    }
+
+    /// Reads many blobs, grouped by pack so each pack is read once in one request, in parallel;
+    /// calls `sink` with each blob's plaintext in no particular order.
+    pub fn for_each_blob(
+        &self,
+        ids: impl IntoIterator<Item = ChunkId>,
+        sink: &(dyn Fn(&ChunkId, &[u8]) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let mut by_pack: HashMap<u32, Vec<BlobEntry>> = HashMap::new();
+        for id in ids {
+            let (number, entry) = self.locate(&id)?;
+            by_pack.entry(number).or_default().push(entry);
+        }
+        let mut work: Vec<(u32, Vec<BlobEntry>)> = by_pack.into_iter().collect();
+        work.sort_by_key(|(n, _)| *n);
+        work.par_iter_mut().try_for_each(|(number, entries)| {
+            entries.sort_by_key(|e| e.offset);
+            entries.dedup_by_key(|e| e.id);
+            let key = self.pack_key(*number)?;
+            let path = self.pack_path(*number);
+            // Read runs of blobs that are close together in one request.
+            let mut i = 0;
+            while i < entries.len() {
+                let start = entries[i].offset as u64;
+                let mut end = start + entries[i].length as u64;
+                let mut j = i + 1;
+                while j < entries.len() && (entries[j].offset as u64) < end + 1024 * 1024 {
+                    end = end.max(entries[j].offset as u64 + entries[j].length as u64);
+                    j += 1;
+                }
+                let span = self.get_range(&path, start, end - start)?;
+                for entry in &entries[i..j] {
+                    let at = (entry.offset as u64 - start) as usize;
+                    let ciphertext = &span[at..at + entry.length as usize];
+                    let plain = pack::open_blob(&key, &self.keys, &path, entry, ciphertext)?;
+                    sink(&entry.id, &plain)?;
+                }
+                i = j;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,338 @@
+//! Verification. Without keys: every object hashes to its name, every ledger verifies (chain and
+//! signatures), and every object a ledger entry, manifest or index references exists. With keys
+//! (`deep`): also every blob of every pack decrypts and hashes to its chunk id, and every chunk
+//! of every version's trees is indexed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ObjectId};
+use crate::index;
+use crate::layout;
+use crate::manifest;
+use crate::pack;
+use crate::progress::Progress;
+use crate::reader::VersionReader;
+use crate::site::{with_retry, ObjectInfo};
+use crate::tree::NodeKind;
+use crate::vault::{Keyring, Vault};
+
+/// What a verification found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Objects whose bytes were checked against their names.
+    pub objects_checked: u64,
+    /// Bytes read.
+    pub bytes_checked: u64,
+    /// Blobs decrypted and checked (deep only).
+    pub blobs_checked: u64,
+    /// Per dataset.
+    pub datasets: Vec<DatasetSummary>,
+    /// Objects nothing references (left by interrupted backups; harmless).
+    pub unreferenced: Vec<String>,
+    /// Everything wrong, one line each, naming the object.
+    pub problems: Vec<String>,
+}
+
+/// What was proved about one dataset.
+#[derive(Debug, Serialize)]
+pub struct DatasetSummary {
+    /// The dataset.
+    pub name: String,
+    /// Ledger entries verified.
+    pub entries: u64,
+    /// Id of the newest entry.
+    pub head: Option<String>,
+    /// Versions whose references were all found.
+    pub versions_complete: u64,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies the whole vault; `keys` enables the deep check.
+pub fn verify(
+    vault: &Vault,
+    keys: Option<&Keyring>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let site = vault.site().as_ref();
+    let listing = site.list("")?;
+    let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
+    let report = Mutex::new(VerifyReport::default());
+    let problem = |p: String| {
+        report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .problems
+            .push(p)
+    };
+    progress.set_total(listing.iter().map(|i| i.size).sum());
+
+    // 1. Every object hashes to its name; deep: every blob of every pack opens.
+    let objects: Vec<&ObjectInfo> = listing
+        .iter()
+        .filter(|i| {
+            !matches!(
+                i.path.as_str(),
+                layout::CONFIG | layout::CONFIG_SIGNATURE | layout::README
+            )
+        })
+        .collect();
+    let dataset_keys: Mutex<HashMap<String, std::sync::Arc<crate::keys::DatasetKeys>>> =
+        Mutex::new(HashMap::new());
+    let pack_blobs: Mutex<HashMap<String, HashSet<ChunkId>>> = Mutex::new(HashMap::new());
+    objects.par_iter().for_each(|info| {
+        progress.note(&info.path);
+        let Some(id) = layout::id_in_path(&info.path) else {
+            problem(format!(
+                "{}: unexpected object (not named by its hash)",
+                info.path
+            ));
+            return;
+        };
+        let bytes = match with_retry(|| site.get(&info.path)) {
+            Ok(b) => b,
+            Err(e) => return problem(format!("{}: cannot be read: {e}", info.path)),
+        };
+        progress.add(bytes.len() as u64);
+        {
+            let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+            r.objects_checked += 1;
+            r.bytes_checked += bytes.len() as u64;
+        }
+        if ObjectId::of(&bytes) != id {
+            return problem(format!(
+                "{}: bytes do not hash to the object's name (altered, truncated or substituted)",
+                info.path
+            ));
+        }
+        let (Some(keyring), Some(dataset)) = (
+            keys,
+            info.path
+                .strip_prefix("packs/")
+                .and_then(|r| r.split('/').next()),
+        ) else {
+            return;
+        };
+        let dk = {
+            let mut cache = dataset_keys.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(dataset) {
+                Some(k) => k.clone(),
+                None => match keyring.dataset(dataset) {
+                    Ok(k) => {
+                        cache.insert(dataset.to_string(), k.clone());
+                        k
+                    }
+                    Err(e) => return problem(format!("{}: {e}", info.path)),
+                },
+            }
+        };
+        let checked = pack::open_key(&dk, &info.path, &bytes).and_then(|key| {
+            let entries = pack::read_directory(&key, &info.path, &bytes)?;
+            let mut ids = HashSet::new();
+            for e in &entries {
+                let ct = &bytes[e.offset as usize..][..e.length as usize];
+                pack::open_blob(&key, &dk, &info.path, e, ct)?;
+                ids.insert(e.id);
+            }
+            Ok(ids)
+        });
+        match checked {
+            Ok(ids) => {
+                report
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .blobs_checked += ids.len() as u64;
+                pack_blobs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.path.clone(), ids);
+            }
+            Err(e) => problem(e.to_string()),
+        }
+    });
+
+    // 2. Ledgers and what they reference.
+    let mut referenced: HashSet<String> = HashSet::new();
+    let datasets = vault.datasets()?;
+    for dataset in &datasets {
+        let history = match vault.history(dataset) {
+            Ok(h) => h,
+            Err(e) => {
+                problem(e.to_string());
+                continue;
+            }
+        };
+        let mut complete = 0;
+        for record in &history {
+            referenced.insert(layout::ledger_entry(dataset, record.entry.seq, &record.id));
+            let version = crate::vault::Version::from_record(dataset, record);
+            let ok = check_references(vault, &sizes, dataset, &version, &mut referenced, &problem);
+            let deep_ok = ok
+                && match keys {
+                    Some(keyring) => {
+                        deep_check_version(vault, keyring, &version, &pack_blobs, &problem)
+                    }
+                    None => true,
+                };
+            if deep_ok {
+                complete += 1;
+            }
+        }
+        report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .datasets
+            .push(DatasetSummary {
+                name: dataset.clone(),
+                entries: history.len() as u64,
+                head: history.last().map(|r| r.id.to_hex()),
+                versions_complete: complete,
+            });
+    }
+    let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.unreferenced = objects
+        .iter()
+        .filter(|i| !referenced.contains(&i.path))
+        .map(|i| i.path.clone())
+        .collect();
+    report.unreferenced.sort();
+    report.problems.sort();
+    Ok(report)
+}
+
+/// Keyless: the manifest, its indexes and their packs exist.
+fn check_references(
+    vault: &Vault,
+    sizes: &HashMap<&str, u64>,
+    dataset: &str,
+    version: &crate::vault::Version,
+    referenced: &mut HashSet<String>,
+    problem: &dyn Fn(String),
+) -> bool {
+    let site = vault.site().as_ref();
+    let manifest_path = layout::manifest(dataset, &version.manifest);
+    let who = format!("ledger entry {} of {dataset}", version.seq);
+    if !sizes.contains_key(manifest_path.as_str()) {
+        problem(format!("{manifest_path}: missing (referenced by {who})"));
+        return false;
+    }
+    referenced.insert(manifest_path.clone());
+    let header = match with_retry(|| site.get(&manifest_path))
+        .map_err(Error::from)
+        .and_then(|b| manifest::decode_header(&manifest_path, &b))
+    {
+        Ok((h, _)) => h,
+        Err(e) => {
+            problem(e.to_string());
+            return false;
+        }
+    };
+    let mut ok = true;
+    if header.dataset != dataset {
+        problem(format!(
+            "{manifest_path}: belongs to dataset {}, substituted",
+            header.dataset
+        ));
+        ok = false;
+    }
+    for index_id in &header.indexes {
+        let index_path = layout::index(dataset, index_id);
+        if !sizes.contains_key(index_path.as_str()) {
+            problem(format!(
+                "{index_path}: missing (referenced by {manifest_path})"
+            ));
+            ok = false;
+            continue;
+        }
+        if !referenced.insert(index_path.clone()) {
+            continue; // already followed for an earlier version
+        }
+        let packs = match with_retry(|| site.get(&index_path))
+            .map_err(Error::from)
+            .and_then(|b| index::decode_header(&index_path, &b))
+        {
+            Ok((h, _)) => h.packs,
+            Err(e) => {
+                problem(e.to_string());
+                ok = false;
+                continue;
+            }
+        };
+        for pack_id in packs {
+            let pack_path = layout::pack(dataset, &pack_id);
+            if !sizes.contains_key(pack_path.as_str()) {
+                problem(format!("{pack_path}: missing (referenced by {index_path})"));
+                ok = false;
+            }
+            referenced.insert(pack_path);
+        }
+    }
+    ok
+}
+
+/// Deep: every chunk of the version's trees is indexed in a pack whose blobs all opened.
+fn deep_check_version(
+    vault: &Vault,
+    keyring: &Keyring,
+    version: &crate::vault::Version,
+    pack_blobs: &Mutex<HashMap<String, HashSet<ChunkId>>>,
+    problem: &dyn Fn(String),
+) -> bool {
+    let result = keyring.dataset(&version.dataset).and_then(|keys| {
+        let reader = VersionReader::open(vault.site().clone(), keys, version)?;
+        let mut pending = vec![reader.manifest.root];
+        let mut seen = HashSet::new();
+        let mut data = HashSet::new();
+        while let Some(tree_id) = pending.pop() {
+            if !seen.insert(tree_id) {
+                continue;
+            }
+            for node in reader.read_tree(&tree_id)?.nodes {
+                match node.kind {
+                    NodeKind::Dir => pending.extend(node.subtree),
+                    NodeKind::File => data.extend(node.content),
+                    _ => {}
+                }
+            }
+        }
+        let verified: HashSet<ChunkId> = pack_blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        let missing = data
+            .iter()
+            .chain(seen.iter())
+            .filter(|id| !verified.contains(id))
+            .count();
+        if missing > 0 {
+            return Err(Error::corrupt(
+                layout::manifest(&version.dataset, &version.manifest),
+                format!(
+                    "{missing} chunks of version {} are not in any verified pack",
+                    version.seq
+                ),
+            ));
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            problem(e.to_string());
+            false
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Writing a version: chunk, dedup, compress, seal into packs, then index, manifest and ledger
+//! entry, in that order (invariant 7).
+//!
+//! Callers (the sources) feed content through [`BackupSession::store_reader`] and trees through
+//! [`BackupSession::store_blob`], from as many threads as they like; a pool of sealer threads
+//! compresses and encrypts into packs and uploads them. Each pack is followed by its own index
+//! object, so an interrupted backup leaves reusable, indexed packs and a rerun stores nothing
+//! twice.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use rayon::prelude::*;
+
+use crate::chunker::Chunker;
+use crate::config::{now_unix_nanos, ChunkerParams};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ObjectId};
+use crate::index;
+use crate::keys::DatasetKeys;
+use crate::layout;
+use crate::ledger::{self, Event, Record};
+use crate::manifest::{self, ManifestBody, VersionKind, VersionStats};
+use crate::pack::{BlobCompressor, BlobKind, PackWriter};
+use crate::progress::Progress;
+use crate::site::{with_retry, Site};
+use crate::vault::{Keyring, Vault, Version};
+
+/// Where a known chunk is.
+#[derive(Clone, Copy)]
+enum Known {
+    /// In an index object already on the site.
+    Stored(ObjectId),
+    /// Handed to a sealer in this session; its index will be one of this session's.
+    Pending,
+}
+
+struct Job {
+    kind: BlobKind,
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct Shared {
+    site: Arc<dyn Site>,
+    keys: Arc<DatasetKeys>,
+    pack_target: usize,
+    known: Mutex<HashMap<ChunkId, Known>>,
+    used_indexes: Mutex<BTreeSet<ObjectId>>,
+    failure: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    new_chunks: AtomicU64,
+    new_bytes_stored: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a sealer panicked; its data is still a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn fail(&self, error: Error) {
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            Err(Error::invalid(
+                "backup stopped: a pack could not be stored (see the first error)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Seals and stores one pack, then its index object; marks its chunks as stored.
+    fn flush(&self, pack: PackWriter) -> Result<()> {
+        let (bytes, entries) = pack.finish();
+        let pack_id = ObjectId::of(&bytes);
+        let dataset = &self.keys.dataset;
+        with_retry(|| self.site.put(&layout::pack(dataset, &pack_id), &bytes))?;
+        let stored: u64 = bytes.len() as u64;
+        drop(bytes);
+        let index_bytes = index::encode(&self.keys, &[(pack_id, entries.clone())]);
+        let index_id = ObjectId::of(&index_bytes);
+        with_retry(|| {
+            self.site
+                .put(&layout::index(dataset, &index_id), &index_bytes)
+        })?;
+        {
+            let mut known = lock(&self.known);
+            for e in &entries {
+                known.insert(e.id, Known::Stored(index_id));
+            }
+        }
+        lock(&self.used_indexes).insert(index_id);
+        self.new_chunks
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.new_bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sealer(&self, jobs: Receiver<Job>) {
+        let mut compressor = match BlobCompressor::new() {
+            Ok(c) => c,
+            Err(e) => return self.fail(e),
+        };
+        let mut pack: Option<PackWriter> = None;
+        for job in jobs {
+            if self.failed.load(Ordering::Relaxed) {
+                continue; // drain so producers never block
+            }
+            let writer = pack.get_or_insert_with(|| {
+                PackWriter::new(&self.keys, self.pack_target + 9 * 1024 * 1024)
+            });
+            if let Err(e) = writer.add(&mut compressor, job.kind, job.id, &job.data) {
+                self.fail(e);
+                continue;
+            }
+            if writer.len() >= self.pack_target {
+                if let Some(full) = pack.take() {
+                    if let Err(e) = self.flush(full) {
+                        self.fail(e);
+                    }
+                }
+            }
+        }
+        // Flush what is left even after a failure elsewhere: it is durable progress for a rerun.
+        if let Some(last) = pack.take().filter(|p| !p.is_empty()) {
+            if let Err(e) = self.flush(last) {
+                self.fail(e);
+            }
+        }
+    }
+}
+
+/// A version being written to one dataset.
+pub struct BackupSession {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+    sealers: Vec<JoinHandle<()>>,
+    vault: Vault,
+    signer: ed25519_dalek::SigningKey,
+    head: Option<Record>,
+    chunker: ChunkerParams,
+    captured_at_ns: i64,
+    /// Problems that did not stop the backup (for example a damaged index that was ignored).
+    pub warnings: Mutex<Vec<String>>,
+}
+
+impl BackupSession {
+    /// Starts a version of `dataset`: verifies its history, loads what is already stored (also
+    /// from interrupted runs, for resume) and starts the sealers.
+    pub fn begin(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Self> {
+        let keys = keyring.dataset(dataset)?;
+        let site = vault.site().clone();
+        let head = vault.history(dataset)?.pop();
+        let mut warnings = Vec::new();
+        let known = load_known_chunks(site.as_ref(), &keys, &mut warnings)?;
+        let shared = Arc::new(Shared {
+            site,
+            keys,
+            pack_target: vault.config().pack_target_bytes as usize,
+            known: Mutex::new(known),
+            used_indexes: Mutex::new(BTreeSet::new()),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            new_chunks: AtomicU64::new(0),
+            new_bytes_stored: AtomicU64::new(0),
+        });
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+        let mut sealers = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("sealer-{i}"))
+                .spawn(move || shared.sealer(rx))
+                .map_err(|e| Error::io("starting sealer threads", e))?;
+            sealers.push(handle);
+        }
+        Ok(Self {
+            shared,
+            jobs: Some(tx),
+            sealers,
+            vault: vault.clone(),
+            signer: keyring.signer(),
+            head,
+            chunker: vault.config().chunker,
+            captured_at_ns: now_unix_nanos(),
+            warnings: Mutex::new(warnings),
+        })
+    }
+
+    /// The dataset's keys.
+    pub fn keys(&self) -> &DatasetKeys {
+        &self.shared.keys
+    }
+
+    /// Stores one blob unless an equal one is already stored; returns its chunk id.
+    pub fn store_blob(&self, kind: BlobKind, data: Vec<u8>) -> Result<ChunkId> {
+        self.shared.check()?;
+        let id = self.shared.keys.chunk_id(&data);
+        {
+            let mut known = lock(&self.shared.known);
+            match known.get(&id) {
+                Some(Known::Stored(index)) => {
+                    let index = *index;
+                    drop(known);
+                    lock(&self.shared.used_indexes).insert(index);
+                    return Ok(id);
+                }
+                Some(Known::Pending) => return Ok(id),
+                None => {
+                    known.insert(id, Known::Pending);
+                }
+            }
+        }
+        let sent = self
+            .jobs
+            .as_ref()
+            .map(|tx| tx.send(Job { kind, id, data }).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.shared.check()?;
+            return Err(Error::invalid("backup session already finished"));
+        }
+        Ok(id)
+    }
+
+    /// Chunks and stores a whole stream; returns its chunk ids and length.
+    pub fn store_reader(
+        &self,
+        reader: impl Read,
+        progress: &dyn Progress,
+    ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        for chunk in Chunker::new(reader, self.chunker, self.shared.keys.chunker_seed) {
+            let chunk = chunk.map_err(StoreError::Read)?;
+            total += chunk.len() as u64;
+            progress.add(chunk.len() as u64);
+            ids.push(
+                self.store_blob(BlobKind::Data, chunk)
+                    .map_err(StoreError::Vault)?,
+            );
+        }
+        Ok((ids, total))
+    }
+
+    /// Marks chunks of an unchanged file as used by this version. False if any is not known to
+    /// be stored (then the caller must read the file again).
+    pub fn reuse(&self, ids: &[ChunkId]) -> bool {
+        let known = lock(&self.shared.known);
+        let mut indexes = HashSet::new();
+        for id in ids {
+            match known.get(id) {
+                Some(Known::Stored(index)) => {
+                    indexes.insert(*index);
+                }
+                Some(Known::Pending) => {}
+                None => return false,
+            }
+        }
+        drop(known);
+        lock(&self.shared.used_indexes).extend(indexes);
+        true
+    }
+
+    /// Waits for the sealers; returns the first failure.
+    fn drain(&mut self) -> Result<()> {
+        self.jobs = None;
+        for handle in self.sealers.drain(..) {
+            if handle.join().is_err() {
+                self.shared.fail(Error::invalid("a sealer thread panicked"));
+            }
+        }
+        match lock(&self.shared.failure).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes the version: waits for every pack and index to be durable, then writes the
+    /// manifest, then the ledger entry. Only then does the version exist.
+    pub fn finish(
+        mut self,
+        kind: VersionKind,
+        root: ChunkId,
+        source: Vec<String>,
+        mut stats: VersionStats,
+    ) -> Result<Version> {
+        self.drain()?;
+        stats.new_chunks = self.shared.new_chunks.load(Ordering::Relaxed);
+        stats.new_bytes_stored = self.shared.new_bytes_stored.load(Ordering::Relaxed);
+        if !self.reuse(&[root]) {
+            return Err(Error::invalid("the root tree was not stored"));
+        }
+        let indexes: Vec<ObjectId> = lock(&self.shared.used_indexes).iter().copied().collect();
+        let body = ManifestBody {
+            kind,
+            root,
+            captured_at_ns: self.captured_at_ns,
+            completed_at_ns: now_unix_nanos(),
+            host: hostname(),
+            source,
+            stats,
+        };
+        let keys = &self.shared.keys;
+        let site = self.vault.site();
+        let bytes = manifest::encode(keys, indexes, &body);
+        let manifest_id = ObjectId::of(&bytes);
+        with_retry(|| site.put(&layout::manifest(&keys.dataset, &manifest_id), &bytes))?;
+        let record = ledger::append(
+            site.as_ref(),
+            &self.signer,
+            &keys.dataset,
+            self.head.as_ref(),
+            Event::VersionAdded {
+                manifest: manifest_id,
+                kind,
+                captured_at_ns: self.captured_at_ns,
+                stats,
+            },
+        )?;
+        Ok(Version {
+            dataset: keys.dataset.clone(),
+            seq: record.entry.seq,
+            ledger_id: record.id,
+            manifest: manifest_id,
+            kind,
+            captured_at_ns: self.captured_at_ns,
+            recorded_at_ns: record.entry.time_ns,
+            stats,
+        })
+    }
+}
+
+impl Drop for BackupSession {
+    fn drop(&mut self) {
+        let _ = self.drain();
+    }
+}
+
+/// Failure while storing a stream: the source or the vault.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Reading the source failed.
+    Read(std::io::Error),
+    /// Storing failed.
+    Vault(Error),
+}
+
+/// Reads every index of a dataset whose packs are present, mapping chunk to index object.
+fn load_known_chunks(
+    site: &dyn Site,
+    keys: &DatasetKeys,
+    warnings: &mut Vec<String>,
+) -> Result<HashMap<ChunkId, Known>> {
+    let packs: HashSet<ObjectId> = site
+        .list(&layout::packs_prefix(&keys.dataset))?
+        .iter()
+        .filter_map(|i| layout::id_in_path(&i.path))
+        .collect();
+    let listed = site.list(&layout::index_prefix(&keys.dataset))?;
+    let loaded: Vec<Result<(ObjectId, Vec<index::IndexEntry>, Vec<ObjectId>)>> = listed
+        .par_iter()
+        .map(|info| {
+            let id = layout::id_in_path(&info.path)
+                .ok_or_else(|| Error::corrupt(&info.path, "not named by an object id"))?;
+            let bytes = with_retry(|| site.get(&info.path))?;
+            if ObjectId::of(&bytes) != id {
+                return Err(Error::corrupt(
+                    &info.path,
+                    "bytes do not hash to the object's name",
+                ));
+            }
+            let (header, entries) = index::decode(keys, &info.path, &bytes)?;
+            Ok((id, entries, header.packs))
+        })
+        .collect();
+    let mut known = HashMap::new();
+    for result in loaded {
+        match result {
+            Ok((index_id, entries, index_packs)) => {
+                if let Some(missing) = index_packs.iter().find(|p| !packs.contains(p)) {
+                    warnings.push(format!(
+                        "index {} names pack {} which is missing: its chunks will be stored again",
+                        index_id.short(),
+                        missing.short()
+                    ));
+                    continue;
+                }
+                for e in entries {
+                    known.insert(e.blob.id, Known::Stored(index_id));
+                }
+            }
+            Err(e) if e.is_integrity() => {
+                warnings.push(format!("{e}; its chunks will be stored again"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(known)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
