@@ -532,12 +532,14 @@ fn main() {
     j += &zl.join(",\n");
     j += "\n  },\n";
     match read {
-        Some((bytes, s1, sn)) => j += &format!(
+        Some((bytes, s1, sn)) => {
+            j += &format!(
             "  \"page_cache_read\": {{\"bytes\": {}, \"single_mbps\": {}, \"all_mbps\": {}}},\n",
             bytes,
             jnum(s1),
             jnum(sn)
-        ),
+        )
+        }
         None => j += "  \"page_cache_read\": null,\n",
     }
     match &write {

@@ -66,7 +66,7 @@ pub struct VaultConfig {
     pub chunker: ChunkerParams,
     /// Target size of a pack in bytes.
     pub pack_target_bytes: u64,
-    /// Where the format is specified.
+    /// What this is and where the format is specified, for whoever finds the vault.
     pub specification: String,
 }
 
@@ -85,7 +85,11 @@ impl VaultConfig {
             )],
             chunker: ChunkerParams::DEFAULT,
             pack_target_bytes: 32 * 1024 * 1024,
-            specification: "Data Embassy docs/format.md, format version 1".to_string(),
+            specification: "This is a Data Embassy vault: everything in it is encrypted and signed, \
+                            and a site never holds the keys. The format is specified in docs/format.md \
+                            of Data Embassy (format version 1). Check it without keys: \
+                            embassy verify --site <this location>"
+                .to_string(),
         }
     }
 
@@ -100,7 +104,6 @@ impl VaultConfig {
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::invalid(format!("encoding config: {e}")))?;
         let signature = keys::sign(&root.root_signing_key(), SIGNATURE_LABEL, &body);
-        site.put(layout::README, readme(&self.vault_id).as_bytes())?;
         site.put(layout::CONFIG_SIGNATURE, hex::encode(signature).as_bytes())?;
         match site.put(layout::CONFIG, &body)? {
             Put::Created => Ok(()),
@@ -204,13 +207,4 @@ pub fn now_unix_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-}
-
-fn readme(vault_id: &str) -> String {
-    format!(
-        "This folder is a Data Embassy vault ({vault_id}).\n\
-         Everything in it is encrypted and signed; a site never holds the keys.\n\
-         The format is specified in docs/format.md of Data Embassy (format version 1).\n\
-         Check it without keys: embassy verify --site <this location>\n"
-    )
 }

@@ -8,8 +8,6 @@ use crate::id::ObjectId;
 pub const CONFIG: &str = "config";
 /// The root key's signature over the exact bytes of [`CONFIG`].
 pub const CONFIG_SIGNATURE: &str = "config.sig";
-/// A human-readable note at the vault root saying what this is and where the spec lives.
-pub const README: &str = "README.txt";
 
 /// Checks a dataset name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
 pub fn check_dataset_name(name: &str) -> Result<()> {

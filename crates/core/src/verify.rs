@@ -80,12 +80,7 @@ pub fn verify(
     // 1. Every object hashes to its name; deep: every blob of every pack opens.
     let objects: Vec<&ObjectInfo> = listing
         .iter()
-        .filter(|i| {
-            !matches!(
-                i.path.as_str(),
-                layout::CONFIG | layout::CONFIG_SIGNATURE | layout::README
-            )
-        })
+        .filter(|i| !matches!(i.path.as_str(), layout::CONFIG | layout::CONFIG_SIGNATURE))
         .collect();
     let dataset_keys: Mutex<HashMap<String, std::sync::Arc<crate::keys::DatasetKeys>>> =
         Mutex::new(HashMap::new());

@@ -372,7 +372,8 @@ fn load_known_chunks(
         .filter_map(|i| layout::id_in_path(&i.path))
         .collect();
     let listed = site.list(&layout::index_prefix(&keys.dataset))?;
-    let loaded: Vec<Result<(ObjectId, Vec<index::IndexEntry>, Vec<ObjectId>)>> = listed
+    type Loaded = (ObjectId, Vec<index::IndexEntry>, Vec<ObjectId>);
+    let loaded: Vec<Result<Loaded>> = listed
         .par_iter()
         .map(|info| {
             let id = layout::id_in_path(&info.path)
