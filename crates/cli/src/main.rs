@@ -256,7 +256,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     let n = stream::restore_to(&reader, &mut out, &bar)?;
                     out.sync_all()
                         .map_err(|e| Error::io(format!("syncing {}", file.display()), e))?;
-                    report_restore(cli, &version, json!({"bytes": n, "to": file}))?;
+                    report_restore(
+                        cli,
+                        &version,
+                        json!({"bytes": n, "to": file}),
+                        &format!("{} into {}", output::size(n), file.display()),
+                    )?;
                 }
                 (VersionKind::Tree, None) => {
                     return Err(Error::invalid("restoring a file tree needs --to DIR"));
@@ -272,6 +277,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         cli,
                         &version,
                         json!({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes, "to": dir}),
+                        &format!(
+                            "{} files, {} folders, {} into {}",
+                            stats.files,
+                            stats.dirs,
+                            output::size(stats.bytes),
+                            dir.display()
+                        ),
                     )?;
                 }
             }
@@ -346,14 +358,15 @@ fn report_restore(
     cli: &Cli,
     version: &embassy_core::vault::Version,
     mut detail: serde_json::Value,
+    for_people: &str,
 ) -> Result<()> {
     if cli.json {
         detail["version"] = output::version_json(version);
         print_json(detail)
     } else {
         eprintln!(
-            "restored {} version {} ({})",
-            version.dataset, version.seq, detail
+            "restored {} version {}: {for_people}",
+            version.dataset, version.seq
         );
         Ok(())
     }
