@@ -84,7 +84,7 @@ impl VaultConfig {
                 root.writer_signing_key(0).verifying_key().to_bytes(),
             )],
             chunker: ChunkerParams::DEFAULT,
-            pack_target_bytes: 32 * 1024 * 1024,
+            pack_target_bytes: 16 * 1024 * 1024,
             specification: "This is a Data Embassy vault: everything in it is encrypted and signed, \
                             and a site never holds the keys. The format is specified in docs/format.md \
                             of Data Embassy (format version 1). Check it without keys: \

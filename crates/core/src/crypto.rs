@@ -6,7 +6,7 @@
 //!   the writer forgets it, so it cannot read back what it wrote (invariant 5). Blobs inside are
 //!   ChaCha20-Poly1305 under that key with counter nonces.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use hpke::{Deserializable, Kem as _, Serializable};
 use rand::RngCore;
@@ -144,6 +144,31 @@ impl ObjectKey {
                 },
             )
             .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 encryption has no failure mode"))
+    }
+
+    /// Encrypts `buffer` in place as the `counter`-th message; returns the tag to append.
+    pub fn encrypt_in_place(&self, counter: u64, aad: &[u8], buffer: &mut [u8]) -> [u8; TAG_LEN] {
+        self.cipher
+            .encrypt_in_place_detached((&counter_nonce(counter)).into(), aad, buffer)
+            .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 encryption has no failure mode"))
+            .into()
+    }
+
+    /// Decrypts `ciphertext || tag` in place; on success the first `len - TAG_LEN` bytes are
+    /// the plaintext.
+    pub fn decrypt_in_place(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        sealed: &mut [u8],
+    ) -> Result<(), Unauthentic> {
+        if sealed.len() < TAG_LEN {
+            return Err(Unauthentic);
+        }
+        let (body, tag) = sealed.split_at_mut(sealed.len() - TAG_LEN);
+        self.cipher
+            .decrypt_in_place_detached((&counter_nonce(counter)).into(), aad, body, (&*tag).into())
+            .map_err(|_| Unauthentic)
     }
 
     /// Decrypts the `counter`-th message.

@@ -71,9 +71,10 @@ pub struct BlobEntry {
 const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_ZSTD: u8 = 1;
 
-/// A reusable zstd context, one per worker thread.
+/// A reusable zstd context and scratch buffer, one per worker thread.
 pub struct BlobCompressor {
     zstd: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
 }
 
 impl BlobCompressor {
@@ -81,31 +82,38 @@ impl BlobCompressor {
     pub fn new() -> Result<Self> {
         let zstd = zstd::bulk::Compressor::new(crate::COMPRESSION_LEVEL)
             .map_err(|e| Error::invalid(format!("zstd: {e}")))?;
-        Ok(Self { zstd })
+        Ok(Self {
+            zstd,
+            scratch: Vec::new(),
+        })
     }
 
-    /// `compression byte | body`: zstd when it saves at least 3 %, else stored as is. Large
-    /// blobs are sampled first, so incompressible data (scans, archives) costs almost nothing.
-    fn encode(&mut self, raw: &[u8]) -> Vec<u8> {
+    /// Appends `compression byte | body` to `out`: zstd when it saves at least 3 %, else the
+    /// bytes as they are. Large blobs are sampled first, so incompressible data (scans,
+    /// archives) costs almost nothing.
+    fn encode_into(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         const SAMPLE: usize = 64 * 1024;
-        let worth_trying = raw.len() <= 2 * SAMPLE || {
-            let sample = &raw[..SAMPLE];
-            matches!(self.zstd.compress(sample), Ok(c) if c.len() < SAMPLE * 97 / 100)
-        };
+        let worth_trying = raw.len() <= 2 * SAMPLE
+            || {
+                self.scratch.clear();
+                self.scratch
+                    .reserve(zstd::zstd_safe::compress_bound(SAMPLE));
+                matches!(self.zstd.compress_to_buffer(&raw[..SAMPLE], &mut self.scratch), Ok(n) if n < SAMPLE * 97 / 100)
+            };
         if worth_trying {
-            let mut out = Vec::with_capacity(raw.len() / 2 + 64);
-            out.push(COMPRESSION_ZSTD);
-            if let Ok(compressed) = self.zstd.compress(raw) {
-                if compressed.len() < raw.len() * 97 / 100 {
-                    out.extend_from_slice(&compressed);
-                    return out;
+            self.scratch.clear();
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+            if let Ok(n) = self.zstd.compress_to_buffer(raw, &mut self.scratch) {
+                if n < raw.len() * 97 / 100 {
+                    out.push(COMPRESSION_ZSTD);
+                    out.extend_from_slice(&self.scratch[..n]);
+                    return;
                 }
             }
         }
-        let mut out = Vec::with_capacity(raw.len() + 1);
         out.push(COMPRESSION_NONE);
         out.extend_from_slice(raw);
-        out
     }
 }
 
@@ -161,12 +169,15 @@ impl PackWriter {
             u32::try_from(self.bytes.len()).map_err(|_| Error::invalid("pack grew past 4 GiB"))?;
         let raw_length =
             u32::try_from(raw.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
-        let plain = compressor.encode(raw);
-        let sealed = self
-            .key
-            .encrypt(offset as u64, &blob_aad(kind, &id), &plain);
-        let length = sealed.len() as u32;
-        self.bytes.extend_from_slice(&sealed);
+        let start = self.bytes.len();
+        compressor.encode_into(raw, &mut self.bytes);
+        let tag = self.key.encrypt_in_place(
+            offset as u64,
+            &blob_aad(kind, &id),
+            &mut self.bytes[start..],
+        );
+        self.bytes.extend_from_slice(&tag);
+        let length = (self.bytes.len() - start) as u32;
         self.entries.push(BlobEntry {
             kind,
             id,
@@ -234,28 +245,52 @@ pub fn open_blob(
     entry: &BlobEntry,
     ciphertext: &[u8],
 ) -> Result<Vec<u8>> {
+    let mut sealed = ciphertext.to_vec();
+    let mut scratch = Vec::new();
+    open_blob_in_place(key, keys, path, entry, &mut sealed, &mut scratch).map(|p| p.to_vec())
+}
+
+/// Like [`open_blob`] without copies: decrypts `sealed` in place and returns the plaintext,
+/// which lies either in `sealed` or, if it was compressed, in `scratch`.
+pub fn open_blob_in_place<'a>(
+    key: &ObjectKey,
+    keys: &DatasetKeys,
+    path: &str,
+    entry: &BlobEntry,
+    sealed: &'a mut [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
     let bad =
         |problem: String| Error::corrupt(path, format!("blob {}: {problem}", entry.id.short()));
-    if ciphertext.len() != entry.length as usize || ciphertext.len() < TAG_LEN + 1 {
+    if sealed.len() != entry.length as usize || sealed.len() < TAG_LEN + 1 {
         return Err(bad("stored length does not match the index".into()));
     }
-    let plain = key
-        .decrypt(
-            entry.offset as u64,
-            &blob_aad(entry.kind, &entry.id),
-            ciphertext,
-        )
-        .map_err(|_| bad("authentication failed: the bytes were altered or moved".into()))?;
-    let raw = match plain.first() {
-        Some(&COMPRESSION_NONE) => plain[1..].to_vec(),
-        Some(&COMPRESSION_ZSTD) => zstd::bulk::decompress(&plain[1..], entry.raw_length as usize)
-            .map_err(|e| bad(format!("does not decompress: {e}")))?,
+    key.decrypt_in_place(
+        entry.offset as u64,
+        &blob_aad(entry.kind, &entry.id),
+        sealed,
+    )
+    .map_err(|_| bad("authentication failed: the bytes were altered or moved".into()))?;
+    let plain = &sealed[..sealed.len() - TAG_LEN];
+    let raw: &[u8] = match plain[0] {
+        COMPRESSION_NONE => &plain[1..],
+        COMPRESSION_ZSTD => {
+            scratch.clear();
+            scratch.reserve(entry.raw_length as usize);
+            zstd::zstd_safe::decompress(scratch, &plain[1..]).map_err(|code| {
+                bad(format!(
+                    "does not decompress within its stated size: {}",
+                    zstd::zstd_safe::get_error_name(code)
+                ))
+            })?;
+            scratch
+        }
         _ => return Err(bad("unknown compression".into())),
     };
     if raw.len() != entry.raw_length as usize {
         return Err(bad("plaintext length does not match the index".into()));
     }
-    if keys.chunk_id(&raw) != entry.id {
+    if keys.chunk_id(raw) != entry.id {
         return Err(bad("content does not hash to its chunk id".into()));
     }
     Ok(raw)

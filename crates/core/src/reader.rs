@@ -212,12 +212,20 @@ impl VersionReader {
                     end = end.max(entries[j].offset as u64 + entries[j].length as u64);
                     j += 1;
                 }
-                let span = self.get_range(&path, start, end - start)?;
+                let mut span = self.get_range(&path, start, end - start)?;
+                let mut scratch = Vec::new();
                 for entry in &entries[i..j] {
                     let at = (entry.offset as u64 - start) as usize;
-                    let ciphertext = &span[at..at + entry.length as usize];
-                    let plain = pack::open_blob(&key, &self.keys, &path, entry, ciphertext)?;
-                    sink(&entry.id, &plain)?;
+                    let sealed = &mut span[at..at + entry.length as usize];
+                    let plain = pack::open_blob_in_place(
+                        &key,
+                        &self.keys,
+                        &path,
+                        entry,
+                        sealed,
+                        &mut scratch,
+                    )?;
+                    sink(&entry.id, plain)?;
                 }
                 i = j;
             }

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+
 use rayon::prelude::*;
 
-use crate::chunker::Chunker;
+use crate::chunker::{ChunkBuffer, ChunkError};
 use crate::config::{now_unix_nanos, ChunkerParams};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ObjectId};
@@ -25,7 +26,7 @@ use crate::keys::DatasetKeys;
 use crate::layout;
 use crate::ledger::{self, Event, Record};
 use crate::manifest::{self, ManifestBody, VersionKind, VersionStats};
-use crate::pack::{BlobCompressor, BlobKind, PackWriter};
+use crate::pack::{BlobCompressor, BlobEntry, BlobKind, PackWriter};
 use crate::progress::Progress;
 use crate::site::{with_retry, Site};
 use crate::vault::{Keyring, Vault, Version};
@@ -81,15 +82,16 @@ impl Shared {
         }
     }
 
-    /// Seals and stores one pack, then its index object; marks its chunks as stored.
-    fn flush(&self, pack: PackWriter) -> Result<()> {
-        let (bytes, entries) = pack.finish();
+    /// Stores one sealed pack, then its index object; marks its chunks as stored.
+    fn upload(&self, bytes: Vec<u8>, entries: Vec<BlobEntry>) -> Result<()> {
         let pack_id = ObjectId::of(&bytes);
         let dataset = &self.keys.dataset;
         with_retry(|| self.site.put(&layout::pack(dataset, &pack_id), &bytes))?;
         let stored: u64 = bytes.len() as u64;
         drop(bytes);
-        let index_bytes = index::encode(&self.keys, &[(pack_id, entries.clone())]);
+        let described = (pack_id, entries);
+        let index_bytes = index::encode(&self.keys, std::slice::from_ref(&described));
+        let entries = &described.1;
         let index_id = ObjectId::of(&index_bytes);
         with_retry(|| {
             self.site
@@ -97,7 +99,7 @@ impl Shared {
         })?;
         {
             let mut known = lock(&self.known);
-            for e in &entries {
+            for e in entries {
                 known.insert(e.id, Known::Stored(index_id));
             }
         }
@@ -108,7 +110,8 @@ impl Shared {
         Ok(())
     }
 
-    fn sealer(&self, jobs: Receiver<Job>) {
+    /// Compresses and encrypts blobs into packs; hands each full pack to the uploaders.
+    fn sealer(&self, jobs: Receiver<Job>, uploads: Sender<PackWriter>) {
         let mut compressor = match BlobCompressor::new() {
             Ok(c) => c,
             Err(e) => return self.fail(e),
@@ -118,28 +121,42 @@ impl Shared {
             if self.failed.load(Ordering::Relaxed) {
                 continue; // drain so producers never block
             }
-            let writer = pack.get_or_insert_with(|| {
-                PackWriter::new(&self.keys, self.pack_target + 9 * 1024 * 1024)
-            });
+            let writer = pack
+                .get_or_insert_with(|| PackWriter::new(&self.keys, self.pack_target + PACK_SLACK));
             if let Err(e) = writer.add(&mut compressor, job.kind, job.id, &job.data) {
                 self.fail(e);
                 continue;
             }
             if writer.len() >= self.pack_target {
                 if let Some(full) = pack.take() {
-                    if let Err(e) = self.flush(full) {
-                        self.fail(e);
+                    if uploads.send(full).is_err() {
+                        self.fail(Error::invalid("pack uploaders stopped"));
                     }
                 }
             }
         }
-        // Flush what is left even after a failure elsewhere: it is durable progress for a rerun.
+        // Hand over what is left even after a failure elsewhere: it is progress for a rerun.
         if let Some(last) = pack.take().filter(|p| !p.is_empty()) {
-            if let Err(e) = self.flush(last) {
+            let _ = uploads.send(last);
+        }
+    }
+
+    /// Stores finished packs and their indexes.
+    fn uploader(&self, packs: Receiver<PackWriter>) {
+        for pack in packs {
+            let (bytes, entries) = pack.finish();
+            if let Err(e) = self.upload(bytes, entries) {
                 self.fail(e);
             }
         }
     }
+}
+
+/// Room in a pack's buffer beyond its target size: one largest chunk and its framing.
+const PACK_SLACK: usize = 9 * 1024 * 1024;
+
+thread_local! {
+    static CHUNK_BUFFER: std::cell::RefCell<Option<ChunkBuffer>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A version being written to one dataset.
@@ -147,6 +164,7 @@ pub struct BackupSession {
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
     sealers: Vec<JoinHandle<()>>,
+    uploaders: Vec<JoinHandle<()>>,
     vault: Vault,
     signer: ed25519_dalek::SigningKey,
     head: Option<Record>,
@@ -178,20 +196,28 @@ impl BackupSession {
         });
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+        let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackWriter>(1);
         let mut sealers = Vec::with_capacity(workers);
+        let mut uploaders = Vec::with_capacity(workers);
         for i in 0..workers {
-            let shared = shared.clone();
-            let rx = rx.clone();
+            let (worker, rx, pack_tx) = (shared.clone(), rx.clone(), pack_tx.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("sealer-{i}"))
-                .spawn(move || shared.sealer(rx))
+                .spawn(move || worker.sealer(rx, pack_tx))
                 .map_err(|e| Error::io("starting sealer threads", e))?;
             sealers.push(handle);
+            let (worker, pack_rx) = (shared.clone(), pack_rx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("uploader-{i}"))
+                .spawn(move || worker.uploader(pack_rx))
+                .map_err(|e| Error::io("starting uploader threads", e))?;
+            uploaders.push(handle);
         }
         Ok(Self {
             shared,
             jobs: Some(tx),
             sealers,
+            uploaders,
             vault: vault.clone(),
             signer: keyring.signer(),
             head,
@@ -245,16 +271,26 @@ impl BackupSession {
     ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
         let mut ids = Vec::new();
         let mut total = 0u64;
-        for chunk in Chunker::new(reader, self.chunker, self.shared.keys.chunker_seed) {
-            let chunk = chunk.map_err(StoreError::Read)?;
-            total += chunk.len() as u64;
-            progress.add(chunk.len() as u64);
-            ids.push(
-                self.store_blob(BlobKind::Data, chunk)
-                    .map_err(StoreError::Vault)?,
-            );
+        let mut buffer = CHUNK_BUFFER
+            .with(|b| b.borrow_mut().take())
+            .unwrap_or_else(|| ChunkBuffer::new(self.chunker));
+        let result = buffer.chunks(
+            reader,
+            self.chunker,
+            self.shared.keys.chunker_seed,
+            |chunk| {
+                total += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
+                ids.push(self.store_blob(BlobKind::Data, chunk.to_vec())?);
+                Ok(())
+            },
+        );
+        CHUNK_BUFFER.with(|b| *b.borrow_mut() = Some(buffer));
+        match result {
+            Ok(()) => Ok((ids, total)),
+            Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
+            Err(ChunkError::Consumer(e)) => Err(StoreError::Vault(e)),
         }
-        Ok((ids, total))
     }
 
     /// Marks chunks of an unchanged file as used by this version. False if any is not known to
@@ -279,9 +315,15 @@ impl BackupSession {
     /// Waits for the sealers; returns the first failure.
     fn drain(&mut self) -> Result<()> {
         self.jobs = None;
-        for handle in self.sealers.drain(..) {
+        // Sealers first: when the last one ends, the uploaders' channel closes.
+        for handle in self
+            .sealers
+            .drain(..)
+            .chain(self.uploaders.drain(..).collect::<Vec<_>>())
+        {
             if handle.join().is_err() {
-                self.shared.fail(Error::invalid("a sealer thread panicked"));
+                self.shared
+                    .fail(Error::invalid("a backup worker thread panicked"));
             }
         }
         match lock(&self.shared.failure).take() {

@@ -6,8 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -199,9 +198,15 @@ impl Site for LocalSite {
                 ),
             ));
         }
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset)
+        // Read into spare capacity: no zero-filling of large ranges.
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.take(len).read_to_end(&mut buf))
             .map_err(|e| self.io_error("get", path, e))?;
+        if buf.len() as u64 != len {
+            return Err(self.permanent("get", path, "object shrank while being read".into()));
+        }
         Ok(buf)
     }
 
