@@ -18,6 +18,7 @@ use embassy_core::keys::RootSecret;
 use embassy_core::manifest::VersionKind;
 use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
+use embassy_core::state::StateStore;
 use embassy_core::vault::Vault;
 use embassy_core::{verify, Error, Result};
 use embassy_sources::{files, stream};
@@ -45,6 +46,10 @@ struct Cli {
     /// No progress bars.
     #[arg(long, short = 'q', global = true)]
     quiet: bool,
+    /// Where this machine remembers the newest verified history of each vault (also
+    /// EMBASSY_STATE_DIR); default ~/.local/state/data-embassy.
+    #[arg(long, env = "EMBASSY_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +57,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a vault at the site and a passphrase-protected key file.
-    Init,
+    Init {
+        /// A witness's public key (hex) whose cosignatures restores will count; repeatable.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many witness cosignatures a checkpoint needs before restores trust it.
+        #[arg(long, default_value_t = 0)]
+        witness_quorum: u32,
+    },
     /// Store a new version of a dataset: a file tree, standard input, or a command's output.
     Backup {
         /// Dataset name (a-z, 0-9, '.', '_', '-').
@@ -84,6 +96,26 @@ enum Command {
         /// Allow restoring into a folder that is not empty.
         #[arg(long)]
         overwrite: bool,
+        /// Allow a version that no witnessed checkpoint covers yet (when the vault requires witnesses).
+        #[arg(long)]
+        unwitnessed: bool,
+    },
+    /// Show a dataset's signed history (its ledger).
+    History {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// As a witness: verify the vault without keys and cosign its newest checkpoint.
+    Witness {
+        /// The witness's key file (made with `embassy witness-key --out FILE`).
+        #[arg(long)]
+        witness_key: PathBuf,
+    },
+    /// Create a witness key file and print its public key (to pin with `init --witness`).
+    WitnessKey {
+        /// Where to write the key file.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Check the vault without keys; with --deep, also decrypt and check every chunk.
     Verify {
@@ -94,6 +126,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`| head`)
+    // instead of failing a write.
+    // SAFETY: setting a signal disposition to its default at startup, before any threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,
@@ -116,6 +154,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens the vault at the site, remembering verified heads in the state folder.
+fn open_vault(cli: &Cli) -> Result<Vault> {
+    let vault = Vault::open(open_site(cli)?)?;
+    let dir = match &cli.state_dir {
+        Some(d) => d.clone(),
+        None => StateStore::default_dir().ok_or_else(|| {
+            Error::invalid("no home directory for the state folder: pass --state-dir DIR")
+        })?,
+    };
+    let state = StateStore::open(&dir, &vault.config().vault_id)?;
+    Ok(vault.with_state(state))
+}
+
 fn open_site(cli: &Cli) -> Result<Arc<dyn Site>> {
     let location = cli
         .site
@@ -131,14 +182,20 @@ fn print_json(value: serde_json::Value) -> Result<()> {
 fn run(cli: &Cli) -> Result<ExitCode> {
     let show_progress = !cli.quiet && !cli.json;
     match &cli.command {
-        Command::Init => init(cli),
+        Command::Init {
+            witnesses,
+            witness_quorum,
+        } => init(cli, witnesses, *witness_quorum),
+        Command::History { dataset } => history(cli, dataset),
+        Command::Witness { witness_key } => witness(cli, witness_key),
+        Command::WitnessKey { out } => witness_key_new(cli, out),
         Command::Backup {
             dataset,
             paths,
             stdin,
             command,
         } => {
-            let vault = Vault::open(open_site(cli)?)?;
+            let vault = open_vault(cli)?;
             let keyring = secrets::unlock(
                 vault.config(),
                 cli.key_file.as_deref(),
@@ -191,7 +248,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Versions { dataset } => {
-            let vault = Vault::open(open_site(cli)?)?;
+            let vault = open_vault(cli)?;
             let names = match dataset {
                 Some(d) => vec![d.clone()],
                 None => vault.datasets()?,
@@ -217,13 +274,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             to,
             path,
             overwrite,
+            unwitnessed,
         } => {
             let (dataset, selector) = match target.split_once('@') {
                 Some((d, v)) => (d, Some(v)),
                 None => (target.as_str(), None),
             };
-            let vault = Vault::open(open_site(cli)?)?;
-            let version = vault.find_version(dataset, selector)?;
+            let vault = open_vault(cli)?;
+            let version = find_trusted_version(&vault, dataset, selector, *unwitnessed)?;
             let keyring = secrets::unlock(
                 vault.config(),
                 cli.key_file.as_deref(),
@@ -291,7 +349,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { deep } => {
-            let vault = Vault::open(open_site(cli)?)?;
+            let vault = open_vault(cli)?;
             let keyring = if *deep {
                 Some(secrets::unlock(
                     vault.config(),
@@ -323,14 +381,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 );
                 for d in &report.datasets {
                     println!(
-                        "dataset {}: {} ledger entries, head {}, {} versions complete",
+                        "dataset {}: {} ledger entries, head {}, {} versions complete{}",
                         d.name,
                         d.entries,
                         d.head.as_deref().map_or("-", |h| &h[..16]),
-                        d.versions_complete
+                        d.versions_complete,
+                        d.checkpoint
+                            .as_deref()
+                            .map_or(String::new(), |c| format!(", {c}"))
                     );
                 }
-                if !report.unreferenced.is_empty() {
+                if report.is_ok() && !report.unreferenced.is_empty() {
                     println!(
                         "{} objects are not referenced by any version (left by interrupted backups; reused by the next backup)",
                         report.unreferenced.len()
@@ -372,7 +433,195 @@ fn report_restore(
     }
 }
 
-fn init(cli: &Cli) -> Result<ExitCode> {
+/// The version to restore. When the vault requires witnesses, only versions a witnessed
+/// checkpoint covers, unless `unwitnessed`.
+fn find_trusted_version(
+    vault: &Vault,
+    dataset: &str,
+    selector: Option<&str>,
+    unwitnessed: bool,
+) -> Result<embassy_core::vault::Version> {
+    let limit = if unwitnessed {
+        None
+    } else {
+        vault.witnessed_head(dataset)?
+    };
+    let Some(limit) = limit else {
+        return vault.find_version(dataset, selector);
+    };
+    if matches!(selector, None | Some("latest")) {
+        return vault
+            .versions(dataset)?
+            .into_iter()
+            .rev()
+            .find(|v| v.seq <= limit)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "dataset {dataset} has no version that {} witnesses have cosigned yet; \
+                     run `embassy witness`, or pass --unwitnessed",
+                    vault.config().witness_quorum
+                ))
+            });
+    }
+    let version = vault.find_version(dataset, selector)?;
+    if version.seq > limit {
+        return Err(Error::invalid(format!(
+            "version {} of {dataset} is not yet covered by a checkpoint with {} witness cosignatures \
+             (the newest witnessed entry is {limit}); pass --unwitnessed to restore it anyway",
+            version.seq,
+            vault.config().witness_quorum
+        )));
+    }
+    Ok(version)
+}
+
+fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
+    let vault = open_vault(cli)?;
+    let history = vault.history(dataset)?;
+    if cli.json {
+        let rows: Vec<serde_json::Value> = history
+            .iter()
+            .map(|r| {
+                json!({
+                    "seq": r.entry.seq,
+                    "id": r.id.to_hex(),
+                    "prev": r.entry.prev.map(|p| p.to_hex()),
+                    "time": output::time(r.entry.time_ns),
+                    "signer": hex_key(&r.entry.signer),
+                    "event": r.entry.event,
+                })
+            })
+            .collect();
+        print_json(json!(rows))?;
+    } else {
+        println!(
+            "{:>5}  {:<20}  {:<16}  {:<16}  EVENT",
+            "SEQ", "TIME (UTC)", "ENTRY", "SIGNER"
+        );
+        for r in &history {
+            let detail = match &r.entry.event {
+                embassy_core::ledger::Event::VersionAdded {
+                    manifest, stats, ..
+                } => format!(
+                    "version added: manifest {}, {} files, {}",
+                    manifest.short(),
+                    stats.files,
+                    output::size(stats.bytes)
+                ),
+                embassy_core::ledger::Event::LogRangeAdded {
+                    timeline,
+                    start,
+                    end,
+                    ..
+                } => {
+                    format!("log range added: timeline {timeline}, {start:X}..{end:X}")
+                }
+                embassy_core::ledger::Event::VersionsDeleted { seqs, reason } => {
+                    format!("versions deleted: {seqs:?} ({reason})")
+                }
+                embassy_core::ledger::Event::SignerAdded { key, role } => {
+                    format!("signer added: {} ({role})", hex_key(key))
+                }
+                embassy_core::ledger::Event::SignerRevoked { key, reason } => {
+                    format!("signer revoked: {} ({reason})", hex_key(key))
+                }
+            };
+            println!(
+                "{:>5}  {:<20}  {:<16}  {:<16}  {detail}",
+                r.entry.seq,
+                output::time(r.entry.time_ns),
+                &r.id.to_hex()[..16],
+                &hex_key(&r.entry.signer)[..16]
+            );
+        }
+        println!("{} entries, chain and signatures verified", history.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_key(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn witness_key_new(cli: &Cli, out: &Path) -> Result<ExitCode> {
+    let secret = RootSecret::generate();
+    let public = ed25519_dalek_public(&secret);
+    let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
+    KeyFile::seal(&secret, WITNESS_KEY_ID, pass.as_bytes(), KdfParams::DEFAULT)?.store(out)?;
+    if cli.json {
+        print_json(json!({"ok": true, "key_file": out, "public_key": public}))?;
+    } else {
+        println!("witness key written to {}", out.display());
+        println!("public key: {public}");
+        println!("pin it in a vault with: embassy init --witness {public} --witness-quorum 1");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `vault_id` a witness key file carries.
+const WITNESS_KEY_ID: &str = "witness";
+
+fn ed25519_dalek_public(secret: &RootSecret) -> String {
+    hex_key(
+        &embassy_core::checkpoint::witness_signing_key(secret)
+            .verifying_key()
+            .to_bytes(),
+    )
+}
+
+fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
+    let file = KeyFile::load(key_path)?;
+    if file.vault_id != WITNESS_KEY_ID {
+        return Err(Error::WrongKey(format!(
+            "{} is not a witness key file (make one with `embassy witness-key --out FILE`)",
+            key_path.display()
+        )));
+    }
+    let pass = secrets::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let key = embassy_core::checkpoint::witness_signing_key(&file.open(pass.as_bytes(), key_path)?);
+    let vault = open_vault(cli)?;
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let report = verify::verify(&vault, None, &bar)?;
+    bar.finish();
+    if !report.is_ok() {
+        for p in &report.problems {
+            eprintln!("PROBLEM: {p}");
+        }
+        return Err(Error::History {
+            dataset: "(vault)".into(),
+            problem: format!(
+                "{} problems found; nothing was cosigned",
+                report.problems.len()
+            ),
+        });
+    }
+    let (histories, _) = vault.histories()?;
+    let signers = vault.checkpoint_signers(&histories)?;
+    let (checkpoints, _) = embassy_core::checkpoint::load_all(
+        vault.site().as_ref(),
+        &vault.config().vault_id,
+        &signers,
+    )?;
+    let newest = checkpoints
+        .last()
+        .ok_or_else(|| Error::NotFound("the vault has no checkpoint to cosign yet".into()))?;
+    embassy_core::checkpoint::cosign(vault.site().as_ref(), &newest.id, &key)?;
+    if cli.json {
+        print_json(
+            json!({"ok": true, "checkpoint": newest.id.to_hex(), "witness": hex_key(&key.verifying_key().to_bytes())}),
+        )?;
+    } else {
+        println!(
+            "verified {} objects; cosigned checkpoint {} of {}",
+            report.objects_checked,
+            newest.id.short(),
+            output::time(newest.checkpoint.time_ns)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(cli: &Cli, witnesses: &[String], witness_quorum: u32) -> Result<ExitCode> {
     let site = open_site(cli)?;
     if let Some(existing) = VaultConfig::try_load(site.as_ref())? {
         return Err(Error::VaultExists {
@@ -381,7 +630,23 @@ fn init(cli: &Cli) -> Result<ExitCode> {
         });
     }
     let root = RootSecret::generate();
-    let config = VaultConfig::new(&root);
+    let mut config = VaultConfig::new(&root);
+    for w in witnesses {
+        let ok = w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(Error::invalid(format!(
+                "--witness {w} is not a 64-digit hex public key (print one with `embassy witness-key`)"
+            )));
+        }
+    }
+    if witness_quorum as usize > witnesses.len() {
+        return Err(Error::invalid(format!(
+            "--witness-quorum {witness_quorum} is more than the {} witnesses given",
+            witnesses.len()
+        )));
+    }
+    config.witnesses = witnesses.iter().map(|w| w.to_ascii_lowercase()).collect();
+    config.witness_quorum = witness_quorum;
     let key_path = secrets::key_path(cli.key_file.as_deref(), &config.vault_id)?;
     if key_path.exists() {
         return Err(Error::invalid(format!(

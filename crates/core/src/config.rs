@@ -68,6 +68,12 @@ pub struct VaultConfig {
     pub pack_target_bytes: u64,
     /// What this is and where the format is specified, for whoever finds the vault.
     pub specification: String,
+    /// Ed25519 keys of witnesses whose cosignatures restores count (hex).
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// How many witness cosignatures a checkpoint needs before restores trust it by default.
+    #[serde(default)]
+    pub witness_quorum: u32,
 }
 
 impl VaultConfig {
@@ -90,6 +96,8 @@ impl VaultConfig {
                             of Data Embassy (format version 1). Check it without keys: \
                             embassy verify --site <this location>"
                 .to_string(),
+            witnesses: Vec::new(),
+            witness_quorum: 0,
         }
     }
 
@@ -143,6 +151,12 @@ impl VaultConfig {
                 "pack target size out of range",
             ));
         }
+        if config.witness_quorum as usize > config.witnesses.len() {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "witness quorum exceeds the number of witnesses",
+            ));
+        }
         let root_key = decode_key(&config.root_public_key)
             .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))?;
         let signature = site.get(layout::CONFIG_SIGNATURE).map_err(|e| match e {
@@ -169,6 +183,20 @@ impl VaultConfig {
         Self::try_load(site)?.ok_or_else(|| Error::NoVault {
             site: site.location().to_string(),
         })
+    }
+
+    /// The root signing key's public half.
+    pub fn root_key(&self) -> Result<[u8; 32]> {
+        decode_key(&self.root_public_key)
+            .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))
+    }
+
+    /// The pinned witness keys.
+    pub fn witness_keys(&self) -> Vec<[u8; 32]> {
+        self.witnesses
+            .iter()
+            .filter_map(|s| decode_key(s))
+            .collect()
     }
 
     /// The pinned ledger signers.

@@ -38,6 +38,63 @@ pub enum Event {
         /// Its counts.
         stats: VersionStats,
     },
+    /// A range of continuous changes (for example PostgreSQL WAL) after a version was stored.
+    LogRangeAdded {
+        /// The manifest of the stored range.
+        manifest: ObjectId,
+        /// Timeline (PostgreSQL) or 0.
+        timeline: u32,
+        /// First position covered (for example an LSN).
+        start: u64,
+        /// Position just after the last byte covered.
+        end: u64,
+        /// Capture time of the newest change in the range.
+        captured_at_ns: i64,
+    },
+    /// Versions were removed by retention; their entries stay in the history.
+    VersionsDeleted {
+        /// Sequence numbers of the removed versions' entries.
+        seqs: Vec<u64>,
+        /// Why (the retention rule or the approval).
+        reason: String,
+    },
+    /// A key may sign this dataset's entries from now on. Signed by the root key.
+    SignerAdded {
+        /// Ed25519 public key.
+        #[serde(with = "serde_bytes")]
+        key: [u8; 32],
+        /// What the key is for (a host name, "agent", ...).
+        role: String,
+    },
+    /// A key may no longer sign this dataset's entries. Signed by the root key.
+    SignerRevoked {
+        /// Ed25519 public key.
+        #[serde(with = "serde_bytes")]
+        key: [u8; 32],
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// True for events only the root key may sign.
+    pub fn needs_root(&self) -> bool {
+        matches!(
+            self,
+            Event::SignerAdded { .. } | Event::SignerRevoked { .. }
+        )
+    }
+
+    /// A short name for people.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::VersionAdded { .. } => "version added",
+            Event::LogRangeAdded { .. } => "log range added",
+            Event::VersionsDeleted { .. } => "versions deleted",
+            Event::SignerAdded { .. } => "signer added",
+            Event::SignerRevoked { .. } => "signer revoked",
+        }
+    }
 }
 
 /// One ledger entry.
@@ -79,8 +136,9 @@ pub fn encode(entry: &Entry, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
     out
 }
 
-/// Decodes an entry and checks its signature against the pinned signers.
-pub fn decode(path: &str, bytes: &[u8], signers: &[[u8; 32]]) -> Result<Entry> {
+/// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
+/// is decided by [`load_history`], which knows the signer set at that point of the chain.
+pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
     if bytes.len() < 12 + 64 || &bytes[..8] != MAGIC {
         return Err(Error::corrupt(
             path,
@@ -93,15 +151,6 @@ pub fn decode(path: &str, bytes: &[u8], signers: &[[u8; 32]]) -> Result<Entry> {
     }
     let body = &bytes[12..12 + len];
     let entry: Entry = cbor::from_slice(body).map_err(|e| Error::corrupt(path, e))?;
-    if !signers.contains(&entry.signer) {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "signed by {}, which is not a signer pinned in the vault configuration",
-                hex::encode(&entry.signer[..8])
-            ),
-        ));
-    }
     if !keys::verify_signature(&entry.signer, SIGNATURE_LABEL, body, &bytes[12 + len..]) {
         return Err(Error::corrupt(
             path,
@@ -141,7 +190,6 @@ pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Res
             });
         }
     }
-    let signers = config.signer_keys();
     let entries: Vec<Result<Record>> = listed
         .par_iter()
         .map(|(_, id, path)| {
@@ -154,10 +202,12 @@ pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Res
             }
             Ok(Record {
                 id: *id,
-                entry: decode(path, &bytes, &signers)?,
+                entry: decode(path, &bytes)?,
             })
         })
         .collect();
+    let root_key = config.root_key()?;
+    let mut signers: Vec<[u8; 32]> = config.signer_keys();
     let mut records = Vec::with_capacity(entries.len());
     for (i, record) in entries.into_iter().enumerate() {
         let record = record?;
@@ -181,9 +231,27 @@ pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Res
                 record.entry.seq,
                 expected_seq - 1
             ))
+        } else if record.entry.event.needs_root() && record.entry.signer != root_key {
+            Some(format!(
+                "entry {} ({}) is not signed by the vault's root key",
+                record.entry.seq,
+                record.entry.event.name()
+            ))
+        } else if !record.entry.event.needs_root() && !signers.contains(&record.entry.signer) {
+            Some(format!(
+                "entry {} is signed by {}, which is not (or no longer) a signer of this dataset: \
+                 a revoked or foreign key",
+                record.entry.seq,
+                hex::encode(&record.entry.signer[..8])
+            ))
         } else {
             None
         };
+        match &record.entry.event {
+            Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
+            Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
+            _ => {}
+        }
         if let Some(problem) = problem {
             return Err(Error::History {
                 dataset: dataset.into(),

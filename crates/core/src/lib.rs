@@ -4,6 +4,7 @@
 //!
 //! The on-disk format is specified in `docs/format.md`; the module docs here point at it.
 
+pub mod checkpoint;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
@@ -19,6 +20,8 @@ pub mod pack;
 pub mod progress;
 pub mod reader;
 pub mod site;
+pub mod state;
+pub mod time;
 pub mod tree;
 pub mod vault;
 pub mod verify;

@@ -1,7 +1,10 @@
 //! An open vault: a site plus its verified configuration, and the keys that unlock it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use crate::checkpoint::{self, Head, StoredCheckpoint};
+use crate::state::StateStore;
 
 use crate::config::VaultConfig;
 use crate::error::{Error, Result};
@@ -17,6 +20,7 @@ use crate::site::Site;
 pub struct Vault {
     site: Arc<dyn Site>,
     config: VaultConfig,
+    state: Option<Arc<StateStore>>,
 }
 
 impl Vault {
@@ -24,13 +28,32 @@ impl Vault {
     pub fn create(site: Arc<dyn Site>, root: &RootSecret) -> Result<Self> {
         let config = VaultConfig::new(root);
         config.create(site.as_ref(), root)?;
-        Ok(Self { site, config })
+        Ok(Self {
+            site,
+            config,
+            state: None,
+        })
     }
 
     /// Opens the vault at a site.
     pub fn open(site: Arc<dyn Site>) -> Result<Self> {
         let config = VaultConfig::load(site.as_ref())?;
-        Ok(Self { site, config })
+        Ok(Self {
+            site,
+            config,
+            state: None,
+        })
+    }
+
+    /// Remembers verified heads in `state` and refuses histories that go back from them.
+    pub fn with_state(mut self, state: StateStore) -> Self {
+        self.state = Some(Arc::new(state));
+        self
+    }
+
+    /// The remembered state, if any.
+    pub fn state(&self) -> Option<&StateStore> {
+        self.state.as_deref()
     }
 
     /// The site.
@@ -54,18 +77,125 @@ impl Vault {
         Ok(names.into_iter().collect())
     }
 
-    /// The verified history of a dataset.
+    /// The verified history of a dataset, checked against the heads this client remembers.
     pub fn history(&self, dataset: &str) -> Result<Vec<Record>> {
-        ledger::load_history(self.site.as_ref(), &self.config, dataset)
+        let history = ledger::load_history(self.site.as_ref(), &self.config, dataset)?;
+        if let Some(state) = &self.state {
+            state.check_history(dataset, &history)?;
+        }
+        Ok(history)
     }
 
-    /// The versions of a dataset, oldest first.
-    pub fn versions(&self, dataset: &str) -> Result<Vec<Version>> {
-        Ok(self
-            .history(dataset)?
+    /// Every dataset's verified history; datasets that fail are returned as errors beside.
+    pub fn histories(&self) -> Result<(BTreeMap<String, Vec<Record>>, Vec<Error>)> {
+        let mut ok = BTreeMap::new();
+        let mut failed = Vec::new();
+        for dataset in self.datasets()? {
+            match self.history(&dataset) {
+                Ok(h) => {
+                    ok.insert(dataset, h);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        if let Some(state) = &self.state {
+            let listed: Vec<String> = self.datasets()?;
+            for (dataset, head) in state.missing_datasets(&listed) {
+                failed.push(Error::History {
+                    dataset,
+                    problem: format!(
+                        "deleted: the site no longer holds this dataset, but entry {} ({}) was verified here on {}",
+                        head.seq,
+                        &head.id[..16.min(head.id.len())],
+                        crate::time::utc(head.seen_at_ns)
+                    ),
+                });
+            }
+        }
+        Ok((ok, failed))
+    }
+
+    /// Keys that may sign checkpoints: the root key, the pinned signers, and signers added in
+    /// any verified history.
+    pub fn checkpoint_signers(
+        &self,
+        histories: &BTreeMap<String, Vec<Record>>,
+    ) -> Result<Vec<[u8; 32]>> {
+        let mut keys = self.config.signer_keys();
+        keys.push(self.config.root_key()?);
+        for record in histories.values().flatten() {
+            if let Event::SignerAdded { key, .. } = &record.entry.event {
+                keys.push(*key);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Writes a checkpoint of every verified head. Returns its id and the datasets left out
+    /// because their history did not verify.
+    pub fn write_checkpoint(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<(ObjectId, Vec<Error>)> {
+        let (histories, failed) = self.histories()?;
+        let heads = histories
             .iter()
-            .map(|record| Version::from_record(dataset, record))
-            .collect())
+            .filter_map(|(name, h)| {
+                h.last().map(|r| {
+                    (
+                        name.clone(),
+                        Head {
+                            seq: r.entry.seq,
+                            id: r.id,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let id = checkpoint::write(self.site.as_ref(), &self.config.vault_id, heads, key)?;
+        Ok((id, failed))
+    }
+
+    /// The newest checkpoint that is consistent with `histories` and has at least the vault's
+    /// witness quorum of cosignatures from pinned witnesses (any, when the quorum is 0).
+    pub fn trusted_checkpoint(
+        &self,
+        histories: &BTreeMap<String, Vec<Record>>,
+    ) -> Result<Option<StoredCheckpoint>> {
+        let signers = self.checkpoint_signers(histories)?;
+        let (checkpoints, _) =
+            checkpoint::load_all(self.site.as_ref(), &self.config.vault_id, &signers)?;
+        let witnesses = self.config.witness_keys();
+        Ok(checkpoints.into_iter().rev().find(|cp| {
+            let cosigned = cp
+                .cosigners
+                .iter()
+                .filter(|w| witnesses.contains(w))
+                .count();
+            cosigned >= self.config.witness_quorum as usize
+                && checkpoint::check_against(cp, histories).is_empty()
+        }))
+    }
+
+    /// The newest version of `dataset` that a witnessed checkpoint covers, when the vault
+    /// requires witnesses; `None` when it does not.
+    pub fn witnessed_head(&self, dataset: &str) -> Result<Option<u64>> {
+        if self.config.witness_quorum == 0 {
+            return Ok(None);
+        }
+        let history = self.history(dataset)?;
+        let histories = BTreeMap::from([(dataset.to_string(), history)]);
+        let trusted = self.trusted_checkpoint(&histories)?;
+        Ok(Some(
+            trusted
+                .and_then(|cp| cp.checkpoint.heads.get(dataset).map(|h| h.seq))
+                .unwrap_or(0),
+        ))
+    }
+
+    /// The versions of a dataset still held (not removed by retention), oldest first.
+    pub fn versions(&self, dataset: &str) -> Result<Vec<Version>> {
+        Ok(versions_in(dataset, &self.history(dataset)?))
     }
 
     /// Finds a version: `None` or `latest` for the newest, a sequence number, or a prefix (at
@@ -138,15 +268,18 @@ pub struct Version {
 }
 
 impl Version {
-    /// The version a ledger record adds.
-    pub fn from_record(dataset: &str, record: &Record) -> Self {
+    /// The version a ledger record adds, if it adds one.
+    pub fn from_record(dataset: &str, record: &Record) -> Option<Self> {
         let Event::VersionAdded {
             manifest,
             kind,
             captured_at_ns,
             stats,
-        } = &record.entry.event;
-        Self {
+        } = &record.entry.event
+        else {
+            return None;
+        };
+        Some(Self {
             dataset: dataset.to_string(),
             seq: record.entry.seq,
             ledger_id: record.id,
@@ -155,8 +288,25 @@ impl Version {
             captured_at_ns: *captured_at_ns,
             recorded_at_ns: record.entry.time_ns,
             stats: *stats,
-        }
+        })
     }
+}
+
+/// The versions a verified history still holds, oldest first.
+pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
+    let deleted: BTreeSet<u64> = history
+        .iter()
+        .filter_map(|r| match &r.entry.event {
+            Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    history
+        .iter()
+        .filter(|r| !deleted.contains(&r.entry.seq))
+        .filter_map(|r| Version::from_record(dataset, r))
+        .collect()
 }
 
 /// The keys a process holds. Today: the root secret, from which all are derived.

@@ -49,6 +49,8 @@ pub struct DatasetSummary {
     pub head: Option<String>,
     /// Versions whose references were all found.
     pub versions_complete: u64,
+    /// The newest checkpoint this history is consistent with, for people.
+    pub checkpoint: Option<String>,
 }
 
 impl VerifyReport {
@@ -156,26 +158,74 @@ pub fn verify(
         }
     });
 
-    // 2. Ledgers and what they reference.
+    // 2. Ledgers (checked against remembered heads) and what they reference.
+    let listed_datasets = vault.datasets()?;
     let mut referenced: HashSet<String> = HashSet::new();
-    let datasets = vault.datasets()?;
-    for dataset in &datasets {
-        let history = match vault.history(dataset) {
-            Ok(h) => h,
-            Err(e) => {
-                problem(e.to_string());
-                continue;
+    let (histories, failed) = vault.histories()?;
+    let failed_datasets: Vec<String> = failed
+        .iter()
+        .filter_map(|e| match e {
+            Error::History { dataset, .. } => Some(dataset.clone()),
+            _ => None,
+        })
+        .filter(|d| listed_datasets.contains(d))
+        .collect();
+    for e in failed {
+        problem(e.to_string());
+    }
+    // 3. Checkpoints: signed, and every served history must extend each of them.
+    let signers = vault.checkpoint_signers(&histories)?;
+    let (checkpoints, checkpoint_problems) =
+        crate::checkpoint::load_all(site, &vault.config().vault_id, &signers)?;
+    for p in checkpoint_problems {
+        problem(p);
+    }
+    for cp in &checkpoints {
+        referenced.insert(format!(
+            "{}{:020}-{}",
+            crate::checkpoint::CHECKPOINTS,
+            cp.checkpoint.time_ns,
+            cp.id
+        ));
+        for p in crate::checkpoint::check_against_except(cp, &histories, &failed_datasets) {
+            problem(p);
+        }
+    }
+    if let Some(state) = vault.state() {
+        if let Some(newest) = checkpoints.last() {
+            if let Some(seen) =
+                state.check_checkpoint(&newest.id.to_hex(), newest.checkpoint.time_ns)?
+            {
+                problem(format!(
+                    "replay: the newest checkpoint at the site is {} of {}, but checkpoint {} of {} was verified here: \
+                     the site hides newer checkpoints or was rolled back",
+                    newest.id.short(),
+                    crate::time::utc(newest.checkpoint.time_ns),
+                    &seen.id[..8.min(seen.id.len())],
+                    crate::time::utc(seen.time_ns)
+                ));
             }
-        };
+        } else if let Some(seen) = state.seen().checkpoint {
+            problem(format!(
+                "replay: the site holds no checkpoint, but checkpoint {} of {} was verified here",
+                &seen.id[..8.min(seen.id.len())],
+                crate::time::utc(seen.time_ns)
+            ));
+        }
+    }
+    let witnesses = vault.config().witness_keys();
+    for (dataset, history) in &histories {
         let mut complete = 0;
-        for record in &history {
+        for record in history {
             referenced.insert(layout::ledger_entry(dataset, record.entry.seq, &record.id));
-            let version = crate::vault::Version::from_record(dataset, record);
-            let ok = check_references(vault, &sizes, dataset, &version, &mut referenced, &problem);
+        }
+        for version in crate::vault::versions_in(dataset, history) {
+            let version = &version;
+            let ok = check_references(vault, &sizes, dataset, version, &mut referenced, &problem);
             let deep_ok = ok
                 && match keys {
                     Some(keyring) => {
-                        deep_check_version(vault, keyring, &version, &pack_blobs, &problem)
+                        deep_check_version(vault, keyring, version, &pack_blobs, &problem)
                     }
                     None => true,
                 };
@@ -183,6 +233,10 @@ pub fn verify(
                 complete += 1;
             }
         }
+        let covering = checkpoints.iter().rev().find(|cp| {
+            cp.checkpoint.heads.contains_key(dataset)
+                && crate::checkpoint::check_against(cp, &histories).is_empty()
+        });
         report
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -192,7 +246,29 @@ pub fn verify(
                 entries: history.len() as u64,
                 head: history.last().map(|r| r.id.to_hex()),
                 versions_complete: complete,
+                checkpoint: covering.map(|cp| {
+                    let cosigned = cp
+                        .cosigners
+                        .iter()
+                        .filter(|w| witnesses.contains(w))
+                        .count();
+                    format!(
+                        "consistent with checkpoint {} of {}{}",
+                        cp.id.short(),
+                        crate::time::utc(cp.checkpoint.time_ns),
+                        if cosigned > 0 {
+                            format!(", cosigned by {cosigned} witnesses")
+                        } else {
+                            String::new()
+                        }
+                    )
+                }),
             });
+    }
+    for prefix in [crate::checkpoint::COSIGNATURES] {
+        for info in listing.iter().filter(|i| i.path.starts_with(prefix)) {
+            referenced.insert(info.path.clone());
+        }
     }
     let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
     report.unreferenced = objects

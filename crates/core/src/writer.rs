@@ -170,8 +170,9 @@ pub struct BackupSession {
     head: Option<Record>,
     chunker: ChunkerParams,
     captured_at_ns: i64,
-    /// Problems that did not stop the backup (for example a damaged index that was ignored).
-    pub warnings: Mutex<Vec<String>>,
+    /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
+    /// that could not be written); keep a clone to read them after [`BackupSession::finish`].
+    pub warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl BackupSession {
@@ -223,7 +224,7 @@ impl BackupSession {
             head,
             chunker: vault.config().chunker,
             captured_at_ns: now_unix_nanos(),
-            warnings: Mutex::new(warnings),
+            warnings: Arc::new(Mutex::new(warnings)),
         })
     }
 
@@ -374,6 +375,16 @@ impl BackupSession {
                 stats,
             },
         )?;
+        // A checkpoint of every head; the version is already durable, so a failure here is
+        // a warning, not a lost backup.
+        match self.vault.write_checkpoint(&self.signer) {
+            Ok((_, left_out)) => lock(&self.warnings).extend(
+                left_out
+                    .into_iter()
+                    .map(|e| format!("checkpoint leaves out a dataset: {e}")),
+            ),
+            Err(e) => lock(&self.warnings).push(format!("no checkpoint written: {e}")),
+        }
         Ok(Version {
             dataset: keys.dataset.clone(),
             seq: record.entry.seq,

@@ -280,8 +280,8 @@ pub fn backup(
     }
 
     let session = BackupSession::begin(vault, keyring, dataset)?;
-    let mut warnings =
-        std::mem::take(&mut *session.warnings.lock().unwrap_or_else(|p| p.into_inner()));
+    let session_warnings = session.warnings.clone();
+    let mut warnings = Vec::new();
     let previous_version = vault
         .versions(dataset)?
         .into_iter()
@@ -358,7 +358,12 @@ pub fn backup(
         .map(|(p, _)| p.display().to_string())
         .collect();
     let version = session.finish(VersionKind::Tree, root, source, stats)?;
-    Ok(Backup { version, warnings })
+    let mut all = std::mem::take(&mut *session_warnings.lock().unwrap_or_else(|p| p.into_inner()));
+    all.extend(warnings);
+    Ok(Backup {
+        version,
+        warnings: all,
+    })
 }
 
 /// How to restore.

@@ -1,0 +1,310 @@
+//! Checkpoints: signed statements of every ledger head of a vault, written after each change,
+//! and witness cosignatures: a witness (another site's agent, an auditor) that has verified a
+//! checkpoint against the ledgers signs it too. A checkpoint with enough cosignatures is what a
+//! restore trusts by default; a site cannot forge one, and any later history must extend it.
+//!
+//! ```text
+//! checkpoints/<time_ns, 20 digits>-<id>:
+//!   "EMBCHKP1" | u32 LE length | CBOR Checkpoint | Ed25519 signature over "data-embassy checkpoint v1\0" | CBOR
+//! cosignatures/<checkpoint id>/<witness key, 16 hex>-<id>:
+//!   "EMBCOSG1" | u32 LE length | CBOR Cosignature | Ed25519 signature over "data-embassy cosignature v1\0" | CBOR
+//! ```
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::cbor;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::ledger::Record;
+use crate::site::{with_retry, Site};
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"EMBCHKP1";
+const COSIGNATURE_MAGIC: &[u8; 8] = b"EMBCOSG1";
+const CHECKPOINT_LABEL: &[u8] = b"data-embassy checkpoint v1";
+const COSIGNATURE_LABEL: &[u8] = b"data-embassy cosignature v1";
+/// Prefix of all checkpoints.
+pub const CHECKPOINTS: &str = "checkpoints/";
+/// Prefix of all cosignatures.
+pub const COSIGNATURES: &str = "cosignatures/";
+
+/// One dataset's head in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Sequence number of the newest entry.
+    pub seq: u64,
+    /// Its id.
+    pub id: ObjectId,
+}
+
+/// A signed statement of all ledger heads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The vault.
+    pub vault_id: String,
+    /// When it was made.
+    pub time_ns: i64,
+    /// Heads by dataset.
+    pub heads: BTreeMap<String, Head>,
+    /// Signer's Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub signer: [u8; 32],
+}
+
+/// A witness's signature over a checkpoint it verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cosignature {
+    /// The checkpoint's id.
+    pub checkpoint: ObjectId,
+    /// The witness's Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub witness: [u8; 32],
+    /// When the witness checked it.
+    pub time_ns: i64,
+}
+
+fn encode_signed<T: Serialize>(
+    magic: &[u8; 8],
+    label: &[u8],
+    value: &T,
+    key: &SigningKey,
+) -> Vec<u8> {
+    let body = cbor::to_vec(value);
+    let signature = keys::sign(key, label, &body);
+    let mut out = Vec::with_capacity(12 + body.len() + 64);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&signature);
+    out
+}
+
+/// Decodes a signed object and returns it with the signature checked against `signer_of(value)`.
+fn decode_signed<T: serde::de::DeserializeOwned>(
+    magic: &[u8; 8],
+    label: &[u8],
+    path: &str,
+    bytes: &[u8],
+    signer_of: impl Fn(&T) -> [u8; 32],
+) -> Result<T> {
+    if bytes.len() < 12 + 64 || &bytes[..8] != magic {
+        return Err(Error::corrupt(path, "bad magic or too short"));
+    }
+    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
+    if 12usize.checked_add(len).and_then(|n| n.checked_add(64)) != Some(bytes.len()) {
+        return Err(Error::corrupt(path, "length does not match"));
+    }
+    let body = &bytes[12..12 + len];
+    let value: T = cbor::from_slice(body).map_err(|e| Error::corrupt(path, e))?;
+    if !keys::verify_signature(&signer_of(&value), label, body, &bytes[12 + len..]) {
+        return Err(Error::corrupt(path, "signature does not verify"));
+    }
+    Ok(value)
+}
+
+/// A stored, signature-checked checkpoint.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    /// Its id.
+    pub id: ObjectId,
+    /// Its content.
+    pub checkpoint: Checkpoint,
+    /// Valid cosignatures by witness key.
+    pub cosigners: Vec<[u8; 32]>,
+}
+
+/// A witness's signing key from the 32 secret bytes of its key file.
+pub fn witness_signing_key(secret: &crate::keys::RootSecret) -> SigningKey {
+    SigningKey::from_bytes(&blake3::derive_key(
+        "data-embassy 2026 witness signing key v1",
+        secret.expose(),
+    ))
+}
+
+/// Writes a checkpoint of `heads`.
+pub fn write(
+    site: &dyn Site,
+    vault_id: &str,
+    heads: BTreeMap<String, Head>,
+    key: &SigningKey,
+) -> Result<ObjectId> {
+    let checkpoint = Checkpoint {
+        vault_id: vault_id.to_string(),
+        time_ns: crate::config::now_unix_nanos(),
+        heads,
+        signer: key.verifying_key().to_bytes(),
+    };
+    let bytes = encode_signed(CHECKPOINT_MAGIC, CHECKPOINT_LABEL, &checkpoint, key);
+    let id = ObjectId::of(&bytes);
+    with_retry(|| {
+        site.put(
+            &format!("{CHECKPOINTS}{:020}-{id}", checkpoint.time_ns),
+            &bytes,
+        )
+    })?;
+    Ok(id)
+}
+
+/// Cosigns checkpoint `id` as a witness.
+pub fn cosign(site: &dyn Site, id: &ObjectId, key: &SigningKey) -> Result<()> {
+    let cosignature = Cosignature {
+        checkpoint: *id,
+        witness: key.verifying_key().to_bytes(),
+        time_ns: crate::config::now_unix_nanos(),
+    };
+    let bytes = encode_signed(COSIGNATURE_MAGIC, COSIGNATURE_LABEL, &cosignature, key);
+    let path = format!(
+        "{COSIGNATURES}{id}/{}-{}",
+        hex::encode(&cosignature.witness[..8]),
+        ObjectId::of(&bytes)
+    );
+    with_retry(|| site.put(&path, &bytes))?;
+    Ok(())
+}
+
+/// Every checkpoint on the site, oldest first, with signatures checked (signer must be in
+/// `signers`) and its valid cosignatures. Damaged or foreign ones are returned as problems.
+pub fn load_all(
+    site: &dyn Site,
+    vault_id: &str,
+    signers: &[[u8; 32]],
+) -> Result<(Vec<StoredCheckpoint>, Vec<String>)> {
+    let mut problems = Vec::new();
+    let mut cosigs: BTreeMap<ObjectId, Vec<[u8; 32]>> = BTreeMap::new();
+    for info in site.list(COSIGNATURES)? {
+        let Some(id) = crate::layout::id_in_path(&info.path) else {
+            problems.push(format!("{}: unexpected object", info.path));
+            continue;
+        };
+        let checked = with_retry(|| site.get(&info.path))
+            .map_err(Error::from)
+            .and_then(|bytes| {
+                if ObjectId::of(&bytes) != id {
+                    return Err(Error::corrupt(
+                        &info.path,
+                        "bytes do not hash to the object's name",
+                    ));
+                }
+                decode_signed::<Cosignature>(
+                    COSIGNATURE_MAGIC,
+                    COSIGNATURE_LABEL,
+                    &info.path,
+                    &bytes,
+                    |c| c.witness,
+                )
+            });
+        match checked {
+            Ok(c) => cosigs.entry(c.checkpoint).or_default().push(c.witness),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let mut listed = site.list(CHECKPOINTS)?;
+    listed.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut out = Vec::new();
+    for info in listed {
+        let Some(id) = crate::layout::id_in_path(&info.path) else {
+            problems.push(format!("{}: unexpected object", info.path));
+            continue;
+        };
+        let checked = with_retry(|| site.get(&info.path))
+            .map_err(Error::from)
+            .and_then(|bytes| {
+                if ObjectId::of(&bytes) != id {
+                    return Err(Error::corrupt(
+                        &info.path,
+                        "bytes do not hash to the object's name",
+                    ));
+                }
+                let cp = decode_signed::<Checkpoint>(
+                    CHECKPOINT_MAGIC,
+                    CHECKPOINT_LABEL,
+                    &info.path,
+                    &bytes,
+                    |c| c.signer,
+                )?;
+                if cp.vault_id != vault_id {
+                    return Err(Error::corrupt(
+                        &info.path,
+                        format!("checkpoint of vault {}, not this one", cp.vault_id),
+                    ));
+                }
+                if !signers.contains(&cp.signer) {
+                    return Err(Error::corrupt(
+                        &info.path,
+                        "signed by a key that is not a signer of this vault",
+                    ));
+                }
+                if !info.path.contains(&format!("{:020}-", cp.time_ns)) {
+                    return Err(Error::corrupt(
+                        &info.path,
+                        "stored under another time than it states",
+                    ));
+                }
+                Ok(cp)
+            });
+        match checked {
+            Ok(checkpoint) => {
+                let mut cosigners = cosigs.remove(&id).unwrap_or_default();
+                cosigners.sort();
+                cosigners.dedup();
+                out.push(StoredCheckpoint {
+                    id,
+                    checkpoint,
+                    cosigners,
+                })
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Ok((out, problems))
+}
+
+/// Checks that the served histories extend a checkpoint: for each dataset it names, the
+/// entry at its head sequence exists and has the same id. Returns one problem per mismatch.
+/// Datasets in `already_failed` (whose history did not verify for another reason) are skipped.
+pub fn check_against_except(
+    cp: &StoredCheckpoint,
+    histories: &BTreeMap<String, Vec<Record>>,
+    already_failed: &[String],
+) -> Vec<String> {
+    let when = crate::time::utc(cp.checkpoint.time_ns);
+    let mut problems = Vec::new();
+    for (dataset, head) in &cp.checkpoint.heads {
+        if already_failed.contains(dataset) {
+            continue;
+        }
+        let served = histories.get(dataset);
+        match served.and_then(|h| h.get(head.seq as usize - 1)) {
+            None => problems.push(format!(
+                "dataset {dataset}: rollback: checkpoint {} of {when} says entry {} ({}) exists, but the site serves {}",
+                cp.id.short(),
+                head.seq,
+                head.id.short(),
+                match served.and_then(|h| h.last()) {
+                    Some(last) => format!("only entries up to {} ({})", last.entry.seq, last.id.short()),
+                    None => "no history for it".to_string(),
+                }
+            )),
+            Some(record) if record.id != head.id => problems.push(format!(
+                "dataset {dataset}: fork: checkpoint {} of {when} says entry {} is {}, but the site serves {}",
+                cp.id.short(),
+                head.seq,
+                head.id.short(),
+                record.id.short()
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+/// [`check_against_except`] with nothing skipped.
+pub fn check_against(
+    cp: &StoredCheckpoint,
+    histories: &BTreeMap<String, Vec<Record>>,
+) -> Vec<String> {
+    check_against_except(cp, histories, &[])
+}
