@@ -224,22 +224,23 @@ class Rustic(Restic):
 
     def env(self):
         return dict(os.environ, RUSTIC_PASSWORD=PASSPHRASE, RUSTIC_REPOSITORY=str(self.repo),
-                    RUSTIC_CACHE_DIR=str(self.work / "cache"), RUSTIC_NO_PROGRESS="true")
+                    RUSTIC_CACHE_DIR=str(self.work / "cache"))
 
     def version(self):
         return sh([self.exe, "--version"]).stdout.strip()
 
+    # untested here (no rustic on the machine this was written on); syntax from rustic's docs
     def init(self):
-        return [self.exe, "init"]
+        return [self.exe, "--no-progress", "init"]
 
     def backup(self, label):
-        return [self.exe, "backup", "--host", "bench", "--tag", label, "src"]
+        return [self.exe, "--no-progress", "backup", "--host", "bench", "--tag", label, "src"]
 
     def restore(self):
-        return [self.exe, "restore", "latest", str(self.restore_dir)], self.work
+        return [self.exe, "--no-progress", "restore", "latest", str(self.restore_dir)], self.work
 
     def verify(self):
-        return [self.exe, "check", "--read-data"]
+        return [self.exe, "--no-progress", "check", "--read-data"]
 
 
 class Borg(Tool):
@@ -687,8 +688,8 @@ def summarize(results: list[dict], tools: list[str], ceilings: list[dict]) -> di
             if vals:
                 s["metrics"][key][t] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
                                         "n": len(vals)}
-        # ratios embassy/peer, per run, then the median
-        if "embassy" in tools:
+        # ratios embassy/peer, per run, then the median (not for sync times: near zero, noise only)
+        if "embassy" in tools and "sync_after" not in key:
             for peer in tools:
                 if peer == "embassy":
                     continue
@@ -824,9 +825,11 @@ def report(meta: dict, results: list[dict], ceilings: list[dict], tools: list[st
 # ---------------------------------------------------------------------------------------------- main
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="Data Embassy vs restic / borg / rustic benchmark")
-    ap.add_argument("--size", choices=list(SIZES), default="small")
-    ap.add_argument("--runs", type=int, default=3)
+    ap = argparse.ArgumentParser(prog="bench/run", description="Data Embassy vs restic / borg / rustic "
+                                 "benchmark; see bench/README.md")
+    ap.add_argument("--size", choices=list(SIZES), default="small",
+                    help="corpus size: tiny ~160 MB (smoke), small ~450 MB (default), full ~2.7 GB")
+    ap.add_argument("--runs", type=int, default=3, help="interleaved runs (default 3)")
     ap.add_argument("--out", type=Path, default=None, help="results dir (default bench/out/results-<time>)")
     ap.add_argument("--keep", action="store_true", help="keep the last run's repositories and working copies")
     ap.add_argument("--tools", default=",".join(ALL_TOOLS),

@@ -15,6 +15,9 @@ use crate::ledger::{self, Event, Record};
 use crate::manifest::{VersionKind, VersionStats};
 use crate::site::Site;
 
+/// Verified histories by dataset.
+pub type Histories = BTreeMap<String, Vec<Record>>;
+
 /// A vault at one site. Opening it checks the configuration's signature; no keys are needed.
 #[derive(Debug, Clone)]
 pub struct Vault {
@@ -87,7 +90,7 @@ impl Vault {
     }
 
     /// Every dataset's verified history; datasets that fail are returned as errors beside.
-    pub fn histories(&self) -> Result<(BTreeMap<String, Vec<Record>>, Vec<Error>)> {
+    pub fn histories(&self) -> Result<(Histories, Vec<Error>)> {
         let mut ok = BTreeMap::new();
         let mut failed = Vec::new();
         for dataset in self.datasets()? {
