@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use embassy_core::config::VaultConfig;
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_READER, PURPOSE_SEALING, PURPOSE_WITNESS};
+use embassy_core::keys::Credential;
 use embassy_core::keys::RootSecret;
+use embassy_core::ledger::{self, Event};
 use embassy_core::manifest::VersionKind;
 use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
@@ -111,6 +113,9 @@ enum Command {
         #[arg(long)]
         witness_key: PathBuf,
     },
+    /// Custody of the keys: custodian shares, credentials, revocation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Create a witness key file and print its public key (to pin with `init --witness`).
     WitnessKey {
         /// Where to write the key file.
@@ -122,6 +127,61 @@ enum Command {
         /// Also decrypt and check every chunk (needs the key).
         #[arg(long)]
         deep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Split the root key into N custodian shares, any K of which recover it.
+    Split {
+        /// Shares needed to recover (K).
+        #[arg(long)]
+        threshold: u8,
+        /// Shares to make (N).
+        #[arg(long)]
+        shares: u8,
+    },
+    /// Recover the root key from K custodian shares and write a new key file.
+    Recover {
+        /// A share text; repeat for each. Without any, shares are read from stdin, one a line.
+        #[arg(long = "share")]
+        shares: Vec<String>,
+        /// Where to write the recovered key file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a credential: `--sealing` for a source host (adds, never reads) or `--reader`.
+    Issue {
+        /// A sealing credential: adds versions and signs entries, cannot decrypt or delete.
+        #[arg(long, conflicts_with = "reader", required_unless_present = "reader")]
+        sealing: bool,
+        /// A reader credential: decrypts the named datasets, cannot add.
+        #[arg(long)]
+        reader: bool,
+        /// A dataset it covers; repeat for more.
+        #[arg(long = "dataset", required = true)]
+        datasets: Vec<String>,
+        /// Who or what it is for (a host or team name).
+        #[arg(long)]
+        label: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Passphrase for the new credential file (default: the same passphrase).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Revoke a signing key (a sealing credential) for datasets: its later entries are rejected.
+    Revoke {
+        /// The key's public half (hex), as `keys issue` printed it.
+        #[arg(long)]
+        signer: String,
+        /// A dataset; repeat for more.
+        #[arg(long = "dataset", required = true)]
+        datasets: Vec<String>,
+        /// Why, for the record.
+        #[arg(long, default_value = "revoked")]
+        reason: String,
     },
 }
 
@@ -189,6 +249,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::History { dataset } => history(cli, dataset),
         Command::Witness { witness_key } => witness(cli, witness_key),
         Command::WitnessKey { out } => witness_key_new(cli, out),
+        Command::Keys(command) => keys(cli, command),
         Command::Backup {
             dataset,
             paths,
@@ -488,7 +549,7 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                     "prev": r.entry.prev.map(|p| p.to_hex()),
                     "time": output::time(r.entry.time_ns),
                     "signer": hex_key(&r.entry.signer),
-                    "event": r.entry.event,
+                    "event": hexify(serde_json::to_value(&r.entry.event).unwrap_or_default()),
                 })
             })
             .collect();
@@ -539,6 +600,27 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Byte arrays (ids, keys) as hex strings, for JSON readers.
+fn hexify(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Array(items)
+            if matches!(items.len(), 8 | 32)
+                && items.iter().all(|v| v.as_u64().is_some_and(|n| n < 256)) =>
+        {
+            Value::String(
+                items
+                    .iter()
+                    .map(|v| format!("{:02x}", v.as_u64().unwrap_or(0)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(hexify).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, hexify(v))).collect()),
+        other => other,
+    }
+}
+
 fn hex_key(key: &[u8; 32]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -547,7 +629,14 @@ fn witness_key_new(cli: &Cli, out: &Path) -> Result<ExitCode> {
     let secret = RootSecret::generate();
     let public = ed25519_dalek_public(&secret);
     let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
-    KeyFile::seal(&secret, WITNESS_KEY_ID, pass.as_bytes(), KdfParams::DEFAULT)?.store(out)?;
+    KeyFile::seal_payload(
+        secret.expose(),
+        PURPOSE_WITNESS,
+        WITNESS_KEY_ID,
+        pass.as_bytes(),
+        KdfParams::DEFAULT,
+    )?
+    .store(out)?;
     if cli.json {
         print_json(json!({"ok": true, "key_file": out, "public_key": public}))?;
     } else {
@@ -571,14 +660,13 @@ fn ed25519_dalek_public(secret: &RootSecret) -> String {
 
 fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
     let file = KeyFile::load(key_path)?;
-    if file.vault_id != WITNESS_KEY_ID {
-        return Err(Error::WrongKey(format!(
-            "{} is not a witness key file (make one with `embassy witness-key --out FILE`)",
-            key_path.display()
-        )));
-    }
+    file.expect_purpose(PURPOSE_WITNESS, key_path)?;
     let pass = secrets::passphrase(cli.passphrase_file.as_deref(), false)?;
-    let key = embassy_core::checkpoint::witness_signing_key(&file.open(pass.as_bytes(), key_path)?);
+    let seed = file.open_payload(pass.as_bytes(), key_path)?;
+    let seed: [u8; 32] = seed[..]
+        .try_into()
+        .map_err(|_| Error::invalid("witness key file holds a secret of the wrong length"))?;
+    let key = embassy_core::checkpoint::witness_signing_key(&RootSecret::from_bytes(&seed));
     let vault = open_vault(cli)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let report = verify::verify(&vault, None, &bar)?;
@@ -619,6 +707,211 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn unlock_root(cli: &Cli, vault: &Vault) -> Result<embassy_core::vault::Keyring> {
+    let keyring = secrets::unlock(
+        vault.config(),
+        cli.key_file.as_deref(),
+        cli.passphrase_file.as_deref(),
+    )?;
+    if keyring.root().is_none() {
+        return Err(Error::WrongKey(
+            "this needs the vault's root key file (or recovered custodian shares), not a credential".into(),
+        ));
+    }
+    Ok(keyring)
+}
+
+fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::Split { threshold, shares } => {
+            let vault = open_vault(cli)?;
+            let keyring = unlock_root(cli, &vault)?;
+            let root = keyring
+                .root()
+                .ok_or_else(|| Error::invalid("no root key"))?;
+            let texts = embassy_core::custody::split(root, *threshold, *shares)?;
+            if cli.json {
+                print_json(
+                    json!({"vault_id": vault.config().vault_id, "threshold": threshold, "shares": texts}),
+                )?;
+            } else {
+                println!(
+                    "Custodian shares of vault {} ({threshold} of {shares} recover the root key).",
+                    vault.config().vault_id
+                );
+                println!("Give each custodian one share, on paper, and keep no copy together with another.\n");
+                for (i, t) in texts.iter().enumerate() {
+                    println!("share {} of {shares}:\n  {t}\n", i + 1);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Recover { shares, out } => {
+            let texts: Vec<String> = if shares.is_empty() {
+                use std::io::BufRead;
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .map_while(|l| l.ok())
+                    .filter(|l| !l.trim().is_empty())
+                    .collect()
+            } else {
+                shares.clone()
+            };
+            let root = embassy_core::custody::recover(&texts)?;
+            let vault = open_vault(cli)?;
+            vault.config().check_root(&root).map_err(|_| {
+                Error::WrongKey(format!(
+                    "the shares recombine correctly, but to the root key of another vault, not {}",
+                    vault.config().vault_id
+                ))
+            })?;
+            let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
+            KeyFile::seal(
+                &root,
+                &vault.config().vault_id,
+                pass.as_bytes(),
+                KdfParams::DEFAULT,
+            )?
+            .store(out)?;
+            if cli.json {
+                print_json(
+                    json!({"ok": true, "vault_id": vault.config().vault_id, "key_file": out}),
+                )?;
+            } else {
+                println!(
+                    "recovered the root key of vault {}; key file written to {}",
+                    vault.config().vault_id,
+                    out.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Issue {
+            sealing,
+            datasets,
+            label,
+            out,
+            new_passphrase_file,
+            ..
+        } => {
+            let vault = open_vault(cli)?;
+            let keyring = unlock_root(cli, &vault)?;
+            let root = keyring
+                .root()
+                .ok_or_else(|| Error::invalid("no root key"))?;
+            for d in datasets {
+                embassy_core::layout::check_dataset_name(d)?;
+            }
+            let vault_id = vault.config().vault_id.clone();
+            let (credential, purpose) = if *sealing {
+                (
+                    Credential::sealing(root, &vault_id, label, datasets),
+                    PURPOSE_SEALING,
+                )
+            } else {
+                (
+                    Credential::reader(root, &vault_id, label, datasets),
+                    PURPOSE_READER,
+                )
+            };
+            let pass = match new_passphrase_file {
+                Some(f) => secrets::passphrase(Some(f), false)?,
+                None => secrets::passphrase(cli.passphrase_file.as_deref(), false)?,
+            };
+            KeyFile::seal_payload(
+                &credential.to_bytes(),
+                purpose,
+                &vault_id,
+                pass.as_bytes(),
+                KdfParams::DEFAULT,
+            )?
+            .store(out)?;
+            let mut signer_hex = None;
+            if let Some(key) = credential.signing_key() {
+                let public = key.verifying_key().to_bytes();
+                let root_key = root.root_signing_key();
+                for d in datasets {
+                    let history = vault.history_full(d)?;
+                    ledger::append_ignoring(
+                        vault.site().as_ref(),
+                        &root_key,
+                        d,
+                        history.records.last(),
+                        &history.rejected_ids(),
+                        Event::SignerAdded {
+                            key: public,
+                            role: label.clone(),
+                        },
+                    )?;
+                }
+                vault.write_checkpoint(&root_key)?;
+                signer_hex = Some(hex_key(&public));
+            }
+            if cli.json {
+                print_json(
+                    json!({"ok": true, "credential": out, "purpose": purpose, "signer": signer_hex}),
+                )?;
+            } else {
+                println!(
+                    "{purpose} '{label}' for {} written to {}",
+                    datasets.join(", "),
+                    out.display()
+                );
+                if let Some(s) = signer_hex {
+                    println!("its signing key {s} was added to each dataset's ledger");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Revoke {
+            signer,
+            datasets,
+            reason,
+        } => {
+            let vault = open_vault(cli)?;
+            let keyring = unlock_root(cli, &vault)?;
+            let root = keyring
+                .root()
+                .ok_or_else(|| Error::invalid("no root key"))?;
+            let mut key = [0u8; 32];
+            if signer.len() != 64
+                || (0..32).any(|i| {
+                    u8::from_str_radix(&signer[2 * i..2 * i + 2], 16)
+                        .map(|b| key[i] = b)
+                        .is_err()
+                })
+            {
+                return Err(Error::invalid(format!(
+                    "--signer {signer} is not a 64-digit hex public key"
+                )));
+            }
+            let root_key = root.root_signing_key();
+            for d in datasets {
+                let history = vault.history_full(d)?;
+                ledger::append_ignoring(
+                    vault.site().as_ref(),
+                    &root_key,
+                    d,
+                    history.records.last(),
+                    &history.rejected_ids(),
+                    Event::SignerRevoked {
+                        key,
+                        reason: reason.clone(),
+                    },
+                )?;
+            }
+            vault.write_checkpoint(&root_key)?;
+            if cli.json {
+                print_json(json!({"ok": true, "revoked": signer, "datasets": datasets}))?;
+            } else {
+                println!("signer {signer} revoked for {}: its later entries are rejected by every verifier", datasets.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn init(cli: &Cli, witnesses: &[String], witness_quorum: u32) -> Result<ExitCode> {

@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use embassy_core::config::VaultConfig;
-use embassy_core::keyfile::{default_key_path, KeyFile};
+use embassy_core::keyfile::{default_key_path, KeyFile, PURPOSE_READER, PURPOSE_SEALING};
+use embassy_core::keys::Credential;
 use embassy_core::keys::RootSecret;
 use embassy_core::vault::Keyring;
 use embassy_core::{Error, Result};
@@ -79,6 +80,11 @@ pub fn unlock(
 ) -> Result<Keyring> {
     let path = key_path(key_file, &config.vault_id)?;
     let file = KeyFile::load(&path)?;
+    if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
+        let pass = passphrase(passphrase_file, false)?;
+        let credential = Credential::from_bytes(&file.open_payload(pass.as_bytes(), &path)?)?;
+        return Keyring::from_credential(credential, config);
+    }
     if file.vault_id != config.vault_id {
         return Err(Error::WrongKey(format!(
             "key file {} belongs to vault {}, but the site holds vault {}",

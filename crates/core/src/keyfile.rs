@@ -62,17 +62,34 @@ impl KdfParams {
 pub struct KeyFile {
     /// Always [`KEY_FILE_FORMAT`].
     pub format: String,
-    /// The vault this key belongs to (hex).
+    /// The vault this key belongs to (hex), or `witness` for a witness key.
     pub vault_id: String,
+    /// What the file holds: `root` (the vault's root secret), `sealing-credential` (write-only
+    /// keys for a source host) or `witness` (a witness's signing seed).
+    #[serde(default = "purpose_root")]
+    pub purpose: String,
     /// `argon2id`.
     pub kdf: String,
     /// Argon2id parameters.
     pub kdf_params: KdfParams,
     /// Argon2 salt (hex, 16 bytes).
     pub salt: String,
-    /// `nonce || ciphertext` of the root secret (hex).
-    pub sealed_root: String,
+    /// `nonce || ciphertext` of the secret payload (hex).
+    pub sealed_secret: String,
 }
+
+fn purpose_root() -> String {
+    PURPOSE_ROOT.to_string()
+}
+
+/// A key file holding a vault's root secret.
+pub const PURPOSE_ROOT: &str = "root";
+/// A key file holding a sealing credential.
+pub const PURPOSE_SEALING: &str = "sealing-credential";
+/// A key file holding a reader credential.
+pub const PURPOSE_READER: &str = "reader-credential";
+/// A key file holding a witness key.
+pub const PURPOSE_WITNESS: &str = "witness";
 
 fn stretch(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<Zeroizing<[u8; 32]>> {
     params.check().map_err(Error::invalid)?;
@@ -94,9 +111,9 @@ fn stretch(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<Zeroizin
     Ok(out)
 }
 
-fn aad(vault_id: &str, params: &KdfParams) -> Vec<u8> {
+fn aad(vault_id: &str, purpose: &str, params: &KdfParams) -> Vec<u8> {
     format!(
-        "{KEY_FILE_FORMAT}|{vault_id}|argon2id|{}|{}|{}",
+        "{KEY_FILE_FORMAT}|{vault_id}|{purpose}|argon2id|{}|{}|{}",
         params.memory_kib, params.iterations, params.parallelism
     )
     .into_bytes()
@@ -110,6 +127,17 @@ impl KeyFile {
         passphrase: &[u8],
         params: KdfParams,
     ) -> Result<Self> {
+        Self::seal_payload(root.expose(), PURPOSE_ROOT, vault_id, passphrase, params)
+    }
+
+    /// Wraps any secret payload under `passphrase`.
+    pub fn seal_payload(
+        payload: &[u8],
+        purpose: &str,
+        vault_id: &str,
+        passphrase: &[u8],
+        params: KdfParams,
+    ) -> Result<Self> {
         if passphrase.is_empty() {
             return Err(Error::invalid(
                 "the passphrase is empty; choose a long passphrase",
@@ -117,19 +145,46 @@ impl KeyFile {
         }
         let salt = &crypto::random_32()[..16];
         let kek = stretch(passphrase, salt, params)?;
-        let sealed = crypto::seal_symmetric(&kek, &aad(vault_id, &params), root.expose());
+        let sealed = crypto::seal_symmetric(&kek, &aad(vault_id, purpose, &params), payload);
         Ok(Self {
             format: KEY_FILE_FORMAT.to_string(),
             vault_id: vault_id.to_string(),
+            purpose: purpose.to_string(),
             kdf: "argon2id".to_string(),
             kdf_params: params,
             salt: hex::encode(salt),
-            sealed_root: hex::encode(sealed),
+            sealed_secret: hex::encode(sealed),
         })
     }
 
     /// Unwraps the root secret; `path` is only used in messages.
     pub fn open(&self, passphrase: &[u8], path: &Path) -> Result<RootSecret> {
+        self.expect_purpose(PURPOSE_ROOT, path)?;
+        let plain = self.open_payload(passphrase, path)?;
+        let bytes: [u8; 32] = plain[..].try_into().map_err(|_| Error::KeyFile {
+            path: path.to_path_buf(),
+            problem: "the wrapped secret has the wrong length".into(),
+        })?;
+        Ok(RootSecret::from_bytes(&bytes))
+    }
+
+    /// Checks what the file holds.
+    pub fn expect_purpose(&self, purpose: &str, path: &Path) -> Result<()> {
+        if self.purpose == purpose {
+            Ok(())
+        } else {
+            Err(Error::KeyFile {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "it holds a {} key, but a {purpose} key is needed here",
+                    self.purpose
+                ),
+            })
+        }
+    }
+
+    /// Unwraps the secret payload.
+    pub fn open_payload(&self, passphrase: &[u8], path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         let bad = |problem: String| Error::KeyFile {
             path: path.to_path_buf(),
             problem,
@@ -143,16 +198,16 @@ impl KeyFile {
         self.kdf_params.check().map_err(bad)?;
         let salt = hex::decode(&self.salt).map_err(|_| bad("salt is not hex".into()))?;
         let sealed =
-            hex::decode(&self.sealed_root).map_err(|_| bad("sealed_root is not hex".into()))?;
+            hex::decode(&self.sealed_secret).map_err(|_| bad("sealed_secret is not hex".into()))?;
         let kek = stretch(passphrase, &salt, self.kdf_params)?;
-        let plain = crypto::open_symmetric(&kek, &aad(&self.vault_id, &self.kdf_params), &sealed)
-            .map_err(|_| Error::WrongPassphrase {
+        crypto::open_symmetric(
+            &kek,
+            &aad(&self.vault_id, &self.purpose, &self.kdf_params),
+            &sealed,
+        )
+        .map_err(|_| Error::WrongPassphrase {
             path: path.to_path_buf(),
-        })?;
-        let bytes: [u8; 32] = plain[..]
-            .try_into()
-            .map_err(|_| bad("the wrapped secret has the wrong length".into()))?;
-        Ok(RootSecret::from_bytes(&bytes))
+        })
     }
 
     /// Reads a key file.

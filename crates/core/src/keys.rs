@@ -58,6 +58,11 @@ impl RootSecret {
         SigningKey::from_bytes(&self.derive(CONTEXT_WRITER_SIGNING, &[&epoch.to_le_bytes()]))
     }
 
+    /// The seed of a dataset's reader key pair.
+    pub fn reader_seed(&self, dataset: &str, epoch: u32) -> Zeroizing<[u8; 32]> {
+        self.derive(CONTEXT_READER, &[dataset.as_bytes(), &epoch.to_le_bytes()])
+    }
+
     /// All keys of one dataset at a key epoch (0 until the first rotation).
     pub fn dataset_keys(&self, dataset: &str, epoch: u32) -> DatasetKeys {
         let e = epoch.to_le_bytes();
@@ -175,5 +180,123 @@ mod tests {
         assert!(!verify_signature(&public, b"label", b"msg2", &sig));
         let other = root.writer_signing_key(0).verifying_key().to_bytes();
         assert!(!verify_signature(&other, b"label", b"msg", &sig));
+    }
+}
+
+/// Keys of one dataset handed out in a [`Credential`].
+#[derive(Clone, serde::Serialize, serde::Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct DatasetCredential {
+    /// The dataset.
+    pub name: String,
+    /// Key epoch.
+    pub epoch: u32,
+    /// Chunk-id key.
+    #[serde(with = "serde_bytes")]
+    pub chunk_id_key: [u8; 32],
+    /// Index key.
+    #[serde(with = "serde_bytes")]
+    pub index_key: [u8; 32],
+    /// Chunker seed.
+    pub chunker_seed: u64,
+    /// Seed of the reader key pair: present in reader credentials only.
+    #[serde(default, with = "serde_bytes")]
+    pub reader_seed: Option<[u8; 32]>,
+    /// The reader public key (what sealing needs).
+    #[serde(with = "serde_bytes")]
+    pub reader_public: [u8; 32],
+}
+
+/// A credential for part of a vault: a **sealing** credential (source hosts: add data and sign
+/// ledger entries, never read) or a **reader** credential (one registry's operators: read
+/// some datasets, never sign).
+#[derive(Clone, serde::Serialize, serde::Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct Credential {
+    /// The vault.
+    pub vault_id: String,
+    /// Who or what it is for (a host name, a team).
+    pub label: String,
+    /// Ed25519 seed of the credential's own signing key (sealing credentials).
+    #[serde(default, with = "serde_bytes")]
+    pub signing_seed: Option<[u8; 32]>,
+    /// The datasets it covers.
+    pub datasets: Vec<DatasetCredential>,
+}
+
+impl Credential {
+    /// Issues a sealing credential for `datasets`, with a fresh signing key. Its public key must
+    /// be added to each dataset's ledger (a root-signed entry) before its entries verify.
+    pub fn sealing(root: &RootSecret, vault_id: &str, label: &str, datasets: &[String]) -> Self {
+        Self::issue(root, vault_id, label, datasets, false)
+    }
+
+    /// Issues a reader credential for `datasets`.
+    pub fn reader(root: &RootSecret, vault_id: &str, label: &str, datasets: &[String]) -> Self {
+        Self::issue(root, vault_id, label, datasets, true)
+    }
+
+    fn issue(
+        root: &RootSecret,
+        vault_id: &str,
+        label: &str,
+        datasets: &[String],
+        read: bool,
+    ) -> Self {
+        let datasets = datasets
+            .iter()
+            .map(|name| {
+                let keys = root.dataset_keys(name, 0);
+                let reader_seed = read.then(|| *root.reader_seed(name, 0));
+                DatasetCredential {
+                    name: name.clone(),
+                    epoch: 0,
+                    chunk_id_key: *keys.chunk_id_key,
+                    index_key: *keys.index_key,
+                    chunker_seed: keys.chunker_seed,
+                    reader_seed,
+                    reader_public: crypto::reader_public_bytes(&keys.reader_public),
+                }
+            })
+            .collect();
+        Self {
+            vault_id: vault_id.to_string(),
+            label: label.to_string(),
+            signing_seed: (!read).then(|| *crypto::random_32()),
+            datasets,
+        }
+    }
+
+    /// The credential's signing key, if it may sign.
+    pub fn signing_key(&self) -> Option<SigningKey> {
+        self.signing_seed.as_ref().map(SigningKey::from_bytes)
+    }
+
+    /// The keys of one dataset, if covered.
+    pub fn dataset_keys(&self, dataset: &str) -> Option<DatasetKeys> {
+        let d = self.datasets.iter().find(|d| d.name == dataset)?;
+        let reader_public = crypto::reader_public_from(&d.reader_public)?;
+        let reader_secret = d
+            .reader_seed
+            .as_ref()
+            .map(|seed| crypto::reader_keypair_from(seed).0);
+        Some(DatasetKeys {
+            dataset: d.name.clone(),
+            epoch: d.epoch,
+            chunk_id_key: Zeroizing::new(d.chunk_id_key),
+            index_key: Zeroizing::new(d.index_key),
+            chunker_seed: d.chunker_seed,
+            reader_public,
+            reader_secret,
+        })
+    }
+
+    /// Serialized form (sealed into a key file by the caller).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(crate::cbor::to_vec(self))
+    }
+
+    /// Parses the serialized form.
+    pub fn from_bytes(bytes: &[u8]) -> crate::Result<Self> {
+        crate::cbor::from_slice(bytes)
+            .map_err(|e| crate::Error::invalid(format!("credential: {e}")))
     }
 }

@@ -160,39 +160,65 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
     Ok(entry)
 }
 
-/// Loads and verifies a dataset's whole history: every entry present, hash-chained, signed by a
-/// pinned signer, contiguous from 1, with no two entries at one sequence number.
+/// An entry that is well-formed and validly signed, but by a key that may not sign it at that
+/// point (never added, or revoked): every verifier ignores it and reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its id.
+    pub id: ObjectId,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// A verified history and the entries rejected along the way.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Accepted entries, from 1 to the head.
+    pub records: Vec<Record>,
+    /// Rejected entries (an unauthorised or revoked signer tried to add).
+    pub rejected: Vec<Rejected>,
+}
+
+impl History {
+    /// Ids of rejected entries, which a writer may ignore when it appends.
+    pub fn rejected_ids(&self) -> Vec<ObjectId> {
+        self.rejected.iter().map(|r| r.id).collect()
+    }
+}
+
+/// Loads and verifies a dataset's whole history: every accepted entry present, hash-chained,
+/// contiguous from 1, signed by a key allowed to sign it at that point, one per sequence number.
+/// Entries signed by keys that may not sign are rejected (and reported), not fatal; everything
+/// else that does not verify is tampering and fails the history.
 pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Result<Vec<Record>> {
+    Ok(load_history_full(site, config, dataset)?.records)
+}
+
+/// [`load_history`] with the rejected entries.
+pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Result<History> {
     layout::check_dataset_name(dataset)?;
+    let fail = |problem: String| Error::History {
+        dataset: dataset.into(),
+        problem,
+    };
     let mut listed = Vec::new();
     for info in site.list(&layout::ledger_prefix(dataset))? {
         match layout::parse_ledger_path(&info.path) {
             Some((ds, seq, id)) if ds == dataset => listed.push((seq, id, info.path)),
             _ => {
-                return Err(Error::History {
-                    dataset: dataset.into(),
-                    problem: format!("unexpected object {} in the ledger", info.path),
-                })
+                return Err(fail(format!(
+                    "unexpected object {} in the ledger",
+                    info.path
+                )))
             }
         }
     }
     listed.sort();
-    for pair in listed.windows(2) {
-        if pair[0].0 == pair[1].0 {
-            return Err(Error::History {
-                dataset: dataset.into(),
-                problem: format!(
-                    "fork: two different entries at sequence {} ({} and {})",
-                    pair[0].0,
-                    pair[0].1.short(),
-                    pair[1].1.short()
-                ),
-            });
-        }
-    }
-    let entries: Vec<Result<Record>> = listed
+    let fetched: Vec<Result<(u64, ObjectId, Entry)>> = listed
         .par_iter()
-        .map(|(_, id, path)| {
+        .map(|(seq, id, path)| {
             let bytes = site.get(path)?;
             if ObjectId::of(&bytes) != *id {
                 return Err(Error::corrupt(
@@ -200,67 +226,108 @@ pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Res
                     "bytes do not hash to the object's name",
                 ));
             }
-            Ok(Record {
-                id: *id,
-                entry: decode(path, &bytes)?,
-            })
+            let entry = decode(path, &bytes)?;
+            if entry.seq != *seq {
+                return Err(Error::corrupt(
+                    path,
+                    format!("holds sequence {}", entry.seq),
+                ));
+            }
+            if entry.dataset != dataset {
+                return Err(Error::corrupt(
+                    path,
+                    format!("belongs to dataset {}", entry.dataset),
+                ));
+            }
+            Ok((*seq, *id, entry))
         })
         .collect();
+    let mut by_seq: std::collections::BTreeMap<u64, Vec<(ObjectId, Entry)>> = Default::default();
+    for item in fetched {
+        let (seq, id, entry) = item?;
+        by_seq.entry(seq).or_default().push((id, entry));
+    }
     let root_key = config.root_key()?;
     let mut signers: Vec<[u8; 32]> = config.signer_keys();
-    let mut records = Vec::with_capacity(entries.len());
-    for (i, record) in entries.into_iter().enumerate() {
-        let record = record?;
-        let expected_seq = i as u64 + 1;
-        let path = &listed[i].2;
-        let problem = if record.entry.seq != listed[i].0 {
-            Some(format!("{path} holds sequence {}", record.entry.seq))
-        } else if record.entry.seq != expected_seq {
-            Some(format!(
-                "entry {expected_seq} is missing (next present is {}): history was deleted or truncated",
-                record.entry.seq
-            ))
-        } else if record.entry.dataset != dataset {
-            Some(format!(
-                "{path} belongs to dataset {}",
-                record.entry.dataset
-            ))
-        } else if record.entry.prev != records.last().map(|r: &Record| r.id) {
-            Some(format!(
-                "entry {} does not chain to entry {}: history was reordered or substituted",
-                record.entry.seq,
-                expected_seq - 1
-            ))
-        } else if record.entry.event.needs_root() && record.entry.signer != root_key {
-            Some(format!(
-                "entry {} ({}) is not signed by the vault's root key",
-                record.entry.seq,
-                record.entry.event.name()
-            ))
-        } else if !record.entry.event.needs_root() && !signers.contains(&record.entry.signer) {
-            Some(format!(
-                "entry {} is signed by {}, which is not (or no longer) a signer of this dataset: \
-                 a revoked or foreign key",
-                record.entry.seq,
-                hex::encode(&record.entry.signer[..8])
-            ))
-        } else {
-            None
-        };
-        match &record.entry.event {
-            Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
-            Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
-            _ => {}
+    let mut history = History::default();
+    let mut rejected_ids: Vec<ObjectId> = Vec::new();
+    for (seq, candidates) in by_seq {
+        let expected = history.records.len() as u64 + 1;
+        let head = history.records.last().map(|r| r.id);
+        let mut accepted: Vec<(ObjectId, Entry)> = Vec::new();
+        for (id, entry) in candidates {
+            // Continuing a rejected entry is rejected too.
+            if let Some(prev) = entry.prev.filter(|p| rejected_ids.contains(p)) {
+                history.rejected.push(Rejected {
+                    seq,
+                    id,
+                    reason: format!("continues rejected entry {}", prev.short()),
+                });
+                rejected_ids.push(id);
+                continue;
+            }
+            if seq != expected {
+                return Err(fail(format!(
+                    "entry {expected} is missing (next present is {seq}): history was deleted or truncated"
+                )));
+            }
+            if entry.prev != head {
+                return Err(fail(format!(
+                    "entry {seq} ({}) does not chain to entry {}: history was reordered or substituted",
+                    id.short(),
+                    seq - 1
+                )));
+            }
+            let authorised = if entry.event.needs_root() {
+                entry.signer == root_key
+            } else {
+                signers.contains(&entry.signer)
+            };
+            if authorised {
+                accepted.push((id, entry));
+            } else {
+                history.rejected.push(Rejected {
+                    seq,
+                    id,
+                    reason: format!(
+                        "{} signed by {}, which {}",
+                        entry.event.name(),
+                        hex::encode(&entry.signer[..8]),
+                        if entry.event.needs_root() {
+                            "is not the vault's root key".to_string()
+                        } else {
+                            "is not (or no longer) a signer of this dataset: a revoked or foreign key".to_string()
+                        }
+                    ),
+                });
+                rejected_ids.push(id);
+            }
         }
-        if let Some(problem) = problem {
-            return Err(Error::History {
-                dataset: dataset.into(),
-                problem,
-            });
+        match accepted.len() {
+            0 => {}
+            1 => {
+                let (id, entry) = accepted.remove(0);
+                match &entry.event {
+                    Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
+                    Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
+                    _ => {}
+                }
+                history.records.push(Record { id, entry });
+            }
+            _ => {
+                return Err(fail(format!(
+                    "fork: {} different entries at sequence {seq} ({})",
+                    accepted.len(),
+                    accepted
+                        .iter()
+                        .map(|(id, _)| id.short())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
         }
-        records.push(record);
     }
-    Ok(records)
+    Ok(history)
 }
 
 /// Appends an entry after `head` (the last verified record, if any) and returns it.
@@ -269,6 +336,18 @@ pub fn append(
     key: &ed25519_dalek::SigningKey,
     dataset: &str,
     head: Option<&Record>,
+    event: Event,
+) -> Result<Record> {
+    append_ignoring(site, key, dataset, head, &[], event)
+}
+
+/// [`append`], ignoring rejected entries (see [`History::rejected_ids`]) at the new sequence.
+pub fn append_ignoring(
+    site: &dyn Site,
+    key: &ed25519_dalek::SigningKey,
+    dataset: &str,
+    head: Option<&Record>,
+    ignore: &[ObjectId],
     event: Event,
 ) -> Result<Record> {
     let seq = head.map_or(1, |h| h.entry.seq + 1);
@@ -288,7 +367,9 @@ pub fn append(
             .list(&seq_prefix)?
             .into_iter()
             .map(|i| i.path)
-            .filter(|p| layout::id_in_path(p) != Some(id))
+            .filter(|p| {
+                layout::id_in_path(p).is_some_and(|other| other != id && !ignore.contains(&other))
+            })
             .collect())
     };
     let concurrent = |paths: Vec<String>| {

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
+pub mod custody;
 pub mod error;
 pub mod id;
 pub mod index;

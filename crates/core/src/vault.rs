@@ -9,7 +9,7 @@ use crate::state::StateStore;
 use crate::config::VaultConfig;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::keys::{DatasetKeys, RootSecret};
+use crate::keys::{Credential, DatasetKeys, RootSecret};
 use crate::layout;
 use crate::ledger::{self, Event, Record};
 use crate::manifest::{VersionKind, VersionStats};
@@ -82,27 +82,56 @@ impl Vault {
 
     /// The verified history of a dataset, checked against the heads this client remembers.
     pub fn history(&self, dataset: &str) -> Result<Vec<Record>> {
-        let history = ledger::load_history(self.site.as_ref(), &self.config, dataset)?;
+        Ok(self.history_full(dataset)?.records)
+    }
+
+    /// [`Vault::history`] with the entries that were rejected (unauthorised signers).
+    pub fn history_full(&self, dataset: &str) -> Result<ledger::History> {
+        let history = ledger::load_history_full(self.site.as_ref(), &self.config, dataset)?;
         if let Some(state) = &self.state {
-            state.check_history(dataset, &history)?;
+            state.check_history(dataset, &history.records)?;
         }
         Ok(history)
     }
 
-    /// Every dataset's verified history; datasets that fail are returned as errors beside.
+    /// The keys that may sign `dataset`'s next entry, after its verified history.
+    pub fn active_signers(&self, history: &[Record]) -> Vec<[u8; 32]> {
+        let mut signers = self.config.signer_keys();
+        for record in history {
+            match &record.entry.event {
+                Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
+                Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
+                _ => {}
+            }
+        }
+        signers
+    }
+
+    /// Every dataset's verified history; datasets that fail are returned as errors beside,
+    /// and rejected entries are listed.
     pub fn histories(&self) -> Result<(Histories, Vec<Error>)> {
+        let (ok, failed, _) = self.histories_full()?;
+        Ok((ok, failed))
+    }
+
+    /// [`Vault::histories`] with the rejected entries of every dataset.
+    pub fn histories_full(
+        &self,
+    ) -> Result<(Histories, Vec<Error>, Vec<(String, ledger::Rejected)>)> {
         let mut ok = BTreeMap::new();
         let mut failed = Vec::new();
+        let mut rejected = Vec::new();
         for dataset in self.datasets()? {
-            match self.history(&dataset) {
+            match self.history_full(&dataset) {
                 Ok(h) => {
-                    ok.insert(dataset, h);
+                    rejected.extend(h.rejected.into_iter().map(|r| (dataset.clone(), r)));
+                    ok.insert(dataset, h.records);
                 }
                 Err(e) => failed.push(e),
             }
         }
         if let Some(state) = &self.state {
-            let listed: Vec<String> = self.datasets()?;
+            let listed: Vec<String> = ok.keys().cloned().chain(self.datasets()?).collect();
             for (dataset, head) in state.missing_datasets(&listed) {
                 failed.push(Error::History {
                     dataset,
@@ -115,7 +144,7 @@ impl Vault {
                 });
             }
         }
-        Ok((ok, failed))
+        Ok((ok, failed, rejected))
     }
 
     /// Keys that may sign checkpoints: the root key, the pinned signers, and signers added in
@@ -159,8 +188,9 @@ impl Vault {
         Ok((id, failed))
     }
 
-    /// The newest checkpoint that is consistent with `histories` and has at least the vault's
-    /// witness quorum of cosignatures from pinned witnesses (any, when the quorum is 0).
+    /// The newest checkpoint that is consistent with `histories` (for the datasets in it) and
+    /// has at least the vault's witness quorum of cosignatures from pinned witnesses (any, when
+    /// the quorum is 0).
     pub fn trusted_checkpoint(
         &self,
         histories: &BTreeMap<String, Vec<Record>>,
@@ -175,8 +205,16 @@ impl Vault {
                 .iter()
                 .filter(|w| witnesses.contains(w))
                 .count();
+            // Judge only the datasets whose histories were loaded.
+            let others: Vec<String> = cp
+                .checkpoint
+                .heads
+                .keys()
+                .filter(|d| !histories.contains_key(*d))
+                .cloned()
+                .collect();
             cosigned >= self.config.witness_quorum as usize
-                && checkpoint::check_against(cp, histories).is_empty()
+                && checkpoint::check_against_except(cp, histories, &others).is_empty()
         }))
     }
 
@@ -187,13 +225,54 @@ impl Vault {
             return Ok(None);
         }
         let history = self.history(dataset)?;
-        let histories = BTreeMap::from([(dataset.to_string(), history)]);
-        let trusted = self.trusted_checkpoint(&histories)?;
-        Ok(Some(
-            trusted
-                .and_then(|cp| cp.checkpoint.heads.get(dataset).map(|h| h.seq))
-                .unwrap_or(0),
-        ))
+        let mut histories = BTreeMap::from([(dataset.to_string(), history)]);
+        let signers = self.checkpoint_signers(&histories)?;
+        let (checkpoints, _) =
+            checkpoint::load_all(self.site.as_ref(), &self.config.vault_id, &signers)?;
+        let witnesses = self.config.witness_keys();
+        // Witnessed checkpoints that name this dataset, reduced to its head.
+        let witnessed: Vec<StoredCheckpoint> = checkpoints
+            .into_iter()
+            .filter(|cp| {
+                cp.cosigners
+                    .iter()
+                    .filter(|w| witnesses.contains(w))
+                    .count()
+                    >= self.config.witness_quorum as usize
+            })
+            .filter_map(|mut cp| {
+                cp.checkpoint.heads.retain(|d, _| d == dataset);
+                (!cp.checkpoint.heads.is_empty()).then_some(cp)
+            })
+            .collect();
+        let contradictions = |histories: &Histories| -> Vec<String> {
+            witnessed
+                .iter()
+                .flat_map(|cp| checkpoint::check_against(cp, histories))
+                .collect()
+        };
+        // A witnessed checkpoint that the served history contradicts proves a fork or a
+        // rollback: refuse, rather than fall back to an older checkpoint. Read the history
+        // again first: a version stored after it was read is no contradiction (the checkpoints
+        // were read before, so the history read now holds every entry they name).
+        if !contradictions(&histories).is_empty() {
+            histories.insert(dataset.to_string(), self.history(dataset)?);
+            if let Some(problem) = contradictions(&histories).into_iter().next() {
+                let problem = problem
+                    .strip_prefix(&format!("dataset {dataset}: "))
+                    .unwrap_or(&problem)
+                    .to_string();
+                return Err(Error::History {
+                    dataset: dataset.to_string(),
+                    problem: format!(
+                        "{problem}; that checkpoint has the witness cosignatures restores trust,                          so this site serves a forked or rolled-back history: restore from                          another site"
+                    ),
+                });
+            }
+        }
+        Ok(Some(witnessed.last().map_or(0, |cp| {
+            cp.checkpoint.heads.get(dataset).map_or(0, |h| h.seq)
+        })))
     }
 
     /// The versions of a dataset still held (not removed by retention), oldest first.
@@ -312,26 +391,81 @@ pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
         .collect()
 }
 
-/// The keys a process holds. Today: the root secret, from which all are derived.
+/// The keys a process holds: the vault's root secret (everything), or a credential for part of it.
 pub struct Keyring {
-    root: RootSecret,
+    source: KeySource,
+}
+
+enum KeySource {
+    Root(RootSecret),
+    Credential(Credential),
 }
 
 impl Keyring {
     /// A keyring holding the root secret, checked against the vault.
     pub fn from_root(root: RootSecret, config: &VaultConfig) -> Result<Self> {
         config.check_root(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            source: KeySource::Root(root),
+        })
+    }
+
+    /// A keyring holding a sealing or reader credential of this vault.
+    pub fn from_credential(credential: Credential, config: &VaultConfig) -> Result<Self> {
+        if credential.vault_id != config.vault_id {
+            return Err(Error::WrongKey(format!(
+                "this credential belongs to vault {}, not {}",
+                credential.vault_id, config.vault_id
+            )));
+        }
+        Ok(Self {
+            source: KeySource::Credential(credential),
+        })
     }
 
     /// The keys of a dataset.
     pub fn dataset(&self, dataset: &str) -> Result<Arc<DatasetKeys>> {
         layout::check_dataset_name(dataset)?;
-        Ok(Arc::new(self.root.dataset_keys(dataset, 0)))
+        match &self.source {
+            KeySource::Root(root) => Ok(Arc::new(root.dataset_keys(dataset, 0))),
+            KeySource::Credential(c) => c.dataset_keys(dataset).map(Arc::new).ok_or_else(|| {
+                Error::WrongKey(format!(
+                    "credential '{}' does not cover dataset {dataset} (it covers: {})",
+                    c.label,
+                    c.datasets
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }),
+        }
     }
 
     /// The key that signs ledger entries.
-    pub fn signer(&self) -> ed25519_dalek::SigningKey {
-        self.root.writer_signing_key(0)
+    pub fn signer(&self) -> Result<ed25519_dalek::SigningKey> {
+        match &self.source {
+            KeySource::Root(root) => Ok(root.writer_signing_key(0)),
+            KeySource::Credential(c) => c.signing_key().ok_or_else(|| {
+                Error::WrongKey(format!(
+                    "credential '{}' is a reader credential: it can read but not add versions",
+                    c.label
+                ))
+            }),
+        }
+    }
+
+    /// True when this keyring can decrypt (root or reader credential).
+    pub fn can_read(&self, dataset: &str) -> bool {
+        self.dataset(dataset)
+            .is_ok_and(|k| k.reader_secret.is_some())
+    }
+
+    /// The root secret, when held.
+    pub fn root(&self) -> Option<&RootSecret> {
+        match &self.source {
+            KeySource::Root(root) => Some(root),
+            KeySource::Credential(_) => None,
+        }
     }
 }

@@ -74,9 +74,13 @@ impl Shared {
 
     fn check(&self) -> Result<()> {
         if self.failed.load(Ordering::SeqCst) {
-            Err(Error::invalid(
-                "backup stopped: a pack could not be stored (see the first error)",
-            ))
+            let first = lock(&self.failure)
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "backup stopped: a pack could not be stored: {first}"
+            )))
         } else {
             Ok(())
         }
@@ -168,6 +172,7 @@ pub struct BackupSession {
     vault: Vault,
     signer: ed25519_dalek::SigningKey,
     head: Option<Record>,
+    rejected: Vec<ObjectId>,
     chunker: ChunkerParams,
     captured_at_ns: i64,
     /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
@@ -180,8 +185,21 @@ impl BackupSession {
     /// from interrupted runs, for resume) and starts the sealers.
     pub fn begin(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Self> {
         let keys = keyring.dataset(dataset)?;
+        let signer = keyring.signer()?;
         let site = vault.site().clone();
-        let head = vault.history(dataset)?.pop();
+        let history = vault.history_full(dataset)?;
+        if !vault
+            .active_signers(&history.records)
+            .contains(&signer.verifying_key().to_bytes())
+        {
+            return Err(Error::WrongKey(format!(
+                "signing key {} may not add to dataset {dataset}: it was revoked, or never added \
+                 (`embassy keys issue --sealing` adds a credential's key); ask for a new credential",
+                hex::encode(&signer.verifying_key().to_bytes()[..8])
+            )));
+        }
+        let rejected = history.rejected_ids();
+        let head = history.records.last().cloned();
         let mut warnings = Vec::new();
         let known = load_known_chunks(site.as_ref(), &keys, &mut warnings)?;
         let shared = Arc::new(Shared {
@@ -220,8 +238,9 @@ impl BackupSession {
             sealers,
             uploaders,
             vault: vault.clone(),
-            signer: keyring.signer(),
+            signer,
             head,
+            rejected,
             chunker: vault.config().chunker,
             captured_at_ns: now_unix_nanos(),
             warnings: Arc::new(Mutex::new(warnings)),
@@ -363,11 +382,12 @@ impl BackupSession {
         let bytes = manifest::encode(keys, indexes, &body);
         let manifest_id = ObjectId::of(&bytes);
         with_retry(|| site.put(&layout::manifest(&keys.dataset, &manifest_id), &bytes))?;
-        let record = ledger::append(
+        let record = ledger::append_ignoring(
             site.as_ref(),
             &self.signer,
             &keys.dataset,
             self.head.as_ref(),
+            &self.rejected,
             Event::VersionAdded {
                 manifest: manifest_id,
                 kind,

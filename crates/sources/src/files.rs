@@ -287,7 +287,7 @@ pub fn backup(
         .into_iter()
         .rev()
         .find(|v| v.kind == VersionKind::Tree);
-    let previous = match previous_version {
+    let previous = match previous_version.filter(|_| keyring.can_read(dataset)) {
         Some(v) => match VersionReader::open(vault.site().clone(), keyring.dataset(dataset)?, &v) {
             Ok(r) => Some(r),
             Err(e) => {
