@@ -18,6 +18,9 @@ use crate::site::Site;
 /// Verified histories by dataset.
 pub type Histories = BTreeMap<String, Vec<Record>>;
 
+/// Rejected ledger entries with their dataset.
+pub type RejectedEntries = Vec<(String, ledger::Rejected)>;
+
 /// A vault at one site. Opening it checks the configuration's signature; no keys are needed.
 #[derive(Debug, Clone)]
 pub struct Vault {
@@ -117,7 +120,7 @@ impl Vault {
     /// [`Vault::histories`] with the rejected entries of every dataset.
     pub fn histories_full(
         &self,
-    ) -> Result<(Histories, Vec<Error>, Vec<(String, ledger::Rejected)>)> {
+    ) -> Result<(Histories, Vec<Error>, RejectedEntries)> {
         let mut ok = BTreeMap::new();
         let mut failed = Vec::new();
         let mut rejected = Vec::new();
@@ -265,7 +268,9 @@ impl Vault {
                 return Err(Error::History {
                     dataset: dataset.to_string(),
                     problem: format!(
-                        "{problem}; that checkpoint has the witness cosignatures restores trust,                          so this site serves a forked or rolled-back history: restore from                          another site"
+                        "{problem}; that checkpoint has the witness cosignatures restores trust, so \
+                         this site serves a forked or rolled-back history: restore from another \
+                         site"
                     ),
                 });
             }
