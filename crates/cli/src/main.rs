@@ -171,6 +171,12 @@ enum KeysCommand {
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
     },
+    /// Rotate datasets' reader keys: new versions are sealed to a new key; old ones stay readable.
+    Rotate {
+        /// A dataset; repeat for more.
+        #[arg(long = "dataset", required = true)]
+        datasets: Vec<String>,
+    },
     /// Revoke a signing key (a sealing credential) for datasets: its later entries are rejected.
     Revoke {
         /// The key's public half (hex), as `keys issue` printed it.
@@ -348,8 +354,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 cli.key_file.as_deref(),
                 cli.passphrase_file.as_deref(),
             )?;
-            let reader =
-                VersionReader::open(vault.site().clone(), keyring.dataset(dataset)?, &version)?;
+            let reader = VersionReader::open_with(vault.site().clone(), &keyring, &version)?;
             let bar = output::Bar::new(show_progress);
             match (version.kind, to.as_deref().filter(|p| *p != Path::new("-"))) {
                 (VersionKind::Stream, None) => {
@@ -586,6 +591,9 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 embassy_core::ledger::Event::SignerRevoked { key, reason } => {
                     format!("signer revoked: {} ({reason})", hex_key(key))
                 }
+                embassy_core::ledger::Event::ReaderKeyRotated { epoch, .. } => {
+                    format!("reader key rotated to epoch {epoch}")
+                }
             };
             println!(
                 "{:>5}  {:<20}  {:<16}  {:<16}  {detail}",
@@ -619,6 +627,10 @@ fn hexify(value: serde_json::Value) -> serde_json::Value {
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, hexify(v))).collect()),
         other => other,
     }
+}
+
+fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hex_key(key: &[u8; 32]) -> String {
@@ -862,6 +874,50 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                 );
                 if let Some(s) = signer_hex {
                     println!("its signing key {s} was added to each dataset's ledger");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rotate { datasets } => {
+            let vault = open_vault(cli)?;
+            let keyring = unlock_root(cli, &vault)?;
+            let root = keyring
+                .root()
+                .ok_or_else(|| Error::invalid("no root key"))?;
+            let root_key = root.root_signing_key();
+            let mut rotated = Vec::new();
+            for d in datasets {
+                let history = vault.history_full(d)?;
+                let epoch = ledger::key_epoch(&history.records) + 1;
+                let keys = root.dataset_keys(d, epoch);
+                ledger::append_ignoring(
+                    vault.site().as_ref(),
+                    &root_key,
+                    d,
+                    history.records.last(),
+                    &history.rejected_ids(),
+                    Event::ReaderKeyRotated {
+                        epoch,
+                        reader_public: embassy_core::crypto::reader_public_bytes(
+                            &keys.reader_public,
+                        ),
+                    },
+                )?;
+                rotated.push(
+                    json!({"dataset": d, "epoch": epoch, "key_id": hex_bytes(&keys.key_id())}),
+                );
+            }
+            vault.write_checkpoint(&root_key)?;
+            if cli.json {
+                print_json(json!({"ok": true, "rotated": rotated}))?;
+            } else {
+                for r in &rotated {
+                    println!(
+                        "{}: reader key rotated to epoch {} (key id {}); issue new sealing and reader credentials",
+                        r["dataset"].as_str().unwrap_or_default(),
+                        r["epoch"],
+                        r["key_id"].as_str().unwrap_or_default()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

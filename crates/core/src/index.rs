@@ -26,6 +26,9 @@ pub struct IndexHeader {
     pub dataset: String,
     /// The packs described.
     pub packs: Vec<ObjectId>,
+    /// Key id of the dataset keys (epoch) whose index key sealed the body.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<[u8; 8]>,
 }
 
 /// One chunk's location.
@@ -42,6 +45,7 @@ pub fn encode(keys: &DatasetKeys, packs: &[(ObjectId, Vec<BlobEntry>)]) -> Vec<u
     let header = IndexHeader {
         dataset: keys.dataset.clone(),
         packs: packs.iter().map(|(id, _)| *id).collect(),
+        key_id: Some(keys.key_id()),
     };
     let entries: Vec<IndexEntry> = packs
         .iter()

@@ -234,6 +234,44 @@ impl Credential {
         Self::issue(root, vault_id, label, datasets, true)
     }
 
+    /// Like [`Credential::sealing`] and [`Credential::reader`], for datasets at their current
+    /// key epochs: a sealing credential holds the current epoch's keys, a reader credential
+    /// every epoch's up to the current one (so old versions stay readable).
+    pub fn at_epochs(
+        root: &RootSecret,
+        vault_id: &str,
+        label: &str,
+        datasets: &[(String, u32)],
+        read: bool,
+    ) -> Self {
+        let mut out = Self::issue(root, vault_id, label, &[], read);
+        for (name, current) in datasets {
+            let epochs = if read {
+                0..=*current
+            } else {
+                *current..=*current
+            };
+            for epoch in epochs {
+                out.datasets
+                    .push(Self::dataset_entry(root, name, epoch, read));
+            }
+        }
+        out
+    }
+
+    fn dataset_entry(root: &RootSecret, name: &str, epoch: u32, read: bool) -> DatasetCredential {
+        let keys = root.dataset_keys(name, epoch);
+        DatasetCredential {
+            name: name.to_string(),
+            epoch,
+            chunk_id_key: *keys.chunk_id_key,
+            index_key: *keys.index_key,
+            chunker_seed: keys.chunker_seed,
+            reader_seed: read.then(|| *root.reader_seed(name, epoch)),
+            reader_public: crypto::reader_public_bytes(&keys.reader_public),
+        }
+    }
+
     fn issue(
         root: &RootSecret,
         vault_id: &str,
@@ -270,9 +308,23 @@ impl Credential {
         self.signing_seed.as_ref().map(SigningKey::from_bytes)
     }
 
-    /// The keys of one dataset, if covered.
+    /// The keys of one dataset at its newest epoch held, if covered.
     pub fn dataset_keys(&self, dataset: &str) -> Option<DatasetKeys> {
-        let d = self.datasets.iter().find(|d| d.name == dataset)?;
+        let newest = self
+            .datasets
+            .iter()
+            .filter(|d| d.name == dataset)
+            .map(|d| d.epoch)
+            .max()?;
+        self.dataset_keys_at(dataset, newest)
+    }
+
+    /// The keys of one dataset at one epoch, if held.
+    pub fn dataset_keys_at(&self, dataset: &str, epoch: u32) -> Option<DatasetKeys> {
+        let d = self
+            .datasets
+            .iter()
+            .find(|d| d.name == dataset && d.epoch == epoch)?;
         let reader_public = crypto::reader_public_from(&d.reader_public)?;
         let reader_secret = d
             .reader_seed

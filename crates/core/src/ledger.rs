@@ -66,6 +66,15 @@ pub enum Event {
         /// What the key is for (a host name, "agent", ...).
         role: String,
     },
+    /// The dataset's reader key moved to a new epoch: new objects are sealed to `reader_public`;
+    /// old ones stay readable with the old epoch's key. Signed by the root key.
+    ReaderKeyRotated {
+        /// The new key epoch.
+        epoch: u32,
+        /// The new reader public key.
+        #[serde(with = "serde_bytes")]
+        reader_public: [u8; 32],
+    },
     /// A key may no longer sign this dataset's entries. Signed by the root key.
     SignerRevoked {
         /// Ed25519 public key.
@@ -81,7 +90,9 @@ impl Event {
     pub fn needs_root(&self) -> bool {
         matches!(
             self,
-            Event::SignerAdded { .. } | Event::SignerRevoked { .. }
+            Event::SignerAdded { .. }
+                | Event::SignerRevoked { .. }
+                | Event::ReaderKeyRotated { .. }
         )
     }
 
@@ -93,6 +104,7 @@ impl Event {
             Event::VersionsDeleted { .. } => "versions deleted",
             Event::SignerAdded { .. } => "signer added",
             Event::SignerRevoked { .. } => "signer revoked",
+            Event::ReaderKeyRotated { .. } => "reader key rotated",
         }
     }
 }
@@ -134,6 +146,18 @@ pub fn encode(entry: &Entry, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
     out.extend_from_slice(&body);
     out.extend_from_slice(&signature);
     out
+}
+
+/// The key epoch a verified history is at (0 until the first rotation).
+pub fn key_epoch(history: &[Record]) -> u32 {
+    history
+        .iter()
+        .filter_map(|r| match r.entry.event {
+            Event::ReaderKeyRotated { epoch, .. } => Some(epoch),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign

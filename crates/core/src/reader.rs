@@ -101,6 +101,20 @@ impl VersionReader {
         })
     }
 
+    /// Opens a version with whichever of the keyring's keys its manifest was sealed to.
+    pub fn open_with(
+        site: Arc<dyn Site>,
+        keyring: &crate::vault::Keyring,
+        version: &Version,
+    ) -> Result<Self> {
+        let path = layout::manifest(&version.dataset, &version.manifest);
+        let who = format!("ledger entry {} of {}", version.seq, version.dataset);
+        let bytes = get_checked(site.as_ref(), &path, &version.manifest, &who)?;
+        let (header, _) = manifest::decode_header(&path, &bytes)?;
+        let keys = keyring.dataset_for_key_id(&version.dataset, header.key_id)?;
+        Self::open(site, keys, version)
+    }
+
     /// The dataset's keys.
     pub fn keys(&self) -> &DatasetKeys {
         &self.keys

@@ -118,9 +118,7 @@ impl Vault {
     }
 
     /// [`Vault::histories`] with the rejected entries of every dataset.
-    pub fn histories_full(
-        &self,
-    ) -> Result<(Histories, Vec<Error>, RejectedEntries)> {
+    pub fn histories_full(&self) -> Result<(Histories, Vec<Error>, RejectedEntries)> {
         let mut ok = BTreeMap::new();
         let mut failed = Vec::new();
         let mut rejected = Vec::new();
@@ -396,6 +394,9 @@ pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
         .collect()
 }
 
+/// How many key epochs a root key searches for a key id.
+const MAX_EPOCH_SEARCH: u32 = 1024;
+
 /// The keys a process holds: the vault's root secret (everything), or a credential for part of it.
 pub struct Keyring {
     source: KeySource,
@@ -445,6 +446,47 @@ impl Keyring {
                 ))
             }),
         }
+    }
+
+    /// The keys of a dataset at a key epoch.
+    pub fn dataset_at(&self, dataset: &str, epoch: u32) -> Result<Arc<DatasetKeys>> {
+        layout::check_dataset_name(dataset)?;
+        match &self.source {
+            KeySource::Root(root) => Ok(Arc::new(root.dataset_keys(dataset, epoch))),
+            KeySource::Credential(c) => {
+                c.dataset_keys_at(dataset, epoch)
+                    .map(Arc::new)
+                    .ok_or_else(|| {
+                        Error::WrongKey(format!(
+                    "credential '{}' holds no keys of dataset {dataset} at key epoch {epoch} \
+                     (the reader key was rotated since it was issued?): ask for a new credential",
+                    c.label
+                ))
+                    })
+            }
+        }
+    }
+
+    /// The keys of a dataset whose reader key has id `key_id` (the id objects record).
+    pub fn dataset_for_key_id(&self, dataset: &str, key_id: [u8; 8]) -> Result<Arc<DatasetKeys>> {
+        layout::check_dataset_name(dataset)?;
+        let found = match &self.source {
+            KeySource::Root(root) => (0..=MAX_EPOCH_SEARCH)
+                .map(|e| root.dataset_keys(dataset, e))
+                .find(|k| k.key_id() == key_id),
+            KeySource::Credential(c) => c
+                .datasets
+                .iter()
+                .filter(|d| d.name == dataset)
+                .filter_map(|d| c.dataset_keys_at(dataset, d.epoch))
+                .find(|k| k.key_id() == key_id),
+        };
+        found.map(Arc::new).ok_or_else(|| {
+            Error::WrongKey(format!(
+                "no key at hand opens objects of dataset {dataset} sealed to reader key {}",
+                hex::encode(key_id)
+            ))
+        })
     }
 
     /// The key that signs ledger entries.

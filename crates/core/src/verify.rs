@@ -120,13 +120,18 @@ pub fn verify(
         ) else {
             return;
         };
+        let key_id: [u8; 8] = bytes
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or_default();
         let dk = {
             let mut cache = dataset_keys.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get(dataset) {
+            let slot = format!("{dataset}/{}", hex::encode(key_id));
+            match cache.get(&slot) {
                 Some(k) => k.clone(),
-                None => match keyring.dataset(dataset) {
+                None => match keyring.dataset_for_key_id(dataset, key_id) {
                     Ok(k) => {
-                        cache.insert(dataset.to_string(), k.clone());
+                        cache.insert(slot, k.clone());
                         k
                     }
                     Err(e) => return problem(format!("{}: {e}", info.path)),
@@ -251,7 +256,7 @@ pub fn verify(
             );
             let deep_ok = ok
                 && match keys {
-                    Some(keyring) if listed || true => {
+                    Some(keyring) if listed => {
                         deep_check_version(vault, keyring, version, &pack_blobs, &problem)
                     }
                     _ => true,
@@ -415,8 +420,8 @@ fn deep_check_version(
     pack_blobs: &Mutex<HashMap<String, HashSet<ChunkId>>>,
     problem: &dyn Fn(String),
 ) -> bool {
-    let result = keyring.dataset(&version.dataset).and_then(|keys| {
-        let reader = VersionReader::open(vault.site().clone(), keys, version)?;
+    let result = (|| -> Result<()> {
+        let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
         let mut pending = vec![reader.manifest.root];
         let mut seen = HashSet::new();
         let mut data = HashSet::new();
@@ -454,7 +459,7 @@ fn deep_check_version(
             ));
         }
         Ok(())
-    });
+    })();
     match result {
         Ok(()) => true,
         Err(e) => {

@@ -184,10 +184,10 @@ impl BackupSession {
     /// Starts a version of `dataset`: verifies its history, loads what is already stored (also
     /// from interrupted runs, for resume) and starts the sealers.
     pub fn begin(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Self> {
-        let keys = keyring.dataset(dataset)?;
         let signer = keyring.signer()?;
         let site = vault.site().clone();
         let history = vault.history_full(dataset)?;
+        let keys = keyring.dataset_at(dataset, ledger::key_epoch(&history.records))?;
         if !vault
             .active_signers(&history.records)
             .contains(&signer.verifying_key().to_bytes())
@@ -457,6 +457,10 @@ fn load_known_chunks(
                     &info.path,
                     "bytes do not hash to the object's name",
                 ));
+            }
+            let (header, _) = index::decode_header(&info.path, &bytes)?;
+            if header.key_id.is_some_and(|k| k != keys.key_id()) {
+                return Ok((id, Vec::new(), Vec::new())); // another key epoch: other chunk ids
             }
             let (header, entries) = index::decode(keys, &info.path, &bytes)?;
             Ok((id, entries, header.packs))

@@ -288,7 +288,7 @@ pub fn backup(
         .rev()
         .find(|v| v.kind == VersionKind::Tree);
     let previous = match previous_version.filter(|_| keyring.can_read(dataset)) {
-        Some(v) => match VersionReader::open(vault.site().clone(), keyring.dataset(dataset)?, &v) {
+        Some(v) => match VersionReader::open_with(vault.site().clone(), keyring, &v) {
             Ok(r) => Some(r),
             Err(e) => {
                 warnings.push(format!(

@@ -285,3 +285,89 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
         .unwrap();
     }
 }
+
+#[test]
+fn rotating_the_reader_key_keeps_old_versions_readable_and_retires_old_credentials() {
+    let (dir, vault, root) = setup();
+    let src = dir.path().join("src");
+    tree(&src, "a");
+    let owner = root_keyring(&vault, &root);
+    let vault_id = vault.config().vault_id.clone();
+    let v1 = files::backup(&vault, &owner, "population", &[src.clone()], &Silent)
+        .unwrap()
+        .version;
+    let old_reader = Keyring::from_credential(
+        Credential::reader(&root, &vault_id, "team", &["population".into()]),
+        vault.config(),
+    )
+    .unwrap();
+    let old_sealing_cred = Credential::sealing(&root, &vault_id, "host", &["population".into()]);
+    add_signer(&vault, &root, "population", &old_sealing_cred);
+    let old_sealing = Keyring::from_credential(old_sealing_cred, vault.config()).unwrap();
+
+    // Rotate (a root-signed ledger entry); nothing stored is rewritten.
+    let objects_before = vault.site().list("packs/").unwrap().len();
+    let history = vault.history_full("population").unwrap();
+    let new_keys = root.dataset_keys("population", 1);
+    ledger::append(
+        vault.site().as_ref(),
+        &root.root_signing_key(),
+        "population",
+        history.records.last(),
+        Event::ReaderKeyRotated {
+            epoch: 1,
+            reader_public: embassy_core::crypto::reader_public_bytes(&new_keys.reader_public),
+        },
+    )
+    .unwrap();
+    assert_eq!(vault.site().list("packs/").unwrap().len(), objects_before);
+
+    tree(&src, "b");
+    let v2 = files::backup(&vault, &owner, "population", &[src.clone()], &Silent)
+        .unwrap()
+        .version;
+    let path = format!("manifests/population/{}", v2.manifest);
+    let (header, _) = manifest::decode_header(&path, &vault.site().get(&path).unwrap()).unwrap();
+    assert_eq!(
+        header.key_id,
+        new_keys.key_id(),
+        "the new version is sealed to the new key"
+    );
+
+    // The old sealing credential holds no keys of the new epoch.
+    let err = files::backup(&vault, &old_sealing, "population", &[src.clone()], &Silent)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::WrongKey(m) if m.contains("epoch 1")),
+        "{err}"
+    );
+    // The old reader reads v1, not v2.
+    assert!(VersionReader::open_with(vault.site().clone(), &old_reader, &v1).is_ok());
+    assert!(matches!(
+        VersionReader::open_with(vault.site().clone(), &old_reader, &v2),
+        Err(Error::WrongKey(_))
+    ));
+    // A reader credential issued now holds every epoch; the root reads everything.
+    let new_reader = Keyring::from_credential(
+        Credential::at_epochs(&root, &vault_id, "team", &[("population".into(), 1)], true),
+        vault.config(),
+    )
+    .unwrap();
+    for (i, v) in [&v1, &v2].into_iter().enumerate() {
+        for keyring in [&new_reader, &owner] {
+            let reader = VersionReader::open_with(vault.site().clone(), keyring, v).unwrap();
+            let out = dir.path().join(format!("out-{i}-{}", rand_suffix()));
+            files::restore(&reader, &out, &Default::default(), &Silent).unwrap();
+        }
+    }
+    let report = verify::verify(&vault, Some(&owner), &Silent).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.datasets[0].versions_complete, 2);
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
