@@ -33,9 +33,19 @@ use serde_json::json;
     about = "Data Embassy: keep a state's strategic datasets alive when home is lost."
 )]
 struct Cli {
-    /// Where the vault is: a folder path (also EMBASSY_SITE).
-    #[arg(long, short = 's', env = "EMBASSY_SITE", global = true)]
-    site: Option<String>,
+    /// Where the vault is: a folder path or s3://bucket/prefix (also EMBASSY_SITE). Repeat (or
+    /// separate with commas) to keep the vault at several sites at once.
+    #[arg(
+        long,
+        short = 's',
+        env = "EMBASSY_SITE",
+        value_delimiter = ',',
+        global = true
+    )]
+    site: Vec<String>,
+    /// With several sites: how many must hold each object before a write counts (default: all).
+    #[arg(long, global = true)]
+    min_sites: Option<usize>,
     /// The vault's key file (also EMBASSY_KEY_FILE); default ~/.config/data-embassy/keys/<vault-id>.key.
     #[arg(long, env = "EMBASSY_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
@@ -116,6 +126,21 @@ enum Command {
     /// Custody of the keys: custodian shares, credentials, revocation.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy to site TO every object of the vault at site FROM that TO lacks (no keys needed):
+    /// seeds a new site, catches up one that was down; --repair also replaces damaged copies.
+    Sync {
+        /// The site to copy from.
+        #[arg(long)]
+        from: String,
+        /// The site to copy to.
+        #[arg(long)]
+        to: String,
+        /// Also read every object at TO and replace damaged ones.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Per dataset and site: the newest version, its recovery point, and how old it is.
+    Status,
     /// Create a witness key file and print its public key (to pin with `init --witness`).
     WitnessKey {
         /// Where to write the key file.
@@ -234,13 +259,18 @@ fn open_vault(cli: &Cli) -> Result<Vault> {
 }
 
 fn open_site(cli: &Cli) -> Result<Arc<dyn Site>> {
-    let location = cli
-        .site
-        .as_deref()
-        .ok_or_else(|| Error::invalid("no site given: pass --site PATH or set EMBASSY_SITE"))?;
-    Ok(embassy_sites::open(location)?)
+    open_sites(cli, false)
 }
 
+fn open_sites(cli: &Cli, creating: bool) -> Result<Arc<dyn Site>> {
+    if cli.site.is_empty() {
+        return Err(Error::invalid(
+            "no site given: pass --site PATH or set EMBASSY_SITE",
+        ));
+    }
+    let min = cli.min_sites.unwrap_or(cli.site.len());
+    Ok(embassy_sites::open_many(&cli.site, min, creating)?)
+}
 fn print_json(value: serde_json::Value) -> Result<()> {
     writeln!(std::io::stdout(), "{value}").map_err(|e| Error::io("writing to stdout", e))
 }
@@ -256,6 +286,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Witness { witness_key } => witness(cli, witness_key),
         Command::WitnessKey { out } => witness_key_new(cli, out),
         Command::Keys(command) => keys(cli, command),
+        Command::Sync { from, to, repair } => sync(cli, from, to, *repair),
+        Command::Status => status(cli),
         Command::Backup {
             dataset,
             paths,
@@ -295,6 +327,22 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             bar.finish();
             for w in &warnings {
                 eprintln!("warning: {w}");
+            }
+            let mut lagging = vault.site().lagging();
+            lagging.sort();
+            lagging.dedup_by(|a, b| a.0 == b.0);
+            let complete = cli
+                .site
+                .iter()
+                .find(|s| {
+                    !lagging
+                        .iter()
+                        .any(|(l, _)| l.ends_with(s.trim_start_matches("file://")))
+                })
+                .cloned()
+                .unwrap_or_else(|| "<a complete site>".into());
+            for (site, why) in &lagging {
+                eprintln!("warning: site {site} is behind ({why}); catch it up with `embassy sync --from {complete} --to {site}`");
             }
             if cli.json {
                 let mut value = output::version_json(&version);
@@ -721,6 +769,130 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn sync(cli: &Cli, from: &str, to: &str, repair: bool) -> Result<ExitCode> {
+    let source = embassy_sites::open(from)?;
+    let target = embassy_sites::open(to)?;
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let report = embassy_core::sync::sync(source.as_ref(), target.as_ref(), repair, &bar)?;
+    bar.finish();
+    if cli.json {
+        let mut value = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
+        value["ok"] = json!(report.problems.is_empty());
+        print_json(value)?;
+    } else {
+        println!(
+            "{} -> {}: copied {} objects ({}), {} already there, {} repaired",
+            source.location(),
+            target.location(),
+            report.copied,
+            output::size(report.bytes),
+            report.present,
+            report.repaired
+        );
+        for p in &report.problems {
+            println!("PROBLEM: {p}");
+        }
+    }
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// Per dataset and site: newest version, recovery point and age. Each site is read on its own,
+/// so a site that lags shows it.
+fn status(cli: &Cli) -> Result<ExitCode> {
+    if cli.site.is_empty() {
+        return Err(Error::invalid(
+            "no site given: pass --site PATH (repeat for each site)",
+        ));
+    }
+    let now = embassy_core::config::now_unix_nanos();
+    let mut rows = Vec::new();
+    let mut healthy = true;
+    for location in &cli.site {
+        let vault = embassy_sites::open(location)
+            .map_err(Error::from)
+            .and_then(|site| Vault::open(site));
+        let vault = match vault {
+            Ok(v) => v,
+            Err(e) => {
+                healthy = false;
+                rows.push(json!({"site": location, "error": e.to_string()}));
+                continue;
+            }
+        };
+        let datasets = vault.datasets()?;
+        for dataset in datasets {
+            match vault.history(&dataset) {
+                Ok(history) => {
+                    let versions = embassy_core::vault::versions_in(&dataset, &history);
+                    let newest = versions.last();
+                    rows.push(json!({
+                        "site": location,
+                        "dataset": dataset,
+                        "entries": history.len(),
+                        "versions": versions.len(),
+                        "newest_version": newest.map(|v| v.seq),
+                        "recovery_point": newest.map(|v| output::time(v.captured_at_ns)),
+                        "lag_seconds": newest.map(|v| (now - v.captured_at_ns) as f64 / 1e9),
+                    }));
+                }
+                Err(e) => {
+                    healthy = false;
+                    rows.push(
+                        json!({"site": location, "dataset": dataset, "error": e.to_string()}),
+                    );
+                }
+            }
+        }
+    }
+    if cli.json {
+        print_json(json!({"ok": healthy, "datasets": rows}))?;
+    } else {
+        println!(
+            "{:<24} {:<40} {:>8}  {:<20}  {:>10}",
+            "DATASET", "SITE", "VERSION", "RECOVERY POINT", "AGE"
+        );
+        for r in &rows {
+            if let Some(e) = r.get("error") {
+                println!(
+                    "{:<24} {:<40} ERROR: {}",
+                    r["dataset"].as_str().unwrap_or("-"),
+                    r["site"].as_str().unwrap_or_default(),
+                    e.as_str().unwrap_or_default()
+                );
+                continue;
+            }
+            let age = r["lag_seconds"].as_f64().map_or("-".to_string(), |s| {
+                if s < 120.0 {
+                    format!("{s:.0} s")
+                } else if s < 7200.0 {
+                    format!("{:.0} min", s / 60.0)
+                } else {
+                    format!("{:.1} h", s / 3600.0)
+                }
+            });
+            println!(
+                "{:<24} {:<40} {:>8}  {:<20}  {:>10}",
+                r["dataset"].as_str().unwrap_or_default(),
+                r["site"].as_str().unwrap_or_default(),
+                r["newest_version"]
+                    .as_u64()
+                    .map_or("-".into(), |v| v.to_string()),
+                r["recovery_point"].as_str().unwrap_or("-"),
+                age
+            );
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
 fn unlock_root(cli: &Cli, vault: &Vault) -> Result<embassy_core::vault::Keyring> {
     let keyring = secrets::unlock(
         vault.config(),
@@ -971,7 +1143,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
 }
 
 fn init(cli: &Cli, witnesses: &[String], witness_quorum: u32) -> Result<ExitCode> {
-    let site = open_site(cli)?;
+    let site = open_sites(cli, true)?;
     if let Some(existing) = VaultConfig::try_load(site.as_ref())? {
         return Err(Error::VaultExists {
             site: site.location().to_string(),

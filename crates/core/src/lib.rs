@@ -22,6 +22,7 @@ pub mod progress;
 pub mod reader;
 pub mod site;
 pub mod state;
+pub mod sync;
 pub mod time;
 pub mod tree;
 pub mod vault;

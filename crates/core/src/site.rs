@@ -79,6 +79,12 @@ pub trait Site: Send + Sync + fmt::Debug {
 
     /// Removes an object; removing a missing object is not an error.
     fn delete(&self, path: &str) -> Result<(), SiteError>;
+
+    /// Sites that missed writes or could not be reached, with why (for several sites at once):
+    /// they need `embassy sync` to catch up. None for a single site.
+    fn lagging(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// Runs a site operation, retrying [`SiteError::Retryable`] failures with exponential backoff and

@@ -1,0 +1,224 @@
+//! Several embassies at once (issue 6): writes fan out, a site that is down only counts against
+//! --min-sites and is reported, `status` shows its lag, `sync` catches it up without keys and
+//! with no gap, and a damaged object at one site is repaired from another.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn embassy(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_embassy"))
+        .current_dir(dir)
+        .args(["--quiet", "--key-file", "key", "--state-dir", "state"])
+        .args(args)
+        .env("EMBASSY_PASSPHRASE", "multi-site test passphrase")
+        .env_remove("EMBASSY_SITE")
+        .env_remove("EMBASSY_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    out
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = embassy(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Takes a site down the way a dead mount looks: the folder is replaced by a file.
+struct Down(PathBuf);
+
+impl Down {
+    fn new(site: PathBuf) -> Self {
+        std::fs::rename(&site, site.with_extension("away")).unwrap();
+        std::fs::write(&site, b"").unwrap();
+        Down(site)
+    }
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::rename(self.0.with_extension("away"), &self.0);
+    }
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    let out = embassy(dir, &["--json", "status", "--site", "a", "--site", "b"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn newest(status: &serde_json::Value, site: &str) -> Option<u64> {
+    status["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["site"] == site)
+        .and_then(|r| r["newest_version"].as_u64())
+}
+
+#[test]
+fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/register.csv"),
+        "38001010000;Mari;Tamm\n".repeat(60_000),
+    )
+    .unwrap();
+    ok(dir, &["--site", "a", "--site", "b", "init"]);
+    ok(dir, &["--site", "a,b", "backup", "population", "src"]);
+    for site in ["a", "b"] {
+        assert!(ok(dir, &["--site", site, "verify"]).contains("vault OK"));
+    }
+
+    // Site b goes down. With every site required the backup refuses; with one it goes on.
+    {
+        let _down = Down::new(dir.join("b"));
+        std::fs::write(
+            dir.join("src/births.csv"),
+            "52601010000;Liis;Saar\n".repeat(1000),
+        )
+        .unwrap();
+        let refused = embassy(
+            dir,
+            &["--site", "a", "--site", "b", "backup", "population", "src"],
+        );
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("2 required"));
+        let out = embassy(
+            dir,
+            &[
+                "--site",
+                "a",
+                "--site",
+                "b",
+                "--min-sites",
+                "1",
+                "backup",
+                "population",
+                "src",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is behind") && stderr.contains("embassy sync --from a --to"),
+            "{stderr}"
+        );
+    }
+    // b is back, one version behind, and status says so.
+    let s = status(dir);
+    assert_eq!(
+        (newest(&s, "a"), newest(&s, "b")),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+
+    // Catch up without keys: no gap, both sites complete on their own.
+    let out = Command::new(env!("CARGO_BIN_EXE_embassy"))
+        .current_dir(dir)
+        .args(["--json", "sync", "--from", "a", "--to", "b"])
+        .env_remove("EMBASSY_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["copied"].as_u64().unwrap() > 0, "{report}");
+    let s = status(dir);
+    assert_eq!(
+        (newest(&s, "a"), newest(&s, "b")),
+        (Some(2), Some(2)),
+        "{s}"
+    );
+    for site in ["a", "b"] {
+        assert!(ok(dir, &["--site", site, "verify", "--deep"]).contains("vault OK"));
+        let to = format!("restored-{site}");
+        ok(dir, &["--site", site, "restore", "population", "--to", &to]);
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(dir.join("src"))
+            .arg(dir.join(&to))
+            .status()
+            .unwrap();
+        assert!(diff.success(), "site {site} restores a different tree");
+    }
+
+    // Damage a pack at a; reads through both sites fall back to b; sync --repair mends a.
+    let pack = walk(&dir.join("a/packs")).into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[200] ^= 0xff;
+    std::fs::write(&pack, bytes).unwrap();
+    assert_eq!(
+        embassy(dir, &["--site", "a", "verify"]).status.code(),
+        Some(3)
+    );
+    ok(
+        dir,
+        &[
+            "--site",
+            "a,b",
+            "restore",
+            "population@1",
+            "--to",
+            "fallback",
+        ],
+    );
+    let out = embassy(
+        dir,
+        &["--json", "sync", "--from", "b", "--to", "a", "--repair"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["repaired"], 1, "{report}");
+    assert!(ok(dir, &["--site", "a", "verify", "--deep"]).contains("vault OK"));
+
+    // A site that holds another vault is never mixed in.
+    let other = Command::new(env!("CARGO_BIN_EXE_embassy"))
+        .current_dir(dir)
+        .args([
+            "--quiet",
+            "--site",
+            "other",
+            "--key-file",
+            "other.key",
+            "--state-dir",
+            "state",
+            "init",
+        ])
+        .env("EMBASSY_PASSPHRASE", "another vault")
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    let mixed = embassy(dir, &["--site", "a", "--site", "other", "versions"]);
+    assert_eq!(mixed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("another vault"));
+    let mixed = embassy(dir, &["sync", "--from", "a", "--to", "other"]);
+    assert_eq!(mixed.status.code(), Some(1));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
