@@ -814,7 +814,7 @@ fn status(cli: &Cli) -> Result<ExitCode> {
     for location in &cli.site {
         let vault = embassy_sites::open(location)
             .map_err(Error::from)
-            .and_then(|site| Vault::open(site));
+            .and_then(Vault::open);
         let vault = match vault {
             Ok(v) => v,
             Err(e) => {

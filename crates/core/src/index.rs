@@ -31,13 +31,26 @@ pub struct IndexHeader {
     pub key_id: Option<[u8; 8]>,
 }
 
-/// One chunk's location.
+/// One chunk's location. Encoded as the CBOR array `[pack, blob]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "(u32, BlobEntry)", from = "(u32, BlobEntry)")]
 pub struct IndexEntry {
     /// Position of the pack in [`IndexHeader::packs`].
     pub pack: u32,
     /// Where the blob is inside the pack.
     pub blob: BlobEntry,
+}
+
+impl From<IndexEntry> for (u32, BlobEntry) {
+    fn from(e: IndexEntry) -> Self {
+        (e.pack, e.blob)
+    }
+}
+
+impl From<(u32, BlobEntry)> for IndexEntry {
+    fn from((pack, blob): (u32, BlobEntry)) -> Self {
+        IndexEntry { pack, blob }
+    }
 }
 
 /// Encodes an index object for `packs` and their blobs.

@@ -75,6 +75,10 @@ pub struct ManifestBody {
     pub source: Vec<String>,
     /// Counts.
     pub stats: VersionStats,
+    /// Metadata of the folder that was backed up as the root (mode, owner, mtime), applied to
+    /// the target of a full restore. Absent for streams and several-path versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_node: Option<crate::tree::Node>,
 }
 
 fn info(dataset: &str) -> Vec<u8> {

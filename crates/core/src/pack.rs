@@ -53,8 +53,10 @@ impl TryFrom<u8> for BlobKind {
     }
 }
 
-/// Where a blob sits in its pack.
+/// Where a blob sits in its pack. Encoded as the CBOR array
+/// `[kind, id, offset, length, raw_length]` (compact: one per chunk, in every index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "BlobEntryWire", from = "BlobEntryWire")]
 pub struct BlobEntry {
     /// Data or tree.
     pub kind: BlobKind,
@@ -66,6 +68,28 @@ pub struct BlobEntry {
     pub length: u32,
     /// Plaintext length.
     pub raw_length: u32,
+}
+
+/// The wire form of a [`BlobEntry`].
+#[derive(Serialize, Deserialize)]
+struct BlobEntryWire(BlobKind, ChunkId, u32, u32, u32);
+
+impl From<BlobEntry> for BlobEntryWire {
+    fn from(e: BlobEntry) -> Self {
+        BlobEntryWire(e.kind, e.id, e.offset, e.length, e.raw_length)
+    }
+}
+
+impl From<BlobEntryWire> for BlobEntry {
+    fn from(w: BlobEntryWire) -> Self {
+        BlobEntry {
+            kind: w.0,
+            id: w.1,
+            offset: w.2,
+            length: w.3,
+            raw_length: w.4,
+        }
+    }
 }
 
 const COMPRESSION_NONE: u8 = 0;

@@ -154,6 +154,21 @@ impl VersionReader {
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         with_retry(|| self.site.get_range(path, offset, len)).map_err(|e| match e {
+            // Shorter than its index says: damage, not an outage.
+            SiteError::Permanent { .. }
+                if self
+                    .stored_size(path)
+                    .is_some_and(|size| size < offset + len) =>
+            {
+                Error::corrupt(
+                    path,
+                    format!(
+                        "truncated: holds {} bytes, but its index needs bytes up to {}",
+                        self.stored_size(path).unwrap_or(0),
+                        offset + len
+                    ),
+                )
+            }
             SiteError::NotFound { .. } => Error::Missing {
                 path: path.to_string(),
                 site: self.site.location().to_string(),
@@ -164,6 +179,15 @@ impl VersionReader {
             },
             e => e.into(),
         })
+    }
+
+    fn stored_size(&self, path: &str) -> Option<u64> {
+        self.site
+            .list(path)
+            .ok()?
+            .into_iter()
+            .find(|i| i.path == path)
+            .map(|i| i.size)
     }
 
     /// Plaintext size of a blob, from the index.

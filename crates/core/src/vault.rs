@@ -185,7 +185,11 @@ impl Vault {
                 })
             })
             .collect();
-        let id = checkpoint::write(self.site.as_ref(), &self.config.vault_id, heads, key)?;
+        let (id, time_ns) =
+            checkpoint::write(self.site.as_ref(), &self.config.vault_id, heads, key)?;
+        if let Some(state) = &self.state {
+            state.check_checkpoint(&id.to_hex(), time_ns)?;
+        }
         Ok((id, failed))
     }
 

@@ -175,6 +175,7 @@ pub struct BackupSession {
     rejected: Vec<ObjectId>,
     chunker: ChunkerParams,
     captured_at_ns: i64,
+    root_node: Option<crate::tree::Node>,
     /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
     /// that could not be written); keep a clone to read them after [`BackupSession::finish`].
     pub warnings: Arc<Mutex<Vec<String>>>,
@@ -243,6 +244,7 @@ impl BackupSession {
             rejected,
             chunker: vault.config().chunker,
             captured_at_ns: now_unix_nanos(),
+            root_node: None,
             warnings: Arc::new(Mutex::new(warnings)),
         })
     }
@@ -332,6 +334,11 @@ impl BackupSession {
         true
     }
 
+    /// Records the metadata of the folder backed up as the version's root.
+    pub fn set_root_node(&mut self, node: crate::tree::Node) {
+        self.root_node = Some(node);
+    }
+
     /// Waits for the sealers; returns the first failure.
     fn drain(&mut self) -> Result<()> {
         self.jobs = None;
@@ -376,6 +383,7 @@ impl BackupSession {
             host: hostname(),
             source,
             stats,
+            root_node: self.root_node.take(),
         };
         let keys = &self.shared.keys;
         let site = self.vault.site();

@@ -142,6 +142,7 @@ fn objects() -> &'static Objects {
             host: "host".into(),
             source: vec!["/srv".into()],
             stats: VersionStats::default(),
+            root_node: None,
         };
         let manifest = manifest::encode(&keys, vec![ObjectId::of(&index)], &body);
         let manifest_body = cbor(&body);
@@ -593,6 +594,36 @@ proptest! {
     }
 
     #[test]
+    fn tampered_histories_only_ever_lose_their_tail(
+        m in mutations(),
+        which in 0usize..3,
+        on_path in any::<bool>(),
+    ) {
+        let (objects, config, records) = history();
+        let mut site_objects = objects.clone();
+        let (path, bytes) = &mut site_objects[which];
+        if on_path {
+            *path = String::from_utf8_lossy(&mutate(path.as_bytes(), &m, &[])).into_owned();
+        } else {
+            *bytes = mutate(bytes, &m, &[8]);
+        }
+        let site = MemorySite::with(
+            &site_objects
+                .iter()
+                .map(|(p, b)| (p.as_str(), b.as_slice()))
+                .collect::<Vec<_>>(),
+        );
+        if let Ok(loaded) = ledger::load_history(&site, config, "fuzz") {
+            // A site can hide the newest entries (checkpoints catch that), never change one.
+            prop_assert!(loaded.len() <= records.len());
+            prop_assert_eq!(&loaded[..], &records[..loaded.len()]);
+            if &site_objects == objects {
+                prop_assert_eq!(loaded.len(), records.len());
+            }
+        }
+    }
+
+    #[test]
     fn ledger_paths_never_panic(path in ".{0,120}", seq in any::<u64>()) {
         let _ = layout::parse_ledger_path(&path);
         let _ = layout::id_in_path(&path);
@@ -615,6 +646,39 @@ proptest! {
             prop_assert_eq!(root.expose(), o.root.expose());
         }
     }
+}
+
+/// A three-entry ledger (writer 0, writer 1, writer 0) as stored, its configuration and records.
+#[allow(clippy::type_complexity)]
+fn history() -> &'static (Vec<(String, Vec<u8>)>, VaultConfig, Vec<ledger::Record>) {
+    static HISTORY: OnceLock<(Vec<(String, Vec<u8>)>, VaultConfig, Vec<ledger::Record>)> =
+        OnceLock::new();
+    HISTORY.get_or_init(|| {
+        let o = objects();
+        let mut config = VaultConfig::new(&o.root);
+        config.signers = o.signers.iter().map(hex::encode).collect();
+        let first = ledger::decode(PATH, &o.ledger).unwrap();
+        let writers = [
+            o.writer.clone(),
+            o.root.writer_signing_key(1),
+            o.writer.clone(),
+        ];
+        let mut objects = Vec::new();
+        let mut records: Vec<ledger::Record> = Vec::new();
+        for (i, key) in writers.iter().enumerate() {
+            let entry = Entry {
+                seq: i as u64 + 1,
+                prev: records.last().map(|r| r.id),
+                signer: key.verifying_key().to_bytes(),
+                ..first.clone()
+            };
+            let bytes = ledger::encode(&entry, key);
+            let id = ObjectId::of(&bytes);
+            objects.push((layout::ledger_entry("fuzz", entry.seq, &id), bytes));
+            records.push(ledger::Record { id, entry });
+        }
+        (objects, config, records)
+    })
 }
 
 fn ledger_parts(bytes: &[u8]) -> (&[u8], &[u8]) {

@@ -1,14 +1,24 @@
-//! Storage sites for Data Embassy vaults, all behind [`embassy_core::site::Site`].
+//! Storage sites for Data Embassy vaults, all behind [`embassy_core::site::Site`]: a local folder
+//! and S3-compatible buckets. [`check_capabilities`] tells `init` what a site guarantees.
 
 pub mod local;
+pub mod replicated;
+pub mod s3;
 
 use std::sync::Arc;
 
 use embassy_core::site::{Site, SiteError};
 
 pub use local::LocalSite;
+pub use replicated::ReplicatedSite;
+pub use s3::S3Site;
 
-/// Opens a site from a location: a folder path (or `file://` URL).
+mod capabilities;
+pub use capabilities::{check_capabilities, CreateOnly, Retention, SiteCapabilities};
+
+/// Opens a site from a location: a folder path (or `file://` URL), or an
+/// `s3://bucket/prefix[?option=value&...]` bucket (settings from the environment; see
+/// `docs/sites.md`).
 pub fn open(location: &str) -> Result<Arc<dyn Site>, SiteError> {
     if location.trim().is_empty() {
         return Err(SiteError::Permanent {
@@ -18,6 +28,9 @@ pub fn open(location: &str) -> Result<Arc<dyn Site>, SiteError> {
             message: "empty site location: give --site PATH (or set EMBASSY_SITE)".into(),
         });
     }
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(S3Site::open(location)?));
+    }
     if let Some((scheme, _)) = location.split_once("://") {
         if scheme != "file" {
             return Err(SiteError::Permanent {
@@ -25,11 +38,95 @@ pub fn open(location: &str) -> Result<Arc<dyn Site>, SiteError> {
                 operation: "open",
                 path: String::new(),
                 message: format!(
-                    "'{scheme}://' sites are not supported by this build; use a local folder path"
+                    "'{scheme}://' sites are not supported; use a local folder path or \
+                     s3://BUCKET/PREFIX"
                 ),
             });
         }
     }
     let path = location.strip_prefix("file://").unwrap_or(location);
     Ok(Arc::new(LocalSite::new(path)?))
+}
+
+/// Whether `path` is a valid object path: relative, `/`-separated, no empty, `.` or `..`
+/// component, no NUL byte.
+pub(crate) fn valid_object_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
+/// Opens several sites as one vault: writes go to all, and succeed once `min_sites` hold them.
+/// Every site must already hold the same vault (seed a new one with `embassy sync`), except when
+/// `creating` a vault.
+pub fn open_many(
+    locations: &[String],
+    min_sites: usize,
+    creating: bool,
+) -> Result<Arc<dyn Site>, SiteError> {
+    if locations.len() == 1 {
+        return open(&locations[0]);
+    }
+    let sites: Vec<Arc<dyn Site>> = locations
+        .iter()
+        .map(|l| open(l))
+        .collect::<Result<_, _>>()?;
+    let replicated = ReplicatedSite::new(sites.clone(), min_sites)?;
+    if !creating {
+        // Sites that answer must hold the same vault; sites that cannot be reached or hold no
+        // vault yet only count against min_sites, and are reported as lagging.
+        let mut first: Option<(String, Vec<u8>)> = None;
+        let mut usable = 0;
+        for site in &sites {
+            let config = match site.get(embassy_core::layout::CONFIG) {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = match e {
+                        SiteError::NotFound { .. } => "holds no vault yet".to_string(),
+                        e => e.to_string(),
+                    };
+                    replicated.mark_lagging(
+                        site.location(),
+                        format!("{why}: catch it up with `embassy sync --from <a complete site> --to {}`", site.location()),
+                    );
+                    continue;
+                }
+            };
+            match &first {
+                None => first = Some((site.location().to_string(), config)),
+                Some((other, c)) if *c != config => {
+                    return Err(SiteError::Permanent {
+                        site: site.location().to_string(),
+                        operation: "open",
+                        path: embassy_core::layout::CONFIG.into(),
+                        message: format!(
+                            "holds another vault than {other}: these sites cannot be used together"
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+            usable += 1;
+        }
+        if usable < min_sites {
+            return Err(SiteError::Permanent {
+                site: locations.join(" + "),
+                operation: "open",
+                path: embassy_core::layout::CONFIG.into(),
+                message: format!(
+                    "only {usable} of {} sites hold the vault and answer, {min_sites} required: {}",
+                    sites.len(),
+                    replicated
+                        .lagging()
+                        .iter()
+                        .map(|(s, why)| format!("{s}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+    }
+    Ok(Arc::new(replicated))
 }

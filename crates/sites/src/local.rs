@@ -226,7 +226,10 @@ impl Site for LocalSite {
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                // A prefix naming a file ("a/b/" where a/b is an object) lists nothing.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                    continue
+                }
                 Err(e) => return Err(self.io_error("list", prefix, e)),
             };
             for entry in entries {

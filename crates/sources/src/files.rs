@@ -279,7 +279,20 @@ pub fn backup(
         }
     }
 
-    let session = BackupSession::begin(vault, keyring, dataset)?;
+    let mut session = BackupSession::begin(vault, keyring, dataset)?;
+    if single_dir {
+        let meta = fs::symlink_metadata(&absolute[0].0).map_err(|e| {
+            Error::io(
+                format!("reading metadata of {}", absolute[0].0.display()),
+                e,
+            )
+        })?;
+        session.set_root_node(metadata::node_from(
+            &entry_name(&absolute[0].0).unwrap_or_default(),
+            NodeKind::Dir,
+            &meta,
+        ));
+    }
     let session_warnings = session.warnings.clone();
     let mut warnings = Vec::new();
     let previous_version = vault
@@ -511,7 +524,9 @@ pub fn restore(
         match fs::create_dir(path) {
             Ok(()) => {}
             Err(e)
-                if e.kind() == ErrorKind::AlreadyExists && options.overwrite && path.is_dir() => {}
+                if e.kind() == ErrorKind::AlreadyExists
+                    && options.overwrite
+                    && fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => {}
             Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
         }
     }
@@ -583,6 +598,10 @@ pub fn restore(
     plan.dirs.sort_by_key(|(_, _, depth)| Reverse(*depth));
     for (path, node, _) in &plan.dirs {
         metadata::apply(path, node, chown)?;
+    }
+    // The backed-up folder's own metadata goes to the target, on a full restore.
+    if let (None, Some(root)) = (&options.subpath, &reader.manifest.root_node) {
+        metadata::apply(target, root, chown)?;
     }
     Ok(RestoreStats {
         files: plan.files.len() as u64,

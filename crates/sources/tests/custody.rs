@@ -69,7 +69,14 @@ fn a_sealing_credential_adds_but_cannot_read_anything_not_even_its_own_packs() {
     let src = dir.path().join("src");
     tree(&src, "a");
     let owner = root_keyring(&vault, &root);
-    files::backup(&vault, &owner, "population", &[src.clone()], &Silent).unwrap();
+    files::backup(
+        &vault,
+        &owner,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap();
     let before: Vec<String> = packs(&vault, "population")
         .into_iter()
         .map(|(p, _)| p)
@@ -84,7 +91,14 @@ fn a_sealing_credential_adds_but_cannot_read_anything_not_even_its_own_packs() {
     add_signer(&vault, &root, "population", &credential);
     let sealing = Keyring::from_credential(credential, vault.config()).unwrap();
     tree(&src, "b");
-    let added = files::backup(&vault, &sealing, "population", &[src.clone()], &Silent).unwrap();
+    let added = files::backup(
+        &vault,
+        &sealing,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap();
     assert_eq!(vault.versions("population").unwrap().len(), 2);
 
     let keys = sealing.dataset("population").unwrap();
@@ -142,8 +156,15 @@ fn a_reader_credential_reads_only_its_dataset_and_cannot_sign() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     tree(&a, "a");
     tree(&b, "b");
-    files::backup(&vault, &owner, "population", &[a.clone()], &Silent).unwrap();
-    let land = files::backup(&vault, &owner, "land", &[b.clone()], &Silent).unwrap();
+    files::backup(
+        &vault,
+        &owner,
+        "population",
+        std::slice::from_ref(&a),
+        &Silent,
+    )
+    .unwrap();
+    let land = files::backup(&vault, &owner, "land", std::slice::from_ref(&b), &Silent).unwrap();
     let reader = Keyring::from_credential(
         Credential::reader(
             &root,
@@ -181,7 +202,14 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
     let src = dir.path().join("src");
     tree(&src, "a");
     let owner = root_keyring(&vault, &root);
-    files::backup(&vault, &owner, "population", &[src.clone()], &Silent).unwrap();
+    files::backup(
+        &vault,
+        &owner,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap();
     let credential = Credential::sealing(
         &root,
         &vault.config().vault_id,
@@ -192,7 +220,14 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
     add_signer(&vault, &root, "population", &credential);
     let sealing = Keyring::from_credential(credential.clone(), vault.config()).unwrap();
     tree(&src, "b");
-    files::backup(&vault, &sealing, "population", &[src.clone()], &Silent).unwrap();
+    files::backup(
+        &vault,
+        &sealing,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap();
 
     // Revoke it (a root-signed entry).
     let history = vault.history_full("population").unwrap();
@@ -211,9 +246,15 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
 
     // The client refuses to write with it.
     tree(&src, "c");
-    let err = files::backup(&vault, &sealing, "population", &[src.clone()], &Silent)
-        .err()
-        .unwrap();
+    let err = files::backup(
+        &vault,
+        &sealing,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .err()
+    .unwrap();
     assert!(
         matches!(&err, Error::WrongKey(m) if m.contains("revoked")),
         "{err}"
@@ -266,7 +307,14 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
     );
 
     // The owner goes on writing over the rejected entries; everything restores.
-    files::backup(&vault, &owner, "population", &[src.clone()], &Silent).unwrap();
+    files::backup(
+        &vault,
+        &owner,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap();
     let versions = vault.versions("population").unwrap();
     assert_eq!(versions.len(), honest_versions.len() + 1);
     for v in versions {
@@ -293,9 +341,15 @@ fn rotating_the_reader_key_keeps_old_versions_readable_and_retires_old_credentia
     tree(&src, "a");
     let owner = root_keyring(&vault, &root);
     let vault_id = vault.config().vault_id.clone();
-    let v1 = files::backup(&vault, &owner, "population", &[src.clone()], &Silent)
-        .unwrap()
-        .version;
+    let v1 = files::backup(
+        &vault,
+        &owner,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap()
+    .version;
     let old_reader = Keyring::from_credential(
         Credential::reader(&root, &vault_id, "team", &["population".into()]),
         vault.config(),
@@ -323,9 +377,15 @@ fn rotating_the_reader_key_keeps_old_versions_readable_and_retires_old_credentia
     assert_eq!(vault.site().list("packs/").unwrap().len(), objects_before);
 
     tree(&src, "b");
-    let v2 = files::backup(&vault, &owner, "population", &[src.clone()], &Silent)
-        .unwrap()
-        .version;
+    let v2 = files::backup(
+        &vault,
+        &owner,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .unwrap()
+    .version;
     let path = format!("manifests/population/{}", v2.manifest);
     let (header, _) = manifest::decode_header(&path, &vault.site().get(&path).unwrap()).unwrap();
     assert_eq!(
@@ -335,9 +395,15 @@ fn rotating_the_reader_key_keeps_old_versions_readable_and_retires_old_credentia
     );
 
     // The old sealing credential holds no keys of the new epoch.
-    let err = files::backup(&vault, &old_sealing, "population", &[src.clone()], &Silent)
-        .err()
-        .unwrap();
+    let err = files::backup(
+        &vault,
+        &old_sealing,
+        "population",
+        std::slice::from_ref(&src),
+        &Silent,
+    )
+    .err()
+    .unwrap();
     assert!(
         matches!(&err, Error::WrongKey(m) if m.contains("epoch 1")),
         "{err}"
