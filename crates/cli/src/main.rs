@@ -410,24 +410,32 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     stream::restore_to(&reader, &mut out, &bar)?;
                 }
                 (VersionKind::Stream, Some(file)) => {
-                    let mut out = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(!overwrite)
-                        .create(true)
-                        .truncate(true)
-                        .open(file)
-                        .map_err(|e| {
-                            Error::io(
-                                format!(
-                                    "creating {} (pass --overwrite to replace it)",
-                                    file.display()
-                                ),
-                                e,
-                            )
-                        })?;
-                    let n = stream::restore_to(&reader, &mut out, &bar)?;
-                    out.sync_all()
-                        .map_err(|e| Error::io(format!("syncing {}", file.display()), e))?;
+                    if file.exists() && !overwrite {
+                        return Err(Error::invalid(format!(
+                            "{} exists: pass --overwrite to replace it",
+                            file.display()
+                        )));
+                    }
+                    // Written under a temporary name and renamed only when complete, so a
+                    // failed restore never leaves a partial file under the final name.
+                    let partial = file.with_extension("embassy-partial");
+                    let written = (|| -> Result<u64> {
+                        let mut out = std::fs::File::create(&partial)
+                            .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+                        let n = stream::restore_to(&reader, &mut out, &bar)?;
+                        out.sync_all()
+                            .map_err(|e| Error::io(format!("syncing {}", partial.display()), e))?;
+                        std::fs::rename(&partial, file)
+                            .map_err(|e| Error::io(format!("renaming to {}", file.display()), e))?;
+                        Ok(n)
+                    })();
+                    let n = match written {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&partial);
+                            return Err(e);
+                        }
+                    };
                     report_restore(
                         cli,
                         &version,

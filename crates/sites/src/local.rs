@@ -20,6 +20,7 @@ pub struct LocalSite {
     root: PathBuf,
     location: String,
     known_dirs: Mutex<HashSet<PathBuf>>,
+    swept: std::sync::Once,
 }
 
 impl LocalSite {
@@ -42,6 +43,7 @@ impl LocalSite {
             location: root.display().to_string(),
             root,
             known_dirs: Mutex::new(HashSet::new()),
+            swept: std::sync::Once::new(),
         })
     }
 
@@ -133,6 +135,29 @@ impl LocalSite {
     }
 }
 
+impl LocalSite {
+    /// Once per process, removes staging files that writers killed mid-write left behind. Only
+    /// files older than an hour: another process may be writing the younger ones right now.
+    fn sweep_stale_parts(&self, tmp_dir: &Path) {
+        self.swept.call_once(|| {
+            let Ok(entries) = fs::read_dir(tmp_dir) else {
+                return;
+            };
+            let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            for entry in entries.flatten() {
+                let stale = entry.file_name().to_string_lossy().ends_with(".part")
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < hour_ago);
+                if stale {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        });
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -149,6 +174,7 @@ impl Site for LocalSite {
         }
         let tmp_dir = self.root.join(TMP);
         self.ensure_dir(&tmp_dir, path)?;
+        self.sweep_stale_parts(&tmp_dir);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         self.ensure_dir(&dir, path)?;
         let tmp = tmp_dir.join(format!("{:016x}.part", rand::random::<u64>()));
@@ -276,5 +302,43 @@ impl Site for LocalSite {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_error("delete", path, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_staging_files_are_swept_but_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = LocalSite::new(dir.path()).unwrap();
+        fs::create_dir_all(dir.path().join(TMP)).unwrap();
+        let old = dir.path().join(TMP).join("killed.part");
+        let fresh = dir.path().join(TMP).join("in-flight.part");
+        fs::write(&old, b"half a pack").unwrap();
+        fs::write(&fresh, b"being written").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        assert_eq!(site.put("a/b", b"x").unwrap(), Put::Created);
+        assert!(
+            !old.exists(),
+            "a staging file left by a killed writer is removed"
+        );
+        assert!(
+            fresh.exists(),
+            "a young staging file may belong to a live writer"
+        );
+        assert_eq!(site.get("a/b").unwrap(), b"x");
+        assert!(site
+            .list("")
+            .unwrap()
+            .iter()
+            .all(|i| !i.path.starts_with("tmp")));
     }
 }
