@@ -216,7 +216,9 @@ impl BackupSession {
         });
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
-        let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackWriter>(1);
+        // A rendezvous: a finished pack waits for a free uploader instead of in a queue, so at
+        // most `workers` packs are being sealed and `workers` uploaded (bounded memory).
+        let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackWriter>(0);
         let mut sealers = Vec::with_capacity(workers);
         let mut uploaders = Vec::with_capacity(workers);
         for i in 0..workers {
