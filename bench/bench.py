@@ -549,6 +549,7 @@ def run_tool(tool: Tool, run: int, day0: Path, day1: Path, src_bytes: dict, logs
     r["sync_after_s"] = timed_sync()
     r["vault_bytes"] = du_bytes(tool.repo)
     r["mbps"] = src_bytes["day0"] / r["wall_s"] / 1e6
+    r["mb_per_cpu_s"] = src_bytes["day0"] / r["cpu_s"] / 1e6 if r["cpu_s"] > 0 else None
     res["initial"] = r
     log(f"  {tool.name:8} initial   {r['wall_s']:7.2f} s  {r['mbps']:7.1f} MB/s  cpu {r['cpu_s']:6.1f} s  "
         f"rss {r.get('max_rss_kb', 0) / 1024:6.0f} MiB  vault {r['vault_bytes'] / 1e6:8.1f} MB")
@@ -652,6 +653,7 @@ METRICS = [
     ("initial.wall_s", "Initial backup: wall", "s", 1, 2),
     ("initial.mbps", "Initial backup: throughput", "MB/s", 1, 1),
     ("initial.cpu_s", "Initial backup: CPU (user+sys)", "s", 1, 2),
+    ("initial.mb_per_cpu_s", "Initial backup: source MB per CPU-second", "MB/CPU-s", 1, 1),
     ("initial.max_rss_kb", "Initial backup: peak RSS", "MiB", 1 / 1024, 0),
     ("initial.vault_bytes", "Vault size after initial", "MB", 1e-6, 1),
     ("initial.sync_after_s", "sync after initial backup", "s", 1, 2),
@@ -703,18 +705,23 @@ def summarize(results: list[dict], tools: list[str], ceilings: list[dict]) -> di
                     s["ratios"].setdefault(key, {})[peer] = {"median": statistics.median(rs), "min": min(rs),
                                                              "max": max(rs)}
     # fraction of the pipeline ceiling, per run (same run's ceiling)
-    fr = {}
-    for t in tools:
-        xs = []
-        for r in results:
-            if r["tool"] != t:
-                continue
-            c = next((c for c in ceilings if c.get("run") == r["run"]), None)
-            if c:
-                xs.append(r["initial"]["mbps"] / c["pipeline"]["ceiling_mbps"])
-        if xs:
-            fr[t] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-    s["ceiling_fraction"] = fr
+    def fractions(num, den):
+        fr = {}
+        for t in tools:
+            xs = []
+            for r in results:
+                c = next((c for c in ceilings if c.get("run") == r["run"]), None)
+                if r["tool"] == t and c and num(r) and den(c):
+                    xs.append(num(r) / den(c))
+            if xs:
+                fr[t] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+        return fr
+
+    # wall: initial-backup MB/s / (pipeline single-core x cores), both from the same run
+    s["ceiling_fraction"] = fractions(lambda r: r["initial"]["mbps"], lambda c: c["pipeline"]["ceiling_mbps"])
+    # CPU: source MB per CPU-second / pipeline single-core rate per CPU-second (robust to other load)
+    s["cpu_fraction"] = fractions(lambda r: r["initial"].get("mb_per_cpu_s"),
+                                  lambda c: c["pipeline"].get("single_cpu_mbps"))
     return s
 
 
@@ -737,24 +744,27 @@ def ceilings_table(ceilings: list[dict]) -> list[str]:
         return fmt(v, 0) if v is not None else "—"
 
     c0 = ceilings[0]
-    lines = [f"| Ceiling (MB/s of input, median of {len(ceilings)}) | 1 core | all {c0['threads']} cores |",
-             "|---|---:|---:|",
+    lines = [f"| Ceiling (MB/s of input, median of {len(ceilings)}) | 1 core | 1 core, per CPU-s "
+             f"| all {c0['threads']} cores |",
+             "|---|---:|---:|---:|",
              f"| Page-cache read of the corpus | {cell(['page_cache_read', 'single_mbps'])} | "
-             f"{cell(['page_cache_read', 'all_mbps'])} |",
+             f"{cell(['page_cache_read', 'single_cpu_mbps'])} | {cell(['page_cache_read', 'all_mbps'])} |",
              f"| BLAKE3 keyed hash (1 MiB chunks) | {cell(['blake3_keyed', 'single_mbps'])} | "
-             f"{cell(['blake3_keyed', 'all_mbps'])} |",
+             f"{cell(['blake3_keyed', 'single_cpu_mbps'])} | {cell(['blake3_keyed', 'all_mbps'])} |",
              f"| ChaCha20-Poly1305 seal | {cell(['chacha20poly1305_seal', 'single_mbps'])} | "
-             f"{cell(['chacha20poly1305_seal', 'all_mbps'])} |"]
+             f"{cell(['chacha20poly1305_seal', 'single_cpu_mbps'])} | {cell(['chacha20poly1305_seal', 'all_mbps'])} |"]
     for cat in c0["zstd"]:
         ratio = med(["zstd", cat, "ratio"])
         lines.append(f"| zstd -{c0['zstd_level']} compress, {cat} (ratio {ratio:.2f}) | "
-                     f"{cell(['zstd', cat, 'compress_single_mbps'])} | {cell(['zstd', cat, 'compress_all_mbps'])} |")
+                     f"{cell(['zstd', cat, 'compress_single_mbps'])} | {cell(['zstd', cat, 'compress_single_cpu_mbps'])} "
+                     f"| {cell(['zstd', cat, 'compress_all_mbps'])} |")
     for cat in c0["zstd"]:
-        lines.append(f"| zstd decompress, {cat} | {cell(['zstd', cat, 'decompress_single_mbps'])} | — |")
+        lines.append(f"| zstd decompress, {cat} | {cell(['zstd', cat, 'decompress_single_mbps'])} | — | — |")
     lines.append(f"| fsync'd sequential write, 4 MiB writes ({c0['fsync_write'].get('bytes', 0) >> 20} MiB) | "
-                 f"{cell(['fsync_write', 'mbps'])} | — |")
-    lines.append(f"| **Pipeline ceiling** read+hash+zstd+seal | {cell(['pipeline', 'single_mbps'])} | "
-                 f"**{cell(['pipeline', 'ceiling_mbps'])}** (measured all-core: {cell(['pipeline', 'all_measured_mbps'])}) |")
+                 f"{cell(['fsync_write', 'mbps'])} | — | — |")
+    lines.append(f"| **Pipeline** read+hash+zstd+seal | {cell(['pipeline', 'single_mbps'])} | "
+                 f"{cell(['pipeline', 'single_cpu_mbps'])} | **{cell(['pipeline', 'ceiling_mbps'])}** = 1 core × "
+                 f"{c0['threads']} (measured all-core: {cell(['pipeline', 'all_measured_mbps'])}) |")
     return lines
 
 
@@ -796,9 +806,12 @@ def report(meta: dict, results: list[dict], ceilings: list[dict], tools: list[st
             else:
                 row.append(f"{rr['median']:.2f} [{rr['min']:.2f}–{rr['max']:.2f}]")
         L.append("| " + " | ".join(row) + " |")
-    fr = s["ceiling_fraction"]
-    if fr:
-        row = ["Initial backup as a fraction of the pipeline ceiling"]
+    for fkey, label in (("ceiling_fraction", "Initial backup ÷ pipeline ceiling (wall, all cores)"),
+                        ("cpu_fraction", "Initial backup MB per CPU-s ÷ pipeline MB per CPU-s (1 core)")):
+        fr = s[fkey]
+        if not fr:
+            continue
+        row = [label]
         for t in tools:
             v = fr.get(t)
             if v is None:
@@ -845,6 +858,10 @@ def main() -> int:
         ap.error("--runs must be at least 1")
     if os.geteuid() != 0:
         raise BenchError("must run as root (the corpus scripts run PostgreSQL as postgres; apt-get installs)")
+    tools = [t.strip() for t in a.tools.split(",") if t.strip()]
+    bad = [t for t in tools if t not in ALL_TOOLS]
+    if bad or not tools:
+        ap.error(f"unknown tools: {bad}" if bad else "no tools given")
     t_start = time.monotonic()
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     root = repo_root()
@@ -855,13 +872,11 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     work_root = out / "work"
 
-    tools = [t.strip() for t in a.tools.split(",") if t.strip()]
-    bad = [t for t in tools if t not in ALL_TOOLS]
-    if bad:
-        ap.error(f"unknown tools: {bad}")
     if "rustic" in tools and not have("rustic"):
         log("rustic not on PATH: skipped")
         tools.remove("rustic")
+    if not tools:
+        raise BenchError("no tool left to measure")
     ensure_packages(a.no_install, tools)
 
     build = []

@@ -11,7 +11,9 @@
 //!
 //! where `c` runs over the corpus categories (db, dump, docs, scans), `w_c` is the category's share of
 //! the corpus bytes and `ratio_c` its zstd ratio (the AEAD seals compressed bytes). Output is JSON on
-//! stdout. Rates are in MB/s (10^6 bytes per second) of input bytes.
+//! stdout. Rates are in MB/s (10^6 bytes per second) of input bytes. Single-core rates are also given
+//! per CPU-second of the measuring thread (`*_cpu_mbps`): on a busy machine the wall-clock rates drop,
+//! those do not, and they are what a tool's "MB per CPU-second" compares with.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -119,6 +121,8 @@ fn sample(dir: &Path, mib: usize, chunk: usize) -> (u64, Vec<Vec<u8>>) {
     let want = ((mib * MIB) / chunk).max(1) as u64;
     let k = want.min(total.div_ceil(chunk as u64));
     let stride = total / k;
+    // pieces never overlap: a corpus part smaller than the sample is read once
+    let chunk = chunk.min(stride as usize).max(1);
     let mut pieces = Vec::new();
     for i in 0..k {
         let mut off = i * stride;
@@ -164,23 +168,49 @@ fn noise(n: usize, seed: u8) -> Vec<u8> {
     v
 }
 
+/// CPU time consumed by the calling thread, in seconds.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_THREAD_CPUTIME_ID is valid on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// A throughput in MB/s, per wall-clock second and per CPU-second of the measuring threads (the
+/// latter does not drop when other processes compete for the cores).
+#[derive(Clone, Copy)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
 /// Runs `work` (which processes one chunk and returns the input bytes it consumed) on `threads`
-/// threads, each cycling over its own copy of `chunks`, for about `seconds`; returns MB/s.
+/// threads, each cycling over its own copy of `chunks`, for about `seconds`; returns the summed
+/// per-thread rates.
 fn rate<S, F>(
     chunks: &[Vec<u8>],
     threads: usize,
     seconds: f64,
     make: impl Fn() -> S + Sync,
     work: F,
-) -> f64
+) -> Rate
 where
     F: Fn(&mut S, &mut Vec<u8>) -> usize + Sync,
 {
     if chunks.is_empty() {
-        return 0.0;
+        return Rate {
+            wall: 0.0,
+            cpu: 0.0,
+        };
     }
     let dur = Duration::from_secs_f64(seconds);
-    let bytes_per_s: f64 = std::thread::scope(|s| {
+    let (wall, cpu): (f64, f64) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let work = &work;
@@ -193,6 +223,7 @@ where
                         work(&mut st, c);
                     }
                     let t0 = Instant::now();
+                    let c0 = thread_cpu_s();
                     let mut bytes = 0u64;
                     'outer: loop {
                         for c in local.iter_mut() {
@@ -202,18 +233,25 @@ where
                             }
                         }
                     }
-                    (bytes, t0.elapsed().as_secs_f64())
+                    let cpu = thread_cpu_s() - c0;
+                    (bytes, t0.elapsed().as_secs_f64(), cpu)
                 })
             })
             .collect();
-        let rs: Vec<(u64, f64)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        let rs: Vec<(u64, f64, f64)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
         // aggregate rate = sum of per-thread rates (threads run over the same window)
-        rs.iter().map(|(b, t)| *b as f64 / t).sum()
+        (
+            rs.iter().map(|(b, t, _)| *b as f64 / t).sum(),
+            rs.iter().map(|(b, _, c)| *b as f64 / c).sum(),
+        )
     });
-    bytes_per_s / 1e6
+    Rate {
+        wall: wall / 1e6,
+        cpu: cpu / 1e6,
+    }
 }
 
-fn blake3_rate(chunks: &[Vec<u8>], threads: usize, seconds: f64) -> f64 {
+fn blake3_rate(chunks: &[Vec<u8>], threads: usize, seconds: f64) -> Rate {
     let key = [7u8; 32];
     rate(
         chunks,
@@ -227,7 +265,7 @@ fn blake3_rate(chunks: &[Vec<u8>], threads: usize, seconds: f64) -> f64 {
     )
 }
 
-fn aead_rate(chunks: &[Vec<u8>], threads: usize, seconds: f64) -> f64 {
+fn aead_rate(chunks: &[Vec<u8>], threads: usize, seconds: f64) -> Rate {
     let key = Key::from([9u8; 32]);
     rate(
         chunks,
@@ -250,7 +288,7 @@ fn aead_rate(chunks: &[Vec<u8>], threads: usize, seconds: f64) -> f64 {
 
 struct ZstdFig {
     ratio: f64,
-    comp_single: f64,
+    comp_single: Rate,
     comp_all: f64,
     decomp_single: f64,
 }
@@ -277,9 +315,9 @@ fn zstd_figs(chunks: &[Vec<u8>], threads: usize, seconds: f64, level: i32) -> Zs
     };
     let comp_single = rate(chunks, 1, seconds, make, work);
     let comp_all = if threads > 1 {
-        rate(chunks, threads, seconds, make, work)
+        rate(chunks, threads, seconds, make, work).wall
     } else {
-        comp_single
+        comp_single.wall
     };
     // decompression: rate in MB/s of *decompressed* bytes
     let maxlen = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
@@ -298,7 +336,8 @@ fn zstd_figs(chunks: &[Vec<u8>], threads: usize, seconds: f64, level: i32) -> Zs
             d.decompress_to_buffer(c.as_slice(), out.as_mut_slice())
                 .expect("zstd")
         },
-    );
+    )
+    .wall;
     ZstdFig {
         ratio: inb as f64 / outb.max(1) as f64,
         comp_single,
@@ -309,7 +348,7 @@ fn zstd_figs(chunks: &[Vec<u8>], threads: usize, seconds: f64, level: i32) -> Zs
 
 /// Page-cache read: one untimed pass to warm the cache, then a timed pass (single thread), then a
 /// timed pass with the files dealt to `threads` threads.
-fn read_figs(dir: &Path, threads: usize) -> (u64, f64, f64) {
+fn read_figs(dir: &Path, threads: usize) -> (u64, Rate, f64) {
     let files = walk(dir);
     let total: u64 = files.iter().map(|f| f.1).sum();
     let read_list = |list: &[&(PathBuf, u64)]| -> u64 {
@@ -330,8 +369,12 @@ fn read_figs(dir: &Path, threads: usize) -> (u64, f64, f64) {
     let all: Vec<&(PathBuf, u64)> = files.iter().collect();
     read_list(&all);
     let t0 = Instant::now();
+    let c0 = thread_cpu_s();
     let n = read_list(&all);
-    let single = n as f64 / t0.elapsed().as_secs_f64() / 1e6;
+    let single = Rate {
+        wall: n as f64 / t0.elapsed().as_secs_f64() / 1e6,
+        cpu: n as f64 / (thread_cpu_s() - c0) / 1e6,
+    };
     // deal files by size to balance the threads
     let mut sorted = all.clone();
     sorted.sort_by_key(|f| std::cmp::Reverse(f.1));
@@ -428,15 +471,15 @@ fn main() {
 
     let b3_1 = blake3_rate(&mixed, 1, sec);
     let b3_n = if th > 1 {
-        blake3_rate(&mixed, th, sec)
+        blake3_rate(&mixed, th, sec).wall
     } else {
-        b3_1
+        b3_1.wall
     };
     let ae_1 = aead_rate(&mixed, 1, sec);
     let ae_n = if th > 1 {
-        aead_rate(&mixed, th, sec)
+        aead_rate(&mixed, th, sec).wall
     } else {
-        ae_1
+        ae_1.wall
     };
     let zs: Vec<(&str, u64, usize, ZstdFig)> = cats
         .iter()
@@ -464,22 +507,26 @@ fn main() {
             0.0
         }
     };
-    let cost = |read_r: Option<f64>, b3: f64, ae: f64, all: bool| -> f64 {
+    // `which`: 0 = single-core wall rates, 1 = single-core CPU-time rates, 2 = all-core wall rates
+    let cost = |read_r: Option<f64>, b3: f64, ae: f64, which: u8| -> f64 {
         let mut c = 1.0 / b3;
         if let Some(r) = read_r {
             c += 1.0 / r;
         }
         for z in &zs {
-            let zr = if all { z.3.comp_all } else { z.3.comp_single };
+            let zr = match which {
+                0 => z.3.comp_single.wall,
+                1 => z.3.comp_single.cpu,
+                _ => z.3.comp_all,
+            };
             c += w(z.1) / zr + w(z.1) / (z.3.ratio * ae);
         }
         c
     };
-    let read_1 = read.map(|r| r.1);
-    let read_n = read.map(|r| r.2);
-    let pipe_1 = 1.0 / cost(read_1, b3_1, ae_1, false);
+    let pipe_1 = 1.0 / cost(read.map(|r| r.1.wall), b3_1.wall, ae_1.wall, 0);
+    let pipe_1_cpu = 1.0 / cost(read.map(|r| r.1.cpu), b3_1.cpu, ae_1.cpu, 1);
     let pipe_cores = pipe_1 * th as f64;
-    let pipe_meas = 1.0 / cost(read_n, b3_n, ae_n, true);
+    let pipe_meas = 1.0 / cost(read.map(|r| r.2), b3_n, ae_n, 2);
     let overall_ratio = {
         let out: f64 = zs.iter().map(|z| w(z.1) / z.3.ratio).sum();
         if out > 0.0 {
@@ -510,13 +557,15 @@ fn main() {
             .unwrap_or("null".into())
     );
     j += &format!(
-        "  \"blake3_keyed\": {{\"single_mbps\": {}, \"all_mbps\": {}}},\n",
-        jnum(b3_1),
+        "  \"blake3_keyed\": {{\"single_mbps\": {}, \"single_cpu_mbps\": {}, \"all_mbps\": {}}},\n",
+        jnum(b3_1.wall),
+        jnum(b3_1.cpu),
         jnum(b3_n)
     );
     j += &format!(
-        "  \"chacha20poly1305_seal\": {{\"single_mbps\": {}, \"all_mbps\": {}}},\n",
-        jnum(ae_1),
+        "  \"chacha20poly1305_seal\": {{\"single_mbps\": {}, \"single_cpu_mbps\": {}, \"all_mbps\": {}}},\n",
+        jnum(ae_1.wall),
+        jnum(ae_1.cpu),
         jnum(ae_n)
     );
     j += "  \"zstd\": {\n";
@@ -524,8 +573,8 @@ fn main() {
         .iter()
         .map(|(n, total, sb, f)| {
             format!(
-                "    {}: {{\"corpus_bytes\": {}, \"sample_bytes\": {}, \"ratio\": {}, \"compress_single_mbps\": {}, \"compress_all_mbps\": {}, \"decompress_single_mbps\": {}}}",
-                jstr(n), total, sb, jnum(f.ratio), jnum(f.comp_single), jnum(f.comp_all), jnum(f.decomp_single)
+                "    {}: {{\"corpus_bytes\": {}, \"sample_bytes\": {}, \"ratio\": {}, \"compress_single_mbps\": {}, \"compress_single_cpu_mbps\": {}, \"compress_all_mbps\": {}, \"decompress_single_mbps\": {}}}",
+                jstr(n), total, sb, jnum(f.ratio), jnum(f.comp_single.wall), jnum(f.comp_single.cpu), jnum(f.comp_all), jnum(f.decomp_single)
             )
         })
         .collect();
@@ -534,9 +583,10 @@ fn main() {
     match read {
         Some((bytes, s1, sn)) => {
             j += &format!(
-            "  \"page_cache_read\": {{\"bytes\": {}, \"single_mbps\": {}, \"all_mbps\": {}}},\n",
+            "  \"page_cache_read\": {{\"bytes\": {}, \"single_mbps\": {}, \"single_cpu_mbps\": {}, \"all_mbps\": {}}},\n",
             bytes,
-            jnum(s1),
+            jnum(s1.wall),
+            jnum(s1.cpu),
             jnum(sn)
         )
         }
@@ -555,11 +605,12 @@ fn main() {
         Err(e) => j += &format!("  \"fsync_write\": {{\"error\": {}}},\n", jstr(&e.to_string())),
     }
     j += &format!(
-        "  \"pipeline\": {{\"formula\": {}, \"zstd_ratio_weighted\": {}, \"single_mbps\": {}, \"ceiling_mbps\": {}, \"all_measured_mbps\": {}, \"includes_read\": {}}},\n",
+        "  \"pipeline\": {{\"formula\": {}, \"zstd_ratio_weighted\": {}, \"single_mbps\": {}, \"ceiling_mbps\": {}, \"single_cpu_mbps\": {}, \"all_measured_mbps\": {}, \"includes_read\": {}}},\n",
         jstr("1/(1/read + 1/blake3 + sum_c w_c/zstd_c + sum_c w_c/(ratio_c*aead)); ceiling = single x threads"),
         jnum(overall_ratio),
         jnum(pipe_1),
         jnum(pipe_cores),
+        jnum(pipe_1_cpu),
         jnum(pipe_meas),
         read.is_some()
     );
