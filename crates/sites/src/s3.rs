@@ -1065,8 +1065,9 @@ impl S3Site {
                 (200, None) => Ok(Put::Created),
                 (412, _) => Ok(Put::AlreadyExisted),
                 (404, Some(e)) if e.code == "NoSuchUpload" && maybe_applied => {
-                    // An earlier attempt whose answer was lost completed it.
-                    Ok(Put::Created)
+                    // Perhaps an earlier attempt whose answer was lost completed it: the caller
+                    // compares what is stored.
+                    Ok(Put::AlreadyExisted)
                 }
                 (s, _) => {
                     maybe_applied |= s >= 500;
@@ -1135,6 +1136,13 @@ impl S3Site {
             }
             Ok(Put::AlreadyExisted) => {
                 self.abort_multipart(path, key, &upload_id);
+                if self.head("put", path, key)?.is_none() {
+                    return Err(self.retryable(
+                        "put",
+                        path,
+                        "the multipart upload vanished before it completed: run again".into(),
+                    ));
+                }
                 // The lost answer of an earlier attempt may have been ours.
                 if self.holds_exactly(path, key, bytes)? {
                     Ok(Put::Created)

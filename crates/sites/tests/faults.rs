@@ -320,3 +320,27 @@ fn server_ignoring_if_none_match_is_detected_and_never_overwritten() {
     assert_eq!(plain.put("c", b"new").unwrap(), Put::Created);
     assert_eq!(direct.get("a").unwrap(), b"first");
 }
+
+#[test]
+fn server_refusing_if_none_match_outright_still_works() {
+    // A server that answers 501 NotImplemented to the header: the probe stops sending it and
+    // the site looks before writing.
+    let server = moto();
+    let direct = s3_site("refuse", "v", false);
+    let proxy = FaultProxy::start(server.port, FaultRates::default());
+    proxy.reject_if_none_match(true);
+    let site = S3Site::new(s3_config(&proxy.endpoint, &direct.config().bucket, "v")).unwrap();
+    let caps = site.capabilities().unwrap();
+    assert!(
+        matches!(caps.create_only, CreateOnly::BestEffort { .. }),
+        "{caps:?}"
+    );
+    assert!(caps.problems.is_empty(), "{caps:?}");
+    assert_eq!(site.put("a", b"first").unwrap(), Put::Created);
+    assert_eq!(site.put("a", b"second").unwrap(), Put::AlreadyExisted);
+    let big = random_bytes(9 * MIB, 3);
+    assert_eq!(site.put("big", &big).unwrap(), Put::Created);
+    assert_eq!(site.put("big", b"small").unwrap(), Put::AlreadyExisted);
+    assert_eq!(direct.get("a").unwrap(), b"first");
+    assert!(direct.get("big").unwrap() == big);
+}

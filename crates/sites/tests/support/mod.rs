@@ -79,7 +79,7 @@ impl MotoServer {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(
-                r#"port=$1; log=$2; shift 2; "$@" -H 127.0.0.1 -p "$port" >"$log" 2>&1 & m=$!; read _; kill $m 2>/dev/null; wait $m"#,
+                r#"port=$1; log=$2; shift 2; "$@" -H 127.0.0.1 -p "$port" >"$log" 2>&1 & m=$!; read _; kill $m 2>/dev/null; wait $m; rm -f "$log""#,
             )
             .arg("sh")
             .arg(port.to_string())
@@ -294,6 +294,7 @@ pub struct FaultProxy {
     rates: Arc<Mutex<FaultRates>>,
     script: Arc<Mutex<Vec<Scripted>>>,
     strip_if_none_match: Arc<AtomicBool>,
+    reject_if_none_match: Arc<AtomicBool>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -306,13 +307,15 @@ impl FaultProxy {
         let rates = Arc::new(Mutex::new(rates));
         let script: Arc<Mutex<Vec<Scripted>>> = Arc::new(Mutex::new(Vec::new()));
         let strip_if_none_match = Arc::new(AtomicBool::new(false));
+        let reject_if_none_match = Arc::new(AtomicBool::new(false));
         let accept = {
-            let (stop, stats, rates, script, strip) = (
+            let (stop, stats, rates, script, strip, reject) = (
                 stop.clone(),
                 stats.clone(),
                 rates.clone(),
                 script.clone(),
                 strip_if_none_match.clone(),
+                reject_if_none_match.clone(),
             );
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
@@ -322,8 +325,17 @@ impl FaultProxy {
                     let Ok(client) = conn else { continue };
                     let (stats, rates, script) = (stats.clone(), rates.clone(), script.clone());
                     let strip = strip.load(Ordering::Relaxed);
+                    let reject = reject.load(Ordering::Relaxed);
                     std::thread::spawn(move || {
-                        let _ = handle(client, upstream_port, &stats, &rates, &script, strip);
+                        let _ = handle(
+                            client,
+                            upstream_port,
+                            &stats,
+                            &rates,
+                            &script,
+                            strip,
+                            reject,
+                        );
                     });
                 }
             })
@@ -336,6 +348,7 @@ impl FaultProxy {
             rates,
             script,
             strip_if_none_match,
+            reject_if_none_match,
             accept: Some(accept),
         }
     }
@@ -344,6 +357,12 @@ impl FaultProxy {
     /// that ignores conditional writes.
     pub fn strip_if_none_match(&self, on: bool) {
         self.strip_if_none_match.store(on, Ordering::Relaxed);
+    }
+
+    /// Answers `501 NotImplemented` to every request carrying `If-None-Match`, like a server that
+    /// refuses the header outright.
+    pub fn reject_if_none_match(&self, on: bool) {
+        self.reject_if_none_match.store(on, Ordering::Relaxed);
     }
 
     pub fn set_rates(&self, rates: FaultRates) {
@@ -505,6 +524,7 @@ fn handle(
     rates: &Mutex<FaultRates>,
     script: &Mutex<Vec<Scripted>>,
     strip: bool,
+    reject: bool,
 ) -> std::io::Result<()> {
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let (head, early) = read_head(&mut client)?;
@@ -520,8 +540,13 @@ fn handle(
             s.fault
         })
     };
-    let fault = scripted.unwrap_or_else(|| choose(&rates.lock().unwrap()));
     let total = content_length(&head);
+    if reject && head.to_ascii_lowercase().contains("\r\nif-none-match:") {
+        drain_body(&mut client, early.len(), total)?;
+        answer(&mut client, "501 Not Implemented", "NotImplemented")?;
+        return client.shutdown(Shutdown::Write);
+    }
+    let fault = scripted.unwrap_or_else(|| choose(&rates.lock().unwrap()));
     match fault {
         Fault::Pass | Fault::Latency(_) => {
             if let Fault::Latency(d) = fault {
