@@ -1159,6 +1159,23 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
 }
 
 fn init(cli: &Cli, witnesses: &[String], witness_quorum: u32) -> Result<ExitCode> {
+    if cli.site.is_empty() {
+        return Err(Error::invalid(
+            "no site given: pass --site PATH or set EMBASSY_SITE",
+        ));
+    }
+    // Say what each store lacks (create-only writes, Object Lock) before anything is written.
+    let mut notes = Vec::new();
+    for location in &cli.site {
+        let caps = embassy_sites::check_capabilities(location)?;
+        caps.ensure_usable()?;
+        for w in &caps.warnings {
+            notes.push(format!("{location}: {w}"));
+        }
+    }
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
     let site = open_sites(cli, true)?;
     if let Some(existing) = VaultConfig::try_load(site.as_ref())? {
         return Err(Error::VaultExists {
