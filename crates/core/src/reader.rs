@@ -235,7 +235,8 @@ impl VersionReader {
         }
         let mut work: Vec<(u32, Vec<BlobEntry>)> = by_pack.into_iter().collect();
         work.sort_by_key(|(n, _)| *n);
-        work.par_iter_mut().try_for_each(|(number, entries)| {
+        // One pack per task: packs are few and heavy, so idle threads steal them one by one.
+        work.par_iter_mut().with_max_len(1).try_for_each(|(number, entries)| {
             entries.sort_by_key(|e| e.offset);
             entries.dedup_by_key(|e| e.id);
             let key = self.pack_key(*number)?;

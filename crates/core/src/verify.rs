@@ -87,7 +87,8 @@ pub fn verify(
     let dataset_keys: Mutex<HashMap<String, std::sync::Arc<crate::keys::DatasetKeys>>> =
         Mutex::new(HashMap::new());
     let pack_blobs: Mutex<HashMap<String, HashSet<ChunkId>>> = Mutex::new(HashMap::new());
-    objects.par_iter().for_each(|info| {
+    // One object per task: packs are few and heavy, so let idle threads steal them one by one.
+    objects.par_iter().with_max_len(1).for_each(|info| {
         progress.note(&info.path);
         let Some(id) = layout::id_in_path(&info.path) else {
             problem(format!(
