@@ -92,6 +92,11 @@ impl From<BlobEntryWire> for BlobEntry {
     }
 }
 
+/// Largest plaintext a blob may have (chunks are at most 8 MiB; trees far smaller). A larger
+/// `raw_length` in an index or pack directory is damage or an attack (it would make a reader
+/// reserve gigabytes), and is rejected before any allocation.
+pub const MAX_BLOB_LEN: u32 = 64 * 1024 * 1024;
+
 const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_ZSTD: u8 = 1;
 
@@ -191,8 +196,15 @@ impl PackWriter {
     ) -> Result<u32> {
         let offset =
             u32::try_from(self.bytes.len()).map_err(|_| Error::invalid("pack grew past 4 GiB"))?;
-        let raw_length =
-            u32::try_from(raw.len()).map_err(|_| Error::invalid("blob larger than 4 GiB"))?;
+        let raw_length = u32::try_from(raw.len())
+            .ok()
+            .filter(|&n| n <= MAX_BLOB_LEN)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "a blob of {} bytes is larger than the format's {MAX_BLOB_LEN}: a directory with too many entries?",
+                    raw.len()
+                ))
+            })?;
         let start = self.bytes.len();
         compressor.encode_into(raw, &mut self.bytes);
         let tag = self.key.encrypt_in_place(
@@ -288,6 +300,12 @@ pub fn open_blob_in_place<'a>(
         |problem: String| Error::corrupt(path, format!("blob {}: {problem}", entry.id.short()));
     if sealed.len() != entry.length as usize || sealed.len() < TAG_LEN + 1 {
         return Err(bad("stored length does not match the index".into()));
+    }
+    if entry.raw_length > MAX_BLOB_LEN {
+        return Err(bad(format!(
+            "claims {} bytes of plaintext, more than any blob holds",
+            entry.raw_length
+        )));
     }
     key.decrypt_in_place(
         entry.offset as u64,

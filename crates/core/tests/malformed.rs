@@ -892,3 +892,32 @@ fn writer_sealed_blobs_are_rejected() {
         raw
     );
 }
+
+/// Found by fuzz_pack: a directory entry claiming a 4 GiB plaintext made the decompressor
+/// reserve 4 GiB (an abort, not an error). It must be rejected as corrupt before allocating.
+#[test]
+fn a_huge_claimed_plaintext_is_rejected_without_allocating() {
+    use embassy_core::keys::RootSecret;
+    use embassy_core::pack::{self, BlobCompressor, BlobKind, PackWriter};
+    let keys = RootSecret::from_bytes(&[7u8; 32]).dataset_keys("fuzz", 0);
+    let mut writer = PackWriter::new(&keys, 1024);
+    let data = vec![1u8; 100_000];
+    writer
+        .add(
+            &mut BlobCompressor::new().unwrap(),
+            BlobKind::Data,
+            keys.chunk_id(&data),
+            &data,
+        )
+        .unwrap();
+    let (bytes, entries) = writer.finish();
+    let key = pack::open_key(&keys, "p", &bytes).unwrap();
+    let mut entry = entries[0];
+    entry.raw_length = u32::MAX;
+    let ct = &bytes[entry.offset as usize..][..entry.length as usize];
+    let err = pack::open_blob(&key, &keys, "p", &entry, ct).unwrap_err();
+    assert!(
+        err.to_string().contains("more than any blob holds"),
+        "{err}"
+    );
+}
