@@ -1034,18 +1034,11 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                 let public = key.verifying_key().to_bytes();
                 let root_key = root.root_signing_key();
                 for d in datasets {
-                    let history = vault.history_full(d)?;
-                    ledger::append_ignoring(
-                        vault.site().as_ref(),
-                        &root_key,
-                        d,
-                        history.records.last(),
-                        &history.rejected_ids(),
-                        Event::SignerAdded {
-                            key: public,
-                            role: label.clone(),
-                        },
-                    )?;
+                    let event = Event::SignerAdded {
+                        key: public,
+                        role: label.clone(),
+                    };
+                    vault.append_root_event(root, d, event)?;
                 }
                 vault.write_checkpoint(&root_key)?;
                 signer_hex = Some(hex_key(&public));
@@ -1075,22 +1068,13 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             let root_key = root.root_signing_key();
             let mut rotated = Vec::new();
             for d in datasets {
-                let history = vault.history_full(d)?;
-                let epoch = ledger::key_epoch(&history.records) + 1;
+                let epoch = ledger::key_epoch(&vault.history(d)?) + 1;
                 let keys = root.dataset_keys(d, epoch);
-                ledger::append_ignoring(
-                    vault.site().as_ref(),
-                    &root_key,
-                    d,
-                    history.records.last(),
-                    &history.rejected_ids(),
-                    Event::ReaderKeyRotated {
-                        epoch,
-                        reader_public: embassy_core::crypto::reader_public_bytes(
-                            &keys.reader_public,
-                        ),
-                    },
-                )?;
+                let event = Event::ReaderKeyRotated {
+                    epoch,
+                    reader_public: embassy_core::crypto::reader_public_bytes(&keys.reader_public),
+                };
+                vault.append_root_event(root, d, event)?;
                 rotated.push(
                     json!({"dataset": d, "epoch": epoch, "key_id": hex_bytes(&keys.key_id())}),
                 );
@@ -1134,18 +1118,11 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             }
             let root_key = root.root_signing_key();
             for d in datasets {
-                let history = vault.history_full(d)?;
-                ledger::append_ignoring(
-                    vault.site().as_ref(),
-                    &root_key,
-                    d,
-                    history.records.last(),
-                    &history.rejected_ids(),
-                    Event::SignerRevoked {
-                        key,
-                        reason: reason.clone(),
-                    },
-                )?;
+                let event = Event::SignerRevoked {
+                    key,
+                    reason: reason.clone(),
+                };
+                vault.append_root_event(root, d, event)?;
             }
             vault.write_checkpoint(&root_key)?;
             if cli.json {

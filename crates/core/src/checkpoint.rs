@@ -179,15 +179,8 @@ pub fn load_all(
             problems.push(format!("{}: unexpected object", info.path));
             continue;
         };
-        let checked = with_retry(|| site.get(&info.path))
-            .map_err(Error::from)
-            .and_then(|bytes| {
-                if ObjectId::of(&bytes) != id {
-                    return Err(Error::corrupt(
-                        &info.path,
-                        "bytes do not hash to the object's name",
-                    ));
-                }
+        let checked =
+            crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|bytes| {
                 decode_signed::<Cosignature>(
                     COSIGNATURE_MAGIC,
                     COSIGNATURE_LABEL,
@@ -209,15 +202,8 @@ pub fn load_all(
             problems.push(format!("{}: unexpected object", info.path));
             continue;
         };
-        let checked = with_retry(|| site.get(&info.path))
-            .map_err(Error::from)
-            .and_then(|bytes| {
-                if ObjectId::of(&bytes) != id {
-                    return Err(Error::corrupt(
-                        &info.path,
-                        "bytes do not hash to the object's name",
-                    ));
-                }
+        let checked =
+            crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|bytes| {
                 let cp = decode_signed::<Checkpoint>(
                     CHECKPOINT_MAGIC,
                     CHECKPOINT_LABEL,

@@ -236,39 +236,41 @@ impl VersionReader {
         let mut work: Vec<(u32, Vec<BlobEntry>)> = by_pack.into_iter().collect();
         work.sort_by_key(|(n, _)| *n);
         // One pack per task: packs are few and heavy, so idle threads steal them one by one.
-        work.par_iter_mut().with_max_len(1).try_for_each(|(number, entries)| {
-            entries.sort_by_key(|e| e.offset);
-            entries.dedup_by_key(|e| e.id);
-            let key = self.pack_key(*number)?;
-            let path = self.pack_path(*number);
-            // Read runs of blobs that are close together in one request.
-            let mut i = 0;
-            while i < entries.len() {
-                let start = entries[i].offset as u64;
-                let mut end = start + entries[i].length as u64;
-                let mut j = i + 1;
-                while j < entries.len() && (entries[j].offset as u64) < end + 1024 * 1024 {
-                    end = end.max(entries[j].offset as u64 + entries[j].length as u64);
-                    j += 1;
+        work.par_iter_mut()
+            .with_max_len(1)
+            .try_for_each(|(number, entries)| {
+                entries.sort_by_key(|e| e.offset);
+                entries.dedup_by_key(|e| e.id);
+                let key = self.pack_key(*number)?;
+                let path = self.pack_path(*number);
+                // Read runs of blobs that are close together in one request.
+                let mut i = 0;
+                while i < entries.len() {
+                    let start = entries[i].offset as u64;
+                    let mut end = start + entries[i].length as u64;
+                    let mut j = i + 1;
+                    while j < entries.len() && (entries[j].offset as u64) < end + 1024 * 1024 {
+                        end = end.max(entries[j].offset as u64 + entries[j].length as u64);
+                        j += 1;
+                    }
+                    let mut span = self.get_range(&path, start, end - start)?;
+                    let mut scratch = Vec::new();
+                    for entry in &entries[i..j] {
+                        let at = (entry.offset as u64 - start) as usize;
+                        let sealed = &mut span[at..at + entry.length as usize];
+                        let plain = pack::open_blob_in_place(
+                            &key,
+                            &self.keys,
+                            &path,
+                            entry,
+                            sealed,
+                            &mut scratch,
+                        )?;
+                        sink(&entry.id, plain)?;
+                    }
+                    i = j;
                 }
-                let mut span = self.get_range(&path, start, end - start)?;
-                let mut scratch = Vec::new();
-                for entry in &entries[i..j] {
-                    let at = (entry.offset as u64 - start) as usize;
-                    let sealed = &mut span[at..at + entry.length as usize];
-                    let plain = pack::open_blob_in_place(
-                        &key,
-                        &self.keys,
-                        &path,
-                        entry,
-                        sealed,
-                        &mut scratch,
-                    )?;
-                    sink(&entry.id, plain)?;
-                }
-                i = j;
-            }
-            Ok(())
-        })
+                Ok(())
+            })
     }
 }

@@ -148,6 +148,31 @@ impl Vault {
         Ok((ok, failed, rejected))
     }
 
+    /// Appends a root-signed event (signer added or revoked, reader key rotated) to a
+    /// dataset's ledger, after its verified head and over any rejected entries.
+    pub fn append_root_event(
+        &self,
+        root: &RootSecret,
+        dataset: &str,
+        event: Event,
+    ) -> Result<Record> {
+        if !event.needs_root() {
+            return Err(Error::invalid(format!(
+                "a {} entry is not signed by the root key",
+                event.name()
+            )));
+        }
+        let history = self.history_full(dataset)?;
+        ledger::append_ignoring(
+            self.site.as_ref(),
+            &root.root_signing_key(),
+            dataset,
+            history.records.last(),
+            &history.rejected_ids(),
+            event,
+        )
+    }
+
     /// Keys that may sign checkpoints: the root key, the pinned signers, and signers added in
     /// any verified history.
     pub fn checkpoint_signers(
