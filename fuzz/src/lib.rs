@@ -166,13 +166,6 @@ fn pack_as_sealed(data: &[u8]) -> bool {
     };
     let mut all_ok = true;
     for entry in &entries {
-        if entry.raw_length > MAX_RAW_LENGTH && !uncapped() {
-            // Known finding (README, "Findings"): open_blob reserves raw_length bytes before
-            // decompressing, so a writer can make a reader reserve 4 GiB with a 16-byte blob.
-            // Skipped so the campaign explores beyond it; EMBASSY_FUZZ_UNCAPPED=1 shows it.
-            all_ok = false;
-            continue;
-        }
         let slot = blob_range(&bytes, entry);
         let ciphertext = match slot.len().checked_sub(TAG_LEN) {
             Some(plain_len) => f.pack_key.encrypt(
@@ -185,15 +178,6 @@ fn pack_as_sealed(data: &[u8]) -> bool {
         all_ok &= pack::open_blob(&f.pack_key, &f.keys, PATH, entry, &ciphertext).is_ok();
     }
     all_ok
-}
-
-/// Largest plaintext the writer-mode pack harness opens: four times the largest chunk the
-/// chunker can cut (16 MiB), far above any real blob but below libFuzzer's 2 GiB malloc limit.
-pub const MAX_RAW_LENGTH: u32 = 64 << 20;
-
-fn uncapped() -> bool {
-    static UNCAPPED: OnceLock<bool> = OnceLock::new();
-    *UNCAPPED.get_or_init(|| std::env::var_os("EMBASSY_FUZZ_UNCAPPED").is_some_and(|v| v == "1"))
 }
 
 /// The stored bytes of a blob; `read_directory` promises the range is inside the pack.
