@@ -254,10 +254,13 @@ impl VersionReader {
                         j += 1;
                     }
                     let mut span = self.get_range(&path, start, end - start)?;
-                if span.len() as u64 != end - start {
-                    // A site implementation that returns a short range must not become a panic.
-                    return Err(Error::corrupt(&path, "the site returned fewer bytes than asked for"));
-                }
+                    if span.len() as u64 != end - start {
+                        // A site implementation that returns a short range must not become a panic.
+                        return Err(Error::corrupt(
+                            &path,
+                            "the site returned fewer bytes than asked for",
+                        ));
+                    }
                     let mut scratch = Vec::new();
                     for entry in &entries[i..j] {
                         let at = (entry.offset as u64 - start) as usize;
