@@ -158,9 +158,13 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
     }
 
     // Damage a pack at a; reads through both sites fall back to b; sync --repair mends a.
-    let pack = walk(&dir.join("a/packs")).into_iter().next().unwrap();
+    let pack = walk(&dir.join("a/packs"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[200] ^= 0xff;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
     std::fs::write(&pack, bytes).unwrap();
     assert_eq!(
         embassy(dir, &["--site", "a", "verify"]).status.code(),
