@@ -404,7 +404,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 None => (target.as_str(), None),
             };
             let vault = open_vault(cli)?;
-            let version = find_trusted_version(&vault, dataset, selector, *unwitnessed)?;
+            let version = vault.find_trusted_version(dataset, selector, *unwitnessed)?;
             let keyring = secrets::unlock(
                 vault.config(),
                 cli.key_file.as_deref(),
@@ -561,48 +561,6 @@ fn report_restore(
         );
         Ok(())
     }
-}
-
-/// The version to restore. When the vault requires witnesses, only versions a witnessed
-/// checkpoint covers, unless `unwitnessed`.
-fn find_trusted_version(
-    vault: &Vault,
-    dataset: &str,
-    selector: Option<&str>,
-    unwitnessed: bool,
-) -> Result<embassy_core::vault::Version> {
-    let limit = if unwitnessed {
-        None
-    } else {
-        vault.witnessed_head(dataset)?
-    };
-    let Some(limit) = limit else {
-        return vault.find_version(dataset, selector);
-    };
-    if matches!(selector, None | Some("latest")) {
-        return vault
-            .versions(dataset)?
-            .into_iter()
-            .rev()
-            .find(|v| v.seq <= limit)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "dataset {dataset} has no version that {} witnesses have cosigned yet; \
-                     run `embassy witness`, or pass --unwitnessed",
-                    vault.config().witness_quorum
-                ))
-            });
-    }
-    let version = vault.find_version(dataset, selector)?;
-    if version.seq > limit {
-        return Err(Error::invalid(format!(
-            "version {} of {dataset} is not yet covered by a checkpoint with {} witness cosignatures \
-             (the newest witnessed entry is {limit}); pass --unwitnessed to restore it anyway",
-            version.seq,
-            vault.config().witness_quorum
-        )));
-    }
-    Ok(version)
 }
 
 fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
@@ -909,28 +867,29 @@ fn status(cli: &Cli) -> Result<ExitCode> {
     })
 }
 
-fn unlock_root(cli: &Cli, vault: &Vault) -> Result<embassy_core::vault::Keyring> {
+/// The vault's root secret, from its key file (a credential is refused).
+fn unlock_root(cli: &Cli, vault: &Vault) -> Result<RootSecret> {
     let keyring = secrets::unlock(
         vault.config(),
         cli.key_file.as_deref(),
         cli.passphrase_file.as_deref(),
     )?;
-    if keyring.root().is_none() {
-        return Err(Error::WrongKey(
-            "this needs the vault's root key file (or recovered custodian shares), not a credential".into(),
-        ));
-    }
-    Ok(keyring)
+    keyring
+        .root()
+        .map(|r| RootSecret::from_bytes(r.expose()))
+        .ok_or_else(|| {
+            Error::WrongKey(
+            "this needs the vault's root key file (or recovered custodian shares), not a credential"
+                .into(),
+        )
+        })
 }
 
 fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
     match command {
         KeysCommand::Split { threshold, shares } => {
             let vault = open_vault(cli)?;
-            let keyring = unlock_root(cli, &vault)?;
-            let root = keyring
-                .root()
-                .ok_or_else(|| Error::invalid("no root key"))?;
+            let root = &unlock_root(cli, &vault)?;
             let texts = embassy_core::custody::split(root, *threshold, *shares)?;
             if cli.json {
                 print_json(
@@ -998,10 +957,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             ..
         } => {
             let vault = open_vault(cli)?;
-            let keyring = unlock_root(cli, &vault)?;
-            let root = keyring
-                .root()
-                .ok_or_else(|| Error::invalid("no root key"))?;
+            let root = &unlock_root(cli, &vault)?;
             for d in datasets {
                 embassy_core::layout::check_dataset_name(d)?;
             }
@@ -1061,10 +1017,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         }
         KeysCommand::Rotate { datasets } => {
             let vault = open_vault(cli)?;
-            let keyring = unlock_root(cli, &vault)?;
-            let root = keyring
-                .root()
-                .ok_or_else(|| Error::invalid("no root key"))?;
+            let root = &unlock_root(cli, &vault)?;
             let root_key = root.root_signing_key();
             let mut rotated = Vec::new();
             for d in datasets {
@@ -1100,10 +1053,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             reason,
         } => {
             let vault = open_vault(cli)?;
-            let keyring = unlock_root(cli, &vault)?;
-            let root = keyring
-                .root()
-                .ok_or_else(|| Error::invalid("no root key"))?;
+            let root = &unlock_root(cli, &vault)?;
             let mut key = [0u8; 32];
             if signer.len() != 64
                 || (0..32).any(|i| {

@@ -15,10 +15,8 @@ use std::collections::BTreeMap;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use crate::cbor;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::keys;
 use crate::ledger::Record;
 use crate::site::{with_retry, Site};
 
@@ -66,45 +64,6 @@ pub struct Cosignature {
     pub time_ns: i64,
 }
 
-fn encode_signed<T: Serialize>(
-    magic: &[u8; 8],
-    label: &[u8],
-    value: &T,
-    key: &SigningKey,
-) -> Vec<u8> {
-    let body = cbor::to_vec(value);
-    let signature = keys::sign(key, label, &body);
-    let mut out = Vec::with_capacity(12 + body.len() + 64);
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&signature);
-    out
-}
-
-/// Decodes a signed object and returns it with the signature checked against `signer_of(value)`.
-fn decode_signed<T: serde::de::DeserializeOwned>(
-    magic: &[u8; 8],
-    label: &[u8],
-    path: &str,
-    bytes: &[u8],
-    signer_of: impl Fn(&T) -> [u8; 32],
-) -> Result<T> {
-    if bytes.len() < 12 + 64 || &bytes[..8] != magic {
-        return Err(Error::corrupt(path, "bad magic or too short"));
-    }
-    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
-    if 12usize.checked_add(len).and_then(|n| n.checked_add(64)) != Some(bytes.len()) {
-        return Err(Error::corrupt(path, "length does not match"));
-    }
-    let body = &bytes[12..12 + len];
-    let value: T = cbor::from_slice(body).map_err(|e| Error::corrupt(path, e))?;
-    if !keys::verify_signature(&signer_of(&value), label, body, &bytes[12 + len..]) {
-        return Err(Error::corrupt(path, "signature does not verify"));
-    }
-    Ok(value)
-}
-
 /// A stored, signature-checked checkpoint.
 #[derive(Debug, Clone)]
 pub struct StoredCheckpoint {
@@ -137,7 +96,7 @@ pub fn write(
         heads,
         signer: key.verifying_key().to_bytes(),
     };
-    let bytes = encode_signed(CHECKPOINT_MAGIC, CHECKPOINT_LABEL, &checkpoint, key);
+    let bytes = crate::framing::encode_signed(CHECKPOINT_MAGIC, CHECKPOINT_LABEL, &checkpoint, key);
     let id = ObjectId::of(&bytes);
     with_retry(|| {
         site.put(
@@ -155,7 +114,8 @@ pub fn cosign(site: &dyn Site, id: &ObjectId, key: &SigningKey) -> Result<()> {
         witness: key.verifying_key().to_bytes(),
         time_ns: crate::config::now_unix_nanos(),
     };
-    let bytes = encode_signed(COSIGNATURE_MAGIC, COSIGNATURE_LABEL, &cosignature, key);
+    let bytes =
+        crate::framing::encode_signed(COSIGNATURE_MAGIC, COSIGNATURE_LABEL, &cosignature, key);
     let path = format!(
         "{COSIGNATURES}{id}/{}-{}",
         hex::encode(&cosignature.witness[..8]),
@@ -181,9 +141,10 @@ pub fn load_all(
         };
         let checked =
             crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|bytes| {
-                decode_signed::<Cosignature>(
+                crate::framing::decode_signed::<Cosignature>(
                     COSIGNATURE_MAGIC,
                     COSIGNATURE_LABEL,
+                    "a cosignature",
                     &info.path,
                     &bytes,
                     |c| c.witness,
@@ -204,9 +165,10 @@ pub fn load_all(
         };
         let checked =
             crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|bytes| {
-                let cp = decode_signed::<Checkpoint>(
+                let cp = crate::framing::decode_signed::<Checkpoint>(
                     CHECKPOINT_MAGIC,
                     CHECKPOINT_LABEL,
+                    "a checkpoint",
                     &info.path,
                     &bytes,
                     |c| c.signer,

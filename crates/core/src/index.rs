@@ -82,20 +82,7 @@ pub fn encode(keys: &DatasetKeys, packs: &[(ObjectId, Vec<BlobEntry>)]) -> Vec<u
 
 /// Reads the plaintext header (no keys needed); returns it and where the sealed body starts.
 pub fn decode_header(path: &str, bytes: &[u8]) -> Result<(IndexHeader, usize)> {
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        return Err(Error::corrupt(
-            path,
-            "not an index object (bad magic or too short)",
-        ));
-    }
-    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
-    let end = 12usize
-        .checked_add(len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| Error::corrupt(path, "index header length out of range"))?;
-    let header: IndexHeader =
-        cbor::from_slice(&bytes[12..end]).map_err(|e| Error::corrupt(path, e))?;
-    Ok((header, end))
+    crate::framing::header(MAGIC, "an index object", path, bytes, 0)
 }
 
 /// Decodes a whole index object: its header and the chunk locations.

@@ -10,11 +10,9 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cbor;
 use crate::config::VaultConfig;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::keys;
 use crate::layout;
 use crate::manifest::{VersionKind, VersionStats};
 use crate::site::{Site, SiteError};
@@ -138,14 +136,7 @@ pub struct Record {
 
 /// Encodes and signs an entry.
 pub fn encode(entry: &Entry, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
-    let body = cbor::to_vec(entry);
-    let signature = keys::sign(key, SIGNATURE_LABEL, &body);
-    let mut out = Vec::with_capacity(12 + body.len() + 64);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&signature);
-    out
+    crate::framing::encode_signed(MAGIC, SIGNATURE_LABEL, entry, key)
 }
 
 /// The key epoch a verified history is at (0 until the first rotation).
@@ -163,25 +154,14 @@ pub fn key_epoch(history: &[Record]) -> u32 {
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
 /// is decided by [`load_history`], which knows the signer set at that point of the chain.
 pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
-    if bytes.len() < 12 + 64 || &bytes[..8] != MAGIC {
-        return Err(Error::corrupt(
-            path,
-            "not a ledger entry (bad magic or too short)",
-        ));
-    }
-    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
-    if 12usize.checked_add(len).and_then(|n| n.checked_add(64)) != Some(bytes.len()) {
-        return Err(Error::corrupt(path, "ledger entry length does not match"));
-    }
-    let body = &bytes[12..12 + len];
-    let entry: Entry = cbor::from_slice(body).map_err(|e| Error::corrupt(path, e))?;
-    if !keys::verify_signature(&entry.signer, SIGNATURE_LABEL, body, &bytes[12 + len..]) {
-        return Err(Error::corrupt(
-            path,
-            "ledger entry signature does not verify",
-        ));
-    }
-    Ok(entry)
+    crate::framing::decode_signed(
+        MAGIC,
+        SIGNATURE_LABEL,
+        "a ledger entry",
+        path,
+        bytes,
+        |e: &Entry| e.signer,
+    )
 }
 
 /// An entry that is well-formed and validly signed, but by a key that may not sign it at that

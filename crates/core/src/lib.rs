@@ -30,6 +30,7 @@ pub mod verify;
 pub mod writer;
 
 mod cbor;
+mod framing;
 
 pub use error::{Error, Result};
 

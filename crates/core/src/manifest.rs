@@ -107,20 +107,7 @@ pub fn encode(keys: &DatasetKeys, indexes: Vec<ObjectId>, body: &ManifestBody) -
 
 /// Reads the plaintext header (no keys needed); returns it and where the sealed part starts.
 pub fn decode_header(path: &str, bytes: &[u8]) -> Result<(ManifestHeader, usize)> {
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        return Err(Error::corrupt(
-            path,
-            "not a manifest (bad magic or too short)",
-        ));
-    }
-    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
-    let end = 12usize
-        .checked_add(len)
-        .filter(|&e| e + ENCAPSULATED_LEN <= bytes.len())
-        .ok_or_else(|| Error::corrupt(path, "manifest header length out of range"))?;
-    let header: ManifestHeader =
-        cbor::from_slice(&bytes[12..end]).map_err(|e| Error::corrupt(path, e))?;
-    Ok((header, end))
+    crate::framing::header(MAGIC, "a manifest", path, bytes, ENCAPSULATED_LEN)
 }
 
 /// Decodes a manifest with the reader key.

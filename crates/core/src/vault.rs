@@ -122,7 +122,8 @@ impl Vault {
         let mut ok = BTreeMap::new();
         let mut failed = Vec::new();
         let mut rejected = Vec::new();
-        for dataset in self.datasets()? {
+        let listed = self.datasets()?;
+        for dataset in listed.iter().cloned() {
             match self.history_full(&dataset) {
                 Ok(h) => {
                     rejected.extend(h.rejected.into_iter().map(|r| (dataset.clone(), r)));
@@ -132,7 +133,6 @@ impl Vault {
             }
         }
         if let Some(state) = &self.state {
-            let listed: Vec<String> = ok.keys().cloned().chain(self.datasets()?).collect();
             for (dataset, head) in state.missing_datasets(&listed) {
                 failed.push(Error::History {
                     dataset,
@@ -246,6 +246,48 @@ impl Vault {
             cosigned >= self.config.witness_quorum as usize
                 && checkpoint::check_against_except(cp, histories, &others).is_empty()
         }))
+    }
+
+    /// The version a restore may use by default: like [`Vault::find_version`], but when the
+    /// vault requires witnesses, only versions a checkpoint with the quorum of cosignatures
+    /// covers (`latest` then means the newest such version), unless `allow_unwitnessed`.
+    pub fn find_trusted_version(
+        &self,
+        dataset: &str,
+        selector: Option<&str>,
+        allow_unwitnessed: bool,
+    ) -> Result<Version> {
+        let limit = if allow_unwitnessed {
+            None
+        } else {
+            self.witnessed_head(dataset)?
+        };
+        let Some(limit) = limit else {
+            return self.find_version(dataset, selector);
+        };
+        let quorum = self.config.witness_quorum;
+        if matches!(selector, None | Some("latest")) {
+            return self
+                .versions(dataset)?
+                .into_iter()
+                .rev()
+                .find(|v| v.seq <= limit)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "dataset {dataset} has no version that {quorum} witnesses have cosigned yet; \
+                         run `embassy witness`, or pass --unwitnessed"
+                    ))
+                });
+        }
+        let version = self.find_version(dataset, selector)?;
+        if version.seq > limit {
+            return Err(Error::invalid(format!(
+                "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
+                 cosignatures (the newest witnessed entry is {limit}); pass --unwitnessed to restore it anyway",
+                version.seq
+            )));
+        }
+        Ok(version)
     }
 
     /// The newest version of `dataset` that a witnessed checkpoint covers, when the vault
