@@ -19,6 +19,57 @@ pub enum ChunkError<E> {
     Consumer(E),
 }
 
+/// How a file's content is cut into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// Content-defined (FastCDC) cut points: survives insertions and deletions.
+    ContentDefined,
+    /// Fixed-size chunks of this many bytes at aligned offsets (the last may be shorter). For
+    /// files changed in place in fixed units, such as PostgreSQL relation files (8 KiB pages):
+    /// a changed page costs one chunk, and unchanged pages dedup wherever they are.
+    Aligned(u32),
+}
+
+/// Size of a PostgreSQL page, the chunk size for relation files.
+pub const PG_PAGE: u32 = 8192;
+
+/// Splits everything `reader` yields into `size`-byte chunks (the last may be shorter),
+/// calling `consume` with each in order. `buf` is reused between calls.
+pub fn aligned_chunks<E>(
+    mut reader: impl Read,
+    size: u32,
+    buf: &mut Vec<u8>,
+    mut consume: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), ChunkError<E>> {
+    let size = size.max(1) as usize;
+    // Read several chunks at a time: fewer system calls for small chunk sizes.
+    let capacity = size * (1 + (1 << 20) / size);
+    if buf.len() < capacity {
+        buf.resize(capacity, 0);
+    }
+    loop {
+        let mut len = 0;
+        let mut eof = false;
+        while len < capacity {
+            match reader.read(&mut buf[len..capacity]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => len += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(ChunkError::Read(e)),
+            }
+        }
+        for chunk in buf[..len].chunks(size) {
+            consume(chunk).map_err(ChunkError::Consumer)?;
+        }
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
 /// A reusable chunking buffer (one per thread).
 pub struct ChunkBuffer {
     buf: Vec<u8>,
@@ -88,6 +139,32 @@ impl ChunkBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_chunks_cut_at_fixed_offsets() {
+        let data: Vec<u8> = (0..(3 * 8192 + 100)).map(|i| (i % 251) as u8).collect();
+        for piece in [1usize, 7, 8192, 9000, 1 << 21] {
+            let mut reader = Trickle(&data, piece);
+            let mut at = 0;
+            let mut lens = Vec::new();
+            let mut buf = Vec::new();
+            aligned_chunks::<()>(&mut reader, PG_PAGE, &mut buf, |c| {
+                assert_eq!(c, &data[at..at + c.len()]);
+                at += c.len();
+                lens.push(c.len());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(lens, vec![8192, 8192, 8192, 100]);
+        }
+        let mut none = Vec::new();
+        aligned_chunks::<()>(&[][..], PG_PAGE, &mut Vec::new(), |c| {
+            none.push(c.len());
+            Ok(())
+        })
+        .unwrap();
+        assert!(none.is_empty());
+    }
 
     /// Reads in small, irregular pieces, as pipes do.
     struct Trickle<'a>(&'a [u8], usize);

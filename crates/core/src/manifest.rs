@@ -79,6 +79,10 @@ pub struct ManifestBody {
     /// the target of a full restore. Absent for streams and several-path versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_node: Option<crate::tree::Node>,
+    /// Properties of the source, namespaced by kind of source (`postgres.start_lsn`, ...):
+    /// what a restore of that kind needs beyond the files. Empty (and absent) for plain trees.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 fn info(dataset: &str) -> Vec<u8> {

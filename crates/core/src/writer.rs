@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use rayon::prelude::*;
 
-use crate::chunker::{ChunkBuffer, ChunkError};
+use crate::chunker::{aligned_chunks, ChunkBuffer, ChunkError, Chunking};
 use crate::config::{now_unix_nanos, ChunkerParams};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ObjectId};
@@ -161,6 +161,7 @@ const PACK_SLACK: usize = 9 * 1024 * 1024;
 
 thread_local! {
     static CHUNK_BUFFER: std::cell::RefCell<Option<ChunkBuffer>> = const { std::cell::RefCell::new(None) };
+    static ALIGNED_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A version being written to one dataset.
@@ -176,6 +177,7 @@ pub struct BackupSession {
     chunker: ChunkerParams,
     captured_at_ns: i64,
     root_node: Option<crate::tree::Node>,
+    properties: std::collections::BTreeMap<String, String>,
     /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
     /// that could not be written); keep a clone to read them after [`BackupSession::finish`].
     pub warnings: Arc<Mutex<Vec<String>>>,
@@ -202,7 +204,16 @@ impl BackupSession {
         let rejected = history.rejected_ids();
         let head = history.records.last().cloned();
         let mut warnings = Vec::new();
-        let known = load_known_chunks(site.as_ref(), &keys, &mut warnings)?;
+        // Tell garbage collection a session is running (before anything is read), then keep
+        // away from what it has condemned: those objects may be deleted under us.
+        crate::gc::begin_session(
+            site.as_ref(),
+            dataset,
+            head.as_ref().map_or(0, |h| h.entry.seq),
+            &hostname(),
+        )?;
+        let condemned = crate::gc::condemned(site.as_ref(), dataset)?;
+        let known = load_known_chunks(site.as_ref(), &keys, &condemned, &mut warnings)?;
         let shared = Arc::new(Shared {
             site,
             keys,
@@ -247,6 +258,7 @@ impl BackupSession {
             chunker: vault.config().chunker,
             captured_at_ns: now_unix_nanos(),
             root_node: None,
+            properties: Default::default(),
             warnings: Arc::new(Mutex::new(warnings)),
         })
     }
@@ -293,6 +305,33 @@ impl BackupSession {
         reader: impl Read,
         progress: &dyn Progress,
     ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
+        self.store_reader_with(reader, Chunking::ContentDefined, progress)
+    }
+
+    /// Chunks a whole stream as `chunking` says and stores it; returns its chunk ids and length.
+    pub fn store_reader_with(
+        &self,
+        reader: impl Read,
+        chunking: Chunking,
+        progress: &dyn Progress,
+    ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
+        if let Chunking::Aligned(size) = chunking {
+            let mut ids = Vec::new();
+            let mut total = 0u64;
+            let mut buf = ALIGNED_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            let result = aligned_chunks(reader, size, &mut buf, |chunk| {
+                total += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
+                ids.push(self.store_blob(BlobKind::Data, chunk.to_vec())?);
+                Ok(())
+            });
+            ALIGNED_BUFFER.with(|b| *b.borrow_mut() = buf);
+            return match result {
+                Ok(()) => Ok((ids, total)),
+                Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
+                Err(ChunkError::Consumer(e)) => Err(StoreError::Vault(e)),
+            };
+        }
         let mut ids = Vec::new();
         let mut total = 0u64;
         let mut buffer = CHUNK_BUFFER
@@ -341,6 +380,13 @@ impl BackupSession {
         self.root_node = Some(node);
     }
 
+    /// Records properties of the source in the version's manifest (for example what a
+    /// PostgreSQL restore needs: LSNs, timeline, system identifier). Keys are namespaced by
+    /// the source, e.g. `postgres.start_lsn`.
+    pub fn set_properties(&mut self, properties: std::collections::BTreeMap<String, String>) {
+        self.properties = properties;
+    }
+
     /// Waits for the sealers; returns the first failure.
     fn drain(&mut self) -> Result<()> {
         self.jobs = None;
@@ -386,25 +432,61 @@ impl BackupSession {
             source,
             stats,
             root_node: self.root_node.take(),
+            properties: std::mem::take(&mut self.properties),
         };
         let keys = &self.shared.keys;
         let site = self.vault.site();
         let bytes = manifest::encode(keys, indexes, &body);
         let manifest_id = ObjectId::of(&bytes);
         with_retry(|| site.put(&layout::manifest(&keys.dataset, &manifest_id), &bytes))?;
-        let record = ledger::append_ignoring(
-            site.as_ref(),
-            &self.signer,
-            &keys.dataset,
-            self.head.as_ref(),
-            &self.rejected,
-            Event::VersionAdded {
-                manifest: manifest_id,
-                kind,
-                captured_at_ns: self.captured_at_ns,
-                stats,
-            },
-        )?;
+        let event = Event::VersionAdded {
+            manifest: manifest_id,
+            kind,
+            captured_at_ns: self.captured_at_ns,
+            stats,
+        };
+        let mut attempt = 0;
+        let record = loop {
+            match ledger::append_ignoring(
+                site.as_ref(),
+                &self.signer,
+                &keys.dataset,
+                self.head.as_ref(),
+                &self.rejected,
+                event.clone(),
+            ) {
+                Ok(record) => break record,
+                // Another entry landed since this session began. A deletion (a prune), a log
+                // range or a key change does not conflict with this version: append after it.
+                // Another version does: one writer per dataset.
+                Err(Error::History { .. }) if attempt < 5 => {
+                    attempt += 1;
+                    let history = self.vault.history_full(&keys.dataset)?;
+                    let base = self.head.as_ref().map_or(0, |h| h.entry.seq);
+                    let moved = history.records.len() as u64 > base
+                        && history.records[..base as usize]
+                            .last()
+                            .map(|r| r.id)
+                            == self.head.as_ref().map(|h| h.id);
+                    let other_version = history.records[base.min(history.records.len() as u64) as usize..]
+                        .iter()
+                        .any(|r| matches!(r.entry.event, Event::VersionAdded { .. }));
+                    if !moved || other_version {
+                        return Err(Error::History {
+                            dataset: keys.dataset.clone(),
+                            problem: format!(
+                                "another writer added a version while this backup ran (this one \
+                                 began at entry {base}); only one writer per dataset may run: \
+                                 rerun the backup"
+                            ),
+                        });
+                    }
+                    self.head = history.records.last().cloned();
+                    self.rejected = history.rejected_ids();
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // A checkpoint of every head; the version is already durable, so a failure here is
         // a warning, not a lost backup.
         match self.vault.write_checkpoint(&self.signer) {
@@ -447,14 +529,19 @@ pub enum StoreError {
 fn load_known_chunks(
     site: &dyn Site,
     keys: &DatasetKeys,
+    condemned: &HashSet<String>,
     warnings: &mut Vec<String>,
 ) -> Result<HashMap<ChunkId, Known>> {
+    // Condemned packs count as missing, and condemned indexes as absent: garbage collection
+    // may delete them before this session's version is recorded.
     let packs: HashSet<ObjectId> = site
         .list(&layout::packs_prefix(&keys.dataset))?
         .iter()
+        .filter(|i| !condemned.contains(&i.path))
         .filter_map(|i| layout::id_in_path(&i.path))
         .collect();
-    let listed = site.list(&layout::index_prefix(&keys.dataset))?;
+    let mut listed = site.list(&layout::index_prefix(&keys.dataset))?;
+    listed.retain(|i| !condemned.contains(&i.path));
     type Loaded = (ObjectId, Vec<index::IndexEntry>, Vec<ObjectId>);
     let loaded: Vec<Result<Loaded>> = listed
         .par_iter()

@@ -143,6 +143,7 @@ fn objects() -> &'static Objects {
             source: vec!["/srv".into()],
             stats: VersionStats::default(),
             root_node: None,
+            properties: Default::default(),
         };
         let manifest = manifest::encode(&keys, vec![ObjectId::of(&index)], &body);
         let manifest_body = cbor(&body);

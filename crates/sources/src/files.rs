@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use embassy_core::chunker::{Chunking, PG_PAGE};
 use embassy_core::id::ChunkId;
 use embassy_core::manifest::{VersionKind, VersionStats};
 use embassy_core::pack::BlobKind;
@@ -46,6 +47,64 @@ enum Scanned {
 struct FileJob {
     path: PathBuf,
     size: u64,
+    chunking: Chunking,
+}
+
+/// True if `name` is a PostgreSQL relation file name: `16384`, `16384.1`, `16384_fsm`,
+/// `16384_vm`, `16384_init` (a relfilenode, an optional fork, an optional segment number).
+pub fn is_relation_file_name(name: &[u8]) -> bool {
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let (base, segment) = match name.iter().position(|&b| b == b'.') {
+        Some(i) => (&name[..i], Some(&name[i + 1..])),
+        None => (name, None),
+    };
+    if segment.is_some_and(|s| !digits(s)) {
+        return false;
+    }
+    let node = match base.iter().position(|&b| b == b'_') {
+        Some(i) if [&b"fsm"[..], b"vm", b"init"].contains(&&base[i + 1..]) => &base[..i],
+        Some(_) => return false,
+        None => base,
+    };
+    digits(node)
+}
+
+/// True if `dir` holds PostgreSQL relation files: `global` or `base/<oid>` of a data directory
+/// (one with `PG_VERSION`), or `<oid>` in a tablespace's `PG_<major>_<catversion>` folder.
+/// Their files are chunked on 8 KiB page boundaries (see docs/design.md).
+pub fn is_relation_dir(dir: &Path) -> bool {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default()
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let Some(parent) = dir.parent() else {
+        return false;
+    };
+    let own = name(dir);
+    if own == b"global" {
+        return parent.join("PG_VERSION").is_file();
+    }
+    if !digits(&own) {
+        return false;
+    }
+    let up = name(parent);
+    if up == b"base" {
+        return parent
+            .parent()
+            .is_some_and(|d| d.join("PG_VERSION").is_file());
+    }
+    up.starts_with(b"PG_") && up[3..].split(|&b| b == b'_').all(digits)
+}
+
+/// How a file found in a directory is chunked: pages for PostgreSQL relation files.
+fn chunking_for(in_relation_dir: bool, name: &[u8]) -> Chunking {
+    if in_relation_dir && is_relation_file_name(name) {
+        Chunking::Aligned(PG_PAGE)
+    } else {
+        Chunking::ContentDefined
+    }
 }
 
 struct Scan<'a> {
@@ -78,7 +137,13 @@ impl Scan<'_> {
         }
     }
 
-    fn entry(&mut self, path: &Path, name: &[u8], prev: Option<&Node>) -> Result<Option<Scanned>> {
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        prev: Option<&Node>,
+        chunking: Chunking,
+    ) -> Result<Option<Scanned>> {
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -115,6 +180,7 @@ impl Scan<'_> {
             self.jobs.push(FileJob {
                 path: path.to_path_buf(),
                 size: node.size,
+                chunking,
             });
             Ok(Some(Scanned::File {
                 node,
@@ -151,9 +217,13 @@ impl Scan<'_> {
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut children = Vec::with_capacity(names.len());
+        let relation_dir = is_relation_dir(path);
         for name in names {
             let prev_node = prev.and_then(|t| t.find(name.as_bytes()));
-            if let Some(child) = self.entry(&path.join(&name), name.as_bytes(), prev_node)? {
+            let chunking = chunking_for(relation_dir, name.as_bytes());
+            if let Some(child) =
+                self.entry(&path.join(&name), name.as_bytes(), prev_node, chunking)?
+            {
                 children.push(child);
             }
         }
@@ -179,7 +249,7 @@ fn read_file(
             })
         }
     };
-    match session.store_reader(file, progress) {
+    match session.store_reader_with(file, job.chunking, progress) {
         Ok(result) => Ok(Some(result)),
         Err(StoreError::Read(e)) => Err(Error::Source {
             what: job.path.display().to_string(),
@@ -335,7 +405,9 @@ pub fn backup(
         for p in sorted {
             let name = entry_name(&p)?;
             let prev_node = prev_root.as_ref().and_then(|t| t.find(&name));
-            if let Some(child) = scan.entry(&p, &name, prev_node)? {
+            let in_relation_dir = p.parent().is_some_and(is_relation_dir);
+            let chunking = chunking_for(in_relation_dir, &name);
+            if let Some(child) = scan.entry(&p, &name, prev_node, chunking)? {
                 children.push(child);
             }
         }
