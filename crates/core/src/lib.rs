@@ -27,6 +27,7 @@ pub mod time;
 pub mod tree;
 pub mod vault;
 pub mod verify;
+pub mod wal_log;
 pub mod writer;
 
 mod cbor;

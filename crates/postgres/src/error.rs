@@ -1,0 +1,138 @@
+//! Typed errors of the PostgreSQL side, each naming the problem and what to change.
+
+use thiserror::Error;
+
+/// Errors of the replication client, the WAL streamer and `wal-fetch`.
+#[derive(Debug, Error)]
+pub enum PgError {
+    /// The connection string could not be understood.
+    #[error("connection string: {0}")]
+    Conninfo(String),
+    /// Nothing answered at the address (server down, wrong host or port).
+    #[error(
+        "cannot connect to PostgreSQL at {addr}: {message}: is the server running there? check \
+         host= and port= in the connection string (and listen_addresses/port in postgresql.conf)"
+    )]
+    Connect {
+        /// host:port or socket path.
+        addr: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// The server refused the user's password (or the user does not exist).
+    #[error(
+        "PostgreSQL refused the password of user \"{user}\": {message}: check password= in the \
+         connection string (or PGPASSWORD) and that the role exists with LOGIN"
+    )]
+    Auth {
+        /// The role.
+        user: String,
+        /// The server's message.
+        message: String,
+    },
+    /// pg_hba.conf has no line letting this client open a replication connection.
+    #[error(
+        "PostgreSQL refused the replication connection: {message}: add a line such as \
+         `host replication {user} <client address>/32 scram-sha-256` to pg_hba.conf and reload"
+    )]
+    NotAllowedByHba {
+        /// The role.
+        user: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The role lacks the REPLICATION attribute.
+    #[error(
+        "role \"{user}\" may not stream WAL: {message}: run `ALTER ROLE \"{user}\" REPLICATION;` \
+         as a superuser (or connect as a role that has REPLICATION)"
+    )]
+    NoReplicationPrivilege {
+        /// The role.
+        user: String,
+        /// The server's message.
+        message: String,
+    },
+    /// `wal_level` is `minimal`: physical replication is impossible.
+    #[error(
+        "PostgreSQL's wal_level is {level}: set wal_level = replica (or logical) in \
+         postgresql.conf and restart the server (and set max_wal_senders to at least 2)"
+    )]
+    WalLevelTooLow {
+        /// The current value.
+        level: String,
+    },
+    /// No WAL sender slot is free (`max_wal_senders` is 0 or all are in use).
+    #[error(
+        "PostgreSQL accepts no more replication connections: {message}: raise max_wal_senders \
+         in postgresql.conf (it must be > 0, at least one more than the streaming clients) and \
+         restart the server"
+    )]
+    NoWalSenders {
+        /// The server's message.
+        message: String,
+    },
+    /// The replication slot does not exist and creating it was not allowed.
+    #[error(
+        "replication slot \"{slot}\" does not exist on the server: create it with \
+         `SELECT pg_create_physical_replication_slot('{slot}', true);` or pass --create-slot"
+    )]
+    MissingSlot {
+        /// The slot name.
+        slot: String,
+    },
+    /// The slot exists but is a logical slot.
+    #[error("replication slot \"{slot}\" is a {kind} slot; WAL streaming needs a physical slot: use another slot name")]
+    WrongSlotKind {
+        /// The slot name.
+        slot: String,
+        /// Its type.
+        kind: String,
+    },
+    /// The WAL the vault needs next is gone from the server (the slot was dropped or recreated).
+    #[error(
+        "PostgreSQL no longer has the WAL at {lsn} the vault needs next: {message}: the slot was \
+         dropped or recreated, so WAL between the vault's last durable position and now is lost; \
+         take a new base backup (`embassy pg backup`) to start a new unbroken range"
+    )]
+    WalGone {
+        /// The position asked for.
+        lsn: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Any other error reported by the server.
+    #[error("PostgreSQL: {message} (SQLSTATE {code}){}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Server {
+        /// SQLSTATE.
+        code: String,
+        /// Message.
+        message: String,
+        /// Detail or hint, if any.
+        detail: Option<String>,
+    },
+    /// The server sent something the replication protocol does not allow here.
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    /// The connection broke.
+    #[error("connection to PostgreSQL lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The vault refused or failed an operation.
+    #[error(transparent)]
+    Vault(#[from] embassy_core::Error),
+    /// A site failed.
+    #[error(transparent)]
+    Site(#[from] embassy_core::site::SiteError),
+    /// A WAL file name or LSN could not be read.
+    #[error("{0}")]
+    Invalid(String),
+    /// A base backup could not be taken or read (pg_basebackup's failure, a damaged archive).
+    #[error("base backup: {0}")]
+    BaseBackup(String),
+    /// A restore, standby or promotion could not be done (no usable base backup, a target
+    /// folder in the way, PostgreSQL's tools failing).
+    #[error("{0}")]
+    Restore(String),
+}
+
+/// Result with [`PgError`].
+pub type Result<T> = std::result::Result<T, PgError>;

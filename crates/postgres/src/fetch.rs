@@ -1,0 +1,1 @@
+//! fetch (under construction).

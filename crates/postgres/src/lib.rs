@@ -1,0 +1,17 @@
+//! Data Embassy for PostgreSQL: a physical replication client, continuous WAL streaming into
+//! the vault as small sealed log objects, `wal-fetch` for PostgreSQL's `restore_command`, and
+//! (helper modules) base backups, point-in-time restore and standby.
+//!
+//! Everything here is synchronous (std TCP / Unix sockets, no async runtime), like the rest of
+//! the workspace.
+
+pub mod error;
+pub mod lsn;
+pub mod replication;
+pub mod wal;
+pub mod stream;
+pub mod fetch;
+pub mod status;
+
+pub use error::PgError;
+pub use lsn::Lsn;
