@@ -1,1 +1,160 @@
-//! fetch (under construction).
+//! `wal-fetch`: PostgreSQL's `restore_command` (`embassy wal-fetch DATASET %f %p`). Assembles a
+//! WAL segment or timeline history file from the vault, from a compacted segment object or the
+//! chain of small pieces. The newest, still-partial segment can be served zero-padded to 16 MiB
+//! (PostgreSQL stops at the first invalid record and, in standby mode, asks again later). A
+//! prefetch queue fetches the next segments ahead into a local spool directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use embassy_core::vault::{Keyring, Vault};
+
+use crate::error::{PgError, Result};
+use crate::lsn::{parse_wal_file_name, segment_file_name, WalFile, SEGMENT_SIZE};
+use crate::wal;
+
+/// How to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Serve the newest, incomplete segment zero-padded (standby and `--latest` restores).
+    pub partial: bool,
+    /// Spool directory of the prefetch queue (complete segments fetched ahead).
+    pub spool: Option<PathBuf>,
+}
+
+/// What `fetch` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// The whole file was written.
+    Complete,
+    /// A partial segment was written: this many bytes of WAL, then zeros to 16 MiB.
+    Partial {
+        /// Bytes of WAL in it.
+        wal_bytes: u64,
+    },
+    /// The vault does not hold this file (yet): `restore_command` exits 1 quietly.
+    NotFound,
+}
+
+/// Fetches the WAL file `name` (as PostgreSQL passes `%f`) of `dataset` into `dest`.
+pub fn fetch(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    name: &str,
+    dest: &Path,
+    opts: &FetchOptions,
+) -> Result<Fetched> {
+    let what = parse_wal_file_name(name)?;
+    if let (Some(spool), WalFile::Segment { .. }) = (&opts.spool, what) {
+        let spooled = spool.join(name);
+        if spooled.is_file() {
+            std::fs::copy(&spooled, tmp_of(dest))
+                .and_then(|_| std::fs::rename(tmp_of(dest), dest))
+                .map_err(|e| io_err(dest, e))?;
+            let _ = std::fs::remove_file(&spooled);
+            return Ok(Fetched::Complete);
+        }
+    }
+    let site = vault.site().as_ref();
+    let signers = wal::dataset_signers(vault, dataset)?;
+    let listing = wal::list(site, dataset)?;
+    match what {
+        WalFile::Other => Ok(Fetched::NotFound),
+        WalFile::History { timeline } => {
+            match wal::history_file(site, keyring, &listing, timeline, &signers)? {
+                Some(bytes) => {
+                    write_atomic(dest, &bytes)?;
+                    Ok(Fetched::Complete)
+                }
+                None => Ok(Fetched::NotFound),
+            }
+        }
+        WalFile::Segment { timeline, segno } => {
+            match wal::assemble_segment(site, keyring, &listing, timeline, segno, &signers)? {
+                Some(a) if a.complete => {
+                    write_atomic(dest, &a.bytes)?;
+                    Ok(Fetched::Complete)
+                }
+                Some(a) if opts.partial => {
+                    let n = a.bytes.len() as u64;
+                    let mut bytes = a.bytes;
+                    bytes.resize(SEGMENT_SIZE as usize, 0);
+                    write_atomic(dest, &bytes)?;
+                    Ok(Fetched::Partial { wal_bytes: n })
+                }
+                _ => Ok(Fetched::NotFound),
+            }
+        }
+    }
+}
+
+/// Fetches the `count` segments after `name` (same timeline) into `spool` unless already
+/// there; stops at the first one not complete in the vault. Returns how many were fetched.
+pub fn prefetch(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    name: &str,
+    count: usize,
+    spool: &Path,
+) -> Result<usize> {
+    let WalFile::Segment { timeline, segno } = parse_wal_file_name(name)? else {
+        return Ok(0);
+    };
+    std::fs::create_dir_all(spool).map_err(|e| io_err(spool, e))?;
+    let site = vault.site().as_ref();
+    let signers = wal::dataset_signers(vault, dataset)?;
+    let listing = wal::list(site, dataset)?;
+    let mut fetched = 0;
+    for next in segno + 1..=segno + count as u64 {
+        let file = spool.join(segment_file_name(timeline, next));
+        if file.is_file() {
+            continue;
+        }
+        match wal::assemble_segment(site, keyring, &listing, timeline, next, &signers)? {
+            Some(a) if a.complete => {
+                write_atomic(&file, &a.bytes)?;
+                fetched += 1;
+            }
+            _ => break,
+        }
+    }
+    // Forget spooled segments older than the one just asked for.
+    if let Ok(dir) = std::fs::read_dir(spool) {
+        for e in dir.flatten() {
+            if let Some(n) = e.file_name().to_str() {
+                if let Ok(WalFile::Segment { timeline: t, segno: s }) = parse_wal_file_name(n) {
+                    if t == timeline && s <= segno {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+    Ok(fetched)
+}
+
+fn tmp_of(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".embassy-tmp");
+    PathBuf::from(s)
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> PgError {
+    PgError::Vault(embassy_core::Error::io(format!("writing {}", path.display()), e))
+}
+
+fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_of(dest);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(dest, e)
+    })
+}

@@ -1,1 +1,319 @@
-//! wal (under construction).
+//! WAL in the vault: listing, writing and reading the log objects of `embassy_core::wal_log`,
+//! assembling whole (or the newest, partial) segments, and keyless verification of names,
+//! signatures and the hash chain.
+
+use std::collections::BTreeMap;
+
+use embassy_core::id::ObjectId;
+use embassy_core::keys::DatasetKeys;
+use embassy_core::site::{with_retry, Site};
+use embassy_core::vault::{Keyring, Vault};
+use embassy_core::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
+
+use crate::error::{PgError, Result};
+use crate::lsn::{Lsn, SEGMENT_SIZE};
+
+/// A log object as listed (name parsed from its path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalObject {
+    /// What the path says.
+    pub name: LogName,
+    /// The path.
+    pub path: String,
+    /// Stored size.
+    pub size: u64,
+}
+
+/// A dataset's log objects, sorted by timeline and position.
+#[derive(Debug, Clone, Default)]
+pub struct WalListing {
+    /// Pieces as streamed.
+    pub pieces: Vec<WalObject>,
+    /// Whole segments (compacted).
+    pub segments: Vec<WalObject>,
+    /// Timeline history files.
+    pub histories: Vec<WalObject>,
+    /// Paths under the prefix that are not log object names (reported by verify).
+    pub strays: Vec<String>,
+}
+
+impl WalListing {
+    /// The object (piece or segment) reaching furthest on the newest timeline: where a stream
+    /// resumes.
+    pub fn newest(&self) -> Option<&WalObject> {
+        self.pieces
+            .iter()
+            .chain(self.segments.iter())
+            .max_by_key(|o| (o.name.timeline, o.name.end, o.name.kind == LogKind::Piece))
+    }
+
+    /// Newest durable position per timeline.
+    pub fn ends(&self) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        for o in self.pieces.iter().chain(self.segments.iter()) {
+            let e = out.entry(o.name.timeline).or_insert(0);
+            *e = (*e).max(o.name.end);
+        }
+        out
+    }
+}
+
+/// Lists a dataset's log objects on `site`.
+pub fn list(site: &dyn Site, dataset: &str) -> Result<WalListing> {
+    let infos = with_retry(|| site.list(&wal_log::prefix(dataset)))?;
+    let mut listing = WalListing::default();
+    for info in infos {
+        match wal_log::parse_path(&info.path) {
+            Some(name) if name.dataset == dataset => {
+                let obj = WalObject { name, path: info.path, size: info.size };
+                match obj.name.kind {
+                    LogKind::Piece => listing.pieces.push(obj),
+                    LogKind::Segment => listing.segments.push(obj),
+                    LogKind::History => listing.histories.push(obj),
+                }
+            }
+            _ => listing.strays.push(info.path),
+        }
+    }
+    let key = |o: &WalObject| (o.name.timeline, o.name.start, std::cmp::Reverse(o.name.end));
+    listing.pieces.sort_by_key(key);
+    listing.segments.sort_by_key(key);
+    listing.histories.sort_by_key(key);
+    Ok(listing)
+}
+
+/// Reads and checks an object without keys: its bytes hash to the id in its name, the header
+/// matches the name and is signed by one of `signers`. Returns the header and the bytes.
+pub fn read_checked(
+    site: &dyn Site,
+    obj: &WalObject,
+    signers: &[[u8; 32]],
+) -> Result<(LogHeader, Vec<u8>)> {
+    let bytes = with_retry(|| site.get(&obj.path))?;
+    let corrupt = |p: &str| PgError::Vault(embassy_core::Error::corrupt(&obj.path, p));
+    if ObjectId::of(&bytes) != obj.name.id {
+        return Err(corrupt("the bytes do not hash to the id in the name"));
+    }
+    let parsed = wal_log::parse(&obj.path, &bytes)?;
+    if !obj.name.matches(&parsed.header) {
+        return Err(corrupt("the header does not match the name (moved or renamed)"));
+    }
+    if !signers.contains(&parsed.header.signer) {
+        return Err(corrupt(&format!(
+            "signed by {}, which may not sign this dataset",
+            hex::encode(&parsed.header.signer[..8])
+        )));
+    }
+    Ok((parsed.header, bytes))
+}
+
+/// Reads, checks and decrypts an object: header and payload.
+pub fn read_payload(
+    site: &dyn Site,
+    keyring: &Keyring,
+    obj: &WalObject,
+    signers: &[[u8; 32]],
+) -> Result<(LogHeader, Vec<u8>)> {
+    let (header, bytes) = read_checked(site, obj, signers)?;
+    let keys = keyring.dataset_for_key_id(&header.dataset, header.key_id)?;
+    Ok(wal_log::open(&keys, &obj.path, &bytes)?)
+}
+
+/// Seals and stores one log object; returns its id and path. Durable on the sites the vault's
+/// policy requires when it returns Ok.
+pub fn put(
+    site: &dyn Site,
+    keys: &DatasetKeys,
+    signer: &ed25519_dalek::SigningKey,
+    spec: &LogSpec,
+    payload: &[u8],
+) -> Result<(ObjectId, String)> {
+    let (bytes, id) = wal_log::seal(keys, signer, spec, payload)?;
+    let header = wal_log::parse("new", &bytes)?.header;
+    let path = wal_log::path(&header, &id);
+    with_retry(|| site.put(&path, &bytes))?;
+    Ok((id, path))
+}
+
+/// A segment assembled from the vault.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The bytes from the segment's start (at most [`SEGMENT_SIZE`]).
+    pub bytes: Vec<u8>,
+    /// True when the whole segment is there.
+    pub complete: bool,
+}
+
+/// Assembles segment `segno` of `timeline` from a compacted segment object, or else from the
+/// pieces, contiguous from the segment's start. None when nothing of it is stored.
+pub fn assemble_segment(
+    site: &dyn Site,
+    keyring: &Keyring,
+    listing: &WalListing,
+    timeline: u32,
+    segno: u64,
+    signers: &[[u8; 32]],
+) -> Result<Option<Assembled>> {
+    let seg_start = segno * SEGMENT_SIZE;
+    let seg_end = seg_start + SEGMENT_SIZE;
+    let mut last_err = None;
+    for obj in listing.segments.iter().filter(|o| {
+        o.name.timeline == timeline && o.name.start == seg_start && o.name.end == seg_end
+    }) {
+        match read_payload(site, keyring, obj, signers) {
+            Ok((_, bytes)) => return Ok(Some(Assembled { bytes, complete: true })),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let candidates: Vec<&WalObject> = listing
+        .pieces
+        .iter()
+        .filter(|o| o.name.timeline == timeline && o.name.end > seg_start && o.name.start < seg_end)
+        .collect();
+    let mut bytes = Vec::new();
+    let mut pos = seg_start;
+    while pos < seg_end {
+        // The piece covering `pos` that reaches furthest (duplicates after a restart are fine).
+        let mut options: Vec<&&WalObject> = candidates
+            .iter()
+            .filter(|o| o.name.start <= pos && o.name.end > pos)
+            .collect();
+        options.sort_by_key(|o| std::cmp::Reverse(o.name.end));
+        let mut advanced = false;
+        for obj in options {
+            match read_payload(site, keyring, obj, signers) {
+                Ok((h, payload)) => {
+                    let from = (pos - h.start) as usize;
+                    let to = (h.end.min(seg_end) - h.start) as usize;
+                    bytes.extend_from_slice(&payload[from..to]);
+                    pos = h.end.min(seg_end);
+                    advanced = true;
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if !advanced {
+            break;
+        }
+    }
+    if bytes.is_empty() {
+        return match last_err {
+            Some(e) => Err(e),
+            None => Ok(None),
+        };
+    }
+    let complete = bytes.len() as u64 == SEGMENT_SIZE;
+    Ok(Some(Assembled { bytes, complete }))
+}
+
+/// The stored timeline history file of `timeline`, if any.
+pub fn history_file(
+    site: &dyn Site,
+    keyring: &Keyring,
+    listing: &WalListing,
+    timeline: u32,
+    signers: &[[u8; 32]],
+) -> Result<Option<Vec<u8>>> {
+    let mut last_err = None;
+    for obj in listing.histories.iter().filter(|o| o.name.timeline == timeline) {
+        match read_payload(site, keyring, obj, signers) {
+            Ok((_, bytes)) => return Ok(Some(bytes)),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    match last_err {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// The keys that may sign a dataset's objects, from its verified ledger history.
+pub fn dataset_signers(vault: &Vault, dataset: &str) -> Result<Vec<[u8; 32]>> {
+    let history = vault.history(dataset)?;
+    Ok(vault.active_signers(&history))
+}
+
+/// What keyless WAL verification found.
+#[derive(Debug, Clone, Default)]
+pub struct WalVerifyReport {
+    /// Objects whose name, hash and signature checked out.
+    pub objects_ok: usize,
+    /// Problems, one line each (empty when all is well).
+    pub problems: Vec<String>,
+    /// Newest position per timeline.
+    pub ends: BTreeMap<u32, u64>,
+    /// Gaps found in the piece/segment coverage: (timeline, from, to).
+    pub gaps: Vec<(u32, Lsn, Lsn)>,
+}
+
+impl WalVerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty() && self.gaps.is_empty()
+    }
+}
+
+/// Verifies a dataset's WAL without keys: every object's name, hash and signature; that each
+/// object's `prev` exists (the hash chain, unless compaction made it unreferenced and it was
+/// collected); that the ledger's `LogRangeAdded` anchors name stored objects; and that pieces
+/// and segments cover each timeline without gaps.
+pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
+    let site = vault.site().as_ref();
+    let history = vault.history(dataset)?;
+    let signers = vault.active_signers(&history);
+    let listing = list(site, dataset)?;
+    let mut report = WalVerifyReport { ends: listing.ends(), ..Default::default() };
+    for s in &listing.strays {
+        report.problems.push(format!("{s}: not a WAL log object name"));
+    }
+    let mut ids = BTreeMap::new();
+    let mut prevs = Vec::new();
+    for obj in listing.pieces.iter().chain(&listing.segments).chain(&listing.histories) {
+        match read_checked(site, obj, &signers) {
+            Ok((h, _)) => {
+                report.objects_ok += 1;
+                ids.insert(obj.name.id, obj.path.clone());
+                if let Some(p) = h.prev {
+                    prevs.push((obj.path.clone(), p));
+                }
+            }
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    for (path, prev) in &prevs {
+        if !ids.contains_key(prev) {
+            report.problems.push(format!(
+                "{path}: the previous object {} of its chain is missing",
+                prev.short()
+            ));
+        }
+    }
+    for r in &history {
+        if let embassy_core::ledger::Event::LogRangeAdded { manifest, .. } = &r.entry.event {
+            if !ids.contains_key(manifest) {
+                report.problems.push(format!(
+                    "ledger entry {} anchors WAL object {} which is not stored",
+                    r.entry.seq,
+                    manifest.short()
+                ));
+            }
+        }
+    }
+    // Coverage: per timeline, pieces and segments together must be contiguous from the first.
+    let mut by_tl: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for o in listing.pieces.iter().chain(&listing.segments) {
+        by_tl.entry(o.name.timeline).or_default().push((o.name.start, o.name.end));
+    }
+    for (tl, mut ranges) in by_tl {
+        ranges.sort();
+        let mut reach = ranges[0].1;
+        for (s, e) in ranges.into_iter().skip(1) {
+            if s > reach {
+                report.gaps.push((tl, Lsn(reach), Lsn(s)));
+            }
+            reach = reach.max(e);
+        }
+    }
+    Ok(report)
+}
