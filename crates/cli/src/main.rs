@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 failure (the message says why and what to do); 2 bad usage;
 //! 3 integrity problem found (damaged or tampered vault).
 
+mod agent;
 mod output;
 mod secrets;
 
@@ -140,7 +141,24 @@ enum Command {
         repair: bool,
     },
     /// Per dataset and site: the newest version, its recovery point, and how old it is.
-    Status,
+    /// With --config: freshness against each dataset's RPO (what the agent serves).
+    Status {
+        /// The agent's embassy.toml: judge every dataset at every site against its RPO.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the agent: every dataset of embassy.toml on schedule, alarms, status page.
+    Agent {
+        /// The configuration file.
+        #[arg(long, default_value = "embassy.toml")]
+        config: PathBuf,
+        /// One cycle (every periodic dataset once, one verification), then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The agent's configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Create a witness key file and print its public key (to pin with `init --witness`).
     WitnessKey {
         /// Where to write the key file.
@@ -152,6 +170,16 @@ enum Command {
         /// Also decrypt and check every chunk (needs the key).
         #[arg(long)]
         deep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check embassy.toml: prints a summary, or every problem with file:line:column (exit 2).
+    Check {
+        /// The configuration file.
+        #[arg(default_value = "embassy.toml")]
+        file: PathBuf,
     },
 }
 
@@ -295,7 +323,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::WitnessKey { out } => witness_key_new(cli, out),
         Command::Keys(command) => keys(cli, command),
         Command::Sync { from, to, repair } => sync(cli, from, to, *repair),
-        Command::Status => status(cli),
+        Command::Status { config: None } => status(cli),
+        Command::Status { config: Some(c) } => Ok(agent::status(c, cli.json)),
+        Command::Agent { config, once } => Ok(agent::agent(config, *once)),
+        Command::Config(ConfigCommand::Check { file }) => Ok(agent::config_check(file, cli.json)),
         Command::Backup {
             dataset,
             paths,

@@ -1,0 +1,823 @@
+//! The long-running agent: runs every periodic dataset on its schedule (with retries and
+//! backoff), catches lagging sites up, verifies every site without keys on its own interval,
+//! keeps freshness, raises and clears RPO alarms, serves status, metrics and the dashboard,
+//! reloads its configuration on SIGHUP and shuts down cleanly on SIGTERM/SIGINT.
+//!
+//! Shutdown: no new run starts; in-flight runs get `shutdown_grace` to finish; then their
+//! writes are refused ([`crate::run::CancellableSite`]), so they end without recording a
+//! version (never a partial one) and the next run reuses what they stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use embassy_core::vault::Keyring;
+
+use crate::alarms;
+use crate::config::{Config, Mode};
+use crate::run;
+use crate::state::AgentState;
+use crate::status::{self, SiteSnapshot};
+
+/// Writes one log line on stderr: UTC time, then the message.
+pub fn log(message: impl AsRef<str>) {
+    let now = embassy_core::time::utc(embassy_core::config::now_unix_nanos());
+    eprintln!("{now} {}", message.as_ref());
+}
+
+/// Flags the signal handlers set (the CLI registers them with `signal-hook`; tests set them).
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// SIGTERM / SIGINT: shut down.
+    pub stop: Arc<AtomicBool>,
+    /// SIGHUP: reload the configuration.
+    pub reload: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Registers SIGTERM, SIGINT (stop) and SIGHUP (reload).
+    pub fn from_signals() -> Result<Control, String> {
+        let c = Control::default();
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, c.stop.clone())
+                .map_err(|e| format!("cannot install the handler of signal {sig}: {e}"))?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, c.reload.clone())
+            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+        Ok(c)
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// One cycle: every periodic dataset once, a verification when configured, then exit.
+    pub once: bool,
+}
+
+/// What the HTTP server and `status` read.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Mutex<Arc<Config>>,
+    /// The agent's state.
+    pub state: Mutex<AgentState>,
+    /// The last reading of every site.
+    pub snapshots: Mutex<Vec<SiteSnapshot>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The status document now.
+    pub fn report(&self) -> serde_json::Value {
+        let config = lock(&self.config).clone();
+        let snaps = lock(&self.snapshots).clone();
+        let state = lock(&self.state).clone();
+        status::report(
+            &config,
+            &snaps,
+            &state,
+            embassy_core::config::now_unix_nanos(),
+        )
+    }
+    /// Prometheus metrics now.
+    pub fn metrics(&self) -> String {
+        let config = lock(&self.config).clone();
+        let snaps = lock(&self.snapshots).clone();
+        let state = lock(&self.state).clone();
+        status::metrics(
+            &config,
+            &snaps,
+            &state,
+            embassy_core::config::now_unix_nanos(),
+        )
+    }
+    /// The dashboard now.
+    pub fn dashboard(&self) -> String {
+        let config = lock(&self.config).clone();
+        let snaps = lock(&self.snapshots).clone();
+        let state = lock(&self.state).clone();
+        crate::dashboard::render(
+            &config,
+            &snaps,
+            &state,
+            embassy_core::config::now_unix_nanos(),
+        )
+    }
+}
+
+enum Done {
+    Backup {
+        dataset: String,
+        started: i64,
+        elapsed: Duration,
+        result: Result<run::RunOutcome, String>,
+    },
+    CatchUp {
+        site: String,
+        result: Result<u64, String>,
+    },
+    Verify {
+        results: Vec<(String, bool, String)>,
+    },
+}
+
+fn now_s() -> i64 {
+    embassy_core::config::now_unix()
+}
+
+/// The agent's failure to start or to keep going.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Something needed to start is missing or broken.
+    #[error("{0}")]
+    Start(String),
+    /// Some runs of a `--once` cycle failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Serves `/`, `/status.json`, `/metrics` from `shared` on `listen` until `stop` is set.
+pub fn serve(
+    listen: &str,
+    shared: Arc<Shared>,
+) -> Result<(Arc<tiny_http::Server>, JoinHandle<()>), String> {
+    let server = Arc::new(
+        tiny_http::Server::http(listen)
+            .map_err(|e| format!("cannot listen on {listen} for the status page: {e}"))?,
+    );
+    let s = server.clone();
+    let handle = std::thread::Builder::new()
+        .name("embassy-http".into())
+        .spawn(move || {
+            for request in s.incoming_requests() {
+                let url = request.url().split('?').next().unwrap_or("/").to_string();
+                let (body, ctype, code) = match url.as_str() {
+                    "/" | "/index.html" => (shared.dashboard(), "text/html; charset=utf-8", 200),
+                    "/status.json" => (format!("{}\n", shared.report()), "application/json", 200),
+                    "/metrics" => (shared.metrics(), "text/plain; version=0.0.4", 200),
+                    _ => ("not found\n".to_string(), "text/plain", 404),
+                };
+                let mut response = tiny_http::Response::from_string(body).with_status_code(code);
+                if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
+                {
+                    response = response.with_header(h);
+                }
+                let _ = request.respond(response);
+            }
+        })
+        .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
+    Ok((server, handle))
+}
+
+struct Agent {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    keyring: Arc<Keyring>,
+    cancel: Arc<AtomicBool>,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    running: HashMap<String, JoinHandle<()>>,
+    catching_up: HashMap<String, JoinHandle<()>>,
+    verifying: Option<JoinHandle<()>>,
+    next_verify: Option<Instant>,
+    last_refresh: Option<Instant>,
+    refresh_now: bool,
+    announced: BTreeMap<String, bool>,
+    once_pending: Vec<String>,
+    once_failed: Vec<String>,
+    http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
+}
+
+/// Reads the config, opens the vault and the keys, and runs until stopped (or one cycle with
+/// `--once`).
+pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(), AgentError> {
+    let config = Arc::new(Config::load(config_path)?);
+    for w in &config.warnings {
+        log(format!("warning: {w}"));
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let vault = run::open_vault(&config, &cancel).map_err(|e| {
+        AgentError::Start(format!(
+            "cannot open the vault at the configured sites: {e}\n  (create it with `embassy init --site {}`)",
+            config.locations().join(" --site ")
+        ))
+    })?;
+    let keyring = Arc::new(run::unlock(&config.keys, &vault).map_err(AgentError::Start)?);
+    let mut state = AgentState::load(&config.agent.state_dir).map_err(AgentError::Start)?;
+    let now = now_s();
+    for d in &config.datasets {
+        state
+            .datasets
+            .entry(d.name.clone())
+            .or_insert_with(|| crate::state::DatasetState {
+                first_seen: now,
+                ..Default::default()
+            });
+    }
+    log(format!(
+        "agent started: vault {}, {} datasets, {} sites ({}), state in {}",
+        vault.config().vault_id,
+        config.datasets.len(),
+        config.sites.len(),
+        config
+            .sites
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.agent.state_dir.display()
+    ));
+    let shared = Arc::new(Shared {
+        config: Mutex::new(config.clone()),
+        state: Mutex::new(state),
+        snapshots: Mutex::new(Vec::new()),
+    });
+    let http = match &config.status.listen {
+        Some(listen) if !options.once => {
+            let h = serve(listen, shared.clone()).map_err(AgentError::Start)?;
+            log(format!(
+                "dashboard at http://{listen}/ (also /status.json and /metrics)"
+            ));
+            Some(h)
+        }
+        _ => None,
+    };
+    let (tx, rx) = channel();
+    let mut agent = Agent {
+        once_pending: if options.once {
+            config
+                .datasets
+                .iter()
+                .filter(|d| matches!(d.mode, Mode::Periodic(_)))
+                .map(|d| d.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        next_verify: config.agent.verify_interval.map(|_| Instant::now()),
+        config,
+        shared,
+        keyring,
+        cancel,
+        tx,
+        rx,
+        running: HashMap::new(),
+        catching_up: HashMap::new(),
+        verifying: None,
+        last_refresh: None,
+        refresh_now: true,
+        announced: BTreeMap::new(),
+        once_failed: Vec::new(),
+        http,
+    };
+    agent.main_loop(&options, &control);
+    agent.shutdown(&control);
+    if options.once && !agent.once_failed.is_empty() {
+        return Err(AgentError::Failed(format!(
+            "{} of the cycle's runs failed: {}",
+            agent.once_failed.len(),
+            agent.once_failed.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn main_loop(&mut self, options: &Options, control: &Control) {
+        let mut verified_once = !options.once || self.config.agent.verify_interval.is_none();
+        loop {
+            if control.stop.load(Ordering::SeqCst) {
+                log("stop requested: no new runs start");
+                return;
+            }
+            if control.reload.swap(false, Ordering::SeqCst) {
+                self.reload();
+            }
+            self.reap();
+            if options.once {
+                self.start_once_runs();
+            } else {
+                self.start_due_runs();
+            }
+            self.continuous();
+            if let Some(at) = self.next_verify {
+                let allowed = !options.once
+                    || (!verified_once && self.once_pending.is_empty() && self.running.is_empty());
+                if allowed && self.verifying.is_none() && Instant::now() >= at {
+                    self.start_verify();
+                    verified_once = true;
+                }
+            }
+            self.maybe_refresh();
+            if options.once
+                && self.once_pending.is_empty()
+                && self.running.is_empty()
+                && self.verifying.is_none()
+                && self.catching_up.is_empty()
+                && verified_once
+            {
+                self.refresh();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn reload(&mut self) {
+        let path = self.config.path.clone();
+        match Config::load(&path) {
+            Ok(new) => {
+                if new.keys != self.config.keys
+                    || new.sites != self.config.sites
+                    || new.agent.min_sites != self.config.agent.min_sites
+                {
+                    match run::open_vault(&new, &self.cancel)
+                        .and_then(|v| run::unlock(&new.keys, &v))
+                    {
+                        Ok(k) => self.keyring = Arc::new(k),
+                        Err(e) => {
+                            log(format!(
+                                "reload of {} refused, keeping the running configuration: {e}",
+                                path.display()
+                            ));
+                            return;
+                        }
+                    }
+                }
+                for w in &new.warnings {
+                    log(format!("warning: {w}"));
+                }
+                let now = now_s();
+                {
+                    let mut st = lock(&self.shared.state);
+                    for d in &new.datasets {
+                        st.datasets.entry(d.name.clone()).or_insert_with(|| {
+                            crate::state::DatasetState {
+                                first_seen: now,
+                                ..Default::default()
+                            }
+                        });
+                    }
+                }
+                if new.agent.verify_interval != self.config.agent.verify_interval {
+                    self.next_verify = new.agent.verify_interval.map(|_| Instant::now());
+                }
+                log(format!(
+                    "configuration reloaded from {}: {} datasets, {} sites",
+                    path.display(),
+                    new.datasets.len(),
+                    new.sites.len()
+                ));
+                let new = Arc::new(new);
+                *lock(&self.shared.config) = new.clone();
+                self.config = new;
+                self.refresh_now = true;
+            }
+            Err(e) => log(format!(
+                "reload refused, keeping the running configuration; {} has problems:\n{e}",
+                path.display()
+            )),
+        }
+    }
+
+    fn due(&self, name: &str, mode: &Mode, now: i64) -> bool {
+        let Mode::Periodic(schedule) = mode else {
+            return false;
+        };
+        let st = lock(&self.shared.state);
+        let Some(ds) = st.datasets.get(name) else {
+            return true;
+        };
+        if ds.consecutive_failures > 0 {
+            return ds.next_retry.is_none_or(|t| now >= t);
+        }
+        match (ds.last_success, ds.last_start) {
+            (None, _) => true,
+            (Some(_), start) => {
+                let after = start.unwrap_or(now);
+                let next = match schedule {
+                    crate::schedule::Schedule::Every(_) => schedule.next_run(after, start),
+                    _ => schedule.next_run(after, start),
+                };
+                now >= next
+            }
+        }
+    }
+
+    fn start_due_runs(&mut self) {
+        let now = now_s();
+        let candidates: Vec<(String, Mode)> = self
+            .config
+            .datasets
+            .iter()
+            .map(|d| (d.name.clone(), d.mode.clone()))
+            .collect();
+        for (name, mode) in candidates {
+            if self.running.len() >= self.config.agent.max_parallel {
+                break;
+            }
+            if self.running.contains_key(&name) || !self.due(&name, &mode, now) {
+                continue;
+            }
+            self.start_backup(&name);
+        }
+    }
+
+    fn start_once_runs(&mut self) {
+        while self.running.len() < self.config.agent.max_parallel && !self.once_pending.is_empty() {
+            let name = self.once_pending.remove(0);
+            self.start_backup(&name);
+        }
+    }
+
+    fn start_backup(&mut self, name: &str) {
+        let started = now_s();
+        {
+            let mut st = lock(&self.shared.state);
+            let ds = st.datasets.entry(name.to_string()).or_default();
+            ds.last_start = Some(started);
+            ds.runs += 1;
+        }
+        let (config, keyring, cancel, tx) = (
+            self.config.clone(),
+            self.keyring.clone(),
+            self.cancel.clone(),
+            self.tx.clone(),
+        );
+        let dataset = name.to_string();
+        log(format!(
+            "{dataset}: backup started ({})",
+            config
+                .dataset(name)
+                .map(|d| d.source.describe())
+                .unwrap_or_default()
+        ));
+        let handle = std::thread::Builder::new()
+            .name(format!("backup-{dataset}"))
+            .spawn(move || {
+                let t = Instant::now();
+                let result = run::backup_dataset(&config, &keyring, &dataset, &cancel);
+                let _ = tx.send(Done::Backup {
+                    dataset,
+                    started,
+                    elapsed: t.elapsed(),
+                    result,
+                });
+            });
+        match handle {
+            Ok(h) => {
+                self.running.insert(name.to_string(), h);
+            }
+            Err(e) => log(format!("{name}: cannot start a worker thread: {e}")),
+        }
+    }
+
+    fn continuous(&mut self) {
+        for d in &self.config.datasets {
+            if d.mode == Mode::Continuous && !self.announced.contains_key(&d.name) {
+                // INTEGRATION POINT (embassy-postgres): start the WAL streamer for this
+                // dataset here and feed its durable position into freshness.
+                log(format!(
+                    "{}: continuous capture is not integrated into the agent yet (embassy-postgres streamer); the dataset stays red until it is",
+                    d.name
+                ));
+                self.announced.insert(d.name.clone(), true);
+            }
+        }
+    }
+
+    fn start_verify(&mut self) {
+        let sites: Vec<(String, String)> = self
+            .config
+            .sites
+            .iter()
+            .map(|s| (s.name.clone(), s.location.clone()))
+            .collect();
+        let tx = self.tx.clone();
+        log(format!(
+            "keyless verification of {} sites started",
+            sites.len()
+        ));
+        if let Ok(h) = std::thread::Builder::new()
+            .name("verify".into())
+            .spawn(move || {
+                let results = sites
+                    .into_iter()
+                    .map(|(name, location)| {
+                        let (ok, summary) = run::verify_site(&location);
+                        (name, ok, summary)
+                    })
+                    .collect();
+                let _ = tx.send(Done::Verify { results });
+            })
+        {
+            self.verifying = Some(h);
+        }
+        self.next_verify = self
+            .config
+            .agent
+            .verify_interval
+            .map(|i| Instant::now() + i);
+    }
+
+    fn reap(&mut self) {
+        while let Ok(done) = self.rx.try_recv() {
+            match done {
+                Done::Backup {
+                    dataset,
+                    started,
+                    elapsed,
+                    result,
+                } => {
+                    if let Some(h) = self.running.remove(&dataset) {
+                        let _ = h.join();
+                    }
+                    self.finish_backup(&dataset, started, elapsed, result);
+                    self.refresh_now = true;
+                }
+                Done::CatchUp { site, result } => {
+                    if let Some(h) = self.catching_up.remove(&site) {
+                        let _ = h.join();
+                    }
+                    match result {
+                        Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
+                        Err(e) => log(format!("site {site} could not be caught up yet: {e}")),
+                    }
+                    self.refresh_now = true;
+                }
+                Done::Verify { results } => {
+                    if let Some(h) = self.verifying.take() {
+                        let _ = h.join();
+                    }
+                    let now = now_s();
+                    let mut st = lock(&self.shared.state);
+                    for (site, ok, summary) in results {
+                        log(format!(
+                            "verify {site}: {} ({summary})",
+                            if ok { "OK" } else { "FAILED" }
+                        ));
+                        st.verify.insert(
+                            site,
+                            crate::state::VerifyState {
+                                at: now,
+                                ok,
+                                summary,
+                            },
+                        );
+                    }
+                    drop(st);
+                    self.persist();
+                }
+            }
+        }
+    }
+
+    fn finish_backup(
+        &mut self,
+        dataset: &str,
+        started: i64,
+        elapsed: Duration,
+        result: Result<run::RunOutcome, String>,
+    ) {
+        let now = now_s();
+        let cfg = self.config.clone();
+        let mut st = lock(&self.shared.state);
+        let ds = st.datasets.entry(dataset.to_string()).or_default();
+        match result {
+            Ok(out) => {
+                ds.last_success = Some(now);
+                ds.last_version = Some(out.seq);
+                ds.last_duration_seconds = Some(elapsed.as_secs_f64());
+                ds.consecutive_failures = 0;
+                ds.next_retry = None;
+                drop(st);
+                log(format!(
+                    "{dataset}: version {} stored in {:.1}s: {} files, {} bytes ({} new)",
+                    out.seq,
+                    elapsed.as_secs_f64(),
+                    out.files,
+                    out.bytes,
+                    out.new_bytes
+                ));
+                for w in &out.warnings {
+                    log(format!("{dataset}: warning: {w}"));
+                }
+                // INTEGRATION POINT (retention, embassy-core): apply the dataset's retention
+                // policy after a successful run once the retention library lands.
+                if let Some(d) = cfg.dataset(dataset) {
+                    if !d.retention.keeps_everything()
+                        && !self.announced.contains_key(&format!("retention:{dataset}"))
+                    {
+                        log(format!("{dataset}: retention policy noted; pruning is not integrated into the agent yet, every version is kept"));
+                        self.announced.insert(format!("retention:{dataset}"), true);
+                    }
+                }
+                let _ = started;
+            }
+            Err(e) => {
+                ds.errors += 1;
+                ds.consecutive_failures += 1;
+                let backoff = cfg
+                    .agent
+                    .retry_initial
+                    .saturating_mul(1u32 << (ds.consecutive_failures - 1).min(16))
+                    .min(cfg.agent.retry_max);
+                ds.next_retry = Some(now + backoff.as_secs().max(1) as i64);
+                ds.last_error = Some(e.clone());
+                ds.last_error_at = Some(now);
+                let failures = ds.consecutive_failures;
+                drop(st);
+                if self.cancel.load(Ordering::SeqCst) {
+                    log(format!("{dataset}: run abandoned for shutdown, no version recorded (the next run reuses what it stored): {e}"));
+                } else {
+                    log(format!(
+                        "{dataset}: backup failed (attempt {failures}), retry in {}: {e}",
+                        crate::schedule::format_duration(backoff)
+                    ));
+                }
+                self.once_failed.push(dataset.to_string());
+            }
+        }
+        self.persist();
+    }
+
+    fn persist(&self) {
+        let st = lock(&self.shared.state).clone();
+        if let Err(e) = st.store(&self.config.agent.state_dir) {
+            log(format!("warning: {e}"));
+        }
+    }
+
+    fn refresh_interval(&self) -> Duration {
+        let smallest = self
+            .config
+            .datasets
+            .iter()
+            .map(|d| d.rpo / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(10));
+        smallest.clamp(Duration::from_secs(1), Duration::from_secs(15))
+    }
+
+    fn maybe_refresh(&mut self) {
+        let due = self.refresh_now
+            || self
+                .last_refresh
+                .is_none_or(|t| t.elapsed() >= self.refresh_interval());
+        if due {
+            self.refresh();
+        }
+    }
+
+    /// Reads every site, records lag history, raises and clears alarms, catches up lagging
+    /// sites, persists the state.
+    fn refresh(&mut self) {
+        self.refresh_now = false;
+        self.last_refresh = Some(Instant::now());
+        let snaps = status::snapshot_all(&self.config);
+        let now_ns = embassy_core::config::now_unix_nanos();
+        let now = now_ns / 1_000_000_000;
+        let mut state = lock(&self.shared.state).clone();
+        let rows = status::rows(&self.config, &snaps, &state, now_ns);
+        let spacing = (self.refresh_interval().as_secs() as i64).max(1);
+        for row in &rows {
+            for c in &row.cells {
+                state.record_lag(
+                    &format!("{}@{}", row.name, c.site),
+                    now,
+                    c.lag_seconds.unwrap_or(-1.0),
+                    spacing,
+                );
+            }
+        }
+        for n in alarms::evaluate(&rows, &state, now) {
+            let label = if n.event == "raised" {
+                "ALARM"
+            } else {
+                "cleared"
+            };
+            log(format!("{label}: {}", n.message));
+            match alarms::deliver(&self.config.alarms, &n, &self.config.base_dir()) {
+                Ok(()) => alarms::mark_delivered(&mut state, &n),
+                Err(e) => log(format!("alarm could not be delivered (will retry): {e}")),
+            }
+        }
+        *lock(&self.shared.snapshots) = snaps.clone();
+        {
+            let mut shared = lock(&self.shared.state);
+            // Runs may have finished meanwhile: keep their dataset state, take the rest.
+            shared.history = state.history;
+            shared.alarms = state.alarms;
+        }
+        self.persist();
+        self.catch_up_lagging(&snaps);
+    }
+
+    fn catch_up_lagging(&mut self, snaps: &[SiteSnapshot]) {
+        if self.cancel.load(Ordering::SeqCst) {
+            return;
+        }
+        // The most complete readable site: the one holding the most ledger entries.
+        let best = snaps
+            .iter()
+            .filter(|s| s.error.is_none() && s.datasets.values().all(|f| f.error.is_none()))
+            .max_by_key(|s| s.datasets.values().map(|f| f.versions).sum::<u64>());
+        let Some(best) = best else { return };
+        for s in snaps {
+            if s.name == best.name || self.catching_up.contains_key(&s.name) {
+                continue;
+            }
+            let behind = best.datasets.iter().any(|(d, f)| {
+                s.datasets.get(d).is_none_or(|mine| {
+                    mine.error.is_some() || mine.newest_version < f.newest_version
+                })
+            });
+            // A site that cannot be opened at all may still be empty (catch up) or down (the
+            // attempt fails and is retried at the next look).
+            if !behind {
+                continue;
+            }
+            let (from, to, site, tx) = (
+                best.location.clone(),
+                s.location.clone(),
+                s.name.clone(),
+                self.tx.clone(),
+            );
+            if let Ok(h) = std::thread::Builder::new()
+                .name(format!("catch-up-{site}"))
+                .spawn({
+                    let site = site.clone();
+                    move || {
+                        let result = run::catch_up(&from, &to);
+                        let _ = tx.send(Done::CatchUp { site, result });
+                    }
+                })
+            {
+                self.catching_up.insert(site, h);
+            }
+        }
+    }
+
+    fn shutdown(&mut self, control: &Control) {
+        let _ = control;
+        if !self.running.is_empty() {
+            let grace = self.config.agent.shutdown_grace;
+            log(format!(
+                "waiting up to {} for {} in-flight runs ({})",
+                crate::schedule::format_duration(grace),
+                self.running.len(),
+                self.running.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+            let until = Instant::now() + grace;
+            while !self.running.is_empty() && Instant::now() < until {
+                self.reap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !self.running.is_empty() {
+                log("grace period over: abandoning in-flight runs (their versions are not recorded)");
+                self.cancel.store(true, Ordering::SeqCst);
+            }
+            while !self.running.is_empty() {
+                self.reap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+        // Catch-ups copy whole objects in format order and may be cut anywhere; wait briefly.
+        let until = Instant::now() + Duration::from_secs(5);
+        while !self.catching_up.is_empty() && Instant::now() < until {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.persist();
+        if let Some((server, handle)) = self.http.take() {
+            server.unblock();
+            let _ = handle.join();
+        }
+        log("agent stopped");
+    }
+}
+
+/// The status document for a configuration, read now from every site and the agent's state
+/// folder: what `embassy status --config FILE --json` prints (the agent serves the same).
+pub fn status_now(config: &Config) -> Result<serde_json::Value, String> {
+    let state = AgentState::load(&config.agent.state_dir)?;
+    let snaps = status::snapshot_all(config);
+    Ok(status::report(
+        config,
+        &snaps,
+        &state,
+        embassy_core::config::now_unix_nanos(),
+    ))
+}

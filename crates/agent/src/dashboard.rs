@@ -1,0 +1,228 @@
+//! The dashboard: one server-rendered HTML page, no script, reloading itself. One row per
+//! dataset, one column per site, each cell green/amber/red against the dataset's RPO, and a lag
+//! history chart per dataset as inline SVG.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::state::AgentState;
+use crate::status::{human_seconds, rows, Colour, SiteSnapshot};
+
+/// Cell background colours; the headless-browser test samples these exact pixels.
+pub const GREEN: (u8, u8, u8) = (0x2e, 0x9e, 0x44);
+/// Amber cells.
+pub const AMBER: (u8, u8, u8) = (0xf0, 0xa5, 0x00);
+/// Red cells.
+pub const RED: (u8, u8, u8) = (0xd7, 0x26, 0x3d);
+
+/// Line colours of the history chart, one per site (none is a cell colour).
+const LINE_COLOURS: [&str; 6] = [
+    "#1f5fbf", "#7b3fa0", "#0f8b8d", "#444444", "#b5651d", "#c2185b",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn hex((r, g, b): (u8, u8, u8)) -> String {
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// Renders the dashboard page.
+pub fn render(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> String {
+    let rows = rows(config, snaps, state, now_ns);
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{refresh}">
+<title>Data Embassy: freshness</title>
+<style>
+body {{ font-family: "DejaVu Sans", sans-serif; margin: 16px; color: #222; background: #fff; }}
+h1 {{ font-size: 20px; margin: 0 0 4px 0; }}
+p.meta {{ color: #555; margin: 0 0 12px 0; font-size: 13px; }}
+table.freshness {{ border-collapse: separate; border-spacing: 4px; }}
+table.freshness th {{ text-align: left; font-size: 13px; padding: 4px 8px; background: #eee; }}
+td.dataset {{ font-size: 13px; padding: 4px 8px; min-width: 220px; }}
+td.dataset small {{ color: #666; }}
+td.cell {{ width: 150px; height: 44px; padding: 4px 8px; color: #fff; font-size: 12px; vertical-align: middle; }}
+td.cell.green {{ background: {green}; }}
+td.cell.amber {{ background: {amber}; color: #222; }}
+td.cell.red {{ background: {red}; }}
+td.cell.optional {{ opacity: 0.55; }}
+td.chart {{ padding: 0 4px; }}
+ul.alarms li {{ margin: 2px 0; }}
+</style></head><body>
+<h1>Data Embassy: freshness of every dataset at every site</h1>
+<p class="meta">Generated {now}; reloads every {refresh} s. Green: newest durable data within the RPO.
+Amber: older than 75% of the RPO, or the site is behind another. Red: RPO breached or the site cannot be read.</p>
+"#,
+        refresh = config.status.refresh_seconds,
+        green = hex(GREEN),
+        amber = hex(AMBER),
+        red = hex(RED),
+        now = esc(&embassy_core::time::utc(now_ns)),
+    );
+    if !state.alarms.is_empty() {
+        h.push_str("<h2>Alarms raised</h2><ul class=\"alarms\">");
+        for a in state.alarms.values() {
+            let _ = write!(
+                h,
+                "<li id=\"alarm-{}-{}\">{}</li>",
+                esc(&a.dataset),
+                esc(&a.site),
+                esc(&a.message)
+            );
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<table class=\"freshness\"><thead><tr><th>dataset</th>");
+    for s in &config.sites {
+        let _ = write!(h, "<th>{}</th>", esc(&s.name));
+    }
+    h.push_str("<th>lag history</th></tr></thead><tbody>\n");
+    for row in &rows {
+        let d = config.dataset(&row.name);
+        let st = state.datasets.get(&row.name);
+        let _ = write!(
+            h,
+            "<tr class=\"row {colour}\" id=\"row-{name}\"><td class=\"dataset\"><b>{name}</b><br><small>RPO {rpo}{owner}{class}</small>",
+            colour = row.colour.name(),
+            name = esc(&row.name),
+            rpo = human_seconds(row.rpo_seconds),
+            owner = d
+                .and_then(|d| d.owner.as_ref())
+                .map(|o| format!(" · {}", esc(o)))
+                .unwrap_or_default(),
+            class = d
+                .and_then(|d| d.classification.as_ref())
+                .map(|c| format!(" · {}", esc(c)))
+                .unwrap_or_default(),
+        );
+        if let Some(e) = st.and_then(|s| s.last_error.as_ref()) {
+            if st.is_some_and(|s| s.consecutive_failures > 0) {
+                let _ = write!(
+                    h,
+                    "<br><small class=\"error\">last error: {}</small>",
+                    esc(e)
+                );
+            }
+        }
+        h.push_str("</td>");
+        for c in &row.cells {
+            let text = match (c.lag_seconds, c.facts.newest_version) {
+                (Some(l), Some(v)) => format!("v{v} · {} old", human_seconds(l)),
+                _ => match c.colour {
+                    Colour::Red if c.facts.error.is_some() => "unreadable".into(),
+                    _ => "no version".into(),
+                },
+            };
+            let _ = write!(
+                h,
+                "<td class=\"cell {colour}{opt}\" id=\"cell-{d}-{s}\" data-colour=\"{colour}\" title=\"{reason}\">{text}</td>",
+                colour = c.colour.name(),
+                opt = if c.required { "" } else { " optional" },
+                d = esc(&row.name),
+                s = esc(&c.site),
+                reason = esc(&c.reason),
+                text = esc(&text),
+            );
+        }
+        let _ = writeln!(
+            h,
+            "<td class=\"chart\">{}</td></tr>",
+            chart(config, state, &row.name, row.rpo_seconds, now_ns)
+        );
+    }
+    h.push_str("</tbody></table>\n<h2>Sites</h2><ul class=\"sites\">");
+    for s in &config.sites {
+        let snap = snaps.iter().find(|x| x.name == s.name);
+        let held = snap
+            .and_then(|x| x.bytes_stored)
+            .map(|b| format!("{:.1} MiB held", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "not readable".into());
+        let verify = state
+            .verify
+            .get(&s.name)
+            .map(|v| {
+                format!(
+                    "; last keyless verify {} {}: {}",
+                    embassy_core::time::utc(v.at.saturating_mul(1_000_000_000)),
+                    if v.ok { "OK" } else { "FAILED" },
+                    v.summary
+                )
+            })
+            .unwrap_or_else(|| "; not verified yet".into());
+        let _ = write!(
+            h,
+            "<li><b>{}</b> {}: {}{}</li>",
+            esc(&s.name),
+            esc(&s.location),
+            esc(&held),
+            esc(&verify)
+        );
+    }
+    h.push_str("</ul>\n<p class=\"meta\">Machine-readable: <a href=\"/status.json\">/status.json</a> · <a href=\"/metrics\">/metrics</a></p>\n</body></html>\n");
+    h
+}
+
+/// A lag chart for one dataset: one line per site over the stored history, the RPO dashed.
+fn chart(config: &Config, state: &AgentState, dataset: &str, rpo: f64, now_ns: i64) -> String {
+    const W: f64 = 260.0;
+    const H: f64 = 44.0;
+    let now = now_ns / 1_000_000_000;
+    let series: Vec<(&str, &Vec<(i64, f64)>)> = config
+        .sites
+        .iter()
+        .filter_map(|s| {
+            state
+                .history
+                .get(&format!("{dataset}@{}", s.name))
+                .map(|p| (s.name.as_str(), p))
+        })
+        .collect();
+    let start = series
+        .iter()
+        .filter_map(|(_, p)| p.first().map(|x| x.0))
+        .min()
+        .unwrap_or(now);
+    let span = ((now - start).max(60)) as f64;
+    let max_lag = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(rpo * 1.25, f64::max);
+    let y = |lag: f64| H - 2.0 - (lag.max(0.0) / max_lag) * (H - 4.0);
+    let x = |t: i64| ((t - start) as f64 / span) * W;
+    let mut svg = format!(
+        "<svg class=\"history\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" xmlns=\"http://www.w3.org/2000/svg\"><rect width=\"{W}\" height=\"{H}\" fill=\"#f7f7f7\"/>"
+    );
+    let _ = write!(
+        svg,
+        "<line x1=\"0\" x2=\"{W}\" y1=\"{r:.1}\" y2=\"{r:.1}\" stroke=\"#999\" stroke-dasharray=\"4 3\"><title>RPO {}</title></line>",
+        human_seconds(rpo),
+        r = y(rpo)
+    );
+    for (i, (site, points)) in series.iter().enumerate() {
+        let pts: Vec<String> = points
+            .iter()
+            .filter(|p| p.1 >= 0.0)
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"><title>{}</title></polyline>",
+            LINE_COLOURS[i % LINE_COLOURS.len()],
+            pts.join(" "),
+            esc(site)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}

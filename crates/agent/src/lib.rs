@@ -1,0 +1,15 @@
+//! The Data Embassy agent: `embassy.toml` declares sites, keys and datasets; the agent keeps
+//! every dataset protected at every site on schedule and shows that it is (freshness against
+//! the RPO, alarms, `/status.json`, `/metrics`, a dashboard). See `docs/operations.md`.
+
+pub mod agent;
+pub mod alarms;
+pub mod config;
+pub mod dashboard;
+pub mod run;
+pub mod schedule;
+pub mod state;
+pub mod status;
+
+pub use agent::{run as run_agent, AgentError, Control, Options};
+pub use config::{Config, ConfigError};

@@ -1,0 +1,135 @@
+//! What the agent remembers across restarts, in `<state_dir>/agent-state.json`: per dataset its
+//! runs and errors, per site its last verification, the alarms raised (so a restart neither
+//! repeats nor forgets one) and the lag history the dashboard draws.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// At most this many history points per dataset and site (a day at 2-minute spacing).
+pub const HISTORY_POINTS: usize = 720;
+
+/// The runs of one dataset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DatasetState {
+    /// When the agent first saw the dataset in its configuration (Unix seconds): the RPO
+    /// clock of a dataset without any version starts here.
+    pub first_seen: i64,
+    /// Start of the last run (Unix seconds).
+    pub last_start: Option<i64>,
+    /// End of the last successful run.
+    pub last_success: Option<i64>,
+    /// Version number the last successful run stored.
+    pub last_version: Option<u64>,
+    /// Seconds the last successful run took.
+    pub last_duration_seconds: Option<f64>,
+    /// The last failure, for people.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<i64>,
+    /// Runs started.
+    pub runs: u64,
+    /// Runs that failed.
+    pub errors: u64,
+    /// Failures since the last success (drives the retry backoff).
+    pub consecutive_failures: u32,
+    /// When the next retry is due after a failure (Unix seconds).
+    pub next_retry: Option<i64>,
+}
+
+/// The last keyless verification of one site.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifyState {
+    /// When it finished (Unix seconds).
+    pub at: i64,
+    /// True when nothing was wrong.
+    pub ok: bool,
+    /// What it found, one line.
+    pub summary: String,
+}
+
+/// An alarm that was raised and not yet cleared.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RaisedAlarm {
+    /// The dataset.
+    pub dataset: String,
+    /// The site.
+    pub site: String,
+    /// When it was raised (Unix seconds).
+    pub since: i64,
+    /// Why, for people.
+    pub message: String,
+}
+
+/// Everything the agent persists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentState {
+    /// Per dataset.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, DatasetState>,
+    /// Per site name.
+    #[serde(default)]
+    pub verify: BTreeMap<String, VerifyState>,
+    /// Raised alarms by `dataset@site`.
+    #[serde(default)]
+    pub alarms: BTreeMap<String, RaisedAlarm>,
+    /// Lag history by `dataset@site`: (Unix seconds, lag seconds; negative = no data).
+    #[serde(default)]
+    pub history: BTreeMap<String, Vec<(i64, f64)>>,
+}
+
+/// The state file in a state folder.
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join("agent-state.json")
+}
+
+impl AgentState {
+    /// Reads the state (an empty one when there is none yet).
+    pub fn load(dir: &Path) -> Result<AgentState, String> {
+        let path = state_path(dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "state file {} is damaged ({e}); move it away to start afresh",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
+            Err(e) => Err(format!("cannot read state file {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the state atomically (a temporary file renamed over the old one, after fsync).
+    pub fn store(&self, dir: &Path) -> Result<(), String> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create state folder {}: {e}", dir.display()))?;
+        let path = state_path(dir);
+        let tmp = dir.join(format!(".agent-state.{}.tmp", std::process::id()));
+        let bytes = serde_json::to_vec(self).map_err(|e| format!("encoding state: {e}"))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| format!("cannot write state file {}: {e}", path.display()))
+    }
+
+    /// Adds a lag history point for `key`, keeping at most [`HISTORY_POINTS`] and at most one
+    /// point per `spacing` seconds.
+    pub fn record_lag(&mut self, key: &str, at: i64, lag: f64, spacing: i64) {
+        let points = self.history.entry(key.to_string()).or_default();
+        if let Some(last) = points.last() {
+            if at - last.0 < spacing {
+                return;
+            }
+        }
+        points.push((at, lag));
+        if points.len() > HISTORY_POINTS {
+            let excess = points.len() - HISTORY_POINTS;
+            points.drain(..excess);
+        }
+    }
+}

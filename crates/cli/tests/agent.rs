@@ -1,0 +1,948 @@
+//! The agent as a user runs it: a real `embassy agent` process on real local-folder sites with
+//! real sources, real signals, a real webhook listener, and the dashboard in a real headless
+//! Chromium. About two minutes in all.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
+
+/// The agent tests listen on ports and run CPU-heavy backups: one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        fs::write(dir.join("passphrase"), "agent test passphrase\n").unwrap();
+        Env { _tmp: tmp, dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn embassy(&self, args: &[&str]) -> Output {
+        Command::new(EMBASSY)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env("EMBASSY_STATE_DIR", self.path("cli-state"))
+            .env("EMBASSY_KEY_FILE", self.path("vault.key"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run embassy")
+    }
+
+    /// Creates the vault at the named site folders.
+    fn init(&self, sites: &[&str]) {
+        let mut args = Vec::new();
+        for s in sites {
+            args.push("--site");
+            args.push(s);
+        }
+        args.extend(["--passphrase-file", "passphrase", "init"]);
+        let out = self.embassy(&args);
+        assert!(out.status.success(), "init failed: {}", show(&out));
+    }
+
+    fn config(&self, text: &str) -> PathBuf {
+        let p = self.path("embassy.toml");
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn spawn_agent(&self, extra: &[&str]) -> Agent {
+        let log = self.path(&format!("agent-{}.log", rand_suffix()));
+        let file = fs::File::create(&log).unwrap();
+        let child = Command::new(EMBASSY)
+            .args(["agent", "--config", "embassy.toml"])
+            .args(extra)
+            .current_dir(&self.dir)
+            .env_remove("EMBASSY_PASSPHRASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start embassy agent");
+        Agent { child, log }
+    }
+
+    fn versions(&self, sites: &[&str], dataset: &str) -> Vec<Value> {
+        let mut args = Vec::new();
+        for s in sites {
+            args.push("--site");
+            args.push(s);
+        }
+        args.extend([
+            "--passphrase-file",
+            "passphrase",
+            "--json",
+            "versions",
+            dataset,
+        ]);
+        let out = self.embassy(&args);
+        assert!(out.status.success(), "versions failed: {}", show(&out));
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn verify(&self, site: &str) {
+        let out = self.embassy(&["--site", site, "verify"]);
+        assert!(
+            out.status.success(),
+            "keyless verify of {site} failed: {}",
+            show(&out)
+        );
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to our own child process by its id.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+    /// SIGTERM and wait (at most `limit`); returns the exit status.
+    fn stop(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "agent did not stop within {limit:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+fn status_json(port: u16) -> Option<Value> {
+    http_get(port, "/status.json").and_then(|b| serde_json::from_str(&b).ok())
+}
+
+fn wait_until<T>(
+    limit: Duration,
+    what: &str,
+    agent: &Agent,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "timed out after {limit:?} waiting for {what}; agent log:\n{}",
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn cell<'a>(report: &'a Value, dataset: &str, site: &str) -> &'a Value {
+    report["datasets"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == dataset))
+        .and_then(|d| d["sites"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["site"] == site))
+        .unwrap_or(&Value::Null)
+}
+
+fn write_tree(root: &Path, files: usize, size: usize, seed: u64) {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    for i in 0..files {
+        let dir = root.join(format!("d{:02}", i % 16));
+        fs::create_dir_all(&dir).unwrap();
+        let mut data = vec![0u8; size];
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        fs::write(dir.join(format!("f{i:05}.bin")), data).unwrap();
+    }
+}
+
+#[test]
+fn config_check_rejects_bad_config_with_its_line_number() {
+    let env = Env::new();
+    env.config(
+        r#"[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+
+[[sites]]
+name = "luxembourg"
+path = "sites/lux"
+
+[[datasets]]
+name = "population"
+source = { files = ["data"] }
+interval = "15m"
+rpo = "fifteen minutes"
+"#,
+    );
+    let out = env.embassy(&["config", "check", "embassy.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            r#"embassy.toml:13:7: datasets[0].rpo: expected a duration like "90s", "15m", "1h""#
+        ),
+        "{err}"
+    );
+    // Unknown fields, unknown sites and duplicates are each named at their position.
+    env.config(
+        r#"[keys]
+file = "vault.key"
+
+[[sites]]
+name = "luxembourg"
+path = "sites/lux"
+
+[[datasets]]
+name = "population"
+source = { files = ["data"] }
+interval = "15m"
+rpo = "1h"
+sites = ["tallinn"]
+
+[[datasets]]
+name = "population"
+source = { command = "true" }
+schedule = "daily 25:00"
+rpo = "1h"
+retension = { keep_last = 3 }
+"#,
+    );
+    let out = env.embassy(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "embassy.toml:13:10: datasets[0].sites[0]: unknown site \"tallinn\"",
+        "embassy.toml:16:8: datasets[1].name: duplicate dataset name \"population\"",
+        "embassy.toml:18:12: datasets[1].schedule: expected \"hourly :MM\"",
+        "embassy.toml:20:1: datasets[1].retension: unknown field",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    // The agent refuses to start on it, with the same messages.
+    let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("embassy.toml:20:1"));
+    // A good one prints its summary, and warns when the RPO is shorter than the schedule.
+    env.config(
+        r#"[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "luxembourg"
+path = "sites/lux"
+[[datasets]]
+name = "population"
+source = { files = ["data"] }
+interval = "1h"
+rpo = "15m"
+"#,
+    );
+    let out = env.embassy(&["config", "check"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 sites, 1 datasets"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("embassy.toml:11:7: datasets[0].rpo: rpo 15m is shorter than the schedule"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn schedules_fire_and_a_frequent_dataset_stays_within_its_rpo() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/a", "sites/b"]);
+    write_tree(&env.path("data/registry"), 20, 4096, 1);
+    let port = free_port();
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+verify_interval = "5s"
+[status]
+listen = "127.0.0.1:{port}"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[sites]]
+name = "b"
+path = "sites/b"
+[[datasets]]
+name = "registry"
+source = {{ files = ["data/registry"] }}
+interval = "2s"
+rpo = "8s"
+[[datasets]]
+name = "export"
+source = {{ command = "date +%s%N; cat data/registry/d00/f00000.bin" }}
+interval = "3s"
+rpo = "10s"
+"#
+    ));
+    let agent = env.spawn_agent(&[]);
+    // Wait for the first versions, then watch for 14 seconds while the source changes.
+    wait_until(Duration::from_secs(30), "first versions", &agent, || {
+        let r = status_json(port)?;
+        (cell(&r, "registry", "b")["newest_version"].is_u64()
+            && cell(&r, "export", "b")["newest_version"].is_u64())
+        .then_some(())
+    });
+    let start = Instant::now();
+    let mut worst_lag: f64 = 0.0;
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(14) {
+        n += 1;
+        fs::write(
+            env.path(&format!("data/registry/d01/new-{n}.txt")),
+            format!("change {n}"),
+        )
+        .unwrap();
+        let r = status_json(port).expect("status.json answers");
+        for site in ["a", "b"] {
+            let c = cell(&r, "registry", site);
+            let lag = c["lag_seconds"].as_f64().expect("a lag");
+            worst_lag = worst_lag.max(lag);
+            assert_ne!(
+                c["colour"], "red",
+                "registry breached its RPO at {site}: {c}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(worst_lag < 8.0, "worst lag {worst_lag}");
+    let metrics = http_get(port, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("embassy_dataset_rpo_seconds{dataset=\"registry\"} 8"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("embassy_dataset_lag_seconds{dataset=\"registry\",site=\"a\"}"));
+    assert!(
+        metrics.contains("embassy_site_verify_ok{site=\"b\"} 1"),
+        "{metrics}"
+    );
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "agent exit {status:?}; log:\n{log}");
+    // 2 s and 3 s schedules over about 16 s: several versions each, at both sites.
+    let registry = env.versions(&["sites/a"], "registry").len();
+    let export = env.versions(&["sites/b"], "export").len();
+    assert!(
+        registry >= 5,
+        "registry has {registry} versions; log:\n{log}"
+    );
+    assert!(export >= 4, "export has {export} versions; log:\n{log}");
+    assert_eq!(env.versions(&["sites/b"], "registry").len(), registry);
+    assert!(
+        log.contains("verify a: OK") && log.contains("verify b: OK"),
+        "{log}"
+    );
+    env.verify("sites/a");
+    env.verify("sites/b");
+}
+
+/// A webhook receiver: every POST body, as JSON.
+fn webhook() -> (u16, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    store.lock().unwrap().push(v);
+                }
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+fn events(got: &Arc<Mutex<Vec<Value>>>, event: &str, dataset: &str, site: &str) -> usize {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["event"] == event && v["dataset"] == dataset && v["site"] == site)
+        .count()
+}
+
+#[test]
+fn a_site_going_down_raises_the_alarm_once_and_recovery_clears_it() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/lux", "sites/hel"]);
+    write_tree(&env.path("data/registry"), 10, 2048, 2);
+    let (hook, got) = webhook();
+    let port = free_port();
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+min_sites = 1
+verify_interval = "never"
+[status]
+listen = "127.0.0.1:{port}"
+[alarms]
+webhook = "http://127.0.0.1:{hook}/alarm"
+command = "echo \"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET $EMBASSY_ALARM_SITE $EMBASSY_ALARM_RPO_SECONDS\" >> alarms.txt"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "lux"
+path = "sites/lux"
+[[sites]]
+name = "hel"
+path = "sites/hel"
+[[datasets]]
+name = "registry"
+source = {{ files = ["data/registry"] }}
+interval = "1s"
+rpo = "4s"
+"#
+    ));
+    let agent = env.spawn_agent(&[]);
+    wait_until(
+        Duration::from_secs(30),
+        "green at both sites",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            (cell(&r, "registry", "lux")["colour"] == "green"
+                && cell(&r, "registry", "hel")["colour"] == "green")
+                .then_some(())
+        },
+    );
+    assert_eq!(got.lock().unwrap().len(), 0, "no alarm while healthy");
+    // Helsinki goes away: its folder is moved and a file stands in its place.
+    fs::rename(env.path("sites/hel"), env.path("hel-away")).unwrap();
+    fs::write(env.path("sites/hel"), "not a vault").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the alarm at the webhook",
+        &agent,
+        || (events(&got, "raised", "registry", "hel") == 1).then_some(()),
+    );
+    let raised = got.lock().unwrap()[0].clone();
+    assert_eq!(raised["rpo_seconds"], 4.0);
+    assert!(
+        raised["message"]
+            .as_str()
+            .unwrap()
+            .contains("registry at hel"),
+        "{raised}"
+    );
+    // Luxembourg stays green: backups go on at the site that is up.
+    let r = status_json(port).unwrap();
+    assert_eq!(cell(&r, "registry", "lux")["colour"], "green", "{r}");
+    assert_eq!(cell(&r, "registry", "hel")["colour"], "red", "{r}");
+    assert_eq!(r["alarms"].as_array().map(Vec::len), Some(1), "{r}");
+    // The alarm survives a restart: not raised again by the next agent.
+    let (status, _) = agent.stop(Duration::from_secs(30));
+    assert!(status.success());
+    let agent = env.spawn_agent(&[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted agent",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            (r["alarms"].as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(events(&got, "raised", "registry", "hel"), 1, "raised twice");
+    // Helsinki comes back: the agent catches it up and the alarm clears, once.
+    fs::remove_file(env.path("sites/hel")).unwrap();
+    fs::rename(env.path("hel-away"), env.path("sites/hel")).unwrap();
+    wait_until(
+        Duration::from_secs(40),
+        "the cleared notice",
+        &agent,
+        || (events(&got, "cleared", "registry", "hel") == 1).then_some(()),
+    );
+    let r = status_json(port).unwrap();
+    assert_ne!(cell(&r, "registry", "hel")["colour"], "red", "{r}");
+    assert_eq!(r["alarms"].as_array().map(Vec::len), Some(0), "{r}");
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("site hel caught up"), "{log}");
+    // The command channel got the same two notices.
+    let lines = fs::read_to_string(env.path("alarms.txt")).unwrap();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        ["raised registry hel 4", "cleared registry hel 4"],
+        "{lines}"
+    );
+    // Both sites are complete on their own.
+    env.verify("sites/lux");
+    env.verify("sites/hel");
+    assert_eq!(
+        env.versions(&["sites/hel"], "registry").len(),
+        env.versions(&["sites/lux"], "registry").len()
+    );
+}
+
+fn files_in(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    e.metadata().unwrap().len(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sigterm_mid_backup_of_a_large_tree_loses_nothing() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/a", "sites/b"]);
+    // 320 MiB of incompressible files: long enough to be caught mid-backup.
+    write_tree(&env.path("data/big"), 320, 1 << 20, 3);
+    env.config(
+        r#"[agent]
+state_dir = "state"
+shutdown_grace = "0s"
+verify_interval = "never"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[sites]]
+name = "b"
+path = "sites/b"
+[[datasets]]
+name = "big"
+source = { files = ["data/big"] }
+interval = "1h"
+rpo = "2h"
+"#,
+    );
+    let agent = env.spawn_agent(&[]);
+    // Wait until packs are being written, then stop the agent in the middle.
+    wait_until(Duration::from_secs(60), "packs at site b", &agent, || {
+        let packs = env.path("sites/b/packs");
+        let n = walk_count(&packs);
+        (n >= 3).then_some(())
+    });
+    let (status, log) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(
+        log.contains("run abandoned for shutdown, no version recorded"),
+        "the backup was not caught mid-way; log:\n{log}"
+    );
+    // No version, partial or otherwise; both sites verify without keys.
+    assert_eq!(env.versions(&["sites/a"], "big").len(), 0);
+    assert_eq!(env.versions(&["sites/b"], "big").len(), 0);
+    env.verify("sites/a");
+    env.verify("sites/b");
+    // A rerun completes the backup, and it restores byte for byte.
+    let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let versions = env.versions(&["sites/a", "sites/b"], "big");
+    assert_eq!(versions.len(), 1);
+    env.verify("sites/b");
+    let out = env.embassy(&[
+        "--site",
+        "sites/b",
+        "--passphrase-file",
+        "passphrase",
+        "restore",
+        "big",
+        "--to",
+        "restored",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let (want, got) = (
+        files_in(&env.path("data/big")),
+        files_in(&env.path("restored")),
+    );
+    assert_eq!(want.len(), 320);
+    assert_eq!(want, got);
+    for (p, _) in want.iter().step_by(7) {
+        assert!(
+            fs::read(env.path("data/big").join(p)).unwrap()
+                == fs::read(env.path("restored").join(p)).unwrap(),
+            "{} differs",
+            p.display()
+        );
+    }
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn sighup_reloads_and_an_invalid_config_keeps_the_old_one() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/a"]);
+    write_tree(&env.path("data/one"), 4, 1024, 4);
+    let port = free_port();
+    let base = format!(
+        r#"[agent]
+state_dir = "state"
+verify_interval = "never"
+[status]
+listen = "127.0.0.1:{port}"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[datasets]]
+name = "one"
+source = {{ files = ["data/one"] }}
+interval = "1h"
+rpo = "2h"
+"#
+    );
+    env.config(&base);
+    let agent = env.spawn_agent(&[]);
+    wait_until(Duration::from_secs(30), "the first version", &agent, || {
+        let r = status_json(port)?;
+        cell(&r, "one", "a")["newest_version"].as_u64()
+    });
+    // A broken file: the agent says why and keeps running the old configuration.
+    env.config(&format!(
+        "{base}\n[[datasets]]\nname = \"two\"\nrpo = \"soon\"\n"
+    ));
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        "the refused reload",
+        &agent,
+        || agent.log().contains("reload refused").then_some(()),
+    );
+    assert!(
+        agent.log().contains("embassy.toml:20:7: datasets[1].rpo"),
+        "{}",
+        agent.log()
+    );
+    assert!(status_json(port).is_some(), "the agent still serves status");
+    // A good one adds a dataset, which gets its first version.
+    env.config(&format!(
+        "{base}\n[[datasets]]\nname = \"two\"\nsource = {{ command = \"echo two\" }}\ninterval = \"1h\"\nrpo = \"2h\"\n"
+    ));
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(30),
+        "the new dataset's version",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            cell(&r, "two", "a")["newest_version"].as_u64()
+        },
+    );
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+}
+
+/// Counts the pixels of exactly this colour.
+fn count_colour(png_path: &Path, (r, g, b): (u8, u8, u8)) -> usize {
+    let decoder = png::Decoder::new(fs::File::open(png_path).expect("screenshot"));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    let bytes = &buf[..info.buffer_size()];
+    let step = match info.color_type {
+        png::ColorType::Rgba => 4,
+        png::ColorType::Rgb => 3,
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    bytes
+        .chunks(step)
+        .filter(|p| p[0] == r && p[1] == g && p[2] == b)
+        .count()
+}
+
+fn chromium() -> PathBuf {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {c}"))
+            .output()
+        {
+            if out.status.success() {
+                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            }
+        }
+    }
+    panic!("headless Chromium is needed for the dashboard test: run scripts/install-test-deps (apt-get install chromium)");
+}
+
+fn chromium_run(dir: &Path, args: &[&str], url: &str) -> Output {
+    let profile = tempfile::tempdir_in(dir).unwrap();
+    Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--window-size=1100,700",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium")
+}
+
+#[test]
+fn the_dashboard_shows_the_right_colours_in_headless_chromium() {
+    let _g = serial();
+    let chromium_path = chromium();
+    let env = Env::new();
+    env.init(&["sites/lux", "sites/hel"]);
+    write_tree(&env.path("data/fresh"), 4, 1024, 5);
+    write_tree(&env.path("data/aging"), 4, 1024, 6);
+    let port = free_port();
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+verify_interval = "never"
+retry_initial = "1h"
+[status]
+listen = "127.0.0.1:{port}"
+refresh_seconds = 60
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "lux"
+path = "sites/lux"
+[[sites]]
+name = "hel"
+path = "sites/hel"
+[[datasets]]
+name = "fresh-register"
+source = {{ files = ["data/fresh"] }}
+interval = "1h"
+rpo = "1h"
+[[datasets]]
+name = "aging-register"
+source = {{ files = ["data/aging"] }}
+interval = "1h"
+rpo = "24s"
+[[datasets]]
+name = "broken-register"
+source = {{ command = "echo partial; exit 3" }}
+interval = "1h"
+rpo = "2s"
+"#
+    ));
+    let agent = env.spawn_agent(&[]);
+    // aging-register turns amber once its data is older than 18 s (75 % of 24 s), red at 24 s.
+    let captured = wait_until(
+        Duration::from_secs(30),
+        "the first versions",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            let ok = cell(&r, "fresh-register", "hel")["newest_version"].is_u64()
+                && cell(&r, "broken-register", "lux")["colour"] == "red";
+            let lag = cell(&r, "aging-register", "hel")["lag_seconds"].as_f64()?;
+            ok.then_some(lag)
+        },
+    );
+    std::thread::sleep(Duration::from_secs_f64((18.8 - captured).max(0.0)));
+    let url = format!("http://127.0.0.1:{port}/");
+    let shot = env.path("dashboard.png");
+    let dom_dir = env.dir.clone();
+    let dom_url = url.clone();
+    let dom = std::thread::spawn(move || chromium_run(&dom_dir, &["--dump-dom"], &dom_url));
+    let out = chromium_run(
+        &env.dir,
+        &[&format!("--screenshot={}", shot.display())],
+        &url,
+    );
+    assert!(
+        out.status.success() && shot.exists(),
+        "{} screenshot failed: {}",
+        chromium_path.display(),
+        show(&out)
+    );
+    let dom = dom.join().unwrap();
+    assert!(dom.status.success(), "dump-dom failed: {}", show(&dom));
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    // Keep the screenshot for people to look at.
+    let keep = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/agent-dashboard.png");
+    let _ = fs::copy(&shot, &keep);
+    let (status, _) = agent.stop(Duration::from_secs(30));
+    assert!(status.success());
+
+    for (dataset, colour) in [
+        ("fresh-register", "green"),
+        ("aging-register", "amber"),
+        ("broken-register", "red"),
+    ] {
+        for site in ["lux", "hel"] {
+            let needle = format!("class=\"cell {colour}\" id=\"cell-{dataset}-{site}\"");
+            assert!(
+                html.contains(&needle),
+                "missing {needle} in the DOM:\n{html}"
+            );
+        }
+    }
+    assert!(
+        html.contains("<svg class=\"history\""),
+        "no lag chart:\n{html}"
+    );
+    // The colours on screen: two cells of each, about 166 x 52 pixels each.
+    let green = count_colour(&shot, embassy_agent::dashboard::GREEN);
+    let amber = count_colour(&shot, embassy_agent::dashboard::AMBER);
+    let red = count_colour(&shot, embassy_agent::dashboard::RED);
+    for (name, n) in [("green", green), ("amber", amber), ("red", red)] {
+        assert!(
+            (2 * 5000..2 * 12000).contains(&n),
+            "{name}: {n} pixels of its exact colour (green {green}, amber {amber}, red {red}); see {}",
+            keep.display()
+        );
+    }
+}
