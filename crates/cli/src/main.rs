@@ -5,6 +5,7 @@
 
 mod agent;
 mod output;
+mod pg;
 mod secrets;
 
 use std::io::Write;
@@ -147,6 +148,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// PostgreSQL datasets: continuous WAL streaming (and base backups, restore, standby).
+    #[command(subcommand)]
+    Pg(pg::PgCommand),
+    /// PostgreSQL's restore_command: write WAL file %f of DATASET to %p from the vault (exit 1
+    /// quietly when the vault does not hold it yet).
+    WalFetch(pg::WalFetchArgs),
     /// Run the agent: every dataset of embassy.toml on schedule, alarms, status page.
     Agent {
         /// The configuration file.
@@ -326,6 +333,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Status { config: None } => status(cli),
         Command::Status { config: Some(c) } => Ok(agent::status(c, cli.json)),
         Command::Agent { config, once } => Ok(agent::agent(config, *once)),
+        Command::Pg(command) => pg::run(cli, command),
+        Command::WalFetch(args) => pg::wal_fetch(cli, args),
         Command::Config(ConfigCommand::Check { file }) => Ok(agent::config_check(file, cli.json)),
         Command::Backup {
             dataset,

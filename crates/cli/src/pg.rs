@@ -1,0 +1,191 @@
+//! `embassy pg ...` (PostgreSQL datasets) and `embassy wal-fetch` (PostgreSQL's
+//! `restore_command`). Thin: the logic is in the `embassy-postgres` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use embassy_core::{Error, Result};
+use embassy_postgres::fetch::{self, FetchOptions, Fetched};
+use embassy_postgres::replication::ConnConfig;
+use embassy_postgres::stream::{StreamConfig, WalStreamer};
+use embassy_postgres::PgError;
+use serde_json::json;
+
+use crate::Cli;
+
+/// PostgreSQL datasets.
+#[derive(Subcommand)]
+pub enum PgCommand {
+    /// Stream WAL continuously into the vault through a physical replication slot; PostgreSQL
+    /// is told WAL is flushed only once it is durable on the sites the vault requires. Runs
+    /// until SIGINT or SIGTERM.
+    Stream(PgStreamArgs),
+}
+
+/// Arguments of `embassy pg stream`.
+#[derive(Args)]
+pub struct PgStreamArgs {
+    /// Dataset the WAL belongs to.
+    pub dataset: String,
+    /// libpq-style connection string of a role with REPLICATION
+    /// (`host=db1 port=5432 user=embassy password=...`; also PGPASSWORD).
+    #[arg(long, env = "EMBASSY_PG_CONNINFO")]
+    pub conninfo: String,
+    /// The physical replication slot.
+    #[arg(long, default_value = "embassy")]
+    pub slot: String,
+    /// Create the slot if it does not exist.
+    #[arg(long)]
+    pub create_slot: bool,
+    /// Seal buffered WAL at most this many milliseconds after it arrived.
+    #[arg(long, default_value_t = 200)]
+    pub max_delay_ms: u64,
+    /// Append `<end lsn> <unix ns>` for every durable log object to this file (benchmarks).
+    #[arg(long)]
+    pub durable_log: Option<PathBuf>,
+}
+
+/// Arguments of `embassy wal-fetch`.
+#[derive(Args)]
+pub struct WalFetchArgs {
+    /// Dataset.
+    pub dataset: String,
+    /// WAL file name PostgreSQL asks for (`%f`).
+    pub wal_file: String,
+    /// Where to write it (`%p`).
+    pub dest: PathBuf,
+    /// Serve the newest, incomplete segment zero-padded (standby, latest restore).
+    #[arg(long)]
+    pub partial: bool,
+    /// Spool folder of the prefetch queue.
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+    /// Fetch this many following segments ahead into the spool (in a background process).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: usize,
+    /// Internal: only fill the spool (the background half of --prefetch).
+    #[arg(long, hide = true)]
+    pub prefetch_only: bool,
+}
+
+fn pg_error(e: PgError) -> Error {
+    match e {
+        PgError::Vault(e) => e,
+        other => Error::Source { what: "PostgreSQL".into(), problem: other.to_string() },
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Runs a `pg` subcommand.
+pub fn run(cli: &Cli, command: &PgCommand) -> Result<ExitCode> {
+    match command {
+        PgCommand::Stream(args) => stream(cli, args),
+    }
+}
+
+fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
+    let vault = crate::open_vault(cli)?;
+    let keyring = crate::secrets::unlock(
+        vault.config(),
+        cli.key_file.as_deref(),
+        cli.passphrase_file.as_deref(),
+    )?;
+    let conn = ConnConfig::parse(&args.conninfo).map_err(pg_error)?;
+    let mut cfg = StreamConfig::new(&args.dataset, conn, &args.slot);
+    cfg.create_slot = args.create_slot;
+    cfg.max_delay = Duration::from_millis(args.max_delay_ms.clamp(10, 1000));
+    cfg.durable_log = args.durable_log.clone();
+    // SAFETY: installing an async-signal-safe handler (one atomic store) at startup.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    if !cli.quiet && !cli.json {
+        eprintln!(
+            "streaming WAL of {} from {} (slot {}) into the vault; stop with Ctrl-C",
+            args.dataset,
+            cfg.conn.address(),
+            args.slot
+        );
+    }
+    let progress = WalStreamer::run(&cfg, &vault, &keyring, &STOP).map_err(pg_error)?;
+    if cli.json {
+        crate::print_json(json!({
+            "ok": true,
+            "dataset": args.dataset,
+            "timeline": progress.timeline,
+            "durable_lsn": progress.durable.to_string(),
+            "objects": progress.objects,
+            "bytes": progress.bytes,
+        }))?;
+    } else if !cli.quiet {
+        eprintln!(
+            "stopped: WAL durable up to {} on timeline {} ({} objects, {} bytes this run)",
+            progress.durable, progress.timeline, progress.objects, progress.bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `embassy wal-fetch DATASET %f %p`: exit 0 with the file written, exit 1 quietly when the
+/// vault does not hold it (yet), other errors exit 1 with a message.
+pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
+    let vault = crate::open_vault(cli)?;
+    let keyring = crate::secrets::unlock(
+        vault.config(),
+        cli.key_file.as_deref(),
+        cli.passphrase_file.as_deref(),
+    )?;
+    if args.prefetch_only {
+        if let Some(spool) = &args.spool {
+            let lock = spool.join(".prefetch.lock");
+            let _ = std::fs::create_dir_all(spool);
+            let stale = std::fs::metadata(&lock)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(120));
+            if stale {
+                let _ = std::fs::remove_file(&lock);
+            }
+            if std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_ok() {
+                let r = fetch::prefetch(&vault, &keyring, &args.dataset, &args.wal_file, args.prefetch, spool);
+                let _ = std::fs::remove_file(&lock);
+                r.map_err(pg_error)?;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = FetchOptions { partial: args.partial, spool: args.spool.clone() };
+    let got = fetch::fetch(&vault, &keyring, &args.dataset, &args.wal_file, &args.dest, &opts)
+        .map_err(pg_error)?;
+    if args.prefetch > 0 && args.spool.is_some() && got == Fetched::Complete {
+        // The queue fills in the background so PostgreSQL is not kept waiting.
+        if let Ok(exe) = std::env::current_exe() {
+            let _ = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .arg("--prefetch-only")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+        }
+    }
+    match got {
+        Fetched::NotFound => Ok(ExitCode::from(1)),
+        Fetched::Complete | Fetched::Partial { .. } => {
+            if cli.json {
+                crate::print_json(json!({"ok": true, "file": args.wal_file, "partial": matches!(got, Fetched::Partial { .. })}))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
