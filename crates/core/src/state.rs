@@ -191,6 +191,11 @@ impl StateStore {
 
     /// Writes the state atomically, merging with what another process may have written.
     fn save(&self) -> Result<()> {
+        // Several stores of one vault may live in one process (the agent runs datasets on
+        // threads): one save at a time, each with its own temporary file.
+        static SAVING: Mutex<()> = Mutex::new(());
+        static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let _saving = SAVING.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -215,7 +220,11 @@ impl StateStore {
         let json = serde_json::to_vec_pretty(&merged).map_err(|e| Error::invalid(e.to_string()))?;
         let tmp = self
             .path
-            .with_extension(format!("json.{}.tmp", std::process::id()));
+            .with_extension(format!(
+                "json.{}.{}.tmp",
+                std::process::id(),
+                TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
         std::fs::write(&tmp, &json)
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &self.path))
