@@ -201,7 +201,31 @@ impl VersionReader {
         let key = self.pack_key(number)?;
         let path = self.pack_path(number);
         let ciphertext = self.get_range(&path, entry.offset as u64, entry.length as u64)?;
-        pack::open_blob(&key, &self.keys, &path, &entry, &ciphertext)
+        match pack::open_blob(&key, &self.keys, &path, &entry, &ciphertext) {
+            Err(e) if e.is_integrity() => {
+                // A damaged copy: read the whole pack, checked against its name (several sites
+                // fall back to a good copy), and try again.
+                let whole = self.whole_checked(&path, e)?;
+                let at = entry.offset as usize;
+                let sealed = whole
+                    .get(at..at + entry.length as usize)
+                    .ok_or_else(|| Error::corrupt(&path, "shorter than its index says"))?;
+                pack::open_blob(&key, &self.keys, &path, &entry, sealed)
+            }
+            r => r,
+        }
+    }
+
+    /// The whole object at `path`, whose bytes must hash to its name; `damage` is the error that
+    /// sent us here, returned when no good copy can be had.
+    fn whole_checked(&self, path: &str, damage: Error) -> Result<Vec<u8>> {
+        let Some(id) = layout::id_in_path(path) else {
+            return Err(damage);
+        };
+        match with_retry(|| self.site.get(path)) {
+            Ok(bytes) if ObjectId::of(&bytes) == id => Ok(bytes),
+            _ => Err(damage),
+        }
     }
 
     /// Reads and parses a tree blob.
@@ -262,18 +286,41 @@ impl VersionReader {
                         ));
                     }
                     let mut scratch = Vec::new();
+                    let mut refetched = false;
                     for entry in &entries[i..j] {
                         let at = (entry.offset as u64 - start) as usize;
-                        let sealed = &mut span[at..at + entry.length as usize];
-                        let plain = pack::open_blob_in_place(
+                        let range = at..at + entry.length as usize;
+                        match pack::open_blob_in_place(
                             &key,
                             &self.keys,
                             &path,
                             entry,
-                            sealed,
+                            &mut span[range.clone()],
                             &mut scratch,
-                        )?;
-                        sink(&entry.id, plain)?;
+                        ) {
+                            Ok(plain) => sink(&entry.id, plain)?,
+                            Err(e) if e.is_integrity() && !refetched => {
+                                // A damaged copy: take the span from the whole pack, checked
+                                // against its name (several sites fall back to a good copy).
+                                refetched = true;
+                                let whole = self.whole_checked(&path, e)?;
+                                let fresh =
+                                    whole.get(start as usize..end as usize).ok_or_else(|| {
+                                        Error::corrupt(&path, "shorter than its index says")
+                                    })?;
+                                span.copy_from_slice(fresh);
+                                let plain = pack::open_blob_in_place(
+                                    &key,
+                                    &self.keys,
+                                    &path,
+                                    entry,
+                                    &mut span[range],
+                                    &mut scratch,
+                                )?;
+                                sink(&entry.id, plain)?;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     i = j;
                 }

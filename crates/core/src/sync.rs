@@ -32,17 +32,27 @@ pub struct SyncReport {
     pub problems: Vec<String>,
 }
 
-/// The order objects are written in, by path prefix.
-fn stage(path: &str) -> u8 {
+/// The order objects are written in, by path prefix: packs, indexes, manifests and any other data
+/// object (log segments, ...) before the ledger entries that reference them, then checkpoints and
+/// their cosignatures. Copying in this order (sync, the per-site catch-up queue) never leaves a
+/// site holding an entry whose objects are missing.
+pub fn write_stage(path: &str) -> u8 {
     match path.split('/').next().unwrap_or_default() {
-        "packs" => 0,
-        "index" => 1,
-        "manifests" => 2,
-        "ledger" => 3,
-        "checkpoints" => 4,
-        "cosignatures" => 5,
-        _ => 6,
+        "config.sig" => 0,
+        "config" => 1,
+        "packs" => 2,
+        "index" => 3,
+        "manifests" => 4,
+        "ledger" => 6,
+        "checkpoints" => 7,
+        "cosignatures" => 8,
+        // Data objects of kinds this version does not name: before the ledger, to be safe.
+        _ => 5,
     }
+}
+
+fn stage(path: &str) -> u8 {
+    write_stage(path)
 }
 
 /// Copies to `to` every object of the vault at `from` that `to` lacks. With `repair`, also

@@ -2,6 +2,7 @@
 //! and S3-compatible buckets. [`check_capabilities`] tells `init` what a site guarantees.
 
 pub mod local;
+pub mod queue;
 pub mod replicated;
 pub mod s3;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use embassy_core::site::{Site, SiteError};
 
 pub use local::LocalSite;
+pub use queue::{drain, drain_all, DrainReport, SiteQueue};
 pub use replicated::ReplicatedSite;
 pub use s3::S3Site;
 
@@ -66,6 +68,18 @@ pub fn open_many(
     min_sites: usize,
     creating: bool,
 ) -> Result<Arc<dyn Site>, SiteError> {
+    open_many_queued(locations, min_sites, creating, None)
+}
+
+/// [`open_many`], with a catch-up queue per site under `state_dir` when given (see
+/// [`queue`]): writes a site misses are recorded there before they are acknowledged, and a site
+/// that holds no vault yet is marked for a full catch-up.
+pub fn open_many_queued(
+    locations: &[String],
+    min_sites: usize,
+    creating: bool,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Arc<dyn Site>, SiteError> {
     if locations.len() == 1 {
         return open(&locations[0]);
     }
@@ -73,7 +87,10 @@ pub fn open_many(
         .iter()
         .map(|l| open(l))
         .collect::<Result<_, _>>()?;
-    let replicated = ReplicatedSite::new(sites.clone(), min_sites)?;
+    let mut replicated = ReplicatedSite::new(sites.clone(), min_sites)?;
+    if let Some(dir) = state_dir {
+        replicated = replicated.with_queue(dir)?;
+    }
     if !creating {
         // Sites that answer must hold the same vault; sites that cannot be reached or hold no
         // vault yet only count against min_sites, and are reported as lagging.
@@ -84,8 +101,19 @@ pub fn open_many(
                 Ok(c) => c,
                 Err(e) => {
                     let why = match e {
-                        SiteError::NotFound { .. } => "holds no vault yet".to_string(),
-                        e => e.to_string(),
+                        SiteError::NotFound { .. } => {
+                            replicated.queue_full_sync(
+                                site.location(),
+                                "it held no vault when a writer opened it",
+                            )?;
+                            "holds no vault yet".to_string()
+                        }
+                        e => {
+                            if matches!(e, SiteError::Retryable { .. }) {
+                                replicated.mark_down(site.location());
+                            }
+                            e.to_string()
+                        }
                     };
                     replicated.mark_lagging(
                         site.location(),

@@ -2,12 +2,29 @@
 //! `min_sites` hold the object durably; reads fall back from a site that lacks an object, or
 //! holds a damaged copy, to the next. Sites that missed writes are reported as lagging, to be
 //! caught up with `embassy sync` (every site stays complete on its own, invariant 8).
+//!
+//! Opened with a state folder ([`ReplicatedSite::with_queue`]), a write that one site missed while
+//! `min_sites` held is recorded in that site's catch-up queue before it is acknowledged
+//! ([`crate::queue`]), and a site whose write failed with a retryable error is left out of the
+//! next writes for a few seconds (they are queued for it at once) instead of costing every write
+//! a timeout.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::queue::{self, Session, SiteQueue};
 
 use embassy_core::id::ObjectId;
 use embassy_core::layout;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+
+/// How long a site whose write failed with a retryable error is left out of later writes (they
+/// count as failed there, and are queued) before it is tried again; doubled after each further
+/// failure, up to [`DOWN_SITE_RETRY_MAX`].
+pub const DOWN_SITE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The longest a failing site is left out before it is tried again.
+pub const DOWN_SITE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A vault kept at several sites at once.
 #[derive(Debug)]
@@ -16,6 +33,17 @@ pub struct ReplicatedSite {
     min_sites: usize,
     location: String,
     lagging: Mutex<Vec<(String, String)>>,
+    /// Per site: left out of writes until then, and failures in a row.
+    down_until: Mutex<Vec<(Option<Instant>, u32)>>,
+    queues: Option<Queues>,
+}
+
+/// The catch-up queues of the sites, and this process's writer session.
+#[derive(Debug)]
+struct Queues {
+    state_dir: PathBuf,
+    per_site: Vec<SiteQueue>,
+    session: Mutex<Option<Session>>,
 }
 
 impl ReplicatedSite {
@@ -38,12 +66,95 @@ impl ReplicatedSite {
                 ),
             });
         }
+        let n = sites.len();
         Ok(Self {
             sites,
             min_sites,
             location,
             lagging: Mutex::new(Vec::new()),
+            down_until: Mutex::new(vec![(None, 0); n]),
+            queues: None,
         })
+    }
+
+    /// Keeps a catch-up queue per site under `state_dir` (see [`crate::queue`]): a write a site
+    /// misses while `min_sites` hold it is recorded there before it is acknowledged.
+    pub fn with_queue(mut self, state_dir: &Path) -> Result<Self, SiteError> {
+        let per_site = self
+            .sites
+            .iter()
+            .map(|s| SiteQueue::open(state_dir, s.location()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.queue_error("", e))?;
+        self.queues = Some(Queues {
+            state_dir: state_dir.to_path_buf(),
+            per_site,
+            session: Mutex::new(None),
+        });
+        Ok(self)
+    }
+
+    /// The state folder holding the queues, if any.
+    pub fn queue_dir(&self) -> Option<&Path> {
+        self.queues.as_ref().map(|q| q.state_dir.as_path())
+    }
+
+    /// Records that `site` needs a full comparison with the others (it holds no vault yet, say).
+    /// Without queues, nothing.
+    pub fn queue_full_sync(&self, site: &str, why: &str) -> Result<(), SiteError> {
+        let Some(q) = &self.queues else { return Ok(()) };
+        for (s, queue) in self.sites.iter().zip(&q.per_site) {
+            if s.location() == site {
+                queue
+                    .record_full_sync(why)
+                    .map_err(|e| self.queue_error("", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Catches up every site whose queue holds anything, each from the others
+    /// ([`queue::drain`]). Without queues, nothing.
+    pub fn drain_queues(
+        &self,
+        progress: &dyn embassy_core::progress::Progress,
+    ) -> embassy_core::Result<Vec<queue::DrainReport>> {
+        let Some(q) = &self.queues else {
+            return Ok(Vec::new());
+        };
+        queue::recover_sessions(&q.state_dir)?;
+        let mut reports = Vec::new();
+        for (i, target) in self.sites.iter().enumerate() {
+            if q.per_site[i].pending()?.is_empty() {
+                continue;
+            }
+            let sources: Vec<Arc<dyn Site>> = self
+                .sites
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, s)| s.clone())
+                .collect();
+            reports.push(queue::drain(
+                &q.per_site[i],
+                target.as_ref(),
+                &sources,
+                progress,
+            )?);
+        }
+        Ok(reports)
+    }
+
+    fn queue_error(&self, path: &str, e: embassy_core::Error) -> SiteError {
+        SiteError::Permanent {
+            site: self.location.clone(),
+            operation: "queue",
+            path: path.to_string(),
+            message: format!(
+                "cannot record a missed write in the catch-up queue, so the write is not \
+                 acknowledged: {e}"
+            ),
+        }
     }
 
     /// The sites.
@@ -59,16 +170,60 @@ impl ReplicatedSite {
             .push((site.to_string(), why));
     }
 
+    /// Records a retryable failure of `site` outside a write (unreachable when opened): it is
+    /// left out of writes and listings for a while, and read last.
+    pub fn mark_down(&self, site: &str) {
+        if let Some(i) = self.sites.iter().position(|s| s.location() == site) {
+            self.note_failure(i);
+        }
+    }
+
+    /// Which sites are left out now (all false when leaving them out would leave fewer than
+    /// `needed` sites).
+    fn left_out(&self, needed: usize) -> Vec<bool> {
+        let now = Instant::now();
+        let mut skip: Vec<bool> = self
+            .down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(until, _)| until.is_some_and(|t| t > now))
+            .collect();
+        if self.sites.len() - skip.iter().filter(|s| **s).count() < needed {
+            skip.iter_mut().for_each(|s| *s = false);
+        }
+        skip
+    }
+
+    fn note_failure(&self, i: usize) {
+        let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = down[i].1.saturating_add(1);
+        let wait = DOWN_SITE_RETRY_AFTER
+            .saturating_mul(1 << (failures - 1).min(8))
+            .min(DOWN_SITE_RETRY_MAX);
+        down[i] = (Some(Instant::now() + wait), failures);
+    }
+
     fn first_ok<T>(
         &self,
         op: impl Fn(&dyn Site) -> Result<T, SiteError>,
         path: &str,
     ) -> Result<T, SiteError> {
         let mut last = None;
-        for site in &self.sites {
-            match op(site.as_ref()) {
+        // Sites that failed moments ago are asked last.
+        let down = self.left_out(self.sites.len());
+        let order = (0..self.sites.len())
+            .filter(|i| !down[*i])
+            .chain((0..self.sites.len()).filter(|i| down[*i]));
+        for i in order {
+            match op(self.sites[i].as_ref()) {
                 Ok(v) => return Ok(v),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    if matches!(e, SiteError::Retryable { .. }) {
+                        self.note_failure(i);
+                    }
+                    last = Some(e)
+                }
             }
         }
         Err(last.unwrap_or_else(|| SiteError::NotFound {
@@ -84,11 +239,40 @@ impl Site for ReplicatedSite {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        if let Some(q) = &self.queues {
+            let mut session = q.session.lock().unwrap_or_else(|p| p.into_inner());
+            if session.is_none() {
+                let locations: Vec<String> = self
+                    .sites
+                    .iter()
+                    .map(|s| s.location().to_string())
+                    .collect();
+                *session = Some(
+                    Session::begin(&q.state_dir, &locations)
+                        .map_err(|e| self.queue_error(path, e))?,
+                );
+            }
+        }
+        // Sites that failed moments ago are left out, as long as the others can meet min_sites.
+        let skip = self.left_out(self.min_sites);
         let results: Vec<Result<Put, SiteError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .sites
                 .iter()
-                .map(|site| scope.spawn(move || site.put(path, bytes)))
+                .zip(&skip)
+                .map(|(site, skip)| {
+                    scope.spawn(move || {
+                        if *skip {
+                            return Err(SiteError::Retryable {
+                                site: site.location().to_string(),
+                                operation: "put",
+                                path: path.to_string(),
+                                message: "left out: a write there failed moments ago".into(),
+                            });
+                        }
+                        site.put(path, bytes)
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -107,19 +291,37 @@ impl Site for ReplicatedSite {
         let mut stored = 0;
         let mut created = false;
         let mut failures = Vec::new();
-        for (site, result) in self.sites.iter().zip(results) {
+        let mut failed_at = Vec::new();
+        for (i, (site, result)) in self.sites.iter().zip(results).enumerate() {
             match result {
                 Ok(put) => {
                     stored += 1;
                     created |= put == Put::Created;
+                    self.down_until.lock().unwrap_or_else(|p| p.into_inner())[i] = (None, 0);
                 }
-                Err(e) => failures.push((site.location().to_string(), e)),
+                Err(e) => {
+                    if matches!(e, SiteError::Retryable { .. }) && !skip[i] {
+                        self.note_failure(i);
+                    }
+                    failed_at.push(i);
+                    failures.push((site.location().to_string(), e));
+                }
             }
         }
         if !failures.is_empty() {
             let mut lagging = self.lagging.lock().unwrap_or_else(|p| p.into_inner());
             for (site, e) in &failures {
                 lagging.push((site.clone(), e.to_string()));
+            }
+        }
+        // Some site holds it: the others must catch up, recorded before the write counts.
+        if stored > 0 {
+            if let Some(q) = &self.queues {
+                for i in failed_at {
+                    q.per_site[i]
+                        .record_missing(path)
+                        .map_err(|e| self.queue_error(path, e))?;
+                }
             }
         }
         if stored >= self.min_sites {
@@ -188,7 +390,11 @@ impl Site for ReplicatedSite {
         let mut all = std::collections::BTreeMap::new();
         let mut answered = 0;
         let mut last = None;
-        for site in &self.sites {
+        let skip = self.left_out(1);
+        for (i, site) in self.sites.iter().enumerate() {
+            if skip[i] {
+                continue;
+            }
             match site.list(prefix) {
                 Ok(infos) => {
                     answered += 1;
@@ -196,7 +402,12 @@ impl Site for ReplicatedSite {
                         all.entry(i.path.clone()).or_insert(i);
                     }
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    if matches!(e, SiteError::Retryable { .. }) {
+                        self.note_failure(i);
+                    }
+                    last = Some(e)
+                }
             }
         }
         if answered == 0 {

@@ -1,7 +1,9 @@
 //! The site conformance suite: one set of checks, written once against `&dyn Site`, run
 //! unchanged on every backend — a local folder and an S3 bucket on a real S3 server process
 //! (moto's standalone server, started by the tests on loopback). If moto is missing the S3 tests
-//! fail, saying to run scripts/install-test-deps.
+//! fail, saying to run scripts/install-test-deps. With `EMBASSY_TEST_S3_ENDPOINT` (and its
+//! credentials, see `support::s3_target`) the S3 tests run against that server instead, e.g. the
+//! three-node Garage cluster of `scripts/garage-cluster`.
 
 mod support;
 
@@ -400,12 +402,13 @@ fn local_folder_passes_conformance() {
 }
 
 #[test]
-fn s3_on_moto_passes_conformance() {
+fn s3_passes_conformance() {
     let site = s3_site("conf", "vault/one", false);
     conformance(
         &site,
         &Expect {
-            // moto's existence check and write are not one atomic step; AWS S3's are.
+            // moto's existence check and write are not one atomic step; AWS S3's are. Garage
+            // ignores If-None-Match: the site looks before writing, which races.
             exclusive_create: false,
         },
     );
@@ -430,15 +433,16 @@ fn s3_without_prefix_passes_core_checks() {
 
 #[test]
 fn s3_opens_from_a_location_string() {
-    let server = moto();
+    let target = s3_target();
     let bucket = unique_bucket("open");
     let location = format!(
-        "s3://{bucket}/v?endpoint={}&region=us-east-1&part-size-mib=5",
-        server.endpoint
+        "s3://{bucket}/v?endpoint={}&region={}&part-size-mib=5",
+        target.endpoint, target.region
     );
     // Credentials come from the environment when not in the location.
     let cfg = embassy_sites::s3::S3Config::from_location_with(&location, &|k| match k {
-        "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => Some("testing".into()),
+        "AWS_ACCESS_KEY_ID" => Some(target.access_key_id.clone()),
+        "AWS_SECRET_ACCESS_KEY" => Some(target.secret_access_key.clone()),
         _ => None,
     })
     .unwrap();
@@ -450,10 +454,74 @@ fn s3_opens_from_a_location_string() {
     assert_eq!(site.get("a").unwrap(), b"1");
 }
 
+/// What `init` learns from Garage (2.x): it ignores If-None-Match (a second PutObject silently
+/// overwrites) and has no Object Lock. The site falls back to looking before writing, says so,
+/// and refuses retention it cannot have.
+fn garage_capabilities(site: &S3Site) {
+    let probe = site.probe_conditional_writes().unwrap();
+    eprintln!("garage: conditional-write probe {probe:?}");
+    assert!(!probe.put, "Garage refused a second PutObject: {probe:?}");
+    let lock = site.probe_object_lock().unwrap();
+    eprintln!("garage: Object Lock probe {lock:?}");
+    assert!(
+        matches!(lock.bucket, BucketLock::Unsupported(_)),
+        "{lock:?}"
+    );
+    let caps = site.capabilities().unwrap();
+    eprintln!("garage: init would warn: {:#?}", caps.warnings);
+    assert!(
+        matches!(caps.create_only, CreateOnly::BestEffort { .. }),
+        "{caps:?}"
+    );
+    assert!(
+        caps.warnings
+            .iter()
+            .any(|w| w.contains("ignores If-None-Match")),
+        "{caps:?}"
+    );
+    assert!(
+        caps.warnings.iter().any(|w| w.contains("no Object Lock")),
+        "{caps:?}"
+    );
+    caps.ensure_usable().unwrap();
+    // The fallback keeps existing objects: a second write of a name is refused.
+    assert_eq!(site.put("once", b"first").unwrap(), Put::Created);
+    assert_eq!(site.put("once", b"second").unwrap(), Put::AlreadyExisted);
+    assert_eq!(site.get("once").unwrap(), b"first");
+    // With retention configured, init refuses, saying the server lacks Object Lock.
+    let mut cfg = site.config().clone();
+    cfg.object_lock = Some(ObjectLock {
+        mode: LockMode::Compliance,
+        days: 1,
+    });
+    let caps = S3Site::new(cfg).unwrap().capabilities().unwrap();
+    let err = caps.ensure_usable().unwrap_err().to_string();
+    eprintln!("garage: init with object-lock: {err}");
+    assert!(err.contains("does not implement Object Lock"), "{err}");
+    // With conditional-writes=required, too.
+    let mut cfg = site.config().clone();
+    cfg.conditional_writes = embassy_sites::s3::ConditionalWrites::Required;
+    let caps = S3Site::new(cfg).unwrap().capabilities().unwrap();
+    let err = caps.ensure_usable().unwrap_err().to_string();
+    assert!(err.contains("conditional-writes=required"), "{err}");
+}
+
 #[test]
-fn s3_capabilities_on_moto() {
-    // moto 5.2 honours If-None-Match on PutObject and CompleteMultipartUpload, and Object Lock.
+fn s3_capabilities() {
     let site = s3_site("caps", "v", false);
+    match s3_target().kind {
+        ServerKind::Moto => {}
+        ServerKind::Garage => return garage_capabilities(&site),
+        ServerKind::Other => {
+            eprintln!(
+                "capabilities of {}: {:#?}",
+                site.location(),
+                site.capabilities()
+            );
+            return;
+        }
+    }
+    // moto 5.2 honours If-None-Match on PutObject and CompleteMultipartUpload, and Object Lock.
     let probe = site.probe_conditional_writes().unwrap();
     assert!(probe.put && probe.multipart, "{probe:?}");
     let lock = site.probe_object_lock().unwrap();
@@ -491,6 +559,14 @@ fn s3_capabilities_on_moto() {
 
 #[test]
 fn s3_object_lock_retention_on_every_object() {
+    if s3_target().kind != ServerKind::Moto {
+        // Garage has no Object Lock; s3_capabilities checks that init refuses it there.
+        eprintln!(
+            "NOT RUN against {}: Object Lock is checked on moto only",
+            s3_target().endpoint
+        );
+        return;
+    }
     for mode in [LockMode::Governance, LockMode::Compliance] {
         let base = s3_site("lock", "v", true);
         let mut cfg = base.config().clone();
@@ -532,9 +608,8 @@ fn s3_object_lock_retention_on_every_object() {
 
 #[test]
 fn s3_errors_are_classified() {
-    let server = moto();
     // A bucket that does not exist: permanent, and it says what to do.
-    let site = S3Site::new(s3_config(&server.endpoint, &unique_bucket("gone"), "v")).unwrap();
+    let site = S3Site::new(target_config(&unique_bucket("gone"), "v")).unwrap();
     let t = Instant::now();
     let r = with_retry(|| site.put("x", b"y"));
     match &r {

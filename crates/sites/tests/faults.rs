@@ -20,7 +20,7 @@ const MIB: usize = 1024 * 1024;
 /// fault proxy.
 fn setup(tag: &str, rates: FaultRates, retries: u32) -> (S3Site, S3Site, FaultProxy) {
     let server = moto();
-    let direct = s3_site(tag, "v", false);
+    let direct = moto_site(tag, "v", false);
     let proxy = FaultProxy::start(server.port, rates);
     let mut cfg = s3_config(&proxy.endpoint, &direct.config().bucket, "v");
     cfg.retries = retries;
@@ -261,7 +261,7 @@ fn server_ignoring_if_none_match_is_detected_and_never_overwritten() {
     // The proxy drops If-None-Match, so moto behaves like Garage: a second PutObject would
     // silently overwrite.
     let server = moto();
-    let direct = s3_site("garage", "v", false);
+    let direct = moto_site("garage", "v", false);
     let proxy = FaultProxy::start(server.port, FaultRates::default());
     proxy.strip_if_none_match(true);
     let cfg = s3_config(&proxy.endpoint, &direct.config().bucket, "v");
@@ -326,7 +326,7 @@ fn server_refusing_if_none_match_outright_still_works() {
     // A server that answers 501 NotImplemented to the header: the probe stops sending it and
     // the site looks before writing.
     let server = moto();
-    let direct = s3_site("refuse", "v", false);
+    let direct = moto_site("refuse", "v", false);
     let proxy = FaultProxy::start(server.port, FaultRates::default());
     proxy.reject_if_none_match(true);
     let site = S3Site::new(s3_config(&proxy.endpoint, &direct.config().bucket, "v")).unwrap();

@@ -65,13 +65,43 @@ pub fn free_port() -> u16 {
 
 impl MotoServer {
     pub fn start() -> MotoServer {
+        Self::start_on(free_port())
+    }
+
+    /// The moto process itself (the watchdog shell's child), to send it signals.
+    pub fn server_pid(&self) -> i32 {
+        let shell = self.child.id().to_string();
+        for entry in std::fs::read_dir("/proc").expect("/proc") {
+            let Ok(entry) = entry else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(shell.as_str()) {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse() {
+                    return pid;
+                }
+            }
+        }
+        panic!("moto's server process (a child of {shell}) was not found");
+    }
+
+    /// Sends `signal` to the moto process (SIGSTOP, SIGCONT, SIGKILL).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we started and a valid signal number.
+        let r = unsafe { libc::kill(self.server_pid(), signal) };
+        assert_eq!(r, 0, "kill({signal}) of moto failed");
+    }
+
+    /// Starts moto on `port` (e.g. again after it was killed: it comes back empty).
+    pub fn start_on(port: u16) -> MotoServer {
         let command = find_moto();
         let shown = command
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ");
-        let port = free_port();
         let log =
             std::env::temp_dir().join(format!("embassy-moto-{}-{port}.log", std::process::id()));
         // The shell keeps moto in the background and kills it once its stdin (our pipe) closes:
@@ -172,7 +202,96 @@ pub fn unique_bucket(tag: &str) -> String {
     )
 }
 
-/// Test settings: small parts so that multi-MiB objects go multipart.
+/// The kind of S3 server the S3 tests run against, for the few checks whose expected answer
+/// depends on it (conditional writes, Object Lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// moto's standalone server, started by the tests (the default).
+    Moto,
+    /// A Garage cluster (`scripts/garage-cluster`): ignores If-None-Match, has no Object Lock.
+    Garage,
+    /// Another S3-compatible server: only the trait's contract is checked.
+    Other,
+}
+
+/// The S3 server the S3 conformance and multi-site tests use: moto, started here on loopback,
+/// unless `EMBASSY_TEST_S3_ENDPOINT` names another one (with `EMBASSY_TEST_S3_ACCESS_KEY_ID`,
+/// `EMBASSY_TEST_S3_SECRET_ACCESS_KEY`, `EMBASSY_TEST_S3_REGION` and `EMBASSY_TEST_S3_KIND`
+/// `garage`|`other`; `eval "$(scripts/garage-cluster env)"` sets them). The credentials must
+/// be allowed to create buckets: every test makes its own.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub kind: ServerKind,
+    /// Every node's endpoint, for tests that stop one node (`EMBASSY_TEST_S3_ENDPOINTS`).
+    pub endpoints: Vec<String>,
+}
+
+pub fn s3_target() -> &'static S3Target {
+    static TARGET: OnceLock<S3Target> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        match var("EMBASSY_TEST_S3_ENDPOINT") {
+            None => {
+                let server = moto();
+                S3Target {
+                    endpoint: server.endpoint.clone(),
+                    region: "us-east-1".into(),
+                    access_key_id: "testing".into(),
+                    secret_access_key: "testing".into(),
+                    kind: ServerKind::Moto,
+                    endpoints: vec![server.endpoint.clone()],
+                }
+            }
+            Some(endpoint) => {
+                let need = |k: &str| {
+                    var(k).unwrap_or_else(|| {
+                        panic!(
+                            "EMBASSY_TEST_S3_ENDPOINT is set ({endpoint}) but {k} is not: set it \
+                             (eval \"$(scripts/garage-cluster env)\" sets all), or unset \
+                             EMBASSY_TEST_S3_ENDPOINT to test against moto"
+                        )
+                    })
+                };
+                let kind = match var("EMBASSY_TEST_S3_KIND").as_deref() {
+                    Some("garage") => ServerKind::Garage,
+                    Some("moto") => ServerKind::Moto,
+                    Some("other") | None => ServerKind::Other,
+                    Some(k) => panic!("EMBASSY_TEST_S3_KIND={k}: use garage, moto or other"),
+                };
+                let endpoints = var("EMBASSY_TEST_S3_ENDPOINTS")
+                    .map(|e| e.split(',').map(str::to_string).collect())
+                    .unwrap_or_else(|| vec![endpoint.clone()]);
+                S3Target {
+                    region: var("EMBASSY_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id: need("EMBASSY_TEST_S3_ACCESS_KEY_ID"),
+                    secret_access_key: need("EMBASSY_TEST_S3_SECRET_ACCESS_KEY"),
+                    endpoint,
+                    kind,
+                    endpoints,
+                }
+            }
+        }
+    })
+}
+
+/// Test settings on the tests' S3 server ([`s3_target`]).
+pub fn target_config(bucket: &str, prefix: &str) -> S3Config {
+    let t = s3_target();
+    let mut cfg = s3_config(&t.endpoint, bucket, prefix);
+    cfg.region = t.region.clone();
+    cfg.credentials = S3Credentials {
+        access_key_id: t.access_key_id.clone(),
+        secret_access_key: t.secret_access_key.clone(),
+        session_token: None,
+    };
+    cfg
+}
+
+/// Test settings for moto: small parts so that multi-MiB objects go multipart.
 pub fn s3_config(endpoint: &str, bucket: &str, prefix: &str) -> S3Config {
     let mut cfg = S3Config::new(
         bucket,
@@ -191,8 +310,17 @@ pub fn s3_config(endpoint: &str, bucket: &str, prefix: &str) -> S3Config {
     cfg
 }
 
-/// A fresh bucket on the shared moto server and a site on it.
+/// A fresh bucket on the tests' S3 server ([`s3_target`]) and a site on it.
 pub fn s3_site(tag: &str, prefix: &str, object_lock: bool) -> S3Site {
+    let bucket = unique_bucket(tag);
+    let site = S3Site::new(target_config(&bucket, prefix)).unwrap();
+    assert!(site.create_bucket(object_lock).expect("create bucket"));
+    site
+}
+
+/// A fresh bucket on the shared moto server and a site on it (tests that need moto itself: the
+/// fault proxy, signature checks).
+pub fn moto_site(tag: &str, prefix: &str, object_lock: bool) -> S3Site {
     let server = moto();
     let bucket = unique_bucket(tag);
     let site = S3Site::new(s3_config(&server.endpoint, &bucket, prefix)).unwrap();

@@ -1,0 +1,732 @@
+//! The per-site catch-up queue: when a write through several sites fails at one of them while
+//! `min_sites` still holds, the object's path is recorded in that site's queue file before the
+//! write is acknowledged, so the site can be caught up later with no gap ([`drain`]), copying
+//! from a site that has the object, in write order, hashes checked on arrival.
+//!
+//! Layout under the state folder (`<state>/queues/`):
+//!
+//! - `<site key>.queue`: append-only records, one a line, `<kind> <payload> <check>`, where
+//!   `check` is the first 16 hex digits of the BLAKE3 hash of `<kind> <payload>`. Kinds: `+`
+//!   (the site may lack this object path) and `F` (the site needs a full comparison with the
+//!   others; payload: why). Every append is fsync'd (and the folder, when the file is new) before
+//!   the write that caused it is acknowledged. A line that does not check (a torn append from a
+//!   killed process) counts as `F`.
+//! - `sessions/<id>`: one per process writing through several sites, listing their locations and
+//!   locked (`flock`) for the process's lifetime. A process killed mid-write (SIGKILL) may have
+//!   written objects to some sites but not yet to others, and had no chance to record them; its
+//!   session file stays, no longer locked, and [`recover_sessions`] turns it into an `F` record
+//!   for each of its sites. A clean end removes the file.
+//!
+//! Appends and the rewrite after a drain take an exclusive lock on the queue file; an appender
+//! that finds the file replaced after taking the lock reopens it, so no record is lost.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use embassy_core::id::ObjectId;
+use embassy_core::layout;
+use embassy_core::progress::Progress;
+use embassy_core::site::{with_retry, Put, Site, SiteError};
+use embassy_core::sync::write_stage;
+use embassy_core::{Error, Result};
+use serde::Serialize;
+
+use crate::ReplicatedSite;
+
+/// The queue folder under a state folder.
+pub fn queue_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("queues")
+}
+
+/// The catch-up queue of one site (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct SiteQueue {
+    site: String,
+    path: PathBuf,
+}
+
+/// One record of a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// The site may lack the object at this path.
+    Missing(String),
+    /// The site needs a full comparison with the others (why).
+    FullSync(String),
+}
+
+/// What a queue holds, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Object paths the site may lack, each once, in the order first recorded.
+    pub paths: Vec<String>,
+    /// Why a full comparison is needed (empty: the paths suffice).
+    pub full_sync: Vec<String>,
+    /// Bytes of the file read (records after this offset were added later).
+    read_len: u64,
+}
+
+impl Pending {
+    /// Nothing to catch up.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.full_sync.is_empty()
+    }
+
+    /// Objects waiting (a full sync counts as one).
+    pub fn depth(&self) -> usize {
+        self.paths.len() + usize::from(!self.full_sync.is_empty())
+    }
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::io(context, e)
+}
+
+/// A short file name for a site location: its readable part, then a hash of the whole location.
+fn site_key(site: &str) -> String {
+    let readable: String = site
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(48)
+        .collect();
+    let hash = ObjectId::of(site.as_bytes()).to_hex();
+    format!("{readable}-{}", &hash[..16])
+}
+
+fn check(body: &str) -> String {
+    ObjectId::of(body.as_bytes()).to_hex()[..16].to_string()
+}
+
+fn encode(record: &Record) -> String {
+    let body = match record {
+        Record::Missing(path) => format!("+ {path}"),
+        Record::FullSync(why) => format!("F {}", why.replace(['\n', '\r'], " ")),
+    };
+    let sum = check(&body);
+    format!("{body} {sum}\n")
+}
+
+fn decode(line: &str) -> Option<Record> {
+    let (body, sum) = line.rsplit_once(' ')?;
+    if check(body) != sum {
+        return None;
+    }
+    let (kind, payload) = body.split_once(' ')?;
+    match kind {
+        "+" => Some(Record::Missing(payload.to_string())),
+        "F" => Some(Record::FullSync(payload.to_string())),
+        _ => None,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing folder {}", dir.display())))
+}
+
+impl SiteQueue {
+    /// The queue of `site` (a location as [`crate::open`] takes it, or as the site reports it)
+    /// under `state_dir`; creates the folder.
+    pub fn open(state_dir: &Path, site: &str) -> Result<Self> {
+        let dir = queue_dir(state_dir);
+        std::fs::create_dir_all(&dir).map_err(io(format!(
+            "creating the queue folder {} (the state folder must be writable; pass --state-dir)",
+            dir.display()
+        )))?;
+        // A folder is named by its absolute path, so `./a`, `a` and `file://a` share a queue.
+        let key = match site.strip_prefix("file://").unwrap_or(site) {
+            s if s.contains("://") => s.to_string(),
+            s => std::path::absolute(s)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| s.to_string()),
+        };
+        Ok(Self {
+            site: site.to_string(),
+            path: dir.join(format!("{}.queue", site_key(&key))),
+        })
+    }
+
+    /// The site this queue is for.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// The queue file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the queue file and locks it, reopening if it was replaced meanwhile.
+    fn lock(&self, create: bool) -> Result<Option<File>> {
+        loop {
+            let file = match OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(create)
+                .open(&self.path)
+            {
+                Ok(f) => f,
+                Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("opening the catch-up queue {}", self.path.display()),
+                        e,
+                    ))
+                }
+            };
+            file.lock()
+                .map_err(io(format!("locking {}", self.path.display())))?;
+            let held = file
+                .metadata()
+                .map_err(io(format!("reading {}", self.path.display())))?;
+            match std::fs::metadata(&self.path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Some(file))
+                }
+                // Replaced or removed by a drain while we waited for the lock: open again.
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
+            }
+        }
+    }
+
+    /// Appends records durably (fsync'd before returning).
+    pub fn append(&self, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let Some(mut file) = self.lock(true)? else {
+            return Err(Error::invalid("queue file vanished while opening it"));
+        };
+        let ctx = || format!("appending to the catch-up queue {}", self.path.display());
+        let len = file.metadata().map_err(io(ctx()))?.len();
+        let mut text = String::new();
+        if len > 0 {
+            // A torn last line (a killed appender) gets its own line, so ours stay whole.
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, len - 1).map_err(io(ctx()))?;
+            if last[0] != b'\n' {
+                text.push('\n');
+            }
+        }
+        for r in records {
+            text.push_str(&encode(r));
+        }
+        file.write_all(text.as_bytes()).map_err(io(ctx()))?;
+        file.sync_data().map_err(io(ctx()))?;
+        if len == 0 {
+            if let Some(dir) = self.path.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the site may lack the object at `path`.
+    pub fn record_missing(&self, path: &str) -> Result<()> {
+        if path.contains(['\n', '\r']) {
+            return self.record_full_sync(&format!("a write of an odd path failed: {path:?}"));
+        }
+        self.append(&[Record::Missing(path.to_string())])
+    }
+
+    /// Records that the site needs a full comparison with the others.
+    pub fn record_full_sync(&self, why: &str) -> Result<()> {
+        self.append(&[Record::FullSync(why.to_string())])
+    }
+
+    fn read_locked(&self, file: &mut File) -> Result<(Vec<u8>, Pending)> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(io(format!("reading {}", self.path.display())))?;
+        let mut pending = Pending {
+            read_len: bytes.len() as u64,
+            ..Pending::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.split_inclusive('\n') {
+            let whole = line.ends_with('\n');
+            match decode(line.trim_end_matches('\n')) {
+                Some(Record::Missing(p)) if whole => {
+                    if seen.insert(p.clone()) {
+                        pending.paths.push(p);
+                    }
+                }
+                Some(Record::FullSync(why)) if whole => pending.full_sync.push(why),
+                _ if line.trim().is_empty() => {}
+                _ => pending
+                    .full_sync
+                    .push("a damaged or torn queue record (a writer was killed)".into()),
+            }
+        }
+        Ok((bytes, pending))
+    }
+
+    /// What the queue holds now.
+    pub fn pending(&self) -> Result<Pending> {
+        match self.lock(false)? {
+            None => Ok(Pending::default()),
+            Some(mut f) => Ok(self.read_locked(&mut f)?.1),
+        }
+    }
+
+    /// Marks the records read in `read` as done, except the paths in `keep` (and a full sync, if
+    /// `keep_full`); records appended since stay. Removes the file when nothing is left.
+    fn resolve(&self, read: &Pending, keep: &[String], keep_full: bool) -> Result<()> {
+        let Some(mut file) = self.lock(false)? else {
+            return Ok(());
+        };
+        let ctx = || format!("rewriting the catch-up queue {}", self.path.display());
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io(ctx()))?;
+        let later = bytes.get(read.read_len as usize..).unwrap_or_default();
+        let mut text = String::new();
+        if keep_full {
+            for why in &read.full_sync {
+                text.push_str(&encode(&Record::FullSync(why.clone())));
+            }
+        }
+        for p in keep {
+            text.push_str(&encode(&Record::Missing(p.clone())));
+        }
+        let mut out = text.into_bytes();
+        out.extend_from_slice(later);
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if out.is_empty() {
+            std::fs::remove_file(&self.path).map_err(io(ctx()))?;
+        } else {
+            let tmp = self
+                .path
+                .with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
+            let mut t = File::create(&tmp).map_err(io(ctx()))?;
+            t.write_all(&out).map_err(io(ctx()))?;
+            t.sync_all().map_err(io(ctx()))?;
+            std::fs::rename(&tmp, &self.path).map_err(io(ctx()))?;
+        }
+        sync_dir(dir)?;
+        drop(file);
+        Ok(())
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Writer sessions.
+
+/// A process writing through several sites: a locked file under `queues/sessions/` naming them,
+/// removed when the writer ends cleanly. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Session {
+    /// Starts a session over `sites` (their locations) in `state_dir`.
+    pub fn begin(state_dir: &Path, sites: &[String]) -> Result<Session> {
+        let dir = queue_dir(state_dir).join("sessions");
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let id = format!(
+            "{}-{}-{:08x}",
+            std::process::id(),
+            embassy_core::config::now_unix_nanos(),
+            rand::random::<u32>()
+        );
+        let path = dir.join(&id);
+        let tmp = dir.join(format!("{id}.tmp"));
+        let ctx = || format!("writing the session file {}", path.display());
+        let mut file = File::create(&tmp).map_err(io(ctx()))?;
+        // Locked before it appears under its name: a visible, unlocked session is a dead one.
+        file.lock().map_err(io(ctx()))?;
+        let mut text = String::new();
+        for s in sites {
+            text.push_str(&s.replace(['\n', '\r'], " "));
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes()).map_err(io(ctx()))?;
+        file.sync_all().map_err(io(ctx()))?;
+        std::fs::rename(&tmp, &path).map_err(io(ctx()))?;
+        sync_dir(&dir)?;
+        Ok(Session { path, _file: file })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Every failed write was recorded before it was acknowledged: nothing is left to say.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Turns the sessions of writers that died (their files no longer locked) into full-sync records
+/// on each of their sites' queues; returns how many it found.
+pub fn recover_sessions(state_dir: &Path) -> Result<usize> {
+    let dir = queue_dir(state_dir).join("sessions");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+    };
+    let mut found = 0;
+    for entry in entries {
+        let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
+        let path = entry.path();
+        let Ok(mut file) = File::open(&path) else {
+            continue; // removed meanwhile by its clean end
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue, // its writer is alive
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", path.display()), e))
+            }
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".tmp") {
+            let mut text = String::new();
+            file.read_to_string(&mut text)
+                .map_err(io(format!("reading {}", path.display())))?;
+            for site in text.lines().filter(|l| !l.is_empty()) {
+                SiteQueue::open(state_dir, site)?.record_full_sync(&format!(
+                    "a writer (session {name}) stopped without finishing: objects it was \
+                     writing may be at some sites only"
+                ))?;
+            }
+            found += 1;
+        }
+        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+    }
+    if found > 0 {
+        sync_dir(&dir)?;
+    }
+    Ok(found)
+}
+
+// -------------------------------------------------------------------------------------------
+// Draining.
+
+/// What draining one site's queue did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DrainReport {
+    /// The site caught up.
+    pub site: String,
+    /// Queue depth before.
+    pub pending_before: usize,
+    /// Whether a full comparison with the other sites was made (a dead writer, a site that lost
+    /// its vault, a damaged queue record).
+    pub full_sync: bool,
+    /// Objects copied to the site.
+    pub copied: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Queued objects the site already held.
+    pub present: u64,
+    /// Queued objects no site holds (writes that were never acknowledged): dropped.
+    pub nowhere: u64,
+    /// Queue depth after (0: caught up).
+    pub remaining: usize,
+    /// What went wrong (the queue keeps those entries for the next drain).
+    pub problems: Vec<String>,
+}
+
+/// Whether `site` holds `path` (without reading it).
+fn holds(site: &dyn Site, path: &str) -> std::result::Result<bool, SiteError> {
+    match with_retry(|| site.get_range(path, 0, 0)) {
+        Ok(_) => Ok(true),
+        Err(SiteError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+enum Fetched {
+    Bytes(Vec<u8>),
+    Nowhere,
+    Failed(String),
+}
+
+/// Reads `path` from the first source whose copy checks (bytes hash to the object's name).
+fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
+    let expected = layout::id_in_path(path);
+    let mut failures = Vec::new();
+    for s in sources {
+        match with_retry(|| s.get(path)) {
+            Ok(bytes) => match expected {
+                Some(id) if ObjectId::of(&bytes) != id => failures.push(format!(
+                    "{}: damaged copy (bytes do not hash to its name)",
+                    s.location()
+                )),
+                _ => return Fetched::Bytes(bytes),
+            },
+            Err(SiteError::NotFound { .. }) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if failures.is_empty() {
+        Fetched::Nowhere
+    } else {
+        Fetched::Failed(failures.join("; "))
+    }
+}
+
+/// Catches `target` up from `sources` (the other sites of the vault) by its queue: every queued
+/// object it lacks is copied from a source whose copy checks, in write order (packs, indexes,
+/// manifests and other data objects, then ledger entries, then checkpoints), a later stage only
+/// once every earlier one arrived. A full comparison (`embassy_core::sync`) is made instead when
+/// the queue asks for one or the target no longer holds the vault's configuration (a site that
+/// lost everything, such as a restarted in-memory server). Entries that could not be settled stay
+/// queued. Returns `Err` only when the queue itself cannot be read or written.
+pub fn drain(
+    queue: &SiteQueue,
+    target: &dyn Site,
+    sources: &[Arc<dyn Site>],
+    progress: &dyn Progress,
+) -> Result<DrainReport> {
+    let pending = queue.pending()?;
+    let mut report = DrainReport {
+        site: queue.site().to_string(),
+        pending_before: pending.depth(),
+        ..DrainReport::default()
+    };
+    if pending.is_empty() {
+        return Ok(report);
+    }
+    if sources.is_empty() {
+        report
+            .problems
+            .push("no other site to copy from: give every site of the vault".into());
+        report.remaining = pending.depth();
+        return Ok(report);
+    }
+    let lost_vault = match target.get(layout::CONFIG) {
+        Ok(_) => false,
+        Err(SiteError::NotFound { .. }) => true,
+        Err(e) => {
+            report.problems.push(format!("still unreachable: {e}"));
+            report.remaining = pending.depth();
+            return Ok(report);
+        }
+    };
+    if !pending.full_sync.is_empty() || lost_vault {
+        report.full_sync = true;
+        let from = ReplicatedSite::new(sources.to_vec(), 1)?;
+        match embassy_core::sync::sync(&from, target, false, progress) {
+            Ok(r) => {
+                report.copied = r.copied;
+                report.bytes = r.bytes;
+                report.present = r.present;
+                report.problems = r.problems;
+            }
+            Err(e) => report.problems.push(e.to_string()),
+        }
+        let done = report.problems.is_empty();
+        if done {
+            queue.resolve(&pending, &[], false)?;
+        }
+        report.remaining = if done { 0 } else { pending.depth() };
+        return Ok(report);
+    }
+
+    let mut paths: Vec<(usize, &String)> = pending.paths.iter().enumerate().collect();
+    paths.sort_by_key(|(i, p)| (write_stage(p), *i));
+    let mut keep: Vec<String> = Vec::new();
+    let mut blocked_stage: Option<u8> = None;
+    for (_, path) in paths {
+        let stage = write_stage(path);
+        if blocked_stage.is_some_and(|b| stage > b) {
+            keep.push(path.clone());
+            continue;
+        }
+        let outcome: std::result::Result<(), String> = match holds(target, path) {
+            Ok(true) => {
+                report.present += 1;
+                Ok(())
+            }
+            Err(e) => Err(format!("{path}: {e}")),
+            Ok(false) => match fetch(sources, path) {
+                Fetched::Nowhere => {
+                    report.nowhere += 1;
+                    Ok(())
+                }
+                Fetched::Failed(why) => Err(format!("{path}: no good copy to read: {why}")),
+                Fetched::Bytes(bytes) => {
+                    progress.add(bytes.len() as u64);
+                    match with_retry(|| target.put(path, &bytes)) {
+                        Ok(Put::Created) => {
+                            report.copied += 1;
+                            report.bytes += bytes.len() as u64;
+                            Ok(())
+                        }
+                        Ok(Put::AlreadyExisted) => {
+                            report.present += 1;
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("{path}: {e}")),
+                    }
+                }
+            },
+        };
+        if let Err(problem) = outcome {
+            report.problems.push(problem);
+            keep.push(path.clone());
+            blocked_stage.get_or_insert(stage);
+        }
+    }
+    queue.resolve(&pending, &keep, false)?;
+    report.remaining = keep.len();
+    Ok(report)
+}
+
+/// Catches up every site of `locations` whose queue under `state_dir` holds anything, each from
+/// the others: first turns dead writers' sessions into full-sync records ([`recover_sessions`]).
+/// The entry point for a periodic caller (the agent) and `embassy sync --pending`. A site that
+/// cannot be opened is reported in its [`DrainReport::problems`], and its queue kept.
+pub fn drain_all(
+    state_dir: &Path,
+    locations: &[String],
+    progress: &dyn Progress,
+) -> Result<Vec<DrainReport>> {
+    recover_sessions(state_dir)?;
+    let mut opened: Vec<std::result::Result<Arc<dyn Site>, String>> = Vec::new();
+    for l in locations {
+        opened.push(crate::open(l).map_err(|e| e.to_string()));
+    }
+    let mut reports = Vec::new();
+    for (i, location) in locations.iter().enumerate() {
+        let queue = site_queue(state_dir, location, opened[i].as_ref().ok())?;
+        let pending = queue.pending()?;
+        if pending.is_empty() {
+            continue;
+        }
+        let target = match &opened[i] {
+            Ok(t) => t.clone(),
+            Err(e) => {
+                reports.push(DrainReport {
+                    site: location.clone(),
+                    pending_before: pending.depth(),
+                    remaining: pending.depth(),
+                    problems: vec![format!("cannot open the site: {e}")],
+                    ..DrainReport::default()
+                });
+                continue;
+            }
+        };
+        let sources: Vec<Arc<dyn Site>> = opened
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, s)| s.as_ref().ok().cloned())
+            .collect();
+        reports.push(drain(&queue, target.as_ref(), &sources, progress)?);
+    }
+    Ok(reports)
+}
+
+/// The queue of a site, keyed by the location the site reports (so that `./a`, `a` and
+/// `file://a` share one queue); `location` as given when the site cannot be opened.
+pub fn site_queue(
+    state_dir: &Path,
+    location: &str,
+    site: Option<&Arc<dyn Site>>,
+) -> Result<SiteQueue> {
+    SiteQueue::open(state_dir, site.map_or(location, |s| s.location()))
+}
+
+/// Queue depth per site of `locations` (after recovering dead writers' sessions), for `status`.
+pub fn depths(state_dir: &Path, locations: &[String]) -> Result<Vec<(String, Pending)>> {
+    recover_sessions(state_dir)?;
+    let mut out = Vec::new();
+    for l in locations {
+        let site = crate::open(l).ok();
+        out.push((
+            l.clone(),
+            site_queue(state_dir, l, site.as_ref())?.pending()?,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_caught() {
+        for r in [
+            Record::Missing("packs/ds/ab/abcdef".into()),
+            Record::Missing("odd name with spaces".into()),
+            Record::FullSync("why\nnot".into()),
+        ] {
+            let line = encode(&r);
+            assert!(line.ends_with('\n'));
+            let back = decode(line.trim_end_matches('\n')).unwrap();
+            match (&r, back) {
+                (Record::FullSync(_), Record::FullSync(w)) => assert_eq!(w, "why not"),
+                (a, b) => assert_eq!(*a, b),
+            }
+            let mut torn = line.clone();
+            torn.truncate(line.len() / 2);
+            assert!(decode(&torn).is_none());
+        }
+        assert!(decode("+ packs/x 0000000000000000").is_none());
+    }
+
+    #[test]
+    fn queue_appends_reads_and_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SiteQueue::open(dir.path(), "s3://bucket/v").unwrap();
+        assert!(q.pending().unwrap().is_empty());
+        q.record_missing("packs/a").unwrap();
+        q.record_missing("ledger/a").unwrap();
+        q.record_missing("packs/a").unwrap();
+        let p = q.pending().unwrap();
+        assert_eq!(p.paths, ["packs/a", "ledger/a"]);
+        assert_eq!(p.depth(), 2);
+        // A record added after the read survives the resolution of what was read.
+        q.record_missing("index/b").unwrap();
+        q.resolve(&p, &["ledger/a".into()], false).unwrap();
+        assert_eq!(q.pending().unwrap().paths, ["ledger/a", "index/b"]);
+        let p = q.pending().unwrap();
+        q.resolve(&p, &[], false).unwrap();
+        assert!(q.pending().unwrap().is_empty());
+        assert!(!q.path().exists());
+        // A torn tail (a killed appender) asks for a full sync, and later records stay whole.
+        q.record_missing("packs/c").unwrap();
+        let mut f = OpenOptions::new().append(true).open(q.path()).unwrap();
+        f.write_all(b"+ packs/tor").unwrap();
+        q.record_missing("packs/d").unwrap();
+        let p = q.pending().unwrap();
+        assert_eq!(p.paths, ["packs/c", "packs/d"]);
+        assert_eq!(p.full_sync.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn dead_sessions_become_full_sync_records_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let sites = vec!["/a".to_string(), "/b".to_string()];
+        let live = Session::begin(dir.path(), &sites).unwrap();
+        assert_eq!(recover_sessions(dir.path()).unwrap(), 0);
+        // A dead writer: its session file exists but nobody holds its lock.
+        let dead = queue_dir(dir.path()).join("sessions/999-1-dead");
+        std::fs::write(&dead, "/a\n/c\n").unwrap();
+        assert_eq!(recover_sessions(dir.path()).unwrap(), 1);
+        assert!(!dead.exists());
+        for (site, full) in [("/a", true), ("/b", false), ("/c", true)] {
+            let p = SiteQueue::open(dir.path(), site)
+                .unwrap()
+                .pending()
+                .unwrap();
+            assert_eq!(!p.full_sync.is_empty(), full, "{site}: {p:?}");
+        }
+        drop(live);
+        assert_eq!(
+            std::fs::read_dir(queue_dir(dir.path()).join("sessions"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
