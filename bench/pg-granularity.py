@@ -18,6 +18,7 @@ import sys
 
 PAGE = 8192
 PER_CHUNK = 150
+LEVEL = int(os.environ.get("ZSTD_LEVEL", "3"))
 REL = re.compile(r"(^|/)(base/\d+|global|PG_\d+_\d+/\d+)/(\d+)(_fsm|_vm|_init)?(\.\d+)?$")
 
 lib = ctypes.CDLL(ctypes.util.find_library("zstd") or "libzstd.so.1")
@@ -28,7 +29,7 @@ OUT = ctypes.create_string_buffer(lib.ZSTD_compressBound(128 * PAGE))
 
 
 def zlen(b: bytes) -> int:
-    n = lib.ZSTD_compress(OUT, len(OUT), b, len(b), 3)
+    n = lib.ZSTD_compress(OUT, len(OUT), b, len(b), LEVEL)
     return min(n, len(b)) + 1
 
 

@@ -7,6 +7,7 @@ mod agent;
 mod output;
 mod pg;
 mod secrets;
+mod pgrestore;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,23 @@ enum Command {
         #[arg(long)]
         unwitnessed: bool,
     },
+        /// PostgreSQL: recover to the last commit at or before this time (2026-11-27T03:04:05Z).
+        #[arg(long, conflicts_with_all = ["lsn", "latest", "path"])]
+        time: Option<String>,
+        /// PostgreSQL: recover up to this WAL position (like 16/B374D848).
+        #[arg(long, conflicts_with_all = ["latest", "path"])]
+        lsn: Option<String>,
+        /// PostgreSQL: recover to the newest WAL the vault holds.
+        #[arg(long, conflicts_with = "path")]
+        latest: bool,
+        /// PostgreSQL: owner of the restored data directory (default: postgres when root).
+        #[arg(long)]
+        owner: Option<String>,
     /// Show a dataset's signed history (its ledger).
+    /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
+    Standby(pgrestore::StandbyArgs),
+    /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline.
+    Promote(pgrestore::PromoteArgs),
     History {
         /// Dataset name.
         dataset: String,
@@ -366,6 +383,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 )
             } else if paths.is_empty() {
                 return Err(Error::invalid(
+        Command::Standby(args) => pgrestore::standby(cli, args),
+        Command::Promote(args) => pgrestore::promote(cli, args),
                     "nothing to back up: give PATHs, --stdin or --command CMD",
                 ));
             } else {
@@ -475,11 +494,19 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                             .map_err(|e| Error::io(format!("syncing {}", partial.display()), e))?;
                         std::fs::rename(&partial, file)
                             .map_err(|e| Error::io(format!("renaming to {}", file.display()), e))?;
+            time,
+            lsn,
+            latest,
+            owner,
                         Ok(n)
                     })();
                     let n = match written {
                         Ok(n) => n,
                         Err(e) => {
+            let pg_target = pgrestore::recovery_target(time.as_deref(), lsn.as_deref(), *latest)?;
+            if let Some(t) = pg_target {
+                return pgrestore::restore(cli, dataset, t, to.as_deref(), owner.as_deref(), *unwitnessed);
+            }
                             let _ = std::fs::remove_file(&partial);
                             return Err(e);
                         }
@@ -488,6 +515,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         cli,
                         &version,
                         json!({"bytes": n, "to": file}),
+            if selector.is_none() && path.is_none() && pgrestore::is_base_backup(&reader) {
+                // A PostgreSQL dataset: a data directory recovering to the newest WAL.
+                let latest = embassy_postgres::restore::RecoveryTarget::Latest;
+                return pgrestore::restore(cli, dataset, latest, to.as_deref(), owner.as_deref(), *unwitnessed);
+            }
                         &format!("{} into {}", output::size(n), file.display()),
                     )?;
                 }
@@ -693,6 +725,16 @@ fn hexify(value: serde_json::Value) -> serde_json::Value {
 
 fn hex_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+                embassy_core::ledger::Event::Promoted {
+                    timeline,
+                    lsn,
+                    host,
+                    data_dir,
+                } => format!(
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {:X}/{:X}",
+                    lsn >> 32,
+                    lsn & 0xffff_ffff
+                ),
 }
 
 fn hex_key(key: &[u8; 32]) -> String {

@@ -23,6 +23,9 @@ pub enum PgCommand {
     /// is told WAL is flushed only once it is durable on the sites the vault requires. Runs
     /// until SIGINT or SIGTERM.
     Stream(PgStreamArgs),
+    /// Take a base backup (pg_basebackup) and store it as a version; relation files are
+    /// stored page by page, so only changed pages take new space. (helper B: crate::pgrestore)
+    BaseBackup(crate::pgrestore::BaseBackupArgs),
 }
 
 /// Arguments of `embassy pg stream`.
@@ -88,6 +91,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn run(cli: &Cli, command: &PgCommand) -> Result<ExitCode> {
     match command {
         PgCommand::Stream(args) => stream(cli, args),
+        PgCommand::BaseBackup(args) => crate::pgrestore::base_backup(cli, args),
     }
 }
 

@@ -94,6 +94,18 @@ impl Event {
         )
     }
 
+    /// A standby restored from this dataset (PostgreSQL) was promoted and now accepts writes
+    /// on a new timeline: the dataset's history forks there.
+    Promoted {
+        /// The timeline the promoted server writes on.
+        timeline: u32,
+        /// Its WAL position when it first accepted a write.
+        lsn: u64,
+        /// The host it runs on.
+        host: String,
+        /// Its data directory.
+        data_dir: String,
+    },
     /// A short name for people.
     pub fn name(&self) -> &'static str {
         match self {
@@ -116,6 +128,7 @@ pub struct Entry {
     pub seq: u64,
     /// Id of entry `seq - 1` (none for the first).
     pub prev: Option<ObjectId>,
+            Event::Promoted { .. } => "promoted",
     /// When the entry was made, ns since the Unix epoch.
     pub time_ns: i64,
     /// Ed25519 public key of the signer; must be pinned in the vault configuration.

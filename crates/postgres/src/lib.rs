@@ -12,6 +12,9 @@ pub mod wal;
 pub mod stream;
 pub mod fetch;
 pub mod status;
+pub mod base_backup;
+pub mod restore;
+pub mod standby;
 
 pub use error::PgError;
 pub use lsn::Lsn;

@@ -1,0 +1,352 @@
+//! `embassy pg base-backup`, the PostgreSQL side of `embassy restore`, `embassy standby` and
+//! `embassy promote`. Thin: the logic is in `embassy_postgres::{base_backup, restore, standby}`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use embassy_core::vault::Vault;
+use embassy_core::{Error, Result};
+use embassy_postgres::base_backup::{self, format_lsn, parse_lsn, BaseBackupOptions, WalSource};
+use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
+use embassy_postgres::standby;
+use embassy_postgres::PgError;
+use serde_json::json;
+
+use crate::{output, Cli};
+
+/// Arguments of `embassy pg base-backup`.
+#[derive(Args)]
+pub struct BaseBackupArgs {
+    /// Dataset the base backup is a version of.
+    pub dataset: String,
+    /// libpq connection string of a role with REPLICATION (`host=db1 user=embassy ...`).
+    #[arg(long, env = "EMBASSY_PG_CONNINFO")]
+    pub conninfo: String,
+    /// The WAL from the backup's start to its end comes from the dataset's streamed WAL
+    /// (`embassy pg stream`); by default it is stored inside the version, so the base backup
+    /// restores on its own.
+    #[arg(long)]
+    pub wal_streamed: bool,
+    /// The pg_basebackup program (default: PostgreSQL's bindir, then PATH).
+    #[arg(long)]
+    pub pg_basebackup: Option<PathBuf>,
+}
+
+/// Arguments of `embassy standby`.
+#[derive(Args)]
+pub struct StandbyArgs {
+    /// The PostgreSQL dataset.
+    pub dataset: String,
+    /// New or empty folder for the standby's data directory.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Owner of the data directory (default: postgres when run as root).
+    #[arg(long)]
+    pub owner: Option<String>,
+}
+
+/// Arguments of `embassy promote`.
+#[derive(Args)]
+pub struct PromoteArgs {
+    /// The PostgreSQL dataset the standby follows.
+    pub dataset: String,
+    /// The standby's data directory (its server must be running).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Connection used to check that it accepts writes (default: its Unix socket).
+    #[arg(long)]
+    pub conninfo: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+fn pg_error(e: PgError) -> Error {
+    match e {
+        PgError::Vault(e) => e,
+        other => Error::Source {
+            what: "PostgreSQL".into(),
+            problem: other.to_string(),
+        },
+    }
+}
+
+fn unlock(cli: &Cli, vault: &Vault) -> Result<embassy_core::vault::Keyring> {
+    crate::secrets::unlock(
+        vault.config(),
+        cli.key_file.as_deref(),
+        cli.passphrase_file.as_deref(),
+    )
+}
+
+/// `embassy pg base-backup DATASET --conninfo ...`
+pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
+    let vault = crate::open_vault(cli)?;
+    let keyring = unlock(cli, &vault)?;
+    let mut options = BaseBackupOptions::new(args.conninfo.clone());
+    options.pg_basebackup = args.pg_basebackup.clone();
+    if args.wal_streamed {
+        options.wal = WalSource::Streamed;
+    }
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let done = base_backup::base_backup(&vault, &keyring, &args.dataset, &options, &bar)
+        .map_err(pg_error)?;
+    bar.finish();
+    let v = &done.version;
+    if cli.json {
+        crate::print_json(json!({
+            "ok": true,
+            "version": output::version_json(v),
+            "start_lsn": format_lsn(done.info.start_lsn),
+            "stop_lsn": format_lsn(done.info.stop_lsn),
+            "timeline": done.info.timeline,
+            "system_identifier": done.info.system_identifier.to_string(),
+            "wal_included": done.info.wal_included,
+        }))?;
+    } else {
+        println!(
+            "base backup stored as version {} of {}: {} files, {}; {} new ({} stored); WAL {}..{} on timeline {}{}",
+            v.seq,
+            v.dataset,
+            v.stats.files,
+            output::size(v.stats.bytes),
+            v.stats.new_chunks,
+            output::size(v.stats.new_bytes_stored),
+            format_lsn(done.info.start_lsn),
+            format_lsn(done.info.stop_lsn),
+            done.info.timeline,
+            if done.info.wal_included { ", WAL inside" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `restore_command` for data directories written from this vault: this very program
+/// with the same sites, key file, passphrase file and state folder, as absolute paths.
+fn restore_command(cli: &Cli, dataset: &str) -> Result<String> {
+    let program =
+        std::env::current_exe().map_err(|e| Error::io("finding the path of this program", e))?;
+    let absolute = |p: &Path| -> Result<String> {
+        std::path::absolute(p)
+            .map(|a| a.display().to_string())
+            .map_err(|e| Error::io(format!("resolving {}", p.display()), e))
+    };
+    let mut args = Vec::new();
+    for site in &cli.site {
+        args.push("--site".to_string());
+        if site.contains("://") {
+            args.push(site.clone());
+        } else {
+            args.push(absolute(Path::new(site))?);
+        }
+    }
+    if let Some(min) = cli.min_sites {
+        args.push("--min-sites".into());
+        args.push(min.to_string());
+    }
+    match &cli.key_file {
+        Some(k) => {
+            args.push("--key-file".into());
+            args.push(absolute(k)?);
+        }
+        None => {
+            return Err(Error::invalid(
+                "PostgreSQL's restore_command needs the key file's path: pass --key-file FILE \
+                 (readable by the database's owner)",
+            ))
+        }
+    }
+    match &cli.passphrase_file {
+        Some(p) => {
+            args.push("--passphrase-file".into());
+            args.push(absolute(p)?);
+        }
+        None => {
+            return Err(Error::invalid(
+                "PostgreSQL's restore_command cannot answer a passphrase prompt: pass \
+                 --passphrase-file FILE (readable by the database's owner)",
+            ))
+        }
+    }
+    if let Some(state) = &cli.state_dir {
+        args.push("--state-dir".into());
+        args.push(absolute(state)?);
+    }
+    args.push("--quiet".into());
+    let mut command = restore::restore_command(&program, &args, dataset);
+    // Serve the newest, still growing WAL segment too (A's wal-fetch --partial).
+    command = command.replace(" wal-fetch ", " wal-fetch --partial ");
+    Ok(command)
+}
+
+/// uid and gid of a user name (or a number).
+fn owner(name: Option<&str>) -> Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let name = match name {
+        Some(n) => n,
+        None if root => "postgres",
+        None => return Ok(None),
+    };
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| Error::invalid("the owner's name has a NUL byte"))?;
+    // SAFETY: c is a valid C string; getpwnam returns NULL or a pointer to static storage we
+    // read at once, on this thread, before any other passwd call.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(Error::invalid(format!(
+            "no user {name} on this machine: pass --owner USER, the user PostgreSQL runs as"
+        )));
+    }
+    // SAFETY: pw is non-null and points to a valid passwd record (see above).
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+/// The PostgreSQL recovery target from `embassy restore`'s flags.
+pub fn recovery_target(
+    time: Option<&str>,
+    lsn: Option<&str>,
+    latest: bool,
+) -> Result<Option<RecoveryTarget>> {
+    Ok(match (time, lsn, latest) {
+        (Some(t), None, false) => Some(RecoveryTarget::Time(
+            restore::parse_time(t).map_err(pg_error)?,
+        )),
+        (None, Some(l), false) => Some(RecoveryTarget::Lsn(parse_lsn(l).map_err(pg_error)?)),
+        (None, None, true) => Some(RecoveryTarget::Latest),
+        (None, None, false) => None,
+        _ => {
+            return Err(Error::invalid(
+                "give one of --time, --lsn and --latest, not several",
+            ))
+        }
+    })
+}
+
+/// True if this version is a PostgreSQL base backup.
+pub fn is_base_backup(reader: &embassy_core::reader::VersionReader) -> bool {
+    reader
+        .manifest
+        .properties
+        .get(base_backup::PROP_BASE_BACKUP)
+        .is_some_and(|v| v == "1")
+}
+
+fn report(cli: &Cli, done: &PgRestore, what: &str, next: &str) -> Result<()> {
+    if cli.json {
+        crate::print_json(json!({
+            "ok": true,
+            "version": output::version_json(&done.version),
+            "data_dir": done.data_dir,
+            "start_lsn": format_lsn(done.info.start_lsn),
+            "stop_lsn": format_lsn(done.info.stop_lsn),
+            "settings": done.settings,
+        }))
+    } else {
+        println!(
+            "{what} {} from base backup version {} (WAL {}..{}); {next}",
+            done.data_dir.display(),
+            done.version.seq,
+            format_lsn(done.info.start_lsn),
+            format_lsn(done.info.stop_lsn),
+        );
+        Ok(())
+    }
+}
+
+/// `embassy restore DATASET --time T | --lsn L | --latest --to DIR` for PostgreSQL datasets.
+pub fn restore(
+    cli: &Cli,
+    dataset: &str,
+    target: RecoveryTarget,
+    to: Option<&Path>,
+    owner_name: Option<&str>,
+    allow_unwitnessed: bool,
+) -> Result<ExitCode> {
+    let dir = to.ok_or_else(|| {
+        Error::invalid("restoring a PostgreSQL dataset needs --to DIR (the new data directory)")
+    })?;
+    let vault = crate::open_vault(cli)?;
+    let keyring = unlock(cli, &vault)?;
+    let options = PgRestoreOptions {
+        mode: Mode::Recover(target),
+        restore_command: restore_command(cli, dataset)?,
+        owner: owner(owner_name)?,
+        allow_unwitnessed,
+    };
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let done =
+        restore::restore(&vault, &keyring, dataset, dir, &options, &bar).map_err(pg_error)?;
+    bar.finish();
+    report(
+        cli,
+        &done,
+        "restored PostgreSQL data directory",
+        "start PostgreSQL on it: it replays the vault's WAL to the target and opens for writes",
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `embassy standby DATASET --to DIR`
+pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
+    let vault = crate::open_vault(cli)?;
+    let keyring = unlock(cli, &vault)?;
+    let command = restore_command(cli, &args.dataset)?;
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let done = standby::standby(
+        &vault,
+        &keyring,
+        &args.dataset,
+        &args.to,
+        &command,
+        owner(args.owner.as_deref())?,
+        &bar,
+    )
+    .map_err(pg_error)?;
+    bar.finish();
+    report(
+        cli,
+        &done,
+        "standby data directory",
+        "start PostgreSQL on it: it follows the vault; `embassy promote` brings it live",
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `embassy promote DATASET --data DIR`
+pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
+    let vault = crate::open_vault(cli)?;
+    let keyring = unlock(cli, &vault)?;
+    let done = standby::promote(
+        &vault,
+        &keyring,
+        &args.dataset,
+        &args.data,
+        args.conninfo.as_deref(),
+        Duration::from_secs(args.timeout),
+    )
+    .map_err(pg_error)?;
+    if cli.json {
+        crate::print_json(json!({
+            "ok": true,
+            "timeline": done.timeline,
+            "lsn": format_lsn(done.lsn),
+            "seconds": done.elapsed.as_secs_f64(),
+            "ledger_seq": done.seq,
+        }))?;
+    } else {
+        println!(
+            "promoted {}: accepts writes on timeline {} from {} after {:.1} s; recorded as entry {} of {}",
+            args.data.display(),
+            done.timeline,
+            format_lsn(done.lsn),
+            done.elapsed.as_secs_f64(),
+            done.seq,
+            args.dataset
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,442 @@
+//! Point-in-time restore of a PostgreSQL dataset: the newest base backup before the target,
+//! written as a data directory with the recovery settings that make PostgreSQL replay the
+//! dataset's WAL (fetched from the vault by `embassy wal-fetch`) up to exactly the target.
+//!
+//! The data directory gets `recovery.signal` (or `standby.signal` for a standby) and, appended
+//! to `postgresql.auto.conf`, `restore_command`, `recovery_target_timeline = 'latest'` and the
+//! target (`recovery_target_time` or `recovery_target_lsn`, inclusive, then promote).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use embassy_core::progress::Progress;
+use embassy_core::reader::VersionReader;
+use embassy_core::vault::{Keyring, Vault, Version};
+use embassy_sources::files::{self, RestoreOptions};
+
+use crate::base_backup::{format_lsn, list_base_backups, BaseBackupInfo};
+use crate::error::PgError;
+
+/// Where recovery stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the WAL the vault holds.
+    Latest,
+    /// The last transaction committed at or before this time (ns since the Unix epoch).
+    Time(i64),
+    /// This WAL position (inclusive).
+    Lsn(u64),
+}
+
+/// How the restored server should run: recover to a target and promote, or follow as a standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `recovery.signal`: replay to the target, then open for writes on a new timeline.
+    Recover(RecoveryTarget),
+    /// `standby.signal`: keep replaying what the vault receives, read-only, until promoted.
+    Standby,
+}
+
+/// What a restore needs besides the vault.
+#[derive(Debug, Clone)]
+pub struct PgRestoreOptions {
+    /// Recover or follow.
+    pub mode: Mode,
+    /// The shell command PostgreSQL runs to fetch a WAL file (`%f`, `%p` as PostgreSQL
+    /// expects), normally `<embassy> --site ... wal-fetch DATASET %f %p` (see
+    /// [`restore_command`]).
+    pub restore_command: String,
+    /// Owner (uid, gid) of the data directory; PostgreSQL refuses a data directory it does
+    /// not own. `None` keeps the owners recorded in the backup.
+    pub owner: Option<(u32, u32)>,
+    /// Accept a version no witnessed checkpoint covers yet.
+    pub allow_unwitnessed: bool,
+}
+
+/// A restored data directory.
+#[derive(Debug)]
+pub struct PgRestore {
+    /// The base backup used.
+    pub version: Version,
+    /// Its PostgreSQL details.
+    pub info: BaseBackupInfo,
+    /// The data directory written.
+    pub data_dir: PathBuf,
+    /// The settings appended to postgresql.auto.conf.
+    pub settings: Vec<String>,
+}
+
+/// Picks the newest base backup a recovery to `target` can start from: for a time, one that
+/// finished before it; for an LSN, one whose stop LSN is at or before it.
+pub fn choose_base_backup(
+    backups: &[(Version, BaseBackupInfo)],
+    target: RecoveryTarget,
+) -> Option<&(Version, BaseBackupInfo)> {
+    backups.iter().rev().find(|(_, info)| match target {
+        RecoveryTarget::Latest => true,
+        RecoveryTarget::Time(t) => info.stopped_at_ns <= t,
+        RecoveryTarget::Lsn(l) => info.stop_lsn <= l,
+    })
+}
+
+/// Quotes one argument for the shell PostgreSQL runs `restore_command` with.
+pub fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,@+%".contains(&b))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// The `restore_command` calling `embassy` (the program at `program`, with its global
+/// arguments such as `--site` and `--key-file`) to fetch a WAL file of `dataset`.
+pub fn restore_command(program: &Path, global_args: &[String], dataset: &str) -> String {
+    let mut parts = vec![shell_quote(&program.to_string_lossy())];
+    parts.extend(global_args.iter().map(|a| shell_quote(a)));
+    parts.push("wal-fetch".into());
+    parts.push(shell_quote(dataset));
+    parts.push("%f".into());
+    parts.push("%p".into());
+    parts.join(" ")
+}
+
+/// A value quoted for postgresql.conf (`'...'`, with `'` doubled).
+fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A timestamp PostgreSQL reads exactly: `2026-11-27T03:04:05.123456+00`.
+pub fn pg_timestamp(unix_ns: i64) -> String {
+    let whole = embassy_core::time::utc(unix_ns);
+    let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+    format!("{}.{micros:06}+00", whole.trim_end_matches('Z'))
+}
+
+/// Parses `YYYY-MM-DD[T| ]HH:MM:SS[.fraction][Z|+HH[:MM]|-HH[:MM]]` (no zone means UTC) into
+/// ns since the Unix epoch.
+pub fn parse_time(s: &str) -> Result<i64, PgError> {
+    let bad = || {
+        PgError::Invalid(format!(
+            "{s:?} is not a time: write it like 2026-11-27T03:04:05Z or 2026-11-27 03:04:05.25+02"
+        ))
+    };
+    let b = s.trim().as_bytes();
+    if b.len() < 19 || !matches!(b[10], b'T' | b' ') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, PgError> {
+        std::str::from_utf8(&b[r])
+            .ok()
+            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    let mut at = 19;
+    let mut nanos = 0i64;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = start;
+        while at < b.len() && b[at].is_ascii_digit() {
+            at += 1;
+        }
+        if at == start {
+            return Err(bad());
+        }
+        let digits = &b[start..at.min(start + 9)];
+        for (i, d) in digits.iter().enumerate() {
+            nanos += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
+        }
+    }
+    let offset_s = match &b[at..] {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), rest @ ..] => {
+            let text = std::str::from_utf8(rest).map_err(|_| bad())?;
+            let (h, m) = match text.split_once(':') {
+                Some((h, m)) => (h, m),
+                None if text.len() == 4 => text.split_at(2),
+                None => (text, "0"),
+            };
+            let h: i64 = h.parse().map_err(|_| bad())?;
+            let m: i64 = m.parse().map_err(|_| bad())?;
+            let v = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return Err(bad()),
+    };
+    // Days since 1970-01-01 from a civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Ok(secs * 1_000_000_000 + nanos)
+}
+
+/// The settings a restore appends to postgresql.auto.conf.
+pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
+    let mut s = vec![
+        format!("restore_command = {}", conf_quote(restore_command)),
+        "recovery_target_timeline = 'latest'".to_string(),
+    ];
+    match mode {
+        Mode::Standby => {
+            // Ask the vault again after 1 s (not 5 s) when the next WAL is not there yet.
+            s.push("wal_retrieve_retry_interval = '1s'".to_string());
+        }
+        Mode::Recover(target) => {
+            match target {
+                RecoveryTarget::Latest => {}
+                RecoveryTarget::Time(t) => {
+                    s.push(format!(
+                        "recovery_target_time = {}",
+                        conf_quote(&pg_timestamp(t))
+                    ));
+                }
+                RecoveryTarget::Lsn(l) => {
+                    s.push(format!(
+                        "recovery_target_lsn = {}",
+                        conf_quote(&format_lsn(l))
+                    ));
+                }
+            }
+            if target != RecoveryTarget::Latest {
+                s.push("recovery_target_inclusive = on".to_string());
+                s.push("recovery_target_action = 'promote'".to_string());
+            }
+        }
+    }
+    s
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> PgError {
+    move |e| PgError::Restore(format!("{what}: {e}"))
+}
+
+/// Writes the signal file and the recovery settings into a restored data directory, removes
+/// what must not be there (a stale postmaster.pid), and sets owner and mode 0700.
+pub fn prepare_data_dir(
+    dir: &Path,
+    mode: Mode,
+    restore_command: &str,
+    owner: Option<(u32, u32)>,
+    comment: &str,
+) -> Result<Vec<String>, PgError> {
+    let signal = match mode {
+        Mode::Standby => "standby.signal",
+        Mode::Recover(_) => "recovery.signal",
+    };
+    fs::write(dir.join(signal), b"").map_err(io(format!("writing {signal}")))?;
+    for stale in ["postmaster.pid", "postmaster.opts"] {
+        let _ = fs::remove_file(dir.join(stale));
+    }
+    let settings = recovery_settings(mode, restore_command);
+    let conf = dir.join("postgresql.auto.conf");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&conf)
+        .map_err(io(format!("opening {}", conf.display())))?;
+    let mut text = format!("\n# {comment}\n");
+    for line in &settings {
+        text.push_str(line);
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", conf.display())))?;
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let p = dir.join(sub);
+        if !p.exists() {
+            fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
+        }
+    }
+    if let Some((uid, gid)) = owner {
+        chown_tree(dir, uid, gid)?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("setting mode 0700 on {}", dir.display())))?;
+    Ok(settings)
+}
+
+/// Gives every file and folder under `dir` (links not followed) to `uid:gid`.
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| PgError::Restore(format!("{} has a NUL byte", p.display())))?;
+        // SAFETY: c is a valid NUL-terminated path; lchown does not keep it.
+        if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
+            return Err(PgError::Restore(format!(
+                "giving {} to uid {uid}: {}; run the restore as root or as the database's owner",
+                p.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        let meta = fs::symlink_metadata(&p).map_err(io(format!("reading {}", p.display())))?;
+        if meta.is_dir() {
+            for entry in fs::read_dir(&p).map_err(io(format!("listing {}", p.display())))? {
+                stack.push(
+                    entry
+                        .map_err(io(format!("listing {}", p.display())))?
+                        .path(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn target_text(target: RecoveryTarget) -> String {
+    match target {
+        RecoveryTarget::Latest => "the latest point".into(),
+        RecoveryTarget::Time(t) => embassy_core::time::utc(t),
+        RecoveryTarget::Lsn(l) => format!("LSN {}", format_lsn(l)),
+    }
+}
+
+/// Restores `dataset` into the new or empty folder `dir` as a PostgreSQL data directory that
+/// recovers to the target (or follows as a standby) when PostgreSQL is started on it.
+pub fn restore(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    dir: &Path,
+    options: &PgRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<PgRestore, PgError> {
+    let backups = list_base_backups(vault, keyring, dataset)?;
+    let target = match options.mode {
+        Mode::Recover(t) => t,
+        Mode::Standby => RecoveryTarget::Latest,
+    };
+    let Some((chosen, info)) = choose_base_backup(&backups, target).cloned() else {
+        return Err(PgError::Restore(match backups.first() {
+            None => format!(
+                "dataset {dataset} has no PostgreSQL base backup: take one with \
+                 `embassy pg base-backup {dataset} --conninfo ...`"
+            ),
+            Some((_, oldest)) => format!(
+                "dataset {dataset} has no base backup finished before {}: the oldest finished at \
+                 {} (LSN {}); choose a later target",
+                target_text(target),
+                embassy_core::time::utc(oldest.stopped_at_ns),
+                format_lsn(oldest.stop_lsn)
+            ),
+        }));
+    };
+    // The same trust policy as any restore (witnessed checkpoints when the vault wants them).
+    let version = vault
+        .find_trusted_version(
+            dataset,
+            Some(&chosen.seq.to_string()),
+            options.allow_unwitnessed,
+        )
+        .map_err(PgError::Vault)?;
+    let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
+        .map_err(PgError::Vault)?;
+    files::restore(&reader, dir, &RestoreOptions::default(), progress).map_err(PgError::Vault)?;
+    let comment = format!(
+        "Data Embassy: restored from dataset {dataset}, base backup version {} (start {}, stop {}), to {}",
+        version.seq,
+        format_lsn(info.start_lsn),
+        format_lsn(info.stop_lsn),
+        match options.mode {
+            Mode::Standby => "follow as a standby".to_string(),
+            Mode::Recover(t) => target_text(t),
+        }
+    );
+    let settings = prepare_data_dir(
+        dir,
+        options.mode,
+        &options.restore_command,
+        options.owner,
+        &comment,
+    )?;
+    Ok(PgRestore {
+        version,
+        info,
+        data_dir: dir.to_path_buf(),
+        settings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_and_print_for_postgres() {
+        let t = parse_time("2026-11-27T03:04:05Z").unwrap();
+        assert_eq!(embassy_core::time::utc(t), "2026-11-27T03:04:05Z");
+        assert_eq!(
+            parse_time("2026-11-27 05:04:05.25+02").unwrap(),
+            t + 250_000_000
+        );
+        assert_eq!(
+            parse_time("2026-11-27 03:04:05.123456").unwrap() - t,
+            123_456_000
+        );
+        assert_eq!(
+            pg_timestamp(t + 123_456_789),
+            "2026-11-27T03:04:05.123456+00"
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01 00:00:00",
+            "2026-11-27",
+            "2026-11-27T03:04:05X",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_name_the_target() {
+        let s = recovery_settings(
+            Mode::Recover(RecoveryTarget::Lsn(0x1_0000_0028)),
+            "x 'y' %f %p",
+        );
+        assert!(s.contains(&"restore_command = 'x ''y'' %f %p'".to_string()));
+        assert!(s.contains(&"recovery_target_lsn = '1/28'".to_string()));
+        assert!(s.contains(&"recovery_target_action = 'promote'".to_string()));
+        let latest = recovery_settings(Mode::Recover(RecoveryTarget::Latest), "c");
+        assert!(!latest
+            .iter()
+            .any(|l| l.starts_with("recovery_target_action")));
+        assert_eq!(shell_quote("/usr/bin/embassy"), "/usr/bin/embassy");
+        assert_eq!(shell_quote("a b'c"), r"'a b'\''c'");
+        let cmd = restore_command(
+            Path::new("/bin/embassy"),
+            &["--site".into(), "/v x".into()],
+            "db",
+        );
+        assert_eq!(cmd, "/bin/embassy --site '/v x' wal-fetch db %f %p");
+    }
+}

@@ -1,0 +1,222 @@
+//! A warm standby at the embassy, and its promotion.
+//!
+//! [`standby`] writes the newest base backup as a data directory with `standby.signal` and a
+//! `restore_command` calling `embassy wal-fetch`: PostgreSQL started on it replays every WAL
+//! file the vault receives (the newest partial one included; it asks again every second) and
+//! stays read-only. [`promote`] runs `pg_ctl promote`, waits until the server accepts writes,
+//! and records the promotion and its new timeline as a ledger entry of the dataset.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use embassy_core::ledger::{self, Event};
+use embassy_core::progress::Progress;
+use embassy_core::vault::{Keyring, Vault};
+
+use crate::base_backup::{parse_lsn, pg_program};
+use crate::error::PgError;
+use crate::restore::{restore, Mode, PgRestore, PgRestoreOptions};
+
+/// Writes a standby data directory for `dataset` into the new or empty folder `dir`.
+pub fn standby(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    dir: &Path,
+    restore_command: &str,
+    owner: Option<(u32, u32)>,
+    progress: &dyn Progress,
+) -> Result<PgRestore, PgError> {
+    let options = PgRestoreOptions {
+        mode: Mode::Standby,
+        restore_command: restore_command.to_string(),
+        owner,
+        allow_unwitnessed: true,
+    };
+    restore(vault, keyring, dataset, dir, &options, progress)
+}
+
+/// A completed promotion.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// The timeline the promoted server writes on.
+    pub timeline: u32,
+    /// Its WAL position when it first accepted a write.
+    pub lsn: u64,
+    /// From `pg_ctl promote` until a write was accepted.
+    pub elapsed: Duration,
+    /// The ledger entry's sequence number.
+    pub seq: u64,
+}
+
+/// Where a running server on `dir` listens, from its postmaster.pid: (socket dir, port).
+fn listen_address(dir: &Path) -> Result<(String, String), PgError> {
+    let pid_file = dir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&pid_file).map_err(|e| {
+        PgError::Restore(format!(
+            "no PostgreSQL server runs on {} ({}: {e}): start it with `pg_ctl -D {} start` first",
+            dir.display(),
+            pid_file.display(),
+            dir.display()
+        ))
+    })?;
+    let lines: Vec<&str> = text.lines().collect();
+    match (lines.get(3), lines.get(4)) {
+        (Some(port), Some(socket)) => {
+            let socket = if socket.trim().is_empty() {
+                "/tmp"
+            } else {
+                socket.trim()
+            };
+            Ok((socket.to_string(), port.trim().to_string()))
+        }
+        _ => Err(PgError::Restore(format!(
+            "{} does not say where the server listens",
+            pid_file.display()
+        ))),
+    }
+}
+
+/// A command running as the data directory's owner (PostgreSQL's tools refuse root).
+fn as_owner(program: &Path, dir: &Path) -> Result<Command, PgError> {
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| PgError::Restore(format!("reading {}: {e}", dir.display())))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(meta.uid()).gid(meta.gid());
+        // libpq takes the default user name from the password database; HOME for .pgpass.
+        cmd.env_remove("PGUSER");
+    }
+    Ok(cmd)
+}
+
+/// Runs one SQL statement on the server on `dir` over its Unix socket; returns the output.
+fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgError> {
+    let psql = pg_program("psql");
+    let mut cmd = as_owner(&psql, dir)?;
+    match conninfo {
+        Some(c) => {
+            cmd.args(["-d", c]);
+        }
+        None => {
+            let (socket, port) = listen_address(dir)?;
+            cmd.args(["-h", &socket, "-p", &port, "-d", "postgres"]);
+        }
+    }
+    let out = cmd
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", query])
+        .output()
+        .map_err(|e| PgError::Restore(format!("cannot run {}: {e}", psql.display())))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(PgError::Restore(format!(
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Promotes the standby running on `dir`: `pg_ctl promote`, then waits (up to `timeout`) until
+/// it accepts a write, then appends a `promoted` entry with the new timeline to the dataset's
+/// ledger. `conninfo` overrides the connection used to check writes (default: the server's
+/// Unix socket from postmaster.pid, as the data directory's owner).
+pub fn promote(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    dir: &Path,
+    conninfo: Option<&str>,
+    timeout: Duration,
+) -> Result<Promotion, PgError> {
+    if !dir.join("standby.signal").exists() && !dir.join("recovery.signal").exists() {
+        return Err(PgError::Restore(format!(
+            "{} is not in recovery (no standby.signal or recovery.signal): nothing to promote",
+            dir.display()
+        )));
+    }
+    listen_address(dir)?;
+    let signer = keyring.signer().map_err(PgError::Vault)?;
+    let started = Instant::now();
+    let pg_ctl = pg_program("pg_ctl");
+    let out = as_owner(&pg_ctl, dir)?
+        .arg("promote")
+        .arg("-D")
+        .arg(dir)
+        .args(["-w", "-t", &timeout.as_secs().max(1).to_string()])
+        .output()
+        .map_err(|e| PgError::Restore(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    if !out.status.success() {
+        return Err(PgError::Restore(format!(
+            "pg_ctl promote failed: {}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        )));
+    }
+    // Accepting writes: a transaction id can be assigned (impossible during recovery).
+    let (lsn, walfile) = loop {
+        match sql(
+            dir,
+            conninfo,
+            "SELECT txid_current() IS NOT NULL, pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn())",
+        ) {
+            Ok(row) => {
+                let cols: Vec<&str> = row.split('|').collect();
+                if cols.len() == 3 {
+                    break (parse_lsn(cols[1])?, cols[2].to_string());
+                }
+                return Err(PgError::Restore(format!("unexpected answer {row:?}")));
+            }
+            Err(e) if started.elapsed() > timeout => {
+                return Err(PgError::Restore(format!(
+                    "the server on {} did not accept writes within {} s after promotion: {e}",
+                    dir.display(),
+                    timeout.as_secs()
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let elapsed = started.elapsed();
+    let timeline = walfile
+        .get(..8)
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+        .ok_or_else(|| PgError::Restore(format!("cannot read a timeline from {walfile:?}")))?;
+    let history = vault.history_full(dataset).map_err(PgError::Vault)?;
+    if !vault
+        .active_signers(&history.records)
+        .contains(&signer.verifying_key().to_bytes())
+    {
+        return Err(PgError::Restore(format!(
+            "the server is promoted, but this key may not sign dataset {dataset}'s history, so \
+             the promotion is not recorded: record it with a credential that may (`embassy keys \
+             issue --sealing`)"
+        )));
+    }
+    let record = ledger::append_ignoring(
+        vault.site().as_ref(),
+        &signer,
+        dataset,
+        history.records.last(),
+        &history.rejected_ids(),
+        Event::Promoted {
+            timeline,
+            lsn,
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            data_dir: dir.display().to_string(),
+        },
+    )
+    .map_err(PgError::Vault)?;
+    Ok(Promotion {
+        timeline,
+        lsn,
+        elapsed,
+        seq: record.entry.seq,
+    })
+}
