@@ -4,6 +4,7 @@
 //! 3 integrity problem found (damaged or tampered vault).
 
 mod agent;
+mod catchup;
 mod output;
 mod pg;
 mod secrets;
@@ -147,16 +148,20 @@ enum Command {
     Keys(KeysCommand),
     /// Copy to site TO every object of the vault at site FROM that TO lacks (no keys needed):
     /// seeds a new site, catches up one that was down; --repair also replaces damaged copies.
+    /// With --pending: catch up each --site from the others by its queue of missed writes.
     Sync {
         /// The site to copy from.
-        #[arg(long)]
-        from: String,
+        #[arg(long, required_unless_present = "pending")]
+        from: Option<String>,
         /// The site to copy to.
-        #[arg(long)]
-        to: String,
+        #[arg(long, required_unless_present = "pending")]
+        to: Option<String>,
         /// Also read every object at TO and replace damaged ones.
         #[arg(long)]
         repair: bool,
+        /// Drain the catch-up queues of the --site sites (kept in the state folder).
+        #[arg(long, conflicts_with_all = ["from", "to", "repair"])]
+        pending: bool,
     },
     /// Per dataset and site: the newest version, its recovery point, and how old it is.
     /// With --config: freshness against each dataset's RPO (what the agent serves).
@@ -306,14 +311,19 @@ fn main() -> ExitCode {
 }
 
 /// Opens the vault at the site, remembering verified heads in the state folder.
-fn open_vault(cli: &Cli) -> Result<Vault> {
-    let vault = Vault::open(open_site(cli)?)?;
-    let dir = match &cli.state_dir {
-        Some(d) => d.clone(),
+/// The state folder: --state-dir, else the default.
+fn state_dir(cli: &Cli) -> Result<PathBuf> {
+    match &cli.state_dir {
+        Some(d) => Ok(d.clone()),
         None => StateStore::default_dir().ok_or_else(|| {
             Error::invalid("no home directory for the state folder: pass --state-dir DIR")
-        })?,
-    };
+        }),
+    }
+}
+
+fn open_vault(cli: &Cli) -> Result<Vault> {
+    let vault = Vault::open(open_site(cli)?)?;
+    let dir = state_dir(cli)?;
     let state = StateStore::open(&dir, &vault.config().vault_id)?;
     Ok(vault.with_state(state))
 }
@@ -329,7 +339,18 @@ fn open_sites(cli: &Cli, creating: bool) -> Result<Arc<dyn Site>> {
         ));
     }
     let min = cli.min_sites.unwrap_or(cli.site.len());
-    Ok(embassy_sites::open_many(&cli.site, min, creating)?)
+    // Several sites: missed writes are queued per site in the state folder.
+    let queue_dir = if cli.site.len() > 1 {
+        Some(state_dir(cli)?)
+    } else {
+        None
+    };
+    Ok(embassy_sites::open_many_queued(
+        &cli.site,
+        min,
+        creating,
+        queue_dir.as_deref(),
+    )?)
 }
 fn print_json(value: serde_json::Value) -> Result<()> {
     writeln!(std::io::stdout(), "{value}").map_err(|e| Error::io("writing to stdout", e))
@@ -346,7 +367,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Witness { witness_key } => witness(cli, witness_key),
         Command::WitnessKey { out } => witness_key_new(cli, out),
         Command::Keys(command) => keys(cli, command),
-        Command::Sync { from, to, repair } => sync(cli, from, to, *repair),
+        Command::Sync { pending: true, .. } => {
+            catchup::sync_pending(&state_dir(cli)?, &cli.site, cli.json, cli.quiet)
+        }
+        Command::Sync {
+            from, to, repair, ..
+        } => sync(
+            cli,
+            from.as_deref().unwrap_or_default(),
+            to.as_deref().unwrap_or_default(),
+            *repair,
+        ),
         Command::Status { config: None } => status(cli),
         Command::Status { config: Some(c) } => Ok(agent::status(c, cli.json)),
         Command::Agent { config, once } => Ok(agent::agent(config, *once)),
@@ -410,6 +441,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| "<a complete site>".into());
             for (site, why) in &lagging {
                 eprintln!("warning: site {site} is behind ({why}); catch it up with `embassy sync --from {complete} --to {site}`");
+            }
+            if !lagging.is_empty() && cli.site.len() > 1 {
+                eprintln!(
+                    "warning: the writes they missed are queued in the state folder: `embassy sync \
+                     --pending` (or the agent) copies them from the other sites"
+                );
             }
             if cli.json {
                 let mut value = output::version_json(&version);
@@ -904,8 +941,13 @@ fn status(cli: &Cli) -> Result<ExitCode> {
             }
         }
     }
+    let (queue_rows, queue_lines) = if cli.site.len() > 1 {
+        catchup::queue_rows(&state_dir(cli)?, &cli.site)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     if cli.json {
-        print_json(json!({"ok": healthy, "datasets": rows}))?;
+        print_json(json!({"ok": healthy, "datasets": rows, "queues": queue_rows}))?;
     } else {
         println!(
             "{:<24} {:<40} {:>8}  {:<20}  {:>10}",
@@ -940,6 +982,9 @@ fn status(cli: &Cli) -> Result<ExitCode> {
                 r["recovery_point"].as_str().unwrap_or("-"),
                 age
             );
+        }
+        for line in &queue_lines {
+            println!("{line}");
         }
     }
     Ok(if healthy {

@@ -157,36 +157,39 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
         assert!(diff.success(), "site {site} restores a different tree");
     }
 
-    // Damage a pack at a; reads through both sites fall back to b; sync --repair mends a.
-    let pack = walk(&dir.join("a/packs"))
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&pack, bytes).unwrap();
+    // Damage every pack at a (a byte in the middle of each, inside a blob); reads through both
+    // sites fall back to b's good copies; sync --repair mends a.
+    let packs = walk(&dir.join("a/packs"));
+    for pack in &packs {
+        let mut bytes = std::fs::read(pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(pack, bytes).unwrap();
+    }
     assert_eq!(
         embassy(dir, &["--site", "a", "verify"]).status.code(),
         Some(3)
     );
     ok(
         dir,
-        &[
-            "--site",
-            "a,b",
-            "restore",
-            "population@1",
-            "--to",
-            "fallback",
-        ],
+        &["--site", "a,b", "restore", "population", "--to", "fallback"],
+    );
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(dir.join("src"))
+        .arg(dir.join("fallback"))
+        .status()
+        .unwrap();
+    assert!(
+        diff.success(),
+        "the fallback restore differs from the source"
     );
     let out = embassy(
         dir,
         &["--json", "sync", "--from", "b", "--to", "a", "--repair"],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["repaired"], 1, "{report}");
+    assert_eq!(report["repaired"], packs.len(), "{report}");
     assert!(ok(dir, &["--site", "a", "verify", "--deep"]).contains("vault OK"));
 
     // A site that holds another vault is never mixed in.

@@ -1,0 +1,561 @@
+//! Sites failing in the middle of a running backup, with real processes and real signals: an S3
+//! server (moto) frozen with SIGSTOP and thawed, an S3 server killed with SIGKILL and restarted
+//! empty, a local folder made unwritable (immutable) mid-run, and the backup process itself
+//! killed while a site is down. In every case the backup (min-sites 1 of 2) succeeds or is
+//! resumed, the missed writes are in the site's catch-up queue (which survives the kill),
+//! `embassy sync --pending` drains it, keyless `verify` passes on every site alone, and each site
+//! alone restores the acknowledged versions byte for byte.
+//!
+//! The S3 server is moto unless `EMBASSY_TEST_S3_ENDPOINT` names another (see
+//! crates/sites/tests/support); `garage_node_stopped_mid_backup` runs against the three-node Garage
+//! cluster of scripts/garage-cluster.
+
+#[path = "../../sites/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const PASSPHRASE: &str = "site faults test passphrase";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    /// Extra environment for every run (S3 settings).
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        Env {
+            _tmp: tmp,
+            dir,
+            vars: Vec::new(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_embassy"));
+        c.current_dir(&self.dir)
+            .args(["--quiet", "--key-file", "key", "--state-dir", "state"])
+            .args(args)
+            .env("EMBASSY_PASSPHRASE", PASSPHRASE)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_KEY_FILE");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{args:?} panicked: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// A source tree of `mib` MiB of incompressible data in a few files (several packs).
+    fn source(&self, name: &str, mib: usize, seed: u64) -> PathBuf {
+        let src = self.dir.join(name);
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..4u64 {
+            std::fs::write(
+                src.join(format!("part-{i}.bin")),
+                random_bytes(mib * 1024 * 1024 / 4, seed * 100 + i),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            src.join("register.csv"),
+            format!("seed {seed}\n").repeat(1000),
+        )
+        .unwrap();
+        src
+    }
+
+    /// Queue depth per site from `embassy status --json`.
+    fn queued(&self, sites: &[&str]) -> Vec<(u64, bool)> {
+        let mut args = vec!["--json", "status"];
+        for s in sites {
+            args.extend(["--site", s]);
+        }
+        let out = self.run(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        v["queues"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no queues in {v}"))
+            .iter()
+            .map(|q| {
+                (
+                    q["queued_objects"].as_u64().unwrap(),
+                    q["full_sync_needed"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Drains the queues; returns the JSON report.
+    fn drain(&self, sites: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--json", "sync", "--pending"];
+        for s in sites {
+            args.extend(["--site", s]);
+        }
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "sync --pending: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Keyless verify of one site alone, and a restore of `dataset@version` from it alone,
+    /// compared with `src`.
+    fn check_site(&self, site: &str, dataset: &str, version: u64, src: &Path) {
+        let out = self
+            .command(&["--site", site, "verify"])
+            .env_remove("EMBASSY_PASSPHRASE")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("vault OK"),
+            "keyless verify of {site}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let to = format!("restored-{}-{version}", rand::random::<u32>());
+        self.ok(&[
+            "--site",
+            site,
+            "restore",
+            &format!("{dataset}@{version}"),
+            "--to",
+            &to,
+        ]);
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(src)
+            .arg(self.dir.join(&to))
+            .status()
+            .unwrap();
+        assert!(
+            diff.success(),
+            "{site} restores {dataset}@{version} differently"
+        );
+        std::fs::remove_dir_all(self.dir.join(&to)).unwrap();
+    }
+}
+
+/// An S3 site on the tests' server: a fresh bucket, its location, and the environment the CLI
+/// needs to reach it (short timeouts, so that a frozen server costs seconds, not minutes).
+fn s3_location(env: &mut Env, tag: &str, endpoint: &str) -> (String, String) {
+    let t = s3_target();
+    let bucket = unique_bucket(tag);
+    let mut cfg = target_config(&bucket, "vault");
+    cfg.endpoint = endpoint.to_string();
+    assert!(embassy_sites::S3Site::new(cfg)
+        .unwrap()
+        .create_bucket(false)
+        .unwrap());
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", t.access_key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", t.secret_access_key.as_str()),
+        ("AWS_REGION", t.region.as_str()),
+        ("EMBASSY_S3_TIMEOUT", "2"),
+        ("EMBASSY_S3_CONNECT_TIMEOUT", "2"),
+        ("EMBASSY_S3_RETRIES", "0"),
+        ("EMBASSY_S3_PART_SIZE_MIB", "5"),
+    ] {
+        env.vars.push((k.into(), v.into()));
+    }
+    (format!("s3://{bucket}/vault?endpoint={endpoint}"), bucket)
+}
+
+/// The number of packs a local site holds.
+fn packs(site: &Path) -> usize {
+    walk(&site.join("packs")).len()
+}
+
+/// Waits until the local site holds at least `n` packs (the backup is under way).
+fn wait_for_packs(site: &Path, n: usize, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = walk(&site.join("packs")).len();
+        if count >= n {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the backup ended ({status}) before {n} packs were written");
+        }
+        assert!(Instant::now() < deadline, "no packs after 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn finish(child: Child) -> Output {
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn stored_version(out: &Output) -> u64 {
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no version number in {v}"))
+}
+
+#[test]
+fn s3_site_frozen_mid_backup_catches_up_from_its_queue() {
+    if s3_target().kind != ServerKind::Moto {
+        eprintln!(
+            "NOT RUN: this test freezes the moto process; see garage_node_stopped_mid_backup"
+        );
+        return;
+    }
+    let t = Instant::now();
+    let mut env = Env::new();
+    let server = moto();
+    let (s3, _) = s3_location(&mut env, "freeze", &server.endpoint);
+    let sites = ["a", s3.as_str()];
+    let src1 = env.source("src1", 1, 1);
+    env.ok(&["--site", "a", "--site", &s3, "init"]);
+    env.ok(&["--site", "a", "--site", &s3, "backup", "population", "src1"]);
+    assert_eq!(env.queued(&sites), [(0, false), (0, false)]);
+
+    // Version 2: moto freezes once the backup has written its first packs, and thaws later.
+    let src2 = env.source("src2", 48, 2);
+    let before = packs(&env.dir.join("a"));
+    let mut backup = env.spawn(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        &s3,
+        "--min-sites",
+        "1",
+        "backup",
+        "population",
+        "src2",
+    ]);
+    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    server.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    let out = finish(backup);
+    server.signal(libc::SIGCONT);
+    eprintln!("backup finished {:.1?} after moto froze", frozen.elapsed());
+    let v2 = stored_version(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("backup's messages:\n{stderr}");
+    assert!(stderr.contains("queued"), "{stderr}");
+    let queued = env.queued(&sites);
+    assert_eq!(queued[0], (0, false), "site a missed nothing");
+    assert!(
+        queued[1].0 > 0,
+        "nothing queued for the frozen site: {queued:?}"
+    );
+
+    let report = env.drain(&sites);
+    eprintln!("drain: {report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(env.queued(&sites), [(0, false), (0, false)]);
+    for site in sites {
+        env.check_site(site, "population", 1, &src1);
+        env.check_site(site, "population", v2, &src2);
+    }
+    eprintln!("frozen-moto test: {:.1?}", t.elapsed());
+}
+
+#[test]
+fn s3_site_killed_mid_backup_and_restarted_empty_is_reseeded() {
+    if s3_target().kind != ServerKind::Moto {
+        eprintln!("NOT RUN: this test kills a moto process; see garage_node_stopped_mid_backup");
+        return;
+    }
+    let t = Instant::now();
+    let mut env = Env::new();
+    // A moto of its own: it is killed and started again on the same port.
+    let server = MotoServer::start();
+    let port = server.port;
+    let (s3, bucket) = s3_location(&mut env, "kill", &server.endpoint);
+    let sites = ["a", s3.as_str()];
+    let src1 = env.source("src1", 1, 3);
+    env.ok(&["--site", "a", "--site", &s3, "init"]);
+    env.ok(&["--site", "a", "--site", &s3, "backup", "population", "src1"]);
+
+    let src2 = env.source("src2", 32, 4);
+    let before = packs(&env.dir.join("a"));
+    let mut backup = env.spawn(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        &s3,
+        "--min-sites",
+        "1",
+        "backup",
+        "population",
+        "src2",
+    ]);
+    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    server.signal(libc::SIGKILL);
+    let out = finish(backup);
+    let v2 = stored_version(&out);
+    drop(server);
+
+    // moto comes back empty (it keeps everything in memory): the operator recreates the bucket,
+    // and the drain notices the site lost the vault and compares in full.
+    let server = MotoServer::start_on(port);
+    let mut cfg = target_config(&bucket, "vault");
+    cfg.endpoint = server.endpoint.clone();
+    embassy_sites::S3Site::new(cfg)
+        .unwrap()
+        .create_bucket(false)
+        .unwrap();
+    let report = env.drain(&sites);
+    eprintln!("drain: {report}");
+    let s3_report = &report["sites"][0];
+    assert_eq!(s3_report["full_sync"], true, "{report}");
+    assert!(s3_report["copied"].as_u64().unwrap() > 2, "{report}");
+    assert_eq!(env.queued(&sites), [(0, false), (0, false)]);
+    for site in sites {
+        env.check_site(site, "population", 1, &src1);
+        env.check_site(site, "population", v2, &src2);
+    }
+    eprintln!("killed-moto test: {:.1?}", t.elapsed());
+}
+
+/// Makes a folder tree immutable (`chattr +i`: not even root may add files) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Immutable {
+        let st = Command::new("chattr")
+            .arg("-R")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .expect("chattr (e2fsprogs) is needed to make a folder unwritable for root");
+        assert!(
+            st.success(),
+            "chattr -R +i {} failed: the test needs a filesystem with the immutable flag (ext4, \
+             xfs, btrfs, tmpfs) and CAP_LINUX_IMMUTABLE",
+            dir.display()
+        );
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .arg("-R")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn local_site_unwritable_mid_backup_then_backup_killed_both_caught_up() {
+    let t = Instant::now();
+    let env = Env::new();
+    let sites = ["a", "b"];
+    let src1 = env.source("src1", 1, 5);
+    env.ok(&["--site", "a", "--site", "b", "init"]);
+    env.ok(&["--site", "a", "--site", "b", "backup", "population", "src1"]);
+
+    // b becomes unwritable while version 2 is being written.
+    let src2 = env.source("src2", 48, 6);
+    let before = packs(&env.dir.join("b"));
+    let mut backup = env.spawn(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        "b",
+        "--min-sites",
+        "1",
+        "backup",
+        "population",
+        "src2",
+    ]);
+    wait_for_packs(&env.dir.join("b"), before + 1, &mut backup);
+    let frozen = Immutable::new(&env.dir.join("b"));
+    let out = finish(backup);
+    let v2 = stored_version(&out);
+    let queued = env.queued(&sites);
+    assert_eq!(queued[0], (0, false));
+    assert!(queued[1].0 > 0, "{queued:?}");
+    let depth_after_v2 = queued[1].0;
+
+    // While b is still unwritable, a third backup is killed with SIGKILL mid-run: the queue
+    // survives, and the dead writer's session asks for a full comparison.
+    let src3 = env.source("src3", 48, 7);
+    let mut backup = env.spawn(&[
+        "--site",
+        "a",
+        "--site",
+        "b",
+        "--min-sites",
+        "1",
+        "backup",
+        "population",
+        "src3",
+    ]);
+    let before = packs(&env.dir.join("a"));
+    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    backup.kill().unwrap();
+    let _ = backup.wait();
+    let queued = env.queued(&sites);
+    assert!(
+        queued[1].0 >= depth_after_v2,
+        "the queue lost records: {queued:?}"
+    );
+    assert!(
+        queued[0].1 && queued[1].1,
+        "no full sync asked after the kill: {queued:?}"
+    );
+
+    // b is writable again: the queue drains, both sites complete on their own.
+    drop(frozen);
+    let report = env.drain(&sites);
+    eprintln!("drain: {report}");
+    assert_eq!(env.queued(&sites), [(0, false), (0, false)]);
+    for site in sites {
+        env.check_site(site, "population", 1, &src1);
+        env.check_site(site, "population", v2, &src2);
+    }
+    // The killed backup acknowledged nothing; running it again stores version 3 at both.
+    let out = env.run(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        "b",
+        "backup",
+        "population",
+        "src3",
+    ]);
+    let v3 = stored_version(&out);
+    for site in sites {
+        env.check_site(site, "population", v3, &src3);
+    }
+    eprintln!("unwritable-folder test: {:.1?}", t.elapsed());
+}
+
+/// Stops one node of a three-node Garage cluster (scripts/garage-cluster) in the middle of a
+/// backup and starts it again: the cluster keeps quorum (2 of 3), the backup succeeds with
+/// nothing queued, and the vault verifies and restores through each node's endpoint.
+#[test]
+fn garage_node_stopped_mid_backup() {
+    let t = s3_target();
+    if t.kind != ServerKind::Garage {
+        eprintln!(
+            "NOT RUN: needs the Garage cluster (scripts/garage-cluster start; eval \"$(scripts/\
+             garage-cluster env)\")"
+        );
+        return;
+    }
+    let script = std::env::var("EMBASSY_TEST_GARAGE_SCRIPT")
+        .expect("EMBASSY_TEST_GARAGE_SCRIPT (set by scripts/garage-cluster env)");
+    assert!(t.endpoints.len() == 3, "three node endpoints expected");
+    let mut env = Env::new();
+    let (s3, bucket) = s3_location(&mut env, "gnode", &t.endpoints[0]);
+    // The site's default timeouts and retries, as against a real cluster.
+    env.vars
+        .retain(|(k, _)| k != "EMBASSY_S3_TIMEOUT" && k != "EMBASSY_S3_RETRIES");
+    let sites = ["a", s3.as_str()];
+    let src1 = env.source("src1", 1, 8);
+    env.ok(&["--site", "a", "--site", &s3, "init"]);
+    env.ok(&["--site", "a", "--site", &s3, "backup", "population", "src1"]);
+    let src2 = env.source("src2", 48, 9);
+    let before = packs(&env.dir.join("a"));
+    let started = Instant::now();
+    let mut backup = env.spawn(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        &s3,
+        "backup",
+        "population",
+        "src2",
+    ]);
+    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    let st = Command::new(&script)
+        .args(["stop-node", "2"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let stopped_at = started.elapsed();
+    let out = finish(backup);
+    let took = started.elapsed();
+    let st = Command::new(&script)
+        .args(["start-node", "2"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let v2 = stored_version(&out);
+    eprintln!(
+        "garage: node 2 stopped {stopped_at:.1?} into the backup, which finished in {took:.1?}"
+    );
+    assert_eq!(env.queued(&sites), [(0, false), (0, false)]);
+    for endpoint in &t.endpoints {
+        let location = format!("s3://{bucket}/vault?endpoint={endpoint}");
+        env.check_site(&location, "population", 1, &src1);
+        env.check_site(&location, "population", v2, &src2);
+    }
+    env.check_site("a", "population", v2, &src2);
+}
