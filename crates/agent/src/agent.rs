@@ -127,6 +127,17 @@ enum Done {
     Verify {
         results: Vec<(String, bool, String)>,
     },
+    Stream {
+        dataset: String,
+        result: Result<(), String>,
+    },
+}
+
+/// A running WAL streamer of a continuous dataset.
+struct Streamer {
+    handle: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Mutex<embassy_postgres::stream::StreamProgress>>,
 }
 
 fn now_s() -> i64 {
@@ -190,6 +201,7 @@ struct Agent {
     running: HashMap<String, JoinHandle<()>>,
     catching_up: HashMap<String, JoinHandle<()>>,
     verifying: Option<JoinHandle<()>>,
+    streams: HashMap<String, Streamer>,
     next_verify: Option<Instant>,
     last_refresh: Option<Instant>,
     refresh_now: bool,
@@ -275,6 +287,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
         running: HashMap::new(),
         catching_up: HashMap::new(),
         verifying: None,
+        streams: HashMap::new(),
         last_refresh: None,
         refresh_now: true,
         announced: BTreeMap::new(),
@@ -483,18 +496,91 @@ impl Agent {
         }
     }
 
+    /// Keeps a WAL streamer running for every continuous dataset (restarted with backoff when
+    /// it stops on an error), and stops those of datasets no longer configured.
     fn continuous(&mut self) {
-        for d in &self.config.datasets {
-            if d.mode == Mode::Continuous && !self.announced.contains_key(&d.name) {
-                // INTEGRATION POINT (embassy-postgres): start the WAL streamer for this
-                // dataset here and feed its durable position into freshness.
-                log(format!(
-                    "{}: continuous capture is not integrated into the agent yet (embassy-postgres streamer); the dataset stays red until it is",
-                    d.name
-                ));
-                self.announced.insert(d.name.clone(), true);
+        let wanted: Vec<String> = self
+            .config
+            .datasets
+            .iter()
+            .filter(|d| d.mode == Mode::Continuous)
+            .map(|d| d.name.clone())
+            .collect();
+        for (name, s) in &self.streams {
+            if !wanted.contains(name) {
+                s.stop.store(true, Ordering::SeqCst);
             }
         }
+        let now = now_s();
+        for name in wanted {
+            if self.streams.contains_key(&name) {
+                continue;
+            }
+            let retry_due = {
+                let st = lock(&self.shared.state);
+                st.datasets
+                    .get(&name)
+                    .and_then(|d| d.next_retry)
+                    .is_none_or(|t| now >= t)
+            };
+            if !retry_due {
+                continue;
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let progress = Arc::new(Mutex::new(Default::default()));
+            let (config, keyring, cancel, tx) = (
+                self.config.clone(),
+                self.keyring.clone(),
+                self.cancel.clone(),
+                self.tx.clone(),
+            );
+            let (dataset, thread_stop, thread_progress) =
+                (name.clone(), stop.clone(), progress.clone());
+            {
+                let mut st = lock(&self.shared.state);
+                let ds = st.datasets.entry(name.clone()).or_default();
+                ds.last_start = Some(now);
+                ds.runs += 1;
+            }
+            log(format!("{name}: continuous WAL streaming started"));
+            match std::thread::Builder::new()
+                .name(format!("stream-{name}"))
+                .spawn(move || {
+                    let result = run::stream_dataset(
+                        &config,
+                        &keyring,
+                        &dataset,
+                        &thread_stop,
+                        &cancel,
+                        thread_progress,
+                    );
+                    let _ = tx.send(Done::Stream { dataset, result });
+                }) {
+                Ok(handle) => {
+                    self.streams.insert(
+                        name,
+                        Streamer {
+                            handle,
+                            stop,
+                            progress,
+                        },
+                    );
+                }
+                Err(e) => log(format!("{name}: cannot start the streamer thread: {e}")),
+            }
+        }
+    }
+
+    /// The server's end of WAL per continuous dataset whose streamer runs without error.
+    fn server_ends(&self) -> BTreeMap<String, u64> {
+        self.streams
+            .iter()
+            .filter_map(|(name, s)| {
+                let p = lock(&s.progress);
+                (p.last_error.is_none() && p.server_end.0 > 0)
+                    .then(|| (name.clone(), p.server_end.0))
+            })
+            .collect()
     }
 
     fn start_verify(&mut self) {
@@ -554,6 +640,42 @@ impl Agent {
                         Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
                         Err(e) => log(format!("site {site} could not be caught up yet: {e}")),
                     }
+                    self.refresh_now = true;
+                }
+                Done::Stream { dataset, result } => {
+                    if let Some(s) = self.streams.remove(&dataset) {
+                        let _ = s.handle.join();
+                    }
+                    let now = now_s();
+                    let mut st = lock(&self.shared.state);
+                    let ds = st.datasets.entry(dataset.clone()).or_default();
+                    match result {
+                        Ok(()) => {
+                            ds.consecutive_failures = 0;
+                            ds.next_retry = None;
+                            drop(st);
+                            log(format!("{dataset}: WAL streaming stopped"));
+                        }
+                        Err(e) => {
+                            ds.errors += 1;
+                            ds.consecutive_failures += 1;
+                            let backoff = self
+                                .config
+                                .agent
+                                .retry_initial
+                                .saturating_mul(1u32 << (ds.consecutive_failures - 1).min(16))
+                                .min(self.config.agent.retry_max);
+                            ds.next_retry = Some(now + backoff.as_secs().max(1) as i64);
+                            ds.last_error = Some(e.clone());
+                            ds.last_error_at = Some(now);
+                            drop(st);
+                            log(format!(
+                                "{dataset}: WAL streaming failed, restart in {}: {e}",
+                                crate::schedule::format_duration(backoff)
+                            ));
+                        }
+                    }
+                    self.persist();
                     self.refresh_now = true;
                 }
                 Done::Verify { results } => {
@@ -685,7 +807,7 @@ impl Agent {
     fn refresh(&mut self) {
         self.refresh_now = false;
         self.last_refresh = Some(Instant::now());
-        let snaps = status::snapshot_all(&self.config);
+        let snaps = status::snapshot_all(&self.config, &self.server_ends());
         let now_ns = embassy_core::config::now_unix_nanos();
         let now = now_ns / 1_000_000_000;
         let mut state = lock(&self.shared.state).clone();
@@ -748,6 +870,7 @@ impl Agent {
             if !behind {
                 continue;
             }
+            let state_dir = self.config.agent.state_dir.clone();
             let (from, to, site, tx) = (
                 best.location.clone(),
                 s.location.clone(),
@@ -759,7 +882,7 @@ impl Agent {
                 .spawn({
                     let site = site.clone();
                     move || {
-                        let result = run::catch_up(&from, &to);
+                        let result = run::catch_up(&state_dir, &from, &to);
                         let _ = tx.send(Done::CatchUp { site, result });
                     }
                 })
@@ -771,6 +894,25 @@ impl Agent {
 
     fn shutdown(&mut self, control: &Control) {
         let _ = control;
+        if !self.streams.is_empty() {
+            // Streamers seal what they hold, report it durable and return.
+            for s in self.streams.values() {
+                s.stop.store(true, Ordering::SeqCst);
+            }
+            let until = Instant::now() + self.config.agent.shutdown_grace + Duration::from_secs(5);
+            while !self.streams.is_empty() && Instant::now() < until {
+                self.reap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !self.streams.is_empty() {
+                log("streamers did not stop in time: abandoning their unsealed WAL (the slot keeps it for the next start)");
+                self.cancel.store(true, Ordering::SeqCst);
+                while !self.streams.is_empty() {
+                    self.reap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
         if !self.running.is_empty() {
             let grace = self.config.agent.shutdown_grace;
             log(format!(
@@ -813,7 +955,21 @@ impl Agent {
 /// folder: what `embassy status --config FILE --json` prints (the agent serves the same).
 pub fn status_now(config: &Config) -> Result<serde_json::Value, String> {
     let state = AgentState::load(&config.agent.state_dir)?;
-    let snaps = status::snapshot_all(config);
+    let mut ends = BTreeMap::new();
+    for d in config
+        .datasets
+        .iter()
+        .filter(|d| d.mode == Mode::Continuous)
+    {
+        if let crate::config::Source::Postgres { conninfo, .. } = &d.source {
+            let end = embassy_postgres::replication::ConnConfig::parse(conninfo)
+                .and_then(|c| embassy_postgres::status::server_lsn(&c));
+            if let Ok(end) = end {
+                ends.insert(d.name.clone(), end.0);
+            }
+        }
+    }
+    let snaps = status::snapshot_all(config, &ends);
     Ok(status::report(
         config,
         &snaps,

@@ -68,8 +68,14 @@ impl Site for CancellableSite {
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
 pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, String> {
     let locations = config.locations();
-    let site = embassy_sites::open_many(&locations, config.agent.min_sites, false)
-        .map_err(|e| e.to_string())?;
+    // Writes a site misses are queued in the state folder (embassy-sites's catch-up queue).
+    let site = embassy_sites::open_many_queued(
+        &locations,
+        config.agent.min_sites,
+        false,
+        Some(&config.agent.state_dir),
+    )
+    .map_err(|e| e.to_string())?;
     let site: Arc<dyn Site> = Arc::new(CancellableSite::new(site, cancel.clone()));
     let vault = Vault::open(site).map_err(|e| e.to_string())?;
     let state = StateStore::open(
@@ -176,10 +182,11 @@ pub fn backup_dataset(
             Vec::new(),
         ),
         Source::Postgres { .. } => {
-            // INTEGRATION POINT (embassy-postgres): base backups of a PostgreSQL source go
-            // through the postgres crate's library once it lands.
+            // INTEGRATION POINT (embassy-postgres base backups): a periodic PostgreSQL dataset
+            // runs a base backup here once that library lands; continuous datasets stream WAL
+            // through [`stream_dataset`].
             return Err(
-                "PostgreSQL sources are not integrated into the agent yet (embassy-postgres)"
+                "periodic PostgreSQL base backups are not integrated into the agent yet: use mode = \"continuous\" (WAL streaming)"
                     .into(),
             );
         }
@@ -205,6 +212,61 @@ pub fn backup_dataset(
     })
 }
 
+/// The replication slot a continuous dataset streams from: the configured one, else
+/// `embassy_<dataset>` with every other character than a-z, 0-9 made `_`.
+pub fn slot_name(dataset: &str, configured: Option<&str>) -> String {
+    match configured {
+        Some(s) => s.to_string(),
+        None => {
+            let mut s: String = format!("embassy_{dataset}")
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            s.truncate(63);
+            s
+        }
+    }
+}
+
+/// Streams a continuous PostgreSQL dataset's WAL into the vault (embassy-postgres's
+/// `WalStreamer`) until `stop` is set; live figures go to `progress`. The slot is created when
+/// missing. Returns when stopped, or with the error that stopped it.
+pub fn stream_dataset(
+    config: &Config,
+    keyring: &Keyring,
+    dataset: &str,
+    stop: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
+    progress: Arc<std::sync::Mutex<embassy_postgres::stream::StreamProgress>>,
+) -> Result<(), String> {
+    let d = config
+        .dataset(dataset)
+        .ok_or_else(|| format!("dataset {dataset} is not in the configuration"))?;
+    let Source::Postgres { conninfo, slot } = &d.source else {
+        return Err(format!(
+            "dataset {dataset} has no postgres source to stream"
+        ));
+    };
+    let conn =
+        embassy_postgres::replication::ConnConfig::parse(conninfo).map_err(|e| e.to_string())?;
+    let mut cfg = embassy_postgres::stream::StreamConfig::new(
+        dataset,
+        conn,
+        &slot_name(dataset, slot.as_deref()),
+    );
+    cfg.create_slot = true;
+    let vault = open_vault(config, cancel)?;
+    embassy_postgres::stream::WalStreamer::run_with_progress(&cfg, &vault, keyring, stop, progress)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// A shell command that runs `command` in the config file's folder.
 pub fn in_config_dir(config: &Config, command: &str) -> String {
     let dir = config
@@ -215,16 +277,34 @@ pub fn in_config_dir(config: &Config, command: &str) -> String {
     format!("cd '{dir}' && {command}")
 }
 
-/// Copies to the site at `to` every object it lacks from the site at `from` (no keys).
-pub fn catch_up(from: &str, to: &str) -> Result<u64, String> {
+/// Catches the site at `to` up from the site at `from` (no keys): first by its queue of missed
+/// writes (embassy-sites), then, unless that settled everything, by a full comparison
+/// (`embassy_core::sync`). Returns the objects copied.
+pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, String> {
     let from_site = embassy_sites::open(from).map_err(|e| e.to_string())?;
     let to_site = embassy_sites::open(to).map_err(|e| e.to_string())?;
+    let mut copied = 0;
+    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))
+        .map_err(|e| e.to_string())?;
+    if !queue.pending().map_err(|e| e.to_string())?.is_empty() {
+        let report = embassy_sites::queue::drain(
+            &queue,
+            to_site.as_ref(),
+            std::slice::from_ref(&from_site),
+            &Silent,
+        )
+        .map_err(|e| e.to_string())?;
+        copied += report.copied;
+        if report.remaining == 0 && report.problems.is_empty() {
+            return Ok(copied);
+        }
+    }
     let report = embassy_core::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)
         .map_err(|e| e.to_string())?;
     if !report.problems.is_empty() {
         return Err(report.problems.join("; "));
     }
-    Ok(report.copied)
+    Ok(copied + report.copied)
 }
 
 /// Verifies the vault at one site without keys: (ok, one-line summary).

@@ -30,6 +30,11 @@ pub struct CellFacts {
     pub bytes_stored: u64,
     /// Why the dataset's history cannot be read at this site.
     pub error: Option<String>,
+    /// Continuous (WAL) datasets: end of the newest durable WAL here.
+    pub wal_end: Option<String>,
+    /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
+    /// data is current however old the newest WAL is (an idle database writes none).
+    pub caught_up: bool,
 }
 
 /// What one site holds, read from that site alone.
@@ -50,7 +55,8 @@ pub struct SiteSnapshot {
 }
 
 /// Reads one site on its own: its vault's datasets, their newest versions and the bytes held.
-pub fn snapshot_site(name: &str, location: &str) -> SiteSnapshot {
+/// `wal` names the continuous (WAL) datasets, each with the server's end of WAL when known.
+pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) -> SiteSnapshot {
     let mut snap = SiteSnapshot {
         name: name.to_string(),
         location: location.to_string(),
@@ -95,7 +101,7 @@ pub fn snapshot_site(name: &str, location: &str) -> SiteSnapshot {
                     versions: versions.len() as u64,
                     captured_ns: newest.map(|v| v.captured_at_ns),
                     bytes_stored: versions.iter().map(|v| v.stats.new_bytes_stored).sum(),
-                    error: None,
+                    ..CellFacts::default()
                 }
             }
             Err(e) => CellFacts {
@@ -105,15 +111,38 @@ pub fn snapshot_site(name: &str, location: &str) -> SiteSnapshot {
         };
         snap.datasets.insert(dataset, facts);
     }
+    for (dataset, server_end) in wal {
+        let facts = match embassy_postgres::status::site_wal(location, site.as_ref(), dataset) {
+            Ok(Some(w)) => CellFacts {
+                captured_ns: (w.captured_at_ns > 0).then_some(w.captured_at_ns),
+                wal_end: Some(w.durable.to_string()),
+                caught_up: server_end.is_some_and(|end| w.durable.0 >= end),
+                ..CellFacts::default()
+            },
+            Ok(None) => CellFacts::default(),
+            Err(e) => CellFacts {
+                error: Some(e.to_string()),
+                ..CellFacts::default()
+            },
+        };
+        snap.datasets.insert(dataset.clone(), facts);
+    }
     snap
 }
 
-/// Reads every site of a configuration.
-pub fn snapshot_all(config: &Config) -> Vec<SiteSnapshot> {
+/// Reads every site of a configuration; `server_ends` holds the server's end of WAL of the
+/// continuous datasets, where known.
+pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec<SiteSnapshot> {
+    let wal: Vec<(String, Option<u64>)> = config
+        .datasets
+        .iter()
+        .filter(|d| d.mode == Mode::Continuous)
+        .map(|d| (d.name.clone(), server_ends.get(&d.name).copied()))
+        .collect();
     config
         .sites
         .iter()
-        .map(|s| snapshot_site(&s.name, &s.location))
+        .map(|s| snapshot_site(&s.name, &s.location, &wal))
         .collect()
 }
 
@@ -200,7 +229,11 @@ pub fn judge(
             _ => (Colour::Red, "no version at this site".into(), None, facts),
         };
     };
-    let lag = ((now_ns - captured) as f64 / 1e9).max(0.0);
+    let lag = if facts.caught_up {
+        0.0
+    } else {
+        ((now_ns - captured) as f64 / 1e9).max(0.0)
+    };
     if lag > rpo_seconds {
         return (
             Colour::Red,
@@ -372,6 +405,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                     "reason": c.reason,
                     "lag_seconds": c.lag_seconds,
                     "newest_version": c.facts.newest_version,
+                    "wal_end": c.facts.wal_end,
                     "versions": c.facts.versions,
                     "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
                     "bytes_stored": c.facts.bytes_stored,

@@ -14,6 +14,10 @@ use serde_json::Value;
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
+/// The PostgreSQL 15 test cluster of embassy-postgres's tests.
+#[path = "../../postgres/tests/support/mod.rs"]
+mod pg;
+
 /// The agent tests listen on ports and run CPU-heavy backups: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -945,4 +949,94 @@ rpo = "2s"
             keep.display()
         );
     }
+}
+
+#[test]
+fn a_continuous_postgres_dataset_stays_within_its_rpo() {
+    let _g = serial();
+    let server = pg::PgServer::start(pg::PgOptions::default());
+    let env = Env::new();
+    env.init(&["sites/a", "sites/b"]);
+    let port = free_port();
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+verify_interval = "never"
+shutdown_grace = "10s"
+[status]
+listen = "127.0.0.1:{port}"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[sites]]
+name = "b"
+path = "sites/b"
+[[datasets]]
+name = "registry-db"
+source = {{ postgres = {{ conninfo = "{}" }} }}
+mode = "continuous"
+rpo = "6s"
+"#,
+        server.conninfo()
+    ));
+    let agent = env.spawn_agent(&[]);
+    server.psql("CREATE TABLE people (id serial PRIMARY KEY, name text)");
+    wait_until(Duration::from_secs(30), "WAL at both sites", &agent, || {
+        let r = status_json(port)?;
+        (cell(&r, "registry-db", "a")["wal_end"].is_string()
+            && cell(&r, "registry-db", "b")["wal_end"].is_string())
+        .then_some(())
+    });
+    // 8 s of writes, then 8 s idle (longer than the RPO: an idle database is not stale).
+    let start = Instant::now();
+    let mut worst: f64 = 0.0;
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(16) {
+        if start.elapsed() < Duration::from_secs(8) {
+            n += 1;
+            server.psql(&format!(
+                "INSERT INTO people (name) SELECT 'person ' || g FROM generate_series(1, 200) g; -- {n}"
+            ));
+        }
+        let r = status_json(port).expect("status.json answers");
+        for site in ["a", "b"] {
+            let c = cell(&r, "registry-db", site);
+            assert_ne!(
+                c["colour"],
+                "red",
+                "registry-db breached its RPO at {site}: {c}\n{}",
+                agent.log()
+            );
+            worst = worst.max(c["lag_seconds"].as_f64().unwrap_or(0.0));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(worst < 6.0, "worst lag {worst}");
+    let lsn_before_stop = server.current_lsn();
+    let (status, log) = agent.stop(Duration::from_secs(40));
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(
+        log.contains("registry-db: continuous WAL streaming started"),
+        "{log}"
+    );
+    assert!(log.contains("registry-db: WAL streaming stopped"), "{log}");
+    // Both sites verify without keys, and hold WAL up to where the server was.
+    env.verify("sites/a");
+    env.verify("sites/b");
+    let out = env.embassy(&["status", "--config", "embassy.toml", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let end = cell(&r, "registry-db", "b")["wal_end"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let (hi, lo) = end.split_once('/').unwrap_or(("0", "0"));
+    let durable =
+        (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0);
+    assert!(
+        durable >= lsn_before_stop.saturating_sub(1 << 20) && durable > 0,
+        "durable {end}, server was at {lsn_before_stop:X}: {r}"
+    );
 }
