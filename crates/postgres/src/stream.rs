@@ -549,8 +549,13 @@ impl Session<'_> {
                     p.bytes += n as u64;
                 }
                 self.anchor.pending = Some((id, r.timeline, start, spec.end, captured));
-                self.after_piece(r.timeline, start, payload, captured)?;
                 done += n;
+                if let Err(e) = self.after_piece(r.timeline, start, &buf[done - n..done], captured) {
+                    // The WAL is durable as pieces; only its compaction into one segment object
+                    // failed (that segment stays in pieces, which wal-fetch assembles).
+                    self.segment = None;
+                    self.set_error(Some(format!("segment compaction: {e}")));
+                }
             }
             Ok(())
         })();
