@@ -1,0 +1,467 @@
+//! PostgreSQL base backups, point-in-time restore, standby and promotion, end to end on a
+//! real PostgreSQL 15 with the real `embassy` program: WAL streamed by `embassy pg stream`
+//! under pgbench load, a base backup with `embassy pg base-backup --wal-streamed`, restores
+//! to the latest point and to a time in the middle (compared with per-table checksums taken
+//! at that moment), a standby that follows the vault, its promotion and a write to it.
+//!
+//! Every embassy command and every restored server runs as the `postgres` user (PostgreSQL
+//! runs `restore_command` as its own user, so the vault, key file and passphrase file must be
+//! readable by it). Timings are printed (`cargo test ... -- --nocapture`).
+
+#[path = "../../postgres/tests/support/mod.rs"]
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{free_port, pg_bindir, PgOptions, PgServer};
+
+const EXE: &str = env!("CARGO_BIN_EXE_embassy");
+const PASS: &str = "correct horse battery staple";
+const TABLES: [&str; 4] = [
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let o = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "a `postgres` system user is needed (install postgresql-15)"
+        );
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A vault, key file and passphrase file in a folder owned by `postgres`.
+struct Env {
+    dir: tempfile::TempDir,
+    ids: (u32, u32),
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("embassy-pgr-")
+            .tempdir()
+            .unwrap();
+        let ids = postgres_ids();
+        std::fs::write(dir.path().join("pass"), PASS).unwrap();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", ids.0, ids.1))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let env = Env { dir, ids };
+        let out = env.cmd(&["init"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// An embassy command as the postgres user.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(EXE);
+        c.arg("--site")
+            .arg(self.path("site"))
+            .arg("--key-file")
+            .arg(self.path("vault.key"))
+            .arg("--passphrase-file")
+            .arg(self.path("pass"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--quiet")
+            .args(args)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_KEY_FILE")
+            .env_remove("EMBASSY_STATE_DIR")
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .uid(self.ids.0)
+            .gid(self.ids.1);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "embassy {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn durable(&self) -> u64 {
+        std::fs::read_to_string(self.path("durable.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn stream(&self, pg: &PgServer) -> Child {
+        let log = self.path("durable.log");
+        self.cmd(&[
+            "pg",
+            "stream",
+            "registry",
+            "--conninfo",
+            &pg.conninfo(),
+            "--slot",
+            "embassy_wal",
+            "--create-slot",
+            "--durable-log",
+            log.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("embassy runs")
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Per-table checksums of the pgbench tables, as one psql query result.
+const CHECKSUMS: &str = "SELECT string_agg(t || '=' || s, ' ' ORDER BY t) FROM (\
+    SELECT 'accounts' t, md5(string_agg(a::text, ',' ORDER BY aid)) s FROM pgbench_accounts a UNION ALL \
+    SELECT 'branches', md5(string_agg(b::text, ',' ORDER BY bid)) FROM pgbench_branches b UNION ALL \
+    SELECT 'tellers', md5(string_agg(x::text, ',' ORDER BY tid)) FROM pgbench_tellers x UNION ALL \
+    SELECT 'history', md5(string_agg(h::text, ',' ORDER BY tid, bid, aid, mtime, delta)) FROM pgbench_history h) q";
+
+/// Checksums of every table at one moment under load, with that moment: writers are held off
+/// (SHARE locks) while the time is read and the checksums computed, so every transaction that
+/// committed before the time is in them and none after.
+fn checksums_at_a_moment(pg: &PgServer) -> (String, String) {
+    let sql = format!(
+        "BEGIN; LOCK TABLE {} IN SHARE MODE; \
+         SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
+         {CHECKSUMS}; COMMIT;",
+        TABLES.join(", ")
+    );
+    let out = pg.psql(&sql);
+    let mut lines = out.lines().filter(|l| !l.is_empty());
+    let time = lines.next().unwrap().to_string();
+    let sums = lines.next().unwrap().to_string();
+    (time, sums)
+}
+
+/// A PostgreSQL server started on a restored data directory.
+struct Restored {
+    data: PathBuf,
+    port: u16,
+    sock: PathBuf,
+}
+
+impl Restored {
+    fn pg(&self, prog: &str) -> Command {
+        let (uid, gid) = postgres_ids();
+        let mut c = Command::new(pg_bindir().join(prog));
+        c.uid(uid).gid(gid).stdin(Stdio::null());
+        c
+    }
+
+    fn start(data: PathBuf) -> Restored {
+        let port = free_port();
+        let sock = data.parent().unwrap().join(format!("sock-{port}"));
+        std::fs::create_dir_all(&sock).unwrap();
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&sock, Some(uid), Some(gid)).unwrap();
+        let r = Restored { data, port, sock };
+        let log = r.data.parent().unwrap().join(format!("server-{port}.log"));
+        let out = r
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(&r.data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses='127.0.0.1'",
+                r.sock.display()
+            ))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restored server did not start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        r
+    }
+
+    fn try_psql(&self, sql: &str) -> Result<String, String> {
+        let out = self
+            .pg("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.sock)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(
+            self.data
+                .parent()
+                .unwrap()
+                .join(format!("server-{}.log", self.port)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Waits until recovery has ended and the server accepts writes.
+    fn wait_open(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(v) = self.try_psql("SELECT pg_is_in_recovery()") {
+                if v == "f" {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restored server did not finish recovery: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The folder restores go into: owned by postgres.
+fn restore_root(env: &Env) -> PathBuf {
+    let p = env.path("restores");
+    std::fs::create_dir_all(&p).unwrap();
+    std::os::unix::fs::chown(&p, Some(env.ids.0), Some(env.ids.1)).unwrap();
+    p
+}
+
+fn dir_arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let env = Env::new();
+    let mut streamer = env.stream(&pg);
+    wait_until(
+        "the streamer's first durable WAL",
+        Duration::from_secs(30),
+        || env.durable() > 0,
+    );
+
+    // A base backup while pgbench writes; its WAL comes from the stream.
+    let mut load = pg
+        .pgbench_command(&["-c", "4", "-j", "2", "-T", "12"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let out = env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+        "--wal-streamed",
+    ]);
+    println!(
+        "base backup under load: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.is_empty() || !out.contains("error"), "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    let (mid_time, mid_sums) = checksums_at_a_moment(&pg);
+    let status = load.wait().unwrap();
+    assert!(status.success(), "pgbench failed");
+    let (_, final_sums) = checksums_at_a_moment(&pg);
+    assert_ne!(
+        mid_sums, final_sums,
+        "the load changed nothing after the middle"
+    );
+    let end = pg.current_lsn();
+    wait_until("WAL to become durable", Duration::from_secs(60), || {
+        env.durable() >= end
+    });
+    let history = env.run(&["history", "registry"]);
+    assert!(history.contains("version added"), "{history}");
+
+    let root = restore_root(&env);
+
+    // 1. Restore to the latest point.
+    let latest_dir = root.join("latest");
+    let t = Instant::now();
+    env.run(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        dir_arg(&latest_dir),
+    ]);
+    let written = t.elapsed();
+    let latest = Restored::start(latest_dir);
+    latest.wait_open(Duration::from_secs(120));
+    println!(
+        "restore --latest: {:.1} s writing the data directory, {:.1} s until it accepts writes",
+        written.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        latest.try_psql(CHECKSUMS).unwrap(),
+        final_sums,
+        "latest restore differs"
+    );
+    latest
+        .try_psql("CREATE TABLE after_restore(x int); INSERT INTO after_restore VALUES (1)")
+        .unwrap();
+    drop(latest);
+
+    // 2. Restore to the time in the middle of the load.
+    let mid_dir = root.join("mid");
+    env.run(&[
+        "restore",
+        "registry",
+        "--time",
+        &mid_time,
+        "--to",
+        dir_arg(&mid_dir),
+    ]);
+    let conf = std::fs::read_to_string(mid_dir.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("recovery_target_time"), "{conf}");
+    assert!(mid_dir.join("recovery.signal").exists());
+    let mid = Restored::start(mid_dir);
+    mid.wait_open(Duration::from_secs(120));
+    assert_eq!(
+        mid.try_psql(CHECKSUMS).unwrap(),
+        mid_sums,
+        "restore to {mid_time} differs from the checksums taken then; log: {}",
+        mid.log()
+    );
+    drop(mid);
+
+    // 3. A standby follows the vault within a few seconds.
+    let standby_dir = root.join("standby");
+    env.run(&["standby", "registry", "--to", dir_arg(&standby_dir)]);
+    assert!(standby_dir.join("standby.signal").exists());
+    let standby = Restored::start(standby_dir.clone());
+    wait_until(
+        "the standby to accept reads",
+        Duration::from_secs(60),
+        || standby.try_psql("SELECT 1").is_ok(),
+    );
+    assert_eq!(standby.try_psql("SELECT pg_is_in_recovery()").unwrap(), "t");
+    pg.psql("CREATE TABLE marker(v int); INSERT INTO marker VALUES (1)");
+    let written_at = Instant::now();
+    wait_until(
+        "the standby to see the new row",
+        Duration::from_secs(30),
+        || {
+            standby
+                .try_psql("SELECT count(*) FROM marker WHERE v = 1")
+                .ok()
+                .as_deref()
+                == Some("1")
+        },
+    );
+    let lag = written_at.elapsed();
+    println!("standby saw a new commit after {:.1} s", lag.as_secs_f64());
+    assert!(lag < Duration::from_secs(10), "standby lag {lag:?}");
+    let standby_sums = standby.try_psql(CHECKSUMS).unwrap();
+    assert_eq!(
+        standby_sums,
+        pg.psql(CHECKSUMS),
+        "standby differs from the source"
+    );
+
+    // 4. Promote it; it accepts writes on a new timeline; the ledger records it.
+    let t = Instant::now();
+    let out = env.run(&["promote", "registry", "--data", dir_arg(&standby_dir)]);
+    println!(
+        "promotion: {:.1} s ({})",
+        t.elapsed().as_secs_f64(),
+        out.trim()
+    );
+    assert_eq!(standby.try_psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    standby.try_psql("INSERT INTO marker VALUES (2)").unwrap();
+    assert_eq!(
+        standby.try_psql("SELECT count(*) FROM marker").unwrap(),
+        "2"
+    );
+    let timeline = standby
+        .try_psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)::text")
+        .unwrap();
+    assert_ne!(timeline, "00000001", "promotion must start a new timeline");
+    let history = env.run(&["history", "registry"]);
+    let expected = format!("timeline {}", u32::from_str_radix(&timeline, 16).unwrap());
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("promoted") && l.contains(&expected)),
+        "no promoted entry with {expected}: {history}"
+    );
+
+    // Stop the streamer.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(streamer.id() as i32, libc::SIGTERM) };
+    let _ = streamer.wait();
+}
