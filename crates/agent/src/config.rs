@@ -1214,6 +1214,22 @@ impl<'t> Parser<'t> {
         r.keep_monthly = self.count(&mut t, "keep_monthly", 0);
         r.keep_yearly = self.count(&mut t, "keep_yearly", 0);
         r.min_age = self.duration(&mut t, "min_age").map(Spanned::into_inner);
+        let rules = [
+            r.keep_last,
+            r.keep_hourly,
+            r.keep_daily,
+            r.keep_weekly,
+            r.keep_monthly,
+            r.keep_yearly,
+        ];
+        if rules.iter().all(|k| k.unwrap_or(0) == 0) {
+            let field = t.path.clone();
+            self.problem(
+                t.span.clone(),
+                &field,
+                "expected at least one keep_last/keep_hourly/keep_daily/keep_weekly/keep_monthly/keep_yearly rule (without one, every version but the newest would be deleted); omit retention to keep every version",
+            );
+        }
         self.finish(
             t,
             &[

@@ -1,0 +1,238 @@
+//! The agent's judgements as library calls: configuration problems with their positions, the
+//! colour of a cell against its RPO, alarms raised and cleared once, the example config.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use embassy_agent::alarms;
+use embassy_agent::config::{Config, Mode, Source};
+use embassy_agent::schedule::Schedule;
+use embassy_agent::state::AgentState;
+use embassy_agent::status::{self, CellFacts, Colour, SiteSnapshot};
+
+const NS: i64 = 1_000_000_000;
+
+fn parse(text: &str) -> Result<Config, embassy_agent::ConfigError> {
+    Config::parse(text, Path::new("/etc/embassy/embassy.toml"))
+}
+
+const BASE: &str = r#"[keys]
+file = "vault.key"
+passphrase_env = "PASS"
+
+[[sites]]
+name = "lux"
+path = "/srv/lux"
+
+[[sites]]
+name = "hel"
+path = "/srv/hel"
+"#;
+
+#[test]
+fn the_estonian_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/estonia/embassy.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.sites.len(), 2);
+    assert_eq!(config.datasets.len(), 10);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let gazette = config.dataset("state-gazette").unwrap();
+    assert_eq!(
+        gazette.mode,
+        Mode::Periodic(Schedule::Daily { hour: 2, minute: 0 })
+    );
+    assert_eq!(
+        config.dataset("pension-register").unwrap().sites,
+        ["luxembourg"]
+    );
+    assert!(matches!(
+        &config.dataset("business-register").unwrap().source,
+        Source::Command(c) if c == "cat data/business.csv"
+    ));
+    // Relative paths are taken from the file's folder.
+    assert!(config.agent.state_dir.ends_with("examples/estonia/state"));
+}
+
+#[test]
+fn every_problem_has_its_position_field_and_expectation() {
+    let text = format!(
+        "{BASE}
+[[datasets]]
+name = \"a\"
+source = {{ files = [\"/x\"] }}
+interval = \"15m\"
+rpo = 15
+
+[[datasets]]
+name = \"b\"
+source = {{ files = [\"/x\"], command = \"cat\" }}
+mode = \"sometimes\"
+rpo = \"1h\"
+retention = {{ min_age = \"30d\" }}
+
+[[datasets]]
+name = \"c\"
+source = {{ postgres = {{ conninfo = \"host=/run/postgresql\" }} }}
+mode = \"continuous\"
+rpo = \"1m\"
+owner = 7
+"
+    );
+    let e = parse(&text).unwrap_err();
+    let lines: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+    let expected = [
+        "/etc/embassy/embassy.toml:17:7: datasets[0].rpo: expected a duration like \"90s\", \"15m\", \"1h\", found an integer",
+        "/etc/embassy/embassy.toml:21:10: datasets[1].source: give exactly one of files, command or postgres",
+        "/etc/embassy/embassy.toml:22:8: datasets[1].mode: expected \"continuous\" or \"periodic\"",
+        "/etc/embassy/embassy.toml:24:13: datasets[1].retention: expected at least one keep_last/keep_hourly/keep_daily/keep_weekly/keep_monthly/keep_yearly rule (without one, every version but the newest would be deleted); omit retention to keep every version",
+        "/etc/embassy/embassy.toml:31:9: datasets[2].owner: expected a string naming who answers for the dataset, found an integer",
+    ];
+    for x in expected {
+        assert!(lines.iter().any(|l| l == x), "missing {x:?} in {lines:#?}");
+    }
+    // Each problem once, in file order.
+    let mut sorted = e.problems.clone();
+    sorted.sort_by_key(|p| (p.line, p.column));
+    assert_eq!(sorted, e.problems);
+}
+
+#[test]
+fn cross_checks_and_refusals() {
+    let e = parse(&format!(
+        "{BASE}\n[agent]\nmin_sites = 3\n[keys.hsm]\nslot = 1\n"
+    ))
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("agent.min_sites: expected at most the number of sites (2), found 3"),
+        "{text}"
+    );
+    // [keys] appears twice above: a TOML error, reported with its position.
+    assert!(text.contains("embassy.toml:"), "{text}");
+    let e =
+        parse("[keys]\nfile = \"k\"\nhsm = { slot = 1 }\n[[sites]]\nname = \"a\"\npath = \"/a\"\n")
+            .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("3:7: keys.hsm: HSM keys are not supported yet"),
+        "{e}"
+    );
+    let e = parse("[keys]\nfile = \"k\"\n[[sites]]\nname = \"a\"\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("sites[0]: missing `path = \"folder\"` or `url = \"s3://bucket/prefix\"`"),
+        "{e}"
+    );
+    let ok = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"a\"\nsource = {{ command = \"true\" }}\nschedule = \"weekly sun 03:00\"\nrpo = \"1d\"\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.warnings.len(), 1);
+    assert!(ok.warnings[0]
+        .to_string()
+        .contains("datasets[0].rpo: rpo 1d is shorter than the schedule (weekly sun 03:00 UTC)"));
+    assert_eq!(ok.agent.min_sites, 2, "default: every site");
+}
+
+fn snap(name: &str, dataset: &str, version: Option<u64>, captured_ns: Option<i64>) -> SiteSnapshot {
+    let mut datasets = BTreeMap::new();
+    datasets.insert(
+        dataset.to_string(),
+        CellFacts {
+            newest_version: version,
+            versions: version.unwrap_or(0),
+            captured_ns,
+            ..CellFacts::default()
+        },
+    );
+    SiteSnapshot {
+        name: name.into(),
+        location: format!("/srv/{name}"),
+        datasets,
+        ..SiteSnapshot::default()
+    }
+}
+
+#[test]
+fn colours_against_the_rpo() {
+    let now = 1_800_000_000 * NS;
+    let rpo = 100.0;
+    let judge = |age_s: i64, version: u64, newest: u64| {
+        let s = snap("lux", "d", Some(version), Some(now - age_s * NS));
+        status::judge(rpo, &s, "d", None, Some(newest), now).0
+    };
+    assert_eq!(judge(10, 3, 3), Colour::Green);
+    assert_eq!(judge(75, 3, 3), Colour::Green);
+    assert_eq!(judge(76, 3, 3), Colour::Amber);
+    assert_eq!(judge(100, 3, 3), Colour::Amber);
+    assert_eq!(judge(101, 3, 3), Colour::Red);
+    assert_eq!(judge(10, 2, 3), Colour::Amber, "a site behind another");
+    // No version: amber during the first RPO, red after it.
+    let empty = snap("lux", "d", None, None);
+    assert_eq!(
+        status::judge(rpo, &empty, "d", Some(now / NS - 50), None, now).0,
+        Colour::Amber
+    );
+    assert_eq!(
+        status::judge(rpo, &empty, "d", Some(now / NS - 150), None, now).0,
+        Colour::Red
+    );
+    // An unreadable site is red.
+    let down = SiteSnapshot {
+        name: "hel".into(),
+        error: Some("connection refused".into()),
+        ..SiteSnapshot::default()
+    };
+    let (c, why, _, _) = status::judge(rpo, &down, "d", None, None, now);
+    assert_eq!(c, Colour::Red);
+    assert!(why.contains("connection refused"));
+}
+
+#[test]
+fn alarms_are_raised_once_and_cleared_once() {
+    let config = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1m\"\nrpo = \"100s\"\nsites = [\"lux\"]\n"
+    ))
+    .unwrap();
+    let now = 1_800_000_000 * NS;
+    let mut state = AgentState::default();
+    let stale = [
+        snap("lux", "d", Some(1), Some(now - 500 * NS)),
+        snap("hel", "d", Some(1), Some(now - 500 * NS)),
+    ];
+    let rows = status::rows(&config, &stale, &state, now);
+    let notices = alarms::evaluate(&rows, &state, now / NS);
+    // Only the required site alarms.
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        (notices[0].event, notices[0].site.as_str()),
+        ("raised", "lux")
+    );
+    assert_eq!(notices[0].to_json()["rpo_seconds"], 100.0);
+    alarms::mark_delivered(&mut state, &notices[0]);
+    assert!(
+        alarms::evaluate(&rows, &state, now / NS).is_empty(),
+        "raised twice"
+    );
+    let fresh = [
+        snap("lux", "d", Some(2), Some(now - 5 * NS)),
+        snap("hel", "d", Some(2), Some(now - 5 * NS)),
+    ];
+    let rows = status::rows(&config, &fresh, &state, now);
+    let notices = alarms::evaluate(&rows, &state, now / NS);
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].event, "cleared");
+    alarms::mark_delivered(&mut state, &notices[0]);
+    assert!(alarms::evaluate(&rows, &state, now / NS).is_empty());
+    // The metrics say the same.
+    let m = status::metrics(&config, &fresh, &state, now);
+    assert!(
+        m.contains("embassy_dataset_status{dataset=\"d\",site=\"lux\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("embassy_dataset_lag_seconds{dataset=\"d\",site=\"hel\"} 5"),
+        "{m}"
+    );
+    assert!(m.contains("embassy_alarms_raised 0"), "{m}");
+}
