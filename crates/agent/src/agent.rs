@@ -792,6 +792,21 @@ impl Agent {
         smallest.clamp(Duration::from_secs(1), Duration::from_secs(15))
     }
 
+    /// Spacing of lag history points: a quarter of the smallest RPO, 1 s to 2 min, so the 720
+    /// points kept span about a day for RPOs of 8 minutes or more.
+    fn history_spacing(&self) -> i64 {
+        let smallest = self
+            .config
+            .datasets
+            .iter()
+            .map(|d| d.rpo / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(120));
+        smallest
+            .clamp(Duration::from_secs(1), Duration::from_secs(120))
+            .as_secs() as i64
+    }
+
     fn maybe_refresh(&mut self) {
         let due = self.refresh_now
             || self
@@ -812,7 +827,7 @@ impl Agent {
         let now = now_ns / 1_000_000_000;
         let mut state = lock(&self.shared.state).clone();
         let rows = status::rows(&self.config, &snaps, &state, now_ns);
-        let spacing = (self.refresh_interval().as_secs() as i64).max(1);
+        let spacing = self.history_spacing();
         for row in &rows {
             for c in &row.cells {
                 state.record_lag(
