@@ -234,10 +234,13 @@ fn components(path: &[u8]) -> Result<Vec<Vec<u8>>, PgError> {
     Ok(out)
 }
 
-/// Directories being assembled from the tar: path -> (own node, children).
+/// A directory's own node (when the archive had an entry for it) and its children so far.
+type DirParts = (Option<Node>, Vec<Node>);
+
+/// Directories being assembled from the tar: path -> its parts.
 #[derive(Default)]
 struct Assembly {
-    dirs: HashMap<Vec<Vec<u8>>, (Option<Node>, Vec<Node>)>,
+    dirs: HashMap<Vec<Vec<u8>>, DirParts>,
 }
 
 impl Assembly {

@@ -77,9 +77,9 @@ fn increment(pg: bool) -> (Version, PathBuf, tempfile::TempDir) {
     let pages = 4096; // 32 MiB
     let db = make_data_dir(tmp.path(), pages, pg);
     let (vault, keyring) = vault(&tmp.path().join("vault"));
-    files::backup(&vault, &keyring, "pg", &[db.clone()], &Silent).unwrap();
+    files::backup(&vault, &keyring, "pg", std::slice::from_ref(&db), &Silent).unwrap();
     touch_pages(&db.join("base/16384/16385"), pages, 100, 1);
-    let second = files::backup(&vault, &keyring, "pg", &[db.clone()], &Silent)
+    let second = files::backup(&vault, &keyring, "pg", std::slice::from_ref(&db), &Silent)
         .unwrap()
         .version;
     let target = tmp.path().join("restored");
