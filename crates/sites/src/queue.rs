@@ -159,6 +159,25 @@ impl SiteQueue {
         &self.path
     }
 
+    /// Takes the drain lock of this queue (one drain per site at a time), or `None` when another
+    /// drain holds it.
+    fn drain_lock(&self) -> Result<Option<File>> {
+        let path = self.path.with_extension("drain");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(format!("opening {}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("locking {}", path.display()), e))
+            }
+        }
+    }
+
     /// Opens the queue file and locks it, reopening if it was replaced meanwhile.
     fn lock(&self, create: bool) -> Result<Option<File>> {
         loop {
@@ -276,7 +295,8 @@ impl SiteQueue {
     }
 
     /// Marks the records read in `read` as done, except the paths in `keep` (and a full sync, if
-    /// `keep_full`); records appended since stay. Removes the file when nothing is left.
+    /// `keep_full`); records appended since stay. Removes the file when nothing is left. Only
+    /// under the drain lock (nobody else rewrites the file between the read and this).
     fn resolve(&self, read: &Pending, keep: &[String], keep_full: bool) -> Result<()> {
         let Some(mut file) = self.lock(false)? else {
             return Ok(());
@@ -386,7 +406,19 @@ pub fn recover_sessions(state_dir: &Path) -> Result<usize> {
             }
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".tmp") {
+        if name.ends_with(".tmp") {
+            // Being set up right now, or left by a writer killed while setting it up (before
+            // its first write): only the latter, a minute on, is removed.
+            let young = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < std::time::Duration::from_secs(60));
+            if young {
+                continue;
+            }
+        } else {
             let mut text = String::new();
             file.read_to_string(&mut text)
                 .map_err(io(format!("reading {}", path.display())))?;
@@ -485,6 +517,16 @@ pub fn drain(
     sources: &[Arc<dyn Site>],
     progress: &dyn Progress,
 ) -> Result<DrainReport> {
+    let Some(_drain_lock) = queue.drain_lock()? else {
+        let depth = queue.pending()?.depth();
+        return Ok(DrainReport {
+            site: queue.site().to_string(),
+            pending_before: depth,
+            remaining: depth,
+            problems: vec!["another drain of this site is running".into()],
+            ..DrainReport::default()
+        });
+    };
     let pending = queue.pending()?;
     let mut report = DrainReport {
         site: queue.site().to_string(),
@@ -701,6 +743,75 @@ mod tests {
         let p = q.pending().unwrap();
         assert_eq!(p.paths, ["packs/c", "packs/d"]);
         assert_eq!(p.full_sync.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn drain_copies_in_write_order_and_holds_back_what_depends_on_a_failure() {
+        use crate::LocalSite;
+        use embassy_core::progress::Silent;
+        let dir = tempfile::tempdir().unwrap();
+        let source = LocalSite::new(dir.path().join("src")).unwrap();
+        let target = LocalSite::new(dir.path().join("dst")).unwrap();
+        for s in [&source, &target] {
+            s.put(layout::CONFIG, b"the same vault").unwrap();
+        }
+        let named = |prefix: &str, bytes: &[u8]| format!("{prefix}{}", ObjectId::of(bytes));
+        let good_pack = named("packs/ds/00/", b"pack one");
+        let bad_pack = named("packs/ds/01/", b"pack two");
+        let entry = named("ledger/ds/0000000000000001-", b"entry");
+        let nowhere = named("index/ds/", b"never written anywhere");
+        source.put(&good_pack, b"pack one").unwrap();
+        source.put(&bad_pack, b"damaged!").unwrap();
+        source.put(&entry, b"entry").unwrap();
+        let queue = SiteQueue::open(dir.path(), target.location()).unwrap();
+        // Recorded in another order than the format writes them.
+        for p in [&entry, &bad_pack, &nowhere, &good_pack] {
+            queue.record_missing(p).unwrap();
+        }
+        let sources: Vec<Arc<dyn Site>> = vec![Arc::new(source)];
+        // One drain per site at a time: a second one leaves the queue alone.
+        let held = queue.drain_lock().unwrap().unwrap();
+        let r = drain(&queue, &target, &sources, &Silent).unwrap();
+        assert!(r.problems[0].contains("another drain"), "{r:?}");
+        assert_eq!((r.copied, r.remaining), (0, 4));
+        drop(held);
+        let r = drain(&queue, &target, &sources, &Silent).unwrap();
+        // The good pack arrives; the index and the entry wait for the pack that failed.
+        assert_eq!((r.copied, r.nowhere, r.remaining), (1, 0, 3), "{r:?}");
+        assert!(r.problems[0].contains("damaged copy"), "{r:?}");
+        assert_eq!(target.get(&good_pack).unwrap(), b"pack one");
+        assert!(
+            matches!(target.get(&entry), Err(SiteError::NotFound { .. })),
+            "a ledger entry arrived before a pack that failed"
+        );
+        assert_eq!(
+            queue.pending().unwrap().paths,
+            [bad_pack.clone(), nowhere.clone(), entry.clone()]
+        );
+        // The source is mended: the rest arrives, the queue is gone.
+        let src = LocalSite::new(dir.path().join("src")).unwrap();
+        src.delete(&bad_pack).unwrap();
+        src.put(&bad_pack, b"pack two").unwrap();
+        let r = drain(&queue, &target, &sources, &Silent).unwrap();
+        assert_eq!((r.copied, r.nowhere, r.remaining), (2, 1, 0), "{r:?}");
+        assert_eq!(target.get(&entry).unwrap(), b"entry");
+        assert!(queue.pending().unwrap().is_empty());
+        // A target that lost the vault is compared in full.
+        let empty = LocalSite::new(dir.path().join("empty")).unwrap();
+        let q2 = SiteQueue::open(dir.path(), empty.location()).unwrap();
+        q2.record_missing(&entry).unwrap();
+        let with_sig = sources.clone();
+        with_sig[0]
+            .put(layout::CONFIG_SIGNATURE, b"signature")
+            .unwrap();
+        let r = drain(&q2, &empty, &with_sig, &Silent);
+        // The sources' config is not a real vault: the full comparison reports it and keeps the
+        // queue.
+        let r = r.unwrap();
+        assert!(
+            r.full_sync && r.remaining == 1 && !r.problems.is_empty(),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl ReplicatedSite {
     ) -> Result<T, SiteError> {
         let mut last = None;
         // Sites that failed moments ago are asked last.
-        let down = self.left_out(self.sites.len());
+        let down = self.left_out(0);
         let order = (0..self.sites.len())
             .filter(|i| !down[*i])
             .chain((0..self.sites.len()).filter(|i| down[*i]));
