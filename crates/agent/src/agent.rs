@@ -323,7 +323,9 @@ impl Agent {
             } else {
                 self.start_due_runs();
             }
-            self.continuous();
+            if !options.once {
+                self.continuous();
+            }
             if let Some(at) = self.next_verify {
                 let allowed = !options.once
                     || (!verified_once && self.once_pending.is_empty() && self.running.is_empty());

@@ -181,14 +181,14 @@ pub fn backup_dataset(
             .map_err(|e| e.to_string())?,
             Vec::new(),
         ),
-        Source::Postgres { .. } => {
-            // INTEGRATION POINT (embassy-postgres base backups): a periodic PostgreSQL dataset
-            // runs a base backup here once that library lands; continuous datasets stream WAL
-            // through [`stream_dataset`].
-            return Err(
-                "periodic PostgreSQL base backups are not integrated into the agent yet: use mode = \"continuous\" (WAL streaming)"
-                    .into(),
-            );
+        Source::Postgres { conninfo, .. } => {
+            // A periodic PostgreSQL dataset: a base backup (embassy-postgres), WAL inside.
+            let options = embassy_postgres::base_backup::BaseBackupOptions::new(conninfo.clone());
+            let b = embassy_postgres::base_backup::base_backup(
+                &vault, keyring, dataset, &options, &Silent,
+            )
+            .map_err(|e| e.to_string())?;
+            (b.version, Vec::new())
         }
     };
     let mut lagging: Vec<String> = vault

@@ -1110,3 +1110,48 @@ rpo = "2h"
         files_in(&env.path("restored"))
     );
 }
+
+#[test]
+fn a_periodic_postgres_dataset_gets_base_backups() {
+    let _g = serial();
+    let server = pg::PgServer::start(pg::PgOptions::default());
+    server.psql("CREATE TABLE people AS SELECT g AS id, 'person ' || g AS name FROM generate_series(1, 5000) g");
+    let env = Env::new();
+    env.init(&["sites/a", "sites/b"]);
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+verify_interval = "never"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[sites]]
+name = "b"
+path = "sites/b"
+[[datasets]]
+name = "registry-db"
+source = {{ postgres = {{ conninfo = "{}" }} }}
+interval = "1h"
+rpo = "2h"
+"#,
+        server.conninfo()
+    ));
+    let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("registry-db: version 1 stored"),
+        "{}",
+        show(&out)
+    );
+    let versions = env.versions(&["sites/b"], "registry-db");
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    env.verify("sites/a");
+    env.verify("sites/b");
+    let out = env.embassy(&["status", "--config", "embassy.toml", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cell(&r, "registry-db", "a")["colour"], "green", "{r}");
+}
