@@ -109,12 +109,132 @@ struct Resume {
     prev: Option<ObjectId>,
 }
 
-struct Anchor {
+/// Work for the background thread: segment compaction and ledger anchors, off the path
+/// between receiving WAL and reporting it flushed.
+enum Job {
+    /// A piece became durable (the newest head of the chain).
+    Piece { id: ObjectId, timeline: u32, start: u64, end: u64, captured: i64 },
+    /// A whole segment collected in memory: seal it as one object and anchor it.
+    Segment { timeline: u32, start: u64, bytes: Vec<u8>, prev_hint: Option<ObjectId>, captured: i64 },
+}
+
+/// The background thread's state.
+struct Background {
+    vault: Vault,
+    site: Arc<dyn Site>,
+    keys: Arc<DatasetKeys>,
+    signer: ed25519_dalek::SigningKey,
+    dataset: String,
+    anchor_interval: Duration,
+    progress: Arc<Mutex<StreamProgress>>,
     head: Option<Record>,
     rejected: Vec<ObjectId>,
     last_anchor: Instant,
     anchored_to: u64,
     pending: Option<(ObjectId, u32, u64, u64, i64)>,
+    last_segment: Option<(u32, u64, ObjectId)>,
+}
+
+impl Background {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(Job::Piece { id, timeline, start, end, captured }) => {
+                    self.pending = Some((id, timeline, start, end, captured));
+                }
+                Ok(Job::Segment { timeline, start, bytes, prev_hint, captured }) => {
+                    self.segment(timeline, start, &bytes, prev_hint, captured);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.anchor(true);
+                    return;
+                }
+            }
+            self.anchor(false);
+        }
+    }
+
+    fn set_error(&self, e: String) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.last_error = Some(e);
+        }
+    }
+
+    /// Writes a whole segment object (chained to the previous segment) and anchors it. A
+    /// failure leaves that segment in pieces, which wal-fetch assembles just as well.
+    fn segment(&mut self, timeline: u32, start: u64, bytes: &[u8], prev_hint: Option<ObjectId>, captured: i64) {
+        let prev = match self.last_segment {
+            Some((tl, end, id)) if tl == timeline && end == start => Some(id),
+            _ => prev_hint,
+        };
+        let spec = LogSpec {
+            kind: LogKind::Segment,
+            timeline,
+            start,
+            end: start + SEGMENT_SIZE,
+            prev,
+            captured_at_ns: captured,
+        };
+        match wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, bytes) {
+            Ok((id, _)) => {
+                self.last_segment = Some((timeline, spec.end, id));
+                self.pending = Some((id, timeline, spec.start, spec.end, captured));
+                self.anchor(true);
+            }
+            Err(e) => self.set_error(format!("segment compaction at {}: {e}", Lsn(start))),
+        }
+    }
+
+    /// Appends a `LogRangeAdded` entry for the pending head when forced (a whole segment) or
+    /// when `anchor_interval` passed. Failures are reported and retried later: the WAL is
+    /// already durable, only its ledger anchor waits.
+    fn anchor(&mut self, force: bool) {
+        let Some((id, timeline, start, end, captured)) = self.pending else {
+            return;
+        };
+        if !force && self.last_anchor.elapsed() < self.anchor_interval {
+            return;
+        }
+        let start = if self.anchored_to > 0 && self.anchored_to <= start { self.anchored_to } else { start };
+        let event = Event::LogRangeAdded { manifest: id, timeline, start, end, captured_at_ns: captured };
+        for _ in 0..3 {
+            match ledger::append_ignoring(
+                self.site.as_ref(),
+                &self.signer,
+                &self.dataset,
+                self.head.as_ref(),
+                &self.rejected,
+                event.clone(),
+            ) {
+                Ok(rec) => {
+                    self.head = Some(rec);
+                    self.pending = None;
+                    self.anchored_to = end;
+                    self.last_anchor = Instant::now();
+                    return;
+                }
+                Err(embassy_core::Error::History { .. }) => {
+                    // Another writer (a base backup) appended: reload the head and retry.
+                    match self.vault.history_full(&self.dataset) {
+                        Ok(h) => {
+                            self.head = h.records.last().cloned();
+                            self.rejected = h.rejected_ids();
+                        }
+                        Err(e) => {
+                            self.set_error(format!("ledger anchor: {e}"));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.set_error(format!("ledger anchor: {e}"));
+                    break;
+                }
+            }
+        }
+        self.last_anchor = Instant::now();
+    }
 }
 
 /// Segment bytes collected in memory for compaction.
@@ -127,13 +247,12 @@ struct SegmentBuf {
 
 struct Session<'a> {
     cfg: &'a StreamConfig,
-    vault: &'a Vault,
     site: Arc<dyn Site>,
     keys: Arc<DatasetKeys>,
     signer: ed25519_dalek::SigningKey,
     progress: Arc<Mutex<StreamProgress>>,
     durable_log: Option<std::fs::File>,
-    anchor: Anchor,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     segment: Option<SegmentBuf>,
     keyring: &'a Keyring,
     signers: Vec<[u8; 32]>,
@@ -186,23 +305,37 @@ impl WalStreamer {
         };
         let mut s = Session {
             cfg,
-            vault,
             site: vault.site().clone(),
             keys,
             signer,
             progress,
             durable_log,
-            anchor: Anchor {
-                head: history.records.last().cloned(),
-                rejected: history.rejected_ids(),
-                last_anchor: Instant::now(),
-                anchored_to: 0,
-                pending: None,
-            },
+            jobs: None,
             segment: None,
             keyring,
             signers,
         };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4);
+        let background = Background {
+            vault: vault.clone(),
+            site: s.site.clone(),
+            keys: s.keys.clone(),
+            signer: s.signer.clone(),
+            dataset: cfg.dataset.clone(),
+            anchor_interval: cfg.anchor_interval,
+            progress: s.progress.clone(),
+            head: history.records.last().cloned(),
+            rejected: history.rejected_ids(),
+            last_anchor: Instant::now(),
+            anchored_to: 0,
+            pending: None,
+            last_segment: None,
+        };
+        let worker = std::thread::Builder::new()
+            .name("wal-compactor".into())
+            .spawn(move || background.run(rx))
+            .map_err(PgError::Io)?;
+        s.jobs = Some(tx);
         let mut backoff = Duration::from_millis(500);
         loop {
             match s.stream_once(stop) {
@@ -213,10 +346,16 @@ impl WalStreamer {
                     sleep_unless(stop, backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    s.jobs = None;
+                    let _ = worker.join();
+                    return Err(e);
+                }
             }
         }
-        s.flush_anchor();
+        // The background thread anchors what is pending and ends when its queue closes.
+        s.jobs = None;
+        let _ = worker.join();
         let p = s.progress.lock().map(|p| p.clone()).unwrap_or_default();
         Ok(p)
     }
@@ -449,7 +588,6 @@ impl Session<'_> {
                 conn.send_status(received, durable, durable, false)?;
                 last_status = Instant::now();
             }
-            self.maybe_anchor(false);
             if buf.len() >= self.cfg.max_buffer {
                 // Back-pressure: PostgreSQL's slot keeps the rest.
                 std::thread::sleep(Duration::from_millis(100));
@@ -548,7 +686,9 @@ impl Session<'_> {
                     p.objects += 1;
                     p.bytes += n as u64;
                 }
-                self.anchor.pending = Some((id, r.timeline, start, spec.end, captured));
+                if let Some(jobs) = &self.jobs {
+                    let _ = jobs.try_send(Job::Piece { id, timeline: r.timeline, start, end: spec.end, captured });
+                }
                 done += n;
                 if let Err(e) = self.after_piece(r.timeline, start, &buf[done - n..done], captured) {
                     // The WAL is durable as pieces; only its compaction into one segment object
@@ -564,13 +704,14 @@ impl Session<'_> {
         result
     }
 
-    /// Collects a piece into the in-memory segment; a completed segment is written as one
-    /// object and anchored in the ledger.
+    /// Collects a piece into the in-memory segment; a completed segment goes to the background
+    /// thread to be written as one object and anchored in the ledger.
     fn after_piece(&mut self, timeline: u32, start: u64, payload: &[u8], captured: i64) -> Result<()> {
+        let end = start + payload.len() as u64;
         let Some(seg) = self.segment.as_mut() else {
-            if self.cfg.compact_segments && (start + payload.len() as u64) % SEGMENT_SIZE == 0 {
+            if self.cfg.compact_segments && end % SEGMENT_SIZE == 0 {
                 // The next segment starts clean.
-                self.segment = Some(SegmentBuf { timeline, start: start + payload.len() as u64, bytes: Vec::new(), prev_segment: None });
+                self.segment = Some(SegmentBuf { timeline, start: end, bytes: Vec::new(), prev_segment: None });
             }
             return Ok(());
         };
@@ -580,77 +721,19 @@ impl Session<'_> {
         }
         seg.bytes.extend_from_slice(payload);
         if seg.bytes.len() as u64 == SEGMENT_SIZE {
-            let spec = LogSpec {
-                kind: LogKind::Segment,
+            let job = Job::Segment {
                 timeline,
                 start: seg.start,
-                end: seg.start + SEGMENT_SIZE,
-                prev: seg.prev_segment,
-                captured_at_ns: captured,
+                bytes: std::mem::take(&mut seg.bytes),
+                prev_hint: seg.prev_segment,
+                captured,
             };
-            let (id, _) = wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, &seg.bytes)?;
-            self.segment = Some(SegmentBuf { timeline, start: spec.end, bytes: Vec::new(), prev_segment: Some(id) });
-            self.anchor.pending = Some((id, timeline, spec.start, spec.end, captured));
-            self.maybe_anchor(true);
-        }
-        Ok(())
-    }
-
-    /// Appends a `LogRangeAdded` entry for the pending head when forced (a whole segment) or
-    /// when `anchor_interval` passed. Failures are reported and retried later: the WAL is
-    /// already durable, only its ledger anchor waits.
-    fn maybe_anchor(&mut self, force: bool) {
-        let Some((id, timeline, start, end, captured)) = self.anchor.pending else {
-            return;
-        };
-        if !force && self.anchor.last_anchor.elapsed() < self.cfg.anchor_interval {
-            return;
-        }
-        let start = if self.anchor.anchored_to > 0 && self.anchor.anchored_to <= start {
-            self.anchor.anchored_to
-        } else {
-            start
-        };
-        let event = Event::LogRangeAdded { manifest: id, timeline, start, end, captured_at_ns: captured };
-        for _ in 0..3 {
-            match ledger::append_ignoring(
-                self.site.as_ref(),
-                &self.signer,
-                &self.cfg.dataset,
-                self.anchor.head.as_ref(),
-                &self.anchor.rejected,
-                event.clone(),
-            ) {
-                Ok(rec) => {
-                    self.anchor.head = Some(rec);
-                    self.anchor.pending = None;
-                    self.anchor.anchored_to = end;
-                    self.anchor.last_anchor = Instant::now();
-                    return;
-                }
-                Err(embassy_core::Error::History { .. }) => {
-                    // Another writer (a base backup) appended: reload the head and retry.
-                    match self.vault.history_full(&self.cfg.dataset) {
-                        Ok(h) => {
-                            self.anchor.head = h.records.last().cloned();
-                            self.anchor.rejected = h.rejected_ids();
-                        }
-                        Err(e) => {
-                            self.set_error(Some(format!("ledger anchor: {e}")));
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.set_error(Some(format!("ledger anchor: {e}")));
-                    break;
-                }
+            self.segment = Some(SegmentBuf { timeline, start: end, bytes: Vec::with_capacity(SEGMENT_SIZE as usize), prev_segment: None });
+            if let Some(jobs) = &self.jobs {
+                // Blocks only if four segments wait for the compactor (bounded memory).
+                jobs.send(job).map_err(|_| PgError::Protocol("the compaction thread stopped".into()))?;
             }
         }
-        self.anchor.last_anchor = Instant::now();
-    }
-
-    fn flush_anchor(&mut self) {
-        self.maybe_anchor(true);
+        Ok(())
     }
 }
