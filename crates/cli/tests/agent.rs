@@ -18,6 +18,10 @@ const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 #[path = "../../postgres/tests/support/mod.rs"]
 mod pg;
 
+/// The S3 server (moto) of embassy-sites's tests.
+#[path = "../../sites/tests/support/mod.rs"]
+mod s3;
+
 /// The agent tests listen on ports and run CPU-heavy backups: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -49,6 +53,8 @@ impl Env {
             .env_remove("EMBASSY_PASSPHRASE")
             .env("EMBASSY_STATE_DIR", self.path("cli-state"))
             .env("EMBASSY_KEY_FILE", self.path("vault.key"))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
             .stdin(Stdio::null())
             .output()
             .expect("run embassy")
@@ -80,6 +86,8 @@ impl Env {
             .args(extra)
             .current_dir(&self.dir)
             .env_remove("EMBASSY_PASSPHRASE")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
@@ -1154,4 +1162,65 @@ rpo = "2h"
     assert!(out.status.success(), "{}", show(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cell(&r, "registry-db", "a")["colour"], "green", "{r}");
+}
+
+#[test]
+fn an_s3_site_holds_every_dataset_too() {
+    let _g = serial();
+    let server = s3::moto();
+    let bucket = s3::unique_bucket("agent");
+    let site = embassy_sites::S3Site::new(s3::s3_config(&server.endpoint, &bucket, "vault"))
+        .expect("S3 site");
+    assert!(site.create_bucket(false).expect("create bucket"));
+    let location = format!(
+        "s3://{bucket}/vault?endpoint={}&region=us-east-1",
+        server.endpoint
+    );
+    let env = Env::new();
+    env.init(&["sites/lux", &location]);
+    write_tree(&env.path("data/registry"), 12, 64 * 1024, 8);
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "lux"
+path = "sites/lux"
+[[sites]]
+name = "s3"
+url = "s3://{bucket}/vault"
+endpoint = "{}"
+region = "us-east-1"
+[[datasets]]
+name = "registry"
+source = {{ files = ["data/registry"] }}
+interval = "1h"
+rpo = "2h"
+[[datasets]]
+name = "export"
+source = {{ command = "cat data/registry/d00/f00000.bin" }}
+interval = "1h"
+rpo = "2h"
+"#,
+        server.endpoint
+    ));
+    let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("verify s3: OK") && log.contains("verify lux: OK"),
+        "{log}"
+    );
+    assert_eq!(env.versions(&[&location], "registry").len(), 1);
+    assert_eq!(env.versions(&[&location], "export").len(), 1);
+    env.verify(&location);
+    let out = env.embassy(&["status", "--config", "embassy.toml", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for d in ["registry", "export"] {
+        assert_eq!(cell(&r, d, "s3")["colour"], "green", "{r}");
+        assert_eq!(cell(&r, d, "lux")["colour"], "green", "{r}");
+    }
 }
