@@ -35,7 +35,11 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { wal_level: "replica".into(), max_wal_senders: 10, extra_conf: Vec::new() }
+        PgOptions {
+            wal_level: "replica".into(),
+            max_wal_senders: 10,
+            extra_conf: Vec::new(),
+        }
     }
 }
 
@@ -55,7 +59,10 @@ pub fn pg_bindir() -> PathBuf {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()));
-    let candidates = [from_config, Some(PathBuf::from("/usr/lib/postgresql/15/bin"))];
+    let candidates = [
+        from_config,
+        Some(PathBuf::from("/usr/lib/postgresql/15/bin")),
+    ];
     for c in candidates.into_iter().flatten() {
         if c.join("initdb").exists() && c.join("pg_ctl").exists() {
             return c;
@@ -75,13 +82,19 @@ pub fn free_port() -> u16 {
 
 fn postgres_uid_gid() -> (u32, u32) {
     let out = |flag: &str| -> u32 {
-        let o = Command::new("id").args([flag, "postgres"]).output().expect("run id");
+        let o = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
         assert!(
             o.status.success(),
             "the tests run as root and need a `postgres` system user to run initdb: \
              install postgresql-15 (scripts/install-test-deps)"
         );
-        String::from_utf8_lossy(&o.stdout).trim().parse().expect("numeric id")
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
     };
     (out("-u"), out("-g"))
 }
@@ -109,24 +122,41 @@ impl PgServer {
     pub fn init(opts: PgOptions) -> PgServer {
         let bindir = pg_bindir();
         let as_postgres = unsafe { libc::geteuid() } == 0;
-        let dir = tempfile::Builder::new().prefix("embassy-pg-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("embassy-pg-")
+            .tempdir()
+            .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("sock")).expect("socket dir");
         if as_postgres {
             let (uid, gid) = postgres_uid_gid();
             chown(dir.path(), uid, gid);
         }
         let port = free_port();
-        let srv = PgServer { dir, port, bindir, as_postgres };
+        let srv = PgServer {
+            dir,
+            port,
+            bindir,
+            as_postgres,
+        };
         let data = srv.data_dir();
         let out = srv
             .pg_command("initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
             .args(["-E", "UTF8", "--locale=C", "--no-sync"])
             .output()
             .expect("run initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut conf = format!(
             "\n# embassy test harness\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{}'\nwal_level = {}\nmax_wal_senders = {}\n\
@@ -154,6 +184,75 @@ impl PgServer {
             chown(&data.join("pg_hba.conf"), uid, gid);
         }
         srv
+    }
+
+    /// A streaming standby of `primary` (pg_basebackup -R over the primary's Unix socket), on
+    /// its own port and socket, started. Promote it with `promote`.
+    pub fn replica_of(primary: &PgServer) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("embassy-pg-replica-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("sock")).expect("socket dir");
+        if primary.as_postgres {
+            let (uid, gid) = postgres_uid_gid();
+            chown(dir.path(), uid, gid);
+        }
+        let srv = PgServer {
+            dir,
+            port: free_port(),
+            bindir: primary.bindir.clone(),
+            as_postgres: primary.as_postgres,
+        };
+        let out = srv
+            .pg_command("pg_basebackup")
+            .arg("-D")
+            .arg(srv.data_dir())
+            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres"])
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        append(
+            &srv.data_dir().join("postgresql.conf"),
+            &format!(
+                "\n# replica\nport = {}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+                srv.port,
+                srv.socket_dir().display()
+            ),
+        );
+        srv.start_server();
+        srv
+    }
+
+    /// Promotes a standby (a new timeline starts) and waits until it accepts writes.
+    pub fn promote(&self) {
+        let out = self
+            .pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "promote"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl promote");
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql("SELECT pg_is_in_recovery()") != "f" {
+            assert!(Instant::now() < deadline, "the standby did not leave recovery");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn pg_command(&self, prog: &str) -> Command {
@@ -247,7 +346,9 @@ impl PgServer {
             }
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline
-                && std::iter::once(pid).chain(children.iter().copied()).any(alive)
+                && std::iter::once(pid)
+                    .chain(children.iter().copied())
+                    .any(alive)
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -361,7 +462,10 @@ impl PgServer {
 
     /// Conninfo for `user` with `password` over loopback TCP.
     pub fn conninfo_tcp(&self, user: &str, password: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres",
+            self.port
+        )
     }
 
     /// Conninfo for the replication role `embassy` over TCP with SCRAM.
@@ -371,7 +475,11 @@ impl PgServer {
 
     /// Conninfo for the superuser over the Unix socket (trust).
     pub fn conninfo_socket(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir().display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir().display(),
+            self.port
+        )
     }
 
     /// `pg_current_wal_lsn()` as a number.
@@ -398,13 +506,20 @@ impl Drop for PgServer {
 
 /// Parse PostgreSQL's `X/Y` LSN text.
 pub fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s.trim().split_once('/').unwrap_or_else(|| panic!("not an LSN: {s:?}"));
-    (u64::from_str_radix(hi, 16).expect("lsn hi") << 32) | u64::from_str_radix(lo, 16).expect("lsn lo")
+    let (hi, lo) = s
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("not an LSN: {s:?}"));
+    (u64::from_str_radix(hi, 16).expect("lsn hi") << 32)
+        | u64::from_str_radix(lo, 16).expect("lsn lo")
 }
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open for append");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for append");
     f.write_all(text.as_bytes()).expect("append");
 }
 
