@@ -218,6 +218,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
     for w in &config.warnings {
         log(format!("warning: {w}"));
     }
+    let _lock = lock_state_dir(&config.agent.state_dir).map_err(AgentError::Start)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let vault = run::open_vault(&config, &cancel).map_err(|e| {
         AgentError::Start(format!(
@@ -966,6 +967,37 @@ impl Agent {
         }
         log("agent stopped");
     }
+}
+
+/// Takes the agent's lock on its state folder (`agent.lock`, holding the pid): two agents on one
+/// state folder would overwrite each other's alarms and history. Released when the file closes.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create state folder {}: {e}", dir.display()))?;
+    let path = dir.join("agent.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own, for the life of `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(format!(
+            "another embassy agent (pid {}) runs with state folder {}: stop it first, or give this one its own [agent] state_dir",
+            pid.trim(),
+            dir.display()
+        ));
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
 }
 
 /// The status document for a configuration, read now from every site and the agent's state

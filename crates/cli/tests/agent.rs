@@ -762,6 +762,14 @@ rpo = "2h"
         let r = status_json(port)?;
         cell(&r, "one", "a")["newest_version"].as_u64()
     });
+    // A second agent on the same state folder is refused.
+    let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another embassy agent"),
+        "{}",
+        show(&out)
+    );
     // A broken file: the agent says why and keeps running the old configuration.
     env.config(&format!(
         "{base}\n[[datasets]]\nname = \"two\"\nrpo = \"soon\"\n"
