@@ -6,9 +6,9 @@
 //! `embassy sync --pending` drains it, keyless `verify` passes on every site alone, and each site
 //! alone restores the acknowledged versions byte for byte.
 //!
-//! The S3 server is moto unless `EMBASSY_TEST_S3_ENDPOINT` names another (see
-//! crates/sites/tests/support); `garage_node_stopped_mid_backup` runs against the three-node Garage
-//! cluster of scripts/garage-cluster.
+//! The tests that signal an S3 server use moto (started here); `garage_node_stopped_mid_backup`
+//! runs against the three-node Garage cluster of scripts/garage-cluster when
+//! `EMBASSY_TEST_S3_ENDPOINT` and its companions name it (see crates/sites/tests/support).
 
 #[path = "../../sites/tests/support/mod.rs"]
 mod support;
@@ -180,17 +180,40 @@ impl Env {
 /// needs to reach it (short timeouts, so that a frozen server costs seconds, not minutes).
 fn s3_location(env: &mut Env, tag: &str, endpoint: &str) -> (String, String) {
     let t = s3_target();
-    let bucket = unique_bucket(tag);
-    let mut cfg = target_config(&bucket, "vault");
+    let mut cfg = target_config("", "vault");
     cfg.endpoint = endpoint.to_string();
+    s3_location_with(
+        env,
+        tag,
+        cfg,
+        (&t.access_key_id, &t.secret_access_key, &t.region),
+    )
+}
+
+/// An S3 site on a moto server of the test's own choosing (the tests that signal moto run on
+/// moto whatever server the other S3 tests use).
+fn moto_location(env: &mut Env, tag: &str, server: &MotoServer) -> (String, String) {
+    let cfg = s3_config(&server.endpoint, "", "vault");
+    s3_location_with(env, tag, cfg, ("testing", "testing", "us-east-1"))
+}
+
+fn s3_location_with(
+    env: &mut Env,
+    tag: &str,
+    mut cfg: embassy_sites::s3::S3Config,
+    (key_id, secret, region): (&str, &str, &str),
+) -> (String, String) {
+    let bucket = unique_bucket(tag);
+    cfg.bucket = bucket.clone();
+    let endpoint = cfg.endpoint.clone();
     assert!(embassy_sites::S3Site::new(cfg)
         .unwrap()
         .create_bucket(false)
         .unwrap());
     for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", t.access_key_id.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", t.secret_access_key.as_str()),
-        ("AWS_REGION", t.region.as_str()),
+        ("AWS_ACCESS_KEY_ID", key_id),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", region),
         ("EMBASSY_S3_TIMEOUT", "2"),
         ("EMBASSY_S3_CONNECT_TIMEOUT", "2"),
         ("EMBASSY_S3_RETRIES", "0"),
@@ -258,16 +281,10 @@ fn stored_version(out: &Output) -> u64 {
 
 #[test]
 fn s3_site_frozen_mid_backup_catches_up_from_its_queue() {
-    if s3_target().kind != ServerKind::Moto {
-        eprintln!(
-            "NOT RUN: this test freezes the moto process; see garage_node_stopped_mid_backup"
-        );
-        return;
-    }
     let t = Instant::now();
     let mut env = Env::new();
     let server = moto();
-    let (s3, _) = s3_location(&mut env, "freeze", &server.endpoint);
+    let (s3, _) = moto_location(&mut env, "freeze", server);
     let sites = ["a", s3.as_str()];
     let src1 = env.source("src1", 1, 1);
     env.ok(&["--site", "a", "--site", &s3, "init"]);
@@ -319,16 +336,12 @@ fn s3_site_frozen_mid_backup_catches_up_from_its_queue() {
 
 #[test]
 fn s3_site_killed_mid_backup_and_restarted_empty_is_reseeded() {
-    if s3_target().kind != ServerKind::Moto {
-        eprintln!("NOT RUN: this test kills a moto process; see garage_node_stopped_mid_backup");
-        return;
-    }
     let t = Instant::now();
     let mut env = Env::new();
     // A moto of its own: it is killed and started again on the same port.
     let server = MotoServer::start();
     let port = server.port;
-    let (s3, bucket) = s3_location(&mut env, "kill", &server.endpoint);
+    let (s3, bucket) = moto_location(&mut env, "kill", &server);
     let sites = ["a", s3.as_str()];
     let src1 = env.source("src1", 1, 3);
     env.ok(&["--site", "a", "--site", &s3, "init"]);
@@ -357,9 +370,7 @@ fn s3_site_killed_mid_backup_and_restarted_empty_is_reseeded() {
     // moto comes back empty (it keeps everything in memory): the operator recreates the bucket,
     // and the drain notices the site lost the vault and compares in full.
     let server = MotoServer::start_on(port);
-    let mut cfg = target_config(&bucket, "vault");
-    cfg.endpoint = server.endpoint.clone();
-    embassy_sites::S3Site::new(cfg)
+    embassy_sites::S3Site::new(s3_config(&server.endpoint, &bucket, "vault"))
         .unwrap()
         .create_bucket(false)
         .unwrap();
