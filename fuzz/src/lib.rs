@@ -582,3 +582,80 @@ pub fn open_is_cheap(p: &KdfParams) -> bool {
         || !(1..=64).contains(&p.parallelism);
     rejected || *p == FAST_KDF
 }
+
+const WAL_LOG_LABEL: &[u8] = b"data-embassy wal log v1";
+
+/// WAL log objects (`embassy_core::wal_log`). Mode byte:
+///
+/// - `0`: the rest is an object as stored; parsed without keys, then opened with the fixture
+///   reader key; the path parser also gets the bytes as a path.
+/// - `1`: `u16 LE length | CBOR LogHeader | body`: the header is signed with writer 0 (a
+///   malicious writer), so the fuzzer reaches the header's range and length checks and the
+///   body's authentication.
+/// - `2`: `kind (1) | timeline (4) | start (8) | payload`: sealed with the fixture keys by the
+///   real encoder, which must open again to exactly the payload (an encoder/decoder mismatch
+///   panics: a finding).
+pub fn wal_log(data: &[u8]) -> bool {
+    use embassy_core::wal_log::{self, LogKind, LogSpec};
+    let f = fixture();
+    let Some((&mode, rest)) = data.split_first() else {
+        return false;
+    };
+    let check = |bytes: &[u8]| -> bool {
+        let parsed = wal_log::parse(PATH, bytes);
+        match wal_log::open(&f.keys, PATH, bytes) {
+            Ok((h, payload)) => {
+                assert!(parsed.is_ok(), "open accepted what parse refused");
+                assert_eq!(payload.len() as u64, h.end - h.start);
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    match mode % 3 {
+        0 => {
+            let _ = wal_log::parse_path(&String::from_utf8_lossy(rest));
+            check(rest)
+        }
+        1 => {
+            let (header, body) = split_u16(rest);
+            let mut out = wal_log::MAGIC.to_vec();
+            out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            out.extend_from_slice(header);
+            out.extend_from_slice(&keys::sign(&f.writers[0], WAL_LOG_LABEL, header));
+            out.extend_from_slice(body);
+            check(&out)
+        }
+        _ => {
+            if rest.len() < 13 {
+                return false;
+            }
+            let kind = match rest[0] % 3 {
+                0 => LogKind::Piece,
+                1 => LogKind::Segment,
+                _ => LogKind::History,
+            };
+            let timeline = u32::from_le_bytes(rest[1..5].try_into().unwrap_or_default());
+            let start = u64::from_le_bytes(rest[5..13].try_into().unwrap_or_default());
+            let payload = &rest[13..];
+            let start = if kind == LogKind::Segment { start & !0xff_ffff } else { start };
+            let spec = LogSpec {
+                kind,
+                timeline,
+                start,
+                end: start.wrapping_add(payload.len() as u64),
+                prev: None,
+                captured_at_ns: 1,
+            };
+            match wal_log::seal(&f.keys, &f.writers[0], &spec, payload) {
+                Ok((bytes, _)) => {
+                    let (_, back) = wal_log::open(&f.keys, PATH, &bytes)
+                        .expect("an object the encoder sealed opens again");
+                    assert_eq!(back, payload, "round trip changed the payload");
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    }
+}
