@@ -510,15 +510,14 @@ fn local_site_unwritable_mid_backup_then_backup_killed_both_caught_up() {
 /// backup and starts it again: the cluster keeps quorum (2 of 3), the backup succeeds with
 /// nothing queued, and the vault verifies and restores through each node's endpoint.
 #[test]
+#[ignore = "needs the Garage cluster: scripts/garage-cluster start; eval \"$(scripts/garage-cluster env)\"; cargo test -p embassy --test sites_faults -- --ignored garage"]
 fn garage_node_stopped_mid_backup() {
     let t = s3_target();
-    if t.kind != ServerKind::Garage {
-        eprintln!(
-            "NOT RUN: needs the Garage cluster (scripts/garage-cluster start; eval \"$(scripts/\
-             garage-cluster env)\")"
-        );
-        return;
-    }
+    assert!(
+        t.kind == ServerKind::Garage,
+        "needs the Garage cluster: scripts/garage-cluster start; eval \"$(scripts/garage-cluster \
+         env)\" (EMBASSY_TEST_S3_KIND=garage)"
+    );
     let script = std::env::var("EMBASSY_TEST_GARAGE_SCRIPT")
         .expect("EMBASSY_TEST_GARAGE_SCRIPT (set by scripts/garage-cluster env)");
     assert!(t.endpoints.len() == 3, "three node endpoints expected");

@@ -309,9 +309,13 @@ impl Site for ReplicatedSite {
             }
         }
         if !failures.is_empty() {
+            // The first failure of each site says why it fell behind; later ones only repeat it
+            // ("left out: a write there failed moments ago").
             let mut lagging = self.lagging.lock().unwrap_or_else(|p| p.into_inner());
             for (site, e) in &failures {
-                lagging.push((site.clone(), e.to_string()));
+                if !lagging.iter().any(|(s, _)| s == site) {
+                    lagging.push((site.clone(), e.to_string()));
+                }
             }
         }
         // Some site holds it: the others must catch up, recorded before the write counts.
