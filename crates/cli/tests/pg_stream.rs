@@ -169,3 +169,54 @@ fn pg_stream_killed_with_sigkill_under_load_resumes_without_gap() {
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stderr.is_empty(), "quiet: {}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A warm standby fed only by `embassy wal-fetch --partial` as its restore_command follows the
+/// primary within seconds: PostgreSQL accepts the zero-padded newest segment, stops at its end,
+/// and asks for the same segment again later, getting more of it each time.
+#[test]
+fn standby_follows_through_wal_fetch_of_partial_segments() {
+    let primary = PgServer::start(PgOptions::default());
+    primary.pgbench(&["-i", "-s", "1", "-q"]);
+    let env = Env::new();
+    let mut streamer = env.stream(&primary);
+    wait_until("the first durable WAL", Duration::from_secs(30), || env.durable() > 0);
+    // A base backup without WAL: the standby gets every byte of WAL from the vault.
+    let standby = PgServer::base_backup_of(&primary, &["-X", "none"]);
+    // restore_command runs as the server's user: let it read the vault and keep its own state.
+    let d = env.dir.path();
+    let pass = d.join("passphrase");
+    std::fs::write(&pass, PASS).unwrap();
+    std::fs::create_dir_all(d.join("pgstate")).unwrap();
+    Command::new("chown").args(["-R", "postgres:postgres"]).arg(d).status().unwrap();
+    let restore = format!(
+        "{EXE} --site {} --key-file {} --passphrase-file {} --state-dir {} --quiet wal-fetch registry --partial %f %p",
+        d.join("site").display(),
+        d.join("vault.key").display(),
+        pass.display(),
+        d.join("pgstate").display()
+    );
+    standby.append_conf(&format!(
+        "restore_command = '{restore}'\nhot_standby = on\nwal_retrieve_retry_interval = '1s'\n"
+    ));
+    standby.touch("standby.signal");
+    standby.start_server();
+    for round in 1..=3 {
+        primary.psql(&format!(
+            "CREATE TABLE IF NOT EXISTS marker (round int); INSERT INTO marker VALUES ({round})"
+        ));
+        let t = Instant::now();
+        wait_until(
+            &format!("the standby to replay round {round}"),
+            Duration::from_secs(30),
+            || {
+                standby
+                    .try_psql(&format!("SELECT count(*) FROM marker WHERE round = {round}"))
+                    .is_ok_and(|n| n == "1")
+            },
+        );
+        println!("round {round}: standby caught up in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    streamer.kill().unwrap();
+    streamer.wait().unwrap();
+}

@@ -233,6 +233,67 @@ impl PgServer {
         srv
     }
 
+    /// A copy of `primary` made by `pg_basebackup` with `args` (for example `["-X", "none"]`),
+    /// on its own port and socket, NOT started: add settings with `append_conf`, then
+    /// `start_server`.
+    pub fn base_backup_of(primary: &PgServer, args: &[&str]) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("embassy-pg-copy-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("sock")).expect("socket dir");
+        if primary.as_postgres {
+            let (uid, gid) = postgres_uid_gid();
+            chown(dir.path(), uid, gid);
+        }
+        let srv = PgServer {
+            dir,
+            port: free_port(),
+            bindir: primary.bindir.clone(),
+            as_postgres: primary.as_postgres,
+        };
+        let out = srv
+            .pg_command("pg_basebackup")
+            .arg("-D")
+            .arg(srv.data_dir())
+            .args(["-c", "fast", "-U", "postgres"])
+            .args(args)
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        srv.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            srv.port,
+            srv.socket_dir().display()
+        ));
+        srv
+    }
+
+    /// Appends lines to postgresql.conf.
+    pub fn append_conf(&self, text: &str) {
+        append(&self.data_dir().join("postgresql.conf"), &format!("\n{text}\n"));
+    }
+
+    /// Creates an (empty) file in the data directory, owned by the server's user
+    /// (`standby.signal`, `recovery.signal`).
+    pub fn touch(&self, name: &str) {
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, b"").expect("write signal file");
+        if self.as_postgres {
+            let (uid, gid) = postgres_uid_gid();
+            chown(&path, uid, gid);
+        }
+    }
+
     /// Promotes a standby (a new timeline starts) and waits until it accepts writes.
     pub fn promote(&self) {
         let out = self
