@@ -129,13 +129,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 impl SiteQueue {
     /// The queue of `site` (a location as [`crate::open`] takes it, or as the site reports it)
-    /// under `state_dir`; creates the folder.
+    /// under `state_dir`. Nothing is created until the first record (readers need no writable
+    /// state folder).
     pub fn open(state_dir: &Path, site: &str) -> Result<Self> {
         let dir = queue_dir(state_dir);
-        std::fs::create_dir_all(&dir).map_err(io(format!(
-            "creating the queue folder {} (the state folder must be writable; pass --state-dir)",
-            dir.display()
-        )))?;
         // A folder is named by its absolute path, so `./a`, `a` and `file://a` share a queue.
         let key = match site.strip_prefix("file://").unwrap_or(site) {
             s if s.contains("://") => s.to_string(),
@@ -162,6 +159,7 @@ impl SiteQueue {
     /// Takes the drain lock of this queue (one drain per site at a time), or `None` when another
     /// drain holds it.
     fn drain_lock(&self) -> Result<Option<File>> {
+        self.create_dir()?;
         let path = self.path.with_extension("drain");
         let file = OpenOptions::new()
             .write(true)
@@ -178,8 +176,19 @@ impl SiteQueue {
         }
     }
 
+    fn create_dir(&self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io(format!(
+            "creating the queue folder {} (the state folder must be writable; pass --state-dir)",
+            dir.display()
+        )))
+    }
+
     /// Opens the queue file and locks it, reopening if it was replaced meanwhile.
     fn lock(&self, create: bool) -> Result<Option<File>> {
+        if create {
+            self.create_dir()?;
+        }
         loop {
             let file = match OpenOptions::new()
                 .read(true)
@@ -721,6 +730,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = SiteQueue::open(dir.path(), "s3://bucket/v").unwrap();
         assert!(q.pending().unwrap().is_empty());
+        assert!(
+            !queue_dir(dir.path()).exists(),
+            "a reader created the queue folder"
+        );
         q.record_missing("packs/a").unwrap();
         q.record_missing("ledger/a").unwrap();
         q.record_missing("packs/a").unwrap();
