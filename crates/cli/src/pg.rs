@@ -77,7 +77,10 @@ pub struct WalFetchArgs {
 fn pg_error(e: PgError) -> Error {
     match e {
         PgError::Vault(e) => e,
-        other => Error::Source { what: "PostgreSQL".into(), problem: other.to_string() },
+        other => Error::Source {
+            what: "PostgreSQL".into(),
+            problem: other.to_string(),
+        },
     }
 }
 
@@ -160,17 +163,39 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
             if stale {
                 let _ = std::fs::remove_file(&lock);
             }
-            if std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_ok() {
-                let r = fetch::prefetch(&vault, &keyring, &args.dataset, &args.wal_file, args.prefetch, spool);
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+                .is_ok()
+            {
+                let r = fetch::prefetch(
+                    &vault,
+                    &keyring,
+                    &args.dataset,
+                    &args.wal_file,
+                    args.prefetch,
+                    spool,
+                );
                 let _ = std::fs::remove_file(&lock);
                 r.map_err(pg_error)?;
             }
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let opts = FetchOptions { partial: args.partial, spool: args.spool.clone() };
-    let got = fetch::fetch(&vault, &keyring, &args.dataset, &args.wal_file, &args.dest, &opts)
-        .map_err(pg_error)?;
+    let opts = FetchOptions {
+        partial: args.partial,
+        spool: args.spool.clone(),
+    };
+    let got = fetch::fetch(
+        &vault,
+        &keyring,
+        &args.dataset,
+        &args.wal_file,
+        &args.dest,
+        &opts,
+    )
+    .map_err(pg_error)?;
     if args.prefetch > 0 && args.spool.is_some() && got == Fetched::Complete {
         // The queue fills in the background so PostgreSQL is not kept waiting.
         if let Ok(exe) = std::env::current_exe() {
@@ -187,7 +212,9 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
         Fetched::NotFound => Ok(ExitCode::from(1)),
         Fetched::Complete | Fetched::Partial { .. } => {
             if cli.json {
-                crate::print_json(json!({"ok": true, "file": args.wal_file, "partial": matches!(got, Fetched::Partial { .. })}))?;
+                crate::print_json(
+                    json!({"ok": true, "file": args.wal_file, "partial": matches!(got, Fetched::Partial { .. })}),
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -21,9 +21,15 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let env = Env { dir: tempfile::tempdir().unwrap() };
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
         let out = env.cmd(&["init"]).output().unwrap();
-        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         env
     }
 
@@ -91,9 +97,9 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn slot_restart_lsn(pg: &PgServer) -> u64 {
-    parse_lsn(&pg.psql(
-        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'",
-    ))
+    parse_lsn(
+        &pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'"),
+    )
 }
 
 fn segment_name(segno: u64) -> String {
@@ -126,9 +132,14 @@ fn pg_stream_killed_with_sigkill_under_load_resumes_without_gap() {
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     let env = Env::new();
     let mut streamer = env.stream(&pg);
-    wait_until("the first durable WAL", Duration::from_secs(30), || env.durable() > 0);
+    wait_until("the first durable WAL", Duration::from_secs(30), || {
+        env.durable() > 0
+    });
     let first_segno = (env.durable() - 1) / SEGMENT;
-    let mut load = pg.pgbench_command(&["-c", "4", "-j", "2", "-T", "14"]).spawn().unwrap();
+    let mut load = pg
+        .pgbench_command(&["-c", "4", "-j", "2", "-T", "14"])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     // Crash the streamer under load.
     streamer.kill().unwrap();
@@ -142,18 +153,31 @@ fn pg_stream_killed_with_sigkill_under_load_resumes_without_gap() {
     // While it is down the server keeps producing WAL, and the slot keeps it.
     std::thread::sleep(Duration::from_secs(3));
     assert!(pg.current_lsn() > durable_at_kill, "load kept writing WAL");
-    assert_eq!(slot_restart_lsn(&pg), slot_at_kill, "the slot held its position");
+    assert_eq!(
+        slot_restart_lsn(&pg),
+        slot_at_kill,
+        "the slot held its position"
+    );
     let mut streamer = env.stream(&pg);
     assert!(load.wait().unwrap().success(), "pgbench ran");
     pg.psql("SELECT pg_switch_wal()");
     let end = pg.current_lsn();
-    wait_until("catch-up after the restart", Duration::from_secs(60), || env.durable() >= end);
-    wait_until("the slot to follow", Duration::from_secs(30), || slot_restart_lsn(&pg) >= end);
+    wait_until(
+        "catch-up after the restart",
+        Duration::from_secs(60),
+        || env.durable() >= end,
+    );
+    wait_until("the slot to follow", Duration::from_secs(30), || {
+        slot_restart_lsn(&pg) >= end
+    });
     // A clean stop with SIGTERM.
     let pid = streamer.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = streamer.wait().unwrap();
-    assert!(status.success(), "SIGTERM stops the streamer cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM stops the streamer cleanly: {status:?}"
+    );
 
     let out = tempfile::tempdir().unwrap();
     let last = end / SEGMENT;
@@ -163,11 +187,20 @@ fn pg_stream_killed_with_sigkill_under_load_resumes_without_gap() {
     }
     // Not there yet: exit 1, quietly.
     let o = env
-        .cmd(&["wal-fetch", "registry", &segment_name(last + 100), out.path().join("x").to_str().unwrap()])
+        .cmd(&[
+            "wal-fetch",
+            "registry",
+            &segment_name(last + 100),
+            out.path().join("x").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(o.stderr.is_empty(), "quiet: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "quiet: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A warm standby fed only by `embassy wal-fetch --partial` as its restore_command follows the
@@ -179,7 +212,9 @@ fn standby_follows_through_wal_fetch_of_partial_segments() {
     primary.pgbench(&["-i", "-s", "1", "-q"]);
     let env = Env::new();
     let mut streamer = env.stream(&primary);
-    wait_until("the first durable WAL", Duration::from_secs(30), || env.durable() > 0);
+    wait_until("the first durable WAL", Duration::from_secs(30), || {
+        env.durable() > 0
+    });
     // A base backup without WAL: the standby gets every byte of WAL from the vault.
     let standby = PgServer::base_backup_of(&primary, &["-X", "none"]);
     // restore_command runs as the server's user: let it read the vault and keep its own state.
@@ -187,7 +222,11 @@ fn standby_follows_through_wal_fetch_of_partial_segments() {
     let pass = d.join("passphrase");
     std::fs::write(&pass, PASS).unwrap();
     std::fs::create_dir_all(d.join("pgstate")).unwrap();
-    Command::new("chown").args(["-R", "postgres:postgres"]).arg(d).status().unwrap();
+    Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(d)
+        .status()
+        .unwrap();
     let restore = format!(
         "{EXE} --site {} --key-file {} --passphrase-file {} --state-dir {} --quiet wal-fetch registry --partial %f %p",
         d.join("site").display(),
@@ -210,11 +249,16 @@ fn standby_follows_through_wal_fetch_of_partial_segments() {
             Duration::from_secs(30),
             || {
                 standby
-                    .try_psql(&format!("SELECT count(*) FROM marker WHERE round = {round}"))
+                    .try_psql(&format!(
+                        "SELECT count(*) FROM marker WHERE round = {round}"
+                    ))
                     .is_ok_and(|n| n == "1")
             },
         );
-        println!("round {round}: standby caught up in {:.1}s", t.elapsed().as_secs_f64());
+        println!(
+            "round {round}: standby caught up in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
     }
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
     streamer.kill().unwrap();

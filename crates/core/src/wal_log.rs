@@ -174,7 +174,10 @@ pub fn seal(
     let expected = match spec.kind {
         LogKind::History => payload.len() as u64,
         _ => spec.end.checked_sub(spec.start).ok_or_else(|| {
-            Error::invalid(format!("log range {:X}..{:X} runs backwards", spec.start, spec.end))
+            Error::invalid(format!(
+                "log range {:X}..{:X} runs backwards",
+                spec.start, spec.end
+            ))
         })?,
     };
     if expected != payload.len() as u64 || expected > MAX_PAYLOAD {
@@ -189,7 +192,9 @@ pub fn seal(
     let (key, encapsulated) =
         ObjectKey::seal_to(&keys.reader_public, &hpke_info(&keys.dataset, &key_id));
     let mut plain = Vec::with_capacity(payload.len() / 2 + 16);
-    let compressed = zstd::bulk::compress(payload, 1).ok().filter(|c| c.len() < payload.len() * 97 / 100);
+    let compressed = zstd::bulk::compress(payload, 1)
+        .ok()
+        .filter(|c| c.len() < payload.len() * 97 / 100);
     match compressed {
         Some(c) => {
             plain.push(COMPRESSION_ZSTD);
@@ -205,7 +210,11 @@ pub fn seal(
         kind: spec.kind,
         timeline: spec.timeline,
         start: spec.start,
-        end: if spec.kind == LogKind::History { payload.len() as u64 } else { spec.end },
+        end: if spec.kind == LogKind::History {
+            payload.len() as u64
+        } else {
+            spec.end
+        },
         prev: spec.prev,
         captured_at_ns: spec.captured_at_ns,
         signer: signer.verifying_key().to_bytes(),
@@ -243,7 +252,9 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<ParsedLog> {
     }
     let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
     if len > MAX_HEADER {
-        return Err(bad(format!("header of {len} bytes is larger than {MAX_HEADER}")));
+        return Err(bad(format!(
+            "header of {len} bytes is larger than {MAX_HEADER}"
+        )));
     }
     let sig_end = 12 + len + 64;
     if bytes.len() < sig_end {
@@ -251,10 +262,16 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<ParsedLog> {
     }
     let body = &bytes[12..12 + len];
     let header: LogHeader = cbor::from_slice(body).map_err(bad)?;
-    if !keys::verify_signature(&header.signer, SIGNATURE_LABEL, body, &bytes[12 + len..sig_end]) {
+    if !keys::verify_signature(
+        &header.signer,
+        SIGNATURE_LABEL,
+        body,
+        &bytes[12 + len..sig_end],
+    ) {
         return Err(bad("header signature does not verify".into()));
     }
-    if header.body_len != (bytes.len() - sig_end) as u64 || (header.body_len as usize) < TAG_LEN + 1 {
+    if header.body_len != (bytes.len() - sig_end) as u64 || (header.body_len as usize) < TAG_LEN + 1
+    {
         return Err(bad(format!(
             "body is {} bytes but the header says {}",
             bytes.len() - sig_end,
@@ -267,8 +284,10 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<ParsedLog> {
             header.start, header.end
         )));
     }
-    if header.kind == LogKind::Segment && header.start % (16 * 1024 * 1024) != 0 {
-        return Err(bad("a segment object does not start on a segment boundary".into()));
+    if header.kind == LogKind::Segment && !header.start.is_multiple_of(16 * 1024 * 1024) {
+        return Err(bad(
+            "a segment object does not start on a segment boundary".into()
+        ));
     }
     crate::layout::check_dataset_name(&header.dataset).map_err(|e| bad(e.to_string()))?;
     Ok(ParsedLog {
@@ -285,7 +304,10 @@ pub fn open(keys: &DatasetKeys, path: &str, bytes: &[u8]) -> Result<(LogHeader, 
     let h = &parsed.header;
     let bad = |p: String| Error::corrupt(path, format!("WAL log object: {p}"));
     if h.dataset != keys.dataset {
-        return Err(bad(format!("belongs to dataset {}, not {}", h.dataset, keys.dataset)));
+        return Err(bad(format!(
+            "belongs to dataset {}, not {}",
+            h.dataset, keys.dataset
+        )));
     }
     if h.key_id != keys.key_id() {
         return Err(bad(format!(
@@ -294,8 +316,12 @@ pub fn open(keys: &DatasetKeys, path: &str, bytes: &[u8]) -> Result<(LogHeader, 
             hex::encode(keys.key_id())
         )));
     }
-    let key = ObjectKey::open_with(keys.reader()?, &h.encapsulated, &hpke_info(&h.dataset, &h.key_id))
-        .map_err(|_| bad("the body's key does not open with the reader key".into()))?;
+    let key = ObjectKey::open_with(
+        keys.reader()?,
+        &h.encapsulated,
+        &hpke_info(&h.dataset, &h.key_id),
+    )
+    .map_err(|_| bad("the body's key does not open with the reader key".into()))?;
     let mut sealed = bytes[parsed.body_offset..].to_vec();
     key.decrypt_in_place(0, &body_aad(&parsed.header_hash), &mut sealed)
         .map_err(|_| bad("body authentication failed: altered or moved".into()))?;
@@ -312,7 +338,10 @@ pub fn open(keys: &DatasetKeys, path: &str, bytes: &[u8]) -> Result<(LogHeader, 
         _ => return Err(bad("unknown compression".into())),
     };
     if payload.len() as u64 != want {
-        return Err(bad(format!("holds {} bytes, the header says {want}", payload.len())));
+        return Err(bad(format!(
+            "holds {} bytes, the header says {want}",
+            payload.len()
+        )));
     }
     Ok((parsed.header, payload))
 }
@@ -390,7 +419,14 @@ pub fn parse_path(path: &str) -> Option<LogName> {
     if &name[16..17] != "-" || &name[33..34] != "-" {
         return None;
     }
-    Some(LogName { dataset, timeline, kind, start, end, id })
+    Some(LogName {
+        dataset,
+        timeline,
+        kind,
+        start,
+        end,
+        id,
+    })
 }
 
 #[cfg(test)]
@@ -428,6 +464,15 @@ mod tests {
             assert!(open(&keys, "x", &bad).is_err(), "flip at {at}");
         }
         assert!(open(&root.dataset_keys("other", 0), "x", &bytes).is_err());
-        assert!(seal(&keys, &signer, &LogSpec { end: spec.end + 1, ..spec.clone() }, &payload).is_err());
+        assert!(seal(
+            &keys,
+            &signer,
+            &LogSpec {
+                end: spec.end + 1,
+                ..spec.clone()
+            },
+            &payload
+        )
+        .is_err());
     }
 }

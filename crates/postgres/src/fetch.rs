@@ -124,7 +124,11 @@ pub fn prefetch(
     if let Ok(dir) = std::fs::read_dir(spool) {
         for e in dir.flatten() {
             if let Some(n) = e.file_name().to_str() {
-                if let Ok(WalFile::Segment { timeline: t, segno: s }) = parse_wal_file_name(n) {
+                if let Ok(WalFile::Segment {
+                    timeline: t,
+                    segno: s,
+                }) = parse_wal_file_name(n)
+                {
                     if t == timeline && s <= segno {
                         let _ = std::fs::remove_file(e.path());
                     }
@@ -142,7 +146,10 @@ fn tmp_of(dest: &Path) -> PathBuf {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> PgError {
-    PgError::Vault(embassy_core::Error::io(format!("writing {}", path.display()), e))
+    PgError::Vault(embassy_core::Error::io(
+        format!("writing {}", path.display()),
+        e,
+    ))
 }
 
 fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {

@@ -121,10 +121,16 @@ mod tests {
         let l: Lsn = "1/2A000028".parse().unwrap();
         assert_eq!(l.0, 0x1_2A00_0028);
         assert_eq!(l.to_string(), "1/2A000028");
-        assert_eq!(segment_file_name(1, l.segment_no()), "00000001000000010000002A");
+        assert_eq!(
+            segment_file_name(1, l.segment_no()),
+            "00000001000000010000002A"
+        );
         assert_eq!(
             parse_wal_file_name("00000001000000010000002A").unwrap(),
-            WalFile::Segment { timeline: 1, segno: l.segment_no() }
+            WalFile::Segment {
+                timeline: 1,
+                segno: l.segment_no()
+            }
         );
         assert_eq!(
             parse_wal_file_name("00000002.history").unwrap(),

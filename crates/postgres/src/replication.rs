@@ -407,7 +407,8 @@ impl ReplicationConnection {
             streaming: false,
             parameters: Vec::new(),
         };
-        conn.socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+        conn.socket
+            .set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut params: Vec<(&str, &str)> = vec![
             ("user", cfg.user.as_str()),
             ("application_name", cfg.application_name.as_str()),
@@ -435,8 +436,10 @@ impl ReplicationConnection {
             if self.buf.len() >= 5 {
                 let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
                     as usize;
-                if len < 4 || len > 1 << 30 {
-                    return Err(PgError::Protocol(format!("message length {len} out of range")));
+                if !(4..=1 << 30).contains(&len) {
+                    return Err(PgError::Protocol(format!(
+                        "message length {len} out of range"
+                    )));
                 }
                 if self.buf.len() > len {
                     let tag = self.buf[0];
@@ -470,9 +473,8 @@ impl ReplicationConnection {
 
     /// Reads one frame, waiting as long as needed (up to the 60 s socket timeout).
     fn read_frame_blocking(&mut self) -> Result<Frame> {
-        self.read_frame()?.ok_or_else(|| {
-            PgError::Protocol("the server did not answer within 60 seconds".into())
-        })
+        self.read_frame()?
+            .ok_or_else(|| PgError::Protocol("the server did not answer within 60 seconds".into()))
     }
 
     fn parse(frame: Frame) -> Result<backend::Message> {
@@ -486,12 +488,22 @@ impl ReplicationConnection {
         let map_err = |e: ServerError| -> PgError {
             let m = e.message.clone();
             match e.code.as_str() {
-                "28P01" => PgError::Auth { user: user.clone(), message: m },
-                "28000" if m.contains("pg_hba.conf") => {
-                    PgError::NotAllowedByHba { user: user.clone(), message: m }
-                }
-                "28000" if m.contains("does not exist") => PgError::Auth { user: user.clone(), message: m },
-                "42501" => PgError::NoReplicationPrivilege { user: user.clone(), message: m },
+                "28P01" => PgError::Auth {
+                    user: user.clone(),
+                    message: m,
+                },
+                "28000" if m.contains("pg_hba.conf") => PgError::NotAllowedByHba {
+                    user: user.clone(),
+                    message: m,
+                },
+                "28000" if m.contains("does not exist") => PgError::Auth {
+                    user: user.clone(),
+                    message: m,
+                },
+                "42501" => PgError::NoReplicationPrivilege {
+                    user: user.clone(),
+                    message: m,
+                },
                 "53300" if m.contains("max_wal_senders") || replication => {
                     PgError::NoWalSenders { message: m }
                 }
@@ -608,9 +620,9 @@ impl ReplicationConnection {
                         let mut ranges = row.ranges();
                         let mut out = Vec::new();
                         while let Some(r) = ranges.next()? {
-                            out.push(r.map(|r| {
-                                String::from_utf8_lossy(&row.buffer()[r]).to_string()
-                            }));
+                            out.push(
+                                r.map(|r| String::from_utf8_lossy(&row.buffer()[r]).to_string()),
+                            );
                         }
                         rows.push(out);
                     }
@@ -622,7 +634,9 @@ impl ReplicationConnection {
                 }
                 b'Z' => break,
                 b'H' | b'G' | b'W' => {
-                    return Err(PgError::Protocol("unexpected COPY in a simple query".into()))
+                    return Err(PgError::Protocol(
+                        "unexpected COPY in a simple query".into(),
+                    ))
                 }
                 _ => {}
             }
@@ -673,13 +687,19 @@ impl ReplicationConnection {
             None => None,
         };
         let restart_tli = row.get(2).cloned().flatten().and_then(|s| s.parse().ok());
-        Ok(Some(SlotInfo { kind, restart_lsn, restart_tli }))
+        Ok(Some(SlotInfo {
+            kind,
+            restart_lsn,
+            restart_tli,
+        }))
     }
 
     /// `CREATE_REPLICATION_SLOT slot PHYSICAL RESERVE_WAL`: the slot keeps WAL from now on.
     pub fn create_physical_slot(&mut self, slot: &str) -> Result<()> {
         check_slot_name(slot)?;
-        self.simple_query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"))?;
+        self.simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"
+        ))?;
         Ok(())
     }
 
@@ -721,10 +741,15 @@ impl ReplicationConnection {
                         }
                     }
                     if e.message.contains("has already been removed") {
-                        return Err(PgError::WalGone { lsn: start.to_string(), message: e.message });
+                        return Err(PgError::WalGone {
+                            lsn: start.to_string(),
+                            message: e.message,
+                        });
                     }
                     if e.message.contains("does not exist") && e.message.contains("slot") {
-                        return Err(PgError::MissingSlot { slot: slot.to_string() });
+                        return Err(PgError::MissingSlot {
+                            slot: slot.to_string(),
+                        });
                     }
                     return Err(e.into_error());
                 }
@@ -744,9 +769,11 @@ impl ReplicationConnection {
         if !self.streaming {
             return Err(PgError::Protocol("recv outside streaming".into()));
         }
-        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let frame = self.read_frame();
-        self.socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(60)))?;
         let Some(frame) = frame? else {
             return Ok(None);
         };
@@ -790,7 +817,10 @@ impl ReplicationConnection {
                         _ => {}
                     }
                 }
-                Ok(Some(ReplicationMessage::EndOfTimeline { next_timeline, next_start }))
+                Ok(Some(ReplicationMessage::EndOfTimeline {
+                    next_timeline,
+                    next_start,
+                }))
             }
             b'E' => match Self::parse(frame)? {
                 backend::Message::ErrorResponse(body) => {
@@ -843,7 +873,12 @@ fn parse_copy_data(mut body: Bytes) -> Result<ReplicationMessage> {
             let start = Lsn(body.get_u64());
             let server_end = Lsn(body.get_u64());
             let server_time = body.get_i64();
-            Ok(ReplicationMessage::XLogData { start, server_end, server_time, data: body })
+            Ok(ReplicationMessage::XLogData {
+                start,
+                server_end,
+                server_time,
+                data: body,
+            })
         }
         b'k' => {
             if body.len() < 17 {
@@ -852,7 +887,10 @@ fn parse_copy_data(mut body: Bytes) -> Result<ReplicationMessage> {
             let server_end = Lsn(body.get_u64());
             let _time = body.get_i64();
             let reply_requested = body.get_u8() != 0;
-            Ok(ReplicationMessage::Keepalive { server_end, reply_requested })
+            Ok(ReplicationMessage::Keepalive {
+                server_end,
+                reply_requested,
+            })
         }
         t => Err(PgError::Protocol(format!(
             "unknown replication message '{}'",
@@ -865,7 +903,9 @@ fn parse_copy_data(mut body: Bytes) -> Result<ReplicationMessage> {
 pub fn check_slot_name(slot: &str) -> Result<()> {
     if !slot.is_empty()
         && slot.len() <= 63
-        && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
         Ok(())
     } else {
@@ -881,7 +921,8 @@ mod tests {
 
     #[test]
     fn conninfo_parses_and_refuses_nonsense() {
-        let c = ConnConfig::parse("host=127.0.0.1 port=5433 user=embassy password='a b\\'c'").unwrap();
+        let c =
+            ConnConfig::parse("host=127.0.0.1 port=5433 user=embassy password='a b\\'c'").unwrap();
         assert_eq!(c.port, 5433);
         assert_eq!(c.password.as_deref().map(|s| s.as_str()), Some("a b'c"));
         assert!(!format!("{c:?}").contains("a b"));

@@ -88,7 +88,9 @@ pub fn wal_status(
     for (location, site) in sites {
         match site_wal(location, site.as_ref(), dataset) {
             Ok(Some(s)) => out.sites.push(s),
-            Ok(None) => out.errors.push((location.clone(), "holds no WAL of this dataset".into())),
+            Ok(None) => out
+                .errors
+                .push((location.clone(), "holds no WAL of this dataset".into())),
             Err(e) => out.errors.push((location.clone(), e.to_string())),
         }
     }

@@ -113,9 +113,21 @@ struct Resume {
 /// between receiving WAL and reporting it flushed.
 enum Job {
     /// A piece became durable (the newest head of the chain).
-    Piece { id: ObjectId, timeline: u32, start: u64, end: u64, captured: i64 },
+    Piece {
+        id: ObjectId,
+        timeline: u32,
+        start: u64,
+        end: u64,
+        captured: i64,
+    },
     /// A whole segment collected in memory: seal it as one object and anchor it.
-    Segment { timeline: u32, start: u64, bytes: Vec<u8>, prev_hint: Option<ObjectId>, captured: i64 },
+    Segment {
+        timeline: u32,
+        start: u64,
+        bytes: Vec<u8>,
+        prev_hint: Option<ObjectId>,
+        captured: i64,
+    },
 }
 
 /// The background thread's state.
@@ -139,10 +151,22 @@ impl Background {
     fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
         loop {
             match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(Job::Piece { id, timeline, start, end, captured }) => {
+                Ok(Job::Piece {
+                    id,
+                    timeline,
+                    start,
+                    end,
+                    captured,
+                }) => {
                     self.pending = Some((id, timeline, start, end, captured));
                 }
-                Ok(Job::Segment { timeline, start, bytes, prev_hint, captured }) => {
+                Ok(Job::Segment {
+                    timeline,
+                    start,
+                    bytes,
+                    prev_hint,
+                    captured,
+                }) => {
                     self.segment(timeline, start, &bytes, prev_hint, captured);
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -163,7 +187,14 @@ impl Background {
 
     /// Writes a whole segment object (chained to the previous segment) and anchors it. A
     /// failure leaves that segment in pieces, which wal-fetch assembles just as well.
-    fn segment(&mut self, timeline: u32, start: u64, bytes: &[u8], prev_hint: Option<ObjectId>, captured: i64) {
+    fn segment(
+        &mut self,
+        timeline: u32,
+        start: u64,
+        bytes: &[u8],
+        prev_hint: Option<ObjectId>,
+        captured: i64,
+    ) {
         let prev = match self.last_segment {
             Some((tl, end, id)) if tl == timeline && end == start => Some(id),
             _ => prev_hint,
@@ -196,8 +227,18 @@ impl Background {
         if !force && self.last_anchor.elapsed() < self.anchor_interval {
             return;
         }
-        let start = if self.anchored_to > 0 && self.anchored_to <= start { self.anchored_to } else { start };
-        let event = Event::LogRangeAdded { manifest: id, timeline, start, end, captured_at_ns: captured };
+        let start = if self.anchored_to > 0 && self.anchored_to <= start {
+            self.anchored_to
+        } else {
+            start
+        };
+        let event = Event::LogRangeAdded {
+            manifest: id,
+            timeline,
+            start,
+            end,
+            captured_at_ns: captured,
+        };
         for _ in 0..3 {
             match ledger::append_ignoring(
                 self.site.as_ref(),
@@ -268,7 +309,13 @@ impl WalStreamer {
         keyring: &Keyring,
         stop: &AtomicBool,
     ) -> Result<StreamProgress> {
-        Self::run_with_progress(cfg, vault, keyring, stop, Arc::new(Mutex::new(StreamProgress::default())))
+        Self::run_with_progress(
+            cfg,
+            vault,
+            keyring,
+            stop,
+            Arc::new(Mutex::new(StreamProgress::default())),
+        )
     }
 
     /// [`WalStreamer::run`], publishing live figures into `progress`.
@@ -397,13 +444,19 @@ impl Session<'_> {
             // Check the newest object before trusting its position: a forged name must not make
             // the stream skip WAL.
             let (h, _) = wal::read_checked(self.site.as_ref(), newest, &self.signers)?;
-            let resume = Resume { timeline: h.timeline, pos: Lsn(h.end), prev: Some(newest.name.id) };
+            let resume = Resume {
+                timeline: h.timeline,
+                pos: Lsn(h.end),
+                prev: Some(newest.name.id),
+            };
             self.load_segment(&listing, resume);
             return Ok(resume);
         }
-        let slot = conn
-            .read_replication_slot(&self.cfg.slot)?
-            .ok_or_else(|| PgError::MissingSlot { slot: self.cfg.slot.clone() })?;
+        let slot =
+            conn.read_replication_slot(&self.cfg.slot)?
+                .ok_or_else(|| PgError::MissingSlot {
+                    slot: self.cfg.slot.clone(),
+                })?;
         let restart = slot.restart_lsn.ok_or_else(|| {
             PgError::Invalid(format!(
                 "replication slot \"{}\" reserves no WAL yet (created without RESERVE_WAL and never \
@@ -463,7 +516,11 @@ impl Session<'_> {
             return Ok(());
         }
         let listing = wal::list(self.site.as_ref(), &self.cfg.dataset)?;
-        if listing.histories.iter().any(|h| h.name.timeline == timeline) {
+        if listing
+            .histories
+            .iter()
+            .any(|h| h.name.timeline == timeline)
+        {
             return Ok(());
         }
         let (_name, content) = conn.timeline_history(timeline)?;
@@ -475,7 +532,13 @@ impl Session<'_> {
             prev: None,
             captured_at_ns: now_ns(),
         };
-        wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, &content)?;
+        wal::put(
+            self.site.as_ref(),
+            &self.keys,
+            &self.signer,
+            &spec,
+            &content,
+        )?;
         Ok(())
     }
 
@@ -490,11 +553,18 @@ impl Session<'_> {
         let system = conn.identify_system()?;
         match conn.read_replication_slot(&self.cfg.slot)? {
             Some(slot) if slot.kind != "physical" => {
-                return Err(PgError::WrongSlotKind { slot: self.cfg.slot.clone(), kind: slot.kind })
+                return Err(PgError::WrongSlotKind {
+                    slot: self.cfg.slot.clone(),
+                    kind: slot.kind,
+                })
             }
             Some(_) => {}
             None if self.cfg.create_slot => conn.create_physical_slot(&self.cfg.slot)?,
-            None => return Err(PgError::MissingSlot { slot: self.cfg.slot.clone() }),
+            None => {
+                return Err(PgError::MissingSlot {
+                    slot: self.cfg.slot.clone(),
+                })
+            }
         }
         let mut resume = self.resume_point(&mut conn, system.timeline)?;
         loop {
@@ -546,11 +616,20 @@ impl Session<'_> {
         let mut durable = r.pos;
         let mut last_status = Instant::now() - self.cfg.status_interval;
         let mut retry_at: Option<Instant> = None;
-        if self.segment.as_ref().is_some_and(|s| s.timeline != r.timeline || s.start + s.bytes.len() as u64 != r.pos.0) {
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.timeline != r.timeline || s.start + s.bytes.len() as u64 != r.pos.0)
+        {
             self.segment = None;
         }
         if self.segment.is_none() && self.cfg.compact_segments && r.pos.segment_offset() == 0 {
-            self.segment = Some(SegmentBuf { timeline: r.timeline, start: r.pos.0, bytes: Vec::new(), prev_segment: None });
+            self.segment = Some(SegmentBuf {
+                timeline: r.timeline,
+                start: r.pos.0,
+                bytes: Vec::new(),
+                prev_segment: None,
+            });
         }
         loop {
             let stopping = stop.load(Ordering::Relaxed);
@@ -559,12 +638,17 @@ impl Session<'_> {
                 && (stopping
                     || first_at.is_some_and(|t| t.elapsed() >= self.cfg.max_delay)
                     || buf.len() >= self.cfg.seal_bytes
-                    || (buf_start.0 + buf.len() as u64).div_ceil(SEGMENT_SIZE) > buf_start.segment_no() + 1);
+                    || (buf_start.0 + buf.len() as u64).div_ceil(SEGMENT_SIZE)
+                        > buf_start.segment_no() + 1);
             if due && retry_at.is_none_or(|t| Instant::now() >= t) {
                 match self.seal_all(r, &mut buf, &mut buf_start) {
                     Ok(()) => {
                         retry_at = None;
-                        first_at = if buf.is_empty() { None } else { Some(Instant::now()) };
+                        first_at = if buf.is_empty() {
+                            None
+                        } else {
+                            Some(Instant::now())
+                        };
                         if durable != buf_start {
                             durable = buf_start;
                             conn.send_status(received, durable, durable, false)?;
@@ -575,7 +659,9 @@ impl Session<'_> {
                     Err(e) => {
                         // Not durable on enough sites: keep the WAL, report no flush, retry.
                         self.set_error(Some(e.to_string()));
-                        eprintln!("embassy pg stream: sealing WAL at {buf_start} failed, retrying: {e}");
+                        eprintln!(
+                            "embassy pg stream: sealing WAL at {buf_start} failed, retrying: {e}"
+                        );
                         retry_at = Some(Instant::now() + Duration::from_secs(1));
                     }
                 }
@@ -594,11 +680,20 @@ impl Session<'_> {
                 continue;
             }
             let wait = match first_at {
-                Some(t) => self.cfg.max_delay.saturating_sub(t.elapsed()).min(Duration::from_millis(100)),
+                Some(t) => self
+                    .cfg
+                    .max_delay
+                    .saturating_sub(t.elapsed())
+                    .min(Duration::from_millis(100)),
                 None => Duration::from_millis(100),
             };
             match conn.recv(wait)? {
-                Some(ReplicationMessage::XLogData { start, server_end, data, .. }) => {
+                Some(ReplicationMessage::XLogData {
+                    start,
+                    server_end,
+                    data,
+                    ..
+                }) => {
                     if let Ok(mut p) = self.progress.lock() {
                         p.server_end = p.server_end.max(server_end);
                     }
@@ -624,7 +719,10 @@ impl Session<'_> {
                         p.received = received;
                     }
                 }
-                Some(ReplicationMessage::Keepalive { server_end, reply_requested }) => {
+                Some(ReplicationMessage::Keepalive {
+                    server_end,
+                    reply_requested,
+                }) => {
                     if let Ok(mut p) = self.progress.lock() {
                         p.server_end = p.server_end.max(server_end);
                     }
@@ -633,7 +731,10 @@ impl Session<'_> {
                         last_status = Instant::now();
                     }
                 }
-                Some(ReplicationMessage::EndOfTimeline { next_timeline, next_start }) => {
+                Some(ReplicationMessage::EndOfTimeline {
+                    next_timeline,
+                    next_start,
+                }) => {
                     // Make everything of this timeline durable first.
                     while !buf.is_empty() {
                         if let Err(e) = self.seal_all(r, &mut buf, &mut buf_start) {
@@ -674,7 +775,8 @@ impl Session<'_> {
                     prev: r.prev,
                     captured_at_ns: captured,
                 };
-                let (id, _path) = wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, payload)?;
+                let (id, _path) =
+                    wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, payload)?;
                 r.prev = Some(id);
                 r.pos = Lsn(spec.end);
                 if let Some(f) = self.durable_log.as_mut() {
@@ -687,10 +789,17 @@ impl Session<'_> {
                     p.bytes += n as u64;
                 }
                 if let Some(jobs) = &self.jobs {
-                    let _ = jobs.try_send(Job::Piece { id, timeline: r.timeline, start, end: spec.end, captured });
+                    let _ = jobs.try_send(Job::Piece {
+                        id,
+                        timeline: r.timeline,
+                        start,
+                        end: spec.end,
+                        captured,
+                    });
                 }
                 done += n;
-                if let Err(e) = self.after_piece(r.timeline, start, &buf[done - n..done], captured) {
+                if let Err(e) = self.after_piece(r.timeline, start, &buf[done - n..done], captured)
+                {
                     // The WAL is durable as pieces; only its compaction into one segment object
                     // failed (that segment stays in pieces, which wal-fetch assembles).
                     self.segment = None;
@@ -706,12 +815,23 @@ impl Session<'_> {
 
     /// Collects a piece into the in-memory segment; a completed segment goes to the background
     /// thread to be written as one object and anchored in the ledger.
-    fn after_piece(&mut self, timeline: u32, start: u64, payload: &[u8], captured: i64) -> Result<()> {
+    fn after_piece(
+        &mut self,
+        timeline: u32,
+        start: u64,
+        payload: &[u8],
+        captured: i64,
+    ) -> Result<()> {
         let end = start + payload.len() as u64;
         let Some(seg) = self.segment.as_mut() else {
-            if self.cfg.compact_segments && end % SEGMENT_SIZE == 0 {
+            if self.cfg.compact_segments && end.is_multiple_of(SEGMENT_SIZE) {
                 // The next segment starts clean.
-                self.segment = Some(SegmentBuf { timeline, start: end, bytes: Vec::new(), prev_segment: None });
+                self.segment = Some(SegmentBuf {
+                    timeline,
+                    start: end,
+                    bytes: Vec::new(),
+                    prev_segment: None,
+                });
             }
             return Ok(());
         };
@@ -728,10 +848,16 @@ impl Session<'_> {
                 prev_hint: seg.prev_segment,
                 captured,
             };
-            self.segment = Some(SegmentBuf { timeline, start: end, bytes: Vec::with_capacity(SEGMENT_SIZE as usize), prev_segment: None });
+            self.segment = Some(SegmentBuf {
+                timeline,
+                start: end,
+                bytes: Vec::with_capacity(SEGMENT_SIZE as usize),
+                prev_segment: None,
+            });
             if let Some(jobs) = &self.jobs {
                 // Blocks only if four segments wait for the compactor (bounded memory).
-                jobs.send(job).map_err(|_| PgError::Protocol("the compaction thread stopped".into()))?;
+                jobs.send(job)
+                    .map_err(|_| PgError::Protocol("the compaction thread stopped".into()))?;
             }
         }
         Ok(())

@@ -65,7 +65,11 @@ pub fn list(site: &dyn Site, dataset: &str) -> Result<WalListing> {
     for info in infos {
         match wal_log::parse_path(&info.path) {
             Some(name) if name.dataset == dataset => {
-                let obj = WalObject { name, path: info.path, size: info.size };
+                let obj = WalObject {
+                    name,
+                    path: info.path,
+                    size: info.size,
+                };
                 match obj.name.kind {
                     LogKind::Piece => listing.pieces.push(obj),
                     LogKind::Segment => listing.segments.push(obj),
@@ -96,7 +100,9 @@ pub fn read_checked(
     }
     let parsed = wal_log::parse(&obj.path, &bytes)?;
     if !obj.name.matches(&parsed.header) {
-        return Err(corrupt("the header does not match the name (moved or renamed)"));
+        return Err(corrupt(
+            "the header does not match the name (moved or renamed)",
+        ));
     }
     if !signers.contains(&parsed.header.signer) {
         return Err(corrupt(&format!(
@@ -161,7 +167,12 @@ pub fn assemble_segment(
         o.name.timeline == timeline && o.name.start == seg_start && o.name.end == seg_end
     }) {
         match read_payload(site, keyring, obj, signers) {
-            Ok((_, bytes)) => return Ok(Some(Assembled { bytes, complete: true })),
+            Ok((_, bytes)) => {
+                return Ok(Some(Assembled {
+                    bytes,
+                    complete: true,
+                }))
+            }
             Err(e) => last_err = Some(e),
         }
     }
@@ -216,7 +227,11 @@ pub fn history_file(
     signers: &[[u8; 32]],
 ) -> Result<Option<Vec<u8>>> {
     let mut last_err = None;
-    for obj in listing.histories.iter().filter(|o| o.name.timeline == timeline) {
+    for obj in listing
+        .histories
+        .iter()
+        .filter(|o| o.name.timeline == timeline)
+    {
         match read_payload(site, keyring, obj, signers) {
             Ok((_, bytes)) => return Ok(Some(bytes)),
             Err(e) => last_err = Some(e),
@@ -263,13 +278,23 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let history = vault.history(dataset)?;
     let signers = vault.active_signers(&history);
     let listing = list(site, dataset)?;
-    let mut report = WalVerifyReport { ends: listing.ends(), ..Default::default() };
+    let mut report = WalVerifyReport {
+        ends: listing.ends(),
+        ..Default::default()
+    };
     for s in &listing.strays {
-        report.problems.push(format!("{s}: not a WAL log object name"));
+        report
+            .problems
+            .push(format!("{s}: not a WAL log object name"));
     }
     let mut ids = BTreeMap::new();
     let mut prevs = Vec::new();
-    for obj in listing.pieces.iter().chain(&listing.segments).chain(&listing.histories) {
+    for obj in listing
+        .pieces
+        .iter()
+        .chain(&listing.segments)
+        .chain(&listing.histories)
+    {
         match read_checked(site, obj, &signers) {
             Ok((h, _)) => {
                 report.objects_ok += 1;
@@ -303,7 +328,10 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     // Coverage: per timeline, pieces and segments together must be contiguous from the first.
     let mut by_tl: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     for o in listing.pieces.iter().chain(&listing.segments) {
-        by_tl.entry(o.name.timeline).or_default().push((o.name.start, o.name.end));
+        by_tl
+            .entry(o.name.timeline)
+            .or_default()
+            .push((o.name.start, o.name.end));
     }
     for (tl, mut ranges) in by_tl {
         ranges.sort();

@@ -32,7 +32,10 @@ fn connection_errors_say_what_to_change() {
     let pg = PgServer::start(PgOptions::default());
 
     // Nothing listens on this port.
-    let e = expect_err(&format!("host=127.0.0.1 port={} user=embassy password=x", free_port()));
+    let e = expect_err(&format!(
+        "host=127.0.0.1 port={} user=embassy password=x",
+        free_port()
+    ));
     assert!(matches!(e, PgError::Connect { .. }), "{e:?}");
     let m = e.to_string();
     assert!(m.contains("cannot connect") && m.contains("port="), "{m}");
@@ -49,10 +52,17 @@ fn connection_errors_say_what_to_change() {
     // A role without REPLICATION.
     let e = expect_err(&pg.conninfo_tcp("plain", REPL_PASSWORD));
     assert!(matches!(e, PgError::NoReplicationPrivilege { .. }), "{e:?}");
-    assert!(e.to_string().contains("ALTER ROLE \"plain\" REPLICATION"), "{e}");
+    assert!(
+        e.to_string().contains("ALTER ROLE \"plain\" REPLICATION"),
+        "{e}"
+    );
 
     // SCRAM-SHA-256, md5 and trust over the Unix socket all work.
-    for conninfo in [pg.conninfo(), pg.conninfo_tcp("embassy_md5", REPL_PASSWORD), pg.conninfo_socket()] {
+    for conninfo in [
+        pg.conninfo(),
+        pg.conninfo_tcp("embassy_md5", REPL_PASSWORD),
+        pg.conninfo_socket(),
+    ] {
         let mut c = connect(&conninfo).unwrap_or_else(|e| panic!("{conninfo}: {e}"));
         let sys = c.identify_system().unwrap();
         assert_eq!(sys.timeline, 1);
@@ -65,18 +75,37 @@ fn connection_errors_say_what_to_change() {
     let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
     let root = RootSecret::generate();
     let vault = Vault::create(site, &root).unwrap();
-    let keyring = Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
-    let mut cfg = StreamConfig::new("registry", ConnConfig::parse(&pg.conninfo()).unwrap(), "nosuchslot");
+    let keyring =
+        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    let mut cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&pg.conninfo()).unwrap(),
+        "nosuchslot",
+    );
     cfg.reconnect = false;
     let e = WalStreamer::run(&cfg, &vault, &keyring, &AtomicBool::new(false)).unwrap_err();
     assert!(matches!(e, PgError::MissingSlot { .. }), "{e:?}");
-    assert!(e.to_string().contains("pg_create_physical_replication_slot('nosuchslot'"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("pg_create_physical_replication_slot('nosuchslot'"),
+        "{e}"
+    );
     // An invalid slot name is refused before it reaches the server.
-    let cfg = StreamConfig::new("registry", ConnConfig::parse(&pg.conninfo()).unwrap(), "Bad-Name");
+    let cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&pg.conninfo()).unwrap(),
+        "Bad-Name",
+    );
     let e = WalStreamer::run(&cfg, &vault, &keyring, &AtomicBool::new(false)).unwrap_err();
-    assert!(e.to_string().contains("not a valid replication slot name"), "{e}");
+    assert!(
+        e.to_string().contains("not a valid replication slot name"),
+        "{e}"
+    );
     // Bad connection strings.
-    assert!(ConnConfig::parse("host=x bogus=1").unwrap_err().to_string().contains("unknown key 'bogus'"));
+    assert!(ConnConfig::parse("host=x bogus=1")
+        .unwrap_err()
+        .to_string()
+        .contains("unknown key 'bogus'"));
 }
 
 #[test]
@@ -91,14 +120,18 @@ fn wal_level_minimal_is_reported_as_such() {
     let e = expect_err(&pg.conninfo());
     assert!(matches!(e, PgError::WalLevelTooLow { .. }), "{e:?}");
     assert!(
-        e.to_string().contains("set wal_level = replica (or logical) in postgresql.conf and restart"),
+        e.to_string()
+            .contains("set wal_level = replica (or logical) in postgresql.conf and restart"),
         "{e}"
     );
 }
 
 #[test]
 fn no_wal_senders_is_reported_as_such() {
-    let pg = PgServer::start(PgOptions { max_wal_senders: 0, ..PgOptions::default() });
+    let pg = PgServer::start(PgOptions {
+        max_wal_senders: 0,
+        ..PgOptions::default()
+    });
     let e = expect_err(&pg.conninfo());
     assert!(matches!(e, PgError::NoWalSenders { .. }), "{e:?}");
     assert!(e.to_string().contains("raise max_wal_senders"), "{e}");

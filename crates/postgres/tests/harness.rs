@@ -8,7 +8,10 @@ use support::{PgOptions, PgServer};
 fn harness_starts_postgres_runs_sql_and_pgbench() {
     let pg = PgServer::start(PgOptions::default());
     assert_eq!(pg.psql("SHOW wal_level"), "replica");
-    assert_eq!(pg.psql("SELECT rolreplication FROM pg_roles WHERE rolname = 'embassy'"), "t");
+    assert_eq!(
+        pg.psql("SELECT rolreplication FROM pg_roles WHERE rolname = 'embassy'"),
+        "t"
+    );
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     pg.pgbench(&["-c", "2", "-t", "20"]);
     assert_eq!(pg.psql("SELECT count(*) FROM pgbench_branches"), "1");

@@ -40,13 +40,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture (about a minute)"]
 fn commit_to_durable_latency_under_pgbench() {
-    let seconds: u64 = std::env::var("EMBASSY_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-    let n_sites: usize = std::env::var("EMBASSY_BENCH_SITES").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let seconds: u64 = std::env::var("EMBASSY_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let n_sites: usize = std::env::var("EMBASSY_BENCH_SITES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let pg = PgServer::start(PgOptions::default());
     pg.pgbench(&["-i", "-s", "10", "-q"]);
     let dir = tempfile::tempdir().unwrap();
     let sites: Vec<Arc<dyn Site>> = (0..n_sites)
-        .map(|i| Arc::new(LocalSite::new(dir.path().join(format!("site{i}"))).unwrap()) as Arc<dyn Site>)
+        .map(|i| {
+            Arc::new(LocalSite::new(dir.path().join(format!("site{i}"))).unwrap()) as Arc<dyn Site>
+        })
         .collect();
     let site: Arc<dyn Site> = if n_sites == 1 {
         sites[0].clone()
@@ -57,15 +65,21 @@ fn commit_to_durable_latency_under_pgbench() {
     let vault = Vault::create(site, &root).unwrap();
     let root = *root.expose();
     let log = dir.path().join("durable.log");
-    let mut cfg = StreamConfig::new("registry", ConnConfig::parse(&pg.conninfo()).unwrap(), "bench");
+    let mut cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&pg.conninfo()).unwrap(),
+        "bench",
+    );
     cfg.create_slot = true;
     cfg.durable_log = Some(log.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Mutex::new(StreamProgress::default()));
     let streamer = {
-        let (vault, cfg, stop, progress) = (vault.clone(), cfg.clone(), stop.clone(), progress.clone());
+        let (vault, cfg, stop, progress) =
+            (vault.clone(), cfg.clone(), stop.clone(), progress.clone());
         std::thread::spawn(move || {
-            let keyring = Keyring::from_root(RootSecret::from_bytes(&root), vault.config()).unwrap();
+            let keyring =
+                Keyring::from_root(RootSecret::from_bytes(&root), vault.config()).unwrap();
             WalStreamer::run_with_progress(&cfg, &vault, &keyring, &stop, progress)
         })
     };
@@ -79,7 +93,10 @@ fn commit_to_durable_latency_under_pgbench() {
     let sampler = {
         let sampling = sampling.clone();
         let conn = ConnConfig::parse(&pg.conninfo_tcp("postgres", "unused")).unwrap();
-        let conn = ConnConfig { host: pg.socket_dir().display().to_string(), ..conn };
+        let conn = ConnConfig {
+            host: pg.socket_dir().display().to_string(),
+            ..conn
+        };
         std::thread::spawn(move || {
             let mut c = ReplicationConnection::connect_plain(&conn).unwrap();
             let mut samples = Vec::new();
@@ -124,7 +141,11 @@ fn commit_to_durable_latency_under_pgbench() {
         windows.push((when - t).max(0) as f64 / 1e9);
     }
     windows.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99, max) = (percentile(&windows, 0.5), percentile(&windows, 0.99), windows[windows.len() - 1]);
+    let (p50, p99, max) = (
+        percentile(&windows, 0.5),
+        percentile(&windows, 0.99),
+        windows[windows.len() - 1],
+    );
     let tps = String::from_utf8_lossy(&out.stdout)
         .lines()
         .find(|l| l.starts_with("tps"))

@@ -53,8 +53,13 @@ fn spawn_streamer(
 ) {
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Mutex::new(StreamProgress::default()));
-    let (vault, root, cfg, stop2, progress2) =
-        (vault.clone(), *root, cfg.clone(), stop.clone(), progress.clone());
+    let (vault, root, cfg, stop2, progress2) = (
+        vault.clone(),
+        *root,
+        cfg.clone(),
+        stop.clone(),
+        progress.clone(),
+    );
     let handle = std::thread::spawn(move || {
         let keyring = keyring(&vault, &root);
         WalStreamer::run_with_progress(&cfg, &vault, &keyring, &stop2, progress2)
@@ -81,13 +86,27 @@ fn assert_segments_identical(
     for segno in first..Lsn(upto).segment_no() {
         let name = segment_file_name(timeline, segno);
         let dest = out.path().join(&name);
-        let got = fetch::fetch(vault, keyring, "registry", &name, &dest, &FetchOptions::default())
-            .unwrap();
-        assert_eq!(got, Fetched::Complete, "segment {name} is missing from the vault (a gap)");
+        let got = fetch::fetch(
+            vault,
+            keyring,
+            "registry",
+            &name,
+            &dest,
+            &FetchOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Fetched::Complete,
+            "segment {name} is missing from the vault (a gap)"
+        );
         let ours = std::fs::read(&dest).unwrap();
         let theirs = std::fs::read(pg.pg_wal_dir().join(&name)).unwrap();
         assert_eq!(ours.len(), theirs.len(), "{name}: size");
-        assert!(ours == theirs, "{name}: bytes differ from the server's pg_wal");
+        assert!(
+            ours == theirs,
+            "{name}: bytes differ from the server's pg_wal"
+        );
         n += 1;
     }
     n
@@ -110,16 +129,24 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
     );
     cfg.create_slot = true;
     let (stop, progress, handle) = spawn_streamer(&vault, &root, &cfg);
-    wait_until("the streamer to start", Duration::from_secs(30), || durable(&progress) > 0);
+    wait_until("the streamer to start", Duration::from_secs(30), || {
+        durable(&progress) > 0
+    });
     let first_segno = Lsn(durable(&progress)).segment_no();
     pg.pgbench(&["-c", "4", "-j", "2", "-T", "8"]);
     // Finish the current segment so that every segment written is complete.
     let switch = parse_lsn(&pg.psql("SELECT pg_switch_wal()"));
     let end = pg.current_lsn();
-    wait_until("WAL to become durable", Duration::from_secs(60), || durable(&progress) >= end);
+    wait_until("WAL to become durable", Duration::from_secs(60), || {
+        durable(&progress) >= end
+    });
     // The slot was told only what is durable.
-    let slot = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'");
-    assert!(parse_lsn(&slot) <= durable(&progress), "slot {slot} ahead of durable");
+    let slot =
+        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'");
+    assert!(
+        parse_lsn(&slot) <= durable(&progress),
+        "slot {slot} ahead of durable"
+    );
     stop.store(true, Ordering::Relaxed);
     let final_progress = handle.join().unwrap().unwrap();
     assert!(final_progress.durable.0 >= end);
@@ -132,16 +159,33 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
     // Compaction wrote whole segments, the pieces assemble to the same bytes, and the ledger
     // anchors every whole segment.
     let listing = wal::list(vault.site().as_ref(), "registry").unwrap();
-    assert!(listing.segments.len() >= n, "{} segment objects for {n} segments", listing.segments.len());
+    assert!(
+        listing.segments.len() >= n,
+        "{} segment objects for {n} segments",
+        listing.segments.len()
+    );
     let signers = wal::dataset_signers(&vault, "registry").unwrap();
-    let pieces_only = wal::WalListing { segments: Vec::new(), ..listing.clone() };
+    let pieces_only = wal::WalListing {
+        segments: Vec::new(),
+        ..listing.clone()
+    };
     for segno in first_segno..first_segno + 2 {
-        let a = wal::assemble_segment(vault.site().as_ref(), &keyring, &pieces_only, 1, segno, &signers)
-            .unwrap()
-            .unwrap();
+        let a = wal::assemble_segment(
+            vault.site().as_ref(),
+            &keyring,
+            &pieces_only,
+            1,
+            segno,
+            &signers,
+        )
+        .unwrap()
+        .unwrap();
         assert!(a.complete);
         let theirs = std::fs::read(pg.pg_wal_dir().join(segment_file_name(1, segno))).unwrap();
-        assert!(a.bytes == theirs, "pieces of segment {segno} differ from pg_wal");
+        assert!(
+            a.bytes == theirs,
+            "pieces of segment {segno} differ from pg_wal"
+        );
     }
     let history = vault.history("registry").unwrap();
     let anchors = history
@@ -150,20 +194,36 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
         .count();
     assert!(anchors >= n, "{anchors} ledger anchors for {n} segments");
     let report = wal::verify(&vault, "registry").unwrap();
-    assert!(report.is_ok(), "verify: {:?} gaps {:?}", report.problems, report.gaps);
+    assert!(
+        report.is_ok(),
+        "verify: {:?} gaps {:?}",
+        report.problems,
+        report.gaps
+    );
 
     // The newest segment, still partial, is served zero-padded only when asked.
     let out = tempfile::tempdir().unwrap();
     let last = segment_file_name(1, Lsn(end).segment_no());
     let dest = out.path().join(&last);
-    let plain = fetch::fetch(&vault, &keyring, "registry", &last, &dest, &FetchOptions::default()).unwrap();
+    let plain = fetch::fetch(
+        &vault,
+        &keyring,
+        "registry",
+        &last,
+        &dest,
+        &FetchOptions::default(),
+    )
+    .unwrap();
     let partial = fetch::fetch(
         &vault,
         &keyring,
         "registry",
         &last,
         &dest,
-        &FetchOptions { partial: true, ..Default::default() },
+        &FetchOptions {
+            partial: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     if Lsn(end).segment_offset() > 0 {
@@ -174,13 +234,25 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
     // A segment far ahead does not exist yet: NotFound (restore_command exits 1).
     let ahead = segment_file_name(1, Lsn(end).segment_no() + 50);
     assert_eq!(
-        fetch::fetch(&vault, &keyring, "registry", &ahead, &out.path().join("x"), &FetchOptions::default()).unwrap(),
+        fetch::fetch(
+            &vault,
+            &keyring,
+            "registry",
+            &ahead,
+            &out.path().join("x"),
+            &FetchOptions::default()
+        )
+        .unwrap(),
         Fetched::NotFound
     );
 
     // Status: durable position per site and lag against the server.
     let server = status::server_lsn(&ConnConfig::parse(&pg.conninfo()).unwrap()).unwrap();
-    let st = status::wal_status(&[("local".into(), vault.site().clone())], "registry", Some(server));
+    let st = status::wal_status(
+        &[("local".into(), vault.site().clone())],
+        "registry",
+        Some(server),
+    );
     assert_eq!(st.sites.len(), 1);
     assert!(st.sites[0].durable.0 >= end);
     assert!(st.sites[0].captured_at_ns > 0);
@@ -206,10 +278,16 @@ fn a_required_site_down_for_a_minute_under_load_holds_the_slot_then_catches_up()
     let root = RootSecret::generate();
     let vault = Vault::create(both, &root).unwrap();
     let root = *root.expose();
-    let mut cfg = StreamConfig::new("registry", ConnConfig::parse(&pg.conninfo()).unwrap(), "embassy_wal");
+    let mut cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&pg.conninfo()).unwrap(),
+        "embassy_wal",
+    );
     cfg.create_slot = true;
     let (stop, progress, handle) = spawn_streamer(&vault, &root, &cfg);
-    wait_until("the streamer to start", Duration::from_secs(30), || durable(&progress) > 0);
+    wait_until("the streamer to start", Duration::from_secs(30), || {
+        durable(&progress) > 0
+    });
     let first_segno = Lsn(durable(&progress)).segment_no();
     // Load for the whole outage and a little after (rate-limited: a steady trickle of commits).
     let mut load = pg
@@ -222,32 +300,59 @@ fn a_required_site_down_for_a_minute_under_load_holds_the_slot_then_catches_up()
     std::fs::rename(&b_path, &away).unwrap();
     std::fs::write(&b_path, b"site down").unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    let slot_down = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'");
+    let slot_down =
+        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'");
     let durable_down = durable(&progress);
     let server_down = pg.current_lsn();
     std::thread::sleep(Duration::from_secs(52));
-    let slot_late = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'");
-    assert_eq!(slot_down, slot_late, "the flush position advanced while a required site was down");
-    assert_eq!(durable(&progress), durable_down, "nothing may count as durable while b is down");
-    assert!(pg.current_lsn() > server_down + 100_000, "the load kept writing WAL");
+    let slot_late =
+        pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'");
+    assert_eq!(
+        slot_down, slot_late,
+        "the flush position advanced while a required site was down"
+    );
+    assert_eq!(
+        durable(&progress),
+        durable_down,
+        "nothing may count as durable while b is down"
+    );
+    assert!(
+        pg.current_lsn() > server_down + 100_000,
+        "the load kept writing WAL"
+    );
     assert!(parse_lsn(&slot_late) <= durable_down);
-    assert!(progress.lock().unwrap().last_error.is_some(), "the failure is reported");
+    assert!(
+        progress.lock().unwrap().last_error.is_some(),
+        "the failure is reported"
+    );
     // Site b comes back.
     std::fs::remove_file(&b_path).unwrap();
     std::fs::rename(&away, &b_path).unwrap();
     assert!(load.wait().unwrap().success());
     pg.psql("SELECT pg_switch_wal()");
     let end = pg.current_lsn();
-    wait_until("catch-up", Duration::from_secs(60), || durable(&progress) >= end);
+    wait_until("catch-up", Duration::from_secs(60), || {
+        durable(&progress) >= end
+    });
     wait_until("the slot to follow", Duration::from_secs(30), || {
-        parse_lsn(&pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'")) >= end
+        parse_lsn(
+            &pg.psql(
+                "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'embassy_wal'",
+            ),
+        ) >= end
     });
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
     // A ledger anchor attempted during the outage may sit on site a only (a write to a subset
     // of the sites): the catch-up every multi-site vault runs (`embassy sync`, or the per-site
     // queue) copies it; the WAL itself never counted as durable without b.
-    embassy_core::sync::sync(a.as_ref(), b.as_ref(), false, &embassy_core::progress::Silent).unwrap();
+    embassy_core::sync::sync(
+        a.as_ref(),
+        b.as_ref(),
+        false,
+        &embassy_core::progress::Silent,
+    )
+    .unwrap();
     // Each site alone holds every segment.
     for site in [a, b] {
         let alone = Vault::open(site).unwrap();

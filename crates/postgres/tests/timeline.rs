@@ -29,7 +29,15 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 fn fetch_eq(vault: &Vault, keyring: &Keyring, name: &str, oracle: &std::path::Path) {
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join(name);
-    let got = fetch::fetch(vault, keyring, "registry", name, &dest, &FetchOptions::default()).unwrap();
+    let got = fetch::fetch(
+        vault,
+        keyring,
+        "registry",
+        name,
+        &dest,
+        &FetchOptions::default(),
+    )
+    .unwrap();
     assert_eq!(got, Fetched::Complete, "{name} missing from the vault");
     let ours = std::fs::read(&dest).unwrap();
     let theirs = std::fs::read(oracle.join(name)).unwrap();
@@ -50,24 +58,34 @@ fn streamer_follows_a_promotion_onto_the_new_timeline_without_gap() {
     let vault = Vault::create(site, &root).unwrap();
     let root = *root.expose();
     // Stream from the standby (cascading replication, with a slot on the standby).
-    let mut cfg = StreamConfig::new("registry", ConnConfig::parse(&standby.conninfo()).unwrap(), "embassy_wal");
+    let mut cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&standby.conninfo()).unwrap(),
+        "embassy_wal",
+    );
     cfg.create_slot = true;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Mutex::new(StreamProgress::default()));
     let handle = {
-        let (vault, cfg, stop, progress) = (vault.clone(), cfg.clone(), stop.clone(), progress.clone());
+        let (vault, cfg, stop, progress) =
+            (vault.clone(), cfg.clone(), stop.clone(), progress.clone());
         std::thread::spawn(move || {
-            let keyring = Keyring::from_root(RootSecret::from_bytes(&root), vault.config()).unwrap();
+            let keyring =
+                Keyring::from_root(RootSecret::from_bytes(&root), vault.config()).unwrap();
             WalStreamer::run_with_progress(&cfg, &vault, &keyring, &stop, progress)
         })
     };
     let durable = || progress.lock().unwrap().durable.0;
-    wait_until("the streamer to start", Duration::from_secs(30), || durable() > 0);
+    wait_until("the streamer to start", Duration::from_secs(30), || {
+        durable() > 0
+    });
     let first_segno = Lsn(durable()).segment_no();
     primary.pgbench(&["-c", "2", "-j", "2", "-T", "4"]);
     primary.psql("SELECT pg_switch_wal()");
     let primary_end = primary.current_lsn();
-    wait_until("timeline 1 to be durable", Duration::from_secs(60), || durable() >= primary_end);
+    wait_until("timeline 1 to be durable", Duration::from_secs(60), || {
+        durable() >= primary_end
+    });
 
     standby.promote();
     standby.pgbench(&["-c", "2", "-j", "2", "-T", "3"]);
@@ -87,13 +105,23 @@ fn streamer_follows_a_promotion_onto_the_new_timeline_without_gap() {
     let switch = parse_lsn(history.split('\t').nth(1).unwrap());
     // Timeline 1 up to the switch (the primary keeps writing timeline 1 files: the oracle).
     for segno in first_segno..Lsn(switch).segment_no() {
-        fetch_eq(&vault, &keyring, &segment_file_name(1, segno), &primary.pg_wal_dir());
+        fetch_eq(
+            &vault,
+            &keyring,
+            &segment_file_name(1, segno),
+            &primary.pg_wal_dir(),
+        );
     }
     // Timeline 2 from the segment of the switch point on (the promoted standby's files).
     let tl2: Vec<u64> = (Lsn(switch).segment_no()..Lsn(end).segment_no()).collect();
     assert!(!tl2.is_empty());
     for segno in tl2 {
-        fetch_eq(&vault, &keyring, &segment_file_name(2, segno), &standby.pg_wal_dir());
+        fetch_eq(
+            &vault,
+            &keyring,
+            &segment_file_name(2, segno),
+            &standby.pg_wal_dir(),
+        );
     }
     let report = embassy_postgres::wal::verify(&vault, "registry").unwrap();
     assert!(report.is_ok(), "{:?} {:?}", report.problems, report.gaps);

@@ -280,7 +280,10 @@ impl PgServer {
 
     /// Appends lines to postgresql.conf.
     pub fn append_conf(&self, text: &str) {
-        append(&self.data_dir().join("postgresql.conf"), &format!("\n{text}\n"));
+        append(
+            &self.data_dir().join("postgresql.conf"),
+            &format!("\n{text}\n"),
+        );
     }
 
     /// Creates an (empty) file in the data directory, owned by the server's user
@@ -311,7 +314,10 @@ impl PgServer {
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.psql("SELECT pg_is_in_recovery()") != "f" {
-            assert!(Instant::now() < deadline, "the standby did not leave recovery");
+            assert!(
+                Instant::now() < deadline,
+                "the standby did not leave recovery"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
