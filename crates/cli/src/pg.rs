@@ -23,9 +23,31 @@ pub enum PgCommand {
     /// is told WAL is flushed only once it is durable on the sites the vault requires. Runs
     /// until SIGINT or SIGTERM.
     Stream(PgStreamArgs),
+    /// Continuous WAL per site: last durable LSN, when it was captured, lag behind the server.
+    WalStatus(PgWalStatusArgs),
+    /// Check a dataset's WAL without keys: names, hashes, signatures, the hash chain, the ledger
+    /// anchors and gaps (exit 3 on a problem).
+    VerifyWal(PgVerifyWalArgs),
     /// Take a base backup (pg_basebackup) and store it as a version; relation files are
     /// stored page by page, so only changed pages take new space. (helper B: crate::pgrestore)
     BaseBackup(crate::pgrestore::BaseBackupArgs),
+}
+
+/// Arguments of `embassy pg wal-status`.
+#[derive(Args)]
+pub struct PgWalStatusArgs {
+    /// Dataset.
+    pub dataset: String,
+    /// Ask this server for its current position to compute the lag (a replication role).
+    #[arg(long, env = "EMBASSY_PG_CONNINFO")]
+    pub conninfo: Option<String>,
+}
+
+/// Arguments of `embassy pg verify-wal`.
+#[derive(Args)]
+pub struct PgVerifyWalArgs {
+    /// Dataset.
+    pub dataset: String,
 }
 
 /// Arguments of `embassy pg stream`.
@@ -94,6 +116,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn run(cli: &Cli, command: &PgCommand) -> Result<ExitCode> {
     match command {
         PgCommand::Stream(args) => stream(cli, args),
+        PgCommand::WalStatus(args) => wal_status(cli, args),
+        PgCommand::VerifyWal(args) => verify_wal(cli, args),
         PgCommand::BaseBackup(args) => crate::pgrestore::base_backup(cli, args),
     }
 }
@@ -219,4 +243,87 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn wal_status(cli: &Cli, args: &PgWalStatusArgs) -> Result<ExitCode> {
+    embassy_core::layout::check_dataset_name(&args.dataset)?;
+    let mut sites = Vec::new();
+    for location in &cli.site {
+        sites.push((location.clone(), embassy_sites::open(location)?));
+    }
+    if sites.is_empty() {
+        return Err(Error::invalid(
+            "no site given: pass --site PATH or set EMBASSY_SITE",
+        ));
+    }
+    let server = match &args.conninfo {
+        Some(c) => Some(
+            embassy_postgres::status::server_lsn(&ConnConfig::parse(c).map_err(pg_error)?)
+                .map_err(pg_error)?,
+        ),
+        None => None,
+    };
+    let st = embassy_postgres::status::wal_status(&sites, &args.dataset, server);
+    if cli.json {
+        crate::print_json(json!({
+            "dataset": st.dataset,
+            "server_lsn": st.server_lsn.map(|l| l.to_string()),
+            "lag_bytes": st.lag_bytes,
+            "lag_seconds": st.lag_seconds,
+            "sites": st.sites.iter().map(|s| json!({
+                "site": s.site, "timeline": s.timeline, "durable_lsn": s.durable.to_string(),
+                "captured_at": embassy_core::time::utc(s.captured_at_ns),
+            })).collect::<Vec<_>>(),
+            "errors": st.errors.iter().map(|(s, e)| json!({"site": s, "error": e})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        for s in &st.sites {
+            println!(
+                "{}: timeline {}, durable to {} (captured {})",
+                s.site,
+                s.timeline,
+                s.durable,
+                embassy_core::time::utc(s.captured_at_ns)
+            );
+        }
+        for (site, e) in &st.errors {
+            println!("{site}: {e}");
+        }
+        if let (Some(server), Some(bytes), Some(secs)) =
+            (st.server_lsn, st.lag_bytes, st.lag_seconds)
+        {
+            println!("server at {server}: lag {bytes} bytes, {secs:.1} s");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_wal(cli: &Cli, args: &PgVerifyWalArgs) -> Result<ExitCode> {
+    let vault = crate::open_vault(cli)?;
+    let report = embassy_postgres::wal::verify(&vault, &args.dataset).map_err(pg_error)?;
+    if cli.json {
+        crate::print_json(json!({
+            "ok": report.is_ok(),
+            "objects_ok": report.objects_ok,
+            "problems": report.problems,
+            "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
+            "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": embassy_postgres::Lsn(*e).to_string()})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!("{} WAL objects check out", report.objects_ok);
+        for (tl, e) in &report.ends {
+            println!("timeline {tl}: up to {}", embassy_postgres::Lsn(*e));
+        }
+        for p in &report.problems {
+            println!("PROBLEM: {p}");
+        }
+        for (tl, a, b) in &report.gaps {
+            println!("GAP: timeline {tl}: {a} .. {b} missing");
+        }
+    }
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
