@@ -124,8 +124,83 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
 }
 
 /// The `restore_command` for data directories written from this vault: this very program
-/// with the same sites, key file, passphrase file and state folder, as absolute paths.
-fn restore_command(cli: &Cli, dataset: &str) -> Result<String> {
+/// with the same sites, key file, passphrase file and (when PostgreSQL runs as this same user)
+/// state folder, as absolute paths. Checked first by running it as `owner` (see [`preflight`]).
+fn restore_command(cli: &Cli, dataset: &str, owner: Option<(u32, u32)>) -> Result<String> {
+    let (program, args) = restore_program(cli, owner)?;
+    preflight(&program, &args, dataset, owner)?;
+    let mut command = restore::restore_command(&program, &args, dataset);
+    // Serve the newest, still growing WAL segment too (wal-fetch --partial).
+    command = command.replace(" wal-fetch ", " wal-fetch --partial ");
+    Ok(command)
+}
+
+/// Runs `embassy ... wal-fetch DATASET <a history file no vault holds>` with the
+/// restore_command's arguments (it unlocks the keys, then answers "not there" quietly) as the user
+/// PostgreSQL will run it as: a key file, passphrase file or site that user cannot read would
+/// otherwise make recovery stop early and silently at the end of the base backup.
+fn preflight(
+    program: &Path,
+    args: &[String],
+    dataset: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .args(["wal-fetch", dataset, "7FFFFFFF.history"])
+        .arg(std::env::temp_dir().join("embassy-preflight-never-written"))
+        .stdin(std::process::Stdio::null())
+        .env_remove("EMBASSY_PASSPHRASE");
+    if let Some((uid, gid)) = owner.filter(|(uid, _)| *uid != current_uid()) {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
+        if let Some(home) = home_of(uid) {
+            cmd.env("HOME", home);
+        }
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| Error::io(format!("running {}", program.display()), e))?;
+    // Exit 1 without a message is wal-fetch's quiet "not in the vault": keys and site worked.
+    if out.status.success() || (out.status.code() == Some(1) && out.stderr.trim_ascii().is_empty())
+    {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "PostgreSQL's restore_command would fail: `embassy wal-fetch` with its settings, \
+         run as the data directory's owner (uid {}), says: {}; make the key file, passphrase \
+         file and site readable by that user (or restore with --owner)",
+        owner.map_or(current_uid(), |o| o.0),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The home folder of a user, from the password database.
+fn home_of(uid: u32) -> Option<PathBuf> {
+    // SAFETY: getpwuid returns NULL or a pointer to static storage, read at once on this thread.
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: pw is non-null; pw_dir is a NUL-terminated string or NULL.
+    let dir = unsafe { (*pw).pw_dir };
+    if dir.is_null() {
+        return None;
+    }
+    // SAFETY: as above.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(dir) }.to_bytes();
+    Some(PathBuf::from(std::ffi::OsStr::new(
+        std::str::from_utf8(bytes).ok()?,
+    )))
+}
+
+/// The program and global arguments of the restore_command.
+fn restore_program(cli: &Cli, owner: Option<(u32, u32)>) -> Result<(PathBuf, Vec<String>)> {
     let program =
         std::env::current_exe().map_err(|e| Error::io("finding the path of this program", e))?;
     let absolute = |p: &Path| -> Result<String> {
@@ -170,15 +245,24 @@ fn restore_command(cli: &Cli, dataset: &str) -> Result<String> {
             ))
         }
     }
-    if let Some(state) = &cli.state_dir {
-        args.push("--state-dir".into());
-        args.push(absolute(state)?);
+    // The state folder remembers verified histories. Another user keeps its own, named
+    // explicitly: PostgreSQL may run restore_command with another user's HOME.
+    match owner.filter(|(uid, _)| *uid != current_uid()) {
+        None => {
+            if let Some(state) = &cli.state_dir {
+                args.push("--state-dir".into());
+                args.push(absolute(state)?);
+            }
+        }
+        Some((uid, _)) => {
+            if let Some(home) = home_of(uid) {
+                args.push("--state-dir".into());
+                args.push(home.join(".local/state/data-embassy").display().to_string());
+            }
+        }
     }
     args.push("--quiet".into());
-    let mut command = restore::restore_command(&program, &args, dataset);
-    // Serve the newest, still growing WAL segment too (A's wal-fetch --partial).
-    command = command.replace(" wal-fetch ", " wal-fetch --partial ");
-    Ok(command)
+    Ok((program, args))
 }
 
 /// uid and gid of a user name (or a number).
@@ -271,10 +355,11 @@ pub fn restore(
     })?;
     let vault = crate::open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
+    let owner = owner(owner_name)?;
     let options = PgRestoreOptions {
         mode: Mode::Recover(target),
-        restore_command: restore_command(cli, dataset)?,
-        owner: owner(owner_name)?,
+        restore_command: restore_command(cli, dataset, owner)?,
+        owner,
         allow_unwitnessed,
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
@@ -294,7 +379,8 @@ pub fn restore(
 pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
-    let command = restore_command(cli, &args.dataset)?;
+    let owner = owner(args.owner.as_deref())?;
+    let command = restore_command(cli, &args.dataset, owner)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = standby::standby(
         &vault,
@@ -302,7 +388,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
         &args.dataset,
         &args.to,
         &command,
-        owner(args.owner.as_deref())?,
+        owner,
         &bar,
     )
     .map_err(pg_error)?;

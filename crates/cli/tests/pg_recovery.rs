@@ -571,6 +571,64 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
     assert_eq!(restored.try_psql(CHECKSUMS).unwrap(), sums);
     drop(restored);
 
+    // As root: the data directory is given to postgres with mode 0700, after checking that
+    // postgres can run the restore_command (a key file only root can read is refused clearly,
+    // instead of a recovery that silently stops at the end of the base backup).
+    let root_key = env.path("root-only.key");
+    std::fs::copy(env.path("vault.key"), &root_key).unwrap();
+    std::os::unix::fs::chown(&root_key, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(
+        &root_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let as_root = |key: &Path, to: &Path| {
+        Command::new(EXE)
+            .arg("--site")
+            .arg(env.path("site"))
+            .arg("--key-file")
+            .arg(key)
+            .arg("--passphrase-file")
+            .arg(env.path("pass"))
+            .arg("--state-dir")
+            .arg(env.path("root-state"))
+            .args(["--quiet", "restore", "registry", "--latest", "--to"])
+            .arg(to)
+            .env_remove("EMBASSY_PASSPHRASE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = as_root(&root_key, &root.join("refused"));
+    assert!(!refused.status.success());
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        msg.contains("restore_command would fail") && msg.contains("readable"),
+        "{msg}"
+    );
+    assert!(
+        !root.join("refused").join("PG_VERSION").exists(),
+        "nothing restored when refused"
+    );
+    let by_root = root.join("by-root");
+    let out = as_root(&env.path("vault.key"), &by_root);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(&by_root).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (env.ids.0, 0o700));
+    let owner = std::fs::metadata(by_root.join("global/pg_control"))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, env.ids.0, "files belong to postgres");
+    let restored = Restored::start(by_root);
+    restored.wait_open(Duration::from_secs(120));
+    assert_eq!(restored.try_psql(CHECKSUMS).unwrap(), sums);
+    drop(restored);
+
     // A time before the first base backup finished: no base backup can reach it.
     let err = env
         .cmd(&[
