@@ -131,6 +131,11 @@ enum Done {
         dataset: String,
         result: Result<(), String>,
     },
+    Looked {
+        snaps: Vec<SiteSnapshot>,
+        delivered: Vec<alarms::Notice>,
+        now_ns: i64,
+    },
 }
 
 /// A running WAL streamer of a continuous dataset.
@@ -202,6 +207,7 @@ struct Agent {
     catching_up: HashMap<String, JoinHandle<()>>,
     verifying: Option<JoinHandle<()>>,
     streams: HashMap<String, Streamer>,
+    looking: Option<JoinHandle<()>>,
     next_verify: Option<Instant>,
     last_refresh: Option<Instant>,
     refresh_now: bool,
@@ -289,6 +295,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
         catching_up: HashMap::new(),
         verifying: None,
         streams: HashMap::new(),
+        looking: None,
         last_refresh: None,
         refresh_now: true,
         announced: BTreeMap::new(),
@@ -343,7 +350,7 @@ impl Agent {
                 && self.catching_up.is_empty()
                 && verified_once
             {
-                self.refresh();
+                self.refresh_blocking();
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -645,6 +652,16 @@ impl Agent {
                     }
                     self.refresh_now = true;
                 }
+                Done::Looked {
+                    snaps,
+                    delivered,
+                    now_ns,
+                } => {
+                    if let Some(h) = self.looking.take() {
+                        let _ = h.join();
+                    }
+                    self.apply_look(snaps, delivered, now_ns);
+                }
                 Done::Stream { dataset, result } => {
                     if let Some(s) = self.streams.remove(&dataset) {
                         let _ = s.handle.join();
@@ -820,45 +837,103 @@ impl Agent {
         }
     }
 
-    /// Reads every site, records lag history, raises and clears alarms, catches up lagging
-    /// sites, persists the state.
+    /// Starts a look at every site on a worker thread (reading sites and delivering alarms can
+    /// take a while; the scheduler and the signals must not wait for it). Its result arrives as
+    /// [`Done::Looked`] and is applied by [`Agent::apply_look`].
     fn refresh(&mut self) {
+        if self.looking.is_some() {
+            return;
+        }
         self.refresh_now = false;
         self.last_refresh = Some(Instant::now());
-        let snaps = status::snapshot_all(&self.config, &self.server_ends());
-        let now_ns = embassy_core::config::now_unix_nanos();
+        let config = self.config.clone();
+        let ends = self.server_ends();
+        let state = lock(&self.shared.state).clone();
+        let tx = self.tx.clone();
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("look".into())
+            .spawn(move || {
+                let snaps = status::snapshot_all(&config, &ends);
+                // Published before any alarm goes out: whoever an alarm sends to the dashboard
+                // sees what raised it.
+                *lock(&shared.snapshots) = snaps.clone();
+                let now_ns = embassy_core::config::now_unix_nanos();
+                let rows = status::rows(&config, &snaps, &state, now_ns);
+                let mut delivered = Vec::new();
+                for n in alarms::evaluate(&rows, &state, now_ns / 1_000_000_000) {
+                    let label = if n.event == "raised" {
+                        "ALARM"
+                    } else {
+                        "cleared"
+                    };
+                    log(format!("{label}: {}", n.message));
+                    match alarms::deliver(&config.alarms, &n, &config.base_dir()) {
+                        Ok(()) => {
+                            // Recorded at once, so /status.json lists it as soon as it is out.
+                            alarms::mark_delivered(&mut lock(&shared.state), &n);
+                            delivered.push(n);
+                        }
+                        Err(e) => log(format!("alarm could not be delivered (will retry): {e}")),
+                    }
+                }
+                let _ = tx.send(Done::Looked {
+                    snaps,
+                    delivered,
+                    now_ns,
+                });
+            });
+        match spawned {
+            Ok(h) => self.looking = Some(h),
+            Err(e) => log(format!("cannot start a look at the sites: {e}")),
+        }
+    }
+
+    /// Starts a look and waits for it to be applied.
+    fn refresh_blocking(&mut self) {
+        self.refresh();
+        while self.looking.is_some() {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Records lag history and delivered alarms, publishes the snapshots, persists the state and
+    /// catches up lagging sites.
+    fn apply_look(
+        &mut self,
+        snaps: Vec<SiteSnapshot>,
+        delivered: Vec<alarms::Notice>,
+        now_ns: i64,
+    ) {
         let now = now_ns / 1_000_000_000;
-        let mut state = lock(&self.shared.state).clone();
-        let rows = status::rows(&self.config, &snaps, &state, now_ns);
         let spacing = self.history_spacing();
-        for row in &rows {
-            for c in &row.cells {
-                state.record_lag(
-                    &format!("{}@{}", row.name, c.site),
-                    now,
-                    c.lag_seconds.unwrap_or(-1.0),
-                    spacing,
-                );
-            }
-        }
-        for n in alarms::evaluate(&rows, &state, now) {
-            let label = if n.event == "raised" {
-                "ALARM"
-            } else {
-                "cleared"
-            };
-            log(format!("{label}: {}", n.message));
-            match alarms::deliver(&self.config.alarms, &n, &self.config.base_dir()) {
-                Ok(()) => alarms::mark_delivered(&mut state, &n),
-                Err(e) => log(format!("alarm could not be delivered (will retry): {e}")),
-            }
-        }
-        *lock(&self.shared.snapshots) = snaps.clone();
         {
-            let mut shared = lock(&self.shared.state);
-            // Runs may have finished meanwhile: keep their dataset state, take the rest.
-            shared.history = state.history;
-            shared.alarms = state.alarms;
+            let mut state = lock(&self.shared.state);
+            let rows = status::rows(&self.config, &snaps, &state, now_ns);
+            for row in &rows {
+                for c in &row.cells {
+                    state.record_lag(
+                        &format!("{}@{}", row.name, c.site),
+                        now,
+                        c.lag_seconds.unwrap_or(-1.0),
+                        spacing,
+                    );
+                }
+            }
+            for snap in &snaps {
+                for (dataset, f) in &snap.datasets {
+                    if let (None, Some(c)) = (&f.error, f.captured_ns) {
+                        let seen = state
+                            .seen
+                            .entry(format!("{dataset}@{}", snap.name))
+                            .or_insert(c);
+                        *seen = (*seen).max(c);
+                    }
+                }
+            }
+            // Delivered alarms were recorded by the look itself.
+            let _ = &delivered;
         }
         self.persist();
         self.catch_up_lagging(&snaps);
@@ -957,6 +1032,12 @@ impl Agent {
         // Catch-ups copy whole objects in format order and may be cut anywhere; wait briefly.
         let until = Instant::now() + Duration::from_secs(5);
         while !self.catching_up.is_empty() && Instant::now() < until {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A look in flight may be delivering an alarm: let it, briefly, so it is recorded.
+        let until = Instant::now() + Duration::from_secs(15);
+        while self.looking.is_some() && Instant::now() < until {
             self.reap();
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -74,6 +74,10 @@ pub struct AgentState {
     /// Raised alarms by `dataset@site`.
     #[serde(default)]
     pub alarms: BTreeMap<String, RaisedAlarm>,
+    /// Newest recovery point seen at each `dataset@site` (Unix ns): judges a site that cannot
+    /// be read right now by the data it was last seen to hold.
+    #[serde(default)]
+    pub seen: BTreeMap<String, i64>,
     /// Lag history by `dataset@site`: (Unix seconds, lag seconds; negative = no data).
     #[serde(default)]
     pub history: BTreeMap<String, Vec<(i64, f64)>>,

@@ -191,31 +191,49 @@ pub struct Cell {
 }
 
 /// Judges one dataset at one site. `first_seen` starts the RPO clock of a dataset without a
-/// version; `newest_anywhere` is the newest version any site holds.
+/// version; `newest_anywhere` is the newest version any site holds; `last_seen_ns` is the
+/// newest recovery point the agent saw at this site before (so a site that cannot be read
+/// right now turns red when its data is older than the RPO, not on the first failed read).
 pub fn judge(
     rpo_seconds: f64,
     snap: &SiteSnapshot,
     dataset: &str,
     first_seen: Option<i64>,
     newest_anywhere: Option<u64>,
+    last_seen_ns: Option<i64>,
     now_ns: i64,
 ) -> (Colour, String, Option<f64>, CellFacts) {
-    if let Some(e) = &snap.error {
-        return (
-            Colour::Red,
-            format!("site cannot be read: {e}"),
-            None,
-            CellFacts::default(),
+    let facts = if snap.error.is_some() {
+        CellFacts::default()
+    } else {
+        snap.datasets.get(dataset).cloned().unwrap_or_default()
+    };
+    let unreadable = match (&snap.error, &facts.error) {
+        (Some(e), _) => Some(format!("site cannot be read: {e}")),
+        (None, Some(e)) => Some(format!("history cannot be read: {e}")),
+        _ => None,
+    };
+    if let Some(why) = unreadable {
+        let Some(seen) = last_seen_ns else {
+            return (Colour::Red, why, None, facts);
+        };
+        let lag = ((now_ns - seen) as f64 / 1e9).max(0.0);
+        let colour = if lag > rpo_seconds {
+            Colour::Red
+        } else {
+            Colour::Amber
+        };
+        let reason = format!(
+            "{}{why}; the newest data seen there is {} old (RPO {})",
+            if colour == Colour::Red {
+                "RPO breached: "
+            } else {
+                ""
+            },
+            human_seconds(lag),
+            human_seconds(rpo_seconds)
         );
-    }
-    let facts = snap.datasets.get(dataset).cloned().unwrap_or_default();
-    if let Some(e) = &facts.error {
-        return (
-            Colour::Red,
-            format!("history cannot be read: {e}"),
-            None,
-            facts,
-        );
+        return (colour, reason, Some(lag), facts);
     }
     let Some(captured) = facts.captured_ns else {
         let waited = first_seen.map(|f| now_ns as f64 / 1e9 - f as f64);
@@ -308,8 +326,19 @@ pub fn rows(
                 ..SiteSnapshot::default()
             };
             let snap = snaps.iter().find(|s| s.name == site.name).unwrap_or(&empty);
-            let (colour, reason, lag, facts) =
-                judge(rpo, snap, &d.name, first_seen, newest_anywhere, now_ns);
+            let last_seen = state
+                .seen
+                .get(&format!("{}@{}", d.name, site.name))
+                .copied();
+            let (colour, reason, lag, facts) = judge(
+                rpo,
+                snap,
+                &d.name,
+                first_seen,
+                newest_anywhere,
+                last_seen,
+                now_ns,
+            );
             cells.push(Cell {
                 site: site.name.clone(),
                 required: d.sites.contains(&site.name),

@@ -159,7 +159,7 @@ fn colours_against_the_rpo() {
     let rpo = 100.0;
     let judge = |age_s: i64, version: u64, newest: u64| {
         let s = snap("lux", "d", Some(version), Some(now - age_s * NS));
-        status::judge(rpo, &s, "d", None, Some(newest), now).0
+        status::judge(rpo, &s, "d", None, Some(newest), None, now).0
     };
     assert_eq!(judge(10, 3, 3), Colour::Green);
     assert_eq!(judge(75, 3, 3), Colour::Green);
@@ -170,11 +170,11 @@ fn colours_against_the_rpo() {
     // No version: amber during the first RPO, red after it.
     let empty = snap("lux", "d", None, None);
     assert_eq!(
-        status::judge(rpo, &empty, "d", Some(now / NS - 50), None, now).0,
+        status::judge(rpo, &empty, "d", Some(now / NS - 50), None, None, now).0,
         Colour::Amber
     );
     assert_eq!(
-        status::judge(rpo, &empty, "d", Some(now / NS - 150), None, now).0,
+        status::judge(rpo, &empty, "d", Some(now / NS - 150), None, None, now).0,
         Colour::Red
     );
     // An unreadable site is red.
@@ -183,9 +183,20 @@ fn colours_against_the_rpo() {
         error: Some("connection refused".into()),
         ..SiteSnapshot::default()
     };
-    let (c, why, _, _) = status::judge(rpo, &down, "d", None, None, now);
+    let (c, why, _, _) = status::judge(rpo, &down, "d", None, None, None, now);
     assert_eq!(c, Colour::Red);
     assert!(why.contains("connection refused"));
+    // ... unless its data was seen recently: then it stays amber until that data breaches.
+    let seen = Some(now - 60 * NS);
+    let (c, why, lag, _) = status::judge(rpo, &down, "d", None, None, seen, now);
+    assert_eq!((c, lag), (Colour::Amber, Some(60.0)), "{why}");
+    let seen = Some(now - 101 * NS);
+    let (c, why, _, _) = status::judge(rpo, &down, "d", None, None, seen, now);
+    assert_eq!(c, Colour::Red);
+    assert!(
+        why.starts_with("RPO breached: site cannot be read: connection refused"),
+        "{why}"
+    );
 }
 
 #[test]

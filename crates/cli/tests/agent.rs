@@ -552,6 +552,18 @@ rpo = "4s"
     // Helsinki goes away: its folder is moved and a file stands in its place.
     fs::rename(env.path("sites/hel"), env.path("hel-away")).unwrap();
     fs::write(env.path("sites/hel"), "not a vault").unwrap();
+    // First amber (unreadable, but its data is younger than the RPO), then red: the breach.
+    wait_until(Duration::from_secs(10), "hel amber", &agent, || {
+        let r = status_json(port)?;
+        let c = cell(&r, "registry", "hel");
+        (c["colour"] == "amber" && c["reason"].as_str()?.contains("site cannot be read"))
+            .then_some(())
+    });
+    assert_eq!(
+        events(&got, "raised", "registry", "hel"),
+        0,
+        "raised before the RPO was breached"
+    );
     wait_until(
         Duration::from_secs(30),
         "the alarm at the webhook",
@@ -560,11 +572,12 @@ rpo = "4s"
     );
     let raised = got.lock().unwrap()[0].clone();
     assert_eq!(raised["rpo_seconds"], 4.0);
+    assert!(raised["lag_seconds"].as_f64().unwrap() > 4.0, "{raised}");
     assert!(
         raised["message"]
             .as_str()
             .unwrap()
-            .contains("registry at hel"),
+            .contains("registry at hel: RPO breached: site cannot be read"),
         "{raised}"
     );
     // Luxembourg stays green: backups go on at the site that is up.
@@ -599,9 +612,14 @@ rpo = "4s"
     let r = status_json(port).unwrap();
     assert_ne!(cell(&r, "registry", "hel")["colour"], "red", "{r}");
     assert_eq!(r["alarms"].as_array().map(Vec::len), Some(0), "{r}");
+    wait_until(
+        Duration::from_secs(30),
+        "the catch-up of hel",
+        &agent,
+        || agent.log().contains("site hel caught up").then_some(()),
+    );
     let (status, log) = agent.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
-    assert!(log.contains("site hel caught up"), "{log}");
     // The command channel got the same two notices.
     let lines = fs::read_to_string(env.path("alarms.txt")).unwrap();
     assert_eq!(
