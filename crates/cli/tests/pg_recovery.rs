@@ -493,6 +493,34 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
         "{msg}"
     );
 
+    // Wrong connection settings: pg_basebackup's reason and what to check; no version.
+    let wrong = format!(
+        "host=127.0.0.1 port={} user=embassy password=wrong",
+        pg.port()
+    );
+    let out = env
+        .cmd(&["pg", "base-backup", "registry", "--conninfo", &wrong])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("pg_basebackup failed")
+            && msg.contains("password authentication failed")
+            && msg.contains("check the connection string"),
+        "{msg}"
+    );
+    let unused = format!("host=127.0.0.1 port={} user=embassy", free_port());
+    let out = env
+        .cmd(&["pg", "base-backup", "registry", "--conninfo", &unused])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pg_basebackup failed"));
+    assert!(
+        !env.run(&["versions", "registry"]).contains("tree"),
+        "a failed base backup left a version"
+    );
+
     let before_first = Instant::now();
     let first = env.run(&[
         "--json",
