@@ -713,7 +713,7 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 } => {
                     format!("log range added: timeline {timeline}, {start:X}..{end:X}")
                 }
-                embassy_core::ledger::Event::VersionsDeleted { seqs, reason } => {
+                embassy_core::ledger::Event::VersionsDeleted { seqs, reason, .. } => {
                     format!("versions deleted: {seqs:?} ({reason})")
                 }
                 embassy_core::ledger::Event::SignerAdded { key, role } => {

@@ -76,6 +76,30 @@ pub struct VaultConfig {
     /// How many witness cosignatures a checkpoint needs before restores trust it by default.
     #[serde(default)]
     pub witness_quorum: u32,
+    /// Ed25519 keys of approvers whose signed approvals count for deletions outside the
+    /// retention policy (hex). Omitted when empty, so vaults without approvers keep the bytes
+    /// older programs read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// How many distinct approvers must approve each version deleted outside the retention
+    /// policy. 0: such deletions are refused outright.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub approvals_required: u32,
+    /// The legal minimum age, in seconds, of every version of every dataset: deleting a younger
+    /// version is outside any retention policy and needs approvals.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub min_age_secs: u64,
+    /// Per-dataset legal minimum ages that replace `min_age_secs` for those datasets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dataset_min_age_secs: std::collections::BTreeMap<String, u64>,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 impl VaultConfig {
@@ -100,6 +124,10 @@ impl VaultConfig {
                 .to_string(),
             witnesses: Vec::new(),
             witness_quorum: 0,
+            approvers: Vec::new(),
+            approvals_required: 0,
+            min_age_secs: 0,
+            dataset_min_age_secs: Default::default(),
         }
     }
 
@@ -166,6 +194,12 @@ impl VaultConfig {
                 "witness quorum exceeds the number of witnesses",
             ));
         }
+        if config.approvals_required as usize > config.approver_keys().len() {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "approvals_required exceeds the number of valid approver keys",
+            ));
+        }
         let root_key = decode_key(&config.root_public_key)
             .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))?;
         let signature = site.get(layout::CONFIG_SIGNATURE).map_err(|e| match e {
@@ -217,6 +251,22 @@ impl VaultConfig {
             .iter()
             .filter_map(|s| decode_key(s))
             .collect()
+    }
+
+    /// The pinned approver keys (distinct).
+    pub fn approver_keys(&self) -> Vec<[u8; 32]> {
+        let mut keys: Vec<[u8; 32]> = self.approvers.iter().filter_map(|s| decode_key(s)).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The legal minimum age of `dataset`'s versions, in seconds.
+    pub fn min_age_of(&self, dataset: &str) -> u64 {
+        self.dataset_min_age_secs
+            .get(dataset)
+            .copied()
+            .unwrap_or(self.min_age_secs)
     }
 
     /// The pinned ledger signers.

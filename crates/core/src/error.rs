@@ -106,6 +106,25 @@ pub enum Error {
     /// An argument or input value is not acceptable.
     #[error("{0}")]
     Invalid(String),
+
+    /// A deletion outside the retention policy lacks the approvals the vault requires.
+    #[error(
+        "dataset {dataset}: deleting version(s) {versions:?} is outside the retention policy and needs \
+         {need} approvals each from distinct pinned approvers; {have} valid (missing {missing}): {detail}",
+        missing = need.saturating_sub(*have)
+    )]
+    NotApproved {
+        /// The dataset.
+        dataset: String,
+        /// The versions short of approvals.
+        versions: Vec<u64>,
+        /// Valid distinct approvals found for the worst of them.
+        have: usize,
+        /// Approvals required (0: the vault pins no approvers).
+        need: usize,
+        /// What was wrong with the approvals given, and the way out.
+        detail: String,
+    },
 }
 
 impl Error {

@@ -49,12 +49,25 @@ pub enum Event {
         /// Capture time of the newest change in the range.
         captured_at_ns: i64,
     },
-    /// Versions were removed by retention; their entries stay in the history.
+    /// Versions were removed by retention or by an approved `forget`; their entries stay in the
+    /// history. Verifiers accept it only when every version it deletes is one the recorded
+    /// `policy` does not keep at `as_of_ns` (with the vault's legal minimum age), or carries
+    /// approvals by `config.approvals_required` distinct pinned approvers
+    /// ([`crate::prune::check_deletion`]).
     VersionsDeleted {
         /// Sequence numbers of the removed versions' entries.
         seqs: Vec<u64>,
         /// Why (the retention rule or the approval).
         reason: String,
+        /// The retention policy applied, when the deletion is retention's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<crate::retention::RetentionPolicy>,
+        /// When the policy was evaluated (ns since the epoch); not after the entry's time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        as_of_ns: Option<i64>,
+        /// Approval objects (`approvals/<dataset>/<id>`) for versions deleted outside the policy.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<ObjectId>,
     },
     /// A key may sign this dataset's entries from now on. Signed by the root key.
     SignerAdded {
@@ -81,6 +94,18 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A standby restored from this dataset (PostgreSQL) was promoted and now accepts writes
+    /// on a new timeline: the dataset's history forks there.
+    Promoted {
+        /// The timeline the promoted server writes on.
+        timeline: u32,
+        /// Its WAL position when it first accepted a write.
+        lsn: u64,
+        /// The host it runs on.
+        host: String,
+        /// Its data directory.
+        data_dir: String,
+    },
 }
 
 impl Event {
@@ -94,18 +119,6 @@ impl Event {
         )
     }
 
-    /// A standby restored from this dataset (PostgreSQL) was promoted and now accepts writes
-    /// on a new timeline: the dataset's history forks there.
-    Promoted {
-        /// The timeline the promoted server writes on.
-        timeline: u32,
-        /// Its WAL position when it first accepted a write.
-        lsn: u64,
-        /// The host it runs on.
-        host: String,
-        /// Its data directory.
-        data_dir: String,
-    },
     /// A short name for people.
     pub fn name(&self) -> &'static str {
         match self {
@@ -115,6 +128,7 @@ impl Event {
             Event::SignerAdded { .. } => "signer added",
             Event::SignerRevoked { .. } => "signer revoked",
             Event::ReaderKeyRotated { .. } => "reader key rotated",
+            Event::Promoted { .. } => "promoted",
         }
     }
 }
@@ -128,7 +142,6 @@ pub struct Entry {
     pub seq: u64,
     /// Id of entry `seq - 1` (none for the first).
     pub prev: Option<ObjectId>,
-            Event::Promoted { .. } => "promoted",
     /// When the entry was made, ns since the Unix epoch.
     pub time_ns: i64,
     /// Ed25519 public key of the signer; must be pinned in the vault configuration.
@@ -300,7 +313,16 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
             } else {
                 signers.contains(&entry.signer)
             };
-            if authorised {
+            // A deletion must follow the policy it names or carry enough approvals.
+            let refused = if authorised {
+                crate::prune::check_deletion(site, config, dataset, &history.records, &entry).err()
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                history.rejected.push(Rejected { seq, id, reason });
+                rejected_ids.push(id);
+            } else if authorised {
                 accepted.push((id, entry));
             } else {
                 history.rejected.push(Rejected {
@@ -319,6 +341,37 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
                 });
                 rejected_ids.push(id);
             }
+        }
+        // A deletion that raced a version to the same sequence number loses: it is rejected
+        // and has no effect (its writer retries after the version).
+        if accepted.len() > 1
+            && accepted
+                .iter()
+                .filter(|(_, e)| !matches!(e.event, Event::VersionsDeleted { .. }))
+                .count()
+                == 1
+        {
+            let (winner, _) = accepted
+                .iter()
+                .find(|(_, e)| !matches!(e.event, Event::VersionsDeleted { .. }))
+                .map(|(id, _)| (*id, ()))
+                .unwrap_or_else(|| unreachable!());
+            accepted.retain(|(id, _)| {
+                if *id == winner {
+                    return true;
+                }
+                history.rejected.push(Rejected {
+                    seq,
+                    id: *id,
+                    reason: format!(
+                        "versions deleted, but entry {} {}; the deletion has no effect",
+                        winner.short(),
+                        crate::prune::RACE_LOST
+                    ),
+                });
+                rejected_ids.push(*id);
+                false
+            });
         }
         match accepted.len() {
             0 => {}
@@ -405,7 +458,18 @@ pub fn append_ignoring(
     site.put(&layout::ledger_entry(dataset, seq, &id), &bytes)?;
     let after = others(site)?;
     if !after.is_empty() {
-        return Err(concurrent(after));
+        // A version (or any other entry) that raced a deletion to this sequence number wins:
+        // verifiers reject the deletion (see `load_history_full`).
+        let ours_wins = !matches!(entry.event, Event::VersionsDeleted { .. })
+            && after.iter().all(|p| {
+                site.get(p)
+                    .ok()
+                    .and_then(|b| decode(p, &b).ok())
+                    .is_some_and(|e| matches!(e.event, Event::VersionsDeleted { .. }))
+            });
+        if !ours_wins {
+            return Err(concurrent(after));
+        }
     }
     Ok(Record { id, entry })
 }

@@ -4,12 +4,14 @@
 //!
 //! The on-disk format is specified in `docs/format.md`; the module docs here point at it.
 
+pub mod approval;
 pub mod checkpoint;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod custody;
 pub mod error;
+pub mod gc;
 pub mod id;
 pub mod index;
 pub mod keyfile;
@@ -19,7 +21,9 @@ pub mod ledger;
 pub mod manifest;
 pub mod pack;
 pub mod progress;
+pub mod prune;
 pub mod reader;
+pub mod retention;
 pub mod site;
 pub mod state;
 pub mod sync;

@@ -36,6 +36,10 @@ pub struct VerifyReport {
     pub unreferenced: Vec<String>,
     /// Everything wrong, one line each, naming the object.
     pub problems: Vec<String>,
+    /// Things worth knowing that are not wrong (a deletion that lost a race to a version and
+    /// has no effect).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What was proved about one dataset.
@@ -169,6 +173,20 @@ pub fn verify(
     let mut referenced: HashSet<String> = HashSet::new();
     let (histories, failed, rejected) = vault.histories_full()?;
     for (dataset, r) in &rejected {
+        if r.reason.contains(crate::prune::RACE_LOST) {
+            report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .notes
+                .push(format!(
+                    "dataset {dataset}: entry {} ({}) has no effect: {}",
+                    r.seq,
+                    r.id.short(),
+                    r.reason
+                ));
+            referenced.insert(layout::ledger_entry(dataset, r.seq, &r.id));
+            continue;
+        }
         problem(format!(
             "dataset {dataset}: entry {} ({}) rejected: {}; the history is intact without it",
             r.seq,
@@ -298,7 +316,14 @@ pub fn verify(
                 }),
             });
     }
-    for prefix in [crate::checkpoint::COSIGNATURES] {
+    // Cosignatures, approvals and garbage collection's bookkeeping (condemnation records and
+    // backup session markers) are referenced by nothing, by design.
+    for prefix in [
+        crate::checkpoint::COSIGNATURES,
+        crate::approval::APPROVALS,
+        crate::gc::GC_ROOT,
+        crate::gc::SESSIONS_ROOT,
+    ] {
         for info in listing.iter().filter(|i| i.path.starts_with(prefix)) {
             referenced.insert(info.path.clone());
         }

@@ -285,6 +285,9 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
         Event::VersionsDeleted {
             seqs: vec![1],
             reason: "ransom".into(),
+            policy: None,
+            as_of_ns: None,
+            approvals: Vec::new(),
         },
     )
     .unwrap();

@@ -1,0 +1,491 @@
+//! Garbage collection: removes packs, indexes and manifests that no remaining version needs, in
+//! two phases, without a lock and without keys, while backups run.
+//!
+//! - **Condemn**: objects of a dataset that no live version references (followed through the
+//!   plaintext headers of manifests and indexes) are listed in a *condemnation record*
+//!   `gc/<dataset>/<time_ns, 20 digits>-<id>`; nothing is deleted.
+//! - **Delete**, in a later run, once a record is older than the grace period: each object it
+//!   lists is deleted only if it is *still* unreferenced, and only if no backup session that may
+//!   have learned of the object before the record existed can still add a version.
+//!
+//! Backup sessions cooperate in two small ways (see [`begin_session`], [`condemned`]): at start a
+//! session stores a *session marker* `sessions/<dataset>/<time_ns>-<id>` (its start time and the
+//! ledger head it started from), then reads the dataset's condemnation records and never
+//! deduplicates against a condemned object (it stores such chunks again). A marker is *live* until
+//! an accepted `version_added` entry with a higher sequence number exists (after which that
+//! session either has added its version, or can no longer add any: a second version at the same
+//! place is refused as a concurrent writer), or until it is older than the session expiry.
+//! The race analysis is in `docs/design.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::layout;
+use crate::ledger::{Event, Record};
+use crate::site::{with_retry, Site};
+use crate::vault::{versions_in, Vault};
+
+const RECORD_MAGIC: &[u8; 8] = b"EMBCOND1";
+const MARKER_MAGIC: &[u8; 8] = b"EMBSESS1";
+/// Prefix of all condemnation records.
+pub const GC_ROOT: &str = "gc/";
+/// Prefix of all session markers.
+pub const SESSIONS_ROOT: &str = "sessions/";
+const NS: i64 = 1_000_000_000;
+
+/// A condemnation record: objects of one dataset that nothing referenced when it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condemnation {
+    /// The dataset.
+    pub dataset: String,
+    /// When it was made (ns since the epoch); also in its path.
+    pub time_ns: i64,
+    /// Paths of the condemned objects.
+    pub objects: Vec<String>,
+}
+
+/// A backup session's marker: it started at `started_at_ns` from ledger head `base_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMarker {
+    /// The dataset.
+    pub dataset: String,
+    /// When the session started (before it read condemnation records or indexes).
+    pub started_at_ns: i64,
+    /// The sequence number of the dataset's head when it started (0: empty ledger).
+    pub base_seq: u64,
+    /// The host that ran it, for people.
+    pub host: String,
+}
+
+/// How a garbage collection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// How long an object stays condemned before it may be deleted (seconds).
+    pub grace_secs: u64,
+    /// Report what would be condemned and deleted; write and delete nothing.
+    pub dry_run: bool,
+    /// A session marker older than this no longer protects anything (seconds): a session that
+    /// crashed and was never rerun must not block collection forever.
+    pub session_expiry_secs: u64,
+    /// How far the clocks of backup hosts and this host may disagree, plus the time a record
+    /// takes to be stored (seconds). The grace period must be at least this.
+    pub clock_skew_secs: u64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            grace_secs: 86_400,
+            dry_run: false,
+            session_expiry_secs: 7 * 86_400,
+            clock_skew_secs: 600,
+        }
+    }
+}
+
+/// What a garbage collection found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Objects newly condemned in this run (deleted in a later run after the grace period).
+    pub condemned: Vec<String>,
+    /// Their stored bytes.
+    pub condemned_bytes: u64,
+    /// Objects deleted (or that would be, in a dry run).
+    pub deleted: Vec<String>,
+    /// Their stored bytes.
+    pub deleted_bytes: u64,
+    /// Condemned objects that a version references again: kept.
+    pub rescued: Vec<String>,
+    /// Condemned objects still within their grace period.
+    pub waiting: usize,
+    /// Records whose deletion waits for a backup that may still use their objects.
+    pub deferred: Vec<String>,
+    /// Deletions the site refused (Object Lock retention, permissions): retried next run.
+    pub refused: Vec<String>,
+    /// Datasets left alone this run, with why (a history or reference that does not verify).
+    pub skipped: Vec<String>,
+    /// Damaged bookkeeping objects and other problems that did not stop the run.
+    pub problems: Vec<String>,
+}
+
+/// Path of a condemnation record.
+pub fn record_path(dataset: &str, time_ns: i64, id: &ObjectId) -> String {
+    format!("{GC_ROOT}{dataset}/{time_ns:020}-{id}")
+}
+
+/// Path of a session marker.
+pub fn marker_path(dataset: &str, time_ns: i64, id: &ObjectId) -> String {
+    format!("{SESSIONS_ROOT}{dataset}/{time_ns:020}-{id}")
+}
+
+fn encode<T: Serialize>(magic: &[u8; 8], value: &T) -> Vec<u8> {
+    let body = crate::cbor::to_vec(value);
+    let mut out = Vec::with_capacity(12 + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    magic: &[u8; 8],
+    what: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<T> {
+    let (value, end) = crate::framing::header(magic, what, path, bytes, 0)?;
+    if end != bytes.len() {
+        return Err(Error::corrupt(path, format!("{what}: trailing bytes")));
+    }
+    Ok(value)
+}
+
+/// Objects with their path and time, and problems found on the way.
+type Timed<T> = (Vec<(String, i64, T)>, Vec<String>);
+
+/// Reads every object under `prefix` that parses as `<time, 20 digits>-<id>`, checked against its
+/// name; damaged ones are returned as problems.
+fn load_timed<T: serde::de::DeserializeOwned>(
+    site: &dyn Site,
+    prefix: &str,
+    magic: &[u8; 8],
+    what: &str,
+) -> Result<Timed<T>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for info in with_retry(|| site.list(prefix))? {
+        let name = info.path.rsplit('/').next().unwrap_or_default();
+        let parsed = name
+            .split_once('-')
+            .and_then(|(t, _)| (t.len() == 20).then(|| t.parse::<i64>().ok()).flatten());
+        let (Some(time), Some(id)) = (parsed, layout::id_in_path(&info.path)) else {
+            problems.push(format!("{}: unexpected object", info.path));
+            continue;
+        };
+        match crate::reader::get_checked(site, &info.path, &id, "the listing")
+            .and_then(|b| decode::<T>(magic, what, &info.path, &b))
+        {
+            Ok(v) => out.push((info.path, time, v)),
+            // Removed since the listing by a collection that finished with it: a record goes
+            // only after every object it lists, so nothing it protected is still there.
+            Err(Error::Missing { .. }) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    out.sort_by_key(|(p, t, _)| (*t, p.clone()));
+    Ok((out, problems))
+}
+
+/// Stores a session marker for a backup of `dataset` starting now from head `base_seq`. Called
+/// by [`crate::writer::BackupSession::begin`] before it reads condemnation records and indexes.
+pub fn begin_session(site: &dyn Site, dataset: &str, base_seq: u64, host: &str) -> Result<()> {
+    let marker = SessionMarker {
+        dataset: dataset.to_string(),
+        started_at_ns: crate::config::now_unix_nanos(),
+        base_seq,
+        host: host.to_string(),
+    };
+    let bytes = encode(MARKER_MAGIC, &marker);
+    let id = ObjectId::of(&bytes);
+    with_retry(|| site.put(&marker_path(dataset, marker.started_at_ns, &id), &bytes))?;
+    Ok(())
+}
+
+/// Every object of `dataset` that a condemnation record lists: a backup must not deduplicate
+/// against them. Damaged records are ignored (collection cannot act on them either).
+pub fn condemned(site: &dyn Site, dataset: &str) -> Result<HashSet<String>> {
+    let (records, _) = load_timed::<Condemnation>(
+        site,
+        &format!("{GC_ROOT}{dataset}/"),
+        RECORD_MAGIC,
+        "a condemnation record",
+    )?;
+    Ok(records
+        .into_iter()
+        .flat_map(|(_, _, r)| r.objects)
+        .collect())
+}
+
+/// The objects of a dataset that its live versions (and log ranges) need, followed keylessly
+/// through manifest and index headers. An error names what could not be followed.
+fn references(site: &dyn Site, dataset: &str, history: &[Record]) -> Result<HashSet<String>> {
+    let mut manifests: Vec<ObjectId> = versions_in(dataset, history)
+        .iter()
+        .map(|v| v.manifest)
+        .collect();
+    for r in history {
+        if let Event::LogRangeAdded { manifest, .. } = &r.entry.event {
+            manifests.push(*manifest);
+        }
+    }
+    let mut out = HashSet::new();
+    for m in manifests {
+        let path = layout::manifest(dataset, &m);
+        if !out.insert(path.clone()) {
+            continue;
+        }
+        let bytes = crate::reader::get_checked(site, &path, &m, "a live version")?;
+        let (header, _) = crate::manifest::decode_header(&path, &bytes)?;
+        for index in header.indexes {
+            let ipath = layout::index(dataset, &index);
+            if !out.insert(ipath.clone()) {
+                continue;
+            }
+            let bytes = crate::reader::get_checked(site, &ipath, &index, &path)?;
+            let (header, _) = crate::index::decode_header(&ipath, &bytes)?;
+            for pack in header.packs {
+                out.insert(layout::pack(dataset, &pack));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// True for objects garbage collection may remove: a dataset's packs, indexes and manifests.
+/// Anything else (ledger, checkpoints, approvals, objects of kinds this code does not know) is
+/// never touched.
+fn collectable(dataset: &str, path: &str) -> bool {
+    [
+        layout::packs_prefix(dataset),
+        layout::index_prefix(dataset),
+        format!("manifests/{dataset}/"),
+    ]
+    .iter()
+    .any(|p| path.starts_with(p.as_str()))
+        && layout::id_in_path(path).is_some()
+}
+
+/// Deletion order: manifests, then indexes, then packs (the reverse of the write order).
+fn delete_rank(path: &str) -> u8 {
+    if path.starts_with("manifests/") {
+        0
+    } else if path.starts_with("index/") {
+        1
+    } else {
+        2
+    }
+}
+
+fn dataset_of(path: &str) -> Option<&str> {
+    let mut parts = path.split('/');
+    let kind = parts.next()?;
+    matches!(kind, "packs" | "index" | "manifests" | "gc" | "sessions")
+        .then(|| parts.next())
+        .flatten()
+        .filter(|d| layout::check_dataset_name(d).is_ok())
+}
+
+/// Runs one garbage collection over every dataset of the vault: deletes what records older than
+/// the grace period condemned and is still unreferenced and unprotected, then condemns what is
+/// unreferenced now. Keyless. Refused deletions (Object Lock) are reported and retried next run.
+pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Result<GcReport> {
+    if options.clock_skew_secs == 0 {
+        return Err(Error::invalid(
+            "the allowed clock skew must be at least 1 second: it also covers the time a \
+             condemnation record takes to be stored, during which a starting backup cannot see it",
+        ));
+    }
+    if options.grace_secs < options.clock_skew_secs {
+        return Err(Error::invalid(format!(
+            "a grace period of {} is shorter than the allowed clock skew of {}: a backup starting \
+             on a host whose clock is behind could miss a condemnation; use a longer grace period",
+            crate::retention::format_duration(options.grace_secs),
+            crate::retention::format_duration(options.clock_skew_secs)
+        )));
+    }
+    let site = vault.site().as_ref();
+    let mut report = GcReport::default();
+    // Bookkeeping first, then the listing, then the ledgers: every object listed and every
+    // version recorded before its ledger was read is accounted for (design.md, race analysis).
+    let (records, problems) =
+        load_timed::<Condemnation>(site, GC_ROOT, RECORD_MAGIC, "a condemnation record")?;
+    report.problems.extend(problems);
+    let (markers, problems) =
+        load_timed::<SessionMarker>(site, SESSIONS_ROOT, MARKER_MAGIC, "a session marker")?;
+    report.problems.extend(problems);
+    let listing = with_retry(|| site.list(""))?;
+    let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
+    let mut datasets: BTreeSet<String> = vault.datasets()?.into_iter().collect();
+    datasets.extend(
+        listing
+            .iter()
+            .filter_map(|i| dataset_of(&i.path))
+            .map(str::to_string),
+    );
+    let grace_ns = i64::try_from(options.grace_secs)
+        .unwrap_or(i64::MAX / NS)
+        .saturating_mul(NS);
+    let skew_ns = i64::try_from(options.clock_skew_secs)
+        .unwrap_or(i64::MAX / NS)
+        .saturating_mul(NS);
+    let expiry_ns = i64::try_from(options.session_expiry_secs)
+        .unwrap_or(i64::MAX / NS)
+        .saturating_mul(NS);
+    for dataset in &datasets {
+        let history = match vault.history(dataset) {
+            Ok(h) => h,
+            Err(e) => {
+                report.skipped.push(format!(
+                    "{dataset}: its history does not verify, so nothing of it is collected: {e}"
+                ));
+                continue;
+            }
+        };
+        let referenced = match references(site, dataset, &history) {
+            Ok(r) => r,
+            Err(e) => {
+                report.skipped.push(format!(
+                    "{dataset}: a live version's objects cannot be followed, so nothing of it is \
+                     collected (repair the site with `embassy sync --repair` first): {e}"
+                ));
+                continue;
+            }
+        };
+        // Newest version entry: sessions that started from an older head are over.
+        let newest_version_seq = history
+            .iter()
+            .filter(|r| matches!(r.entry.event, Event::VersionAdded { .. }))
+            .map(|r| r.entry.seq)
+            .max()
+            .unwrap_or(0);
+        let ds_markers: Vec<&(String, i64, SessionMarker)> = markers
+            .iter()
+            .filter(|(_, _, m)| &m.dataset == dataset)
+            .collect();
+        let live = |m: &SessionMarker| {
+            m.base_seq >= newest_version_seq && m.started_at_ns.saturating_add(expiry_ns) > now_ns
+        };
+        let mut pending: HashSet<String> = HashSet::new();
+        let ds_records = records.iter().filter(|(p, _, r)| {
+            &r.dataset == dataset && p.starts_with(&format!("{GC_ROOT}{dataset}/"))
+        });
+        for (path, _, record) in ds_records {
+            if record.time_ns.saturating_add(grace_ns) > now_ns {
+                report.waiting += record
+                    .objects
+                    .iter()
+                    .filter(|o| sizes.contains_key(o.as_str()) && !referenced.contains(*o))
+                    .count();
+                pending.extend(record.objects.iter().cloned());
+                continue;
+            }
+            let blockers: Vec<&SessionMarker> = ds_markers
+                .iter()
+                .map(|(_, _, m)| m)
+                .filter(|m| live(m) && m.started_at_ns < record.time_ns.saturating_add(skew_ns))
+                .collect();
+            if let Some(b) = blockers.first() {
+                report.deferred.push(format!(
+                    "{path}: a backup of {dataset} started at {} on {} may still use these objects; \
+                     deletion waits until it records its version (or for {} after it started)",
+                    crate::time::utc(b.started_at_ns),
+                    if b.host.is_empty() { "?" } else { &b.host },
+                    crate::retention::format_duration(options.session_expiry_secs)
+                ));
+                pending.extend(record.objects.iter().cloned());
+                continue;
+            }
+            let mut objects: Vec<&String> = record.objects.iter().collect();
+            objects.sort_by_key(|p| (delete_rank(p), p.as_str()));
+            let mut complete = true;
+            for object in objects {
+                if !collectable(dataset, object) {
+                    report.problems.push(format!(
+                        "{path}: names {object}, which is not a {dataset} pack, index or manifest: ignored"
+                    ));
+                    continue;
+                }
+                if referenced.contains(object) {
+                    report.rescued.push(object.clone());
+                    continue;
+                }
+                let Some(size) = sizes.get(object.as_str()).copied() else {
+                    continue; // already gone
+                };
+                if options.dry_run {
+                    report.deleted.push(object.clone());
+                    report.deleted_bytes += size;
+                    continue;
+                }
+                match with_retry(|| site.delete(object)) {
+                    Ok(()) => {
+                        report.deleted.push(object.clone());
+                        report.deleted_bytes += size;
+                    }
+                    Err(e) => {
+                        complete = false;
+                        pending.insert(object.clone());
+                        report.refused.push(format!("{object}: {e}"));
+                    }
+                }
+            }
+            if complete && !options.dry_run {
+                if let Err(e) = with_retry(|| site.delete(path)) {
+                    report.refused.push(format!("{path}: {e}"));
+                }
+            } else if options.dry_run {
+                // Nothing changes in a dry run: what this record lists stays condemned.
+                pending.extend(record.objects.iter().cloned());
+            }
+        }
+        // Condemn what nothing references now and no record lists yet.
+        let mut condemn: Vec<String> = listing
+            .iter()
+            .filter(|i| collectable(dataset, &i.path))
+            .filter(|i| !referenced.contains(&i.path) && !pending.contains(&i.path))
+            .filter(|i| !report.deleted.contains(&i.path))
+            .map(|i| i.path.clone())
+            .collect();
+        condemn.sort();
+        if !condemn.is_empty() {
+            report.condemned_bytes += condemn
+                .iter()
+                .map(|p| sizes.get(p.as_str()).copied().unwrap_or(0))
+                .sum::<u64>();
+            if !options.dry_run {
+                // Stamped with the clock just before the put, not with `now_ns`: a backup that
+                // starts after this stamp plus the allowed skew is sure to see the record.
+                let time_ns = crate::config::now_unix_nanos().max(now_ns);
+                let record = Condemnation {
+                    dataset: dataset.clone(),
+                    time_ns,
+                    objects: condemn.clone(),
+                };
+                let bytes = encode(RECORD_MAGIC, &record);
+                let id = ObjectId::of(&bytes);
+                with_retry(|| site.put(&record_path(dataset, time_ns, &id), &bytes))?;
+            }
+            report.condemned.extend(condemn);
+        }
+        // Markers of sessions that are over, once past the grace period too.
+        if !options.dry_run {
+            for (path, _, m) in &ds_markers {
+                if !live(m) && m.started_at_ns.saturating_add(grace_ns) <= now_ns {
+                    if let Err(e) = with_retry(|| site.delete(path)) {
+                        report.refused.push(format!("{path}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Summary counts per dataset of a report, for people.
+pub fn summary(report: &GcReport) -> BTreeMap<String, (usize, usize)> {
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for p in &report.condemned {
+        if let Some(d) = dataset_of(p) {
+            out.entry(d.to_string()).or_default().0 += 1;
+        }
+    }
+    for p in &report.deleted {
+        if let Some(d) = dataset_of(p) {
+            out.entry(d.to_string()).or_default().1 += 1;
+        }
+    }
+    out
+}
