@@ -59,7 +59,7 @@ ul.alarms li {{ margin: 2px 0; }}
 </style></head><body>
 <h1>Data Embassy: freshness of every dataset at every site</h1>
 <p class="meta">Generated {now}; reloads every {refresh} s. Green: newest durable data within the RPO.
-Amber: older than 75% of the RPO, or the site is behind another. Red: RPO breached or the site cannot be read.</p>
+Amber: older than 75% of the RPO, the site is behind another, or it cannot be read now. Red: RPO breached, or no data at all.</p>
 "#,
         refresh = config.status.refresh_seconds,
         green = hex(GREEN),

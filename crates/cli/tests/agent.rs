@@ -916,7 +916,7 @@ rpo = "1h"
 name = "aging-register"
 source = {{ files = ["data/aging"] }}
 interval = "1h"
-rpo = "24s"
+rpo = "40s"
 [[datasets]]
 name = "broken-register"
 source = {{ command = "echo partial; exit 3" }}
@@ -925,7 +925,8 @@ rpo = "2s"
 "#
     ));
     let agent = env.spawn_agent(&[]);
-    // aging-register turns amber once its data is older than 18 s (75 % of 24 s), red at 24 s.
+    // aging-register turns amber once its data is older than 30 s (75 % of 40 s), red at 40 s:
+    // a 10 s window for the two browser runs.
     let captured = wait_until(
         Duration::from_secs(30),
         "the first versions",
@@ -938,7 +939,7 @@ rpo = "2s"
             ok.then_some(lag)
         },
     );
-    std::thread::sleep(Duration::from_secs_f64((18.8 - captured).max(0.0)));
+    std::thread::sleep(Duration::from_secs_f64((30.8 - captured).max(0.0)));
     let url = format!("http://127.0.0.1:{port}/");
     let shot = env.path("dashboard.png");
     let dom_dir = env.dir.clone();
