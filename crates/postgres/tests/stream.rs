@@ -133,7 +133,12 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
         durable(&progress) > 0
     });
     let first_segno = Lsn(durable(&progress)).segment_no();
-    pg.pgbench(&["-c", "4", "-j", "2", "-T", "8"]);
+    pg.pgbench(&["-c", "4", "-j", "2", "-T", "5"]);
+    // And a bulk load, so several segments are written however busy the machine is.
+    pg.psql(
+        "CREATE TABLE bulk AS SELECT g, repeat(md5(g::text), 6) AS filler \
+         FROM generate_series(1, 200000) g",
+    );
     // Finish the current segment so that every segment written is complete.
     let switch = parse_lsn(&pg.psql("SELECT pg_switch_wal()"));
     let end = pg.current_lsn();
@@ -230,6 +235,31 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
         assert_eq!(plain, Fetched::NotFound);
         assert!(matches!(partial, Fetched::Partial { .. }), "{partial:?}");
         assert_eq!(std::fs::metadata(&dest).unwrap().len(), SEGMENT_SIZE);
+    }
+    // The prefetch queue: the next two complete segments go to the spool, and a fetch takes
+    // them from there (and removes them), byte-identical.
+    let spool = out.path().join("spool");
+    let first_name = segment_file_name(1, first_segno);
+    assert_eq!(
+        fetch::prefetch(&vault, &keyring, "registry", &first_name, 2, &spool).unwrap(),
+        2
+    );
+    for segno in first_segno + 1..=first_segno + 2 {
+        let name = segment_file_name(1, segno);
+        assert!(spool.join(&name).is_file(), "{name} prefetched");
+        let dest = out.path().join(format!("from-spool-{name}"));
+        let opts = FetchOptions {
+            spool: Some(spool.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            fetch::fetch(&vault, &keyring, "registry", &name, &dest, &opts).unwrap(),
+            Fetched::Complete
+        );
+        assert!(!spool.join(&name).exists(), "taken from the spool");
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(pg.pg_wal_dir().join(&name)).unwrap()
+        );
     }
     // A segment far ahead does not exist yet: NotFound (restore_command exits 1).
     let ahead = segment_file_name(1, Lsn(end).segment_no() + 50);
