@@ -323,6 +323,24 @@ impl ServerError {
         e
     }
 
+    /// An error while streaming: WAL the server no longer has is [`PgError::WalGone`].
+    fn into_stream_error(self) -> PgError {
+        if self.code == "58P01" || self.message.contains("has already been removed") {
+            let lsn = self
+                .message
+                .split_whitespace()
+                .find(|w| w.len() == 24 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+                .unwrap_or("the next position")
+                .to_string();
+            PgError::WalGone {
+                lsn,
+                message: self.message,
+            }
+        } else {
+            self.into_error()
+        }
+    }
+
     fn into_error(self) -> PgError {
         PgError::Server {
             code: self.code,
@@ -740,7 +758,7 @@ impl ReplicationConnection {
                             break;
                         }
                     }
-                    if e.message.contains("has already been removed") {
+                    if e.code == "58P01" || e.message.contains("has already been removed") {
                         return Err(PgError::WalGone {
                             lsn: start.to_string(),
                             message: e.message,
@@ -824,7 +842,7 @@ impl ReplicationConnection {
             }
             b'E' => match Self::parse(frame)? {
                 backend::Message::ErrorResponse(body) => {
-                    Err(ServerError::from_body(&body).into_error())
+                    Err(ServerError::from_body(&body).into_stream_error())
                 }
                 _ => Err(PgError::Protocol("bad error response".into())),
             },

@@ -136,3 +136,44 @@ fn no_wal_senders_is_reported_as_such() {
     assert!(matches!(e, PgError::NoWalSenders { .. }), "{e:?}");
     assert!(e.to_string().contains("raise max_wal_senders"), "{e}");
 }
+
+/// The slot was dropped (and recreated) while the streamer was away, and the server removed the
+/// WAL the vault needs next: a clear error saying WAL was lost and a new base backup is needed,
+/// instead of silently streaming with a gap.
+#[test]
+fn wal_removed_from_the_server_is_reported_not_skipped() {
+    let pg = PgServer::start(PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
+    let root = RootSecret::generate();
+    let vault = Vault::create(site, &root).unwrap();
+    let keyring =
+        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    let mut cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&pg.conninfo()).unwrap(),
+        "embassy_wal",
+    );
+    cfg.create_slot = true;
+    cfg.reconnect = false;
+    // Stream a little, then stop.
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| WalStreamer::run(&cfg, &vault, &keyring, &stop));
+        pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS x");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let p = h.join().unwrap().unwrap();
+        assert!(p.durable.0 > 0);
+    });
+    // Someone drops the slot; the server moves on and removes the old segments.
+    pg.psql("SELECT pg_drop_replication_slot('embassy_wal')");
+    for _ in 0..3 {
+        pg.psql("INSERT INTO t SELECT generate_series(1, 200000)");
+        pg.psql("SELECT pg_switch_wal()");
+        pg.psql("CHECKPOINT");
+    }
+    let e = WalStreamer::run(&cfg, &vault, &keyring, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(e, PgError::WalGone { .. }), "{e:?}");
+    assert!(e.to_string().contains("take a new base backup"), "{e}");
+}
