@@ -131,6 +131,9 @@ enum Done {
         dataset: String,
         result: Result<(), String>,
     },
+    Gc {
+        result: Result<String, String>,
+    },
     Looked {
         snaps: Vec<SiteSnapshot>,
         delivered: Vec<alarms::Notice>,
@@ -208,10 +211,11 @@ struct Agent {
     verifying: Option<JoinHandle<()>>,
     streams: HashMap<String, Streamer>,
     looking: Option<JoinHandle<()>>,
+    collecting: Option<JoinHandle<()>>,
+    next_gc: Option<Instant>,
     next_verify: Option<Instant>,
     last_refresh: Option<Instant>,
     refresh_now: bool,
-    announced: BTreeMap<String, bool>,
     once_pending: Vec<String>,
     once_failed: Vec<String>,
     http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
@@ -296,12 +300,14 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
         verifying: None,
         streams: HashMap::new(),
         looking: None,
+        collecting: None,
+        next_gc: None,
         last_refresh: None,
         refresh_now: true,
-        announced: BTreeMap::new(),
         once_failed: Vec::new(),
         http,
     };
+    agent.next_gc = agent.config.agent.gc_interval.map(|i| Instant::now() + i);
     agent.main_loop(&options, &control);
     agent.shutdown(&control);
     if options.once && !agent.once_failed.is_empty() {
@@ -340,6 +346,13 @@ impl Agent {
                 if allowed && self.verifying.is_none() && Instant::now() >= at {
                     self.start_verify();
                     verified_once = true;
+                }
+            }
+            if !options.once && self.collecting.is_none() {
+                if let Some(at) = self.next_gc {
+                    if Instant::now() >= at {
+                        self.start_gc();
+                    }
                 }
             }
             self.maybe_refresh();
@@ -392,6 +405,9 @@ impl Agent {
                             }
                         });
                     }
+                }
+                if new.agent.gc_interval != self.config.agent.gc_interval {
+                    self.next_gc = new.agent.gc_interval.map(|i| Instant::now() + i);
                 }
                 if new.agent.verify_interval != self.config.agent.verify_interval {
                     self.next_verify = new.agent.verify_interval.map(|_| Instant::now());
@@ -593,6 +609,22 @@ impl Agent {
             .collect()
     }
 
+    fn start_gc(&mut self) {
+        let (config, cancel, tx) = (self.config.clone(), self.cancel.clone(), self.tx.clone());
+        let grace = self.config.agent.gc_grace;
+        log("garbage collection started");
+        if let Ok(h) = std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || {
+                let result = run::collect_garbage(&config, &cancel, grace);
+                let _ = tx.send(Done::Gc { result });
+            })
+        {
+            self.collecting = Some(h);
+        }
+        self.next_gc = self.config.agent.gc_interval.map(|i| Instant::now() + i);
+    }
+
     fn start_verify(&mut self) {
         let sites: Vec<(String, String)> = self
             .config
@@ -649,6 +681,16 @@ impl Agent {
                     match result {
                         Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
                         Err(e) => log(format!("site {site} could not be caught up yet: {e}")),
+                    }
+                    self.refresh_now = true;
+                }
+                Done::Gc { result } => {
+                    if let Some(h) = self.collecting.take() {
+                        let _ = h.join();
+                    }
+                    match result {
+                        Ok(summary) => log(format!("garbage collection: {summary}")),
+                        Err(e) => log(format!("garbage collection failed: {e}")),
                     }
                     self.refresh_now = true;
                 }
@@ -755,15 +797,13 @@ impl Agent {
                 for w in &out.warnings {
                     log(format!("{dataset}: warning: {w}"));
                 }
-                // INTEGRATION POINT (retention, embassy-core): apply the dataset's retention
-                // policy after a successful run once the retention library lands.
-                if let Some(d) = cfg.dataset(dataset) {
-                    if !d.retention.keeps_everything()
-                        && !self.announced.contains_key(&format!("retention:{dataset}"))
-                    {
-                        log(format!("{dataset}: retention policy noted; pruning is not integrated into the agent yet, every version is kept"));
-                        self.announced.insert(format!("retention:{dataset}"), true);
-                    }
+                match &out.pruned {
+                    Ok(seqs) if !seqs.is_empty() => log(format!(
+                        "{dataset}: retention deleted versions {} (one signed ledger entry; garbage collection removes their objects)",
+                        seqs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                    )),
+                    Ok(_) => {}
+                    Err(e) => log(format!("{dataset}: warning: retention not applied: {e}")),
                 }
                 let _ = started;
             }
@@ -1032,6 +1072,12 @@ impl Agent {
         // Catch-ups copy whole objects in format order and may be cut anywhere; wait briefly.
         let until = Instant::now() + Duration::from_secs(5);
         while !self.catching_up.is_empty() && Instant::now() < until {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A collection in flight ends at its next write (refused); deletions are idempotent.
+        let until = Instant::now() + Duration::from_secs(15);
+        while self.collecting.is_some() && Instant::now() < until {
             self.reap();
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -202,6 +202,10 @@ pub struct AgentSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// How often to collect garbage (None: never).
+    pub gc_interval: Option<Duration>,
+    /// How long an unreferenced object stays condemned before garbage collection deletes it.
+    pub gc_grace: Duration,
 }
 
 /// The HTTP status endpoint (`[status]`).
@@ -624,6 +628,8 @@ impl<'t> Parser<'t> {
             max_parallel: 2,
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(600),
+            gc_interval: Some(Duration::from_secs(86_400)),
+            gc_grace: Duration::from_secs(86_400),
         };
         let Some(mut f) = self.table(top, "agent") else {
             if top.map.contains_key("agent") {
@@ -663,6 +669,28 @@ impl<'t> Parser<'t> {
         if let Some(d) = self.duration(&mut f, "retry_max") {
             settings.retry_max = *d.get_ref();
         }
+        match f.map.get("gc_interval").map(|(v, _)| v.get_ref().as_str()) {
+            Some(Some("never")) => {
+                f.map.remove("gc_interval");
+                settings.gc_interval = None;
+            }
+            _ => {
+                if let Some(d) = self.duration(&mut f, "gc_interval") {
+                    settings.gc_interval = Some(*d.get_ref());
+                }
+            }
+        }
+        if let Some(d) = self.duration(&mut f, "gc_grace") {
+            if d.get_ref().as_secs() < 600 {
+                self.problem(
+                    d.span(),
+                    "agent.gc_grace",
+                    "expected at least \"10m\" (it must cover the clocks' disagreement between hosts)",
+                );
+            } else {
+                settings.gc_grace = *d.get_ref();
+            }
+        }
         self.finish(
             f,
             &[
@@ -673,6 +701,8 @@ impl<'t> Parser<'t> {
                 "max_parallel",
                 "retry_initial",
                 "retry_max",
+                "gc_interval",
+                "gc_grace",
             ],
         );
         Some((settings, min))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use embassy_core::keyfile::{KeyFile, PURPOSE_READER, PURPOSE_SEALING};
 use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::progress::Silent;
+use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
 use embassy_core::state::StateStore;
 use embassy_core::vault::{Keyring, Vault};
@@ -150,6 +151,8 @@ pub struct RunOutcome {
     pub warnings: Vec<String>,
     /// Sites that missed writes (to catch up).
     pub lagging: Vec<String>,
+    /// The retention policy applied after the run: versions deleted, or why it could not be.
+    pub pruned: Result<Vec<u64>, String>,
 }
 
 /// One backup run of a dataset through the sources library; no version is recorded unless the
@@ -202,7 +205,9 @@ pub fn backup_dataset(
         .collect();
     lagging.sort();
     lagging.dedup();
+    let pruned = apply_retention(config, keyring, &vault, dataset);
     Ok(RunOutcome {
+        pruned,
         seq: version.seq,
         bytes: version.stats.bytes,
         new_bytes: version.stats.new_bytes_stored,
@@ -210,6 +215,76 @@ pub fn backup_dataset(
         warnings,
         lagging,
     })
+}
+
+/// The dataset's retention policy as embassy-core takes it (None: keep every version).
+pub fn retention_policy(config: &Config, dataset: &str) -> Option<RetentionPolicy> {
+    let r = &config.dataset(dataset)?.retention;
+    if r.keeps_everything() {
+        return None;
+    }
+    Some(RetentionPolicy {
+        keep_last: r.keep_last.unwrap_or(0),
+        keep_hourly: r.keep_hourly.unwrap_or(0),
+        keep_daily: r.keep_daily.unwrap_or(0),
+        keep_weekly: r.keep_weekly.unwrap_or(0),
+        keep_monthly: r.keep_monthly.unwrap_or(0),
+        keep_yearly: r.keep_yearly.unwrap_or(0),
+        min_age_secs: r.min_age.map_or(0, |d| d.as_secs()),
+    })
+}
+
+/// Applies the dataset's retention policy (embassy-core's prune): one signed ledger entry
+/// deleting the versions the policy does not keep now (never one younger than the legal minimum
+/// age). Their objects are removed later by garbage collection. Returns the versions deleted.
+pub fn apply_retention(
+    config: &Config,
+    keyring: &Keyring,
+    vault: &Vault,
+    dataset: &str,
+) -> Result<Vec<u64>, String> {
+    let Some(policy) = retention_policy(config, dataset) else {
+        return Ok(Vec::new());
+    };
+    embassy_core::prune::apply_retention(
+        vault,
+        keyring,
+        dataset,
+        &policy,
+        embassy_core::config::now_unix_nanos(),
+    )
+    .map(|r| r.deleted)
+    .map_err(|e| e.to_string())
+}
+
+/// Garbage collection of the vault (embassy-core's two-phase gc, safe while backups run):
+/// condemns objects no version references, deletes those condemned longer than `grace` ago.
+/// Returns a one-line summary.
+pub fn collect_garbage(
+    config: &Config,
+    cancel: &Arc<AtomicBool>,
+    grace: std::time::Duration,
+) -> Result<String, String> {
+    let vault = open_vault(config, cancel)?;
+    let options = embassy_core::gc::GcOptions {
+        grace_secs: grace.as_secs(),
+        ..embassy_core::gc::GcOptions::default()
+    };
+    let r =
+        embassy_core::gc::collect_garbage(&vault, &options, embassy_core::config::now_unix_nanos())
+            .map_err(|e| e.to_string())?;
+    let mut summary = format!(
+        "{} objects condemned ({} bytes), {} deleted ({} bytes), {} waiting for their grace period",
+        r.condemned.len(),
+        r.condemned_bytes,
+        r.deleted.len(),
+        r.deleted_bytes,
+        r.waiting
+    );
+    for p in r.problems.iter().chain(&r.skipped).chain(&r.refused) {
+        summary.push_str(&format!("; {p}"));
+    }
+    Ok(summary)
 }
 
 /// The replication slot a continuous dataset streams from: the configured one, else
