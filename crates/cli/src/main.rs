@@ -9,6 +9,7 @@ mod output;
 mod pg;
 mod secrets;
 mod pgrestore;
+mod prune;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,7 +81,29 @@ enum Command {
         /// How many witness cosignatures a checkpoint needs before restores trust it.
         #[arg(long, default_value_t = 0)]
         witness_quorum: u32,
+        /// An approver's public key (hex) whose approvals count for deletions outside the
+        /// retention policy; repeatable.
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+        /// How many distinct approvers must approve each deletion outside the policy.
+        #[arg(long, default_value_t = 0)]
+        approvals_required: u32,
+        /// Legal minimum age of every version (e.g. 90d): deleting a younger one needs approvals.
+        #[arg(long)]
+        min_age: Option<String>,
     },
+    /// Apply a retention policy: record the deletion of versions it does not keep (a signed
+    /// ledger entry); `embassy gc` removes their data later.
+    Prune(prune::PruneArgs),
+    /// Remove objects no remaining version needs, in two phases (condemn, then delete after a
+    /// grace period); safe while backups run; no keys needed.
+    Gc(prune::GcArgs),
+    /// Delete versions outside the retention policy; needs the approvals the vault requires.
+    Forget(prune::ForgetArgs),
+    /// As an approver: sign an approval to delete versions (DATASET@N).
+    Approve(prune::ApproveArgs),
+    /// Create an approver key file and print its public key (to pin with `init --approver`).
+    ApproverKey(prune::ApproverKeyArgs),
     /// Store a new version of a dataset: a file tree, standard input, or a command's output.
     Backup {
         /// Dataset name (a-z, 0-9, '.', '_', '-').
@@ -362,7 +385,20 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Init {
             witnesses,
             witness_quorum,
-        } => init(cli, witnesses, *witness_quorum),
+            approvers,
+            approvals_required,
+            min_age,
+        } => init(
+            cli,
+            witnesses,
+            *witness_quorum,
+            (approvers, *approvals_required, min_age.as_deref()),
+        ),
+        Command::Prune(args) => prune::prune(cli, args),
+        Command::Gc(args) => prune::gc(cli, args),
+        Command::Forget(args) => prune::forget(cli, args),
+        Command::Approve(args) => prune::approve(cli, args),
+        Command::ApproverKey(args) => prune::approver_key(cli, args),
         Command::History { dataset } => history(cli, dataset),
         Command::Witness { witness_key } => witness(cli, witness_key),
         Command::WitnessKey { out } => witness_key_new(cli, out),
@@ -1212,7 +1248,12 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
     }
 }
 
-fn init(cli: &Cli, witnesses: &[String], witness_quorum: u32) -> Result<ExitCode> {
+fn init(
+    cli: &Cli,
+    witnesses: &[String],
+    witness_quorum: u32,
+    deletions: (&[String], u32, Option<&str>),
+) -> Result<ExitCode> {
     if cli.site.is_empty() {
         return Err(Error::invalid(
             "no site given: pass --site PATH or set EMBASSY_SITE",
@@ -1255,6 +1296,7 @@ fn init(cli: &Cli, witnesses: &[String], witness_quorum: u32) -> Result<ExitCode
     }
     config.witnesses = witnesses.iter().map(|w| w.to_ascii_lowercase()).collect();
     config.witness_quorum = witness_quorum;
+    prune::configure_init(&mut config, deletions.0, deletions.1, deletions.2)?;
     let key_path = secrets::key_path(cli.key_file.as_deref(), &config.vault_id)?;
     if key_path.exists() {
         return Err(Error::invalid(format!(

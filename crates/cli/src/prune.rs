@@ -1,0 +1,401 @@
+//! `embassy prune`, `gc`, `forget`, `approve` and `approver-key`: thin wrappers over
+//! `embassy_core::{retention, prune, gc, approval}`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use embassy_core::approval;
+use embassy_core::config::{now_unix_nanos, VaultConfig};
+use embassy_core::gc::{self, GcOptions};
+use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keys::RootSecret;
+use embassy_core::prune::{self as core_prune, PruneReport};
+use embassy_core::retention::{format_duration, parse_duration, RetentionPolicy};
+use embassy_core::{Error, Result};
+use serde_json::json;
+
+use crate::{output, secrets, Cli};
+
+/// What an approver key file says it holds.
+pub const PURPOSE_APPROVER: &str = "approver";
+
+/// `embassy prune`.
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Dataset to prune; every dataset of the vault when omitted.
+    pub dataset: Option<String>,
+    /// Keep the newest N versions.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest version of each of the N most recent hours that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Likewise per day (UTC).
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Likewise per ISO week.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Likewise per month.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Likewise per year.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Never delete versions younger than this (e.g. 90d, 36h); the vault's pinned legal minimum
+    /// age applies in any case.
+    #[arg(long)]
+    pub min_age: Option<String>,
+    /// Print what would be kept and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `embassy gc`.
+#[derive(Args)]
+pub struct GcArgs {
+    /// How long objects stay condemned before they are deleted (default 1d).
+    #[arg(long)]
+    pub grace: Option<String>,
+    /// Print what would be condemned and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `embassy forget`.
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Versions to delete: DATASET@N, repeatable (all of one dataset).
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// Why, for the record (kept in the ledger).
+    #[arg(long)]
+    pub reason: String,
+    /// Check the approvals; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `embassy approve`.
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The approver's key file (made with `embassy approver-key --out FILE`).
+    #[arg(long)]
+    pub approver_key: PathBuf,
+    /// Versions whose deletion is approved: DATASET@N, repeatable.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// Why, for the record.
+    #[arg(long, default_value = "approved")]
+    pub reason: String,
+}
+
+/// `embassy approver-key`.
+#[derive(Args)]
+pub struct ApproverKeyArgs {
+    /// Where to write the key file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Pins approvers, their threshold and the legal minimum age in a new vault's configuration
+/// (`embassy init --approver KEY --approvals-required K --min-age DURATION`).
+pub fn configure_init(
+    config: &mut VaultConfig,
+    approvers: &[String],
+    approvals_required: u32,
+    min_age: Option<&str>,
+) -> Result<()> {
+    for a in approvers {
+        let ok = a.len() == 64 && a.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(Error::invalid(format!(
+                "--approver {a} is not a 64-digit hex public key (print one with `embassy approver-key --out FILE`)"
+            )));
+        }
+    }
+    let mut keys: Vec<String> = approvers.iter().map(|a| a.to_ascii_lowercase()).collect();
+    keys.sort();
+    keys.dedup();
+    if approvals_required as usize > keys.len() {
+        return Err(Error::invalid(format!(
+            "--approvals-required {approvals_required} is more than the {} distinct approvers given",
+            keys.len()
+        )));
+    }
+    if !keys.is_empty() && approvals_required == 0 {
+        return Err(Error::invalid(
+            "approvers given but --approvals-required is 0: say how many must approve each deletion outside the policy",
+        ));
+    }
+    config.approvers = keys;
+    config.approvals_required = approvals_required;
+    if let Some(age) = min_age {
+        config.min_age_secs = parse_duration(age)?;
+    }
+    Ok(())
+}
+
+fn split_target(target: &str) -> Result<(String, u64)> {
+    let bad = || {
+        Error::invalid(format!(
+            "'{target}' is not DATASET@N (a dataset and a version number, as `embassy versions` lists them)"
+        ))
+    };
+    let (dataset, n) = target.split_once('@').ok_or_else(bad)?;
+    embassy_core::layout::check_dataset_name(dataset)?;
+    Ok((dataset.to_string(), n.parse().map_err(|_| bad())?))
+}
+
+fn print_report(report: &PruneReport, dry_run: bool) {
+    println!("dataset {}:", report.dataset);
+    if let Some(p) = &report.policy {
+        println!("  policy: {p}");
+    }
+    for d in &report.decisions {
+        let when = output::time(d.captured_at_ns);
+        if d.keep() {
+            let why: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
+            println!("  keep   {:>6}  {when}  {}", d.seq, why.join(", "));
+        } else {
+            println!("  delete {:>6}  {when}", d.seq);
+        }
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    match (&report.entry, report.deleted.is_empty()) {
+        (_, true) => println!("  nothing to delete"),
+        (Some((seq, id)), false) => println!(
+            "  {verb} versions {:?} (ledger entry {seq}, {}); `embassy gc` removes their data later",
+            report.deleted,
+            id.short()
+        ),
+        (None, false) => println!("  {verb} versions {:?}", report.deleted),
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// `embassy prune`.
+pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
+    let policy = RetentionPolicy {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        min_age_secs: args
+            .min_age
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(0),
+    };
+    policy.check()?;
+    let vault = crate::open_vault(cli)?;
+    let datasets = match &args.dataset {
+        Some(d) => vec![d.clone()],
+        None => vault.datasets()?,
+    };
+    let keyring = if args.dry_run {
+        None
+    } else {
+        Some(secrets::unlock(
+            vault.config(),
+            cli.key_file.as_deref(),
+            cli.passphrase_file.as_deref(),
+        )?)
+    };
+    let now = now_unix_nanos();
+    let mut reports = Vec::new();
+    for dataset in &datasets {
+        let report = match &keyring {
+            None => core_prune::plan_retention(&vault, dataset, &policy, now)?,
+            Some(k) => core_prune::apply_retention(&vault, k, dataset, &policy, now)?,
+        };
+        if !cli.json {
+            print_report(&report, args.dry_run);
+        }
+        reports.push(report);
+    }
+    if cli.json {
+        crate::print_json(json!({"ok": true, "dry_run": args.dry_run, "datasets": reports}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `embassy forget`.
+pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
+    let mut dataset: Option<String> = None;
+    let mut seqs = Vec::new();
+    for t in &args.targets {
+        let (d, n) = split_target(t)?;
+        if dataset.as_ref().is_some_and(|x| *x != d) {
+            return Err(Error::invalid(
+                "forget one dataset at a time: every target must name the same dataset",
+            ));
+        }
+        dataset = Some(d);
+        seqs.push(n);
+    }
+    let dataset = dataset.unwrap_or_default();
+    let vault = crate::open_vault(cli)?;
+    let keyring = if args.dry_run {
+        None
+    } else {
+        Some(secrets::unlock(
+            vault.config(),
+            cli.key_file.as_deref(),
+            cli.passphrase_file.as_deref(),
+        )?)
+    };
+    let report = core_prune::forget(
+        &vault,
+        keyring.as_ref(),
+        &dataset,
+        &seqs,
+        &args.reason,
+        args.dry_run,
+    )?;
+    if cli.json {
+        crate::print_json(json!({"ok": true, "dry_run": args.dry_run, "report": report}))?;
+    } else {
+        println!(
+            "{dataset}: {} versions {:?} with {} approvals{}",
+            if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            report.deleted,
+            report.approvals.len(),
+            report.entry.map_or(String::new(), |(seq, id)| format!(
+                " (ledger entry {seq}, {})",
+                id.short()
+            ))
+        );
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `embassy gc`.
+pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
+    let mut options = GcOptions {
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    if let Some(g) = &args.grace {
+        options.grace_secs = parse_duration(g)?;
+        options.clock_skew_secs = options.clock_skew_secs.min(options.grace_secs.max(1));
+    }
+    let vault = crate::open_vault(cli)?;
+    let report = gc::collect_garbage(&vault, &options, now_unix_nanos())?;
+    if cli.json {
+        crate::print_json(
+            json!({"ok": report.skipped.is_empty() && report.problems.is_empty(), "dry_run": args.dry_run, "report": report}),
+        )?;
+    } else {
+        let verb = if args.dry_run { "would " } else { "" };
+        println!(
+            "{verb}condemn {} objects ({}); {verb}delete {} objects ({}) condemned more than {} ago; {} rescued; {} waiting",
+            report.condemned.len(),
+            output::size(report.condemned_bytes),
+            report.deleted.len(),
+            output::size(report.deleted_bytes),
+            format_duration(options.grace_secs),
+            report.rescued.len(),
+            report.waiting
+        );
+        for d in &report.deferred {
+            println!("deferred: {d}");
+        }
+        for r in &report.refused {
+            println!("refused by the site (retried next run): {r}");
+        }
+        for s in &report.skipped {
+            println!("SKIPPED: {s}");
+        }
+        for p in &report.problems {
+            println!("PROBLEM: {p}");
+        }
+    }
+    Ok(if report.skipped.is_empty() && report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `embassy approver-key`.
+pub fn approver_key(cli: &Cli, args: &ApproverKeyArgs) -> Result<ExitCode> {
+    let secret = RootSecret::generate();
+    let public = crate::hex_key(
+        &approval::approver_signing_key(&secret)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
+    KeyFile::seal_payload(
+        secret.expose(),
+        PURPOSE_APPROVER,
+        approval::APPROVER_KEY_ID,
+        pass.as_bytes(),
+        KdfParams::DEFAULT,
+    )?
+    .store(&args.out)?;
+    if cli.json {
+        crate::print_json(json!({"ok": true, "key_file": args.out, "public_key": public}))?;
+    } else {
+        println!("approver key written to {}", args.out.display());
+        println!("public key: {public}");
+        println!("pin it in a vault with: embassy init --approver {public} --approvals-required K");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_approver(cli: &Cli, path: &Path) -> Result<approval::SigningKey> {
+    let file = KeyFile::load(path)?;
+    file.expect_purpose(PURPOSE_APPROVER, path)?;
+    let pass = secrets::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let seed = file.open_payload(pass.as_bytes(), path)?;
+    let seed: [u8; 32] = seed[..]
+        .try_into()
+        .map_err(|_| Error::invalid("approver key file holds a secret of the wrong length"))?;
+    Ok(approval::approver_signing_key(&RootSecret::from_bytes(
+        &seed,
+    )))
+}
+
+/// `embassy approve`.
+pub fn approve(cli: &Cli, args: &ApproveArgs) -> Result<ExitCode> {
+    let targets: Vec<(String, u64)> = args
+        .targets
+        .iter()
+        .map(|t| split_target(t))
+        .collect::<Result<_>>()?;
+    let key = open_approver(cli, &args.approver_key)?;
+    let vault = crate::open_vault(cli)?;
+    let mut done = Vec::new();
+    for (dataset, n) in &targets {
+        let version = vault.find_version(dataset, Some(&n.to_string()))?;
+        let id = approval::approve(&vault, &key, &version, &args.reason)?;
+        done.push(json!({"dataset": dataset, "version": n, "approval": id.to_hex()}));
+        if !cli.json {
+            println!(
+                "approved deleting {dataset}@{n} (approval {}); `embassy forget {dataset}@{n} --reason ...` \
+                 deletes it once {} approvers have approved",
+                id.short(),
+                vault.config().approvals_required
+            );
+        }
+    }
+    if cli.json {
+        crate::print_json(json!({"ok": true, "approvals": done}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

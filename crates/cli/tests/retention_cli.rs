@@ -1,0 +1,183 @@
+//! The retention commands end to end through the `embassy` binary: `init --approver
+//! --approvals-required --min-age`, `approver-key`, `prune` (dry run and real), `gc` in two
+//! phases, `forget` refused with k-1 approvals and accepted with k, `approve`, and a keyless
+//! `verify` that stays clean throughout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_embassy");
+
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Env {
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let out = Command::new(EXE)
+            .args(["--site", self.path("site").to_str().unwrap()])
+            .args(["--key-file", self.path("vault.key").to_str().unwrap()])
+            .args(["--passphrase-file", self.path("pass").to_str().unwrap()])
+            .args(["--state-dir", self.path("state").to_str().unwrap()])
+            .arg("--quiet")
+            .args(args)
+            .output()
+            .expect("run embassy");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let out = self.run(args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        out
+    }
+}
+
+fn public_key(out: &Out) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .expect("public key printed")
+        .trim()
+        .to_string()
+}
+
+fn write_src(dir: &Path, i: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("register.csv"), format!("row {i}\n").repeat(5000)).unwrap();
+}
+
+#[test]
+fn prune_gc_forget_and_approve_from_the_command_line() {
+    let env = Env {
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(env.path("pass"), "correct horse battery staple\n").unwrap();
+    let a = public_key(&env.ok(&["approver-key", "--out", env.path("a.key").to_str().unwrap()]));
+    let b = public_key(&env.ok(&["approver-key", "--out", env.path("b.key").to_str().unwrap()]));
+    // Bad init input is refused with the way out.
+    let bad = env.run(&["init", "--approver", &a, "--approvals-required", "3"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stderr.contains("more than the 1 distinct approvers"),
+        "{bad:?}"
+    );
+    env.ok(&[
+        "init",
+        "--approver",
+        &a,
+        "--approver",
+        &b,
+        "--approvals-required",
+        "2",
+    ]);
+    let src = env.path("src");
+    for i in 0..4 {
+        write_src(&src, i);
+        env.ok(&["backup", "registry", src.to_str().unwrap()]);
+    }
+    // A dry run says what it keeps and why, and deletes nothing.
+    let dry = env.ok(&["prune", "registry", "--keep-last", "2", "--dry-run"]);
+    assert!(dry.stdout.contains("keep        4"), "{dry:?}");
+    assert!(dry.stdout.contains("newest version"), "{dry:?}");
+    assert!(dry.stdout.contains("delete      1"), "{dry:?}");
+    assert!(
+        dry.stdout.contains("would delete versions [1, 2]"),
+        "{dry:?}"
+    );
+    assert!(env.ok(&["versions", "registry"]).stdout.lines().count() >= 4);
+    let no_rule = env.run(&["prune", "registry"]);
+    assert_eq!(no_rule.code, 1, "{no_rule:?}");
+    assert!(no_rule.stderr.contains("no keep rule"), "{no_rule:?}");
+    let pruned = env.ok(&["prune", "registry", "--keep-last", "2"]);
+    assert!(
+        pruned.stdout.contains("deleted versions [1, 2]"),
+        "{pruned:?}"
+    );
+    let history = env.ok(&["history", "registry"]);
+    assert!(
+        history.stdout.contains("versions deleted: [1, 2]"),
+        "{history:?}"
+    );
+    // gc: the first run condemns, a run after the grace period deletes.
+    let first = env.ok(&["gc", "--grace", "1s"]);
+    assert!(first.stdout.contains("condemn "), "{first:?}");
+    assert!(first.stdout.contains("delete 0 objects"), "{first:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let second = env.ok(&["gc", "--grace", "1s"]);
+    assert!(!second.stdout.contains("delete 0 objects"), "{second:?}");
+    let verify = env.ok(&["verify"]);
+    assert!(verify.stdout.contains("vault OK"), "{verify:?}");
+    // forget: refused with k-1 approvals, naming how many are missing; accepted with k.
+    let refused = env.run(&["forget", "registry@3", "--reason", "court order"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("missing 2"), "{refused:?}");
+    env.ok(&[
+        "approve",
+        "--approver-key",
+        env.path("a.key").to_str().unwrap(),
+        "registry@3",
+        "--reason",
+        "court order",
+    ]);
+    let refused = env.run(&["forget", "registry@3", "--reason", "court order"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("missing 1"), "{refused:?}");
+    env.ok(&[
+        "approve",
+        "--approver-key",
+        env.path("b.key").to_str().unwrap(),
+        "registry@3",
+    ]);
+    let forgot = env.ok(&["forget", "registry@3", "--reason", "court order"]);
+    assert!(
+        forgot
+            .stdout
+            .contains("deleted versions [3] with 2 approvals"),
+        "{forgot:?}"
+    );
+    let versions = env.ok(&["--json", "versions", "registry"]);
+    let listed: serde_json::Value = serde_json::from_str(&versions.stdout).unwrap();
+    let seqs: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![4]);
+    let verify = env.ok(&["verify"]);
+    assert!(verify.stdout.contains("vault OK"), "{verify:?}");
+    // Restoring a deleted version says it is not there.
+    let gone = env.run(&[
+        "restore",
+        "registry@1",
+        "--to",
+        env.path("r").to_str().unwrap(),
+    ]);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(gone.stderr.contains("no version 1"), "{gone:?}");
+}
