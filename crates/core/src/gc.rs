@@ -211,14 +211,23 @@ pub fn condemned(site: &dyn Site, dataset: &str) -> Result<HashSet<String>> {
 
 /// The objects of a dataset that its live versions (and log ranges) need, followed keylessly
 /// through manifest and index headers. An error names what could not be followed.
-fn references(site: &dyn Site, dataset: &str, history: &[Record]) -> Result<HashSet<String>> {
+fn references(
+    site: &dyn Site,
+    dataset: &str,
+    history: &[Record],
+    listed: &HashMap<&str, u64>,
+) -> Result<HashSet<String>> {
     let mut manifests: Vec<ObjectId> = versions_in(dataset, history)
         .iter()
         .map(|v| v.manifest)
         .collect();
     for r in history {
+        // A log range names either a manifest or (PostgreSQL WAL) a `wal/` log object, which
+        // collection never touches: follow it only when it is a stored manifest.
         if let Event::LogRangeAdded { manifest, .. } = &r.entry.event {
-            manifests.push(*manifest);
+            if listed.contains_key(layout::manifest(dataset, manifest).as_str()) {
+                manifests.push(*manifest);
+            }
         }
     }
     let mut out = HashSet::new();
@@ -334,7 +343,7 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
                 continue;
             }
         };
-        let referenced = match references(site, dataset, &history) {
+        let referenced = match references(site, dataset, &history, &sizes) {
             Ok(r) => r,
             Err(e) => {
                 report.skipped.push(format!(

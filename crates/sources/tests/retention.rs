@@ -847,3 +847,52 @@ fn a_backup_that_started_after_a_condemnation_never_reuses_condemned_objects() {
     let report = verify::verify(&s.vault, Some(&s.keyring()), &Silent).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 }
+
+#[test]
+fn gc_leaves_what_it_does_not_understand_and_follows_wal_anchors_without_failing() {
+    let s = setup_with(|_| {});
+    for i in 0..3 {
+        s.backup("cadastre", i);
+    }
+    // A log range that anchors an object outside packs/index/manifests (PostgreSQL WAL lives
+    // under wal/), and an object of a kind this code does not know.
+    let wal = b"a WAL log object".to_vec();
+    let wal_id = embassy_core::id::ObjectId::of(&wal);
+    let wal_path = format!("wal/cadastre/00000001/p/0000000000000000-0000000001000000-{wal_id}");
+    s.vault.site().put(&wal_path, &wal).unwrap();
+    s.vault.site().put("future/thing", b"unknown").unwrap();
+    let history = s.vault.history_full("cadastre").unwrap();
+    ledger::append(
+        s.vault.site().as_ref(),
+        &s.keyring().signer().unwrap(),
+        "cadastre",
+        history.records.last(),
+        Event::LogRangeAdded {
+            manifest: wal_id,
+            timeline: 1,
+            start: 0,
+            end: 0x100_0000,
+            captured_at_ns: now_unix_nanos(),
+        },
+    )
+    .unwrap();
+    prune::apply_retention(
+        &s.vault,
+        &s.keyring(),
+        "cadastre",
+        &keep_last(1),
+        now_unix_nanos(),
+    )
+    .unwrap();
+    let first = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
+    assert!(first.skipped.is_empty(), "{first:?}");
+    assert!(!first.condemned.is_empty());
+    let second = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    assert!(!second.deleted.is_empty(), "{second:?}");
+    assert!(second.deleted.iter().all(|p| !p.starts_with("wal/")));
+    assert_eq!(s.vault.site().get(&wal_path).unwrap(), wal);
+    assert_eq!(s.vault.site().get("future/thing").unwrap(), b"unknown");
+    let v = s.vault.versions("cadastre").unwrap();
+    assert_eq!(seqs(&v), vec![3]);
+    assert_eq!(s.restore(&v[0]).len(), 7);
+}
