@@ -548,6 +548,7 @@ fn wal_logs() {
             end: start + payload.len() as u64,
             prev: Some(ObjectId::of(b"previous")),
             captured_at_ns: 1_700_000_000_000_000_000,
+            system_id: 0,
         };
         let (bytes, _) = wal_log::seal(&f.keys, &f.writers[0], &spec, payload).expect("seal");
         c.valid(name, with_mode(0, &bytes), embassy_fuzz::wal_log);

@@ -646,6 +646,7 @@ pub fn wal_log(data: &[u8]) -> bool {
                 end: start.wrapping_add(payload.len() as u64),
                 prev: None,
                 captured_at_ns: 1,
+                system_id: 0,
             };
             match wal_log::seal(&f.keys, &f.writers[0], &spec, payload) {
                 Ok((bytes, _)) => {

@@ -111,6 +111,10 @@ pub struct LogHeader {
     pub encapsulated: [u8; ENCAPSULATED_LEN],
     /// Stored length of the body (ciphertext and tag).
     pub body_len: u64,
+    /// The source's identity (PostgreSQL's system identifier), 0 if unknown: WAL of one
+    /// dataset must come from one cluster.
+    #[serde(default)]
+    pub system_id: u64,
 }
 
 impl LogHeader {
@@ -161,6 +165,8 @@ pub struct LogSpec {
     pub prev: Option<ObjectId>,
     /// Capture time of the newest byte.
     pub captured_at_ns: i64,
+    /// The source's identity (PostgreSQL's system identifier), 0 if unknown.
+    pub system_id: u64,
 }
 
 /// Seals `payload` into a log object: compressed with zstd (when it helps), encrypted under a
@@ -221,6 +227,7 @@ pub fn seal(
         key_id,
         encapsulated,
         body_len: (plain.len() + TAG_LEN) as u64,
+        system_id: spec.system_id,
     };
     let header = if spec.kind == LogKind::History {
         LogHeader { start: 0, ..header }
@@ -447,6 +454,7 @@ mod tests {
             end: 0x100_0000 + payload.len() as u64,
             prev: None,
             captured_at_ns: 5,
+            system_id: 7,
         };
         let (bytes, id) = seal(&keys, &signer, &spec, &payload).unwrap();
         assert_eq!(id, ObjectId::of(&bytes));

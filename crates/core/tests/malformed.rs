@@ -941,6 +941,7 @@ fn malformed_wal_log_objects_are_rejected() {
         end: 0x100_0000 + payload.len() as u64,
         prev: None,
         captured_at_ns: 1,
+        system_id: 0,
     };
     let (good, _) = wal_log::seal(&keys, &writer, &spec, &payload).unwrap();
     assert_eq!(wal_log::open(&keys, "w", &good).unwrap().1, payload);

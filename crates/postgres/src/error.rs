@@ -100,6 +100,20 @@ pub enum PgError {
         /// The server's message.
         message: String,
     },
+    /// The server is another cluster than the one whose WAL the dataset holds.
+    #[error(
+        "dataset {dataset} holds WAL of PostgreSQL cluster {stored}, but this server is cluster \
+         {server}: point --conninfo at the dataset's own server, or use a new dataset name for \
+         this cluster"
+    )]
+    OtherCluster {
+        /// The dataset.
+        dataset: String,
+        /// System identifier in the vault.
+        stored: u64,
+        /// System identifier of the server.
+        server: u64,
+    },
     /// Any other error reported by the server.
     #[error("PostgreSQL: {message} (SQLSTATE {code}){}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Server {

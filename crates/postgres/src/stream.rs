@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,7 @@ struct Background {
     anchored_to: u64,
     pending: Option<(ObjectId, u32, u64, u64, i64)>,
     last_segment: Option<(u32, u64, ObjectId)>,
+    system_id: Arc<AtomicU64>,
 }
 
 impl Background {
@@ -206,6 +207,7 @@ impl Background {
             end: start + SEGMENT_SIZE,
             prev,
             captured_at_ns: captured,
+            system_id: self.system_id.load(Ordering::Relaxed),
         };
         match wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, bytes) {
             Ok((id, _)) => {
@@ -297,6 +299,7 @@ struct Session<'a> {
     segment: Option<SegmentBuf>,
     keyring: &'a Keyring,
     signers: Vec<[u8; 32]>,
+    system_id: Arc<AtomicU64>,
 }
 
 impl WalStreamer {
@@ -361,6 +364,7 @@ impl WalStreamer {
             segment: None,
             keyring,
             signers,
+            system_id: Arc::new(AtomicU64::new(0)),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4);
         let background = Background {
@@ -377,6 +381,7 @@ impl WalStreamer {
             anchored_to: 0,
             pending: None,
             last_segment: None,
+            system_id: s.system_id.clone(),
         };
         let worker = std::thread::Builder::new()
             .name("wal-compactor".into())
@@ -444,6 +449,14 @@ impl Session<'_> {
             // Check the newest object before trusting its position: a forged name must not make
             // the stream skip WAL.
             let (h, _) = wal::read_checked(self.site.as_ref(), newest, &self.signers)?;
+            let server = self.system_id.load(Ordering::Relaxed);
+            if h.system_id != 0 && h.system_id != server {
+                return Err(PgError::OtherCluster {
+                    dataset: self.cfg.dataset.clone(),
+                    stored: h.system_id,
+                    server,
+                });
+            }
             let resume = Resume {
                 timeline: h.timeline,
                 pos: Lsn(h.end),
@@ -531,6 +544,7 @@ impl Session<'_> {
             end: content.len() as u64,
             prev: None,
             captured_at_ns: now_ns(),
+            system_id: self.system_id.load(Ordering::Relaxed),
         };
         wal::put(
             self.site.as_ref(),
@@ -551,6 +565,13 @@ impl Session<'_> {
             )));
         }
         let system = conn.identify_system()?;
+        let system_id: u64 = system.system_id.parse().map_err(|_| {
+            PgError::Protocol(format!(
+                "system identifier '{}' is not a number",
+                system.system_id
+            ))
+        })?;
+        self.system_id.store(system_id, Ordering::Relaxed);
         match conn.read_replication_slot(&self.cfg.slot)? {
             Some(slot) if slot.kind != "physical" => {
                 return Err(PgError::WrongSlotKind {
@@ -774,6 +795,7 @@ impl Session<'_> {
                     end: start + n as u64,
                     prev: r.prev,
                     captured_at_ns: captured,
+                    system_id: self.system_id.load(Ordering::Relaxed),
                 };
                 let (id, _path) =
                     wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, payload)?;

@@ -177,3 +177,42 @@ fn wal_removed_from_the_server_is_reported_not_skipped() {
     assert!(matches!(e, PgError::WalGone { .. }), "{e:?}");
     assert!(e.to_string().contains("take a new base backup"), "{e}");
 }
+
+/// WAL of one dataset comes from one cluster: streaming another server into it is refused.
+#[test]
+fn another_cluster_is_refused() {
+    let a = PgServer::start(PgOptions::default());
+    let b = PgServer::start(PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
+    let root = RootSecret::generate();
+    let vault = Vault::create(site, &root).unwrap();
+    let keyring =
+        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    let config = |pg: &PgServer| {
+        let mut cfg = StreamConfig::new(
+            "registry",
+            ConnConfig::parse(&pg.conninfo()).unwrap(),
+            "embassy_wal",
+        );
+        cfg.create_slot = true;
+        cfg.reconnect = false;
+        cfg
+    };
+    let stop = AtomicBool::new(false);
+    let cfg = config(&a);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| WalStreamer::run(&cfg, &vault, &keyring, &stop));
+        a.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS x");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(h.join().unwrap().unwrap().durable.0 > 0);
+    });
+    let e = WalStreamer::run(&config(&b), &vault, &keyring, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(e, PgError::OtherCluster { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("point --conninfo at the dataset's own server"),
+        "{e}"
+    );
+}
