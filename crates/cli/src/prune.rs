@@ -285,14 +285,11 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
 
 /// `embassy gc`.
 pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
-    let mut options = GcOptions {
-        dry_run: args.dry_run,
-        ..Default::default()
+    let mut options = match &args.grace {
+        Some(g) => GcOptions::with_grace(parse_duration(g)?),
+        None => GcOptions::default(),
     };
-    if let Some(g) = &args.grace {
-        options.grace_secs = parse_duration(g)?;
-        options.clock_skew_secs = options.clock_skew_secs.min(options.grace_secs.max(1));
-    }
+    options.dry_run = args.dry_run;
     let vault = crate::open_vault(cli)?;
     let report = gc::collect_garbage(&vault, &options, now_unix_nanos())?;
     if cli.json {

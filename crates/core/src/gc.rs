@@ -86,6 +86,22 @@ impl Default for GcOptions {
     }
 }
 
+impl GcOptions {
+    /// The defaults with this grace period (at least 1 s); the allowed clock skew is lowered to
+    /// the grace period when that is shorter than 10 minutes (collection refuses a grace period
+    /// shorter than the skew). For tests and small setups on one clock; keep the grace period
+    /// well above the clock differences of the hosts involved.
+    pub fn with_grace(grace_secs: u64) -> Self {
+        let grace_secs = grace_secs.max(1);
+        let default = Self::default();
+        Self {
+            grace_secs,
+            clock_skew_secs: default.clock_skew_secs.min(grace_secs),
+            ..default
+        }
+    }
+}
+
 /// What a garbage collection found and did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
