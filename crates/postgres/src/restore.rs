@@ -351,6 +351,25 @@ pub fn restore(
             ),
         }));
     };
+    // A base backup without its WAL inside needs the streamed WAL up to its stop LSN, or
+    // PostgreSQL refuses to start ("WAL ends before consistent recovery point").
+    if !info.wal_included {
+        let newest = crate::status::site_wal("vault", vault.site().as_ref(), dataset)?;
+        let reaches = newest
+            .as_ref()
+            .is_some_and(|w| w.timeline > info.timeline || w.durable.0 >= info.stop_lsn);
+        if !reaches {
+            return Err(PgError::Restore(format!(
+                "base backup version {} of {dataset} takes its WAL from the stream, but the \
+                 vault's streamed WAL ends at {} before the backup's end {}: keep `embassy pg \
+                 stream` running until it passes that point, or restore a base backup with its \
+                 WAL inside (taken without --wal-streamed)",
+                chosen.seq,
+                newest.map_or("nothing".to_string(), |w| w.durable.to_string()),
+                format_lsn(info.stop_lsn)
+            )));
+        }
+    }
     // The same trust policy as any restore (witnessed checkpoints when the vault wants them).
     let version = vault
         .find_trusted_version(
