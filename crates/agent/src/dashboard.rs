@@ -224,6 +224,17 @@ fn chart(config: &Config, state: &AgentState, dataset: &str, rpo: f64, now_ns: i
         if pts.is_empty() {
             continue;
         }
+        if let [only] = pts.as_slice() {
+            // One point so far: a dot, so the chart shows that it has begun.
+            let (cx, cy) = only.split_once(',').unwrap_or(("0", "0"));
+            let _ = write!(
+                svg,
+                "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"2\" fill=\"{}\"><title>{}</title></circle>",
+                LINE_COLOURS[i % LINE_COLOURS.len()],
+                esc(site)
+            );
+            continue;
+        }
         let _ = write!(
             svg,
             "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"><title>{}</title></polyline>",
