@@ -1080,7 +1080,7 @@ rpo = "6s"
     let durable =
         (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0);
     assert!(
-        durable >= lsn_before_stop.saturating_sub(1 << 20) && durable > 0,
+        durable >= lsn_before_stop.saturating_sub(8192) && durable > 0,
         "durable {end}, server was at {lsn_before_stop:X}: {r}"
     );
 }
