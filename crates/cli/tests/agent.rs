@@ -1322,3 +1322,67 @@ retention = {{ keep_last = 2 }}
         env.verify(site);
     }
 }
+
+#[test]
+fn a_failing_source_is_retried_with_backoff_until_it_works() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/a"]);
+    let port = free_port();
+    env.config(&format!(
+        r#"[agent]
+state_dir = "state"
+verify_interval = "never"
+retry_initial = "1s"
+retry_max = "2s"
+[status]
+listen = "127.0.0.1:{port}"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[datasets]]
+name = "export"
+source = {{ command = "cat ready.txt" }}
+interval = "1h"
+rpo = "2h"
+"#
+    ));
+    let agent = env.spawn_agent(&[]);
+    wait_until(Duration::from_secs(30), "four failed runs", &agent, || {
+        let r = status_json(port)?;
+        let d = r["datasets"].as_array()?.first()?.clone();
+        (d["errors"].as_u64()? >= 4).then_some(())
+    });
+    let log = agent.log();
+    assert!(
+        log.contains("export: backup failed (attempt 1), retry in 1s"),
+        "{log}"
+    );
+    assert!(
+        log.contains("export: backup failed (attempt 2), retry in 2s"),
+        "{log}"
+    );
+    assert!(
+        log.contains("export: backup failed (attempt 3), retry in 2s"),
+        "{log}"
+    );
+    assert_eq!(
+        env.versions(&["sites/a"], "export").len(),
+        0,
+        "no version from a failed source"
+    );
+    // The source comes back: the next retry stores a version, and the schedule resumes (1 h).
+    fs::write(env.path("ready.txt"), "registry export\n").unwrap();
+    wait_until(Duration::from_secs(30), "the version", &agent, || {
+        let r = status_json(port)?;
+        cell(&r, "export", "a")["newest_version"].as_u64()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert_eq!(env.versions(&["sites/a"], "export").len(), 1, "{log}");
+    assert_eq!(log.matches("export: version").count(), 1, "{log}");
+}
