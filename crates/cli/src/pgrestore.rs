@@ -126,14 +126,28 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
 /// The `restore_command` for data directories written from this vault: this very program
 /// with the same sites, key file, passphrase file and (when PostgreSQL runs as this same user)
 /// state folder, as absolute paths. Checked first by running it as `owner` (see [`preflight`]).
-fn restore_command(cli: &Cli, dataset: &str, owner: Option<(u32, u32)>) -> Result<String> {
+fn restore_command(
+    cli: &Cli,
+    dataset: &str,
+    owner: Option<(u32, u32)>,
+    data_dir: &Path,
+) -> Result<String> {
     let (program, args) = restore_program(cli, owner)?;
     preflight(&program, &args, dataset, owner)?;
-    let mut command = restore::restore_command(&program, &args, dataset);
-    // Serve the newest, still growing WAL segment too (wal-fetch --partial).
-    command = command.replace(" wal-fetch ", " wal-fetch --partial ");
-    Ok(command)
+    let command = restore::restore_command(&program, &args, dataset);
+    // Serve the newest, still growing WAL segment too (--partial), and fetch the next complete
+    // segments ahead into a spool in pg_wal (which base backups of the server leave out).
+    let spool = std::path::absolute(data_dir.join("pg_wal").join("embassy_prefetch"))
+        .map_err(|e| Error::io(format!("resolving {}", data_dir.display()), e))?;
+    let extra = format!(
+        " wal-fetch --partial --prefetch {PREFETCH_SEGMENTS} --spool {} ",
+        restore::shell_quote(&spool.to_string_lossy())
+    );
+    Ok(command.replace(" wal-fetch ", &extra))
 }
+
+/// Complete WAL segments fetched ahead while PostgreSQL replays (16 MiB each).
+const PREFETCH_SEGMENTS: usize = 8;
 
 /// Runs `embassy ... wal-fetch DATASET <a history file no vault holds>` with the
 /// restore_command's arguments (it unlocks the keys, then answers "not there" quietly) as the user
@@ -358,7 +372,7 @@ pub fn restore(
     let owner = owner(owner_name)?;
     let options = PgRestoreOptions {
         mode: Mode::Recover(target),
-        restore_command: restore_command(cli, dataset, owner)?,
+        restore_command: restore_command(cli, dataset, owner, dir)?,
         owner,
         allow_unwitnessed,
     };
@@ -380,7 +394,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
     let owner = owner(args.owner.as_deref())?;
-    let command = restore_command(cli, &args.dataset, owner)?;
+    let command = restore_command(cli, &args.dataset, owner, &args.to)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = standby::standby(
         &vault,
