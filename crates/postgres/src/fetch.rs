@@ -58,10 +58,10 @@ pub fn fetch(
     }
     let site = vault.site().as_ref();
     let signers = wal::dataset_signers(vault, dataset)?;
-    let listing = wal::list(site, dataset)?;
     match what {
         WalFile::Other => Ok(Fetched::NotFound),
         WalFile::History { timeline } => {
+            let listing = wal::list_histories(site, dataset, timeline)?;
             match wal::history_file(site, keyring, &listing, timeline, &signers)? {
                 Some(bytes) => {
                     write_atomic(dest, &bytes)?;
@@ -71,6 +71,7 @@ pub fn fetch(
             }
         }
         WalFile::Segment { timeline, segno } => {
+            let listing = wal::list_segment(site, dataset, timeline, segno)?;
             match wal::assemble_segment(site, keyring, &listing, timeline, segno, &signers)? {
                 Some(a) if a.complete => {
                     write_atomic(dest, &a.bytes)?;
@@ -105,13 +106,13 @@ pub fn prefetch(
     std::fs::create_dir_all(spool).map_err(|e| io_err(spool, e))?;
     let site = vault.site().as_ref();
     let signers = wal::dataset_signers(vault, dataset)?;
-    let listing = wal::list(site, dataset)?;
     let mut fetched = 0;
     for next in segno + 1..=segno + count as u64 {
         let file = spool.join(segment_file_name(timeline, next));
         if file.is_file() {
             continue;
         }
+        let listing = wal::list_segment(site, dataset, timeline, next)?;
         match wal::assemble_segment(site, keyring, &listing, timeline, next, &signers)? {
             Some(a) if a.complete => {
                 write_atomic(&file, &a.bytes)?;

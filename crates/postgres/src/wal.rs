@@ -60,7 +60,46 @@ impl WalListing {
 
 /// Lists a dataset's log objects on `site`.
 pub fn list(site: &dyn Site, dataset: &str) -> Result<WalListing> {
-    let infos = with_retry(|| site.list(&wal_log::prefix(dataset)))?;
+    list_prefixes(site, dataset, &[wal_log::prefix(dataset)])
+}
+
+/// Lists only what one segment needs: its segment object and the pieces that start inside it
+/// (pieces never cross a segment boundary, and a segment's pieces share the first 10 hex digits
+/// of their start), so `wal-fetch` costs one small listing per segment however long the
+/// dataset's history is.
+pub fn list_segment(
+    site: &dyn Site,
+    dataset: &str,
+    timeline: u32,
+    segno: u64,
+) -> Result<WalListing> {
+    let start = format!("{:016x}", segno * SEGMENT_SIZE);
+    let piece_prefix = format!(
+        "{}{}",
+        wal_log::kind_prefix(dataset, timeline, LogKind::Piece),
+        &start[..10]
+    );
+    let segment_prefix = format!(
+        "{}{start}-",
+        wal_log::kind_prefix(dataset, timeline, LogKind::Segment)
+    );
+    list_prefixes(site, dataset, &[piece_prefix, segment_prefix])
+}
+
+/// Lists one timeline's history files.
+pub fn list_histories(site: &dyn Site, dataset: &str, timeline: u32) -> Result<WalListing> {
+    list_prefixes(
+        site,
+        dataset,
+        &[wal_log::kind_prefix(dataset, timeline, LogKind::History)],
+    )
+}
+
+fn list_prefixes(site: &dyn Site, dataset: &str, prefixes: &[String]) -> Result<WalListing> {
+    let mut infos = Vec::new();
+    for prefix in prefixes {
+        infos.extend(with_retry(|| site.list(prefix))?);
+    }
     let mut listing = WalListing::default();
     for info in infos {
         match wal_log::parse_path(&info.path) {
