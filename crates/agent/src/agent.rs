@@ -39,10 +39,15 @@ pub struct Control {
 }
 
 impl Control {
-    /// Registers SIGTERM, SIGINT (stop) and SIGHUP (reload).
+    /// Registers SIGTERM, SIGINT (stop) and SIGHUP (reload). A second SIGTERM or SIGINT while
+    /// stopping exits at once (status 1): runs in flight are cut, and since a version exists only
+    /// once its ledger entry is written, none is left partial.
     pub fn from_signals() -> Result<Control, String> {
         let c = Control::default();
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // Registered first, so it sees the flag as the previous signal left it.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, c.stop.clone())
+                .map_err(|e| format!("cannot install the handler of signal {sig}: {e}"))?;
             signal_hook::flag::register(sig, c.stop.clone())
                 .map_err(|e| format!("cannot install the handler of signal {sig}: {e}"))?;
         }

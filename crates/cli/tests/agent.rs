@@ -1386,3 +1386,62 @@ rpo = "2h"
     assert_eq!(env.versions(&["sites/a"], "export").len(), 1, "{log}");
     assert_eq!(log.matches("export: version").count(), 1, "{log}");
 }
+
+#[test]
+fn a_second_signal_exits_at_once_and_still_leaves_no_partial_version() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/a"]);
+    write_tree(&env.path("data/big"), 200, 1 << 20, 10);
+    env.config(
+        r#"[agent]
+state_dir = "state"
+shutdown_grace = "5m"
+verify_interval = "never"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "sites/a"
+[[datasets]]
+name = "big"
+source = { files = ["data/big"] }
+interval = "1h"
+rpo = "2h"
+"#,
+    );
+    let mut agent = env.spawn_agent(&[]);
+    wait_until(Duration::from_secs(60), "packs at site a", &agent, || {
+        (walk_count(&env.path("sites/a/packs")) >= 2).then_some(())
+    });
+    agent.signal(libc::SIGINT);
+    wait_until(Duration::from_secs(10), "the grace period", &agent, || {
+        agent.log().contains("waiting up to 5m").then_some(())
+    });
+    agent.signal(libc::SIGINT);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a second Ctrl-C did not end the agent; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "log:\n{}", agent.log());
+    assert!(
+        !agent.log().contains("big: version 1 stored"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(env.versions(&["sites/a"], "big").len(), 0);
+    env.verify("sites/a");
+    let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.versions(&["sites/a"], "big").len(), 1);
+    env.verify("sites/a");
+}
