@@ -154,6 +154,10 @@ Amber: older than 75% of the RPO, the site is behind another, or it cannot be re
             .and_then(|x| x.bytes_stored)
             .map(|b| format!("{:.1} MiB held", b as f64 / 1048576.0))
             .unwrap_or_else(|| "not readable".into());
+        let queued = match snap.and_then(|x| x.catch_up_pending) {
+            Some(n) if n > 0 => format!("; {n} missed writes queued for catch-up"),
+            _ => String::new(),
+        };
         let verify = state
             .verify
             .get(&s.name)
@@ -168,10 +172,11 @@ Amber: older than 75% of the RPO, the site is behind another, or it cannot be re
             .unwrap_or_else(|| "; not verified yet".into());
         let _ = write!(
             h,
-            "<li><b>{}</b> {}: {}{}</li>",
+            "<li><b>{}</b> {}: {}{}{}</li>",
             esc(&s.name),
             esc(&s.location),
             esc(&held),
+            esc(&queued),
             esc(&verify)
         );
     }

@@ -52,6 +52,8 @@ pub struct SiteSnapshot {
     pub datasets: BTreeMap<String, CellFacts>,
     /// When it was read (Unix ns).
     pub read_at_ns: i64,
+    /// Writes it missed, queued for catch-up in the agent's state folder (None: unknown).
+    pub catch_up_pending: Option<usize>,
 }
 
 /// Reads one site on its own: its vault's datasets, their newest versions and the bytes held.
@@ -139,10 +141,21 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
         .filter(|d| d.mode == Mode::Continuous)
         .map(|d| (d.name.clone(), server_ends.get(&d.name).copied()))
         .collect();
+    let pending: BTreeMap<String, usize> = if config.sites.len() > 1 {
+        embassy_sites::queue::depths(&config.agent.state_dir, &config.locations())
+            .map(|d| d.into_iter().map(|(l, p)| (l, p.depth())).collect())
+            .unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
     config
         .sites
         .iter()
-        .map(|s| snapshot_site(&s.name, &s.location, &wal))
+        .map(|s| {
+            let mut snap = snapshot_site(&s.name, &s.location, &wal);
+            snap.catch_up_pending = pending.get(&s.location).copied();
+            snap
+        })
         .collect()
 }
 
@@ -396,6 +409,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                 "location": s.location,
                 "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.clone()),
                 "bytes_stored": snap.and_then(|x| x.bytes_stored),
+                "catch_up_pending": snap.and_then(|x| x.catch_up_pending),
                 "read_at": snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
                 "last_verify": verify.map(|v| json!({
                     "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary
@@ -570,6 +584,12 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "Bytes of all objects at the site.",
         "gauge",
         per_site(&|n| snap(n).and_then(|s| s.bytes_stored).map(|b| b as f64)),
+    );
+    family(
+        "embassy_site_catch_up_pending",
+        "Writes the site missed, queued for catch-up.",
+        "gauge",
+        per_site(&|n| snap(n).and_then(|s| s.catch_up_pending).map(|p| p as f64)),
     );
     family(
         "embassy_site_last_verify_timestamp_seconds",

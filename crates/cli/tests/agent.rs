@@ -585,6 +585,14 @@ rpo = "4s"
     assert_eq!(cell(&r, "registry", "lux")["colour"], "green", "{r}");
     assert_eq!(cell(&r, "registry", "hel")["colour"], "red", "{r}");
     assert_eq!(r["alarms"].as_array().map(Vec::len), Some(1), "{r}");
+    // The writes Helsinki misses are queued for its catch-up.
+    let hel = |r: &Value| {
+        r["sites"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "hel"))
+            .and_then(|s| s["catch_up_pending"].as_u64())
+    };
+    assert!(hel(&r).is_some_and(|n| n > 0), "{r}");
     // The alarm survives a restart: not raised again by the next agent.
     let (status, _) = agent.stop(Duration::from_secs(30));
     assert!(status.success());
@@ -617,6 +625,12 @@ rpo = "4s"
         "the catch-up of hel",
         &agent,
         || agent.log().contains("site hel caught up").then_some(()),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "an empty catch-up queue",
+        &agent,
+        || (hel(&status_json(port)?) == Some(0)).then_some(()),
     );
     let (status, log) = agent.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
