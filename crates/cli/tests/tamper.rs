@@ -695,6 +695,9 @@ fn deleted_objects_are_reported() {
     let deleted: Vec<String> = all
         .iter()
         .filter(|o| !o.starts_with("packs/"))
+        // Backup session markers only tell garbage collection that a backup may be running;
+        // the sessions of this fixture are over, so losing one changes nothing.
+        .filter(|o| !o.starts_with("sessions/"))
         .filter(|o| !o.starts_with("checkpoints/") || **o == newest_checkpoint)
         .cloned()
         .collect();
