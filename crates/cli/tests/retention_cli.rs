@@ -181,3 +181,125 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
     assert_eq!(gone.code, 1, "{gone:?}");
     assert!(gone.stderr.contains("no version 1"), "{gone:?}");
 }
+
+/// A vault made through the library with a key file under the cheapest Argon2 parameters, so
+/// each process start costs milliseconds.
+fn cheap_vault(env: &Env) {
+    use embassy_core::keyfile::{KdfParams, KeyFile};
+    use embassy_core::keys::RootSecret;
+    use embassy_core::site::Site;
+    let site: std::sync::Arc<dyn Site> =
+        std::sync::Arc::new(embassy_sites::LocalSite::new(env.path("site")).unwrap());
+    let root = RootSecret::generate();
+    let vault = embassy_core::vault::Vault::create(site, &root).unwrap();
+    let cheap = KdfParams {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    KeyFile::seal(
+        &root,
+        &vault.config().vault_id,
+        b"correct horse battery staple",
+        cheap,
+    )
+    .unwrap()
+    .store(&env.path("vault.key"))
+    .unwrap();
+}
+
+fn tree_bytes(i: usize) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![(
+        "stable.txt".to_string(),
+        "a stable record\n".repeat(40_000).into_bytes(),
+    )];
+    for (f, generation) in [(0usize, i % 3), (1, i)] {
+        let mut bytes = vec![0u8; 1_200_000];
+        let mut s = generation as u64 * 31 + f as u64 + 1;
+        for b in bytes.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (s >> 56) as u8;
+        }
+        files.push((format!("part-{f}.bin"), bytes));
+    }
+    files
+}
+
+#[test]
+fn backup_processes_run_while_prune_and_gc_processes_run() {
+    let env = std::sync::Arc::new(Env {
+        tmp: tempfile::tempdir().unwrap(),
+    });
+    std::fs::write(env.path("pass"), "correct horse battery staple\n").unwrap();
+    cheap_vault(&env);
+    const BACKUPS: usize = 10;
+    let backups = {
+        let env = env.clone();
+        std::thread::spawn(move || {
+            let mut made = std::collections::BTreeMap::new();
+            for i in 0..BACKUPS {
+                let src = env.path(&format!("src-{i}"));
+                std::fs::create_dir_all(&src).unwrap();
+                for (name, bytes) in tree_bytes(i) {
+                    std::fs::write(src.join(name), bytes).unwrap();
+                }
+                let out = env.ok(&["--json", "backup", "ledger", src.to_str().unwrap()]);
+                let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+                made.insert(v["version"].as_u64().unwrap(), i);
+            }
+            made
+        })
+    };
+    let mut rounds = 0;
+    while !backups.is_finished() {
+        // Either may lose a race to a backup's ledger entry: it says so and changes nothing.
+        let p = env.run(&["prune", "ledger", "--keep-last", "2"]);
+        assert!(
+            p.code == 0 || p.stderr.contains("writer") || p.stderr.contains("no version"),
+            "{p:?}"
+        );
+        env.ok(&["gc", "--grace", "1s"]);
+        rounds += 1;
+    }
+    let made = backups.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["prune", "ledger", "--keep-last", "2"]);
+    env.ok(&["gc", "--grace", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let last = env.ok(&["--json", "gc", "--grace", "1s"]);
+    let report: serde_json::Value = serde_json::from_str(&last.stdout).unwrap();
+    eprintln!("{rounds} prune+gc process rounds during {BACKUPS} backup processes");
+    assert!(rounds >= 2, "prune and gc must overlap the backups");
+    let versions = env.ok(&["--json", "versions", "ledger"]);
+    let listed: serde_json::Value = serde_json::from_str(&versions.stdout).unwrap();
+    let live: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(live.len(), 2, "{listed}");
+    for seq in live {
+        let to = env.path(&format!("restored-{seq}"));
+        env.ok(&[
+            "restore",
+            &format!("ledger@{seq}"),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        for (name, bytes) in tree_bytes(made[&seq]) {
+            assert!(
+                std::fs::read(to.join(&name)).unwrap() == bytes,
+                "version {seq}: {name} differs"
+            );
+        }
+    }
+    let deep = env.ok(&["verify", "--deep"]);
+    assert!(deep.stdout.contains("vault OK"), "{deep:?}");
+    assert!(
+        report["report"]["condemned"].as_array().unwrap().is_empty(),
+        "nothing left to collect: {report}"
+    );
+}
