@@ -9,7 +9,10 @@
 #     backup after the day of change adds (relation files page by page, pg_wal not included);
 #  3. `embassy restore --latest` into a new folder, starts PostgreSQL on it, waits until it
 #     accepts writes, compares per-table row counts with day 1;
-#  4. `embassy standby`, starts it, `embassy promote`, timed.
+#  4. `embassy standby`, starts it, `embassy promote`, timed;
+#  5. day 1 again with `embassy pg stream` running: a `--wal-streamed` base backup, then pgbench
+#     for $REPLAY_SECONDS (default 30) s, then `embassy restore --latest` timed until the server
+#     accepts writes, with the WAL it replayed through wal-fetch (MB and MB/s).
 # Prints one line per step; the work folder is removed at the end unless KEEP=1.
 set -euo pipefail
 EXE=$(readlink -f "${1:?usage: pg-restore-time.sh EMBASSY_BIN DAY0_DB DAY1_DB [WORK]}")
@@ -68,3 +71,35 @@ until psql_ $((PORT + 2)) 'SELECT 1' >/dev/null 2>&1; do sleep 0.1; done
 t=$(now)
 emb promote registry --data "$W/restores/standby" >/dev/null
 echo "[pg-restore-time] promote: $(since "$t") s until it accepts writes; $(psql_ $((PORT + 2)) "SELECT 'timeline ' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")"
+
+# 5. A restore that replays streamed WAL.
+stop "$W/restores/standby"
+start "$W/d1" "$PORT"; started+=("$W/d1")
+runuser -u postgres -- env HOME="$W" "$W/embassy" --site "$W/site" --key-file "$W/vault.key" \
+  --passphrase-file "$W/pass" --state-dir "$W/state" --quiet pg stream registry \
+  --conninfo "host=$W/sock port=$PORT user=postgres" --slot embassy_bench --create-slot \
+  --durable-log "$W/durable.log" 2>"$W/stream.err" &
+STREAM=$!
+durable() { sort -n "$W/durable.log" 2>/dev/null | tail -1 | cut -d' ' -f1; }
+until [ -n "$(durable)" ]; do sleep 0.2; done
+out=$(emb --json pg base-backup registry --conninfo "$CONN" --wal-streamed)
+STOP_LSN=$(echo "$out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["stop_lsn"])')
+pg "$PGBIN/pgbench" -h "$W/sock" -p "$PORT" -n -c 4 -j 2 -T "${REPLAY_SECONDS:-30}" registry >/dev/null
+WANT=$(psql_ "$PORT" "$COUNTS")
+END=$(psql_ "$PORT" "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+until [ "$(durable)" -ge "$END" ] 2>/dev/null; do sleep 0.2; done
+kill -TERM "$STREAM"; wait "$STREAM" || true
+stop "$W/d1"
+
+STOP_NUM=$(python3 -c "h, l = '$STOP_LSN'.split('/'); print(int(h, 16) << 32 | int(l, 16))")
+t=$(now)
+emb restore registry --latest --to "$W/restores/replay" >/dev/null
+written=$(since "$t"); t2=$(now)
+start "$W/restores/replay" $((PORT + 3)); started+=("$W/restores/replay")
+until [ "$(psql_ $((PORT + 3)) 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.1; done
+secs=$(since "$t"); replay=$(since "$t2")
+MB=$(echo "($END - $STOP_NUM) / 1000000" | bc)
+echo "[pg-restore-time] restore --latest with $MB MB of streamed WAL after the base backup: $secs s until it accepts writes ($written s writing the data directory, $replay s starting and replaying through wal-fetch)"
+GOT=$(psql_ $((PORT + 3)) "$COUNTS")
+[ "$GOT" = "$WANT" ] && echo "[pg-restore-time] row counts of every table equal the source's at the end of the load" || { echo "row counts differ"; exit 1; }
+
