@@ -457,11 +457,12 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
             }
         }
         // Condemn what nothing references now and no record lists yet.
+        let deleted_now: HashSet<&String> = report.deleted.iter().collect();
         let mut condemn: Vec<String> = listing
             .iter()
             .filter(|i| collectable(dataset, &i.path))
             .filter(|i| !referenced.contains(&i.path) && !pending.contains(&i.path))
-            .filter(|i| !report.deleted.contains(&i.path))
+            .filter(|i| !deleted_now.contains(&i.path))
             .map(|i| i.path.clone())
             .collect();
         condemn.sort();
