@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use embassy_core::chunker::{Chunking, PG_PAGE};
+use embassy_core::chunker::Chunking;
 use embassy_core::config::now_unix_nanos;
 use embassy_core::id::ChunkId;
 use embassy_core::manifest::{VersionKind, VersionStats};
@@ -26,7 +26,7 @@ use embassy_core::progress::Progress;
 use embassy_core::tree::{Node, NodeKind, Tree};
 use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_core::writer::{BackupSession, StoreError};
-use embassy_sources::files::is_relation_file_name;
+use embassy_sources::files::{is_relation_file_name, RelationChunker};
 
 use crate::error::PgError;
 
@@ -202,18 +202,29 @@ pub fn pg_program(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Chunking of a file at `path` (relative to the data directory) in a base backup.
-fn chunking_for(path: &[Vec<u8>]) -> Chunking {
+/// True if the file at `path` (relative to the data directory) is a relation file.
+fn is_relation_file(path: &[Vec<u8>]) -> bool {
     let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
     let relation_dir = match path.len() {
         2 => path[0] == b"global",
         3 => path[0] == b"base" && digits(&path[1]),
         _ => false,
     };
-    match path.last() {
-        Some(name) if relation_dir && is_relation_file_name(name) => Chunking::Aligned(PG_PAGE),
-        _ => Chunking::ContentDefined,
+    relation_dir && path.last().is_some_and(|name| is_relation_file_name(name))
+}
+
+/// Chunking of the file at `path` of `size` bytes: pages for relation files (within each
+/// directory's budget, see [`RelationChunker`]), content-defined for the rest.
+fn chunking_for(
+    path: &[Vec<u8>],
+    size: u64,
+    budgets: &mut HashMap<Vec<Vec<u8>>, RelationChunker>,
+) -> Chunking {
+    if !is_relation_file(path) {
+        return Chunking::ContentDefined;
     }
+    let dir = path[..path.len() - 1].to_vec();
+    budgets.entry(dir).or_default().chunking(size)
 }
 
 /// Splits a tar path into safe components (no `.`/`..`, no empty names).
@@ -345,6 +356,7 @@ fn store_archive(
 ) -> Result<ChunkId, PgError> {
     let mut archive = tar::Archive::new(archive);
     let mut assembly = Assembly::default();
+    let mut budgets = HashMap::new();
     let entries = archive
         .entries()
         .map_err(|e| PgError::BaseBackup(format!("reading pg_basebackup's archive: {e}")))?;
@@ -399,8 +411,9 @@ fn store_archive(
                     )
                     .map_err(store_error)?
             } else {
+                let chunking = chunking_for(&path, header.size().unwrap_or(0), &mut budgets);
                 session
-                    .store_reader_with(&mut entry, chunking_for(&path), progress)
+                    .store_reader_with(&mut entry, chunking, progress)
                     .map_err(store_error)?
             };
             node.content = content;
@@ -611,6 +624,7 @@ pub fn is_data_dir(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use embassy_core::chunker::PG_PAGE;
 
     #[test]
     fn lsns_and_labels_parse() {
@@ -630,23 +644,34 @@ mod tests {
     #[test]
     fn relation_files_in_a_base_backup_use_pages() {
         let p = |s: &str| components(s.as_bytes()).unwrap();
+        let mut b = HashMap::new();
+        let page = Chunking::Aligned(PG_PAGE);
+        assert_eq!(chunking_for(&p("base/16384/16385"), 8192, &mut b), page);
+        assert_eq!(chunking_for(&p("./global/1262_fsm"), 8192, &mut b), page);
+        let control = p("global/pg_control");
         assert_eq!(
-            chunking_for(&p("base/16384/16385")),
-            Chunking::Aligned(PG_PAGE)
-        );
-        assert_eq!(
-            chunking_for(&p("./global/1262_fsm")),
-            Chunking::Aligned(PG_PAGE)
-        );
-        assert_eq!(
-            chunking_for(&p("global/pg_control")),
+            chunking_for(&control, 8192, &mut b),
             Chunking::ContentDefined
         );
+        let wal = p("pg_wal/000000010000000000000002");
         assert_eq!(
-            chunking_for(&p("pg_wal/000000010000000000000002")),
+            chunking_for(&wal, 1 << 24, &mut b),
             Chunking::ContentDefined
         );
         assert!(components(b"base/../../etc").is_err());
+        // A huge database directory: page chunks up to the budget, then larger ones.
+        let big = 1u64 << 30;
+        for i in 0..8 {
+            let f = p(&format!("base/5/{}", 20000 + i));
+            assert_eq!(chunking_for(&f, big, &mut b), page, "segment {i}");
+        }
+        let f = p("base/5/30000");
+        assert_eq!(
+            chunking_for(&f, big, &mut b),
+            Chunking::Aligned(64 * PG_PAGE)
+        );
+        // Other directories have their own budget.
+        assert_eq!(chunking_for(&p("base/6/1"), big, &mut b), page);
     }
 
     #[test]

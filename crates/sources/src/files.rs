@@ -98,12 +98,44 @@ pub fn is_relation_dir(dir: &Path) -> bool {
     up.starts_with(b"PG_") && up[3..].split(|&b| b == b'_').all(digits)
 }
 
-/// How a file found in a directory is chunked: pages for PostgreSQL relation files.
-fn chunking_for(in_relation_dir: bool, name: &[u8]) -> Chunking {
-    if in_relation_dir && is_relation_file_name(name) {
-        Chunking::Aligned(PG_PAGE)
-    } else {
-        Chunking::ContentDefined
+/// Page chunks one directory's relation files may take before later files get larger
+/// chunks: a directory's files list their chunk ids in its one tree blob (~34 bytes per id,
+/// at most 64 MiB), so 1 Mi page chunks (8 GiB of relation files, ~34 MiB of ids) leave room.
+pub const PAGE_CHUNK_BUDGET: u64 = 1 << 20;
+/// Chunk size of relation files beyond [`PAGE_CHUNK_BUDGET`]: 64 pages (512 KiB), aligned.
+pub const LARGE_RELATION_CHUNK: u32 = 64 * PG_PAGE;
+
+/// Chooses the chunking of the relation files of one directory, in order: pages while the
+/// directory's page chunks stay within a budget, then 512 KiB aligned chunks (a database
+/// directory of hundreds of GB still fits the tree blob limit; dedup is coarser there).
+#[derive(Debug, Clone)]
+pub struct RelationChunker {
+    budget: u64,
+    used: u64,
+}
+
+impl Default for RelationChunker {
+    fn default() -> Self {
+        Self::with_budget(PAGE_CHUNK_BUDGET)
+    }
+}
+
+impl RelationChunker {
+    /// A chooser with its own page-chunk budget (tests use small ones).
+    pub fn with_budget(budget: u64) -> Self {
+        RelationChunker { budget, used: 0 }
+    }
+
+    /// The chunking of the next relation file of `size` bytes.
+    pub fn chunking(&mut self, size: u64) -> Chunking {
+        let pages = size.div_ceil(PG_PAGE as u64);
+        if self.used + pages <= self.budget {
+            self.used += pages;
+            Chunking::Aligned(PG_PAGE)
+        } else {
+            self.used += size.div_ceil(LARGE_RELATION_CHUNK as u64);
+            Chunking::Aligned(LARGE_RELATION_CHUNK)
+        }
     }
 }
 
@@ -142,7 +174,7 @@ impl Scan<'_> {
         path: &Path,
         name: &[u8],
         prev: Option<&Node>,
-        chunking: Chunking,
+        relation: Option<&mut RelationChunker>,
     ) -> Result<Option<Scanned>> {
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
@@ -170,6 +202,8 @@ impl Scan<'_> {
         } else if file_type.is_file() {
             let mut node = metadata::node_from(name, NodeKind::File, &meta);
             self.stats.files += 1;
+            // Counted for unchanged files too: their ids are in the same tree blob.
+            let chunking = relation.map_or(Chunking::ContentDefined, |r| r.chunking(node.size));
             if let Some(p) = prev.filter(|p| unchanged(p, &node)) {
                 if self.session.reuse(&p.content) {
                     node.content = p.content.clone();
@@ -217,12 +251,14 @@ impl Scan<'_> {
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut children = Vec::with_capacity(names.len());
-        let relation_dir = is_relation_dir(path);
+        let mut relation = is_relation_dir(path).then(RelationChunker::default);
         for name in names {
             let prev_node = prev.and_then(|t| t.find(name.as_bytes()));
-            let chunking = chunking_for(relation_dir, name.as_bytes());
+            let chunker = relation
+                .as_mut()
+                .filter(|_| is_relation_file_name(name.as_bytes()));
             if let Some(child) =
-                self.entry(&path.join(&name), name.as_bytes(), prev_node, chunking)?
+                self.entry(&path.join(&name), name.as_bytes(), prev_node, chunker)?
             {
                 children.push(child);
             }
@@ -405,9 +441,10 @@ pub fn backup(
         for p in sorted {
             let name = entry_name(&p)?;
             let prev_node = prev_root.as_ref().and_then(|t| t.find(&name));
-            let in_relation_dir = p.parent().is_some_and(is_relation_dir);
-            let chunking = chunking_for(in_relation_dir, &name);
-            if let Some(child) = scan.entry(&p, &name, prev_node, chunking)? {
+            let mut relation = (p.parent().is_some_and(is_relation_dir)
+                && is_relation_file_name(&name))
+            .then(RelationChunker::default);
+            if let Some(child) = scan.entry(&p, &name, prev_node, relation.as_mut())? {
                 children.push(child);
             }
         }

@@ -158,3 +158,24 @@ fn relation_files_are_recognised_by_name_and_place() {
     let plain = make_data_dir(&tmp.path().join("plain"), 1, false);
     assert!(!is_relation_dir(&plain.join("base/16384")));
 }
+
+#[test]
+fn page_chunks_of_one_directory_stay_within_the_tree_blob_budget() {
+    use embassy_core::chunker::{Chunking, PG_PAGE};
+    use embassy_sources::files::{RelationChunker, LARGE_RELATION_CHUNK};
+    let mut r = RelationChunker::with_budget(100);
+    assert_eq!(r.chunking(60 * 8192), Chunking::Aligned(PG_PAGE));
+    assert_eq!(r.chunking(40 * 8192), Chunking::Aligned(PG_PAGE));
+    assert_eq!(r.chunking(8192), Chunking::Aligned(LARGE_RELATION_CHUNK));
+    // 400 GiB of relation files in one database directory: ids of its chunks stay below
+    // the 64 MiB tree blob limit (~34 bytes each).
+    let mut r = RelationChunker::default();
+    let mut ids = 0u64;
+    for _ in 0..400 {
+        ids += match r.chunking(1 << 30) {
+            Chunking::Aligned(size) => (1u64 << 30) / size as u64,
+            Chunking::ContentDefined => unreachable!(),
+        };
+    }
+    assert!(ids * 34 < 64 << 20, "{ids} chunk ids");
+}
