@@ -7,9 +7,9 @@ mod agent;
 mod catchup;
 mod output;
 mod pg;
-mod secrets;
 mod pgrestore;
 mod prune;
+mod secrets;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,6 @@ enum Command {
         /// Allow a version that no witnessed checkpoint covers yet (when the vault requires witnesses).
         #[arg(long)]
         unwitnessed: bool,
-    },
         /// PostgreSQL: recover to the last commit at or before this time (2026-11-27T03:04:05Z).
         #[arg(long, conflicts_with_all = ["lsn", "latest", "path"])]
         time: Option<String>,
@@ -151,11 +150,12 @@ enum Command {
         /// PostgreSQL: owner of the restored data directory (default: postgres when root).
         #[arg(long)]
         owner: Option<String>,
-    /// Show a dataset's signed history (its ledger).
+    },
     /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
     Standby(pgrestore::StandbyArgs),
     /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline.
     Promote(pgrestore::PromoteArgs),
+    /// Show a dataset's signed history (its ledger).
     History {
         /// Dataset name.
         dataset: String,
@@ -419,6 +419,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Agent { config, once } => Ok(agent::agent(config, *once)),
         Command::Pg(command) => pg::run(cli, command),
         Command::WalFetch(args) => pg::wal_fetch(cli, args),
+        Command::Standby(args) => pgrestore::standby(cli, args),
+        Command::Promote(args) => pgrestore::promote(cli, args),
         Command::Config(ConfigCommand::Check { file }) => Ok(agent::config_check(file, cli.json)),
         Command::Backup {
             dataset,
@@ -450,8 +452,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 )
             } else if paths.is_empty() {
                 return Err(Error::invalid(
-        Command::Standby(args) => pgrestore::standby(cli, args),
-        Command::Promote(args) => pgrestore::promote(cli, args),
                     "nothing to back up: give PATHs, --stdin or --command CMD",
                 ));
             } else {
@@ -530,11 +530,26 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             path,
             overwrite,
             unwitnessed,
+            time,
+            lsn,
+            latest,
+            owner,
         } => {
             let (dataset, selector) = match target.split_once('@') {
                 Some((d, v)) => (d, Some(v)),
                 None => (target.as_str(), None),
             };
+            let pg_target = pgrestore::recovery_target(time.as_deref(), lsn.as_deref(), *latest)?;
+            if let Some(t) = pg_target {
+                return pgrestore::restore(
+                    cli,
+                    dataset,
+                    t,
+                    to.as_deref(),
+                    owner.as_deref(),
+                    *unwitnessed,
+                );
+            }
             let vault = open_vault(cli)?;
             let version = vault.find_trusted_version(dataset, selector, *unwitnessed)?;
             let keyring = secrets::unlock(
@@ -543,6 +558,18 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 cli.passphrase_file.as_deref(),
             )?;
             let reader = VersionReader::open_with(vault.site().clone(), &keyring, &version)?;
+            if selector.is_none() && path.is_none() && pgrestore::is_base_backup(&reader) {
+                // A PostgreSQL dataset: a data directory recovering to the newest WAL.
+                let latest = embassy_postgres::restore::RecoveryTarget::Latest;
+                return pgrestore::restore(
+                    cli,
+                    dataset,
+                    latest,
+                    to.as_deref(),
+                    owner.as_deref(),
+                    *unwitnessed,
+                );
+            }
             let bar = output::Bar::new(show_progress);
             match (version.kind, to.as_deref().filter(|p| *p != Path::new("-"))) {
                 (VersionKind::Stream, None) => {
@@ -567,19 +594,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                             .map_err(|e| Error::io(format!("syncing {}", partial.display()), e))?;
                         std::fs::rename(&partial, file)
                             .map_err(|e| Error::io(format!("renaming to {}", file.display()), e))?;
-            time,
-            lsn,
-            latest,
-            owner,
                         Ok(n)
                     })();
                     let n = match written {
                         Ok(n) => n,
                         Err(e) => {
-            let pg_target = pgrestore::recovery_target(time.as_deref(), lsn.as_deref(), *latest)?;
-            if let Some(t) = pg_target {
-                return pgrestore::restore(cli, dataset, t, to.as_deref(), owner.as_deref(), *unwitnessed);
-            }
                             let _ = std::fs::remove_file(&partial);
                             return Err(e);
                         }
@@ -588,11 +607,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         cli,
                         &version,
                         json!({"bytes": n, "to": file}),
-            if selector.is_none() && path.is_none() && pgrestore::is_base_backup(&reader) {
-                // A PostgreSQL dataset: a data directory recovering to the newest WAL.
-                let latest = embassy_postgres::restore::RecoveryTarget::Latest;
-                return pgrestore::restore(cli, dataset, latest, to.as_deref(), owner.as_deref(), *unwitnessed);
-            }
                         &format!("{} into {}", output::size(n), file.display()),
                     )?;
                 }
@@ -761,6 +775,16 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 embassy_core::ledger::Event::ReaderKeyRotated { epoch, .. } => {
                     format!("reader key rotated to epoch {epoch}")
                 }
+                embassy_core::ledger::Event::Promoted {
+                    timeline,
+                    lsn,
+                    host,
+                    data_dir,
+                } => format!(
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {:X}/{:X}",
+                    lsn >> 32,
+                    lsn & 0xffff_ffff
+                ),
             };
             println!(
                 "{:>5}  {:<20}  {:<16}  {:<16}  {detail}",
@@ -798,16 +822,6 @@ fn hexify(value: serde_json::Value) -> serde_json::Value {
 
 fn hex_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-                embassy_core::ledger::Event::Promoted {
-                    timeline,
-                    lsn,
-                    host,
-                    data_dir,
-                } => format!(
-                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {:X}/{:X}",
-                    lsn >> 32,
-                    lsn & 0xffff_ffff
-                ),
 }
 
 fn hex_key(key: &[u8; 32]) -> String {
