@@ -281,6 +281,9 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
     let mut signers: Vec<[u8; 32]> = config.signer_keys();
     let mut history = History::default();
     let mut rejected_ids: Vec<ObjectId> = Vec::new();
+    // Live versions so far, kept up to date entry by entry: deletions are judged against them
+    // without rescanning the history (which grows by an entry per WAL anchor).
+    let mut live: std::collections::BTreeMap<u64, crate::vault::Version> = Default::default();
     for (seq, candidates) in by_seq {
         let expected = history.records.len() as u64 + 1;
         let head = history.records.last().map(|r| r.id);
@@ -315,7 +318,7 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
             };
             // A deletion must follow the policy it names or carry enough approvals.
             let refused = if authorised {
-                crate::prune::check_deletion(site, config, dataset, &history.records, &entry).err()
+                crate::prune::check_deletion(site, config, dataset, &live, &entry).err()
             } else {
                 None
             };
@@ -380,9 +383,18 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
                 match &entry.event {
                     Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
                     Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
+                    Event::VersionsDeleted { seqs, .. } => {
+                        for s in seqs {
+                            live.remove(s);
+                        }
+                    }
                     _ => {}
                 }
-                history.records.push(Record { id, entry });
+                let record = Record { id, entry };
+                if let Some(v) = crate::vault::Version::from_record(dataset, &record) {
+                    live.insert(v.seq, v);
+                }
+                history.records.push(record);
             }
             _ => {
                 return Err(fail(format!(

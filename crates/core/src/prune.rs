@@ -172,11 +172,12 @@ pub fn forget(
             .map_or([0; 32], |s| s.verifying_key().to_bytes()),
         event: event.clone(),
     };
+    let live_by_seq: BTreeMap<u64, Version> = live.iter().map(|v| (v.seq, v.clone())).collect();
     deletion_verdict(
         vault.site().as_ref(),
         vault.config(),
         dataset,
-        &history,
+        &live_by_seq,
         &probe,
     )?;
     let mut report = PruneReport {
@@ -278,16 +279,17 @@ fn check_now(now_ns: i64) -> Result<()> {
 }
 
 /// The rule every verifier applies to a `versions_deleted` entry signed by an authorised key,
-/// given the accepted history before it: `Ok` when it is valid (other events always are), else
-/// why it is rejected. Keyless: it reads only the ledger, the configuration and approvals.
+/// given the versions live before it (by sequence number): `Ok` when it is valid (other events
+/// always are), else why it is rejected. Keyless: it reads only the ledger, the configuration
+/// and approvals.
 pub fn check_deletion(
     site: &dyn Site,
     config: &VaultConfig,
     dataset: &str,
-    before: &[Record],
+    live: &BTreeMap<u64, Version>,
     entry: &Entry,
 ) -> std::result::Result<(), String> {
-    deletion_verdict(site, config, dataset, before, entry).map_err(|e| match e {
+    deletion_verdict(site, config, dataset, live, entry).map_err(|e| match e {
         Error::Invalid(m) => m,
         other => other.to_string(),
     })
@@ -297,7 +299,7 @@ fn deletion_verdict(
     site: &dyn Site,
     config: &VaultConfig,
     dataset: &str,
-    before: &[Record],
+    by_seq: &BTreeMap<u64, Version>,
     entry: &Entry,
 ) -> Result<()> {
     let Event::VersionsDeleted {
@@ -321,8 +323,7 @@ fn deletion_verdict(
             crate::time::utc(entry.time_ns)
         ));
     }
-    let live: Vec<Version> = versions_in(dataset, before);
-    let by_seq: BTreeMap<u64, &Version> = live.iter().map(|v| (v.seq, v)).collect();
+    let live: Vec<&Version> = by_seq.values().collect();
     let mut seen = BTreeSet::new();
     for s in seqs {
         if !seen.insert(*s) {
@@ -344,7 +345,7 @@ fn deletion_verdict(
             ));
         }
         let effective = policy.with_min_age_at_least(config.min_age_of(dataset));
-        let candidates: Vec<Candidate> = live.iter().map(Candidate::from).collect();
+        let candidates: Vec<Candidate> = live.iter().map(|v| Candidate::from(*v)).collect();
         for d in retention::select(&candidates, &effective, *as_of) {
             if !d.keep() {
                 in_policy.insert(d.seq);
@@ -387,7 +388,7 @@ fn deletion_verdict(
     }
     let mut worst: Option<(u64, usize)> = None;
     for s in &outside {
-        let version = by_seq[s];
+        let version = &by_seq[s];
         let approvers: BTreeSet<[u8; 32]> = valid
             .iter()
             .filter(|a| a.seq == *s && a.entry == version.ledger_id)
@@ -404,7 +405,7 @@ fn deletion_verdict(
                 .iter()
                 .copied()
                 .filter(|s| {
-                    let version = by_seq[s];
+                    let version = &by_seq[s];
                     valid
                         .iter()
                         .filter(|a| a.seq == *s && a.entry == version.ledger_id)
