@@ -142,6 +142,17 @@ impl Env {
     }
 }
 
+/// Stops a child process (SIGTERM, then wait) when dropped, also when a test fails.
+struct Stopper(Child);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -303,7 +314,7 @@ fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
     let pg = PgServer::start(PgOptions::default());
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     let env = Env::new();
-    let mut streamer = env.stream(&pg);
+    let _streamer = Stopper(env.stream(&pg));
     wait_until(
         "the streamer's first durable WAL",
         Duration::from_secs(30),
@@ -467,11 +478,6 @@ fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
             .any(|l| l.contains("promoted") && l.contains(&expected)),
         "no promoted entry with {expected}: {history}"
     );
-
-    // Stop the streamer.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(streamer.id() as i32, libc::SIGTERM) };
-    let _ = streamer.wait();
 }
 
 /// `embassy pg base-backup` without streaming keeps the WAL inside the version, so it restores

@@ -186,33 +186,45 @@ pub fn promote(
         .get(..8)
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .ok_or_else(|| PgError::Restore(format!("cannot read a timeline from {walfile:?}")))?;
-    let history = vault.history_full(dataset).map_err(PgError::Vault)?;
-    if !vault
-        .active_signers(&history.records)
-        .contains(&signer.verifying_key().to_bytes())
-    {
-        return Err(PgError::Restore(format!(
-            "the server is promoted, but this key may not sign dataset {dataset}'s history, so \
-             the promotion is not recorded: record it with a credential that may (`embassy keys \
-             issue --sealing`)"
-        )));
-    }
-    let record = ledger::append_ignoring(
-        vault.site().as_ref(),
-        &signer,
-        dataset,
-        history.records.last(),
-        &history.rejected_ids(),
-        Event::Promoted {
-            timeline,
-            lsn,
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default(),
-            data_dir: dir.display().to_string(),
-        },
-    )
-    .map_err(PgError::Vault)?;
+    let event = Event::Promoted {
+        timeline,
+        lsn,
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        data_dir: dir.display().to_string(),
+    };
+    // The dataset's WAL streamer may append at the same time: on a conflict, read the history
+    // again and append after its new head (a few times).
+    let mut attempt = 0;
+    let record = loop {
+        let history = vault.history_full(dataset).map_err(PgError::Vault)?;
+        if !vault
+            .active_signers(&history.records)
+            .contains(&signer.verifying_key().to_bytes())
+        {
+            return Err(PgError::Restore(format!(
+                "the server is promoted, but this key may not sign dataset {dataset}'s history, \
+                 so the promotion is not recorded: record it with a credential that may \
+                 (`embassy keys issue --sealing`)"
+            )));
+        }
+        match ledger::append_ignoring(
+            vault.site().as_ref(),
+            &signer,
+            dataset,
+            history.records.last(),
+            &history.rejected_ids(),
+            event.clone(),
+        ) {
+            Ok(record) => break record,
+            Err(embassy_core::Error::History { .. }) if attempt < 5 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50 * attempt));
+            }
+            Err(e) => return Err(PgError::Vault(e)),
+        }
+    };
     Ok(Promotion {
         timeline,
         lsn,
