@@ -412,6 +412,54 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
     Ok(history)
 }
 
+/// A host-wide advisory lock (flock) on one dataset's ledger at one site, held while an entry
+/// is appended: writers running at the same time on one host (an agent's streamer and its
+/// base backups) never race for a sequence number. Best effort: without a lock file (no temp
+/// folder, no permission) appends proceed as before, guarded only by the list-put-list check.
+/// Writers on different hosts are not covered: one writer host per dataset.
+struct HostLedgerLock(Option<std::fs::File>);
+
+impl HostLedgerLock {
+    fn take(location: &str, dataset: &str) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let dir = std::env::temp_dir().join("data-embassy-ledger-locks");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            // Shared by the users that write (root, postgres): sticky and world-writable, like /tmp.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+        }
+        let name = blake3::hash(format!("{location}\0{dataset}").as_bytes()).to_hex();
+        let path = dir.join(format!("{}.lock", &name[..32]));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .open(&path)
+            .or_else(|_| std::fs::File::open(&path));
+        match file {
+            Ok(f) => {
+                // SAFETY: flock on a descriptor we own; blocks until the lock is free.
+                let locked = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0;
+                HostLedgerLock(locked.then_some(f))
+            }
+            Err(_) => HostLedgerLock(None),
+        }
+    }
+}
+
+impl Drop for HostLedgerLock {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: unlocking our own descriptor (closing it would too).
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
 /// Appends an entry after `head` (the last verified record, if any) and returns it.
 pub fn append(
     site: &dyn Site,
@@ -432,6 +480,9 @@ pub fn append_ignoring(
     ignore: &[ObjectId],
     event: Event,
 ) -> Result<Record> {
+    // Writers of one dataset on this host (the WAL streamer, base backups, promotion, prune)
+    // take turns: two appends at the same sequence number would fork the history for good.
+    let _turn = HostLedgerLock::take(site.location(), dataset);
     let seq = head.map_or(1, |h| h.entry.seq + 1);
     let entry = Entry {
         dataset: dataset.to_string(),
