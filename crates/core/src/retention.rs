@@ -14,6 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::time::date_of_days;
 
 const NS_PER_SEC: i64 = 1_000_000_000;
 
@@ -241,19 +242,6 @@ fn civil(unix_ns: i64) -> (i64, i64, i64, i64, i64) {
     let hour = secs.rem_euclid(86_400) / 3600;
     let (y, m, d) = date_of_days(days);
     (y, m, d, hour, days)
-}
-
-/// Civil date of days since 1970-01-01 (H. Hinnant's algorithm).
-fn date_of_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 fn hour_bucket(ns: i64) -> (i64, String) {
