@@ -80,41 +80,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// The status document now.
-    pub fn report(&self) -> serde_json::Value {
+    /// Calls `view` with a consistent copy of config, site readings and state, and the time now.
+    /// The locks are held only while copying, one at a time, so a slow render never blocks the agent.
+    fn view<R>(&self, view: fn(&Config, &[SiteSnapshot], &AgentState, i64) -> R) -> R {
         let config = lock(&self.config).clone();
         let snaps = lock(&self.snapshots).clone();
         let state = lock(&self.state).clone();
-        status::report(
+        view(
             &config,
             &snaps,
             &state,
             embassy_core::config::now_unix_nanos(),
         )
+    }
+    /// The status document now.
+    pub fn report(&self) -> serde_json::Value {
+        self.view(status::report)
     }
     /// Prometheus metrics now.
     pub fn metrics(&self) -> String {
-        let config = lock(&self.config).clone();
-        let snaps = lock(&self.snapshots).clone();
-        let state = lock(&self.state).clone();
-        status::metrics(
-            &config,
-            &snaps,
-            &state,
-            embassy_core::config::now_unix_nanos(),
-        )
+        self.view(status::metrics)
     }
     /// The dashboard now.
     pub fn dashboard(&self) -> String {
-        let config = lock(&self.config).clone();
-        let snaps = lock(&self.snapshots).clone();
-        let state = lock(&self.state).clone();
-        crate::dashboard::render(
-            &config,
-            &snaps,
-            &state,
-            embassy_core::config::now_unix_nanos(),
-        )
+        self.view(crate::dashboard::render)
     }
 }
 
@@ -287,7 +276,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
             config
                 .datasets
                 .iter()
-                .filter(|d| matches!(d.mode, Mode::Periodic(_)))
+                .filter(|d| matches!(d.mode, Mode::Periodic(_) | Mode::Continuous(Some(_))))
                 .map(|d| d.name.clone())
                 .collect()
         } else {
@@ -436,7 +425,7 @@ impl Agent {
     }
 
     fn due(&self, name: &str, mode: &Mode, now: i64) -> bool {
-        let Mode::Periodic(schedule) = mode else {
+        let (Mode::Periodic(schedule) | Mode::Continuous(Some(schedule))) = mode else {
             return false;
         };
         let st = lock(&self.shared.state);
@@ -534,7 +523,7 @@ impl Agent {
             .config
             .datasets
             .iter()
-            .filter(|d| d.mode == Mode::Continuous)
+            .filter(|d| matches!(d.mode, Mode::Continuous(_)))
             .map(|d| d.name.clone())
             .collect();
         for (name, s) in &self.streams {
@@ -1140,7 +1129,7 @@ pub fn status_now(config: &Config) -> Result<serde_json::Value, String> {
     for d in config
         .datasets
         .iter()
-        .filter(|d| d.mode == Mode::Continuous)
+        .filter(|d| matches!(d.mode, Mode::Continuous(_)))
     {
         if let crate::config::Source::Postgres { conninfo, .. } = &d.source {
             let end = embassy_postgres::replication::ConnConfig::parse(conninfo)
