@@ -22,6 +22,20 @@ mod pg;
 #[path = "../../sites/tests/support/mod.rs"]
 mod s3;
 
+/// The configuration text most tests share: `[agent]` with the state folder and `agent`'s own
+/// lines, then `sections` (`[status]`, `[alarms]`), the vault key, one local-folder site
+/// `sites/<name>` per name, and `datasets`. Each test states only what differs.
+fn agent_config(agent: &str, sections: &str, sites: &[&str], datasets: &str) -> String {
+    let mut text = format!("[agent]\nstate_dir = \"state\"\n{agent}{sections}");
+    text.push_str("[keys]\nfile = \"vault.key\"\npassphrase_file = \"passphrase\"\n");
+    for site in sites {
+        text.push_str(&format!(
+            "[[sites]]\nname = \"{site}\"\npath = \"sites/{site}\"\n"
+        ));
+    }
+    text + datasets
+}
+
 /// The agent tests listen on ports and run CPU-heavy backups: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -370,32 +384,26 @@ fn schedules_fire_and_a_frequent_dataset_stays_within_its_rpo() {
     env.init(&["sites/a", "sites/b"]);
     write_tree(&env.path("data/registry"), 20, 4096, 1);
     let port = free_port();
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-verify_interval = "5s"
-[status]
+    env.config(&agent_config(
+        r#"verify_interval = "5s"
+"#,
+        &format!(
+            r#"[status]
 listen = "127.0.0.1:{port}"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[sites]]
-name = "b"
-path = "sites/b"
-[[datasets]]
+"#
+        ),
+        &["a", "b"],
+        r#"[[datasets]]
 name = "registry"
-source = {{ files = ["data/registry"] }}
+source = { files = ["data/registry"] }
 interval = "2s"
 rpo = "8s"
 [[datasets]]
 name = "export"
-source = {{ command = "date +%s%N; cat data/registry/d00/f00000.bin" }}
+source = { command = "date +%s%N; cat data/registry/d00/f00000.bin" }
 interval = "3s"
 rpo = "10s"
-"#
+"#,
     ));
     let agent = env.spawn_agent(&[]);
     // Wait for the first versions, then watch for 14 seconds while the source changes.
@@ -510,31 +518,25 @@ fn a_site_going_down_raises_the_alarm_once_and_recovery_clears_it() {
     write_tree(&env.path("data/registry"), 10, 2048, 2);
     let (hook, got) = webhook();
     let port = free_port();
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-min_sites = 1
+    env.config(&agent_config(
+        r#"min_sites = 1
 verify_interval = "never"
-[status]
+"#,
+        &format!(
+            r#"[status]
 listen = "127.0.0.1:{port}"
 [alarms]
 webhook = "http://127.0.0.1:{hook}/alarm"
 command = "echo \"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET $EMBASSY_ALARM_SITE $EMBASSY_ALARM_RPO_SECONDS\" >> alarms.txt"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "lux"
-path = "sites/lux"
-[[sites]]
-name = "hel"
-path = "sites/hel"
-[[datasets]]
+"#
+        ),
+        &["lux", "hel"],
+        r#"[[datasets]]
 name = "registry"
-source = {{ files = ["data/registry"] }}
+source = { files = ["data/registry"] }
 interval = "1s"
 rpo = "4s"
-"#
+"#,
     ));
     let agent = env.spawn_agent(&[]);
     wait_until(
@@ -677,27 +679,19 @@ fn sigterm_mid_backup_of_a_large_tree_loses_nothing() {
     env.init(&["sites/a", "sites/b"]);
     // 320 MiB of incompressible files: long enough to be caught mid-backup.
     write_tree(&env.path("data/big"), 320, 1 << 20, 3);
-    env.config(
-        r#"[agent]
-state_dir = "state"
-shutdown_grace = "0s"
+    env.config(&agent_config(
+        r#"shutdown_grace = "0s"
 verify_interval = "never"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[sites]]
-name = "b"
-path = "sites/b"
-[[datasets]]
+"#,
+        "",
+        &["a", "b"],
+        r#"[[datasets]]
 name = "big"
 source = { files = ["data/big"] }
 interval = "1h"
 rpo = "2h"
 "#,
-    );
+    ));
     let agent = env.spawn_agent(&[]);
     // Wait until packs are being written, then stop the agent in the middle.
     wait_until(Duration::from_secs(60), "packs at site b", &agent, || {
@@ -904,39 +898,33 @@ fn the_dashboard_shows_the_right_colours_in_headless_chromium() {
     write_tree(&env.path("data/fresh"), 4, 1024, 5);
     write_tree(&env.path("data/aging"), 4, 1024, 6);
     let port = free_port();
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-verify_interval = "never"
+    env.config(&agent_config(
+        r#"verify_interval = "never"
 retry_initial = "1h"
-[status]
+"#,
+        &format!(
+            r#"[status]
 listen = "127.0.0.1:{port}"
 refresh_seconds = 60
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "lux"
-path = "sites/lux"
-[[sites]]
-name = "hel"
-path = "sites/hel"
-[[datasets]]
+"#
+        ),
+        &["lux", "hel"],
+        r#"[[datasets]]
 name = "fresh-register"
-source = {{ files = ["data/fresh"] }}
+source = { files = ["data/fresh"] }
 interval = "1h"
 rpo = "1h"
 [[datasets]]
 name = "aging-register"
-source = {{ files = ["data/aging"] }}
+source = { files = ["data/aging"] }
 interval = "1h"
 rpo = "40s"
 [[datasets]]
 name = "broken-register"
-source = {{ command = "echo partial; exit 3" }}
+source = { command = "echo partial; exit 3" }
 interval = "1h"
 rpo = "2s"
-"#
+"#,
     ));
     let agent = env.spawn_agent(&[]);
     // aging-register turns amber once its data is older than 30 s (75 % of 40 s), red at 40 s:
@@ -1016,29 +1004,25 @@ fn a_continuous_postgres_dataset_stays_within_its_rpo() {
     let env = Env::new();
     env.init(&["sites/a", "sites/b"]);
     let port = free_port();
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-verify_interval = "never"
+    env.config(&agent_config(
+        r#"verify_interval = "never"
 shutdown_grace = "10s"
-[status]
+"#,
+        &format!(
+            r#"[status]
 listen = "127.0.0.1:{port}"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[sites]]
-name = "b"
-path = "sites/b"
-[[datasets]]
+"#
+        ),
+        &["a", "b"],
+        &format!(
+            r#"[[datasets]]
 name = "registry-db"
 source = {{ postgres = {{ conninfo = "{}" }} }}
 mode = "continuous"
 rpo = "6s"
 "#,
-        server.conninfo()
+            server.conninfo()
+        ),
     ));
     let agent = env.spawn_agent(&[]);
     server.psql("CREATE TABLE people (id serial PRIMARY KEY, name text)");
@@ -1105,27 +1089,19 @@ fn sigint_mid_backup_lets_the_run_finish_within_the_grace_period() {
     let env = Env::new();
     env.init(&["sites/a", "sites/b"]);
     write_tree(&env.path("data/big"), 160, 1 << 20, 7);
-    env.config(
-        r#"[agent]
-state_dir = "state"
-shutdown_grace = "5m"
+    env.config(&agent_config(
+        r#"shutdown_grace = "5m"
 verify_interval = "never"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[sites]]
-name = "b"
-path = "sites/b"
-[[datasets]]
+"#,
+        "",
+        &["a", "b"],
+        r#"[[datasets]]
 name = "big"
 source = { files = ["data/big"] }
 interval = "1h"
 rpo = "2h"
 "#,
-    );
+    ));
     let agent = env.spawn_agent(&[]);
     wait_until(Duration::from_secs(60), "packs at site a", &agent, || {
         (walk_count(&env.path("sites/a/packs")) >= 2).then_some(())
@@ -1167,26 +1143,20 @@ fn a_periodic_postgres_dataset_gets_base_backups() {
     server.psql("CREATE TABLE people AS SELECT g AS id, 'person ' || g AS name FROM generate_series(1, 5000) g");
     let env = Env::new();
     env.init(&["sites/a", "sites/b"]);
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-verify_interval = "never"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[sites]]
-name = "b"
-path = "sites/b"
-[[datasets]]
+    env.config(&agent_config(
+        r#"verify_interval = "never"
+"#,
+        "",
+        &["a", "b"],
+        &format!(
+            r#"[[datasets]]
 name = "registry-db"
 source = {{ postgres = {{ conninfo = "{}" }} }}
 interval = "1h"
 rpo = "2h"
 "#,
-        server.conninfo()
+            server.conninfo()
+        ),
     ));
     let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -1273,30 +1243,24 @@ fn retention_prunes_after_each_run_and_garbage_collection_condemns() {
     env.init(&["sites/a", "sites/b"]);
     write_tree(&env.path("data/registry"), 6, 32 * 1024, 9);
     let port = free_port();
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-verify_interval = "never"
+    env.config(&agent_config(
+        r#"verify_interval = "never"
 gc_interval = "4s"
 gc_grace = "10m"
-[status]
+"#,
+        &format!(
+            r#"[status]
 listen = "127.0.0.1:{port}"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[sites]]
-name = "b"
-path = "sites/b"
-[[datasets]]
+"#
+        ),
+        &["a", "b"],
+        r#"[[datasets]]
 name = "registry"
-source = {{ files = ["data/registry"] }}
+source = { files = ["data/registry"] }
 interval = "1s"
 rpo = "10s"
-retention = {{ keep_last = 2 }}
-"#
+retention = { keep_last = 2 }
+"#,
     ));
     let agent = env.spawn_agent(&[]);
     // A new file every half second: every version adds objects of its own.
@@ -1343,26 +1307,23 @@ fn a_failing_source_is_retried_with_backoff_until_it_works() {
     let env = Env::new();
     env.init(&["sites/a"]);
     let port = free_port();
-    env.config(&format!(
-        r#"[agent]
-state_dir = "state"
-verify_interval = "never"
+    env.config(&agent_config(
+        r#"verify_interval = "never"
 retry_initial = "1s"
 retry_max = "2s"
-[status]
+"#,
+        &format!(
+            r#"[status]
 listen = "127.0.0.1:{port}"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[datasets]]
+"#
+        ),
+        &["a"],
+        r#"[[datasets]]
 name = "export"
-source = {{ command = "cat ready.txt" }}
+source = { command = "cat ready.txt" }
 interval = "1h"
 rpo = "2h"
-"#
+"#,
     ));
     let agent = env.spawn_agent(&[]);
     wait_until(Duration::from_secs(30), "four failed runs", &agent, || {
@@ -1407,24 +1368,19 @@ fn a_second_signal_exits_at_once_and_still_leaves_no_partial_version() {
     let env = Env::new();
     env.init(&["sites/a"]);
     write_tree(&env.path("data/big"), 200, 1 << 20, 10);
-    env.config(
-        r#"[agent]
-state_dir = "state"
-shutdown_grace = "5m"
+    env.config(&agent_config(
+        r#"shutdown_grace = "5m"
 verify_interval = "never"
-[keys]
-file = "vault.key"
-passphrase_file = "passphrase"
-[[sites]]
-name = "a"
-path = "sites/a"
-[[datasets]]
+"#,
+        "",
+        &["a"],
+        r#"[[datasets]]
 name = "big"
 source = { files = ["data/big"] }
 interval = "1h"
 rpo = "2h"
 "#,
-    );
+    ));
     let mut agent = env.spawn_agent(&[]);
     wait_until(Duration::from_secs(60), "packs at site a", &agent, || {
         (walk_count(&env.path("sites/a/packs")) >= 2).then_some(())
