@@ -104,8 +104,10 @@ impl Source {
 /// How a dataset is captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// Captured all the time (PostgreSQL WAL streaming).
-    Continuous,
+    /// Captured all the time (PostgreSQL WAL streaming), with base backups on the schedule when
+    /// one is given (`interval` or `schedule`): their WAL comes from the stream, and replay
+    /// from the newest base backup is what a restore costs.
+    Continuous(Option<Schedule>),
     /// A new version on a schedule.
     Periodic(Schedule),
 }
@@ -345,7 +347,8 @@ impl Config {
         out.push_str("datasets:\n");
         for d in &self.datasets {
             let mode = match &d.mode {
-                Mode::Continuous => "continuous".to_string(),
+                Mode::Continuous(None) => "continuous".to_string(),
+                Mode::Continuous(Some(s)) => format!("continuous, base backups {s}"),
                 Mode::Periodic(s) => s.to_string(),
             };
             out.push_str(&format!(
@@ -1051,15 +1054,41 @@ impl<'t> Parser<'t> {
                     "owner",
                 ],
             );
-            let mode = match mode_text.as_ref().map(|m| m.get_ref().as_str()) {
-                Some("continuous") => {
-                    if let Some(i) = interval.as_ref() {
+            // The schedule: a periodic dataset's versions, or a continuous one's base backups.
+            let schedule = match (&interval, &schedule_text) {
+                (Some(i), None) => {
+                    if i.get_ref().is_zero() {
                         self.problem(
                             i.span(),
                             &format!("{field}.interval"),
-                            "a continuous dataset has no interval: remove it, or use mode = \"periodic\"",
+                            "expected a duration of at least 1s",
                         );
                     }
+                    Some(Schedule::Every(*i.get_ref()))
+                }
+                (None, Some(s)) => match Schedule::parse_calendar(s.get_ref()) {
+                    Some(sch) => Some(sch),
+                    None => {
+                        self.problem(
+                            s.span(),
+                            &format!("{field}.schedule"),
+                            "expected \"hourly :MM\", \"daily HH:MM\" or \"weekly DAY HH:MM\" (UTC; DAY is mon..sun)",
+                        );
+                        None
+                    }
+                },
+                (Some(i), Some(_)) => {
+                    self.problem(
+                        i.span(),
+                        &format!("{field}.interval"),
+                        "give either interval or schedule, not both",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            let mode = match mode_text.as_ref().map(|m| m.get_ref().as_str()) {
+                Some("continuous") => {
                     if !matches!(source, Some(Source::Postgres { .. }) | None) {
                         self.problem(
                             mode_text.as_ref().map_or(span.clone(), |m| m.span()),
@@ -1067,44 +1096,18 @@ impl<'t> Parser<'t> {
                             "continuous capture needs a postgres source; for files or a command use mode = \"periodic\" with a short interval",
                         );
                     }
-                    Some(Mode::Continuous)
+                    Some(Mode::Continuous(schedule))
                 }
-                Some("periodic") | None => match (interval, schedule_text) {
-                    (Some(i), None) => {
-                        if i.get_ref().is_zero() {
+                Some("periodic") | None => match schedule {
+                    Some(s) => Some(Mode::Periodic(s)),
+                    None => {
+                        if interval.is_none() && schedule_text.is_none() {
                             self.problem(
-                                i.span(),
+                                mode_text.as_ref().map_or(span.clone(), |m| m.span()),
                                 &format!("{field}.interval"),
-                                "expected a duration of at least 1s",
+                                "missing; a periodic dataset needs `interval = \"15m\"` or `schedule = \"daily 02:00\"`",
                             );
                         }
-                        Some(Mode::Periodic(Schedule::Every(*i.get_ref())))
-                    }
-                    (None, Some(s)) => match Schedule::parse_calendar(s.get_ref()) {
-                        Some(sch) => Some(Mode::Periodic(sch)),
-                        None => {
-                            self.problem(
-                                s.span(),
-                                &format!("{field}.schedule"),
-                                "expected \"hourly :MM\", \"daily HH:MM\" or \"weekly DAY HH:MM\" (UTC; DAY is mon..sun)",
-                            );
-                            None
-                        }
-                    },
-                    (Some(i), Some(_)) => {
-                        self.problem(
-                            i.span(),
-                            &format!("{field}.interval"),
-                            "give either interval or schedule, not both",
-                        );
-                        None
-                    }
-                    (None, None) => {
-                        self.problem(
-                            mode_text.as_ref().map_or(span.clone(), |m| m.span()),
-                            &format!("{field}.interval"),
-                            "missing; a periodic dataset needs `interval = \"15m\"` or `schedule = \"daily 02:00\"`",
-                        );
                         None
                     }
                 },

@@ -115,16 +115,18 @@ Amber: older than 75% of the RPO, the site is behind another, or it cannot be re
         h.push_str("</td>");
         for c in &row.cells {
             let text = match (c.lag_seconds, c.facts.newest_version) {
-                (Some(l), Some(v)) => format!("v{v} · {} old", human_seconds(l)),
-                (Some(l), None) if c.facts.wal_end.is_some() => format!(
-                    "WAL {} · {}",
+                // Continuous: the WAL position, and the newest base backup when there is one.
+                (Some(l), v) if c.facts.wal_end.is_some() => format!(
+                    "WAL {} · {}{}",
                     c.facts.wal_end.as_deref().unwrap_or(""),
                     if c.facts.caught_up {
                         "current".to_string()
                     } else {
                         format!("{} old", human_seconds(l))
-                    }
+                    },
+                    v.map(|v| format!(" · base v{v}")).unwrap_or_default()
                 ),
+                (Some(l), Some(v)) => format!("v{v} · {} old", human_seconds(l)),
                 _ => match c.colour {
                     Colour::Red if c.facts.error.is_some() => "unreadable".into(),
                     _ => "no version".into(),

@@ -185,8 +185,13 @@ pub fn backup_dataset(
             Vec::new(),
         ),
         Source::Postgres { conninfo, .. } => {
-            // A periodic PostgreSQL dataset: a base backup (embassy-postgres), WAL inside.
-            let options = embassy_postgres::base_backup::BaseBackupOptions::new(conninfo.clone());
+            // A base backup (embassy-postgres): for a periodic dataset with its WAL inside; for
+            // a continuous one the WAL between its start and stop comes from the stream.
+            let mut options =
+                embassy_postgres::base_backup::BaseBackupOptions::new(conninfo.clone());
+            if matches!(d.mode, crate::config::Mode::Continuous(_)) {
+                options.wal = embassy_postgres::base_backup::WalSource::Streamed;
+            }
             let b = embassy_postgres::base_backup::base_backup(
                 &vault, keyring, dataset, &options, &Silent,
             )

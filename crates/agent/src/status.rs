@@ -114,19 +114,23 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
         snap.datasets.insert(dataset, facts);
     }
     for (dataset, server_end) in wal {
-        let facts = match embassy_postgres::status::site_wal(location, site.as_ref(), dataset) {
-            Ok(Some(w)) => CellFacts {
-                captured_ns: (w.captured_at_ns > 0).then_some(w.captured_at_ns),
-                wal_end: Some(w.durable.to_string()),
-                caught_up: server_end.is_some_and(|end| w.durable.0 >= end),
-                ..CellFacts::default()
-            },
-            Ok(None) => CellFacts::default(),
-            Err(e) => CellFacts {
-                error: Some(e.to_string()),
-                ..CellFacts::default()
-            },
-        };
+        // The base backups (versions) stay in the facts; the WAL moves the recovery point on.
+        let mut facts = snap.datasets.remove(dataset).unwrap_or_default();
+        match embassy_postgres::status::site_wal(location, site.as_ref(), dataset) {
+            Ok(Some(w)) => {
+                if w.captured_at_ns > 0 {
+                    facts.captured_ns = Some(
+                        facts
+                            .captured_ns
+                            .map_or(w.captured_at_ns, |v| v.max(w.captured_at_ns)),
+                    );
+                }
+                facts.wal_end = Some(w.durable.to_string());
+                facts.caught_up = server_end.is_some_and(|end| w.durable.0 >= end);
+            }
+            Ok(None) => {}
+            Err(e) => facts.error = Some(e.to_string()),
+        }
         snap.datasets.insert(dataset.clone(), facts);
     }
     snap
@@ -138,7 +142,7 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
     let wal: Vec<(String, Option<u64>)> = config
         .datasets
         .iter()
-        .filter(|d| d.mode == Mode::Continuous)
+        .filter(|d| matches!(d.mode, Mode::Continuous(_)))
         .map(|d| (d.name.clone(), server_ends.get(&d.name).copied()))
         .collect();
     let pending: BTreeMap<String, usize> = if config.sites.len() > 1 {
@@ -428,8 +432,8 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                 "name": d.name,
                 "colour": row.colour.name(),
                 "rpo_seconds": row.rpo_seconds,
-                "mode": match &d.mode { Mode::Continuous => "continuous".to_string(), Mode::Periodic(_) => "periodic".to_string() },
-                "schedule": match &d.mode { Mode::Continuous => None, Mode::Periodic(s) => Some(s.to_string()) },
+                "mode": match &d.mode { Mode::Continuous(_) => "continuous".to_string(), Mode::Periodic(_) => "periodic".to_string() },
+                "schedule": match &d.mode { Mode::Continuous(s) => s.as_ref().map(|s| s.to_string()), Mode::Periodic(s) => Some(s.to_string()) },
                 "source": d.source.describe(),
                 "classification": d.classification,
                 "owner": d.owner,

@@ -247,3 +247,41 @@ fn alarms_are_raised_once_and_cleared_once() {
     );
     assert!(m.contains("embassy_alarms_raised 0"), "{m}");
 }
+
+#[test]
+fn a_continuous_database_can_also_take_scheduled_base_backups() {
+    let pg =
+        r#"source = { postgres = { conninfo = "host=/run/postgresql user=embassy", slot = "s" } }"#;
+    let streamed = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nrpo = \"1m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(streamed.dataset("db").unwrap().mode, Mode::Continuous(None));
+    let both = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nschedule = \"daily 02:00\"\nrpo = \"1m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        both.dataset("db").unwrap().mode,
+        Mode::Continuous(Some(Schedule::Daily { hour: 2, minute: 0 }))
+    );
+    // A continuous RPO far below the base backup period is the point: no warning.
+    assert!(both.warnings.is_empty(), "{:?}", both.warnings);
+    let e = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nschedule = \"daily 25:00\"\nrpo = \"1m\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("datasets[0].schedule: expected"),
+        "{e}"
+    );
+    let e = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"f\"\nsource = {{ files = [\"/srv\"] }}\nmode = \"continuous\"\ninterval = \"1h\"\nrpo = \"1h\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("continuous capture needs a postgres source"),
+        "{e}"
+    );
+}
