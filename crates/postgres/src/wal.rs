@@ -328,6 +328,9 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     }
     let mut ids = BTreeMap::new();
     let mut prevs = Vec::new();
+    // Segment objects that checked out: (timeline, start, end). Garbage collection removes a
+    // piece only when one of them covers it, so a missing piece they cover is not a gap.
+    let mut segments_ok: Vec<(u32, u64, u64)> = Vec::new();
     for obj in listing
         .pieces
         .iter()
@@ -339,23 +342,41 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
                 report.objects_ok += 1;
                 ids.insert(obj.name.id, obj.path.clone());
                 if let Some(p) = h.prev {
-                    prevs.push((obj.path.clone(), p));
+                    prevs.push((obj, p));
+                }
+                if h.kind == LogKind::Segment {
+                    segments_ok.push((h.timeline, h.start, h.end));
                 }
             }
             Err(e) => report.problems.push(e.to_string()),
         }
     }
-    for (path, prev) in &prevs {
-        if !ids.contains_key(prev) {
+    for (obj, prev) in &prevs {
+        // A piece's predecessor ended where it starts, on its timeline or (at a timeline switch)
+        // on an earlier one; collected after compaction when a segment covers it.
+        let collected = obj.name.kind == LogKind::Piece
+            && segments_ok.iter().any(|&(tl, s, e)| {
+                tl <= obj.name.timeline && s < obj.name.start && obj.name.start <= e
+            });
+        if !ids.contains_key(prev) && !collected {
             report.problems.push(format!(
-                "{path}: the previous object {} of its chain is missing",
+                "{}: the previous object {} of its chain is missing",
+                obj.path,
                 prev.short()
             ));
         }
     }
     for r in &history {
-        if let embassy_core::ledger::Event::LogRangeAdded { manifest, .. } = &r.entry.event {
-            if !ids.contains_key(manifest) {
+        if let embassy_core::ledger::Event::LogRangeAdded {
+            manifest,
+            timeline,
+            end,
+            ..
+        } = &r.entry.event
+        {
+            // An anchored piece may be collected once a segment covers it; an anchored segment
+            // is never collected, so its absence is always reported.
+            if !ids.contains_key(manifest) && !covered_piece(&segments_ok, *timeline, *end) {
                 report.problems.push(format!(
                     "ledger entry {} anchors WAL object {} which is not stored",
                     r.entry.seq,
@@ -383,4 +404,14 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// True when a stored, checked segment object on `timeline` covers the piece that ended at
+/// `end`: pieces never cross a segment boundary, so the segment holding the byte before `end`
+/// holds the whole piece. A deleted segment covers nothing, so a missing anchored segment is
+/// still reported.
+fn covered_piece(segments: &[(u32, u64, u64)], timeline: u32, end: u64) -> bool {
+    segments
+        .iter()
+        .any(|&(tl, s, e)| tl == timeline && s < end && end <= e)
 }
