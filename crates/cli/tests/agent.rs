@@ -1019,6 +1019,7 @@ listen = "127.0.0.1:{port}"
 name = "registry-db"
 source = {{ postgres = {{ conninfo = "{}" }} }}
 mode = "continuous"
+interval = "5s"
 rpo = "6s"
 "#,
             server.conninfo()
@@ -1081,6 +1082,16 @@ rpo = "6s"
         durable >= lsn_before_stop.saturating_sub(8192) && durable > 0,
         "durable {end}, server was at {lsn_before_stop:X}: {r}"
     );
+    // Protected both ways at once: base backups on the interval beside the stream (their WAL
+    // from the stream), at both sites, and the log says they ran.
+    for site in ["a", "b"] {
+        let c = cell(&r, "registry-db", site);
+        let base_backups = c["versions"].as_u64().unwrap_or(0);
+        assert!(
+            base_backups >= 2 && c["newest_version"].is_u64(),
+            "site {site}: {base_backups} base backups, expected 2 or more in 16 s: {r}\n{log}"
+        );
+    }
 }
 
 #[test]
