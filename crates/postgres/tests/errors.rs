@@ -27,6 +27,23 @@ fn expect_err(conninfo: &str) -> PgError {
     }
 }
 
+/// A new vault on a local-folder site under `dir`, and its keyring.
+fn vault_at(dir: &std::path::Path) -> (Vault, Keyring) {
+    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.join("site")).unwrap());
+    let root = RootSecret::generate();
+    let vault = Vault::create(site, &root).unwrap();
+    let keyring =
+        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    (vault, keyring)
+}
+
+/// Streams dataset `registry` from `pg` through `slot`, without reconnecting: an error ends the run.
+fn stream_config(pg: &PgServer, slot: &str) -> StreamConfig {
+    let mut cfg = StreamConfig::new("registry", ConnConfig::parse(&pg.conninfo()).unwrap(), slot);
+    cfg.reconnect = false;
+    cfg
+}
+
 #[test]
 fn connection_errors_say_what_to_change() {
     let pg = PgServer::start(PgOptions::default());
@@ -72,17 +89,8 @@ fn connection_errors_say_what_to_change() {
 
     // A missing slot, when the streamer may not create it.
     let dir = tempfile::tempdir().unwrap();
-    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
-    let root = RootSecret::generate();
-    let vault = Vault::create(site, &root).unwrap();
-    let keyring =
-        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
-    let mut cfg = StreamConfig::new(
-        "registry",
-        ConnConfig::parse(&pg.conninfo()).unwrap(),
-        "nosuchslot",
-    );
-    cfg.reconnect = false;
+    let (vault, keyring) = vault_at(dir.path());
+    let cfg = stream_config(&pg, "nosuchslot");
     let e = WalStreamer::run(&cfg, &vault, &keyring, &AtomicBool::new(false)).unwrap_err();
     assert!(matches!(e, PgError::MissingSlot { .. }), "{e:?}");
     assert!(
@@ -144,18 +152,9 @@ fn no_wal_senders_is_reported_as_such() {
 fn wal_removed_from_the_server_is_reported_not_skipped() {
     let pg = PgServer::start(PgOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
-    let root = RootSecret::generate();
-    let vault = Vault::create(site, &root).unwrap();
-    let keyring =
-        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
-    let mut cfg = StreamConfig::new(
-        "registry",
-        ConnConfig::parse(&pg.conninfo()).unwrap(),
-        "embassy_wal",
-    );
+    let (vault, keyring) = vault_at(dir.path());
+    let mut cfg = stream_config(&pg, "embassy_wal");
     cfg.create_slot = true;
-    cfg.reconnect = false;
     // Stream a little, then stop.
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -184,19 +183,10 @@ fn another_cluster_is_refused() {
     let a = PgServer::start(PgOptions::default());
     let b = PgServer::start(PgOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
-    let root = RootSecret::generate();
-    let vault = Vault::create(site, &root).unwrap();
-    let keyring =
-        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    let (vault, keyring) = vault_at(dir.path());
     let config = |pg: &PgServer| {
-        let mut cfg = StreamConfig::new(
-            "registry",
-            ConnConfig::parse(&pg.conninfo()).unwrap(),
-            "embassy_wal",
-        );
+        let mut cfg = stream_config(pg, "embassy_wal");
         cfg.create_slot = true;
-        cfg.reconnect = false;
         cfg
     };
     let stop = AtomicBool::new(false);

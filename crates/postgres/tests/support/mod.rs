@@ -189,38 +189,7 @@ impl PgServer {
     /// A streaming standby of `primary` (pg_basebackup -R over the primary's Unix socket), on
     /// its own port and socket, started. Promote it with `promote`.
     pub fn replica_of(primary: &PgServer) -> PgServer {
-        let dir = tempfile::Builder::new()
-            .prefix("embassy-pg-replica-")
-            .tempdir()
-            .expect("temp dir");
-        std::fs::create_dir_all(dir.path().join("sock")).expect("socket dir");
-        if primary.as_postgres {
-            let (uid, gid) = postgres_uid_gid();
-            chown(dir.path(), uid, gid);
-        }
-        let srv = PgServer {
-            dir,
-            port: free_port(),
-            bindir: primary.bindir.clone(),
-            as_postgres: primary.as_postgres,
-        };
-        let out = srv
-            .pg_command("pg_basebackup")
-            .arg("-D")
-            .arg(srv.data_dir())
-            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres"])
-            .arg("-h")
-            .arg(primary.socket_dir())
-            .arg("-p")
-            .arg(primary.port.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let srv = PgServer::copy_of(primary, "embassy-pg-replica-", &["-R", "-X", "stream"]);
         append(
             &srv.data_dir().join("postgresql.conf"),
             &format!(
@@ -237,8 +206,21 @@ impl PgServer {
     /// on its own port and socket, NOT started: add settings with `append_conf`, then
     /// `start_server`.
     pub fn base_backup_of(primary: &PgServer, args: &[&str]) -> PgServer {
+        let srv = PgServer::copy_of(primary, "embassy-pg-copy-", args);
+        srv.append_conf(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            srv.port,
+            srv.socket_dir().display()
+        ));
+        srv
+    }
+
+    /// `pg_basebackup -c fast -U postgres <args>` of `primary` over its Unix socket into a new
+    /// temporary directory (named `prefix`...) with its own port and socket folder; not configured
+    /// for that port yet, not started.
+    fn copy_of(primary: &PgServer, prefix: &str, args: &[&str]) -> PgServer {
         let dir = tempfile::Builder::new()
-            .prefix("embassy-pg-copy-")
+            .prefix(prefix)
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("sock")).expect("socket dir");
@@ -270,11 +252,6 @@ impl PgServer {
             "pg_basebackup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        srv.append_conf(&format!(
-            "port = {}\nunix_socket_directories = '{}'\n",
-            srv.port,
-            srv.socket_dir().display()
-        ));
         srv
     }
 
