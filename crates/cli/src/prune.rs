@@ -63,6 +63,24 @@ pub struct GcArgs {
     pub dry_run: bool,
 }
 
+/// The keyring for a change, or none for a dry run (which only reads the ledger, so asks for no
+/// key or passphrase).
+fn unlock_unless_dry_run(
+    cli: &Cli,
+    vault: &embassy_core::vault::Vault,
+    dry_run: bool,
+) -> Result<Option<embassy_core::vault::Keyring>> {
+    if dry_run {
+        return Ok(None);
+    }
+    secrets::unlock(
+        vault.config(),
+        cli.key_file.as_deref(),
+        cli.passphrase_file.as_deref(),
+    )
+    .map(Some)
+}
+
 /// `embassy forget`.
 #[derive(Args)]
 pub struct ForgetArgs {
@@ -199,15 +217,7 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
         Some(d) => vec![d.clone()],
         None => vault.datasets()?,
     };
-    let keyring = if args.dry_run {
-        None
-    } else {
-        Some(secrets::unlock(
-            vault.config(),
-            cli.key_file.as_deref(),
-            cli.passphrase_file.as_deref(),
-        )?)
-    };
+    let keyring = unlock_unless_dry_run(cli, &vault, args.dry_run)?;
     let now = now_unix_nanos();
     let mut reports = Vec::new();
     for dataset in &datasets {
@@ -242,15 +252,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     }
     let dataset = dataset.unwrap_or_default();
     let vault = crate::open_vault(cli)?;
-    let keyring = if args.dry_run {
-        None
-    } else {
-        Some(secrets::unlock(
-            vault.config(),
-            cli.key_file.as_deref(),
-            cli.passphrase_file.as_deref(),
-        )?)
-    };
+    let keyring = unlock_unless_dry_run(cli, &vault, args.dry_run)?;
     let report = core_prune::forget(
         &vault,
         keyring.as_ref(),
