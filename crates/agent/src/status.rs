@@ -35,6 +35,9 @@ pub struct CellFacts {
     /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
     /// data is current however old the newest WAL is (an idle database writes none).
     pub caught_up: bool,
+    /// Continuous datasets: bytes of WAL the server has written that the site does not hold
+    /// yet (when the server's position is known).
+    pub wal_lag_bytes: Option<u64>,
 }
 
 /// What one site holds, read from that site alone.
@@ -127,6 +130,7 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
                 }
                 facts.wal_end = Some(w.durable.to_string());
                 facts.caught_up = server_end.is_some_and(|end| w.durable.0 >= end);
+                facts.wal_lag_bytes = server_end.map(|end| end.saturating_sub(w.durable.0));
             }
             Ok(None) => {}
             Err(e) => facts.error = Some(e.to_string()),
@@ -453,6 +457,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                     "lag_seconds": c.lag_seconds,
                     "newest_version": c.facts.newest_version,
                     "wal_end": c.facts.wal_end,
+                    "wal_lag_bytes": c.facts.wal_lag_bytes,
                     "versions": c.facts.versions,
                     "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
                     "bytes_stored": c.facts.bytes_stored,
@@ -513,6 +518,12 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "Age of the newest durable version of the dataset at the site.",
         "gauge",
         cell_samples(&|c| c.lag_seconds),
+    );
+    family(
+        "embassy_dataset_wal_lag_bytes",
+        "Continuous datasets: WAL the server has written that the site does not hold yet.",
+        "gauge",
+        cell_samples(&|c| c.facts.wal_lag_bytes.map(|b| b as f64)),
     );
     family(
         "embassy_dataset_status",

@@ -1088,6 +1088,10 @@ rpo = "6s"
         let c = cell(&r, "registry-db", site);
         let base_backups = c["versions"].as_u64().unwrap_or(0);
         assert!(
+            c["wal_lag_bytes"].as_u64().is_some_and(|b| b <= 8192),
+            "site {site}: WAL lag in bytes after the stop: {c}"
+        );
+        assert!(
             base_backups >= 2 && c["newest_version"].is_u64(),
             "site {site}: {base_backups} base backups, expected 2 or more in 16 s: {r}\n{log}"
         );
