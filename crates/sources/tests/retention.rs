@@ -89,6 +89,17 @@ struct Setup {
 }
 
 impl Setup {
+    /// Applies `keep_last(n)` to `dataset` now, with the vault's keyring.
+    fn keep_last_now(&self, dataset: &str, n: u32) -> Result<PruneReport, Error> {
+        prune::apply_retention(
+            &self.vault,
+            &self.keyring(),
+            dataset,
+            &keep_last(n),
+            now_unix_nanos(),
+        )
+    }
+
     fn keyring(&self) -> Keyring {
         Keyring::from_root(
             RootSecret::from_bytes(self.root.expose()),
@@ -198,14 +209,7 @@ fn prune_records_a_policy_deletion_every_reader_honours_and_gc_removes_only_garb
     );
     assert_eq!(s.vault.history("land").unwrap().len(), 4);
 
-    let report: PruneReport = prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "land",
-        &keep_last(2),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    let report: PruneReport = s.keep_last_now("land", 2).unwrap();
     assert_eq!(report.deleted, vec![1, 2]);
     let (seq, _) = report.entry.unwrap();
     assert_eq!(seq, 5);
@@ -228,14 +232,7 @@ fn prune_records_a_policy_deletion_every_reader_honours_and_gc_removes_only_garb
     let err = s.vault.find_version("land", Some("1")).unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
     // Idempotent: a second run deletes nothing.
-    let again = prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "land",
-        &keep_last(2),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    let again = s.keep_last_now("land", 2).unwrap();
     assert!(again.deleted.is_empty() && again.entry.is_none());
 
     // GC, phase 1: condemns the deleted versions' manifests and the packs only they used.
@@ -307,14 +304,7 @@ fn retention_never_deletes_younger_than_the_pinned_legal_minimum() {
         s.backup("tax", i);
     }
     // The policy says keep one; the vault's legal minimum age says all are too young.
-    let report = prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "tax",
-        &keep_last(1),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    let report = s.keep_last_now("tax", 1).unwrap();
     assert!(report.deleted.is_empty(), "{report:?}");
     assert!(report.decisions.iter().all(|d| d.keep()));
     assert_eq!(report.policy.unwrap().min_age_secs, 30 * DAY);
@@ -580,14 +570,7 @@ fn object_lock_refusals_are_reported_and_retried_never_fatal() {
     for i in 0..3 {
         s.backup("gazette", i);
     }
-    prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "gazette",
-        &keep_last(1),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    s.keep_last_now("gazette", 1).unwrap();
     let first = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
     assert!(!first.condemned.is_empty());
     let second = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
@@ -661,13 +644,7 @@ fn backups_run_while_prune_and_gc_run_and_every_kept_version_restores_byte_ident
             .unwrap_or_default()
             .is_empty()
         {
-            match prune::apply_retention(
-                &s.vault,
-                &s.keyring(),
-                "population",
-                &keep_last(2),
-                now_unix_nanos(),
-            ) {
+            match s.keep_last_now("population", 2) {
                 Ok(_) => {}
                 // Losing a race to a backup is reported, never silent and never harmful.
                 Err(e) if e.to_string().contains("writer") => {}
@@ -776,14 +753,7 @@ fn a_backup_that_started_before_a_condemnation_keeps_what_it_reuses() {
     let a = stream_bytes(1);
     stream_backup(&s, a.clone(), || {});
     stream_backup(&s, stream_bytes(2), || {});
-    prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "identity",
-        &keep_last(1),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    s.keep_last_now("identity", 1).unwrap();
     let mut reports = Vec::new();
     let v = stream_backup(&s, a.clone(), || {
         reports.push(gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap());
@@ -815,14 +785,7 @@ fn a_backup_that_started_after_a_condemnation_never_reuses_condemned_objects() {
     let a = stream_bytes(3);
     stream_backup(&s, a.clone(), || {});
     stream_backup(&s, stream_bytes(4), || {});
-    prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "identity",
-        &keep_last(1),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    s.keep_last_now("identity", 1).unwrap();
     let condemned = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
     assert!(!condemned.condemned.is_empty());
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -876,14 +839,7 @@ fn gc_leaves_what_it_does_not_understand_and_follows_wal_anchors_without_failing
         },
     )
     .unwrap();
-    prune::apply_retention(
-        &s.vault,
-        &s.keyring(),
-        "cadastre",
-        &keep_last(1),
-        now_unix_nanos(),
-    )
-    .unwrap();
+    s.keep_last_now("cadastre", 1).unwrap();
     let first = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
     assert!(first.skipped.is_empty(), "{first:?}");
     assert!(!first.condemned.is_empty());
