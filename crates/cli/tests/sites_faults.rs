@@ -82,6 +82,26 @@ impl Env {
             .unwrap()
     }
 
+    /// Spawns `--json --site <sites> --min-sites 1 backup population <src>` and returns once it
+    /// has written a new pack at site `watch`: the moment the fault tests break a site.
+    fn spawn_backup_past_first_pack(&self, sites: [&str; 2], src: &str, watch: &str) -> Child {
+        let before = packs(&self.dir.join(watch));
+        let mut backup = self.spawn(&[
+            "--json",
+            "--site",
+            sites[0],
+            "--site",
+            sites[1],
+            "--min-sites",
+            "1",
+            "backup",
+            "population",
+            src,
+        ]);
+        wait_for_packs(&self.dir.join(watch), before + 1, &mut backup);
+        backup
+    }
+
     /// A source tree of `mib` MiB of incompressible data in a few files (several packs).
     fn source(&self, name: &str, mib: usize, seed: u64) -> PathBuf {
         let src = self.dir.join(name);
@@ -293,20 +313,7 @@ fn s3_site_frozen_mid_backup_catches_up_from_its_queue() {
 
     // Version 2: moto freezes once the backup has written its first packs, and thaws later.
     let src2 = env.source("src2", 48, 2);
-    let before = packs(&env.dir.join("a"));
-    let mut backup = env.spawn(&[
-        "--json",
-        "--site",
-        "a",
-        "--site",
-        &s3,
-        "--min-sites",
-        "1",
-        "backup",
-        "population",
-        "src2",
-    ]);
-    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    let backup = env.spawn_backup_past_first_pack(["a", &s3], "src2", "a");
     server.signal(libc::SIGSTOP);
     let frozen = Instant::now();
     let out = finish(backup);
@@ -348,20 +355,7 @@ fn s3_site_killed_mid_backup_and_restarted_empty_is_reseeded() {
     env.ok(&["--site", "a", "--site", &s3, "backup", "population", "src1"]);
 
     let src2 = env.source("src2", 32, 4);
-    let before = packs(&env.dir.join("a"));
-    let mut backup = env.spawn(&[
-        "--json",
-        "--site",
-        "a",
-        "--site",
-        &s3,
-        "--min-sites",
-        "1",
-        "backup",
-        "population",
-        "src2",
-    ]);
-    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    let backup = env.spawn_backup_past_first_pack(["a", &s3], "src2", "a");
     server.signal(libc::SIGKILL);
     let out = finish(backup);
     let v2 = stored_version(&out);
@@ -429,20 +423,7 @@ fn local_site_unwritable_mid_backup_then_backup_killed_both_caught_up() {
 
     // b becomes unwritable while version 2 is being written.
     let src2 = env.source("src2", 48, 6);
-    let before = packs(&env.dir.join("b"));
-    let mut backup = env.spawn(&[
-        "--json",
-        "--site",
-        "a",
-        "--site",
-        "b",
-        "--min-sites",
-        "1",
-        "backup",
-        "population",
-        "src2",
-    ]);
-    wait_for_packs(&env.dir.join("b"), before + 1, &mut backup);
+    let backup = env.spawn_backup_past_first_pack(["a", "b"], "src2", "b");
     let frozen = Immutable::new(&env.dir.join("b"));
     let out = finish(backup);
     let v2 = stored_version(&out);
@@ -575,21 +556,8 @@ fn garage_node_stopped_mid_backup() {
     env.vars.push(("EMBASSY_S3_TIMEOUT".into(), "5".into()));
     env.vars.push(("EMBASSY_S3_RETRIES".into(), "0".into()));
     let src3 = env.source("src3", 48, 10);
-    let before = packs(&env.dir.join("a"));
     let started = Instant::now();
-    let mut backup = env.spawn(&[
-        "--json",
-        "--site",
-        "a",
-        "--site",
-        &s3,
-        "--min-sites",
-        "1",
-        "backup",
-        "population",
-        "src3",
-    ]);
-    wait_for_packs(&env.dir.join("a"), before + 1, &mut backup);
+    let backup = env.spawn_backup_past_first_pack(["a", &s3], "src3", "a");
     for node in ["2", "3"] {
         let st = Command::new(&script)
             .args(["stop-node", node])
