@@ -1,0 +1,232 @@
+//! Garbage collection of WAL pieces (`gc::collect_garbage` on `wal/`): a piece goes only when a
+//! segment object covers it that the ledger anchors and whose bytes, header and signature check
+//! out; unanchored, tampered or foreign-signed segments protect nothing, and segments, history
+//! files and the live tail are never collected. The same on PostgreSQL 15 WAL is
+//! `crates/postgres/tests/wal_gc.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use embassy_core::gc::{self, GcOptions};
+use embassy_core::keys::RootSecret;
+use embassy_core::ledger::{self, Event, Record};
+use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+use embassy_core::vault::Vault;
+use embassy_core::wal_log::{self, LogKind, LogSpec};
+
+const SEG: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct MemorySite(Mutex<HashMap<String, Vec<u8>>>);
+
+impl MemorySite {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Site for MemorySite {
+    fn location(&self) -> &str {
+        "memory:test"
+    }
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        let mut o = self.lock();
+        if o.contains_key(path) {
+            return Ok(Put::AlreadyExisted);
+        }
+        o.insert(path.into(), bytes.to_vec());
+        Ok(Put::Created)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
+        self.lock()
+            .get(path)
+            .cloned()
+            .ok_or_else(|| SiteError::NotFound {
+                site: "memory:test".into(),
+                path: path.into(),
+            })
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
+        let all = self.get(path)?;
+        all.get(offset as usize..(offset + len) as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| SiteError::Permanent {
+                site: "memory:test".into(),
+                operation: "get range",
+                path: path.into(),
+                message: "short".into(),
+            })
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
+        Ok(self
+            .lock()
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(p, b)| ObjectInfo {
+                path: p.clone(),
+                size: b.len() as u64,
+            })
+            .collect())
+    }
+    fn delete(&self, path: &str) -> Result<(), SiteError> {
+        self.lock().remove(path);
+        Ok(())
+    }
+}
+
+struct World {
+    site: Arc<MemorySite>,
+    vault: Vault,
+    root: RootSecret,
+    head: Option<Record>,
+}
+
+impl World {
+    fn new() -> Self {
+        let site = Arc::new(MemorySite::default());
+        let root = RootSecret::from_bytes(&[7; 32]);
+        let vault = Vault::create(site.clone(), &root).unwrap();
+        Self {
+            site,
+            vault,
+            root,
+            head: None,
+        }
+    }
+
+    /// Seals and stores a log object signed by `signer_root`'s writer key; returns its path.
+    fn put(&self, signer_root: &RootSecret, kind: LogKind, start: u64, end: u64) -> String {
+        let keys = self.root.dataset_keys("db", 0);
+        let signer = signer_root.writer_signing_key(0);
+        let len = if kind == LogKind::History {
+            40
+        } else {
+            end - start
+        };
+        let payload = vec![(start % 251) as u8; len as usize];
+        let spec = LogSpec {
+            kind,
+            timeline: 1,
+            start,
+            end,
+            prev: None,
+            captured_at_ns: 1,
+            system_id: 1,
+        };
+        let (bytes, id) = wal_log::seal(&keys, &signer, &spec, &payload).unwrap();
+        let header = wal_log::parse("new", &bytes).unwrap().header;
+        let path = wal_log::path(&header, &id);
+        self.site.put(&path, &bytes).unwrap();
+        path
+    }
+
+    fn anchor(&mut self, path: &str) {
+        let name = wal_log::parse_path(path).unwrap();
+        let signer = self.root.writer_signing_key(0);
+        let rec = ledger::append(
+            self.site.as_ref(),
+            &signer,
+            "db",
+            self.head.as_ref(),
+            Event::LogRangeAdded {
+                manifest: name.id,
+                timeline: name.timeline,
+                start: name.start,
+                end: name.end,
+                captured_at_ns: 1,
+            },
+        )
+        .unwrap();
+        self.head = Some(rec);
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.site.lock().contains_key(path)
+    }
+
+    /// Two collections with a one-second grace: condemn, then delete.
+    fn collect_twice(&self) -> (gc::GcReport, gc::GcReport) {
+        let options = GcOptions::with_grace(1);
+        let now = embassy_core::config::now_unix_nanos();
+        let first = gc::collect_garbage(&self.vault, &options, now).unwrap();
+        let second = gc::collect_garbage(&self.vault, &options, now + 5_000_000_000).unwrap();
+        (first, second)
+    }
+}
+
+#[test]
+fn only_pieces_under_an_anchored_verified_segment_are_collected() {
+    let mut w = World::new();
+    let stranger = RootSecret::from_bytes(&[8; 32]);
+    let own = RootSecret::from_bytes(&[7; 32]);
+    // Segment 1: anchored and sound: its two pieces go.
+    let covered = [
+        w.put(&own, LogKind::Piece, SEG, SEG + 100),
+        w.put(&own, LogKind::Piece, SEG + 100, 2 * SEG),
+    ];
+    let good = w.put(&own, LogKind::Segment, SEG, 2 * SEG);
+    w.anchor(&good);
+    // Segment 2: anchored, but the site altered its bytes.
+    let p2 = w.put(&own, LogKind::Piece, 2 * SEG, 2 * SEG + 100);
+    let tampered = w.put(&own, LogKind::Segment, 2 * SEG, 3 * SEG);
+    w.anchor(&tampered);
+    {
+        let mut objects = w.site.lock();
+        let bytes = objects.get_mut(&tampered).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+    }
+    // Segment 3: sound but never anchored.
+    let p3 = w.put(&own, LogKind::Piece, 3 * SEG, 3 * SEG + 100);
+    let unanchored = w.put(&own, LogKind::Segment, 3 * SEG, 4 * SEG);
+    // Segment 4: anchored, but signed by a key that may not sign this dataset.
+    let p4 = w.put(&own, LogKind::Piece, 4 * SEG, 4 * SEG + 100);
+    let foreign = w.put(&stranger, LogKind::Segment, 4 * SEG, 5 * SEG);
+    w.anchor(&foreign);
+    // The live tail and a history file.
+    let tail = w.put(&own, LogKind::Piece, 5 * SEG, 5 * SEG + 100);
+    let history = w.put(&own, LogKind::History, 0, 40);
+
+    let (first, second) = w.collect_twice();
+    let mut condemned: Vec<&String> = first.condemned.iter().collect();
+    condemned.sort();
+    let mut want: Vec<&String> = covered.iter().collect();
+    want.sort();
+    assert_eq!(condemned, want, "{first:?}");
+    assert_eq!(second.deleted.len(), 2, "{second:?}");
+    for p in &covered {
+        assert!(!w.exists(p), "{p} not collected");
+    }
+    for p in [
+        &good,
+        &p2,
+        &tampered,
+        &p3,
+        &unanchored,
+        &p4,
+        &foreign,
+        &tail,
+        &history,
+    ] {
+        assert!(w.exists(p), "{p} was collected");
+    }
+}
+
+#[test]
+fn a_condemned_piece_whose_segment_vanished_is_rescued() {
+    let mut w = World::new();
+    let own = RootSecret::from_bytes(&[7; 32]);
+    let piece = w.put(&own, LogKind::Piece, SEG, SEG + 100);
+    let segment = w.put(&own, LogKind::Segment, SEG, 2 * SEG);
+    w.anchor(&segment);
+    let options = GcOptions::with_grace(1);
+    let now = embassy_core::config::now_unix_nanos();
+    let first = gc::collect_garbage(&w.vault, &options, now).unwrap();
+    assert_eq!(first.condemned, vec![piece.clone()]);
+    // The segment disappears between the runs: the piece is the only copy again.
+    w.site.delete(&segment).unwrap();
+    let second = gc::collect_garbage(&w.vault, &options, now + 5_000_000_000).unwrap();
+    assert!(second.deleted.is_empty(), "{second:?}");
+    assert_eq!(second.rescued, vec![piece.clone()]);
+    assert!(w.exists(&piece));
+}
