@@ -310,10 +310,9 @@ impl PgServer {
         }
     }
 
-    /// Start the server and wait until it accepts connections.
-    pub fn start_server(&self) {
-        let out = self
-            .pg_command("pg_ctl")
+    /// `pg_ctl start`, waiting (up to 60 s) until the server accepts connections.
+    fn pg_ctl_start(&self) -> Output {
+        self.pg_command("pg_ctl")
             .arg("-D")
             .arg(self.data_dir())
             .arg("-l")
@@ -321,7 +320,12 @@ impl PgServer {
             .args(["-w", "-t", "60", "start"])
             .stdin(Stdio::null())
             .output()
-            .expect("run pg_ctl start");
+            .expect("run pg_ctl start")
+    }
+
+    /// Start the server and wait until it accepts connections.
+    pub fn start_server(&self) {
+        let out = self.pg_ctl_start();
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}\n{}\nserver log:\n{}",
@@ -333,16 +337,7 @@ impl PgServer {
 
     /// Try to start the server; return the server log on failure (for misconfiguration tests).
     pub fn try_start_server(&self) -> Result<(), String> {
-        let out = self
-            .pg_command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "60", "start"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run pg_ctl start");
+        let out = self.pg_ctl_start();
         if out.status.success() {
             Ok(())
         } else {
