@@ -255,7 +255,11 @@ impl VaultConfig {
 
     /// The pinned approver keys (distinct).
     pub fn approver_keys(&self) -> Vec<[u8; 32]> {
-        let mut keys: Vec<[u8; 32]> = self.approvers.iter().filter_map(|s| decode_key(s)).collect();
+        let mut keys: Vec<[u8; 32]> = self
+            .approvers
+            .iter()
+            .filter_map(|s| decode_key(s))
+            .collect();
         keys.sort();
         keys.dedup();
         keys

@@ -218,13 +218,11 @@ impl StateStore {
             }
         }
         let json = serde_json::to_vec_pretty(&merged).map_err(|e| Error::invalid(e.to_string()))?;
-        let tmp = self
-            .path
-            .with_extension(format!(
-                "json.{}.{}.tmp",
-                std::process::id(),
-                TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
+        let tmp = self.path.with_extension(format!(
+            "json.{}.{}.tmp",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::write(&tmp, &json)
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &self.path))

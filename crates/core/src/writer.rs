@@ -464,11 +464,10 @@ impl BackupSession {
                     let history = self.vault.history_full(&keys.dataset)?;
                     let base = self.head.as_ref().map_or(0, |h| h.entry.seq);
                     let moved = history.records.len() as u64 > base
-                        && history.records[..base as usize]
-                            .last()
-                            .map(|r| r.id)
+                        && history.records[..base as usize].last().map(|r| r.id)
                             == self.head.as_ref().map(|h| h.id);
-                    let other_version = history.records[base.min(history.records.len() as u64) as usize..]
+                    let other_version = history.records
+                        [base.min(history.records.len() as u64) as usize..]
                         .iter()
                         .any(|r| matches!(r.entry.event, Event::VersionAdded { .. }));
                     if !moved || other_version {

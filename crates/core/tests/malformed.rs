@@ -946,7 +946,10 @@ fn malformed_wal_log_objects_are_rejected() {
     let (good, _) = wal_log::seal(&keys, &writer, &spec, &payload).unwrap();
     assert_eq!(wal_log::open(&keys, "w", &good).unwrap().1, payload);
     for len in 0..good.len() {
-        assert!(wal_log::open(&keys, "w", &good[..len]).is_err(), "cut at {len}");
+        assert!(
+            wal_log::open(&keys, "w", &good[..len]).is_err(),
+            "cut at {len}"
+        );
     }
     let old = u32::from_le_bytes(good[8..12].try_into().unwrap());
     let len = good.len() as u32;
@@ -955,12 +958,18 @@ fn malformed_wal_log_objects_are_rejected() {
     for v in values.into_iter().filter(|&v| v != old) {
         let mut b = good.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
-        assert!(wal_log::open(&keys, "w", &b).is_err(), "length field {v} accepted");
+        assert!(
+            wal_log::open(&keys, "w", &b).is_err(),
+            "length field {v} accepted"
+        );
     }
     for at in 0..good.len() {
         let mut b = good.clone();
         b[at] ^= 0x10;
-        assert!(wal_log::open(&keys, "w", &b).is_err(), "flip at {at} accepted");
+        assert!(
+            wal_log::open(&keys, "w", &b).is_err(),
+            "flip at {at} accepted"
+        );
     }
     // Headers signed by a (malicious) writer with lies in them.
     let parsed = wal_log::parse("w", &good).unwrap();
@@ -975,23 +984,66 @@ fn malformed_wal_log_objects_are_rejected() {
         out
     };
     let h0 = parsed.header.clone();
-    assert!(wal_log::open(&keys, "w", &forge(&h0, body)).is_ok(), "the forge helper is faithful");
+    assert!(
+        wal_log::open(&keys, "w", &forge(&h0, body)).is_ok(),
+        "the forge helper is faithful"
+    );
     let lies = [
-        LogHeader { end: h0.start - 1, ..h0.clone() },
-        LogHeader { end: h0.start + (1 << 40), ..h0.clone() },
-        LogHeader { end: h0.end + 1, ..h0.clone() },
-        LogHeader { body_len: u64::MAX, ..h0.clone() },
-        LogHeader { body_len: 0, ..h0.clone() },
-        LogHeader { kind: LogKind::Segment, ..h0.clone() },
-        LogHeader { start: h0.start + 1, end: h0.end + 1, ..h0.clone() },
-        LogHeader { dataset: "other".into(), ..h0.clone() },
-        LogHeader { dataset: "../x".into(), ..h0.clone() },
-        LogHeader { key_id: [0; 8], ..h0.clone() },
-        LogHeader { encapsulated: [1; 32], ..h0.clone() },
-        LogHeader { timeline: 2, ..h0.clone() },
+        LogHeader {
+            end: h0.start - 1,
+            ..h0.clone()
+        },
+        LogHeader {
+            end: h0.start + (1 << 40),
+            ..h0.clone()
+        },
+        LogHeader {
+            end: h0.end + 1,
+            ..h0.clone()
+        },
+        LogHeader {
+            body_len: u64::MAX,
+            ..h0.clone()
+        },
+        LogHeader {
+            body_len: 0,
+            ..h0.clone()
+        },
+        LogHeader {
+            kind: LogKind::Segment,
+            ..h0.clone()
+        },
+        LogHeader {
+            start: h0.start + 1,
+            end: h0.end + 1,
+            ..h0.clone()
+        },
+        LogHeader {
+            dataset: "other".into(),
+            ..h0.clone()
+        },
+        LogHeader {
+            dataset: "../x".into(),
+            ..h0.clone()
+        },
+        LogHeader {
+            key_id: [0; 8],
+            ..h0.clone()
+        },
+        LogHeader {
+            encapsulated: [1; 32],
+            ..h0.clone()
+        },
+        LogHeader {
+            timeline: 2,
+            ..h0.clone()
+        },
     ];
     for (i, h) in lies.iter().enumerate() {
-        assert!(wal_log::open(&keys, "w", &forge(h, body)).is_err(), "lie {i} accepted: {h:?}");
+        assert!(
+            wal_log::open(&keys, "w", &forge(h, body)).is_err(),
+            "lie {i} accepted: {h:?}"
+        );
     }
     // A header far larger than any real one is refused before it is decoded.
     let mut huge = wal_log::MAGIC.to_vec();

@@ -5,16 +5,16 @@
 //! Everything here is synchronous (std TCP / Unix sockets, no async runtime), like the rest of
 //! the workspace.
 
+pub mod base_backup;
 pub mod error;
+pub mod fetch;
 pub mod lsn;
 pub mod replication;
-pub mod wal;
-pub mod stream;
-pub mod fetch;
-pub mod status;
-pub mod base_backup;
 pub mod restore;
 pub mod standby;
+pub mod status;
+pub mod stream;
+pub mod wal;
 
 pub use error::PgError;
 pub use lsn::Lsn;
