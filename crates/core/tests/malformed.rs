@@ -8,9 +8,10 @@
 //! encoders; the "writer" properties re-seal or re-sign mutated plaintext to reach the CBOR
 //! decoding behind the authentication, as a malicious writer could.
 
-use std::collections::HashMap;
+mod support;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use support::MemorySite;
 
 use embassy_core::config::VaultConfig;
 use embassy_core::crypto::{self, ObjectKey};
@@ -22,7 +23,6 @@ use embassy_core::layout;
 use embassy_core::ledger::{self, Entry, Event};
 use embassy_core::manifest::{self, ManifestBody, VersionKind, VersionStats};
 use embassy_core::pack::{self, BlobCompressor, BlobEntry, BlobKind, PackWriter};
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
 use embassy_core::tree::{self, Node, NodeKind, Tree};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -262,66 +262,6 @@ fn read_tree(bytes: &[u8]) -> embassy_core::Result<Tree> {
     let again = Tree::decode(&tree.encode(), "again").expect("re-encoded tree decodes");
     assert_eq!(again, tree, "tree does not survive a round trip");
     Ok(tree)
-}
-
-#[derive(Debug, Default)]
-struct MemorySite(Mutex<HashMap<String, Vec<u8>>>);
-
-impl MemorySite {
-    fn with(objects: &[(&str, &[u8])]) -> Self {
-        Self(Mutex::new(
-            objects
-                .iter()
-                .map(|(p, b)| (p.to_string(), b.to_vec()))
-                .collect(),
-        ))
-    }
-}
-
-impl Site for MemorySite {
-    fn location(&self) -> &str {
-        "memory:test"
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        let mut map = self.0.lock().unwrap();
-        if map.contains_key(path) {
-            return Ok(Put::AlreadyExisted);
-        }
-        map.insert(path.into(), bytes.to_vec());
-        Ok(Put::Created)
-    }
-    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        self.0
-            .lock()
-            .unwrap()
-            .get(path)
-            .cloned()
-            .ok_or_else(|| SiteError::NotFound {
-                site: "memory:test".into(),
-                path: path.into(),
-            })
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        let whole = self.get(path)?;
-        Ok(whole[offset as usize..(offset + len) as usize].to_vec())
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p.starts_with(prefix))
-            .map(|(p, b)| ObjectInfo {
-                path: p.clone(),
-                size: b.len() as u64,
-            })
-            .collect())
-    }
-    fn delete(&self, path: &str) -> Result<(), SiteError> {
-        self.0.lock().unwrap().remove(path);
-        Ok(())
-    }
 }
 
 fn load_config(body: &[u8], sig: &[u8]) -> embassy_core::Result<Option<VaultConfig>> {

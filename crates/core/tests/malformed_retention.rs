@@ -3,74 +3,17 @@
 //! an ignored object, and never a deletion of anything a live version needs. Property tests
 //! with random bytes, truncations and bit flips of valid objects, on every `cargo test`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod support;
+use std::sync::Arc;
+use support::MemorySite;
 
 use embassy_core::approval::{self, Approval};
 use embassy_core::gc::{self, GcOptions};
 use embassy_core::id::ObjectId;
 use embassy_core::keys::RootSecret;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 use proptest::prelude::*;
-
-#[derive(Debug, Default)]
-struct MemorySite(Mutex<HashMap<String, Vec<u8>>>);
-
-impl MemorySite {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Site for MemorySite {
-    fn location(&self) -> &str {
-        "memory:test"
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        let mut o = self.lock();
-        if o.contains_key(path) {
-            return Ok(Put::AlreadyExisted);
-        }
-        o.insert(path.into(), bytes.to_vec());
-        Ok(Put::Created)
-    }
-    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        self.lock()
-            .get(path)
-            .cloned()
-            .ok_or_else(|| SiteError::NotFound {
-                site: "memory:test".into(),
-                path: path.into(),
-            })
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        let all = self.get(path)?;
-        all.get(offset as usize..(offset + len) as usize)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| SiteError::Permanent {
-                site: "memory:test".into(),
-                operation: "get range",
-                path: path.into(),
-                message: "short".into(),
-            })
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
-        Ok(self
-            .lock()
-            .iter()
-            .filter(|(p, _)| p.starts_with(prefix))
-            .map(|(p, b)| ObjectInfo {
-                path: p.clone(),
-                size: b.len() as u64,
-            })
-            .collect())
-    }
-    fn delete(&self, path: &str) -> Result<(), SiteError> {
-        self.lock().remove(path);
-        Ok(())
-    }
-}
 
 fn vault() -> (Arc<MemorySite>, Vault) {
     let site = Arc::new(MemorySite::default());
