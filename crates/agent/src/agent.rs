@@ -303,7 +303,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
     };
     agent.next_gc = agent.config.agent.gc_interval.map(|i| Instant::now() + i);
     agent.main_loop(&options, &control);
-    agent.shutdown(&control);
+    agent.shutdown();
     if options.once && !agent.once_failed.is_empty() {
         return Err(AgentError::Failed(format!(
             "{} of the cycle's runs failed: {}",
@@ -1019,25 +1019,26 @@ impl Agent {
         }
     }
 
-    fn shutdown(&mut self, control: &Control) {
-        let _ = control;
+    /// Reaps finished work every 50 ms while `busy` holds, until `until` (or for good).
+    fn reap_while(&mut self, busy: fn(&Agent) -> bool, until: Option<Instant>) {
+        while busy(self) && until.is_none_or(|u| Instant::now() < u) {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn shutdown(&mut self) {
         if !self.streams.is_empty() {
             // Streamers seal what they hold, report it durable and return.
             for s in self.streams.values() {
                 s.stop.store(true, Ordering::SeqCst);
             }
             let until = Instant::now() + self.config.agent.shutdown_grace + Duration::from_secs(5);
-            while !self.streams.is_empty() && Instant::now() < until {
-                self.reap();
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            self.reap_while(|a| !a.streams.is_empty(), Some(until));
             if !self.streams.is_empty() {
                 log("streamers did not stop in time: abandoning their unsealed WAL (the slot keeps it for the next start)");
                 self.cancel.store(true, Ordering::SeqCst);
-                while !self.streams.is_empty() {
-                    self.reap();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                self.reap_while(|a| !a.streams.is_empty(), None);
             }
         }
         if !self.running.is_empty() {
@@ -1048,39 +1049,21 @@ impl Agent {
                 self.running.len(),
                 self.running.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
-            let until = Instant::now() + grace;
-            while !self.running.is_empty() && Instant::now() < until {
-                self.reap();
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            self.reap_while(|a| !a.running.is_empty(), Some(Instant::now() + grace));
             if !self.running.is_empty() {
                 log("grace period over: abandoning in-flight runs (their versions are not recorded)");
                 self.cancel.store(true, Ordering::SeqCst);
             }
-            while !self.running.is_empty() {
-                self.reap();
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            self.reap_while(|a| !a.running.is_empty(), None);
         }
         self.cancel.store(true, Ordering::SeqCst);
+        let brief = |secs| Some(Instant::now() + Duration::from_secs(secs));
         // Catch-ups copy whole objects in format order and may be cut anywhere; wait briefly.
-        let until = Instant::now() + Duration::from_secs(5);
-        while !self.catching_up.is_empty() && Instant::now() < until {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.reap_while(|a| !a.catching_up.is_empty(), brief(5));
         // A collection in flight ends at its next write (refused); deletions are idempotent.
-        let until = Instant::now() + Duration::from_secs(15);
-        while self.collecting.is_some() && Instant::now() < until {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.reap_while(|a| a.collecting.is_some(), brief(15));
         // A look in flight may be delivering an alarm: let it, briefly, so it is recorded.
-        let until = Instant::now() + Duration::from_secs(15);
-        while self.looking.is_some() && Instant::now() < until {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.reap_while(|a| a.looking.is_some(), brief(15));
         self.persist();
         if let Some((server, handle)) = self.http.take() {
             server.unblock();
