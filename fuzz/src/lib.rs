@@ -660,3 +660,51 @@ pub fn wal_log(data: &[u8]) -> bool {
         }
     }
 }
+
+/// Deletion bookkeeping as verification and garbage collection read it from a site:
+/// `mode | object`, stored under the fixture dataset and named by its hash. `mode % 3`: `0` an
+/// approval (through `approval::load` and `approval::list`), `1` a condemnation record, `2` a
+/// backup session marker (both through `gc::condemned` and a real collection run, which must
+/// never delete anything because of a hostile record or marker). True when the object was
+/// accepted as what it claims to be.
+pub fn deletion_records(data: &[u8]) -> bool {
+    use embassy_core::gc::{self, GcOptions};
+    use embassy_core::id::ObjectId;
+    use embassy_core::vault::Vault;
+    use embassy_core::{approval, site::Site};
+    let f = fixture();
+    let Some((&mode, bytes)) = data.split_first() else {
+        return false;
+    };
+    let id = ObjectId::of(bytes);
+    let path = match mode % 3 {
+        0 => approval::path(DATASET, &id),
+        1 => gc::record_path(DATASET, 1_000_000_000, &id),
+        _ => gc::marker_path(DATASET, 1_000_000_000, &id),
+    };
+    let site = std::sync::Arc::new(MemorySite::with([]));
+    let vault = match Vault::create(site.clone(), &f.root) {
+        Ok(v) => v,
+        Err(e) => panic!("the fuzz vault cannot be created on an in-memory site: {e}"),
+    };
+    if site.put(&path, bytes).is_err() {
+        panic!("the in-memory site refused a put");
+    }
+    let vault_id = vault.config().vault_id.clone();
+    let accepted = if mode % 3 == 0 {
+        let loaded = approval::load(site.as_ref(), &vault_id, DATASET, &id).is_ok();
+        if let Ok((found, problems)) = approval::list(site.as_ref(), &vault_id, DATASET) {
+            assert_eq!(found.len() + problems.len(), 1, "one approval stored");
+            assert_eq!(found.len(), usize::from(loaded), "list and load disagree");
+        }
+        loaded
+    } else {
+        gc::condemned(site.as_ref(), DATASET).is_ok_and(|c| !c.is_empty())
+    };
+    let options = GcOptions::with_grace(1);
+    if let Ok(report) = gc::collect_garbage(&vault, &options, i64::MAX / 2) {
+        assert!(report.deleted.is_empty(), "deleted {:?}", report.deleted);
+    }
+    assert!(site.get(&path).is_ok(), "the hostile object itself was deleted");
+    accepted
+}
