@@ -651,10 +651,15 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let bar = output::Bar::new(show_progress);
             let report = verify::verify(&vault, keyring.as_ref(), &bar)?;
             bar.finish();
+            // Streamed WAL (PostgreSQL datasets) is part of the vault: checked the same way.
+            let wal = pg::verify_wal_of(&vault, report.datasets.iter().map(|d| d.name.as_str()))?;
+            let wal_ok = wal.iter().all(|(_, r)| r.is_ok());
+            let ok = report.is_ok() && wal_ok;
             if cli.json {
                 let mut value =
                     serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
-                value["ok"] = json!(report.is_ok());
+                value["ok"] = json!(ok);
+                value["wal"] = pg::wal_reports_json(&wal);
                 value["deep"] = json!(deep);
                 print_json(value)?;
             } else {
@@ -689,13 +694,20 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 for p in &report.problems {
                     println!("PROBLEM: {p}");
                 }
-                if report.is_ok() {
+                for (dataset, r) in &wal {
+                    pg::print_wal_report(Some(dataset), r);
+                }
+                if ok {
                     println!("vault OK");
                 } else {
-                    println!("{} problems found: repair this site from another site, or restore an older version", report.problems.len());
+                    let wal_problems: usize = wal
+                        .iter()
+                        .map(|(_, r)| r.problems.len() + r.gaps.len())
+                        .sum();
+                    println!("{} problems found: repair this site from another site, or restore an older version", report.problems.len() + wal_problems);
                 }
             }
-            Ok(if report.is_ok() {
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)

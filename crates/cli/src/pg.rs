@@ -298,28 +298,67 @@ fn wal_status(cli: &Cli, args: &PgWalStatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The keyless WAL check of every dataset that holds WAL or whose ledger anchors some, for
+/// `embassy verify`: a site that deletes or damages streamed WAL fails the vault's verification,
+/// not only `pg verify-wal`. Datasets without WAL are left out.
+pub fn verify_wal_of<'a>(
+    vault: &embassy_core::vault::Vault,
+    datasets: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(String, embassy_postgres::wal::WalVerifyReport)>> {
+    let mut out = Vec::new();
+    for dataset in datasets {
+        let report = embassy_postgres::wal::verify(vault, dataset).map_err(pg_error)?;
+        if report.objects_ok > 0 || !report.is_ok() {
+            out.push((dataset.to_string(), report));
+        }
+    }
+    Ok(out)
+}
+
+/// The WAL part of a verification report as JSON.
+fn wal_report_json(report: &embassy_postgres::wal::WalVerifyReport) -> serde_json::Value {
+    json!({
+        "ok": report.is_ok(),
+        "objects_ok": report.objects_ok,
+        "problems": report.problems,
+        "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
+        "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": embassy_postgres::Lsn(*e).to_string()})).collect::<Vec<_>>(),
+    })
+}
+
+/// The WAL part of `embassy verify`: JSON per dataset, or lines for people.
+pub fn wal_reports_json(
+    reports: &[(String, embassy_postgres::wal::WalVerifyReport)],
+) -> serde_json::Value {
+    reports
+        .iter()
+        .map(|(d, r)| (d.clone(), wal_report_json(r)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Prints a WAL check for people: its extent, then every problem and gap.
+pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::WalVerifyReport) {
+    let of = dataset.map_or(String::new(), |d| format!(" of dataset {d}"));
+    println!("{} WAL objects{of} check out", report.objects_ok);
+    for (tl, e) in &report.ends {
+        println!("timeline {tl}: up to {}", embassy_postgres::Lsn(*e));
+    }
+    for p in &report.problems {
+        println!("PROBLEM: {p}");
+    }
+    for (tl, a, b) in &report.gaps {
+        println!("GAP: timeline {tl}: {a} .. {b} missing");
+    }
+}
+
 fn verify_wal(cli: &Cli, args: &PgVerifyWalArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
     let report = embassy_postgres::wal::verify(&vault, &args.dataset).map_err(pg_error)?;
     if cli.json {
-        crate::print_json(json!({
-            "ok": report.is_ok(),
-            "objects_ok": report.objects_ok,
-            "problems": report.problems,
-            "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
-            "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": embassy_postgres::Lsn(*e).to_string()})).collect::<Vec<_>>(),
-        }))?;
+        crate::print_json(wal_report_json(&report))?;
     } else {
-        println!("{} WAL objects check out", report.objects_ok);
-        for (tl, e) in &report.ends {
-            println!("timeline {tl}: up to {}", embassy_postgres::Lsn(*e));
-        }
-        for p in &report.problems {
-            println!("PROBLEM: {p}");
-        }
-        for (tl, a, b) in &report.gaps {
-            println!("GAP: timeline {tl}: {a} .. {b} missing");
-        }
+        print_wal_report(None, &report);
     }
     Ok(if report.is_ok() {
         ExitCode::SUCCESS

@@ -233,6 +233,43 @@ fn pg_stream_killed_with_sigkill_under_load_resumes_without_gap() {
         "quiet: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // `embassy verify` checks the streamed WAL too ...
+    let o = env.cmd(&["--json", "verify"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert!(o.status.success() && v["ok"] == true, "verify: {v}");
+    assert!(
+        v["wal"]["registry"]["objects_ok"].as_u64().unwrap_or(0) > 0,
+        "verify reports the WAL: {v}"
+    );
+    // ... so a site that deletes a segment object fails the vault's verification (exit 3).
+    let segments = env.dir.path().join("site/wal/registry");
+    let victim = walk(&segments)
+        .into_iter()
+        .find(|p| p.parent().and_then(|d| d.file_name()) == Some(std::ffi::OsStr::new("s")))
+        .expect("a segment object");
+    std::fs::remove_file(&victim).unwrap();
+    let o = env.cmd(&["verify"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "verify after deleting {victim:?}: {text}"
+    );
+    assert!(text.contains("GAP") || text.contains("PROBLEM"), "{text}");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// A warm standby fed only by `embassy wal-fetch --partial` as its restore_command follows the
