@@ -437,14 +437,7 @@ impl Agent {
         }
         match (ds.last_success, ds.last_start) {
             (None, _) => true,
-            (Some(_), start) => {
-                let after = start.unwrap_or(now);
-                let next = match schedule {
-                    crate::schedule::Schedule::Every(_) => schedule.next_run(after, start),
-                    _ => schedule.next_run(after, start),
-                };
-                now >= next
-            }
+            (Some(_), start) => now >= schedule.next_run(start.unwrap_or(now), start),
         }
     }
 

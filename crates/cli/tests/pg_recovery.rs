@@ -101,6 +101,13 @@ impl Env {
         c
     }
 
+    /// Runs a command that must fail; returns what it said on stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(!out.status.success(), "embassy {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     fn run(&self, args: &[&str]) -> String {
         let out = self.cmd(args).output().unwrap();
         assert!(
@@ -490,18 +497,13 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
     pg.pgbench(&["-i", "-s", "8", "-q"]); // pgbench_accounts: 800,000 rows, ~100 MB
     pg.psql("CHECKPOINT");
     let env = Env::new();
-    let err = env
-        .cmd(&[
-            "restore",
-            "registry",
-            "--latest",
-            "--to",
-            env.path("nothing").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!err.status.success());
-    let msg = String::from_utf8_lossy(&err.stderr);
+    let msg = env.fails(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        env.path("nothing").to_str().unwrap(),
+    ]);
     assert!(
         msg.contains("no PostgreSQL base backup") || msg.contains("no versions"),
         "{msg}"
@@ -512,12 +514,7 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
         "host=127.0.0.1 port={} user=embassy password=wrong",
         pg.port()
     );
-    let out = env
-        .cmd(&["pg", "base-backup", "registry", "--conninfo", &wrong])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = env.fails(&["pg", "base-backup", "registry", "--conninfo", &wrong]);
     assert!(
         msg.contains("pg_basebackup failed")
             && msg.contains("password authentication failed")
@@ -525,11 +522,8 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
         "{msg}"
     );
     let unused = format!("host=127.0.0.1 port={} user=embassy", free_port());
-    let out = env
-        .cmd(&["pg", "base-backup", "registry", "--conninfo", &unused])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pg_basebackup failed"));
+    let msg = env.fails(&["pg", "base-backup", "registry", "--conninfo", &unused]);
+    assert!(msg.contains("pg_basebackup failed"), "{msg}");
     assert!(
         !env.run(&["versions", "registry"]).contains("tree"),
         "a failed base backup left a version"
@@ -672,19 +666,14 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
     drop(restored);
 
     // A time before the first base backup finished: no base backup can reach it.
-    let err = env
-        .cmd(&[
-            "restore",
-            "registry",
-            "--time",
-            "2001-01-01T00:00:00Z",
-            "--to",
-            root.join("x").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!err.status.success());
-    let msg = String::from_utf8_lossy(&err.stderr);
+    let msg = env.fails(&[
+        "restore",
+        "registry",
+        "--time",
+        "2001-01-01T00:00:00Z",
+        "--to",
+        root.join("x").to_str().unwrap(),
+    ]);
     assert!(
         msg.contains("no base backup finished before") && msg.contains("choose a later target"),
         "{msg}"
@@ -698,20 +687,15 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
         &pg.conninfo(),
         "--wal-streamed",
     ]);
-    let out = env
-        .cmd(&[
-            "restore",
-            "registry",
-            "--latest",
-            "--to",
-            root.join("z").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = env.fails(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        root.join("z").to_str().unwrap(),
+    ]);
     assert!(
-        msg.contains("streamed WAL ends at nothing") && msg.contains("--wal-streamed"),
+        msg.contains("the vault holds no streamed WAL of it") && msg.contains("--wal-streamed"),
         "{msg}"
     );
     assert!(!root.join("z").join("PG_VERSION").exists());

@@ -360,12 +360,15 @@ pub fn restore(
             .is_some_and(|w| w.timeline > info.timeline || w.durable.0 >= info.stop_lsn);
         if !reaches {
             return Err(PgError::Restore(format!(
-                "base backup version {} of {dataset} takes its WAL from the stream, but the \
-                 vault's streamed WAL ends at {} before the backup's end {}: keep `embassy pg \
-                 stream` running until it passes that point, or restore a base backup with its \
-                 WAL inside (taken without --wal-streamed)",
+                "base backup version {} of {dataset} takes its WAL from the stream, but {} \
+                 the backup's end {}: keep `embassy pg stream` running until it passes that \
+                 point, or restore a base backup with its WAL inside (taken without \
+                 --wal-streamed)",
                 chosen.seq,
-                newest.map_or("nothing".to_string(), |w| w.durable.to_string()),
+                newest.map_or(
+                    "the vault holds no streamed WAL of it, not even up to".to_string(),
+                    |w| { format!("the vault's streamed WAL ends at {}, before", w.durable) }
+                ),
                 format_lsn(info.stop_lsn)
             )));
         }
