@@ -483,4 +483,33 @@ mod tests {
         )
         .is_err());
     }
+
+    /// Invariant 5 for WAL: a write-only sealing credential streams WAL it cannot read back,
+    /// and the dataset's reader opens what it sealed.
+    #[test]
+    fn a_sealing_credential_seals_wal_it_cannot_open() {
+        let root = RootSecret::from_bytes(&[9u8; 32]);
+        let datasets = vec!["db".to_string()];
+        let sealing = crate::keys::Credential::sealing(&root, "vault", "db-host", &datasets);
+        let keys = sealing.dataset_keys("db").unwrap();
+        let signer = sealing.signing_key().unwrap();
+        let payload = vec![42u8; 8192];
+        let spec = LogSpec {
+            kind: LogKind::Piece,
+            timeline: 1,
+            start: 0,
+            end: payload.len() as u64,
+            prev: None,
+            captured_at_ns: 1,
+            system_id: 7,
+        };
+        let (bytes, id) = seal(&keys, &signer, &spec, &payload).unwrap();
+        let p = path(&parse("x", &bytes).unwrap().header, &id);
+        assert!(
+            open(&keys, &p, &bytes).is_err(),
+            "the writer read its own WAL"
+        );
+        let (_, back) = open(&root.dataset_keys("db", 0), &p, &bytes).unwrap();
+        assert_eq!(back, payload);
+    }
 }
