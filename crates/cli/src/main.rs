@@ -510,7 +510,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             };
             let mut all = Vec::new();
             for name in &names {
-                all.extend(vault.versions(name)?);
+                let (versions, problems) = vault.versions_full(name)?;
+                // Never an older version shown as the newest in silence (invariant 12).
+                for p in &problems {
+                    eprintln!(
+                        "WARNING: dataset {name}: newer entries exist that cannot be proved; only the versions before them are listed: {p}"
+                    );
+                }
+                all.extend(versions);
             }
             if cli.json {
                 print_json(json!(all
@@ -690,6 +697,15 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         "{} objects are not referenced by any version (left by interrupted backups; reused by the next backup)",
                         report.unreferenced.len()
                     );
+                }
+                if !report.noise.is_empty() {
+                    println!(
+                        "noise: {} objects at the site that no valid signer made or that are not part of the accepted history (no effect; they may be removed):",
+                        report.noise.len()
+                    );
+                    for n in &report.noise {
+                        println!("  NOISE: {n}");
+                    }
                 }
                 for p in &report.problems {
                     println!("PROBLEM: {p}");

@@ -7,10 +7,8 @@
 //! path: ledger/<dataset>/<seq, 16 digits>-<object id>
 //! ```
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::VaultConfig;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::layout;
@@ -178,7 +176,7 @@ pub fn key_epoch(history: &[Record]) -> u32 {
 }
 
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
-/// is decided by [`load_history`], which knows the signer set at that point of the chain.
+/// is decided by [`crate::history`], which knows the signer set at that point of the chain.
 pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
     crate::framing::decode_signed(
         MAGIC,
@@ -190,227 +188,8 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
     )
 }
 
-/// An entry that is well-formed and validly signed, but by a key that may not sign it at that
-/// point (never added, or revoked): every verifier ignores it and reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    /// Its sequence number.
-    pub seq: u64,
-    /// Its id.
-    pub id: ObjectId,
-    /// Why it was rejected.
-    pub reason: String,
-}
-
-/// A verified history and the entries rejected along the way.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    /// Accepted entries, from 1 to the head.
-    pub records: Vec<Record>,
-    /// Rejected entries (an unauthorised or revoked signer tried to add).
-    pub rejected: Vec<Rejected>,
-}
-
-impl History {
-    /// Ids of rejected entries, which a writer may ignore when it appends.
-    pub fn rejected_ids(&self) -> Vec<ObjectId> {
-        self.rejected.iter().map(|r| r.id).collect()
-    }
-}
-
-/// Loads and verifies a dataset's whole history: every accepted entry present, hash-chained,
-/// contiguous from 1, signed by a key allowed to sign it at that point, one per sequence number.
-/// Entries signed by keys that may not sign are rejected (and reported), not fatal; everything
-/// else that does not verify is tampering and fails the history.
-pub fn load_history(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Result<Vec<Record>> {
-    Ok(load_history_full(site, config, dataset)?.records)
-}
-
-/// [`load_history`] with the rejected entries.
-pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -> Result<History> {
-    layout::check_dataset_name(dataset)?;
-    let fail = |problem: String| Error::History {
-        dataset: dataset.into(),
-        problem,
-    };
-    let mut listed = Vec::new();
-    for info in site.list(&layout::ledger_prefix(dataset))? {
-        match layout::parse_ledger_path(&info.path) {
-            Some((ds, seq, id)) if ds == dataset => listed.push((seq, id, info.path)),
-            _ => {
-                return Err(fail(format!(
-                    "unexpected object {} in the ledger",
-                    info.path
-                )))
-            }
-        }
-    }
-    listed.sort();
-    let fetched: Vec<Result<(u64, ObjectId, Entry)>> = listed
-        .par_iter()
-        .map(|(seq, id, path)| {
-            let bytes = site.get(path)?;
-            if ObjectId::of(&bytes) != *id {
-                return Err(Error::corrupt(
-                    path,
-                    "bytes do not hash to the object's name",
-                ));
-            }
-            let entry = decode(path, &bytes)?;
-            if entry.seq != *seq {
-                return Err(Error::corrupt(
-                    path,
-                    format!("holds sequence {}", entry.seq),
-                ));
-            }
-            if entry.dataset != dataset {
-                return Err(Error::corrupt(
-                    path,
-                    format!("belongs to dataset {}", entry.dataset),
-                ));
-            }
-            Ok((*seq, *id, entry))
-        })
-        .collect();
-    let mut by_seq: std::collections::BTreeMap<u64, Vec<(ObjectId, Entry)>> = Default::default();
-    for item in fetched {
-        let (seq, id, entry) = item?;
-        by_seq.entry(seq).or_default().push((id, entry));
-    }
-    let root_key = config.root_key()?;
-    let mut signers: Vec<[u8; 32]> = config.signer_keys();
-    let mut history = History::default();
-    let mut rejected_ids: Vec<ObjectId> = Vec::new();
-    // Live versions so far, kept up to date entry by entry: deletions are judged against them
-    // without rescanning the history (which grows by an entry per WAL anchor).
-    let mut live: std::collections::BTreeMap<u64, crate::vault::Version> = Default::default();
-    for (seq, candidates) in by_seq {
-        let expected = history.records.len() as u64 + 1;
-        let head = history.records.last().map(|r| r.id);
-        let mut accepted: Vec<(ObjectId, Entry)> = Vec::new();
-        for (id, entry) in candidates {
-            // Continuing a rejected entry is rejected too.
-            if let Some(prev) = entry.prev.filter(|p| rejected_ids.contains(p)) {
-                history.rejected.push(Rejected {
-                    seq,
-                    id,
-                    reason: format!("continues rejected entry {}", prev.short()),
-                });
-                rejected_ids.push(id);
-                continue;
-            }
-            if seq != expected {
-                return Err(fail(format!(
-                    "entry {expected} is missing (next present is {seq}): history was deleted or truncated"
-                )));
-            }
-            if entry.prev != head {
-                return Err(fail(format!(
-                    "entry {seq} ({}) does not chain to entry {}: history was reordered or substituted",
-                    id.short(),
-                    seq - 1
-                )));
-            }
-            let authorised = if entry.event.needs_root() {
-                entry.signer == root_key
-            } else {
-                signers.contains(&entry.signer)
-            };
-            // A deletion must follow the policy it names or carry enough approvals.
-            let refused = if authorised {
-                crate::prune::check_deletion(site, config, dataset, &live, &entry).err()
-            } else {
-                None
-            };
-            if let Some(reason) = refused {
-                history.rejected.push(Rejected { seq, id, reason });
-                rejected_ids.push(id);
-            } else if authorised {
-                accepted.push((id, entry));
-            } else {
-                history.rejected.push(Rejected {
-                    seq,
-                    id,
-                    reason: format!(
-                        "{} signed by {}, which {}",
-                        entry.event.name(),
-                        hex::encode(&entry.signer[..8]),
-                        if entry.event.needs_root() {
-                            "is not the vault's root key".to_string()
-                        } else {
-                            "is not (or no longer) a signer of this dataset: a revoked or foreign key".to_string()
-                        }
-                    ),
-                });
-                rejected_ids.push(id);
-            }
-        }
-        // A deletion that raced a version to the same sequence number loses: it is rejected
-        // and has no effect (its writer retries after the version).
-        if accepted.len() > 1
-            && accepted
-                .iter()
-                .filter(|(_, e)| !matches!(e.event, Event::VersionsDeleted { .. }))
-                .count()
-                == 1
-        {
-            let (winner, _) = accepted
-                .iter()
-                .find(|(_, e)| !matches!(e.event, Event::VersionsDeleted { .. }))
-                .map(|(id, _)| (*id, ()))
-                .unwrap_or_else(|| unreachable!());
-            accepted.retain(|(id, _)| {
-                if *id == winner {
-                    return true;
-                }
-                history.rejected.push(Rejected {
-                    seq,
-                    id: *id,
-                    reason: format!(
-                        "versions deleted, but entry {} {}; the deletion has no effect",
-                        winner.short(),
-                        crate::prune::RACE_LOST
-                    ),
-                });
-                rejected_ids.push(*id);
-                false
-            });
-        }
-        match accepted.len() {
-            0 => {}
-            1 => {
-                let (id, entry) = accepted.remove(0);
-                match &entry.event {
-                    Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
-                    Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
-                    Event::VersionsDeleted { seqs, .. } => {
-                        for s in seqs {
-                            live.remove(s);
-                        }
-                    }
-                    _ => {}
-                }
-                let record = Record { id, entry };
-                if let Some(v) = crate::vault::Version::from_record(dataset, &record) {
-                    live.insert(v.seq, v);
-                }
-                history.records.push(record);
-            }
-            _ => {
-                return Err(fail(format!(
-                    "fork: {} different entries at sequence {seq} ({})",
-                    accepted.len(),
-                    accepted
-                        .iter()
-                        .map(|(id, _)| id.short())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )))
-            }
-        }
-    }
-    Ok(history)
-}
+// The history's acceptance rules live in their own module; these names stay here for callers.
+pub use crate::history::{load_history, load_history_full, History, Rejected};
 
 /// A host-wide advisory lock (flock) on one dataset's ledger at one site, held while an entry
 /// is appended: writers running at the same time on one host (an agent's streamer and its
@@ -522,7 +301,7 @@ pub fn append_ignoring(
     let after = others(site)?;
     if !after.is_empty() {
         // A version (or any other entry) that raced a deletion to this sequence number wins:
-        // verifiers reject the deletion (see `load_history_full`).
+        // verifiers reject the deletion (see `crate::history`).
         let ours_wins = !matches!(entry.event, Event::VersionsDeleted { .. })
             && after.iter().all(|p| {
                 site.get(p)

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod custody;
 pub mod error;
 pub mod gc;
+pub mod history;
 pub mod id;
 pub mod index;
 pub mod keyfile;

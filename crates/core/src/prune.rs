@@ -215,6 +215,7 @@ fn append_deletion(
 ) -> Result<(Record, Vec<String>)> {
     let signer = keyring.signer()?;
     let history = vault.history_full(dataset)?;
+    history.check_appendable(dataset)?;
     if !vault
         .active_signers(&history.records)
         .contains(&signer.verifying_key().to_bytes())

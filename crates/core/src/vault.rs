@@ -18,8 +18,9 @@ use crate::site::Site;
 /// Verified histories by dataset.
 pub type Histories = BTreeMap<String, Vec<Record>>;
 
-/// Rejected ledger entries with their dataset.
-pub type RejectedEntries = Vec<(String, ledger::Rejected)>;
+/// What each dataset's history left out (noise, damage, an unresolved fork), by dataset; the
+/// accepted records are in [`Histories`] (the `records` here are empty).
+pub type Judged = Vec<(String, ledger::History)>;
 
 /// A vault at one site. Opening it checks the configuration's signature; no keys are needed.
 #[derive(Debug, Clone)]
@@ -88,11 +89,33 @@ impl Vault {
         Ok(self.history_full(dataset)?.records)
     }
 
-    /// [`Vault::history`] with the entries that were rejected (unauthorised signers).
+    /// [`Vault::history`] with what was left out of it: noise, damage, an unresolved fork.
+    /// A fork below the head this client remembers resolves to the remembered chain.
     pub fn history_full(&self, dataset: &str) -> Result<ledger::History> {
-        let history = ledger::load_history_full(self.site.as_ref(), &self.config, dataset)?;
+        let remembered = self.state.as_ref().and_then(|s| {
+            let head = s.seen().heads.get(dataset)?.clone();
+            Some((head.seq, ObjectId::from_hex(&head.id).ok()?))
+        });
+        let mut history =
+            crate::history::load(self.site.as_ref(), &self.config, dataset, remembered)?;
         if let Some(state) = &self.state {
-            state.check_history(dataset, &history.records)?;
+            let beyond = state
+                .seen()
+                .heads
+                .get(dataset)
+                .is_some_and(|h| h.seq > history.records.len() as u64);
+            if beyond && history.is_truncated() {
+                // The remembered head lies beyond a gap or a fork, which is reported as such.
+                return Ok(history);
+            }
+            if let Err(e) = state.check_history(dataset, &history.records) {
+                // Entries beyond a gap or a fork are not lost: the versions before it stay
+                // readable, and the rollback is reported with the damage.
+                if !history.is_truncated() {
+                    return Err(e);
+                }
+                history.damage.push(e.to_string());
+            }
         }
         Ok(history)
     }
@@ -117,17 +140,17 @@ impl Vault {
         Ok((ok, failed))
     }
 
-    /// [`Vault::histories`] with the rejected entries of every dataset.
-    pub fn histories_full(&self) -> Result<(Histories, Vec<Error>, RejectedEntries)> {
+    /// [`Vault::histories`] with what every dataset's history left out.
+    pub fn histories_full(&self) -> Result<(Histories, Vec<Error>, Judged)> {
         let mut ok = BTreeMap::new();
         let mut failed = Vec::new();
         let mut rejected = Vec::new();
         let listed = self.datasets()?;
         for dataset in listed.iter().cloned() {
             match self.history_full(&dataset) {
-                Ok(h) => {
-                    rejected.extend(h.rejected.into_iter().map(|r| (dataset.clone(), r)));
-                    ok.insert(dataset, h.records);
+                Ok(mut h) => {
+                    ok.insert(dataset.clone(), std::mem::take(&mut h.records));
+                    rejected.push((dataset, h));
                 }
                 Err(e) => failed.push(e),
             }
@@ -163,11 +186,33 @@ impl Vault {
             )));
         }
         let history = self.history_full(dataset)?;
+        // A revocation of the signer of one side of an unresolved fork goes after the other
+        // side: its root signature then decides the fork (docs/format.md §9).
+        let head = match (&event, &history.conflict) {
+            (Event::SignerRevoked { key, .. }, Some(conflict)) if history.damage.is_empty() => {
+                let honest: Vec<&crate::history::Branch> = conflict
+                    .branches
+                    .iter()
+                    .filter(|b| b.first().entry.signer != *key)
+                    .collect();
+                match honest.as_slice() {
+                    [one] if honest.len() < conflict.branches.len() => one.records.last(),
+                    _ => {
+                        history.check_appendable(dataset)?;
+                        history.records.last()
+                    }
+                }
+            }
+            _ => {
+                history.check_appendable(dataset)?;
+                history.records.last()
+            }
+        };
         ledger::append_ignoring(
             self.site.as_ref(),
             &root.root_signing_key(),
             dataset,
-            history.records.last(),
+            head,
             &history.rejected_ids(),
             event,
         )
@@ -349,15 +394,45 @@ impl Vault {
         })))
     }
 
-    /// The versions of a dataset still held (not removed by retention), oldest first.
+    /// The versions of a dataset still held (not removed by retention), oldest first. After a
+    /// gap or an unresolved fork these are the versions before it only: see
+    /// [`Vault::versions_full`].
     pub fn versions(&self, dataset: &str) -> Result<Vec<Version>> {
         Ok(versions_in(dataset, &self.history(dataset)?))
     }
 
+    /// [`Vault::versions`], and the problems that hide newer entries (a gap, an unresolved
+    /// fork): when there are any, the newest version listed may not be the newest stored.
+    pub fn versions_full(&self, dataset: &str) -> Result<(Vec<Version>, Vec<String>)> {
+        let history = self.history_full(dataset)?;
+        Ok((
+            versions_in(dataset, &history.records),
+            history.problems(dataset),
+        ))
+    }
+
     /// Finds a version: `None` or `latest` for the newest, a sequence number, or a prefix (at
-    /// least 6 hex digits) of the manifest or ledger entry id.
+    /// least 6 hex digits) of the manifest or ledger entry id. `latest` is refused when newer
+    /// entries exist beyond a gap or an unresolved fork: an older version is never served as
+    /// the newest in silence.
     pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
-        let versions = self.versions(dataset)?;
+        let (versions, problems) = self.versions_full(dataset)?;
+        if matches!(selector, None | Some("latest")) && !problems.is_empty() {
+            return Err(Error::History {
+                dataset: dataset.into(),
+                problem: format!(
+                    "the newest version cannot be proved: {}; {}",
+                    problems.join("; "),
+                    match versions.last() {
+                        Some(v) => format!(
+                            "the newest version before it is {}: restore {dataset}@{} to take it",
+                            v.seq, v.seq
+                        ),
+                        None => "no version before it".to_string(),
+                    }
+                ),
+            });
+        }
         let not_found = |what: String| {
             Error::NotFound(format!(
                 "dataset {dataset} has {what}; list them with `embassy versions {dataset}`"

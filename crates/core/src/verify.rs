@@ -36,6 +36,11 @@ pub struct VerifyReport {
     pub unreferenced: Vec<String>,
     /// Everything wrong, one line each, naming the object.
     pub problems: Vec<String>,
+    /// Objects a site holds that no valid signer made or that are not part of the accepted
+    /// history (foreign, unparsable or rejected ledger objects), `path: why`, one each. Noise
+    /// has no effect and is not an integrity failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub noise: Vec<String>,
     /// Things worth knowing that are not wrong (a deletion that lost a race to a version and
     /// has no effect).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -88,11 +93,18 @@ pub fn verify(
         .iter()
         .filter(|i| !matches!(i.path.as_str(), layout::CONFIG | layout::CONFIG_SIGNATURE))
         .collect();
+    // Ledger objects are judged with their history in step 2 (a damaged one is noise or
+    // damage depending on whether the accepted history needs it).
+    let hashed: Vec<&ObjectInfo> = objects
+        .iter()
+        .copied()
+        .filter(|i| !i.path.starts_with(layout::LEDGER_ROOT))
+        .collect();
     let dataset_keys: Mutex<HashMap<String, std::sync::Arc<crate::keys::DatasetKeys>>> =
         Mutex::new(HashMap::new());
     let pack_blobs: Mutex<HashMap<String, HashSet<ChunkId>>> = Mutex::new(HashMap::new());
     // One object per task: packs are few and heavy, so let idle threads steal them one by one.
-    objects.par_iter().with_max_len(1).for_each(|info| {
+    hashed.par_iter().with_max_len(1).for_each(|info| {
         progress.note(&info.path);
         let Some(id) = layout::id_in_path(&info.path) else {
             problem(format!(
@@ -171,35 +183,63 @@ pub fn verify(
     // 2. Ledgers (checked against remembered heads) and what they reference.
     let listed_datasets = vault.datasets()?;
     let mut referenced: HashSet<String> = HashSet::new();
-    let (histories, failed, rejected) = vault.histories_full()?;
-    for (dataset, r) in &rejected {
-        if r.reason.contains(crate::prune::RACE_LOST) {
-            report
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .notes
-                .push(format!(
-                    "dataset {dataset}: entry {} ({}) has no effect: {}",
-                    r.seq,
-                    r.id.short(),
-                    r.reason
-                ));
-            referenced.insert(layout::ledger_entry(dataset, r.seq, &r.id));
-            continue;
+    let (histories, failed, judged) = vault.histories_full()?;
+    let mut noise: Vec<String> = Vec::new();
+    for (dataset, h) in &judged {
+        for r in &h.rejected {
+            referenced.insert(r.path.clone());
+            if r.reason.contains(crate::prune::RACE_LOST) {
+                report
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .notes
+                    .push(format!(
+                        "dataset {dataset}: entry {} ({}) has no effect: {}",
+                        r.seq,
+                        r.id.short(),
+                        r.reason
+                    ));
+                continue;
+            }
+            noise.push(format!(
+                "{}: entry {} of {dataset} rejected: {}; the history is intact without it",
+                r.path, r.seq, r.reason
+            ));
         }
-        problem(format!(
-            "dataset {dataset}: entry {} ({}) rejected: {}; the history is intact without it",
-            r.seq,
-            r.id.short(),
-            r.reason
-        ));
-        referenced.insert(layout::ledger_entry(dataset, r.seq, &r.id));
+        for n in &h.noise {
+            referenced.insert(n.path.clone());
+            noise.push(format!("{}: {}", n.path, n.reason));
+        }
+        if let Some(c) = &h.conflict {
+            for b in &c.branches {
+                for r in &b.records {
+                    referenced.insert(layout::ledger_entry(dataset, r.entry.seq, &r.id));
+                }
+            }
+        }
+        for p in h.problems(dataset) {
+            problem(format!("dataset {dataset}: {p}"));
+        }
+    }
+    // Objects in the ledger folder that name no dataset at all.
+    for info in listing.iter().filter(|i| {
+        i.path.starts_with(layout::LEDGER_ROOT) && layout::parse_ledger_path(&i.path).is_none()
+    }) {
+        if referenced.insert(info.path.clone()) {
+            noise.push(format!("{}: not a ledger entry's name", info.path));
+        }
     }
     // Listed datasets whose history did not verify, whatever the reason (a damaged entry too):
     // their problem is reported above, not again as a rollback against the checkpoints.
     let failed_datasets: Vec<String> = listed_datasets
         .iter()
         .filter(|d| !histories.contains_key(*d))
+        .chain(
+            judged
+                .iter()
+                .filter(|(_, h)| h.is_truncated())
+                .map(|(d, _)| d),
+        )
         .cloned()
         .collect();
     for e in failed {
@@ -336,6 +376,9 @@ pub fn verify(
         .collect();
     report.unreferenced.sort();
     report.problems.sort();
+    noise.sort();
+    noise.dedup();
+    report.noise = noise;
     Ok(report)
 }
 

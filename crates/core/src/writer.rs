@@ -190,6 +190,8 @@ impl BackupSession {
         let signer = keyring.signer()?;
         let site = vault.site().clone();
         let history = vault.history_full(dataset)?;
+        // A version after a gap or a fork would hide the entries beyond it for good.
+        history.check_appendable(dataset)?;
         let keys = keyring.dataset_at(dataset, ledger::key_epoch(&history.records))?;
         if !vault
             .active_signers(&history.records)
@@ -462,6 +464,7 @@ impl BackupSession {
                 Err(Error::History { .. }) if attempt < 5 => {
                     attempt += 1;
                     let history = self.vault.history_full(&keys.dataset)?;
+                    history.check_appendable(&keys.dataset)?;
                     let base = self.head.as_ref().map_or(0, |h| h.entry.seq);
                     let moved = history.records.len() as u64 > base
                         && history.records[..base as usize].last().map(|r| r.id)

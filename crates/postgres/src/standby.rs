@@ -199,6 +199,7 @@ pub fn promote(
     let mut attempt = 0;
     let record = loop {
         let history = vault.history_full(dataset).map_err(PgError::Vault)?;
+        history.check_appendable(dataset).map_err(PgError::Vault)?;
         if !vault
             .active_signers(&history.records)
             .contains(&signer.verifying_key().to_bytes())

@@ -259,7 +259,11 @@ impl Background {
                 }
                 Err(embassy_core::Error::History { .. }) => {
                     // Another writer (a base backup) appended: reload the head and retry.
-                    match self.vault.history_full(&self.dataset) {
+                    match self
+                        .vault
+                        .history_full(&self.dataset)
+                        .and_then(|h| h.check_appendable(&self.dataset).map(|()| h))
+                    {
                         Ok(h) => {
                             self.head = h.records.last().cloned();
                             self.rejected = h.rejected_ids();
@@ -332,6 +336,8 @@ impl WalStreamer {
         embassy_core::layout::check_dataset_name(&cfg.dataset)?;
         crate::replication::check_slot_name(&cfg.slot)?;
         let history = vault.history_full(&cfg.dataset)?;
+        // Anchoring after a gap or a fork would hide the entries beyond it for good.
+        history.check_appendable(&cfg.dataset)?;
         let keys = keyring.dataset_at(&cfg.dataset, ledger::key_epoch(&history.records))?;
         let signer = keyring.signer()?;
         let signers = vault.active_signers(&history.records);
