@@ -880,16 +880,13 @@ fn foreign_and_swapped_objects() {
     let vault = fx.copy();
     let replayed = logs_entry.replace("ledger/logs/", "ledger/tree/");
     fs::copy(vault.join(&logs_entry), vault.join(&replayed)).unwrap();
+    //    It is noise (issue 12): named by verify, harmless to every restore.
     let v = fx.verify(&vault);
-    assert_eq!(v.code, 3, "{v:?}");
+    assert_eq!(v.code, 0, "{v:?}");
     assert!(v.text().contains(&replayed), "{v:?}");
+    assert!(v.text().contains("NOISE"), "{v:?}");
     for e in &fx.expected {
         let (r, _) = fx.restore(&vault, e);
-        if e.target.starts_with("tree") {
-            assert_eq!(r.code, 3, "replayed ledger entry not detected: {r:?}");
-            assert!(r.stderr.contains(&replayed), "{r:?}");
-        } else {
-            assert_eq!(r.code, 0, "{r:?}");
-        }
+        assert_eq!(r.code, 0, "{r:?}");
     }
 }

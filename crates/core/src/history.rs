@@ -147,6 +147,21 @@ impl History {
         !self.damage.is_empty() || self.conflict.is_some()
     }
 
+    /// What the site holds at `seq` that was not accepted, for messages about a missing entry:
+    /// empty, or ` (in its place the site holds only <path>: <why>; ...)`.
+    pub fn in_place(&self, seq: u64) -> String {
+        let held: Vec<String> = self
+            .rejected
+            .iter()
+            .filter(|r| r.seq == seq)
+            .map(|r| format!("{}: {}", r.path, r.reason))
+            .collect();
+        if held.is_empty() {
+            return String::new();
+        }
+        format!(" (in its place the site holds only {})", held.join("; "))
+    }
+
     /// Every noise object, `(path, reason)`.
     pub fn all_noise(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self

@@ -108,7 +108,11 @@ impl Vault {
                 // The remembered head lies beyond a gap or a fork, which is reported as such.
                 return Ok(history);
             }
-            if let Err(e) = state.check_history(dataset, &history.records) {
+            if let Err(mut e) = state.check_history(dataset, &history.records) {
+                // Name what the site holds in the place of the next entry (a damaged copy).
+                if let Error::History { problem, .. } = &mut e {
+                    problem.push_str(&history.in_place(history.records.len() as u64 + 1));
+                }
                 // Entries beyond a gap or a fork are not lost: the versions before it stay
                 // readable, and the rollback is reported with the damage.
                 if !history.is_truncated() {
@@ -434,6 +438,16 @@ impl Vault {
             });
         }
         let not_found = |what: String| {
+            if !problems.is_empty() {
+                // The version may lie beyond the damage: that is an integrity failure.
+                return Error::History {
+                    dataset: dataset.into(),
+                    problem: format!(
+                        "the provable history has {what}, and newer entries cannot be proved: {}",
+                        problems.join("; ")
+                    ),
+                };
+            }
             Error::NotFound(format!(
                 "dataset {dataset} has {what}; list them with `embassy versions {dataset}`"
             ))

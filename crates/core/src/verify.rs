@@ -274,7 +274,15 @@ pub fn verify(
             cp.id
         ));
         for p in crate::checkpoint::check_against_except(cp, &histories, &failed_datasets) {
-            problem(p);
+            // A rollback may be a damaged newest entry: name what the site holds in its place.
+            let in_place = judged
+                .iter()
+                .find(|(d, _)| p.starts_with(&format!("dataset {d}: rollback")))
+                .map(|(d, h)| {
+                    h.in_place(histories.get(d).map_or(0, |r| r.len() as u64) + 1)
+                })
+                .unwrap_or_default();
+            problem(format!("{p}{in_place}"));
         }
     }
     if let Some(state) = vault.state() {
