@@ -50,10 +50,10 @@ pub enum Event {
         captured_at_ns: i64,
     },
     /// Versions were removed by retention or by an approved `forget`; their entries stay in the
-    /// history. Verifiers accept it only when every version it deletes is one the recorded
-    /// `policy` does not keep at `as_of_ns` (with the vault's legal minimum age), or carries
-    /// approvals by `config.approvals_required` distinct pinned approvers
-    /// ([`crate::prune::check_deletion`]).
+    /// history. It takes effect only when its signer holds the `delete` right and every version
+    /// it deletes is one the recorded `policy` does not keep at `as_of_ns` (with the dataset's
+    /// legal minimum age in force), or carries approvals by `config.approvals_required` distinct
+    /// pinned approvers ([`crate::prune::check_deletion`]); otherwise it is a no-op.
     VersionsDeleted {
         /// Sequence numbers of the removed versions' entries.
         seqs: Vec<u64>,
@@ -65,9 +65,20 @@ pub enum Event {
         /// When the policy was evaluated (ns since the epoch); not after the entry's time.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_of_ns: Option<i64>,
-        /// Approval objects (`approvals/<dataset>/<id>`) for versions deleted outside the policy.
+        /// The full signed bytes of the approval objects (`approvals/<dataset>/<id>`) for
+        /// versions deleted outside the policy: verifiers judge them from the entry alone.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        approvals: Vec<ObjectId>,
+        approvals: Vec<serde_bytes::ByteBuf>,
+    },
+    /// The dataset's legal minimum age changes to `min_age_secs` (the configuration's stays a
+    /// floor). Signed by the root key; lowering it also needs `approvals` (full signed approval
+    /// objects) by `config.approvals_required` distinct pinned approvers.
+    MinAgeChanged {
+        /// The new minimum age in seconds.
+        min_age_secs: u64,
+        /// Approvals of a lowering (their full signed bytes); empty when raising.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<serde_bytes::ByteBuf>,
     },
     /// A key may sign this dataset's entries from now on. Signed by the root key.
     SignerAdded {
@@ -76,6 +87,8 @@ pub enum Event {
         key: [u8; 32],
         /// What the key is for (a host name, "agent", ...).
         role: String,
+        /// What the key may sign ([`crate::rights::Right`]).
+        rights: Vec<crate::rights::Right>,
     },
     /// The dataset's reader key moved to a new epoch: new objects are sealed to `reader_public`;
     /// old ones stay readable with the old epoch's key. Signed by the root key.
@@ -116,6 +129,7 @@ impl Event {
             Event::SignerAdded { .. }
                 | Event::SignerRevoked { .. }
                 | Event::ReaderKeyRotated { .. }
+                | Event::MinAgeChanged { .. }
         )
     }
 
@@ -129,6 +143,7 @@ impl Event {
             Event::SignerRevoked { .. } => "signer revoked",
             Event::ReaderKeyRotated { .. } => "reader key rotated",
             Event::Promoted { .. } => "promoted",
+            Event::MinAgeChanged { .. } => "min age changed",
         }
     }
 }
@@ -158,6 +173,21 @@ pub struct Record {
     pub id: ObjectId,
     /// The entry.
     pub entry: Entry,
+    /// Why verifiers refused its effect, when it is a no-op (a deletion or minimum-age change
+    /// that breaks the rules: see [`crate::rights::Verdict::Noop`]): it holds its sequence
+    /// number, entries continuing it count, but it changes nothing.
+    pub refused: Option<String>,
+}
+
+impl Record {
+    /// An accepted entry with its effect.
+    pub fn new(id: ObjectId, entry: Entry) -> Self {
+        Self {
+            id,
+            entry,
+            refused: None,
+        }
+    }
 }
 
 /// Encodes and signs an entry.
@@ -277,8 +307,7 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
         let (seq, id, entry) = item?;
         by_seq.entry(seq).or_default().push((id, entry));
     }
-    let root_key = config.root_key()?;
-    let mut signers: Vec<[u8; 32]> = config.signer_keys();
+    let mut authority = crate::rights::Authority::new(config, dataset)?;
     let mut history = History::default();
     let mut rejected_ids: Vec<ObjectId> = Vec::new();
     // Live versions so far, kept up to date entry by entry: deletions are judged against them
@@ -287,7 +316,9 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
     for (seq, candidates) in by_seq {
         let expected = history.records.len() as u64 + 1;
         let head = history.records.last().map(|r| r.id);
-        let mut accepted: Vec<(ObjectId, Entry)> = Vec::new();
+        let head_time = history.records.last().map(|r| r.entry.time_ns);
+        // Accepted candidates, with why their effect is refused when they are no-ops.
+        let mut accepted: Vec<(ObjectId, Entry, Option<String>)> = Vec::new();
         for (id, entry) in candidates {
             // Continuing a rejected entry is rejected too.
             if let Some(prev) = entry.prev.filter(|p| rejected_ids.contains(p)) {
@@ -311,55 +342,47 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
                     seq - 1
                 )));
             }
-            let authorised = if entry.event.needs_root() {
-                entry.signer == root_key
-            } else {
-                signers.contains(&entry.signer)
-            };
-            // A deletion must follow the policy it names or carry enough approvals.
-            let refused = if authorised {
-                crate::prune::check_deletion(site, config, dataset, &live, &entry).err()
-            } else {
-                None
-            };
-            if let Some(reason) = refused {
-                history.rejected.push(Rejected { seq, id, reason });
-                rejected_ids.push(id);
-            } else if authorised {
-                accepted.push((id, entry));
-            } else {
-                history.rejected.push(Rejected {
-                    seq,
-                    id,
-                    reason: format!(
-                        "{} signed by {}, which {}",
-                        entry.event.name(),
-                        hex::encode(&entry.signer[..8]),
-                        if entry.event.needs_root() {
-                            "is not the vault's root key".to_string()
-                        } else {
-                            "is not (or no longer) a signer of this dataset: a revoked or foreign key".to_string()
-                        }
-                    ),
-                });
-                rejected_ids.push(id);
+            // Signer, rights, time and the deletion rules (crate::rights).
+            match authority.verdict(config, dataset, &live, head_time, &entry) {
+                crate::rights::Verdict::Accept => accepted.push((id, entry, None)),
+                crate::rights::Verdict::Noop(why) => accepted.push((id, entry, Some(why))),
+                crate::rights::Verdict::Reject(reason) => {
+                    history.rejected.push(Rejected { seq, id, reason });
+                    rejected_ids.push(id);
+                }
             }
+        }
+        // A no-op (refused deletion or minimum-age change) beside exactly one entry with its
+        // effect loses the sequence number: it could not have changed anything anyway.
+        if accepted.len() > 1 && accepted.iter().filter(|(_, _, r)| r.is_none()).count() == 1 {
+            accepted.retain(|(id, _, refused)| match refused {
+                None => true,
+                Some(why) => {
+                    history.rejected.push(Rejected {
+                        seq,
+                        id: *id,
+                        reason: format!("{why}; another entry took its sequence number"),
+                    });
+                    rejected_ids.push(*id);
+                    false
+                }
+            });
         }
         // A deletion that raced a version to the same sequence number loses: it is rejected
         // and has no effect (its writer retries after the version).
         if accepted.len() > 1
             && accepted
                 .iter()
-                .filter(|(_, e)| !matches!(e.event, Event::VersionsDeleted { .. }))
+                .filter(|(_, e, _)| !matches!(e.event, Event::VersionsDeleted { .. }))
                 .count()
                 == 1
         {
             let (winner, _) = accepted
                 .iter()
-                .find(|(_, e)| !matches!(e.event, Event::VersionsDeleted { .. }))
-                .map(|(id, _)| (*id, ()))
+                .find(|(_, e, _)| !matches!(e.event, Event::VersionsDeleted { .. }))
+                .map(|(id, _, _)| (*id, ()))
                 .unwrap_or_else(|| unreachable!());
-            accepted.retain(|(id, _)| {
+            accepted.retain(|(id, _, _)| {
                 if *id == winner {
                     return true;
                 }
@@ -379,18 +402,16 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
         match accepted.len() {
             0 => {}
             1 => {
-                let (id, entry) = accepted.remove(0);
-                match &entry.event {
-                    Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
-                    Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
-                    Event::VersionsDeleted { seqs, .. } => {
+                let (id, entry, refused) = accepted.remove(0);
+                if refused.is_none() {
+                    authority.apply(&entry.event);
+                    if let Event::VersionsDeleted { seqs, .. } = &entry.event {
                         for s in seqs {
                             live.remove(s);
                         }
                     }
-                    _ => {}
                 }
-                let record = Record { id, entry };
+                let record = Record { id, entry, refused };
                 if let Some(v) = crate::vault::Version::from_record(dataset, &record) {
                     live.insert(v.seq, v);
                 }
@@ -402,7 +423,7 @@ pub fn load_history_full(site: &dyn Site, config: &VaultConfig, dataset: &str) -
                     accepted.len(),
                     accepted
                         .iter()
-                        .map(|(id, _)| id.short())
+                        .map(|(id, _, _)| id.short())
                         .collect::<Vec<_>>()
                         .join(", ")
                 )))
@@ -488,7 +509,8 @@ pub fn append_ignoring(
         dataset: dataset.to_string(),
         seq,
         prev: head.map(|h| h.id),
-        time_ns: crate::config::now_unix_nanos(),
+        // Never before the predecessor: verifiers refuse an entry dated before the one it follows.
+        time_ns: crate::config::now_unix_nanos().max(head.map_or(i64::MIN, |h| h.entry.time_ns)),
         signer: key.verifying_key().to_bytes(),
         event,
     };
@@ -534,5 +556,5 @@ pub fn append_ignoring(
             return Err(concurrent(after));
         }
     }
-    Ok(Record { id, entry })
+    Ok(Record::new(id, entry))
 }

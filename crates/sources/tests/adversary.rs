@@ -1476,6 +1476,7 @@ fn attack_10_revoked_and_unknown_signers() {
         Event::SignerAdded {
             key: host_key.verifying_key().to_bytes(),
             role: "host-b".into(),
+            rights: embassy_core::rights::Right::sealing(false),
         },
     )
     .unwrap();
@@ -1591,6 +1592,7 @@ fn attack_10_revoked_and_unknown_signers() {
         Event::SignerAdded {
             key: stranger.verifying_key().to_bytes(),
             role: "sneaky".into(),
+            rights: embassy_core::rights::Right::sealing(false),
         },
     )
     .unwrap();
