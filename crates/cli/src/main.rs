@@ -88,7 +88,9 @@ enum Command {
         /// How many distinct approvers must approve each deletion outside the policy.
         #[arg(long, default_value_t = 0)]
         approvals_required: u32,
-        /// Legal minimum age of every version (e.g. 90d): deleting a younger one needs approvals.
+        /// Legal minimum age of every version (e.g. 90d; default 30d): deleting a younger one
+        /// needs approvals. `0` turns it off (with a warning); `embassy policy min-age` raises it
+        /// later.
         #[arg(long)]
         min_age: Option<String>,
     },
@@ -102,6 +104,9 @@ enum Command {
     Forget(prune::ForgetArgs),
     /// As an approver: sign an approval to delete versions (DATASET@N).
     Approve(prune::ApproveArgs),
+    /// Signed policy changes by the root key (`policy min-age DATASET DURATION`).
+    #[command(subcommand)]
+    Policy(prune::PolicyCommand),
     /// Create an approver key file and print its public key (to pin with `init --approver`).
     ApproverKey(prune::ApproverKeyArgs),
     /// Store a new version of a dataset: a file tree, standard input, or a command's output.
@@ -257,9 +262,14 @@ enum KeysCommand {
     },
     /// Issue a credential: `--sealing` for a source host (adds, never reads) or `--reader`.
     Issue {
-        /// A sealing credential: adds versions and signs entries, cannot decrypt or delete.
+        /// A sealing credential: adds versions and streams WAL, cannot decrypt, and cannot delete
+        /// unless `--may-delete` is given.
         #[arg(long, conflicts_with = "reader", required_unless_present = "reader")]
         sealing: bool,
+        /// Also grant the sealing credential the right to delete versions (prune, forget), still
+        /// bound by the retention policy, the legal minimum age and the approvals.
+        #[arg(long, requires = "sealing")]
+        may_delete: bool,
         /// A reader credential: decrypts the named datasets, cannot add.
         #[arg(long)]
         reader: bool,
@@ -398,6 +408,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Gc(args) => prune::gc(cli, args),
         Command::Forget(args) => prune::forget(cli, args),
         Command::Approve(args) => prune::approve(cli, args),
+        Command::Policy(command) => prune::policy(cli, command),
         Command::ApproverKey(args) => prune::approver_key(cli, args),
         Command::History { dataset } => history(cli, dataset),
         Command::Witness { witness_key } => witness(cli, witness_key),
@@ -707,6 +718,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         println!("  NOISE: {n}");
                     }
                 }
+                for n in &report.notes {
+                    println!("note: {n}");
+                }
                 for p in &report.problems {
                     println!("PROBLEM: {p}");
                 }
@@ -764,6 +778,7 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                     "time": output::time(r.entry.time_ns),
                     "signer": hex_key(&r.entry.signer),
                     "event": hexify(serde_json::to_value(&r.entry.event).unwrap_or_default()),
+                    "refused": r.refused,
                 })
             })
             .collect();
@@ -794,9 +809,25 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 embassy_core::ledger::Event::VersionsDeleted { seqs, reason, .. } => {
                     format!("versions deleted: {seqs:?} ({reason})")
                 }
-                embassy_core::ledger::Event::SignerAdded { key, role } => {
-                    format!("signer added: {} ({role})", hex_key(key))
+                embassy_core::ledger::Event::SignerAdded { key, role, rights } => {
+                    format!(
+                        "signer added: {} ({role}; may {})",
+                        hex_key(key),
+                        rights
+                            .iter()
+                            .map(|r| r.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
+                embassy_core::ledger::Event::MinAgeChanged {
+                    min_age_secs,
+                    approvals,
+                } => format!(
+                    "min age changed to {} ({} approvals)",
+                    embassy_core::retention::format_duration(*min_age_secs),
+                    approvals.len()
+                ),
                 embassy_core::ledger::Event::SignerRevoked { key, reason } => {
                     format!("signer revoked: {} ({reason})", hex_key(key))
                 }
@@ -813,6 +844,10 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                     lsn >> 32,
                     lsn & 0xffff_ffff
                 ),
+            };
+            let detail = match &r.refused {
+                Some(why) => format!("{detail}; REFUSED, no effect: {why}"),
+                None => detail,
             };
             println!(
                 "{:>5}  {:<20}  {:<16}  {:<16}  {detail}",
@@ -1073,7 +1108,7 @@ fn status(cli: &Cli) -> Result<ExitCode> {
 }
 
 /// The vault's root secret, from its key file (a credential is refused).
-fn unlock_root(cli: &Cli, vault: &Vault) -> Result<RootSecret> {
+pub(crate) fn unlock_root(cli: &Cli, vault: &Vault) -> Result<RootSecret> {
     let keyring = secrets::unlock(
         vault.config(),
         cli.key_file.as_deref(),
@@ -1155,6 +1190,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         }
         KeysCommand::Issue {
             sealing,
+            may_delete,
             datasets,
             label,
             out,
@@ -1198,6 +1234,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                     let event = Event::SignerAdded {
                         key: public,
                         role: label.clone(),
+                        rights: embassy_core::rights::Right::sealing(*may_delete),
                     };
                     vault.append_root_event(root, d, event)?;
                 }
@@ -1215,7 +1252,15 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                     out.display()
                 );
                 if let Some(s) = signer_hex {
-                    println!("its signing key {s} was added to each dataset's ledger");
+                    println!(
+                        "its signing key {s} was added to each dataset's ledger; it may add versions \
+                         and stream WAL{}",
+                        if *may_delete {
+                            ", and delete versions (within the policy, minimum age and approvals)"
+                        } else {
+                            ", not delete (`--may-delete` grants that)"
+                        }
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

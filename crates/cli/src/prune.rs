@@ -95,15 +95,32 @@ pub struct ForgetArgs {
     pub dry_run: bool,
 }
 
+/// `embassy policy`.
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Change a dataset's legal minimum age (root key): raising needs nothing more; lowering
+    /// needs the approvals the vault requires (`embassy approve --min-age DURATION DATASET`).
+    MinAge {
+        /// The dataset.
+        dataset: String,
+        /// The new minimum age (e.g. 90d, 1y).
+        duration: String,
+    },
+}
+
 /// `embassy approve`.
 #[derive(Args)]
 pub struct ApproveArgs {
     /// The approver's key file (made with `embassy approver-key --out FILE`).
     #[arg(long)]
     pub approver_key: PathBuf,
-    /// Versions whose deletion is approved: DATASET@N, repeatable.
+    /// Versions whose deletion is approved: DATASET@N, repeatable. With `--min-age`: datasets.
     #[arg(required = true)]
     pub targets: Vec<String>,
+    /// Approve lowering each named dataset's legal minimum age to this duration (by the root's
+    /// next `embassy policy min-age`), instead of deleting versions.
+    #[arg(long)]
+    pub min_age: Option<String>,
     /// Why, for the record.
     #[arg(long, default_value = "approved")]
     pub reason: String,
@@ -149,8 +166,17 @@ pub fn configure_init(
     }
     config.approvers = keys;
     config.approvals_required = approvals_required;
-    if let Some(age) = min_age {
-        config.min_age_secs = parse_duration(age)?;
+    config.min_age_secs = match min_age {
+        Some(age) => parse_duration(age)?,
+        None => embassy_core::config::DEFAULT_MIN_AGE_SECS,
+    };
+    if config.min_age_secs == 0 {
+        eprintln!(
+            "warning: --min-age 0: any key granted `delete` (and the root) can delete every \
+             version but the newest at once; the default, {}, keeps recent history out of an \
+             intruder's reach",
+            format_duration(embassy_core::config::DEFAULT_MIN_AGE_SECS)
+        );
     }
     Ok(())
 }
@@ -370,8 +396,73 @@ fn open_approver(cli: &Cli, path: &Path) -> Result<approval::SigningKey> {
     )))
 }
 
+/// `embassy policy`.
+pub fn policy(cli: &Cli, command: &PolicyCommand) -> Result<ExitCode> {
+    match command {
+        PolicyCommand::MinAge { dataset, duration } => {
+            embassy_core::layout::check_dataset_name(dataset)?;
+            let secs = parse_duration(duration)?;
+            let vault = crate::open_vault(cli)?;
+            let root = crate::unlock_root(cli, &vault)?;
+            let report = core_prune::change_min_age(&vault, &root, dataset, secs)?;
+            if cli.json {
+                crate::print_json(json!({"ok": true, "report": report}))?;
+            } else {
+                println!(
+                    "{dataset}: legal minimum age {} (was {}; ledger entry {}, {}{})",
+                    format_duration(report.after_secs),
+                    format_duration(report.before_secs),
+                    report.entry.0,
+                    report.entry.1.short(),
+                    if report.approvals.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} approvals", report.approvals.len())
+                    }
+                );
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn approve_min_age(cli: &Cli, args: &ApproveArgs, duration: &str) -> Result<ExitCode> {
+    let secs = parse_duration(duration)?;
+    let key = open_approver(cli, &args.approver_key)?;
+    let vault = crate::open_vault(cli)?;
+    let mut done = Vec::new();
+    for dataset in &args.targets {
+        embassy_core::layout::check_dataset_name(dataset)?;
+        let history = vault.history(dataset)?;
+        let head = history
+            .last()
+            .ok_or_else(|| Error::invalid(format!("dataset {dataset} has no history to change")))?;
+        let id = approval::approve_min_age(&vault, &key, dataset, head, secs, &args.reason)?;
+        done.push(json!({"dataset": dataset, "min_age_secs": secs, "approval": id.to_hex()}));
+        if !cli.json {
+            println!(
+                "approved lowering {dataset}'s minimum age to {} after entry {} (approval {}); \
+                 the root's `embassy policy min-age {dataset} {duration}` embeds it",
+                format_duration(secs),
+                head.entry.seq,
+                id.short()
+            );
+        }
+    }
+    if cli.json {
+        crate::print_json(json!({"ok": true, "approvals": done}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `embassy approve`.
 pub fn approve(cli: &Cli, args: &ApproveArgs) -> Result<ExitCode> {
+    if let Some(d) = &args.min_age {
+        return approve_min_age(cli, args, d);
+    }
     let targets: Vec<(String, u64)> = args
         .targets
         .iter()

@@ -76,12 +76,17 @@ impl Env {
 
     /// Creates the vault at the named site folders.
     fn init(&self, sites: &[&str]) {
+        self.init_with(sites, &[]);
+    }
+
+    fn init_with(&self, sites: &[&str], extra: &[&str]) {
         let mut args = Vec::new();
         for s in sites {
             args.push("--site");
             args.push(s);
         }
         args.extend(["--passphrase-file", "passphrase", "init"]);
+        args.extend(extra);
         let out = self.embassy(&args);
         assert!(out.status.success(), "init failed: {}", show(&out));
     }
@@ -1255,7 +1260,8 @@ rpo = "2h"
 fn retention_prunes_after_each_run_and_garbage_collection_condemns() {
     let _g = serial();
     let env = Env::new();
-    env.init(&["sites/a", "sites/b"]);
+    // Versions seconds old are pruned here: no legal minimum age (the default is 30 days).
+    env.init_with(&["sites/a", "sites/b"], &["--min-age", "0"]);
     write_tree(&env.path("data/registry"), 6, 32 * 1024, 9);
     let port = free_port();
     env.config(&agent_config(

@@ -86,6 +86,7 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
         bad.stderr.contains("more than the 1 distinct approvers"),
         "{bad:?}"
     );
+    // Versions seconds old are pruned here: no legal minimum age (the default is 30 days).
     env.ok(&[
         "init",
         "--approver",
@@ -94,6 +95,8 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
         &b,
         "--approvals-required",
         "2",
+        "--min-age",
+        "0",
     ]);
     let src = env.path("src");
     for i in 0..4 {

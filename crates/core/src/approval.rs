@@ -45,6 +45,11 @@ pub struct Approval {
     pub approver: [u8; 32],
     /// When it was signed, ns since the epoch.
     pub time_ns: i64,
+    /// When present, the approval is not for deleting a version but for lowering the dataset's
+    /// legal minimum age to this many seconds by a `min_age_changed` entry right after entry
+    /// `seq` (whose id is `entry`). Omitted for deletions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age_secs: Option<u64>,
 }
 
 /// Prefix of a dataset's approvals.
@@ -72,6 +77,22 @@ pub fn approve(
     version: &Version,
     reason: &str,
 ) -> Result<ObjectId> {
+    check_pinned(vault, key)?;
+    let approver = key.verifying_key().to_bytes();
+    let approval = Approval {
+        vault_id: vault.config().vault_id.clone(),
+        dataset: version.dataset.clone(),
+        seq: version.seq,
+        entry: version.ledger_id,
+        reason: reason.to_string(),
+        approver,
+        time_ns: crate::config::now_unix_nanos(),
+        min_age_secs: None,
+    };
+    store(vault, key, &approval)
+}
+
+fn check_pinned(vault: &Vault, key: &SigningKey) -> Result<()> {
     let approver = key.verifying_key().to_bytes();
     if !vault.config().approver_keys().contains(&approver) {
         return Err(Error::WrongKey(format!(
@@ -92,18 +113,38 @@ pub fn approve(
             }
         )));
     }
+    Ok(())
+}
+
+/// Signs and stores an approval to lower `dataset`'s legal minimum age to `min_age_secs` by the
+/// root's next entry, which must follow `head` (the dataset's current last entry); returns its
+/// id. `embassy policy min-age` embeds it.
+pub fn approve_min_age(
+    vault: &Vault,
+    key: &SigningKey,
+    dataset: &str,
+    head: &crate::ledger::Record,
+    min_age_secs: u64,
+    reason: &str,
+) -> Result<ObjectId> {
+    check_pinned(vault, key)?;
     let approval = Approval {
         vault_id: vault.config().vault_id.clone(),
-        dataset: version.dataset.clone(),
-        seq: version.seq,
-        entry: version.ledger_id,
+        dataset: dataset.to_string(),
+        seq: head.entry.seq,
+        entry: head.id,
         reason: reason.to_string(),
-        approver,
+        approver: key.verifying_key().to_bytes(),
         time_ns: crate::config::now_unix_nanos(),
+        min_age_secs: Some(min_age_secs),
     };
-    let bytes = encode(&approval, key);
+    store(vault, key, &approval)
+}
+
+fn store(vault: &Vault, key: &SigningKey, approval: &Approval) -> Result<ObjectId> {
+    let bytes = encode(approval, key);
     let id = ObjectId::of(&bytes);
-    with_retry(|| vault.site().put(&path(&version.dataset, &id), &bytes))?;
+    with_retry(|| vault.site().put(&path(&approval.dataset, &id), &bytes))?;
     Ok(id)
 }
 
@@ -116,21 +157,39 @@ pub fn encode(approval: &Approval, key: &SigningKey) -> Vec<u8> {
 /// it names, and belong to this vault and dataset. Whether its approver is pinned is the
 /// caller's question.
 pub fn load(site: &dyn Site, vault_id: &str, dataset: &str, id: &ObjectId) -> Result<Approval> {
+    Ok(load_signed(site, vault_id, dataset, id)?.0)
+}
+
+/// [`load`] with the approval's stored bytes (what a deletion entry embeds).
+pub fn load_signed(
+    site: &dyn Site,
+    vault_id: &str,
+    dataset: &str,
+    id: &ObjectId,
+) -> Result<(Approval, Vec<u8>)> {
     let p = path(dataset, id);
-    let bytes = crate::reader::get_checked(site, &p, id, "a deletion's ledger entry")?;
+    let bytes = crate::reader::get_checked(site, &p, id, "the approvals listing")?;
+    Ok((decode(vault_id, dataset, &p, &bytes)?, bytes))
+}
+
+/// Decodes approval bytes (stored at `where_`, or embedded in a ledger entry): a valid signature
+/// by the key it names, this vault and dataset. Whether its approver is pinned is the caller's
+/// question.
+pub fn decode(vault_id: &str, dataset: &str, where_: &str, bytes: &[u8]) -> Result<Approval> {
+    let p = where_;
     let approval: Approval =
-        crate::framing::decode_signed(MAGIC, LABEL, "an approval", &p, &bytes, |a: &Approval| {
+        crate::framing::decode_signed(MAGIC, LABEL, "an approval", p, bytes, |a: &Approval| {
             a.approver
         })?;
     if approval.vault_id != vault_id {
         return Err(Error::corrupt(
-            &p,
+            p,
             format!("approval for vault {}, not this one", approval.vault_id),
         ));
     }
     if approval.dataset != dataset {
         return Err(Error::corrupt(
-            &p,
+            p,
             format!("approval for dataset {}, not {dataset}", approval.dataset),
         ));
     }
@@ -140,6 +199,9 @@ pub fn load(site: &dyn Site, vault_id: &str, dataset: &str, id: &ObjectId) -> Re
 /// Problems found on the way, one line each.
 pub type Problems = Vec<String>;
 
+/// An approval with its id and its stored bytes.
+pub type SignedApproval = (ObjectId, Approval, Vec<u8>);
+
 /// Every readable approval stored for `dataset`, with its id; damaged ones are skipped (they
 /// would not count anyway) and returned as problems.
 pub fn list(
@@ -147,6 +209,19 @@ pub fn list(
     vault_id: &str,
     dataset: &str,
 ) -> Result<(Vec<(ObjectId, Approval)>, Problems)> {
+    let (found, problems) = list_signed(site, vault_id, dataset)?;
+    Ok((
+        found.into_iter().map(|(id, a, _)| (id, a)).collect(),
+        problems,
+    ))
+}
+
+/// [`list`] with each approval's stored bytes.
+pub fn list_signed(
+    site: &dyn Site,
+    vault_id: &str,
+    dataset: &str,
+) -> Result<(Vec<SignedApproval>, Problems)> {
     layout::check_dataset_name(dataset)?;
     let mut out = Vec::new();
     let mut problems = Vec::new();
@@ -155,11 +230,11 @@ pub fn list(
             problems.push(format!("{}: unexpected object", info.path));
             continue;
         };
-        match load(site, vault_id, dataset, &id) {
-            Ok(a) => out.push((id, a)),
+        match load_signed(site, vault_id, dataset, &id) {
+            Ok((a, bytes)) => out.push((id, a, bytes)),
             Err(e) => problems.push(e.to_string()),
         }
     }
-    out.sort_by_key(|(_, a)| (a.seq, a.time_ns));
+    out.sort_by_key(|(_, a, _)| (a.seq, a.time_ns));
     Ok((out, problems))
 }

@@ -9,6 +9,11 @@ use crate::layout;
 use crate::site::{Put, Site, SiteError};
 
 const FORMAT: &str = "data-embassy-vault";
+
+/// The legal minimum age `embassy init` pins unless told otherwise: 30 days. Intruders
+/// (ransomware) typically dwell for weeks before they strike; a stolen credential granted
+/// `delete` must not be able to erase recent history before anyone notices. See docs/keys.md.
+pub const DEFAULT_MIN_AGE_SECS: u64 = 30 * 86_400;
 const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 
 /// Content-defined chunking parameters (bytes).

@@ -700,6 +700,7 @@ mod tests {
                 event,
                 signer: [0; 32],
             },
+            refused: None,
         };
         let anchor = |id: ObjectId, timeline: u32, end: u64| {
             record(Event::LogRangeAdded {

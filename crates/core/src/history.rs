@@ -195,38 +195,13 @@ impl History {
     }
 }
 
-/// Whether `entry` may be signed by its signer at this point of the history, given the keys
-/// that may sign there.
-// RIGHTS: the per-right check (add_versions, stream_wal, delete) goes here.
-fn authorise(
-    signers: &[[u8; 32]],
-    root: &[u8; 32],
-    entry: &Entry,
-) -> std::result::Result<(), String> {
-    let authorised = if entry.event.needs_root() {
-        entry.signer == *root
-    } else {
-        signers.contains(&entry.signer)
-    };
-    if authorised {
-        return Ok(());
-    }
-    Err(format!(
-        "{} signed by {}, which {}",
-        entry.event.name(),
-        hex::encode(&entry.signer[..8]),
-        if entry.event.needs_root() {
-            "is not the vault's root key"
-        } else {
-            "is not (or no longer) a signer of this dataset: a revoked or foreign key"
-        }
-    ))
-}
-
 /// What acceptance knows at one point of a chain.
 #[derive(Clone)]
 struct Judge {
-    signers: Vec<[u8; 32]>,
+    /// Signers with their rights, and the legal minimum age ([`crate::rights`]).
+    authority: crate::rights::Authority,
+    /// Time of the last accepted entry: an entry may not be dated before it.
+    head_time: Option<i64>,
     /// Live versions so far, kept up to date entry by entry: deletions are judged against them
     /// without rescanning the history.
     live: BTreeMap<u64, Version>,
@@ -234,17 +209,15 @@ struct Judge {
 
 impl Judge {
     fn apply(&mut self, dataset: &str, record: &Record) {
-        match &record.entry.event {
-            Event::SignerAdded { key, .. } if !self.signers.contains(key) => {
-                self.signers.push(*key)
-            }
-            Event::SignerRevoked { key, .. } => self.signers.retain(|k| k != key),
-            Event::VersionsDeleted { seqs, .. } => {
+        self.head_time = Some(record.entry.time_ns);
+        // A no-op (a refused deletion or minimum-age change) changes nothing.
+        if record.refused.is_none() {
+            self.authority.apply(&record.entry.event);
+            if let Event::VersionsDeleted { seqs, .. } = &record.entry.event {
                 for s in seqs {
                     self.live.remove(s);
                 }
             }
-            _ => {}
         }
         if let Some(v) = Version::from_record(dataset, record) {
             self.live.insert(v.seq, v);
@@ -256,6 +229,9 @@ struct Candidate {
     id: ObjectId,
     entry: Entry,
 }
+
+/// A candidate that the rules accept, with why its effect is refused when it is a no-op.
+type Acceptable<'a> = (&'a Candidate, Option<String>);
 
 struct Ctx<'a> {
     site: &'a dyn Site,
@@ -349,33 +325,48 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
         let Some(candidates) = ctx.by_seq.get(&seq) else {
             break;
         };
-        let mut acceptable: Vec<&Candidate> = Vec::new();
+        let mut acceptable: Vec<Acceptable<'_>> = Vec::new();
         for c in candidates.iter().filter(|c| c.entry.prev == prev) {
-            let verdict = authorise(&judge.signers, &ctx.root, &c.entry).and_then(|()| {
-                // A deletion must follow the policy it names or carry enough approvals.
-                crate::prune::check_deletion(
-                    ctx.site,
-                    ctx.config,
-                    ctx.dataset,
-                    &judge.live,
-                    &c.entry,
-                )
-            });
-            match verdict {
-                Ok(()) => acceptable.push(c),
-                Err(reason) => out.rejected.push(ctx.reject(seq, c.id, reason)),
+            // Signer, rights, time and the deletion rules (crate::rights).
+            match judge.authority.verdict(
+                ctx.config,
+                ctx.dataset,
+                &judge.live,
+                judge.head_time,
+                &c.entry,
+            ) {
+                crate::rights::Verdict::Accept => acceptable.push((c, None)),
+                crate::rights::Verdict::Noop(why) => acceptable.push((c, Some(why))),
+                crate::rights::Verdict::Reject(reason) => {
+                    out.rejected.push(ctx.reject(seq, c.id, reason))
+                }
             }
+        }
+        // A no-op (refused deletion or minimum-age change) beside exactly one entry with its
+        // effect loses the sequence number: it could not have changed anything anyway.
+        if acceptable.len() > 1 && acceptable.iter().filter(|(_, r)| r.is_none()).count() == 1 {
+            acceptable.retain(|(c, refused)| match refused {
+                None => true,
+                Some(why) => {
+                    out.rejected.push(ctx.reject(
+                        seq,
+                        c.id,
+                        format!("{why}; another entry took its sequence number"),
+                    ));
+                    false
+                }
+            });
         }
         // A deletion that raced a version to the same sequence number loses: it is rejected
         // and has no effect (its writer retries after the version).
         let not_deletions: Vec<ObjectId> = acceptable
             .iter()
-            .filter(|c| !matches!(c.entry.event, Event::VersionsDeleted { .. }))
-            .map(|c| c.id)
+            .filter(|(c, _)| !matches!(c.entry.event, Event::VersionsDeleted { .. }))
+            .map(|(c, _)| c.id)
             .collect();
         if acceptable.len() > 1 && not_deletions.len() == 1 {
             let winner = not_deletions[0];
-            acceptable.retain(|c| {
+            acceptable.retain(|(c, _)| {
                 if c.id == winner {
                     return true;
                 }
@@ -394,10 +385,11 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
         match acceptable.len() {
             0 => break,
             1 => {
-                let c = acceptable[0];
+                let (c, refused) = acceptable.remove(0);
                 let record = Record {
                     id: c.id,
                     entry: c.entry.clone(),
+                    refused,
                 };
                 judge.apply(ctx.dataset, &record);
                 head = Some((seq, c.id));
@@ -409,19 +401,26 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
             }
         }
     }
-    out.signers_at_end = judge.signers;
+    out.signers_at_end = judge.authority.keys();
     out
 }
 
 /// Several acceptable entries at `seq`: follow each branch, then pick the one that holds a
 /// trusted head, else the one that holds a root-signed entry, else leave the fork unresolved.
-fn resolve_fork(ctx: &Ctx<'_>, judge: &Judge, seq: u64, competing: &[&Candidate], out: &mut Walk) {
+fn resolve_fork(
+    ctx: &Ctx<'_>,
+    judge: &Judge,
+    seq: u64,
+    competing: &[Acceptable<'_>],
+    out: &mut Walk,
+) {
     let branches: Vec<Walk> = competing
         .iter()
-        .map(|c| {
+        .map(|(c, refused)| {
             let record = Record {
                 id: c.id,
                 entry: c.entry.clone(),
+                refused: refused.clone(),
             };
             let mut judge = judge.clone();
             judge.apply(ctx.dataset, &record);
@@ -488,7 +487,7 @@ fn resolve_fork(ctx: &Ctx<'_>, judge: &Judge, seq: u64, competing: &[&Candidate]
         }
         return;
     }
-    out.signers_at_end = judge.signers.clone();
+    out.signers_at_end = judge.authority.keys();
     out.conflict = Some(Conflict {
         seq,
         branches: branches
@@ -576,7 +575,8 @@ pub fn load(
         }
     }
     let judge = Judge {
-        signers: config.signer_keys(),
+        authority: crate::rights::Authority::new(config, dataset)?,
+        head_time: None,
         live: BTreeMap::new(),
     };
     let walked = walk(&ctx, judge, None);

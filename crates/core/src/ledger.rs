@@ -48,10 +48,10 @@ pub enum Event {
         captured_at_ns: i64,
     },
     /// Versions were removed by retention or by an approved `forget`; their entries stay in the
-    /// history. Verifiers accept it only when every version it deletes is one the recorded
-    /// `policy` does not keep at `as_of_ns` (with the vault's legal minimum age), or carries
-    /// approvals by `config.approvals_required` distinct pinned approvers
-    /// ([`crate::prune::check_deletion`]).
+    /// history. It takes effect only when its signer holds the `delete` right and every version
+    /// it deletes is one the recorded `policy` does not keep at `as_of_ns` (with the dataset's
+    /// legal minimum age in force), or carries approvals by `config.approvals_required` distinct
+    /// pinned approvers ([`crate::prune::check_deletion`]); otherwise it is a no-op.
     VersionsDeleted {
         /// Sequence numbers of the removed versions' entries.
         seqs: Vec<u64>,
@@ -63,9 +63,20 @@ pub enum Event {
         /// When the policy was evaluated (ns since the epoch); not after the entry's time.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_of_ns: Option<i64>,
-        /// Approval objects (`approvals/<dataset>/<id>`) for versions deleted outside the policy.
+        /// The full signed bytes of the approval objects (`approvals/<dataset>/<id>`) for
+        /// versions deleted outside the policy: verifiers judge them from the entry alone.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        approvals: Vec<ObjectId>,
+        approvals: Vec<serde_bytes::ByteBuf>,
+    },
+    /// The dataset's legal minimum age changes to `min_age_secs` (the configuration's stays a
+    /// floor). Signed by the root key; lowering it also needs `approvals` (full signed approval
+    /// objects) by `config.approvals_required` distinct pinned approvers.
+    MinAgeChanged {
+        /// The new minimum age in seconds.
+        min_age_secs: u64,
+        /// Approvals of a lowering (their full signed bytes); empty when raising.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<serde_bytes::ByteBuf>,
     },
     /// A key may sign this dataset's entries from now on. Signed by the root key.
     SignerAdded {
@@ -74,6 +85,8 @@ pub enum Event {
         key: [u8; 32],
         /// What the key is for (a host name, "agent", ...).
         role: String,
+        /// What the key may sign ([`crate::rights::Right`]).
+        rights: Vec<crate::rights::Right>,
     },
     /// The dataset's reader key moved to a new epoch: new objects are sealed to `reader_public`;
     /// old ones stay readable with the old epoch's key. Signed by the root key.
@@ -114,6 +127,7 @@ impl Event {
             Event::SignerAdded { .. }
                 | Event::SignerRevoked { .. }
                 | Event::ReaderKeyRotated { .. }
+                | Event::MinAgeChanged { .. }
         )
     }
 
@@ -127,6 +141,7 @@ impl Event {
             Event::SignerRevoked { .. } => "signer revoked",
             Event::ReaderKeyRotated { .. } => "reader key rotated",
             Event::Promoted { .. } => "promoted",
+            Event::MinAgeChanged { .. } => "min age changed",
         }
     }
 }
@@ -156,6 +171,21 @@ pub struct Record {
     pub id: ObjectId,
     /// The entry.
     pub entry: Entry,
+    /// Why verifiers refused its effect, when it is a no-op (a deletion or minimum-age change
+    /// that breaks the rules: see [`crate::rights::Verdict::Noop`]): it holds its sequence
+    /// number, entries continuing it count, but it changes nothing.
+    pub refused: Option<String>,
+}
+
+impl Record {
+    /// An accepted entry with its effect.
+    pub fn new(id: ObjectId, entry: Entry) -> Self {
+        Self {
+            id,
+            entry,
+            refused: None,
+        }
+    }
 }
 
 /// Encodes and signs an entry.
@@ -267,7 +297,8 @@ pub fn append_ignoring(
         dataset: dataset.to_string(),
         seq,
         prev: head.map(|h| h.id),
-        time_ns: crate::config::now_unix_nanos(),
+        // Never before the predecessor: verifiers refuse an entry dated before the one it follows.
+        time_ns: crate::config::now_unix_nanos().max(head.map_or(i64::MIN, |h| h.entry.time_ns)),
         signer: key.verifying_key().to_bytes(),
         event,
     };
@@ -313,5 +344,5 @@ pub fn append_ignoring(
             return Err(concurrent(after));
         }
     }
-    Ok(Record { id, entry })
+    Ok(Record::new(id, entry))
 }

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod prune;
 pub mod reader;
 pub mod retention;
+pub mod rights;
 pub mod site;
 pub mod state;
 pub mod sync;

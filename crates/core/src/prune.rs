@@ -18,11 +18,11 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::ledger::{self, Entry, Event, Record};
 use crate::retention::{self, Candidate, Decision, RetentionPolicy};
-use crate::site::Site;
 use crate::vault::{versions_in, Keyring, Vault, Version};
 
-/// How far in the future (ns) a deletion entry's own time or its evaluation time may be from the
-/// verifier's clock: clocks differ a little; more is a forged time that would age versions early.
+/// How far (ns) an entry may be dated ahead of the verifier's clock before `verify` warns about
+/// it. Only a warning: acceptance never reads the verifier's clock (a signer granted `delete` is
+/// trusted for its clock, within the bounds of its predecessor's time).
 pub const CLOCK_SKEW_NS: i64 = 10 * 60 * 1_000_000_000;
 
 /// Words in the reason of a deletion rejected because a version took its sequence number.
@@ -61,7 +61,8 @@ pub fn plan_retention(
     check_now(now_ns)?;
     let history = vault.history(dataset)?;
     let live = versions_in(dataset, &history);
-    let effective = policy.with_min_age_at_least(vault.config().min_age_of(dataset));
+    let authority = crate::rights::Authority::after(vault.config(), dataset, &history);
+    let effective = policy.with_min_age_at_least(authority.min_age_secs());
     let candidates: Vec<Candidate> = live.iter().map(Candidate::from).collect();
     let decisions = retention::select(&candidates, &effective, now_ns);
     let mut deleted: Vec<u64> = decisions
@@ -92,6 +93,10 @@ pub fn apply_retention(
     policy: &RetentionPolicy,
     now_ns: i64,
 ) -> Result<PruneReport> {
+    // A key that may not delete is refused before anything is planned or written.
+    let signer = keyring.signer()?.verifying_key().to_bytes();
+    let history = vault.history(dataset)?;
+    check_may_delete(&vault.authority(dataset, &history), dataset, &signer)?;
     // A backup that lands between the plan and the entry is no reason to fail: plan again.
     let mut last_error = None;
     for _ in 0..3 {
@@ -138,35 +143,44 @@ pub fn forget(
     let now_ns = crate::config::now_unix_nanos();
     let history = vault.history(dataset)?;
     let (approvals, problems) =
-        crate::approval::list(vault.site().as_ref(), &vault.config().vault_id, dataset)?;
+        crate::approval::list_signed(vault.site().as_ref(), &vault.config().vault_id, dataset)?;
     let live = versions_in(dataset, &history);
     let wanted: BTreeSet<u64> = seqs.iter().copied().collect();
     let pinned = vault.config().approver_keys();
-    let ids: Vec<ObjectId> = approvals
+    // The approvals travel inside the entry: verifiers never read approvals/ again.
+    let chosen: Vec<&(ObjectId, crate::approval::Approval, Vec<u8>)> = approvals
         .iter()
-        .filter(|(_, a)| {
+        .filter(|(_, a, _)| {
             pinned.contains(&a.approver)
+                && a.min_age_secs.is_none()
                 && wanted.contains(&a.seq)
                 && live
                     .iter()
                     .any(|v| v.seq == a.seq && v.ledger_id == a.entry)
         })
-        .map(|(id, _)| *id)
         .collect();
+    let ids: Vec<ObjectId> = chosen.iter().map(|(id, _, _)| *id).collect();
     let event = Event::VersionsDeleted {
         seqs: wanted.iter().copied().collect(),
         reason: format!("forget: {reason}"),
         policy: None,
         as_of_ns: None,
-        approvals: ids.clone(),
+        approvals: chosen
+            .iter()
+            .map(|(_, _, bytes)| serde_bytes::ByteBuf::from(bytes.clone()))
+            .collect(),
     };
     // Check first, with the error a person needs, before anything is written.
     let signer = keyring.map(|k| k.signer()).transpose()?;
+    let authority = crate::rights::Authority::after(vault.config(), dataset, &history);
+    if let Some(s) = &signer {
+        check_may_delete(&authority, dataset, &s.verifying_key().to_bytes())?;
+    }
     let probe = Entry {
         dataset: dataset.to_string(),
         seq: history.last().map_or(1, |r| r.entry.seq + 1),
         prev: history.last().map(|r| r.id),
-        time_ns: now_ns,
+        time_ns: now_ns.max(history.last().map_or(i64::MIN, |r| r.entry.time_ns)),
         signer: signer
             .as_ref()
             .map_or([0; 32], |s| s.verifying_key().to_bytes()),
@@ -174,10 +188,10 @@ pub fn forget(
     };
     let live_by_seq: BTreeMap<u64, Version> = live.iter().map(|v| (v.seq, v.clone())).collect();
     deletion_verdict(
-        vault.site().as_ref(),
         vault.config(),
         dataset,
         &live_by_seq,
+        authority.min_age_secs(),
         &probe,
     )?;
     let mut report = PruneReport {
@@ -216,15 +230,8 @@ fn append_deletion(
     let signer = keyring.signer()?;
     let history = vault.history_full(dataset)?;
     history.check_appendable(dataset)?;
-    if !vault
-        .active_signers(&history.records)
-        .contains(&signer.verifying_key().to_bytes())
-    {
-        return Err(Error::WrongKey(format!(
-            "signing key {} may not add to dataset {dataset}'s ledger: it was revoked, or never added",
-            hex::encode(&signer.verifying_key().to_bytes()[..8])
-        )));
-    }
+    let authority = vault.authority(dataset, &history.records);
+    check_may_delete(&authority, dataset, &signer.verifying_key().to_bytes())?;
     let record = ledger::append_ignoring(
         vault.site().as_ref(),
         &signer,
@@ -266,9 +273,32 @@ fn append_deletion(
     Ok((record, warnings))
 }
 
+/// Refuses, before anything is written, a deletion by a key that may not delete.
+fn check_may_delete(
+    authority: &crate::rights::Authority,
+    dataset: &str,
+    signer: &[u8; 32],
+) -> Result<()> {
+    if !authority.is_signer(signer) {
+        return Err(Error::WrongKey(format!(
+            "signing key {} may not add to dataset {dataset}'s ledger: it was revoked, or never added",
+            hex::encode(&signer[..8])
+        )));
+    }
+    if !authority.may(signer, crate::rights::Right::Delete) {
+        return Err(Error::WrongKey(format!(
+            "this credential may not delete versions of {dataset}: the root grants that with \
+             `embassy keys issue --sealing --may-delete` (signing key {})",
+            hex::encode(&signer[..8])
+        )));
+    }
+    Ok(())
+}
+
 fn check_now(now_ns: i64) -> Result<()> {
     let real = crate::config::now_unix_nanos();
-    if now_ns > real + CLOCK_SKEW_NS {
+    // The deletion entry is dated now (or later): an evaluation time after it is refused.
+    if now_ns > real {
         return Err(Error::invalid(format!(
             "retention evaluated at {}, which is in the future (the clock says {}): verifiers \
              would reject the deletion",
@@ -279,28 +309,29 @@ fn check_now(now_ns: i64) -> Result<()> {
     Ok(())
 }
 
-/// The rule every verifier applies to a `versions_deleted` entry signed by an authorised key,
-/// given the versions live before it (by sequence number): `Ok` when it is valid (other events
-/// always are), else why it is rejected. Keyless: it reads only the ledger, the configuration
-/// and approvals.
+/// The rule every verifier applies to a `versions_deleted` entry whose signer holds the `delete`
+/// right, given the versions live before it (by sequence number) and the dataset's legal minimum
+/// age in force there: `Ok` when it is valid (other events always are), else why it is refused
+/// (it is then a no-op). A pure function of the entry's signed bytes and the configuration: it
+/// reads nothing from a site and no clock.
 pub fn check_deletion(
-    site: &dyn Site,
     config: &VaultConfig,
     dataset: &str,
     live: &BTreeMap<u64, Version>,
+    min_age_secs: u64,
     entry: &Entry,
 ) -> std::result::Result<(), String> {
-    deletion_verdict(site, config, dataset, live, entry).map_err(|e| match e {
+    deletion_verdict(config, dataset, live, min_age_secs, entry).map_err(|e| match e {
         Error::Invalid(m) => m,
         other => other.to_string(),
     })
 }
 
 fn deletion_verdict(
-    site: &dyn Site,
     config: &VaultConfig,
     dataset: &str,
     by_seq: &BTreeMap<u64, Version>,
+    min_age_secs: u64,
     entry: &Entry,
 ) -> Result<()> {
     let Event::VersionsDeleted {
@@ -317,13 +348,6 @@ fn deletion_verdict(
     if seqs.is_empty() {
         return refuse("versions deleted: the entry names no version".into());
     }
-    let now = crate::config::now_unix_nanos();
-    if entry.time_ns > now + CLOCK_SKEW_NS {
-        return refuse(format!(
-            "versions deleted: the entry is dated {}, in the future",
-            crate::time::utc(entry.time_ns)
-        ));
-    }
     let live: Vec<&Version> = by_seq.values().collect();
     let mut seen = BTreeSet::new();
     for s in seqs {
@@ -339,13 +363,14 @@ fn deletion_verdict(
     // What the recorded policy deletes by itself, recomputed from the ledger.
     let mut in_policy = BTreeSet::new();
     if let (Some(policy), Some(as_of)) = (policy, as_of_ns) {
-        if *as_of > entry.time_ns + CLOCK_SKEW_NS {
+        if *as_of > entry.time_ns {
             return refuse(format!(
-                "versions deleted: the policy was evaluated at {}, after the entry was made",
-                crate::time::utc(*as_of)
+                "versions deleted: the policy was evaluated at {}, after the entry was made ({})",
+                crate::time::utc(*as_of),
+                crate::time::utc(entry.time_ns)
             ));
         }
-        let effective = policy.with_min_age_at_least(config.min_age_of(dataset));
+        let effective = policy.with_min_age_at_least(min_age_secs);
         let candidates: Vec<Candidate> = live.iter().map(|v| Candidate::from(*v)).collect();
         for d in retention::select(&candidates, &effective, *as_of) {
             if !d.keep() {
@@ -376,64 +401,152 @@ fn deletion_verdict(
     let pinned = config.approver_keys();
     let mut valid: Vec<crate::approval::Approval> = Vec::new();
     let mut problems = Vec::new();
-    for id in approvals {
-        match crate::approval::load(site, &config.vault_id, dataset, id) {
-            Ok(a) if pinned.contains(&a.approver) => valid.push(a),
-            Ok(a) => problems.push(format!(
-                "approval {} is by {}, which is not a pinned approver",
-                id.short(),
+    for (i, bytes) in approvals.iter().enumerate() {
+        let label = format!("approval {i} of entry {}", entry.seq);
+        match crate::approval::decode(&config.vault_id, dataset, &label, bytes) {
+            Ok(a) if !pinned.contains(&a.approver) => problems.push(format!(
+                "{label} is by {}, which is not a pinned approver",
                 hex::encode(&a.approver[..8])
             )),
-            Err(e) => problems.push(format!("approval {}: {e}", id.short())),
+            Ok(a) if a.min_age_secs.is_some() => problems.push(format!(
+                "{label} approves a minimum-age change, not a deletion"
+            )),
+            Ok(a) => valid.push(a),
+            Err(e) => problems.push(e.to_string()),
         }
     }
-    let mut worst: Option<(u64, usize)> = None;
-    for s in &outside {
-        let version = &by_seq[s];
-        let approvers: BTreeSet<[u8; 32]> = valid
+    let approvers_of = |s: u64| -> BTreeSet<[u8; 32]> {
+        let version = &by_seq[&s];
+        valid
             .iter()
-            .filter(|a| a.seq == *s && a.entry == version.ledger_id)
+            .filter(|a| a.seq == s && a.entry == version.ledger_id)
             .map(|a| a.approver)
-            .collect();
-        if approvers.len() < need && worst.is_none_or(|(_, n)| approvers.len() < n) {
-            worst = Some((*s, approvers.len()));
+            .collect()
+    };
+    let short: Vec<u64> = outside
+        .iter()
+        .copied()
+        .filter(|s| approvers_of(*s).len() < need)
+        .collect();
+    let Some(have) = short.iter().map(|s| approvers_of(*s).len()).min() else {
+        return Ok(());
+    };
+    Err(Error::NotApproved {
+        dataset: dataset.to_string(),
+        versions: short,
+        have,
+        need,
+        detail: if problems.is_empty() {
+            format!(
+                "get {} more with `embassy approve --approver-key FILE {dataset}@N`",
+                need - have
+            )
+        } else {
+            format!(
+                "{}; get {} more with `embassy approve --approver-key FILE {dataset}@N`",
+                problems.join("; "),
+                need - have
+            )
+        },
+    })
+}
+
+/// What a minimum-age change did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MinAgeReport {
+    /// The dataset.
+    pub dataset: String,
+    /// The minimum age in force before (seconds).
+    pub before_secs: u64,
+    /// The minimum age in force after (seconds).
+    pub after_secs: u64,
+    /// The `min_age_changed` entry written.
+    pub entry: (u64, ObjectId),
+    /// Approvals embedded (ids of the approval objects).
+    pub approvals: Vec<ObjectId>,
+    /// Problems that did not stop the change (no checkpoint written).
+    pub warnings: Vec<String>,
+}
+
+/// Changes `dataset`'s legal minimum age (`embassy policy min-age`): a root-signed
+/// `min_age_changed` entry. Raising needs only the root; lowering embeds the stored approvals of
+/// exactly this change (`embassy approve --min-age`) and is refused, before anything is written,
+/// unless `config.approvals_required` (at least 1) distinct pinned approvers approved it. The
+/// configuration's minimum age stays a floor.
+pub fn change_min_age(
+    vault: &Vault,
+    root: &crate::keys::RootSecret,
+    dataset: &str,
+    min_age_secs: u64,
+) -> Result<MinAgeReport> {
+    let history = vault.history_full(dataset)?;
+    let authority = vault.authority(dataset, &history.records);
+    let before_secs = authority.min_age_secs();
+    let head = history.records.last();
+    let pinned = vault.config().approver_keys();
+    let (approvals, _) =
+        crate::approval::list_signed(vault.site().as_ref(), &vault.config().vault_id, dataset)?;
+    let chosen: Vec<&(ObjectId, crate::approval::Approval, Vec<u8>)> = approvals
+        .iter()
+        .filter(|(_, a, _)| {
+            pinned.contains(&a.approver)
+                && a.min_age_secs == Some(min_age_secs)
+                && head.is_some_and(|h| h.entry.seq == a.seq && h.id == a.entry)
+        })
+        .collect();
+    let event = Event::MinAgeChanged {
+        min_age_secs,
+        approvals: chosen
+            .iter()
+            .map(|(_, _, b)| serde_bytes::ByteBuf::from(b.clone()))
+            .collect(),
+    };
+    let root_key = root.root_signing_key();
+    let probe = Entry {
+        dataset: dataset.to_string(),
+        seq: head.map_or(1, |r| r.entry.seq + 1),
+        prev: head.map(|r| r.id),
+        time_ns: crate::config::now_unix_nanos().max(head.map_or(i64::MIN, |r| r.entry.time_ns)),
+        signer: root_key.verifying_key().to_bytes(),
+        event: event.clone(),
+    };
+    let live: BTreeMap<u64, Version> = versions_in(dataset, &history.records)
+        .into_iter()
+        .map(|v| (v.seq, v))
+        .collect();
+    let prev_time = head.map(|r| r.entry.time_ns);
+    match authority.verdict(vault.config(), dataset, &live, prev_time, &probe) {
+        crate::rights::Verdict::Accept => {}
+        crate::rights::Verdict::Noop(why) | crate::rights::Verdict::Reject(why) => {
+            return Err(Error::invalid(format!(
+                "{why}: approvers approve lowering with `embassy approve --approver-key FILE \
+                 --min-age DURATION {dataset}`, then run this again"
+            )))
         }
     }
-    match worst {
-        None => Ok(()),
-        Some((_, have)) => {
-            let short: Vec<u64> = outside
-                .iter()
-                .copied()
-                .filter(|s| {
-                    let version = &by_seq[s];
-                    valid
-                        .iter()
-                        .filter(|a| a.seq == *s && a.entry == version.ledger_id)
-                        .map(|a| a.approver)
-                        .collect::<BTreeSet<_>>()
-                        .len()
-                        < need
-                })
-                .collect();
-            Err(Error::NotApproved {
+    let record = vault.append_root_event(root, dataset, event)?;
+    let after = vault.history(dataset)?;
+    if let Some(r) = after.iter().find(|r| r.id == record.id) {
+        if let Some(why) = &r.refused {
+            return Err(Error::History {
                 dataset: dataset.to_string(),
-                versions: short,
-                have,
-                need,
-                detail: if problems.is_empty() {
-                    format!(
-                        "get {} more with `embassy approve --approver-key FILE {dataset}@N`",
-                        need - have
-                    )
-                } else {
-                    format!(
-                        "{}; get {} more with `embassy approve --approver-key FILE {dataset}@N`",
-                        problems.join("; "),
-                        need - have
-                    )
-                },
-            })
+                problem: format!(
+                    "the min age change {} was stored but verifiers refuse it: {why}",
+                    record.id.short()
+                ),
+            });
         }
     }
+    let mut warnings = Vec::new();
+    if let Err(e) = vault.write_checkpoint(&root_key) {
+        warnings.push(format!("no checkpoint written: {e}"));
+    }
+    Ok(MinAgeReport {
+        dataset: dataset.to_string(),
+        before_secs,
+        after_secs: vault.authority(dataset, &after).min_age_secs(),
+        entry: (record.entry.seq, record.id),
+        approvals: chosen.iter().map(|(id, _, _)| *id).collect(),
+        warnings,
+    })
 }

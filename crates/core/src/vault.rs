@@ -124,10 +124,11 @@ impl Vault {
         Ok(history)
     }
 
-    /// The keys that may sign `dataset`'s next entry, after its verified history.
+    /// The keys that may sign `dataset`'s next entry (with any right), after its verified
+    /// history. [`Vault::authority`] says which rights each holds.
     pub fn active_signers(&self, history: &[Record]) -> Vec<[u8; 32]> {
         let mut signers = self.config.signer_keys();
-        for record in history {
+        for record in history.iter().filter(|r| r.refused.is_none()) {
             match &record.entry.event {
                 Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
                 Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
@@ -135,6 +136,12 @@ impl Vault {
             }
         }
         signers
+    }
+
+    /// The signers of `dataset` with their rights, and its legal minimum age, after its verified
+    /// history: `authority(..).may(key, Right::Delete)`.
+    pub fn authority(&self, dataset: &str, history: &[Record]) -> crate::rights::Authority {
+        crate::rights::Authority::after(&self.config, dataset, history)
     }
 
     /// Every dataset's verified history; datasets that fail are returned as errors beside,
@@ -541,6 +548,7 @@ impl Version {
 pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
     let deleted: BTreeSet<u64> = history
         .iter()
+        .filter(|r| r.refused.is_none())
         .filter_map(|r| match &r.entry.event {
             Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().copied()),
             _ => None,

@@ -229,6 +229,34 @@ pub fn verify(
             noise.push(format!("{}: not a ledger entry's name", info.path));
         }
     }
+    // Refused policy entries (no-ops) and entries dated ahead of this clock: reported, never
+    // part of acceptance (which reads no clock).
+    {
+        let now = crate::config::now_unix_nanos();
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        for (dataset, records) in &histories {
+            for rec in records {
+                if let Some(why) = &rec.refused {
+                    r.notes.push(format!(
+                        "dataset {dataset}: entry {} ({}) is a refused {}: it has no effect: {why}",
+                        rec.entry.seq,
+                        rec.id.short(),
+                        rec.entry.event.name()
+                    ));
+                }
+                if rec.entry.time_ns > now.saturating_add(crate::prune::CLOCK_SKEW_NS) {
+                    r.notes.push(format!(
+                        "warning: dataset {dataset}: entry {} ({}) is dated {}, ahead of this \
+                         machine's clock ({}): check the clocks of the signers (and this one)",
+                        rec.entry.seq,
+                        rec.id.short(),
+                        crate::time::utc(rec.entry.time_ns),
+                        crate::time::utc(now)
+                    ));
+                }
+            }
+        }
+    }
     // Listed datasets whose history did not verify, whatever the reason (a damaged entry too):
     // their problem is reported above, not again as a rollback against the checkpoints.
     let failed_datasets: Vec<String> = listed_datasets
@@ -278,9 +306,7 @@ pub fn verify(
             let in_place = judged
                 .iter()
                 .find(|(d, _)| p.starts_with(&format!("dataset {d}: rollback")))
-                .map(|(d, h)| {
-                    h.in_place(histories.get(d).map_or(0, |r| r.len() as u64) + 1)
-                })
+                .map(|(d, h)| h.in_place(histories.get(d).map_or(0, |r| r.len() as u64) + 1))
                 .unwrap_or_default();
             problem(format!("{p}{in_place}"));
         }

@@ -193,13 +193,14 @@ impl BackupSession {
         // A version after a gap or a fork would hide the entries beyond it for good.
         history.check_appendable(dataset)?;
         let keys = keyring.dataset_at(dataset, ledger::key_epoch(&history.records))?;
-        if !vault
-            .active_signers(&history.records)
-            .contains(&signer.verifying_key().to_bytes())
-        {
+        if !vault.authority(dataset, &history.records).may(
+            &signer.verifying_key().to_bytes(),
+            crate::rights::Right::AddVersions,
+        ) {
             return Err(Error::WrongKey(format!(
-                "signing key {} may not add to dataset {dataset}: it was revoked, or never added \
-                 (`embassy keys issue --sealing` adds a credential's key); ask for a new credential",
+                "signing key {} may not add versions to dataset {dataset}: it was revoked, never \
+                 added, or not granted add_versions (`embassy keys issue --sealing` adds a \
+                 credential's key); ask for a new credential",
                 hex::encode(&signer.verifying_key().to_bytes()[..8])
             )));
         }

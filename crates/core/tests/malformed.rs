@@ -616,7 +616,7 @@ fn history() -> &'static (Vec<(String, Vec<u8>)>, VaultConfig, Vec<ledger::Recor
             let bytes = ledger::encode(&entry, key);
             let id = ObjectId::of(&bytes);
             objects.push((layout::ledger_entry("fuzz", entry.seq, &id), bytes));
-            records.push(ledger::Record { id, entry });
+            records.push(ledger::Record::new(id, entry));
         }
         (objects, config, records)
     })

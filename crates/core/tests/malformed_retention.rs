@@ -45,6 +45,7 @@ fn valid_approval() -> Vec<u8> {
             reason: "r".into(),
             approver: key.verifying_key().to_bytes(),
             time_ns: 1,
+            min_age_secs: None,
         },
         &key,
     )

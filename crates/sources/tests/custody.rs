@@ -49,6 +49,7 @@ fn add_signer(vault: &Vault, root: &RootSecret, dataset: &str, credential: &Cred
         Event::SignerAdded {
             key,
             role: credential.label.clone(),
+            rights: embassy_core::rights::Right::sealing(false),
         },
     )
     .unwrap();
