@@ -201,7 +201,7 @@ pub fn load_all(
                     return Err(Error::corrupt(
                         &info.path,
                         "signed by a key that may not sign checkpoints (only the root key and the \
-                         writer keys pinned in the configuration may): ignored",
+                         writer keys pinned in the configuration may)",
                     ));
                 }
                 if !info.path.contains(&format!("{:020}-", cp.time_ns)) {
@@ -245,7 +245,7 @@ pub fn load_valid(
     for cp in checkpoints {
         match time_problem(site, &cp, histories) {
             Some(problem) => noise.push(format!(
-                "{CHECKPOINTS}{:020}-{}: {problem}: ignored",
+                "{CHECKPOINTS}{:020}-{}: {problem}",
                 cp.checkpoint.time_ns, cp.id
             )),
             None => valid.push(cp),
