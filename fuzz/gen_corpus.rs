@@ -427,7 +427,6 @@ fn configs() {
     let f = fixture();
     let mut corpus = Corpus::new("fuzz_config");
     let mut config = VaultConfig::new(&f.root);
-    config.vault_id = "00112233445566778899aabbccddeeff".into();
     config.created_unix = 1_700_000_000;
     config.signers = f.signers.iter().map(|k| hex_encode(k)).collect();
     let body = serde_json::to_vec_pretty(&config).expect("config JSON");

@@ -79,6 +79,16 @@ pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, St
     .map_err(|e| e.to_string())?;
     let site: Arc<dyn Site> = Arc::new(CancellableSite::new(site, cancel.clone()));
     let vault = Vault::open(site).map_err(|e| e.to_string())?;
+    // Each site must keep holding the vault it held on first contact.
+    for location in &locations {
+        embassy_core::state::pin_site(
+            &config.agent.state_dir,
+            location,
+            &vault.config().vault_id,
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+    }
     let state = StateStore::open(
         &config.agent.state_dir.join("vaults"),
         &vault.config().vault_id,

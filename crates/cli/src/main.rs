@@ -67,6 +67,16 @@ struct Cli {
     /// EMBASSY_STATE_DIR); default ~/.local/state/data-embassy.
     #[arg(long, env = "EMBASSY_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
+    /// The vault id (or the fingerprint `embassy init` printed) this vault must have (also
+    /// EMBASSY_VAULT_ID): a site serving another vault, or a substituted configuration, is
+    /// refused. Pass it on first contact with a site.
+    #[arg(long, env = "EMBASSY_VAULT_ID", global = true)]
+    vault_id: Option<String>,
+    /// This machine pins the vault id each site held on first contact and refuses a site that
+    /// later holds another; this replaces the pins of the given sites with the vault they hold
+    /// now (when a vault was legitimately replaced there).
+    #[arg(long, global = true)]
+    forget_site_pin: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -357,8 +367,45 @@ fn state_dir(cli: &Cli) -> Result<PathBuf> {
 fn open_vault(cli: &Cli) -> Result<Vault> {
     let vault = Vault::open(open_site(cli)?)?;
     let dir = state_dir(cli)?;
+    check_vault_id(cli, vault.site().location(), &vault.config().vault_id)?;
     let state = StateStore::open(&dir, &vault.config().vault_id)?;
     Ok(vault.with_state(state))
+}
+
+/// The vault id given with --vault-id (or EMBASSY_VAULT_ID), parsed.
+fn expected_vault_id(cli: &Cli) -> Result<Option<String>> {
+    cli.vault_id
+        .as_deref()
+        .filter(|v| !v.trim().is_empty())
+        .map(|text| {
+            embassy_core::config::parse_vault_id(text).ok_or_else(|| {
+                Error::invalid(format!(
+                    "--vault-id {text} is not a vault id: give the 32 hex digits (or the grouped \
+                     fingerprint) that `embassy init` printed"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Refuses a vault that is not the one expected with --vault-id, or not the one each site held
+/// on first contact (pinned in the state folder); pins the sites met for the first time.
+fn check_vault_id(cli: &Cli, location: &str, vault_id: &str) -> Result<()> {
+    if let Some(expected) = expected_vault_id(cli)? {
+        if expected != vault_id {
+            return Err(Error::SubstitutedConfig {
+                site: location.to_string(),
+                problem: format!(
+                    "it holds vault {vault_id}, but vault {expected} was expected (--vault-id)"
+                ),
+            });
+        }
+    }
+    let dir = state_dir(cli)?;
+    for site in &cli.site {
+        embassy_core::state::pin_site(&dir, site, vault_id, cli.forget_site_pin)?;
+    }
+    Ok(())
 }
 
 fn open_site(cli: &Cli) -> Result<Arc<dyn Site>> {
@@ -570,6 +617,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             let vault = open_vault(cli)?;
             let version = vault.find_trusted_version(dataset, selector, *unwitnessed)?;
+            if !*unwitnessed && matches!(selector, None | Some("latest")) {
+                if let Some(note) = vault.unwitnessed_note(&version)? {
+                    eprintln!("note: {note}");
+                }
+            }
             let keyring = secrets::unlock(
                 vault.config(),
                 cli.key_file.as_deref(),
@@ -895,10 +947,12 @@ fn witness_key_new(cli: &Cli, out: &Path) -> Result<ExitCode> {
     let secret = RootSecret::generate();
     let public = ed25519_dalek_public(&secret);
     let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
+    // Bound to one vault when --vault-id is given: it then refuses to witness any other.
+    let bound = expected_vault_id(cli)?;
     KeyFile::seal_payload(
         secret.expose(),
         PURPOSE_WITNESS,
-        WITNESS_KEY_ID,
+        bound.as_deref().unwrap_or(WITNESS_KEY_ID),
         pass.as_bytes(),
         KdfParams::DEFAULT,
     )?
@@ -934,6 +988,18 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
         .map_err(|_| Error::invalid("witness key file holds a secret of the wrong length"))?;
     let key = embassy_core::checkpoint::witness_signing_key(&RootSecret::from_bytes(&seed));
     let vault = open_vault(cli)?;
+    // A witness key made for one vault (`embassy --vault-id ID witness-key`) witnesses only it.
+    if file.vault_id != WITNESS_KEY_ID && file.vault_id != vault.config().vault_id {
+        return Err(Error::SubstitutedConfig {
+            site: vault.site().location().to_string(),
+            problem: format!(
+                "it holds vault {}, but witness key {} was made for vault {}",
+                vault.config().vault_id,
+                key_path.display(),
+                file.vault_id
+            ),
+        });
+    }
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let report = verify::verify(&vault, None, &bar)?;
     bar.finish();
@@ -949,16 +1015,16 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
             ),
         });
     }
+    for n in &report.noise {
+        eprintln!("noise: {n}");
+    }
     let (histories, _) = vault.histories()?;
-    let signers = vault.checkpoint_signers(&histories)?;
-    let (checkpoints, _) = embassy_core::checkpoint::load_all(
-        vault.site().as_ref(),
-        &vault.config().vault_id,
-        &signers,
-    )?;
+    // The newest valid checkpoint (signed by the root or a pinned writer key, dated sanely);
+    // verify above proved that the served histories extend every valid one.
+    let (checkpoints, _) = vault.checkpoints(&histories)?;
     let newest = checkpoints
         .last()
-        .ok_or_else(|| Error::NotFound("the vault has no checkpoint to cosign yet".into()))?;
+        .ok_or_else(|| Error::NotFound("the vault has no valid checkpoint to cosign yet".into()))?;
     embassy_core::checkpoint::cosign(vault.site().as_ref(), &newest.id, &key)?;
     if cli.json {
         print_json(
@@ -1203,16 +1269,17 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                 embassy_core::layout::check_dataset_name(d)?;
             }
             let vault_id = vault.config().vault_id.clone();
-            let (credential, purpose) = if *sealing {
-                (
-                    Credential::sealing(root, &vault_id, label, datasets),
-                    PURPOSE_SEALING,
-                )
+            // Keys at each dataset's current key epoch (after `keys rotate`, the new one); a
+            // reader also gets every earlier epoch's, so old versions stay readable.
+            let mut epochs = Vec::new();
+            for d in datasets {
+                epochs.push((d.clone(), ledger::key_epoch(&vault.history(d)?)));
+            }
+            let credential = Credential::at_epochs(root, &vault_id, label, &epochs, !*sealing);
+            let purpose = if *sealing {
+                PURPOSE_SEALING
             } else {
-                (
-                    Credential::reader(root, &vault_id, label, datasets),
-                    PURPOSE_READER,
-                )
+                PURPOSE_READER
             };
             let pass = match new_passphrase_file {
                 Some(f) => secrets::passphrase(Some(f), false)?,
@@ -1399,12 +1466,21 @@ fn init(
         let _ = std::fs::remove_file(&key_path);
         return Err(e);
     }
+    let dir = state_dir(cli)?;
+    for location in &cli.site {
+        embassy_core::state::pin_site(&dir, location, &config.vault_id, true)?;
+    }
+    let fingerprint = embassy_core::config::fingerprint(&config.vault_id);
     if cli.json {
         print_json(
-            json!({"ok": true, "vault_id": config.vault_id, "site": site.location(), "key_file": key_path}),
+            json!({"ok": true, "vault_id": config.vault_id, "fingerprint": fingerprint, "site": site.location(), "key_file": key_path}),
         )?;
     } else {
         println!("created vault {} at {}", config.vault_id, site.location());
+        println!(
+            "fingerprint: {fingerprint}\n  (record it away from this machine, on paper: it pins the vault's root key; \
+             a first-time reader checks it with `embassy --vault-id {fingerprint} verify`)"
+        );
         println!("key file: {} (keep a copy somewhere safe: without it and the passphrase, the data cannot be read)", key_path.display());
     }
     Ok(ExitCode::SUCCESS)

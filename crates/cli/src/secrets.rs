@@ -87,7 +87,8 @@ pub fn unlock(
     }
     if file.vault_id != config.vault_id {
         return Err(Error::WrongKey(format!(
-            "key file {} belongs to vault {}, but the site holds vault {}",
+            "key file {} belongs to vault {}, but the site holds vault {}: the wrong site, or a \
+             substituted configuration (nothing was written)",
             path.display(),
             file.vault_id,
             config.vault_id

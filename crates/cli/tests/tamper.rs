@@ -518,7 +518,14 @@ impl Fixture {
             }
         };
         let v = self.verify(vault);
-        if v.code != 3 || !names_object(&v.text()) {
+        // A damaged checkpoint is noise (format §14): reported with its path, not a failure,
+        // unless this client remembered it (then the newest valid one is a replay: exit 3).
+        let noise_ok = object.starts_with("checkpoints/")
+            && v.code == 0
+            && v.text()
+                .lines()
+                .any(|l| l.starts_with("noise") && l.contains(object));
+        if !noise_ok && (v.code != 3 || !names_object(&v.text())) {
             failures.push(format!(
                 "verify after {what}: expected exit 3 naming {object}, got {v:?}"
             ));

@@ -90,9 +90,20 @@ pub fn write(
     heads: BTreeMap<String, Head>,
     key: &SigningKey,
 ) -> Result<(ObjectId, i64)> {
+    write_at(site, vault_id, heads, key, crate::config::now_unix_nanos())
+}
+
+/// [`write`] with a stated time (tools and tests; readers judge the time, see [`load_valid`]).
+pub fn write_at(
+    site: &dyn Site,
+    vault_id: &str,
+    heads: BTreeMap<String, Head>,
+    key: &SigningKey,
+    time_ns: i64,
+) -> Result<(ObjectId, i64)> {
     let checkpoint = Checkpoint {
         vault_id: vault_id.to_string(),
-        time_ns: crate::config::now_unix_nanos(),
+        time_ns,
         heads,
         signer: key.verifying_key().to_bytes(),
     };
@@ -125,8 +136,15 @@ pub fn cosign(site: &dyn Site, id: &ObjectId, key: &SigningKey) -> Result<()> {
     Ok(())
 }
 
+/// How far a checkpoint's `time_ns` may be ahead of the newest entry it names: 10 minutes.
+/// A checkpoint dated further ahead is invalid (it would freeze witnessing and replay checks
+/// until that time).
+pub const MAX_AHEAD_NS: i64 = 10 * 60 * 1_000_000_000;
+
 /// Every checkpoint on the site, oldest first, with signatures checked (signer must be in
-/// `signers`) and its valid cosignatures. Damaged or foreign ones are returned as problems.
+/// `signers`: the root key and the pinned writer keys) and its valid cosignatures. Damaged,
+/// foreign, unparsable or wrongly signed ones are returned beside as noise, one line each
+/// naming the object: never a reason to fail. See [`load_valid`] for the time check too.
 pub fn load_all(
     site: &dyn Site,
     vault_id: &str,
@@ -182,7 +200,8 @@ pub fn load_all(
                 if !signers.contains(&cp.signer) {
                     return Err(Error::corrupt(
                         &info.path,
-                        "signed by a key that is not a signer of this vault",
+                        "signed by a key that may not sign checkpoints (only the root key and the \
+                         writer keys pinned in the configuration may)",
                     ));
                 }
                 if !info.path.contains(&format!("{:020}-", cp.time_ns)) {
@@ -210,6 +229,71 @@ pub fn load_all(
     Ok((out, problems))
 }
 
+/// [`load_all`], then the time check: a checkpoint whose `time_ns` is more than
+/// [`MAX_AHEAD_NS`] ahead of the newest entry it names is invalid, as is one that names no
+/// entry. Entries are found in `histories` by sequence number and id, else read from the site
+/// (their id authenticates their time, since the checkpoint's signer signed the id). Returns
+/// the valid checkpoints, oldest first, and the noise.
+pub fn load_valid(
+    site: &dyn Site,
+    vault_id: &str,
+    signers: &[[u8; 32]],
+    histories: &BTreeMap<String, Vec<Record>>,
+) -> Result<(Vec<StoredCheckpoint>, Vec<String>)> {
+    let (checkpoints, mut noise) = load_all(site, vault_id, signers)?;
+    let mut valid = Vec::with_capacity(checkpoints.len());
+    for cp in checkpoints {
+        match time_problem(site, &cp, histories) {
+            Some(problem) => noise.push(format!(
+                "{CHECKPOINTS}{:020}-{}: {problem}",
+                cp.checkpoint.time_ns, cp.id
+            )),
+            None => valid.push(cp),
+        }
+    }
+    Ok((valid, noise))
+}
+
+/// Why a checkpoint's time is not acceptable (see [`load_valid`]), if it is not. A checkpoint
+/// none of whose named entries can be found is not judged here: the served histories
+/// contradict it, and [`check_against`] says so.
+pub fn time_problem(
+    site: &dyn Site,
+    cp: &StoredCheckpoint,
+    histories: &BTreeMap<String, Vec<Record>>,
+) -> Option<String> {
+    if cp.checkpoint.heads.is_empty() {
+        return Some("names no ledger head, so its time cannot be checked".into());
+    }
+    let mut newest: Option<i64> = None;
+    for (dataset, head) in &cp.checkpoint.heads {
+        let served = histories
+            .get(dataset)
+            .and_then(|h| h.get((head.seq as usize).wrapping_sub(1)))
+            .filter(|r| r.id == head.id)
+            .map(|r| r.entry.time_ns);
+        let time = served.or_else(|| {
+            let path = crate::layout::ledger_entry(dataset, head.seq, &head.id);
+            let bytes = with_retry(|| site.get(&path)).ok()?;
+            (ObjectId::of(&bytes) == head.id)
+                .then(|| crate::ledger::decode(&path, &bytes).ok())
+                .flatten()
+                .map(|e| e.time_ns)
+        });
+        if let Some(t) = time {
+            newest = Some(newest.map_or(t, |n| n.max(t)));
+        }
+    }
+    let newest = newest?;
+    (cp.checkpoint.time_ns > newest.saturating_add(MAX_AHEAD_NS)).then(|| {
+        format!(
+            "dated {}, more than 10 minutes after the newest entry it names ({})",
+            crate::time::utc(cp.checkpoint.time_ns),
+            crate::time::utc(newest)
+        )
+    })
+}
+
 /// Checks that the served histories extend a checkpoint: for each dataset it names, the
 /// entry at its head sequence exists and has the same id. Returns one problem per mismatch.
 /// Datasets in `already_failed` (whose history did not verify for another reason) are skipped.
@@ -225,7 +309,7 @@ pub fn check_against_except(
             continue;
         }
         let served = histories.get(dataset);
-        match served.and_then(|h| h.get(head.seq as usize - 1)) {
+        match served.and_then(|h| h.get((head.seq as usize).wrapping_sub(1))) {
             None => problems.push(format!(
                 "dataset {dataset}: rollback: checkpoint {} of {when} says entry {} ({}) exists, but the site serves {}",
                 cp.id.short(),

@@ -15,6 +15,38 @@ const FORMAT: &str = "data-embassy-vault";
 /// `delete` must not be able to erase recent history before anyone notices. See docs/keys.md.
 pub const DEFAULT_MIN_AGE_SECS: u64 = 30 * 86_400;
 const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
+/// BLAKE3 key-derivation context of the vault id (format §10).
+const CONTEXT_VAULT_ID: &str = "data-embassy 2026 vault id v2";
+
+/// The vault id that belongs to a root public key: hex of the first 16 bytes of
+/// `BLAKE3-derive_key("data-embassy 2026 vault id v2", root public key)`. A configuration whose
+/// `vault_id` is not this is refused, so the id (recorded out of band, carried by key files,
+/// credentials and remembered state) pins the root key.
+pub fn vault_id_of(root_public_key: &[u8; 32]) -> String {
+    let derived = blake3::derive_key(CONTEXT_VAULT_ID, root_public_key);
+    hex::encode(&derived[..16])
+}
+
+/// The vault id grouped for reading aloud: eight groups of four hex digits.
+pub fn fingerprint(vault_id: &str) -> String {
+    vault_id
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Parses a vault id given by a person: 32 hex digits, in any case, with or without the
+/// fingerprint's dashes and spaces. `None` when it is not one.
+pub fn parse_vault_id(text: &str) -> Option<String> {
+    let id: String = text
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | ':'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
 
 /// Content-defined chunking parameters (bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +93,7 @@ pub struct VaultConfig {
     pub format: String,
     /// Format version; this code reads version 1.
     pub format_version: u32,
-    /// Random vault identity (hex, 16 bytes).
+    /// Vault identity (hex, 16 bytes), derived from the root public key ([`vault_id_of`]).
     pub vault_id: String,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: i64,
@@ -110,13 +142,13 @@ fn is_zero_u64(v: &u64) -> bool {
 impl VaultConfig {
     /// A new configuration for a vault whose root secret is `root`.
     pub fn new(root: &RootSecret) -> Self {
-        let id = crate::crypto::random_32();
+        let root_public = root.root_signing_key().verifying_key().to_bytes();
         Self {
             format: FORMAT.to_string(),
             format_version: 1,
-            vault_id: hex::encode(&id[..16]),
+            vault_id: vault_id_of(&root_public),
             created_unix: now_unix(),
-            root_public_key: hex::encode(root.root_signing_key().verifying_key().to_bytes()),
+            root_public_key: hex::encode(root_public),
             signers: vec![hex::encode(
                 root.writer_signing_key(0).verifying_key().to_bytes(),
             )],
@@ -207,6 +239,16 @@ impl VaultConfig {
         }
         let root_key = decode_key(&config.root_public_key)
             .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))?;
+        let owner = vault_id_of(&root_key);
+        if !crate::crypto::ct_eq(owner.as_bytes(), config.vault_id.as_bytes()) {
+            return Err(Error::SubstitutedConfig {
+                site: site.location().to_string(),
+                problem: format!(
+                    "the configuration names vault {} but its root key belongs to vault {owner}",
+                    config.vault_id
+                ),
+            });
+        }
         let signature = site.get(layout::CONFIG_SIGNATURE).map_err(|e| match e {
             SiteError::NotFound { .. } => Error::Missing {
                 path: layout::CONFIG_SIGNATURE.into(),

@@ -71,6 +71,35 @@ pub enum Error {
         vault_id: String,
     },
 
+    /// The configuration a site serves is not the vault's: its vault id does not belong to its
+    /// root key, or it is not the vault this client, key or credential pins for that site.
+    #[error(
+        "the configuration at {site}: {problem}: a substituted configuration; do not trust this \
+         site: compare the vault id with the fingerprint `embassy init` printed, and copy the \
+         genuine `config` and `config.sig` from another site"
+    )]
+    SubstitutedConfig {
+        /// The site that serves it.
+        site: String,
+        /// What does not match, naming both vault ids.
+        problem: String,
+    },
+
+    /// A site now holds another vault than the one this client remembered there.
+    #[error(
+        "site {site} held vault {pinned}, it now holds vault {served}: a substituted \
+         configuration or another vault at the same place; if the vault was legitimately \
+         replaced, pass --forget-site-pin once to pin the new one"
+    )]
+    SitePinMismatch {
+        /// The site location.
+        site: String,
+        /// The vault id remembered for it.
+        pinned: String,
+        /// The vault id it serves now.
+        served: String,
+    },
+
     /// The requested dataset or version is not in the vault.
     #[error("{0}")]
     NotFound(String),
@@ -153,7 +182,11 @@ impl Error {
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
-            Error::Corrupt { .. } | Error::Missing { .. } | Error::History { .. }
+            Error::Corrupt { .. }
+                | Error::Missing { .. }
+                | Error::History { .. }
+                | Error::SubstitutedConfig { .. }
+                | Error::SitePinMismatch { .. }
         )
     }
 }

@@ -231,3 +231,63 @@ impl StateStore {
         Ok(())
     }
 }
+
+/// The file in the state folder that pins, per site location, the vault id it served on first
+/// contact.
+const SITE_PINS: &str = "site-pins.json";
+
+/// Pins the vault id a site location serves: on first contact it is remembered (in
+/// `site-pins.json` in the state folder `dir`); later, a site that serves another vault id is
+/// refused ([`Error::SitePinMismatch`]). With `forget`, the remembered pin is replaced by the
+/// vault id served now (the way out when a vault was legitimately replaced).
+pub fn pin_site(dir: &Path, location: &str, vault_id: &str, forget: bool) -> Result<()> {
+    static PINNING: Mutex<()> = Mutex::new(());
+    let _pinning = PINNING.lock().unwrap_or_else(|p| p.into_inner());
+    let path = dir.join(SITE_PINS);
+    let location = normalise_location(location);
+    let mut pins: BTreeMap<String, String> = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid(format!(
+                "site pin file {} is damaged ({e}); it records which vault each site held, so it is \
+                 not replaced silently: inspect it, or move it away to pin the sites afresh",
+                path.display()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    match pins.get(&location) {
+        Some(pinned) if pinned == vault_id => return Ok(()),
+        Some(pinned) if !forget => {
+            return Err(Error::SitePinMismatch {
+                site: location,
+                pinned: pinned.clone(),
+                served: vault_id.to_string(),
+            })
+        }
+        _ => {}
+    }
+    pins.insert(location, vault_id.to_string());
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let json = serde_json::to_vec_pretty(&pins).map_err(|e| Error::invalid(e.to_string()))?;
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &json)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("writing site pin file {}", path.display()), e))
+}
+
+/// One spelling per site location: `file://` and trailing slashes dropped, local folders made
+/// absolute when they exist.
+fn normalise_location(location: &str) -> String {
+    let trimmed = location.trim();
+    let bare = trimmed.strip_prefix("file://").unwrap_or(trimmed);
+    if bare.contains("://") {
+        return bare.trim_end_matches('/').to_string();
+    }
+    match std::fs::canonicalize(bare) {
+        Ok(path) => path.to_string_lossy().into_owned(),
+        Err(_) => bare.trim_end_matches('/').to_string(),
+    }
+}

@@ -229,28 +229,49 @@ impl Vault {
         )
     }
 
-    /// Keys that may sign checkpoints: the root key, the pinned signers, and signers added in
-    /// any verified history.
-    pub fn checkpoint_signers(
-        &self,
-        histories: &BTreeMap<String, Vec<Record>>,
-    ) -> Result<Vec<[u8; 32]>> {
+    /// Keys that may sign checkpoints: the root key and the writer keys pinned in the
+    /// configuration (root-derived). Sealing credentials, even active ones, may not.
+    pub fn checkpoint_signers(&self) -> Result<Vec<[u8; 32]>> {
         let mut keys = self.config.signer_keys();
         keys.push(self.config.root_key()?);
-        for record in histories.values().flatten() {
-            if let Event::SignerAdded { key, .. } = &record.entry.event {
-                keys.push(*key);
-            }
-        }
         Ok(keys)
     }
 
+    /// True when `key` may sign checkpoints (see [`Vault::checkpoint_signers`]).
+    pub fn may_checkpoint(&self, key: &ed25519_dalek::SigningKey) -> bool {
+        let public = key.verifying_key().to_bytes();
+        self.checkpoint_signers()
+            .is_ok_and(|keys| keys.contains(&public))
+    }
+
+    /// The valid checkpoints (oldest first) and the noise beside them: see
+    /// [`checkpoint::load_valid`].
+    pub fn checkpoints(
+        &self,
+        histories: &Histories,
+    ) -> Result<(Vec<StoredCheckpoint>, Vec<String>)> {
+        checkpoint::load_valid(
+            self.site.as_ref(),
+            &self.config.vault_id,
+            &self.checkpoint_signers()?,
+            histories,
+        )
+    }
+
     /// Writes a checkpoint of every verified head. Returns its id and the datasets left out
-    /// because their history did not verify.
+    /// because their history did not verify. Only the root key and the pinned writer keys may
+    /// (callers holding a credential check [`Vault::may_checkpoint`] and skip).
     pub fn write_checkpoint(
         &self,
         key: &ed25519_dalek::SigningKey,
     ) -> Result<(ObjectId, Vec<Error>)> {
+        if !self.may_checkpoint(key) {
+            return Err(Error::WrongKey(
+                "only the root key and the writer keys pinned in the vault configuration sign \
+                 checkpoints; a credential does not"
+                    .into(),
+            ));
+        }
         let (histories, failed) = self.histories()?;
         let heads = histories
             .iter()
@@ -281,9 +302,7 @@ impl Vault {
         &self,
         histories: &BTreeMap<String, Vec<Record>>,
     ) -> Result<Option<StoredCheckpoint>> {
-        let signers = self.checkpoint_signers(histories)?;
-        let (checkpoints, _) =
-            checkpoint::load_all(self.site.as_ref(), &self.config.vault_id, &signers)?;
+        let (checkpoints, _) = self.checkpoints(histories)?;
         let witnesses = self.config.witness_keys();
         Ok(checkpoints.into_iter().rev().find(|cp| {
             let cosigned = cp
@@ -346,6 +365,33 @@ impl Vault {
         Ok(version)
     }
 
+    /// When a restore under the witness quorum picked `version` but newer versions exist that
+    /// no witnessed checkpoint covers yet: a note saying so, for stderr (invariant 12).
+    pub fn unwitnessed_note(&self, version: &Version) -> Result<Option<String>> {
+        if self.config.witness_quorum == 0 {
+            return Ok(None);
+        }
+        let newer: Vec<u64> = self
+            .versions(&version.dataset)?
+            .into_iter()
+            .map(|v| v.seq)
+            .filter(|seq| *seq > version.seq)
+            .collect();
+        let (Some(first), Some(last)) = (newer.first(), newer.last()) else {
+            return Ok(None);
+        };
+        let which = if first == last {
+            format!("version {first} is newer but is")
+        } else {
+            format!("versions {first} to {last} are newer but are")
+        };
+        Ok(Some(format!(
+            "dataset {}: restoring version {}, the newest that {} witnesses have cosigned; {which} \
+             not yet witnessed (run `embassy witness`, or pass --unwitnessed to restore it anyway)",
+            version.dataset, version.seq, self.config.witness_quorum
+        )))
+    }
+
     /// The newest version of `dataset` that a witnessed checkpoint covers, when the vault
     /// requires witnesses; `None` when it does not.
     pub fn witnessed_head(&self, dataset: &str) -> Result<Option<u64>> {
@@ -354,11 +400,12 @@ impl Vault {
         }
         let history = self.history(dataset)?;
         let mut histories = BTreeMap::from([(dataset.to_string(), history)]);
-        let signers = self.checkpoint_signers(&histories)?;
+        let signers = self.checkpoint_signers()?;
         let (checkpoints, _) =
             checkpoint::load_all(self.site.as_ref(), &self.config.vault_id, &signers)?;
         let witnesses = self.config.witness_keys();
-        // Witnessed checkpoints that name this dataset, reduced to its head.
+        // Witnessed checkpoints with an acceptable time that name this dataset, reduced to its
+        // head. The time check reads the other datasets' named entries from the site.
         let witnessed: Vec<StoredCheckpoint> = checkpoints
             .into_iter()
             .filter(|cp| {
@@ -368,6 +415,7 @@ impl Vault {
                     .count()
                     >= self.config.witness_quorum as usize
             })
+            .filter(|cp| checkpoint::time_problem(self.site.as_ref(), cp, &histories).is_none())
             .filter_map(|mut cp| {
                 cp.checkpoint.heads.retain(|d, _| d == dataset);
                 (!cp.checkpoint.heads.is_empty()).then_some(cp)
@@ -588,7 +636,8 @@ impl Keyring {
     pub fn from_credential(credential: Credential, config: &VaultConfig) -> Result<Self> {
         if credential.vault_id != config.vault_id {
             return Err(Error::WrongKey(format!(
-                "this credential belongs to vault {}, not {}",
+                "this credential belongs to vault {}, but the site's configuration is vault {}: \
+                 the wrong site, or a substituted configuration (nothing was written)",
                 credential.vault_id, config.vault_id
             )));
         }

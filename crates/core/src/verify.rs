@@ -86,6 +86,18 @@ pub fn verify(
             .problems
             .push(p)
     };
+    // Checkpoints and cosignatures are statements beside the data: a damaged or stray one is
+    // noise, never damage to accepted data.
+    let noise_or_problem = |path: &str, p: String| {
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        if path.starts_with(crate::checkpoint::CHECKPOINTS)
+            || path.starts_with(crate::checkpoint::COSIGNATURES)
+        {
+            r.noise.push(p);
+        } else {
+            r.problems.push(p);
+        }
+    };
     progress.set_total(listing.iter().map(|i| i.size).sum());
 
     // 1. Every object hashes to its name; deep: every blob of every pack opens.
@@ -107,10 +119,10 @@ pub fn verify(
     hashed.par_iter().with_max_len(1).for_each(|info| {
         progress.note(&info.path);
         let Some(id) = layout::id_in_path(&info.path) else {
-            problem(format!(
-                "{}: unexpected object (not named by its hash)",
-                info.path
-            ));
+            noise_or_problem(
+                &info.path,
+                format!("{}: unexpected object (not named by its hash)", info.path),
+            );
             return;
         };
         let bytes = match with_retry(|| site.get(&info.path)) {
@@ -124,10 +136,13 @@ pub fn verify(
             r.bytes_checked += bytes.len() as u64;
         }
         if ObjectId::of(&bytes) != id {
-            return problem(format!(
-                "{}: bytes do not hash to the object's name (altered, truncated or substituted)",
-                info.path
-            ));
+            return noise_or_problem(
+                &info.path,
+                format!(
+                    "{}: bytes do not hash to the object's name (altered, truncated or substituted)",
+                    info.path
+                ),
+            );
         }
         let (Some(keyring), Some(dataset)) = (
             keys,
@@ -273,10 +288,9 @@ pub fn verify(
     for e in failed {
         problem(e.to_string());
     }
-    // 3. Checkpoints: signed, and every served history must extend each of them.
-    let signers = vault.checkpoint_signers(&histories)?;
-    let (mut checkpoints, checkpoint_problems) =
-        crate::checkpoint::load_all(site, &vault.config().vault_id, &signers)?;
+    // 3. Checkpoints: signed by the root or a pinned writer key, dated sanely, and every served
+    // history must extend each of them. The others are noise.
+    let (mut checkpoints, checkpoint_noise) = vault.checkpoints(&histories)?;
     // A checkpoint stored after the listing above may name entries stored after the histories
     // were read (a backup running meanwhile): the next run checks it. Every listed checkpoint
     // was stored after the entries it names, so the histories read since then hold them.
@@ -291,8 +305,9 @@ pub fn verify(
             .as_str(),
         )
     });
-    for p in checkpoint_problems {
-        problem(p);
+    {
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        r.noise.extend(checkpoint_noise);
     }
     for cp in &checkpoints {
         referenced.insert(format!(
@@ -410,9 +425,18 @@ pub fn verify(
         .collect();
     report.unreferenced.sort();
     report.problems.sort();
-    noise.sort();
-    noise.dedup();
-    report.noise = noise;
+    report.noise.extend(noise);
+    report.noise.sort();
+    report.noise.dedup();
+    // Noise is reported as noise, not again as unreferenced.
+    let noisy = |path: &str| report.noise.iter().any(|n| n.contains(path));
+    let unreferenced: Vec<String> = report
+        .unreferenced
+        .iter()
+        .filter(|p| !noisy(p))
+        .cloned()
+        .collect();
+    report.unreferenced = unreferenced;
     Ok(report)
 }
 

@@ -163,8 +163,7 @@ fn objects() -> &'static Objects {
         };
         let ledger = ledger::encode(&entry, &writer);
 
-        let mut config = VaultConfig::new(&root);
-        config.vault_id = "00112233445566778899aabbccddeeff".into();
+        let config = VaultConfig::new(&root);
         let config_bytes = serde_json::to_vec_pretty(&config).unwrap();
         let config_sig = hex::encode(keys::sign(
             &root.root_signing_key(),

@@ -435,9 +435,7 @@ fn witness(vault: &Vault, key: &RootSecret) -> Result<ObjectId, Vec<String>> {
         return Err(report.problems);
     }
     let (histories, _) = vault.histories().unwrap();
-    let signers = vault.checkpoint_signers(&histories).unwrap();
-    let (checkpoints, _) =
-        checkpoint::load_all(vault.site().as_ref(), &vault.config().vault_id, &signers).unwrap();
+    let (checkpoints, _) = vault.checkpoints(&histories).unwrap();
     let newest = checkpoints.last().expect("a checkpoint to cosign");
     checkpoint::cosign(
         vault.site().as_ref(),
@@ -1325,7 +1323,7 @@ fn attack_07_replay_checkpoint() {
     w.hide(EVERYONE, cp1.clone());
     w.serve(EVERYONE, disguised.clone(), w.stored(&cp1));
     let report = verify_report(&w.client("fresh"));
-    let text = one_problem(&report, &disguised);
+    let text = one_noise(&report, &disguised);
     t.detected(
         "an old checkpoint stored under a newer time",
         "",
@@ -1340,7 +1338,7 @@ fn attack_07_replay_checkpoint() {
     let foreign = other.checkpoints().pop().unwrap();
     w.serve(EVERYONE, foreign.clone(), other.stored(&foreign));
     let report = verify_report(&w.client("fresh-2"));
-    let text = one_problem(&report, &foreign);
+    let text = one_noise(&report, &foreign);
     t.detected(
         "another vault's checkpoint",
         "",
@@ -1427,7 +1425,7 @@ fn attack_08_damage_ledger_object() {
     bytes[20] ^= 0x80;
     w.serve(EVERYONE, cp.clone(), bytes);
     let report = verify_report(&w.client("fresh-3"));
-    let text = one_problem(&report, &cp);
+    let text = one_noise(&report, &cp);
     t.detected(
         "a checkpoint with one bit flipped",
         "checkpoints/",
