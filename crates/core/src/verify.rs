@@ -278,9 +278,7 @@ pub fn verify(
             let in_place = judged
                 .iter()
                 .find(|(d, _)| p.starts_with(&format!("dataset {d}: rollback")))
-                .map(|(d, h)| {
-                    h.in_place(histories.get(d).map_or(0, |r| r.len() as u64) + 1)
-                })
+                .map(|(d, h)| h.in_place(histories.get(d).map_or(0, |r| r.len() as u64) + 1))
                 .unwrap_or_default();
             problem(format!("{p}{in_place}"));
         }

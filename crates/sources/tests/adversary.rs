@@ -573,23 +573,6 @@ fn history_problem(result: embassy_core::Result<Vec<Record>>, dataset: &str) -> 
     }
 }
 
-/// A ledger that fails as a whole: a history problem, or a ledger object that is corrupt (named).
-fn ledger_problem(result: embassy_core::Result<Vec<Record>>, dataset: &str) -> String {
-    match result {
-        Err(e @ Error::Corrupt { .. }) => {
-            let Error::Corrupt { path, .. } = &e else {
-                unreachable!()
-            };
-            assert!(
-                path.starts_with(&layout::ledger_prefix(dataset)),
-                "the error names an object outside {dataset}'s ledger: {e}"
-            );
-            e.to_string()
-        }
-        other => history_problem(other, dataset),
-    }
-}
-
 fn problems_about<'a>(report: &'a VerifyReport, needle: &str) -> Vec<&'a String> {
     report
         .problems

@@ -215,16 +215,25 @@ fn honest_with_revoked_credential(w: &World) -> (SigningKey, Vec<u64>) {
 /// (OK, naming the rogue entries as noise), a new backup.
 fn honest_still_works(w: &World, vault: &Vault, expected: &[u64], rogue: &[&Record]) {
     assert_eq!(seqs(vault), expected);
-    assert!(w.restore(vault, Some("1")).unwrap() == payload(1), "restored bytes differ");
+    assert!(
+        w.restore(vault, Some("1")).unwrap() == payload(1),
+        "restored bytes differ"
+    );
     let newest = *expected.last().unwrap();
-    assert!(w.restore(vault, None).unwrap() == payload(newest), "restored bytes differ");
+    assert!(
+        w.restore(vault, None).unwrap() == payload(newest),
+        "restored bytes differ"
+    );
     let r = report(vault);
     assert!(r.is_ok(), "verify fails: {:?}", r.problems);
     for rogue in rogue {
         assert_noise(&r, &path_of(rogue), "rejected");
     }
     let v = w.backup(vault, &w.owner(vault), 100 + newest);
-    assert!(w.restore(vault, None).unwrap() == payload(100 + newest), "restored bytes differ");
+    assert!(
+        w.restore(vault, None).unwrap() == payload(100 + newest),
+        "restored bytes differ"
+    );
     assert!(report(vault).is_ok());
     assert!(v.seq > newest);
 }
@@ -313,8 +322,14 @@ fn still_active_key_fork_is_unresolved_until_the_root_revokes_the_rogue_signer()
     assert_eq!(history.records.len(), 3, "the common prefix is served");
     // The versions before the fork keep restoring; 'latest' is refused loudly.
     assert_eq!(seqs(&fresh), vec![1, 3]);
-    assert!(w.restore(&fresh, Some("1")).unwrap() == payload(1), "restored bytes differ");
-    assert!(w.restore(&fresh, Some("3")).unwrap() == payload(3), "restored bytes differ");
+    assert!(
+        w.restore(&fresh, Some("1")).unwrap() == payload(1),
+        "restored bytes differ"
+    );
+    assert!(
+        w.restore(&fresh, Some("3")).unwrap() == payload(3),
+        "restored bytes differ"
+    );
     let err = w.restore(&fresh, None).unwrap_err();
     assert!(err.is_integrity(), "{err}");
     assert!(err.to_string().contains("fork"), "{err}");
@@ -398,9 +413,15 @@ fn fork_below_a_remembered_head_is_resolved_by_the_remembered_state() {
     assert_eq!(history.records.len(), 5);
     let noise = history.rejected.iter().find(|r| r.id == rogue.id).unwrap();
     assert!(noise.reason.contains("remembered"), "{}", noise.reason);
-    assert!(w.restore(&stateful, None).unwrap() == payload(5), "restored bytes differ");
+    assert!(
+        w.restore(&stateful, None).unwrap() == payload(5),
+        "restored bytes differ"
+    );
     w.backup(&stateful, &owner, 6);
-    assert!(w.restore(&stateful, None).unwrap() == payload(6), "restored bytes differ");
+    assert!(
+        w.restore(&stateful, None).unwrap() == payload(6),
+        "restored bytes differ"
+    );
 }
 
 #[test]
@@ -456,13 +477,25 @@ fn foreign_ledger_entry_is_noise() {
         assert_noise(&r, &misnamed, "do not hash");
         assert_noise(&r, &stray, "not a ledger entry's name");
         assert_noise(&r, &nameless, "not a ledger entry's name");
-        assert!(w.restore(&client, Some("1")).unwrap() == payload(1), "restored bytes differ");
-        assert!(w.restore(&client, None).unwrap() == payload(3), "restored bytes differ");
+        assert!(
+            w.restore(&client, Some("1")).unwrap() == payload(1),
+            "restored bytes differ"
+        );
+        assert!(
+            w.restore(&client, None).unwrap() == payload(3),
+            "restored bytes differ"
+        );
     }
     // Backups, restores and checkpoints carry on.
     let v = w.backup(&vault, &owner, 4);
-    assert_eq!(v.seq, 4, "the next backup steps over the noise at sequence 4");
-    assert!(w.restore(&w.fresh(), None).unwrap() == payload(4), "restored bytes differ");
+    assert_eq!(
+        v.seq, 4,
+        "the next backup steps over the noise at sequence 4"
+    );
+    assert!(
+        w.restore(&w.fresh(), None).unwrap() == payload(4),
+        "restored bytes differ"
+    );
     let fresh = w.fresh();
     let r = report(&fresh);
     assert!(r.is_ok(), "{:?}", r.problems);
@@ -494,15 +527,21 @@ fn a_deleted_middle_entry_is_a_gap_older_versions_restore_latest_refuses() {
         let (versions, problems) = client.versions_full(DS).unwrap();
         assert_eq!(versions.iter().map(|v| v.seq).collect::<Vec<_>>(), [1, 2]);
         assert!(!problems.is_empty(), "versions says newer entries exist");
-        assert!(w.restore(&client, Some("1")).unwrap() == payload(1), "restored bytes differ");
-        assert!(w.restore(&client, Some("2")).unwrap() == payload(2), "restored bytes differ");
+        assert!(
+            w.restore(&client, Some("1")).unwrap() == payload(1),
+            "restored bytes differ"
+        );
+        assert!(
+            w.restore(&client, Some("2")).unwrap() == payload(2),
+            "restored bytes differ"
+        );
         let err = w.restore(&client, None).unwrap_err();
         assert!(err.is_integrity(), "{err}");
         assert!(err.to_string().contains("entry 3 is missing"), "{err}");
         assert!(err.to_string().contains("registry@2"), "{err}");
         // No backup lands on top of the gap (it would hide version 4 for good).
-        let err = stream::backup_reader(&client, &owner, DS, &payload(5)[..], "t", &Silent)
-            .unwrap_err();
+        let err =
+            stream::backup_reader(&client, &owner, DS, &payload(5)[..], "t", &Silent).unwrap_err();
         assert!(err.to_string().contains("entry 3 is missing"), "{err}");
     }
 }
