@@ -463,7 +463,12 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
         .unwrap_or(i64::MAX / NS)
         .saturating_mul(NS);
     for dataset in &datasets {
-        let history = match vault.history(dataset) {
+        // Entries beyond a gap or an unresolved fork may reference anything: collect nothing
+        // of a dataset whose whole history cannot be proved.
+        let history = match vault
+            .history_full(dataset)
+            .and_then(|h| h.check_appendable(dataset).map(|()| h.records))
+        {
             Ok(h) => h,
             Err(e) => {
                 report.skipped.push(format!(

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use embassy_core::approval::SigningKey;
+use embassy_core::config::now_unix_nanos;
+use embassy_core::gc::{self, GcOptions};
 use embassy_core::id::ObjectId;
 use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::layout;
@@ -515,7 +517,32 @@ fn a_deleted_middle_entry_is_a_gap_older_versions_restore_latest_refuses() {
     }
     let stateful = w.stateful("s");
     assert_eq!(stateful.history(DS).unwrap().len(), 4);
+    let v4 = vault.versions(DS).unwrap().pop().unwrap();
+    assert_eq!(v4.seq, 4);
     w.site.delete(&path_of(&w.record(3))).unwrap();
+    // Garbage collection leaves the dataset alone: version 4, beyond the gap, keeps its data
+    // (so the entry can be repaired from another site).
+    let fast = GcOptions {
+        grace_secs: 1,
+        clock_skew_secs: 1,
+        ..Default::default()
+    };
+    let first = gc::collect_garbage(&vault, &fast, now_unix_nanos()).unwrap();
+    assert!(
+        first
+            .skipped
+            .iter()
+            .any(|s| s.contains(DS) && s.contains("entry 3 is missing")),
+        "{:?}",
+        first.skipped
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    gc::collect_garbage(&vault, &fast, now_unix_nanos()).unwrap();
+    let keys = w.owner(&vault).dataset(DS).unwrap();
+    let reader = VersionReader::open(vault.site().clone(), keys, &v4).unwrap();
+    let mut out = Vec::new();
+    stream::restore_to(&reader, &mut out, &Silent).unwrap();
+    assert!(out == payload(4), "version 4 lost data to gc");
     for client in [w.fresh(), stateful] {
         let r = report(&client);
         assert!(
