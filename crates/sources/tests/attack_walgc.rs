@@ -233,12 +233,12 @@ fn backdated_condemnation_record_waits_full_grace() {
         };
         let path = put_record(w.sites[0].as_ref(), "cadastre", old, &bytes);
         let seen = w.gc(GRACE, true, now);
+        let run = w.gc(GRACE, false, now + 2 * HOUR_NS);
+        none_deleted(&run, &orphans);
         assert!(
             seen.problems.iter().any(|p| p.contains(&path)),
             "{variant}: the forged record is reported: {seen:?}"
         );
-        let run = w.gc(GRACE, false, now + 2 * HOUR_NS);
-        none_deleted(&run, &orphans);
         assert!(
             orphans.iter().all(|o| w.exists_at(0, o)),
             "{variant}: {run:?}"
