@@ -502,12 +502,10 @@ impl WalAuthority {
                     active.push(*key);
                     open(&mut out, *key, seq);
                 }
-                Event::SignerRevoked { key, .. } => {
-                    if active.contains(key) {
-                        active.retain(|k| k != key);
-                        if let Some(last) = out.intervals.get_mut(key).and_then(|v| v.last_mut()) {
-                            last.1 = seq;
-                        }
+                Event::SignerRevoked { key, .. } if active.contains(key) => {
+                    active.retain(|k| k != key);
+                    if let Some(last) = out.intervals.get_mut(key).and_then(|v| v.last_mut()) {
+                        last.1 = seq;
                     }
                 }
                 Event::LogRangeAdded {
