@@ -199,6 +199,39 @@ fn backdated_condemnation_record_waits_full_grace() {
         "{later:?}"
     );
 
+    // 1b. Session protection: a backup session that started before the back-dated record was
+    //     first seen (but long after its claimed date) still holds its objects past the grace.
+    let w = World::new(1);
+    let orphans = w.orphans("registry");
+    let head = w
+        .vault
+        .history("registry")
+        .unwrap()
+        .last()
+        .unwrap()
+        .entry
+        .seq;
+    gc::begin_session(
+        w.sites[0].as_ref(),
+        "registry",
+        head,
+        "db-host",
+        &w.root.writer_signing_key(0),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let now = now_unix_nanos();
+    let old = now - 10 * DAY_NS;
+    let bytes = signed_record("registry", old, &orphans, &w.root.writer_signing_key(0));
+    put_record(w.sites[0].as_ref(), "registry", old, &bytes);
+    none_deleted(&w.gc(GRACE, false, now), &orphans);
+    let later = w.gc(GRACE, false, now + 2 * HOUR_NS);
+    none_deleted(&later, &orphans);
+    assert!(
+        later.deferred.iter().any(|d| d.contains("gc/registry/")),
+        "the live session defers the back-dated record: {later:?}"
+    );
+
     // 2. A record signed by an active signer of the dataset that may not delete (a sealing
     //    credential's key, added by the root), and 3. an unsigned version-1 record, both dated
     //    ten days back. Seen first by a dry run; a real run two grace periods later must not
