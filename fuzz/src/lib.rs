@@ -638,7 +638,11 @@ pub fn wal_log(data: &[u8]) -> bool {
             let timeline = u32::from_le_bytes(rest[1..5].try_into().unwrap_or_default());
             let start = u64::from_le_bytes(rest[5..13].try_into().unwrap_or_default());
             let payload = &rest[13..];
-            let start = if kind == LogKind::Segment { start & !0xff_ffff } else { start };
+            let start = if kind == LogKind::Segment {
+                start & !0xff_ffff
+            } else {
+                start
+            };
             let spec = LogSpec {
                 kind,
                 timeline,
@@ -702,9 +706,14 @@ pub fn deletion_records(data: &[u8]) -> bool {
         gc::condemned(site.as_ref(), DATASET).is_ok_and(|c| !c.is_empty())
     };
     let options = GcOptions::with_grace(1);
-    if let Ok(report) = gc::collect_garbage(&vault, &options, i64::MAX / 2) {
+    let state = std::env::temp_dir().join(format!("embassy-fuzz-gc-{}", std::process::id()));
+    let collector = gc::Collector::new(f.writers[0].clone(), &state, &vault.config().vault_id);
+    if let Ok(report) = gc::collect_garbage(&vault, &collector, &options, i64::MAX / 2) {
         assert!(report.deleted.is_empty(), "deleted {:?}", report.deleted);
     }
-    assert!(site.get(&path).is_ok(), "the hostile object itself was deleted");
+    assert!(
+        site.get(&path).is_ok(),
+        "the hostile object itself was deleted"
+    );
     accepted
 }

@@ -598,12 +598,13 @@ impl Agent {
 
     fn start_gc(&mut self) {
         let (config, cancel, tx) = (self.config.clone(), self.cancel.clone(), self.tx.clone());
+        let keyring = self.keyring.clone();
         let grace = self.config.agent.gc_grace;
         log("garbage collection started");
         if let Ok(h) = std::thread::Builder::new()
             .name("gc".into())
             .spawn(move || {
-                let result = run::collect_garbage(&config, &cancel, grace);
+                let result = run::collect_garbage(&config, &keyring, &cancel, grace);
                 let _ = tx.send(Done::Gc { result });
             })
         {

@@ -63,6 +63,14 @@ impl Site for CancellableSite {
     fn lagging(&self) -> Vec<(String, String)> {
         self.inner.lagging()
     }
+    fn members(&self) -> Vec<Arc<dyn Site>> {
+        // Each member wrapped too, so a cancelled run stops writing there as well.
+        self.inner
+            .members()
+            .into_iter()
+            .map(|m| Arc::new(CancellableSite::new(m, self.cancel.clone())) as Arc<dyn Site>)
+            .collect()
+    }
 }
 
 /// Opens the vault at every configured site as one (writes count once `min_sites` hold them),
@@ -275,8 +283,11 @@ pub fn apply_retention(
 /// Garbage collection of the vault (embassy-core's two-phase gc, safe while backups run):
 /// condemns objects no version references, deletes those condemned longer than `grace` ago.
 /// Returns a one-line summary.
+/// Condemnation records are signed with the agent's key, which must be allowed to delete (the
+/// root key file); with a sealing credential, collection reports that and does nothing.
 pub fn collect_garbage(
     config: &Config,
+    keyring: &Keyring,
     cancel: &Arc<AtomicBool>,
     grace: std::time::Duration,
 ) -> Result<String, String> {
@@ -285,9 +296,18 @@ pub fn collect_garbage(
         grace_secs: grace.as_secs(),
         ..embassy_core::gc::GcOptions::default()
     };
-    let r =
-        embassy_core::gc::collect_garbage(&vault, &options, embassy_core::config::now_unix_nanos())
-            .map_err(|e| e.to_string())?;
+    let collector = embassy_core::gc::Collector::new(
+        keyring.signer().map_err(|e| e.to_string())?,
+        &config.agent.state_dir.join("vaults"),
+        &vault.config().vault_id,
+    );
+    let r = embassy_core::gc::collect_garbage(
+        &vault,
+        &collector,
+        &options,
+        embassy_core::config::now_unix_nanos(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut summary = format!(
         "{} objects condemned ({} bytes), {} deleted ({} bytes), {} waiting for their grace period",
         r.condemned.len(),

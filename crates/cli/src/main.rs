@@ -108,7 +108,8 @@ enum Command {
     /// ledger entry); `embassy gc` removes their data later.
     Prune(prune::PruneArgs),
     /// Remove objects no remaining version needs, in two phases (condemn, then delete after a
-    /// grace period); safe while backups run; no keys needed.
+    /// grace period); safe while backups run; signs its records, so it needs a key allowed to
+    /// delete (the root key file).
     Gc(prune::GcArgs),
     /// Delete versions outside the retention policy; needs the approvals the vault requires.
     Forget(prune::ForgetArgs),

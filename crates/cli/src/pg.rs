@@ -321,6 +321,7 @@ fn wal_report_json(report: &embassy_postgres::wal::WalVerifyReport) -> serde_jso
         "ok": report.is_ok(),
         "objects_ok": report.objects_ok,
         "problems": report.problems,
+        "noise": report.noise,
         "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
         "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": embassy_postgres::Lsn(*e).to_string()})).collect::<Vec<_>>(),
     })
@@ -346,6 +347,9 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
     }
     for p in &report.problems {
         println!("PROBLEM: {p}");
+    }
+    for n in &report.noise {
+        println!("noise (ignored): {n}");
     }
     for (tl, a, b) in &report.gaps {
         println!("GAP: timeline {tl}: {a} .. {b} missing");

@@ -319,7 +319,26 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     };
     options.dry_run = args.dry_run;
     let vault = crate::open_vault(cli)?;
-    let report = gc::collect_garbage(&vault, &options, now_unix_nanos())?;
+    // Condemnation records are signed, by a key allowed to delete (also for a dry run, which
+    // checks that the key would do).
+    let keyring = secrets::unlock(
+        vault.config(),
+        cli.key_file.as_deref(),
+        cli.passphrase_file.as_deref(),
+    )
+    .map_err(|e| {
+        Error::WrongKey(format!(
+            "`embassy gc` signs its condemnation records, so it needs a key allowed to delete: \
+             the root key file (`--key-file root.key`) or a credential the root granted the delete \
+             right ({e})"
+        ))
+    })?;
+    let collector = gc::Collector::new(
+        keyring.signer()?,
+        &crate::state_dir(cli)?,
+        &vault.config().vault_id,
+    );
+    let report = gc::collect_garbage(&vault, &collector, &options, now_unix_nanos())?;
     if cli.json {
         crate::print_json(
             json!({"ok": report.skipped.is_empty() && report.problems.is_empty(), "dry_run": args.dry_run, "report": report}),

@@ -28,9 +28,13 @@ use crate::ledger::{Event, Record};
 use crate::site::{with_retry, Site};
 use crate::vault::{versions_in, Vault};
 use crate::wal_log::{self, LogKind, LogName};
+pub use ed25519_dalek::SigningKey;
+use std::path::{Path, PathBuf};
 
-const RECORD_MAGIC: &[u8; 8] = b"EMBCOND1";
-const MARKER_MAGIC: &[u8; 8] = b"EMBSESS1";
+const RECORD_MAGIC: &[u8; 8] = b"EMBCOND2";
+const MARKER_MAGIC: &[u8; 8] = b"EMBSESS2";
+const RECORD_LABEL: &[u8] = b"data-embassy condemnation v2";
+const MARKER_LABEL: &[u8] = b"data-embassy session v2";
 /// Prefix of all condemnation records.
 pub const GC_ROOT: &str = "gc/";
 /// Prefix of all session markers.
@@ -46,6 +50,9 @@ pub struct Condemnation {
     pub time_ns: i64,
     /// Paths of the condemned objects.
     pub objects: Vec<String>,
+    /// The Ed25519 key that signed it: one allowed to delete (a key of `config.signers`).
+    #[serde(with = "serde_bytes")]
+    pub signer: [u8; 32],
 }
 
 /// A backup session's marker: it started at `started_at_ns` from ledger head `base_seq`.
@@ -59,6 +66,10 @@ pub struct SessionMarker {
     pub base_seq: u64,
     /// The host that ran it, for people.
     pub host: String,
+    /// The Ed25519 key that signed it: the session's own signing key (an active signer of the
+    /// dataset).
+    #[serde(with = "serde_bytes")]
+    pub signer: [u8; 32],
 }
 
 /// How a garbage collection runs.
@@ -138,39 +149,65 @@ pub fn marker_path(dataset: &str, time_ns: i64, id: &ObjectId) -> String {
     format!("{SESSIONS_ROOT}{dataset}/{time_ns:020}-{id}")
 }
 
-fn encode<T: Serialize>(magic: &[u8; 8], value: &T) -> Vec<u8> {
-    let body = crate::cbor::to_vec(value);
-    let mut out = Vec::with_capacity(12 + body.len());
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+/// The stored bytes of a condemnation record signed by `key` (its hash is the record's id).
+pub fn encode_record(record: &Condemnation, key: &SigningKey) -> Vec<u8> {
+    crate::framing::encode_signed(RECORD_MAGIC, RECORD_LABEL, record, key)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    magic: &[u8; 8],
-    what: &str,
-    path: &str,
-    bytes: &[u8],
-) -> Result<T> {
-    let (value, end) = crate::framing::header(magic, what, path, bytes, 0)?;
-    if end != bytes.len() {
-        return Err(Error::corrupt(path, format!("{what}: trailing bytes")));
+/// The stored bytes of a session marker signed by `key` (its hash is the marker's id).
+pub fn encode_marker(marker: &SessionMarker, key: &SigningKey) -> Vec<u8> {
+    crate::framing::encode_signed(MARKER_MAGIC, MARKER_LABEL, marker, key)
+}
+
+/// A signed bookkeeping object: its magic, signature label and the key it names.
+trait Signed: serde::de::DeserializeOwned {
+    const MAGIC: &'static [u8; 8];
+    const LABEL: &'static [u8];
+    const WHAT: &'static str;
+    fn signer(&self) -> [u8; 32];
+    fn dataset(&self) -> &str;
+    fn time_ns(&self) -> i64;
+}
+
+impl Signed for Condemnation {
+    const MAGIC: &'static [u8; 8] = RECORD_MAGIC;
+    const LABEL: &'static [u8] = RECORD_LABEL;
+    const WHAT: &'static str = "a condemnation record";
+    fn signer(&self) -> [u8; 32] {
+        self.signer
     }
-    Ok(value)
+    fn dataset(&self) -> &str {
+        &self.dataset
+    }
+    fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+}
+
+impl Signed for SessionMarker {
+    const MAGIC: &'static [u8; 8] = MARKER_MAGIC;
+    const LABEL: &'static [u8] = MARKER_LABEL;
+    const WHAT: &'static str = "a session marker";
+    fn signer(&self) -> [u8; 32] {
+        self.signer
+    }
+    fn dataset(&self) -> &str {
+        &self.dataset
+    }
+    fn time_ns(&self) -> i64 {
+        self.started_at_ns
+    }
 }
 
 /// Objects with their path and time, and problems found on the way.
 type Timed<T> = (Vec<(String, i64, T)>, Vec<String>);
 
-/// Reads every object under `prefix` that parses as `<time, 20 digits>-<id>`, checked against its
-/// name; damaged ones are returned as problems.
-fn load_timed<T: serde::de::DeserializeOwned>(
-    site: &dyn Site,
-    prefix: &str,
-    magic: &[u8; 8],
-    what: &str,
-) -> Result<Timed<T>> {
+/// Reads every object under `prefix` named `<dataset>/<time, 20 digits>-<id>`, checked against
+/// its name: its bytes hash to the id, it carries a valid signature by the key it names, and
+/// the dataset and time it signed are those of its path. Anything else (unsigned version-1
+/// objects, forgeries, damage) is returned as a problem and never acted on. Whether its signer
+/// may sign it is the caller's check.
+fn load_timed<T: Signed>(site: &dyn Site, prefix: &str) -> Result<Timed<T>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for info in with_retry(|| site.list(prefix))? {
@@ -178,48 +215,80 @@ fn load_timed<T: serde::de::DeserializeOwned>(
         let parsed = name
             .split_once('-')
             .and_then(|(t, _)| (t.len() == 20).then(|| t.parse::<i64>().ok()).flatten());
-        let (Some(time), Some(id)) = (parsed, layout::id_in_path(&info.path)) else {
-            problems.push(format!("{}: unexpected object", info.path));
+        let (Some(time), Some(id), Some(dataset)) = (
+            parsed,
+            layout::id_in_path(&info.path),
+            dataset_of(&info.path),
+        ) else {
+            problems.push(format!("{}: unexpected object: ignored", info.path));
             continue;
         };
-        match crate::reader::get_checked(site, &info.path, &id, "the listing")
-            .and_then(|b| decode::<T>(magic, what, &info.path, &b))
-        {
+        let loaded =
+            crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|b| {
+                crate::framing::decode_signed(
+                    T::MAGIC,
+                    T::LABEL,
+                    T::WHAT,
+                    &info.path,
+                    &b,
+                    |v: &T| v.signer(),
+                )
+            });
+        match loaded {
+            Ok(v) if v.dataset() != dataset || v.time_ns() != time => problems.push(format!(
+                "{}: {} whose signed dataset or time ({}, {}) is not that of its path: ignored",
+                info.path,
+                T::WHAT,
+                v.dataset(),
+                v.time_ns()
+            )),
             Ok(v) => out.push((info.path, time, v)),
             // Removed since the listing by a collection that finished with it: a record goes
             // only after every object it lists, so nothing it protected is still there.
             Err(Error::Missing { .. }) => {}
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(format!("{e}: ignored")),
         }
     }
     out.sort_by_key(|(p, t, _)| (*t, p.clone()));
     Ok((out, problems))
 }
 
-/// Stores a session marker for a backup of `dataset` starting now from head `base_seq`. Called
-/// by [`crate::writer::BackupSession::begin`] before it reads condemnation records and indexes.
-pub fn begin_session(site: &dyn Site, dataset: &str, base_seq: u64, host: &str) -> Result<()> {
+/// The keys whose condemnation records garbage collection acts on: the root-derived writer
+/// keys of `config.signers`. A credential granted `delete` deletes versions (ledger entries)
+/// but does not collect garbage: records are vault-wide bookkeeping, kept to root-held keys.
+pub fn deleters(vault: &Vault) -> Vec<[u8; 32]> {
+    vault.config().signer_keys()
+}
+
+/// Stores a session marker for a backup of `dataset` starting now from head `base_seq`, signed
+/// by the session's own key. Called by [`crate::writer::BackupSession::begin`] before it reads
+/// condemnation records and indexes.
+pub fn begin_session(
+    site: &dyn Site,
+    dataset: &str,
+    base_seq: u64,
+    host: &str,
+    key: &SigningKey,
+) -> Result<()> {
     let marker = SessionMarker {
         dataset: dataset.to_string(),
         started_at_ns: crate::config::now_unix_nanos(),
         base_seq,
         host: host.to_string(),
+        signer: key.verifying_key().to_bytes(),
     };
-    let bytes = encode(MARKER_MAGIC, &marker);
+    let bytes = encode_marker(&marker, key);
     let id = ObjectId::of(&bytes);
     with_retry(|| site.put(&marker_path(dataset, marker.started_at_ns, &id), &bytes))?;
     Ok(())
 }
 
-/// Every object of `dataset` that a condemnation record lists: a backup must not deduplicate
-/// against them. Damaged records are ignored (collection cannot act on them either).
+/// Every object of `dataset` that a signed condemnation record lists: a backup must not
+/// deduplicate against them. Records that do not verify are ignored (collection cannot act on
+/// them either); records signed by any key count here, which only makes a backup store some
+/// chunks again.
 pub fn condemned(site: &dyn Site, dataset: &str) -> Result<HashSet<String>> {
-    let (records, _) = load_timed::<Condemnation>(
-        site,
-        &format!("{GC_ROOT}{dataset}/"),
-        RECORD_MAGIC,
-        "a condemnation record",
-    )?;
+    let (records, _) = load_timed::<Condemnation>(site, &format!("{GC_ROOT}{dataset}/"))?;
     Ok(records
         .into_iter()
         .flat_map(|(_, _, r)| r.objects)
@@ -336,8 +405,15 @@ pub fn wal_pieces_covered(pieces: &[&LogName], segments: &[&LogName]) -> Vec<Opt
 }
 
 /// Checks a segment object keylessly before it is trusted to cover pieces: its bytes hash to
-/// the id in its name, the signed header matches the name, and an active signer signed it.
-fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, signers: &[[u8; 32]]) -> bool {
+/// the id in its name, the signed header matches the name, and its signer was active when the
+/// ledger anchored it (or is active now): a later revocation of the streamer's key does not
+/// make its compacted segments untrustworthy.
+fn segment_verifies(
+    site: &dyn Site,
+    path: &str,
+    name: &LogName,
+    authority: &wal_log::WalAuthority,
+) -> bool {
     let Ok(bytes) = with_retry(|| site.get(path)) else {
         return false;
     };
@@ -345,7 +421,10 @@ fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, signers: &[[u8;
         return false;
     }
     match wal_log::parse(path, &bytes) {
-        Ok(parsed) => name.matches(&parsed.header) && signers.contains(&parsed.header.signer),
+        Ok(parsed) => {
+            name.matches(&parsed.header)
+                && authority.allows(&parsed.header.signer, authority.direct_anchor(&name.id))
+        }
         Err(_) => false,
     }
 }
@@ -358,7 +437,7 @@ fn wal_collectable(
     site: &dyn Site,
     dataset: &str,
     history: &[Record],
-    signers: &[[u8; 32]],
+    authority: &wal_log::WalAuthority,
     listing: &[crate::site::ObjectInfo],
 ) -> HashSet<String> {
     let prefix = wal_log::prefix(dataset);
@@ -384,7 +463,7 @@ fn wal_collectable(
         let Some(i) = cover else { continue };
         let ok = *verified.entry(i).or_insert_with(|| {
             let (path, name) = anchored[i];
-            segment_verifies(site, path, name, signers)
+            segment_verifies(site, path, name, authority)
         });
         if ok {
             out.insert(piece.0.clone());
@@ -416,10 +495,86 @@ fn dataset_of(path: &str) -> Option<&str> {
     .filter(|d| layout::check_dataset_name(d).is_ok())
 }
 
+/// Who runs a garbage collection: the key that signs its condemnation records (one allowed to
+/// delete, see [`deleters`]) and the local file where it remembers when it first saw each
+/// record at each site. A record counts as condemned from the later of its signed time and
+/// that first sighting, so a back-dated record, or one a site withheld and shows late, still
+/// waits the whole grace period.
+#[derive(Debug)]
+pub struct Collector {
+    key: SigningKey,
+    seen_path: PathBuf,
+}
+
+/// When this collector first saw each record: `"<site location> <record path>"` to ns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SeenRecords {
+    #[serde(default)]
+    first_seen: BTreeMap<String, i64>,
+}
+
+impl Collector {
+    /// A collector signing with `key`, remembering first sightings of the records of vault
+    /// `vault_id` in `state_dir` (file `<vault_id>.gc-seen.json`; the folder of the state
+    /// file, [`crate::state::StateStore::default_dir`]).
+    pub fn new(key: SigningKey, state_dir: &Path, vault_id: &str) -> Self {
+        Self {
+            key,
+            seen_path: state_dir.join(format!("{vault_id}.gc-seen.json")),
+        }
+    }
+
+    /// The public key records are signed with.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    fn load(&self) -> Result<SeenRecords> {
+        match std::fs::read(&self.seen_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::invalid(format!(
+                    "garbage collection state {} is damaged ({e}); it records when this machine \
+                     first saw each condemnation record: move it away to start over (every record \
+                     then waits a whole grace period again)",
+                    self.seen_path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SeenRecords::default()),
+            Err(e) => Err(Error::io(
+                format!("reading {}", self.seen_path.display()),
+                e,
+            )),
+        }
+    }
+
+    fn save(&self, seen: &SeenRecords) -> Result<()> {
+        let io = |e| Error::io(format!("writing {}", self.seen_path.display()), e);
+        if let Some(dir) = self.seen_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = self.seen_path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(seen).map_err(|e| Error::invalid(e.to_string()))?;
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &self.seen_path).map_err(io)
+    }
+}
+
+fn seen_key(site: &dyn Site, path: &str) -> String {
+    format!("{} {path}", site.location())
+}
+
 /// Runs one garbage collection over every dataset of the vault: deletes what records older than
 /// the grace period condemned and is still unreferenced and unprotected, then condemns what is
-/// unreferenced now. Keyless. Refused deletions (Object Lock) are reported and retried next run.
-pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Result<GcReport> {
+/// unreferenced now. Reads keylessly; signs its records with `collector`'s key, which must be
+/// allowed to delete. With several sites, each site's objects are deleted only by the valid
+/// records that site itself holds; references and session markers are the union over all
+/// sites. Refused deletions (Object Lock) are reported and retried next run.
+pub fn collect_garbage(
+    vault: &Vault,
+    collector: &Collector,
+    options: &GcOptions,
+    now_ns: i64,
+) -> Result<GcReport> {
     if options.clock_skew_secs == 0 {
         return Err(Error::invalid(
             "the allowed clock skew must be at least 1 second: it also covers the time a \
@@ -434,17 +589,65 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
             crate::retention::format_duration(options.clock_skew_secs)
         )));
     }
-    let site = vault.site().as_ref();
+    let allowed = deleters(vault);
+    if !allowed.contains(&collector.public_key()) {
+        return Err(Error::WrongKey(format!(
+            "garbage collection signs its condemnation records with a key allowed to delete, and \
+             key {} is not one in vault {}: run `embassy gc` with the root key file \
+             (`--key-file root.key`) or a credential the root granted the delete right",
+            hex::encode(&collector.public_key()[..8]),
+            vault.config().vault_id
+        )));
+    }
+    let merged = vault.site().as_ref();
+    let members = merged.members();
+    let sites: Vec<std::sync::Arc<dyn Site>> = if members.is_empty() {
+        vec![vault.site().clone()]
+    } else {
+        members
+    };
     let mut report = GcReport::default();
+    let mut seen = collector.load()?;
+    let mut seen_now: HashSet<String> = HashSet::new();
+    let mut listed_sites: HashSet<String> = HashSet::new();
     // Bookkeeping first, then the listing, then the ledgers: every object listed and every
     // version recorded before its ledger was read is accounted for (design.md, race analysis).
-    let (records, problems) =
-        load_timed::<Condemnation>(site, GC_ROOT, RECORD_MAGIC, "a condemnation record")?;
+    // Records per site, each judged by what that site holds.
+    let mut site_records: Vec<Vec<(String, i64, Condemnation)>> = Vec::new();
+    for site in &sites {
+        match load_timed::<Condemnation>(site.as_ref(), GC_ROOT) {
+            Ok((records, problems)) => {
+                listed_sites.insert(site.location().to_string());
+                report.problems.extend(problems);
+                let mut valid = Vec::new();
+                for (path, time, record) in records {
+                    if !allowed.contains(&record.signer) {
+                        report.problems.push(format!(
+                            "{path}: condemnation record signed by {}, which may not delete: ignored",
+                            hex::encode(&record.signer[..8])
+                        ));
+                        continue;
+                    }
+                    let key = seen_key(site.as_ref(), &path);
+                    seen.first_seen.entry(key.clone()).or_insert(now_ns);
+                    seen_now.insert(key);
+                    valid.push((path, time, record));
+                }
+                site_records.push(valid);
+            }
+            Err(e) => {
+                report.problems.push(format!(
+                    "{}: its condemnation records cannot be listed, so nothing is deleted there \
+                     this run: {e}",
+                    site.location()
+                ));
+                site_records.push(Vec::new());
+            }
+        }
+    }
+    let (markers, problems) = load_timed::<SessionMarker>(merged, SESSIONS_ROOT)?;
     report.problems.extend(problems);
-    let (markers, problems) =
-        load_timed::<SessionMarker>(site, SESSIONS_ROOT, MARKER_MAGIC, "a session marker")?;
-    report.problems.extend(problems);
-    let listing = with_retry(|| site.list(""))?;
+    let listing = with_retry(|| merged.list(""))?;
     let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
     let mut datasets: BTreeSet<String> = vault.datasets()?.into_iter().collect();
     datasets.extend(
@@ -462,6 +665,8 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
     let expiry_ns = i64::try_from(options.session_expiry_secs)
         .unwrap_or(i64::MAX / NS)
         .saturating_mul(NS);
+    let mut deleted_set: HashSet<String> = HashSet::new();
+    let mut rescued_set: HashSet<String> = HashSet::new();
     for dataset in &datasets {
         // Entries beyond a gap or an unresolved fork may reference anything: collect nothing
         // of a dataset whose whole history cannot be proved.
@@ -477,11 +682,11 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
                 continue;
             }
         };
-        let referenced = match references(site, dataset, &history, &sizes) {
+        let referenced = match references(merged, dataset, &history, &sizes) {
             Ok(mut r) => {
                 // WAL pieces are kept unless an anchored, verified segment covers them.
-                let signers = vault.active_signers(&history);
-                let wal_free = wal_collectable(site, dataset, &history, &signers, &listing);
+                let authority = vault.wal_authority(&history);
+                let wal_free = wal_collectable(merged, dataset, &history, &authority, &listing);
                 r.extend(
                     listing
                         .iter()
@@ -506,93 +711,121 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
             .map(|r| r.entry.seq)
             .max()
             .unwrap_or(0);
-        let ds_markers: Vec<&(String, i64, SessionMarker)> = markers
-            .iter()
-            .filter(|(_, _, m)| &m.dataset == dataset)
-            .collect();
+        // Markers count only when signed by an active signer of the dataset (the session's own
+        // key); a forged one could only delay collection, so ignoring it is safe.
+        let session_signers = vault.active_signers(&history);
+        let mut ds_markers: Vec<&(String, i64, SessionMarker)> = Vec::new();
+        for m in markers.iter().filter(|(_, _, m)| &m.dataset == dataset) {
+            if session_signers.contains(&m.2.signer) {
+                ds_markers.push(m);
+            } else {
+                report.problems.push(format!(
+                    "{}: session marker signed by {}, which is not an active signer of {dataset}: ignored",
+                    m.0,
+                    hex::encode(&m.2.signer[..8])
+                ));
+            }
+        }
         let live = |m: &SessionMarker| {
             m.base_seq >= newest_version_seq && m.started_at_ns.saturating_add(expiry_ns) > now_ns
         };
         let mut pending: HashSet<String> = HashSet::new();
-        let ds_records = records.iter().filter(|(p, _, r)| {
-            &r.dataset == dataset && p.starts_with(&format!("{GC_ROOT}{dataset}/"))
-        });
-        for (path, _, record) in ds_records {
-            if record.time_ns.saturating_add(grace_ns) > now_ns {
-                report.waiting += record
-                    .objects
-                    .iter()
-                    .filter(|o| sizes.contains_key(o.as_str()) && !referenced.contains(*o))
-                    .count();
-                pending.extend(record.objects.iter().cloned());
-                continue;
-            }
-            let blockers: Vec<&SessionMarker> = ds_markers
+        let prefix = format!("{GC_ROOT}{dataset}/");
+        let mut waiting: HashSet<&String> = HashSet::new();
+        for (site, records) in sites.iter().zip(&site_records) {
+            let site = site.as_ref();
+            for (path, _, record) in records
                 .iter()
-                .map(|(_, _, m)| m)
-                .filter(|m| live(m) && m.started_at_ns < record.time_ns.saturating_add(skew_ns))
-                .collect();
-            if let Some(b) = blockers.first() {
-                report.deferred.push(format!(
-                    "{path}: a backup of {dataset} started at {} on {} may still use these objects; \
-                     deletion waits until it records its version (or for {} after it started)",
-                    crate::time::utc(b.started_at_ns),
-                    if b.host.is_empty() { "?" } else { &b.host },
-                    crate::retention::format_duration(options.session_expiry_secs)
-                ));
+                .filter(|(p, _, r)| &r.dataset == dataset && p.starts_with(&prefix))
+            {
                 pending.extend(record.objects.iter().cloned());
-                continue;
-            }
-            let mut objects: Vec<&String> = record.objects.iter().collect();
-            objects.sort_by_key(|p| (delete_rank(p), p.as_str()));
-            let mut complete = true;
-            for object in objects {
-                if !collectable(dataset, object) {
-                    report.problems.push(format!(
-                        "{path}: names {object}, which is not a {dataset} pack, index or manifest: ignored"
+                let first_seen = seen
+                    .first_seen
+                    .get(&seen_key(site, path))
+                    .copied()
+                    .unwrap_or(now_ns);
+                // Condemned from when it was made *and* seen here: a back-dated record, or one
+                // a site withheld, waits the whole grace period from its first sighting; a
+                // record dated in the future waits until then.
+                let from = record.time_ns.max(first_seen);
+                if from.saturating_add(grace_ns) > now_ns || record.time_ns > now_ns {
+                    waiting.extend(
+                        record
+                            .objects
+                            .iter()
+                            .filter(|o| sizes.contains_key(o.as_str()) && !referenced.contains(*o)),
+                    );
+                    continue;
+                }
+                let blockers: Vec<&SessionMarker> = ds_markers
+                    .iter()
+                    .map(|(_, _, m)| m)
+                    .filter(|m| live(m) && m.started_at_ns < from.saturating_add(skew_ns))
+                    .collect();
+                if let Some(b) = blockers.first() {
+                    report.deferred.push(format!(
+                        "{path}: a backup of {dataset} started at {} on {} may still use these objects; \
+                         deletion waits until it records its version (or for {} after it started)",
+                        crate::time::utc(b.started_at_ns),
+                        if b.host.is_empty() { "?" } else { &b.host },
+                        crate::retention::format_duration(options.session_expiry_secs)
                     ));
                     continue;
                 }
-                if referenced.contains(object) {
-                    report.rescued.push(object.clone());
-                    continue;
-                }
-                let Some(size) = sizes.get(object.as_str()).copied() else {
-                    continue; // already gone
-                };
-                if options.dry_run {
-                    report.deleted.push(object.clone());
-                    report.deleted_bytes += size;
-                    continue;
-                }
-                match with_retry(|| site.delete(object)) {
-                    Ok(()) => {
-                        report.deleted.push(object.clone());
-                        report.deleted_bytes += size;
+                let mut objects: Vec<&String> = record.objects.iter().collect();
+                objects.sort_by_key(|p| (delete_rank(p), p.as_str()));
+                let mut complete = true;
+                for object in objects {
+                    if !collectable(dataset, object) {
+                        report.problems.push(format!(
+                            "{path}: names {object}, which is not a {dataset} pack, index or manifest: ignored"
+                        ));
+                        continue;
                     }
-                    Err(e) => {
-                        complete = false;
-                        pending.insert(object.clone());
-                        report.refused.push(format!("{object}: {e}"));
+                    if referenced.contains(object) {
+                        if rescued_set.insert(object.clone()) {
+                            report.rescued.push(object.clone());
+                        }
+                        continue;
+                    }
+                    let Some(size) = sizes.get(object.as_str()).copied() else {
+                        continue; // already gone
+                    };
+                    if options.dry_run {
+                        if deleted_set.insert(object.clone()) {
+                            report.deleted.push(object.clone());
+                            report.deleted_bytes += size;
+                        }
+                        continue;
+                    }
+                    // Only at this site: another site's record cannot delete here.
+                    match with_retry(|| site.delete(object)) {
+                        Ok(()) => {
+                            if deleted_set.insert(object.clone()) {
+                                report.deleted.push(object.clone());
+                                report.deleted_bytes += size;
+                            }
+                        }
+                        Err(e) => {
+                            complete = false;
+                            report.refused.push(format!("{object}: {e}"));
+                        }
                     }
                 }
-            }
-            if complete && !options.dry_run {
-                if let Err(e) = with_retry(|| site.delete(path)) {
-                    report.refused.push(format!("{path}: {e}"));
+                if complete && !options.dry_run {
+                    if let Err(e) = with_retry(|| site.delete(path)) {
+                        report.refused.push(format!("{path}: {e}"));
+                    }
                 }
-            } else if options.dry_run {
-                // Nothing changes in a dry run: what this record lists stays condemned.
-                pending.extend(record.objects.iter().cloned());
             }
         }
+        report.waiting += waiting.len();
         // Condemn what nothing references now and no record lists yet.
-        let deleted_now: HashSet<&String> = report.deleted.iter().collect();
         let mut condemn: Vec<String> = listing
             .iter()
             .filter(|i| collectable(dataset, &i.path))
             .filter(|i| !referenced.contains(&i.path) && !pending.contains(&i.path))
-            .filter(|i| !deleted_now.contains(&i.path))
+            .filter(|i| !deleted_set.contains(&i.path))
             .map(|i| i.path.clone())
             .collect();
         condemn.sort();
@@ -609,10 +842,18 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
                     dataset: dataset.clone(),
                     time_ns,
                     objects: condemn.clone(),
+                    signer: collector.public_key(),
                 };
-                let bytes = encode(RECORD_MAGIC, &record);
+                let bytes = encode_record(&record, &collector.key);
                 let id = ObjectId::of(&bytes);
-                with_retry(|| site.put(&record_path(dataset, time_ns, &id), &bytes))?;
+                let path = record_path(dataset, time_ns, &id);
+                with_retry(|| merged.put(&path, &bytes))?;
+                // This collector made it: seen from its own time at every site.
+                for site in &sites {
+                    let key = seen_key(site.as_ref(), &path);
+                    seen.first_seen.insert(key.clone(), time_ns);
+                    seen_now.insert(key);
+                }
             }
             report.condemned.extend(condemn);
         }
@@ -620,13 +861,21 @@ pub fn collect_garbage(vault: &Vault, options: &GcOptions, now_ns: i64) -> Resul
         if !options.dry_run {
             for (path, _, m) in &ds_markers {
                 if !live(m) && m.started_at_ns.saturating_add(grace_ns) <= now_ns {
-                    if let Err(e) = with_retry(|| site.delete(path)) {
+                    if let Err(e) = with_retry(|| merged.delete(path)) {
                         report.refused.push(format!("{path}: {e}"));
                     }
                 }
             }
         }
     }
+    // Forget records no longer listed at a site that answered.
+    seen.first_seen.retain(|k, _| {
+        seen_now.contains(k)
+            || !listed_sites
+                .iter()
+                .any(|loc| k.starts_with(&format!("{loc} ")))
+    });
+    collector.save(&seen)?;
     Ok(report)
 }
 

@@ -85,6 +85,13 @@ pub trait Site: Send + Sync + fmt::Debug {
     fn lagging(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// The member sites of a site that stands for several (each on its own), so that garbage
+    /// collection can judge and delete at each site by what that site itself holds. Empty for
+    /// a single site.
+    fn members(&self) -> Vec<std::sync::Arc<dyn Site>> {
+        Vec::new()
+    }
 }
 
 /// Runs a site operation, retrying [`SiteError::Retryable`] failures with exponential backoff and

@@ -144,6 +144,12 @@ impl Vault {
         crate::rights::Authority::after(&self.config, dataset, history)
     }
 
+    /// Who may have signed the dataset's WAL objects, judged at the time each was anchored
+    /// (see [`crate::wal_log::WalAuthority`]), from an accepted `history`.
+    pub fn wal_authority(&self, history: &[Record]) -> crate::wal_log::WalAuthority {
+        crate::wal_log::WalAuthority::new(&self.config.signer_keys(), history)
+    }
+
     /// Every dataset's verified history; datasets that fail are returned as errors beside,
     /// and rejected entries are listed.
     pub fn histories(&self) -> Result<(Histories, Vec<Error>)> {

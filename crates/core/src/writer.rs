@@ -214,6 +214,7 @@ impl BackupSession {
             dataset,
             head.as_ref().map_or(0, |h| h.entry.seq),
             &hostname(),
+            &signer,
         )?;
         let condemned = crate::gc::condemned(site.as_ref(), dataset)?;
         let known = load_known_chunks(site.as_ref(), &keys, &condemned, &mut warnings)?;

@@ -58,7 +58,13 @@ fn exercise(site: &Arc<MemorySite>, vault: &Vault, path: &str) {
         dry_run: true,
         ..GcOptions::with_grace(1)
     };
-    let report = gc::collect_garbage(vault, &options, i64::MAX / 2).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let collector = gc::Collector::new(
+        RootSecret::from_bytes(&[7; 32]).writer_signing_key(0),
+        state.path(),
+        &vault.config().vault_id,
+    );
+    let report = gc::collect_garbage(vault, &collector, &options, i64::MAX / 2).unwrap();
     if path.starts_with("approvals/") {
         assert!(found.len() + problems.len() == 1, "{found:?} {problems:?}");
     } else {
@@ -96,7 +102,7 @@ proptest! {
     #[test]
     fn hostile_records_and_markers_never_panic(kind in 0u8..2, len in 0u32..u32::MAX, tail in prop::collection::vec(any::<u8>(), 0..64)) {
         // The record/marker framing with hostile lengths and CBOR.
-        let magic: &[u8; 8] = if kind == 0 { b"EMBCOND1" } else { b"EMBSESS1" };
+        let magic: &[u8; 8] = if kind == 0 { b"EMBCOND2" } else { b"EMBSESS2" };
         let mut bytes = magic.to_vec();
         bytes.extend_from_slice(&len.to_le_bytes());
         bytes.extend_from_slice(&tail);

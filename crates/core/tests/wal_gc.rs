@@ -83,6 +83,20 @@ impl World {
         self.head = Some(rec);
     }
 
+    /// A collector signing with the root-derived writer key; its state in a folder per test.
+    fn collector(&self) -> gc::Collector {
+        let dir = std::env::temp_dir().join(format!(
+            "embassy-wal-gc-{}-{:p}",
+            std::process::id(),
+            &self.vault
+        ));
+        gc::Collector::new(
+            self.root.writer_signing_key(0),
+            &dir,
+            &self.vault.config().vault_id,
+        )
+    }
+
     fn exists(&self, path: &str) -> bool {
         self.site.lock().contains_key(path)
     }
@@ -91,8 +105,14 @@ impl World {
     fn collect_twice(&self) -> (gc::GcReport, gc::GcReport) {
         let options = GcOptions::with_grace(1);
         let now = embassy_core::config::now_unix_nanos();
-        let first = gc::collect_garbage(&self.vault, &options, now).unwrap();
-        let second = gc::collect_garbage(&self.vault, &options, now + 5_000_000_000).unwrap();
+        let first = gc::collect_garbage(&self.vault, &self.collector(), &options, now).unwrap();
+        let second = gc::collect_garbage(
+            &self.vault,
+            &self.collector(),
+            &options,
+            now + 5_000_000_000,
+        )
+        .unwrap();
         (first, second)
     }
 }
@@ -164,11 +184,12 @@ fn a_condemned_piece_whose_segment_vanished_is_rescued() {
     w.anchor(&segment);
     let options = GcOptions::with_grace(1);
     let now = embassy_core::config::now_unix_nanos();
-    let first = gc::collect_garbage(&w.vault, &options, now).unwrap();
+    let first = gc::collect_garbage(&w.vault, &w.collector(), &options, now).unwrap();
     assert_eq!(first.condemned, vec![piece.clone()]);
     // The segment disappears between the runs: the piece is the only copy again.
     w.site.delete(&segment).unwrap();
-    let second = gc::collect_garbage(&w.vault, &options, now + 5_000_000_000).unwrap();
+    let second =
+        gc::collect_garbage(&w.vault, &w.collector(), &options, now + 5_000_000_000).unwrap();
     assert!(second.deleted.is_empty(), "{second:?}");
     assert_eq!(second.rescued, vec![piece.clone()]);
     assert!(w.exists(&piece));

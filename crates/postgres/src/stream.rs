@@ -302,7 +302,7 @@ struct Session<'a> {
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     segment: Option<SegmentBuf>,
     keyring: &'a Keyring,
-    signers: Vec<[u8; 32]>,
+    signers: wal::WalSigners,
     system_id: Arc<AtomicU64>,
 }
 
@@ -340,8 +340,12 @@ impl WalStreamer {
         history.check_appendable(&cfg.dataset)?;
         let keys = keyring.dataset_at(&cfg.dataset, ledger::key_epoch(&history.records))?;
         let signer = keyring.signer()?;
-        let signers = vault.active_signers(&history.records);
-        if !signers.contains(&signer.verifying_key().to_bytes()) {
+        let signers = wal::WalSigners::new(vault.wal_authority(&history.records), &cfg.dataset);
+        // The streamer's key must hold `stream_wal` at the head (WalAuthority knows the rights).
+        if !signers
+            .authority()
+            .active_at_head(&signer.verifying_key().to_bytes())
+        {
             return Err(PgError::Vault(embassy_core::Error::WrongKey(format!(
                 "signing key {} may not add to dataset {}: it was revoked or never added \
                  (`embassy keys issue --sealing` adds a credential's key)",
@@ -383,7 +387,11 @@ impl WalStreamer {
             progress: s.progress.clone(),
             head: history.records.last().cloned(),
             rejected: history.rejected_ids(),
-            last_anchor: Instant::now(),
+            // The first piece is anchored at once: after a switch of credentials, the previous
+            // streamer's unanchored tail is covered while its key is still active.
+            last_anchor: Instant::now()
+                .checked_sub(cfg.anchor_interval)
+                .unwrap_or_else(Instant::now),
             anchored_to: 0,
             pending: None,
             last_segment: None,
@@ -451,10 +459,29 @@ impl Session<'_> {
         server_timeline: u32,
     ) -> Result<Resume> {
         let listing = wal::list(self.site.as_ref(), &self.cfg.dataset)?;
-        if let Some(newest) = listing.newest() {
-            // Check the newest object before trusting its position: a forged name must not make
-            // the stream skip WAL.
-            let (h, _) = wal::read_checked(self.site.as_ref(), newest, &self.signers)?;
+        // Check the newest object before trusting its position: a forged name must not make the
+        // stream skip WAL. An object no valid signer made (a revoked key's, noise) is passed
+        // over, so it cannot stop the stream either.
+        let mut newest_valid = None;
+        let mut first_err = None;
+        for candidate in listing.newest_first() {
+            match wal::read_checked(self.site.as_ref(), candidate, &self.signers) {
+                Ok((h, _)) => {
+                    newest_valid = Some((candidate, h));
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("embassy pg stream: passing over {}: {e}", candidate.path);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if newest_valid.is_none() {
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        if let Some((newest, h)) = newest_valid {
             let server = self.system_id.load(Ordering::Relaxed);
             if h.system_id != 0 && h.system_id != server {
                 return Err(PgError::OtherCluster {

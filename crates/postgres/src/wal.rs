@@ -2,13 +2,14 @@
 //! assembling whole (or the newest, partial) segments, and keyless verification of names,
 //! signatures and the hash chain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
 use embassy_core::site::{with_retry, Site};
 use embassy_core::vault::{Keyring, Vault};
-use embassy_core::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
+use embassy_core::wal_log::{self, LogHeader, LogKind, LogName, LogSpec, WalAuthority};
 
 use crate::error::{PgError, Result};
 use crate::lsn::{Lsn, SEGMENT_SIZE};
@@ -45,6 +46,15 @@ impl WalListing {
             .iter()
             .chain(self.segments.iter())
             .max_by_key(|o| (o.name.timeline, o.name.end, o.name.kind == LogKind::Piece))
+    }
+
+    /// Pieces and segments, the furthest-reaching first (the order [`WalListing::newest`] picks).
+    pub fn newest_first(&self) -> Vec<&WalObject> {
+        let mut all: Vec<&WalObject> = self.pieces.iter().chain(self.segments.iter()).collect();
+        all.sort_by_key(|o| {
+            std::cmp::Reverse((o.name.timeline, o.name.end, o.name.kind == LogKind::Piece))
+        });
+        all
     }
 
     /// Newest durable position per timeline.
@@ -125,12 +135,160 @@ fn list_prefixes(site: &dyn Site, dataset: &str, prefixes: &[String]) -> Result<
     Ok(listing)
 }
 
+/// Who may have signed a dataset's WAL objects: the keys active at the head, and every key for
+/// the objects an anchor covers at whose sequence number it was active (format.md §9b). Chains
+/// are walked lazily, only for objects whose signer is no longer active, and remembered.
+#[derive(Debug)]
+pub struct WalSigners {
+    authority: WalAuthority,
+    dataset: String,
+    /// `prev` of the objects whose header was read, by id.
+    prevs: Mutex<HashMap<ObjectId, Option<ObjectId>>>,
+    /// Pieces and segments of a timeline by id, listed when a chain must be walked there.
+    names: Mutex<HashMap<u32, HashMap<ObjectId, WalObject>>>,
+}
+
+/// How many anchors after an object are tried when looking for the one whose chain covers it.
+const ANCHOR_CANDIDATES: usize = 4;
+
+impl WalSigners {
+    /// The signers of `dataset`'s WAL according to `authority`.
+    pub fn new(authority: WalAuthority, dataset: &str) -> Self {
+        Self {
+            authority,
+            dataset: dataset.to_string(),
+            prevs: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The authority (signer intervals and anchors) this judges by.
+    pub fn authority(&self) -> &WalAuthority {
+        &self.authority
+    }
+
+    /// True when `signer` may have signed `obj`: active at the head, or active at the sequence
+    /// number of the anchor that covers `obj`.
+    pub fn allows(&self, site: &dyn Site, obj: &WalObject, signer: &[u8; 32]) -> bool {
+        if self.authority.active_at_head(signer) {
+            return true;
+        }
+        self.anchored_at(site, obj)
+            .is_some_and(|seq| self.authority.active_at(signer, seq))
+    }
+
+    /// The sequence number of the accepted anchor covering `obj` (naming it, or reaching it
+    /// through the `prev` chain before the previous anchored object), if one is found.
+    pub fn anchored_at(&self, site: &dyn Site, obj: &WalObject) -> Option<u64> {
+        if let Some(seq) = self.authority.direct_anchor(&obj.name.id) {
+            return Some(seq);
+        }
+        let names = self.timeline_names(site, obj.name.timeline)?;
+        let mut candidates: Vec<&wal_log::Anchor> = self
+            .authority
+            .anchors()
+            .iter()
+            .filter(|a| a.timeline == obj.name.timeline && a.end >= obj.name.end)
+            .filter(|a| {
+                names
+                    .get(&a.id)
+                    .is_some_and(|o| o.name.kind == obj.name.kind)
+            })
+            .collect();
+        candidates.sort_by_key(|a| (a.end, a.seq));
+        for a in candidates.into_iter().take(ANCHOR_CANDIDATES) {
+            let mut cur = a.id;
+            for _ in 0..=names.len() {
+                if cur == obj.name.id {
+                    return Some(a.seq);
+                }
+                if cur != a.id
+                    && self
+                        .authority
+                        .direct_anchor(&cur)
+                        .is_some_and(|s| s < a.seq)
+                {
+                    break; // an earlier anchor's range
+                }
+                let Some(o) = names.get(&cur) else { break };
+                if o.name.end <= obj.name.start {
+                    break; // walked past it
+                }
+                match self.prev_of(site, o) {
+                    Some(p) => cur = p,
+                    None => break,
+                }
+            }
+        }
+        None
+    }
+
+    fn timeline_names(
+        &self,
+        site: &dyn Site,
+        timeline: u32,
+    ) -> Option<HashMap<ObjectId, WalObject>> {
+        let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = cache.get(&timeline) {
+            return Some(n.clone());
+        }
+        let listing = list_prefixes(
+            site,
+            &self.dataset,
+            &[
+                wal_log::kind_prefix(&self.dataset, timeline, LogKind::Piece),
+                wal_log::kind_prefix(&self.dataset, timeline, LogKind::Segment),
+            ],
+        )
+        .ok()?;
+        let map: HashMap<ObjectId, WalObject> = listing
+            .pieces
+            .into_iter()
+            .chain(listing.segments)
+            .map(|o| (o.name.id, o))
+            .collect();
+        cache.insert(timeline, map.clone());
+        Some(map)
+    }
+
+    /// The `prev` of a stored object, from its parsed (keyless) header; None when it has none
+    /// or cannot be read.
+    fn prev_of(&self, site: &dyn Site, obj: &WalObject) -> Option<ObjectId> {
+        if let Some(p) = self
+            .prevs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&obj.name.id)
+        {
+            return *p;
+        }
+        let bytes = with_retry(|| site.get(&obj.path)).ok()?;
+        if ObjectId::of(&bytes) != obj.name.id {
+            return None;
+        }
+        let parsed = wal_log::parse(&obj.path, &bytes).ok()?;
+        if !obj.name.matches(&parsed.header) {
+            return None;
+        }
+        self.learn(obj.name.id, parsed.header.prev);
+        parsed.header.prev
+    }
+
+    fn learn(&self, id: ObjectId, prev: Option<ObjectId>) {
+        self.prevs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, prev);
+    }
+}
+
 /// Reads and checks an object without keys: its bytes hash to the id in its name, the header
-/// matches the name and is signed by one of `signers`. Returns the header and the bytes.
+/// matches the name and its signer may have signed it (see [`WalSigners`]). Returns the header
+/// and the bytes.
 pub fn read_checked(
     site: &dyn Site,
     obj: &WalObject,
-    signers: &[[u8; 32]],
+    signers: &WalSigners,
 ) -> Result<(LogHeader, Vec<u8>)> {
     let bytes = with_retry(|| site.get(&obj.path))?;
     let corrupt = |p: &str| PgError::Vault(embassy_core::Error::corrupt(&obj.path, p));
@@ -143,9 +301,11 @@ pub fn read_checked(
             "the header does not match the name (moved or renamed)",
         ));
     }
-    if !signers.contains(&parsed.header.signer) {
+    signers.learn(obj.name.id, parsed.header.prev);
+    if !signers.allows(site, obj, &parsed.header.signer) {
         return Err(corrupt(&format!(
-            "signed by {}, which may not sign this dataset",
+            "signed by {}, which is not an active signer of this dataset and was not one when an \
+             accepted ledger entry anchored this object (revoked or never added): ignored",
             hex::encode(&parsed.header.signer[..8])
         )));
     }
@@ -157,7 +317,7 @@ pub fn read_payload(
     site: &dyn Site,
     keyring: &Keyring,
     obj: &WalObject,
-    signers: &[[u8; 32]],
+    signers: &WalSigners,
 ) -> Result<(LogHeader, Vec<u8>)> {
     let (header, bytes) = read_checked(site, obj, signers)?;
     let keys = keyring.dataset_for_key_id(&header.dataset, header.key_id)?;
@@ -197,7 +357,7 @@ pub fn assemble_segment(
     listing: &WalListing,
     timeline: u32,
     segno: u64,
-    signers: &[[u8; 32]],
+    signers: &WalSigners,
 ) -> Result<Option<Assembled>> {
     let seg_start = segno * SEGMENT_SIZE;
     let seg_end = seg_start + SEGMENT_SIZE;
@@ -263,7 +423,7 @@ pub fn history_file(
     keyring: &Keyring,
     listing: &WalListing,
     timeline: u32,
-    signers: &[[u8; 32]],
+    signers: &WalSigners,
 ) -> Result<Option<Vec<u8>>> {
     let mut last_err = None;
     for obj in listing
@@ -282,10 +442,11 @@ pub fn history_file(
     }
 }
 
-/// The keys that may sign a dataset's objects, from its verified ledger history.
-pub fn dataset_signers(vault: &Vault, dataset: &str) -> Result<Vec<[u8; 32]>> {
+/// Who may have signed a dataset's WAL objects, from its verified ledger history (judged at
+/// the time each object was anchored, see [`WalSigners`]).
+pub fn dataset_signers(vault: &Vault, dataset: &str) -> Result<WalSigners> {
     let history = vault.history(dataset)?;
-    Ok(vault.active_signers(&history))
+    Ok(WalSigners::new(vault.wal_authority(&history), dataset))
 }
 
 /// What keyless WAL verification found.
@@ -295,6 +456,10 @@ pub struct WalVerifyReport {
     pub objects_ok: usize,
     /// Problems, one line each (empty when all is well).
     pub problems: Vec<String>,
+    /// Noise: objects no valid signer made (a revoked or foreign key, with no accepted anchor
+    /// covering them while their signer was active), one line each with the path; ignored by
+    /// readers and not an integrity failure.
+    pub noise: Vec<String>,
     /// Newest position per timeline.
     pub ends: BTreeMap<u32, u64>,
     /// Gaps found in the piece/segment coverage: (timeline, from, to).
@@ -315,41 +480,84 @@ impl WalVerifyReport {
 pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let site = vault.site().as_ref();
     let history = vault.history(dataset)?;
-    let signers = vault.active_signers(&history);
+    let authority = vault.wal_authority(&history);
     let listing = list(site, dataset)?;
-    let mut report = WalVerifyReport {
-        ends: listing.ends(),
-        ..Default::default()
-    };
+    let mut report = WalVerifyReport::default();
     for s in &listing.strays {
         report
             .problems
             .push(format!("{s}: not a WAL log object name"));
     }
-    let mut ids = BTreeMap::new();
-    let mut prevs = Vec::new();
-    // Segment objects that checked out: (timeline, start, end). Garbage collection removes a
-    // piece only when one of them covers it, so a missing piece they cover is not a gap.
-    let mut segments_ok: Vec<(u32, u64, u64)> = Vec::new();
+    // First every object's keyless checks, then who may have signed it: an anchor covers the
+    // objects its `prev` chain reaches, so the chains are needed before the signers are judged.
+    let mut parsed: Vec<(&WalObject, LogHeader)> = Vec::new();
     for obj in listing
         .pieces
         .iter()
         .chain(&listing.segments)
         .chain(&listing.histories)
     {
-        match read_checked(site, obj, &signers) {
-            Ok((h, _)) => {
-                report.objects_ok += 1;
-                ids.insert(obj.name.id, obj.path.clone());
-                if let Some(p) = h.prev {
-                    prevs.push((obj, p));
+        let checked = with_retry(|| site.get(&obj.path))
+            .map_err(PgError::from)
+            .and_then(|bytes| {
+                if ObjectId::of(&bytes) != obj.name.id {
+                    return Err(PgError::Vault(embassy_core::Error::corrupt(
+                        &obj.path,
+                        "the bytes do not hash to the id in the name",
+                    )));
                 }
-                if h.kind == LogKind::Segment {
-                    segments_ok.push((h.timeline, h.start, h.end));
+                let parsed = wal_log::parse(&obj.path, &bytes)?;
+                if !obj.name.matches(&parsed.header) {
+                    return Err(PgError::Vault(embassy_core::Error::corrupt(
+                        &obj.path,
+                        "the header does not match the name (moved or renamed)",
+                    )));
                 }
-            }
+                Ok(parsed.header)
+            });
+        match checked {
+            Ok(h) => parsed.push((obj, h)),
             Err(e) => report.problems.push(e.to_string()),
         }
+    }
+    let prev_of: HashMap<ObjectId, Option<ObjectId>> =
+        parsed.iter().map(|(o, h)| (o.name.id, h.prev)).collect();
+    let coverage = authority.coverage(&prev_of);
+    let mut ids = BTreeMap::new();
+    let mut prevs = Vec::new();
+    // Segment objects that checked out: (timeline, start, end). Garbage collection removes a
+    // piece only when one of them covers it, so a missing piece they cover is not a gap.
+    let mut segments_ok: Vec<(u32, u64, u64)> = Vec::new();
+    let mut valid: Vec<&WalObject> = Vec::new();
+    for (obj, h) in &parsed {
+        let anchored = coverage.get(&obj.name.id).copied();
+        if !authority.allows(&h.signer, anchored) {
+            report.noise.push(format!(
+                "{}: signed by {}, which is not an active signer of dataset {dataset}{}: ignored",
+                obj.path,
+                hex::encode(&h.signer[..8]),
+                match anchored {
+                    Some(seq) =>
+                        format!(" and was not one at ledger entry {seq}, which anchors it"),
+                    None => " and no accepted ledger entry anchors it".to_string(),
+                }
+            ));
+            continue;
+        }
+        report.objects_ok += 1;
+        valid.push(*obj);
+        ids.insert(obj.name.id, obj.path.clone());
+        if let Some(p) = h.prev {
+            prevs.push((*obj, p));
+        }
+        if h.kind == LogKind::Segment {
+            segments_ok.push((h.timeline, h.start, h.end));
+        }
+    }
+    report.ends = BTreeMap::new();
+    for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
+        let e = report.ends.entry(o.name.timeline).or_insert(0);
+        *e = (*e).max(o.name.end);
     }
     for (obj, prev) in &prevs {
         // A piece's predecessor ended where it starts, on its timeline or (at a timeline switch)
@@ -378,7 +586,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
             // is never collected, so its absence is always reported.
             if !ids.contains_key(manifest) && !covered_piece(&segments_ok, *timeline, *end) {
                 report.problems.push(format!(
-                    "ledger entry {} anchors WAL object {} which is not stored",
+                    "ledger entry {} anchors WAL object {} which is not stored (or not valid)",
                     r.entry.seq,
                     manifest.short()
                 ));
@@ -387,7 +595,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     }
     // Coverage: per timeline, pieces and segments together must be contiguous from the first.
     let mut by_tl: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-    for o in listing.pieces.iter().chain(&listing.segments) {
+    for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
         by_tl
             .entry(o.name.timeline)
             .or_default()

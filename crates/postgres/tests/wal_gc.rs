@@ -177,7 +177,19 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
     // Two runs with a tiny grace: the first condemns, the second deletes. The streamer is
     // still running.
     let options = GcOptions::with_grace(1);
-    let first = collect_garbage(&vault, &options, embassy_core::config::now_unix_nanos()).unwrap();
+    let gc_state = tempfile::tempdir().unwrap();
+    let collector = embassy_core::gc::Collector::new(
+        RootSecret::from_bytes(&root).writer_signing_key(0),
+        gc_state.path(),
+        &vault.config().vault_id,
+    );
+    let first = collect_garbage(
+        &vault,
+        &collector,
+        &options,
+        embassy_core::config::now_unix_nanos(),
+    )
+    .unwrap();
     let condemned_wal: Vec<&String> = first
         .condemned
         .iter()
@@ -188,7 +200,13 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
         assert!(site.get(&p.path).is_ok(), "deleted before the grace period");
     }
     std::thread::sleep(Duration::from_millis(1200));
-    let second = collect_garbage(&vault, &options, embassy_core::config::now_unix_nanos()).unwrap();
+    let second = collect_garbage(
+        &vault,
+        &collector,
+        &options,
+        embassy_core::config::now_unix_nanos(),
+    )
+    .unwrap();
     assert!(second.skipped.is_empty(), "{:?}", second.skipped);
     let bytes_after = wal_bytes(&vault);
     eprintln!(
@@ -267,7 +285,13 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
     );
     assert!(!report.gaps.is_empty(), "no gap reported");
     // And gc does not delete anything more because of it.
-    let third = collect_garbage(&vault, &options, embassy_core::config::now_unix_nanos()).unwrap();
+    let third = collect_garbage(
+        &vault,
+        &collector,
+        &options,
+        embassy_core::config::now_unix_nanos(),
+    )
+    .unwrap();
     assert!(
         third.condemned.iter().all(|p| !p.starts_with("wal/")),
         "{:?}",

@@ -430,6 +430,10 @@ impl Site for ReplicatedSite {
         Ok(())
     }
 
+    fn members(&self) -> Vec<Arc<dyn Site>> {
+        self.sites.clone()
+    }
+
     fn lagging(&self) -> Vec<(String, String)> {
         self.lagging
             .lock()

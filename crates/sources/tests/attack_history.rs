@@ -527,7 +527,12 @@ fn a_deleted_middle_entry_is_a_gap_older_versions_restore_latest_refuses() {
         clock_skew_secs: 1,
         ..Default::default()
     };
-    let first = gc::collect_garbage(&vault, &fast, now_unix_nanos()).unwrap();
+    let collector = gc::Collector::new(
+        w.owner(&vault).signer().unwrap(),
+        &w.dir.path().join("gc-state"),
+        &vault.config().vault_id,
+    );
+    let first = gc::collect_garbage(&vault, &collector, &fast, now_unix_nanos()).unwrap();
     assert!(
         first
             .skipped
@@ -537,7 +542,7 @@ fn a_deleted_middle_entry_is_a_gap_older_versions_restore_latest_refuses() {
         first.skipped
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    gc::collect_garbage(&vault, &fast, now_unix_nanos()).unwrap();
+    gc::collect_garbage(&vault, &collector, &fast, now_unix_nanos()).unwrap();
     let keys = w.owner(&vault).dataset(DS).unwrap();
     let reader = VersionReader::open(vault.site().clone(), keys, &v4).unwrap();
     let mut out = Vec::new();

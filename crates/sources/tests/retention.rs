@@ -108,6 +108,16 @@ impl Setup {
         .unwrap()
     }
 
+    /// The collector of this vault: signs with the root-derived writer key, remembers first
+    /// sightings of records in the test's folder.
+    fn collector(&self) -> gc::Collector {
+        gc::Collector::new(
+            self.keyring().signer().unwrap(),
+            &self.dir.path().join("gc-state"),
+            &self.vault.config().vault_id,
+        )
+    }
+
     fn backup(&self, dataset: &str, i: usize) -> (Version, BTreeMap<String, Vec<u8>>) {
         let src = self.dir.path().join(format!("src-{dataset}"));
         let files = write_tree(&src, i);
@@ -237,7 +247,8 @@ fn prune_records_a_policy_deletion_every_reader_honours_and_gc_removes_only_garb
 
     // GC, phase 1: condemns the deleted versions' manifests and the packs only they used.
     let packs_before = listed(s.vault.site().as_ref(), "packs/land/");
-    let first = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
+    let first =
+        gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap();
     assert!(first.deleted.is_empty(), "{first:?}");
     assert!(
         first
@@ -252,7 +263,7 @@ fn prune_records_a_policy_deletion_every_reader_honours_and_gc_removes_only_garb
     assert!(first.condemned.iter().any(|p| p.starts_with("packs/land/")));
     assert_eq!(listed(s.vault.site().as_ref(), "packs/land/"), packs_before);
     // Phase 2: deletes them.
-    let second = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    let second = gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap();
     let mut deleted = second.deleted.clone();
     deleted.sort();
     let mut condemned = first.condemned.clone();
@@ -513,8 +524,8 @@ fn a_deletion_signed_without_approvals_is_rejected_and_changes_nothing() {
         report.notes
     );
     // GC keeps everything of version 1.
-    gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
-    let second = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap();
+    let second = gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap();
     assert!(second.deleted.is_empty(), "{second:?}");
     // The next backup continues after the refused entry (it holds seq 3); everything restores.
     s.backup("pension", 3);
@@ -575,9 +586,10 @@ fn object_lock_refusals_are_reported_and_retried_never_fatal() {
         s.backup("gazette", i);
     }
     s.keep_last_now("gazette", 1).unwrap();
-    let first = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
+    let first =
+        gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap();
     assert!(!first.condemned.is_empty());
-    let second = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    let second = gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap();
     assert!(second.deleted.is_empty());
     assert!(
         second.refused.len() >= first.condemned.len(),
@@ -590,7 +602,7 @@ fn object_lock_refusals_are_reported_and_retried_never_fatal() {
     let ok = verify::verify(&s.vault, None, &Silent).unwrap();
     assert!(ok.is_ok(), "{:?}", ok.problems);
     locked.store(false, Ordering::SeqCst);
-    let third = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    let third = gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap();
     let mut a = third.deleted.clone();
     a.sort();
     let mut b = first.condemned.clone();
@@ -655,7 +667,7 @@ fn backups_run_while_prune_and_gc_run_and_every_kept_version_restores_byte_ident
                 Err(e) => panic!("prune failed: {e}"),
             }
         }
-        let r = gc::collect_garbage(&s.vault, &options, now_unix_nanos()).unwrap();
+        let r = gc::collect_garbage(&s.vault, &s.collector(), &options, now_unix_nanos()).unwrap();
         deleted += r.deleted.len();
         deleted_meanwhile.fetch_add(r.deleted.len(), Ordering::SeqCst);
         deferred += r.deferred.len();
@@ -669,7 +681,7 @@ fn backups_run_while_prune_and_gc_run_and_every_kept_version_restores_byte_ident
     backups.join().unwrap();
     let deleted_while_backing_up = deleted;
     for _ in 0..3 {
-        let r = gc::collect_garbage(&s.vault, &options, after_grace()).unwrap();
+        let r = gc::collect_garbage(&s.vault, &s.collector(), &options, after_grace()).unwrap();
         deleted += r.deleted.len();
     }
     eprintln!(
@@ -760,8 +772,12 @@ fn a_backup_that_started_before_a_condemnation_keeps_what_it_reuses() {
     s.keep_last_now("identity", 1).unwrap();
     let mut reports = Vec::new();
     let v = stream_backup(&s, a.clone(), || {
-        reports.push(gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap());
-        reports.push(gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap());
+        reports.push(
+            gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap(),
+        );
+        reports.push(
+            gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap(),
+        );
     });
     assert!(!reports[0].condemned.is_empty(), "{:?}", reports[0]);
     assert!(reports[1].deleted.is_empty(), "{:?}", reports[1]);
@@ -773,7 +789,7 @@ fn a_backup_that_started_before_a_condemnation_keeps_what_it_reuses() {
     );
     assert!(stream_restore(&s, &v) == a, "restores byte-identically");
     // Once the version is recorded, its objects are referenced again: rescued, not deleted.
-    let after = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    let after = gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap();
     assert!(!after.rescued.is_empty(), "{after:?}");
     assert!(stream_restore(&s, &v) == a);
     let report = verify::verify(&s.vault, Some(&s.keyring()), &Silent).unwrap();
@@ -790,12 +806,15 @@ fn a_backup_that_started_after_a_condemnation_never_reuses_condemned_objects() {
     stream_backup(&s, a.clone(), || {});
     stream_backup(&s, stream_bytes(4), || {});
     s.keep_last_now("identity", 1).unwrap();
-    let condemned = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
+    let condemned =
+        gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap();
     assert!(!condemned.condemned.is_empty());
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut during = None;
     let v = stream_backup(&s, a.clone(), || {
-        during = Some(gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap());
+        during = Some(
+            gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap(),
+        );
     });
     let during = during.unwrap();
     assert!(
@@ -844,10 +863,11 @@ fn gc_leaves_what_it_does_not_understand_and_follows_wal_anchors_without_failing
     )
     .unwrap();
     s.keep_last_now("cadastre", 1).unwrap();
-    let first = gc::collect_garbage(&s.vault, &fast_gc(), now_unix_nanos()).unwrap();
+    let first =
+        gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), now_unix_nanos()).unwrap();
     assert!(first.skipped.is_empty(), "{first:?}");
     assert!(!first.condemned.is_empty());
-    let second = gc::collect_garbage(&s.vault, &fast_gc(), after_grace()).unwrap();
+    let second = gc::collect_garbage(&s.vault, &s.collector(), &fast_gc(), after_grace()).unwrap();
     assert!(!second.deleted.is_empty(), "{second:?}");
     assert!(second.deleted.iter().all(|p| !p.starts_with("wal/")));
     assert_eq!(s.vault.site().get(&wal_path).unwrap(), wal);

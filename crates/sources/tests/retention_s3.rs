@@ -76,13 +76,19 @@ fn prune_and_gc_on_s3_with_object_lock() {
     .unwrap();
     assert_eq!(report.deleted, vec![1, 2]);
     let options = GcOptions::with_grace(1);
-    let first = gc::collect_garbage(&vault, &options, now_unix_nanos()).unwrap();
+    let gc_state = tempfile::tempdir().unwrap();
+    let collector = gc::Collector::new(
+        root.writer_signing_key(0),
+        gc_state.path(),
+        &vault.config().vault_id,
+    );
+    let first = gc::collect_garbage(&vault, &collector, &options, now_unix_nanos()).unwrap();
     assert!(
         first.condemned.iter().any(|p| p.starts_with("packs/")),
         "{first:?}"
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = gc::collect_garbage(&vault, &options, now_unix_nanos()).unwrap();
+    let second = gc::collect_garbage(&vault, &collector, &options, now_unix_nanos()).unwrap();
     let mut deleted = second.deleted.clone();
     deleted.sort();
     let mut condemned = first.condemned.clone();
