@@ -691,6 +691,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         report.unreferenced.len()
                     );
                 }
+                for n in &report.noise {
+                    println!("NOISE (ignored): {n}");
+                }
                 for p in &report.problems {
                     println!("PROBLEM: {p}");
                 }
