@@ -85,7 +85,12 @@ pub fn encode(
             })
         })
         .collect();
-    encode_entries(keys, signer, packs.iter().map(|(id, _)| *id).collect(), &entries)
+    encode_entries(
+        keys,
+        signer,
+        packs.iter().map(|(id, _)| *id).collect(),
+        &entries,
+    )
 }
 
 /// Encodes an index object with the given header packs and entries as they are (entries may name

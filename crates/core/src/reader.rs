@@ -384,7 +384,10 @@ impl VersionReader {
                             // Another index of the version maps the chunk elsewhere: try that.
                             Err(e)
                                 if e.is_integrity()
-                                    && self.locations.get(&entry.id).is_some_and(|l| l.len() > 1) =>
+                                    && self
+                                        .locations
+                                        .get(&entry.id)
+                                        .is_some_and(|l| l.len() > 1) =>
                             {
                                 sink(&entry.id, &self.read_blob(&entry.id)?)?;
                             }

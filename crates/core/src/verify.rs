@@ -351,13 +351,18 @@ pub fn verify(
     let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
     // Indexes no live version names: leftovers of interrupted backups when an active signer
     // made them; noise otherwise (unsigned, forged, foreign, or by a stranger or revoked key).
-    let index_headers = index_headers.into_inner().unwrap_or_else(|e| e.into_inner());
+    let index_headers = index_headers
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     let mut noise_paths = HashSet::new();
     for (path, parsed) in &index_headers {
         if referenced.contains(path) {
             continue;
         }
-        let Some(dataset) = path.strip_prefix("index/").and_then(|r| r.split('/').next()) else {
+        let Some(dataset) = path
+            .strip_prefix("index/")
+            .and_then(|r| r.split('/').next())
+        else {
             continue;
         };
         let Some(history) = histories.get(dataset) else {
@@ -541,10 +546,12 @@ fn deep_check_version(
                     .get(id)
                     .is_some_and(|entries| entries.contains(&m.blob));
                 if !holds {
-                    wrong
-                        .entry(m.index)
-                        .and_modify(|w| w.0 += 1)
-                        .or_insert((1, *id, m.pack, m.blob.offset));
+                    wrong.entry(m.index).and_modify(|w| w.0 += 1).or_insert((
+                        1,
+                        *id,
+                        m.pack,
+                        m.blob.offset,
+                    ));
                 }
             }
             if !verified_pack {

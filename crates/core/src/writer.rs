@@ -96,8 +96,7 @@ impl Shared {
         let stored: u64 = bytes.len() as u64;
         drop(bytes);
         let described = (pack_id, entries);
-        let index_bytes =
-            index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
+        let index_bytes = index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
         let entries = &described.1;
         let index_id = ObjectId::of(&index_bytes);
         with_retry(|| {

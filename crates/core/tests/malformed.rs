@@ -819,7 +819,8 @@ fn index_signatures_are_checked_without_keys() {
     assert!(err.to_string().contains("signature"), "{err}");
 
     // A header that names the stranger, signed by the stranger: parses, and names them.
-    let mut header: index::IndexHeader = ciborium::from_reader(&o.index[12..12 + header_len]).unwrap();
+    let mut header: index::IndexHeader =
+        ciborium::from_reader(&o.index[12..12 + header_len]).unwrap();
     header.signer = stranger.verifying_key().to_bytes();
     let header = cbor(&header);
     let mut forged = index::MAGIC.to_vec();
