@@ -355,6 +355,11 @@ pub fn verify(
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     let mut noise_paths = HashSet::new();
+    // RIGHTS: add_versions
+    let active: HashMap<&str, Vec<[u8; 32]>> = histories
+        .iter()
+        .map(|(d, h)| (d.as_str(), vault.active_signers(h)))
+        .collect();
     for (path, parsed) in &index_headers {
         if referenced.contains(path) {
             continue;
@@ -365,7 +370,7 @@ pub fn verify(
         else {
             continue;
         };
-        let Some(history) = histories.get(dataset) else {
+        let Some(active) = active.get(dataset) else {
             continue; // no verified history: reported above, or a dataset without a ledger yet
         };
         let why = match parsed {
@@ -373,8 +378,7 @@ pub fn verify(
             Ok(h) if h.dataset != dataset => {
                 Some(format!("an index of dataset {} (foreign)", h.dataset))
             }
-            // RIGHTS: add_versions
-            Ok(h) if !vault.active_signers(history).contains(&h.signer) => Some(format!(
+            Ok(h) if !active.contains(&h.signer) => Some(format!(
                 "signed by {}, which is not an active signer of dataset {dataset}, and named by \
                  no live version",
                 hex::encode(&h.signer[..8])
