@@ -228,13 +228,14 @@ fn finding_zstd_reserve() {
 fn indexes(packs: &[(ObjectId, Vec<BlobEntry>)]) -> Vec<ObjectId> {
     let keys = &fixture().keys;
     let mut corpus = Corpus::new("fuzz_index");
-    let two = index::encode(keys, packs);
+    let writer = &fixture().writers[0];
+    let two = index::encode(keys, writer, packs);
     corpus.valid("stored-two-packs", with_mode(0, &two), embassy_fuzz::index);
-    let one = index::encode(keys, &packs[1..]);
+    let one = index::encode(keys, writer, &packs[1..]);
     corpus.valid("stored-one-pack", with_mode(0, &one), embassy_fuzz::index);
-    let none = index::encode(keys, &[]);
+    let none = index::encode(keys, writer, &[]);
     corpus.valid("stored-empty", with_mode(0, &none), embassy_fuzz::index);
-    let other = index::encode(&fixture().root.dataset_keys("other", 0), packs);
+    let other = index::encode(&fixture().root.dataset_keys("other", 0), writer, packs);
     corpus.rejected(
         "stored-foreign-dataset",
         with_mode(0, &other),
@@ -244,7 +245,8 @@ fn indexes(packs: &[(ObjectId, Vec<BlobEntry>)]) -> Vec<ObjectId> {
     let header = IndexHeader {
         dataset: DATASET.into(),
         packs: packs.iter().map(|(id, _)| *id).collect(),
-        key_id: Some(keys.key_id()),
+        key_id: keys.key_id(),
+        signer: writer.verifying_key().to_bytes(),
     };
     let body: Vec<IndexEntry> = packs
         .iter()

@@ -205,7 +205,8 @@ pub fn blob_aad(kind: BlobKind, id: &ChunkId) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 
 /// Index objects. Even mode: `mode | index object`. Odd mode: `mode | u16 LE n | header CBOR (n
-/// bytes) | body CBOR`; the harness frames the header and seals the body with the index key.
+/// bytes) | body CBOR`; the harness frames the header, seals the body with the index key and
+/// signs the whole with the fixture's first writer key.
 pub fn index(data: &[u8]) -> bool {
     match data.split_first() {
         Some((mode, rest)) if mode & 1 == 0 => index_object(rest),
@@ -217,13 +218,16 @@ pub fn index(data: &[u8]) -> bool {
     }
 }
 
-/// An index object with this plaintext header and body, sealed with the fixture's index key.
+/// An index object with this plaintext header and body, sealed with the fixture's index key and
+/// signed by the fixture's first writer key (a header naming that key as `signer` verifies).
 pub fn seal_index(header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut out = index::MAGIC.to_vec();
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(header);
     let sealed = crypto::seal_symmetric(&fixture().keys.index_key, &out, body);
     out.extend_from_slice(&sealed);
+    let signature = keys::sign(&fixture().writers[0], index::SIGNATURE_LABEL, &out);
+    out.extend_from_slice(&signature);
     out
 }
 

@@ -41,7 +41,33 @@ pub fn get_checked(
     Ok(bytes)
 }
 
+/// One place the version's indexes say a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    /// Number of the pack in [`VersionReader::packs`].
+    pack: u32,
+    /// Position in the manifest's list of indexes of the index that says so.
+    index: u32,
+    /// Where in the pack.
+    blob: BlobEntry,
+}
+
+/// Where one of a version's indexes says a chunk is (see [`VersionReader::mappings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The index object that says so.
+    pub index: ObjectId,
+    /// The pack.
+    pub pack: ObjectId,
+    /// Where in the pack.
+    pub blob: BlobEntry,
+}
+
 /// An opened version, ready to read blobs from.
+///
+/// When several of the manifest's indexes map one chunk to different places (the same chunk
+/// stored twice by concurrent or interrupted runs, or an index that lies), every mapping is
+/// kept, in the manifest's order, and a read tries the next one when a mapping does not open.
 pub struct VersionReader {
     site: Arc<dyn Site>,
     keys: Arc<DatasetKeys>,
@@ -50,7 +76,8 @@ pub struct VersionReader {
     /// Its decrypted manifest.
     pub manifest: ManifestBody,
     packs: Vec<ObjectId>,
-    locations: HashMap<ChunkId, (u32, BlobEntry)>,
+    indexes: Vec<ObjectId>,
+    locations: HashMap<ChunkId, Vec<Location>>,
     pack_keys: Mutex<HashMap<u32, Arc<ObjectKey>>>,
 }
 
@@ -78,8 +105,8 @@ impl VersionReader {
             .collect();
         let mut packs = Vec::new();
         let mut pack_numbers = HashMap::new();
-        let mut locations = HashMap::new();
-        for result in loaded {
+        let mut locations: HashMap<ChunkId, Vec<Location>> = HashMap::new();
+        for (position, result) in loaded.into_iter().enumerate() {
             let (header, entries) = result?;
             for e in entries {
                 let pack_id = header.packs[e.pack as usize];
@@ -87,7 +114,14 @@ impl VersionReader {
                     packs.push(pack_id);
                     (packs.len() - 1) as u32
                 });
-                locations.insert(e.blob.id, (number, e.blob));
+                let here = locations.entry(e.blob.id).or_default();
+                if !here.iter().any(|l| l.pack == number && l.blob == e.blob) {
+                    here.push(Location {
+                        pack: number,
+                        index: position as u32,
+                        blob: e.blob,
+                    });
+                }
             }
         }
         Ok(Self {
@@ -96,6 +130,7 @@ impl VersionReader {
             version: version.clone(),
             manifest: body,
             packs,
+            indexes: header.indexes,
             locations,
             pack_keys: Mutex::new(HashMap::new()),
         })
@@ -124,12 +159,31 @@ impl VersionReader {
         layout::pack(&self.keys.dataset, &self.packs[number as usize])
     }
 
-    fn locate(&self, id: &ChunkId) -> Result<(u32, BlobEntry)> {
-        self.locations.get(id).copied().ok_or_else(|| {
-            Error::corrupt(
-                layout::manifest(&self.keys.dataset, &self.version.manifest),
-                format!("chunk {} is not in any index the version names", id.short()),
-            )
+    /// Every mapping of a chunk in the version's indexes, in the manifest's order (never empty).
+    fn locate(&self, id: &ChunkId) -> Result<&[Location]> {
+        self.locations
+            .get(id)
+            .map(Vec::as_slice)
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    layout::manifest(&self.keys.dataset, &self.version.manifest),
+                    format!("chunk {} is not in any index the version names", id.short()),
+                )
+            })
+    }
+
+    /// Where the version's indexes say a chunk is: one mapping per distinct place, in the
+    /// manifest's order of indexes. Empty when no index of the version names the chunk.
+    pub fn mappings(&self, id: &ChunkId) -> Vec<Mapping> {
+        self.locations.get(id).map_or_else(Vec::new, |ls| {
+            ls.iter()
+                .map(|l| Mapping {
+                    index: self.indexes[l.index as usize],
+                    pack: self.packs[l.pack as usize],
+                    blob: l.blob,
+                })
+                .collect()
         })
     }
 
@@ -192,16 +246,50 @@ impl VersionReader {
 
     /// Plaintext size of a blob, from the index.
     pub fn blob_size(&self, id: &ChunkId) -> Result<u32> {
-        Ok(self.locate(id)?.1.raw_length)
+        let locations = self.locate(id)?;
+        let first = locations[0].blob.raw_length;
+        if locations.iter().all(|l| l.blob.raw_length == first) {
+            return Ok(first);
+        }
+        // The indexes disagree: only the mapping that opens tells.
+        Ok(self.read_blob(id)?.len() as u32)
     }
 
-    /// Reads one blob.
+    /// Reads one blob, trying each of its mappings in turn.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (number, entry) = self.locate(id)?;
+        self.read_blob_of_kind(id, None)
+    }
+
+    /// Reads one blob through its mappings of `kind` (any when `None`): the first that opens.
+    /// When none does, the first mapping's error is returned (it names the pack).
+    fn read_blob_of_kind(&self, id: &ChunkId, kind: Option<BlobKind>) -> Result<Vec<u8>> {
+        let mut first_error = None;
+        for location in self.locate(id)? {
+            if kind.is_some_and(|k| k != location.blob.kind) {
+                continue;
+            }
+            match self.read_at(location.pack, &location.blob) {
+                Ok(plain) => return Ok(plain),
+                Err(e) if e.is_integrity() || matches!(e, Error::Missing { .. }) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first_error.unwrap_or_else(|| {
+            Error::corrupt(
+                layout::manifest(&self.keys.dataset, &self.version.manifest),
+                format!("chunk {} is used as a tree but stored as data", id.short()),
+            )
+        }))
+    }
+
+    /// Reads the blob `entry` says is in pack `number`.
+    fn read_at(&self, number: u32, entry: &BlobEntry) -> Result<Vec<u8>> {
         let key = self.pack_key(number)?;
         let path = self.pack_path(number);
         let ciphertext = self.get_range(&path, entry.offset as u64, entry.length as u64)?;
-        match pack::open_blob(&key, &self.keys, &path, &entry, &ciphertext) {
+        match pack::open_blob(&key, &self.keys, &path, entry, &ciphertext) {
             Err(e) if e.is_integrity() => {
                 // A damaged copy: read the whole pack, checked against its name (several sites
                 // fall back to a good copy), and try again.
@@ -210,7 +298,7 @@ impl VersionReader {
                 let sealed = whole
                     .get(at..at + entry.length as usize)
                     .ok_or_else(|| Error::corrupt(&path, "shorter than its index says"))?;
-                pack::open_blob(&key, &self.keys, &path, &entry, sealed)
+                pack::open_blob(&key, &self.keys, &path, entry, sealed)
             }
             r => r,
         }
@@ -230,14 +318,8 @@ impl VersionReader {
 
     /// Reads and parses a tree blob.
     pub fn read_tree(&self, id: &ChunkId) -> Result<Tree> {
-        let (_, entry) = self.locate(id)?;
-        if entry.kind != BlobKind::Tree {
-            return Err(Error::corrupt(
-                layout::manifest(&self.keys.dataset, &self.version.manifest),
-                format!("chunk {} is used as a tree but stored as data", id.short()),
-            ));
-        }
-        Tree::decode(&self.read_blob(id)?, &format!("tree {}", id.short()))
+        let plain = self.read_blob_of_kind(id, Some(BlobKind::Tree))?;
+        Tree::decode(&plain, &format!("tree {}", id.short()))
     }
 
     /// The root tree.
@@ -254,8 +336,8 @@ impl VersionReader {
     ) -> Result<()> {
         let mut by_pack: HashMap<u32, Vec<BlobEntry>> = HashMap::new();
         for id in ids {
-            let (number, entry) = self.locate(&id)?;
-            by_pack.entry(number).or_default().push(entry);
+            let first = self.locate(&id)?[0];
+            by_pack.entry(first.pack).or_default().push(first.blob);
         }
         let mut work: Vec<(u32, Vec<BlobEntry>)> = by_pack.into_iter().collect();
         work.sort_by_key(|(n, _)| *n);
@@ -299,6 +381,16 @@ impl VersionReader {
                             &mut scratch,
                         ) {
                             Ok(plain) => sink(&entry.id, plain)?,
+                            // Another index of the version maps the chunk elsewhere: try that.
+                            Err(e)
+                                if e.is_integrity()
+                                    && self
+                                        .locations
+                                        .get(&entry.id)
+                                        .is_some_and(|l| l.len() > 1) =>
+                            {
+                                sink(&entry.id, &self.read_blob(&entry.id)?)?;
+                            }
                             Err(e) if e.is_integrity() && !refetched => {
                                 // A damaged copy: take the span from the whole pack, checked
                                 // against its name (several sites fall back to a good copy).

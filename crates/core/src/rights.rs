@@ -148,6 +148,15 @@ impl Authority {
         self.signers.keys().copied().collect()
     }
 
+    /// The active signers holding `right`.
+    pub fn holders(&self, right: Right) -> Vec<[u8; 32]> {
+        self.signers
+            .iter()
+            .filter(|(_, rights)| rights.contains(&right))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// The rights of `signer` (empty when it is not an active signer).
     pub fn rights_of(&self, signer: &[u8; 32]) -> Vec<Right> {
         self.signers.get(signer).cloned().unwrap_or_default()

@@ -114,7 +114,11 @@ pub fn verify(
         .collect();
     let dataset_keys: Mutex<HashMap<String, std::sync::Arc<crate::keys::DatasetKeys>>> =
         Mutex::new(HashMap::new());
-    let pack_blobs: Mutex<HashMap<String, HashSet<ChunkId>>> = Mutex::new(HashMap::new());
+    // Deep: each verified pack's directory (every entry's blob opened), by chunk id.
+    let pack_blobs: Mutex<PackDirectories> = Mutex::new(HashMap::new());
+    // Every index object's header, signature checked (or why it does not parse).
+    let index_headers: Mutex<HashMap<String, std::result::Result<index::IndexHeader, String>>> =
+        Mutex::new(HashMap::new());
     // One object per task: packs are few and heavy, so let idle threads steal them one by one.
     hashed.par_iter().with_max_len(1).for_each(|info| {
         progress.note(&info.path);
@@ -144,6 +148,16 @@ pub fn verify(
                 ),
             );
         }
+        if info.path.starts_with("index/") {
+            let parsed = index::decode_header(&info.path, &bytes)
+                .map(|(h, _)| h)
+                .map_err(|e| e.to_string());
+            index_headers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(info.path.clone(), parsed);
+            return;
+        }
         let (Some(keyring), Some(dataset)) = (
             keys,
             info.path
@@ -172,20 +186,20 @@ pub fn verify(
         };
         let checked = pack::open_key(&dk, &info.path, &bytes).and_then(|key| {
             let entries = pack::read_directory(&key, &info.path, &bytes)?;
-            let mut ids = HashSet::new();
+            let mut ids: HashMap<ChunkId, Vec<pack::BlobEntry>> = HashMap::new();
             for e in &entries {
                 let ct = &bytes[e.offset as usize..][..e.length as usize];
                 pack::open_blob(&key, &dk, &info.path, e, ct)?;
-                ids.insert(e.id);
+                ids.entry(e.id).or_default().push(*e);
             }
-            Ok(ids)
+            Ok((entries.len(), ids))
         });
         match checked {
-            Ok(ids) => {
+            Ok((count, ids)) => {
                 report
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .blobs_checked += ids.len() as u64;
+                    .blobs_checked += count as u64;
                 pack_blobs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -349,6 +363,7 @@ pub fn verify(
         }
     }
     let witnesses = vault.config().witness_keys();
+    let pack_blobs = pack_blobs.into_inner().unwrap_or_else(|e| e.into_inner());
     for (dataset, history) in &histories {
         let mut complete = 0;
         for record in history {
@@ -418,9 +433,58 @@ pub fn verify(
         }
     }
     let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Indexes no live version names: leftovers of interrupted backups when an active signer
+    // made them; noise otherwise (unsigned, forged, foreign, or by a stranger or revoked key).
+    let index_headers = index_headers
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut noise_paths = HashSet::new();
+    // Keys that may add versions (and so write indexes) at each dataset's head.
+    let active: HashMap<&str, Vec<[u8; 32]>> = histories
+        .iter()
+        .map(|(d, h)| {
+            let may_add = vault
+                .authority(d, h)
+                .holders(crate::rights::Right::AddVersions);
+            (d.as_str(), may_add)
+        })
+        .collect();
+    for (path, parsed) in &index_headers {
+        if referenced.contains(path) {
+            continue;
+        }
+        let Some(dataset) = path
+            .strip_prefix("index/")
+            .and_then(|r| r.split('/').next())
+        else {
+            continue;
+        };
+        let Some(active) = active.get(dataset) else {
+            continue; // no verified history: reported above, or a dataset without a ledger yet
+        };
+        let why = match parsed {
+            Err(e) => Some(format!("unparsable: {e}")),
+            Ok(h) if h.dataset != dataset => {
+                Some(format!("an index of dataset {} (foreign)", h.dataset))
+            }
+            Ok(h) if !active.contains(&h.signer) => Some(format!(
+                "signed by {}, which is not an active signer of dataset {dataset}, and named by \
+                 no live version",
+                hex::encode(&h.signer[..8])
+            )),
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            report
+                .noise
+                .push(format!("{path}: {why}; ignored by backups and restores"));
+            noise_paths.insert(path.clone());
+        }
+    }
+    report.noise.sort();
     report.unreferenced = objects
         .iter()
-        .filter(|i| !referenced.contains(&i.path))
+        .filter(|i| !referenced.contains(&i.path) && !noise_paths.contains(&i.path))
         .map(|i| i.path.clone())
         .collect();
     report.unreferenced.sort();
@@ -539,15 +603,21 @@ fn check_references(
     ok
 }
 
-/// Deep: every chunk of the version's trees is indexed in a pack whose blobs all opened.
+/// Deep: each verified pack's directory by chunk id (every entry's blob opened).
+type PackDirectories = HashMap<String, HashMap<ChunkId, Vec<pack::BlobEntry>>>;
+
+/// Deep: every chunk of the version's trees is resolved through the version's own indexes (the
+/// ones its manifest names), and each of its mappings must be an entry of the named pack's
+/// directory, which the deep pass opened: a mapping that does not hold (a poisoned index an
+/// accepted version relies on) is damage naming the version, the index and the chunk.
 fn deep_check_version(
     vault: &Vault,
     keyring: &Keyring,
     version: &crate::vault::Version,
-    pack_blobs: &Mutex<HashMap<String, HashSet<ChunkId>>>,
+    pack_blobs: &PackDirectories,
     problem: &dyn Fn(String),
 ) -> bool {
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<bool> {
         let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
         let mut pending = vec![reader.manifest.root];
         let mut seen = HashSet::new();
@@ -564,31 +634,61 @@ fn deep_check_version(
                 }
             }
         }
-        let verified: HashSet<ChunkId> = pack_blobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flatten()
-            .copied()
-            .collect();
-        let missing = data
-            .iter()
-            .chain(seen.iter())
-            .filter(|id| !verified.contains(id))
-            .count();
+        let dataset = &version.dataset;
+        let manifest_path = layout::manifest(dataset, &version.manifest);
+        let mut missing = 0u64;
+        // Per lying index: how many chunks, and the first one (chunk, pack, offset).
+        let mut wrong: std::collections::BTreeMap<ObjectId, (u64, ChunkId, ObjectId, u32)> =
+            Default::default();
+        for id in data.iter().chain(seen.iter()) {
+            let mut verified_pack = false;
+            for m in reader.mappings(id) {
+                let Some(directory) = pack_blobs.get(&layout::pack(dataset, &m.pack)) else {
+                    continue; // not verified: counted below if no mapping verifies
+                };
+                verified_pack = true;
+                let holds = directory
+                    .get(id)
+                    .is_some_and(|entries| entries.contains(&m.blob));
+                if !holds {
+                    wrong.entry(m.index).and_modify(|w| w.0 += 1).or_insert((
+                        1,
+                        *id,
+                        m.pack,
+                        m.blob.offset,
+                    ));
+                }
+            }
+            if !verified_pack {
+                missing += 1;
+            }
+        }
+        for (index_id, (count, chunk, pack_id, offset)) in &wrong {
+            problem(format!(
+                "{}: version {} of {dataset} (manifest {}) resolves {count} chunks through this \
+                 index to places their pack does not hold them (first: chunk {} at offset \
+                 {offset} of pack {}): the index lies; a restore of those chunks fails unless \
+                 another index of the version maps them correctly",
+                layout::index(dataset, index_id),
+                version.seq,
+                version.manifest.short(),
+                chunk.short(),
+                pack_id.short(),
+            ));
+        }
         if missing > 0 {
             return Err(Error::corrupt(
-                layout::manifest(&version.dataset, &version.manifest),
+                manifest_path,
                 format!(
                     "{missing} chunks of version {} are not in any verified pack",
                     version.seq
                 ),
             ));
         }
-        Ok(())
+        Ok(wrong.is_empty())
     })();
     match result {
-        Ok(()) => true,
+        Ok(ok) => ok,
         Err(e) => {
             problem(e.to_string());
             false

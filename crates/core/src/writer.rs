@@ -49,6 +49,8 @@ struct Job {
 struct Shared {
     site: Arc<dyn Site>,
     keys: Arc<DatasetKeys>,
+    /// Signs this session's index objects (the key that signs its ledger entry).
+    signer: ed25519_dalek::SigningKey,
     pack_target: usize,
     known: Mutex<HashMap<ChunkId, Known>>,
     used_indexes: Mutex<BTreeSet<ObjectId>>,
@@ -94,7 +96,7 @@ impl Shared {
         let stored: u64 = bytes.len() as u64;
         drop(bytes);
         let described = (pack_id, entries);
-        let index_bytes = index::encode(&self.keys, std::slice::from_ref(&described));
+        let index_bytes = index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
         let entries = &described.1;
         let index_id = ObjectId::of(&index_bytes);
         with_retry(|| {
@@ -217,10 +219,18 @@ impl BackupSession {
             &signer,
         )?;
         let condemned = crate::gc::condemned(site.as_ref(), dataset)?;
-        let known = load_known_chunks(site.as_ref(), &keys, &condemned, &mut warnings)?;
+        let known = load_known_chunks(
+            site.as_ref(),
+            vault,
+            &history.records,
+            &keys,
+            &condemned,
+            &mut warnings,
+        )?;
         let shared = Arc::new(Shared {
             site,
             keys,
+            signer: signer.clone(),
             pack_target: vault.config().pack_target_bytes as usize,
             known: Mutex::new(known),
             used_indexes: Mutex::new(BTreeSet::new()),
@@ -535,25 +545,46 @@ pub enum StoreError {
     Vault(Error),
 }
 
-/// Reads every index of a dataset whose packs are present, mapping chunk to index object.
+/// An index object read and parsed (signature checked), body not yet opened.
+struct ListedIndex {
+    id: ObjectId,
+    path: String,
+    header: index::IndexHeader,
+    bytes: Vec<u8>,
+}
+
+/// Reads the indexes of a dataset that a backup may deduplicate against, mapping chunk to index
+/// object. Trusted are only indexes (a) signed by an active signer of the dataset at the head
+/// this session starts from (this includes the indexes of this writer's own interrupted runs),
+/// or (b) named in the plaintext header of the manifest of a live, accepted version; and only
+/// when every pack they name is present. Everything else (unsigned, altered, foreign, signed by
+/// a stranger or by a revoked signer and named by no live manifest) is ignored with a warning:
+/// anyone holding the dataset's index key can seal an index body, and a lying index would make
+/// the new version point at the wrong bytes (dedup poisoning).
+///
+/// Cost: every index object is read, as before; manifests are read only when an index signed by
+/// a former signer is present, newest versions of that signer first, stopping once every such
+/// index is found.
 fn load_known_chunks(
     site: &dyn Site,
+    vault: &Vault,
+    history: &[Record],
     keys: &DatasetKeys,
     condemned: &HashSet<String>,
     warnings: &mut Vec<String>,
 ) -> Result<HashMap<ChunkId, Known>> {
+    let dataset = &keys.dataset;
     // Condemned packs count as missing, and condemned indexes as absent: garbage collection
     // may delete them before this session's version is recorded.
     let packs: HashSet<ObjectId> = site
-        .list(&layout::packs_prefix(&keys.dataset))?
+        .list(&layout::packs_prefix(dataset))?
         .iter()
         .filter(|i| !condemned.contains(&i.path))
         .filter_map(|i| layout::id_in_path(&i.path))
         .collect();
-    let mut listed = site.list(&layout::index_prefix(&keys.dataset))?;
+    let mut listed = site.list(&layout::index_prefix(dataset))?;
     listed.retain(|i| !condemned.contains(&i.path));
-    type Loaded = (ObjectId, Vec<index::IndexEntry>, Vec<ObjectId>);
-    let loaded: Vec<Result<Loaded>> = listed
+    let loaded: Vec<Result<ListedIndex>> = listed
         .par_iter()
         .map(|info| {
             let id = layout::id_in_path(&info.path)
@@ -566,27 +597,85 @@ fn load_known_chunks(
                 ));
             }
             let (header, _) = index::decode_header(&info.path, &bytes)?;
-            if header.key_id.is_some_and(|k| k != keys.key_id()) {
-                return Ok((id, Vec::new(), Vec::new())); // another key epoch: other chunk ids
-            }
-            let (header, entries) = index::decode(keys, &info.path, &bytes)?;
-            Ok((id, entries, header.packs))
+            Ok(ListedIndex {
+                id,
+                path: info.path.clone(),
+                header,
+                bytes,
+            })
         })
         .collect();
-    let mut known = HashMap::new();
+    // Trust indexes signed by a key that may add versions at this head.
+    let active: HashSet<[u8; 32]> = vault
+        .authority(dataset, history)
+        .holders(crate::rights::Right::AddVersions)
+        .into_iter()
+        .collect();
+    let former: HashSet<[u8; 32]> = ever_signers(vault, history)
+        .into_iter()
+        .filter(|k| !active.contains(k))
+        .collect();
+    let ignored = |path: &str, why: &str| {
+        format!("{path}: ignored for deduplication ({why}); its chunks will be stored again")
+    };
+    let mut trusted = Vec::new();
+    let mut candidates = Vec::new();
     for result in loaded {
         match result {
-            Ok((index_id, entries, index_packs)) => {
-                if let Some(missing) = index_packs.iter().find(|p| !packs.contains(p)) {
-                    warnings.push(format!(
-                        "index {} names pack {} which is missing: its chunks will be stored again",
-                        index_id.short(),
-                        missing.short()
-                    ));
-                    continue;
-                }
+            Ok(l) if l.header.dataset != *dataset => warnings.push(ignored(
+                &l.path,
+                &format!("an index of dataset {}", l.header.dataset),
+            )),
+            // Another key epoch: other chunk ids, nothing to dedup against.
+            Ok(l) if l.header.key_id != keys.key_id() => {}
+            Ok(l) if active.contains(&l.header.signer) => trusted.push(l),
+            Ok(l) if former.contains(&l.header.signer) => candidates.push(l),
+            Ok(l) => warnings.push(ignored(
+                &l.path,
+                &format!(
+                    "signed by {}, which is not a signer of dataset {dataset}",
+                    hex::encode(&l.header.signer[..8])
+                ),
+            )),
+            Err(e) if e.is_integrity() => {
+                warnings.push(format!("{e}; its chunks will be stored again"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !candidates.is_empty() {
+        let wanted: HashSet<ObjectId> = candidates.iter().map(|l| l.id).collect();
+        let signers: HashSet<[u8; 32]> = candidates.iter().map(|l| l.header.signer).collect();
+        let named = named_by_live_manifests(site, dataset, history, &wanted, &signers);
+        for l in candidates {
+            if named.contains(&l.id) {
+                trusted.push(l);
+            } else {
+                warnings.push(ignored(
+                    &l.path,
+                    &format!(
+                        "signed by {}, no longer a signer of dataset {dataset}, and named by no \
+                         live version",
+                        hex::encode(&l.header.signer[..8])
+                    ),
+                ));
+            }
+        }
+    }
+    let mut known = HashMap::new();
+    for l in trusted {
+        if let Some(missing) = l.header.packs.iter().find(|p| !packs.contains(p)) {
+            warnings.push(format!(
+                "index {} names pack {} which is missing: its chunks will be stored again",
+                l.id.short(),
+                missing.short()
+            ));
+            continue;
+        }
+        match index::decode(keys, &l.path, &l.bytes) {
+            Ok((_, entries)) => {
                 for e in entries {
-                    known.insert(e.blob.id, Known::Stored(index_id));
+                    known.insert(e.blob.id, Known::Stored(l.id));
                 }
             }
             Err(e) if e.is_integrity() => {
@@ -596,6 +685,63 @@ fn load_known_chunks(
         }
     }
     Ok(known)
+}
+
+/// Every key that was ever allowed to sign `history`'s entries: the configured signers and the
+/// keys added by accepted entries.
+fn ever_signers(vault: &Vault, history: &[Record]) -> HashSet<[u8; 32]> {
+    let mut keys: HashSet<[u8; 32]> = vault.config().signer_keys().into_iter().collect();
+    for record in history {
+        if let Event::SignerAdded { key, .. } = &record.entry.event {
+            keys.insert(*key);
+        }
+    }
+    keys
+}
+
+/// Which of `wanted` the manifests of live versions name (keyless: their plaintext headers).
+/// Reads versions signed by `signers` first, newest first, then the others, and stops as soon
+/// as every wanted index is found. A manifest that cannot be read names nothing (verify reports
+/// it).
+fn named_by_live_manifests(
+    site: &dyn Site,
+    dataset: &str,
+    history: &[Record],
+    wanted: &HashSet<ObjectId>,
+    signers: &HashSet<[u8; 32]>,
+) -> HashSet<ObjectId> {
+    let signer_of: HashMap<u64, [u8; 32]> = history
+        .iter()
+        .map(|r| (r.entry.seq, r.entry.signer))
+        .collect();
+    let mut live: Vec<(bool, Version)> = crate::vault::versions_in(dataset, history)
+        .into_iter()
+        .rev()
+        .map(|v| {
+            let theirs = signer_of.get(&v.seq).is_some_and(|s| signers.contains(s));
+            (!theirs, v)
+        })
+        .collect();
+    live.sort_by_key(|(others, _)| *others); // stable: newest first within each group
+    let mut found = HashSet::new();
+    for batch in live.chunks(64) {
+        let named: Vec<Vec<ObjectId>> = batch
+            .par_iter()
+            .filter_map(|(_, v)| {
+                let path = layout::manifest(dataset, &v.manifest);
+                let bytes =
+                    crate::reader::get_checked(site, &path, &v.manifest, "a live version").ok()?;
+                manifest::decode_header(&path, &bytes)
+                    .ok()
+                    .map(|(h, _)| h.indexes)
+            })
+            .collect();
+        found.extend(named.into_iter().flatten().filter(|id| wanted.contains(id)));
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    found
 }
 
 fn hostname() -> String {

@@ -126,7 +126,7 @@ fn objects() -> &'static Objects {
             .collect();
         let pack_id = ObjectId::of(&pack);
 
-        let index = index::encode(&keys, &[(pack_id, entries.clone())]);
+        let index = index::encode(&keys, &writer, &[(pack_id, entries.clone())]);
         let index_body = cbor(
             &entries
                 .iter()
@@ -510,11 +510,7 @@ proptest! {
         match which {
             0 => {
                 let body = mutate(&o.index_body, &m, &[]);
-                let header_len = u32::from_le_bytes(o.index[8..12].try_into().unwrap()) as usize;
-                let prefix = &o.index[..12 + header_len];
-                let mut bytes = prefix.to_vec();
-                bytes.extend_from_slice(&crypto::seal_symmetric(&o.keys.index_key, prefix, &body));
-                let _ = read_index(&bytes);
+                let _ = read_index(&reseal_index(&body, &o.writer));
             }
             1 => {
                 let body = mutate(&o.manifest_body, &m, &[]);
@@ -632,6 +628,23 @@ fn sign_ledger(body: &[u8], key: &ed25519_dalek::SigningKey) -> Vec<u8> {
     out.extend_from_slice(body);
     out.extend_from_slice(&keys::sign(key, b"data-embassy ledger v1", body));
     out
+}
+
+/// The fixture index's header with `body` sealed behind it, signed by `key`.
+fn reseal_index(body: &[u8], key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    let o = objects();
+    let header_len = u32::from_le_bytes(o.index[8..12].try_into().unwrap()) as usize;
+    let prefix = &o.index[..12 + header_len];
+    let mut b = prefix.to_vec();
+    b.extend_from_slice(&crypto::seal_symmetric(&o.keys.index_key, prefix, body));
+    sign_index(b, key)
+}
+
+/// Appends an index signature by `key` over `unsigned`.
+fn sign_index(mut unsigned: Vec<u8>, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    let signature = keys::sign(key, index::SIGNATURE_LABEL, &unsigned);
+    unsigned.extend_from_slice(&signature);
+    unsigned
 }
 
 fn reseal_manifest(body: &[u8]) -> Vec<u8> {
@@ -756,13 +769,7 @@ fn hostile_cbor_is_rejected_without_exhausting_memory() {
     ];
     for bytes in &declared {
         assert!(read_tree(bytes).is_err());
-        let _ = read_index(&{
-            let header_len = u32::from_le_bytes(o.index[8..12].try_into().unwrap()) as usize;
-            let prefix = &o.index[..12 + header_len];
-            let mut b = prefix.to_vec();
-            b.extend_from_slice(&crypto::seal_symmetric(&o.keys.index_key, prefix, bytes));
-            b
-        });
+        let _ = read_index(&reseal_index(bytes, &o.writer));
         assert!(read_manifest(&reseal_manifest(bytes)).is_err());
         assert!(read_ledger(&sign_ledger(bytes, &o.writer)).is_none());
         assert!(read_pack(&reseal_pack_directory(bytes)).is_err());
@@ -774,6 +781,69 @@ fn hostile_cbor_is_rejected_without_exhausting_memory() {
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(load_config(nested.as_bytes(), &o.config_sig).is_err());
     assert!(open_keyfile(nested.as_bytes()).is_none());
+}
+
+/// Index objects of format 2 are signed: an unsigned index (the version 1 layout), a stripped,
+/// altered or wrongly labelled signature, and a header naming another signer than the one that
+/// signed are all rejected without keys; a correctly signed index by a stranger parses (whether
+/// its signer is trusted is the writer's and verify's decision) and names that stranger.
+#[test]
+fn index_signatures_are_checked_without_keys() {
+    let o = objects();
+    let header_len = u32::from_le_bytes(o.index[8..12].try_into().unwrap()) as usize;
+    let unsigned = o.index[..o.index.len() - index::SIGNATURE_LEN].to_vec();
+    let (good, body_at) = index::decode_header(PATH, &o.index).unwrap();
+    assert_eq!(good.signer, o.writer.verifying_key().to_bytes());
+    assert_eq!(body_at, 12 + header_len);
+    assert!(read_index(&o.index).is_ok());
+
+    // Unsigned: as version 1 wrote it (old magic) and with the new magic.
+    let mut v1 = unsigned.clone();
+    v1[..8].copy_from_slice(b"EMBINDX1");
+    assert!(index::decode_header(PATH, &v1).is_err());
+    assert!(read_index(&unsigned).is_err());
+    // Signature zeroed, one bit flipped, wrong label, signed by another key than the header names.
+    let mut zeroed = unsigned.clone();
+    zeroed.extend_from_slice(&[0u8; 64]);
+    assert!(read_index(&zeroed).is_err());
+    let mut flipped = o.index.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert!(read_index(&flipped).is_err());
+    let mut labelled = unsigned.clone();
+    labelled.extend_from_slice(&keys::sign(&o.writer, b"data-embassy index v1", &unsigned));
+    assert!(read_index(&labelled).is_err());
+    let stranger = RootSecret::from_bytes(&[9; 32]).writer_signing_key(0);
+    let err = read_index(&sign_index(unsigned.clone(), &stranger)).unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+
+    // A header that names the stranger, signed by the stranger: parses, and names them.
+    let mut header: index::IndexHeader =
+        ciborium::from_reader(&o.index[12..12 + header_len]).unwrap();
+    header.signer = stranger.verifying_key().to_bytes();
+    let header = cbor(&header);
+    let mut forged = index::MAGIC.to_vec();
+    forged.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    forged.extend_from_slice(&header);
+    let sealed = crypto::seal_symmetric(&o.keys.index_key, &forged, &o.index_body);
+    forged.extend_from_slice(&sealed);
+    let forged = sign_index(forged, &stranger);
+    let (h, entries) = read_index(&forged).unwrap();
+    assert_eq!(h.signer, stranger.verifying_key().to_bytes());
+    assert_eq!(entries.len(), o.pack_blobs.len());
+    // The signature covers the sealed body too: a body resealed under the same header fails.
+    let mut swapped = forged[..12 + header.len()].to_vec();
+    swapped.extend_from_slice(&crypto::seal_symmetric(
+        &o.keys.index_key,
+        &forged[..12 + header.len()],
+        &o.index_body,
+    ));
+    swapped.extend_from_slice(&forged[forged.len() - 64..]);
+    assert!(read_index(&swapped).is_err());
+    // Too short to hold a signature after the header.
+    for cut in 0..index::SIGNATURE_LEN {
+        assert!(read_index(&o.index[..12 + header_len + cut]).is_err());
+    }
 }
 
 /// Writer-sealed blob plaintexts: unknown compression, a zstd frame that lies about its size,
