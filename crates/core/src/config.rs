@@ -15,6 +15,10 @@ const FORMAT: &str = "data-embassy-vault";
 /// `delete` must not be able to erase recent history before anyone notices. See docs/keys.md.
 pub const DEFAULT_MIN_AGE_SECS: u64 = 30 * 86_400;
 const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
+/// The vault format this program writes and reads (docs/format.md). Version 2 (issue 12):
+/// signed indexes, signer rights, a vault id derived from the root key, signed GC records,
+/// deletions judged from signed bytes alone.
+pub const FORMAT_VERSION: u32 = 2;
 /// BLAKE3 key-derivation context of the vault id (format §10).
 const CONTEXT_VAULT_ID: &str = "data-embassy 2026 vault id v2";
 
@@ -145,7 +149,7 @@ impl VaultConfig {
         let root_public = root.root_signing_key().verifying_key().to_bytes();
         Self {
             format: FORMAT.to_string(),
-            format_version: 1,
+            format_version: FORMAT_VERSION,
             vault_id: vault_id_of(&root_public),
             created_unix: now_unix(),
             root_public_key: hex::encode(root_public),
@@ -209,9 +213,16 @@ impl VaultConfig {
         if config.format != FORMAT {
             return Err(Error::corrupt(layout::CONFIG, "not a Data Embassy vault"));
         }
-        if config.format_version != 1 {
+        if config.format_version != FORMAT_VERSION {
+            let way_out = if config.format_version < FORMAT_VERSION {
+                "a vault written before signed indexes, rights and a derived vault id: restore it \
+                 with the embassy release that wrote it, then back it up into a new vault"
+            } else {
+                "upgrade embassy"
+            };
             return Err(Error::invalid(format!(
-                "vault format version {} is newer than this program reads (1): upgrade embassy",
+                "vault format version {} is not the one this program reads ({FORMAT_VERSION}): \
+                 {way_out}",
                 config.format_version
             )));
         }
