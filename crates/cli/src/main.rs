@@ -768,7 +768,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         report.noise.len()
                     );
                     for n in &report.noise {
-                        println!("  NOISE: {n}");
+                        println!("  NOISE (ignored): {n}");
                     }
                 }
                 for n in &report.notes {

@@ -218,13 +218,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The attacker's entry: a version at `seq` after `prev`, signed by `key`, stored at the site.
+/// The attacker's entry: a version at `seq` after `prev`, signed by `key`, stored at the site,
+/// dated now (an entry dated before its predecessor would be refused on that ground alone).
 fn forge(home: &Home, key: &SigningKey, seq: u64, prev: ObjectId) -> String {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     let entry = Entry {
         dataset: DS.into(),
         seq,
         prev: Some(prev),
-        time_ns: 1_000,
+        time_ns: now_ns,
         signer: key.verifying_key().to_bytes(),
         event: Event::VersionAdded {
             manifest: ObjectId::of(b"rogue"),

@@ -571,7 +571,7 @@ fn rogue_checkpoint_by_credential_or_revoked_key_is_noise() {
                 .lines()
                 .find(|l| l.contains(&id.to_hex()))
                 .unwrap_or_else(|| panic!("{machine}: checkpoint {id} not reported: {r:?}"));
-            assert!(line.starts_with("noise"), "{line}");
+            assert!(line.trim_start().starts_with("NOISE (ignored)"), "{line}");
             assert!(line.contains("may not sign checkpoints"), "{line}");
         }
         assert!(r.stdout.contains("vault OK"), "{r:?}");
@@ -624,9 +624,11 @@ fn future_dated_checkpoint_cannot_freeze_witnessing() {
     let r = w.run("fresh", &key, &["verify"], None);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.lines().any(|l| l.starts_with("noise")
-            && l.contains(&ahead.to_hex())
-            && l.contains("more than 10 minutes after")),
+        r.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("NOISE (ignored)")
+                && l.contains(&ahead.to_hex())
+                && l.contains("more than 10 minutes after")),
         "{r:?}"
     );
     // A restore under the quorum returns version 2, the newest witnessed.
