@@ -721,3 +721,85 @@ pub fn deletion_records(data: &[u8]) -> bool {
     );
     accepted
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints and cosignatures: checkpoint::load_valid
+// ---------------------------------------------------------------------------------------------
+
+const CHECKPOINT_LABEL: &[u8] = b"data-embassy checkpoint v1";
+const COSIGNATURE_LABEL: &[u8] = b"data-embassy cosignature v1";
+
+/// Checkpoints and cosignatures as a site lists and serves them, judged by
+/// `checkpoint::load_valid` (signer pinning, vault id, time check against the entries they
+/// name, cosignature signatures) with the fixture's root and writer keys as checkpoint signers.
+/// Mode byte:
+/// - even: `(u16 LE n | path (n bytes) | u16 LE m | object (m bytes))*`, stored as given;
+/// - odd: `(u16 LE m | CBOR body (m bytes))*`, alternately framed and signed as a checkpoint
+///   (`EMBCHKP1`, by writer 0) under `checkpoints/` and as a cosignature (`EMBCOSG1`, by writer 1)
+///   of the previous checkpoint under `cosignatures/`, so the fuzzer reaches past the signatures.
+///
+/// An accepted checkpoint must be this vault's and signed by a pinned key.
+pub fn checkpoints(data: &[u8]) -> bool {
+    let f = fixture();
+    let Some((&mode, mut rest)) = data.split_first() else {
+        return false;
+    };
+    let mut objects = Vec::new();
+    if mode & 1 == 0 {
+        while !rest.is_empty() {
+            let (path, tail) = split_u16(rest);
+            let (object, tail) = split_u16(tail);
+            objects.push((String::from_utf8_lossy(path).into_owned(), object.to_vec()));
+            rest = tail;
+        }
+    } else {
+        let mut last = embassy_core::id::ObjectId::of(b"none");
+        let mut n = 0u64;
+        while !rest.is_empty() {
+            let (body, tail) = split_u16(rest);
+            rest = tail;
+            n += 1;
+            let (magic, label, key) = if n % 2 == 1 {
+                (b"EMBCHKP1", CHECKPOINT_LABEL, &f.writers[0])
+            } else {
+                (b"EMBCOSG1", COSIGNATURE_LABEL, &f.writers[1])
+            };
+            let mut out = magic.to_vec();
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(body);
+            out.extend_from_slice(&keys::sign(key, label, body));
+            let id = embassy_core::id::ObjectId::of(&out);
+            let path = if n % 2 == 1 {
+                last = id;
+                format!("{}{n:020}-{id}", embassy_core::checkpoint::CHECKPOINTS)
+            } else {
+                format!(
+                    "{}{last}/{}-{id}",
+                    embassy_core::checkpoint::COSIGNATURES,
+                    hex_encode(&f.signers[1][..8])
+                )
+            };
+            objects.push((path, out));
+        }
+    }
+    let site = MemorySite::with(objects);
+    let mut signers = vec![f.root.root_signing_key().verifying_key().to_bytes()];
+    signers.extend(f.signers.iter().copied());
+    let histories = std::collections::BTreeMap::new();
+    match embassy_core::checkpoint::load_valid(&site, &f.config.vault_id, &signers, &histories) {
+        Ok((valid, _noise)) => {
+            for cp in &valid {
+                assert_eq!(
+                    cp.checkpoint.vault_id, f.config.vault_id,
+                    "a checkpoint of another vault was accepted"
+                );
+                assert!(
+                    signers.contains(&cp.checkpoint.signer),
+                    "a checkpoint by an unpinned key was accepted"
+                );
+            }
+            !valid.is_empty()
+        }
+        Err(_) => false,
+    }
+}

@@ -524,7 +524,7 @@ impl Fixture {
             && v.code == 0
             && v.text()
                 .lines()
-                .any(|l| l.starts_with("noise") && l.contains(object));
+                .any(|l| l.trim_start().starts_with("NOISE (ignored)") && l.contains(object));
         if !noise_ok && (v.code != 3 || !names_object(&v.text())) {
             failures.push(format!(
                 "verify after {what}: expected exit 3 naming {object}, got {v:?}"
