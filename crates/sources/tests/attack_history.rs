@@ -147,13 +147,14 @@ fn payload(n: u64) -> Vec<u8> {
     format!("registry snapshot {n}\n").repeat(500).into_bytes()
 }
 
-/// What an attacker holding `key` stores directly at the site: an entry at `seq` after `prev`.
+/// What an attacker holding `key` stores directly at the site: an entry at `seq` after `prev`,
+/// dated now (an entry dated before its predecessor is refused on that ground alone).
 fn forge(site: &dyn Site, key: &SigningKey, seq: u64, prev: Option<ObjectId>, n: u64) -> Record {
     let entry = Entry {
         dataset: DS.into(),
         seq,
         prev,
-        time_ns: 1_000 + n as i64,
+        time_ns: embassy_core::config::now_unix_nanos() + n as i64,
         signer: key.verifying_key().to_bytes(),
         event: Event::VersionAdded {
             manifest: ObjectId::of(format!("rogue {n}").as_bytes()),
