@@ -379,3 +379,81 @@ fn cli_keys_revoke_resolves_a_fork_by_a_still_active_key() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(bytes == data(4));
 }
+
+/// Red-team finding: a stolen key that is still a signer signs *every* side of a fork (two
+/// entries of its own at one sequence number). No branch is free of the key, so the revocation
+/// takes the fork's sequence number itself and, root-signed there, wins it.
+#[test]
+fn cli_keys_revoke_resolves_a_fork_where_the_stolen_key_signed_every_side() {
+    let home = Home::new();
+    assert_eq!(home.backup("a", 1).code, 0);
+    let k = home.credential(); // entry 2
+    fs::remove_dir_all(home.site.join("checkpoints")).unwrap();
+    let first = forge(&home, &k, 3, home.record(2).id);
+    let second = forge(&home, &k, 3, home.record(2).id);
+    assert_ne!(first, second);
+    let k_hex = hex(&k.verifying_key().to_bytes());
+    let r = home.run("fresh", &["verify"], None);
+    assert_eq!(
+        r.code, 3,
+        "an unresolved fork is an integrity failure: {r:?}"
+    );
+    let r = home.backup("fresh", 5);
+    assert_ne!(r.code, 0, "{r:?}");
+
+    let r = home.run(
+        "fresh",
+        &["keys", "revoke", "--signer", &k_hex, "--dataset", DS],
+        None,
+    );
+    assert_eq!(r.code, 0, "the revocation is the way out: {r:?}");
+    for machine in ["fresh", "another"] {
+        let r = home.run(machine, &["verify"], None);
+        assert_eq!(r.code, 0, "{machine}: {r:?}");
+        for rogue in [&first, &second] {
+            assert!(
+                r.stdout
+                    .lines()
+                    .any(|l| l.contains("NOISE") && l.contains(rogue.as_str())),
+                "{machine}: {rogue} is noise: {r:?}"
+            );
+        }
+    }
+    assert_eq!(home.backup("fresh", 5).code, 0);
+    let (r, bytes) = home.restore("third", DS);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(bytes == data(5));
+    let (r, bytes) = home.restore("third", &format!("{DS}@1"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(bytes == data(1));
+}
+
+/// Red-team finding: `keys rotate` retires the old epoch's sealing credentials. A credential
+/// issued before the rotation (never revoked) that signs a version afterwards is noise, so it
+/// cannot make an old manifest the newest version.
+#[test]
+fn old_epoch_credential_cannot_add_versions_after_rotation() {
+    let home = Home::new();
+    assert_eq!(home.backup("a", 1).code, 0);
+    let k = home.credential(); // entry 2
+    let r = home.run("a", &["keys", "rotate", "--dataset", DS], None);
+    assert_eq!(r.code, 0, "{r:?}"); // entry 3
+    assert_eq!(home.backup("a", 4).code, 0); // entry 4
+    let rogue = forge(&home, &k, 5, home.record(4).id);
+    for machine in ["a", "fresh"] {
+        let r = home.run(machine, &["verify"], None);
+        assert_eq!(r.code, 0, "{machine}: {r:?}");
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.contains("NOISE") && l.contains(rogue.as_str())),
+            "{machine}: the old-epoch credential's entry is noise: {r:?}"
+        );
+        let (r, bytes) = home.restore(machine, DS);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            bytes == data(4),
+            "{machine}: the newest version is the honest one"
+        );
+    }
+}

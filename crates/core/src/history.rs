@@ -438,6 +438,17 @@ fn resolve_fork(
     let holds_root = |w: &Walk| w.entries().iter().any(|(_, _, signer)| *signer == ctx.root);
     let mut left: Vec<usize> = (0..branches.len()).collect();
     let mut rule = "";
+    // The root itself signed one of the competing entries (a revocation placed at the fork's
+    // sequence number by `keys revoke`): the root decided this sequence number.
+    let root_signed: Vec<usize> = left
+        .iter()
+        .copied()
+        .filter(|i| branches[*i].records[0].entry.signer == ctx.root)
+        .collect();
+    if root_signed.len() == 1 {
+        left = root_signed;
+        rule = "the root signed the competing entry at this sequence number itself";
+    }
     let with_head: Vec<usize> = left
         .iter()
         .copied()

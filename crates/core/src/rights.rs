@@ -194,6 +194,12 @@ impl Authority {
             Event::MinAgeChanged { min_age_secs, .. } => {
                 self.changed_min_age_secs = Some(*min_age_secs);
             }
+            // A rotation retires every credential of the old epoch: only the pinned writer
+            // keys keep signing; credentials issued after it are added anew.
+            Event::ReaderKeyRotated { .. } => {
+                let pinned = &self.pinned;
+                self.signers.retain(|k, _| pinned.contains(k));
+            }
             _ => {}
         }
     }

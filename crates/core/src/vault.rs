@@ -127,15 +127,9 @@ impl Vault {
     /// The keys that may sign `dataset`'s next entry (with any right), after its verified
     /// history. [`Vault::authority`] says which rights each holds.
     pub fn active_signers(&self, history: &[Record]) -> Vec<[u8; 32]> {
-        let mut signers = self.config.signer_keys();
-        for record in history.iter().filter(|r| r.refused.is_none()) {
-            match &record.entry.event {
-                Event::SignerAdded { key, .. } if !signers.contains(key) => signers.push(*key),
-                Event::SignerRevoked { key, .. } => signers.retain(|k| k != key),
-                _ => {}
-            }
-        }
-        signers
+        // One home for who may sign: the rights rules (revocations, rotations).
+        let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
+        crate::rights::Authority::after(&self.config, dataset, history).keys()
     }
 
     /// The signers of `dataset` with their rights, and its legal minimum age, after its verified
@@ -214,6 +208,29 @@ impl Vault {
                     .collect();
                 match honest.as_slice() {
                     [one] if honest.len() < conflict.branches.len() => one.records.last(),
+                    // The revoked key signed every side (a stolen key forking against itself):
+                    // the revocation takes the fork's sequence number itself, after the common
+                    // prefix; being root-signed there, it wins the fork (docs/format.md §9).
+                    [] => {
+                        let ignore: Vec<ObjectId> = history
+                            .rejected_ids()
+                            .into_iter()
+                            .chain(
+                                conflict
+                                    .branches
+                                    .iter()
+                                    .flat_map(|b| b.subtree.iter().copied()),
+                            )
+                            .collect();
+                        return ledger::append_ignoring(
+                            self.site.as_ref(),
+                            &root.root_signing_key(),
+                            dataset,
+                            history.records.last(),
+                            &ignore,
+                            event,
+                        );
+                    }
                     _ => {
                         history.check_appendable(dataset)?;
                         history.records.last()

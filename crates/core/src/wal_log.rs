@@ -513,6 +513,18 @@ impl WalAuthority {
                         }
                     }
                 }
+                // A rotation retires every credential of the old epoch (crate::rights).
+                Event::ReaderKeyRotated { .. } => {
+                    for key in active.clone() {
+                        if config_signers.contains(&key) {
+                            continue;
+                        }
+                        active.retain(|k| *k != key);
+                        if let Some(last) = out.intervals.get_mut(&key).and_then(|v| v.last_mut()) {
+                            last.1 = seq;
+                        }
+                    }
+                }
                 Event::SignerRevoked { key, .. } if active.contains(key) => {
                     active.retain(|k| k != key);
                     if let Some(last) = out.intervals.get_mut(key).and_then(|v| v.last_mut()) {
