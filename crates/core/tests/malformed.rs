@@ -1082,3 +1082,84 @@ fn malformed_wal_log_objects_are_rejected() {
         assert!(wal_log::parse_path(p).is_none(), "{p:?}");
     }
 }
+
+// ----------------------------------------------------------------------------------------------
+// Checkpoints (checkpoint::load_valid): a hostile site names any bytes by their hash
+// ----------------------------------------------------------------------------------------------
+
+/// A site holding one checkpoint of [`history`]'s head, signed by the first pinned writer key,
+/// and the checkpoint's stored bytes.
+fn checkpoint_site() -> (MemorySite, Vec<u8>) {
+    use embassy_core::checkpoint::{self, Head};
+    let (_, config, records) = history();
+    let head = records.last().unwrap();
+    let site = MemorySite::with(&[]);
+    let heads = [(
+        head.entry.dataset.clone(),
+        Head {
+            seq: head.entry.seq,
+            id: head.id,
+        },
+    )]
+    .into_iter()
+    .collect();
+    checkpoint::write_at(
+        &site,
+        &config.vault_id,
+        heads,
+        &objects().writer,
+        head.entry.time_ns,
+    )
+    .unwrap();
+    let listed = embassy_core::site::Site::list(&site, checkpoint::CHECKPOINTS).unwrap();
+    let bytes = embassy_core::site::Site::get(&site, &listed[0].path).unwrap();
+    (site, bytes)
+}
+
+fn load_checkpoints(bytes: &[u8]) -> Vec<embassy_core::checkpoint::StoredCheckpoint> {
+    use embassy_core::checkpoint;
+    let (_, config, records) = history();
+    // Stored as a site would, under the time the honest checkpoint states.
+    let id = ObjectId::of(bytes);
+    let time = records.last().unwrap().entry.time_ns;
+    let site = MemorySite::with(&[(
+        format!("{}{time:020}-{id}", checkpoint::CHECKPOINTS).as_str(),
+        bytes,
+    )]);
+    let mut signers = config.signer_keys();
+    signers.push(config.root_key().unwrap());
+    let histories = [(records[0].entry.dataset.clone(), records.clone())]
+        .into_iter()
+        .collect();
+    checkpoint::load_valid(&site, &config.vault_id, &signers, &histories)
+        .map(|(valid, _noise)| valid)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_valid_checkpoint_is_accepted() {
+    let (_, bytes) = checkpoint_site();
+    assert_eq!(load_checkpoints(&bytes).len(), 1);
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn tampered_checkpoints_are_noise_unless_unchanged(m in mutations()) {
+        let (_, original) = checkpoint_site();
+        let want = load_checkpoints(&original).remove(0).checkpoint;
+        let bytes = mutate(&original, &m, &[8]);
+        for cp in load_checkpoints(&bytes) {
+            // Under the signature nothing can change.
+            prop_assert_eq!(&cp.checkpoint.heads, &want.heads);
+            prop_assert_eq!(cp.checkpoint.time_ns, want.time_ns);
+            prop_assert_eq!(&cp.checkpoint.vault_id, &want.vault_id);
+        }
+    }
+
+    #[test]
+    fn random_checkpoint_bytes_are_noise(tail in random_bytes()) {
+        prop_assert!(load_checkpoints(&with_magic(b"EMBCHKP1", &tail)).is_empty());
+    }
+}
