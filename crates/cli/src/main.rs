@@ -369,6 +369,7 @@ fn open_vault(cli: &Cli) -> Result<Vault> {
     let vault = Vault::open(open_site(cli)?)?;
     let dir = state_dir(cli)?;
     check_vault_id(cli, vault.site().location(), &vault.config().vault_id)?;
+    secrets::check_given_key_file(cli.key_file.as_deref(), vault.config())?;
     let state = StateStore::open(&dir, &vault.config().vault_id)?;
     Ok(vault.with_state(state))
 }
@@ -1087,7 +1088,11 @@ fn status(cli: &Cli) -> Result<ExitCode> {
     for location in &cli.site {
         let vault = embassy_sites::open(location)
             .map_err(Error::from)
-            .and_then(Vault::open);
+            .and_then(Vault::open)
+            .and_then(|v| {
+                secrets::check_given_key_file(cli.key_file.as_deref(), v.config())?;
+                Ok(v)
+            });
         let vault = match vault {
             Ok(v) => v,
             Err(e) => {

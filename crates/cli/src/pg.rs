@@ -308,7 +308,7 @@ pub fn verify_wal_of<'a>(
     let mut out = Vec::new();
     for dataset in datasets {
         let report = embassy_postgres::wal::verify(vault, dataset).map_err(pg_error)?;
-        if report.objects_ok > 0 || !report.is_ok() {
+        if report.objects_ok > 0 || !report.is_ok() || !report.noise.is_empty() {
             out.push((dataset.to_string(), report));
         }
     }
@@ -349,7 +349,7 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
         println!("PROBLEM: {p}");
     }
     for n in &report.noise {
-        println!("noise (ignored): {n}");
+        println!("  NOISE (ignored): {n}");
     }
     for (tl, a, b) in &report.gaps {
         println!("GAP: timeline {tl}: {a} .. {b} missing");

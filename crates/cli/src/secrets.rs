@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use embassy_core::config::VaultConfig;
-use embassy_core::keyfile::{default_key_path, KeyFile, PURPOSE_READER, PURPOSE_SEALING};
+use embassy_core::keyfile::{
+    default_key_path, KeyFile, PURPOSE_READER, PURPOSE_ROOT, PURPOSE_SEALING,
+};
 use embassy_core::keys::Credential;
 use embassy_core::keys::RootSecret;
 use embassy_core::vault::Keyring;
@@ -80,21 +82,54 @@ pub fn unlock(
 ) -> Result<Keyring> {
     let path = key_path(key_file, &config.vault_id)?;
     let file = KeyFile::load(&path)?;
+    check_vault(&file, &path, config)?;
     if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
         let pass = passphrase(passphrase_file, false)?;
         let credential = Credential::from_bytes(&file.open_payload(pass.as_bytes(), &path)?)?;
         return Keyring::from_credential(credential, config);
     }
-    if file.vault_id != config.vault_id {
-        return Err(Error::WrongKey(format!(
-            "key file {} belongs to vault {}, but the site holds vault {}: the wrong site, or a \
-             substituted configuration (nothing was written)",
-            path.display(),
-            file.vault_id,
-            config.vault_id
-        )));
-    }
     let pass = passphrase(passphrase_file, false)?;
     let root: RootSecret = file.open(pass.as_bytes(), &path)?;
     Keyring::from_root(root, config)
+}
+
+/// Refuses a key file (root key or credential) made for another vault than the site's. The
+/// vault id in a key file's header is bound to its sealed secret (it is authenticated data), and
+/// a credential's own vault id is checked again when it is opened
+/// ([`Keyring::from_credential`]).
+fn check_vault(file: &KeyFile, path: &Path, config: &VaultConfig) -> Result<()> {
+    if file.vault_id == config.vault_id {
+        return Ok(());
+    }
+    let what = if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
+        "this credential"
+    } else {
+        "this key file"
+    };
+    Err(Error::WrongKey(format!(
+        "{what} belongs to vault {}, but the site holds vault {}: the wrong site, or a \
+         substituted configuration (nothing was written; key file {})",
+        file.vault_id,
+        config.vault_id,
+        path.display()
+    )))
+}
+
+/// Every command that opens a vault, keyless ones too, refuses a key file given with
+/// `--key-file` that belongs to another vault: the same check [`unlock`] makes, so that no
+/// command reads one vault while its user believes they hold the keys of another. A key file
+/// that cannot be read is left to the commands that need keys.
+pub fn check_given_key_file(key_file: Option<&Path>, config: &VaultConfig) -> Result<()> {
+    let Some(path) = key_file else {
+        return Ok(());
+    };
+    match KeyFile::load(path) {
+        // Witness and approver key files are checked by the commands that use them.
+        Ok(file)
+            if [PURPOSE_ROOT, PURPOSE_SEALING, PURPOSE_READER].contains(&file.purpose.as_str()) =>
+        {
+            check_vault(&file, path, config)
+        }
+        _ => Ok(()),
+    }
 }

@@ -20,7 +20,7 @@ use crate::layout;
 use crate::site::{with_retry, Site};
 use crate::vault::{Vault, Version};
 
-const MAGIC: &[u8; 8] = b"EMBAPPR1";
+pub(crate) const MAGIC: &[u8; 8] = b"EMBAPPR1";
 const LABEL: &[u8] = b"data-embassy approval v1";
 /// Prefix of all approvals.
 pub const APPROVALS: &str = "approvals/";

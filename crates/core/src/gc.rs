@@ -31,8 +31,8 @@ use crate::wal_log::{self, LogKind, LogName};
 pub use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 
-const RECORD_MAGIC: &[u8; 8] = b"EMBCOND2";
-const MARKER_MAGIC: &[u8; 8] = b"EMBSESS2";
+pub(crate) const RECORD_MAGIC: &[u8; 8] = b"EMBCOND2";
+pub(crate) const MARKER_MAGIC: &[u8; 8] = b"EMBSESS2";
 const RECORD_LABEL: &[u8] = b"data-embassy condemnation v2";
 const MARKER_LABEL: &[u8] = b"data-embassy session v2";
 /// Prefix of all condemnation records.

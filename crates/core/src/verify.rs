@@ -119,14 +119,25 @@ pub fn verify(
     // Every index object's header, signature checked (or why it does not parse).
     let index_headers: Mutex<HashMap<String, std::result::Result<index::IndexHeader, String>>> =
         Mutex::new(HashMap::new());
+    // Objects whose bytes do not hash to their names (judged once references are known).
+    let mismatched: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // Objects not named by a hash, and objects that are not of their folder's kind.
+    let unnamed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let unparsable: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
     // One object per task: packs are few and heavy, so let idle threads steal them one by one.
     hashed.par_iter().with_max_len(1).for_each(|info| {
         progress.note(&info.path);
         let Some(id) = layout::id_in_path(&info.path) else {
-            noise_or_problem(
-                &info.path,
-                format!("{}: unexpected object (not named by its hash)", info.path),
-            );
+            // Nothing names an object but by its hash: whatever else a site holds is noise
+            // (checkpoints and cosignatures are named by their own loader).
+            if !info.path.starts_with(crate::checkpoint::CHECKPOINTS)
+                && !info.path.starts_with(crate::checkpoint::COSIGNATURES)
+            {
+                unnamed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(info.path.clone());
+            }
             return;
         };
         let bytes = match with_retry(|| site.get(&info.path)) {
@@ -140,13 +151,30 @@ pub fn verify(
             r.bytes_checked += bytes.len() as u64;
         }
         if ObjectId::of(&bytes) != id {
-            return noise_or_problem(
-                &info.path,
-                format!(
-                    "{}: bytes do not hash to the object's name (altered, truncated or substituted)",
-                    info.path
-                ),
-            );
+            if info.path.starts_with(crate::checkpoint::CHECKPOINTS)
+                || info.path.starts_with(crate::checkpoint::COSIGNATURES)
+            {
+                return noise_or_problem(
+                    &info.path,
+                    format!(
+                        "{}: bytes do not hash to the object's name (altered, truncated or substituted)",
+                        info.path
+                    ),
+                );
+            }
+            // Damage when accepted data references it, noise otherwise: judged after step 2.
+            mismatched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(info.path.clone());
+            return;
+        }
+        if let Some(why) = not_its_kind(&info.path, &bytes) {
+            unparsable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((info.path.clone(), why));
+            return;
         }
         if info.path.starts_with("index/") {
             let parsed = index::decode_header(&info.path, &bytes)
@@ -420,6 +448,51 @@ pub fn verify(
                 }),
             });
     }
+    // A damaged object is damage when an accepted entry, manifest or index references it, and
+    // noise otherwise (nothing can refer to it). WAL objects of a verified dataset are judged by
+    // the WAL check, which knows the anchors and the hash chains.
+    let judged_objects = mismatched
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|p| {
+            let why = format!(
+                "{p}: bytes do not hash to the object's name (altered, truncated or substituted)"
+            );
+            (p, why)
+        })
+        .chain(
+            unparsable
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .into_iter()
+                .map(|(p, why)| {
+                    let why = format!("{p}: {why}");
+                    (p, why)
+                }),
+        )
+        .chain(
+            unnamed
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .into_iter()
+                .map(|p| {
+                    let why = format!("{p}: not named by a hash");
+                    (p, why)
+                }),
+        );
+    for (path, why) in judged_objects {
+        let wal_dataset = path.strip_prefix("wal/").and_then(|r| r.split('/').next());
+        if wal_dataset.is_some_and(|d| histories.contains_key(d)) {
+            continue;
+        }
+        if referenced.contains(&path) {
+            problem(why);
+        } else {
+            noise.push(format!("{why}; referenced by no accepted data"));
+            referenced.insert(path);
+        }
+    }
     // Cosignatures, approvals and garbage collection's bookkeeping (condemnation records and
     // backup session markers) are referenced by nothing, by design.
     for prefix in [
@@ -504,6 +577,27 @@ pub fn verify(
     Ok(report)
 }
 
+/// Why an object that hashes to its name is not of the kind its folder holds (its magic, or for
+/// a manifest its header), if it is not; None for the kinds checked elsewhere.
+fn not_its_kind(path: &str, bytes: &[u8]) -> Option<String> {
+    let magic: &[u8; 8] = if path.starts_with("packs/") {
+        pack::MAGIC
+    } else if path.starts_with(crate::gc::GC_ROOT) {
+        crate::gc::RECORD_MAGIC
+    } else if path.starts_with(crate::gc::SESSIONS_ROOT) {
+        crate::gc::MARKER_MAGIC
+    } else if path.starts_with(crate::approval::APPROVALS) {
+        crate::approval::MAGIC
+    } else if path.starts_with("manifests/") {
+        return manifest::decode_header(path, bytes)
+            .err()
+            .map(|e| format!("unparsable: {e}"));
+    } else {
+        return None;
+    };
+    (!bytes.starts_with(magic)).then(|| "unparsable (not an object of its folder's kind)".into())
+}
+
 /// Keyless: the manifest, its indexes and their packs exist.
 fn check_references(
     vault: &Vault,
@@ -519,7 +613,8 @@ fn check_references(
         sizes.contains_key(path)
             || with_retry(|| site.list(path)).is_ok_and(|l| l.iter().any(|i| i.path == path))
     };
-    // Bytes that do not match their name were reported in step 1 when listed; either way a
+    // Bytes that do not match their name were noted in step 1 when listed (damage, since they
+    // are referenced: judged after step 2); either way a
     // substitute's references are not followed (they would accuse objects of being missing).
     let matches_name = |path: &str, bytes: &[u8], id: &ObjectId| {
         let ok = ObjectId::of(bytes) == *id;

@@ -483,14 +483,17 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let authority = vault.wal_authority(&history);
     let listing = list(site, dataset)?;
     let mut report = WalVerifyReport::default();
+    // Nothing refers to WAL objects but by the names of log objects: strays are noise.
     for s in &listing.strays {
         report
-            .problems
-            .push(format!("{s}: not a WAL log object name"));
+            .noise
+            .push(format!("{s}: not a WAL log object name: ignored"));
     }
     // First every object's keyless checks, then who may have signed it: an anchor covers the
     // objects its `prev` chain reaches, so the chains are needed before the signers are judged.
     let mut parsed: Vec<(&WalObject, LogHeader)> = Vec::new();
+    // Objects that do not hash to their names or do not parse: judged below.
+    let mut damaged: Vec<(&WalObject, String)> = Vec::new();
     for obj in listing
         .pieces
         .iter()
@@ -517,7 +520,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
             });
         match checked {
             Ok(h) => parsed.push((obj, h)),
-            Err(e) => report.problems.push(e.to_string()),
+            Err(e) => damaged.push((obj, e.to_string())),
         }
     }
     let prev_of: HashMap<ObjectId, Option<ObjectId>> =
@@ -552,6 +555,20 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         }
         if h.kind == LogKind::Segment {
             segments_ok.push((h.timeline, h.start, h.end));
+        }
+    }
+    // A damaged object is damage when an accepted anchor names it or a valid object's chain
+    // needs it, and noise otherwise (nothing accepted refers to it).
+    for (obj, why) in damaged {
+        let anchored = authority.direct_anchor(&obj.name.id).is_some();
+        let needed = prevs.iter().any(|(_, p)| *p == obj.name.id);
+        if anchored || needed {
+            report.problems.push(why);
+        } else {
+            report.noise.push(format!(
+                "{why}; neither anchored by an accepted ledger entry nor the previous object of \
+                 a valid one: ignored"
+            ));
         }
     }
     report.ends = BTreeMap::new();
