@@ -8,40 +8,20 @@
 //! runs `restore_command` as its own user, so the vault, key file and passphrase file must be
 //! readable by it). Timings are printed (`cargo test ... -- --nocapture`).
 
+mod pgkit;
 #[path = "../../postgres/tests/support/mod.rs"]
 mod support;
+use pgkit::*;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, pg_bindir, PgOptions, PgServer};
+use support::{free_port, PgOptions, PgServer};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const PASS: &str = "correct horse battery staple";
-const TABLES: [&str; 4] = [
-    "pgbench_accounts",
-    "pgbench_branches",
-    "pgbench_tellers",
-    "pgbench_history",
-];
-
-fn postgres_ids() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let o = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "a `postgres` system user is needed (install postgresql-15)"
-        );
-        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-    };
-    (id("-u"), id("-g"))
-}
-
 /// A vault, key file and passphrase file in a folder owned by `postgres`.
 struct Env {
     dir: tempfile::TempDir,
@@ -157,150 +137,6 @@ impl Drop for Stopper {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Per-table checksums of the pgbench tables, as one psql query result.
-const CHECKSUMS: &str = "SELECT string_agg(t || '=' || s, ' ' ORDER BY t) FROM (\
-    SELECT 'accounts' t, md5(string_agg(a::text, ',' ORDER BY aid)) s FROM pgbench_accounts a UNION ALL \
-    SELECT 'branches', md5(string_agg(b::text, ',' ORDER BY bid)) FROM pgbench_branches b UNION ALL \
-    SELECT 'tellers', md5(string_agg(x::text, ',' ORDER BY tid)) FROM pgbench_tellers x UNION ALL \
-    SELECT 'history', md5(string_agg(h::text, ',' ORDER BY tid, bid, aid, mtime, delta)) FROM pgbench_history h) q";
-
-/// Checksums of every table at one moment under load, with that moment: writers are held off
-/// (SHARE locks) while the time is read and the checksums computed, so every transaction that
-/// committed before the time is in them and none after.
-fn checksums_at_a_moment(pg: &PgServer) -> (String, String) {
-    let sql = format!(
-        "BEGIN; LOCK TABLE {} IN SHARE MODE; \
-         SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'); \
-         {CHECKSUMS}; COMMIT;",
-        TABLES.join(", ")
-    );
-    let out = pg.psql(&sql);
-    let mut lines = out.lines().filter(|l| !l.is_empty());
-    let time = lines.next().unwrap().to_string();
-    let sums = lines.next().unwrap().to_string();
-    (time, sums)
-}
-
-/// A PostgreSQL server started on a restored data directory.
-struct Restored {
-    data: PathBuf,
-    port: u16,
-    sock: PathBuf,
-}
-
-impl Restored {
-    fn pg(&self, prog: &str) -> Command {
-        let (uid, gid) = postgres_ids();
-        let mut c = Command::new(pg_bindir().join(prog));
-        c.uid(uid).gid(gid).stdin(Stdio::null());
-        c
-    }
-
-    fn start(data: PathBuf) -> Restored {
-        let port = free_port();
-        let sock = data.parent().unwrap().join(format!("sock-{port}"));
-        std::fs::create_dir_all(&sock).unwrap();
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(&sock, Some(uid), Some(gid)).unwrap();
-        let r = Restored { data, port, sock };
-        let log = r.data.parent().unwrap().join(format!("server-{port}.log"));
-        let out = r
-            .pg("pg_ctl")
-            .arg("-D")
-            .arg(&r.data)
-            .arg("-l")
-            .arg(&log)
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses='127.0.0.1'",
-                r.sock.display()
-            ))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "restored server did not start: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        r
-    }
-
-    fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let out = self
-            .pg("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.sock)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(
-            self.data
-                .parent()
-                .unwrap()
-                .join(format!("server-{}.log", self.port)),
-        )
-        .unwrap_or_default()
-    }
-
-    /// Waits until recovery has ended and the server accepts writes.
-    fn wait_open(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(v) = self.try_psql("SELECT pg_is_in_recovery()") {
-                if v == "f" {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "restored server did not finish recovery: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = self
-            .pg("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
