@@ -115,6 +115,18 @@ impl Authority {
         })
     }
 
+    /// The authority before any entry of a vault whose root key is `root` and whose
+    /// configuration pins `pinned` (each holding every right), with no minimum age.
+    pub fn pinned(root: [u8; 32], pinned: &[[u8; 32]]) -> Self {
+        Self {
+            root,
+            pinned: pinned.to_vec(),
+            signers: pinned.iter().map(|k| (*k, Right::ALL.to_vec())).collect(),
+            config_min_age_secs: 0,
+            changed_min_age_secs: None,
+        }
+    }
+
     /// The authority after the accepted entries of `history` (no-op entries change nothing).
     pub fn after(config: &VaultConfig, dataset: &str, history: &[crate::ledger::Record]) -> Self {
         let mut out = Self::new(config, dataset).unwrap_or_else(|_| Self {

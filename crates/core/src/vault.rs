@@ -141,7 +141,9 @@ impl Vault {
     /// Who may have signed the dataset's WAL objects, judged at the time each was anchored
     /// (see [`crate::wal_log::WalAuthority`]), from an accepted `history`.
     pub fn wal_authority(&self, history: &[Record]) -> crate::wal_log::WalAuthority {
-        crate::wal_log::WalAuthority::new(&self.config.signer_keys(), history)
+        let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
+        let start = crate::rights::Authority::after(&self.config, dataset, &[]);
+        crate::wal_log::WalAuthority::new(start, history)
     }
 
     /// Every dataset's verified history; datasets that fail are returned as errors beside,

@@ -475,79 +475,51 @@ pub struct WalAuthority {
 }
 
 impl WalAuthority {
-    /// Builds the authority from the configured signers (active from the start) and a dataset's
-    /// accepted history (`Vault::history`), replaying `signer_added` / `signer_revoked` like
-    /// the ledger's acceptance does.
-    pub fn new(config_signers: &[[u8; 32]], history: &[crate::ledger::Record]) -> Self {
+    /// Builds the authority from the signers' rights before the dataset's first entry
+    /// (`start`, see [`crate::rights::Authority`]) and its accepted history (`Vault::history`):
+    /// the rights rules are replayed entry by entry (one home for who may sign: revocations,
+    /// re-grants without `stream_wal` and key rotations all end a key's WAL interval).
+    pub fn new(start: crate::rights::Authority, history: &[crate::ledger::Record]) -> Self {
         use crate::ledger::Event;
+        use crate::rights::Right;
         let mut out = WalAuthority::default();
-        let mut active: Vec<[u8; 32]> = Vec::new();
-        let open = |out: &mut WalAuthority, key: [u8; 32], after: u64| {
-            out.intervals
-                .entry(key)
-                .or_default()
-                .push((after, u64::MAX));
-        };
-        for k in config_signers {
-            if !active.contains(k) {
-                active.push(*k);
-                open(&mut out, *k, 0);
-            }
+        let mut authority = start;
+        let mut active = authority.holders(Right::StreamWal);
+        for key in &active {
+            out.intervals.entry(*key).or_default().push((0, u64::MAX));
         }
         for r in history {
             let seq = r.entry.seq;
             out.head = out.head.max(seq);
-            match &r.entry.event {
-                // Only keys holding `stream_wal` may sign WAL (config.signers hold every right);
-                // a re-grant without it ends the key's WAL interval like a revocation.
-                Event::SignerAdded { key, rights, .. } => {
-                    let may = config_signers.contains(key)
-                        || rights.contains(&crate::rights::Right::StreamWal);
-                    if may && !active.contains(key) {
-                        active.push(*key);
-                        open(&mut out, *key, seq);
-                    } else if !may && active.contains(key) {
-                        active.retain(|k| k != key);
-                        if let Some(last) = out.intervals.get_mut(key).and_then(|v| v.last_mut()) {
-                            last.1 = seq;
-                        }
-                    }
+            if r.refused.is_none() {
+                authority.apply(&r.entry.event);
+            }
+            let now = authority.holders(Right::StreamWal);
+            for key in now.iter().filter(|k| !active.contains(k)) {
+                out.intervals.entry(*key).or_default().push((seq, u64::MAX));
+            }
+            for key in active.iter().filter(|k| !now.contains(k)) {
+                if let Some(last) = out.intervals.get_mut(key).and_then(|v| v.last_mut()) {
+                    last.1 = seq;
                 }
-                // A rotation retires every credential of the old epoch (crate::rights).
-                Event::ReaderKeyRotated { .. } => {
-                    for key in active.clone() {
-                        if config_signers.contains(&key) {
-                            continue;
-                        }
-                        active.retain(|k| *k != key);
-                        if let Some(last) = out.intervals.get_mut(&key).and_then(|v| v.last_mut()) {
-                            last.1 = seq;
-                        }
-                    }
-                }
-                Event::SignerRevoked { key, .. } if active.contains(key) => {
-                    active.retain(|k| k != key);
-                    if let Some(last) = out.intervals.get_mut(key).and_then(|v| v.last_mut()) {
-                        last.1 = seq;
-                    }
-                }
-                Event::LogRangeAdded {
-                    manifest,
-                    timeline,
-                    start,
-                    end,
-                    ..
-                } => {
-                    out.anchors.push(Anchor {
-                        seq,
-                        id: *manifest,
-                        timeline: *timeline,
-                        start: *start,
-                        end: *end,
-                    });
-                    out.direct.entry(*manifest).or_insert(seq);
-                }
-                _ => {}
+            }
+            active = now;
+            if let Event::LogRangeAdded {
+                manifest,
+                timeline,
+                start,
+                end,
+                ..
+            } = &r.entry.event
+            {
+                out.anchors.push(Anchor {
+                    seq,
+                    id: *manifest,
+                    timeline: *timeline,
+                    start: *start,
+                    end: *end,
+                });
+                out.direct.entry(*manifest).or_insert(seq);
             }
         }
         out
@@ -691,7 +663,7 @@ mod tests {
             revoked(6, a),
             anchor(7, id(b"p5")),
         ];
-        let auth = WalAuthority::new(&[k0], &history);
+        let auth = WalAuthority::new(crate::rights::Authority::pinned(k0, &[k0]), &history);
         assert!(auth.active_at(&k0, 1) && auth.active_at_head(&k0));
         assert!(!auth.active_at(&a, 1) && auth.active_at(&a, 2) && auth.active_at(&a, 5));
         assert!(!auth.active_at(&a, 6) && !auth.active_at(&a, 7) && !auth.active_at_head(&a));
