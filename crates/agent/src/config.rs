@@ -519,13 +519,13 @@ impl<'t> Parser<'t> {
     }
 
     fn duration(&mut self, f: &mut Fields<'_, '_>, key: &str) -> Option<Spanned<Duration>> {
-        const EXPECTED: &str = "a duration like \"90s\", \"15m\", \"1h\"";
+        const EXPECTED: &str = "a duration like \"90s\", \"15min\", \"1h\"";
         let s = self.string(f, key, EXPECTED)?;
         match parse_duration(s.get_ref()) {
-            Some(d) => Some(Spanned::new(s.span(), d)),
-            None => {
+            Ok(d) => Some(Spanned::new(s.span(), d)),
+            Err(e) => {
                 let name = Self::field_name(f, key);
-                self.problem(s.span(), &name, format!("expected {EXPECTED}"));
+                self.problem(s.span(), &name, e.to_string());
                 None
             }
         }
@@ -990,7 +990,7 @@ impl<'t> Parser<'t> {
                 self.problem(
                     f.span.clone(),
                     &format!("{field}.rpo"),
-                    "missing; expected a duration like \"90s\", \"15m\", \"1h\"",
+                    "missing; expected a duration like \"90s\", \"15min\", \"1h\"",
                 );
             }
             let retention = self.retention(&mut f);
@@ -1105,7 +1105,7 @@ impl<'t> Parser<'t> {
                             self.problem(
                                 mode_text.as_ref().map_or(span.clone(), |m| m.span()),
                                 &format!("{field}.interval"),
-                                "missing; a periodic dataset needs `interval = \"15m\"` or `schedule = \"daily 02:00\"`",
+                                "missing; a periodic dataset needs `interval = \"15min\"` or `schedule = \"daily 02:00\"`",
                             );
                         }
                         None

@@ -1,10 +1,11 @@
-//! Durations ("90s", "15m", "1h30m") and calendar schedules ("daily 02:00", "hourly :15",
+//! Durations (`90s`, `15min`, `1h30min`: core's one grammar, [`embassy_core::duration`]) and
+//! calendar schedules ("daily 02:00", "hourly :15",
 //! "weekly sun 03:00"), all in UTC, so a schedule means the same on every host of a state.
 //!
 //! Grammar (times are UTC):
 //!
 //! ```text
-//! duration := (NUMBER UNIT)+        UNIT := s | m | h | d | w | y (365 d)   e.g. 90s, 1h30m, 7y
+//! duration := (NUMBER UNIT)+ | 0    UNIT := s | min | h | d | w | mo (30 d) | y (365 d)   e.g. 90s, 1h30min, 7y
 //! schedule := "hourly" ":" MM        at minute MM of every hour
 //!           | "daily" HH ":" MM      every day at HH:MM
 //!           | "weekly" DAY HH ":" MM every week on DAY (mon tue wed thu fri sat sun) at HH:MM
@@ -12,52 +13,15 @@
 
 use std::time::Duration;
 
-/// Parses a duration like "90s", "15m", "1h30m", "2d", "1w", "7y"; `None` when it is not one.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().ok()?;
-        number.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            'y' => 365 * 86_400,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-    }
-    if !number.is_empty() {
-        return None; // a number without a unit
-    }
-    Some(Duration::from_secs(total))
+/// Parses a duration with [`embassy_core::duration::parse_duration`] (`90s`, `15min`, `1h30min`,
+/// `2d`, `1w`, `7y`); the error names the problem (an ambiguous `m`, a missing unit).
+pub fn parse_duration(text: &str) -> embassy_core::Result<Duration> {
+    embassy_core::duration::parse_duration(text).map(Duration::from_secs)
 }
 
-/// Writes a duration the way people write it: "90s", "15m", "1h30m".
+/// Writes a duration the way [`parse_duration`] reads it: `90s`, `15min`, `1h30min`.
 pub fn format_duration(d: Duration) -> String {
-    let mut s = d.as_secs();
-    if s == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if s >= size {
-            out.push_str(&format!("{}{unit}", s / size));
-            s %= size;
-        }
-    }
-    out
+    embassy_core::duration::format_duration(d.as_secs())
 }
 
 /// When a periodic dataset runs.
@@ -198,14 +162,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("15"), None);
-        assert_eq!(parse_duration("m"), None);
-        assert_eq!(parse_duration("5 minutes"), None);
-        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+    fn durations_use_the_one_grammar() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("1h30min").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("6mo").unwrap(),
+            Duration::from_secs(180 * 86_400)
+        );
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("6m").is_err());
+        assert!(parse_duration("5 minutes").is_err());
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30min");
     }
 
     #[test]

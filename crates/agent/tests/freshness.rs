@@ -60,7 +60,7 @@ fn every_problem_has_its_position_field_and_expectation() {
 [[datasets]]
 name = \"a\"
 source = {{ files = [\"/x\"] }}
-interval = \"15m\"
+interval = \"15min\"
 rpo = 15
 
 [[datasets]]
@@ -74,14 +74,14 @@ retention = {{ min_age = \"30d\" }}
 name = \"c\"
 source = {{ postgres = {{ conninfo = \"host=/run/postgresql\" }} }}
 mode = \"continuous\"
-rpo = \"1m\"
+rpo = \"1min\"
 owner = 7
 "
     );
     let e = parse(&text).unwrap_err();
     let lines: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
     let expected = [
-        "/etc/embassy/embassy.toml:17:7: datasets[0].rpo: expected a duration like \"90s\", \"15m\", \"1h\", found an integer",
+        "/etc/embassy/embassy.toml:17:7: datasets[0].rpo: expected a duration like \"90s\", \"15min\", \"1h\", found an integer",
         "/etc/embassy/embassy.toml:21:10: datasets[1].source: give exactly one of files, command or postgres",
         "/etc/embassy/embassy.toml:22:8: datasets[1].mode: expected \"continuous\" or \"periodic\"",
         "/etc/embassy/embassy.toml:24:13: datasets[1].retention: expected at least one keep_last/keep_hourly/keep_daily/keep_weekly/keep_monthly/keep_yearly rule (without one, every version but the newest would be deleted); omit retention to keep every version",
@@ -202,7 +202,7 @@ fn colours_against_the_rpo() {
 #[test]
 fn alarms_are_raised_once_and_cleared_once() {
     let config = parse(&format!(
-        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1m\"\nrpo = \"100s\"\nsites = [\"lux\"]\n"
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\"]\n"
     ))
     .unwrap();
     let now = 1_800_000_000 * NS;
@@ -253,12 +253,12 @@ fn a_continuous_database_can_also_take_scheduled_base_backups() {
     let pg =
         r#"source = { postgres = { conninfo = "host=/run/postgresql user=embassy", slot = "s" } }"#;
     let streamed = parse(&format!(
-        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nrpo = \"1m\"\n"
+        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nrpo = \"1min\"\n"
     ))
     .unwrap();
     assert_eq!(streamed.dataset("db").unwrap().mode, Mode::Continuous(None));
     let both = parse(&format!(
-        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nschedule = \"daily 02:00\"\nrpo = \"1m\"\n"
+        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nschedule = \"daily 02:00\"\nrpo = \"1min\"\n"
     ))
     .unwrap();
     assert_eq!(
@@ -268,7 +268,7 @@ fn a_continuous_database_can_also_take_scheduled_base_backups() {
     // A continuous RPO far below the base backup period is the point: no warning.
     assert!(both.warnings.is_empty(), "{:?}", both.warnings);
     let e = parse(&format!(
-        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nschedule = \"daily 25:00\"\nrpo = \"1m\"\n"
+        "{BASE}\n[[datasets]]\nname = \"db\"\n{pg}\nmode = \"continuous\"\nschedule = \"daily 25:00\"\nrpo = \"1min\"\n"
     ))
     .unwrap_err();
     assert!(

@@ -879,7 +879,7 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                     approvals,
                 } => format!(
                     "min age changed to {} ({} approvals)",
-                    embassy_core::retention::format_duration(*min_age_secs),
+                    embassy_core::duration::format_duration(*min_age_secs),
                     approvals.len()
                 ),
                 embassy_core::ledger::Event::SignerRevoked { key, reason } => {

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use clap::Args;
 use embassy_core::approval;
 use embassy_core::config::{now_unix_nanos, VaultConfig};
+use embassy_core::duration::{format_duration, parse_duration};
 use embassy_core::gc::{self, GcOptions};
 use embassy_core::keyfile::{KdfParams, KeyFile};
 use embassy_core::keys::RootSecret;
 use embassy_core::prune::{self as core_prune, PruneReport};
-use embassy_core::retention::{format_duration, parse_duration, RetentionPolicy};
+use embassy_core::retention::RetentionPolicy;
 use embassy_core::{Error, Result};
 use serde_json::json;
 

@@ -304,7 +304,7 @@ path = "sites/lux"
 [[datasets]]
 name = "population"
 source = { files = ["data"] }
-interval = "15m"
+interval = "15min"
 rpo = "fifteen minutes"
 "#,
     );
@@ -312,9 +312,31 @@ rpo = "fifteen minutes"
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(
-            r#"embassy.toml:13:7: datasets[0].rpo: expected a duration like "90s", "15m", "1h""#
-        ),
+        err.contains("embassy.toml:13:7: datasets[0].rpo: 'fifteen minutes' is not a duration"),
+        "{err}"
+    );
+    // `6m` once meant six minutes here and six months to the CLI, applied to the legal minimum
+    // age: both front ends now share one grammar that refuses the ambiguous unit.
+    env.config(
+        r#"[keys]
+file = "vault.key"
+
+[[sites]]
+name = "luxembourg"
+path = "sites/lux"
+
+[[datasets]]
+name = "population"
+source = { files = ["data"] }
+interval = "1h"
+retention = { keep_last = 3, min_age = "6m" }
+"#,
+    );
+    let out = env.embassy(&["config", "check", "embassy.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("min_age") && err.contains("6min for minutes or 6mo for months"),
         "{err}"
     );
     // Unknown fields, unknown sites and duplicates are each named at their position.
@@ -329,7 +351,7 @@ path = "sites/lux"
 [[datasets]]
 name = "population"
 source = { files = ["data"] }
-interval = "15m"
+interval = "15min"
 rpo = "1h"
 sites = ["tallinn"]
 
@@ -368,7 +390,7 @@ path = "sites/lux"
 name = "population"
 source = { files = ["data"] }
 interval = "1h"
-rpo = "15m"
+rpo = "15min"
 "#,
     );
     let out = env.embassy(&["config", "check"]);
@@ -376,7 +398,7 @@ rpo = "15m"
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 sites, 1 datasets"));
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("embassy.toml:11:7: datasets[0].rpo: rpo 15m is shorter than the schedule"),
+            .contains("embassy.toml:11:7: datasets[0].rpo: rpo 15min is shorter than the schedule"),
         "{}",
         show(&out)
     );
@@ -1110,7 +1132,7 @@ fn sigint_mid_backup_lets_the_run_finish_within_the_grace_period() {
     env.init(&["sites/a", "sites/b"]);
     write_tree(&env.path("data/big"), 160, 1 << 20, 7);
     env.config(&agent_config(
-        r#"shutdown_grace = "5m"
+        r#"shutdown_grace = "5min"
 verify_interval = "never"
 "#,
         "",
@@ -1267,7 +1289,7 @@ fn retention_prunes_after_each_run_and_garbage_collection_condemns() {
     env.config(&agent_config(
         r#"verify_interval = "never"
 gc_interval = "4s"
-gc_grace = "10m"
+gc_grace = "10min"
 "#,
         &format!(
             r#"[status]
@@ -1390,7 +1412,7 @@ fn a_second_signal_exits_at_once_and_still_leaves_no_partial_version() {
     env.init(&["sites/a"]);
     write_tree(&env.path("data/big"), 200, 1 << 20, 10);
     env.config(&agent_config(
-        r#"shutdown_grace = "5m"
+        r#"shutdown_grace = "5min"
 verify_interval = "never"
 "#,
         "",

@@ -585,8 +585,8 @@ pub fn collect_garbage(
         return Err(Error::invalid(format!(
             "a grace period of {} is shorter than the allowed clock skew of {}: a backup starting \
              on a host whose clock is behind could miss a condemnation; use a longer grace period",
-            crate::retention::format_duration(options.grace_secs),
-            crate::retention::format_duration(options.clock_skew_secs)
+            crate::duration::format_duration(options.grace_secs),
+            crate::duration::format_duration(options.clock_skew_secs)
         )));
     }
     let allowed = deleters(vault);
@@ -768,7 +768,7 @@ pub fn collect_garbage(
                          deletion waits until it records its version (or for {} after it started)",
                         crate::time::utc(b.started_at_ns),
                         if b.host.is_empty() { "?" } else { &b.host },
-                        crate::retention::format_duration(options.session_expiry_secs)
+                        crate::duration::format_duration(options.session_expiry_secs)
                     ));
                     continue;
                 }

@@ -10,6 +10,7 @@ pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod custody;
+pub mod duration;
 pub mod error;
 pub mod gc;
 pub mod history;

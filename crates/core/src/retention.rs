@@ -8,7 +8,6 @@
 //! any rule keeps it. Two rules of our own come first: the newest version is always kept, and a
 //! version younger than the policy's minimum age (the legal minimum) is always kept.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -92,7 +91,10 @@ impl fmt::Display for RetentionPolicy {
             }
         }
         if self.min_age_secs > 0 {
-            parts.push(format!("min age {}", format_duration(self.min_age_secs)));
+            parts.push(format!(
+                "min age {}",
+                crate::duration::format_duration(self.min_age_secs)
+            ));
         }
         if parts.is_empty() {
             f.write_str("no keep rule")
@@ -275,62 +277,6 @@ fn year_bucket(ns: i64) -> (i64, String) {
     (y, format!("{y:04}"))
 }
 
-/// Parses a duration such as `90d`, `36h`, `1y6m`, `2w`, `30min`, `45s` or a plain number of
-/// seconds. Units: `y` (365 days), `m` or `mo` (30 days), `w`, `d`, `h`, `min`, `s`.
-pub fn parse_duration(text: &str) -> Result<u64> {
-    let bad = || {
-        Error::invalid(format!(
-            "'{text}' is not a duration: use a number with units such as 90d, 36h, 2w, 1y6m, 30min or 45s"
-        ))
-    };
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(n);
-    }
-    let units: BTreeMap<&str, u64> = BTreeMap::from([
-        ("y", 365 * 86_400),
-        ("mo", 30 * 86_400),
-        ("m", 30 * 86_400),
-        ("w", 7 * 86_400),
-        ("d", 86_400),
-        ("h", 3600),
-        ("min", 60),
-        ("s", 1),
-    ]);
-    let mut total: u64 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let letters = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = units.get(&rest[..letters]).ok_or_else(bad)?;
-        rest = &rest[letters..];
-        total = n
-            .checked_mul(*unit)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(bad)?;
-    }
-    Ok(total)
-}
-
-/// A duration in seconds for people: `90d`, `36h`, `15min`, `45s`.
-pub fn format_duration(secs: u64) -> String {
-    for (unit, name) in [(86_400, "d"), (3600, "h"), (60, "min")] {
-        let (whole, rest) = (secs / unit, secs % unit);
-        if whole > 0 && rest == 0 {
-            return format!("{whole}{name}");
-        }
-    }
-    format!("{secs}s")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,20 +404,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(kept(&select(&vs, &p, T0)), vec![1, 2]);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90d").unwrap(), 90 * 86_400);
-        assert_eq!(parse_duration("1y6m").unwrap(), 365 * 86_400 + 180 * 86_400);
-        assert_eq!(parse_duration("30min").unwrap(), 1800);
-        assert_eq!(parse_duration("2w1h").unwrap(), 14 * 86_400 + 3600);
-        assert_eq!(parse_duration("17").unwrap(), 17);
-        for bad in ["", "d", "5x", "-3d", "1.5d", "99999999999999999999y"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert_eq!(format_duration(90 * 86_400), "90d");
-        assert_eq!(format_duration(5400), "90min");
     }
 
     fn policy() -> impl Strategy<Value = RetentionPolicy> {

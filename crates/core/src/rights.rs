@@ -329,8 +329,8 @@ impl Authority {
             return Err(format!(
                 "min age changed: lowering {dataset}'s minimum age from {} to {} needs approvals, \
                  and this vault pins no approvers",
-                crate::retention::format_duration(current),
-                crate::retention::format_duration(*min_age_secs)
+                crate::duration::format_duration(current),
+                crate::duration::format_duration(*min_age_secs)
             ));
         }
         let pinned = config.approver_keys();
@@ -354,7 +354,7 @@ impl Authority {
                 {
                     problems.push(format!(
                         "approval {i} does not approve this change (lowering to {} after entry {})",
-                        crate::retention::format_duration(*min_age_secs),
+                        crate::duration::format_duration(*min_age_secs),
                         entry.seq.saturating_sub(1)
                     ))
                 }
