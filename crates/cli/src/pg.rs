@@ -29,7 +29,7 @@ pub enum PgCommand {
     /// anchors and gaps (exit 3 on a problem).
     VerifyWal(PgVerifyWalArgs),
     /// Take a base backup (pg_basebackup) and store it as a version; relation files are
-    /// stored page by page, so only changed pages take new space. (helper B: crate::pgrestore)
+    /// stored page by page, so only changed pages take new space.
     BaseBackup(crate::pgrestore::BaseBackupArgs),
 }
 

@@ -92,7 +92,7 @@ pub enum PgError {
     #[error(
         "PostgreSQL no longer has the WAL at {lsn} the vault needs next: {message}: the slot was \
          dropped or recreated, so WAL between the vault's last durable position and now is lost; \
-         take a new base backup (`embassy pg backup`) to start a new unbroken range"
+         take a new base backup (`embassy pg base-backup`) to start a new unbroken range"
     )]
     WalGone {
         /// The position asked for.
