@@ -273,11 +273,23 @@ pub fn post_json(url: &str, ca_file: Option<&Path>, body: &str) -> Result<(), St
         .post(url)
         .content_type("application/json")
         .send(body)
-        .map_err(|e| match e {
-            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => format!(
-                "TLS failed: {e} (the webhook's certificate must be valid for its host and signed by a trusted CA: set `webhook_ca_file` to your CA's PEM file)"
-            ),
-            e => format!("cannot be reached: {e}"),
+        .map_err(|e| {
+            // rustls reports a refused certificate as an I/O error of the handshake.
+            let tls = match &e {
+                ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+                ureq::Error::Io(io) => io.get_ref().is_some_and(|inner| {
+                    let text = inner.to_string();
+                    text.contains("certificate") || text.contains("handshake")
+                }),
+                _ => false,
+            };
+            if tls {
+                format!(
+                    "TLS failed: {e} (the webhook's certificate must be valid for its host and signed by a trusted CA: set `webhook_ca_file` to your CA's PEM file)"
+                )
+            } else {
+                format!("cannot be reached: {e}")
+            }
         })?;
     let code = answer.status().as_u16();
     if (200..300).contains(&code) {
