@@ -193,7 +193,9 @@ impl StatusToken {
                 path.display()
             ));
         }
-        Ok(StatusToken(Arc::new(Zeroizing::new(line.as_bytes().to_vec()))))
+        Ok(StatusToken(Arc::new(Zeroizing::new(
+            line.as_bytes().to_vec(),
+        ))))
     }
 
     /// True when `given` is the token (compared in constant time).
@@ -269,7 +271,8 @@ pub fn serve(
                     headers.push(("WWW-Authenticate", "Basic realm=\"Data Embassy\""));
                 }
                 for (name, value) in headers {
-                    if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                    {
                         response.add_header(h);
                     }
                 }

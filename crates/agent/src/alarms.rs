@@ -133,7 +133,11 @@ pub fn deliver(config: &Config, n: &Notice) -> Result<(), String> {
     let mut failures = Vec::new();
     let mut delivered = 0;
     if let Some(url) = &settings.webhook {
-        match post_json(url, settings.webhook_ca_file.as_deref(), &n.to_json().to_string()) {
+        match post_json(
+            url,
+            settings.webhook_ca_file.as_deref(),
+            &n.to_json().to_string(),
+        ) {
             Ok(()) => delivered += 1,
             Err(e) => failures.push(format!(
                 "webhook to {}: {e}",

@@ -57,22 +57,54 @@ fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca,
-            "-days", "2", "-subj", &format!("/CN={name} test CA"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
         ],
     );
     openssl(
         dir,
         &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
             "/CN=127.0.0.1",
         ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial",
-            "-out", &cert, "-days", "2", "-extfile", &ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
         ],
     );
 }
@@ -98,9 +130,9 @@ fn tls_server(cert: &Path, key: &Path) -> (u16, Arc<Mutex<Vec<serde_json::Value>
     let key = pem_items(key)
         .into_iter()
         .find_map(|i| match i {
-            ureq::tls::PemItem::PrivateKey(k) => Some(
-                rustls::pki_types::PrivateKeyDer::try_from(k.der().to_vec()).expect("a key"),
-            ),
+            ureq::tls::PemItem::PrivateKey(k) => {
+                Some(rustls::pki_types::PrivateKeyDer::try_from(k.der().to_vec()).expect("a key"))
+            }
             _ => None,
         })
         .expect("a private key");

@@ -664,7 +664,11 @@ rpo = "4s"
 }
 
 /// One HTTP GET with an optional `Authorization` header: (status code, head, body).
-fn http_get_as(port: u16, path: &str, authorization: Option<&str>) -> Option<(u16, String, String)> {
+fn http_get_as(
+    port: u16,
+    path: &str,
+    authorization: Option<&str>,
+) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = authorization
@@ -726,14 +730,19 @@ rpo = "1h"
         ],
     );
     // The failing command turns red after its first RPO and raises the alarm.
-    wait_until(Duration::from_secs(40), "the alarm and both sources ran", &agent, || {
-        let r = status_json(port)?;
-        (r["alarms"].as_array().is_some_and(|a| !a.is_empty())
-            && env.path("alarm-env.txt").exists()
-            && env.path("source-env.txt").exists()
-            && cell(&r, "passed", "lux")["newest_version"].is_u64())
-        .then_some(())
-    });
+    wait_until(
+        Duration::from_secs(40),
+        "the alarm and both sources ran",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            (r["alarms"].as_array().is_some_and(|a| !a.is_empty())
+                && env.path("alarm-env.txt").exists()
+                && env.path("source-env.txt").exists()
+                && cell(&r, "passed", "lux")["newest_version"].is_u64())
+            .then_some(())
+        },
+    );
     let mut answers = Vec::new();
     for path in ["/status.json", "/metrics", "/"] {
         let body = http_get(port, path).unwrap_or_else(|| panic!("{path} answers"));
@@ -743,9 +752,15 @@ rpo = "1h"
     assert!(status.success(), "agent exit {status:?}; log:\n{log}");
     // The command's password is nowhere: not as its source, not in its error, not in the log.
     for (path, body) in &answers {
-        assert!(!body.contains(PASSWORD), "{path} shows the password:\n{body}");
+        assert!(
+            !body.contains(PASSWORD),
+            "{path} shows the password:\n{body}"
+        );
     }
-    assert!(!log.contains(PASSWORD), "the log shows the password:\n{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the log shows the password:\n{log}"
+    );
     let report: Value = serde_json::from_str(&answers[0].1).unwrap();
     let scrubbed = report["datasets"]
         .as_array()
@@ -760,7 +775,9 @@ rpo = "1h"
         "{scrubbed}"
     );
     assert!(
-        answers[2].1.contains("last error: source command: exited with status 3"),
+        answers[2]
+            .1
+            .contains("last error: source command: exited with status 3"),
         "{}",
         answers[2].1
     );
@@ -770,13 +787,28 @@ rpo = "1h"
     let alarm = fs::read_to_string(env.path("alarm-env.txt")).unwrap();
     assert!(source.contains("PATH="), "{source}");
     for secret in [PASSPHRASE, AWS_SECRET, PG_PASSWORD] {
-        assert!(!source.contains(secret), "source command saw {secret}:\n{source}");
+        assert!(
+            !source.contains(secret),
+            "source command saw {secret}:\n{source}"
+        );
     }
-    assert!(passed.contains(&format!("EMBASSY_PASSPHRASE={PASSPHRASE}")), "{passed}");
-    assert!(!passed.contains(AWS_SECRET) && !passed.contains(PG_PASSWORD), "{passed}");
+    assert!(
+        passed.contains(&format!("EMBASSY_PASSPHRASE={PASSPHRASE}")),
+        "{passed}"
+    );
+    assert!(
+        !passed.contains(AWS_SECRET) && !passed.contains(PG_PASSWORD),
+        "{passed}"
+    );
     assert!(alarm.contains("EMBASSY_ALARM_EVENT=raised"), "{alarm}");
-    assert!(alarm.contains(&format!("AWS_SECRET_ACCESS_KEY={AWS_SECRET}")), "{alarm}");
-    assert!(!alarm.contains(PASSPHRASE) && !alarm.contains(PG_PASSWORD), "{alarm}");
+    assert!(
+        alarm.contains(&format!("AWS_SECRET_ACCESS_KEY={AWS_SECRET}")),
+        "{alarm}"
+    );
+    assert!(
+        !alarm.contains(PASSPHRASE) && !alarm.contains(PG_PASSWORD),
+        "{alarm}"
+    );
 }
 
 #[test]
