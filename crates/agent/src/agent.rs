@@ -16,6 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use embassy_core::vault::Keyring;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use crate::alarms;
 use crate::config::{Config, Mode};
@@ -160,9 +162,83 @@ pub enum AgentError {
     Failed(String),
 }
 
-/// Serves `/`, `/status.json`, `/metrics` from `shared` on `listen` until `stop` is set.
+/// The bearer token the status page asks for (`[status] token_file`), held zeroized.
+#[derive(Clone)]
+pub struct StatusToken(Arc<Zeroizing<Vec<u8>>>);
+
+impl std::fmt::Debug for StatusToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusToken(..)")
+    }
+}
+
+/// Shortest token accepted: a guessable token is no protection.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl StatusToken {
+    /// Reads the first line of `path`: at least 16 characters.
+    pub fn read(path: &Path) -> Result<StatusToken, String> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "the status token file {} cannot be read: {e}\n  (create it with `openssl rand -hex 32 > {}`)",
+                path.display(),
+                path.display()
+            )
+        })?);
+        let line = text.lines().next().unwrap_or_default().trim();
+        if line.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the status token in {} is shorter than {MIN_TOKEN_LEN} characters: write a long random one (`openssl rand -hex 32 > {}`)",
+                path.display(),
+                path.display()
+            ));
+        }
+        Ok(StatusToken(Arc::new(Zeroizing::new(
+            line.as_bytes().to_vec(),
+        ))))
+    }
+
+    /// True when `given` is the token (compared in constant time).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        bool::from(given.ct_eq(self.0.as_slice()))
+    }
+
+    /// True when the request carries the token: `Authorization: Bearer TOKEN`, or HTTP Basic
+    /// with the token as password (what a browser sends after asking for it).
+    fn admits(&self, request: &tiny_http::Request) -> bool {
+        request
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("Authorization"))
+            .any(|h| {
+                let value = h.value.as_str().trim();
+                let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    self.matches(rest.trim().as_bytes())
+                } else if scheme.eq_ignore_ascii_case("basic") {
+                    use base64::Engine as _;
+                    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim())
+                    else {
+                        return false;
+                    };
+                    let decoded = Zeroizing::new(decoded);
+                    let password = decoded
+                        .iter()
+                        .position(|&b| b == b':')
+                        .map_or(&decoded[..0], |i| &decoded[i + 1..]);
+                    self.matches(password)
+                } else {
+                    false
+                }
+            })
+    }
+}
+
+/// Serves `/`, `/status.json`, `/metrics` from `shared` on `listen` until `stop` is set. With a
+/// token, every request without it is answered 401.
 pub fn serve(
     listen: &str,
+    token: Option<StatusToken>,
     shared: Arc<Shared>,
 ) -> Result<(Arc<tiny_http::Server>, JoinHandle<()>), String> {
     let server = Arc::new(
@@ -175,16 +251,30 @@ pub fn serve(
         .spawn(move || {
             for request in s.incoming_requests() {
                 let url = request.url().split('?').next().unwrap_or("/").to_string();
+                let admitted = token.as_ref().is_none_or(|t| t.admits(&request));
                 let (body, ctype, code) = match url.as_str() {
+                    _ if !admitted => (
+                        "this status page needs its token: send `Authorization: Bearer TOKEN`\n"
+                            .to_string(),
+                        "text/plain",
+                        401,
+                    ),
                     "/" | "/index.html" => (shared.dashboard(), "text/html; charset=utf-8", 200),
                     "/status.json" => (format!("{}\n", shared.report()), "application/json", 200),
                     "/metrics" => (shared.metrics(), "text/plain; version=0.0.4", 200),
                     _ => ("not found\n".to_string(), "text/plain", 404),
                 };
                 let mut response = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
-                {
-                    response = response.with_header(h);
+                let mut headers = vec![("Content-Type", ctype), ("Cache-Control", "no-store")];
+                if !admitted {
+                    headers.push(("WWW-Authenticate", "Bearer realm=\"Data Embassy\""));
+                    headers.push(("WWW-Authenticate", "Basic realm=\"Data Embassy\""));
+                }
+                for (name, value) in headers {
+                    if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                    {
+                        response.add_header(h);
+                    }
                 }
                 let _ = request.respond(response);
             }
@@ -262,9 +352,18 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
     });
     let http = match &config.status.listen {
         Some(listen) if !options.once => {
-            let h = serve(listen, shared.clone()).map_err(AgentError::Start)?;
+            let token = match &config.status.token_file {
+                Some(f) => Some(StatusToken::read(f).map_err(AgentError::Start)?),
+                None => None,
+            };
+            let guarded = if token.is_some() {
+                ", token required"
+            } else {
+                ""
+            };
+            let h = serve(listen, token, shared.clone()).map_err(AgentError::Start)?;
             log(format!(
-                "dashboard at http://{listen}/ (also /status.json and /metrics)"
+                "dashboard at http://{listen}/ (also /status.json and /metrics{guarded})"
             ));
             Some(h)
         }
@@ -387,6 +486,9 @@ impl Agent {
                 }
                 for w in &new.warnings {
                     log(format!("warning: {w}"));
+                }
+                if new.status != self.config.status {
+                    log("the [status] settings (listen, token_file) take effect at the next start");
                 }
                 let now = now_s();
                 {
@@ -896,7 +998,7 @@ impl Agent {
                         "cleared"
                     };
                     log(format!("{label}: {}", n.message));
-                    match alarms::deliver(&config.alarms, &n, &config.base_dir()) {
+                    match alarms::deliver(&config, &n) {
                         Ok(()) => {
                             // Recorded at once, so /status.json lists it as soon as it is out.
                             alarms::mark_delivered(&mut lock(&shared.state), &n);

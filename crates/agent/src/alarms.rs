@@ -1,16 +1,17 @@
 //! RPO alarms: raised once when a dataset's newest durable data at a required site is older
-//! than its RPO, cleared once when it is fresh again; delivered by an HTTP POST of JSON to a
-//! webhook and/or a shell command with `EMBASSY_ALARM_*` variables. Which alarms are raised is
+//! than its RPO, cleared once when it is fresh again; delivered by an HTTPS POST of JSON to a
+//! webhook (certificate verified) and/or a shell command with `EMBASSY_ALARM_*` variables and
+//! without the agent's secrets in its environment. Which alarms are raised is
 //! kept in the agent's state file, so a restart neither repeats nor forgets one.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use embassy_sources::env::Scrub;
 use serde_json::json;
+use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
 
-use crate::config::AlarmSettings;
+use crate::config::Config;
 use crate::state::{AgentState, RaisedAlarm};
 use crate::status::{Colour, DatasetRow};
 
@@ -122,21 +123,33 @@ pub fn mark_delivered(state: &mut AgentState, n: &Notice) {
     }
 }
 
-/// Delivers a notice through every configured channel (the command runs in `dir`). Ok when at least one channel took it
-/// (or none is configured: the log line is the alarm); Err lists what failed.
-pub fn deliver(settings: &AlarmSettings, n: &Notice, dir: &Path) -> Result<(), String> {
+/// Delivers a notice through every configured channel of `config` (the command runs in the
+/// configuration's folder, without the secrets [`Config::command_scrub`] withholds). Ok when at
+/// least one channel took it (or none is configured: the log line is the alarm); Err lists what
+/// failed. Neither the webhook's URL (its path may be a secret) nor the command is repeated in
+/// the error: the webhook is named by its host.
+pub fn deliver(config: &Config, n: &Notice) -> Result<(), String> {
+    let settings = &config.alarms;
     let mut failures = Vec::new();
     let mut delivered = 0;
     if let Some(url) = &settings.webhook {
-        match post_json(url, &n.to_json().to_string()) {
+        match post_json(
+            url,
+            settings.webhook_ca_file.as_deref(),
+            &n.to_json().to_string(),
+        ) {
             Ok(()) => delivered += 1,
-            Err(e) => failures.push(format!("webhook {url}: {e}")),
+            Err(e) => failures.push(format!(
+                "webhook to {}: {e}",
+                WebhookUrl::parse(url).map(|u| u.host).unwrap_or_default()
+            )),
         }
     }
     if let Some(command) = &settings.command {
-        match run_command(command, n, dir) {
+        let scrub = config.command_scrub(&settings.pass_env);
+        match run_command(command, n, &config.base_dir(), &scrub) {
             Ok(()) => delivered += 1,
-            Err(e) => failures.push(format!("command `{command}`: {e}")),
+            Err(e) => failures.push(format!("alarm command: {e}")),
         }
     }
     if delivered > 0 || failures.is_empty() {
@@ -146,11 +159,11 @@ pub fn deliver(settings: &AlarmSettings, n: &Notice, dir: &Path) -> Result<(), S
     }
 }
 
-fn run_command(command: &str, n: &Notice, dir: &Path) -> Result<(), String> {
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(dir)
+fn run_command(command: &str, n: &Notice, dir: &Path, scrub: &Scrub) -> Result<(), String> {
+    let mut shell = std::process::Command::new("sh");
+    shell.arg("-c").arg(command).current_dir(dir);
+    scrub.apply(&mut shell);
+    let status = shell
         .env("EMBASSY_ALARM_EVENT", n.event)
         .env("EMBASSY_ALARM_DATASET", &n.dataset)
         .env("EMBASSY_ALARM_SITE", &n.site)
@@ -171,56 +184,118 @@ fn run_command(command: &str, n: &Notice, dir: &Path) -> Result<(), String> {
     }
 }
 
-/// POSTs `body` as JSON to an http:// URL (10 s timeouts); Ok on a 2xx answer.
-pub fn post_json(url: &str, body: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let with_port = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport} has no address"))?;
-    let timeout = Duration::from_secs(10);
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: data-embassy-agent\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    // The status line is enough; read until it is complete or the server closes.
-    while !answer.contains(&b'\n') {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("reading the answer: {e}")),
+/// What the configuration checks of a webhook URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// True for https://.
+    pub https: bool,
+    /// The host (without port), as written.
+    pub host: String,
+    /// True when the host is a loopback address or `localhost`.
+    pub loopback: bool,
+}
+
+impl WebhookUrl {
+    /// Reads the scheme and host of an http:// or https:// URL.
+    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err("expected an https:// URL (or http:// to a loopback address)".into());
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let hostport = authority.rsplit('@').next().unwrap_or_default();
+        let host = if let Some(v6) = hostport.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            hostport.split(':').next().unwrap_or_default()
+        };
+        if host.is_empty() {
+            return Err(format!(
+                "expected a host after {}://",
+                if https { "https" } else { "http" }
+            ));
         }
-        if answer.len() > 8192 {
-            break;
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        Ok(WebhookUrl {
+            https,
+            host: host.to_string(),
+            loopback,
+        })
+    }
+}
+
+/// The certificate authorities in a PEM file.
+fn read_ca_file(path: &Path) -> Result<RootCerts, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("the CA file {} cannot be read: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(format!(
+                    "the CA file {} is not valid PEM: {e}",
+                    path.display()
+                ))
+            }
         }
     }
-    let line = String::from_utf8_lossy(&answer);
-    let code = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("no HTTP answer ({})", line.lines().next().unwrap_or("")))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "the CA file {} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)",
+            path.display()
+        ));
+    }
+    Ok(RootCerts::new_with_certs(&certs))
+}
+
+/// POSTs `body` as JSON to an http:// or https:// URL (10 s timeout, no redirects); Ok on a 2xx
+/// answer. An https server's certificate is verified against the CAs of `ca_file` when given,
+/// the Mozilla roots otherwise.
+pub fn post_json(url: &str, ca_file: Option<&Path>, body: &str) -> Result<(), String> {
+    let mut tls = TlsConfig::builder().provider(TlsProvider::Rustls);
+    if let Some(ca) = ca_file {
+        tls = tls.root_certs(read_ca_file(ca)?);
+    }
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .user_agent("data-embassy-agent")
+            .build(),
+    );
+    let answer = agent
+        .post(url)
+        .content_type("application/json")
+        .send(body)
+        .map_err(|e| {
+            // rustls reports a refused certificate as an I/O error of the handshake.
+            let tls = match &e {
+                ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+                ureq::Error::Io(io) => io.get_ref().is_some_and(|inner| {
+                    let text = inner.to_string();
+                    text.contains("certificate") || text.contains("handshake")
+                }),
+                _ => false,
+            };
+            if tls {
+                format!(
+                    "TLS failed: {e} (the webhook's certificate must be valid for its host and signed by a trusted CA: set `webhook_ca_file` to your CA's PEM file)"
+                )
+            } else {
+                format!("cannot be reached: {e}")
+            }
+        })?;
+    let code = answer.status().as_u16();
     if (200..300).contains(&code) {
         Ok(())
     } else {

@@ -71,8 +71,15 @@ impl fmt::Display for ConfigError {
 pub enum Source {
     /// A file tree (one folder) or several files and folders.
     Files(Vec<PathBuf>),
-    /// A shell command whose standard output is stored; no version if it fails.
-    Command(String),
+    /// A shell command whose standard output is stored; no version if it fails. Its text is
+    /// never shown (status, metrics, dashboard, logs): a command line may carry a password.
+    Command {
+        /// The command line, run with `sh -c` in the configuration's folder.
+        command: String,
+        /// Variables the command inherits although they look secret (see
+        /// [`embassy_sources::env`]).
+        pass_env: Vec<String>,
+    },
     /// A PostgreSQL cluster: WAL streaming (continuous) or base backups (periodic).
     Postgres {
         /// libpq-style connection string.
@@ -83,7 +90,8 @@ pub enum Source {
 }
 
 impl Source {
-    /// A short description for logs and the dashboard.
+    /// A short description for logs and the dashboard. A command is named as such, never by
+    /// its text.
     pub fn describe(&self) -> String {
         match self {
             Source::Files(p) => format!(
@@ -93,7 +101,7 @@ impl Source {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Source::Command(c) => format!("command `{c}`"),
+            Source::Command { .. } => "command (its text is not shown)".to_string(),
             Source::Postgres { slot, .. } => {
                 format!("postgres (slot {})", slot.as_deref().unwrap_or("<default>"))
             }
@@ -213,8 +221,12 @@ pub struct AgentSettings {
 /// The HTTP status endpoint (`[status]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSettings {
-    /// host:port to listen on (None: no HTTP endpoint).
+    /// IP:port to listen on (None: no HTTP endpoint). A bare port listens on 127.0.0.1; any
+    /// address other than loopback needs `token_file`.
     pub listen: Option<String>,
+    /// A file whose first line is the bearer token every request must carry (`Authorization:
+    /// Bearer TOKEN`, or HTTP Basic with the token as password).
+    pub token_file: Option<PathBuf>,
     /// Seconds the dashboard waits before reloading itself.
     pub refresh_seconds: u32,
 }
@@ -222,10 +234,16 @@ pub struct StatusSettings {
 /// Where RPO alarms go (`[alarms]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlarmSettings {
-    /// An http:// URL that receives a JSON POST per alarm and per clearance.
+    /// An https:// URL (or http:// to a loopback address, or anywhere with `webhook_allow_http`)
+    /// that receives a JSON POST per alarm and per clearance.
     pub webhook: Option<String>,
+    /// PEM file of the certificate authorities the webhook's certificate is checked against
+    /// (None: the Mozilla roots).
+    pub webhook_ca_file: Option<PathBuf>,
     /// A shell command run per alarm and clearance, with EMBASSY_ALARM_* variables.
     pub command: Option<String>,
+    /// Variables the command inherits although they look secret (see [`embassy_sources::env`]).
+    pub pass_env: Vec<String>,
 }
 
 /// A whole, checked `embassy.toml`.
@@ -312,6 +330,18 @@ impl Config {
         self.datasets.iter().find(|d| d.name == name)
     }
 
+    /// What a command of this configuration (source or alarm) does not inherit: every variable
+    /// that looks secret and the variable the passphrase is read from, except those in `pass`.
+    pub fn command_scrub(&self, pass: &[String]) -> embassy_sources::env::Scrub {
+        embassy_sources::env::Scrub {
+            withhold: match &self.keys.passphrase {
+                PassphraseSource::Env(name) => vec![name.clone()],
+                PassphraseSource::File(_) => Vec::new(),
+            },
+            pass: pass.to_vec(),
+        }
+    }
+
     /// The folder relative paths and commands are taken from: the config file's folder.
     pub fn base_dir(&self) -> PathBuf {
         self.path
@@ -360,7 +390,14 @@ impl Config {
             ));
         }
         match &self.status.listen {
-            Some(l) => out.push_str(&format!("dashboard: http://{l}/\n")),
+            Some(l) => out.push_str(&format!(
+                "dashboard: http://{l}/{}\n",
+                if self.status.token_file.is_some() {
+                    " (token required)"
+                } else {
+                    ""
+                }
+            )),
             None => out.push_str("dashboard: off (no [status] listen)\n"),
         }
         let alarms: Vec<&str> = [
@@ -551,6 +588,37 @@ impl<'t> Parser<'t> {
         }
     }
 
+    /// A list of environment variable names (a command's `pass_env`).
+    fn env_names(&mut self, f: &mut Fields<'_, '_>, key: &str) -> Vec<String> {
+        const EXPECTED: &str = "a list of environment variable names like [\"PGPASSWORD\"]";
+        let Some(v) = self.take(f, key) else {
+            return Vec::new();
+        };
+        let name = Self::field_name(f, key);
+        let DeValue::Array(items) = v.get_ref() else {
+            self.problem(
+                v.span(),
+                &name,
+                format!("expected {EXPECTED}, found {}", describe(v.get_ref())),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref().as_str() {
+                Some(n) if !n.is_empty() && !n.contains('=') && !n.contains('\0') => {
+                    out.push(n.to_string())
+                }
+                _ => self.problem(
+                    item.span(),
+                    &format!("{name}[{i}]"),
+                    format!("expected {EXPECTED}"),
+                ),
+            }
+        }
+        out
+    }
+
     fn table<'a, 'i>(&mut self, f: &mut Fields<'a, 'i>, key: &str) -> Option<Fields<'a, 'i>> {
         let v = self.take(f, key)?;
         let name = Self::field_name(f, key);
@@ -714,26 +782,48 @@ impl<'t> Parser<'t> {
     fn status_settings(&mut self, top: &mut Fields<'_, '_>) -> Option<StatusSettings> {
         let mut s = StatusSettings {
             listen: None,
+            token_file: None,
             refresh_seconds: 10,
         };
         let Some(mut f) = self.table(top, "status") else {
             return (!top.map.contains_key("status")).then_some(s);
         };
-        if let Some(l) = self.string(&mut f, "listen", "an address like \"127.0.0.1:8470\"") {
-            if l.get_ref().parse::<std::net::SocketAddr>().is_err() {
-                self.problem(
+        if let Some(t) = self.string(&mut f, "token_file", "a file path") {
+            s.token_file = Some(self.path(t.get_ref()));
+        }
+        if let Some(l) = self.string(
+            &mut f,
+            "listen",
+            "a port like \"8470\" or an address like \"127.0.0.1:8470\"",
+        ) {
+            // A bare port listens on loopback only.
+            let text = match l.get_ref().parse::<u16>() {
+                Ok(port) => format!("127.0.0.1:{port}"),
+                Err(_) => l.get_ref().clone(),
+            };
+            match text.parse::<std::net::SocketAddr>() {
+                Err(_) => self.problem(
                     l.span(),
                     "status.listen",
-                    "expected an address like \"127.0.0.1:8470\" (IP and port)",
-                );
-            } else {
-                s.listen = Some(l.into_inner());
+                    "expected a port like \"8470\" (loopback) or an address like \"127.0.0.1:8470\" (IP and port)",
+                ),
+                Ok(addr) if !addr.ip().is_loopback() && s.token_file.is_none() => self.problem(
+                    l.span(),
+                    "status.listen",
+                    format!(
+                        "{addr} is reachable from other hosts, and the status page then needs a bearer token: \
+                         add `token_file = \"status-token\"` (a file holding a long random line, e.g. from \
+                         `openssl rand -hex 32`), or listen on loopback (\"127.0.0.1:{}\")",
+                        addr.port()
+                    ),
+                ),
+                Ok(_) => s.listen = Some(text),
             }
         }
         if let Some(n) = self.count(&mut f, "refresh_seconds", 1) {
             s.refresh_seconds = n;
         }
-        self.finish(f, &["listen", "refresh_seconds"]);
+        self.finish(f, &["listen", "token_file", "refresh_seconds"]);
         Some(s)
     }
 
@@ -742,23 +832,49 @@ impl<'t> Parser<'t> {
         let Some(mut f) = self.table(top, "alarms") else {
             return (!top.map.contains_key("alarms")).then_some(a);
         };
-        if let Some(w) = self.string(&mut f, "webhook", "an http:// URL") {
-            if w.get_ref().starts_with("http://") && w.get_ref().len() > 7 {
-                a.webhook = Some(w.into_inner());
-            } else if w.get_ref().starts_with("https://") {
-                self.problem(
+        let allow_http = match self.take(&mut f, "webhook_allow_http") {
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(b) => *b,
+                other => {
+                    self.problem(
+                        v.span(),
+                        "alarms.webhook_allow_http",
+                        format!("expected true or false, found {}", describe(other)),
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
+        if let Some(c) = self.string(&mut f, "webhook_ca_file", "a PEM file path") {
+            a.webhook_ca_file = Some(self.path(c.get_ref()));
+        }
+        if let Some(w) = self.string(&mut f, "webhook", "an https:// URL") {
+            match crate::alarms::WebhookUrl::parse(w.get_ref()) {
+                Err(why) => self.problem(w.span(), "alarms.webhook", why),
+                Ok(u) if !u.https && !u.loopback && !allow_http => self.problem(
                     w.span(),
                     "alarms.webhook",
-                    "https webhooks are not supported yet: use an http:// URL on a local relay, or `command = \"curl -fsS ...\"`",
-                );
-            } else {
-                self.problem(w.span(), "alarms.webhook", "expected an http:// URL");
+                    "an http:// webhook to another host sends alarms unencrypted and unauthenticated: \
+                     use https://, or set `webhook_allow_http = true` if the network path is trusted",
+                ),
+                Ok(_) => a.webhook = Some(w.into_inner()),
             }
         }
         if let Some(c) = self.string(&mut f, "command", "a shell command") {
             a.command = Some(c.into_inner());
         }
-        self.finish(f, &["webhook", "command"]);
+        a.pass_env = self.env_names(&mut f, "pass_env");
+        self.finish(
+            f,
+            &[
+                "webhook",
+                "webhook_ca_file",
+                "webhook_allow_http",
+                "command",
+                "pass_env",
+            ],
+        );
         Some(a)
     }
 
@@ -1189,6 +1305,8 @@ impl<'t> Parser<'t> {
             }
             found.push(Source::Files(paths));
         }
+        let pass_span = s.map.get("pass_env").map(|(v, _)| v.span());
+        let pass_env = self.env_names(&mut s, "pass_env");
         if let Some(c) = self.string(&mut s, "command", "a shell command") {
             if c.get_ref().trim().is_empty() {
                 self.problem(
@@ -1197,7 +1315,16 @@ impl<'t> Parser<'t> {
                     "expected a command, found an empty string",
                 );
             }
-            found.push(Source::Command(c.into_inner()));
+            found.push(Source::Command {
+                command: c.into_inner(),
+                pass_env,
+            });
+        } else if let Some(span) = pass_span {
+            self.problem(
+                span,
+                &format!("{field}.pass_env"),
+                "pass_env applies to a command source only",
+            );
         }
         if let Some(mut pg) = self.table(&mut s, "postgres") {
             let conninfo = self.required_string(
@@ -1216,7 +1343,7 @@ impl<'t> Parser<'t> {
                 });
             }
         }
-        self.finish(s, &["files", "command", "postgres"]);
+        self.finish(s, &["files", "command", "pass_env", "postgres"]);
         match found.len() {
             1 => found.pop(),
             0 => {

@@ -191,12 +191,13 @@ pub fn backup_dataset(
                 .map_err(|e| e.to_string())?;
             (b.version, b.warnings)
         }
-        Source::Command(command) => (
+        Source::Command { command, pass_env } => (
             stream::backup_command(
                 &vault,
                 keyring,
                 dataset,
                 &in_config_dir(config, command),
+                Some(&config.command_scrub(pass_env)),
                 &Silent,
             )
             .map_err(|e| e.to_string())?,

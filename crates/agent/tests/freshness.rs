@@ -47,7 +47,7 @@ fn the_estonian_example_parses() {
     );
     assert!(matches!(
         &config.dataset("business-register").unwrap().source,
-        Source::Command(c) if c == "cat data/business.csv"
+        Source::Command { command, .. } if command == "cat data/business.csv"
     ));
     // Relative paths are taken from the file's folder.
     assert!(config.agent.state_dir.ends_with("examples/estonia/state"));

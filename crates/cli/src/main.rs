@@ -507,7 +507,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 (v, Vec::new())
             } else if let Some(command) = command {
                 (
-                    stream::backup_command(&vault, &keyring, dataset, command, &bar)?,
+                    stream::backup_command(&vault, &keyring, dataset, command, None, &bar)?,
                     Vec::new(),
                 )
             } else if paths.is_empty() {

@@ -98,6 +98,11 @@ impl Env {
     }
 
     fn spawn_agent(&self, extra: &[&str]) -> Agent {
+        self.spawn_agent_with(extra, &[])
+    }
+
+    /// The agent with `vars` set in its environment on top of the tests' own.
+    fn spawn_agent_with(&self, extra: &[&str], vars: &[(&str, &str)]) -> Agent {
         let log = self.path(&format!("agent-{}.log", rand_suffix()));
         let file = fs::File::create(&log).unwrap();
         let child = Command::new(EMBASSY)
@@ -107,6 +112,7 @@ impl Env {
             .env_remove("EMBASSY_PASSPHRASE")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
@@ -677,6 +683,227 @@ rpo = "4s"
         env.versions(&["sites/hel"], "registry").len(),
         env.versions(&["sites/lux"], "registry").len()
     );
+}
+
+/// One HTTP GET with an optional `Authorization` header: (status code, head, body).
+fn http_get_as(
+    port: u16,
+    path: &str,
+    authorization: Option<&str>,
+) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, head.to_string(), body.to_string()))
+}
+
+#[test]
+fn a_command_s_password_and_the_agent_s_secrets_stay_out_of_the_status_page_and_commands() {
+    const PASSWORD: &str = "hunter2-Pa55word-in-a-command";
+    const PASSPHRASE: &str = "passphrase-in-the-agent-s-environment";
+    const AWS_SECRET: &str = "aws-secret-in-the-agent-s-environment";
+    const PG_PASSWORD: &str = "pg-password-in-the-agent-s-environment";
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/lux"]);
+    let port = free_port();
+    env.config(&agent_config(
+        "verify_interval = \"never\"\n",
+        &format!(
+            r#"[status]
+listen = "127.0.0.1:{port}"
+[alarms]
+command = "env > alarm-env.txt"
+pass_env = ["AWS_SECRET_ACCESS_KEY"]
+"#
+        ),
+        &["lux"],
+        &format!(
+            r#"[[datasets]]
+name = "scrubbed"
+source = {{ command = "env > source-env.txt; mysqldump --password={PASSWORD} registry >/dev/null 2>&1; exit 3" }}
+interval = "1s"
+rpo = "2s"
+[[datasets]]
+name = "passed"
+source = {{ command = "env > passed-env.txt; echo --password={PASSWORD}", pass_env = ["EMBASSY_PASSPHRASE"] }}
+interval = "1h"
+rpo = "1h"
+"#
+        ),
+    ));
+    let agent = env.spawn_agent_with(
+        &[],
+        &[
+            ("EMBASSY_PASSPHRASE", PASSPHRASE),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+            ("PGPASSWORD", PG_PASSWORD),
+        ],
+    );
+    // The failing command turns red after its first RPO and raises the alarm.
+    wait_until(
+        Duration::from_secs(40),
+        "the alarm and both sources ran",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            (r["alarms"].as_array().is_some_and(|a| !a.is_empty())
+                && env.path("alarm-env.txt").exists()
+                && env.path("source-env.txt").exists()
+                && cell(&r, "passed", "lux")["newest_version"].is_u64())
+            .then_some(())
+        },
+    );
+    let mut answers = Vec::new();
+    for path in ["/status.json", "/metrics", "/"] {
+        let body = http_get(port, path).unwrap_or_else(|| panic!("{path} answers"));
+        answers.push((path, body));
+    }
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "agent exit {status:?}; log:\n{log}");
+    // The command's password is nowhere: not as its source, not in its error, not in the log.
+    for (path, body) in &answers {
+        assert!(
+            !body.contains(PASSWORD),
+            "{path} shows the password:\n{body}"
+        );
+    }
+    assert!(
+        !log.contains(PASSWORD),
+        "the log shows the password:\n{log}"
+    );
+    let report: Value = serde_json::from_str(&answers[0].1).unwrap();
+    let scrubbed = report["datasets"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "scrubbed"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(scrubbed["source"], "command (its text is not shown)");
+    assert!(
+        scrubbed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("source command: exited with status 3")),
+        "{scrubbed}"
+    );
+    assert!(
+        answers[2]
+            .1
+            .contains("last error: source command: exited with status 3"),
+        "{}",
+        answers[2].1
+    );
+    // Commands do not inherit the passphrase or credentials, unless passed by name.
+    let source = fs::read_to_string(env.path("source-env.txt")).unwrap();
+    let passed = fs::read_to_string(env.path("passed-env.txt")).unwrap();
+    let alarm = fs::read_to_string(env.path("alarm-env.txt")).unwrap();
+    assert!(source.contains("PATH="), "{source}");
+    for secret in [PASSPHRASE, AWS_SECRET, PG_PASSWORD] {
+        assert!(
+            !source.contains(secret),
+            "source command saw {secret}:\n{source}"
+        );
+    }
+    assert!(
+        passed.contains(&format!("EMBASSY_PASSPHRASE={PASSPHRASE}")),
+        "{passed}"
+    );
+    assert!(
+        !passed.contains(AWS_SECRET) && !passed.contains(PG_PASSWORD),
+        "{passed}"
+    );
+    assert!(alarm.contains("EMBASSY_ALARM_EVENT=raised"), "{alarm}");
+    assert!(
+        alarm.contains(&format!("AWS_SECRET_ACCESS_KEY={AWS_SECRET}")),
+        "{alarm}"
+    );
+    assert!(
+        !alarm.contains(PASSPHRASE) && !alarm.contains(PG_PASSWORD),
+        "{alarm}"
+    );
+}
+
+#[test]
+fn the_status_page_off_loopback_needs_its_token() {
+    const TOKEN: &str = "5f1c0e7a9b2d4c6e8f00112233445566";
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/lux"]);
+    let port = free_port();
+    let dataset = "[[datasets]]\nname = \"registry\"\nsource = { files = [\"data\"] }\ninterval = \"1h\"\nrpo = \"2h\"\n";
+    fs::create_dir_all(env.path("data")).unwrap();
+    fs::write(env.path("data/a.txt"), "a").unwrap();
+    // Every interface, no token: refused by `config check` and by the agent, with the way out.
+    env.config(&agent_config(
+        "",
+        &format!("[status]\nlisten = \"0.0.0.0:{port}\"\n"),
+        &["lux"],
+        dataset,
+    ));
+    for args in [
+        &["config", "check"][..],
+        &["agent", "--config", "embassy.toml"][..],
+    ] {
+        let out = env.embassy(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("status.listen: 0.0.0.0:")
+                && err.contains("needs a bearer token")
+                && err.contains("token_file"),
+            "{err}"
+        );
+    }
+    // With a token: 401 without it or with a wrong one, 200 with it.
+    fs::write(env.path("status-token"), format!("{TOKEN}\n")).unwrap();
+    env.config(&agent_config(
+        "verify_interval = \"never\"\n",
+        &format!("[status]\nlisten = \"0.0.0.0:{port}\"\ntoken_file = \"status-token\"\n"),
+        &["lux"],
+        dataset,
+    ));
+    let agent = env.spawn_agent(&[]);
+    let bearer = format!("Bearer {TOKEN}");
+    wait_until(Duration::from_secs(30), "the status page", &agent, || {
+        http_get_as(port, "/status.json", Some(&bearer)).filter(|(code, _, _)| *code == 200)
+    });
+    for path in ["/", "/status.json", "/metrics"] {
+        let (code, head, body) = http_get_as(port, path, None).expect("an answer");
+        assert_eq!(code, 401, "{path} without a token: {head}\n{body}");
+        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+        assert!(!body.contains("registry"), "{body}");
+        for wrong in [
+            "Bearer 5f1c0e7a9b2d4c6e8f0011223344556",
+            "Bearer 5f1c0e7a9b2d4c6e8f001122334455667",
+            "Bearer wrong",
+            "Basic dXNlcjp3cm9uZw==",
+            TOKEN,
+        ] {
+            let (code, _, _) = http_get_as(port, path, Some(wrong)).expect("an answer");
+            assert_eq!(code, 401, "{path} with {wrong:?}");
+        }
+        let (code, _, body) = http_get_as(port, path, Some(&bearer)).expect("an answer");
+        assert_eq!(code, 200, "{path} with the token: {body}");
+        assert!(body.contains("registry"), "{body}");
+        // A browser sends it as the password of HTTP Basic ("any:TOKEN").
+        let basic = "Basic YW55OjVmMWMwZTdhOWIyZDRjNmU4ZjAwMTEyMjMzNDQ1NTY2";
+        let (code, _, _) = http_get_as(port, path, Some(basic)).expect("an answer");
+        assert_eq!(code, 200, "{path} with HTTP Basic");
+    }
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "agent exit {status:?}; log:\n{log}");
+    assert!(log.contains("token required"), "{log}");
+    assert!(!log.contains(TOKEN), "{log}");
 }
 
 fn files_in(root: &Path) -> Vec<(PathBuf, u64)> {

@@ -1,4 +1,7 @@
-//! Sources of versions: file trees ([`files`]) and byte streams or commands ([`stream`]).
+//! Sources of versions: file trees ([`files`]) and byte streams or commands ([`stream`]), and
+//! the environment commands run in ([`env`]).
+
+pub mod env;
 
 pub mod files;
 pub mod metadata;

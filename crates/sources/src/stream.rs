@@ -14,6 +14,8 @@ use embassy_core::tree::{Node, NodeKind, Tree};
 use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_core::writer::{BackupSession, StoreError};
 use embassy_core::{Error, Result};
+
+use crate::env::Scrub;
 use rayon::prelude::*;
 
 /// Name of the single file a stream version holds.
@@ -82,30 +84,38 @@ pub fn backup_reader(
 }
 
 /// Runs `command` with `sh -c` and stores its standard output; the version is recorded only if
-/// the command exits with status 0.
+/// the command exits with status 0. With `scrub`, the command does not inherit the variables it
+/// withholds (see [`crate::env`]); without, it inherits the whole environment.
+///
+/// Errors say "source command", never its text: a command line may carry a password, and
+/// errors end up in logs and on the agent's dashboard.
 pub fn backup_command(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
     command: &str,
+    scrub: Option<&Scrub>,
     progress: &dyn Progress,
 ) -> Result<Version> {
+    let what = "command".to_string();
     let session = BackupSession::begin(vault, keyring, dataset)?;
-    let mut child = Command::new("sh")
+    let mut shell = Command::new("sh");
+    shell
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error::Source {
-            what: format!("command `{command}`"),
-            problem: format!("cannot be started: {e}"),
-        })?;
+        .stderr(Stdio::inherit());
+    if let Some(scrub) = scrub {
+        scrub.apply(&mut shell);
+    }
+    let mut child = shell.spawn().map_err(|e| Error::Source {
+        what: what.clone(),
+        problem: format!("cannot be started: {e}"),
+    })?;
     let Some(stdout) = child.stdout.take() else {
         return Err(Error::invalid("command has no standard output"));
     };
-    let what = format!("command `{command}`");
     let mut waited = None;
     let result = store(
         session,
