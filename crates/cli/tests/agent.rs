@@ -1378,7 +1378,7 @@ rpo = "2h"
     let (status, log) = agent.stop_with(libc::SIGINT, Duration::from_secs(240));
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(
-        log.contains("waiting up to 5m for 1 in-flight runs (big)"),
+        log.contains("waiting up to 5min for 1 in-flight runs (big)"),
         "not caught mid-run; log:\n{log}"
     );
     assert!(log.contains("big: version 1 stored"), "{log}");
