@@ -750,6 +750,53 @@ impl Keyring {
             .is_ok_and(|k| k.reader_secret.is_some())
     }
 
+    /// A reader credential for `dataset` alone, to hand to a process that must read that one
+    /// dataset and nothing else (PostgreSQL's `restore_command` on a recovery host): every key
+    /// epoch of it up to `current_epoch` this keyring can read, no other dataset, no signing
+    /// key. From the root secret or from a reader credential covering the dataset; a sealing
+    /// credential cannot read, so it is refused.
+    pub fn reader_credential_for(
+        &self,
+        vault_id: &str,
+        dataset: &str,
+        label: &str,
+        current_epoch: u32,
+    ) -> Result<Credential> {
+        layout::check_dataset_name(dataset)?;
+        match &self.source {
+            KeySource::Root(root) => Ok(Credential::at_epochs(
+                root,
+                vault_id,
+                label,
+                &[(dataset.to_string(), current_epoch)],
+                true,
+            )),
+            KeySource::Credential(c) => {
+                let datasets: Vec<_> = c
+                    .datasets
+                    .iter()
+                    .filter(|d| d.name == dataset && d.reader_seed.is_some())
+                    .cloned()
+                    .collect();
+                if datasets.is_empty() {
+                    return Err(Error::WrongKey(format!(
+                        "credential '{}' cannot read dataset {dataset} (a sealing credential, or \
+                         a reader credential for other datasets): restore with the root key file \
+                         or a reader credential of {dataset} (`embassy keys issue --reader \
+                         --dataset {dataset}`)",
+                        c.label
+                    )));
+                }
+                Ok(Credential {
+                    vault_id: vault_id.to_string(),
+                    label: label.to_string(),
+                    signing_seed: None,
+                    datasets,
+                })
+            }
+        }
+    }
+
     /// The root secret, when held.
     pub fn root(&self) -> Option<&RootSecret> {
         match &self.source {
