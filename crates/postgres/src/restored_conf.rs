@@ -157,13 +157,26 @@ impl std::fmt::Display for Neutralised {
         write!(
             f,
             "{}:{}: {} = '{}' ({})",
-            self.file.display().to_string().escape_debug(),
+            escape_controls(&self.file.display().to_string()),
             self.line,
-            self.setting.escape_debug(),
-            self.value.escape_debug(),
+            escape_controls(&self.setting),
+            escape_controls(&self.value),
             self.why
         )
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), the rest as it is.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The name and value of one configuration line, as PostgreSQL reads it (`name [=] value`,
