@@ -9,6 +9,9 @@
 //! readable by it). Timings are printed (`cargo test ... -- --nocapture`).
 
 mod pgkit;
+#[path = "../../sites/tests/support/mod.rs"]
+#[allow(dead_code)]
+mod s3support;
 #[path = "../../postgres/tests/support/mod.rs"]
 mod support;
 use pgkit::*;
@@ -841,5 +844,90 @@ fn restored_code_gets_only_a_reader_credential_and_settings_that_run_code_are_of
     assert!(
         !sign.status.success(),
         "a reader credential signed a version"
+    );
+}
+
+/// An S3 site's keys, given to the operator's `embassy restore` in its environment only,
+/// reach the restore_command in a file of its own (0600, the server's user's), not through
+/// the server's environment: the preflight runs the command with no environment and passes,
+/// the server started without any S3 variable recovers, and no secret is in the data directory.
+#[test]
+fn s3_keys_reach_the_restore_command_in_a_file_of_its_own() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 500)");
+    let env = Env::new();
+    let moto = s3support::moto();
+    let bucket = s3support::unique_bucket("pgkeys");
+    let cfg = s3support::s3_config(&moto.endpoint, &bucket, "vault");
+    assert!(embassy_sites::S3Site::new(cfg)
+        .unwrap()
+        .create_bucket(false)
+        .unwrap());
+    let site = format!("s3://{bucket}/vault?endpoint={}", moto.endpoint);
+    const SECRET: &str = "s3cr3t-only-in-the-operators-environment";
+    let as_root = |args: &[&str]| {
+        let out = Command::new(EXE)
+            .arg("--site")
+            .arg(&site)
+            .arg("--key-file")
+            .arg(env.path("s3.key"))
+            .arg("--passphrase-file")
+            .arg(env.path("pass"))
+            .arg("--state-dir")
+            .arg(env.path("root-state"))
+            .arg("--quiet")
+            .args(args)
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env_remove("EMBASSY_SITE")
+            .env("AWS_ACCESS_KEY_ID", "AKIDPGKEYS")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("EMBASSY_S3_RETRIES", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "embassy {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    as_root(&["init"]);
+    as_root(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+    ]);
+    let root = restore_root(&env);
+    let dir = root.join("from-s3");
+    as_root(&["restore", "registry", "--latest", "--to", dir_arg(&dir)]);
+
+    let keys = root.join("from-s3.wal-fetch").join("s3-credentials");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (env.ids.0, 0o600));
+    assert!(std::fs::read_to_string(&keys).unwrap().contains(SECRET));
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("AWS_SHARED_CREDENTIALS_FILE=") && auto.contains("EMBASSY_S3_RETRIES=1"),
+        "{auto}"
+    );
+    for f in files_under(&dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the S3 secret",
+            f.display()
+        );
+    }
+    let restored = Restored::start(dir);
+    restored.wait_open(Duration::from_secs(120));
+    assert_eq!(restored.try_psql("SELECT count(*) FROM t").unwrap(), "500");
+    assert!(
+        !restored.log().contains("no S3 credentials"),
+        "{}",
+        restored.log()
     );
 }
