@@ -10,7 +10,6 @@
 
 mod pgkit;
 #[path = "../../sites/tests/support/mod.rs"]
-#[allow(dead_code)]
 mod s3support;
 #[path = "../../postgres/tests/support/mod.rs"]
 mod support;

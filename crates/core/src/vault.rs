@@ -805,3 +805,44 @@ impl Keyring {
         }
     }
 }
+
+#[cfg(test)]
+mod reader_credential_tests {
+    use super::*;
+
+    /// The credential a PostgreSQL restore hands to its restore_command: one dataset, readable,
+    /// no signing key; narrowed from a wider reader credential; refused from a sealing one.
+    #[test]
+    fn reader_credential_for_one_dataset_only() {
+        let root = RootSecret::from_bytes(&[5u8; 32]);
+        let config = VaultConfig::new(&root);
+        let id = config.vault_id.clone();
+        let from_root = Keyring::from_root(RootSecret::from_bytes(&[5u8; 32]), &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 1)
+            .unwrap();
+        assert!(from_root.signing_key().is_none());
+        assert!(from_root.datasets.iter().all(|d| d.name == "db"));
+        assert_eq!(from_root.datasets.len(), 2, "epochs 0 and 1");
+        let narrowed = Keyring::from_credential(from_root.clone(), &config).unwrap();
+        assert!(narrowed.can_read("db"));
+        assert!(narrowed.dataset("other").is_err());
+        assert!(narrowed.signer().is_err());
+
+        let wide = Credential::reader(&root, &id, "team", &["db".into(), "other".into()]);
+        let one = Keyring::from_credential(wide, &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 0)
+            .unwrap();
+        assert_eq!(one.datasets.len(), 1);
+        assert_eq!(one.datasets[0].name, "db");
+
+        let sealing = Credential::sealing(&root, &id, "host", &["db".into()]);
+        let err = Keyring::from_credential(sealing, &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("cannot read dataset db"), "{err}");
+    }
+}
