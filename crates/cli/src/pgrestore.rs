@@ -380,20 +380,37 @@ fn s3_credentials_ini(location: &str) -> Result<Zeroizing<String>> {
         problem: e.to_string(),
     })?;
     let c = &cfg.credentials;
-    let mut ini = Zeroizing::new(format!(
-        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\nregion = {}\n",
-        c.access_key_id, c.secret_access_key, cfg.region
-    ));
+    let values = [
+        &c.access_key_id,
+        &c.secret_access_key,
+        &cfg.region,
+        &cfg.endpoint,
+    ];
+    if values
+        .into_iter()
+        .chain(c.session_token.as_ref())
+        .any(|v| v.contains(['\n', '\r']))
+    {
+        return Err(Error::invalid(
+            "the S3 settings hold a line break: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+             AWS_SESSION_TOKEN, the region and the endpoint",
+        ));
+    }
+    let mut ini = Zeroizing::new(String::with_capacity(512));
+    let mut line = |key: &str, value: &str| {
+        ini.push_str(key);
+        ini.push_str(" = ");
+        ini.push_str(value);
+        ini.push('\n');
+    };
+    line("[default]\naws_access_key_id", &c.access_key_id);
+    line("aws_secret_access_key", &c.secret_access_key);
+    line("region", &cfg.region);
     if let Some(token) = &c.session_token {
-        ini.push_str(&format!("aws_session_token = {token}\n"));
+        line("aws_session_token", token);
     }
     if cfg.endpoint != format!("https://s3.{}.amazonaws.com", cfg.region) {
-        ini.push_str(&format!("endpoint_url = {}\n", cfg.endpoint));
-    }
-    if ini.lines().count() != ini.matches('\n').count() || ini.contains('\r') {
-        return Err(Error::invalid(
-            "the S3 credentials hold a line break: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-        ));
+        line("endpoint_url", &cfg.endpoint);
     }
     Ok(ini)
 }
