@@ -4,9 +4,11 @@
 //! to the latest point and to a time in the middle (compared with per-table checksums taken
 //! at that moment), a standby that follows the vault, its promotion and a write to it.
 //!
-//! Every embassy command and every restored server runs as the `postgres` user (PostgreSQL
-//! runs `restore_command` as its own user, so the vault, key file and passphrase file must be
-//! readable by it). Timings are printed (`cargo test ... -- --nocapture`).
+//! Most embassy commands and every restored server run as the `postgres` user (PostgreSQL runs
+//! `restore_command` as its own user, so a local vault must be readable by it; the key file it
+//! uses is a reader credential each restore makes). The tests of the recovery host's defences
+//! restore as root holding a root key only root can read, from a backup whose configuration
+//! would run code. Timings are printed (`cargo test ... -- --nocapture`).
 
 mod pgkit;
 #[path = "../../sites/tests/support/mod.rs"]
