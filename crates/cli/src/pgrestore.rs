@@ -326,6 +326,13 @@ impl FetchFolder {
         ]);
         let program = std::env::current_exe()
             .map_err(|e| Error::io("finding the path of this program", e))?;
+        if program.to_string_lossy().contains('=') {
+            return Err(Error::invalid(format!(
+                "this program's path {} has a '=', which `env` would read as a variable: \
+                 install embassy under a path without one",
+                program.display()
+            )));
+        }
         let mut args = vec!["-i".to_string()];
         args.extend(env);
         args.push(program.display().to_string());
