@@ -6,13 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use embassy_core::vault::Vault;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
+use embassy_core::vault::{Keyring, Vault};
 use embassy_core::{Error, Result};
 use embassy_postgres::base_backup::{self, format_lsn, parse_lsn, BaseBackupOptions, WalSource};
 use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
-use embassy_postgres::standby;
 use embassy_postgres::PgError;
+use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::{output, Cli};
 
@@ -73,7 +77,7 @@ fn pg_error(e: PgError) -> Error {
     }
 }
 
-fn unlock(cli: &Cli, vault: &Vault) -> Result<embassy_core::vault::Keyring> {
+fn unlock(cli: &Cli, vault: &Vault) -> Result<Keyring> {
     crate::secrets::unlock(
         vault.config(),
         cli.key_file.as_deref(),
@@ -123,69 +127,336 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `restore_command` for data directories written from this vault: this very program
-/// with the same sites, key file, passphrase file and (when PostgreSQL runs as this same user)
-/// state folder, as absolute paths. Checked first by running it as `owner` (see [`preflight`]).
-fn restore_command(
-    cli: &Cli,
-    dataset: &str,
-    owner: Option<(u32, u32)>,
-    data_dir: &Path,
-) -> Result<String> {
-    let (program, args) = restore_program(cli, owner)?;
-    preflight(&program, &args, dataset, owner)?;
-    let command = restore::restore_command(&program, &args, dataset);
-    // Serve the newest, still growing WAL segment too (--partial), and fetch the next complete
-    // segments ahead into a spool in pg_wal (which base backups of the server leave out).
-    let spool = std::path::absolute(data_dir.join("pg_wal").join("embassy_prefetch"))
-        .map_err(|e| Error::io(format!("resolving {}", data_dir.display()), e))?;
-    let extra = format!(
-        " wal-fetch --partial --prefetch {PREFETCH_SEGMENTS} --spool {} ",
-        restore::shell_quote(&spool.to_string_lossy())
-    );
-    Ok(command.replace(" wal-fetch ", &extra))
-}
-
 /// Complete WAL segments fetched ahead while PostgreSQL replays (16 MiB each).
 const PREFETCH_SEGMENTS: usize = 8;
 
-/// Runs `embassy ... wal-fetch DATASET <a history file no vault holds>` with the
-/// restore_command's arguments (it unlocks the keys, then answers "not there" quietly) as the user
-/// PostgreSQL will run it as: a key file, passphrase file or site that user cannot read would
-/// otherwise make recovery stop early and silently at the end of the base backup.
-fn preflight(
-    program: &Path,
-    args: &[String],
-    dataset: &str,
-    owner: Option<(u32, u32)>,
-) -> Result<()> {
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .args(["wal-fetch", dataset, "7FFFFFFF.history"])
-        .arg(std::env::temp_dir().join("embassy-preflight-never-written"))
-        .stdin(std::process::Stdio::null())
-        .env_remove("EMBASSY_PASSPHRASE");
+/// Files of the fetch folder: the per-restore reader credential, its passphrase, the S3
+/// credentials, and the state folder of `wal-fetch`.
+const FETCH_CREDENTIAL: &str = "reader.cred";
+const FETCH_PASSPHRASE: &str = "passphrase";
+const FETCH_S3_CREDENTIALS: &str = "s3-credentials";
+const FETCH_STATE: &str = "state";
+
+/// Argon2id for the per-restore credential: its passphrase is 32 random bytes, which no
+/// stretching makes harder to guess, so the cheapest allowed setting (every WAL file PostgreSQL
+/// fetches opens the credential).
+const FETCH_KDF: KdfParams = KdfParams {
+    memory_kib: 8 * 1024,
+    iterations: 1,
+    parallelism: 1,
+};
+
+/// Variables passed on to `wal-fetch` when the operator's environment sets them: where and how
+/// to reach S3 sites and which CAs to trust, never a secret (S3 keys go into the fetch
+/// folder's `s3-credentials`).
+const FETCH_ENV: &[&str] = &[
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "EMBASSY_S3_ENDPOINT",
+    "EMBASSY_S3_PATH_STYLE",
+    "EMBASSY_S3_CONDITIONAL_WRITES",
+    "EMBASSY_S3_OBJECT_LOCK",
+    "EMBASSY_S3_CONNECT_TIMEOUT",
+    "EMBASSY_S3_TIMEOUT",
+    "EMBASSY_S3_RETRIES",
+    "EMBASSY_S3_PARALLELISM",
+    "EMBASSY_S3_PART_SIZE_MIB",
+    "EMBASSY_S3_MULTIPART_THRESHOLD_MIB",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// What PostgreSQL's `restore_command` is given on this host: a folder beside the data
+/// directory (`<data dir>.wal-fetch`, never inside it: base backups of the restored server
+/// must not carry it), owned by the data directory's owner, mode 0700.
+pub struct FetchFolder {
+    /// The folder.
+    pub path: PathBuf,
+    /// The restore_command using it.
+    pub restore_command: String,
+}
+
+impl FetchFolder {
+    /// The fetch folder of a data directory.
+    fn path_for(data_dir: &Path) -> Result<PathBuf> {
+        let data_dir = std::path::absolute(data_dir)
+            .map_err(|e| Error::io(format!("resolving {}", data_dir.display()), e))?;
+        match (data_dir.parent(), data_dir.file_name()) {
+            (Some(parent), Some(name)) => {
+                let mut name = name.to_os_string();
+                name.push(".wal-fetch");
+                Ok(parent.join(name))
+            }
+            _ => Err(Error::invalid(format!(
+                "{} cannot be a data directory: give a folder below /",
+                data_dir.display()
+            ))),
+        }
+    }
+
+    /// Writes the fetch folder for restoring `dataset` into `data_dir` (a reader credential
+    /// of that dataset alone, with a fresh random passphrase; the S3 keys the fetch needs; a
+    /// state folder), builds the `restore_command` that uses only it, and checks that command
+    /// as PostgreSQL will run it (see [`preflight`]). Nothing is left behind on failure.
+    fn create(
+        cli: &Cli,
+        vault: &Vault,
+        keyring: &Keyring,
+        dataset: &str,
+        owner: Option<(u32, u32)>,
+        data_dir: &Path,
+    ) -> Result<Self> {
+        let path = Self::path_for(data_dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "creating {} for the restore_command's credential{}",
+                        path.display(),
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            " (it exists: it belongs to an earlier restore to the same folder; \
+                             remove it when that data directory is gone, or restore elsewhere)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    e,
+                )
+            })?;
+        let folder = Self {
+            path,
+            restore_command: String::new(),
+        };
+        match folder.fill(cli, vault, keyring, dataset, owner, data_dir) {
+            Ok(restore_command) => Ok(Self {
+                restore_command,
+                ..folder
+            }),
+            Err(e) => {
+                folder.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn fill(
+        &self,
+        cli: &Cli,
+        vault: &Vault,
+        keyring: &Keyring,
+        dataset: &str,
+        owner: Option<(u32, u32)>,
+        data_dir: &Path,
+    ) -> Result<String> {
+        let vault_id = vault.config().vault_id.clone();
+        let epoch = embassy_core::ledger::key_epoch(&vault.history(dataset)?);
+        let label = format!(
+            "wal-fetch for {} (restored {})",
+            std::path::absolute(data_dir)
+                .unwrap_or_else(|_| data_dir.to_path_buf())
+                .display(),
+            embassy_core::time::utc(embassy_core::config::now_unix_nanos())
+        );
+        let credential = keyring.reader_credential_for(&vault_id, dataset, &label, epoch)?;
+        let mut passphrase = Zeroizing::new(String::with_capacity(64));
+        for b in embassy_core::crypto::random_32().iter() {
+            use std::fmt::Write;
+            let _ = write!(passphrase, "{b:02x}");
+        }
+        let key_file = KeyFile::seal_payload(
+            &credential.to_bytes(),
+            PURPOSE_READER,
+            &vault_id,
+            passphrase.as_bytes(),
+            FETCH_KDF,
+        )?;
+        let credential_path = self.path.join(FETCH_CREDENTIAL);
+        key_file.store(&credential_path)?;
+        let passphrase_path = self.path.join(FETCH_PASSPHRASE);
+        write_private(&passphrase_path, passphrase.as_bytes())?;
+        let state = self.path.join(FETCH_STATE);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
+
+        let mut env = Vec::new();
+        if let Some(s3) = cli.site.iter().find(|s| s.starts_with("s3://")) {
+            let file = self.path.join(FETCH_S3_CREDENTIALS);
+            write_private(&file, s3_credentials_ini(s3)?.as_bytes())?;
+            env.push(format!("AWS_SHARED_CREDENTIALS_FILE={}", file.display()));
+            env.push("AWS_CONFIG_FILE=/dev/null".to_string());
+        }
+        for name in FETCH_ENV {
+            if let Some(value) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+                env.push(format!("{name}={value}"));
+            }
+        }
+        if let Some((uid, gid)) = owner {
+            let s3 = self.path.join(FETCH_S3_CREDENTIALS);
+            for p in [&credential_path, &passphrase_path, &s3, &state, &self.path] {
+                match std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && p == &s3 => {}
+                    r => {
+                        r.map_err(|e| Error::io(format!("giving {} to uid {uid}", p.display()), e))?
+                    }
+                }
+            }
+        }
+
+        let mut globals = restore_program(cli)?;
+        globals.extend([
+            "--vault-id".into(),
+            vault_id,
+            "--key-file".into(),
+            credential_path.display().to_string(),
+            "--passphrase-file".into(),
+            passphrase_path.display().to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--quiet".into(),
+        ]);
+        let program = std::env::current_exe()
+            .map_err(|e| Error::io("finding the path of this program", e))?;
+        if program.to_string_lossy().contains('=') {
+            return Err(Error::invalid(format!(
+                "this program's path {} has a '=', which `env` would read as a variable: \
+                 install embassy under a path without one",
+                program.display()
+            )));
+        }
+        let mut args = vec!["-i".to_string()];
+        args.extend(env);
+        args.push(program.display().to_string());
+        args.extend(globals);
+        // Serve the newest, still growing WAL segment too (--partial), and fetch the next
+        // complete segments ahead into a spool in pg_wal (which base backups of the server
+        // leave out).
+        let spool = std::path::absolute(data_dir.join("pg_wal").join("embassy_prefetch"))
+            .map_err(|e| Error::io(format!("resolving {}", data_dir.display()), e))?;
+        let fetch_args = [
+            "--partial".to_string(),
+            "--prefetch".into(),
+            PREFETCH_SEGMENTS.to_string(),
+            "--spool".into(),
+            spool.display().to_string(),
+        ];
+        let command = restore::restore_command(Path::new(ENV_PROGRAM), &args, &fetch_args, dataset)
+            .map_err(pg_error)?;
+        preflight(&command, owner)?;
+        Ok(command)
+    }
+
+    /// Removes the folder (after a failed restore).
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Runs the `restore_command` without an environment: it sets its own.
+const ENV_PROGRAM: &str = "/usr/bin/env";
+
+/// Writes a new file, mode 0600, refusing to replace anything (a link included).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// The S3 keys this process uses for `location`, as an AWS credentials file (profile
+/// `default`) with the region and a custom endpoint.
+fn s3_credentials_ini(location: &str) -> Result<Zeroizing<String>> {
+    let cfg = embassy_sites::s3::S3Config::from_location(location).map_err(|e| Error::Source {
+        what: "S3 site".into(),
+        problem: e.to_string(),
+    })?;
+    let c = &cfg.credentials;
+    let values = [
+        &c.access_key_id,
+        &c.secret_access_key,
+        &cfg.region,
+        &cfg.endpoint,
+    ];
+    if values
+        .into_iter()
+        .chain(c.session_token.as_ref())
+        .any(|v| v.contains(['\n', '\r']))
+    {
+        return Err(Error::invalid(
+            "the S3 settings hold a line break: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+             AWS_SESSION_TOKEN, the region and the endpoint",
+        ));
+    }
+    let mut ini = Zeroizing::new(String::with_capacity(512));
+    let mut line = |key: &str, value: &str| {
+        ini.push_str(key);
+        ini.push_str(" = ");
+        ini.push_str(value);
+        ini.push('\n');
+    };
+    line("[default]\naws_access_key_id", &c.access_key_id);
+    line("aws_secret_access_key", &c.secret_access_key);
+    line("region", &cfg.region);
+    if let Some(token) = &c.session_token {
+        line("aws_session_token", token);
+    }
+    if cfg.endpoint != format!("https://s3.{}.amazonaws.com", cfg.region) {
+        line("endpoint_url", &cfg.endpoint);
+    }
+    Ok(ini)
+}
+
+/// Runs the `restore_command` exactly as PostgreSQL will: through `/bin/sh -c` with `%f` and
+/// `%p` substituted, as the data directory's owner, with an empty environment (the command sets
+/// the one `wal-fetch` gets), asking for `7FFFFFFF.history`, which no vault holds (it unlocks
+/// the credential, reaches the sites, then answers "not there" quietly). A site or file that
+/// user cannot reach would otherwise make recovery fail later, when PostgreSQL's own hint
+/// (remove `backup_label`) would corrupt the restored cluster.
+fn preflight(command: &str, owner: Option<(u32, u32)>) -> Result<()> {
+    let probe = std::env::temp_dir().join("embassy-preflight-never-written");
+    let shell =
+        restore::expand_restore_command(command, "7FFFFFFF.history", &probe.to_string_lossy());
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&shell)
+        .env_clear()
+        .current_dir("/")
+        .stdin(std::process::Stdio::null());
     if let Some((uid, gid)) = owner.filter(|(uid, _)| *uid != current_uid()) {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid);
-        if let Some(home) = home_of(uid) {
-            cmd.env("HOME", home);
-        }
     }
     let out = cmd
         .output()
-        .map_err(|e| Error::io(format!("running {}", program.display()), e))?;
+        .map_err(|e| Error::io("running /bin/sh for the restore_command", e))?;
     // Exit 1 without a message is wal-fetch's quiet "not in the vault": keys and site worked.
     if out.status.success() || (out.status.code() == Some(1) && out.stderr.trim_ascii().is_empty())
     {
         return Ok(());
     }
     Err(Error::invalid(format!(
-        "PostgreSQL's restore_command would fail: `embassy wal-fetch` with its settings, \
-         run as the data directory's owner (uid {}), says: {}; make the key file, passphrase \
-         file and site readable by that user (or restore with --owner)",
+        "PostgreSQL's restore_command would fail: `embassy wal-fetch`, run as the data \
+         directory's owner (uid {}) with the environment the server gives it (none but what the \
+         command sets), says: {}; make the site (its folder, or the network and S3 keys) and \
+         this program readable by that user, or restore with --owner; nothing was restored",
         owner.map_or(current_uid(), |o| o.0),
-        String::from_utf8_lossy(&out.stderr).trim()
+        String::from_utf8_lossy(&out.stderr).trim().escape_debug()
     )))
 }
 
@@ -194,89 +465,27 @@ fn current_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The home folder of a user, from the password database.
-fn home_of(uid: u32) -> Option<PathBuf> {
-    // SAFETY: getpwuid returns NULL or a pointer to static storage, read at once on this thread.
-    let pw = unsafe { libc::getpwuid(uid) };
-    if pw.is_null() {
-        return None;
-    }
-    // SAFETY: pw is non-null; pw_dir is a NUL-terminated string or NULL.
-    let dir = unsafe { (*pw).pw_dir };
-    if dir.is_null() {
-        return None;
-    }
-    // SAFETY: as above.
-    let bytes = unsafe { std::ffi::CStr::from_ptr(dir) }.to_bytes();
-    Some(PathBuf::from(std::ffi::OsStr::new(
-        std::str::from_utf8(bytes).ok()?,
-    )))
-}
-
-/// The program and global arguments of the restore_command.
-fn restore_program(cli: &Cli, owner: Option<(u32, u32)>) -> Result<(PathBuf, Vec<String>)> {
-    let program =
-        std::env::current_exe().map_err(|e| Error::io("finding the path of this program", e))?;
-    let absolute = |p: &Path| -> Result<String> {
-        std::path::absolute(p)
-            .map(|a| a.display().to_string())
-            .map_err(|e| Error::io(format!("resolving {}", p.display()), e))
-    };
+/// The sites of the restore_command (absolute paths), and `--min-sites`.
+fn restore_program(cli: &Cli) -> Result<Vec<String>> {
     let mut args = Vec::new();
     for site in &cli.site {
         args.push("--site".to_string());
         if site.contains("://") {
             args.push(site.clone());
         } else {
-            args.push(absolute(Path::new(site))?);
+            let p = Path::new(site);
+            args.push(
+                std::path::absolute(p)
+                    .map(|a| a.display().to_string())
+                    .map_err(|e| Error::io(format!("resolving {}", p.display()), e))?,
+            );
         }
     }
     if let Some(min) = cli.min_sites {
         args.push("--min-sites".into());
         args.push(min.to_string());
     }
-    match &cli.key_file {
-        Some(k) => {
-            args.push("--key-file".into());
-            args.push(absolute(k)?);
-        }
-        None => {
-            return Err(Error::invalid(
-                "PostgreSQL's restore_command needs the key file's path: pass --key-file FILE \
-                 (readable by the database's owner)",
-            ))
-        }
-    }
-    match &cli.passphrase_file {
-        Some(p) => {
-            args.push("--passphrase-file".into());
-            args.push(absolute(p)?);
-        }
-        None => {
-            return Err(Error::invalid(
-                "PostgreSQL's restore_command cannot answer a passphrase prompt: pass \
-                 --passphrase-file FILE (readable by the database's owner)",
-            ))
-        }
-    }
-    // The state folder remembers verified histories. Another user keeps its own, named
-    // explicitly: PostgreSQL may run restore_command with another user's HOME.
-    match owner.filter(|(uid, _)| *uid != current_uid()) {
-        None => {
-            if let Some(state) = &cli.state_dir {
-                args.push("--state-dir".into());
-                args.push(absolute(state)?);
-            }
-        }
-        Some((uid, _)) => {
-            if let Some(home) = home_of(uid) {
-                args.push("--state-dir".into());
-                args.push(home.join(".local/state/data-embassy").display().to_string());
-            }
-        }
-    }
-    args.push("--quiet".into());
-    Ok((program, args))
+    Ok(args)
 }
 
 /// uid and gid of a user name (or a number).
@@ -333,7 +542,28 @@ pub fn is_base_backup(reader: &embassy_core::reader::VersionReader) -> bool {
         .is_some_and(|v| v == "1")
 }
 
-fn report(cli: &Cli, done: &PgRestore, what: &str, next: &str) -> Result<()> {
+/// Says what was restored; lists on stderr, always (and in `--json`), every restored setting
+/// that was neutralised and the overrides in force, for the operator to review.
+fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &str) -> Result<()> {
+    for n in &done.neutralised {
+        eprintln!("embassy: NEUTRALISED restored setting {n}");
+    }
+    eprintln!(
+        "embassy: the restored server starts with settings that run code off ({}){}; its \
+         restore_command gets only a reader credential of {} in {}: review the restored \
+         configuration, then set what you need again with ALTER SYSTEM",
+        restored_conf::OVERRIDES.join(", "),
+        if done.neutralised.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} line(s) of the backup's configuration were commented out (listed above)",
+                done.neutralised.len()
+            )
+        },
+        done.version.dataset,
+        fetch.path.display()
+    );
     if cli.json {
         crate::print_json(json!({
             "ok": true,
@@ -342,6 +572,9 @@ fn report(cli: &Cli, done: &PgRestore, what: &str, next: &str) -> Result<()> {
             "start_lsn": format_lsn(done.info.start_lsn),
             "stop_lsn": format_lsn(done.info.stop_lsn),
             "settings": done.settings,
+            "neutralised": done.neutralised,
+            "overrides": restored_conf::OVERRIDES,
+            "fetch_folder": fetch.path,
         }))
     } else {
         println!(
@@ -370,19 +603,22 @@ pub fn restore(
     let vault = crate::open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
     let owner = owner(owner_name)?;
+    let fetch = FetchFolder::create(cli, &vault, &keyring, dataset, owner, dir)?;
     let options = PgRestoreOptions {
         mode: Mode::Recover(target),
-        restore_command: restore_command(cli, dataset, owner, dir)?,
+        restore_command: fetch.restore_command.clone(),
         owner,
         allow_unwitnessed,
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let done =
-        restore::restore(&vault, &keyring, dataset, dir, &options, &bar).map_err(pg_error)?;
+    let done = restore::restore(&vault, &keyring, dataset, dir, &options, &bar)
+        .map_err(pg_error)
+        .inspect_err(|_| fetch.remove())?;
     bar.finish();
     report(
         cli,
         &done,
+        &fetch,
         "restored PostgreSQL data directory",
         "start PostgreSQL on it: it replays the vault's WAL to the target and opens for writes",
     )?;
@@ -394,22 +630,24 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
     let owner = owner(args.owner.as_deref())?;
-    let command = restore_command(cli, &args.dataset, owner, &args.to)?;
+    let fetch = FetchFolder::create(cli, &vault, &keyring, &args.dataset, owner, &args.to)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = standby::standby(
         &vault,
         &keyring,
         &args.dataset,
         &args.to,
-        &command,
+        &fetch.restore_command,
         owner,
         &bar,
     )
-    .map_err(pg_error)?;
+    .map_err(pg_error)
+    .inspect_err(|_| fetch.remove())?;
     bar.finish();
     report(
         cli,
         &done,
+        &fetch,
         "standby data directory",
         "start PostgreSQL on it: it follows the vault; `embassy promote` brings it live",
     )?;

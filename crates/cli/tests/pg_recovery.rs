@@ -4,11 +4,15 @@
 //! to the latest point and to a time in the middle (compared with per-table checksums taken
 //! at that moment), a standby that follows the vault, its promotion and a write to it.
 //!
-//! Every embassy command and every restored server runs as the `postgres` user (PostgreSQL
-//! runs `restore_command` as its own user, so the vault, key file and passphrase file must be
-//! readable by it). Timings are printed (`cargo test ... -- --nocapture`).
+//! Most embassy commands and every restored server run as the `postgres` user (PostgreSQL runs
+//! `restore_command` as its own user, so a local vault must be readable by it; the key file it
+//! uses is a reader credential each restore makes). The tests of the recovery host's defences
+//! restore as root holding a root key only root can read, from a backup whose configuration
+//! would run code. Timings are printed (`cargo test ... -- --nocapture`).
 
 mod pgkit;
+#[path = "../../sites/tests/support/mod.rs"]
+mod s3support;
 #[path = "../../postgres/tests/support/mod.rs"]
 mod support;
 use pgkit::*;
@@ -444,8 +448,9 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
     drop(restored);
 
     // As root: the data directory is given to postgres with mode 0700, after checking that
-    // postgres can run the restore_command (a key file only root can read is refused clearly,
-    // instead of a recovery that silently stops at the end of the base backup).
+    // postgres can run the restore_command (a site only root can read is refused clearly,
+    // instead of a recovery that silently stops at the end of the base backup). A key file only
+    // root can read is fine: the restore_command gets a credential of its own.
     let root_key = env.path("root-only.key");
     std::fs::copy(env.path("vault.key"), &root_key).unwrap();
     std::os::unix::fs::chown(&root_key, Some(0), Some(0)).unwrap();
@@ -454,10 +459,29 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let as_root = |key: &Path, to: &Path| {
+    let root_site = env.path("root-only-site");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(env.path("site"))
+        .arg(&root_site)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("chown")
+        .args(["-R", "0:0"])
+        .arg(&root_site)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(
+        &root_site,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let as_root = |site: &Path, key: &Path, to: &Path| {
         Command::new(EXE)
             .arg("--site")
-            .arg(env.path("site"))
+            .arg(site)
             .arg("--key-file")
             .arg(key)
             .arg("--passphrase-file")
@@ -471,19 +495,25 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
             .output()
             .unwrap()
     };
-    let refused = as_root(&root_key, &root.join("refused"));
+    let refused = as_root(&root_site, &root_key, &root.join("refused"));
     assert!(!refused.status.success());
     let msg = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        msg.contains("restore_command would fail") && msg.contains("readable"),
+        msg.contains("restore_command would fail")
+            && msg.contains(&format!("uid {}", env.ids.0))
+            && msg.contains("readable"),
         "{msg}"
     );
     assert!(
         !root.join("refused").join("PG_VERSION").exists(),
         "nothing restored when refused"
     );
+    assert!(
+        !root.join("refused.wal-fetch").exists(),
+        "no credential left behind when refused"
+    );
     let by_root = root.join("by-root");
-    let out = as_root(&env.path("vault.key"), &by_root);
+    let out = as_root(&env.path("site"), &root_key, &by_root);
     assert!(
         out.status.success(),
         "{}",
@@ -547,4 +577,358 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&err.stderr).contains("is not an LSN"));
+}
+
+/// Every file under `dir` (links not followed).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A backup whose configuration would run code on the recovery host (`archive_command`,
+/// `recovery_end_command` and, through an include, `ssl_passphrase_command` reading the key
+/// file; `shared_preload_libraries = './evil'`; a recovery target of its own), restored as
+/// root holding the root key into a folder whose name has `%`, `\` and `'`: nothing of it
+/// runs, each is listed on stderr and in the JSON, and the only key material the server gets
+/// is a reader credential of this dataset, which cannot open another one.
+#[test]
+fn restored_code_gets_only_a_reader_credential_and_settings_that_run_code_are_off() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 1000)");
+    let env = Env::new();
+    let other = env.path("other-src");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("secret.txt"), "another registry").unwrap();
+    std::os::unix::fs::chown(&other, Some(env.ids.0), Some(env.ids.1)).unwrap();
+    env.run(&["backup", "other", other.to_str().unwrap()]);
+
+    // The operator's root key and passphrase: only root can read them.
+    let root_key = env.path("root-only.key");
+    let root_pass = env.path("root-only.pass");
+    std::fs::copy(env.path("vault.key"), &root_key).unwrap();
+    std::fs::copy(env.path("pass"), &root_pass).unwrap();
+    for f in [&root_key, &root_pass] {
+        std::os::unix::fs::chown(f, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    // The source's configuration, as an intruder there would leave it (not reloaded there).
+    let leak = env.path("leak");
+    let steal = |what: &str| {
+        format!(
+            "cat {} {} {} > {}.{what}; touch {}.{what}",
+            env.path("vault.key").display(),
+            root_key.display(),
+            root_pass.display(),
+            leak.display(),
+            leak.display()
+        )
+        .replace('\'', "''")
+    };
+    pg.psql("ALTER SYSTEM SET archive_mode = 'on'");
+    pg.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        steal("archive")
+    ));
+    pg.psql(&format!(
+        "ALTER SYSTEM SET recovery_end_command = '{}'",
+        steal("recovery_end")
+    ));
+    pg.psql("ALTER SYSTEM SET shared_preload_libraries = './evil'");
+    let data = pg.data_dir();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    use std::io::Write;
+    writeln!(conf, "include 'evil.conf'").unwrap();
+    std::fs::write(
+        data.join("evil.conf"),
+        format!(
+            "ssl_passphrase_command = '{}'\nrecovery_target = 'immediate'\n",
+            steal("ssl")
+        ),
+    )
+    .unwrap();
+    env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+    ]);
+    pg.psql("INSERT INTO t VALUES (1001)"); // not in the backup: WAL inside ends before it
+
+    let root = restore_root(&env);
+    let dir = root.join("50%f back\\slash 'q'");
+    let out = Command::new(EXE)
+        .arg("--site")
+        .arg(env.path("site"))
+        .arg("--key-file")
+        .arg(&root_key)
+        .arg("--passphrase-file")
+        .arg(&root_pass)
+        .arg("--state-dir")
+        .arg(env.path("root-state"))
+        .args([
+            "--quiet", "--json", "restore", "registry", "--latest", "--to",
+        ])
+        .arg(&dir)
+        .env_remove("EMBASSY_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    println!("{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<String> = json["neutralised"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["setting"].as_str().unwrap().to_string())
+        .collect();
+    for setting in [
+        "archive_mode",
+        "archive_command",
+        "recovery_end_command",
+        "shared_preload_libraries",
+        "ssl_passphrase_command",
+        "recovery_target",
+    ] {
+        assert!(listed.iter().any(|l| l == setting), "{setting}: {json}");
+        assert!(
+            stderr.contains("NEUTRALISED restored setting")
+                && stderr.contains(&format!(": {setting} = ")),
+            "{setting} not listed on stderr: {stderr}"
+        );
+    }
+
+    // The server starts (a missing './evil' library would stop it), recovers, opens: nothing of
+    // the backup's configuration ran, even once WAL is switched and the archiver would run.
+    let restored = Restored::start(dir.clone());
+    restored.wait_open(Duration::from_secs(120));
+    assert_eq!(restored.try_psql("SELECT count(*) FROM t").unwrap(), "1000");
+    restored
+        .try_psql("INSERT INTO t VALUES (2); SELECT pg_switch_wal()")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for (setting, expected) in [
+        ("archive_mode", "off"),
+        ("archive_command", "(disabled)"),
+        ("shared_preload_libraries", ""),
+        ("ssl_passphrase_command", ""),
+        ("recovery_end_command", ""),
+    ] {
+        assert_eq!(
+            restored.try_psql(&format!("SHOW {setting}")).unwrap(),
+            expected,
+            "{setting}"
+        );
+    }
+    let leaked: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("leak"))
+        .collect();
+    assert!(leaked.is_empty(), "restored code ran: {leaked:?}");
+    drop(restored);
+
+    // The key material the server gets: a reader credential in the fetch folder beside the
+    // data directory, 0600 and postgres's, with its own passphrase; no trace of the root key.
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    let command = auto
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("restore_command = "))
+        .unwrap()
+        .to_string();
+    let fetch = root.join("50%f back\\slash 'q'.wal-fetch");
+    assert!(command.contains("env -i"), "{command}");
+    for secret in [
+        env.path("vault.key"),
+        root_key.clone(),
+        env.path("pass"),
+        root_pass.clone(),
+    ] {
+        let needle = secret.to_string_lossy().into_owned();
+        assert!(!command.contains(&needle), "{command}");
+        // Only in the lines the restore commented out (the backup's own text).
+        for f in files_under(&dir) {
+            let bytes = std::fs::read(&f).unwrap();
+            for line in bytes.split(|b| *b == b'\n') {
+                assert!(
+                    !line.windows(needle.len()).any(|w| w == needle.as_bytes())
+                        || line.starts_with(b"# neutralised by the Data Embassy restore"),
+                    "{} names {needle}",
+                    f.display()
+                );
+            }
+        }
+    }
+    let cred = fetch.join("reader.cred");
+    let pass = fetch.join("passphrase");
+    use std::os::unix::fs::MetadataExt;
+    for f in [&cred, &pass] {
+        let m = std::fs::metadata(f).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (env.ids.0, 0o600),
+            "{}",
+            f.display()
+        );
+    }
+    let m = std::fs::metadata(&fetch).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (env.ids.0, 0o700));
+    let key_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cred).unwrap()).unwrap();
+    assert_eq!(key_file["purpose"], "reader-credential");
+    assert_ne!(
+        std::fs::read_to_string(&pass).unwrap().trim(),
+        PASS,
+        "a passphrase of its own"
+    );
+    // As postgres (what code run by the server could do with it): it reads this dataset and
+    // nothing else, and signs nothing.
+    let with_cred = |args: &[&str]| {
+        Command::new(EXE)
+            .arg("--site")
+            .arg(env.path("site"))
+            .arg("--key-file")
+            .arg(&cred)
+            .arg("--passphrase-file")
+            .arg(&pass)
+            .arg("--state-dir")
+            .arg(env.path("cred-state"))
+            .arg("--quiet")
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .uid(env.ids.0)
+            .gid(env.ids.1)
+            .output()
+            .unwrap()
+    };
+    let mine = with_cred(&[
+        "restore",
+        "registry",
+        "--path",
+        "PG_VERSION",
+        "--to",
+        dir_arg(&root.join("again")),
+    ]);
+    assert!(
+        mine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mine.stderr)
+    );
+    let theirs = with_cred(&["restore", "other", "--to", dir_arg(&root.join("other"))]);
+    assert!(!theirs.status.success());
+    let msg = String::from_utf8_lossy(&theirs.stderr);
+    assert!(
+        msg.contains("does not cover dataset other")
+            || msg.contains("no key at hand opens objects of dataset other"),
+        "{msg}"
+    );
+    assert!(!root.join("other").join("secret.txt").exists());
+    let sign = with_cred(&["backup", "other", other.to_str().unwrap()]);
+    assert!(
+        !sign.status.success(),
+        "a reader credential signed a version"
+    );
+}
+
+/// An S3 site's keys, given to the operator's `embassy restore` in its environment only,
+/// reach the restore_command in a file of its own (0600, the server's user's), not through
+/// the server's environment: the preflight runs the command with no environment and passes,
+/// the server started without any S3 variable recovers, and no secret is in the data directory.
+#[test]
+fn s3_keys_reach_the_restore_command_in_a_file_of_its_own() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 500)");
+    let env = Env::new();
+    let moto = s3support::moto();
+    let bucket = s3support::unique_bucket("pgkeys");
+    let cfg = s3support::s3_config(&moto.endpoint, &bucket, "vault");
+    assert!(embassy_sites::S3Site::new(cfg)
+        .unwrap()
+        .create_bucket(false)
+        .unwrap());
+    let site = format!("s3://{bucket}/vault?endpoint={}", moto.endpoint);
+    const SECRET: &str = "s3cr3t-only-in-the-operators-environment";
+    let as_root = |args: &[&str]| {
+        let out = Command::new(EXE)
+            .arg("--site")
+            .arg(&site)
+            .arg("--key-file")
+            .arg(env.path("s3.key"))
+            .arg("--passphrase-file")
+            .arg(env.path("pass"))
+            .arg("--state-dir")
+            .arg(env.path("root-state"))
+            .arg("--quiet")
+            .args(args)
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env_remove("EMBASSY_SITE")
+            .env("AWS_ACCESS_KEY_ID", "AKIDPGKEYS")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("EMBASSY_S3_RETRIES", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "embassy {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    as_root(&["init"]);
+    as_root(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+    ]);
+    let root = restore_root(&env);
+    let dir = root.join("from-s3");
+    as_root(&["restore", "registry", "--latest", "--to", dir_arg(&dir)]);
+
+    let keys = root.join("from-s3.wal-fetch").join("s3-credentials");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (env.ids.0, 0o600));
+    assert!(std::fs::read_to_string(&keys).unwrap().contains(SECRET));
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("AWS_SHARED_CREDENTIALS_FILE=") && auto.contains("EMBASSY_S3_RETRIES=1"),
+        "{auto}"
+    );
+    for f in files_under(&dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the S3 secret",
+            f.display()
+        );
+    }
+    let restored = Restored::start(dir);
+    restored.wait_open(Duration::from_secs(120));
+    assert_eq!(restored.try_psql("SELECT count(*) FROM t").unwrap(), "500");
+    assert!(
+        !restored.log().contains("no S3 credentials"),
+        "{}",
+        restored.log()
+    );
 }

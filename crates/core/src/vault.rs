@@ -750,11 +750,99 @@ impl Keyring {
             .is_ok_and(|k| k.reader_secret.is_some())
     }
 
+    /// A reader credential for `dataset` alone, to hand to a process that must read that one
+    /// dataset and nothing else (PostgreSQL's `restore_command` on a recovery host): every key
+    /// epoch of it up to `current_epoch` this keyring can read, no other dataset, no signing
+    /// key. From the root secret or from a reader credential covering the dataset; a sealing
+    /// credential cannot read, so it is refused.
+    pub fn reader_credential_for(
+        &self,
+        vault_id: &str,
+        dataset: &str,
+        label: &str,
+        current_epoch: u32,
+    ) -> Result<Credential> {
+        layout::check_dataset_name(dataset)?;
+        match &self.source {
+            KeySource::Root(root) => Ok(Credential::at_epochs(
+                root,
+                vault_id,
+                label,
+                &[(dataset.to_string(), current_epoch)],
+                true,
+            )),
+            KeySource::Credential(c) => {
+                let datasets: Vec<_> = c
+                    .datasets
+                    .iter()
+                    .filter(|d| d.name == dataset && d.reader_seed.is_some())
+                    .cloned()
+                    .collect();
+                if datasets.is_empty() {
+                    return Err(Error::WrongKey(format!(
+                        "credential '{}' cannot read dataset {dataset} (a sealing credential, or \
+                         a reader credential for other datasets): restore with the root key file \
+                         or a reader credential of {dataset} (`embassy keys issue --reader \
+                         --dataset {dataset}`)",
+                        c.label
+                    )));
+                }
+                Ok(Credential {
+                    vault_id: vault_id.to_string(),
+                    label: label.to_string(),
+                    signing_seed: None,
+                    datasets,
+                })
+            }
+        }
+    }
+
     /// The root secret, when held.
     pub fn root(&self) -> Option<&RootSecret> {
         match &self.source {
             KeySource::Root(root) => Some(root),
             KeySource::Credential(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod reader_credential_tests {
+    use super::*;
+
+    /// The credential a PostgreSQL restore hands to its restore_command: one dataset, readable,
+    /// no signing key; narrowed from a wider reader credential; refused from a sealing one.
+    #[test]
+    fn reader_credential_for_one_dataset_only() {
+        let root = RootSecret::from_bytes(&[5u8; 32]);
+        let config = VaultConfig::new(&root);
+        let id = config.vault_id.clone();
+        let from_root = Keyring::from_root(RootSecret::from_bytes(&[5u8; 32]), &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 1)
+            .unwrap();
+        assert!(from_root.signing_key().is_none());
+        assert!(from_root.datasets.iter().all(|d| d.name == "db"));
+        assert_eq!(from_root.datasets.len(), 2, "epochs 0 and 1");
+        let narrowed = Keyring::from_credential(from_root.clone(), &config).unwrap();
+        assert!(narrowed.can_read("db"));
+        assert!(narrowed.dataset("other").is_err());
+        assert!(narrowed.signer().is_err());
+
+        let wide = Credential::reader(&root, &id, "team", &["db".into(), "other".into()]);
+        let one = Keyring::from_credential(wide, &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 0)
+            .unwrap();
+        assert_eq!(one.datasets.len(), 1);
+        assert_eq!(one.datasets[0].name, "db");
+
+        let sealing = Credential::sealing(&root, &id, "host", &["db".into()]);
+        let err = Keyring::from_credential(sealing, &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("cannot read dataset db"), "{err}");
     }
 }

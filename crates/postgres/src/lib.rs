@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod lsn;
 pub mod replication;
 pub mod restore;
+pub mod restored_conf;
 pub mod standby;
 pub mod status;
 pub mod stream;

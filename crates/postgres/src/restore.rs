@@ -3,13 +3,15 @@
 //! dataset's WAL (fetched from the vault by `embassy wal-fetch`) up to exactly the target.
 //!
 //! The data directory gets `recovery.signal` (or `standby.signal` for a standby) and, appended
-//! to `postgresql.auto.conf`, `restore_command`, `recovery_target_timeline = 'latest'` and the
-//! target (`recovery_target_time` or `recovery_target_lsn`, inclusive, then promote).
+//! to `postgresql.auto.conf`, overrides of every setting that would run code (the restored
+//! configuration comes from the backup: see [`crate::restored_conf`]), `restore_command`,
+//! `recovery_target_timeline = 'latest'` and the target (`recovery_target_time` or
+//! `recovery_target_lsn`, inclusive, then promote).
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use embassy_core::progress::Progress;
@@ -19,6 +21,7 @@ use embassy_sources::files::{self, RestoreOptions};
 
 use crate::base_backup::{format_lsn, list_base_backups, BaseBackupInfo};
 use crate::error::PgError;
+use crate::restored_conf::{self, Neutralised, OVERRIDES};
 
 /// Where recovery stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,9 @@ pub struct PgRestore {
     pub data_dir: PathBuf,
     /// The settings appended to postgresql.auto.conf.
     pub settings: Vec<String>,
+    /// The restored configuration lines that would have run code (or chosen the recovery
+    /// target, or pointed elsewhere), commented out: to be listed loudly.
+    pub neutralised: Vec<Neutralised>,
 }
 
 /// Picks the newest base backup a recovery to `target` can start from: for a time, one that
@@ -95,21 +101,76 @@ pub fn shell_quote(arg: &str) -> String {
     }
 }
 
-/// The `restore_command` calling `embassy` (the program at `program`, with its global
-/// arguments such as `--site` and `--key-file`) to fetch a WAL file of `dataset`.
-pub fn restore_command(program: &Path, global_args: &[String], dataset: &str) -> String {
-    let mut parts = vec![shell_quote(&program.to_string_lossy())];
-    parts.extend(global_args.iter().map(|a| shell_quote(a)));
-    parts.push("wal-fetch".into());
-    parts.push(shell_quote(dataset));
-    parts.push("%f".into());
-    parts.push("%p".into());
-    parts.join(" ")
+/// One word of a `restore_command`: quoted for the shell, with `%` doubled, so that
+/// PostgreSQL's placeholder substitution (`%f`, `%p`, `%r`, `%%`) gives it back unchanged.
+pub fn command_word(arg: &str) -> String {
+    shell_quote(arg).replace('%', "%%")
 }
 
-/// A value quoted for postgresql.conf (`'...'`, with `'` doubled).
-fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// The `restore_command` calling `program` (normally `env -i ... embassy`, with the global
+/// arguments such as `--site` and `--key-file`) to run `wal-fetch [fetch_args] DATASET %f %p`.
+/// Refuses control characters (a configuration line cannot hold a line break).
+pub fn restore_command(
+    program: &Path,
+    global_args: &[String],
+    fetch_args: &[String],
+    dataset: &str,
+) -> Result<String, PgError> {
+    let program = program.to_string_lossy();
+    let words = std::iter::once(program.as_ref())
+        .chain(global_args.iter().map(String::as_str))
+        .chain(std::iter::once("wal-fetch"))
+        .chain(fetch_args.iter().map(String::as_str))
+        .chain(std::iter::once(dataset));
+    let mut parts = Vec::new();
+    for word in words {
+        if word.chars().any(char::is_control) {
+            return Err(PgError::Invalid(format!(
+                "{:?} has a control character, which PostgreSQL's restore_command cannot hold: \
+                 choose paths and names without line breaks or other control characters",
+                word
+            )));
+        }
+        parts.push(command_word(word));
+    }
+    parts.push("%f".into());
+    parts.push("%p".into());
+    Ok(parts.join(" "))
+}
+
+/// The shell command PostgreSQL runs for `command` (a `restore_command`) to fetch `file` into
+/// `path`: `%f` and `%p` replaced, `%%` made `%`, any other `%` kept (PostgreSQL 15's rules).
+pub fn expand_restore_command(command: &str, file: &str, path: &str) -> String {
+    let mut out = String::with_capacity(command.len() + path.len());
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('f') => {
+                chars.next();
+                out.push_str(file);
+            }
+            Some('p') => {
+                chars.next();
+                out.push_str(path);
+            }
+            Some('%') => {
+                chars.next();
+                out.push('%');
+            }
+            _ => out.push('%'),
+        }
+    }
+    out
+}
+
+/// A value quoted for postgresql.conf (`'...'`, with `'` doubled and `\` escaped: PostgreSQL
+/// reads backslash escapes inside quoted values).
+pub fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// A timestamp PostgreSQL reads exactly: `2026-11-27T03:04:05.123456+00`.
@@ -239,15 +300,26 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> PgError {
     move |e| PgError::Restore(format!("{what}: {e}"))
 }
 
+/// What [`prepare_data_dir`] did to a restored data directory.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The settings appended to postgresql.auto.conf ([`OVERRIDES`], then the recovery
+    /// settings).
+    pub settings: Vec<String>,
+    /// The restored configuration lines commented out (see [`restored_conf::neutralise`]).
+    pub neutralised: Vec<Neutralised>,
+}
+
 /// Writes the signal file and the recovery settings into a restored data directory, removes
-/// what must not be there (a stale postmaster.pid), and sets owner and mode 0700.
+/// what must not be there (a stale postmaster.pid), neutralises the restored settings that
+/// would run code ([`restored_conf`]), and sets owner and mode 0700.
 pub fn prepare_data_dir(
     dir: &Path,
     mode: Mode,
     restore_command: &str,
     owner: Option<(u32, u32)>,
     comment: &str,
-) -> Result<Vec<String>, PgError> {
+) -> Result<Prepared, PgError> {
     let signal = match mode {
         Mode::Standby => "standby.signal",
         Mode::Recover(_) => "recovery.signal",
@@ -256,14 +328,21 @@ pub fn prepare_data_dir(
     for stale in ["postmaster.pid", "postmaster.opts"] {
         let _ = fs::remove_file(dir.join(stale));
     }
-    let settings = recovery_settings(mode, restore_command);
+    let neutralised = restored_conf::neutralise(dir)?;
+    let mut settings: Vec<String> = OVERRIDES.iter().map(|s| s.to_string()).collect();
+    settings.extend(recovery_settings(mode, restore_command));
     let conf = dir.join("postgresql.auto.conf");
     let mut file = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&conf)
         .map_err(io(format!("opening {}", conf.display())))?;
-    let mut text = format!("\n# {comment}\n");
+    let mut text = format!(
+        "\n# {comment}\n# Settings that would run code are off: review the configuration \
+         restored from the backup, then set what you need with ALTER SYSTEM.\n"
+    );
     for line in &settings {
         text.push_str(line);
         text.push('\n');
@@ -282,7 +361,10 @@ pub fn prepare_data_dir(
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(io(format!("setting mode 0700 on {}", dir.display())))?;
-    Ok(settings)
+    Ok(Prepared {
+        settings,
+        neutralised,
+    })
 }
 
 /// Gives every file and folder under `dir` (links not followed) to `uid:gid`.
@@ -394,7 +476,7 @@ pub fn restore(
             Mode::Recover(t) => target_text(t),
         }
     );
-    let settings = prepare_data_dir(
+    let prepared = prepare_data_dir(
         dir,
         options.mode,
         &options.restore_command,
@@ -405,7 +487,8 @@ pub fn restore(
         version,
         info,
         data_dir: dir.to_path_buf(),
-        settings,
+        settings: prepared.settings,
+        neutralised: prepared.neutralised,
     })
 }
 
@@ -457,8 +540,48 @@ mod tests {
         let cmd = restore_command(
             Path::new("/bin/embassy"),
             &["--site".into(), "/v x".into()],
+            &["--partial".into()],
             "db",
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            "/bin/embassy --site '/v x' wal-fetch --partial db %f %p"
         );
-        assert_eq!(cmd, "/bin/embassy --site '/v x' wal-fetch db %f %p");
+        assert!(restore_command(Path::new("/bin/e"), &["a\nb".into()], &[], "db").is_err());
+    }
+
+    /// Paths with `%`, `\`, `'` and spaces reach the program unchanged through PostgreSQL's
+    /// three readings: the configuration file's quoting, the `%` placeholders, and `sh -c`.
+    #[test]
+    fn restore_command_quoting_follows_postgres_rules() {
+        let tricky = [
+            "/data/50%f done",
+            "/x/%p%%r\\n'q'",
+            "back\\slash\\",
+            "%",
+            "plain",
+        ];
+        let args: Vec<String> = std::iter::once("%s|\\n".to_string())
+            .chain(tricky.iter().map(|s| s.to_string()))
+            .collect();
+        let cmd = restore_command(Path::new("/usr/bin/printf"), &args, &[], "db").unwrap();
+        let line = format!("restore_command = {}", conf_quote(&cmd));
+        let (name, value) = crate::restored_conf::parse_line(&line).unwrap();
+        assert_eq!(
+            (name.as_str(), value.as_str()),
+            ("restore_command", cmd.as_str())
+        );
+        let shell =
+            expand_restore_command(&value, "000000010000000000000003", "pg_wal/RECOVERYXLOG");
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let mut expected: String = tricky.iter().map(|t| format!("{t}|\n")).collect();
+        expected.push_str("wal-fetch|\ndb|\n000000010000000000000003|\npg_wal/RECOVERYXLOG|\n");
+        assert_eq!(printed, expected, "{shell}");
     }
 }
