@@ -14,6 +14,7 @@ pub mod restore;
 pub mod standby;
 pub mod status;
 pub mod stream;
+pub mod tls;
 pub mod wal;
 
 pub use error::PgError;
