@@ -54,8 +54,9 @@ pub struct ConnConfig {
     /// `sslrootcert` (also `PGSSLROOTCERT`): PEM file of the CA the server's certificate must
     /// chain to; None: `~/.postgresql/root.crt` if it exists.
     pub sslrootcert: Option<PathBuf>,
-    /// `channel_binding` (also `PGCHANNELBINDING`); None: `require` when TLS is not verified
-    /// (sslmode=require without a root certificate), `prefer` otherwise.
+    /// `channel_binding` (also `PGCHANNELBINDING`); None: `require` when nothing else protects
+    /// the link (TLS whose certificate is not verified, to a non-loopback address, without
+    /// `insecure_plaintext=1`), `prefer` otherwise.
     pub channel_binding: Option<ChannelBindingMode>,
     /// `insecure_plaintext=1`: the operator accepts an unencrypted connection to a non-loopback
     /// address (for example inside an SSH or WireGuard tunnel). Not a libpq key.
@@ -305,21 +306,23 @@ impl ConnConfig {
             "channel_binding={}",
             self.channel_binding_for(
                 self.effective_sslmode().requires_tls(),
-                self.root_cert().is_some()
+                self.root_cert().is_some(),
+                self.is_local()
             )
             .as_str()
         ));
         parts.join(" ")
     }
 
-    /// The channel binding mode in force for a connection that is (or is not) TLS and whose
-    /// certificate is (or is not) verified.
-    fn channel_binding_for(&self, tls: bool, verified: bool) -> ChannelBindingMode {
-        self.channel_binding.unwrap_or(if tls && !verified {
-            ChannelBindingMode::Require
-        } else {
-            ChannelBindingMode::Prefer
-        })
+    /// The channel binding mode in force for a connection that is (or is not) TLS, whose
+    /// certificate is (or is not) verified, to this machine (or not).
+    fn channel_binding_for(&self, tls: bool, verified: bool, local: bool) -> ChannelBindingMode {
+        self.channel_binding
+            .unwrap_or(if tls && !verified && !local && !self.insecure_plaintext {
+                ChannelBindingMode::Require
+            } else {
+                ChannelBindingMode::Prefer
+            })
     }
 
     /// host:port or the socket path, for messages.
@@ -763,7 +766,9 @@ impl ReplicationConnection {
             .tls
             .as_ref()
             .is_some_and(|t| t.verified != Verification::None);
-        let binding = self.cfg.channel_binding_for(self.tls.is_some(), verified);
+        let binding = self
+            .cfg
+            .channel_binding_for(self.tls.is_some(), verified, self.local);
         let addr = self.cfg.address();
         let insecure = |message: String| PgError::Insecure {
             addr: addr.clone(),
