@@ -409,7 +409,8 @@ fn handshake_error(
              this machine's clock)"
         ),
         Some(other) => format!("TLS handshake failed (sslmode={}): {other}", mode.as_str()),
-        None => format!("TLS handshake failed (sslmode={}): {e}", mode.as_str()),
+        // The connection broke (reset, timeout): an I/O error, retried by the streamer.
+        None => return PgError::Io(e),
     };
     PgError::Tls {
         addr: addr.into(),
