@@ -357,3 +357,136 @@ fn unverified_tls_authenticates_only_with_scram_plus() {
     .expect("channel_binding=require without TLS is refused");
     assert!(e.to_string().contains("channel_binding=require"), "{e}");
 }
+
+/// A hostile server (a man in the middle who holds a certificate the client does not verify)
+/// on the machine's address: answers SSLRequest with `S`, runs TLS with the test certificate,
+/// reads the startup message, then runs `script` on the TLS stream.
+fn hostile_server(
+    pki: &TestPki,
+    script: impl FnOnce(&mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>)
+        + Send
+        + 'static,
+) -> (String, std::thread::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.server_cert())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.server_key()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let listener = std::net::TcpListener::bind((pki.ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut ssl_request = [0u8; 8];
+        tcp.read_exact(&mut ssl_request).unwrap();
+        assert_eq!(ssl_request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        tcp.write_all(b"S").unwrap();
+        let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut len = [0u8; 4];
+        tls.read_exact(&mut len).unwrap();
+        let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        tls.read_exact(&mut startup).unwrap();
+        script(&mut tls);
+    });
+    (
+        format!(
+            "host={} port={port} user=embassy password={REPL_PASSWORD} connect_timeout=5",
+            pki.ip
+        ),
+        handle,
+    )
+}
+
+/// Backend message `tag` with `body`.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn auth_ok_and_ready() -> Vec<u8> {
+    let mut m = message(b'R', &0u32.to_be_bytes());
+    m.extend(message(b'Z', b"I"));
+    m
+}
+
+#[test]
+fn a_man_in_the_middle_with_an_unverified_certificate_gets_neither_password_nor_stream() {
+    use std::io::{Read, Write};
+    let pki = TestPki::generate();
+
+    // He offers only plain SCRAM (so that he could relay it): refused before any SCRAM message.
+    let (info, server) = hostile_server(&pki, |tls| {
+        let mut body = 10u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        tls.write_all(&message(b'R', &body)).unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+        assert!(
+            !rest.windows(13).any(|w| w == b"SCRAM-SHA-256"),
+            "the client answered the stripped SCRAM offer"
+        );
+    });
+    let e = connect(&format!("{info} sslmode=require"))
+        .err()
+        .expect("plain SCRAM over unverified TLS to another machine is refused");
+    assert!(matches!(e, PgError::Insecure { .. }), "{e}");
+    assert!(
+        e.to_string().contains("does not offer SCRAM-SHA-256-PLUS"),
+        "{e}"
+    );
+    server.join().unwrap();
+
+    // He lets the client in without any password exchange ("trust"): refused too.
+    let (info, server) = hostile_server(&pki, |tls| {
+        tls.write_all(&auth_ok_and_ready()).unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+    });
+    let e = connect(&format!("{info} sslmode=require"))
+        .err()
+        .expect("a trust login over unverified TLS to another machine is refused");
+    assert!(
+        e.to_string().contains("accepted the connection with trust"),
+        "{e}"
+    );
+    server.join().unwrap();
+
+    // He offers SCRAM-SHA-256-PLUS, then says "OK" without SCRAM's final server proof (he does
+    // not know the password): refused, whatever the TLS mode.
+    let (info, server) = hostile_server(&pki, |tls| {
+        let mut body = 10u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        tls.write_all(&message(b'R', &body)).unwrap();
+        let mut head = [0u8; 5];
+        tls.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], b'p', "the client's SASLInitialResponse");
+        let mut initial =
+            vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+        tls.read_exact(&mut initial).unwrap();
+        assert!(initial.starts_with(b"SCRAM-SHA-256-PLUS\0"));
+        tls.write_all(&auth_ok_and_ready()).unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+    });
+    let e = connect(&format!("{info} sslmode=require"))
+        .err()
+        .expect("a login without SCRAM's server proof is refused");
+    assert!(
+        e.to_string().contains("SCRAM's final message was skipped"),
+        "{e}"
+    );
+    server.join().unwrap();
+}

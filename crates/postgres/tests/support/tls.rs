@@ -148,6 +148,16 @@ impl TestPki {
         self.dir.path().join("ca.crt")
     }
 
+    /// The server's certificate (PEM), signed by [`TestPki::ca`].
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM, PKCS#8).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+
     /// A CA that signed nothing the server has.
     pub fn other_ca(&self) -> PathBuf {
         self.dir.path().join("other-ca.crt")
