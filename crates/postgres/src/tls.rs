@@ -1,6 +1,6 @@
 //! TLS for the replication link (rustls with the ring provider, as the S3 client uses).
 //!
-//! libpq's `sslmode` semantics, with safer defaults (see docs/postgres.md, "Transport security"):
+//! libpq's `sslmode` semantics, with safer defaults (docs/design.md, "Transport security"):
 //!
 //! - `verify-full`: TLS; the server's certificate must chain to `sslrootcert` and name the host.
 //! - `verify-ca`: TLS; the certificate must chain to `sslrootcert` (any host name).

@@ -221,8 +221,7 @@ fn a_wrong_host_name_or_ca_is_refused_with_a_clear_message() {
         &BaseBackupOptions::new(wrong_host),
         &Silent,
     )
-    .err()
-    .expect("pg_basebackup refuses the wrong host name");
+    .expect_err("pg_basebackup refuses the wrong host name");
     assert!(e.to_string().contains("127.0.0.1"), "{e}");
 }
 
