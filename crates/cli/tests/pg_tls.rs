@@ -149,3 +149,120 @@ fn pg_stream_over_verify_full_tls_stores_wal_and_a_wrong_host_is_refused() {
     let theirs = std::fs::read(pg.pg_wal_dir().join(&name)).unwrap();
     assert!(std::fs::read(&dest).unwrap() == theirs, "{name} differs");
 }
+
+/// The value of `dataset`'s cell at `site` in `embassy status --json`.
+fn status_cell(dir: &std::path::Path, dataset: &str, site: &str) -> serde_json::Value {
+    let out = Command::new(EXE)
+        .args(["status", "--config", "embassy.toml", "--json"])
+        .current_dir(dir)
+        .env_remove("EMBASSY_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    report["datasets"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == dataset))
+        .and_then(|d| d["sites"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["site"] == site))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn the_agent_streams_and_takes_base_backups_over_verify_full_tls() {
+    let pki = TestPki::generate();
+    let pg = pki.start_server();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("passphrase"), "agent test passphrase\n").unwrap();
+    let out = Command::new(EXE)
+        .args([
+            "--site",
+            "sites/a",
+            "--passphrase-file",
+            "passphrase",
+            "init",
+        ])
+        .current_dir(dir)
+        .env_remove("EMBASSY_SITE")
+        .env_remove("EMBASSY_PASSPHRASE")
+        .env("EMBASSY_STATE_DIR", dir.join("cli-state"))
+        .env("EMBASSY_KEY_FILE", dir.join("vault.key"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_hba.conf rejects the role on loopback without TLS: streaming and pg_basebackup must
+    // both use it.
+    let info = conninfo(
+        &pg,
+        "localhost",
+        "embassy",
+        &format!("sslmode=verify-full sslrootcert={}", pki.ca().display()),
+    );
+    std::fs::write(
+        dir.join("embassy.toml"),
+        format!(
+            "[agent]\nstate_dir = \"state\"\nverify_interval = \"never\"\nshutdown_grace = \"10s\"\n\
+             [keys]\nfile = \"vault.key\"\npassphrase_file = \"passphrase\"\n\
+             [[sites]]\nname = \"a\"\npath = \"sites/a\"\n\
+             [[datasets]]\nname = \"registry-db\"\n\
+             source = {{ postgres = {{ conninfo = \"{info}\" }} }}\n\
+             mode = \"continuous\"\ninterval = \"5s\"\nrpo = \"1m\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("agent.log");
+    let mut agent = Command::new(EXE)
+        .args(["agent", "--config", "embassy.toml"])
+        .current_dir(dir)
+        .env_remove("EMBASSY_PASSPHRASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    pg.psql("CREATE TABLE people AS SELECT g AS id FROM generate_series(1, 20000) g");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let c = status_cell(dir, "registry-db", "a");
+        if c["wal_end"].is_string() && c["versions"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            panic!(
+                "the agent exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WAL and base backup over TLS: {c}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every WAL sender (the stream, and a base backup if one runs now) is TLS.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) > 0 AND bool_and(s.ssl) \
+             FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"
+        ),
+        "t",
+        "the agent's WAL sender connections are TLS"
+    );
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "agent exit {status}: {text}");
+    assert!(
+        text.contains("registry-db: continuous WAL streaming started"),
+        "{text}"
+    );
+}
