@@ -493,11 +493,8 @@ pub fn pg_basebackup_command(
         "-X",
         wal,
     ])
-    .args(["--checkpoint", "fast", "--no-sync", "-l", &options.label])
-    .env_remove("PGPASSWORD");
-    if let Some(pw) = &conn.password {
-        cmd.env("PGPASSWORD", pw.as_str());
-    }
+    .args(["--checkpoint", "fast", "--no-sync", "-l", &options.label]);
+    conn.pass_password_to(&mut cmd);
     Ok(cmd)
 }
 

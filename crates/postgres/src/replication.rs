@@ -314,6 +314,16 @@ impl ConnConfig {
         parts.join(" ")
     }
 
+    /// Gives the password to a libpq child (`pg_basebackup`, `psql`) run with
+    /// [`libpq_conninfo`](Self::libpq_conninfo): in that child's environment only
+    /// (`PGPASSWORD`), never in its argv where every local user can read it.
+    pub fn pass_password_to(&self, cmd: &mut std::process::Command) {
+        cmd.env_remove("PGPASSWORD");
+        if let Some(pw) = &self.password {
+            cmd.env("PGPASSWORD", pw.as_str());
+        }
+    }
+
     /// The channel binding mode in force for a connection that is (or is not) TLS, whose
     /// certificate is (or is not) verified, to this machine (or not).
     fn channel_binding_for(&self, tls: bool, verified: bool, local: bool) -> ChannelBindingMode {
@@ -1293,6 +1303,49 @@ mod tests {
         assert!(ConnConfig::parse("channel_binding=maybe").is_err());
         assert!(ConnConfig::parse("insecure_plaintext=perhaps").is_err());
         assert!(check_slot_name("bad-name").is_err());
+        assert!(ConnConfig::parse("sslrootcert=system").is_err());
         assert!(check_slot_name("embassy_1").is_ok());
+    }
+
+    #[test]
+    fn plaintext_needs_loopback_or_the_opt_in_and_tls_settings_reach_libpq() {
+        let parse = |s: &str| ConnConfig::parse(s).unwrap();
+        // Safe defaults: prefer on this machine, verify-full elsewhere.
+        assert_eq!(parse("host=127.0.0.1").effective_sslmode(), SslMode::Prefer);
+        assert_eq!(
+            parse("host=/run/postgresql").effective_sslmode(),
+            SslMode::Prefer
+        );
+        let remote = parse("host=192.0.2.77");
+        assert_eq!(remote.effective_sslmode(), SslMode::VerifyFull);
+        assert!(remote.check_transport(false).is_ok());
+        for mode in ["disable", "allow", "prefer"] {
+            let c = parse(&format!("host=192.0.2.77 sslmode={mode}"));
+            assert!(matches!(
+                c.check_transport(false),
+                Err(PgError::Insecure { .. })
+            ));
+            assert!(c.check_transport(true).is_ok());
+        }
+        assert!(
+            parse("host=192.0.2.77 sslmode=disable insecure_plaintext=1")
+                .check_transport(false)
+                .is_ok()
+        );
+        // pg_basebackup's connection string: the settings in force, never the password.
+        let c = parse("host=192.0.2.77 user='o\\'k' password=hunter2 sslmode=require");
+        let libpq = c.libpq_conninfo();
+        assert!(libpq.contains("user='o\\'k'"), "{libpq}");
+        assert!(libpq.contains("sslmode=require"), "{libpq}");
+        assert!(libpq.contains("channel_binding=require"), "{libpq}");
+        assert!(
+            !libpq.contains("hunter2") && !libpq.contains("password"),
+            "{libpq}"
+        );
+        let again = ConnConfig::parse(&libpq).unwrap();
+        assert_eq!(again.user, "o'k");
+        let full = parse("host=db1 sslmode=verify-full sslrootcert=/etc/ca.pem").libpq_conninfo();
+        assert!(full.contains("sslrootcert='/etc/ca.pem'"), "{full}");
+        assert!(full.contains("channel_binding=prefer"), "{full}");
     }
 }
