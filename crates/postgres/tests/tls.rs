@@ -208,6 +208,16 @@ fn a_wrong_host_name_or_ca_is_refused_with_a_clear_message() {
     let msg = connect(&no_ca).err().expect("no CA").to_string();
     assert!(msg.contains("sslrootcert="), "{msg}");
 
+    // A CA file that is not there is named.
+    let missing = conninfo(
+        &pg,
+        "localhost",
+        "embassy",
+        "sslmode=verify-full sslrootcert=/nonexistent/ca.pem",
+    );
+    let msg = connect(&missing).err().expect("no CA file").to_string();
+    assert!(msg.contains("sslrootcert=/nonexistent/ca.pem"), "{msg}");
+
     // And pg_basebackup gets the same verdict from libpq (the settings reach it).
     let dir = tempfile::tempdir().unwrap();
     let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
