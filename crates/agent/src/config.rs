@@ -1336,6 +1336,23 @@ impl<'t> Parser<'t> {
                 .string(&mut pg, "slot", "a replication slot name")
                 .map(Spanned::into_inner);
             self.finish(pg, &["conninfo", "slot"]);
+            if let Some(c) = &conninfo {
+                // A connection string the streamer would refuse (an unknown key, a bad sslmode)
+                // is reported here with its line; sslrootcert must not depend on the folder the
+                // agent happens to run in.
+                let at = format!("{field}.postgres.conninfo");
+                match embassy_postgres::replication::ConnConfig::parse(c.get_ref()) {
+                    Err(e) => self.problem(c.span(), &at, e.to_string()),
+                    Ok(cc) if cc.sslrootcert.as_ref().is_some_and(|p| p.is_relative()) => self
+                        .problem(
+                            c.span(),
+                            &at,
+                            "sslrootcert must be an absolute path (like \
+                             sslrootcert=/etc/embassy/pg-ca.pem)",
+                        ),
+                    Ok(_) => {}
+                }
+            }
             if let Some(c) = conninfo {
                 found.push(Source::Postgres {
                     conninfo: c.into_inner(),

@@ -29,6 +29,7 @@ use embassy_core::writer::{BackupSession, StoreError};
 use embassy_sources::files::{is_relation_file_name, RelationChunker};
 
 use crate::error::PgError;
+use crate::replication::ConnConfig;
 
 /// Manifest property naming a PostgreSQL base backup (value `1`).
 pub const PROP_BASE_BACKUP: &str = "postgres.base_backup";
@@ -466,6 +467,37 @@ fn manifest_stop_lsn(manifest: &[u8]) -> Result<u64, PgError> {
     parse_lsn(end)
 }
 
+/// The `pg_basebackup` command for `options`: the connection string is rebuilt from the parsed
+/// one with the TLS settings in force ([`ConnConfig::libpq_conninfo`]) and without the password,
+/// which goes in this child's environment only (`PGPASSWORD`), never in its argv where every
+/// local user can read it (`ps`, /proc/<pid>/cmdline). The same transport rule as the streamer
+/// applies: no plaintext off loopback without `insecure_plaintext=1`.
+pub fn pg_basebackup_command(
+    program: &Path,
+    options: &BaseBackupOptions,
+) -> Result<Command, PgError> {
+    let conn = ConnConfig::parse(&options.conninfo)?;
+    conn.check_transport(conn.is_local())?;
+    let wal = match options.wal {
+        WalSource::Included => "fetch",
+        WalSource::Streamed => "none",
+    };
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "-d",
+        &conn.libpq_conninfo(),
+        "-D",
+        "-",
+        "-F",
+        "t",
+        "-X",
+        wal,
+    ])
+    .args(["--checkpoint", "fast", "--no-sync", "-l", &options.label]);
+    conn.pass_password_to(&mut cmd);
+    Ok(cmd)
+}
+
 /// Takes a base backup of the server at `options.conninfo` and stores it as a new version of
 /// `dataset`, with what a point-in-time restore needs in the manifest's properties.
 pub fn base_backup(
@@ -481,13 +513,7 @@ pub fn base_backup(
         .unwrap_or_else(|| pg_program("pg_basebackup"));
     let mut session = BackupSession::begin(vault, keyring, dataset).map_err(PgError::Vault)?;
     let started_at_ns = now_unix_nanos();
-    let wal = match options.wal {
-        WalSource::Included => "fetch",
-        WalSource::Streamed => "none",
-    };
-    let mut child = Command::new(&program)
-        .args(["-d", &options.conninfo, "-D", "-", "-F", "t", "-X", wal])
-        .args(["--checkpoint", "fast", "--no-sync", "-l", &options.label])
+    let mut child = pg_basebackup_command(&program, options)?
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -672,6 +698,37 @@ mod tests {
         );
         // Other directories have their own budget.
         assert_eq!(chunking_for(&p("base/6/1"), big, &mut b), page);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_pg_basebackups_argv() {
+        let options = BaseBackupOptions::new(
+            "host=127.0.0.1 port=5432 user=embassy password='pa ss\\'word' sslmode=verify-full \
+             sslrootcert=/etc/ca.pem",
+        );
+        let cmd = pg_basebackup_command(Path::new("pg_basebackup"), &options).unwrap();
+        let argv: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            argv.iter()
+                .all(|a| !a.contains("pa ss") && !a.contains("password")),
+            "{argv:?}"
+        );
+        let conninfo = &argv[1];
+        assert!(conninfo.contains("sslmode=verify-full"), "{conninfo}");
+        assert!(conninfo.contains("sslrootcert='/etc/ca.pem'"), "{conninfo}");
+        let env: Vec<_> = cmd.get_envs().collect();
+        assert!(env.iter().any(|(k, v)| *k == "PGPASSWORD"
+            && v.map(|v| v.to_string_lossy() == "pa ss'word")
+                .unwrap_or(false)));
+        // Plaintext to another machine is refused before anything runs.
+        let remote = BaseBackupOptions::new("host=192.0.2.77 user=embassy sslmode=disable");
+        assert!(matches!(
+            pg_basebackup_command(Path::new("pg_basebackup"), &remote),
+            Err(PgError::Insecure { .. })
+        ));
     }
 
     #[test]

@@ -19,6 +19,23 @@ pub enum PgError {
         /// The operating system's reason.
         message: String,
     },
+    /// TLS could not be set up or the server's certificate was refused.
+    #[error("TLS to PostgreSQL at {addr}: {message}")]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// What failed and what to change.
+        message: String,
+    },
+    /// The connection (or the way the server asks for the password) would expose the password
+    /// or the WAL to the network, and the operator did not opt in.
+    #[error("refusing an unprotected connection to PostgreSQL at {addr}: {message}")]
+    Insecure {
+        /// host:port.
+        addr: String,
+        /// Why and what to change.
+        message: String,
+    },
     /// The server refused the user's password (or the user does not exist).
     #[error(
         "PostgreSQL refused the password of user \"{user}\": {message}: check password= in the \

@@ -1,6 +1,12 @@
 //! A physical replication client: PostgreSQL's streaming replication protocol over a std TCP
-//! stream or Unix socket, on the `postgres-protocol` crate's message framing and SCRAM-SHA-256 /
-//! md5 authentication. Synchronous: one connection, blocking reads with a timeout.
+//! stream (TLS with rustls, see [`crate::tls`]) or Unix socket, on the `postgres-protocol`
+//! crate's message framing and SCRAM-SHA-256(-PLUS) / md5 authentication. Synchronous: one
+//! connection, blocking reads with a timeout.
+//!
+//! Security rules (docs/design.md, "Transport security"): plaintext only over a Unix socket or
+//! loopback unless `insecure_plaintext=1`; a cleartext password only over a verified TLS
+//! connection, a Unix socket or loopback; SCRAM-SHA-256-PLUS whenever the server offers it over
+//! TLS, and required when the certificate is not verified.
 //!
 //! Supported commands: `IDENTIFY_SYSTEM`, `READ_REPLICATION_SLOT` (PostgreSQL 15+),
 //! `CREATE_REPLICATION_SLOT .. PHYSICAL RESERVE_WAL`, `TIMELINE_HISTORY`, `SHOW`,
@@ -10,16 +16,20 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::{backend, frontend};
 use zeroize::Zeroizing;
 
 use crate::error::{PgError, Result};
 use crate::lsn::Lsn;
+use crate::tls::{ChannelBindingMode, SslMode, TlsInfo, TlsStream, Verification};
 
 /// Where and as whom to connect, parsed from a libpq-style `key=value` connection string.
 #[derive(Clone)]
@@ -38,6 +48,19 @@ pub struct ConnConfig {
     pub application_name: String,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// `sslmode` (also `PGSSLMODE`); None: `prefer` on a Unix socket or loopback address,
+    /// `verify-full` anywhere else.
+    pub sslmode: Option<SslMode>,
+    /// `sslrootcert` (also `PGSSLROOTCERT`): PEM file of the CA the server's certificate must
+    /// chain to; None: `~/.postgresql/root.crt` if it exists.
+    pub sslrootcert: Option<PathBuf>,
+    /// `channel_binding` (also `PGCHANNELBINDING`); None: `require` when nothing else protects
+    /// the link (TLS whose certificate is not verified, to a non-loopback address, without
+    /// `insecure_plaintext=1`), `prefer` otherwise.
+    pub channel_binding: Option<ChannelBindingMode>,
+    /// `insecure_plaintext=1`: the operator accepts an unencrypted connection to a non-loopback
+    /// address (for example inside an SSH or WireGuard tunnel). Not a libpq key.
+    pub insecure_plaintext: bool,
 }
 
 impl std::fmt::Debug for ConnConfig {
@@ -48,14 +71,21 @@ impl std::fmt::Debug for ConnConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("dbname", &self.dbname)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("channel_binding", &self.channel_binding)
+            .field("insecure_plaintext", &self.insecure_plaintext)
             .finish()
     }
 }
 
 impl ConnConfig {
-    /// Parses `host=... port=... user=... password=... dbname=... application_name=...`
-    /// (values may be single-quoted with `\'` and `\\` escapes). Missing values default like
-    /// libpq: `PGHOST`/`PGPORT`/`PGUSER`/`PGPASSWORD`, then `/var/run/postgresql`, 5432, `postgres`.
+    /// Parses `host=... port=... user=... password=... dbname=... application_name=...
+    /// sslmode=... sslrootcert=... channel_binding=... insecure_plaintext=...` (values may be
+    /// single-quoted with `\'` and `\\` escapes). Missing values default like libpq:
+    /// `PGHOST`/`PGPORT`/`PGUSER`/`PGPASSWORD`/`PGSSLMODE`/`PGSSLROOTCERT`/`PGCHANNELBINDING`,
+    /// then `/var/run/postgresql`, 5432, `postgres`; the sslmode default is described on
+    /// [`ConnConfig::sslmode`].
     pub fn parse(conninfo: &str) -> Result<Self> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut cfg = ConnConfig {
@@ -66,6 +96,12 @@ impl ConnConfig {
             dbname: env("PGDATABASE").unwrap_or_else(|| "postgres".into()),
             application_name: "embassy".into(),
             connect_timeout: Duration::from_secs(10),
+            sslmode: env("PGSSLMODE").map(|m| SslMode::parse(&m)).transpose()?,
+            sslrootcert: env("PGSSLROOTCERT").map(PathBuf::from),
+            channel_binding: env("PGCHANNELBINDING")
+                .map(|m| ChannelBindingMode::parse(&m))
+                .transpose()?,
+            insecure_plaintext: false,
         };
         if let Some(p) = env("PGPORT") {
             cfg.port = p
@@ -148,24 +184,155 @@ impl ConnConfig {
                     })?;
                     cfg.connect_timeout = Duration::from_secs(s.max(1));
                 }
-                "sslmode" if matches!(value.as_str(), "disable" | "allow" | "prefer") => {}
-                "sslmode" => {
-                    return Err(PgError::Conninfo(format!(
-                        "sslmode={} is not supported yet: use sslmode=disable over loopback, \
-                         a Unix socket, or an SSH/WireGuard tunnel",
-                        *value
-                    )))
+                "sslmode" => cfg.sslmode = Some(SslMode::parse(&value)?),
+                "sslrootcert" if value.as_str() == "system" => {
+                    return Err(PgError::Conninfo(
+                        "sslrootcert=system is not supported (PostgreSQL 15's pg_basebackup \
+                         does not know it): give the PEM file of the CA that signed the \
+                         server's certificate"
+                            .into(),
+                    ))
+                }
+                "sslrootcert" => cfg.sslrootcert = Some(PathBuf::from(value.as_str())),
+                "channel_binding" => cfg.channel_binding = Some(ChannelBindingMode::parse(&value)?),
+                "insecure_plaintext" => {
+                    cfg.insecure_plaintext = match value.as_str() {
+                        "1" | "true" | "yes" | "on" => true,
+                        "0" | "false" | "no" | "off" => false,
+                        other => {
+                            return Err(PgError::Conninfo(format!(
+                                "insecure_plaintext={other}: use 1 (accept an unencrypted \
+                                 connection off loopback) or 0"
+                            )))
+                        }
+                    }
                 }
                 "replication" => {}
                 other => {
                     return Err(PgError::Conninfo(format!(
                         "unknown key '{other}' (known: host, port, user, password, dbname, \
-                         application_name, connect_timeout, sslmode)"
+                         application_name, connect_timeout, sslmode, sslrootcert, \
+                         channel_binding, insecure_plaintext)"
                     )))
                 }
             }
         }
         Ok(cfg)
+    }
+
+    /// True for a Unix socket, a loopback address, or a host name whose every address is
+    /// loopback (traffic that never leaves this machine).
+    pub fn is_local(&self) -> bool {
+        if self.host.starts_with('/') {
+            return true;
+        }
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return ip.is_loopback();
+        }
+        use std::net::ToSocketAddrs;
+        match (self.host.as_str(), self.port).to_socket_addrs() {
+            Ok(addrs) => {
+                let addrs: Vec<_> = addrs.collect();
+                !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The sslmode in force: the one given, else `prefer` for [local](Self::is_local)
+    /// connections and `verify-full` for the rest.
+    pub fn effective_sslmode(&self) -> SslMode {
+        self.sslmode.unwrap_or(if self.is_local() {
+            SslMode::Prefer
+        } else {
+            SslMode::VerifyFull
+        })
+    }
+
+    /// The root certificate file in force: `sslrootcert`, else `~/.postgresql/root.crt`.
+    pub fn root_cert(&self) -> Option<PathBuf> {
+        self.sslrootcert
+            .clone()
+            .or_else(crate::tls::default_root_cert)
+    }
+
+    /// Refuses, before anything is sent, a mode that could carry the password and the WAL in
+    /// clear to a non-loopback address without the operator's `insecure_plaintext=1`. `local`
+    /// says whether the peer is this machine.
+    pub fn check_transport(&self, local: bool) -> Result<()> {
+        let mode = self.effective_sslmode();
+        if mode.requires_tls() || local || self.insecure_plaintext {
+            return Ok(());
+        }
+        Err(PgError::Insecure {
+            addr: self.address(),
+            message: format!(
+                "sslmode={} could send the replication password and the WAL in clear over the \
+                 network, where anyone on the path can read and rewrite them: use \
+                 sslmode=verify-full sslrootcert=/path/to/ca.pem (set ssl = on on the server), \
+                 or, only inside a tunnel you trust, add insecure_plaintext=1",
+                mode.as_str()
+            ),
+        })
+    }
+
+    /// The connection string for libpq programs (`pg_basebackup`): the same server, role and
+    /// TLS settings in force, and never the password (give it in the child's environment).
+    pub fn libpq_conninfo(&self) -> String {
+        let quote = |v: &str| {
+            let mut q = String::from("'");
+            for c in v.chars() {
+                if c == '\\' || c == '\'' {
+                    q.push('\\');
+                }
+                q.push(c);
+            }
+            q.push('\'');
+            q
+        };
+        let mut parts = vec![
+            format!("host={}", quote(&self.host)),
+            format!("port={}", self.port),
+            format!("user={}", quote(&self.user)),
+            format!("dbname={}", quote(&self.dbname)),
+            format!("application_name={}", quote(&self.application_name)),
+            format!("connect_timeout={}", self.connect_timeout.as_secs().max(1)),
+            format!("sslmode={}", self.effective_sslmode().as_str()),
+        ];
+        if let Some(root) = self.root_cert() {
+            parts.push(format!("sslrootcert={}", quote(&root.to_string_lossy())));
+        }
+        parts.push(format!(
+            "channel_binding={}",
+            self.channel_binding_for(
+                self.effective_sslmode().requires_tls(),
+                self.root_cert().is_some(),
+                self.is_local()
+            )
+            .as_str()
+        ));
+        parts.join(" ")
+    }
+
+    /// Gives the password to a libpq child (`pg_basebackup`, `psql`) run with
+    /// [`libpq_conninfo`](Self::libpq_conninfo): in that child's environment only
+    /// (`PGPASSWORD`), never in its argv where every local user can read it.
+    pub fn pass_password_to(&self, cmd: &mut std::process::Command) {
+        cmd.env_remove("PGPASSWORD");
+        if let Some(pw) = &self.password {
+            cmd.env("PGPASSWORD", pw.as_str());
+        }
+    }
+
+    /// The channel binding mode in force for a connection that is (or is not) TLS, whose
+    /// certificate is (or is not) verified, to this machine (or not).
+    fn channel_binding_for(&self, tls: bool, verified: bool, local: bool) -> ChannelBindingMode {
+        self.channel_binding
+            .unwrap_or(if tls && !verified && !local && !self.insecure_plaintext {
+                ChannelBindingMode::Require
+            } else {
+                ChannelBindingMode::Prefer
+            })
     }
 
     /// host:port or the socket path, for messages.
@@ -181,6 +348,7 @@ impl ConnConfig {
 enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Socket {
@@ -188,6 +356,7 @@ impl Socket {
         match self {
             Socket::Tcp(s) => s.set_read_timeout(t),
             Socket::Unix(s) => s.set_read_timeout(t),
+            Socket::Tls(s) => s.sock.set_read_timeout(t),
         }
     }
 }
@@ -197,6 +366,7 @@ impl Read for Socket {
         match self {
             Socket::Tcp(s) => s.read(buf),
             Socket::Unix(s) => s.read(buf),
+            Socket::Tls(s) => s.read(buf),
         }
     }
 }
@@ -206,14 +376,51 @@ impl Write for Socket {
         match self {
             Socket::Tcp(s) => s.write(buf),
             Socket::Unix(s) => s.write(buf),
+            Socket::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Socket::Tcp(s) => s.flush(),
             Socket::Unix(s) => s.flush(),
+            Socket::Tls(s) => s.flush(),
         }
     }
+}
+
+/// PostgreSQL's SSLRequest code (1234.5679).
+const SSL_REQUEST_CODE: u32 = 80_877_103;
+
+/// Sends SSLRequest on `tcp`; true when the server answers `S` (TLS follows). Reads exactly one
+/// byte, so nothing a man in the middle sends in clear after it is taken as server data.
+fn ssl_request(tcp: &mut TcpStream, addr: &str) -> Result<bool> {
+    let mut req = [0u8; 8];
+    req[..4].copy_from_slice(&8u32.to_be_bytes());
+    req[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    tcp.write_all(&req)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(PgError::Tls {
+            addr: addr.into(),
+            message: format!(
+                "the server answered the TLS request with {:?} instead of S or N: is this a \
+                 PostgreSQL server?",
+                other as char
+            ),
+        }),
+    }
+}
+
+/// How the connection is protected and how the role authenticated, for status and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSecurity {
+    /// TLS details; None for plaintext (Unix socket, loopback, or `insecure_plaintext=1`).
+    pub tls: Option<TlsInfo>,
+    /// `SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`, `md5`, `password` or `trust`.
+    pub authentication: &'static str,
 }
 
 /// What `IDENTIFY_SYSTEM` reports.
@@ -293,6 +500,12 @@ pub struct ReplicationConnection {
     cfg: ConnConfig,
     streaming: bool,
     parameters: Vec<(String, String)>,
+    /// TLS details (None for plaintext).
+    tls: Option<TlsInfo>,
+    /// The peer is this machine (Unix socket or loopback address).
+    local: bool,
+    /// How the role authenticated.
+    authentication: &'static str,
 }
 
 /// A server error's fields.
@@ -392,7 +605,10 @@ impl ReplicationConnection {
             addr: addr.clone(),
             message: e.to_string(),
         };
+        let mut tls = None;
+        let mut local = true;
         let socket = if cfg.host.starts_with('/') {
+            // PostgreSQL never offers TLS on a Unix socket (like libpq, no SSLRequest there).
             Socket::Unix(UnixStream::connect(&addr).map_err(connect_err)?)
         } else {
             use std::net::ToSocketAddrs;
@@ -414,8 +630,33 @@ impl ReplicationConnection {
             let s = stream.ok_or_else(|| {
                 connect_err(last.unwrap_or_else(|| std::io::Error::other("no address")))
             })?;
+            let mut s = s;
             let _ = s.set_nodelay(true);
-            Socket::Tcp(s)
+            let _ = s.set_read_timeout(Some(cfg.connect_timeout.max(Duration::from_secs(10))));
+            local = s.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+            cfg.check_transport(local)?;
+            let mode = cfg.effective_sslmode();
+            if mode == SslMode::Disable {
+                Socket::Tcp(s)
+            } else if ssl_request(&mut s, &addr)? {
+                let root = cfg.root_cert();
+                let (stream, info) =
+                    crate::tls::handshake(s, &cfg.host, &addr, mode, root.as_deref())?;
+                tls = Some(info);
+                Socket::Tls(Box::new(stream))
+            } else if mode.requires_tls() {
+                return Err(PgError::Tls {
+                    addr: addr.clone(),
+                    message: format!(
+                        "the server does not accept TLS connections but sslmode={} requires \
+                         TLS: set ssl = on with ssl_cert_file and ssl_key_file in \
+                         postgresql.conf and reload",
+                        mode.as_str()
+                    ),
+                });
+            } else {
+                Socket::Tcp(s)
+            }
         };
         let mut conn = ReplicationConnection {
             socket,
@@ -424,6 +665,9 @@ impl ReplicationConnection {
             cfg: cfg.clone(),
             streaming: false,
             parameters: Vec::new(),
+            tls,
+            local,
+            authentication: "trust",
         };
         conn.socket
             .set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -528,7 +772,29 @@ impl ReplicationConnection {
                 _ => e.into_error(),
             }
         };
+        let verified = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.verified != Verification::None);
+        let binding = self
+            .cfg
+            .channel_binding_for(self.tls.is_some(), verified, self.local);
+        let addr = self.cfg.address();
+        let insecure = |message: String| PgError::Insecure {
+            addr: addr.clone(),
+            message,
+        };
+        let require_binding = |what: &str| {
+            insecure(format!(
+                "the server {what}, but channel_binding=require accepts only SCRAM-SHA-256-PLUS \
+                 (with sslmode=require and no sslrootcert, channel binding is the only proof that \
+                 no one sits in the middle): give sslrootcert=CA.pem with sslmode=verify-full, or \
+                 use scram-sha-256 in pg_hba.conf and ssl = on"
+            ))
+        };
         let mut scram: Option<ScramSha256> = None;
+        let mut mechanism = "trust";
+        let mut scram_verified = false;
         loop {
             let frame = self.read_frame_blocking()?;
             if frame.tag == b'E' {
@@ -538,13 +804,50 @@ impl ReplicationConnection {
                 return Err(PgError::Protocol("bad error response".into()));
             }
             match Self::parse(frame)? {
-                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationOk => {
+                    if scram.is_some() && !scram_verified {
+                        return Err(PgError::Protocol(
+                            "the server said the password was right without proving that it \
+                             knows it (SCRAM's final message was skipped): is this the real \
+                             server?"
+                                .into(),
+                        ));
+                    }
+                    if binding == ChannelBindingMode::Require
+                        && mechanism != SCRAM_SHA_256_PLUS
+                    {
+                        return Err(require_binding(&format!(
+                            "accepted the connection with {mechanism} authentication"
+                        )));
+                    }
+                    self.authentication = mechanism;
+                }
                 backend::Message::AuthenticationCleartextPassword => {
+                    if binding == ChannelBindingMode::Require {
+                        return Err(require_binding("asks for the password in clear"));
+                    }
+                    if !(self.local || verified) {
+                        return Err(insecure(format!(
+                            "the server asks for the password in clear over {}, where it could \
+                             be read on the way: use scram-sha-256 in pg_hba.conf, or connect \
+                             with sslmode=verify-full sslrootcert=CA.pem",
+                            if self.tls.is_some() {
+                                "a TLS connection whose certificate is not verified"
+                            } else {
+                                "an unencrypted network connection"
+                            }
+                        )));
+                    }
+                    mechanism = "password";
                     let pw = self.password()?;
                     frontend::password_message(pw.as_bytes(), &mut self.out)?;
                     self.send()?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
+                    if binding == ChannelBindingMode::Require {
+                        return Err(require_binding("asks for an md5 password"));
+                    }
+                    mechanism = "md5";
                     let pw = self.password()?;
                     let hashed = Zeroizing::new(postgres_protocol::authentication::md5_hash(
                         self.cfg.user.as_bytes(),
@@ -556,19 +859,55 @@ impl ReplicationConnection {
                 }
                 backend::Message::AuthenticationSasl(body) => {
                     let mut mechs = body.mechanisms();
-                    let mut ok = false;
+                    let (mut plain, mut plus) = (false, false);
                     while let Ok(Some(m)) = mechs.next() {
-                        ok |= m == SCRAM_SHA_256;
+                        plain |= m == SCRAM_SHA_256;
+                        plus |= m == SCRAM_SHA_256_PLUS;
                     }
-                    if !ok {
-                        return Err(PgError::Protocol(
-                            "the server offers no SASL mechanism this client knows (SCRAM-SHA-256)"
-                                .into(),
-                        ));
-                    }
+                    // The tls-server-end-point binding: the hash of the certificate that spoke.
+                    let end_point = match &self.socket {
+                        Socket::Tls(s) if plus && binding != ChannelBindingMode::Disable => s
+                            .conn
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::tls::server_end_point(c)),
+                        _ => None,
+                    };
+                    let (name, channel) = match end_point {
+                        Some(hash) => (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(hash),
+                        ),
+                        None if binding == ChannelBindingMode::Require => {
+                            return Err(require_binding(if plus {
+                                "offers SCRAM-SHA-256-PLUS with a certificate whose signature \
+                                 names no hash to bind to (Ed25519/Ed448)"
+                            } else {
+                                "does not offer SCRAM-SHA-256-PLUS"
+                            }))
+                        }
+                        // TLS and no PLUS offered: "y" tells a server that does support
+                        // channel binding that someone removed it from the list.
+                        None if plain
+                            && self.tls.is_some()
+                            && !plus
+                            && binding != ChannelBindingMode::Disable =>
+                        {
+                            (SCRAM_SHA_256, ChannelBinding::unrequested())
+                        }
+                        None if plain => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                        None => {
+                            return Err(PgError::Protocol(
+                                "the server offers no SASL mechanism this client knows \
+                                 (SCRAM-SHA-256, SCRAM-SHA-256-PLUS over TLS)"
+                                    .into(),
+                            ))
+                        }
+                    };
+                    mechanism = name;
                     let pw = self.password()?;
-                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.out)?;
+                    let s = ScramSha256::new(pw.as_bytes(), channel);
+                    frontend::sasl_initial_response(name, s.message(), &mut self.out)?;
                     self.send()?;
                     scram = Some(s);
                 }
@@ -589,6 +928,7 @@ impl ReplicationConnection {
                             "SCRAM: the server's proof does not verify ({e}): is this the real server?"
                         ))
                     })?;
+                    scram_verified = true;
                 }
                 backend::Message::ParameterStatus(body) => {
                     if let (Ok(n), Ok(v)) = (body.name(), body.value()) {
@@ -611,6 +951,15 @@ impl ReplicationConnection {
             user: self.cfg.user.clone(),
             message: "the server asks for a password and none was given".into(),
         })
+    }
+
+    /// How the connection is protected (TLS details) and how the role authenticated
+    /// (`SCRAM-SHA-256-PLUS` when channel binding was used).
+    pub fn security(&self) -> ConnectionSecurity {
+        ConnectionSecurity {
+            tls: self.tls.clone(),
+            authentication: self.authentication,
+        }
     }
 
     /// A server parameter reported at startup (`server_version`, ...).
@@ -875,6 +1224,10 @@ impl ReplicationConnection {
         }
         frontend::terminate(&mut self.out);
         let _ = self.send();
+        if let Socket::Tls(s) = &mut self.socket {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
     }
 }
 
@@ -946,8 +1299,53 @@ mod tests {
         assert!(!format!("{c:?}").contains("a b"));
         assert!(ConnConfig::parse("host").is_err());
         assert!(ConnConfig::parse("port=x").is_err());
-        assert!(ConnConfig::parse("sslmode=require").is_err());
+        assert!(ConnConfig::parse("sslmode=bogus").is_err());
+        assert!(ConnConfig::parse("channel_binding=maybe").is_err());
+        assert!(ConnConfig::parse("insecure_plaintext=perhaps").is_err());
         assert!(check_slot_name("bad-name").is_err());
+        assert!(ConnConfig::parse("sslrootcert=system").is_err());
         assert!(check_slot_name("embassy_1").is_ok());
+    }
+
+    #[test]
+    fn plaintext_needs_loopback_or_the_opt_in_and_tls_settings_reach_libpq() {
+        let parse = |s: &str| ConnConfig::parse(s).unwrap();
+        // Safe defaults: prefer on this machine, verify-full elsewhere.
+        assert_eq!(parse("host=127.0.0.1").effective_sslmode(), SslMode::Prefer);
+        assert_eq!(
+            parse("host=/run/postgresql").effective_sslmode(),
+            SslMode::Prefer
+        );
+        let remote = parse("host=192.0.2.77");
+        assert_eq!(remote.effective_sslmode(), SslMode::VerifyFull);
+        assert!(remote.check_transport(false).is_ok());
+        for mode in ["disable", "allow", "prefer"] {
+            let c = parse(&format!("host=192.0.2.77 sslmode={mode}"));
+            assert!(matches!(
+                c.check_transport(false),
+                Err(PgError::Insecure { .. })
+            ));
+            assert!(c.check_transport(true).is_ok());
+        }
+        assert!(
+            parse("host=192.0.2.77 sslmode=disable insecure_plaintext=1")
+                .check_transport(false)
+                .is_ok()
+        );
+        // pg_basebackup's connection string: the settings in force, never the password.
+        let c = parse("host=192.0.2.77 user='o\\'k' password=hunter2 sslmode=require");
+        let libpq = c.libpq_conninfo();
+        assert!(libpq.contains("user='o\\'k'"), "{libpq}");
+        assert!(libpq.contains("sslmode=require"), "{libpq}");
+        assert!(libpq.contains("channel_binding=require"), "{libpq}");
+        assert!(
+            !libpq.contains("hunter2") && !libpq.contains("password"),
+            "{libpq}"
+        );
+        let again = ConnConfig::parse(&libpq).unwrap();
+        assert_eq!(again.user, "o'k");
+        let full = parse("host=db1 sslmode=verify-full sslrootcert=/etc/ca.pem").libpq_conninfo();
+        assert!(full.contains("sslrootcert='/etc/ca.pem'"), "{full}");
+        assert!(full.contains("channel_binding=prefer"), "{full}");
     }
 }

@@ -14,6 +14,8 @@
 //! A missing PostgreSQL installation makes the test fail loudly (never skip).
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -345,7 +347,8 @@ impl PgServer {
         }
     }
 
-    fn setup_roles(&self) {
+    /// Creates the test roles (see the module doc); `start` does this.
+    pub fn setup_roles(&self) {
         self.psql(&format!(
             "CREATE ROLE embassy LOGIN REPLICATION PASSWORD '{p}';\
              SET password_encryption = 'md5';\
