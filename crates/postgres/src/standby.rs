@@ -94,23 +94,36 @@ fn as_owner(program: &Path, dir: &Path) -> Result<Command, PgError> {
     Ok(cmd)
 }
 
-/// Runs one SQL statement on the server on `dir` over its Unix socket; returns the output.
-fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgError> {
+/// The `psql` command for one statement on the server on `dir`: over `conninfo` (its password
+/// in psql's environment only, never in its argv where every local user can read it) or over
+/// the server's Unix socket.
+fn psql_command(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<Command, PgError> {
     let psql = pg_program("psql");
     let mut cmd = as_owner(&psql, dir)?;
     match conninfo {
         Some(c) => {
-            cmd.args(["-d", c]);
+            let parsed = crate::replication::ConnConfig::parse(c)?;
+            cmd.args(["-d", &parsed.libpq_conninfo()]);
+            parsed.pass_password_to(&mut cmd);
         }
         None => {
             let (socket, port) = listen_address(dir)?;
             cmd.args(["-h", &socket, "-p", &port, "-d", "postgres"]);
         }
     }
-    let out = cmd
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", query])
-        .output()
-        .map_err(|e| PgError::Restore(format!("cannot run {}: {e}", psql.display())))?;
+    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", query]);
+    Ok(cmd)
+}
+
+/// Runs one SQL statement on the server on `dir`; returns the output.
+fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgError> {
+    let mut cmd = psql_command(dir, conninfo, query)?;
+    let out = cmd.output().map_err(|e| {
+        PgError::Restore(format!(
+            "cannot run {}: {e}",
+            cmd.get_program().to_string_lossy()
+        ))
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -232,4 +245,37 @@ pub fn promote(
         elapsed,
         seq: record.entry.seq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `embassy promote --conninfo '... password=...'` once put the password in psql's argv,
+    /// readable by every local user in /proc.
+    #[test]
+    fn promote_keeps_the_password_out_of_psqls_argv() {
+        let dir = std::env::temp_dir();
+        let cmd = psql_command(
+            &dir,
+            Some("host=127.0.0.1 port=5999 user=u password='s3cret pw' dbname=d"),
+            "SELECT 1",
+        )
+        .unwrap();
+        let argv: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            argv.iter()
+                .all(|a| !a.contains("s3cret") && !a.contains("password")),
+            "{argv:?}"
+        );
+        let env: Vec<_> = cmd.get_envs().collect();
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == "PGPASSWORD" && v.map(|v| v == "s3cret pw").unwrap_or(false)),
+            "{env:?}"
+        );
+    }
 }
