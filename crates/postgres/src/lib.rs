@@ -15,6 +15,7 @@ pub mod standby;
 pub mod status;
 pub mod stream;
 pub mod wal;
+pub mod walend;
 
 pub use error::PgError;
 pub use lsn::Lsn;

@@ -390,6 +390,7 @@ pub fn assemble_segment(
             .collect();
         options.sort_by_key(|o| std::cmp::Reverse(o.name.end));
         let mut advanced = false;
+        let mut failed_here = None;
         for obj in options {
             match read_payload(site, keyring, obj, signers) {
                 Ok((h, payload)) => {
@@ -400,10 +401,16 @@ pub fn assemble_segment(
                     advanced = true;
                     break;
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) => failed_here = Some(e),
             }
         }
         if !advanced {
+            // A stored piece that could not be read where the bytes stop is not the end of the
+            // WAL: serving what came before it as a partial segment would make PostgreSQL end
+            // recovery there.
+            if let Some(e) = failed_here {
+                return Err(e);
+            }
             break;
         }
     }
