@@ -259,9 +259,9 @@ fn s3_site_killed_mid_replay_stops_recovery_and_it_resumes_with_all_acknowledged
     moto.signal(libc::SIGKILL);
     let killed = Instant::now();
     wait_until(
-        "PostgreSQL to stop after the site died",
+        "PostgreSQL to stop (or open) after the site died",
         Duration::from_secs(180),
-        || !running(&data),
+        || !running(&data) || server.log().contains("ready to accept connections"),
     );
     let log = server.log();
     println!(
@@ -306,7 +306,12 @@ fn wal_fetch_exits_1_only_for_proven_absence() {
     let streamer = Stopper(env.stream(&pg));
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     pg.psql("SELECT pg_switch_wal()");
-    pg.psql("CREATE TABLE after_switch(x int); INSERT INTO after_switch VALUES (1)");
+    pg.psql("CREATE TABLE after_switch(x int)");
+    // Several pieces in the newest segment (the streamer seals at most every 200 ms).
+    for i in 0..4 {
+        std::thread::sleep(Duration::from_millis(400));
+        pg.psql(&format!("INSERT INTO after_switch VALUES ({i})"));
+    }
     let end = pg.current_lsn();
     wait_until("WAL to become durable", Duration::from_secs(120), || {
         env.durable() >= end
@@ -395,6 +400,40 @@ fn wal_fetch_exits_1_only_for_proven_absence() {
     // Unless it is being promoted: then it must not end short.
     std::fs::write(standby.join("promote.signal"), "").unwrap();
     assert_eq!(fetch(&a, lost, &standby).0, STOP_RECOVERY);
+
+    // A damaged piece in the middle of the newest segment: never served as a shorter partial
+    // segment (PostgreSQL would take its end for the end of the WAL).
+    let newest = end / SEGMENT;
+    let start = format!("{:016x}", newest * SEGMENT);
+    let mut pieces: Vec<PathBuf> = walk(&wal_dir)
+        .into_iter()
+        .filter(|f| {
+            f.to_string_lossy().contains("/00000001/p/")
+                && f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&start[..10])
+        })
+        .collect();
+    pieces.sort();
+    assert!(
+        pieces.len() >= 3,
+        "pieces of the newest segment: {pieces:?}"
+    );
+    let damaged = &pieces[1];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(damaged, bytes).unwrap();
+    let out = env
+        .cmd(&["--site", &a, "wal-fetch", "--partial", "registry"])
+        .arg(segment_name(newest))
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(STOP_RECOVERY), "{err}");
+    assert!(err.contains("do not hash"), "{err}");
 }
 
 const SEGMENT: u64 = 16 << 20;
