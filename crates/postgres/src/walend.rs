@@ -29,7 +29,7 @@ const XLOG_SWITCH: u8 = 0x40;
 /// the durable end `end` (records ending after it are not complete). None when no record starts
 /// and ends inside it (or the bytes are not WAL).
 pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
-    if start % SEGMENT_SIZE != 0 || end <= start {
+    if !start.is_multiple_of(SEGMENT_SIZE) || end <= start {
         return None;
     }
     let limit = (end - start).min(bytes.len() as u64);
@@ -45,7 +45,7 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
         return None;
     }
     let header = |off: u64| {
-        if (start + off) % SEGMENT_SIZE == 0 {
+        if (start + off).is_multiple_of(SEGMENT_SIZE) {
             LONG_HEADER
         } else {
             SHORT_HEADER
@@ -54,7 +54,7 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
     // Moves over `n` bytes of record data from `cur`, stepping over the page headers between.
     let advance = |mut cur: u64, mut n: u64| {
         while n > 0 {
-            if cur % page == 0 {
+            if cur.is_multiple_of(page) {
                 cur += header(cur);
             }
             let take = (page - cur % page).min(n);
@@ -73,7 +73,7 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
     let mut last = None;
     loop {
         cur = cur.checked_add(7)? & !7; // records are MAXALIGNed
-        if cur % page == 0 {
+        if cur.is_multiple_of(page) {
             cur += header(cur);
         }
         if cur + 4 > limit {
@@ -165,7 +165,7 @@ mod tests {
         let mut starts = Vec::new();
         for &(total, info, rmid) in records {
             cur = (cur + 7) & !7;
-            if cur % PAGE == 0 {
+            if cur.is_multiple_of(PAGE) {
                 header(&mut b, cur, 0);
                 cur += 24;
             }
@@ -175,7 +175,7 @@ mod tests {
             hdr[16] = info;
             hdr[17] = rmid;
             for byte in hdr {
-                if cur % PAGE == 0 {
+                if cur.is_multiple_of(PAGE) {
                     // A continuation page header; its rem_len is not read past the first page.
                     header(&mut b, cur, 1);
                     cur += 24;
