@@ -316,7 +316,8 @@ fn wal_fetch_exits_1_only_for_proven_absence() {
     wait_until("WAL to become durable", Duration::from_secs(120), || {
         env.durable() >= end
     });
-    drop(streamer);
+    // The streamer keeps running: the newest segment's pieces are the live, not yet anchored
+    // tail (anchored every 60 s, and when a segment completes or the streamer stops).
     let a = env.site_a();
     let dest = env.path("fetched");
     let fetch = |site: &str, file: &str, cwd: &Path| {
@@ -420,20 +421,40 @@ fn wal_fetch_exits_1_only_for_proven_absence() {
         pieces.len() >= 3,
         "pieces of the newest segment: {pieces:?}"
     );
+    let fetch_newest = || {
+        let out = env
+            .cmd(&["--site", &a, "wal-fetch", "--partial", "registry"])
+            .arg(segment_name(newest))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(fetch_newest().0, Some(0));
+    // The site cannot read one (a site failure, not a damaged object), unanchored near the end.
+    let unreadable = &pieces[pieces.len() - 2];
+    let mode = |m: u32| {
+        std::fs::set_permissions(unreadable, std::os::unix::fs::PermissionsExt::from_mode(m))
+            .unwrap()
+    };
+    mode(0o000);
+    let (code, err) = fetch_newest();
+    mode(0o644);
+    assert_eq!(code, Some(STOP_RECOVERY), "{err}");
+    assert!(err.contains(&a), "{err}");
+    // A damaged one with valid WAL after it.
     let damaged = &pieces[1];
     let mut bytes = std::fs::read(damaged).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(damaged, bytes).unwrap();
-    let out = env
-        .cmd(&["--site", &a, "wal-fetch", "--partial", "registry"])
-        .arg(segment_name(newest))
-        .arg(&dest)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(STOP_RECOVERY), "{err}");
-    assert!(err.contains("do not hash"), "{err}");
+    let (code, err) = fetch_newest();
+    assert_eq!(code, Some(STOP_RECOVERY), "{err}");
+    assert!(err.contains("missing or damaged"), "{err}");
+    drop(streamer);
 }
 
 const SEGMENT: u64 = 16 << 20;

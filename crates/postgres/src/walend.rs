@@ -115,14 +115,26 @@ pub fn last_durable_record(
 ) -> Result<Option<(u32, u64)>> {
     let site = vault.site().as_ref();
     let listing = wal::list(site, dataset)?;
-    let Some(newest) = listing.newest() else {
+    let signers = wal::dataset_signers(vault, dataset)?;
+    // The newest object that checks out (noise a hostile site added is passed over).
+    let mut newest = None;
+    for candidate in listing.newest_first() {
+        match wal::read_checked(site, candidate, &signers) {
+            Ok(_) => {
+                newest = Some(candidate);
+                break;
+            }
+            Err(e) if wal::is_noise(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(newest) = newest else {
         return Ok(None);
     };
     let (timeline, end) = (newest.name.timeline, newest.name.end);
     if end == 0 {
         return Ok(None);
     }
-    let signers = wal::dataset_signers(vault, dataset)?;
     let last_segno = (end - 1) / SEGMENT_SIZE;
     let first_segno = last_segno.saturating_sub(1);
     let mut bytes = Vec::new();
