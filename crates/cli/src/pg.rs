@@ -94,11 +94,21 @@ pub struct WalFetchArgs {
     /// Internal: only fill the spool (the background half of --prefetch).
     #[arg(long, hide = true)]
     pub prefetch_only: bool,
+    /// Keep retrying a site that fails transiently (unreachable, timing out, busy) for this many
+    /// seconds before stopping recovery.
+    #[arg(long, env = "EMBASSY_WAL_FETCH_RETRY_SECONDS", default_value_t = 60)]
+    pub retry_seconds: u64,
 }
+
+/// `wal-fetch`'s exit status when it cannot answer: above 125, so PostgreSQL aborts recovery
+/// (FATAL) instead of taking the file for missing and ending recovery early. Exit 1 means only
+/// that the vault proves the file does not exist.
+pub const WAL_FETCH_STOP_RECOVERY: u8 = 200;
 
 fn pg_error(e: PgError) -> Error {
     match e {
         PgError::Vault(e) => e,
+        PgError::Site(e) => Error::Site(e),
         other => Error::Source {
             what: "PostgreSQL".into(),
             problem: other.to_string(),
@@ -167,8 +177,60 @@ fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
 }
 
 /// `embassy wal-fetch DATASET %f %p`: exit 0 with the file written, exit 1 quietly when the
-/// vault does not hold it (yet), other errors exit 1 with a message.
+/// vault proves it does not hold it. Any other failure (a site unreachable after retrying for
+/// `--retry-seconds`, damage, a key problem) is printed naming the site and exits
+/// [`WAL_FETCH_STOP_RECOVERY`], so PostgreSQL stops instead of promoting short of the WAL;
+/// except for a standby that is following (`standby.signal` and no `promote.signal` in the
+/// data directory, where PostgreSQL runs restore_command), which exits 1 and asks again.
 pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.retry_seconds);
+    let mut pause = Duration::from_millis(500);
+    let e = loop {
+        match wal_fetch_once(cli, args) {
+            Ok(code) => return Ok(code),
+            Err(e) if transient(&e) && std::time::Instant::now() + pause < deadline => {
+                if !args.prefetch_only {
+                    eprintln!("embassy wal-fetch {}: {e}; retrying", args.wal_file);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => break e,
+        }
+    };
+    if args.prefetch_only {
+        return Err(pg_error(e)); // the background half: nobody reads its exit status
+    }
+    let sites = cli.site.join(", ");
+    let following = std::path::Path::new("standby.signal").is_file()
+        && !std::path::Path::new("promote.signal").is_file();
+    if following {
+        eprintln!(
+            "embassy wal-fetch {}: cannot fetch it from site {sites}: {e}; the standby asks again",
+            args.wal_file
+        );
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!(
+        "embassy wal-fetch {}: cannot fetch it from site {sites}: {e}; PostgreSQL's recovery is \
+         stopped here rather than ended short of the vault's WAL: make the site reachable (or \
+         restore from another site) and start the server again, it resumes where it stopped",
+        args.wal_file
+    );
+    Ok(ExitCode::from(WAL_FETCH_STOP_RECOVERY))
+}
+
+/// A failure that may pass by itself: a site that is unreachable, timing out or busy.
+fn transient(e: &PgError) -> bool {
+    use embassy_core::site::SiteError::Retryable;
+    matches!(
+        e,
+        PgError::Site(Retryable { .. }) | PgError::Vault(Error::Site(Retryable { .. }))
+    )
+}
+
+/// One try of `wal-fetch`; errors stay [`PgError`]s, so they print as themselves.
+fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCode, PgError> {
     let vault = crate::open_vault(cli)?;
     let keyring = crate::secrets::unlock(
         vault.config(),
@@ -202,7 +264,7 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
                     spool,
                 );
                 let _ = std::fs::remove_file(&lock);
-                r.map_err(pg_error)?;
+                r?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -218,8 +280,7 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
         &args.wal_file,
         &args.dest,
         &opts,
-    )
-    .map_err(pg_error)?;
+    )?;
     if args.prefetch > 0 && args.spool.is_some() && got == Fetched::Complete {
         // The queue fills in the background so PostgreSQL is not kept waiting.
         if let Ok(exe) = std::env::current_exe() {

@@ -159,6 +159,22 @@ pub enum PgError {
     /// A base backup could not be taken or read (pg_basebackup's failure, a damaged archive).
     #[error("base backup: {0}")]
     BaseBackup(String),
+    /// A site does not serve WAL that an accepted ledger entry says the vault stored.
+    #[error(
+        "WAL file {file} is not served whole by site {site}, though ledger entry {seq} anchors \
+         WAL at {lsn} there: the site lost or hides it; restore from another site (--site) or \
+         repair this one with `embassy sync`"
+    )]
+    WalLost {
+        /// The WAL file PostgreSQL asked for.
+        file: String,
+        /// The site's location.
+        site: String,
+        /// The first anchored position not served.
+        lsn: String,
+        /// The anchoring ledger entry.
+        seq: u64,
+    },
     /// A restore, standby or promotion could not be done (no usable base backup, a target
     /// folder in the way, PostgreSQL's tools failing).
     #[error("{0}")]

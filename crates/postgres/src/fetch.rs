@@ -32,8 +32,42 @@ pub enum Fetched {
         /// Bytes of WAL in it.
         wal_bytes: u64,
     },
-    /// The vault does not hold this file (yet): `restore_command` exits 1 quietly.
+    /// The vault proves it holds no such file: the site listed nothing under its name (or only
+    /// the start of the newest segment, when not served partial) and no accepted ledger anchor
+    /// says WAL there was ever stored. `restore_command` exits 1 quietly. A site that cannot be
+    /// read, an unreadable or damaged object, or an anchored file the site does not list is an
+    /// error instead: never a reason for PostgreSQL to end recovery.
     NotFound,
+}
+
+/// The accepted ledger anchor whose range on `timeline` covers the WAL position `lsn`: the vault
+/// stored WAL there, so a site that does not serve it lost it.
+fn anchored_at(signers: &wal::WalSigners, timeline: u32, lsn: u64) -> Option<u64> {
+    signers
+        .authority()
+        .anchors()
+        .iter()
+        .find(|a| a.timeline == timeline && a.start <= lsn && lsn < a.end)
+        .map(|a| a.seq)
+}
+
+/// Absence of `name` that the ledger contradicts: WAL at `lsn` of `timeline` was anchored.
+fn missing(
+    vault: &Vault,
+    signers: &wal::WalSigners,
+    name: &str,
+    timeline: u32,
+    lsn: u64,
+) -> Result<()> {
+    match anchored_at(signers, timeline, lsn) {
+        None => Ok(()),
+        Some(seq) => Err(PgError::WalLost {
+            file: name.to_string(),
+            site: vault.site().location().to_string(),
+            lsn: crate::Lsn(lsn).to_string(),
+            seq,
+        }),
+    }
 }
 
 /// Fetches the WAL file `name` (as PostgreSQL passes `%f`) of `dataset` into `dest`.
@@ -67,11 +101,24 @@ pub fn fetch(
                     write_atomic(dest, &bytes)?;
                     Ok(Fetched::Complete)
                 }
-                None => Ok(Fetched::NotFound),
+                None => {
+                    // WAL anchored on a timeline after the first means its history file was
+                    // stored (timeline 1 has none).
+                    if let Some(a) = signers
+                        .authority()
+                        .anchors()
+                        .iter()
+                        .find(|a| a.timeline == timeline && timeline > 1)
+                    {
+                        missing(vault, &signers, name, timeline, a.start)?;
+                    }
+                    Ok(Fetched::NotFound)
+                }
             }
         }
         WalFile::Segment { timeline, segno } => {
             let listing = wal::list_segment(site, dataset, timeline, segno)?;
+            let seg_start = segno * SEGMENT_SIZE;
             match wal::assemble_segment(site, keyring, &listing, timeline, segno, &signers)? {
                 Some(a) if a.complete => {
                     write_atomic(dest, &a.bytes)?;
@@ -79,12 +126,26 @@ pub fn fetch(
                 }
                 Some(a) if opts.partial => {
                     let n = a.bytes.len() as u64;
+                    missing(vault, &signers, name, timeline, seg_start + n)?;
                     let mut bytes = a.bytes;
                     bytes.resize(SEGMENT_SIZE as usize, 0);
                     write_atomic(dest, &bytes)?;
                     Ok(Fetched::Partial { wal_bytes: n })
                 }
-                _ => Ok(Fetched::NotFound),
+                Some(a) => {
+                    missing(
+                        vault,
+                        &signers,
+                        name,
+                        timeline,
+                        seg_start + a.bytes.len() as u64,
+                    )?;
+                    Ok(Fetched::NotFound)
+                }
+                None => {
+                    missing(vault, &signers, name, timeline, seg_start)?;
+                    Ok(Fetched::NotFound)
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod wal;
+pub mod walend;
 
 pub use error::PgError;
 pub use lsn::Lsn;

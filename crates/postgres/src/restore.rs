@@ -6,7 +6,8 @@
 //! to `postgresql.auto.conf`, overrides of every setting that would run code (the restored
 //! configuration comes from the backup: see [`crate::restored_conf`]), `restore_command`,
 //! `recovery_target_timeline = 'latest'` and the target (`recovery_target_time` or
-//! `recovery_target_lsn`, inclusive, then promote).
+//! `recovery_target_lsn`, inclusive, then promote; `--latest` is pinned to the last WAL record
+//! the vault holds, see [`crate::walend`]).
 
 use std::fs;
 use std::io::Write;
@@ -403,6 +404,30 @@ fn target_text(target: RecoveryTarget) -> String {
     }
 }
 
+/// A `--latest` recovery pinned to the last WAL record durable in the vault now (its start,
+/// inclusive): PostgreSQL then refuses to open for writes short of it when a site fails mid-
+/// replay, instead of taking the missing WAL for its end. Unpinned when the vault holds no
+/// streamed WAL past the base backup's end (its own WAL is the latest point).
+fn pin_latest(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    info: &BaseBackupInfo,
+    mode: Mode,
+) -> Result<Mode, PgError> {
+    if mode != Mode::Recover(RecoveryTarget::Latest) {
+        return Ok(mode);
+    }
+    Ok(
+        match crate::walend::last_durable_record(vault, keyring, dataset)? {
+            Some((timeline, lsn)) if timeline >= info.timeline && lsn >= info.stop_lsn => {
+                Mode::Recover(RecoveryTarget::Lsn(lsn))
+            }
+            _ => mode,
+        },
+    )
+}
+
 /// Restores `dataset` into the new or empty folder `dir` as a PostgreSQL data directory that
 /// recovers to the target (or follows as a standby) when PostgreSQL is started on it.
 pub fn restore(
@@ -465,24 +490,21 @@ pub fn restore(
         .map_err(PgError::Vault)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
+    let mode = pin_latest(vault, keyring, dataset, &info, options.mode)?;
     files::restore(&reader, dir, &RestoreOptions::default(), progress).map_err(PgError::Vault)?;
     let comment = format!(
         "Data Embassy: restored from dataset {dataset}, base backup version {} (start {}, stop {}), to {}",
         version.seq,
         format_lsn(info.start_lsn),
         format_lsn(info.stop_lsn),
-        match options.mode {
-            Mode::Standby => "follow as a standby".to_string(),
-            Mode::Recover(t) => target_text(t),
+        match (options.mode, mode) {
+            (Mode::Standby, _) => "follow as a standby".to_string(),
+            (Mode::Recover(RecoveryTarget::Latest), Mode::Recover(t @ RecoveryTarget::Lsn(_))) =>
+                format!("the latest point, {}: the last WAL record durable in the vault", target_text(t)),
+            (Mode::Recover(t), _) => target_text(t),
         }
     );
-    let prepared = prepare_data_dir(
-        dir,
-        options.mode,
-        &options.restore_command,
-        options.owner,
-        &comment,
-    )?;
+    let prepared = prepare_data_dir(dir, mode, &options.restore_command, options.owner, &comment)?;
     Ok(PgRestore {
         version,
         info,

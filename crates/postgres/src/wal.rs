@@ -349,8 +349,18 @@ pub struct Assembled {
     pub complete: bool,
 }
 
+/// True for an object that is noise to a reader: damaged, or signed by no valid signer. A
+/// hostile site can add such objects, so they are passed over like absent ones (the ledger's
+/// anchors and the later valid WAL tell whether something real was lost); a site that fails to
+/// answer, or a key that cannot open a valid object, is never taken for absence.
+pub fn is_noise(e: &PgError) -> bool {
+    matches!(e, PgError::Vault(embassy_core::Error::Corrupt { .. }))
+}
+
 /// Assembles segment `segno` of `timeline` from a compacted segment object, or else from the
-/// pieces, contiguous from the segment's start. None when nothing of it is stored.
+/// pieces, contiguous from the segment's start. None when nothing of it is stored (noise
+/// passed over). An error, never a shorter segment, when a stored object could not be read
+/// (site failure, key) or when valid WAL of the segment follows a gap.
 pub fn assemble_segment(
     site: &dyn Site,
     keyring: &Keyring,
@@ -361,7 +371,8 @@ pub fn assemble_segment(
 ) -> Result<Option<Assembled>> {
     let seg_start = segno * SEGMENT_SIZE;
     let seg_end = seg_start + SEGMENT_SIZE;
-    let mut last_err = None;
+    // A whole-segment object that exists but could not be read: the segment is complete.
+    let mut segment_failure = None;
     for obj in listing.segments.iter().filter(|o| {
         o.name.timeline == timeline && o.name.start == seg_start && o.name.end == seg_end
     }) {
@@ -372,7 +383,8 @@ pub fn assemble_segment(
                     complete: true,
                 }))
             }
-            Err(e) => last_err = Some(e),
+            Err(e) if is_noise(&e) => {}
+            Err(e) => segment_failure = Some(e),
         }
     }
     let candidates: Vec<&WalObject> = listing
@@ -390,6 +402,7 @@ pub fn assemble_segment(
             .collect();
         options.sort_by_key(|o| std::cmp::Reverse(o.name.end));
         let mut advanced = false;
+        let mut failed_here = None;
         for obj in options {
             match read_payload(site, keyring, obj, signers) {
                 Ok((h, payload)) => {
@@ -400,18 +413,45 @@ pub fn assemble_segment(
                     advanced = true;
                     break;
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) if is_noise(&e) => {}
+                Err(e) => failed_here = Some(e),
             }
         }
-        if !advanced {
-            break;
+        if advanced {
+            continue;
+        }
+        // Where the bytes stop is the end of the WAL only if nothing real follows: a stored
+        // piece that could not be read, or a valid piece further on, means WAL is missing here,
+        // and serving what came before as a partial segment would make PostgreSQL end
+        // recovery at the gap.
+        if let Some(e) = failed_here {
+            return Err(e);
+        }
+        for later in candidates.iter().filter(|o| o.name.start > pos) {
+            match read_checked(site, later, signers) {
+                Ok(_) => {
+                    return Err(PgError::Vault(embassy_core::Error::corrupt(
+                        &later.path,
+                        format!(
+                            "the WAL before it, from {}, is missing or damaged on the site: \
+                             a gap in segment {segno:X} of timeline {timeline}",
+                            Lsn(pos)
+                        ),
+                    )))
+                }
+                Err(e) if is_noise(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        break;
+    }
+    if bytes.len() as u64 != SEGMENT_SIZE {
+        if let Some(e) = segment_failure {
+            return Err(e);
         }
     }
     if bytes.is_empty() {
-        return match last_err {
-            Some(e) => Err(e),
-            None => Ok(None),
-        };
+        return Ok(None);
     }
     let complete = bytes.len() as u64 == SEGMENT_SIZE;
     Ok(Some(Assembled { bytes, complete }))
@@ -433,6 +473,7 @@ pub fn history_file(
     {
         match read_payload(site, keyring, obj, signers) {
             Ok((_, bytes)) => return Ok(Some(bytes)),
+            Err(e) if is_noise(&e) => {}
             Err(e) => last_err = Some(e),
         }
     }

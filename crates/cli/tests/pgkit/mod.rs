@@ -81,6 +81,11 @@ impl Restored {
     }
 
     pub fn start(data: PathBuf) -> Restored {
+        Self::start_with(data, &[])
+    }
+
+    /// Starts the server with extra environment (inherited by its restore_command).
+    pub fn start_with(data: PathBuf, vars: &[(String, String)]) -> Restored {
         let port = free_port();
         let sock = data.parent().unwrap().join(format!("sock-{port}"));
         std::fs::create_dir_all(&sock).unwrap();
@@ -100,6 +105,7 @@ impl Restored {
                 r.sock.display()
             ))
             .arg("start")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         assert!(

@@ -1,0 +1,242 @@
+//! The end of a dataset's durable WAL as a recovery target: the start of the last complete WAL
+//! record the vault holds. A `--latest` restore pins recovery there (`recovery_target_lsn`,
+//! inclusive), so PostgreSQL refuses to open for writes short of it ("recovery ended before
+//! configured recovery target was reached") whatever `wal-fetch` answers.
+//!
+//! PostgreSQL needs a record that starts at or after an LSN target to know it is reached, so the
+//! durable end itself (where the next, not yet written record would start) cannot be the target:
+//! the last record is found by walking the record headers (`xl_tot_len`) of the newest segments.
+
+use embassy_core::vault::{Keyring, Vault};
+
+use crate::error::Result;
+use crate::lsn::SEGMENT_SIZE;
+use crate::wal;
+
+/// Size of a WAL page header at a segment's start (`SizeOfXLogLongPHD`).
+const LONG_HEADER: u64 = 40;
+/// Size of any other page's header (`SizeOfXLogShortPHD`).
+const SHORT_HEADER: u64 = 24;
+/// Size of a record header (`SizeOfXLogRecord`).
+const RECORD_HEADER: u64 = 24;
+/// `xlp_info` flag: the page starts with the rest of a record begun on an earlier page.
+const FIRST_IS_CONTRECORD: u16 = 0x0001;
+/// `xl_rmid` of the XLOG resource manager and `xl_info` of its segment switch record.
+const RM_XLOG: u8 = 0;
+const XLOG_SWITCH: u8 = 0x40;
+
+/// The start of the last complete record in `bytes`, WAL from `start` (a segment start) up to
+/// the durable end `end` (records ending after it are not complete). None when no record starts
+/// and ends inside it (or the bytes are not WAL).
+pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
+    if !start.is_multiple_of(SEGMENT_SIZE) || end <= start {
+        return None;
+    }
+    let limit = (end - start).min(bytes.len() as u64);
+    let at = |off: u64, n: usize| -> Option<&[u8]> {
+        let from = usize::try_from(off).ok()?;
+        bytes.get(from..from.checked_add(n)?)
+    };
+    let u16_at = |off: u64| at(off, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |off: u64| at(off, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    // The page size, from the long header of the first segment (xlp_xlog_blcksz).
+    let page = u64::from(u32_at(36)?);
+    if !page.is_power_of_two() || !(1024..=65536).contains(&page) {
+        return None;
+    }
+    let header = |off: u64| {
+        if (start + off).is_multiple_of(SEGMENT_SIZE) {
+            LONG_HEADER
+        } else {
+            SHORT_HEADER
+        }
+    };
+    // Moves over `n` bytes of record data from `cur`, stepping over the page headers between.
+    let advance = |mut cur: u64, mut n: u64| {
+        while n > 0 {
+            if cur.is_multiple_of(page) {
+                cur += header(cur);
+            }
+            let take = (page - cur % page).min(n);
+            cur += take;
+            n -= take;
+        }
+        cur
+    };
+    // Skip the rest of a record begun before `start`.
+    let mut cur = 0u64;
+    let info = u16_at(2)?;
+    if info & FIRST_IS_CONTRECORD != 0 {
+        let rem = u64::from(u32_at(16)?);
+        cur = advance(header(0), rem);
+    }
+    let mut last = None;
+    loop {
+        cur = cur.checked_add(7)? & !7; // records are MAXALIGNed
+        if cur.is_multiple_of(page) {
+            cur += header(cur);
+        }
+        if cur + 4 > limit {
+            break;
+        }
+        let total = u64::from(u32_at(cur)?);
+        if total < RECORD_HEADER {
+            break; // zeros: the end of the WAL written so far
+        }
+        let record_end = advance(cur, total);
+        if record_end > limit {
+            break;
+        }
+        last = Some(start + cur);
+        // xl_info and xl_rmid are bytes 16 and 17 of the header, perhaps on the next page.
+        let rmid_at = advance(cur, 17);
+        let info_at = advance(cur, 16);
+        let switch = at(rmid_at, 1).is_some_and(|b| b[0] == RM_XLOG)
+            && at(info_at, 1).is_some_and(|b| b[0] & 0xF0 == XLOG_SWITCH);
+        cur = if switch {
+            // The rest of the segment is padding: the next record starts the next segment.
+            let next = (start + record_end).div_ceil(SEGMENT_SIZE) * SEGMENT_SIZE;
+            next - start
+        } else {
+            record_end
+        };
+    }
+    last
+}
+
+/// The start of the last complete record of `dataset`'s WAL in the vault, with its timeline:
+/// the newest object on the newest timeline gives the durable end; its segment (and the one
+/// before, for a record that began there) is assembled and walked. None when the vault holds
+/// no streamed WAL of the dataset or no complete record could be found.
+pub fn last_durable_record(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+) -> Result<Option<(u32, u64)>> {
+    let site = vault.site().as_ref();
+    let listing = wal::list(site, dataset)?;
+    let signers = wal::dataset_signers(vault, dataset)?;
+    // The newest object that checks out (noise a hostile site added is passed over).
+    let mut newest = None;
+    for candidate in listing.newest_first() {
+        match wal::read_checked(site, candidate, &signers) {
+            Ok(_) => {
+                newest = Some(candidate);
+                break;
+            }
+            Err(e) if wal::is_noise(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(newest) = newest else {
+        return Ok(None);
+    };
+    let (timeline, end) = (newest.name.timeline, newest.name.end);
+    if end == 0 {
+        return Ok(None);
+    }
+    let last_segno = (end - 1) / SEGMENT_SIZE;
+    let first_segno = last_segno.saturating_sub(1);
+    let mut bytes = Vec::new();
+    let mut from = first_segno * SEGMENT_SIZE;
+    for segno in first_segno..=last_segno {
+        match wal::assemble_segment(site, keyring, &listing, timeline, segno, &signers)? {
+            Some(a) if a.complete || segno == last_segno => bytes.extend_from_slice(&a.bytes),
+            _ if segno < last_segno => {
+                // The segment before is not there whole: walk the newest one alone.
+                bytes.clear();
+                from = last_segno * SEGMENT_SIZE;
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(last_record_start(&bytes, from, end).map(|lsn| (timeline, lsn)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 8192;
+
+    /// A segment's first bytes as PostgreSQL writes them: page headers and records of the given
+    /// total lengths (the first `cont` bytes continue a record from the segment before).
+    fn wal(cont: u32, records: &[(u32, u8, u8)]) -> (Vec<u8>, Vec<u64>) {
+        let mut b = vec![0u8; 4 * PAGE];
+        let header = |b: &mut Vec<u8>, off: usize, rem: u32| {
+            let info: u16 = if off == 0 { 2 } else { 0 } | u16::from(rem > 0);
+            b[off..off + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+            b[off + 2..off + 4].copy_from_slice(&info.to_le_bytes());
+            b[off + 16..off + 20].copy_from_slice(&rem.to_le_bytes());
+            if off == 0 {
+                b[off + 36..off + 40].copy_from_slice(&(PAGE as u32).to_le_bytes());
+            }
+        };
+        header(&mut b, 0, cont);
+        let mut cur = 40 + cont as usize;
+        let mut starts = Vec::new();
+        for &(total, info, rmid) in records {
+            cur = (cur + 7) & !7;
+            if cur.is_multiple_of(PAGE) {
+                header(&mut b, cur, 0);
+                cur += 24;
+            }
+            starts.push(cur as u64);
+            let mut hdr = vec![0u8; total as usize];
+            hdr[..4].copy_from_slice(&total.to_le_bytes());
+            hdr[16] = info;
+            hdr[17] = rmid;
+            for byte in hdr {
+                if cur.is_multiple_of(PAGE) {
+                    // A continuation page header; its rem_len is not read past the first page.
+                    header(&mut b, cur, 1);
+                    cur += 24;
+                }
+                b[cur] = byte;
+                cur += 1;
+            }
+        }
+        b.truncate(cur);
+        (b, starts)
+    }
+
+    #[test]
+    fn the_last_complete_record_is_found_across_pages() {
+        let (bytes, starts) = wal(0, &[(100, 0, 10), (9000, 0, 10), (50, 0, 10)]);
+        let end = bytes.len() as u64;
+        assert_eq!(last_record_start(&bytes, 0, end), Some(starts[2]));
+        // A durable end inside the last record: the one before it.
+        assert_eq!(last_record_start(&bytes, 0, end - 1), Some(starts[1]));
+        // Inside the long record that crosses a page: the first.
+        assert_eq!(
+            last_record_start(&bytes, 0, starts[1] + 8500),
+            Some(starts[0])
+        );
+        // At a later segment's start.
+        let s = 5 * SEGMENT_SIZE;
+        assert_eq!(last_record_start(&bytes, s, s + end), Some(s + starts[2]));
+    }
+
+    #[test]
+    fn a_continued_record_and_a_switch_are_stepped_over() {
+        let (bytes, starts) = wal(3000, &[(64, 0, 10), (200, 0, 10)]);
+        assert_eq!(starts[0], 3040);
+        assert_eq!(
+            last_record_start(&bytes, 0, bytes.len() as u64),
+            Some(starts[1])
+        );
+        // Only continuation: no record.
+        assert_eq!(last_record_start(&bytes, 0, 2000), None);
+        // A switch record: what follows in its segment is padding.
+        let (mut bytes, starts) = wal(0, &[(64, 0, 10), (32, XLOG_SWITCH, RM_XLOG)]);
+        let switched = bytes.len() as u64;
+        bytes.resize(bytes.len() + 100, 0xAA);
+        assert_eq!(
+            last_record_start(&bytes, 0, switched + 100),
+            Some(starts[1])
+        );
+        // Not WAL at all.
+        assert_eq!(last_record_start(&[0u8; 100], 0, 100), None);
+        assert_eq!(last_record_start(&bytes, 3, 100), None);
+    }
+}
