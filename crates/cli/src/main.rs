@@ -343,10 +343,10 @@ fn main() -> ExitCode {
                     json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity()})
                 );
             }
-            eprintln!("error: {e}");
+            eprintln!("error: {}", output::escape(&e.to_string()));
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                eprintln!("  caused by: {}", output::escape(&s.to_string()));
                 source = s.source();
             }
             ExitCode::from(if e.is_integrity() { 3 } else { 1 })
@@ -520,7 +520,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             };
             bar.finish();
             for w in &warnings {
-                eprintln!("warning: {w}");
+                eprintln!("warning: {}", output::escape(w));
             }
             let mut lagging = vault.site().lagging();
             lagging.sort();
@@ -621,7 +621,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let version = vault.find_trusted_version(dataset, selector, *unwitnessed)?;
             if !*unwitnessed && matches!(selector, None | Some("latest")) {
                 if let Some(note) = vault.unwitnessed_note(&version)? {
-                    eprintln!("note: {note}");
+                    eprintln!("note: {}", output::escape(&note));
                 }
             }
             let keyring = secrets::unlock(
@@ -655,26 +655,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                             file.display()
                         )));
                     }
-                    // Written under a temporary name and renamed only when complete, so a
-                    // failed restore never leaves a partial file under the final name.
-                    let partial = file.with_extension("embassy-partial");
-                    let written = (|| -> Result<u64> {
-                        let mut out = std::fs::File::create(&partial)
-                            .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
-                        let n = stream::restore_to(&reader, &mut out, &bar)?;
-                        out.sync_all()
-                            .map_err(|e| Error::io(format!("syncing {}", partial.display()), e))?;
-                        std::fs::rename(&partial, file)
-                            .map_err(|e| Error::io(format!("renaming to {}", file.display()), e))?;
-                        Ok(n)
-                    })();
-                    let n = match written {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&partial);
-                            return Err(e);
-                        }
-                    };
+                    // Written under a fresh random name beside it (never through a planted
+                    // link) and renamed only when complete, so a failed restore never leaves a
+                    // partial file under the final name.
+                    let mut out = embassy_core::fsutil::NewFile::beside(file)
+                        .map_err(|e| Error::io(format!("creating a file beside {}", file.display()), e))?;
+                    let n = stream::restore_to(&reader, &mut out, &bar)?;
+                    out.persist()
+                        .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
                     report_restore(
                         cli,
                         &version,
@@ -748,7 +736,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 for d in &report.datasets {
                     println!(
                         "dataset {}: {} ledger entries, head {}, {} versions complete{}",
-                        d.name,
+                        output::escape(&d.name),
                         d.entries,
                         d.head.as_deref().map_or("-", |h| &h[..16]),
                         d.versions_complete,
@@ -769,14 +757,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         report.noise.len()
                     );
                     for n in &report.noise {
-                        println!("  NOISE (ignored): {n}");
+                        println!("  NOISE (ignored): {}", output::escape(n));
                     }
                 }
                 for n in &report.notes {
-                    println!("note: {n}");
+                    println!("note: {}", output::escape(n));
                 }
                 for p in &report.problems {
-                    println!("PROBLEM: {p}");
+                    println!("PROBLEM: {}", output::escape(p));
                 }
                 for (dataset, r) in &wal {
                     pg::print_wal_report(Some(dataset), r);
@@ -904,11 +892,12 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 None => detail,
             };
             println!(
-                "{:>5}  {:<20}  {:<16}  {:<16}  {detail}",
+                "{:>5}  {:<20}  {:<16}  {:<16}  {}",
                 r.entry.seq,
                 output::time(r.entry.time_ns),
                 &r.id.to_hex()[..16],
-                &hex_key(&r.entry.signer)[..16]
+                &hex_key(&r.entry.signer)[..16],
+                output::escape(&detail)
             );
         }
         println!("{} entries, chain and signatures verified", history.len());
@@ -1007,7 +996,7 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
     bar.finish();
     if !report.is_ok() {
         for p in &report.problems {
-            eprintln!("PROBLEM: {p}");
+            eprintln!("PROBLEM: {}", output::escape(p));
         }
         return Err(Error::History {
             dataset: "(vault)".into(),
@@ -1018,7 +1007,7 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
         });
     }
     for n in &report.noise {
-        eprintln!("noise: {n}");
+        eprintln!("noise: {}", output::escape(n));
     }
     let (histories, _) = vault.histories()?;
     // The newest valid checkpoint (signed by the root or a pinned writer key, dated sanely);
@@ -1064,7 +1053,7 @@ fn sync(cli: &Cli, from: &str, to: &str, repair: bool) -> Result<ExitCode> {
             report.repaired
         );
         for p in &report.problems {
-            println!("PROBLEM: {p}");
+            println!("PROBLEM: {}", output::escape(p));
         }
     }
     Ok(if report.problems.is_empty() {
@@ -1144,7 +1133,7 @@ fn status(cli: &Cli) -> Result<ExitCode> {
                     "{:<24} {:<40} ERROR: {}",
                     r["dataset"].as_str().unwrap_or("-"),
                     r["site"].as_str().unwrap_or_default(),
-                    e.as_str().unwrap_or_default()
+                    output::escape(e.as_str().unwrap_or_default())
                 );
                 continue;
             }
@@ -1429,7 +1418,7 @@ fn init(
         }
     }
     for n in &notes {
-        eprintln!("note: {n}");
+        eprintln!("note: {}", output::escape(n));
     }
     let site = open_sites(cli, true)?;
     if let Some(existing) = VaultConfig::try_load(site.as_ref())? {
