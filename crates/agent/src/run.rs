@@ -77,6 +77,8 @@ impl Site for CancellableSite {
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
 pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, String> {
     let locations = config.locations();
+    // The agent's writers (and a CLI given the same state folder) take turns at each ledger.
+    embassy_core::ledger::use_lock_folder(config.agent.state_dir.join("locks"));
     // Writes a site misses are queued in the state folder (embassy-sites's catch-up queue).
     let site = embassy_sites::open_many_queued(
         &locations,

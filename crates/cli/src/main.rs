@@ -368,6 +368,8 @@ fn state_dir(cli: &Cli) -> Result<PathBuf> {
 fn open_vault(cli: &Cli) -> Result<Vault> {
     let vault = Vault::open(open_site(cli)?)?;
     let dir = state_dir(cli)?;
+    // Writers on this host take turns at each ledger through lock files in the state folder.
+    embassy_core::ledger::use_lock_folder(dir.join("locks"));
     check_vault_id(cli, vault.site().location(), &vault.config().vault_id)?;
     secrets::check_given_key_file(cli.key_file.as_deref(), vault.config())?;
     let state = StateStore::open(&dir, &vault.config().vault_id)?;
