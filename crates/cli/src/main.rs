@@ -976,10 +976,9 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
     file.expect_purpose(PURPOSE_WITNESS, key_path)?;
     let pass = secrets::passphrase(cli.passphrase_file.as_deref(), false)?;
     let seed = file.open_payload(pass.as_bytes(), key_path)?;
-    let seed: [u8; 32] = seed[..]
-        .try_into()
-        .map_err(|_| Error::invalid("witness key file holds a secret of the wrong length"))?;
-    let key = embassy_core::checkpoint::witness_signing_key(&RootSecret::from_bytes(&seed));
+    let seed = RootSecret::from_slice(&seed)
+        .ok_or_else(|| Error::invalid("witness key file holds a secret of the wrong length"))?;
+    let key = embassy_core::checkpoint::witness_signing_key(&seed);
     let vault = open_vault(cli)?;
     // A witness key made for one vault (`embassy --vault-id ID witness-key`) witnesses only it.
     if file.vault_id != WITNESS_KEY_ID && file.vault_id != vault.config().vault_id {
@@ -1370,6 +1369,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             let root = &unlock_root(cli, &vault)?;
             let mut key = [0u8; 32];
             if signer.len() != 64
+                || !signer.is_ascii()
                 || (0..32).any(|i| {
                     u8::from_str_radix(&signer[2 * i..2 * i + 2], 16)
                         .map(|b| key[i] = b)
