@@ -110,7 +110,8 @@ impl AgentState {
             .map_err(|e| format!("cannot create state folder {}: {e}", dir.display()))?;
         let path = state_path(dir);
         let bytes = serde_json::to_vec(self).map_err(|e| format!("encoding state: {e}"))?;
-        embassy_core::fsutil::write_atomic(&path, &bytes).map_err(|e| format!("cannot write state file {}: {e}", path.display()))
+        embassy_core::fsutil::write_atomic(&path, &bytes)
+            .map_err(|e| format!("cannot write state file {}: {e}", path.display()))
     }
 
     /// Adds a lag history point for `key`, keeping at most [`HISTORY_POINTS`] and at most one

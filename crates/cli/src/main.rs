@@ -660,8 +660,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     // Written under a fresh random name beside it (never through a planted
                     // link) and renamed only when complete, so a failed restore never leaves a
                     // partial file under the final name.
-                    let mut out = embassy_core::fsutil::NewFile::beside(file)
-                        .map_err(|e| Error::io(format!("creating a file beside {}", file.display()), e))?;
+                    let mut out = embassy_core::fsutil::NewFile::beside(file).map_err(|e| {
+                        Error::io(format!("creating a file beside {}", file.display()), e)
+                    })?;
                     let n = stream::restore_to(&reader, &mut out, &bar)?;
                     out.persist()
                         .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;

@@ -154,7 +154,11 @@ fn a_stream_restore_never_writes_through_planted_links() {
     env.run(&["restore", "dump", "--to"], &[&out]).ok();
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
     assert_eq!(fs::read(&out).unwrap(), b"stream bytes");
-    assert_eq!(mode(&out), 0o600, "a restored stream is private to its owner");
+    assert_eq!(
+        mode(&out),
+        0o600,
+        "a restored stream is private to its owner"
+    );
 
     // A link at the target: replaced with --overwrite, never followed.
     let linked = env.path("linked");
@@ -236,7 +240,11 @@ fn a_held_ledger_lock_times_out_naming_its_holder() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(files.len(), 2, "one lock per dataset at the site: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "one lock per dataset at the site: {files:?}"
+    );
     let mut held = Vec::new();
     for f in &files {
         let mut file = fs::OpenOptions::new().write(true).open(f).unwrap();
@@ -286,7 +294,10 @@ fn writer_and_site_text_is_printed_escaped() {
     )
     .ok();
     let r = env.run(&["history", "docs"], &[]).ok();
-    assert!(!r.stdout.contains('\x1b') && !r.stdout.contains('\r'), "{r:#?}");
+    assert!(
+        !r.stdout.contains('\x1b') && !r.stdout.contains('\r'),
+        "{r:#?}"
+    );
     assert!(
         r.stdout
             .contains("ok\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\nPROBLEM: none, vault OK\\r"),

@@ -1195,7 +1195,11 @@ fn a_ledger_entry_with_sequence_zero_is_noise() {
         );
         let full = ledger::load_history_full(&site, config, "fuzz").unwrap();
         assert_eq!(full.records, *records);
-        assert!(full.noise.iter().any(|n| n.path == path), "{:?}", full.noise);
+        assert!(
+            full.noise.iter().any(|n| n.path == path),
+            "{:?}",
+            full.noise
+        );
     }
 }
 
@@ -1234,7 +1238,10 @@ fn a_checkpoint_naming_sequence_zero_is_a_problem_not_a_panic() {
     let (valid, _) = checkpoint::load_valid(&site, &config.vault_id, &signers, &histories).unwrap();
     for cp in &valid {
         let problems = checkpoint::check_against_except(cp, &histories, &[]);
-        assert!(problems.iter().any(|p| p.contains("entry 0")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("entry 0")),
+            "{problems:?}"
+        );
     }
     assert!(ledger::entry_at(records, 0).is_none());
     assert_eq!(ledger::entry_at(records, 1), Some(&records[0]));

@@ -113,8 +113,8 @@ fn open_pack(root: &[u8; 32], dataset: &str, pack: &[u8]) -> Vec<Blob> {
 
     assert_eq!(&pack[..8], b"EMBPACK1");
     assert_eq!(&pack[8..16], key_id, "the pack names the dataset's key id");
-    let enc = <hpke::kem::X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&pack[16..48])
-        .unwrap();
+    let enc =
+        <hpke::kem::X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&pack[16..48]).unwrap();
     let mut info = b"data-embassy pack v1\0".to_vec();
     info.extend_from_slice(dataset.as_bytes());
     info.push(0);

@@ -615,7 +615,11 @@ fn plan_restore(reader: &VersionReader, seeds: Vec<(PathBuf, Node)>) -> Result<P
         .map(|t| t.nodes.len() as u64)
         .sum::<u64>()
         .saturating_add(seeds.len() as u64);
-    let recorded = reader.manifest.stats.files.saturating_add(reader.manifest.stats.dirs);
+    let recorded = reader
+        .manifest
+        .stats
+        .files
+        .saturating_add(reader.manifest.stats.dirs);
     if expanded > recorded.saturating_add(distinct) {
         return Err(Error::invalid(format!(
             "the version's tree expands to {} entries (folders named more than once), but it \

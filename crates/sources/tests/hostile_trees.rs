@@ -123,7 +123,11 @@ fn a_tree_100000_folders_deep_is_refused_without_overflowing_the_stack() {
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
     eprintln!("100,000 deep: refused in {took:?}");
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing created");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing created"
+    );
 }
 
 /// A shallower chain (within the limit) restores.
@@ -175,7 +179,11 @@ fn a_diamond_of_64_levels_is_refused_quickly() {
     assert!(err.to_string().contains("more than 2^64"), "{err}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("64-level diamond: refused in {took:?}");
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing created");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing created"
+    );
 }
 
 /// Two names for one subtree, as equal folders dedup in an honest backup: restored as two
