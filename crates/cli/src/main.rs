@@ -651,7 +651,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     stream::restore_to(&reader, &mut out, &bar)?;
                 }
                 (VersionKind::Stream, Some(file)) => {
-                    if file.exists() && !overwrite {
+                    // A link there counts, dangling or not: --overwrite replaces it.
+                    if std::fs::symlink_metadata(file).is_ok() && !overwrite {
                         return Err(Error::invalid(format!(
                             "{} exists: pass --overwrite to replace it",
                             file.display()

@@ -160,7 +160,13 @@ fn a_stream_restore_never_writes_through_planted_links() {
         "a restored stream is private to its owner"
     );
 
-    // A link at the target: replaced with --overwrite, never followed.
+    // A link at the target: refused without --overwrite (dangling or not), replaced with it,
+    // never followed.
+    let dangling = env.path("dangling");
+    symlink(env.path("nowhere"), &dangling).unwrap();
+    let r = env.run(&["restore", "dump", "--to"], &[&dangling]);
+    assert!(r.code == 1 && r.stderr.contains("--overwrite"), "{r:#?}");
+    assert!(!env.path("nowhere").exists());
     let linked = env.path("linked");
     symlink(&victim, &linked).unwrap();
     env.run(&["restore", "dump", "--overwrite", "--to"], &[&linked])
