@@ -626,7 +626,7 @@ fn plan_restore(reader: &VersionReader, seeds: Vec<(PathBuf, Node)>) -> Result<P
              records {recorded} files and folders and stores {distinct} distinct entries: a tree \
              shaped to exhaust this host, refusing to restore it",
             if expanded == u64::MAX {
-                "more than 2^64".to_string()
+                "2^64 or more".to_string()
             } else {
                 expanded.to_string()
             }
