@@ -176,7 +176,10 @@ fn a_diamond_of_64_levels_is_refused_quickly() {
     let started = Instant::now();
     let err = tv.restore(&v, &out).unwrap_err();
     let took = started.elapsed();
-    assert!(err.to_string().contains("expands to 2^64 or more entries"), "{err}");
+    assert!(
+        err.to_string().contains("expands to 2^64 or more entries"),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("64-level diamond: refused in {took:?}");
     assert_eq!(
