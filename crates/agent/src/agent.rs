@@ -28,7 +28,8 @@ use crate::status::{self, SiteSnapshot};
 /// Writes one log line on stderr: UTC time, then the message.
 pub fn log(message: impl AsRef<str>) {
     let now = embassy_core::time::utc(embassy_core::config::now_unix_nanos());
-    eprintln!("{now} {}", message.as_ref());
+    // Messages carry text from sites and writers: no control characters reach the log.
+    eprintln!("{now} {}", embassy_core::text::escape(message.as_ref()));
 }
 
 /// Flags the signal handlers set (the CLI registers them with `signal-hook`; tests set them).

@@ -77,6 +77,8 @@ impl Site for CancellableSite {
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
 pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, String> {
     let locations = config.locations();
+    // The agent's writers (and a CLI given the same state folder) take turns at each ledger.
+    embassy_core::ledger::use_lock_folder(config.agent.state_dir.join("locks"));
     // Writes a site misses are queued in the state folder (embassy-sites's catch-up queue).
     let site = embassy_sites::open_many_queued(
         &locations,
@@ -109,18 +111,10 @@ pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, St
 fn passphrase(source: &PassphraseSource) -> Result<Zeroizing<String>, String> {
     match source {
         PassphraseSource::File(path) => {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read passphrase file {}: {e}", path.display()))?,
-            );
-            let first = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
-            if first.is_empty() {
-                return Err(format!("passphrase file {} is empty", path.display()));
-            }
-            Ok(first)
+            embassy_core::keyfile::passphrase_from_file(path).map_err(|e| e.to_string())
         }
-        PassphraseSource::Env(name) => match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(Zeroizing::new(v)),
+        PassphraseSource::Env(name) => match embassy_core::keyfile::passphrase_from_env(name) {
+            Ok(Some(v)) => Ok(v),
             _ => Err(format!(
                 "the passphrase variable {name} is not set (or empty): set it, or use keys.passphrase_file"
             )),

@@ -106,19 +106,12 @@ impl AgentState {
 
     /// Writes the state atomically (a temporary file renamed over the old one, after fsync).
     pub fn store(&self, dir: &Path) -> Result<(), String> {
-        use std::io::Write;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create state folder {}: {e}", dir.display()))?;
         let path = state_path(dir);
-        let tmp = dir.join(format!(".agent-state.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec(self).map_err(|e| format!("encoding state: {e}"))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| format!("cannot write state file {}: {e}", path.display()))
+        embassy_core::fsutil::write_atomic(&path, &bytes)
+            .map_err(|e| format!("cannot write state file {}: {e}", path.display()))
     }
 
     /// Adds a lag history point for `key`, keeping at most [`HISTORY_POINTS`] and at most one

@@ -72,7 +72,7 @@ pub fn agent(file: &Path, once: bool) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::output::escape(&e.to_string()));
             ExitCode::from(1)
         }
     }
@@ -93,7 +93,7 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
     let report = match embassy_agent::agent::status_now(&config) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::output::escape(&e.to_string()));
             return ExitCode::from(1);
         }
     };
@@ -124,7 +124,7 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             println!(
                 "ALARM since {}: {}",
                 a["since"].as_str().unwrap_or_default(),
-                a["message"].as_str().unwrap_or_default()
+                crate::output::escape(a["message"].as_str().unwrap_or_default())
             );
         }
     }

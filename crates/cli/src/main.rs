@@ -343,10 +343,10 @@ fn main() -> ExitCode {
                     json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity()})
                 );
             }
-            eprintln!("error: {e}");
+            eprintln!("error: {}", output::escape(&e.to_string()));
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                eprintln!("  caused by: {}", output::escape(&s.to_string()));
                 source = s.source();
             }
             ExitCode::from(if e.is_integrity() { 3 } else { 1 })
@@ -368,6 +368,8 @@ fn state_dir(cli: &Cli) -> Result<PathBuf> {
 fn open_vault(cli: &Cli) -> Result<Vault> {
     let vault = Vault::open(open_site(cli)?)?;
     let dir = state_dir(cli)?;
+    // Writers on this host take turns at each ledger through lock files in the state folder.
+    embassy_core::ledger::use_lock_folder(dir.join("locks"));
     check_vault_id(cli, vault.site().location(), &vault.config().vault_id)?;
     secrets::check_given_key_file(cli.key_file.as_deref(), vault.config())?;
     let state = StateStore::open(&dir, &vault.config().vault_id)?;
@@ -520,7 +522,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             };
             bar.finish();
             for w in &warnings {
-                eprintln!("warning: {w}");
+                eprintln!("warning: {}", output::escape(w));
             }
             let mut lagging = vault.site().lagging();
             lagging.sort();
@@ -621,7 +623,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let version = vault.find_trusted_version(dataset, selector, *unwitnessed)?;
             if !*unwitnessed && matches!(selector, None | Some("latest")) {
                 if let Some(note) = vault.unwitnessed_note(&version)? {
-                    eprintln!("note: {note}");
+                    eprintln!("note: {}", output::escape(&note));
                 }
             }
             let keyring = secrets::unlock(
@@ -649,32 +651,22 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     stream::restore_to(&reader, &mut out, &bar)?;
                 }
                 (VersionKind::Stream, Some(file)) => {
-                    if file.exists() && !overwrite {
+                    // A link there counts, dangling or not: --overwrite replaces it.
+                    if std::fs::symlink_metadata(file).is_ok() && !overwrite {
                         return Err(Error::invalid(format!(
                             "{} exists: pass --overwrite to replace it",
                             file.display()
                         )));
                     }
-                    // Written under a temporary name and renamed only when complete, so a
-                    // failed restore never leaves a partial file under the final name.
-                    let partial = file.with_extension("embassy-partial");
-                    let written = (|| -> Result<u64> {
-                        let mut out = std::fs::File::create(&partial)
-                            .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
-                        let n = stream::restore_to(&reader, &mut out, &bar)?;
-                        out.sync_all()
-                            .map_err(|e| Error::io(format!("syncing {}", partial.display()), e))?;
-                        std::fs::rename(&partial, file)
-                            .map_err(|e| Error::io(format!("renaming to {}", file.display()), e))?;
-                        Ok(n)
-                    })();
-                    let n = match written {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&partial);
-                            return Err(e);
-                        }
-                    };
+                    // Written under a fresh random name beside it (never through a planted
+                    // link) and renamed only when complete, so a failed restore never leaves a
+                    // partial file under the final name.
+                    let mut out = embassy_core::fsutil::NewFile::beside(file).map_err(|e| {
+                        Error::io(format!("creating a file beside {}", file.display()), e)
+                    })?;
+                    let n = stream::restore_to(&reader, &mut out, &bar)?;
+                    out.persist()
+                        .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
                     report_restore(
                         cli,
                         &version,
@@ -748,7 +740,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 for d in &report.datasets {
                     println!(
                         "dataset {}: {} ledger entries, head {}, {} versions complete{}",
-                        d.name,
+                        output::escape(&d.name),
                         d.entries,
                         d.head.as_deref().map_or("-", |h| &h[..16]),
                         d.versions_complete,
@@ -769,14 +761,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         report.noise.len()
                     );
                     for n in &report.noise {
-                        println!("  NOISE (ignored): {n}");
+                        println!("  NOISE (ignored): {}", output::escape(n));
                     }
                 }
                 for n in &report.notes {
-                    println!("note: {n}");
+                    println!("note: {}", output::escape(n));
                 }
                 for p in &report.problems {
-                    println!("PROBLEM: {p}");
+                    println!("PROBLEM: {}", output::escape(p));
                 }
                 for (dataset, r) in &wal {
                     pg::print_wal_report(Some(dataset), r);
@@ -904,11 +896,12 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 None => detail,
             };
             println!(
-                "{:>5}  {:<20}  {:<16}  {:<16}  {detail}",
+                "{:>5}  {:<20}  {:<16}  {:<16}  {}",
                 r.entry.seq,
                 output::time(r.entry.time_ns),
                 &r.id.to_hex()[..16],
-                &hex_key(&r.entry.signer)[..16]
+                &hex_key(&r.entry.signer)[..16],
+                output::escape(&detail)
             );
         }
         println!("{} entries, chain and signatures verified", history.len());
@@ -985,10 +978,9 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
     file.expect_purpose(PURPOSE_WITNESS, key_path)?;
     let pass = secrets::passphrase(cli.passphrase_file.as_deref(), false)?;
     let seed = file.open_payload(pass.as_bytes(), key_path)?;
-    let seed: [u8; 32] = seed[..]
-        .try_into()
-        .map_err(|_| Error::invalid("witness key file holds a secret of the wrong length"))?;
-    let key = embassy_core::checkpoint::witness_signing_key(&RootSecret::from_bytes(&seed));
+    let seed = RootSecret::from_slice(&seed)
+        .ok_or_else(|| Error::invalid("witness key file holds a secret of the wrong length"))?;
+    let key = embassy_core::checkpoint::witness_signing_key(&seed);
     let vault = open_vault(cli)?;
     // A witness key made for one vault (`embassy --vault-id ID witness-key`) witnesses only it.
     if file.vault_id != WITNESS_KEY_ID && file.vault_id != vault.config().vault_id {
@@ -1007,7 +999,7 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
     bar.finish();
     if !report.is_ok() {
         for p in &report.problems {
-            eprintln!("PROBLEM: {p}");
+            eprintln!("PROBLEM: {}", output::escape(p));
         }
         return Err(Error::History {
             dataset: "(vault)".into(),
@@ -1018,7 +1010,7 @@ fn witness(cli: &Cli, key_path: &Path) -> Result<ExitCode> {
         });
     }
     for n in &report.noise {
-        eprintln!("noise: {n}");
+        eprintln!("noise: {}", output::escape(n));
     }
     let (histories, _) = vault.histories()?;
     // The newest valid checkpoint (signed by the root or a pinned writer key, dated sanely);
@@ -1064,7 +1056,7 @@ fn sync(cli: &Cli, from: &str, to: &str, repair: bool) -> Result<ExitCode> {
             report.repaired
         );
         for p in &report.problems {
-            println!("PROBLEM: {p}");
+            println!("PROBLEM: {}", output::escape(p));
         }
     }
     Ok(if report.problems.is_empty() {
@@ -1144,7 +1136,7 @@ fn status(cli: &Cli) -> Result<ExitCode> {
                     "{:<24} {:<40} ERROR: {}",
                     r["dataset"].as_str().unwrap_or("-"),
                     r["site"].as_str().unwrap_or_default(),
-                    e.as_str().unwrap_or_default()
+                    output::escape(e.as_str().unwrap_or_default())
                 );
                 continue;
             }
@@ -1379,6 +1371,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             let root = &unlock_root(cli, &vault)?;
             let mut key = [0u8; 32];
             if signer.len() != 64
+                || !signer.is_ascii()
                 || (0..32).any(|i| {
                     u8::from_str_radix(&signer[2 * i..2 * i + 2], 16)
                         .map(|b| key[i] = b)
@@ -1429,7 +1422,7 @@ fn init(
         }
     }
     for n in &notes {
-        eprintln!("note: {n}");
+        eprintln!("note: {}", output::escape(n));
     }
     let site = open_sites(cli, true)?;
     if let Some(existing) = VaultConfig::try_load(site.as_ref())? {

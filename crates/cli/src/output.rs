@@ -7,6 +7,9 @@ use embassy_core::vault::Version;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+/// Writer- and site-controlled text made safe to print (control characters escaped).
+pub use embassy_core::text::escape;
+
 /// A progress bar on stderr when it is a terminal, else nothing.
 pub struct Bar(Option<ProgressBar>);
 
@@ -96,7 +99,7 @@ pub fn version_rows(versions: &[Version]) -> String {
     for v in versions {
         out.push_str(&format!(
             "{:<24} {:>7}  {:<20}  {:<6} {:>8} {:>10} {:>10}  {}\n",
-            v.dataset,
+            escape(&v.dataset),
             v.seq,
             time(v.captured_at_ns),
             match v.kind {

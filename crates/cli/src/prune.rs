@@ -408,12 +408,9 @@ fn open_approver(cli: &Cli, path: &Path) -> Result<approval::SigningKey> {
     file.expect_purpose(PURPOSE_APPROVER, path)?;
     let pass = secrets::passphrase(cli.passphrase_file.as_deref(), false)?;
     let seed = file.open_payload(pass.as_bytes(), path)?;
-    let seed: [u8; 32] = seed[..]
-        .try_into()
-        .map_err(|_| Error::invalid("approver key file holds a secret of the wrong length"))?;
-    Ok(approval::approver_signing_key(&RootSecret::from_bytes(
-        &seed,
-    )))
+    let seed = RootSecret::from_slice(&seed)
+        .ok_or_else(|| Error::invalid("approver key file holds a secret of the wrong length"))?;
+    Ok(approval::approver_signing_key(&seed))
 }
 
 /// `embassy policy`.

@@ -17,24 +17,10 @@ use zeroize::Zeroizing;
 /// prompt when stdin is a terminal. Never prompts otherwise.
 pub fn passphrase(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(path) = file {
-        let text =
-            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                Error::io(format!("reading passphrase file {}", path.display()), e)
-            })?);
-        let trimmed = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
-        if trimmed.is_empty() {
-            return Err(Error::invalid(format!(
-                "passphrase file {} is empty",
-                path.display()
-            )));
-        }
-        return Ok(trimmed);
+        return embassy_core::keyfile::passphrase_from_file(path);
     }
-    if let Ok(value) = std::env::var("EMBASSY_PASSPHRASE") {
-        if value.is_empty() {
-            return Err(Error::invalid("EMBASSY_PASSPHRASE is set but empty"));
-        }
-        return Ok(Zeroizing::new(value));
+    if let Some(value) = embassy_core::keyfile::passphrase_from_env("EMBASSY_PASSPHRASE")? {
+        return Ok(value);
     }
     if !std::io::stdin().is_terminal() {
         return Err(Error::invalid(

@@ -269,7 +269,7 @@ pub fn time_problem(
     for (dataset, head) in &cp.checkpoint.heads {
         let served = histories
             .get(dataset)
-            .and_then(|h| h.get((head.seq as usize).wrapping_sub(1)))
+            .and_then(|h| crate::ledger::entry_at(h, head.seq))
             .filter(|r| r.id == head.id)
             .map(|r| r.entry.time_ns);
         let time = served.or_else(|| {
@@ -309,7 +309,7 @@ pub fn check_against_except(
             continue;
         }
         let served = histories.get(dataset);
-        match served.and_then(|h| h.get((head.seq as usize).wrapping_sub(1))) {
+        match served.and_then(|h| crate::ledger::entry_at(h, head.seq)) {
             None => problems.push(format!(
                 "dataset {dataset}: rollback: checkpoint {} of {when} says entry {} ({}) exists, but the site serves {}",
                 cp.id.short(),

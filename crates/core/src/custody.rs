@@ -173,10 +173,8 @@ pub fn recover(texts: &[String]) -> Result<RootSecret> {
     for mut r in raw {
         r.zeroize();
     }
-    let secret: [u8; 32] = combined[..]
-        .try_into()
-        .map_err(|_| Error::invalid("the shares do not hold a 32-byte secret"))?;
-    let root = RootSecret::from_bytes(&secret);
+    let root = RootSecret::from_slice(&combined[..])
+        .ok_or_else(|| Error::invalid("the shares do not hold a 32-byte secret"))?;
     if !crate::crypto::ct_eq(&secret_check(root.expose()), &first.check) {
         return Err(Error::invalid(
             "the shares do not recombine to the secret they were made from: one of them was altered",

@@ -552,10 +552,8 @@ impl Collector {
         if let Some(dir) = self.seen_path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = self.seen_path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(seen).map_err(|e| Error::invalid(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &self.seen_path).map_err(io)
+        crate::fsutil::write_atomic(&self.seen_path, &bytes).map_err(io)
     }
 }
 

@@ -602,7 +602,7 @@ pub fn load(
     let end = walked
         .conflict
         .as_ref()
-        .map_or(walked.records.len() as u64, |c| c.seq - 1);
+        .map_or(walked.records.len() as u64, |c| c.seq.saturating_sub(1));
     let mut known = walked.signers_at_end.clone();
     known.push(ctx.root);
     let mut beyond: Vec<(u64, ObjectId)> = Vec::new();
@@ -615,7 +615,7 @@ pub fn load(
                 format!(
                     "does not chain to the accepted history (it continues {}, which is not entry {} of it)",
                     c.entry.prev.map_or("nothing".into(), |p| p.short()),
-                    seq - 1
+                    seq.saturating_sub(1)
                 )
             } else if known.contains(&c.entry.signer) {
                 beyond.push((*seq, c.id));

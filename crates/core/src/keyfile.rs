@@ -161,11 +161,10 @@ impl KeyFile {
     pub fn open(&self, passphrase: &[u8], path: &Path) -> Result<RootSecret> {
         self.expect_purpose(PURPOSE_ROOT, path)?;
         let plain = self.open_payload(passphrase, path)?;
-        let bytes: [u8; 32] = plain[..].try_into().map_err(|_| Error::KeyFile {
+        RootSecret::from_slice(&plain).ok_or_else(|| Error::KeyFile {
             path: path.to_path_buf(),
             problem: "the wrapped secret has the wrong length".into(),
-        })?;
-        Ok(RootSecret::from_bytes(&bytes))
+        })
     }
 
     /// Checks what the file holds.
@@ -262,6 +261,48 @@ impl KeyFile {
     }
 }
 
+/// Text read as a passphrase, zeroized on every path: bytes that are not UTF-8 are wiped before
+/// the error is returned.
+fn passphrase_text(mut bytes: Zeroizing<Vec<u8>>, what: &str) -> Result<Zeroizing<String>> {
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            Err(Error::invalid(format!("{what} is not UTF-8 text")))
+        }
+    }
+}
+
+/// The passphrase in a file: its content without the line end(s) at its end. Read into one
+/// buffer sized from the file and zeroized after use.
+pub fn passphrase_from_file(path: &Path) -> Result<Zeroizing<String>> {
+    use std::io::Read;
+    let what = || format!("reading passphrase file {}", path.display());
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(what(), e))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(size.min(1 << 20) as usize + 1));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(what(), e))?;
+    passphrase_text(bytes, &format!("passphrase file {}", path.display()))
+}
+
+/// The passphrase in environment variable `name` (`None` when unset), its copy zeroized on every
+/// path. The environment keeps its own copy (an agent reads it again on each run): keep it out
+/// of the environment of other processes (see docs/keys.md).
+pub fn passphrase_from_env(name: &str) -> Result<Option<Zeroizing<String>>> {
+    use std::os::unix::ffi::OsStringExt;
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    passphrase_text(Zeroizing::new(value.into_vec()), name).map(Some)
+}
+
 /// Where a vault's key file lives when no path is given:
 /// `$XDG_CONFIG_HOME/data-embassy/keys/<vault-id>.key` (or under `~/.config`).
 pub fn default_key_path(vault_id: &str) -> Option<PathBuf> {
@@ -285,6 +326,29 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    #[test]
+    fn passphrases_are_read_the_same_way_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pass");
+        std::fs::write(&file, b"two words\r\n\n").unwrap();
+        assert_eq!(passphrase_from_file(&file).unwrap().as_str(), "two words");
+        std::fs::write(&file, b"\n").unwrap();
+        assert!(passphrase_from_file(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
+        std::fs::write(&file, b"\xff\xfe").unwrap();
+        assert!(passphrase_from_file(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
+        assert!(passphrase_from_env("EMBASSY_TEST_SURELY_UNSET_PASSPHRASE")
+            .unwrap()
+            .is_none());
+        assert!(RootSecret::from_slice(&[1; 31]).is_none());
+        assert_eq!(RootSecret::from_slice(&[1; 32]).unwrap().expose(), &[1; 32]);
+    }
 
     #[test]
     fn wrong_passphrase_is_named() {

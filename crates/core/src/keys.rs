@@ -33,19 +33,31 @@ impl RootSecret {
         Self(Zeroizing::new(*bytes))
     }
 
+    /// Wraps secret bytes given as a slice (an unwrapped key file, combined shares); `None`
+    /// unless exactly 32 bytes. Copied straight into zeroized storage.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(<&[u8; 32]>::try_from(bytes).ok()?);
+        Some(Self(secret))
+    }
+
     /// The secret bytes, for wrapping into a key file or splitting into shares.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
     }
 
     fn derive(&self, context: &str, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
-        let mut hasher = blake3::Hasher::new_derive_key(context);
+        // The hasher's state holds the root secret, its output a key: both are wiped.
+        let mut hasher = Zeroizing::new(blake3::Hasher::new_derive_key(context));
         hasher.update(self.0.as_ref());
         for part in parts {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
-        Zeroizing::new(*hasher.finalize().as_bytes())
+        let hash = Zeroizing::new(hasher.finalize());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(hash.as_bytes());
+        out
     }
 
     /// The key that signs the vault configuration and its signer list.

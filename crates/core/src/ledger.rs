@@ -164,6 +164,13 @@ pub struct Entry {
     pub event: Event,
 }
 
+/// The entry with sequence number `seq` in a verified history (entries are numbered from 1,
+/// so it is `history[seq - 1]`); `None` for sequence 0, which no entry has, and beyond the end.
+pub fn entry_at(history: &[Record], seq: u64) -> Option<&Record> {
+    let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+    history.get(index)
+}
+
 /// A verified entry with where it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -221,41 +228,122 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
 // The history's acceptance rules live in their own module; these names stay here for callers.
 pub use crate::history::{load_history, load_history_full, History, Rejected};
 
+/// The folder of this host's ledger locks, once set by [`use_lock_folder`].
+static LOCK_FOLDER: std::sync::RwLock<Option<std::path::PathBuf>> = std::sync::RwLock::new(None);
+
+/// Environment variable: how long an append waits for another writer's ledger lock, in seconds
+/// (default [`DEFAULT_LOCK_TIMEOUT_SECS`]).
+pub const LOCK_TIMEOUT_ENV: &str = "EMBASSY_LEDGER_LOCK_TIMEOUT";
+
+/// How long an append waits for another writer's ledger lock unless [`LOCK_TIMEOUT_ENV`] says.
+pub const DEFAULT_LOCK_TIMEOUT_SECS: u64 = 600;
+
+/// Keeps this process's ledger locks in `dir` (the CLI and the agent use `<state folder>/locks`,
+/// so a CLI run with the agent's state folder takes turns with the agent). Without it, the
+/// default state folder's `locks` is used.
+pub fn use_lock_folder(dir: std::path::PathBuf) {
+    *LOCK_FOLDER.write().unwrap_or_else(|p| p.into_inner()) = Some(dir);
+}
+
+/// The folder of the ledger locks: the one set with [`use_lock_folder`], else `locks` in the
+/// default state folder.
+pub fn lock_folder() -> Option<std::path::PathBuf> {
+    LOCK_FOLDER
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .or_else(|| crate::state::StateStore::default_dir().map(|d| d.join("locks")))
+}
+
 /// A host-wide advisory lock (flock) on one dataset's ledger at one site, held while an entry
 /// is appended: writers running at the same time on one host (an agent's streamer and its
-/// base backups) never race for a sequence number. Best effort: without a lock file (no temp
-/// folder, no permission) appends proceed as before, guarded only by the list-put-list check.
-/// Writers on different hosts are not covered: one writer host per dataset.
+/// base backups) never race for a sequence number. The lock file lives in the lock folder
+/// ([`lock_folder`], private to its user: created 0700, never chmod'ed), is opened without
+/// following links, and holds the pid of the writer holding it. A writer waits at most
+/// [`LOCK_TIMEOUT_ENV`] seconds, then fails naming the holder. Best effort: without a lock
+/// folder (no home, no permission) appends proceed as before, guarded only by the
+/// list-put-list check. Writers on different hosts are not covered: one writer host per dataset.
 struct HostLedgerLock(Option<std::fs::File>);
 
 impl HostLedgerLock {
-    fn take(location: &str, dataset: &str) -> Self {
-        use std::os::unix::fs::OpenOptionsExt;
+    fn take(location: &str, dataset: &str) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         use std::os::unix::io::AsRawFd;
-        let dir = std::env::temp_dir().join("data-embassy-ledger-locks");
-        if std::fs::create_dir_all(&dir).is_ok() {
-            // Shared by the users that write (root, postgres): sticky and world-writable, like /tmp.
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+        let Some(dir) = lock_folder() else {
+            return Ok(HostLedgerLock(None));
+        };
+        if std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .is_err()
+        {
+            return Ok(HostLedgerLock(None));
         }
         let name = blake3::hash(format!("{location}\0{dataset}").as_bytes()).to_hex();
         let path = dir.join(format!("{}.lock", &name[..32]));
-        let file = std::fs::OpenOptions::new()
+        let mut file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
             .open(&path)
-            .or_else(|_| std::fs::File::open(&path));
-        match file {
-            Ok(f) => {
-                // SAFETY: flock on a descriptor we own; blocks until the lock is free.
-                let locked = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0;
-                HostLedgerLock(locked.then_some(f))
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(Error::invalid(format!(
+                    "the ledger lock {} is a symbolic link, which is never followed: remove it",
+                    path.display()
+                )))
             }
-            Err(_) => HostLedgerLock(None),
+            Err(_) => return Ok(HostLedgerLock(None)),
+        };
+        let wait = std::env::var(LOCK_TIMEOUT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(
+                std::time::Duration::from_secs(DEFAULT_LOCK_TIMEOUT_SECS),
+                std::time::Duration::from_secs_f64,
+            );
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own, without blocking.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
+                _ => return Ok(HostLedgerLock(None)),
+            }
+            if started.elapsed() >= wait {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "an unknown pid".to_string()
+                } else {
+                    format!("pid {}", crate::text::escape(holder))
+                };
+                return Err(Error::invalid(format!(
+                    "dataset {dataset}: another writer on this host ({holder}) has held the \
+                     ledger lock {} for more than {:.0} s: wait for it to finish or stop it \
+                     ({LOCK_TIMEOUT_ENV} sets the wait, in seconds)",
+                    path.display(),
+                    wait.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        // Name the holder for whoever waits next.
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(HostLedgerLock(Some(file)))
     }
 }
 
@@ -291,7 +379,7 @@ pub fn append_ignoring(
 ) -> Result<Record> {
     // Writers of one dataset on this host (the WAL streamer, base backups, promotion, prune)
     // take turns: two appends at the same sequence number would fork the history for good.
-    let _turn = HostLedgerLock::take(site.location(), dataset);
+    let _turn = HostLedgerLock::take(site.location(), dataset)?;
     let seq = head.map_or(1, |h| h.entry.seq + 1);
     let entry = Entry {
         dataset: dataset.to_string(),

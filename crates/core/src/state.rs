@@ -104,7 +104,7 @@ impl StateStore {
         let seen = self.lock().heads.get(dataset).cloned();
         if let Some(seen) = seen {
             let served = history.last().map(|r| (r.entry.seq, r.id.to_hex()));
-            match history.get(seen.seq as usize - 1) {
+            match crate::ledger::entry_at(history, seen.seq) {
                 None => {
                     return Err(Error::History {
                         dataset: dataset.into(),
@@ -114,7 +114,7 @@ impl StateStore {
                             served.as_ref().map_or("no history".to_string(), |(s, id)| format!("head {s} {}", &id[..16])),
                             served.as_ref().map_or(0, |(s, _)| *s),
                             seen.seq,
-                            &seen.id[..16.min(seen.id.len())],
+                            seen.id.get(..16).unwrap_or(&seen.id),
                             utc(seen.seen_at_ns)
                         ),
                     })
@@ -127,7 +127,7 @@ impl StateStore {
                              the site serves different histories to different clients",
                             seen.seq,
                             &record.id.to_hex()[..16],
-                            &seen.id[..16.min(seen.id.len())],
+                            seen.id.get(..16).unwrap_or(&seen.id),
                             utc(seen.seen_at_ns)
                         ),
                     })
@@ -194,7 +194,6 @@ impl StateStore {
         // Several stores of one vault may live in one process (the agent runs datasets on
         // threads): one save at a time, each with its own temporary file.
         static SAVING: Mutex<()> = Mutex::new(());
-        static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let _saving = SAVING.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
@@ -218,14 +217,7 @@ impl StateStore {
             }
         }
         let json = serde_json::to_vec_pretty(&merged).map_err(|e| Error::invalid(e.to_string()))?;
-        let tmp = self.path.with_extension(format!(
-            "json.{}.{}.tmp",
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::write(&tmp, &json)
-            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
+        crate::fsutil::write_atomic(&self.path, &json)
             .map_err(|e| Error::io(format!("writing state file {}", self.path.display()), e))?;
         *self.lock() = merged;
         Ok(())
@@ -271,10 +263,7 @@ pub fn pin_site(dir: &Path, location: &str, vault_id: &str, forget: bool) -> Res
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let json = serde_json::to_vec_pretty(&pins).map_err(|e| Error::invalid(e.to_string()))?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &json)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    crate::fsutil::write_atomic(&path, &json)
         .map_err(|e| Error::io(format!("writing site pin file {}", path.display()), e))
 }
 

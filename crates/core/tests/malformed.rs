@@ -1163,3 +1163,104 @@ proptest! {
         prop_assert!(load_checkpoints(&with_magic(b"EMBCHKP1", &tail)).is_empty());
     }
 }
+
+// ----------------------------------------------------------------------------------------------
+// Sequence 0: no entry has it (they start at 1); nothing may subtract 1 from it unchecked
+// ----------------------------------------------------------------------------------------------
+
+/// A signed entry with sequence 0 (at any place of the history) is noise, not a panic.
+#[test]
+fn a_ledger_entry_with_sequence_zero_is_noise() {
+    let (objects, config, records) = history();
+    for (prev, key) in [
+        (None, objects_writer()),
+        (Some(records[0].id), objects_writer()),
+        (Some(records[2].id), objects_writer()),
+    ] {
+        let entry = Entry {
+            seq: 0,
+            prev,
+            ..records[0].entry.clone()
+        };
+        let bytes = ledger::encode(&entry, &key);
+        let id = ObjectId::of(&bytes);
+        let path = layout::ledger_entry("fuzz", 0, &id);
+        let mut site_objects = objects.clone();
+        site_objects.push((path.clone(), bytes));
+        let site = MemorySite::with(
+            &site_objects
+                .iter()
+                .map(|(p, b)| (p.as_str(), b.as_slice()))
+                .collect::<Vec<_>>(),
+        );
+        let full = ledger::load_history_full(&site, config, "fuzz").unwrap();
+        assert_eq!(full.records, *records);
+        assert!(
+            full.noise.iter().any(|n| n.path == path),
+            "{:?}",
+            full.noise
+        );
+    }
+}
+
+fn objects_writer() -> ed25519_dalek::SigningKey {
+    objects().writer.clone()
+}
+
+/// A checkpoint naming entry 0 of a dataset reports a rollback; it does not index entry -1.
+#[test]
+fn a_checkpoint_naming_sequence_zero_is_a_problem_not_a_panic() {
+    use embassy_core::checkpoint::{self, Head};
+    let (_, config, records) = history();
+    let site = MemorySite::with(&[]);
+    let heads = [(
+        records[0].entry.dataset.clone(),
+        Head {
+            seq: 0,
+            id: records[0].id,
+        },
+    )]
+    .into_iter()
+    .collect();
+    checkpoint::write_at(
+        &site,
+        &config.vault_id,
+        heads,
+        &objects().writer,
+        records[0].entry.time_ns,
+    )
+    .unwrap();
+    let mut signers = config.signer_keys();
+    signers.push(config.root_key().unwrap());
+    let histories = [(records[0].entry.dataset.clone(), records.clone())]
+        .into_iter()
+        .collect();
+    let (valid, _) = checkpoint::load_valid(&site, &config.vault_id, &signers, &histories).unwrap();
+    for cp in &valid {
+        let problems = checkpoint::check_against_except(cp, &histories, &[]);
+        assert!(
+            problems.iter().any(|p| p.contains("entry 0")),
+            "{problems:?}"
+        );
+    }
+    assert!(ledger::entry_at(records, 0).is_none());
+    assert_eq!(ledger::entry_at(records, 1), Some(&records[0]));
+    assert!(ledger::entry_at(records, u64::MAX).is_none());
+}
+
+/// A state file that remembers entry 0 of a dataset (damaged, or written by hand) makes the
+/// check fail with a message, not a panic.
+#[test]
+fn a_state_file_remembering_sequence_zero_does_not_underflow() {
+    use embassy_core::state::StateStore;
+    let (_, _, records) = history();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("v.json"),
+        r#"{"heads":{"fuzz":{"seq":0,"id":"ü€€€€€€€€€€€€€€€€€","seen_at_ns":0}}}"#,
+    )
+    .unwrap();
+    let store = StateStore::open(dir.path(), "v").unwrap();
+    let err = store.check_history("fuzz", records).unwrap_err();
+    assert!(err.to_string().contains("entry 0"), "{err}");
+}

@@ -329,13 +329,7 @@ impl SiteQueue {
         if out.is_empty() {
             std::fs::remove_file(&self.path).map_err(io(ctx()))?;
         } else {
-            let tmp = self
-                .path
-                .with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
-            let mut t = File::create(&tmp).map_err(io(ctx()))?;
-            t.write_all(&out).map_err(io(ctx()))?;
-            t.sync_all().map_err(io(ctx()))?;
-            std::fs::rename(&tmp, &self.path).map_err(io(ctx()))?;
+            embassy_core::fsutil::write_atomic(&self.path, &out).map_err(io(ctx()))?;
         }
         sync_dir(dir)?;
         drop(file);
@@ -366,20 +360,17 @@ impl Session {
             rand::random::<u32>()
         );
         let path = dir.join(&id);
-        let tmp = dir.join(format!("{id}.tmp"));
         let ctx = || format!("writing the session file {}", path.display());
-        let mut file = File::create(&tmp).map_err(io(ctx()))?;
+        let mut file = embassy_core::fsutil::NewFile::beside(&path).map_err(io(ctx()))?;
         // Locked before it appears under its name: a visible, unlocked session is a dead one.
-        file.lock().map_err(io(ctx()))?;
+        file.file().lock().map_err(io(ctx()))?;
         let mut text = String::new();
         for s in sites {
             text.push_str(&s.replace(['\n', '\r'], " "));
             text.push('\n');
         }
         file.write_all(text.as_bytes()).map_err(io(ctx()))?;
-        file.sync_all().map_err(io(ctx()))?;
-        std::fs::rename(&tmp, &path).map_err(io(ctx()))?;
-        sync_dir(&dir)?;
+        let file = file.persist().map_err(io(ctx()))?;
         Ok(Session { path, _file: file })
     }
 }

@@ -514,45 +514,156 @@ struct Plan {
     leaves: Vec<(PathBuf, Node)>,
 }
 
-fn plan_tree(
+/// Folders nested deeper than this are refused before anything is created: every level adds at
+/// least two bytes (a name and a `/`) to a path, and the system refuses paths of `PATH_MAX`
+/// (4096) bytes.
+pub const MAX_RESTORE_DEPTH: usize = libc::PATH_MAX as usize / 2;
+
+/// Every distinct tree under `starts`, each read once, and the number of entries restoring
+/// `starts` expands to (saturating). Iterative, so a deep tree cannot overflow the stack;
+/// memoized, so a tree named by many folders (equal folders dedup, or a writer's diamond) is
+/// read and counted once.
+fn load_trees(
     reader: &VersionReader,
-    tree: &Tree,
-    dir: &Path,
-    depth: usize,
-    plan: &mut Plan,
-) -> Result<()> {
-    for node in &tree.nodes {
-        let path = dir.join(std::ffi::OsStr::from_bytes(&node.name));
-        plan_node(reader, node, path, depth, plan)?;
+    starts: impl IntoIterator<Item = ChunkId>,
+) -> Result<(HashMap<ChunkId, Tree>, u64)> {
+    let mut trees: HashMap<ChunkId, Tree> = HashMap::new();
+    // Entries under each fully visited tree, expanded.
+    let mut expanded: HashMap<ChunkId, u64> = HashMap::new();
+    let mut total = 0u64;
+    for start in starts {
+        if !expanded.contains_key(&start) {
+            let mut stack: Vec<(ChunkId, usize)> = vec![(start, 0)];
+            let mut on_stack = std::collections::HashSet::from([start]);
+            trees.insert(start, reader.read_tree(&start)?);
+            while let Some(&(id, next)) = stack.last() {
+                let tree = &trees[&id];
+                let child = tree.nodes[next..]
+                    .iter()
+                    .position(|n| n.kind == NodeKind::Dir)
+                    .map(|at| (next + at, &tree.nodes[next + at]));
+                match child {
+                    Some((at, node)) => {
+                        if let Some(top) = stack.last_mut() {
+                            top.1 = at + 1;
+                        }
+                        let sub = node
+                            .subtree
+                            .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))?;
+                        if expanded.contains_key(&sub) {
+                            continue;
+                        }
+                        if on_stack.contains(&sub) {
+                            return Err(Error::corrupt(
+                                format!("tree {}", sub.short()),
+                                "the tree contains itself",
+                            ));
+                        }
+                        if stack.len() >= MAX_RESTORE_DEPTH {
+                            return Err(Error::invalid(format!(
+                                "the version's folders are nested more than {MAX_RESTORE_DEPTH} \
+                                 deep, beyond what this system's path limit can hold: refusing \
+                                 to restore it (a hostile writer's tree?)"
+                            )));
+                        }
+                        let subtree = reader.read_tree(&sub)?;
+                        trees.insert(sub, subtree);
+                        on_stack.insert(sub);
+                        stack.push((sub, 0));
+                    }
+                    None => {
+                        let count = tree.nodes.iter().fold(0u64, |acc, n| {
+                            let below = n
+                                .subtree
+                                .filter(|_| n.kind == NodeKind::Dir)
+                                .and_then(|s| expanded.get(&s).copied())
+                                .unwrap_or(0);
+                            acc.saturating_add(1).saturating_add(below)
+                        });
+                        expanded.insert(id, count);
+                        on_stack.remove(&id);
+                        stack.pop();
+                    }
+                }
+            }
+        }
+        total = total.saturating_add(expanded.get(&start).copied().unwrap_or(0));
     }
-    Ok(())
+    Ok((trees, total))
 }
 
-fn plan_node(
-    reader: &VersionReader,
-    node: &Node,
-    path: PathBuf,
-    depth: usize,
-    plan: &mut Plan,
-) -> Result<()> {
-    match node.kind {
-        NodeKind::Dir => {
-            let subtree = node
-                .subtree
-                .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))?;
-            let tree = reader.read_tree(&subtree)?;
-            plan.dirs.push((path.clone(), node.clone(), depth));
-            plan_tree(reader, &tree, &path, depth + 1, plan)
+/// Plans the restore of `seeds` (entries and the paths they land at): every folder, file and
+/// link to create, folders before what they hold.
+///
+/// A folder named twice (two names with the same subtree: equal folders dedup) is restored
+/// under each name, as it was backed up. The expansion is counted first: more entries than
+/// the version records (its file and folder counts) plus the distinct entries stored can only
+/// come from a writer that shares trees to make the restore explode, and is refused.
+fn plan_restore(reader: &VersionReader, seeds: Vec<(PathBuf, Node)>) -> Result<Plan> {
+    let starts: Vec<ChunkId> = seeds
+        .iter()
+        .filter(|(_, n)| n.kind == NodeKind::Dir)
+        .map(|(_, n)| {
+            n.subtree
+                .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))
+        })
+        .collect::<Result<_>>()?;
+    let (trees, below) = load_trees(reader, starts)?;
+    let expanded = below.saturating_add(seeds.len() as u64);
+    let distinct = trees
+        .values()
+        .map(|t| t.nodes.len() as u64)
+        .sum::<u64>()
+        .saturating_add(seeds.len() as u64);
+    let recorded = reader
+        .manifest
+        .stats
+        .files
+        .saturating_add(reader.manifest.stats.dirs);
+    if expanded > recorded.saturating_add(distinct) {
+        return Err(Error::invalid(format!(
+            "the version's tree expands to {} entries (folders named more than once), but it \
+             records {recorded} files and folders and stores {distinct} distinct entries: a tree \
+             shaped to exhaust this host, refusing to restore it",
+            if expanded == u64::MAX {
+                "2^64 or more".to_string()
+            } else {
+                expanded.to_string()
+            }
+        )));
+    }
+    let mut plan = Plan {
+        dirs: Vec::new(),
+        files: Vec::new(),
+        leaves: Vec::new(),
+    };
+    let mut pending: Vec<(PathBuf, Node, usize)> =
+        seeds.into_iter().rev().map(|(p, n)| (p, n, 0)).collect();
+    while let Some((path, node, depth)) = pending.pop() {
+        if path.as_os_str().len() >= libc::PATH_MAX as usize {
+            return Err(Error::invalid(format!(
+                "a path of the version is longer than this system's limit of {} bytes: \
+                 restore into a shorter target folder, or restore a part of it with --path",
+                libc::PATH_MAX
+            )));
         }
-        NodeKind::File => {
-            plan.files.push((path, node.clone()));
-            Ok(())
-        }
-        NodeKind::Symlink | NodeKind::Fifo => {
-            plan.leaves.push((path, node.clone()));
-            Ok(())
+        match node.kind {
+            NodeKind::Dir => {
+                let tree = node
+                    .subtree
+                    .and_then(|id| trees.get(&id))
+                    .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))?;
+                for child in tree.nodes.iter().rev() {
+                    let at = path.join(std::ffi::OsStr::from_bytes(&child.name));
+                    pending.push((at, child.clone(), depth + 1));
+                }
+                plan.dirs.push((path, node, depth));
+            }
+            NodeKind::File => plan.files.push((path, node)),
+            NodeKind::Symlink | NodeKind::Fifo => plan.leaves.push((path, node)),
         }
     }
+    Ok(plan)
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
@@ -576,16 +687,30 @@ pub fn restore(
             target.display()
         )));
     }
+    // A link at the target would send the whole restore elsewhere (one planted in a shared
+    // folder, say): the target must be the folder itself.
+    if let Ok(meta) = fs::symlink_metadata(target) {
+        if meta.file_type().is_symlink() {
+            let real = fs::canonicalize(target)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "nowhere".to_string());
+            return Err(Error::invalid(format!(
+                "restore target {} is a symbolic link (to {real}): give the real folder instead",
+                target.display()
+            )));
+        }
+    }
     fs::create_dir_all(target)
         .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-    let mut plan = Plan {
-        dirs: Vec::new(),
-        files: Vec::new(),
-        leaves: Vec::new(),
-    };
     let root = reader.root()?;
-    match &options.subpath {
-        None => plan_tree(reader, &root, target, 0, &mut plan)?,
+    let seeds = |tree: &Tree, dir: &Path| -> Vec<(PathBuf, Node)> {
+        tree.nodes
+            .iter()
+            .map(|n| (dir.join(std::ffi::OsStr::from_bytes(&n.name)), n.clone()))
+            .collect()
+    };
+    let mut plan = match &options.subpath {
+        None => plan_restore(reader, seeds(&root, target))?,
         Some(sub) => {
             let mut tree = root;
             let mut found: Option<Node> = None;
@@ -621,12 +746,12 @@ pub fn restore(
             match found {
                 Some(node) => {
                     let path = target.join(std::ffi::OsStr::from_bytes(&node.name));
-                    plan_node(reader, &node, path, 0, &mut plan)?;
+                    plan_restore(reader, vec![(path, node)])?
                 }
-                None => plan_tree(reader, &tree, target, 0, &mut plan)?,
+                None => plan_restore(reader, seeds(&tree, target))?,
             }
         }
-    }
+    };
 
     // Structure first.
     for (path, _, _) in &plan.dirs {
@@ -656,16 +781,15 @@ pub fn restore(
     let mut targets: HashMap<ChunkId, Vec<(usize, u64)>> = HashMap::new();
     let mut total = 0u64;
     for (i, (path, node)) in plan.files.iter().enumerate() {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(path)
+        // Created under a fresh name (O_EXCL|O_NOFOLLOW) and renamed into place: a link
+        // already at the name is replaced, never written through.
+        let file = embassy_core::fsutil::NewFile::beside(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        file.set_len(node.size)
+        file.file()
+            .set_len(node.size)
             .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+        file.persist_unsynced()
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let mut offset = 0u64;
         for id in &node.content {
             targets.entry(*id).or_default().push((i, offset));
