@@ -4,7 +4,6 @@
 //! (PostgreSQL stops at the first invalid record and, in standby mode, asks again later). A
 //! prefetch queue fetches the next segments ahead into a local spool directory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use embassy_core::vault::{Keyring, Vault};
@@ -83,9 +82,13 @@ pub fn fetch(
     if let (Some(spool), WalFile::Segment { .. }) = (&opts.spool, what) {
         let spooled = spool.join(name);
         if spooled.is_file() {
-            std::fs::copy(&spooled, tmp_of(dest))
-                .and_then(|_| std::fs::rename(tmp_of(dest), dest))
-                .map_err(|e| io_err(dest, e))?;
+            let copy = || -> std::io::Result<()> {
+                let mut from = std::fs::File::open(&spooled)?;
+                let mut to = embassy_core::fsutil::NewFile::beside(dest)?;
+                std::io::copy(&mut from, &mut to)?;
+                to.persist().map(drop)
+            };
+            copy().map_err(|e| io_err(dest, e))?;
             let _ = std::fs::remove_file(&spooled);
             return Ok(Fetched::Complete);
         }
@@ -201,12 +204,6 @@ pub fn prefetch(
     Ok(fetched)
 }
 
-fn tmp_of(dest: &Path) -> PathBuf {
-    let mut s = dest.as_os_str().to_owned();
-    s.push(".embassy-tmp");
-    PathBuf::from(s)
-}
-
 fn io_err(path: &Path, e: std::io::Error) -> PgError {
     PgError::Vault(embassy_core::Error::io(
         format!("writing {}", path.display()),
@@ -214,16 +211,8 @@ fn io_err(path: &Path, e: std::io::Error) -> PgError {
     ))
 }
 
+/// Writes a fetched WAL file through a fresh, randomly named temporary file (never through a
+/// planted link), then renames it into place.
 fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_of(dest);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(dest, e)
-    })
+    embassy_core::fsutil::write_atomic(dest, bytes).map_err(|e| io_err(dest, e))
 }
