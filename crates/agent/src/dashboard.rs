@@ -20,8 +20,11 @@ const LINE_COLOURS: [&str; 6] = [
     "#1f5fbf", "#7b3fa0", "#0f8b8d", "#444444", "#b5651d", "#c2185b",
 ];
 
+/// HTML-escapes text that sites and writers control, after escaping its control, bidi and
+/// zero-width characters ([`embassy_core::text::escape`]) so a page cannot be made to lie.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
+    embassy_core::text::escape(s)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")

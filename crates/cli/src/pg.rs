@@ -407,10 +407,13 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
         println!("timeline {tl}: up to {}", embassy_postgres::Lsn(*e));
     }
     for p in &report.problems {
-        println!("PROBLEM: {p}");
+        println!("PROBLEM: {}", embassy_core::text::escape(&p.to_string()));
     }
     for n in &report.noise {
-        println!("  NOISE (ignored): {n}");
+        println!(
+            "  NOISE (ignored): {}",
+            embassy_core::text::escape(&n.to_string())
+        );
     }
     for (tl, a, b) in &report.gaps {
         println!("GAP: timeline {tl}: {a} .. {b} missing");
