@@ -605,3 +605,59 @@ fn garage_node_stopped_mid_backup() {
         env.check_site(&location, "population", v3, &src3);
     }
 }
+
+/// Issue 13: a frozen S3 site costs one timeout per run, not one per object (or per try). With
+/// the default settings (60 s timeout, 3 retries), a 30 MB `--min-sites 1` backup to a local
+/// folder and a frozen moto finishes within one timeout of what it takes with the site up; the
+/// frozen site's writes are queued.
+#[test]
+fn frozen_s3_site_with_default_settings_costs_one_timeout() {
+    let mut env = Env::new();
+    let server = MotoServer::start();
+    let (s3, _) = moto_location(&mut env, "freeze-defaults", &server);
+    // Default timeouts and retries: only the credentials stay in the environment.
+    env.vars.retain(|(k, _)| {
+        !k.starts_with("EMBASSY_S3_TIMEOUT")
+            && k != "EMBASSY_S3_CONNECT_TIMEOUT"
+            && k != "EMBASSY_S3_RETRIES"
+            && k != "EMBASSY_S3_PART_SIZE_MIB"
+    });
+    let sites = ["a", s3.as_str()];
+    env.ok(&["--site", "a", "--site", &s3, "init"]);
+    let src1 = env.source("src1", 30, 11);
+    let up = Instant::now();
+    env.ok(&["--site", "a", "--site", &s3, "backup", "population", "src1"]);
+    let with_site_up = up.elapsed();
+
+    let src2 = env.source("src2", 30, 12);
+    server.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    let out = env.run(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        &s3,
+        "--min-sites",
+        "1",
+        "backup",
+        "population",
+        "src2",
+    ]);
+    let with_site_frozen = frozen.elapsed();
+    server.signal(libc::SIGCONT);
+    eprintln!(
+        "30 MB backup, defaults: {with_site_up:.1?} with the site up, {with_site_frozen:.1?} \
+         with it frozen"
+    );
+    let v2 = stored_version(&out);
+    assert!(
+        with_site_frozen < Duration::from_secs(75),
+        "a frozen site cost {with_site_frozen:.1?}: more than one 60 s timeout"
+    );
+    let queued = env.queued(&sites);
+    assert_eq!(queued[0], (0, false), "site a missed nothing");
+    assert!(queued[1].0 > 0, "nothing queued for the frozen site: {queued:?}");
+    env.check_site("a", "population", 1, &src1);
+    env.check_site("a", "population", v2, &src2);
+}
