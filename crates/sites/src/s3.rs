@@ -685,19 +685,21 @@ impl S3Site {
         };
         self.breaker.answered();
         let status = response.status().as_u16();
-        // A partial answer may not exceed what was asked, a whole one what the format allows
-        // for the object (or an answer's size); error answers are cut at a small size. Never
-        // more than that is read, whatever the server announces or sends.
-        let limit = match status {
-            206 => body_limit.partial,
-            200..=299 => body_limit.whole,
-            _ => ERROR_BODY_LIMIT,
-        };
         let expected = response
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A partial answer may not exceed what was asked; a whole one (a server that ignores
+        // Range) what the format allows for the object, and only when it says its length up
+        // front (else what was asked); error answers are cut at a small size. Never more than
+        // that is read, whatever the server announces or sends.
+        let limit = match status {
+            206 => body_limit.partial,
+            200..=299 if expected.is_some() => body_limit.whole,
+            200..=299 => body_limit.partial,
+            _ => ERROR_BODY_LIMIT,
+        };
         let mut bytes = Vec::new();
         if method != Method::HEAD {
             if let Some(n) = expected {
@@ -1509,7 +1511,7 @@ impl S3Site {
         }
         let cap = embassy_core::layout::max_object_size(path);
         let piece = self.cfg.part_size as u64;
-        let first_len = len.map_or(piece, |l| l.min(piece));
+        let first_len = len.map_or(piece.min(cap), |l| l.min(piece));
         if first_len == 0 {
             // A zero-length read: only check that the object is there and long enough.
             let head = self
