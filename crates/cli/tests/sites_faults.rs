@@ -657,7 +657,10 @@ fn frozen_s3_site_with_default_settings_costs_one_timeout() {
     );
     let queued = env.queued(&sites);
     assert_eq!(queued[0], (0, false), "site a missed nothing");
-    assert!(queued[1].0 > 0, "nothing queued for the frozen site: {queued:?}");
+    assert!(
+        queued[1].0 > 0,
+        "nothing queued for the frozen site: {queued:?}"
+    );
     env.check_site("a", "population", 1, &src1);
     env.check_site("a", "population", v2, &src2);
 }

@@ -102,13 +102,8 @@ pub const MAX_LIST_SIZE: u64 = 256 * MIB;
 /// Largest log object: magic, header length, header, signature, and a body of one compression
 /// byte, at most [`crate::wal_log::MAX_PAYLOAD`] bytes (zstd is kept only when it is smaller)
 /// and the 16-byte tag.
-pub const MAX_LOG_OBJECT_SIZE: u64 = 8
-    + 4
-    + crate::wal_log::MAX_HEADER as u64
-    + 64
-    + 1
-    + crate::wal_log::MAX_PAYLOAD
-    + 16;
+pub const MAX_LOG_OBJECT_SIZE: u64 =
+    8 + 4 + crate::wal_log::MAX_HEADER as u64 + 64 + 1 + crate::wal_log::MAX_PAYLOAD + 16;
 /// Largest pack: blob offsets and lengths are 32-bit, so every blob lies in the first 4 GiB;
 /// writers close a pack at its target (at most 1 GiB) plus one blob, and its directory (about
 /// 51 bytes per blob) keeps the whole well below this.
@@ -158,7 +153,10 @@ mod tests {
         let id = ObjectId::of(b"x");
         assert_eq!(max_object_size(CONFIG), MAX_CONFIG_SIZE);
         assert_eq!(max_object_size(CONFIG_SIGNATURE), MAX_CONFIG_SIZE);
-        assert_eq!(max_object_size(&ledger_entry("ds", 1, &id)), MAX_RECORD_SIZE);
+        assert_eq!(
+            max_object_size(&ledger_entry("ds", 1, &id)),
+            MAX_RECORD_SIZE
+        );
         assert_eq!(max_object_size(&index("ds", &id)), MAX_LIST_SIZE);
         assert_eq!(max_object_size(&manifest("ds", &id)), MAX_LIST_SIZE);
         assert_eq!(max_object_size(&pack("ds", &id)), MAX_PACK_SIZE);

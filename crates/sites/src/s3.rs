@@ -921,7 +921,9 @@ impl S3Site {
             match attempt(n) {
                 // A site that stopped answering is not asked again here: the breaker decides
                 // when it is probed.
-                Err(SiteError::Retryable { .. }) if n < self.cfg.retries && !self.breaker.is_down() => {
+                Err(SiteError::Retryable { .. })
+                    if n < self.cfg.retries && !self.breaker.is_down() =>
+                {
                     std::thread::sleep(backoff(n));
                     n += 1;
                 }
@@ -1639,8 +1641,8 @@ impl S3Site {
         len: u64,
         etag: Option<&str>,
     ) -> Result<Vec<u8>, SiteError> {
-        self.retry(|_| {
-            match self.range_once(operation, path, key, start, len, etag)? {
+        self.retry(
+            |_| match self.range_once(operation, path, key, start, len, etag)? {
                 RangeReply::Partial { bytes, .. } if bytes.len() as u64 == len => Ok(bytes),
                 RangeReply::Whole { bytes } if bytes.len() as u64 >= start + len => {
                     Ok(bytes[start as usize..(start + len) as usize].to_vec())
@@ -1650,8 +1652,8 @@ impl S3Site {
                     path,
                     "the object's size changed while being read".into(),
                 )),
-            }
-        })
+            },
+        )
     }
 }
 

@@ -69,10 +69,9 @@ fn lying_lengths_and_endless_bodies_are_refused_naming_site_and_object() {
             Hostility::HugeContentLength | Hostility::LyingContentRangeTotal
         ) {
             match site.get(layout::CONFIG) {
-                Err(SiteError::Permanent { message, .. }) => assert!(
-                    message.contains("hostile"),
-                    "{hostility:?}: {message}"
-                ),
+                Err(SiteError::Permanent { message, .. }) => {
+                    assert!(message.contains("hostile"), "{hostility:?}: {message}")
+                }
                 other => panic!("{hostility:?}: {:?}", other.map(|b| b.len())),
             }
         }
