@@ -655,12 +655,12 @@ impl S3Site {
             builder
                 .body(body)
                 .map_err(ureq::Error::from)
-                .and_then(|r| self.agent.run(r))
+                .and_then(|r| self.send(r, probe))
         } else {
             builder
                 .body(())
                 .map_err(ureq::Error::from)
-                .and_then(|r| self.agent.run(r))
+                .and_then(|r| self.send(r, probe))
         };
         let mut response = match result {
             Ok(r) => r,
@@ -774,6 +774,24 @@ impl S3Site {
             headers: std::mem::take(response.headers_mut()),
             body: bytes,
         })
+    }
+
+    /// Sends a request. A probe of a down endpoint waits for its answer no longer than for a
+    /// connection: a server that answers at all answers a probe quickly.
+    fn send<B: ureq::AsSendBody>(
+        &self,
+        request: Request<B>,
+        probe: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let request = if probe {
+            self.agent
+                .configure_request(request)
+                .timeout_recv_response(Some(self.cfg.connect_timeout.min(self.cfg.io_timeout)))
+                .build()
+        } else {
+            request
+        };
+        self.agent.run(request)
     }
 
     fn transport_failure(&self, operation: &'static str, path: &str, e: ureq::Error) -> Failure {
