@@ -51,7 +51,7 @@ pub fn open(location: &str) -> Result<Arc<dyn Site>, SiteError> {
 }
 
 /// How long [`open_many`] waits for the slower sites once `min_sites` have answered.
-pub const OPEN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const OPEN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads every site's `config` at once. Waits for all answers, except that once `min_sites`
 /// sites have answered with a configuration, a site still silent [`OPEN_GRACE`] after the start

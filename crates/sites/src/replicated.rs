@@ -11,12 +11,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::queue::{self, Session, SiteQueue};
 
 use embassy_core::id::ObjectId;
 use embassy_core::layout;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+
+/// How long a write waits for the slower sites once `min_sites` hold the object: a site still
+/// writing then (one that stopped answering mid-write) is down for the rest of the run and the
+/// object is queued for it. The default S3 I/O timeout, so a frozen site costs one timeout.
+pub const WRITE_GRACE: Duration = Duration::from_secs(60);
 
 /// A vault kept at several sites at once.
 #[derive(Debug)]
@@ -184,6 +190,80 @@ impl ReplicatedSite {
         self.down.lock().unwrap_or_else(|p| p.into_inner())[i] = true;
     }
 
+    /// Writes to every site not skipped, each in its own thread. Waits for all, except that
+    /// once `min_sites` hold the object a site still writing [`WRITE_GRACE`] later is given up
+    /// on for this write (its thread finishes on its own) and reported as a retryable failure,
+    /// so that a site that stopped answering mid-write costs at most that long.
+    fn put_each(&self, path: &str, bytes: &[u8], skip: &[bool]) -> Vec<Result<Put, SiteError>> {
+        let shared: Arc<[u8]> = Arc::from(bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut results: Vec<Option<Result<Put, SiteError>>> = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if skip[i] {
+                results.push(Some(Err(SiteError::Retryable {
+                    site: site.location().to_string(),
+                    operation: "put",
+                    path: path.to_string(),
+                    message: "left out: the site is down for the rest of this run (an earlier \
+                              request failed)"
+                        .into(),
+                })));
+                continue;
+            }
+            results.push(None);
+            let (site, tx, bytes, path) =
+                (site.clone(), tx.clone(), shared.clone(), path.to_string());
+            std::thread::spawn(move || {
+                let _ = tx.send((i, site.put(&path, &bytes)));
+            });
+        }
+        drop(tx);
+        let mut enough_since: Option<Instant> = None;
+        while results.iter().any(Option::is_none) {
+            let stored = results.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+            let next = if stored >= self.min_sites {
+                let since = *enough_since.get_or_insert_with(Instant::now);
+                rx.recv_timeout(WRITE_GRACE.saturating_sub(since.elapsed()))
+                    .ok()
+            } else {
+                rx.recv().ok()
+            };
+            match next {
+                Some((i, result)) => results[i] = Some(result),
+                None => break,
+            }
+        }
+        let gave_up = enough_since.is_some();
+        results
+            .into_iter()
+            .zip(&self.sites)
+            .map(|(result, site)| {
+                result.unwrap_or_else(|| {
+                    Err(if gave_up {
+                        SiteError::Retryable {
+                            site: site.location().to_string(),
+                            operation: "put",
+                            path: path.to_string(),
+                            message: format!(
+                                "still writing {} s after {} other site(s) held it: left out \
+                                 of the rest of this run",
+                                WRITE_GRACE.as_secs(),
+                                self.min_sites
+                            ),
+                        }
+                    } else {
+                        SiteError::Permanent {
+                            site: site.location().to_string(),
+                            operation: "put",
+                            path: path.to_string(),
+                            message: "the site's writer panicked".into(),
+                        }
+                    })
+                })
+            })
+            .collect()
+    }
+
     fn first_ok<T>(
         &self,
         op: impl Fn(&dyn Site) -> Result<T, SiteError>,
@@ -232,41 +312,7 @@ impl Site for ReplicatedSite {
         }
         // Down sites are left out, as long as the others can meet min_sites.
         let skip = self.left_out(self.min_sites);
-        let results: Vec<Result<Put, SiteError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .sites
-                .iter()
-                .zip(&skip)
-                .map(|(site, skip)| {
-                    scope.spawn(move || {
-                        if *skip {
-                            return Err(SiteError::Retryable {
-                                site: site.location().to_string(),
-                                operation: "put",
-                                path: path.to_string(),
-                                message: "left out: the site is down for the rest of this run \
-                                          (an earlier request failed)"
-                                    .into(),
-                            });
-                        }
-                        site.put(path, bytes)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(SiteError::Permanent {
-                            site: "?".into(),
-                            operation: "put",
-                            path: path.to_string(),
-                            message: "a site's writer panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
+        let results = self.put_each(path, bytes, &skip);
         let mut stored = 0;
         let mut created = false;
         let mut failures = Vec::new();
