@@ -73,10 +73,8 @@ fn read_configs(
     loop {
         let with_config = answers.iter().filter(|a| matches!(a, Some(Ok(_)))).count();
         let next = if with_config >= min_sites {
-            match rx.recv_timeout(OPEN_GRACE.saturating_sub(start.elapsed())) {
-                Ok(answer) => Some(answer),
-                Err(_) => None,
-            }
+            rx.recv_timeout(OPEN_GRACE.saturating_sub(start.elapsed()))
+                .ok()
         } else {
             rx.recv().ok()
         };
