@@ -98,13 +98,12 @@ fn open_dir_beneath(root: &Path, components: &[&str], create: bool) -> std::io::
     Ok(dir)
 }
 
-/// Whether `name` in `dir` is a symbolic link (not followed).
-fn is_link(dir: &OwnedFd, name: &str) -> bool {
-    let Ok(c) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: a valid directory descriptor, a NUL-terminated name and a stat buffer we own.
+/// `fstatat(2)` of `name` in `dir`, not following a link.
+fn lstat_at(dir: &OwnedFd, name: &str) -> std::io::Result<libc::stat> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: a zeroed stat is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and a stat buffer we own.
     let r = unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
@@ -113,7 +112,16 @@ fn is_link(dir: &OwnedFd, name: &str) -> bool {
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };
-    r == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFLNK
+    if r == 0 {
+        Ok(st)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether `name` in `dir` is a symbolic link (not followed).
+fn is_link(dir: &OwnedFd, name: &str) -> bool {
+    lstat_at(dir, name).is_ok_and(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFLNK)
 }
 
 /// Splits an object path into its folders and its name.
@@ -127,7 +135,14 @@ fn split(path: &str) -> (Vec<&str>, &str) {
 fn open_beneath(root: &Path, path: &str) -> std::io::Result<File> {
     let (dirs, name) = split(path);
     let dir = open_dir_beneath(root, &dirs, false)?;
-    Ok(File::from(openat(&dir, name, libc::O_RDONLY, 0)?))
+    // O_NONBLOCK: a FIFO planted at an object's name must not hang the open (it is then
+    // refused as not a regular file); it changes nothing for regular files.
+    Ok(File::from(openat(
+        &dir,
+        name,
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        0,
+    )?))
 }
 
 /// `linkat(2)` of `from` in `from_dir` to `to` in `to_dir` (fails if `to` exists, whatever it
@@ -337,10 +352,9 @@ impl Site for LocalSite {
         self.sweep_stale_parts(&tmp_dir);
         let dir = self.ensure_dir(&dirs, path)?;
         // Anything at the name (an object, or a planted link) means it is not written again.
-        match openat(&dir, name, libc::O_PATH, 0) {
+        match lstat_at(&dir, name) {
             Ok(_) => return Ok(Put::AlreadyExisted),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Put::AlreadyExisted),
             Err(e) => return Err(self.io_error("put", path, e)),
         }
         let tmp = format!("{:016x}.part", rand::random::<u64>());
@@ -597,6 +611,22 @@ mod tests {
             ["victim"],
             "something was written outside the vault"
         );
+    }
+
+    #[test]
+    fn a_fifo_at_an_object_name_is_refused_without_hanging() {
+        let vault = tempfile::tempdir().unwrap();
+        let site = LocalSite::new(vault.path()).unwrap();
+        site.put("index/ds/real", b"x").unwrap();
+        let fifo = CString::new(vault.path().join("index/ds/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        match site.get("index/ds/fifo") {
+            Err(SiteError::Permanent { message, .. }) => {
+                assert!(message.contains("not a regular file"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
