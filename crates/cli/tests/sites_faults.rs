@@ -710,3 +710,66 @@ fn s3_site_frozen_mid_backup_with_default_settings_costs_one_timeout() {
     );
     env.check_site("a", "population", v, &src);
 }
+
+/// Issue 13: a hostile S3 endpoint (a tiny HTTP server in the test that announces a terabyte,
+/// labels its bytes as part of a terabyte-long object, sends a chunked body that never ends, or
+/// less than it announced) cannot crash `embassy` or make it hold more than the format allows:
+/// backup and restore through it and a good local folder (`--min-sites 1`) succeed, the good
+/// site alone verifies, and no run grows past 1 GiB.
+#[test]
+fn hostile_s3_site_cannot_crash_backup_or_restore() {
+    for hostility in [
+        Hostility::LyingContentRangeTotal,
+        Hostility::EndlessChunked,
+        Hostility::HugeContentLength,
+        Hostility::ShortBody,
+    ] {
+        let t = Instant::now();
+        let mut env = Env::new();
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            env.vars.push((k.into(), v.into()));
+        }
+        let server = HostileS3::start(hostility);
+        let s3 = format!("s3://hostile/vault?endpoint={}", server.endpoint);
+        env.ok(&["--site", "a", "init"]);
+        let src = env.source("src", 2, 21);
+        let both = ["--site", "a", "--site", s3.as_str(), "--min-sites", "1"];
+        let out = env.run(&[&["--json"], &both[..], &["backup", "population", "src"]].concat());
+        let version = stored_version(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("behind"), "{hostility:?}: {stderr}");
+        let restore =
+            env.run(&[&both[..], &["restore", "population@1", "--to", "restored"]].concat());
+        assert!(
+            restore.status.success(),
+            "{hostility:?}: restore through both sites failed: {}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(&src)
+            .arg(env.dir.join("restored"))
+            .status()
+            .unwrap();
+        assert!(diff.success(), "{hostility:?}: restored differently");
+        env.check_site("a", "population", version, &src);
+        assert!(server.gets.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        eprintln!(
+            "{hostility:?}: backup and restore beside it in {:.1?}",
+            t.elapsed()
+        );
+    }
+    // SAFETY: getrusage(2) fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    let peak_mib = usage.ru_maxrss as u64 / 1024;
+    eprintln!("largest child process: {peak_mib} MiB");
+    assert!(peak_mib < 1024, "a run took {peak_mib} MiB");
+}
