@@ -51,6 +51,9 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 const MAX_PENDING: usize = 4096;
 /// Most memory reserved up front for an answer on the strength of its Content-Length.
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
+/// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
+/// 16 MiB packs): a server that lists without end is refused instead of filling memory.
+const MAX_LISTED: usize = 10_000_000;
 /// Largest answer that is not an object's bytes (a listing page, an upload id, ...): a page of
 /// 1,000 keys is well under a megabyte.
 const ANSWER_LIMIT: u64 = 16 * 1024 * 1024;
@@ -1754,6 +1757,16 @@ impl Site for S3Site {
                     path: rel.to_string(),
                     size,
                 });
+            }
+            if out.len() > MAX_LISTED {
+                return Err(self.permanent(
+                    "list",
+                    prefix,
+                    format!(
+                        "the server lists more than {MAX_LISTED} objects: a damaged or hostile \
+                         site (or a vault far larger than this version handles)"
+                    ),
+                ));
             }
             if !page.truncated {
                 return Ok(out);
