@@ -122,3 +122,92 @@ fn the_good_site_keeps_working_beside_a_hostile_one() {
         assert_eq!(server.gets.load(std::sync::atomic::Ordering::Relaxed), gets);
     }
 }
+
+fn frozen_config(server: &HostileS3) -> embassy_sites::s3::S3Config {
+    let mut cfg = s3_config(&server.endpoint, "frozen", "vault");
+    cfg.io_timeout = Duration::from_secs(2);
+    cfg.connect_timeout = Duration::from_secs(1);
+    cfg.retries = 3;
+    cfg
+}
+
+/// A frozen endpoint (it accepts connections and never answers) costs one timeout: the site's
+/// own retries stop, a new site on the same endpoint and location (as the agent opens it on its
+/// next run) fails at once without a request, and once the server answers again a probe brings
+/// the site back.
+#[test]
+fn a_frozen_endpoint_costs_one_timeout_then_fails_fast_until_a_probe_answers() {
+    let server = HostileS3::start(Hostility::Silent);
+    let first = S3Site::new(frozen_config(&server)).unwrap();
+    let t = Instant::now();
+    let r = first.get(layout::CONFIG);
+    let cost = t.elapsed();
+    assert!(matches!(r, Err(SiteError::Retryable { .. })), "{r:?}");
+    // One 2 s timeout; with the three retries it would be four.
+    assert!(
+        cost >= Duration::from_secs(2) && cost < Duration::from_secs(4),
+        "{cost:?}"
+    );
+
+    let asked = server.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let next_run = S3Site::new(frozen_config(&server)).unwrap();
+    let t = Instant::now();
+    match next_run.get(layout::CONFIG) {
+        Err(SiteError::Retryable { message, .. }) => {
+            assert!(message.contains("without a request"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::Relaxed),
+        asked,
+        "a down site was asked"
+    );
+
+    // The server answers again: after the probe delay, one request goes out and brings it back.
+    server.set(Hostility::NotFound);
+    std::thread::sleep(embassy_sites::s3::FIRST_PROBE_AFTER);
+    assert!(
+        matches!(
+            next_run.get(layout::CONFIG),
+            Err(SiteError::NotFound { .. })
+        ),
+        "the probe's answer did not bring the site back"
+    );
+    assert!(matches!(
+        first.get(layout::CONFIG),
+        Err(SiteError::NotFound { .. })
+    ));
+}
+
+/// Beside a good site, a frozen one costs the first write one timeout; later writes leave it
+/// out at once and it is reported behind.
+#[test]
+fn a_frozen_site_is_left_out_of_the_run_after_its_first_timeout() {
+    let server = HostileS3::start(Hostility::Silent);
+    let dir = tempfile::tempdir().unwrap();
+    let good: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path()).unwrap());
+    let frozen: Arc<dyn Site> = Arc::new(S3Site::new(frozen_config(&server)).unwrap());
+    let both = ReplicatedSite::new(vec![frozen.clone(), good.clone()], 1).unwrap();
+    let t = Instant::now();
+    both.put("index/ds/first", b"one").unwrap();
+    let first = t.elapsed();
+    let t = Instant::now();
+    for i in 0..20 {
+        both.put(&format!("index/ds/{i}"), b"more").unwrap();
+    }
+    let rest = t.elapsed();
+    eprintln!("first write {first:?}, 20 more {rest:?}");
+    assert!(first < Duration::from_secs(4), "{first:?}");
+    assert!(rest < Duration::from_secs(1), "{rest:?}");
+    assert_eq!(good.list("index/").unwrap().len(), 21);
+    assert!(both
+        .lagging()
+        .iter()
+        .any(|(site, _)| site == frozen.location()));
+}

@@ -767,6 +767,11 @@ pub enum Hostility {
     EndlessChunked,
     /// `200` announcing a megabyte more than it sends, then a close.
     ShortBody,
+    /// Reads the request and never answers (a frozen server), holding the connection for up
+    /// to 30 s.
+    Silent,
+    /// An honest `404 NoSuchKey` to everything (a server that came back, holding nothing).
+    NotFound,
 }
 
 /// Where an endless body stops anyway: 1.5 GiB.
@@ -780,6 +785,9 @@ pub struct HostileS3 {
     pub port: u16,
     /// GET requests answered.
     pub gets: Arc<AtomicU64>,
+    /// Requests of any kind received.
+    pub requests: Arc<AtomicU64>,
+    hostility: Arc<Mutex<Hostility>>,
     stop: Arc<AtomicBool>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
@@ -790,17 +798,21 @@ impl HostileS3 {
         let port = listener.local_addr().expect("local address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let gets = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let mode = Arc::new(Mutex::new(hostility));
         let accept = {
-            let (stop, gets) = (stop.clone(), gets.clone());
+            let (stop, gets, requests, mode) =
+                (stop.clone(), gets.clone(), requests.clone(), mode.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
                     let Ok(mut client) = conn else { continue };
-                    let gets = gets.clone();
+                    let (gets, requests, stop) = (gets.clone(), requests.clone(), stop.clone());
+                    let hostility = *mode.lock().unwrap_or_else(|p| p.into_inner());
                     std::thread::spawn(move || {
-                        let _ = hostile_answer(&mut client, hostility, &gets);
+                        let _ = hostile_answer(&mut client, hostility, &gets, &requests, &stop);
                         let _ = client.shutdown(Shutdown::Both);
                     });
                 }
@@ -810,9 +822,18 @@ impl HostileS3 {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
             gets,
+            requests,
+            hostility: mode,
             stop,
             accept: Some(accept),
         }
+    }
+}
+
+impl HostileS3 {
+    /// Changes how the connections accepted from now on are answered.
+    pub fn set(&self, hostility: Hostility) {
+        *self.hostility.lock().unwrap_or_else(|p| p.into_inner()) = hostility;
     }
 }
 
@@ -831,9 +852,26 @@ fn hostile_answer(
     client: &mut TcpStream,
     hostility: Hostility,
     gets: &AtomicU64,
+    requests: &AtomicU64,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     let (head, rest) = read_head(client)?;
+    requests.fetch_add(1, Ordering::Relaxed);
     let head = String::from_utf8_lossy(&head).into_owned();
+    match hostility {
+        Hostility::Silent => {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Ok(());
+        }
+        Hostility::NotFound => {
+            drain_body(client, rest.len(), content_length(&head))?;
+            return answer(client, "404 Not Found", "NoSuchKey");
+        }
+        _ => {}
+    }
     drain_body(client, rest.len(), content_length(&head))?;
     if !head.starts_with("GET ") {
         return answer(client, "503 Service Unavailable", "SlowDown");
@@ -888,6 +926,7 @@ fn hostile_answer(
             )?;
             client.write_all(&zeros)?;
         }
+        Hostility::Silent | Hostility::NotFound => {}
     }
     client.flush()
 }
