@@ -51,6 +51,8 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 const MAX_PENDING: usize = 4096;
 /// Most memory reserved up front for an answer on the strength of its Content-Length.
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
+/// The slowest transfer a call is allowed, in bytes a second, on top of twice the I/O timeout.
+const MIN_RATE: u64 = 64 * 1024;
 /// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
 /// 16 MiB packs): a server that lists without end is refused instead of filling memory.
 const MAX_LISTED: usize = 10_000_000;
@@ -654,16 +656,17 @@ impl S3Site {
             builder = builder.header(k, v);
         }
         let sends_body = !body.is_empty() || method == Method::PUT || method == Method::POST;
+        let bytes = (body.len() as u64).saturating_add(body_limit.partial);
         let result = if sends_body {
             builder
                 .body(body)
                 .map_err(ureq::Error::from)
-                .and_then(|r| self.send(r, probe))
+                .and_then(|r| self.send(r, probe, bytes))
         } else {
             builder
                 .body(())
                 .map_err(ureq::Error::from)
-                .and_then(|r| self.send(r, probe))
+                .and_then(|r| self.send(r, probe, bytes))
         };
         let mut response = match result {
             Ok(r) => r,
@@ -781,18 +784,32 @@ impl S3Site {
 
     /// Sends a request. A probe of a down endpoint waits for its answer no longer than for a
     /// connection: a server that answers at all answers a probe quickly.
+    ///
+    /// Every exchange, its answer's body included, must end within twice the I/O timeout plus
+    /// the time its bytes (`bytes`: sent and at most expected back) take at [`MIN_RATE`]: a
+    /// server that trickles a byte now and then, restarting the per-read timer, cannot hold a
+    /// call for ever.
     fn send<B: ureq::AsSendBody>(
         &self,
         request: Request<B>,
         probe: bool,
+        bytes: u64,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let budget = self
+            .cfg
+            .io_timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(bytes / MIN_RATE));
+        let config = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(budget));
         let request = if probe {
-            self.agent
-                .configure_request(request)
+            config
                 .timeout_recv_response(Some(self.cfg.connect_timeout.min(self.cfg.io_timeout)))
                 .build()
         } else {
-            request
+            config.build()
         };
         self.agent.run(request)
     }

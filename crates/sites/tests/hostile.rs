@@ -211,3 +211,24 @@ fn a_frozen_site_is_left_out_of_the_run_after_its_first_timeout() {
         .iter()
         .any(|(site, _)| site == frozen.location()));
 }
+
+/// A server that sends a byte now and then (each read progresses, so the per-read timeout never
+/// fires) cannot hold a call for ever: each call has a budget of twice the I/O timeout plus its
+/// bytes at 64 KiB/s.
+#[test]
+fn a_trickling_server_cannot_hold_a_read_for_ever() {
+    let server = HostileS3::start(Hostility::Trickle);
+    let mut cfg = frozen_config(&server);
+    cfg.retries = 0;
+    let site = S3Site::new(cfg).unwrap();
+    let t = Instant::now();
+    let r = site.get_range(layout::CONFIG, 0, 10);
+    let took = t.elapsed();
+    assert!(matches!(r, Err(SiteError::Retryable { .. })), "{r:?}");
+    // 2 × 2 s, plus 10 bytes at 64 KiB/s; the trickle goes on for 30 s.
+    assert!(
+        took < Duration::from_secs(10),
+        "the trickle held the read {took:?}"
+    );
+    eprintln!("trickle cut after {took:?}: {r:?}");
+}

@@ -772,6 +772,9 @@ pub enum Hostility {
     Silent,
     /// An honest `404 NoSuchKey` to everything (a server that came back, holding nothing).
     NotFound,
+    /// `200` announcing 1000 bytes and sending one every 300 ms (each read progresses, so the
+    /// per-read timeout never fires), for up to 30 s.
+    Trickle,
 }
 
 /// Where an endless body stops anyway: 1.5 GiB.
@@ -925,6 +928,20 @@ fn hostile_answer(
                 2 * 1024 * 1024
             )?;
             client.write_all(&zeros)?;
+        }
+        Hostility::Trickle => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+            )?;
+            for _ in 0..100 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                client.write_all(b"x")?;
+                client.flush()?;
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
         Hostility::Silent | Hostility::NotFound => {}
     }
