@@ -605,3 +605,171 @@ fn garage_node_stopped_mid_backup() {
         env.check_site(&location, "population", v3, &src3);
     }
 }
+
+/// Drops the short S3 timeouts the other tests use: default timeouts (60 s), retries (3) and
+/// part size, as a new user has them.
+fn default_s3_settings(env: &mut Env) {
+    env.vars.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "EMBASSY_S3_TIMEOUT"
+                | "EMBASSY_S3_CONNECT_TIMEOUT"
+                | "EMBASSY_S3_RETRIES"
+                | "EMBASSY_S3_PART_SIZE_MIB"
+        )
+    });
+}
+
+/// Issue 13: a frozen S3 site costs one timeout per run, not one per object (or per try). With
+/// the default settings (60 s timeout, 3 retries), a 30 MB `--min-sites 1` backup to a local
+/// folder and a moto frozen before the run starts takes a few seconds more than with the site
+/// up (the site that does not answer while the other does is left out after `OPEN_GRACE`); its
+/// writes are queued. Before: 246 s.
+#[test]
+fn frozen_s3_site_with_default_settings_costs_one_timeout() {
+    let mut env = Env::new();
+    let server = MotoServer::start();
+    let (s3, _) = moto_location(&mut env, "freeze-defaults", &server);
+    default_s3_settings(&mut env);
+    let sites = ["a", s3.as_str()];
+    env.ok(&["--site", "a", "--site", &s3, "init"]);
+    let src1 = env.source("src1", 30, 11);
+    let up = Instant::now();
+    env.ok(&["--site", "a", "--site", &s3, "backup", "population", "src1"]);
+    let with_site_up = up.elapsed();
+
+    let src2 = env.source("src2", 30, 12);
+    server.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    let out = env.run(&[
+        "--json",
+        "--site",
+        "a",
+        "--site",
+        &s3,
+        "--min-sites",
+        "1",
+        "backup",
+        "population",
+        "src2",
+    ]);
+    let with_site_frozen = frozen.elapsed();
+    server.signal(libc::SIGCONT);
+    eprintln!(
+        "30 MB backup, defaults: {with_site_up:.1?} with the site up, {with_site_frozen:.1?} \
+         with it frozen"
+    );
+    let v2 = stored_version(&out);
+    assert!(
+        with_site_frozen < with_site_up + Duration::from_secs(25),
+        "a frozen site cost {with_site_frozen:.1?} (the backup takes {with_site_up:.1?})"
+    );
+    let queued = env.queued(&sites);
+    assert_eq!(queued[0], (0, false), "site a missed nothing");
+    assert!(
+        queued[1].0 > 0,
+        "nothing queued for the frozen site: {queued:?}"
+    );
+    env.check_site("a", "population", 1, &src1);
+    env.check_site("a", "population", v2, &src2);
+}
+
+/// The same with moto frozen in the middle of the backup, default settings: the writes in
+/// flight wait for one 60 s timeout, after which the site is down for the rest of the run (its
+/// breaker open, its writes queued), so the backup ends within about one timeout.
+#[test]
+fn s3_site_frozen_mid_backup_with_default_settings_costs_one_timeout() {
+    let mut env = Env::new();
+    let server = MotoServer::start();
+    let (s3, _) = moto_location(&mut env, "freeze-mid-defaults", &server);
+    default_s3_settings(&mut env);
+    let sites = ["a", s3.as_str()];
+    env.ok(&["--site", "a", "--site", &s3, "init"]);
+    let src = env.source("src", 30, 13);
+    let backup = env.spawn_backup_past_first_pack(["a", &s3], "src", "a");
+    server.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    let out = finish(backup);
+    let after_freeze = frozen.elapsed();
+    server.signal(libc::SIGCONT);
+    eprintln!(
+        "30 MB backup, defaults, moto frozen mid-run: done {after_freeze:.1?} after; its \
+         messages:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stored_version(&out);
+    assert!(
+        after_freeze < Duration::from_secs(75),
+        "a site frozen mid-run cost {after_freeze:.1?}: more than one 60 s timeout"
+    );
+    let queued = env.queued(&sites);
+    assert_eq!(queued[0], (0, false), "site a missed nothing");
+    assert!(
+        queued[1].0 > 0,
+        "nothing queued for the frozen site: {queued:?}"
+    );
+    env.check_site("a", "population", v, &src);
+}
+
+/// Issue 13: a hostile S3 endpoint (a tiny HTTP server in the test that announces a terabyte,
+/// labels its bytes as part of a terabyte-long object, sends a chunked body that never ends, or
+/// less than it announced) cannot crash `embassy` or make it hold more than the format allows:
+/// backup and restore through it and a good local folder (`--min-sites 1`) succeed, the good
+/// site alone verifies, and no run grows past 1 GiB.
+#[test]
+fn hostile_s3_site_cannot_crash_backup_or_restore() {
+    for hostility in [
+        Hostility::LyingContentRangeTotal,
+        Hostility::EndlessChunked,
+        Hostility::HugeContentLength,
+        Hostility::ShortBody,
+    ] {
+        let t = Instant::now();
+        let mut env = Env::new();
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            env.vars.push((k.into(), v.into()));
+        }
+        let server = HostileS3::start(hostility);
+        let s3 = format!("s3://hostile/vault?endpoint={}", server.endpoint);
+        env.ok(&["--site", "a", "init"]);
+        let src = env.source("src", 2, 21);
+        let both = ["--site", "a", "--site", s3.as_str(), "--min-sites", "1"];
+        let out = env.run(&[&["--json"], &both[..], &["backup", "population", "src"]].concat());
+        let version = stored_version(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("behind"), "{hostility:?}: {stderr}");
+        let restore =
+            env.run(&[&both[..], &["restore", "population@1", "--to", "restored"]].concat());
+        assert!(
+            restore.status.success(),
+            "{hostility:?}: restore through both sites failed: {}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(&src)
+            .arg(env.dir.join("restored"))
+            .status()
+            .unwrap();
+        assert!(diff.success(), "{hostility:?}: restored differently");
+        env.check_site("a", "population", version, &src);
+        assert!(server.gets.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        eprintln!(
+            "{hostility:?}: backup and restore beside it in {:.1?}",
+            t.elapsed()
+        );
+    }
+    // SAFETY: getrusage(2) fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    let peak_mib = usage.ru_maxrss as u64 / 1024;
+    eprintln!("largest child process: {peak_mib} MiB");
+    assert!(peak_mib < 1024, "a run took {peak_mib} MiB");
+}

@@ -91,6 +91,40 @@ pub fn parse_ledger_path(path: &str) -> Option<(String, u64, ObjectId)> {
     ))
 }
 
+const MIB: u64 = 1024 * 1024;
+
+/// Largest `config` or `config.sig` (a JSON document of keys and settings; a hex signature).
+pub const MAX_CONFIG_SIZE: u64 = MIB;
+/// Largest signed record: a ledger entry, checkpoint, cosignature, approval or session marker.
+pub const MAX_RECORD_SIZE: u64 = 16 * MIB;
+/// Largest index object, manifest or condemnation record (lists of ids or paths).
+pub const MAX_LIST_SIZE: u64 = 256 * MIB;
+/// Largest log object: magic, header length, header, signature, and a body of one compression
+/// byte, at most [`crate::wal_log::MAX_PAYLOAD`] bytes (zstd is kept only when it is smaller)
+/// and the 16-byte tag.
+pub const MAX_LOG_OBJECT_SIZE: u64 =
+    8 + 4 + crate::wal_log::MAX_HEADER as u64 + 64 + 1 + crate::wal_log::MAX_PAYLOAD + 16;
+/// Largest pack: blob offsets and lengths are 32-bit, so every blob lies in the first 4 GiB;
+/// writers close a pack at its target (at most 1 GiB) plus one blob, and its directory (about
+/// 51 bytes per blob) keeps the whole well below this.
+pub const MAX_PACK_SIZE: u64 = 4 * 1024 * MIB;
+/// Largest object of a kind this version does not name (copied by sync as opaque bytes).
+pub const MAX_OTHER_SIZE: u64 = 256 * MIB;
+
+/// The largest an object at `path` may be, by its kind (the first path component). Sites refuse
+/// to read more than this, whatever a server announces, so a hostile site cannot make a reader
+/// hold more than the format allows.
+pub fn max_object_size(path: &str) -> u64 {
+    match path.split('/').next().unwrap_or_default() {
+        CONFIG | CONFIG_SIGNATURE => MAX_CONFIG_SIZE,
+        "ledger" | "checkpoints" | "cosignatures" | "approvals" | "sessions" => MAX_RECORD_SIZE,
+        "index" | "manifests" | "gc" => MAX_LIST_SIZE,
+        "wal" => MAX_LOG_OBJECT_SIZE,
+        "packs" => MAX_PACK_SIZE,
+        _ => MAX_OTHER_SIZE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +146,24 @@ mod tests {
         assert_eq!(parse_ledger_path(&path), Some(("ds".into(), 42, id)));
         assert_eq!(id_in_path(&path), Some(id));
         assert_eq!(parse_ledger_path("ledger/ds/12-ab"), None);
+    }
+
+    #[test]
+    fn every_kind_has_a_size_cap() {
+        let id = ObjectId::of(b"x");
+        assert_eq!(max_object_size(CONFIG), MAX_CONFIG_SIZE);
+        assert_eq!(max_object_size(CONFIG_SIGNATURE), MAX_CONFIG_SIZE);
+        assert_eq!(
+            max_object_size(&ledger_entry("ds", 1, &id)),
+            MAX_RECORD_SIZE
+        );
+        assert_eq!(max_object_size(&index("ds", &id)), MAX_LIST_SIZE);
+        assert_eq!(max_object_size(&manifest("ds", &id)), MAX_LIST_SIZE);
+        assert_eq!(max_object_size(&pack("ds", &id)), MAX_PACK_SIZE);
+        assert_eq!(max_object_size("wal/ds/00000001/s/x"), MAX_LOG_OBJECT_SIZE);
+        assert_eq!(max_object_size("checkpoints/x"), MAX_RECORD_SIZE);
+        assert_eq!(max_object_size("unknown/x"), MAX_OTHER_SIZE);
+        // A log object of the largest payload fits its cap.
+        const { assert!(MAX_LOG_OBJECT_SIZE > crate::wal_log::MAX_PAYLOAD) };
     }
 }

@@ -50,6 +50,41 @@ pub fn open(location: &str) -> Result<Arc<dyn Site>, SiteError> {
     Ok(Arc::new(LocalSite::new(path)?))
 }
 
+/// How long [`open_many`] waits for the slower sites once `min_sites` have answered.
+pub const OPEN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads every site's `config` at once. Waits for all answers, except that once `min_sites`
+/// sites have answered with a configuration, a site still silent [`OPEN_GRACE`] after the start
+/// is given up on (`None`; its thread finishes on its own).
+fn read_configs(
+    sites: &[Arc<dyn Site>],
+    min_sites: usize,
+) -> Vec<Option<Result<Vec<u8>, SiteError>>> {
+    let start = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, site) in sites.iter().enumerate() {
+        let (site, tx) = (site.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send((i, site.get(embassy_core::layout::CONFIG)));
+        });
+    }
+    drop(tx);
+    let mut answers: Vec<Option<Result<Vec<u8>, SiteError>>> = sites.iter().map(|_| None).collect();
+    loop {
+        let with_config = answers.iter().filter(|a| matches!(a, Some(Ok(_)))).count();
+        let next = if with_config >= min_sites {
+            rx.recv_timeout(OPEN_GRACE.saturating_sub(start.elapsed()))
+                .ok()
+        } else {
+            rx.recv().ok()
+        };
+        match next {
+            Some((i, answer)) => answers[i] = Some(answer),
+            None => return answers,
+        }
+    }
+}
+
 /// Whether `path` is a valid object path: relative, `/`-separated, no empty, `.` or `..`
 /// component, no NUL byte.
 pub(crate) fn valid_object_path(path: &str) -> bool {
@@ -93,11 +128,26 @@ pub fn open_many_queued(
     }
     if !creating {
         // Sites that answer must hold the same vault; sites that cannot be reached or hold no
-        // vault yet only count against min_sites, and are reported as lagging.
+        // vault yet only count against min_sites, and are reported as lagging. Every site is
+        // asked at once; once min_sites have answered with a configuration, a site still silent
+        // after OPEN_GRACE is down for the run (it costs that much, not its timeout).
+        let answers = read_configs(&sites, min_sites);
         let mut first: Option<(String, Vec<u8>)> = None;
         let mut usable = 0;
-        for site in &sites {
-            let config = match site.get(embassy_core::layout::CONFIG) {
+        for (site, answer) in sites.iter().zip(answers) {
+            let answer = answer.unwrap_or_else(|| {
+                Err(SiteError::Retryable {
+                    site: site.location().to_string(),
+                    operation: "open",
+                    path: embassy_core::layout::CONFIG.into(),
+                    message: format!(
+                        "no answer within {} s while the other sites answered: left out of \
+                         this run",
+                        OPEN_GRACE.as_secs()
+                    ),
+                })
+            });
+            let config = match answer {
                 Ok(c) => c,
                 Err(e) => {
                     let why = match e {

@@ -3,23 +3,187 @@
 //! Create-only writes: the bytes go to a temporary file under `tmp/`, are fsynced, then
 //! hard-linked into place (`link(2)` fails if the name exists, so nothing is ever overwritten),
 //! and the directory is fsynced. A crash leaves at worst a stray file under `tmp/`.
+//!
+//! Objects are opened beneath the vault folder one path component at a time with `openat(2)`
+//! and `O_NOFOLLOW`: a symbolic link planted inside the folder (a `packs/<ds>/xx` pointing at
+//! `/etc`, a pack that links to a secret) is refused, never followed, for reads and writes alike.
+//! The folder itself may be reached through a link: the operator chose it.
 
-use std::collections::HashSet;
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use embassy_core::layout;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
 
 const TMP: &str = "tmp";
+
+/// `openat(2)` of one path component beneath `dir`, never following a final symbolic link.
+fn openat(dir: &OwnedFd, name: &str, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the folder `root` itself (following a link there: the operator chose it).
+fn open_root(root: &Path) -> std::io::Result<OwnedFd> {
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_directory()
+        .open(root)?;
+    Ok(OwnedFd::from(dir))
+}
+
+/// `OpenOptions` with `O_DIRECTORY`.
+trait DirectoryFlag {
+    fn custom_flags_directory(&mut self) -> &mut Self;
+}
+
+impl DirectoryFlag for fs::OpenOptions {
+    fn custom_flags_directory(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY)
+    }
+}
+
+/// Opens the directory `components` beneath `root`, none of them a symbolic link; with `create`,
+/// makes missing ones (fsyncing each parent so the new entries survive a crash).
+fn open_dir_beneath(root: &Path, components: &[&str], create: bool) -> std::io::Result<OwnedFd> {
+    let mut dir = match open_root(root) {
+        Err(e) if create && e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(root)?;
+            open_root(root)?
+        }
+        other => other?,
+    };
+    for name in components {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let next = match openat(&dir, name, flags, 0) {
+            Err(e) if create && e.kind() == ErrorKind::NotFound => {
+                let c = CString::new(*name)
+                    .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+                // SAFETY: a valid directory descriptor and a NUL-terminated name.
+                let r = unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o777) };
+                if r != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
+                File::from(dir.try_clone()?).sync_all()?;
+                openat(&dir, name, flags, 0)?
+            }
+            // O_DIRECTORY | O_NOFOLLOW on a link says "not a directory": say what it is.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) && is_link(&dir, name) => {
+                return Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+            }
+            other => other?,
+        };
+        dir = next;
+    }
+    Ok(dir)
+}
+
+/// `fstatat(2)` of `name` in `dir`, not following a link.
+fn lstat_at(dir: &OwnedFd, name: &str) -> std::io::Result<libc::stat> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: a zeroed stat is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and a stat buffer we own.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(st)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether `name` in `dir` is a symbolic link (not followed).
+fn is_link(dir: &OwnedFd, name: &str) -> bool {
+    lstat_at(dir, name).is_ok_and(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFLNK)
+}
+
+/// Splits an object path into its folders and its name.
+fn split(path: &str) -> (Vec<&str>, &str) {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let name = parts.pop().unwrap_or_default();
+    (parts, name)
+}
+
+/// Opens the object `path` beneath `root` without following any symbolic link.
+fn open_beneath(root: &Path, path: &str) -> std::io::Result<File> {
+    let (dirs, name) = split(path);
+    let dir = open_dir_beneath(root, &dirs, false)?;
+    // O_NONBLOCK: a FIFO planted at an object's name must not hang the open (it is then
+    // refused as not a regular file); it changes nothing for regular files.
+    Ok(File::from(openat(
+        &dir,
+        name,
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        0,
+    )?))
+}
+
+/// `linkat(2)` of `from` in `from_dir` to `to` in `to_dir` (fails if `to` exists, whatever it
+/// is, a link included).
+fn linkat(from_dir: &OwnedFd, from: &str, to_dir: &OwnedFd, to: &str) -> std::io::Result<()> {
+    let from = CString::new(from).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    let to = CString::new(to).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: valid directory descriptors and NUL-terminated names; flags 0 follows nothing.
+    let r = unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `unlinkat(2)` of `name` in `dir` (a link is removed itself, never its target).
+fn unlinkat(dir: &OwnedFd, name: &str) -> std::io::Result<()> {
+    let name = CString::new(name).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let r = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// A site in a local folder.
 #[derive(Debug)]
 pub struct LocalSite {
     root: PathBuf,
     location: String,
-    known_dirs: Mutex<HashSet<PathBuf>>,
     swept: std::sync::Once,
 }
 
@@ -42,22 +206,48 @@ impl LocalSite {
         Ok(Self {
             location: root.display().to_string(),
             root,
-            known_dirs: Mutex::new(HashSet::new()),
             swept: std::sync::Once::new(),
         })
     }
 
     fn resolve(&self, path: &str, operation: &'static str) -> Result<PathBuf, SiteError> {
-        let safe = !path.is_empty()
-            && !path.starts_with('/')
-            && path
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
-        if safe {
+        if crate::valid_object_path(path) {
             Ok(self.root.join(path))
         } else {
             Err(self.permanent(operation, path, "invalid object path".into()))
         }
+    }
+
+    /// Opens an object for reading, refusing links and anything but a regular file no larger
+    /// than the format allows for its kind. Returns the file and its size.
+    fn open_object(&self, path: &str, operation: &'static str) -> Result<(File, u64), SiteError> {
+        self.resolve(path, operation)?;
+        let file = open_beneath(&self.root, path).map_err(|e| self.io_error(operation, path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| self.io_error(operation, path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(self.permanent(
+                operation,
+                path,
+                "not a regular file: something else was put in the vault folder at this \
+                 object's name; remove it and run `embassy sync --repair` from another site"
+                    .into(),
+            ));
+        }
+        let cap = layout::max_object_size(path);
+        if meta.len() > cap {
+            return Err(self.permanent(
+                operation,
+                path,
+                format!(
+                    "the file holds {} bytes, more than the {cap} the format allows for this \
+                     kind of object: damaged or planted; nothing was read",
+                    meta.len()
+                ),
+            ));
+        }
+        Ok((file, meta.len()))
     }
 
     fn permanent(&self, operation: &'static str, path: &str, message: String) -> SiteError {
@@ -70,6 +260,18 @@ impl LocalSite {
     }
 
     fn io_error(&self, operation: &'static str, path: &str, e: std::io::Error) -> SiteError {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return self.permanent(
+                operation,
+                path,
+                format!(
+                    "{e}: a symbolic link inside the vault folder is on the way to this object; \
+                     objects are never read or written through links (someone may have planted \
+                     it to redirect the vault): remove the link and run `embassy sync --repair` \
+                     from another site"
+                ),
+            );
+        }
         match e.kind() {
             ErrorKind::NotFound => SiteError::NotFound {
                 site: self.location.clone(),
@@ -97,69 +299,45 @@ impl LocalSite {
         }
     }
 
-    /// Creates `dir` and any missing parents, fsyncing each parent so the new entries survive a
-    /// crash.
-    fn ensure_dir(&self, dir: &Path, path: &str) -> Result<(), SiteError> {
-        if self
-            .known_dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(dir)
-        {
-            return Ok(());
-        }
-        let mut missing = Vec::new();
-        let mut cur = dir;
-        while !cur.is_dir() {
-            missing.push(cur.to_path_buf());
-            match cur.parent() {
-                Some(p) => cur = p,
-                None => break,
-            }
-        }
-        for d in missing.iter().rev() {
-            match fs::create_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(self.io_error("create directory", path, e)),
-            }
-            if let Some(parent) = d.parent() {
-                sync_dir(parent).map_err(|e| self.io_error("sync directory", path, e))?;
-            }
-        }
-        self.known_dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir.to_path_buf());
-        Ok(())
+    /// Opens (creating when missing) the folders `dirs` beneath the root, none a link.
+    fn ensure_dir(&self, dirs: &[&str], path: &str) -> Result<OwnedFd, SiteError> {
+        open_dir_beneath(&self.root, dirs, true)
+            .map_err(|e| self.io_error("create directory", path, e))
     }
 }
 
 impl LocalSite {
     /// Once per process, removes staging files that writers killed mid-write left behind. Only
     /// files older than an hour: another process may be writing the younger ones right now.
-    fn sweep_stale_parts(&self, tmp_dir: &Path) {
+    fn sweep_stale_parts(&self, tmp_dir: &OwnedFd) {
         self.swept.call_once(|| {
-            let Ok(entries) = fs::read_dir(tmp_dir) else {
+            // The staging folder is a folder, not a link (it was just opened so); its stale
+            // files are removed through its descriptor.
+            let tmp = self.root.join(TMP);
+            if !fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir()) {
+                return;
+            }
+            let Ok(entries) = fs::read_dir(&tmp) else {
                 return;
             };
             let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
             for entry in entries.flatten() {
-                let stale = entry.file_name().to_string_lossy().ends_with(".part")
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let stale = name.ends_with(".part")
                     && entry
                         .metadata()
                         .and_then(|m| m.modified())
                         .is_ok_and(|t| t < hour_ago);
                 if stale {
-                    let _ = fs::remove_file(entry.path());
+                    let _ = unlinkat(tmp_dir, &name);
                 }
             }
         });
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+fn sync_dir(dir: &OwnedFd) -> std::io::Result<()> {
+    File::from(dir.try_clone()?).sync_all()
 }
 
 impl Site for LocalSite {
@@ -168,30 +346,30 @@ impl Site for LocalSite {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        let target = self.resolve(path, "put")?;
-        if target.exists() {
-            return Ok(Put::AlreadyExisted);
-        }
-        let tmp_dir = self.root.join(TMP);
-        self.ensure_dir(&tmp_dir, path)?;
+        self.resolve(path, "put")?;
+        let (dirs, name) = split(path);
+        let tmp_dir = self.ensure_dir(&[TMP], path)?;
         self.sweep_stale_parts(&tmp_dir);
-        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        self.ensure_dir(&dir, path)?;
-        let tmp = tmp_dir.join(format!("{:016x}.part", rand::random::<u64>()));
+        let dir = self.ensure_dir(&dirs, path)?;
+        // Anything at the name (an object, or a planted link) means it is not written again.
+        match lstat_at(&dir, name) {
+            Ok(_) => return Ok(Put::AlreadyExisted),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_error("put", path, e)),
+        }
+        let tmp = format!("{:016x}.part", rand::random::<u64>());
         let written = (|| {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let mut file = File::from(openat(&tmp_dir, &tmp, flags, 0o666)?);
             file.write_all(bytes)?;
             file.sync_all()
         })();
         if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
+            let _ = unlinkat(&tmp_dir, &tmp);
             return Err(self.io_error("put", path, e));
         }
-        let linked = fs::hard_link(&tmp, &target);
-        let _ = fs::remove_file(&tmp);
+        let linked = linkat(&tmp_dir, &tmp, &dir, name);
+        let _ = unlinkat(&tmp_dir, &tmp);
         match linked {
             Ok(()) => {
                 sync_dir(&dir).map_err(|e| self.io_error("sync directory", path, e))?;
@@ -203,17 +381,24 @@ impl Site for LocalSite {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        let full = self.resolve(path, "get")?;
-        fs::read(&full).map_err(|e| self.io_error("get", path, e))
+        let (file, size) = self.open_object(path, "get")?;
+        let cap = layout::max_object_size(path);
+        let mut buf = Vec::with_capacity(size as usize);
+        file.take(cap.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io_error("get", path, e))?;
+        if buf.len() as u64 > cap {
+            return Err(self.permanent(
+                "get",
+                path,
+                format!("the file grew past the {cap} bytes the format allows while being read"),
+            ));
+        }
+        Ok(buf)
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        let full = self.resolve(path, "get")?;
-        let file = File::open(&full).map_err(|e| self.io_error("get", path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| self.io_error("get", path, e))?
-            .len();
+        let (file, size) = self.open_object(path, "get")?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(self.permanent(
                 "get",
@@ -247,6 +432,18 @@ impl Site for LocalSite {
         } else {
             self.resolve(dir_part, "list")?
         };
+        // Never list through a link inside the vault folder.
+        let mut cur = self.root.clone();
+        for component in dir_part.split('/').filter(|c| !c.is_empty()) {
+            cur.push(component);
+            if fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(self.io_error(
+                    "list",
+                    prefix,
+                    std::io::Error::from_raw_os_error(libc::ELOOP),
+                ));
+            }
+        }
         let mut out = Vec::new();
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
@@ -271,6 +468,10 @@ impl Site for LocalSite {
                 let file_type = entry
                     .file_type()
                     .map_err(|e| self.io_error("list", rel, e))?;
+                if file_type.is_symlink() {
+                    // Not an object: a link planted in the vault folder is never followed.
+                    continue;
+                }
                 if file_type.is_dir() {
                     if prefix.starts_with(rel) || rel.starts_with(prefix) || prefix.is_empty() {
                         stack.push(path);
@@ -291,14 +492,15 @@ impl Site for LocalSite {
     }
 
     fn delete(&self, path: &str) -> Result<(), SiteError> {
-        let full = self.resolve(path, "delete")?;
-        match fs::remove_file(&full) {
-            Ok(()) => {
-                if let Some(dir) = full.parent() {
-                    sync_dir(dir).map_err(|e| self.io_error("sync directory", path, e))?;
-                }
-                Ok(())
-            }
+        self.resolve(path, "delete")?;
+        let (dirs, name) = split(path);
+        let dir = match open_dir_beneath(&self.root, &dirs, false) {
+            Ok(d) => d,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io_error("delete", path, e)),
+        };
+        match unlinkat(&dir, name) {
+            Ok(()) => sync_dir(&dir).map_err(|e| self.io_error("sync directory", path, e)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_error("delete", path, e)),
         }
@@ -340,5 +542,104 @@ mod tests {
             .unwrap()
             .iter()
             .all(|i| !i.path.starts_with("tmp")));
+    }
+
+    fn refused_as_link(result: Result<impl std::fmt::Debug, SiteError>) {
+        match result {
+            Err(SiteError::Permanent { message, .. }) => {
+                assert!(message.contains("symbolic link"), "{message}")
+            }
+            other => panic!("a link was followed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn links_planted_in_the_vault_folder_are_never_followed_for_reads() {
+        let vault = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        fs::write(&secret, b"a secret of the host").unwrap();
+        let site = LocalSite::new(vault.path()).unwrap();
+        site.put("packs/ds/ab/real", b"object").unwrap();
+        // A pack that is a link to a secret file.
+        std::os::unix::fs::symlink(&secret, vault.path().join("packs/ds/ab/linked")).unwrap();
+        refused_as_link(site.get("packs/ds/ab/linked"));
+        refused_as_link(site.get_range("packs/ds/ab/linked", 0, 2));
+        // A folder on the way that is a link (packs/ds/cd -> the outside folder).
+        std::os::unix::fs::symlink(outside.path(), vault.path().join("packs/ds/cd")).unwrap();
+        refused_as_link(site.get("packs/ds/cd/secret"));
+        refused_as_link(site.get_range("packs/ds/cd/secret", 0, 2));
+        refused_as_link(site.list("packs/ds/cd/"));
+        // Listing the vault does not walk into the link, nor list the linked pack.
+        let listed: Vec<String> = site.list("").unwrap().into_iter().map(|i| i.path).collect();
+        assert_eq!(listed, ["packs/ds/ab/real"]);
+        assert_eq!(site.get("packs/ds/ab/real").unwrap(), b"object");
+    }
+
+    #[test]
+    fn links_planted_in_the_vault_folder_are_never_followed_for_writes() {
+        let vault = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let site = LocalSite::new(vault.path()).unwrap();
+        site.put("packs/ds/ab/real", b"object").unwrap();
+        std::os::unix::fs::symlink(outside.path(), vault.path().join("packs/ds/cd")).unwrap();
+        refused_as_link(site.put("packs/ds/cd/new", b"redirected?"));
+        refused_as_link(site.put("packs/ds/cd/deeper/new", b"redirected?"));
+        // A link at the object's own name is not written through.
+        let target = outside.path().join("target");
+        std::os::unix::fs::symlink(&target, vault.path().join("packs/ds/ab/named")).unwrap();
+        assert_eq!(
+            site.put("packs/ds/ab/named", b"x").unwrap(),
+            Put::AlreadyExisted
+        );
+        assert!(!target.exists());
+        // Deleting through a link removes nothing outside.
+        fs::write(outside.path().join("victim"), b"keep me").unwrap();
+        refused_as_link(site.delete("packs/ds/cd/victim"));
+        assert!(outside.path().join("victim").exists());
+        // The staging folder as a link: nothing is staged outside.
+        fs::remove_dir_all(vault.path().join(TMP)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), vault.path().join(TMP)).unwrap();
+        let fresh = LocalSite::new(vault.path()).unwrap();
+        refused_as_link(fresh.put("index/ds/new", b"staged?"));
+        let outside_files: Vec<_> = fs::read_dir(outside.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            outside_files,
+            ["victim"],
+            "something was written outside the vault"
+        );
+    }
+
+    #[test]
+    fn a_fifo_at_an_object_name_is_refused_without_hanging() {
+        let vault = tempfile::tempdir().unwrap();
+        let site = LocalSite::new(vault.path()).unwrap();
+        site.put("index/ds/real", b"x").unwrap();
+        let fifo = CString::new(vault.path().join("index/ds/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        match site.get("index/ds/fifo") {
+            Err(SiteError::Permanent { message, .. }) => {
+                assert!(message.contains("not a regular file"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_before_it_is_read() {
+        let vault = tempfile::tempdir().unwrap();
+        let site = LocalSite::new(vault.path()).unwrap();
+        let big = File::create(vault.path().join(layout::CONFIG)).unwrap();
+        big.set_len(layout::MAX_CONFIG_SIZE + 1).unwrap();
+        match site.get(layout::CONFIG) {
+            Err(SiteError::Permanent { message, .. }) => {
+                assert!(message.contains("format allows"), "{message}")
+            }
+            other => panic!("{:?}", other.map(|b| b.len())),
+        }
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! Opened with a state folder ([`ReplicatedSite::with_queue`]), a write that one site missed while
 //! `min_sites` held is recorded in that site's catch-up queue before it is acknowledged
-//! ([`crate::queue`]), and a site whose write failed with a retryable error is left out of the
-//! next writes for a few seconds (they are queued for it at once) instead of costing every write
-//! a timeout.
+//! ([`crate::queue`]), and a site that failed with a retryable error (after its own retries) is
+//! down for the rest of the run: it is asked nothing more, its writes are queued for it at once,
+//! so a dead site costs one timeout per run instead of one per object.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,12 +19,10 @@ use embassy_core::id::ObjectId;
 use embassy_core::layout;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
 
-/// How long a site whose write failed with a retryable error is left out of later writes (they
-/// count as failed there, and are queued) before it is tried again; doubled after each further
-/// failure, up to [`DOWN_SITE_RETRY_MAX`].
-pub const DOWN_SITE_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// The longest a failing site is left out before it is tried again.
-pub const DOWN_SITE_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a write waits for the slower sites once `min_sites` hold the object: a site still
+/// writing then (one that stopped answering mid-write) is down for the rest of the run and the
+/// object is queued for it. The default S3 I/O timeout, so a frozen site costs one timeout.
+pub const WRITE_GRACE: Duration = Duration::from_secs(60);
 
 /// A vault kept at several sites at once.
 #[derive(Debug)]
@@ -33,8 +31,8 @@ pub struct ReplicatedSite {
     min_sites: usize,
     location: String,
     lagging: Mutex<Vec<(String, String)>>,
-    /// Per site: left out of writes until then, and failures in a row.
-    down_until: Mutex<Vec<(Option<Instant>, u32)>>,
+    /// Per site: down for the rest of the run (a retryable failure after the site's own retries).
+    down: Mutex<Vec<bool>>,
     queues: Option<Queues>,
 }
 
@@ -72,7 +70,7 @@ impl ReplicatedSite {
             min_sites,
             location,
             lagging: Mutex::new(Vec::new()),
-            down_until: Mutex::new(vec![(None, 0); n]),
+            down: Mutex::new(vec![false; n]),
             queues: None,
         })
     }
@@ -171,24 +169,17 @@ impl ReplicatedSite {
     }
 
     /// Records a retryable failure of `site` outside a write (unreachable when opened): it is
-    /// left out of writes and listings for a while, and read last.
+    /// down for the rest of the run (left out of writes, listings and reads).
     pub fn mark_down(&self, site: &str) {
         if let Some(i) = self.sites.iter().position(|s| s.location() == site) {
             self.note_failure(i);
         }
     }
 
-    /// Which sites are left out now (all false when leaving them out would leave fewer than
-    /// `needed` sites).
+    /// Which sites are left out now: the down ones (none when leaving them out would leave
+    /// fewer than `needed` sites; a down S3 site then fails at once anyway, see its breaker).
     fn left_out(&self, needed: usize) -> Vec<bool> {
-        let now = Instant::now();
-        let mut skip: Vec<bool> = self
-            .down_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(until, _)| until.is_some_and(|t| t > now))
-            .collect();
+        let mut skip: Vec<bool> = self.down.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if self.sites.len() - skip.iter().filter(|s| **s).count() < needed {
             skip.iter_mut().for_each(|s| *s = false);
         }
@@ -196,12 +187,81 @@ impl ReplicatedSite {
     }
 
     fn note_failure(&self, i: usize) {
-        let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        let failures = down[i].1.saturating_add(1);
-        let wait = DOWN_SITE_RETRY_AFTER
-            .saturating_mul(1 << (failures - 1).min(8))
-            .min(DOWN_SITE_RETRY_MAX);
-        down[i] = (Some(Instant::now() + wait), failures);
+        self.down.lock().unwrap_or_else(|p| p.into_inner())[i] = true;
+    }
+
+    /// Writes to every site not skipped, each in its own thread. Waits for all, except that
+    /// once `min_sites` hold the object a site still writing [`WRITE_GRACE`] later is given up
+    /// on for this write (its thread finishes on its own) and reported as a retryable failure,
+    /// so that a site that stopped answering mid-write costs at most that long.
+    fn put_each(&self, path: &str, bytes: &[u8], skip: &[bool]) -> Vec<Result<Put, SiteError>> {
+        let shared: Arc<[u8]> = Arc::from(bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut results: Vec<Option<Result<Put, SiteError>>> = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if skip[i] {
+                results.push(Some(Err(SiteError::Retryable {
+                    site: site.location().to_string(),
+                    operation: "put",
+                    path: path.to_string(),
+                    message: "left out: the site is down for the rest of this run (an earlier \
+                              request failed)"
+                        .into(),
+                })));
+                continue;
+            }
+            results.push(None);
+            let (site, tx, bytes, path) =
+                (site.clone(), tx.clone(), shared.clone(), path.to_string());
+            std::thread::spawn(move || {
+                let _ = tx.send((i, site.put(&path, &bytes)));
+            });
+        }
+        drop(tx);
+        let mut enough_since: Option<Instant> = None;
+        while results.iter().any(Option::is_none) {
+            let stored = results.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+            let next = if stored >= self.min_sites {
+                let since = *enough_since.get_or_insert_with(Instant::now);
+                rx.recv_timeout(WRITE_GRACE.saturating_sub(since.elapsed()))
+                    .ok()
+            } else {
+                rx.recv().ok()
+            };
+            match next {
+                Some((i, result)) => results[i] = Some(result),
+                None => break,
+            }
+        }
+        let gave_up = enough_since.is_some();
+        results
+            .into_iter()
+            .zip(&self.sites)
+            .map(|(result, site)| {
+                result.unwrap_or_else(|| {
+                    Err(if gave_up {
+                        SiteError::Retryable {
+                            site: site.location().to_string(),
+                            operation: "put",
+                            path: path.to_string(),
+                            message: format!(
+                                "still writing {} s after {} other site(s) held it: left out \
+                                 of the rest of this run",
+                                WRITE_GRACE.as_secs(),
+                                self.min_sites
+                            ),
+                        }
+                    } else {
+                        SiteError::Permanent {
+                            site: site.location().to_string(),
+                            operation: "put",
+                            path: path.to_string(),
+                            message: "the site's writer panicked".into(),
+                        }
+                    })
+                })
+            })
+            .collect()
     }
 
     fn first_ok<T>(
@@ -210,12 +270,9 @@ impl ReplicatedSite {
         path: &str,
     ) -> Result<T, SiteError> {
         let mut last = None;
-        // Sites that failed moments ago are asked last.
-        let down = self.left_out(0);
-        let order = (0..self.sites.len())
-            .filter(|i| !down[*i])
-            .chain((0..self.sites.len()).filter(|i| down[*i]));
-        for i in order {
+        // Down sites are not asked while another site is up.
+        let down = self.left_out(1);
+        for i in (0..self.sites.len()).filter(|i| !down[*i]) {
             match op(self.sites[i].as_ref()) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
@@ -253,41 +310,9 @@ impl Site for ReplicatedSite {
                 );
             }
         }
-        // Sites that failed moments ago are left out, as long as the others can meet min_sites.
+        // Down sites are left out, as long as the others can meet min_sites.
         let skip = self.left_out(self.min_sites);
-        let results: Vec<Result<Put, SiteError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .sites
-                .iter()
-                .zip(&skip)
-                .map(|(site, skip)| {
-                    scope.spawn(move || {
-                        if *skip {
-                            return Err(SiteError::Retryable {
-                                site: site.location().to_string(),
-                                operation: "put",
-                                path: path.to_string(),
-                                message: "left out: a write there failed moments ago".into(),
-                            });
-                        }
-                        site.put(path, bytes)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(SiteError::Permanent {
-                            site: "?".into(),
-                            operation: "put",
-                            path: path.to_string(),
-                            message: "a site's writer panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
+        let results = self.put_each(path, bytes, &skip);
         let mut stored = 0;
         let mut created = false;
         let mut failures = Vec::new();
@@ -297,7 +322,7 @@ impl Site for ReplicatedSite {
                 Ok(put) => {
                     stored += 1;
                     created |= put == Put::Created;
-                    self.down_until.lock().unwrap_or_else(|p| p.into_inner())[i] = (None, 0);
+                    self.down.lock().unwrap_or_else(|p| p.into_inner())[i] = false;
                 }
                 Err(e) => {
                     if matches!(e, SiteError::Retryable { .. }) && !skip[i] {
@@ -310,7 +335,7 @@ impl Site for ReplicatedSite {
         }
         if !failures.is_empty() {
             // The first failure of each site says why it fell behind; later ones only repeat it
-            // ("left out: a write there failed moments ago").
+            // ("left out: the site is down for the rest of this run").
             let mut lagging = self.lagging.lock().unwrap_or_else(|p| p.into_inner());
             for (site, e) in &failures {
                 if !lagging.iter().any(|(s, _)| s == site) {

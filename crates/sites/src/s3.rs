@@ -13,9 +13,11 @@
 //! what is still failing is reported as [`SiteError::Retryable`] (5xx, 429, timeouts, resets) or
 //! [`SiteError::Permanent`] (credentials, permissions, missing bucket, ...) with what to check.
 
+mod breaker;
 mod config;
 mod xml;
 
+pub use breaker::{FIRST_PROBE_AFTER, MAX_PROBE_INTERVAL};
 pub use config::{
     ConditionalWrites, LockMode, ObjectLock, S3Config, S3Credentials, LOCATION_OPTIONS, MAX_PARTS,
     MAX_PART_SIZE, MIN_PART_SIZE,
@@ -24,7 +26,7 @@ pub use config::{
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
@@ -49,6 +51,14 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 const MAX_PENDING: usize = 4096;
 /// Most memory reserved up front for an answer on the strength of its Content-Length.
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
+/// The slowest transfer a call is allowed, in bytes a second, on top of twice the I/O timeout.
+const MIN_RATE: u64 = 64 * 1024;
+/// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
+/// 16 MiB packs): a server that lists without end is refused instead of filling memory.
+const MAX_LISTED: usize = 10_000_000;
+/// Largest answer that is not an object's bytes (a listing page, an upload id, ...): a page of
+/// 1,000 keys is well under a megabyte.
+const ANSWER_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// What the server does with `If-None-Match: *` (see [`S3Site::probe_conditional_writes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +128,23 @@ pub struct S3Site {
     pending: Mutex<HashMap<String, String>>,
     /// Cleared when the server refuses the `If-None-Match` header outright (501).
     send_if_none_match: AtomicBool,
+    /// Down after a timeout or a failed connection: requests fail at once until a probe answers.
+    breaker: Arc<breaker::Breaker>,
+}
+
+/// The most bytes an answer may carry: `partial` for a 206, `whole` for other 2xx answers.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit {
+    partial: u64,
+    whole: u64,
+}
+
+impl BodyLimit {
+    /// Answers that are not object bytes.
+    const ANSWER: BodyLimit = BodyLimit {
+        partial: ANSWER_LIMIT,
+        whole: ANSWER_LIMIT,
+    };
 }
 
 /// A failed exchange, and whether the server may have acted on the request anyway.
@@ -194,6 +221,7 @@ impl S3Site {
             format!("{}/", cfg.prefix)
         };
         Ok(S3Site {
+            breaker: breaker::Breaker::for_site(&format!("{} {location}", cfg.endpoint)),
             https: cfg.endpoint.starts_with("https://"),
             location,
             agent: ureq::Agent::new_with_config(agent_config),
@@ -579,7 +607,16 @@ impl S3Site {
         operation: &'static str,
         path: &str,
     ) -> Result<Reply, Failure> {
-        self.exchange_limited(method, key, query, headers, body, operation, path, u64::MAX)
+        self.exchange_limited(
+            method,
+            key,
+            query,
+            headers,
+            body,
+            operation,
+            path,
+            BodyLimit::ANSWER,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -592,8 +629,18 @@ impl S3Site {
         body: &[u8],
         operation: &'static str,
         path: &str,
-        partial_limit: u64,
+        body_limit: BodyLimit,
     ) -> Result<Reply, Failure> {
+        let probe = match self.breaker.admit() {
+            breaker::Admit::Go => false,
+            breaker::Admit::Probe => true,
+            breaker::Admit::Refuse(why) => {
+                return Err(Failure {
+                    error: self.retryable(operation, path, why),
+                    maybe_applied: false,
+                })
+            }
+        };
         let url = self.url(key, query);
         let signature = self
             .signature_headers(&method, &url, headers, body, SystemTime::now())
@@ -609,31 +656,56 @@ impl S3Site {
             builder = builder.header(k, v);
         }
         let sends_body = !body.is_empty() || method == Method::PUT || method == Method::POST;
+        let bytes = (body.len() as u64).saturating_add(body_limit.partial);
         let result = if sends_body {
             builder
                 .body(body)
                 .map_err(ureq::Error::from)
-                .and_then(|r| self.agent.run(r))
+                .and_then(|r| self.send(r, probe, bytes))
         } else {
             builder
                 .body(())
                 .map_err(ureq::Error::from)
-                .and_then(|r| self.agent.run(r))
+                .and_then(|r| self.send(r, probe, bytes))
         };
-        let mut response = result.map_err(|e| self.transport_failure(operation, path, e))?;
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let unreachable = matches!(
+                    &e,
+                    ureq::Error::Timeout(_)
+                        | ureq::Error::ConnectionFailed
+                        | ureq::Error::HostNotFound
+                ) || matches!(&e, ureq::Error::Io(io) if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+                ));
+                let failure = self.transport_failure(operation, path, e);
+                if unreachable {
+                    self.breaker.unreachable(&failure.error.to_string());
+                } else if probe {
+                    self.breaker.probe_inconclusive();
+                }
+                return Err(failure);
+            }
+        };
+        self.breaker.answered();
         let status = response.status().as_u16();
-        // A partial answer may not exceed what was asked; a whole one (a server that ignores
-        // Range) is taken as it comes; error answers are cut at a small size.
-        let limit = match status {
-            206 => partial_limit,
-            200..=299 => u64::MAX,
-            _ => ERROR_BODY_LIMIT,
-        };
         let expected = response
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A partial answer may not exceed what was asked; a whole one (a server that ignores
+        // Range) what the format allows for the object, and only when it says its length up
+        // front (else what was asked); error answers are cut at a small size. Never more than
+        // that is read, whatever the server announces or sends.
+        let limit = match status {
+            206 => body_limit.partial,
+            200..=299 if expected.is_some() => body_limit.whole,
+            200..=299 => body_limit.partial,
+            _ => ERROR_BODY_LIMIT,
+        };
         let mut bytes = Vec::new();
         if method != Method::HEAD {
             if let Some(n) = expected {
@@ -642,7 +714,10 @@ impl S3Site {
                         error: self.permanent(
                             operation,
                             path,
-                            format!("the server announced {n} bytes where at most {limit} were expected"),
+                            format!(
+                                "the server announced {n} bytes where at most {limit} were \
+                                 expected: a damaged or hostile site; nothing was read"
+                            ),
                         ),
                         maybe_applied: true,
                     });
@@ -656,7 +731,25 @@ impl S3Site {
                 .limit(limit.saturating_add(1))
                 .reader();
             let read = reader.take(limit.saturating_add(1)).read_to_end(&mut bytes);
+            if bytes.len() as u64 > limit && (200..300).contains(&status) {
+                return Err(Failure {
+                    error: self.permanent(
+                        operation,
+                        path,
+                        format!(
+                            "the server sent more than the {limit} bytes expected (it announced \
+                             {}): a damaged or hostile site; reading stopped there",
+                            expected.map_or("no length".to_string(), |n| n.to_string())
+                        ),
+                    ),
+                    maybe_applied: true,
+                });
+            }
             if let Err(e) = read {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    self.breaker
+                        .unreachable(&format!("timed out reading an answer: {e}"));
+                }
                 return Err(Failure {
                     error: self.retryable(
                         operation,
@@ -687,6 +780,38 @@ impl S3Site {
             headers: std::mem::take(response.headers_mut()),
             body: bytes,
         })
+    }
+
+    /// Sends a request. A probe of a down endpoint waits for its answer no longer than for a
+    /// connection: a server that answers at all answers a probe quickly.
+    ///
+    /// Every exchange, its answer's body included, must end within twice the I/O timeout plus
+    /// the time its bytes (`bytes`: sent and at most expected back) take at [`MIN_RATE`]: a
+    /// server that trickles a byte now and then, restarting the per-read timer, cannot hold a
+    /// call for ever.
+    fn send<B: ureq::AsSendBody>(
+        &self,
+        request: Request<B>,
+        probe: bool,
+        bytes: u64,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let budget = self
+            .cfg
+            .io_timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(bytes / MIN_RATE));
+        let config = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(budget));
+        let request = if probe {
+            config
+                .timeout_recv_response(Some(self.cfg.connect_timeout.min(self.cfg.io_timeout)))
+                .build()
+        } else {
+            config.build()
+        };
+        self.agent.run(request)
     }
 
     fn transport_failure(&self, operation: &'static str, path: &str, e: ureq::Error) -> Failure {
@@ -832,7 +957,11 @@ impl S3Site {
         let mut n = 0;
         loop {
             match attempt(n) {
-                Err(SiteError::Retryable { .. }) if n < self.cfg.retries => {
+                // A site that stopped answering is not asked again here: the breaker decides
+                // when it is probed.
+                Err(SiteError::Retryable { .. })
+                    if n < self.cfg.retries && !self.breaker.is_down() =>
+                {
                     std::thread::sleep(backoff(n));
                     n += 1;
                 }
@@ -1314,7 +1443,10 @@ impl S3Site {
                 &[],
                 operation,
                 path,
-                len,
+                BodyLimit {
+                    partial: len,
+                    whole: embassy_core::layout::max_object_size(path),
+                },
             )
             .map_err(|f| f.error)?;
         match reply.status {
@@ -1384,8 +1516,28 @@ impl S3Site {
         )
     }
 
+    /// Refuses an object larger than the format allows for its kind
+    /// ([`embassy_core::layout::max_object_size`]), before anything is allocated for it.
+    fn within_cap(&self, operation: &'static str, path: &str, size: u64) -> Result<(), SiteError> {
+        let cap = embassy_core::layout::max_object_size(path);
+        if size > cap {
+            return Err(self.permanent(
+                operation,
+                path,
+                format!(
+                    "the server says the object holds {size} bytes, more than the {cap} the \
+                     format allows for this kind of object: a damaged or hostile site; nothing \
+                     was read"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads `len` bytes at `offset` (the rest of the object when `len` is `None`): a first
-    /// ranged GET, then the remainder in parallel ranged GETs pinned to the first one's ETag.
+    /// ranged GET, then the remainder in batches of parallel ranged GETs pinned to the first
+    /// one's ETag. Memory grows with the bytes that arrive, never with a size the server
+    /// announces, and never past what the format allows for the object's kind.
     fn read(
         &self,
         path: &str,
@@ -1394,8 +1546,12 @@ impl S3Site {
         len: Option<u64>,
         operation: &'static str,
     ) -> Result<Vec<u8>, SiteError> {
+        if let Some(l) = len {
+            self.within_cap(operation, path, offset.saturating_add(l))?;
+        }
+        let cap = embassy_core::layout::max_object_size(path);
         let piece = self.cfg.part_size as u64;
-        let first_len = len.map_or(piece, |l| l.min(piece));
+        let first_len = len.map_or(piece.min(cap), |l| l.min(piece));
         if first_len == 0 {
             // A zero-length read: only check that the object is there and long enough.
             let head = self
@@ -1418,7 +1574,7 @@ impl S3Site {
             self.retry(|_| self.range_once(operation, path, key, offset, first_len, None))?;
         let (mut first_bytes, total, etag) = match first {
             RangeReply::Whole { bytes } => {
-                // The server ignored the range and sent everything.
+                // The server ignored the range and sent everything (at most the cap).
                 let size = bytes.len() as u64;
                 let end = len.map_or(size, |l| offset.saturating_add(l));
                 if end > size || offset > size {
@@ -1429,9 +1585,22 @@ impl S3Site {
             RangeReply::Unsatisfiable { total } => {
                 if offset == 0 && len.is_none() {
                     // An empty object: some servers refuse any range on it.
+                    let limit = BodyLimit {
+                        partial: 0,
+                        whole: cap,
+                    };
                     return self.retry(|_| {
                         let reply = self
-                            .exchange(Method::GET, Some(key), &[], &[], &[], operation, path)
+                            .exchange_limited(
+                                Method::GET,
+                                Some(key),
+                                &[],
+                                &[],
+                                &[],
+                                operation,
+                                path,
+                                limit,
+                            )
                             .map_err(|f| f.error)?;
                         match reply.status {
                             200 => Ok(reply.body),
@@ -1449,6 +1618,7 @@ impl S3Site {
             }
             RangeReply::Partial { bytes, total, etag } => (bytes, total, etag),
         };
+        self.within_cap(operation, path, total)?;
         let end = match len {
             Some(l) => {
                 let end = offset.saturating_add(l);
@@ -1464,61 +1634,64 @@ impl S3Site {
             first_bytes.truncate((end - offset) as usize);
             return Ok(first_bytes);
         }
-        let want = usize::try_from(end - offset).map_err(|_| {
-            self.permanent(operation, path, "the object is too large for memory".into())
-        })?;
         let mut buf = first_bytes;
-        buf.resize(want, 0);
-        let rest = &mut buf[got as usize..];
-        let chunks: Mutex<std::iter::Enumerate<std::slice::ChunksMut<u8>>> =
-            Mutex::new(rest.chunks_mut(piece as usize).enumerate());
-        let failed = AtomicBool::new(false);
-        let first_error: Mutex<Option<SiteError>> = Mutex::new(None);
-        let workers = self.cfg.parallelism.max(1);
-        let base = offset + got;
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let next = chunks.lock().unwrap_or_else(|p| p.into_inner()).next();
-                    let Some((i, chunk)) = next else { return };
-                    let start = base + i as u64 * piece;
-                    let len = chunk.len() as u64;
-                    let fetched = self.retry(|_| {
-                        match self.range_once(operation, path, key, start, len, etag.as_deref())? {
-                            RangeReply::Partial { bytes, .. } if bytes.len() == chunk.len() => {
-                                Ok(bytes)
-                            }
-                            RangeReply::Whole { bytes } if bytes.len() as u64 >= start + len => {
-                                Ok(bytes[start as usize..(start + len) as usize].to_vec())
-                            }
-                            _ => Err(self.retryable(
-                                operation,
-                                path,
-                                "the object's size changed while being read".into(),
-                            )),
-                        }
-                    });
-                    match fetched {
-                        Ok(bytes) => chunk.copy_from_slice(&bytes),
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            first_error
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
-                            return;
-                        }
-                    }
-                });
+        let workers = self.cfg.parallelism.max(1) as u64;
+        let mut next = offset + got;
+        while next < end {
+            // One batch: up to `workers` pieces in parallel, appended in order once all came.
+            let batch: Vec<(u64, u64)> = (0..workers)
+                .map(|i| next + i * piece)
+                .take_while(|start| *start < end)
+                .map(|start| (start, piece.min(end - start)))
+                .collect();
+            let fetched: Vec<Result<Vec<u8>, SiteError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|&(start, len)| {
+                        let etag = etag.as_deref();
+                        scope.spawn(move || self.read_piece(operation, path, key, start, len, etag))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(self.permanent(operation, path, "a reader thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for bytes in fetched {
+                buf.extend_from_slice(&bytes?);
             }
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
+            next = batch.last().map_or(end, |(start, len)| start + len);
         }
         Ok(buf)
+    }
+
+    /// One piece of a read, exactly `len` bytes at `start`, pinned to `etag`.
+    fn read_piece(
+        &self,
+        operation: &'static str,
+        path: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+        etag: Option<&str>,
+    ) -> Result<Vec<u8>, SiteError> {
+        self.retry(
+            |_| match self.range_once(operation, path, key, start, len, etag)? {
+                RangeReply::Partial { bytes, .. } if bytes.len() as u64 == len => Ok(bytes),
+                RangeReply::Whole { bytes } if bytes.len() as u64 >= start + len => {
+                    Ok(bytes[start as usize..(start + len) as usize].to_vec())
+                }
+                _ => Err(self.retryable(
+                    operation,
+                    path,
+                    "the object's size changed while being read".into(),
+                )),
+            },
+        )
     }
 }
 
@@ -1601,6 +1774,16 @@ impl Site for S3Site {
                     path: rel.to_string(),
                     size,
                 });
+            }
+            if out.len() > MAX_LISTED {
+                return Err(self.permanent(
+                    "list",
+                    prefix,
+                    format!(
+                        "the server lists more than {MAX_LISTED} objects: a damaged or hostile \
+                         site (or a vault far larger than this version handles)"
+                    ),
+                ));
             }
             if !page.truncated {
                 return Ok(out);

@@ -752,3 +752,198 @@ fn reset(client: TcpStream) {
     }
     drop(client);
 }
+
+/// How a [`HostileS3`] endpoint lies in its answers to GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostility {
+    /// `200` announcing a terabyte (`Content-Length: 2^40`), then a few bytes and a close.
+    HugeContentLength,
+    /// `206` with the bytes asked for, labelled as part of a terabyte-long object
+    /// (`Content-Range: bytes 0-N/2^40`).
+    LyingContentRangeTotal,
+    /// `200` with a chunked body that does not end (the server gives up after
+    /// [`HOSTILE_ENDLESS_CAP`] bytes so that a test without the fix fails rather than eat the
+    /// machine).
+    EndlessChunked,
+    /// `200` announcing a megabyte more than it sends, then a close.
+    ShortBody,
+    /// Reads the request and never answers (a frozen server), holding the connection for up
+    /// to 30 s.
+    Silent,
+    /// An honest `404 NoSuchKey` to everything (a server that came back, holding nothing).
+    NotFound,
+    /// `200` announcing 1000 bytes and sending one every 300 ms (each read progresses, so the
+    /// per-read timeout never fires), for up to 30 s.
+    Trickle,
+}
+
+/// Where an endless body stops anyway: 1.5 GiB.
+pub const HOSTILE_ENDLESS_CAP: u64 = 1536 * 1024 * 1024;
+
+/// A hostile S3 endpoint on loopback: a tiny HTTP server (threads over `std::net`) that answers
+/// every GET according to its [`Hostility`] and every other request with `503 SlowDown`. Plays
+/// a compromised or broken site; stops when dropped.
+pub struct HostileS3 {
+    pub endpoint: String,
+    pub port: u16,
+    /// GET requests answered.
+    pub gets: Arc<AtomicU64>,
+    /// Requests of any kind received.
+    pub requests: Arc<AtomicU64>,
+    hostility: Arc<Mutex<Hostility>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostileS3 {
+    pub fn start(hostility: Hostility) -> HostileS3 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let gets = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let mode = Arc::new(Mutex::new(hostility));
+        let accept = {
+            let (stop, gets, requests, mode) =
+                (stop.clone(), gets.clone(), requests.clone(), mode.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(mut client) = conn else { continue };
+                    let (gets, requests, stop) = (gets.clone(), requests.clone(), stop.clone());
+                    let hostility = *mode.lock().unwrap_or_else(|p| p.into_inner());
+                    std::thread::spawn(move || {
+                        let _ = hostile_answer(&mut client, hostility, &gets, &requests, &stop);
+                        let _ = client.shutdown(Shutdown::Both);
+                    });
+                }
+            })
+        };
+        HostileS3 {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            gets,
+            requests,
+            hostility: mode,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl HostileS3 {
+    /// Changes how the connections accepted from now on are answered.
+    pub fn set(&self, hostility: Hostility) {
+        *self.hostility.lock().unwrap_or_else(|p| p.into_inner()) = hostility;
+    }
+}
+
+impl Drop for HostileS3 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Answers one request (one per connection) as `hostility` says.
+fn hostile_answer(
+    client: &mut TcpStream,
+    hostility: Hostility,
+    gets: &AtomicU64,
+    requests: &AtomicU64,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let (head, rest) = read_head(client)?;
+    requests.fetch_add(1, Ordering::Relaxed);
+    let head = String::from_utf8_lossy(&head).into_owned();
+    match hostility {
+        Hostility::Silent => {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Ok(());
+        }
+        Hostility::NotFound => {
+            drain_body(client, rest.len(), content_length(&head))?;
+            return answer(client, "404 Not Found", "NoSuchKey");
+        }
+        _ => {}
+    }
+    drain_body(client, rest.len(), content_length(&head))?;
+    if !head.starts_with("GET ") {
+        return answer(client, "503 Service Unavailable", "SlowDown");
+    }
+    gets.fetch_add(1, Ordering::Relaxed);
+    const TIB: u64 = 1 << 40;
+    // The range asked for, if any: `range: bytes=A-B`.
+    let range = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
+        .and_then(|(_, v)| v.trim().strip_prefix("bytes=")?.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    let zeros = vec![0u8; 64 * 1024];
+    match hostility {
+        Hostility::HugeContentLength => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Length: {TIB}\r\nConnection: close\r\n\r\n"
+            )?;
+            client.write_all(&zeros)?;
+        }
+        Hostility::LyingContentRangeTotal => {
+            let (a, b) = range.unwrap_or((0, 99));
+            let len = (b - a + 1).min(64 * 1024);
+            write!(
+                client,
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/{TIB}\r\n\
+                 Content-Length: {len}\r\nETag: \"lie\"\r\nConnection: close\r\n\r\n",
+                a + len - 1
+            )?;
+            client.write_all(&zeros[..len as usize])?;
+        }
+        Hostility::EndlessChunked => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut sent = 0u64;
+            while sent < HOSTILE_ENDLESS_CAP {
+                write!(client, "{:x}\r\n", zeros.len())?;
+                client.write_all(&zeros)?;
+                client.write_all(b"\r\n")?;
+                sent += zeros.len() as u64;
+            }
+        }
+        Hostility::ShortBody => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                2 * 1024 * 1024
+            )?;
+            client.write_all(&zeros)?;
+        }
+        Hostility::Trickle => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+            )?;
+            for _ in 0..100 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                client.write_all(b"x")?;
+                client.flush()?;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        Hostility::Silent | Hostility::NotFound => {}
+    }
+    client.flush()
+}
