@@ -10,7 +10,7 @@ fn parse(conninfo: &str) -> Result<Config, embassy_agent::ConfigError> {
         "[keys]\nfile = \"vault.key\"\npassphrase_env = \"PASS\"\n\n[[sites]]\nname = \"lux\"\n\
          path = \"/srv/lux\"\n\n[[datasets]]\nname = \"registry\"\n\
          source = {{ postgres = {{ conninfo = \"{conninfo}\", slot = \"embassy\" }} }}\n\
-         mode = \"continuous\"\nrpo = \"1m\"\n"
+         mode = \"continuous\"\nrpo = \"1min\"\n"
     );
     Config::parse(&text, Path::new("/etc/embassy/embassy.toml"))
 }

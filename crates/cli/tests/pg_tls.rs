@@ -214,7 +214,7 @@ fn the_agent_streams_and_takes_base_backups_over_verify_full_tls() {
              [[sites]]\nname = \"a\"\npath = \"sites/a\"\n\
              [[datasets]]\nname = \"registry-db\"\n\
              source = {{ postgres = {{ conninfo = \"{info}\" }} }}\n\
-             mode = \"continuous\"\ninterval = \"5s\"\nrpo = \"1m\"\n"
+             mode = \"continuous\"\ninterval = \"5s\"\nrpo = \"1min\"\n"
         ),
     )
     .unwrap();
