@@ -258,7 +258,15 @@ pub fn parse_time(s: &str) -> Result<i64, PgError> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    Ok(secs * 1_000_000_000 + nanos)
+    // Nanoseconds in an i64 reach 2262-04-11: a later time is refused, never wrapped round to
+    // another point in time.
+    secs.checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(nanos))
+        .ok_or_else(|| {
+            PgError::Invalid(format!(
+                "{s:?} is out of range: times from 1677-09-21 to 2262-04-11 can be named"
+            ))
+        })
 }
 
 /// The settings a restore appends to postgresql.auto.conf.
@@ -325,9 +333,38 @@ pub fn prepare_data_dir(
         Mode::Standby => "standby.signal",
         Mode::Recover(_) => "recovery.signal",
     };
-    fs::write(dir.join(signal), b"").map_err(io(format!("writing {signal}")))?;
-    for stale in ["postmaster.pid", "postmaster.opts"] {
-        let _ = fs::remove_file(dir.join(stale));
+    // The data directory came from the backup: a signal file, pg_wal or postgresql.auto.conf
+    // in it may be a link planted to make this (often root) process write elsewhere. Links and
+    // other non-regular files there are removed, never followed; new files are created with
+    // O_EXCL|O_NOFOLLOW.
+    for planted in [
+        "standby.signal",
+        "recovery.signal",
+        "postmaster.pid",
+        "postmaster.opts",
+    ] {
+        remove_unless_dir(&dir.join(planted))?;
+    }
+    embassy_core::fsutil::create_new(&dir.join(signal), 0o600)
+        .map_err(io(format!("writing {signal}")))?;
+    let auto_conf = dir.join("postgresql.auto.conf");
+    if let Ok(meta) = fs::symlink_metadata(&auto_conf) {
+        if !meta.file_type().is_file() {
+            return Err(PgError::Restore(format!(
+                "{} in the backup is not a regular file (a link, FIFO or device): the backup \
+                 was shaped to make the restore write elsewhere; inspect it, remove it and \
+                 restore again",
+                auto_conf.display()
+            )));
+        }
+    }
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let p = dir.join(sub);
+        if let Ok(meta) = fs::symlink_metadata(&p) {
+            if !meta.is_dir() {
+                remove_unless_dir(&p)?;
+            }
+        }
     }
     let neutralised = restored_conf::neutralise(dir)?;
     let mut settings: Vec<String> = OVERRIDES.iter().map(|s| s.to_string()).collect();
@@ -337,7 +374,7 @@ pub fn prepare_data_dir(
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&conf)
         .map_err(io(format!("opening {}", conf.display())))?;
     let mut text = format!(
@@ -366,6 +403,16 @@ pub fn prepare_data_dir(
         settings,
         neutralised,
     })
+}
+
+/// Removes `path` if it exists and is anything but a real folder (a link is removed, not
+/// followed).
+fn remove_unless_dir(path: &Path) -> Result<(), PgError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => fs::remove_file(path).map_err(io(format!("removing {}", path.display()))),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Gives every file and folder under `dir` (links not followed) to `uid:gid`.
@@ -517,6 +564,66 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup shaped by a compromised source host (red team): signal files and pg_wal as
+    /// links to files the restoring root must not write, postgresql.auto.conf a FIFO.
+    #[test]
+    fn links_planted_in_a_restored_data_directory_are_never_written_through() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"SECRET").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("postgresql.conf"), b"port = 5432\n").unwrap();
+        fs::write(d.join("postgresql.auto.conf"), b"").unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("recovery.signal")).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("standby.signal")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.join("pg_wal")).unwrap();
+        prepare_data_dir(
+            d,
+            Mode::Recover(RecoveryTarget::Latest),
+            "true",
+            None,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"SECRET");
+        let signal = fs::symlink_metadata(d.join("recovery.signal")).unwrap();
+        assert!(signal.is_file() && signal.len() == 0);
+        assert!(
+            !d.join("standby.signal").exists(),
+            "a planted standby.signal stays"
+        );
+        assert!(fs::symlink_metadata(d.join("pg_wal")).unwrap().is_dir());
+        assert!(!outside.path().join("archive_status").exists());
+
+        // A FIFO for postgresql.auto.conf is refused at once, not waited on.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("postgresql.conf"), b"").unwrap();
+        let fifo =
+            std::ffi::CString::new(d.join("postgresql.auto.conf").as_os_str().as_bytes()).unwrap();
+        // SAFETY: fifo is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = prepare_data_dir(d, Mode::Recover(RecoveryTarget::Latest), "true", None, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    /// A far-future time once wrapped round to another point in time (red team).
+    #[test]
+    fn times_past_2262_are_refused_not_wrapped() {
+        for t in [
+            "9999-12-31T23:59:59Z",
+            "2611-06-27T09:19:33Z",
+            "2262-04-12T00:00:00Z",
+        ] {
+            let e = parse_time(t).unwrap_err().to_string();
+            assert!(e.contains("out of range"), "{t}: {e}");
+        }
+        assert!(parse_time("2262-04-11T00:00:00Z").is_ok());
+    }
 
     #[test]
     fn times_parse_and_print_for_postgres() {
