@@ -324,6 +324,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Keys, passphrases (EMBASSY_PASSPHRASE in our environment) and plaintext live in this
+    // process: other processes of the same user (a source or alarm command, code in a restored
+    // database) must not read them through /proc/PID/environ or /proc/PID/mem, nor ptrace us.
+    // Not dumpable: only root can. Children get their own, scrubbed environment.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     // Pack buffers (16 MiB and more) are allocated and freed by different threads. With glibc's
     // dynamic threshold they end up in per-thread heaps that are never returned to the system;
     // a fixed threshold keeps them as mappings that are released when freed (peak RSS on the

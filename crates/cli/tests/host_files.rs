@@ -321,3 +321,48 @@ fn writer_and_site_text_is_printed_escaped() {
     assert!(r.stdout.contains("ok\\u{1b}[2J"), "{r:#?}");
     assert!(!r.stdout.lines().any(|l| l.starts_with("PROBLEM: none")));
 }
+
+/// Processes of the same user (a source or alarm command, code in a restored database) cannot
+/// read this process's environment through /proc: the passphrase in EMBASSY_PASSPHRASE stays
+/// in it (red team: a source command read it from /proc/$PPID/environ). Runs as `nobody`,
+/// because root may read any process.
+#[test]
+fn a_command_of_the_same_user_cannot_read_our_environment() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test becomes user nobody with setpriv: run it as root (CI does)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let marker = "passphrase-marker-7f3a9c";
+    let run = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(EXE)
+            .args(["--site", "s", "--key-file", "k", "--state-dir", "st"])
+            .args(args)
+            .env("EMBASSY_PASSPHRASE", marker)
+            .env("HOME", tmp.path())
+            .current_dir(tmp.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    run(&["init", "--min-age", "0"]);
+    run(&[
+        "backup",
+        "leak",
+        "--command",
+        "cat /proc/$PPID/environ > leak.txt 2> err.txt; echo hello",
+    ]);
+    let leak = fs::read(tmp.path().join("leak.txt")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&leak).contains(marker),
+        "a command read the passphrase from its parent's /proc/PID/environ"
+    );
+    let err = fs::read_to_string(tmp.path().join("err.txt")).unwrap();
+    assert!(err.contains("Permission denied"), "{err}");
+}

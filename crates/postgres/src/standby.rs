@@ -84,12 +84,16 @@ fn as_owner(program: &Path, dir: &Path) -> Result<Command, PgError> {
     let meta = std::fs::metadata(dir)
         .map_err(|e| PgError::Restore(format!("reading {}: {e}", dir.display())))?;
     let mut cmd = Command::new(program);
+    // The server on `dir` runs code from the backup, which can read the environment of any
+    // process of its user (/proc/PID/environ): psql and pg_ctl get none of ours (no
+    // EMBASSY_PASSPHRASE, no cloud keys), only a PATH.
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LC_ALL", "C.UTF-8");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         use std::os::unix::process::CommandExt;
         cmd.uid(meta.uid()).gid(meta.gid());
-        // libpq takes the default user name from the password database; HOME for .pgpass.
-        cmd.env_remove("PGUSER");
     }
     Ok(cmd)
 }
@@ -109,6 +113,13 @@ fn psql_command(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<Comma
         None => {
             let (socket, port) = listen_address(dir)?;
             cmd.args(["-h", &socket, "-p", &port, "-d", "postgres"]);
+            // Per-database and per-role settings restored in the catalog (ALTER DATABASE ...
+            // SET session_preload_libraries) would load the backup's code into this session:
+            // the connection's own options win over them. (As the owner, a superuser.)
+            cmd.env(
+                "PGOPTIONS",
+                "-c session_preload_libraries= -c local_preload_libraries=",
+            );
         }
     }
     cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", query]);
@@ -250,6 +261,23 @@ pub fn promote(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// psql and pg_ctl run beside code restored from the backup, which can read their
+    /// environment: they get none of ours (red team: psql carried EMBASSY_PASSPHRASE and the
+    /// operator's AWS keys to a library preloaded by a restored ALTER DATABASE ... SET).
+    #[test]
+    fn programs_run_beside_the_restored_server_get_none_of_our_environment() {
+        let dir = std::env::temp_dir();
+        assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO_")));
+        let out = as_owner(Path::new("/usr/bin/env"), &dir)
+            .unwrap()
+            .output()
+            .unwrap();
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(!env.contains("CARGO_"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
+    }
 
     /// `embassy promote --conninfo '... password=...'` once put the password in psql's argv,
     /// readable by every local user in /proc.
