@@ -236,6 +236,33 @@ fn the_ledger_lock_lives_in_the_private_state_folder() {
     assert!(fs::read_dir(&locks).unwrap().count() >= 1);
 }
 
+/// A lock folder another user could write (red team: pre-created 0777 with a FIFO at the lock's
+/// name, which made the pid write block for ever while holding the lock) is refused, and so is
+/// a lock that is not a regular file, at once and with the way out.
+#[test]
+fn a_lock_folder_others_can_write_or_a_fifo_lock_is_refused_not_waited_on() {
+    let env = Env::new();
+    let locks = env.state_dir().join("locks");
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o777)).unwrap();
+    let r = env.run_stdin(&["backup", "dump", "--stdin"], b"x");
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("not a private folder"), "{r:#?}");
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).unwrap();
+
+    for entry in fs::read_dir(&locks).unwrap() {
+        let path = entry.unwrap().path();
+        fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let started = std::time::Instant::now();
+    let r = env.run_stdin(&["backup", "dump", "--stdin"], b"x");
+    assert!(r.stderr.contains("is not a regular file"), "{r:#?}");
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
 /// A lock held by another writer is waited for a bounded time, then the append fails with a
 /// message naming the holder's pid.
 #[test]

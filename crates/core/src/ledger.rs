@@ -281,6 +281,25 @@ impl HostLedgerLock {
         {
             return Ok(HostLedgerLock(None));
         }
+        // A folder someone else created (or made writable) would let them own the lock: refuse
+        // it, naming the way out. Existing folders are never chmod'ed.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(&dir)
+                .map_err(|e| Error::io(format!("reading the lock folder {}", dir.display()), e))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(Error::invalid(format!(
+                    "the ledger lock folder {} is not a private folder of this user (owner uid \
+                     {}, mode {:o}): another user could hold or jam the lock; remove it (it is \
+                     made again, mode 0700) or use a private --state-dir",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
         let name = blake3::hash(format!("{location}\0{dataset}").as_bytes()).to_hex();
         let path = dir.join(format!("{}.lock", &name[..32]));
         let mut file = match std::fs::OpenOptions::new()
@@ -288,10 +307,17 @@ impl HostLedgerLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .mode(0o600)
             .open(&path)
         {
+            // A FIFO or device there would make the pid write below block for ever.
+            Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => {
+                return Err(Error::invalid(format!(
+                    "the ledger lock {} is not a regular file: remove it",
+                    path.display()
+                )))
+            }
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(Error::invalid(format!(
