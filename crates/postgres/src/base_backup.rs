@@ -494,6 +494,9 @@ pub fn pg_basebackup_command(
         wal,
     ])
     .args(["--checkpoint", "fast", "--no-sync", "-l", &options.label]);
+    // pg_basebackup needs none of our secrets (EMBASSY_PASSPHRASE, cloud keys): only the
+    // PostgreSQL password, set just below.
+    embassy_sources::env::Scrub::default().apply(&mut cmd);
     conn.pass_password_to(&mut cmd);
     Ok(cmd)
 }
