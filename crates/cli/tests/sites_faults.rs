@@ -773,3 +773,106 @@ fn hostile_s3_site_cannot_crash_backup_or_restore() {
     eprintln!("largest child process: {peak_mib} MiB");
     assert!(peak_mib < 1024, "a run took {peak_mib} MiB");
 }
+
+/// The agent beside a hostile S3 endpoint (issue 13: "a hostile S3 endpoint cannot crash the
+/// agent"): `embassy agent --once` with a good folder and the hostile site (`min_sites = 1`)
+/// stores the version at the good site, names the hostile one, never panics or aborts, and
+/// stays under 1 GiB.
+#[test]
+fn hostile_s3_site_cannot_crash_the_agent() {
+    for hostility in [
+        Hostility::LyingContentRangeTotal,
+        Hostility::EndlessChunked,
+        Hostility::HugeContentLength,
+        Hostility::ShortBody,
+    ] {
+        let mut env = Env::new();
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            env.vars.push((k.into(), v.into()));
+        }
+        let server = HostileS3::start(hostility);
+        env.ok(&["--site", "a", "init"]);
+        let src = env.source("src", 2, 23);
+        std::fs::write(
+            env.dir.join("embassy.toml"),
+            format!(
+                r#"[keys]
+file = "key"
+
+[agent]
+state_dir = "agent-state"
+min_sites = 1
+verify_interval = "never"
+gc_interval = "never"
+
+[[sites]]
+name = "a"
+path = "a"
+
+[[sites]]
+name = "hostile"
+url = "s3://hostile/vault"
+endpoint = "{}"
+path_style = true
+
+[[datasets]]
+name = "population"
+source = {{ files = ["src"] }}
+interval = "1h"
+rpo = "2h"
+"#,
+                server.endpoint
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let mut agent = Command::new(env!("CARGO_BIN_EXE_embassy"));
+        agent
+            .current_dir(&env.dir)
+            .args(["agent", "--config", "embassy.toml", "--once"])
+            .env("EMBASSY_PASSPHRASE", PASSPHRASE)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_KEY_FILE");
+        for (k, v) in &env.vars {
+            agent.env(k, v);
+        }
+        let out = agent.output().unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.signal().is_none() && !log.contains("panicked"),
+            "{hostility:?}: the agent crashed ({:?}): {log}",
+            out.status
+        );
+        assert!(
+            log.contains("population: version 1 stored"),
+            "{hostility:?}: {log}"
+        );
+        assert!(
+            log.contains("hostile"),
+            "{hostility:?}: the site is not named: {log}"
+        );
+        env.check_site("a", "population", 1, &src);
+        assert!(server.requests.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        eprintln!(
+            "{hostility:?}: agent run beside it in {:.1?}",
+            started.elapsed()
+        );
+    }
+    // SAFETY: getrusage(2) fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    let peak_mib = usage.ru_maxrss as u64 / 1024;
+    assert!(peak_mib < 1024, "a run took {peak_mib} MiB");
+}
