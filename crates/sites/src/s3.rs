@@ -1482,6 +1482,8 @@ impl S3Site {
                 let total = total.ok_or_else(|| {
                     self.retryable(operation, path, "Content-Range without a size".into())
                 })?;
+                // A total above what the format allows is a lie, whatever the range.
+                self.within_cap(operation, path, total)?;
                 // Exactly the range asked, or its part up to the object's end.
                 let asked_last = start + len - 1;
                 let exact = first == start
