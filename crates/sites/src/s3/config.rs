@@ -622,6 +622,11 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.endpoint, "https://s3.example.org");
         assert!(!cfg.path_style);
+        assert_eq!(cfg.listing_limit, DEFAULT_LISTING_LIMIT);
+        let cfg =
+            S3Config::from_location_with("s3://my-bucket?listing-limit-mib=4096", &env_of(KEYS))
+                .unwrap();
+        assert_eq!(cfg.listing_limit, 4096 << 20);
     }
 
     #[test]
@@ -642,6 +647,7 @@ mod tests {
             ("s3://bucket?endpoint=ftp://x", "http or https"),
             ("s3://bucket?endpoint=http://x/path", "no path"),
             ("s3://bucket?part-size-mib=1", "part-size-mib"),
+            ("s3://bucket?listing-limit-mib=0", "listing-limit-mib"),
             ("s3://bucket?path-style=maybe", "true or false"),
             ("s3://bucket?conditional-writes=sometimes", "check-then-put"),
         ] {
