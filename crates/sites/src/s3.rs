@@ -19,8 +19,8 @@ mod xml;
 
 pub use breaker::{FIRST_PROBE_AFTER, MAX_PROBE_INTERVAL};
 pub use config::{
-    ConditionalWrites, LockMode, ObjectLock, S3Config, S3Credentials, LOCATION_OPTIONS, MAX_PARTS,
-    MAX_PART_SIZE, MIN_PART_SIZE,
+    ConditionalWrites, LockMode, ObjectLock, S3Config, S3Credentials, DEFAULT_LISTING_LIMIT,
+    LOCATION_OPTIONS, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
 };
 
 use std::collections::HashMap;
@@ -56,6 +56,12 @@ const MIN_RATE: u64 = 64 * 1024;
 /// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
 /// 16 MiB packs): a server that lists without end is refused instead of filling memory.
 const MAX_LISTED: usize = 10_000_000;
+/// Bookkeeping counted for each listed entry on top of its path's bytes (see
+/// [`S3Config::listing_limit`]).
+const LISTED_ENTRY_COST: u64 = std::mem::size_of::<ObjectInfo>() as u64;
+/// Most pages in a row, marked truncated, that add nothing to a listing (no keys, or only keys
+/// that are skipped): a server that pages without end is refused.
+const MAX_IDLE_PAGES: u32 = 16;
 /// Largest answer that is not an object's bytes (a listing page, an upload id, ...): a page of
 /// 1,000 keys is well under a megabyte.
 const ANSWER_LIMIT: u64 = 16 * 1024 * 1024;
@@ -137,6 +143,8 @@ pub struct S3Site {
 struct BodyLimit {
     partial: u64,
     whole: u64,
+    /// The request asked for a range: a whole answer past `whole` means the server ignored it.
+    ranged: bool,
 }
 
 impl BodyLimit {
@@ -144,6 +152,7 @@ impl BodyLimit {
     const ANSWER: BodyLimit = BodyLimit {
         partial: ANSWER_LIMIT,
         whole: ANSWER_LIMIT,
+        ranged: false,
     };
 }
 
@@ -710,13 +719,18 @@ impl S3Site {
         if method != Method::HEAD {
             if let Some(n) = expected {
                 if n > limit && (200..300).contains(&status) {
+                    let ignored = if body_limit.ranged && status != 206 {
+                        "; it ignored the Range asked for and answered with the whole object"
+                    } else {
+                        ""
+                    };
                     return Err(Failure {
                         error: self.permanent(
                             operation,
                             path,
                             format!(
                                 "the server announced {n} bytes where at most {limit} were \
-                                 expected: a damaged or hostile site; nothing was read"
+                                 expected{ignored}: a damaged or hostile site; nothing was read"
                             ),
                         ),
                         maybe_applied: true,
@@ -1443,9 +1457,12 @@ impl S3Site {
                 &[],
                 operation,
                 path,
+                // A whole answer (200) is a server ignoring the range: it is taken only where it
+                // can hold no more than was asked (a range from the start), never read further.
                 BodyLimit {
                     partial: len,
-                    whole: embassy_core::layout::max_object_size(path),
+                    whole: if start == 0 { len } else { 0 },
+                    ranged: true,
                 },
             )
             .map_err(|f| f.error)?;
@@ -1462,19 +1479,28 @@ impl S3Site {
                         )
                     })?;
                 let (first, last) = (first.unwrap_or(0), last.unwrap_or(0));
-                if first != start || last < first || reply.body.len() as u64 != last - first + 1 {
+                let total = total.ok_or_else(|| {
+                    self.retryable(operation, path, "Content-Range without a size".into())
+                })?;
+                // A total above what the format allows is a lie, whatever the range.
+                self.within_cap(operation, path, total)?;
+                // Exactly the range asked, or its part up to the object's end.
+                let asked_last = start + len - 1;
+                let exact = first == start
+                    && (last == asked_last
+                        || (last < asked_last && last.checked_add(1) == Some(total)))
+                    && reply.body.len() as u64 == last - first + 1;
+                if !exact {
                     return Err(self.retryable(
                         operation,
                         path,
                         format!(
-                            "asked for bytes from {start}, got {} bytes labelled {first}-{last}",
+                            "asked for bytes {start}-{asked_last}, got {} bytes labelled \
+                             {first}-{last}/{total}",
                             reply.body.len()
                         ),
                     ));
                 }
-                let total = total.ok_or_else(|| {
-                    self.retryable(operation, path, "Content-Range without a size".into())
-                })?;
                 let etag = reply.header("etag").map(str::to_string);
                 Ok(RangeReply::Partial {
                     bytes: reply.body,
@@ -1482,7 +1508,8 @@ impl S3Site {
                     etag,
                 })
             }
-            200 => Ok(RangeReply::Whole { bytes: reply.body }),
+            200 if start == 0 => Ok(RangeReply::Whole { bytes: reply.body }),
+            200 => Err(self.ignored_range(operation, path, start, len)),
             416 => Ok(RangeReply::Unsatisfiable {
                 total: reply
                     .header("content-range")
@@ -1496,6 +1523,26 @@ impl S3Site {
             )),
             _ => Err(self.status_error(operation, path, &reply)),
         }
+    }
+
+    /// A whole answer (200) to a request for a range that does not start at 0.
+    fn ignored_range(
+        &self,
+        operation: &'static str,
+        path: &str,
+        start: u64,
+        len: u64,
+    ) -> SiteError {
+        self.permanent(
+            operation,
+            path,
+            format!(
+                "asked for bytes {start}-{}, the server ignored the Range and answered with the \
+                 whole object: a damaged or hostile site (or a server without ranged reads, \
+                 which this client needs for objects above the part size)",
+                start.saturating_add(len).saturating_sub(1)
+            ),
+        )
     }
 
     fn truncated(
@@ -1588,6 +1635,7 @@ impl S3Site {
                     let limit = BodyLimit {
                         partial: 0,
                         whole: cap,
+                        ranged: false,
                     };
                     return self.retry(|_| {
                         let reply = self
@@ -1649,7 +1697,9 @@ impl S3Site {
                     .iter()
                     .map(|&(start, len)| {
                         let etag = etag.as_deref();
-                        scope.spawn(move || self.read_piece(operation, path, key, start, len, etag))
+                        scope.spawn(move || {
+                            self.read_piece(operation, path, key, start, len, total, etag)
+                        })
                     })
                     .collect();
                 handles
@@ -1669,7 +1719,10 @@ impl S3Site {
         Ok(buf)
     }
 
-    /// One piece of a read, exactly `len` bytes at `start`, pinned to `etag`.
+    /// One piece of a read, exactly `len` bytes at `start` of an object of `total` bytes (as the
+    /// first answer said), pinned to `etag`. Holds no more than `len` bytes, whatever the server
+    /// sends.
+    #[allow(clippy::too_many_arguments)]
     fn read_piece(
         &self,
         operation: &'static str,
@@ -1677,14 +1730,26 @@ impl S3Site {
         key: &str,
         start: u64,
         len: u64,
+        total: u64,
         etag: Option<&str>,
     ) -> Result<Vec<u8>, SiteError> {
         self.retry(
             |_| match self.range_once(operation, path, key, start, len, etag)? {
-                RangeReply::Partial { bytes, .. } if bytes.len() as u64 == len => Ok(bytes),
-                RangeReply::Whole { bytes } if bytes.len() as u64 >= start + len => {
-                    Ok(bytes[start as usize..(start + len) as usize].to_vec())
+                RangeReply::Partial {
+                    bytes, total: t, ..
+                } if t != total => {
+                    drop(bytes);
+                    Err(self.permanent(
+                        operation,
+                        path,
+                        format!(
+                            "the server's answers disagree on the object's size ({total} bytes, \
+                             then {t}): a damaged or hostile site"
+                        ),
+                    ))
                 }
+                RangeReply::Partial { bytes, .. } if bytes.len() as u64 == len => Ok(bytes),
+                RangeReply::Whole { .. } => Err(self.ignored_range(operation, path, start, len)),
                 _ => Err(self.retryable(
                     operation,
                     path,
@@ -1736,6 +1801,9 @@ impl Site for S3Site {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         let mut pages = 0u64;
+        // Memory held by `out` (paths plus bookkeeping), and pages in a row that added nothing.
+        let mut held = 0u64;
+        let mut idle = 0u32;
         loop {
             let mut query: Vec<(&str, Option<String>)> = vec![
                 ("list-type", Some("2".into())),
@@ -1758,37 +1826,63 @@ impl Site for S3Site {
                 xml::list_page(&reply.body)
                     .map_err(|m| self.retryable("list", prefix, format!("unreadable listing: {m}")))
             })?;
+            let mut added = false;
             for (key, size) in page.objects {
+                // A key longer than S3 allows names nothing this site wrote (nor any path the
+                // format names): noise, skipped without being kept.
+                if key.len() > 3 * MAX_KEY_LEN {
+                    continue;
+                }
                 let key = if page.url_encoded {
                     config::percent_decode(&key.replace('+', " "))
                 } else {
                     key
                 };
+                if key.len() > MAX_KEY_LEN {
+                    continue;
+                }
                 let Some(rel) = key.strip_prefix(&self.key_prefix) else {
                     continue;
                 };
                 if rel.starts_with(TMP) || !rel.starts_with(prefix) || rel.ends_with('/') {
                     continue;
                 }
+                held = held.saturating_add(rel.len() as u64 + LISTED_ENTRY_COST);
+                if held > self.cfg.listing_limit || out.len() >= MAX_LISTED {
+                    return Err(self.permanent(
+                        "list",
+                        prefix,
+                        format!(
+                            "the listing of '{prefix}' passed {} objects or {} MiB, the most one \
+                             listing may hold: a damaged or hostile site, or a vault larger than \
+                             this site allows (raise listing-limit-mib in the site's location)",
+                            out.len(),
+                            self.cfg.listing_limit / (1024 * 1024)
+                        ),
+                    ));
+                }
                 out.push(ObjectInfo {
                     path: rel.to_string(),
                     size,
                 });
-            }
-            if out.len() > MAX_LISTED {
-                return Err(self.permanent(
-                    "list",
-                    prefix,
-                    format!(
-                        "the server lists more than {MAX_LISTED} objects: a damaged or hostile \
-                         site (or a vault far larger than this version handles)"
-                    ),
-                ));
+                added = true;
             }
             if !page.truncated {
                 return Ok(out);
             }
             pages += 1;
+            idle = if added { 0 } else { idle + 1 };
+            if idle >= MAX_IDLE_PAGES {
+                return Err(self.permanent(
+                    "list",
+                    prefix,
+                    format!(
+                        "the server sent {idle} listing pages in a row that say more follows but \
+                         add no object of '{prefix}': a damaged or hostile site; the listing \
+                         was abandoned"
+                    ),
+                ));
+            }
             match page.next_token {
                 Some(t) if Some(&t) != token.as_ref() && pages < 10_000_000 => token = Some(t),
                 _ => {

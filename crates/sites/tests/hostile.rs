@@ -222,13 +222,129 @@ fn a_trickling_server_cannot_hold_a_read_for_ever() {
     cfg.retries = 0;
     let site = S3Site::new(cfg).unwrap();
     let t = Instant::now();
-    let r = site.get_range(layout::CONFIG, 0, 10);
+    // A range from 0 that the whole (trickling) answer fits: held to the time budget.
+    let r = site.get_range(layout::CONFIG, 0, 1000);
     let took = t.elapsed();
     assert!(matches!(r, Err(SiteError::Retryable { .. })), "{r:?}");
-    // 2 × 2 s, plus 10 bytes at 64 KiB/s; the trickle goes on for 30 s.
+    // 2 × 2 s, plus 1000 bytes at 64 KiB/s; the trickle goes on for 30 s.
     assert!(
         took < Duration::from_secs(10),
         "the trickle held the read {took:?}"
     );
     eprintln!("trickle cut after {took:?}: {r:?}");
+}
+
+/// The error's text, for a read or listing that must be refused.
+fn refused<T: std::fmt::Debug>(what: &str, r: Result<T, SiteError>) -> String {
+    match r {
+        Err(e @ (SiteError::Permanent { .. } | SiteError::Retryable { .. })) => e.to_string(),
+        other => {
+            let shown = format!("{other:?}");
+            panic!("{what}: accepted: {}", &shown[..shown.len().min(200)])
+        }
+    }
+}
+
+/// A listing is bounded as a whole, not per page: pages of 1000-byte keys are refused once the
+/// listing holds the site's `listing_limit`, with an error naming the site and the prefix.
+#[test]
+fn a_listing_of_endless_long_keys_is_refused_at_the_listing_limit() {
+    let server = HostileS3::start(Hostility::ListPages {
+        keys: 1000,
+        key_len: 1000,
+        pages: 200,
+    });
+    let mut cfg = s3_config(&server.endpoint, "hostile", "vault");
+    cfg.retries = 0;
+    cfg.listing_limit = 16 * 1024 * 1024;
+    let site = S3Site::new(cfg).unwrap();
+    let t = Instant::now();
+    let message = refused("200 pages of 1000-byte keys", site.list("packs/"));
+    let gets = server.gets.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{message} ({gets} pages, {:.1?})", t.elapsed());
+    assert!(
+        message.contains(site.location())
+            && message.contains("packs/")
+            && message.contains("listing-limit-mib"),
+        "{message}"
+    );
+    // 16 MiB of ~1000-byte entries: the 17th page passes the limit.
+    assert!(gets <= 17, "{gets} pages were read");
+}
+
+/// Keys longer than S3 allows are noise, skipped without being kept; pages that add nothing
+/// (only such keys, or no keys at all) while saying more follows end the listing with an error
+/// after a few, naming the site.
+#[test]
+fn pages_that_add_nothing_end_the_listing() {
+    for (what, keys, key_len, pages) in [
+        ("16000-byte keys", 100, 16_000, 40),
+        ("no keys", 0, 0, 1000),
+    ] {
+        let server = HostileS3::start(Hostility::ListPages {
+            keys,
+            key_len,
+            pages,
+        });
+        let mut cfg = s3_config(&server.endpoint, "hostile", "vault");
+        cfg.retries = 0;
+        let site = S3Site::new(cfg).unwrap();
+        let t = Instant::now();
+        let message = refused(what, site.list("packs/"));
+        let gets = server.gets.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{what}: {message} ({gets} pages, {:.1?})", t.elapsed());
+        assert!(
+            message.contains(site.location()) && message.contains("in a row"),
+            "{what}: {message}"
+        );
+        assert!(gets <= 16, "{what}: {gets} pages were read");
+    }
+}
+
+fn ranged_site(server: &HostileS3) -> S3Site {
+    let mut cfg = s3_config(&server.endpoint, "hostile", "vault");
+    cfg.retries = 0;
+    cfg.part_size = 5 * 1024 * 1024;
+    cfg.multipart_threshold = cfg.part_size;
+    cfg.parallelism = 4;
+    S3Site::new(cfg).unwrap()
+}
+
+/// A ranged read is held to the range asked: a 48-byte read of a pack's header answered with a
+/// `200` and a whole 1 GiB object is refused before its body is read; the later pieces of a
+/// parallel read answered with the whole object are refused ("ignored the Range"), not read
+/// four at a time up to the pack cap; pieces that disagree on the object's size are refused.
+#[test]
+fn ranged_reads_are_held_to_the_range_asked() {
+    let pack = layout::pack("population", &ObjectId::of(b"a pack"));
+
+    let server = HostileS3::start(Hostility::WholeForRange { length: 1 << 30 });
+    let site = ranged_site(&server);
+    let t = Instant::now();
+    let message = refused("a 200 to a 48-byte range", site.get_range(&pack, 0, 48));
+    eprintln!("{message} ({:.1?})", t.elapsed());
+    assert!(
+        message.contains("ignored the Range") && message.contains(&pack),
+        "{message}"
+    );
+    let message = refused("a 200 to a range inside", site.get_range(&pack, 4096, 48));
+    assert!(message.contains("ignored the Range"), "{message}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    let server = HostileS3::start(Hostility::WholeAfterFirst {
+        total: 40 * 1024 * 1024,
+    });
+    let site = ranged_site(&server);
+    let t = Instant::now();
+    let message = refused("whole answers to later pieces", site.get(&pack));
+    eprintln!("{message} ({:.1?})", t.elapsed());
+    assert!(message.contains("ignored the Range"), "{message}");
+
+    let server = HostileS3::start(Hostility::ShiftingTotal {
+        total: 12 * 1024 * 1024,
+    });
+    let site = ranged_site(&server);
+    let message = refused("pieces of another size", site.get(&pack));
+    eprintln!("{message}");
+    assert!(message.contains("disagree"), "{message}");
 }

@@ -16,6 +16,9 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
 /// S3's largest number of parts in one upload.
 pub const MAX_PARTS: usize = 10_000;
+/// Default [`S3Config::listing_limit`]: 1 GiB, some nine million entries of the format's pack
+/// paths (about 84 bytes each, plus 32 bytes of bookkeeping).
+pub const DEFAULT_LISTING_LIMIT: u64 = 1024 * 1024 * 1024;
 
 /// Object Lock retention mode (see the S3 documentation on Object Lock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +171,10 @@ pub struct S3Config {
     /// Extra tries of each HTTP request after a retryable failure (with backoff and jitter)
     /// before the operation reports [`SiteError::Retryable`].
     pub retries: u32,
+    /// Most memory one listing may hold, in bytes: the paths kept plus 32 bytes for each entry.
+    /// A server that lists more is refused (a damaged or hostile site, or a vault larger than
+    /// this allows: raise it with `listing-limit-mib`).
+    pub listing_limit: u64,
 }
 
 /// The options an `s3://` location may carry after `?`.
@@ -183,6 +190,7 @@ pub const LOCATION_OPTIONS: &[&str] = &[
     "connect-timeout",
     "timeout",
     "retries",
+    "listing-limit-mib",
 ];
 
 impl S3Config {
@@ -208,6 +216,7 @@ impl S3Config {
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(60),
             retries: 3,
+            listing_limit: DEFAULT_LISTING_LIMIT,
         }
     }
 
@@ -411,6 +420,14 @@ impl S3Config {
         if let Some(n) = number("timeout", "EMBASSY_S3_TIMEOUT", 1, 3600)? {
             cfg.io_timeout = Duration::from_secs(n);
         }
+        if let Some(n) = number(
+            "listing-limit-mib",
+            "EMBASSY_S3_LISTING_LIMIT_MIB",
+            1,
+            1024 * 1024,
+        )? {
+            cfg.listing_limit = n * MIB;
+        }
         if let Some(n) = number("retries", "EMBASSY_S3_RETRIES", 0, 20)? {
             cfg.retries = n as u32;
         }
@@ -605,6 +622,11 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.endpoint, "https://s3.example.org");
         assert!(!cfg.path_style);
+        assert_eq!(cfg.listing_limit, DEFAULT_LISTING_LIMIT);
+        let cfg =
+            S3Config::from_location_with("s3://my-bucket?listing-limit-mib=4096", &env_of(KEYS))
+                .unwrap();
+        assert_eq!(cfg.listing_limit, 4096 << 20);
     }
 
     #[test]
@@ -625,6 +647,7 @@ mod tests {
             ("s3://bucket?endpoint=ftp://x", "http or https"),
             ("s3://bucket?endpoint=http://x/path", "no path"),
             ("s3://bucket?part-size-mib=1", "part-size-mib"),
+            ("s3://bucket?listing-limit-mib=0", "listing-limit-mib"),
             ("s3://bucket?path-style=maybe", "true or false"),
             ("s3://bucket?conditional-writes=sometimes", "check-then-put"),
         ] {

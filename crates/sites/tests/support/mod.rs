@@ -775,6 +775,17 @@ pub enum Hostility {
     /// `200` announcing 1000 bytes and sending one every 300 ms (each read progresses, so the
     /// per-read timeout never fires), for up to 30 s.
     Trickle,
+    /// Ignores Range: `200` with `length` zero bytes (announced) to every GET.
+    WholeForRange { length: u64 },
+    /// `206` with exactly the range asked (zeros) of an object of `total` bytes for a range from
+    /// 0; `200` with the whole object (`total` zeros, announced) for any other range.
+    WholeAfterFirst { total: u64 },
+    /// `206` with exactly the range asked (zeros), labelled as part of an object of `total`
+    /// bytes for a range from 0 and of `total + 1` bytes for any other.
+    ShiftingTotal { total: u64 },
+    /// Listings (`ListObjectsV2`) of `pages` pages of `keys` keys of `key_len` bytes each under
+    /// `vault/packs/`, every page but the last marked truncated with a fresh continuation token.
+    ListPages { keys: u32, key_len: u32, pages: u32 },
 }
 
 /// Where an endless body stops anyway: 1.5 GiB.
@@ -889,7 +900,93 @@ fn hostile_answer(
         .and_then(|(_, v)| v.trim().strip_prefix("bytes=")?.split_once('-'))
         .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
     let zeros = vec![0u8; 64 * 1024];
+    let send_zeros = |client: &mut TcpStream, mut n: u64| -> std::io::Result<()> {
+        while n > 0 {
+            let k = n.min(zeros.len() as u64);
+            client.write_all(&zeros[..k as usize])?;
+            n -= k;
+        }
+        Ok(())
+    };
+    let partial = |client: &mut TcpStream, total: u64| -> std::io::Result<()> {
+        let (a, b) = range.unwrap_or((0, total - 1));
+        let b = b.min(total - 1);
+        write!(
+            client,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{total}\r\n\
+             Content-Length: {}\r\nETag: \"e\"\r\nConnection: close\r\n\r\n",
+            b - a + 1
+        )?;
+        send_zeros(client, b - a + 1)
+    };
     match hostility {
+        Hostility::WholeForRange { length } => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+            )?;
+            send_zeros(client, length)?;
+        }
+        Hostility::WholeAfterFirst { total } => match range {
+            Some((0, _)) => partial(client, total)?,
+            _ => {
+                write!(
+                    client,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+                )?;
+                send_zeros(client, total)?;
+            }
+        },
+        Hostility::ShiftingTotal { total } => match range {
+            Some((0, _)) => partial(client, total)?,
+            _ => partial(client, total + 1)?,
+        },
+        Hostility::ListPages {
+            keys,
+            key_len,
+            pages,
+        } => {
+            let first_line = head.lines().next().unwrap_or("");
+            // The page asked for: continuation-token=tN asks for page N.
+            let page: u32 = first_line
+                .split(['?', '&', ' '])
+                .find_map(|kv| kv.strip_prefix("continuation-token=t"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let last = page + 1 >= pages;
+            let mut xml = String::from(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                 <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <Name>hostile</Name><MaxKeys>1000</MaxKeys>",
+            );
+            xml.push_str(&format!(
+                "<KeyCount>{keys}</KeyCount><IsTruncated>{}</IsTruncated>",
+                !last
+            ));
+            if !last {
+                xml.push_str(&format!(
+                    "<NextContinuationToken>t{}</NextContinuationToken>",
+                    page + 1
+                ));
+            }
+            for i in 0..keys {
+                let mut key = format!("vault/packs/population/{page:08}-{i:06}-");
+                while key.len() < key_len as usize {
+                    key.push('x');
+                }
+                xml.push_str(&format!(
+                    "<Contents><Key>{key}</Key><Size>1</Size></Contents>"
+                ));
+            }
+            xml.push_str("</ListBucketResult>");
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                xml.len()
+            )?;
+            client.write_all(xml.as_bytes())?;
+        }
         Hostility::HugeContentLength => {
             write!(
                 client,
