@@ -333,7 +333,13 @@ fn credential_of_another_vault_is_refused_by_every_command() {
 }
 
 /// `embassy` as `machine` through several sites at once (`--min-sites 1`), in the order given.
-fn run_sites(w: &World, machine: &str, sites: &[&Path], extra: &[&str], stdin: Option<&[u8]>) -> Run {
+fn run_sites(
+    w: &World,
+    machine: &str,
+    sites: &[&Path],
+    extra: &[&str],
+    stdin: Option<&[u8]>,
+) -> Run {
     let mut all = args(&["--quiet", "--min-sites", "1"]);
     for site in sites {
         all.extend(args(&["--site", site.to_str().unwrap()]));
@@ -395,7 +401,12 @@ fn garbage_at_one_of_two_sites_is_noise_through_both() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path(), "a");
     let key = w.key.clone();
-    w.ok("home", &key, &["backup", "registry", "--stdin"], Some(&data(1)));
+    w.ok(
+        "home",
+        &key,
+        &["backup", "registry", "--stdin"],
+        Some(&data(1)),
+    );
     let b = second_site(&w, "b");
 
     let other = ObjectId::of(b"what the name claims").to_hex();
@@ -417,7 +428,10 @@ fn garbage_at_one_of_two_sites_is_noise_through_both() {
     }
     // And garbage named by its own hash at a fresh ledger-like name.
     let garbage = b"garbage: no valid signer made this".to_vec();
-    let hashed = format!("ledger/registry/0000000000000002-{}", ObjectId::of(&garbage));
+    let hashed = format!(
+        "ledger/registry/0000000000000002-{}",
+        ObjectId::of(&garbage)
+    );
     w.plant(&hashed, &garbage);
     planted.push(hashed);
 
@@ -443,7 +457,13 @@ fn garbage_at_one_of_two_sites_is_noise_through_both() {
         }
     }
     // Backups go on through both, and what they stored reads back.
-    let r = run_sites(&w, "m0", &[a, b], &["backup", "registry", "--stdin"], Some(&data(2)));
+    let r = run_sites(
+        &w,
+        "m0",
+        &[a, b],
+        &["backup", "registry", "--stdin"],
+        Some(&data(2)),
+    );
     assert_eq!(r.code, 0, "backup: {r:?}");
     let (r, bytes) = restore_through(&w, "m1", &[b, a]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -451,13 +471,17 @@ fn garbage_at_one_of_two_sites_is_noise_through_both() {
 
     // A site that lost an accepted entry while the other holds a damaged copy of it: still
     // damage, never noise (the gap before the newer entry shows).
-    w.ok("home", &key, &["backup", "registry", "--stdin"], Some(&data(3)));
+    w.ok(
+        "home",
+        &key,
+        &["backup", "registry", "--stdin"],
+        Some(&data(3)),
+    );
     let entry2 = std::fs::read_dir(a.join("ledger/registry"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .find(|n| {
-            n.starts_with("0000000000000002-")
-                && !planted.iter().any(|p| p.ends_with(n.as_str()))
+            n.starts_with("0000000000000002-") && !planted.iter().any(|p| p.ends_with(n.as_str()))
         })
         .expect("the accepted entry 2");
     let rel = format!("ledger/registry/{entry2}");
@@ -476,7 +500,12 @@ fn damaged_pack_header_at_the_first_site_falls_back_to_the_next() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path(), "a");
     let key = w.key.clone();
-    w.ok("home", &key, &["backup", "registry", "--stdin"], Some(&data(1)));
+    w.ok(
+        "home",
+        &key,
+        &["backup", "registry", "--stdin"],
+        Some(&data(1)),
+    );
     let b = second_site(&w, "b");
     let packs = walk_files(&w.site.join("packs"));
     assert!(!packs.is_empty());
@@ -498,7 +527,12 @@ fn planted_links_are_repaired_and_fifos_are_not_objects() {
     let tmp = tempfile::tempdir().unwrap();
     let w = World::new(tmp.path(), "a");
     let key = w.key.clone();
-    w.ok("home", &key, &["backup", "registry", "--stdin"], Some(&data(1)));
+    w.ok(
+        "home",
+        &key,
+        &["backup", "registry", "--stdin"],
+        Some(&data(1)),
+    );
     let b = second_site(&w, "b");
     let a = w.site.clone();
 
@@ -507,7 +541,11 @@ fn planted_links_are_repaired_and_fifos_are_not_objects() {
         "ledger/registry/0000000000000002-{}",
         ObjectId::of(b"fifo").to_hex()
     ));
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let r = w.run("home", &key, &["versions", "registry"], None);
     assert_eq!(r.code, 0, "{r:?}");
     let r = run_sites(&w, "m", &[&a, &b], &["versions", "registry"], None);

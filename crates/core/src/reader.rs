@@ -197,9 +197,11 @@ impl VersionReader {
             return Ok(key.clone());
         }
         let path = self.pack_path(number);
-        let key = Arc::new(self.open_range(&path, 0, pack::HEADER_LEN as u64, |header| {
-            pack::open_key(&self.keys, &path, header)
-        })?);
+        let key = Arc::new(
+            self.open_range(&path, 0, pack::HEADER_LEN as u64, |header| {
+                pack::open_key(&self.keys, &path, header)
+            })?,
+        );
         self.pack_keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -2,7 +2,9 @@
 //!
 //! Create-only writes: the bytes go to a temporary file under `tmp/`, are fsynced, then
 //! hard-linked into place (`link(2)` fails if the name exists, so nothing is ever overwritten),
-//! and the directory is fsynced. A crash leaves at worst a stray file under `tmp/`.
+//! and the directory is fsynced. A crash leaves at worst a stray file under `tmp/`. Only regular
+//! files are objects: a link, FIFO, socket or device is never listed, and a put at its name
+//! removes it (never its target) and writes the object.
 //!
 //! Objects are opened beneath the vault folder one path component at a time with `openat(2)`
 //! and `O_NOFOLLOW`: a symbolic link planted inside the folder (a `packs/<ds>/xx` pointing at
@@ -606,10 +608,12 @@ mod tests {
         assert_eq!(site.put("packs/ds/ab/named", b"x").unwrap(), Put::Created);
         assert!(!target.exists());
         assert_eq!(site.get("packs/ds/ab/named").unwrap(), b"x");
-        assert!(!fs::symlink_metadata(vault.path().join("packs/ds/ab/named"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert!(
+            !fs::symlink_metadata(vault.path().join("packs/ds/ab/named"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         // Deleting through a link removes nothing outside.
         fs::write(outside.path().join("victim"), b"keep me").unwrap();
         refused_as_link(site.delete("packs/ds/cd/victim"));
