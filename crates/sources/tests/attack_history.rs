@@ -629,6 +629,8 @@ fn a_site_listing_objects_it_does_not_hold_changes_nothing() {
         "checkpoints/00000000000000000001-",
         "cosignatures/",
         "approvals/registry/",
+        "gc/",
+        "sessions/",
     ]
     .iter()
     .map(|dir| format!("{dir}{id}"))
