@@ -1,8 +1,9 @@
 //! Several sites as one: every write goes to all of them in parallel and succeeds once
 //! `min_sites` hold the object durably; reads fall back from a site that lacks an object, or
 //! holds a damaged copy, to the next (when no site holds a good copy, the first damaged one is
-//! returned, as one site would return it, for the caller to judge by its hash). Sites that missed writes are reported as lagging, to be
-//! caught up with `embassy sync` (every site stays complete on its own, invariant 8).
+//! returned, as one site would return it, for the caller to judge by its hash). Sites that
+//! missed writes are reported as lagging, to be caught up with `embassy sync` (every site stays
+//! complete on its own, invariant 8).
 //!
 //! Opened with a state folder ([`ReplicatedSite::with_queue`]), a write that one site missed while
 //! `min_sites` held is recorded in that site's catch-up queue before it is acknowledged
