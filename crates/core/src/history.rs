@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::layout;
 use crate::ledger::{decode, Entry, Event, Record};
-use crate::site::Site;
+use crate::site::{Site, SiteError, LISTED_NOT_HELD};
 use crate::vault::Version;
 
 /// A ledger object that is not part of the accepted history: well-formed or not, it has no
@@ -544,7 +544,6 @@ pub fn load(
     let fetched: Vec<Result<std::result::Result<Candidate, Rejected>>> = listed
         .par_iter()
         .map(|(seq, id, path)| {
-            let bytes = site.get(path)?;
             let reject = |reason: String| {
                 Ok(Err(Rejected {
                     seq: *seq,
@@ -552,6 +551,14 @@ pub fn load(
                     path: path.clone(),
                     reason,
                 }))
+            };
+            let bytes = match site.get(path) {
+                Ok(bytes) => bytes,
+                // Listed, yet no site produces it (a listing that names what is not there, or
+                // an object lost between listing and reading): judged like a damaged copy,
+                // noise unless the accepted history needs it.
+                Err(SiteError::NotFound { .. }) => return reject(LISTED_NOT_HELD.into()),
+                Err(e) => return Err(e.into()),
             };
             if ObjectId::of(&bytes) != *id {
                 return reject("bytes do not hash to the object's name".into());

@@ -197,8 +197,11 @@ impl VersionReader {
             return Ok(key.clone());
         }
         let path = self.pack_path(number);
-        let header = self.get_range(&path, 0, pack::HEADER_LEN as u64)?;
-        let key = Arc::new(pack::open_key(&self.keys, &path, &header)?);
+        let key = Arc::new(
+            self.open_range(&path, 0, pack::HEADER_LEN as u64, |header| {
+                pack::open_key(&self.keys, &path, header)
+            })?,
+        );
         self.pack_keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -288,17 +291,32 @@ impl VersionReader {
     fn read_at(&self, number: u32, entry: &BlobEntry) -> Result<Vec<u8>> {
         let key = self.pack_key(number)?;
         let path = self.pack_path(number);
-        let ciphertext = self.get_range(&path, entry.offset as u64, entry.length as u64)?;
-        match pack::open_blob(&key, &self.keys, &path, entry, &ciphertext) {
+        self.open_range(&path, entry.offset as u64, entry.length as u64, |sealed| {
+            pack::open_blob(&key, &self.keys, &path, entry, sealed)
+        })
+    }
+
+    /// Reads `len` bytes at `offset` of `path` and opens them with `open`. When they do not
+    /// open (a damaged copy), the whole object is read, checked against its name (several
+    /// sites fall back to a good copy, see [`VersionReader::whole_checked`]), and the same
+    /// bytes of it opened instead: the one rule for ranged reads of packs (headers and blobs).
+    fn open_range<T>(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        open: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let ranged = self.get_range(path, offset, len)?;
+        match open(&ranged) {
             Err(e) if e.is_integrity() => {
-                // A damaged copy: read the whole pack, checked against its name (several sites
-                // fall back to a good copy), and try again.
-                let whole = self.whole_checked(&path, e)?;
-                let at = entry.offset as usize;
-                let sealed = whole
-                    .get(at..at + entry.length as usize)
-                    .ok_or_else(|| Error::corrupt(&path, "shorter than its index says"))?;
-                pack::open_blob(&key, &self.keys, &path, entry, sealed)
+                let whole = self.whole_checked(path, e)?;
+                let sealed = usize::try_from(offset)
+                    .ok()
+                    .zip(usize::try_from(offset.saturating_add(len)).ok())
+                    .and_then(|(at, end)| whole.get(at..end))
+                    .ok_or_else(|| Error::corrupt(path, "shorter than its index says"))?;
+                open(sealed)
             }
             r => r,
         }

@@ -60,6 +60,12 @@ pub enum SiteError {
     },
 }
 
+/// Why an object a listing names is judged like a damaged copy when reading it finds nothing
+/// (a listing that names what the site does not hold, or an object lost between listing and
+/// reading): noise when nothing accepted needs it, damage when something does (format.md §9).
+pub const LISTED_NOT_HELD: &str =
+    "listed, but no site produces it (a listing names an object that is not stored)";
+
 /// A storage location holding one vault. Implementations must be safe to call from many threads.
 pub trait Site: Send + Sync + fmt::Debug {
     /// Where this site is, for messages (`/srv/vault`, `s3://bucket/prefix`).

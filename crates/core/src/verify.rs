@@ -17,7 +17,7 @@ use crate::manifest;
 use crate::pack;
 use crate::progress::Progress;
 use crate::reader::VersionReader;
-use crate::site::{with_retry, ObjectInfo};
+use crate::site::{with_retry, ObjectInfo, SiteError};
 use crate::tree::NodeKind;
 use crate::vault::{Keyring, Vault};
 
@@ -142,6 +142,13 @@ pub fn verify(
         };
         let bytes = match with_retry(|| site.get(&info.path)) {
             Ok(b) => b,
+            // Judged like a damaged copy once references are known.
+            Err(SiteError::NotFound { .. }) => {
+                return unparsable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((info.path.clone(), crate::site::LISTED_NOT_HELD.into()))
+            }
             Err(e) => return problem(format!("{}: cannot be read: {e}", info.path)),
         };
         progress.add(bytes.len() as u64);

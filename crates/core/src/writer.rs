@@ -589,13 +589,8 @@ fn load_known_chunks(
         .map(|info| {
             let id = layout::id_in_path(&info.path)
                 .ok_or_else(|| Error::corrupt(&info.path, "not named by an object id"))?;
-            let bytes = with_retry(|| site.get(&info.path))?;
-            if ObjectId::of(&bytes) != id {
-                return Err(Error::corrupt(
-                    &info.path,
-                    "bytes do not hash to the object's name",
-                ));
-            }
+            // Damaged, or listed yet held nowhere: an integrity error, ignored below.
+            let bytes = crate::reader::get_checked(site, &info.path, &id, "the listing")?;
             let (header, _) = index::decode_header(&info.path, &bytes)?;
             Ok(ListedIndex {
                 id,

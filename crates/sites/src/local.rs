@@ -2,7 +2,9 @@
 //!
 //! Create-only writes: the bytes go to a temporary file under `tmp/`, are fsynced, then
 //! hard-linked into place (`link(2)` fails if the name exists, so nothing is ever overwritten),
-//! and the directory is fsynced. A crash leaves at worst a stray file under `tmp/`.
+//! and the directory is fsynced. A crash leaves at worst a stray file under `tmp/`. Only regular
+//! files are objects: a link, FIFO, socket or device is never listed, and a put at its name
+//! removes it (never its target) and writes the object.
 //!
 //! Objects are opened beneath the vault folder one path component at a time with `openat(2)`
 //! and `O_NOFOLLOW`: a symbolic link planted inside the folder (a `packs/<ds>/xx` pointing at
@@ -351,9 +353,18 @@ impl Site for LocalSite {
         let tmp_dir = self.ensure_dir(&[TMP], path)?;
         self.sweep_stale_parts(&tmp_dir);
         let dir = self.ensure_dir(&dirs, path)?;
-        // Anything at the name (an object, or a planted link) means it is not written again.
+        // An object (a regular file) at the name is never written again. Anything else there
+        // (a planted link, FIFO, socket or device) is not an object: it is never listed nor
+        // read, so it is removed (the link itself, never its target) and the object written.
         match lstat_at(&dir, name) {
-            Ok(_) => return Ok(Put::AlreadyExisted),
+            Ok(st) => match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG | libc::S_IFDIR => return Ok(Put::AlreadyExisted),
+                _ => match unlinkat(&dir, name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io_error("put", path, e)),
+                },
+            },
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(self.io_error("put", path, e)),
         }
@@ -472,6 +483,11 @@ impl Site for LocalSite {
                     // Not an object: a link planted in the vault folder is never followed.
                     continue;
                 }
+                if !file_type.is_dir() && !file_type.is_file() {
+                    // Not an object either: a FIFO, socket or device is never listed (reading
+                    // it refuses it anyway), so it cannot pose as a ledger entry or a pack.
+                    continue;
+                }
                 if file_type.is_dir() {
                     if prefix.starts_with(rel) || rel.starts_with(prefix) || prefix.is_empty() {
                         stack.push(path);
@@ -585,14 +601,19 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), vault.path().join("packs/ds/cd")).unwrap();
         refused_as_link(site.put("packs/ds/cd/new", b"redirected?"));
         refused_as_link(site.put("packs/ds/cd/deeper/new", b"redirected?"));
-        // A link at the object's own name is not written through.
+        // A link at the object's own name is not written through: it is replaced by the
+        // object (so that `sync --repair` can put a planted link right).
         let target = outside.path().join("target");
         std::os::unix::fs::symlink(&target, vault.path().join("packs/ds/ab/named")).unwrap();
-        assert_eq!(
-            site.put("packs/ds/ab/named", b"x").unwrap(),
-            Put::AlreadyExisted
-        );
+        assert_eq!(site.put("packs/ds/ab/named", b"x").unwrap(), Put::Created);
         assert!(!target.exists());
+        assert_eq!(site.get("packs/ds/ab/named").unwrap(), b"x");
+        assert!(
+            !fs::symlink_metadata(vault.path().join("packs/ds/ab/named"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         // Deleting through a link removes nothing outside.
         fs::write(outside.path().join("victim"), b"keep me").unwrap();
         refused_as_link(site.delete("packs/ds/cd/victim"));
@@ -627,6 +648,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Not listed: only regular files are objects.
+        let listed: Vec<String> = site
+            .list("index/ds/")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.path)
+            .collect();
+        assert_eq!(listed, ["index/ds/real"]);
+        // A write at its name replaces it.
+        assert_eq!(site.put("index/ds/fifo", b"y").unwrap(), Put::Created);
+        assert_eq!(site.get("index/ds/fifo").unwrap(), b"y");
     }
 
     #[test]

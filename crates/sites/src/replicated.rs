@@ -1,7 +1,9 @@
 //! Several sites as one: every write goes to all of them in parallel and succeeds once
 //! `min_sites` hold the object durably; reads fall back from a site that lacks an object, or
-//! holds a damaged copy, to the next. Sites that missed writes are reported as lagging, to be
-//! caught up with `embassy sync` (every site stays complete on its own, invariant 8).
+//! holds a damaged copy, to the next (when no site holds a good copy, the first damaged one is
+//! returned, as one site would return it, for the caller to judge by its hash). Sites that
+//! missed writes are reported as lagging, to be caught up with `embassy sync` (every site stays
+//! complete on its own, invariant 8).
 //!
 //! Opened with a state folder ([`ReplicatedSite::with_queue`]), a write that one site missed while
 //! `min_sites` held is recorded in that site's catch-up queue before it is acknowledged
@@ -391,23 +393,41 @@ impl Site for ReplicatedSite {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        let expected = layout::id_in_path(path);
-        self.first_ok(
+        let Some(expected) = layout::id_in_path(path) else {
+            return self.first_ok(|site| site.get(path), path);
+        };
+        // The first intact copy. When no site holds one, the first damaged copy is returned as
+        // one site would return it: the caller judges it by its hash exactly as on one site
+        // (noise when nothing accepted needs it, damage when something does), whether the other
+        // sites lack the object or hold damaged copies too.
+        let damaged = Mutex::new(None);
+        let intact = self.first_ok(
             |site| {
                 let bytes = site.get(path)?;
-                match expected {
-                    // A damaged copy: try the next site.
-                    Some(id) if ObjectId::of(&bytes) != id => Err(SiteError::Permanent {
-                        site: site.location().to_string(),
-                        operation: "get",
-                        path: path.to_string(),
-                        message: "the copy here is damaged (bytes do not hash to its name)".into(),
-                    }),
-                    _ => Ok(bytes),
+                if ObjectId::of(&bytes) == expected {
+                    return Ok(bytes);
                 }
+                let mut first = damaged.lock().unwrap_or_else(|p| p.into_inner());
+                if first.is_none() {
+                    *first = Some(bytes);
+                }
+                // A damaged copy: try the next site.
+                Err(SiteError::Permanent {
+                    site: site.location().to_string(),
+                    operation: "get",
+                    path: path.to_string(),
+                    message: "the copy here is damaged (bytes do not hash to its name)".into(),
+                })
             },
             path,
-        )
+        );
+        match (
+            intact,
+            damaged.into_inner().unwrap_or_else(|p| p.into_inner()),
+        ) {
+            (Err(_), Some(bytes)) => Ok(bytes),
+            (result, _) => result,
+        }
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {

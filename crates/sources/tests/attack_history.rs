@@ -51,6 +51,38 @@ impl Site for ReverseListing {
     }
 }
 
+/// A site whose listings name objects it does not hold (a lying listing, red team 2).
+#[derive(Debug)]
+struct PhantomListing(Arc<LocalSite>, Vec<String>);
+
+impl Site for PhantomListing {
+    fn location(&self) -> &str {
+        self.0.location()
+    }
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        self.0.put(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
+        self.0.get(path)
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
+        self.0.get_range(path, offset, len)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
+        let mut listed = self.0.list(prefix)?;
+        for p in self.1.iter().filter(|p| p.starts_with(prefix)) {
+            listed.push(ObjectInfo {
+                path: p.clone(),
+                size: 100,
+            });
+        }
+        Ok(listed)
+    }
+    fn delete(&self, path: &str) -> Result<(), SiteError> {
+        self.0.delete(path)
+    }
+}
+
 struct World {
     dir: tempfile::TempDir,
     site: Arc<LocalSite>,
@@ -578,4 +610,53 @@ fn a_deleted_middle_entry_is_a_gap_older_versions_restore_latest_refuses() {
             stream::backup_reader(&client, &owner, DS, &payload(5)[..], "t", &Silent).unwrap_err();
         assert!(err.to_string().contains("entry 3 is missing"), "{err}");
     }
+}
+
+/// A listing that names objects the site does not hold, under every prefix the history and
+/// version loaders list: each is noise, exactly as a damaged copy would be (red team 2: "no
+/// object at ledger/..." stopped versions, restore, backup and status).
+#[test]
+fn a_site_listing_objects_it_does_not_hold_changes_nothing() {
+    let w = World::new();
+    let vault = w.fresh();
+    w.backup(&vault, &w.owner(&vault), 1);
+    let id = ObjectId::of(b"never stored").to_hex();
+    let phantoms: Vec<String> = [
+        "ledger/registry/0000000000000002-",
+        "ledger/registry/0000000000000009-",
+        "index/registry/",
+        "manifests/registry/",
+        "checkpoints/00000000000000000001-",
+        "cosignatures/",
+        "approvals/registry/",
+        "gc/",
+        "sessions/",
+    ]
+    .iter()
+    .map(|dir| format!("{dir}{id}"))
+    .collect();
+    let lying = Vault::open(Arc::new(PhantomListing(w.site.clone(), phantoms.clone()))).unwrap();
+    assert_eq!(seqs(&lying), [1]);
+    assert!(
+        w.restore(&lying, None).unwrap() == payload(1),
+        "restored bytes differ"
+    );
+    let r = report(&lying);
+    assert!(r.is_ok(), "verify fails: {:?}", r.problems);
+    for p in phantoms.iter().filter(|p| p.starts_with("ledger/")) {
+        assert_noise(&r, p, "no site produces it");
+    }
+    for p in &phantoms {
+        assert!(
+            r.noise.iter().any(|n| n.contains(p.as_str())),
+            "{p} is not noise: {:?}",
+            r.noise
+        );
+    }
+    let v = w.backup(&lying, &w.owner(&lying), 2);
+    assert_eq!(v.seq, 2);
+    assert!(
+        w.restore(&lying, None).unwrap() == payload(2),
+        "restored bytes differ"
+    );
 }
