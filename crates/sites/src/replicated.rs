@@ -401,9 +401,26 @@ impl Site for ReplicatedSite {
         // (noise when nothing accepted needs it, damage when something does), whether the other
         // sites lack the object or hold damaged copies too.
         let damaged = Mutex::new(None);
+        let unreachable = Mutex::new(None);
         let intact = self.first_ok(
             |site| {
-                let bytes = site.get(path)?;
+                let bytes = site.get(path).inspect_err(|e| {
+                    if let SiteError::Retryable {
+                        site,
+                        operation,
+                        path,
+                        message,
+                    } = e
+                    {
+                        let mut first = unreachable.lock().unwrap_or_else(|p| p.into_inner());
+                        first.get_or_insert_with(|| SiteError::Retryable {
+                            site: site.clone(),
+                            operation,
+                            path: path.clone(),
+                            message: message.clone(),
+                        });
+                    }
+                })?;
                 if ObjectId::of(&bytes) == expected {
                     return Ok(bytes);
                 }
@@ -421,12 +438,30 @@ impl Site for ReplicatedSite {
             },
             path,
         );
+        // A site that could not be asked may hold the intact copy: say so rather than hand
+        // back a damaged one, so that a site down is never reported as damage.
         match (
             intact,
             damaged.into_inner().unwrap_or_else(|p| p.into_inner()),
+            unreachable.into_inner().unwrap_or_else(|p| p.into_inner()),
         ) {
-            (Err(_), Some(bytes)) => Ok(bytes),
-            (result, _) => result,
+            (Err(_), Some(_), Some(down)) => Err(down),
+            (Err(_), Some(bytes), None) => {
+                // Sites left out of this run (down) were not asked: one of them may hold it.
+                let left_out = self.left_out(1);
+                match left_out.iter().position(|out| *out) {
+                    Some(i) => Err(SiteError::Retryable {
+                        site: self.sites[i].location().to_string(),
+                        operation: "get",
+                        path: path.to_string(),
+                        message: "the site is down for this run and the other copies are \
+                                  damaged: bring it back, then read again"
+                            .into(),
+                    }),
+                    None => Ok(bytes),
+                }
+            }
+            (result, _, _) => result,
         }
     }
 
@@ -484,5 +519,67 @@ impl Site for ReplicatedSite {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embassy_core::id::ObjectId;
+
+    /// A site that never answers.
+    #[derive(Debug)]
+    struct Down;
+
+    impl Site for Down {
+        fn location(&self) -> &str {
+            "down"
+        }
+        fn put(&self, path: &str, _: &[u8]) -> Result<Put, SiteError> {
+            Err(self.retryable("put", path))
+        }
+        fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
+            Err(self.retryable("get", path))
+        }
+        fn get_range(&self, path: &str, _: u64, _: u64) -> Result<Vec<u8>, SiteError> {
+            Err(self.retryable("get", path))
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
+            Err(self.retryable("list", prefix))
+        }
+        fn delete(&self, path: &str) -> Result<(), SiteError> {
+            Err(self.retryable("delete", path))
+        }
+    }
+
+    impl Down {
+        fn retryable(&self, operation: &'static str, path: &str) -> SiteError {
+            SiteError::Retryable {
+                site: "down".into(),
+                operation,
+                path: path.into(),
+                message: "connection refused".into(),
+            }
+        }
+    }
+
+    /// A damaged copy at one site is handed back to be judged (noise or damage) only when
+    /// every other site answered: a site that is down may hold the intact copy, and a site
+    /// down must never be reported as damage.
+    #[test]
+    fn a_damaged_copy_is_not_judged_while_a_site_that_may_hold_it_is_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn Site> = Arc::new(crate::LocalSite::new(dir.path()).unwrap());
+        let path = layout::ledger_entry("ds", 2, &ObjectId::of(b"the intact entry"));
+        local.put(&path, b"garbage").unwrap();
+        let both = ReplicatedSite::new(vec![local.clone(), Arc::new(Down)], 1).unwrap();
+        let e = both.get(&path).unwrap_err();
+        assert!(matches!(e, SiteError::Retryable { .. }), "{e}");
+        // Asked again, the down site is left out of the run: still not a verdict.
+        let e = both.get(&path).unwrap_err();
+        assert!(matches!(e, SiteError::Retryable { .. }), "{e}");
+        // Every site answered: the damaged copy goes to the caller's hash check.
+        let alone = ReplicatedSite::new(vec![local], 1).unwrap();
+        assert_eq!(alone.get(&path).unwrap(), b"garbage");
     }
 }
