@@ -577,14 +577,16 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "neutralised": done.neutralised,
             "overrides": restored_conf::OVERRIDES,
             "fetch_folder": fetch.path,
+            "recovery": done.recovery,
         }))
     } else {
         println!(
-            "{what} {} from base backup version {} (WAL {}..{}); {next}",
+            "{what} {} from base backup version {} (WAL {}..{}), to {}; {next}",
             done.data_dir.display(),
             done.version.seq,
             format_lsn(done.info.start_lsn),
             format_lsn(done.info.stop_lsn),
+            done.recovery,
         );
         Ok(())
     }

@@ -235,7 +235,7 @@ fn s3_site_killed_mid_replay_stops_recovery_and_it_resumes_with_all_acknowledged
 
     // Restore the latest point from the S3 site alone: recovery is pinned to the last record.
     let data = restore_root(&env).join("latest");
-    env.run(&[
+    let said = env.run(&[
         "--site",
         &s3,
         "restore",
@@ -246,6 +246,11 @@ fn s3_site_killed_mid_replay_stops_recovery_and_it_resumes_with_all_acknowledged
     ]);
     let conf = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains("recovery_target_lsn"), "{conf}");
+    // The operator is told where recovery stops, not only the configuration file.
+    assert!(
+        said.contains("the last WAL record durable in the vault"),
+        "{said}"
+    );
     let server = Restored::start_with(data.clone(), &env.vars);
     wait_until(
         "the replay to fetch its first segments",

@@ -74,6 +74,9 @@ pub struct PgRestore {
     /// The restored configuration lines that would have run code (or chosen the recovery
     /// target, or pointed elsewhere), commented out: to be listed loudly.
     pub neutralised: Vec<Neutralised>,
+    /// Where recovery stops, in words (for `--latest`: the pinned LSN, or why it is not
+    /// pinned), as written in postgresql.auto.conf's comment.
+    pub recovery: String,
 }
 
 /// Picks the newest base backup a recovery to `target` can start from: for a time, one that
@@ -539,17 +542,26 @@ pub fn restore(
         .map_err(PgError::Vault)?;
     let mode = pin_latest(vault, keyring, dataset, &info, options.mode)?;
     files::restore(&reader, dir, &RestoreOptions::default(), progress).map_err(PgError::Vault)?;
+    let recovery = match (options.mode, mode) {
+        (Mode::Standby, _) => "follow as a standby".to_string(),
+        (Mode::Recover(RecoveryTarget::Latest), Mode::Recover(t @ RecoveryTarget::Lsn(_))) => {
+            format!(
+                "the latest point, {}: the last WAL record durable in the vault",
+                target_text(t)
+            )
+        }
+        (Mode::Recover(RecoveryTarget::Latest), _) => format!(
+            "the latest point, not pinned: the vault holds no complete WAL record past the base \
+             backup's end ({}), so recovery ends where the WAL the server finds ends",
+            format_lsn(info.stop_lsn)
+        ),
+        (Mode::Recover(t), _) => target_text(t),
+    };
     let comment = format!(
-        "Data Embassy: restored from dataset {dataset}, base backup version {} (start {}, stop {}), to {}",
+        "Data Embassy: restored from dataset {dataset}, base backup version {} (start {}, stop {}), to {recovery}",
         version.seq,
         format_lsn(info.start_lsn),
         format_lsn(info.stop_lsn),
-        match (options.mode, mode) {
-            (Mode::Standby, _) => "follow as a standby".to_string(),
-            (Mode::Recover(RecoveryTarget::Latest), Mode::Recover(t @ RecoveryTarget::Lsn(_))) =>
-                format!("the latest point, {}: the last WAL record durable in the vault", target_text(t)),
-            (Mode::Recover(t), _) => target_text(t),
-        }
     );
     let prepared = prepare_data_dir(dir, mode, &options.restore_command, options.owner, &comment)?;
     Ok(PgRestore {
@@ -558,6 +570,7 @@ pub fn restore(
         data_dir: dir.to_path_buf(),
         settings: prepared.settings,
         neutralised: prepared.neutralised,
+        recovery,
     })
 }
 
