@@ -108,8 +108,8 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
             output::size(v.stats.bytes),
             v.stats.new_chunks,
             output::size(v.stats.new_bytes_stored),
-            done.info.start_lsn.to_string(),
-            done.info.stop_lsn.to_string(),
+            done.info.start_lsn,
+            done.info.stop_lsn,
             done.info.timeline,
             if done.info.wal_included { ", WAL inside" } else { "" }
         );
@@ -258,7 +258,7 @@ impl FetchFolder {
             embassy_core::time::utc(embassy_core::config::now_unix_nanos())
         );
         let credential = keyring.reader_credential_for(&vault_id, dataset, &label, epoch)?;
-        let passphrase = Zeroizing::new(hex::encode(&*embassy_core::crypto::random_32()));
+        let passphrase = Zeroizing::new(hex::encode(embassy_core::crypto::random_32().as_slice()));
         let key_file = KeyFile::seal_payload(
             &credential.to_bytes(),
             PURPOSE_READER,
@@ -570,8 +570,8 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "{what} {} from base backup version {} (WAL {}..{}), to {}; {next}",
             done.data_dir.display(),
             done.version.seq,
-            done.info.start_lsn.to_string(),
-            done.info.stop_lsn.to_string(),
+            done.info.start_lsn,
+            done.info.stop_lsn,
             done.recovery,
         );
         Ok(())
@@ -670,7 +670,7 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "promoted {}: accepts writes on timeline {} from {} after {:.1} s; recorded as entry {} of {}",
             args.data.display(),
             done.timeline,
-            done.lsn.to_string(),
+            done.lsn,
             done.elapsed.as_secs_f64(),
             done.seq,
             args.dataset
