@@ -445,6 +445,25 @@ fn manifest_stop_lsn(manifest: &[u8]) -> Result<Lsn, PgError> {
     end.parse()
 }
 
+/// Why pg_basebackup failed, from its exit status and standard error, with what to change.
+fn pg_basebackup_failed(status: &str, stderr: &str) -> PgError {
+    let stderr = stderr.trim();
+    if stderr.contains("can only write single tablespace to stdout") {
+        // pg_basebackup streams one tar to stdout only when the cluster has no tablespace
+        // outside the data directory.
+        return PgError::BaseBackup(format!(
+            "the cluster has tablespaces outside its data directory ({stderr}); base backups \
+             stream pg_basebackup's single tar and cannot include them yet: move the tables \
+             into pg_default (ALTER TABLE .. SET TABLESPACE pg_default), or back up a stopped \
+             cluster and its tablespace folders as file trees (`embassy backup`)"
+        ));
+    }
+    PgError::BaseBackup(format!(
+        "pg_basebackup failed ({status}): {stderr}; check the connection string, that the role \
+         has REPLICATION and pg_hba.conf allows a replication connection, and max_wal_senders"
+    ))
+}
+
 /// The `pg_basebackup` command for `options`: the connection string is rebuilt from the parsed
 /// one with the TLS settings in force ([`ConnConfig::libpq_conninfo`]) and without the password,
 /// which goes in this child's environment only (`PGPASSWORD`), never in its argv where every
@@ -528,14 +547,10 @@ pub fn base_backup(
     let stderr = errors.join().unwrap_or_default().join("\n");
     let ok = matches!(&status, Ok(s) if s.success());
     if !ok {
-        return Err(PgError::BaseBackup(format!(
-            "pg_basebackup failed ({}): {}; check the connection string, that the role has \
-             REPLICATION and pg_hba.conf allows a replication connection, and max_wal_senders",
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string()),
-            stderr.trim()
-        )));
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        return Err(pg_basebackup_failed(&status, &stderr));
     }
     let root = stored?;
     let stopped_at_ns = now_unix_nanos();
@@ -683,6 +698,24 @@ mod tests {
         assert_eq!(
             chunking_for(&ts_other, 8192, &mut b),
             Chunking::ContentDefined
+        );
+    }
+
+    #[test]
+    fn a_cluster_with_tablespaces_is_told_what_to_do() {
+        // pg_basebackup 15's own words with -D - and a tablespace outside the data directory.
+        let e = pg_basebackup_failed(
+            "exit status: 1",
+            "pg_basebackup: error: can only write single tablespace to stdout, database has 2\n",
+        )
+        .to_string();
+        assert!(e.contains("tablespaces outside its data directory"), "{e}");
+        assert!(e.contains("SET TABLESPACE pg_default"), "{e}");
+        assert!(!e.contains("pg_hba.conf"), "{e}");
+        let e = pg_basebackup_failed("exit status: 1", "FATAL: no pg_hba.conf entry").to_string();
+        assert!(
+            e.contains("pg_hba.conf allows a replication connection"),
+            "{e}"
         );
     }
 
