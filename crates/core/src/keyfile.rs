@@ -387,4 +387,30 @@ mod tests {
             Err(Error::WrongPassphrase { .. })
         ));
     }
+
+    #[test]
+    fn each_purpose_is_classified_once() {
+        let with = |purpose: &str| KeyFile {
+            purpose: purpose.into(),
+            ..KeyFile::seal_payload(&[7; 32], PURPOSE_ROOT, "v1", b"p", FAST).unwrap()
+        };
+        let classes: Vec<(bool, bool)> = PURPOSES
+            .iter()
+            .map(|p| (with(p).holds_credential(), with(p).opens_a_vault()))
+            .collect();
+        // root, sealing, reader, witness, approver
+        let expected = [
+            (false, true),
+            (true, true),
+            (true, true),
+            (false, false),
+            (false, false),
+        ];
+        assert_eq!(classes, expected);
+        assert!(!with("bogus").opens_a_vault());
+        let mut names = PURPOSES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PURPOSES.len());
+    }
 }
