@@ -894,9 +894,8 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                     host,
                     data_dir,
                 } => format!(
-                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {:X}/{:X}",
-                    lsn >> 32,
-                    lsn & 0xffff_ffff
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}",
+                    embassy_postgres::Lsn(*lsn)
                 ),
             };
             let detail = match &r.refused {
@@ -925,12 +924,11 @@ fn hexify(value: serde_json::Value) -> serde_json::Value {
             if matches!(items.len(), 8 | 32)
                 && items.iter().all(|v| v.as_u64().is_some_and(|n| n < 256)) =>
         {
-            Value::String(
-                items
-                    .iter()
-                    .map(|v| format!("{:02x}", v.as_u64().unwrap_or(0)))
-                    .collect(),
-            )
+            let bytes: Vec<u8> = items
+                .iter()
+                .map(|v| v.as_u64().and_then(|n| u8::try_from(n).ok()).unwrap_or(0))
+                .collect();
+            Value::String(hex::encode(bytes))
         }
         Value::Array(items) => Value::Array(items.into_iter().map(hexify).collect()),
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, hexify(v))).collect()),
@@ -939,11 +937,11 @@ fn hexify(value: serde_json::Value) -> serde_json::Value {
 }
 
 fn hex_bytes(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn hex_key(key: &[u8; 32]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(key)
 }
 
 fn witness_key_new(cli: &Cli, out: &Path) -> Result<ExitCode> {
@@ -1378,14 +1376,7 @@ fn keys(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
             let mut key = [0u8; 32];
-            if signer.len() != 64
-                || !signer.is_ascii()
-                || (0..32).any(|i| {
-                    u8::from_str_radix(&signer[2 * i..2 * i + 2], 16)
-                        .map(|b| key[i] = b)
-                        .is_err()
-                })
-            {
+            if hex::decode_to_slice(signer, &mut key).is_err() {
                 return Err(Error::invalid(format!(
                     "--signer {signer} is not a 64-digit hex public key"
                 )));

@@ -11,9 +11,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
 use embassy_core::vault::{Keyring, Vault};
 use embassy_core::{Error, Result};
-use embassy_postgres::base_backup::{self, format_lsn, parse_lsn, BaseBackupOptions, WalSource};
+use embassy_postgres::base_backup::{self, BaseBackupOptions, WalSource};
 use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
-use embassy_postgres::PgError;
+use embassy_postgres::Lsn;
 use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -67,16 +67,6 @@ pub struct PromoteArgs {
     pub timeout: u64,
 }
 
-fn pg_error(e: PgError) -> Error {
-    match e {
-        PgError::Vault(e) => e,
-        other => Error::Source {
-            what: "PostgreSQL".into(),
-            problem: other.to_string(),
-        },
-    }
-}
-
 fn unlock(cli: &Cli, vault: &Vault) -> Result<Keyring> {
     crate::secrets::unlock(
         vault.config(),
@@ -96,15 +86,15 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     }
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = base_backup::base_backup(&vault, &keyring, &args.dataset, &options, &bar)
-        .map_err(pg_error)?;
+        .map_err(Error::from)?;
     bar.finish();
     let v = &done.version;
     if cli.json {
         crate::print_json(json!({
             "ok": true,
             "version": output::version_json(v),
-            "start_lsn": format_lsn(done.info.start_lsn),
-            "stop_lsn": format_lsn(done.info.stop_lsn),
+            "start_lsn": done.info.start_lsn.to_string(),
+            "stop_lsn": done.info.stop_lsn.to_string(),
             "timeline": done.info.timeline,
             "system_identifier": done.info.system_identifier.to_string(),
             "wal_included": done.info.wal_included,
@@ -118,8 +108,8 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
             output::size(v.stats.bytes),
             v.stats.new_chunks,
             output::size(v.stats.new_bytes_stored),
-            format_lsn(done.info.start_lsn),
-            format_lsn(done.info.stop_lsn),
+            done.info.start_lsn,
+            done.info.stop_lsn,
             done.info.timeline,
             if done.info.wal_included { ", WAL inside" } else { "" }
         );
@@ -268,11 +258,7 @@ impl FetchFolder {
             embassy_core::time::utc(embassy_core::config::now_unix_nanos())
         );
         let credential = keyring.reader_credential_for(&vault_id, dataset, &label, epoch)?;
-        let mut passphrase = Zeroizing::new(String::with_capacity(64));
-        for b in embassy_core::crypto::random_32().iter() {
-            use std::fmt::Write;
-            let _ = write!(passphrase, "{b:02x}");
-        }
+        let passphrase = Zeroizing::new(hex::encode(embassy_core::crypto::random_32().as_slice()));
         let key_file = KeyFile::seal_payload(
             &credential.to_bytes(),
             PURPOSE_READER,
@@ -352,7 +338,7 @@ impl FetchFolder {
             spool.display().to_string(),
         ];
         let command = restore::restore_command(Path::new(ENV_PROGRAM), &args, &fetch_args, dataset)
-            .map_err(pg_error)?;
+            .map_err(Error::from)?;
         preflight(&command, owner)?;
         Ok(command)
     }
@@ -522,9 +508,9 @@ pub fn recovery_target(
 ) -> Result<Option<RecoveryTarget>> {
     Ok(match (time, lsn, latest) {
         (Some(t), None, false) => Some(RecoveryTarget::Time(
-            restore::parse_time(t).map_err(pg_error)?,
+            restore::parse_time(t).map_err(Error::from)?,
         )),
-        (None, Some(l), false) => Some(RecoveryTarget::Lsn(parse_lsn(l).map_err(pg_error)?)),
+        (None, Some(l), false) => Some(RecoveryTarget::Lsn(l.parse::<Lsn>().map_err(Error::from)?)),
         (None, None, true) => Some(RecoveryTarget::Latest),
         (None, None, false) => None,
         _ => {
@@ -571,8 +557,8 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "ok": true,
             "version": output::version_json(&done.version),
             "data_dir": done.data_dir,
-            "start_lsn": format_lsn(done.info.start_lsn),
-            "stop_lsn": format_lsn(done.info.stop_lsn),
+            "start_lsn": done.info.start_lsn.to_string(),
+            "stop_lsn": done.info.stop_lsn.to_string(),
             "settings": done.settings,
             "neutralised": done.neutralised,
             "overrides": restored_conf::OVERRIDES,
@@ -584,8 +570,8 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "{what} {} from base backup version {} (WAL {}..{}), to {}; {next}",
             done.data_dir.display(),
             done.version.seq,
-            format_lsn(done.info.start_lsn),
-            format_lsn(done.info.stop_lsn),
+            done.info.start_lsn,
+            done.info.stop_lsn,
             done.recovery,
         );
         Ok(())
@@ -616,7 +602,7 @@ pub fn restore(
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = restore::restore(&vault, &keyring, dataset, dir, &options, &bar)
-        .map_err(pg_error)
+        .map_err(Error::from)
         .inspect_err(|_| fetch.remove())?;
     bar.finish();
     report(
@@ -645,7 +631,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
         owner,
         &bar,
     )
-    .map_err(pg_error)
+    .map_err(Error::from)
     .inspect_err(|_| fetch.remove())?;
     bar.finish();
     report(
@@ -670,12 +656,12 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
         args.conninfo.as_deref(),
         Duration::from_secs(args.timeout),
     )
-    .map_err(pg_error)?;
+    .map_err(Error::from)?;
     if cli.json {
         crate::print_json(json!({
             "ok": true,
             "timeline": done.timeline,
-            "lsn": format_lsn(done.lsn),
+            "lsn": done.lsn.to_string(),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
         }))?;
@@ -684,7 +670,7 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "promoted {}: accepts writes on timeline {} from {} after {:.1} s; recorded as entry {} of {}",
             args.data.display(),
             done.timeline,
-            format_lsn(done.lsn),
+            done.lsn,
             done.elapsed.as_secs_f64(),
             done.seq,
             args.dataset

@@ -9,7 +9,7 @@ use embassy_core::approval;
 use embassy_core::config::{now_unix_nanos, VaultConfig};
 use embassy_core::duration::{format_duration, parse_duration};
 use embassy_core::gc::{self, GcOptions};
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_APPROVER};
 use embassy_core::keys::RootSecret;
 use embassy_core::prune::{self as core_prune, PruneReport};
 use embassy_core::retention::RetentionPolicy;
@@ -17,9 +17,6 @@ use embassy_core::{Error, Result};
 use serde_json::json;
 
 use crate::{output, secrets, Cli};
-
-/// What an approver key file says it holds.
-pub const PURPOSE_APPROVER: &str = "approver";
 
 /// `embassy prune`.
 #[derive(Args)]

@@ -4,9 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use embassy_core::config::VaultConfig;
-use embassy_core::keyfile::{
-    default_key_path, KeyFile, PURPOSE_READER, PURPOSE_ROOT, PURPOSE_SEALING,
-};
+use embassy_core::keyfile::{default_key_path, KeyFile};
 use embassy_core::keys::Credential;
 use embassy_core::keys::RootSecret;
 use embassy_core::vault::Keyring;
@@ -69,7 +67,7 @@ pub fn unlock(
     let path = key_path(key_file, &config.vault_id)?;
     let file = KeyFile::load(&path)?;
     check_vault(&file, &path, config)?;
-    if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
+    if file.holds_credential() {
         let pass = passphrase(passphrase_file, false)?;
         let credential = Credential::from_bytes(&file.open_payload(pass.as_bytes(), &path)?)?;
         return Keyring::from_credential(credential, config);
@@ -87,7 +85,7 @@ fn check_vault(file: &KeyFile, path: &Path, config: &VaultConfig) -> Result<()> 
     if file.vault_id == config.vault_id {
         return Ok(());
     }
-    let what = if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
+    let what = if file.holds_credential() {
         "this credential"
     } else {
         "this key file"
@@ -111,11 +109,7 @@ pub fn check_given_key_file(key_file: Option<&Path>, config: &VaultConfig) -> Re
     };
     match KeyFile::load(path) {
         // Witness and approver key files are checked by the commands that use them.
-        Ok(file)
-            if [PURPOSE_ROOT, PURPOSE_SEALING, PURPOSE_READER].contains(&file.purpose.as_str()) =>
-        {
-            check_vault(&file, path, config)
-        }
+        Ok(file) if file.opens_a_vault() => check_vault(&file, path, config),
         _ => Ok(()),
     }
 }

@@ -183,3 +183,52 @@ pub enum PgError {
 
 /// Result with [`PgError`].
 pub type Result<T> = std::result::Result<T, PgError>;
+
+/// The one conversion of PostgreSQL errors into the vault's error type, for front ends that
+/// report [`embassy_core::Error`]s: vault and site errors stay themselves (so an integrity
+/// problem stays one, and a site outage stays an outage), everything else is a failure of the
+/// PostgreSQL source with its full message.
+impl From<PgError> for embassy_core::Error {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Vault(e) => e,
+            PgError::Site(e) => embassy_core::Error::Site(e),
+            other => embassy_core::Error::Source {
+                what: "PostgreSQL".into(),
+                problem: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embassy_core::site::SiteError;
+
+    #[test]
+    fn pg_errors_become_vault_errors_keeping_their_kind() {
+        let site = || SiteError::NotFound {
+            site: "s3://vault".into(),
+            path: "packs/ab".into(),
+        };
+        let e: embassy_core::Error = PgError::Site(site()).into();
+        assert!(
+            matches!(e, embassy_core::Error::Site(SiteError::NotFound { .. })),
+            "{e:?}"
+        );
+        let e: embassy_core::Error = PgError::Vault(embassy_core::Error::Site(site())).into();
+        assert!(
+            matches!(e, embassy_core::Error::Site(SiteError::NotFound { .. })),
+            "{e:?}"
+        );
+        let e: embassy_core::Error = PgError::Invalid("'12' is not an LSN".into()).into();
+        match e {
+            embassy_core::Error::Source { what, problem } => {
+                assert_eq!(what, "PostgreSQL");
+                assert!(problem.contains("'12' is not an LSN"), "{problem}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
