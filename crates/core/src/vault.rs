@@ -382,9 +382,10 @@ impl Vault {
         let version = self.find_version(dataset, selector)?;
         if version.seq > limit {
             return Err(Error::invalid(format!(
-                "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
-                 cosignatures (the newest witnessed entry is {limit}); pass --unwitnessed to restore it anyway",
-                version.seq
+                "version {} of {dataset} (ledger entry {}) is not yet covered by a checkpoint \
+                 with {quorum} witness cosignatures (the newest witnessed entry is {limit}); pass \
+                 --unwitnessed to restore it anyway",
+                version.number, version.seq
             )));
         }
         Ok(version)
@@ -399,8 +400,8 @@ impl Vault {
         let newer: Vec<u64> = self
             .versions(&version.dataset)?
             .into_iter()
-            .map(|v| v.seq)
-            .filter(|seq| *seq > version.seq)
+            .filter(|v| v.seq > version.seq)
+            .map(|v| v.number)
             .collect();
         let (Some(first), Some(last)) = (newer.first(), newer.last()) else {
             return Ok(None);
@@ -413,7 +414,7 @@ impl Vault {
         Ok(Some(format!(
             "dataset {}: restoring version {}, the newest that {} witnesses have cosigned; {which} \
              not yet witnessed (run `embassy witness`, or pass --unwitnessed to restore it anyway)",
-            version.dataset, version.seq, self.config.witness_quorum
+            version.dataset, version.number, self.config.witness_quorum
         )))
     }
 
@@ -495,12 +496,14 @@ impl Vault {
         ))
     }
 
-    /// Finds a version: `None` or `latest` for the newest, a sequence number, or a prefix (at
-    /// least 6 hex digits) of the manifest or ledger entry id. `latest` is refused when newer
-    /// entries exist beyond a gap or an unresolved fork: an older version is never served as
-    /// the newest in silence.
+    /// Finds a version: `None` or `latest` for the newest, a version number
+    /// ([`Version::number`], not a ledger sequence number), or a prefix (at least 6 hex digits)
+    /// of the manifest or ledger entry id. `latest` is refused when newer entries exist beyond a
+    /// gap or an unresolved fork: an older version is never served as the newest in silence.
     pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
-        let (versions, problems) = self.versions_full(dataset)?;
+        let history = self.history_full(dataset)?;
+        let problems = history.problems(dataset);
+        let versions = versions_in(dataset, &history.records);
         if matches!(selector, None | Some("latest")) && !problems.is_empty() {
             return Err(Error::History {
                 dataset: dataset.into(),
@@ -510,7 +513,7 @@ impl Vault {
                     match versions.last() {
                         Some(v) => format!(
                             "the newest version before it is {}: restore {dataset}@{} to take it",
-                            v.seq, v.seq
+                            v.number, v.number
                         ),
                         None => "no version before it".to_string(),
                     }
@@ -538,17 +541,21 @@ impl Vault {
                 .cloned()
                 .ok_or_else(|| not_found("no versions in this vault".into())),
             Some(sel) => {
-                if let Ok(seq) = sel.parse::<u64>() {
+                if let Ok(number) = sel.parse::<u64>() {
                     if sel.len() < 6 {
-                        return versions
-                            .into_iter()
-                            .find(|v| v.seq == seq)
-                            .ok_or_else(|| not_found(format!("no version {seq}")));
+                        if let Some(v) = versions.into_iter().find(|v| v.number == number) {
+                            return Ok(v);
+                        }
+                        return Err(if problems.is_empty() {
+                            Error::NotFound(missing_version(dataset, &history.records, number))
+                        } else {
+                            not_found(format!("no version {number}"))
+                        });
                     }
                 }
                 if sel.len() < 6 || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(Error::invalid(format!(
-                        "'{sel}' is not a version: use a sequence number, 'latest', or at least 6 hex digits of its id"
+                        "'{sel}' is not a version: use a version number (as `embassy versions` lists them), 'latest', or at least 6 hex digits of its id"
                     )));
                 }
                 let sel = sel.to_ascii_lowercase();
@@ -576,7 +583,12 @@ impl Vault {
 pub struct Version {
     /// The dataset.
     pub dataset: String,
-    /// Its ledger sequence number.
+    /// Its version number, what people name it by (`DATASET@N`): 1, 2, 3 in the order the
+    /// dataset's history added its versions, deleted ones counted, so it never changes
+    /// ([`VersionNumbering`]).
+    pub number: u64,
+    /// Its ledger sequence number: the position of its entry among all of the dataset's ledger
+    /// entries (key changes, log ranges and deletions take sequence numbers too).
     pub seq: u64,
     /// The ledger entry's id.
     pub ledger_id: ObjectId,
@@ -593,8 +605,8 @@ pub struct Version {
 }
 
 impl Version {
-    /// The version a ledger record adds, if it adds one.
-    pub fn from_record(dataset: &str, record: &Record) -> Option<Self> {
+    /// The version a ledger record adds, if it adds one, with the number `number`.
+    fn from_record(dataset: &str, record: &Record, number: u64) -> Option<Self> {
         let Event::VersionAdded {
             manifest,
             kind,
@@ -606,6 +618,7 @@ impl Version {
         };
         Some(Self {
             dataset: dataset.to_string(),
+            number,
             seq: record.entry.seq,
             ledger_id: record.id,
             manifest: *manifest,
@@ -617,21 +630,112 @@ impl Version {
     }
 }
 
-/// The versions a verified history still holds, oldest first.
-pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
-    let deleted: BTreeSet<u64> = history
+/// The one home of the version-numbering rule (docs/format.md §9, *Version numbers*): a
+/// dataset's version N is the N-th `version_added` entry of its accepted history, in ledger
+/// order. Deleted versions keep their numbers (their entries stay in the history), so a number
+/// names the same version for good; other entries (key changes, log ranges, deletions) take
+/// ledger sequence numbers but no version number. Feed it every record of a history in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionNumbering {
+    added: u64,
+}
+
+impl VersionNumbering {
+    /// The numbering after every record of `history`.
+    pub fn after(history: &[Record]) -> Self {
+        let mut numbering = Self::default();
+        for record in history {
+            numbering.version(record);
+        }
+        numbering
+    }
+
+    /// The number the next version added will have.
+    pub fn next_number(&self) -> u64 {
+        self.added + 1
+    }
+
+    /// Counts `record` (the next record of the history) and returns the number it gives its
+    /// version, if it adds one.
+    pub fn version(&mut self, record: &Record) -> Option<u64> {
+        if !matches!(record.entry.event, Event::VersionAdded { .. }) {
+            return None;
+        }
+        self.added += 1;
+        Some(self.added)
+    }
+
+    /// Counts `record` and returns the version it adds, numbered, if it adds one.
+    pub fn numbered(&mut self, dataset: &str, record: &Record) -> Option<Version> {
+        let number = self.version(record)?;
+        Version::from_record(dataset, record, number)
+    }
+}
+
+/// Every version a verified history ever added, deleted ones too, numbered, oldest first.
+pub fn all_versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
+    let mut numbering = VersionNumbering::default();
+    history
+        .iter()
+        .filter_map(|r| numbering.numbered(dataset, r))
+        .collect()
+}
+
+/// Why a verified history holds no live version `number`, for people, with the way out: it
+/// was deleted (by which entry, why), or there never was one.
+pub fn missing_version(dataset: &str, history: &[Record], number: u64) -> String {
+    let deleted = deleted_in(history);
+    let by = all_versions_in(dataset, history)
+        .into_iter()
+        .find(|v| v.number == number)
+        .and_then(|v| deleted.get(&v.seq).copied());
+    match by {
+        Some(by) => {
+            let reason = match &by.entry.event {
+                Event::VersionsDeleted { reason, .. } => reason.as_str(),
+                _ => "",
+            };
+            format!(
+                "version {number} of dataset {dataset} was deleted by ledger entry {} ({reason}); \
+                 list the versions it still holds with `embassy versions {dataset}`",
+                by.entry.seq
+            )
+        }
+        None => format!(
+            "dataset {dataset} has no version {number}; list them with `embassy versions {dataset}`"
+        ),
+    }
+}
+
+/// The version number of each `version_added` entry of a verified history, by its ledger
+/// sequence number: for listings that show both (`embassy history`).
+pub fn numbers_by_seq(dataset: &str, history: &[Record]) -> BTreeMap<u64, u64> {
+    all_versions_in(dataset, history)
+        .iter()
+        .map(|v| (v.seq, v.number))
+        .collect()
+}
+
+/// The ledger sequence numbers of the versions a verified history deleted (by accepted
+/// `versions_deleted` entries), with the entry that deleted each.
+fn deleted_in(history: &[Record]) -> BTreeMap<u64, &Record> {
+    history
         .iter()
         .filter(|r| r.refused.is_none())
         .filter_map(|r| match &r.entry.event {
-            Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().copied()),
+            Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().map(move |s| (*s, r))),
             _ => None,
         })
         .flatten()
-        .collect();
-    history
-        .iter()
-        .filter(|r| !deleted.contains(&r.entry.seq))
-        .filter_map(|r| Version::from_record(dataset, r))
+        .collect()
+}
+
+/// The versions a verified history still holds, numbered, oldest first.
+pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
+    let deleted = deleted_in(history);
+    all_versions_in(dataset, history)
+        .into_iter()
+        .filter(|v| !deleted.contains_key(&v.seq))
         .collect()
 }
 
