@@ -138,7 +138,8 @@ enum Command {
         /// Dataset name; all datasets when omitted.
         dataset: Option<String>,
     },
-    /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
+    /// Restore a version: DATASET or DATASET@VERSION (its number as `embassy versions` lists
+    /// it, `latest`, or an id prefix).
     Restore {
         /// What to restore.
         target: String,
