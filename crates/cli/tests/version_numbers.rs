@@ -289,3 +289,37 @@ fn interleaved_datasets_each_count_from_1() {
         assert_eq!(env.restored(&format!("beta@{i}")), content("beta", i));
     }
 }
+
+#[test]
+fn the_agents_status_and_dashboard_show_the_version_number() {
+    use embassy_agent::state::AgentState;
+    use embassy_agent::{dashboard, status};
+    let env = Env::new();
+    env.backup("reg", 1);
+    env.issue_key("reg", "host-a");
+    env.backup("reg", 2);
+    let site = env.path("site");
+    let snap = status::snapshot_site("here", site.to_str().unwrap(), &[]);
+    let facts = &snap.datasets["reg"];
+    assert_eq!(facts.newest_version, Some(2), "{snap:?}");
+    assert_eq!(facts.newest_ledger_seq, Some(3), "{snap:?}");
+    let config = embassy_agent::Config::parse(
+        &format!(
+            "[keys]\nfile = \"{}\"\npassphrase_env = \"PASS\"\n\n[[sites]]\nname = \"here\"\n\
+             path = \"{}\"\n\n[[datasets]]\nname = \"reg\"\nsource = {{ command = \"true\" }}\n\
+             interval = \"1h\"\nrpo = \"1d\"\n",
+            env.path("vault.key").display(),
+            site.display()
+        ),
+        &env.path("embassy.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let now = embassy_core::config::now_unix_nanos();
+    let snaps = vec![snap];
+    let html = dashboard::render(&config, &snaps, &AgentState::default(), now);
+    assert!(html.contains(">v2 · "), "{html}");
+    let report = status::report(&config, &snaps, &AgentState::default(), now);
+    let cell = &report["datasets"][0]["sites"][0];
+    assert_eq!(cell["newest_version"], 2, "{report}");
+    assert_eq!(cell["newest_version_ledger_seq"], 3, "{report}");
+}
