@@ -852,7 +852,7 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 embassy_core::ledger::Event::VersionAdded {
                     manifest, stats, ..
                 } => format!(
-                    "version {} added: manifest {}, {} files, {}",
+                    "version added: version {}, manifest {}, {} files, {}",
                     number(r.entry.seq).unwrap_or_default(),
                     manifest.short(),
                     stats.files,

@@ -200,7 +200,10 @@ fn a_key_issued_between_two_backups_leaves_versions_1_and_2() {
         .collect();
     assert_eq!(rows, vec![(1, Some(1)), (2, None), (3, Some(2))]);
     let text = env.ok(&["history", "reg"]);
-    assert!(text.stdout.contains("version 2 added"), "{text:?}");
+    assert!(
+        text.stdout.contains("version added: version 2, manifest"),
+        "{text:?}"
+    );
 
     // `status` names the newest version by its number, the ledger entry beside.
     let status = env.json(&["status"]);

@@ -385,8 +385,8 @@ impl Vault {
         let version = self.find_version(dataset, selector)?;
         if version.seq > limit {
             return Err(Error::invalid(format!(
-                "version {} of {dataset} (ledger entry {}) is not yet covered by a checkpoint \
-                 with {quorum} witness cosignatures (the newest witnessed entry is {limit}); pass \
+                "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
+                 cosignatures (it is ledger entry {}, the newest witnessed entry is {limit}); pass \
                  --unwitnessed to restore it anyway",
                 version.number, version.seq
             )));
