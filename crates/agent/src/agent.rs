@@ -872,14 +872,14 @@ impl Agent {
         match result {
             Ok(out) => {
                 ds.last_success = Some(now);
-                ds.last_version = Some(out.seq);
+                ds.last_version = Some(out.number);
                 ds.last_duration_seconds = Some(elapsed.as_secs_f64());
                 ds.consecutive_failures = 0;
                 ds.next_retry = None;
                 drop(st);
                 log(format!(
                     "{dataset}: version {} stored in {:.1}s: {} files, {} bytes ({} new)",
-                    out.seq,
+                    out.number,
                     elapsed.as_secs_f64(),
                     out.files,
                     out.bytes,

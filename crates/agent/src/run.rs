@@ -151,8 +151,8 @@ pub fn unlock(keys: &KeyConfig, vault: &Vault) -> Result<Keyring, String> {
 /// What one backup run stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
-    /// The version number.
-    pub seq: u64,
+    /// The version number (as `embassy versions` lists it).
+    pub number: u64,
     /// Bytes in the version.
     pub bytes: u64,
     /// Bytes newly stored.
@@ -226,7 +226,7 @@ pub fn backup_dataset(
     let pruned = apply_retention(config, keyring, &vault, dataset);
     Ok(RunOutcome {
         pruned,
-        seq: version.seq,
+        number: version.number,
         bytes: version.stats.bytes,
         new_bytes: version.stats.new_bytes_stored,
         files: version.stats.files,

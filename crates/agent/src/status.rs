@@ -20,8 +20,10 @@ use crate::state::AgentState;
 /// What one site holds of one dataset.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CellFacts {
-    /// Newest version number, if any.
+    /// Newest version number, if any (as `embassy versions` lists it).
     pub newest_version: Option<u64>,
+    /// Its ledger sequence number.
+    pub newest_ledger_seq: Option<u64>,
     /// Versions held.
     pub versions: u64,
     /// Recovery point of the newest version (Unix ns).
@@ -102,7 +104,8 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
                 let versions = versions_in(&dataset, &history);
                 let newest = versions.last();
                 CellFacts {
-                    newest_version: newest.map(|v| v.seq),
+                    newest_version: newest.map(|v| v.number),
+                    newest_ledger_seq: newest.map(|v| v.seq),
                     versions: versions.len() as u64,
                     captured_ns: newest.map(|v| v.captured_at_ns),
                     bytes_stored: versions.iter().map(|v| v.stats.new_bytes_stored).sum(),
@@ -456,6 +459,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                     "reason": c.reason,
                     "lag_seconds": c.lag_seconds,
                     "newest_version": c.facts.newest_version,
+                    "newest_version_ledger_seq": c.facts.newest_ledger_seq,
                     "wal_end": c.facts.wal_end,
                     "wal_lag_bytes": c.facts.wal_lag_bytes,
                     "versions": c.facts.versions,

@@ -138,7 +138,8 @@ enum Command {
         /// Dataset name; all datasets when omitted.
         dataset: Option<String>,
     },
-    /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
+    /// Restore a version: DATASET or DATASET@VERSION (its number as `embassy versions` lists
+    /// it, `latest`, or an id prefix).
     Restore {
         /// What to restore.
         target: String,
@@ -562,7 +563,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 println!(
                     "{} version {} stored: {} files, {} ({} read, {} new stored), id {}",
                     version.dataset,
-                    version.seq,
+                    version.number,
                     version.stats.files,
                     output::size(version.stats.bytes),
                     output::size(version.stats.bytes_read),
@@ -811,8 +812,8 @@ fn report_restore(
         print_json(detail)
     } else {
         eprintln!(
-            "restored {} version {}: {for_people}",
-            version.dataset, version.seq
+            "restored {} version {} (ledger entry {}): {for_people}",
+            version.dataset, version.number, version.seq
         );
         Ok(())
     }
@@ -821,12 +822,16 @@ fn report_restore(
 fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
     let vault = open_vault(cli)?;
     let history = vault.history(dataset)?;
+    // Version numbers beside ledger sequence numbers: `version_added` rows carry theirs.
+    let numbers = embassy_core::vault::numbers_by_seq(dataset, &history);
+    let number = |seq: u64| numbers.get(&seq).copied();
     if cli.json {
         let rows: Vec<serde_json::Value> = history
             .iter()
             .map(|r| {
                 json!({
                     "seq": r.entry.seq,
+                    "version": number(r.entry.seq),
                     "id": r.id.to_hex(),
                     "prev": r.entry.prev.map(|p| p.to_hex()),
                     "time": output::time(r.entry.time_ns),
@@ -847,7 +852,8 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                 embassy_core::ledger::Event::VersionAdded {
                     manifest, stats, ..
                 } => format!(
-                    "version added: manifest {}, {} files, {}",
+                    "version added: version {}, manifest {}, {} files, {}",
+                    number(r.entry.seq).unwrap_or_default(),
                     manifest.short(),
                     stats.files,
                     output::size(stats.bytes)
@@ -861,7 +867,8 @@ fn history(cli: &Cli, dataset: &str) -> Result<ExitCode> {
                     format!("log range added: timeline {timeline}, {start:X}..{end:X}")
                 }
                 embassy_core::ledger::Event::VersionsDeleted { seqs, reason, .. } => {
-                    format!("versions deleted: {seqs:?} ({reason})")
+                    let numbers: Vec<u64> = seqs.iter().filter_map(|s| number(*s)).collect();
+                    format!("versions deleted: {numbers:?} (entries {seqs:?}; {reason})")
                 }
                 embassy_core::ledger::Event::SignerAdded { key, role, rights } => {
                     format!(
@@ -1110,7 +1117,8 @@ fn status(cli: &Cli) -> Result<ExitCode> {
                         "dataset": dataset,
                         "entries": history.len(),
                         "versions": versions.len(),
-                        "newest_version": newest.map(|v| v.seq),
+                        "newest_version": newest.map(|v| v.number),
+                        "newest_version_ledger_seq": newest.map(|v| v.seq),
                         "recovery_point": newest.map(|v| output::time(v.captured_at_ns)),
                         "lag_seconds": newest.map(|v| (now - v.captured_at_ns) as f64 / 1e9),
                     }));

@@ -102,7 +102,7 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     } else {
         println!(
             "base backup stored as version {} of {}: {} files, {}; {} new ({} stored); WAL {}..{} on timeline {}{}",
-            v.seq,
+            v.number,
             v.dataset,
             v.stats.files,
             output::size(v.stats.bytes),
@@ -569,7 +569,7 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
         println!(
             "{what} {} from base backup version {} (WAL {}..{}), to {}; {next}",
             done.data_dir.display(),
-            done.version.seq,
+            done.version.number,
             done.info.start_lsn,
             done.info.stop_lsn,
             done.recovery,

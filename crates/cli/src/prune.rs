@@ -199,9 +199,9 @@ fn print_report(report: &PruneReport, dry_run: bool) {
         let when = output::time(d.captured_at_ns);
         if d.keep() {
             let why: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
-            println!("  keep   {:>6}  {when}  {}", d.seq, why.join(", "));
+            println!("  keep   {:>6}  {when}  {}", d.number, why.join(", "));
         } else {
-            println!("  delete {:>6}  {when}", d.seq);
+            println!("  delete {:>6}  {when}", d.number);
         }
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -263,7 +263,7 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
 /// `embassy forget`.
 pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     let mut dataset: Option<String> = None;
-    let mut seqs = Vec::new();
+    let mut numbers = Vec::new();
     for t in &args.targets {
         let (d, n) = split_target(t)?;
         if dataset.as_ref().is_some_and(|x| *x != d) {
@@ -272,7 +272,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
             ));
         }
         dataset = Some(d);
-        seqs.push(n);
+        numbers.push(n);
     }
     let dataset = dataset.unwrap_or_default();
     let vault = crate::open_vault(cli)?;
@@ -281,7 +281,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         &vault,
         keyring.as_ref(),
         &dataset,
-        &seqs,
+        &numbers,
         &args.reason,
         args.dry_run,
     )?;

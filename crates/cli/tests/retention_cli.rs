@@ -174,7 +174,7 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
     assert_eq!(seqs, vec![4]);
     let verify = env.ok(&["verify"]);
     assert!(verify.stdout.contains("vault OK"), "{verify:?}");
-    // Restoring a deleted version says it is not there.
+    // Restoring a deleted version says it was deleted, and by which entry.
     let gone = env.run(&[
         "restore",
         "registry@1",
@@ -182,7 +182,11 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
         env.path("r").to_str().unwrap(),
     ]);
     assert_eq!(gone.code, 1, "{gone:?}");
-    assert!(gone.stderr.contains("no version 1"), "{gone:?}");
+    assert!(
+        gone.stderr
+            .contains("version 1 of dataset registry was deleted by ledger entry 5"),
+        "{gone:?}"
+    );
 }
 
 /// A vault made through the library with a key file under the cheapest Argon2 parameters, so

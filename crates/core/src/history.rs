@@ -28,7 +28,7 @@ use crate::id::ObjectId;
 use crate::layout;
 use crate::ledger::{decode, Entry, Event, Record};
 use crate::site::{Site, SiteError, LISTED_NOT_HELD};
-use crate::vault::Version;
+use crate::vault::{Version, VersionNumbering};
 
 /// A ledger object that is not part of the accepted history: well-formed or not, it has no
 /// effect, and verifiers report it as noise with its path.
@@ -205,6 +205,8 @@ struct Judge {
     /// Live versions so far, kept up to date entry by entry: deletions are judged against them
     /// without rescanning the history.
     live: BTreeMap<u64, Version>,
+    /// Version numbers so far.
+    numbering: VersionNumbering,
 }
 
 impl Judge {
@@ -219,7 +221,7 @@ impl Judge {
                 }
             }
         }
-        if let Some(v) = Version::from_record(dataset, record) {
+        if let Some(v) = self.numbering.numbered(dataset, record) {
             self.live.insert(v.seq, v);
         }
     }
@@ -596,6 +598,7 @@ pub fn load(
         authority: crate::rights::Authority::new(config, dataset)?,
         head_time: None,
         live: BTreeMap::new(),
+        numbering: VersionNumbering::default(),
     };
     let walked = walk(&ctx, judge, None);
     // Everything the walk did not reach: continuations of noise are noise; entries below the

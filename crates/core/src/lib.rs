@@ -22,6 +22,7 @@ pub mod keys;
 pub mod layout;
 pub mod ledger;
 pub mod manifest;
+pub mod numbering;
 pub mod pack;
 pub mod progress;
 pub mod prune;

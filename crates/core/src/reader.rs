@@ -231,7 +231,7 @@ impl VersionReader {
                 site: self.site.location().to_string(),
                 referenced_by: format!(
                     "an index of version {} of {}",
-                    self.version.seq, self.keys.dataset
+                    self.version.number, self.keys.dataset
                 ),
             },
             e => e.into(),

@@ -13,6 +13,9 @@ use crate::keys::{Credential, DatasetKeys, RootSecret};
 use crate::layout;
 use crate::ledger::{self, Event, Record};
 use crate::manifest::{VersionKind, VersionStats};
+pub use crate::numbering::{
+    all_versions_in, missing_version, numbers_by_seq, versions_in, VersionNumbering,
+};
 use crate::site::Site;
 
 /// Verified histories by dataset.
@@ -383,8 +386,9 @@ impl Vault {
         if version.seq > limit {
             return Err(Error::invalid(format!(
                 "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
-                 cosignatures (the newest witnessed entry is {limit}); pass --unwitnessed to restore it anyway",
-                version.seq
+                 cosignatures (it is ledger entry {}, the newest witnessed entry is {limit}); pass \
+                 --unwitnessed to restore it anyway",
+                version.number, version.seq
             )));
         }
         Ok(version)
@@ -399,8 +403,8 @@ impl Vault {
         let newer: Vec<u64> = self
             .versions(&version.dataset)?
             .into_iter()
-            .map(|v| v.seq)
-            .filter(|seq| *seq > version.seq)
+            .filter(|v| v.seq > version.seq)
+            .map(|v| v.number)
             .collect();
         let (Some(first), Some(last)) = (newer.first(), newer.last()) else {
             return Ok(None);
@@ -413,7 +417,7 @@ impl Vault {
         Ok(Some(format!(
             "dataset {}: restoring version {}, the newest that {} witnesses have cosigned; {which} \
              not yet witnessed (run `embassy witness`, or pass --unwitnessed to restore it anyway)",
-            version.dataset, version.seq, self.config.witness_quorum
+            version.dataset, version.number, self.config.witness_quorum
         )))
     }
 
@@ -495,12 +499,14 @@ impl Vault {
         ))
     }
 
-    /// Finds a version: `None` or `latest` for the newest, a sequence number, or a prefix (at
-    /// least 6 hex digits) of the manifest or ledger entry id. `latest` is refused when newer
-    /// entries exist beyond a gap or an unresolved fork: an older version is never served as
-    /// the newest in silence.
+    /// Finds a version: `None` or `latest` for the newest, a version number
+    /// ([`Version::number`], not a ledger sequence number), or a prefix (at least 6 hex digits)
+    /// of the manifest or ledger entry id. `latest` is refused when newer entries exist beyond a
+    /// gap or an unresolved fork: an older version is never served as the newest in silence.
     pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
-        let (versions, problems) = self.versions_full(dataset)?;
+        let history = self.history_full(dataset)?;
+        let problems = history.problems(dataset);
+        let versions = versions_in(dataset, &history.records);
         if matches!(selector, None | Some("latest")) && !problems.is_empty() {
             return Err(Error::History {
                 dataset: dataset.into(),
@@ -510,7 +516,7 @@ impl Vault {
                     match versions.last() {
                         Some(v) => format!(
                             "the newest version before it is {}: restore {dataset}@{} to take it",
-                            v.seq, v.seq
+                            v.number, v.number
                         ),
                         None => "no version before it".to_string(),
                     }
@@ -538,17 +544,21 @@ impl Vault {
                 .cloned()
                 .ok_or_else(|| not_found("no versions in this vault".into())),
             Some(sel) => {
-                if let Ok(seq) = sel.parse::<u64>() {
+                if let Ok(number) = sel.parse::<u64>() {
                     if sel.len() < 6 {
-                        return versions
-                            .into_iter()
-                            .find(|v| v.seq == seq)
-                            .ok_or_else(|| not_found(format!("no version {seq}")));
+                        if let Some(v) = versions.into_iter().find(|v| v.number == number) {
+                            return Ok(v);
+                        }
+                        return Err(if problems.is_empty() {
+                            Error::NotFound(missing_version(dataset, &history.records, number))
+                        } else {
+                            not_found(format!("no version {number}"))
+                        });
                     }
                 }
                 if sel.len() < 6 || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(Error::invalid(format!(
-                        "'{sel}' is not a version: use a sequence number, 'latest', or at least 6 hex digits of its id"
+                        "'{sel}' is not a version: use a version number (as `embassy versions` lists them), 'latest', or at least 6 hex digits of its id"
                     )));
                 }
                 let sel = sel.to_ascii_lowercase();
@@ -576,7 +586,12 @@ impl Vault {
 pub struct Version {
     /// The dataset.
     pub dataset: String,
-    /// Its ledger sequence number.
+    /// Its version number, what people name it by (`DATASET@N`): 1, 2, 3 in the order the
+    /// dataset's history added its versions, deleted ones counted, so it never changes
+    /// ([`VersionNumbering`]).
+    pub number: u64,
+    /// Its ledger sequence number: the position of its entry among all of the dataset's ledger
+    /// entries (key changes, log ranges and deletions take sequence numbers too).
     pub seq: u64,
     /// The ledger entry's id.
     pub ledger_id: ObjectId,
@@ -593,8 +608,8 @@ pub struct Version {
 }
 
 impl Version {
-    /// The version a ledger record adds, if it adds one.
-    pub fn from_record(dataset: &str, record: &Record) -> Option<Self> {
+    /// The version a ledger record adds, if it adds one, with the number `number`.
+    pub(crate) fn from_record(dataset: &str, record: &Record, number: u64) -> Option<Self> {
         let Event::VersionAdded {
             manifest,
             kind,
@@ -606,6 +621,7 @@ impl Version {
         };
         Some(Self {
             dataset: dataset.to_string(),
+            number,
             seq: record.entry.seq,
             ledger_id: record.id,
             manifest: *manifest,
@@ -615,24 +631,6 @@ impl Version {
             stats: *stats,
         })
     }
-}
-
-/// The versions a verified history still holds, oldest first.
-pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
-    let deleted: BTreeSet<u64> = history
-        .iter()
-        .filter(|r| r.refused.is_none())
-        .filter_map(|r| match &r.entry.event {
-            Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().copied()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    history
-        .iter()
-        .filter(|r| !deleted.contains(&r.entry.seq))
-        .filter_map(|r| Version::from_record(dataset, r))
-        .collect()
 }
 
 /// How many key epochs a root key searches for a key id.

@@ -772,7 +772,7 @@ fn deep_check_version(
                  {offset} of pack {}): the index lies; a restore of those chunks fails unless \
                  another index of the version maps them correctly",
                 layout::index(dataset, index_id),
-                version.seq,
+                version.number,
                 version.manifest.short(),
                 chunk.short(),
                 pack_id.short(),
@@ -783,7 +783,7 @@ fn deep_check_version(
                 manifest_path,
                 format!(
                     "{missing} chunks of version {} are not in any verified pack",
-                    version.seq
+                    version.number
                 ),
             ));
         }

@@ -522,7 +522,7 @@ pub fn restore(
                  the backup's end {}: keep `embassy pg stream` running until it passes that \
                  point, or restore a base backup with its WAL inside (taken without \
                  --wal-streamed)",
-                chosen.seq,
+                chosen.number,
                 newest.map_or(
                     "the vault holds no streamed WAL of it, not even up to".to_string(),
                     |w| { format!("the vault's streamed WAL ends at {}, before", w.durable) }
@@ -535,7 +535,8 @@ pub fn restore(
     let version = vault
         .find_trusted_version(
             dataset,
-            Some(&chosen.seq.to_string()),
+            // By its ledger entry's id: exact, whatever numbers the selector grammar gives.
+            Some(&chosen.ledger_id.to_hex()),
             options.allow_unwitnessed,
         )
         .map_err(PgError::Vault)?;
@@ -560,7 +561,7 @@ pub fn restore(
     };
     let comment = format!(
         "Data Embassy: restored from dataset {dataset}, base backup version {} (start {}, stop {}), to {recovery}",
-        version.seq,
+        version.number,
         info.start_lsn,
         info.stop_lsn,
     );

@@ -328,7 +328,7 @@ pub fn backup(
             Err(e) => {
                 warnings.push(format!(
                     "previous version {} unreadable, every file is read: {e}",
-                    v.seq
+                    v.number
                 ));
                 None
             }
@@ -645,7 +645,7 @@ pub fn restore(
                     Error::NotFound(format!(
                         "{} is not in version {}",
                         sub.display(),
-                        reader.version.seq
+                        reader.version.number
                     ))
                 })?;
                 if i + 1 < components.len() {
