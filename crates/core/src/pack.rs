@@ -340,21 +340,37 @@ pub fn open_blob_in_place<'a>(
 
 /// Reads the directory at the end of a whole pack (for repair and deep verification).
 pub fn read_directory(key: &ObjectKey, path: &str, pack: &[u8]) -> Result<Vec<BlobEntry>> {
+    read_directory_with(key, path, pack.len() as u64, &mut |offset, len| {
+        Ok(pack[offset as usize..][..len as usize].to_vec())
+    })
+}
+
+/// Reads the directory of a pack of `size` bytes through `read(offset, len)`, which returns
+/// that range of the pack (asked only within `size`): the pack need not be held whole.
+pub fn read_directory_with(
+    key: &ObjectKey,
+    path: &str,
+    size: u64,
+    read: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<Vec<BlobEntry>> {
     let bad = |p: &str| Error::corrupt(path, format!("pack directory: {p}"));
-    if pack.len() < HEADER_LEN + 4 {
+    if size < HEADER_LEN as u64 + 4 {
         return Err(bad("pack too short"));
     }
-    let len_at = pack.len() - 4;
-    let dir_len = u32::from_le_bytes(pack[len_at..].try_into().unwrap_or_default()) as usize;
-    if dir_len > len_at - HEADER_LEN {
+    let len_at = size - 4;
+    let trailer = read(len_at, 4)?;
+    let dir_len = u64::from(u32::from_le_bytes(
+        trailer.as_slice().try_into().unwrap_or_default(),
+    ));
+    if dir_len > len_at - HEADER_LEN as u64 {
         return Err(bad("length out of range"));
     }
-    let sealed = &pack[len_at - dir_len..len_at];
+    let sealed = read(len_at - dir_len, dir_len)?;
     let plain = key
-        .decrypt(DIRECTORY_NONCE, b"EMBPDIR1", sealed)
+        .decrypt(DIRECTORY_NONCE, b"EMBPDIR1", &sealed)
         .map_err(|_| bad("authentication failed"))?;
     let entries: Vec<BlobEntry> = cbor::from_slice(&plain).map_err(|e| bad(&e))?;
-    let data_end = (len_at - dir_len) as u64;
+    let data_end = len_at - dir_len;
     for e in &entries {
         if (e.offset as usize) < HEADER_LEN || e.offset as u64 + e.length as u64 > data_end {
             return Err(bad("entry points outside the pack"));
@@ -362,6 +378,10 @@ pub fn read_directory(key: &ObjectKey, path: &str, pack: &[u8]) -> Result<Vec<Bl
     }
     Ok(entries)
 }
+
+/// Largest stored blob: the largest plaintext uncompressed, its compression byte and its tag.
+/// A directory entry claiming more is damage, refused before its bytes are read.
+pub const MAX_SEALED_BLOB_LEN: u64 = MAX_BLOB_LEN as u64 + 1 + TAG_LEN as u64;
 
 #[cfg(test)]
 mod tests {
