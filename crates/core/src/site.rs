@@ -152,9 +152,9 @@ pub trait ObjectSource: Send + Sync + fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
-impl ObjectSource for Vec<u8> {
+impl ObjectSource for &[u8] {
     fn len(&self) -> u64 {
-        self.as_slice().len() as u64
+        <[u8]>::len(self) as u64
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -164,6 +164,16 @@ impl ObjectSource for Vec<u8> {
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(bytes);
         Ok(())
+    }
+}
+
+impl ObjectSource for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
     }
 }
 

@@ -185,6 +185,48 @@ impl ObjectSink for HashSink {
     }
 }
 
+/// Passes what it is given on to another sink while hashing it: a read checked against the
+/// object's name as it streams.
+pub struct HashingSink<'a> {
+    sink: &'a mut dyn ObjectSink,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> HashingSink<'a> {
+    /// Hashes what goes to `sink`.
+    pub fn new(sink: &'a mut dyn ObjectSink) -> Self {
+        Self {
+            sink,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// The id of the bytes passed on (as [`ObjectId::of`] computes it).
+    pub fn id(&self) -> ObjectId {
+        ObjectId(*self.hasher.finalize().as_bytes())
+    }
+}
+
+impl Write for HashingSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.sink.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}
+
+impl ObjectSink for HashingSink<'_> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.sink.restart()?;
+        self.hasher.reset();
+        Ok(())
+    }
+}
+
 /// Why [`Spool::fetch`] has no copy.
 #[derive(Debug)]
 pub enum FetchError {
