@@ -19,6 +19,8 @@ const PEAK_LIMIT_MIB: u64 = 128;
 
 /// Runs `embassy` in `dir` with `args`; returns whether it succeeded, its stderr and its peak
 /// resident set in MiB (from `wait4`'s rusage, so nothing between samples is missed).
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(dir: &Path, args: &[&str]) -> (bool, String, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_embassy"))
         .current_dir(dir)
@@ -87,7 +89,11 @@ fn sync_and_deep_verify_of_a_large_pack_hold_a_fixed_buffer_not_the_pack() {
     let dir = tmp.path();
     std::fs::create_dir(dir.join("spool")).unwrap();
     std::fs::create_dir(dir.join("src")).unwrap();
-    std::fs::write(dir.join("src/register.csv"), "38001010000;Mari;Tamm\n".repeat(1000)).unwrap();
+    std::fs::write(
+        dir.join("src/register.csv"),
+        "38001010000;Mari;Tamm\n".repeat(1000),
+    )
+    .unwrap();
     ok(dir, &["--site", "a", "init"]);
     ok(dir, &["--site", "a", "backup", "population", "src"]);
     let pack = plant_pack(&dir.join("a"), "population", PACK_MIB);
@@ -104,7 +110,10 @@ fn sync_and_deep_verify_of_a_large_pack_hold_a_fixed_buffer_not_the_pack() {
     )
     .unwrap();
     assert_eq!(copied.len(), PACK_MIB << 20, "the pack arrived whole");
-    assert!(pack.ends_with(&copied.id().to_hex()), "the pack arrived intact");
+    assert!(
+        pack.ends_with(&copied.id().to_hex()),
+        "the pack arrived intact"
+    );
     assert!(
         peak < PEAK_LIMIT_MIB,
         "sync peaked at {peak} MiB for a {PACK_MIB} MiB pack: it held the object whole"

@@ -212,11 +212,7 @@ pub fn source_error(site: &str, path: &str, e: io::Error) -> SiteError {
 
 /// Copies everything `from` yields into `sink` through one fixed buffer, refusing more than
 /// `limit` bytes (an error of kind `InvalidData`); returns the bytes copied.
-pub fn copy_bounded(
-    from: &mut dyn io::Read,
-    sink: &mut dyn Write,
-    limit: u64,
-) -> io::Result<u64> {
+pub fn copy_bounded(from: &mut dyn io::Read, sink: &mut dyn Write, limit: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_BUFFER];
     let mut total = 0u64;
     loop {

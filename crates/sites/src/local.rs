@@ -21,7 +21,8 @@ use embassy_core::layout;
 use std::sync::Arc;
 
 use embassy_core::site::{
-    copy_bounded, sink_error, ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError, COPY_BUFFER,
+    copy_bounded, sink_error, ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError,
+    COPY_BUFFER,
 };
 
 const TMP: &str = "tmp";
@@ -362,7 +363,6 @@ impl LocalSite {
         }
     }
 
-
     /// Once per process, removes staging files that writers killed mid-write left behind. Only
     /// files older than an hour: another process may be writing the younger ones right now.
     fn sweep_stale_parts(&self, tmp_dir: &OwnedFd) {
@@ -453,7 +453,9 @@ impl Site for LocalSite {
                 None if e.kind() == ErrorKind::InvalidData => self.permanent(
                     "get",
                     path,
-                    format!("the file grew past the {cap} bytes the format allows while being read"),
+                    format!(
+                        "the file grew past the {cap} bytes the format allows while being read"
+                    ),
                 ),
                 None => self.io_error("get", path, e),
             }),

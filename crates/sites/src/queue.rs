@@ -476,7 +476,7 @@ fn holds(site: &dyn Site, path: &str) -> std::result::Result<bool, SiteError> {
 }
 
 enum Fetched {
-    Spooled(Spool),
+    Spooled(Box<Spool>),
     Nowhere,
     Failed(String),
 }
@@ -493,7 +493,7 @@ fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
                     "{}: damaged copy (bytes do not hash to its name)",
                     s.location()
                 )),
-                _ => return Fetched::Spooled(spool),
+                _ => return Fetched::Spooled(Box::new(spool)),
             },
             Err(FetchError::Site(SiteError::NotFound { .. })) => {}
             Err(e) => failures.push(e.to_string()),

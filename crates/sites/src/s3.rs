@@ -2013,8 +2013,8 @@ struct Compare<'a> {
 impl std::io::Write for Compare<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.same {
-            self.same = read_source(self.source, self.at, buf.len() as u64)
-                .is_ok_and(|ours| ours == buf);
+            self.same =
+                read_source(self.source, self.at, buf.len() as u64).is_ok_and(|ours| ours == buf);
         }
         self.at += buf.len() as u64;
         Ok(buf.len())

@@ -130,7 +130,12 @@ fn streams(site: &dyn Site) {
         let mut got = Vec::new();
         let n = site.get_to(path, &mut got).unwrap();
         assert_eq!(n, bytes.len() as u64, "{path}");
-        assert!(got == *bytes, "{path}: {} bytes back of {}", got.len(), bytes.len());
+        assert!(
+            got == *bytes,
+            "{path}: {} bytes back of {}",
+            got.len(),
+            bytes.len()
+        );
         assert_eq!(site.get(path).unwrap(), *bytes, "{path}");
         // Into a spool on disk, hashed on the way.
         let mut spool = Spool::new(u64::MAX).unwrap();
