@@ -9,6 +9,8 @@
 //! trailer    u32 LE length of the directory
 //! ```
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
@@ -377,6 +379,39 @@ pub fn read_directory_with(
         }
     }
     Ok(entries)
+}
+
+/// Deep check of one pack of `size` bytes read by ranges through `read(offset, len)`: its header
+/// opens with the dataset's reader key, its directory opens, and every blob it lists decrypts and
+/// hashes to its chunk id, one blob in memory at a time. Returns the number of blobs and the
+/// directory by chunk id.
+pub fn check_blobs(
+    keys: &DatasetKeys,
+    path: &str,
+    size: u64,
+    read: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<(usize, HashMap<ChunkId, Vec<BlobEntry>>)> {
+    let header = read(0, size.min(HEADER_LEN as u64))?;
+    let key = open_key(keys, path, &header)?;
+    let entries = read_directory_with(&key, path, size, read)?;
+    let mut ids: HashMap<ChunkId, Vec<BlobEntry>> = HashMap::new();
+    let mut scratch = Vec::new();
+    for e in &entries {
+        if u64::from(e.length) > MAX_SEALED_BLOB_LEN {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "blob {}: stored as {} bytes, more than any blob takes",
+                    e.id.short(),
+                    e.length
+                ),
+            ));
+        }
+        let mut sealed = read(u64::from(e.offset), u64::from(e.length))?;
+        open_blob_in_place(&key, keys, path, e, &mut sealed, &mut scratch)?;
+        ids.entry(e.id).or_default().push(*e);
+    }
+    Ok((entries.len(), ids))
 }
 
 /// Largest stored blob: the largest plaintext uncompressed, its compression byte and its tag.

@@ -227,6 +227,64 @@ impl ObjectSink for HashingSink<'_> {
     }
 }
 
+/// How much of an object a check needs ([`Held::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Its bytes in memory (kinds parsed whole: indexes, manifests; within their kind's cap).
+    Whole,
+    /// A spool, to read by ranges (a pack a deep verification opens blob by blob).
+    Spool,
+    /// Only its hash, size and first bytes.
+    Hash,
+}
+
+/// An object read for checking, held no more than its [`Need`] says.
+#[derive(Debug)]
+pub enum Held {
+    /// The bytes, and their id.
+    Whole(ObjectId, Vec<u8>),
+    /// On local disk.
+    Spooled(Spool),
+    /// Only hashed.
+    Hashed(HashSink),
+}
+
+impl Held {
+    /// Reads `path` from `site` (retrying transient failures) as `need` says.
+    pub fn read(site: &dyn Site, path: &str, need: Need) -> std::result::Result<Held, FetchError> {
+        match need {
+            Need::Whole => with_retry(|| site.get(path))
+                .map(|b| Held::Whole(ObjectId::of(&b), b))
+                .map_err(FetchError::Site),
+            Need::Spool => Spool::read_from(site, path).map(Held::Spooled),
+            Need::Hash => HashSink::read_from(site, path)
+                .map(Held::Hashed)
+                .map_err(FetchError::Site),
+        }
+    }
+
+    /// The id and size of the object's bytes.
+    pub fn id_and_len(&self) -> (ObjectId, u64) {
+        match self {
+            Held::Whole(id, bytes) => (*id, bytes.len() as u64),
+            Held::Spooled(spool) => (spool.id(), spool.len()),
+            Held::Hashed(sink) => (sink.id(), sink.len()),
+        }
+    }
+
+    /// The object's first bytes (all of them when held whole): enough for its kind's magic.
+    pub fn head(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Held::Whole(_, bytes) => bytes.as_slice().into(),
+            Held::Spooled(spool) => spool
+                .read_at(0, spool.len().min(HEAD_LEN as u64))
+                .unwrap_or_default()
+                .into(),
+            Held::Hashed(sink) => sink.head().into(),
+        }
+    }
+}
+
 /// Why [`Spool::fetch`] has no copy.
 #[derive(Debug)]
 pub enum FetchError {

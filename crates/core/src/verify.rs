@@ -18,7 +18,7 @@ use crate::pack;
 use crate::progress::Progress;
 use crate::reader::VersionReader;
 use crate::site::{with_retry, ObjectInfo, SiteError};
-use crate::spool::{FetchError, HashSink, Spool, HEAD_LEN};
+use crate::spool::{FetchError, Held, Need};
 use crate::tree::NodeKind;
 use crate::vault::{Keyring, Vault};
 
@@ -147,29 +147,26 @@ pub fn verify(
         // is a fixed buffer whatever a pack's size.
         let whole_kind = info.path.starts_with("index/") || info.path.starts_with("manifests/");
         let deep_pack = keys.is_some() && info.path.starts_with("packs/");
-        let read = if whole_kind {
-            with_retry(|| site.get(&info.path)).map(|b| Held::Whole(ObjectId::of(&b), b))
-        } else if deep_pack {
-            match Spool::read_from(site, &info.path) {
-                Ok(spool) => Ok(Held::Spooled(spool)),
-                Err(FetchError::Site(e)) => Err(e),
-                Err(FetchError::Local(e)) => {
-                    return problem(format!("{}: cannot be checked: {e}", info.path))
-                }
-            }
-        } else {
-            HashSink::read_from(site, &info.path).map(Held::Hashed)
+        let need = match (whole_kind, deep_pack) {
+            (true, _) => Need::Whole,
+            (_, true) => Need::Spool,
+            _ => Need::Hash,
         };
-        let held = match read {
+        let held = match Held::read(site, &info.path, need) {
             Ok(h) => h,
             // Judged like a damaged copy once references are known.
-            Err(SiteError::NotFound { .. }) => {
+            Err(FetchError::Site(SiteError::NotFound { .. })) => {
                 return unparsable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((info.path.clone(), crate::site::LISTED_NOT_HELD.into()))
             }
-            Err(e) => return problem(format!("{}: cannot be read: {e}", info.path)),
+            Err(FetchError::Site(e)) => {
+                return problem(format!("{}: cannot be read: {e}", info.path))
+            }
+            Err(FetchError::Local(e)) => {
+                return problem(format!("{}: cannot be checked: {e}", info.path))
+            }
         };
         let (got, size) = held.id_and_len();
         progress.add(size);
@@ -244,7 +241,11 @@ pub fn verify(
                 },
             }
         };
-        match deep_check_pack(&dk, &info.path, spool) {
+        match pack::check_blobs(&dk, &info.path, spool.len(), &mut |o, l| {
+            spool
+                .read_at(o, l)
+                .map_err(|e| Error::io(format!("reading {} from its spool", info.path), e))
+        }) {
             Ok((count, ids)) => {
                 report
                     .lock()
@@ -597,72 +598,6 @@ pub fn verify(
         .collect();
     report.unreferenced = unreferenced;
     Ok(report)
-}
-
-/// What step 1 of a verification holds of an object: its bytes (kinds parsed whole), a spool
-/// (packs of a deep pass), or only its hash and first bytes.
-enum Held {
-    Whole(ObjectId, Vec<u8>),
-    Spooled(Spool),
-    Hashed(HashSink),
-}
-
-impl Held {
-    fn id_and_len(&self) -> (ObjectId, u64) {
-        match self {
-            Held::Whole(id, bytes) => (*id, bytes.len() as u64),
-            Held::Spooled(spool) => (spool.id(), spool.len()),
-            Held::Hashed(sink) => (sink.id(), sink.len()),
-        }
-    }
-
-    /// The object's first bytes (all of them when held whole): enough for its kind's magic.
-    fn head(&self) -> std::borrow::Cow<'_, [u8]> {
-        match self {
-            Held::Whole(_, bytes) => bytes.as_slice().into(),
-            Held::Spooled(spool) => spool
-                .read_at(0, spool.len().min(HEAD_LEN as u64))
-                .unwrap_or_default()
-                .into(),
-            Held::Hashed(sink) => sink.head().into(),
-        }
-    }
-}
-
-/// Deep check of one pack held in a spool: its header opens with the dataset's reader key, its
-/// directory opens, and every blob the directory lists decrypts and hashes to its chunk id. Read
-/// by ranges, one blob at a time. Returns the number of blobs and the directory by chunk id.
-fn deep_check_pack(
-    dk: &crate::keys::DatasetKeys,
-    path: &str,
-    spool: &Spool,
-) -> Result<(usize, HashMap<ChunkId, Vec<pack::BlobEntry>>)> {
-    let read = |offset: u64, len: u64| {
-        spool
-            .read_at(offset, len)
-            .map_err(|e| Error::io(format!("reading {path} from its spool"), e))
-    };
-    let header = read(0, spool.len().min(pack::HEADER_LEN as u64))?;
-    let key = pack::open_key(dk, path, &header)?;
-    let entries = pack::read_directory_with(&key, path, spool.len(), &mut |o, l| read(o, l))?;
-    let mut ids: HashMap<ChunkId, Vec<pack::BlobEntry>> = HashMap::new();
-    let mut scratch = Vec::new();
-    for e in &entries {
-        if u64::from(e.length) > pack::MAX_SEALED_BLOB_LEN {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "blob {}: stored as {} bytes, more than any blob takes",
-                    e.id.short(),
-                    e.length
-                ),
-            ));
-        }
-        let mut sealed = read(u64::from(e.offset), u64::from(e.length))?;
-        pack::open_blob_in_place(&key, dk, path, e, &mut sealed, &mut scratch)?;
-        ids.entry(e.id).or_default().push(*e);
-    }
-    Ok((entries.len(), ids))
 }
 
 /// Why an object that hashes to its name is not of the kind its folder holds (its magic, or for
