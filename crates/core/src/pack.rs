@@ -457,5 +457,19 @@ mod tests {
         // Another dataset's keys cannot open the pack.
         let other = root.dataset_keys("other", 0);
         assert!(open_key(&other, "p", &bytes).is_err());
+
+        // Checked by ranges (deep verification from a spool): the same blobs, none held whole.
+        let mut asked = Vec::new();
+        let mut ranges = |at: u64, len: u64| {
+            asked.push(len);
+            Ok(bytes[at as usize..][..len as usize].to_vec())
+        };
+        let (count, ids) = check_blobs(&keys, "p", bytes.len() as u64, &mut ranges).unwrap();
+        assert_eq!((count, ids.len()), (2, 2));
+        assert!(asked.iter().all(|&len| len < bytes.len() as u64));
+        let mut bad = bytes.clone();
+        bad[entries[1].offset as usize + 2] ^= 1;
+        let mut ranges = |at: u64, len: u64| Ok(bad[at as usize..][..len as usize].to_vec());
+        assert!(check_blobs(&keys, "p", bad.len() as u64, &mut ranges).is_err());
     }
 }
