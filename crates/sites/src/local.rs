@@ -192,6 +192,8 @@ pub struct LocalSite {
     root: PathBuf,
     location: String,
     swept: std::sync::Once,
+    /// Most bytes one listing may hold (paths and bookkeeping), as for S3.
+    listing_limit: u64,
 }
 
 impl LocalSite {
@@ -214,7 +216,16 @@ impl LocalSite {
             location: root.display().to_string(),
             root,
             swept: std::sync::Once::new(),
+            listing_limit: crate::s3::DEFAULT_LISTING_LIMIT,
         })
+    }
+
+    /// The most memory one listing may hold, in bytes (paths and 32 bytes of bookkeeping an
+    /// entry; 1 GiB by default, as S3's `listing-limit-mib`): a folder planted with millions of
+    /// files or folders is refused instead of filling memory.
+    pub fn with_listing_limit(mut self, bytes: u64) -> Self {
+        self.listing_limit = bytes;
+        self
     }
 
     fn resolve(&self, path: &str, operation: &'static str) -> Result<PathBuf, SiteError> {
@@ -528,6 +539,24 @@ impl Site for LocalSite {
         }
         let mut out = Vec::new();
         let mut stack = vec![start];
+        // What the listing holds so far: listed objects and folders still to walk.
+        let mut held = 0u64;
+        let mut count = |rel: &str, entries: usize| {
+            held = held.saturating_add(rel.len() as u64 + crate::LISTED_ENTRY_COST);
+            if held > self.listing_limit || entries >= crate::MAX_LISTED {
+                return Err(self.permanent(
+                    "list",
+                    prefix,
+                    format!(
+                        "the listing of '{prefix}' passed {entries} objects or {} MiB, the most \
+                         one listing may hold: files or folders planted in the vault folder \
+                         (remove them), or a vault larger than this site allows",
+                        self.listing_limit / (1024 * 1024)
+                    ),
+                ));
+            }
+            Ok(())
+        };
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
@@ -561,6 +590,7 @@ impl Site for LocalSite {
                 }
                 if file_type.is_dir() {
                     if prefix.starts_with(rel) || rel.starts_with(prefix) || prefix.is_empty() {
+                        count(rel, out.len() + stack.len())?;
                         stack.push(path);
                     }
                 } else if rel.starts_with(prefix) {
@@ -568,6 +598,7 @@ impl Site for LocalSite {
                         .metadata()
                         .map_err(|e| self.io_error("list", rel, e))?
                         .len();
+                    count(rel, out.len() + stack.len())?;
                     out.push(ObjectInfo {
                         path: rel.to_string(),
                         size,
@@ -730,6 +761,29 @@ mod tests {
         // A write at its name replaces it.
         assert_eq!(site.put("index/ds/fifo", b"y").unwrap(), Put::Created);
         assert_eq!(site.get("index/ds/fifo").unwrap(), b"y");
+    }
+
+    #[test]
+    fn a_listing_past_its_limit_is_refused() {
+        let vault = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            fs::create_dir_all(vault.path().join(format!("planted/{i}"))).unwrap();
+            fs::write(vault.path().join(format!("planted/{i}/x")), b"").unwrap();
+        }
+        let roomy = LocalSite::new(vault.path()).unwrap();
+        assert_eq!(roomy.list("").unwrap().len(), 200);
+        let tight = LocalSite::new(vault.path())
+            .unwrap()
+            .with_listing_limit(4096);
+        match tight.list("") {
+            Err(SiteError::Permanent { message, .. }) => {
+                assert!(
+                    message.contains("the most one listing may hold"),
+                    "{message}"
+                )
+            }
+            other => panic!("{:?}", other.map(|l| l.len())),
+        }
     }
 
     #[test]

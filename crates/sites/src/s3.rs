@@ -56,12 +56,7 @@ const MAX_PENDING: usize = 4096;
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
 /// The slowest transfer a call is allowed, in bytes a second, on top of twice the I/O timeout.
 const MIN_RATE: u64 = 64 * 1024;
-/// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
-/// 16 MiB packs): a server that lists without end is refused instead of filling memory.
-const MAX_LISTED: usize = 10_000_000;
-/// Bookkeeping counted for each listed entry on top of its path's bytes (see
-/// [`S3Config::listing_limit`]).
-const LISTED_ENTRY_COST: u64 = std::mem::size_of::<ObjectInfo>() as u64;
+use crate::{LISTED_ENTRY_COST, MAX_LISTED};
 /// Most pages in a row, marked truncated, that add nothing to a listing (no keys, or only keys
 /// that are skipped): a server that pages without end is refused.
 const MAX_IDLE_PAGES: u32 = 16;
