@@ -4,6 +4,9 @@
 //! them hold cores x pack size. Measured on the real binary as a child process: its peak
 //! resident set (`ru_maxrss` from `wait4`) stays far below the pack's size.
 
+#[path = "../../sites/tests/support/mod.rs"]
+mod support;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,7 +25,14 @@ const PEAK_LIMIT_MIB: u64 = 128;
 // The child is reaped by `wait4` (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn run_measured(dir: &Path, args: &[&str]) -> (bool, String, u64) {
+    run_measured_with(dir, args, &[])
+}
+
+/// [`run_measured`] with more environment variables.
+#[allow(clippy::zombie_processes)]
+fn run_measured_with(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> (bool, String, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_embassy"))
+        .envs(vars.iter().copied())
         .current_dir(dir)
         .args(["--quiet", "--key-file", "key", "--state-dir", "state"])
         .args(args)
@@ -127,5 +137,61 @@ fn sync_and_deep_verify_of_a_large_pack_hold_a_fixed_buffer_not_the_pack() {
         "verify --deep peaked at {peak} MiB for a {PACK_MIB} MiB pack: {stderr}"
     );
     // No spool file is left behind.
+    assert_eq!(std::fs::read_dir(dir.join("spool")).unwrap().count(), 0);
+}
+
+/// The same through an S3 site (moto): uploads send parts read one per worker from the spool,
+/// downloads write each batch of ranged pieces to the spool as it arrives.
+#[test]
+fn sync_to_and_from_s3_of_a_large_pack_holds_a_fixed_buffer_not_the_pack() {
+    const S3_PACK_MIB: u64 = 256;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("spool")).unwrap();
+    std::fs::create_dir(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/register.csv"),
+        "38001010000;Mari;Tamm\n".repeat(1000),
+    )
+    .unwrap();
+    ok(dir, &["--site", "a", "init"]);
+    ok(dir, &["--site", "a", "backup", "population", "src"]);
+    let pack = plant_pack(&dir.join("a"), "population", S3_PACK_MIB);
+
+    let server = support::moto();
+    let bucket = support::unique_bucket("large");
+    let cfg = support::s3_config(&server.endpoint, &bucket, "vault");
+    assert!(embassy_sites::S3Site::new(cfg)
+        .unwrap()
+        .create_bucket(false)
+        .unwrap());
+    let s3 = format!("s3://{bucket}/vault?endpoint={}", server.endpoint);
+    let vars = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("EMBASSY_S3_PART_SIZE_MIB", "8"),
+    ];
+    for (from, to, what) in [("a", s3.as_str(), "to S3"), (s3.as_str(), "c", "from S3")] {
+        let (succeeded, stderr, peak) =
+            run_measured_with(dir, &["sync", "--from", from, "--to", to], &vars);
+        eprintln!("sync {what} of a {S3_PACK_MIB} MiB pack: peak RSS {peak} MiB");
+        assert!(succeeded, "sync {what} failed: {stderr}");
+        assert!(
+            peak < PEAK_LIMIT_MIB,
+            "sync {what} peaked at {peak} MiB for a {S3_PACK_MIB} MiB pack: it held the object whole"
+        );
+    }
+    let mut copied = HashSink::new();
+    std::io::copy(
+        &mut std::fs::File::open(dir.join("c").join(&pack)).unwrap(),
+        &mut copied,
+    )
+    .unwrap();
+    assert_eq!(copied.len(), S3_PACK_MIB << 20, "the pack came back whole");
+    assert!(
+        pack.ends_with(&copied.id().to_hex()),
+        "the pack came back intact"
+    );
     assert_eq!(std::fs::read_dir(dir.join("spool")).unwrap().count(), 0);
 }
