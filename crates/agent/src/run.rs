@@ -9,7 +9,7 @@ use embassy_core::keyfile::{KeyFile, PURPOSE_READER, PURPOSE_SEALING};
 use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::progress::Silent;
 use embassy_core::retention::RetentionPolicy;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
 use embassy_core::state::StateStore;
 use embassy_core::vault::{Keyring, Vault};
 use embassy_sources::{files, stream};
@@ -33,11 +33,9 @@ impl CancellableSite {
     }
 }
 
-impl Site for CancellableSite {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+impl CancellableSite {
+    /// The error every write gets once the agent abandoned in-flight work.
+    fn refuse_once_cancelled(&self, path: &str) -> Result<(), SiteError> {
         if self.cancel.load(Ordering::SeqCst) {
             return Err(SiteError::Permanent {
                 site: self.inner.location().to_string(),
@@ -46,10 +44,27 @@ impl Site for CancellableSite {
                 message: "the agent is shutting down: the run was abandoned before its version was recorded".into(),
             });
         }
+        Ok(())
+    }
+}
+
+impl Site for CancellableSite {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        self.refuse_once_cancelled(path)?;
         self.inner.put(path, bytes)
+    }
+    fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {
+        self.refuse_once_cancelled(path)?;
+        self.inner.put_from(path, source)
     }
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
         self.inner.get(path)
+    }
+    fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
+        self.inner.get_to(path, sink)
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
         self.inner.get_range(path, offset, len)

@@ -30,6 +30,7 @@ pub mod reader;
 pub mod retention;
 pub mod rights;
 pub mod site;
+pub mod spool;
 pub mod state;
 pub mod sync;
 pub mod text;
