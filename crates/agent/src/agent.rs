@@ -17,8 +17,11 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use embassy_core::ErrorKind;
+
 use crate::config::{Config, Mode};
 use crate::control::lock_state_dir;
+use crate::error::RunError;
 use crate::run;
 use crate::state::AgentState;
 use crate::status;
@@ -53,9 +56,27 @@ pub enum AgentError {
     /// Something needed to start is missing or broken.
     #[error("{0}")]
     Start(String),
+    /// The vault could not be opened or unlocked at the configured sites.
+    #[error("{context}: {error}{}", hint.as_deref().map(|h| format!("\n  ({h})")).unwrap_or_default())]
+    Open {
+        /// What was being done.
+        context: &'static str,
+        /// Why it failed, typed.
+        error: RunError,
+        /// What to type, when there is a command that helps.
+        hint: Option<String>,
+    },
     /// Some runs of a `--once` cycle failed.
     #[error("{0}")]
     Failed(String),
+}
+
+impl AgentError {
+    /// True when the agent refused to start because a site's vault is damaged or was tampered
+    /// with (the CLI exits 3 for it, as for any integrity error).
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, AgentError::Open { error, .. } if error.kind() == ErrorKind::Integrity)
+    }
 }
 
 /// Reads the config, opens the vault and the keys, and runs until stopped (or one cycle with
@@ -67,13 +88,25 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
     }
     let _lock = lock_state_dir(&config.agent.state_dir).map_err(AgentError::Start)?;
     let cancel = Arc::new(AtomicBool::new(false));
-    let vault = run::open_vault(&config, &cancel).map_err(|e| {
-        AgentError::Start(format!(
-            "cannot open the vault at the configured sites: {e}\n  (create it with `embassy init --site {}`)",
-            config.locations().join(" --site ")
-        ))
+    let vault = run::open_vault(&config, &cancel).map_err(|error| AgentError::Open {
+        context: "cannot open the vault at the configured sites",
+        // A missing vault is created with the CLI; a damaged or unreachable one is not.
+        hint: matches!(error, RunError::Core(embassy_core::Error::NoVault { .. })).then(|| {
+            format!(
+                "create it with `embassy init --site {}`",
+                config.locations().join(" --site ")
+            )
+        }),
+        error,
     })?;
-    let keyring = Arc::new(run::unlock(&config.keys, &vault).map_err(AgentError::Start)?);
+    let keyring =
+        Arc::new(
+            run::unlock(&config.keys, &vault).map_err(|error| AgentError::Open {
+                context: "cannot unlock the vault with the configured key file",
+                error,
+                hint: None,
+            })?,
+        );
     let mut state = AgentState::load(&config.agent.state_dir).map_err(AgentError::Start)?;
     let now = now_s();
     for d in &config.datasets {

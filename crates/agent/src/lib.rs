@@ -7,6 +7,7 @@ pub mod alarms;
 pub mod config;
 pub mod control;
 pub mod dashboard;
+pub mod error;
 pub mod http;
 pub mod run;
 pub mod schedule;

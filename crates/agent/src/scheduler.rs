@@ -13,11 +13,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use embassy_core::vault::Keyring;
+use embassy_core::ErrorKind;
 
 use crate::agent::{log, now_s, Options};
 use crate::alarms;
 use crate::config::{Config, Mode};
 use crate::control::Control;
+use crate::error::RunError;
 use crate::http::{lock, Shared};
 use crate::run;
 use crate::status::SiteSnapshot;
@@ -27,21 +29,21 @@ enum Done {
         dataset: String,
         started: i64,
         elapsed: Duration,
-        result: Result<run::RunOutcome, String>,
+        result: Result<run::RunOutcome, RunError>,
     },
     CatchUp {
         site: String,
-        result: Result<u64, String>,
+        result: Result<u64, RunError>,
     },
     Verify {
-        results: Vec<(String, bool, String)>,
+        results: Vec<(String, Result<String, RunError>)>,
     },
     Stream {
         dataset: String,
-        result: Result<(), String>,
+        result: Result<(), RunError>,
     },
     Gc {
-        result: Result<String, String>,
+        result: Result<String, RunError>,
     },
     Looked {
         snaps: Vec<SiteSnapshot>,
@@ -447,8 +449,8 @@ impl Agent {
                 let results = sites
                     .into_iter()
                     .map(|(name, location)| {
-                        let (ok, summary) = run::verify_site(&location);
-                        (name, ok, summary)
+                        let result = run::verify_site(&location);
+                        (name, result)
                     })
                     .collect();
                 let _ = tx.send(Done::Verify { results });
@@ -484,7 +486,10 @@ impl Agent {
                     }
                     match result {
                         Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
-                        Err(e) => log(format!("site {site} could not be caught up yet: {e}")),
+                        Err(e) => log(format!(
+                            "site {site} could not be caught up yet ({}): {e}",
+                            e.kind()
+                        )),
                     }
                     self.refresh_now = true;
                 }
@@ -494,7 +499,7 @@ impl Agent {
                     }
                     match result {
                         Ok(summary) => log(format!("garbage collection: {summary}")),
-                        Err(e) => log(format!("garbage collection failed: {e}")),
+                        Err(e) => log(format!("garbage collection failed ({}): {e}", e.kind())),
                     }
                     self.refresh_now = true;
                 }
@@ -532,11 +537,13 @@ impl Agent {
                                 .saturating_mul(1u32 << (ds.consecutive_failures - 1).min(16))
                                 .min(self.config.agent.retry_max);
                             ds.next_retry = Some(now + backoff.as_secs().max(1) as i64);
-                            ds.last_error = Some(e.clone());
+                            ds.last_error = Some(e.to_string());
+                            ds.last_error_kind = Some(e.kind());
                             ds.last_error_at = Some(now);
                             drop(st);
                             log(format!(
-                                "{dataset}: WAL streaming failed, restart in {}: {e}",
+                                "{dataset}: WAL streaming failed ({}), restart in {}: {e}",
+                                e.kind(),
                                 crate::schedule::format_duration(backoff)
                             ));
                         }
@@ -550,10 +557,19 @@ impl Agent {
                     }
                     let now = now_s();
                     let mut st = lock(&self.shared.state);
-                    for (site, ok, summary) in results {
+                    for (site, result) in results {
+                        let (ok, summary, kind) = match result {
+                            Ok(summary) => (true, summary, None),
+                            Err(e) => (false, e.to_string(), Some(e.kind())),
+                        };
                         log(format!(
                             "verify {site}: {} ({summary})",
-                            if ok { "OK" } else { "FAILED" }
+                            match kind {
+                                None => "OK".to_string(),
+                                Some(ErrorKind::Integrity) =>
+                                    "FAILED: the site is damaged or was tampered with".to_string(),
+                                Some(k) => format!("FAILED ({k}): it could not be verified"),
+                            }
                         ));
                         st.verify.insert(
                             site,
@@ -561,6 +577,7 @@ impl Agent {
                                 at: now,
                                 ok,
                                 summary,
+                                kind,
                             },
                         );
                     }
@@ -576,7 +593,7 @@ impl Agent {
         dataset: &str,
         started: i64,
         elapsed: Duration,
-        result: Result<run::RunOutcome, String>,
+        result: Result<run::RunOutcome, RunError>,
     ) {
         let now = now_s();
         let cfg = self.config.clone();
@@ -620,7 +637,8 @@ impl Agent {
                     .saturating_mul(1u32 << (ds.consecutive_failures - 1).min(16))
                     .min(cfg.agent.retry_max);
                 ds.next_retry = Some(now + backoff.as_secs().max(1) as i64);
-                ds.last_error = Some(e.clone());
+                ds.last_error = Some(e.to_string());
+                ds.last_error_kind = Some(e.kind());
                 ds.last_error_at = Some(now);
                 let failures = ds.consecutive_failures;
                 drop(st);
@@ -628,7 +646,8 @@ impl Agent {
                     log(format!("{dataset}: run abandoned for shutdown, no version recorded (the next run reuses what it stored): {e}"));
                 } else {
                     log(format!(
-                        "{dataset}: backup failed (attempt {failures}), retry in {}: {e}",
+                        "{dataset}: backup failed (attempt {failures}, {}), retry in {}: {e}",
+                        e.kind(),
                         crate::schedule::format_duration(backoff)
                     ));
                 }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use embassy_core::site::Site;
 use embassy_core::vault::{versions_in, Vault};
+use embassy_core::ErrorKind;
 use serde_json::{json, Value};
 
 use crate::config::{Config, Mode};
-use crate::state::AgentState;
+use crate::error::Problem;
+use crate::state::{AgentState, VerifyState};
 
 /// What one site holds of one dataset.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,8 +30,9 @@ pub struct CellFacts {
     pub captured_ns: Option<i64>,
     /// Sum of the bytes the versions added to the vault.
     pub bytes_stored: u64,
-    /// Why the dataset's history cannot be read at this site.
-    pub error: Option<String>,
+    /// Why the dataset's history cannot be read at this site, and what kind of problem that is
+    /// (integrity: it does not verify; outage: the site failed while reading it).
+    pub error: Option<Problem>,
     /// Continuous (WAL) datasets: end of the newest durable WAL here.
     pub wal_end: Option<String>,
     /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
@@ -47,8 +50,8 @@ pub struct SiteSnapshot {
     pub name: String,
     /// Its location.
     pub location: String,
-    /// Why it cannot be read at all.
-    pub error: Option<String>,
+    /// Why it cannot be read at all, and what kind of problem that is.
+    pub error: Option<Problem>,
     /// Bytes of all objects it holds.
     pub bytes_stored: Option<u64>,
     /// Per dataset.
@@ -71,28 +74,28 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
     let site: Arc<dyn Site> = match embassy_sites::open(location) {
         Ok(s) => s,
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     };
     let vault = match Vault::open(site.clone()) {
         Ok(v) => v,
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     };
     match site.list("") {
         Ok(infos) => snap.bytes_stored = Some(infos.iter().map(|i| i.size).sum()),
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     }
     let names = match vault.datasets() {
         Ok(n) => n,
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     };
@@ -110,7 +113,7 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
                 }
             }
             Err(e) => CellFacts {
-                error: Some(e.to_string()),
+                error: Some(e.into()),
                 ..CellFacts::default()
             },
         };
@@ -133,7 +136,7 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
                 facts.wal_lag_bytes = server_end.map(|end| end.saturating_sub(w.durable.0));
             }
             Ok(None) => {}
-            Err(e) => facts.error = Some(e.to_string()),
+            Err(e) => facts.error = Some(e.into()),
         }
         snap.datasets.insert(dataset.clone(), facts);
     }
@@ -209,6 +212,10 @@ pub struct Cell {
     pub lag_seconds: Option<f64>,
     /// What the site holds.
     pub facts: CellFacts,
+    /// The kind of problem behind a colour that is not green, when a failure explains it: the
+    /// site or the history cannot be read, or the site's last keyless verification found damage
+    /// (None: the data is only old, or nothing is wrong).
+    pub problem: Option<ErrorKind>,
 }
 
 /// Judges one dataset at one site. `first_seen` starts the RPO clock of a dataset without a
@@ -230,11 +237,22 @@ pub fn judge(
         snap.datasets.get(dataset).cloned().unwrap_or_default()
     };
     let unreadable = match (&snap.error, &facts.error) {
-        (Some(e), _) => Some(format!("site cannot be read: {e}")),
-        (None, Some(e)) => Some(format!("history cannot be read: {e}")),
+        (Some(e), _) => Some((
+            e.kind,
+            format!("site cannot be read ({}): {e}", e.kind.describe()),
+        )),
+        (None, Some(e)) => Some((
+            e.kind,
+            format!("history cannot be read ({}): {e}", e.kind.describe()),
+        )),
         _ => None,
     };
-    if let Some(why) = unreadable {
+    if let Some((kind, why)) = unreadable {
+        // Damage or tampering is not a matter of time: the data there cannot be trusted now.
+        if kind == ErrorKind::Integrity {
+            let lag = last_seen_ns.map(|seen| ((now_ns - seen) as f64 / 1e9).max(0.0));
+            return (Colour::Red, why, lag, facts);
+        }
         let Some(seen) = last_seen_ns else {
             return (Colour::Red, why, None, facts);
         };
@@ -343,7 +361,7 @@ pub fn rows(
             let empty = SiteSnapshot {
                 name: site.name.clone(),
                 location: site.location.clone(),
-                error: Some("not read yet".into()),
+                error: Some(Problem::new(ErrorKind::Outage, "not read yet")),
                 ..SiteSnapshot::default()
             };
             let snap = snaps.iter().find(|s| s.name == site.name).unwrap_or(&empty);
@@ -351,7 +369,7 @@ pub fn rows(
                 .seen
                 .get(&format!("{}@{}", d.name, site.name))
                 .copied();
-            let (colour, reason, lag, facts) = judge(
+            let (mut colour, mut reason, lag, facts) = judge(
                 rpo,
                 snap,
                 &d.name,
@@ -360,6 +378,34 @@ pub fn rows(
                 last_seen,
                 now_ns,
             );
+            // The failure behind the colour: reading the site or the history, else (the data is
+            // only old) the dataset's failing backups.
+            let mut problem = snap
+                .error
+                .as_ref()
+                .or(facts.error.as_ref())
+                .map(|p| p.kind)
+                .or_else(|| {
+                    state
+                        .datasets
+                        .get(&d.name)
+                        .filter(|s| s.consecutive_failures > 0)
+                        .and_then(|s| s.last_error_kind)
+                });
+            // Damage found by the site's keyless verification makes every dataset there red
+            // until a verification passes again: which versions the damaged objects belong to
+            // is not known without keys, so none of them is trusted.
+            if let Some(v) = state.verify.get(&site.name) {
+                if v.kind == Some(ErrorKind::Integrity) && problem != Some(ErrorKind::Integrity) {
+                    colour = Colour::Red;
+                    reason = format!(
+                        "damaged or tampered with: the site's keyless verification at {} found: {}",
+                        utc_secs(v.at),
+                        v.summary
+                    );
+                    problem = Some(ErrorKind::Integrity);
+                }
+            }
             cells.push(Cell {
                 site: site.name.clone(),
                 required: d.sites.contains(&site.name),
@@ -367,6 +413,7 @@ pub fn rows(
                 reason,
                 lag_seconds: lag,
                 facts,
+                problem: problem.filter(|_| colour != Colour::Green),
             });
         }
         let colour = cells
@@ -403,6 +450,23 @@ fn utc_secs(s: i64) -> String {
     embassy_core::time::utc(s.saturating_mul(1_000_000_000))
 }
 
+/// The worst problem at a site, integrity first: the site cannot be read, a dataset's history
+/// there cannot be read, or its last keyless verification failed. None when nothing is wrong
+/// (or the site was not read yet).
+pub fn site_problem(
+    snap: Option<&SiteSnapshot>,
+    verify: Option<&VerifyState>,
+) -> Option<ErrorKind> {
+    let read = snap.into_iter().flat_map(|s| {
+        s.error
+            .iter()
+            .chain(s.datasets.values().filter_map(|f| f.error.as_ref()))
+            .map(|p| p.kind)
+    });
+    let verified = verify.filter(|v| !v.ok).and_then(|v| v.kind);
+    read.chain(verified).min()
+}
+
 /// The status document: the same for `embassy status --config FILE --json` and `/status.json`.
 pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> Value {
     let rows = rows(config, snaps, state, now_ns);
@@ -415,12 +479,14 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
             json!({
                 "name": s.name,
                 "location": s.location,
-                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.clone()),
+                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.as_ref().map(|e| e.message.clone())),
+                "problem_kind": site_problem(snap, verify).map(ErrorKind::as_str),
                 "bytes_stored": snap.and_then(|x| x.bytes_stored),
                 "catch_up_pending": snap.and_then(|x| x.catch_up_pending),
                 "read_at": snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
                 "last_verify": verify.map(|v| json!({
-                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary
+                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary,
+                    "problem_kind": v.kind.map(ErrorKind::as_str),
                 })),
             })
         })
@@ -448,6 +514,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                 "last_success_unix": st.last_success,
                 "last_duration_seconds": st.last_duration_seconds,
                 "last_error": st.last_error,
+                "last_error_kind": st.last_error_kind.map(ErrorKind::as_str),
                 "last_error_at": st.last_error_at.map(utc_secs),
                 "sites": row.cells.iter().map(|c| json!({
                     "site": c.site,
@@ -461,7 +528,8 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                     "versions": c.facts.versions,
                     "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
                     "bytes_stored": c.facts.bytes_stored,
-                    "error": c.facts.error,
+                    "error": c.facts.error.as_ref().map(|e| e.message.clone()),
+                    "problem_kind": c.problem.map(ErrorKind::as_str),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -469,9 +537,24 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
     let alarms: Vec<Value> = state
         .alarms
         .values()
-        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message}))
+        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message, "problem_kind": a.kind.map(ErrorKind::as_str)}))
         .collect();
     let ok = rows.iter().all(|r| r.colour != Colour::Red);
+    // Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
+    let mut problems = serde_json::Map::new();
+    for kind in ErrorKind::ALL {
+        let n = config
+            .sites
+            .iter()
+            .filter(|s| {
+                site_problem(
+                    snaps.iter().find(|x| x.name == s.name),
+                    state.verify.get(&s.name),
+                ) == Some(kind)
+            })
+            .count();
+        problems.insert(kind.as_str().into(), n.into());
+    }
     json!({
         "ok": ok,
         "generated_at": embassy_core::time::utc(now_ns),
@@ -479,6 +562,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
         "sites": sites,
         "datasets": datasets,
         "alarms": alarms,
+        "problems": problems,
     })
 }
 
@@ -618,11 +702,78 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "gauge",
         per_site(&|n| state.verify.get(n).map(|v| v.ok as u8 as f64)),
     );
+    let worst = |n: &str| site_problem(snap(n), state.verify.get(n));
+    family(
+        "embassy_site_problem",
+        "1 for a site's worst problem by kind: integrity (damaged or tampered with), outage (unreachable), source, config, keys.",
+        "gauge",
+        config
+            .sites
+            .iter()
+            .filter_map(|s| {
+                worst(&s.name).map(|k| {
+                    (
+                        format!("site=\"{}\",kind=\"{}\"", label(&s.name), k.as_str()),
+                        1.0,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "embassy_integrity_problems",
+        "Sites whose data is damaged or was tampered with (their history does not verify, or their keyless verification found damage).",
+        "gauge",
+        vec![(
+            String::new(),
+            config
+                .sites
+                .iter()
+                .filter(|s| worst(&s.name) == Some(ErrorKind::Integrity))
+                .count() as f64,
+        )],
+    );
+    family(
+        "embassy_dataset_problem",
+        "1 when the dataset at the site is not green because of a failure, by kind (integrity, outage, source, config, keys).",
+        "gauge",
+        rows.iter()
+            .flat_map(|r| {
+                r.cells.iter().filter_map(move |c| {
+                    c.problem.map(|k| {
+                        (
+                            format!(
+                                "dataset=\"{}\",site=\"{}\",kind=\"{}\"",
+                                label(&r.name),
+                                label(&c.site),
+                                k.as_str()
+                            ),
+                            1.0,
+                        )
+                    })
+                })
+            })
+            .collect(),
+    );
     family(
         "embassy_alarms_raised",
-        "RPO alarms raised and not cleared.",
+        "Alarms raised and not cleared.",
         "gauge",
         vec![(String::new(), state.alarms.len() as f64)],
+    );
+    let mut alarms_by_kind: Vec<(String, f64)> = Vec::new();
+    for kind in [None].into_iter().chain(ErrorKind::ALL.map(Some)) {
+        let n = state.alarms.values().filter(|a| a.kind == kind).count();
+        alarms_by_kind.push((
+            format!("kind=\"{}\"", kind.map_or("rpo", ErrorKind::as_str)),
+            n as f64,
+        ));
+    }
+    family(
+        "embassy_alarms_by_kind",
+        "Alarms raised and not cleared, by the kind of problem behind them (rpo: the data is only older than the RPO).",
+        "gauge",
+        alarms_by_kind,
     );
     m.replace("{}", "")
 }

@@ -348,7 +348,7 @@ fn main() -> ExitCode {
                 let _ = writeln!(
                     std::io::stdout(),
                     "{}",
-                    json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity()})
+                    json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity(), "kind": e.kind().as_str()})
                 );
             }
             eprintln!("error: {}", output::escape(&e.to_string()));
