@@ -62,7 +62,7 @@ pub enum AgentError {
         /// What was being done.
         context: &'static str,
         /// Why it failed, typed.
-        error: RunError,
+        error: Box<RunError>,
         /// What to type, when there is a command that helps.
         hint: Option<String>,
     },
@@ -97,13 +97,13 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
                 config.locations().join(" --site ")
             )
         }),
-        error,
+        error: Box::new(error),
     })?;
     let keyring =
         Arc::new(
             run::unlock(&config.keys, &vault).map_err(|error| AgentError::Open {
                 context: "cannot unlock the vault with the configured key file",
-                error,
+                error: Box::new(error),
                 hint: None,
             })?,
         );
