@@ -59,7 +59,7 @@ td.cell.green {{ background: {green}; }}
 td.cell.amber {{ background: {amber}; color: #222; }}
 td.cell.red {{ background: {red}; }}
 td.cell.optional {{ opacity: 0.55; }}
-td.cell.problem-integrity {{ outline: 4px solid #000; font-weight: bold; }}
+td.cell[data-problem="integrity"] {{ outline: 4px solid #000; font-weight: bold; }}
 li.integrity {{ font-weight: bold; }}
 td.chart {{ padding: 0 4px; }}
 ul.alarms li {{ margin: 2px 0; }}
@@ -156,7 +156,7 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
             let problem = c.problem.map_or("", ErrorKind::as_str);
             let _ = write!(
                 h,
-                "<td class=\"cell {colour}{opt} problem-{problem}\" id=\"cell-{d}-{s}\" data-colour=\"{colour}\" data-problem=\"{problem}\" title=\"{reason}\">{text}</td>",
+                "<td class=\"cell {colour}{opt}\" id=\"cell-{d}-{s}\" data-colour=\"{colour}\" data-problem=\"{problem}\" title=\"{reason}\">{text}</td>",
                 colour = c.colour.name(),
                 opt = if c.required { "" } else { " optional" },
                 d = esc(&row.name),

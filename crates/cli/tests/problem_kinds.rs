@@ -139,6 +139,8 @@ struct Verdict {
     integrity_metric: String,
     site_metric: String,
     cli_status_kind: String,
+    dashboard_problem: String,
+    dashboard_text: String,
 }
 
 /// Runs the scenario with `fault` and gathers what the CLI and the agent say.
@@ -280,6 +282,25 @@ rpo = "6s"
             .unwrap_or("")
             .to_string()
     };
+    // The dashboard's cell: its data-problem attribute and its text.
+    let html = http_get(port, "/").unwrap_or_default();
+    let td = html
+        .split("<td ")
+        .find(|t| t.contains("id=\"cell-registry-hel\""))
+        .unwrap_or("")
+        .to_string();
+    let dashboard_problem = td
+        .split("data-problem=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+        .to_string();
+    let dashboard_text = td
+        .split('>')
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or("")
+        .to_string();
     // `embassy status --config` reads the same state and sites.
     let cli_status = embassy(dir, &["status", "--config", "embassy.toml", "--json"]);
     let cli_report: Value = serde_json::from_slice(&cli_status.stdout).unwrap_or(Value::Null);
@@ -301,6 +322,8 @@ rpo = "6s"
             .as_str()
             .unwrap_or("")
             .into(),
+        dashboard_problem,
+        dashboard_text,
     }
 }
 
@@ -332,6 +355,8 @@ fn a_tampered_pack_is_integrity_for_the_cli_and_the_agent_alike() {
         "embassy_site_problem{site=\"hel\",kind=\"integrity\"} 1"
     );
     assert_eq!(v.cli_status_kind, "integrity");
+    assert_eq!(v.dashboard_problem, "integrity");
+    assert_eq!(v.dashboard_text, "DAMAGED OR TAMPERED WITH");
 }
 
 #[test]
@@ -352,4 +377,10 @@ fn a_site_that_is_gone_is_an_outage_for_the_cli_and_the_agent_alike() {
         "embassy_site_problem{site=\"hel\",kind=\"outage\"} 1"
     );
     assert_eq!(v.cli_status_kind, "outage");
+    assert_eq!(v.dashboard_problem, "outage");
+    assert!(
+        v.dashboard_text.contains("unreachable"),
+        "{}",
+        v.dashboard_text
+    );
 }
