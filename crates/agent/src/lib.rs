@@ -9,6 +9,7 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod run;
 pub mod schedule;
 mod scheduler;
