@@ -384,3 +384,77 @@ fn a_site_that_is_gone_is_an_outage_for_the_cli_and_the_agent_alike() {
         v.dashboard_text
     );
 }
+
+/// The agent refuses to start when a site now serves another vault than the one it held on first
+/// contact (a substituted configuration): an integrity error, so `embassy agent` exits 3 like
+/// every command facing damage or tampering, not 1 like a site that is down.
+#[test]
+fn an_agent_facing_a_substituted_vault_exits_with_the_integrity_status() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    fs::write(dir.join("passphrase"), "problem kinds passphrase\n").unwrap();
+    fs::create_dir_all(dir.join("data")).unwrap();
+    fs::write(dir.join("data/a.txt"), "a file").unwrap();
+    for (site, key) in [("sites/lux", "vault.key"), ("sites/other", "other.key")] {
+        let out = embassy(
+            dir,
+            &[
+                "--site",
+                site,
+                "--key-file",
+                key,
+                "--passphrase-file",
+                "passphrase",
+                "init",
+            ],
+        );
+        assert!(out.status.success(), "init {site}: {}", show(&out));
+    }
+    fs::write(
+        dir.join("embassy.toml"),
+        r#"[agent]
+state_dir = "state"
+verify_interval = "never"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "lux"
+path = "sites/lux"
+[[datasets]]
+name = "docs"
+source = { files = ["data"] }
+interval = "1h"
+rpo = "1h"
+"#,
+    )
+    .unwrap();
+    let agent = |dir: &Path| {
+        Command::new(EMBASSY)
+            .args(["agent", "--config", "embassy.toml", "--once"])
+            .current_dir(dir)
+            .env_remove("EMBASSY_PASSPHRASE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run embassy agent")
+    };
+    let first = agent(dir);
+    assert!(first.status.success(), "first cycle: {}", show(&first));
+    // Someone puts another vault's configuration at lux.
+    for f in ["config", "config.sig"] {
+        fs::copy(
+            dir.join("sites/other").join(f),
+            dir.join("sites/lux").join(f),
+        )
+        .unwrap();
+    }
+    let second = agent(dir);
+    assert_eq!(second.status.code(), Some(3), "{}", show(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("substituted configuration"), "{stderr}");
+    assert!(
+        !stderr.contains("embassy init"),
+        "no init hint for a tampered vault: {stderr}"
+    );
+}
