@@ -40,10 +40,10 @@
 //! 5. **Hints naming CLI syntax belong to the front ends.** A library message says the way out
 //!    in words ("repair it from another site"); the command to type is the front end's to add,
 //!    since the agent (embassy.toml) and the CLI spell it differently. New hints go to the
-//!    front end. Library messages that still name `embassy ...` commands (to move as the front
-//!    ends' operations take them over): core `error.rs` (NoVault, SubstitutedConfig,
-//!    SitePinMismatch's `--forget-site-pin`), `config.rs` (3: `embassy verify`, `embassy
-//!    sync`), `vault.rs` (4: `embassy witness`, `--unwitnessed`, `embassy versions`, `embassy
+//!    front end: the CLI's live in `crates/cli/src/hints.rs` (NoVault, SubstitutedConfig and
+//!    SitePinMismatch moved there), the agent's in its start-up messages. Library messages that
+//!    still name `embassy ...` commands (to move as the front ends' operations take them over):
+//!    core `config.rs` (3: `embassy verify`, `embassy sync`), `vault.rs` (4: `embassy witness`, `--unwitnessed`, `embassy versions`, `embassy
 //!    keys issue --reader`), `prune.rs` (4: `embassy keys issue`, `embassy approve`),
 //!    `history.rs` (`embassy keys revoke`), `writer.rs` (`embassy keys issue --sealing`),
 //!    `gc.rs` (2: `embassy gc`, `embassy sync --repair`); sites `lib.rs` (`embassy sync
@@ -105,7 +105,7 @@ pub enum Error {
     WrongKey(String),
 
     /// No vault exists at the site.
-    #[error("no vault at site {site}: create one with `embassy init --site {site}`")]
+    #[error("no vault at site {site}: create one there first, or check the site's location")]
     NoVault {
         /// The site asked.
         site: String,
@@ -124,8 +124,8 @@ pub enum Error {
     /// root key, or it is not the vault this client, key or credential pins for that site.
     #[error(
         "the configuration at {site}: {problem}: a substituted configuration; do not trust this \
-         site: compare the vault id with the fingerprint `embassy init` printed, and copy the \
-         genuine `config` and `config.sig` from another site"
+         site: compare the vault id with the fingerprint printed when the vault was created, and \
+         copy the genuine `config` and `config.sig` from another site"
     )]
     SubstitutedConfig {
         /// The site that serves it.
@@ -138,7 +138,7 @@ pub enum Error {
     #[error(
         "site {site} held vault {pinned}, it now holds vault {served}: a substituted \
          configuration or another vault at the same place; if the vault was legitimately \
-         replaced, pass --forget-site-pin once to pin the new one"
+         replaced, forget this site's pin once to pin the new one"
     )]
     SitePinMismatch {
         /// The site location.
