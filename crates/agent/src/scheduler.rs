@@ -487,7 +487,7 @@ impl Agent {
                     match result {
                         Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
                         Err(e) => log(format!(
-                            "site {site} could not be caught up yet ({}): {e}",
+                            "site {site} could not be caught up yet: [{}] {e}",
                             e.kind()
                         )),
                     }
@@ -499,7 +499,7 @@ impl Agent {
                     }
                     match result {
                         Ok(summary) => log(format!("garbage collection: {summary}")),
-                        Err(e) => log(format!("garbage collection failed ({}): {e}", e.kind())),
+                        Err(e) => log(format!("garbage collection failed: [{}] {e}", e.kind())),
                     }
                     self.refresh_now = true;
                 }
@@ -542,9 +542,9 @@ impl Agent {
                             ds.last_error_at = Some(now);
                             drop(st);
                             log(format!(
-                                "{dataset}: WAL streaming failed ({}), restart in {}: {e}",
-                                e.kind(),
-                                crate::schedule::format_duration(backoff)
+                                "{dataset}: WAL streaming failed, restart in {}: [{}] {e}",
+                                crate::schedule::format_duration(backoff),
+                                e.kind()
                             ));
                         }
                     }
@@ -646,9 +646,9 @@ impl Agent {
                     log(format!("{dataset}: run abandoned for shutdown, no version recorded (the next run reuses what it stored): {e}"));
                 } else {
                     log(format!(
-                        "{dataset}: backup failed (attempt {failures}, {}), retry in {}: {e}",
-                        e.kind(),
-                        crate::schedule::format_duration(backoff)
+                        "{dataset}: backup failed (attempt {failures}), retry in {}: [{}] {e}",
+                        crate::schedule::format_duration(backoff),
+                        e.kind()
                     ));
                 }
                 self.once_failed.push(dataset.to_string());

@@ -28,14 +28,18 @@
 //!    - [`ErrorKind::Keys`]: the keys at hand do not open or do not fit: a wrong passphrase, a
 //!      damaged key file, another vault's key, a credential without the right.
 //! 3. **How a kind travels.** To the CLI: `is_integrity()` (kind Integrity) exits with status
-//!    3, every other error with 1 (`config check` problems with 2); `--json` errors carry
-//!    `"integrity"` and `"kind"`. To the agent: the work functions (`embassy_agent::run`) return
-//!    `RunError`; its kind is kept beside the message wherever the agent records a problem
+//!    3, every other error with 1 (`config check` problems with 2; `embassy agent` refusing to
+//!    start on a damaged or substituted vault with 3 too); `--json` errors carry `"integrity"`,
+//!    `"kind"` and `"hint"`. (Reports that find problems rather than fail — `verify`, `status`
+//!    — exit 3 on their own; `status --config` exits 3 for any red dataset and its JSON says the
+//!    kind.) To the agent: its work functions (`embassy_agent::run`) return `RunError`; the kind
+//!    is kept beside the message wherever the agent records a problem
 //!    (`embassy_agent::error::Problem`), so alarms (`EMBASSY_ALARM_KIND`, `"problem_kind"` in
-//!    the webhook), the dashboard, `/status.json` (`"problem_kind"`) and `/metrics`
-//!    (`embassy_integrity_problems`, `embassy_site_problem`, `embassy_dataset_problem`) say
-//!    "damaged or tampered with" for Integrity and "unreachable" for Outage. A new variant
-//!    gets its kind here, in one `match` without a catch-all, so the compiler asks for it.
+//!    the webhook), the dashboard, `/status.json` (`"problem_kind"`), `/metrics`
+//!    (`embassy_integrity_problems`, `embassy_site_problem`, `embassy_dataset_problem`) and the
+//!    log (`[integrity]`, `[outage]`, ... before a failure's message) say "damaged or tampered
+//!    with" for Integrity and "unreachable" for Outage. A new variant gets its kind here, in one
+//!    `match` without a catch-all, so the compiler asks for it.
 //! 4. **No panics** on input or I/O: no `unwrap`/`expect` reachable by either.
 //! 5. **Hints naming CLI syntax belong to the front ends.** A library message says the way out
 //!    in words ("repair it from another site"); the command to type is the front end's to add,
