@@ -16,6 +16,7 @@ use embassy_sources::{files, stream};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, KeyConfig, PassphraseSource, Source};
+use crate::error::{Problem, RunError};
 
 /// A site that refuses every write once the agent abandons in-flight work (after SIGTERM and
 /// its grace period). A refused write makes the backup fail before its ledger entry, so no
@@ -90,7 +91,7 @@ impl Site for CancellableSite {
 
 /// Opens the vault at every configured site as one (writes count once `min_sites` hold them),
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
-pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, String> {
+pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, RunError> {
     let locations = config.locations();
     // The agent's writers (and a CLI given the same state folder) take turns at each ledger.
     embassy_core::ledger::use_lock_folder(config.agent.state_dir.join("locks"));
@@ -100,10 +101,9 @@ pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, St
         config.agent.min_sites,
         false,
         Some(&config.agent.state_dir),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let site: Arc<dyn Site> = Arc::new(CancellableSite::new(site, cancel.clone()));
-    let vault = Vault::open(site).map_err(|e| e.to_string())?;
+    let vault = Vault::open(site)?;
     // Each site must keep holding the vault it held on first contact.
     for location in &locations {
         embassy_core::state::pin_site(
@@ -111,56 +111,51 @@ pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, St
             location,
             &vault.config().vault_id,
             false,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
     }
     let state = StateStore::open(
         &config.agent.state_dir.join("vaults"),
         &vault.config().vault_id,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(vault.with_state(state))
 }
 
 /// Reads the passphrase as configured.
-fn passphrase(source: &PassphraseSource) -> Result<Zeroizing<String>, String> {
+fn passphrase(source: &PassphraseSource) -> Result<Zeroizing<String>, RunError> {
     match source {
         PassphraseSource::File(path) => {
-            embassy_core::keyfile::passphrase_from_file(path).map_err(|e| e.to_string())
+            Ok(embassy_core::keyfile::passphrase_from_file(path)?)
         }
         PassphraseSource::Env(name) => match embassy_core::keyfile::passphrase_from_env(name) {
             Ok(Some(v)) => Ok(v),
-            _ => Err(format!(
+            Ok(None) => Err(RunError::Config(format!(
                 "the passphrase variable {name} is not set (or empty): set it, or use keys.passphrase_file"
-            )),
+            ))),
+            Err(e) => Err(e.into()),
         },
     }
 }
 
 /// Opens the configured key file for the vault (a root key or a sealing credential).
-pub fn unlock(keys: &KeyConfig, vault: &Vault) -> Result<Keyring, String> {
+pub fn unlock(keys: &KeyConfig, vault: &Vault) -> Result<Keyring, RunError> {
     let path = &keys.file;
-    let file = KeyFile::load(path).map_err(|e| e.to_string())?;
+    let file = KeyFile::load(path)?;
     let pass = passphrase(&keys.passphrase)?;
     if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
-        let payload = file
-            .open_payload(pass.as_bytes(), path)
-            .map_err(|e| e.to_string())?;
-        let credential = Credential::from_bytes(&payload).map_err(|e| e.to_string())?;
-        return Keyring::from_credential(credential, vault.config()).map_err(|e| e.to_string());
+        let payload = file.open_payload(pass.as_bytes(), path)?;
+        let credential = Credential::from_bytes(&payload)?;
+        return Ok(Keyring::from_credential(credential, vault.config())?);
     }
     if file.vault_id != vault.config().vault_id {
-        return Err(format!(
+        return Err(RunError::Keys(format!(
             "key file {} belongs to vault {}, but the sites hold vault {}",
             path.display(),
             file.vault_id,
             vault.config().vault_id
-        ));
+        )));
     }
-    let root: RootSecret = file
-        .open(pass.as_bytes(), path)
-        .map_err(|e| e.to_string())?;
-    Keyring::from_root(root, vault.config()).map_err(|e| e.to_string())
+    let root: RootSecret = file.open(pass.as_bytes(), path)?;
+    Ok(Keyring::from_root(root, vault.config())?)
 }
 
 /// What one backup run stored.
@@ -179,7 +174,7 @@ pub struct RunOutcome {
     /// Sites that missed writes (to catch up).
     pub lagging: Vec<String>,
     /// The retention policy applied after the run: versions deleted, or why it could not be.
-    pub pruned: Result<Vec<u64>, String>,
+    pub pruned: Result<Vec<u64>, Problem>,
 }
 
 /// One backup run of a dataset through the sources library; no version is recorded unless the
@@ -189,15 +184,14 @@ pub fn backup_dataset(
     keyring: &Keyring,
     dataset: &str,
     cancel: &Arc<AtomicBool>,
-) -> Result<RunOutcome, String> {
-    let d = config
-        .dataset(dataset)
-        .ok_or_else(|| format!("dataset {dataset} is not in the configuration"))?;
+) -> Result<RunOutcome, RunError> {
+    let d = config.dataset(dataset).ok_or_else(|| {
+        RunError::Config(format!("dataset {dataset} is not in the configuration"))
+    })?;
     let vault = open_vault(config, cancel)?;
     let (version, mut warnings) = match &d.source {
         Source::Files(paths) => {
-            let b = files::backup(&vault, keyring, dataset, paths, &Silent)
-                .map_err(|e| e.to_string())?;
+            let b = files::backup(&vault, keyring, dataset, paths, &Silent)?;
             (b.version, b.warnings)
         }
         Source::Command { command, pass_env } => (
@@ -208,8 +202,7 @@ pub fn backup_dataset(
                 &in_config_dir(config, command),
                 Some(&config.command_scrub(pass_env)),
                 &Silent,
-            )
-            .map_err(|e| e.to_string())?,
+            )?,
             Vec::new(),
         ),
         Source::Postgres { conninfo, .. } => {
@@ -222,8 +215,7 @@ pub fn backup_dataset(
             }
             let b = embassy_postgres::base_backup::base_backup(
                 &vault, keyring, dataset, &options, &Silent,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             (b.version, Vec::new())
         }
     };
@@ -238,7 +230,7 @@ pub fn backup_dataset(
         .collect();
     lagging.sort();
     lagging.dedup();
-    let pruned = apply_retention(config, keyring, &vault, dataset);
+    let pruned = apply_retention(config, keyring, &vault, dataset).map_err(|e| e.problem());
     Ok(RunOutcome {
         pruned,
         number: version.number,
@@ -275,7 +267,7 @@ pub fn apply_retention(
     keyring: &Keyring,
     vault: &Vault,
     dataset: &str,
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, RunError> {
     let Some(policy) = retention_policy(config, dataset) else {
         return Ok(Vec::new());
     };
@@ -287,7 +279,7 @@ pub fn apply_retention(
         embassy_core::config::now_unix_nanos(),
     )
     .map(|r| r.deleted)
-    .map_err(|e| e.to_string())
+    .map_err(RunError::from)
 }
 
 /// Garbage collection of the vault (embassy-core's two-phase gc, safe while backups run):
@@ -300,14 +292,14 @@ pub fn collect_garbage(
     keyring: &Keyring,
     cancel: &Arc<AtomicBool>,
     grace: std::time::Duration,
-) -> Result<String, String> {
+) -> Result<String, RunError> {
     let vault = open_vault(config, cancel)?;
     let options = embassy_core::gc::GcOptions {
         grace_secs: grace.as_secs(),
         ..embassy_core::gc::GcOptions::default()
     };
     let collector = embassy_core::gc::Collector::new(
-        keyring.signer().map_err(|e| e.to_string())?,
+        keyring.signer()?,
         &config.agent.state_dir.join("vaults"),
         &vault.config().vault_id,
     );
@@ -316,8 +308,7 @@ pub fn collect_garbage(
         &collector,
         &options,
         embassy_core::config::now_unix_nanos(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut summary = format!(
         "{} objects condemned ({} bytes), {} deleted ({} bytes), {} waiting for their grace period",
         r.condemned.len(),
@@ -364,17 +355,16 @@ pub fn stream_dataset(
     stop: &AtomicBool,
     cancel: &Arc<AtomicBool>,
     progress: Arc<std::sync::Mutex<embassy_postgres::stream::StreamProgress>>,
-) -> Result<(), String> {
-    let d = config
-        .dataset(dataset)
-        .ok_or_else(|| format!("dataset {dataset} is not in the configuration"))?;
+) -> Result<(), RunError> {
+    let d = config.dataset(dataset).ok_or_else(|| {
+        RunError::Config(format!("dataset {dataset} is not in the configuration"))
+    })?;
     let Source::Postgres { conninfo, slot } = &d.source else {
-        return Err(format!(
+        return Err(RunError::Config(format!(
             "dataset {dataset} has no postgres source to stream"
-        ));
+        )));
     };
-    let conn =
-        embassy_postgres::replication::ConnConfig::parse(conninfo).map_err(|e| e.to_string())?;
+    let conn = embassy_postgres::replication::ConnConfig::parse(conninfo)?;
     let mut cfg = embassy_postgres::stream::StreamConfig::new(
         dataset,
         conn,
@@ -384,7 +374,7 @@ pub fn stream_dataset(
     let vault = open_vault(config, cancel)?;
     embassy_postgres::stream::WalStreamer::run_with_progress(&cfg, &vault, keyring, stop, progress)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(RunError::from)
 }
 
 /// A shell command that runs `command` in the config file's folder.
@@ -400,57 +390,48 @@ pub fn in_config_dir(config: &Config, command: &str) -> String {
 /// Catches the site at `to` up from the site at `from` (no keys): first by its queue of missed
 /// writes (embassy-sites), then, unless that settled everything, by a full comparison
 /// (`embassy_core::sync`). Returns the objects copied.
-pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, String> {
-    let from_site = embassy_sites::open(from).map_err(|e| e.to_string())?;
-    let to_site = embassy_sites::open(to).map_err(|e| e.to_string())?;
+pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, RunError> {
+    let from_site = embassy_sites::open(from)?;
+    let to_site = embassy_sites::open(to)?;
     let mut copied = 0;
-    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))
-        .map_err(|e| e.to_string())?;
-    if !queue.pending().map_err(|e| e.to_string())?.is_empty() {
+    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))?;
+    if !queue.pending()?.is_empty() {
         let report = embassy_sites::queue::drain(
             &queue,
             to_site.as_ref(),
             std::slice::from_ref(&from_site),
             &Silent,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         copied += report.copied;
         if report.remaining == 0 && report.problems.is_empty() {
             return Ok(copied);
         }
     }
-    let report = embassy_core::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)
-        .map_err(|e| e.to_string())?;
+    let report = embassy_core::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)?;
     if !report.problems.is_empty() {
-        return Err(report.problems.join("; "));
+        return Err(RunError::CatchUp {
+            problems: report.problems,
+        });
     }
     Ok(copied + report.copied)
 }
 
-/// Verifies the vault at one site without keys: (ok, one-line summary).
-pub fn verify_site(location: &str) -> (bool, String) {
-    let result = embassy_sites::open(location)
-        .map_err(embassy_core::Error::from)
-        .and_then(Vault::open)
-        .and_then(|v| embassy_core::verify::verify(&v, None, &Silent));
-    match result {
-        Ok(r) if r.is_ok() => (
-            true,
-            format!(
-                "{} objects ({} bytes), {} datasets verified",
-                r.objects_checked,
-                r.bytes_checked,
-                r.datasets.len()
-            ),
-        ),
-        Ok(r) => (
-            false,
-            format!(
-                "{} problems, first: {}",
-                r.problems.len(),
-                r.problems.first().map(String::as_str).unwrap_or("")
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
+/// Verifies the vault at one site without keys: a one-line summary, or what is wrong. Damage
+/// found is [`RunError::Damaged`] (integrity); a site that cannot be read is its own error
+/// (an outage, typically), as `embassy verify` tells them apart by its exit status.
+pub fn verify_site(location: &str) -> Result<String, RunError> {
+    let site = embassy_sites::open(location)?;
+    let vault = Vault::open(site)?;
+    let r = embassy_core::verify::verify(&vault, None, &Silent)?;
+    if !r.is_ok() {
+        return Err(RunError::Damaged {
+            problems: r.problems,
+        });
     }
+    Ok(format!(
+        "{} objects ({} bytes), {} datasets verified",
+        r.objects_checked,
+        r.bytes_checked,
+        r.datasets.len()
+    ))
 }

@@ -1,21 +1,25 @@
 //! Freshness: per dataset and site, how old the newest durable data is against the dataset's
 //! RPO, as one JSON document (`embassy status --config FILE --json` and the agent's
-//! `/status.json` compute it with the same code) and as Prometheus metrics.
+//! `/status.json` compute it with the same code) and as Prometheus metrics ([`crate::metrics`]).
 //!
 //! Colours: **red** when the newest durable data at a site is older than the RPO (or the site
 //! cannot be read, or no version exists after a whole RPO); **amber** when it is older than 75 %
 //! of the RPO, or the site lags behind another site's newer version; **green** otherwise.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use embassy_core::site::Site;
 use embassy_core::vault::{versions_in, Vault};
+use embassy_core::ErrorKind;
 use serde_json::{json, Value};
 
 use crate::config::{Config, Mode};
-use crate::state::AgentState;
+use crate::error::Problem;
+
+/// The metrics of the same facts (moved to [`crate::metrics`]; kept here for callers).
+pub use crate::metrics::metrics;
+use crate::state::{AgentState, VerifyState};
 
 /// What one site holds of one dataset.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,8 +34,9 @@ pub struct CellFacts {
     pub captured_ns: Option<i64>,
     /// Sum of the bytes the versions added to the vault.
     pub bytes_stored: u64,
-    /// Why the dataset's history cannot be read at this site.
-    pub error: Option<String>,
+    /// Why the dataset's history cannot be read at this site, and what kind of problem that is
+    /// (integrity: it does not verify; outage: the site failed while reading it).
+    pub error: Option<Problem>,
     /// Continuous (WAL) datasets: end of the newest durable WAL here.
     pub wal_end: Option<String>,
     /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
@@ -49,8 +54,8 @@ pub struct SiteSnapshot {
     pub name: String,
     /// Its location.
     pub location: String,
-    /// Why it cannot be read at all.
-    pub error: Option<String>,
+    /// Why it cannot be read at all, and what kind of problem that is.
+    pub error: Option<Problem>,
     /// Bytes of all objects it holds.
     pub bytes_stored: Option<u64>,
     /// Per dataset.
@@ -73,28 +78,28 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
     let site: Arc<dyn Site> = match embassy_sites::open(location) {
         Ok(s) => s,
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     };
     let vault = match Vault::open(site.clone()) {
         Ok(v) => v,
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     };
     match site.list("") {
         Ok(infos) => snap.bytes_stored = Some(infos.iter().map(|i| i.size).sum()),
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     }
     let names = match vault.datasets() {
         Ok(n) => n,
         Err(e) => {
-            snap.error = Some(e.to_string());
+            snap.error = Some(e.into());
             return snap;
         }
     };
@@ -113,7 +118,7 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
                 }
             }
             Err(e) => CellFacts {
-                error: Some(e.to_string()),
+                error: Some(e.into()),
                 ..CellFacts::default()
             },
         };
@@ -136,7 +141,7 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
                 facts.wal_lag_bytes = server_end.map(|end| end.saturating_sub(w.durable.0));
             }
             Ok(None) => {}
-            Err(e) => facts.error = Some(e.to_string()),
+            Err(e) => facts.error = Some(e.into()),
         }
         snap.datasets.insert(dataset.clone(), facts);
     }
@@ -212,6 +217,10 @@ pub struct Cell {
     pub lag_seconds: Option<f64>,
     /// What the site holds.
     pub facts: CellFacts,
+    /// The kind of problem behind a colour that is not green, when a failure explains it: the
+    /// site or the history cannot be read, or the site's last keyless verification found damage
+    /// (None: the data is only old, or nothing is wrong).
+    pub problem: Option<ErrorKind>,
 }
 
 /// Judges one dataset at one site. `first_seen` starts the RPO clock of a dataset without a
@@ -233,11 +242,22 @@ pub fn judge(
         snap.datasets.get(dataset).cloned().unwrap_or_default()
     };
     let unreadable = match (&snap.error, &facts.error) {
-        (Some(e), _) => Some(format!("site cannot be read: {e}")),
-        (None, Some(e)) => Some(format!("history cannot be read: {e}")),
+        (Some(e), _) => Some((
+            e.kind,
+            format!("site cannot be read ({}): {e}", e.kind.describe()),
+        )),
+        (None, Some(e)) => Some((
+            e.kind,
+            format!("history cannot be read ({}): {e}", e.kind.describe()),
+        )),
         _ => None,
     };
-    if let Some(why) = unreadable {
+    if let Some((kind, why)) = unreadable {
+        // Damage or tampering is not a matter of time: the data there cannot be trusted now.
+        if kind == ErrorKind::Integrity {
+            let lag = last_seen_ns.map(|seen| ((now_ns - seen) as f64 / 1e9).max(0.0));
+            return (Colour::Red, why, lag, facts);
+        }
         let Some(seen) = last_seen_ns else {
             return (Colour::Red, why, None, facts);
         };
@@ -346,7 +366,7 @@ pub fn rows(
             let empty = SiteSnapshot {
                 name: site.name.clone(),
                 location: site.location.clone(),
-                error: Some("not read yet".into()),
+                error: Some(Problem::new(ErrorKind::Outage, "not read yet")),
                 ..SiteSnapshot::default()
             };
             let snap = snaps.iter().find(|s| s.name == site.name).unwrap_or(&empty);
@@ -354,7 +374,7 @@ pub fn rows(
                 .seen
                 .get(&format!("{}@{}", d.name, site.name))
                 .copied();
-            let (colour, reason, lag, facts) = judge(
+            let (mut colour, mut reason, lag, facts) = judge(
                 rpo,
                 snap,
                 &d.name,
@@ -363,6 +383,34 @@ pub fn rows(
                 last_seen,
                 now_ns,
             );
+            // The failure behind the colour: reading the site or the history, else (the data is
+            // only old) the dataset's failing backups.
+            let mut problem = snap
+                .error
+                .as_ref()
+                .or(facts.error.as_ref())
+                .map(|p| p.kind)
+                .or_else(|| {
+                    state
+                        .datasets
+                        .get(&d.name)
+                        .filter(|s| s.consecutive_failures > 0)
+                        .and_then(|s| s.last_error_kind)
+                });
+            // Damage found by the site's keyless verification makes every dataset there red
+            // until a verification passes again: which versions the damaged objects belong to
+            // is not known without keys, so none of them is trusted.
+            if let Some(v) = state.verify.get(&site.name) {
+                if v.kind == Some(ErrorKind::Integrity) && problem != Some(ErrorKind::Integrity) {
+                    colour = Colour::Red;
+                    reason = format!(
+                        "damaged or tampered with: the site's keyless verification at {} found: {}",
+                        utc_secs(v.at),
+                        v.summary
+                    );
+                    problem = Some(ErrorKind::Integrity);
+                }
+            }
             cells.push(Cell {
                 site: site.name.clone(),
                 required: d.sites.contains(&site.name),
@@ -370,6 +418,7 @@ pub fn rows(
                 reason,
                 lag_seconds: lag,
                 facts,
+                problem: problem.filter(|_| colour != Colour::Green),
             });
         }
         let colour = cells
@@ -406,6 +455,23 @@ fn utc_secs(s: i64) -> String {
     embassy_core::time::utc(s.saturating_mul(1_000_000_000))
 }
 
+/// The worst problem at a site, integrity first: the site cannot be read, a dataset's history
+/// there cannot be read, or its last keyless verification failed. None when nothing is wrong
+/// (or the site was not read yet).
+pub fn site_problem(
+    snap: Option<&SiteSnapshot>,
+    verify: Option<&VerifyState>,
+) -> Option<ErrorKind> {
+    let read = snap.into_iter().flat_map(|s| {
+        s.error
+            .iter()
+            .chain(s.datasets.values().filter_map(|f| f.error.as_ref()))
+            .map(|p| p.kind)
+    });
+    let verified = verify.filter(|v| !v.ok).and_then(|v| v.kind);
+    read.chain(verified).min()
+}
+
 /// The status document: the same for `embassy status --config FILE --json` and `/status.json`.
 pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> Value {
     let rows = rows(config, snaps, state, now_ns);
@@ -418,12 +484,14 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
             json!({
                 "name": s.name,
                 "location": s.location,
-                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.clone()),
+                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.as_ref().map(|e| e.message.clone())),
+                "problem_kind": site_problem(snap, verify).map(ErrorKind::as_str),
                 "bytes_stored": snap.and_then(|x| x.bytes_stored),
                 "catch_up_pending": snap.and_then(|x| x.catch_up_pending),
                 "read_at": snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
                 "last_verify": verify.map(|v| json!({
-                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary
+                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary,
+                    "problem_kind": v.kind.map(ErrorKind::as_str),
                 })),
             })
         })
@@ -451,6 +519,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                 "last_success_unix": st.last_success,
                 "last_duration_seconds": st.last_duration_seconds,
                 "last_error": st.last_error,
+                "last_error_kind": st.last_error_kind.map(ErrorKind::as_str),
                 "last_error_at": st.last_error_at.map(utc_secs),
                 "sites": row.cells.iter().map(|c| json!({
                     "site": c.site,
@@ -465,7 +534,8 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                     "versions": c.facts.versions,
                     "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
                     "bytes_stored": c.facts.bytes_stored,
-                    "error": c.facts.error,
+                    "error": c.facts.error.as_ref().map(|e| e.message.clone()),
+                    "problem_kind": c.problem.map(ErrorKind::as_str),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -473,9 +543,24 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
     let alarms: Vec<Value> = state
         .alarms
         .values()
-        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message}))
+        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message, "problem_kind": a.kind.map(ErrorKind::as_str)}))
         .collect();
     let ok = rows.iter().all(|r| r.colour != Colour::Red);
+    // Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
+    let mut problems = serde_json::Map::new();
+    for kind in ErrorKind::ALL {
+        let n = config
+            .sites
+            .iter()
+            .filter(|s| {
+                site_problem(
+                    snaps.iter().find(|x| x.name == s.name),
+                    state.verify.get(&s.name),
+                ) == Some(kind)
+            })
+            .count();
+        problems.insert(kind.as_str().into(), n.into());
+    }
     json!({
         "ok": ok,
         "generated_at": embassy_core::time::utc(now_ns),
@@ -483,150 +568,6 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
         "sites": sites,
         "datasets": datasets,
         "alarms": alarms,
+        "problems": problems,
     })
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of the same facts.
-pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> String {
-    let rows = rows(config, snaps, state, now_ns);
-    let mut m = String::new();
-    let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(m, "# HELP {name} {help}");
-        let _ = writeln!(m, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(m, "{name}{{{labels}}} {v}");
-        }
-    };
-    let cell_samples = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<(String, f64)> {
-        rows.iter()
-            .flat_map(|r| {
-                r.cells.iter().filter_map(move |c| {
-                    f(c).map(|v| {
-                        (
-                            format!("dataset=\"{}\",site=\"{}\"", label(&r.name), label(&c.site)),
-                            v,
-                        )
-                    })
-                })
-            })
-            .collect()
-    };
-    family(
-        "embassy_dataset_lag_seconds",
-        "Age of the newest durable version of the dataset at the site.",
-        "gauge",
-        cell_samples(&|c| c.lag_seconds),
-    );
-    family(
-        "embassy_dataset_wal_lag_bytes",
-        "Continuous datasets: WAL the server has written that the site does not hold yet.",
-        "gauge",
-        cell_samples(&|c| c.facts.wal_lag_bytes.map(|b| b as f64)),
-    );
-    family(
-        "embassy_dataset_status",
-        "Freshness against the RPO: 0 green, 1 amber, 2 red.",
-        "gauge",
-        cell_samples(&|c| Some(c.colour.level() as f64)),
-    );
-    family(
-        "embassy_dataset_bytes_stored",
-        "Bytes the dataset's versions added to the vault at the site.",
-        "gauge",
-        cell_samples(&|c| Some(c.facts.bytes_stored as f64)),
-    );
-    family(
-        "embassy_dataset_newest_version",
-        "Newest version number of the dataset at the site.",
-        "gauge",
-        cell_samples(&|c| c.facts.newest_version.map(|v| v as f64)),
-    );
-    let per_dataset = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
-        config
-            .datasets
-            .iter()
-            .filter_map(|d| f(&d.name).map(|v| (format!("dataset=\"{}\"", label(&d.name)), v)))
-            .collect()
-    };
-    family(
-        "embassy_dataset_rpo_seconds",
-        "The dataset's recovery point objective.",
-        "gauge",
-        per_dataset(&|n| config.dataset(n).map(|d| d.rpo.as_secs_f64())),
-    );
-    family(
-        "embassy_dataset_last_success_timestamp_seconds",
-        "When the dataset's last successful backup ended.",
-        "gauge",
-        per_dataset(&|n| {
-            state
-                .datasets
-                .get(n)
-                .and_then(|s| s.last_success)
-                .map(|t| t as f64)
-        }),
-    );
-    family(
-        "embassy_dataset_runs_total",
-        "Backup runs started by the agent.",
-        "counter",
-        per_dataset(&|n| Some(state.datasets.get(n).map_or(0, |s| s.runs) as f64)),
-    );
-    family(
-        "embassy_dataset_errors_total",
-        "Backup runs that failed.",
-        "counter",
-        per_dataset(&|n| Some(state.datasets.get(n).map_or(0, |s| s.errors) as f64)),
-    );
-    let per_site = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
-        config
-            .sites
-            .iter()
-            .filter_map(|s| f(&s.name).map(|v| (format!("site=\"{}\"", label(&s.name)), v)))
-            .collect()
-    };
-    let snap = |n: &str| snaps.iter().find(|s| s.name == n);
-    family(
-        "embassy_site_up",
-        "1 when the site's vault could be read at the last look.",
-        "gauge",
-        per_site(&|n| Some(snap(n).is_some_and(|s| s.error.is_none()) as u8 as f64)),
-    );
-    family(
-        "embassy_site_bytes_stored",
-        "Bytes of all objects at the site.",
-        "gauge",
-        per_site(&|n| snap(n).and_then(|s| s.bytes_stored).map(|b| b as f64)),
-    );
-    family(
-        "embassy_site_catch_up_pending",
-        "Writes the site missed, queued for catch-up.",
-        "gauge",
-        per_site(&|n| snap(n).and_then(|s| s.catch_up_pending).map(|p| p as f64)),
-    );
-    family(
-        "embassy_site_last_verify_timestamp_seconds",
-        "When the last keyless verification of the site ended.",
-        "gauge",
-        per_site(&|n| state.verify.get(n).map(|v| v.at as f64)),
-    );
-    family(
-        "embassy_site_verify_ok",
-        "1 when the last keyless verification found nothing wrong.",
-        "gauge",
-        per_site(&|n| state.verify.get(n).map(|v| v.ok as u8 as f64)),
-    );
-    family(
-        "embassy_alarms_raised",
-        "RPO alarms raised and not cleared.",
-        "gauge",
-        vec![(String::new(), state.alarms.len() as f64)],
-    );
-    m.replace("{}", "")
 }

@@ -5,6 +5,7 @@
 
 mod agent;
 mod catchup;
+mod hints;
 mod output;
 mod pg;
 mod pgrestore;
@@ -349,7 +350,7 @@ fn main() -> ExitCode {
                 let _ = writeln!(
                     std::io::stdout(),
                     "{}",
-                    json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity()})
+                    json!({"ok": false, "error": e.to_string(), "integrity": e.is_integrity(), "kind": e.kind().as_str(), "hint": hints::for_error(&e)})
                 );
             }
             eprintln!("error: {}", output::escape(&e.to_string()));
@@ -357,6 +358,9 @@ fn main() -> ExitCode {
             while let Some(s) = source {
                 eprintln!("  caused by: {}", output::escape(&s.to_string()));
                 source = s.source();
+            }
+            if let Some(hint) = hints::for_error(&e) {
+                eprintln!("  hint: {}", output::escape(&hint));
             }
             ExitCode::from(if e.is_integrity() { 3 } else { 1 })
         }

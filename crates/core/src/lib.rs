@@ -44,7 +44,7 @@ pub mod writer;
 mod cbor;
 mod framing;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 
 /// zstd level used for chunk compression. Chosen by measurement on the registry corpus
 /// (see `bench/README.md`): level 3 compresses database pages well at a cost the pipeline absorbs.
