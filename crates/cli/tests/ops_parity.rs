@@ -319,8 +319,8 @@ fn status_site_status_config_and_the_agent_give_one_recovery_point() {
     );
 }
 
-/// (a) A site that withholds a streamed WAL object: `embassy verify` and the agent's scheduled
-/// verification both find the gap.
+/// (a) A site that withholds a streamed WAL object: `embassy verify`, `embassy witness` and the
+/// agent's scheduled verification all find the gap.
 #[test]
 fn verify_and_the_agent_s_scheduled_verification_both_check_streamed_wal() {
     let pg = PgServer::start(PgOptions::default());
@@ -334,6 +334,12 @@ fn verify_and_the_agent_s_scheduled_verification_both_check_streamed_wal() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert!(said.contains("GAP") || said.contains("PROBLEM"), "{said}");
+    // A witness verifies the same way: it cosigns nothing.
+    env.run(&["witness-key", "--out", "witness.key"]);
+    let out = env.output(&["witness", "--witness-key", "witness.key"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(said.contains("nothing was cosigned"), "{said}");
 
     // The agent, one cycle: its verification at start, recorded in its state.
     env.config(free_port(), &continuous_dataset(&conninfo));

@@ -1,4 +1,4 @@
-//! `embassy witness` (verify without keys, cosign the newest checkpoint) and
+//! `embassy witness` (verify without keys, streamed WAL included, cosign the newest checkpoint) and
 //! `embassy witness-key`.
 
 use std::path::PathBuf;
@@ -90,20 +90,21 @@ pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
         });
     }
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let report = embassy_core::verify::verify(&vault, None, &bar)?;
+    // The same verification as `embassy verify` (embassy-ops): streamed WAL included, so a
+    // witness never vouches for a vault whose site withholds or damages WAL.
+    let verification = embassy_ops::verify::verify(&vault, None, &bar)?;
     bar.finish();
-    if !report.is_ok() {
-        for p in &report.problems {
+    if !verification.is_ok() {
+        let problems = verification.problems();
+        for p in &problems {
             eprintln!("PROBLEM: {}", output::escape(p));
         }
         return Err(Error::History {
             dataset: "(vault)".into(),
-            problem: format!(
-                "{} problems found; nothing was cosigned",
-                report.problems.len()
-            ),
+            problem: format!("{} problems found; nothing was cosigned", problems.len()),
         });
     }
+    let report = &verification.vault;
     for n in &report.noise {
         eprintln!("noise: {}", output::escape(n));
     }
