@@ -121,3 +121,40 @@ pub fn verify_wal_of<'a>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wal_gap_fails_the_verification_and_leads_its_summary() {
+        let mut wal = WalVerifyReport {
+            objects_ok: 3,
+            ..WalVerifyReport::default()
+        };
+        let ok = Verification {
+            vault: VerifyReport::default(),
+            wal: vec![("reg".into(), wal.clone())],
+            deep: false,
+        };
+        assert!(ok.is_ok(), "{}", ok.summary());
+        assert!(ok.summary().contains("3 WAL objects"), "{}", ok.summary());
+        wal.gaps.push((
+            1,
+            embassy_postgres::Lsn(0x100),
+            embassy_postgres::Lsn(0x200),
+        ));
+        let gap = Verification {
+            wal: vec![("reg".into(), wal)],
+            ..ok
+        };
+        assert!(!gap.is_ok());
+        assert_eq!(gap.problem_count(), 1);
+        assert!(
+            gap.summary()
+                .starts_with("1 problems, first: dataset reg: WAL: timeline 1"),
+            "{}",
+            gap.summary()
+        );
+    }
+}
