@@ -8,7 +8,6 @@
 use embassy_core::site::SiteError;
 use embassy_core::ErrorKind;
 use embassy_postgres::PgError;
-use serde::{Deserialize, Serialize};
 
 /// A failure of the agent's work: a backup, a catch-up, a verification, a stream.
 #[derive(Debug, thiserror::Error)]
@@ -68,53 +67,8 @@ impl RunError {
     }
 }
 
-/// A failure as the agent records and shows it: its kind and its message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// Integrity, outage, source, config or keys.
-    pub kind: ErrorKind,
-    /// For people.
-    pub message: String,
-}
-
-impl Problem {
-    /// A problem of this kind.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Problem {
-        Problem {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// True for damage or tampering.
-    pub fn is_integrity(&self) -> bool {
-        self.kind == ErrorKind::Integrity
-    }
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<embassy_core::Error> for Problem {
-    fn from(e: embassy_core::Error) -> Problem {
-        RunError::from(e).problem()
-    }
-}
-
-impl From<SiteError> for Problem {
-    fn from(e: SiteError) -> Problem {
-        RunError::from(e).problem()
-    }
-}
-
-impl From<PgError> for Problem {
-    fn from(e: PgError) -> Problem {
-        RunError::from(e).problem()
-    }
-}
+/// A failure as the agent records and shows it: its kind and its message (core's).
+pub use embassy_core::error::Problem;
 
 #[cfg(test)]
 mod tests {

@@ -2,160 +2,56 @@
 //! catching a lagging site up, keyless verification of a site. Each is a plain function the
 //! scheduler ([`crate::agent`]) runs on a worker thread and tests can call directly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use embassy_core::keyfile::{KeyFile, PURPOSE_READER, PURPOSE_SEALING};
-use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::progress::Silent;
 use embassy_core::retention::RetentionPolicy;
-use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
-use embassy_core::state::StateStore;
 use embassy_core::vault::{Keyring, Vault};
 use embassy_sources::{files, stream};
-use zeroize::Zeroizing;
 
-use crate::config::{Config, KeyConfig, PassphraseSource, Source};
+use crate::config::{Config, KeyConfig, PassphraseSource as ConfiguredPassphrase, Source};
 use crate::error::{Problem, RunError};
 
-/// A site that refuses every write once the agent abandons in-flight work (after SIGTERM and
-/// its grace period). A refused write makes the backup fail before its ledger entry, so no
-/// version is recorded: the objects already written are reused by the next run.
-#[derive(Debug)]
-pub struct CancellableSite {
-    inner: Arc<dyn Site>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl CancellableSite {
-    /// Wraps `inner`; writes fail once `cancel` is set.
-    pub fn new(inner: Arc<dyn Site>, cancel: Arc<AtomicBool>) -> Self {
-        Self { inner, cancel }
-    }
-}
-
-impl CancellableSite {
-    /// The error every write gets once the agent abandoned in-flight work.
-    fn refuse_once_cancelled(&self, path: &str) -> Result<(), SiteError> {
-        if self.cancel.load(Ordering::SeqCst) {
-            return Err(SiteError::Permanent {
-                site: self.inner.location().to_string(),
-                operation: "put",
-                path: path.to_string(),
-                message: "the agent is shutting down: the run was abandoned before its version was recorded".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Site for CancellableSite {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        self.refuse_once_cancelled(path)?;
-        self.inner.put(path, bytes)
-    }
-    fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {
-        self.refuse_once_cancelled(path)?;
-        self.inner.put_from(path, source)
-    }
-    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        self.inner.get(path)
-    }
-    fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
-        self.inner.get_to(path, sink)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        self.inner.get_range(path, offset, len)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, path: &str) -> Result<(), SiteError> {
-        self.inner.delete(path)
-    }
-    fn lagging(&self) -> Vec<(String, String)> {
-        self.inner.lagging()
-    }
-    fn members(&self) -> Vec<Arc<dyn Site>> {
-        // Each member wrapped too, so a cancelled run stops writing there as well.
-        self.inner
-            .members()
-            .into_iter()
-            .map(|m| Arc::new(CancellableSite::new(m, self.cancel.clone())) as Arc<dyn Site>)
-            .collect()
-    }
-}
+/// A site that refuses every write once the agent abandons in-flight work (embassy-ops).
+pub use embassy_ops::open::CancellableSite;
 
 /// Opens the vault at every configured site as one (writes count once `min_sites` hold them),
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
 pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, RunError> {
-    let locations = config.locations();
-    // The agent's writers (and a CLI given the same state folder) take turns at each ledger.
-    embassy_core::ledger::use_lock_folder(config.agent.state_dir.join("locks"));
-    // Writes a site misses are queued in the state folder (embassy-sites's catch-up queue).
-    let site = embassy_sites::open_many_queued(
-        &locations,
-        config.agent.min_sites,
-        false,
-        Some(&config.agent.state_dir),
-    )?;
-    let site: Arc<dyn Site> = Arc::new(CancellableSite::new(site, cancel.clone()));
-    let vault = Vault::open(site)?;
-    // Each site must keep holding the vault it held on first contact.
-    for location in &locations {
-        embassy_core::state::pin_site(
-            &config.agent.state_dir,
-            location,
-            &vault.config().vault_id,
-            false,
-        )?;
-    }
-    let state = StateStore::open(
-        &config.agent.state_dir.join("vaults"),
-        &vault.config().vault_id,
-    )?;
-    Ok(vault.with_state(state))
+    let state_dir = config.agent.state_dir.clone();
+    let options = embassy_ops::open::OpenOptions {
+        min_sites: Some(config.agent.min_sites),
+        // The agent remembers verified heads in its `vaults` subfolder.
+        heads_dir: state_dir.join("vaults"),
+        cancel: Some(cancel.clone()),
+        ..embassy_ops::open::OpenOptions::new(config.locations(), state_dir)
+    };
+    Ok(embassy_ops::open::open_vault(&options)?)
 }
 
-/// Reads the passphrase as configured.
-fn passphrase(source: &PassphraseSource) -> Result<Zeroizing<String>, RunError> {
-    match source {
-        PassphraseSource::File(path) => {
-            Ok(embassy_core::keyfile::passphrase_from_file(path)?)
-        }
-        PassphraseSource::Env(name) => match embassy_core::keyfile::passphrase_from_env(name) {
-            Ok(Some(v)) => Ok(v),
-            Ok(None) => Err(RunError::Config(format!(
-                "the passphrase variable {name} is not set (or empty): set it, or use keys.passphrase_file"
-            ))),
-            Err(e) => Err(e.into()),
-        },
-    }
-}
-
-/// Opens the configured key file for the vault (a root key or a sealing credential).
+/// Opens the configured key file for the vault (a root key or a credential), the passphrase
+/// read by embassy-ops's one rule from the configured file or variable.
 pub fn unlock(keys: &KeyConfig, vault: &Vault) -> Result<Keyring, RunError> {
-    let path = &keys.file;
-    let file = KeyFile::load(path)?;
-    let pass = passphrase(&keys.passphrase)?;
-    if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
-        let payload = file.open_payload(pass.as_bytes(), path)?;
-        let credential = Credential::from_bytes(&payload)?;
-        return Ok(Keyring::from_credential(credential, vault.config())?);
-    }
-    if file.vault_id != vault.config().vault_id {
-        return Err(RunError::Keys(format!(
-            "key file {} belongs to vault {}, but the sites hold vault {}",
-            path.display(),
-            file.vault_id,
-            vault.config().vault_id
-        )));
-    }
-    let root: RootSecret = file.open(pass.as_bytes(), path)?;
-    Ok(Keyring::from_root(root, vault.config())?)
+    use embassy_ops::unlock::{Passphrase, PassphraseSource};
+    let (sources, missing) = match &keys.passphrase {
+        ConfiguredPassphrase::File(path) => ([PassphraseSource::File(path)], String::new()),
+        ConfiguredPassphrase::Env(name) => (
+            [PassphraseSource::Env(name)],
+            format!(
+                "the passphrase variable {name} is not set (or empty): set it, or use keys.passphrase_file"
+            ),
+        ),
+    };
+    let passphrase = Passphrase {
+        sources: &sources,
+        missing: &missing,
+    };
+    Ok(embassy_ops::unlock::unlock(
+        vault.config(),
+        &keys.file,
+        &passphrase,
+    )?)
 }
 
 /// What one backup run stored.
@@ -416,22 +312,16 @@ pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64
     Ok(copied + report.copied)
 }
 
-/// Verifies the vault at one site without keys: a one-line summary, or what is wrong. Damage
-/// found is [`RunError::Damaged`] (integrity); a site that cannot be read is its own error
-/// (an outage, typically), as `embassy verify` tells them apart by its exit status.
+/// Verifies the vault at one site without keys, its streamed WAL included (embassy-ops's
+/// verification, the same as `embassy verify`): a one-line summary, or what is wrong. Damage
+/// found is [`RunError::Damaged`] (integrity); a site that cannot be read is its own error (an
+/// outage, typically), as `embassy verify` tells them apart by its exit status.
 pub fn verify_site(location: &str) -> Result<String, RunError> {
-    let site = embassy_sites::open(location)?;
-    let vault = Vault::open(site)?;
-    let r = embassy_core::verify::verify(&vault, None, &Silent)?;
-    if !r.is_ok() {
+    let verification = embassy_ops::verify::verify_site(location)?;
+    if !verification.is_ok() {
         return Err(RunError::Damaged {
-            problems: r.problems,
+            problems: verification.problems(),
         });
     }
-    Ok(format!(
-        "{} objects ({} bytes), {} datasets verified",
-        r.objects_checked,
-        r.bytes_checked,
-        r.datasets.len()
-    ))
+    Ok(verification.summary())
 }

@@ -6,13 +6,10 @@
 //! cannot be read, or no version exists after a whole RPO); **amber** when it is older than 75 %
 //! of the RPO, or the site lags behind another site's newer version; **green** otherwise.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use embassy_core::site::Site;
-use embassy_core::vault::{versions_in, Vault};
-use embassy_core::ErrorKind;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use embassy_core::ErrorKind;
 
 use crate::config::{Config, Mode};
 use crate::error::Problem;
@@ -68,82 +65,43 @@ pub struct SiteSnapshot {
 
 /// Reads one site on its own: its vault's datasets, their newest versions and the bytes held.
 /// `wal` names the continuous (WAL) datasets, each with the server's end of WAL when known.
+/// The facts and the recovery point come from embassy-ops (the same as `embassy status`).
 pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) -> SiteSnapshot {
+    let wal_datasets: Vec<String> = wal.iter().map(|(d, _)| d.clone()).collect();
+    let options = embassy_ops::status::ReadOptions {
+        wal_datasets: &wal_datasets,
+        bytes: true,
+        key_file: None,
+    };
+    let read = embassy_ops::status::read_site(location, &options);
     let mut snap = SiteSnapshot {
         name: name.to_string(),
         location: location.to_string(),
-        read_at_ns: embassy_core::config::now_unix_nanos(),
+        error: read.error,
+        bytes_stored: read.bytes_stored,
+        read_at_ns: read.read_at_ns,
         ..SiteSnapshot::default()
     };
-    let site: Arc<dyn Site> = match embassy_sites::open(location) {
-        Ok(s) => s,
-        Err(e) => {
-            snap.error = Some(e.into());
-            return snap;
-        }
-    };
-    let vault = match Vault::open(site.clone()) {
-        Ok(v) => v,
-        Err(e) => {
-            snap.error = Some(e.into());
-            return snap;
-        }
-    };
-    match site.list("") {
-        Ok(infos) => snap.bytes_stored = Some(infos.iter().map(|i| i.size).sum()),
-        Err(e) => {
-            snap.error = Some(e.into());
-            return snap;
-        }
-    }
-    let names = match vault.datasets() {
-        Ok(n) => n,
-        Err(e) => {
-            snap.error = Some(e.into());
-            return snap;
-        }
-    };
-    for dataset in names {
-        let facts = match vault.history(&dataset) {
-            Ok(history) => {
-                let versions = versions_in(&dataset, &history);
-                let newest = versions.last();
-                CellFacts {
-                    newest_version: newest.map(|v| v.number),
-                    newest_ledger_seq: newest.map(|v| v.seq),
-                    versions: versions.len() as u64,
-                    captured_ns: newest.map(|v| v.captured_at_ns),
-                    bytes_stored: versions.iter().map(|v| v.stats.new_bytes_stored).sum(),
-                    ..CellFacts::default()
-                }
-            }
-            Err(e) => CellFacts {
-                error: Some(e.into()),
-                ..CellFacts::default()
-            },
+    for d in read.datasets {
+        let server_end = wal
+            .iter()
+            .find(|(name, _)| *name == d.dataset)
+            .and_then(|(_, end)| *end);
+        let durable = d.wal.as_ref().map(|w| w.end.0);
+        let facts = CellFacts {
+            newest_version: d.newest_version,
+            newest_ledger_seq: d.newest_version_ledger_seq,
+            versions: d.versions,
+            captured_ns: d.recovery_point_ns,
+            bytes_stored: d.bytes_stored,
+            error: d.error,
+            wal_end: d.wal.as_ref().map(|w| w.end.to_string()),
+            caught_up: durable.zip(server_end).is_some_and(|(d, end)| d >= end),
+            wal_lag_bytes: durable
+                .zip(server_end)
+                .map(|(d, end)| end.saturating_sub(d)),
         };
-        snap.datasets.insert(dataset, facts);
-    }
-    for (dataset, server_end) in wal {
-        // The base backups (versions) stay in the facts; the WAL moves the recovery point on.
-        let mut facts = snap.datasets.remove(dataset).unwrap_or_default();
-        match embassy_postgres::status::site_wal(location, site.as_ref(), dataset) {
-            Ok(Some(w)) => {
-                if w.captured_at_ns > 0 {
-                    facts.captured_ns = Some(
-                        facts
-                            .captured_ns
-                            .map_or(w.captured_at_ns, |v| v.max(w.captured_at_ns)),
-                    );
-                }
-                facts.wal_end = Some(w.durable.to_string());
-                facts.caught_up = server_end.is_some_and(|end| w.durable.0 >= end);
-                facts.wal_lag_bytes = server_end.map(|end| end.saturating_sub(w.durable.0));
-            }
-            Ok(None) => {}
-            Err(e) => facts.error = Some(e.into()),
-        }
-        snap.datasets.insert(dataset.clone(), facts);
+        snap.datasets.insert(d.dataset, facts);
     }
     snap
 }

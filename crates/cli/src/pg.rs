@@ -123,11 +123,7 @@ pub fn run(cli: &Cli, command: &PgCommand) -> Result<ExitCode> {
 
 fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
-    let keyring = crate::secrets::unlock(
-        vault.config(),
-        cli.key_file.as_deref(),
-        cli.passphrase_file.as_deref(),
-    )?;
+    let keyring = crate::unlock(cli, &vault)?;
     let conn = ConnConfig::parse(&args.conninfo).map_err(Error::from)?;
     let mut cfg = StreamConfig::new(&args.dataset, conn, &args.slot);
     cfg.create_slot = args.create_slot;
@@ -221,11 +217,7 @@ fn transient(e: &PgError) -> bool {
 /// One try of `wal-fetch`; errors stay [`PgError`]s, so they print as themselves.
 fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCode, PgError> {
     let vault = crate::open_vault(cli)?;
-    let keyring = crate::secrets::unlock(
-        vault.config(),
-        cli.key_file.as_deref(),
-        cli.passphrase_file.as_deref(),
-    )?;
+    let keyring = crate::unlock(cli, &vault)?;
     if args.prefetch_only {
         if let Some(spool) = &args.spool {
             let lock = spool.join(".prefetch.lock");
@@ -346,23 +338,6 @@ fn wal_status(cli: &Cli, args: &PgWalStatusArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The keyless WAL check of every dataset that holds WAL or whose ledger anchors some, for
-/// `embassy verify`: a site that deletes or damages streamed WAL fails the vault's verification,
-/// not only `pg verify-wal`. Datasets without WAL are left out.
-pub fn verify_wal_of<'a>(
-    vault: &embassy_core::vault::Vault,
-    datasets: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<(String, embassy_postgres::wal::WalVerifyReport)>> {
-    let mut out = Vec::new();
-    for dataset in datasets {
-        let report = embassy_postgres::wal::verify(vault, dataset).map_err(Error::from)?;
-        if report.objects_ok > 0 || !report.is_ok() || !report.noise.is_empty() {
-            out.push((dataset.to_string(), report));
-        }
-    }
-    Ok(out)
 }
 
 /// The WAL part of a verification report as JSON.

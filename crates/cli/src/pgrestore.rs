@@ -18,7 +18,7 @@ use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::{output, Cli};
+use crate::{output, unlock, Cli};
 
 /// Arguments of `embassy pg base-backup`.
 #[derive(Args)]
@@ -65,14 +65,6 @@ pub struct PromoteArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
-}
-
-fn unlock(cli: &Cli, vault: &Vault) -> Result<Keyring> {
-    crate::secrets::unlock(
-        vault.config(),
-        cli.key_file.as_deref(),
-        cli.passphrase_file.as_deref(),
-    )
 }
 
 /// `embassy pg base-backup DATASET --conninfo ...`
@@ -521,15 +513,6 @@ pub fn recovery_target(
     })
 }
 
-/// True if this version is a PostgreSQL base backup.
-pub fn is_base_backup(reader: &embassy_core::reader::VersionReader) -> bool {
-    reader
-        .manifest
-        .properties
-        .get(base_backup::PROP_BASE_BACKUP)
-        .is_some_and(|v| v == "1")
-}
-
 /// Says what was restored; lists on stderr, always (and in `--json`), every restored setting
 /// that was neutralised and the overrides in force, for the operator to review.
 fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &str) -> Result<()> {
@@ -578,22 +561,29 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
     }
 }
 
-/// `embassy restore DATASET --time T | --lsn L | --latest --to DIR` for PostgreSQL datasets.
+/// The new data directory of a PostgreSQL restore: `--to DIR` is required.
+pub fn data_dir_given(to: Option<&Path>) -> Result<&Path> {
+    to.ok_or_else(|| {
+        Error::invalid("restoring a PostgreSQL dataset needs --to DIR (the new data directory)")
+    })
+}
+
+/// `embassy restore DATASET --time T | --lsn L | --latest --to DIR` for PostgreSQL datasets,
+/// with the vault opened and its keys unlocked by the caller (once for the whole restore).
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     cli: &Cli,
+    vault: &Vault,
+    keyring: &Keyring,
     dataset: &str,
     target: RecoveryTarget,
     to: Option<&Path>,
     owner_name: Option<&str>,
     allow_unwitnessed: bool,
 ) -> Result<ExitCode> {
-    let dir = to.ok_or_else(|| {
-        Error::invalid("restoring a PostgreSQL dataset needs --to DIR (the new data directory)")
-    })?;
-    let vault = crate::open_vault(cli)?;
-    let keyring = unlock(cli, &vault)?;
+    let dir = data_dir_given(to)?;
     let owner = owner(owner_name)?;
-    let fetch = FetchFolder::create(cli, &vault, &keyring, dataset, owner, dir)?;
+    let fetch = FetchFolder::create(cli, vault, keyring, dataset, owner, dir)?;
     let options = PgRestoreOptions {
         mode: Mode::Recover(target),
         restore_command: fetch.restore_command.clone(),
@@ -601,7 +591,7 @@ pub fn restore(
         allow_unwitnessed,
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let done = restore::restore(&vault, &keyring, dataset, dir, &options, &bar)
+    let done = restore::restore(vault, keyring, dataset, dir, &options, &bar)
         .map_err(Error::from)
         .inspect_err(|_| fetch.remove())?;
     bar.finish();

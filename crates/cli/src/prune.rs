@@ -376,7 +376,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
 /// `embassy approver-key`.
 pub fn approver_key(cli: &Cli, args: &ApproverKeyArgs) -> Result<ExitCode> {
     let secret = RootSecret::generate();
-    let public = crate::hex_key(
+    let public = crate::cmd::history::hex_key(
         &approval::approver_signing_key(&secret)
             .verifying_key()
             .to_bytes(),

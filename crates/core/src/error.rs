@@ -330,3 +330,46 @@ impl std::fmt::Display for ErrorKind {
         f.write_str(self.as_str())
     }
 }
+
+/// A failure as status views, alarms and the agent's state record and show it: its kind and its
+/// message. What a front end keeps of an error once the error itself is gone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// Integrity, outage, source, config or keys.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem of this kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Problem {
+        Problem {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True for damage or tampering.
+    pub fn is_integrity(&self) -> bool {
+        self.kind == ErrorKind::Integrity
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Problem {
+        Problem::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<SiteError> for Problem {
+    fn from(e: SiteError) -> Problem {
+        Problem::new(e.kind(), e.to_string())
+    }
+}

@@ -218,6 +218,12 @@ impl PgError {
     }
 }
 
+impl From<PgError> for embassy_core::error::Problem {
+    fn from(e: PgError) -> Self {
+        embassy_core::error::Problem::new(e.kind(), e.to_string())
+    }
+}
+
 /// The one conversion of PostgreSQL errors into the vault's error type, for front ends that
 /// report [`embassy_core::Error`]s: vault and site errors stay themselves (so an integrity
 /// problem stays one, and a site outage stays an outage), everything else is a failure of the
