@@ -4,7 +4,6 @@
 //! embassy_core's key-file, key or pack code. When the code and the spec part ways, this test
 //! fails: fix whichever is wrong.
 
-mod support;
 
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use embassy_core::tree::Tree;
 use embassy_core::vault::{Keyring, Vault};
 use embassy_core::writer::BackupSession;
 use hpke::{Deserializable, Kem as _, Serializable};
-use support::MemorySite;
+use embassy_testkit::memory::MemorySite;
 
 const PASS: &str = "spec reader passphrase";
 const DATASET: &str = "spec";
