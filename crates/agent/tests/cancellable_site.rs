@@ -12,7 +12,10 @@ use embassy_testkit::conformance::{self, Expect};
 use embassy_testkit::memory::MemorySite;
 
 fn never_cancelled(inner: Arc<dyn Site>) -> Box<dyn Site> {
-    Box::new(CancellableSite::new(inner, Arc::new(AtomicBool::new(false))))
+    Box::new(CancellableSite::new(
+        inner,
+        Arc::new(AtomicBool::new(false)),
+    ))
 }
 
 #[test]

@@ -8,9 +8,9 @@
 //! encoders; the "writer" properties re-seal or re-sign mutated plaintext to reach the CBOR
 //! decoding behind the authentication, as a malicious writer could.
 
+use embassy_testkit::memory::MemorySite;
 use std::path::Path;
 use std::sync::OnceLock;
-use embassy_testkit::memory::MemorySite;
 
 use embassy_core::config::VaultConfig;
 use embassy_core::crypto::{self, ObjectKey};

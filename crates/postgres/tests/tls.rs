@@ -19,8 +19,8 @@ use embassy_postgres::tls::Verification;
 use embassy_postgres::{wal, PgError};
 use embassy_sites::local::LocalSite;
 use embassy_testkit::pg::tls::{conninfo, TestPki, CLEARTEXT_USER};
-use embassy_testkit::wait_until;
 use embassy_testkit::pg::{PgServer, REPL_PASSWORD};
+use embassy_testkit::wait_until;
 
 fn connect(info: &str) -> Result<ReplicationConnection, PgError> {
     ReplicationConnection::connect(&ConnConfig::parse(info).unwrap())

@@ -51,7 +51,10 @@ pub fn run(expect: Expect, new_site: impl Fn() -> Box<dyn Site>) {
         );
         check(site, &expect);
         for path in site.list("").unwrap().into_iter().map(|i| i.path) {
-            assert!(!path.starts_with("tmp/"), "{name}: temporary object listed: {path}");
+            assert!(
+                !path.starts_with("tmp/"),
+                "{name}: temporary object listed: {path}"
+            );
         }
         eprintln!(
             "  [{}] {name}: ok in {:.2?}",

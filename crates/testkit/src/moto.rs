@@ -279,4 +279,3 @@ pub fn s3_target() -> &'static S3Target {
         }
     })
 }
-

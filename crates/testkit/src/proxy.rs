@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-
 /// What the proxy does to one connection (one request: it forces `Connection: close`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -269,7 +268,11 @@ pub(crate) fn content_length(head: &str) -> u64 {
 }
 
 /// Reads the rest of the request body, so that closing afterwards is a clean close, not a reset.
-pub(crate) fn drain_body(client: &mut TcpStream, already: usize, total: u64) -> std::io::Result<()> {
+pub(crate) fn drain_body(
+    client: &mut TcpStream,
+    already: usize,
+    total: u64,
+) -> std::io::Result<()> {
     let mut left = total.saturating_sub(already as u64);
     let mut chunk = [0u8; 64 * 1024];
     while left > 0 {
@@ -447,4 +450,3 @@ fn reset(client: TcpStream) {
     }
     drop(client);
 }
-
