@@ -16,8 +16,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use embassy_testkit::moto::MotoServer;
-use embassy_testkit::s3;
 use embassy_testkit::pg::{PgOptions, PgServer};
+use embassy_testkit::s3;
 
 use embassy_testkit::cli::postgres_home;
 

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use embassy_testkit::moto::*;
 use embassy_testkit::hostile::{HostileS3, Hostility};
+use embassy_testkit::moto::*;
 use embassy_testkit::random_bytes;
 use embassy_testkit::s3::{s3_config, target_config};
 
