@@ -16,7 +16,7 @@ use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 
-use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
+use embassy_testkit::cli::{cheapen, Embassy, Run, CHEAP, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
@@ -161,19 +161,8 @@ impl World {
             ],
             None,
         );
-        let file = KeyFile::load(&slow).unwrap();
-        let payload = file.open_payload(PASS.as_bytes(), &slow).unwrap();
         let cheap = self.path(&format!("keys/{label}.cred"));
-        KeyFile::seal_payload(
-            &payload,
-            &file.purpose,
-            &file.vault_id,
-            PASS.as_bytes(),
-            CHEAP,
-        )
-        .unwrap()
-        .store(&cheap)
-        .unwrap();
+        cheapen(&slow, &cheap);
         cheap
     }
 

@@ -18,7 +18,7 @@ use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 
-use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
+use embassy_testkit::cli::{cheapen, Embassy, Run, CHEAP, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const DS: &str = "registry";
@@ -158,16 +158,7 @@ impl World {
         let payload = file.open_payload(PASS.as_bytes(), &slow).unwrap();
         let credential = Credential::from_bytes(&payload).unwrap();
         let cheap = self.path(&format!("{label}.cred"));
-        KeyFile::seal_payload(
-            &payload,
-            &file.purpose,
-            &file.vault_id,
-            PASS.as_bytes(),
-            CHEAP,
-        )
-        .unwrap()
-        .store(&cheap)
-        .unwrap();
+        cheapen(&slow, &cheap);
         (cheap, credential)
     }
 
