@@ -4,14 +4,13 @@
 //! them hold cores x pack size. Measured on the real binary as a child process: its peak
 //! resident set (`ru_maxrss` from `wait4`) stays far below the pack's size.
 
-#[path = "../../sites/tests/support/mod.rs"]
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use embassy_core::spool::HashSink;
+use embassy_testkit::moto::{moto, unique_bucket};
+use embassy_testkit::s3::s3_config;
 
 /// The planted pack: several hundred megabytes of incompressible bytes.
 const PACK_MIB: u64 = 384;
@@ -158,9 +157,9 @@ fn sync_to_and_from_s3_of_a_large_pack_holds_a_fixed_buffer_not_the_pack() {
     ok(dir, &["--site", "a", "backup", "population", "src"]);
     let pack = plant_pack(&dir.join("a"), "population", S3_PACK_MIB);
 
-    let server = support::moto();
-    let bucket = support::unique_bucket("large");
-    let cfg = support::s3_config(&server.endpoint, &bucket, "vault");
+    let server = moto();
+    let bucket = unique_bucket("large");
+    let cfg = s3_config(&server.endpoint, &bucket, "vault");
     assert!(embassy_sites::S3Site::new(cfg)
         .unwrap()
         .create_bucket(false)

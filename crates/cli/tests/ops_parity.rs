@@ -5,10 +5,6 @@
 //! real processes; commands run as the `postgres` user, which a restore's `restore_command`
 //! runs as.
 
-mod pgkit;
-#[path = "../../postgres/tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -18,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use embassy_testkit::pg::restored as pgkit;
+use embassy_testkit::pg::{PgOptions, PgServer};
 use serde_json::Value;
-use support::{PgOptions, PgServer};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 

@@ -253,3 +253,14 @@ pub fn with_retry<T>(mut op: impl FnMut() -> Result<T, SiteError>) -> Result<T, 
     }
     op()
 }
+
+/// Whether `path` is a valid object path: relative, `/`-separated, no empty, `.` or `..`
+/// component, no NUL byte. Every site refuses other paths (a permanent error), so a hostile
+/// name can never reach outside the vault.
+pub fn valid_object_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}

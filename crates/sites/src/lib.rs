@@ -93,15 +93,7 @@ fn read_configs(
     }
 }
 
-/// Whether `path` is a valid object path: relative, `/`-separated, no empty, `.` or `..`
-/// component, no NUL byte.
-pub(crate) fn valid_object_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
-}
+pub(crate) use embassy_core::site::valid_object_path;
 
 /// Opens several sites as one vault: writes go to all, and succeed once `min_sites` hold them.
 /// Every site must already hold the same vault (seed a new one with `embassy sync`), except when
