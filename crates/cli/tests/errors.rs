@@ -388,7 +388,7 @@ fn unknown_versions() {
     env.run(&["restore", "docs@99", "--to", out_s], &[])
         .fails(1, &["no version 99", "embassy versions docs"]);
     env.run(&["restore", "docs@abc", "--to", out_s], &[])
-        .fails(1, &["not a version", "sequence number"]);
+        .fails(1, &["not a version", "version number"]);
     env.run(&["restore", "docs@ffffffff", "--to", out_s], &[])
         .fails(1, &["no version whose id starts with ffffffff"]);
     env.run(&["restore", "nothing", "--to", out_s], &[])

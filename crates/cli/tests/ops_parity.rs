@@ -420,6 +420,10 @@ fn a_postgres_restore_reads_the_passphrase_once() {
             }
             opened.fetch_add(1, Ordering::SeqCst);
             let _ = f.write_all(b"ops parity passphrase\n");
+            drop(f);
+            // The reader sees the end of the passphrase only once no writer holds the pipe:
+            // wait before serving the next reader, so one open serves exactly one passphrase.
+            std::thread::sleep(Duration::from_millis(300));
         })
     };
     let restores = env.path("restores");
