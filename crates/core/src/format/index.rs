@@ -16,11 +16,11 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::crypto;
 use crate::error::{Error, Result};
+use crate::format::pack::BlobEntry;
 use crate::id::ObjectId;
+use crate::keys::crypto;
 use crate::keys::{self, DatasetKeys};
-use crate::pack::BlobEntry;
 
 /// Magic at the start of every index object.
 pub const MAGIC: &[u8; 8] = b"EMBINDX2";
@@ -124,7 +124,7 @@ pub fn encode_entries(
 /// the end). Whether that signer may be trusted is the caller's decision.
 pub fn decode_header(path: &str, bytes: &[u8]) -> Result<(IndexHeader, usize)> {
     let (header, body_at): (IndexHeader, usize) =
-        crate::framing::header(MAGIC, "an index object", path, bytes, SIGNATURE_LEN)?;
+        crate::format::framing::header(MAGIC, "an index object", path, bytes, SIGNATURE_LEN)?;
     let signed = bytes.len() - SIGNATURE_LEN;
     if !keys::verify_signature(
         &header.signer,

@@ -5,41 +5,19 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::crypto::ObjectKey;
 use crate::error::{Error, Result};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest::{self, ManifestBody};
+use crate::format::pack::{self, BlobEntry, BlobKind};
+use crate::format::tree::Tree;
+use crate::history::version::Version;
 use crate::id::{ChunkId, ObjectId};
-use crate::index;
+use crate::keys::crypto::ObjectKey;
 use crate::keys::DatasetKeys;
-use crate::layout;
-use crate::manifest::{self, ManifestBody};
-use crate::pack::{self, BlobEntry, BlobKind};
 use crate::site::{with_retry, Site, SiteError};
-use crate::tree::Tree;
-use crate::vault::Version;
 
-/// Fetches an object and checks it hashes to its name.
-pub fn get_checked(
-    site: &dyn Site,
-    path: &str,
-    id: &ObjectId,
-    referenced_by: &str,
-) -> Result<Vec<u8>> {
-    let bytes = with_retry(|| site.get(path)).map_err(|e| match e {
-        SiteError::NotFound { .. } => Error::Missing {
-            path: path.to_string(),
-            site: site.location().to_string(),
-            referenced_by: referenced_by.to_string(),
-        },
-        e => e.into(),
-    })?;
-    if ObjectId::of(&bytes) != *id {
-        return Err(Error::corrupt(
-            path,
-            "bytes do not hash to the object's name (altered or truncated)",
-        ));
-    }
-    Ok(bytes)
-}
+pub use crate::format::object::get_checked;
 
 /// One place the version's indexes say a chunk is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +117,7 @@ impl VersionReader {
     /// Opens a version with whichever of the keyring's keys its manifest was sealed to.
     pub fn open_with(
         site: Arc<dyn Site>,
-        keyring: &crate::vault::Keyring,
+        keyring: &crate::engine::vault::Keyring,
         version: &Version,
     ) -> Result<Self> {
         let path = layout::manifest(&version.dataset, &version.manifest);

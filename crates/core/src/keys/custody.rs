@@ -61,7 +61,7 @@ pub fn split(root: &RootSecret, threshold: u8, count: u8) -> Result<Vec<String>>
     let shares =
         vsss_rs::Gf256::split_array(threshold as usize, count as usize, root.expose(), &mut rng)
             .map_err(|e| Error::invalid(format!("splitting the root secret: {e:?}")))?;
-    let split_id: [u8; 8] = crate::crypto::random_32()[..8]
+    let split_id: [u8; 8] = crate::keys::crypto::random_32()[..8]
         .try_into()
         .unwrap_or_default();
     let check = secret_check(root.expose());
@@ -175,7 +175,7 @@ pub fn recover(texts: &[String]) -> Result<RootSecret> {
     }
     let root = RootSecret::from_slice(&combined[..])
         .ok_or_else(|| Error::invalid("the shares do not hold a 32-byte secret"))?;
-    if !crate::crypto::ct_eq(&secret_check(root.expose()), &first.check) {
+    if !crate::keys::crypto::ct_eq(&secret_check(root.expose()), &first.check) {
         return Err(Error::invalid(
             "the shares do not recombine to the secret they were made from: one of them was altered",
         ));

@@ -115,16 +115,6 @@ pub struct Candidate {
     pub recorded_at_ns: i64,
 }
 
-impl From<&crate::vault::Version> for Candidate {
-    fn from(v: &crate::vault::Version) -> Self {
-        Self {
-            seq: v.seq,
-            captured_at_ns: v.captured_at_ns,
-            recorded_at_ns: v.recorded_at_ns,
-        }
-    }
-}
-
 /// Why a version is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "rule", rename_all = "snake_case")]

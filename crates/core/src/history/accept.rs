@@ -1,7 +1,7 @@
 //! A dataset's history and the rules that accept it (docs/format.md §9): which ledger objects
 //! count, which are noise a site (or an attacker) added, how a fork is resolved and what is
 //! damage. The record format itself (entries, events, signatures, appending) is
-//! [`crate::ledger`]'s; the deletion rules are [`crate::prune::check_deletion`]'s, called from
+//! [`crate::history::ledger`]'s; the deletion rules are [`crate::history::deletion::check_deletion`]'s, called from
 //! here only.
 //!
 //! Acceptance in short:
@@ -22,13 +22,13 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::config::VaultConfig;
 use crate::error::{Error, Result};
+use crate::format::config::VaultConfig;
+use crate::format::layout;
+use crate::history::ledger::{decode, Entry, Event, Record};
+use crate::history::version::Version;
 use crate::id::ObjectId;
-use crate::layout;
-use crate::ledger::{decode, Entry, Event, Record};
 use crate::site::{Site, SiteError, LISTED_NOT_HELD};
-use crate::vault::Version;
 
 /// A ledger object that is not part of the accepted history: well-formed or not, it has no
 /// effect, and verifiers report it as noise with its path.
@@ -198,8 +198,8 @@ impl History {
 /// What acceptance knows at one point of a chain.
 #[derive(Clone)]
 struct Judge {
-    /// Signers with their rights, and the legal minimum age ([`crate::rights`]).
-    authority: crate::rights::Authority,
+    /// Signers with their rights, and the legal minimum age ([`crate::history::rights`]).
+    authority: crate::history::rights::Authority,
     /// Time of the last accepted entry: an entry may not be dated before it.
     head_time: Option<i64>,
     /// Live versions so far, kept up to date entry by entry: deletions are judged against them
@@ -252,7 +252,7 @@ impl Ctx<'_> {
         let checkpointed = self.checkpointed.get_or_init(|| {
             let mut signers = vec![self.root];
             signers.extend(self.config.signer_keys());
-            crate::checkpoint::load_all(self.site, &self.config.vault_id, &signers)
+            crate::history::checkpoint::load_all(self.site, &self.config.vault_id, &signers)
                 .map(|(cps, _)| {
                     cps.iter()
                         .filter_map(|cp| cp.checkpoint.heads.get(self.dataset))
@@ -327,7 +327,7 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
         };
         let mut acceptable: Vec<Acceptable<'_>> = Vec::new();
         for c in candidates.iter().filter(|c| c.entry.prev == prev) {
-            // Signer, rights, time and the deletion rules (crate::rights).
+            // Signer, rights, time and the deletion rules (crate::history::rights).
             match judge.authority.verdict(
                 ctx.config,
                 ctx.dataset,
@@ -335,9 +335,9 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
                 judge.head_time,
                 &c.entry,
             ) {
-                crate::rights::Verdict::Accept => acceptable.push((c, None)),
-                crate::rights::Verdict::Noop(why) => acceptable.push((c, Some(why))),
-                crate::rights::Verdict::Reject(reason) => {
+                crate::history::rights::Verdict::Accept => acceptable.push((c, None)),
+                crate::history::rights::Verdict::Noop(why) => acceptable.push((c, Some(why))),
+                crate::history::rights::Verdict::Reject(reason) => {
                     out.rejected.push(ctx.reject(seq, c.id, reason))
                 }
             }
@@ -376,7 +376,7 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
                     format!(
                         "versions deleted, but entry {} {}; the deletion has no effect",
                         winner.short(),
-                        crate::prune::RACE_LOST
+                        crate::history::deletion::RACE_LOST
                     ),
                 ));
                 false
@@ -593,7 +593,7 @@ pub fn load(
         }
     }
     let judge = Judge {
-        authority: crate::rights::Authority::new(config, dataset)?,
+        authority: crate::history::rights::Authority::new(config, dataset)?,
         head_time: None,
         live: BTreeMap::new(),
     };

@@ -15,64 +15,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::VaultConfig;
 use crate::error::Result;
-use crate::ledger::{Entry, Event};
-use crate::vault::Version;
+use crate::format::config::VaultConfig;
+use crate::history::ledger::{Entry, Event};
+use crate::history::version::Version;
 
-/// One right the root grants a signer of a dataset's ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Right {
-    /// Sign `version_added` and `promoted` entries.
-    AddVersions,
-    /// Sign `log_range_added` entries (streamed WAL anchors).
-    StreamWal,
-    /// Sign `versions_deleted` entries (still bound by the policy, minimum age and approvals).
-    Delete,
-}
-
-impl Right {
-    /// Every right (what the keys in `config.signers` hold).
-    pub const ALL: [Right; 3] = [Right::AddVersions, Right::StreamWal, Right::Delete];
-
-    /// The rights of a sealing credential: add versions and stream WAL, plus delete when the
-    /// root says so (`embassy keys issue --sealing --may-delete`).
-    pub fn sealing(may_delete: bool) -> Vec<Right> {
-        let mut rights = vec![Right::AddVersions, Right::StreamWal];
-        if may_delete {
-            rights.push(Right::Delete);
-        }
-        rights
-    }
-
-    /// The right's name as stored.
-    pub fn name(self) -> &'static str {
-        match self {
-            Right::AddVersions => "add_versions",
-            Right::StreamWal => "stream_wal",
-            Right::Delete => "delete",
-        }
-    }
-
-    /// The right an event needs, or `None` for events only the root key signs.
-    pub fn needed_for(event: &Event) -> Option<Right> {
-        match event {
-            Event::VersionAdded { .. } | Event::Promoted { .. } => Some(Right::AddVersions),
-            Event::LogRangeAdded { .. } => Some(Right::StreamWal),
-            Event::VersionsDeleted { .. } => Some(Right::Delete),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Right {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::history::ledger::Right;
 
 /// What the acceptance rules make of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +76,11 @@ impl Authority {
     }
 
     /// The authority after the accepted entries of `history` (no-op entries change nothing).
-    pub fn after(config: &VaultConfig, dataset: &str, history: &[crate::ledger::Record]) -> Self {
+    pub fn after(
+        config: &VaultConfig,
+        dataset: &str,
+        history: &[crate::history::ledger::Record],
+    ) -> Self {
         let mut out = Self::new(config, dataset).unwrap_or_else(|_| Self {
             root: [0; 32],
             pinned: Vec::new(),
@@ -292,9 +244,13 @@ impl Authority {
             return Verdict::Noop(why);
         }
         let judged = match &entry.event {
-            Event::VersionsDeleted { .. } => {
-                crate::prune::check_deletion(config, dataset, live, self.min_age_secs(), entry)
-            }
+            Event::VersionsDeleted { .. } => crate::history::deletion::check_deletion(
+                config,
+                dataset,
+                live,
+                self.min_age_secs(),
+                entry,
+            ),
             Event::MinAgeChanged { .. } => self.check_min_age_change(config, dataset, entry),
             _ => Ok(()),
         };
@@ -337,7 +293,7 @@ impl Authority {
         let mut approvers = std::collections::BTreeSet::new();
         let mut problems = Vec::new();
         for (i, bytes) in approvals.iter().enumerate() {
-            match crate::approval::decode(
+            match crate::history::approval::decode(
                 &config.vault_id,
                 dataset,
                 &format!("approval {i}"),

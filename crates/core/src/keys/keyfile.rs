@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto;
 use crate::error::{Error, Result};
+use crate::keys::crypto;
 use crate::keys::RootSecret;
 
 /// File format tag.

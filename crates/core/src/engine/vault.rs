@@ -3,16 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::checkpoint::{self, Head, StoredCheckpoint};
-use crate::state::StateStore;
+use crate::history::checkpoint::{self, Head, StoredCheckpoint};
+use crate::history::state::StateStore;
 
-use crate::config::VaultConfig;
 use crate::error::{Error, Result};
+use crate::format::config::VaultConfig;
+use crate::format::layout;
+use crate::history::ledger::{self, Event, Record};
+pub use crate::history::version::{versions_in, Version};
 use crate::id::ObjectId;
 use crate::keys::{Credential, DatasetKeys, RootSecret};
-use crate::layout;
-use crate::ledger::{self, Event, Record};
-use crate::manifest::{VersionKind, VersionStats};
 use crate::site::Site;
 
 /// Verified histories by dataset.
@@ -20,7 +20,7 @@ pub type Histories = BTreeMap<String, Vec<Record>>;
 
 /// What each dataset's history left out (noise, damage, an unresolved fork), by dataset; the
 /// accepted records are in [`Histories`] (the `records` here are empty).
-pub type Judged = Vec<(String, ledger::History)>;
+pub type Judged = Vec<(String, crate::history::History)>;
 
 /// A vault at one site. Opening it checks the configuration's signature; no keys are needed.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl Vault {
 
     /// [`Vault::history`] with what was left out of it: noise, damage, an unresolved fork.
     /// A fork below the head this client remembers resolves to the remembered chain.
-    pub fn history_full(&self, dataset: &str) -> Result<ledger::History> {
+    pub fn history_full(&self, dataset: &str) -> Result<crate::history::History> {
         let remembered = self.state.as_ref().and_then(|s| {
             let head = s.seen().heads.get(dataset)?.clone();
             Some((head.seq, ObjectId::from_hex(&head.id).ok()?))
@@ -129,21 +129,25 @@ impl Vault {
     pub fn active_signers(&self, history: &[Record]) -> Vec<[u8; 32]> {
         // One home for who may sign: the rights rules (revocations, rotations).
         let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
-        crate::rights::Authority::after(&self.config, dataset, history).keys()
+        crate::history::rights::Authority::after(&self.config, dataset, history).keys()
     }
 
     /// The signers of `dataset` with their rights, and its legal minimum age, after its verified
     /// history: `authority(..).may(key, Right::Delete)`.
-    pub fn authority(&self, dataset: &str, history: &[Record]) -> crate::rights::Authority {
-        crate::rights::Authority::after(&self.config, dataset, history)
+    pub fn authority(
+        &self,
+        dataset: &str,
+        history: &[Record],
+    ) -> crate::history::rights::Authority {
+        crate::history::rights::Authority::after(&self.config, dataset, history)
     }
 
     /// Who may have signed the dataset's WAL objects, judged at the time each was anchored
-    /// (see [`crate::wal_log::WalAuthority`]), from an accepted `history`.
-    pub fn wal_authority(&self, history: &[Record]) -> crate::wal_log::WalAuthority {
+    /// (see [`crate::history::wal_authority::WalAuthority`]), from an accepted `history`.
+    pub fn wal_authority(&self, history: &[Record]) -> crate::history::wal_authority::WalAuthority {
         let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
-        let start = crate::rights::Authority::after(&self.config, dataset, &[]);
-        crate::wal_log::WalAuthority::new(start, history)
+        let start = crate::history::rights::Authority::after(&self.config, dataset, &[]);
+        crate::history::wal_authority::WalAuthority::new(start, history)
     }
 
     /// Every dataset's verified history; datasets that fail are returned as errors beside,
@@ -569,70 +573,6 @@ impl Vault {
             }
         }
     }
-}
-
-/// One version as the ledger records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
-    /// The dataset.
-    pub dataset: String,
-    /// Its ledger sequence number.
-    pub seq: u64,
-    /// The ledger entry's id.
-    pub ledger_id: ObjectId,
-    /// The manifest's id.
-    pub manifest: ObjectId,
-    /// Tree or stream.
-    pub kind: VersionKind,
-    /// The recovery point: when the source was captured.
-    pub captured_at_ns: i64,
-    /// When the ledger entry was made.
-    pub recorded_at_ns: i64,
-    /// Counts.
-    pub stats: VersionStats,
-}
-
-impl Version {
-    /// The version a ledger record adds, if it adds one.
-    pub fn from_record(dataset: &str, record: &Record) -> Option<Self> {
-        let Event::VersionAdded {
-            manifest,
-            kind,
-            captured_at_ns,
-            stats,
-        } = &record.entry.event
-        else {
-            return None;
-        };
-        Some(Self {
-            dataset: dataset.to_string(),
-            seq: record.entry.seq,
-            ledger_id: record.id,
-            manifest: *manifest,
-            kind: *kind,
-            captured_at_ns: *captured_at_ns,
-            recorded_at_ns: record.entry.time_ns,
-            stats: *stats,
-        })
-    }
-}
-
-/// The versions a verified history still holds, oldest first.
-pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
-    let deleted: BTreeSet<u64> = history
-        .iter()
-        .filter(|r| r.refused.is_none())
-        .filter_map(|r| match &r.entry.event {
-            Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().copied()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    history
-        .iter()
-        .filter(|r| !deleted.contains(&r.entry.seq))
-        .filter_map(|r| Version::from_record(dataset, r))
-        .collect()
 }
 
 /// How many key epochs a root key searches for a key id.

@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::crypto::{ObjectKey, ENCAPSULATED_LEN};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ObjectId};
+use crate::keys::crypto::{ObjectKey, ENCAPSULATED_LEN};
 use crate::keys::DatasetKeys;
 
 /// Magic at the start of every manifest.
@@ -78,7 +78,7 @@ pub struct ManifestBody {
     /// Metadata of the folder that was backed up as the root (mode, owner, mtime), applied to
     /// the target of a full restore. Absent for streams and several-path versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_node: Option<crate::tree::Node>,
+    pub root_node: Option<crate::format::tree::Node>,
     /// Properties of the source, namespaced by kind of source (`postgres.start_lsn`, ...):
     /// what a restore of that kind needs beyond the files. Empty (and absent) for plain trees.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -111,7 +111,7 @@ pub fn encode(keys: &DatasetKeys, indexes: Vec<ObjectId>, body: &ManifestBody) -
 
 /// Reads the plaintext header (no keys needed); returns it and where the sealed part starts.
 pub fn decode_header(path: &str, bytes: &[u8]) -> Result<(ManifestHeader, usize)> {
-    crate::framing::header(MAGIC, "a manifest", path, bytes, ENCAPSULATED_LEN)
+    crate::format::framing::header(MAGIC, "a manifest", path, bytes, ENCAPSULATED_LEN)
 }
 
 /// Decodes a manifest with the reader key.

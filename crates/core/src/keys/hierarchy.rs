@@ -10,7 +10,7 @@
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, ReaderPublicKey, ReaderSecretKey};
+use crate::keys::crypto::{self, ReaderPublicKey, ReaderSecretKey};
 
 const CONTEXT_ROOT_SIGNING: &str = "data-embassy 2026 root signing key v1";
 const CONTEXT_WRITER_SIGNING: &str = "data-embassy 2026 writer signing key v1";

@@ -99,11 +99,15 @@ pub const MAX_CONFIG_SIZE: u64 = MIB;
 pub const MAX_RECORD_SIZE: u64 = 16 * MIB;
 /// Largest index object, manifest or condemnation record (lists of ids or paths).
 pub const MAX_LIST_SIZE: u64 = 256 * MIB;
+/// Largest payload one log object may hold (a whole 16 MiB segment, with room for 64 MiB
+/// segments); a larger claim is damage or an attack and is refused before any allocation.
+pub const MAX_LOG_PAYLOAD: u64 = 64 * MIB;
+/// Largest log object header accepted.
+pub const MAX_LOG_HEADER: usize = 4096;
 /// Largest log object: magic, header length, header, signature, and a body of one compression
-/// byte, at most [`crate::wal_log::MAX_PAYLOAD`] bytes (zstd is kept only when it is smaller)
-/// and the 16-byte tag.
-pub const MAX_LOG_OBJECT_SIZE: u64 =
-    8 + 4 + crate::wal_log::MAX_HEADER as u64 + 64 + 1 + crate::wal_log::MAX_PAYLOAD + 16;
+/// byte, at most [`MAX_LOG_PAYLOAD`] bytes (zstd is kept only when it is smaller) and the
+/// 16-byte tag.
+pub const MAX_LOG_OBJECT_SIZE: u64 = 8 + 4 + MAX_LOG_HEADER as u64 + 64 + 1 + MAX_LOG_PAYLOAD + 16;
 /// Largest pack: blob offsets and lengths are 32-bit, so every blob lies in the first 4 GiB;
 /// writers close a pack at its target (at most 1 GiB) plus one blob, and its directory (about
 /// 51 bytes per blob) keeps the whole well below this.
@@ -164,6 +168,6 @@ mod tests {
         assert_eq!(max_object_size("checkpoints/x"), MAX_RECORD_SIZE);
         assert_eq!(max_object_size("unknown/x"), MAX_OTHER_SIZE);
         // A log object of the largest payload fits its cap.
-        const { assert!(MAX_LOG_OBJECT_SIZE > crate::wal_log::MAX_PAYLOAD) };
+        const { assert!(MAX_LOG_OBJECT_SIZE > MAX_LOG_PAYLOAD) };
     }
 }

@@ -8,7 +8,7 @@
 
 use std::io::{ErrorKind, Read};
 
-use crate::config::ChunkerParams;
+use crate::format::config::ChunkerParams;
 
 /// A failure while chunking: reading the source, or the consumer's own error.
 #[derive(Debug)]

@@ -6,27 +6,26 @@
 //! a deletion entry that does neither ([`check_deletion`], called while loading every history),
 //! so it has no effect: its versions stay, and deleting their objects is detected as damage.
 //!
-//! Deleting an entry removes nothing from the site: garbage collection ([`crate::gc`]) removes
+//! Deleting an entry removes nothing from the site: garbage collection ([`crate::engine::gc`]) removes
 //! the objects that no remaining version needs, later and safely.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::config::VaultConfig;
+use crate::engine::vault::{versions_in, Keyring, Vault, Version};
 use crate::error::{Error, Result};
+use crate::history::ledger::{self, Entry, Event, Record};
+use crate::history::retention::{self, Candidate, Decision, RetentionPolicy};
 use crate::id::ObjectId;
-use crate::ledger::{self, Entry, Event, Record};
-use crate::retention::{self, Candidate, Decision, RetentionPolicy};
-use crate::vault::{versions_in, Keyring, Vault, Version};
 
 /// How far (ns) an entry may be dated ahead of the verifier's clock before `verify` warns about
 /// it. Only a warning: acceptance never reads the verifier's clock (a signer granted `delete` is
 /// trusted for its clock, within the bounds of its predecessor's time).
 pub const CLOCK_SKEW_NS: i64 = 10 * 60 * 1_000_000_000;
 
-/// Words in the reason of a deletion rejected because a version took its sequence number.
-pub const RACE_LOST: &str = "was added at the same sequence at the same time";
+use crate::history::deletion::deletion_verdict;
+pub use crate::history::deletion::{check_deletion, RACE_LOST};
 
 /// What a prune decided and did.
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +60,7 @@ pub fn plan_retention(
     check_now(now_ns)?;
     let history = vault.history(dataset)?;
     let live = versions_in(dataset, &history);
-    let authority = crate::rights::Authority::after(vault.config(), dataset, &history);
+    let authority = crate::history::rights::Authority::after(vault.config(), dataset, &history);
     let effective = policy.with_min_age_at_least(authority.min_age_secs());
     let candidates: Vec<Candidate> = live.iter().map(Candidate::from).collect();
     let decisions = retention::select(&candidates, &effective, now_ns);
@@ -85,7 +84,7 @@ pub fn plan_retention(
 
 /// Applies a retention policy to a dataset: records, in one signed ledger entry, the deletion
 /// of every version the policy does not keep at `now_ns`. The entry point for the agent after
-/// each backup. Objects are removed later by [`crate::gc::collect_garbage`].
+/// each backup. Objects are removed later by [`crate::engine::gc::collect_garbage`].
 pub fn apply_retention(
     vault: &Vault,
     keyring: &Keyring,
@@ -140,15 +139,18 @@ pub fn forget(
             "forget: name at least one version (DATASET@N)",
         ));
     }
-    let now_ns = crate::config::now_unix_nanos();
+    let now_ns = crate::format::config::now_unix_nanos();
     let history = vault.history(dataset)?;
-    let (approvals, problems) =
-        crate::approval::list_signed(vault.site().as_ref(), &vault.config().vault_id, dataset)?;
+    let (approvals, problems) = crate::history::approval::list_signed(
+        vault.site().as_ref(),
+        &vault.config().vault_id,
+        dataset,
+    )?;
     let live = versions_in(dataset, &history);
     let wanted: BTreeSet<u64> = seqs.iter().copied().collect();
     let pinned = vault.config().approver_keys();
     // The approvals travel inside the entry: verifiers never read approvals/ again.
-    let chosen: Vec<&(ObjectId, crate::approval::Approval, Vec<u8>)> = approvals
+    let chosen: Vec<&(ObjectId, crate::history::approval::Approval, Vec<u8>)> = approvals
         .iter()
         .filter(|(_, a, _)| {
             pinned.contains(&a.approver)
@@ -172,7 +174,7 @@ pub fn forget(
     };
     // Check first, with the error a person needs, before anything is written.
     let signer = keyring.map(|k| k.signer()).transpose()?;
-    let authority = crate::rights::Authority::after(vault.config(), dataset, &history);
+    let authority = crate::history::rights::Authority::after(vault.config(), dataset, &history);
     if let Some(s) = &signer {
         check_may_delete(&authority, dataset, &s.verifying_key().to_bytes())?;
     }
@@ -280,7 +282,7 @@ fn append_deletion(
 
 /// Refuses, before anything is written, a deletion by a key that may not delete.
 fn check_may_delete(
-    authority: &crate::rights::Authority,
+    authority: &crate::history::rights::Authority,
     dataset: &str,
     signer: &[u8; 32],
 ) -> Result<()> {
@@ -290,7 +292,7 @@ fn check_may_delete(
             hex::encode(&signer[..8])
         )));
     }
-    if !authority.may(signer, crate::rights::Right::Delete) {
+    if !authority.may(signer, crate::history::rights::Right::Delete) {
         return Err(Error::WrongKey(format!(
             "this credential may not delete versions of {dataset}: the root grants that with \
              `embassy keys issue --sealing --may-delete` (signing key {})",
@@ -301,7 +303,7 @@ fn check_may_delete(
 }
 
 fn check_now(now_ns: i64) -> Result<()> {
-    let real = crate::config::now_unix_nanos();
+    let real = crate::format::config::now_unix_nanos();
     // The deletion entry is dated now (or later): an evaluation time after it is refused.
     if now_ns > real {
         return Err(Error::invalid(format!(
@@ -312,148 +314,6 @@ fn check_now(now_ns: i64) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The rule every verifier applies to a `versions_deleted` entry whose signer holds the `delete`
-/// right, given the versions live before it (by sequence number) and the dataset's legal minimum
-/// age in force there: `Ok` when it is valid (other events always are), else why it is refused
-/// (it is then a no-op). A pure function of the entry's signed bytes and the configuration: it
-/// reads nothing from a site and no clock.
-pub fn check_deletion(
-    config: &VaultConfig,
-    dataset: &str,
-    live: &BTreeMap<u64, Version>,
-    min_age_secs: u64,
-    entry: &Entry,
-) -> std::result::Result<(), String> {
-    deletion_verdict(config, dataset, live, min_age_secs, entry).map_err(|e| match e {
-        Error::Invalid(m) => m,
-        other => other.to_string(),
-    })
-}
-
-fn deletion_verdict(
-    config: &VaultConfig,
-    dataset: &str,
-    by_seq: &BTreeMap<u64, Version>,
-    min_age_secs: u64,
-    entry: &Entry,
-) -> Result<()> {
-    let Event::VersionsDeleted {
-        seqs,
-        policy,
-        as_of_ns,
-        approvals,
-        ..
-    } = &entry.event
-    else {
-        return Ok(());
-    };
-    let refuse = |m: String| Err(Error::invalid(m));
-    if seqs.is_empty() {
-        return refuse("versions deleted: the entry names no version".into());
-    }
-    let live: Vec<&Version> = by_seq.values().collect();
-    let mut seen = BTreeSet::new();
-    for s in seqs {
-        if !seen.insert(*s) {
-            return refuse(format!("versions deleted: version {s} is named twice"));
-        }
-        if !by_seq.contains_key(s) {
-            return refuse(format!(
-                "versions deleted: version {s} does not exist or was already deleted"
-            ));
-        }
-    }
-    // What the recorded policy deletes by itself, recomputed from the ledger.
-    let mut in_policy = BTreeSet::new();
-    if let (Some(policy), Some(as_of)) = (policy, as_of_ns) {
-        if *as_of > entry.time_ns {
-            return refuse(format!(
-                "versions deleted: the policy was evaluated at {}, after the entry was made ({})",
-                crate::time::utc(*as_of),
-                crate::time::utc(entry.time_ns)
-            ));
-        }
-        let effective = policy.with_min_age_at_least(min_age_secs);
-        let candidates: Vec<Candidate> = live.iter().map(|v| Candidate::from(*v)).collect();
-        for d in retention::select(&candidates, &effective, *as_of) {
-            if !d.keep() {
-                in_policy.insert(d.seq);
-            }
-        }
-    }
-    let outside: Vec<u64> = seqs
-        .iter()
-        .copied()
-        .filter(|s| !in_policy.contains(s))
-        .collect();
-    if outside.is_empty() {
-        return Ok(());
-    }
-    let need = config.approvals_required as usize;
-    if need == 0 {
-        return Err(Error::NotApproved {
-            dataset: dataset.to_string(),
-            versions: outside,
-            have: 0,
-            need: 0,
-            detail: "this vault pins no approvers, so deletions outside the retention policy \
-                     (explicit forget, or versions younger than the legal minimum age) are refused"
-                .into(),
-        });
-    }
-    let pinned = config.approver_keys();
-    let mut valid: Vec<crate::approval::Approval> = Vec::new();
-    let mut problems = Vec::new();
-    for (i, bytes) in approvals.iter().enumerate() {
-        let label = format!("approval {i} of entry {}", entry.seq);
-        match crate::approval::decode(&config.vault_id, dataset, &label, bytes) {
-            Ok(a) if !pinned.contains(&a.approver) => problems.push(format!(
-                "{label} is by {}, which is not a pinned approver",
-                hex::encode(&a.approver[..8])
-            )),
-            Ok(a) if a.min_age_secs.is_some() => problems.push(format!(
-                "{label} approves a minimum-age change, not a deletion"
-            )),
-            Ok(a) => valid.push(a),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    let approvers_of = |s: u64| -> BTreeSet<[u8; 32]> {
-        let version = &by_seq[&s];
-        valid
-            .iter()
-            .filter(|a| a.seq == s && a.entry == version.ledger_id)
-            .map(|a| a.approver)
-            .collect()
-    };
-    let short: Vec<u64> = outside
-        .iter()
-        .copied()
-        .filter(|s| approvers_of(*s).len() < need)
-        .collect();
-    let Some(have) = short.iter().map(|s| approvers_of(*s).len()).min() else {
-        return Ok(());
-    };
-    Err(Error::NotApproved {
-        dataset: dataset.to_string(),
-        versions: short,
-        have,
-        need,
-        detail: if problems.is_empty() {
-            format!(
-                "get {} more with `embassy approve --approver-key FILE {dataset}@N`",
-                need - have
-            )
-        } else {
-            format!(
-                "{}; get {} more with `embassy approve --approver-key FILE {dataset}@N`",
-                problems.join("; "),
-                need - have
-            )
-        },
-    })
 }
 
 /// What a minimum-age change did.
@@ -489,9 +349,12 @@ pub fn change_min_age(
     let before_secs = authority.min_age_secs();
     let head = history.records.last();
     let pinned = vault.config().approver_keys();
-    let (approvals, _) =
-        crate::approval::list_signed(vault.site().as_ref(), &vault.config().vault_id, dataset)?;
-    let chosen: Vec<&(ObjectId, crate::approval::Approval, Vec<u8>)> = approvals
+    let (approvals, _) = crate::history::approval::list_signed(
+        vault.site().as_ref(),
+        &vault.config().vault_id,
+        dataset,
+    )?;
+    let chosen: Vec<&(ObjectId, crate::history::approval::Approval, Vec<u8>)> = approvals
         .iter()
         .filter(|(_, a, _)| {
             pinned.contains(&a.approver)
@@ -511,7 +374,8 @@ pub fn change_min_age(
         dataset: dataset.to_string(),
         seq: head.map_or(1, |r| r.entry.seq + 1),
         prev: head.map(|r| r.id),
-        time_ns: crate::config::now_unix_nanos().max(head.map_or(i64::MIN, |r| r.entry.time_ns)),
+        time_ns: crate::format::config::now_unix_nanos()
+            .max(head.map_or(i64::MIN, |r| r.entry.time_ns)),
         signer: root_key.verifying_key().to_bytes(),
         event: event.clone(),
     };
@@ -521,8 +385,9 @@ pub fn change_min_age(
         .collect();
     let prev_time = head.map(|r| r.entry.time_ns);
     match authority.verdict(vault.config(), dataset, &live, prev_time, &probe) {
-        crate::rights::Verdict::Accept => {}
-        crate::rights::Verdict::Noop(why) | crate::rights::Verdict::Reject(why) => {
+        crate::history::rights::Verdict::Accept => {}
+        crate::history::rights::Verdict::Noop(why)
+        | crate::history::rights::Verdict::Reject(why) => {
             return Err(Error::invalid(format!(
                 "{why}: approvers approve lowering with `embassy approve --approver-key FILE \
                  --min-age DURATION {dataset}`, then run this again"

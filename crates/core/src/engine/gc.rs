@@ -21,13 +21,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::vault::{versions_in, Vault};
 use crate::error::{Error, Result};
+use crate::format::layout;
+use crate::format::wal_log::{self, LogKind, LogName};
+use crate::history::ledger::{Event, Record};
+use crate::history::wal_authority::WalAuthority;
 use crate::id::ObjectId;
-use crate::layout;
-use crate::ledger::{Event, Record};
 use crate::site::{with_retry, Site};
-use crate::vault::{versions_in, Vault};
-use crate::wal_log::{self, LogKind, LogName};
 pub use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 
@@ -151,12 +152,12 @@ pub fn marker_path(dataset: &str, time_ns: i64, id: &ObjectId) -> String {
 
 /// The stored bytes of a condemnation record signed by `key` (its hash is the record's id).
 pub fn encode_record(record: &Condemnation, key: &SigningKey) -> Vec<u8> {
-    crate::framing::encode_signed(RECORD_MAGIC, RECORD_LABEL, record, key)
+    crate::format::framing::encode_signed(RECORD_MAGIC, RECORD_LABEL, record, key)
 }
 
 /// The stored bytes of a session marker signed by `key` (its hash is the marker's id).
 pub fn encode_marker(marker: &SessionMarker, key: &SigningKey) -> Vec<u8> {
-    crate::framing::encode_signed(MARKER_MAGIC, MARKER_LABEL, marker, key)
+    crate::format::framing::encode_signed(MARKER_MAGIC, MARKER_LABEL, marker, key)
 }
 
 /// A signed bookkeeping object: its magic, signature label and the key it names.
@@ -223,9 +224,9 @@ fn load_timed<T: Signed>(site: &dyn Site, prefix: &str) -> Result<Timed<T>> {
             problems.push(format!("{}: unexpected object: ignored", info.path));
             continue;
         };
-        let loaded =
-            crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|b| {
-                crate::framing::decode_signed(
+        let loaded = crate::engine::reader::get_checked(site, &info.path, &id, "the listing")
+            .and_then(|b| {
+                crate::format::framing::decode_signed(
                     T::MAGIC,
                     T::LABEL,
                     T::WHAT,
@@ -261,7 +262,7 @@ pub fn deleters(vault: &Vault) -> Vec<[u8; 32]> {
 }
 
 /// Stores a session marker for a backup of `dataset` starting now from head `base_seq`, signed
-/// by the session's own key. Called by [`crate::writer::BackupSession::begin`] before it reads
+/// by the session's own key. Called by [`crate::engine::writer::BackupSession::begin`] before it reads
 /// condemnation records and indexes.
 pub fn begin_session(
     site: &dyn Site,
@@ -272,7 +273,7 @@ pub fn begin_session(
 ) -> Result<()> {
     let marker = SessionMarker {
         dataset: dataset.to_string(),
-        started_at_ns: crate::config::now_unix_nanos(),
+        started_at_ns: crate::format::config::now_unix_nanos(),
         base_seq,
         host: host.to_string(),
         signer: key.verifying_key().to_bytes(),
@@ -322,15 +323,15 @@ fn references(
         if !out.insert(path.clone()) {
             continue;
         }
-        let bytes = crate::reader::get_checked(site, &path, &m, "a live version")?;
-        let (header, _) = crate::manifest::decode_header(&path, &bytes)?;
+        let bytes = crate::engine::reader::get_checked(site, &path, &m, "a live version")?;
+        let (header, _) = crate::format::manifest::decode_header(&path, &bytes)?;
         for index in header.indexes {
             let ipath = layout::index(dataset, &index);
             if !out.insert(ipath.clone()) {
                 continue;
             }
-            let bytes = crate::reader::get_checked(site, &ipath, &index, &path)?;
-            let (header, _) = crate::index::decode_header(&ipath, &bytes)?;
+            let bytes = crate::engine::reader::get_checked(site, &ipath, &index, &path)?;
+            let (header, _) = crate::format::index::decode_header(&ipath, &bytes)?;
             for pack in header.packs {
                 out.insert(layout::pack(dataset, &pack));
             }
@@ -408,12 +409,7 @@ pub fn wal_pieces_covered(pieces: &[&LogName], segments: &[&LogName]) -> Vec<Opt
 /// the id in its name, the signed header matches the name, and its signer was active when the
 /// ledger anchored it (or is active now): a later revocation of the streamer's key does not
 /// make its compacted segments untrustworthy.
-fn segment_verifies(
-    site: &dyn Site,
-    path: &str,
-    name: &LogName,
-    authority: &wal_log::WalAuthority,
-) -> bool {
+fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &WalAuthority) -> bool {
     let Ok(bytes) = with_retry(|| site.get(path)) else {
         return false;
     };
@@ -437,7 +433,7 @@ fn wal_collectable(
     site: &dyn Site,
     dataset: &str,
     history: &[Record],
-    authority: &wal_log::WalAuthority,
+    authority: &WalAuthority,
     listing: &[crate::site::ObjectInfo],
 ) -> HashSet<String> {
     let prefix = wal_log::prefix(dataset);
@@ -516,7 +512,7 @@ struct SeenRecords {
 impl Collector {
     /// A collector signing with `key`, remembering first sightings of the records of vault
     /// `vault_id` in `state_dir` (file `<vault_id>.gc-seen.json`; the folder of the state
-    /// file, [`crate::state::StateStore::default_dir`]).
+    /// file, [`crate::history::state::StateStore::default_dir`]).
     pub fn new(key: SigningKey, state_dir: &Path, vault_id: &str) -> Self {
         Self {
             key,
@@ -835,7 +831,7 @@ pub fn collect_garbage(
             if !options.dry_run {
                 // Stamped with the clock just before the put, not with `now_ns`: a backup that
                 // starts after this stamp plus the allowed skew is sure to see the record.
-                let time_ns = crate::config::now_unix_nanos().max(now_ns);
+                let time_ns = crate::format::config::now_unix_nanos().max(now_ns);
                 let record = Condemnation {
                     dataset: dataset.clone(),
                     time_ns,
@@ -935,7 +931,7 @@ mod tests {
 
     #[test]
     fn only_segments_anchored_by_the_ledger_count() {
-        use crate::ledger::Entry;
+        use crate::history::ledger::Entry;
         let seg = name(LogKind::Segment, 1, SEG, 2 * SEG, b"s1");
         let other = name(LogKind::Segment, 1, 2 * SEG, 3 * SEG, b"s2");
         let names = vec![

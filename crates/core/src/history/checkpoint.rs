@@ -16,8 +16,8 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::history::ledger::Record;
 use crate::id::ObjectId;
-use crate::ledger::Record;
 use crate::site::{with_retry, Site};
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"EMBCHKP1";
@@ -90,7 +90,13 @@ pub fn write(
     heads: BTreeMap<String, Head>,
     key: &SigningKey,
 ) -> Result<(ObjectId, i64)> {
-    write_at(site, vault_id, heads, key, crate::config::now_unix_nanos())
+    write_at(
+        site,
+        vault_id,
+        heads,
+        key,
+        crate::format::config::now_unix_nanos(),
+    )
 }
 
 /// [`write`] with a stated time (tools and tests; readers judge the time, see [`load_valid`]).
@@ -107,7 +113,8 @@ pub fn write_at(
         heads,
         signer: key.verifying_key().to_bytes(),
     };
-    let bytes = crate::framing::encode_signed(CHECKPOINT_MAGIC, CHECKPOINT_LABEL, &checkpoint, key);
+    let bytes =
+        crate::format::framing::encode_signed(CHECKPOINT_MAGIC, CHECKPOINT_LABEL, &checkpoint, key);
     let id = ObjectId::of(&bytes);
     with_retry(|| {
         site.put(
@@ -123,10 +130,14 @@ pub fn cosign(site: &dyn Site, id: &ObjectId, key: &SigningKey) -> Result<()> {
     let cosignature = Cosignature {
         checkpoint: *id,
         witness: key.verifying_key().to_bytes(),
-        time_ns: crate::config::now_unix_nanos(),
+        time_ns: crate::format::config::now_unix_nanos(),
     };
-    let bytes =
-        crate::framing::encode_signed(COSIGNATURE_MAGIC, COSIGNATURE_LABEL, &cosignature, key);
+    let bytes = crate::format::framing::encode_signed(
+        COSIGNATURE_MAGIC,
+        COSIGNATURE_LABEL,
+        &cosignature,
+        key,
+    );
     let path = format!(
         "{COSIGNATURES}{id}/{}-{}",
         hex::encode(&cosignature.witness[..8]),
@@ -153,13 +164,13 @@ pub fn load_all(
     let mut problems = Vec::new();
     let mut cosigs: BTreeMap<ObjectId, Vec<[u8; 32]>> = BTreeMap::new();
     for info in site.list(COSIGNATURES)? {
-        let Some(id) = crate::layout::id_in_path(&info.path) else {
+        let Some(id) = crate::format::layout::id_in_path(&info.path) else {
             problems.push(format!("{}: unexpected object", info.path));
             continue;
         };
-        let checked =
-            crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|bytes| {
-                crate::framing::decode_signed::<Cosignature>(
+        let checked = crate::format::object::get_checked(site, &info.path, &id, "the listing")
+            .and_then(|bytes| {
+                crate::format::framing::decode_signed::<Cosignature>(
                     COSIGNATURE_MAGIC,
                     COSIGNATURE_LABEL,
                     "a cosignature",
@@ -177,13 +188,13 @@ pub fn load_all(
     listed.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out = Vec::new();
     for info in listed {
-        let Some(id) = crate::layout::id_in_path(&info.path) else {
+        let Some(id) = crate::format::layout::id_in_path(&info.path) else {
             problems.push(format!("{}: unexpected object", info.path));
             continue;
         };
-        let checked =
-            crate::reader::get_checked(site, &info.path, &id, "the listing").and_then(|bytes| {
-                let cp = crate::framing::decode_signed::<Checkpoint>(
+        let checked = crate::format::object::get_checked(site, &info.path, &id, "the listing")
+            .and_then(|bytes| {
+                let cp = crate::format::framing::decode_signed::<Checkpoint>(
                     CHECKPOINT_MAGIC,
                     CHECKPOINT_LABEL,
                     "a checkpoint",
@@ -269,14 +280,14 @@ pub fn time_problem(
     for (dataset, head) in &cp.checkpoint.heads {
         let served = histories
             .get(dataset)
-            .and_then(|h| crate::ledger::entry_at(h, head.seq))
+            .and_then(|h| crate::history::ledger::entry_at(h, head.seq))
             .filter(|r| r.id == head.id)
             .map(|r| r.entry.time_ns);
         let time = served.or_else(|| {
-            let path = crate::layout::ledger_entry(dataset, head.seq, &head.id);
+            let path = crate::format::layout::ledger_entry(dataset, head.seq, &head.id);
             let bytes = with_retry(|| site.get(&path)).ok()?;
             (ObjectId::of(&bytes) == head.id)
-                .then(|| crate::ledger::decode(&path, &bytes).ok())
+                .then(|| crate::history::ledger::decode(&path, &bytes).ok())
                 .flatten()
                 .map(|e| e.time_ns)
         });
@@ -309,7 +320,7 @@ pub fn check_against_except(
             continue;
         }
         let served = histories.get(dataset);
-        match served.and_then(|h| crate::ledger::entry_at(h, head.seq)) {
+        match served.and_then(|h| crate::history::ledger::entry_at(h, head.seq)) {
             None => problems.push(format!(
                 "dataset {dataset}: rollback: checkpoint {} of {when} says entry {} ({}) exists, but the site serves {}",
                 cp.id.short(),

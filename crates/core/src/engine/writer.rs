@@ -17,19 +17,19 @@ use crossbeam_channel::{Receiver, Sender};
 
 use rayon::prelude::*;
 
-use crate::chunker::{aligned_chunks, ChunkBuffer, ChunkError, Chunking};
-use crate::config::{now_unix_nanos, ChunkerParams};
+use crate::engine::vault::{Keyring, Vault, Version};
 use crate::error::{Error, Result};
+use crate::format::chunker::{aligned_chunks, ChunkBuffer, ChunkError, Chunking};
+use crate::format::config::{now_unix_nanos, ChunkerParams};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest::{self, ManifestBody, VersionKind, VersionStats};
+use crate::format::pack::{BlobCompressor, BlobEntry, BlobKind, PackWriter};
+use crate::history::ledger::{self, Event, Record};
 use crate::id::{ChunkId, ObjectId};
-use crate::index;
 use crate::keys::DatasetKeys;
-use crate::layout;
-use crate::ledger::{self, Event, Record};
-use crate::manifest::{self, ManifestBody, VersionKind, VersionStats};
-use crate::pack::{BlobCompressor, BlobEntry, BlobKind, PackWriter};
 use crate::progress::Progress;
 use crate::site::{with_retry, Site};
-use crate::vault::{Keyring, Vault, Version};
 
 /// Where a known chunk is.
 #[derive(Clone, Copy)]
@@ -178,7 +178,7 @@ pub struct BackupSession {
     rejected: Vec<ObjectId>,
     chunker: ChunkerParams,
     captured_at_ns: i64,
-    root_node: Option<crate::tree::Node>,
+    root_node: Option<crate::format::tree::Node>,
     properties: std::collections::BTreeMap<String, String>,
     /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
     /// that could not be written); keep a clone to read them after [`BackupSession::finish`].
@@ -197,7 +197,7 @@ impl BackupSession {
         let keys = keyring.dataset_at(dataset, ledger::key_epoch(&history.records))?;
         if !vault.authority(dataset, &history.records).may(
             &signer.verifying_key().to_bytes(),
-            crate::rights::Right::AddVersions,
+            crate::history::rights::Right::AddVersions,
         ) {
             return Err(Error::WrongKey(format!(
                 "signing key {} may not add versions to dataset {dataset}: it was revoked, never \
@@ -211,14 +211,14 @@ impl BackupSession {
         let mut warnings = Vec::new();
         // Tell garbage collection a session is running (before anything is read), then keep
         // away from what it has condemned: those objects may be deleted under us.
-        crate::gc::begin_session(
+        crate::engine::gc::begin_session(
             site.as_ref(),
             dataset,
             head.as_ref().map_or(0, |h| h.entry.seq),
             &hostname(),
             &signer,
         )?;
-        let condemned = crate::gc::condemned(site.as_ref(), dataset)?;
+        let condemned = crate::engine::gc::condemned(site.as_ref(), dataset)?;
         let known = load_known_chunks(
             site.as_ref(),
             vault,
@@ -390,7 +390,7 @@ impl BackupSession {
     }
 
     /// Records the metadata of the folder backed up as the version's root.
-    pub fn set_root_node(&mut self, node: crate::tree::Node) {
+    pub fn set_root_node(&mut self, node: crate::format::tree::Node) {
         self.root_node = Some(node);
     }
 
@@ -590,7 +590,7 @@ fn load_known_chunks(
             let id = layout::id_in_path(&info.path)
                 .ok_or_else(|| Error::corrupt(&info.path, "not named by an object id"))?;
             // Damaged, or listed yet held nowhere: an integrity error, ignored below.
-            let bytes = crate::reader::get_checked(site, &info.path, &id, "the listing")?;
+            let bytes = crate::engine::reader::get_checked(site, &info.path, &id, "the listing")?;
             let (header, _) = index::decode_header(&info.path, &bytes)?;
             Ok(ListedIndex {
                 id,
@@ -603,7 +603,7 @@ fn load_known_chunks(
     // Trust indexes signed by a key that may add versions at this head.
     let active: HashSet<[u8; 32]> = vault
         .authority(dataset, history)
-        .holders(crate::rights::Right::AddVersions)
+        .holders(crate::history::rights::Right::AddVersions)
         .into_iter()
         .collect();
     let former: HashSet<[u8; 32]> = ever_signers(vault, history)
@@ -709,7 +709,7 @@ fn named_by_live_manifests(
         .iter()
         .map(|r| (r.entry.seq, r.entry.signer))
         .collect();
-    let mut live: Vec<(bool, Version)> = crate::vault::versions_in(dataset, history)
+    let mut live: Vec<(bool, Version)> = crate::engine::vault::versions_in(dataset, history)
         .into_iter()
         .rev()
         .map(|v| {
@@ -725,7 +725,8 @@ fn named_by_live_manifests(
             .filter_map(|(_, v)| {
                 let path = layout::manifest(dataset, &v.manifest);
                 let bytes =
-                    crate::reader::get_checked(site, &path, &v.manifest, "a live version").ok()?;
+                    crate::engine::reader::get_checked(site, &path, &v.manifest, "a live version")
+                        .ok()?;
                 manifest::decode_header(&path, &bytes)
                     .ok()
                     .map(|(h, _)| h.indexes)

@@ -10,9 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::layout;
+use crate::format::manifest::{VersionKind, VersionStats};
 use crate::id::ObjectId;
-use crate::layout;
-use crate::manifest::{VersionKind, VersionStats};
 use crate::site::{Site, SiteError};
 
 /// Magic at the start of every ledger entry.
@@ -51,7 +51,7 @@ pub enum Event {
     /// history. It takes effect only when its signer holds the `delete` right and every version
     /// it deletes is one the recorded `policy` does not keep at `as_of_ns` (with the dataset's
     /// legal minimum age in force), or carries approvals by `config.approvals_required` distinct
-    /// pinned approvers ([`crate::prune::check_deletion`]); otherwise it is a no-op.
+    /// pinned approvers ([`crate::history::deletion::check_deletion`]); otherwise it is a no-op.
     VersionsDeleted {
         /// Sequence numbers of the removed versions' entries.
         seqs: Vec<u64>,
@@ -59,7 +59,7 @@ pub enum Event {
         reason: String,
         /// The retention policy applied, when the deletion is retention's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        policy: Option<crate::retention::RetentionPolicy>,
+        policy: Option<crate::history::retention::RetentionPolicy>,
         /// When the policy was evaluated (ns since the epoch); not after the entry's time.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_of_ns: Option<i64>,
@@ -85,8 +85,8 @@ pub enum Event {
         key: [u8; 32],
         /// What the key is for (a host name, "agent", ...).
         role: String,
-        /// What the key may sign ([`crate::rights::Right`]).
-        rights: Vec<crate::rights::Right>,
+        /// What the key may sign ([`Right`]).
+        rights: Vec<Right>,
     },
     /// The dataset's reader key moved to a new epoch: new objects are sealed to `reader_public`;
     /// old ones stay readable with the old epoch's key. Signed by the root key.
@@ -179,7 +179,7 @@ pub struct Record {
     /// The entry.
     pub entry: Entry,
     /// Why verifiers refused its effect, when it is a no-op (a deletion or minimum-age change
-    /// that breaks the rules: see [`crate::rights::Verdict::Noop`]): it holds its sequence
+    /// that breaks the rules: see [`crate::history::rights::Verdict::Noop`]): it holds its sequence
     /// number, entries continuing it count, but it changes nothing.
     pub refused: Option<String>,
 }
@@ -197,7 +197,7 @@ impl Record {
 
 /// Encodes and signs an entry.
 pub fn encode(entry: &Entry, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
-    crate::framing::encode_signed(MAGIC, SIGNATURE_LABEL, entry, key)
+    crate::format::framing::encode_signed(MAGIC, SIGNATURE_LABEL, entry, key)
 }
 
 /// The key epoch a verified history is at (0 until the first rotation).
@@ -215,7 +215,7 @@ pub fn key_epoch(history: &[Record]) -> u32 {
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
 /// is decided by [`crate::history`], which knows the signer set at that point of the chain.
 pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
-    crate::framing::decode_signed(
+    crate::format::framing::decode_signed(
         MAGIC,
         SIGNATURE_LABEL,
         "a ledger entry",
@@ -226,7 +226,57 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
 }
 
 // The history's acceptance rules live in their own module; these names stay here for callers.
-pub use crate::history::{load_history, load_history_full, History, Rejected};
+/// One right the root grants a signer of a dataset's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Right {
+    /// Sign `version_added` and `promoted` entries.
+    AddVersions,
+    /// Sign `log_range_added` entries (streamed WAL anchors).
+    StreamWal,
+    /// Sign `versions_deleted` entries (still bound by the policy, minimum age and approvals).
+    Delete,
+}
+
+impl Right {
+    /// Every right (what the keys in `config.signers` hold).
+    pub const ALL: [Right; 3] = [Right::AddVersions, Right::StreamWal, Right::Delete];
+
+    /// The rights of a sealing credential: add versions and stream WAL, plus delete when the
+    /// root says so (`embassy keys issue --sealing --may-delete`).
+    pub fn sealing(may_delete: bool) -> Vec<Right> {
+        let mut rights = vec![Right::AddVersions, Right::StreamWal];
+        if may_delete {
+            rights.push(Right::Delete);
+        }
+        rights
+    }
+
+    /// The right's name as stored.
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::AddVersions => "add_versions",
+            Right::StreamWal => "stream_wal",
+            Right::Delete => "delete",
+        }
+    }
+
+    /// The right an event needs, or `None` for events only the root key signs.
+    pub fn needed_for(event: &Event) -> Option<Right> {
+        match event {
+            Event::VersionAdded { .. } | Event::Promoted { .. } => Some(Right::AddVersions),
+            Event::LogRangeAdded { .. } => Some(Right::StreamWal),
+            Event::VersionsDeleted { .. } => Some(Right::Delete),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Right {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The folder of this host's ledger locks, once set by [`use_lock_folder`].
 static LOCK_FOLDER: std::sync::RwLock<Option<std::path::PathBuf>> = std::sync::RwLock::new(None);
@@ -252,7 +302,7 @@ pub fn lock_folder() -> Option<std::path::PathBuf> {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone()
-        .or_else(|| crate::state::StateStore::default_dir().map(|d| d.join("locks")))
+        .or_else(|| crate::fsutil::default_state_dir().map(|d| d.join("locks")))
 }
 
 /// A host-wide advisory lock (flock) on one dataset's ledger at one site, held while an entry
@@ -412,7 +462,8 @@ pub fn append_ignoring(
         seq,
         prev: head.map(|h| h.id),
         // Never before the predecessor: verifiers refuse an entry dated before the one it follows.
-        time_ns: crate::config::now_unix_nanos().max(head.map_or(i64::MIN, |h| h.entry.time_ns)),
+        time_ns: crate::format::config::now_unix_nanos()
+            .max(head.map_or(i64::MIN, |h| h.entry.time_ns)),
         signer: key.verifying_key().to_bytes(),
         event,
     };

@@ -9,17 +9,17 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::engine::reader::VersionReader;
+use crate::engine::vault::{Keyring, Vault};
 use crate::error::{Error, Result};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest;
+use crate::format::pack;
+use crate::format::tree::NodeKind;
 use crate::id::{ChunkId, ObjectId};
-use crate::index;
-use crate::layout;
-use crate::manifest;
-use crate::pack;
 use crate::progress::Progress;
-use crate::reader::VersionReader;
 use crate::site::{with_retry, ObjectInfo, SiteError};
-use crate::tree::NodeKind;
-use crate::vault::{Keyring, Vault};
 
 /// What a verification found.
 #[derive(Debug, Default, Serialize)]
@@ -90,8 +90,8 @@ pub fn verify(
     // noise, never damage to accepted data.
     let noise_or_problem = |path: &str, p: String| {
         let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
-        if path.starts_with(crate::checkpoint::CHECKPOINTS)
-            || path.starts_with(crate::checkpoint::COSIGNATURES)
+        if path.starts_with(crate::history::checkpoint::CHECKPOINTS)
+            || path.starts_with(crate::history::checkpoint::COSIGNATURES)
         {
             r.noise.push(p);
         } else {
@@ -130,8 +130,8 @@ pub fn verify(
         let Some(id) = layout::id_in_path(&info.path) else {
             // Nothing names an object but by its hash: whatever else a site holds is noise
             // (checkpoints and cosignatures are named by their own loader).
-            if !info.path.starts_with(crate::checkpoint::CHECKPOINTS)
-                && !info.path.starts_with(crate::checkpoint::COSIGNATURES)
+            if !info.path.starts_with(crate::history::checkpoint::CHECKPOINTS)
+                && !info.path.starts_with(crate::history::checkpoint::COSIGNATURES)
             {
                 unnamed
                     .lock()
@@ -158,8 +158,8 @@ pub fn verify(
             r.bytes_checked += bytes.len() as u64;
         }
         if ObjectId::of(&bytes) != id {
-            if info.path.starts_with(crate::checkpoint::CHECKPOINTS)
-                || info.path.starts_with(crate::checkpoint::COSIGNATURES)
+            if info.path.starts_with(crate::history::checkpoint::CHECKPOINTS)
+                || info.path.starts_with(crate::history::checkpoint::COSIGNATURES)
             {
                 return noise_or_problem(
                     &info.path,
@@ -252,7 +252,7 @@ pub fn verify(
     for (dataset, h) in &judged {
         for r in &h.rejected {
             referenced.insert(r.path.clone());
-            if r.reason.contains(crate::prune::RACE_LOST) {
+            if r.reason.contains(crate::engine::prune::RACE_LOST) {
                 report
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -296,7 +296,7 @@ pub fn verify(
     // Refused policy entries (no-ops) and entries dated ahead of this clock: reported, never
     // part of acceptance (which reads no clock).
     {
-        let now = crate::config::now_unix_nanos();
+        let now = crate::format::config::now_unix_nanos();
         let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
         for (dataset, records) in &histories {
             for rec in records {
@@ -308,7 +308,7 @@ pub fn verify(
                         rec.entry.event.name()
                     ));
                 }
-                if rec.entry.time_ns > now.saturating_add(crate::prune::CLOCK_SKEW_NS) {
+                if rec.entry.time_ns > now.saturating_add(crate::engine::prune::CLOCK_SKEW_NS) {
                     r.notes.push(format!(
                         "warning: dataset {dataset}: entry {} ({}) is dated {}, ahead of this \
                          machine's clock ({}): check the clocks of the signers (and this one)",
@@ -347,7 +347,7 @@ pub fn verify(
         sizes.contains_key(
             format!(
                 "{}{:020}-{}",
-                crate::checkpoint::CHECKPOINTS,
+                crate::history::checkpoint::CHECKPOINTS,
                 cp.checkpoint.time_ns,
                 cp.id
             )
@@ -361,11 +361,12 @@ pub fn verify(
     for cp in &checkpoints {
         referenced.insert(format!(
             "{}{:020}-{}",
-            crate::checkpoint::CHECKPOINTS,
+            crate::history::checkpoint::CHECKPOINTS,
             cp.checkpoint.time_ns,
             cp.id
         ));
-        for p in crate::checkpoint::check_against_except(cp, &histories, &failed_datasets) {
+        for p in crate::history::checkpoint::check_against_except(cp, &histories, &failed_datasets)
+        {
             // A rollback may be a damaged newest entry: name what the site holds in its place.
             let in_place = judged
                 .iter()
@@ -404,7 +405,7 @@ pub fn verify(
         for record in history {
             referenced.insert(layout::ledger_entry(dataset, record.entry.seq, &record.id));
         }
-        for version in crate::vault::versions_in(dataset, history) {
+        for version in crate::engine::vault::versions_in(dataset, history) {
             let version = &version;
             let ok = check_references(vault, &sizes, dataset, version, &mut referenced, &problem);
             // A version recorded after the listing (a backup running meanwhile) has packs the
@@ -425,7 +426,7 @@ pub fn verify(
         }
         let covering = checkpoints.iter().rev().find(|cp| {
             cp.checkpoint.heads.contains_key(dataset)
-                && crate::checkpoint::check_against(cp, &histories).is_empty()
+                && crate::history::checkpoint::check_against(cp, &histories).is_empty()
         });
         report
             .lock()
@@ -503,10 +504,10 @@ pub fn verify(
     // Cosignatures, approvals and garbage collection's bookkeeping (condemnation records and
     // backup session markers) are referenced by nothing, by design.
     for prefix in [
-        crate::checkpoint::COSIGNATURES,
-        crate::approval::APPROVALS,
-        crate::gc::GC_ROOT,
-        crate::gc::SESSIONS_ROOT,
+        crate::history::checkpoint::COSIGNATURES,
+        crate::history::approval::APPROVALS,
+        crate::engine::gc::GC_ROOT,
+        crate::engine::gc::SESSIONS_ROOT,
     ] {
         for info in listing.iter().filter(|i| i.path.starts_with(prefix)) {
             referenced.insert(info.path.clone());
@@ -525,7 +526,7 @@ pub fn verify(
         .map(|(d, h)| {
             let may_add = vault
                 .authority(d, h)
-                .holders(crate::rights::Right::AddVersions);
+                .holders(crate::history::rights::Right::AddVersions);
             (d.as_str(), may_add)
         })
         .collect();
@@ -589,12 +590,12 @@ pub fn verify(
 fn not_its_kind(path: &str, bytes: &[u8]) -> Option<String> {
     let magic: &[u8; 8] = if path.starts_with("packs/") {
         pack::MAGIC
-    } else if path.starts_with(crate::gc::GC_ROOT) {
-        crate::gc::RECORD_MAGIC
-    } else if path.starts_with(crate::gc::SESSIONS_ROOT) {
-        crate::gc::MARKER_MAGIC
-    } else if path.starts_with(crate::approval::APPROVALS) {
-        crate::approval::MAGIC
+    } else if path.starts_with(crate::engine::gc::GC_ROOT) {
+        crate::engine::gc::RECORD_MAGIC
+    } else if path.starts_with(crate::engine::gc::SESSIONS_ROOT) {
+        crate::engine::gc::MARKER_MAGIC
+    } else if path.starts_with(crate::history::approval::APPROVALS) {
+        crate::history::approval::MAGIC
     } else if path.starts_with("manifests/") {
         return manifest::decode_header(path, bytes)
             .err()
@@ -610,7 +611,7 @@ fn check_references(
     vault: &Vault,
     sizes: &HashMap<&str, u64>,
     dataset: &str,
-    version: &crate::vault::Version,
+    version: &crate::engine::vault::Version,
     referenced: &mut HashSet<String>,
     problem: &dyn Fn(String),
 ) -> bool {
@@ -715,7 +716,7 @@ type PackDirectories = HashMap<String, HashMap<ChunkId, Vec<pack::BlobEntry>>>;
 fn deep_check_version(
     vault: &Vault,
     keyring: &Keyring,
-    version: &crate::vault::Version,
+    version: &crate::engine::vault::Version,
     pack_blobs: &PackDirectories,
     problem: &dyn Fn(String),
 ) -> bool {

@@ -12,9 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::crypto::{ObjectKey, ENCAPSULATED_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
+use crate::keys::crypto::{ObjectKey, ENCAPSULATED_LEN, TAG_LEN};
 use crate::keys::DatasetKeys;
 
 /// Magic at the start of every pack.
@@ -29,7 +29,7 @@ const DIRECTORY_NONCE: u64 = u64::MAX;
 pub enum BlobKind {
     /// File or stream content.
     Data,
-    /// A serialized directory ([`crate::tree::Tree`]).
+    /// A serialized directory ([`crate::format::tree::Tree`]).
     Tree,
 }
 

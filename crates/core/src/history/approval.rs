@@ -2,7 +2,7 @@
 //! configuration pins) that one version of a dataset may be deleted outside the retention policy.
 //! A deletion outside the policy must name, in its ledger entry, approvals by at least
 //! `config.approvals_required` distinct pinned approvers for every such version; every verifier
-//! checks that without keys (see [`crate::prune::check_deletion`]).
+//! checks that without keys (see [`crate::history::deletion::check_deletion`]).
 //!
 //! ```text
 //! approvals/<dataset>/<id>:
@@ -14,11 +14,10 @@ pub use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::layout;
 use crate::id::ObjectId;
 use crate::keys::RootSecret;
-use crate::layout;
 use crate::site::{with_retry, Site};
-use crate::vault::{Vault, Version};
 
 pub(crate) const MAGIC: &[u8; 8] = b"EMBAPPR1";
 const LABEL: &[u8] = b"data-embassy approval v1";
@@ -70,87 +69,9 @@ pub fn approver_signing_key(secret: &RootSecret) -> SigningKey {
     ))
 }
 
-/// Signs and stores an approval to delete `version`; returns its id.
-pub fn approve(
-    vault: &Vault,
-    key: &SigningKey,
-    version: &Version,
-    reason: &str,
-) -> Result<ObjectId> {
-    check_pinned(vault, key)?;
-    let approver = key.verifying_key().to_bytes();
-    let approval = Approval {
-        vault_id: vault.config().vault_id.clone(),
-        dataset: version.dataset.clone(),
-        seq: version.seq,
-        entry: version.ledger_id,
-        reason: reason.to_string(),
-        approver,
-        time_ns: crate::config::now_unix_nanos(),
-        min_age_secs: None,
-    };
-    store(vault, key, &approval)
-}
-
-fn check_pinned(vault: &Vault, key: &SigningKey) -> Result<()> {
-    let approver = key.verifying_key().to_bytes();
-    if !vault.config().approver_keys().contains(&approver) {
-        return Err(Error::WrongKey(format!(
-            "approver key {} is not pinned in vault {} (its approvers: {}); approvals by other keys \
-             do not count",
-            hex::encode(&approver[..8]),
-            vault.config().vault_id,
-            if vault.config().approvers.is_empty() {
-                "none".to_string()
-            } else {
-                vault
-                    .config()
-                    .approvers
-                    .iter()
-                    .map(|a| a[..16.min(a.len())].to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        )));
-    }
-    Ok(())
-}
-
-/// Signs and stores an approval to lower `dataset`'s legal minimum age to `min_age_secs` by the
-/// root's next entry, which must follow `head` (the dataset's current last entry); returns its
-/// id. `embassy policy min-age` embeds it.
-pub fn approve_min_age(
-    vault: &Vault,
-    key: &SigningKey,
-    dataset: &str,
-    head: &crate::ledger::Record,
-    min_age_secs: u64,
-    reason: &str,
-) -> Result<ObjectId> {
-    check_pinned(vault, key)?;
-    let approval = Approval {
-        vault_id: vault.config().vault_id.clone(),
-        dataset: dataset.to_string(),
-        seq: head.entry.seq,
-        entry: head.id,
-        reason: reason.to_string(),
-        approver: key.verifying_key().to_bytes(),
-        time_ns: crate::config::now_unix_nanos(),
-        min_age_secs: Some(min_age_secs),
-    };
-    store(vault, key, &approval)
-}
-
-fn store(vault: &Vault, key: &SigningKey, approval: &Approval) -> Result<ObjectId> {
-    let bytes = encode(approval, key);
-    let id = ObjectId::of(&bytes);
-    with_retry(|| vault.site().put(&path(&approval.dataset, &id), &bytes))?;
-    Ok(id)
-}
-
 /// Encodes and signs an approval (the stored bytes; their hash is the approval's id).
 pub fn encode(approval: &Approval, key: &SigningKey) -> Vec<u8> {
-    crate::framing::encode_signed(MAGIC, LABEL, approval, key)
+    crate::format::framing::encode_signed(MAGIC, LABEL, approval, key)
 }
 
 /// Reads approval `id` of `dataset`: it must hash to its name, carry a valid signature by the key
@@ -168,7 +89,7 @@ pub fn load_signed(
     id: &ObjectId,
 ) -> Result<(Approval, Vec<u8>)> {
     let p = path(dataset, id);
-    let bytes = crate::reader::get_checked(site, &p, id, "the approvals listing")?;
+    let bytes = crate::format::object::get_checked(site, &p, id, "the approvals listing")?;
     Ok((decode(vault_id, dataset, &p, &bytes)?, bytes))
 }
 
@@ -177,10 +98,14 @@ pub fn load_signed(
 /// question.
 pub fn decode(vault_id: &str, dataset: &str, where_: &str, bytes: &[u8]) -> Result<Approval> {
     let p = where_;
-    let approval: Approval =
-        crate::framing::decode_signed(MAGIC, LABEL, "an approval", p, bytes, |a: &Approval| {
-            a.approver
-        })?;
+    let approval: Approval = crate::format::framing::decode_signed(
+        MAGIC,
+        LABEL,
+        "an approval",
+        p,
+        bytes,
+        |a: &Approval| a.approver,
+    )?;
     if approval.vault_id != vault_id {
         return Err(Error::corrupt(
             p,

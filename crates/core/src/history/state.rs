@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ledger::Record;
+use crate::history::ledger::Record;
 use crate::time::utc;
 
 /// The newest verified entry of one dataset.
@@ -59,11 +59,7 @@ pub struct StateStore {
 impl StateStore {
     /// The default state folder.
     pub fn default_dir() -> Option<PathBuf> {
-        std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .map(|base| base.join("data-embassy"))
+        crate::fsutil::default_state_dir()
     }
 
     /// Opens (or starts) the state of vault `vault_id` in `dir`.
@@ -104,7 +100,7 @@ impl StateStore {
         let seen = self.lock().heads.get(dataset).cloned();
         if let Some(seen) = seen {
             let served = history.last().map(|r| (r.entry.seq, r.id.to_hex()));
-            match crate::ledger::entry_at(history, seen.seq) {
+            match crate::history::ledger::entry_at(history, seen.seq) {
                 None => {
                     return Err(Error::History {
                         dataset: dataset.into(),
@@ -147,7 +143,7 @@ impl StateStore {
                     SeenHead {
                         seq: head.entry.seq,
                         id: head.id.to_hex(),
-                        seen_at_ns: crate::config::now_unix_nanos(),
+                        seen_at_ns: crate::format::config::now_unix_nanos(),
                     },
                 );
                 drop(state);
@@ -182,7 +178,7 @@ impl StateStore {
         state.checkpoint = Some(SeenCheckpoint {
             id: id.to_string(),
             time_ns,
-            seen_at_ns: crate::config::now_unix_nanos(),
+            seen_at_ns: crate::format::config::now_unix_nanos(),
         });
         drop(state);
         self.save()?;

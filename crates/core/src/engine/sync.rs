@@ -12,8 +12,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::layout;
 use crate::id::ObjectId;
-use crate::layout;
 use crate::progress::Progress;
 use crate::site::{with_retry, Put, Site, SiteError};
 
@@ -63,7 +63,7 @@ pub fn sync(
     repair: bool,
     progress: &dyn Progress,
 ) -> Result<SyncReport> {
-    let config = crate::config::VaultConfig::load(from)?;
+    let config = crate::format::config::VaultConfig::load(from)?;
     let source_config = with_retry(|| from.get(layout::CONFIG))?;
     match to.get(layout::CONFIG) {
         Ok(existing) if existing != source_config => {

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::layout;
 use crate::keys::{self, RootSecret};
-use crate::layout;
 use crate::site::{Put, Site, SiteError};
 
 const FORMAT: &str = "data-embassy-vault";
@@ -251,7 +251,7 @@ impl VaultConfig {
         let root_key = decode_key(&config.root_public_key)
             .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))?;
         let owner = vault_id_of(&root_key);
-        if !crate::crypto::ct_eq(owner.as_bytes(), config.vault_id.as_bytes()) {
+        if !crate::keys::crypto::ct_eq(owner.as_bytes(), config.vault_id.as_bytes()) {
             return Err(Error::SubstitutedConfig {
                 site: site.location().to_string(),
                 problem: format!(
@@ -339,7 +339,7 @@ impl VaultConfig {
     /// Checks that `root` is this vault's root secret.
     pub fn check_root(&self, root: &RootSecret) -> Result<()> {
         let derived = hex::encode(root.root_signing_key().verifying_key().to_bytes());
-        if crate::crypto::ct_eq(derived.as_bytes(), self.root_public_key.as_bytes()) {
+        if crate::keys::crypto::ct_eq(derived.as_bytes(), self.root_public_key.as_bytes()) {
             Ok(())
         } else {
             Err(Error::WrongKey(format!(
