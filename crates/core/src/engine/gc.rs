@@ -24,54 +24,26 @@ use serde::{Deserialize, Serialize};
 use crate::engine::vault::{versions_in, Vault};
 use crate::error::{Error, Result};
 use crate::format::layout;
-use crate::format::wal_log::{self, LogKind, LogName};
+use crate::format::wal_log::{self, LogKind};
 use crate::history::ledger::{Event, Record};
-use crate::history::wal_authority::WalAuthority;
 use crate::id::ObjectId;
 use crate::site::{with_retry, Site};
 pub use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 
-pub(crate) const RECORD_MAGIC: &[u8; 8] = b"EMBCOND2";
-pub(crate) const MARKER_MAGIC: &[u8; 8] = b"EMBSESS2";
-const RECORD_LABEL: &[u8] = b"data-embassy condemnation v2";
-const MARKER_LABEL: &[u8] = b"data-embassy session v2";
-/// Prefix of all condemnation records.
-pub const GC_ROOT: &str = "gc/";
-/// Prefix of all session markers.
-pub const SESSIONS_ROOT: &str = "sessions/";
+mod records;
+mod wal;
+
+pub use records::{
+    begin_session, condemned, deleters, encode_marker, encode_record, marker_path, record_path,
+    Condemnation, SessionMarker, GC_ROOT, SESSIONS_ROOT,
+};
+use records::{dataset_of, load_timed};
+pub(crate) use records::{MARKER_MAGIC, RECORD_MAGIC};
+use wal::wal_collectable;
+pub use wal::wal_pieces_covered;
+
 const NS: i64 = 1_000_000_000;
-
-/// A condemnation record: objects of one dataset that nothing referenced when it was made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Condemnation {
-    /// The dataset.
-    pub dataset: String,
-    /// When it was made (ns since the epoch); also in its path.
-    pub time_ns: i64,
-    /// Paths of the condemned objects.
-    pub objects: Vec<String>,
-    /// The Ed25519 key that signed it: one allowed to delete (a key of `config.signers`).
-    #[serde(with = "serde_bytes")]
-    pub signer: [u8; 32],
-}
-
-/// A backup session's marker: it started at `started_at_ns` from ledger head `base_seq`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionMarker {
-    /// The dataset.
-    pub dataset: String,
-    /// When the session started (before it read condemnation records or indexes).
-    pub started_at_ns: i64,
-    /// The sequence number of the dataset's head when it started (0: empty ledger).
-    pub base_seq: u64,
-    /// The host that ran it, for people.
-    pub host: String,
-    /// The Ed25519 key that signed it: the session's own signing key (an active signer of the
-    /// dataset).
-    #[serde(with = "serde_bytes")]
-    pub signer: [u8; 32],
-}
 
 /// How a garbage collection runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,162 +112,6 @@ pub struct GcReport {
     pub problems: Vec<String>,
 }
 
-/// Path of a condemnation record.
-pub fn record_path(dataset: &str, time_ns: i64, id: &ObjectId) -> String {
-    format!("{GC_ROOT}{dataset}/{time_ns:020}-{id}")
-}
-
-/// Path of a session marker.
-pub fn marker_path(dataset: &str, time_ns: i64, id: &ObjectId) -> String {
-    format!("{SESSIONS_ROOT}{dataset}/{time_ns:020}-{id}")
-}
-
-/// The stored bytes of a condemnation record signed by `key` (its hash is the record's id).
-pub fn encode_record(record: &Condemnation, key: &SigningKey) -> Vec<u8> {
-    crate::format::framing::encode_signed(RECORD_MAGIC, RECORD_LABEL, record, key)
-}
-
-/// The stored bytes of a session marker signed by `key` (its hash is the marker's id).
-pub fn encode_marker(marker: &SessionMarker, key: &SigningKey) -> Vec<u8> {
-    crate::format::framing::encode_signed(MARKER_MAGIC, MARKER_LABEL, marker, key)
-}
-
-/// A signed bookkeeping object: its magic, signature label and the key it names.
-trait Signed: serde::de::DeserializeOwned {
-    const MAGIC: &'static [u8; 8];
-    const LABEL: &'static [u8];
-    const WHAT: &'static str;
-    fn signer(&self) -> [u8; 32];
-    fn dataset(&self) -> &str;
-    fn time_ns(&self) -> i64;
-}
-
-impl Signed for Condemnation {
-    const MAGIC: &'static [u8; 8] = RECORD_MAGIC;
-    const LABEL: &'static [u8] = RECORD_LABEL;
-    const WHAT: &'static str = "a condemnation record";
-    fn signer(&self) -> [u8; 32] {
-        self.signer
-    }
-    fn dataset(&self) -> &str {
-        &self.dataset
-    }
-    fn time_ns(&self) -> i64 {
-        self.time_ns
-    }
-}
-
-impl Signed for SessionMarker {
-    const MAGIC: &'static [u8; 8] = MARKER_MAGIC;
-    const LABEL: &'static [u8] = MARKER_LABEL;
-    const WHAT: &'static str = "a session marker";
-    fn signer(&self) -> [u8; 32] {
-        self.signer
-    }
-    fn dataset(&self) -> &str {
-        &self.dataset
-    }
-    fn time_ns(&self) -> i64 {
-        self.started_at_ns
-    }
-}
-
-/// Objects with their path and time, and problems found on the way.
-type Timed<T> = (Vec<(String, i64, T)>, Vec<String>);
-
-/// Reads every object under `prefix` named `<dataset>/<time, 20 digits>-<id>`, checked against
-/// its name: its bytes hash to the id, it carries a valid signature by the key it names, and
-/// the dataset and time it signed are those of its path. Anything else (unsigned version-1
-/// objects, forgeries, damage) is returned as a problem and never acted on. Whether its signer
-/// may sign it is the caller's check.
-fn load_timed<T: Signed>(site: &dyn Site, prefix: &str) -> Result<Timed<T>> {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for info in with_retry(|| site.list(prefix))? {
-        let name = info.path.rsplit('/').next().unwrap_or_default();
-        let parsed = name
-            .split_once('-')
-            .and_then(|(t, _)| (t.len() == 20).then(|| t.parse::<i64>().ok()).flatten());
-        let (Some(time), Some(id), Some(dataset)) = (
-            parsed,
-            layout::id_in_path(&info.path),
-            dataset_of(&info.path),
-        ) else {
-            problems.push(format!("{}: unexpected object: ignored", info.path));
-            continue;
-        };
-        let loaded = crate::engine::reader::get_checked(site, &info.path, &id, "the listing")
-            .and_then(|b| {
-                crate::format::framing::decode_signed(
-                    T::MAGIC,
-                    T::LABEL,
-                    T::WHAT,
-                    &info.path,
-                    &b,
-                    |v: &T| v.signer(),
-                )
-            });
-        match loaded {
-            Ok(v) if v.dataset() != dataset || v.time_ns() != time => problems.push(format!(
-                "{}: {} whose signed dataset or time ({}, {}) is not that of its path: ignored",
-                info.path,
-                T::WHAT,
-                v.dataset(),
-                v.time_ns()
-            )),
-            Ok(v) => out.push((info.path, time, v)),
-            // Removed since the listing by a collection that finished with it: a record goes
-            // only after every object it lists, so nothing it protected is still there.
-            Err(Error::Missing { .. }) => {}
-            Err(e) => problems.push(format!("{e}: ignored")),
-        }
-    }
-    out.sort_by_key(|(p, t, _)| (*t, p.clone()));
-    Ok((out, problems))
-}
-
-/// The keys whose condemnation records garbage collection acts on: the root-derived writer
-/// keys of `config.signers`. A credential granted `delete` deletes versions (ledger entries)
-/// but does not collect garbage: records are vault-wide bookkeeping, kept to root-held keys.
-pub fn deleters(vault: &Vault) -> Vec<[u8; 32]> {
-    vault.config().signer_keys()
-}
-
-/// Stores a session marker for a backup of `dataset` starting now from head `base_seq`, signed
-/// by the session's own key. Called by [`crate::engine::writer::BackupSession::begin`] before it reads
-/// condemnation records and indexes.
-pub fn begin_session(
-    site: &dyn Site,
-    dataset: &str,
-    base_seq: u64,
-    host: &str,
-    key: &SigningKey,
-) -> Result<()> {
-    let marker = SessionMarker {
-        dataset: dataset.to_string(),
-        started_at_ns: crate::format::config::now_unix_nanos(),
-        base_seq,
-        host: host.to_string(),
-        signer: key.verifying_key().to_bytes(),
-    };
-    let bytes = encode_marker(&marker, key);
-    let id = ObjectId::of(&bytes);
-    with_retry(|| site.put(&marker_path(dataset, marker.started_at_ns, &id), &bytes))?;
-    Ok(())
-}
-
-/// Every object of `dataset` that a signed condemnation record lists: a backup must not
-/// deduplicate against them. Records that do not verify are ignored (collection cannot act on
-/// them either); records signed by any key count here, which only makes a backup store some
-/// chunks again.
-pub fn condemned(site: &dyn Site, dataset: &str) -> Result<HashSet<String>> {
-    let (records, _) = load_timed::<Condemnation>(site, &format!("{GC_ROOT}{dataset}/"))?;
-    Ok(records
-        .into_iter()
-        .flat_map(|(_, _, r)| r.objects)
-        .collect())
-}
-
 /// The objects of a dataset that its live versions (and log ranges) need, followed keylessly
 /// through manifest and index headers. An error names what could not be followed.
 fn references(
@@ -323,14 +139,14 @@ fn references(
         if !out.insert(path.clone()) {
             continue;
         }
-        let bytes = crate::engine::reader::get_checked(site, &path, &m, "a live version")?;
+        let bytes = crate::format::object::get_checked(site, &path, &m, "a live version")?;
         let (header, _) = crate::format::manifest::decode_header(&path, &bytes)?;
         for index in header.indexes {
             let ipath = layout::index(dataset, &index);
             if !out.insert(ipath.clone()) {
                 continue;
             }
-            let bytes = crate::engine::reader::get_checked(site, &ipath, &index, &path)?;
+            let bytes = crate::format::object::get_checked(site, &ipath, &index, &path)?;
             let (header, _) = crate::format::index::decode_header(&ipath, &bytes)?;
             for pack in header.packs {
                 out.insert(layout::pack(dataset, &pack));
@@ -359,115 +175,6 @@ fn collectable(dataset: &str, path: &str) -> bool {
         && layout::id_in_path(path).is_some()
 }
 
-/// A WAL segment object a verified ledger entry anchors: `LogRangeAdded` naming its id, on its
-/// timeline, ending where it ends.
-fn anchored_segments<'a>(
-    names: &'a [(String, LogName)],
-    history: &[Record],
-) -> Vec<&'a (String, LogName)> {
-    let anchors: HashSet<(ObjectId, u32, u64)> = history
-        .iter()
-        .filter_map(|r| match &r.entry.event {
-            Event::LogRangeAdded {
-                manifest,
-                timeline,
-                end,
-                ..
-            } => Some((*manifest, *timeline, *end)),
-            _ => None,
-        })
-        .collect();
-    names
-        .iter()
-        .filter(|(_, n)| n.kind == LogKind::Segment && anchors.contains(&(n.id, n.timeline, n.end)))
-        .collect()
-}
-
-/// Coverage logic of WAL collection: for each piece (path and parsed name), the index into
-/// `segments` of an anchored segment object whose range contains the piece's whole range on
-/// the same timeline. A piece no segment covers (the streamer's live tail beyond the newest
-/// anchored segment, a segment whose compaction failed, another timeline) gets `None` and is
-/// kept. Pieces never cross a segment boundary, so one segment covers a piece or none does.
-pub fn wal_pieces_covered(pieces: &[&LogName], segments: &[&LogName]) -> Vec<Option<usize>> {
-    pieces
-        .iter()
-        .map(|p| {
-            segments.iter().position(|s| {
-                s.kind == LogKind::Segment
-                    && p.kind == LogKind::Piece
-                    && s.dataset == p.dataset
-                    && s.timeline == p.timeline
-                    && s.start <= p.start
-                    && p.end <= s.end
-                    && p.start < p.end
-            })
-        })
-        .collect()
-}
-
-/// Checks a segment object keylessly before it is trusted to cover pieces: its bytes hash to
-/// the id in its name, the signed header matches the name, and its signer was active when the
-/// ledger anchored it (or is active now): a later revocation of the streamer's key does not
-/// make its compacted segments untrustworthy.
-fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &WalAuthority) -> bool {
-    let Ok(bytes) = with_retry(|| site.get(path)) else {
-        return false;
-    };
-    if ObjectId::of(&bytes) != name.id {
-        return false;
-    }
-    match wal_log::parse(path, &bytes) {
-        Ok(parsed) => {
-            name.matches(&parsed.header)
-                && authority.allows(&parsed.header.signer, authority.direct_anchor(&name.id))
-        }
-        Err(_) => false,
-    }
-}
-
-/// The WAL pieces of `dataset` that garbage collection may remove now: those whose whole range
-/// a segment object covers that a verified `LogRangeAdded` entry anchors and whose bytes,
-/// header and signature check out (read only when it covers a listed piece). Everything else
-/// under `wal/` stays.
-fn wal_collectable(
-    site: &dyn Site,
-    dataset: &str,
-    history: &[Record],
-    authority: &WalAuthority,
-    listing: &[crate::site::ObjectInfo],
-) -> HashSet<String> {
-    let prefix = wal_log::prefix(dataset);
-    let names: Vec<(String, LogName)> = listing
-        .iter()
-        .filter(|i| i.path.starts_with(&prefix))
-        .filter_map(|i| wal_log::parse_path(&i.path).map(|n| (i.path.clone(), n)))
-        .filter(|(_, n)| n.dataset == dataset)
-        .collect();
-    let anchored = anchored_segments(&names, history);
-    let segment_names: Vec<&LogName> = anchored.iter().map(|(_, n)| n).collect();
-    let pieces: Vec<&(String, LogName)> = names
-        .iter()
-        .filter(|(_, n)| n.kind == LogKind::Piece)
-        .collect();
-    let piece_names: Vec<&LogName> = pieces.iter().map(|(_, n)| n).collect();
-    let mut verified: HashMap<usize, bool> = HashMap::new();
-    let mut out = HashSet::new();
-    for (piece, cover) in pieces
-        .iter()
-        .zip(wal_pieces_covered(&piece_names, &segment_names))
-    {
-        let Some(i) = cover else { continue };
-        let ok = *verified.entry(i).or_insert_with(|| {
-            let (path, name) = anchored[i];
-            segment_verifies(site, path, name, authority)
-        });
-        if ok {
-            out.insert(piece.0.clone());
-        }
-    }
-    out
-}
-
 /// Deletion order: manifests, then indexes, then packs (the reverse of the write order).
 fn delete_rank(path: &str) -> u8 {
     if path.starts_with("manifests/") {
@@ -477,18 +184,6 @@ fn delete_rank(path: &str) -> u8 {
     } else {
         2
     }
-}
-
-fn dataset_of(path: &str) -> Option<&str> {
-    let mut parts = path.split('/');
-    let kind = parts.next()?;
-    matches!(
-        kind,
-        "packs" | "index" | "manifests" | "gc" | "sessions" | "wal"
-    )
-    .then(|| parts.next())
-    .flatten()
-    .filter(|d| layout::check_dataset_name(d).is_ok())
 }
 
 /// Who runs a garbage collection: the key that signs its condemnation records (one allowed to
@@ -887,99 +582,4 @@ pub fn summary(report: &GcReport) -> BTreeMap<String, (usize, usize)> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SEG: u64 = 16 * 1024 * 1024;
-
-    fn name(kind: LogKind, timeline: u32, start: u64, end: u64, tag: &[u8]) -> LogName {
-        LogName {
-            dataset: "db".into(),
-            timeline,
-            kind,
-            start,
-            end,
-            id: ObjectId::of(tag),
-        }
-    }
-
-    #[test]
-    fn pieces_are_covered_only_inside_a_segment_of_their_timeline() {
-        let s1 = name(LogKind::Segment, 1, SEG, 2 * SEG, b"s1");
-        let s2 = name(LogKind::Segment, 1, 2 * SEG, 3 * SEG, b"s2");
-        let pieces = [
-            name(LogKind::Piece, 1, SEG, SEG + 100, b"a"), // start of s1
-            name(LogKind::Piece, 1, 2 * SEG - 10, 2 * SEG, b"b"), // end of s1
-            name(LogKind::Piece, 1, 2 * SEG, 2 * SEG + 5, b"c"), // in s2
-            name(LogKind::Piece, 1, 3 * SEG, 3 * SEG + 5, b"tail"), // beyond: live tail
-            name(LogKind::Piece, 2, SEG, SEG + 100, b"tl2"), // other timeline
-            name(LogKind::Piece, 1, 0, 100, b"before"),    // no segment compacted there
-            name(LogKind::Piece, 1, 3 * SEG - 5, 3 * SEG + 5, b"cross"), // reaches past s2
-        ];
-        let refs: Vec<&LogName> = pieces.iter().collect();
-        let got = wal_pieces_covered(&refs, &[&s1, &s2]);
-        assert_eq!(got, vec![Some(0), Some(0), Some(1), None, None, None, None]);
-        // Without segments nothing is covered; a piece is never a covering segment.
-        assert!(wal_pieces_covered(&refs, &[]).iter().all(Option::is_none));
-        assert!(wal_pieces_covered(&refs, &[&pieces[0]])
-            .iter()
-            .all(Option::is_none));
-    }
-
-    #[test]
-    fn only_segments_anchored_by_the_ledger_count() {
-        use crate::history::ledger::Entry;
-        let seg = name(LogKind::Segment, 1, SEG, 2 * SEG, b"s1");
-        let other = name(LogKind::Segment, 1, 2 * SEG, 3 * SEG, b"s2");
-        let names = vec![
-            ("wal/db/00000001/s/a".to_string(), seg.clone()),
-            ("wal/db/00000001/s/b".to_string(), other.clone()),
-        ];
-        let record = |event: Event| Record {
-            id: ObjectId::of(b"entry"),
-            entry: Entry {
-                dataset: "db".into(),
-                seq: 1,
-                prev: None,
-                time_ns: 0,
-                event,
-                signer: [0; 32],
-            },
-            refused: None,
-        };
-        let anchor = |id: ObjectId, timeline: u32, end: u64| {
-            record(Event::LogRangeAdded {
-                manifest: id,
-                timeline,
-                start: SEG,
-                end,
-                captured_at_ns: 0,
-            })
-        };
-        // Anchored by id, timeline and end.
-        let got = anchored_segments(&names, &[anchor(seg.id, 1, 2 * SEG)]);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1, seg);
-        // The wrong timeline or end, or no entry at all, anchor nothing.
-        assert!(anchored_segments(&names, &[anchor(seg.id, 2, 2 * SEG)]).is_empty());
-        assert!(anchored_segments(&names, &[anchor(seg.id, 1, 3 * SEG)]).is_empty());
-        assert!(anchored_segments(&names, &[]).is_empty());
-    }
-
-    #[test]
-    fn wal_pieces_are_collectable_and_segments_and_histories_are_not() {
-        let id = ObjectId::of(b"x");
-        let p = format!("wal/db/00000001/p/{:016x}-{:016x}-{id}", SEG, SEG + 5);
-        let s = format!("wal/db/00000001/s/{:016x}-{:016x}-{id}", SEG, 2 * SEG);
-        let h = format!("wal/db/00000002/h/{:016x}-{:016x}-{id}", 0, 40);
-        assert!(collectable("db", &p));
-        assert!(!collectable("other", &p));
-        assert!(!collectable("db", &s));
-        assert!(!collectable("db", &h));
-        assert!(!collectable("db", "wal/db/00000001/p/garbage"));
-        assert_eq!(dataset_of(&p), Some("db"));
-    }
 }

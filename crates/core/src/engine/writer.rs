@@ -590,7 +590,7 @@ fn load_known_chunks(
             let id = layout::id_in_path(&info.path)
                 .ok_or_else(|| Error::corrupt(&info.path, "not named by an object id"))?;
             // Damaged, or listed yet held nowhere: an integrity error, ignored below.
-            let bytes = crate::engine::reader::get_checked(site, &info.path, &id, "the listing")?;
+            let bytes = crate::format::object::get_checked(site, &info.path, &id, "the listing")?;
             let (header, _) = index::decode_header(&info.path, &bytes)?;
             Ok(ListedIndex {
                 id,
@@ -725,7 +725,7 @@ fn named_by_live_manifests(
             .filter_map(|(_, v)| {
                 let path = layout::manifest(dataset, &v.manifest);
                 let bytes =
-                    crate::engine::reader::get_checked(site, &path, &v.manifest, "a live version")
+                    crate::format::object::get_checked(site, &path, &v.manifest, "a live version")
                         .ok()?;
                 manifest::decode_header(&path, &bytes)
                     .ok()

@@ -2,7 +2,7 @@
 //! configuration pins) that one version of a dataset may be deleted outside the retention policy.
 //! A deletion outside the policy must name, in its ledger entry, approvals by at least
 //! `config.approvals_required` distinct pinned approvers for every such version; every verifier
-//! checks that without keys (see [`crate::history::deletion::check_deletion`]).
+//! checks that without keys (the deletion rules, `history::deletion`).
 //!
 //! ```text
 //! approvals/<dataset>/<id>:

@@ -2,7 +2,7 @@
 //! deletion by retention is recomputed from the policy it records; a deletion outside the policy
 //! (an explicit `forget`, or a version younger than the legal minimum age) needs approvals by
 //! `config.approvals_required` distinct pinned approvers, embedded in the entry. Applied while
-//! loading every history ([`crate::history::rights::Authority::verdict`]); writing deletions is
+//! loading every history (by `rights::Authority::verdict`); writing deletions is
 //! the engine's (`prune`).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -51,7 +51,7 @@ pub enum Event {
     /// history. It takes effect only when its signer holds the `delete` right and every version
     /// it deletes is one the recorded `policy` does not keep at `as_of_ns` (with the dataset's
     /// legal minimum age in force), or carries approvals by `config.approvals_required` distinct
-    /// pinned approvers ([`crate::history::deletion::check_deletion`]); otherwise it is a no-op.
+    /// pinned approvers (the deletion rules, `history::deletion`); otherwise it is a no-op.
     VersionsDeleted {
         /// Sequence numbers of the removed versions' entries.
         seqs: Vec<u64>,
@@ -179,7 +179,7 @@ pub struct Record {
     /// The entry.
     pub entry: Entry,
     /// Why verifiers refused its effect, when it is a no-op (a deletion or minimum-age change
-    /// that breaks the rules: see [`crate::history::rights::Verdict::Noop`]): it holds its sequence
+    /// that breaks the rules: see `rights::Verdict::Noop`): it holds its sequence
     /// number, entries continuing it count, but it changes nothing.
     pub refused: Option<String>,
 }
@@ -213,7 +213,7 @@ pub fn key_epoch(history: &[Record]) -> u32 {
 }
 
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
-/// is decided by [`crate::history`], which knows the signer set at that point of the chain.
+/// is decided by the acceptance rules (`history::accept`), which know the signer set at that point of the chain.
 pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
     crate::format::framing::decode_signed(
         MAGIC,
