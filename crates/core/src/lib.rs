@@ -31,6 +31,7 @@ pub mod history;
 pub mod keys;
 
 pub use error::{Error, Result};
+pub use format::pack::COMPRESSION_LEVEL;
 
 // Flat paths kept while the workspace moves to the layered ones
 // (`scripts/rewrite-core-paths` rewrites a crate to the layered paths; then these go).
@@ -53,7 +54,3 @@ pub mod wal_log {
     pub use crate::format::wal_log::*;
     pub use crate::history::wal_authority::{Anchor, WalAuthority};
 }
-
-/// zstd level used for chunk compression. Chosen by measurement on the registry corpus
-/// (see `bench/README.md`): level 3 compresses database pages well at a cost the pipeline absorbs.
-pub const COMPRESSION_LEVEL: i32 = 3;

@@ -583,3 +583,24 @@ pub fn summary(report: &GcReport) -> BTreeMap<String, (usize, usize)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 16 * 1024 * 1024;
+
+    #[test]
+    fn wal_pieces_are_collectable_and_segments_and_histories_are_not() {
+        let id = ObjectId::of(b"x");
+        let p = format!("wal/db/00000001/p/{:016x}-{:016x}-{id}", SEG, SEG + 5);
+        let s = format!("wal/db/00000001/s/{:016x}-{:016x}-{id}", SEG, 2 * SEG);
+        let h = format!("wal/db/00000002/h/{:016x}-{:016x}-{id}", 0, 40);
+        assert!(collectable("db", &p));
+        assert!(!collectable("other", &p));
+        assert!(!collectable("db", &s));
+        assert!(!collectable("db", &h));
+        assert!(!collectable("db", "wal/db/00000001/p/garbage"));
+        assert_eq!(dataset_of(&p), Some("db"));
+    }
+}

@@ -129,9 +129,9 @@ impl DatasetKeys {
     }
 
     /// The reader secret, or an error saying this credential may only seal.
-    pub fn reader(&self) -> crate::Result<&ReaderSecretKey> {
+    pub fn reader(&self) -> crate::error::Result<&ReaderSecretKey> {
         self.reader_secret.as_ref().ok_or_else(|| {
-            crate::Error::WrongKey(format!(
+            crate::error::Error::WrongKey(format!(
                 "the key for dataset {} is a sealing credential: it can add data but not read it; \
                  use a reader key or the root key",
                 self.dataset
@@ -359,8 +359,8 @@ impl Credential {
     }
 
     /// Parses the serialized form.
-    pub fn from_bytes(bytes: &[u8]) -> crate::Result<Self> {
+    pub fn from_bytes(bytes: &[u8]) -> crate::error::Result<Self> {
         crate::cbor::from_slice(bytes)
-            .map_err(|e| crate::Error::invalid(format!("credential: {e}")))
+            .map_err(|e| crate::error::Error::invalid(format!("credential: {e}")))
     }
 }

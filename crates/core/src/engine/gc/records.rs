@@ -4,9 +4,9 @@
 
 use std::collections::HashSet;
 
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use super::SigningKey;
 use crate::engine::vault::Vault;
 use crate::error::{Error, Result};
 use crate::format::layout;
