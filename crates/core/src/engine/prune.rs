@@ -6,8 +6,8 @@
 //! a deletion entry that does neither ([`check_deletion`], called while loading every history),
 //! so it has no effect: its versions stay, and deleting their objects is detected as damage.
 //!
-//! Deleting an entry removes nothing from the site: garbage collection ([`crate::engine::gc`]) removes
-//! the objects that no remaining version needs, later and safely.
+//! Deleting an entry removes nothing from the site: garbage collection ([`crate::engine::gc`])
+//! removes the objects that no remaining version needs, later and safely.
 
 use std::collections::{BTreeMap, BTreeSet};
 

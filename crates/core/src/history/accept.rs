@@ -1,8 +1,8 @@
 //! A dataset's history and the rules that accept it (docs/format.md §9): which ledger objects
 //! count, which are noise a site (or an attacker) added, how a fork is resolved and what is
 //! damage. The record format itself (entries, events, signatures, appending) is
-//! [`crate::history::ledger`]'s; the deletion rules are [`crate::history::deletion::check_deletion`]'s, called from
-//! here only.
+//! [`crate::history::ledger`]'s; the deletion rules are
+//! [`crate::history::deletion::check_deletion`]'s, called from here only.
 //!
 //! Acceptance in short:
 //! - every object under `ledger/<dataset>/` that does not parse, does not hash to its name, is

@@ -213,7 +213,8 @@ pub fn key_epoch(history: &[Record]) -> u32 {
 }
 
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
-/// is decided by the acceptance rules (`history::accept`), which know the signer set at that point of the chain.
+/// is decided by the acceptance rules (`history::accept`), which know the signer set at that
+/// point of the chain.
 pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
     crate::format::framing::decode_signed(
         MAGIC,

@@ -46,7 +46,7 @@ pub struct WalAuthority {
 
 impl WalAuthority {
     /// Builds the authority from the signers' rights before the dataset's first entry
-    /// (`start`, see [`crate::history::rights::Authority`]) and its accepted history (`Vault::history`):
+    /// (`start`, see [`Authority`]) and its accepted history (`Vault::history`):
     /// the rights rules are replayed entry by entry (one home for who may sign: revocations,
     /// re-grants without `stream_wal` and key rotations all end a key's WAL interval).
     pub fn new(start: Authority, history: &[Record]) -> Self {

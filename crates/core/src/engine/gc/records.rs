@@ -175,7 +175,7 @@ pub fn deleters(vault: &Vault) -> Vec<[u8; 32]> {
 }
 
 /// Stores a session marker for a backup of `dataset` starting now from head `base_seq`, signed
-/// by the session's own key. Called by [`crate::engine::writer::BackupSession::begin`] before it reads
+/// by the session's own key. Called by the writer's `BackupSession::begin` before it reads
 /// condemnation records and indexes.
 pub fn begin_session(
     site: &dyn Site,
