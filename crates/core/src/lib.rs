@@ -8,7 +8,7 @@
 //! (`docs/ARCHITECTURE.md`, "core"):
 //!
 //! 1. the vocabulary at the top level: [`error`], [`site`], [`id`], [`time`], [`duration`],
-//!   [`text`], [`fsutil`], [`progress`];
+//!    [`text`], [`fsutil`], [`progress`];
 //! 2. [`keys`]: cryptographic primitives and the key hierarchy;
 //! 3. [`format`]: the bytes of every stored object and where it lives;
 //! 4. [`history`]: the ledger's records and the rules that accept a dataset's history;

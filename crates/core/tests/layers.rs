@@ -117,9 +117,9 @@ fn layers_import_only_downward_and_without_loops() {
             }
             // The module named: the longest prefix of the path that is a module file.
             let target = (1..=segs.len())
+                .rev()
                 .map(|k| segs[..k].join("::"))
-                .filter(|m| modules.contains_key(m))
-                .last();
+                .find(|m| modules.contains_key(m));
             if let Some(target) = target {
                 let inside = module.starts_with(&format!("{target}::"));
                 if target != *module && !inside {
