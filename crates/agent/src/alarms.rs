@@ -1,5 +1,10 @@
-//! RPO alarms: raised once when a dataset's newest durable data at a required site is older
-//! than its RPO, cleared once when it is fresh again; delivered by an HTTPS POST of JSON to a
+//! Alarms: raised once when a dataset at a required site turns red (its newest durable data is
+//! older than its RPO, or the data there is damaged or was tampered with), cleared once when it
+//! is healthy again. Each carries the kind of problem behind it (`problem_kind`,
+//! `EMBASSY_ALARM_KIND`): `integrity` (damaged or tampered with: red at once, whatever the RPO),
+//! `outage` (the site is unreachable), `source`, `config`, `keys`, or none when the data is only
+//! old. An alarm raised for another kind is raised again when the problem turns out to be
+//! integrity. Alarms are delivered by an HTTPS POST of JSON to a
 //! webhook (certificate verified) and/or a shell command with `EMBASSY_ALARM_*` variables and
 //! without the agent's secrets in its environment. Which alarms are raised is
 //! kept in the agent's state file, so a restart neither repeats nor forgets one.
@@ -7,6 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use embassy_core::ErrorKind;
 use embassy_sources::env::Scrub;
 use serde_json::json;
 use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
@@ -32,6 +38,8 @@ pub struct Notice {
     pub message: String,
     /// When (Unix seconds).
     pub at: i64,
+    /// The kind of problem behind a raised alarm (None: the data is only older than the RPO).
+    pub kind: Option<ErrorKind>,
 }
 
 impl Notice {
@@ -45,6 +53,7 @@ impl Notice {
             "lag_seconds": self.lag_seconds,
             "rpo_seconds": self.rpo_seconds,
             "message": self.message,
+            "problem_kind": self.kind.map(ErrorKind::as_str),
             "time": embassy_core::time::utc(self.at.saturating_mul(1_000_000_000)),
             "time_unix": self.at,
         })
@@ -62,7 +71,12 @@ pub fn evaluate(rows: &[DatasetRow], state: &AgentState, now: i64) -> Vec<Notice
             let key = format!("{}@{}", row.name, cell.site);
             if cell.colour == Colour::Red {
                 still_red.insert(key.clone());
-                if !state.alarms.contains_key(&key) {
+                let escalated = cell.problem == Some(ErrorKind::Integrity)
+                    && state
+                        .alarms
+                        .get(&key)
+                        .is_some_and(|a| a.kind != Some(ErrorKind::Integrity));
+                if !state.alarms.contains_key(&key) || escalated {
                     out.push(Notice {
                         event: "raised",
                         dataset: row.name.clone(),
@@ -71,6 +85,7 @@ pub fn evaluate(rows: &[DatasetRow], state: &AgentState, now: i64) -> Vec<Notice
                         rpo_seconds: row.rpo_seconds,
                         message: format!("{} at {}: {}", row.name, cell.site, cell.reason),
                         at: now,
+                        kind: cell.problem,
                     });
                 }
             }
@@ -99,6 +114,7 @@ pub fn evaluate(rows: &[DatasetRow], state: &AgentState, now: i64) -> Vec<Notice
                 rpo_seconds: rpo,
                 message: format!("{} at {}: healthy again", a.dataset, a.site),
                 at: now,
+                kind: a.kind,
             });
         }
     }
@@ -116,6 +132,7 @@ pub fn mark_delivered(state: &mut AgentState, n: &Notice) {
                 site: n.site.clone(),
                 since: n.at,
                 message: n.message.clone(),
+                kind: n.kind,
             },
         );
     } else {
@@ -173,6 +190,7 @@ fn run_command(command: &str, n: &Notice, dir: &Path, scrub: &Scrub) -> Result<(
         )
         .env("EMBASSY_ALARM_RPO_SECONDS", format!("{:.0}", n.rpo_seconds))
         .env("EMBASSY_ALARM_MESSAGE", &n.message)
+        .env("EMBASSY_ALARM_KIND", n.kind.map_or("", ErrorKind::as_str))
         .env("EMBASSY_ALARM_JSON", n.to_json().to_string())
         .stdin(std::process::Stdio::null())
         .status()

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use embassy_core::ErrorKind;
+
 use crate::config::Config;
 use crate::state::AgentState;
 use crate::status::{human_seconds, rows, Colour, SiteSnapshot};
@@ -57,12 +59,15 @@ td.cell.green {{ background: {green}; }}
 td.cell.amber {{ background: {amber}; color: #222; }}
 td.cell.red {{ background: {red}; }}
 td.cell.optional {{ opacity: 0.55; }}
+td.cell[data-problem="integrity"] {{ outline: 4px solid #000; font-weight: bold; }}
+li.integrity {{ font-weight: bold; }}
 td.chart {{ padding: 0 4px; }}
 ul.alarms li {{ margin: 2px 0; }}
 </style></head><body>
 <h1>Data Embassy: freshness of every dataset at every site</h1>
 <p class="meta">Generated {now}; reloads every {refresh} s. Green: newest durable data within the RPO.
-Amber: older than 75% of the RPO, the site is behind another, or it cannot be read now. Red: RPO breached, or no data at all.</p>
+Amber: older than 75% of the RPO, the site is behind another, or it cannot be read now. Red: RPO breached, or no data at all.
+Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not verify (red at once, whatever the RPO); "unreachable": the site cannot be read.</p>
 "#,
         refresh = config.status.refresh_seconds,
         green = hex(GREEN),
@@ -73,11 +78,17 @@ Amber: older than 75% of the RPO, the site is behind another, or it cannot be re
     if !state.alarms.is_empty() {
         h.push_str("<h2>Alarms raised</h2><ul class=\"alarms\">");
         for a in state.alarms.values() {
+            let kind = a.kind.map_or("rpo", ErrorKind::as_str);
             let _ = write!(
                 h,
-                "<li id=\"alarm-{}-{}\">{}</li>",
+                "<li id=\"alarm-{}-{}\" class=\"{kind}\" data-kind=\"{kind}\">{}{}</li>",
                 esc(&a.dataset),
                 esc(&a.site),
+                if a.kind == Some(ErrorKind::Integrity) {
+                    "DAMAGED OR TAMPERED WITH: "
+                } else {
+                    ""
+                },
                 esc(&a.message)
             );
         }
@@ -135,9 +146,17 @@ Amber: older than 75% of the RPO, the site is behind another, or it cannot be re
                     _ => "no version".into(),
                 },
             };
+            // What failed, in the words of its kind: damage is never shown as mere age.
+            let text = match c.problem {
+                Some(ErrorKind::Integrity) => "DAMAGED OR TAMPERED WITH".to_string(),
+                Some(k) if c.lag_seconds.is_none() => k.describe().to_string(),
+                Some(k) => format!("{text} · {}", k.describe()),
+                None => text,
+            };
+            let problem = c.problem.map_or("", ErrorKind::as_str);
             let _ = write!(
                 h,
-                "<td class=\"cell {colour}{opt}\" id=\"cell-{d}-{s}\" data-colour=\"{colour}\" title=\"{reason}\">{text}</td>",
+                "<td class=\"cell {colour}{opt}\" id=\"cell-{d}-{s}\" data-colour=\"{colour}\" data-problem=\"{problem}\" title=\"{reason}\">{text}</td>",
                 colour = c.colour.name(),
                 opt = if c.required { "" } else { " optional" },
                 d = esc(&row.name),
@@ -170,15 +189,27 @@ Amber: older than 75% of the RPO, the site is behind another, or it cannot be re
                 format!(
                     "; last keyless verify {} {}: {}",
                     embassy_core::time::utc(v.at.saturating_mul(1_000_000_000)),
-                    if v.ok { "OK" } else { "FAILED" },
+                    match v.kind {
+                        _ if v.ok => "OK".to_string(),
+                        Some(ErrorKind::Integrity) => "FAILED (damaged or tampered with)".into(),
+                        Some(k) => format!("FAILED ({})", k.describe()),
+                        None => "FAILED".into(),
+                    },
                     v.summary
                 )
             })
             .unwrap_or_else(|| "; not verified yet".into());
+        let problem = crate::status::site_problem(snap, state.verify.get(&s.name));
+        let kind = problem.map_or("", ErrorKind::as_str);
         let _ = write!(
             h,
-            "<li><b>{}</b> {}: {}{}{}</li>",
+            "<li class=\"{kind}\" data-problem=\"{kind}\"><b>{}</b>{} {}: {}{}{}</li>",
             esc(&s.name),
+            match problem {
+                Some(ErrorKind::Integrity) => " DAMAGED OR TAMPERED WITH",
+                Some(ErrorKind::Outage) => " unreachable",
+                _ => "",
+            },
             esc(&s.location),
             esc(&held),
             esc(&queued),

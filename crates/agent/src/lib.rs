@@ -5,9 +5,14 @@
 pub mod agent;
 pub mod alarms;
 pub mod config;
+pub mod control;
 pub mod dashboard;
+pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod run;
 pub mod schedule;
+mod scheduler;
 pub mod state;
 pub mod status;
 

@@ -2,157 +2,63 @@
 //! catching a lagging site up, keyless verification of a site. Each is a plain function the
 //! scheduler ([`crate::agent`]) runs on a worker thread and tests can call directly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use embassy_core::keyfile::{KeyFile, PURPOSE_READER, PURPOSE_SEALING};
-use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::progress::Silent;
 use embassy_core::retention::RetentionPolicy;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_core::state::StateStore;
 use embassy_core::vault::{Keyring, Vault};
 use embassy_sources::{files, stream};
-use zeroize::Zeroizing;
 
-use crate::config::{Config, KeyConfig, PassphraseSource, Source};
+use crate::config::{Config, KeyConfig, PassphraseSource as ConfiguredPassphrase, Source};
+use crate::error::{Problem, RunError};
 
-/// A site that refuses every write once the agent abandons in-flight work (after SIGTERM and
-/// its grace period). A refused write makes the backup fail before its ledger entry, so no
-/// version is recorded: the objects already written are reused by the next run.
-#[derive(Debug)]
-pub struct CancellableSite {
-    inner: Arc<dyn Site>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl CancellableSite {
-    /// Wraps `inner`; writes fail once `cancel` is set.
-    pub fn new(inner: Arc<dyn Site>, cancel: Arc<AtomicBool>) -> Self {
-        Self { inner, cancel }
-    }
-}
-
-impl Site for CancellableSite {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        if self.cancel.load(Ordering::SeqCst) {
-            return Err(SiteError::Permanent {
-                site: self.inner.location().to_string(),
-                operation: "put",
-                path: path.to_string(),
-                message: "the agent is shutting down: the run was abandoned before its version was recorded".into(),
-            });
-        }
-        self.inner.put(path, bytes)
-    }
-    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        self.inner.get(path)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        self.inner.get_range(path, offset, len)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, path: &str) -> Result<(), SiteError> {
-        self.inner.delete(path)
-    }
-    fn lagging(&self) -> Vec<(String, String)> {
-        self.inner.lagging()
-    }
-    fn members(&self) -> Vec<Arc<dyn Site>> {
-        // Each member wrapped too, so a cancelled run stops writing there as well.
-        self.inner
-            .members()
-            .into_iter()
-            .map(|m| Arc::new(CancellableSite::new(m, self.cancel.clone())) as Arc<dyn Site>)
-            .collect()
-    }
-}
+/// A site that refuses every write once the agent abandons in-flight work (embassy-ops).
+pub use embassy_ops::open::CancellableSite;
 
 /// Opens the vault at every configured site as one (writes count once `min_sites` hold them),
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
-pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, String> {
-    let locations = config.locations();
-    // The agent's writers (and a CLI given the same state folder) take turns at each ledger.
-    embassy_core::ledger::use_lock_folder(config.agent.state_dir.join("locks"));
-    // Writes a site misses are queued in the state folder (embassy-sites's catch-up queue).
-    let site = embassy_sites::open_many_queued(
-        &locations,
-        config.agent.min_sites,
-        false,
-        Some(&config.agent.state_dir),
-    )
-    .map_err(|e| e.to_string())?;
-    let site: Arc<dyn Site> = Arc::new(CancellableSite::new(site, cancel.clone()));
-    let vault = Vault::open(site).map_err(|e| e.to_string())?;
-    // Each site must keep holding the vault it held on first contact.
-    for location in &locations {
-        embassy_core::state::pin_site(
-            &config.agent.state_dir,
-            location,
-            &vault.config().vault_id,
-            false,
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    let state = StateStore::open(
-        &config.agent.state_dir.join("vaults"),
-        &vault.config().vault_id,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(vault.with_state(state))
+pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, RunError> {
+    let state_dir = config.agent.state_dir.clone();
+    let options = embassy_ops::open::OpenOptions {
+        min_sites: Some(config.agent.min_sites),
+        // The agent remembers verified heads in its `vaults` subfolder.
+        heads_dir: state_dir.join("vaults"),
+        cancel: Some(cancel.clone()),
+        ..embassy_ops::open::OpenOptions::new(config.locations(), state_dir)
+    };
+    Ok(embassy_ops::open::open_vault(&options)?)
 }
 
-/// Reads the passphrase as configured.
-fn passphrase(source: &PassphraseSource) -> Result<Zeroizing<String>, String> {
-    match source {
-        PassphraseSource::File(path) => {
-            embassy_core::keyfile::passphrase_from_file(path).map_err(|e| e.to_string())
-        }
-        PassphraseSource::Env(name) => match embassy_core::keyfile::passphrase_from_env(name) {
-            Ok(Some(v)) => Ok(v),
-            _ => Err(format!(
+/// Opens the configured key file for the vault (a root key or a credential), the passphrase
+/// read by embassy-ops's one rule from the configured file or variable.
+pub fn unlock(keys: &KeyConfig, vault: &Vault) -> Result<Keyring, RunError> {
+    use embassy_ops::unlock::{Passphrase, PassphraseSource};
+    let (sources, missing) = match &keys.passphrase {
+        ConfiguredPassphrase::File(path) => ([PassphraseSource::File(path)], String::new()),
+        ConfiguredPassphrase::Env(name) => (
+            [PassphraseSource::Env(name)],
+            format!(
                 "the passphrase variable {name} is not set (or empty): set it, or use keys.passphrase_file"
-            )),
-        },
-    }
-}
-
-/// Opens the configured key file for the vault (a root key or a sealing credential).
-pub fn unlock(keys: &KeyConfig, vault: &Vault) -> Result<Keyring, String> {
-    let path = &keys.file;
-    let file = KeyFile::load(path).map_err(|e| e.to_string())?;
-    let pass = passphrase(&keys.passphrase)?;
-    if file.purpose == PURPOSE_SEALING || file.purpose == PURPOSE_READER {
-        let payload = file
-            .open_payload(pass.as_bytes(), path)
-            .map_err(|e| e.to_string())?;
-        let credential = Credential::from_bytes(&payload).map_err(|e| e.to_string())?;
-        return Keyring::from_credential(credential, vault.config()).map_err(|e| e.to_string());
-    }
-    if file.vault_id != vault.config().vault_id {
-        return Err(format!(
-            "key file {} belongs to vault {}, but the sites hold vault {}",
-            path.display(),
-            file.vault_id,
-            vault.config().vault_id
-        ));
-    }
-    let root: RootSecret = file
-        .open(pass.as_bytes(), path)
-        .map_err(|e| e.to_string())?;
-    Keyring::from_root(root, vault.config()).map_err(|e| e.to_string())
+            ),
+        ),
+    };
+    let passphrase = Passphrase {
+        sources: &sources,
+        missing: &missing,
+    };
+    Ok(embassy_ops::unlock::unlock(
+        vault.config(),
+        &keys.file,
+        &passphrase,
+    )?)
 }
 
 /// What one backup run stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
-    /// The version number.
-    pub seq: u64,
+    /// The version number (as `embassy versions` lists it).
+    pub number: u64,
     /// Bytes in the version.
     pub bytes: u64,
     /// Bytes newly stored.
@@ -164,7 +70,7 @@ pub struct RunOutcome {
     /// Sites that missed writes (to catch up).
     pub lagging: Vec<String>,
     /// The retention policy applied after the run: versions deleted, or why it could not be.
-    pub pruned: Result<Vec<u64>, String>,
+    pub pruned: Result<Vec<u64>, Problem>,
 }
 
 /// One backup run of a dataset through the sources library; no version is recorded unless the
@@ -174,15 +80,14 @@ pub fn backup_dataset(
     keyring: &Keyring,
     dataset: &str,
     cancel: &Arc<AtomicBool>,
-) -> Result<RunOutcome, String> {
-    let d = config
-        .dataset(dataset)
-        .ok_or_else(|| format!("dataset {dataset} is not in the configuration"))?;
+) -> Result<RunOutcome, RunError> {
+    let d = config.dataset(dataset).ok_or_else(|| {
+        RunError::Config(format!("dataset {dataset} is not in the configuration"))
+    })?;
     let vault = open_vault(config, cancel)?;
     let (version, mut warnings) = match &d.source {
         Source::Files(paths) => {
-            let b = files::backup(&vault, keyring, dataset, paths, &Silent)
-                .map_err(|e| e.to_string())?;
+            let b = files::backup(&vault, keyring, dataset, paths, &Silent)?;
             (b.version, b.warnings)
         }
         Source::Command { command, pass_env } => (
@@ -193,8 +98,7 @@ pub fn backup_dataset(
                 &in_config_dir(config, command),
                 Some(&config.command_scrub(pass_env)),
                 &Silent,
-            )
-            .map_err(|e| e.to_string())?,
+            )?,
             Vec::new(),
         ),
         Source::Postgres { conninfo, .. } => {
@@ -207,8 +111,7 @@ pub fn backup_dataset(
             }
             let b = embassy_postgres::base_backup::base_backup(
                 &vault, keyring, dataset, &options, &Silent,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             (b.version, Vec::new())
         }
     };
@@ -223,10 +126,10 @@ pub fn backup_dataset(
         .collect();
     lagging.sort();
     lagging.dedup();
-    let pruned = apply_retention(config, keyring, &vault, dataset);
+    let pruned = apply_retention(config, keyring, &vault, dataset).map_err(|e| e.problem());
     Ok(RunOutcome {
         pruned,
-        seq: version.seq,
+        number: version.number,
         bytes: version.stats.bytes,
         new_bytes: version.stats.new_bytes_stored,
         files: version.stats.files,
@@ -260,7 +163,7 @@ pub fn apply_retention(
     keyring: &Keyring,
     vault: &Vault,
     dataset: &str,
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, RunError> {
     let Some(policy) = retention_policy(config, dataset) else {
         return Ok(Vec::new());
     };
@@ -272,7 +175,7 @@ pub fn apply_retention(
         embassy_core::config::now_unix_nanos(),
     )
     .map(|r| r.deleted)
-    .map_err(|e| e.to_string())
+    .map_err(RunError::from)
 }
 
 /// Garbage collection of the vault (embassy-core's two-phase gc, safe while backups run):
@@ -285,14 +188,14 @@ pub fn collect_garbage(
     keyring: &Keyring,
     cancel: &Arc<AtomicBool>,
     grace: std::time::Duration,
-) -> Result<String, String> {
+) -> Result<String, RunError> {
     let vault = open_vault(config, cancel)?;
     let options = embassy_core::gc::GcOptions {
         grace_secs: grace.as_secs(),
         ..embassy_core::gc::GcOptions::default()
     };
     let collector = embassy_core::gc::Collector::new(
-        keyring.signer().map_err(|e| e.to_string())?,
+        keyring.signer()?,
         &config.agent.state_dir.join("vaults"),
         &vault.config().vault_id,
     );
@@ -301,8 +204,7 @@ pub fn collect_garbage(
         &collector,
         &options,
         embassy_core::config::now_unix_nanos(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut summary = format!(
         "{} objects condemned ({} bytes), {} deleted ({} bytes), {} waiting for their grace period",
         r.condemned.len(),
@@ -349,17 +251,16 @@ pub fn stream_dataset(
     stop: &AtomicBool,
     cancel: &Arc<AtomicBool>,
     progress: Arc<std::sync::Mutex<embassy_postgres::stream::StreamProgress>>,
-) -> Result<(), String> {
-    let d = config
-        .dataset(dataset)
-        .ok_or_else(|| format!("dataset {dataset} is not in the configuration"))?;
+) -> Result<(), RunError> {
+    let d = config.dataset(dataset).ok_or_else(|| {
+        RunError::Config(format!("dataset {dataset} is not in the configuration"))
+    })?;
     let Source::Postgres { conninfo, slot } = &d.source else {
-        return Err(format!(
+        return Err(RunError::Config(format!(
             "dataset {dataset} has no postgres source to stream"
-        ));
+        )));
     };
-    let conn =
-        embassy_postgres::replication::ConnConfig::parse(conninfo).map_err(|e| e.to_string())?;
+    let conn = embassy_postgres::replication::ConnConfig::parse(conninfo)?;
     let mut cfg = embassy_postgres::stream::StreamConfig::new(
         dataset,
         conn,
@@ -369,7 +270,7 @@ pub fn stream_dataset(
     let vault = open_vault(config, cancel)?;
     embassy_postgres::stream::WalStreamer::run_with_progress(&cfg, &vault, keyring, stop, progress)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(RunError::from)
 }
 
 /// A shell command that runs `command` in the config file's folder.
@@ -385,57 +286,42 @@ pub fn in_config_dir(config: &Config, command: &str) -> String {
 /// Catches the site at `to` up from the site at `from` (no keys): first by its queue of missed
 /// writes (embassy-sites), then, unless that settled everything, by a full comparison
 /// (`embassy_core::sync`). Returns the objects copied.
-pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, String> {
-    let from_site = embassy_sites::open(from).map_err(|e| e.to_string())?;
-    let to_site = embassy_sites::open(to).map_err(|e| e.to_string())?;
+pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, RunError> {
+    let from_site = embassy_sites::open(from)?;
+    let to_site = embassy_sites::open(to)?;
     let mut copied = 0;
-    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))
-        .map_err(|e| e.to_string())?;
-    if !queue.pending().map_err(|e| e.to_string())?.is_empty() {
+    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))?;
+    if !queue.pending()?.is_empty() {
         let report = embassy_sites::queue::drain(
             &queue,
             to_site.as_ref(),
             std::slice::from_ref(&from_site),
             &Silent,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         copied += report.copied;
         if report.remaining == 0 && report.problems.is_empty() {
             return Ok(copied);
         }
     }
-    let report = embassy_core::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)
-        .map_err(|e| e.to_string())?;
+    let report = embassy_core::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)?;
     if !report.problems.is_empty() {
-        return Err(report.problems.join("; "));
+        return Err(RunError::CatchUp {
+            problems: report.problems,
+        });
     }
     Ok(copied + report.copied)
 }
 
-/// Verifies the vault at one site without keys: (ok, one-line summary).
-pub fn verify_site(location: &str) -> (bool, String) {
-    let result = embassy_sites::open(location)
-        .map_err(embassy_core::Error::from)
-        .and_then(Vault::open)
-        .and_then(|v| embassy_core::verify::verify(&v, None, &Silent));
-    match result {
-        Ok(r) if r.is_ok() => (
-            true,
-            format!(
-                "{} objects ({} bytes), {} datasets verified",
-                r.objects_checked,
-                r.bytes_checked,
-                r.datasets.len()
-            ),
-        ),
-        Ok(r) => (
-            false,
-            format!(
-                "{} problems, first: {}",
-                r.problems.len(),
-                r.problems.first().map(String::as_str).unwrap_or("")
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
+/// Verifies the vault at one site without keys, its streamed WAL included (embassy-ops's
+/// verification, the same as `embassy verify`): a one-line summary, or what is wrong. Damage
+/// found is [`RunError::Damaged`] (integrity); a site that cannot be read is its own error (an
+/// outage, typically), as `embassy verify` tells them apart by its exit status.
+pub fn verify_site(location: &str) -> Result<String, RunError> {
+    let verification = embassy_ops::verify::verify_site(location)?;
+    if !verification.is_ok() {
+        return Err(RunError::Damaged {
+            problems: verification.problems(),
+        });
     }
+    Ok(verification.summary())
 }

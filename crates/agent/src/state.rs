@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use embassy_core::ErrorKind;
 use serde::{Deserialize, Serialize};
 
 /// At most this many history points per dataset and site (a day at 2-minute spacing).
@@ -26,6 +27,9 @@ pub struct DatasetState {
     pub last_duration_seconds: Option<f64>,
     /// The last failure, for people.
     pub last_error: Option<String>,
+    /// Its kind (integrity, outage, source, config, keys).
+    #[serde(default)]
+    pub last_error_kind: Option<ErrorKind>,
     /// When it happened.
     pub last_error_at: Option<i64>,
     /// Runs started.
@@ -47,6 +51,9 @@ pub struct VerifyState {
     pub ok: bool,
     /// What it found, one line.
     pub summary: String,
+    /// When not ok: integrity when it found damage, another kind when it could not run.
+    #[serde(default)]
+    pub kind: Option<ErrorKind>,
 }
 
 /// An alarm that was raised and not yet cleared.
@@ -60,6 +67,9 @@ pub struct RaisedAlarm {
     pub since: i64,
     /// Why, for people.
     pub message: String,
+    /// What kind of problem raised it (None: the data is only older than the RPO).
+    #[serde(default)]
+    pub kind: Option<ErrorKind>,
 }
 
 /// Everything the agent persists.

@@ -1,35 +1,39 @@
 //! Freshness: per dataset and site, how old the newest durable data is against the dataset's
 //! RPO, as one JSON document (`embassy status --config FILE --json` and the agent's
-//! `/status.json` compute it with the same code) and as Prometheus metrics.
+//! `/status.json` compute it with the same code) and as Prometheus metrics ([`crate::metrics`]).
 //!
 //! Colours: **red** when the newest durable data at a site is older than the RPO (or the site
 //! cannot be read, or no version exists after a whole RPO); **amber** when it is older than 75 %
 //! of the RPO, or the site lags behind another site's newer version; **green** otherwise.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Arc;
-
-use embassy_core::site::Site;
-use embassy_core::vault::{versions_in, Vault};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use embassy_core::ErrorKind;
 
 use crate::config::{Config, Mode};
-use crate::state::AgentState;
+use crate::error::Problem;
+
+/// The metrics of the same facts (moved to [`crate::metrics`]; kept here for callers).
+pub use crate::metrics::metrics;
+use crate::state::{AgentState, VerifyState};
 
 /// What one site holds of one dataset.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CellFacts {
-    /// Newest version number, if any.
+    /// Newest version number, if any (as `embassy versions` lists it).
     pub newest_version: Option<u64>,
+    /// Its ledger sequence number.
+    pub newest_ledger_seq: Option<u64>,
     /// Versions held.
     pub versions: u64,
     /// Recovery point of the newest version (Unix ns).
     pub captured_ns: Option<i64>,
     /// Sum of the bytes the versions added to the vault.
     pub bytes_stored: u64,
-    /// Why the dataset's history cannot be read at this site.
-    pub error: Option<String>,
+    /// Why the dataset's history cannot be read at this site, and what kind of problem that is
+    /// (integrity: it does not verify; outage: the site failed while reading it).
+    pub error: Option<Problem>,
     /// Continuous (WAL) datasets: end of the newest durable WAL here.
     pub wal_end: Option<String>,
     /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
@@ -47,8 +51,8 @@ pub struct SiteSnapshot {
     pub name: String,
     /// Its location.
     pub location: String,
-    /// Why it cannot be read at all.
-    pub error: Option<String>,
+    /// Why it cannot be read at all, and what kind of problem that is.
+    pub error: Option<Problem>,
     /// Bytes of all objects it holds.
     pub bytes_stored: Option<u64>,
     /// Per dataset.
@@ -61,81 +65,43 @@ pub struct SiteSnapshot {
 
 /// Reads one site on its own: its vault's datasets, their newest versions and the bytes held.
 /// `wal` names the continuous (WAL) datasets, each with the server's end of WAL when known.
+/// The facts and the recovery point come from embassy-ops (the same as `embassy status`).
 pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) -> SiteSnapshot {
+    let wal_datasets: Vec<String> = wal.iter().map(|(d, _)| d.clone()).collect();
+    let options = embassy_ops::status::ReadOptions {
+        wal_datasets: &wal_datasets,
+        bytes: true,
+        key_file: None,
+    };
+    let read = embassy_ops::status::read_site(location, &options);
     let mut snap = SiteSnapshot {
         name: name.to_string(),
         location: location.to_string(),
-        read_at_ns: embassy_core::config::now_unix_nanos(),
+        error: read.error,
+        bytes_stored: read.bytes_stored,
+        read_at_ns: read.read_at_ns,
         ..SiteSnapshot::default()
     };
-    let site: Arc<dyn Site> = match embassy_sites::open(location) {
-        Ok(s) => s,
-        Err(e) => {
-            snap.error = Some(e.to_string());
-            return snap;
-        }
-    };
-    let vault = match Vault::open(site.clone()) {
-        Ok(v) => v,
-        Err(e) => {
-            snap.error = Some(e.to_string());
-            return snap;
-        }
-    };
-    match site.list("") {
-        Ok(infos) => snap.bytes_stored = Some(infos.iter().map(|i| i.size).sum()),
-        Err(e) => {
-            snap.error = Some(e.to_string());
-            return snap;
-        }
-    }
-    let names = match vault.datasets() {
-        Ok(n) => n,
-        Err(e) => {
-            snap.error = Some(e.to_string());
-            return snap;
-        }
-    };
-    for dataset in names {
-        let facts = match vault.history(&dataset) {
-            Ok(history) => {
-                let versions = versions_in(&dataset, &history);
-                let newest = versions.last();
-                CellFacts {
-                    newest_version: newest.map(|v| v.seq),
-                    versions: versions.len() as u64,
-                    captured_ns: newest.map(|v| v.captured_at_ns),
-                    bytes_stored: versions.iter().map(|v| v.stats.new_bytes_stored).sum(),
-                    ..CellFacts::default()
-                }
-            }
-            Err(e) => CellFacts {
-                error: Some(e.to_string()),
-                ..CellFacts::default()
-            },
+    for d in read.datasets {
+        let server_end = wal
+            .iter()
+            .find(|(name, _)| *name == d.dataset)
+            .and_then(|(_, end)| *end);
+        let durable = d.wal.as_ref().map(|w| w.end.0);
+        let facts = CellFacts {
+            newest_version: d.newest_version,
+            newest_ledger_seq: d.newest_version_ledger_seq,
+            versions: d.versions,
+            captured_ns: d.recovery_point_ns,
+            bytes_stored: d.bytes_stored,
+            error: d.error,
+            wal_end: d.wal.as_ref().map(|w| w.end.to_string()),
+            caught_up: durable.zip(server_end).is_some_and(|(d, end)| d >= end),
+            wal_lag_bytes: durable
+                .zip(server_end)
+                .map(|(d, end)| end.saturating_sub(d)),
         };
-        snap.datasets.insert(dataset, facts);
-    }
-    for (dataset, server_end) in wal {
-        // The base backups (versions) stay in the facts; the WAL moves the recovery point on.
-        let mut facts = snap.datasets.remove(dataset).unwrap_or_default();
-        match embassy_postgres::status::site_wal(location, site.as_ref(), dataset) {
-            Ok(Some(w)) => {
-                if w.captured_at_ns > 0 {
-                    facts.captured_ns = Some(
-                        facts
-                            .captured_ns
-                            .map_or(w.captured_at_ns, |v| v.max(w.captured_at_ns)),
-                    );
-                }
-                facts.wal_end = Some(w.durable.to_string());
-                facts.caught_up = server_end.is_some_and(|end| w.durable.0 >= end);
-                facts.wal_lag_bytes = server_end.map(|end| end.saturating_sub(w.durable.0));
-            }
-            Ok(None) => {}
-            Err(e) => facts.error = Some(e.to_string()),
-        }
-        snap.datasets.insert(dataset.clone(), facts);
+        snap.datasets.insert(d.dataset, facts);
     }
     snap
 }
@@ -209,6 +175,10 @@ pub struct Cell {
     pub lag_seconds: Option<f64>,
     /// What the site holds.
     pub facts: CellFacts,
+    /// The kind of problem behind a colour that is not green, when a failure explains it: the
+    /// site or the history cannot be read, or the site's last keyless verification found damage
+    /// (None: the data is only old, or nothing is wrong).
+    pub problem: Option<ErrorKind>,
 }
 
 /// Judges one dataset at one site. `first_seen` starts the RPO clock of a dataset without a
@@ -230,11 +200,22 @@ pub fn judge(
         snap.datasets.get(dataset).cloned().unwrap_or_default()
     };
     let unreadable = match (&snap.error, &facts.error) {
-        (Some(e), _) => Some(format!("site cannot be read: {e}")),
-        (None, Some(e)) => Some(format!("history cannot be read: {e}")),
+        (Some(e), _) => Some((
+            e.kind,
+            format!("site cannot be read ({}): {e}", e.kind.describe()),
+        )),
+        (None, Some(e)) => Some((
+            e.kind,
+            format!("history cannot be read ({}): {e}", e.kind.describe()),
+        )),
         _ => None,
     };
-    if let Some(why) = unreadable {
+    if let Some((kind, why)) = unreadable {
+        // Damage or tampering is not a matter of time: the data there cannot be trusted now.
+        if kind == ErrorKind::Integrity {
+            let lag = last_seen_ns.map(|seen| ((now_ns - seen) as f64 / 1e9).max(0.0));
+            return (Colour::Red, why, lag, facts);
+        }
         let Some(seen) = last_seen_ns else {
             return (Colour::Red, why, None, facts);
         };
@@ -343,7 +324,7 @@ pub fn rows(
             let empty = SiteSnapshot {
                 name: site.name.clone(),
                 location: site.location.clone(),
-                error: Some("not read yet".into()),
+                error: Some(Problem::new(ErrorKind::Outage, "not read yet")),
                 ..SiteSnapshot::default()
             };
             let snap = snaps.iter().find(|s| s.name == site.name).unwrap_or(&empty);
@@ -351,7 +332,7 @@ pub fn rows(
                 .seen
                 .get(&format!("{}@{}", d.name, site.name))
                 .copied();
-            let (colour, reason, lag, facts) = judge(
+            let (mut colour, mut reason, lag, facts) = judge(
                 rpo,
                 snap,
                 &d.name,
@@ -360,6 +341,34 @@ pub fn rows(
                 last_seen,
                 now_ns,
             );
+            // The failure behind the colour: reading the site or the history, else (the data is
+            // only old) the dataset's failing backups.
+            let mut problem = snap
+                .error
+                .as_ref()
+                .or(facts.error.as_ref())
+                .map(|p| p.kind)
+                .or_else(|| {
+                    state
+                        .datasets
+                        .get(&d.name)
+                        .filter(|s| s.consecutive_failures > 0)
+                        .and_then(|s| s.last_error_kind)
+                });
+            // Damage found by the site's keyless verification makes every dataset there red
+            // until a verification passes again: which versions the damaged objects belong to
+            // is not known without keys, so none of them is trusted.
+            if let Some(v) = state.verify.get(&site.name) {
+                if v.kind == Some(ErrorKind::Integrity) && problem != Some(ErrorKind::Integrity) {
+                    colour = Colour::Red;
+                    reason = format!(
+                        "damaged or tampered with: the site's keyless verification at {} found: {}",
+                        utc_secs(v.at),
+                        v.summary
+                    );
+                    problem = Some(ErrorKind::Integrity);
+                }
+            }
             cells.push(Cell {
                 site: site.name.clone(),
                 required: d.sites.contains(&site.name),
@@ -367,6 +376,7 @@ pub fn rows(
                 reason,
                 lag_seconds: lag,
                 facts,
+                problem: problem.filter(|_| colour != Colour::Green),
             });
         }
         let colour = cells
@@ -403,6 +413,23 @@ fn utc_secs(s: i64) -> String {
     embassy_core::time::utc(s.saturating_mul(1_000_000_000))
 }
 
+/// The worst problem at a site, integrity first: the site cannot be read, a dataset's history
+/// there cannot be read, or its last keyless verification failed. None when nothing is wrong
+/// (or the site was not read yet).
+pub fn site_problem(
+    snap: Option<&SiteSnapshot>,
+    verify: Option<&VerifyState>,
+) -> Option<ErrorKind> {
+    let read = snap.into_iter().flat_map(|s| {
+        s.error
+            .iter()
+            .chain(s.datasets.values().filter_map(|f| f.error.as_ref()))
+            .map(|p| p.kind)
+    });
+    let verified = verify.filter(|v| !v.ok).and_then(|v| v.kind);
+    read.chain(verified).min()
+}
+
 /// The status document: the same for `embassy status --config FILE --json` and `/status.json`.
 pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> Value {
     let rows = rows(config, snaps, state, now_ns);
@@ -415,12 +442,14 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
             json!({
                 "name": s.name,
                 "location": s.location,
-                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.clone()),
+                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.as_ref().map(|e| e.message.clone())),
+                "problem_kind": site_problem(snap, verify).map(ErrorKind::as_str),
                 "bytes_stored": snap.and_then(|x| x.bytes_stored),
                 "catch_up_pending": snap.and_then(|x| x.catch_up_pending),
                 "read_at": snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
                 "last_verify": verify.map(|v| json!({
-                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary
+                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary,
+                    "problem_kind": v.kind.map(ErrorKind::as_str),
                 })),
             })
         })
@@ -448,6 +477,7 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                 "last_success_unix": st.last_success,
                 "last_duration_seconds": st.last_duration_seconds,
                 "last_error": st.last_error,
+                "last_error_kind": st.last_error_kind.map(ErrorKind::as_str),
                 "last_error_at": st.last_error_at.map(utc_secs),
                 "sites": row.cells.iter().map(|c| json!({
                     "site": c.site,
@@ -456,12 +486,14 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
                     "reason": c.reason,
                     "lag_seconds": c.lag_seconds,
                     "newest_version": c.facts.newest_version,
+                    "newest_version_ledger_seq": c.facts.newest_ledger_seq,
                     "wal_end": c.facts.wal_end,
                     "wal_lag_bytes": c.facts.wal_lag_bytes,
                     "versions": c.facts.versions,
                     "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
                     "bytes_stored": c.facts.bytes_stored,
-                    "error": c.facts.error,
+                    "error": c.facts.error.as_ref().map(|e| e.message.clone()),
+                    "problem_kind": c.problem.map(ErrorKind::as_str),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -469,9 +501,24 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
     let alarms: Vec<Value> = state
         .alarms
         .values()
-        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message}))
+        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message, "problem_kind": a.kind.map(ErrorKind::as_str)}))
         .collect();
     let ok = rows.iter().all(|r| r.colour != Colour::Red);
+    // Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
+    let mut problems = serde_json::Map::new();
+    for kind in ErrorKind::ALL {
+        let n = config
+            .sites
+            .iter()
+            .filter(|s| {
+                site_problem(
+                    snaps.iter().find(|x| x.name == s.name),
+                    state.verify.get(&s.name),
+                ) == Some(kind)
+            })
+            .count();
+        problems.insert(kind.as_str().into(), n.into());
+    }
     json!({
         "ok": ok,
         "generated_at": embassy_core::time::utc(now_ns),
@@ -479,150 +526,6 @@ pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_n
         "sites": sites,
         "datasets": datasets,
         "alarms": alarms,
+        "problems": problems,
     })
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of the same facts.
-pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> String {
-    let rows = rows(config, snaps, state, now_ns);
-    let mut m = String::new();
-    let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(m, "# HELP {name} {help}");
-        let _ = writeln!(m, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(m, "{name}{{{labels}}} {v}");
-        }
-    };
-    let cell_samples = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<(String, f64)> {
-        rows.iter()
-            .flat_map(|r| {
-                r.cells.iter().filter_map(move |c| {
-                    f(c).map(|v| {
-                        (
-                            format!("dataset=\"{}\",site=\"{}\"", label(&r.name), label(&c.site)),
-                            v,
-                        )
-                    })
-                })
-            })
-            .collect()
-    };
-    family(
-        "embassy_dataset_lag_seconds",
-        "Age of the newest durable version of the dataset at the site.",
-        "gauge",
-        cell_samples(&|c| c.lag_seconds),
-    );
-    family(
-        "embassy_dataset_wal_lag_bytes",
-        "Continuous datasets: WAL the server has written that the site does not hold yet.",
-        "gauge",
-        cell_samples(&|c| c.facts.wal_lag_bytes.map(|b| b as f64)),
-    );
-    family(
-        "embassy_dataset_status",
-        "Freshness against the RPO: 0 green, 1 amber, 2 red.",
-        "gauge",
-        cell_samples(&|c| Some(c.colour.level() as f64)),
-    );
-    family(
-        "embassy_dataset_bytes_stored",
-        "Bytes the dataset's versions added to the vault at the site.",
-        "gauge",
-        cell_samples(&|c| Some(c.facts.bytes_stored as f64)),
-    );
-    family(
-        "embassy_dataset_newest_version",
-        "Newest version number of the dataset at the site.",
-        "gauge",
-        cell_samples(&|c| c.facts.newest_version.map(|v| v as f64)),
-    );
-    let per_dataset = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
-        config
-            .datasets
-            .iter()
-            .filter_map(|d| f(&d.name).map(|v| (format!("dataset=\"{}\"", label(&d.name)), v)))
-            .collect()
-    };
-    family(
-        "embassy_dataset_rpo_seconds",
-        "The dataset's recovery point objective.",
-        "gauge",
-        per_dataset(&|n| config.dataset(n).map(|d| d.rpo.as_secs_f64())),
-    );
-    family(
-        "embassy_dataset_last_success_timestamp_seconds",
-        "When the dataset's last successful backup ended.",
-        "gauge",
-        per_dataset(&|n| {
-            state
-                .datasets
-                .get(n)
-                .and_then(|s| s.last_success)
-                .map(|t| t as f64)
-        }),
-    );
-    family(
-        "embassy_dataset_runs_total",
-        "Backup runs started by the agent.",
-        "counter",
-        per_dataset(&|n| Some(state.datasets.get(n).map_or(0, |s| s.runs) as f64)),
-    );
-    family(
-        "embassy_dataset_errors_total",
-        "Backup runs that failed.",
-        "counter",
-        per_dataset(&|n| Some(state.datasets.get(n).map_or(0, |s| s.errors) as f64)),
-    );
-    let per_site = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
-        config
-            .sites
-            .iter()
-            .filter_map(|s| f(&s.name).map(|v| (format!("site=\"{}\"", label(&s.name)), v)))
-            .collect()
-    };
-    let snap = |n: &str| snaps.iter().find(|s| s.name == n);
-    family(
-        "embassy_site_up",
-        "1 when the site's vault could be read at the last look.",
-        "gauge",
-        per_site(&|n| Some(snap(n).is_some_and(|s| s.error.is_none()) as u8 as f64)),
-    );
-    family(
-        "embassy_site_bytes_stored",
-        "Bytes of all objects at the site.",
-        "gauge",
-        per_site(&|n| snap(n).and_then(|s| s.bytes_stored).map(|b| b as f64)),
-    );
-    family(
-        "embassy_site_catch_up_pending",
-        "Writes the site missed, queued for catch-up.",
-        "gauge",
-        per_site(&|n| snap(n).and_then(|s| s.catch_up_pending).map(|p| p as f64)),
-    );
-    family(
-        "embassy_site_last_verify_timestamp_seconds",
-        "When the last keyless verification of the site ended.",
-        "gauge",
-        per_site(&|n| state.verify.get(n).map(|v| v.at as f64)),
-    );
-    family(
-        "embassy_site_verify_ok",
-        "1 when the last keyless verification found nothing wrong.",
-        "gauge",
-        per_site(&|n| state.verify.get(n).map(|v| v.ok as u8 as f64)),
-    );
-    family(
-        "embassy_alarms_raised",
-        "RPO alarms raised and not cleared.",
-        "gauge",
-        vec![(String::new(), state.alarms.len() as f64)],
-    );
-    m.replace("{}", "")
 }

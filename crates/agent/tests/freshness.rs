@@ -6,9 +6,12 @@ use std::path::Path;
 
 use embassy_agent::alarms;
 use embassy_agent::config::{Config, Mode, Source};
+use embassy_agent::error::Problem;
 use embassy_agent::schedule::Schedule;
 use embassy_agent::state::AgentState;
+use embassy_agent::state::VerifyState;
 use embassy_agent::status::{self, CellFacts, Colour, SiteSnapshot};
+use embassy_core::ErrorKind;
 
 const NS: i64 = 1_000_000_000;
 
@@ -180,7 +183,7 @@ fn colours_against_the_rpo() {
     // An unreadable site is red.
     let down = SiteSnapshot {
         name: "hel".into(),
-        error: Some("connection refused".into()),
+        error: Some(Problem::new(ErrorKind::Outage, "connection refused")),
         ..SiteSnapshot::default()
     };
     let (c, why, _, _) = status::judge(rpo, &down, "d", None, None, None, now);
@@ -194,7 +197,7 @@ fn colours_against_the_rpo() {
     let (c, why, _, _) = status::judge(rpo, &down, "d", None, None, seen, now);
     assert_eq!(c, Colour::Red);
     assert!(
-        why.starts_with("RPO breached: site cannot be read: connection refused"),
+        why.starts_with("RPO breached: site cannot be read (unreachable): connection refused"),
         "{why}"
     );
 }
@@ -283,5 +286,114 @@ fn a_continuous_database_can_also_take_scheduled_base_backups() {
         e.to_string()
             .contains("continuous capture needs a postgres source"),
         "{e}"
+    );
+}
+
+#[test]
+fn damage_is_red_at_once_and_told_apart_from_an_outage() {
+    let config = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n"
+    ))
+    .unwrap();
+    let now = 1_800_000_000 * NS;
+    let mut state = AgentState::default();
+    // Both sites held fresh data a minute ago.
+    state.seen.insert("d@lux".into(), now - 60 * NS);
+    state.seen.insert("d@hel".into(), now - 60 * NS);
+    // Helsinki is down; Luxembourg serves a history that does not verify.
+    let down = SiteSnapshot {
+        name: "hel".into(),
+        error: Some(Problem::new(ErrorKind::Outage, "connection refused")),
+        ..SiteSnapshot::default()
+    };
+    let mut tampered = snap("lux", "d", None, None);
+    tampered.datasets.get_mut("d").unwrap().error = Some(Problem::new(
+        ErrorKind::Integrity,
+        "dataset d: history does not verify: entry 2 is not signed",
+    ));
+    let snaps = [tampered, down];
+    let rows = status::rows(&config, &snaps, &state, now);
+    let lux = &rows[0].cells[0];
+    let hel = &rows[0].cells[1];
+    // Damage: red at once, whatever the RPO; an outage waits for the RPO (amber now).
+    assert_eq!(
+        (lux.colour, lux.problem),
+        (Colour::Red, Some(ErrorKind::Integrity))
+    );
+    assert!(
+        lux.reason.contains("damaged or tampered with"),
+        "{}",
+        lux.reason
+    );
+    assert_eq!(
+        (hel.colour, hel.problem),
+        (Colour::Amber, Some(ErrorKind::Outage))
+    );
+    assert!(hel.reason.contains("unreachable"), "{}", hel.reason);
+    let notices = alarms::evaluate(&rows, &state, now / NS);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].kind, Some(ErrorKind::Integrity));
+    assert_eq!(notices[0].to_json()["problem_kind"], "integrity");
+    alarms::mark_delivered(&mut state, &notices[0]);
+    // After the RPO the outage raises its own alarm, of its own kind.
+    let later = now + 100 * NS;
+    let rows = status::rows(&config, &snaps, &state, later);
+    let notices = alarms::evaluate(&rows, &state, later / NS);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        (notices[0].site.as_str(), notices[0].kind),
+        ("hel", Some(ErrorKind::Outage))
+    );
+    assert!(
+        notices[0].message.contains("unreachable"),
+        "{}",
+        notices[0].message
+    );
+    alarms::mark_delivered(&mut state, &notices[0]);
+    // Helsinki comes back, but its keyless verification finds damage: the outage alarm is
+    // raised again as an integrity alarm.
+    let back = snap("hel", "d", Some(1), Some(later - 5 * NS));
+    let fine = snap("lux", "d", Some(1), Some(later - 5 * NS));
+    state.verify.insert(
+        "hel".into(),
+        VerifyState {
+            at: later / NS,
+            ok: false,
+            summary: "1 problems found, first: packs/ab: bytes do not hash to its name".into(),
+            kind: Some(ErrorKind::Integrity),
+        },
+    );
+    let snaps = [fine, back];
+    let rows = status::rows(&config, &snaps, &state, later);
+    let notices = alarms::evaluate(&rows, &state, later / NS);
+    let raised: Vec<_> = notices.iter().filter(|n| n.event == "raised").collect();
+    assert_eq!(raised.len(), 1, "{notices:?}");
+    assert_eq!(
+        (raised[0].site.as_str(), raised[0].kind),
+        ("hel", Some(ErrorKind::Integrity))
+    );
+    // /status.json and /metrics say the same.
+    let report = status::report(&config, &snaps, &state, later);
+    let hel_site = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hel")
+        .unwrap();
+    assert_eq!(hel_site["problem_kind"], "integrity", "{report}");
+    assert_eq!(
+        hel_site["last_verify"]["problem_kind"], "integrity",
+        "{report}"
+    );
+    assert_eq!(report["problems"]["integrity"], 1, "{report}");
+    let m = status::metrics(&config, &snaps, &state, later);
+    assert!(m.contains("embassy_integrity_problems 1"), "{m}");
+    assert!(
+        m.contains("embassy_site_problem{site=\"hel\",kind=\"integrity\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("embassy_dataset_problem{dataset=\"d\",site=\"hel\",kind=\"integrity\"} 1"),
+        "{m}"
     );
 }

@@ -201,6 +201,7 @@ fn notice() -> Notice {
         rpo_seconds: 100.0,
         message: "registry at lux: RPO breached".into(),
         at: 1_800_000_000,
+        kind: None,
     }
 }
 

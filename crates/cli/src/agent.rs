@@ -73,7 +73,8 @@ pub fn agent(file: &Path, once: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {}", crate::output::escape(&e.to_string()));
-            ExitCode::from(1)
+            // As every command: damage or tampering exits 3 (core's error policy).
+            ExitCode::from(if e.is_integrity() { 3 } else { 1 })
         }
     }
 }

@@ -74,7 +74,8 @@ pub fn time(unix_ns: i64) -> String {
 pub fn version_json(v: &Version) -> serde_json::Value {
     json!({
         "dataset": v.dataset,
-        "version": v.seq,
+        "version": v.number,
+        "ledger_seq": v.seq,
         "id": v.manifest.to_hex(),
         "ledger_entry": v.ledger_id.to_hex(),
         "kind": v.kind,
@@ -90,16 +91,18 @@ pub fn version_json(v: &Version) -> serde_json::Value {
     })
 }
 
-/// One line per version for people.
+/// One line per version for people: its number (what `DATASET@N` names) and, beside it, its
+/// ledger entry's sequence number (what `embassy history` lists).
 pub fn version_rows(versions: &[Version]) -> String {
     let mut out = format!(
-        "{:<24} {:>7}  {:<20}  {:<6} {:>8} {:>10} {:>10}  {}\n",
-        "DATASET", "VERSION", "CAPTURED (UTC)", "KIND", "FILES", "SIZE", "ADDED", "ID"
+        "{:<24} {:>7} {:>6}  {:<20}  {:<6} {:>8} {:>10} {:>10}  {}\n",
+        "DATASET", "VERSION", "ENTRY", "CAPTURED (UTC)", "KIND", "FILES", "SIZE", "ADDED", "ID"
     );
     for v in versions {
         out.push_str(&format!(
-            "{:<24} {:>7}  {:<20}  {:<6} {:>8} {:>10} {:>10}  {}\n",
+            "{:<24} {:>7} {:>6}  {:<20}  {:<6} {:>8} {:>10} {:>10}  {}\n",
             escape(&v.dataset),
+            v.number,
             v.seq,
             time(v.captured_at_ns),
             match v.kind {

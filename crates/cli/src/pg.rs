@@ -105,17 +105,6 @@ pub struct WalFetchArgs {
 /// that the vault proves the file does not exist.
 pub const WAL_FETCH_STOP_RECOVERY: u8 = 200;
 
-fn pg_error(e: PgError) -> Error {
-    match e {
-        PgError::Vault(e) => e,
-        PgError::Site(e) => Error::Site(e),
-        other => Error::Source {
-            what: "PostgreSQL".into(),
-            problem: other.to_string(),
-        },
-    }
-}
-
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -134,12 +123,8 @@ pub fn run(cli: &Cli, command: &PgCommand) -> Result<ExitCode> {
 
 fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
-    let keyring = crate::secrets::unlock(
-        vault.config(),
-        cli.key_file.as_deref(),
-        cli.passphrase_file.as_deref(),
-    )?;
-    let conn = ConnConfig::parse(&args.conninfo).map_err(pg_error)?;
+    let keyring = crate::unlock(cli, &vault)?;
+    let conn = ConnConfig::parse(&args.conninfo).map_err(Error::from)?;
     let mut cfg = StreamConfig::new(&args.dataset, conn, &args.slot);
     cfg.create_slot = args.create_slot;
     cfg.max_delay = Duration::from_millis(args.max_delay_ms.clamp(10, 1000));
@@ -157,7 +142,7 @@ fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
             args.slot
         );
     }
-    let progress = WalStreamer::run(&cfg, &vault, &keyring, &STOP).map_err(pg_error)?;
+    let progress = WalStreamer::run(&cfg, &vault, &keyring, &STOP).map_err(Error::from)?;
     if cli.json {
         crate::print_json(json!({
             "ok": true,
@@ -199,7 +184,7 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
         }
     };
     if args.prefetch_only {
-        return Err(pg_error(e)); // the background half: nobody reads its exit status
+        return Err(Error::from(e)); // the background half: nobody reads its exit status
     }
     let sites = cli.site.join(", ");
     let following = std::path::Path::new("standby.signal").is_file()
@@ -232,11 +217,7 @@ fn transient(e: &PgError) -> bool {
 /// One try of `wal-fetch`; errors stay [`PgError`]s, so they print as themselves.
 fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCode, PgError> {
     let vault = crate::open_vault(cli)?;
-    let keyring = crate::secrets::unlock(
-        vault.config(),
-        cli.key_file.as_deref(),
-        cli.passphrase_file.as_deref(),
-    )?;
+    let keyring = crate::unlock(cli, &vault)?;
     if args.prefetch_only {
         if let Some(spool) = &args.spool {
             let lock = spool.join(".prefetch.lock");
@@ -319,8 +300,8 @@ fn wal_status(cli: &Cli, args: &PgWalStatusArgs) -> Result<ExitCode> {
     }
     let server = match &args.conninfo {
         Some(c) => Some(
-            embassy_postgres::status::server_lsn(&ConnConfig::parse(c).map_err(pg_error)?)
-                .map_err(pg_error)?,
+            embassy_postgres::status::server_lsn(&ConnConfig::parse(c).map_err(Error::from)?)
+                .map_err(Error::from)?,
         ),
         None => None,
     };
@@ -359,23 +340,6 @@ fn wal_status(cli: &Cli, args: &PgWalStatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The keyless WAL check of every dataset that holds WAL or whose ledger anchors some, for
-/// `embassy verify`: a site that deletes or damages streamed WAL fails the vault's verification,
-/// not only `pg verify-wal`. Datasets without WAL are left out.
-pub fn verify_wal_of<'a>(
-    vault: &embassy_core::vault::Vault,
-    datasets: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<(String, embassy_postgres::wal::WalVerifyReport)>> {
-    let mut out = Vec::new();
-    for dataset in datasets {
-        let report = embassy_postgres::wal::verify(vault, dataset).map_err(pg_error)?;
-        if report.objects_ok > 0 || !report.is_ok() || !report.noise.is_empty() {
-            out.push((dataset.to_string(), report));
-        }
-    }
-    Ok(out)
-}
-
 /// The WAL part of a verification report as JSON.
 fn wal_report_json(report: &embassy_postgres::wal::WalVerifyReport) -> serde_json::Value {
     json!({
@@ -384,7 +348,7 @@ fn wal_report_json(report: &embassy_postgres::wal::WalVerifyReport) -> serde_jso
         "problems": report.problems,
         "noise": report.noise,
         "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
-        "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": embassy_postgres::Lsn(*e).to_string()})).collect::<Vec<_>>(),
+        "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": e.to_string()})).collect::<Vec<_>>(),
     })
 }
 
@@ -404,7 +368,7 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
     let of = dataset.map_or(String::new(), |d| format!(" of dataset {d}"));
     println!("{} WAL objects{of} check out", report.objects_ok);
     for (tl, e) in &report.ends {
-        println!("timeline {tl}: up to {}", embassy_postgres::Lsn(*e));
+        println!("timeline {tl}: up to {e}");
     }
     for p in &report.problems {
         println!("PROBLEM: {}", embassy_core::text::escape(&p.to_string()));
@@ -422,7 +386,7 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
 
 fn verify_wal(cli: &Cli, args: &PgVerifyWalArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
-    let report = embassy_postgres::wal::verify(&vault, &args.dataset).map_err(pg_error)?;
+    let report = embassy_postgres::wal::verify(&vault, &args.dataset).map_err(Error::from)?;
     if cli.json {
         crate::print_json(wal_report_json(&report))?;
     } else {

@@ -11,14 +11,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
 use embassy_core::vault::{Keyring, Vault};
 use embassy_core::{Error, Result};
-use embassy_postgres::base_backup::{self, format_lsn, parse_lsn, BaseBackupOptions, WalSource};
+use embassy_postgres::base_backup::{self, BaseBackupOptions, WalSource};
 use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
-use embassy_postgres::PgError;
+use embassy_postgres::Lsn;
 use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::{output, Cli};
+use crate::{output, unlock, Cli};
 
 /// Arguments of `embassy pg base-backup`.
 #[derive(Args)]
@@ -67,24 +67,6 @@ pub struct PromoteArgs {
     pub timeout: u64,
 }
 
-fn pg_error(e: PgError) -> Error {
-    match e {
-        PgError::Vault(e) => e,
-        other => Error::Source {
-            what: "PostgreSQL".into(),
-            problem: other.to_string(),
-        },
-    }
-}
-
-fn unlock(cli: &Cli, vault: &Vault) -> Result<Keyring> {
-    crate::secrets::unlock(
-        vault.config(),
-        cli.key_file.as_deref(),
-        cli.passphrase_file.as_deref(),
-    )
-}
-
 /// `embassy pg base-backup DATASET --conninfo ...`
 pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
@@ -96,15 +78,15 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     }
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = base_backup::base_backup(&vault, &keyring, &args.dataset, &options, &bar)
-        .map_err(pg_error)?;
+        .map_err(Error::from)?;
     bar.finish();
     let v = &done.version;
     if cli.json {
         crate::print_json(json!({
             "ok": true,
             "version": output::version_json(v),
-            "start_lsn": format_lsn(done.info.start_lsn),
-            "stop_lsn": format_lsn(done.info.stop_lsn),
+            "start_lsn": done.info.start_lsn.to_string(),
+            "stop_lsn": done.info.stop_lsn.to_string(),
             "timeline": done.info.timeline,
             "system_identifier": done.info.system_identifier.to_string(),
             "wal_included": done.info.wal_included,
@@ -112,14 +94,14 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     } else {
         println!(
             "base backup stored as version {} of {}: {} files, {}; {} new ({} stored); WAL {}..{} on timeline {}{}",
-            v.seq,
+            v.number,
             v.dataset,
             v.stats.files,
             output::size(v.stats.bytes),
             v.stats.new_chunks,
             output::size(v.stats.new_bytes_stored),
-            format_lsn(done.info.start_lsn),
-            format_lsn(done.info.stop_lsn),
+            done.info.start_lsn,
+            done.info.stop_lsn,
             done.info.timeline,
             if done.info.wal_included { ", WAL inside" } else { "" }
         );
@@ -268,11 +250,7 @@ impl FetchFolder {
             embassy_core::time::utc(embassy_core::config::now_unix_nanos())
         );
         let credential = keyring.reader_credential_for(&vault_id, dataset, &label, epoch)?;
-        let mut passphrase = Zeroizing::new(String::with_capacity(64));
-        for b in embassy_core::crypto::random_32().iter() {
-            use std::fmt::Write;
-            let _ = write!(passphrase, "{b:02x}");
-        }
+        let passphrase = Zeroizing::new(hex::encode(embassy_core::crypto::random_32().as_slice()));
         let key_file = KeyFile::seal_payload(
             &credential.to_bytes(),
             PURPOSE_READER,
@@ -352,7 +330,7 @@ impl FetchFolder {
             spool.display().to_string(),
         ];
         let command = restore::restore_command(Path::new(ENV_PROGRAM), &args, &fetch_args, dataset)
-            .map_err(pg_error)?;
+            .map_err(Error::from)?;
         preflight(&command, owner)?;
         Ok(command)
     }
@@ -522,9 +500,9 @@ pub fn recovery_target(
 ) -> Result<Option<RecoveryTarget>> {
     Ok(match (time, lsn, latest) {
         (Some(t), None, false) => Some(RecoveryTarget::Time(
-            restore::parse_time(t).map_err(pg_error)?,
+            restore::parse_time(t).map_err(Error::from)?,
         )),
-        (None, Some(l), false) => Some(RecoveryTarget::Lsn(parse_lsn(l).map_err(pg_error)?)),
+        (None, Some(l), false) => Some(RecoveryTarget::Lsn(l.parse::<Lsn>().map_err(Error::from)?)),
         (None, None, true) => Some(RecoveryTarget::Latest),
         (None, None, false) => None,
         _ => {
@@ -533,15 +511,6 @@ pub fn recovery_target(
             ))
         }
     })
-}
-
-/// True if this version is a PostgreSQL base backup.
-pub fn is_base_backup(reader: &embassy_core::reader::VersionReader) -> bool {
-    reader
-        .manifest
-        .properties
-        .get(base_backup::PROP_BASE_BACKUP)
-        .is_some_and(|v| v == "1")
 }
 
 /// Says what was restored; lists on stderr, always (and in `--json`), every restored setting
@@ -571,8 +540,8 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "ok": true,
             "version": output::version_json(&done.version),
             "data_dir": done.data_dir,
-            "start_lsn": format_lsn(done.info.start_lsn),
-            "stop_lsn": format_lsn(done.info.stop_lsn),
+            "start_lsn": done.info.start_lsn.to_string(),
+            "stop_lsn": done.info.stop_lsn.to_string(),
             "settings": done.settings,
             "neutralised": done.neutralised,
             "overrides": restored_conf::OVERRIDES,
@@ -583,31 +552,38 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
         println!(
             "{what} {} from base backup version {} (WAL {}..{}), to {}; {next}",
             done.data_dir.display(),
-            done.version.seq,
-            format_lsn(done.info.start_lsn),
-            format_lsn(done.info.stop_lsn),
+            done.version.number,
+            done.info.start_lsn,
+            done.info.stop_lsn,
             done.recovery,
         );
         Ok(())
     }
 }
 
-/// `embassy restore DATASET --time T | --lsn L | --latest --to DIR` for PostgreSQL datasets.
+/// The new data directory of a PostgreSQL restore: `--to DIR` is required.
+pub fn data_dir_given(to: Option<&Path>) -> Result<&Path> {
+    to.ok_or_else(|| {
+        Error::invalid("restoring a PostgreSQL dataset needs --to DIR (the new data directory)")
+    })
+}
+
+/// `embassy restore DATASET --time T | --lsn L | --latest --to DIR` for PostgreSQL datasets,
+/// with the vault opened and its keys unlocked by the caller (once for the whole restore).
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     cli: &Cli,
+    vault: &Vault,
+    keyring: &Keyring,
     dataset: &str,
     target: RecoveryTarget,
     to: Option<&Path>,
     owner_name: Option<&str>,
     allow_unwitnessed: bool,
 ) -> Result<ExitCode> {
-    let dir = to.ok_or_else(|| {
-        Error::invalid("restoring a PostgreSQL dataset needs --to DIR (the new data directory)")
-    })?;
-    let vault = crate::open_vault(cli)?;
-    let keyring = unlock(cli, &vault)?;
+    let dir = data_dir_given(to)?;
     let owner = owner(owner_name)?;
-    let fetch = FetchFolder::create(cli, &vault, &keyring, dataset, owner, dir)?;
+    let fetch = FetchFolder::create(cli, vault, keyring, dataset, owner, dir)?;
     let options = PgRestoreOptions {
         mode: Mode::Recover(target),
         restore_command: fetch.restore_command.clone(),
@@ -615,8 +591,8 @@ pub fn restore(
         allow_unwitnessed,
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let done = restore::restore(&vault, &keyring, dataset, dir, &options, &bar)
-        .map_err(pg_error)
+    let done = restore::restore(vault, keyring, dataset, dir, &options, &bar)
+        .map_err(Error::from)
         .inspect_err(|_| fetch.remove())?;
     bar.finish();
     report(
@@ -645,7 +621,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
         owner,
         &bar,
     )
-    .map_err(pg_error)
+    .map_err(Error::from)
     .inspect_err(|_| fetch.remove())?;
     bar.finish();
     report(
@@ -670,12 +646,12 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
         args.conninfo.as_deref(),
         Duration::from_secs(args.timeout),
     )
-    .map_err(pg_error)?;
+    .map_err(Error::from)?;
     if cli.json {
         crate::print_json(json!({
             "ok": true,
             "timeline": done.timeline,
-            "lsn": format_lsn(done.lsn),
+            "lsn": done.lsn.to_string(),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
         }))?;
@@ -684,7 +660,7 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "promoted {}: accepts writes on timeline {} from {} after {:.1} s; recorded as entry {} of {}",
             args.data.display(),
             done.timeline,
-            format_lsn(done.lsn),
+            done.lsn,
             done.elapsed.as_secs_f64(),
             done.seq,
             args.dataset

@@ -9,7 +9,7 @@ use embassy_core::approval;
 use embassy_core::config::{now_unix_nanos, VaultConfig};
 use embassy_core::duration::{format_duration, parse_duration};
 use embassy_core::gc::{self, GcOptions};
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_APPROVER};
 use embassy_core::keys::RootSecret;
 use embassy_core::prune::{self as core_prune, PruneReport};
 use embassy_core::retention::RetentionPolicy;
@@ -17,9 +17,6 @@ use embassy_core::{Error, Result};
 use serde_json::json;
 
 use crate::{output, secrets, Cli};
-
-/// What an approver key file says it holds.
-pub const PURPOSE_APPROVER: &str = "approver";
 
 /// `embassy prune`.
 #[derive(Args)]
@@ -202,9 +199,9 @@ fn print_report(report: &PruneReport, dry_run: bool) {
         let when = output::time(d.captured_at_ns);
         if d.keep() {
             let why: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
-            println!("  keep   {:>6}  {when}  {}", d.seq, why.join(", "));
+            println!("  keep   {:>6}  {when}  {}", d.number, why.join(", "));
         } else {
-            println!("  delete {:>6}  {when}", d.seq);
+            println!("  delete {:>6}  {when}", d.number);
         }
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -266,7 +263,7 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
 /// `embassy forget`.
 pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     let mut dataset: Option<String> = None;
-    let mut seqs = Vec::new();
+    let mut numbers = Vec::new();
     for t in &args.targets {
         let (d, n) = split_target(t)?;
         if dataset.as_ref().is_some_and(|x| *x != d) {
@@ -275,7 +272,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
             ));
         }
         dataset = Some(d);
-        seqs.push(n);
+        numbers.push(n);
     }
     let dataset = dataset.unwrap_or_default();
     let vault = crate::open_vault(cli)?;
@@ -284,7 +281,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         &vault,
         keyring.as_ref(),
         &dataset,
-        &seqs,
+        &numbers,
         &args.reason,
         args.dry_run,
     )?;
@@ -379,7 +376,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
 /// `embassy approver-key`.
 pub fn approver_key(cli: &Cli, args: &ApproverKeyArgs) -> Result<ExitCode> {
     let secret = RootSecret::generate();
-    let public = crate::hex_key(
+    let public = crate::cmd::history::hex_key(
         &approval::approver_signing_key(&secret)
             .verifying_key()
             .to_bytes(),

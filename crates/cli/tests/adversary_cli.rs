@@ -14,40 +14,13 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::KeyFile;
+
+use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
-const CHEAP: KdfParams = KdfParams {
-    memory_kib: 8 * 1024,
-    iterations: 1,
-    parallelism: 1,
-};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn text(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// The test's world: a home folder, the real vault folder, key files.
 struct Home {
@@ -123,41 +96,7 @@ fn embassy<A: AsRef<OsStr> + std::fmt::Debug>(
     args: &[A],
     stdin: Option<&[u8]>,
 ) -> Run {
-    let mut cmd = Command::new(EXE);
-    cmd.args(args)
-        .env_remove("EMBASSY_SITE")
-        .env_remove("EMBASSY_KEY_FILE")
-        .env_remove("EMBASSY_STATE_DIR")
-        .env("EMBASSY_PASSPHRASE", PASS)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_STATE_HOME", home.join(".state"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("embassy binary runs");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !run.stderr.contains("panicked"),
-        "embassy {args:?} panicked: {run:?}"
-    );
-    run
+    Embassy::new(EXE, home).run(args, stdin)
 }
 
 fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {

@@ -14,13 +14,8 @@ use serde_json::Value;
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
-/// The PostgreSQL 15 test cluster of embassy-postgres's tests.
-#[path = "../../postgres/tests/support/mod.rs"]
-mod pg;
-
-/// The S3 server (moto) of embassy-sites's tests.
-#[path = "../../sites/tests/support/mod.rs"]
-mod s3;
+/// The PostgreSQL 15 test cluster and the S3 server (moto) of the test kit.
+use embassy_testkit::{pg, s3};
 
 /// The configuration text most tests share: `[agent]` with the state folder and `agent`'s own
 /// lines, then `sections` (`[status]`, `[alarms]`), the vault key, one local-folder site

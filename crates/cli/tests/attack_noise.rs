@@ -4,150 +4,36 @@
 //! every command, keyless ones too. Played through the real `embassy` binary.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use embassy_core::id::ObjectId;
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_testkit::cli::{args, cheapen, Embassy, Run, TestVault};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
-const CHEAP: KdfParams = KdfParams {
-    memory_kib: 8 * 1024,
-    iterations: 1,
-    parallelism: 1,
-};
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn text(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-fn args(list: &[&str]) -> Vec<OsString> {
-    list.iter().map(OsString::from).collect()
-}
 
 fn embassy(home: &Path, args: &[OsString], stdin: Option<&[u8]>) -> Run {
-    let mut child = Command::new(EXE)
-        .args(args)
-        .env_remove("EMBASSY_SITE")
-        .env_remove("EMBASSY_KEY_FILE")
-        .env_remove("EMBASSY_STATE_DIR")
-        .env_remove("EMBASSY_VAULT_ID")
-        .env("EMBASSY_PASSPHRASE", PASS)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_STATE_HOME", home.join(".state"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the embassy binary runs");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let out = child.wait_with_output().expect("embassy finishes");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!run.stderr.contains("panicked"), "{args:?}: {run:?}");
-    run
+    Embassy::new(EXE, home).run(args, stdin)
 }
 
-/// A vault at `<base>/<name>` with its root key re-wrapped cheaply.
-struct World {
-    base: PathBuf,
-    site: PathBuf,
-    key: PathBuf,
-    vault_id: String,
+/// A vault at `<base>/<name>` with its root key re-wrapped cheaply (the test kit's).
+struct World(TestVault);
+
+impl Deref for World {
+    type Target = TestVault;
+    fn deref(&self) -> &TestVault {
+        &self.0
+    }
 }
 
 impl World {
     fn new(base: &Path, name: &str) -> Self {
-        let site = base.join(name);
-        let slow = base.join(format!("keys/{name}.slow"));
-        let r = embassy(
-            base,
-            &args(&[
-                "--json",
-                "--site",
-                site.to_str().unwrap(),
-                "--key-file",
-                slow.to_str().unwrap(),
-                "--state-dir",
-                base.join(format!("state/init-{name}")).to_str().unwrap(),
-                "init",
-            ]),
-            None,
-        );
-        assert_eq!(r.code, 0, "{r:?}");
-        let file = KeyFile::load(&slow).unwrap();
-        let root = file.open(PASS.as_bytes(), &slow).unwrap();
-        let key = base.join(format!("keys/{name}.key"));
-        KeyFile::seal(&root, &file.vault_id, PASS.as_bytes(), CHEAP)
-            .unwrap()
-            .store(&key)
-            .unwrap();
-        Self {
-            base: base.to_path_buf(),
-            site,
-            key,
-            vault_id: file.vault_id,
-        }
-    }
-
-    /// `embassy` as `machine` (its own state folder) with key file `key`.
-    fn run(&self, machine: &str, key: &Path, extra: &[&str], stdin: Option<&[u8]>) -> Run {
-        let mut all = args(&[
-            "--site",
-            self.site.to_str().unwrap(),
-            "--quiet",
-            "--key-file",
-            key.to_str().unwrap(),
-            "--state-dir",
-            self.base.join(format!("state/{machine}")).to_str().unwrap(),
-        ]);
-        all.extend(args(extra));
-        embassy(&self.base, &all, stdin)
-    }
-
-    fn ok(&self, machine: &str, key: &Path, extra: &[&str], stdin: Option<&[u8]>) -> Run {
-        let r = self.run(machine, key, extra, stdin);
-        assert_eq!(r.code, 0, "embassy {extra:?}: {r:?}");
-        r
+        Self(TestVault::init(EXE, base, name))
     }
 
     fn restore(&self, machine: &str, key: &Path, target: &str) -> (Run, Vec<u8>) {
-        let out = self
-            .base
-            .join(format!("restored-{machine}-{}", target.replace('@', "-")));
-        let _ = std::fs::remove_file(&out);
-        let r = self.run(
-            machine,
-            key,
-            &["restore", target, "--to", out.to_str().unwrap()],
-            None,
-        );
-        (r, std::fs::read(&out).unwrap_or_default())
+        self.restore_bytes(machine, key, target)
     }
 
     /// Issues a reader credential for `dataset`, re-wrapped cheaply.
@@ -169,27 +55,9 @@ impl World {
             ],
             None,
         );
-        let file = KeyFile::load(&slow).unwrap();
-        let payload = file.open_payload(PASS.as_bytes(), &slow).unwrap();
         let cheap = self.base.join(format!("keys/{label}.cred"));
-        KeyFile::seal_payload(
-            &payload,
-            &file.purpose,
-            &file.vault_id,
-            PASS.as_bytes(),
-            CHEAP,
-        )
-        .unwrap()
-        .store(&cheap)
-        .unwrap();
+        cheapen(&slow, &cheap);
         cheap
-    }
-
-    /// Writes `bytes` at `rel` in the site folder, as a hostile site would.
-    fn plant(&self, rel: &str, bytes: &[u8]) {
-        let path = self.site.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
     }
 }
 

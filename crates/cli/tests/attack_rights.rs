@@ -7,44 +7,22 @@
 //! store them; every judgement is then made by fresh `embassy` processes (their own state
 //! folders), as a first-contact client would.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use embassy_core::id::ObjectId;
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::KeyFile;
 use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::ledger::{self, Entry, Event};
 use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 
+use embassy_testkit::cli::{cheapen, Embassy, Run, CHEAP, PASS};
+
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
-const CHEAP: KdfParams = KdfParams {
-    memory_kib: 8 * 1024,
-    iterations: 1,
-    parallelism: 1,
-};
 const DS: &str = "registry";
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// A vault folder, its root key file (cheap KDF), and the test's scratch space.
 struct World {
@@ -126,7 +104,7 @@ impl World {
         );
         assert_eq!(out.code, 0, "{out:?}");
         let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-        v["version"].as_u64().unwrap()
+        v["ledger_seq"].as_u64().unwrap()
     }
 
     /// `restore DS@target` by a fresh client (its own new state folder).
@@ -142,8 +120,17 @@ impl World {
         (run, bytes)
     }
 
-    /// The live versions a fresh client lists.
+    /// The live versions a fresh client lists, by ledger sequence number (these tests forge
+    /// entries at sequence numbers).
     fn versions(&self, machine: &str) -> Vec<u64> {
+        self.numbered_versions(machine)
+            .into_iter()
+            .map(|(_, seq)| seq)
+            .collect()
+    }
+
+    /// The live versions a fresh client lists: `(version number, ledger sequence number)`.
+    fn numbered_versions(&self, machine: &str) -> Vec<(u64, u64)> {
         let out = self.run_as(
             machine,
             &self.root_key.clone(),
@@ -155,7 +142,12 @@ impl World {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|v| v["version"].as_u64().unwrap())
+            .map(|v| {
+                (
+                    v["version"].as_u64().unwrap(),
+                    v["ledger_seq"].as_u64().unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -180,16 +172,7 @@ impl World {
         let payload = file.open_payload(PASS.as_bytes(), &slow).unwrap();
         let credential = Credential::from_bytes(&payload).unwrap();
         let cheap = self.path(&format!("{label}.cred"));
-        KeyFile::seal_payload(
-            &payload,
-            &file.purpose,
-            &file.vault_id,
-            PASS.as_bytes(),
-            CHEAP,
-        )
-        .unwrap()
-        .store(&cheap)
-        .unwrap();
+        cheapen(&slow, &cheap);
         (cheap, credential)
     }
 
@@ -254,42 +237,7 @@ impl World {
 }
 
 fn embassy(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    use std::io::Write;
-    let mut cmd = Command::new(EXE);
-    cmd.args(args.iter().map(OsStr::new))
-        .env_remove("EMBASSY_SITE")
-        .env_remove("EMBASSY_KEY_FILE")
-        .env_remove("EMBASSY_STATE_DIR")
-        .env("EMBASSY_PASSPHRASE", PASS)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_STATE_HOME", home.join(".state"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("embassy binary runs");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !run.stderr.contains("panicked"),
-        "embassy {args:?} panicked: {run:?}"
-    );
-    run
+    Embassy::new(EXE, home).run(args, stdin)
 }
 
 /// Distinct, incompressible-enough content for version `i`.
@@ -323,9 +271,15 @@ fn deletion(seqs: Vec<u64>, policy: Option<RetentionPolicy>, as_of_ns: Option<i6
 }
 
 /// Every version in `made` restores byte-identically for a fresh client.
+/// Restores each version made (by the ledger sequence number of its entry) and compares.
 fn all_restore(w: &World, machine: &str, made: &[(u64, Vec<u8>)]) {
+    let numbers = w.numbered_versions(machine);
     for (seq, bytes) in made {
-        let (run, got) = w.restore(machine, &format!("{DS}@{seq}"));
+        let number = numbers
+            .iter()
+            .find(|(_, s)| s == seq)
+            .map_or(0, |(n, _)| *n);
+        let (run, got) = w.restore(machine, &format!("{DS}@{number}"));
         assert_eq!(run.code, 0, "{DS}@{seq}: {run:?}");
         assert!(got.as_deref() == Some(&bytes[..]), "{DS}@{seq} differs");
     }

@@ -7,10 +7,8 @@
 //!
 //! Every embassy command runs as the `postgres` user, like `restore_command` does.
 
-mod pgkit;
-#[path = "../../postgres/tests/support/mod.rs"]
-mod support;
-use pgkit::*;
+use embassy_testkit::pg::restored::*;
+use embassy_testkit::wait_until;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,10 +22,11 @@ use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 use embassy_core::wal_log::{self, LogKind, LogSpec};
 use embassy_postgres::wal;
-use support::{PgOptions, PgServer};
+use embassy_testkit::pg::{PgOptions, PgServer};
+
+use embassy_testkit::cli::{postgres_home, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
 const SEGMENT: u64 = 16 * 1024 * 1024;
 
 /// A vault, the root key file and a passphrase file in a folder owned by `postgres`.
@@ -38,19 +37,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("embassy-walgc-")
-            .tempdir()
-            .unwrap();
-        let ids = postgres_ids();
-        std::fs::write(dir.path().join("pass"), PASS).unwrap();
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", ids.0, ids.1))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let (dir, ids) = postgres_home("embassy-walgc-");
         let env = Env { dir, ids };
         env.run(&["init"]);
         env

@@ -9,56 +9,19 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::KeyFile;
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 use embassy_sites::LocalSite;
 
+use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
+
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
-const CHEAP: KdfParams = KdfParams {
-    memory_kib: 8 * 1024,
-    iterations: 1,
-    parallelism: 1,
-};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Run {
-    /// Asserts the exit code and that stderr holds every one of `words`.
-    fn fails(&self, code: i32, words: &[&str]) -> &Self {
-        assert_eq!(self.code, code, "{self:?}");
-        for w in words {
-            assert!(self.stderr.contains(w), "stderr lacks {w:?}: {self:?}");
-        }
-        self
-    }
-
-    fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "{self:?}");
-        self
-    }
-}
 
 /// A vault (with one tree version and one stream version) and a key file, in a temporary home.
 struct Env {
@@ -106,16 +69,9 @@ impl Env {
 
     /// A command with a clean environment: no EMBASSY_* variables, HOME in the temp dir.
     fn bare(&self) -> Command {
-        let mut cmd = Command::new(EXE);
-        cmd.env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE")
-            .env_remove("EMBASSY_PASSPHRASE")
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.home().join(".config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
+        Embassy::new(EXE, self.home())
+            .without_passphrase()
+            .command()
     }
 
     /// `--site VAULT --key-file KEY --quiet`, the passphrase in the environment.
@@ -159,26 +115,9 @@ impl Env {
     }
 }
 
-fn exec(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
-    if stdin.is_some() {
-        cmd.stdin(Stdio::piped());
-    }
-    let mut child = cmd.spawn().unwrap();
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!run.stderr.contains("panicked"), "panic: {run:?}");
-    assert!(out.status.code().is_some(), "killed by a signal: {run:?}");
+fn exec(cmd: Command, stdin: Option<&[u8]>) -> Run {
+    let run = embassy_testkit::cli::exec(cmd, stdin);
+    assert!(run.code >= 0, "killed by a signal: {run:?}");
     run
 }
 

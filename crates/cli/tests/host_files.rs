@@ -10,33 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::KeyFile;
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
 use embassy_core::vault::Vault;
 use embassy_sites::LocalSite;
 
+use embassy_testkit::cli::{exec, Run, CHEAP, PASS};
+
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
-const CHEAP: KdfParams = KdfParams {
-    memory_kib: 8 * 1024,
-    iterations: 1,
-    parallelism: 1,
-};
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "{self:#?}");
-        self
-    }
-}
 
 /// A vault with a tree version (`docs`: a.txt, sub/b.txt) and a stream version (`dump`).
 struct Env {
@@ -110,28 +92,6 @@ impl Env {
     fn state_dir(&self) -> PathBuf {
         self.path(".local/state/data-embassy")
     }
-}
-
-fn exec(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
-    if stdin.is_some() {
-        cmd.stdin(Stdio::piped());
-    }
-    let mut child = cmd.spawn().unwrap();
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!run.stderr.contains("panicked"), "panic: {run:#?}");
-    run
 }
 
 fn mode(path: &Path) -> u32 {
@@ -326,7 +286,8 @@ fn writer_and_site_text_is_printed_escaped() {
         &[],
     )
     .ok();
-    let r = env.run(&["history", "docs"], &[]).ok();
+    let r = env.run(&["history", "docs"], &[]);
+    r.ok();
     assert!(
         !r.stdout.contains('\x1b') && !r.stdout.contains('\r'),
         "{r:#?}"

@@ -10,22 +10,20 @@
 //! restore as root holding a root key only root can read, from a backup whose configuration
 //! would run code. Timings are printed (`cargo test ... -- --nocapture`).
 
-mod pgkit;
-#[path = "../../sites/tests/support/mod.rs"]
-mod s3support;
-#[path = "../../postgres/tests/support/mod.rs"]
-mod support;
-use pgkit::*;
+use embassy_testkit::pg::restored::*;
+use embassy_testkit::s3;
+use embassy_testkit::wait_until;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, PgOptions, PgServer};
+use embassy_testkit::pg::{free_port, PgOptions, PgServer};
+
+use embassy_testkit::cli::{postgres_home, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
 /// A vault, key file and passphrase file in a folder owned by `postgres`.
 struct Env {
     dir: tempfile::TempDir,
@@ -34,19 +32,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("embassy-pgr-")
-            .tempdir()
-            .unwrap();
-        let ids = postgres_ids();
-        std::fs::write(dir.path().join("pass"), PASS).unwrap();
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", ids.0, ids.1))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let (dir, ids) = postgres_home("embassy-pgr-");
         let env = Env { dir, ids };
         let out = env.cmd(&["init"]).output().unwrap();
         assert!(
@@ -857,9 +843,9 @@ fn s3_keys_reach_the_restore_command_in_a_file_of_its_own() {
     let pg = PgServer::start(PgOptions::default());
     pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 500)");
     let env = Env::new();
-    let moto = s3support::moto();
-    let bucket = s3support::unique_bucket("pgkeys");
-    let cfg = s3support::s3_config(&moto.endpoint, &bucket, "vault");
+    let moto = s3::moto();
+    let bucket = s3::unique_bucket("pgkeys");
+    let cfg = s3::s3_config(&moto.endpoint, &bucket, "vault");
     assert!(embassy_sites::S3Site::new(cfg)
         .unwrap()
         .create_bucket(false)

@@ -7,23 +7,21 @@
 //! Every embassy command and every restored server runs as the `postgres` user, as in
 //! pg_recovery.rs.
 
-mod pgkit;
-#[path = "../../sites/tests/support/mod.rs"]
-mod s3kit;
-#[path = "../../postgres/tests/support/mod.rs"]
-mod support;
-use pgkit::*;
+use embassy_testkit::pg::restored::*;
+use embassy_testkit::wait_until;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use s3kit::MotoServer;
-use support::{PgOptions, PgServer};
+use embassy_testkit::moto::MotoServer;
+use embassy_testkit::pg::{PgOptions, PgServer};
+use embassy_testkit::s3;
+
+use embassy_testkit::cli::postgres_home;
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
 /// `wal-fetch`'s exit status that makes PostgreSQL abort recovery.
 const STOP_RECOVERY: i32 = 200;
 
@@ -38,19 +36,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("embassy-pgreplay-")
-            .tempdir()
-            .unwrap();
-        let ids = postgres_ids();
-        std::fs::write(dir.path().join("pass"), PASS).unwrap();
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", ids.0, ids.1))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let (dir, ids) = postgres_home("embassy-pgreplay-");
         let vars = [
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -149,7 +135,7 @@ impl Env {
 
     /// Creates a fresh bucket on `server` and copies the vault of site `a` into it.
     fn seed_s3(&self, server: &MotoServer, bucket: &str) -> String {
-        let cfg = s3kit::s3_config(&server.endpoint, bucket, "vault");
+        let cfg = s3::s3_config(&server.endpoint, bucket, "vault");
         assert!(embassy_sites::S3Site::new(cfg)
             .unwrap()
             .create_bucket(false)
@@ -230,7 +216,7 @@ fn s3_site_killed_mid_replay_stops_recovery_and_it_resumes_with_all_acknowledged
 
     let moto = MotoServer::start();
     let port = moto.port;
-    let bucket = s3kit::unique_bucket("replay");
+    let bucket = s3::unique_bucket("replay");
     let s3 = env.seed_s3(&moto, &bucket);
 
     // Restore the latest point from the S3 site alone: recovery is pinned to the last record.
@@ -351,7 +337,7 @@ fn wal_fetch_exits_1_only_for_proven_absence() {
     // A site nobody answers at: not proof of anything.
     let dead = format!(
         "s3://nobody/vault?endpoint=http://127.0.0.1:{}",
-        s3kit::free_port()
+        embassy_testkit::free_port()
     );
     // Its vault id is pinned to a's at first contact; a fresh state folder for it.
     let out = Command::new(EXE)

@@ -2,14 +2,12 @@
 //! with SIGKILL and restarted, no WAL gap (every segment fetched with `embassy wal-fetch` is
 //! byte-identical to the server's pg_wal), and the slot never ran ahead of what was durable.
 
-#[path = "../../postgres/tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{parse_lsn, PgOptions, PgServer};
+use embassy_testkit::pg::{parse_lsn, PgOptions, PgServer};
+use embassy_testkit::wait_until;
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const PASS: &str = "correct horse battery staple";
@@ -85,14 +83,6 @@ impl Env {
             .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
             .max()
             .unwrap_or(0)
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -2,13 +2,12 @@
 //! test CA: with `sslmode=verify-full` WAL arrives in the vault (and `wal-fetch` gives it back),
 //! with a wrong host name the command stops at once with a message naming the problem.
 
-#[path = "../../postgres/tests/support/mod.rs"]
-mod support;
+use embassy_testkit::pg::parse_lsn;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::tls::{conninfo, TestPki};
+use embassy_testkit::pg::tls::{conninfo, TestPki};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const PASS: &str = "correct horse battery staple";
@@ -102,7 +101,7 @@ fn pg_stream_over_verify_full_tls_stores_wal_and_a_wrong_host_is_refused() {
     .spawn()
     .unwrap();
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g");
-    let switch = support::parse_lsn(&pg.psql("SELECT pg_switch_wal()"));
+    let switch = parse_lsn(&pg.psql("SELECT pg_switch_wal()"));
     let end = pg.current_lsn();
     let deadline = Instant::now() + Duration::from_secs(60);
     while durable(&log) < end {

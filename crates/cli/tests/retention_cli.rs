@@ -4,28 +4,13 @@
 //! `verify` that stays clean throughout.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use embassy_testkit::cli::{Embassy, Run as Out};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 
 struct Env {
     tmp: tempfile::TempDir,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
 }
 
 impl Env {
@@ -34,20 +19,21 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(EXE)
-            .args(["--site", self.path("site").to_str().unwrap()])
-            .args(["--key-file", self.path("vault.key").to_str().unwrap()])
-            .args(["--passphrase-file", self.path("pass").to_str().unwrap()])
-            .args(["--state-dir", self.path("state").to_str().unwrap()])
-            .arg("--quiet")
-            .args(args)
-            .output()
-            .expect("run embassy");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        }
+        let mut all = vec![
+            "--site".to_string(),
+            self.path("site").to_str().unwrap().to_string(),
+            "--key-file".to_string(),
+            self.path("vault.key").to_str().unwrap().to_string(),
+            "--passphrase-file".to_string(),
+            self.path("pass").to_str().unwrap().to_string(),
+            "--state-dir".to_string(),
+            self.path("state").to_str().unwrap().to_string(),
+            "--quiet".to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Embassy::new(EXE, self.tmp.path())
+            .without_passphrase()
+            .run(all, None)
     }
 
     fn ok(&self, args: &[&str]) -> Out {
@@ -174,7 +160,7 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
     assert_eq!(seqs, vec![4]);
     let verify = env.ok(&["verify"]);
     assert!(verify.stdout.contains("vault OK"), "{verify:?}");
-    // Restoring a deleted version says it is not there.
+    // Restoring a deleted version says it was deleted, and by which entry.
     let gone = env.run(&[
         "restore",
         "registry@1",
@@ -182,7 +168,11 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
         env.path("r").to_str().unwrap(),
     ]);
     assert_eq!(gone.code, 1, "{gone:?}");
-    assert!(gone.stderr.contains("no version 1"), "{gone:?}");
+    assert!(
+        gone.stderr
+            .contains("version 1 of dataset registry was deleted by ledger entry 5"),
+        "{gone:?}"
+    );
 }
 
 /// A vault made through the library with a key file under the cheapest Argon2 parameters, so

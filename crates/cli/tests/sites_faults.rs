@@ -8,16 +8,16 @@
 //!
 //! The tests that signal an S3 server use moto (started here); `garage_node_stopped_mid_backup`
 //! runs against the three-node Garage cluster of scripts/garage-cluster when
-//! `EMBASSY_TEST_S3_ENDPOINT` and its companions name it (see crates/sites/tests/support).
-
-#[path = "../../sites/tests/support/mod.rs"]
-mod support;
+//! `EMBASSY_TEST_S3_ENDPOINT` and its companions name it (see embassy-testkit's moto::s3_target).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use embassy_testkit::hostile::{HostileS3, Hostility};
+use embassy_testkit::moto::*;
+use embassy_testkit::random_bytes;
+use embassy_testkit::s3::{s3_config, target_config};
 
 const PASSPHRASE: &str = "site faults test passphrase";
 

@@ -20,14 +20,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keyfile::KeyFile;
 use embassy_core::keys::RootSecret;
 use embassy_core::layout;
 use embassy_core::manifest::VersionKind;
@@ -38,79 +37,22 @@ use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_core::{index, manifest, pack};
 use embassy_sites::LocalSite;
 
+use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
+
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-const PASS: &str = "correct horse battery staple";
-const CHEAP: KdfParams = KdfParams {
-    memory_kib: 8 * 1024,
-    iterations: 1,
-    parallelism: 1,
-};
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
 // ---------------------------------------------------------------------------------------------
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn text(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 fn embassy<A: AsRef<OsStr> + std::fmt::Debug>(
     home: &Path,
     args: &[A],
     stdin: Option<&[u8]>,
 ) -> Run {
-    let mut cmd = Command::new(EXE);
-    cmd.args(args)
-        .env_remove("EMBASSY_SITE")
-        .env_remove("EMBASSY_KEY_FILE")
-        .env("EMBASSY_PASSPHRASE", PASS)
+    Embassy::new(EXE, home)
         .env("EMBASSY_STATE_DIR", home.join("state"))
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("embassy binary runs");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !run.stderr.contains("panicked"),
-        "embassy {args:?} panicked: {run:?}"
-    );
-    run
+        .run(args, stdin)
 }
 
 fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {

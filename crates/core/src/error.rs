@@ -1,5 +1,58 @@
 //! Typed errors of the core library. Each variant names the object or input at fault and, where
 //! there is one, the way out; the CLI renders them for people and maps them to exit codes.
+//!
+//! # Error policy
+//!
+//! These rules hold for every library crate (core, sites, sources, postgres, the agent's work);
+//! they follow rustic_core's "error handling rules".
+//!
+//! 1. **Typed, with context.** A library returns a `thiserror` enum, never a `String`, so
+//!    that the callers above it can still decide what happened. A message names the object or
+//!    input at fault (site, path, dataset, key file) and what is wrong with it. Errors are
+//!    wrapped (`#[from]`, `#[source]`) as they travel up, never flattened with `to_string()`
+//!    until a front end renders them.
+//! 2. **Every error has a kind** ([`ErrorKind`], from [`Error::kind`], `SiteError::kind`,
+//!    `PgError::kind`, the agent's `RunError::kind`). The kinds are what the product exists to
+//!    tell apart:
+//!    - [`ErrorKind::Integrity`]: the stored data is damaged or was tampered with (a corrupt or
+//!      missing object, a history that does not verify, a substituted configuration, a site
+//!      hiding WAL its ledger anchors). Retrying does not help; another site or an older
+//!      version does.
+//!    - [`ErrorKind::Outage`]: a site could not be reached or used (timeout, connection
+//!      refused, permissions, full disk). Nothing is known to be wrong with the data; retrying
+//!      later may succeed (`SiteError::Retryable` is the transient subset).
+//!    - [`ErrorKind::Source`]: what is being backed up could not be read (a file tree, a
+//!      command, a PostgreSQL server): no version was recorded.
+//!    - [`ErrorKind::Config`]: bad input or configuration: an argument, `embassy.toml`, a
+//!      dataset or version that is not there, a policy that refuses the request.
+//!    - [`ErrorKind::Keys`]: the keys at hand do not open or do not fit: a wrong passphrase, a
+//!      damaged key file, another vault's key, a credential without the right.
+//! 3. **How a kind travels.** To the CLI: `is_integrity()` (kind Integrity) exits with status
+//!    3, every other error with 1 (`config check` problems with 2; `embassy agent` refusing to
+//!    start on a damaged or substituted vault with 3 too); `--json` errors carry `"integrity"`,
+//!    `"kind"` and `"hint"`. (Reports that find problems rather than fail — `verify`, `status`
+//!    — exit 3 on their own; `status --config` exits 3 for any red dataset and its JSON says the
+//!    kind.) To the agent: its work functions (`embassy_agent::run`) return `RunError`; the kind
+//!    is kept beside the message wherever the agent records a problem
+//!    (`embassy_agent::error::Problem`), so alarms (`EMBASSY_ALARM_KIND`, `"problem_kind"` in
+//!    the webhook), the dashboard, `/status.json` (`"problem_kind"`), `/metrics`
+//!    (`embassy_integrity_problems`, `embassy_site_problem`, `embassy_dataset_problem`) and the
+//!    log (`[integrity]`, `[outage]`, ... before a failure's message) say "damaged or tampered
+//!    with" for Integrity and "unreachable" for Outage. A new variant gets its kind here, in one
+//!    `match` without a catch-all, so the compiler asks for it.
+//! 4. **No panics** on input or I/O: no `unwrap`/`expect` reachable by either.
+//! 5. **Hints naming CLI syntax belong to the front ends.** A library message says the way out
+//!    in words ("repair it from another site"); the command to type is the front end's to add,
+//!    since the agent (embassy.toml) and the CLI spell it differently. New hints go to the
+//!    front end: the CLI's live in `crates/cli/src/hints.rs` (NoVault, SubstitutedConfig and
+//!    SitePinMismatch moved there), the agent's in its start-up messages. Library messages that
+//!    still name `embassy ...` commands (to move as the front ends' operations take them over):
+//!    core `config.rs` (3: `embassy verify`, `embassy sync`), `vault.rs` (4: `embassy witness`, `--unwitnessed`, `embassy versions`, `embassy
+//!    keys issue --reader`), `prune.rs` (4: `embassy keys issue`, `embassy approve`),
+//!    `history.rs` (`embassy keys revoke`), `writer.rs` (`embassy keys issue --sealing`),
+//!    `gc.rs` (2: `embassy gc`, `embassy sync --repair`); sites `lib.rs` (`embassy sync
+//!    --from`), `local.rs` (2: `embassy sync --repair`); postgres `error.rs` (`embassy pg
+//!    base-backup`, `embassy sync`), `restore.rs` (2), `standby.rs` (1), `stream.rs` (2).
 
 use std::path::PathBuf;
 
@@ -56,7 +109,7 @@ pub enum Error {
     WrongKey(String),
 
     /// No vault exists at the site.
-    #[error("no vault at site {site}: create one with `embassy init --site {site}`")]
+    #[error("no vault at site {site}: create one there first, or check the site's location")]
     NoVault {
         /// The site asked.
         site: String,
@@ -75,8 +128,8 @@ pub enum Error {
     /// root key, or it is not the vault this client, key or credential pins for that site.
     #[error(
         "the configuration at {site}: {problem}: a substituted configuration; do not trust this \
-         site: compare the vault id with the fingerprint `embassy init` printed, and copy the \
-         genuine `config` and `config.sig` from another site"
+         site: compare the vault id with the fingerprint printed when the vault was created, and \
+         copy the genuine `config` and `config.sig` from another site"
     )]
     SubstitutedConfig {
         /// The site that serves it.
@@ -89,7 +142,7 @@ pub enum Error {
     #[error(
         "site {site} held vault {pinned}, it now holds vault {served}: a substituted \
          configuration or another vault at the same place; if the vault was legitimately \
-         replaced, pass --forget-site-pin once to pin the new one"
+         replaced, forget this site's pin once to pin the new one"
     )]
     SitePinMismatch {
         /// The site location.
@@ -178,15 +231,145 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is (see the error policy at the top of this module).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Site(e) => e.kind(),
+            Error::Corrupt { .. }
+            | Error::Missing { .. }
+            | Error::History { .. }
+            | Error::SubstitutedConfig { .. }
+            | Error::SitePinMismatch { .. } => ErrorKind::Integrity,
+            Error::WrongPassphrase { .. } | Error::KeyFile { .. } | Error::WrongKey(_) => {
+                ErrorKind::Keys
+            }
+            Error::Source { .. } => ErrorKind::Source,
+            // Local I/O: a restore target, a source file, a key file, the state folder.
+            Error::Io { .. } => ErrorKind::Outage,
+            Error::NoVault { .. }
+            | Error::VaultExists { .. }
+            | Error::NotFound(_)
+            | Error::Invalid(_)
+            | Error::NotApproved { .. } => ErrorKind::Config,
+        }
+    }
+
     /// True when the error shows damage or tampering rather than an operational failure.
     pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            Error::Corrupt { .. }
-                | Error::Missing { .. }
-                | Error::History { .. }
-                | Error::SubstitutedConfig { .. }
-                | Error::SitePinMismatch { .. }
-        )
+        self.kind() == ErrorKind::Integrity
+    }
+}
+
+impl SiteError {
+    /// What kind of failure this is: a site that cannot be reached or used is an outage. (A
+    /// missing object that something needs is judged by the caller, which knows who needs it,
+    /// and reported as [`Error::Missing`]: integrity.)
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SiteError::NotFound { .. }
+            | SiteError::Retryable { .. }
+            | SiteError::Permanent { .. } => ErrorKind::Outage,
+        }
+    }
+}
+
+/// The kinds of failure the front ends tell apart (see the error policy above).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// The stored data is damaged or was tampered with.
+    Integrity,
+    /// A site could not be reached or used; the data is not known to be wrong.
+    Outage,
+    /// The source being backed up could not be read.
+    Source,
+    /// Bad input or configuration, or a request the vault's policy refuses.
+    Config,
+    /// The keys do not open or do not fit.
+    Keys,
+}
+
+impl ErrorKind {
+    /// Every kind, for metrics that list each one.
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Integrity,
+        ErrorKind::Outage,
+        ErrorKind::Source,
+        ErrorKind::Config,
+        ErrorKind::Keys,
+    ];
+
+    /// "integrity", "outage", "source", "config", "keys": the name in JSON, metrics labels and
+    /// alarm variables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Outage => "outage",
+            ErrorKind::Source => "source",
+            ErrorKind::Config => "config",
+            ErrorKind::Keys => "keys",
+        }
+    }
+
+    /// What this kind means for the data, for people: the words alarms and the dashboard use.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Integrity => "damaged or tampered with",
+            ErrorKind::Outage => "unreachable",
+            ErrorKind::Source => "source unreadable",
+            ErrorKind::Config => "misconfigured",
+            ErrorKind::Keys => "keys do not fit",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure as status views, alarms and the agent's state record and show it: its kind and its
+/// message. What a front end keeps of an error once the error itself is gone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// Integrity, outage, source, config or keys.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem of this kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Problem {
+        Problem {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True for damage or tampering.
+    pub fn is_integrity(&self) -> bool {
+        self.kind == ErrorKind::Integrity
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Problem {
+        Problem::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<SiteError> for Problem {
+    fn from(e: SiteError) -> Problem {
+        Problem::new(e.kind(), e.to_string())
     }
 }

@@ -30,14 +30,14 @@ pub mod format;
 pub mod history;
 pub mod keys;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use format::pack::COMPRESSION_LEVEL;
 
 // Flat paths kept while the workspace moves to the layered ones
 // (`scripts/rewrite-core-paths` rewrites a crate to the layered paths; then these go).
 pub use engine::{gc, prune, reader, sync, vault, verify, writer};
-pub use format::{chunker, config, index, layout, manifest, pack, tree};
-pub use history::{checkpoint, retention, rights, state};
+pub use format::{chunker, config, index, layout, manifest, pack, spool, tree};
+pub use history::{checkpoint, numbering, retention, rights, state};
 pub use keys::{crypto, custody, keyfile};
 /// Flat path of [`history::ledger`], with the history loaders it used to hand on.
 pub mod ledger {

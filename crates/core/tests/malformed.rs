@@ -8,10 +8,9 @@
 //! encoders; the "writer" properties re-seal or re-sign mutated plaintext to reach the CBOR
 //! decoding behind the authentication, as a malicious writer could.
 
-mod support;
+use embassy_testkit::memory::MemorySite;
 use std::path::Path;
 use std::sync::OnceLock;
-use support::MemorySite;
 
 use embassy_core::config::VaultConfig;
 use embassy_core::crypto::{self, ObjectKey};

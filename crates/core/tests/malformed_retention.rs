@@ -3,9 +3,8 @@
 //! an ignored object, and never a deletion of anything a live version needs. Property tests
 //! with random bytes, truncations and bit flips of valid objects, on every `cargo test`.
 
-mod support;
+use embassy_testkit::memory::MemorySite;
 use std::sync::Arc;
-use support::MemorySite;
 
 use embassy_core::approval::{self, Approval};
 use embassy_core::gc::{self, GcOptions};

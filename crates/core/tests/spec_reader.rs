@@ -4,8 +4,6 @@
 //! embassy_core's key-file, key or pack code. When the code and the spec part ways, this test
 //! fails: fix whichever is wrong.
 
-mod support;
-
 use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -17,8 +15,8 @@ use embassy_core::site::Site;
 use embassy_core::tree::Tree;
 use embassy_core::vault::{Keyring, Vault};
 use embassy_core::writer::BackupSession;
+use embassy_testkit::memory::MemorySite;
 use hpke::{Deserializable, Kem as _, Serializable};
-use support::MemorySite;
 
 const PASS: &str = "spec reader passphrase";
 const DATASET: &str = "spec";

@@ -4,9 +4,8 @@
 //! files and the live tail are never collected. The same on PostgreSQL 15 WAL is
 //! `crates/postgres/tests/wal_gc.rs`.
 
-mod support;
+use embassy_testkit::memory::MemorySite;
 use std::sync::Arc;
-use support::MemorySite;
 
 use embassy_core::gc::{self, GcOptions};
 use embassy_core::keys::RootSecret;

@@ -2,10 +2,12 @@
 //!
 //! `pg_basebackup -D - -Ft` streams the base tar to us; we read it entry by entry (the `tar`
 //! crate) and store each file as it arrives, so no spool of the database's size is needed.
-//! Relation files (`base/<db>/<relfilenode>[_fork][.segment]`, `global/...`) are cut on 8 KiB
-//! page boundaries: unchanged pages dedup against earlier base backups, so a base backup after a
-//! day of scattered updates stores about the changed pages (see docs/design.md). Everything
-//! else uses content-defined chunks.
+//! Relation files (`base/<db>/<relfilenode>[_fork][.segment]`, `global/...`, and a
+//! tablespace's `pg_tblspc/<oid>/PG_15_<catversion>/<db>/...`: the one rule of
+//! [`embassy_sources::relation`], shared with file-tree backups) are cut on 8 KiB page
+//! boundaries: unchanged pages dedup against earlier base backups, so a base backup after a day
+//! of scattered updates stores about the changed pages (see docs/design.md). Everything else
+//! uses content-defined chunks.
 //!
 //! The version is a normal file tree (`embassy restore` of it without PostgreSQL options gives
 //! the raw data directory, backup_label included); its manifest's properties record what a
@@ -26,9 +28,10 @@ use embassy_core::progress::Progress;
 use embassy_core::tree::{Node, NodeKind, Tree};
 use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_core::writer::{BackupSession, StoreError};
-use embassy_sources::files::{is_relation_file_name, RelationChunker};
+use embassy_sources::relation::{is_relation_path, RelationChunker};
 
 use crate::error::PgError;
+use crate::lsn::Lsn;
 use crate::replication::ConnConfig;
 
 /// Manifest property naming a PostgreSQL base backup (value `1`).
@@ -73,9 +76,9 @@ impl BaseBackupOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseBackupInfo {
     /// WAL position where replay must start (backup_label's START WAL LOCATION).
-    pub start_lsn: u64,
+    pub start_lsn: Lsn,
     /// WAL position where the backup becomes consistent.
-    pub stop_lsn: u64,
+    pub stop_lsn: Lsn,
     /// Timeline of the backup.
     pub timeline: u32,
     /// The cluster's system identifier (from global/pg_control).
@@ -99,8 +102,8 @@ impl BaseBackupInfo {
     pub fn to_properties(&self) -> BTreeMap<String, String> {
         let mut p = BTreeMap::new();
         p.insert(PROP_BASE_BACKUP.into(), "1".into());
-        p.insert("postgres.start_lsn".into(), format_lsn(self.start_lsn));
-        p.insert("postgres.stop_lsn".into(), format_lsn(self.stop_lsn));
+        p.insert("postgres.start_lsn".into(), self.start_lsn.to_string());
+        p.insert("postgres.stop_lsn".into(), self.stop_lsn.to_string());
         p.insert("postgres.timeline".into(), self.timeline.to_string());
         p.insert(
             "postgres.system_identifier".into(),
@@ -142,8 +145,8 @@ impl BaseBackupInfo {
             })
         };
         Ok(Some(BaseBackupInfo {
-            start_lsn: parse_lsn(get("postgres.start_lsn")?)?,
-            stop_lsn: parse_lsn(get("postgres.stop_lsn")?)?,
+            start_lsn: get("postgres.start_lsn")?.parse()?,
+            stop_lsn: get("postgres.stop_lsn")?.parse()?,
             timeline: num("postgres.timeline")? as u32,
             system_identifier: get("postgres.system_identifier")?.parse().map_err(|_| {
                 PgError::BaseBackup("base backup property postgres.system_identifier is bad".into())
@@ -165,20 +168,6 @@ pub struct BaseBackup {
     pub version: Version,
     /// What restore needs.
     pub info: BaseBackupInfo,
-}
-
-/// Formats an LSN as PostgreSQL does (`16/B374D848`).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-/// Parses an LSN written as PostgreSQL does (`16/B374D848`).
-pub fn parse_lsn(s: &str) -> Result<u64, PgError> {
-    let bad = || PgError::Invalid(format!("{s:?} is not an LSN (like 16/B374D848)"));
-    let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
-    let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
-    let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
-    Ok(((hi as u64) << 32) | lo as u64)
 }
 
 /// Finds a PostgreSQL client program: PostgreSQL's bindir first, then `PATH`.
@@ -203,17 +192,6 @@ pub fn pg_program(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// True if the file at `path` (relative to the data directory) is a relation file.
-fn is_relation_file(path: &[Vec<u8>]) -> bool {
-    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    let relation_dir = match path.len() {
-        2 => path[0] == b"global",
-        3 => path[0] == b"base" && digits(&path[1]),
-        _ => false,
-    };
-    relation_dir && path.last().is_some_and(|name| is_relation_file_name(name))
-}
-
 /// Chunking of the file at `path` of `size` bytes: pages for relation files (within each
 /// directory's budget, see [`RelationChunker`]), content-defined for the rest.
 fn chunking_for(
@@ -221,7 +199,7 @@ fn chunking_for(
     size: u64,
     budgets: &mut HashMap<Vec<Vec<u8>>, RelationChunker>,
 ) -> Chunking {
-    if !is_relation_file(path) {
+    if !is_relation_path(path) {
         return Chunking::ContentDefined;
     }
     let dir = path[..path.len() - 1].to_vec();
@@ -437,12 +415,12 @@ fn store_error(e: StoreError) -> PgError {
 }
 
 /// backup_label's `START WAL LOCATION: 0/2000028 (file ...)` and `START TIMELINE: 1`.
-fn parse_backup_label(label: &str) -> Result<(u64, u32), PgError> {
+fn parse_backup_label(label: &str) -> Result<(Lsn, u32), PgError> {
     let mut start = None;
     let mut timeline = None;
     for line in label.lines() {
         if let Some(rest) = line.strip_prefix("START WAL LOCATION:") {
-            start = rest.split_whitespace().next().map(parse_lsn).transpose()?;
+            start = rest.split_whitespace().next().map(str::parse).transpose()?;
         } else if let Some(rest) = line.strip_prefix("START TIMELINE:") {
             timeline = rest.trim().parse().ok();
         }
@@ -456,7 +434,7 @@ fn parse_backup_label(label: &str) -> Result<(u64, u32), PgError> {
 }
 
 /// The end of the backup's WAL range from the backup manifest (`WAL-Ranges`).
-fn manifest_stop_lsn(manifest: &[u8]) -> Result<u64, PgError> {
+fn manifest_stop_lsn(manifest: &[u8]) -> Result<Lsn, PgError> {
     let json: serde_json::Value = serde_json::from_slice(manifest)
         .map_err(|e| PgError::BaseBackup(format!("backup_manifest is not JSON: {e}")))?;
     let end = json["WAL-Ranges"]
@@ -464,7 +442,26 @@ fn manifest_stop_lsn(manifest: &[u8]) -> Result<u64, PgError> {
         .and_then(|r| r.last())
         .and_then(|r| r["End-LSN"].as_str())
         .ok_or_else(|| PgError::BaseBackup("backup_manifest has no WAL-Ranges End-LSN".into()))?;
-    parse_lsn(end)
+    end.parse()
+}
+
+/// Why pg_basebackup failed, from its exit status and standard error, with what to change.
+fn pg_basebackup_failed(status: &str, stderr: &str) -> PgError {
+    let stderr = stderr.trim();
+    if stderr.contains("can only write single tablespace to stdout") {
+        // pg_basebackup streams one tar to stdout only when the cluster has no tablespace
+        // outside the data directory.
+        return PgError::BaseBackup(format!(
+            "the cluster has tablespaces outside its data directory ({stderr}); base backups \
+             stream pg_basebackup's single tar and cannot include them yet: move the tables \
+             into pg_default (ALTER TABLE .. SET TABLESPACE pg_default), or back up a stopped \
+             cluster and its tablespace folders as file trees (`embassy backup`)"
+        ));
+    }
+    PgError::BaseBackup(format!(
+        "pg_basebackup failed ({status}): {stderr}; check the connection string, that the role \
+         has REPLICATION and pg_hba.conf allows a replication connection, and max_wal_senders"
+    ))
 }
 
 /// The `pg_basebackup` command for `options`: the connection string is rebuilt from the parsed
@@ -550,14 +547,10 @@ pub fn base_backup(
     let stderr = errors.join().unwrap_or_default().join("\n");
     let ok = matches!(&status, Ok(s) if s.success());
     if !ok {
-        return Err(PgError::BaseBackup(format!(
-            "pg_basebackup failed ({}): {}; check the connection string, that the role has \
-             REPLICATION and pg_hba.conf allows a replication connection, and max_wal_senders",
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string()),
-            stderr.trim()
-        )));
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        return Err(pg_basebackup_failed(&status, &stderr));
     }
     let root = stored?;
     let stopped_at_ns = now_unix_nanos();
@@ -656,18 +649,15 @@ mod tests {
     use embassy_core::chunker::PG_PAGE;
 
     #[test]
-    fn lsns_and_labels_parse() {
-        assert_eq!(parse_lsn("16/B374D848").unwrap(), 0x16_B374_D848);
-        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
-        assert!(parse_lsn("16B374D848").is_err());
+    fn labels_and_manifests_give_lsns() {
         let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
                      CHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\n\
                      BACKUP FROM: primary\nSTART TIME: 2026-11-27 03:00:00 UTC\n\
                      LABEL: x\nSTART TIMELINE: 3\n";
-        assert_eq!(parse_backup_label(label).unwrap(), (0x2000028, 3));
+        assert_eq!(parse_backup_label(label).unwrap(), (Lsn(0x2000028), 3));
         assert!(parse_backup_label("LABEL: x\n").is_err());
         let manifest = br#"{"WAL-Ranges": [{"Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100"}]}"#;
-        assert_eq!(manifest_stop_lsn(manifest).unwrap(), 0x2000100);
+        assert_eq!(manifest_stop_lsn(manifest).unwrap(), Lsn(0x2000100));
     }
 
     #[test]
@@ -701,6 +691,32 @@ mod tests {
         );
         // Other directories have their own budget.
         assert_eq!(chunking_for(&p("base/6/1"), big, &mut b), page);
+        // Tablespaces' relation files are pages too (pg_tblspc/<oid>/PG_15_<catversion>/<db>).
+        let ts = p("pg_tblspc/16400/PG_15_202209061/16384/16401");
+        assert_eq!(chunking_for(&ts, 8192, &mut b), page);
+        let ts_other = p("pg_tblspc/16400/PG_15_202209061/16384/PG_VERSION");
+        assert_eq!(
+            chunking_for(&ts_other, 8192, &mut b),
+            Chunking::ContentDefined
+        );
+    }
+
+    #[test]
+    fn a_cluster_with_tablespaces_is_told_what_to_do() {
+        // pg_basebackup 15's own words with -D - and a tablespace outside the data directory.
+        let e = pg_basebackup_failed(
+            "exit status: 1",
+            "pg_basebackup: error: can only write single tablespace to stdout, database has 2\n",
+        )
+        .to_string();
+        assert!(e.contains("tablespaces outside its data directory"), "{e}");
+        assert!(e.contains("SET TABLESPACE pg_default"), "{e}");
+        assert!(!e.contains("pg_hba.conf"), "{e}");
+        let e = pg_basebackup_failed("exit status: 1", "FATAL: no pg_hba.conf entry").to_string();
+        assert!(
+            e.contains("pg_hba.conf allows a replication connection"),
+            "{e}"
+        );
     }
 
     #[test]

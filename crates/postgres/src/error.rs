@@ -183,3 +183,99 @@ pub enum PgError {
 
 /// Result with [`PgError`].
 pub type Result<T> = std::result::Result<T, PgError>;
+
+impl PgError {
+    /// What kind of failure this is (core's error policy, `embassy_core::error`): the vault's
+    /// and the sites' errors keep their own kind; a site hiding anchored WAL is integrity; the
+    /// server being unreachable or failing is the source's; what the operator must change on the
+    /// server or in the connection string is configuration.
+    pub fn kind(&self) -> embassy_core::ErrorKind {
+        use embassy_core::ErrorKind;
+        match self {
+            PgError::Vault(e) => e.kind(),
+            PgError::Site(e) => e.kind(),
+            PgError::WalLost { .. } => ErrorKind::Integrity,
+            PgError::Connect { .. }
+            | PgError::Tls { .. }
+            | PgError::Server { .. }
+            | PgError::Protocol(_)
+            | PgError::Io(_)
+            | PgError::WalGone { .. }
+            | PgError::BaseBackup(_) => ErrorKind::Source,
+            PgError::Auth { .. } => ErrorKind::Keys,
+            PgError::Conninfo(_)
+            | PgError::Insecure { .. }
+            | PgError::NotAllowedByHba { .. }
+            | PgError::NoReplicationPrivilege { .. }
+            | PgError::WalLevelTooLow { .. }
+            | PgError::NoWalSenders { .. }
+            | PgError::MissingSlot { .. }
+            | PgError::WrongSlotKind { .. }
+            | PgError::OtherCluster { .. }
+            | PgError::Invalid(_)
+            | PgError::Restore(_) => ErrorKind::Config,
+        }
+    }
+}
+
+impl From<PgError> for embassy_core::error::Problem {
+    fn from(e: PgError) -> Self {
+        embassy_core::error::Problem::new(e.kind(), e.to_string())
+    }
+}
+
+/// The one conversion of PostgreSQL errors into the vault's error type, for front ends that
+/// report [`embassy_core::Error`]s: vault and site errors stay themselves (so an integrity
+/// problem stays one, and a site outage stays an outage), everything else is a failure of the
+/// PostgreSQL source with its full message.
+impl From<PgError> for embassy_core::Error {
+    fn from(e: PgError) -> Self {
+        // A site hiding anchored WAL is an integrity problem, and stays one.
+        if let PgError::WalLost { file, .. } = &e {
+            return embassy_core::Error::Corrupt {
+                path: file.clone(),
+                problem: e.to_string(),
+            };
+        }
+        match e {
+            PgError::Vault(e) => e,
+            PgError::Site(e) => embassy_core::Error::Site(e),
+            other => embassy_core::Error::Source {
+                what: "PostgreSQL".into(),
+                problem: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embassy_core::site::SiteError;
+
+    #[test]
+    fn pg_errors_become_vault_errors_keeping_their_kind() {
+        let site = || SiteError::NotFound {
+            site: "s3://vault".into(),
+            path: "packs/ab".into(),
+        };
+        let e: embassy_core::Error = PgError::Site(site()).into();
+        assert!(
+            matches!(e, embassy_core::Error::Site(SiteError::NotFound { .. })),
+            "{e:?}"
+        );
+        let e: embassy_core::Error = PgError::Vault(embassy_core::Error::Site(site())).into();
+        assert!(
+            matches!(e, embassy_core::Error::Site(SiteError::NotFound { .. })),
+            "{e:?}"
+        );
+        let e: embassy_core::Error = PgError::Invalid("'12' is not an LSN".into()).into();
+        match e {
+            embassy_core::Error::Source { what, problem } => {
+                assert_eq!(what, "PostgreSQL");
+                assert!(problem.contains("'12' is not an LSN"), "{problem}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -10,7 +10,9 @@ use crate::error::PgError;
 pub const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 const SEGMENTS_PER_XLOGID: u64 = 0x1_0000_0000 / SEGMENT_SIZE;
 
-/// A WAL position (PostgreSQL's `XLogRecPtr`), printed as `X/Y` like PostgreSQL does.
+/// A WAL position (PostgreSQL's `XLogRecPtr`), printed as `X/Y` like PostgreSQL does
+/// (`16/B374D848`): the one LSN type of the workspace. The vault's own records (core's WAL log
+/// object names, ledger events) keep the raw `u64`; this crate and the front ends wrap it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
 
@@ -23,10 +25,20 @@ impl fmt::Display for Lsn {
 impl FromStr for Lsn {
     type Err = PgError;
     fn from_str(s: &str) -> Result<Self, PgError> {
-        let bad = || PgError::Invalid(format!("'{s}' is not an LSN: write it like 0/16B3748"));
+        let bad = || {
+            PgError::Invalid(format!(
+                "'{s}' is not an LSN: write it as PostgreSQL prints it, like 16/B374D848"
+            ))
+        };
         let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        // from_str_radix takes a leading sign, which no LSN has.
+        let hex = |part: &str| {
+            (!part.is_empty() && part.len() <= 8 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(part, 16).ok())
+                .flatten()
+                .ok_or_else(bad)
+        };
+        let (hi, lo) = (hex(hi)?, hex(lo)?);
         Ok(Lsn(((hi as u64) << 32) | lo as u64))
     }
 }
@@ -139,5 +151,46 @@ mod tests {
         assert!(parse_wal_file_name("000000010000000100000100").is_err());
         assert!(parse_wal_file_name("../etc/passwd").is_err());
         assert!("12".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn lsns_parse_and_print_as_postgresql_does() {
+        for (text, value) in [
+            ("16/B374D848", 0x16_B374_D848u64),
+            ("0/0", 0),
+            ("0/16B3748", 0x16B_3748),
+            ("FFFFFFFF/FFFFFFFF", u64::MAX),
+        ] {
+            let lsn: Lsn = text.parse().unwrap();
+            assert_eq!(lsn, Lsn(value), "{text}");
+            assert_eq!(lsn.to_string(), text);
+            assert_eq!(lsn.to_string().parse::<Lsn>().unwrap(), lsn);
+        }
+        // PostgreSQL accepts lower case and surrounding blanks; printing is upper case.
+        assert_eq!(
+            " 16/b374d848\n".parse::<Lsn>().unwrap().to_string(),
+            "16/B374D848"
+        );
+        for bad in [
+            "",
+            "/",
+            "16B374D848",
+            "16/",
+            "/B374D848",
+            "16/B374D848/1",
+            "-1/0",
+            "+1/0",
+            "1/+0",
+            "G/0",
+            "100000000/0",
+            "0/100000000",
+            "16 /B374D848",
+        ] {
+            let e = bad.parse::<Lsn>().unwrap_err().to_string();
+            assert!(
+                e.contains("is not an LSN") && e.contains("16/B374D848"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

@@ -20,8 +20,9 @@ use embassy_core::reader::VersionReader;
 use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_sources::files::{self, RestoreOptions};
 
-use crate::base_backup::{format_lsn, list_base_backups, BaseBackupInfo};
+use crate::base_backup::{list_base_backups, BaseBackupInfo};
 use crate::error::PgError;
+use crate::lsn::Lsn;
 use crate::restored_conf::{self, Neutralised, OVERRIDES};
 
 /// Where recovery stops.
@@ -32,7 +33,7 @@ pub enum RecoveryTarget {
     /// The last transaction committed at or before this time (ns since the Unix epoch).
     Time(i64),
     /// This WAL position (inclusive).
-    Lsn(u64),
+    Lsn(Lsn),
 }
 
 /// How the restored server should run: recover to a target and promote, or follow as a standby.
@@ -295,7 +296,7 @@ pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
                 RecoveryTarget::Lsn(l) => {
                     s.push(format!(
                         "recovery_target_lsn = {}",
-                        conf_quote(&format_lsn(l))
+                        conf_quote(&l.to_string())
                     ));
                 }
             }
@@ -450,7 +451,7 @@ fn target_text(target: RecoveryTarget) -> String {
     match target {
         RecoveryTarget::Latest => "the latest point".into(),
         RecoveryTarget::Time(t) => embassy_core::time::utc(t),
-        RecoveryTarget::Lsn(l) => format!("LSN {}", format_lsn(l)),
+        RecoveryTarget::Lsn(l) => format!("LSN {l}"),
     }
 }
 
@@ -504,7 +505,7 @@ pub fn restore(
                  {} (LSN {}); choose a later target",
                 target_text(target),
                 embassy_core::time::utc(oldest.stopped_at_ns),
-                format_lsn(oldest.stop_lsn)
+                oldest.stop_lsn
             ),
         }));
     };
@@ -514,19 +515,19 @@ pub fn restore(
         let newest = crate::status::site_wal("vault", vault.site().as_ref(), dataset)?;
         let reaches = newest
             .as_ref()
-            .is_some_and(|w| w.timeline > info.timeline || w.durable.0 >= info.stop_lsn);
+            .is_some_and(|w| w.timeline > info.timeline || w.durable >= info.stop_lsn);
         if !reaches {
             return Err(PgError::Restore(format!(
                 "base backup version {} of {dataset} takes its WAL from the stream, but {} \
                  the backup's end {}: keep `embassy pg stream` running until it passes that \
                  point, or restore a base backup with its WAL inside (taken without \
                  --wal-streamed)",
-                chosen.seq,
+                chosen.number,
                 newest.map_or(
                     "the vault holds no streamed WAL of it, not even up to".to_string(),
                     |w| { format!("the vault's streamed WAL ends at {}, before", w.durable) }
                 ),
-                format_lsn(info.stop_lsn)
+                info.stop_lsn
             )));
         }
     }
@@ -534,7 +535,8 @@ pub fn restore(
     let version = vault
         .find_trusted_version(
             dataset,
-            Some(&chosen.seq.to_string()),
+            // By its ledger entry's id: exact, whatever numbers the selector grammar gives.
+            Some(&chosen.ledger_id.to_hex()),
             options.allow_unwitnessed,
         )
         .map_err(PgError::Vault)?;
@@ -553,15 +555,15 @@ pub fn restore(
         (Mode::Recover(RecoveryTarget::Latest), _) => format!(
             "the latest point, not pinned: the vault holds no complete WAL record past the base \
              backup's end ({}), so recovery ends where the WAL the server finds ends",
-            format_lsn(info.stop_lsn)
+            info.stop_lsn
         ),
         (Mode::Recover(t), _) => target_text(t),
     };
     let comment = format!(
         "Data Embassy: restored from dataset {dataset}, base backup version {} (start {}, stop {}), to {recovery}",
-        version.seq,
-        format_lsn(info.start_lsn),
-        format_lsn(info.stop_lsn),
+        version.number,
+        info.start_lsn,
+        info.stop_lsn,
     );
     let prepared = prepare_data_dir(dir, mode, &options.restore_command, options.owner, &comment)?;
     Ok(PgRestore {
@@ -667,7 +669,7 @@ mod tests {
     #[test]
     fn settings_name_the_target() {
         let s = recovery_settings(
-            Mode::Recover(RecoveryTarget::Lsn(0x1_0000_0028)),
+            Mode::Recover(RecoveryTarget::Lsn(Lsn(0x1_0000_0028))),
             "x 'y' %f %p",
         );
         assert!(s.contains(&"restore_command = 'x ''y'' %f %p'".to_string()));

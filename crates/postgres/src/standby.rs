@@ -15,9 +15,10 @@ use embassy_core::ledger::{self, Event};
 use embassy_core::progress::Progress;
 use embassy_core::vault::{Keyring, Vault};
 
-use crate::base_backup::{parse_lsn, pg_program};
+use crate::base_backup::pg_program;
 use crate::error::PgError;
 use crate::restore::{restore, Mode, PgRestore, PgRestoreOptions};
+use crate::Lsn;
 
 /// Writes a standby data directory for `dataset` into the new or empty folder `dir`.
 pub fn standby(
@@ -44,7 +45,7 @@ pub struct Promotion {
     /// The timeline the promoted server writes on.
     pub timeline: u32,
     /// Its WAL position when it first accepted a write.
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// From `pg_ctl promote` until a write was accepted.
     pub elapsed: Duration,
     /// The ledger entry's sequence number.
@@ -191,7 +192,7 @@ pub fn promote(
             Ok(row) => {
                 let cols: Vec<&str> = row.split('|').collect();
                 if cols.len() == 3 {
-                    break (parse_lsn(cols[1])?, cols[2].to_string());
+                    break (cols[1].parse::<Lsn>()?, cols[2].to_string());
                 }
                 return Err(PgError::Restore(format!("unexpected answer {row:?}")));
             }
@@ -212,7 +213,7 @@ pub fn promote(
         .ok_or_else(|| PgError::Restore(format!("cannot read a timeline from {walfile:?}")))?;
     let event = Event::Promoted {
         timeline,
-        lsn,
+        lsn: lsn.0,
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),

@@ -8,6 +8,9 @@
 //! are written as segment objects straight from memory (no reader key needed) and anchored in
 //! the ledger with `LogRangeAdded`; while WAL flows, the newest piece is anchored at least every
 //! `anchor_interval` too.
+//!
+//! Here: the receiving session (resume point, timelines, sealing pieces, flush reports);
+//! [`background`]: the compaction and anchoring thread.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
-use embassy_core::ledger::{self, Event, Record};
+use embassy_core::ledger;
 use embassy_core::site::Site;
 use embassy_core::vault::{Keyring, Vault};
 use embassy_core::wal_log::{LogKind, LogSpec};
@@ -26,6 +29,9 @@ use crate::error::{PgError, Result};
 use crate::lsn::{Lsn, SEGMENT_SIZE};
 use crate::replication::{ConnConfig, ReplicationConnection, ReplicationMessage};
 use crate::wal;
+
+mod background;
+use background::{Background, Job};
 
 /// How the streamer runs.
 #[derive(Debug, Clone)]
@@ -107,181 +113,6 @@ struct Resume {
     timeline: u32,
     pos: Lsn,
     prev: Option<ObjectId>,
-}
-
-/// Work for the background thread: segment compaction and ledger anchors, off the path
-/// between receiving WAL and reporting it flushed.
-enum Job {
-    /// A piece became durable (the newest head of the chain).
-    Piece {
-        id: ObjectId,
-        timeline: u32,
-        start: u64,
-        end: u64,
-        captured: i64,
-    },
-    /// A whole segment collected in memory: seal it as one object and anchor it.
-    Segment {
-        timeline: u32,
-        start: u64,
-        bytes: Vec<u8>,
-        prev_hint: Option<ObjectId>,
-        captured: i64,
-    },
-}
-
-/// The background thread's state.
-struct Background {
-    vault: Vault,
-    site: Arc<dyn Site>,
-    keys: Arc<DatasetKeys>,
-    signer: ed25519_dalek::SigningKey,
-    dataset: String,
-    anchor_interval: Duration,
-    progress: Arc<Mutex<StreamProgress>>,
-    head: Option<Record>,
-    rejected: Vec<ObjectId>,
-    last_anchor: Instant,
-    anchored_to: u64,
-    pending: Option<(ObjectId, u32, u64, u64, i64)>,
-    last_segment: Option<(u32, u64, ObjectId)>,
-    system_id: Arc<AtomicU64>,
-}
-
-impl Background {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
-        loop {
-            match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(Job::Piece {
-                    id,
-                    timeline,
-                    start,
-                    end,
-                    captured,
-                }) => {
-                    self.pending = Some((id, timeline, start, end, captured));
-                }
-                Ok(Job::Segment {
-                    timeline,
-                    start,
-                    bytes,
-                    prev_hint,
-                    captured,
-                }) => {
-                    self.segment(timeline, start, &bytes, prev_hint, captured);
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    self.anchor(true);
-                    return;
-                }
-            }
-            self.anchor(false);
-        }
-    }
-
-    fn set_error(&self, e: String) {
-        if let Ok(mut p) = self.progress.lock() {
-            p.last_error = Some(e);
-        }
-    }
-
-    /// Writes a whole segment object (chained to the previous segment) and anchors it. A
-    /// failure leaves that segment in pieces, which wal-fetch assembles just as well.
-    fn segment(
-        &mut self,
-        timeline: u32,
-        start: u64,
-        bytes: &[u8],
-        prev_hint: Option<ObjectId>,
-        captured: i64,
-    ) {
-        let prev = match self.last_segment {
-            Some((tl, end, id)) if tl == timeline && end == start => Some(id),
-            _ => prev_hint,
-        };
-        let spec = LogSpec {
-            kind: LogKind::Segment,
-            timeline,
-            start,
-            end: start + SEGMENT_SIZE,
-            prev,
-            captured_at_ns: captured,
-            system_id: self.system_id.load(Ordering::Relaxed),
-        };
-        match wal::put(self.site.as_ref(), &self.keys, &self.signer, &spec, bytes) {
-            Ok((id, _)) => {
-                self.last_segment = Some((timeline, spec.end, id));
-                self.pending = Some((id, timeline, spec.start, spec.end, captured));
-                self.anchor(true);
-            }
-            Err(e) => self.set_error(format!("segment compaction at {}: {e}", Lsn(start))),
-        }
-    }
-
-    /// Appends a `LogRangeAdded` entry for the pending head when forced (a whole segment) or
-    /// when `anchor_interval` passed. Failures are reported and retried later: the WAL is
-    /// already durable, only its ledger anchor waits.
-    fn anchor(&mut self, force: bool) {
-        let Some((id, timeline, start, end, captured)) = self.pending else {
-            return;
-        };
-        if !force && self.last_anchor.elapsed() < self.anchor_interval {
-            return;
-        }
-        let start = if self.anchored_to > 0 && self.anchored_to <= start {
-            self.anchored_to
-        } else {
-            start
-        };
-        let event = Event::LogRangeAdded {
-            manifest: id,
-            timeline,
-            start,
-            end,
-            captured_at_ns: captured,
-        };
-        for _ in 0..3 {
-            match ledger::append_ignoring(
-                self.site.as_ref(),
-                &self.signer,
-                &self.dataset,
-                self.head.as_ref(),
-                &self.rejected,
-                event.clone(),
-            ) {
-                Ok(rec) => {
-                    self.head = Some(rec);
-                    self.pending = None;
-                    self.anchored_to = end;
-                    self.last_anchor = Instant::now();
-                    return;
-                }
-                Err(embassy_core::Error::History { .. }) => {
-                    // Another writer (a base backup) appended: reload the head and retry.
-                    match self
-                        .vault
-                        .history_full(&self.dataset)
-                        .and_then(|h| h.check_appendable(&self.dataset).map(|()| h))
-                    {
-                        Ok(h) => {
-                            self.head = h.records.last().cloned();
-                            self.rejected = h.rejected_ids();
-                        }
-                        Err(e) => {
-                            self.set_error(format!("ledger anchor: {e}"));
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.set_error(format!("ledger anchor: {e}"));
-                    break;
-                }
-            }
-        }
-        self.last_anchor = Instant::now();
-    }
 }
 
 /// Segment bytes collected in memory for compaction.

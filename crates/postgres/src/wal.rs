@@ -58,11 +58,11 @@ impl WalListing {
     }
 
     /// Newest durable position per timeline.
-    pub fn ends(&self) -> BTreeMap<u32, u64> {
+    pub fn ends(&self) -> BTreeMap<u32, Lsn> {
         let mut out = BTreeMap::new();
         for o in self.pieces.iter().chain(self.segments.iter()) {
-            let e = out.entry(o.name.timeline).or_insert(0);
-            *e = (*e).max(o.name.end);
+            let e: &mut Lsn = out.entry(o.name.timeline).or_default();
+            *e = (*e).max(Lsn(o.name.end));
         }
         out
     }
@@ -502,7 +502,7 @@ pub struct WalVerifyReport {
     /// readers and not an integrity failure.
     pub noise: Vec<String>,
     /// Newest position per timeline.
-    pub ends: BTreeMap<u32, u64>,
+    pub ends: BTreeMap<u32, Lsn>,
     /// Gaps found in the piece/segment coverage: (timeline, from, to).
     pub gaps: Vec<(u32, Lsn, Lsn)>,
 }
@@ -614,8 +614,8 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     }
     report.ends = BTreeMap::new();
     for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
-        let e = report.ends.entry(o.name.timeline).or_insert(0);
-        *e = (*e).max(o.name.end);
+        let e = report.ends.entry(o.name.timeline).or_default();
+        *e = (*e).max(Lsn(o.name.end));
     }
     for (obj, prev) in &prevs {
         // A piece's predecessor ended where it starts, on its timeline or (at a timeline switch)

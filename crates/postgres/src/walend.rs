@@ -10,7 +10,7 @@
 use embassy_core::vault::{Keyring, Vault};
 
 use crate::error::Result;
-use crate::lsn::SEGMENT_SIZE;
+use crate::lsn::{Lsn, SEGMENT_SIZE};
 use crate::wal;
 
 /// Size of a WAL page header at a segment's start (`SizeOfXLogLongPHD`).
@@ -112,7 +112,7 @@ pub fn last_durable_record(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
-) -> Result<Option<(u32, u64)>> {
+) -> Result<Option<(u32, Lsn)>> {
     let site = vault.site().as_ref();
     let listing = wal::list(site, dataset)?;
     let signers = wal::dataset_signers(vault, dataset)?;
@@ -150,7 +150,7 @@ pub fn last_durable_record(
             _ => return Ok(None),
         }
     }
-    Ok(last_record_start(&bytes, from, end).map(|lsn| (timeline, lsn)))
+    Ok(last_record_start(&bytes, from, end).map(|lsn| (timeline, Lsn(lsn))))
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! REPLICATION privilege: each is a clear typed error saying what to change. And the
 //! authentication paths that must work: SCRAM-SHA-256, md5, trust over a Unix socket.
 
-mod support;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -14,7 +12,7 @@ use embassy_postgres::replication::{ConnConfig, ReplicationConnection};
 use embassy_postgres::stream::{StreamConfig, WalStreamer};
 use embassy_postgres::PgError;
 use embassy_sites::local::LocalSite;
-use support::{free_port, PgOptions, PgServer, REPL_PASSWORD};
+use embassy_testkit::pg::{free_port, PgOptions, PgServer, REPL_PASSWORD};
 
 fn connect(conninfo: &str) -> Result<ReplicationConnection, PgError> {
     ReplicationConnection::connect(&ConnConfig::parse(conninfo).unwrap())

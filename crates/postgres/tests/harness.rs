@@ -1,8 +1,6 @@
 //! The test harness itself starts a real PostgreSQL 15, runs SQL and pgbench.
 
-mod support;
-
-use support::{PgOptions, PgServer};
+use embassy_testkit::pg::{PgOptions, PgServer};
 
 #[test]
 fn harness_starts_postgres_runs_sql_and_pgbench() {

@@ -13,8 +13,6 @@
 //! EMBASSY_BENCH_SECONDS=60 (default 30), EMBASSY_BENCH_SITES=2 (two local sites, both required)
 //! ```
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +24,7 @@ use embassy_postgres::replication::{ConnConfig, ReplicationConnection};
 use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};
 use embassy_sites::local::LocalSite;
 use embassy_sites::replicated::ReplicatedSite;
-use support::{PgOptions, PgServer};
+use embassy_testkit::pg::{PgOptions, PgServer};
 
 fn now_ns() -> i64 {
     embassy_core::config::now_unix_nanos()

@@ -1,11 +1,9 @@
 //! Continuous WAL on a real PostgreSQL 15: stream under pgbench load, then prove there is no
 //! gap by reproducing every segment byte-identical to the server's own pg_wal with wal-fetch.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use embassy_core::keys::RootSecret;
 use embassy_core::ledger::Event;
@@ -18,7 +16,8 @@ use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};
 use embassy_postgres::{status, wal};
 use embassy_sites::local::LocalSite;
 use embassy_sites::replicated::ReplicatedSite;
-use support::{parse_lsn, PgOptions, PgServer};
+use embassy_testkit::pg::{parse_lsn, PgOptions, PgServer};
+use embassy_testkit::wait_until;
 
 /// A vault in a local folder; returns it and its root secret's bytes (keyrings are made from
 /// them where needed, since a keyring is not shared between threads here).
@@ -31,14 +30,6 @@ fn vault_at(dir: &std::path::Path) -> (Vault, [u8; 32]) {
 
 fn keyring(vault: &Vault, root: &[u8; 32]) -> Keyring {
     Keyring::from_root(RootSecret::from_bytes(root), vault.config()).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Starts the library streamer in a thread.

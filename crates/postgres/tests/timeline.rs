@@ -2,11 +2,9 @@
 //! begins), stores the history file, and continues on the new timeline without a gap. Every
 //! segment and the history file fetched from the vault are byte-identical to the servers' own.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
@@ -16,15 +14,8 @@ use embassy_postgres::lsn::{segment_file_name, Lsn};
 use embassy_postgres::replication::ConnConfig;
 use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};
 use embassy_sites::local::LocalSite;
-use support::{parse_lsn, PgOptions, PgServer};
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use embassy_testkit::pg::{parse_lsn, PgOptions, PgServer};
+use embassy_testkit::wait_until;
 
 fn fetch_eq(vault: &Vault, keyring: &Keyring, name: &str, oracle: &std::path::Path) {
     let out = tempfile::tempdir().unwrap();

@@ -1,14 +1,12 @@
 //! TLS on the replication link against a real PostgreSQL 15 with `ssl = on` and a test CA
-//! (support/tls.rs): verify-full streams WAL into the vault with SCRAM-SHA-256-PLUS, a wrong
+//! (embassy-testkit's pg::tls): verify-full streams WAL into the vault with SCRAM-SHA-256-PLUS, a wrong
 //! host name or CA is refused with a clear message, plaintext to a non-loopback address and a
 //! cleartext password off loopback are refused unless the operator opts in, and pg_basebackup
 //! gets the TLS settings but never the password on its command line.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
@@ -20,19 +18,12 @@ use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};
 use embassy_postgres::tls::Verification;
 use embassy_postgres::{wal, PgError};
 use embassy_sites::local::LocalSite;
-use support::tls::{conninfo, TestPki, CLEARTEXT_USER};
-use support::{PgServer, REPL_PASSWORD};
+use embassy_testkit::pg::tls::{conninfo, TestPki, CLEARTEXT_USER};
+use embassy_testkit::pg::{PgServer, REPL_PASSWORD};
+use embassy_testkit::wait_until;
 
 fn connect(info: &str) -> Result<ReplicationConnection, PgError> {
     ReplicationConnection::connect(&ConnConfig::parse(info).unwrap())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn verify_full(pki: &TestPki, pg: &PgServer) -> String {

@@ -3,8 +3,6 @@
 //! to the server's pg_wal, keyless verification still passes, the live tail is untouched, and a
 //! site that deletes a live segment object is caught.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,20 +19,13 @@ use embassy_postgres::replication::ConnConfig;
 use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};
 use embassy_postgres::wal;
 use embassy_sites::local::LocalSite;
-use support::{PgOptions, PgServer};
+use embassy_testkit::pg::{PgOptions, PgServer};
+use embassy_testkit::wait_until;
 
 const DATASET: &str = "registry";
 
 fn keyring(vault: &Vault, root: &[u8; 32]) -> Keyring {
     Keyring::from_root(RootSecret::from_bytes(root), vault.config()).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn wal_bytes(vault: &Vault) -> u64 {

@@ -10,6 +10,14 @@ use std::sync::Arc;
 
 use embassy_core::site::{Site, SiteError};
 
+/// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
+/// 16 MiB packs): a site that lists without end is refused instead of filling memory.
+pub(crate) const MAX_LISTED: usize = 10_000_000;
+/// Bookkeeping counted for each listed entry on top of its path's bytes (see
+/// [`s3::S3Config::listing_limit`], [`LocalSite::with_listing_limit`]).
+pub(crate) const LISTED_ENTRY_COST: u64 =
+    std::mem::size_of::<embassy_core::site::ObjectInfo>() as u64;
+
 pub use local::LocalSite;
 pub use queue::{drain, drain_all, DrainReport, SiteQueue};
 pub use replicated::ReplicatedSite;
@@ -85,15 +93,7 @@ fn read_configs(
     }
 }
 
-/// Whether `path` is a valid object path: relative, `/`-separated, no empty, `.` or `..`
-/// component, no NUL byte.
-pub(crate) fn valid_object_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
-}
+pub(crate) use embassy_core::site::valid_object_path;
 
 /// Opens several sites as one vault: writes go to all, and succeed once `min_sites` hold them.
 /// Every site must already hold the same vault (seed a new one with `embassy sync`), except when

@@ -18,7 +18,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use embassy_core::layout;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+use std::sync::Arc;
+
+use embassy_core::site::{
+    copy_bounded, sink_error, ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError,
+    COPY_BUFFER,
+};
 
 const TMP: &str = "tmp";
 
@@ -187,6 +192,8 @@ pub struct LocalSite {
     root: PathBuf,
     location: String,
     swept: std::sync::Once,
+    /// Most bytes one listing may hold (paths and bookkeeping), as for S3.
+    listing_limit: u64,
 }
 
 impl LocalSite {
@@ -209,7 +216,16 @@ impl LocalSite {
             location: root.display().to_string(),
             root,
             swept: std::sync::Once::new(),
+            listing_limit: crate::s3::DEFAULT_LISTING_LIMIT,
         })
+    }
+
+    /// The most memory one listing may hold, in bytes (paths and 32 bytes of bookkeeping an
+    /// entry; 1 GiB by default, as S3's `listing-limit-mib`): a folder planted with millions of
+    /// files or folders is refused instead of filling memory.
+    pub fn with_listing_limit(mut self, bytes: u64) -> Self {
+        self.listing_limit = bytes;
+        self
     }
 
     fn resolve(&self, path: &str, operation: &'static str) -> Result<PathBuf, SiteError> {
@@ -309,6 +325,55 @@ impl LocalSite {
 }
 
 impl LocalSite {
+    /// A create-only write whose bytes `write` puts into the staging file.
+    fn put_with(
+        &self,
+        path: &str,
+        write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<Put, SiteError> {
+        self.resolve(path, "put")?;
+        let (dirs, name) = split(path);
+        let tmp_dir = self.ensure_dir(&[TMP], path)?;
+        self.sweep_stale_parts(&tmp_dir);
+        let dir = self.ensure_dir(&dirs, path)?;
+        // An object (a regular file) at the name is never written again. Anything else there
+        // (a planted link, FIFO, socket or device) is not an object: it is never listed nor
+        // read, so it is removed (the link itself, never its target) and the object written.
+        match lstat_at(&dir, name) {
+            Ok(st) => match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG | libc::S_IFDIR => return Ok(Put::AlreadyExisted),
+                _ => match unlinkat(&dir, name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io_error("put", path, e)),
+                },
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_error("put", path, e)),
+        }
+        let tmp = format!("{:016x}.part", rand::random::<u64>());
+        let written = (|| {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let mut file = File::from(openat(&tmp_dir, &tmp, flags, 0o666)?);
+            write(&mut file)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = unlinkat(&tmp_dir, &tmp);
+            return Err(self.io_error("put", path, e));
+        }
+        let linked = linkat(&tmp_dir, &tmp, &dir, name);
+        let _ = unlinkat(&tmp_dir, &tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(&dir).map_err(|e| self.io_error("sync directory", path, e))?;
+                Ok(Put::Created)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Put::AlreadyExisted),
+            Err(e) => Err(self.io_error("put", path, e)),
+        }
+    }
+
     /// Once per process, removes staging files that writers killed mid-write left behind. Only
     /// files older than an hour: another process may be writing the younger ones right now.
     fn sweep_stale_parts(&self, tmp_dir: &OwnedFd) {
@@ -338,6 +403,25 @@ impl LocalSite {
     }
 }
 
+/// Passes writes to a sink, remembering a failure of the sink itself (so a full spool is not
+/// blamed on the site).
+struct SinkWriter<'a> {
+    sink: &'a mut dyn ObjectSink,
+    failed: Option<std::io::Error>,
+}
+
+impl Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sink.write(buf).inspect_err(|e| {
+            self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sink.flush()
+    }
+}
+
 fn sync_dir(dir: &OwnedFd) -> std::io::Result<()> {
     File::from(dir.try_clone()?).sync_all()
 }
@@ -348,46 +432,44 @@ impl Site for LocalSite {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        self.resolve(path, "put")?;
-        let (dirs, name) = split(path);
-        let tmp_dir = self.ensure_dir(&[TMP], path)?;
-        self.sweep_stale_parts(&tmp_dir);
-        let dir = self.ensure_dir(&dirs, path)?;
-        // An object (a regular file) at the name is never written again. Anything else there
-        // (a planted link, FIFO, socket or device) is not an object: it is never listed nor
-        // read, so it is removed (the link itself, never its target) and the object written.
-        match lstat_at(&dir, name) {
-            Ok(st) => match st.st_mode & libc::S_IFMT {
-                libc::S_IFREG | libc::S_IFDIR => return Ok(Put::AlreadyExisted),
-                _ => match unlinkat(&dir, name) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(self.io_error("put", path, e)),
-                },
-            },
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(self.io_error("put", path, e)),
-        }
-        let tmp = format!("{:016x}.part", rand::random::<u64>());
-        let written = (|| {
-            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-            let mut file = File::from(openat(&tmp_dir, &tmp, flags, 0o666)?);
-            file.write_all(bytes)?;
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = unlinkat(&tmp_dir, &tmp);
-            return Err(self.io_error("put", path, e));
-        }
-        let linked = linkat(&tmp_dir, &tmp, &dir, name);
-        let _ = unlinkat(&tmp_dir, &tmp);
-        match linked {
-            Ok(()) => {
-                sync_dir(&dir).map_err(|e| self.io_error("sync directory", path, e))?;
-                Ok(Put::Created)
+        self.put_with(path, |file| file.write_all(bytes))
+    }
+
+    fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {
+        // Through one fixed buffer: the object is never held whole.
+        self.put_with(path, |file| {
+            let len = source.len();
+            let mut buf = vec![0u8; COPY_BUFFER.min(len as usize)];
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                source.read_exact_at(&mut buf[..n], at)?;
+                file.write_all(&buf[..n])?;
+                at += n as u64;
             }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Put::AlreadyExisted),
-            Err(e) => Err(self.io_error("put", path, e)),
+            Ok(())
+        })
+    }
+
+    fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
+        let (file, _) = self.open_object(path, "get")?;
+        let cap = layout::max_object_size(path);
+        let mut file = file;
+        let mut out = SinkWriter { sink, failed: None };
+        match copy_bounded(&mut file, &mut out, cap) {
+            Ok(n) => Ok(n),
+            Err(e) => Err(match out.failed.take() {
+                // The bytes could not be kept: not the site's fault.
+                Some(kept) => sink_error(&self.location, path, kept),
+                None if e.kind() == ErrorKind::InvalidData => self.permanent(
+                    "get",
+                    path,
+                    format!(
+                        "the file grew past the {cap} bytes the format allows while being read"
+                    ),
+                ),
+                None => self.io_error("get", path, e),
+            }),
         }
     }
 
@@ -457,6 +539,24 @@ impl Site for LocalSite {
         }
         let mut out = Vec::new();
         let mut stack = vec![start];
+        // What the listing holds so far: listed objects and folders still to walk.
+        let mut held = 0u64;
+        let mut count = |rel: &str, entries: usize| {
+            held = held.saturating_add(rel.len() as u64 + crate::LISTED_ENTRY_COST);
+            if held > self.listing_limit || entries >= crate::MAX_LISTED {
+                return Err(self.permanent(
+                    "list",
+                    prefix,
+                    format!(
+                        "the listing of '{prefix}' passed {entries} objects or {} MiB, the most \
+                         one listing may hold: files or folders planted in the vault folder \
+                         (remove them), or a vault larger than this site allows",
+                        self.listing_limit / (1024 * 1024)
+                    ),
+                ));
+            }
+            Ok(())
+        };
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
@@ -490,6 +590,7 @@ impl Site for LocalSite {
                 }
                 if file_type.is_dir() {
                     if prefix.starts_with(rel) || rel.starts_with(prefix) || prefix.is_empty() {
+                        count(rel, out.len() + stack.len())?;
                         stack.push(path);
                     }
                 } else if rel.starts_with(prefix) {
@@ -497,6 +598,7 @@ impl Site for LocalSite {
                         .metadata()
                         .map_err(|e| self.io_error("list", rel, e))?
                         .len();
+                    count(rel, out.len() + stack.len())?;
                     out.push(ObjectInfo {
                         path: rel.to_string(),
                         size,
@@ -659,6 +761,29 @@ mod tests {
         // A write at its name replaces it.
         assert_eq!(site.put("index/ds/fifo", b"y").unwrap(), Put::Created);
         assert_eq!(site.get("index/ds/fifo").unwrap(), b"y");
+    }
+
+    #[test]
+    fn a_listing_past_its_limit_is_refused() {
+        let vault = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            fs::create_dir_all(vault.path().join(format!("planted/{i}"))).unwrap();
+            fs::write(vault.path().join(format!("planted/{i}/x")), b"").unwrap();
+        }
+        let roomy = LocalSite::new(vault.path()).unwrap();
+        assert_eq!(roomy.list("").unwrap().len(), 200);
+        let tight = LocalSite::new(vault.path())
+            .unwrap()
+            .with_listing_limit(4096);
+        match tight.list("") {
+            Err(SiteError::Permanent { message, .. }) => {
+                assert!(
+                    message.contains("the most one listing may hold"),
+                    "{message}"
+                )
+            }
+            other => panic!("{:?}", other.map(|l| l.len())),
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ use embassy_core::id::ObjectId;
 use embassy_core::layout;
 use embassy_core::progress::Progress;
 use embassy_core::site::{with_retry, Put, Site, SiteError};
+use embassy_core::spool::{FetchError, Spool};
 use embassy_core::sync::write_stage;
 use embassy_core::{Error, Result};
 use serde::Serialize;
@@ -475,25 +476,26 @@ fn holds(site: &dyn Site, path: &str) -> std::result::Result<bool, SiteError> {
 }
 
 enum Fetched {
-    Bytes(Vec<u8>),
+    Spooled(Box<Spool>),
     Nowhere,
     Failed(String),
 }
 
-/// Reads `path` from the first source whose copy checks (bytes hash to the object's name).
+/// Reads `path` from the first source whose copy checks (bytes hash to the object's name),
+/// into a spool: the object is never held whole in memory.
 fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
     let expected = layout::id_in_path(path);
     let mut failures = Vec::new();
     for s in sources {
-        match with_retry(|| s.get(path)) {
-            Ok(bytes) => match expected {
-                Some(id) if ObjectId::of(&bytes) != id => failures.push(format!(
+        match Spool::read_from(s.as_ref(), path) {
+            Ok(spool) => match expected {
+                Some(id) if spool.id() != id => failures.push(format!(
                     "{}: damaged copy (bytes do not hash to its name)",
                     s.location()
                 )),
-                _ => return Fetched::Bytes(bytes),
+                _ => return Fetched::Spooled(Box::new(spool)),
             },
-            Err(SiteError::NotFound { .. }) => {}
+            Err(FetchError::Site(SiteError::NotFound { .. })) => {}
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -594,12 +596,14 @@ pub fn drain(
                     Ok(())
                 }
                 Fetched::Failed(why) => Err(format!("{path}: no good copy to read: {why}")),
-                Fetched::Bytes(bytes) => {
-                    progress.add(bytes.len() as u64);
-                    match with_retry(|| target.put(path, &bytes)) {
+                Fetched::Spooled(spool) => {
+                    let size = spool.len();
+                    progress.add(size);
+                    let source = spool.into_source();
+                    match with_retry(|| target.put_from(path, source.clone())) {
                         Ok(Put::Created) => {
                             report.copied += 1;
-                            report.bytes += bytes.len() as u64;
+                            report.bytes += size;
                             Ok(())
                         }
                         Ok(Put::AlreadyExisted) => {

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::queue::{self, Session, SiteQueue};
 
-use embassy_core::id::ObjectId;
 use embassy_core::layout;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
+use embassy_core::spool::HashingSink;
 
 /// How long a write waits for the slower sites once `min_sites` hold the object: a site still
 /// writing then (one that stopped answering mid-write) is down for the rest of the run and the
@@ -196,8 +196,12 @@ impl ReplicatedSite {
     /// once `min_sites` hold the object a site still writing [`WRITE_GRACE`] later is given up
     /// on for this write (its thread finishes on its own) and reported as a retryable failure,
     /// so that a site that stopped answering mid-write costs at most that long.
-    fn put_each(&self, path: &str, bytes: &[u8], skip: &[bool]) -> Vec<Result<Put, SiteError>> {
-        let shared: Arc<[u8]> = Arc::from(bytes);
+    fn put_each(
+        &self,
+        path: &str,
+        shared: Arc<dyn ObjectSource>,
+        skip: &[bool],
+    ) -> Vec<Result<Put, SiteError>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut results: Vec<Option<Result<Put, SiteError>>> = Vec::new();
         for (i, site) in self.sites.iter().enumerate() {
@@ -213,10 +217,10 @@ impl ReplicatedSite {
                 continue;
             }
             results.push(None);
-            let (site, tx, bytes, path) =
+            let (site, tx, source, path) =
                 (site.clone(), tx.clone(), shared.clone(), path.to_string());
             std::thread::spawn(move || {
-                let _ = tx.send((i, site.put(&path, &bytes)));
+                let _ = tx.send((i, site.put_from(&path, source)));
             });
         }
         drop(tx);
@@ -268,14 +272,14 @@ impl ReplicatedSite {
 
     fn first_ok<T>(
         &self,
-        op: impl Fn(&dyn Site) -> Result<T, SiteError>,
+        mut op: impl FnMut(usize, &dyn Site) -> Result<T, SiteError>,
         path: &str,
     ) -> Result<T, SiteError> {
         let mut last = None;
         // Down sites are not asked while another site is up.
         let down = self.left_out(1);
         for i in (0..self.sites.len()).filter(|i| !down[*i]) {
-            match op(self.sites[i].as_ref()) {
+            match op(i, self.sites[i].as_ref()) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     if matches!(e, SiteError::Retryable { .. }) {
@@ -298,6 +302,10 @@ impl Site for ReplicatedSite {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        self.put_from(path, Arc::new(bytes.to_vec()))
+    }
+
+    fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {
         if let Some(q) = &self.queues {
             let mut session = q.session.lock().unwrap_or_else(|p| p.into_inner());
             if session.is_none() {
@@ -314,7 +322,7 @@ impl Site for ReplicatedSite {
         }
         // Down sites are left out, as long as the others can meet min_sites.
         let skip = self.left_out(self.min_sites);
-        let results = self.put_each(path, bytes, &skip);
+        let results = self.put_each(path, source, &skip);
         let mut stored = 0;
         let mut created = false;
         let mut failures = Vec::new();
@@ -393,18 +401,36 @@ impl Site for ReplicatedSite {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        let Some(expected) = layout::id_in_path(path) else {
-            return self.first_ok(|site| site.get(path), path);
+        let mut bytes = Vec::new();
+        self.get_to(path, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
+        let restart = |sink: &mut dyn ObjectSink| {
+            sink.restart()
+                .map_err(|e| embassy_core::site::sink_error(&self.location, path, e))
         };
-        // The first intact copy. When no site holds one, the first damaged copy is returned as
-        // one site would return it: the caller judges it by its hash exactly as on one site
-        // (noise when nothing accepted needs it, damage when something does), whether the other
-        // sites lack the object or hold damaged copies too.
-        let damaged = Mutex::new(None);
-        let unreachable = Mutex::new(None);
+        let Some(expected) = layout::id_in_path(path) else {
+            return self.first_ok(
+                |_, site| {
+                    restart(sink)?;
+                    site.get_to(path, sink)
+                },
+                path,
+            );
+        };
+        // The first intact copy, checked as it streams. When no site holds one, the first
+        // damaged copy is returned as one site would return it: the caller judges it by its
+        // hash exactly as on one site (noise when nothing accepted needs it, damage when
+        // something does), whether the other sites lack the object or hold damaged copies too.
+        let mut damaged: Option<usize> = None;
+        let mut unreachable: Option<SiteError> = None;
         let intact = self.first_ok(
-            |site| {
-                let bytes = site.get(path).inspect_err(|e| {
+            |i, site| {
+                restart(sink)?;
+                let mut hashing = HashingSink::new(sink);
+                let n = site.get_to(path, &mut hashing).inspect_err(|e| {
                     if let SiteError::Retryable {
                         site,
                         operation,
@@ -412,8 +438,7 @@ impl Site for ReplicatedSite {
                         message,
                     } = e
                     {
-                        let mut first = unreachable.lock().unwrap_or_else(|p| p.into_inner());
-                        first.get_or_insert_with(|| SiteError::Retryable {
+                        unreachable.get_or_insert_with(|| SiteError::Retryable {
                             site: site.clone(),
                             operation,
                             path: path.clone(),
@@ -421,13 +446,10 @@ impl Site for ReplicatedSite {
                         });
                     }
                 })?;
-                if ObjectId::of(&bytes) == expected {
-                    return Ok(bytes);
+                if hashing.id() == expected {
+                    return Ok(n);
                 }
-                let mut first = damaged.lock().unwrap_or_else(|p| p.into_inner());
-                if first.is_none() {
-                    *first = Some(bytes);
-                }
+                damaged.get_or_insert(i);
                 // A damaged copy: try the next site.
                 Err(SiteError::Permanent {
                     site: site.location().to_string(),
@@ -440,13 +462,9 @@ impl Site for ReplicatedSite {
         );
         // A site that could not be asked may hold the intact copy: say so rather than hand
         // back a damaged one, so that a site down is never reported as damage.
-        match (
-            intact,
-            damaged.into_inner().unwrap_or_else(|p| p.into_inner()),
-            unreachable.into_inner().unwrap_or_else(|p| p.into_inner()),
-        ) {
+        match (intact, damaged, unreachable) {
             (Err(_), Some(_), Some(down)) => Err(down),
-            (Err(_), Some(bytes), None) => {
+            (Err(_), Some(first_damaged), None) => {
                 // Sites left out of this run (down) were not asked: one of them may hold it.
                 let left_out = self.left_out(1);
                 match left_out.iter().position(|out| *out) {
@@ -458,7 +476,10 @@ impl Site for ReplicatedSite {
                                   damaged: bring it back, then read again"
                             .into(),
                     }),
-                    None => Ok(bytes),
+                    None => {
+                        restart(sink)?;
+                        self.sites[first_damaged].get_to(path, sink)
+                    }
                 }
             }
             (result, _, _) => result,
@@ -466,7 +487,7 @@ impl Site for ReplicatedSite {
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        self.first_ok(|site| site.get_range(path, offset, len), path)
+        self.first_ok(|_, site| site.get_range(path, offset, len), path)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {

@@ -36,7 +36,10 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use base64::Engine as _;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
+use embassy_core::site::{
+    read_source, sink_error, source_error, ObjectInfo, ObjectSink, ObjectSource, Put, Site,
+    SiteError, COPY_BUFFER,
+};
 use md5::{Digest as _, Md5};
 use ureq::http::{HeaderMap, Method, Request};
 
@@ -53,12 +56,7 @@ const MAX_PENDING: usize = 4096;
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
 /// The slowest transfer a call is allowed, in bytes a second, on top of twice the I/O timeout.
 const MIN_RATE: u64 = 64 * 1024;
-/// Most objects one listing may return (a vault of ten million objects holds some 80 TB in
-/// 16 MiB packs): a server that lists without end is refused instead of filling memory.
-const MAX_LISTED: usize = 10_000_000;
-/// Bookkeeping counted for each listed entry on top of its path's bytes (see
-/// [`S3Config::listing_limit`]).
-const LISTED_ENTRY_COST: u64 = std::mem::size_of::<ObjectInfo>() as u64;
+use crate::{LISTED_ENTRY_COST, MAX_LISTED};
 /// Most pages in a row, marked truncated, that add nothing to a listing (no keys, or only keys
 /// that are skipped): a server that pages without end is refused.
 const MAX_IDLE_PAGES: u32 = 16;
@@ -1011,19 +1009,30 @@ impl S3Site {
         })
     }
 
-    /// Whether `key` holds exactly `bytes` (used to settle a write whose answer was lost).
-    fn holds_exactly(&self, path: &str, key: &str, bytes: &[u8]) -> Result<bool, SiteError> {
+    /// Whether `key` holds exactly the bytes of `source` (used to settle a write whose answer
+    /// was lost). The stored object is compared as it streams, never held whole.
+    fn holds_exactly(
+        &self,
+        path: &str,
+        key: &str,
+        source: &dyn ObjectSource,
+    ) -> Result<bool, SiteError> {
         let Some(head) = self.head("put", path, key)? else {
             return Ok(false);
         };
         let size = head
             .header("content-length")
             .and_then(|v| v.parse::<u64>().ok());
-        if size != Some(bytes.len() as u64) {
+        if size != Some(source.len()) {
             return Ok(false);
         }
-        match self.read(path, key, 0, Some(bytes.len() as u64), "put") {
-            Ok(stored) => Ok(stored == bytes),
+        let mut compare = Compare {
+            source,
+            at: 0,
+            same: true,
+        };
+        match self.read_to(path, key, 0, Some(source.len()), "put", &mut compare) {
+            Ok(n) => Ok(compare.same && n == source.len()),
             Err(SiteError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -1072,7 +1081,7 @@ impl S3Site {
             };
             match reply.status {
                 200 => Ok(Put::Created),
-                412 if maybe_applied && self.holds_exactly(path, key, bytes)? => Ok(Put::Created),
+                412 if maybe_applied && self.holds_exactly(path, key, &bytes)? => Ok(Put::Created),
                 412 => Ok(Put::AlreadyExisted),
                 s => {
                     maybe_applied |= s >= 500;
@@ -1245,7 +1254,7 @@ impl S3Site {
         &self,
         path: &str,
         key: &str,
-        bytes: &[u8],
+        source: &dyn ObjectSource,
         probe: ConditionalWriteProbe,
     ) -> Result<Put, SiteError> {
         // Looking first saves sending many megabytes for an object that is already there
@@ -1254,10 +1263,13 @@ impl S3Site {
             self.ensure_retention(path, key, &existing)?;
             return Ok(Put::AlreadyExisted);
         }
-        let part_size = self.cfg.part_size.max(bytes.len().div_ceil(MAX_PARTS));
-        let parts: Vec<&[u8]> = bytes.chunks(part_size).collect();
+        let len = source.len();
+        let part_size = (self.cfg.part_size as u64).max(len.div_ceil(MAX_PARTS as u64));
+        let parts: Vec<(u64, u64)> = (0..len.div_ceil(part_size))
+            .map(|i| (i * part_size, part_size.min(len - i * part_size)))
+            .collect();
         let upload_id = self.create_multipart("put", path, key, true)?;
-        let etags = match self.upload_parts(path, key, &upload_id, &parts) {
+        let etags = match self.upload_parts(path, key, &upload_id, source, &parts) {
             Ok(e) => e,
             Err(e) => {
                 self.abort_multipart(path, key, &upload_id);
@@ -1287,7 +1299,7 @@ impl S3Site {
                     ));
                 }
                 // The lost answer of an earlier attempt may have been ours.
-                if self.holds_exactly(path, key, bytes)? {
+                if self.holds_exactly(path, key, source)? {
                     Ok(Put::Created)
                 } else {
                     Ok(Put::AlreadyExisted)
@@ -1300,6 +1312,23 @@ impl S3Site {
         }
     }
 
+    /// A create-only write of `source`: one PutObject up to the multipart threshold (held in
+    /// memory, at most that size), else a multipart upload reading one part per worker.
+    fn put_source(&self, path: &str, source: &dyn ObjectSource) -> Result<Put, SiteError> {
+        let key = self.key(path, "put")?;
+        let probe = self.create_only()?;
+        let result = if source.len() > self.cfg.multipart_threshold as u64 {
+            self.put_multipart(path, &key, source, probe)
+        } else if !probe.put && self.head("put", path, &key)?.is_some() {
+            Ok(Put::AlreadyExisted)
+        } else {
+            let bytes = read_source(source, 0, source.len())
+                .map_err(|e| source_error(&self.location, path, e))?;
+            self.put_single("put", path, &key, &bytes, true)
+        };
+        self.settle(path, &key, source, result)
+    }
+
     /// Settles a put across calls: a call that failed with [`SiteError::Retryable`] may have
     /// stored the object all the same (its answer lost), so its path and digest are remembered;
     /// when the caller's retry then finds the name taken, the stored bytes are compared with its
@@ -1308,16 +1337,19 @@ impl S3Site {
         &self,
         path: &str,
         key: &str,
-        bytes: &[u8],
+        source: &dyn ObjectSource,
         result: Result<Put, SiteError>,
     ) -> Result<Put, SiteError> {
+        let digest = || source_md5(source).map_err(|e| source_error(&self.location, path, e));
         let pending = || self.pending.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(Put::AlreadyExisted) => {
-                let ours = pending()
-                    .get(path)
-                    .is_some_and(|digest| *digest == content_md5(bytes));
-                if ours && self.holds_exactly(path, key, bytes)? {
+                let remembered = pending().get(path).cloned();
+                let ours = match remembered {
+                    Some(d) => d == digest()?,
+                    None => false,
+                };
+                if ours && self.holds_exactly(path, key, source)? {
                     pending().remove(path);
                     return Ok(Put::Created);
                 }
@@ -1330,7 +1362,7 @@ impl S3Site {
                 Ok(Put::Created)
             }
             Err(e @ SiteError::Retryable { .. }) => {
-                let digest = content_md5(bytes);
+                let digest = digest()?;
                 let mut pending = pending();
                 if pending.len() >= MAX_PENDING {
                     pending.clear();
@@ -1389,7 +1421,8 @@ impl S3Site {
         path: &str,
         key: &str,
         upload_id: &str,
-        parts: &[&[u8]],
+        source: &dyn ObjectSource,
+        parts: &[(u64, u64)],
     ) -> Result<Vec<String>, SiteError> {
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
@@ -1406,7 +1439,15 @@ impl S3Site {
                     if i >= parts.len() {
                         return;
                     }
-                    match self.upload_part("put", path, key, upload_id, i + 1, parts[i]) {
+                    // Each worker holds one part: memory is `parallelism` parts, whatever
+                    // the object's size.
+                    let (offset, len) = parts[i];
+                    let sent = read_source(source, offset, len)
+                        .map_err(|e| source_error(&self.location, path, e))
+                        .and_then(|bytes| {
+                            self.upload_part("put", path, key, upload_id, i + 1, &bytes)
+                        });
+                    match sent {
                         Ok(etag) => etags.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(etag),
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -1593,6 +1634,28 @@ impl S3Site {
         len: Option<u64>,
         operation: &'static str,
     ) -> Result<Vec<u8>, SiteError> {
+        let mut bytes = Vec::new();
+        self.read_to(path, key, offset, len, operation, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Like [`S3Site::read`], writing the bytes to `sink` in order as each batch of pieces
+    /// arrives: memory stays at one batch (`parallelism` pieces of the part size), whatever the
+    /// object's size. Returns the bytes written.
+    fn read_to(
+        &self,
+        path: &str,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+        operation: &'static str,
+        sink: &mut dyn ObjectSink,
+    ) -> Result<u64, SiteError> {
+        let mut put = |bytes: &[u8]| {
+            sink.write_all(bytes)
+                .map_err(|e| sink_error(&self.location, path, e))
+                .map(|()| bytes.len() as u64)
+        };
         if let Some(l) = len {
             self.within_cap(operation, path, offset.saturating_add(l))?;
         }
@@ -1614,7 +1677,7 @@ impl S3Site {
             return if offset > size {
                 Err(self.truncated(operation, path, offset, 0, size))
             } else {
-                Ok(Vec::new())
+                Ok(0)
             };
         }
         let first =
@@ -1627,7 +1690,7 @@ impl S3Site {
                 if end > size || offset > size {
                     return Err(self.truncated(operation, path, offset, len.unwrap_or(0), size));
                 }
-                return Ok(bytes[offset as usize..end as usize].to_vec());
+                return put(&bytes[offset as usize..end as usize]);
             }
             RangeReply::Unsatisfiable { total } => {
                 if offset == 0 && len.is_none() {
@@ -1637,7 +1700,7 @@ impl S3Site {
                         whole: cap,
                         ranged: false,
                     };
-                    return self.retry(|_| {
+                    let body = self.retry(|_| {
                         let reply = self
                             .exchange_limited(
                                 Method::GET,
@@ -1654,7 +1717,8 @@ impl S3Site {
                             200 => Ok(reply.body),
                             _ => Err(self.status_error(operation, path, &reply)),
                         }
-                    });
+                    })?;
+                    return put(&body);
                 }
                 return Err(self.truncated(
                     operation,
@@ -1680,9 +1744,10 @@ impl S3Site {
         let got = first_bytes.len() as u64;
         if offset + got >= end {
             first_bytes.truncate((end - offset) as usize);
-            return Ok(first_bytes);
+            return put(&first_bytes);
         }
-        let mut buf = first_bytes;
+        let mut written = put(&first_bytes)?;
+        drop(first_bytes);
         let workers = self.cfg.parallelism.max(1) as u64;
         let mut next = offset + got;
         while next < end {
@@ -1712,11 +1777,11 @@ impl S3Site {
                     .collect()
             });
             for bytes in fetched {
-                buf.extend_from_slice(&bytes?);
+                written += put(&bytes?)?;
             }
             next = batch.last().map_or(end, |(start, len)| start + len);
         }
-        Ok(buf)
+        Ok(written)
     }
 
     /// One piece of a read, exactly `len` bytes at `start` of an object of `total` bytes (as the
@@ -1766,16 +1831,16 @@ impl Site for S3Site {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        let key = self.key(path, "put")?;
-        let probe = self.create_only()?;
-        let result = if bytes.len() > self.cfg.multipart_threshold {
-            self.put_multipart(path, &key, bytes, probe)
-        } else if !probe.put && self.head("put", path, &key)?.is_some() {
-            Ok(Put::AlreadyExisted)
-        } else {
-            self.put_single("put", path, &key, bytes, true)
-        };
-        self.settle(path, &key, bytes, result)
+        self.put_source(path, &bytes)
+    }
+
+    fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {
+        self.put_source(path, source.as_ref())
+    }
+
+    fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
+        let key = self.key(path, "get")?;
+        self.read_to(path, &key, 0, None, "get", sink)
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
@@ -1917,6 +1982,50 @@ impl Site for S3Site {
 fn backoff(attempt: u32) -> Duration {
     let d = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
     Duration::from_millis(d / 2 + rand::random::<u64>() % (d / 2 + 1))
+}
+
+/// Content-MD5 of a source, read through one fixed buffer.
+fn source_md5(source: &dyn ObjectSource) -> std::io::Result<String> {
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; COPY_BUFFER.min(source.len() as usize)];
+    let mut at = 0u64;
+    while at < source.len() {
+        let n = (source.len() - at).min(buf.len() as u64) as usize;
+        source.read_exact_at(&mut buf[..n], at)?;
+        md5.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(md5.finalize()))
+}
+
+/// A sink comparing what it is given with a source, in order (settling a lost write).
+struct Compare<'a> {
+    source: &'a dyn ObjectSource,
+    at: u64,
+    same: bool,
+}
+
+impl std::io::Write for Compare<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.same {
+            self.same =
+                read_source(self.source, self.at, buf.len() as u64).is_ok_and(|ours| ours == buf);
+        }
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectSink for Compare<'_> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.at = 0;
+        self.same = true;
+        Ok(())
+    }
 }
 
 fn content_md5(bytes: &[u8]) -> String {

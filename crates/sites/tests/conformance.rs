@@ -1,29 +1,25 @@
-//! The site conformance suite: one set of checks, written once against `&dyn Site`, run
-//! unchanged on every backend — a local folder and an S3 bucket on a real S3 server process
-//! (moto's standalone server, started by the tests on loopback). If moto is missing the S3 tests
-//! fail, saying to run scripts/install-test-deps. With `EMBASSY_TEST_S3_ENDPOINT` (and its
-//! credentials, see `support::s3_target`) the S3 tests run against that server instead, e.g. the
-//! three-node Garage cluster of `scripts/garage-cluster`.
+//! The site conformance suite (embassy-testkit's `conformance::run`: one set of checks, written
+//! once against `&dyn Site`) run on the sites of this crate — a local folder, an S3 bucket on a
+//! real S3 server process (moto's standalone server, started by the tests on loopback), several
+//! sites replicated — and on the test kit's in-memory site. If moto is missing the S3 tests fail,
+//! saying to run scripts/install-test-deps. With `EMBASSY_TEST_S3_ENDPOINT` (and its credentials,
+//! see `moto::s3_target`) the S3 tests run against that server instead, e.g. the three-node Garage
+//! cluster of `scripts/garage-cluster`. The capability checks below are S3's own.
 
-mod support;
-
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Barrier;
+use std::sync::Arc;
 use std::time::Instant;
 
 use embassy_core::site::{with_retry, Put, Site, SiteError};
 use embassy_sites::s3::{BucketLock, LockMode, ObjectLock};
-use embassy_sites::{CreateOnly, LocalSite, Retention, S3Site};
-use support::*;
+use embassy_sites::{CreateOnly, LocalSite, ReplicatedSite, Retention, S3Site};
+use embassy_testkit::conformance::{self, Expect};
+use embassy_testkit::memory::MemorySite;
+use embassy_testkit::moto::{s3_target, unique_bucket, ServerKind};
+use embassy_testkit::s3::{s3_config, s3_site, target_config};
+use embassy_testkit::{free_port, random_bytes};
 
 const MIB: usize = 1024 * 1024;
-
-/// What a backend is expected to guarantee beyond the trait's contract.
-struct Expect {
-    /// Racing creators of one name: exactly one sees `Created` (else at least one).
-    exclusive_create: bool,
-}
 
 fn is_permanent(r: &Result<impl std::fmt::Debug, SiteError>) -> bool {
     matches!(r, Err(SiteError::Permanent { .. }))
@@ -33,365 +29,26 @@ fn is_not_found(r: &Result<impl std::fmt::Debug, SiteError>) -> bool {
     matches!(r, Err(SiteError::NotFound { .. }))
 }
 
-fn listing(site: &dyn Site, prefix: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for info in site.list(prefix).unwrap() {
-        assert!(
-            out.insert(info.path.clone(), info.size).is_none(),
-            "{} listed twice",
-            info.path
-        );
-    }
-    out
-}
-
-fn step(name: &str, site: &dyn Site, f: impl FnOnce()) {
-    let t = Instant::now();
-    f();
-    eprintln!("  [{}] {name}: ok in {:.2?}", site.location(), t.elapsed());
-}
-
-/// The whole suite. `site` must be empty.
-fn conformance(site: &dyn Site, expect: &Expect) {
-    step("empty site", site, || {
-        assert!(site.list("").unwrap().is_empty(), "the site is not empty");
-    });
-    step("round trips", site, || round_trips(site));
-    step("create-only", site, || create_only(site));
-    step("ranges", site, || ranges(site));
-    step("missing objects", site, || missing(site));
-    step("listing", site, || lists(site));
-    step("pagination", site, || pagination(site));
-    step("delete", site, || deletes(site));
-    step("concurrent puts", site, || concurrent(site, expect));
-    step("large object", site, || large_object(site));
-    step("invalid paths", site, || invalid_paths(site));
-    step("no stray objects", site, || {
-        for path in site.list("").unwrap().into_iter().map(|i| i.path) {
-            assert!(!path.starts_with("tmp/"), "temporary object listed: {path}");
-        }
-    });
-}
-
-fn round_trips(site: &dyn Site) {
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("rt/empty", Vec::new()),
-        ("rt/one", b"x".to_vec()),
-        ("rt/small", random_bytes(4096 + 17, 1)),
-        ("rt/deep/a/b/c/d/e/f", random_bytes(100, 2)),
-        ("rt/odd name+with spaces,é", random_bytes(10, 3)),
-        // Above the S3 test configuration's multipart threshold (8 MiB, 5 MiB parts).
-        ("rt/multi-mib", random_bytes(12 * MIB + 3, 4)),
-    ];
-    for (path, bytes) in &cases {
-        assert_eq!(site.put(path, bytes).unwrap(), Put::Created, "{path}");
-    }
-    for (path, bytes) in &cases {
-        let got = site.get(path).unwrap();
-        assert!(
-            got == *bytes,
-            "{path}: {} bytes back of {}",
-            got.len(),
-            bytes.len()
-        );
-    }
-    let listed = listing(site, "rt/");
-    assert_eq!(listed.len(), cases.len());
-    for (path, bytes) in &cases {
-        assert_eq!(listed.get(*path), Some(&(bytes.len() as u64)), "{path}");
+/// A fresh folder under `dir` for each site the suite asks for.
+fn local_sites(dir: &std::path::Path) -> impl Fn() -> Box<dyn Site> + '_ {
+    let n = AtomicUsize::new(0);
+    move || {
+        let path = dir.join(format!("vault-{}", n.fetch_add(1, Ordering::Relaxed)));
+        Box::new(LocalSite::new(path).unwrap())
     }
 }
-
-fn create_only(site: &dyn Site) {
-    let first = random_bytes(1000, 10);
-    assert_eq!(site.put("co/x", &first).unwrap(), Put::Created);
-    assert_eq!(site.put("co/x", b"different").unwrap(), Put::AlreadyExisted);
-    assert_eq!(site.put("co/x", &first).unwrap(), Put::AlreadyExisted);
-    assert_eq!(site.put("co/x", b"").unwrap(), Put::AlreadyExisted);
-    assert_eq!(
-        site.get("co/x").unwrap(),
-        first,
-        "an existing object changed"
-    );
-    // Large (multipart on S3) over an existing name, and the other way round.
-    let big = random_bytes(9 * MIB, 11);
-    assert_eq!(site.put("co/x", &big).unwrap(), Put::AlreadyExisted);
-    assert_eq!(
-        site.get("co/x").unwrap(),
-        first,
-        "an existing object changed"
-    );
-    assert_eq!(site.put("co/big", &big).unwrap(), Put::Created);
-    assert_eq!(
-        site.put("co/big", &random_bytes(9 * MIB, 12)).unwrap(),
-        Put::AlreadyExisted
-    );
-    assert_eq!(site.put("co/big", b"small").unwrap(), Put::AlreadyExisted);
-    assert!(
-        site.get("co/big").unwrap() == big,
-        "an existing object changed"
-    );
-}
-
-fn ranges(site: &dyn Site) {
-    let bytes = random_bytes(100_000, 20);
-    site.put("rg/obj", &bytes).unwrap();
-    let n = bytes.len() as u64;
-    for (offset, len) in [
-        (0, 1),
-        (0, 10),
-        (12_345, 1000),
-        (n - 10, 10),
-        (n - 1, 1),
-        (0, n),
-        (n, 0),
-        (5, 0),
-    ] {
-        let got = site.get_range("rg/obj", offset, len).unwrap();
-        assert_eq!(
-            got,
-            &bytes[offset as usize..(offset + len) as usize],
-            "range {offset}+{len}"
-        );
-    }
-    // Past the end: an error, never a silent short read.
-    for (offset, len) in [
-        (n - 10, 11),
-        (n, 1),
-        (n + 1, 0),
-        (n + 100, 5),
-        (0, n + 1),
-        (u64::MAX, 2),
-    ] {
-        let r = site.get_range("rg/obj", offset, len);
-        assert!(is_permanent(&r), "range {offset}+{len}: {r:?}");
-    }
-    // Ranges over a multi-MiB object, spanning several parallel pieces on S3.
-    let big = random_bytes(11 * MIB + 5, 21);
-    site.put("rg/big", &big).unwrap();
-    for (offset, len) in [
-        (0u64, 11 * MIB as u64 + 5),
-        (3, 10 * MIB as u64 + 1),
-        (5 * MIB as u64 - 1, 2),
-        (11 * MIB as u64, 5),
-    ] {
-        let got = site.get_range("rg/big", offset, len).unwrap();
-        assert!(
-            got == big[offset as usize..(offset + len) as usize],
-            "big range {offset}+{len}"
-        );
-    }
-    let r = site.get_range("rg/big", 10 * MIB as u64, 2 * MIB as u64);
-    assert!(
-        is_permanent(&r),
-        "short big range: {:?}",
-        r.map(|v| v.len())
-    );
-    let r = site.get_range("rg/empty", 0, 0);
-    assert!(is_not_found(&r), "{r:?}");
-    site.put("rg/empty", b"").unwrap();
-    assert_eq!(site.get_range("rg/empty", 0, 0).unwrap(), b"");
-    assert!(is_permanent(&site.get_range("rg/empty", 0, 1)));
-}
-
-fn missing(site: &dyn Site) {
-    assert!(is_not_found(&site.get("nope/x")));
-    assert!(is_not_found(&site.get("rt/nope")));
-    assert!(is_not_found(&site.get_range("nope/x", 0, 1)));
-    assert!(is_not_found(&site.get_range("nope/x", 10, 100)));
-    assert!(site.list("nope/").unwrap().is_empty());
-}
-
-fn lists(site: &dyn Site) {
-    let paths = [
-        "ls/a/1",
-        "ls/a/2",
-        "ls/a/sub/3",
-        "ls/ab/4",
-        "ls/abc",
-        "ls/b/5",
-        "ls/b/deeper/still/6",
-    ];
-    for (i, p) in paths.iter().enumerate() {
-        site.put(p, &vec![b'x'; i]).unwrap();
-    }
-    let keys = |prefix: &str| listing(site, prefix).into_keys().collect::<Vec<_>>();
-    assert_eq!(keys("ls/"), paths.to_vec());
-    assert_eq!(keys("ls/a/"), ["ls/a/1", "ls/a/2", "ls/a/sub/3"]);
-    assert_eq!(
-        keys("ls/a"),
-        ["ls/a/1", "ls/a/2", "ls/a/sub/3", "ls/ab/4", "ls/abc"]
-    );
-    assert_eq!(keys("ls/ab"), ["ls/ab/4", "ls/abc"]);
-    assert_eq!(keys("ls/b/deeper/"), ["ls/b/deeper/still/6"]);
-    assert_eq!(keys("ls/b/deeper/still/6"), ["ls/b/deeper/still/6"]);
-    assert!(keys("ls/c").is_empty());
-    assert!(keys("ls/a/sub/3/").is_empty());
-    let all = listing(site, "");
-    assert!(paths.iter().all(|p| all.contains_key(*p)));
-    assert_eq!(listing(site, "ls/a/")["ls/a/sub/3"], 2);
-}
-
-fn pagination(site: &dyn Site) {
-    // More than one page (S3 lists at most 1000 keys per request).
-    const N: usize = 1100;
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= N {
-                    return;
-                }
-                let path = format!("pg/{:02}/{i:05}", i % 7);
-                assert_eq!(
-                    with_retry(|| site.put(&path, i.to_string().as_bytes())).unwrap(),
-                    Put::Created
-                );
-            });
-        }
-    });
-    let listed = listing(site, "pg/");
-    assert_eq!(listed.len(), N);
-    for i in 0..N {
-        let path = format!("pg/{:02}/{i:05}", i % 7);
-        assert_eq!(listed.get(&path), Some(&(i.to_string().len() as u64)));
-    }
-    assert_eq!(
-        listing(site, "pg/03/").len(),
-        (0..N).filter(|i| i % 7 == 3).count()
-    );
-}
-
-fn deletes(site: &dyn Site) {
-    site.put("del/x", b"bytes").unwrap();
-    site.put("del/keep", b"kept").unwrap();
-    site.delete("del/x").unwrap();
-    assert!(is_not_found(&site.get("del/x")));
-    assert_eq!(
-        listing(site, "del/").into_keys().collect::<Vec<_>>(),
-        ["del/keep"]
-    );
-    site.delete("del/x").unwrap();
-    site.delete("del/never-was").unwrap();
-    site.delete("del/no/such/dir/x").unwrap();
-    assert_eq!(site.get("del/keep").unwrap(), b"kept");
-}
-
-fn concurrent(site: &dyn Site, expect: &Expect) {
-    const THREADS: usize = 16;
-    const EACH: usize = 12;
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            s.spawn(move || {
-                for j in 0..EACH {
-                    let bytes =
-                        random_bytes(1 + (t * 131 + j * 977) % 20_000, (t * 1000 + j) as u64);
-                    let path = format!("cc/{t}/{j}");
-                    assert_eq!(site.put(&path, &bytes).unwrap(), Put::Created);
-                    assert_eq!(site.get(&path).unwrap(), bytes);
-                }
-            });
-        }
-    });
-    assert_eq!(listing(site, "cc/").len(), THREADS * EACH);
-
-    // Racing creators of one name.
-    for round in 0..4 {
-        let path = format!("race/{round}");
-        let candidates: Vec<Vec<u8>> = (0..8)
-            .map(|i| random_bytes(1000 + i, 500 + round * 10 + i as u64))
-            .collect();
-        let barrier = Barrier::new(candidates.len());
-        let created = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for bytes in &candidates {
-                let (path, barrier, created) = (&path, &barrier, &created);
-                s.spawn(move || {
-                    barrier.wait();
-                    if site.put(path, bytes).unwrap() == Put::Created {
-                        created.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        let created = created.into_inner();
-        let stored = site.get(&path).unwrap();
-        assert!(
-            candidates.contains(&stored),
-            "{path}: the stored bytes are none of the writers'"
-        );
-        if expect.exclusive_create {
-            assert_eq!(created, 1, "{path}: {created} writers were told Created");
-        } else {
-            assert!(created >= 1, "{path}: nobody was told Created");
-        }
-    }
-}
-
-fn large_object(site: &dyn Site) {
-    let bytes = random_bytes(40 * MIB + 12_345, 99);
-    let digest = blake3::hash(&bytes);
-    assert_eq!(site.put("large/obj", &bytes).unwrap(), Put::Created);
-    let got = site.get("large/obj").unwrap();
-    assert_eq!(got.len(), bytes.len());
-    assert_eq!(blake3::hash(&got), digest, "large object corrupted");
-    // Read back in uneven ranges too.
-    let mut pieced = Vec::with_capacity(bytes.len());
-    let mut offset = 0u64;
-    let step = 7 * MIB as u64 + 3;
-    while offset < bytes.len() as u64 {
-        let len = step.min(bytes.len() as u64 - offset);
-        pieced.extend(site.get_range("large/obj", offset, len).unwrap());
-        offset += len;
-    }
-    assert_eq!(
-        blake3::hash(&pieced),
-        digest,
-        "large object corrupted in ranges"
-    );
-    assert_eq!(listing(site, "large/")["large/obj"], bytes.len() as u64);
-}
-
-fn invalid_paths(site: &dyn Site) {
-    let before = listing(site, "");
-    for bad in [
-        "",
-        "/abs",
-        "a//b",
-        "./a",
-        "a/./b",
-        "a/../b",
-        "..",
-        "../escape",
-        "a/",
-        "nul\0byte",
-    ] {
-        assert!(is_permanent(&site.put(bad, b"x")), "put {bad:?} accepted");
-        assert!(is_permanent(&site.get(bad)), "get {bad:?} accepted");
-        assert!(
-            is_permanent(&site.get_range(bad, 0, 1)),
-            "get_range {bad:?} accepted"
-        );
-        assert!(is_permanent(&site.delete(bad)), "delete {bad:?} accepted");
-    }
-    assert!(is_permanent(&site.list("../")), "list ../ accepted");
-    assert_eq!(listing(site, ""), before, "an invalid path wrote something");
-}
-
-// -------------------------------------------------------------------------------------------
 
 #[test]
 fn local_folder_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let site = LocalSite::new(dir.path().join("vault")).unwrap();
-    conformance(
-        &site,
-        &Expect {
+    conformance::run(
+        Expect {
             exclusive_create: true,
         },
+        local_sites(dir.path()),
     );
     // The local site keeps its temporary files under tmp/ and never lists them.
+    let site = LocalSite::new(dir.path().join("vault")).unwrap();
     std::fs::create_dir_all(dir.path().join("vault/tmp")).unwrap();
     std::fs::write(dir.path().join("vault/tmp/leftover.part"), b"x").unwrap();
     assert!(site
@@ -402,17 +59,53 @@ fn local_folder_passes_conformance() {
 }
 
 #[test]
+fn memory_site_passes_conformance() {
+    conformance::run(
+        Expect {
+            exclusive_create: true,
+        },
+        || Box::new(MemorySite::default()),
+    );
+}
+
+#[test]
+fn replicated_sites_pass_conformance() {
+    // Two local folders and an S3 bucket, every write required at all three.
+    let dir = tempfile::tempdir().unwrap();
+    let local = local_sites(dir.path());
+    conformance::run(
+        Expect {
+            // Each member decides alone: racing writers may each win at a different member.
+            exclusive_create: false,
+        },
+        || {
+            let members: Vec<Arc<dyn Site>> = vec![
+                Arc::from(local()),
+                Arc::from(local()),
+                Arc::new(s3_site("repl", "v", false)),
+            ];
+            Box::new(ReplicatedSite::new(members, 3).unwrap())
+        },
+    );
+}
+
+#[test]
 fn s3_passes_conformance() {
-    let site = s3_site("conf", "vault/one", false);
-    conformance(
-        &site,
-        &Expect {
+    conformance::run(
+        Expect {
             // moto's existence check and write are not one atomic step; AWS S3's are. Garage
             // ignores If-None-Match: the site looks before writing, which races.
             exclusive_create: false,
         },
+        || Box::new(s3_site("conf", "vault/one", false)),
     );
+}
+
+#[test]
+fn s3_prefixes_keep_vaults_apart() {
     // Only the vault's prefix is touched: a sibling prefix in the same bucket stays apart.
+    let site = s3_site("prefix", "vault/one", false);
+    site.put("rt/one", b"x").unwrap();
     let mut cfg = site.config().clone();
     cfg.prefix = "vault/two".into();
     let sibling = S3Site::new(cfg).unwrap();
@@ -424,11 +117,11 @@ fn s3_passes_conformance() {
 #[test]
 fn s3_without_prefix_passes_core_checks() {
     let site = s3_site("noprefix", "", false);
-    round_trips(&site);
-    create_only(&site);
-    lists(&site);
-    deletes(&site);
-    invalid_paths(&site);
+    conformance::round_trips(&site);
+    conformance::create_only(&site);
+    conformance::lists(&site);
+    conformance::deletes(&site);
+    conformance::invalid_paths(&site);
 }
 
 #[test]

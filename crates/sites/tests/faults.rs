@@ -3,8 +3,6 @@
 //! cuts answers short and stalls. With `with_retry`, operations succeed and nothing stored or
 //! read is corrupted; permanent failures surface as `Permanent` at once.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +10,10 @@ use std::time::{Duration, Instant};
 use embassy_core::site::{with_retry, Put, Site, SiteError};
 use embassy_sites::s3::ConditionalWrites;
 use embassy_sites::{CreateOnly, S3Site};
-use support::*;
+use embassy_testkit::moto::*;
+use embassy_testkit::proxy::*;
+use embassy_testkit::random_bytes;
+use embassy_testkit::s3::*;
 
 const MIB: usize = 1024 * 1024;
 

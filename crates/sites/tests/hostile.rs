@@ -1,10 +1,8 @@
-//! A hostile S3 endpoint (a tiny HTTP server in the test, see `support::HostileS3`) that
+//! A hostile S3 endpoint (a tiny HTTP server in the test, see `embassy_testkit::hostile::HostileS3`) that
 //! announces a terabyte, labels its bytes as part of a terabyte-long object, sends a chunked
 //! body that does not end, or sends less than it announced: every read is refused with an error
 //! naming the site and the object, no allocation follows the server's numbers (the test process
 //! would abort), and a second, good site keeps serving reads, writes and listings.
-
-mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +11,9 @@ use embassy_core::id::ObjectId;
 use embassy_core::layout;
 use embassy_core::site::{Put, Site, SiteError};
 use embassy_sites::{LocalSite, ReplicatedSite, S3Site};
-use support::*;
+use embassy_testkit::hostile::*;
+use embassy_testkit::random_bytes;
+use embassy_testkit::s3::*;
 
 const ALL: [Hostility; 4] = [
     Hostility::LyingContentRangeTotal,

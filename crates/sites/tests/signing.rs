@@ -3,15 +3,15 @@
 //! (multipart upload ids, continuation tokens, `?object-lock`), ranges, conditional and Object
 //! Lock headers must all verify; a wrong secret is a permanent error saying what to check.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use embassy_core::site::{Put, Site, SiteError};
 use embassy_sites::s3::{LockMode, ObjectLock, S3Credentials};
 use embassy_sites::S3Site;
-use support::*;
+use embassy_testkit::moto::*;
+use embassy_testkit::random_bytes;
+use embassy_testkit::s3::*;
 
 /// A request to moto with a placeholder Authorization header naming `service` (moto routes by
 /// it; signatures are not checked before authentication is switched on), or none if `service`

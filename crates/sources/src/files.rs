@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use embassy_core::chunker::{Chunking, PG_PAGE};
+use embassy_core::chunker::Chunking;
 use embassy_core::id::ChunkId;
 use embassy_core::manifest::{VersionKind, VersionStats};
 use embassy_core::pack::BlobKind;
@@ -28,6 +28,11 @@ use embassy_core::{Error, Result};
 use rayon::prelude::*;
 
 use crate::metadata;
+/// The relation-file rule, kept where file-tree users have always found it.
+pub use crate::relation::{
+    is_relation_dir, is_relation_file_name, RelationChunker, LARGE_RELATION_CHUNK,
+    PAGE_CHUNK_BUDGET,
+};
 
 /// A completed backup.
 #[derive(Debug)]
@@ -48,95 +53,6 @@ struct FileJob {
     path: PathBuf,
     size: u64,
     chunking: Chunking,
-}
-
-/// True if `name` is a PostgreSQL relation file name: `16384`, `16384.1`, `16384_fsm`,
-/// `16384_vm`, `16384_init` (a relfilenode, an optional fork, an optional segment number).
-pub fn is_relation_file_name(name: &[u8]) -> bool {
-    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    let (base, segment) = match name.iter().position(|&b| b == b'.') {
-        Some(i) => (&name[..i], Some(&name[i + 1..])),
-        None => (name, None),
-    };
-    if segment.is_some_and(|s| !digits(s)) {
-        return false;
-    }
-    let node = match base.iter().position(|&b| b == b'_') {
-        Some(i) if [&b"fsm"[..], b"vm", b"init"].contains(&&base[i + 1..]) => &base[..i],
-        Some(_) => return false,
-        None => base,
-    };
-    digits(node)
-}
-
-/// True if `dir` holds PostgreSQL relation files: `global` or `base/<oid>` of a data directory
-/// (one with `PG_VERSION`), or `<oid>` in a tablespace's `PG_<major>_<catversion>` folder.
-/// Their files are chunked on 8 KiB page boundaries (see docs/design.md).
-pub fn is_relation_dir(dir: &Path) -> bool {
-    let name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default()
-    };
-    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    let Some(parent) = dir.parent() else {
-        return false;
-    };
-    let own = name(dir);
-    if own == b"global" {
-        return parent.join("PG_VERSION").is_file();
-    }
-    if !digits(&own) {
-        return false;
-    }
-    let up = name(parent);
-    if up == b"base" {
-        return parent
-            .parent()
-            .is_some_and(|d| d.join("PG_VERSION").is_file());
-    }
-    up.starts_with(b"PG_") && up[3..].split(|&b| b == b'_').all(digits)
-}
-
-/// Page chunks one directory's relation files may take before later files get larger
-/// chunks: a directory's files list their chunk ids in its one tree blob (~34 bytes per id,
-/// at most 64 MiB), so 1 Mi page chunks (8 GiB of relation files, ~34 MiB of ids) leave room.
-pub const PAGE_CHUNK_BUDGET: u64 = 1 << 20;
-/// Chunk size of relation files beyond [`PAGE_CHUNK_BUDGET`]: 64 pages (512 KiB), aligned.
-pub const LARGE_RELATION_CHUNK: u32 = 64 * PG_PAGE;
-
-/// Chooses the chunking of the relation files of one directory, in order: pages while the
-/// directory's page chunks stay within a budget, then 512 KiB aligned chunks (a database
-/// directory of hundreds of GB still fits the tree blob limit; dedup is coarser there).
-#[derive(Debug, Clone)]
-pub struct RelationChunker {
-    budget: u64,
-    used: u64,
-}
-
-impl Default for RelationChunker {
-    fn default() -> Self {
-        Self::with_budget(PAGE_CHUNK_BUDGET)
-    }
-}
-
-impl RelationChunker {
-    /// A chooser with its own page-chunk budget (tests use small ones).
-    pub fn with_budget(budget: u64) -> Self {
-        RelationChunker { budget, used: 0 }
-    }
-
-    /// The chunking of the next relation file of `size` bytes.
-    pub fn chunking(&mut self, size: u64) -> Chunking {
-        let pages = size.div_ceil(PG_PAGE as u64);
-        if self.used + pages <= self.budget {
-            self.used += pages;
-            Chunking::Aligned(PG_PAGE)
-        } else {
-            self.used += size.div_ceil(LARGE_RELATION_CHUNK as u64);
-            Chunking::Aligned(LARGE_RELATION_CHUNK)
-        }
-    }
 }
 
 struct Scan<'a> {
@@ -412,7 +328,7 @@ pub fn backup(
             Err(e) => {
                 warnings.push(format!(
                     "previous version {} unreadable, every file is read: {e}",
-                    v.seq
+                    v.number
                 ));
                 None
             }
@@ -729,7 +645,7 @@ pub fn restore(
                     Error::NotFound(format!(
                         "{} is not in version {}",
                         sub.display(),
-                        reader.version.seq
+                        reader.version.number
                     ))
                 })?;
                 if i + 1 < components.len() {

@@ -5,4 +5,5 @@ pub mod env;
 
 pub mod files;
 pub mod metadata;
+pub mod relation;
 pub mod stream;

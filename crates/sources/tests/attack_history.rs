@@ -362,8 +362,9 @@ fn still_active_key_fork_is_unresolved_until_the_root_revokes_the_rogue_signer()
         w.restore(&fresh, Some("1")).unwrap() == payload(1),
         "restored bytes differ"
     );
+    // Entry 3 is version 2 (entry 2 added the credential's key).
     assert!(
-        w.restore(&fresh, Some("3")).unwrap() == payload(3),
+        w.restore(&fresh, Some("2")).unwrap() == payload(3),
         "restored bytes differ"
     );
     let err = w.restore(&fresh, None).unwrap_err();

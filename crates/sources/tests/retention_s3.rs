@@ -1,11 +1,8 @@
 //! Retention and garbage collection on a real S3 server (moto, started by the tests; see
-//! crates/sites/tests/support) whose bucket has Object Lock with retention on every object:
+//! embassy-testkit's moto harness) whose bucket has Object Lock with retention on every object:
 //! prune and collection work through S3 listings and deletes; on a versioned, locked bucket a
 //! delete only hides the object behind a delete marker (the locked version stays until its
 //! retention ends), which collection reports as deleted and which never harms a kept version.
-
-#[path = "../../sites/tests/support/mod.rs"]
-mod support;
 
 use std::sync::Arc;
 
@@ -22,22 +19,23 @@ use embassy_core::verify;
 use embassy_sites::s3::{LockMode, ObjectLock};
 use embassy_sites::S3Site;
 use embassy_sources::stream;
+use embassy_testkit::moto::{s3_target, ServerKind};
 
 fn data(seed: u64) -> Vec<u8> {
-    support::random_bytes(3 * 1024 * 1024, seed)
+    embassy_testkit::random_bytes(3 * 1024 * 1024, seed)
 }
 
 #[test]
 fn prune_and_gc_on_s3_with_object_lock() {
-    if support::s3_target().kind != support::ServerKind::Moto {
+    if s3_target().kind != ServerKind::Moto {
         // Garage has no Object Lock (crates/sites/tests/conformance.rs checks init refuses it).
         eprintln!(
             "NOT RUN against {}: Object Lock is checked on moto only",
-            support::s3_target().endpoint
+            s3_target().endpoint
         );
         return;
     }
-    let base = support::s3_site("retention", "vault", true);
+    let base = embassy_testkit::s3::s3_site("retention", "vault", true);
     let mut cfg = base.config().clone();
     cfg.object_lock = Some(ObjectLock {
         mode: LockMode::Governance,

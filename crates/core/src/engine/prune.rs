@@ -9,7 +9,7 @@
 //! Deleting an entry removes nothing from the site: garbage collection ([`crate::engine::gc`])
 //! removes the objects that no remaining version needs, later and safely.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -38,8 +38,11 @@ pub struct PruneReport {
     pub as_of_ns: i64,
     /// Every version considered, newest first, with why it is kept (empty reasons: deleted).
     pub decisions: Vec<Decision>,
-    /// Sequence numbers deleted (or that would be, in a dry run), oldest first.
+    /// Numbers of the versions deleted (or that would be, in a dry run), oldest first, as
+    /// `embassy versions` lists them.
     pub deleted: Vec<u64>,
+    /// Their ledger sequence numbers, as the deletion entry records them.
+    pub deleted_seqs: Vec<u64>,
     /// The ledger entry recording the deletion; none in a dry run or when nothing is deleted.
     pub entry: Option<(u64, ObjectId)>,
     /// Approvals the entry names.
@@ -64,10 +67,10 @@ pub fn plan_retention(
     let effective = policy.with_min_age_at_least(authority.min_age_secs());
     let candidates: Vec<Candidate> = live.iter().map(Candidate::from).collect();
     let decisions = retention::select(&candidates, &effective, now_ns);
-    let mut deleted: Vec<u64> = decisions
+    let mut deleted: Vec<(u64, u64)> = decisions
         .iter()
         .filter(|d| !d.keep())
-        .map(|d| d.seq)
+        .map(|d| (d.seq, d.number))
         .collect();
     deleted.sort();
     Ok(PruneReport {
@@ -75,7 +78,8 @@ pub fn plan_retention(
         policy: Some(effective),
         as_of_ns: now_ns,
         decisions,
-        deleted,
+        deleted: deleted.iter().map(|(_, n)| *n).collect(),
+        deleted_seqs: deleted.iter().map(|(s, _)| *s).collect(),
         entry: None,
         approvals: Vec::new(),
         warnings: Vec::new(),
@@ -104,7 +108,7 @@ pub fn apply_retention(
             return Ok(report);
         }
         let event = Event::VersionsDeleted {
-            seqs: report.deleted.clone(),
+            seqs: report.deleted_seqs.clone(),
             reason: format!("retention: {}", report.policy.unwrap_or(*policy)),
             policy: report.policy,
             as_of_ns: Some(now_ns),
@@ -125,16 +129,17 @@ pub fn apply_retention(
 
 /// Deletes the given versions outside the retention policy (`embassy forget`): the entry names
 /// every stored approval of each version, and is refused unless each has approvals by
-/// `config.approvals_required` distinct pinned approvers. `dry_run` checks without writing.
+/// `config.approvals_required` distinct pinned approvers. `numbers` are version numbers
+/// ([`Version::number`]), as `embassy versions` lists them. `dry_run` checks without writing.
 pub fn forget(
     vault: &Vault,
     keyring: Option<&Keyring>,
     dataset: &str,
-    seqs: &[u64],
+    numbers: &[u64],
     reason: &str,
     dry_run: bool,
 ) -> Result<PruneReport> {
-    if seqs.is_empty() {
+    if numbers.is_empty() {
         return Err(Error::invalid(
             "forget: name at least one version (DATASET@N)",
         ));
@@ -147,7 +152,16 @@ pub fn forget(
         dataset,
     )?;
     let live = versions_in(dataset, &history);
-    let wanted: BTreeSet<u64> = seqs.iter().copied().collect();
+    // Ledger sequence number -> version number of each version to delete.
+    let mut wanted: BTreeMap<u64, u64> = BTreeMap::new();
+    for n in numbers {
+        let v = live.iter().find(|v| v.number == *n).ok_or_else(|| {
+            Error::NotFound(crate::history::numbering::missing_version(
+                dataset, &history, *n,
+            ))
+        })?;
+        wanted.insert(v.seq, v.number);
+    }
     let pinned = vault.config().approver_keys();
     // The approvals travel inside the entry: verifiers never read approvals/ again.
     let chosen: Vec<&(ObjectId, crate::history::approval::Approval, Vec<u8>)> = approvals
@@ -155,7 +169,7 @@ pub fn forget(
         .filter(|(_, a, _)| {
             pinned.contains(&a.approver)
                 && a.min_age_secs.is_none()
-                && wanted.contains(&a.seq)
+                && wanted.contains_key(&a.seq)
                 && live
                     .iter()
                     .any(|v| v.seq == a.seq && v.ledger_id == a.entry)
@@ -163,7 +177,7 @@ pub fn forget(
         .collect();
     let ids: Vec<ObjectId> = chosen.iter().map(|(id, _, _)| *id).collect();
     let event = Event::VersionsDeleted {
-        seqs: wanted.iter().copied().collect(),
+        seqs: wanted.keys().copied().collect(),
         reason: format!("forget: {reason}"),
         policy: None,
         as_of_ns: None,
@@ -201,7 +215,8 @@ pub fn forget(
         policy: None,
         as_of_ns: now_ns,
         decisions: Vec::new(),
-        deleted: wanted.iter().copied().collect(),
+        deleted: wanted.values().copied().collect(),
+        deleted_seqs: wanted.keys().copied().collect(),
         entry: None,
         approvals: ids,
         warnings: problems,

@@ -10,6 +10,7 @@ use crate::format::index;
 use crate::format::layout;
 use crate::format::manifest::{self, ManifestBody};
 use crate::format::pack::{self, BlobEntry, BlobKind};
+use crate::format::spool::{FetchError, Spool};
 use crate::format::tree::Tree;
 use crate::history::version::Version;
 use crate::id::{ChunkId, ObjectId};
@@ -209,7 +210,7 @@ impl VersionReader {
                 site: self.site.location().to_string(),
                 referenced_by: format!(
                     "an index of version {} of {}",
-                    self.version.seq, self.keys.dataset
+                    self.version.number, self.keys.dataset
                 ),
             },
             e => e.into(),
@@ -289,25 +290,25 @@ impl VersionReader {
         match open(&ranged) {
             Err(e) if e.is_integrity() => {
                 let whole = self.whole_checked(path, e)?;
-                let sealed = usize::try_from(offset)
-                    .ok()
-                    .zip(usize::try_from(offset.saturating_add(len)).ok())
-                    .and_then(|(at, end)| whole.get(at..end))
-                    .ok_or_else(|| Error::corrupt(path, "shorter than its index says"))?;
-                open(sealed)
+                let sealed = whole
+                    .read_at(offset, len)
+                    .map_err(|_| Error::corrupt(path, "shorter than its index says"))?;
+                open(&sealed)
             }
             r => r,
         }
     }
 
-    /// The whole object at `path`, whose bytes must hash to its name; `damage` is the error that
-    /// sent us here, returned when no good copy can be had.
-    fn whole_checked(&self, path: &str, damage: Error) -> Result<Vec<u8>> {
+    /// The whole object at `path`, whose bytes must hash to its name, spooled to local disk
+    /// (never held in memory: a pack may be gigabytes); `damage` is the error that sent us
+    /// here, returned when no good copy can be had.
+    fn whole_checked(&self, path: &str, damage: Error) -> Result<Spool> {
         let Some(id) = layout::id_in_path(path) else {
             return Err(damage);
         };
-        match with_retry(|| self.site.get(path)) {
-            Ok(bytes) if ObjectId::of(&bytes) == id => Ok(bytes),
+        match Spool::fetch(self.site.as_ref(), path, &id) {
+            Ok(Ok(spool)) => Ok(spool),
+            Err(FetchError::Local(e)) => Err(e),
             _ => Err(damage),
         }
     }
@@ -392,11 +393,10 @@ impl VersionReader {
                                 // against its name (several sites fall back to a good copy).
                                 refetched = true;
                                 let whole = self.whole_checked(&path, e)?;
-                                let fresh =
-                                    whole.get(start as usize..end as usize).ok_or_else(|| {
-                                        Error::corrupt(&path, "shorter than its index says")
-                                    })?;
-                                span.copy_from_slice(fresh);
+                                let fresh = whole.read_at(start, end - start).map_err(|_| {
+                                    Error::corrupt(&path, "shorter than its index says")
+                                })?;
+                                span.copy_from_slice(&fresh);
                                 let plain = pack::open_blob_in_place(
                                     &key,
                                     &self.keys,

@@ -4,7 +4,9 @@
 //! Objects are copied in the write order of the format (packs, indexes, manifests, ledger
 //! entries, checkpoints, cosignatures; the configuration first), so the target never holds an
 //! object whose references are missing. Every object's bytes are checked against its name on
-//! arrival; a source object that fails the check is not copied and is reported.
+//! arrival; a source object that fails the check is not copied and is reported. Objects stream
+//! through a spool (a temporary file, [`crate::format::spool`]) while they are hashed, so a copy holds a
+//! fixed buffer in memory whatever the object's size, and the target is sent only checked bytes.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::layout;
-use crate::id::ObjectId;
+use crate::format::spool::{HashSink, Spool};
 use crate::progress::Progress;
 use crate::site::{with_retry, Put, Site, SiteError};
 
@@ -114,15 +116,27 @@ pub fn sync(
                 if !repair {
                     return note(&|r| r.present += 1);
                 }
-                match with_retry(|| to.get(&info.path)) {
-                    Ok(bytes) if ObjectId::of(&bytes) == id => return note(&|r| r.present += 1),
+                // Hashed as it streams: the target's copy is never held whole.
+                match HashSink::read_from(to, &info.path) {
+                    Ok(copy) if copy.id() == id => return note(&|r| r.present += 1),
                     _ => true,
                 }
             } else {
                 false
             };
-            let bytes = match with_retry(|| from.get(&info.path)) {
-                Ok(b) => b,
+            // Spooled to local disk and hashed on the way: memory per copy is a fixed buffer,
+            // and only bytes that hash to the object's name are ever sent to the target.
+            let spool = match Spool::fetch(from, &info.path, &id) {
+                Ok(Ok(spool)) => spool,
+                Ok(Err(_damaged)) => {
+                    return note(&|r| {
+                        r.problems.push(format!(
+                            "{}: damaged at the source {} (bytes do not hash to its name); not copied",
+                            info.path,
+                            from.location()
+                        ))
+                    })
+                }
                 Err(e) => {
                     return note(&|r| {
                         r.problems
@@ -130,15 +144,7 @@ pub fn sync(
                     })
                 }
             };
-            if ObjectId::of(&bytes) != id {
-                return note(&|r| {
-                    r.problems.push(format!(
-                        "{}: damaged at the source {} (bytes do not hash to its name); not copied",
-                        info.path,
-                        from.location()
-                    ))
-                });
-            }
+            let size = spool.len();
             if damaged_at_target {
                 if let Err(e) = with_retry(|| to.delete(&info.path)) {
                     return note(&|r| {
@@ -149,14 +155,15 @@ pub fn sync(
                     });
                 }
             }
-            match with_retry(|| to.put(&info.path, &bytes)) {
+            let source = spool.into_source();
+            match with_retry(|| to.put_from(&info.path, source.clone())) {
                 Ok(Put::Created) => note(&|r| {
                     if damaged_at_target {
                         r.repaired += 1;
                     } else {
                         r.copied += 1;
                     }
-                    r.bytes += bytes.len() as u64;
+                    r.bytes += size;
                 }),
                 Ok(Put::AlreadyExisted) => note(&|r| r.present += 1),
                 Err(e) => note(&|r| {

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 use crate::format::config::VaultConfig;
 use crate::format::layout;
 use crate::history::ledger::{self, Event, Record};
-pub use crate::history::version::{versions_in, Version};
+pub use crate::history::numbering::{
+    all_versions_in, missing_version, numbers_by_seq, versions_in, VersionNumbering,
+};
+pub use crate::history::version::Version;
 use crate::id::ObjectId;
 use crate::keys::{Credential, DatasetKeys, RootSecret};
 use crate::site::Site;
@@ -387,8 +390,9 @@ impl Vault {
         if version.seq > limit {
             return Err(Error::invalid(format!(
                 "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
-                 cosignatures (the newest witnessed entry is {limit}); pass --unwitnessed to restore it anyway",
-                version.seq
+                 cosignatures (it is ledger entry {}, the newest witnessed entry is {limit}); pass \
+                 --unwitnessed to restore it anyway",
+                version.number, version.seq
             )));
         }
         Ok(version)
@@ -403,8 +407,8 @@ impl Vault {
         let newer: Vec<u64> = self
             .versions(&version.dataset)?
             .into_iter()
-            .map(|v| v.seq)
-            .filter(|seq| *seq > version.seq)
+            .filter(|v| v.seq > version.seq)
+            .map(|v| v.number)
             .collect();
         let (Some(first), Some(last)) = (newer.first(), newer.last()) else {
             return Ok(None);
@@ -417,7 +421,7 @@ impl Vault {
         Ok(Some(format!(
             "dataset {}: restoring version {}, the newest that {} witnesses have cosigned; {which} \
              not yet witnessed (run `embassy witness`, or pass --unwitnessed to restore it anyway)",
-            version.dataset, version.seq, self.config.witness_quorum
+            version.dataset, version.number, self.config.witness_quorum
         )))
     }
 
@@ -499,12 +503,14 @@ impl Vault {
         ))
     }
 
-    /// Finds a version: `None` or `latest` for the newest, a sequence number, or a prefix (at
-    /// least 6 hex digits) of the manifest or ledger entry id. `latest` is refused when newer
-    /// entries exist beyond a gap or an unresolved fork: an older version is never served as
-    /// the newest in silence.
+    /// Finds a version: `None` or `latest` for the newest, a version number
+    /// ([`Version::number`], not a ledger sequence number), or a prefix (at least 6 hex digits)
+    /// of the manifest or ledger entry id. `latest` is refused when newer entries exist beyond a
+    /// gap or an unresolved fork: an older version is never served as the newest in silence.
     pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
-        let (versions, problems) = self.versions_full(dataset)?;
+        let history = self.history_full(dataset)?;
+        let problems = history.problems(dataset);
+        let versions = versions_in(dataset, &history.records);
         if matches!(selector, None | Some("latest")) && !problems.is_empty() {
             return Err(Error::History {
                 dataset: dataset.into(),
@@ -514,7 +520,7 @@ impl Vault {
                     match versions.last() {
                         Some(v) => format!(
                             "the newest version before it is {}: restore {dataset}@{} to take it",
-                            v.seq, v.seq
+                            v.number, v.number
                         ),
                         None => "no version before it".to_string(),
                     }
@@ -542,17 +548,21 @@ impl Vault {
                 .cloned()
                 .ok_or_else(|| not_found("no versions in this vault".into())),
             Some(sel) => {
-                if let Ok(seq) = sel.parse::<u64>() {
+                if let Ok(number) = sel.parse::<u64>() {
                     if sel.len() < 6 {
-                        return versions
-                            .into_iter()
-                            .find(|v| v.seq == seq)
-                            .ok_or_else(|| not_found(format!("no version {seq}")));
+                        if let Some(v) = versions.into_iter().find(|v| v.number == number) {
+                            return Ok(v);
+                        }
+                        return Err(if problems.is_empty() {
+                            Error::NotFound(missing_version(dataset, &history.records, number))
+                        } else {
+                            not_found(format!("no version {number}"))
+                        });
                     }
                 }
                 if sel.len() < 6 || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(Error::invalid(format!(
-                        "'{sel}' is not a version: use a sequence number, 'latest', or at least 6 hex digits of its id"
+                        "'{sel}' is not a version: use a version number (as `embassy versions` lists them), 'latest', or at least 6 hex digits of its id"
                     )));
                 }
                 let sel = sel.to_ascii_lowercase();

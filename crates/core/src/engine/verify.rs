@@ -16,6 +16,7 @@ use crate::format::index;
 use crate::format::layout;
 use crate::format::manifest;
 use crate::format::pack;
+use crate::format::spool::{FetchError, Held, Need};
 use crate::format::tree::NodeKind;
 use crate::id::{ChunkId, ObjectId};
 use crate::progress::Progress;
@@ -140,24 +141,41 @@ pub fn verify(
             }
             return;
         };
-        let bytes = match with_retry(|| site.get(&info.path)) {
-            Ok(b) => b,
+        // What the checks below need of the object, and no more: indexes and manifests are
+        // parsed whole (held within their kind's cap); a deep pass reads packs by ranges from a
+        // spool on local disk; everything else is only hashed as it streams. Memory per object
+        // is a fixed buffer whatever a pack's size.
+        let whole_kind = info.path.starts_with("index/") || info.path.starts_with("manifests/");
+        let deep_pack = keys.is_some() && info.path.starts_with("packs/");
+        let need = match (whole_kind, deep_pack) {
+            (true, _) => Need::Whole,
+            (_, true) => Need::Spool,
+            _ => Need::Hash,
+        };
+        let held = match Held::read(site, &info.path, need) {
+            Ok(h) => h,
             // Judged like a damaged copy once references are known.
-            Err(SiteError::NotFound { .. }) => {
+            Err(FetchError::Site(SiteError::NotFound { .. })) => {
                 return unparsable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((info.path.clone(), crate::site::LISTED_NOT_HELD.into()))
             }
-            Err(e) => return problem(format!("{}: cannot be read: {e}", info.path)),
+            Err(FetchError::Site(e)) => {
+                return problem(format!("{}: cannot be read: {e}", info.path))
+            }
+            Err(FetchError::Local(e)) => {
+                return problem(format!("{}: cannot be checked: {e}", info.path))
+            }
         };
-        progress.add(bytes.len() as u64);
+        let (got, size) = held.id_and_len();
+        progress.add(size);
         {
             let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
             r.objects_checked += 1;
-            r.bytes_checked += bytes.len() as u64;
+            r.bytes_checked += size;
         }
-        if ObjectId::of(&bytes) != id {
+        if got != id {
             if info.path.starts_with(crate::history::checkpoint::CHECKPOINTS)
                 || info.path.starts_with(crate::history::checkpoint::COSIGNATURES)
             {
@@ -176,32 +194,36 @@ pub fn verify(
                 .push(info.path.clone());
             return;
         }
-        if let Some(why) = not_its_kind(&info.path, &bytes) {
+        let head = held.head();
+        if let Some(why) = not_its_kind(&info.path, &head) {
             unparsable
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((info.path.clone(), why));
             return;
         }
-        if info.path.starts_with("index/") {
-            let parsed = index::decode_header(&info.path, &bytes)
-                .map(|(h, _)| h)
-                .map_err(|e| e.to_string());
-            index_headers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(info.path.clone(), parsed);
+        if let Held::Whole(_, bytes) = &held {
+            if info.path.starts_with("index/") {
+                let parsed = index::decode_header(&info.path, bytes)
+                    .map(|(h, _)| h)
+                    .map_err(|e| e.to_string());
+                index_headers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.path.clone(), parsed);
+            }
             return;
         }
-        let (Some(keyring), Some(dataset)) = (
+        let (Some(keyring), Some(dataset), Held::Spooled(spool)) = (
             keys,
             info.path
                 .strip_prefix("packs/")
                 .and_then(|r| r.split('/').next()),
+            &held,
         ) else {
             return;
         };
-        let key_id: [u8; 8] = bytes
+        let key_id: [u8; 8] = head
             .get(8..16)
             .and_then(|b| b.try_into().ok())
             .unwrap_or_default();
@@ -219,17 +241,11 @@ pub fn verify(
                 },
             }
         };
-        let checked = pack::open_key(&dk, &info.path, &bytes).and_then(|key| {
-            let entries = pack::read_directory(&key, &info.path, &bytes)?;
-            let mut ids: HashMap<ChunkId, Vec<pack::BlobEntry>> = HashMap::new();
-            for e in &entries {
-                let ct = &bytes[e.offset as usize..][..e.length as usize];
-                pack::open_blob(&key, &dk, &info.path, e, ct)?;
-                ids.entry(e.id).or_default().push(*e);
-            }
-            Ok((entries.len(), ids))
-        });
-        match checked {
+        match pack::check_blobs(&dk, &info.path, spool.len(), &mut |o, l| {
+            spool
+                .read_at(o, l)
+                .map_err(|e| Error::io(format!("reading {} from its spool", info.path), e))
+        }) {
             Ok((count, ids)) => {
                 report
                     .lock()
@@ -773,7 +789,7 @@ fn deep_check_version(
                  {offset} of pack {}): the index lies; a restore of those chunks fails unless \
                  another index of the version maps them correctly",
                 layout::index(dataset, index_id),
-                version.seq,
+                version.number,
                 version.manifest.short(),
                 chunk.short(),
                 pack_id.short(),
@@ -784,7 +800,7 @@ fn deep_check_version(
                 manifest_path,
                 format!(
                     "{missing} chunks of version {} are not in any verified pack",
-                    version.seq
+                    version.number
                 ),
             ));
         }

@@ -175,6 +175,8 @@ pub struct BackupSession {
     vault: Vault,
     signer: ed25519_dalek::SigningKey,
     head: Option<Record>,
+    /// The version number this session's version takes (versions cannot land meanwhile).
+    number: u64,
     rejected: Vec<ObjectId>,
     chunker: ChunkerParams,
     captured_at_ns: i64,
@@ -208,6 +210,8 @@ impl BackupSession {
         }
         let rejected = history.rejected_ids();
         let head = history.records.last().cloned();
+        let number =
+            crate::history::numbering::VersionNumbering::after(&history.records).next_number();
         let mut warnings = Vec::new();
         // Tell garbage collection a session is running (before anything is read), then keep
         // away from what it has condemned: those objects may be deleted under us.
@@ -268,6 +272,7 @@ impl BackupSession {
             vault: vault.clone(),
             signer,
             head,
+            number,
             rejected,
             chunker: vault.config().chunker,
             captured_at_ns: now_unix_nanos(),
@@ -519,6 +524,7 @@ impl BackupSession {
         }
         Ok(Version {
             dataset: keys.dataset.clone(),
+            number: self.number,
             seq: record.entry.seq,
             ledger_id: record.id,
             manifest: manifest_id,

@@ -13,5 +13,6 @@ pub mod layout;
 pub mod manifest;
 pub mod object;
 pub mod pack;
+pub mod spool;
 pub mod tree;
 pub mod wal_log;

@@ -9,6 +9,8 @@
 //! trailer    u32 LE length of the directory
 //! ```
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
@@ -344,21 +346,37 @@ pub fn open_blob_in_place<'a>(
 
 /// Reads the directory at the end of a whole pack (for repair and deep verification).
 pub fn read_directory(key: &ObjectKey, path: &str, pack: &[u8]) -> Result<Vec<BlobEntry>> {
+    read_directory_with(key, path, pack.len() as u64, &mut |offset, len| {
+        Ok(pack[offset as usize..][..len as usize].to_vec())
+    })
+}
+
+/// Reads the directory of a pack of `size` bytes through `read(offset, len)`, which returns
+/// that range of the pack (asked only within `size`): the pack need not be held whole.
+pub fn read_directory_with(
+    key: &ObjectKey,
+    path: &str,
+    size: u64,
+    read: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<Vec<BlobEntry>> {
     let bad = |p: &str| Error::corrupt(path, format!("pack directory: {p}"));
-    if pack.len() < HEADER_LEN + 4 {
+    if size < HEADER_LEN as u64 + 4 {
         return Err(bad("pack too short"));
     }
-    let len_at = pack.len() - 4;
-    let dir_len = u32::from_le_bytes(pack[len_at..].try_into().unwrap_or_default()) as usize;
-    if dir_len > len_at - HEADER_LEN {
+    let len_at = size - 4;
+    let trailer = read(len_at, 4)?;
+    let dir_len = u64::from(u32::from_le_bytes(
+        trailer.as_slice().try_into().unwrap_or_default(),
+    ));
+    if dir_len > len_at - HEADER_LEN as u64 {
         return Err(bad("length out of range"));
     }
-    let sealed = &pack[len_at - dir_len..len_at];
+    let sealed = read(len_at - dir_len, dir_len)?;
     let plain = key
-        .decrypt(DIRECTORY_NONCE, b"EMBPDIR1", sealed)
+        .decrypt(DIRECTORY_NONCE, b"EMBPDIR1", &sealed)
         .map_err(|_| bad("authentication failed"))?;
     let entries: Vec<BlobEntry> = cbor::from_slice(&plain).map_err(|e| bad(&e))?;
-    let data_end = (len_at - dir_len) as u64;
+    let data_end = len_at - dir_len;
     for e in &entries {
         if (e.offset as usize) < HEADER_LEN || e.offset as u64 + e.length as u64 > data_end {
             return Err(bad("entry points outside the pack"));
@@ -366,6 +384,43 @@ pub fn read_directory(key: &ObjectKey, path: &str, pack: &[u8]) -> Result<Vec<Bl
     }
     Ok(entries)
 }
+
+/// Deep check of one pack of `size` bytes read by ranges through `read(offset, len)`: its header
+/// opens with the dataset's reader key, its directory opens, and every blob it lists decrypts and
+/// hashes to its chunk id, one blob in memory at a time. Returns the number of blobs and the
+/// directory by chunk id.
+pub fn check_blobs(
+    keys: &DatasetKeys,
+    path: &str,
+    size: u64,
+    read: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<(usize, HashMap<ChunkId, Vec<BlobEntry>>)> {
+    let header = read(0, size.min(HEADER_LEN as u64))?;
+    let key = open_key(keys, path, &header)?;
+    let entries = read_directory_with(&key, path, size, read)?;
+    let mut ids: HashMap<ChunkId, Vec<BlobEntry>> = HashMap::new();
+    let mut scratch = Vec::new();
+    for e in &entries {
+        if u64::from(e.length) > MAX_SEALED_BLOB_LEN {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "blob {}: stored as {} bytes, more than any blob takes",
+                    e.id.short(),
+                    e.length
+                ),
+            ));
+        }
+        let mut sealed = read(u64::from(e.offset), u64::from(e.length))?;
+        open_blob_in_place(&key, keys, path, e, &mut sealed, &mut scratch)?;
+        ids.entry(e.id).or_default().push(*e);
+    }
+    Ok((entries.len(), ids))
+}
+
+/// Largest stored blob: the largest plaintext uncompressed, its compression byte and its tag.
+/// A directory entry claiming more is damage, refused before its bytes are read.
+pub const MAX_SEALED_BLOB_LEN: u64 = MAX_BLOB_LEN as u64 + 1 + TAG_LEN as u64;
 
 #[cfg(test)]
 mod tests {
@@ -406,5 +461,19 @@ mod tests {
         // Another dataset's keys cannot open the pack.
         let other = root.dataset_keys("other", 0);
         assert!(open_key(&other, "p", &bytes).is_err());
+
+        // Checked by ranges (deep verification from a spool): the same blobs, none held whole.
+        let mut asked = Vec::new();
+        let mut ranges = |at: u64, len: u64| {
+            asked.push(len);
+            Ok(bytes[at as usize..][..len as usize].to_vec())
+        };
+        let (count, ids) = check_blobs(&keys, "p", bytes.len() as u64, &mut ranges).unwrap();
+        assert_eq!((count, ids.len()), (2, 2));
+        assert!(asked.iter().all(|&len| len < bytes.len() as u64));
+        let mut bad = bytes.clone();
+        bad[entries[1].offset as usize + 2] ^= 1;
+        let mut ranges = |at: u64, len: u64| Ok(bad[at as usize..][..len as usize].to_vec());
+        assert!(check_blobs(&keys, "p", bad.len() as u64, &mut ranges).is_err());
     }
 }

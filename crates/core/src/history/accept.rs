@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::format::config::VaultConfig;
 use crate::format::layout;
 use crate::history::ledger::{decode, Entry, Event, Record};
+use crate::history::numbering::VersionNumbering;
 use crate::history::version::Version;
 use crate::id::ObjectId;
 use crate::site::{Site, SiteError, LISTED_NOT_HELD};
@@ -205,6 +206,8 @@ struct Judge {
     /// Live versions so far, kept up to date entry by entry: deletions are judged against them
     /// without rescanning the history.
     live: BTreeMap<u64, Version>,
+    /// Version numbers so far.
+    numbering: VersionNumbering,
 }
 
 impl Judge {
@@ -219,7 +222,7 @@ impl Judge {
                 }
             }
         }
-        if let Some(v) = Version::from_record(dataset, record) {
+        if let Some(v) = self.numbering.numbered(dataset, record) {
             self.live.insert(v.seq, v);
         }
     }
@@ -596,6 +599,7 @@ pub fn load(
         authority: crate::history::rights::Authority::new(config, dataset)?,
         head_time: None,
         live: BTreeMap::new(),
+        numbering: VersionNumbering::default(),
     };
     let walked = walk(&ctx, judge, None);
     // Everything the walk did not reach: continuations of noise are noise; entries below the

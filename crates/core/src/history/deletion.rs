@@ -61,11 +61,11 @@ pub(crate) fn deletion_verdict(
     let mut seen = BTreeSet::new();
     for s in seqs {
         if !seen.insert(*s) {
-            return refuse(format!("versions deleted: version {s} is named twice"));
+            return refuse(format!("versions deleted: ledger entry {s} is named twice"));
         }
         if !by_seq.contains_key(s) {
             return refuse(format!(
-                "versions deleted: version {s} does not exist or was already deleted"
+                "versions deleted: ledger entry {s} is not a version, or its version was already deleted"
             ));
         }
     }

@@ -16,6 +16,7 @@ pub mod approval;
 pub mod checkpoint;
 pub mod deletion;
 pub mod ledger;
+pub mod numbering;
 pub mod retention;
 pub mod rights;
 pub mod state;

@@ -107,6 +107,8 @@ impl fmt::Display for RetentionPolicy {
 /// One version as retention sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
+    /// Its version number (`Version::number`), carried for reports.
+    pub number: u64,
     /// Its ledger sequence number.
     pub seq: u64,
     /// Its recovery point (capture time, ns since the epoch): what the calendar rules bucket.
@@ -148,7 +150,11 @@ impl fmt::Display for KeepReason {
 /// The policy's verdict on one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
-    /// The version's sequence number.
+    /// The version's number, as `embassy versions` lists it.
+    #[serde(rename = "version")]
+    pub number: u64,
+    /// The version's ledger sequence number.
+    #[serde(rename = "ledger_seq")]
     pub seq: u64,
     /// Its recovery point.
     pub captured_at_ns: i64,
@@ -175,6 +181,7 @@ pub fn select(versions: &[Candidate], policy: &RetentionPolicy, now_ns: i64) -> 
     let mut decisions: Vec<Decision> = sorted
         .iter()
         .map(|c| Decision {
+            number: c.number,
             seq: c.seq,
             captured_at_ns: c.captured_at_ns,
             reasons: Vec::new(),
@@ -279,6 +286,7 @@ mod tests {
 
     fn at(seq: u64, ns: i64) -> Candidate {
         Candidate {
+            number: seq,
             seq,
             captured_at_ns: ns,
             recorded_at_ns: ns,
@@ -382,6 +390,7 @@ mod tests {
         // Captured long ago but only recorded an hour ago: still young.
         let vs = vec![
             Candidate {
+                number: 1,
                 seq: 1,
                 captured_at_ns: T0 - 100 * D,
                 recorded_at_ns: T0 - H,
@@ -423,6 +432,7 @@ mod tests {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (t, delay))| Candidate {
+                    number: i as u64 + 1,
                     seq: i as u64 + 1,
                     captured_at_ns: T0 - t,
                     recorded_at_ns: T0 - t + delay,

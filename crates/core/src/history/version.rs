@@ -1,7 +1,5 @@
-//! The versions a dataset's accepted history holds: what each `version_added` entry adds, less
-//! what accepted `versions_deleted` entries removed.
-
-use std::collections::BTreeSet;
+//! One version as a dataset's accepted history records it. Which versions a history holds, and
+//! their numbers, is the rule of `history::numbering`.
 
 use crate::format::manifest::{VersionKind, VersionStats};
 use crate::history::ledger::{Event, Record};
@@ -13,7 +11,12 @@ use crate::id::ObjectId;
 pub struct Version {
     /// The dataset.
     pub dataset: String,
-    /// Its ledger sequence number.
+    /// Its version number, what people name it by (`DATASET@N`): 1, 2, 3 in the order the
+    /// dataset's history added its versions, deleted ones counted, so it never changes
+    /// (`history::numbering`).
+    pub number: u64,
+    /// Its ledger sequence number: the position of its entry among all of the dataset's ledger
+    /// entries (key changes, log ranges and deletions take sequence numbers too).
     pub seq: u64,
     /// The ledger entry's id.
     pub ledger_id: ObjectId,
@@ -30,8 +33,8 @@ pub struct Version {
 }
 
 impl Version {
-    /// The version a ledger record adds, if it adds one.
-    pub fn from_record(dataset: &str, record: &Record) -> Option<Self> {
+    /// The version a ledger record adds, if it adds one, with the number `number`.
+    pub(crate) fn from_record(dataset: &str, record: &Record, number: u64) -> Option<Self> {
         let Event::VersionAdded {
             manifest,
             kind,
@@ -43,6 +46,7 @@ impl Version {
         };
         Some(Self {
             dataset: dataset.to_string(),
+            number,
             seq: record.entry.seq,
             ledger_id: record.id,
             manifest: *manifest,
@@ -54,27 +58,10 @@ impl Version {
     }
 }
 
-/// The versions a verified history still holds, oldest first.
-pub fn versions_in(dataset: &str, history: &[Record]) -> Vec<Version> {
-    let deleted: BTreeSet<u64> = history
-        .iter()
-        .filter(|r| r.refused.is_none())
-        .filter_map(|r| match &r.entry.event {
-            Event::VersionsDeleted { seqs, .. } => Some(seqs.iter().copied()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    history
-        .iter()
-        .filter(|r| !deleted.contains(&r.entry.seq))
-        .filter_map(|r| Version::from_record(dataset, r))
-        .collect()
-}
-
 impl From<&Version> for Candidate {
     fn from(v: &Version) -> Self {
         Self {
+            number: v.number,
             seq: v.seq,
             captured_at_ns: v.captured_at_ns,
             recorded_at_ns: v.recorded_at_ns,

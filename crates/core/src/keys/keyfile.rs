@@ -64,8 +64,7 @@ pub struct KeyFile {
     pub format: String,
     /// The vault this key belongs to (hex), or `witness` for a witness key.
     pub vault_id: String,
-    /// What the file holds: `root` (the vault's root secret), `sealing-credential` (write-only
-    /// keys for a source host) or `witness` (a witness's signing seed).
+    /// What the file holds: one of the `PURPOSE_*` constants below ([`PURPOSES`]).
     #[serde(default = "purpose_root")]
     pub purpose: String,
     /// `argon2id`.
@@ -90,6 +89,16 @@ pub const PURPOSE_SEALING: &str = "sealing-credential";
 pub const PURPOSE_READER: &str = "reader-credential";
 /// A key file holding a witness key.
 pub const PURPOSE_WITNESS: &str = "witness";
+/// A key file holding a deletion approver's signing seed (`embassy prune --approver`).
+pub const PURPOSE_APPROVER: &str = "approver";
+/// Every purpose a key file can have: the one list of what Data Embassy seals in key files.
+pub const PURPOSES: [&str; 5] = [
+    PURPOSE_ROOT,
+    PURPOSE_SEALING,
+    PURPOSE_READER,
+    PURPOSE_WITNESS,
+    PURPOSE_APPROVER,
+];
 
 fn stretch(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<Zeroizing<[u8; 32]>> {
     params.check().map_err(Error::invalid)?;
@@ -165,6 +174,17 @@ impl KeyFile {
             path: path.to_path_buf(),
             problem: "the wrapped secret has the wrong length".into(),
         })
+    }
+
+    /// True if the file holds a credential (sealing or reader) rather than a root key.
+    pub fn holds_credential(&self) -> bool {
+        self.purpose == PURPOSE_SEALING || self.purpose == PURPOSE_READER
+    }
+
+    /// True if the file opens a vault (a root key or a credential), as opposed to a witness's
+    /// or an approver's signing key: such files name the vault they belong to.
+    pub fn opens_a_vault(&self) -> bool {
+        self.purpose == PURPOSE_ROOT || self.holds_credential()
     }
 
     /// Checks what the file holds.
@@ -366,5 +386,31 @@ mod tests {
             other_vault.open(b"right", path),
             Err(Error::WrongPassphrase { .. })
         ));
+    }
+
+    #[test]
+    fn each_purpose_is_classified_once() {
+        let with = |purpose: &str| KeyFile {
+            purpose: purpose.into(),
+            ..KeyFile::seal_payload(&[7; 32], PURPOSE_ROOT, "v1", b"p", FAST).unwrap()
+        };
+        let classes: Vec<(bool, bool)> = PURPOSES
+            .iter()
+            .map(|p| (with(p).holds_credential(), with(p).opens_a_vault()))
+            .collect();
+        // root, sealing, reader, witness, approver
+        let expected = [
+            (false, true),
+            (true, true),
+            (true, true),
+            (false, false),
+            (false, false),
+        ];
+        assert_eq!(classes, expected);
+        assert!(!with("bogus").opens_a_vault());
+        let mut names = PURPOSES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PURPOSES.len());
     }
 }

@@ -1,16 +1,15 @@
-//! What the PostgreSQL recovery tests of the CLI share: pgbench table checksums taken at one
-//! moment under load, a restored data directory started as a server, and small waits. Included
-//! by `pg_recovery.rs` and `attack_walgc.rs` (`mod pgkit;`), beside the PostgreSQL harness
-//! (`support`, from crates/postgres/tests/support).
-#![allow(dead_code)]
+//! What the PostgreSQL recovery tests share: pgbench table checksums taken at one moment under
+//! load, and a restored data directory started as a server.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, pg_bindir, PgServer};
+use super::{pg_bindir, postgres_uid_gid, PgServer};
+use crate::free_port;
 
+/// The pgbench tables.
 pub const TABLES: [&str; 4] = [
     "pgbench_accounts",
     "pgbench_branches",
@@ -18,27 +17,9 @@ pub const TABLES: [&str; 4] = [
     "pgbench_history",
 ];
 
+/// The uid and gid of the `postgres` system user.
 pub fn postgres_ids() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let o = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "a `postgres` system user is needed (install postgresql-15)"
-        );
-        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-    };
-    (id("-u"), id("-g"))
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    postgres_uid_gid()
 }
 
 /// Per-table checksums of the pgbench tables, as one psql query result.
@@ -73,6 +54,7 @@ pub struct Restored {
 }
 
 impl Restored {
+    /// A command for a PostgreSQL program, run as the `postgres` user.
     pub fn pg(&self, prog: &str) -> Command {
         let (uid, gid) = postgres_ids();
         let mut c = Command::new(pg_bindir().join(prog));
@@ -80,6 +62,7 @@ impl Restored {
         c
     }
 
+    /// Starts a server on the restored data directory `data`.
     pub fn start(data: PathBuf) -> Restored {
         Self::start_with(data, &[])
     }
@@ -117,6 +100,7 @@ impl Restored {
         r
     }
 
+    /// Runs SQL as the superuser; Err carries psql's stderr.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = self
             .pg("psql")
@@ -141,6 +125,7 @@ impl Restored {
         }
     }
 
+    /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(
             self.data

@@ -12,11 +12,14 @@
 //! - `plain` / `REPL_PASSWORD`: LOGIN without REPLICATION (for the privilege error).
 //!
 //! A missing PostgreSQL installation makes the test fail loudly (never skip).
-#![allow(dead_code)]
+//!
+//! [`restored`] starts a server on a data directory a restore wrote; [`tls`] a server with TLS.
 
+pub mod restored;
 pub mod tls;
 
-use std::net::TcpListener;
+pub use crate::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -76,13 +79,8 @@ pub fn pg_bindir() -> PathBuf {
     );
 }
 
-/// A loopback TCP port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn postgres_uid_gid() -> (u32, u32) {
+/// The uid and gid of the `postgres` system user (the tests run the server as it when root).
+pub fn postgres_uid_gid() -> (u32, u32) {
     let out = |flag: &str| -> u32 {
         let o = Command::new("id")
             .args([flag, "postgres"])

@@ -1,0 +1,108 @@
+//! The agent's typed errors. Its work ([`crate::run`]) returns [`RunError`], which wraps the
+//! libraries' errors as they are and knows their [`ErrorKind`] (core's error policy,
+//! `embassy_core::error`). What the agent remembers or shows of a failure is a [`Problem`]: the
+//! kind, decided while the typed error is at hand, and the message. That is how alarms, the
+//! dashboard, `/status.json` and `/metrics` tell a site that was tampered with from one that is
+//! down.
+
+use embassy_core::site::SiteError;
+use embassy_core::ErrorKind;
+use embassy_postgres::PgError;
+
+/// A failure of the agent's work: a backup, a catch-up, a verification, a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The vault refused or failed the operation.
+    #[error(transparent)]
+    Core(#[from] embassy_core::Error),
+    /// A site failed.
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    /// The PostgreSQL side failed.
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    /// The agent's configuration does not allow the work (a dataset that is not configured, a
+    /// passphrase variable that is not set).
+    #[error("{0}")]
+    Config(String),
+    /// The configured key file is not this vault's.
+    #[error("{0}")]
+    Keys(String),
+    /// A catch-up left objects uncopied; the report's problems name them (they are text in
+    /// `embassy_core::sync`; damage at the source shows in that site's verification).
+    #[error("the catch-up is not complete: {}", problems.join("; "))]
+    CatchUp {
+        /// One line per object not copied.
+        problems: Vec<String>,
+    },
+    /// A keyless verification found damage at a site.
+    #[error(
+        "{} problems found (the site is damaged or was tampered with), first: {}",
+        problems.len(),
+        problems.first().map(String::as_str).unwrap_or("")
+    )]
+    Damaged {
+        /// Everything wrong, one line each, naming the object.
+        problems: Vec<String>,
+    },
+}
+
+impl RunError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RunError::Core(e) => e.kind(),
+            RunError::Site(e) => e.kind(),
+            RunError::Postgres(e) => e.kind(),
+            RunError::Config(_) => ErrorKind::Config,
+            RunError::Keys(_) => ErrorKind::Keys,
+            RunError::CatchUp { .. } => ErrorKind::Outage,
+            RunError::Damaged { .. } => ErrorKind::Integrity,
+        }
+    }
+
+    /// What the agent records of it.
+    pub fn problem(&self) -> Problem {
+        Problem::new(self.kind(), self.to_string())
+    }
+}
+
+/// A failure as the agent records and shows it: its kind and its message (core's).
+pub use embassy_core::error::Problem;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_wrapped_errors() {
+        let corrupt = RunError::from(embassy_core::Error::corrupt("packs/ab", "bad hash"));
+        assert_eq!(corrupt.kind(), ErrorKind::Integrity);
+        let down = RunError::from(SiteError::Retryable {
+            site: "s3://b".into(),
+            operation: "get",
+            path: "config".into(),
+            message: "connection refused".into(),
+        });
+        assert_eq!(down.kind(), ErrorKind::Outage);
+        let lost = RunError::from(PgError::WalLost {
+            file: "000000010000000000000001".into(),
+            site: "/srv".into(),
+            lsn: "0/1000000".into(),
+            seq: 3,
+        });
+        assert_eq!(lost.kind(), ErrorKind::Integrity);
+        let wrapped = RunError::from(PgError::Vault(embassy_core::Error::WrongKey("x".into())));
+        assert_eq!(wrapped.kind(), ErrorKind::Keys);
+        assert!(RunError::Damaged {
+            problems: vec!["packs/ab: bytes do not hash to its name".into()]
+        }
+        .problem()
+        .is_integrity());
+        // The kind survives the state file.
+        let p = down.problem();
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"outage\""), "{json}");
+        assert_eq!(serde_json::from_str::<Problem>(&json).unwrap(), p);
+    }
+}

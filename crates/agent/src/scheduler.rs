@@ -1,0 +1,719 @@
+//! The scheduler: the agent's loop. It starts every dataset's runs when due (retrying with
+//! backoff), keeps WAL streamers running, verifies sites and collects garbage on their
+//! intervals, reaps what worker threads report, reloads on SIGHUP and shuts down within the
+//! grace period. Looking at the sites (freshness, alarms, catch-up) is in [`look`].
+
+mod look;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use embassy_core::vault::Keyring;
+use embassy_core::ErrorKind;
+
+use crate::agent::{log, now_s, Options};
+use crate::alarms;
+use crate::config::{Config, Mode};
+use crate::control::Control;
+use crate::error::RunError;
+use crate::http::{lock, Shared};
+use crate::run;
+use crate::status::SiteSnapshot;
+
+enum Done {
+    Backup {
+        dataset: String,
+        started: i64,
+        elapsed: Duration,
+        result: Result<run::RunOutcome, RunError>,
+    },
+    CatchUp {
+        site: String,
+        result: Result<u64, RunError>,
+    },
+    Verify {
+        results: Vec<(String, Result<String, RunError>)>,
+    },
+    Stream {
+        dataset: String,
+        result: Result<(), RunError>,
+    },
+    Gc {
+        result: Result<String, RunError>,
+    },
+    Looked {
+        snaps: Vec<SiteSnapshot>,
+        delivered: Vec<alarms::Notice>,
+        now_ns: i64,
+    },
+}
+
+/// A running WAL streamer of a continuous dataset.
+struct Streamer {
+    handle: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Mutex<embassy_postgres::stream::StreamProgress>>,
+}
+
+struct Agent {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    keyring: Arc<Keyring>,
+    cancel: Arc<AtomicBool>,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    running: HashMap<String, JoinHandle<()>>,
+    catching_up: HashMap<String, JoinHandle<()>>,
+    verifying: Option<JoinHandle<()>>,
+    streams: HashMap<String, Streamer>,
+    looking: Option<JoinHandle<()>>,
+    collecting: Option<JoinHandle<()>>,
+    next_gc: Option<Instant>,
+    next_verify: Option<Instant>,
+    last_refresh: Option<Instant>,
+    refresh_now: bool,
+    once_pending: Vec<String>,
+    once_failed: Vec<String>,
+    http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
+}
+
+/// Runs the scheduler until stopped (or one cycle with `--once`), then shuts down: returns the
+/// datasets whose runs failed.
+pub(crate) fn schedule(
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    keyring: Arc<Keyring>,
+    cancel: Arc<AtomicBool>,
+    http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
+    options: &Options,
+    control: &Control,
+) -> Vec<String> {
+    let (tx, rx) = channel();
+    let mut agent = Agent {
+        once_pending: if options.once {
+            config
+                .datasets
+                .iter()
+                .filter(|d| matches!(d.mode, Mode::Periodic(_) | Mode::Continuous(Some(_))))
+                .map(|d| d.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        next_verify: config.agent.verify_interval.map(|_| Instant::now()),
+        config,
+        shared,
+        keyring,
+        cancel,
+        tx,
+        rx,
+        running: HashMap::new(),
+        catching_up: HashMap::new(),
+        verifying: None,
+        streams: HashMap::new(),
+        looking: None,
+        collecting: None,
+        next_gc: None,
+        last_refresh: None,
+        refresh_now: true,
+        once_failed: Vec::new(),
+        http,
+    };
+    agent.next_gc = agent.config.agent.gc_interval.map(|i| Instant::now() + i);
+    agent.main_loop(options, control);
+    agent.shutdown();
+    agent.once_failed
+}
+
+impl Agent {
+    fn main_loop(&mut self, options: &Options, control: &Control) {
+        let mut verified_once = !options.once || self.config.agent.verify_interval.is_none();
+        loop {
+            if control.stop.load(Ordering::SeqCst) {
+                log("stop requested: no new runs start");
+                return;
+            }
+            if control.reload.swap(false, Ordering::SeqCst) {
+                self.reload();
+            }
+            self.reap();
+            if options.once {
+                self.start_once_runs();
+            } else {
+                self.start_due_runs();
+            }
+            if !options.once {
+                self.continuous();
+            }
+            if let Some(at) = self.next_verify {
+                let allowed = !options.once
+                    || (!verified_once && self.once_pending.is_empty() && self.running.is_empty());
+                if allowed && self.verifying.is_none() && Instant::now() >= at {
+                    self.start_verify();
+                    verified_once = true;
+                }
+            }
+            if !options.once && self.collecting.is_none() {
+                if let Some(at) = self.next_gc {
+                    if Instant::now() >= at {
+                        self.start_gc();
+                    }
+                }
+            }
+            self.maybe_refresh();
+            if options.once
+                && self.once_pending.is_empty()
+                && self.running.is_empty()
+                && self.verifying.is_none()
+                && self.catching_up.is_empty()
+                && verified_once
+            {
+                self.refresh_blocking();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn reload(&mut self) {
+        let path = self.config.path.clone();
+        match Config::load(&path) {
+            Ok(new) => {
+                if new.keys != self.config.keys
+                    || new.sites != self.config.sites
+                    || new.agent.min_sites != self.config.agent.min_sites
+                {
+                    match run::open_vault(&new, &self.cancel)
+                        .and_then(|v| run::unlock(&new.keys, &v))
+                    {
+                        Ok(k) => self.keyring = Arc::new(k),
+                        Err(e) => {
+                            log(format!(
+                                "reload of {} refused, keeping the running configuration: {e}",
+                                path.display()
+                            ));
+                            return;
+                        }
+                    }
+                }
+                for w in &new.warnings {
+                    log(format!("warning: {w}"));
+                }
+                if new.status != self.config.status {
+                    log("the [status] settings (listen, token_file) take effect at the next start");
+                }
+                let now = now_s();
+                {
+                    let mut st = lock(&self.shared.state);
+                    for d in &new.datasets {
+                        st.datasets.entry(d.name.clone()).or_insert_with(|| {
+                            crate::state::DatasetState {
+                                first_seen: now,
+                                ..Default::default()
+                            }
+                        });
+                    }
+                }
+                if new.agent.gc_interval != self.config.agent.gc_interval {
+                    self.next_gc = new.agent.gc_interval.map(|i| Instant::now() + i);
+                }
+                if new.agent.verify_interval != self.config.agent.verify_interval {
+                    self.next_verify = new.agent.verify_interval.map(|_| Instant::now());
+                }
+                log(format!(
+                    "configuration reloaded from {}: {} datasets, {} sites",
+                    path.display(),
+                    new.datasets.len(),
+                    new.sites.len()
+                ));
+                let new = Arc::new(new);
+                *lock(&self.shared.config) = new.clone();
+                self.config = new;
+                self.refresh_now = true;
+            }
+            Err(e) => log(format!(
+                "reload refused, keeping the running configuration; {} has problems:\n{e}",
+                path.display()
+            )),
+        }
+    }
+
+    fn due(&self, name: &str, mode: &Mode, now: i64) -> bool {
+        let (Mode::Periodic(schedule) | Mode::Continuous(Some(schedule))) = mode else {
+            return false;
+        };
+        let st = lock(&self.shared.state);
+        let Some(ds) = st.datasets.get(name) else {
+            return true;
+        };
+        if ds.consecutive_failures > 0 {
+            return ds.next_retry.is_none_or(|t| now >= t);
+        }
+        match (ds.last_success, ds.last_start) {
+            (None, _) => true,
+            (Some(_), start) => now >= schedule.next_run(start.unwrap_or(now), start),
+        }
+    }
+
+    fn start_due_runs(&mut self) {
+        let now = now_s();
+        let candidates: Vec<(String, Mode)> = self
+            .config
+            .datasets
+            .iter()
+            .map(|d| (d.name.clone(), d.mode.clone()))
+            .collect();
+        for (name, mode) in candidates {
+            if self.running.len() >= self.config.agent.max_parallel {
+                break;
+            }
+            if self.running.contains_key(&name) || !self.due(&name, &mode, now) {
+                continue;
+            }
+            self.start_backup(&name);
+        }
+    }
+
+    fn start_once_runs(&mut self) {
+        while self.running.len() < self.config.agent.max_parallel && !self.once_pending.is_empty() {
+            let name = self.once_pending.remove(0);
+            self.start_backup(&name);
+        }
+    }
+
+    fn start_backup(&mut self, name: &str) {
+        let started = now_s();
+        {
+            let mut st = lock(&self.shared.state);
+            let ds = st.datasets.entry(name.to_string()).or_default();
+            ds.last_start = Some(started);
+            ds.runs += 1;
+        }
+        let (config, keyring, cancel, tx) = (
+            self.config.clone(),
+            self.keyring.clone(),
+            self.cancel.clone(),
+            self.tx.clone(),
+        );
+        let dataset = name.to_string();
+        log(format!(
+            "{dataset}: backup started ({})",
+            config
+                .dataset(name)
+                .map(|d| d.source.describe())
+                .unwrap_or_default()
+        ));
+        let handle = std::thread::Builder::new()
+            .name(format!("backup-{dataset}"))
+            .spawn(move || {
+                let t = Instant::now();
+                let result = run::backup_dataset(&config, &keyring, &dataset, &cancel);
+                let _ = tx.send(Done::Backup {
+                    dataset,
+                    started,
+                    elapsed: t.elapsed(),
+                    result,
+                });
+            });
+        match handle {
+            Ok(h) => {
+                self.running.insert(name.to_string(), h);
+            }
+            Err(e) => log(format!("{name}: cannot start a worker thread: {e}")),
+        }
+    }
+
+    /// Keeps a WAL streamer running for every continuous dataset (restarted with backoff when
+    /// it stops on an error), and stops those of datasets no longer configured.
+    fn continuous(&mut self) {
+        let wanted: Vec<String> = self
+            .config
+            .datasets
+            .iter()
+            .filter(|d| matches!(d.mode, Mode::Continuous(_)))
+            .map(|d| d.name.clone())
+            .collect();
+        for (name, s) in &self.streams {
+            if !wanted.contains(name) {
+                s.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        let now = now_s();
+        for name in wanted {
+            if self.streams.contains_key(&name) {
+                continue;
+            }
+            let retry_due = {
+                let st = lock(&self.shared.state);
+                st.datasets
+                    .get(&name)
+                    .and_then(|d| d.next_retry)
+                    .is_none_or(|t| now >= t)
+            };
+            if !retry_due {
+                continue;
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let progress = Arc::new(Mutex::new(Default::default()));
+            let (config, keyring, cancel, tx) = (
+                self.config.clone(),
+                self.keyring.clone(),
+                self.cancel.clone(),
+                self.tx.clone(),
+            );
+            let (dataset, thread_stop, thread_progress) =
+                (name.clone(), stop.clone(), progress.clone());
+            {
+                let mut st = lock(&self.shared.state);
+                let ds = st.datasets.entry(name.clone()).or_default();
+                ds.last_start = Some(now);
+                ds.runs += 1;
+            }
+            log(format!("{name}: continuous WAL streaming started"));
+            match std::thread::Builder::new()
+                .name(format!("stream-{name}"))
+                .spawn(move || {
+                    let result = run::stream_dataset(
+                        &config,
+                        &keyring,
+                        &dataset,
+                        &thread_stop,
+                        &cancel,
+                        thread_progress,
+                    );
+                    let _ = tx.send(Done::Stream { dataset, result });
+                }) {
+                Ok(handle) => {
+                    self.streams.insert(
+                        name,
+                        Streamer {
+                            handle,
+                            stop,
+                            progress,
+                        },
+                    );
+                }
+                Err(e) => log(format!("{name}: cannot start the streamer thread: {e}")),
+            }
+        }
+    }
+
+    /// The server's end of WAL per continuous dataset whose streamer runs without error.
+    fn server_ends(&self) -> BTreeMap<String, u64> {
+        self.streams
+            .iter()
+            .filter_map(|(name, s)| {
+                let p = lock(&s.progress);
+                (p.last_error.is_none() && p.server_end.0 > 0)
+                    .then(|| (name.clone(), p.server_end.0))
+            })
+            .collect()
+    }
+
+    fn start_gc(&mut self) {
+        let (config, cancel, tx) = (self.config.clone(), self.cancel.clone(), self.tx.clone());
+        let keyring = self.keyring.clone();
+        let grace = self.config.agent.gc_grace;
+        log("garbage collection started");
+        if let Ok(h) = std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || {
+                let result = run::collect_garbage(&config, &keyring, &cancel, grace);
+                let _ = tx.send(Done::Gc { result });
+            })
+        {
+            self.collecting = Some(h);
+        }
+        self.next_gc = self.config.agent.gc_interval.map(|i| Instant::now() + i);
+    }
+
+    fn start_verify(&mut self) {
+        let sites: Vec<(String, String)> = self
+            .config
+            .sites
+            .iter()
+            .map(|s| (s.name.clone(), s.location.clone()))
+            .collect();
+        let tx = self.tx.clone();
+        log(format!(
+            "keyless verification of {} sites started",
+            sites.len()
+        ));
+        if let Ok(h) = std::thread::Builder::new()
+            .name("verify".into())
+            .spawn(move || {
+                let results = sites
+                    .into_iter()
+                    .map(|(name, location)| {
+                        let result = run::verify_site(&location);
+                        (name, result)
+                    })
+                    .collect();
+                let _ = tx.send(Done::Verify { results });
+            })
+        {
+            self.verifying = Some(h);
+        }
+        self.next_verify = self
+            .config
+            .agent
+            .verify_interval
+            .map(|i| Instant::now() + i);
+    }
+
+    fn reap(&mut self) {
+        while let Ok(done) = self.rx.try_recv() {
+            match done {
+                Done::Backup {
+                    dataset,
+                    started,
+                    elapsed,
+                    result,
+                } => {
+                    if let Some(h) = self.running.remove(&dataset) {
+                        let _ = h.join();
+                    }
+                    self.finish_backup(&dataset, started, elapsed, result);
+                    self.refresh_now = true;
+                }
+                Done::CatchUp { site, result } => {
+                    if let Some(h) = self.catching_up.remove(&site) {
+                        let _ = h.join();
+                    }
+                    match result {
+                        Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
+                        Err(e) => log(format!(
+                            "site {site} could not be caught up yet: [{}] {e}",
+                            e.kind()
+                        )),
+                    }
+                    self.refresh_now = true;
+                }
+                Done::Gc { result } => {
+                    if let Some(h) = self.collecting.take() {
+                        let _ = h.join();
+                    }
+                    match result {
+                        Ok(summary) => log(format!("garbage collection: {summary}")),
+                        Err(e) => log(format!("garbage collection failed: [{}] {e}", e.kind())),
+                    }
+                    self.refresh_now = true;
+                }
+                Done::Looked {
+                    snaps,
+                    delivered,
+                    now_ns,
+                } => {
+                    if let Some(h) = self.looking.take() {
+                        let _ = h.join();
+                    }
+                    self.apply_look(snaps, delivered, now_ns);
+                }
+                Done::Stream { dataset, result } => {
+                    if let Some(s) = self.streams.remove(&dataset) {
+                        let _ = s.handle.join();
+                    }
+                    let now = now_s();
+                    let mut st = lock(&self.shared.state);
+                    let ds = st.datasets.entry(dataset.clone()).or_default();
+                    match result {
+                        Ok(()) => {
+                            ds.consecutive_failures = 0;
+                            ds.next_retry = None;
+                            drop(st);
+                            log(format!("{dataset}: WAL streaming stopped"));
+                        }
+                        Err(e) => {
+                            ds.errors += 1;
+                            ds.consecutive_failures += 1;
+                            let backoff = self
+                                .config
+                                .agent
+                                .retry_initial
+                                .saturating_mul(1u32 << (ds.consecutive_failures - 1).min(16))
+                                .min(self.config.agent.retry_max);
+                            ds.next_retry = Some(now + backoff.as_secs().max(1) as i64);
+                            ds.last_error = Some(e.to_string());
+                            ds.last_error_kind = Some(e.kind());
+                            ds.last_error_at = Some(now);
+                            drop(st);
+                            log(format!(
+                                "{dataset}: WAL streaming failed, restart in {}: [{}] {e}",
+                                crate::schedule::format_duration(backoff),
+                                e.kind()
+                            ));
+                        }
+                    }
+                    self.persist();
+                    self.refresh_now = true;
+                }
+                Done::Verify { results } => {
+                    if let Some(h) = self.verifying.take() {
+                        let _ = h.join();
+                    }
+                    let now = now_s();
+                    let mut st = lock(&self.shared.state);
+                    for (site, result) in results {
+                        let (ok, summary, kind) = match result {
+                            Ok(summary) => (true, summary, None),
+                            Err(e) => (false, e.to_string(), Some(e.kind())),
+                        };
+                        log(format!(
+                            "verify {site}: {} ({summary})",
+                            match kind {
+                                None => "OK".to_string(),
+                                Some(ErrorKind::Integrity) =>
+                                    "FAILED: the site is damaged or was tampered with".to_string(),
+                                Some(k) => format!("FAILED ({k}): it could not be verified"),
+                            }
+                        ));
+                        st.verify.insert(
+                            site,
+                            crate::state::VerifyState {
+                                at: now,
+                                ok,
+                                summary,
+                                kind,
+                            },
+                        );
+                    }
+                    drop(st);
+                    self.persist();
+                }
+            }
+        }
+    }
+
+    fn finish_backup(
+        &mut self,
+        dataset: &str,
+        started: i64,
+        elapsed: Duration,
+        result: Result<run::RunOutcome, RunError>,
+    ) {
+        let now = now_s();
+        let cfg = self.config.clone();
+        let mut st = lock(&self.shared.state);
+        let ds = st.datasets.entry(dataset.to_string()).or_default();
+        match result {
+            Ok(out) => {
+                ds.last_success = Some(now);
+                ds.last_version = Some(out.number);
+                ds.last_duration_seconds = Some(elapsed.as_secs_f64());
+                ds.consecutive_failures = 0;
+                ds.next_retry = None;
+                drop(st);
+                log(format!(
+                    "{dataset}: version {} stored in {:.1}s: {} files, {} bytes ({} new)",
+                    out.number,
+                    elapsed.as_secs_f64(),
+                    out.files,
+                    out.bytes,
+                    out.new_bytes
+                ));
+                for w in &out.warnings {
+                    log(format!("{dataset}: warning: {w}"));
+                }
+                match &out.pruned {
+                    Ok(seqs) if !seqs.is_empty() => log(format!(
+                        "{dataset}: retention deleted versions {} (one signed ledger entry; garbage collection removes their objects)",
+                        seqs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                    )),
+                    Ok(_) => {}
+                    Err(e) => log(format!("{dataset}: warning: retention not applied: {e}")),
+                }
+                let _ = started;
+            }
+            Err(e) => {
+                ds.errors += 1;
+                ds.consecutive_failures += 1;
+                let backoff = cfg
+                    .agent
+                    .retry_initial
+                    .saturating_mul(1u32 << (ds.consecutive_failures - 1).min(16))
+                    .min(cfg.agent.retry_max);
+                ds.next_retry = Some(now + backoff.as_secs().max(1) as i64);
+                ds.last_error = Some(e.to_string());
+                ds.last_error_kind = Some(e.kind());
+                ds.last_error_at = Some(now);
+                let failures = ds.consecutive_failures;
+                drop(st);
+                if self.cancel.load(Ordering::SeqCst) {
+                    log(format!("{dataset}: run abandoned for shutdown, no version recorded (the next run reuses what it stored): {e}"));
+                } else {
+                    log(format!(
+                        "{dataset}: backup failed (attempt {failures}), retry in {}: [{}] {e}",
+                        crate::schedule::format_duration(backoff),
+                        e.kind()
+                    ));
+                }
+                self.once_failed.push(dataset.to_string());
+            }
+        }
+        self.persist();
+    }
+
+    fn persist(&self) {
+        let st = lock(&self.shared.state).clone();
+        if let Err(e) = st.store(&self.config.agent.state_dir) {
+            log(format!("warning: {e}"));
+        }
+    }
+
+    /// Reaps finished work every 50 ms while `busy` holds, until `until` (or for good).
+    fn reap_while(&mut self, busy: fn(&Agent) -> bool, until: Option<Instant>) {
+        while busy(self) && until.is_none_or(|u| Instant::now() < u) {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if !self.streams.is_empty() {
+            // Streamers seal what they hold, report it durable and return.
+            for s in self.streams.values() {
+                s.stop.store(true, Ordering::SeqCst);
+            }
+            let until = Instant::now() + self.config.agent.shutdown_grace + Duration::from_secs(5);
+            self.reap_while(|a| !a.streams.is_empty(), Some(until));
+            if !self.streams.is_empty() {
+                log("streamers did not stop in time: abandoning their unsealed WAL (the slot keeps it for the next start)");
+                self.cancel.store(true, Ordering::SeqCst);
+                self.reap_while(|a| !a.streams.is_empty(), None);
+            }
+        }
+        if !self.running.is_empty() {
+            let grace = self.config.agent.shutdown_grace;
+            log(format!(
+                "waiting up to {} for {} in-flight runs ({})",
+                crate::schedule::format_duration(grace),
+                self.running.len(),
+                self.running.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+            self.reap_while(|a| !a.running.is_empty(), Some(Instant::now() + grace));
+            if !self.running.is_empty() {
+                log("grace period over: abandoning in-flight runs (their versions are not recorded)");
+                self.cancel.store(true, Ordering::SeqCst);
+            }
+            self.reap_while(|a| !a.running.is_empty(), None);
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+        let brief = |secs| Some(Instant::now() + Duration::from_secs(secs));
+        // Catch-ups copy whole objects in format order and may be cut anywhere; wait briefly.
+        self.reap_while(|a| !a.catching_up.is_empty(), brief(5));
+        // A collection in flight ends at its next write (refused); deletions are idempotent.
+        self.reap_while(|a| a.collecting.is_some(), brief(15));
+        // A look in flight may be delivering an alarm: let it, briefly, so it is recorded.
+        self.reap_while(|a| a.looking.is_some(), brief(15));
+        self.persist();
+        if let Some((server, handle)) = self.http.take() {
+            server.unblock();
+            let _ = handle.join();
+        }
+        log("agent stopped");
+    }
+}

@@ -1,0 +1,199 @@
+//! Looking at the sites: every few seconds each site is read on its own, freshness is judged,
+//! alarms are raised or cleared and delivered, lag history is recorded and lagging sites are
+//! caught up.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{Agent, Done};
+use crate::agent::log;
+use crate::alarms;
+use crate::http::lock;
+use crate::run;
+use crate::status::{self, SiteSnapshot};
+
+impl Agent {
+    fn refresh_interval(&self) -> Duration {
+        let smallest = self
+            .config
+            .datasets
+            .iter()
+            .map(|d| d.rpo / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(10));
+        smallest.clamp(Duration::from_secs(1), Duration::from_secs(15))
+    }
+
+    /// Spacing of lag history points: a quarter of the smallest RPO, 1 s to 2 min, so the 720
+    /// points kept span about a day for RPOs of 8 minutes or more.
+    fn history_spacing(&self) -> i64 {
+        let smallest = self
+            .config
+            .datasets
+            .iter()
+            .map(|d| d.rpo / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(120));
+        smallest
+            .clamp(Duration::from_secs(1), Duration::from_secs(120))
+            .as_secs() as i64
+    }
+
+    pub(super) fn maybe_refresh(&mut self) {
+        let due = self.refresh_now
+            || self
+                .last_refresh
+                .is_none_or(|t| t.elapsed() >= self.refresh_interval());
+        if due {
+            self.refresh();
+        }
+    }
+
+    /// Starts a look at every site on a worker thread (reading sites and delivering alarms can
+    /// take a while; the scheduler and the signals must not wait for it). Its result arrives as
+    /// [`Done::Looked`] and is applied by [`Agent::apply_look`].
+    fn refresh(&mut self) {
+        if self.looking.is_some() {
+            return;
+        }
+        self.refresh_now = false;
+        self.last_refresh = Some(Instant::now());
+        let config = self.config.clone();
+        let ends = self.server_ends();
+        let state = lock(&self.shared.state).clone();
+        let tx = self.tx.clone();
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("look".into())
+            .spawn(move || {
+                let snaps = status::snapshot_all(&config, &ends);
+                // Published before any alarm goes out: whoever an alarm sends to the dashboard
+                // sees what raised it.
+                *lock(&shared.snapshots) = snaps.clone();
+                let now_ns = embassy_core::config::now_unix_nanos();
+                let rows = status::rows(&config, &snaps, &state, now_ns);
+                let mut delivered = Vec::new();
+                for n in alarms::evaluate(&rows, &state, now_ns / 1_000_000_000) {
+                    let label = if n.event == "raised" {
+                        "ALARM"
+                    } else {
+                        "cleared"
+                    };
+                    log(format!("{label}: {}", n.message));
+                    match alarms::deliver(&config, &n) {
+                        Ok(()) => {
+                            // Recorded at once, so /status.json lists it as soon as it is out.
+                            alarms::mark_delivered(&mut lock(&shared.state), &n);
+                            delivered.push(n);
+                        }
+                        Err(e) => log(format!("alarm could not be delivered (will retry): {e}")),
+                    }
+                }
+                let _ = tx.send(Done::Looked {
+                    snaps,
+                    delivered,
+                    now_ns,
+                });
+            });
+        match spawned {
+            Ok(h) => self.looking = Some(h),
+            Err(e) => log(format!("cannot start a look at the sites: {e}")),
+        }
+    }
+
+    /// Starts a look and waits for it to be applied.
+    pub(super) fn refresh_blocking(&mut self) {
+        self.refresh();
+        while self.looking.is_some() {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Records lag history and delivered alarms, publishes the snapshots, persists the state and
+    /// catches up lagging sites.
+    pub(super) fn apply_look(
+        &mut self,
+        snaps: Vec<SiteSnapshot>,
+        delivered: Vec<alarms::Notice>,
+        now_ns: i64,
+    ) {
+        let now = now_ns / 1_000_000_000;
+        let spacing = self.history_spacing();
+        {
+            let mut state = lock(&self.shared.state);
+            let rows = status::rows(&self.config, &snaps, &state, now_ns);
+            for row in &rows {
+                for c in &row.cells {
+                    state.record_lag(
+                        &format!("{}@{}", row.name, c.site),
+                        now,
+                        c.lag_seconds.unwrap_or(-1.0),
+                        spacing,
+                    );
+                }
+            }
+            for snap in &snaps {
+                for (dataset, f) in &snap.datasets {
+                    if let (None, Some(c)) = (&f.error, f.captured_ns) {
+                        let seen = state
+                            .seen
+                            .entry(format!("{dataset}@{}", snap.name))
+                            .or_insert(c);
+                        *seen = (*seen).max(c);
+                    }
+                }
+            }
+            // Delivered alarms were recorded by the look itself.
+            let _ = &delivered;
+        }
+        self.persist();
+        self.catch_up_lagging(&snaps);
+    }
+
+    fn catch_up_lagging(&mut self, snaps: &[SiteSnapshot]) {
+        if self.cancel.load(Ordering::SeqCst) {
+            return;
+        }
+        // The most complete readable site: the one holding the most ledger entries.
+        let best = snaps
+            .iter()
+            .filter(|s| s.error.is_none() && s.datasets.values().all(|f| f.error.is_none()))
+            .max_by_key(|s| s.datasets.values().map(|f| f.versions).sum::<u64>());
+        let Some(best) = best else { return };
+        for s in snaps {
+            if s.name == best.name || self.catching_up.contains_key(&s.name) {
+                continue;
+            }
+            let behind = best.datasets.iter().any(|(d, f)| {
+                s.datasets.get(d).is_none_or(|mine| {
+                    mine.error.is_some() || mine.newest_version < f.newest_version
+                })
+            });
+            // A site that cannot be opened at all may still be empty (catch up) or down (the
+            // attempt fails and is retried at the next look).
+            if !behind {
+                continue;
+            }
+            let state_dir = self.config.agent.state_dir.clone();
+            let (from, to, site, tx) = (
+                best.location.clone(),
+                s.location.clone(),
+                s.name.clone(),
+                self.tx.clone(),
+            );
+            if let Ok(h) = std::thread::Builder::new()
+                .name(format!("catch-up-{site}"))
+                .spawn({
+                    let site = site.clone();
+                    move || {
+                        let result = run::catch_up(&state_dir, &from, &to);
+                        let _ = tx.send(Done::CatchUp { site, result });
+                    }
+                })
+            {
+                self.catching_up.insert(site, h);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `embassy restore DATASET[@VERSION]`: a file tree into a folder, a stream to a file or
+//! standard output, or a PostgreSQL data directory. Which one is decided by embassy-ops, with
+//! the vault opened and the keys unlocked once.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use embassy_core::{Error, Result};
+use embassy_ops::restore::{RestorePlan, RestoreRequest};
+use embassy_sources::{files, stream};
+use serde_json::json;
+
+use crate::{open_vault, output, pgrestore, print_json, unlock, Cli};
+
+/// Arguments of `embassy restore`.
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// What to restore.
+    pub target: String,
+    /// Folder to restore a tree into; for a stream, a file (or `-` / omitted for stdout).
+    #[arg(long)]
+    pub to: Option<PathBuf>,
+    /// Restore only this path inside the version.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Allow restoring into a folder that is not empty.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Allow a version that no witnessed checkpoint covers yet (when the vault requires witnesses).
+    #[arg(long)]
+    pub unwitnessed: bool,
+    /// PostgreSQL: recover to the last commit at or before this time (2026-11-27T03:04:05Z).
+    #[arg(long, conflicts_with_all = ["lsn", "latest", "path"])]
+    pub time: Option<String>,
+    /// PostgreSQL: recover up to this WAL position (like 16/B374D848).
+    #[arg(long, conflicts_with_all = ["latest", "path"])]
+    pub lsn: Option<String>,
+    /// PostgreSQL: recover to the newest WAL the vault holds.
+    #[arg(long, conflicts_with = "path")]
+    pub latest: bool,
+    /// PostgreSQL: owner of the restored data directory (default: postgres when root).
+    #[arg(long)]
+    pub owner: Option<String>,
+}
+
+/// Runs `embassy restore`.
+pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
+    let (dataset, selector) = match args.target.split_once('@') {
+        Some((d, v)) => (d, Some(v)),
+        None => (args.target.as_str(), None),
+    };
+    let recovery_target =
+        pgrestore::recovery_target(args.time.as_deref(), args.lsn.as_deref(), args.latest)?;
+    if recovery_target.is_some() {
+        // Said before the vault is opened or a passphrase asked for.
+        pgrestore::data_dir_given(args.to.as_deref())?;
+    }
+    let vault = open_vault(cli)?;
+    let request = RestoreRequest {
+        dataset,
+        selector,
+        recovery_target,
+        subpath: args.path.is_some(),
+        allow_unwitnessed: args.unwitnessed,
+    };
+    let (keyring, plan) = embassy_ops::restore::plan(&vault, &request, || unlock(cli, &vault))?;
+    let note = match &plan {
+        RestorePlan::Postgres { note, .. }
+        | RestorePlan::Tree { note, .. }
+        | RestorePlan::Stream { note, .. } => note.as_deref(),
+    };
+    if let Some(note) = note {
+        eprintln!("note: {}", output::escape(note));
+    }
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let to = args.to.as_deref().filter(|p| *p != Path::new("-"));
+    match (plan, to) {
+        (RestorePlan::Postgres { target, .. }, _) => {
+            // A PostgreSQL dataset: a data directory recovering to the target.
+            return pgrestore::restore(
+                cli,
+                &vault,
+                &keyring,
+                dataset,
+                target,
+                args.to.as_deref(),
+                args.owner.as_deref(),
+                args.unwitnessed,
+            );
+        }
+        (RestorePlan::Stream { reader, .. }, None) => {
+            let mut out = std::io::stdout().lock();
+            stream::restore_to(&reader, &mut out, &bar)?;
+        }
+        (
+            RestorePlan::Stream {
+                version, reader, ..
+            },
+            Some(file),
+        ) => {
+            // A link there counts, dangling or not: --overwrite replaces it.
+            if std::fs::symlink_metadata(file).is_ok() && !args.overwrite {
+                return Err(Error::invalid(format!(
+                    "{} exists: pass --overwrite to replace it",
+                    file.display()
+                )));
+            }
+            // Written under a fresh random name beside it (never through a planted link) and
+            // renamed only when complete, so a failed restore never leaves a partial file under
+            // the final name.
+            let mut out = embassy_core::fsutil::NewFile::beside(file)
+                .map_err(|e| Error::io(format!("creating a file beside {}", file.display()), e))?;
+            let n = stream::restore_to(&reader, &mut out, &bar)?;
+            out.persist()
+                .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+            report_restore(
+                cli,
+                &version,
+                json!({"bytes": n, "to": file}),
+                &format!("{} into {}", output::size(n), file.display()),
+            )?;
+        }
+        (RestorePlan::Tree { .. }, None) => {
+            return Err(Error::invalid("restoring a file tree needs --to DIR"));
+        }
+        (
+            RestorePlan::Tree {
+                version, reader, ..
+            },
+            Some(dir),
+        ) => {
+            let options = files::RestoreOptions {
+                subpath: args.path.clone(),
+                overwrite: args.overwrite,
+            };
+            let stats = files::restore(&reader, dir, &options, &bar)?;
+            bar.finish();
+            report_restore(
+                cli,
+                &version,
+                json!({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes, "to": dir}),
+                &format!(
+                    "{} files, {} folders, {} into {}",
+                    stats.files,
+                    stats.dirs,
+                    output::size(stats.bytes),
+                    dir.display()
+                ),
+            )?;
+        }
+    }
+    bar.finish();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_restore(
+    cli: &Cli,
+    version: &embassy_core::vault::Version,
+    mut detail: serde_json::Value,
+    for_people: &str,
+) -> Result<()> {
+    if cli.json {
+        detail["version"] = output::version_json(version);
+        print_json(detail)
+    } else {
+        eprintln!(
+            "restored {} version {} (ledger entry {}): {for_people}",
+            version.dataset, version.number, version.seq
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,294 @@
+//! What each site holds of each dataset, read from that site alone, with ONE rule for a
+//! dataset's recovery point: the newest moment a restore can reach, which is the newest
+//! version's capture time or, for a PostgreSQL dataset whose WAL is streamed, the capture time
+//! of the newest durable WAL there, whichever is later. `embassy status --site`,
+//! `embassy status --config` and the agent's status page, metrics and alarms all read it here.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use embassy_core::error::Problem;
+use embassy_core::site::Site;
+use embassy_core::vault::{versions_in, Vault};
+use serde::Serialize;
+
+/// The newest streamed WAL one site holds of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalFacts {
+    /// Newest timeline there.
+    pub timeline: u32,
+    /// End of the newest durable WAL there.
+    #[serde(serialize_with = "lsn_text")]
+    pub end: embassy_postgres::Lsn,
+    /// When that WAL was received (Unix ns); None when its header does not say.
+    pub captured_at_ns: Option<i64>,
+}
+
+fn lsn_text<S: serde::Serializer>(
+    lsn: &embassy_postgres::Lsn,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(lsn)
+}
+
+/// What one site holds of one dataset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DatasetFacts {
+    /// The dataset.
+    pub dataset: String,
+    /// Ledger entries accepted.
+    pub entries: u64,
+    /// Versions held.
+    pub versions: u64,
+    /// Newest version number (per dataset, as `embassy versions` lists it), if any.
+    pub newest_version: Option<u64>,
+    /// The newest version's ledger sequence number, shown beside its number.
+    pub newest_version_ledger_seq: Option<u64>,
+    /// Capture time of the newest version (Unix ns).
+    pub newest_version_ns: Option<i64>,
+    /// The recovery point (Unix ns): see [`recovery_point`].
+    pub recovery_point_ns: Option<i64>,
+    /// Sum of the bytes the versions added to the vault.
+    pub bytes_stored: u64,
+    /// Streamed WAL, when the site holds some of this dataset.
+    pub wal: Option<WalFacts>,
+    /// Why the dataset's history (or its WAL) cannot be read at this site.
+    pub error: Option<Problem>,
+}
+
+/// What one site holds, read from that site alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SiteFacts {
+    /// The site's location.
+    pub location: String,
+    /// Why the site cannot be read at all.
+    pub error: Option<Problem>,
+    /// Bytes of all objects it holds (when asked for: it lists the whole site).
+    pub bytes_stored: Option<u64>,
+    /// Per dataset, in name order.
+    pub datasets: Vec<DatasetFacts>,
+    /// When it was read (Unix ns).
+    pub read_at_ns: i64,
+}
+
+/// How to read a site.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions<'a> {
+    /// Datasets whose streamed WAL to look for even when the site's vault lists no ledger of
+    /// them yet (the agent's continuous datasets); every listed dataset is looked at anyway.
+    pub wal_datasets: &'a [String],
+    /// Also add up the bytes of every object (lists the whole site).
+    pub bytes: bool,
+    /// A key file given explicitly: refused if it belongs to another vault.
+    pub key_file: Option<&'a Path>,
+}
+
+/// A dataset's recovery point: the later of its newest version's capture time and the capture
+/// time of its newest durable streamed WAL (a PostgreSQL restore replays WAL past the base
+/// backup). The one rule every status view applies.
+pub fn recovery_point(newest_version_ns: Option<i64>, wal: Option<&WalFacts>) -> Option<i64> {
+    let wal_ns = wal.and_then(|w| w.captured_at_ns);
+    match (newest_version_ns, wal_ns) {
+        (Some(v), Some(w)) => Some(v.max(w)),
+        (v, w) => v.or(w),
+    }
+}
+
+/// Reads one site on its own: its vault's datasets, their newest versions, their streamed WAL
+/// and recovery points. Never fails: what cannot be read is named in the facts.
+pub fn read_site(location: &str, options: &ReadOptions) -> SiteFacts {
+    let mut facts = SiteFacts {
+        location: location.to_string(),
+        read_at_ns: embassy_core::config::now_unix_nanos(),
+        ..SiteFacts::default()
+    };
+    if let Err(e) = read_into(&mut facts, location, options) {
+        facts.error = Some(e.into());
+    }
+    facts
+}
+
+fn read_into(
+    facts: &mut SiteFacts,
+    location: &str,
+    options: &ReadOptions,
+) -> embassy_core::Result<()> {
+    let site: Arc<dyn Site> = embassy_sites::open(location)?;
+    let vault = Vault::open(site.clone())?;
+    crate::unlock::check_given_key_file(options.key_file, vault.config())?;
+    if options.bytes {
+        facts.bytes_stored = Some(site.list("")?.iter().map(|i| i.size).sum());
+    }
+    let mut names = vault.datasets()?;
+    for d in options.wal_datasets {
+        if !names.contains(d) {
+            names.push(d.clone());
+        }
+    }
+    names.sort();
+    for dataset in names {
+        facts
+            .datasets
+            .push(read_dataset(location, &vault, site.as_ref(), &dataset));
+    }
+    Ok(())
+}
+
+/// What one site holds of one dataset.
+fn read_dataset(location: &str, vault: &Vault, site: &dyn Site, dataset: &str) -> DatasetFacts {
+    let mut facts = DatasetFacts {
+        dataset: dataset.to_string(),
+        ..DatasetFacts::default()
+    };
+    match vault.history(dataset) {
+        Ok(history) => {
+            let versions = versions_in(dataset, &history);
+            let newest = versions.last();
+            facts.entries = history.len() as u64;
+            facts.versions = versions.len() as u64;
+            facts.newest_version = newest.map(|v| v.number);
+            facts.newest_version_ledger_seq = newest.map(|v| v.seq);
+            facts.newest_version_ns = newest.map(|v| v.captured_at_ns);
+            facts.bytes_stored = versions.iter().map(|v| v.stats.new_bytes_stored).sum();
+        }
+        Err(e) => facts.error = Some(e.into()),
+    }
+    match embassy_postgres::status::site_wal(location, site, dataset) {
+        Ok(Some(w)) => {
+            facts.wal = Some(WalFacts {
+                timeline: w.timeline,
+                end: w.durable,
+                captured_at_ns: (w.captured_at_ns > 0).then_some(w.captured_at_ns),
+            })
+        }
+        Ok(None) => {}
+        Err(e) => {
+            facts.error.get_or_insert_with(|| e.into());
+        }
+    }
+    facts.recovery_point_ns = recovery_point(facts.newest_version_ns, facts.wal.as_ref());
+    facts
+}
+
+/// One row of `embassy status --site`: a dataset at a site, or why it cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StatusRow {
+    /// What the site holds of the dataset.
+    Dataset(DatasetRow),
+    /// The site, or the dataset's history there, cannot be read.
+    Error(ErrorRow),
+}
+
+/// A dataset at a site, as `embassy status --site --json` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetRow {
+    /// The site's location.
+    pub site: String,
+    /// The dataset.
+    pub dataset: String,
+    /// Ledger entries accepted.
+    pub entries: u64,
+    /// Versions held.
+    pub versions: u64,
+    /// Newest version number.
+    pub newest_version: Option<u64>,
+    /// The newest version's ledger sequence number.
+    pub newest_version_ledger_seq: Option<u64>,
+    /// The recovery point, UTC ([`recovery_point`]).
+    pub recovery_point: Option<String>,
+    /// Its age in seconds.
+    pub lag_seconds: Option<f64>,
+    /// End of the newest durable streamed WAL (PostgreSQL datasets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_end: Option<String>,
+}
+
+/// A site or dataset that cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorRow {
+    /// The site's location.
+    pub site: String,
+    /// The dataset (None: the whole site).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Why.
+    pub error: String,
+    /// What kind of problem that is (integrity, outage, ...).
+    pub kind: embassy_core::ErrorKind,
+}
+
+impl StatusRow {
+    /// True for a row that says something cannot be read.
+    pub fn is_error(&self) -> bool {
+        matches!(self, StatusRow::Error(_))
+    }
+
+    /// True for a row that says a site's copy is damaged or tampered with.
+    pub fn is_integrity_problem(&self) -> bool {
+        matches!(self, StatusRow::Error(e) if e.kind == embassy_core::ErrorKind::Integrity)
+    }
+}
+
+/// The rows of `embassy status --site`: every dataset at every site, each site read on its
+/// own (so a site that lags shows it), at time `now_ns`.
+pub fn site_rows(locations: &[String], key_file: Option<&Path>, now_ns: i64) -> Vec<StatusRow> {
+    let mut rows = Vec::new();
+    for location in locations {
+        let options = ReadOptions {
+            key_file,
+            ..ReadOptions::default()
+        };
+        let facts = read_site(location, &options);
+        if let Some(e) = facts.error {
+            rows.push(StatusRow::Error(ErrorRow {
+                site: location.clone(),
+                dataset: None,
+                error: e.message,
+                kind: e.kind,
+            }));
+            continue;
+        }
+        for d in facts.datasets {
+            rows.push(match d.error {
+                Some(e) => StatusRow::Error(ErrorRow {
+                    site: location.clone(),
+                    dataset: Some(d.dataset),
+                    error: e.message,
+                    kind: e.kind,
+                }),
+                None => StatusRow::Dataset(DatasetRow {
+                    site: location.clone(),
+                    dataset: d.dataset,
+                    entries: d.entries,
+                    versions: d.versions,
+                    newest_version: d.newest_version,
+                    newest_version_ledger_seq: d.newest_version_ledger_seq,
+                    recovery_point: d.recovery_point_ns.map(embassy_core::time::utc),
+                    lag_seconds: d.recovery_point_ns.map(|t| (now_ns - t) as f64 / 1e9),
+                    wal_end: d.wal.map(|w| w.end.to_string()),
+                }),
+            });
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recovery_point_is_the_later_of_the_version_and_the_wal() {
+        let wal = |ns| WalFacts {
+            timeline: 1,
+            end: embassy_postgres::Lsn(0x100),
+            captured_at_ns: ns,
+        };
+        assert_eq!(recovery_point(Some(5), Some(&wal(Some(9)))), Some(9));
+        assert_eq!(recovery_point(Some(9), Some(&wal(Some(5)))), Some(9));
+        assert_eq!(recovery_point(None, Some(&wal(Some(5)))), Some(5));
+        assert_eq!(recovery_point(Some(5), Some(&wal(None))), Some(5));
+        assert_eq!(recovery_point(None, None), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! Verification of a vault: every object against its name, every ledger's chain and
+//! signatures, every version's references (deep: every chunk decrypted), and the streamed WAL
+//! of PostgreSQL datasets. `embassy verify` and the agent's scheduled verification both run
+//! [`verify`], so a site that withholds or damages streamed WAL fails both.
+
+use embassy_core::progress::{Progress, Silent};
+use embassy_core::vault::{Keyring, Vault};
+use embassy_core::verify::VerifyReport;
+use embassy_core::{Error, Result};
+use embassy_postgres::wal::WalVerifyReport;
+
+/// What a verification found: the vault's objects and ledgers, and the streamed WAL.
+#[derive(Debug)]
+pub struct Verification {
+    /// Objects, ledgers, versions (and chunks, when deep).
+    pub vault: VerifyReport,
+    /// Per dataset that holds WAL or whose ledger anchors some: the keyless WAL check.
+    pub wal: Vec<(String, WalVerifyReport)>,
+    /// Whether chunks were decrypted and checked.
+    pub deep: bool,
+}
+
+impl Verification {
+    /// True when nothing is wrong (noise and notes are not wrong).
+    pub fn is_ok(&self) -> bool {
+        self.vault.is_ok() && self.wal.iter().all(|(_, r)| r.is_ok())
+    }
+
+    /// WAL problems and gaps, counted.
+    pub fn wal_problem_count(&self) -> usize {
+        self.wal
+            .iter()
+            .map(|(_, r)| r.problems.len() + r.gaps.len())
+            .sum()
+    }
+
+    /// Every problem, objects and WAL, counted.
+    pub fn problem_count(&self) -> usize {
+        self.vault.problems.len() + self.wal_problem_count()
+    }
+
+    /// Every problem, one line each: the vault's, then each dataset's WAL problems and gaps.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.vault.problems.clone();
+        for (dataset, r) in &self.wal {
+            out.extend(
+                r.problems
+                    .iter()
+                    .map(|p| format!("dataset {dataset}: WAL: {p}")),
+            );
+            out.extend(r.gaps.iter().map(|(tl, a, b)| {
+                format!("dataset {dataset}: WAL: timeline {tl}: {a} .. {b} missing")
+            }));
+        }
+        out
+    }
+
+    /// One line for a status page: what was verified, or how many problems and the first.
+    pub fn summary(&self) -> String {
+        if self.is_ok() {
+            let wal_objects: usize = self.wal.iter().map(|(_, r)| r.objects_ok).sum();
+            format!(
+                "{} objects ({} bytes), {} datasets verified{}",
+                self.vault.objects_checked,
+                self.vault.bytes_checked,
+                self.vault.datasets.len(),
+                if self.wal.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {wal_objects} WAL objects")
+                }
+            )
+        } else {
+            let problems = self.problems();
+            format!(
+                "{} problems, first: {}",
+                problems.len(),
+                problems.first().map(String::as_str).unwrap_or("")
+            )
+        }
+    }
+}
+
+/// Verifies the vault; with `keys`, also decrypts and checks every chunk. The streamed WAL of
+/// every dataset that holds some (or whose ledger anchors some) is checked too, without keys.
+pub fn verify(
+    vault: &Vault,
+    keys: Option<&Keyring>,
+    progress: &dyn Progress,
+) -> Result<Verification> {
+    let report = embassy_core::verify::verify(vault, keys, progress)?;
+    let wal = verify_wal_of(vault, report.datasets.iter().map(|d| d.name.as_str()))?;
+    Ok(Verification {
+        vault: report,
+        wal,
+        deep: keys.is_some(),
+    })
+}
+
+/// Verifies, without keys, the vault at one site read on its own (the agent's scheduled check
+/// of each site).
+pub fn verify_site(location: &str) -> Result<Verification> {
+    let site = embassy_sites::open(location).map_err(Error::from)?;
+    let vault = Vault::open(site)?;
+    verify(&vault, None, &Silent)
+}
+
+/// The keyless WAL check of every dataset that holds WAL or whose ledger anchors some: a site
+/// that deletes or damages streamed WAL fails the vault's verification, not only
+/// `pg verify-wal`. Datasets without WAL are left out.
+pub fn verify_wal_of<'a>(
+    vault: &Vault,
+    datasets: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(String, WalVerifyReport)>> {
+    let mut out = Vec::new();
+    for dataset in datasets {
+        let report = embassy_postgres::wal::verify(vault, dataset).map_err(Error::from)?;
+        if report.objects_ok > 0 || !report.is_ok() || !report.noise.is_empty() {
+            out.push((dataset.to_string(), report));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wal_gap_fails_the_verification_and_leads_its_summary() {
+        let mut wal = WalVerifyReport {
+            objects_ok: 3,
+            ..WalVerifyReport::default()
+        };
+        let ok = Verification {
+            vault: VerifyReport::default(),
+            wal: vec![("reg".into(), wal.clone())],
+            deep: false,
+        };
+        assert!(ok.is_ok(), "{}", ok.summary());
+        assert!(ok.summary().contains("3 WAL objects"), "{}", ok.summary());
+        wal.gaps.push((
+            1,
+            embassy_postgres::Lsn(0x100),
+            embassy_postgres::Lsn(0x200),
+        ));
+        let gap = Verification {
+            wal: vec![("reg".into(), wal)],
+            ..ok
+        };
+        assert!(!gap.is_ok());
+        assert_eq!(gap.problem_count(), 1);
+        assert!(
+            gap.summary()
+                .starts_with("1 problems, first: dataset reg: WAL: timeline 1"),
+            "{}",
+            gap.summary()
+        );
+    }
+}
