@@ -7,8 +7,8 @@
 //! everything here works from a site, the vault configuration and signed bytes.
 //!
 //! May import: [`crate::format`], [`crate::keys`] and the top-level vocabulary. Nothing from
-//! `engine`. Inside, from the bottom up: `retention`, `ledger`, `version`, `state`, `approval`,
-//! `deletion`, `rights`, `wal_authority`, `checkpoint`, `accept`; a module imports only those
+//! `engine`. Inside, from the bottom up: `retention`, `ledger`, `version`, `numbering`, `state`,
+//! `approval`, `deletion`, `rights`, `wal_authority`, `checkpoint`, `accept`; a module imports only those
 //! before it.
 
 pub mod accept;
