@@ -8,8 +8,8 @@
 //!
 //! May import: [`crate::format`], [`crate::keys`] and the top-level vocabulary. Nothing from
 //! `engine`. Inside, from the bottom up: `retention`, `ledger`, `version`, `numbering`, `state`,
-//! `approval`, `deletion`, `rights`, `wal_authority`, `checkpoint`, `accept`; a module imports only those
-//! before it.
+//! `approval`, `deletion`, `rights`, `wal_authority`, `checkpoint`, `accept`; a module imports
+//! only those before it.
 
 pub mod accept;
 pub mod approval;
