@@ -5,7 +5,7 @@
 //! grammar has no ambiguous unit: `m` is refused (write `min` for minutes or `mo` for months),
 //! and so is a number without a unit (is `30` seconds or days?), except `0`.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The units, longest name first so that `min` and `mo` are not read as `m`.
 const UNITS: [(&str, u64); 7] = [

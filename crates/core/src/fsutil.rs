@@ -137,6 +137,16 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
     file.persist().map(drop)
 }
 
+/// The default state folder of this user: `$XDG_STATE_HOME/data-embassy`, else
+/// `~/.local/state/data-embassy` (what a client remembers of vaults, and the ledger locks).
+pub fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|base| base.join("data-embassy"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,89 @@
+//! Signing approvals: an approver (a key the vault configuration pins) consents to deleting one
+//! version, or to lowering a dataset's legal minimum age, and the signed approval is stored at
+//! the vault's site. The approval format and the rules that count approvals are the history's
+//! ([`crate::history::approval`], [`crate::history::deletion`]).
+
+use crate::engine::vault::{Vault, Version};
+use crate::error::{Error, Result};
+use crate::history::approval::{encode, path, Approval, SigningKey};
+use crate::history::ledger::Record;
+use crate::id::ObjectId;
+use crate::site::with_retry;
+
+/// Signs and stores an approval to delete `version`; returns its id.
+pub fn approve(
+    vault: &Vault,
+    key: &SigningKey,
+    version: &Version,
+    reason: &str,
+) -> Result<ObjectId> {
+    check_pinned(vault, key)?;
+    let approver = key.verifying_key().to_bytes();
+    let approval = Approval {
+        vault_id: vault.config().vault_id.clone(),
+        dataset: version.dataset.clone(),
+        seq: version.seq,
+        entry: version.ledger_id,
+        reason: reason.to_string(),
+        approver,
+        time_ns: crate::format::config::now_unix_nanos(),
+        min_age_secs: None,
+    };
+    store(vault, key, &approval)
+}
+
+fn check_pinned(vault: &Vault, key: &SigningKey) -> Result<()> {
+    let approver = key.verifying_key().to_bytes();
+    if !vault.config().approver_keys().contains(&approver) {
+        return Err(Error::WrongKey(format!(
+            "approver key {} is not pinned in vault {} (its approvers: {}); approvals by other keys \
+             do not count",
+            hex::encode(&approver[..8]),
+            vault.config().vault_id,
+            if vault.config().approvers.is_empty() {
+                "none".to_string()
+            } else {
+                vault
+                    .config()
+                    .approvers
+                    .iter()
+                    .map(|a| a[..16.min(a.len())].to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Signs and stores an approval to lower `dataset`'s legal minimum age to `min_age_secs` by the
+/// root's next entry, which must follow `head` (the dataset's current last entry); returns its
+/// id. `embassy policy min-age` embeds it.
+pub fn approve_min_age(
+    vault: &Vault,
+    key: &SigningKey,
+    dataset: &str,
+    head: &Record,
+    min_age_secs: u64,
+    reason: &str,
+) -> Result<ObjectId> {
+    check_pinned(vault, key)?;
+    let approval = Approval {
+        vault_id: vault.config().vault_id.clone(),
+        dataset: dataset.to_string(),
+        seq: head.entry.seq,
+        entry: head.id,
+        reason: reason.to_string(),
+        approver: key.verifying_key().to_bytes(),
+        time_ns: crate::format::config::now_unix_nanos(),
+        min_age_secs: Some(min_age_secs),
+    };
+    store(vault, key, &approval)
+}
+
+fn store(vault: &Vault, key: &SigningKey, approval: &Approval) -> Result<ObjectId> {
+    let bytes = encode(approval, key);
+    let id = ObjectId::of(&bytes);
+    with_retry(|| vault.site().put(&path(&approval.dataset, &id), &bytes))?;
+    Ok(id)
+}

@@ -1,0 +1,200 @@
+//! Garbage collection of streamed WAL: pieces (`wal/<dataset>/<tl>/p/...`) go once a segment
+//! object that the ledger anchors, and whose bytes, header and signer check out, covers them.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::format::wal_log::{self, LogKind, LogName};
+use crate::history::ledger::{Event, Record};
+use crate::history::wal_authority::WalAuthority;
+use crate::id::ObjectId;
+use crate::site::{with_retry, Site};
+
+/// A WAL segment object a verified ledger entry anchors: `LogRangeAdded` naming its id, on its
+/// timeline, ending where it ends.
+pub(super) fn anchored_segments<'a>(
+    names: &'a [(String, LogName)],
+    history: &[Record],
+) -> Vec<&'a (String, LogName)> {
+    let anchors: HashSet<(ObjectId, u32, u64)> = history
+        .iter()
+        .filter_map(|r| match &r.entry.event {
+            Event::LogRangeAdded {
+                manifest,
+                timeline,
+                end,
+                ..
+            } => Some((*manifest, *timeline, *end)),
+            _ => None,
+        })
+        .collect();
+    names
+        .iter()
+        .filter(|(_, n)| n.kind == LogKind::Segment && anchors.contains(&(n.id, n.timeline, n.end)))
+        .collect()
+}
+
+/// Coverage logic of WAL collection: for each piece (path and parsed name), the index into
+/// `segments` of an anchored segment object whose range contains the piece's whole range on
+/// the same timeline. A piece no segment covers (the streamer's live tail beyond the newest
+/// anchored segment, a segment whose compaction failed, another timeline) gets `None` and is
+/// kept. Pieces never cross a segment boundary, so one segment covers a piece or none does.
+pub fn wal_pieces_covered(pieces: &[&LogName], segments: &[&LogName]) -> Vec<Option<usize>> {
+    pieces
+        .iter()
+        .map(|p| {
+            segments.iter().position(|s| {
+                s.kind == LogKind::Segment
+                    && p.kind == LogKind::Piece
+                    && s.dataset == p.dataset
+                    && s.timeline == p.timeline
+                    && s.start <= p.start
+                    && p.end <= s.end
+                    && p.start < p.end
+            })
+        })
+        .collect()
+}
+
+/// Checks a segment object keylessly before it is trusted to cover pieces: its bytes hash to
+/// the id in its name, the signed header matches the name, and its signer was active when the
+/// ledger anchored it (or is active now): a later revocation of the streamer's key does not
+/// make its compacted segments untrustworthy.
+fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &WalAuthority) -> bool {
+    let Ok(bytes) = with_retry(|| site.get(path)) else {
+        return false;
+    };
+    if ObjectId::of(&bytes) != name.id {
+        return false;
+    }
+    match wal_log::parse(path, &bytes) {
+        Ok(parsed) => {
+            name.matches(&parsed.header)
+                && authority.allows(&parsed.header.signer, authority.direct_anchor(&name.id))
+        }
+        Err(_) => false,
+    }
+}
+
+/// The WAL pieces of `dataset` that garbage collection may remove now: those whose whole range
+/// a segment object covers that a verified `LogRangeAdded` entry anchors and whose bytes,
+/// header and signature check out (read only when it covers a listed piece). Everything else
+/// under `wal/` stays.
+pub(super) fn wal_collectable(
+    site: &dyn Site,
+    dataset: &str,
+    history: &[Record],
+    authority: &WalAuthority,
+    listing: &[crate::site::ObjectInfo],
+) -> HashSet<String> {
+    let prefix = wal_log::prefix(dataset);
+    let names: Vec<(String, LogName)> = listing
+        .iter()
+        .filter(|i| i.path.starts_with(&prefix))
+        .filter_map(|i| wal_log::parse_path(&i.path).map(|n| (i.path.clone(), n)))
+        .filter(|(_, n)| n.dataset == dataset)
+        .collect();
+    let anchored = anchored_segments(&names, history);
+    let segment_names: Vec<&LogName> = anchored.iter().map(|(_, n)| n).collect();
+    let pieces: Vec<&(String, LogName)> = names
+        .iter()
+        .filter(|(_, n)| n.kind == LogKind::Piece)
+        .collect();
+    let piece_names: Vec<&LogName> = pieces.iter().map(|(_, n)| n).collect();
+    let mut verified: HashMap<usize, bool> = HashMap::new();
+    let mut out = HashSet::new();
+    for (piece, cover) in pieces
+        .iter()
+        .zip(wal_pieces_covered(&piece_names, &segment_names))
+    {
+        let Some(i) = cover else { continue };
+        let ok = *verified.entry(i).or_insert_with(|| {
+            let (path, name) = anchored[i];
+            segment_verifies(site, path, name, authority)
+        });
+        if ok {
+            out.insert(piece.0.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 16 * 1024 * 1024;
+
+    fn name(kind: LogKind, timeline: u32, start: u64, end: u64, tag: &[u8]) -> LogName {
+        LogName {
+            dataset: "db".into(),
+            timeline,
+            kind,
+            start,
+            end,
+            id: ObjectId::of(tag),
+        }
+    }
+
+    #[test]
+    fn pieces_are_covered_only_inside_a_segment_of_their_timeline() {
+        let s1 = name(LogKind::Segment, 1, SEG, 2 * SEG, b"s1");
+        let s2 = name(LogKind::Segment, 1, 2 * SEG, 3 * SEG, b"s2");
+        let pieces = [
+            name(LogKind::Piece, 1, SEG, SEG + 100, b"a"), // start of s1
+            name(LogKind::Piece, 1, 2 * SEG - 10, 2 * SEG, b"b"), // end of s1
+            name(LogKind::Piece, 1, 2 * SEG, 2 * SEG + 5, b"c"), // in s2
+            name(LogKind::Piece, 1, 3 * SEG, 3 * SEG + 5, b"tail"), // beyond: live tail
+            name(LogKind::Piece, 2, SEG, SEG + 100, b"tl2"), // other timeline
+            name(LogKind::Piece, 1, 0, 100, b"before"),    // no segment compacted there
+            name(LogKind::Piece, 1, 3 * SEG - 5, 3 * SEG + 5, b"cross"), // reaches past s2
+        ];
+        let refs: Vec<&LogName> = pieces.iter().collect();
+        let got = wal_pieces_covered(&refs, &[&s1, &s2]);
+        assert_eq!(got, vec![Some(0), Some(0), Some(1), None, None, None, None]);
+        // Without segments nothing is covered; a piece is never a covering segment.
+        assert!(wal_pieces_covered(&refs, &[]).iter().all(Option::is_none));
+        assert!(wal_pieces_covered(&refs, &[&pieces[0]])
+            .iter()
+            .all(Option::is_none));
+    }
+
+    #[test]
+    fn only_segments_anchored_by_the_ledger_count() {
+        use crate::history::ledger::Entry;
+        let seg = name(LogKind::Segment, 1, SEG, 2 * SEG, b"s1");
+        let other = name(LogKind::Segment, 1, 2 * SEG, 3 * SEG, b"s2");
+        let names = vec![
+            ("wal/db/00000001/s/a".to_string(), seg.clone()),
+            ("wal/db/00000001/s/b".to_string(), other.clone()),
+        ];
+        let record = |event: Event| Record {
+            id: ObjectId::of(b"entry"),
+            entry: Entry {
+                dataset: "db".into(),
+                seq: 1,
+                prev: None,
+                time_ns: 0,
+                event,
+                signer: [0; 32],
+            },
+            refused: None,
+        };
+        let anchor = |id: ObjectId, timeline: u32, end: u64| {
+            record(Event::LogRangeAdded {
+                manifest: id,
+                timeline,
+                start: SEG,
+                end,
+                captured_at_ns: 0,
+            })
+        };
+        // Anchored by id, timeline and end.
+        let got = anchored_segments(&names, &[anchor(seg.id, 1, 2 * SEG)]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, seg);
+        // The wrong timeline or end, or no entry at all, anchor nothing.
+        assert!(anchored_segments(&names, &[anchor(seg.id, 2, 2 * SEG)]).is_empty());
+        assert!(anchored_segments(&names, &[anchor(seg.id, 1, 3 * SEG)]).is_empty());
+        assert!(anchored_segments(&names, &[]).is_empty());
+    }
+}

@@ -1,0 +1,418 @@
+//! Reading a version: its manifest, the indexes it names, and its blobs, checked on the way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest::{self, ManifestBody};
+use crate::format::pack::{self, BlobEntry, BlobKind};
+use crate::format::spool::{FetchError, Spool};
+use crate::format::tree::Tree;
+use crate::history::version::Version;
+use crate::id::{ChunkId, ObjectId};
+use crate::keys::crypto::ObjectKey;
+use crate::keys::DatasetKeys;
+use crate::site::{with_retry, Site, SiteError};
+
+pub use crate::format::object::get_checked;
+
+/// One place the version's indexes say a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    /// Number of the pack in [`VersionReader::packs`].
+    pack: u32,
+    /// Position in the manifest's list of indexes of the index that says so.
+    index: u32,
+    /// Where in the pack.
+    blob: BlobEntry,
+}
+
+/// Where one of a version's indexes says a chunk is (see [`VersionReader::mappings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The index object that says so.
+    pub index: ObjectId,
+    /// The pack.
+    pub pack: ObjectId,
+    /// Where in the pack.
+    pub blob: BlobEntry,
+}
+
+/// An opened version, ready to read blobs from.
+///
+/// When several of the manifest's indexes map one chunk to different places (the same chunk
+/// stored twice by concurrent or interrupted runs, or an index that lies), every mapping is
+/// kept, in the manifest's order, and a read tries the next one when a mapping does not open.
+pub struct VersionReader {
+    site: Arc<dyn Site>,
+    keys: Arc<DatasetKeys>,
+    /// The version.
+    pub version: Version,
+    /// Its decrypted manifest.
+    pub manifest: ManifestBody,
+    packs: Vec<ObjectId>,
+    indexes: Vec<ObjectId>,
+    locations: HashMap<ChunkId, Vec<Location>>,
+    pack_keys: Mutex<HashMap<u32, Arc<ObjectKey>>>,
+}
+
+impl VersionReader {
+    /// Opens a version: fetches and decrypts its manifest and loads the indexes it names.
+    pub fn open(site: Arc<dyn Site>, keys: Arc<DatasetKeys>, version: &Version) -> Result<Self> {
+        let dataset = &keys.dataset;
+        let manifest_path = layout::manifest(dataset, &version.manifest);
+        let ledger_ref = format!("ledger entry {} of {dataset}", version.seq);
+        let bytes = get_checked(
+            site.as_ref(),
+            &manifest_path,
+            &version.manifest,
+            &ledger_ref,
+        )?;
+        let (header, body) = manifest::decode(&keys, &manifest_path, &bytes)?;
+        let loaded: Vec<Result<(index::IndexHeader, Vec<index::IndexEntry>)>> = header
+            .indexes
+            .par_iter()
+            .map(|id| {
+                let path = layout::index(dataset, id);
+                let bytes = get_checked(site.as_ref(), &path, id, &manifest_path)?;
+                index::decode(&keys, &path, &bytes)
+            })
+            .collect();
+        let mut packs = Vec::new();
+        let mut pack_numbers = HashMap::new();
+        let mut locations: HashMap<ChunkId, Vec<Location>> = HashMap::new();
+        for (position, result) in loaded.into_iter().enumerate() {
+            let (header, entries) = result?;
+            for e in entries {
+                let pack_id = header.packs[e.pack as usize];
+                let number = *pack_numbers.entry(pack_id).or_insert_with(|| {
+                    packs.push(pack_id);
+                    (packs.len() - 1) as u32
+                });
+                let here = locations.entry(e.blob.id).or_default();
+                if !here.iter().any(|l| l.pack == number && l.blob == e.blob) {
+                    here.push(Location {
+                        pack: number,
+                        index: position as u32,
+                        blob: e.blob,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            site,
+            keys,
+            version: version.clone(),
+            manifest: body,
+            packs,
+            indexes: header.indexes,
+            locations,
+            pack_keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens a version with whichever of the keyring's keys its manifest was sealed to.
+    pub fn open_with(
+        site: Arc<dyn Site>,
+        keyring: &crate::engine::vault::Keyring,
+        version: &Version,
+    ) -> Result<Self> {
+        let path = layout::manifest(&version.dataset, &version.manifest);
+        let who = format!("ledger entry {} of {}", version.seq, version.dataset);
+        let bytes = get_checked(site.as_ref(), &path, &version.manifest, &who)?;
+        let (header, _) = manifest::decode_header(&path, &bytes)?;
+        let keys = keyring.dataset_for_key_id(&version.dataset, header.key_id)?;
+        Self::open(site, keys, version)
+    }
+
+    /// The dataset's keys.
+    pub fn keys(&self) -> &DatasetKeys {
+        &self.keys
+    }
+
+    fn pack_path(&self, number: u32) -> String {
+        layout::pack(&self.keys.dataset, &self.packs[number as usize])
+    }
+
+    /// Every mapping of a chunk in the version's indexes, in the manifest's order (never empty).
+    fn locate(&self, id: &ChunkId) -> Result<&[Location]> {
+        self.locations
+            .get(id)
+            .map(Vec::as_slice)
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    layout::manifest(&self.keys.dataset, &self.version.manifest),
+                    format!("chunk {} is not in any index the version names", id.short()),
+                )
+            })
+    }
+
+    /// Where the version's indexes say a chunk is: one mapping per distinct place, in the
+    /// manifest's order of indexes. Empty when no index of the version names the chunk.
+    pub fn mappings(&self, id: &ChunkId) -> Vec<Mapping> {
+        self.locations.get(id).map_or_else(Vec::new, |ls| {
+            ls.iter()
+                .map(|l| Mapping {
+                    index: self.indexes[l.index as usize],
+                    pack: self.packs[l.pack as usize],
+                    blob: l.blob,
+                })
+                .collect()
+        })
+    }
+
+    fn pack_key(&self, number: u32) -> Result<Arc<ObjectKey>> {
+        if let Some(key) = self
+            .pack_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&number)
+        {
+            return Ok(key.clone());
+        }
+        let path = self.pack_path(number);
+        let key = Arc::new(
+            self.open_range(&path, 0, pack::HEADER_LEN as u64, |header| {
+                pack::open_key(&self.keys, &path, header)
+            })?,
+        );
+        self.pack_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number, key.clone());
+        Ok(key)
+    }
+
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        with_retry(|| self.site.get_range(path, offset, len)).map_err(|e| match e {
+            // Shorter than its index says: damage, not an outage.
+            SiteError::Permanent { .. }
+                if self
+                    .stored_size(path)
+                    .is_some_and(|size| size < offset + len) =>
+            {
+                Error::corrupt(
+                    path,
+                    format!(
+                        "truncated: holds {} bytes, but its index needs bytes up to {}",
+                        self.stored_size(path).unwrap_or(0),
+                        offset + len
+                    ),
+                )
+            }
+            SiteError::NotFound { .. } => Error::Missing {
+                path: path.to_string(),
+                site: self.site.location().to_string(),
+                referenced_by: format!(
+                    "an index of version {} of {}",
+                    self.version.number, self.keys.dataset
+                ),
+            },
+            e => e.into(),
+        })
+    }
+
+    fn stored_size(&self, path: &str) -> Option<u64> {
+        self.site
+            .list(path)
+            .ok()?
+            .into_iter()
+            .find(|i| i.path == path)
+            .map(|i| i.size)
+    }
+
+    /// Plaintext size of a blob, from the index.
+    pub fn blob_size(&self, id: &ChunkId) -> Result<u32> {
+        let locations = self.locate(id)?;
+        let first = locations[0].blob.raw_length;
+        if locations.iter().all(|l| l.blob.raw_length == first) {
+            return Ok(first);
+        }
+        // The indexes disagree: only the mapping that opens tells.
+        Ok(self.read_blob(id)?.len() as u32)
+    }
+
+    /// Reads one blob, trying each of its mappings in turn.
+    pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_blob_of_kind(id, None)
+    }
+
+    /// Reads one blob through its mappings of `kind` (any when `None`): the first that opens.
+    /// When none does, the first mapping's error is returned (it names the pack).
+    fn read_blob_of_kind(&self, id: &ChunkId, kind: Option<BlobKind>) -> Result<Vec<u8>> {
+        let mut first_error = None;
+        for location in self.locate(id)? {
+            if kind.is_some_and(|k| k != location.blob.kind) {
+                continue;
+            }
+            match self.read_at(location.pack, &location.blob) {
+                Ok(plain) => return Ok(plain),
+                Err(e) if e.is_integrity() || matches!(e, Error::Missing { .. }) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first_error.unwrap_or_else(|| {
+            Error::corrupt(
+                layout::manifest(&self.keys.dataset, &self.version.manifest),
+                format!("chunk {} is used as a tree but stored as data", id.short()),
+            )
+        }))
+    }
+
+    /// Reads the blob `entry` says is in pack `number`.
+    fn read_at(&self, number: u32, entry: &BlobEntry) -> Result<Vec<u8>> {
+        let key = self.pack_key(number)?;
+        let path = self.pack_path(number);
+        self.open_range(&path, entry.offset as u64, entry.length as u64, |sealed| {
+            pack::open_blob(&key, &self.keys, &path, entry, sealed)
+        })
+    }
+
+    /// Reads `len` bytes at `offset` of `path` and opens them with `open`. When they do not
+    /// open (a damaged copy), the whole object is read, checked against its name (several
+    /// sites fall back to a good copy, see [`VersionReader::whole_checked`]), and the same
+    /// bytes of it opened instead: the one rule for ranged reads of packs (headers and blobs).
+    fn open_range<T>(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        open: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let ranged = self.get_range(path, offset, len)?;
+        match open(&ranged) {
+            Err(e) if e.is_integrity() => {
+                let whole = self.whole_checked(path, e)?;
+                let sealed = whole
+                    .read_at(offset, len)
+                    .map_err(|_| Error::corrupt(path, "shorter than its index says"))?;
+                open(&sealed)
+            }
+            r => r,
+        }
+    }
+
+    /// The whole object at `path`, whose bytes must hash to its name, spooled to local disk
+    /// (never held in memory: a pack may be gigabytes); `damage` is the error that sent us
+    /// here, returned when no good copy can be had.
+    fn whole_checked(&self, path: &str, damage: Error) -> Result<Spool> {
+        let Some(id) = layout::id_in_path(path) else {
+            return Err(damage);
+        };
+        match Spool::fetch(self.site.as_ref(), path, &id) {
+            Ok(Ok(spool)) => Ok(spool),
+            Err(FetchError::Local(e)) => Err(e),
+            _ => Err(damage),
+        }
+    }
+
+    /// Reads and parses a tree blob.
+    pub fn read_tree(&self, id: &ChunkId) -> Result<Tree> {
+        let plain = self.read_blob_of_kind(id, Some(BlobKind::Tree))?;
+        Tree::decode(&plain, &format!("tree {}", id.short()))
+    }
+
+    /// The root tree.
+    pub fn root(&self) -> Result<Tree> {
+        self.read_tree(&self.manifest.root)
+    }
+
+    /// Reads many blobs, grouped by pack so each pack is read once in one request, in parallel;
+    /// calls `sink` with each blob's plaintext in no particular order.
+    pub fn for_each_blob(
+        &self,
+        ids: impl IntoIterator<Item = ChunkId>,
+        sink: &(dyn Fn(&ChunkId, &[u8]) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let mut by_pack: HashMap<u32, Vec<BlobEntry>> = HashMap::new();
+        for id in ids {
+            let first = self.locate(&id)?[0];
+            by_pack.entry(first.pack).or_default().push(first.blob);
+        }
+        let mut work: Vec<(u32, Vec<BlobEntry>)> = by_pack.into_iter().collect();
+        work.sort_by_key(|(n, _)| *n);
+        // One pack per task: packs are few and heavy, so idle threads steal them one by one.
+        work.par_iter_mut()
+            .with_max_len(1)
+            .try_for_each(|(number, entries)| {
+                entries.sort_by_key(|e| e.offset);
+                entries.dedup_by_key(|e| e.id);
+                let key = self.pack_key(*number)?;
+                let path = self.pack_path(*number);
+                // Read runs of blobs that are close together in one request.
+                let mut i = 0;
+                while i < entries.len() {
+                    let start = entries[i].offset as u64;
+                    let mut end = start + entries[i].length as u64;
+                    let mut j = i + 1;
+                    while j < entries.len() && (entries[j].offset as u64) < end + 1024 * 1024 {
+                        end = end.max(entries[j].offset as u64 + entries[j].length as u64);
+                        j += 1;
+                    }
+                    let mut span = self.get_range(&path, start, end - start)?;
+                    if span.len() as u64 != end - start {
+                        // A site implementation that returns a short range must not become a panic.
+                        return Err(Error::corrupt(
+                            &path,
+                            "the site returned fewer bytes than asked for",
+                        ));
+                    }
+                    let mut scratch = Vec::new();
+                    let mut refetched = false;
+                    for entry in &entries[i..j] {
+                        let at = (entry.offset as u64 - start) as usize;
+                        let range = at..at + entry.length as usize;
+                        match pack::open_blob_in_place(
+                            &key,
+                            &self.keys,
+                            &path,
+                            entry,
+                            &mut span[range.clone()],
+                            &mut scratch,
+                        ) {
+                            Ok(plain) => sink(&entry.id, plain)?,
+                            // Another index of the version maps the chunk elsewhere: try that.
+                            Err(e)
+                                if e.is_integrity()
+                                    && self
+                                        .locations
+                                        .get(&entry.id)
+                                        .is_some_and(|l| l.len() > 1) =>
+                            {
+                                sink(&entry.id, &self.read_blob(&entry.id)?)?;
+                            }
+                            Err(e) if e.is_integrity() && !refetched => {
+                                // A damaged copy: take the span from the whole pack, checked
+                                // against its name (several sites fall back to a good copy).
+                                refetched = true;
+                                let whole = self.whole_checked(&path, e)?;
+                                let fresh = whole.read_at(start, end - start).map_err(|_| {
+                                    Error::corrupt(&path, "shorter than its index says")
+                                })?;
+                                span.copy_from_slice(&fresh);
+                                let plain = pack::open_blob_in_place(
+                                    &key,
+                                    &self.keys,
+                                    &path,
+                                    entry,
+                                    &mut span[range],
+                                    &mut scratch,
+                                )?;
+                                sink(&entry.id, plain)?;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    i = j;
+                }
+                Ok(())
+            })
+    }
+}

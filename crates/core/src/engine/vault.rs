@@ -1,0 +1,798 @@
+//! An open vault: a site plus its verified configuration, and the keys that unlock it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::history::checkpoint::{self, Head, StoredCheckpoint};
+use crate::history::state::StateStore;
+
+use crate::error::{Error, Result};
+use crate::format::config::VaultConfig;
+use crate::format::layout;
+use crate::history::ledger::{self, Event, Record};
+pub use crate::history::numbering::{
+    all_versions_in, missing_version, numbers_by_seq, versions_in, VersionNumbering,
+};
+pub use crate::history::version::Version;
+use crate::id::ObjectId;
+use crate::keys::{Credential, DatasetKeys, RootSecret};
+use crate::site::Site;
+
+/// Verified histories by dataset.
+pub type Histories = BTreeMap<String, Vec<Record>>;
+
+/// What each dataset's history left out (noise, damage, an unresolved fork), by dataset; the
+/// accepted records are in [`Histories`] (the `records` here are empty).
+pub type Judged = Vec<(String, crate::history::History)>;
+
+/// A vault at one site. Opening it checks the configuration's signature; no keys are needed.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    site: Arc<dyn Site>,
+    config: VaultConfig,
+    state: Option<Arc<StateStore>>,
+}
+
+impl Vault {
+    /// Creates a new vault on an empty site.
+    pub fn create(site: Arc<dyn Site>, root: &RootSecret) -> Result<Self> {
+        let config = VaultConfig::new(root);
+        config.create(site.as_ref(), root)?;
+        Ok(Self {
+            site,
+            config,
+            state: None,
+        })
+    }
+
+    /// Opens the vault at a site.
+    pub fn open(site: Arc<dyn Site>) -> Result<Self> {
+        let config = VaultConfig::load(site.as_ref())?;
+        Ok(Self {
+            site,
+            config,
+            state: None,
+        })
+    }
+
+    /// Remembers verified heads in `state` and refuses histories that go back from them.
+    pub fn with_state(mut self, state: StateStore) -> Self {
+        self.state = Some(Arc::new(state));
+        self
+    }
+
+    /// The remembered state, if any.
+    pub fn state(&self) -> Option<&StateStore> {
+        self.state.as_deref()
+    }
+
+    /// The site.
+    pub fn site(&self) -> &Arc<dyn Site> {
+        &self.site
+    }
+
+    /// The verified configuration.
+    pub fn config(&self) -> &VaultConfig {
+        &self.config
+    }
+
+    /// Names of the datasets that have a ledger.
+    pub fn datasets(&self) -> Result<Vec<String>> {
+        let mut names = BTreeSet::new();
+        for info in self.site.list(layout::LEDGER_ROOT)? {
+            if let Some((dataset, _, _)) = layout::parse_ledger_path(&info.path) {
+                names.insert(dataset);
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The verified history of a dataset, checked against the heads this client remembers.
+    pub fn history(&self, dataset: &str) -> Result<Vec<Record>> {
+        Ok(self.history_full(dataset)?.records)
+    }
+
+    /// [`Vault::history`] with what was left out of it: noise, damage, an unresolved fork.
+    /// A fork below the head this client remembers resolves to the remembered chain.
+    pub fn history_full(&self, dataset: &str) -> Result<crate::history::History> {
+        let remembered = self.state.as_ref().and_then(|s| {
+            let head = s.seen().heads.get(dataset)?.clone();
+            Some((head.seq, ObjectId::from_hex(&head.id).ok()?))
+        });
+        let mut history =
+            crate::history::load(self.site.as_ref(), &self.config, dataset, remembered)?;
+        if let Some(state) = &self.state {
+            let beyond = state
+                .seen()
+                .heads
+                .get(dataset)
+                .is_some_and(|h| h.seq > history.records.len() as u64);
+            if beyond && history.is_truncated() {
+                // The remembered head lies beyond a gap or a fork, which is reported as such.
+                return Ok(history);
+            }
+            if let Err(mut e) = state.check_history(dataset, &history.records) {
+                // Name what the site holds in the place of the next entry (a damaged copy).
+                if let Error::History { problem, .. } = &mut e {
+                    problem.push_str(&history.in_place(history.records.len() as u64 + 1));
+                }
+                // Entries beyond a gap or a fork are not lost: the versions before it stay
+                // readable, and the rollback is reported with the damage.
+                if !history.is_truncated() {
+                    return Err(e);
+                }
+                history.damage.push(e.to_string());
+            }
+        }
+        Ok(history)
+    }
+
+    /// The keys that may sign `dataset`'s next entry (with any right), after its verified
+    /// history. [`Vault::authority`] says which rights each holds.
+    pub fn active_signers(&self, history: &[Record]) -> Vec<[u8; 32]> {
+        // One home for who may sign: the rights rules (revocations, rotations).
+        let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
+        crate::history::rights::Authority::after(&self.config, dataset, history).keys()
+    }
+
+    /// The signers of `dataset` with their rights, and its legal minimum age, after its verified
+    /// history: `authority(..).may(key, Right::Delete)`.
+    pub fn authority(
+        &self,
+        dataset: &str,
+        history: &[Record],
+    ) -> crate::history::rights::Authority {
+        crate::history::rights::Authority::after(&self.config, dataset, history)
+    }
+
+    /// Who may have signed the dataset's WAL objects, judged at the time each was anchored
+    /// (see [`crate::history::wal_authority::WalAuthority`]), from an accepted `history`.
+    pub fn wal_authority(&self, history: &[Record]) -> crate::history::wal_authority::WalAuthority {
+        let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
+        let start = crate::history::rights::Authority::after(&self.config, dataset, &[]);
+        crate::history::wal_authority::WalAuthority::new(start, history)
+    }
+
+    /// Every dataset's verified history; datasets that fail are returned as errors beside,
+    /// and rejected entries are listed.
+    pub fn histories(&self) -> Result<(Histories, Vec<Error>)> {
+        let (ok, failed, _) = self.histories_full()?;
+        Ok((ok, failed))
+    }
+
+    /// [`Vault::histories`] with what every dataset's history left out.
+    pub fn histories_full(&self) -> Result<(Histories, Vec<Error>, Judged)> {
+        let mut ok = BTreeMap::new();
+        let mut failed = Vec::new();
+        let mut rejected = Vec::new();
+        let listed = self.datasets()?;
+        for dataset in listed.iter().cloned() {
+            match self.history_full(&dataset) {
+                Ok(mut h) => {
+                    ok.insert(dataset.clone(), std::mem::take(&mut h.records));
+                    rejected.push((dataset, h));
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        if let Some(state) = &self.state {
+            for (dataset, head) in state.missing_datasets(&listed) {
+                failed.push(Error::History {
+                    dataset,
+                    problem: format!(
+                        "deleted: the site no longer holds this dataset, but entry {} ({}) was verified here on {}",
+                        head.seq,
+                        &head.id[..16.min(head.id.len())],
+                        crate::time::utc(head.seen_at_ns)
+                    ),
+                });
+            }
+        }
+        Ok((ok, failed, rejected))
+    }
+
+    /// Appends a root-signed event (signer added or revoked, reader key rotated) to a
+    /// dataset's ledger, after its verified head and over any rejected entries.
+    pub fn append_root_event(
+        &self,
+        root: &RootSecret,
+        dataset: &str,
+        event: Event,
+    ) -> Result<Record> {
+        if !event.needs_root() {
+            return Err(Error::invalid(format!(
+                "a {} entry is not signed by the root key",
+                event.name()
+            )));
+        }
+        let history = self.history_full(dataset)?;
+        // A revocation of the signer of one side of an unresolved fork goes after the other
+        // side: its root signature then decides the fork (docs/format.md §9).
+        let head = match (&event, &history.conflict) {
+            (Event::SignerRevoked { key, .. }, Some(conflict)) if history.damage.is_empty() => {
+                let honest: Vec<&crate::history::Branch> = conflict
+                    .branches
+                    .iter()
+                    .filter(|b| b.first().entry.signer != *key)
+                    .collect();
+                match honest.as_slice() {
+                    [one] if honest.len() < conflict.branches.len() => one.records.last(),
+                    // The revoked key signed every side (a stolen key forking against itself):
+                    // the revocation takes the fork's sequence number itself, after the common
+                    // prefix; being root-signed there, it wins the fork (docs/format.md §9).
+                    [] => {
+                        let ignore: Vec<ObjectId> = history
+                            .rejected_ids()
+                            .into_iter()
+                            .chain(
+                                conflict
+                                    .branches
+                                    .iter()
+                                    .flat_map(|b| b.subtree.iter().copied()),
+                            )
+                            .collect();
+                        return ledger::append_ignoring(
+                            self.site.as_ref(),
+                            &root.root_signing_key(),
+                            dataset,
+                            history.records.last(),
+                            &ignore,
+                            event,
+                        );
+                    }
+                    _ => {
+                        history.check_appendable(dataset)?;
+                        history.records.last()
+                    }
+                }
+            }
+            _ => {
+                history.check_appendable(dataset)?;
+                history.records.last()
+            }
+        };
+        ledger::append_ignoring(
+            self.site.as_ref(),
+            &root.root_signing_key(),
+            dataset,
+            head,
+            &history.rejected_ids(),
+            event,
+        )
+    }
+
+    /// Keys that may sign checkpoints: the root key and the writer keys pinned in the
+    /// configuration (root-derived). Sealing credentials, even active ones, may not.
+    pub fn checkpoint_signers(&self) -> Result<Vec<[u8; 32]>> {
+        let mut keys = self.config.signer_keys();
+        keys.push(self.config.root_key()?);
+        Ok(keys)
+    }
+
+    /// True when `key` may sign checkpoints (see [`Vault::checkpoint_signers`]).
+    pub fn may_checkpoint(&self, key: &ed25519_dalek::SigningKey) -> bool {
+        let public = key.verifying_key().to_bytes();
+        self.checkpoint_signers()
+            .is_ok_and(|keys| keys.contains(&public))
+    }
+
+    /// The valid checkpoints (oldest first) and the noise beside them: see
+    /// [`checkpoint::load_valid`].
+    pub fn checkpoints(
+        &self,
+        histories: &Histories,
+    ) -> Result<(Vec<StoredCheckpoint>, Vec<String>)> {
+        checkpoint::load_valid(
+            self.site.as_ref(),
+            &self.config.vault_id,
+            &self.checkpoint_signers()?,
+            histories,
+        )
+    }
+
+    /// Writes a checkpoint of every verified head. Returns its id and the datasets left out
+    /// because their history did not verify. Only the root key and the pinned writer keys may
+    /// (callers holding a credential check [`Vault::may_checkpoint`] and skip).
+    pub fn write_checkpoint(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<(ObjectId, Vec<Error>)> {
+        if !self.may_checkpoint(key) {
+            return Err(Error::WrongKey(
+                "only the root key and the writer keys pinned in the vault configuration sign \
+                 checkpoints; a credential does not"
+                    .into(),
+            ));
+        }
+        let (histories, failed) = self.histories()?;
+        let heads = histories
+            .iter()
+            .filter_map(|(name, h)| {
+                h.last().map(|r| {
+                    (
+                        name.clone(),
+                        Head {
+                            seq: r.entry.seq,
+                            id: r.id,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let (id, time_ns) =
+            checkpoint::write(self.site.as_ref(), &self.config.vault_id, heads, key)?;
+        if let Some(state) = &self.state {
+            state.check_checkpoint(&id.to_hex(), time_ns)?;
+        }
+        Ok((id, failed))
+    }
+
+    /// The newest checkpoint that is consistent with `histories` (for the datasets in it) and
+    /// has at least the vault's witness quorum of cosignatures from pinned witnesses (any, when
+    /// the quorum is 0).
+    pub fn trusted_checkpoint(
+        &self,
+        histories: &BTreeMap<String, Vec<Record>>,
+    ) -> Result<Option<StoredCheckpoint>> {
+        let (checkpoints, _) = self.checkpoints(histories)?;
+        let witnesses = self.config.witness_keys();
+        Ok(checkpoints.into_iter().rev().find(|cp| {
+            let cosigned = cp
+                .cosigners
+                .iter()
+                .filter(|w| witnesses.contains(w))
+                .count();
+            // Judge only the datasets whose histories were loaded.
+            let others: Vec<String> = cp
+                .checkpoint
+                .heads
+                .keys()
+                .filter(|d| !histories.contains_key(*d))
+                .cloned()
+                .collect();
+            cosigned >= self.config.witness_quorum as usize
+                && checkpoint::check_against_except(cp, histories, &others).is_empty()
+        }))
+    }
+
+    /// The version a restore may use by default: like [`Vault::find_version`], but when the
+    /// vault requires witnesses, only versions a checkpoint with the quorum of cosignatures
+    /// covers (`latest` then means the newest such version), unless `allow_unwitnessed`.
+    pub fn find_trusted_version(
+        &self,
+        dataset: &str,
+        selector: Option<&str>,
+        allow_unwitnessed: bool,
+    ) -> Result<Version> {
+        let limit = if allow_unwitnessed {
+            None
+        } else {
+            self.witnessed_head(dataset)?
+        };
+        let Some(limit) = limit else {
+            return self.find_version(dataset, selector);
+        };
+        let quorum = self.config.witness_quorum;
+        if matches!(selector, None | Some("latest")) {
+            return self
+                .versions(dataset)?
+                .into_iter()
+                .rev()
+                .find(|v| v.seq <= limit)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "dataset {dataset} has no version that {quorum} witnesses have cosigned yet; \
+                         run `embassy witness`, or pass --unwitnessed"
+                    ))
+                });
+        }
+        let version = self.find_version(dataset, selector)?;
+        if version.seq > limit {
+            return Err(Error::invalid(format!(
+                "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
+                 cosignatures (it is ledger entry {}, the newest witnessed entry is {limit}); pass \
+                 --unwitnessed to restore it anyway",
+                version.number, version.seq
+            )));
+        }
+        Ok(version)
+    }
+
+    /// When a restore under the witness quorum picked `version` but newer versions exist that
+    /// no witnessed checkpoint covers yet: a note saying so, for stderr (invariant 12).
+    pub fn unwitnessed_note(&self, version: &Version) -> Result<Option<String>> {
+        if self.config.witness_quorum == 0 {
+            return Ok(None);
+        }
+        let newer: Vec<u64> = self
+            .versions(&version.dataset)?
+            .into_iter()
+            .filter(|v| v.seq > version.seq)
+            .map(|v| v.number)
+            .collect();
+        let (Some(first), Some(last)) = (newer.first(), newer.last()) else {
+            return Ok(None);
+        };
+        let which = if first == last {
+            format!("version {first} is newer but is")
+        } else {
+            format!("versions {first} to {last} are newer but are")
+        };
+        Ok(Some(format!(
+            "dataset {}: restoring version {}, the newest that {} witnesses have cosigned; {which} \
+             not yet witnessed (run `embassy witness`, or pass --unwitnessed to restore it anyway)",
+            version.dataset, version.number, self.config.witness_quorum
+        )))
+    }
+
+    /// The newest version of `dataset` that a witnessed checkpoint covers, when the vault
+    /// requires witnesses; `None` when it does not.
+    pub fn witnessed_head(&self, dataset: &str) -> Result<Option<u64>> {
+        if self.config.witness_quorum == 0 {
+            return Ok(None);
+        }
+        let history = self.history(dataset)?;
+        let mut histories = BTreeMap::from([(dataset.to_string(), history)]);
+        let signers = self.checkpoint_signers()?;
+        let (checkpoints, _) =
+            checkpoint::load_all(self.site.as_ref(), &self.config.vault_id, &signers)?;
+        let witnesses = self.config.witness_keys();
+        // Witnessed checkpoints with an acceptable time that name this dataset, reduced to its
+        // head. The time check reads the other datasets' named entries from the site.
+        let witnessed: Vec<StoredCheckpoint> = checkpoints
+            .into_iter()
+            .filter(|cp| {
+                cp.cosigners
+                    .iter()
+                    .filter(|w| witnesses.contains(w))
+                    .count()
+                    >= self.config.witness_quorum as usize
+            })
+            .filter(|cp| checkpoint::time_problem(self.site.as_ref(), cp, &histories).is_none())
+            .filter_map(|mut cp| {
+                cp.checkpoint.heads.retain(|d, _| d == dataset);
+                (!cp.checkpoint.heads.is_empty()).then_some(cp)
+            })
+            .collect();
+        let contradictions = |histories: &Histories| -> Vec<String> {
+            witnessed
+                .iter()
+                .flat_map(|cp| checkpoint::check_against(cp, histories))
+                .collect()
+        };
+        // A witnessed checkpoint that the served history contradicts proves a fork or a
+        // rollback: refuse, rather than fall back to an older checkpoint. Read the history
+        // again first: a version stored after it was read is no contradiction (the checkpoints
+        // were read before, so the history read now holds every entry they name).
+        if !contradictions(&histories).is_empty() {
+            histories.insert(dataset.to_string(), self.history(dataset)?);
+            if let Some(problem) = contradictions(&histories).into_iter().next() {
+                let problem = problem
+                    .strip_prefix(&format!("dataset {dataset}: "))
+                    .unwrap_or(&problem)
+                    .to_string();
+                return Err(Error::History {
+                    dataset: dataset.to_string(),
+                    problem: format!(
+                        "{problem}; that checkpoint has the witness cosignatures restores trust, so \
+                         this site serves a forked or rolled-back history: restore from another \
+                         site"
+                    ),
+                });
+            }
+        }
+        Ok(Some(witnessed.last().map_or(0, |cp| {
+            cp.checkpoint.heads.get(dataset).map_or(0, |h| h.seq)
+        })))
+    }
+
+    /// The versions of a dataset still held (not removed by retention), oldest first. After a
+    /// gap or an unresolved fork these are the versions before it only: see
+    /// [`Vault::versions_full`].
+    pub fn versions(&self, dataset: &str) -> Result<Vec<Version>> {
+        Ok(versions_in(dataset, &self.history(dataset)?))
+    }
+
+    /// [`Vault::versions`], and the problems that hide newer entries (a gap, an unresolved
+    /// fork): when there are any, the newest version listed may not be the newest stored.
+    pub fn versions_full(&self, dataset: &str) -> Result<(Vec<Version>, Vec<String>)> {
+        let history = self.history_full(dataset)?;
+        Ok((
+            versions_in(dataset, &history.records),
+            history.problems(dataset),
+        ))
+    }
+
+    /// Finds a version: `None` or `latest` for the newest, a version number
+    /// ([`Version::number`], not a ledger sequence number), or a prefix (at least 6 hex digits)
+    /// of the manifest or ledger entry id. `latest` is refused when newer entries exist beyond a
+    /// gap or an unresolved fork: an older version is never served as the newest in silence.
+    pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
+        let history = self.history_full(dataset)?;
+        let problems = history.problems(dataset);
+        let versions = versions_in(dataset, &history.records);
+        if matches!(selector, None | Some("latest")) && !problems.is_empty() {
+            return Err(Error::History {
+                dataset: dataset.into(),
+                problem: format!(
+                    "the newest version cannot be proved: {}; {}",
+                    problems.join("; "),
+                    match versions.last() {
+                        Some(v) => format!(
+                            "the newest version before it is {}: restore {dataset}@{} to take it",
+                            v.number, v.number
+                        ),
+                        None => "no version before it".to_string(),
+                    }
+                ),
+            });
+        }
+        let not_found = |what: String| {
+            if !problems.is_empty() {
+                // The version may lie beyond the damage: that is an integrity failure.
+                return Error::History {
+                    dataset: dataset.into(),
+                    problem: format!(
+                        "the provable history has {what}, and newer entries cannot be proved: {}",
+                        problems.join("; ")
+                    ),
+                };
+            }
+            Error::NotFound(format!(
+                "dataset {dataset} has {what}; list them with `embassy versions {dataset}`"
+            ))
+        };
+        match selector {
+            None | Some("latest") => versions
+                .last()
+                .cloned()
+                .ok_or_else(|| not_found("no versions in this vault".into())),
+            Some(sel) => {
+                if let Ok(number) = sel.parse::<u64>() {
+                    if sel.len() < 6 {
+                        if let Some(v) = versions.into_iter().find(|v| v.number == number) {
+                            return Ok(v);
+                        }
+                        return Err(if problems.is_empty() {
+                            Error::NotFound(missing_version(dataset, &history.records, number))
+                        } else {
+                            not_found(format!("no version {number}"))
+                        });
+                    }
+                }
+                if sel.len() < 6 || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::invalid(format!(
+                        "'{sel}' is not a version: use a version number (as `embassy versions` lists them), 'latest', or at least 6 hex digits of its id"
+                    )));
+                }
+                let sel = sel.to_ascii_lowercase();
+                let matches: Vec<Version> = versions
+                    .into_iter()
+                    .filter(|v| {
+                        v.manifest.to_hex().starts_with(&sel)
+                            || v.ledger_id.to_hex().starts_with(&sel)
+                    })
+                    .collect();
+                match matches.len() {
+                    1 => Ok(matches.into_iter().next().unwrap_or_else(|| unreachable!())),
+                    0 => Err(not_found(format!("no version whose id starts with {sel}"))),
+                    n => Err(Error::invalid(format!(
+                        "{n} versions start with {sel}: give more digits"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// How many key epochs a root key searches for a key id.
+const MAX_EPOCH_SEARCH: u32 = 1024;
+
+/// The keys a process holds: the vault's root secret (everything), or a credential for part of it.
+pub struct Keyring {
+    source: KeySource,
+}
+
+enum KeySource {
+    Root(RootSecret),
+    Credential(Credential),
+}
+
+impl Keyring {
+    /// A keyring holding the root secret, checked against the vault.
+    pub fn from_root(root: RootSecret, config: &VaultConfig) -> Result<Self> {
+        config.check_root(&root)?;
+        Ok(Self {
+            source: KeySource::Root(root),
+        })
+    }
+
+    /// A keyring holding a sealing or reader credential of this vault.
+    pub fn from_credential(credential: Credential, config: &VaultConfig) -> Result<Self> {
+        if credential.vault_id != config.vault_id {
+            return Err(Error::WrongKey(format!(
+                "this credential belongs to vault {}, but the site's configuration is vault {}: \
+                 the wrong site, or a substituted configuration (nothing was written)",
+                credential.vault_id, config.vault_id
+            )));
+        }
+        Ok(Self {
+            source: KeySource::Credential(credential),
+        })
+    }
+
+    /// The keys of a dataset.
+    pub fn dataset(&self, dataset: &str) -> Result<Arc<DatasetKeys>> {
+        layout::check_dataset_name(dataset)?;
+        match &self.source {
+            KeySource::Root(root) => Ok(Arc::new(root.dataset_keys(dataset, 0))),
+            KeySource::Credential(c) => c.dataset_keys(dataset).map(Arc::new).ok_or_else(|| {
+                Error::WrongKey(format!(
+                    "credential '{}' does not cover dataset {dataset} (it covers: {})",
+                    c.label,
+                    c.datasets
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }),
+        }
+    }
+
+    /// The keys of a dataset at a key epoch.
+    pub fn dataset_at(&self, dataset: &str, epoch: u32) -> Result<Arc<DatasetKeys>> {
+        layout::check_dataset_name(dataset)?;
+        match &self.source {
+            KeySource::Root(root) => Ok(Arc::new(root.dataset_keys(dataset, epoch))),
+            KeySource::Credential(c) => {
+                c.dataset_keys_at(dataset, epoch)
+                    .map(Arc::new)
+                    .ok_or_else(|| {
+                        Error::WrongKey(format!(
+                    "credential '{}' holds no keys of dataset {dataset} at key epoch {epoch} \
+                     (the reader key was rotated since it was issued?): ask for a new credential",
+                    c.label
+                ))
+                    })
+            }
+        }
+    }
+
+    /// The keys of a dataset whose reader key has id `key_id` (the id objects record).
+    pub fn dataset_for_key_id(&self, dataset: &str, key_id: [u8; 8]) -> Result<Arc<DatasetKeys>> {
+        layout::check_dataset_name(dataset)?;
+        let found = match &self.source {
+            KeySource::Root(root) => (0..=MAX_EPOCH_SEARCH)
+                .map(|e| root.dataset_keys(dataset, e))
+                .find(|k| k.key_id() == key_id),
+            KeySource::Credential(c) => c
+                .datasets
+                .iter()
+                .filter(|d| d.name == dataset)
+                .filter_map(|d| c.dataset_keys_at(dataset, d.epoch))
+                .find(|k| k.key_id() == key_id),
+        };
+        found.map(Arc::new).ok_or_else(|| {
+            Error::WrongKey(format!(
+                "no key at hand opens objects of dataset {dataset} sealed to reader key {}",
+                hex::encode(key_id)
+            ))
+        })
+    }
+
+    /// The key that signs ledger entries.
+    pub fn signer(&self) -> Result<ed25519_dalek::SigningKey> {
+        match &self.source {
+            KeySource::Root(root) => Ok(root.writer_signing_key(0)),
+            KeySource::Credential(c) => c.signing_key().ok_or_else(|| {
+                Error::WrongKey(format!(
+                    "credential '{}' is a reader credential: it can read but not add versions",
+                    c.label
+                ))
+            }),
+        }
+    }
+
+    /// True when this keyring can decrypt (root or reader credential).
+    pub fn can_read(&self, dataset: &str) -> bool {
+        self.dataset(dataset)
+            .is_ok_and(|k| k.reader_secret.is_some())
+    }
+
+    /// A reader credential for `dataset` alone, to hand to a process that must read that one
+    /// dataset and nothing else (PostgreSQL's `restore_command` on a recovery host): every key
+    /// epoch of it up to `current_epoch` this keyring can read, no other dataset, no signing
+    /// key. From the root secret or from a reader credential covering the dataset; a sealing
+    /// credential cannot read, so it is refused.
+    pub fn reader_credential_for(
+        &self,
+        vault_id: &str,
+        dataset: &str,
+        label: &str,
+        current_epoch: u32,
+    ) -> Result<Credential> {
+        layout::check_dataset_name(dataset)?;
+        match &self.source {
+            KeySource::Root(root) => Ok(Credential::at_epochs(
+                root,
+                vault_id,
+                label,
+                &[(dataset.to_string(), current_epoch)],
+                true,
+            )),
+            KeySource::Credential(c) => {
+                let datasets: Vec<_> = c
+                    .datasets
+                    .iter()
+                    .filter(|d| d.name == dataset && d.reader_seed.is_some())
+                    .cloned()
+                    .collect();
+                if datasets.is_empty() {
+                    return Err(Error::WrongKey(format!(
+                        "credential '{}' cannot read dataset {dataset} (a sealing credential, or \
+                         a reader credential for other datasets): restore with the root key file \
+                         or a reader credential of {dataset} (`embassy keys issue --reader \
+                         --dataset {dataset}`)",
+                        c.label
+                    )));
+                }
+                Ok(Credential {
+                    vault_id: vault_id.to_string(),
+                    label: label.to_string(),
+                    signing_seed: None,
+                    datasets,
+                })
+            }
+        }
+    }
+
+    /// The root secret, when held.
+    pub fn root(&self) -> Option<&RootSecret> {
+        match &self.source {
+            KeySource::Root(root) => Some(root),
+            KeySource::Credential(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod reader_credential_tests {
+    use super::*;
+
+    /// The credential a PostgreSQL restore hands to its restore_command: one dataset, readable,
+    /// no signing key; narrowed from a wider reader credential; refused from a sealing one.
+    #[test]
+    fn reader_credential_for_one_dataset_only() {
+        let root = RootSecret::from_bytes(&[5u8; 32]);
+        let config = VaultConfig::new(&root);
+        let id = config.vault_id.clone();
+        let from_root = Keyring::from_root(RootSecret::from_bytes(&[5u8; 32]), &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 1)
+            .unwrap();
+        assert!(from_root.signing_key().is_none());
+        assert!(from_root.datasets.iter().all(|d| d.name == "db"));
+        assert_eq!(from_root.datasets.len(), 2, "epochs 0 and 1");
+        let narrowed = Keyring::from_credential(from_root.clone(), &config).unwrap();
+        assert!(narrowed.can_read("db"));
+        assert!(narrowed.dataset("other").is_err());
+        assert!(narrowed.signer().is_err());
+
+        let wide = Credential::reader(&root, &id, "team", &["db".into(), "other".into()]);
+        let one = Keyring::from_credential(wide, &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 0)
+            .unwrap();
+        assert_eq!(one.datasets.len(), 1);
+        assert_eq!(one.datasets[0].name, "db");
+
+        let sealing = Credential::sealing(&root, &id, "host", &["db".into()]);
+        let err = Keyring::from_credential(sealing, &config)
+            .unwrap()
+            .reader_credential_for(&id, "db", "restore", 0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("cannot read dataset db"), "{err}");
+    }
+}

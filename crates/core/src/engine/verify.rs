@@ -1,0 +1,624 @@
+//! Verification. Without keys: every object hashes to its name, every ledger verifies (chain and
+//! signatures), and every object a ledger entry, manifest or index references exists. With keys
+//! (`deep`): also every blob of every pack decrypts and hashes to its chunk id, and every chunk
+//! of every version's trees is indexed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::engine::vault::{Keyring, Vault};
+use crate::error::{Error, Result};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest;
+use crate::format::pack;
+use crate::format::spool::{FetchError, Held, Need};
+use crate::progress::Progress;
+use crate::site::{ObjectInfo, SiteError};
+
+mod versions;
+
+use versions::{check_references, deep_check_version, PackDirectories};
+
+/// What a verification found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Objects whose bytes were checked against their names.
+    pub objects_checked: u64,
+    /// Bytes read.
+    pub bytes_checked: u64,
+    /// Blobs decrypted and checked (deep only).
+    pub blobs_checked: u64,
+    /// Per dataset.
+    pub datasets: Vec<DatasetSummary>,
+    /// Objects nothing references (left by interrupted backups; harmless).
+    pub unreferenced: Vec<String>,
+    /// Everything wrong, one line each, naming the object.
+    pub problems: Vec<String>,
+    /// Objects a site holds that no valid signer made or that are not part of the accepted
+    /// history (foreign, unparsable or rejected ledger objects), `path: why`, one each. Noise
+    /// has no effect and is not an integrity failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub noise: Vec<String>,
+    /// Things worth knowing that are not wrong (a deletion that lost a race to a version and
+    /// has no effect).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// What was proved about one dataset.
+#[derive(Debug, Serialize)]
+pub struct DatasetSummary {
+    /// The dataset.
+    pub name: String,
+    /// Ledger entries verified.
+    pub entries: u64,
+    /// Id of the newest entry.
+    pub head: Option<String>,
+    /// Versions whose references were all found.
+    pub versions_complete: u64,
+    /// The newest checkpoint this history is consistent with, for people.
+    pub checkpoint: Option<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies the whole vault; `keys` enables the deep check.
+pub fn verify(
+    vault: &Vault,
+    keys: Option<&Keyring>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let site = vault.site().as_ref();
+    let listing = site.list("")?;
+    let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
+    let report = Mutex::new(VerifyReport::default());
+    let problem = |p: String| {
+        report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .problems
+            .push(p)
+    };
+    // Checkpoints and cosignatures are statements beside the data: a damaged or stray one is
+    // noise, never damage to accepted data.
+    let noise_or_problem = |path: &str, p: String| {
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        if path.starts_with(crate::history::checkpoint::CHECKPOINTS)
+            || path.starts_with(crate::history::checkpoint::COSIGNATURES)
+        {
+            r.noise.push(p);
+        } else {
+            r.problems.push(p);
+        }
+    };
+    progress.set_total(listing.iter().map(|i| i.size).sum());
+
+    // 1. Every object hashes to its name; deep: every blob of every pack opens.
+    let objects: Vec<&ObjectInfo> = listing
+        .iter()
+        .filter(|i| !matches!(i.path.as_str(), layout::CONFIG | layout::CONFIG_SIGNATURE))
+        .collect();
+    // Ledger objects are judged with their history in step 2 (a damaged one is noise or
+    // damage depending on whether the accepted history needs it).
+    let hashed: Vec<&ObjectInfo> = objects
+        .iter()
+        .copied()
+        .filter(|i| !i.path.starts_with(layout::LEDGER_ROOT))
+        .collect();
+    let dataset_keys: Mutex<HashMap<String, std::sync::Arc<crate::keys::DatasetKeys>>> =
+        Mutex::new(HashMap::new());
+    // Deep: each verified pack's directory (every entry's blob opened), by chunk id.
+    let pack_blobs: Mutex<PackDirectories> = Mutex::new(HashMap::new());
+    // Every index object's header, signature checked (or why it does not parse).
+    let index_headers: Mutex<HashMap<String, std::result::Result<index::IndexHeader, String>>> =
+        Mutex::new(HashMap::new());
+    // Objects whose bytes do not hash to their names (judged once references are known).
+    let mismatched: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // Objects not named by a hash, and objects that are not of their folder's kind.
+    let unnamed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let unparsable: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    // One object per task: packs are few and heavy, so let idle threads steal them one by one.
+    hashed.par_iter().with_max_len(1).for_each(|info| {
+        progress.note(&info.path);
+        let Some(id) = layout::id_in_path(&info.path) else {
+            // Nothing names an object but by its hash: whatever else a site holds is noise
+            // (checkpoints and cosignatures are named by their own loader).
+            if !info.path.starts_with(crate::history::checkpoint::CHECKPOINTS)
+                && !info.path.starts_with(crate::history::checkpoint::COSIGNATURES)
+            {
+                unnamed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(info.path.clone());
+            }
+            return;
+        };
+        // What the checks below need of the object, and no more: indexes and manifests are
+        // parsed whole (held within their kind's cap); a deep pass reads packs by ranges from a
+        // spool on local disk; everything else is only hashed as it streams. Memory per object
+        // is a fixed buffer whatever a pack's size.
+        let whole_kind = info.path.starts_with("index/") || info.path.starts_with("manifests/");
+        let deep_pack = keys.is_some() && info.path.starts_with("packs/");
+        let need = match (whole_kind, deep_pack) {
+            (true, _) => Need::Whole,
+            (_, true) => Need::Spool,
+            _ => Need::Hash,
+        };
+        let held = match Held::read(site, &info.path, need) {
+            Ok(h) => h,
+            // Judged like a damaged copy once references are known.
+            Err(FetchError::Site(SiteError::NotFound { .. })) => {
+                return unparsable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((info.path.clone(), crate::site::LISTED_NOT_HELD.into()))
+            }
+            Err(FetchError::Site(e)) => {
+                return problem(format!("{}: cannot be read: {e}", info.path))
+            }
+            Err(FetchError::Local(e)) => {
+                return problem(format!("{}: cannot be checked: {e}", info.path))
+            }
+        };
+        let (got, size) = held.id_and_len();
+        progress.add(size);
+        {
+            let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+            r.objects_checked += 1;
+            r.bytes_checked += size;
+        }
+        if got != id {
+            if info.path.starts_with(crate::history::checkpoint::CHECKPOINTS)
+                || info.path.starts_with(crate::history::checkpoint::COSIGNATURES)
+            {
+                return noise_or_problem(
+                    &info.path,
+                    format!(
+                        "{}: bytes do not hash to the object's name (altered, truncated or substituted)",
+                        info.path
+                    ),
+                );
+            }
+            // Damage when accepted data references it, noise otherwise: judged after step 2.
+            mismatched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(info.path.clone());
+            return;
+        }
+        let head = held.head();
+        if let Some(why) = not_its_kind(&info.path, &head) {
+            unparsable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((info.path.clone(), why));
+            return;
+        }
+        if let Held::Whole(_, bytes) = &held {
+            if info.path.starts_with("index/") {
+                let parsed = index::decode_header(&info.path, bytes)
+                    .map(|(h, _)| h)
+                    .map_err(|e| e.to_string());
+                index_headers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.path.clone(), parsed);
+            }
+            return;
+        }
+        let (Some(keyring), Some(dataset), Held::Spooled(spool)) = (
+            keys,
+            info.path
+                .strip_prefix("packs/")
+                .and_then(|r| r.split('/').next()),
+            &held,
+        ) else {
+            return;
+        };
+        let key_id: [u8; 8] = head
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or_default();
+        let dk = {
+            let mut cache = dataset_keys.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = format!("{dataset}/{}", hex::encode(key_id));
+            match cache.get(&slot) {
+                Some(k) => k.clone(),
+                None => match keyring.dataset_for_key_id(dataset, key_id) {
+                    Ok(k) => {
+                        cache.insert(slot, k.clone());
+                        k
+                    }
+                    Err(e) => return problem(format!("{}: {e}", info.path)),
+                },
+            }
+        };
+        match pack::check_blobs(&dk, &info.path, spool.len(), &mut |o, l| {
+            spool
+                .read_at(o, l)
+                .map_err(|e| Error::io(format!("reading {} from its spool", info.path), e))
+        }) {
+            Ok((count, ids)) => {
+                report
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .blobs_checked += count as u64;
+                pack_blobs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.path.clone(), ids);
+            }
+            Err(e) => problem(e.to_string()),
+        }
+    });
+
+    // 2. Ledgers (checked against remembered heads) and what they reference.
+    let listed_datasets = vault.datasets()?;
+    let mut referenced: HashSet<String> = HashSet::new();
+    let (histories, failed, judged) = vault.histories_full()?;
+    let mut noise: Vec<String> = Vec::new();
+    for (dataset, h) in &judged {
+        for r in &h.rejected {
+            referenced.insert(r.path.clone());
+            if r.reason.contains(crate::engine::prune::RACE_LOST) {
+                report
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .notes
+                    .push(format!(
+                        "dataset {dataset}: entry {} ({}) has no effect: {}",
+                        r.seq,
+                        r.id.short(),
+                        r.reason
+                    ));
+                continue;
+            }
+            noise.push(format!(
+                "{}: entry {} of {dataset} rejected: {}; the history is intact without it",
+                r.path, r.seq, r.reason
+            ));
+        }
+        for n in &h.noise {
+            referenced.insert(n.path.clone());
+            noise.push(format!("{}: {}", n.path, n.reason));
+        }
+        if let Some(c) = &h.conflict {
+            for b in &c.branches {
+                for r in &b.records {
+                    referenced.insert(layout::ledger_entry(dataset, r.entry.seq, &r.id));
+                }
+            }
+        }
+        for p in h.problems(dataset) {
+            problem(format!("dataset {dataset}: {p}"));
+        }
+    }
+    // Objects in the ledger folder that name no dataset at all.
+    for info in listing.iter().filter(|i| {
+        i.path.starts_with(layout::LEDGER_ROOT) && layout::parse_ledger_path(&i.path).is_none()
+    }) {
+        if referenced.insert(info.path.clone()) {
+            noise.push(format!("{}: not a ledger entry's name", info.path));
+        }
+    }
+    // Refused policy entries (no-ops) and entries dated ahead of this clock: reported, never
+    // part of acceptance (which reads no clock).
+    {
+        let now = crate::format::config::now_unix_nanos();
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        for (dataset, records) in &histories {
+            for rec in records {
+                if let Some(why) = &rec.refused {
+                    r.notes.push(format!(
+                        "dataset {dataset}: entry {} ({}) is a refused {}: it has no effect: {why}",
+                        rec.entry.seq,
+                        rec.id.short(),
+                        rec.entry.event.name()
+                    ));
+                }
+                if rec.entry.time_ns > now.saturating_add(crate::engine::prune::CLOCK_SKEW_NS) {
+                    r.notes.push(format!(
+                        "warning: dataset {dataset}: entry {} ({}) is dated {}, ahead of this \
+                         machine's clock ({}): check the clocks of the signers (and this one)",
+                        rec.entry.seq,
+                        rec.id.short(),
+                        crate::time::utc(rec.entry.time_ns),
+                        crate::time::utc(now)
+                    ));
+                }
+            }
+        }
+    }
+    // Listed datasets whose history did not verify, whatever the reason (a damaged entry too):
+    // their problem is reported above, not again as a rollback against the checkpoints.
+    let failed_datasets: Vec<String> = listed_datasets
+        .iter()
+        .filter(|d| !histories.contains_key(*d))
+        .chain(
+            judged
+                .iter()
+                .filter(|(_, h)| h.is_truncated())
+                .map(|(d, _)| d),
+        )
+        .cloned()
+        .collect();
+    for e in failed {
+        problem(e.to_string());
+    }
+    // 3. Checkpoints: signed by the root or a pinned writer key, dated sanely, and every served
+    // history must extend each of them. The others are noise.
+    let (mut checkpoints, checkpoint_noise) = vault.checkpoints(&histories)?;
+    // A checkpoint stored after the listing above may name entries stored after the histories
+    // were read (a backup running meanwhile): the next run checks it. Every listed checkpoint
+    // was stored after the entries it names, so the histories read since then hold them.
+    checkpoints.retain(|cp| {
+        sizes.contains_key(
+            format!(
+                "{}{:020}-{}",
+                crate::history::checkpoint::CHECKPOINTS,
+                cp.checkpoint.time_ns,
+                cp.id
+            )
+            .as_str(),
+        )
+    });
+    {
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        r.noise.extend(checkpoint_noise);
+    }
+    for cp in &checkpoints {
+        referenced.insert(format!(
+            "{}{:020}-{}",
+            crate::history::checkpoint::CHECKPOINTS,
+            cp.checkpoint.time_ns,
+            cp.id
+        ));
+        for p in crate::history::checkpoint::check_against_except(cp, &histories, &failed_datasets)
+        {
+            // A rollback may be a damaged newest entry: name what the site holds in its place.
+            let in_place = judged
+                .iter()
+                .find(|(d, _)| p.starts_with(&format!("dataset {d}: rollback")))
+                .map(|(d, h)| h.in_place(histories.get(d).map_or(0, |r| r.len() as u64) + 1))
+                .unwrap_or_default();
+            problem(format!("{p}{in_place}"));
+        }
+    }
+    if let Some(state) = vault.state() {
+        if let Some(newest) = checkpoints.last() {
+            if let Some(seen) =
+                state.check_checkpoint(&newest.id.to_hex(), newest.checkpoint.time_ns)?
+            {
+                problem(format!(
+                    "replay: the newest checkpoint at the site is {} of {}, but checkpoint {} of {} was verified here: \
+                     the site hides newer checkpoints or was rolled back",
+                    newest.id.short(),
+                    crate::time::utc(newest.checkpoint.time_ns),
+                    &seen.id[..8.min(seen.id.len())],
+                    crate::time::utc(seen.time_ns)
+                ));
+            }
+        } else if let Some(seen) = state.seen().checkpoint {
+            problem(format!(
+                "replay: the site holds no checkpoint, but checkpoint {} of {} was verified here",
+                &seen.id[..8.min(seen.id.len())],
+                crate::time::utc(seen.time_ns)
+            ));
+        }
+    }
+    let witnesses = vault.config().witness_keys();
+    let pack_blobs = pack_blobs.into_inner().unwrap_or_else(|e| e.into_inner());
+    for (dataset, history) in &histories {
+        let mut complete = 0;
+        for record in history {
+            referenced.insert(layout::ledger_entry(dataset, record.entry.seq, &record.id));
+        }
+        for version in crate::engine::vault::versions_in(dataset, history) {
+            let version = &version;
+            let ok = check_references(vault, &sizes, dataset, version, &mut referenced, &problem);
+            // A version recorded after the listing (a backup running meanwhile) has packs the
+            // deep pass did not open: its references are checked above, its blobs next run.
+            let listed = sizes.contains_key(
+                layout::ledger_entry(dataset, version.seq, &version.ledger_id).as_str(),
+            );
+            let deep_ok = ok
+                && match keys {
+                    Some(keyring) if listed => {
+                        deep_check_version(vault, keyring, version, &pack_blobs, &problem)
+                    }
+                    _ => true,
+                };
+            if deep_ok {
+                complete += 1;
+            }
+        }
+        let covering = checkpoints.iter().rev().find(|cp| {
+            cp.checkpoint.heads.contains_key(dataset)
+                && crate::history::checkpoint::check_against(cp, &histories).is_empty()
+        });
+        report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .datasets
+            .push(DatasetSummary {
+                name: dataset.clone(),
+                entries: history.len() as u64,
+                head: history.last().map(|r| r.id.to_hex()),
+                versions_complete: complete,
+                checkpoint: covering.map(|cp| {
+                    let cosigned = cp
+                        .cosigners
+                        .iter()
+                        .filter(|w| witnesses.contains(w))
+                        .count();
+                    format!(
+                        "consistent with checkpoint {} of {}{}",
+                        cp.id.short(),
+                        crate::time::utc(cp.checkpoint.time_ns),
+                        if cosigned > 0 {
+                            format!(", cosigned by {cosigned} witnesses")
+                        } else {
+                            String::new()
+                        }
+                    )
+                }),
+            });
+    }
+    // A damaged object is damage when an accepted entry, manifest or index references it, and
+    // noise otherwise (nothing can refer to it). WAL objects of a verified dataset are judged by
+    // the WAL check, which knows the anchors and the hash chains.
+    let judged_objects = mismatched
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|p| {
+            let why = format!(
+                "{p}: bytes do not hash to the object's name (altered, truncated or substituted)"
+            );
+            (p, why)
+        })
+        .chain(
+            unparsable
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .into_iter()
+                .map(|(p, why)| {
+                    let why = format!("{p}: {why}");
+                    (p, why)
+                }),
+        )
+        .chain(
+            unnamed
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .into_iter()
+                .map(|p| {
+                    let why = format!("{p}: not named by a hash");
+                    (p, why)
+                }),
+        );
+    for (path, why) in judged_objects {
+        let wal_dataset = path.strip_prefix("wal/").and_then(|r| r.split('/').next());
+        if wal_dataset.is_some_and(|d| histories.contains_key(d)) {
+            continue;
+        }
+        if referenced.contains(&path) {
+            problem(why);
+        } else {
+            noise.push(format!("{why}; referenced by no accepted data"));
+            referenced.insert(path);
+        }
+    }
+    // Cosignatures, approvals and garbage collection's bookkeeping (condemnation records and
+    // backup session markers) are referenced by nothing, by design.
+    for prefix in [
+        crate::history::checkpoint::COSIGNATURES,
+        crate::history::approval::APPROVALS,
+        crate::engine::gc::GC_ROOT,
+        crate::engine::gc::SESSIONS_ROOT,
+    ] {
+        for info in listing.iter().filter(|i| i.path.starts_with(prefix)) {
+            referenced.insert(info.path.clone());
+        }
+    }
+    let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Indexes no live version names: leftovers of interrupted backups when an active signer
+    // made them; noise otherwise (unsigned, forged, foreign, or by a stranger or revoked key).
+    let index_headers = index_headers
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut noise_paths = HashSet::new();
+    // Keys that may add versions (and so write indexes) at each dataset's head.
+    let active: HashMap<&str, Vec<[u8; 32]>> = histories
+        .iter()
+        .map(|(d, h)| {
+            let may_add = vault
+                .authority(d, h)
+                .holders(crate::history::rights::Right::AddVersions);
+            (d.as_str(), may_add)
+        })
+        .collect();
+    for (path, parsed) in &index_headers {
+        if referenced.contains(path) {
+            continue;
+        }
+        let Some(dataset) = path
+            .strip_prefix("index/")
+            .and_then(|r| r.split('/').next())
+        else {
+            continue;
+        };
+        let Some(active) = active.get(dataset) else {
+            continue; // no verified history: reported above, or a dataset without a ledger yet
+        };
+        let why = match parsed {
+            Err(e) => Some(format!("unparsable: {e}")),
+            Ok(h) if h.dataset != dataset => {
+                Some(format!("an index of dataset {} (foreign)", h.dataset))
+            }
+            Ok(h) if !active.contains(&h.signer) => Some(format!(
+                "signed by {}, which is not an active signer of dataset {dataset}, and named by \
+                 no live version",
+                hex::encode(&h.signer[..8])
+            )),
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            report
+                .noise
+                .push(format!("{path}: {why}; ignored by backups and restores"));
+            noise_paths.insert(path.clone());
+        }
+    }
+    report.noise.sort();
+    report.unreferenced = objects
+        .iter()
+        .filter(|i| !referenced.contains(&i.path) && !noise_paths.contains(&i.path))
+        .map(|i| i.path.clone())
+        .collect();
+    report.unreferenced.sort();
+    report.problems.sort();
+    report.noise.extend(noise);
+    report.noise.sort();
+    report.noise.dedup();
+    // Noise is reported as noise, not again as unreferenced.
+    let noisy = |path: &str| report.noise.iter().any(|n| n.contains(path));
+    let unreferenced: Vec<String> = report
+        .unreferenced
+        .iter()
+        .filter(|p| !noisy(p))
+        .cloned()
+        .collect();
+    report.unreferenced = unreferenced;
+    Ok(report)
+}
+
+/// Why an object that hashes to its name is not of the kind its folder holds (its magic, or for
+/// a manifest its header), if it is not; None for the kinds checked elsewhere.
+fn not_its_kind(path: &str, bytes: &[u8]) -> Option<String> {
+    let magic: &[u8; 8] = if path.starts_with("packs/") {
+        pack::MAGIC
+    } else if path.starts_with(crate::engine::gc::GC_ROOT) {
+        crate::engine::gc::RECORD_MAGIC
+    } else if path.starts_with(crate::engine::gc::SESSIONS_ROOT) {
+        crate::engine::gc::MARKER_MAGIC
+    } else if path.starts_with(crate::history::approval::APPROVALS) {
+        crate::history::approval::MAGIC
+    } else if path.starts_with("manifests/") {
+        return manifest::decode_header(path, bytes)
+            .err()
+            .map(|e| format!("unparsable: {e}"));
+    } else {
+        return None;
+    };
+    (!bytes.starts_with(magic)).then(|| "unparsable (not an object of its folder's kind)".into())
+}

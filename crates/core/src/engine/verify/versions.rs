@@ -1,0 +1,209 @@
+//! The per-version checks of a verification: keyless, that everything a version references
+//! exists; deep, that every chunk of its trees resolves through its own indexes to a blob the
+//! deep pass opened.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::engine::reader::VersionReader;
+use crate::engine::vault::{Keyring, Vault};
+use crate::error::{Error, Result};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest;
+use crate::format::pack;
+use crate::format::tree::NodeKind;
+use crate::id::{ChunkId, ObjectId};
+use crate::site::with_retry;
+
+/// Keyless: the manifest, its indexes and their packs exist.
+pub(super) fn check_references(
+    vault: &Vault,
+    sizes: &HashMap<&str, u64>,
+    dataset: &str,
+    version: &crate::engine::vault::Version,
+    referenced: &mut HashSet<String>,
+    problem: &dyn Fn(String),
+) -> bool {
+    let site = vault.site().as_ref();
+    // Listed at the start, or stored since (by a backup running meanwhile).
+    let exists = |path: &str| {
+        sizes.contains_key(path)
+            || with_retry(|| site.list(path)).is_ok_and(|l| l.iter().any(|i| i.path == path))
+    };
+    // Bytes that do not match their name were noted in step 1 when listed (damage, since they
+    // are referenced: judged after step 2); either way a
+    // substitute's references are not followed (they would accuse objects of being missing).
+    let matches_name = |path: &str, bytes: &[u8], id: &ObjectId| {
+        let ok = ObjectId::of(bytes) == *id;
+        if !ok && !sizes.contains_key(path) {
+            problem(format!(
+                "{path}: bytes do not hash to the object's name (altered, truncated or substituted)"
+            ));
+        }
+        ok
+    };
+    let manifest_path = layout::manifest(dataset, &version.manifest);
+    let who = format!("ledger entry {} of {dataset}", version.seq);
+    if !exists(&manifest_path) {
+        problem(format!("{manifest_path}: missing (referenced by {who})"));
+        return false;
+    }
+    referenced.insert(manifest_path.clone());
+    let header = match with_retry(|| site.get(&manifest_path))
+        .map_err(Error::from)
+        .and_then(|b| {
+            if !matches_name(&manifest_path, &b, &version.manifest) {
+                return Ok(None);
+            }
+            manifest::decode_header(&manifest_path, &b).map(Some)
+        }) {
+        Ok(Some((h, _))) => h,
+        Ok(None) => return false,
+        Err(e) => {
+            problem(e.to_string());
+            return false;
+        }
+    };
+    let mut ok = true;
+    if header.dataset != dataset {
+        problem(format!(
+            "{manifest_path}: belongs to dataset {}, substituted",
+            header.dataset
+        ));
+        ok = false;
+    }
+    for index_id in &header.indexes {
+        let index_path = layout::index(dataset, index_id);
+        if !exists(&index_path) {
+            problem(format!(
+                "{index_path}: missing (referenced by {manifest_path})"
+            ));
+            ok = false;
+            continue;
+        }
+        if !referenced.insert(index_path.clone()) {
+            continue; // already followed for an earlier version
+        }
+        let packs = match with_retry(|| site.get(&index_path))
+            .map_err(Error::from)
+            .and_then(|b| {
+                if !matches_name(&index_path, &b, index_id) {
+                    return Ok(None);
+                }
+                index::decode_header(&index_path, &b).map(Some)
+            }) {
+            Ok(Some((h, _))) => h.packs,
+            Ok(None) => {
+                ok = false;
+                continue;
+            }
+            Err(e) => {
+                problem(e.to_string());
+                ok = false;
+                continue;
+            }
+        };
+        for pack_id in packs {
+            let pack_path = layout::pack(dataset, &pack_id);
+            if !exists(&pack_path) {
+                problem(format!("{pack_path}: missing (referenced by {index_path})"));
+                ok = false;
+            }
+            referenced.insert(pack_path);
+        }
+    }
+    ok
+}
+
+/// Deep: each verified pack's directory by chunk id (every entry's blob opened).
+pub(super) type PackDirectories = HashMap<String, HashMap<ChunkId, Vec<pack::BlobEntry>>>;
+
+/// Deep: every chunk of the version's trees is resolved through the version's own indexes (the
+/// ones its manifest names), and each of its mappings must be an entry of the named pack's
+/// directory, which the deep pass opened: a mapping that does not hold (a poisoned index an
+/// accepted version relies on) is damage naming the version, the index and the chunk.
+pub(super) fn deep_check_version(
+    vault: &Vault,
+    keyring: &Keyring,
+    version: &crate::engine::vault::Version,
+    pack_blobs: &PackDirectories,
+    problem: &dyn Fn(String),
+) -> bool {
+    let result = (|| -> Result<bool> {
+        let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
+        let mut pending = vec![reader.manifest.root];
+        let mut seen = HashSet::new();
+        let mut data = HashSet::new();
+        while let Some(tree_id) = pending.pop() {
+            if !seen.insert(tree_id) {
+                continue;
+            }
+            for node in reader.read_tree(&tree_id)?.nodes {
+                match node.kind {
+                    NodeKind::Dir => pending.extend(node.subtree),
+                    NodeKind::File => data.extend(node.content),
+                    _ => {}
+                }
+            }
+        }
+        let dataset = &version.dataset;
+        let manifest_path = layout::manifest(dataset, &version.manifest);
+        let mut missing = 0u64;
+        // Per lying index: how many chunks, and the first one (chunk, pack, offset).
+        let mut wrong: std::collections::BTreeMap<ObjectId, (u64, ChunkId, ObjectId, u32)> =
+            Default::default();
+        for id in data.iter().chain(seen.iter()) {
+            let mut verified_pack = false;
+            for m in reader.mappings(id) {
+                let Some(directory) = pack_blobs.get(&layout::pack(dataset, &m.pack)) else {
+                    continue; // not verified: counted below if no mapping verifies
+                };
+                verified_pack = true;
+                let holds = directory
+                    .get(id)
+                    .is_some_and(|entries| entries.contains(&m.blob));
+                if !holds {
+                    wrong.entry(m.index).and_modify(|w| w.0 += 1).or_insert((
+                        1,
+                        *id,
+                        m.pack,
+                        m.blob.offset,
+                    ));
+                }
+            }
+            if !verified_pack {
+                missing += 1;
+            }
+        }
+        for (index_id, (count, chunk, pack_id, offset)) in &wrong {
+            problem(format!(
+                "{}: version {} of {dataset} (manifest {}) resolves {count} chunks through this \
+                 index to places their pack does not hold them (first: chunk {} at offset \
+                 {offset} of pack {}): the index lies; a restore of those chunks fails unless \
+                 another index of the version maps them correctly",
+                layout::index(dataset, index_id),
+                version.number,
+                version.manifest.short(),
+                chunk.short(),
+                pack_id.short(),
+            ));
+        }
+        if missing > 0 {
+            return Err(Error::corrupt(
+                manifest_path,
+                format!(
+                    "{missing} chunks of version {} are not in any verified pack",
+                    version.number
+                ),
+            ));
+        }
+        Ok(wrong.is_empty())
+    })();
+    match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            problem(e.to_string());
+            false
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! Writing a version: chunk, dedup, compress, seal into packs, then index, manifest and ledger
+//! entry, in that order (invariant 7).
+//!
+//! Callers (the sources) feed content through [`BackupSession::store_reader`] and trees through
+//! [`BackupSession::store_blob`], from as many threads as they like; a pool of sealer threads
+//! compresses and encrypts into packs and uploads them. Each pack is followed by its own index
+//! object, so an interrupted backup leaves reusable, indexed packs and a rerun stores nothing
+//! twice.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use rayon::prelude::*;
+
+use crate::engine::vault::{Keyring, Vault, Version};
+use crate::error::{Error, Result};
+use crate::format::chunker::{aligned_chunks, ChunkBuffer, ChunkError, Chunking};
+use crate::format::config::{now_unix_nanos, ChunkerParams};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::manifest::{self, ManifestBody, VersionKind, VersionStats};
+use crate::format::pack::{BlobCompressor, BlobEntry, BlobKind, PackWriter};
+use crate::history::ledger::{self, Event, Record};
+use crate::id::{ChunkId, ObjectId};
+use crate::keys::DatasetKeys;
+use crate::progress::Progress;
+use crate::site::{with_retry, Site};
+
+/// Where a known chunk is.
+#[derive(Clone, Copy)]
+enum Known {
+    /// In an index object already on the site.
+    Stored(ObjectId),
+    /// Handed to a sealer in this session; its index will be one of this session's.
+    Pending,
+}
+
+struct Job {
+    kind: BlobKind,
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct Shared {
+    site: Arc<dyn Site>,
+    keys: Arc<DatasetKeys>,
+    /// Signs this session's index objects (the key that signs its ledger entry).
+    signer: ed25519_dalek::SigningKey,
+    pack_target: usize,
+    known: Mutex<HashMap<ChunkId, Known>>,
+    used_indexes: Mutex<BTreeSet<ObjectId>>,
+    failure: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    new_chunks: AtomicU64,
+    new_bytes_stored: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a sealer panicked; its data is still a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn fail(&self, error: Error) {
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            let first = lock(&self.failure)
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "backup stopped: a pack could not be stored: {first}"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stores one sealed pack, then its index object; marks its chunks as stored.
+    fn upload(&self, bytes: Vec<u8>, entries: Vec<BlobEntry>) -> Result<()> {
+        let pack_id = ObjectId::of(&bytes);
+        let dataset = &self.keys.dataset;
+        with_retry(|| self.site.put(&layout::pack(dataset, &pack_id), &bytes))?;
+        let stored: u64 = bytes.len() as u64;
+        drop(bytes);
+        let described = (pack_id, entries);
+        let index_bytes = index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
+        let entries = &described.1;
+        let index_id = ObjectId::of(&index_bytes);
+        with_retry(|| {
+            self.site
+                .put(&layout::index(dataset, &index_id), &index_bytes)
+        })?;
+        {
+            let mut known = lock(&self.known);
+            for e in entries {
+                known.insert(e.id, Known::Stored(index_id));
+            }
+        }
+        lock(&self.used_indexes).insert(index_id);
+        self.new_chunks
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.new_bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Compresses and encrypts blobs into packs; hands each full pack to the uploaders.
+    fn sealer(&self, jobs: Receiver<Job>, uploads: Sender<PackWriter>) {
+        let mut compressor = match BlobCompressor::new() {
+            Ok(c) => c,
+            Err(e) => return self.fail(e),
+        };
+        let mut pack: Option<PackWriter> = None;
+        for job in jobs {
+            if self.failed.load(Ordering::Relaxed) {
+                continue; // drain so producers never block
+            }
+            let writer = pack
+                .get_or_insert_with(|| PackWriter::new(&self.keys, self.pack_target + PACK_SLACK));
+            if let Err(e) = writer.add(&mut compressor, job.kind, job.id, &job.data) {
+                self.fail(e);
+                continue;
+            }
+            if writer.len() >= self.pack_target {
+                if let Some(full) = pack.take() {
+                    if uploads.send(full).is_err() {
+                        self.fail(Error::invalid("pack uploaders stopped"));
+                    }
+                }
+            }
+        }
+        // Hand over what is left even after a failure elsewhere: it is progress for a rerun.
+        if let Some(last) = pack.take().filter(|p| !p.is_empty()) {
+            let _ = uploads.send(last);
+        }
+    }
+
+    /// Stores finished packs and their indexes.
+    fn uploader(&self, packs: Receiver<PackWriter>) {
+        for pack in packs {
+            let (bytes, entries) = pack.finish();
+            if let Err(e) = self.upload(bytes, entries) {
+                self.fail(e);
+            }
+        }
+    }
+}
+
+/// Room in a pack's buffer beyond its target size: one largest chunk and its framing.
+const PACK_SLACK: usize = 9 * 1024 * 1024;
+
+thread_local! {
+    static CHUNK_BUFFER: std::cell::RefCell<Option<ChunkBuffer>> = const { std::cell::RefCell::new(None) };
+    static ALIGNED_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A version being written to one dataset.
+pub struct BackupSession {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+    sealers: Vec<JoinHandle<()>>,
+    uploaders: Vec<JoinHandle<()>>,
+    vault: Vault,
+    signer: ed25519_dalek::SigningKey,
+    head: Option<Record>,
+    /// The version number this session's version takes (versions cannot land meanwhile).
+    number: u64,
+    rejected: Vec<ObjectId>,
+    chunker: ChunkerParams,
+    captured_at_ns: i64,
+    root_node: Option<crate::format::tree::Node>,
+    properties: std::collections::BTreeMap<String, String>,
+    /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
+    /// that could not be written); keep a clone to read them after [`BackupSession::finish`].
+    pub warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl BackupSession {
+    /// Starts a version of `dataset`: verifies its history, loads what is already stored (also
+    /// from interrupted runs, for resume) and starts the sealers.
+    pub fn begin(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Self> {
+        let signer = keyring.signer()?;
+        let site = vault.site().clone();
+        let history = vault.history_full(dataset)?;
+        // A version after a gap or a fork would hide the entries beyond it for good.
+        history.check_appendable(dataset)?;
+        let keys = keyring.dataset_at(dataset, ledger::key_epoch(&history.records))?;
+        if !vault.authority(dataset, &history.records).may(
+            &signer.verifying_key().to_bytes(),
+            crate::history::rights::Right::AddVersions,
+        ) {
+            return Err(Error::WrongKey(format!(
+                "signing key {} may not add versions to dataset {dataset}: it was revoked, never \
+                 added, or not granted add_versions (`embassy keys issue --sealing` adds a \
+                 credential's key); ask for a new credential",
+                hex::encode(&signer.verifying_key().to_bytes()[..8])
+            )));
+        }
+        let rejected = history.rejected_ids();
+        let head = history.records.last().cloned();
+        let number =
+            crate::history::numbering::VersionNumbering::after(&history.records).next_number();
+        let mut warnings = Vec::new();
+        // Tell garbage collection a session is running (before anything is read), then keep
+        // away from what it has condemned: those objects may be deleted under us.
+        crate::engine::gc::begin_session(
+            site.as_ref(),
+            dataset,
+            head.as_ref().map_or(0, |h| h.entry.seq),
+            &hostname(),
+            &signer,
+        )?;
+        let condemned = crate::engine::gc::condemned(site.as_ref(), dataset)?;
+        let known = load_known_chunks(
+            site.as_ref(),
+            vault,
+            &history.records,
+            &keys,
+            &condemned,
+            &mut warnings,
+        )?;
+        let shared = Arc::new(Shared {
+            site,
+            keys,
+            signer: signer.clone(),
+            pack_target: vault.config().pack_target_bytes as usize,
+            known: Mutex::new(known),
+            used_indexes: Mutex::new(BTreeSet::new()),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            new_chunks: AtomicU64::new(0),
+            new_bytes_stored: AtomicU64::new(0),
+        });
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+        // A rendezvous: a finished pack waits for a free uploader instead of in a queue, so at
+        // most `workers` packs are being sealed and `workers` uploaded (bounded memory).
+        let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackWriter>(0);
+        let mut sealers = Vec::with_capacity(workers);
+        let mut uploaders = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (worker, rx, pack_tx) = (shared.clone(), rx.clone(), pack_tx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("sealer-{i}"))
+                .spawn(move || worker.sealer(rx, pack_tx))
+                .map_err(|e| Error::io("starting sealer threads", e))?;
+            sealers.push(handle);
+            let (worker, pack_rx) = (shared.clone(), pack_rx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("uploader-{i}"))
+                .spawn(move || worker.uploader(pack_rx))
+                .map_err(|e| Error::io("starting uploader threads", e))?;
+            uploaders.push(handle);
+        }
+        Ok(Self {
+            shared,
+            jobs: Some(tx),
+            sealers,
+            uploaders,
+            vault: vault.clone(),
+            signer,
+            head,
+            number,
+            rejected,
+            chunker: vault.config().chunker,
+            captured_at_ns: now_unix_nanos(),
+            root_node: None,
+            properties: Default::default(),
+            warnings: Arc::new(Mutex::new(warnings)),
+        })
+    }
+
+    /// The dataset's keys.
+    pub fn keys(&self) -> &DatasetKeys {
+        &self.shared.keys
+    }
+
+    /// Stores one blob unless an equal one is already stored; returns its chunk id.
+    pub fn store_blob(&self, kind: BlobKind, data: Vec<u8>) -> Result<ChunkId> {
+        self.shared.check()?;
+        let id = self.shared.keys.chunk_id(&data);
+        {
+            let mut known = lock(&self.shared.known);
+            match known.get(&id) {
+                Some(Known::Stored(index)) => {
+                    let index = *index;
+                    drop(known);
+                    lock(&self.shared.used_indexes).insert(index);
+                    return Ok(id);
+                }
+                Some(Known::Pending) => return Ok(id),
+                None => {
+                    known.insert(id, Known::Pending);
+                }
+            }
+        }
+        let sent = self
+            .jobs
+            .as_ref()
+            .map(|tx| tx.send(Job { kind, id, data }).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.shared.check()?;
+            return Err(Error::invalid("backup session already finished"));
+        }
+        Ok(id)
+    }
+
+    /// Chunks and stores a whole stream; returns its chunk ids and length.
+    pub fn store_reader(
+        &self,
+        reader: impl Read,
+        progress: &dyn Progress,
+    ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
+        self.store_reader_with(reader, Chunking::ContentDefined, progress)
+    }
+
+    /// Chunks a whole stream as `chunking` says and stores it; returns its chunk ids and length.
+    pub fn store_reader_with(
+        &self,
+        reader: impl Read,
+        chunking: Chunking,
+        progress: &dyn Progress,
+    ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
+        if let Chunking::Aligned(size) = chunking {
+            let mut ids = Vec::new();
+            let mut total = 0u64;
+            let mut buf = ALIGNED_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            let result = aligned_chunks(reader, size, &mut buf, |chunk| {
+                total += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
+                ids.push(self.store_blob(BlobKind::Data, chunk.to_vec())?);
+                Ok(())
+            });
+            ALIGNED_BUFFER.with(|b| *b.borrow_mut() = buf);
+            return match result {
+                Ok(()) => Ok((ids, total)),
+                Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
+                Err(ChunkError::Consumer(e)) => Err(StoreError::Vault(e)),
+            };
+        }
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        let mut buffer = CHUNK_BUFFER
+            .with(|b| b.borrow_mut().take())
+            .unwrap_or_else(|| ChunkBuffer::new(self.chunker));
+        let result = buffer.chunks(
+            reader,
+            self.chunker,
+            self.shared.keys.chunker_seed,
+            |chunk| {
+                total += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
+                ids.push(self.store_blob(BlobKind::Data, chunk.to_vec())?);
+                Ok(())
+            },
+        );
+        CHUNK_BUFFER.with(|b| *b.borrow_mut() = Some(buffer));
+        match result {
+            Ok(()) => Ok((ids, total)),
+            Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
+            Err(ChunkError::Consumer(e)) => Err(StoreError::Vault(e)),
+        }
+    }
+
+    /// Marks chunks of an unchanged file as used by this version. False if any is not known to
+    /// be stored (then the caller must read the file again).
+    pub fn reuse(&self, ids: &[ChunkId]) -> bool {
+        let known = lock(&self.shared.known);
+        let mut indexes = HashSet::new();
+        for id in ids {
+            match known.get(id) {
+                Some(Known::Stored(index)) => {
+                    indexes.insert(*index);
+                }
+                Some(Known::Pending) => {}
+                None => return false,
+            }
+        }
+        drop(known);
+        lock(&self.shared.used_indexes).extend(indexes);
+        true
+    }
+
+    /// Records the metadata of the folder backed up as the version's root.
+    pub fn set_root_node(&mut self, node: crate::format::tree::Node) {
+        self.root_node = Some(node);
+    }
+
+    /// Records properties of the source in the version's manifest (for example what a
+    /// PostgreSQL restore needs: LSNs, timeline, system identifier). Keys are namespaced by
+    /// the source, e.g. `postgres.start_lsn`.
+    pub fn set_properties(&mut self, properties: std::collections::BTreeMap<String, String>) {
+        self.properties = properties;
+    }
+
+    /// Waits for the sealers; returns the first failure.
+    fn drain(&mut self) -> Result<()> {
+        self.jobs = None;
+        // Sealers first: when the last one ends, the uploaders' channel closes.
+        for handle in self
+            .sealers
+            .drain(..)
+            .chain(self.uploaders.drain(..).collect::<Vec<_>>())
+        {
+            if handle.join().is_err() {
+                self.shared
+                    .fail(Error::invalid("a backup worker thread panicked"));
+            }
+        }
+        match lock(&self.shared.failure).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes the version: waits for every pack and index to be durable, then writes the
+    /// manifest, then the ledger entry. Only then does the version exist.
+    pub fn finish(
+        mut self,
+        kind: VersionKind,
+        root: ChunkId,
+        source: Vec<String>,
+        mut stats: VersionStats,
+    ) -> Result<Version> {
+        self.drain()?;
+        stats.new_chunks = self.shared.new_chunks.load(Ordering::Relaxed);
+        stats.new_bytes_stored = self.shared.new_bytes_stored.load(Ordering::Relaxed);
+        if !self.reuse(&[root]) {
+            return Err(Error::invalid("the root tree was not stored"));
+        }
+        let indexes: Vec<ObjectId> = lock(&self.shared.used_indexes).iter().copied().collect();
+        let body = ManifestBody {
+            kind,
+            root,
+            captured_at_ns: self.captured_at_ns,
+            completed_at_ns: now_unix_nanos(),
+            host: hostname(),
+            source,
+            stats,
+            root_node: self.root_node.take(),
+            properties: std::mem::take(&mut self.properties),
+        };
+        let keys = &self.shared.keys;
+        let site = self.vault.site();
+        let bytes = manifest::encode(keys, indexes, &body);
+        let manifest_id = ObjectId::of(&bytes);
+        with_retry(|| site.put(&layout::manifest(&keys.dataset, &manifest_id), &bytes))?;
+        let event = Event::VersionAdded {
+            manifest: manifest_id,
+            kind,
+            captured_at_ns: self.captured_at_ns,
+            stats,
+        };
+        let mut attempt = 0;
+        let record = loop {
+            match ledger::append_ignoring(
+                site.as_ref(),
+                &self.signer,
+                &keys.dataset,
+                self.head.as_ref(),
+                &self.rejected,
+                event.clone(),
+            ) {
+                Ok(record) => break record,
+                // Another entry landed since this session began. A deletion (a prune), a log
+                // range or a key change does not conflict with this version: append after it.
+                // Another version does: one writer per dataset.
+                Err(Error::History { .. }) if attempt < 5 => {
+                    attempt += 1;
+                    let history = self.vault.history_full(&keys.dataset)?;
+                    history.check_appendable(&keys.dataset)?;
+                    let base = self.head.as_ref().map_or(0, |h| h.entry.seq);
+                    let moved = history.records.len() as u64 > base
+                        && history.records[..base as usize].last().map(|r| r.id)
+                            == self.head.as_ref().map(|h| h.id);
+                    let other_version = history.records
+                        [base.min(history.records.len() as u64) as usize..]
+                        .iter()
+                        .any(|r| matches!(r.entry.event, Event::VersionAdded { .. }));
+                    if !moved || other_version {
+                        return Err(Error::History {
+                            dataset: keys.dataset.clone(),
+                            problem: format!(
+                                "another writer added a version while this backup ran (this one \
+                                 began at entry {base}); only one writer per dataset may run: \
+                                 rerun the backup"
+                            ),
+                        });
+                    }
+                    self.head = history.records.last().cloned();
+                    self.rejected = history.rejected_ids();
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // A checkpoint of every head; the version is already durable, so a failure here is
+        // a warning, not a lost backup. A sealing credential may not sign checkpoints: the
+        // root's next operation (or a root-held writer's backup) writes one.
+        match self
+            .vault
+            .may_checkpoint(&self.signer)
+            .then(|| self.vault.write_checkpoint(&self.signer))
+        {
+            None => {}
+            Some(Ok((_, left_out))) => lock(&self.warnings).extend(
+                left_out
+                    .into_iter()
+                    .map(|e| format!("checkpoint leaves out a dataset: {e}")),
+            ),
+            Some(Err(e)) => lock(&self.warnings).push(format!("no checkpoint written: {e}")),
+        }
+        Ok(Version {
+            dataset: keys.dataset.clone(),
+            number: self.number,
+            seq: record.entry.seq,
+            ledger_id: record.id,
+            manifest: manifest_id,
+            kind,
+            captured_at_ns: self.captured_at_ns,
+            recorded_at_ns: record.entry.time_ns,
+            stats,
+        })
+    }
+}
+
+impl Drop for BackupSession {
+    fn drop(&mut self) {
+        let _ = self.drain();
+    }
+}
+
+/// Failure while storing a stream: the source or the vault.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Reading the source failed.
+    Read(std::io::Error),
+    /// Storing failed.
+    Vault(Error),
+}
+
+/// An index object read and parsed (signature checked), body not yet opened.
+struct ListedIndex {
+    id: ObjectId,
+    path: String,
+    header: index::IndexHeader,
+    bytes: Vec<u8>,
+}
+
+/// Reads the indexes of a dataset that a backup may deduplicate against, mapping chunk to index
+/// object. Trusted are only indexes (a) signed by an active signer of the dataset at the head
+/// this session starts from (this includes the indexes of this writer's own interrupted runs),
+/// or (b) named in the plaintext header of the manifest of a live, accepted version; and only
+/// when every pack they name is present. Everything else (unsigned, altered, foreign, signed by
+/// a stranger or by a revoked signer and named by no live manifest) is ignored with a warning:
+/// anyone holding the dataset's index key can seal an index body, and a lying index would make
+/// the new version point at the wrong bytes (dedup poisoning).
+///
+/// Cost: every index object is read, as before; manifests are read only when an index signed by
+/// a former signer is present, newest versions of that signer first, stopping once every such
+/// index is found.
+fn load_known_chunks(
+    site: &dyn Site,
+    vault: &Vault,
+    history: &[Record],
+    keys: &DatasetKeys,
+    condemned: &HashSet<String>,
+    warnings: &mut Vec<String>,
+) -> Result<HashMap<ChunkId, Known>> {
+    let dataset = &keys.dataset;
+    // Condemned packs count as missing, and condemned indexes as absent: garbage collection
+    // may delete them before this session's version is recorded.
+    let packs: HashSet<ObjectId> = site
+        .list(&layout::packs_prefix(dataset))?
+        .iter()
+        .filter(|i| !condemned.contains(&i.path))
+        .filter_map(|i| layout::id_in_path(&i.path))
+        .collect();
+    let mut listed = site.list(&layout::index_prefix(dataset))?;
+    listed.retain(|i| !condemned.contains(&i.path));
+    let loaded: Vec<Result<ListedIndex>> = listed
+        .par_iter()
+        .map(|info| {
+            let id = layout::id_in_path(&info.path)
+                .ok_or_else(|| Error::corrupt(&info.path, "not named by an object id"))?;
+            // Damaged, or listed yet held nowhere: an integrity error, ignored below.
+            let bytes = crate::format::object::get_checked(site, &info.path, &id, "the listing")?;
+            let (header, _) = index::decode_header(&info.path, &bytes)?;
+            Ok(ListedIndex {
+                id,
+                path: info.path.clone(),
+                header,
+                bytes,
+            })
+        })
+        .collect();
+    // Trust indexes signed by a key that may add versions at this head.
+    let active: HashSet<[u8; 32]> = vault
+        .authority(dataset, history)
+        .holders(crate::history::rights::Right::AddVersions)
+        .into_iter()
+        .collect();
+    let former: HashSet<[u8; 32]> = ever_signers(vault, history)
+        .into_iter()
+        .filter(|k| !active.contains(k))
+        .collect();
+    let ignored = |path: &str, why: &str| {
+        format!("{path}: ignored for deduplication ({why}); its chunks will be stored again")
+    };
+    let mut trusted = Vec::new();
+    let mut candidates = Vec::new();
+    for result in loaded {
+        match result {
+            Ok(l) if l.header.dataset != *dataset => warnings.push(ignored(
+                &l.path,
+                &format!("an index of dataset {}", l.header.dataset),
+            )),
+            // Another key epoch: other chunk ids, nothing to dedup against.
+            Ok(l) if l.header.key_id != keys.key_id() => {}
+            Ok(l) if active.contains(&l.header.signer) => trusted.push(l),
+            Ok(l) if former.contains(&l.header.signer) => candidates.push(l),
+            Ok(l) => warnings.push(ignored(
+                &l.path,
+                &format!(
+                    "signed by {}, which is not a signer of dataset {dataset}",
+                    hex::encode(&l.header.signer[..8])
+                ),
+            )),
+            Err(e) if e.is_integrity() => {
+                warnings.push(format!("{e}; its chunks will be stored again"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !candidates.is_empty() {
+        let wanted: HashSet<ObjectId> = candidates.iter().map(|l| l.id).collect();
+        let signers: HashSet<[u8; 32]> = candidates.iter().map(|l| l.header.signer).collect();
+        let named = named_by_live_manifests(site, dataset, history, &wanted, &signers);
+        for l in candidates {
+            if named.contains(&l.id) {
+                trusted.push(l);
+            } else {
+                warnings.push(ignored(
+                    &l.path,
+                    &format!(
+                        "signed by {}, no longer a signer of dataset {dataset}, and named by no \
+                         live version",
+                        hex::encode(&l.header.signer[..8])
+                    ),
+                ));
+            }
+        }
+    }
+    let mut known = HashMap::new();
+    for l in trusted {
+        if let Some(missing) = l.header.packs.iter().find(|p| !packs.contains(p)) {
+            warnings.push(format!(
+                "index {} names pack {} which is missing: its chunks will be stored again",
+                l.id.short(),
+                missing.short()
+            ));
+            continue;
+        }
+        match index::decode(keys, &l.path, &l.bytes) {
+            Ok((_, entries)) => {
+                for e in entries {
+                    known.insert(e.blob.id, Known::Stored(l.id));
+                }
+            }
+            Err(e) if e.is_integrity() => {
+                warnings.push(format!("{e}; its chunks will be stored again"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(known)
+}
+
+/// Every key that was ever allowed to sign `history`'s entries: the configured signers and the
+/// keys added by accepted entries.
+fn ever_signers(vault: &Vault, history: &[Record]) -> HashSet<[u8; 32]> {
+    let mut keys: HashSet<[u8; 32]> = vault.config().signer_keys().into_iter().collect();
+    for record in history {
+        if let Event::SignerAdded { key, .. } = &record.entry.event {
+            keys.insert(*key);
+        }
+    }
+    keys
+}
+
+/// Which of `wanted` the manifests of live versions name (keyless: their plaintext headers).
+/// Reads versions signed by `signers` first, newest first, then the others, and stops as soon
+/// as every wanted index is found. A manifest that cannot be read names nothing (verify reports
+/// it).
+fn named_by_live_manifests(
+    site: &dyn Site,
+    dataset: &str,
+    history: &[Record],
+    wanted: &HashSet<ObjectId>,
+    signers: &HashSet<[u8; 32]>,
+) -> HashSet<ObjectId> {
+    let signer_of: HashMap<u64, [u8; 32]> = history
+        .iter()
+        .map(|r| (r.entry.seq, r.entry.signer))
+        .collect();
+    let mut live: Vec<(bool, Version)> = crate::engine::vault::versions_in(dataset, history)
+        .into_iter()
+        .rev()
+        .map(|v| {
+            let theirs = signer_of.get(&v.seq).is_some_and(|s| signers.contains(s));
+            (!theirs, v)
+        })
+        .collect();
+    live.sort_by_key(|(others, _)| *others); // stable: newest first within each group
+    let mut found = HashSet::new();
+    for batch in live.chunks(64) {
+        let named: Vec<Vec<ObjectId>> = batch
+            .par_iter()
+            .filter_map(|(_, v)| {
+                let path = layout::manifest(dataset, &v.manifest);
+                let bytes =
+                    crate::format::object::get_checked(site, &path, &v.manifest, "a live version")
+                        .ok()?;
+                manifest::decode_header(&path, &bytes)
+                    .ok()
+                    .map(|(h, _)| h.indexes)
+            })
+            .collect();
+        found.extend(named.into_iter().flatten().filter(|id| wanted.contains(id)));
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    found
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

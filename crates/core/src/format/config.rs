@@ -1,0 +1,378 @@
+//! The vault configuration: identity, pinned public keys and format parameters. Stored as JSON
+//! at `config`, with the root key's Ed25519 signature over its exact bytes at `config.sig`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::layout;
+use crate::keys::{self, RootSecret};
+use crate::site::{Put, Site, SiteError};
+
+const FORMAT: &str = "data-embassy-vault";
+
+/// The legal minimum age `embassy init` pins unless told otherwise: 30 days. Intruders
+/// (ransomware) typically dwell for weeks before they strike; a stolen credential granted
+/// `delete` must not be able to erase recent history before anyone notices. See docs/keys.md.
+pub const DEFAULT_MIN_AGE_SECS: u64 = 30 * 86_400;
+const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
+/// The vault format this program writes and reads (docs/format.md). Version 2 (issue 12):
+/// signed indexes, signer rights, a vault id derived from the root key, signed GC records,
+/// deletions judged from signed bytes alone.
+pub const FORMAT_VERSION: u32 = 2;
+/// BLAKE3 key-derivation context of the vault id (format §10).
+const CONTEXT_VAULT_ID: &str = "data-embassy 2026 vault id v2";
+
+/// The vault id that belongs to a root public key: hex of the first 16 bytes of
+/// `BLAKE3-derive_key("data-embassy 2026 vault id v2", root public key)`. A configuration whose
+/// `vault_id` is not this is refused, so the id (recorded out of band, carried by key files,
+/// credentials and remembered state) pins the root key.
+pub fn vault_id_of(root_public_key: &[u8; 32]) -> String {
+    let derived = blake3::derive_key(CONTEXT_VAULT_ID, root_public_key);
+    hex::encode(&derived[..16])
+}
+
+/// The vault id grouped for reading aloud: eight groups of four hex digits.
+pub fn fingerprint(vault_id: &str) -> String {
+    vault_id
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Parses a vault id given by a person: 32 hex digits, in any case, with or without the
+/// fingerprint's dashes and spaces. `None` when it is not one.
+pub fn parse_vault_id(text: &str) -> Option<String> {
+    let id: String = text
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | ':'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// Content-defined chunking parameters (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// Smallest chunk.
+    pub min: u32,
+    /// Average chunk.
+    pub avg: u32,
+    /// Largest chunk.
+    pub max: u32,
+}
+
+impl ChunkerParams {
+    /// 512 KiB / 2 MiB / 8 MiB: few chunks for a small index, small enough that an edit in a
+    /// large file stores little, and large enough that zstd compresses database pages as well as
+    /// borg does (measured on the registry corpus: 2 MiB blocks compress them 0.8 % better
+    /// than 1 MiB blocks).
+    pub const DEFAULT: Self = Self {
+        min: 512 * 1024,
+        avg: 2 * 1024 * 1024,
+        max: 8 * 1024 * 1024,
+    };
+
+    fn check(&self) -> std::result::Result<(), String> {
+        use fastcdc::v2020 as cdc;
+        let ok = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&self.min)
+            && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&self.avg)
+            && (cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&self.max)
+            && self.min < self.avg
+            && self.avg < self.max;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("chunker parameters {self:?} are out of range"))
+        }
+    }
+}
+
+/// The vault configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Always `data-embassy-vault`.
+    pub format: String,
+    /// Format version; this code reads version 1.
+    pub format_version: u32,
+    /// Vault identity (hex, 16 bytes), derived from the root public key ([`vault_id_of`]).
+    pub vault_id: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// Ed25519 key that signs this configuration (hex).
+    pub root_public_key: String,
+    /// Ed25519 keys allowed to sign ledger entries (hex).
+    pub signers: Vec<String>,
+    /// Chunking parameters.
+    pub chunker: ChunkerParams,
+    /// Target size of a pack in bytes.
+    pub pack_target_bytes: u64,
+    /// What this is and where the format is specified, for whoever finds the vault.
+    pub specification: String,
+    /// Ed25519 keys of witnesses whose cosignatures restores count (hex).
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// How many witness cosignatures a checkpoint needs before restores trust it by default.
+    #[serde(default)]
+    pub witness_quorum: u32,
+    /// Ed25519 keys of approvers whose signed approvals count for deletions outside the
+    /// retention policy (hex). Omitted when empty, so vaults without approvers keep the bytes
+    /// older programs read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// How many distinct approvers must approve each version deleted outside the retention
+    /// policy. 0: such deletions are refused outright.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub approvals_required: u32,
+    /// The legal minimum age, in seconds, of every version of every dataset: deleting a younger
+    /// version is outside any retention policy and needs approvals.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub min_age_secs: u64,
+    /// Per-dataset legal minimum ages that replace `min_age_secs` for those datasets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dataset_min_age_secs: std::collections::BTreeMap<String, u64>,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+impl VaultConfig {
+    /// A new configuration for a vault whose root secret is `root`.
+    pub fn new(root: &RootSecret) -> Self {
+        let root_public = root.root_signing_key().verifying_key().to_bytes();
+        Self {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            vault_id: vault_id_of(&root_public),
+            created_unix: now_unix(),
+            root_public_key: hex::encode(root_public),
+            signers: vec![hex::encode(
+                root.writer_signing_key(0).verifying_key().to_bytes(),
+            )],
+            chunker: ChunkerParams::DEFAULT,
+            pack_target_bytes: 16 * 1024 * 1024,
+            specification: "This is a Data Embassy vault: everything in it is encrypted and signed, \
+                            and a site never holds the keys. The format is specified in docs/format.md \
+                            of Data Embassy (format version 1). Check it without keys: \
+                            embassy verify --site <this location>"
+                .to_string(),
+            witnesses: Vec::new(),
+            witness_quorum: 0,
+            approvers: Vec::new(),
+            approvals_required: 0,
+            min_age_secs: 0,
+            dataset_min_age_secs: Default::default(),
+        }
+    }
+
+    /// Writes the configuration and its signature to an empty site.
+    pub fn create(&self, site: &dyn Site, root: &RootSecret) -> Result<()> {
+        if let Some(existing) = Self::try_load(site)? {
+            return Err(Error::VaultExists {
+                site: site.location().to_string(),
+                vault_id: existing.vault_id,
+            });
+        }
+        if site_holds_objects(site)? {
+            return Err(Error::invalid(format!(
+                "site {} is not empty: it holds objects of a vault whose configuration is missing; \
+                 repair it from another site with `embassy sync`, or choose an empty location",
+                site.location()
+            )));
+        }
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid(format!("encoding config: {e}")))?;
+        let signature = keys::sign(&root.root_signing_key(), SIGNATURE_LABEL, &body);
+        site.put(layout::CONFIG_SIGNATURE, hex::encode(signature).as_bytes())?;
+        match site.put(layout::CONFIG, &body)? {
+            Put::Created => Ok(()),
+            Put::AlreadyExisted => Err(Error::VaultExists {
+                site: site.location().to_string(),
+                vault_id: "created concurrently".into(),
+            }),
+        }
+    }
+
+    /// Loads and checks the configuration, or `None` when the site holds no vault.
+    pub fn try_load(site: &dyn Site) -> Result<Option<Self>> {
+        let body = match site.get(layout::CONFIG) {
+            Ok(body) => body,
+            Err(SiteError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let config: VaultConfig = serde_json::from_slice(&body).map_err(|e| {
+            Error::corrupt(layout::CONFIG, format!("not a vault configuration: {e}"))
+        })?;
+        if config.format != FORMAT {
+            return Err(Error::corrupt(layout::CONFIG, "not a Data Embassy vault"));
+        }
+        if config.format_version != FORMAT_VERSION {
+            let way_out = if config.format_version < FORMAT_VERSION {
+                "a vault written before signed indexes, rights and a derived vault id: restore it \
+                 with the embassy release that wrote it, then back it up into a new vault"
+            } else {
+                "upgrade embassy"
+            };
+            return Err(Error::invalid(format!(
+                "vault format version {} is not the one this program reads ({FORMAT_VERSION}): \
+                 {way_out}",
+                config.format_version
+            )));
+        }
+        config
+            .chunker
+            .check()
+            .map_err(|p| Error::corrupt(layout::CONFIG, p))?;
+        if !(1024..=1 << 30).contains(&config.pack_target_bytes) {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "pack target size out of range",
+            ));
+        }
+        if config.witness_quorum as usize > config.witnesses.len() {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "witness quorum exceeds the number of witnesses",
+            ));
+        }
+        if config.approvals_required as usize > config.approver_keys().len() {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "approvals_required exceeds the number of valid approver keys",
+            ));
+        }
+        let root_key = decode_key(&config.root_public_key)
+            .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))?;
+        let owner = vault_id_of(&root_key);
+        if !crate::keys::crypto::ct_eq(owner.as_bytes(), config.vault_id.as_bytes()) {
+            return Err(Error::SubstitutedConfig {
+                site: site.location().to_string(),
+                problem: format!(
+                    "the configuration names vault {} but its root key belongs to vault {owner}",
+                    config.vault_id
+                ),
+            });
+        }
+        let signature = site.get(layout::CONFIG_SIGNATURE).map_err(|e| match e {
+            SiteError::NotFound { .. } => Error::Missing {
+                path: layout::CONFIG_SIGNATURE.into(),
+                site: site.location().into(),
+                referenced_by: layout::CONFIG.into(),
+            },
+            e => e.into(),
+        })?;
+        let signature = hex::decode(signature.trim_ascii())
+            .map_err(|_| Error::corrupt(layout::CONFIG_SIGNATURE, "not hex"))?;
+        if !keys::verify_signature(&root_key, SIGNATURE_LABEL, &body, &signature) {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "the root key's signature does not match the configuration: it was altered",
+            ));
+        }
+        Ok(Some(config))
+    }
+
+    /// Loads the configuration, or says there is no vault. A site that holds vault objects but
+    /// no configuration is damaged, not empty: that is reported as a missing object.
+    pub fn load(site: &dyn Site) -> Result<Self> {
+        match Self::try_load(site)? {
+            Some(config) => Ok(config),
+            None if site_holds_objects(site)? => Err(Error::Missing {
+                path: layout::CONFIG.into(),
+                site: site.location().to_string(),
+                referenced_by: "every vault (the site holds vault objects but no configuration; \
+                                copy it from another site with `embassy sync`)"
+                    .into(),
+            }),
+            None => Err(Error::NoVault {
+                site: site.location().to_string(),
+            }),
+        }
+    }
+
+    /// The root signing key's public half.
+    pub fn root_key(&self) -> Result<[u8; 32]> {
+        decode_key(&self.root_public_key)
+            .ok_or_else(|| Error::corrupt(layout::CONFIG, "root_public_key is not 32 hex bytes"))
+    }
+
+    /// The pinned witness keys.
+    pub fn witness_keys(&self) -> Vec<[u8; 32]> {
+        self.witnesses
+            .iter()
+            .filter_map(|s| decode_key(s))
+            .collect()
+    }
+
+    /// The pinned approver keys (distinct).
+    pub fn approver_keys(&self) -> Vec<[u8; 32]> {
+        let mut keys: Vec<[u8; 32]> = self
+            .approvers
+            .iter()
+            .filter_map(|s| decode_key(s))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The legal minimum age of `dataset`'s versions, in seconds.
+    pub fn min_age_of(&self, dataset: &str) -> u64 {
+        self.dataset_min_age_secs
+            .get(dataset)
+            .copied()
+            .unwrap_or(self.min_age_secs)
+    }
+
+    /// The pinned ledger signers.
+    pub fn signer_keys(&self) -> Vec<[u8; 32]> {
+        self.signers.iter().filter_map(|s| decode_key(s)).collect()
+    }
+
+    /// Checks that `root` is this vault's root secret.
+    pub fn check_root(&self, root: &RootSecret) -> Result<()> {
+        let derived = hex::encode(root.root_signing_key().verifying_key().to_bytes());
+        if crate::keys::crypto::ct_eq(derived.as_bytes(), self.root_public_key.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Error::WrongKey(format!(
+                "this key does not belong to vault {}: use that vault's key file",
+                self.vault_id
+            )))
+        }
+    }
+}
+
+/// True when the site holds anything besides a configuration (a local site's `tmp/` aside).
+fn site_holds_objects(site: &dyn Site) -> Result<bool> {
+    Ok(site
+        .list("")?
+        .iter()
+        .any(|i| !matches!(i.path.as_str(), layout::CONFIG | layout::CONFIG_SIGNATURE)))
+}
+
+fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    now_unix_nanos() / 1_000_000_000
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

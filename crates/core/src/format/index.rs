@@ -1,0 +1,181 @@
+//! Index objects: where each chunk of a dataset is stored. Written after the packs they describe
+//! are durable, one per pack, so an interrupted backup leaves indexes a rerun can reuse.
+//!
+//! ```text
+//! "EMBINDX2" | u32 LE header length | header: CBOR {dataset, packs: [pack id], key_id, signer}
+//!            | XChaCha20-Poly1305(index key, aad = everything before, CBOR [IndexEntry])
+//!            | Ed25519 signature by `signer` over "data-embassy index v2" || 0x00 || everything before
+//! ```
+//! The header is plaintext so anyone can check, without keys, that the packs it names exist and
+//! who signed the index. Every holder of the dataset's keys can seal an index body, so the
+//! signature is what tells a writer whether to trust an index for deduplication (see
+//! `writer::load_known_chunks`): only indexes signed by an active signer, or named by the
+//! manifest of an accepted version, are used.
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::cbor;
+use crate::error::{Error, Result};
+use crate::format::pack::BlobEntry;
+use crate::id::ObjectId;
+use crate::keys::crypto;
+use crate::keys::{self, DatasetKeys};
+
+/// Magic at the start of every index object.
+pub const MAGIC: &[u8; 8] = b"EMBINDX2";
+
+/// Domain-separation label of an index object's signature.
+pub const SIGNATURE_LABEL: &[u8] = b"data-embassy index v2";
+
+/// Length of the Ed25519 signature at the end of an index object.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// The plaintext part of an index object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexHeader {
+    /// The dataset.
+    pub dataset: String,
+    /// The packs described.
+    pub packs: Vec<ObjectId>,
+    /// Key id of the dataset keys (epoch) whose index key sealed the body.
+    #[serde(with = "serde_bytes")]
+    pub key_id: [u8; 8],
+    /// Ed25519 public key that signed the object (the writer's ledger signing key).
+    #[serde(with = "serde_bytes")]
+    pub signer: [u8; 32],
+}
+
+/// One chunk's location. Encoded as the CBOR array `[pack, blob]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "(u32, BlobEntry)", from = "(u32, BlobEntry)")]
+pub struct IndexEntry {
+    /// Position of the pack in [`IndexHeader::packs`].
+    pub pack: u32,
+    /// Where the blob is inside the pack.
+    pub blob: BlobEntry,
+}
+
+impl From<IndexEntry> for (u32, BlobEntry) {
+    fn from(e: IndexEntry) -> Self {
+        (e.pack, e.blob)
+    }
+}
+
+impl From<(u32, BlobEntry)> for IndexEntry {
+    fn from((pack, blob): (u32, BlobEntry)) -> Self {
+        IndexEntry { pack, blob }
+    }
+}
+
+/// Encodes an index object for `packs` and their blobs, signed by `signer` (the key that signs
+/// the writer's ledger entries).
+pub fn encode(
+    keys: &DatasetKeys,
+    signer: &SigningKey,
+    packs: &[(ObjectId, Vec<BlobEntry>)],
+) -> Vec<u8> {
+    let entries: Vec<IndexEntry> = packs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, blobs))| {
+            blobs.iter().map(move |b| IndexEntry {
+                pack: i as u32,
+                blob: *b,
+            })
+        })
+        .collect();
+    encode_entries(
+        keys,
+        signer,
+        packs.iter().map(|(id, _)| *id).collect(),
+        &entries,
+    )
+}
+
+/// Encodes an index object with the given header packs and entries as they are (entries may name
+/// any position, even outside `packs`: for tests of what readers do with a lying index).
+pub fn encode_entries(
+    keys: &DatasetKeys,
+    signer: &SigningKey,
+    packs: Vec<ObjectId>,
+    entries: &[IndexEntry],
+) -> Vec<u8> {
+    let header = IndexHeader {
+        dataset: keys.dataset.clone(),
+        packs,
+        key_id: keys.key_id(),
+        signer: signer.verifying_key().to_bytes(),
+    };
+    let header = cbor::to_vec(&header);
+    let mut out = Vec::with_capacity(12 + header.len() + entries.len() * 64 + 128);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    let sealed = crypto::seal_symmetric(&keys.index_key, &out, &cbor::to_vec(&entries));
+    out.extend_from_slice(&sealed);
+    let signature = keys::sign(signer, SIGNATURE_LABEL, &out);
+    out.extend_from_slice(&signature);
+    out
+}
+
+/// Reads the plaintext header (no keys needed) and checks the signature by `header.signer`;
+/// returns the header and where the sealed body starts (it ends [`SIGNATURE_LEN`] bytes before
+/// the end). Whether that signer may be trusted is the caller's decision.
+pub fn decode_header(path: &str, bytes: &[u8]) -> Result<(IndexHeader, usize)> {
+    let (header, body_at): (IndexHeader, usize) =
+        crate::format::framing::header(MAGIC, "an index object", path, bytes, SIGNATURE_LEN)?;
+    let signed = bytes.len() - SIGNATURE_LEN;
+    if !keys::verify_signature(
+        &header.signer,
+        SIGNATURE_LABEL,
+        &bytes[..signed],
+        &bytes[signed..],
+    ) {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "index signature by {} does not verify (unsigned, altered or forged)",
+                hex::encode(&header.signer[..8])
+            ),
+        ));
+    }
+    Ok((header, body_at))
+}
+
+/// Decodes a whole index object: its header (signature checked) and the chunk locations.
+pub fn decode(
+    keys: &DatasetKeys,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(IndexHeader, Vec<IndexEntry>)> {
+    let (header, body_at) = decode_header(path, bytes)?;
+    if header.dataset != keys.dataset {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "index of dataset {} found under dataset {}",
+                header.dataset, keys.dataset
+            ),
+        ));
+    }
+    let signed = bytes.len() - SIGNATURE_LEN;
+    let plain = crypto::open_symmetric(&keys.index_key, &bytes[..body_at], &bytes[body_at..signed])
+        .map_err(|_| {
+            Error::corrupt(
+                path,
+                "index body does not authenticate with the dataset's index key",
+            )
+        })?;
+    let entries: Vec<IndexEntry> = cbor::from_slice(&plain).map_err(|e| Error::corrupt(path, e))?;
+    if entries
+        .iter()
+        .any(|e| e.pack as usize >= header.packs.len())
+    {
+        return Err(Error::corrupt(
+            path,
+            "entry names a pack outside the header",
+        ));
+    }
+    Ok((header, entries))
+}

@@ -1,0 +1,514 @@
+//! The ledger: each dataset's signed, hash-chained, append-only history. A version exists only
+//! once its ledger entry is stored; the entry is written last (invariant 7) and names the
+//! manifest by hash, so a site cannot substitute, reorder or silently drop versions (invariant 4).
+//!
+//! ```text
+//! "EMBLEDG1" | u32 LE length | CBOR Entry | Ed25519 signature (64) over "data-embassy ledger v1\0" | CBOR
+//! path: ledger/<dataset>/<seq, 16 digits>-<object id>
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::layout;
+use crate::format::manifest::{VersionKind, VersionStats};
+use crate::id::ObjectId;
+use crate::site::{Site, SiteError};
+
+/// Magic at the start of every ledger entry.
+pub const MAGIC: &[u8; 8] = b"EMBLEDG1";
+const SIGNATURE_LABEL: &[u8] = b"data-embassy ledger v1";
+
+/// What happened to the dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new version was stored.
+    VersionAdded {
+        /// Its manifest.
+        manifest: ObjectId,
+        /// Tree or stream.
+        kind: VersionKind,
+        /// When the source was captured: the version's recovery point.
+        captured_at_ns: i64,
+        /// Its counts.
+        stats: VersionStats,
+    },
+    /// A range of continuous changes (for example PostgreSQL WAL) after a version was stored.
+    LogRangeAdded {
+        /// The manifest of the stored range.
+        manifest: ObjectId,
+        /// Timeline (PostgreSQL) or 0.
+        timeline: u32,
+        /// First position covered (for example an LSN).
+        start: u64,
+        /// Position just after the last byte covered.
+        end: u64,
+        /// Capture time of the newest change in the range.
+        captured_at_ns: i64,
+    },
+    /// Versions were removed by retention or by an approved `forget`; their entries stay in the
+    /// history. It takes effect only when its signer holds the `delete` right and every version
+    /// it deletes is one the recorded `policy` does not keep at `as_of_ns` (with the dataset's
+    /// legal minimum age in force), or carries approvals by `config.approvals_required` distinct
+    /// pinned approvers (the deletion rules, `history::deletion`); otherwise it is a no-op.
+    VersionsDeleted {
+        /// Sequence numbers of the removed versions' entries.
+        seqs: Vec<u64>,
+        /// Why (the retention rule or the approval).
+        reason: String,
+        /// The retention policy applied, when the deletion is retention's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<crate::history::retention::RetentionPolicy>,
+        /// When the policy was evaluated (ns since the epoch); not after the entry's time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        as_of_ns: Option<i64>,
+        /// The full signed bytes of the approval objects (`approvals/<dataset>/<id>`) for
+        /// versions deleted outside the policy: verifiers judge them from the entry alone.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<serde_bytes::ByteBuf>,
+    },
+    /// The dataset's legal minimum age changes to `min_age_secs` (the configuration's stays a
+    /// floor). Signed by the root key; lowering it also needs `approvals` (full signed approval
+    /// objects) by `config.approvals_required` distinct pinned approvers.
+    MinAgeChanged {
+        /// The new minimum age in seconds.
+        min_age_secs: u64,
+        /// Approvals of a lowering (their full signed bytes); empty when raising.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<serde_bytes::ByteBuf>,
+    },
+    /// A key may sign this dataset's entries from now on. Signed by the root key.
+    SignerAdded {
+        /// Ed25519 public key.
+        #[serde(with = "serde_bytes")]
+        key: [u8; 32],
+        /// What the key is for (a host name, "agent", ...).
+        role: String,
+        /// What the key may sign ([`Right`]).
+        rights: Vec<Right>,
+    },
+    /// The dataset's reader key moved to a new epoch: new objects are sealed to `reader_public`;
+    /// old ones stay readable with the old epoch's key. Signed by the root key.
+    ReaderKeyRotated {
+        /// The new key epoch.
+        epoch: u32,
+        /// The new reader public key.
+        #[serde(with = "serde_bytes")]
+        reader_public: [u8; 32],
+    },
+    /// A key may no longer sign this dataset's entries. Signed by the root key.
+    SignerRevoked {
+        /// Ed25519 public key.
+        #[serde(with = "serde_bytes")]
+        key: [u8; 32],
+        /// Why.
+        reason: String,
+    },
+    /// A standby restored from this dataset (PostgreSQL) was promoted and now accepts writes
+    /// on a new timeline: the dataset's history forks there.
+    Promoted {
+        /// The timeline the promoted server writes on.
+        timeline: u32,
+        /// Its WAL position when it first accepted a write.
+        lsn: u64,
+        /// The host it runs on.
+        host: String,
+        /// Its data directory.
+        data_dir: String,
+    },
+}
+
+impl Event {
+    /// True for events only the root key may sign.
+    pub fn needs_root(&self) -> bool {
+        matches!(
+            self,
+            Event::SignerAdded { .. }
+                | Event::SignerRevoked { .. }
+                | Event::ReaderKeyRotated { .. }
+                | Event::MinAgeChanged { .. }
+        )
+    }
+
+    /// A short name for people.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::VersionAdded { .. } => "version added",
+            Event::LogRangeAdded { .. } => "log range added",
+            Event::VersionsDeleted { .. } => "versions deleted",
+            Event::SignerAdded { .. } => "signer added",
+            Event::SignerRevoked { .. } => "signer revoked",
+            Event::ReaderKeyRotated { .. } => "reader key rotated",
+            Event::Promoted { .. } => "promoted",
+            Event::MinAgeChanged { .. } => "min age changed",
+        }
+    }
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The dataset.
+    pub dataset: String,
+    /// Position in the history, from 1.
+    pub seq: u64,
+    /// Id of entry `seq - 1` (none for the first).
+    pub prev: Option<ObjectId>,
+    /// When the entry was made, ns since the Unix epoch.
+    pub time_ns: i64,
+    /// Ed25519 public key of the signer; must be pinned in the vault configuration.
+    #[serde(with = "serde_bytes")]
+    pub signer: [u8; 32],
+    /// What happened.
+    pub event: Event,
+}
+
+/// The entry with sequence number `seq` in a verified history (entries are numbered from 1,
+/// so it is `history[seq - 1]`); `None` for sequence 0, which no entry has, and beyond the end.
+pub fn entry_at(history: &[Record], seq: u64) -> Option<&Record> {
+    let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+    history.get(index)
+}
+
+/// A verified entry with where it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Object id of the entry.
+    pub id: ObjectId,
+    /// The entry.
+    pub entry: Entry,
+    /// Why verifiers refused its effect, when it is a no-op (a deletion or minimum-age change
+    /// that breaks the rules: see `rights::Verdict::Noop`): it holds its sequence
+    /// number, entries continuing it count, but it changes nothing.
+    pub refused: Option<String>,
+}
+
+impl Record {
+    /// An accepted entry with its effect.
+    pub fn new(id: ObjectId, entry: Entry) -> Self {
+        Self {
+            id,
+            entry,
+            refused: None,
+        }
+    }
+}
+
+/// Encodes and signs an entry.
+pub fn encode(entry: &Entry, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    crate::format::framing::encode_signed(MAGIC, SIGNATURE_LABEL, entry, key)
+}
+
+/// The key epoch a verified history is at (0 until the first rotation).
+pub fn key_epoch(history: &[Record]) -> u32 {
+    history
+        .iter()
+        .filter_map(|r| match r.entry.event {
+            Event::ReaderKeyRotated { epoch, .. } => Some(epoch),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
+/// is decided by the acceptance rules (`history::accept`), which know the signer set at that
+/// point of the chain.
+pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
+    crate::format::framing::decode_signed(
+        MAGIC,
+        SIGNATURE_LABEL,
+        "a ledger entry",
+        path,
+        bytes,
+        |e: &Entry| e.signer,
+    )
+}
+
+// The history's acceptance rules live in their own module; these names stay here for callers.
+/// One right the root grants a signer of a dataset's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Right {
+    /// Sign `version_added` and `promoted` entries.
+    AddVersions,
+    /// Sign `log_range_added` entries (streamed WAL anchors).
+    StreamWal,
+    /// Sign `versions_deleted` entries (still bound by the policy, minimum age and approvals).
+    Delete,
+}
+
+impl Right {
+    /// Every right (what the keys in `config.signers` hold).
+    pub const ALL: [Right; 3] = [Right::AddVersions, Right::StreamWal, Right::Delete];
+
+    /// The rights of a sealing credential: add versions and stream WAL, plus delete when the
+    /// root says so (`embassy keys issue --sealing --may-delete`).
+    pub fn sealing(may_delete: bool) -> Vec<Right> {
+        let mut rights = vec![Right::AddVersions, Right::StreamWal];
+        if may_delete {
+            rights.push(Right::Delete);
+        }
+        rights
+    }
+
+    /// The right's name as stored.
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::AddVersions => "add_versions",
+            Right::StreamWal => "stream_wal",
+            Right::Delete => "delete",
+        }
+    }
+
+    /// The right an event needs, or `None` for events only the root key signs.
+    pub fn needed_for(event: &Event) -> Option<Right> {
+        match event {
+            Event::VersionAdded { .. } | Event::Promoted { .. } => Some(Right::AddVersions),
+            Event::LogRangeAdded { .. } => Some(Right::StreamWal),
+            Event::VersionsDeleted { .. } => Some(Right::Delete),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Right {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The folder of this host's ledger locks, once set by [`use_lock_folder`].
+static LOCK_FOLDER: std::sync::RwLock<Option<std::path::PathBuf>> = std::sync::RwLock::new(None);
+
+/// Environment variable: how long an append waits for another writer's ledger lock, in seconds
+/// (default [`DEFAULT_LOCK_TIMEOUT_SECS`]).
+pub const LOCK_TIMEOUT_ENV: &str = "EMBASSY_LEDGER_LOCK_TIMEOUT";
+
+/// How long an append waits for another writer's ledger lock unless [`LOCK_TIMEOUT_ENV`] says.
+pub const DEFAULT_LOCK_TIMEOUT_SECS: u64 = 600;
+
+/// Keeps this process's ledger locks in `dir` (the CLI and the agent use `<state folder>/locks`,
+/// so a CLI run with the agent's state folder takes turns with the agent). Without it, the
+/// default state folder's `locks` is used.
+pub fn use_lock_folder(dir: std::path::PathBuf) {
+    *LOCK_FOLDER.write().unwrap_or_else(|p| p.into_inner()) = Some(dir);
+}
+
+/// The folder of the ledger locks: the one set with [`use_lock_folder`], else `locks` in the
+/// default state folder.
+pub fn lock_folder() -> Option<std::path::PathBuf> {
+    LOCK_FOLDER
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .or_else(|| crate::fsutil::default_state_dir().map(|d| d.join("locks")))
+}
+
+/// A host-wide advisory lock (flock) on one dataset's ledger at one site, held while an entry
+/// is appended: writers running at the same time on one host (an agent's streamer and its
+/// base backups) never race for a sequence number. The lock file lives in the lock folder
+/// ([`lock_folder`], private to its user: created 0700, never chmod'ed), is opened without
+/// following links, and holds the pid of the writer holding it. A writer waits at most
+/// [`LOCK_TIMEOUT_ENV`] seconds, then fails naming the holder. Best effort: without a lock
+/// folder (no home, no permission) appends proceed as before, guarded only by the
+/// list-put-list check. Writers on different hosts are not covered: one writer host per dataset.
+struct HostLedgerLock(Option<std::fs::File>);
+
+impl HostLedgerLock {
+    fn take(location: &str, dataset: &str) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::io::AsRawFd;
+        let Some(dir) = lock_folder() else {
+            return Ok(HostLedgerLock(None));
+        };
+        if std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .is_err()
+        {
+            return Ok(HostLedgerLock(None));
+        }
+        // A folder someone else created (or made writable) would let them own the lock: refuse
+        // it, naming the way out. Existing folders are never chmod'ed.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(&dir)
+                .map_err(|e| Error::io(format!("reading the lock folder {}", dir.display()), e))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(Error::invalid(format!(
+                    "the ledger lock folder {} is not a private folder of this user (owner uid \
+                     {}, mode {:o}): another user could hold or jam the lock; remove it (it is \
+                     made again, mode 0700) or use a private --state-dir",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
+        let name = blake3::hash(format!("{location}\0{dataset}").as_bytes()).to_hex();
+        let path = dir.join(format!("{}.lock", &name[..32]));
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .mode(0o600)
+            .open(&path)
+        {
+            // A FIFO or device there would make the pid write below block for ever.
+            Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => {
+                return Err(Error::invalid(format!(
+                    "the ledger lock {} is not a regular file: remove it",
+                    path.display()
+                )))
+            }
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(Error::invalid(format!(
+                    "the ledger lock {} is a symbolic link, which is never followed: remove it",
+                    path.display()
+                )))
+            }
+            Err(_) => return Ok(HostLedgerLock(None)),
+        };
+        let wait = std::env::var(LOCK_TIMEOUT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(
+                std::time::Duration::from_secs(DEFAULT_LOCK_TIMEOUT_SECS),
+                std::time::Duration::from_secs_f64,
+            );
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own, without blocking.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
+                _ => return Ok(HostLedgerLock(None)),
+            }
+            if started.elapsed() >= wait {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "an unknown pid".to_string()
+                } else {
+                    format!("pid {}", crate::text::escape(holder))
+                };
+                return Err(Error::invalid(format!(
+                    "dataset {dataset}: another writer on this host ({holder}) has held the \
+                     ledger lock {} for more than {:.0} s: wait for it to finish or stop it \
+                     ({LOCK_TIMEOUT_ENV} sets the wait, in seconds)",
+                    path.display(),
+                    wait.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Name the holder for whoever waits next.
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(HostLedgerLock(Some(file)))
+    }
+}
+
+impl Drop for HostLedgerLock {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: unlocking our own descriptor (closing it would too).
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
+/// Appends an entry after `head` (the last verified record, if any) and returns it.
+pub fn append(
+    site: &dyn Site,
+    key: &ed25519_dalek::SigningKey,
+    dataset: &str,
+    head: Option<&Record>,
+    event: Event,
+) -> Result<Record> {
+    append_ignoring(site, key, dataset, head, &[], event)
+}
+
+/// [`append`], ignoring rejected entries (see [`History::rejected_ids`]) at the new sequence.
+pub fn append_ignoring(
+    site: &dyn Site,
+    key: &ed25519_dalek::SigningKey,
+    dataset: &str,
+    head: Option<&Record>,
+    ignore: &[ObjectId],
+    event: Event,
+) -> Result<Record> {
+    // Writers of one dataset on this host (the WAL streamer, base backups, promotion, prune)
+    // take turns: two appends at the same sequence number would fork the history for good.
+    let _turn = HostLedgerLock::take(site.location(), dataset)?;
+    let seq = head.map_or(1, |h| h.entry.seq + 1);
+    let entry = Entry {
+        dataset: dataset.to_string(),
+        seq,
+        prev: head.map(|h| h.id),
+        // Never before the predecessor: verifiers refuse an entry dated before the one it follows.
+        time_ns: crate::format::config::now_unix_nanos()
+            .max(head.map_or(i64::MIN, |h| h.entry.time_ns)),
+        signer: key.verifying_key().to_bytes(),
+        event,
+    };
+    let bytes = encode(&entry, key);
+    let id = ObjectId::of(&bytes);
+    let seq_prefix = format!("{}{seq:016}-", layout::ledger_prefix(dataset));
+    let others = |site: &dyn Site| -> Result<Vec<String>, SiteError> {
+        Ok(site
+            .list(&seq_prefix)?
+            .into_iter()
+            .map(|i| i.path)
+            .filter(|p| {
+                layout::id_in_path(p).is_some_and(|other| other != id && !ignore.contains(&other))
+            })
+            .collect())
+    };
+    let concurrent = |paths: Vec<String>| {
+        Error::History {
+        dataset: dataset.into(),
+        problem: format!(
+            "another writer added entry {seq} at the same time ({}); only one writer per dataset may run",
+            paths.join(", ")
+        ),
+    }
+    };
+    let before = others(site)?;
+    if !before.is_empty() {
+        return Err(concurrent(before));
+    }
+    site.put(&layout::ledger_entry(dataset, seq, &id), &bytes)?;
+    let after = others(site)?;
+    if !after.is_empty() {
+        // A version (or any other entry) that raced a deletion to this sequence number wins:
+        // verifiers reject the deletion (see `crate::history`).
+        let ours_wins = !matches!(entry.event, Event::VersionsDeleted { .. })
+            && after.iter().all(|p| {
+                site.get(p)
+                    .ok()
+                    .and_then(|b| decode(p, &b).ok())
+                    .is_some_and(|e| matches!(e.event, Event::VersionsDeleted { .. }))
+            });
+        if !ours_wins {
+            return Err(concurrent(after));
+        }
+    }
+    Ok(Record::new(id, entry))
+}

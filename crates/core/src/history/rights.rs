@@ -1,0 +1,337 @@
+//! Rights: who may sign what in a dataset's ledger, as the root granted it, and the rules that
+//! judge an entry from its signed bytes and the accepted history before it (no site reads, no
+//! verifier clock).
+//!
+//! - the root key signs `signer_added`, `signer_revoked`, `reader_key_rotated` and
+//!   `min_age_changed`, and nothing else needs it;
+//! - the keys in `config.signers` (root-derived writer keys) hold every right;
+//! - a key added by `signer_added` holds the rights listed there: `add_versions`
+//!   (`version_added`, `promoted`), `stream_wal` (`log_range_added`), `delete`
+//!   (`versions_deleted`), until it is revoked;
+//! - an entry is never dated before its predecessor.
+//!
+//! [`Authority`] follows these through a history; [`Authority::verdict`] is the one call the
+//! acceptance loop makes per entry.
+
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+use crate::format::config::VaultConfig;
+use crate::history::ledger::{Entry, Event};
+use crate::history::version::Version;
+
+pub use crate::history::ledger::Right;
+
+/// What the acceptance rules make of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted, with its effect.
+    Accept,
+    /// Accepted as a no-op: a policy entry (`versions_deleted`, `min_age_changed`) by a signer
+    /// of the dataset that breaks a rule. It holds its sequence number and entries continuing it
+    /// are judged normally, but it changes nothing. The reason says why.
+    Noop(String),
+    /// Rejected: its signer may not sign it at all (never added, revoked, not the root), or it
+    /// is dated before its predecessor. Ignored, like noise.
+    Reject(String),
+}
+
+/// The signers of a dataset's ledger with their rights, and the dataset's legal minimum age, at
+/// one point of its accepted history.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    root: [u8; 32],
+    pinned: Vec<[u8; 32]>,
+    signers: BTreeMap<[u8; 32], Vec<Right>>,
+    config_min_age_secs: u64,
+    changed_min_age_secs: Option<u64>,
+}
+
+impl Authority {
+    /// The authority before a dataset's first entry.
+    pub fn new(config: &VaultConfig, dataset: &str) -> Result<Self> {
+        Ok(Self {
+            root: config.root_key()?,
+            pinned: config.signer_keys(),
+            signers: config
+                .signer_keys()
+                .into_iter()
+                .map(|k| (k, Right::ALL.to_vec()))
+                .collect(),
+            config_min_age_secs: config.min_age_of(dataset),
+            changed_min_age_secs: None,
+        })
+    }
+
+    /// The authority before any entry of a vault whose root key is `root` and whose
+    /// configuration pins `pinned` (each holding every right), with no minimum age.
+    pub fn pinned(root: [u8; 32], pinned: &[[u8; 32]]) -> Self {
+        Self {
+            root,
+            pinned: pinned.to_vec(),
+            signers: pinned.iter().map(|k| (*k, Right::ALL.to_vec())).collect(),
+            config_min_age_secs: 0,
+            changed_min_age_secs: None,
+        }
+    }
+
+    /// The authority after the accepted entries of `history` (no-op entries change nothing).
+    pub fn after(
+        config: &VaultConfig,
+        dataset: &str,
+        history: &[crate::history::ledger::Record],
+    ) -> Self {
+        let mut out = Self::new(config, dataset).unwrap_or_else(|_| Self {
+            root: [0; 32],
+            pinned: Vec::new(),
+            signers: BTreeMap::new(),
+            config_min_age_secs: config.min_age_of(dataset),
+            changed_min_age_secs: None,
+        });
+        for r in history.iter().filter(|r| r.refused.is_none()) {
+            out.apply(&r.entry.event);
+        }
+        out
+    }
+
+    /// True when `signer` may sign entries that need `right`.
+    pub fn may(&self, signer: &[u8; 32], right: Right) -> bool {
+        self.signers
+            .get(signer)
+            .is_some_and(|rights| rights.contains(&right))
+    }
+
+    /// True when `signer` is an active (added, not revoked) signer of the dataset, whatever its
+    /// rights.
+    pub fn is_signer(&self, signer: &[u8; 32]) -> bool {
+        self.signers.contains_key(signer)
+    }
+
+    /// The active signers, whatever their rights.
+    pub fn keys(&self) -> Vec<[u8; 32]> {
+        self.signers.keys().copied().collect()
+    }
+
+    /// The active signers holding `right`.
+    pub fn holders(&self, right: Right) -> Vec<[u8; 32]> {
+        self.signers
+            .iter()
+            .filter(|(_, rights)| rights.contains(&right))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// The rights of `signer` (empty when it is not an active signer).
+    pub fn rights_of(&self, signer: &[u8; 32]) -> Vec<Right> {
+        self.signers.get(signer).cloned().unwrap_or_default()
+    }
+
+    /// The dataset's legal minimum age in force: the configuration's, raised by the newest
+    /// accepted `min_age_changed`.
+    pub fn min_age_secs(&self) -> u64 {
+        self.config_min_age_secs
+            .max(self.changed_min_age_secs.unwrap_or(0))
+    }
+
+    /// The minimum age the newest accepted `min_age_changed` set (the configuration's when none).
+    fn current_min_age_secs(&self) -> u64 {
+        self.changed_min_age_secs
+            .unwrap_or(self.config_min_age_secs)
+    }
+
+    /// Applies an accepted entry's effect on signers and policy.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            // Keys of config.signers keep every right; a re-grant replaces the rights.
+            Event::SignerAdded { key, .. } if self.pinned.contains(key) => {
+                self.signers.insert(*key, Right::ALL.to_vec());
+            }
+            Event::SignerAdded { key, rights, .. } => {
+                let mut r = rights.clone();
+                r.sort();
+                r.dedup();
+                self.signers.insert(*key, r);
+            }
+            Event::SignerRevoked { key, .. } => {
+                self.signers.remove(key);
+            }
+            Event::MinAgeChanged { min_age_secs, .. } => {
+                self.changed_min_age_secs = Some(*min_age_secs);
+            }
+            // A rotation retires every credential of the old epoch: only the pinned writer
+            // keys keep signing; credentials issued after it are added anew.
+            Event::ReaderKeyRotated { .. } => {
+                let pinned = &self.pinned;
+                self.signers.retain(|k, _| pinned.contains(k));
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `entry`'s signer may sign it here: the root for root events, else an active
+    /// signer holding the right the event needs. `Ok` or why not.
+    pub fn authorise(&self, entry: &Entry) -> std::result::Result<(), String> {
+        let who = hex::encode(&entry.signer[..8]);
+        match Right::needed_for(&entry.event) {
+            None if entry.signer == self.root => Ok(()),
+            None => Err(format!(
+                "{} signed by {who}, which is not the vault's root key",
+                entry.event.name()
+            )),
+            Some(right) => match self.signers.get(&entry.signer) {
+                None => Err(format!(
+                    "{} signed by {who}, which is not (or no longer) a signer of this dataset: a \
+                     revoked or foreign key",
+                    entry.event.name()
+                )),
+                Some(rights) if !rights.contains(&right) => Err(format!(
+                    "{} signed by {who}, a signer the root did not grant the right {right} (it \
+                     holds {})",
+                    entry.event.name(),
+                    if rights.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rights
+                            .iter()
+                            .map(|r| r.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                )),
+                Some(_) => Ok(()),
+            },
+        }
+    }
+
+    /// The acceptance rules for one entry that chains to the accepted head, whose time is
+    /// `prev_time_ns` (none for the first entry), given the versions live before it: a pure
+    /// function of signed bytes and the configuration.
+    pub fn verdict(
+        &self,
+        config: &VaultConfig,
+        dataset: &str,
+        live: &BTreeMap<u64, Version>,
+        prev_time_ns: Option<i64>,
+        entry: &Entry,
+    ) -> Verdict {
+        let policy_entry = matches!(
+            entry.event,
+            Event::VersionsDeleted { .. } | Event::MinAgeChanged { .. }
+        );
+        // Who signed it decides between noise and a refused policy entry.
+        let known = self.is_signer(&entry.signer) || entry.signer == self.root;
+        let early = prev_time_ns.filter(|p| entry.time_ns < *p).map(|p| {
+            format!(
+                "{} dated {}, before the entry it follows ({})",
+                entry.event.name(),
+                crate::time::utc(entry.time_ns),
+                crate::time::utc(p)
+            )
+        });
+        if !policy_entry || !known {
+            if let Err(why) = self.authorise(entry) {
+                return Verdict::Reject(why);
+            }
+            if let Some(why) = early {
+                return Verdict::Reject(why);
+            }
+            return Verdict::Accept;
+        }
+        if let Err(why) = self.authorise(entry) {
+            return Verdict::Noop(why);
+        }
+        if let Some(why) = early {
+            return Verdict::Noop(why);
+        }
+        let judged = match &entry.event {
+            Event::VersionsDeleted { .. } => crate::history::deletion::check_deletion(
+                config,
+                dataset,
+                live,
+                self.min_age_secs(),
+                entry,
+            ),
+            Event::MinAgeChanged { .. } => self.check_min_age_change(config, dataset, entry),
+            _ => Ok(()),
+        };
+        match judged {
+            Ok(()) => Verdict::Accept,
+            Err(why) => Verdict::Noop(why),
+        }
+    }
+
+    /// A `min_age_changed` entry: raising (or keeping) needs only the root; lowering needs
+    /// `config.approvals_required` (at least 1) distinct pinned approvers' approvals embedded in
+    /// the entry, each for exactly this change (the new age) after exactly this predecessor.
+    fn check_min_age_change(
+        &self,
+        config: &VaultConfig,
+        dataset: &str,
+        entry: &Entry,
+    ) -> std::result::Result<(), String> {
+        let Event::MinAgeChanged {
+            min_age_secs,
+            approvals,
+        } = &entry.event
+        else {
+            return Ok(());
+        };
+        let current = self.current_min_age_secs();
+        if *min_age_secs >= current {
+            return Ok(());
+        }
+        let need = config.approvals_required as usize;
+        if need == 0 {
+            return Err(format!(
+                "min age changed: lowering {dataset}'s minimum age from {} to {} needs approvals, \
+                 and this vault pins no approvers",
+                crate::duration::format_duration(current),
+                crate::duration::format_duration(*min_age_secs)
+            ));
+        }
+        let pinned = config.approver_keys();
+        let mut approvers = std::collections::BTreeSet::new();
+        let mut problems = Vec::new();
+        for (i, bytes) in approvals.iter().enumerate() {
+            match crate::history::approval::decode(
+                &config.vault_id,
+                dataset,
+                &format!("approval {i}"),
+                bytes,
+            ) {
+                Ok(a) if !pinned.contains(&a.approver) => problems.push(format!(
+                    "approval {i} is by {}, not a pinned approver",
+                    hex::encode(&a.approver[..8])
+                )),
+                Ok(a)
+                    if a.min_age_secs != Some(*min_age_secs)
+                        || a.seq + 1 != entry.seq
+                        || Some(a.entry) != entry.prev =>
+                {
+                    problems.push(format!(
+                        "approval {i} does not approve this change (lowering to {} after entry {})",
+                        crate::duration::format_duration(*min_age_secs),
+                        entry.seq.saturating_sub(1)
+                    ))
+                }
+                Ok(a) => {
+                    approvers.insert(a.approver);
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if approvers.len() >= need {
+            return Ok(());
+        }
+        Err(format!(
+            "min age changed: lowering {dataset}'s minimum age needs {need} distinct pinned \
+             approvers, the entry carries {}{}",
+            approvers.len(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
+        ))
+    }
+}
