@@ -340,7 +340,7 @@ fn assert_unpoisoned(lab: &Lab, version: &Version, expected: &[u8], forged: &[St
     }
     let restored = lab
         .restore(version)
-        .unwrap_or_else(|e| panic!("version {} does not restore: {e}", version.seq));
+        .unwrap_or_else(|e| panic!("version {} does not restore: {e}", version.number));
     assert!(
         restored == expected,
         "version {} restores other bytes",
@@ -511,7 +511,7 @@ fn verify_deep_resolves_each_version_through_its_own_mapping() {
     let lines: Vec<&String> = deep
         .problems
         .iter()
-        .filter(|p| p.contains(&format!("version {} of {DS}", v2.seq)))
+        .filter(|p| p.contains(&format!("version {} of {DS}", v2.number)))
         .collect();
     assert!(!lines.is_empty(), "{:#?}", deep.problems);
     for line in &lines {
@@ -525,7 +525,7 @@ fn verify_deep_resolves_each_version_through_its_own_mapping() {
         !deep
             .problems
             .iter()
-            .any(|p| p.contains(&format!("version {} of {DS}", v1.seq))),
+            .any(|p| p.contains(&format!("version {} of {DS}", v1.number))),
         "{:#?}",
         deep.problems
     );
@@ -587,7 +587,7 @@ fn reader_tries_the_next_mapping_when_an_index_of_the_version_lies() {
     assert!(
         deep.problems
             .iter()
-            .any(|p| p.contains(&format!("version {} of {DS}", v2.seq))
+            .any(|p| p.contains(&format!("version {} of {DS}", v2.number))
                 && p.contains("the index lies")),
         "{:#?}",
         deep.problems
