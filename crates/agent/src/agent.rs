@@ -22,30 +22,15 @@ use embassy_core::ErrorKind;
 use crate::config::{Config, Mode};
 use crate::control::lock_state_dir;
 use crate::error::RunError;
+use crate::log::now_s;
 use crate::run;
 use crate::state::AgentState;
 use crate::status;
 
 pub use crate::control::Control;
 pub use crate::http::{serve, Shared, StatusToken};
-
-/// Writes one log line on stderr: UTC time, then the message.
-pub fn log(message: impl AsRef<str>) {
-    let now = embassy_core::time::utc(embassy_core::config::now_unix_nanos());
-    // Messages carry text from sites and writers: no control characters reach the log.
-    eprintln!("{now} {}", embassy_core::text::escape(message.as_ref()));
-}
-
-/// How to run.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// One cycle: every periodic dataset once, a verification when configured, then exit.
-    pub once: bool,
-}
-
-pub(crate) fn now_s() -> i64 {
-    embassy_core::config::now_unix()
-}
+pub use crate::log::log;
+pub use crate::options::Options;
 
 /// The agent's failure to start or to keep going.
 #[derive(Debug, thiserror::Error)]

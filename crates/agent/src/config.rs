@@ -15,6 +15,9 @@ use crate::schedule::{format_duration, Schedule};
 
 mod datasets;
 mod parse;
+mod webhook;
+
+pub use webhook::WebhookUrl;
 
 /// One problem in a configuration file, at a position.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use embassy_core::vault::Keyring;
 use embassy_core::ErrorKind;
 
-use crate::agent::{log, now_s, Options};
 use crate::alarms;
 use crate::config::{Config, Mode};
 use crate::control::Control;
 use crate::error::RunError;
 use crate::http::{lock, Shared};
+use crate::log::{log, now_s};
+use crate::options::Options;
 use crate::run;
 use crate::status::SiteSnapshot;
 

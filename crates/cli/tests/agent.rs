@@ -290,6 +290,75 @@ fn write_tree(root: &Path, files: usize, size: usize, seed: u64) {
     }
 }
 
+/// One duration grammar for both front ends (issue 14's safety bug: `6m` meant six minutes to
+/// the agent and six months to the CLI, for the legal minimum age). The same texts go to
+/// `embassy init --min-age` and to the agent's `retention.min_age`: the ambiguous `6m` is
+/// refused by both with the same way out, `6mo` accepted by both as the same span.
+#[test]
+fn the_cli_and_the_agent_read_durations_alike() {
+    let env = Env::new();
+    let agent_config = |min_age: &str| {
+        env.config(&format!(
+            r#"[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+
+[[sites]]
+name = "luxembourg"
+path = "sites/lux"
+
+[[datasets]]
+name = "population"
+source = {{ files = ["data"] }}
+interval = "1h"
+rpo = "2h"
+retention = {{ keep_last = 3, min_age = "{min_age}" }}
+"#
+        ));
+        env.embassy(&["config", "check", "embassy.toml"])
+    };
+    let cli_init = |site: &str, min_age: &str| {
+        env.embassy(&[
+            "--site",
+            site,
+            "--passphrase-file",
+            "passphrase",
+            "init",
+            "--min-age",
+            min_age,
+        ])
+    };
+    let way_out = "6min for minutes or 6mo for months";
+    // Refused by both, with the same advice.
+    let agent = agent_config("6m");
+    assert_eq!(agent.status.code(), Some(2), "{}", show(&agent));
+    let cli = cli_init("sites/refused", "6m");
+    assert!(!cli.status.success(), "init --min-age 6m: {}", show(&cli));
+    for (who, out) in [("agent", &agent), ("cli", &cli)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(way_out), "{who}: {err}");
+    }
+    assert!(
+        !env.path("sites/refused/config").exists(),
+        "a refused init wrote a vault"
+    );
+    // Accepted by both as the same span: the CLI's vault records 6 months of minimum age.
+    let agent = agent_config("6mo");
+    assert!(agent.status.success(), "{}", show(&agent));
+    fs::create_dir_all(env.path("sites/lux")).unwrap();
+    let cli = cli_init("sites/lux", "6mo");
+    assert!(cli.status.success(), "{}", show(&cli));
+    let site = embassy_sites::LocalSite::new(env.path("sites/lux")).unwrap();
+    let vault_secs = embassy_core::config::VaultConfig::load(&site)
+        .unwrap()
+        .min_age_secs;
+    let agent_secs = embassy_agent::schedule::parse_duration("6mo")
+        .unwrap()
+        .as_secs();
+    assert_eq!(vault_secs, agent_secs, "6mo: CLI vs agent");
+    assert_eq!(vault_secs, 180 * 86_400, "6mo is 180 days");
+}
+
 #[test]
 fn config_check_rejects_bad_config_with_its_line_number() {
     let env = Env::new();

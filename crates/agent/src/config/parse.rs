@@ -507,7 +507,7 @@ impl<'t> Parser<'t> {
             a.webhook_ca_file = Some(self.path(c.get_ref()));
         }
         if let Some(w) = self.string(&mut f, "webhook", "an https:// URL") {
-            match crate::alarms::WebhookUrl::parse(w.get_ref()) {
+            match super::WebhookUrl::parse(w.get_ref()) {
                 Err(why) => self.problem(w.span(), "alarms.webhook", why),
                 Ok(u) if !u.https && !u.loopback && !allow_http => self.problem(
                     w.span(),

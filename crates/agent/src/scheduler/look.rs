@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Agent, Done};
-use crate::agent::log;
 use crate::alarms;
 use crate::http::lock;
+use crate::log::log;
 use crate::run;
 use crate::status::{self, SiteSnapshot};
 
