@@ -1,0 +1,234 @@
+//! Draining a site's catch-up queue: the catch-up algorithm over the queue records of
+//! [`super`]. Each queued path the site lacks is copied from a site that holds it, in write
+//! order, through a spool hashed on arrival; a full comparison copies everything the others hold.
+
+use super::*;
+
+/// What draining one site's queue did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DrainReport {
+    /// The site caught up.
+    pub site: String,
+    /// Queue depth before.
+    pub pending_before: usize,
+    /// Whether a full comparison with the other sites was made (a dead writer, a site that lost
+    /// its vault, a damaged queue record).
+    pub full_sync: bool,
+    /// Objects copied to the site.
+    pub copied: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Queued objects the site already held.
+    pub present: u64,
+    /// Queued objects no site holds (writes that were never acknowledged): dropped.
+    pub nowhere: u64,
+    /// Queue depth after (0: caught up).
+    pub remaining: usize,
+    /// What went wrong (the queue keeps those entries for the next drain).
+    pub problems: Vec<String>,
+}
+
+/// Whether `site` holds `path` (without reading it).
+fn holds(site: &dyn Site, path: &str) -> std::result::Result<bool, SiteError> {
+    match with_retry(|| site.get_range(path, 0, 0)) {
+        Ok(_) => Ok(true),
+        Err(SiteError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+enum Fetched {
+    Spooled(Box<Spool>),
+    Nowhere,
+    Failed(String),
+}
+
+/// Reads `path` from the first source whose copy checks (bytes hash to the object's name),
+/// into a spool: the object is never held whole in memory.
+fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
+    let expected = layout::id_in_path(path);
+    let mut failures = Vec::new();
+    for s in sources {
+        match Spool::read_from(s.as_ref(), path) {
+            Ok(spool) => match expected {
+                Some(id) if spool.id() != id => failures.push(format!(
+                    "{}: damaged copy (bytes do not hash to its name)",
+                    s.location()
+                )),
+                _ => return Fetched::Spooled(Box::new(spool)),
+            },
+            Err(FetchError::Site(SiteError::NotFound { .. })) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if failures.is_empty() {
+        Fetched::Nowhere
+    } else {
+        Fetched::Failed(failures.join("; "))
+    }
+}
+
+/// Catches `target` up from `sources` (the other sites of the vault) by its queue: every queued
+/// object it lacks is copied from a source whose copy checks, in write order (packs, indexes,
+/// manifests and other data objects, then ledger entries, then checkpoints), a later stage only
+/// once every earlier one arrived. A full comparison (`embassy_core::sync`) is made instead when
+/// the queue asks for one or the target no longer holds the vault's configuration (a site that
+/// lost everything, such as a restarted in-memory server). Entries that could not be settled stay
+/// queued. Returns `Err` only when the queue itself cannot be read or written.
+pub fn drain(
+    queue: &SiteQueue,
+    target: &dyn Site,
+    sources: &[Arc<dyn Site>],
+    progress: &dyn Progress,
+) -> Result<DrainReport> {
+    let Some(_drain_lock) = queue.drain_lock()? else {
+        let depth = queue.pending()?.depth();
+        return Ok(DrainReport {
+            site: queue.site().to_string(),
+            pending_before: depth,
+            remaining: depth,
+            problems: vec!["another drain of this site is running".into()],
+            ..DrainReport::default()
+        });
+    };
+    let pending = queue.pending()?;
+    let mut report = DrainReport {
+        site: queue.site().to_string(),
+        pending_before: pending.depth(),
+        ..DrainReport::default()
+    };
+    if pending.is_empty() {
+        return Ok(report);
+    }
+    if sources.is_empty() {
+        report
+            .problems
+            .push("no other site to copy from: give every site of the vault".into());
+        report.remaining = pending.depth();
+        return Ok(report);
+    }
+    let lost_vault = match target.get(layout::CONFIG) {
+        Ok(_) => false,
+        Err(SiteError::NotFound { .. }) => true,
+        Err(e) => {
+            report.problems.push(format!("still unreachable: {e}"));
+            report.remaining = pending.depth();
+            return Ok(report);
+        }
+    };
+    if !pending.full_sync.is_empty() || lost_vault {
+        report.full_sync = true;
+        let from = ReplicatedSite::new(sources.to_vec(), 1)?;
+        match embassy_core::sync::sync(&from, target, false, progress) {
+            Ok(r) => {
+                report.copied = r.copied;
+                report.bytes = r.bytes;
+                report.present = r.present;
+                report.problems = r.problems;
+            }
+            Err(e) => report.problems.push(e.to_string()),
+        }
+        let done = report.problems.is_empty();
+        if done {
+            queue.resolve(&pending, &[], false)?;
+        }
+        report.remaining = if done { 0 } else { pending.depth() };
+        return Ok(report);
+    }
+
+    let mut paths: Vec<(usize, &String)> = pending.paths.iter().enumerate().collect();
+    paths.sort_by_key(|(i, p)| (write_stage(p), *i));
+    let mut keep: Vec<String> = Vec::new();
+    let mut blocked_stage: Option<u8> = None;
+    for (_, path) in paths {
+        let stage = write_stage(path);
+        if blocked_stage.is_some_and(|b| stage > b) {
+            keep.push(path.clone());
+            continue;
+        }
+        let outcome: std::result::Result<(), String> = match holds(target, path) {
+            Ok(true) => {
+                report.present += 1;
+                Ok(())
+            }
+            Err(e) => Err(format!("{path}: {e}")),
+            Ok(false) => match fetch(sources, path) {
+                Fetched::Nowhere => {
+                    report.nowhere += 1;
+                    Ok(())
+                }
+                Fetched::Failed(why) => Err(format!("{path}: no good copy to read: {why}")),
+                Fetched::Spooled(spool) => {
+                    let size = spool.len();
+                    progress.add(size);
+                    let source = spool.into_source();
+                    match with_retry(|| target.put_from(path, source.clone())) {
+                        Ok(Put::Created) => {
+                            report.copied += 1;
+                            report.bytes += size;
+                            Ok(())
+                        }
+                        Ok(Put::AlreadyExisted) => {
+                            report.present += 1;
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("{path}: {e}")),
+                    }
+                }
+            },
+        };
+        if let Err(problem) = outcome {
+            report.problems.push(problem);
+            keep.push(path.clone());
+            blocked_stage.get_or_insert(stage);
+        }
+    }
+    queue.resolve(&pending, &keep, false)?;
+    report.remaining = keep.len();
+    Ok(report)
+}
+
+/// Catches up every site of `locations` whose queue under `state_dir` holds anything, each from
+/// the others: first turns dead writers' sessions into full-sync records ([`recover_sessions`]).
+/// The entry point for a periodic caller (the agent) and `embassy sync --pending`. A site that
+/// cannot be opened is reported in its [`DrainReport::problems`], and its queue kept.
+pub fn drain_all(
+    state_dir: &Path,
+    locations: &[String],
+    progress: &dyn Progress,
+) -> Result<Vec<DrainReport>> {
+    recover_sessions(state_dir)?;
+    let mut opened: Vec<std::result::Result<Arc<dyn Site>, String>> = Vec::new();
+    for l in locations {
+        opened.push(crate::open(l).map_err(|e| e.to_string()));
+    }
+    let mut reports = Vec::new();
+    for (i, location) in locations.iter().enumerate() {
+        let queue = site_queue(state_dir, location, opened[i].as_ref().ok())?;
+        let pending = queue.pending()?;
+        if pending.is_empty() {
+            continue;
+        }
+        let target = match &opened[i] {
+            Ok(t) => t.clone(),
+            Err(e) => {
+                reports.push(DrainReport {
+                    site: location.clone(),
+                    pending_before: pending.depth(),
+                    remaining: pending.depth(),
+                    problems: vec![format!("cannot open the site: {e}")],
+                    ..DrainReport::default()
+                });
+                continue;
+            }
+        };
+        let sources: Vec<Arc<dyn Site>> = opened
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, s)| s.as_ref().ok().cloned())
+            .collect();
+        reports.push(drain(&queue, target.as_ref(), &sources, progress)?);
+    }
+    Ok(reports)
+}
