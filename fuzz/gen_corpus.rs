@@ -9,15 +9,15 @@
 use std::fs;
 use std::path::PathBuf;
 
-use embassy_core::config::VaultConfig;
+use embassy_core::format::config::VaultConfig;
 use embassy_core::id::ObjectId;
-use embassy_core::index::{self, IndexEntry, IndexHeader};
-use embassy_core::keyfile::{self, KdfParams, KeyFile};
-use embassy_core::layout;
-use embassy_core::ledger::{self, Entry, Event};
-use embassy_core::manifest::{self, ManifestBody, ManifestHeader, VersionKind, VersionStats};
-use embassy_core::pack::{self, BlobCompressor, BlobEntry, BlobKind, PackWriter};
-use embassy_core::tree::{Node, NodeKind, Tree};
+use embassy_core::format::index::{self, IndexEntry, IndexHeader};
+use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
+use embassy_core::format::layout;
+use embassy_core::history::ledger::{self, Entry, Event};
+use embassy_core::format::manifest::{self, ManifestBody, ManifestHeader, VersionKind, VersionStats};
+use embassy_core::format::pack::{self, BlobCompressor, BlobEntry, BlobKind, PackWriter};
+use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_fuzz::{
     config_flags, fixture, hex_encode, join_u16, sign_ledger_as_named, DATASET, FAST_KDF,
     PASSPHRASE,
@@ -170,7 +170,7 @@ fn packs() -> Vec<(ObjectId, Vec<BlobEntry>)> {
         let offset = (pack::HEADER_LEN + area.len()) as u32;
         area.push(compression);
         area.extend_from_slice(body);
-        area.extend_from_slice(&[0u8; embassy_core::crypto::TAG_LEN]);
+        area.extend_from_slice(&[0u8; embassy_core::keys::crypto::TAG_LEN]);
         entries.push(BlobEntry {
             kind,
             id: keys.chunk_id(raw),
@@ -207,7 +207,7 @@ fn finding_zstd_reserve() {
     plain.extend_from_slice(&(1u32 | (1 << 1) | (16 << 3)).to_le_bytes()[..3]); // last RLE block
     plain.push(b'A');
     let mut area = plain;
-    area.extend_from_slice(&[0u8; embassy_core::crypto::TAG_LEN]);
+    area.extend_from_slice(&[0u8; embassy_core::keys::crypto::TAG_LEN]);
     let entry = BlobEntry {
         kind: BlobKind::Data,
         id: fixture().keys.chunk_id(b"never"),
@@ -532,7 +532,7 @@ fn main() {
 }
 
 fn wal_logs() {
-    use embassy_core::wal_log::{self, LogKind, LogSpec};
+    use embassy_core::format::wal_log::{self, LogKind, LogSpec};
     let f = fixture();
     let mut c = Corpus::new("fuzz_wal_log");
     let (compressible, noise) = sample_data();

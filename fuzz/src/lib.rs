@@ -20,15 +20,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use embassy_core::config::VaultConfig;
-use embassy_core::crypto::{self, ObjectKey, TAG_LEN};
+use embassy_core::format::config::VaultConfig;
+use embassy_core::keys::crypto::{self, ObjectKey, TAG_LEN};
 use embassy_core::id::ChunkId;
-use embassy_core::keyfile::{self, KdfParams, KeyFile};
+use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
 use embassy_core::keys::{self, DatasetKeys, RootSecret};
-use embassy_core::pack::{self, BlobEntry, BlobKind};
+use embassy_core::format::pack::{self, BlobEntry, BlobKind};
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_core::tree::{self, Tree};
-use embassy_core::{index, layout, ledger, manifest};
+use embassy_core::format::tree::{self, Tree};
+use embassy_core::format::{index, layout, manifest};
+use embassy_core::history::ledger;
 
 /// The dataset every harness uses.
 pub const DATASET: &str = "fuzz";
@@ -301,7 +302,7 @@ fn manifest_object(bytes: &[u8]) -> bool {
 ///   `load_history` makes (fixed list: writer keys of epochs 0 and 1);
 /// - 1: `mode | entry CBOR`: framed and signed by the epoch-0 writer key, then as 0;
 /// - 2: `mode | (u16 LE n | path (n bytes) | u16 LE m | object (m bytes))*`: a whole ledger as a
-///   site lists and serves it, read by `ledger::load_history` with the fixture's configuration;
+///   site lists and serves it, read by `embassy_core::history::load_history` with the fixture's configuration;
 /// - 3: `mode | (u16 LE m | entry CBOR (m bytes))*`: each entry signed (by the key it names when
 ///   the fixture holds it, else the epoch-0 writer key) and stored under its proper path, then
 ///   read by `load_history`: reaches the chain, fork and signer-set checks.
@@ -349,7 +350,7 @@ fn ledger_entry(bytes: &[u8]) -> bool {
 
 fn ledger_history(objects: Vec<(String, Vec<u8>)>) -> bool {
     let site = MemorySite::with(objects);
-    match ledger::load_history(&site, &fixture().config, DATASET) {
+    match embassy_core::history::load_history(&site, &fixture().config, DATASET) {
         Ok(records) => {
             for (i, record) in records.iter().enumerate() {
                 assert_eq!(record.entry.seq, i as u64 + 1, "history is not contiguous");
@@ -589,7 +590,7 @@ pub fn open_is_cheap(p: &KdfParams) -> bool {
 
 const WAL_LOG_LABEL: &[u8] = b"data-embassy wal log v1";
 
-/// WAL log objects (`embassy_core::wal_log`). Mode byte:
+/// WAL log objects (`embassy_core::format::wal_log`). Mode byte:
 ///
 /// - `0`: the rest is an object as stored; parsed without keys, then opened with the fixture
 ///   reader key; the path parser also gets the bytes as a path.
@@ -600,7 +601,7 @@ const WAL_LOG_LABEL: &[u8] = b"data-embassy wal log v1";
 ///   real encoder, which must open again to exactly the payload (an encoder/decoder mismatch
 ///   panics: a finding).
 pub fn wal_log(data: &[u8]) -> bool {
-    use embassy_core::wal_log::{self, LogKind, LogSpec};
+    use embassy_core::format::wal_log::{self, LogKind, LogSpec};
     let f = fixture();
     let Some((&mode, rest)) = data.split_first() else {
         return false;
@@ -676,10 +677,10 @@ pub fn wal_log(data: &[u8]) -> bool {
 /// never delete anything because of a hostile record or marker). True when the object was
 /// accepted as what it claims to be.
 pub fn deletion_records(data: &[u8]) -> bool {
-    use embassy_core::gc::{self, GcOptions};
+    use embassy_core::engine::gc::{self, GcOptions};
     use embassy_core::id::ObjectId;
-    use embassy_core::vault::Vault;
-    use embassy_core::{approval, site::Site};
+    use embassy_core::engine::vault::Vault;
+    use embassy_core::{history::approval, site::Site};
     let f = fixture();
     let Some((&mode, bytes)) = data.split_first() else {
         return false;
@@ -771,11 +772,11 @@ pub fn checkpoints(data: &[u8]) -> bool {
             let id = embassy_core::id::ObjectId::of(&out);
             let path = if n % 2 == 1 {
                 last = id;
-                format!("{}{n:020}-{id}", embassy_core::checkpoint::CHECKPOINTS)
+                format!("{}{n:020}-{id}", embassy_core::history::checkpoint::CHECKPOINTS)
             } else {
                 format!(
                     "{}{last}/{}-{id}",
-                    embassy_core::checkpoint::COSIGNATURES,
+                    embassy_core::history::checkpoint::COSIGNATURES,
                     hex_encode(&f.signers[1][..8])
                 )
             };
@@ -786,7 +787,7 @@ pub fn checkpoints(data: &[u8]) -> bool {
     let mut signers = vec![f.root.root_signing_key().verifying_key().to_bytes()];
     signers.extend(f.signers.iter().copied());
     let histories = std::collections::BTreeMap::new();
-    match embassy_core::checkpoint::load_valid(&site, &f.config.vault_id, &signers, &histories) {
+    match embassy_core::history::checkpoint::load_valid(&site, &f.config.vault_id, &signers, &histories) {
         Ok((valid, _noise)) => {
             for cp in &valid {
                 assert_eq!(

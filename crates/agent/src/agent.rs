@@ -175,6 +175,6 @@ pub fn status_now(config: &Config) -> Result<serde_json::Value, String> {
         config,
         &snaps,
         &state,
-        embassy_core::config::now_unix_nanos(),
+        embassy_core::format::config::now_unix_nanos(),
     ))
 }

@@ -29,7 +29,7 @@ pub enum RunError {
     #[error("{0}")]
     Keys(String),
     /// A catch-up left objects uncopied; the report's problems name them (they are text in
-    /// `embassy_core::sync`; damage at the source shows in that site's verification).
+    /// `embassy_core::engine::sync`; damage at the source shows in that site's verification).
     #[error("the catch-up is not complete: {}", problems.join("; "))]
     CatchUp {
         /// One line per object not copied.

@@ -38,7 +38,7 @@ impl Shared {
             &config,
             &snaps,
             &state,
-            embassy_core::config::now_unix_nanos(),
+            embassy_core::format::config::now_unix_nanos(),
         )
     }
     /// The status document now.

@@ -5,9 +5,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::progress::Silent;
-use embassy_core::retention::RetentionPolicy;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_sources::{files, stream};
 
 use crate::config::{Config, KeyConfig, PassphraseSource as ConfiguredPassphrase, Source};
@@ -167,12 +167,12 @@ pub fn apply_retention(
     let Some(policy) = retention_policy(config, dataset) else {
         return Ok(Vec::new());
     };
-    embassy_core::prune::apply_retention(
+    embassy_core::engine::prune::apply_retention(
         vault,
         keyring,
         dataset,
         &policy,
-        embassy_core::config::now_unix_nanos(),
+        embassy_core::format::config::now_unix_nanos(),
     )
     .map(|r| r.deleted)
     .map_err(RunError::from)
@@ -190,20 +190,20 @@ pub fn collect_garbage(
     grace: std::time::Duration,
 ) -> Result<String, RunError> {
     let vault = open_vault(config, cancel)?;
-    let options = embassy_core::gc::GcOptions {
+    let options = embassy_core::engine::gc::GcOptions {
         grace_secs: grace.as_secs(),
-        ..embassy_core::gc::GcOptions::default()
+        ..embassy_core::engine::gc::GcOptions::default()
     };
-    let collector = embassy_core::gc::Collector::new(
+    let collector = embassy_core::engine::gc::Collector::new(
         keyring.signer()?,
         &config.agent.state_dir.join("vaults"),
         &vault.config().vault_id,
     );
-    let r = embassy_core::gc::collect_garbage(
+    let r = embassy_core::engine::gc::collect_garbage(
         &vault,
         &collector,
         &options,
-        embassy_core::config::now_unix_nanos(),
+        embassy_core::format::config::now_unix_nanos(),
     )?;
     let mut summary = format!(
         "{} objects condemned ({} bytes), {} deleted ({} bytes), {} waiting for their grace period",
@@ -285,7 +285,7 @@ pub fn in_config_dir(config: &Config, command: &str) -> String {
 
 /// Catches the site at `to` up from the site at `from` (no keys): first by its queue of missed
 /// writes (embassy-sites), then, unless that settled everything, by a full comparison
-/// (`embassy_core::sync`). Returns the objects copied.
+/// (`embassy_core::engine::sync`). Returns the objects copied.
 pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, RunError> {
     let from_site = embassy_sites::open(from)?;
     let to_site = embassy_sites::open(to)?;
@@ -303,7 +303,8 @@ pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64
             return Ok(copied);
         }
     }
-    let report = embassy_core::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)?;
+    let report =
+        embassy_core::engine::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)?;
     if !report.problems.is_empty() {
         return Err(RunError::CatchUp {
             problems: report.problems,

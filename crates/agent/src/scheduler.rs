@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use embassy_core::vault::Keyring;
+use embassy_core::engine::vault::Keyring;
 use embassy_core::ErrorKind;
 
 use crate::alarms;

@@ -21,10 +21,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::history::state::StateStore;
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
-use embassy_core::state::StateStore;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_core::{Error, Result};
 use serde_json::json;
 

@@ -2,8 +2,8 @@
 
 use std::io::IsTerminal;
 
+use embassy_core::history::version::Version;
 use embassy_core::progress::Progress;
-use embassy_core::vault::Version;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -106,8 +106,8 @@ pub fn version_rows(versions: &[Version]) -> String {
             v.seq,
             time(v.captured_at_ns),
             match v.kind {
-                embassy_core::manifest::VersionKind::Tree => "tree",
-                embassy_core::manifest::VersionKind::Stream => "stream",
+                embassy_core::format::manifest::VersionKind::Tree => "tree",
+                embassy_core::format::manifest::VersionKind::Stream => "stream",
             },
             v.stats.files,
             size(v.stats.bytes),

@@ -288,7 +288,7 @@ fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCod
 }
 
 fn wal_status(cli: &Cli, args: &PgWalStatusArgs) -> Result<ExitCode> {
-    embassy_core::layout::check_dataset_name(&args.dataset)?;
+    embassy_core::format::layout::check_dataset_name(&args.dataset)?;
     let mut sites = Vec::new();
     for location in &cli.site {
         sites.push((location.clone(), embassy_sites::open(location)?));

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 
-use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
-use embassy_core::vault::{Keyring, Vault};
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
 use embassy_core::{Error, Result};
 use embassy_postgres::base_backup::{self, BaseBackupOptions, WalSource};
 use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
@@ -241,16 +241,18 @@ impl FetchFolder {
         data_dir: &Path,
     ) -> Result<String> {
         let vault_id = vault.config().vault_id.clone();
-        let epoch = embassy_core::ledger::key_epoch(&vault.history(dataset)?);
+        let epoch = embassy_core::history::ledger::key_epoch(&vault.history(dataset)?);
         let label = format!(
             "wal-fetch for {} (restored {})",
             std::path::absolute(data_dir)
                 .unwrap_or_else(|_| data_dir.to_path_buf())
                 .display(),
-            embassy_core::time::utc(embassy_core::config::now_unix_nanos())
+            embassy_core::time::utc(embassy_core::format::config::now_unix_nanos())
         );
         let credential = keyring.reader_credential_for(&vault_id, dataset, &label, epoch)?;
-        let passphrase = Zeroizing::new(hex::encode(embassy_core::crypto::random_32().as_slice()));
+        let passphrase = Zeroizing::new(hex::encode(
+            embassy_core::keys::crypto::random_32().as_slice(),
+        ));
         let key_file = KeyFile::seal_payload(
             &credential.to_bytes(),
             PURPOSE_READER,

@@ -1,18 +1,18 @@
 //! `embassy prune`, `gc`, `forget`, `approve` and `approver-key`: thin wrappers over
-//! `embassy_core::{retention, prune, gc, approval}`.
+//! `embassy_core::{history::retention, engine::prune, engine::gc, engine::approve}`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use embassy_core::approval;
-use embassy_core::config::{now_unix_nanos, VaultConfig};
 use embassy_core::duration::{format_duration, parse_duration};
-use embassy_core::gc::{self, GcOptions};
-use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_APPROVER};
+use embassy_core::engine::gc::{self, GcOptions};
+use embassy_core::engine::prune::{self as core_prune, PruneReport};
+use embassy_core::format::config::{now_unix_nanos, VaultConfig};
+use embassy_core::history::approval;
+use embassy_core::history::retention::RetentionPolicy;
+use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_APPROVER};
 use embassy_core::keys::RootSecret;
-use embassy_core::prune::{self as core_prune, PruneReport};
-use embassy_core::retention::RetentionPolicy;
 use embassy_core::{Error, Result};
 use serde_json::json;
 
@@ -65,9 +65,9 @@ pub struct GcArgs {
 /// key or passphrase).
 fn unlock_unless_dry_run(
     cli: &Cli,
-    vault: &embassy_core::vault::Vault,
+    vault: &embassy_core::engine::vault::Vault,
     dry_run: bool,
-) -> Result<Option<embassy_core::vault::Keyring>> {
+) -> Result<Option<embassy_core::engine::vault::Keyring>> {
     if dry_run {
         return Ok(None);
     }
@@ -166,14 +166,14 @@ pub fn configure_init(
     config.approvals_required = approvals_required;
     config.min_age_secs = match min_age {
         Some(age) => parse_duration(age)?,
-        None => embassy_core::config::DEFAULT_MIN_AGE_SECS,
+        None => embassy_core::format::config::DEFAULT_MIN_AGE_SECS,
     };
     if config.min_age_secs == 0 {
         eprintln!(
             "warning: --min-age 0: any key granted `delete` (and the root) can delete every \
              version but the newest at once; the default, {}, keeps recent history out of an \
              intruder's reach",
-            format_duration(embassy_core::config::DEFAULT_MIN_AGE_SECS)
+            format_duration(embassy_core::format::config::DEFAULT_MIN_AGE_SECS)
         );
     }
     Ok(())
@@ -186,7 +186,7 @@ fn split_target(target: &str) -> Result<(String, u64)> {
         ))
     };
     let (dataset, n) = target.split_once('@').ok_or_else(bad)?;
-    embassy_core::layout::check_dataset_name(dataset)?;
+    embassy_core::format::layout::check_dataset_name(dataset)?;
     Ok((dataset.to_string(), n.parse().map_err(|_| bad())?))
 }
 
@@ -414,7 +414,7 @@ fn open_approver(cli: &Cli, path: &Path) -> Result<approval::SigningKey> {
 pub fn policy(cli: &Cli, command: &PolicyCommand) -> Result<ExitCode> {
     match command {
         PolicyCommand::MinAge { dataset, duration } => {
-            embassy_core::layout::check_dataset_name(dataset)?;
+            embassy_core::format::layout::check_dataset_name(dataset)?;
             let secs = parse_duration(duration)?;
             let vault = crate::open_vault(cli)?;
             let root = crate::unlock_root(cli, &vault)?;
@@ -449,12 +449,19 @@ fn approve_min_age(cli: &Cli, args: &ApproveArgs, duration: &str) -> Result<Exit
     let vault = crate::open_vault(cli)?;
     let mut done = Vec::new();
     for dataset in &args.targets {
-        embassy_core::layout::check_dataset_name(dataset)?;
+        embassy_core::format::layout::check_dataset_name(dataset)?;
         let history = vault.history(dataset)?;
         let head = history
             .last()
             .ok_or_else(|| Error::invalid(format!("dataset {dataset} has no history to change")))?;
-        let id = approval::approve_min_age(&vault, &key, dataset, head, secs, &args.reason)?;
+        let id = embassy_core::engine::approve::approve_min_age(
+            &vault,
+            &key,
+            dataset,
+            head,
+            secs,
+            &args.reason,
+        )?;
         done.push(json!({"dataset": dataset, "min_age_secs": secs, "approval": id.to_hex()}));
         if !cli.json {
             println!(
@@ -487,7 +494,7 @@ pub fn approve(cli: &Cli, args: &ApproveArgs) -> Result<ExitCode> {
     let mut done = Vec::new();
     for (dataset, n) in &targets {
         let version = vault.find_version(dataset, Some(&n.to_string()))?;
-        let id = approval::approve(&vault, &key, &version, &args.reason)?;
+        let id = embassy_core::engine::approve::approve(&vault, &key, &version, &args.reason)?;
         done.push(json!({"dataset": dataset, "version": n, "approval": id.to_hex()}));
         if !cli.json {
             println!(

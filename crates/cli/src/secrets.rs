@@ -5,8 +5,8 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use embassy_core::config::VaultConfig;
-use embassy_core::vault::Keyring;
+use embassy_core::engine::vault::Keyring;
+use embassy_core::format::config::VaultConfig;
 use embassy_core::{Error, Result};
 use embassy_ops::unlock::{Passphrase, PassphraseSource};
 use zeroize::Zeroizing;

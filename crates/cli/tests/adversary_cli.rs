@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use embassy_core::keyfile::KeyFile;
+use embassy_core::keys::keyfile::KeyFile;
 
 use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
 

@@ -349,7 +349,7 @@ retention = {{ keep_last = 3, min_age = "{min_age}" }}
     let cli = cli_init("sites/lux", "6mo");
     assert!(cli.status.success(), "{}", show(&cli));
     let site = embassy_sites::LocalSite::new(env.path("sites/lux")).unwrap();
-    let vault_secs = embassy_core::config::VaultConfig::load(&site)
+    let vault_secs = embassy_core::format::config::VaultConfig::load(&site)
         .unwrap()
         .min_age_secs;
     let agent_secs = embassy_agent::schedule::parse_duration("6mo")

@@ -9,14 +9,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use embassy_core::approval::SigningKey;
+use embassy_core::engine::vault::Vault;
+use embassy_core::format::layout;
+use embassy_core::format::manifest::VersionKind;
+use embassy_core::history::approval::SigningKey;
+use embassy_core::history::ledger::{self, Entry, Event, Record};
 use embassy_core::id::ObjectId;
-use embassy_core::keyfile::KeyFile;
+use embassy_core::keys::keyfile::KeyFile;
 use embassy_core::keys::{Credential, RootSecret};
-use embassy_core::layout;
-use embassy_core::ledger::{self, Entry, Event, Record};
-use embassy_core::manifest::VersionKind;
-use embassy_core::vault::Vault;
 use embassy_sites::LocalSite;
 
 use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};
@@ -136,7 +136,7 @@ impl Home {
                 Event::SignerAdded {
                     key: key.verifying_key().to_bytes(),
                     role: "host-1".into(),
-                    rights: embassy_core::rights::Right::sealing(false),
+                    rights: embassy_core::history::rights::Right::sealing(false),
                 },
             )
             .unwrap();

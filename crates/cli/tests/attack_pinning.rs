@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use embassy_core::checkpoint::{self, Head};
+use embassy_core::engine::vault::Vault;
+use embassy_core::history::checkpoint::{self, Head};
 use embassy_core::id::ObjectId;
-use embassy_core::keyfile::KeyFile;
+use embassy_core::keys::keyfile::KeyFile;
 use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
 
 use embassy_testkit::cli::{cheapen, Embassy, Run, CHEAP, PASS};
 
@@ -524,7 +524,7 @@ fn future_dated_checkpoint_cannot_freeze_witnessing() {
     // Someone holding a root-derived writer key (validly signed) dates a checkpoint a day
     // ahead, naming today's heads.
     let writer = w.root().writer_signing_key(0);
-    let future = embassy_core::config::now_unix_nanos() + DAY_NS;
+    let future = embassy_core::format::config::now_unix_nanos() + DAY_NS;
     let (ahead, _) =
         checkpoint::write_at(w.site().as_ref(), &w.vault_id, w.heads(), &writer, future).unwrap();
     // Version 2, with its honest checkpoint.

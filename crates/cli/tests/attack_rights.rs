@@ -10,13 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use embassy_core::engine::vault::Vault;
+use embassy_core::history::ledger::{self, Entry, Event};
+use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::id::ObjectId;
-use embassy_core::keyfile::KeyFile;
+use embassy_core::keys::keyfile::KeyFile;
 use embassy_core::keys::{Credential, RootSecret};
-use embassy_core::ledger::{self, Entry, Event};
-use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
 
 use embassy_testkit::cli::{cheapen, Embassy, Run, CHEAP, PASS};
 
@@ -192,7 +192,7 @@ impl World {
     /// and stores it where a site would: the attacker's hand-made entry.
     fn forge(
         &self,
-        key: &embassy_core::approval::SigningKey,
+        key: &embassy_core::history::approval::SigningKey,
         time: Option<i64>,
         event: Event,
     ) -> (u64, ObjectId) {
@@ -203,7 +203,7 @@ impl World {
             dataset: DS.into(),
             seq: head.entry.seq + 1,
             prev: Some(head.id),
-            time_ns: time.unwrap_or_else(embassy_core::config::now_unix_nanos),
+            time_ns: time.unwrap_or_else(embassy_core::format::config::now_unix_nanos),
             signer: key.verifying_key().to_bytes(),
             event,
         };
@@ -212,7 +212,7 @@ impl World {
         vault
             .site()
             .put(
-                &embassy_core::layout::ledger_entry(DS, entry.seq, &id),
+                &embassy_core::format::layout::ledger_entry(DS, entry.seq, &id),
                 &bytes,
             )
             .unwrap();
@@ -322,7 +322,7 @@ fn write_only_credential_cannot_delete_history() {
     );
     // It signs the deletion by hand and puts it at the site: every verifier refuses it.
     let key = credential.signing_key().unwrap();
-    let now = embassy_core::config::now_unix_nanos();
+    let now = embassy_core::format::config::now_unix_nanos();
     let (forged, _) = w.forge(
         &key,
         Some(now),
@@ -359,9 +359,12 @@ fn credential_granted_delete_still_bound_by_default_min_age() {
     assert!(!init.stderr.contains("warning"), "{init:?}");
     assert_eq!(
         w.vault().config().min_age_secs,
-        embassy_core::config::DEFAULT_MIN_AGE_SECS
+        embassy_core::format::config::DEFAULT_MIN_AGE_SECS
     );
-    assert_eq!(embassy_core::config::DEFAULT_MIN_AGE_SECS, 30 * 86_400);
+    assert_eq!(
+        embassy_core::format::config::DEFAULT_MIN_AGE_SECS,
+        30 * 86_400
+    );
     let mut made = Vec::new();
     for i in 1..=3 {
         let seq = w.backup("home", &w.root_key.clone(), &data(i));
@@ -376,7 +379,7 @@ fn credential_granted_delete_still_bound_by_default_min_age() {
     // Claiming a policy without the minimum age, or evaluated a year after the entry's own
     // time, changes nothing.
     let key = credential.signing_key().unwrap();
-    let now = embassy_core::config::now_unix_nanos();
+    let now = embassy_core::format::config::now_unix_nanos();
     w.forge(
         &key,
         Some(now),
@@ -617,7 +620,7 @@ fn backdated_or_future_dated_deletion() {
     // The verifier's clock plays no part: an entry dated in ten years is judged against its
     // predecessor only (accepted: the writer key holds delete and the policy allows it), verify
     // warns about its date, and the next honest entry is dated after it.
-    let future = embassy_core::config::now_unix_nanos() + 3650 * DAY_NS;
+    let future = embassy_core::format::config::now_unix_nanos() + 3650 * DAY_NS;
     let (far, _) = w.forge(
         &writer,
         Some(future),

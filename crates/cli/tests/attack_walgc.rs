@@ -16,11 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use embassy_core::keyfile::KeyFile;
+use embassy_core::engine::vault::Vault;
+use embassy_core::format::wal_log::{self, LogKind, LogSpec};
+use embassy_core::keys::keyfile::KeyFile;
 use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
-use embassy_core::wal_log::{self, LogKind, LogSpec};
 use embassy_postgres::wal;
 use embassy_testkit::pg::{PgOptions, PgServer};
 
@@ -306,7 +306,7 @@ fn wal_streamer_rotation_keeps_past_wal_valid() {
             start,
             end,
             prev,
-            captured_at_ns: embassy_core::config::now_unix_nanos(),
+            captured_at_ns: embassy_core::format::config::now_unix_nanos(),
             system_id: 0,
         };
         let payload = vec![0xA5u8; (end - start) as usize];

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use embassy_core::keyfile::KeyFile;
+use embassy_core::engine::vault::Vault;
+use embassy_core::keys::keyfile::KeyFile;
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
 use embassy_sites::LocalSite;
 
 use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use embassy_core::spool::HashSink;
+use embassy_core::format::spool::HashSink;
 use embassy_testkit::moto::{moto, unique_bucket};
 use embassy_testkit::s3::s3_config;
 

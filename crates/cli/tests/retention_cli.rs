@@ -178,13 +178,13 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
 /// A vault made through the library with a key file under the cheapest Argon2 parameters, so
 /// each process start costs milliseconds.
 fn cheap_vault(env: &Env) {
-    use embassy_core::keyfile::{KdfParams, KeyFile};
+    use embassy_core::keys::keyfile::{KdfParams, KeyFile};
     use embassy_core::keys::RootSecret;
     use embassy_core::site::Site;
     let site: std::sync::Arc<dyn Site> =
         std::sync::Arc::new(embassy_sites::LocalSite::new(env.path("site")).unwrap());
     let root = RootSecret::generate();
-    let vault = embassy_core::vault::Vault::create(site, &root).unwrap();
+    let vault = embassy_core::engine::vault::Vault::create(site, &root).unwrap();
     let cheap = KdfParams {
         memory_kib: 8 * 1024,
         iterations: 1,

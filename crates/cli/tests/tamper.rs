@@ -26,15 +26,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use embassy_core::keyfile::KeyFile;
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::format::layout;
+use embassy_core::format::manifest::VersionKind;
+use embassy_core::format::tree::NodeKind;
+use embassy_core::format::{index, manifest, pack};
+use embassy_core::keys::keyfile::KeyFile;
 use embassy_core::keys::RootSecret;
-use embassy_core::layout;
-use embassy_core::manifest::VersionKind;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::tree::NodeKind;
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::{index, manifest, pack};
 use embassy_sites::LocalSite;
 
 use embassy_testkit::cli::{Embassy, Run, CHEAP, PASS};

@@ -36,8 +36,8 @@ impl Env {
     /// A vault made through the library with no legal minimum age (so retention may delete
     /// seconds-old versions) and a key file under the cheapest Argon2 parameters.
     fn new() -> Self {
-        use embassy_core::config::VaultConfig;
-        use embassy_core::keyfile::{KdfParams, KeyFile};
+        use embassy_core::format::config::VaultConfig;
+        use embassy_core::keys::keyfile::{KdfParams, KeyFile};
         use embassy_core::keys::RootSecret;
         let env = Env {
             tmp: tempfile::tempdir().unwrap(),
@@ -317,7 +317,7 @@ fn the_agents_status_and_dashboard_show_the_version_number() {
         &env.path("embassy.toml"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let now = embassy_core::config::now_unix_nanos();
+    let now = embassy_core::format::config::now_unix_nanos();
     let snaps = vec![snap];
     let html = dashboard::render(&config, &snaps, &AgentState::default(), now);
     assert!(html.contains(">v2 · "), "{html}");

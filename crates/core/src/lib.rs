@@ -32,25 +32,3 @@ pub mod keys;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::pack::COMPRESSION_LEVEL;
-
-// Flat paths kept while the workspace moves to the layered ones
-// (`scripts/rewrite-core-paths` rewrites a crate to the layered paths; then these go).
-pub use engine::{gc, prune, reader, sync, vault, verify, writer};
-pub use format::{chunker, config, index, layout, manifest, pack, spool, tree};
-pub use history::{checkpoint, numbering, retention, rights, state};
-pub use keys::{crypto, custody, keyfile};
-/// Flat path of [`history::ledger`], with the history loaders it used to hand on.
-pub mod ledger {
-    pub use crate::history::ledger::*;
-    pub use crate::history::{load_history, load_history_full, History, Rejected};
-}
-/// Flat path of [`history::approval`], with the approving operations now in [`engine::approve`].
-pub mod approval {
-    pub use crate::engine::approve::{approve, approve_min_age};
-    pub use crate::history::approval::*;
-}
-/// Flat path of [`format::wal_log`], with the WAL signer rules now in [`history::wal_authority`].
-pub mod wal_log {
-    pub use crate::format::wal_log::*;
-    pub use crate::history::wal_authority::{Anchor, WalAuthority};
-}

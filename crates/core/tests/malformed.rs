@@ -12,17 +12,17 @@ use embassy_testkit::memory::MemorySite;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use embassy_core::config::VaultConfig;
-use embassy_core::crypto::{self, ObjectKey};
+use embassy_core::format::config::VaultConfig;
+use embassy_core::format::index;
+use embassy_core::format::layout;
+use embassy_core::format::manifest::{self, ManifestBody, VersionKind, VersionStats};
+use embassy_core::format::pack::{self, BlobCompressor, BlobEntry, BlobKind, PackWriter};
+use embassy_core::format::tree::{self, Node, NodeKind, Tree};
+use embassy_core::history::ledger::{self, Entry, Event};
 use embassy_core::id::ObjectId;
-use embassy_core::index;
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keys::crypto::{self, ObjectKey};
+use embassy_core::keys::keyfile::{KdfParams, KeyFile};
 use embassy_core::keys::{self, DatasetKeys, RootSecret};
-use embassy_core::layout;
-use embassy_core::ledger::{self, Entry, Event};
-use embassy_core::manifest::{self, ManifestBody, VersionKind, VersionStats};
-use embassy_core::pack::{self, BlobCompressor, BlobEntry, BlobKind, PackWriter};
-use embassy_core::tree::{self, Node, NodeKind, Tree};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -548,7 +548,7 @@ proptest! {
                 .map(|(p, b)| (p.as_str(), b.as_slice()))
                 .collect::<Vec<_>>(),
         );
-        if let Ok(loaded) = ledger::load_history(&site, config, "fuzz") {
+        if let Ok(loaded) = embassy_core::history::load_history(&site, config, "fuzz") {
             // A site can hide the newest entries (checkpoints catch that), never change one.
             prop_assert!(loaded.len() <= records.len());
             prop_assert_eq!(&loaded[..], &records[..loaded.len()]);
@@ -906,8 +906,8 @@ fn writer_sealed_blobs_are_rejected() {
 /// reserve 4 GiB (an abort, not an error). It must be rejected as corrupt before allocating.
 #[test]
 fn a_huge_claimed_plaintext_is_rejected_without_allocating() {
+    use embassy_core::format::pack::{self, BlobCompressor, BlobKind, PackWriter};
     use embassy_core::keys::RootSecret;
-    use embassy_core::pack::{self, BlobCompressor, BlobKind, PackWriter};
     let keys = RootSecret::from_bytes(&[7u8; 32]).dataset_keys("fuzz", 0);
     let mut writer = PackWriter::new(&keys, 1024);
     let data = vec![1u8; 100_000];
@@ -937,7 +937,7 @@ fn a_huge_claimed_plaintext_is_rejected_without_allocating() {
 /// with an error, never a panic or an oversized allocation.
 #[test]
 fn malformed_wal_log_objects_are_rejected() {
-    use embassy_core::wal_log::{self, LogHeader, LogKind, LogSpec};
+    use embassy_core::format::wal_log::{self, LogHeader, LogKind, LogSpec};
     let root = RootSecret::from_bytes(&[7; 32]);
     let keys = root.dataset_keys("fuzz", 0);
     let writer = root.writer_signing_key(0);
@@ -1089,7 +1089,7 @@ fn malformed_wal_log_objects_are_rejected() {
 /// A site holding one checkpoint of [`history`]'s head, signed by the first pinned writer key,
 /// and the checkpoint's stored bytes.
 fn checkpoint_site() -> (MemorySite, Vec<u8>) {
-    use embassy_core::checkpoint::{self, Head};
+    use embassy_core::history::checkpoint::{self, Head};
     let (_, config, records) = history();
     let head = records.last().unwrap();
     let site = MemorySite::with(&[]);
@@ -1115,8 +1115,8 @@ fn checkpoint_site() -> (MemorySite, Vec<u8>) {
     (site, bytes)
 }
 
-fn load_checkpoints(bytes: &[u8]) -> Vec<embassy_core::checkpoint::StoredCheckpoint> {
-    use embassy_core::checkpoint;
+fn load_checkpoints(bytes: &[u8]) -> Vec<embassy_core::history::checkpoint::StoredCheckpoint> {
+    use embassy_core::history::checkpoint;
     let (_, config, records) = history();
     // Stored as a site would, under the time the honest checkpoint states.
     let id = ObjectId::of(bytes);
@@ -1192,7 +1192,7 @@ fn a_ledger_entry_with_sequence_zero_is_noise() {
                 .map(|(p, b)| (p.as_str(), b.as_slice()))
                 .collect::<Vec<_>>(),
         );
-        let full = ledger::load_history_full(&site, config, "fuzz").unwrap();
+        let full = embassy_core::history::load_history_full(&site, config, "fuzz").unwrap();
         assert_eq!(full.records, *records);
         assert!(
             full.noise.iter().any(|n| n.path == path),
@@ -1209,7 +1209,7 @@ fn objects_writer() -> ed25519_dalek::SigningKey {
 /// A checkpoint naming entry 0 of a dataset reports a rollback; it does not index entry -1.
 #[test]
 fn a_checkpoint_naming_sequence_zero_is_a_problem_not_a_panic() {
-    use embassy_core::checkpoint::{self, Head};
+    use embassy_core::history::checkpoint::{self, Head};
     let (_, config, records) = history();
     let site = MemorySite::with(&[]);
     let heads = [(
@@ -1251,7 +1251,7 @@ fn a_checkpoint_naming_sequence_zero_is_a_problem_not_a_panic() {
 /// check fail with a message, not a panic.
 #[test]
 fn a_state_file_remembering_sequence_zero_does_not_underflow() {
-    use embassy_core::state::StateStore;
+    use embassy_core::history::state::StateStore;
     let (_, _, records) = history();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

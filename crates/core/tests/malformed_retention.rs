@@ -6,12 +6,12 @@
 use embassy_testkit::memory::MemorySite;
 use std::sync::Arc;
 
-use embassy_core::approval::{self, Approval};
-use embassy_core::gc::{self, GcOptions};
+use embassy_core::engine::gc::{self, GcOptions};
+use embassy_core::engine::vault::Vault;
+use embassy_core::history::approval::{self, Approval};
 use embassy_core::id::ObjectId;
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
 use proptest::prelude::*;
 
 fn vault() -> (Arc<MemorySite>, Vault) {

@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::engine::writer::BackupSession;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::format::pack::BlobKind;
+use embassy_core::format::tree::Tree;
+use embassy_core::keys::keyfile::{KdfParams, KeyFile};
 use embassy_core::keys::RootSecret;
-use embassy_core::manifest::{VersionKind, VersionStats};
-use embassy_core::pack::BlobKind;
 use embassy_core::site::Site;
-use embassy_core::tree::Tree;
-use embassy_core::vault::{Keyring, Vault};
-use embassy_core::writer::BackupSession;
 use embassy_testkit::memory::MemorySite;
 use hpke::{Deserializable, Kem as _, Serializable};
 

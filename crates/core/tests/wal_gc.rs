@@ -7,12 +7,12 @@
 use embassy_testkit::memory::MemorySite;
 use std::sync::Arc;
 
-use embassy_core::gc::{self, GcOptions};
+use embassy_core::engine::gc::{self, GcOptions};
+use embassy_core::engine::vault::Vault;
+use embassy_core::format::wal_log::{self, LogKind, LogSpec};
+use embassy_core::history::ledger::{self, Event, Record};
 use embassy_core::keys::RootSecret;
-use embassy_core::ledger::{self, Event, Record};
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
-use embassy_core::wal_log::{self, LogKind, LogSpec};
 
 const SEG: u64 = 16 * 1024 * 1024;
 
@@ -103,7 +103,7 @@ impl World {
     /// Two collections with a one-second grace: condemn, then delete.
     fn collect_twice(&self) -> (gc::GcReport, gc::GcReport) {
         let options = GcOptions::with_grace(1);
-        let now = embassy_core::config::now_unix_nanos();
+        let now = embassy_core::format::config::now_unix_nanos();
         let first = gc::collect_garbage(&self.vault, &self.collector(), &options, now).unwrap();
         let second = gc::collect_garbage(
             &self.vault,
@@ -182,7 +182,7 @@ fn a_condemned_piece_whose_segment_vanished_is_rescued() {
     let segment = w.put(&own, LogKind::Segment, SEG, 2 * SEG);
     w.anchor(&segment);
     let options = GcOptions::with_grace(1);
-    let now = embassy_core::config::now_unix_nanos();
+    let now = embassy_core::format::config::now_unix_nanos();
     let first = gc::collect_garbage(&w.vault, &w.collector(), &options, now).unwrap();
     assert_eq!(first.condemned, vec![piece.clone()]);
     // The segment disappears between the runs: the piece is the only copy again.

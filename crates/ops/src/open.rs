@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use embassy_core::engine::vault::Vault;
+use embassy_core::history::state::StateStore;
 use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
-use embassy_core::state::StateStore;
-use embassy_core::vault::Vault;
 use embassy_core::{Error, Result};
 
 /// Where a vault is and how this machine opens it.
@@ -81,7 +81,7 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
         None => site,
     };
     let vault = Vault::open(site)?;
-    embassy_core::ledger::use_lock_folder(options.state_dir.join("locks"));
+    embassy_core::history::ledger::use_lock_folder(options.state_dir.join("locks"));
     let vault_id = &vault.config().vault_id;
     if let Some(expected) = &options.expected_vault_id {
         if expected != vault_id {
@@ -94,7 +94,7 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
         }
     }
     for location in &options.locations {
-        embassy_core::state::pin_site(
+        embassy_core::history::state::pin_site(
             &options.state_dir,
             location,
             vault_id,
@@ -109,7 +109,7 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
 pub fn parse_expected_vault_id(text: Option<&str>) -> Result<Option<String>> {
     text.filter(|v| !v.trim().is_empty())
         .map(|text| {
-            embassy_core::config::parse_vault_id(text).ok_or_else(|| {
+            embassy_core::format::config::parse_vault_id(text).ok_or_else(|| {
                 Error::invalid(format!(
                     "--vault-id {text} is not a vault id: give the 32 hex digits (or the grouped \
                      fingerprint) that `embassy init` printed"

@@ -2,9 +2,9 @@
 //! version restored as a file tree or a stream. The vault is opened and its keys unlocked once
 //! for the whole restore, whichever it turns out to be.
 
-use embassy_core::manifest::VersionKind;
-use embassy_core::reader::VersionReader;
-use embassy_core::vault::{Keyring, Vault, Version};
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::format::manifest::VersionKind;
 use embassy_core::Result;
 use embassy_postgres::restore::RecoveryTarget;
 

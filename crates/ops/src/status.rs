@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use embassy_core::engine::vault::{versions_in, Vault};
 use embassy_core::error::Problem;
 use embassy_core::site::Site;
-use embassy_core::vault::{versions_in, Vault};
 use serde::Serialize;
 
 /// The newest streamed WAL one site holds of a dataset.
@@ -99,7 +99,7 @@ pub fn recovery_point(newest_version_ns: Option<i64>, wal: Option<&WalFacts>) ->
 pub fn read_site(location: &str, options: &ReadOptions) -> SiteFacts {
     let mut facts = SiteFacts {
         location: location.to_string(),
-        read_at_ns: embassy_core::config::now_unix_nanos(),
+        read_at_ns: embassy_core::format::config::now_unix_nanos(),
         ..SiteFacts::default()
     };
     if let Err(e) = read_into(&mut facts, location, options) {

@@ -2,17 +2,17 @@
 //! the agent), which key file, and that the key file belongs to the vault the sites hold.
 //!
 //! The rule: the sources are tried in the order given and the first that yields a passphrase
-//! wins. A file is read whole (`embassy_core::keyfile::passphrase_from_file`: the line breaks
+//! wins. A file is read whole (`embassy_core::keys::keyfile::passphrase_from_file`: the line breaks
 //! at its end are dropped, every other byte counts, later lines too); a variable counts when it
 //! is set; a prompt counts when there is someone to ask. The prompt itself stays with the front end (the command line
 //! asks on its terminal; the agent has none) and is passed in as a closure.
 
 use std::path::{Path, PathBuf};
 
-use embassy_core::config::VaultConfig;
-use embassy_core::keyfile::{default_key_path, KeyFile};
+use embassy_core::engine::vault::Keyring;
+use embassy_core::format::config::VaultConfig;
+use embassy_core::keys::keyfile::{default_key_path, KeyFile};
 use embassy_core::keys::{Credential, RootSecret};
-use embassy_core::vault::Keyring;
 use embassy_core::{Error, Result};
 use zeroize::Zeroizing;
 
@@ -47,10 +47,10 @@ impl Passphrase<'_> {
         for source in self.sources {
             match source {
                 PassphraseSource::File(path) => {
-                    return embassy_core::keyfile::passphrase_from_file(path)
+                    return embassy_core::keys::keyfile::passphrase_from_file(path)
                 }
                 PassphraseSource::Env(name) => {
-                    if let Some(value) = embassy_core::keyfile::passphrase_from_env(name)? {
+                    if let Some(value) = embassy_core::keys::keyfile::passphrase_from_env(name)? {
                         return Ok(value);
                     }
                 }

@@ -3,9 +3,9 @@
 //! of PostgreSQL datasets. `embassy verify` and the agent's scheduled verification both run
 //! [`verify`], so a site that withholds or damages streamed WAL fails both.
 
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::engine::verify::VerifyReport;
 use embassy_core::progress::{Progress, Silent};
-use embassy_core::vault::{Keyring, Vault};
-use embassy_core::verify::VerifyReport;
 use embassy_core::{Error, Result};
 use embassy_postgres::wal::WalVerifyReport;
 
@@ -88,7 +88,7 @@ pub fn verify(
     keys: Option<&Keyring>,
     progress: &dyn Progress,
 ) -> Result<Verification> {
-    let report = embassy_core::verify::verify(vault, keys, progress)?;
+    let report = embassy_core::engine::verify::verify(vault, keys, progress)?;
     let wal = verify_wal_of(vault, report.datasets.iter().map(|d| d.name.as_str()))?;
     Ok(Verification {
         vault: report,

@@ -19,15 +19,15 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use embassy_core::chunker::Chunking;
-use embassy_core::config::now_unix_nanos;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::writer::{BackupSession, StoreError};
+use embassy_core::format::chunker::Chunking;
+use embassy_core::format::config::now_unix_nanos;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::format::pack::BlobKind;
+use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_core::id::ChunkId;
-use embassy_core::manifest::{VersionKind, VersionStats};
-use embassy_core::pack::BlobKind;
 use embassy_core::progress::Progress;
-use embassy_core::tree::{Node, NodeKind, Tree};
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::writer::{BackupSession, StoreError};
 use embassy_sources::relation::{is_relation_path, RelationChunker};
 
 use crate::error::PgError;
@@ -628,9 +628,12 @@ pub fn list_base_backups(
         if version.kind != VersionKind::Tree {
             continue;
         }
-        let reader =
-            embassy_core::reader::VersionReader::open_with(vault.site().clone(), keyring, &version)
-                .map_err(PgError::Vault)?;
+        let reader = embassy_core::engine::reader::VersionReader::open_with(
+            vault.site().clone(),
+            keyring,
+            &version,
+        )
+        .map_err(PgError::Vault)?;
         if let Some(info) = BaseBackupInfo::from_properties(&reader.manifest.properties)? {
             out.push((version, info));
         }
@@ -646,7 +649,7 @@ pub fn is_data_dir(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embassy_core::chunker::PG_PAGE;
+    use embassy_core::format::chunker::PG_PAGE;
 
     #[test]
     fn labels_and_manifests_give_lsns() {

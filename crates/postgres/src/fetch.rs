@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use embassy_core::vault::{Keyring, Vault};
+use embassy_core::engine::vault::{Keyring, Vault};
 
 use crate::error::{PgError, Result};
 use crate::lsn::{parse_wal_file_name, segment_file_name, WalFile, SEGMENT_SIZE};

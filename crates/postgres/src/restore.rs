@@ -15,9 +15,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::progress::Progress;
-use embassy_core::reader::VersionReader;
-use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_sources::files::{self, RestoreOptions};
 
 use crate::base_backup::{list_base_backups, BaseBackupInfo};

@@ -454,7 +454,7 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), P
     let tmp = path.with_file_name(format!(
         ".{}.embassy-{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
-        hex::encode(&embassy_core::crypto::random_32()[..8])
+        hex::encode(&embassy_core::keys::crypto::random_32()[..8])
     ));
     let mut file = fs::OpenOptions::new()
         .write(true)

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use embassy_core::ledger::{self, Event};
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::history::ledger::{self, Event};
 use embassy_core::progress::Progress;
-use embassy_core::vault::{Keyring, Vault};
 
 use crate::base_backup::pg_program;
 use crate::error::PgError;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use embassy_core::format::wal_log;
 use embassy_core::site::{with_retry, Site};
-use embassy_core::wal_log;
 
 use crate::error::Result;
 use crate::lsn::Lsn;
@@ -97,7 +97,7 @@ pub fn wal_status(
     if let (Some(server), Some(least)) = (server, out.sites.iter().min_by_key(|s| s.durable)) {
         let lag = server.0.saturating_sub(least.durable.0);
         out.lag_bytes = Some(lag);
-        let now = embassy_core::config::now_unix_nanos();
+        let now = embassy_core::format::config::now_unix_nanos();
         out.lag_seconds = Some(if lag == 0 || least.captured_at_ns == 0 {
             0.0
         } else {

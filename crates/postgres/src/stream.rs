@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::format::wal_log::{LogKind, LogSpec};
+use embassy_core::history::ledger;
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
-use embassy_core::ledger;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
-use embassy_core::wal_log::{LogKind, LogSpec};
 
 use crate::error::{PgError, Result};
 use crate::lsn::{Lsn, SEGMENT_SIZE};
@@ -164,7 +164,7 @@ impl WalStreamer {
         stop: &AtomicBool,
         progress: Arc<Mutex<StreamProgress>>,
     ) -> Result<StreamProgress> {
-        embassy_core::layout::check_dataset_name(&cfg.dataset)?;
+        embassy_core::format::layout::check_dataset_name(&cfg.dataset)?;
         crate::replication::check_slot_name(&cfg.slot)?;
         let history = vault.history_full(&cfg.dataset)?;
         // Anchoring after a gap or a fork would hide the entries beyond it for good.
@@ -273,7 +273,7 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 }
 
 fn now_ns() -> i64 {
-    embassy_core::config::now_unix_nanos()
+    embassy_core::format::config::now_unix_nanos()
 }
 
 impl Session<'_> {

@@ -1,15 +1,16 @@
-//! WAL in the vault: listing, writing and reading the log objects of `embassy_core::wal_log`,
+//! WAL in the vault: listing, writing and reading the log objects of `embassy_core::format::wal_log`,
 //! assembling whole (or the newest, partial) segments, and keyless verification of names,
 //! signatures and the hash chain.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::format::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
+use embassy_core::history::wal_authority::{Anchor, WalAuthority};
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
 use embassy_core::site::{with_retry, Site};
-use embassy_core::vault::{Keyring, Vault};
-use embassy_core::wal_log::{self, LogHeader, LogKind, LogName, LogSpec, WalAuthority};
 
 use crate::error::{PgError, Result};
 use crate::lsn::{Lsn, SEGMENT_SIZE};
@@ -184,7 +185,7 @@ impl WalSigners {
             return Some(seq);
         }
         let names = self.timeline_names(site, obj.name.timeline)?;
-        let mut candidates: Vec<&wal_log::Anchor> = self
+        let mut candidates: Vec<&Anchor> = self
             .authority
             .anchors()
             .iter()
@@ -633,7 +634,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         }
     }
     for r in &history {
-        if let embassy_core::ledger::Event::LogRangeAdded {
+        if let embassy_core::history::ledger::Event::LogRangeAdded {
             manifest,
             timeline,
             end,

@@ -7,7 +7,7 @@
 //! durable end itself (where the next, not yet written record would start) cannot be the target:
 //! the last record is found by walking the record headers (`xl_tot_len`) of the newest segments.
 
-use embassy_core::vault::{Keyring, Vault};
+use embassy_core::engine::vault::{Keyring, Vault};
 
 use crate::error::Result;
 use crate::lsn::{Lsn, SEGMENT_SIZE};

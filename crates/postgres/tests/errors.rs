@@ -5,9 +5,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_postgres::replication::{ConnConfig, ReplicationConnection};
 use embassy_postgres::stream::{StreamConfig, WalStreamer};
 use embassy_postgres::PgError;

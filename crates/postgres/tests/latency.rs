@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_postgres::replication::{ConnConfig, ReplicationConnection};
 use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};
 use embassy_sites::local::LocalSite;
@@ -27,7 +27,7 @@ use embassy_sites::replicated::ReplicatedSite;
 use embassy_testkit::pg::{PgOptions, PgServer};
 
 fn now_ns() -> i64 {
-    embassy_core::config::now_unix_nanos()
+    embassy_core::format::config::now_unix_nanos()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

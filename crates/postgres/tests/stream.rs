@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::history::ledger::Event;
 use embassy_core::keys::RootSecret;
-use embassy_core::ledger::Event;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_postgres::fetch::{self, FetchOptions, Fetched};
 use embassy_postgres::lsn::{segment_file_name, Lsn, SEGMENT_SIZE};
 use embassy_postgres::replication::ConnConfig;
@@ -367,7 +367,7 @@ fn a_required_site_down_for_a_minute_under_load_holds_the_slot_then_catches_up()
     // A ledger anchor attempted during the outage may sit on site a only (a write to a subset
     // of the sites): the catch-up every multi-site vault runs (`embassy sync`, or the per-site
     // queue) copies it; the WAL itself never counted as durable without b.
-    embassy_core::sync::sync(
+    embassy_core::engine::sync::sync(
         a.as_ref(),
         b.as_ref(),
         false,

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_postgres::fetch::{self, FetchOptions, Fetched};
 use embassy_postgres::lsn::{segment_file_name, Lsn};
 use embassy_postgres::replication::ConnConfig;

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_postgres::base_backup::{base_backup, BaseBackupOptions};
 use embassy_postgres::replication::{ConnConfig, ReplicationConnection};
 use embassy_postgres::stream::{StreamConfig, StreamProgress, WalStreamer};

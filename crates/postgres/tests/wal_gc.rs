@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use embassy_core::gc::{collect_garbage, GcOptions};
+use embassy_core::engine::gc::{collect_garbage, GcOptions};
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::history::ledger::Event;
 use embassy_core::keys::RootSecret;
-use embassy_core::ledger::Event;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_postgres::fetch::{self, FetchOptions, Fetched};
 use embassy_postgres::lsn::{segment_file_name, Lsn};
 use embassy_postgres::replication::ConnConfig;
@@ -169,7 +169,7 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
     // still running.
     let options = GcOptions::with_grace(1);
     let gc_state = tempfile::tempdir().unwrap();
-    let collector = embassy_core::gc::Collector::new(
+    let collector = embassy_core::engine::gc::Collector::new(
         RootSecret::from_bytes(&root).writer_signing_key(0),
         gc_state.path(),
         &vault.config().vault_id,
@@ -178,7 +178,7 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
         &vault,
         &collector,
         &options,
-        embassy_core::config::now_unix_nanos(),
+        embassy_core::format::config::now_unix_nanos(),
     )
     .unwrap();
     let condemned_wal: Vec<&String> = first
@@ -195,7 +195,7 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
         &vault,
         &collector,
         &options,
-        embassy_core::config::now_unix_nanos(),
+        embassy_core::format::config::now_unix_nanos(),
     )
     .unwrap();
     assert!(second.skipped.is_empty(), "{:?}", second.skipped);
@@ -280,7 +280,7 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
         &vault,
         &collector,
         &options,
-        embassy_core::config::now_unix_nanos(),
+        embassy_core::format::config::now_unix_nanos(),
     )
     .unwrap();
     assert!(

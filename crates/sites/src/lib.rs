@@ -73,7 +73,7 @@ fn read_configs(
     for (i, site) in sites.iter().enumerate() {
         let (site, tx) = (site.clone(), tx.clone());
         std::thread::spawn(move || {
-            let _ = tx.send((i, site.get(embassy_core::layout::CONFIG)));
+            let _ = tx.send((i, site.get(embassy_core::format::layout::CONFIG)));
         });
     }
     drop(tx);
@@ -139,7 +139,7 @@ pub fn open_many_queued(
                 Err(SiteError::Retryable {
                     site: site.location().to_string(),
                     operation: "open",
-                    path: embassy_core::layout::CONFIG.into(),
+                    path: embassy_core::format::layout::CONFIG.into(),
                     message: format!(
                         "no answer within {} s while the other sites answered: left out of \
                          this run",
@@ -178,7 +178,7 @@ pub fn open_many_queued(
                     return Err(SiteError::Permanent {
                         site: site.location().to_string(),
                         operation: "open",
-                        path: embassy_core::layout::CONFIG.into(),
+                        path: embassy_core::format::layout::CONFIG.into(),
                         message: format!(
                             "holds another vault than {other}: these sites cannot be used together"
                         ),
@@ -192,7 +192,7 @@ pub fn open_many_queued(
             return Err(SiteError::Permanent {
                 site: locations.join(" + "),
                 operation: "open",
-                path: embassy_core::layout::CONFIG.into(),
+                path: embassy_core::format::layout::CONFIG.into(),
                 message: format!(
                     "only {usable} of {} sites hold the vault and answer, {min_sites} required: {}",
                     sites.len(),

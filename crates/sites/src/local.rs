@@ -17,7 +17,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use embassy_core::layout;
+use embassy_core::format::layout;
 use std::sync::Arc;
 
 use embassy_core::site::{

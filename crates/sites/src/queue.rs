@@ -26,12 +26,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use embassy_core::engine::sync::write_stage;
+use embassy_core::format::layout;
+use embassy_core::format::spool::{FetchError, Spool};
 use embassy_core::id::ObjectId;
-use embassy_core::layout;
 use embassy_core::progress::Progress;
 use embassy_core::site::{with_retry, Put, Site, SiteError};
-use embassy_core::spool::{FetchError, Spool};
-use embassy_core::sync::write_stage;
 use embassy_core::{Error, Result};
 use serde::Serialize;
 
@@ -360,7 +360,7 @@ impl Session {
         let id = format!(
             "{}-{}-{:08x}",
             std::process::id(),
-            embassy_core::config::now_unix_nanos(),
+            embassy_core::format::config::now_unix_nanos(),
             rand::random::<u32>()
         );
         let path = dir.join(&id);

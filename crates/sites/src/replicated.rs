@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::queue::{self, Session, SiteQueue};
 
-use embassy_core::layout;
+use embassy_core::format::layout;
+use embassy_core::format::spool::HashingSink;
 use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
-use embassy_core::spool::HashingSink;
 
 /// How long a write waits for the slower sites once `min_sites` hold the object: a site still
 /// writing then (one that stopped answering mid-write) is down for the rest of the run and the

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use embassy_core::format::layout;
 use embassy_core::id::ObjectId;
-use embassy_core::layout;
 use embassy_core::site::{Put, Site, SiteError};
 use embassy_sites::{LocalSite, ReplicatedSite, S3Site};
 use embassy_testkit::hostile::*;

@@ -15,15 +15,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use embassy_core::chunker::Chunking;
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::writer::{BackupSession, StoreError};
+use embassy_core::format::chunker::Chunking;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::format::pack::BlobKind;
+use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_core::id::ChunkId;
-use embassy_core::manifest::{VersionKind, VersionStats};
-use embassy_core::pack::BlobKind;
 use embassy_core::progress::Progress;
-use embassy_core::reader::VersionReader;
-use embassy_core::tree::{Node, NodeKind, Tree};
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::writer::{BackupSession, StoreError};
 use embassy_core::{Error, Result};
 use rayon::prelude::*;
 

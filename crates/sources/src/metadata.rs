@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use embassy_core::tree::{Node, NodeKind};
+use embassy_core::format::tree::{Node, NodeKind};
 use embassy_core::{Error, Result};
 
 /// A tree node for `name` with the metadata of `meta` (content, subtree and target left empty).

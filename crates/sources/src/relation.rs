@@ -10,7 +10,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use embassy_core::chunker::{Chunking, PG_PAGE};
+use embassy_core::format::chunker::{Chunking, PG_PAGE};
 
 /// True if `name` is a PostgreSQL relation file name: `16384`, `16384.1`, `16384_fsm`,
 /// `16384_vm`, `16384_init` (a relfilenode, an optional fork, an optional segment number).

@@ -5,14 +5,14 @@
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use embassy_core::config::now_unix_nanos;
-use embassy_core::manifest::{VersionKind, VersionStats};
-use embassy_core::pack::BlobKind;
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::writer::{BackupSession, StoreError};
+use embassy_core::format::config::now_unix_nanos;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::format::pack::BlobKind;
+use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_core::progress::Progress;
-use embassy_core::reader::VersionReader;
-use embassy_core::tree::{Node, NodeKind, Tree};
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::writer::{BackupSession, StoreError};
 use embassy_core::{Error, Result};
 
 use crate::env::Scrub;

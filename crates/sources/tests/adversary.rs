@@ -19,19 +19,19 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use embassy_core::checkpoint;
-use embassy_core::config::VaultConfig;
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::verify::{self, VerifyReport};
+use embassy_core::format::config::VaultConfig;
+use embassy_core::format::layout;
+use embassy_core::format::manifest;
+use embassy_core::history::checkpoint;
+use embassy_core::history::ledger::{self, Event, Record};
+use embassy_core::history::state::StateStore;
 use embassy_core::id::ObjectId;
 use embassy_core::keys::RootSecret;
-use embassy_core::layout;
-use embassy_core::ledger::{self, Event, Record};
-use embassy_core::manifest;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_core::state::StateStore;
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::verify::{self, VerifyReport};
 use embassy_core::Error;
 use embassy_sites::LocalSite;
 use embassy_sources::stream;
@@ -1524,7 +1524,7 @@ fn attack_10_revoked_and_unknown_signers() {
         Event::SignerAdded {
             key: host_key.verifying_key().to_bytes(),
             role: "host-b".into(),
-            rights: embassy_core::rights::Right::sealing(false),
+            rights: embassy_core::history::rights::Right::sealing(false),
         },
     )
     .unwrap();
@@ -1643,7 +1643,7 @@ fn attack_10_revoked_and_unknown_signers() {
         Event::SignerAdded {
             key: stranger.verifying_key().to_bytes(),
             role: "sneaky".into(),
-            rights: embassy_core::rights::Right::sealing(false),
+            rights: embassy_core::history::rights::Right::sealing(false),
         },
     )
     .unwrap();

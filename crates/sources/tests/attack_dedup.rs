@@ -13,20 +13,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
-use embassy_core::config::{ChunkerParams, VaultConfig};
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::verify::{self, VerifyReport};
+use embassy_core::engine::writer::BackupSession;
+use embassy_core::format::config::{ChunkerParams, VaultConfig};
+use embassy_core::format::index::{self, IndexEntry};
+use embassy_core::format::layout;
+use embassy_core::format::manifest;
+use embassy_core::format::pack::BlobKind;
+use embassy_core::history::ledger::{self, Event};
 use embassy_core::id::ObjectId;
-use embassy_core::index::{self, IndexEntry};
 use embassy_core::keys::{self, Credential, DatasetKeys, RootSecret};
-use embassy_core::layout;
-use embassy_core::ledger::{self, Event};
-use embassy_core::manifest;
-use embassy_core::pack::BlobKind;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::verify::{self, VerifyReport};
-use embassy_core::writer::BackupSession;
 use embassy_sites::LocalSite;
 use embassy_sources::stream;
 
@@ -131,7 +131,7 @@ impl Lab {
                 Event::SignerAdded {
                     key,
                     role: label.into(),
-                    rights: embassy_core::rights::Right::sealing(false),
+                    rights: embassy_core::history::rights::Right::sealing(false),
                 },
             )
             .unwrap();
@@ -275,7 +275,7 @@ fn forge_claiming(
     let mut out = index::MAGIC.to_vec();
     out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(&header_bytes);
-    let sealed = embassy_core::crypto::seal_symmetric(&keys.index_key, &out, &body);
+    let sealed = embassy_core::keys::crypto::seal_symmetric(&keys.index_key, &out, &body);
     out.extend_from_slice(&sealed);
     if zero_signature {
         out.extend_from_slice(&[0u8; 64]);
@@ -310,7 +310,7 @@ fn forge_unsigned_v1(keys: &DatasetKeys, packs: &[ObjectId], entries: &[IndexEnt
     let mut out = b"EMBINDX1".to_vec();
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
-    let sealed = embassy_core::crypto::seal_symmetric(&keys.index_key, &out, &body);
+    let sealed = embassy_core::keys::crypto::seal_symmetric(&keys.index_key, &out, &body);
     out.extend_from_slice(&sealed);
     out
 }

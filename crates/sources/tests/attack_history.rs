@@ -5,20 +5,20 @@
 
 use std::sync::Arc;
 
-use embassy_core::approval::SigningKey;
-use embassy_core::config::now_unix_nanos;
-use embassy_core::gc::{self, GcOptions};
+use embassy_core::engine::gc::{self, GcOptions};
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::verify::{self, VerifyReport};
+use embassy_core::format::config::now_unix_nanos;
+use embassy_core::format::layout;
+use embassy_core::format::manifest::VersionKind;
+use embassy_core::history::approval::SigningKey;
+use embassy_core::history::ledger::{self, Entry, Event, Record};
+use embassy_core::history::state::StateStore;
 use embassy_core::id::ObjectId;
 use embassy_core::keys::{Credential, RootSecret};
-use embassy_core::layout;
-use embassy_core::ledger::{self, Entry, Event, Record};
-use embassy_core::manifest::VersionKind;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_core::state::StateStore;
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::verify::{self, VerifyReport};
 use embassy_sites::LocalSite;
 use embassy_sources::stream;
 
@@ -133,7 +133,7 @@ impl World {
                 Event::SignerAdded {
                     key: key.verifying_key().to_bytes(),
                     role: label.into(),
-                    rights: embassy_core::rights::Right::sealing(false),
+                    rights: embassy_core::history::rights::Right::sealing(false),
                 },
             )
             .unwrap();
@@ -186,7 +186,7 @@ fn forge(site: &dyn Site, key: &SigningKey, seq: u64, prev: Option<ObjectId>, n:
         dataset: DS.into(),
         seq,
         prev,
-        time_ns: embassy_core::config::now_unix_nanos() + n as i64,
+        time_ns: embassy_core::format::config::now_unix_nanos() + n as i64,
         signer: key.verifying_key().to_bytes(),
         event: Event::VersionAdded {
             manifest: ObjectId::of(format!("rogue {n}").as_bytes()),

@@ -7,16 +7,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use embassy_core::config::{now_unix_nanos, VaultConfig};
-use embassy_core::gc::{self, Condemnation, GcOptions, SessionMarker, SigningKey};
+use embassy_core::engine::gc::{self, Condemnation, GcOptions, SessionMarker, SigningKey};
+use embassy_core::engine::prune;
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::format::config::{now_unix_nanos, VaultConfig};
+use embassy_core::history::ledger::{self, Event};
+use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::id::ObjectId;
 use embassy_core::keys::RootSecret;
-use embassy_core::ledger::{self, Event};
 use embassy_core::progress::Silent;
-use embassy_core::prune;
-use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
 use embassy_sites::{LocalSite, ReplicatedSite};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -249,7 +249,7 @@ fn backdated_condemnation_record_waits_full_grace() {
             Event::SignerAdded {
                 key: sealing.verifying_key().to_bytes(),
                 role: "db-host-1".into(),
-                rights: embassy_core::rights::Right::sealing(false),
+                rights: embassy_core::history::rights::Right::sealing(false),
             },
         )
         .unwrap();
@@ -320,7 +320,7 @@ fn forged_record_at_one_site_cannot_delete_at_others() {
     // The live version is whole at both sites.
     for site in &w.sites {
         let alone = Vault::open(site.clone()).unwrap();
-        let report = embassy_core::verify::verify(&alone, None, &Silent).unwrap();
+        let report = embassy_core::engine::verify::verify(&alone, None, &Silent).unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);
     }
 }

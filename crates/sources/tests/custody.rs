@@ -4,13 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::engine::verify;
+use embassy_core::format::{manifest, pack};
+use embassy_core::history::ledger::{self, Event};
 use embassy_core::keys::{Credential, RootSecret};
-use embassy_core::ledger::{self, Event};
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
-use embassy_core::{manifest, pack, verify, Error};
+use embassy_core::Error;
 use embassy_sites::LocalSite;
 use embassy_sources::files;
 
@@ -49,7 +51,7 @@ fn add_signer(vault: &Vault, root: &RootSecret, dataset: &str, credential: &Cred
         Event::SignerAdded {
             key,
             role: credential.label.clone(),
-            rights: embassy_core::rights::Right::sealing(false),
+            rights: embassy_core::history::rights::Right::sealing(false),
         },
     )
     .unwrap();
@@ -272,7 +274,7 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
         history.records.last(),
         Event::VersionAdded {
             manifest: forged_manifest,
-            kind: embassy_core::manifest::VersionKind::Tree,
+            kind: embassy_core::format::manifest::VersionKind::Tree,
             captured_at_ns: 0,
             stats: Default::default(),
         },
@@ -376,7 +378,7 @@ fn rotating_the_reader_key_keeps_old_versions_readable_and_retires_old_credentia
         history.records.last(),
         Event::ReaderKeyRotated {
             epoch: 1,
-            reader_public: embassy_core::crypto::reader_public_bytes(&new_keys.reader_public),
+            reader_public: embassy_core::keys::crypto::reader_public_bytes(&new_keys.reader_public),
         },
     )
     .unwrap();

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_sites::LocalSite;
 use embassy_sources::files::{self, RestoreOptions};
 

@@ -8,16 +8,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::writer::BackupSession;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::format::pack::BlobKind;
+use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_core::id::ChunkId;
 use embassy_core::keys::RootSecret;
-use embassy_core::manifest::{VersionKind, VersionStats};
-use embassy_core::pack::BlobKind;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::tree::{Node, NodeKind, Tree};
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::writer::BackupSession;
 use embassy_sites::LocalSite;
 use embassy_sources::files::{self, RestoreOptions, MAX_RESTORE_DEPTH};
 

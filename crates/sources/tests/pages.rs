@@ -6,11 +6,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_sites::LocalSite;
 use embassy_sources::files::{self, is_relation_dir, is_relation_file_name, RestoreOptions};
 
@@ -161,7 +161,7 @@ fn relation_files_are_recognised_by_name_and_place() {
 
 #[test]
 fn page_chunks_of_one_directory_stay_within_the_tree_blob_budget() {
-    use embassy_core::chunker::{Chunking, PG_PAGE};
+    use embassy_core::format::chunker::{Chunking, PG_PAGE};
     use embassy_sources::files::{RelationChunker, LARGE_RELATION_CHUNK};
     let mut r = RelationChunker::with_budget(100);
     assert_eq!(r.chunking(60 * 8192), Chunking::Aligned(PG_PAGE));

@@ -6,11 +6,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault, Version};
 use embassy_sites::LocalSite;
 use embassy_sources::files::{self, RestoreOptions};
 

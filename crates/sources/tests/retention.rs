@@ -8,18 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use embassy_core::approval::{self, Approval};
-use embassy_core::config::{now_unix_nanos, VaultConfig};
-use embassy_core::gc::{self, GcOptions};
+use embassy_core::engine::gc::{self, GcOptions};
+use embassy_core::engine::prune::{self, PruneReport};
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::verify;
+use embassy_core::format::config::{now_unix_nanos, VaultConfig};
+use embassy_core::history::approval::{self, Approval};
+use embassy_core::history::ledger::{self, Event};
+use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::keys::RootSecret;
-use embassy_core::ledger::{self, Event};
 use embassy_core::progress::Silent;
-use embassy_core::prune::{self, PruneReport};
-use embassy_core::reader::VersionReader;
-use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::{verify, Error};
+use embassy_core::Error;
 use embassy_sites::LocalSite;
 use embassy_sources::files;
 
@@ -414,12 +415,13 @@ fn forget_needs_k_distinct_valid_approvals_for_exactly_that_version() {
     assert!(err.to_string().contains("missing 2"), "{err}");
 
     // k-1 approvals: refused, naming how many are missing.
-    approval::approve(&s.vault, &a, &v1, "court order 17").unwrap();
+    embassy_core::engine::approve::approve(&s.vault, &a, &v1, "court order 17").unwrap();
     // The same approver again, an approval of another version, a foreign approver, and a
     // forgery in b's name: none of them counts.
-    approval::approve(&s.vault, &a, &v1, "again").unwrap();
-    approval::approve(&s.vault, &b, &v2, "other version").unwrap();
-    let err = approval::approve(&s.vault, &foreign, &v1, "not pinned").unwrap_err();
+    embassy_core::engine::approve::approve(&s.vault, &a, &v1, "again").unwrap();
+    embassy_core::engine::approve::approve(&s.vault, &b, &v2, "other version").unwrap();
+    let err =
+        embassy_core::engine::approve::approve(&s.vault, &foreign, &v1, "not pinned").unwrap_err();
     assert!(matches!(err, Error::WrongKey(_)), "{err}");
     let store = |appr: &Approval, key: &approval::SigningKey| {
         let bytes = approval::encode(appr, key);
@@ -451,7 +453,7 @@ fn forget_needs_k_distinct_valid_approvals_for_exactly_that_version() {
     assert_eq!(seqs(&s.vault.versions("court").unwrap()), vec![1, 2, 3]);
 
     // The k-th approval: accepted.
-    approval::approve(&s.vault, &b, &v1, "court order 17").unwrap();
+    embassy_core::engine::approve::approve(&s.vault, &b, &v1, "court order 17").unwrap();
     assert!(
         forget(true).unwrap().entry.is_none(),
         "a dry run writes nothing"

@@ -6,16 +6,16 @@
 
 use std::sync::Arc;
 
-use embassy_core::config::now_unix_nanos;
-use embassy_core::gc::{self, GcOptions};
+use embassy_core::engine::gc::{self, GcOptions};
+use embassy_core::engine::prune;
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::engine::verify;
+use embassy_core::format::config::now_unix_nanos;
+use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
-use embassy_core::prune;
-use embassy_core::reader::VersionReader;
-use embassy_core::retention::RetentionPolicy;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault};
-use embassy_core::verify;
 use embassy_sites::s3::{LockMode, ObjectLock};
 use embassy_sites::S3Site;
 use embassy_sources::stream;

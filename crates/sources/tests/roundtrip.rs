@@ -16,13 +16,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::verify::verify;
+use embassy_core::format::manifest::VersionKind;
 use embassy_core::keys::RootSecret;
-use embassy_core::manifest::VersionKind;
 use embassy_core::progress::Silent;
-use embassy_core::reader::VersionReader;
 use embassy_core::site::Site;
-use embassy_core::vault::{Keyring, Vault, Version};
-use embassy_core::verify::verify;
 use embassy_sites::LocalSite;
 use embassy_sources::files::{self, RestoreOptions};
 use embassy_sources::stream;

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::keys::keyfile::{KdfParams, KeyFile};
 
 /// The passphrase of every test key file.
 pub const PASS: &str = "correct horse battery staple";

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
+use embassy_core::format::spool::Spool;
 use embassy_core::id::ObjectId;
 use embassy_core::site::{with_retry, ObjectSource, Put, Site, SiteError};
-use embassy_core::spool::Spool;
 
 use crate::random_bytes;
 

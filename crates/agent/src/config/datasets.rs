@@ -136,7 +136,7 @@ impl Parser<'_> {
             let name =
                 self.required_string(&mut f, "name", "a dataset name (a-z, 0-9, '.', '_', '-')");
             if let Some(n) = &name {
-                if let Err(e) = embassy_core::layout::check_dataset_name(n.get_ref()) {
+                if let Err(e) = embassy_core::format::layout::check_dataset_name(n.get_ref()) {
                     self.problem(n.span(), &format!("{field}.name"), e.to_string());
                 } else if !seen.insert(n.get_ref().clone()) {
                     self.problem(

@@ -70,7 +70,7 @@ impl Agent {
                 // Published before any alarm goes out: whoever an alarm sends to the dashboard
                 // sees what raised it.
                 *lock(&shared.snapshots) = snaps.clone();
-                let now_ns = embassy_core::config::now_unix_nanos();
+                let now_ns = embassy_core::format::config::now_unix_nanos();
                 let rows = status::rows(&config, &snaps, &state, now_ns);
                 let mut delivered = Vec::new();
                 for n in alarms::evaluate(&rows, &state, now_ns / 1_000_000_000) {

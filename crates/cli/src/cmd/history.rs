@@ -21,7 +21,7 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
     let vault = open_vault(cli)?;
     let history = vault.history(dataset)?;
     // Version numbers beside ledger sequence numbers: `version_added` rows carry theirs.
-    let numbers = embassy_core::vault::numbers_by_seq(dataset, &history);
+    let numbers = embassy_core::engine::vault::numbers_by_seq(dataset, &history);
     let number = |seq: u64| numbers.get(&seq).copied();
     if cli.json {
         let rows: Vec<serde_json::Value> = history
@@ -47,7 +47,7 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
         );
         for r in &history {
             let detail = match &r.entry.event {
-                embassy_core::ledger::Event::VersionAdded {
+                embassy_core::history::ledger::Event::VersionAdded {
                     manifest, stats, ..
                 } => format!(
                     "version added: version {}, manifest {}, {} files, {}",
@@ -56,7 +56,7 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     stats.files,
                     output::size(stats.bytes)
                 ),
-                embassy_core::ledger::Event::LogRangeAdded {
+                embassy_core::history::ledger::Event::LogRangeAdded {
                     timeline,
                     start,
                     end,
@@ -64,11 +64,11 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                 } => {
                     format!("log range added: timeline {timeline}, {start:X}..{end:X}")
                 }
-                embassy_core::ledger::Event::VersionsDeleted { seqs, reason, .. } => {
+                embassy_core::history::ledger::Event::VersionsDeleted { seqs, reason, .. } => {
                     let numbers: Vec<u64> = seqs.iter().filter_map(|s| number(*s)).collect();
                     format!("versions deleted: {numbers:?} (entries {seqs:?}; {reason})")
                 }
-                embassy_core::ledger::Event::SignerAdded { key, role, rights } => {
+                embassy_core::history::ledger::Event::SignerAdded { key, role, rights } => {
                     format!(
                         "signer added: {} ({role}; may {})",
                         hex_key(key),
@@ -79,7 +79,7 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                             .join(", ")
                     )
                 }
-                embassy_core::ledger::Event::MinAgeChanged {
+                embassy_core::history::ledger::Event::MinAgeChanged {
                     min_age_secs,
                     approvals,
                 } => format!(
@@ -87,13 +87,13 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     embassy_core::duration::format_duration(*min_age_secs),
                     approvals.len()
                 ),
-                embassy_core::ledger::Event::SignerRevoked { key, reason } => {
+                embassy_core::history::ledger::Event::SignerRevoked { key, reason } => {
                     format!("signer revoked: {} ({reason})", hex_key(key))
                 }
-                embassy_core::ledger::Event::ReaderKeyRotated { epoch, .. } => {
+                embassy_core::history::ledger::Event::ReaderKeyRotated { epoch, .. } => {
                     format!("reader key rotated to epoch {epoch}")
                 }
-                embassy_core::ledger::Event::Promoted {
+                embassy_core::history::ledger::Event::Promoted {
                     timeline,
                     lsn,
                     host,

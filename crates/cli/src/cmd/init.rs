@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use embassy_core::config::VaultConfig;
-use embassy_core::keyfile::{KdfParams, KeyFile};
+use embassy_core::format::config::VaultConfig;
+use embassy_core::keys::keyfile::{KdfParams, KeyFile};
 use embassy_core::keys::RootSecret;
 use embassy_core::{Error, Result};
 use serde_json::json;
@@ -102,9 +102,9 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<ExitCode> {
     }
     let dir = state_dir(cli)?;
     for location in &cli.site {
-        embassy_core::state::pin_site(&dir, location, &config.vault_id, true)?;
+        embassy_core::history::state::pin_site(&dir, location, &config.vault_id, true)?;
     }
-    let fingerprint = embassy_core::config::fingerprint(&config.vault_id);
+    let fingerprint = embassy_core::format::config::fingerprint(&config.vault_id);
     if cli.json {
         print_json(
             json!({"ok": true, "vault_id": config.vault_id, "fingerprint": fingerprint, "site": site.location(), "key_file": key_path}),

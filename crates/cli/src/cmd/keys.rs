@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_READER, PURPOSE_SEALING};
+use embassy_core::history::ledger::{self, Event};
+use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_READER, PURPOSE_SEALING};
 use embassy_core::keys::Credential;
-use embassy_core::ledger::{self, Event};
 use embassy_core::{Error, Result};
 use serde_json::json;
 
@@ -86,7 +86,7 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         KeysCommand::Split { threshold, shares } => {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
-            let texts = embassy_core::custody::split(root, *threshold, *shares)?;
+            let texts = embassy_core::keys::custody::split(root, *threshold, *shares)?;
             if cli.json {
                 print_json(
                     json!({"vault_id": vault.config().vault_id, "threshold": threshold, "shares": texts}),
@@ -115,7 +115,7 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             } else {
                 shares.clone()
             };
-            let root = embassy_core::custody::recover(&texts)?;
+            let root = embassy_core::keys::custody::recover(&texts)?;
             let vault = open_vault(cli)?;
             vault.config().check_root(&root).map_err(|_| {
                 Error::WrongKey(format!(
@@ -156,7 +156,7 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
             for d in datasets {
-                embassy_core::layout::check_dataset_name(d)?;
+                embassy_core::format::layout::check_dataset_name(d)?;
             }
             let vault_id = vault.config().vault_id.clone();
             // Keys at each dataset's current key epoch (after `keys rotate`, the new one); a
@@ -191,7 +191,7 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                     let event = Event::SignerAdded {
                         key: public,
                         role: label.clone(),
-                        rights: embassy_core::rights::Right::sealing(*may_delete),
+                        rights: embassy_core::history::rights::Right::sealing(*may_delete),
                     };
                     vault.append_root_event(root, d, event)?;
                 }
@@ -232,7 +232,9 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
                 let keys = root.dataset_keys(d, epoch);
                 let event = Event::ReaderKeyRotated {
                     epoch,
-                    reader_public: embassy_core::crypto::reader_public_bytes(&keys.reader_public),
+                    reader_public: embassy_core::keys::crypto::reader_public_bytes(
+                        &keys.reader_public,
+                    ),
                 };
                 vault.append_root_event(root, d, event)?;
                 rotated.push(

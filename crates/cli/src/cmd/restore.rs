@@ -156,7 +156,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
 
 fn report_restore(
     cli: &Cli,
-    version: &embassy_core::vault::Version,
+    version: &embassy_core::history::version::Version,
     mut detail: serde_json::Value,
     for_people: &str,
 ) -> Result<()> {

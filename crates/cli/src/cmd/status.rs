@@ -36,7 +36,7 @@ fn sites(cli: &Cli) -> Result<ExitCode> {
             "no site given: pass --site PATH (repeat for each site)",
         ));
     }
-    let now = embassy_core::config::now_unix_nanos();
+    let now = embassy_core::format::config::now_unix_nanos();
     let rows = embassy_ops::status::site_rows(&cli.site, cli.key_file.as_deref(), now);
     let healthy = !rows.iter().any(StatusRow::is_error);
     let (queue_rows, queue_lines) = if cli.site.len() > 1 {

@@ -43,7 +43,7 @@ fn sync(cli: &Cli, from: &str, to: &str, repair: bool) -> Result<ExitCode> {
     let source = embassy_sites::open(from)?;
     let target = embassy_sites::open(to)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let report = embassy_core::sync::sync(source.as_ref(), target.as_ref(), repair, &bar)?;
+    let report = embassy_core::engine::sync::sync(source.as_ref(), target.as_ref(), repair, &bar)?;
     bar.finish();
     if cli.json {
         let mut value = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;

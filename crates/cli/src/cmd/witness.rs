@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use embassy_core::keyfile::{KdfParams, KeyFile, PURPOSE_WITNESS};
+use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_WITNESS};
 use embassy_core::keys::RootSecret;
 use embassy_core::{Error, Result};
 use serde_json::json;
@@ -60,7 +60,7 @@ const WITNESS_KEY_ID: &str = "witness";
 
 fn ed25519_dalek_public(secret: &RootSecret) -> String {
     hex_key(
-        &embassy_core::checkpoint::witness_signing_key(secret)
+        &embassy_core::history::checkpoint::witness_signing_key(secret)
             .verifying_key()
             .to_bytes(),
     )
@@ -75,7 +75,7 @@ pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
     let seed = file.open_payload(pass.as_bytes(), key_path)?;
     let seed = RootSecret::from_slice(&seed)
         .ok_or_else(|| Error::invalid("witness key file holds a secret of the wrong length"))?;
-    let key = embassy_core::checkpoint::witness_signing_key(&seed);
+    let key = embassy_core::history::checkpoint::witness_signing_key(&seed);
     let vault = open_vault(cli)?;
     // A witness key made for one vault (`embassy --vault-id ID witness-key`) witnesses only it.
     if file.vault_id != WITNESS_KEY_ID && file.vault_id != vault.config().vault_id {
@@ -115,7 +115,7 @@ pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
     let newest = checkpoints
         .last()
         .ok_or_else(|| Error::NotFound("the vault has no valid checkpoint to cosign yet".into()))?;
-    embassy_core::checkpoint::cosign(vault.site().as_ref(), &newest.id, &key)?;
+    embassy_core::history::checkpoint::cosign(vault.site().as_ref(), &newest.id, &key)?;
     if cli.json {
         print_json(
             json!({"ok": true, "checkpoint": newest.id.to_hex(), "witness": hex_key(&key.verifying_key().to_bytes())}),

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use embassy_core::engine::vault::Vault;
+use embassy_core::format::wal_log::{LogKind, LogSpec};
+use embassy_core::history::ledger::{self, Event, Record};
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
-use embassy_core::ledger::{self, Event, Record};
 use embassy_core::site::Site;
-use embassy_core::vault::Vault;
-use embassy_core::wal_log::{LogKind, LogSpec};
 
 use super::StreamProgress;
 use crate::lsn::{Lsn, SEGMENT_SIZE};

@@ -71,7 +71,7 @@ fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
 /// Catches `target` up from `sources` (the other sites of the vault) by its queue: every queued
 /// object it lacks is copied from a source whose copy checks, in write order (packs, indexes,
 /// manifests and other data objects, then ledger entries, then checkpoints), a later stage only
-/// once every earlier one arrived. A full comparison (`embassy_core::sync`) is made instead when
+/// once every earlier one arrived. A full comparison (`embassy_core::engine::sync`) is made instead when
 /// the queue asks for one or the target no longer holds the vault's configuration (a site that
 /// lost everything, such as a restarted in-memory server). Entries that could not be settled stay
 /// queued. Returns `Err` only when the queue itself cannot be read or written.
@@ -119,7 +119,7 @@ pub fn drain(
     if !pending.full_sync.is_empty() || lost_vault {
         report.full_sync = true;
         let from = ReplicatedSite::new(sources.to_vec(), 1)?;
-        match embassy_core::sync::sync(&from, target, false, progress) {
+        match embassy_core::engine::sync::sync(&from, target, false, progress) {
             Ok(r) => {
                 report.copied = r.copied;
                 report.bytes = r.bytes;

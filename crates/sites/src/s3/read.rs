@@ -136,14 +136,14 @@ impl S3Site {
     }
 
     /// Refuses an object larger than the format allows for its kind
-    /// ([`embassy_core::layout::max_object_size`]), before anything is allocated for it.
+    /// ([`embassy_core::format::layout::max_object_size`]), before anything is allocated for it.
     pub(super) fn within_cap(
         &self,
         operation: &'static str,
         path: &str,
         size: u64,
     ) -> Result<(), SiteError> {
-        let cap = embassy_core::layout::max_object_size(path);
+        let cap = embassy_core::format::layout::max_object_size(path);
         if size > cap {
             return Err(self.permanent(
                 operation,
@@ -195,7 +195,7 @@ impl S3Site {
         if let Some(l) = len {
             self.within_cap(operation, path, offset.saturating_add(l))?;
         }
-        let cap = embassy_core::layout::max_object_size(path);
+        let cap = embassy_core::format::layout::max_object_size(path);
         let piece = self.cfg.part_size as u64;
         let first_len = len.map_or(piece.min(cap), |l| l.min(piece));
         if first_len == 0 {
