@@ -477,7 +477,18 @@ impl Fixture {
         for e in &self.expected {
             let (r, out) = self.restore(vault, e);
             match r.code {
-                3 if names_object(&r.stderr) => {}
+                3 if names_object(&r.stderr) => {
+                    // A failed tree restore leaves no half-filled file under a final name, and
+                    // no temporary file: whatever it left is byte for byte the reference.
+                    if matches!(e.kind, VersionKind::Tree) {
+                        for problem in partial_files(&e.reference, &out) {
+                            failures.push(format!(
+                                "restore {} after {what} failed but left {problem}",
+                                e.target
+                            ));
+                        }
+                    }
+                }
                 3 => failures.push(format!(
                     "restore {} after {what}: exit 3 without naming {object}: {r:?}",
                     e.target
@@ -512,6 +523,35 @@ impl Fixture {
         fs::remove_dir_all(state_of(vault)).unwrap();
         failures
     }
+}
+
+/// Files a failed restore left in `out` that are not the reference's bytes (half-filled under
+/// a final name) or are temporary files.
+fn partial_files(reference: &Path, out: &Path) -> Vec<String> {
+    fn walk(reference: &Path, out: &Path, rel: &Path, found: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(out.join(rel)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let rel = rel.join(entry.file_name());
+            let Ok(meta) = fs::symlink_metadata(out.join(&rel)) else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(reference, out, &rel, found);
+            } else if meta.is_file() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.ends_with(embassy_core::fsutil::TEMP_SUFFIX) {
+                    found.push(format!("a temporary file {}", rel.display()));
+                } else if fs::read(out.join(&rel)).ok() != fs::read(reference.join(&rel)).ok() {
+                    found.push(format!("{} not as backed up", rel.display()));
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(reference, out, Path::new(""), &mut found);
+    found
 }
 
 /// Where the client state of a vault copy lives.

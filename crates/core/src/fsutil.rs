@@ -100,6 +100,51 @@ impl NewFile {
         self.persisted = true;
         self.file.try_clone()
     }
+
+    /// Closes the file and keeps it under its temporary name, to be written later by that name
+    /// and put in place with [`PendingFile::persist`] (many files filled at once, without one
+    /// open descriptor each).
+    pub fn into_pending(mut self) -> PendingFile {
+        // The name passes to the pending file, which removes it if dropped unpersisted.
+        self.persisted = true;
+        PendingFile {
+            temp: self.temp.clone(),
+            target: self.target.clone(),
+            persisted: false,
+        }
+    }
+}
+
+/// A new file, closed, under its temporary name beside its final name: nothing shows under the
+/// final name until [`PendingFile::persist`]; dropped before that, the temporary file is
+/// removed. A restore that fails half-way leaves no half-filled file under a final name.
+#[derive(Debug)]
+pub struct PendingFile {
+    temp: PathBuf,
+    target: PathBuf,
+    persisted: bool,
+}
+
+impl PendingFile {
+    /// The temporary name, to open and write by (with `O_NOFOLLOW`).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Renames the file over its final name (without syncing).
+    pub fn persist(mut self) -> io::Result<()> {
+        std::fs::rename(&self.temp, &self.target)?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 impl Write for NewFile {

@@ -696,16 +696,18 @@ pub fn restore(
     }
     let mut targets: HashMap<ChunkId, Vec<(usize, u64)>> = HashMap::new();
     let mut total = 0u64;
+    // Each file is created under a fresh name (O_EXCL|O_NOFOLLOW), filled there, and renamed
+    // into place only once every file's content is written: a link already at the final name
+    // is replaced, never written through, and a restore that fails half-way (a damaged pack,
+    // a full disk) leaves no half-filled file under a final name (its temporary files go).
+    let mut pending = Vec::with_capacity(plan.files.len());
     for (i, (path, node)) in plan.files.iter().enumerate() {
-        // Created under a fresh name (O_EXCL|O_NOFOLLOW) and renamed into place: a link
-        // already at the name is replaced, never written through.
         let file = embassy_core::fsutil::NewFile::beside(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         file.file()
             .set_len(node.size)
             .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
-        file.persist_unsynced()
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        pending.push(file.into_pending());
         let mut offset = 0u64;
         for id in &node.content {
             targets.entry(*id).or_default().push((i, offset));
@@ -723,13 +725,14 @@ pub fn restore(
 
     // Content: each pack once, each blob to every place that needs it.
     let files = &plan.files;
+    let temps = &pending;
     reader.for_each_blob(targets.keys().copied().collect::<Vec<_>>(), &|id, data| {
         for &(i, offset) in targets.get(id).map(|v| v.as_slice()).unwrap_or_default() {
             let path = &files[i].0;
             let file = fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
+                .open(temps[i].temp_path())
                 .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
             file.write_all_at(data, offset)
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
@@ -737,6 +740,10 @@ pub fn restore(
         }
         Ok(())
     })?;
+    for (file, (path, _)) in pending.into_iter().zip(&plan.files) {
+        file.persist()
+            .map_err(|e| Error::io(format!("putting {} in place", path.display()), e))?;
+    }
 
     // Metadata: files and links, then directories deepest first.
     let chown = metadata::can_chown();

@@ -116,10 +116,23 @@ pub fn sync(
                 if !repair {
                     return note(&|r| r.present += 1);
                 }
-                // Hashed as it streams: the target's copy is never held whole.
+                // Hashed as it streams: the target's copy is never held whole. Only a copy
+                // proven damaged (its bytes do not hash to its name) is replaced: a copy that
+                // cannot be read now (the site busy or down) may be intact, and deleting it
+                // before a write that may fail too would lose it.
                 match HashSink::read_from(to, &info.path) {
                     Ok(copy) if copy.id() == id => return note(&|r| r.present += 1),
-                    _ => true,
+                    Ok(_) => true,
+                    Err(SiteError::NotFound { .. }) => false,
+                    Err(e) => {
+                        return note(&|r| {
+                            r.problems.push(format!(
+                                "{}: cannot be read at the target to check it ({e}); left as \
+                                 it is, not repaired: run the repair again once the site answers",
+                                info.path
+                            ))
+                        })
+                    }
                 }
             } else {
                 false

@@ -31,6 +31,12 @@ impl Spool {
     pub fn new(limit: u64) -> Result<Self> {
         let file = tempfile::tempfile()
             .map_err(|e| Error::io("cannot create a spool file in $TMPDIR", e))?;
+        // O_TMPFILE takes its mode from the umask: make it private whatever the umask says.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("cannot make the spool file private (mode 0600)", e))?;
+        }
         Ok(Self {
             file,
             hasher: blake3::Hasher::new(),
@@ -360,6 +366,18 @@ impl ObjectSource for Spool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_spool_file_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask has no preconditions; a permissive umask for this check only.
+        let old = unsafe { libc::umask(0o022) };
+        let spool = Spool::new(10).unwrap();
+        // SAFETY: as above, restoring the previous umask.
+        unsafe { libc::umask(old) };
+        let mode = spool.file.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "spool mode {mode:o}");
+    }
     use super::*;
 
     #[test]
