@@ -45,6 +45,18 @@ pub enum RunError {
         /// Everything wrong, one line each, naming the object.
         problems: Vec<String>,
     },
+    /// A keyless verification could not read or check some objects this time (the site busy
+    /// or down): no damage found, verified again on the next interval.
+    #[error(
+        "{} objects could not be read or checked (the site is unreachable or busy; no damage \
+         found), first: {}",
+        unreadable.len(),
+        unreadable.first().map(String::as_str).unwrap_or("")
+    )]
+    Unreadable {
+        /// What could not be read, one line each, naming the object.
+        unreadable: Vec<String>,
+    },
 }
 
 impl RunError {
@@ -58,6 +70,7 @@ impl RunError {
             RunError::Keys(_) => ErrorKind::Keys,
             RunError::CatchUp { .. } => ErrorKind::Outage,
             RunError::Damaged { .. } => ErrorKind::Integrity,
+            RunError::Unreadable { .. } => ErrorKind::Outage,
         }
     }
 

@@ -319,9 +319,14 @@ pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64
 /// outage, typically), as `embassy verify` tells them apart by its exit status.
 pub fn verify_site(location: &str) -> Result<String, RunError> {
     let verification = embassy_ops::verify::verify_site(location)?;
-    if !verification.is_ok() {
+    if verification.found_damage() {
         return Err(RunError::Damaged {
             problems: verification.problems(),
+        });
+    }
+    if !verification.is_ok() {
+        return Err(RunError::Unreadable {
+            unreadable: verification.vault.unreadable.clone(),
         });
     }
     Ok(verification.summary())

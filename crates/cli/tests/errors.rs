@@ -545,3 +545,33 @@ fn stdin_conflicts_with_paths_and_command() {
     cmd.args([os("verify"), os("--deeep")]);
     exec(cmd, None).fails(2, &["--deeep"]);
 }
+
+/// What cannot be read or checked this time is an outage, not damage (red team: a full or
+/// missing `$TMPDIR` made `verify --deep` call an intact vault corrupt and advise a repair). The
+/// intact vault verifies; without a usable `$TMPDIR` the deep check cannot spool packs: exit 1,
+/// each pack NOT CHECKED, no PROBLEM, no "repair" advice.
+#[test]
+fn what_cannot_be_checked_is_not_called_damage() {
+    let env = Env::new();
+    env.run(&["verify", "--deep"], &[]).ok();
+    let mut cmd = env.cmd();
+    cmd.env("TMPDIR", env.path("no-such-folder"))
+        .args(["verify", "--deep"]);
+    let r = exec(cmd, None);
+    assert_eq!(r.code, 1, "{r:?}");
+    for words in ["NOT CHECKED", "$TMPDIR", "no damage found"] {
+        assert!(r.text().contains(words), "no {words:?} in {r:?}");
+    }
+    assert!(!r.text().contains("PROBLEM"), "{r:?}");
+    assert!(!r.text().contains("repair this site"), "{r:?}");
+    let mut cmd = env.cmd();
+    cmd.env("TMPDIR", env.path("no-such-folder"))
+        .args(["--json", "verify", "--deep"]);
+    let json = exec(cmd, None).json();
+    assert_eq!(json["ok"], false, "{json}");
+    assert_eq!(json["problems"], serde_json::json!([]), "{json}");
+    assert!(
+        json["unreadable"].as_array().is_some_and(|u| !u.is_empty()),
+        "{json}"
+    );
+}

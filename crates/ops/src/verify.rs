@@ -26,6 +26,12 @@ impl Verification {
         self.vault.is_ok() && self.wal.iter().all(|(_, r)| r.is_ok())
     }
 
+    /// True when damage or tampering was found, in the objects or the streamed WAL (not merely
+    /// something that could not be read this time).
+    pub fn found_damage(&self) -> bool {
+        self.vault.found_damage() || self.wal.iter().any(|(_, r)| !r.is_ok())
+    }
+
     /// WAL problems and gaps, counted.
     pub fn wal_problem_count(&self) -> usize {
         self.wal
@@ -69,6 +75,16 @@ impl Verification {
                 } else {
                     format!(", {wal_objects} WAL objects")
                 }
+            )
+        } else if !self.found_damage() {
+            format!(
+                "{} objects could not be read or checked this time, first: {}",
+                self.vault.unreadable.len(),
+                self.vault
+                    .unreadable
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("")
             )
         } else {
             let problems = self.problems();

@@ -80,11 +80,20 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         for p in &report.problems {
             println!("PROBLEM: {}", output::escape(p));
         }
+        for u in &report.unreadable {
+            println!("NOT CHECKED: {}", output::escape(u));
+        }
         for (dataset, r) in &v.wal {
             pg::print_wal_report(Some(dataset), r);
         }
         if ok {
             println!("vault OK");
+        } else if !v.found_damage() {
+            println!(
+                "{} objects could not be read or checked this time (the site busy or down, or \
+                 $TMPDIR full): no damage found; verify again once the site answers",
+                report.unreadable.len()
+            );
         } else {
             println!(
                 "{} problems found: repair this site from another site, or restore an older version",
@@ -92,9 +101,12 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
             );
         }
     }
+    // 3 only for damage (core's error policy); what could not be read is an outage: 1.
     Ok(if ok {
         ExitCode::SUCCESS
-    } else {
+    } else if v.found_damage() {
         ExitCode::from(3)
+    } else {
+        ExitCode::from(1)
     })
 }

@@ -94,6 +94,22 @@ pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
     // witness never vouches for a vault whose site withholds or damages WAL.
     let verification = embassy_ops::verify::verify(&vault, None, &bar)?;
     bar.finish();
+    if !verification.is_ok() && !verification.found_damage() {
+        for u in &verification.vault.unreadable {
+            eprintln!("NOT CHECKED: {}", output::escape(u));
+        }
+        // An outage, not damage: nothing is vouched for, and the exit status says "try again".
+        return Err(Error::Site(embassy_core::site::SiteError::Retryable {
+            site: vault.site().location().to_string(),
+            operation: "verify",
+            path: String::new(),
+            message: format!(
+                "{} objects could not be read or checked; nothing was cosigned: run the witness \
+                 again once the site answers",
+                verification.vault.unreadable.len()
+            ),
+        }));
+    }
     if !verification.is_ok() {
         let problems = verification.problems();
         for p in &problems {

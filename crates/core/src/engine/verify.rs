@@ -21,7 +21,7 @@ use crate::site::{ObjectInfo, SiteError};
 
 mod versions;
 
-use versions::{check_references, deep_check_version, PackDirectories};
+use versions::{check_references, deep_check_version, Findings, PackDirectories};
 
 /// What a verification found.
 #[derive(Debug, Default, Serialize)]
@@ -36,8 +36,12 @@ pub struct VerifyReport {
     pub datasets: Vec<DatasetSummary>,
     /// Objects nothing references (left by interrupted backups; harmless).
     pub unreferenced: Vec<String>,
-    /// Everything wrong, one line each, naming the object.
+    /// Everything wrong, one line each, naming the object: damage or tampering.
     pub problems: Vec<String>,
+    /// What could not be read or checked this time (a site busy or down, a full `$TMPDIR`),
+    /// one line each: not known to be damaged, so not a problem; verify again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
     /// Objects a site holds that no valid signer made or that are not part of the accepted
     /// history (foreign, unparsable or rejected ledger objects), `path: why`, one each. Noise
     /// has no effect and is not an integrity failure.
@@ -65,9 +69,14 @@ pub struct DatasetSummary {
 }
 
 impl VerifyReport {
-    /// True when nothing is wrong.
+    /// True when everything was read and nothing is wrong.
     pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.unreadable.is_empty()
+    }
+
+    /// True when damage or tampering was found (not merely something that could not be read).
+    pub fn found_damage(&self) -> bool {
+        !self.problems.is_empty()
     }
 }
 
@@ -87,6 +96,25 @@ pub fn verify(
             .unwrap_or_else(|e| e.into_inner())
             .problems
             .push(p)
+    };
+    // What cannot be read now is an outage, not damage: kept apart, and the objects named, so
+    // what depends on them is "not checked", never "missing".
+    let unreadable_paths: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    let unreadable = |p: String| {
+        report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unreadable
+            .push(p)
+    };
+    let judge_error = |e: Error| {
+        // An object listed but not served is judged like damage (format.md §9), not an outage.
+        let withheld = matches!(e, Error::Site(SiteError::NotFound { .. }));
+        if withheld || e.kind() == crate::ErrorKind::Integrity {
+            problem(e.to_string())
+        } else {
+            unreadable(e.to_string())
+        }
     };
     // Checkpoints and cosignatures are statements beside the data: a damaged or stray one is
     // noise, never damage to accepted data.
@@ -163,10 +191,18 @@ pub fn verify(
                     .push((info.path.clone(), crate::site::LISTED_NOT_HELD.into()))
             }
             Err(FetchError::Site(e)) => {
-                return problem(format!("{}: cannot be read: {e}", info.path))
+                unreadable_paths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.path.clone());
+                return unreadable(format!("{}: cannot be read: {e}", info.path));
             }
             Err(FetchError::Local(e)) => {
-                return problem(format!("{}: cannot be checked: {e}", info.path))
+                unreadable_paths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.path.clone());
+                return unreadable(format!("{}: cannot be checked: {e}", info.path));
             }
         };
         let (got, size) = held.id_and_len();
@@ -417,6 +453,9 @@ pub fn verify(
     }
     let witnesses = vault.config().witness_keys();
     let pack_blobs = pack_blobs.into_inner().unwrap_or_else(|e| e.into_inner());
+    let unreadable_paths = unreadable_paths
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     for (dataset, history) in &histories {
         let mut complete = 0;
         for record in history {
@@ -424,7 +463,15 @@ pub fn verify(
         }
         for version in crate::engine::vault::versions_in(dataset, history) {
             let version = &version;
-            let ok = check_references(vault, &sizes, dataset, version, &mut referenced, &problem);
+            let ok = check_references(
+                vault,
+                &sizes,
+                dataset,
+                version,
+                &mut referenced,
+                &problem,
+                &judge_error,
+            );
             // A version recorded after the listing (a backup running meanwhile) has packs the
             // deep pass did not open: its references are checked above, its blobs next run.
             let listed = sizes.contains_key(
@@ -432,9 +479,18 @@ pub fn verify(
             );
             let deep_ok = ok
                 && match keys {
-                    Some(keyring) if listed => {
-                        deep_check_version(vault, keyring, version, &pack_blobs, &problem)
-                    }
+                    Some(keyring) if listed => deep_check_version(
+                        vault,
+                        keyring,
+                        version,
+                        &pack_blobs,
+                        &unreadable_paths,
+                        &Findings {
+                            problem: &problem,
+                            unreadable: &unreadable,
+                            failed: &judge_error,
+                        },
+                    ),
                     _ => true,
                 };
             if deep_ok {

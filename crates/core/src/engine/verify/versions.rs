@@ -23,6 +23,7 @@ pub(super) fn check_references(
     version: &crate::engine::vault::Version,
     referenced: &mut HashSet<String>,
     problem: &dyn Fn(String),
+    failed: &dyn Fn(Error),
 ) -> bool {
     let site = vault.site().as_ref();
     // Listed at the start, or stored since (by a backup running meanwhile).
@@ -60,7 +61,7 @@ pub(super) fn check_references(
         Ok(Some((h, _))) => h,
         Ok(None) => return false,
         Err(e) => {
-            problem(e.to_string());
+            failed(e);
             return false;
         }
     };
@@ -98,7 +99,7 @@ pub(super) fn check_references(
                 continue;
             }
             Err(e) => {
-                problem(e.to_string());
+                failed(e);
                 ok = false;
                 continue;
             }
@@ -115,6 +116,15 @@ pub(super) fn check_references(
     ok
 }
 
+/// Where a check reports: damage (`problem`), what could not be read this time (`unreadable`),
+/// and an error to be sorted into one of the two by its kind (`failed`).
+#[derive(Clone, Copy)]
+pub(super) struct Findings<'a> {
+    pub problem: &'a dyn Fn(String),
+    pub unreadable: &'a dyn Fn(String),
+    pub failed: &'a dyn Fn(Error),
+}
+
 /// Deep: each verified pack's directory by chunk id (every entry's blob opened).
 pub(super) type PackDirectories = HashMap<String, HashMap<ChunkId, Vec<pack::BlobEntry>>>;
 
@@ -127,8 +137,14 @@ pub(super) fn deep_check_version(
     keyring: &Keyring,
     version: &crate::engine::vault::Version,
     pack_blobs: &PackDirectories,
-    problem: &dyn Fn(String),
+    unreadable_paths: &HashSet<String>,
+    findings: &Findings,
 ) -> bool {
+    let Findings {
+        problem,
+        unreadable,
+        failed,
+    } = *findings;
     let result = (|| -> Result<bool> {
         let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
         let mut pending = vec![reader.manifest.root];
@@ -149,13 +165,18 @@ pub(super) fn deep_check_version(
         let dataset = &version.dataset;
         let manifest_path = layout::manifest(dataset, &version.manifest);
         let mut missing = 0u64;
+        // Chunks whose only packs could not be read this time: not checked, not missing.
+        let mut unchecked = 0u64;
         // Per lying index: how many chunks, and the first one (chunk, pack, offset).
         let mut wrong: std::collections::BTreeMap<ObjectId, (u64, ChunkId, ObjectId, u32)> =
             Default::default();
         for id in data.iter().chain(seen.iter()) {
             let mut verified_pack = false;
+            let mut unread_pack = false;
             for m in reader.mappings(id) {
-                let Some(directory) = pack_blobs.get(&layout::pack(dataset, &m.pack)) else {
+                let pack_path = layout::pack(dataset, &m.pack);
+                let Some(directory) = pack_blobs.get(&pack_path) else {
+                    unread_pack |= unreadable_paths.contains(&pack_path);
                     continue; // not verified: counted below if no mapping verifies
                 };
                 verified_pack = true;
@@ -172,7 +193,11 @@ pub(super) fn deep_check_version(
                 }
             }
             if !verified_pack {
-                missing += 1;
+                if unread_pack {
+                    unchecked += 1;
+                } else {
+                    missing += 1;
+                }
             }
         }
         for (index_id, (count, chunk, pack_id, offset)) in &wrong {
@@ -197,12 +222,20 @@ pub(super) fn deep_check_version(
                 ),
             ));
         }
+        if unchecked > 0 {
+            unreadable(format!(
+                "{manifest_path}: {unchecked} chunks of version {} are in packs that could not be \
+                 read this time: not checked",
+                version.number
+            ));
+            return Ok(false);
+        }
         Ok(wrong.is_empty())
     })();
     match result {
         Ok(ok) => ok,
         Err(e) => {
-            problem(e.to_string());
+            failed(e);
             false
         }
     }
