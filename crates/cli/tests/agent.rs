@@ -6,11 +6,15 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use embassy_testkit::agent::{cell, wait_until, Agent};
+use embassy_testkit::free_port;
+use embassy_testkit::status_page::{http_get, show, status_json};
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
@@ -152,123 +156,6 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
-}
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: sending a signal to our own child process by its id.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
-    }
-    /// SIGTERM and wait (at most `limit`); returns the exit status.
-    fn stop(self, limit: Duration) -> (std::process::ExitStatus, String) {
-        self.stop_with(libc::SIGTERM, limit)
-    }
-
-    /// Sends `sig` and waits (at most `limit`); returns the exit status.
-    fn stop_with(
-        mut self,
-        sig: libc::c_int,
-        limit: Duration,
-    ) -> (std::process::ExitStatus, String) {
-        self.signal(sig);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, self.log());
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "agent did not stop within {limit:?} of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-fn status_json(port: u16) -> Option<Value> {
-    http_get(port, "/status.json").and_then(|b| serde_json::from_str(&b).ok())
-}
-
-fn wait_until<T>(
-    limit: Duration,
-    what: &str,
-    agent: &Agent,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > limit {
-            panic!(
-                "timed out after {limit:?} waiting for {what}; agent log:\n{}",
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn cell<'a>(report: &'a Value, dataset: &str, site: &str) -> &'a Value {
-    report["datasets"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["name"] == dataset))
-        .and_then(|d| d["sites"].as_array())
-        .and_then(|cs| cs.iter().find(|c| c["site"] == site))
-        .unwrap_or(&Value::Null)
 }
 
 fn write_tree(root: &Path, files: usize, size: usize, seed: u64) {

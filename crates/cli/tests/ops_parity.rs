@@ -5,8 +5,7 @@
 //! real processes; commands run as the `postgres` user, which a restore's `restore_command`
 //! runs as.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,6 +16,9 @@ use std::time::{Duration, Instant};
 use embassy_testkit::pg::restored as pgkit;
 use embassy_testkit::pg::{PgOptions, PgServer};
 use serde_json::Value;
+
+use embassy_testkit::free_port;
+use embassy_testkit::status_page::{show, status_json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 
@@ -125,15 +127,6 @@ impl Env {
     }
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Stops a child process (SIGTERM, then wait) when dropped, also when a test fails.
 struct Stopper(Child);
 
@@ -143,31 +136,6 @@ impl Drop for Stopper {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn status_json(port: u16) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    serde_json::from_str(body).ok()
 }
 
 /// The agent's cell of `dataset` at site `a` in a status document.

@@ -5,14 +5,16 @@
 //! `/metrics` must all tell the same story. Real `embassy` processes throughout.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use embassy_testkit::agent::{cell, wait_until, Agent};
+use embassy_testkit::free_port;
+use embassy_testkit::status_page::{http_get, show};
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
@@ -35,89 +37,10 @@ fn embassy(dir: &Path, args: &[&str]) -> Output {
         .expect("run embassy")
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until<T>(
-    limit: Duration,
-    what: &str,
-    agent: &Agent,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > limit {
-            panic!(
-                "timed out after {limit:?} waiting for {what}; agent log:\n{}",
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn site<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["sites"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or(&Value::Null)
-}
-
-fn cell<'a>(report: &'a Value, dataset: &str, site: &str) -> &'a Value {
-    report["datasets"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["name"] == dataset))
-        .and_then(|d| d["sites"].as_array())
-        .and_then(|cs| cs.iter().find(|c| c["site"] == site))
         .unwrap_or(&Value::Null)
 }
 

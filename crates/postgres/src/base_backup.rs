@@ -546,6 +546,16 @@ pub fn base_backup(
     let status = child.wait();
     let stderr = errors.join().unwrap_or_default().join("\n");
     let ok = matches!(&status, Ok(s) if s.success());
+    // pg_basebackup killed by SIGPIPE stopped because we stopped reading: the reason is ours
+    // (the archive's error), not its exit status.
+    let broken_pipe = {
+        use std::os::unix::process::ExitStatusExt;
+        matches!(&status, Ok(s) if s.signal() == Some(libc::SIGPIPE))
+    };
+    let stored = match stored {
+        Err(e) if broken_pipe => return Err(e),
+        other => other,
+    };
     if !ok {
         let status = status
             .map(|s| s.to_string())

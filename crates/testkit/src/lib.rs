@@ -11,6 +11,7 @@
 //! Missing parts (moto, PostgreSQL, openssl) make a test fail loudly with how to install them;
 //! nothing here skips.
 
+pub mod agent;
 pub mod cli;
 pub mod conformance;
 pub mod hostile;
@@ -20,6 +21,7 @@ pub mod pg;
 pub mod proxy;
 #[cfg(feature = "sites")]
 pub mod s3;
+pub mod status_page;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
