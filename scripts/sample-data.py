@@ -47,10 +47,15 @@ def write(path, text, mode="w"):
     with open(path, mode) as f:
         f.write(text)
 
+def streams(name, day):
+    """Two random streams for one registry: `base` draws the data that stays the same every day,
+    `rng` the day's changes. Each registry has its own pair, so a change in one registry (more
+    court cases today) never shifts the data of the others: a day of change stays small."""
+    return random.Random(f"{name} base"), random.Random(f"{name} day {day}")
+
 def more_registries(out, day):
     """The other seven registries; each day changes a little of each."""
-    rng = random.Random(2026 + day)
-    base = random.Random(1991)
+    base, rng = streams("land", day)
     # Land register (e-Kinnistusraamat): one small JSON document per property unit.
     for county in COUNTIES:
         for n in range(150):
@@ -60,32 +65,38 @@ def more_registries(out, day):
             write(os.path.join(out, "land", county, f"{county}-{n:05d}.json"),
                   f'{{"unit": "{county}-{n:05d}", "area_m2": {base.randrange(300, 90000)}, "owner": "{owner}"}}\n')
     # Tax and Customs Board (MTA): declarations, one line each (a stream).
+    base, rng = streams("tax", day)
     lines = [f"{base.randrange(30000000000, 69999999999)};{2025};{base.randrange(0, 90000)}\n" for _ in range(15000)]
     for _ in range(day * 50):
         lines.append(f"{rng.randrange(30000000000, 69999999999)};2026;{rng.randrange(0, 90000)}\n")
     write(os.path.join(out, "tax.csv"), "".join(lines))
-    # Court files (e-File): case documents by year.
+    # Court files (e-File): case documents by year; each day adds five 2026 cases.
+    base, rng = streams("court", 0)
     for year in (2024, 2025, 2026):
         for n in range(60 + (day * 5 if year == 2026 else 0)):
             words = " ".join(base.choice(LAST).lower() for _ in range(base.randrange(100, 800)))
             write(os.path.join(out, "court", str(year), f"case-{year}-{n:04d}.txt"),
                   f"Case {year}/{n}\nParties: {base.choice(LAST)} v {base.choice(LAST)}\n{words}\n")
     # Health records: one JSON document per patient, in 50 folders.
+    base, rng = streams("health", day)
     for n in range(1500):
         visits = base.randrange(1, 6) + (1 if rng.random() < 0.01 * day else 0)
         write(os.path.join(out, "health", f"{n % 50:02d}", f"patient-{n:06d}.json"),
               f'{{"patient": {n}, "visits": {visits}, "blood": "{base.choice(["A+", "A-", "B+", "O+", "AB+"])}"}}\n')
     # Identity documents: register rows and small binary photo templates.
+    base, rng = streams("identity", day)
     rows = [f"{base.randrange(30000000000, 69999999999)};AB{base.randrange(1000000, 9999999)};2030-01-01\n" for _ in range(5000)]
     write(os.path.join(out, "identity", "documents.csv"), "".join(rows))
     for n in range(200):
         write(os.path.join(out, "identity", "photos", f"{n:05d}.bin"),
               bytes(base.getrandbits(8) for _ in range(2048)), "wb")
     # Vehicle register: an export (a stream).
+    base, rng = streams("vehicles", day)
     makes = ["Skoda", "Toyota", "Volvo", "VW", "Audi", "Opel"]
     vehicles = [f"{base.randrange(100, 999)}{''.join(base.choice('ABCDEFGHJKLMNPRST') for _ in range(3))};{base.choice(makes)};{base.randrange(1995, 2027)}\n" for _ in range(12000)]
     write(os.path.join(out, "vehicles.csv"), "".join(vehicles))
     # Pension register: monthly payment files.
+    base, rng = streams("pension", day)
     for month in range(1, 13):
         rows = [f"{base.randrange(30000000000, 49999999999)};{base.randrange(400, 1600)}\n" for _ in range(800)]
         if month == 12 and day:
