@@ -279,6 +279,40 @@ impl KeyFile {
             .and_then(|_| file.sync_all())
             .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
     }
+
+    /// Replaces the key file at `path` with this one, atomically: written whole to a temporary
+    /// file (mode 0600) beside it, synced, then renamed over it, so that a crash leaves either
+    /// the old file or the new one, never half of either (`keys passwd`).
+    pub fn replace(&self, path: &Path) -> Result<()> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::invalid(format!("{} names no file", path.display())))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".new-{}", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        // A temporary file left by a crash of an earlier run with the same process id.
+        let _ = std::fs::remove_file(&temp);
+        if let Err(e) = self.store(&temp) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&temp, path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::io(
+                format!("replacing key file {}", path.display()),
+                e,
+            ));
+        }
+        // The rename itself made durable.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing folder {}", dir.display()), e))
+    }
 }
 
 /// Text read as a passphrase, zeroized on every path: bytes that are not UTF-8 are wiped before
