@@ -103,9 +103,9 @@ pub fn check_new_passphrase(pass: &str) -> Result<()> {
     let different = distinct.len();
     if different < MIN_PASSPHRASE_DISTINCT {
         return Err(Error::invalid(format!(
-            "the new passphrase is too weak: only {different} different characters, and at \
-             least {MIN_PASSPHRASE_DISTINCT} are required (a few unrelated words make a strong \
-             one); nothing was written"
+            "the new passphrase is too weak: it uses {different} different characters, and at \
+             least {MIN_PASSPHRASE_DISTINCT} different characters are required (a few unrelated \
+             words make a strong one); nothing was written"
         )));
     }
     Ok(())
