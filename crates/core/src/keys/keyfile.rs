@@ -447,4 +447,34 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), PURPOSES.len());
     }
+
+    #[test]
+    fn a_key_file_is_replaced_whole_or_not_at_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.key");
+        let root = RootSecret::generate();
+        let old = KeyFile::seal(&root, "v1", b"old", FAST).unwrap();
+        old.store(&path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let new = KeyFile::seal(&root, "v1", b"new", FAST).unwrap();
+        // The temporary file cannot be made (a folder stands in its place): the old key file
+        // is left exactly as it was.
+        let blocker = dir
+            .path()
+            .join(format!(".vault.key.new-{}", std::process::id()));
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("x"), b"x").unwrap();
+        assert!(new.replace(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&blocker).unwrap();
+        // Replaced: the new passphrase opens it, the old does not, mode 0600, nothing beside it.
+        new.replace(&path).unwrap();
+        let stored = KeyFile::load(&path).unwrap();
+        assert_eq!(stored.open(b"new", &path).unwrap().expose(), root.expose());
+        assert!(stored.open(b"old", &path).is_err());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }
