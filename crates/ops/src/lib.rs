@@ -10,10 +10,12 @@
 //! Crate order: `embassy` (cli) → `embassy-agent` → `embassy-ops` → `embassy-postgres` →
 //! {`embassy-sites`, `embassy-sources`} → `embassy-core`.
 
+pub mod custody;
 pub mod open;
 pub mod restore;
 pub mod status;
 pub mod unlock;
 pub mod verify;
+pub mod witness;
 
 pub use embassy_core::{Error, Result};

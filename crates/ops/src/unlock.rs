@@ -16,8 +16,8 @@ use embassy_core::keys::{Credential, RootSecret};
 use embassy_core::{Error, Result};
 use zeroize::Zeroizing;
 
-/// A front end's way of asking a person: `confirm` asks twice. `Ok(None)` when there is nobody
-/// to ask (no terminal).
+/// A front end's way of asking a person; `true` asks for a new passphrase (twice, and until it
+/// meets [`check_new_passphrase`]). `Ok(None)` when there is nobody to ask (no terminal).
 pub type Prompt<'a> = &'a dyn Fn(bool) -> Result<Option<Zeroizing<String>>>;
 
 /// One place a passphrase may come from.
@@ -41,9 +41,18 @@ pub struct Passphrase<'a> {
 }
 
 impl Passphrase<'_> {
-    /// The passphrase from the first source that yields one; `confirm` makes a prompt ask
-    /// twice (for a new key file).
-    pub fn read(&self, confirm: bool) -> Result<Zeroizing<String>> {
+    /// The passphrase from the first source that yields one. `new` reads the passphrase of a
+    /// new key file: a prompt asks twice, and whatever its source it must meet
+    /// [`check_new_passphrase`].
+    pub fn read(&self, new: bool) -> Result<Zeroizing<String>> {
+        let pass = self.first(new)?;
+        if new {
+            check_new_passphrase(&pass)?;
+        }
+        Ok(pass)
+    }
+
+    fn first(&self, new: bool) -> Result<Zeroizing<String>> {
         for source in self.sources {
             match source {
                 PassphraseSource::File(path) => {
@@ -55,7 +64,7 @@ impl Passphrase<'_> {
                     }
                 }
                 PassphraseSource::Prompt(ask) => {
-                    if let Some(value) = ask(confirm)? {
+                    if let Some(value) = ask(new)? {
                         if value.is_empty() {
                             return Err(Error::invalid("the passphrase is empty"));
                         }
@@ -66,6 +75,40 @@ impl Passphrase<'_> {
         }
         Err(Error::invalid(self.missing.to_string()))
     }
+}
+
+/// The fewest characters a new passphrase may have.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// The fewest different characters a new passphrase may have.
+pub const MIN_PASSPHRASE_DISTINCT: usize = 5;
+
+/// The one rule for a new passphrase (`init`, `keys passwd`, `keys recover`, `keys issue
+/// --new-passphrase-file`, new witness and approver keys), for the command line and the agent
+/// alike: at least [`MIN_PASSPHRASE_CHARS`] characters, of which at least
+/// [`MIN_PASSPHRASE_DISTINCT`] differ. The key file's KDF (Argon2id) slows guessing but cannot
+/// save a short passphrase; a few unrelated words are both long and easy to remember.
+pub fn check_new_passphrase(pass: &str) -> Result<()> {
+    let chars = pass.chars().count();
+    if chars < MIN_PASSPHRASE_CHARS {
+        return Err(Error::invalid(format!(
+            "the new passphrase is too short: {chars} characters, and at least \
+             {MIN_PASSPHRASE_CHARS} are required (a few unrelated words make a strong one that is \
+             easy to remember); nothing was written"
+        )));
+    }
+    let mut distinct: Zeroizing<Vec<char>> = Zeroizing::new(pass.chars().collect());
+    distinct.sort_unstable();
+    distinct.dedup();
+    let different = distinct.len();
+    if different < MIN_PASSPHRASE_DISTINCT {
+        return Err(Error::invalid(format!(
+            "the new passphrase is too weak: it uses {different} different characters, and at \
+             least {MIN_PASSPHRASE_DISTINCT} different characters are required (a few unrelated \
+             words make a strong one); nothing was written"
+        )));
+    }
+    Ok(())
 }
 
 /// The key file to use for a vault: the one given, or the default location.
@@ -177,5 +220,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nobody to ask"));
+    }
+
+    #[test]
+    fn a_new_passphrase_must_be_long_and_varied_whatever_its_source() {
+        for weak in [
+            "short pass",
+            "12345678901",
+            "aaaaaaaaaaaaaaaa",
+            "abababababab",
+        ] {
+            let err = check_new_passphrase(weak).unwrap_err().to_string();
+            assert!(err.contains("at least"), "{weak}: {err}");
+        }
+        check_new_passphrase("correct horse battery staple").unwrap();
+        check_new_passphrase("Ünïcödé-wörd").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pass");
+        std::fs::write(&file, "too short\n").unwrap();
+        let sources = [PassphraseSource::File(&file)];
+        let p = Passphrase {
+            sources: &sources,
+            missing: "none",
+        };
+        // An existing key file's passphrase is only read; a new one is held to the rule.
+        assert_eq!(p.read(false).unwrap().as_str(), "too short");
+        let err = p.read(true).unwrap_err().to_string();
+        assert!(err.contains("at least 12"), "{err}");
     }
 }

@@ -6,7 +6,8 @@
 //! - [`moto`]: a real S3 server (moto) on loopback; [`s3`] (feature `sites`): S3 sites on it;
 //! - [`proxy::FaultProxy`]: a fault-injecting TCP proxy; [`hostile::HostileS3`]: a lying endpoint;
 //! - [`pg`]: a real PostgreSQL 15 cluster in a temporary directory, and restored servers;
-//! - [`cli`]: the `embassy` binary run with a temporary home, vault, state and key.
+//! - [`cli`]: the `embassy` binary run with a temporary home, vault, state and key;
+//! - [`pty::Pty`]: a program on a real pseudo-terminal (prompts, typing without echo).
 //!
 //! Missing parts (moto, PostgreSQL, openssl) make a test fail loudly with how to install them;
 //! nothing here skips.
@@ -19,6 +20,7 @@ pub mod memory;
 pub mod moto;
 pub mod pg;
 pub mod proxy;
+pub mod pty;
 #[cfg(feature = "sites")]
 pub mod s3;
 pub mod status_page;

@@ -1,17 +1,16 @@
-//! `embassy keys split | recover | issue | rotate | revoke`: custody of the keys.
+//! `embassy keys split | recover | issue | rotate | revoke | passwd`: custody of the keys.
+//! Parse, call embassy-ops's custody operations, render; the prompts (passphrases, shares) are
+//! the CLI's (`secrets`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use embassy_core::history::ledger::{self, Event};
-use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_READER, PURPOSE_SEALING};
-use embassy_core::keys::Credential;
 use embassy_core::{Error, Result};
+use embassy_ops::custody;
 use serde_json::json;
 
-use crate::cmd::history::hex_key;
-use crate::{open_vault, print_json, secrets, unlock_root, Cli};
+use crate::{expected_vault_id, open_vault, print_json, secrets, unlock_root, Cli};
 
 /// `embassy keys ...`
 #[derive(Subcommand)]
@@ -25,9 +24,11 @@ pub enum KeysCommand {
         #[arg(long)]
         shares: u8,
     },
-    /// Recover the root key from K custodian shares and write a new key file.
+    /// Recover the root key from K custodian shares and write a new key file under a new
+    /// passphrase (asked twice on a terminal; at least 12 characters, 5 of them different).
     Recover {
-        /// A share text; repeat for each. Without any, shares are read from stdin, one a line.
+        /// A share text; repeat for each. Without any, each share is asked for on a terminal
+        /// (saying how many are still needed), or read from stdin, one a line.
         #[arg(long = "share")]
         shares: Vec<String>,
         /// Where to write the recovered key file.
@@ -56,7 +57,18 @@ pub enum KeysCommand {
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
-        /// Passphrase for the new credential file (default: the same passphrase).
+        /// Passphrase for the new credential file (default: the same passphrase); a new one
+        /// must have at least 12 characters, 5 of them different.
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Change a key file's passphrase (root key, credential, witness or approver key): the
+    /// current one from --passphrase-file, EMBASSY_PASSPHRASE or a prompt; the new one from
+    /// --new-passphrase-file or asked twice. The file is replaced atomically; the keys inside,
+    /// the custodian shares and every backup are unchanged.
+    Passwd {
+        /// Read the new passphrase from this file (at least 12 characters, 5 of them
+        /// different); else it is asked twice on the terminal.
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
     },
@@ -86,60 +98,47 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         KeysCommand::Split { threshold, shares } => {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
-            let texts = embassy_core::keys::custody::split(root, *threshold, *shares)?;
+            let report = custody::split(&vault, root, *threshold, *shares)?;
             if cli.json {
+                let texts: Vec<&str> = report.shares.iter().map(|s| s.as_str()).collect();
                 print_json(
-                    json!({"vault_id": vault.config().vault_id, "threshold": threshold, "shares": texts}),
+                    json!({"vault_id": report.vault_id, "threshold": report.threshold, "shares": texts}),
                 )?;
             } else {
                 println!(
-                    "Custodian shares of vault {} ({threshold} of {shares} recover the root key).",
-                    vault.config().vault_id
+                    "Custodian shares of vault {} ({} of {} recover the root key).",
+                    report.vault_id, report.threshold, report.count
                 );
                 println!("Give each custodian one share, on paper, and keep no copy together with another.\n");
-                for (i, t) in texts.iter().enumerate() {
-                    println!("share {} of {shares}:\n  {t}\n", i + 1);
+                for (i, t) in report.shares.iter().enumerate() {
+                    println!("share {} of {}:\n  {}\n", i + 1, report.count, t.as_str());
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Recover { shares, out } => {
-            let texts: Vec<String> = if shares.is_empty() {
-                use std::io::BufRead;
-                std::io::stdin()
-                    .lock()
-                    .lines()
-                    .map_while(|l| l.ok())
-                    .filter(|l| !l.trim().is_empty())
-                    .collect()
-            } else {
-                shares.clone()
-            };
-            let root = embassy_core::keys::custody::recover(&texts)?;
+            // The vault first: a wrong site is said before anyone types a share.
             let vault = open_vault(cli)?;
-            vault.config().check_root(&root).map_err(|_| {
-                Error::WrongKey(format!(
-                    "the shares recombine correctly, but to the root key of another vault, not {}",
-                    vault.config().vault_id
-                ))
+            let texts = if shares.is_empty() {
+                secrets::shares()?
+            } else {
+                shares
+                    .iter()
+                    .map(|s| zeroize::Zeroizing::new(s.clone()))
+                    .collect()
+            };
+            let report = secrets::with_rule(cli.passphrase_file.as_deref(), |pass| {
+                custody::recover(vault.config(), &texts, pass, out)
             })?;
-            let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
-            KeyFile::seal(
-                &root,
-                &vault.config().vault_id,
-                pass.as_bytes(),
-                KdfParams::DEFAULT,
-            )?
-            .store(out)?;
             if cli.json {
                 print_json(
-                    json!({"ok": true, "vault_id": vault.config().vault_id, "key_file": out}),
+                    json!({"ok": true, "vault_id": report.vault_id, "key_file": report.key_file}),
                 )?;
             } else {
                 println!(
                     "recovered the root key of vault {}; key file written to {}",
-                    vault.config().vault_id,
-                    out.display()
+                    report.vault_id,
+                    report.key_file.display()
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -155,60 +154,30 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         } => {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
-            for d in datasets {
-                embassy_core::format::layout::check_dataset_name(d)?;
-            }
-            let vault_id = vault.config().vault_id.clone();
-            // Keys at each dataset's current key epoch (after `keys rotate`, the new one); a
-            // reader also gets every earlier epoch's, so old versions stay readable.
-            let mut epochs = Vec::new();
-            for d in datasets {
-                epochs.push((d.clone(), ledger::key_epoch(&vault.history(d)?)));
-            }
-            let credential = Credential::at_epochs(root, &vault_id, label, &epochs, !*sealing);
-            let purpose = if *sealing {
-                PURPOSE_SEALING
-            } else {
-                PURPOSE_READER
-            };
             let pass = match new_passphrase_file {
-                Some(f) => secrets::passphrase(Some(f), false)?,
+                Some(f) => secrets::passphrase(Some(f), true)?,
                 None => secrets::passphrase(cli.passphrase_file.as_deref(), false)?,
             };
-            KeyFile::seal_payload(
-                &credential.to_bytes(),
-                purpose,
-                &vault_id,
-                pass.as_bytes(),
-                KdfParams::DEFAULT,
-            )?
-            .store(out)?;
-            let mut signer_hex = None;
-            if let Some(key) = credential.signing_key() {
-                let public = key.verifying_key().to_bytes();
-                let root_key = root.root_signing_key();
-                for d in datasets {
-                    let event = Event::SignerAdded {
-                        key: public,
-                        role: label.clone(),
-                        rights: embassy_core::history::rights::Right::sealing(*may_delete),
-                    };
-                    vault.append_root_event(root, d, event)?;
-                }
-                vault.write_checkpoint(&root_key)?;
-                signer_hex = Some(hex_key(&public));
-            }
+            let request = custody::IssueRequest {
+                sealing: *sealing,
+                may_delete: *may_delete,
+                datasets,
+                label,
+                out,
+            };
+            let report = custody::issue(&vault, root, &request, pass.as_bytes())?;
             if cli.json {
                 print_json(
-                    json!({"ok": true, "credential": out, "purpose": purpose, "signer": signer_hex}),
+                    json!({"ok": true, "credential": report.credential, "purpose": report.purpose, "signer": report.signer}),
                 )?;
             } else {
                 println!(
-                    "{purpose} '{label}' for {} written to {}",
+                    "{} '{label}' for {} written to {}",
+                    report.purpose,
                     datasets.join(", "),
-                    out.display()
+                    report.credential.display()
                 );
-                if let Some(s) = signer_hex {
+                if let Some(s) = report.signer {
                     println!(
                         "its signing key {s} was added to each dataset's ledger; it may add versions \
                          and stream WAL{}",
@@ -225,32 +194,14 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         KeysCommand::Rotate { datasets } => {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
-            let root_key = root.root_signing_key();
-            let mut rotated = Vec::new();
-            for d in datasets {
-                let epoch = ledger::key_epoch(&vault.history(d)?) + 1;
-                let keys = root.dataset_keys(d, epoch);
-                let event = Event::ReaderKeyRotated {
-                    epoch,
-                    reader_public: embassy_core::keys::crypto::reader_public_bytes(
-                        &keys.reader_public,
-                    ),
-                };
-                vault.append_root_event(root, d, event)?;
-                rotated.push(
-                    json!({"dataset": d, "epoch": epoch, "key_id": hex_bytes(&keys.key_id())}),
-                );
-            }
-            vault.write_checkpoint(&root_key)?;
+            let rotated = custody::rotate(&vault, root, datasets)?;
             if cli.json {
                 print_json(json!({"ok": true, "rotated": rotated}))?;
             } else {
                 for r in &rotated {
                     println!(
                         "{}: reader key rotated to epoch {} (key id {}); issue new sealing and reader credentials",
-                        r["dataset"].as_str().unwrap_or_default(),
-                        r["epoch"],
-                        r["key_id"].as_str().unwrap_or_default()
+                        r.dataset, r.epoch, r.key_id
                     );
                 }
             }
@@ -263,21 +214,8 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
         } => {
             let vault = open_vault(cli)?;
             let root = &unlock_root(cli, &vault)?;
-            let mut key = [0u8; 32];
-            if hex::decode_to_slice(signer, &mut key).is_err() {
-                return Err(Error::invalid(format!(
-                    "--signer {signer} is not a 64-digit hex public key"
-                )));
-            }
-            let root_key = root.root_signing_key();
-            for d in datasets {
-                let event = Event::SignerRevoked {
-                    key,
-                    reason: reason.clone(),
-                };
-                vault.append_root_event(root, d, event)?;
-            }
-            vault.write_checkpoint(&root_key)?;
+            let key = custody::parse_signer(signer, "--signer")?;
+            custody::revoke(&vault, root, &key, datasets, reason)?;
             if cli.json {
                 print_json(json!({"ok": true, "revoked": signer, "datasets": datasets}))?;
             } else {
@@ -285,9 +223,37 @@ pub fn run(cli: &Cli, command: &KeysCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Passwd {
+            new_passphrase_file,
+        } => {
+            let key_file = match (&cli.key_file, expected_vault_id(cli)?) {
+                (Some(path), _) => path.clone(),
+                (None, Some(id)) => secrets::key_path(None, &id)?,
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "which key file? pass --key-file FILE (or --vault-id ID for the \
+                         default key file of that vault)",
+                    ))
+                }
+            };
+            let report = secrets::with_current(cli.passphrase_file.as_deref(), &key_file, |old| {
+                secrets::with_new(new_passphrase_file.as_deref(), |new| {
+                    custody::change_passphrase(&key_file, old, new)
+                })
+            })?;
+            if cli.json {
+                print_json(
+                    json!({"ok": true, "key_file": report.key_file, "purpose": report.purpose, "vault_id": report.vault_id}),
+                )?;
+            } else {
+                println!(
+                    "passphrase of {} ({} of vault {}) changed; the old passphrase no longer opens it",
+                    report.key_file.display(),
+                    report.purpose,
+                    report.vault_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
-}
-
-fn hex_bytes(bytes: &[u8]) -> String {
-    hex::encode(bytes)
 }

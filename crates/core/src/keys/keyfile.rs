@@ -279,6 +279,40 @@ impl KeyFile {
             .and_then(|_| file.sync_all())
             .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
     }
+
+    /// Replaces the key file at `path` with this one, atomically: written whole to a temporary
+    /// file (mode 0600) beside it, synced, then renamed over it, so that a crash leaves either
+    /// the old file or the new one, never half of either (`keys passwd`).
+    pub fn replace(&self, path: &Path) -> Result<()> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::invalid(format!("{} names no file", path.display())))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".new-{}", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        // A temporary file left by a crash of an earlier run with the same process id.
+        let _ = std::fs::remove_file(&temp);
+        if let Err(e) = self.store(&temp) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&temp, path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::io(
+                format!("replacing key file {}", path.display()),
+                e,
+            ));
+        }
+        // The rename itself made durable.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing folder {}", dir.display()), e))
+    }
 }
 
 /// Text read as a passphrase, zeroized on every path: bytes that are not UTF-8 are wiped before
@@ -412,5 +446,35 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), PURPOSES.len());
+    }
+
+    #[test]
+    fn a_key_file_is_replaced_whole_or_not_at_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.key");
+        let root = RootSecret::generate();
+        let old = KeyFile::seal(&root, "v1", b"old", FAST).unwrap();
+        old.store(&path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let new = KeyFile::seal(&root, "v1", b"new", FAST).unwrap();
+        // The temporary file cannot be made (a folder stands in its place): the old key file
+        // is left exactly as it was.
+        let blocker = dir
+            .path()
+            .join(format!(".vault.key.new-{}", std::process::id()));
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("x"), b"x").unwrap();
+        assert!(new.replace(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&blocker).unwrap();
+        // Replaced: the new passphrase opens it, the old does not, mode 0600, nothing beside it.
+        new.replace(&path).unwrap();
+        let stored = KeyFile::load(&path).unwrap();
+        assert_eq!(stored.open(b"new", &path).unwrap().expose(), root.expose());
+        assert!(stored.open(b"old", &path).is_err());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
