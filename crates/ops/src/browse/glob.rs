@@ -68,9 +68,12 @@ fn matches_at(p: &[char], s: &[char]) -> bool {
     }
 }
 
-/// A character class after its `[`: its ranges, whether negated, and how many pattern
-/// characters it used (its `]` included); None when it is not closed.
-fn class(p: &[char]) -> Option<(Vec<(char, char)>, bool, usize)> {
+/// A character class's ranges, whether it is negated, and how many pattern characters it used
+/// (its `]` included).
+type Class = (Vec<(char, char)>, bool, usize);
+
+/// The character class after a `[`; None when it is not closed.
+fn class(p: &[char]) -> Option<Class> {
     let mut i = 0;
     let negated = matches!(p.first(), Some('!') | Some('^'));
     if negated {
