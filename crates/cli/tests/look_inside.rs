@@ -527,3 +527,48 @@ fn mount_refuses_a_folder_that_is_not_empty_and_an_unknown_dataset() {
     f.run(&["mount", "nosuch", empty.to_str().unwrap()])
         .fails(1, &["nosuch"]);
 }
+
+#[test]
+fn ls_find_and_diff_of_a_postgresql_dataset_show_its_base_backups_files() {
+    use embassy_testkit::pg::{PgOptions, PgServer};
+    let pg = PgServer::start(PgOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = TestVault::init(EXE, tmp.path(), "vault");
+    let conninfo = pg.conninfo();
+    let backup = ["pg", "base-backup", "registry", "--conninfo", &conninfo];
+    vault.ok("m", &vault.key, &backup, None);
+    pg.psql("CREATE TABLE people (id int); INSERT INTO people SELECT generate_series(1, 1000); CHECKPOINT;");
+    vault.ok("m", &vault.key, &backup, None);
+    let run = vault.ok("m", &vault.key, &["ls", "registry@1"], None);
+    for name in ["PG_VERSION\n", "base/\n", "global/\n", "backup_label\n"] {
+        assert!(run.stdout.contains(name), "{name}: {run:?}");
+    }
+    assert!(run.stderr.contains("a PostgreSQL dataset"), "{run:?}");
+    let json = vault
+        .ok("m", &vault.key, &["--json", "ls", "registry@1"], None)
+        .json();
+    assert_eq!(json["content"], "postgres-base-backup");
+    let found = vault.ok("m", &vault.key, &["find", "registry", "PG_VERSION"], None);
+    assert!(
+        found
+            .stdout
+            .starts_with("PG_VERSION  (3 B, in versions 1-2)"),
+        "{found:?}"
+    );
+    // The new table is a new relation file under base/<database oid>/.
+    let diff = vault
+        .ok(
+            "m",
+            &vault.key,
+            &["--json", "diff", "registry@1", "registry@2"],
+            None,
+        )
+        .json();
+    let added = diff["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["change"] == "added" && d["path"].as_str().unwrap().starts_with("base/"))
+        .count();
+    assert!(added >= 1, "{diff}");
+}
