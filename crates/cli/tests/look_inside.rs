@@ -242,6 +242,41 @@ fn diff_lists_added_removed_and_changed_paths() {
         .fails(1, &["no version 7"]);
 }
 
+/// After a key rotation the same bytes have other chunk ids: files are compared by reading them,
+/// never reported changed because their ids differ.
+#[test]
+fn diff_across_a_key_rotation_compares_bytes() {
+    let f = Fixture::new();
+    f.ok(&["keys", "rotate", "--dataset", "records"]);
+    let src = f._tmp.path().join("src");
+    f.ok(&["backup", "records", src.to_str().unwrap()]);
+    let same = f.ok(&["diff", "records@2", "records@3"]);
+    assert_eq!(
+        same.stdout,
+        "records@2 -> records@3: 0 added (0 B), 0 removed (0 B), 0 changed; size +0 B\n",
+        "{same:?}"
+    );
+    fs::write(src.join("registry/2026/people.csv"), "id,name\n1,Bob\n").unwrap();
+    let filetime = fs::metadata(f.v2.join("registry/2026/people.csv"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::File::options()
+        .write(true)
+        .open(src.join("registry/2026/people.csv"))
+        .unwrap()
+        .set_modified(filetime)
+        .unwrap();
+    f.ok(&["backup", "records", src.to_str().unwrap()]);
+    let changed = f.ok(&["diff", "records@1", "records@4"]);
+    assert!(
+        changed
+            .stdout
+            .contains("M registry/2026/people.csv  14 B -> 14 B (+0 B)\n"),
+        "{changed:?}"
+    );
+}
+
 #[test]
 fn stats_counts_logical_and_stored_bytes() {
     let f = Fixture::new();

@@ -3,7 +3,9 @@
 //!
 //! Folders whose tree id is the same in both versions are equal and skipped unread (equal
 //! folders serialize to equal trees); files are compared by their chunk ids and size (content)
-//! and by mode, owner and modification time (metadata).
+//! and by mode, owner and modification time (metadata). Chunk ids are keyed per key epoch: two
+//! versions stored under different keys (a `keys rotate` between them) have different ids for
+//! the same bytes, so there files of equal size are compared by reading them.
 
 use embassy_core::engine::reader::VersionReader;
 use embassy_core::format::tree::{Node, NodeKind};
@@ -91,10 +93,13 @@ pub struct Diff {
 /// Compares version `from` with version `to`.
 pub fn diff(from: &Opened, to: &Opened) -> Result<Diff> {
     let mut out = Vec::new();
-    dirs(
-        &from.reader,
+    let pair = Pair {
+        a: &from.reader,
+        b: &to.reader,
+        same_keys: from.reader.keys().key_id() == to.reader.keys().key_id(),
+    };
+    pair.dirs(
         Some(&from.reader.manifest.root),
-        &to.reader,
         Some(&to.reader.manifest.root),
         "",
         &mut out,
@@ -170,91 +175,124 @@ fn one_side(
     Ok(())
 }
 
-/// Compares two folders (None: absent on that side).
-fn dirs(
-    ra: &VersionReader,
-    a: Option<&ChunkId>,
-    rb: &VersionReader,
-    b: Option<&ChunkId>,
-    prefix: &str,
-    out: &mut Vec<Difference>,
-) -> Result<()> {
-    if a.is_some() && a == b {
-        return Ok(());
-    }
-    let ta = match a {
-        Some(id) => ra.read_tree(id)?.nodes,
-        None => Vec::new(),
-    };
-    let tb = match b {
-        Some(id) => rb.read_tree(id)?.nodes,
-        None => Vec::new(),
-    };
-    let (mut i, mut j) = (0, 0);
-    while i < ta.len() || j < tb.len() {
-        let order = match (ta.get(i), tb.get(j)) {
-            (Some(x), Some(y)) => x.name.cmp(&y.name),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                let n = &ta[i];
-                one_side(ra, &join(prefix, &n.name), n, Change::Removed, out)?;
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                let n = &tb[j];
-                one_side(rb, &join(prefix, &n.name), n, Change::Added, out)?;
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                let (x, y) = (&ta[i], &tb[j]);
-                let path = join(prefix, &x.name);
-                both(ra, x, rb, y, &path, out)?;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    Ok(())
+/// The two versions compared.
+struct Pair<'r> {
+    a: &'r VersionReader,
+    b: &'r VersionReader,
+    /// Both sealed under the same keys: equal chunk ids mean equal bytes, and only then.
+    same_keys: bool,
 }
 
-/// A path on both sides.
-fn both(
-    ra: &VersionReader,
-    x: &Node,
-    rb: &VersionReader,
-    y: &Node,
-    path: &str,
-    out: &mut Vec<Difference>,
-) -> Result<()> {
-    if x.kind != y.kind {
-        one_side(ra, path, x, Change::Removed, out)?;
-        return one_side(rb, path, y, Change::Added, out);
+impl Pair<'_> {
+    /// Compares two folders (None: absent on that side).
+    fn dirs(
+        &self,
+        a: Option<&ChunkId>,
+        b: Option<&ChunkId>,
+        prefix: &str,
+        out: &mut Vec<Difference>,
+    ) -> Result<()> {
+        if self.same_keys && a.is_some() && a == b {
+            return Ok(());
+        }
+        let ta = match a {
+            Some(id) => self.a.read_tree(id)?.nodes,
+            None => Vec::new(),
+        };
+        let tb = match b {
+            Some(id) => self.b.read_tree(id)?.nodes,
+            None => Vec::new(),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < ta.len() || j < tb.len() {
+            let order = match (ta.get(i), tb.get(j)) {
+                (Some(x), Some(y)) => x.name.cmp(&y.name),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let n = &ta[i];
+                    one_side(self.a, &join(prefix, &n.name), n, Change::Removed, out)?;
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let n = &tb[j];
+                    one_side(self.b, &join(prefix, &n.name), n, Change::Added, out)?;
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (&ta[i], &tb[j]);
+                    self.both(x, y, &join(prefix, &x.name), out)?;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
     }
-    let content = match x.kind {
-        NodeKind::File => x.size != y.size || x.content != y.content,
-        NodeKind::Symlink => x.target != y.target,
-        NodeKind::Dir | NodeKind::Fifo => false,
-    };
-    let owner_or_mode = x.mode != y.mode || x.uid != y.uid || x.gid != y.gid;
-    // A folder's time changes whenever what it holds does: only its own mode or owner count.
-    let metadata = owner_or_mode || (x.kind != NodeKind::Dir && x.mtime_ns != y.mtime_ns);
-    if content || metadata {
-        out.push(Difference {
-            path: path.to_string(),
-            change: Change::Changed,
-            kind: y.kind,
-            old_size: Some(size_of(x)),
-            new_size: Some(size_of(y)),
-            size_delta: size_of(y) as i64 - size_of(x) as i64,
-            content,
-            metadata_only: !content,
-        });
+
+    /// A path on both sides.
+    fn both(&self, x: &Node, y: &Node, path: &str, out: &mut Vec<Difference>) -> Result<()> {
+        if x.kind != y.kind {
+            one_side(self.a, path, x, Change::Removed, out)?;
+            return one_side(self.b, path, y, Change::Added, out);
+        }
+        let content = match x.kind {
+            NodeKind::File if x.size != y.size => true,
+            NodeKind::File if self.same_keys => x.content != y.content,
+            NodeKind::File => !self.same_bytes(&x.content, &y.content)?,
+            NodeKind::Symlink => x.target != y.target,
+            NodeKind::Dir | NodeKind::Fifo => false,
+        };
+        let owner_or_mode = x.mode != y.mode || x.uid != y.uid || x.gid != y.gid;
+        // A folder's time changes whenever what it holds does: only its own mode or owner count.
+        let metadata = owner_or_mode || (x.kind != NodeKind::Dir && x.mtime_ns != y.mtime_ns);
+        if content || metadata {
+            out.push(Difference {
+                path: path.to_string(),
+                change: Change::Changed,
+                kind: y.kind,
+                old_size: Some(size_of(x)),
+                new_size: Some(size_of(y)),
+                size_delta: size_of(y) as i64 - size_of(x) as i64,
+                content,
+                metadata_only: !content,
+            });
+        }
+        if x.kind == NodeKind::Dir {
+            self.dirs(x.subtree.as_ref(), y.subtree.as_ref(), path, out)?;
+        }
+        Ok(())
     }
-    if x.kind == NodeKind::Dir {
-        dirs(ra, x.subtree.as_ref(), rb, y.subtree.as_ref(), path, out)?;
+
+    /// True if two files (chunks of `a`, chunks of `b`) hold the same bytes: read and compared
+    /// a chunk at a time, never a whole file in memory.
+    fn same_bytes(&self, a: &[ChunkId], b: &[ChunkId]) -> Result<bool> {
+        let (mut ia, mut ib) = (0, 0);
+        let (mut ba, mut bb): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+        let (mut pa, mut pb) = (0usize, 0usize);
+        loop {
+            if pa == ba.len() && ia < a.len() {
+                ba = self.a.read_blob(&a[ia])?;
+                (ia, pa) = (ia + 1, 0);
+                continue;
+            }
+            if pb == bb.len() && ib < b.len() {
+                bb = self.b.read_blob(&b[ib])?;
+                (ib, pb) = (ib + 1, 0);
+                continue;
+            }
+            let n = (ba.len() - pa).min(bb.len() - pb);
+            if n == 0 {
+                // One side is at its end: equal only if both are.
+                return Ok(pa == ba.len() && pb == bb.len() && ia == a.len() && ib == b.len());
+            }
+            if ba[pa..pa + n] != bb[pb..pb + n] {
+                return Ok(false);
+            }
+            pa += n;
+            pb += n;
+        }
     }
-    Ok(())
 }
