@@ -607,3 +607,87 @@ fn ls_find_and_diff_of_a_postgresql_dataset_show_its_base_backups_files() {
         .count();
     assert!(added >= 1, "{diff}");
 }
+
+/// Under a witness quorum, looking inside follows the rule restores follow: only versions a
+/// witnessed checkpoint covers, unless `--unwitnessed`.
+#[test]
+fn under_a_witness_quorum_only_witnessed_versions_unless_asked() {
+    use embassy_testkit::cli::{cheapen, Embassy};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let embassy = Embassy::new(EXE, base);
+    let witness_key = base.join("keys/witness.key");
+    let public = embassy
+        .ok(
+            [
+                "--json",
+                "witness-key",
+                "--out",
+                witness_key.to_str().unwrap(),
+            ],
+            None,
+        )
+        .json()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let site = base.join("site");
+    let slow = base.join("keys/slow.key");
+    let site_arg = site.to_str().unwrap().to_string();
+    embassy.ok(
+        [
+            "--site",
+            &site_arg,
+            "--key-file",
+            slow.to_str().unwrap(),
+            "--state-dir",
+            base.join("state/init").to_str().unwrap(),
+            "init",
+            "--witness",
+            &public,
+            "--witness-quorum",
+            "1",
+        ],
+        None,
+    );
+    let key = base.join("keys/root.key");
+    cheapen(&slow, &key);
+    let state = base.join("state/m");
+    let run = |extra: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec![
+            "--site",
+            &site_arg,
+            "--quiet",
+            "--key-file",
+            key.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        all.extend_from_slice(extra);
+        embassy.run(all, stdin)
+    };
+    run(&["backup", "dump", "--stdin"], Some(b"first")).ok();
+    run(
+        &["witness", "--witness-key", witness_key.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    run(&["backup", "dump", "--stdin"], Some(b"second!")).ok();
+    // The newest witnessed version is version 1.
+    let ls = run(&["--json", "ls", "dump"], None);
+    ls.ok();
+    assert_eq!(ls.json()["version"], 1);
+    run(&["ls", "dump@2"], None).fails(1, &["not yet covered", "--unwitnessed"]);
+    let json = run(&["--json", "ls", "dump@2", "--unwitnessed"], None).json();
+    assert_eq!(json["entries"][0]["size"], 7);
+    let found = run(&["--json", "find", "dump", "stream"], None).json();
+    assert_eq!(found["versions_searched"], serde_json::json!([1]));
+    let found = run(&["--json", "find", "dump", "stream", "--unwitnessed"], None).json();
+    assert_eq!(found["versions_searched"], serde_json::json!([1, 2]));
+    run(&["diff", "dump@1", "dump@2"], None).fails(1, &["not yet covered"]);
+    let diff = run(&["diff", "dump@1", "dump@2", "--unwitnessed"], None);
+    assert!(
+        diff.stdout.contains("M stream  5 B -> 7 B (+2 B)"),
+        "{diff:?}"
+    );
+}

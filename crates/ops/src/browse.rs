@@ -57,15 +57,31 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 /// Opens a version of a dataset (selector as [`Vault::find_version`]: `None` or `latest` for
-/// the newest, a version number, an id prefix) with the keyring's keys.
+/// the newest, a version number, an id prefix) with the keyring's keys. When the vault requires
+/// witnesses, only a version a witnessed checkpoint covers, unless `allow_unwitnessed` (the
+/// rule restores follow: [`Vault::find_trusted_version`]).
 pub fn open(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
     selector: Option<&str>,
+    allow_unwitnessed: bool,
 ) -> Result<Opened> {
-    let version = vault.find_version(dataset, selector)?;
+    let version = vault.find_trusted_version(dataset, selector, allow_unwitnessed)?;
     open_version(vault, keyring, version)
+}
+
+/// The versions of a dataset one may look inside, oldest first: all of them, up to the newest a
+/// witnessed checkpoint covers when the vault requires witnesses (unless `allow_unwitnessed`).
+/// An unknown dataset, one without versions, or a newest version that cannot be proved (a gap,
+/// a fork) is an error: never an older view shown as the newest in silence.
+pub fn versions(vault: &Vault, dataset: &str, allow_unwitnessed: bool) -> Result<Vec<Version>> {
+    let newest = vault.find_trusted_version(dataset, None, allow_unwitnessed)?;
+    Ok(vault
+        .versions(dataset)?
+        .into_iter()
+        .filter(|v| v.seq <= newest.seq)
+        .collect())
 }
 
 /// Opens a version found before.

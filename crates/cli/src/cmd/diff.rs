@@ -18,6 +18,9 @@ pub struct DiffArgs {
     pub from: String,
     /// The newer version: DATASET@N (or @latest).
     pub to: String,
+    /// Also versions no witnessed checkpoint covers yet (when the vault requires witnesses).
+    #[arg(long)]
+    pub unwitnessed: bool,
 }
 
 /// Runs `embassy diff`.
@@ -25,11 +28,12 @@ pub fn run(cli: &Cli, args: &DiffArgs) -> Result<ExitCode> {
     let (da, sa) = browse::split_target(&args.from);
     let (db, sb) = browse::split_target(&args.to);
     let vault = open_vault(cli)?;
-    vault.find_version(da, sa)?;
-    vault.find_version(db, sb)?;
+    let unwitnessed = args.unwitnessed;
+    vault.find_trusted_version(da, sa, unwitnessed)?;
+    vault.find_trusted_version(db, sb, unwitnessed)?;
     let keyring = unlock(cli, &vault)?;
-    let from = browse::open(&vault, &keyring, da, sa)?;
-    let to = browse::open(&vault, &keyring, db, sb)?;
+    let from = browse::open(&vault, &keyring, da, sa, unwitnessed)?;
+    let to = browse::open(&vault, &keyring, db, sb, unwitnessed)?;
     let diff = browse::diff::diff(&from, &to)?;
     if cli.json {
         return print_json(to_json(&diff)?).map(|()| ExitCode::SUCCESS);

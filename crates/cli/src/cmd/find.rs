@@ -19,14 +19,23 @@ pub struct FindArgs {
     /// A glob: `*` and `?` within a name, `**` across folders, `[a-z]` sets. Without `/` it
     /// matches names (`*.csv`), with `/` whole paths in the version (`registry/**/2026*`).
     pub pattern: String,
+    /// Also versions no witnessed checkpoint covers yet (when the vault requires witnesses).
+    #[arg(long)]
+    pub unwitnessed: bool,
 }
 
 /// Runs `embassy find`.
 pub fn run(cli: &Cli, args: &FindArgs) -> Result<ExitCode> {
     let vault = open_vault(cli)?;
-    vault.find_version(&args.dataset, None)?;
+    browse::versions(&vault, &args.dataset, args.unwitnessed)?;
     let keyring = unlock(cli, &vault)?;
-    let found = browse::find::find(&vault, &keyring, &args.dataset, &args.pattern)?;
+    let found = browse::find::find(
+        &vault,
+        &keyring,
+        &args.dataset,
+        &args.pattern,
+        args.unwitnessed,
+    )?;
     if cli.json {
         return print_json(to_json(&found)?).map(|()| ExitCode::SUCCESS);
     }

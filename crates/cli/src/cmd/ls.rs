@@ -24,6 +24,9 @@ pub struct LsArgs {
     /// Everything below the path, not only what it holds.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// Also versions no witnessed checkpoint covers yet (when the vault requires witnesses).
+    #[arg(long)]
+    pub unwitnessed: bool,
 }
 
 /// Runs `embassy ls`.
@@ -31,9 +34,9 @@ pub fn run(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
     let (dataset, selector) = browse::split_target(&args.target);
     let vault = open_vault(cli)?;
     // The version is found (and its history proved) before the passphrase is asked for.
-    vault.find_version(dataset, selector)?;
+    vault.find_trusted_version(dataset, selector, args.unwitnessed)?;
     let keyring = unlock(cli, &vault)?;
-    let opened = browse::open(&vault, &keyring, dataset, selector)?;
+    let opened = browse::open(&vault, &keyring, dataset, selector, args.unwitnessed)?;
     let listing = browse::list(&opened, args.path.as_deref().unwrap_or(""), args.recursive)?;
     if cli.json {
         return print_json(to_json(&listing)?).map(|()| ExitCode::SUCCESS);

@@ -31,6 +31,9 @@ pub struct MountArgs {
     pub dataset: String,
     /// An empty folder to mount it on.
     pub mountpoint: PathBuf,
+    /// Also versions no witnessed checkpoint covers yet (when the vault requires witnesses).
+    #[arg(long)]
+    pub unwitnessed: bool,
 }
 
 /// Versions never change: the kernel may keep what it was told.
@@ -42,8 +45,7 @@ pub fn run(cli: &Cli, args: &MountArgs) -> Result<ExitCode> {
     mountpoint_usable(&args.mountpoint)?;
     let vault = open_vault(cli)?;
     // The newest version is proved first (an unknown dataset is an error here).
-    vault.find_version(&args.dataset, None)?;
-    let versions = vault.versions(&args.dataset)?;
+    let versions = embassy_ops::browse::versions(&vault, &args.dataset, args.unwitnessed)?;
     let keyring = unlock(cli, &vault)?;
     let newest = versions.last().map_or(0, |v| v.number);
     let count = versions.len();

@@ -37,18 +37,24 @@ pub struct Found {
     pub pattern: String,
     /// What the dataset's versions hold.
     pub content: Option<Content>,
-    /// The versions searched (numbers), oldest first: every version the dataset holds.
+    /// The versions searched (numbers), oldest first: every version the dataset holds (under a
+    /// witness quorum, up to the newest witnessed one unless unwitnessed ones were allowed).
     pub versions_searched: Vec<u64>,
     /// The matching paths, in path order.
     pub matches: Vec<Match>,
 }
 
-/// Searches every version of `dataset` for entries matching `pattern`.
-pub fn find(vault: &Vault, keyring: &Keyring, dataset: &str, pattern: &str) -> Result<Found> {
+/// Searches every version of `dataset` (those [`super::versions`] gives) for entries matching
+/// `pattern`.
+pub fn find(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    pattern: &str,
+    allow_unwitnessed: bool,
+) -> Result<Found> {
     let glob = Pattern::new(pattern);
-    // Never a search of an older version only, in silence: a gap or fork is an error here.
-    vault.find_version(dataset, None)?;
-    let versions = vault.versions(dataset)?;
+    let versions = super::versions(vault, dataset, allow_unwitnessed)?;
     let mut found: BTreeMap<String, Match> = BTreeMap::new();
     let mut searched = Vec::new();
     let mut content = None;
