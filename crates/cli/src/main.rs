@@ -102,6 +102,16 @@ enum Command {
     Backup(cmd::backup::BackupArgs),
     /// List the versions of one dataset, or of all.
     Versions(cmd::versions::VersionsArgs),
+    /// List what a version holds: DATASET@N [PATH] (-l long, -R recursive).
+    Ls(cmd::ls::LsArgs),
+    /// Find paths matching a glob in every version of a dataset, with the versions holding each.
+    Find(cmd::find::FindArgs),
+    /// What changed between two versions (DATASET@A DATASET@B): added, removed, changed paths.
+    Diff(cmd::diff::DiffArgs),
+    /// Per dataset: versions, logical and stored bytes, packs, blobs, dedup and compression.
+    Stats(cmd::stats::StatsArgs),
+    /// Mount a dataset's versions read-only (FUSE): a folder per version and `latest`.
+    Mount(cmd::mount::MountArgs),
     /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
     Restore(cmd::restore::RestoreArgs),
     /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
@@ -199,6 +209,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Backup(args) => cmd::backup::run(cli, args),
         Command::Versions(args) => cmd::versions::run(cli, args),
         Command::Restore(args) => cmd::restore::run(cli, args),
+        Command::Ls(args) => cmd::ls::run(cli, args),
+        Command::Find(args) => cmd::find::run(cli, args),
+        Command::Diff(args) => cmd::diff::run(cli, args),
+        Command::Stats(args) => cmd::stats::run(cli, args),
+        Command::Mount(args) => cmd::mount::run(cli, args),
         Command::Standby(args) => pgrestore::standby(cli, args),
         Command::Promote(args) => pgrestore::promote(cli, args),
         Command::History(args) => cmd::history::run(cli, args),

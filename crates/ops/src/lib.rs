@@ -11,6 +11,7 @@
 //! {`embassy-sites`, `embassy-sources`} → `embassy-core`.
 
 pub mod custody;
+pub mod browse;
 pub mod open;
 pub mod restore;
 pub mod status;

@@ -2,10 +2,15 @@
 
 pub mod agent;
 pub mod backup;
+pub mod diff;
+pub mod find;
 pub mod history;
 pub mod init;
 pub mod keys;
+pub mod ls;
+pub mod mount;
 pub mod restore;
+pub mod stats;
 pub mod status;
 pub mod sync;
 pub mod verify;
