@@ -5,7 +5,7 @@
 
 mod look;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ enum Done {
     },
     CatchUp {
         site: String,
-        result: Result<u64, RunError>,
+        result: Result<embassy_ops::catchup::CatchUpReport, RunError>,
     },
     Verify {
         results: Vec<(String, Result<String, RunError>)>,
@@ -70,6 +70,12 @@ struct Agent {
     running: HashMap<String, JoinHandle<()>>,
     catching_up: HashMap<String, JoinHandle<()>>,
     verifying: Option<JoinHandle<()>>,
+    /// Sites caught up since their last keyless verification failed: verified again as soon
+    /// as no verification is running, so a failure that the catch-up mended does not stay on
+    /// the dashboard until the next scheduled verification.
+    reverify: BTreeSet<String>,
+    /// Sites verified again since the last scheduled verification.
+    reverified: BTreeSet<String>,
     streams: HashMap<String, Streamer>,
     looking: Option<JoinHandle<()>>,
     collecting: Option<JoinHandle<()>>,
@@ -115,6 +121,8 @@ pub(crate) fn schedule(
         running: HashMap::new(),
         catching_up: HashMap::new(),
         verifying: None,
+        reverify: BTreeSet::new(),
+        reverified: BTreeSet::new(),
         streams: HashMap::new(),
         looking: None,
         collecting: None,
@@ -157,6 +165,9 @@ impl Agent {
                     self.start_verify();
                     verified_once = true;
                 }
+            }
+            if self.verifying.is_none() && !self.reverify.is_empty() {
+                self.start_reverify();
             }
             if !options.once && self.collecting.is_none() {
                 if let Some(at) = self.next_gc {
@@ -439,11 +450,47 @@ impl Agent {
             .iter()
             .map(|s| (s.name.clone(), s.location.clone()))
             .collect();
-        let tx = self.tx.clone();
         log(format!(
             "keyless verification of {} sites started",
             sites.len()
         ));
+        self.reverify.clear();
+        self.reverified.clear();
+        self.spawn_verify(sites);
+        self.next_verify = self
+            .config
+            .agent
+            .verify_interval
+            .map(|i| Instant::now() + i);
+    }
+
+    /// Verifies again, right away, the sites caught up since their last verification failed
+    /// (the scheduled verifications keep their interval).
+    fn start_reverify(&mut self) {
+        let names = std::mem::take(&mut self.reverify);
+        let sites: Vec<(String, String)> = self
+            .config
+            .sites
+            .iter()
+            .filter(|s| names.contains(&s.name))
+            .map(|s| (s.name.clone(), s.location.clone()))
+            .collect();
+        if sites.is_empty() {
+            return;
+        }
+        log(format!(
+            "keyless verification of {} started again: caught up since its last verification failed",
+            sites
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.spawn_verify(sites);
+    }
+
+    fn spawn_verify(&mut self, sites: Vec<(String, String)>) {
+        let tx = self.tx.clone();
         if let Ok(h) = std::thread::Builder::new()
             .name("verify".into())
             .spawn(move || {
@@ -459,11 +506,6 @@ impl Agent {
         {
             self.verifying = Some(h);
         }
-        self.next_verify = self
-            .config
-            .agent
-            .verify_interval
-            .map(|i| Instant::now() + i);
     }
 
     fn reap(&mut self) {
@@ -486,7 +528,21 @@ impl Agent {
                         let _ = h.join();
                     }
                     match result {
-                        Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
+                        Ok(report) => {
+                            log(format!(
+                                "site {site} caught up: {} objects copied",
+                                report.copied
+                            ));
+                            let failed = lock(&self.shared.state)
+                                .verify
+                                .get(&site)
+                                .is_some_and(|v| !v.ok);
+                            // At most once between scheduled verifications: a failure the
+                            // catch-up did not mend waits for the schedule.
+                            if failed && self.reverified.insert(site.clone()) {
+                                self.reverify.insert(site.clone());
+                            }
+                        }
                         Err(e) => log(format!(
                             "site {site} could not be caught up yet: [{}] {e}",
                             e.kind()

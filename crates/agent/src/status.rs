@@ -341,6 +341,18 @@ pub fn rows(
                 last_seen,
                 now_ns,
             );
+            // A dataset that never had a version here stays red once its alarm was raised (the
+            // site was down, or its first RPO ran out): the grace of the first RPO is for a
+            // dataset nobody was warned about yet, and an alarm is cleared by a version only.
+            let key = format!("{}@{}", d.name, site.name);
+            if colour != Colour::Red
+                && facts.captured_ns.is_none()
+                && last_seen.is_none()
+                && state.alarms.contains_key(&key)
+            {
+                colour = Colour::Red;
+                reason = format!("no version at this site yet ({reason}); the alarm stays raised until one is stored");
+            }
             // The failure behind the colour: reading the site or the history, else (the data is
             // only old) the dataset's failing backups.
             let mut problem = snap

@@ -10,6 +10,7 @@
 //! Crate order: `embassy` (cli) → `embassy-agent` → `embassy-ops` → `embassy-postgres` →
 //! {`embassy-sites`, `embassy-sources`} → `embassy-core`.
 
+pub mod catchup;
 pub mod open;
 pub mod restore;
 pub mod status;
