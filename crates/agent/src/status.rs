@@ -1,21 +1,18 @@
 //! Freshness: per dataset and site, how old the newest durable data is against the dataset's
-//! RPO, as one JSON document (`embassy status --config FILE --json` and the agent's
-//! `/status.json` compute it with the same code) and as Prometheus metrics ([`crate::metrics`]).
+//! RPO: the judged rows the status document ([`crate::report`]) is made of, and from it the
+//! dashboard, `/metrics` and the alarms.
 //!
 //! Colours: **red** when the newest durable data at a site is older than the RPO (or the site
-//! cannot be read, or no version exists after a whole RPO); **amber** when it is older than 75 %
-//! of the RPO, or the site lags behind another site's newer version; **green** otherwise.
+//! cannot be read, or no version exists after a whole RPO, or a dataset that never had a version
+//! there had its alarm raised); **amber** when it is older than 75 % of the RPO, or the site lags
+//! behind another site's newer version; **green** otherwise.
 
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use embassy_core::ErrorKind;
 
 use crate::config::{Config, Mode};
 use crate::error::Problem;
-
-/// The metrics of the same facts (moved to [`crate::metrics`]; kept here for callers).
-pub use crate::metrics::metrics;
 use crate::state::{AgentState, VerifyState};
 
 /// What one site holds of one dataset.
@@ -133,8 +130,9 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
         .collect()
 }
 
-/// Health of one dataset at one site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Health of one dataset at one site ("green", "amber", "red" in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Colour {
     /// Within the RPO.
     Green,
@@ -440,104 +438,4 @@ pub fn site_problem(
     });
     let verified = verify.filter(|v| !v.ok).and_then(|v| v.kind);
     read.chain(verified).min()
-}
-
-/// The status document: the same for `embassy status --config FILE --json` and `/status.json`.
-pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> Value {
-    let rows = rows(config, snaps, state, now_ns);
-    let sites: Vec<Value> = config
-        .sites
-        .iter()
-        .map(|s| {
-            let snap = snaps.iter().find(|x| x.name == s.name);
-            let verify = state.verify.get(&s.name);
-            json!({
-                "name": s.name,
-                "location": s.location,
-                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.as_ref().map(|e| e.message.clone())),
-                "problem_kind": site_problem(snap, verify).map(ErrorKind::as_str),
-                "bytes_stored": snap.and_then(|x| x.bytes_stored),
-                "catch_up_pending": snap.and_then(|x| x.catch_up_pending),
-                "read_at": snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
-                "last_verify": verify.map(|v| json!({
-                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary,
-                    "problem_kind": v.kind.map(ErrorKind::as_str),
-                })),
-            })
-        })
-        .collect();
-    let datasets: Vec<Value> = rows
-        .iter()
-        .map(|row| {
-            let Some(d) = config.dataset(&row.name) else {
-                return Value::Null;
-            };
-            let st = state.datasets.get(&d.name).cloned().unwrap_or_default();
-            json!({
-                "name": d.name,
-                "colour": row.colour.name(),
-                "rpo_seconds": row.rpo_seconds,
-                "mode": match &d.mode { Mode::Continuous(_) => "continuous".to_string(), Mode::Periodic(_) => "periodic".to_string() },
-                "schedule": match &d.mode { Mode::Continuous(s) => s.as_ref().map(|s| s.to_string()), Mode::Periodic(s) => Some(s.to_string()) },
-                "source": d.source.describe(),
-                "classification": d.classification,
-                "owner": d.owner,
-                "required_sites": d.sites,
-                "runs": st.runs,
-                "errors": st.errors,
-                "last_success": st.last_success.map(utc_secs),
-                "last_success_unix": st.last_success,
-                "last_duration_seconds": st.last_duration_seconds,
-                "last_error": st.last_error,
-                "last_error_kind": st.last_error_kind.map(ErrorKind::as_str),
-                "last_error_at": st.last_error_at.map(utc_secs),
-                "sites": row.cells.iter().map(|c| json!({
-                    "site": c.site,
-                    "required": c.required,
-                    "colour": c.colour.name(),
-                    "reason": c.reason,
-                    "lag_seconds": c.lag_seconds,
-                    "newest_version": c.facts.newest_version,
-                    "newest_version_ledger_seq": c.facts.newest_ledger_seq,
-                    "wal_end": c.facts.wal_end,
-                    "wal_lag_bytes": c.facts.wal_lag_bytes,
-                    "versions": c.facts.versions,
-                    "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
-                    "bytes_stored": c.facts.bytes_stored,
-                    "error": c.facts.error.as_ref().map(|e| e.message.clone()),
-                    "problem_kind": c.problem.map(ErrorKind::as_str),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let alarms: Vec<Value> = state
-        .alarms
-        .values()
-        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message, "problem_kind": a.kind.map(ErrorKind::as_str)}))
-        .collect();
-    let ok = rows.iter().all(|r| r.colour != Colour::Red);
-    // Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
-    let mut problems = serde_json::Map::new();
-    for kind in ErrorKind::ALL {
-        let n = config
-            .sites
-            .iter()
-            .filter(|s| {
-                site_problem(
-                    snaps.iter().find(|x| x.name == s.name),
-                    state.verify.get(&s.name),
-                ) == Some(kind)
-            })
-            .count();
-        problems.insert(kind.as_str().into(), n.into());
-    }
-    json!({
-        "ok": ok,
-        "generated_at": embassy_core::time::utc(now_ns),
-        "config": config.path,
-        "sites": sites,
-        "datasets": datasets,
-        "alarms": alarms,
-        "problems": problems,
-    })
 }

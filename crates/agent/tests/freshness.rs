@@ -10,6 +10,8 @@ use embassy_agent::error::Problem;
 use embassy_agent::schedule::Schedule;
 use embassy_agent::state::AgentState;
 use embassy_agent::state::VerifyState;
+use embassy_agent::metrics::metrics;
+use embassy_agent::report::report;
 use embassy_agent::status::{self, CellFacts, Colour, SiteSnapshot};
 use embassy_core::ErrorKind;
 
@@ -239,7 +241,7 @@ fn alarms_are_raised_once_and_cleared_once() {
     alarms::mark_delivered(&mut state, &notices[0]);
     assert!(alarms::evaluate(&rows, &state, now / NS).is_empty());
     // The metrics say the same.
-    let m = status::metrics(&config, &fresh, &state, now);
+    let m = metrics(&report(&config, &fresh, &state, now));
     assert!(
         m.contains("embassy_dataset_status{dataset=\"d\",site=\"lux\"} 0"),
         "{m}"
@@ -373,7 +375,8 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         ("hel", Some(ErrorKind::Integrity))
     );
     // /status.json and /metrics say the same.
-    let report = status::report(&config, &snaps, &state, later);
+    let typed = report(&config, &snaps, &state, later);
+    let report = serde_json::to_value(&typed).unwrap();
     let hel_site = report["sites"]
         .as_array()
         .unwrap()
@@ -386,7 +389,7 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         "{report}"
     );
     assert_eq!(report["problems"]["integrity"], 1, "{report}");
-    let m = status::metrics(&config, &snaps, &state, later);
+    let m = metrics(&typed);
     assert!(m.contains("embassy_integrity_problems 1"), "{m}");
     assert!(
         m.contains("embassy_site_problem{site=\"hel\",kind=\"integrity\"} 1"),

@@ -99,7 +99,13 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
         }
     };
     if as_json {
-        println!("{report}");
+        match serde_json::to_string(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: the status cannot be encoded as JSON: {e}");
+                return ExitCode::from(1);
+            }
+        }
     } else {
         let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
         print!("{:<30}", "DATASET");
@@ -107,11 +113,11 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             print!(" {s:<24}");
         }
         println!();
-        for d in report["datasets"].as_array().into_iter().flatten() {
-            print!("{:<30}", d["name"].as_str().unwrap_or_default());
-            for c in d["sites"].as_array().into_iter().flatten() {
-                let colour = c["colour"].as_str().unwrap_or("?").to_uppercase();
-                let cell = match (c["newest_version"].as_u64(), c["lag_seconds"].as_f64()) {
+        for d in &report.datasets {
+            print!("{:<30}", crate::output::escape(&d.name));
+            for c in &d.sites {
+                let colour = c.colour.name().to_uppercase();
+                let cell = match (c.newest_version, c.lag_seconds) {
                     (Some(v), Some(l)) => {
                         format!("{colour} v{v} {}", embassy_agent::status::human_seconds(l))
                     }
@@ -121,15 +127,15 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             }
             println!();
         }
-        for a in report["alarms"].as_array().into_iter().flatten() {
+        for a in &report.alarms {
             println!(
                 "ALARM since {}: {}",
-                a["since"].as_str().unwrap_or_default(),
-                crate::output::escape(a["message"].as_str().unwrap_or_default())
+                a.since,
+                crate::output::escape(&a.message)
             );
         }
     }
-    if report["ok"].as_bool() == Some(true) {
+    if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
