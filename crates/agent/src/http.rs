@@ -9,8 +9,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::state::AgentState;
 use crate::report::{self, StatusReport};
+use crate::state::AgentState;
 use crate::status::SiteSnapshot;
 
 /// What the HTTP server and `status` read.
@@ -164,7 +164,11 @@ pub fn serve(
                         401,
                     ),
                     "/" | "/index.html" => (shared.dashboard(), "text/html; charset=utf-8", 200),
-                    "/status.json" => (format!("{}\n", shared.report_json()), "application/json", 200),
+                    "/status.json" => (
+                        format!("{}\n", shared.report_json()),
+                        "application/json",
+                        200,
+                    ),
                     "/metrics" => (shared.metrics(), "text/plain; version=0.0.4", 200),
                     _ => ("not found\n".to_string(), "text/plain", 404),
                 };

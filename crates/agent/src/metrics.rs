@@ -29,8 +29,7 @@ pub fn metrics(report: &StatusReport) -> String {
     let cell_samples = |f: &dyn Fn(&CellStatus) -> Option<f64>| -> Vec<(String, f64)> {
         rows.iter()
             .flat_map(|r| {
-                r.sites
-                    .iter().filter_map(move |c| {
+                r.sites.iter().filter_map(move |c| {
                     f(c).map(|v| {
                         (
                             format!("dataset=\"{}\",site=\"{}\"", label(&r.name), label(&c.site)),
@@ -197,7 +196,11 @@ pub fn metrics(report: &StatusReport) -> String {
     );
     let mut alarms_by_kind: Vec<(String, f64)> = Vec::new();
     for kind in [None].into_iter().chain(ErrorKind::ALL.map(Some)) {
-        let n = report.alarms.iter().filter(|a| a.problem_kind == kind).count();
+        let n = report
+            .alarms
+            .iter()
+            .filter(|a| a.problem_kind == kind)
+            .count();
         alarms_by_kind.push((
             format!("kind=\"{}\"", kind.map_or("rpo", ErrorKind::as_str)),
             n as f64,

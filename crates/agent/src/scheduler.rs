@@ -4,6 +4,7 @@
 //! grace period. Looking at the sites (freshness, alarms, catch-up) is in [`look`].
 
 mod look;
+mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use embassy_core::engine::vault::Keyring;
-use embassy_core::ErrorKind;
 
 use crate::alarms;
 use crate::config::{Config, Mode};
@@ -443,71 +443,6 @@ impl Agent {
         self.next_gc = self.config.agent.gc_interval.map(|i| Instant::now() + i);
     }
 
-    fn start_verify(&mut self) {
-        let sites: Vec<(String, String)> = self
-            .config
-            .sites
-            .iter()
-            .map(|s| (s.name.clone(), s.location.clone()))
-            .collect();
-        log(format!(
-            "keyless verification of {} sites started",
-            sites.len()
-        ));
-        self.reverify.clear();
-        self.reverified.clear();
-        self.spawn_verify(sites);
-        self.next_verify = self
-            .config
-            .agent
-            .verify_interval
-            .map(|i| Instant::now() + i);
-    }
-
-    /// Verifies again, right away, the sites caught up since their last verification failed
-    /// (the scheduled verifications keep their interval).
-    fn start_reverify(&mut self) {
-        let names = std::mem::take(&mut self.reverify);
-        let sites: Vec<(String, String)> = self
-            .config
-            .sites
-            .iter()
-            .filter(|s| names.contains(&s.name))
-            .map(|s| (s.name.clone(), s.location.clone()))
-            .collect();
-        if sites.is_empty() {
-            return;
-        }
-        log(format!(
-            "keyless verification of {} started again: caught up since its last verification failed",
-            sites
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        self.spawn_verify(sites);
-    }
-
-    fn spawn_verify(&mut self, sites: Vec<(String, String)>) {
-        let tx = self.tx.clone();
-        if let Ok(h) = std::thread::Builder::new()
-            .name("verify".into())
-            .spawn(move || {
-                let results = sites
-                    .into_iter()
-                    .map(|(name, location)| {
-                        let result = run::verify_site(&location);
-                        (name, result)
-                    })
-                    .collect();
-                let _ = tx.send(Done::Verify { results });
-            })
-        {
-            self.verifying = Some(h);
-        }
-    }
-
     fn reap(&mut self) {
         while let Ok(done) = self.rx.try_recv() {
             match done {
@@ -523,33 +458,7 @@ impl Agent {
                     self.finish_backup(&dataset, started, elapsed, result);
                     self.refresh_now = true;
                 }
-                Done::CatchUp { site, result } => {
-                    if let Some(h) = self.catching_up.remove(&site) {
-                        let _ = h.join();
-                    }
-                    match result {
-                        Ok(report) => {
-                            log(format!(
-                                "site {site} caught up: {} objects copied",
-                                report.copied
-                            ));
-                            let failed = lock(&self.shared.state)
-                                .verify
-                                .get(&site)
-                                .is_some_and(|v| !v.ok);
-                            // At most once between scheduled verifications: a failure the
-                            // catch-up did not mend waits for the schedule.
-                            if failed && self.reverified.insert(site.clone()) {
-                                self.reverify.insert(site.clone());
-                            }
-                        }
-                        Err(e) => log(format!(
-                            "site {site} could not be caught up yet: [{}] {e}",
-                            e.kind()
-                        )),
-                    }
-                    self.refresh_now = true;
-                }
+                Done::CatchUp { site, result } => self.finish_catch_up(site, result),
                 Done::Gc { result } => {
                     if let Some(h) = self.collecting.take() {
                         let _ = h.join();
@@ -608,39 +517,7 @@ impl Agent {
                     self.persist();
                     self.refresh_now = true;
                 }
-                Done::Verify { results } => {
-                    if let Some(h) = self.verifying.take() {
-                        let _ = h.join();
-                    }
-                    let now = now_s();
-                    let mut st = lock(&self.shared.state);
-                    for (site, result) in results {
-                        let (ok, summary, kind) = match result {
-                            Ok(summary) => (true, summary, None),
-                            Err(e) => (false, e.to_string(), Some(e.kind())),
-                        };
-                        log(format!(
-                            "verify {site}: {} ({summary})",
-                            match kind {
-                                None => "OK".to_string(),
-                                Some(ErrorKind::Integrity) =>
-                                    "FAILED: the site is damaged or was tampered with".to_string(),
-                                Some(k) => format!("FAILED ({k}): it could not be verified"),
-                            }
-                        ));
-                        st.verify.insert(
-                            site,
-                            crate::state::VerifyState {
-                                at: now,
-                                ok,
-                                summary,
-                                kind,
-                            },
-                        );
-                    }
-                    drop(st);
-                    self.persist();
-                }
+                Done::Verify { results } => self.finish_verify(results),
             }
         }
     }

@@ -7,11 +7,11 @@ use std::path::Path;
 use embassy_agent::alarms;
 use embassy_agent::config::{Config, Mode, Source};
 use embassy_agent::error::Problem;
+use embassy_agent::metrics::metrics;
+use embassy_agent::report::report;
 use embassy_agent::schedule::Schedule;
 use embassy_agent::state::AgentState;
 use embassy_agent::state::VerifyState;
-use embassy_agent::metrics::metrics;
-use embassy_agent::report::report;
 use embassy_agent::status::{self, CellFacts, Colour, SiteSnapshot};
 use embassy_core::ErrorKind;
 
@@ -399,4 +399,148 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         m.contains("embassy_dataset_problem{dataset=\"d\",site=\"hel\",kind=\"integrity\"} 1"),
         "{m}"
     );
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut k: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    k.sort();
+    k
+}
+
+/// `/status.json` and `embassy status --config --json` keep the field set docs/operations.md
+/// lists (fields may be added, with the docs; none renamed or removed), and the kinds of problem
+/// are spelled as in core's error policy.
+#[test]
+fn the_status_document_keeps_its_documented_fields() {
+    let config = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n"
+    ))
+    .unwrap();
+    let now = 1_800_000_000 * NS;
+    let mut state = AgentState::default();
+    state.verify.insert(
+        "hel".into(),
+        embassy_agent::state::VerifyState {
+            at: 1_800_000_000,
+            ok: false,
+            summary: "1 problem".into(),
+            kind: Some(ErrorKind::Integrity),
+        },
+    );
+    state.alarms.insert(
+        "d@hel".into(),
+        embassy_agent::state::RaisedAlarm {
+            dataset: "d".into(),
+            site: "hel".into(),
+            since: 1_800_000_000,
+            message: "d at hel: damaged".into(),
+            kind: Some(ErrorKind::Integrity),
+        },
+    );
+    let snaps = [
+        snap("lux", "d", Some(3), Some(now - 10 * NS)),
+        snap("hel", "d", Some(3), Some(now - 10 * NS)),
+    ];
+    let doc = serde_json::to_value(report(&config, &snaps, &state, now)).unwrap();
+    assert_eq!(
+        keys(&doc),
+        sorted(&[
+            "ok",
+            "generated_at",
+            "config",
+            "sites",
+            "datasets",
+            "alarms",
+            "problems"
+        ])
+    );
+    let site = &doc["sites"][1];
+    assert_eq!(
+        keys(site),
+        sorted(&[
+            "name",
+            "location",
+            "error",
+            "problem_kind",
+            "bytes_stored",
+            "catch_up_pending",
+            "read_at",
+            "last_verify"
+        ])
+    );
+    assert_eq!(
+        keys(&site["last_verify"]),
+        sorted(&["at", "at_unix", "ok", "summary", "problem_kind"])
+    );
+    assert_eq!(site["problem_kind"], "integrity", "{doc}");
+    let dataset = &doc["datasets"][0];
+    assert_eq!(
+        keys(dataset),
+        sorted(&[
+            "name",
+            "colour",
+            "rpo_seconds",
+            "mode",
+            "schedule",
+            "source",
+            "classification",
+            "owner",
+            "required_sites",
+            "runs",
+            "errors",
+            "consecutive_failures",
+            "last_success",
+            "last_success_unix",
+            "last_duration_seconds",
+            "last_error",
+            "last_error_kind",
+            "last_error_at",
+            "sites"
+        ])
+    );
+    assert_eq!(
+        keys(&dataset["sites"][0]),
+        sorted(&[
+            "site",
+            "required",
+            "colour",
+            "reason",
+            "lag_seconds",
+            "newest_version",
+            "newest_version_ledger_seq",
+            "wal_end",
+            "wal_lag_bytes",
+            "caught_up",
+            "versions",
+            "recovery_point",
+            "bytes_stored",
+            "error",
+            "problem_kind"
+        ])
+    );
+    assert_eq!(dataset["sites"][0]["colour"], "green", "{doc}");
+    assert_eq!(dataset["sites"][1]["colour"], "red", "{doc}");
+    assert_eq!(dataset["sites"][1]["problem_kind"], "integrity", "{doc}");
+    assert_eq!(
+        keys(&doc["alarms"][0]),
+        sorted(&["dataset", "site", "since", "message", "problem_kind"])
+    );
+    assert_eq!(
+        keys(&doc["problems"]),
+        sorted(&["integrity", "outage", "source", "config", "keys"])
+    );
+    assert_eq!(doc["problems"]["integrity"], 1, "{doc}");
+    assert_eq!(doc["problems"]["outage"], 0, "{doc}");
 }

@@ -1693,9 +1693,12 @@ rpo = "1h"
     // scheduled verification is six hours away).
     fs::remove_file(env.path("sites/hel")).unwrap();
     fs::rename(env.path("hel-away"), env.path("sites/hel")).unwrap();
-    wait_until(Duration::from_secs(60), "the catch-up of hel", &agent, || {
-        agent.log().contains("site hel caught up").then_some(())
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the catch-up of hel",
+        &agent,
+        || agent.log().contains("site hel caught up").then_some(()),
+    );
     let v = wait_until(
         Duration::from_secs(60),
         "a passing verification of hel",
@@ -1706,7 +1709,10 @@ rpo = "1h"
         },
     );
     assert!(v["at_unix"].as_i64().unwrap() >= failed_at, "{v}");
-    assert_eq!(site_entry(&status_json(port).unwrap(), "hel")["problem_kind"], Value::Null);
+    assert_eq!(
+        site_entry(&status_json(port).unwrap(), "hel")["problem_kind"],
+        Value::Null
+    );
     let page = http_get(port, "/").unwrap();
     assert!(!page.contains("FAILED"), "{page}");
     let metrics = http_get(port, "/metrics").unwrap();

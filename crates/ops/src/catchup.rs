@@ -79,12 +79,8 @@ pub fn catch_up(
             return Ok(report);
         }
     }
-    let synced = embassy_core::engine::sync::sync(
-        from_site.as_ref(),
-        to_site.as_ref(),
-        false,
-        progress,
-    )?;
+    let synced =
+        embassy_core::engine::sync::sync(from_site.as_ref(), to_site.as_ref(), false, progress)?;
     report.full_sync = true;
     report.copied += synced.copied;
     report.bytes += synced.bytes;
