@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use embassy_agent::config::Config;
 use embassy_agent::{Control, Options};
+use embassy_core::ErrorKind;
 use serde_json::json;
 
 /// `embassy config check [FILE]`: the summary, or every problem with its position (exit 2).
@@ -123,13 +124,24 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
                     }
                     _ => format!("{colour} -"),
                 };
+                // What failed, in the words of its kind: damage is never shown as mere age.
+                let cell = match c.problem_kind {
+                    Some(ErrorKind::Integrity) => format!("{colour} DAMAGED OR TAMPERED WITH"),
+                    Some(k) => format!("{cell} ({})", k.describe()),
+                    None => cell,
+                };
                 print!(" {cell:<24}");
             }
             println!();
         }
         for a in &report.alarms {
+            let kind = match a.problem_kind {
+                Some(ErrorKind::Integrity) => " (DAMAGED OR TAMPERED WITH)".to_string(),
+                Some(k) => format!(" ({})", k.describe()),
+                None => String::new(),
+            };
             println!(
-                "ALARM since {}: {}",
+                "ALARM{kind} since {}: {}",
                 a.since,
                 crate::output::escape(&a.message)
             );
