@@ -14,31 +14,28 @@ use embassy_core::ErrorKind;
 use crate::config::{Config, Mode};
 use crate::error::Problem;
 use crate::state::{AgentState, VerifyState};
+use embassy_ops::status::DatasetFacts;
 
-/// What one site holds of one dataset.
+/// What one site holds of one dataset: embassy-ops's facts (the same `embassy status --site`
+/// reads, with the one recovery-point rule), and what the agent adds from the database server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CellFacts {
-    /// Newest version number, if any (as `embassy versions` lists it).
-    pub newest_version: Option<u64>,
-    /// Its ledger sequence number.
-    pub newest_ledger_seq: Option<u64>,
-    /// Versions held.
-    pub versions: u64,
-    /// Recovery point of the newest version (Unix ns).
-    pub captured_ns: Option<i64>,
-    /// Sum of the bytes the versions added to the vault.
-    pub bytes_stored: u64,
-    /// Why the dataset's history cannot be read at this site, and what kind of problem that is
-    /// (integrity: it does not verify; outage: the site failed while reading it).
-    pub error: Option<Problem>,
-    /// Continuous (WAL) datasets: end of the newest durable WAL here.
-    pub wal_end: Option<String>,
+    /// What the site holds: versions, the recovery point, streamed WAL, or why its history
+    /// cannot be read there (integrity: it does not verify; outage: the site failed).
+    pub held: DatasetFacts,
     /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
     /// data is current however old the newest WAL is (an idle database writes none).
     pub caught_up: bool,
     /// Continuous datasets: bytes of WAL the server has written that the site does not hold
     /// yet (when the server's position is known).
     pub wal_lag_bytes: Option<u64>,
+}
+
+impl CellFacts {
+    /// Continuous (WAL) datasets: end of the newest durable WAL here.
+    pub fn wal_end(&self) -> Option<String> {
+        self.held.wal.as_ref().map(|w| w.end.to_string())
+    }
 }
 
 /// What one site holds, read from that site alone.
@@ -86,19 +83,13 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
             .and_then(|(_, end)| *end);
         let durable = d.wal.as_ref().map(|w| w.end.0);
         let facts = CellFacts {
-            newest_version: d.newest_version,
-            newest_ledger_seq: d.newest_version_ledger_seq,
-            versions: d.versions,
-            captured_ns: d.recovery_point_ns,
-            bytes_stored: d.bytes_stored,
-            error: d.error,
-            wal_end: d.wal.as_ref().map(|w| w.end.to_string()),
             caught_up: durable.zip(server_end).is_some_and(|(d, end)| d >= end),
             wal_lag_bytes: durable
                 .zip(server_end)
                 .map(|(d, end)| end.saturating_sub(d)),
+            held: d,
         };
-        snap.datasets.insert(d.dataset, facts);
+        snap.datasets.insert(facts.held.dataset.clone(), facts);
     }
     snap
 }
@@ -197,7 +188,7 @@ pub fn judge(
     } else {
         snap.datasets.get(dataset).cloned().unwrap_or_default()
     };
-    let unreadable = match (&snap.error, &facts.error) {
+    let unreadable = match (&snap.error, &facts.held.error) {
         (Some(e), _) => Some((
             e.kind,
             format!("site cannot be read ({}): {e}", e.kind.describe()),
@@ -235,7 +226,7 @@ pub fn judge(
         );
         return (colour, reason, Some(lag), facts);
     }
-    let Some(captured) = facts.captured_ns else {
+    let Some(captured) = facts.held.recovery_point_ns else {
         let waited = first_seen.map(|f| now_ns as f64 / 1e9 - f as f64);
         return match waited {
             Some(w) if w <= rpo_seconds => (
@@ -264,7 +255,7 @@ pub fn judge(
             facts,
         );
     }
-    if let (Some(here), Some(newest)) = (facts.newest_version, newest_anywhere) {
+    if let (Some(here), Some(newest)) = (facts.held.newest_version, newest_anywhere) {
         if here < newest {
             return (
                 Colour::Amber,
@@ -315,7 +306,7 @@ pub fn rows(
         let first_seen = state.datasets.get(&d.name).map(|s| s.first_seen);
         let newest_anywhere = snaps
             .iter()
-            .filter_map(|s| s.datasets.get(&d.name).and_then(|f| f.newest_version))
+            .filter_map(|s| s.datasets.get(&d.name).and_then(|f| f.held.newest_version))
             .max();
         let mut cells = Vec::new();
         for site in &config.sites {
@@ -344,7 +335,7 @@ pub fn rows(
             // dataset nobody was warned about yet, and an alarm is cleared by a version only.
             let key = format!("{}@{}", d.name, site.name);
             if colour != Colour::Red
-                && facts.captured_ns.is_none()
+                && facts.held.recovery_point_ns.is_none()
                 && last_seen.is_none()
                 && state.alarms.contains_key(&key)
             {
@@ -356,7 +347,7 @@ pub fn rows(
             let mut problem = snap
                 .error
                 .as_ref()
-                .or(facts.error.as_ref())
+                .or(facts.held.error.as_ref())
                 .map(|p| p.kind)
                 .or_else(|| {
                     state
@@ -433,7 +424,7 @@ pub fn site_problem(
     let read = snap.into_iter().flat_map(|s| {
         s.error
             .iter()
-            .chain(s.datasets.values().filter_map(|f| f.error.as_ref()))
+            .chain(s.datasets.values().filter_map(|f| f.held.error.as_ref()))
             .map(|p| p.kind)
     });
     let verified = verify.filter(|v| !v.ok).and_then(|v| v.kind);

@@ -14,6 +14,7 @@ use embassy_agent::state::AgentState;
 use embassy_agent::state::VerifyState;
 use embassy_agent::status::{self, CellFacts, Colour, SiteSnapshot};
 use embassy_core::ErrorKind;
+use embassy_ops::status::DatasetFacts;
 
 const NS: i64 = 1_000_000_000;
 
@@ -144,9 +145,13 @@ fn snap(name: &str, dataset: &str, version: Option<u64>, captured_ns: Option<i64
     datasets.insert(
         dataset.to_string(),
         CellFacts {
-            newest_version: version,
-            versions: version.unwrap_or(0),
-            captured_ns,
+            held: DatasetFacts {
+                dataset: dataset.to_string(),
+                newest_version: version,
+                versions: version.unwrap_or(0),
+                recovery_point_ns: captured_ns,
+                ..DatasetFacts::default()
+            },
             ..CellFacts::default()
         },
     );
@@ -309,7 +314,7 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         ..SiteSnapshot::default()
     };
     let mut tampered = snap("lux", "d", None, None);
-    tampered.datasets.get_mut("d").unwrap().error = Some(Problem::new(
+    tampered.datasets.get_mut("d").unwrap().held.error = Some(Problem::new(
         ErrorKind::Integrity,
         "dataset d: history does not verify: entry 2 is not signed",
     ));

@@ -304,8 +304,8 @@ fn the_agents_status_and_dashboard_show_the_version_number() {
     let site = env.path("site");
     let snap = status::snapshot_site("here", site.to_str().unwrap(), &[]);
     let facts = &snap.datasets["reg"];
-    assert_eq!(facts.newest_version, Some(2), "{snap:?}");
-    assert_eq!(facts.newest_ledger_seq, Some(3), "{snap:?}");
+    assert_eq!(facts.held.newest_version, Some(2), "{snap:?}");
+    assert_eq!(facts.held.newest_version_ledger_seq, Some(3), "{snap:?}");
     let config = embassy_agent::Config::parse(
         &format!(
             "[keys]\nfile = \"{}\"\npassphrase_env = \"PASS\"\n\n[[sites]]\nname = \"here\"\n\
