@@ -549,3 +549,50 @@ fn the_status_document_keeps_its_documented_fields() {
     assert_eq!(doc["problems"]["integrity"], 1, "{doc}");
     assert_eq!(doc["problems"]["outage"], 0, "{doc}");
 }
+
+/// Issue 15 item 7: a dataset that never had a version at a site is amber there during its
+/// first RPO only while nobody was warned; once its alarm was raised (the site was down, say) it
+/// stays red until a version is stored, so the alarm is not cleared and raised again.
+#[test]
+fn a_dataset_without_a_version_stays_red_once_its_alarm_was_raised() {
+    let config = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n"
+    ))
+    .unwrap();
+    let now = 1_800_000_000 * NS;
+    let mut state = AgentState::default();
+    state.datasets.insert(
+        "d".into(),
+        embassy_agent::state::DatasetState {
+            first_seen: now / NS - 10,
+            ..Default::default()
+        },
+    );
+    let snaps = [snap("lux", "d", None, None), snap("hel", "d", None, None)];
+    state.alarms.insert(
+        "d@hel".into(),
+        embassy_agent::state::RaisedAlarm {
+            dataset: "d".into(),
+            site: "hel".into(),
+            since: now / NS - 5,
+            message: "d at hel: site cannot be read".into(),
+            kind: Some(ErrorKind::Outage),
+        },
+    );
+    let rows = status::rows(&config, &snaps, &state, now);
+    assert_eq!(rows[0].cells[0].colour, Colour::Amber, "{rows:?}");
+    assert_eq!(rows[0].cells[1].colour, Colour::Red, "{rows:?}");
+    assert!(rows[0].cells[1].reason.contains("until one is stored"));
+    let notices = embassy_agent::alarms::evaluate(&rows, &state, now / NS);
+    assert!(notices.is_empty(), "{notices:?}");
+    // A version arrives: green, and the alarm clears.
+    let snaps = [
+        snap("lux", "d", Some(1), Some(now - NS)),
+        snap("hel", "d", Some(1), Some(now - NS)),
+    ];
+    let rows = status::rows(&config, &snaps, &state, now);
+    assert_eq!(rows[0].cells[1].colour, Colour::Green, "{rows:?}");
+    let notices = embassy_agent::alarms::evaluate(&rows, &state, now / NS);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].event, "cleared");
+}
