@@ -226,16 +226,32 @@ pub fn judge(
         );
         return (colour, reason, Some(lag), facts);
     }
-    let Some(captured) = facts.held.recovery_point_ns else {
+    // No version, no restore: streamed WAL alone cannot be restored without a base backup to
+    // replay it onto, however fresh it is.
+    let captured = facts
+        .held
+        .recovery_point_ns
+        .filter(|_| facts.held.newest_version.is_some());
+    let Some(captured) = captured else {
         let waited = first_seen.map(|f| now_ns as f64 / 1e9 - f as f64);
+        let wal_only = if facts.held.wal.is_some() {
+            ": it holds streamed WAL but no base backup to replay it onto"
+        } else {
+            ""
+        };
         return match waited {
             Some(w) if w <= rpo_seconds => (
                 Colour::Amber,
-                "no version yet (within the first RPO)".into(),
+                format!("no version yet (within the first RPO){wal_only}"),
                 None,
                 facts,
             ),
-            _ => (Colour::Red, "no version at this site".into(), None, facts),
+            _ => (
+                Colour::Red,
+                format!("no version at this site{wal_only}"),
+                None,
+                facts,
+            ),
         };
     };
     let lag = if facts.caught_up {
@@ -335,7 +351,7 @@ pub fn rows(
             // dataset nobody was warned about yet, and an alarm is cleared by a version only.
             let key = format!("{}@{}", d.name, site.name);
             if colour != Colour::Red
-                && facts.held.recovery_point_ns.is_none()
+                && facts.held.newest_version.is_none()
                 && last_seen.is_none()
                 && state.alarms.contains_key(&key)
             {

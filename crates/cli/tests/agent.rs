@@ -1799,3 +1799,83 @@ rpo = "1h"
     let (status, log) = agent.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
 }
+
+/// Issue 15 item 7: a continuous PostgreSQL dataset whose WAL streams to the sites but that has
+/// no base backup cannot be restored (a restore replays WAL onto a base backup), so it is not
+/// green however fresh its WAL is: amber during its first RPO, then red and alarmed, until a
+/// base backup is stored.
+#[test]
+fn streamed_wal_without_a_base_backup_is_red_until_one_is_stored() {
+    let _g = serial();
+    let server = pg::PgServer::start(pg::PgOptions::default());
+    let env = Env::new();
+    env.init(&["sites/a"]);
+    let port = free_port();
+    env.config(&agent_config(
+        r#"verify_interval = "never"
+shutdown_grace = "10s"
+"#,
+        &format!("[status]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &["a"],
+        &format!(
+            r#"[[datasets]]
+name = "registry-db"
+source = {{ postgres = {{ conninfo = "{}" }} }}
+mode = "continuous"
+rpo = "4s"
+"#,
+            server.conninfo()
+        ),
+    ));
+    let agent = env.spawn_agent(&[]);
+    server.psql("CREATE TABLE people (id serial PRIMARY KEY, name text)");
+    wait_until(Duration::from_secs(30), "WAL at the site", &agent, || {
+        let r = status_json(port)?;
+        cell(&r, "registry-db", "a")["wal_end"]
+            .is_string()
+            .then_some(())
+    });
+    let c = wait_until(
+        Duration::from_secs(30),
+        "red once the first RPO ran out",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            let c = cell(&r, "registry-db", "a").clone();
+            (c["colour"] != "amber").then_some(c)
+        },
+    );
+    assert_eq!(c["colour"], "red", "{c}");
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no base backup"),
+        "{c}"
+    );
+    wait_until(Duration::from_secs(20), "the alarm", &agent, || {
+        let r = status_json(port)?;
+        (r["alarms"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    // A base backup is stored (its WAL from the stream): green, and the alarm clears.
+    let out = env.embassy(&[
+        "--site",
+        "sites/a",
+        "--passphrase-file",
+        "passphrase",
+        "pg",
+        "base-backup",
+        "registry-db",
+        "--conninfo",
+        &server.conninfo(),
+    ]);
+    assert!(out.status.success(), "base-backup: {}", show(&out));
+    wait_until(Duration::from_secs(30), "green", &agent, || {
+        let r = status_json(port)?;
+        (cell(&r, "registry-db", "a")["colour"] == "green"
+            && r["alarms"].as_array().map(Vec::len) == Some(0))
+        .then_some(())
+    });
+    let (status, log) = agent.stop(Duration::from_secs(40));
+    assert!(status.success(), "{log}");
+}

@@ -135,7 +135,9 @@ impl Agent {
             }
             for snap in &snaps {
                 for (dataset, f) in &snap.datasets {
-                    if let (None, Some(c)) = (&f.held.error, f.held.recovery_point_ns) {
+                    // Only data a restore can reach: a version (streamed WAL alone cannot be restored).
+                    let restorable = f.held.newest_version.and(f.held.recovery_point_ns);
+                    if let (None, Some(c)) = (&f.held.error, restorable) {
                         let seen = state
                             .seen
                             .entry(format!("{dataset}@{}", snap.name))
