@@ -154,7 +154,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
 
 /// The status document for a configuration, read now from every site and the agent's state
 /// folder: what `embassy status --config FILE --json` prints (the agent serves the same).
-pub fn status_now(config: &Config) -> Result<serde_json::Value, String> {
+pub fn status_now(config: &Config) -> Result<crate::report::StatusReport, String> {
     let state = AgentState::load(&config.agent.state_dir)?;
     let mut ends = BTreeMap::new();
     for d in config
@@ -171,7 +171,7 @@ pub fn status_now(config: &Config) -> Result<serde_json::Value, String> {
         }
     }
     let snaps = status::snapshot_all(config, &ends);
-    Ok(status::report(
+    Ok(crate::report::report(
         config,
         &snaps,
         &state,

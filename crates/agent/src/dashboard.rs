@@ -1,14 +1,16 @@
 //! The dashboard: one server-rendered HTML page, no script, reloading itself. One row per
 //! dataset, one column per site, each cell green/amber/red against the dataset's RPO, and a lag
-//! history chart per dataset as inline SVG.
+//! history chart per dataset as inline SVG. Rendered from the status document
+//! ([`crate::report`]), the same typed values as `/status.json` and `/metrics`.
 
 use std::fmt::Write as _;
 
 use embassy_core::ErrorKind;
 
 use crate::config::Config;
+use crate::report::StatusReport;
 use crate::state::AgentState;
-use crate::status::{human_seconds, rows, Colour, SiteSnapshot};
+use crate::status::{human_seconds, Colour};
 
 /// Cell background colours; the headless-browser test samples these exact pixels.
 pub const GREEN: (u8, u8, u8) = (0x2e, 0x9e, 0x44);
@@ -36,9 +38,8 @@ fn hex((r, g, b): (u8, u8, u8)) -> String {
     format!("#{r:02x}{g:02x}{b:02x}")
 }
 
-/// Renders the dashboard page.
-pub fn render(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> String {
-    let rows = rows(config, snaps, state, now_ns);
+/// Renders the dashboard page of a status document; `state` gives the lag history charts.
+pub fn render(config: &Config, report: &StatusReport, state: &AgentState, now_ns: i64) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -73,18 +74,18 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
         green = hex(GREEN),
         amber = hex(AMBER),
         red = hex(RED),
-        now = esc(&embassy_core::time::utc(now_ns)),
+        now = esc(&report.generated_at),
     );
-    if !state.alarms.is_empty() {
+    if !report.alarms.is_empty() {
         h.push_str("<h2>Alarms raised</h2><ul class=\"alarms\">");
-        for a in state.alarms.values() {
-            let kind = a.kind.map_or("rpo", ErrorKind::as_str);
+        for a in &report.alarms {
+            let kind = a.problem_kind.map_or("rpo", ErrorKind::as_str);
             let _ = write!(
                 h,
                 "<li id=\"alarm-{}-{}\" class=\"{kind}\" data-kind=\"{kind}\">{}{}</li>",
                 esc(&a.dataset),
                 esc(&a.site),
-                if a.kind == Some(ErrorKind::Integrity) {
+                if a.problem_kind == Some(ErrorKind::Integrity) {
                     "DAMAGED OR TAMPERED WITH: "
                 } else {
                     ""
@@ -95,30 +96,30 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
         h.push_str("</ul>");
     }
     h.push_str("<table class=\"freshness\"><thead><tr><th>dataset</th>");
-    for s in &config.sites {
+    for s in &report.sites {
         let _ = write!(h, "<th>{}</th>", esc(&s.name));
     }
     h.push_str("<th>lag history</th></tr></thead><tbody>\n");
-    for row in &rows {
-        let d = config.dataset(&row.name);
-        let st = state.datasets.get(&row.name);
+    for row in &report.datasets {
         let _ = write!(
             h,
             "<tr class=\"row {colour}\" id=\"row-{name}\"><td class=\"dataset\"><b>{name}</b><br><small>RPO {rpo}{owner}{class}</small>",
             colour = row.colour.name(),
             name = esc(&row.name),
             rpo = human_seconds(row.rpo_seconds),
-            owner = d
-                .and_then(|d| d.owner.as_ref())
+            owner = row
+                .owner
+                .as_ref()
                 .map(|o| format!(" · {}", esc(o)))
                 .unwrap_or_default(),
-            class = d
-                .and_then(|d| d.classification.as_ref())
+            class = row
+                .classification
+                .as_ref()
                 .map(|c| format!(" · {}", esc(c)))
                 .unwrap_or_default(),
         );
-        if let Some(e) = st.and_then(|s| s.last_error.as_ref()) {
-            if st.is_some_and(|s| s.consecutive_failures > 0) {
+        if let Some(e) = &row.last_error {
+            if row.consecutive_failures > 0 {
                 let _ = write!(
                     h,
                     "<br><small class=\"error\">last error: {}</small>",
@@ -127,13 +128,13 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
             }
         }
         h.push_str("</td>");
-        for c in &row.cells {
-            let text = match (c.lag_seconds, c.facts.newest_version) {
+        for c in &row.sites {
+            let text = match (c.lag_seconds, c.newest_version) {
                 // Continuous: the WAL position, and the newest base backup when there is one.
-                (Some(l), v) if c.facts.wal_end.is_some() => format!(
+                (Some(l), v) if c.wal_end.is_some() => format!(
                     "WAL {} · {}{}",
-                    c.facts.wal_end.as_deref().unwrap_or(""),
-                    if c.facts.caught_up {
+                    c.wal_end.as_deref().unwrap_or(""),
+                    if c.caught_up {
                         "current".to_string()
                     } else {
                         format!("{} old", human_seconds(l))
@@ -142,18 +143,18 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
                 ),
                 (Some(l), Some(v)) => format!("v{v} · {} old", human_seconds(l)),
                 _ => match c.colour {
-                    Colour::Red if c.facts.error.is_some() => "unreadable".into(),
+                    Colour::Red if c.error.is_some() => "unreadable".into(),
                     _ => "no version".into(),
                 },
             };
             // What failed, in the words of its kind: damage is never shown as mere age.
-            let text = match c.problem {
+            let text = match c.problem_kind {
                 Some(ErrorKind::Integrity) => "DAMAGED OR TAMPERED WITH".to_string(),
                 Some(k) if c.lag_seconds.is_none() => k.describe().to_string(),
                 Some(k) => format!("{text} · {}", k.describe()),
                 None => text,
             };
-            let problem = c.problem.map_or("", ErrorKind::as_str);
+            let problem = c.problem_kind.map_or("", ErrorKind::as_str);
             let _ = write!(
                 h,
                 "<td class=\"cell {colour}{opt}\" id=\"cell-{d}-{s}\" data-colour=\"{colour}\" data-problem=\"{problem}\" title=\"{reason}\">{text}</td>",
@@ -172,24 +173,23 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
         );
     }
     h.push_str("</tbody></table>\n<h2>Sites</h2><ul class=\"sites\">");
-    for s in &config.sites {
-        let snap = snaps.iter().find(|x| x.name == s.name);
-        let held = snap
-            .and_then(|x| x.bytes_stored)
+    for s in &report.sites {
+        let held = s
+            .bytes_stored
             .map(|b| format!("{:.1} MiB held", b as f64 / 1048576.0))
             .unwrap_or_else(|| "not readable".into());
-        let queued = match snap.and_then(|x| x.catch_up_pending) {
+        let queued = match s.catch_up_pending {
             Some(n) if n > 0 => format!("; {n} missed writes queued for catch-up"),
             _ => String::new(),
         };
-        let verify = state
-            .verify
-            .get(&s.name)
+        let verify = s
+            .last_verify
+            .as_ref()
             .map(|v| {
                 format!(
                     "; last keyless verify {} {}: {}",
-                    embassy_core::time::utc(v.at.saturating_mul(1_000_000_000)),
-                    match v.kind {
+                    v.at,
+                    match v.problem_kind {
                         _ if v.ok => "OK".to_string(),
                         Some(ErrorKind::Integrity) => "FAILED (damaged or tampered with)".into(),
                         Some(k) => format!("FAILED ({})", k.describe()),
@@ -199,7 +199,7 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
                 )
             })
             .unwrap_or_else(|| "; not verified yet".into());
-        let problem = crate::status::site_problem(snap, state.verify.get(&s.name));
+        let problem = s.problem_kind;
         let kind = problem.map_or("", ErrorKind::as_str);
         let _ = write!(
             h,

@@ -9,8 +9,9 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
+use crate::report::{self, StatusReport};
 use crate::state::AgentState;
-use crate::status::{self, SiteSnapshot};
+use crate::status::SiteSnapshot;
 
 /// What the HTTP server and `status` read.
 #[derive(Debug)]
@@ -42,16 +43,26 @@ impl Shared {
         )
     }
     /// The status document now.
-    pub fn report(&self) -> serde_json::Value {
-        self.view(status::report)
+    pub fn report(&self) -> StatusReport {
+        self.view(report::report)
     }
-    /// Prometheus metrics now.
+    /// The status document now, as JSON (`/status.json`).
+    pub fn report_json(&self) -> String {
+        serde_json::to_string(&self.report()).unwrap_or_else(|e| {
+            serde_json::json!({"ok": false, "error": format!("status cannot be encoded: {e}")})
+                .to_string()
+        })
+    }
+    /// Prometheus metrics now, from the same document.
     pub fn metrics(&self) -> String {
-        self.view(status::metrics)
+        crate::metrics::metrics(&self.report())
     }
-    /// The dashboard now.
+    /// The dashboard now, from the same document (and the lag history of the state).
     pub fn dashboard(&self) -> String {
-        self.view(crate::dashboard::render)
+        self.view(|config, snaps, state, now_ns| {
+            let report = report::report(config, snaps, state, now_ns);
+            crate::dashboard::render(config, &report, state, now_ns)
+        })
     }
 }
 
@@ -153,7 +164,11 @@ pub fn serve(
                         401,
                     ),
                     "/" | "/index.html" => (shared.dashboard(), "text/html; charset=utf-8", 200),
-                    "/status.json" => (format!("{}\n", shared.report()), "application/json", 200),
+                    "/status.json" => (
+                        format!("{}\n", shared.report_json()),
+                        "application/json",
+                        200,
+                    ),
                     "/metrics" => (shared.metrics(), "text/plain; version=0.0.4", 200),
                     _ => ("not found\n".to_string(), "text/plain", 404),
                 };

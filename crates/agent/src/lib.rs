@@ -12,6 +12,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod options;
+pub mod report;
 pub mod run;
 pub mod schedule;
 mod scheduler;

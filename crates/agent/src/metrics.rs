@@ -1,14 +1,13 @@
-//! Prometheus text exposition of the freshness facts ([`crate::status`]) and of the problems
-//! found, by kind (`embassy_integrity_problems`, `embassy_site_problem`,
-//! `embassy_dataset_problem`): what `/metrics` serves.
+//! Prometheus text exposition of the status document ([`crate::report`], the same typed values
+//! `/status.json` and the dashboard show) and of the problems found, by kind
+//! (`embassy_integrity_problems`, `embassy_site_problem`, `embassy_dataset_problem`): what
+//! `/metrics` serves.
 
 use std::fmt::Write as _;
 
 use embassy_core::ErrorKind;
 
-use crate::config::Config;
-use crate::state::AgentState;
-use crate::status::{rows, site_problem, Cell, SiteSnapshot};
+use crate::report::{CellStatus, SiteStatus, StatusReport};
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -16,9 +15,9 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Prometheus text exposition of the same facts.
-pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> String {
-    let rows = rows(config, snaps, state, now_ns);
+/// Prometheus text exposition of a status document.
+pub fn metrics(report: &StatusReport) -> String {
+    let rows = &report.datasets;
     let mut m = String::new();
     let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(m, "# HELP {name} {help}");
@@ -27,10 +26,10 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
             let _ = writeln!(m, "{name}{{{labels}}} {v}");
         }
     };
-    let cell_samples = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<(String, f64)> {
+    let cell_samples = |f: &dyn Fn(&CellStatus) -> Option<f64>| -> Vec<(String, f64)> {
         rows.iter()
             .flat_map(|r| {
-                r.cells.iter().filter_map(move |c| {
+                r.sites.iter().filter_map(move |c| {
                     f(c).map(|v| {
                         (
                             format!("dataset=\"{}\",site=\"{}\"", label(&r.name), label(&c.site)),
@@ -51,7 +50,7 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "embassy_dataset_wal_lag_bytes",
         "Continuous datasets: WAL the server has written that the site does not hold yet.",
         "gauge",
-        cell_samples(&|c| c.facts.wal_lag_bytes.map(|b| b as f64)),
+        cell_samples(&|c| c.wal_lag_bytes.map(|b| b as f64)),
     );
     family(
         "embassy_dataset_status",
@@ -63,99 +62,89 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "embassy_dataset_bytes_stored",
         "Bytes the dataset's versions added to the vault at the site.",
         "gauge",
-        cell_samples(&|c| Some(c.facts.bytes_stored as f64)),
+        cell_samples(&|c| Some(c.bytes_stored as f64)),
     );
     family(
         "embassy_dataset_newest_version",
         "Newest version number of the dataset at the site.",
         "gauge",
-        cell_samples(&|c| c.facts.newest_version.map(|v| v as f64)),
+        cell_samples(&|c| c.newest_version.map(|v| v as f64)),
     );
-    let per_dataset = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
-        config
-            .datasets
-            .iter()
-            .filter_map(|d| f(&d.name).map(|v| (format!("dataset=\"{}\"", label(&d.name)), v)))
-            .collect()
+    let per_dataset = |f: &dyn Fn(&crate::report::DatasetStatus) -> Option<f64>| {
+        rows.iter()
+            .filter_map(|d| f(d).map(|v| (format!("dataset=\"{}\"", label(&d.name)), v)))
+            .collect::<Vec<(String, f64)>>()
     };
     family(
         "embassy_dataset_rpo_seconds",
         "The dataset's recovery point objective.",
         "gauge",
-        per_dataset(&|n| config.dataset(n).map(|d| d.rpo.as_secs_f64())),
+        per_dataset(&|d| Some(d.rpo_seconds)),
     );
     family(
         "embassy_dataset_last_success_timestamp_seconds",
         "When the dataset's last successful backup ended.",
         "gauge",
-        per_dataset(&|n| {
-            state
-                .datasets
-                .get(n)
-                .and_then(|s| s.last_success)
-                .map(|t| t as f64)
-        }),
+        per_dataset(&|d| d.last_success_unix.map(|t| t as f64)),
     );
     family(
         "embassy_dataset_runs_total",
         "Backup runs started by the agent.",
         "counter",
-        per_dataset(&|n| Some(state.datasets.get(n).map_or(0, |s| s.runs) as f64)),
+        per_dataset(&|d| Some(d.runs as f64)),
     );
     family(
         "embassy_dataset_errors_total",
         "Backup runs that failed.",
         "counter",
-        per_dataset(&|n| Some(state.datasets.get(n).map_or(0, |s| s.errors) as f64)),
+        per_dataset(&|d| Some(d.errors as f64)),
     );
-    let per_site = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
-        config
+    let per_site = |f: &dyn Fn(&SiteStatus) -> Option<f64>| -> Vec<(String, f64)> {
+        report
             .sites
             .iter()
-            .filter_map(|s| f(&s.name).map(|v| (format!("site=\"{}\"", label(&s.name)), v)))
+            .filter_map(|s| f(s).map(|v| (format!("site=\"{}\"", label(&s.name)), v)))
             .collect()
     };
-    let snap = |n: &str| snaps.iter().find(|s| s.name == n);
     family(
         "embassy_site_up",
         "1 when the site's vault could be read at the last look.",
         "gauge",
-        per_site(&|n| Some(snap(n).is_some_and(|s| s.error.is_none()) as u8 as f64)),
+        per_site(&|s| Some(s.error.is_none() as u8 as f64)),
     );
     family(
         "embassy_site_bytes_stored",
         "Bytes of all objects at the site.",
         "gauge",
-        per_site(&|n| snap(n).and_then(|s| s.bytes_stored).map(|b| b as f64)),
+        per_site(&|s| s.bytes_stored.map(|b| b as f64)),
     );
     family(
         "embassy_site_catch_up_pending",
         "Writes the site missed, queued for catch-up.",
         "gauge",
-        per_site(&|n| snap(n).and_then(|s| s.catch_up_pending).map(|p| p as f64)),
+        per_site(&|s| s.catch_up_pending.map(|p| p as f64)),
     );
     family(
         "embassy_site_last_verify_timestamp_seconds",
         "When the last keyless verification of the site ended.",
         "gauge",
-        per_site(&|n| state.verify.get(n).map(|v| v.at as f64)),
+        per_site(&|s| s.last_verify.as_ref().map(|v| v.at_unix as f64)),
     );
     family(
         "embassy_site_verify_ok",
         "1 when the last keyless verification found nothing wrong.",
         "gauge",
-        per_site(&|n| state.verify.get(n).map(|v| v.ok as u8 as f64)),
+        per_site(&|s| s.last_verify.as_ref().map(|v| v.ok as u8 as f64)),
     );
-    let worst = |n: &str| site_problem(snap(n), state.verify.get(n));
     family(
         "embassy_site_problem",
         "1 for a site's worst problem by kind: integrity (damaged or tampered with), outage (unreachable), source, config, keys.",
         "gauge",
-        config
+        report
             .sites
             .iter()
             .filter_map(|s| {
-                worst(&s.name).map(|k| {
+                s.problem_kind.map(|k| {
                     (
                         format!("site=\"{}\",kind=\"{}\"", label(&s.name), k.as_str()),
                         1.0,
@@ -170,10 +159,10 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "gauge",
         vec![(
             String::new(),
-            config
+            report
                 .sites
                 .iter()
-                .filter(|s| worst(&s.name) == Some(ErrorKind::Integrity))
+                .filter(|s| s.problem_kind == Some(ErrorKind::Integrity))
                 .count() as f64,
         )],
     );
@@ -183,8 +172,8 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "gauge",
         rows.iter()
             .flat_map(|r| {
-                r.cells.iter().filter_map(move |c| {
-                    c.problem.map(|k| {
+                r.sites.iter().filter_map(move |c| {
+                    c.problem_kind.map(|k| {
                         (
                             format!(
                                 "dataset=\"{}\",site=\"{}\",kind=\"{}\"",
@@ -203,11 +192,15 @@ pub fn metrics(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_
         "embassy_alarms_raised",
         "Alarms raised and not cleared.",
         "gauge",
-        vec![(String::new(), state.alarms.len() as f64)],
+        vec![(String::new(), report.alarms.len() as f64)],
     );
     let mut alarms_by_kind: Vec<(String, f64)> = Vec::new();
     for kind in [None].into_iter().chain(ErrorKind::ALL.map(Some)) {
-        let n = state.alarms.values().filter(|a| a.kind == kind).count();
+        let n = report
+            .alarms
+            .iter()
+            .filter(|a| a.problem_kind == kind)
+            .count();
         alarms_by_kind.push((
             format!("kind=\"{}\"", kind.map_or("rpo", ErrorKind::as_str)),
             n as f64,

@@ -283,34 +283,21 @@ pub fn in_config_dir(config: &Config, command: &str) -> String {
     format!("cd '{dir}' && {command}")
 }
 
-/// Catches the site at `to` up from the site at `from` (no keys): first by its queue of missed
-/// writes (embassy-sites), then, unless that settled everything, by a full comparison
-/// (`embassy_core::engine::sync`). Returns the objects copied.
-pub fn catch_up(state_dir: &std::path::Path, from: &str, to: &str) -> Result<u64, RunError> {
-    let from_site = embassy_sites::open(from)?;
-    let to_site = embassy_sites::open(to)?;
-    let mut copied = 0;
-    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))?;
-    if !queue.pending()?.is_empty() {
-        let report = embassy_sites::queue::drain(
-            &queue,
-            to_site.as_ref(),
-            std::slice::from_ref(&from_site),
-            &Silent,
-        )?;
-        copied += report.copied;
-        if report.remaining == 0 && report.problems.is_empty() {
-            return Ok(copied);
-        }
-    }
-    let report =
-        embassy_core::engine::sync::sync(from_site.as_ref(), to_site.as_ref(), false, &Silent)?;
-    if !report.problems.is_empty() {
+/// Catches the site at `to` up from the site at `from` (no keys), by embassy-ops's catch-up
+/// (the same as `embassy sync --pending`): its queue of missed writes, then a full comparison
+/// unless that settled everything. Objects left uncopied are [`RunError::CatchUp`].
+pub fn catch_up(
+    state_dir: &std::path::Path,
+    from: &str,
+    to: &str,
+) -> Result<embassy_ops::catchup::CatchUpReport, RunError> {
+    let report = embassy_ops::catchup::catch_up(state_dir, from, to, &Silent)?;
+    if !report.is_complete() {
         return Err(RunError::CatchUp {
             problems: report.problems,
         });
     }
-    Ok(copied + report.copied)
+    Ok(report)
 }
 
 /// Verifies the vault at one site without keys, its streamed WAL included (embassy-ops's

@@ -4,8 +4,9 @@
 //! grace period. Looking at the sites (freshness, alarms, catch-up) is in [`look`].
 
 mod look;
+mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use embassy_core::engine::vault::Keyring;
-use embassy_core::ErrorKind;
 
 use crate::alarms;
 use crate::config::{Config, Mode};
@@ -34,7 +34,7 @@ enum Done {
     },
     CatchUp {
         site: String,
-        result: Result<u64, RunError>,
+        result: Result<embassy_ops::catchup::CatchUpReport, RunError>,
     },
     Verify {
         results: Vec<(String, Result<String, RunError>)>,
@@ -70,6 +70,12 @@ struct Agent {
     running: HashMap<String, JoinHandle<()>>,
     catching_up: HashMap<String, JoinHandle<()>>,
     verifying: Option<JoinHandle<()>>,
+    /// Sites caught up since their last keyless verification failed: verified again as soon
+    /// as no verification is running, so a failure that the catch-up mended does not stay on
+    /// the dashboard until the next scheduled verification.
+    reverify: BTreeSet<String>,
+    /// Sites verified again since the last scheduled verification.
+    reverified: BTreeSet<String>,
     streams: HashMap<String, Streamer>,
     looking: Option<JoinHandle<()>>,
     collecting: Option<JoinHandle<()>>,
@@ -115,6 +121,8 @@ pub(crate) fn schedule(
         running: HashMap::new(),
         catching_up: HashMap::new(),
         verifying: None,
+        reverify: BTreeSet::new(),
+        reverified: BTreeSet::new(),
         streams: HashMap::new(),
         looking: None,
         collecting: None,
@@ -157,6 +165,9 @@ impl Agent {
                     self.start_verify();
                     verified_once = true;
                 }
+            }
+            if self.verifying.is_none() && !self.reverify.is_empty() {
+                self.start_reverify();
             }
             if !options.once && self.collecting.is_none() {
                 if let Some(at) = self.next_gc {
@@ -432,40 +443,6 @@ impl Agent {
         self.next_gc = self.config.agent.gc_interval.map(|i| Instant::now() + i);
     }
 
-    fn start_verify(&mut self) {
-        let sites: Vec<(String, String)> = self
-            .config
-            .sites
-            .iter()
-            .map(|s| (s.name.clone(), s.location.clone()))
-            .collect();
-        let tx = self.tx.clone();
-        log(format!(
-            "keyless verification of {} sites started",
-            sites.len()
-        ));
-        if let Ok(h) = std::thread::Builder::new()
-            .name("verify".into())
-            .spawn(move || {
-                let results = sites
-                    .into_iter()
-                    .map(|(name, location)| {
-                        let result = run::verify_site(&location);
-                        (name, result)
-                    })
-                    .collect();
-                let _ = tx.send(Done::Verify { results });
-            })
-        {
-            self.verifying = Some(h);
-        }
-        self.next_verify = self
-            .config
-            .agent
-            .verify_interval
-            .map(|i| Instant::now() + i);
-    }
-
     fn reap(&mut self) {
         while let Ok(done) = self.rx.try_recv() {
             match done {
@@ -481,19 +458,7 @@ impl Agent {
                     self.finish_backup(&dataset, started, elapsed, result);
                     self.refresh_now = true;
                 }
-                Done::CatchUp { site, result } => {
-                    if let Some(h) = self.catching_up.remove(&site) {
-                        let _ = h.join();
-                    }
-                    match result {
-                        Ok(n) => log(format!("site {site} caught up: {n} objects copied")),
-                        Err(e) => log(format!(
-                            "site {site} could not be caught up yet: [{}] {e}",
-                            e.kind()
-                        )),
-                    }
-                    self.refresh_now = true;
-                }
+                Done::CatchUp { site, result } => self.finish_catch_up(site, result),
                 Done::Gc { result } => {
                     if let Some(h) = self.collecting.take() {
                         let _ = h.join();
@@ -552,39 +517,7 @@ impl Agent {
                     self.persist();
                     self.refresh_now = true;
                 }
-                Done::Verify { results } => {
-                    if let Some(h) = self.verifying.take() {
-                        let _ = h.join();
-                    }
-                    let now = now_s();
-                    let mut st = lock(&self.shared.state);
-                    for (site, result) in results {
-                        let (ok, summary, kind) = match result {
-                            Ok(summary) => (true, summary, None),
-                            Err(e) => (false, e.to_string(), Some(e.kind())),
-                        };
-                        log(format!(
-                            "verify {site}: {} ({summary})",
-                            match kind {
-                                None => "OK".to_string(),
-                                Some(ErrorKind::Integrity) =>
-                                    "FAILED: the site is damaged or was tampered with".to_string(),
-                                Some(k) => format!("FAILED ({k}): it could not be verified"),
-                            }
-                        ));
-                        st.verify.insert(
-                            site,
-                            crate::state::VerifyState {
-                                at: now,
-                                ok,
-                                summary,
-                                kind,
-                            },
-                        );
-                    }
-                    drop(st);
-                    self.persist();
-                }
+                Done::Verify { results } => self.finish_verify(results),
             }
         }
     }

@@ -1,47 +1,41 @@
 //! Freshness: per dataset and site, how old the newest durable data is against the dataset's
-//! RPO, as one JSON document (`embassy status --config FILE --json` and the agent's
-//! `/status.json` compute it with the same code) and as Prometheus metrics ([`crate::metrics`]).
+//! RPO: the judged rows the status document ([`crate::report`]) is made of, and from it the
+//! dashboard, `/metrics` and the alarms.
 //!
 //! Colours: **red** when the newest durable data at a site is older than the RPO (or the site
-//! cannot be read, or no version exists after a whole RPO); **amber** when it is older than 75 %
-//! of the RPO, or the site lags behind another site's newer version; **green** otherwise.
+//! cannot be read, or no version exists after a whole RPO, or a dataset that never had a version
+//! there had its alarm raised); **amber** when it is older than 75 % of the RPO, or the site lags
+//! behind another site's newer version; **green** otherwise.
 
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use embassy_core::ErrorKind;
 
 use crate::config::{Config, Mode};
 use crate::error::Problem;
-
-/// The metrics of the same facts (moved to [`crate::metrics`]; kept here for callers).
-pub use crate::metrics::metrics;
 use crate::state::{AgentState, VerifyState};
+use embassy_ops::status::DatasetFacts;
 
-/// What one site holds of one dataset.
+/// What one site holds of one dataset: embassy-ops's facts (the same `embassy status --site`
+/// reads, with the one recovery-point rule), and what the agent adds from the database server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CellFacts {
-    /// Newest version number, if any (as `embassy versions` lists it).
-    pub newest_version: Option<u64>,
-    /// Its ledger sequence number.
-    pub newest_ledger_seq: Option<u64>,
-    /// Versions held.
-    pub versions: u64,
-    /// Recovery point of the newest version (Unix ns).
-    pub captured_ns: Option<i64>,
-    /// Sum of the bytes the versions added to the vault.
-    pub bytes_stored: u64,
-    /// Why the dataset's history cannot be read at this site, and what kind of problem that is
-    /// (integrity: it does not verify; outage: the site failed while reading it).
-    pub error: Option<Problem>,
-    /// Continuous (WAL) datasets: end of the newest durable WAL here.
-    pub wal_end: Option<String>,
+    /// What the site holds: versions, the recovery point, streamed WAL, or why its history
+    /// cannot be read there (integrity: it does not verify; outage: the site failed).
+    pub held: DatasetFacts,
     /// Continuous datasets: the site holds all the WAL the server had when last asked, so its
     /// data is current however old the newest WAL is (an idle database writes none).
     pub caught_up: bool,
     /// Continuous datasets: bytes of WAL the server has written that the site does not hold
     /// yet (when the server's position is known).
     pub wal_lag_bytes: Option<u64>,
+}
+
+impl CellFacts {
+    /// Continuous (WAL) datasets: end of the newest durable WAL here.
+    pub fn wal_end(&self) -> Option<String> {
+        self.held.wal.as_ref().map(|w| w.end.to_string())
+    }
 }
 
 /// What one site holds, read from that site alone.
@@ -89,19 +83,13 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
             .and_then(|(_, end)| *end);
         let durable = d.wal.as_ref().map(|w| w.end.0);
         let facts = CellFacts {
-            newest_version: d.newest_version,
-            newest_ledger_seq: d.newest_version_ledger_seq,
-            versions: d.versions,
-            captured_ns: d.recovery_point_ns,
-            bytes_stored: d.bytes_stored,
-            error: d.error,
-            wal_end: d.wal.as_ref().map(|w| w.end.to_string()),
             caught_up: durable.zip(server_end).is_some_and(|(d, end)| d >= end),
             wal_lag_bytes: durable
                 .zip(server_end)
                 .map(|(d, end)| end.saturating_sub(d)),
+            held: d,
         };
-        snap.datasets.insert(d.dataset, facts);
+        snap.datasets.insert(facts.held.dataset.clone(), facts);
     }
     snap
 }
@@ -133,8 +121,9 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
         .collect()
 }
 
-/// Health of one dataset at one site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Health of one dataset at one site ("green", "amber", "red" in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Colour {
     /// Within the RPO.
     Green,
@@ -199,7 +188,7 @@ pub fn judge(
     } else {
         snap.datasets.get(dataset).cloned().unwrap_or_default()
     };
-    let unreadable = match (&snap.error, &facts.error) {
+    let unreadable = match (&snap.error, &facts.held.error) {
         (Some(e), _) => Some((
             e.kind,
             format!("site cannot be read ({}): {e}", e.kind.describe()),
@@ -237,16 +226,32 @@ pub fn judge(
         );
         return (colour, reason, Some(lag), facts);
     }
-    let Some(captured) = facts.captured_ns else {
+    // No version, no restore: streamed WAL alone cannot be restored without a base backup to
+    // replay it onto, however fresh it is.
+    let captured = facts
+        .held
+        .recovery_point_ns
+        .filter(|_| facts.held.newest_version.is_some());
+    let Some(captured) = captured else {
         let waited = first_seen.map(|f| now_ns as f64 / 1e9 - f as f64);
+        let wal_only = if facts.held.wal.is_some() {
+            ": it holds streamed WAL but no base backup to replay it onto"
+        } else {
+            ""
+        };
         return match waited {
             Some(w) if w <= rpo_seconds => (
                 Colour::Amber,
-                "no version yet (within the first RPO)".into(),
+                format!("no version yet (within the first RPO){wal_only}"),
                 None,
                 facts,
             ),
-            _ => (Colour::Red, "no version at this site".into(), None, facts),
+            _ => (
+                Colour::Red,
+                format!("no version at this site{wal_only}"),
+                None,
+                facts,
+            ),
         };
     };
     let lag = if facts.caught_up {
@@ -266,7 +271,7 @@ pub fn judge(
             facts,
         );
     }
-    if let (Some(here), Some(newest)) = (facts.newest_version, newest_anywhere) {
+    if let (Some(here), Some(newest)) = (facts.held.newest_version, newest_anywhere) {
         if here < newest {
             return (
                 Colour::Amber,
@@ -317,7 +322,7 @@ pub fn rows(
         let first_seen = state.datasets.get(&d.name).map(|s| s.first_seen);
         let newest_anywhere = snaps
             .iter()
-            .filter_map(|s| s.datasets.get(&d.name).and_then(|f| f.newest_version))
+            .filter_map(|s| s.datasets.get(&d.name).and_then(|f| f.held.newest_version))
             .max();
         let mut cells = Vec::new();
         for site in &config.sites {
@@ -341,12 +346,24 @@ pub fn rows(
                 last_seen,
                 now_ns,
             );
+            // A dataset that never had a version here stays red once its alarm was raised (the
+            // site was down, or its first RPO ran out): the grace of the first RPO is for a
+            // dataset nobody was warned about yet, and an alarm is cleared by a version only.
+            let key = format!("{}@{}", d.name, site.name);
+            if colour != Colour::Red
+                && facts.held.newest_version.is_none()
+                && last_seen.is_none()
+                && state.alarms.contains_key(&key)
+            {
+                colour = Colour::Red;
+                reason = format!("no version at this site yet ({reason}); the alarm stays raised until one is stored");
+            }
             // The failure behind the colour: reading the site or the history, else (the data is
             // only old) the dataset's failing backups.
             let mut problem = snap
                 .error
                 .as_ref()
-                .or(facts.error.as_ref())
+                .or(facts.held.error.as_ref())
                 .map(|p| p.kind)
                 .or_else(|| {
                     state
@@ -423,109 +440,9 @@ pub fn site_problem(
     let read = snap.into_iter().flat_map(|s| {
         s.error
             .iter()
-            .chain(s.datasets.values().filter_map(|f| f.error.as_ref()))
+            .chain(s.datasets.values().filter_map(|f| f.held.error.as_ref()))
             .map(|p| p.kind)
     });
     let verified = verify.filter(|v| !v.ok).and_then(|v| v.kind);
     read.chain(verified).min()
-}
-
-/// The status document: the same for `embassy status --config FILE --json` and `/status.json`.
-pub fn report(config: &Config, snaps: &[SiteSnapshot], state: &AgentState, now_ns: i64) -> Value {
-    let rows = rows(config, snaps, state, now_ns);
-    let sites: Vec<Value> = config
-        .sites
-        .iter()
-        .map(|s| {
-            let snap = snaps.iter().find(|x| x.name == s.name);
-            let verify = state.verify.get(&s.name);
-            json!({
-                "name": s.name,
-                "location": s.location,
-                "error": snap.map_or(Some("not read yet".to_string()), |x| x.error.as_ref().map(|e| e.message.clone())),
-                "problem_kind": site_problem(snap, verify).map(ErrorKind::as_str),
-                "bytes_stored": snap.and_then(|x| x.bytes_stored),
-                "catch_up_pending": snap.and_then(|x| x.catch_up_pending),
-                "read_at": snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
-                "last_verify": verify.map(|v| json!({
-                    "at": utc_secs(v.at), "at_unix": v.at, "ok": v.ok, "summary": v.summary,
-                    "problem_kind": v.kind.map(ErrorKind::as_str),
-                })),
-            })
-        })
-        .collect();
-    let datasets: Vec<Value> = rows
-        .iter()
-        .map(|row| {
-            let Some(d) = config.dataset(&row.name) else {
-                return Value::Null;
-            };
-            let st = state.datasets.get(&d.name).cloned().unwrap_or_default();
-            json!({
-                "name": d.name,
-                "colour": row.colour.name(),
-                "rpo_seconds": row.rpo_seconds,
-                "mode": match &d.mode { Mode::Continuous(_) => "continuous".to_string(), Mode::Periodic(_) => "periodic".to_string() },
-                "schedule": match &d.mode { Mode::Continuous(s) => s.as_ref().map(|s| s.to_string()), Mode::Periodic(s) => Some(s.to_string()) },
-                "source": d.source.describe(),
-                "classification": d.classification,
-                "owner": d.owner,
-                "required_sites": d.sites,
-                "runs": st.runs,
-                "errors": st.errors,
-                "last_success": st.last_success.map(utc_secs),
-                "last_success_unix": st.last_success,
-                "last_duration_seconds": st.last_duration_seconds,
-                "last_error": st.last_error,
-                "last_error_kind": st.last_error_kind.map(ErrorKind::as_str),
-                "last_error_at": st.last_error_at.map(utc_secs),
-                "sites": row.cells.iter().map(|c| json!({
-                    "site": c.site,
-                    "required": c.required,
-                    "colour": c.colour.name(),
-                    "reason": c.reason,
-                    "lag_seconds": c.lag_seconds,
-                    "newest_version": c.facts.newest_version,
-                    "newest_version_ledger_seq": c.facts.newest_ledger_seq,
-                    "wal_end": c.facts.wal_end,
-                    "wal_lag_bytes": c.facts.wal_lag_bytes,
-                    "versions": c.facts.versions,
-                    "recovery_point": c.facts.captured_ns.map(embassy_core::time::utc),
-                    "bytes_stored": c.facts.bytes_stored,
-                    "error": c.facts.error.as_ref().map(|e| e.message.clone()),
-                    "problem_kind": c.problem.map(ErrorKind::as_str),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let alarms: Vec<Value> = state
-        .alarms
-        .values()
-        .map(|a| json!({"dataset": a.dataset, "site": a.site, "since": utc_secs(a.since), "message": a.message, "problem_kind": a.kind.map(ErrorKind::as_str)}))
-        .collect();
-    let ok = rows.iter().all(|r| r.colour != Colour::Red);
-    // Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
-    let mut problems = serde_json::Map::new();
-    for kind in ErrorKind::ALL {
-        let n = config
-            .sites
-            .iter()
-            .filter(|s| {
-                site_problem(
-                    snaps.iter().find(|x| x.name == s.name),
-                    state.verify.get(&s.name),
-                ) == Some(kind)
-            })
-            .count();
-        problems.insert(kind.as_str().into(), n.into());
-    }
-    json!({
-        "ok": ok,
-        "generated_at": embassy_core::time::utc(now_ns),
-        "config": config.path,
-        "sites": sites,
-        "datasets": datasets,
-        "alarms": alarms,
-        "problems": problems,
-    })
 }

@@ -7,11 +7,14 @@ use std::path::Path;
 use embassy_agent::alarms;
 use embassy_agent::config::{Config, Mode, Source};
 use embassy_agent::error::Problem;
+use embassy_agent::metrics::metrics;
+use embassy_agent::report::report;
 use embassy_agent::schedule::Schedule;
 use embassy_agent::state::AgentState;
 use embassy_agent::state::VerifyState;
 use embassy_agent::status::{self, CellFacts, Colour, SiteSnapshot};
 use embassy_core::ErrorKind;
+use embassy_ops::status::DatasetFacts;
 
 const NS: i64 = 1_000_000_000;
 
@@ -142,9 +145,13 @@ fn snap(name: &str, dataset: &str, version: Option<u64>, captured_ns: Option<i64
     datasets.insert(
         dataset.to_string(),
         CellFacts {
-            newest_version: version,
-            versions: version.unwrap_or(0),
-            captured_ns,
+            held: DatasetFacts {
+                dataset: dataset.to_string(),
+                newest_version: version,
+                versions: version.unwrap_or(0),
+                recovery_point_ns: captured_ns,
+                ..DatasetFacts::default()
+            },
             ..CellFacts::default()
         },
     );
@@ -239,7 +246,7 @@ fn alarms_are_raised_once_and_cleared_once() {
     alarms::mark_delivered(&mut state, &notices[0]);
     assert!(alarms::evaluate(&rows, &state, now / NS).is_empty());
     // The metrics say the same.
-    let m = status::metrics(&config, &fresh, &state, now);
+    let m = metrics(&report(&config, &fresh, &state, now));
     assert!(
         m.contains("embassy_dataset_status{dataset=\"d\",site=\"lux\"} 0"),
         "{m}"
@@ -307,7 +314,7 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         ..SiteSnapshot::default()
     };
     let mut tampered = snap("lux", "d", None, None);
-    tampered.datasets.get_mut("d").unwrap().error = Some(Problem::new(
+    tampered.datasets.get_mut("d").unwrap().held.error = Some(Problem::new(
         ErrorKind::Integrity,
         "dataset d: history does not verify: entry 2 is not signed",
     ));
@@ -373,7 +380,8 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         ("hel", Some(ErrorKind::Integrity))
     );
     // /status.json and /metrics say the same.
-    let report = status::report(&config, &snaps, &state, later);
+    let typed = report(&config, &snaps, &state, later);
+    let report = serde_json::to_value(&typed).unwrap();
     let hel_site = report["sites"]
         .as_array()
         .unwrap()
@@ -386,7 +394,7 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         "{report}"
     );
     assert_eq!(report["problems"]["integrity"], 1, "{report}");
-    let m = status::metrics(&config, &snaps, &state, later);
+    let m = metrics(&typed);
     assert!(m.contains("embassy_integrity_problems 1"), "{m}");
     assert!(
         m.contains("embassy_site_problem{site=\"hel\",kind=\"integrity\"} 1"),
@@ -396,4 +404,195 @@ fn damage_is_red_at_once_and_told_apart_from_an_outage() {
         m.contains("embassy_dataset_problem{dataset=\"d\",site=\"hel\",kind=\"integrity\"} 1"),
         "{m}"
     );
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut k: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    k.sort();
+    k
+}
+
+/// `/status.json` and `embassy status --config --json` keep the field set docs/operations.md
+/// lists (fields may be added, with the docs; none renamed or removed), and the kinds of problem
+/// are spelled as in core's error policy.
+#[test]
+fn the_status_document_keeps_its_documented_fields() {
+    let config = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n"
+    ))
+    .unwrap();
+    let now = 1_800_000_000 * NS;
+    let mut state = AgentState::default();
+    state.verify.insert(
+        "hel".into(),
+        embassy_agent::state::VerifyState {
+            at: 1_800_000_000,
+            ok: false,
+            summary: "1 problem".into(),
+            kind: Some(ErrorKind::Integrity),
+        },
+    );
+    state.alarms.insert(
+        "d@hel".into(),
+        embassy_agent::state::RaisedAlarm {
+            dataset: "d".into(),
+            site: "hel".into(),
+            since: 1_800_000_000,
+            message: "d at hel: damaged".into(),
+            kind: Some(ErrorKind::Integrity),
+        },
+    );
+    let snaps = [
+        snap("lux", "d", Some(3), Some(now - 10 * NS)),
+        snap("hel", "d", Some(3), Some(now - 10 * NS)),
+    ];
+    let doc = serde_json::to_value(report(&config, &snaps, &state, now)).unwrap();
+    assert_eq!(
+        keys(&doc),
+        sorted(&[
+            "ok",
+            "generated_at",
+            "config",
+            "sites",
+            "datasets",
+            "alarms",
+            "problems"
+        ])
+    );
+    let site = &doc["sites"][1];
+    assert_eq!(
+        keys(site),
+        sorted(&[
+            "name",
+            "location",
+            "error",
+            "problem_kind",
+            "bytes_stored",
+            "catch_up_pending",
+            "read_at",
+            "last_verify"
+        ])
+    );
+    assert_eq!(
+        keys(&site["last_verify"]),
+        sorted(&["at", "at_unix", "ok", "summary", "problem_kind"])
+    );
+    assert_eq!(site["problem_kind"], "integrity", "{doc}");
+    let dataset = &doc["datasets"][0];
+    assert_eq!(
+        keys(dataset),
+        sorted(&[
+            "name",
+            "colour",
+            "rpo_seconds",
+            "mode",
+            "schedule",
+            "source",
+            "classification",
+            "owner",
+            "required_sites",
+            "runs",
+            "errors",
+            "consecutive_failures",
+            "last_success",
+            "last_success_unix",
+            "last_duration_seconds",
+            "last_error",
+            "last_error_kind",
+            "last_error_at",
+            "sites"
+        ])
+    );
+    assert_eq!(
+        keys(&dataset["sites"][0]),
+        sorted(&[
+            "site",
+            "required",
+            "colour",
+            "reason",
+            "lag_seconds",
+            "newest_version",
+            "newest_version_ledger_seq",
+            "wal_end",
+            "wal_lag_bytes",
+            "caught_up",
+            "versions",
+            "recovery_point",
+            "bytes_stored",
+            "error",
+            "problem_kind"
+        ])
+    );
+    assert_eq!(dataset["sites"][0]["colour"], "green", "{doc}");
+    assert_eq!(dataset["sites"][1]["colour"], "red", "{doc}");
+    assert_eq!(dataset["sites"][1]["problem_kind"], "integrity", "{doc}");
+    assert_eq!(
+        keys(&doc["alarms"][0]),
+        sorted(&["dataset", "site", "since", "message", "problem_kind"])
+    );
+    assert_eq!(
+        keys(&doc["problems"]),
+        sorted(&["integrity", "outage", "source", "config", "keys"])
+    );
+    assert_eq!(doc["problems"]["integrity"], 1, "{doc}");
+    assert_eq!(doc["problems"]["outage"], 0, "{doc}");
+}
+
+/// Issue 15 item 7: a dataset that never had a version at a site is amber there during its
+/// first RPO only while nobody was warned; once its alarm was raised (the site was down, say) it
+/// stays red until a version is stored, so the alarm is not cleared and raised again.
+#[test]
+fn a_dataset_without_a_version_stays_red_once_its_alarm_was_raised() {
+    let config = parse(&format!(
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n"
+    ))
+    .unwrap();
+    let now = 1_800_000_000 * NS;
+    let mut state = AgentState::default();
+    state.datasets.insert(
+        "d".into(),
+        embassy_agent::state::DatasetState {
+            first_seen: now / NS - 10,
+            ..Default::default()
+        },
+    );
+    let snaps = [snap("lux", "d", None, None), snap("hel", "d", None, None)];
+    state.alarms.insert(
+        "d@hel".into(),
+        embassy_agent::state::RaisedAlarm {
+            dataset: "d".into(),
+            site: "hel".into(),
+            since: now / NS - 5,
+            message: "d at hel: site cannot be read".into(),
+            kind: Some(ErrorKind::Outage),
+        },
+    );
+    let rows = status::rows(&config, &snaps, &state, now);
+    assert_eq!(rows[0].cells[0].colour, Colour::Amber, "{rows:?}");
+    assert_eq!(rows[0].cells[1].colour, Colour::Red, "{rows:?}");
+    assert!(rows[0].cells[1].reason.contains("until one is stored"));
+    let notices = embassy_agent::alarms::evaluate(&rows, &state, now / NS);
+    assert!(notices.is_empty(), "{notices:?}");
+    // A version arrives: green, and the alarm clears.
+    let snaps = [
+        snap("lux", "d", Some(1), Some(now - NS)),
+        snap("hel", "d", Some(1), Some(now - NS)),
+    ];
+    let rows = status::rows(&config, &snaps, &state, now);
+    assert_eq!(rows[0].cells[1].colour, Colour::Green, "{rows:?}");
+    let notices = embassy_agent::alarms::evaluate(&rows, &state, now / NS);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].event, "cleared");
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use embassy_agent::config::Config;
 use embassy_agent::{Control, Options};
+use embassy_core::ErrorKind;
 use serde_json::json;
 
 /// `embassy config check [FILE]`: the summary, or every problem with its position (exit 2).
@@ -99,7 +100,13 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
         }
     };
     if as_json {
-        println!("{report}");
+        match serde_json::to_string(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: the status cannot be encoded as JSON: {e}");
+                return ExitCode::from(1);
+            }
+        }
     } else {
         let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
         print!("{:<30}", "DATASET");
@@ -107,29 +114,40 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             print!(" {s:<24}");
         }
         println!();
-        for d in report["datasets"].as_array().into_iter().flatten() {
-            print!("{:<30}", d["name"].as_str().unwrap_or_default());
-            for c in d["sites"].as_array().into_iter().flatten() {
-                let colour = c["colour"].as_str().unwrap_or("?").to_uppercase();
-                let cell = match (c["newest_version"].as_u64(), c["lag_seconds"].as_f64()) {
+        for d in &report.datasets {
+            print!("{:<30}", crate::output::escape(&d.name));
+            for c in &d.sites {
+                let colour = c.colour.name().to_uppercase();
+                let cell = match (c.newest_version, c.lag_seconds) {
                     (Some(v), Some(l)) => {
                         format!("{colour} v{v} {}", embassy_agent::status::human_seconds(l))
                     }
                     _ => format!("{colour} -"),
                 };
+                // What failed, in the words of its kind: damage is never shown as mere age.
+                let cell = match c.problem_kind {
+                    Some(ErrorKind::Integrity) => format!("{colour} DAMAGED OR TAMPERED WITH"),
+                    Some(k) => format!("{cell} ({})", k.describe()),
+                    None => cell,
+                };
                 print!(" {cell:<24}");
             }
             println!();
         }
-        for a in report["alarms"].as_array().into_iter().flatten() {
+        for a in &report.alarms {
+            let kind = match a.problem_kind {
+                Some(ErrorKind::Integrity) => " (DAMAGED OR TAMPERED WITH)".to_string(),
+                Some(k) => format!(" ({})", k.describe()),
+                None => String::new(),
+            };
             println!(
-                "ALARM since {}: {}",
-                a["since"].as_str().unwrap_or_default(),
-                crate::output::escape(a["message"].as_str().unwrap_or_default())
+                "ALARM{kind} since {}: {}",
+                a.since,
+                crate::output::escape(&a.message)
             );
         }
     }
-    if report["ok"].as_bool() == Some(true) {
+    if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

@@ -1,4 +1,5 @@
-//! `embassy sync --pending` and the queue part of `embassy status`: the per-site catch-up queues
+//! `embassy sync --pending` (embassy-ops's catch-up, the same as the agent's) and the queue part
+//! of `embassy status`: the per-site catch-up queues
 //! (`embassy_sites::queue`) kept under the state folder when writing to several sites.
 
 use std::path::Path;
@@ -24,7 +25,7 @@ pub fn sync_pending(
         ));
     }
     let bar = output::Bar::new(!quiet && !json_out);
-    let reports = embassy_sites::drain_all(state_dir, sites, &bar)?;
+    let reports = embassy_ops::catchup::catch_up_pending(state_dir, sites, &bar)?;
     bar.finish();
     let left: usize = reports.iter().map(|r| r.remaining).sum();
     if json_out {

@@ -1636,3 +1636,246 @@ rpo = "2h"
     assert_eq!(env.versions(&["sites/a"], "big").len(), 1);
     env.verify("sites/a");
 }
+
+/// The `sites` entry of /status.json for the site `name`.
+fn site_entry(r: &Value, name: &str) -> Value {
+    r["sites"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Issue 15 item 7: a keyless verification that failed while a site was down does not stay
+/// "FAILED" on the dashboard until the next scheduled verification hours later: once the agent
+/// has caught the site up, it verifies that site again at once.
+#[test]
+fn a_site_caught_up_after_a_failed_verification_is_verified_again_at_once() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/lux", "sites/hel"]);
+    write_tree(&env.path("data/registry"), 10, 2048, 3);
+    let port = free_port();
+    env.config(&agent_config(
+        r#"min_sites = 1
+verify_interval = "6h"
+"#,
+        &format!("[status]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &["lux", "hel"],
+        r#"[[datasets]]
+name = "registry"
+source = { files = ["data/registry"] }
+interval = "1s"
+rpo = "1h"
+"#,
+    ));
+    // Helsinki is down when the agent starts: its first verification cannot read it.
+    fs::rename(env.path("sites/hel"), env.path("hel-away")).unwrap();
+    fs::write(env.path("sites/hel"), "not a vault").unwrap();
+    let agent = env.spawn_agent(&[]);
+    let failed_at = wait_until(
+        Duration::from_secs(60),
+        "the failed verification of hel",
+        &agent,
+        || {
+            let v = site_entry(&status_json(port)?, "hel")["last_verify"].clone();
+            (v["ok"] == false).then(|| v["at_unix"].as_i64())?
+        },
+    );
+    let page = http_get(port, "/").unwrap();
+    assert!(page.contains("FAILED"), "{page}");
+    // A few versions are stored at Luxembourg meanwhile.
+    wait_until(Duration::from_secs(60), "versions at lux", &agent, || {
+        let r = status_json(port)?;
+        (cell(&r, "registry", "lux")["newest_version"].as_u64()? >= 2).then_some(())
+    });
+    // Helsinki comes back: the agent catches it up, then verifies it again at once (the next
+    // scheduled verification is six hours away).
+    fs::remove_file(env.path("sites/hel")).unwrap();
+    fs::rename(env.path("hel-away"), env.path("sites/hel")).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the catch-up of hel",
+        &agent,
+        || agent.log().contains("site hel caught up").then_some(()),
+    );
+    let v = wait_until(
+        Duration::from_secs(60),
+        "a passing verification of hel",
+        &agent,
+        || {
+            let v = site_entry(&status_json(port)?, "hel")["last_verify"].clone();
+            (v["ok"] == true).then_some(v)
+        },
+    );
+    assert!(v["at_unix"].as_i64().unwrap() >= failed_at, "{v}");
+    assert_eq!(
+        site_entry(&status_json(port).unwrap(), "hel")["problem_kind"],
+        Value::Null
+    );
+    let page = http_get(port, "/").unwrap();
+    assert!(!page.contains("FAILED"), "{page}");
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("embassy_site_verify_ok{site=\"hel\"} 1"),
+        "{metrics}"
+    );
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("verify hel: OK"), "{log}");
+}
+
+/// Issue 15 item 7: a dataset that never had a version at a site is red there, and its alarm
+/// stays raised, until a version is stored: the site coming back within the dataset's first RPO
+/// does not clear the alarm (only to raise it again once that RPO ran out).
+#[test]
+fn a_dataset_without_a_version_stays_red_and_its_alarm_raised_until_it_has_one() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/lux", "sites/hel"]);
+    let (hook, got) = webhook();
+    let port = free_port();
+    env.config(&agent_config(
+        r#"min_sites = 1
+verify_interval = "never"
+retry_initial = "1s"
+retry_max = "2s"
+"#,
+        &format!(
+            r#"[status]
+listen = "127.0.0.1:{port}"
+[alarms]
+webhook = "http://127.0.0.1:{hook}/alarm"
+"#
+        ),
+        &["lux", "hel"],
+        r#"[[datasets]]
+name = "export"
+source = { command = "cat ready.txt" }
+interval = "1h"
+rpo = "1h"
+"#,
+    ));
+    // Helsinki is down when the agent starts, and the export's source fails: no version.
+    fs::rename(env.path("sites/hel"), env.path("hel-away")).unwrap();
+    fs::write(env.path("sites/hel"), "not a vault").unwrap();
+    let agent = env.spawn_agent(&[]);
+    wait_until(
+        Duration::from_secs(30),
+        "the alarm for export at hel",
+        &agent,
+        || (events(&got, "raised", "export", "hel") == 1).then_some(()),
+    );
+    // Helsinki comes back; still no version anywhere, and the first RPO (1 h) has not run out.
+    fs::remove_file(env.path("sites/hel")).unwrap();
+    fs::rename(env.path("hel-away"), env.path("sites/hel")).unwrap();
+    wait_until(Duration::from_secs(30), "hel readable", &agent, || {
+        let r = status_json(port)?;
+        site_entry(&r, "hel")["error"].is_null().then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let r = status_json(port).unwrap();
+    let c = cell(&r, "export", "hel");
+    assert_eq!(c["colour"], "red", "{r}");
+    assert!(c["reason"].as_str().unwrap().contains("no version"), "{r}");
+    assert_eq!(r["alarms"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(
+        events(&got, "cleared", "export", "hel"),
+        0,
+        "the alarm was cleared while the dataset has no version; log:\n{}",
+        agent.log()
+    );
+    // A version is stored: the alarm clears, once.
+    fs::write(env.path("ready.txt"), "registry export\n").unwrap();
+    wait_until(
+        Duration::from_secs(40),
+        "the cleared notice",
+        &agent,
+        || (events(&got, "cleared", "export", "hel") == 1).then_some(()),
+    );
+    let r = status_json(port).unwrap();
+    assert_ne!(cell(&r, "export", "hel")["colour"], "red", "{r}");
+    assert_eq!(events(&got, "raised", "export", "hel"), 1);
+    let (status, log) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+}
+
+/// Issue 15 item 7: a continuous PostgreSQL dataset whose WAL streams to the sites but that has
+/// no base backup cannot be restored (a restore replays WAL onto a base backup), so it is not
+/// green however fresh its WAL is: amber during its first RPO, then red and alarmed, until a
+/// base backup is stored.
+#[test]
+fn streamed_wal_without_a_base_backup_is_red_until_one_is_stored() {
+    let _g = serial();
+    let server = pg::PgServer::start(pg::PgOptions::default());
+    let env = Env::new();
+    env.init(&["sites/a"]);
+    let port = free_port();
+    env.config(&agent_config(
+        r#"verify_interval = "never"
+shutdown_grace = "10s"
+"#,
+        &format!("[status]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &["a"],
+        &format!(
+            r#"[[datasets]]
+name = "registry-db"
+source = {{ postgres = {{ conninfo = "{}" }} }}
+mode = "continuous"
+rpo = "4s"
+"#,
+            server.conninfo()
+        ),
+    ));
+    let agent = env.spawn_agent(&[]);
+    server.psql("CREATE TABLE people (id serial PRIMARY KEY, name text)");
+    wait_until(Duration::from_secs(30), "WAL at the site", &agent, || {
+        let r = status_json(port)?;
+        cell(&r, "registry-db", "a")["wal_end"]
+            .is_string()
+            .then_some(())
+    });
+    let c = wait_until(
+        Duration::from_secs(30),
+        "red once the first RPO ran out",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            let c = cell(&r, "registry-db", "a").clone();
+            (c["colour"] != "amber").then_some(c)
+        },
+    );
+    assert_eq!(c["colour"], "red", "{c}");
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no base backup"),
+        "{c}"
+    );
+    wait_until(Duration::from_secs(20), "the alarm", &agent, || {
+        let r = status_json(port)?;
+        (r["alarms"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    // A base backup is stored (its WAL from the stream): green, and the alarm clears.
+    let out = env.embassy(&[
+        "--site",
+        "sites/a",
+        "--passphrase-file",
+        "passphrase",
+        "pg",
+        "base-backup",
+        "registry-db",
+        "--conninfo",
+        &server.conninfo(),
+    ]);
+    assert!(out.status.success(), "base-backup: {}", show(&out));
+    wait_until(Duration::from_secs(30), "green", &agent, || {
+        let r = status_json(port)?;
+        (cell(&r, "registry-db", "a")["colour"] == "green"
+            && r["alarms"].as_array().map(Vec::len) == Some(0))
+        .then_some(())
+    });
+    let (status, log) = agent.stop(Duration::from_secs(40));
+    assert!(status.success(), "{log}");
+}

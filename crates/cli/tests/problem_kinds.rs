@@ -62,6 +62,8 @@ struct Verdict {
     integrity_metric: String,
     site_metric: String,
     cli_status_kind: String,
+    /// `embassy status --config` for people: the registry row.
+    cli_status_row: String,
     dashboard_problem: String,
     dashboard_text: String,
 }
@@ -227,6 +229,12 @@ rpo = "6s"
     // `embassy status --config` reads the same state and sites.
     let cli_status = embassy(dir, &["status", "--config", "embassy.toml", "--json"]);
     let cli_report: Value = serde_json::from_slice(&cli_status.stdout).unwrap_or(Value::Null);
+    let human = embassy(dir, &["status", "--config", "embassy.toml"]);
+    let cli_status_row = String::from_utf8_lossy(&human.stdout)
+        .lines()
+        .find(|l| l.starts_with("registry"))
+        .unwrap_or("")
+        .to_string();
     Verdict {
         cli_exit,
         cli_json_kind,
@@ -245,6 +253,7 @@ rpo = "6s"
             .as_str()
             .unwrap_or("")
             .into(),
+        cli_status_row,
         dashboard_problem,
         dashboard_text,
     }
@@ -278,6 +287,11 @@ fn a_tampered_pack_is_integrity_for_the_cli_and_the_agent_alike() {
         "embassy_site_problem{site=\"hel\",kind=\"integrity\"} 1"
     );
     assert_eq!(v.cli_status_kind, "integrity");
+    assert!(
+        v.cli_status_row.contains("RED DAMAGED OR TAMPERED WITH"),
+        "{}",
+        v.cli_status_row
+    );
     assert_eq!(v.dashboard_problem, "integrity");
     assert_eq!(v.dashboard_text, "DAMAGED OR TAMPERED WITH");
 }
@@ -300,6 +314,11 @@ fn a_site_that_is_gone_is_an_outage_for_the_cli_and_the_agent_alike() {
         "embassy_site_problem{site=\"hel\",kind=\"outage\"} 1"
     );
     assert_eq!(v.cli_status_kind, "outage");
+    assert!(
+        v.cli_status_row.contains("(unreachable)") && !v.cli_status_row.contains("DAMAGED"),
+        "{}",
+        v.cli_status_row
+    );
     assert_eq!(v.dashboard_problem, "outage");
     assert!(
         v.dashboard_text.contains("unreachable"),

@@ -304,8 +304,8 @@ fn the_agents_status_and_dashboard_show_the_version_number() {
     let site = env.path("site");
     let snap = status::snapshot_site("here", site.to_str().unwrap(), &[]);
     let facts = &snap.datasets["reg"];
-    assert_eq!(facts.newest_version, Some(2), "{snap:?}");
-    assert_eq!(facts.newest_ledger_seq, Some(3), "{snap:?}");
+    assert_eq!(facts.held.newest_version, Some(2), "{snap:?}");
+    assert_eq!(facts.held.newest_version_ledger_seq, Some(3), "{snap:?}");
     let config = embassy_agent::Config::parse(
         &format!(
             "[keys]\nfile = \"{}\"\npassphrase_env = \"PASS\"\n\n[[sites]]\nname = \"here\"\n\
@@ -319,9 +319,10 @@ fn the_agents_status_and_dashboard_show_the_version_number() {
     .unwrap_or_else(|e| panic!("{e}"));
     let now = embassy_core::format::config::now_unix_nanos();
     let snaps = vec![snap];
-    let html = dashboard::render(&config, &snaps, &AgentState::default(), now);
+    let typed = embassy_agent::report::report(&config, &snaps, &AgentState::default(), now);
+    let html = dashboard::render(&config, &typed, &AgentState::default(), now);
     assert!(html.contains(">v2 · "), "{html}");
-    let report = status::report(&config, &snaps, &AgentState::default(), now);
+    let report = serde_json::to_value(&typed).unwrap();
     let cell = &report["datasets"][0]["sites"][0];
     assert_eq!(cell["newest_version"], 2, "{report}");
     assert_eq!(cell["newest_version_ledger_seq"], 3, "{report}");

@@ -12,6 +12,7 @@
 
 pub mod custody;
 pub mod browse;
+pub mod catchup;
 pub mod open;
 pub mod restore;
 pub mod status;

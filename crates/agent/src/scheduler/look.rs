@@ -135,7 +135,9 @@ impl Agent {
             }
             for snap in &snaps {
                 for (dataset, f) in &snap.datasets {
-                    if let (None, Some(c)) = (&f.error, f.captured_ns) {
+                    // Only data a restore can reach: a version (streamed WAL alone cannot be restored).
+                    let restorable = f.held.newest_version.and(f.held.recovery_point_ns);
+                    if let (None, Some(c)) = (&f.held.error, restorable) {
                         let seen = state
                             .seen
                             .entry(format!("{dataset}@{}", snap.name))
@@ -158,8 +160,8 @@ impl Agent {
         // The most complete readable site: the one holding the most ledger entries.
         let best = snaps
             .iter()
-            .filter(|s| s.error.is_none() && s.datasets.values().all(|f| f.error.is_none()))
-            .max_by_key(|s| s.datasets.values().map(|f| f.versions).sum::<u64>());
+            .filter(|s| s.error.is_none() && s.datasets.values().all(|f| f.held.error.is_none()))
+            .max_by_key(|s| s.datasets.values().map(|f| f.held.versions).sum::<u64>());
         let Some(best) = best else { return };
         for s in snaps {
             if s.name == best.name || self.catching_up.contains_key(&s.name) {
@@ -167,7 +169,7 @@ impl Agent {
             }
             let behind = best.datasets.iter().any(|(d, f)| {
                 s.datasets.get(d).is_none_or(|mine| {
-                    mine.error.is_some() || mine.newest_version < f.newest_version
+                    mine.held.error.is_some() || mine.held.newest_version < f.held.newest_version
                 })
             });
             // A site that cannot be opened at all may still be empty (catch up) or down (the

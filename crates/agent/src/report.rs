@@ -1,0 +1,286 @@
+//! The status document: typed rows, serialized as `/status.json` and by `embassy status --config
+//! FILE --json`, and the one source the dashboard ([`crate::dashboard`]) and `/metrics`
+//! ([`crate::metrics`]) render from, so the three never disagree. The field names are a stable
+//! interface (docs/operations.md lists them): fields may be added, none renamed or removed.
+//!
+//! An integrity problem (damage, tampering) and an outage (a site unreachable) are kept apart
+//! everywhere by their [`ErrorKind`] (`problem_kind` in JSON), never by reading a message.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use embassy_core::ErrorKind;
+use serde::Serialize;
+
+use crate::config::{Config, Mode};
+use crate::state::AgentState;
+use crate::status::{rows, site_problem, Colour, SiteSnapshot};
+
+/// The whole status document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    /// True when no dataset is red.
+    pub ok: bool,
+    /// When it was made, UTC.
+    pub generated_at: String,
+    /// The configuration file it judges by.
+    pub config: PathBuf,
+    /// Every site, in configuration order.
+    pub sites: Vec<SiteStatus>,
+    /// Every dataset, in configuration order, with one cell per site.
+    pub datasets: Vec<DatasetStatus>,
+    /// The alarms raised and not cleared.
+    pub alarms: Vec<AlarmStatus>,
+    /// Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
+    pub problems: BTreeMap<ErrorKind, usize>,
+}
+
+/// One site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteStatus {
+    /// Its name.
+    pub name: String,
+    /// Its location.
+    pub location: String,
+    /// Why it cannot be read at all ("not read yet" before the first look).
+    pub error: Option<String>,
+    /// Its worst problem, integrity first ([`site_problem`]).
+    pub problem_kind: Option<ErrorKind>,
+    /// Bytes of all objects it holds.
+    pub bytes_stored: Option<u64>,
+    /// Writes it missed, queued for catch-up.
+    pub catch_up_pending: Option<usize>,
+    /// When it was last read, UTC.
+    pub read_at: Option<String>,
+    /// Its last keyless verification.
+    pub last_verify: Option<VerifyStatus>,
+}
+
+/// The last keyless verification of a site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyStatus {
+    /// When it ended, UTC.
+    pub at: String,
+    /// When it ended, Unix seconds.
+    pub at_unix: i64,
+    /// True when nothing was wrong.
+    pub ok: bool,
+    /// What it found, one line.
+    pub summary: String,
+    /// When not ok: integrity when it found damage, another kind when it could not run.
+    pub problem_kind: Option<ErrorKind>,
+}
+
+/// One dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetStatus {
+    /// Its name.
+    pub name: String,
+    /// Worst colour over its required sites.
+    pub colour: Colour,
+    /// Its RPO.
+    pub rpo_seconds: f64,
+    /// "continuous" (WAL streamed) or "periodic".
+    pub mode: &'static str,
+    /// Its schedule (of base backups, for a continuous dataset).
+    pub schedule: Option<String>,
+    /// What it backs up, without secrets.
+    pub source: String,
+    /// Its classification, as configured.
+    pub classification: Option<String>,
+    /// Its owner, as configured.
+    pub owner: Option<String>,
+    /// The sites its RPO must hold at.
+    pub required_sites: Vec<String>,
+    /// Backup runs started by the agent.
+    pub runs: u64,
+    /// Backup runs that failed.
+    pub errors: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// When the last successful run ended, UTC.
+    pub last_success: Option<String>,
+    /// The same, Unix seconds.
+    pub last_success_unix: Option<i64>,
+    /// Seconds the last successful run took.
+    pub last_duration_seconds: Option<f64>,
+    /// The last failure, for people.
+    pub last_error: Option<String>,
+    /// Its kind.
+    pub last_error_kind: Option<ErrorKind>,
+    /// When it happened, UTC.
+    pub last_error_at: Option<String>,
+    /// One cell per site, in configuration order.
+    pub sites: Vec<CellStatus>,
+}
+
+/// One dataset at one site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CellStatus {
+    /// The site's name.
+    pub site: String,
+    /// True when the dataset's RPO must hold at this site.
+    pub required: bool,
+    /// Green, amber or red.
+    pub colour: Colour,
+    /// Why, for people.
+    pub reason: String,
+    /// Age of the newest durable data (None: no version, or unreadable and never seen).
+    pub lag_seconds: Option<f64>,
+    /// Newest version number (as `embassy versions` lists it).
+    pub newest_version: Option<u64>,
+    /// Its ledger entry's sequence number.
+    pub newest_version_ledger_seq: Option<u64>,
+    /// Continuous datasets: end of the newest durable WAL here.
+    pub wal_end: Option<String>,
+    /// Continuous datasets: WAL the server has written that the site does not hold yet.
+    pub wal_lag_bytes: Option<u64>,
+    /// Continuous datasets: the site holds all the WAL the server had when last asked.
+    pub caught_up: bool,
+    /// Versions held.
+    pub versions: u64,
+    /// The recovery point, UTC (embassy-ops's rule).
+    pub recovery_point: Option<String>,
+    /// Bytes the dataset's versions added to the vault.
+    pub bytes_stored: u64,
+    /// Why the dataset's history cannot be read here.
+    pub error: Option<String>,
+    /// The kind of problem behind a colour that is not green, when a failure explains it.
+    pub problem_kind: Option<ErrorKind>,
+}
+
+/// An alarm raised and not cleared.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmStatus {
+    /// The dataset.
+    pub dataset: String,
+    /// The site.
+    pub site: String,
+    /// When it was raised, UTC.
+    pub since: String,
+    /// Why, for people.
+    pub message: String,
+    /// What kind of problem raised it (None: the data is only older than the RPO).
+    pub problem_kind: Option<ErrorKind>,
+}
+
+fn utc_secs(s: i64) -> String {
+    embassy_core::time::utc(s.saturating_mul(1_000_000_000))
+}
+
+/// Judges every dataset at every site and gathers the document.
+pub fn report(
+    config: &Config,
+    snaps: &[SiteSnapshot],
+    state: &AgentState,
+    now_ns: i64,
+) -> StatusReport {
+    let rows = rows(config, snaps, state, now_ns);
+    let sites: Vec<SiteStatus> = config
+        .sites
+        .iter()
+        .map(|s| {
+            let snap = snaps.iter().find(|x| x.name == s.name);
+            let verify = state.verify.get(&s.name);
+            SiteStatus {
+                name: s.name.clone(),
+                location: s.location.clone(),
+                error: snap.map_or(Some("not read yet".to_string()), |x| {
+                    x.error.as_ref().map(|e| e.message.clone())
+                }),
+                problem_kind: site_problem(snap, verify),
+                bytes_stored: snap.and_then(|x| x.bytes_stored),
+                catch_up_pending: snap.and_then(|x| x.catch_up_pending),
+                read_at: snap.map(|x| embassy_core::time::utc(x.read_at_ns)),
+                last_verify: verify.map(|v| VerifyStatus {
+                    at: utc_secs(v.at),
+                    at_unix: v.at,
+                    ok: v.ok,
+                    summary: v.summary.clone(),
+                    problem_kind: v.kind,
+                }),
+            }
+        })
+        .collect();
+    let datasets: Vec<DatasetStatus> = rows
+        .iter()
+        .filter_map(|row| {
+            let d = config.dataset(&row.name)?;
+            let st = state.datasets.get(&d.name).cloned().unwrap_or_default();
+            Some(DatasetStatus {
+                name: d.name.clone(),
+                colour: row.colour,
+                rpo_seconds: row.rpo_seconds,
+                mode: match &d.mode {
+                    Mode::Continuous(_) => "continuous",
+                    Mode::Periodic(_) => "periodic",
+                },
+                schedule: match &d.mode {
+                    Mode::Continuous(s) => s.as_ref().map(|s| s.to_string()),
+                    Mode::Periodic(s) => Some(s.to_string()),
+                },
+                source: d.source.describe(),
+                classification: d.classification.clone(),
+                owner: d.owner.clone(),
+                required_sites: d.sites.clone(),
+                runs: st.runs,
+                errors: st.errors,
+                consecutive_failures: st.consecutive_failures,
+                last_success: st.last_success.map(utc_secs),
+                last_success_unix: st.last_success,
+                last_duration_seconds: st.last_duration_seconds,
+                last_error: st.last_error,
+                last_error_kind: st.last_error_kind,
+                last_error_at: st.last_error_at.map(utc_secs),
+                sites: row
+                    .cells
+                    .iter()
+                    .map(|c| CellStatus {
+                        site: c.site.clone(),
+                        required: c.required,
+                        colour: c.colour,
+                        reason: c.reason.clone(),
+                        lag_seconds: c.lag_seconds,
+                        newest_version: c.facts.held.newest_version,
+                        newest_version_ledger_seq: c.facts.held.newest_version_ledger_seq,
+                        wal_end: c.facts.wal_end(),
+                        wal_lag_bytes: c.facts.wal_lag_bytes,
+                        caught_up: c.facts.caught_up,
+                        versions: c.facts.held.versions,
+                        recovery_point: c.facts.held.recovery_point_ns.map(embassy_core::time::utc),
+                        bytes_stored: c.facts.held.bytes_stored,
+                        error: c.facts.held.error.as_ref().map(|e| e.message.clone()),
+                        problem_kind: c.problem,
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    let alarms = state
+        .alarms
+        .values()
+        .map(|a| AlarmStatus {
+            dataset: a.dataset.clone(),
+            site: a.site.clone(),
+            since: utc_secs(a.since),
+            message: a.message.clone(),
+            problem_kind: a.kind,
+        })
+        .collect();
+    let mut problems: BTreeMap<ErrorKind, usize> =
+        ErrorKind::ALL.into_iter().map(|k| (k, 0)).collect();
+    for s in &sites {
+        if let Some(k) = s.problem_kind {
+            *problems.entry(k).or_default() += 1;
+        }
+    }
+    StatusReport {
+        ok: datasets.iter().all(|d| d.colour != Colour::Red),
+        generated_at: embassy_core::time::utc(now_ns),
+        config: config.path.clone(),
+        sites,
+        datasets,
+        alarms,
+        problems,
+    }
+}

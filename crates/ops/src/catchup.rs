@@ -1,0 +1,100 @@
+//! Catching up a site that missed writes (it was down, or it lost its vault): the one entry
+//! point the agent (after each look at the sites) and `embassy sync --pending` both call. The
+//! algorithm itself, draining a site's queue of missed writes in write order, lives in
+//! `embassy_sites::queue`; a full comparison is `embassy_core::engine::sync`. No keys are
+//! needed: only whole, content-named objects are copied.
+
+use std::path::Path;
+
+use embassy_core::progress::Progress;
+use embassy_core::Result;
+use embassy_sites::queue::DrainReport;
+use serde::Serialize;
+
+/// What catching one site up from another did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CatchUpReport {
+    /// The site caught up.
+    pub site: String,
+    /// The site copied from.
+    pub from: String,
+    /// Writes queued for the site before (0: its queue was empty).
+    pub pending_before: usize,
+    /// Objects copied from its queue of missed writes.
+    pub queue_copied: u64,
+    /// Whether a full comparison with the other site was made (the queue did not settle
+    /// everything, or was empty while the site was behind).
+    pub full_sync: bool,
+    /// Objects copied in all.
+    pub copied: u64,
+    /// Bytes copied in all.
+    pub bytes: u64,
+    /// Objects the site already held.
+    pub present: u64,
+    /// What could not be copied, one line each (empty: the site is caught up).
+    pub problems: Vec<String>,
+}
+
+impl CatchUpReport {
+    /// True when the site now holds everything the other site holds.
+    pub fn is_complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Catches the site at `to` up from the site at `from`: first by its queue of missed writes
+/// under `state_dir` (the writes it was not there for, copied in write order), then, unless
+/// that settled everything, by a full comparison that copies whatever `from` holds and `to`
+/// lacks. Objects that could not be copied are listed in the report's problems (the queue keeps
+/// them for the next attempt). `Err` only when a site cannot be opened or the queue cannot be
+/// read or written.
+pub fn catch_up(
+    state_dir: &Path,
+    from: &str,
+    to: &str,
+    progress: &dyn Progress,
+) -> Result<CatchUpReport> {
+    let from_site = embassy_sites::open(from)?;
+    let to_site = embassy_sites::open(to)?;
+    let mut report = CatchUpReport {
+        site: to.to_string(),
+        from: from.to_string(),
+        ..CatchUpReport::default()
+    };
+    let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))?;
+    if !queue.pending()?.is_empty() {
+        let drained = embassy_sites::queue::drain(
+            &queue,
+            to_site.as_ref(),
+            std::slice::from_ref(&from_site),
+            progress,
+        )?;
+        report.pending_before = drained.pending_before;
+        report.queue_copied = drained.copied;
+        report.copied = drained.copied;
+        report.bytes = drained.bytes;
+        report.present = drained.present;
+        report.full_sync = drained.full_sync;
+        if drained.remaining == 0 && drained.problems.is_empty() {
+            return Ok(report);
+        }
+    }
+    let synced =
+        embassy_core::engine::sync::sync(from_site.as_ref(), to_site.as_ref(), false, progress)?;
+    report.full_sync = true;
+    report.copied += synced.copied;
+    report.bytes += synced.bytes;
+    report.present += synced.present;
+    report.problems = synced.problems;
+    Ok(report)
+}
+
+/// Catches up every site of `locations` whose queue under `state_dir` holds anything, each
+/// from the others (`embassy sync --pending`): one report per site that had writes queued.
+pub fn catch_up_pending(
+    state_dir: &Path,
+    locations: &[String],
+    progress: &dyn Progress,
+) -> Result<Vec<DrainReport>> {
+    embassy_sites::drain_all(state_dir, locations, progress)
+}
