@@ -226,13 +226,9 @@ pub fn judge(
         );
         return (colour, reason, Some(lag), facts);
     }
-    // No version, no restore: streamed WAL alone cannot be restored without a base backup to
-    // replay it onto, however fresh it is.
-    let captured = facts
-        .held
-        .recovery_point_ns
-        .filter(|_| facts.held.newest_version.is_some());
-    let Some(captured) = captured else {
+    // No version, no recovery point (ops::status::recovery_point): streamed WAL alone cannot be
+    // restored without a base backup to replay it onto, however fresh it is.
+    let Some(captured) = facts.held.recovery_point_ns else {
         let waited = first_seen.map(|f| now_ns as f64 / 1e9 - f as f64);
         let wal_only = if facts.held.wal.is_some() {
             ": it holds streamed WAL but no base backup to replay it onto"

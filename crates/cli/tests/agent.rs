@@ -1857,6 +1857,15 @@ rpo = "4s"
         let r = status_json(port)?;
         (r["alarms"].as_array().map(Vec::len) == Some(1)).then_some(())
     });
+    // The command line applies the same rule (ops::status::recovery_point): WAL without a base
+    // backup is no recovery point.
+    let out = env.embassy(&["--json", "--site", "sites/a", "status"]);
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let row = rows["datasets"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["dataset"] == "registry-db"))
+        .unwrap_or_else(|| panic!("no registry-db row: {}", show(&out)));
+    assert!(row["recovery_point"].is_null(), "{row}");
     // A base backup is stored (its WAL from the stream): green, and the alarm clears.
     let out = env.embassy(&[
         "--site",

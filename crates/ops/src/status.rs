@@ -85,13 +85,12 @@ pub struct ReadOptions<'a> {
 
 /// A dataset's recovery point: the later of its newest version's capture time and the capture
 /// time of its newest durable streamed WAL (a PostgreSQL restore replays WAL past the base
-/// backup). The one rule every status view applies.
+/// backup). Streamed WAL without a version has no recovery point: a restore needs a base
+/// backup to replay it onto, however fresh the WAL is. The one rule every status view applies.
 pub fn recovery_point(newest_version_ns: Option<i64>, wal: Option<&WalFacts>) -> Option<i64> {
+    let version_ns = newest_version_ns?;
     let wal_ns = wal.and_then(|w| w.captured_at_ns);
-    match (newest_version_ns, wal_ns) {
-        (Some(v), Some(w)) => Some(v.max(w)),
-        (v, w) => v.or(w),
-    }
+    Some(wal_ns.map_or(version_ns, |w| version_ns.max(w)))
 }
 
 /// Reads one site on its own: its vault's datasets, their newest versions, their streamed WAL
@@ -287,7 +286,7 @@ mod tests {
         };
         assert_eq!(recovery_point(Some(5), Some(&wal(Some(9)))), Some(9));
         assert_eq!(recovery_point(Some(9), Some(&wal(Some(5)))), Some(9));
-        assert_eq!(recovery_point(None, Some(&wal(Some(5)))), Some(5));
+        assert_eq!(recovery_point(None, Some(&wal(Some(5)))), None);
         assert_eq!(recovery_point(Some(5), Some(&wal(None))), Some(5));
         assert_eq!(recovery_point(None, None), None);
     }

@@ -135,9 +135,8 @@ impl Agent {
             }
             for snap in &snaps {
                 for (dataset, f) in &snap.datasets {
-                    // Only data a restore can reach: a version (streamed WAL alone cannot be restored).
-                    let restorable = f.held.newest_version.and(f.held.recovery_point_ns);
-                    if let (None, Some(c)) = (&f.held.error, restorable) {
+                    // The recovery point is only data a restore can reach (ops::status's rule).
+                    if let (None, Some(c)) = (&f.held.error, f.held.recovery_point_ns) {
                         let seen = state
                             .seen
                             .entry(format!("{dataset}@{}", snap.name))
