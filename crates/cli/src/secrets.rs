@@ -42,6 +42,13 @@ fn prompt(confirm: bool) -> Result<Option<Zeroizing<String>>> {
 
 /// Runs `f` with the CLI's passphrase rule: `--passphrase-file` when given, else
 /// `EMBASSY_PASSPHRASE`, else a prompt when stdin is a terminal. Never prompts otherwise.
+pub fn with_passphrase<T>(
+    file: Option<&Path>,
+    f: impl FnOnce(&Passphrase) -> Result<T>,
+) -> Result<T> {
+    with_rule(file, f)
+}
+
 fn with_rule<T>(file: Option<&Path>, f: impl FnOnce(&Passphrase) -> Result<T>) -> Result<T> {
     let ask = prompt;
     let sources = match file {

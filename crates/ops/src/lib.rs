@@ -10,7 +10,11 @@
 //! Crate order: `embassy` (cli) → `embassy-agent` → `embassy-ops` → `embassy-postgres` →
 //! {`embassy-sites`, `embassy-sources`} → `embassy-core`.
 
+pub mod backup;
+pub mod gc;
+pub mod init;
 pub mod open;
+pub mod prune;
 pub mod restore;
 pub mod status;
 pub mod unlock;

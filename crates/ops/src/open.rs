@@ -3,7 +3,7 @@
 //! cancellation switch that refuses every later write.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use embassy_core::engine::vault::Vault;
@@ -27,8 +27,12 @@ pub struct OpenOptions {
     pub expected_vault_id: Option<String>,
     /// Replace the pins of these sites with the vault they hold now.
     pub forget_site_pin: bool,
-    /// Once set, every write fails (the agent abandoning in-flight work); None: never.
+    /// Once set, every write fails (the agent abandoning in-flight work, an interrupted
+    /// backup); None: never.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Counts the objects this process stores at the sites (what an interrupted run leaves
+    /// for the next one to reuse); None: not counted.
+    pub tally: Option<Arc<WriteTally>>,
 }
 
 impl OpenOptions {
@@ -42,6 +46,7 @@ impl OpenOptions {
             expected_vault_id: None,
             forget_site_pin: false,
             cancel: None,
+            tally: None,
         }
     }
 }
@@ -76,9 +81,11 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
         false,
         Some(&options.state_dir),
     )?;
-    let site: Arc<dyn Site> = match &options.cancel {
-        Some(cancel) => Arc::new(CancellableSite::new(site, cancel.clone())),
-        None => site,
+    let site: Arc<dyn Site> = if options.cancel.is_some() || options.tally.is_some() {
+        let cancel = options.cancel.clone().unwrap_or_default();
+        Arc::new(CancellableSite::new(site, cancel).counting(options.tally.clone()))
+    } else {
+        site
     };
     let vault = Vault::open(site)?;
     embassy_core::history::ledger::use_lock_folder(options.state_dir.join("locks"));
@@ -119,19 +126,64 @@ pub fn parse_expected_vault_id(text: Option<&str>) -> Result<Option<String>> {
         .transpose()
 }
 
+/// The objects a process stored at the sites (created, not found already there), counted as
+/// they are written.
+#[derive(Debug, Default)]
+pub struct WriteTally {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl WriteTally {
+    /// Objects stored.
+    pub fn objects(&self) -> u64 {
+        self.objects.load(Ordering::SeqCst)
+    }
+
+    /// Their bytes (as stored: compressed and encrypted).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    fn add(&self, put: &Put, bytes: u64) {
+        if matches!(put, Put::Created) {
+            self.objects.fetch_add(1, Ordering::SeqCst);
+            self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A site that refuses every write once its owner abandons in-flight work (the agent after
-/// SIGTERM and its grace period). A refused write makes a backup fail before its ledger entry,
-/// so no version is recorded: the objects already written are reused by the next run.
+/// SIGTERM and its grace period, `embassy backup` after Ctrl-C). A refused write makes a backup
+/// fail before its ledger entry, so no version is recorded: the objects already written are
+/// reused by the next run. It may also count what is written ([`WriteTally`]).
 #[derive(Debug)]
 pub struct CancellableSite {
     inner: Arc<dyn Site>,
     cancel: Arc<AtomicBool>,
+    tally: Option<Arc<WriteTally>>,
 }
 
 impl CancellableSite {
     /// Wraps `inner`; writes fail once `cancel` is set.
     pub fn new(inner: Arc<dyn Site>, cancel: Arc<AtomicBool>) -> Self {
-        Self { inner, cancel }
+        Self {
+            inner,
+            cancel,
+            tally: None,
+        }
+    }
+
+    /// The same, counting the objects stored through it in `tally` (when given).
+    pub fn counting(mut self, tally: Option<Arc<WriteTally>>) -> Self {
+        self.tally = tally;
+        self
+    }
+
+    fn count(&self, put: &Put, bytes: u64) {
+        if let Some(tally) = &self.tally {
+            tally.add(put, bytes);
+        }
     }
 }
 
@@ -143,7 +195,9 @@ impl CancellableSite {
                 site: self.inner.location().to_string(),
                 operation: "put",
                 path: path.to_string(),
-                message: "the agent is shutting down: the run was abandoned before its version was recorded".into(),
+                message: "the run was cancelled (interrupted, or the agent shutting down) before \
+                          its version was recorded"
+                    .into(),
             });
         }
         Ok(())
@@ -156,7 +210,9 @@ impl Site for CancellableSite {
     }
     fn put(&self, path: &str, bytes: &[u8]) -> std::result::Result<Put, SiteError> {
         self.refuse_once_cancelled(path)?;
-        self.inner.put(path, bytes)
+        let put = self.inner.put(path, bytes)?;
+        self.count(&put, bytes.len() as u64);
+        Ok(put)
     }
     fn put_from(
         &self,
@@ -164,7 +220,10 @@ impl Site for CancellableSite {
         source: Arc<dyn ObjectSource>,
     ) -> std::result::Result<Put, SiteError> {
         self.refuse_once_cancelled(path)?;
-        self.inner.put_from(path, source)
+        let len = source.len();
+        let put = self.inner.put_from(path, source)?;
+        self.count(&put, len);
+        Ok(put)
     }
     fn get(&self, path: &str) -> std::result::Result<Vec<u8>, SiteError> {
         self.inner.get(path)
@@ -190,7 +249,8 @@ impl Site for CancellableSite {
         self.inner.lagging()
     }
     fn members(&self) -> Vec<Arc<dyn Site>> {
-        // Each member wrapped too, so a cancelled run stops writing there as well.
+        // Each member wrapped too, so a cancelled run stops writing there as well (not
+        // counted: a write through the whole is counted once, above).
         self.inner
             .members()
             .into_iter()
