@@ -126,6 +126,9 @@ pub fn parse_expected_vault_id(text: Option<&str>) -> Result<Option<String>> {
         .transpose()
 }
 
+/// Where index objects live (`embassy_core::format::layout::index`).
+const INDEX_ROOT: &str = "index/";
+
 /// The objects a process stored at the sites (created, not found already there), counted as
 /// they are written.
 #[derive(Debug, Default)]
@@ -153,9 +156,9 @@ impl WriteTally {
     }
 }
 
-/// A site that refuses every write once its owner abandons in-flight work (the agent after
-/// SIGTERM and its grace period, `embassy backup` after Ctrl-C). A refused write makes a backup
-/// fail before its ledger entry, so no version is recorded: the objects already written are
+/// A site that refuses every write (but the index of a pack already stored) once its owner
+/// abandons in-flight work (the agent after SIGTERM and its grace period, `embassy backup`
+/// after Ctrl-C). A refused write makes a backup fail before its ledger entry, so no version is recorded: the objects already written are
 /// reused by the next run. It may also count what is written ([`WriteTally`]).
 #[derive(Debug)]
 pub struct CancellableSite {
@@ -188,9 +191,12 @@ impl CancellableSite {
 }
 
 impl CancellableSite {
-    /// The error every write gets once the owner abandoned in-flight work.
+    /// The error every write gets once the owner abandoned in-flight work; except an index,
+    /// which describes a pack already stored (written right after it): without it the next
+    /// run could not find the pack's chunks and would store them again.
     fn refuse_once_cancelled(&self, path: &str) -> std::result::Result<(), SiteError> {
-        if self.cancel.load(Ordering::SeqCst) {
+        let describes_a_stored_pack = path.starts_with(INDEX_ROOT);
+        if self.cancel.load(Ordering::SeqCst) && !describes_a_stored_pack {
             return Err(SiteError::Permanent {
                 site: self.inner.location().to_string(),
                 operation: "put",
@@ -256,5 +262,29 @@ impl Site for CancellableSite {
             .into_iter()
             .map(|m| Arc::new(CancellableSite::new(m, self.cancel.clone())) as Arc<dyn Site>)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embassy_testkit::memory::MemorySite;
+
+    #[test]
+    fn once_cancelled_only_the_index_of_a_stored_pack_is_written_and_writes_are_counted() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(WriteTally::default());
+        let site = CancellableSite::new(Arc::new(MemorySite::default()), cancel.clone())
+            .counting(Some(tally.clone()));
+        site.put("packs/reg/ab/ab01", &[1; 100]).unwrap();
+        site.put("packs/reg/ab/ab01", &[1; 100]).unwrap(); // already there: not counted
+        assert_eq!((tally.objects(), tally.bytes()), (1, 100));
+        cancel.store(true, Ordering::SeqCst);
+        assert!(site.put("packs/reg/cd/cd02", &[2; 10]).is_err());
+        assert!(site.put("ledger/reg/0000000002", &[3; 10]).is_err());
+        // The index of the pack stored before the cancellation still goes up, so that the next
+        // run finds the pack's chunks.
+        site.put("index/reg/ab01", &[4; 20]).unwrap();
+        assert_eq!((tally.objects(), tally.bytes()), (2, 120));
     }
 }
