@@ -3,7 +3,8 @@
 //! what comes back for people or as JSON.
 //!
 //! Exit codes: 0 success; 1 failure (the message says why and what to do); 2 bad usage;
-//! 3 integrity problem found (damaged or tampered vault).
+//! 3 integrity problem found (damaged or tampered vault); 130 (143) a backup stopped by Ctrl-C
+//! (SIGTERM) before its version was recorded.
 
 mod agent;
 mod catchup;
@@ -98,6 +99,8 @@ enum Command {
     /// Create an approver key file and print its public key (to pin with `init --approver`).
     ApproverKey(prune::ApproverKeyArgs),
     /// Store a new version of a dataset: a file tree, standard input, or a command's output.
+    /// Ctrl-C stops it without recording a version (exit 130); running it again reuses what
+    /// was stored.
     Backup(cmd::backup::BackupArgs),
     /// List the versions of one dataset, or of all.
     Versions(cmd::versions::VersionsArgs),

@@ -95,7 +95,7 @@ fn interrupt_after_a_pack(
 fn ctrl_c_during_a_backup_records_no_version_says_so_and_a_rerun_stores_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let vault = TestVault::init(EXE, tmp.path(), "site");
-    let data = random_bytes(DATA, 15_4);
+    let data = random_bytes(DATA, 154);
 
     let (code, stdout, stderr) = interrupt_after_a_pack(&vault, "reg", &data, libc::SIGINT);
     assert_eq!(code, 130, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -142,7 +142,7 @@ fn ctrl_c_during_a_backup_records_no_version_says_so_and_a_rerun_stores_only_the
 fn sigterm_during_a_backup_exits_143_with_the_same_message() {
     let tmp = tempfile::tempdir().unwrap();
     let vault = TestVault::init(EXE, tmp.path(), "site");
-    let data = random_bytes(DATA, 15_5);
+    let data = random_bytes(DATA, 155);
     let (code, stdout, stderr) = interrupt_after_a_pack(&vault, "logs", &data, libc::SIGTERM);
     assert_eq!(code, 143, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
