@@ -81,7 +81,7 @@ impl Interruptible {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 eprintln!(
-                    "interrupted: stopping before the version is recorded (again to quit at once)"
+                    "interrupted: stopping before the version is recorded (Ctrl-C again quits at once)"
                 );
             });
         Ok(())
@@ -105,7 +105,8 @@ impl Interruptible {
         let Some(code) = self.interrupted() else {
             return Ok(None);
         };
-        let (objects, bytes) = (self.tally.objects(), self.tally.bytes());
+        let (objects, packs, bytes) =
+            (self.tally.objects(), self.tally.packs(), self.tally.bytes());
         if json {
             crate::print_json(json!({
                 "ok": false,
@@ -113,15 +114,27 @@ impl Interruptible {
                 "dataset": dataset,
                 "version_recorded": false,
                 "objects_stored": objects,
+                "packs_stored": packs,
                 "bytes_stored": bytes,
             }))?;
         }
         eprintln!(
-            "interrupted: no version of {dataset} was recorded. This run stored {objects} \
-             objects ({}) at the sites; they stay, and running the same backup again reuses \
+            "interrupted: no version of {dataset} was recorded. This run stored {} at the \
+             sites ({} of data, {} in all); they stay, and running the same backup again reuses \
              them: it stores only what is still missing.",
-            output::size(bytes)
+            output::size(bytes),
+            counted(packs, "pack"),
+            counted(objects, "object")
         );
         Ok(Some(ExitCode::from(code)))
+    }
+}
+
+/// `1 pack`, `2 packs`.
+fn counted(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }

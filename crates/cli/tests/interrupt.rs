@@ -99,10 +99,12 @@ fn ctrl_c_during_a_backup_records_no_version_says_so_and_a_rerun_stores_only_the
 
     let (code, stdout, stderr) = interrupt_after_a_pack(&vault, "reg", &data, libc::SIGINT);
     assert_eq!(code, 130, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    eprintln!("{stderr}");
     for words in [
         "no version of reg was recorded",
         "running the same backup again reuses",
         "This run stored",
+        "of data",
     ] {
         assert!(stderr.contains(words), "stderr lacks {words:?}:\n{stderr}");
     }
@@ -114,6 +116,7 @@ fn ctrl_c_during_a_backup_records_no_version_says_so_and_a_rerun_stores_only_the
     let stored = report["bytes_stored"].as_u64().unwrap();
     assert!(stored >= 16 * MIB as u64, "{report}");
     assert!(report["objects_stored"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["packs_stored"].as_u64().unwrap() >= 1, "{report}");
 
     // The rerun completes: it is the dataset's first version, and it stores only what the
     // interrupted run had not.
@@ -127,8 +130,9 @@ fn ctrl_c_during_a_backup_records_no_version_says_so_and_a_rerun_stores_only_the
     assert_eq!(version["version"], 1, "{version}");
     let new = version["new_bytes_stored"].as_u64().unwrap();
     eprintln!(
-        "interrupted run stored {stored} bytes ({} objects); the rerun stored {new} of {DATA}",
-        report["objects_stored"]
+        "interrupted run stored {stored} bytes ({} packs, {} objects); the rerun stored {new} of \
+         {DATA}",
+        report["packs_stored"], report["objects_stored"]
     );
     assert!(
         new + stored / 2 < DATA as u64,

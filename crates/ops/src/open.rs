@@ -128,12 +128,15 @@ pub fn parse_expected_vault_id(text: Option<&str>) -> Result<Option<String>> {
 
 /// Where index objects live (`embassy_core::format::layout::index`).
 const INDEX_ROOT: &str = "index/";
+/// Where packs live (`embassy_core::format::layout::pack`).
+const PACKS_ROOT: &str = "packs/";
 
 /// The objects a process stored at the sites (created, not found already there), counted as
 /// they are written.
 #[derive(Debug, Default)]
 pub struct WriteTally {
     objects: AtomicU64,
+    packs: AtomicU64,
     bytes: AtomicU64,
 }
 
@@ -143,14 +146,22 @@ impl WriteTally {
         self.objects.load(Ordering::SeqCst)
     }
 
+    /// Packs among them (the stored chunks; the rest is bookkeeping).
+    pub fn packs(&self) -> u64 {
+        self.packs.load(Ordering::SeqCst)
+    }
+
     /// Their bytes (as stored: compressed and encrypted).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
     }
 
-    fn add(&self, put: &Put, bytes: u64) {
+    fn add(&self, path: &str, put: &Put, bytes: u64) {
         if matches!(put, Put::Created) {
             self.objects.fetch_add(1, Ordering::SeqCst);
+            if path.starts_with(PACKS_ROOT) {
+                self.packs.fetch_add(1, Ordering::SeqCst);
+            }
             self.bytes.fetch_add(bytes, Ordering::SeqCst);
         }
     }
@@ -183,9 +194,9 @@ impl CancellableSite {
         self
     }
 
-    fn count(&self, put: &Put, bytes: u64) {
+    fn count(&self, path: &str, put: &Put, bytes: u64) {
         if let Some(tally) = &self.tally {
-            tally.add(put, bytes);
+            tally.add(path, put, bytes);
         }
     }
 }
@@ -217,7 +228,7 @@ impl Site for CancellableSite {
     fn put(&self, path: &str, bytes: &[u8]) -> std::result::Result<Put, SiteError> {
         self.refuse_once_cancelled(path)?;
         let put = self.inner.put(path, bytes)?;
-        self.count(&put, bytes.len() as u64);
+        self.count(path, &put, bytes.len() as u64);
         Ok(put)
     }
     fn put_from(
@@ -228,7 +239,7 @@ impl Site for CancellableSite {
         self.refuse_once_cancelled(path)?;
         let len = source.len();
         let put = self.inner.put_from(path, source)?;
-        self.count(&put, len);
+        self.count(path, &put, len);
         Ok(put)
     }
     fn get(&self, path: &str) -> std::result::Result<Vec<u8>, SiteError> {
@@ -278,13 +289,13 @@ mod tests {
             .counting(Some(tally.clone()));
         site.put("packs/reg/ab/ab01", &[1; 100]).unwrap();
         site.put("packs/reg/ab/ab01", &[1; 100]).unwrap(); // already there: not counted
-        assert_eq!((tally.objects(), tally.bytes()), (1, 100));
+        assert_eq!((tally.objects(), tally.packs(), tally.bytes()), (1, 1, 100));
         cancel.store(true, Ordering::SeqCst);
         assert!(site.put("packs/reg/cd/cd02", &[2; 10]).is_err());
         assert!(site.put("ledger/reg/0000000002", &[3; 10]).is_err());
         // The index of the pack stored before the cancellation still goes up, so that the next
         // run finds the pack's chunks.
         site.put("index/reg/ab01", &[4; 20]).unwrap();
-        assert_eq!((tally.objects(), tally.bytes()), (2, 120));
+        assert_eq!((tally.objects(), tally.packs(), tally.bytes()), (2, 1, 120));
     }
 }
