@@ -8,7 +8,7 @@ use std::sync::Arc;
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::progress::Silent;
-use embassy_ops::backup::Source as BackupSource;
+use embassy_ops::backup::{BackupError, Source as BackupSource};
 
 use crate::config::{Config, KeyConfig, PassphraseSource as ConfiguredPassphrase, Source};
 use crate::error::{Problem, RunError};
@@ -120,7 +120,13 @@ pub fn backup_dataset(
             BackupSource::Postgres(&base_backup)
         }
     };
-    let report = embassy_ops::backup::backup(&vault, keyring, dataset, source, &Silent)?;
+    let report = embassy_ops::backup::backup(&vault, keyring, dataset, source, &Silent).map_err(
+        |e| match e {
+            // Kept as they are: a PostgreSQL error keeps its kind (configuration, keys, ...).
+            BackupError::Vault(e) => RunError::Core(e),
+            BackupError::Postgres(e) => RunError::Postgres(e),
+        },
+    )?;
     let version = report.version;
     let mut warnings = report.warnings;
     let lagging: Vec<String> = report

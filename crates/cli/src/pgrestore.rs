@@ -92,7 +92,7 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
         Err(e) => {
             return match interrupt.report(&args.dataset, cli.json)? {
                 Some(code) => Ok(code),
-                None => Err(e),
+                None => Err(e.into()),
             }
         }
     };

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::progress::Progress;
-use embassy_core::{Error, Result};
+use embassy_core::{Error, ErrorKind};
 use embassy_postgres::base_backup::{BaseBackupInfo, BaseBackupOptions};
+use embassy_postgres::PgError;
 use embassy_sources::env::Scrub;
 use embassy_sources::{files, stream};
 
@@ -61,6 +62,38 @@ pub struct Lagging {
     pub why: String,
 }
 
+/// Why a backup failed: the vault's (or a source's) error, or PostgreSQL's, kept as it is so
+/// that its kind survives (a refused connection is a configuration problem, a failed password
+/// a key problem; the agent's alarms and the dashboard show which).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The vault, a site or a file tree, stream or command.
+    #[error(transparent)]
+    Vault(#[from] Error),
+    /// PostgreSQL (a base backup).
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+}
+
+impl BackupError {
+    /// What kind of failure it is (`embassy_core::error`'s policy).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BackupError::Vault(e) => e.kind(),
+            BackupError::Postgres(e) => e.kind(),
+        }
+    }
+}
+
+impl From<BackupError> for Error {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::Vault(e) => e,
+            BackupError::Postgres(e) => e.into(),
+        }
+    }
+}
+
 /// What a backup recorded.
 #[derive(Debug)]
 pub struct BackupReport {
@@ -83,13 +116,11 @@ pub fn backup(
     dataset: &str,
     source: Source<'_>,
     progress: &dyn Progress,
-) -> Result<BackupReport> {
+) -> Result<BackupReport, BackupError> {
     let (version, warnings, base_backup) = match source {
         Source::Tree(paths) => {
             if paths.is_empty() {
-                return Err(Error::invalid(
-                    "nothing to back up: no files or folders given",
-                ));
+                return Err(Error::invalid("nothing to back up: no files or folders given").into());
             }
             let b = files::backup(vault, keyring, dataset, paths, progress)?;
             (b.version, b.warnings, None)

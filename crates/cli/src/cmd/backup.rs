@@ -59,7 +59,7 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             bar.finish();
             return match interrupt.report(dataset, cli.json)? {
                 Some(code) => Ok(code),
-                None => Err(e),
+                None => Err(e.into()),
             };
         }
     };
