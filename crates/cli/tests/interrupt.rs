@@ -16,7 +16,7 @@ const MIB: usize = 1024 * 1024;
 /// Three packs' worth (16 MiB each) of incompressible data.
 const DATA: usize = 48 * MIB;
 
-/// Files under `dir` whose path has a `packs` folder in it.
+/// Packs stored under `dir` (files named by their id in a `packs` folder).
 fn packs(dir: &Path) -> usize {
     let mut count = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -28,12 +28,19 @@ fn packs(dir: &Path) -> usize {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.components().any(|c| c.as_os_str() == "packs") {
+            } else if p.components().any(|c| c.as_os_str() == "packs") && stored_name(&p) {
                 count += 1;
             }
         }
     }
     count
+}
+
+/// A file named by its id (64 hex digits): stored, not a temporary file being written.
+fn stored_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// `embassy --json backup DATASET --stdin` started with stdin piped.
