@@ -77,7 +77,7 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     if args.wal_streamed {
         options.wal = WalSource::Streamed;
     }
-    interrupt.catch()?;
+    interrupt.catch(&args.dataset, cli.json)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let result = embassy_ops::backup::backup(
         &vault,

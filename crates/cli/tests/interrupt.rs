@@ -166,3 +166,46 @@ fn sigterm_during_a_backup_exits_143_with_the_same_message() {
         "a version was recorded: {versions:?}"
     );
 }
+
+/// A source that sends nothing more (stdin held open): no write comes to stop the run, so the
+/// process ends by itself a few seconds after Ctrl-C, with the same message and no version.
+#[test]
+fn ctrl_c_while_the_source_sends_nothing_still_ends_the_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = TestVault::init(EXE, tmp.path(), "site");
+    let mut child = start_backup(&vault, "idle");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(&random_bytes(MIB, 156)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut code = None;
+    while signalled.elapsed() < Duration::from_secs(30) {
+        if let Some(status) = child.try_wait().unwrap() {
+            code = Some(status.code().unwrap_or(-1));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        code,
+        Some(130),
+        "still running 30 s after Ctrl-C:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("no version of idle was recorded"),
+        "{stderr}"
+    );
+    let versions = vault.run("m", &vault.key, &["--json", "versions", "idle"], None);
+    assert!(
+        !versions.stdout.contains("\"version\":1"),
+        "a version was recorded: {versions:?}"
+    );
+}

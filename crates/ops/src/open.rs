@@ -138,6 +138,7 @@ pub struct WriteTally {
     objects: AtomicU64,
     packs: AtomicU64,
     bytes: AtomicU64,
+    recording: AtomicBool,
 }
 
 impl WriteTally {
@@ -154,6 +155,12 @@ impl WriteTally {
     /// Their bytes (as stored: compressed and encrypted).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// True once a ledger entry's write began (a version may be recorded). Once the site is
+    /// cancelled and this is still false, no version of this run can be recorded any more.
+    pub fn began_recording(&self) -> bool {
+        self.recording.load(Ordering::SeqCst)
     }
 
     fn add(&self, path: &str, put: &Put, bytes: u64) {
@@ -194,6 +201,17 @@ impl CancellableSite {
         self
     }
 
+    /// Checks the write may go ahead, and notes a ledger entry's write before it begins.
+    fn admit(&self, path: &str) -> std::result::Result<(), SiteError> {
+        self.refuse_once_cancelled(path)?;
+        if let Some(tally) = &self.tally {
+            if path.starts_with(embassy_core::format::layout::LEDGER_ROOT) {
+                tally.recording.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
     fn count(&self, path: &str, put: &Put, bytes: u64) {
         if let Some(tally) = &self.tally {
             tally.add(path, put, bytes);
@@ -226,7 +244,7 @@ impl Site for CancellableSite {
         self.inner.location()
     }
     fn put(&self, path: &str, bytes: &[u8]) -> std::result::Result<Put, SiteError> {
-        self.refuse_once_cancelled(path)?;
+        self.admit(path)?;
         let put = self.inner.put(path, bytes)?;
         self.count(path, &put, bytes.len() as u64);
         Ok(put)
@@ -236,7 +254,7 @@ impl Site for CancellableSite {
         path: &str,
         source: Arc<dyn ObjectSource>,
     ) -> std::result::Result<Put, SiteError> {
-        self.refuse_once_cancelled(path)?;
+        self.admit(path)?;
         let len = source.len();
         let put = self.inner.put_from(path, source)?;
         self.count(path, &put, len);
@@ -290,12 +308,22 @@ mod tests {
         site.put("packs/reg/ab/ab01", &[1; 100]).unwrap();
         site.put("packs/reg/ab/ab01", &[1; 100]).unwrap(); // already there: not counted
         assert_eq!((tally.objects(), tally.packs(), tally.bytes()), (1, 1, 100));
+        assert!(!tally.began_recording());
         cancel.store(true, Ordering::SeqCst);
         assert!(site.put("packs/reg/cd/cd02", &[2; 10]).is_err());
         assert!(site.put("ledger/reg/0000000002", &[3; 10]).is_err());
+        assert!(
+            !tally.began_recording(),
+            "a refused entry is not being recorded"
+        );
         // The index of the pack stored before the cancellation still goes up, so that the next
         // run finds the pack's chunks.
         site.put("index/reg/ab01", &[4; 20]).unwrap();
         assert_eq!((tally.objects(), tally.packs(), tally.bytes()), (2, 1, 120));
+        let tally = Arc::new(WriteTally::default());
+        let site = CancellableSite::new(Arc::new(MemorySite::default()), Arc::default())
+            .counting(Some(tally.clone()));
+        site.put("ledger/reg/0000000001", &[5; 10]).unwrap();
+        assert!(tally.began_recording());
     }
 }

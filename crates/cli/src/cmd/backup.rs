@@ -51,7 +51,7 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     let interrupt = Interruptible::new();
     let vault = open_vault_with(cli, &interrupt.open_options(open_options(cli)?))?;
     let keyring = unlock(cli, &vault)?;
-    interrupt.catch()?;
+    interrupt.catch(dataset, cli.json)?;
     let bar = output::Bar::new(show_progress);
     let report = match embassy_ops::backup::backup(&vault, &keyring, dataset, source, &bar) {
         Ok(report) => report,
