@@ -8,7 +8,7 @@ use std::sync::Arc;
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::progress::Silent;
-use embassy_sources::{files, stream};
+use embassy_ops::backup::{BackupError, Source as BackupSource};
 
 use crate::config::{Config, KeyConfig, PassphraseSource as ConfiguredPassphrase, Source};
 use crate::error::{Problem, RunError};
@@ -19,15 +19,21 @@ pub use embassy_ops::open::CancellableSite;
 /// Opens the vault at every configured site as one (writes count once `min_sites` hold them),
 /// remembering verified heads in the agent's state folder. Writes fail once `cancel` is set.
 pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, RunError> {
+    Ok(embassy_ops::open::open_vault(&open_options(
+        config, cancel,
+    ))?)
+}
+
+/// How the agent opens the vault: every configured site, `min_sites`, its state folder, the
+/// verified heads in its `vaults` subfolder, writes refused once `cancel` is set.
+pub fn open_options(config: &Config, cancel: &Arc<AtomicBool>) -> embassy_ops::open::OpenOptions {
     let state_dir = config.agent.state_dir.clone();
-    let options = embassy_ops::open::OpenOptions {
+    embassy_ops::open::OpenOptions {
         min_sites: Some(config.agent.min_sites),
-        // The agent remembers verified heads in its `vaults` subfolder.
         heads_dir: state_dir.join("vaults"),
         cancel: Some(cancel.clone()),
         ..embassy_ops::open::OpenOptions::new(config.locations(), state_dir)
-    };
-    Ok(embassy_ops::open::open_vault(&options)?)
+    }
 }
 
 /// Opens the configured key file for the vault (a root key or a credential), the passphrase
@@ -73,8 +79,9 @@ pub struct RunOutcome {
     pub pruned: Result<Vec<u64>, Problem>,
 }
 
-/// One backup run of a dataset through the sources library; no version is recorded unless the
-/// whole source was read and every object is at `min_sites` sites.
+/// One backup run of a dataset (embassy-ops's backup, the same as `embassy backup` and
+/// `embassy pg base-backup`), then its retention policy; no version is recorded unless the whole
+/// source was read and every object is at `min_sites` sites.
 pub fn backup_dataset(
     config: &Config,
     keyring: &Keyring,
@@ -85,47 +92,51 @@ pub fn backup_dataset(
         RunError::Config(format!("dataset {dataset} is not in the configuration"))
     })?;
     let vault = open_vault(config, cancel)?;
-    let (version, mut warnings) = match &d.source {
-        Source::Files(paths) => {
-            let b = files::backup(&vault, keyring, dataset, paths, &Silent)?;
-            (b.version, b.warnings)
+    let command;
+    let scrub;
+    let base_backup;
+    let source = match &d.source {
+        Source::Files(paths) => BackupSource::Tree(paths),
+        Source::Command {
+            command: c,
+            pass_env,
+        } => {
+            command = in_config_dir(config, c);
+            scrub = config.command_scrub(pass_env);
+            BackupSource::Command {
+                command: &command,
+                scrub: Some(&scrub),
+            }
         }
-        Source::Command { command, pass_env } => (
-            stream::backup_command(
-                &vault,
-                keyring,
-                dataset,
-                &in_config_dir(config, command),
-                Some(&config.command_scrub(pass_env)),
-                &Silent,
-            )?,
-            Vec::new(),
-        ),
         Source::Postgres { conninfo, .. } => {
-            // A base backup (embassy-postgres): for a periodic dataset with its WAL inside; for
-            // a continuous one the WAL between its start and stop comes from the stream.
+            // For a periodic dataset with its WAL inside; for a continuous one the WAL between
+            // its start and stop comes from the stream.
             let mut options =
                 embassy_postgres::base_backup::BaseBackupOptions::new(conninfo.clone());
             if matches!(d.mode, crate::config::Mode::Continuous(_)) {
                 options.wal = embassy_postgres::base_backup::WalSource::Streamed;
             }
-            let b = embassy_postgres::base_backup::base_backup(
-                &vault, keyring, dataset, &options, &Silent,
-            )?;
-            (b.version, Vec::new())
+            base_backup = options;
+            BackupSource::Postgres(&base_backup)
         }
     };
-    let mut lagging: Vec<String> = vault
-        .site()
-        .lagging()
+    let report = embassy_ops::backup::backup(&vault, keyring, dataset, source, &Silent).map_err(
+        |e| match e {
+            // Kept as they are: a PostgreSQL error keeps its kind (configuration, keys, ...).
+            BackupError::Vault(e) => RunError::Core(e),
+            BackupError::Postgres(e) => RunError::Postgres(e),
+        },
+    )?;
+    let version = report.version;
+    let mut warnings = report.warnings;
+    let lagging: Vec<String> = report
+        .lagging
         .into_iter()
-        .map(|(s, why)| {
-            warnings.push(format!("site {s} missed writes: {why}"));
-            s
+        .map(|l| {
+            warnings.push(format!("site {} missed writes: {}", l.site, l.why));
+            l.site
         })
         .collect();
-    lagging.sort();
-    lagging.dedup();
     let pruned = apply_retention(config, keyring, &vault, dataset).map_err(|e| e.problem());
     Ok(RunOutcome {
         pruned,
@@ -155,7 +166,7 @@ pub fn retention_policy(config: &Config, dataset: &str) -> Option<RetentionPolic
     })
 }
 
-/// Applies the dataset's retention policy (embassy-core's prune): one signed ledger entry
+/// Applies the dataset's retention policy (embassy-ops's retention, as `embassy prune`): one signed ledger entry
 /// deleting the versions the policy does not keep now (never one younger than the legal minimum
 /// age). Their objects are removed later by garbage collection. Returns the versions deleted.
 pub fn apply_retention(
@@ -167,18 +178,13 @@ pub fn apply_retention(
     let Some(policy) = retention_policy(config, dataset) else {
         return Ok(Vec::new());
     };
-    embassy_core::engine::prune::apply_retention(
-        vault,
-        keyring,
-        dataset,
-        &policy,
-        embassy_core::format::config::now_unix_nanos(),
-    )
-    .map(|r| r.deleted)
-    .map_err(RunError::from)
+    embassy_ops::prune::retention(vault, Some(keyring), dataset, &policy)
+        .map(|r| r.deleted)
+        .map_err(RunError::from)
 }
 
-/// Garbage collection of the vault (embassy-core's two-phase gc, safe while backups run):
+/// Garbage collection of the vault (embassy-ops's, as `embassy gc`; two-phase, safe while
+/// backups run):
 /// condemns objects no version references, deletes those condemned longer than `grace` ago.
 /// Returns a one-line summary.
 /// Condemnation records are signed with the agent's key, which must be allowed to delete (the
@@ -189,22 +195,13 @@ pub fn collect_garbage(
     cancel: &Arc<AtomicBool>,
     grace: std::time::Duration,
 ) -> Result<String, RunError> {
-    let vault = open_vault(config, cancel)?;
-    let options = embassy_core::engine::gc::GcOptions {
-        grace_secs: grace.as_secs(),
-        ..embassy_core::engine::gc::GcOptions::default()
-    };
-    let collector = embassy_core::engine::gc::Collector::new(
-        keyring.signer()?,
-        &config.agent.state_dir.join("vaults"),
-        &vault.config().vault_id,
-    );
-    let r = embassy_core::engine::gc::collect_garbage(
-        &vault,
-        &collector,
-        &options,
-        embassy_core::format::config::now_unix_nanos(),
-    )?;
+    let open = open_options(config, cancel);
+    let vault = embassy_ops::open::open_vault(&open)?;
+    // The same options and key rule as `embassy gc --grace`; what this machine saw of the
+    // records is kept beside its verified heads.
+    let options = embassy_ops::gc::options(Some(grace.as_secs()), false);
+    let collection = embassy_ops::gc::collect(&vault, keyring, &open.heads_dir, options)?;
+    let r = &collection.report;
     let mut summary = format!(
         "{} objects condemned ({} bytes), {} deleted ({} bytes), {} waiting for their grace period",
         r.condemned.len(),

@@ -3,12 +3,14 @@
 //! what comes back for people or as JSON.
 //!
 //! Exit codes: 0 success; 1 failure (the message says why and what to do); 2 bad usage;
-//! 3 integrity problem found (damaged or tampered vault).
+//! 3 integrity problem found (damaged or tampered vault); 130 (143) a backup stopped by Ctrl-C
+//! (SIGTERM) before its version was recorded.
 
 mod agent;
 mod catchup;
 mod cmd;
 mod hints;
+mod interrupt;
 mod output;
 mod pg;
 mod pgrestore;
@@ -18,13 +20,11 @@ mod secrets;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::history::state::StateStore;
 use embassy_core::keys::RootSecret;
-use embassy_core::site::Site;
 use embassy_core::{Error, Result};
 use serde_json::json;
 
@@ -99,6 +99,8 @@ enum Command {
     /// Create an approver key file and print its public key (to pin with `init --approver`).
     ApproverKey(prune::ApproverKeyArgs),
     /// Store a new version of a dataset: a file tree, standard input, or a command's output.
+    /// Ctrl-C stops it without recording a version (exit 130); running it again reuses what
+    /// was stored.
     Backup(cmd::backup::BackupArgs),
     /// List the versions of one dataset, or of all.
     Versions(cmd::versions::VersionsArgs),
@@ -245,13 +247,22 @@ fn state_dir(cli: &Cli) -> Result<PathBuf> {
 /// Opens the vault at the sites (embassy-ops), remembering verified heads in the state folder;
 /// a key file given with --key-file must belong to it.
 fn open_vault(cli: &Cli) -> Result<Vault> {
-    let options = embassy_ops::open::OpenOptions {
+    open_vault_with(cli, &open_options(cli)?)
+}
+
+/// How the global flags say to open the vault (a command may add cancellation to them).
+fn open_options(cli: &Cli) -> Result<embassy_ops::open::OpenOptions> {
+    Ok(embassy_ops::open::OpenOptions {
         min_sites: cli.min_sites,
         expected_vault_id: expected_vault_id(cli)?,
         forget_site_pin: cli.forget_site_pin,
         ..embassy_ops::open::OpenOptions::new(cli.site.clone(), state_dir(cli)?)
-    };
-    let vault = embassy_ops::open::open_vault(&options)?;
+    })
+}
+
+/// [`open_vault`] with these options.
+fn open_vault_with(cli: &Cli, options: &embassy_ops::open::OpenOptions) -> Result<Vault> {
+    let vault = embassy_ops::open::open_vault(options)?;
     secrets::check_given_key_file(cli.key_file.as_deref(), vault.config())?;
     Ok(vault)
 }
@@ -259,16 +270,6 @@ fn open_vault(cli: &Cli) -> Result<Vault> {
 /// The vault id given with --vault-id (or EMBASSY_VAULT_ID), parsed.
 fn expected_vault_id(cli: &Cli) -> Result<Option<String>> {
     embassy_ops::open::parse_expected_vault_id(cli.vault_id.as_deref())
-}
-
-/// The sites as one, for `init` (`creating`): missed writes queued in the state folder.
-fn open_sites(cli: &Cli, creating: bool) -> Result<Arc<dyn Site>> {
-    let queue_dir = if cli.site.len() > 1 {
-        Some(state_dir(cli)?)
-    } else {
-        None
-    };
-    embassy_ops::open::open_sites(&cli.site, cli.min_sites, creating, queue_dir.as_deref())
 }
 
 fn print_json(value: serde_json::Value) -> Result<()> {

@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
 use embassy_core::{Error, Result};
-use embassy_postgres::base_backup::{self, BaseBackupOptions, WalSource};
+use embassy_postgres::base_backup::{BaseBackupOptions, WalSource};
 use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
 use embassy_postgres::Lsn;
 use embassy_postgres::{restored_conf, standby};
@@ -69,27 +69,46 @@ pub struct PromoteArgs {
 
 /// `embassy pg base-backup DATASET --conninfo ...`
 pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
-    let vault = crate::open_vault(cli)?;
+    let interrupt = crate::interrupt::Interruptible::new();
+    let vault = crate::open_vault_with(cli, &interrupt.open_options(crate::open_options(cli)?))?;
     let keyring = unlock(cli, &vault)?;
     let mut options = BaseBackupOptions::new(args.conninfo.clone());
     options.pg_basebackup = args.pg_basebackup.clone();
     if args.wal_streamed {
         options.wal = WalSource::Streamed;
     }
+    interrupt.catch(&args.dataset, cli.json)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let done = base_backup::base_backup(&vault, &keyring, &args.dataset, &options, &bar)
-        .map_err(Error::from)?;
+    let result = embassy_ops::backup::backup(
+        &vault,
+        &keyring,
+        &args.dataset,
+        embassy_ops::backup::Source::Postgres(&options),
+        &bar,
+    );
     bar.finish();
-    let v = &done.version;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            return match interrupt.report(&args.dataset, cli.json)? {
+                Some(code) => Ok(code),
+                None => Err(e.into()),
+            }
+        }
+    };
+    let Some(info) = &report.base_backup else {
+        return Err(Error::invalid("the base backup reported no WAL positions"));
+    };
+    let v = &report.version;
     if cli.json {
         crate::print_json(json!({
             "ok": true,
             "version": output::version_json(v),
-            "start_lsn": done.info.start_lsn.to_string(),
-            "stop_lsn": done.info.stop_lsn.to_string(),
-            "timeline": done.info.timeline,
-            "system_identifier": done.info.system_identifier.to_string(),
-            "wal_included": done.info.wal_included,
+            "start_lsn": info.start_lsn.to_string(),
+            "stop_lsn": info.stop_lsn.to_string(),
+            "timeline": info.timeline,
+            "system_identifier": info.system_identifier.to_string(),
+            "wal_included": info.wal_included,
         }))?;
     } else {
         println!(
@@ -100,10 +119,10 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
             output::size(v.stats.bytes),
             v.stats.new_chunks,
             output::size(v.stats.new_bytes_stored),
-            done.info.start_lsn,
-            done.info.stop_lsn,
-            done.info.timeline,
-            if done.info.wal_included { ", WAL inside" } else { "" }
+            info.start_lsn,
+            info.stop_lsn,
+            info.timeline,
+            if info.wal_included { ", WAL inside" } else { "" }
         );
     }
     Ok(ExitCode::SUCCESS)

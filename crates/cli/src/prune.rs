@@ -6,9 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use embassy_core::duration::{format_duration, parse_duration};
-use embassy_core::engine::gc::{self, GcOptions};
 use embassy_core::engine::prune::{self as core_prune, PruneReport};
-use embassy_core::format::config::{now_unix_nanos, VaultConfig};
 use embassy_core::history::approval;
 use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_APPROVER};
@@ -132,53 +130,6 @@ pub struct ApproverKeyArgs {
     pub out: PathBuf,
 }
 
-/// Pins approvers, their threshold and the legal minimum age in a new vault's configuration
-/// (`embassy init --approver KEY --approvals-required K --min-age DURATION`).
-pub fn configure_init(
-    config: &mut VaultConfig,
-    approvers: &[String],
-    approvals_required: u32,
-    min_age: Option<&str>,
-) -> Result<()> {
-    for a in approvers {
-        let ok = a.len() == 64 && a.bytes().all(|b| b.is_ascii_hexdigit());
-        if !ok {
-            return Err(Error::invalid(format!(
-                "--approver {a} is not a 64-digit hex public key (print one with `embassy approver-key --out FILE`)"
-            )));
-        }
-    }
-    let mut keys: Vec<String> = approvers.iter().map(|a| a.to_ascii_lowercase()).collect();
-    keys.sort();
-    keys.dedup();
-    if approvals_required as usize > keys.len() {
-        return Err(Error::invalid(format!(
-            "--approvals-required {approvals_required} is more than the {} distinct approvers given",
-            keys.len()
-        )));
-    }
-    if !keys.is_empty() && approvals_required == 0 {
-        return Err(Error::invalid(
-            "approvers given but --approvals-required is 0: say how many must approve each deletion outside the policy",
-        ));
-    }
-    config.approvers = keys;
-    config.approvals_required = approvals_required;
-    config.min_age_secs = match min_age {
-        Some(age) => parse_duration(age)?,
-        None => embassy_core::format::config::DEFAULT_MIN_AGE_SECS,
-    };
-    if config.min_age_secs == 0 {
-        eprintln!(
-            "warning: --min-age 0: any key granted `delete` (and the root) can delete every \
-             version but the newest at once; the default, {}, keeps recent history out of an \
-             intruder's reach",
-            format_duration(embassy_core::format::config::DEFAULT_MIN_AGE_SECS)
-        );
-    }
-    Ok(())
-}
-
 fn split_target(target: &str) -> Result<(String, u64)> {
     let bad = || {
         Error::invalid(format!(
@@ -242,13 +193,9 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
         None => vault.datasets()?,
     };
     let keyring = unlock_unless_dry_run(cli, &vault, args.dry_run)?;
-    let now = now_unix_nanos();
     let mut reports = Vec::new();
     for dataset in &datasets {
-        let report = match &keyring {
-            None => core_prune::plan_retention(&vault, dataset, &policy, now)?,
-            Some(k) => core_prune::apply_retention(&vault, k, dataset, &policy, now)?,
-        };
+        let report = embassy_ops::prune::retention(&vault, keyring.as_ref(), dataset, &policy)?;
         if !cli.json {
             print_report(&report, args.dry_run);
         }
@@ -309,13 +256,10 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `embassy gc`.
+/// `embassy gc`: the collection run by embassy-ops, its report printed; exit 3 when a
+/// history or bookkeeping object did not check out.
 pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
-    let mut options = match &args.grace {
-        Some(g) => GcOptions::with_grace(parse_duration(g)?),
-        None => GcOptions::default(),
-    };
-    options.dry_run = args.dry_run;
+    let grace = args.grace.as_deref().map(parse_duration).transpose()?;
     let vault = crate::open_vault(cli)?;
     // Condemnation records are signed, by a key allowed to delete (also for a dry run, which
     // checks that the key would do).
@@ -331,15 +275,16 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
              right ({e})"
         ))
     })?;
-    let collector = gc::Collector::new(
-        keyring.signer()?,
+    let collection = embassy_ops::gc::collect(
+        &vault,
+        &keyring,
         &crate::state_dir(cli)?,
-        &vault.config().vault_id,
-    );
-    let report = gc::collect_garbage(&vault, &collector, &options, now_unix_nanos())?;
+        embassy_ops::gc::options(grace, args.dry_run),
+    )?;
+    let (report, options) = (&collection.report, &collection.options);
     if cli.json {
         crate::print_json(
-            json!({"ok": report.skipped.is_empty() && report.problems.is_empty(), "dry_run": args.dry_run, "report": report}),
+            json!({"ok": collection.is_clean(), "dry_run": args.dry_run, "report": report}),
         )?;
     } else {
         let verb = if args.dry_run { "would " } else { "" };
@@ -366,7 +311,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
             println!("PROBLEM: {p}");
         }
     }
-    Ok(if report.skipped.is_empty() && report.problems.is_empty() {
+    Ok(if collection.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

@@ -10,10 +10,14 @@
 //! Crate order: `embassy` (cli) → `embassy-agent` → `embassy-ops` → `embassy-postgres` →
 //! {`embassy-sites`, `embassy-sources`} → `embassy-core`.
 
-pub mod custody;
+pub mod backup;
 pub mod browse;
 pub mod catchup;
+pub mod custody;
+pub mod gc;
+pub mod init;
 pub mod open;
+pub mod prune;
 pub mod restore;
 pub mod status;
 pub mod unlock;

@@ -3,7 +3,7 @@
 //! cancellation switch that refuses every later write.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use embassy_core::engine::vault::Vault;
@@ -27,8 +27,12 @@ pub struct OpenOptions {
     pub expected_vault_id: Option<String>,
     /// Replace the pins of these sites with the vault they hold now.
     pub forget_site_pin: bool,
-    /// Once set, every write fails (the agent abandoning in-flight work); None: never.
+    /// Once set, every write fails (the agent abandoning in-flight work, an interrupted
+    /// backup); None: never.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Counts the objects this process stores at the sites (what an interrupted run leaves
+    /// for the next one to reuse); None: not counted.
+    pub tally: Option<Arc<WriteTally>>,
 }
 
 impl OpenOptions {
@@ -42,6 +46,7 @@ impl OpenOptions {
             expected_vault_id: None,
             forget_site_pin: false,
             cancel: None,
+            tally: None,
         }
     }
 }
@@ -76,9 +81,11 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
         false,
         Some(&options.state_dir),
     )?;
-    let site: Arc<dyn Site> = match &options.cancel {
-        Some(cancel) => Arc::new(CancellableSite::new(site, cancel.clone())),
-        None => site,
+    let site: Arc<dyn Site> = if options.cancel.is_some() || options.tally.is_some() {
+        let cancel = options.cancel.clone().unwrap_or_default();
+        Arc::new(CancellableSite::new(site, cancel).counting(options.tally.clone()))
+    } else {
+        site
     };
     let vault = Vault::open(site)?;
     embassy_core::history::ledger::use_lock_folder(options.state_dir.join("locks"));
@@ -119,31 +126,113 @@ pub fn parse_expected_vault_id(text: Option<&str>) -> Result<Option<String>> {
         .transpose()
 }
 
-/// A site that refuses every write once its owner abandons in-flight work (the agent after
-/// SIGTERM and its grace period). A refused write makes a backup fail before its ledger entry,
-/// so no version is recorded: the objects already written are reused by the next run.
+/// Where index objects live (`embassy_core::format::layout::index`).
+const INDEX_ROOT: &str = "index/";
+/// Where packs live (`embassy_core::format::layout::pack`).
+const PACKS_ROOT: &str = "packs/";
+
+/// The objects a process stored at the sites (created, not found already there), counted as
+/// they are written.
+#[derive(Debug, Default)]
+pub struct WriteTally {
+    objects: AtomicU64,
+    packs: AtomicU64,
+    bytes: AtomicU64,
+    recording: AtomicBool,
+}
+
+impl WriteTally {
+    /// Objects stored.
+    pub fn objects(&self) -> u64 {
+        self.objects.load(Ordering::SeqCst)
+    }
+
+    /// Packs among them (the stored chunks; the rest is bookkeeping).
+    pub fn packs(&self) -> u64 {
+        self.packs.load(Ordering::SeqCst)
+    }
+
+    /// Their bytes (as stored: compressed and encrypted).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// True once a ledger entry's write began (a version may be recorded). Once the site is
+    /// cancelled and this is still false, no version of this run can be recorded any more.
+    pub fn began_recording(&self) -> bool {
+        self.recording.load(Ordering::SeqCst)
+    }
+
+    fn add(&self, path: &str, put: &Put, bytes: u64) {
+        if matches!(put, Put::Created) {
+            self.objects.fetch_add(1, Ordering::SeqCst);
+            if path.starts_with(PACKS_ROOT) {
+                self.packs.fetch_add(1, Ordering::SeqCst);
+            }
+            self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A site that refuses every write (but the index of a pack already stored) once its owner
+/// abandons in-flight work (the agent after SIGTERM and its grace period, `embassy backup`
+/// after Ctrl-C). A refused write makes a backup fail before its ledger entry, so no version is recorded: the objects already written are
+/// reused by the next run. It may also count what is written ([`WriteTally`]).
 #[derive(Debug)]
 pub struct CancellableSite {
     inner: Arc<dyn Site>,
     cancel: Arc<AtomicBool>,
+    tally: Option<Arc<WriteTally>>,
 }
 
 impl CancellableSite {
     /// Wraps `inner`; writes fail once `cancel` is set.
     pub fn new(inner: Arc<dyn Site>, cancel: Arc<AtomicBool>) -> Self {
-        Self { inner, cancel }
+        Self {
+            inner,
+            cancel,
+            tally: None,
+        }
+    }
+
+    /// The same, counting the objects stored through it in `tally` (when given).
+    pub fn counting(mut self, tally: Option<Arc<WriteTally>>) -> Self {
+        self.tally = tally;
+        self
+    }
+
+    /// Checks the write may go ahead, and notes a ledger entry's write before it begins.
+    fn admit(&self, path: &str) -> std::result::Result<(), SiteError> {
+        self.refuse_once_cancelled(path)?;
+        if let Some(tally) = &self.tally {
+            if path.starts_with(embassy_core::format::layout::LEDGER_ROOT) {
+                tally.recording.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, path: &str, put: &Put, bytes: u64) {
+        if let Some(tally) = &self.tally {
+            tally.add(path, put, bytes);
+        }
     }
 }
 
 impl CancellableSite {
-    /// The error every write gets once the owner abandoned in-flight work.
+    /// The error every write gets once the owner abandoned in-flight work; except an index,
+    /// which describes a pack already stored (written right after it): without it the next
+    /// run could not find the pack's chunks and would store them again.
     fn refuse_once_cancelled(&self, path: &str) -> std::result::Result<(), SiteError> {
-        if self.cancel.load(Ordering::SeqCst) {
+        let describes_a_stored_pack = path.starts_with(INDEX_ROOT);
+        if self.cancel.load(Ordering::SeqCst) && !describes_a_stored_pack {
             return Err(SiteError::Permanent {
                 site: self.inner.location().to_string(),
                 operation: "put",
                 path: path.to_string(),
-                message: "the agent is shutting down: the run was abandoned before its version was recorded".into(),
+                message: "the run was cancelled (interrupted, or the agent shutting down) before \
+                          its version was recorded"
+                    .into(),
             });
         }
         Ok(())
@@ -155,16 +244,21 @@ impl Site for CancellableSite {
         self.inner.location()
     }
     fn put(&self, path: &str, bytes: &[u8]) -> std::result::Result<Put, SiteError> {
-        self.refuse_once_cancelled(path)?;
-        self.inner.put(path, bytes)
+        self.admit(path)?;
+        let put = self.inner.put(path, bytes)?;
+        self.count(path, &put, bytes.len() as u64);
+        Ok(put)
     }
     fn put_from(
         &self,
         path: &str,
         source: Arc<dyn ObjectSource>,
     ) -> std::result::Result<Put, SiteError> {
-        self.refuse_once_cancelled(path)?;
-        self.inner.put_from(path, source)
+        self.admit(path)?;
+        let len = source.len();
+        let put = self.inner.put_from(path, source)?;
+        self.count(path, &put, len);
+        Ok(put)
     }
     fn get(&self, path: &str) -> std::result::Result<Vec<u8>, SiteError> {
         self.inner.get(path)
@@ -190,11 +284,46 @@ impl Site for CancellableSite {
         self.inner.lagging()
     }
     fn members(&self) -> Vec<Arc<dyn Site>> {
-        // Each member wrapped too, so a cancelled run stops writing there as well.
+        // Each member wrapped too, so a cancelled run stops writing there as well (not
+        // counted: a write through the whole is counted once, above).
         self.inner
             .members()
             .into_iter()
             .map(|m| Arc::new(CancellableSite::new(m, self.cancel.clone())) as Arc<dyn Site>)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embassy_testkit::memory::MemorySite;
+
+    #[test]
+    fn once_cancelled_only_the_index_of_a_stored_pack_is_written_and_writes_are_counted() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(WriteTally::default());
+        let site = CancellableSite::new(Arc::new(MemorySite::default()), cancel.clone())
+            .counting(Some(tally.clone()));
+        site.put("packs/reg/ab/ab01", &[1; 100]).unwrap();
+        site.put("packs/reg/ab/ab01", &[1; 100]).unwrap(); // already there: not counted
+        assert_eq!((tally.objects(), tally.packs(), tally.bytes()), (1, 1, 100));
+        assert!(!tally.began_recording());
+        cancel.store(true, Ordering::SeqCst);
+        assert!(site.put("packs/reg/cd/cd02", &[2; 10]).is_err());
+        assert!(site.put("ledger/reg/0000000002", &[3; 10]).is_err());
+        assert!(
+            !tally.began_recording(),
+            "a refused entry is not being recorded"
+        );
+        // The index of the pack stored before the cancellation still goes up, so that the next
+        // run finds the pack's chunks.
+        site.put("index/reg/ab01", &[4; 20]).unwrap();
+        assert_eq!((tally.objects(), tally.packs(), tally.bytes()), (2, 1, 120));
+        let tally = Arc::new(WriteTally::default());
+        let site = CancellableSite::new(Arc::new(MemorySite::default()), Arc::default())
+            .counting(Some(tally.clone()));
+        site.put("ledger/reg/0000000001", &[5; 10]).unwrap();
+        assert!(tally.began_recording());
     }
 }

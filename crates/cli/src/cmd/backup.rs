@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use embassy_core::{Error, Result};
-use embassy_sources::{files, stream};
+use embassy_ops::backup::{BackupReport, Lagging, Source};
 use serde_json::json;
 
-use crate::{open_vault, output, print_json, unlock, Cli};
+use crate::interrupt::Interruptible;
+use crate::{open_options, open_vault_with, output, print_json, unlock, Cli};
 
 /// Arguments of `embassy backup`.
 #[derive(Args)]
@@ -25,65 +26,77 @@ pub struct BackupArgs {
     pub command: Option<String>,
 }
 
-/// Runs `embassy backup`.
+/// Runs `embassy backup`: the source parsed, the backup run by embassy-ops, its report
+/// rendered. Ctrl-C or SIGTERM stops the run before its version is recorded and says so.
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     let show_progress = !cli.quiet && !cli.json;
     let dataset = &args.dataset;
-    let vault = open_vault(cli)?;
-    let keyring = unlock(cli, &vault)?;
-    let bar = output::Bar::new(show_progress);
-    let (version, warnings) = if args.stdin {
-        let v = stream::backup_reader(
-            &vault,
-            &keyring,
-            dataset,
-            std::io::stdin().lock(),
-            "stdin",
-            &bar,
-        )?;
-        (v, Vec::new())
+    let source = if args.stdin {
+        Source::Reader {
+            reader: Box::new(std::io::stdin().lock()),
+            description: "stdin",
+        }
     } else if let Some(command) = &args.command {
-        (
-            stream::backup_command(&vault, &keyring, dataset, command, None, &bar)?,
-            Vec::new(),
-        )
+        Source::Command {
+            command,
+            scrub: None,
+        }
     } else if args.paths.is_empty() {
         return Err(Error::invalid(
             "nothing to back up: give PATHs, --stdin or --command CMD",
         ));
     } else {
-        let b = files::backup(&vault, &keyring, dataset, &args.paths, &bar)?;
-        (b.version, b.warnings)
+        Source::Tree(&args.paths)
+    };
+    let interrupt = Interruptible::new();
+    let vault = open_vault_with(cli, &interrupt.open_options(open_options(cli)?))?;
+    let keyring = unlock(cli, &vault)?;
+    interrupt.catch(dataset, cli.json)?;
+    let bar = output::Bar::new(show_progress);
+    let report = match embassy_ops::backup::backup(&vault, &keyring, dataset, source, &bar) {
+        Ok(report) => report,
+        Err(e) => {
+            bar.finish();
+            return match interrupt.report(dataset, cli.json)? {
+                Some(code) => Ok(code),
+                None => Err(e.into()),
+            };
+        }
     };
     bar.finish();
-    for w in &warnings {
+    render(cli, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a backup recorded, its warnings, and how to catch up sites that missed writes.
+pub fn render(cli: &Cli, report: &BackupReport) -> Result<()> {
+    let version = &report.version;
+    for w in &report.warnings {
         eprintln!("warning: {}", output::escape(w));
     }
-    let mut lagging = vault.site().lagging();
-    lagging.sort();
-    lagging.dedup_by(|a, b| a.0 == b.0);
     let complete = cli
         .site
         .iter()
         .find(|s| {
-            !lagging
+            !report
+                .lagging
                 .iter()
-                .any(|(l, _)| l.ends_with(s.trim_start_matches("file://")))
+                .any(|l| l.site.ends_with(s.trim_start_matches("file://")))
         })
         .cloned()
         .unwrap_or_else(|| "<a complete site>".into());
-    for (site, why) in &lagging {
+    for Lagging { site, why } in &report.lagging {
         eprintln!("warning: site {site} is behind ({why}); catch it up with `embassy sync --from {complete} --to {site}`");
     }
-    if !lagging.is_empty() && cli.site.len() > 1 {
+    if !report.lagging.is_empty() && cli.site.len() > 1 {
         eprintln!(
             "warning: the writes they missed are queued in the state folder: `embassy sync \
              --pending` (or the agent) copies them from the other sites"
         );
     }
     if cli.json {
-        let mut value = output::version_json(&version);
-        value["warnings"] = json!(warnings);
+        let mut value = output::version_json(version);
+        value["warnings"] = json!(report.warnings);
         print_json(value)?;
     } else {
         println!(
@@ -97,5 +110,5 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             version.manifest.short()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use embassy_core::format::config::VaultConfig;
-use embassy_core::keys::keyfile::{KdfParams, KeyFile};
-use embassy_core::keys::RootSecret;
+use embassy_core::duration::{format_duration, parse_duration};
+use embassy_core::format::config::DEFAULT_MIN_AGE_SECS;
 use embassy_core::{Error, Result};
+use embassy_ops::init::InitOptions;
 use serde_json::json;
 
-use crate::{open_sites, output, print_json, prune, secrets, state_dir, Cli};
+use crate::{output, print_json, secrets, state_dir, Cli};
 
 /// Arguments of `embassy init`.
 #[derive(Args)]
@@ -34,88 +34,49 @@ pub struct InitArgs {
     pub min_age: Option<String>,
 }
 
-/// `embassy init`
+/// `embassy init`: the flags parsed, the vault created by embassy-ops, what it made printed.
 pub fn run(cli: &Cli, args: &InitArgs) -> Result<ExitCode> {
-    let (witnesses, witness_quorum) = (&args.witnesses, args.witness_quorum);
-    let deletions = (
-        &args.approvers[..],
-        args.approvals_required,
-        args.min_age.as_deref(),
-    );
     if cli.site.is_empty() {
         return Err(Error::invalid(
             "no site given: pass --site PATH or set EMBASSY_SITE",
         ));
     }
-    // Say what each store lacks (create-only writes, Object Lock) before anything is written.
-    let mut notes = Vec::new();
-    for location in &cli.site {
-        let caps = embassy_sites::check_capabilities(location)?;
-        caps.ensure_usable()?;
-        for w in &caps.warnings {
-            notes.push(format!("{location}: {w}"));
-        }
-    }
-    for n in &notes {
+    let options = InitOptions {
+        min_sites: cli.min_sites,
+        key_file: cli.key_file.clone(),
+        witnesses: args.witnesses.clone(),
+        witness_quorum: args.witness_quorum,
+        approvers: args.approvers.clone(),
+        approvals_required: args.approvals_required,
+        min_age_secs: args.min_age.as_deref().map(parse_duration).transpose()?,
+        ..InitOptions::new(cli.site.clone(), state_dir(cli)?)
+    };
+    let report = secrets::with_rule(cli.passphrase_file.as_deref(), |passphrase| {
+        embassy_ops::init::init(&options, passphrase)
+    })?;
+    for n in &report.notes {
         eprintln!("note: {}", output::escape(n));
     }
-    let site = open_sites(cli, true)?;
-    if let Some(existing) = VaultConfig::try_load(site.as_ref())? {
-        return Err(Error::VaultExists {
-            site: site.location().to_string(),
-            vault_id: existing.vault_id,
-        });
+    if report.min_age_secs == 0 {
+        eprintln!(
+            "warning: --min-age 0: any key granted `delete` (and the root) can delete every \
+             version but the newest at once; the default, {}, keeps recent history out of an \
+             intruder's reach",
+            format_duration(DEFAULT_MIN_AGE_SECS)
+        );
     }
-    let root = RootSecret::generate();
-    let mut config = VaultConfig::new(&root);
-    for w in witnesses {
-        let ok = w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit());
-        if !ok {
-            return Err(Error::invalid(format!(
-                "--witness {w} is not a 64-digit hex public key (print one with `embassy witness-key`)"
-            )));
-        }
-    }
-    if witness_quorum as usize > witnesses.len() {
-        return Err(Error::invalid(format!(
-            "--witness-quorum {witness_quorum} is more than the {} witnesses given",
-            witnesses.len()
-        )));
-    }
-    config.witnesses = witnesses.iter().map(|w| w.to_ascii_lowercase()).collect();
-    config.witness_quorum = witness_quorum;
-    prune::configure_init(&mut config, deletions.0, deletions.1, deletions.2)?;
-    let key_path = secrets::key_path(cli.key_file.as_deref(), &config.vault_id)?;
-    if key_path.exists() {
-        return Err(Error::invalid(format!(
-            "key file {} already exists; choose another --key-file (existing keys are never overwritten)",
-            key_path.display()
-        )));
-    }
-    let pass = secrets::passphrase(cli.passphrase_file.as_deref(), true)?;
-    // Key file first: a vault must never exist without a way to open it.
-    KeyFile::seal(&root, &config.vault_id, pass.as_bytes(), KdfParams::DEFAULT)?
-        .store(&key_path)?;
-    if let Err(e) = config.create(site.as_ref(), &root) {
-        let _ = std::fs::remove_file(&key_path);
-        return Err(e);
-    }
-    let dir = state_dir(cli)?;
-    for location in &cli.site {
-        embassy_core::history::state::pin_site(&dir, location, &config.vault_id, true)?;
-    }
-    let fingerprint = embassy_core::format::config::fingerprint(&config.vault_id);
+    let fingerprint = &report.fingerprint;
     if cli.json {
         print_json(
-            json!({"ok": true, "vault_id": config.vault_id, "fingerprint": fingerprint, "site": site.location(), "key_file": key_path}),
+            json!({"ok": true, "vault_id": report.vault_id, "fingerprint": fingerprint, "site": report.site, "key_file": report.key_file}),
         )?;
     } else {
-        println!("created vault {} at {}", config.vault_id, site.location());
+        println!("created vault {} at {}", report.vault_id, report.site);
         println!(
             "fingerprint: {fingerprint}\n  (record it away from this machine, on paper: it pins the vault's root key; \
              a first-time reader checks it with `embassy --vault-id {fingerprint} verify`)"
         );
-        println!("key file: {} (keep a copy somewhere safe: without it and the passphrase, the data cannot be read)", key_path.display());
+        println!("key file: {} (keep a copy somewhere safe: without it and the passphrase, the data cannot be read)", report.key_file.display());
     }
     Ok(ExitCode::SUCCESS)
 }

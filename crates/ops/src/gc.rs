@@ -1,0 +1,60 @@
+//! Garbage collection: removing the objects no remaining version needs, in two phases
+//! (condemn, then delete once the grace period has passed), safe while backups run. The command
+//! line (`embassy gc`) and the agent's scheduled collection both call [`collect`], so the
+//! options a grace period stands for and the key collection needs are decided here once.
+
+use std::path::Path;
+
+use embassy_core::engine::gc::{self, GcOptions, GcReport};
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::format::config::now_unix_nanos;
+use embassy_core::{Error, Result};
+
+/// The collection options for a grace period: the defaults with that grace period, the allowed
+/// clock skew no longer than it (collection refuses a grace period shorter than the skew).
+pub fn options(grace_secs: Option<u64>, dry_run: bool) -> GcOptions {
+    let mut options = match grace_secs {
+        Some(secs) => GcOptions::with_grace(secs),
+        None => GcOptions::default(),
+    };
+    options.dry_run = dry_run;
+    options
+}
+
+/// What a collection did, and with which options.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    /// What was condemned, deleted, rescued, deferred, refused, skipped.
+    pub report: GcReport,
+    /// The options it ran with (the grace period among them).
+    pub options: GcOptions,
+}
+
+impl Collection {
+    /// True when nothing was skipped and no problem was found (the command line exits 3
+    /// otherwise: a history or a bookkeeping object did not check out).
+    pub fn is_clean(&self) -> bool {
+        self.report.skipped.is_empty() && self.report.problems.is_empty()
+    }
+}
+
+/// Collects the vault's garbage. Condemnation records are signed, so the keys must be allowed
+/// to delete (the root key, or a credential granted the delete right); also for a dry run,
+/// which checks that the key would do. What this machine saw of the records is remembered in
+/// `heads_dir` (the folder of the verified heads, [`crate::open::OpenOptions::heads_dir`]).
+pub fn collect(
+    vault: &Vault,
+    keyring: &Keyring,
+    heads_dir: &Path,
+    options: GcOptions,
+) -> Result<Collection> {
+    let signer = keyring.signer().map_err(|e| {
+        Error::WrongKey(format!(
+            "garbage collection signs its condemnation records, so it needs a key allowed to \
+             delete: the root key file or a credential the root granted the delete right ({e})"
+        ))
+    })?;
+    let collector = gc::Collector::new(signer, heads_dir, &vault.config().vault_id);
+    let report = gc::collect_garbage(vault, &collector, &options, now_unix_nanos())?;
+    Ok(Collection { report, options })
+}
