@@ -29,6 +29,8 @@ use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+
+use embassy_testkit::cli::Embassy as Cli;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,7 +39,6 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_embassy");
-const PASSPHRASE: &str = "crash test passphrase";
 const DS: &str = "land-registry";
 const MIB: usize = 1024 * 1024;
 /// Random SIGKILLs of the version 2 backup.
@@ -90,20 +91,18 @@ impl Embassy {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(BIN);
+        // The test kit's command: a clean environment, its passphrase, output captured; the
+        // home next to the key file, never on the file system being filled.
+        let home = self.key.parent().unwrap_or(Path::new("."));
+        let mut cmd = Cli::new(BIN, home)
+            .env("EMBASSY_STATE_DIR", self.state_dir())
+            .command();
         cmd.arg("--site")
             .arg(&self.site)
             .arg("--key-file")
             .arg(&self.key)
             .arg("--quiet")
-            .args(args)
-            .env("EMBASSY_PASSPHRASE", PASSPHRASE)
-            .env("EMBASSY_STATE_DIR", self.state_dir())
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .args(args);
         // A shell runs background jobs with SIGINT ignored, and that disposition is inherited
         // across exec: give the child the default dispositions a terminal user's command has,
         // so the signal tests test embassy, not how the test runner was started.

@@ -3,9 +3,9 @@
 //! byte-identically from the site alone, trusting only what a witness cosigned.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const PASS: &str = "correct horse battery staple";
+use embassy_testkit::cli::{exec, Embassy, Run};
 
 struct Home {
     dir: tempfile::TempDir,
@@ -16,9 +16,10 @@ impl Home {
         self.dir.path().join(p)
     }
 
-    /// Runs embassy with the site, key file and state of "home" (or of `state`).
-    fn run(&self, key: &Path, state: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embassy"));
+    /// Runs embassy (the test kit's: clean environment, its passphrase) with the site, key file
+    /// and state of "home" (or of `state`).
+    fn run(&self, key: &Path, state: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = Embassy::new(env!("CARGO_BIN_EXE_embassy"), self.dir.path()).command();
         cmd.arg("--site")
             .arg(self.path("site"))
             .arg("--key-file")
@@ -26,39 +27,19 @@ impl Home {
             .arg("--state-dir")
             .arg(state)
             .arg("--quiet")
-            .args(args)
-            .env("EMBASSY_PASSPHRASE", PASS)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE");
-        match stdin {
-            Some(bytes) => {
-                use std::io::Write;
-                cmd.stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped());
-                let mut child = cmd.spawn().expect("spawn embassy");
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(bytes)
-                    .expect("write stdin");
-                child.wait_with_output().expect("wait embassy")
-            }
-            None => cmd.output().expect("run embassy"),
-        }
+            .args(args);
+        exec(cmd, stdin)
     }
 }
 
-fn ok_bytes(out: Output) -> Vec<u8> {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "embassy failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    out.stdout
+fn ok_bytes(out: Run) -> Vec<u8> {
+    assert_eq!(out.code, 0, "embassy failed: {out:?}");
+    out.stdout_bytes
 }
 
-fn ok(out: Output) -> String {
-    String::from_utf8_lossy(&ok_bytes(out)).into_owned()
+fn ok(out: Run) -> String {
+    assert_eq!(out.code, 0, "embassy failed: {out:?}");
+    out.stdout
 }
 
 fn write_tree(root: &Path, seed: u64, files: usize) {
@@ -236,8 +217,8 @@ fn recover_everything_from_a_site_and_k_custodian_shares() {
         ],
         None,
     );
-    assert_eq!(too_few.status.code(), Some(1));
-    let msg = String::from_utf8_lossy(&too_few.stderr);
+    assert_eq!(too_few.code, 1);
+    let msg = &too_few.stderr;
     assert!(msg.contains("needs 3 of its 5"), "{msg}");
     assert!(!new_key.exists());
     let typed = format!("{}\n{}\n{}\n", shares[4], shares[1], shares[3]);

@@ -16,7 +16,7 @@ use embassy_core::keys::RootSecret;
 use embassy_core::site::Site;
 use embassy_sites::LocalSite;
 
-use embassy_testkit::cli::{exec, Run, CHEAP, PASS};
+use embassy_testkit::cli::{exec, Embassy, Run, CHEAP, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 
@@ -56,23 +56,18 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
+        // The test kit's command (clean environment, its passphrase, home in the test's
+        // folder), with the state folder where a user without XDG_STATE_HOME has it.
         let home = self.tmp.path();
-        let mut cmd = Command::new(EXE);
-        cmd.env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE")
-            .env_remove("EMBASSY_STATE_DIR")
-            .env_remove("XDG_STATE_HOME")
-            .env("HOME", home)
+        let mut cmd = Embassy::new(EXE, home)
             .env("TMPDIR", home.join("tmpdir"))
-            .env("EMBASSY_PASSPHRASE", PASS)
+            .command();
+        cmd.env_remove("XDG_STATE_HOME")
             .arg("--site")
             .arg(&self.vault)
             .arg("--key-file")
             .arg(&self.key)
-            .arg("--quiet")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .arg("--quiet");
         cmd
     }
 

@@ -6,9 +6,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use embassy_core::format::spool::HashSink;
+use embassy_testkit::cli::Embassy;
 use embassy_testkit::moto::{moto, unique_bucket};
 use embassy_testkit::s3::s3_config;
 
@@ -30,16 +31,15 @@ fn run_measured(dir: &Path, args: &[&str]) -> (bool, String, u64) {
 /// [`run_measured`] with more environment variables.
 #[allow(clippy::zombie_processes)]
 fn run_measured_with(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> (bool, String, u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_embassy"))
+    // The test kit's command: a clean environment, its passphrase, home in the test's folder.
+    let mut child = Embassy::new(env!("CARGO_BIN_EXE_embassy"), dir)
+        .command()
         .envs(vars.iter().copied())
         .current_dir(dir)
         .args(["--quiet", "--key-file", "key", "--state-dir", "state"])
         .args(args)
-        .env("EMBASSY_PASSPHRASE", "large objects test passphrase")
         // Spools go to the test's folder (on disk), not a shared /tmp.
         .env("TMPDIR", dir.join("spool"))
-        .env_remove("EMBASSY_SITE")
-        .env_remove("EMBASSY_KEY_FILE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -3,30 +3,34 @@
 //! with no gap, and a damaged object at one site is repaired from another.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn embassy(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_embassy"))
-        .current_dir(dir)
-        .args(["--quiet", "--key-file", "key", "--state-dir", "state"])
-        .args(args)
-        .env("EMBASSY_PASSPHRASE", "multi-site test passphrase")
-        .env_remove("EMBASSY_SITE")
-        .env_remove("EMBASSY_KEY_FILE")
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    out
+use embassy_testkit::cli::{exec, Embassy, Run};
+
+/// The test kit's `embassy` (clean environment, home in `dir`), run in `dir` with the key file
+/// `key` and the state folder `state` there.
+fn embassy(dir: &Path, args: &[&str]) -> Run {
+    embassy_as(
+        Embassy::new(env!("CARGO_BIN_EXE_embassy"), dir),
+        dir,
+        "key",
+        args,
+    )
+}
+
+/// `embassy` run with the key file `key`.
+fn embassy_as(embassy: Embassy, dir: &Path, key: &str, args: &[&str]) -> Run {
+    let mut cmd = embassy.command();
+    cmd.current_dir(dir)
+        .args(["--quiet", "--key-file", key, "--state-dir", "state"])
+        .args(args);
+    exec(cmd, None)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let out = embassy(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    out.stdout
 }
 
 /// Takes a site down the way a dead mount looks: the folder is replaced by a file.
@@ -49,7 +53,7 @@ impl Drop for Down {
 
 fn status(dir: &Path) -> serde_json::Value {
     let out = embassy(dir, &["--json", "status", "--site", "a", "--site", "b"]);
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&out.stdout).unwrap()
 }
 
 fn newest(status: &serde_json::Value, site: &str) -> Option<u64> {
@@ -89,8 +93,8 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
             dir,
             &["--site", "a", "--site", "b", "backup", "population", "src"],
         );
-        assert_eq!(refused.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&refused.stderr).contains("2 required"));
+        assert_eq!(refused.code, 1);
+        assert!(refused.stderr.contains("2 required"));
         let out = embassy(
             dir,
             &[
@@ -105,12 +109,8 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
                 "src",
             ],
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.code, 0, "{out:?}");
+        let stderr = &out.stderr;
         assert!(
             stderr.contains("is behind") && stderr.contains("embassy sync --from a --to"),
             "{stderr}"
@@ -125,18 +125,14 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
     );
 
     // Catch up without keys: no gap, both sites complete on their own.
-    let out = Command::new(env!("CARGO_BIN_EXE_embassy"))
-        .current_dir(dir)
-        .args(["--json", "sync", "--from", "a", "--to", "b"])
-        .env_remove("EMBASSY_PASSPHRASE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut cmd = Embassy::new(env!("CARGO_BIN_EXE_embassy"), dir)
+        .without_passphrase()
+        .command();
+    cmd.current_dir(dir)
+        .args(["--json", "sync", "--from", "a", "--to", "b"]);
+    let out = exec(cmd, None);
+    assert_eq!(out.code, 0, "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert!(report["copied"].as_u64().unwrap() > 0, "{report}");
     let s = status(dir);
     assert_eq!(
@@ -166,10 +162,7 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
         bytes[middle] ^= 0xff;
         std::fs::write(pack, bytes).unwrap();
     }
-    assert_eq!(
-        embassy(dir, &["--site", "a", "verify"]).status.code(),
-        Some(3)
-    );
+    assert_eq!(embassy(dir, &["--site", "a", "verify"]).code, 3);
     ok(
         dir,
         &["--site", "a,b", "restore", "population", "--to", "fallback"],
@@ -188,32 +181,23 @@ fn a_site_that_was_down_catches_up_without_a_gap_and_damage_is_repaired() {
         dir,
         &["--json", "sync", "--from", "b", "--to", "a", "--repair"],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["repaired"], packs.len(), "{report}");
     assert!(ok(dir, &["--site", "a", "verify", "--deep"]).contains("vault OK"));
 
     // A site that holds another vault is never mixed in.
-    let other = Command::new(env!("CARGO_BIN_EXE_embassy"))
-        .current_dir(dir)
-        .args([
-            "--quiet",
-            "--site",
-            "other",
-            "--key-file",
-            "other.key",
-            "--state-dir",
-            "state",
-            "init",
-        ])
-        .env("EMBASSY_PASSPHRASE", "another vault")
-        .output()
-        .unwrap();
-    assert!(other.status.success());
+    let other = embassy_as(
+        Embassy::new(env!("CARGO_BIN_EXE_embassy"), dir).env("EMBASSY_PASSPHRASE", "another vault"),
+        dir,
+        "other.key",
+        &["--site", "other", "init"],
+    );
+    assert_eq!(other.code, 0, "{other:?}");
     let mixed = embassy(dir, &["--site", "a", "--site", "other", "versions"]);
-    assert_eq!(mixed.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&mixed.stderr).contains("another vault"));
+    assert_eq!(mixed.code, 1);
+    assert!(mixed.stderr.contains("another vault"));
     let mixed = embassy(dir, &["sync", "--from", "a", "--to", "other"]);
-    assert_eq!(mixed.status.code(), Some(1));
+    assert_eq!(mixed.code, 1);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

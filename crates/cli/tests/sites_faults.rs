@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use embassy_testkit::cli::Embassy;
 use embassy_testkit::hostile::{HostileS3, Hostility};
 use embassy_testkit::moto::*;
 use embassy_testkit::random_bytes;
 use embassy_testkit::s3::{s3_config, target_config};
-
-const PASSPHRASE: &str = "site faults test passphrase";
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -39,14 +38,17 @@ impl Env {
         }
     }
 
+    /// The test kit's `embassy` command (clean environment, its passphrase, home in the test's
+    /// folder).
+    fn cli(&self) -> Command {
+        Embassy::new(env!("CARGO_BIN_EXE_embassy"), &self.dir).command()
+    }
+
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_embassy"));
+        let mut c = self.cli();
         c.current_dir(&self.dir)
             .args(["--quiet", "--key-file", "key", "--state-dir", "state"])
-            .args(args)
-            .env("EMBASSY_PASSPHRASE", PASSPHRASE)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE");
+            .args(args);
         for (k, v) in &self.vars {
             c.env(k, v);
         }
@@ -830,13 +832,10 @@ rpo = "2h"
         )
         .unwrap();
         let started = Instant::now();
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_embassy"));
+        let mut agent = env.cli();
         agent
             .current_dir(&env.dir)
-            .args(["agent", "--config", "embassy.toml", "--once"])
-            .env("EMBASSY_PASSPHRASE", PASSPHRASE)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE");
+            .args(["agent", "--config", "embassy.toml", "--once"]);
         for (k, v) in &env.vars {
             agent.env(k, v);
         }

@@ -25,7 +25,8 @@ pub enum Put {
     AlreadyExisted,
 }
 
-/// Why a site operation failed. Callers retry only [`SiteError::Retryable`].
+/// Why a site operation failed. Only [`SiteError::Retryable`] is ever retried, by the one retry
+/// layer every opened site is wrapped in (embassy-sites' `RetryingSite`).
 #[derive(Debug, thiserror::Error)]
 pub enum SiteError {
     /// Nothing is stored at this path.
@@ -236,23 +237,6 @@ pub fn copy_bounded(from: &mut dyn io::Read, sink: &mut dyn Write, limit: u64) -
 /// The buffer a streamed copy goes through: large enough for few system calls, small enough to
 /// hold one per thread.
 pub const COPY_BUFFER: usize = 1024 * 1024;
-
-/// Runs a site operation, retrying [`SiteError::Retryable`] failures with exponential backoff and
-/// jitter (5 tries over about 6 seconds); other failures return at once.
-pub fn with_retry<T>(mut op: impl FnMut() -> Result<T, SiteError>) -> Result<T, SiteError> {
-    let mut delay_ms = 200u64;
-    for _ in 0..4 {
-        match op() {
-            Err(SiteError::Retryable { .. }) => {
-                let jitter = rand::random::<u64>() % (delay_ms / 2 + 1);
-                std::thread::sleep(std::time::Duration::from_millis(delay_ms + jitter));
-                delay_ms *= 2;
-            }
-            other => return other,
-        }
-    }
-    op()
-}
 
 /// Whether `path` is a valid object path: relative, `/`-separated, no empty, `.` or `..`
 /// component, no NUL byte. Every site refuses other paths (a permanent error), so a hostile

@@ -10,6 +10,7 @@ use embassy_core::engine::vault::Vault;
 use embassy_core::history::state::StateStore;
 use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
 use embassy_core::{Error, Result};
+use embassy_sites::RetryPolicy;
 
 /// Where a vault is and how this machine opens it.
 #[derive(Debug, Clone)]
@@ -52,12 +53,30 @@ impl OpenOptions {
 }
 
 /// Opens the sites as one; `creating` for `init`. Missed writes of a site among several are
-/// queued in `queue_dir` for catch-up.
+/// queued in `queue_dir` for catch-up. Each site retries transient failures (the one retry
+/// layer, `embassy_sites::RetryingSite`).
 pub fn open_sites(
     locations: &[String],
     min_sites: Option<usize>,
     creating: bool,
     queue_dir: Option<&Path>,
+) -> Result<Arc<dyn Site>> {
+    open_sites_with(
+        locations,
+        min_sites,
+        creating,
+        queue_dir,
+        &RetryPolicy::default(),
+    )
+}
+
+/// [`open_sites`], each site retrying as `retry` says (with the run's cancellation switch).
+pub fn open_sites_with(
+    locations: &[String],
+    min_sites: Option<usize>,
+    creating: bool,
+    queue_dir: Option<&Path>,
+    retry: &RetryPolicy,
 ) -> Result<Arc<dyn Site>> {
     if locations.is_empty() {
         return Err(Error::invalid(
@@ -66,8 +85,8 @@ pub fn open_sites(
     }
     let min = min_sites.unwrap_or(locations.len());
     let queue_dir = queue_dir.filter(|_| locations.len() > 1);
-    Ok(embassy_sites::open_many_queued(
-        locations, min, creating, queue_dir,
+    Ok(embassy_sites::open_many_queued_with(
+        locations, min, creating, queue_dir, retry,
     )?)
 }
 
@@ -75,11 +94,14 @@ pub fn open_sites(
 /// files in the state folder; the vault id must be the expected one and the one each site held
 /// on first contact (sites met for the first time are pinned); verified heads are remembered.
 pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
-    let site = open_sites(
+    // A cancelled run also stops retrying (and wakes from a retry's wait).
+    let retry = RetryPolicy::default().with_cancel(options.cancel.clone());
+    let site = open_sites_with(
         &options.locations,
         options.min_sites,
         false,
         Some(&options.state_dir),
+        &retry,
     )?;
     let site: Arc<dyn Site> = if options.cancel.is_some() || options.tally.is_some() {
         let cancel = options.cancel.clone().unwrap_or_default();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use embassy_core::format::wal_log;
-use embassy_core::site::{with_retry, Site};
+use embassy_core::site::Site;
 
 use crate::error::Result;
 use crate::lsn::Lsn;
@@ -51,7 +51,7 @@ pub fn site_wal(location: &str, site: &dyn Site, dataset: &str) -> Result<Option
     let Some(newest) = listing.newest() else {
         return Ok(None);
     };
-    let bytes = with_retry(|| site.get(&newest.path))?;
+    let bytes = site.get(&newest.path)?;
     let captured_at_ns = wal_log::parse(&newest.path, &bytes)
         .map(|p| p.header.captured_at_ns)
         .unwrap_or(0);

@@ -10,7 +10,7 @@ use embassy_core::format::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
 use embassy_core::history::wal_authority::{Anchor, WalAuthority};
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
-use embassy_core::site::{with_retry, Site};
+use embassy_core::site::Site;
 
 use crate::error::{PgError, Result};
 use crate::lsn::{Lsn, SEGMENT_SIZE};
@@ -109,7 +109,7 @@ pub fn list_histories(site: &dyn Site, dataset: &str, timeline: u32) -> Result<W
 fn list_prefixes(site: &dyn Site, dataset: &str, prefixes: &[String]) -> Result<WalListing> {
     let mut infos = Vec::new();
     for prefix in prefixes {
-        infos.extend(with_retry(|| site.list(prefix))?);
+        infos.extend(site.list(prefix)?);
     }
     let mut listing = WalListing::default();
     for info in infos {
@@ -263,7 +263,7 @@ impl WalSigners {
         {
             return *p;
         }
-        let bytes = with_retry(|| site.get(&obj.path)).ok()?;
+        let bytes = site.get(&obj.path).ok()?;
         if ObjectId::of(&bytes) != obj.name.id {
             return None;
         }
@@ -291,7 +291,7 @@ pub fn read_checked(
     obj: &WalObject,
     signers: &WalSigners,
 ) -> Result<(LogHeader, Vec<u8>)> {
-    let bytes = with_retry(|| site.get(&obj.path))?;
+    let bytes = site.get(&obj.path)?;
     let corrupt = |p: &str| PgError::Vault(embassy_core::Error::corrupt(&obj.path, p));
     if ObjectId::of(&bytes) != obj.name.id {
         return Err(corrupt("the bytes do not hash to the id in the name"));
@@ -337,7 +337,7 @@ pub fn put(
     let (bytes, id) = wal_log::seal(keys, signer, spec, payload)?;
     let header = wal_log::parse("new", &bytes)?.header;
     let path = wal_log::path(&header, &id);
-    with_retry(|| site.put(&path, &bytes))?;
+    site.put(&path, &bytes)?;
     Ok((id, path))
 }
 
@@ -542,7 +542,8 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         .chain(&listing.segments)
         .chain(&listing.histories)
     {
-        let checked = with_retry(|| site.get(&obj.path))
+        let checked = site
+            .get(&obj.path)
             .map_err(PgError::from)
             .and_then(|bytes| {
                 if ObjectId::of(&bytes) != obj.name.id {

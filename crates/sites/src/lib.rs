@@ -1,9 +1,11 @@
 //! Storage sites for Data Embassy vaults, all behind [`embassy_core::site::Site`]: a local folder
-//! and S3-compatible buckets. [`check_capabilities`] tells `init` what a site guarantees.
+//! and S3-compatible buckets. [`check_capabilities`] tells `init` what a site guarantees. Every
+//! site [`open`] returns is wrapped once in the one retry layer, [`RetryingSite`].
 
 pub mod local;
 pub mod queue;
 pub mod replicated;
+pub mod retry;
 pub mod s3;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ pub(crate) const LISTED_ENTRY_COST: u64 =
 pub use local::LocalSite;
 pub use queue::{drain, drain_all, DrainReport, SiteQueue};
 pub use replicated::ReplicatedSite;
+pub use retry::{RetryPolicy, RetryingSite};
 pub use s3::S3Site;
 
 mod capabilities;
@@ -28,8 +31,21 @@ pub use capabilities::{check_capabilities, CreateOnly, Retention, SiteCapabiliti
 
 /// Opens a site from a location: a folder path (or `file://` URL), or an
 /// `s3://bucket/prefix[?option=value&...]` bucket (settings from the environment; see
-/// `docs/sites.md`).
+/// `docs/sites.md`), wrapped in a [`RetryingSite`] with the default [`RetryPolicy`].
 pub fn open(location: &str) -> Result<Arc<dyn Site>, SiteError> {
+    open_with(location, &RetryPolicy::default())
+}
+
+/// [`open`], retrying as `policy` says (a cancellation switch, other bounds).
+pub fn open_with(location: &str, policy: &RetryPolicy) -> Result<Arc<dyn Site>, SiteError> {
+    Ok(Arc::new(RetryingSite::new(
+        open_unretried(location)?,
+        policy.clone(),
+    )))
+}
+
+/// The site at `location` itself, without the retry layer.
+fn open_unretried(location: &str) -> Result<Arc<dyn Site>, SiteError> {
     if location.trim().is_empty() {
         return Err(SiteError::Permanent {
             site: location.to_string(),
@@ -115,12 +131,29 @@ pub fn open_many_queued(
     creating: bool,
     state_dir: Option<&std::path::Path>,
 ) -> Result<Arc<dyn Site>, SiteError> {
+    open_many_queued_with(
+        locations,
+        min_sites,
+        creating,
+        state_dir,
+        &RetryPolicy::default(),
+    )
+}
+
+/// [`open_many_queued`], each site retrying as `policy` says.
+pub fn open_many_queued_with(
+    locations: &[String],
+    min_sites: usize,
+    creating: bool,
+    state_dir: Option<&std::path::Path>,
+    policy: &RetryPolicy,
+) -> Result<Arc<dyn Site>, SiteError> {
     if locations.len() == 1 {
-        return open(&locations[0]);
+        return open_with(&locations[0], policy);
     }
     let sites: Vec<Arc<dyn Site>> = locations
         .iter()
-        .map(|l| open(l))
+        .map(|l| open_with(l, policy))
         .collect::<Result<_, _>>()?;
     let mut replicated = ReplicatedSite::new(sites.clone(), min_sites)?;
     if let Some(dir) = state_dir {

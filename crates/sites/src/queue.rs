@@ -31,7 +31,7 @@ use embassy_core::format::layout;
 use embassy_core::format::spool::{FetchError, Spool};
 use embassy_core::id::ObjectId;
 use embassy_core::progress::Progress;
-use embassy_core::site::{with_retry, Put, Site, SiteError};
+use embassy_core::site::{Put, Site, SiteError};
 use embassy_core::{Error, Result};
 use serde::Serialize;
 

@@ -52,6 +52,8 @@ use ureq::http::{HeaderMap, Method, Request};
 const TMP: &str = "tmp/";
 /// S3's longest key, in bytes.
 const MAX_KEY_LEN: usize = 1024;
+/// Most resends of one request after a connection reset (the `retries` option's bound).
+const MAX_RESENDS: u32 = 3;
 /// Error bodies are small; do not read more of them.
 const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 /// Most failed puts remembered for settling (see `S3Site::settle`).
@@ -409,8 +411,8 @@ impl Site for S3Site {
     }
 }
 
-/// Exponential backoff with full jitter: a random delay in `[d/2, d]`, `d` = 100 ms doubling per
-/// try, at most 5 s.
+/// The wait before a resend: a random delay in `[d/2, d]`, `d` = 100 ms doubling per resend, at
+/// most 5 s.
 fn backoff(attempt: u32) -> Duration {
     let d = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
     Duration::from_millis(d / 2 + rand::random::<u64>() % (d / 2 + 1))

@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use embassy_core::site::{with_retry, Put, Site, SiteError};
+use embassy_core::site::{Put, Site, SiteError};
 use embassy_sites::s3::{BucketLock, LockMode, ObjectLock};
-use embassy_sites::{CreateOnly, LocalSite, ReplicatedSite, Retention, S3Site};
+use embassy_sites::{
+    CreateOnly, LocalSite, ReplicatedSite, Retention, RetryPolicy, RetryingSite, S3Site,
+};
 use embassy_testkit::conformance::{self, Expect};
 use embassy_testkit::memory::MemorySite;
 use embassy_testkit::moto::{s3_target, unique_bucket, ServerKind};
@@ -65,6 +67,47 @@ fn memory_site_passes_conformance() {
             exclusive_create: true,
         },
         || Box::new(MemorySite::default()),
+    );
+}
+
+#[test]
+fn retrying_sites_pass_conformance() {
+    // The retry layer over the in-memory site, a local folder and S3, as `embassy_sites::open`
+    // wraps every site.
+    conformance::run(
+        Expect {
+            exclusive_create: true,
+        },
+        || {
+            Box::new(RetryingSite::new(
+                Arc::new(MemorySite::default()),
+                RetryPolicy::default(),
+            ))
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let local = local_sites(dir.path());
+    conformance::run(
+        Expect {
+            exclusive_create: true,
+        },
+        || {
+            Box::new(RetryingSite::new(
+                Arc::from(local()),
+                RetryPolicy::default(),
+            ))
+        },
+    );
+    conformance::run(
+        Expect {
+            exclusive_create: false,
+        },
+        || {
+            Box::new(RetryingSite::new(
+                Arc::new(s3_site("retrying", "v", false)),
+                RetryPolicy::default(),
+            ))
+        },
     );
 }
 
@@ -301,10 +344,14 @@ fn s3_object_lock_retention_on_every_object() {
 
 #[test]
 fn s3_errors_are_classified() {
-    // A bucket that does not exist: permanent, and it says what to do.
-    let site = S3Site::new(target_config(&unique_bucket("gone"), "v")).unwrap();
+    // A bucket that does not exist: permanent, and it says what to do (behind the retry layer,
+    // which must not retry it).
+    let site = RetryingSite::new(
+        Arc::new(S3Site::new(target_config(&unique_bucket("gone"), "v")).unwrap()),
+        RetryPolicy::default(),
+    );
     let t = Instant::now();
-    let r = with_retry(|| site.put("x", b"y"));
+    let r = site.put("x", b"y");
     match &r {
         Err(SiteError::Permanent { message, .. }) => {
             assert!(message.contains("does not exist"), "{message}")

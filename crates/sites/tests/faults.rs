@@ -1,15 +1,16 @@
 //! Fault injection between the S3 site and a real S3 server (moto on loopback): a TCP proxy
 //! adds latency, resets connections (before and after the server acted), answers 500/503,
-//! cuts answers short and stalls. With `with_retry`, operations succeed and nothing stored or
-//! read is corrupted; permanent failures surface as `Permanent` at once.
+//! cuts answers short and stalls. Behind the retry layer (`RetryingSite`), operations succeed
+//! and nothing stored or read is corrupted; permanent failures surface as `Permanent` at once.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embassy_core::site::{with_retry, Put, Site, SiteError};
+use embassy_core::site::{Put, Site, SiteError};
 use embassy_sites::s3::ConditionalWrites;
-use embassy_sites::{CreateOnly, S3Site};
+use embassy_sites::{CreateOnly, RetryPolicy, RetryingSite, S3Site};
 use embassy_testkit::moto::*;
 use embassy_testkit::proxy::*;
 use embassy_testkit::random_bytes;
@@ -19,7 +20,7 @@ const MIB: usize = 1024 * 1024;
 
 /// A bucket on the shared moto server, a site on it straight, and a site on it through a
 /// fault proxy.
-fn setup(tag: &str, rates: FaultRates, retries: u32) -> (S3Site, S3Site, FaultProxy) {
+fn setup(tag: &str, rates: FaultRates, retries: u32) -> (S3Site, Arc<S3Site>, FaultProxy) {
     let server = moto();
     let direct = moto_site(tag, "v", false);
     let proxy = FaultProxy::start(server.port, rates);
@@ -27,21 +28,26 @@ fn setup(tag: &str, rates: FaultRates, retries: u32) -> (S3Site, S3Site, FaultPr
     cfg.retries = retries;
     cfg.io_timeout = Duration::from_millis(1500);
     cfg.connect_timeout = Duration::from_secs(2);
-    let faulty = S3Site::new(cfg).unwrap();
+    let faulty = Arc::new(S3Site::new(cfg).unwrap());
     // Settle the conditional-write probe before any fault is scripted.
     faulty.probe_conditional_writes().unwrap();
     (direct, faulty, proxy)
 }
 
-/// Counts the tries `with_retry` needed.
-fn counted<T>(
-    tries: &AtomicUsize,
-    mut op: impl FnMut() -> Result<T, SiteError>,
-) -> Result<T, SiteError> {
-    with_retry(|| {
-        tries.fetch_add(1, Ordering::Relaxed);
-        op()
-    })
+/// `site` behind the retry layer: up to `attempts` per call with the default waits (which leave
+/// room for the breaker's first probe after a timeout), each retry counted in `retries`.
+fn retrying(site: &Arc<S3Site>, attempts: u32, retries: Arc<AtomicUsize>) -> RetryingSite {
+    RetryingSite::new(
+        site.clone(),
+        RetryPolicy {
+            attempts,
+            report: Arc::new(move |notice| {
+                retries.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{notice}");
+            }),
+            ..RetryPolicy::default()
+        },
+    )
 }
 
 #[test]
@@ -87,7 +93,8 @@ fn random_faults_are_retried_and_nothing_is_corrupted() {
             random_bytes(11 * MIB + i, 1000 + i as u64),
         );
     }
-    let tries = AtomicUsize::new(0);
+    let tries = Arc::new(AtomicUsize::new(0));
+    let retried = retrying(&site, 8, tries.clone());
     let outcomes: std::sync::Mutex<BTreeMap<String, Put>> = Default::default();
     let items: Vec<(&String, &Vec<u8>)> = objects.iter().collect();
     let next = AtomicUsize::new(0);
@@ -98,7 +105,8 @@ fn random_faults_are_retried_and_nothing_is_corrupted() {
                 let Some((path, bytes)) = items.get(i) else {
                     return;
                 };
-                let put = counted(&tries, || site.put(path, bytes))
+                let put = retried
+                    .put(path, bytes)
                     .unwrap_or_else(|e| panic!("put {path} failed despite retries: {e}"));
                 outcomes.lock().unwrap().insert(path.to_string(), put);
             });
@@ -110,7 +118,7 @@ fn random_faults_are_retried_and_nothing_is_corrupted() {
     }
     // Reading back through the faults: whole objects and ranges, never short or corrupt.
     for (path, bytes) in &objects {
-        let got = counted(&tries, || site.get(path)).unwrap();
+        let got = retried.get(path).unwrap();
         assert!(
             got == *bytes,
             "{path}: corrupted read ({} of {} bytes)",
@@ -118,13 +126,13 @@ fn random_faults_are_retried_and_nothing_is_corrupted() {
             bytes.len()
         );
         let (offset, len) = ((bytes.len() / 3) as u64, (bytes.len() / 2) as u64);
-        let got = counted(&tries, || site.get_range(path, offset, len)).unwrap();
+        let got = retried.get_range(path, offset, len).unwrap();
         assert!(
             got == bytes[offset as usize..(offset + len) as usize],
             "{path}: range"
         );
     }
-    let listed = counted(&tries, || site.list("")).unwrap();
+    let listed = retried.list("").unwrap();
     let listed: BTreeMap<String, u64> = listed.into_iter().map(|i| (i.path, i.size)).collect();
     let expected: BTreeMap<String, u64> = objects
         .iter()
@@ -139,7 +147,7 @@ fn random_faults_are_retried_and_nothing_is_corrupted() {
         );
     }
     eprintln!(
-        "fault run: {} in {:.1?}; {} site calls for {} operations",
+        "fault run: {} in {:.1?}; {} retries for {} operations",
         proxy.stats.summary(),
         t.elapsed(),
         tries.load(Ordering::Relaxed),
@@ -152,9 +160,10 @@ fn random_faults_are_retried_and_nothing_is_corrupted() {
 }
 
 #[test]
-fn each_transient_fault_is_retryable_and_with_retry_recovers() {
-    // No retries inside the site: every fault reaches the caller, who must see Retryable.
+fn each_transient_fault_is_retryable_and_the_retry_layer_recovers() {
+    // No resends inside the site: every fault reaches the caller, who must see Retryable.
     let (direct, site, proxy) = setup("classify", FaultRates::default(), 0);
+    let retried = retrying(&site, 5, Arc::default());
     site.put("seed", b"seed bytes").unwrap();
     let cases = [
         ("GET /", Fault::Http500),
@@ -189,10 +198,10 @@ fn each_transient_fault_is_retryable_and_with_retry_recovers() {
         }
         proxy.script(needle, fault, 1);
         if needle.starts_with("GET") {
-            assert_eq!(with_retry(|| site.get("seed")).unwrap(), b"seed bytes");
+            assert_eq!(retried.get("seed").unwrap(), b"seed bytes");
         } else {
             let path = format!("p/{n}-again");
-            with_retry(|| site.put(&path, b"bytes")).unwrap();
+            retried.put(&path, b"bytes").unwrap();
             assert_eq!(direct.get(&path).unwrap(), b"bytes");
         }
     }
@@ -203,10 +212,7 @@ fn each_transient_fault_is_retryable_and_with_retry_recovers() {
     proxy.script("PUT /", Fault::ResetAfterForward, 1);
     let r = site.put("lost-answer", b"mine");
     assert!(matches!(r, Err(SiteError::Retryable { .. })), "{r:?}");
-    assert_eq!(
-        with_retry(|| site.put("lost-answer", b"mine")).unwrap(),
-        Put::Created
-    );
+    assert_eq!(retried.put("lost-answer", b"mine").unwrap(), Put::Created);
     assert_eq!(direct.get("lost-answer").unwrap(), b"mine");
     // Not so when the bytes differ: that name is someone else's.
     proxy.script("PUT /", Fault::ResetAfterForward, 1);
@@ -217,7 +223,7 @@ fn each_transient_fault_is_retryable_and_with_retry_recovers() {
     // A permanent failure is not retried.
     proxy.script("GET /", Fault::Http403, 10);
     let t = Instant::now();
-    match with_retry(|| site.get("seed")) {
+    match retried.get("seed") {
         Err(SiteError::Permanent { message, .. }) => {
             assert!(
                 message.contains("AccessDenied") && message.contains("credentials"),

@@ -29,6 +29,8 @@ pub struct Run {
     pub code: i32,
     /// Standard output, lossily decoded.
     pub stdout: String,
+    /// Standard output as it came (a stream restored to standard output).
+    pub stdout_bytes: Vec<u8>,
     /// Standard error, lossily decoded.
     pub stderr: String,
 }
@@ -189,6 +191,7 @@ pub fn exec(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout_bytes: out.stdout,
     };
     assert!(
         !run.stderr.contains("panicked"),

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use embassy_core::format::spool::Spool;
 use embassy_core::id::ObjectId;
-use embassy_core::site::{with_retry, ObjectSource, Put, Site, SiteError};
+use embassy_core::site::{ObjectSource, Put, Site, SiteError};
 
 use crate::random_bytes;
 
@@ -306,7 +306,7 @@ pub fn pagination(site: &dyn Site) {
                 }
                 let path = format!("pg/{:02}/{i:05}", i % 7);
                 assert_eq!(
-                    with_retry(|| site.put(&path, i.to_string().as_bytes())).unwrap(),
+                    site.put(&path, i.to_string().as_bytes()).unwrap(),
                     Put::Created
                 );
             });

@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::history::approval::{encode, path, Approval, SigningKey};
 use crate::history::ledger::Record;
 use crate::id::ObjectId;
-use crate::site::with_retry;
 
 /// Signs and stores an approval to delete `version`; returns its id.
 pub fn approve(
@@ -84,6 +83,6 @@ pub fn approve_min_age(
 fn store(vault: &Vault, key: &SigningKey, approval: &Approval) -> Result<ObjectId> {
     let bytes = encode(approval, key);
     let id = ObjectId::of(&bytes);
-    with_retry(|| vault.site().put(&path(&approval.dataset, &id), &bytes))?;
+    vault.site().put(&path(&approval.dataset, &id), &bytes)?;
     Ok(id)
 }

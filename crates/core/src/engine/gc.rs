@@ -27,7 +27,7 @@ use crate::format::layout;
 use crate::format::wal_log::{self, LogKind};
 use crate::history::ledger::{Event, Record};
 use crate::id::ObjectId;
-use crate::site::{with_retry, Site};
+use crate::site::Site;
 pub use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 
@@ -336,7 +336,7 @@ pub fn collect_garbage(
     }
     let (markers, problems) = load_timed::<SessionMarker>(merged, SESSIONS_ROOT)?;
     report.problems.extend(problems);
-    let listing = with_retry(|| merged.list(""))?;
+    let listing = merged.list("")?;
     let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
     let mut datasets: BTreeSet<String> = vault.datasets()?.into_iter().collect();
     datasets.extend(
@@ -488,7 +488,7 @@ pub fn collect_garbage(
                         continue;
                     }
                     // Only at this site: another site's record cannot delete here.
-                    match with_retry(|| site.delete(object)) {
+                    match site.delete(object) {
                         Ok(()) => {
                             if deleted_set.insert(object.clone()) {
                                 report.deleted.push(object.clone());
@@ -502,7 +502,7 @@ pub fn collect_garbage(
                     }
                 }
                 if complete && !options.dry_run {
-                    if let Err(e) = with_retry(|| site.delete(path)) {
+                    if let Err(e) = site.delete(path) {
                         report.refused.push(format!("{path}: {e}"));
                     }
                 }
@@ -536,7 +536,7 @@ pub fn collect_garbage(
                 let bytes = encode_record(&record, &collector.key);
                 let id = ObjectId::of(&bytes);
                 let path = record_path(dataset, time_ns, &id);
-                with_retry(|| merged.put(&path, &bytes))?;
+                merged.put(&path, &bytes)?;
                 // This collector made it: seen from its own time at every site.
                 for site in &sites {
                     let key = seen_key(site.as_ref(), &path);
@@ -550,7 +550,7 @@ pub fn collect_garbage(
         if !options.dry_run {
             for (path, _, m) in &ds_markers {
                 if !live(m) && m.started_at_ns.saturating_add(grace_ns) <= now_ns {
-                    if let Err(e) = with_retry(|| merged.delete(path)) {
+                    if let Err(e) = merged.delete(path) {
                         report.refused.push(format!("{path}: {e}"));
                     }
                 }

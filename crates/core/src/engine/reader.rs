@@ -16,7 +16,7 @@ use crate::history::version::Version;
 use crate::id::{ChunkId, ObjectId};
 use crate::keys::crypto::ObjectKey;
 use crate::keys::DatasetKeys;
-use crate::site::{with_retry, Site, SiteError};
+use crate::site::{Site, SiteError};
 
 pub use crate::format::object::get_checked;
 
@@ -189,7 +189,7 @@ impl VersionReader {
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        with_retry(|| self.site.get_range(path, offset, len)).map_err(|e| match e {
+        self.site.get_range(path, offset, len).map_err(|e| match e {
             // Shorter than its index says: damage, not an outage.
             SiteError::Permanent { .. }
                 if self

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::layout;
 use crate::format::spool::{HashSink, Spool};
 use crate::progress::Progress;
-use crate::site::{with_retry, Put, Site, SiteError};
+use crate::site::{Put, Site, SiteError};
 
 /// What a sync did.
 #[derive(Debug, Default, Serialize)]
@@ -66,7 +66,7 @@ pub fn sync(
     progress: &dyn Progress,
 ) -> Result<SyncReport> {
     let config = crate::format::config::VaultConfig::load(from)?;
-    let source_config = with_retry(|| from.get(layout::CONFIG))?;
+    let source_config = from.get(layout::CONFIG)?;
     match to.get(layout::CONFIG) {
         Ok(existing) if existing != source_config => {
             return Err(Error::invalid(format!(
@@ -79,9 +79,9 @@ pub fn sync(
         Ok(_) => {}
         Err(SiteError::NotFound { .. }) => {
             // Signature first, so the configuration never appears unsigned.
-            let signature = with_retry(|| from.get(layout::CONFIG_SIGNATURE))?;
-            with_retry(|| to.put(layout::CONFIG_SIGNATURE, &signature))?;
-            with_retry(|| to.put(layout::CONFIG, &source_config))?;
+            let signature = from.get(layout::CONFIG_SIGNATURE)?;
+            to.put(layout::CONFIG_SIGNATURE, &signature)?;
+            to.put(layout::CONFIG, &source_config)?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -159,7 +159,7 @@ pub fn sync(
             };
             let size = spool.len();
             if damaged_at_target {
-                if let Err(e) = with_retry(|| to.delete(&info.path)) {
+                if let Err(e) = to.delete(&info.path) {
                     return note(&|r| {
                         r.problems.push(format!(
                             "{}: damaged at the target and cannot be removed: {e}",
@@ -169,7 +169,7 @@ pub fn sync(
                 }
             }
             let source = spool.into_source();
-            match with_retry(|| to.put_from(&info.path, source.clone())) {
+            match to.put_from(&info.path, source.clone()) {
                 Ok(Put::Created) => note(&|r| {
                     if damaged_at_target {
                         r.repaired += 1;

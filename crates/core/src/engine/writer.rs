@@ -29,7 +29,7 @@ use crate::history::ledger::{self, Event, Record};
 use crate::id::{ChunkId, ObjectId};
 use crate::keys::DatasetKeys;
 use crate::progress::Progress;
-use crate::site::{with_retry, Site};
+use crate::site::Site;
 
 /// Where a known chunk is.
 #[derive(Clone, Copy)]
@@ -92,17 +92,15 @@ impl Shared {
     fn upload(&self, bytes: Vec<u8>, entries: Vec<BlobEntry>) -> Result<()> {
         let pack_id = ObjectId::of(&bytes);
         let dataset = &self.keys.dataset;
-        with_retry(|| self.site.put(&layout::pack(dataset, &pack_id), &bytes))?;
+        self.site.put(&layout::pack(dataset, &pack_id), &bytes)?;
         let stored: u64 = bytes.len() as u64;
         drop(bytes);
         let described = (pack_id, entries);
         let index_bytes = index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
         let entries = &described.1;
         let index_id = ObjectId::of(&index_bytes);
-        with_retry(|| {
-            self.site
-                .put(&layout::index(dataset, &index_id), &index_bytes)
-        })?;
+        self.site
+            .put(&layout::index(dataset, &index_id), &index_bytes)?;
         {
             let mut known = lock(&self.known);
             for e in entries {
@@ -457,7 +455,7 @@ impl BackupSession {
         let site = self.vault.site();
         let bytes = manifest::encode(keys, indexes, &body);
         let manifest_id = ObjectId::of(&bytes);
-        with_retry(|| site.put(&layout::manifest(&keys.dataset, &manifest_id), &bytes))?;
+        site.put(&layout::manifest(&keys.dataset, &manifest_id), &bytes)?;
         let event = Event::VersionAdded {
             manifest: manifest_id,
             kind,

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::site::{with_retry, Site, SiteError};
+use crate::site::{Site, SiteError};
 
 /// Fetches an object and checks it hashes to its name.
 pub fn get_checked(
@@ -12,7 +12,7 @@ pub fn get_checked(
     id: &ObjectId,
     referenced_by: &str,
 ) -> Result<Vec<u8>> {
-    let bytes = with_retry(|| site.get(path)).map_err(|e| match e {
+    let bytes = site.get(path).map_err(|e| match e {
         SiteError::NotFound { .. } => Error::Missing {
             path: path.to_string(),
             site: site.location().to_string(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::layout;
 use crate::id::ObjectId;
-use crate::site::{with_retry, ObjectSink, ObjectSource, Site, SiteError};
+use crate::site::{ObjectSink, ObjectSource, Site, SiteError};
 
 /// An object's bytes on local disk, with the BLAKE3 hash of everything written so far.
 #[derive(Debug)]
@@ -73,16 +73,11 @@ impl Spool {
         crate::site::read_source(self, offset, len)
     }
 
-    /// Reads `path` from `site` into a fresh spool, retrying transient failures from the start.
+    /// Reads `path` from `site` into a fresh spool (the site's retry layer restarts the spool
+    /// before trying again).
     pub fn read_from(site: &dyn Site, path: &str) -> std::result::Result<Spool, FetchError> {
         let mut spool = Spool::for_object(path).map_err(FetchError::Local)?;
-        with_retry(|| {
-            spool
-                .restart()
-                .map_err(|e| crate::site::sink_error(site.location(), path, e))?;
-            site.get_to(path, &mut spool)
-        })
-        .map_err(FetchError::Site)?;
+        site.get_to(path, &mut spool).map_err(FetchError::Site)?;
         Ok(spool)
     }
 
@@ -149,15 +144,11 @@ impl HashSink {
         &self.head
     }
 
-    /// Streams `path` from `site` (retrying transient failures from the start) through a
-    /// fresh hasher.
+    /// Streams `path` from `site` through a fresh hasher (the site's retry layer restarts it
+    /// before trying again).
     pub fn read_from(site: &dyn Site, path: &str) -> std::result::Result<HashSink, SiteError> {
         let mut sink = HashSink::new();
-        with_retry(|| {
-            sink.restart()
-                .map_err(|e| crate::site::sink_error(site.location(), path, e))?;
-            site.get_to(path, &mut sink)
-        })?;
+        site.get_to(path, &mut sink)?;
         Ok(sink)
     }
 }
@@ -256,10 +247,11 @@ pub enum Held {
 }
 
 impl Held {
-    /// Reads `path` from `site` (retrying transient failures) as `need` says.
+    /// Reads `path` from `site` as `need` says.
     pub fn read(site: &dyn Site, path: &str, need: Need) -> std::result::Result<Held, FetchError> {
         match need {
-            Need::Whole => with_retry(|| site.get(path))
+            Need::Whole => site
+                .get(path)
                 .map(|b| Held::Whole(ObjectId::of(&b), b))
                 .map_err(FetchError::Site),
             Need::Spool => Spool::read_from(site, path).map(Held::Spooled),

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::layout;
 use crate::id::ObjectId;
 use crate::keys::RootSecret;
-use crate::site::{with_retry, Site};
+use crate::site::Site;
 
 pub(crate) const MAGIC: &[u8; 8] = b"EMBAPPR1";
 const LABEL: &[u8] = b"data-embassy approval v1";
@@ -150,7 +150,7 @@ pub fn list_signed(
     layout::check_dataset_name(dataset)?;
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for info in with_retry(|| site.list(&prefix(dataset)))? {
+    for info in site.list(&prefix(dataset))? {
         let Some(id) = layout::id_in_path(&info.path) else {
             problems.push(format!("{}: unexpected object", info.path));
             continue;

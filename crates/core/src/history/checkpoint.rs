@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::history::ledger::Record;
 use crate::id::ObjectId;
-use crate::site::{with_retry, Site};
+use crate::site::Site;
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"EMBCHKP1";
 const COSIGNATURE_MAGIC: &[u8; 8] = b"EMBCOSG1";
@@ -116,12 +116,10 @@ pub fn write_at(
     let bytes =
         crate::format::framing::encode_signed(CHECKPOINT_MAGIC, CHECKPOINT_LABEL, &checkpoint, key);
     let id = ObjectId::of(&bytes);
-    with_retry(|| {
-        site.put(
-            &format!("{CHECKPOINTS}{:020}-{id}", checkpoint.time_ns),
-            &bytes,
-        )
-    })?;
+    site.put(
+        &format!("{CHECKPOINTS}{:020}-{id}", checkpoint.time_ns),
+        &bytes,
+    )?;
     Ok((id, checkpoint.time_ns))
 }
 
@@ -143,7 +141,7 @@ pub fn cosign(site: &dyn Site, id: &ObjectId, key: &SigningKey) -> Result<()> {
         hex::encode(&cosignature.witness[..8]),
         ObjectId::of(&bytes)
     );
-    with_retry(|| site.put(&path, &bytes))?;
+    site.put(&path, &bytes)?;
     Ok(())
 }
 
@@ -285,7 +283,7 @@ pub fn time_problem(
             .map(|r| r.entry.time_ns);
         let time = served.or_else(|| {
             let path = crate::format::layout::ledger_entry(dataset, head.seq, &head.id);
-            let bytes = with_retry(|| site.get(&path)).ok()?;
+            let bytes = site.get(&path).ok()?;
             (ObjectId::of(&bytes) == head.id)
                 .then(|| crate::history::ledger::decode(&path, &bytes).ok())
                 .flatten()

@@ -30,7 +30,7 @@ pub struct DrainReport {
 
 /// Whether `site` holds `path` (without reading it).
 fn holds(site: &dyn Site, path: &str) -> std::result::Result<bool, SiteError> {
-    match with_retry(|| site.get_range(path, 0, 0)) {
+    match site.get_range(path, 0, 0) {
         Ok(_) => Ok(true),
         Err(SiteError::NotFound { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -162,7 +162,7 @@ pub fn drain(
                     let size = spool.len();
                     progress.add(size);
                     let source = spool.into_source();
-                    match with_retry(|| target.put_from(path, source.clone())) {
+                    match target.put_from(path, source.clone()) {
                         Ok(Put::Created) => {
                             report.copied += 1;
                             report.bytes += size;

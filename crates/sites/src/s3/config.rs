@@ -168,8 +168,9 @@ pub struct S3Config {
     /// Limit for any single read or write on a connection to make progress, and for the server to
     /// start answering.
     pub io_timeout: Duration,
-    /// Extra tries of each HTTP request after a retryable failure (with backoff and jitter)
-    /// before the operation reports [`SiteError::Retryable`].
+    /// Resends of an HTTP request whose connection was reset or closed before any answer (a
+    /// stale kept-alive connection), at most 3. Every other transient failure is reported as
+    /// [`SiteError::Retryable`] at once: the one retry layer above (`RetryingSite`) decides.
     pub retries: u32,
     /// Most memory one listing may hold, in bytes: the paths kept plus 32 bytes for each entry.
     /// A server that lists more is refused (a damaged or hostile site, or a vault larger than
@@ -215,7 +216,7 @@ impl S3Config {
             parallelism: 4,
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(60),
-            retries: 3,
+            retries: 1,
             listing_limit: DEFAULT_LISTING_LIMIT,
         }
     }
@@ -428,7 +429,7 @@ impl S3Config {
         )? {
             cfg.listing_limit = n * MIB;
         }
-        if let Some(n) = number("retries", "EMBASSY_S3_RETRIES", 0, 20)? {
+        if let Some(n) = number("retries", "EMBASSY_S3_RETRIES", 0, 3)? {
             cfg.retries = n as u32;
         }
         cfg.validate().map_err(bad)?;

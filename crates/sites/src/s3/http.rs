@@ -1,6 +1,26 @@
-//! Requests: URL building, signing, sending with limits, transport and status errors, retries, HEAD.
+//! Requests: URL building, signing, sending with limits, transport and status errors, resends
+//! after a connection reset, HEAD.
+
+use std::cell::Cell;
 
 use super::*;
+
+thread_local! {
+    /// Whether this thread's last exchange failed with a connection reset or closed before any
+    /// answer (the one failure [`S3Site::retry`] resends).
+    static LAST_WAS_RESET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a transport error is a connection reset or closed before the answer began.
+fn is_reset(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+    ))
+}
 
 impl S3Site {
     // ---------------------------------------------------------------------------------------
@@ -165,6 +185,7 @@ impl S3Site {
         path: &str,
         body_limit: BodyLimit,
     ) -> Result<Reply, Failure> {
+        LAST_WAS_RESET.with(|r| r.set(false));
         let probe = match self.breaker.admit() {
             breaker::Admit::Go => false,
             breaker::Admit::Probe => true,
@@ -214,6 +235,7 @@ impl S3Site {
                     io.kind(),
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
                 ));
+                LAST_WAS_RESET.with(|r| r.set(is_reset(&e)));
                 let failure = self.transport_failure(operation, path, e);
                 if unreachable {
                     self.breaker.unreachable(&failure.error.to_string());
@@ -497,8 +519,11 @@ impl S3Site {
         self.permanent(operation, path, message)
     }
 
-    /// Runs one request attempt up to `1 + retries` times while it fails with
-    /// [`SiteError::Retryable`], sleeping with exponential backoff and full jitter in between.
+    /// Runs one request attempt, and again (up to `retries` times, after a short jittered wait)
+    /// only while its request's connection was reset or closed before any answer: a stale
+    /// kept-alive connection says nothing about the server. Every other failure returns at
+    /// once; the retry layer over every site (`RetryingSite`) decides about those, so the
+    /// attempts of one call stay bounded there.
     pub(super) fn retry<T>(
         &self,
         mut attempt: impl FnMut(u32) -> Result<T, SiteError>,
@@ -509,7 +534,9 @@ impl S3Site {
                 // A site that stopped answering is not asked again here: the breaker decides
                 // when it is probed.
                 Err(SiteError::Retryable { .. })
-                    if n < self.cfg.retries && !self.breaker.is_down() =>
+                    if n < self.cfg.retries.min(MAX_RESENDS)
+                        && LAST_WAS_RESET.with(Cell::get)
+                        && !self.breaker.is_down() =>
                 {
                     std::thread::sleep(backoff(n));
                     n += 1;

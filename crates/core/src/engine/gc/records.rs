@@ -11,7 +11,7 @@ use crate::engine::vault::Vault;
 use crate::error::{Error, Result};
 use crate::format::layout;
 use crate::id::ObjectId;
-use crate::site::{with_retry, Site};
+use crate::site::Site;
 
 pub(crate) const RECORD_MAGIC: &[u8; 8] = b"EMBCOND2";
 pub(crate) const MARKER_MAGIC: &[u8; 8] = b"EMBSESS2";
@@ -124,7 +124,7 @@ pub(super) type Timed<T> = (Vec<(String, i64, T)>, Vec<String>);
 pub(super) fn load_timed<T: Signed>(site: &dyn Site, prefix: &str) -> Result<Timed<T>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for info in with_retry(|| site.list(prefix))? {
+    for info in site.list(prefix)? {
         let name = info.path.rsplit('/').next().unwrap_or_default();
         let parsed = name
             .split_once('-')
@@ -193,7 +193,7 @@ pub fn begin_session(
     };
     let bytes = encode_marker(&marker, key);
     let id = ObjectId::of(&bytes);
-    with_retry(|| site.put(&marker_path(dataset, marker.started_at_ns, &id), &bytes))?;
+    site.put(&marker_path(dataset, marker.started_at_ns, &id), &bytes)?;
     Ok(())
 }
 

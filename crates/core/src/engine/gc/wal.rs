@@ -7,7 +7,7 @@ use crate::format::wal_log::{self, LogKind, LogName};
 use crate::history::ledger::{Event, Record};
 use crate::history::wal_authority::WalAuthority;
 use crate::id::ObjectId;
-use crate::site::{with_retry, Site};
+use crate::site::Site;
 
 /// A WAL segment object a verified ledger entry anchors: `LogRangeAdded` naming its id, on its
 /// timeline, ending where it ends.
@@ -60,7 +60,7 @@ pub fn wal_pieces_covered(pieces: &[&LogName], segments: &[&LogName]) -> Vec<Opt
 /// ledger anchored it (or is active now): a later revocation of the streamer's key does not
 /// make its compacted segments untrustworthy.
 fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &WalAuthority) -> bool {
-    let Ok(bytes) = with_retry(|| site.get(path)) else {
+    let Ok(bytes) = site.get(path) else {
         return false;
     };
     if ObjectId::of(&bytes) != name.id {

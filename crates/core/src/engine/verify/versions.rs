@@ -13,7 +13,6 @@ use crate::format::manifest;
 use crate::format::pack;
 use crate::format::tree::NodeKind;
 use crate::id::{ChunkId, ObjectId};
-use crate::site::with_retry;
 
 /// Keyless: the manifest, its indexes and their packs exist.
 pub(super) fn check_references(
@@ -29,7 +28,9 @@ pub(super) fn check_references(
     // Listed at the start, or stored since (by a backup running meanwhile).
     let exists = |path: &str| {
         sizes.contains_key(path)
-            || with_retry(|| site.list(path)).is_ok_and(|l| l.iter().any(|i| i.path == path))
+            || site
+                .list(path)
+                .is_ok_and(|l| l.iter().any(|i| i.path == path))
     };
     // Bytes that do not match their name were noted in step 1 when listed (damage, since they
     // are referenced: judged after step 2); either way a
@@ -50,14 +51,12 @@ pub(super) fn check_references(
         return false;
     }
     referenced.insert(manifest_path.clone());
-    let header = match with_retry(|| site.get(&manifest_path))
-        .map_err(Error::from)
-        .and_then(|b| {
-            if !matches_name(&manifest_path, &b, &version.manifest) {
-                return Ok(None);
-            }
-            manifest::decode_header(&manifest_path, &b).map(Some)
-        }) {
+    let header = match site.get(&manifest_path).map_err(Error::from).and_then(|b| {
+        if !matches_name(&manifest_path, &b, &version.manifest) {
+            return Ok(None);
+        }
+        manifest::decode_header(&manifest_path, &b).map(Some)
+    }) {
         Ok(Some((h, _))) => h,
         Ok(None) => return false,
         Err(e) => {
@@ -85,14 +84,12 @@ pub(super) fn check_references(
         if !referenced.insert(index_path.clone()) {
             continue; // already followed for an earlier version
         }
-        let packs = match with_retry(|| site.get(&index_path))
-            .map_err(Error::from)
-            .and_then(|b| {
-                if !matches_name(&index_path, &b, index_id) {
-                    return Ok(None);
-                }
-                index::decode_header(&index_path, &b).map(Some)
-            }) {
+        let packs = match site.get(&index_path).map_err(Error::from).and_then(|b| {
+            if !matches_name(&index_path, &b, index_id) {
+                return Ok(None);
+            }
+            index::decode_header(&index_path, &b).map(Some)
+        }) {
             Ok(Some((h, _))) => h.packs,
             Ok(None) => {
                 ok = false;
