@@ -6,4 +6,6 @@ pub mod env;
 pub mod files;
 pub mod metadata;
 pub mod relation;
+mod resync;
+pub mod selection;
 pub mod stream;
