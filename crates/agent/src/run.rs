@@ -87,7 +87,11 @@ pub fn backup_dataset(
     let vault = open_vault(config, cancel)?;
     let (version, mut warnings) = match &d.source {
         Source::Files(paths) => {
-            let b = files::backup(&vault, keyring, dataset, paths, &Silent)?;
+            let selection = d
+                .selection
+                .backup_selection()
+                .map_err(|e| RunError::Config(format!("dataset {dataset}: {e}")))?;
+            let b = files::backup_with(&vault, keyring, dataset, paths, &selection, &Silent)?;
             (b.version, b.warnings)
         }
         Source::Command { command, pass_env } => (

@@ -351,6 +351,29 @@ pub struct BackupSelection {
     pub dry_run: bool,
 }
 
+impl BackupSelection {
+    /// The selection from its parts as a front end takes them (`--exclude`, `--exclude-file`,
+    /// `--exclude-caches`, `--one-file-system`, or the same settings of `embassy.toml`): the
+    /// patterns first, then each file's, in order.
+    pub fn from_parts<S: AsRef<str>>(
+        exclude: &[S],
+        exclude_files: &[PathBuf],
+        exclude_caches: bool,
+        one_file_system: bool,
+    ) -> Result<Self, PatternError> {
+        let mut patterns = Patterns::parse(exclude)?;
+        for file in exclude_files {
+            patterns.add_file(file)?;
+        }
+        Ok(Self {
+            exclude: patterns,
+            exclude_caches,
+            one_file_system,
+            dry_run: false,
+        })
+    }
+}
+
 /// What a restore of a file tree writes.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreSelection {
@@ -368,12 +391,6 @@ impl RestoreSelection {
     pub fn selects(&self, path: &[u8], is_dir: bool) -> bool {
         (self.include.is_empty() || self.include.covers(path, is_dir))
             && !self.exclude.covers(path, is_dir)
-    }
-
-    /// Whether a restore touches `path` at all (to keep or to delete): only excludes protect.
-    pub fn governs(&self, path: &[u8], is_dir: bool) -> bool {
-        !self.exclude.covers(path, is_dir)
-            && (self.include.is_empty() || self.include.covers(path, is_dir))
     }
 }
 

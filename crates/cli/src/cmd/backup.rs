@@ -23,15 +23,111 @@ pub struct BackupArgs {
     /// Run this shell command and store its output; no version is kept if it fails.
     #[arg(long, conflicts_with = "paths")]
     pub command: Option<String>,
+    /// Leave out paths matching this pattern (gitignore-style, relative to the folder backed
+    /// up: `*.tmp`, `/build`, `logs/**/*.gz`, `cache/`, `!keep.tmp`). Repeatable.
+    #[arg(long, value_name = "PATTERN", conflicts_with_all = ["stdin", "command"])]
+    pub exclude: Vec<String>,
+    /// Leave out paths matching the patterns in FILE (one a line, `#` comments). Repeatable.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["stdin", "command"])]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out the content of folders holding a valid CACHEDIR.TAG (the tag itself is kept).
+    #[arg(long, conflicts_with_all = ["stdin", "command"])]
+    pub exclude_caches: bool,
+    /// Do not cross into other file systems: a mount point is stored as an empty folder.
+    #[arg(long, conflicts_with_all = ["stdin", "command"])]
+    pub one_file_system: bool,
+    /// List what would be stored (new and changed files, bytes), writing nothing to any site.
+    #[arg(long, conflicts_with_all = ["stdin", "command"])]
+    pub dry_run: bool,
+    /// List the files read because they are new or changed.
+    #[arg(long, short = 'v', conflicts_with_all = ["stdin", "command"])]
+    pub verbose: bool,
+}
+
+impl BackupArgs {
+    /// The file-tree selection these arguments ask for.
+    fn selection(&self) -> Result<files::BackupSelection> {
+        let mut selection = files::BackupSelection::from_parts(
+            &self.exclude,
+            &self.exclude_file,
+            self.exclude_caches,
+            self.one_file_system,
+        )
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        selection.dry_run = self.dry_run;
+        Ok(selection)
+    }
+}
+
+/// The new and changed files, one a line: `new|changed SIZE PATH`.
+fn print_changed(changed: &[files::Changed]) {
+    for c in changed {
+        println!(
+            "{:<7} {:>10}  {}",
+            if c.new { "new" } else { "changed" },
+            output::size(c.size),
+            output::escape(&c.path.display().to_string())
+        );
+    }
+}
+
+fn changed_json(changed: &[files::Changed]) -> serde_json::Value {
+    json!(changed
+        .iter()
+        .map(|c| json!({"path": c.path, "size": c.size, "new": c.new}))
+        .collect::<Vec<_>>())
+}
+
+/// `embassy backup --dry-run`: what a backup of PATHS would store; nothing is written.
+fn dry_run(cli: &Cli, args: &BackupArgs, selection: &files::BackupSelection) -> Result<ExitCode> {
+    if args.paths.is_empty() {
+        return Err(Error::invalid("a dry run needs the PATHs a backup would store"));
+    }
+    let vault = open_vault(cli)?;
+    let keyring = unlock(cli, &vault)?;
+    let plan = files::dry_run(&vault, &keyring, &args.dataset, &args.paths, selection)?;
+    for w in &plan.warnings {
+        eprintln!("warning: {}", output::escape(w));
+    }
+    let changed_bytes: u64 = plan.changed.iter().map(|c| c.size).sum();
+    if cli.json {
+        return print_json(json!({
+            "dry_run": true,
+            "dataset": args.dataset,
+            "files": plan.files,
+            "dirs": plan.dirs,
+            "bytes": plan.bytes,
+            "changed_files": plan.changed.len(),
+            "changed_bytes": changed_bytes,
+            "changed": changed_json(&plan.changed),
+            "warnings": plan.warnings,
+        }))
+        .map(|()| ExitCode::SUCCESS);
+    }
+    print_changed(&plan.changed);
+    println!(
+        "dry run, nothing stored: {} would hold {} files, {}; {} new or changed files, {} to read",
+        args.dataset,
+        plan.files,
+        output::size(plan.bytes),
+        plan.changed.len(),
+        output::size(changed_bytes)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `embassy backup`.
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
+    let selection = args.selection()?;
+    if args.dry_run {
+        return dry_run(cli, args, &selection);
+    }
     let show_progress = !cli.quiet && !cli.json;
     let dataset = &args.dataset;
     let vault = open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
     let bar = output::Bar::new(show_progress);
+    let mut changed = Vec::new();
     let (version, warnings) = if args.stdin {
         let v = stream::backup_reader(
             &vault,
@@ -52,7 +148,8 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             "nothing to back up: give PATHs, --stdin or --command CMD",
         ));
     } else {
-        let b = files::backup(&vault, &keyring, dataset, &args.paths, &bar)?;
+        let b = files::backup_with(&vault, &keyring, dataset, &args.paths, &selection, &bar)?;
+        changed = b.changed;
         (b.version, b.warnings)
     };
     bar.finish();
@@ -84,8 +181,14 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     if cli.json {
         let mut value = output::version_json(&version);
         value["warnings"] = json!(warnings);
+        if args.verbose {
+            value["changed"] = changed_json(&changed);
+        }
         print_json(value)?;
     } else {
+        if args.verbose {
+            print_changed(&changed);
+        }
         println!(
             "{} version {} stored: {} files, {} ({} read, {} new stored), id {}",
             version.dataset,
