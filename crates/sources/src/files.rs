@@ -33,12 +33,12 @@ use crate::selection::{is_cache_dir, CACHEDIR_TAG};
 pub use crate::selection::{BackupSelection, Patterns, RestoreSelection};
 
 mod restore;
-pub use restore::{restore, RestoreOptions, RestoreStats, MAX_RESTORE_DEPTH};
 /// The relation-file rule, kept where file-tree users have always found it.
 pub use crate::relation::{
     is_relation_dir, is_relation_file_name, RelationChunker, LARGE_RELATION_CHUNK,
     PAGE_CHUNK_BUDGET,
 };
+pub use restore::{restore, RestoreOptions, RestoreStats, MAX_RESTORE_DEPTH};
 
 /// A completed backup.
 #[derive(Debug)]
@@ -387,19 +387,21 @@ fn open_previous(
         .into_iter()
         .rev()
         .find(|v| v.kind == VersionKind::Tree);
-    Ok(match previous_version.filter(|_| keyring.can_read(dataset)) {
-        Some(v) => match VersionReader::open_with(vault.site().clone(), keyring, &v) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                warnings.push(format!(
-                    "previous version {} unreadable, every file is read: {e}",
-                    v.number
-                ));
-                None
-            }
+    Ok(
+        match previous_version.filter(|_| keyring.can_read(dataset)) {
+            Some(v) => match VersionReader::open_with(vault.site().clone(), keyring, &v) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warnings.push(format!(
+                        "previous version {} unreadable, every file is read: {e}",
+                        v.number
+                    ));
+                    None
+                }
+            },
+            None => None,
         },
-        None => None,
-    })
+    )
 }
 
 fn device_of(path: &Path) -> Result<u64> {

@@ -73,9 +73,7 @@ pub(crate) fn filter(
         }
     }
     let needed: HashSet<PathBuf> = needed.into_iter().map(Path::to_path_buf).collect();
-    dirs.retain(|(p, _, _)| {
-        needed.contains(p) || selection.selects(&place.version_path(p), true)
-    });
+    dirs.retain(|(p, _, _)| needed.contains(p) || selection.selects(&place.version_path(p), true));
 }
 
 /// Whether the file at `path` (a regular file, never followed through a link) holds exactly

@@ -68,7 +68,10 @@ enum Token {
     Byte(u8),
     AnyByte,
     AnyRun,
-    Class { negated: bool, ranges: Vec<(u8, u8)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(u8, u8)>,
+    },
 }
 
 /// One `/`-separated part of a pattern.
@@ -151,9 +154,11 @@ fn tokens(glob: &[u8], pattern: &str) -> Result<Vec<Token>, PatternError> {
     while i < glob.len() {
         match glob[i] {
             b'\\' => {
-                let next = glob.get(i + 1).ok_or_else(|| PatternError::TrailingEscape {
-                    pattern: pattern.to_string(),
-                })?;
+                let next = glob
+                    .get(i + 1)
+                    .ok_or_else(|| PatternError::TrailingEscape {
+                        pattern: pattern.to_string(),
+                    })?;
                 out.push(Token::Byte(*next));
                 i += 2;
             }
@@ -252,7 +257,9 @@ fn match_component(tokens: &[Token], name: &[u8]) -> bool {
 fn match_parts(parts: &[Part], path: &[&[u8]]) -> bool {
     match parts.split_first() {
         None => path.is_empty(),
-        Some((Part::AnyDepth, rest)) => (0..=path.len()).any(|skip| match_parts(rest, &path[skip..])),
+        Some((Part::AnyDepth, rest)) => {
+            (0..=path.len()).any(|skip| match_parts(rest, &path[skip..]))
+        }
         Some((Part::Glob(tokens), rest)) => match path.split_first() {
             Some((first, more)) => match_component(tokens, first) && match_parts(rest, more),
             None => false,
@@ -490,8 +497,14 @@ mod tests {
             Pattern::parse("a\\"),
             Err(PatternError::TrailingEscape { .. })
         ));
-        assert!(matches!(Pattern::parse("/"), Err(PatternError::Empty { .. })));
-        assert!(matches!(Pattern::parse("!"), Err(PatternError::Empty { .. })));
+        assert!(matches!(
+            Pattern::parse("/"),
+            Err(PatternError::Empty { .. })
+        ));
+        assert!(matches!(
+            Pattern::parse("!"),
+            Err(PatternError::Empty { .. })
+        ));
     }
 
     #[test]

@@ -81,7 +81,9 @@ fn changed_json(changed: &[files::Changed]) -> serde_json::Value {
 /// `embassy backup --dry-run`: what a backup of PATHS would store; nothing is written.
 fn dry_run(cli: &Cli, args: &BackupArgs, selection: &files::BackupSelection) -> Result<ExitCode> {
     if args.paths.is_empty() {
-        return Err(Error::invalid("a dry run needs the PATHs a backup would store"));
+        return Err(Error::invalid(
+            "a dry run needs the PATHs a backup would store",
+        ));
     }
     let vault = open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
