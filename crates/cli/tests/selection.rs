@@ -582,3 +582,113 @@ fn restore_skips_identical_files_and_catches_same_size_same_mtime_changes() {
             .unwrap()
     );
 }
+
+/// `embassy` in `dir` with its state, key file and passphrase file there (the agent's way).
+fn in_dir(dir: &Path, args: &[&str]) -> embassy_testkit::cli::Run {
+    let mut cmd = Command::new(EXE);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("EMBASSY_SITE")
+        .env_remove("EMBASSY_PASSPHRASE")
+        .env("EMBASSY_STATE_DIR", dir.join("cli-state"))
+        .env("EMBASSY_KEY_FILE", dir.join("vault.key"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    exec(cmd, None)
+}
+
+#[test]
+fn the_agent_applies_a_datasets_selection_from_embassy_toml() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::write(dir.join("passphrase"), "agent test passphrase\n").unwrap();
+    in_dir(
+        dir,
+        &[
+            "--site",
+            "sites/a",
+            "--passphrase-file",
+            "passphrase",
+            "init",
+        ],
+    )
+    .ok();
+    let data = dir.join("data");
+    write(&data, "a.txt", b"a");
+    write(&data, "b.tmp", b"scratch");
+    write(&data, "build/out.o", b"object");
+    write(&data, "cache/CACHEDIR.TAG", CACHE_TAG);
+    write(&data, "cache/blob", b"cached");
+    fs::write(dir.join("excludes"), "# from a file\n/build\n").unwrap();
+    let config = |selection: &str| {
+        format!(
+            "[agent]\nstate_dir = \"state\"\n[keys]\nfile = \"vault.key\"\n\
+             passphrase_file = \"passphrase\"\n[[sites]]\nname = \"a\"\npath = \"sites/a\"\n\
+             [[datasets]]\nname = \"docs\"\n\
+             source = {{ files = [\"data\"]{selection} }}\n\
+             interval = \"1h\"\nrpo = \"2h\"\n"
+        )
+    };
+    fs::write(
+        dir.join("embassy.toml"),
+        config(
+            ", exclude = [\"*.tmp\"], exclude_file = \"excludes\", exclude_caches = true, \
+             one_file_system = true",
+        ),
+    )
+    .unwrap();
+    in_dir(dir, &["config", "check", "embassy.toml"]).ok();
+    in_dir(dir, &["agent", "--config", "embassy.toml", "--once"]).ok();
+    in_dir(
+        dir,
+        &[
+            "--site",
+            "sites/a",
+            "--passphrase-file",
+            "passphrase",
+            "restore",
+            "docs",
+            "--to",
+            "restored",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        listing(&dir.join("restored")),
+        set(&["a.txt", "cache/", "cache/CACHEDIR.TAG"])
+    );
+
+    // Mistakes are reported with their line and field, before anything runs.
+    for (selection, words) in [
+        (
+            ", exclude = [\"data[0-9\"]",
+            "source.exclude[0]: pattern \"data[0-9\"",
+        ),
+        (
+            ", exclude = \"*.tmp\"",
+            "source.exclude: expected a list of patterns",
+        ),
+        (
+            ", exclude_file = \"no-such-file\"",
+            "cannot read the exclude file",
+        ),
+        (
+            ", exclude_caches = \"yes\"",
+            "source.exclude_caches: expected true or false",
+        ),
+    ] {
+        fs::write(dir.join("embassy.toml"), config(selection)).unwrap();
+        let run = in_dir(dir, &["config", "check", "embassy.toml"]);
+        run.fails(2, &["embassy.toml:11:", words]);
+    }
+    fs::write(
+        dir.join("embassy.toml"),
+        config("").replace(
+            "files = [\"data\"]",
+            "command = \"cat data/a.txt\", exclude = [\"x\"]",
+        ),
+    )
+    .unwrap();
+    in_dir(dir, &["config", "check", "embassy.toml"]).fails(2, &["apply to a files source only"]);
+}
