@@ -692,3 +692,48 @@ fn the_agent_applies_a_datasets_selection_from_embassy_toml() {
     .unwrap();
     in_dir(dir, &["config", "check", "embassy.toml"]).fails(2, &["apply to a files source only"]);
 }
+
+#[test]
+fn a_restore_with_delete_that_fails_removes_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = vault(tmp.path());
+    let src = tmp.path().join("src");
+    // Incompressible (xorshift), so the pack holds a megabyte of it.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    write(&src, "big.bin", &big);
+    write(&src, "small.txt", b"small");
+    v.ok("m", &v.key, &["backup", "docs", s(&src)], None);
+    let out = tmp.path().join("out");
+    v.ok("m", &v.key, &["restore", "docs", "--to", s(&out)], None);
+    write(&out, "extra.txt", b"mine, not the version's");
+    fs::write(out.join("big.bin"), b"changed: must be fetched again").unwrap();
+    // Damage the file's data in the pack (its trees are stored after it, at the end).
+    let pack = site_listing(&v.site)
+        .into_iter()
+        .max_by_key(|(_, len)| *len)
+        .unwrap()
+        .0;
+    let mut bytes = fs::read(&pack).unwrap();
+    assert!(bytes.len() > 500_000, "{}", pack.display());
+    bytes[300_000] ^= 0xff;
+    fs::write(&pack, bytes).unwrap();
+    let run = v.run(
+        "m",
+        &v.key,
+        &["restore", "docs", "--to", s(&out), "--delete"],
+        None,
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        out.join("extra.txt").exists(),
+        "a failed restore deleted extra.txt"
+    );
+}

@@ -129,13 +129,15 @@ pub(crate) struct Planned {
 
 /// Removes what `top` (a folder the restore fills) holds that the plan does not, among the
 /// paths the selection selects; returns how many entries were removed (a folder counts once).
-/// Links are removed, never followed; a folder where the version has a file (or the other way
-/// round) is removed too, so the restore can put the version's entry there.
+/// Links are removed, never followed. A folder where the version has a file (or the other way
+/// round) is removed too, so the restore can put the version's entry there; with `all` false,
+/// only those are.
 pub(crate) fn delete_extra(
     top: &Path,
     planned: &Planned,
     selection: &RestoreSelection,
     place: &Placement<'_>,
+    all: bool,
 ) -> Result<u64> {
     let mut removed = 0u64;
     let mut stack = vec![top.to_path_buf()];
@@ -158,6 +160,10 @@ pub(crate) fn delete_extra(
             if !selection.selects(&place.version_path(&path), is_dir)
                 || (!is_dir && planned.others.contains(&path))
             {
+                continue;
+            }
+            let in_the_way = planned.others.contains(&path) || planned.dirs.contains(&path);
+            if !all && !in_the_way {
                 continue;
             }
             let gone = if is_dir {

@@ -316,19 +316,28 @@ pub fn restore(
         &mut plan.files,
         &mut plan.leaves,
     );
+    // With `delete`: what stands in the way of the version's entries (a folder where it has a
+    // file, a file where it has a folder) goes first; the rest only once every file is in
+    // place, so a restore that fails half-way removes nothing else.
     let mut deleted = 0;
-    if selection.delete && fs::symlink_metadata(&top).is_ok_and(|m| m.is_dir()) {
-        let planned = resync::Planned {
-            dirs: plan.dirs.iter().map(|(p, _, _)| p.clone()).collect(),
-            others: plan
-                .files
-                .iter()
-                .chain(&plan.leaves)
-                .map(|(p, _)| p.clone())
-                .collect(),
-        };
-        deleted = resync::delete_extra(&top, &planned, selection, &place)?;
-    }
+    let planned = selection.delete.then(|| resync::Planned {
+        dirs: plan.dirs.iter().map(|(p, _, _)| p.clone()).collect(),
+        others: plan
+            .files
+            .iter()
+            .chain(&plan.leaves)
+            .map(|(p, _)| p.clone())
+            .collect(),
+    });
+    let delete = |all: bool| -> Result<u64> {
+        match &planned {
+            Some(planned) if fs::symlink_metadata(&top).is_ok_and(|m| m.is_dir()) => {
+                resync::delete_extra(&top, planned, selection, &place, all)
+            }
+            _ => Ok(0),
+        }
+    };
+    deleted += delete(false)?;
 
     // Structure first.
     for (path, _, _) in &plan.dirs {
@@ -423,6 +432,7 @@ pub fn restore(
         file.persist()
             .map_err(|e| Error::io(format!("putting {} in place", path.display()), e))?;
     }
+    deleted += delete(true)?;
 
     // Metadata: files and links, then directories deepest first.
     let chown = metadata::can_chown();
