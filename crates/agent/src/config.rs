@@ -15,6 +15,7 @@ use crate::schedule::{format_duration, Schedule};
 
 mod datasets;
 mod parse;
+mod selection;
 mod webhook;
 
 pub use webhook::WebhookUrl;
@@ -171,6 +172,38 @@ pub struct DatasetConfig {
     pub classification: Option<String>,
     /// Who answers for the dataset.
     pub owner: Option<String>,
+    /// What its backups leave out (a file tree's only).
+    pub selection: FileSelection,
+}
+
+/// What a file-tree dataset's backups leave out: `exclude`, `exclude_file`, `exclude_caches`
+/// and `one_file_system` beside `files` in its source table (the same as `embassy backup`'s
+/// options of those names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileSelection {
+    /// Gitignore-style patterns (see [`embassy_sources::selection`]).
+    pub exclude: Vec<String>,
+    /// Files of patterns, read again at each backup.
+    pub exclude_files: Vec<PathBuf>,
+    /// Leave out the content of folders holding a valid CACHEDIR.TAG.
+    pub exclude_caches: bool,
+    /// Store mount points as empty folders.
+    pub one_file_system: bool,
+}
+
+impl FileSelection {
+    /// The selection a backup applies (the exclude files read now).
+    pub fn backup_selection(
+        &self,
+    ) -> Result<embassy_sources::selection::BackupSelection, embassy_sources::selection::PatternError>
+    {
+        embassy_sources::selection::BackupSelection::from_parts(
+            &self.exclude,
+            &self.exclude_files,
+            self.exclude_caches,
+            self.one_file_system,
+        )
+    }
 }
 
 /// One storage site.

@@ -95,8 +95,18 @@ pub fn backup_dataset(
     let command;
     let scrub;
     let base_backup;
+    let selection;
     let source = match &d.source {
-        Source::Files(paths) => BackupSource::Tree(paths),
+        Source::Files(paths) => {
+            selection = d
+                .selection
+                .backup_selection()
+                .map_err(|e| RunError::Config(format!("dataset {dataset}: {e}")))?;
+            BackupSource::Tree {
+                paths,
+                selection: &selection,
+            }
+        }
         Source::Command {
             command: c,
             pass_env,

@@ -21,8 +21,14 @@ use embassy_sources::{files, stream};
 
 /// Where a version's bytes come from.
 pub enum Source<'a> {
-    /// Files and folders (one folder becomes the version's root).
-    Tree(&'a [PathBuf]),
+    /// Files and folders (one folder becomes the version's root), less what the selection
+    /// leaves out (excludes, caches, other file systems).
+    Tree {
+        /// What to store.
+        paths: &'a [PathBuf],
+        /// What to leave out.
+        selection: &'a files::BackupSelection,
+    },
     /// Everything a reader yields (standard input), stored as one stream.
     Reader {
         /// The bytes.
@@ -45,7 +51,7 @@ impl Source<'_> {
     /// The kind of source, in words (for logs).
     pub fn kind(&self) -> &'static str {
         match self {
-            Source::Tree(_) => "file tree",
+            Source::Tree { .. } => "file tree",
             Source::Reader { .. } => "stream",
             Source::Command { .. } => "command",
             Source::Postgres(_) => "PostgreSQL base backup",
@@ -105,6 +111,8 @@ pub struct BackupReport {
     pub lagging: Vec<Lagging>,
     /// For a PostgreSQL base backup: what a restore needs (WAL positions, timeline).
     pub base_backup: Option<BaseBackupInfo>,
+    /// For a file tree: the files read because they were new or changed.
+    pub changed: Vec<files::Changed>,
 }
 
 /// Stores a new version of `dataset` from `source`. The vault is opened by the caller
@@ -117,12 +125,14 @@ pub fn backup(
     source: Source<'_>,
     progress: &dyn Progress,
 ) -> Result<BackupReport, BackupError> {
+    let mut changed = Vec::new();
     let (version, warnings, base_backup) = match source {
-        Source::Tree(paths) => {
+        Source::Tree { paths, selection } => {
             if paths.is_empty() {
                 return Err(Error::invalid("nothing to back up: no files or folders given").into());
             }
-            let b = files::backup(vault, keyring, dataset, paths, progress)?;
+            let b = files::backup_with(vault, keyring, dataset, paths, selection, progress)?;
+            changed = b.changed;
             (b.version, b.warnings, None)
         }
         Source::Reader {
@@ -150,6 +160,7 @@ pub fn backup(
         version,
         warnings,
         base_backup,
+        changed,
     })
 }
 

@@ -8,12 +8,12 @@
 //! the places that need it, then applies metadata (directories last).
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
 use embassy_core::engine::vault::{Keyring, Vault, Version};
@@ -28,11 +28,17 @@ use embassy_core::{Error, Result};
 use rayon::prelude::*;
 
 use crate::metadata;
+use crate::selection::{is_cache_dir, CACHEDIR_TAG};
+/// The selection rules, where file-tree users look for them.
+pub use crate::selection::{BackupSelection, Patterns, RestoreSelection};
+
+mod restore;
 /// The relation-file rule, kept where file-tree users have always found it.
 pub use crate::relation::{
     is_relation_dir, is_relation_file_name, RelationChunker, LARGE_RELATION_CHUNK,
     PAGE_CHUNK_BUDGET,
 };
+pub use restore::{restore, RestoreOptions, RestoreStats, MAX_RESTORE_DEPTH};
 
 /// A completed backup.
 #[derive(Debug)]
@@ -40,6 +46,35 @@ pub struct Backup {
     /// The version recorded.
     pub version: Version,
     /// Things that did not stop the backup (files that vanished, special files skipped).
+    pub warnings: Vec<String>,
+    /// The files read because they are new or changed since the previous version.
+    pub changed: Vec<Changed>,
+}
+
+/// A file a backup reads (or, in a dry run, would read): new, or changed since the previous
+/// version (size, times or inode differ).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size when scanned.
+    pub size: u64,
+    /// True if the previous version has no file at this path.
+    pub new: bool,
+}
+
+/// What a backup would store, from a dry run: nothing is written to any site.
+#[derive(Debug, Clone, Default)]
+pub struct DryRun {
+    /// Files and folders the version would hold.
+    pub files: u64,
+    /// Folders.
+    pub dirs: u64,
+    /// Bytes of all its files.
+    pub bytes: u64,
+    /// The files that would be read (new or changed), in path order.
+    pub changed: Vec<Changed>,
+    /// Things a backup would warn of.
     pub warnings: Vec<String>,
 }
 
@@ -53,11 +88,16 @@ struct FileJob {
     path: PathBuf,
     size: u64,
     chunking: Chunking,
+    new: bool,
 }
 
 struct Scan<'a> {
-    session: &'a BackupSession,
+    /// None in a dry run: unchanged files count as reused without asking.
+    session: Option<&'a BackupSession>,
     previous: Option<&'a VersionReader>,
+    selection: &'a BackupSelection,
+    /// The device of the path being scanned (for `one_file_system`).
+    device: u64,
     jobs: Vec<FileJob>,
     warnings: Vec<String>,
     stats: VersionStats,
@@ -88,10 +128,11 @@ impl Scan<'_> {
     fn entry(
         &mut self,
         path: &Path,
-        name: &[u8],
+        rel: &[u8],
         prev: Option<&Node>,
         relation: Option<&mut RelationChunker>,
     ) -> Result<Option<Scanned>> {
+        let name = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -107,9 +148,17 @@ impl Scan<'_> {
             }
         };
         let file_type = meta.file_type();
+        if self.selection.exclude.covers(rel, file_type.is_dir()) {
+            return Ok(None);
+        }
         if file_type.is_dir() {
             let prev_tree = self.previous_tree(prev);
-            let children = self.dir(path, prev_tree.as_ref())?;
+            // A mount point is stored as an empty folder: restoring it gives a place to mount.
+            let children = if self.selection.one_file_system && meta.dev() != self.device {
+                Vec::new()
+            } else {
+                self.dir(path, rel, prev_tree.as_ref())?
+            };
             self.stats.dirs += 1;
             Ok(Some(Scanned::Dir {
                 node: metadata::node_from(name, NodeKind::Dir, &meta),
@@ -121,7 +170,7 @@ impl Scan<'_> {
             // Counted for unchanged files too: their ids are in the same tree blob.
             let chunking = relation.map_or(Chunking::ContentDefined, |r| r.chunking(node.size));
             if let Some(p) = prev.filter(|p| unchanged(p, &node)) {
-                if self.session.reuse(&p.content) {
+                if self.session.is_none_or(|s| s.reuse(&p.content)) {
                     node.content = p.content.clone();
                     self.stats.bytes += node.size;
                     return Ok(Some(Scanned::File { node, job: None }));
@@ -131,6 +180,7 @@ impl Scan<'_> {
                 path: path.to_path_buf(),
                 size: node.size,
                 chunking,
+                new: prev.is_none_or(|p| p.kind != NodeKind::File),
             });
             Ok(Some(Scanned::File {
                 node,
@@ -157,13 +207,18 @@ impl Scan<'_> {
         }
     }
 
-    fn dir(&mut self, path: &Path, prev: Option<&Tree>) -> Result<Vec<Scanned>> {
+    fn dir(&mut self, path: &Path, rel: &[u8], prev: Option<&Tree>) -> Result<Vec<Scanned>> {
         let mut names = Vec::new();
+        // A cache folder keeps only its tag (so a restore still marks it as one).
+        let cache = self.selection.exclude_caches && is_cache_dir(path);
         let entries =
             fs::read_dir(path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
-            names.push(entry.file_name());
+            let name = entry.file_name();
+            if !cache || name == CACHEDIR_TAG {
+                names.push(name);
+            }
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut children = Vec::with_capacity(names.len());
@@ -173,9 +228,12 @@ impl Scan<'_> {
             let chunker = relation
                 .as_mut()
                 .filter(|_| is_relation_file_name(name.as_bytes()));
-            if let Some(child) =
-                self.entry(&path.join(&name), name.as_bytes(), prev_node, chunker)?
-            {
+            let mut child_rel = rel.to_vec();
+            if !child_rel.is_empty() {
+                child_rel.push(b'/');
+            }
+            child_rel.extend_from_slice(name.as_bytes());
+            if let Some(child) = self.entry(&path.join(&name), &child_rel, prev_node, chunker)? {
                 children.push(child);
             }
         }
@@ -270,6 +328,19 @@ pub fn backup(
     paths: &[PathBuf],
     progress: &dyn Progress,
 ) -> Result<Backup> {
+    backup_with(
+        vault,
+        keyring,
+        dataset,
+        paths,
+        &BackupSelection::default(),
+        progress,
+    )
+}
+
+/// The paths to back up made absolute, each with whether it is a folder, and whether they
+/// are one folder (stored as the version's root).
+fn resolve(paths: &[PathBuf]) -> Result<(Vec<(PathBuf, bool)>, bool)> {
     if paths.is_empty() {
         return Err(Error::invalid("no paths to back up"));
     }
@@ -300,7 +371,140 @@ pub fn backup(
             }
         }
     }
+    Ok((absolute, single_dir))
+}
 
+/// The dataset's newest tree version, opened to compare with (None if there is none or it
+/// cannot be read: then every file is read).
+fn open_previous(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<VersionReader>> {
+    let previous_version = vault
+        .versions(dataset)?
+        .into_iter()
+        .rev()
+        .find(|v| v.kind == VersionKind::Tree);
+    Ok(
+        match previous_version.filter(|_| keyring.can_read(dataset)) {
+            Some(v) => match VersionReader::open_with(vault.site().clone(), keyring, &v) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warnings.push(format!(
+                        "previous version {} unreadable, every file is read: {e}",
+                        v.number
+                    ));
+                    None
+                }
+            },
+            None => None,
+        },
+    )
+}
+
+fn device_of(path: &Path) -> Result<u64> {
+    fs::symlink_metadata(path)
+        .map(|m| m.dev())
+        .map_err(|e| Error::io(format!("reading metadata of {}", path.display()), e))
+}
+
+/// Scans every path given: the root's entries.
+fn scan_paths(
+    scan: &mut Scan<'_>,
+    absolute: &[(PathBuf, bool)],
+    single_dir: bool,
+    prev_root: Option<&Tree>,
+) -> Result<Vec<Scanned>> {
+    if single_dir {
+        scan.device = device_of(&absolute[0].0)?;
+        return scan.dir(&absolute[0].0, b"", prev_root);
+    }
+    let mut children = Vec::new();
+    let mut sorted: Vec<_> = absolute.iter().map(|(p, _)| p.clone()).collect();
+    sorted.sort_by(|a, b| {
+        a.file_name()
+            .map(|n| n.as_bytes())
+            .cmp(&b.file_name().map(|n| n.as_bytes()))
+    });
+    for p in sorted {
+        let name = entry_name(&p)?;
+        let prev_node = prev_root.and_then(|t| t.find(&name));
+        let mut relation = (p.parent().is_some_and(is_relation_dir)
+            && is_relation_file_name(&name))
+        .then(RelationChunker::default);
+        scan.device = device_of(&p)?;
+        if let Some(child) = scan.entry(&p, &name, prev_node, relation.as_mut())? {
+            children.push(child);
+        }
+    }
+    Ok(children)
+}
+
+fn changed_list(jobs: &[FileJob]) -> Vec<Changed> {
+    let mut changed: Vec<Changed> = jobs
+        .iter()
+        .map(|j| Changed {
+            path: j.path.clone(),
+            size: j.size,
+            new: j.new,
+        })
+        .collect();
+    changed.sort_by(|a, b| a.path.cmp(&b.path));
+    changed
+}
+
+/// What [`backup_with`] would store, without writing anything to any site: the files it
+/// would read (new or changed since the previous version, by size, times and inode) and the
+/// version's size. Stored bytes may be fewer (chunks already stored are not stored again).
+pub fn dry_run(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    paths: &[PathBuf],
+    selection: &BackupSelection,
+) -> Result<DryRun> {
+    let (absolute, single_dir) = resolve(paths)?;
+    let mut warnings = Vec::new();
+    let previous = open_previous(vault, keyring, dataset, &mut warnings)?;
+    let prev_root = previous.as_ref().and_then(|r| r.root().ok());
+    let mut scan = Scan {
+        session: None,
+        previous: previous.as_ref(),
+        selection,
+        device: 0,
+        jobs: Vec::new(),
+        warnings,
+        stats: VersionStats::default(),
+    };
+    scan_paths(&mut scan, &absolute, single_dir, prev_root.as_ref())?;
+    let changed_bytes: u64 = scan.jobs.iter().map(|j| j.size).sum();
+    Ok(DryRun {
+        files: scan.stats.files,
+        dirs: scan.stats.dirs,
+        bytes: scan.stats.bytes + changed_bytes,
+        changed: changed_list(&scan.jobs),
+        warnings: scan.warnings,
+    })
+}
+
+/// [`backup`], leaving out what `selection` excludes. A `selection.dry_run` is refused here:
+/// call [`dry_run`].
+pub fn backup_with(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    paths: &[PathBuf],
+    selection: &BackupSelection,
+    progress: &dyn Progress,
+) -> Result<Backup> {
+    if selection.dry_run {
+        return Err(Error::invalid(
+            "a dry run writes nothing: it is files::dry_run's, not a backup's",
+        ));
+    }
+    let (absolute, single_dir) = resolve(paths)?;
     let mut session = BackupSession::begin(vault, keyring, dataset)?;
     if single_dir {
         let meta = fs::symlink_metadata(&absolute[0].0).map_err(|e| {
@@ -317,61 +521,26 @@ pub fn backup(
     }
     let session_warnings = session.warnings.clone();
     let mut warnings = Vec::new();
-    let previous_version = vault
-        .versions(dataset)?
-        .into_iter()
-        .rev()
-        .find(|v| v.kind == VersionKind::Tree);
-    let previous = match previous_version.filter(|_| keyring.can_read(dataset)) {
-        Some(v) => match VersionReader::open_with(vault.site().clone(), keyring, &v) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                warnings.push(format!(
-                    "previous version {} unreadable, every file is read: {e}",
-                    v.number
-                ));
-                None
-            }
-        },
-        None => None,
-    };
+    let previous = open_previous(vault, keyring, dataset, &mut warnings)?;
     let prev_root = previous.as_ref().and_then(|r| r.root().ok());
 
     let mut scan = Scan {
-        session: &session,
+        session: Some(&session),
         previous: previous.as_ref(),
+        selection,
+        device: 0,
         jobs: Vec::new(),
         warnings,
         stats: VersionStats::default(),
     };
-    let root_children = if single_dir {
-        scan.dir(&absolute[0].0, prev_root.as_ref())?
-    } else {
-        let mut children = Vec::new();
-        let mut sorted: Vec<_> = absolute.iter().map(|(p, _)| p.clone()).collect();
-        sorted.sort_by(|a, b| {
-            a.file_name()
-                .map(|n| n.as_bytes())
-                .cmp(&b.file_name().map(|n| n.as_bytes()))
-        });
-        for p in sorted {
-            let name = entry_name(&p)?;
-            let prev_node = prev_root.as_ref().and_then(|t| t.find(&name));
-            let mut relation = (p.parent().is_some_and(is_relation_dir)
-                && is_relation_file_name(&name))
-            .then(RelationChunker::default);
-            if let Some(child) = scan.entry(&p, &name, prev_node, relation.as_mut())? {
-                children.push(child);
-            }
-        }
-        children
-    };
+    let root_children = scan_paths(&mut scan, &absolute, single_dir, prev_root.as_ref())?;
     let Scan {
         jobs,
         mut warnings,
         mut stats,
         ..
     } = scan;
+    let changed = changed_list(&jobs);
 
     progress.set_total(jobs.iter().map(|j| j.size).sum());
     let mut order: Vec<usize> = (0..jobs.len()).collect();
@@ -401,367 +570,6 @@ pub fn backup(
     Ok(Backup {
         version,
         warnings: all,
-    })
-}
-
-/// How to restore.
-#[derive(Debug, Default, Clone)]
-pub struct RestoreOptions {
-    /// Restore only this path inside the version (it lands in the target under its own name).
-    pub subpath: Option<PathBuf>,
-    /// Allow a target folder that is not empty (existing files of the same names are replaced).
-    pub overwrite: bool,
-}
-
-/// What a restore wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RestoreStats {
-    /// Regular files.
-    pub files: u64,
-    /// Directories.
-    pub dirs: u64,
-    /// Bytes of file content.
-    pub bytes: u64,
-}
-
-struct Plan {
-    dirs: Vec<(PathBuf, Node, usize)>,
-    files: Vec<(PathBuf, Node)>,
-    leaves: Vec<(PathBuf, Node)>,
-}
-
-/// Folders nested deeper than this are refused before anything is created: every level adds at
-/// least two bytes (a name and a `/`) to a path, and the system refuses paths of `PATH_MAX`
-/// (4096) bytes.
-pub const MAX_RESTORE_DEPTH: usize = libc::PATH_MAX as usize / 2;
-
-/// Every distinct tree under `starts`, each read once, and the number of entries restoring
-/// `starts` expands to (saturating). Iterative, so a deep tree cannot overflow the stack;
-/// memoized, so a tree named by many folders (equal folders dedup, or a writer's diamond) is
-/// read and counted once.
-fn load_trees(
-    reader: &VersionReader,
-    starts: impl IntoIterator<Item = ChunkId>,
-) -> Result<(HashMap<ChunkId, Tree>, u64)> {
-    let mut trees: HashMap<ChunkId, Tree> = HashMap::new();
-    // Entries under each fully visited tree, expanded.
-    let mut expanded: HashMap<ChunkId, u64> = HashMap::new();
-    let mut total = 0u64;
-    for start in starts {
-        if !expanded.contains_key(&start) {
-            let mut stack: Vec<(ChunkId, usize)> = vec![(start, 0)];
-            let mut on_stack = std::collections::HashSet::from([start]);
-            trees.insert(start, reader.read_tree(&start)?);
-            while let Some(&(id, next)) = stack.last() {
-                let tree = &trees[&id];
-                let child = tree.nodes[next..]
-                    .iter()
-                    .position(|n| n.kind == NodeKind::Dir)
-                    .map(|at| (next + at, &tree.nodes[next + at]));
-                match child {
-                    Some((at, node)) => {
-                        if let Some(top) = stack.last_mut() {
-                            top.1 = at + 1;
-                        }
-                        let sub = node
-                            .subtree
-                            .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))?;
-                        if expanded.contains_key(&sub) {
-                            continue;
-                        }
-                        if on_stack.contains(&sub) {
-                            return Err(Error::corrupt(
-                                format!("tree {}", sub.short()),
-                                "the tree contains itself",
-                            ));
-                        }
-                        if stack.len() >= MAX_RESTORE_DEPTH {
-                            return Err(Error::invalid(format!(
-                                "the version's folders are nested more than {MAX_RESTORE_DEPTH} \
-                                 deep, beyond what this system's path limit can hold: refusing \
-                                 to restore it (a hostile writer's tree?)"
-                            )));
-                        }
-                        let subtree = reader.read_tree(&sub)?;
-                        trees.insert(sub, subtree);
-                        on_stack.insert(sub);
-                        stack.push((sub, 0));
-                    }
-                    None => {
-                        let count = tree.nodes.iter().fold(0u64, |acc, n| {
-                            let below = n
-                                .subtree
-                                .filter(|_| n.kind == NodeKind::Dir)
-                                .and_then(|s| expanded.get(&s).copied())
-                                .unwrap_or(0);
-                            acc.saturating_add(1).saturating_add(below)
-                        });
-                        expanded.insert(id, count);
-                        on_stack.remove(&id);
-                        stack.pop();
-                    }
-                }
-            }
-        }
-        total = total.saturating_add(expanded.get(&start).copied().unwrap_or(0));
-    }
-    Ok((trees, total))
-}
-
-/// Plans the restore of `seeds` (entries and the paths they land at): every folder, file and
-/// link to create, folders before what they hold.
-///
-/// A folder named twice (two names with the same subtree: equal folders dedup) is restored
-/// under each name, as it was backed up. The expansion is counted first: more entries than
-/// the version records (its file and folder counts) plus the distinct entries stored can only
-/// come from a writer that shares trees to make the restore explode, and is refused.
-fn plan_restore(reader: &VersionReader, seeds: Vec<(PathBuf, Node)>) -> Result<Plan> {
-    let starts: Vec<ChunkId> = seeds
-        .iter()
-        .filter(|(_, n)| n.kind == NodeKind::Dir)
-        .map(|(_, n)| {
-            n.subtree
-                .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))
-        })
-        .collect::<Result<_>>()?;
-    let (trees, below) = load_trees(reader, starts)?;
-    let expanded = below.saturating_add(seeds.len() as u64);
-    let distinct = trees
-        .values()
-        .map(|t| t.nodes.len() as u64)
-        .sum::<u64>()
-        .saturating_add(seeds.len() as u64);
-    let recorded = reader
-        .manifest
-        .stats
-        .files
-        .saturating_add(reader.manifest.stats.dirs);
-    if expanded > recorded.saturating_add(distinct) {
-        return Err(Error::invalid(format!(
-            "the version's tree expands to {} entries (folders named more than once), but it \
-             records {recorded} files and folders and stores {distinct} distinct entries: a tree \
-             shaped to exhaust this host, refusing to restore it",
-            if expanded == u64::MAX {
-                "2^64 or more".to_string()
-            } else {
-                expanded.to_string()
-            }
-        )));
-    }
-    let mut plan = Plan {
-        dirs: Vec::new(),
-        files: Vec::new(),
-        leaves: Vec::new(),
-    };
-    let mut pending: Vec<(PathBuf, Node, usize)> =
-        seeds.into_iter().rev().map(|(p, n)| (p, n, 0)).collect();
-    while let Some((path, node, depth)) = pending.pop() {
-        if path.as_os_str().len() >= libc::PATH_MAX as usize {
-            return Err(Error::invalid(format!(
-                "a path of the version is longer than this system's limit of {} bytes: \
-                 restore into a shorter target folder, or restore a part of it with --path",
-                libc::PATH_MAX
-            )));
-        }
-        match node.kind {
-            NodeKind::Dir => {
-                let tree = node
-                    .subtree
-                    .and_then(|id| trees.get(&id))
-                    .ok_or_else(|| Error::corrupt("tree", "directory without subtree"))?;
-                for child in tree.nodes.iter().rev() {
-                    let at = path.join(std::ffi::OsStr::from_bytes(&child.name));
-                    pending.push((at, child.clone(), depth + 1));
-                }
-                plan.dirs.push((path, node, depth));
-            }
-            NodeKind::File => plan.files.push((path, node)),
-            NodeKind::Symlink | NodeKind::Fifo => plan.leaves.push((path, node)),
-        }
-    }
-    Ok(plan)
-}
-
-fn is_empty_dir(path: &Path) -> Result<bool> {
-    match fs::read_dir(path) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(format!("reading target {}", path.display()), e)),
-    }
-}
-
-/// Restores a tree version (or the part at `options.subpath`) into `target`.
-pub fn restore(
-    reader: &VersionReader,
-    target: &Path,
-    options: &RestoreOptions,
-    progress: &dyn Progress,
-) -> Result<RestoreStats> {
-    if !options.overwrite && !is_empty_dir(target)? {
-        return Err(Error::invalid(format!(
-            "restore target {} is not empty: choose an empty or new folder, or pass --overwrite",
-            target.display()
-        )));
-    }
-    // A link at the target would send the whole restore elsewhere (one planted in a shared
-    // folder, say): the target must be the folder itself.
-    if let Ok(meta) = fs::symlink_metadata(target) {
-        if meta.file_type().is_symlink() {
-            let real = fs::canonicalize(target)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "nowhere".to_string());
-            return Err(Error::invalid(format!(
-                "restore target {} is a symbolic link (to {real}): give the real folder instead",
-                target.display()
-            )));
-        }
-    }
-    fs::create_dir_all(target)
-        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-    let root = reader.root()?;
-    let seeds = |tree: &Tree, dir: &Path| -> Vec<(PathBuf, Node)> {
-        tree.nodes
-            .iter()
-            .map(|n| (dir.join(std::ffi::OsStr::from_bytes(&n.name)), n.clone()))
-            .collect()
-    };
-    let mut plan = match &options.subpath {
-        None => plan_restore(reader, seeds(&root, target))?,
-        Some(sub) => {
-            let mut tree = root;
-            let mut found: Option<Node> = None;
-            let components: Vec<_> = sub
-                .components()
-                .filter(|c| !matches!(c, Component::CurDir | Component::RootDir))
-                .collect();
-            for (i, c) in components.iter().enumerate() {
-                let Component::Normal(name) = c else {
-                    return Err(Error::invalid(format!(
-                        "--path {} may not contain '..'",
-                        sub.display()
-                    )));
-                };
-                let node = tree.find(name.as_bytes()).cloned().ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "{} is not in version {}",
-                        sub.display(),
-                        reader.version.number
-                    ))
-                })?;
-                if i + 1 < components.len() {
-                    let id = node.subtree.ok_or_else(|| {
-                        Error::NotFound(format!(
-                            "{} is not a directory in this version",
-                            Path::new(name).display()
-                        ))
-                    })?;
-                    tree = reader.read_tree(&id)?;
-                }
-                found = Some(node);
-            }
-            match found {
-                Some(node) => {
-                    let path = target.join(std::ffi::OsStr::from_bytes(&node.name));
-                    plan_restore(reader, vec![(path, node)])?
-                }
-                None => plan_restore(reader, seeds(&tree, target))?,
-            }
-        }
-    };
-
-    // Structure first.
-    for (path, _, _) in &plan.dirs {
-        match fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e)
-                if e.kind() == ErrorKind::AlreadyExists
-                    && options.overwrite
-                    && fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => {}
-            Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
-        }
-    }
-    for (path, node) in &plan.leaves {
-        if options.overwrite {
-            let _ = fs::remove_file(path);
-        }
-        match node.kind {
-            NodeKind::Symlink => {
-                let target =
-                    std::ffi::OsStr::from_bytes(node.target.as_deref().unwrap_or_default());
-                std::os::unix::fs::symlink(target, path)
-                    .map_err(|e| Error::io(format!("creating link {}", path.display()), e))?;
-            }
-            _ => metadata::make_fifo(path)?,
-        }
-    }
-    let mut targets: HashMap<ChunkId, Vec<(usize, u64)>> = HashMap::new();
-    let mut total = 0u64;
-    // Each file is created under a fresh name (O_EXCL|O_NOFOLLOW), filled there, and renamed
-    // into place only once every file's content is written: a link already at the final name
-    // is replaced, never written through, and a restore that fails half-way (a damaged pack,
-    // a full disk) leaves no half-filled file under a final name (its temporary files go).
-    let mut pending = Vec::with_capacity(plan.files.len());
-    for (i, (path, node)) in plan.files.iter().enumerate() {
-        let file = embassy_core::fsutil::NewFile::beside(path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        file.file()
-            .set_len(node.size)
-            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
-        pending.push(file.into_pending());
-        let mut offset = 0u64;
-        for id in &node.content {
-            targets.entry(*id).or_default().push((i, offset));
-            offset += reader.blob_size(id)? as u64;
-        }
-        if offset != node.size {
-            return Err(Error::corrupt(
-                path.display().to_string(),
-                format!("tree says {} bytes but its chunks hold {offset}", node.size),
-            ));
-        }
-        total += node.size;
-    }
-    progress.set_total(total);
-
-    // Content: each pack once, each blob to every place that needs it.
-    let files = &plan.files;
-    let temps = &pending;
-    reader.for_each_blob(targets.keys().copied().collect::<Vec<_>>(), &|id, data| {
-        for &(i, offset) in targets.get(id).map(|v| v.as_slice()).unwrap_or_default() {
-            let path = &files[i].0;
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(temps[i].temp_path())
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            file.write_all_at(data, offset)
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-            progress.add(data.len() as u64);
-        }
-        Ok(())
-    })?;
-    for (file, (path, _)) in pending.into_iter().zip(&plan.files) {
-        file.persist()
-            .map_err(|e| Error::io(format!("putting {} in place", path.display()), e))?;
-    }
-
-    // Metadata: files and links, then directories deepest first.
-    let chown = metadata::can_chown();
-    plan.files
-        .par_iter()
-        .chain(plan.leaves.par_iter())
-        .try_for_each(|(path, node)| metadata::apply(path, node, chown))?;
-    plan.dirs.sort_by_key(|(_, _, depth)| Reverse(*depth));
-    for (path, node, _) in &plan.dirs {
-        metadata::apply(path, node, chown)?;
-    }
-    // The backed-up folder's own metadata goes to the target, on a full restore.
-    if let (None, Some(root)) = (&options.subpath, &reader.manifest.root_node) {
-        metadata::apply(target, root, chown)?;
-    }
-    Ok(RestoreStats {
-        files: plan.files.len() as u64,
-        dirs: plan.dirs.len() as u64,
-        bytes: total,
+        changed,
     })
 }

@@ -51,6 +51,7 @@ impl TestVault {
         let options = RestoreOptions {
             subpath: None,
             overwrite,
+            ..Default::default()
         };
         files::restore(&reader, to, &options, &Silent).map(|_| ())
     }

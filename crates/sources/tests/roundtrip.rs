@@ -358,6 +358,7 @@ impl TestVault {
             &RestoreOptions {
                 subpath,
                 overwrite: false,
+                ..Default::default()
             },
             &Silent,
         )
@@ -931,6 +932,7 @@ fn bad_subpaths_are_refused() {
             &RestoreOptions {
                 subpath: Some(PathBuf::from(sub)),
                 overwrite: false,
+                ..Default::default()
             },
             &Silent,
         )

@@ -7,7 +7,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::parse::{describe, Fields, Parser};
-use super::{DatasetConfig, Mode, Retention, SiteConfig, Source};
+use super::{DatasetConfig, FileSelection, Mode, Retention, SiteConfig, Source};
 use crate::schedule::{format_duration, Schedule};
 
 impl Parser<'_> {
@@ -149,7 +149,7 @@ impl Parser<'_> {
                     );
                 }
             }
-            let source = self.source(&mut f);
+            let (source, selection) = self.source(&mut f).unzip();
             let mode_text = self.string(&mut f, "mode", "\"continuous\" or \"periodic\"");
             let interval = self.duration(&mut f, "interval");
             let schedule_text = self.string(
@@ -317,13 +317,14 @@ impl Parser<'_> {
                     sites,
                     classification,
                     owner,
+                    selection: selection.unwrap_or_default(),
                 });
             }
         }
         Some(out)
     }
 
-    pub(super) fn source(&mut self, f: &mut Fields<'_, '_>) -> Option<Source> {
+    pub(super) fn source(&mut self, f: &mut Fields<'_, '_>) -> Option<(Source, FileSelection)> {
         const EXPECTED: &str = "{ files = [\"path\", ...] }, { command = \"...\" } or { postgres = { conninfo = \"...\", slot = \"...\" } }";
         let field = Self::field_name(f, "source");
         let present = f.map.contains_key("source");
@@ -417,9 +418,13 @@ impl Parser<'_> {
                 });
             }
         }
-        self.finish(s, &["files", "command", "pass_env", "postgres"]);
+        let files = matches!(found.as_slice(), [Source::Files(_)]);
+        let selection = self.file_selection(&mut s, &field, files);
+        let mut known = vec!["files", "command", "pass_env", "postgres"];
+        known.extend(super::selection::FIELDS);
+        self.finish(s, &known);
         match found.len() {
-            1 => found.pop(),
+            1 => found.pop().map(|source| (source, selection)),
             0 => {
                 self.problem(span, &field, format!("expected {EXPECTED}"));
                 None

@@ -24,9 +24,23 @@ pub struct RestoreArgs {
     /// Restore only this path inside the version.
     #[arg(long)]
     pub path: Option<PathBuf>,
-    /// Allow restoring into a folder that is not empty.
+    /// Allow restoring into a folder that is not empty: files already identical to the
+    /// version's (checked against its chunk hashes) are left as they are, others replaced.
     #[arg(long)]
     pub overwrite: bool,
+    /// File tree: restore only paths matching this pattern (gitignore-style, relative to the
+    /// version's root: `*.csv`, `/reports`, `data/**/2026-*`), with the folders leading to
+    /// them. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// File tree: do not restore (nor delete) paths matching this pattern. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// File tree: remove what the target holds under the restored tree that the version does
+    /// not (links are removed, never followed; excluded paths are left alone). Implies
+    /// --overwrite.
+    #[arg(long)]
+    pub delete: bool,
     /// Allow a version that no witnessed checkpoint covers yet (when the vault requires witnesses).
     #[arg(long)]
     pub unwitnessed: bool,
@@ -72,6 +86,14 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     };
     if let Some(note) = note {
         eprintln!("note: {}", output::escape(note));
+    }
+    if !matches!(plan, RestorePlan::Tree { .. })
+        && (!args.include.is_empty() || !args.exclude.is_empty() || args.delete)
+    {
+        return Err(Error::invalid(format!(
+            "{dataset} is not a file tree: --include, --exclude and --delete select paths of a \
+             file tree only"
+        )));
     }
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let to = args.to.as_deref().filter(|p| *p != Path::new("-"));
@@ -133,19 +155,48 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
             let options = files::RestoreOptions {
                 subpath: args.path.clone(),
                 overwrite: args.overwrite,
+                selection: files::RestoreSelection {
+                    include: files::Patterns::parse(&args.include)
+                        .map_err(|e| Error::invalid(e.to_string()))?,
+                    exclude: files::Patterns::parse(&args.exclude)
+                        .map_err(|e| Error::invalid(e.to_string()))?,
+                    delete: args.delete,
+                },
             };
             let stats = files::restore(&reader, dir, &options, &bar)?;
             bar.finish();
             report_restore(
                 cli,
                 &version,
-                json!({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes, "to": dir}),
+                json!({
+                    "files": stats.files,
+                    "dirs": stats.dirs,
+                    "bytes": stats.bytes,
+                    "skipped_files": stats.skipped_files,
+                    "skipped_bytes": stats.skipped_bytes,
+                    "deleted": stats.deleted,
+                    "to": dir,
+                }),
                 &format!(
-                    "{} files, {} folders, {} into {}",
+                    "{} files, {} folders, {} into {}{}{}",
                     stats.files,
                     stats.dirs,
                     output::size(stats.bytes),
-                    dir.display()
+                    dir.display(),
+                    if stats.skipped_files > 0 {
+                        format!(
+                            "; {} files ({}) already identical, left as they were",
+                            stats.skipped_files,
+                            output::size(stats.skipped_bytes)
+                        )
+                    } else {
+                        String::new()
+                    },
+                    if options.selection.delete {
+                        format!("; {} entries not in the version deleted", stats.deleted)
+                    } else {
+                        String::new()
+                    }
                 ),
             )?;
         }
