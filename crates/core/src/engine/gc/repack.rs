@@ -187,14 +187,17 @@ fn units(plan: &Plan, live: &HashSet<ChunkId>) -> Result<Vec<Unit>> {
                 .filter(|e: &&IndexEntry| e.pack as usize == n)
                 .map(|e| e.blob)
                 .collect();
+            // Dead: blobs no live version needs, and second copies of one chunk; the pack's
+            // header and directory count as used.
             let mut counted = HashSet::new();
-            let live_bytes: u64 = blobs
+            let dead_bytes: u64 = blobs
                 .iter()
-                .filter(|b| live.contains(&b.id) && counted.insert(b.id))
+                .filter(|b| !(live.contains(&b.id) && counted.insert(b.id)))
                 .map(|b| u64::from(b.length))
-                .sum();
-            used += live_bytes.min(size);
-            unused += size.saturating_sub(live_bytes);
+                .sum::<u64>()
+                .min(size);
+            used += size - dead_bytes;
+            unused += dead_bytes;
             packs.push((*p, size, blobs));
         }
         out.push(Unit {
