@@ -92,18 +92,16 @@ impl Env {
     }
 
     fn verify_keyless(&self) {
-        let out = self
-            .embassy()
-            .run(
-                vec![
-                    "--site".to_string(),
-                    self.path("site").to_str().unwrap().to_string(),
-                    "--state-dir".to_string(),
-                    self.path("state").to_str().unwrap().to_string(),
-                    "verify".to_string(),
-                ],
-                None,
-            );
+        let out = self.embassy().run(
+            vec![
+                "--site".to_string(),
+                self.path("site").to_str().unwrap().to_string(),
+                "--state-dir".to_string(),
+                self.path("state").to_str().unwrap().to_string(),
+                "verify".to_string(),
+            ],
+            None,
+        );
         assert_eq!(out.code, 0, "keyless verify: {out:?}");
         assert!(out.stdout.contains("vault OK"), "{out:?}");
     }
@@ -171,8 +169,11 @@ fn write_tree(dir: &Path, pairs: u64, unique: bool) {
     for i in 0..pairs {
         std::fs::write(dir.join(format!("f{i:02}-kept")), random(100 + i, 3 * MIB)).unwrap();
         if unique {
-            std::fs::write(dir.join(format!("f{i:02}-unique")), random(500 + i, 3 * MIB))
-                .unwrap();
+            std::fs::write(
+                dir.join(format!("f{i:02}-unique")),
+                random(500 + i, 3 * MIB),
+            )
+            .unwrap();
         }
     }
 }

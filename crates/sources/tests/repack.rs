@@ -273,7 +273,10 @@ fn gc_repacks_mixed_packs_and_frees_the_dead_data_of_a_pruned_version() {
     for p in &first.repacked {
         assert!(first.condemned.contains(p), "{p} condemned");
     }
-    assert!(s.restore(&v2) == live, "restores byte for byte after phase 1");
+    assert!(
+        s.restore(&v2) == live,
+        "restores byte for byte after phase 1"
+    );
     s.verifies();
 
     let second = s.gc(10, after_grace());
@@ -296,7 +299,10 @@ fn gc_repacks_mixed_packs_and_frees_the_dead_data_of_a_pruned_version() {
     assert!(s.packs().iter().all(|p| !first.repacked.contains(p)));
     assert_ne!(s.packs(), old_packs);
     // The old packs and indexes are gone: the version reads through the repack index alone.
-    assert!(s.restore(&v2) == live, "restores byte for byte after phase 2");
+    assert!(
+        s.restore(&v2) == live,
+        "restores byte for byte after phase 2"
+    );
     s.verifies();
     // A third run has nothing left to repack, and a backup of the same data reuses it all.
     let third = s.gc(10, after_grace());
@@ -369,10 +375,19 @@ fn a_backup_running_during_a_repack_keeps_the_dead_chunks_it_reuses() {
     // Its version names the old indexes and was recorded after the repack's ledger head: they
     // and their packs are referenced again, never deleted.
     let after = s.gc(10, after_grace());
-    assert!(after.deleted.iter().all(|p| !p.starts_with("packs/")), "{after:?}");
+    assert!(
+        after.deleted.iter().all(|p| !p.starts_with("packs/")),
+        "{after:?}"
+    );
     let later = s.gc(10, after_grace());
-    assert!(later.deleted.iter().all(|p| !p.starts_with("packs/")), "{later:?}");
-    assert!(s.restore(&v3) == mixed, "the concurrent version restores byte for byte");
+    assert!(
+        later.deleted.iter().all(|p| !p.starts_with("packs/")),
+        "{later:?}"
+    );
+    assert!(
+        s.restore(&v3) == mixed,
+        "the concurrent version restores byte for byte"
+    );
     assert!(s.restore(&v2) == live);
     s.verifies();
 }

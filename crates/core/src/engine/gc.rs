@@ -186,12 +186,10 @@ fn references(
         .collect();
     // Indexes that cannot be read or are not trusted stand in for nothing (`verify` reports
     // them); what they would replace stays referenced.
-    let (replacements, _ignored) = crate::format::index::Replacements::load(
-        site,
-        dataset,
-        candidates,
-        &|k| deleters.contains(k),
-    );
+    let (replacements, _ignored) =
+        crate::format::index::Replacements::load(site, dataset, candidates, &|k| {
+            deleters.contains(k)
+        });
     let mut followed: HashSet<ObjectId> = HashSet::new();
     for (named_index, seq) in named {
         for index in replacements.needed(&named_index, seq) {

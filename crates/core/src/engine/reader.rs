@@ -88,11 +88,12 @@ impl VersionReader {
             .any(|r| matches!(r, Err(Error::Missing { .. })))
         {
             let named: std::collections::HashSet<ObjectId> = indexes.iter().copied().collect();
-            let candidates: Vec<ObjectId> = with_retry(|| site.list(&layout::index_prefix(dataset)))?
-                .iter()
-                .filter_map(|i| layout::id_in_path(&i.path))
-                .filter(|id| !named.contains(id))
-                .collect();
+            let candidates: Vec<ObjectId> =
+                with_retry(|| site.list(&layout::index_prefix(dataset)))?
+                    .iter()
+                    .filter_map(|i| layout::id_in_path(&i.path))
+                    .filter(|id| !named.contains(id))
+                    .collect();
             let (replacements, _) =
                 index::Replacements::load(site.as_ref(), dataset, candidates, &|_| true);
             let mut all_indexes = Vec::new();
@@ -356,7 +357,12 @@ impl VersionReader {
 
     /// Every chunk the version's trees reference: its tree blobs and its files' data chunks
     /// (each once), read by walking the trees from the root.
-    pub fn chunks(&self) -> Result<(std::collections::HashSet<ChunkId>, std::collections::HashSet<ChunkId>)> {
+    pub fn chunks(
+        &self,
+    ) -> Result<(
+        std::collections::HashSet<ChunkId>,
+        std::collections::HashSet<ChunkId>,
+    )> {
         let mut pending = vec![self.manifest.root];
         let mut trees = std::collections::HashSet::new();
         let mut data = std::collections::HashSet::new();

@@ -292,10 +292,8 @@ fn rewrite(
                 writer.add(&mut compressor, blob.kind, blob.id, &plain)?;
                 copied.insert(blob.id);
                 if writer.len() >= target {
-                    let full = std::mem::replace(
-                        &mut writer,
-                        PackWriter::new(keys, target.min(64 << 20)),
-                    );
+                    let full =
+                        std::mem::replace(&mut writer, PackWriter::new(keys, target.min(64 << 20)));
                     packs.push(put_pack(full, report)?);
                 }
             }
