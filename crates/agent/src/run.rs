@@ -201,7 +201,7 @@ pub fn apply_retention(
 /// root key file); with a sealing credential, collection reports that and does nothing.
 pub fn collect_garbage(
     config: &Config,
-    keyring: &Keyring,
+    keyring: &Arc<Keyring>,
     cancel: &Arc<AtomicBool>,
     grace: std::time::Duration,
 ) -> Result<String, RunError> {

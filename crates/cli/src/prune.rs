@@ -57,6 +57,57 @@ pub struct GcArgs {
     /// Print what would be condemned and deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Unused space a dataset may keep in packs that still hold live data, as a percentage of
+    /// its stored packs (`10%`, the default), or `unlimited` (never repack). Above it, the packs
+    /// with the most dead data are rewritten (needs a key that can read the dataset).
+    #[arg(long, value_name = "PERCENT")]
+    pub max_unused: Option<String>,
+    /// Also merge packs smaller than this (e.g. `4MiB`) that hold live data.
+    #[arg(long, value_name = "SIZE")]
+    pub repack_small: Option<String>,
+}
+
+/// `10%`, `10` or `unlimited` as a percentage of unused space (100 = never repack).
+fn parse_max_unused(text: &str) -> Result<u8> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(100);
+    }
+    t.trim_end_matches('%')
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "--max-unused {text}: give a percentage from 0 to 100 (`10%`) or `unlimited`"
+            ))
+        })
+}
+
+/// `4MiB`, `512KiB`, `1GiB` or a number of bytes.
+fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| (&t[..i], t[i..].trim()));
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => 0,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| factor > 0)
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "--repack-small {text}: give a size such as `4MiB`, `512KiB` or a number of bytes"
+            ))
+        })
 }
 
 /// The keyring for a change, or none for a dry run (which only reads the ledger, so asks for no
@@ -260,6 +311,13 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
 /// history or bookkeeping object did not check out.
 pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     let grace = args.grace.as_deref().map(parse_duration).transpose()?;
+    let mut options = embassy_ops::gc::options(grace, args.dry_run);
+    if let Some(m) = &args.max_unused {
+        options.max_unused_percent = parse_max_unused(m)?;
+    }
+    if let Some(s) = &args.repack_small {
+        options.repack_small_bytes = parse_size(s)?;
+    }
     let vault = crate::open_vault(cli)?;
     // Condemnation records are signed, by a key allowed to delete (also for a dry run, which
     // checks that the key would do).
@@ -277,9 +335,9 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     })?;
     let collection = embassy_ops::gc::collect(
         &vault,
-        &keyring,
+        &std::sync::Arc::new(keyring),
         &crate::state_dir(cli)?,
-        embassy_ops::gc::options(grace, args.dry_run),
+        options,
     )?;
     let (report, options) = (&collection.report, &collection.options);
     if cli.json {
@@ -298,6 +356,26 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
             report.rescued.len(),
             report.waiting
         );
+        if !report.repacked.is_empty() {
+            println!(
+                "{verb}repack {} packs ({}, of which {} unused){}",
+                report.repacked.len(),
+                output::size(report.repacked_bytes),
+                output::size(report.repacked_unused_bytes),
+                if args.dry_run {
+                    String::new()
+                } else {
+                    format!(
+                        ": wrote {} in {} new objects; the old packs are condemned",
+                        output::size(report.repack_written_bytes),
+                        report.repack_written.len()
+                    )
+                }
+            );
+        }
+        for n in &report.repack_notes {
+            println!("note: {n}");
+        }
         for d in &report.deferred {
             println!("deferred: {d}");
         }

@@ -4,6 +4,7 @@
 //! options a grace period stands for and the key collection needs are decided here once.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use embassy_core::engine::gc::{self, GcOptions, GcReport};
 use embassy_core::engine::vault::{Keyring, Vault};
@@ -44,7 +45,7 @@ impl Collection {
 /// `heads_dir` (the folder of the verified heads, [`crate::open::OpenOptions::heads_dir`]).
 pub fn collect(
     vault: &Vault,
-    keyring: &Keyring,
+    keyring: &Arc<Keyring>,
     heads_dir: &Path,
     options: GcOptions,
 ) -> Result<Collection> {
@@ -54,7 +55,9 @@ pub fn collect(
              delete: the root key file or a credential the root granted the delete right ({e})"
         ))
     })?;
-    let collector = gc::Collector::new(signer, heads_dir, &vault.config().vault_id);
+    // The keyring also reads the datasets, to repack partly-dead packs.
+    let collector = gc::Collector::new(signer, heads_dir, &vault.config().vault_id)
+        .with_keyring(Arc::clone(keyring));
     let report = gc::collect_garbage(vault, &collector, &options, now_unix_nanos())?;
     Ok(Collection { report, options })
 }

@@ -267,6 +267,8 @@ fn forge_claiming(
         packs: packs.to_vec(),
         key_id: keys.key_id(),
         signer: *claimed,
+        replaces: Vec::new(),
+        as_of_seq: 0,
     };
     let mut header_bytes = Vec::new();
     ciborium::into_writer(&header, &mut header_bytes).unwrap();

@@ -32,6 +32,7 @@ pub use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 
 mod records;
+mod repack;
 mod wal;
 
 pub use records::{
@@ -44,6 +45,10 @@ use wal::wal_collectable;
 pub use wal::wal_pieces_covered;
 
 const NS: i64 = 1_000_000_000;
+
+/// The default of [`GcOptions::max_unused_percent`] (restic's `--max-unused` default is 5 %;
+/// ours is 10 %, since every repack rewrites live data that sites must store and copy again).
+pub const DEFAULT_MAX_UNUSED_PERCENT: u8 = 10;
 
 /// How a garbage collection runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,14 @@ pub struct GcOptions {
     /// How far the clocks of backup hosts and this host may disagree, plus the time a record
     /// takes to be stored (seconds). The grace period must be at least this.
     pub clock_skew_secs: u64,
+    /// Repacking: how much unused space (dead blobs in packs that still hold live ones) a
+    /// dataset may keep, in percent of its stored pack bytes; above it, the packs with the
+    /// largest dead share are rewritten until it is below. 100 never repacks. Repacking needs
+    /// the dataset's reader key (see [`Collector::with_keyring`]).
+    pub max_unused_percent: u8,
+    /// Also rewrite packs smaller than this many bytes that hold live blobs (merging them),
+    /// when at least two of them exist; 0 never does.
+    pub repack_small_bytes: u64,
 }
 
 impl Default for GcOptions {
@@ -67,6 +80,8 @@ impl Default for GcOptions {
             dry_run: false,
             session_expiry_secs: 7 * 86_400,
             clock_skew_secs: 600,
+            max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
+            repack_small_bytes: 0,
         }
     }
 }
@@ -110,43 +125,80 @@ pub struct GcReport {
     pub skipped: Vec<String>,
     /// Damaged bookkeeping objects and other problems that did not stop the run.
     pub problems: Vec<String>,
+    /// Packs whose live blobs were copied into new packs this run (the old ones are condemned
+    /// with the rest and deleted after the grace period).
+    pub repacked: Vec<String>,
+    /// Stored bytes of the repacked packs.
+    pub repacked_bytes: u64,
+    /// Of those, bytes of dead blobs (freed once the old packs are deleted).
+    pub repacked_unused_bytes: u64,
+    /// New packs and repack indexes written, and their bytes.
+    pub repack_written: Vec<String>,
+    /// Their stored bytes.
+    pub repack_written_bytes: u64,
+    /// Why repacking was not done for a dataset (no reader key, a stream of log ranges).
+    pub repack_notes: Vec<String>,
 }
 
 /// The objects of a dataset that its live versions (and log ranges) need, followed keylessly
-/// through manifest and index headers. An error names what could not be followed.
+/// through manifest and index headers, and past repacked packs through the repack indexes (read
+/// from the listed indexes no manifest names, and `extra`) signed by a key that may delete. An
+/// error names what could not be followed.
 fn references(
     site: &dyn Site,
     dataset: &str,
     history: &[Record],
     listed: &HashMap<&str, u64>,
+    deleters: &[[u8; 32]],
+    extra: &[ObjectId],
 ) -> Result<HashSet<String>> {
-    let mut manifests: Vec<ObjectId> = versions_in(dataset, history)
+    // (manifest, sequence number of the entry that names it)
+    let mut manifests: Vec<(ObjectId, u64)> = versions_in(dataset, history)
         .iter()
-        .map(|v| v.manifest)
+        .map(|v| (v.manifest, v.seq))
         .collect();
     for r in history {
         // A log range names either a manifest or (PostgreSQL WAL) a `wal/` log object, which
         // collection never touches: follow it only when it is a stored manifest.
         if let Event::LogRangeAdded { manifest, .. } = &r.entry.event {
             if listed.contains_key(layout::manifest(dataset, manifest).as_str()) {
-                manifests.push(*manifest);
+                manifests.push((*manifest, r.entry.seq));
             }
         }
     }
     let mut out = HashSet::new();
-    for m in manifests {
+    let mut named: Vec<(ObjectId, u64)> = Vec::new();
+    for (m, seq) in manifests {
         let path = layout::manifest(dataset, &m);
-        if !out.insert(path.clone()) {
-            continue;
-        }
+        out.insert(path.clone());
         let bytes = crate::format::object::get_checked(site, &path, &m, "a live version")?;
         let (header, _) = crate::format::manifest::decode_header(&path, &bytes)?;
-        for index in header.indexes {
-            let ipath = layout::index(dataset, &index);
-            if !out.insert(ipath.clone()) {
+        named.extend(header.indexes.into_iter().map(|i| (i, seq)));
+    }
+    let named_ids: HashSet<ObjectId> = named.iter().map(|(i, _)| *i).collect();
+    let index_prefix = layout::index_prefix(dataset);
+    let candidates: Vec<ObjectId> = listed
+        .keys()
+        .filter(|p| p.starts_with(index_prefix.as_str()))
+        .filter_map(|p| layout::id_in_path(p))
+        .filter(|id| !named_ids.contains(id))
+        .chain(extra.iter().copied())
+        .collect();
+    // Indexes that cannot be read or are not trusted stand in for nothing (`verify` reports
+    // them); what they would replace stays referenced.
+    let (replacements, _ignored) =
+        crate::format::index::Replacements::load(site, dataset, candidates, &|k| {
+            deleters.contains(k)
+        });
+    let mut followed: HashSet<ObjectId> = HashSet::new();
+    for (named_index, seq) in named {
+        for index in replacements.needed(&named_index, seq) {
+            if !followed.insert(index) {
                 continue;
             }
-            let bytes = crate::format::object::get_checked(site, &ipath, &index, &path)?;
+            let ipath = layout::index(dataset, &index);
+            out.insert(ipath.clone());
+            let bytes = crate::format::object::get_checked(site, &ipath, &index, "a live version")?;
             let (header, _) = crate::format::index::decode_header(&ipath, &bytes)?;
             for pack in header.packs {
                 out.insert(layout::pack(dataset, &pack));
@@ -191,10 +243,21 @@ fn delete_rank(path: &str) -> u8 {
 /// record at each site. A record counts as condemned from the later of its signed time and
 /// that first sighting, so a back-dated record, or one a site withheld and shows late, still
 /// waits the whole grace period.
-#[derive(Debug)]
 pub struct Collector {
     key: SigningKey,
     seen_path: PathBuf,
+    /// Keys to read the datasets, for repacking (see [`Collector::with_keyring`]).
+    keyring: Option<std::sync::Arc<crate::engine::vault::Keyring>>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("public_key", &hex::encode(self.public_key()))
+            .field("seen_path", &self.seen_path)
+            .field("repacks", &self.keyring.is_some())
+            .finish()
+    }
 }
 
 /// When this collector first saw each record: `"<site location> <record path>"` to ns.
@@ -212,7 +275,17 @@ impl Collector {
         Self {
             key,
             seen_path: state_dir.join(format!("{vault_id}.gc-seen.json")),
+            keyring: None,
         }
+    }
+
+    /// The same collector, also repacking partly-dead packs (see [`GcOptions::max_unused_percent`])
+    /// of the datasets `keyring` can read: their live blobs must be opened and sealed again into
+    /// new packs, which needs the reader key (each blob is sealed with its pack's own key at its
+    /// offset, so it cannot be moved without it). Without a keyring nothing is repacked.
+    pub fn with_keyring(mut self, keyring: std::sync::Arc<crate::engine::vault::Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
     }
 
     /// The public key records are signed with.
@@ -371,8 +444,8 @@ pub fn collect_garbage(
                 continue;
             }
         };
-        let referenced = match references(merged, dataset, &history, &sizes) {
-            Ok(mut r) => {
+        let dataset_references = |extra: &[ObjectId]| {
+            references(merged, dataset, &history, &sizes, &allowed, extra).map(|mut r| {
                 // WAL pieces are kept unless an anchored, verified segment covers them.
                 let authority = vault.wal_authority(&history);
                 let wal_free = wal_collectable(merged, dataset, &history, &authority, &listing);
@@ -384,7 +457,10 @@ pub fn collect_garbage(
                         .map(|i| i.path.clone()),
                 );
                 r
-            }
+            })
+        };
+        let mut referenced = match dataset_references(&[]) {
+            Ok(r) => r,
             Err(e) => {
                 report.skipped.push(format!(
                     "{dataset}: a live version's objects cannot be followed, so nothing of it is \
@@ -509,6 +585,39 @@ pub fn collect_garbage(
             }
         }
         report.waiting += waiting.len();
+        // Rewrite the live chunks of packs that are mostly dead into new packs and a repack
+        // index (written first, durably), so that the old packs become unreferenced and are
+        // condemned below, then deleted by a later run like any other garbage.
+        if let Some(keyring) = &collector.keyring {
+            let plan = repack::Plan {
+                vault,
+                keyring,
+                signer: &collector.key,
+                dataset,
+                history: &history,
+                referenced: &referenced,
+                pending: &pending,
+                sizes: &sizes,
+                options,
+            };
+            match repack::repack(&plan, &mut report) {
+                Ok(written) if !written.is_empty() => match dataset_references(&written) {
+                    Ok(r) => referenced = r,
+                    Err(e) => {
+                        report.skipped.push(format!(
+                            "{dataset}: after repacking, a live version's objects cannot be \
+                             followed, so nothing of it is condemned this run: {e}"
+                        ));
+                        continue;
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => report.problems.push(format!(
+                    "{dataset}: repacking stopped (nothing of it was lost; what was written is \
+                     used or collected by a later run): {e}"
+                )),
+            }
+        }
         // Condemn what nothing references now and no record lists yet.
         let mut condemn: Vec<String> = listing
             .iter()

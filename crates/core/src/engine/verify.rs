@@ -461,11 +461,24 @@ pub fn verify(
         for record in history {
             referenced.insert(layout::ledger_entry(dataset, record.entry.seq, &record.id));
         }
+        // Repack indexes count only when signed by a key allowed to delete.
+        let deleters = crate::engine::gc::deleters(vault);
+        let index_prefix = layout::index_prefix(dataset);
+        let (replacements, _) = crate::format::index::Replacements::load(
+            vault.site().as_ref(),
+            dataset,
+            sizes
+                .keys()
+                .filter(|p| p.starts_with(index_prefix.as_str()))
+                .filter_map(|p| layout::id_in_path(p)),
+            &|k| deleters.contains(k),
+        );
         for version in crate::engine::vault::versions_in(dataset, history) {
             let version = &version;
             let ok = check_references(
                 vault,
                 &sizes,
+                &replacements,
                 dataset,
                 version,
                 &mut referenced,

@@ -614,6 +614,7 @@ fn load_known_chunks(
         .into_iter()
         .filter(|k| !active.contains(k))
         .collect();
+    let deleters = crate::engine::gc::deleters(vault);
     let ignored = |path: &str, why: &str| {
         format!("{path}: ignored for deduplication ({why}); its chunks will be stored again")
     };
@@ -628,6 +629,10 @@ fn load_known_chunks(
             // Another key epoch: other chunk ids, nothing to dedup against.
             Ok(l) if l.header.key_id != keys.key_id() => {}
             Ok(l) if active.contains(&l.header.signer) => trusted.push(l),
+            // A repack index of garbage collection, signed by a key allowed to delete.
+            Ok(l) if !l.header.replaces.is_empty() && deleters.contains(&l.header.signer) => {
+                trusted.push(l)
+            }
             Ok(l) if former.contains(&l.header.signer) => candidates.push(l),
             Ok(l) => warnings.push(ignored(
                 &l.path,

@@ -44,6 +44,28 @@ pub struct IndexHeader {
     /// Ed25519 public key that signed the object (the writer's ledger signing key).
     #[serde(with = "serde_bytes")]
     pub signer: [u8; 32],
+    /// A *repack index* (written by garbage collection, signed by a key allowed to delete):
+    /// the indexes whose live chunks it holds, copied into its own packs, so that the packs of
+    /// those indexes can be deleted. Empty (and omitted) in the indexes backups write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<ObjectId>,
+    /// For a repack index: the dataset's ledger head (sequence number) whose live versions'
+    /// chunks it holds. It stands in for a replaced index only for versions at or below this
+    /// sequence number; a version added later that names a replaced index needs that index.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub as_of_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl IndexHeader {
+    /// True when this index stands in for `replaced` for the version at ledger sequence number
+    /// `version_seq` (see [`IndexHeader::replaces`]).
+    pub fn stands_in_for(&self, replaced: &ObjectId, version_seq: u64) -> bool {
+        version_seq <= self.as_of_seq && self.replaces.contains(replaced)
+    }
 }
 
 /// One chunk's location. Encoded as the CBOR array `[pack, blob]`.
@@ -106,7 +128,48 @@ pub fn encode_entries(
         packs,
         key_id: keys.key_id(),
         signer: signer.verifying_key().to_bytes(),
+        replaces: Vec::new(),
+        as_of_seq: 0,
     };
+    encode_with_header(keys, signer, header, entries)
+}
+
+/// Encodes a repack index: `packs` and their blobs, standing in for the indexes `replaces` for
+/// the versions up to ledger sequence number `as_of_seq` (see [`IndexHeader::replaces`]).
+pub fn encode_repack(
+    keys: &DatasetKeys,
+    signer: &SigningKey,
+    packs: &[(ObjectId, Vec<BlobEntry>)],
+    replaces: Vec<ObjectId>,
+    as_of_seq: u64,
+) -> Vec<u8> {
+    let entries: Vec<IndexEntry> = packs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, blobs))| {
+            blobs.iter().map(move |b| IndexEntry {
+                pack: i as u32,
+                blob: *b,
+            })
+        })
+        .collect();
+    let header = IndexHeader {
+        dataset: keys.dataset.clone(),
+        packs: packs.iter().map(|(id, _)| *id).collect(),
+        key_id: keys.key_id(),
+        signer: signer.verifying_key().to_bytes(),
+        replaces,
+        as_of_seq: as_of_seq.max(1),
+    };
+    encode_with_header(keys, signer, header, &entries)
+}
+
+fn encode_with_header(
+    keys: &DatasetKeys,
+    signer: &SigningKey,
+    header: IndexHeader,
+    entries: &[IndexEntry],
+) -> Vec<u8> {
     let header = cbor::to_vec(&header);
     let mut out = Vec::with_capacity(12 + header.len() + entries.len() * 64 + 128);
     out.extend_from_slice(MAGIC);
@@ -178,4 +241,91 @@ pub fn decode(
         ));
     }
     Ok((header, entries))
+}
+
+/// The repack indexes of a dataset (see [`IndexHeader::replaces`]): which index stands in for
+/// which, so that readers, `verify` and garbage collection follow a version's references past
+/// packs that garbage collection rewrote.
+#[derive(Debug, Default, Clone)]
+pub struct Replacements {
+    /// Replaced index → the repack indexes that name it, with their headers.
+    by_replaced: std::collections::HashMap<ObjectId, Vec<(ObjectId, IndexHeader)>>,
+}
+
+impl Replacements {
+    /// Reads the headers of the indexes `candidates` of `dataset` at `site` (keylessly) and keeps
+    /// the repack indexes among them whose bytes hash to their name, whose signature verifies and
+    /// whose signer `trusted` accepts (garbage collection and `verify` accept only keys allowed
+    /// to delete; a reader, which checks every blob against its chunk id, may accept any).
+    /// Candidates that cannot be read are left out and named in the second value.
+    pub fn load(
+        site: &dyn crate::site::Site,
+        dataset: &str,
+        candidates: impl IntoIterator<Item = ObjectId>,
+        trusted: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> (Self, Vec<String>) {
+        let mut out = Self::default();
+        let mut problems = Vec::new();
+        for id in candidates {
+            let path = crate::format::layout::index(dataset, &id);
+            let header = crate::format::object::get_checked(site, &path, &id, "the listing")
+                .and_then(|bytes| decode_header(&path, &bytes).map(|(h, _)| h));
+            match header {
+                Ok(h) if h.replaces.is_empty() => {}
+                Ok(h) if h.dataset != dataset || !trusted(&h.signer) => problems.push(format!(
+                    "{path}: a repack index signed by {} (or of another dataset), which may not \
+                     delete: ignored",
+                    hex::encode(&h.signer[..8])
+                )),
+                Ok(h) => out.add(id, h),
+                Err(e) => problems.push(format!("{path}: {e}")),
+            }
+        }
+        (out, problems)
+    }
+
+    /// Records the repack index `id` with header `header`.
+    pub fn add(&mut self, id: ObjectId, header: IndexHeader) {
+        for replaced in header.replaces.clone() {
+            let list = self.by_replaced.entry(replaced).or_default();
+            if !list.iter().any(|(i, _)| *i == id) {
+                list.push((id, header.clone()));
+            }
+        }
+    }
+
+    /// True when no repack index was found.
+    pub fn is_empty(&self) -> bool {
+        self.by_replaced.is_empty()
+    }
+
+    /// The indexes a version at ledger sequence number `version_seq` needs in place of the index
+    /// `index` its manifest names: `index` itself when no repack index stands in for it, else
+    /// the repack indexes that do (following repacks of repack indexes), in the order found.
+    pub fn needed(&self, index: &ObjectId, version_seq: u64) -> Vec<ObjectId> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut pending = vec![*index];
+        while let Some(x) = pending.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            let stand_ins: Vec<ObjectId> = self
+                .by_replaced
+                .get(&x)
+                .map(|l| {
+                    l.iter()
+                        .filter(|(_, h)| h.stands_in_for(&x, version_seq))
+                        .map(|(id, _)| *id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if stand_ins.is_empty() {
+                out.push(x);
+            } else {
+                pending.extend(stand_ins.into_iter().rev());
+            }
+        }
+        out
+    }
 }

@@ -11,13 +11,15 @@ use crate::format::index;
 use crate::format::layout;
 use crate::format::manifest;
 use crate::format::pack;
-use crate::format::tree::NodeKind;
 use crate::id::{ChunkId, ObjectId};
 
-/// Keyless: the manifest, its indexes and their packs exist.
+/// Keyless: the manifest, its indexes (or the repack indexes that stand in for them) and their
+/// packs exist.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn check_references(
     vault: &Vault,
     sizes: &HashMap<&str, u64>,
+    replacements: &index::Replacements,
     dataset: &str,
     version: &crate::engine::vault::Version,
     referenced: &mut HashSet<String>,
@@ -72,7 +74,12 @@ pub(super) fn check_references(
         ));
         ok = false;
     }
-    for index_id in &header.indexes {
+    let needed: Vec<ObjectId> = header
+        .indexes
+        .iter()
+        .flat_map(|i| replacements.needed(i, version.seq))
+        .collect();
+    for index_id in &needed {
         let index_path = layout::index(dataset, index_id);
         if !exists(&index_path) {
             problem(format!(
@@ -144,21 +151,7 @@ pub(super) fn deep_check_version(
     } = *findings;
     let result = (|| -> Result<bool> {
         let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
-        let mut pending = vec![reader.manifest.root];
-        let mut seen = HashSet::new();
-        let mut data = HashSet::new();
-        while let Some(tree_id) = pending.pop() {
-            if !seen.insert(tree_id) {
-                continue;
-            }
-            for node in reader.read_tree(&tree_id)?.nodes {
-                match node.kind {
-                    NodeKind::Dir => pending.extend(node.subtree),
-                    NodeKind::File => data.extend(node.content),
-                    _ => {}
-                }
-            }
-        }
+        let (seen, data) = reader.chunks()?;
         let dataset = &version.dataset;
         let manifest_path = layout::manifest(dataset, &version.manifest);
         let mut missing = 0u64;
