@@ -369,7 +369,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     Ok(if report.skipped.is_empty() && report.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     })
 }
 

@@ -207,6 +207,20 @@ pub enum Error {
         /// What was wrong with the approvals given, and the way out.
         detail: String,
     },
+
+    /// A lock another process on this host holds was not released in time (a dataset's ledger
+    /// lock): nothing is wrong with the vault; waiting, or stopping the holder, is the way out.
+    #[error("{what}: held by {holder} for more than {waited_secs:.0} s: {way_out}")]
+    Locked {
+        /// What is locked and where (the lock file).
+        what: String,
+        /// Who holds it (a pid, when known).
+        holder: String,
+        /// How long this process waited.
+        waited_secs: f64,
+        /// What to do.
+        way_out: String,
+    },
 }
 
 impl Error {
@@ -250,7 +264,8 @@ impl Error {
             | Error::VaultExists { .. }
             | Error::NotFound(_)
             | Error::Invalid(_)
-            | Error::NotApproved { .. } => ErrorKind::Config,
+            | Error::NotApproved { .. }
+            | Error::Locked { .. } => ErrorKind::Config,
         }
     }
 

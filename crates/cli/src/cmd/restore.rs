@@ -141,9 +141,9 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                 &version,
                 json!({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes, "to": dir}),
                 &format!(
-                    "{} files, {} folders, {} into {}",
-                    stats.files,
-                    stats.dirs,
+                    "{}, {}, {} into {}",
+                    output::count(stats.files, "file", "files"),
+                    output::count(stats.dirs, "folder", "folders"),
                     output::size(stats.bytes),
                     dir.display()
                 ),

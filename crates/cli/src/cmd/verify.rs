@@ -105,8 +105,8 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     Ok(if ok {
         ExitCode::SUCCESS
     } else if v.found_damage() {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     } else {
-        ExitCode::from(1)
+        crate::exit::code(crate::exit::FAILURE)
     })
 }
