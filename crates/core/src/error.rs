@@ -30,9 +30,10 @@
 //! 3. **How a kind travels.** To the CLI: `is_integrity()` (kind Integrity) exits with status
 //!    3, every other error with 1 (`config check` problems with 2; `embassy agent` refusing to
 //!    start on a damaged or substituted vault with 3 too); `--json` errors carry `"integrity"`,
-//!    `"kind"` and `"hint"`. (Reports that find problems rather than fail — `verify`, `status`
-//!    — exit 3 on their own; `status --config` exits 3 for any red dataset and its JSON says the
-//!    kind.) To the agent: its work functions (`embassy_agent::run`) return `RunError`; the kind
+//!    `"kind"` and `"hint"`; a few errors have their own code (`NoVault` 10, `Locked` 11,
+//!    `WrongPassphrase` 12: the CLI's `exit.rs`). (Reports that find problems rather than fail —
+//!    `verify`, `status` — exit 3 on their own; `status --config` exits 4 for a red dataset, 3
+//!    when damage is among the reasons, and its JSON says the kind.) To the agent: its work functions (`embassy_agent::run`) return `RunError`; the kind
 //!    is kept beside the message wherever the agent records a problem
 //!    (`embassy_agent::error::Problem`), so alarms (`EMBASSY_ALARM_KIND`, `"problem_kind"` in
 //!    the webhook), the dashboard, `/status.json` (`"problem_kind"`), `/metrics`
