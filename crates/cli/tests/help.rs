@@ -246,3 +246,33 @@ fn rust_version_is_what_the_lockfile_needs() {
         "rust-version {ours}, the lockfile needs {needed:?}"
     );
 }
+
+/// An error whose message already includes its cause ("reading passphrase file missing: No such
+/// file or directory") does not print that cause again as "caused by".
+#[test]
+fn a_cause_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let init = embassy(tmp.path(), &["--site", "s", "init"], None);
+    assert!(init.status.success(), "{}", show(&init));
+    let out = embassy(
+        tmp.path(),
+        &[
+            "--site",
+            "s",
+            "--passphrase-file",
+            "missing",
+            "backup",
+            "x",
+            "--stdin",
+        ],
+        Some(b""),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "a doubled cause: {err}"
+    );
+}
