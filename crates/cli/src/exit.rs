@@ -33,7 +33,9 @@ Exit codes:
   4   a dataset is overdue: older than its RPO, or no version yet (status --config)
   10  no vault at the site
   11  locked: another process holds a lock (a dataset's ledger, the agent's state folder)
-  12  wrong passphrase for the key file";
+  12  wrong passphrase for the key file
+  200 wal-fetch only: the vault could not be read (PostgreSQL stops recovery; 1 there means
+      the vault proves the WAL file does not exist)";
 
 /// The code of an error a command returned.
 pub fn code_of(e: &Error) -> u8 {
@@ -76,6 +78,7 @@ mod tests {
         );
         assert_eq!(code_of(&Error::corrupt("p", "bad")), INTEGRITY);
         assert_eq!(code_of(&Error::invalid("no")), FAILURE);
+        assert!(HELP.contains(&format!("  {} ", crate::pg::WAL_FETCH_STOP_RECOVERY)));
         for c in [
             0,
             FAILURE,

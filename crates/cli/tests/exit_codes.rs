@@ -119,7 +119,7 @@ fn an_overdue_dataset_exits_4_and_damage_exits_3() {
     let out = env.embassy(&["status", "--config", "embassy.toml", "--json"]);
     assert_eq!(out.status.code(), Some(4), "{}", show(&out));
 
-    // Damage a pack: verify (keyless) finds it and exits 3, and so does status --config.
+    // Damage a pack: verify finds it and exits 3, not 4.
     let pack = files(&env.path("sites/a/packs"))
         .into_iter()
         .next()

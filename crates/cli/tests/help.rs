@@ -241,6 +241,12 @@ fn rust_version_is_what_the_lockfile_needs() {
         .map(parse)
         .max()
         .unwrap();
+    // Every package inherits it (else the workspace value binds none of them).
+    assert_eq!(
+        env!("CARGO_PKG_RUST_VERSION"),
+        ours,
+        "the cli's rust-version"
+    );
     assert!(
         parse(&ours) >= needed,
         "rust-version {ours}, the lockfile needs {needed:?}"
