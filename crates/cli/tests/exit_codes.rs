@@ -110,7 +110,8 @@ fn the_help_lists_every_exit_code() {
     }
 }
 
-/// A dataset without a version is overdue, not damaged: 4 (it was 3, like damage).
+/// A dataset without a version is overdue, not damaged: 4 (it was 3, like damage); damage
+/// stays 3.
 #[test]
 fn an_overdue_dataset_exits_4_and_damage_exits_3() {
     let env = Env::new();
@@ -129,6 +130,14 @@ fn an_overdue_dataset_exits_4_and_damage_exits_3() {
     bytes[middle] ^= 0xff;
     fs::write(&pack, bytes).unwrap();
     let out = env.embassy(&["--site", "sites/a", "verify", "--deep"]);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    // Once the agent's keyless verification has found it, status --config says damage: 3.
+    let agent = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
+    let log = String::from_utf8_lossy(&agent.stdout).to_string()
+        + &String::from_utf8_lossy(&agent.stderr);
+    assert!(log.contains("verify a: FAILED"), "{log}");
+    assert!(!log.contains("1 problems") && !log.contains("1 files"), "{log}");
+    let out = env.embassy(&["status", "--config", "embassy.toml"]);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
 }
 

@@ -96,8 +96,8 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
             );
         } else {
             println!(
-                "{} problems found: repair this site from another site, or restore an older version",
-                v.problem_count()
+                "{} found: repair this site from another site, or restore an older version",
+                output::count(v.problem_count() as u64, "problem", "problems")
             );
         }
     }
