@@ -136,7 +136,10 @@ fn an_overdue_dataset_exits_4_and_damage_exits_3() {
     let log = String::from_utf8_lossy(&agent.stdout).to_string()
         + &String::from_utf8_lossy(&agent.stderr);
     assert!(log.contains("verify a: FAILED"), "{log}");
-    assert!(!log.contains("1 problems") && !log.contains("1 files"), "{log}");
+    assert!(
+        !log.contains("1 problems") && !log.contains("1 files"),
+        "{log}"
+    );
     let out = env.embassy(&["status", "--config", "embassy.toml"]);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
 }
