@@ -41,6 +41,9 @@ pub enum AgentError {
     /// Something needed to start is missing or broken.
     #[error("{0}")]
     Start(String),
+    /// Another agent holds the lock on the state folder.
+    #[error("{0}")]
+    Locked(String),
     /// The vault could not be opened or unlocked at the configured sites.
     #[error("{context}: {error}{}", hint.as_deref().map(|h| format!("\n  ({h})")).unwrap_or_default())]
     Open {
@@ -62,6 +65,11 @@ impl AgentError {
     pub fn is_integrity(&self) -> bool {
         matches!(self, AgentError::Open { error, .. } if error.kind() == ErrorKind::Integrity)
     }
+
+    /// True when another process holds a lock the agent needs (the CLI exits 11 for it).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, AgentError::Locked(_))
+    }
 }
 
 /// Reads the config, opens the vault and the keys, and runs until stopped (or one cycle with
@@ -71,7 +79,7 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
     for w in &config.warnings {
         log(format!("warning: {w}"));
     }
-    let _lock = lock_state_dir(&config.agent.state_dir).map_err(AgentError::Start)?;
+    let _lock = lock_state_dir(&config.agent.state_dir)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let vault = run::open_vault(&config, &cancel).map_err(|error| AgentError::Open {
         context: "cannot open the vault at the configured sites",

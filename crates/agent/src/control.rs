@@ -35,11 +35,13 @@ impl Control {
 
 /// Takes the agent's lock on its state folder (`agent.lock`, holding the pid): two agents on one
 /// state folder would overwrite each other's alarms and history. Released when the file closes.
-pub(crate) fn lock_state_dir(dir: &Path) -> Result<std::fs::File, String> {
+pub(crate) fn lock_state_dir(dir: &Path) -> Result<std::fs::File, crate::agent::AgentError> {
+    use crate::agent::AgentError;
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create state folder {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        AgentError::Start(format!("cannot create state folder {}: {e}", dir.display()))
+    })?;
     let path = dir.join("agent.lock");
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -47,16 +49,16 @@ pub(crate) fn lock_state_dir(dir: &Path) -> Result<std::fs::File, String> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|e| AgentError::Start(format!("cannot open {}: {e}", path.display())))?;
     // SAFETY: flock on a file descriptor we own, for the life of `file`.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
-        return Err(format!(
+        return Err(AgentError::Locked(format!(
             "another embassy agent (pid {}) runs with state folder {}: stop it first, or give this one its own [agent] state_dir",
             pid.trim(),
             dir.display()
-        ));
+        )));
     }
     let _ = file.set_len(0);
     let _ = file.rewind();

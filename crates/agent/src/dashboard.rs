@@ -176,7 +176,7 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
     for s in &report.sites {
         let held = s
             .bytes_stored
-            .map(|b| format!("{:.1} MiB held", b as f64 / 1048576.0))
+            .map(|b| format!("{} held", embassy_core::text::size(b)))
             .unwrap_or_else(|| "not readable".into());
         let queued = match s.catch_up_pending {
             Some(n) if n > 0 => format!("; {n} missed writes queued for catch-up"),

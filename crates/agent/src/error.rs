@@ -37,8 +37,8 @@ pub enum RunError {
     },
     /// A keyless verification found damage at a site.
     #[error(
-        "{} problems found (the site is damaged or was tampered with), first: {}",
-        problems.len(),
+        "{} found (the site is damaged or was tampered with), first: {}",
+        embassy_core::text::count(problems.len() as u64, "problem", "problems"),
         problems.first().map(String::as_str).unwrap_or("")
     )]
     Damaged {

@@ -542,12 +542,12 @@ impl Agent {
                 ds.next_retry = None;
                 drop(st);
                 log(format!(
-                    "{dataset}: version {} stored in {:.1}s: {} files, {} bytes ({} new)",
+                    "{dataset}: version {} stored in {:.1}s: {}, {} ({} new)",
                     out.number,
                     elapsed.as_secs_f64(),
-                    out.files,
-                    out.bytes,
-                    out.new_bytes
+                    embassy_core::text::count(out.files, "file", "files"),
+                    embassy_core::text::size(out.bytes),
+                    embassy_core::text::size(out.new_bytes)
                 ));
                 for w in &out.warnings {
                     log(format!("{dataset}: warning: {w}"));

@@ -50,7 +50,7 @@ pub fn config_check(file: &Path, as_json: bool) -> ExitCode {
                 if e.problems.len() == 1 { "" } else { "s" },
                 file.display()
             );
-            ExitCode::from(2)
+            crate::exit::code(crate::exit::USAGE)
         }
     }
 }
@@ -61,7 +61,7 @@ pub fn agent(file: &Path, once: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(1);
+            return crate::exit::code(crate::exit::FAILURE);
         }
     };
     match embassy_agent::run_agent(file, Options { once }, control) {
@@ -70,18 +70,27 @@ pub fn agent(file: &Path, once: bool) -> ExitCode {
             for p in &e.problems {
                 eprintln!("{p}");
             }
-            ExitCode::from(2)
+            crate::exit::code(crate::exit::USAGE)
+        }
+        Err(e) if e.is_locked() => {
+            eprintln!("error: {}", crate::output::escape(&e.to_string()));
+            crate::exit::code(crate::exit::LOCKED)
         }
         Err(e) => {
             eprintln!("error: {}", crate::output::escape(&e.to_string()));
             // As every command: damage or tampering exits 3 (core's error policy).
-            ExitCode::from(if e.is_integrity() { 3 } else { 1 })
+            crate::exit::code(if e.is_integrity() {
+                crate::exit::INTEGRITY
+            } else {
+                crate::exit::FAILURE
+            })
         }
     }
 }
 
 /// `embassy status --config FILE [--json]`: freshness of every dataset at every site, read
-/// now (the same document the agent serves at /status.json). Exit 3 when a dataset is red.
+/// now (the same document the agent serves at /status.json). Exit 4 when a dataset is red
+/// (overdue), 3 when damage or tampering is among the reasons.
 pub fn status(file: &Path, as_json: bool) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
@@ -89,14 +98,14 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             for p in &e.problems {
                 eprintln!("{p}");
             }
-            return ExitCode::from(2);
+            return crate::exit::code(crate::exit::USAGE);
         }
     };
     let report = match embassy_agent::agent::status_now(&config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}", crate::output::escape(&e.to_string()));
-            return ExitCode::from(1);
+            return crate::exit::code(crate::exit::FAILURE);
         }
     };
     if as_json {
@@ -147,9 +156,17 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             );
         }
     }
+    let damaged = report.problems.get(&ErrorKind::Integrity).copied().unwrap_or(0) > 0
+        || report
+            .datasets
+            .iter()
+            .flat_map(|d| &d.sites)
+            .any(|c| c.problem_kind == Some(ErrorKind::Integrity));
     if report.ok {
         ExitCode::SUCCESS
+    } else if damaged {
+        crate::exit::code(crate::exit::INTEGRITY)
     } else {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::OVERDUE)
     }
 }

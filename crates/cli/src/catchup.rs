@@ -59,7 +59,7 @@ pub fn sync_pending(
     Ok(if left == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     })
 }
 

@@ -19,9 +19,9 @@ use serde_json::json;
 use crate::output;
 
 /// The exit status after SIGINT (128 + 2, as shells report it).
-const EXIT_SIGINT: u8 = 130;
+const EXIT_SIGINT: u8 = crate::exit::INTERRUPTED;
 /// The exit status after SIGTERM (128 + 15).
-const EXIT_SIGTERM: u8 = 143;
+const EXIT_SIGTERM: u8 = crate::exit::TERMINATED;
 /// How long a run may take to reach its next write after a signal before the process ends.
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 

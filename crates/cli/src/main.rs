@@ -2,13 +2,13 @@
 //! command under `cmd/`), calls the operations of `embassy-ops` and the libraries, and renders
 //! what comes back for people or as JSON.
 //!
-//! Exit codes: 0 success; 1 failure (the message says why and what to do); 2 bad usage;
-//! 3 integrity problem found (damaged or tampered vault); 130 (143) a backup stopped by Ctrl-C
-//! (SIGTERM) before its version was recorded.
+//! Exit codes: defined in one place, `exit` (and listed by `embassy --help`).
 
 mod agent;
 mod catchup;
 mod cmd;
+mod exit;
+mod help;
 mod hints;
 mod interrupt;
 mod output;
@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::history::state::StateStore;
 use embassy_core::keys::RootSecret;
@@ -149,6 +149,11 @@ enum Command {
     WitnessKey(cmd::witness::WitnessKeyArgs),
     /// Check the vault without keys; with --deep, also decrypt and check every chunk.
     Verify(cmd::verify::VerifyArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(help::CompletionsArgs),
+    /// Write the manual pages (embassy.1 and one per command) into a folder.
+    #[command(hide = true)]
+    Man(help::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -174,7 +179,11 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     }
-    let cli = Cli::parse();
+    // The definition with the commands in task order and the exit codes after them (help).
+    let cli = match Cli::from_arg_matches(&help::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -186,15 +195,13 @@ fn main() -> ExitCode {
                 );
             }
             eprintln!("error: {}", output::escape(&e.to_string()));
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {}", output::escape(&s.to_string()));
-                source = s.source();
+            for cause in output::causes(&e) {
+                eprintln!("  caused by: {}", output::escape(&cause));
             }
             if let Some(hint) = hints::for_error(&e) {
                 eprintln!("  hint: {}", output::escape(&hint));
             }
-            ExitCode::from(if e.is_integrity() { 3 } else { 1 })
+            exit::for_error(&e)
         }
     }
 }
@@ -231,6 +238,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(agent::config_check(file, cli.json))
         }
         Command::Verify(args) => cmd::verify::run(cli, args),
+        Command::Completions(args) => {
+            help::completions(args);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => help::man(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -272,7 +284,9 @@ fn expected_vault_id(cli: &Cli) -> Result<Option<String>> {
     embassy_ops::open::parse_expected_vault_id(cli.vault_id.as_deref())
 }
 
-fn print_json(value: serde_json::Value) -> Result<()> {
+/// Prints a `--json` result; a success object gets `"ok": true` here, for every command.
+fn print_json(mut value: serde_json::Value) -> Result<()> {
+    output::mark_ok(&mut value);
     writeln!(std::io::stdout(), "{value}").map_err(|e| Error::io("writing to stdout", e))
 }
 

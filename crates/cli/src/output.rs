@@ -49,20 +49,36 @@ impl Progress for Bar {
     }
 }
 
-/// Bytes for people: 1.2 GB (decimal units, like the figures in our benchmarks).
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
+/// Bytes for people: `1.2 GiB` (binary units with IEC names, core's one formatting of sizes).
+pub use embassy_core::text::size;
+
+/// `n` and a noun, singular for one: `1 file`, `2 files` (core's).
+pub use embassy_core::text::count;
+
+/// A JSON success says so: an object without `"ok"` gets `"ok": true`, as an error carries
+/// `"ok": false` (lists, such as `versions --json`, stay lists).
+pub fn mark_ok(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        map.entry("ok").or_insert(serde_json::Value::Bool(true));
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The causes of an error to print under it, outermost first, leaving out a cause whose text
+/// the message above it already shows (errors written `"{context}: {source}"` also return that
+/// source, which would print it twice).
+pub fn causes(e: &dyn std::error::Error) -> Vec<String> {
+    let mut shown = e.to_string();
+    let mut out = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !shown.contains(&text) {
+            out.push(text.clone());
+        }
+        shown = text;
+        source = s.source();
     }
+    out
 }
 
 /// A UTC time for people and logs: `2026-11-26T23:59:01Z`.
@@ -125,6 +141,40 @@ mod tests {
     #[test]
     fn times_and_sizes() {
         assert_eq!(size(999), "999 B");
-        assert_eq!(size(2_700_000_000), "2.7 GB");
+        assert_eq!(size(2_700_000_000), "2.5 GiB");
+    }
+
+    #[test]
+    fn json_successes_say_ok() {
+        let mut v = json!({"version": 1});
+        mark_ok(&mut v);
+        assert_eq!(v["ok"], true);
+        let mut v = json!({"ok": false});
+        mark_ok(&mut v);
+        assert_eq!(v["ok"], false);
+    }
+
+    #[test]
+    fn a_cause_the_message_already_shows_is_not_printed_again() {
+        let e = embassy_core::Error::io(
+            "writing restored/x",
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied"),
+        );
+        assert!(e.to_string().contains("permission denied"), "{e}");
+        assert_eq!(causes(&e), Vec::<String>::new());
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("opening the vault")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("site down"));
+        assert_eq!(causes(&e), vec!["site down".to_string()]);
     }
 }

@@ -395,6 +395,6 @@ fn verify_wal(cli: &Cli, args: &PgVerifyWalArgs) -> Result<ExitCode> {
     Ok(if report.is_ok() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     })
 }

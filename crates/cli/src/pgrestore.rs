@@ -112,10 +112,10 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
         }))?;
     } else {
         println!(
-            "base backup stored as version {} of {}: {} files, {}; {} new ({} stored); WAL {}..{} on timeline {}{}",
+            "base backup stored as version {} of {}: {}, {}; {} new ({} stored); WAL {}..{} on timeline {}{}",
             v.number,
             v.dataset,
-            v.stats.files,
+            output::count(v.stats.files, "file", "files"),
             output::size(v.stats.bytes),
             v.stats.new_chunks,
             output::size(v.stats.new_bytes_stored),

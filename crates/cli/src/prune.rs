@@ -392,7 +392,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     Ok(if collection.is_clean() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     })
 }
 

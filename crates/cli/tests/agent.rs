@@ -993,9 +993,9 @@ rpo = "2h"
         let r = status_json(port)?;
         cell(&r, "one", "a")["newest_version"].as_u64()
     });
-    // A second agent on the same state folder is refused.
+    // A second agent on the same state folder is refused: locked, exit 11.
     let out = env.embassy(&["agent", "--config", "embassy.toml", "--once"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(11), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another embassy agent"),
         "{}",

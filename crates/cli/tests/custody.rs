@@ -199,7 +199,7 @@ fn keys_passwd_changes_the_passphrase_atomically_and_keeps_the_keys() {
     // The vault's keys are unchanged: the backup made before restores with the new passphrase,
     // and the old passphrase no longer opens the file.
     let (run, bytes) = vault.restore_bytes("home", &key, "registry");
-    run.fails(1, &["wrong passphrase"]);
+    run.fails(12, &["wrong passphrase"]);
     assert!(bytes.is_empty());
     let with_new = TestVault {
         embassy: vault.embassy.clone().env("EMBASSY_PASSPHRASE", NEW_PASS),

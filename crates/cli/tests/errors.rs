@@ -136,7 +136,7 @@ fn wrong_passphrase() {
     cmd.env("EMBASSY_PASSPHRASE", "not the passphrase")
         .args(["restore", "docs", "--to"])
         .arg(env.path("out"));
-    exec(cmd, None).fails(1, &["wrong passphrase", &env.key.display().to_string()]);
+    exec(cmd, None).fails(12, &["wrong passphrase", &env.key.display().to_string()]);
     assert!(!env.path("out").exists(), "nothing is restored");
 
     // Same from a passphrase file.
@@ -148,7 +148,7 @@ fn wrong_passphrase() {
         .arg(&pass_file)
         .args(["backup", "docs"])
         .arg(&env.src);
-    exec(cmd, None).fails(1, &["wrong passphrase"]);
+    exec(cmd, None).fails(12, &["wrong passphrase"]);
     assert_eq!(env.versions("docs").len(), 1, "no version was added");
 
     // An empty passphrase file is named as such.
@@ -203,7 +203,7 @@ fn key_file_of_another_vault() {
     fs::write(&forged_path, serde_json::to_vec(&forged).unwrap()).unwrap();
     let mut cmd = env.cmd_at(&env.vault, &forged_path);
     cmd.args(["backup", "docs"]).arg(&env.src);
-    exec(cmd, None).fails(1, &["wrong passphrase"]);
+    exec(cmd, None).fails(12, &["wrong passphrase"]);
     assert_eq!(env.versions("docs").len(), 1);
 }
 
@@ -301,12 +301,12 @@ fn site_without_vault() {
     ] {
         let mut cmd = env.cmd_at(&empty, &env.key);
         cmd.args(args);
-        exec(cmd, None).fails(1, &["no vault at site", "embassy init"]);
+        exec(cmd, None).fails(10, &["no vault at site", "embassy init"]);
     }
     // A folder that does not exist at all: the same, and nothing is created by reading.
     let mut cmd = env.cmd_at(&env.path("missing"), &env.key);
     cmd.arg("verify");
-    exec(cmd, None).fails(1, &["no vault at site", "embassy init"]);
+    exec(cmd, None).fails(10, &["no vault at site", "embassy init"]);
     assert!(!env.path("missing").exists());
 }
 

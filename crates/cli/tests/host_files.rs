@@ -219,7 +219,7 @@ fn a_lock_folder_others_can_write_or_a_fifo_lock_is_refused_not_waited_on() {
 }
 
 /// A lock held by another writer is waited for a bounded time, then the append fails with a
-/// message naming the holder's pid.
+/// message naming the holder's pid (exit 11, locked).
 #[test]
 fn a_held_ledger_lock_times_out_naming_its_holder() {
     let env = Env::new();
@@ -246,7 +246,7 @@ fn a_held_ledger_lock_times_out_naming_its_holder() {
     cmd.env("EMBASSY_LEDGER_LOCK_TIMEOUT", "1")
         .args(["backup", "dump", "--stdin"]);
     let r = exec(cmd, Some(b"blocked"));
-    assert_eq!(r.code, 1, "{r:#?}");
+    assert_eq!(r.code, 11, "a held lock exits 11: {r:#?}");
     assert!(r.stderr.contains("pid 4242"), "{r:#?}");
     assert!(r.stderr.contains("EMBASSY_LEDGER_LOCK_TIMEOUT"), "{r:#?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));

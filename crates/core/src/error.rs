@@ -30,9 +30,10 @@
 //! 3. **How a kind travels.** To the CLI: `is_integrity()` (kind Integrity) exits with status
 //!    3, every other error with 1 (`config check` problems with 2; `embassy agent` refusing to
 //!    start on a damaged or substituted vault with 3 too); `--json` errors carry `"integrity"`,
-//!    `"kind"` and `"hint"`. (Reports that find problems rather than fail — `verify`, `status`
-//!    — exit 3 on their own; `status --config` exits 3 for any red dataset and its JSON says the
-//!    kind.) To the agent: its work functions (`embassy_agent::run`) return `RunError`; the kind
+//!    `"kind"` and `"hint"`; a few errors have their own code (`NoVault` 10, `Locked` 11,
+//!    `WrongPassphrase` 12: the CLI's `exit.rs`). (Reports that find problems rather than fail —
+//!    `verify`, `status` — exit 3 on their own; `status --config` exits 4 for a red dataset, 3
+//!    when damage is among the reasons, and its JSON says the kind.) To the agent: its work functions (`embassy_agent::run`) return `RunError`; the kind
 //!    is kept beside the message wherever the agent records a problem
 //!    (`embassy_agent::error::Problem`), so alarms (`EMBASSY_ALARM_KIND`, `"problem_kind"` in
 //!    the webhook), the dashboard, `/status.json` (`"problem_kind"`), `/metrics`
@@ -207,6 +208,20 @@ pub enum Error {
         /// What was wrong with the approvals given, and the way out.
         detail: String,
     },
+
+    /// A lock another process on this host holds was not released in time (a dataset's ledger
+    /// lock): nothing is wrong with the vault; waiting, or stopping the holder, is the way out.
+    #[error("{what}: held by {holder} for more than {waited_secs:.0} s: {way_out}")]
+    Locked {
+        /// What is locked and where (the lock file).
+        what: String,
+        /// Who holds it (a pid, when known).
+        holder: String,
+        /// How long this process waited.
+        waited_secs: f64,
+        /// What to do.
+        way_out: String,
+    },
 }
 
 impl Error {
@@ -250,7 +265,8 @@ impl Error {
             | Error::VaultExists { .. }
             | Error::NotFound(_)
             | Error::Invalid(_)
-            | Error::NotApproved { .. } => ErrorKind::Config,
+            | Error::NotApproved { .. }
+            | Error::Locked { .. } => ErrorKind::Config,
         }
     }
 

@@ -50,3 +50,43 @@ mod tests {
         );
     }
 }
+
+/// A size for people, in binary units with their IEC names (`999 B`, `1.5 KiB`, `2.5 GiB`):
+/// the one formatting of sizes every front end uses, so that the CLI, the agent's log and the
+/// dashboard never mix MB and MiB.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `n` and the noun, singular for one (`1 file`, `2 files`): `one` and `many` are the noun's
+/// two forms (`entry`, `entries`).
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_binary_with_iec_names_and_counts_agree_with_their_number() {
+        assert_eq!(size(999), "999 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(1_631_135), "1.6 MiB");
+        assert_eq!(size(2_700_000_000), "2.5 GiB");
+        assert_eq!(count(1, "file", "files"), "1 file");
+        assert_eq!(count(0, "file", "files"), "0 files");
+        assert_eq!(count(2, "entry", "entries"), "2 entries");
+    }
+}

@@ -66,10 +66,10 @@ impl Verification {
         if self.is_ok() {
             let wal_objects: usize = self.wal.iter().map(|(_, r)| r.objects_ok).sum();
             format!(
-                "{} objects ({} bytes), {} datasets verified{}",
-                self.vault.objects_checked,
-                self.vault.bytes_checked,
-                self.vault.datasets.len(),
+                "{} ({}), {} verified{}",
+                embassy_core::text::count(self.vault.objects_checked, "object", "objects"),
+                embassy_core::text::size(self.vault.bytes_checked),
+                embassy_core::text::count(self.vault.datasets.len() as u64, "dataset", "datasets"),
                 if self.wal.is_empty() {
                     String::new()
                 } else {

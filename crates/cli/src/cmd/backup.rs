@@ -208,10 +208,10 @@ pub fn render(cli: &Cli, report: &BackupReport, verbose: bool) -> Result<()> {
             print_changed(&report.changed);
         }
         println!(
-            "{} version {} stored: {} files, {} ({} read, {} new stored), id {}",
+            "{} version {} stored: {}, {} ({} read, {} new stored), id {}",
             version.dataset,
             version.number,
-            version.stats.files,
+            output::count(version.stats.files, "file", "files"),
             output::size(version.stats.bytes),
             output::size(version.stats.bytes_read),
             output::size(version.stats.new_bytes_stored),

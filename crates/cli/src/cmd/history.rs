@@ -50,10 +50,10 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                 embassy_core::history::ledger::Event::VersionAdded {
                     manifest, stats, ..
                 } => format!(
-                    "version added: version {}, manifest {}, {} files, {}",
+                    "version added: version {}, manifest {}, {}, {}",
                     number(r.entry.seq).unwrap_or_default(),
                     manifest.short(),
-                    stats.files,
+                    output::count(stats.files, "file", "files"),
                     output::size(stats.bytes)
                 ),
                 embassy_core::history::ledger::Event::LogRangeAdded {
@@ -116,7 +116,10 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                 output::escape(&detail)
             );
         }
-        println!("{} entries, chain and signatures verified", history.len());
+        println!(
+            "{}, chain and signatures verified",
+            output::count(history.len() as u64, "entry", "entries")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -178,22 +178,25 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                     "to": dir,
                 }),
                 &format!(
-                    "{} files, {} folders, {} into {}{}{}",
-                    stats.files,
-                    stats.dirs,
+                    "{}, {}, {} into {}{}{}",
+                    output::count(stats.files, "file", "files"),
+                    output::count(stats.dirs, "folder", "folders"),
                     output::size(stats.bytes),
                     dir.display(),
                     if stats.skipped_files > 0 {
                         format!(
-                            "; {} files ({}) already identical, left as they were",
-                            stats.skipped_files,
+                            "; {} ({}) already identical, left as they were",
+                            output::count(stats.skipped_files, "file", "files"),
                             output::size(stats.skipped_bytes)
                         )
                     } else {
                         String::new()
                     },
                     if options.selection.delete {
-                        format!("; {} entries not in the version deleted", stats.deleted)
+                        format!(
+                            "; {} not in the version deleted",
+                            output::count(stats.deleted, "entry", "entries")
+                        )
                     } else {
                         String::new()
                     }

@@ -77,9 +77,9 @@ fn sites(cli: &Cli) -> Result<ExitCode> {
     Ok(if healthy {
         ExitCode::SUCCESS
     } else if rows.iter().any(StatusRow::is_integrity_problem) {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     } else {
-        ExitCode::from(1)
+        crate::exit::code(crate::exit::FAILURE)
     })
 }
 

@@ -66,6 +66,6 @@ fn sync(cli: &Cli, from: &str, to: &str, repair: bool) -> Result<ExitCode> {
     Ok(if report.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     })
 }

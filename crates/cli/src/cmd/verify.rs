@@ -96,8 +96,8 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
             );
         } else {
             println!(
-                "{} problems found: repair this site from another site, or restore an older version",
-                v.problem_count()
+                "{} found: repair this site from another site, or restore an older version",
+                output::count(v.problem_count() as u64, "problem", "problems")
             );
         }
     }
@@ -105,8 +105,8 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     Ok(if ok {
         ExitCode::SUCCESS
     } else if v.found_damage() {
-        ExitCode::from(3)
+        crate::exit::code(crate::exit::INTEGRITY)
     } else {
-        ExitCode::from(1)
+        crate::exit::code(crate::exit::FAILURE)
     })
 }

@@ -81,7 +81,10 @@ pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
             }
             Err(Error::History {
                 dataset: "(vault)".into(),
-                problem: format!("{} problems found; nothing was cosigned", problems.len()),
+                problem: format!(
+                    "{} found; nothing was cosigned",
+                    output::count(problems.len() as u64, "problem", "problems")
+                ),
             })
         }
         WitnessReport::Cosigned {

@@ -406,13 +406,15 @@ impl HostLedgerLock {
                 } else {
                     format!("pid {}", crate::text::escape(holder))
                 };
-                return Err(Error::invalid(format!(
-                    "dataset {dataset}: another writer on this host ({holder}) has held the \
-                     ledger lock {} for more than {:.0} s: wait for it to finish or stop it \
-                     ({LOCK_TIMEOUT_ENV} sets the wait, in seconds)",
-                    path.display(),
-                    wait.as_secs_f64()
-                )));
+                return Err(Error::Locked {
+                    what: format!("dataset {dataset}: the ledger lock {}", path.display()),
+                    holder: format!("another writer on this host ({holder})"),
+                    waited_secs: wait.as_secs_f64(),
+                    way_out: format!(
+                        "wait for it to finish or stop it ({LOCK_TIMEOUT_ENV} sets the wait, in \
+                         seconds)"
+                    ),
+                });
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
