@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod error;
+pub mod hints;
 pub mod http;
 pub mod log;
 pub mod metrics;

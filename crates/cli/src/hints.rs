@@ -8,7 +8,29 @@ use embassy_core::Error;
 /// The command line that gets the user out of `e`, when there is one.
 pub fn for_error(e: &Error) -> Option<String> {
     match e {
-        Error::NoVault { site } => Some(format!("create one with `embassy init --site {site}`")),
+        Error::NoVault { site } => Some(format!(
+            "if there is no vault yet, create one with `embassy init --site {}`; if there is, \
+             check the site's path (and that its disk is mounted)",
+            site.split(" + ").collect::<Vec<_>>().join(" --site ")
+        )),
+        Error::NoKeyFile { .. } => Some(
+            "pass the vault's key file with --key-file FILE (or EMBASSY_KEY_FILE); if it is lost, \
+             custodians can recover the root key with `embassy keys recover --out FILE`"
+                .into(),
+        ),
+        Error::SiteWithoutVault { sites, holding } => {
+            let from = holding.first().map_or("SITE-WITH-THE-VAULT", |s| s.as_str());
+            Some(format!(
+                "if {} is a new site, seed it with {}; if it should hold the vault, mount its \
+                 disk or fix its path; or leave it out of --site",
+                sites.join(", "),
+                sites
+                    .iter()
+                    .map(|to| format!("`embassy sync --seed --from {from} --to {to}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ))
+        }
         Error::SitePinMismatch { site, .. } => Some(format!(
             "if the vault at {site} was legitimately replaced, pass --forget-site-pin once to pin \
              the new one"
@@ -30,10 +52,14 @@ mod tests {
             site: "/srv/vault".into(),
         };
         assert!(!e.to_string().contains("embassy "), "{e}");
-        assert_eq!(
-            for_error(&e).as_deref(),
-            Some("create one with `embassy init --site /srv/vault`")
-        );
+        assert!(for_error(&e).is_some_and(|h| h.contains("`embassy init --site /srv/vault`")));
+        let e = Error::SiteWithoutVault {
+            sites: vec!["/mnt/b".into()],
+            holding: vec!["/srv/a".into()],
+        };
+        assert!(!e.to_string().contains("embassy "), "{e}");
+        assert!(for_error(&e)
+            .is_some_and(|h| h.contains("`embassy sync --seed --from /srv/a --to /mnt/b`")));
         let e = Error::SitePinMismatch {
             site: "/srv/vault".into(),
             pinned: "a".into(),

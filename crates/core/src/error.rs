@@ -61,6 +61,21 @@ use crate::site::SiteError;
 /// Result of core operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The message of [`Error::SiteWithoutVault`].
+fn site_without_vault(sites: &[String], holding: &[String]) -> String {
+    let others = match holding {
+        [] => "no site that answered holds it".to_string(),
+        [one] => format!("{one} holds it"),
+        many => format!("{} hold it", many.join(", ")),
+    };
+    format!(
+        "site {} holds no vault, while {others}: a site without the vault is not created or \
+         filled unless asked (is its disk mounted? is its path right?); if it is a new site, \
+         seed it from a site that holds the vault",
+        sites.join(", ")
+    )
+}
+
 /// What can go wrong in the core library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +119,18 @@ pub enum Error {
         problem: String,
     },
 
+    /// The key file to open does not exist. (Its own variant so that each front end can say
+    /// where the path came from: `--key-file` for the CLI, `[keys] file` for the agent.)
+    #[error(
+        "key file {} not found: give the vault's key file, or recover the root key from \
+         custodian shares",
+        path.display()
+    )]
+    NoKeyFile {
+        /// The path that was tried.
+        path: PathBuf,
+    },
+
     /// The keys at hand are not the keys of this vault or dataset.
     #[error("wrong key: {0}")]
     WrongKey(String),
@@ -113,6 +140,17 @@ pub enum Error {
     NoVault {
         /// The site asked.
         site: String,
+    },
+
+    /// Some sites of a vault hold no vault (a missing or empty folder, an empty bucket or
+    /// prefix) while others hold it. Such a site is never created or filled unless asked: it is
+    /// more often a disk that is not mounted or a mistyped path than a new site.
+    #[error("{}", site_without_vault(sites, holding))]
+    SiteWithoutVault {
+        /// The sites that hold no vault.
+        sites: Vec<String>,
+        /// The sites that hold it (to seed from).
+        holding: Vec<String>,
     },
 
     /// A vault already exists where one was to be created.
@@ -240,13 +278,17 @@ impl Error {
             | Error::History { .. }
             | Error::SubstitutedConfig { .. }
             | Error::SitePinMismatch { .. } => ErrorKind::Integrity,
-            Error::WrongPassphrase { .. } | Error::KeyFile { .. } | Error::WrongKey(_) => {
+            Error::WrongPassphrase { .. }
+            | Error::KeyFile { .. }
+            | Error::NoKeyFile { .. }
+            | Error::WrongKey(_) => {
                 ErrorKind::Keys
             }
             Error::Source { .. } => ErrorKind::Source,
             // Local I/O: a restore target, a source file, a key file, the state folder.
             Error::Io { .. } => ErrorKind::Outage,
             Error::NoVault { .. }
+            | Error::SiteWithoutVault { .. }
             | Error::VaultExists { .. }
             | Error::NotFound(_)
             | Error::Invalid(_)
