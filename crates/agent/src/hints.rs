@@ -23,13 +23,19 @@ pub fn for_error(error: &RunError, config: &Config) -> Option<String> {
             config.locations().join(" --site ")
         )),
         Error::SiteWithoutVault { sites, holding } => {
-            let from = holding.first().map_or("SITE-WITH-THE-VAULT", String::as_str);
+            let from = holding
+                .first()
+                .map_or("SITE-WITH-THE-VAULT", String::as_str);
             Some(format!(
                 "{} holds no vault: if it should, mount its disk or fix its `path`/`url` under \
                  [[sites]] in embassy.toml; if it is a new site, seed it with {} and start the \
                  agent again; or remove it from embassy.toml. The agent never fills a site that \
                  holds no vault",
-                sites.iter().map(|s| named(s)).collect::<Vec<_>>().join(", "),
+                sites
+                    .iter()
+                    .map(|s| named(s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 sites
                     .iter()
                     .map(|to| format!("`embassy sync --seed --from {from} --to {to}`"))

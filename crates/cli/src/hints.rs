@@ -13,13 +13,24 @@ pub fn for_error(e: &Error) -> Option<String> {
              check the site's path (and that its disk is mounted)",
             site.split(" + ").collect::<Vec<_>>().join(" --site ")
         )),
+        Error::UnknownDataset { dataset, known } if !known.is_empty() => {
+            Some(match embassy_core::error::nearest(dataset, known) {
+                Some(n) => format!("`embassy versions {n}` lists the versions of {n}"),
+                None => "`embassy versions` lists every dataset's versions".into(),
+            })
+        }
+        Error::UnknownDataset { .. } => {
+            Some("store a first version with `embassy backup DATASET PATH...`".into())
+        }
         Error::NoKeyFile { .. } => Some(
             "pass the vault's key file with --key-file FILE (or EMBASSY_KEY_FILE); if it is lost, \
              custodians can recover the root key with `embassy keys recover --out FILE`"
                 .into(),
         ),
         Error::SiteWithoutVault { sites, holding } => {
-            let from = holding.first().map_or("SITE-WITH-THE-VAULT", |s| s.as_str());
+            let from = holding
+                .first()
+                .map_or("SITE-WITH-THE-VAULT", |s| s.as_str());
             Some(format!(
                 "if {} is a new site, seed it with {}; if it should hold the vault, mount its \
                  disk or fix its path; or leave it out of --site",

@@ -171,9 +171,10 @@ fn the_agent_refuses_a_site_without_a_vault_and_does_not_suggest_init() {
     std::fs::write(env.dir.join("embassy.toml"), config).unwrap();
     let b = env.dir.join("b");
     std::fs::rename(&b, env.dir.join("b.away")).unwrap();
-    let run = env
-        .embassy
-        .run(["agent", "--config", &env.path("embassy.toml"), "--once"], None);
+    let run = env.embassy.run(
+        ["agent", "--config", &env.path("embassy.toml"), "--once"],
+        None,
+    );
     assert_ne!(run.code, 0, "{run:?}");
     let text = run.text();
     assert!(text.contains("holds no vault"), "{run:?}");
@@ -187,4 +188,50 @@ fn the_agent_refuses_a_site_without_a_vault_and_does_not_suggest_init() {
         ["agent", "--config", &env.path("embassy.toml"), "--once"],
         None,
     );
+}
+
+#[test]
+fn an_empty_s3_prefix_is_refused_and_seeded_only_when_asked() {
+    use embassy_core::site::Site;
+    use embassy_testkit::s3;
+    let server = s3::moto();
+    let bucket = s3::unique_bucket("refuse");
+    let site = embassy_sites::S3Site::new(s3::s3_config(&server.endpoint, &bucket, "vault"))
+        .expect("S3 site");
+    assert!(site.create_bucket(false).expect("create bucket"));
+    let location = format!(
+        "s3://{bucket}/vault?endpoint={}&region=us-east-1",
+        server.endpoint
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let embassy = Embassy::new(EMBASSY, tmp.path())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    let env = Env {
+        dir: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        embassy,
+    };
+    std::fs::create_dir_all(env.dir.join("src")).unwrap();
+    std::fs::write(env.dir.join("src/register.txt"), "citizens\n").unwrap();
+    env.ok(&["a"], &["init"]);
+    let mut args = vec![
+        "--key-file".to_string(),
+        env.path("vault.key"),
+        "--state-dir".to_string(),
+        env.path("state"),
+        "--site".to_string(),
+        env.path("a"),
+        "--site".to_string(),
+        location.clone(),
+        "--min-sites".to_string(),
+        "1".to_string(),
+    ];
+    args.extend(["backup", "register", &env.path("src")].map(String::from));
+    let run = env.embassy.run(&args, None);
+    run.fails(1, &["holds no vault", &location, "sync --seed --from"]);
+    assert!(site.list("").unwrap().is_empty(), "written to the empty prefix");
+    env.embassy.ok(advised(&run.stderr, "sync --seed"), None);
+    env.embassy.ok(&args, None);
+    env.embassy.ok(["--site", &location, "verify"], None);
 }

@@ -76,6 +76,57 @@ fn site_without_vault(sites: &[String], holding: &[String]) -> String {
     )
 }
 
+/// The message of [`Error::UnknownDataset`].
+fn unknown_dataset(dataset: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        return format!("no dataset {dataset} in this vault: it holds no dataset yet");
+    }
+    let nearest = nearest(dataset, known)
+        .map(|n| format!("did you mean {n}? "))
+        .unwrap_or_default();
+    format!(
+        "no dataset {dataset} in this vault: {nearest}the datasets are {}",
+        known.join(", ")
+    )
+}
+
+/// The name in `known` nearest to `name` by edit distance, when it is near enough to be a typo
+/// (at most a third of the name's length, at least 1; a name that only differs in case always).
+pub fn nearest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| {
+            let d = if k.eq_ignore_ascii_case(name) {
+                0
+            } else {
+                edit_distance(name, k)
+            };
+            (d, k)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, k)| (*d, k.as_str()))
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// What can go wrong in the core library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -151,6 +202,16 @@ pub enum Error {
         sites: Vec<String>,
         /// The sites that hold it (to seed from).
         holding: Vec<String>,
+    },
+
+    /// A dataset named by the user is not in the vault (no ledger of that name): a typo, most
+    /// often. The message lists the datasets that exist and the nearest name.
+    #[error("{}", unknown_dataset(dataset, known))]
+    UnknownDataset {
+        /// The name asked for.
+        dataset: String,
+        /// The datasets the vault holds.
+        known: Vec<String>,
     },
 
     /// A vault already exists where one was to be created.
@@ -281,14 +342,13 @@ impl Error {
             Error::WrongPassphrase { .. }
             | Error::KeyFile { .. }
             | Error::NoKeyFile { .. }
-            | Error::WrongKey(_) => {
-                ErrorKind::Keys
-            }
+            | Error::WrongKey(_) => ErrorKind::Keys,
             Error::Source { .. } => ErrorKind::Source,
             // Local I/O: a restore target, a source file, a key file, the state folder.
             Error::Io { .. } => ErrorKind::Outage,
             Error::NoVault { .. }
             | Error::SiteWithoutVault { .. }
+            | Error::UnknownDataset { .. }
             | Error::VaultExists { .. }
             | Error::NotFound(_)
             | Error::Invalid(_)

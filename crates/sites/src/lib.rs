@@ -136,7 +136,9 @@ pub fn open_many_queued(
         let mut first: Option<(String, Vec<u8>)> = None;
         let mut usable = 0;
         let (mut holding, mut without) = (Vec::new(), Vec::new());
-        for (site, answer) in sites.iter().zip(answers) {
+        // The locations as given (an S3 site's own location drops its options, such as the
+        // endpoint, that a command naming the site needs).
+        for ((site, given), answer) in sites.iter().zip(locations).zip(answers) {
             let answer = answer.unwrap_or_else(|| {
                 Err(SiteError::Retryable {
                     site: site.location().to_string(),
@@ -152,7 +154,7 @@ pub fn open_many_queued(
             let config = match answer {
                 Ok(c) => c,
                 Err(SiteError::NotFound { .. }) => {
-                    without.push(site.location().to_string());
+                    without.push(given.clone());
                     continue;
                 }
                 Err(e) => {
@@ -181,7 +183,7 @@ pub fn open_many_queued(
                 }
                 Some(_) => {}
             }
-            holding.push(site.location().to_string());
+            holding.push(given.clone());
             usable += 1;
         }
         if !without.is_empty() {

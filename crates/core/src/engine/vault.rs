@@ -486,6 +486,20 @@ impl Vault {
         })))
     }
 
+    /// Refuses a dataset name the vault does not hold (no ledger of that name) with the names it
+    /// does hold: for commands that read a named dataset, where an unknown name is a typo, not
+    /// an empty dataset.
+    pub fn require_dataset(&self, dataset: &str) -> Result<()> {
+        let known = self.datasets()?;
+        if known.iter().any(|k| k == dataset) {
+            return Ok(());
+        }
+        Err(Error::UnknownDataset {
+            dataset: dataset.to_string(),
+            known,
+        })
+    }
+
     /// The versions of a dataset still held (not removed by retention), oldest first. After a
     /// gap or an unresolved fork these are the versions before it only: see
     /// [`Vault::versions_full`].
@@ -510,6 +524,9 @@ impl Vault {
     pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
         let history = self.history_full(dataset)?;
         let problems = history.problems(dataset);
+        if history.records.is_empty() && problems.is_empty() {
+            self.require_dataset(dataset)?;
+        }
         let versions = versions_in(dataset, &history.records);
         if matches!(selector, None | Some("latest")) && !problems.is_empty() {
             return Err(Error::History {
