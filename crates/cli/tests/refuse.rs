@@ -230,7 +230,10 @@ fn an_empty_s3_prefix_is_refused_and_seeded_only_when_asked() {
     args.extend(["backup", "register", &env.path("src")].map(String::from));
     let run = env.embassy.run(&args, None);
     run.fails(1, &["holds no vault", &location, "sync --seed --from"]);
-    assert!(site.list("").unwrap().is_empty(), "written to the empty prefix");
+    assert!(
+        site.list("").unwrap().is_empty(),
+        "written to the empty prefix"
+    );
     env.embassy.ok(advised(&run.stderr, "sync --seed"), None);
     env.embassy.ok(&args, None);
     env.embassy.ok(["--site", &location, "verify"], None);

@@ -375,12 +375,12 @@ fn s3_site_killed_mid_backup_and_restarted_empty_is_refused_until_seeded() {
         args.extend(["--site", s]);
     }
     let refused = env.run(&args);
-    assert!(!refused.status.success(), "the drain refilled an empty site");
-    let report: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
     assert!(
-        report.to_string().contains("holds no vault"),
-        "{report}"
+        !refused.status.success(),
+        "the drain refilled an empty site"
     );
+    let report: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert!(report.to_string().contains("holds no vault"), "{report}");
     let objects = embassy_sites::S3Site::new(s3_config(&server.endpoint, &bucket, "vault"))
         .unwrap()
         .list("")
