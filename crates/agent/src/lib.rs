@@ -13,6 +13,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod options;
+pub mod preflight;
 pub mod run;
 pub mod schedule;
 mod scheduler;
