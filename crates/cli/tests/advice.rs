@@ -114,7 +114,11 @@ fn an_unknown_dataset_is_an_error_naming_the_nearest_and_the_advice_lists_it() {
 fn a_mistyped_site_among_sites_with_the_vault_is_not_told_to_init() {
     let env = Env::new();
     env.ok(&["a", "b"], &["init"]);
-    let run = env.run(&["a", "bb"], &["versions"]);
+    std::fs::create_dir_all(env.dir.join("src")).unwrap();
+    let run = env.run(
+        &["a", "bb"],
+        &["--min-sites", "1", "backup", "x", &env.path("src")],
+    );
     run.fails(1, &["holds no vault", &env.path("bb")]);
     assert!(!run.stderr.contains("embassy init"), "{run:?}");
     assert!(!env.dir.join("bb").exists());
