@@ -61,9 +61,7 @@ pub fn open_sites(
     }
     let min = min_sites.unwrap_or(locations.len());
     let queue_dir = queue_dir.filter(|_| locations.len() > 1);
-    Ok(embassy_sites::open_many_queued(
-        locations, min, creating, queue_dir,
-    )?)
+    embassy_sites::open_many_queued(locations, min, creating, queue_dir)
 }
 
 /// Opens the vault at the sites: writers on this host take turns at each ledger through lock
