@@ -22,6 +22,14 @@ pub fn for_error(e: &Error) -> Option<String> {
         Error::UnknownDataset { .. } => {
             Some("store a first version with `embassy backup DATASET PATH...`".into())
         }
+        Error::NoSuchVersion { dataset, .. } => Some(format!(
+            "`embassy versions {dataset}` lists the versions it holds"
+        )),
+        Error::Unwitnessed { .. } => Some(
+            "have the witnesses cosign (`embassy witness`), or pass --unwitnessed to restore it \
+             anyway"
+                .into(),
+        ),
         Error::NoKeyFile { .. } => Some(
             "pass the vault's key file with --key-file FILE (or EMBASSY_KEY_FILE); if it is lost, \
              custodians can recover the root key with `embassy keys recover --out FILE`"
@@ -71,6 +79,20 @@ mod tests {
         assert!(!e.to_string().contains("embassy "), "{e}");
         assert!(for_error(&e)
             .is_some_and(|h| h.contains("`embassy sync --seed --from /srv/a --to /mnt/b`")));
+        let e = Error::NoSuchVersion {
+            dataset: "docs".into(),
+            problem: embassy_core::history::numbering::missing_version("docs", &[], 9),
+        };
+        assert!(!e.to_string().contains("embassy "), "{e}");
+        assert!(for_error(&e).is_some_and(|h| h.contains("`embassy versions docs`")));
+        let e = Error::Unwitnessed {
+            dataset: "docs".into(),
+            problem: "version 2 of docs is not yet covered".into(),
+        };
+        assert!(for_error(&e).is_some_and(|h| h.contains("--unwitnessed")));
+        let e = Error::NoKeyFile { path: "/k".into() };
+        assert!(!e.to_string().contains("--key-file"), "{e}");
+        assert!(for_error(&e).is_some_and(|h| h.contains("--key-file")));
         let e = Error::SitePinMismatch {
             site: "/srv/vault".into(),
             pinned: "a".into(),

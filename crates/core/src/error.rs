@@ -44,15 +44,18 @@
 //! 5. **Hints naming CLI syntax belong to the front ends.** A library message says the way out
 //!    in words ("repair it from another site"); the command to type is the front end's to add,
 //!    since the agent (embassy.toml) and the CLI spell it differently. New hints go to the
-//!    front end: the CLI's live in `crates/cli/src/hints.rs` (NoVault, SubstitutedConfig and
-//!    SitePinMismatch moved there), the agent's in its start-up messages. Library messages that
-//!    still name `embassy ...` commands (to move as the front ends' operations take them over):
-//!    core `config.rs` (3: `embassy verify`, `embassy sync`), `vault.rs` (4: `embassy witness`, `--unwitnessed`, `embassy versions`, `embassy
-//!    keys issue --reader`), `prune.rs` (4: `embassy keys issue`, `embassy approve`),
-//!    `history.rs` (`embassy keys revoke`), `writer.rs` (`embassy keys issue --sealing`),
-//!    `gc.rs` (2: `embassy gc`, `embassy sync --repair`); sites `lib.rs` (`embassy sync
-//!    --from`), `local.rs` (2: `embassy sync --repair`); postgres `error.rs` (`embassy pg
-//!    base-backup`, `embassy sync`), `restore.rs` (2), `standby.rs` (1), `stream.rs` (2).
+//!    front end: the CLI's live in `crates/cli/src/hints.rs`, chosen by variant (NoVault,
+//!    SiteWithoutVault, NoKeyFile, UnknownDataset, NoSuchVersion, Unwitnessed, SubstitutedConfig,
+//!    SitePinMismatch), the agent's in `crates/agent/src/hints.rs` (in terms of embassy.toml).
+//!    Library messages that still name `embassy ...` commands (to move as the front ends'
+//!    operations take them over, each to a typed variant): core `config.rs` (2: `embassy
+//!    sync`), `vault.rs` (2: the unwitnessed note's `embassy witness`/`--unwitnessed`, `embassy
+//!    keys issue --reader`), `prune.rs` (2: `embassy keys issue`, `embassy approve`),
+//!    `deletion.rs` (2: `embassy approve`), `accept.rs` (`embassy keys revoke`), `writer.rs`
+//!    (`embassy keys issue --sealing`), `gc.rs` (2: `embassy gc`, `embassy sync --repair`);
+//!    sites `local.rs` (2: `embassy sync --repair`); postgres `error.rs` (`embassy pg
+//!    base-backup`, `embassy sync`), `restore.rs` (2), `standby.rs` (1), `stream.rs` (2),
+//!    `base_backup.rs` (1).
 
 use std::path::PathBuf;
 
@@ -214,6 +217,26 @@ pub enum Error {
         known: Vec<String>,
     },
 
+    /// The dataset exists but holds no version matching what was asked (a number never given or
+    /// deleted, an id prefix that matches none, no version at all).
+    #[error("{problem}")]
+    NoSuchVersion {
+        /// The dataset.
+        dataset: String,
+        /// Which version, and why it is not there.
+        problem: String,
+    },
+
+    /// Under the vault's witness quorum, the version asked for is not yet covered by a
+    /// checkpoint enough witnesses cosigned.
+    #[error("{problem}")]
+    Unwitnessed {
+        /// The dataset.
+        dataset: String,
+        /// Which version, and what covers it.
+        problem: String,
+    },
+
     /// A vault already exists where one was to be created.
     #[error("site {site} already holds a vault ({vault_id}); refusing to overwrite it")]
     VaultExists {
@@ -349,6 +372,8 @@ impl Error {
             Error::NoVault { .. }
             | Error::SiteWithoutVault { .. }
             | Error::UnknownDataset { .. }
+            | Error::NoSuchVersion { .. }
+            | Error::Unwitnessed { .. }
             | Error::VaultExists { .. }
             | Error::NotFound(_)
             | Error::Invalid(_)

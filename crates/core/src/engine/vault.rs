@@ -379,21 +379,25 @@ impl Vault {
                 .into_iter()
                 .rev()
                 .find(|v| v.seq <= limit)
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "dataset {dataset} has no version that {quorum} witnesses have cosigned yet; \
-                         run `embassy witness`, or pass --unwitnessed"
-                    ))
+                .ok_or_else(|| Error::Unwitnessed {
+                    dataset: dataset.into(),
+                    problem: format!(
+                        "dataset {dataset} has no version that {quorum} witnesses have \
+                             cosigned yet"
+                    ),
                 });
         }
         let version = self.find_version(dataset, selector)?;
         if version.seq > limit {
-            return Err(Error::invalid(format!(
-                "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
-                 cosignatures (it is ledger entry {}, the newest witnessed entry is {limit}); pass \
-                 --unwitnessed to restore it anyway",
-                version.number, version.seq
-            )));
+            return Err(Error::Unwitnessed {
+                dataset: dataset.into(),
+                problem: format!(
+                    "version {} of {dataset} is not yet covered by a checkpoint with {quorum} \
+                     witness cosignatures (it is ledger entry {}, the newest witnessed entry is \
+                     {limit})",
+                    version.number, version.seq
+                ),
+            });
         }
         Ok(version)
     }
@@ -555,9 +559,10 @@ impl Vault {
                     ),
                 };
             }
-            Error::NotFound(format!(
-                "dataset {dataset} has {what}; list them with `embassy versions {dataset}`"
-            ))
+            Error::NoSuchVersion {
+                dataset: dataset.into(),
+                problem: format!("dataset {dataset} has {what}"),
+            }
         };
         match selector {
             None | Some("latest") => versions
@@ -571,7 +576,10 @@ impl Vault {
                             return Ok(v);
                         }
                         return Err(if problems.is_empty() {
-                            Error::NotFound(missing_version(dataset, &history.records, number))
+                            Error::NoSuchVersion {
+                                dataset: dataset.into(),
+                                problem: missing_version(dataset, &history.records, number),
+                            }
                         } else {
                             not_found(format!("no version {number}"))
                         });
