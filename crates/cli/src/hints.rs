@@ -22,6 +22,12 @@ pub fn for_error(e: &Error) -> Option<String> {
         Error::UnknownDataset { .. } => {
             Some("store a first version with `embassy backup DATASET PATH...`".into())
         }
+        Error::Missing { path, site, .. } if path == embassy_core::format::layout::CONFIG => {
+            Some(format!(
+                "`embassy sync --seed --from SITE-WITH-THE-VAULT --to {site}` copies the \
+                 configuration and what else is missing"
+            ))
+        }
         Error::NoSuchVersion { dataset, .. } => Some(format!(
             "`embassy versions {dataset}` lists the versions it holds"
         )),

@@ -238,3 +238,21 @@ fn an_empty_s3_prefix_is_refused_and_seeded_only_when_asked() {
     env.embassy.ok(&args, None);
     env.embassy.ok(["--site", &location, "verify"], None);
 }
+
+#[test]
+fn a_site_that_lost_its_configuration_is_refused_and_the_advised_seed_mends_it() {
+    let env = Env::new();
+    env.vault();
+    let b = env.dir.join("b");
+    std::fs::remove_file(b.join("config")).unwrap();
+    std::fs::remove_file(b.join("config.sig")).unwrap();
+    // Alone, it is damage (objects but no configuration), with the way to mend it.
+    env.run(&["b"], &["versions", "register"])
+        .fails(3, &["no configuration", "sync --seed"]);
+    // With the other site, the seed is named in full and works.
+    let run = env.run(&["a", "b"], &["backup", "register", &env.path("src")]);
+    run.fails(1, &["holds no vault", &env.path("b")]);
+    env.embassy.ok(advised(&run.stderr, "sync --seed"), None);
+    env.ok(&["b"], &["verify"]);
+    env.ok(&["a", "b"], &["backup", "register", &env.path("src")]);
+}

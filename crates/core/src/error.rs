@@ -48,8 +48,7 @@
 //!    SiteWithoutVault, NoKeyFile, UnknownDataset, NoSuchVersion, Unwitnessed, SubstitutedConfig,
 //!    SitePinMismatch), the agent's in `crates/agent/src/hints.rs` (in terms of embassy.toml).
 //!    Library messages that still name `embassy ...` commands (to move as the front ends'
-//!    operations take them over, each to a typed variant): core `config.rs` (2: `embassy
-//!    sync`), `vault.rs` (2: the unwitnessed note's `embassy witness`/`--unwitnessed`, `embassy
+//!    operations take them over, each to a typed variant): core `vault.rs` (2: the unwitnessed note's `embassy witness`/`--unwitnessed`, `embassy
 //!    keys issue --reader`), `prune.rs` (2: `embassy keys issue`, `embassy approve`),
 //!    `deletion.rs` (2: `embassy approve`), `accept.rs` (`embassy keys revoke`), `writer.rs`
 //!    (`embassy keys issue --sealing`), `gc.rs` (2: `embassy gc`, `embassy sync --repair`);
