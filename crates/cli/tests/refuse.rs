@@ -256,3 +256,49 @@ fn a_site_that_lost_its_configuration_is_refused_and_the_advised_seed_mends_it()
     env.ok(&["b"], &["verify"]);
     env.ok(&["a", "b"], &["backup", "register", &env.path("src")]);
 }
+
+#[test]
+fn a_running_agent_does_not_refill_a_site_that_lost_its_vault() {
+    use embassy_testkit::agent::{wait_until, Agent};
+    use std::time::Duration;
+    let env = Env::new();
+    env.vault();
+    std::fs::write(env.dir.join("passphrase"), embassy_testkit::cli::PASS).unwrap();
+    let config = format!(
+        "[agent]\nstate_dir = \"{}\"\nmin_sites = 1\n[keys]\nfile = \"{}\"\npassphrase_file = \
+         \"{}\"\n[[sites]]\nname = \"a\"\npath = \"{}\"\n[[sites]]\nname = \"b\"\npath = \
+         \"{}\"\n[[datasets]]\nname = \"register\"\nsource = {{ files = [\"{}\"] }}\nrpo = \
+         \"8s\"\ninterval = \"2s\"\n",
+        env.path("agent-state"),
+        env.path("vault.key"),
+        env.path("passphrase"),
+        env.path("a"),
+        env.path("b"),
+        env.path("src"),
+    );
+    std::fs::write(env.dir.join("embassy.toml"), config).unwrap();
+    let log = env.dir.join("agent.log");
+    let mut cmd = env.embassy.command();
+    cmd.args(["agent", "--config", &env.path("embassy.toml")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let agent = Agent {
+        child: cmd.spawn().expect("start embassy agent"),
+        log,
+    };
+    wait_until(Duration::from_secs(30), "a first run", &agent, || {
+        agent.log().contains("register: version").then_some(())
+    });
+    // b's disk goes away: its mount point is left, empty.
+    let b = env.dir.join("b");
+    std::fs::rename(&b, env.dir.join("b.away")).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    wait_until(Duration::from_secs(30), "the refusal", &agent, || {
+        agent.log().contains("holds no vault").then_some(())
+    });
+    // Several runs and looks later, b is still empty.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(entries(&b), 0, "the agent filled b; log:\n{}", agent.log());
+    let (_, log) = agent.stop(Duration::from_secs(30));
+    assert!(!log.contains("embassy init"), "{log}");
+}
