@@ -83,21 +83,15 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
     let cancel = Arc::new(AtomicBool::new(false));
     let vault = run::open_vault(&config, &cancel).map_err(|error| AgentError::Open {
         context: "cannot open the vault at the configured sites",
-        // A missing vault is created with the CLI; a damaged or unreachable one is not.
-        hint: matches!(error, RunError::Core(embassy_core::Error::NoVault { .. })).then(|| {
-            format!(
-                "create it with `embassy init --site {}`",
-                config.locations().join(" --site ")
-            )
-        }),
+        hint: crate::hints::for_error(&error, &config),
         error: Box::new(error),
     })?;
     let keyring =
         Arc::new(
             run::unlock(&config.keys, &vault).map_err(|error| AgentError::Open {
                 context: "cannot unlock the vault with the configured key file",
+                hint: crate::hints::for_error(&error, &config),
                 error: Box::new(error),
-                hint: None,
             })?,
         );
     let mut state = AgentState::load(&config.agent.state_dir).map_err(AgentError::Start)?;

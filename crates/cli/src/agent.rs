@@ -13,14 +13,21 @@ use serde_json::json;
 pub fn config_check(file: &Path, as_json: bool) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            // Beyond the syntax: what can be checked without running a backup.
+            let findings = embassy_agent::preflight::check(&config);
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == embassy_agent::preflight::Severity::Error)
+                .count();
             if as_json {
                 println!(
                     "{}",
                     json!({
-                        "ok": true,
+                        "ok": errors == 0,
                         "sites": config.sites.iter().map(|s| json!({"name": s.name, "location": s.location})).collect::<Vec<_>>(),
                         "datasets": config.datasets.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
                         "warnings": config.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+                        "findings": findings,
                     })
                 );
             } else {
@@ -28,9 +35,24 @@ pub fn config_check(file: &Path, as_json: bool) -> ExitCode {
                 for w in &config.warnings {
                     eprintln!("warning: {w}");
                 }
-                println!("configuration OK");
+                for f in &findings {
+                    eprintln!("{f}");
+                }
+                if errors == 0 {
+                    println!("configuration OK");
+                } else {
+                    eprintln!(
+                        "{errors} problem{} found; the agent would fail until {} fixed",
+                        if errors == 1 { "" } else { "s" },
+                        if errors == 1 { "it is" } else { "they are" }
+                    );
+                }
             }
-            ExitCode::SUCCESS
+            if errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
         }
         Err(e) => {
             if as_json {

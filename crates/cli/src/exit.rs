@@ -16,7 +16,7 @@ pub const INTEGRITY: u8 = 3;
 /// `status --config`: a dataset is overdue (its recovery point is older than its RPO, or it has
 /// no version yet) at a site, and nothing is damaged.
 pub const OVERDUE: u8 = 4;
-/// No vault at the site.
+/// No vault at the site (or, among several sites, a site that holds none while others do).
 pub const NO_VAULT: u8 = 10;
 /// A lock held by another process (a dataset's ledger lock, the agent's state folder).
 pub const LOCKED: u8 = 11;
@@ -36,7 +36,7 @@ Exit codes:
   2   bad usage: arguments or a configuration file
   3   damage or tampering found (an integrity problem)
   4   a dataset is overdue: older than its RPO, or no version yet (status --config)
-  10  no vault at the site
+  10  no vault at the site (or a site without one among sites that hold it)
   11  locked: another process holds a lock (a dataset's ledger, the agent's state folder)
   12  wrong passphrase for the key file
   130 a backup stopped by Ctrl-C before its version was recorded (143: by SIGTERM)
@@ -46,7 +46,7 @@ Exit codes:
 /// The code of an error a command returned.
 pub fn code_of(e: &Error) -> u8 {
     match e {
-        Error::NoVault { .. } => NO_VAULT,
+        Error::NoVault { .. } | Error::SiteWithoutVault { .. } => NO_VAULT,
         Error::Locked { .. } => LOCKED,
         Error::WrongPassphrase { .. } => WRONG_PASSPHRASE,
         e if e.is_integrity() => INTEGRITY,
@@ -81,6 +81,13 @@ mod tests {
                 path: "k.key".into()
             }),
             WRONG_PASSPHRASE
+        );
+        assert_eq!(
+            code_of(&Error::SiteWithoutVault {
+                sites: vec!["/srv/b".into()],
+                holding: vec!["/srv/a".into()],
+            }),
+            NO_VAULT
         );
         assert_eq!(code_of(&Error::corrupt("p", "bad")), INTEGRITY);
         assert_eq!(code_of(&Error::invalid("no")), FAILURE);

@@ -230,11 +230,13 @@ retention = {{ keep_last = 3, min_age = "{min_age}" }}
         "a refused init wrote a vault"
     );
     // Accepted by both as the same span: the CLI's vault records 6 months of minimum age.
-    let agent = agent_config("6mo");
-    assert!(agent.status.success(), "{}", show(&agent));
     fs::create_dir_all(env.path("sites/lux")).unwrap();
     let cli = cli_init("sites/lux", "6mo");
     assert!(cli.status.success(), "{}", show(&cli));
+    // (`config check` also checks that the key file, the site's vault and the source are there.)
+    fs::create_dir_all(env.path("data")).unwrap();
+    let agent = agent_config("6mo");
+    assert!(agent.status.success(), "{}", show(&agent));
     let site = embassy_sites::LocalSite::new(env.path("sites/lux")).unwrap();
     let vault_secs = embassy_core::format::config::VaultConfig::load(&site)
         .unwrap()
@@ -336,6 +338,9 @@ retension = { keep_last = 3 }
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("embassy.toml:20:1"));
     // A good one prints its summary, and warns when the RPO is shorter than the schedule.
+    // (`config check` also checks that the key file, the site's vault and the source are there.)
+    env.init(&["sites/lux"]);
+    fs::create_dir_all(env.path("data")).unwrap();
     env.config(
         r#"[keys]
 file = "vault.key"

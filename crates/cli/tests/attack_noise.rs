@@ -234,6 +234,7 @@ fn second_site(w: &World, name: &str) -> PathBuf {
             "--state-dir",
             w.base.join("state/sync").to_str().unwrap(),
             "sync",
+            "--seed",
             "--from",
             w.site.to_str().unwrap(),
             "--to",

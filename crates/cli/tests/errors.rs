@@ -392,12 +392,12 @@ fn unknown_versions() {
     env.run(&["restore", "docs@ffffffff", "--to", out_s], &[])
         .fails(1, &["no version whose id starts with ffffffff"]);
     env.run(&["restore", "nothing", "--to", out_s], &[])
-        .fails(1, &["no versions", "embassy versions nothing"]);
+        .fails(1, &["no dataset nothing", "the datasets are"]);
     assert!(!out.exists());
-    // `versions` of an unknown dataset is not an error: it has none.
-    let r = env.run(&["versions", "nothing"], &[]);
-    r.ok();
-    assert!(r.stdout.contains("no versions yet"), "{r:?}");
+    // `versions` of an unknown dataset is an error too (issue 15, item 2): a typo, not an
+    // empty dataset.
+    env.run(&["versions", "nothing"], &[])
+        .fails(1, &["no dataset nothing", "the datasets are"]);
 }
 
 #[test]

@@ -107,7 +107,8 @@ fn sync_and_deep_verify_of_a_large_pack_hold_a_fixed_buffer_not_the_pack() {
     ok(dir, &["--site", "a", "backup", "population", "src"]);
     let pack = plant_pack(&dir.join("a"), "population", PACK_MIB);
 
-    let (succeeded, stderr, peak) = run_measured(dir, &["sync", "--from", "a", "--to", "b"]);
+    let (succeeded, stderr, peak) =
+        run_measured(dir, &["sync", "--seed", "--from", "a", "--to", "b"]);
     eprintln!("sync of a {PACK_MIB} MiB pack: peak RSS {peak} MiB");
     assert!(succeeded, "sync failed: {stderr}");
     // Checked by streaming: this process must stay small too, as `ru_maxrss` of a child
@@ -173,7 +174,7 @@ fn sync_to_and_from_s3_of_a_large_pack_holds_a_fixed_buffer_not_the_pack() {
     ];
     for (from, to, what) in [("a", s3.as_str(), "to S3"), (s3.as_str(), "c", "from S3")] {
         let (succeeded, stderr, peak) =
-            run_measured_with(dir, &["sync", "--from", from, "--to", to], &vars);
+            run_measured_with(dir, &["sync", "--seed", "--from", from, "--to", to], &vars);
         eprintln!("sync {what} of a {S3_PACK_MIB} MiB pack: peak RSS {peak} MiB");
         assert!(succeeded, "sync {what} failed: {stderr}");
         assert!(

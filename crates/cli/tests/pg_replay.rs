@@ -141,7 +141,7 @@ impl Env {
             .create_bucket(false)
             .unwrap());
         let s3 = format!("s3://{bucket}/vault?endpoint={}", server.endpoint);
-        self.run(&["sync", "--from", &self.site_a(), "--to", &s3]);
+        self.run(&["sync", "--seed", "--from", &self.site_a(), "--to", &s3]);
         s3
     }
 }

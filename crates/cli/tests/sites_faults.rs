@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use embassy_core::site::Site;
 use embassy_testkit::cli::Embassy;
 use embassy_testkit::hostile::{HostileS3, Hostility};
 use embassy_testkit::moto::*;
@@ -344,7 +345,7 @@ fn s3_site_frozen_mid_backup_catches_up_from_its_queue() {
 }
 
 #[test]
-fn s3_site_killed_mid_backup_and_restarted_empty_is_reseeded() {
+fn s3_site_killed_mid_backup_and_restarted_empty_is_refused_until_seeded() {
     let t = Instant::now();
     let mut env = Env::new();
     // A moto of its own: it is killed and started again on the same port.
@@ -363,18 +364,33 @@ fn s3_site_killed_mid_backup_and_restarted_empty_is_reseeded() {
     let v2 = stored_version(&out);
     drop(server);
 
-    // moto comes back empty (it keeps everything in memory): the operator recreates the bucket,
-    // and the drain notices the site lost the vault and compares in full.
+    // moto comes back empty (it keeps everything in memory): the operator recreates the bucket.
+    // The drain does not refill a site that holds no vault (it may as well be a mistyped or
+    // unmounted one, issue 15): it says so and keeps the queue, until the operator seeds it.
     let server = MotoServer::start_on(port);
     embassy_sites::S3Site::new(s3_config(&server.endpoint, &bucket, "vault"))
         .unwrap()
         .create_bucket(false)
         .unwrap();
+    let mut args = vec!["--json", "sync", "--pending"];
+    for s in sites {
+        args.extend(["--site", s]);
+    }
+    let refused = env.run(&args);
+    assert!(
+        !refused.status.success(),
+        "the drain refilled an empty site"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert!(report.to_string().contains("holds no vault"), "{report}");
+    let objects = embassy_sites::S3Site::new(s3_config(&server.endpoint, &bucket, "vault"))
+        .unwrap()
+        .list("")
+        .unwrap();
+    assert!(objects.is_empty(), "written to the empty site: {objects:?}");
+    env.ok(&["sync", "--seed", "--from", "a", "--to", &s3]);
     let report = env.drain(&sites);
     eprintln!("drain: {report}");
-    let s3_report = &report["sites"][0];
-    assert_eq!(s3_report["full_sync"], true, "{report}");
-    assert!(s3_report["copied"].as_u64().unwrap() > 2, "{report}");
     assert_eq!(env.queued(&sites), [(0, false), (0, false)]);
     for site in sites {
         env.check_site(site, "population", 1, &src1);

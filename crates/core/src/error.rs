@@ -45,15 +45,17 @@
 //! 5. **Hints naming CLI syntax belong to the front ends.** A library message says the way out
 //!    in words ("repair it from another site"); the command to type is the front end's to add,
 //!    since the agent (embassy.toml) and the CLI spell it differently. New hints go to the
-//!    front end: the CLI's live in `crates/cli/src/hints.rs` (NoVault, SubstitutedConfig and
-//!    SitePinMismatch moved there), the agent's in its start-up messages. Library messages that
-//!    still name `embassy ...` commands (to move as the front ends' operations take them over):
-//!    core `config.rs` (3: `embassy verify`, `embassy sync`), `vault.rs` (4: `embassy witness`, `--unwitnessed`, `embassy versions`, `embassy
-//!    keys issue --reader`), `prune.rs` (4: `embassy keys issue`, `embassy approve`),
-//!    `history.rs` (`embassy keys revoke`), `writer.rs` (`embassy keys issue --sealing`),
-//!    `gc.rs` (2: `embassy gc`, `embassy sync --repair`); sites `lib.rs` (`embassy sync
-//!    --from`), `local.rs` (2: `embassy sync --repair`); postgres `error.rs` (`embassy pg
-//!    base-backup`, `embassy sync`), `restore.rs` (2), `standby.rs` (1), `stream.rs` (2).
+//!    front end: the CLI's live in `crates/cli/src/hints.rs`, chosen by variant (NoVault,
+//!    SiteWithoutVault, NoKeyFile, UnknownDataset, NoSuchVersion, Unwitnessed, SubstitutedConfig,
+//!    SitePinMismatch), the agent's in `crates/agent/src/hints.rs` (in terms of embassy.toml).
+//!    Library messages that still name `embassy ...` commands (to move as the front ends'
+//!    operations take them over, each to a typed variant): core `vault.rs` (2: the unwitnessed note's `embassy witness`/`--unwitnessed`, `embassy
+//!    keys issue --reader`), `prune.rs` (2: `embassy keys issue`, `embassy approve`),
+//!    `deletion.rs` (2: `embassy approve`), `accept.rs` (`embassy keys revoke`), `writer.rs`
+//!    (`embassy keys issue --sealing`), `gc.rs` (2: `embassy gc`, `embassy sync --repair`);
+//!    sites `local.rs` (2: `embassy sync --repair`); postgres `error.rs` (`embassy pg
+//!    base-backup`, `embassy sync`), `restore.rs` (2), `standby.rs` (1), `stream.rs` (2),
+//!    `base_backup.rs` (1).
 
 use std::path::PathBuf;
 
@@ -61,6 +63,72 @@ use crate::site::SiteError;
 
 /// Result of core operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of [`Error::SiteWithoutVault`].
+fn site_without_vault(sites: &[String], holding: &[String]) -> String {
+    let others = match holding {
+        [] => "no site that answered holds it".to_string(),
+        [one] => format!("{one} holds it"),
+        many => format!("{} hold it", many.join(", ")),
+    };
+    format!(
+        "site {} holds no vault, while {others}: a site without the vault is not created or \
+         filled unless asked (is its disk mounted? is its path right?); if it is a new site, \
+         seed it from a site that holds the vault",
+        sites.join(", ")
+    )
+}
+
+/// The message of [`Error::UnknownDataset`].
+fn unknown_dataset(dataset: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        return format!("no dataset {dataset} in this vault: it holds no dataset yet");
+    }
+    let nearest = nearest(dataset, known)
+        .map(|n| format!("did you mean {n}? "))
+        .unwrap_or_default();
+    format!(
+        "no dataset {dataset} in this vault: {nearest}the datasets are {}",
+        known.join(", ")
+    )
+}
+
+/// The name in `known` nearest to `name` by edit distance, when it is near enough to be a typo
+/// (at most a third of the name's length, at least 1; a name that only differs in case always).
+pub fn nearest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| {
+            let d = if k.eq_ignore_ascii_case(name) {
+                0
+            } else {
+                edit_distance(name, k)
+            };
+            (d, k)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, k)| (*d, k.as_str()))
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
 
 /// What can go wrong in the core library.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +173,18 @@ pub enum Error {
         problem: String,
     },
 
+    /// The key file to open does not exist. (Its own variant so that each front end can say
+    /// where the path came from: `--key-file` for the CLI, `[keys] file` for the agent.)
+    #[error(
+        "key file {} not found: give the vault's key file, or recover the root key from \
+         custodian shares",
+        path.display()
+    )]
+    NoKeyFile {
+        /// The path that was tried.
+        path: PathBuf,
+    },
+
     /// The keys at hand are not the keys of this vault or dataset.
     #[error("wrong key: {0}")]
     WrongKey(String),
@@ -114,6 +194,47 @@ pub enum Error {
     NoVault {
         /// The site asked.
         site: String,
+    },
+
+    /// Some sites of a vault hold no vault (a missing or empty folder, an empty bucket or
+    /// prefix) while others hold it. Such a site is never created or filled unless asked: it is
+    /// more often a disk that is not mounted or a mistyped path than a new site.
+    #[error("{}", site_without_vault(sites, holding))]
+    SiteWithoutVault {
+        /// The sites that hold no vault.
+        sites: Vec<String>,
+        /// The sites that hold it (to seed from).
+        holding: Vec<String>,
+    },
+
+    /// A dataset named by the user is not in the vault (no ledger of that name): a typo, most
+    /// often. The message lists the datasets that exist and the nearest name.
+    #[error("{}", unknown_dataset(dataset, known))]
+    UnknownDataset {
+        /// The name asked for.
+        dataset: String,
+        /// The datasets the vault holds.
+        known: Vec<String>,
+    },
+
+    /// The dataset exists but holds no version matching what was asked (a number never given or
+    /// deleted, an id prefix that matches none, no version at all).
+    #[error("{problem}")]
+    NoSuchVersion {
+        /// The dataset.
+        dataset: String,
+        /// Which version, and why it is not there.
+        problem: String,
+    },
+
+    /// Under the vault's witness quorum, the version asked for is not yet covered by a
+    /// checkpoint enough witnesses cosigned.
+    #[error("{problem}")]
+    Unwitnessed {
+        /// The dataset.
+        dataset: String,
+        /// Which version, and what covers it.
+        problem: String,
     },
 
     /// A vault already exists where one was to be created.
@@ -255,13 +376,18 @@ impl Error {
             | Error::History { .. }
             | Error::SubstitutedConfig { .. }
             | Error::SitePinMismatch { .. } => ErrorKind::Integrity,
-            Error::WrongPassphrase { .. } | Error::KeyFile { .. } | Error::WrongKey(_) => {
-                ErrorKind::Keys
-            }
+            Error::WrongPassphrase { .. }
+            | Error::KeyFile { .. }
+            | Error::NoKeyFile { .. }
+            | Error::WrongKey(_) => ErrorKind::Keys,
             Error::Source { .. } => ErrorKind::Source,
             // Local I/O: a restore target, a source file, a key file, the state folder.
             Error::Io { .. } => ErrorKind::Outage,
             Error::NoVault { .. }
+            | Error::SiteWithoutVault { .. }
+            | Error::UnknownDataset { .. }
+            | Error::NoSuchVersion { .. }
+            | Error::Unwitnessed { .. }
             | Error::VaultExists { .. }
             | Error::NotFound(_)
             | Error::Invalid(_)

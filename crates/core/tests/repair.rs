@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use embassy_core::engine::sync::sync;
+use embassy_core::engine::sync::{seed, sync};
 use embassy_core::engine::vault::Vault;
 use embassy_core::format::layout;
 use embassy_core::id::ObjectId;
@@ -76,7 +76,7 @@ fn copied() -> (Arc<MemorySite>, Arc<MemorySite>, Objects) {
         from.put(path, bytes).unwrap();
     }
     let to = Arc::new(MemorySite::default());
-    let first = sync(from.as_ref(), to.as_ref(), false, &Silent).unwrap();
+    let first = seed(from.as_ref(), to.as_ref(), false, &Silent).unwrap();
     assert!(first.problems.is_empty(), "{:?}", first.problems);
     assert_eq!(first.copied, 2);
     (from, to, packs)

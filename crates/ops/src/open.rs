@@ -85,9 +85,7 @@ pub fn open_sites_with(
     }
     let min = min_sites.unwrap_or(locations.len());
     let queue_dir = queue_dir.filter(|_| locations.len() > 1);
-    Ok(embassy_sites::open_many_queued_with(
-        locations, min, creating, queue_dir, retry,
-    )?)
+    embassy_sites::open_many_queued_with(locations, min, creating, queue_dir, retry)
 }
 
 /// Opens the vault at the sites: writers on this host take turns at each ledger through lock

@@ -112,25 +112,25 @@ fn read_configs(
 pub(crate) use embassy_core::site::valid_object_path;
 
 /// Opens several sites as one vault: writes go to all, and succeed once `min_sites` hold them.
-/// Every site must already hold the same vault (seed a new one with `embassy sync`), except when
-/// `creating` a vault.
+/// Every site must already hold the same vault, except when `creating` a vault: a site that holds
+/// none while others do is refused ([`embassy_core::Error::SiteWithoutVault`]; a new site is
+/// seeded with [`embassy_core::engine::sync::seed`]), never created or filled.
 pub fn open_many(
     locations: &[String],
     min_sites: usize,
     creating: bool,
-) -> Result<Arc<dyn Site>, SiteError> {
+) -> embassy_core::Result<Arc<dyn Site>> {
     open_many_queued(locations, min_sites, creating, None)
 }
 
 /// [`open_many`], with a catch-up queue per site under `state_dir` when given (see
-/// [`queue`]): writes a site misses are recorded there before they are acknowledged, and a site
-/// that holds no vault yet is marked for a full catch-up.
+/// [`queue`]): writes a site misses are recorded there before they are acknowledged.
 pub fn open_many_queued(
     locations: &[String],
     min_sites: usize,
     creating: bool,
     state_dir: Option<&std::path::Path>,
-) -> Result<Arc<dyn Site>, SiteError> {
+) -> embassy_core::Result<Arc<dyn Site>> {
     open_many_queued_with(
         locations,
         min_sites,
@@ -147,9 +147,9 @@ pub fn open_many_queued_with(
     creating: bool,
     state_dir: Option<&std::path::Path>,
     policy: &RetryPolicy,
-) -> Result<Arc<dyn Site>, SiteError> {
+) -> embassy_core::Result<Arc<dyn Site>> {
     if locations.len() == 1 {
-        return open_with(&locations[0], policy);
+        return Ok(open_with(&locations[0], policy)?);
     }
     let sites: Vec<Arc<dyn Site>> = locations
         .iter()
@@ -160,14 +160,18 @@ pub fn open_many_queued_with(
         replicated = replicated.with_queue(dir)?;
     }
     if !creating {
-        // Sites that answer must hold the same vault; sites that cannot be reached or hold no
-        // vault yet only count against min_sites, and are reported as lagging. Every site is
-        // asked at once; once min_sites have answered with a configuration, a site still silent
-        // after OPEN_GRACE is down for the run (it costs that much, not its timeout).
+        // Sites that answer must hold the same vault, and every site that answers must hold
+        // one; sites that cannot be reached only count against min_sites, and are reported as
+        // lagging. Every site is asked at once; once min_sites have answered with a
+        // configuration, a site still silent after OPEN_GRACE is down for the run (it costs
+        // that much, not its timeout).
         let answers = read_configs(&sites, min_sites);
         let mut first: Option<(String, Vec<u8>)> = None;
         let mut usable = 0;
-        for (site, answer) in sites.iter().zip(answers) {
+        let (mut holding, mut without) = (Vec::new(), Vec::new());
+        // The locations as given (an S3 site's own location drops its options, such as the
+        // endpoint, that a command naming the site needs).
+        for ((site, given), answer) in sites.iter().zip(locations).zip(answers) {
             let answer = answer.unwrap_or_else(|| {
                 Err(SiteError::Retryable {
                     site: site.location().to_string(),
@@ -182,25 +186,17 @@ pub fn open_many_queued_with(
             });
             let config = match answer {
                 Ok(c) => c,
+                Err(SiteError::NotFound { .. }) => {
+                    without.push(given.clone());
+                    continue;
+                }
                 Err(e) => {
-                    let why = match e {
-                        SiteError::NotFound { .. } => {
-                            replicated.queue_full_sync(
-                                site.location(),
-                                "it held no vault when a writer opened it",
-                            )?;
-                            "holds no vault yet".to_string()
-                        }
-                        e => {
-                            if matches!(e, SiteError::Retryable { .. }) {
-                                replicated.mark_down(site.location());
-                            }
-                            e.to_string()
-                        }
-                    };
+                    if matches!(e, SiteError::Retryable { .. }) {
+                        replicated.mark_down(site.location());
+                    }
                     replicated.mark_lagging(
                         site.location(),
-                        format!("{why}: catch it up with `embassy sync --from <a complete site> --to {}`", site.location()),
+                        format!("{e}: it is caught up from the other sites once it answers"),
                     );
                     continue;
                 }
@@ -215,11 +211,27 @@ pub fn open_many_queued_with(
                         message: format!(
                             "holds another vault than {other}: these sites cannot be used together"
                         ),
-                    })
+                    }
+                    .into())
                 }
                 Some(_) => {}
             }
+            holding.push(given.clone());
             usable += 1;
+        }
+        if !without.is_empty() {
+            // Refused, not filled: an empty or missing site is most often a disk that is not
+            // mounted or a mistyped path (issue 15).
+            return Err(if without.len() == sites.len() {
+                embassy_core::Error::NoVault {
+                    site: locations.join(" + "),
+                }
+            } else {
+                embassy_core::Error::SiteWithoutVault {
+                    sites: without,
+                    holding,
+                }
+            });
         }
         if usable < min_sites {
             return Err(SiteError::Permanent {
@@ -236,7 +248,8 @@ pub fn open_many_queued_with(
                         .collect::<Vec<_>>()
                         .join("; ")
                 ),
-            });
+            }
+            .into());
         }
     }
     Ok(Arc::new(replicated))

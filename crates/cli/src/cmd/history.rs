@@ -19,6 +19,7 @@ pub struct HistoryArgs {
 pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
     let dataset = &args.dataset;
     let vault = open_vault(cli)?;
+    vault.require_dataset(dataset)?;
     let history = vault.history(dataset)?;
     // Version numbers beside ledger sequence numbers: `version_added` rows carry theirs.
     let numbers = embassy_core::engine::vault::numbers_by_seq(dataset, &history);

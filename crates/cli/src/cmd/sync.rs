@@ -1,4 +1,4 @@
-//! `embassy sync --from A --to B [--repair]` and `embassy sync --pending`: copying objects
+//! `embassy sync --from A --to B [--repair] [--seed]` and `embassy sync --pending`: copying objects
 //! between sites without keys.
 
 use std::process::ExitCode;
@@ -21,8 +21,13 @@ pub struct SyncArgs {
     /// Also read every object at TO and replace damaged ones.
     #[arg(long)]
     pub repair: bool,
+    /// Seed TO when it holds no vault yet (a new site: a missing or empty folder, an empty
+    /// bucket or prefix). Without it such a site is refused, since it is more often a disk that
+    /// is not mounted or a mistyped path.
+    #[arg(long)]
+    pub seed: bool,
     /// Drain the catch-up queues of the --site sites (kept in the state folder).
-    #[arg(long, conflicts_with_all = ["from", "to", "repair"])]
+    #[arg(long, conflicts_with_all = ["from", "to", "repair", "seed"])]
     pub pending: bool,
 }
 
@@ -36,14 +41,20 @@ pub fn run(cli: &Cli, args: &SyncArgs) -> Result<ExitCode> {
         args.from.as_deref().unwrap_or_default(),
         args.to.as_deref().unwrap_or_default(),
         args.repair,
+        args.seed,
     )
 }
 
-fn sync(cli: &Cli, from: &str, to: &str, repair: bool) -> Result<ExitCode> {
+fn sync(cli: &Cli, from: &str, to: &str, repair: bool, seed: bool) -> Result<ExitCode> {
     let source = embassy_sites::open(from)?;
     let target = embassy_sites::open(to)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let report = embassy_core::engine::sync::sync(source.as_ref(), target.as_ref(), repair, &bar)?;
+    let copy = if seed {
+        embassy_core::engine::sync::seed
+    } else {
+        embassy_core::engine::sync::sync
+    };
+    let report = copy(source.as_ref(), target.as_ref(), repair, &bar)?;
     bar.finish();
     if cli.json {
         let mut value = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;

@@ -19,7 +19,10 @@ pub struct VersionsArgs {
 pub fn run(cli: &Cli, args: &VersionsArgs) -> Result<ExitCode> {
     let vault = open_vault(cli)?;
     let names = match &args.dataset {
-        Some(d) => vec![d.clone()],
+        Some(d) => {
+            vault.require_dataset(d)?;
+            vec![d.clone()]
+        }
         None => vault.datasets()?,
     };
     let mut all = Vec::new();

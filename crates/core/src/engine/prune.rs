@@ -155,11 +155,13 @@ pub fn forget(
     // Ledger sequence number -> version number of each version to delete.
     let mut wanted: BTreeMap<u64, u64> = BTreeMap::new();
     for n in numbers {
-        let v = live.iter().find(|v| v.number == *n).ok_or_else(|| {
-            Error::NotFound(crate::history::numbering::missing_version(
-                dataset, &history, *n,
-            ))
-        })?;
+        let v = live
+            .iter()
+            .find(|v| v.number == *n)
+            .ok_or_else(|| Error::NoSuchVersion {
+                dataset: dataset.to_string(),
+                problem: crate::history::numbering::missing_version(dataset, &history, *n),
+            })?;
         wanted.insert(v.seq, v.number);
     }
     let pinned = vault.config().approver_keys();

@@ -59,10 +59,35 @@ fn stage(path: &str) -> u8 {
 
 /// Copies to `to` every object of the vault at `from` that `to` lacks. With `repair`, also
 /// reads every object `to` holds and replaces those whose bytes do not match their names.
+/// A target that holds no vault is refused ([`Error::SiteWithoutVault`]): a missing folder or
+/// an empty disk or bucket is far more often a mount that failed or a mistyped path than a new
+/// site, and filling it could fill a root filesystem. Seeding a new site is [`seed`].
 pub fn sync(
     from: &dyn Site,
     to: &dyn Site,
     repair: bool,
+    progress: &dyn Progress,
+) -> Result<SyncReport> {
+    copy(from, to, repair, false, progress)
+}
+
+/// [`sync`] that may also seed `to`: a target holding no vault gets the vault's configuration
+/// first, then every object. Only for a caller that was explicitly asked to create the site
+/// (`embassy sync --seed`).
+pub fn seed(
+    from: &dyn Site,
+    to: &dyn Site,
+    repair: bool,
+    progress: &dyn Progress,
+) -> Result<SyncReport> {
+    copy(from, to, repair, true, progress)
+}
+
+fn copy(
+    from: &dyn Site,
+    to: &dyn Site,
+    repair: bool,
+    seed: bool,
     progress: &dyn Progress,
 ) -> Result<SyncReport> {
     let config = crate::format::config::VaultConfig::load(from)?;
@@ -77,6 +102,12 @@ pub fn sync(
             )))
         }
         Ok(_) => {}
+        Err(SiteError::NotFound { .. }) if !seed => {
+            return Err(Error::SiteWithoutVault {
+                sites: vec![to.location().to_string()],
+                holding: vec![from.location().to_string()],
+            })
+        }
         Err(SiteError::NotFound { .. }) => {
             // Signature first, so the configuration never appears unsigned.
             let signature = from.get(layout::CONFIG_SIGNATURE)?;

@@ -379,21 +379,25 @@ impl Vault {
                 .into_iter()
                 .rev()
                 .find(|v| v.seq <= limit)
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "dataset {dataset} has no version that {quorum} witnesses have cosigned yet; \
-                         run `embassy witness`, or pass --unwitnessed"
-                    ))
+                .ok_or_else(|| Error::Unwitnessed {
+                    dataset: dataset.into(),
+                    problem: format!(
+                        "dataset {dataset} has no version that {quorum} witnesses have \
+                             cosigned yet"
+                    ),
                 });
         }
         let version = self.find_version(dataset, selector)?;
         if version.seq > limit {
-            return Err(Error::invalid(format!(
-                "version {} of {dataset} is not yet covered by a checkpoint with {quorum} witness \
-                 cosignatures (it is ledger entry {}, the newest witnessed entry is {limit}); pass \
-                 --unwitnessed to restore it anyway",
-                version.number, version.seq
-            )));
+            return Err(Error::Unwitnessed {
+                dataset: dataset.into(),
+                problem: format!(
+                    "version {} of {dataset} is not yet covered by a checkpoint with {quorum} \
+                     witness cosignatures (it is ledger entry {}, the newest witnessed entry is \
+                     {limit})",
+                    version.number, version.seq
+                ),
+            });
         }
         Ok(version)
     }
@@ -486,6 +490,20 @@ impl Vault {
         })))
     }
 
+    /// Refuses a dataset name the vault does not hold (no ledger of that name) with the names it
+    /// does hold: for commands that read a named dataset, where an unknown name is a typo, not
+    /// an empty dataset.
+    pub fn require_dataset(&self, dataset: &str) -> Result<()> {
+        let known = self.datasets()?;
+        if known.iter().any(|k| k == dataset) {
+            return Ok(());
+        }
+        Err(Error::UnknownDataset {
+            dataset: dataset.to_string(),
+            known,
+        })
+    }
+
     /// The versions of a dataset still held (not removed by retention), oldest first. After a
     /// gap or an unresolved fork these are the versions before it only: see
     /// [`Vault::versions_full`].
@@ -510,6 +528,9 @@ impl Vault {
     pub fn find_version(&self, dataset: &str, selector: Option<&str>) -> Result<Version> {
         let history = self.history_full(dataset)?;
         let problems = history.problems(dataset);
+        if history.records.is_empty() && problems.is_empty() {
+            self.require_dataset(dataset)?;
+        }
         let versions = versions_in(dataset, &history.records);
         if matches!(selector, None | Some("latest")) && !problems.is_empty() {
             return Err(Error::History {
@@ -538,9 +559,10 @@ impl Vault {
                     ),
                 };
             }
-            Error::NotFound(format!(
-                "dataset {dataset} has {what}; list them with `embassy versions {dataset}`"
-            ))
+            Error::NoSuchVersion {
+                dataset: dataset.into(),
+                problem: format!("dataset {dataset} has {what}"),
+            }
         };
         match selector {
             None | Some("latest") => versions
@@ -554,7 +576,10 @@ impl Vault {
                             return Ok(v);
                         }
                         return Err(if problems.is_empty() {
-                            Error::NotFound(missing_version(dataset, &history.records, number))
+                            Error::NoSuchVersion {
+                                dataset: dataset.into(),
+                                problem: missing_version(dataset, &history.records, number),
+                            }
                         } else {
                             not_found(format!("no version {number}"))
                         });

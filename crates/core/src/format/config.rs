@@ -183,7 +183,7 @@ impl VaultConfig {
         if site_holds_objects(site)? {
             return Err(Error::invalid(format!(
                 "site {} is not empty: it holds objects of a vault whose configuration is missing; \
-                 repair it from another site with `embassy sync`, or choose an empty location",
+                 seed it again from a site that holds the vault, or choose an empty location",
                 site.location()
             )));
         }
@@ -288,7 +288,7 @@ impl VaultConfig {
                 path: layout::CONFIG.into(),
                 site: site.location().to_string(),
                 referenced_by: "every vault (the site holds vault objects but no configuration; \
-                                copy it from another site with `embassy sync`)"
+                                seed it again from a site that holds the vault)"
                     .into(),
             }),
             None => Err(Error::NoVault {

@@ -75,13 +75,11 @@ pub fn missing_version(dataset: &str, history: &[Record], number: u64) -> String
             };
             format!(
                 "version {number} of dataset {dataset} was deleted by ledger entry {} ({reason}); \
-                 list the versions it still holds with `embassy versions {dataset}`",
+                 choose one of the versions it still holds",
                 by.entry.seq
             )
         }
-        None => format!(
-            "dataset {dataset} has no version {number}; list them with `embassy versions {dataset}`"
-        ),
+        None => format!("dataset {dataset} has no version {number}"),
     }
 }
 

@@ -233,11 +233,8 @@ impl KeyFile {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::KeyFile {
+                Error::NoKeyFile {
                     path: path.to_path_buf(),
-                    problem: "not found: give the vault's key file with --key-file (or EMBASSY_KEY_FILE), \
-                              or recover the root key from custodian shares"
-                        .into(),
                 }
             } else {
                 Error::io(format!("reading key file {}", path.display()), e)

@@ -72,9 +72,10 @@ fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
 /// object it lacks is copied from a source whose copy checks, in write order (packs, indexes,
 /// manifests and other data objects, then ledger entries, then checkpoints), a later stage only
 /// once every earlier one arrived. A full comparison (`embassy_core::engine::sync`) is made instead when
-/// the queue asks for one or the target no longer holds the vault's configuration (a site that
-/// lost everything, such as a restarted in-memory server). Entries that could not be settled stay
-/// queued. Returns `Err` only when the queue itself cannot be read or written.
+/// the queue asks for one or the target no longer holds the vault's configuration; a target that
+/// holds no vault at all (a site that lost everything, a folder moved away, a disk not mounted)
+/// is refused there and never filled: it is seeded on request only (`sync::seed`). Entries that
+/// could not be settled stay queued. Returns `Err` only when the queue itself cannot be read or written.
 pub fn drain(
     queue: &SiteQueue,
     target: &dyn Site,

@@ -1,0 +1,175 @@
+//! What `embassy config check` can check beyond the file's syntax without running a backup
+//! (issue 15, item 8): that the key file and the passphrase are there, that every source folder
+//! exists, that every local site folder exists and holds a vault. Each finding names the
+//! setting at fault and the fix. (A PostgreSQL connection string is checked when the file is
+//! parsed; an S3 site is not contacted here.)
+
+use std::path::Path;
+
+use crate::config::{Config, PassphraseSource, Source};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The agent would fail (to start, or every run of a dataset).
+    Error,
+    /// The agent may fail, depending on what this check cannot see (its own environment).
+    Warning,
+}
+
+/// One thing found wrong, with the setting it concerns and the way to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// How bad it is.
+    pub severity: Severity,
+    /// The setting at fault (`keys.file`, `datasets.NAME.source`, `sites.NAME`).
+    pub setting: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{what}: {}: {}", self.setting, self.message)
+    }
+}
+
+/// Checks what can be checked without a backup: files readable, the passphrase variable set,
+/// source folders and site folders there, site folders holding a vault.
+pub fn check(config: &Config) -> Vec<Finding> {
+    let mut found = Vec::new();
+    let mut error = |setting: String, message: String| {
+        found.push(Finding {
+            severity: Severity::Error,
+            setting,
+            message,
+        })
+    };
+    // The key file.
+    let key = &config.keys.file;
+    if let Err(why) = readable_file(key) {
+        error(
+            "keys.file".into(),
+            format!(
+                "the key file {} {why}: set `file` under [keys] to the vault's key file (or a \
+                 sealing credential)",
+                key.display()
+            ),
+        );
+    }
+    // The passphrase.
+    let mut warnings = Vec::new();
+    match &config.keys.passphrase {
+        PassphraseSource::File(path) => {
+            if let Err(why) = readable_file(path) {
+                error(
+                    "keys.passphrase_file".into(),
+                    format!(
+                        "the passphrase file {} {why}: create it (mode 0600) or set \
+                         `passphrase_file` under [keys] to the right file",
+                        path.display()
+                    ),
+                );
+            } else if std::fs::read(path).is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)) {
+                error(
+                    "keys.passphrase_file".into(),
+                    format!(
+                        "the passphrase file {} is empty: write the key file's passphrase in it",
+                        path.display()
+                    ),
+                );
+            }
+        }
+        PassphraseSource::Env(name) => {
+            if std::env::var_os(name).is_none_or(|v| v.is_empty()) {
+                warnings.push(Finding {
+                    severity: Severity::Warning,
+                    setting: "keys.passphrase_env".into(),
+                    message: format!(
+                        "the passphrase variable {name} is not set here: the agent needs it in \
+                         its environment (for systemd, an EnvironmentFile=), or set \
+                         `passphrase_file` under [keys] instead"
+                    ),
+                });
+            }
+        }
+    }
+    // The sources.
+    for d in &config.datasets {
+        if let Source::Files(paths) = &d.source {
+            for path in paths {
+                if let Err(e) = std::fs::symlink_metadata(path) {
+                    error(
+                        format!("datasets.{}.source", d.name),
+                        format!(
+                            "{} cannot be read ({}): fix the path in `files`, or mount what \
+                             holds it; every backup of {} fails until then",
+                            path.display(),
+                            io_reason(&e),
+                            d.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    // The sites: a local folder must exist and hold a vault (the agent never creates or fills
+    // one that does not).
+    for s in &config.sites {
+        if s.location.contains("://") && !s.location.starts_with("file://") {
+            continue;
+        }
+        let folder = Path::new(s.location.strip_prefix("file://").unwrap_or(&s.location));
+        let config_file = folder.join(embassy_core::format::layout::CONFIG);
+        if !folder.is_dir() {
+            error(
+                format!("sites.{}", s.name),
+                format!(
+                    "the site folder {} does not exist: mount its disk or fix `path`; a new \
+                     site is created with `embassy init` (the first) or seeded with `embassy \
+                     sync --seed --from ANOTHER-SITE --to {}`",
+                    folder.display(),
+                    s.location
+                ),
+            );
+        } else if !config_file.is_file() {
+            error(
+                format!("sites.{}", s.name),
+                format!(
+                    "the site folder {} holds no vault: mount its disk or fix `path`; a new \
+                     site is created with `embassy init` (the first) or seeded with `embassy \
+                     sync --seed --from ANOTHER-SITE --to {}`",
+                    folder.display(),
+                    s.location
+                ),
+            );
+        }
+    }
+    found.extend(warnings);
+    found
+}
+
+/// Ok when `path` is a file this process can open for reading; otherwise why not.
+fn readable_file(path: &Path) -> Result<(), String> {
+    match std::fs::File::open(path) {
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err("is not a file".into()),
+            Err(e) => Err(format!("cannot be read ({})", io_reason(&e))),
+        },
+        Err(e) => Err(format!("cannot be read ({})", io_reason(&e))),
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "not found".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
