@@ -223,9 +223,14 @@ fn gc_frees_a_pruned_versions_data_mixed_into_kept_packs_and_survives_sigkill() 
         (before - without) * 2 < unique_bytes,
         "without repacking, most of the dead data stays (the issue's symptom)"
     );
+    // The documented rule (`--max-unused 10%`): what stays dead is at most 10 % of what the
+    // dataset stores afterwards (half a percent of slack for the pruned version's metadata).
+    // How much of the dead data that is depends on where the kills above left the packs.
+    let dead_left = after.saturating_sub(before - unique_bytes);
     assert!(
-        before.saturating_sub(after) * 10 >= unique_bytes * 9,
-        "with repacking at least 90 % of the dead data goes: freed {} of {unique_bytes}",
+        dead_left * 1000 <= after * 105,
+        "with repacking at most 10 % of what is stored stays dead: {dead_left} of {after} \
+         (freed {} of {unique_bytes})",
         before.saturating_sub(after)
     );
     env.verify_keyless();
