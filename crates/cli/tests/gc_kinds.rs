@@ -50,3 +50,124 @@ fn gc_exits_1_for_a_site_it_cannot_list_and_3_for_a_damaged_record() {
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stdout.contains("PROBLEM (integrity)"), "{run:?}");
 }
+
+/// The agent's scheduled collection finding damage (a manifest of a dataset only the command
+/// line backs up, altered) turns it into an integrity problem: with no scheduled verification
+/// at all, the sites are verified at once, and `/status.json` and the alarm name it integrity.
+#[test]
+fn the_agents_gc_finding_damage_raises_an_integrity_problem() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use embassy_testkit::agent::{wait_until, Agent};
+    use embassy_testkit::free_port;
+    use embassy_testkit::status_page::{http_get, show};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::write(dir.join("passphrase"), "gc kinds agent passphrase\n").unwrap();
+    let init = Command::new(EXE)
+        .args(["--site", "sites/lux", "--passphrase-file", "passphrase", "init"])
+        .current_dir(dir)
+        .env_remove("EMBASSY_SITE")
+        .env_remove("EMBASSY_PASSPHRASE")
+        .env("EMBASSY_STATE_DIR", dir.join("cli-state"))
+        .env("EMBASSY_KEY_FILE", dir.join("vault.key"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "init: {}", show(&init));
+    fs::create_dir_all(dir.join("data/registry")).unwrap();
+    fs::write(dir.join("data/registry/a.txt"), b"gc kinds").unwrap();
+    let backup = Command::new(EXE)
+        .args(["--site", "sites/lux", "--passphrase-file", "passphrase"])
+        .args(["backup", "archive", "--stdin"])
+        .current_dir(dir)
+        .env_remove("EMBASSY_SITE")
+        .env_remove("EMBASSY_PASSPHRASE")
+        .env("EMBASSY_STATE_DIR", dir.join("cli-state"))
+        .env("EMBASSY_KEY_FILE", dir.join("vault.key"))
+        .stdin(fs::File::open(dir.join("passphrase")).unwrap())
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "backup: {}", show(&backup));
+    let manifest = fs::read_dir(dir.join("sites/lux/manifests/archive"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&manifest, bytes).unwrap();
+    let port = free_port();
+    fs::write(
+        dir.join("embassy.toml"),
+        format!(
+            r#"[agent]
+state_dir = "state"
+min_sites = 1
+verify_interval = "never"
+gc_interval = "2s"
+[status]
+listen = "127.0.0.1:{port}"
+[alarms]
+command = "echo \"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_KIND $EMBASSY_ALARM_DATASET $EMBASSY_ALARM_SITE\" >> alarms.txt"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "lux"
+path = "sites/lux"
+[[datasets]]
+name = "registry"
+source = {{ files = ["data/registry"] }}
+interval = "1h"
+rpo = "1d"
+"#
+        ),
+    )
+    .unwrap();
+    let log = dir.join("agent.log");
+    let child = Command::new(EXE)
+        .args(["agent", "--config", "embassy.toml"])
+        .current_dir(dir)
+        .env_remove("EMBASSY_PASSPHRASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("start embassy agent");
+    let agent = Agent { child, log };
+    let status = wait_until(
+        Duration::from_secs(60),
+        "an integrity problem at lux in /status.json",
+        &agent,
+        || {
+            let r: serde_json::Value =
+                serde_json::from_str(&http_get(port, "/status.json")?).ok()?;
+            let lux = r["sites"].as_array()?.iter().find(|s| s["name"] == "lux")?;
+            (lux["last_verify"]["problem_kind"] == "integrity"
+                && lux["problem_kind"] == "integrity")
+                .then(|| r.clone())
+        },
+    );
+    assert!(
+        agent.log().contains("garbage collection failed: [integrity]"),
+        "{}\n{status}",
+        agent.log()
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "an integrity alarm for registry at lux",
+        &agent,
+        || {
+            fs::read_to_string(dir.join("alarms.txt"))
+                .ok()?
+                .lines()
+                .any(|l| l == "raised integrity registry lux")
+                .then_some(())
+        },
+    );
+}
