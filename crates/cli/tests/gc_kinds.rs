@@ -43,7 +43,9 @@ fn gc_exits_1_for_a_site_it_cannot_list_and_3_for_a_damaged_record() {
 
     // The damage: a condemnation record whose bytes do not hash to its name.
     fs::remove_file(&gc).unwrap();
-    let record = gc.join("dump").join(format!("{:020}-{}", 1, "ab".repeat(32)));
+    let record = gc
+        .join("dump")
+        .join(format!("{:020}-{}", 1, "ab".repeat(32)));
     fs::create_dir_all(record.parent().unwrap()).unwrap();
     fs::write(&record, b"not a condemnation record").unwrap();
     let run = vault.run("m", &vault.key, &["gc", "--grace", "1s"], None);
@@ -67,7 +69,13 @@ fn the_agents_gc_finding_damage_raises_an_integrity_problem() {
     let dir = tmp.path();
     fs::write(dir.join("passphrase"), "gc kinds agent passphrase\n").unwrap();
     let init = Command::new(EXE)
-        .args(["--site", "sites/lux", "--passphrase-file", "passphrase", "init"])
+        .args([
+            "--site",
+            "sites/lux",
+            "--passphrase-file",
+            "passphrase",
+            "init",
+        ])
         .current_dir(dir)
         .env_remove("EMBASSY_SITE")
         .env_remove("EMBASSY_PASSPHRASE")
@@ -154,7 +162,9 @@ rpo = "1d"
         },
     );
     assert!(
-        agent.log().contains("garbage collection failed: [integrity]"),
+        agent
+            .log()
+            .contains("garbage collection failed: [integrity]"),
         "{}\n{status}",
         agent.log()
     );

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use embassy_core::engine::gc::{self, GcOptions, GcReport};
 use embassy_core::engine::vault::{Keyring, Vault};
-use embassy_core::format::config::now_unix_nanos;
 use embassy_core::error::Problem;
+use embassy_core::format::config::now_unix_nanos;
 use embassy_core::{Error, ErrorKind, Result};
 
 /// The collection options for a grace period: the defaults with that grace period, the allowed

@@ -506,7 +506,11 @@ mod tests {
         assert!(f("[pq]eople*", "a/people.csv", false));
         assert!(!f("[!p]eople*", "a/people.csv", false));
         assert!(f("[0-9][0-9]", "x/42", false));
-        assert!(f("registry/*/people.csv", "registry/2026/people.csv", false));
+        assert!(f(
+            "registry/*/people.csv",
+            "registry/2026/people.csv",
+            false
+        ));
         assert!(!f("registry/*.csv", "registry/2026/people.csv", false));
         assert!(f("registry/**/*.csv", "registry/2026/people.csv", false));
         assert!(f("**/people.csv", "people.csv", false));

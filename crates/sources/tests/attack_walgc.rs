@@ -401,7 +401,10 @@ fn forged_session_markers_are_ignored_and_an_honest_live_session_protects() {
     );
     for p in &marker_paths {
         assert!(
-            second.problems.iter().any(|x| x.message.contains(p.as_str())),
+            second
+                .problems
+                .iter()
+                .any(|x| x.message.contains(p.as_str())),
             "{p} reported: {second:?}"
         );
     }
