@@ -196,7 +196,8 @@ pub fn apply_retention(
 /// Garbage collection of the vault (embassy-ops's, as `embassy gc`; two-phase, safe while
 /// backups run):
 /// condemns objects no version references, deletes those condemned longer than `grace` ago.
-/// Returns a one-line summary.
+/// Returns a one-line summary; damage found is [`RunError::Damaged`] (integrity), problems of
+/// no other kind (a site that could not be listed or read) [`RunError::Unreadable`] (outage).
 /// Condemnation records are signed with the agent's key, which must be allowed to delete (the
 /// root key file); with a sealing credential, collection reports that and does nothing.
 pub fn collect_garbage(
@@ -220,7 +221,21 @@ pub fn collect_garbage(
         r.deleted_bytes,
         r.waiting
     );
-    for p in r.problems.iter().chain(&r.skipped).chain(&r.refused) {
+    // Damage is an integrity problem and an outage an outage, as a scheduled verification's.
+    if collection.found_damage() {
+        return Err(RunError::Damaged {
+            problems: collection.messages(embassy_core::ErrorKind::Integrity),
+        });
+    }
+    if !collection.is_clean() {
+        return Err(RunError::Unreadable {
+            unreadable: collection
+                .all_problems()
+                .map(|p| p.message.clone())
+                .collect(),
+        });
+    }
+    for p in &r.refused {
         summary.push_str(&format!("; {p}"));
     }
     Ok(summary)

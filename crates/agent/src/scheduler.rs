@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use embassy_core::engine::vault::Keyring;
+use embassy_core::ErrorKind;
 
 use crate::alarms;
 use crate::config::{Config, Mode};
@@ -465,7 +466,17 @@ impl Agent {
                     }
                     match result {
                         Ok(summary) => log(format!("garbage collection: {summary}")),
-                        Err(e) => log(format!("garbage collection failed: [{}] {e}", e.kind())),
+                        Err(e) => {
+                            log(format!("garbage collection failed: [{}] {e}", e.kind()));
+                            // Damage found by collection is not located by site: every site's
+                            // keyless verification runs at once, and the damaged ones show as
+                            // integrity on the dashboard, in /status.json, /metrics and alarms.
+                            // An outage shows where the site is read, as any other.
+                            if e.kind() == ErrorKind::Integrity {
+                                self.reverify
+                                    .extend(self.config.sites.iter().map(|s| s.name.clone()));
+                            }
+                        }
                     }
                     self.refresh_now = true;
                 }

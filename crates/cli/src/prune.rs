@@ -383,16 +383,19 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
             println!("refused by the site (retried next run): {r}");
         }
         for s in &report.skipped {
-            println!("SKIPPED: {s}");
+            println!("SKIPPED ({}): {s}", s.kind.as_str());
         }
         for p in &report.problems {
-            println!("PROBLEM: {p}");
+            println!("PROBLEM ({}): {p}", p.kind.as_str());
         }
     }
+    // Damage exits 3 (as `verify`); a site that could not be listed or read, 1.
     Ok(if collection.is_clean() {
         ExitCode::SUCCESS
-    } else {
+    } else if collection.found_damage() {
         crate::exit::code(crate::exit::INTEGRITY)
+    } else {
+        crate::exit::code(crate::exit::FAILURE)
     })
 }
 

@@ -13,7 +13,6 @@
 
 pub mod diff;
 pub mod find;
-pub mod glob;
 pub mod mount;
 pub mod stats;
 

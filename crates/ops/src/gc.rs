@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use embassy_core::engine::gc::{self, GcOptions, GcReport};
 use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::error::Problem;
 use embassy_core::format::config::now_unix_nanos;
-use embassy_core::{Error, Result};
+use embassy_core::{Error, ErrorKind, Result};
 
 /// The collection options for a grace period: the defaults with that grace period, the allowed
 /// clock skew no longer than it (collection refuses a grace period shorter than the skew).
@@ -32,10 +33,30 @@ pub struct Collection {
 }
 
 impl Collection {
-    /// True when nothing was skipped and no problem was found (the command line exits 3
-    /// otherwise: a history or a bookkeeping object did not check out).
+    /// True when nothing was skipped and no problem was found.
     pub fn is_clean(&self) -> bool {
         self.report.skipped.is_empty() && self.report.problems.is_empty()
+    }
+
+    /// Every problem and skipped dataset, problems first.
+    pub fn all_problems(&self) -> impl Iterator<Item = &Problem> {
+        self.report.problems.iter().chain(&self.report.skipped)
+    }
+
+    /// True when a problem or a skipped dataset shows damage or forgery (a history, a
+    /// reference or a bookkeeping object that does not check out): the command line exits 3
+    /// and the agent raises an integrity problem. Problems of no other kind (a site that could
+    /// not be listed or read) are outages: exit 1, checked again next run.
+    pub fn found_damage(&self) -> bool {
+        self.all_problems().any(Problem::is_integrity)
+    }
+
+    /// The messages of the problems of `kind`, one line each.
+    pub fn messages(&self, kind: ErrorKind) -> Vec<String> {
+        self.all_problems()
+            .filter(|p| p.kind == kind)
+            .map(|p| p.message.clone())
+            .collect()
     }
 }
 

@@ -12,7 +12,8 @@
 //!   class, `\` makes the next character plain; `**` as a whole component is zero or more
 //!   components (`a/**/b`, `**/tmp`, `logs/**`).
 //!
-//! A pattern that matches a directory matches everything below it.
+//! In a selection a pattern that matches a directory matches everything below it
+//! ([`Patterns::covers`]); `embassy find` asks of each path alone ([`Pattern::finds`]).
 //!
 //! The patterns are matched here rather than by the `globset` crate: it is not among the
 //! workspace's locked dependencies, and the grammar above is small enough to hold in one place.
@@ -135,8 +136,21 @@ impl Pattern {
         &self.text
     }
 
+    /// Whether the pattern starts with `!` (it takes a match back in a list, and finds what
+    /// it does not match on its own).
+    pub fn is_negated(&self) -> bool {
+        self.negated
+    }
+
+    /// Whether the pattern on its own picks `path` (relative, `/`-separated) itself, not the
+    /// folders holding it: it matches, or, for a `!` pattern, it does not. This is the test
+    /// `embassy find` applies to each entry of a version.
+    pub fn finds(&self, path: &[u8], is_dir: bool) -> bool {
+        self.matches(path, is_dir) != self.negated
+    }
+
     /// Whether the pattern itself (its `!` aside) matches `path` (relative, `/`-separated).
-    fn matches(&self, path: &[u8], is_dir: bool) -> bool {
+    pub fn matches(&self, path: &[u8], is_dir: bool) -> bool {
         if self.dir_only && !is_dir {
             return false;
         }
@@ -475,6 +489,40 @@ mod tests {
         assert!(!m("\\*star", "xstar", false));
         assert!(m("*a*b*c*", "xxaxxbxxcxx", false));
         assert!(!m("*a*b*c*", "xxaxxcxxbxx", false));
+    }
+
+    /// `embassy find`'s test: each path alone, the `!` pattern finding what it does not match.
+    fn f(pattern: &str, path: &str, is_dir: bool) -> bool {
+        Pattern::parse(pattern)
+            .unwrap()
+            .finds(path.as_bytes(), is_dir)
+    }
+
+    #[test]
+    fn find_tests_each_path_alone() {
+        assert!(f("*.csv", "registry/2026/people.csv", false));
+        assert!(!f("*.csv", "registry/2026/people.csv.bak", false));
+        assert!(f("people.???", "a/people.csv", false));
+        assert!(f("[pq]eople*", "a/people.csv", false));
+        assert!(!f("[!p]eople*", "a/people.csv", false));
+        assert!(f("[0-9][0-9]", "x/42", false));
+        assert!(f(
+            "registry/*/people.csv",
+            "registry/2026/people.csv",
+            false
+        ));
+        assert!(!f("registry/*.csv", "registry/2026/people.csv", false));
+        assert!(f("registry/**/*.csv", "registry/2026/people.csv", false));
+        assert!(f("**/people.csv", "people.csv", false));
+        assert!(f("/registry/**", "registry/2026/people.csv", false));
+        // A folder matched does not make what is below it found (unlike `covers`).
+        assert!(f("registry", "registry", true));
+        assert!(!f("registry", "registry/2026", true));
+        assert!(!f("registry/", "registry", false));
+        assert!(!f("!*.csv", "a/people.csv", false));
+        assert!(f("!*.csv", "a/people.txt", false));
+        assert!(f("a\\*b", "a*b", false));
+        assert!(!f("a\\*b", "axb", false));
     }
 
     #[test]

@@ -571,7 +571,7 @@ fn a_deleted_middle_entry_is_a_gap_older_versions_restore_latest_refuses() {
         first
             .skipped
             .iter()
-            .any(|s| s.contains(DS) && s.contains("entry 3 is missing")),
+            .any(|s| s.message.contains(DS) && s.message.contains("entry 3 is missing")),
         "{:?}",
         first.skipped
     );

@@ -270,7 +270,7 @@ fn backdated_condemnation_record_waits_full_grace() {
         let run = w.gc(GRACE, false, now + 2 * HOUR_NS);
         none_deleted(&run, &orphans);
         assert!(
-            seen.problems.iter().any(|p| p.contains(&path)),
+            seen.problems.iter().any(|p| p.message.contains(&path)),
             "{variant}: the forged record is reported: {seen:?}"
         );
         assert!(
@@ -401,7 +401,10 @@ fn forged_session_markers_are_ignored_and_an_honest_live_session_protects() {
     );
     for p in &marker_paths {
         assert!(
-            second.problems.iter().any(|x| x.contains(p.as_str())),
+            second
+                .problems
+                .iter()
+                .any(|x| x.message.contains(p.as_str())),
             "{p} reported: {second:?}"
         );
     }

@@ -36,8 +36,9 @@ impl Agent {
             .map(|i| Instant::now() + i);
     }
 
-    /// Verifies again, right away, the sites caught up since their last verification failed
-    /// (the scheduled verifications keep their interval).
+    /// Verifies again, right away, the sites caught up since their last verification failed,
+    /// or every site after garbage collection found damage (the scheduled verifications keep
+    /// their interval).
     pub(super) fn start_reverify(&mut self) {
         let names = std::mem::take(&mut self.reverify);
         let sites: Vec<(String, String)> = self
@@ -51,7 +52,8 @@ impl Agent {
             return;
         }
         log(format!(
-            "keyless verification of {} started again: caught up since its last verification failed",
+            "keyless verification of {} started ahead of schedule: caught up since its last \
+             verification failed, or garbage collection found damage",
             sites
                 .iter()
                 .map(|(n, _)| n.as_str())

@@ -1,12 +1,13 @@
-//! `embassy find DATASET PATTERN`: the paths matching a glob pattern in any version of a
-//! dataset, each with the versions that hold it.
+//! `embassy find DATASET PATTERN`: the paths matching a pattern (the selection grammar
+//! backups and restores use) in any version of a dataset, each with the versions that hold it.
 
 use std::process::ExitCode;
 
 use clap::Args;
 use embassy_core::format::tree::NodeKind;
-use embassy_core::Result;
+use embassy_core::{Error, Result};
 use embassy_ops::browse;
+use embassy_sources::selection::Pattern;
 
 use super::ls::{content_note, to_json};
 use crate::{open_vault, output, print_json, unlock, Cli};
@@ -16,8 +17,11 @@ use crate::{open_vault, output, print_json, unlock, Cli};
 pub struct FindArgs {
     /// The dataset.
     pub dataset: String,
-    /// A glob: `*` and `?` within a name, `**` across folders, `[a-z]` sets. Without `/` it
-    /// matches names (`*.csv`), with `/` whole paths in the version (`registry/**/2026*`).
+    /// A pattern, in the grammar `backup --exclude` and `restore --include` use (README,
+    /// "Selection"): `*` and `?` within a name, `**` as a whole part for any folders,
+    /// `[a-z]` sets. Without `/` it matches names at any depth (`*.csv`), with `/` paths from
+    /// the version's root (`registry/**/2026*`); a trailing `/` folders only, `!` what does not
+    /// match.
     pub pattern: String,
     /// Also versions no witnessed checkpoint covers yet (when the vault requires witnesses).
     #[arg(long)]
@@ -26,6 +30,8 @@ pub struct FindArgs {
 
 /// Runs `embassy find`.
 pub fn run(cli: &Cli, args: &FindArgs) -> Result<ExitCode> {
+    // A pattern that cannot be used is refused before the passphrase is asked for.
+    Pattern::parse(&args.pattern).map_err(|e| Error::invalid(e.to_string()))?;
     let vault = open_vault(cli)?;
     browse::versions(&vault, &args.dataset, args.unwitnessed)?;
     let keyring = unlock(cli, &vault)?;

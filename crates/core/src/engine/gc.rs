@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::vault::{versions_in, Vault};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Problem, Result};
 use crate::format::layout;
 use crate::format::wal_log::{self, LogKind};
 use crate::history::ledger::{Event, Record};
@@ -121,10 +121,13 @@ pub struct GcReport {
     pub deferred: Vec<String>,
     /// Deletions the site refused (Object Lock retention, permissions): retried next run.
     pub refused: Vec<String>,
-    /// Datasets left alone this run, with why (a history or reference that does not verify).
-    pub skipped: Vec<String>,
-    /// Damaged bookkeeping objects and other problems that did not stop the run.
-    pub problems: Vec<String>,
+    /// Datasets left alone this run, with why (a history or reference that does not verify,
+    /// or could not be read): each of the kind of the error that stopped it.
+    pub skipped: Vec<Problem>,
+    /// Damaged bookkeeping objects and other problems that did not stop the run, each typed:
+    /// [`ErrorKind::Integrity`] for damage or forgery, [`ErrorKind::Outage`] for what could
+    /// not be listed or read this time.
+    pub problems: Vec<Problem>,
     /// Packs whose live blobs were copied into new packs this run (the old ones are condemned
     /// with the rest and deleted after the grace period).
     pub repacked: Vec<String>,
@@ -384,9 +387,13 @@ pub fn collect_garbage(
                 let mut valid = Vec::new();
                 for (path, time, record) in records {
                     if !allowed.contains(&record.signer) {
-                        report.problems.push(format!(
-                            "{path}: condemnation record signed by {}, which may not delete: ignored",
-                            hex::encode(&record.signer[..8])
+                        report.problems.push(Problem::new(
+                            ErrorKind::Integrity,
+                            format!(
+                                "{path}: condemnation record signed by {}, which may not delete: \
+                                 ignored",
+                                hex::encode(&record.signer[..8])
+                            ),
                         ));
                         continue;
                     }
@@ -398,10 +405,13 @@ pub fn collect_garbage(
                 site_records.push(valid);
             }
             Err(e) => {
-                report.problems.push(format!(
-                    "{}: its condemnation records cannot be listed, so nothing is deleted there \
-                     this run: {e}",
-                    site.location()
+                report.problems.push(Problem::new(
+                    e.kind(),
+                    format!(
+                        "{}: its condemnation records cannot be listed, so nothing is deleted \
+                         there this run: {e}",
+                        site.location()
+                    ),
                 ));
                 site_records.push(Vec::new());
             }
@@ -438,8 +448,11 @@ pub fn collect_garbage(
         {
             Ok(h) => h,
             Err(e) => {
-                report.skipped.push(format!(
-                    "{dataset}: its history does not verify, so nothing of it is collected: {e}"
+                report.skipped.push(Problem::new(
+                    e.kind(),
+                    format!(
+                        "{dataset}: its history does not verify, so nothing of it is collected: {e}"
+                    ),
                 ));
                 continue;
             }
@@ -462,9 +475,12 @@ pub fn collect_garbage(
         let mut referenced = match dataset_references(&[]) {
             Ok(r) => r,
             Err(e) => {
-                report.skipped.push(format!(
-                    "{dataset}: a live version's objects cannot be followed, so nothing of it is \
-                     collected (repair the site with `embassy sync --repair` first): {e}"
+                report.skipped.push(Problem::new(
+                    e.kind(),
+                    format!(
+                        "{dataset}: a live version's objects cannot be followed, so nothing of it \
+                         is collected (repair the site with `embassy sync --repair` first): {e}"
+                    ),
                 ));
                 continue;
             }
@@ -484,10 +500,14 @@ pub fn collect_garbage(
             if session_signers.contains(&m.2.signer) {
                 ds_markers.push(m);
             } else {
-                report.problems.push(format!(
-                    "{}: session marker signed by {}, which is not an active signer of {dataset}: ignored",
-                    m.0,
-                    hex::encode(&m.2.signer[..8])
+                report.problems.push(Problem::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "{}: session marker signed by {}, which is not an active signer of \
+                         {dataset}: ignored",
+                        m.0,
+                        hex::encode(&m.2.signer[..8])
+                    ),
                 ));
             }
         }
@@ -542,8 +562,12 @@ pub fn collect_garbage(
                 let mut complete = true;
                 for object in objects {
                     if !collectable(dataset, object) {
-                        report.problems.push(format!(
-                            "{path}: names {object}, which is not a {dataset} pack, index or manifest: ignored"
+                        report.problems.push(Problem::new(
+                            ErrorKind::Integrity,
+                            format!(
+                                "{path}: names {object}, which is not a {dataset} pack, index or \
+                                 manifest: ignored"
+                            ),
                         ));
                         continue;
                     }
@@ -604,17 +628,23 @@ pub fn collect_garbage(
                 Ok(written) if !written.is_empty() => match dataset_references(&written) {
                     Ok(r) => referenced = r,
                     Err(e) => {
-                        report.skipped.push(format!(
-                            "{dataset}: after repacking, a live version's objects cannot be \
-                             followed, so nothing of it is condemned this run: {e}"
+                        report.skipped.push(Problem::new(
+                            e.kind(),
+                            format!(
+                                "{dataset}: after repacking, a live version's objects cannot be \
+                                 followed, so nothing of it is condemned this run: {e}"
+                            ),
                         ));
                         continue;
                     }
                 },
                 Ok(_) => {}
-                Err(e) => report.problems.push(format!(
-                    "{dataset}: repacking stopped (nothing of it was lost; what was written is \
-                     used or collected by a later run): {e}"
+                Err(e) => report.problems.push(Problem::new(
+                    e.kind(),
+                    format!(
+                        "{dataset}: repacking stopped (nothing of it was lost; what was written \
+                         is used or collected by a later run): {e}"
+                    ),
                 )),
             }
         }

@@ -1,5 +1,7 @@
-//! `find`: the paths matching a glob pattern in every version of a dataset, each with the
-//! versions that hold it.
+//! `find`: the paths matching a pattern in every version of a dataset, each with the versions
+//! that hold it. The pattern grammar is the selection's (`embassy_sources::selection`, the one
+//! rule backups and restores use): without `/` a name at any depth, with `/` a path anchored at
+//! the version's root, a trailing `/` folders only, a leading `!` what does not match.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,10 +9,10 @@ use embassy_core::engine::reader::VersionReader;
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::format::tree::NodeKind;
 use embassy_core::id::ChunkId;
-use embassy_core::Result;
+use embassy_core::{Error, Result};
+use embassy_sources::selection::Pattern;
 use serde::Serialize;
 
-use super::glob::Pattern;
 use super::{join, open_version, Content, Entry};
 
 /// One path that matched, across versions.
@@ -45,7 +47,7 @@ pub struct Found {
 }
 
 /// Searches every version of `dataset` (those [`super::versions`] gives) for entries matching
-/// `pattern`.
+/// `pattern` (refused as invalid input when it is not a pattern, e.g. an unclosed `[`).
 pub fn find(
     vault: &Vault,
     keyring: &Keyring,
@@ -53,7 +55,7 @@ pub fn find(
     pattern: &str,
     allow_unwitnessed: bool,
 ) -> Result<Found> {
-    let glob = Pattern::new(pattern);
+    let glob = Pattern::parse(pattern).map_err(|e| Error::invalid(e.to_string()))?;
     let versions = super::versions(vault, dataset, allow_unwitnessed)?;
     let mut found: BTreeMap<String, Match> = BTreeMap::new();
     let mut searched = Vec::new();
@@ -110,7 +112,7 @@ fn under(
     let mut hits = Vec::new();
     for node in reader.read_tree(subtree)?.nodes {
         let path = join(prefix, &node.name);
-        if glob.matches(&path) {
+        if glob.finds(path.as_bytes(), node.kind == NodeKind::Dir) {
             hits.push(Entry::of(path.clone(), &node));
         }
         if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {

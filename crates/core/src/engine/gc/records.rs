@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::vault::Vault;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Problem, Result};
 use crate::format::layout;
 use crate::id::ObjectId;
 use crate::site::Site;
@@ -114,7 +114,7 @@ impl Signed for SessionMarker {
 }
 
 /// Objects with their path and time, and problems found on the way.
-pub(super) type Timed<T> = (Vec<(String, i64, T)>, Vec<String>);
+pub(super) type Timed<T> = (Vec<(String, i64, T)>, Vec<Problem>);
 
 /// Reads every object under `prefix` named `<dataset>/<time, 20 digits>-<id>`, checked against
 /// its name: its bytes hash to the id, it carries a valid signature by the key it names, and
@@ -134,7 +134,10 @@ pub(super) fn load_timed<T: Signed>(site: &dyn Site, prefix: &str) -> Result<Tim
             layout::id_in_path(&info.path),
             dataset_of(&info.path),
         ) else {
-            problems.push(format!("{}: unexpected object: ignored", info.path));
+            problems.push(Problem::new(
+                ErrorKind::Integrity,
+                format!("{}: unexpected object: ignored", info.path),
+            ));
             continue;
         };
         let loaded = crate::format::object::get_checked(site, &info.path, &id, "the listing")
@@ -149,18 +152,22 @@ pub(super) fn load_timed<T: Signed>(site: &dyn Site, prefix: &str) -> Result<Tim
                 )
             });
         match loaded {
-            Ok(v) if v.dataset() != dataset || v.time_ns() != time => problems.push(format!(
-                "{}: {} whose signed dataset or time ({}, {}) is not that of its path: ignored",
-                info.path,
-                T::WHAT,
-                v.dataset(),
-                v.time_ns()
+            Ok(v) if v.dataset() != dataset || v.time_ns() != time => problems.push(Problem::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{}: {} whose signed dataset or time ({}, {}) is not that of its path: ignored",
+                    info.path,
+                    T::WHAT,
+                    v.dataset(),
+                    v.time_ns()
+                ),
             )),
             Ok(v) => out.push((info.path, time, v)),
             // Removed since the listing by a collection that finished with it: a record goes
             // only after every object it lists, so nothing it protected is still there.
             Err(Error::Missing { .. }) => {}
-            Err(e) => problems.push(format!("{e}: ignored")),
+            // Damage or forgery is integrity; a read that failed is an outage.
+            Err(e) => problems.push(Problem::new(e.kind(), format!("{e}: ignored"))),
         }
     }
     out.sort_by_key(|(p, t, _)| (*t, p.clone()));
