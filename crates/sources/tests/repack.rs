@@ -428,3 +428,82 @@ fn a_repack_stopped_at_any_step_leaves_a_vault_that_verifies_and_a_rerun_complet
         s.verifies();
     }
 }
+
+/// Moves `paths` of the site folder away (a site that lost or withholds them) into `aside`.
+fn hide(s: &Setup, paths: &[String], aside: &std::path::Path) {
+    for p in paths {
+        let to = aside.join(p);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::rename(s.dir.path().join("site").join(p), to).unwrap();
+    }
+}
+
+/// Puts back what [`hide`] moved away.
+fn unhide(s: &Setup, paths: &[String], aside: &std::path::Path) {
+    for p in paths {
+        std::fs::rename(aside.join(p), s.dir.path().join("site").join(p)).unwrap();
+    }
+}
+
+/// A repack mixed live and dead data; returns the kept version, its bytes and the first gc's
+/// report (old packs condemned, new packs and the repack index written).
+fn repacked(s: &Setup) -> (Version, Vec<u8>, GcReport) {
+    let (mixed, _) = stream(24, |_| true);
+    let (live, _) = stream(24, |_| false);
+    s.backup(mixed, || {});
+    let v2 = s.backup(live.clone(), || {});
+    s.keep_newest();
+    let first = s.gc(10, now_unix_nanos());
+    assert!(!first.repacked.is_empty(), "{first:?}");
+    (v2, live, first)
+}
+
+// Red team (session 6): after a repack the site lost the new pack; the next gc deleted the old
+// pack anyway (the repack index stood in without its pack), and the version was gone.
+#[test]
+fn a_repack_whose_new_pack_is_lost_never_makes_gc_delete_the_old_pack() {
+    let s = Setup::new();
+    let (v2, live, first) = repacked(&s);
+    let new_packs: Vec<String> = first
+        .repack_written
+        .iter()
+        .filter(|p| p.starts_with("packs/"))
+        .cloned()
+        .collect();
+    assert!(!new_packs.is_empty(), "{first:?}");
+    let aside = s.dir.path().join("lost");
+    hide(&s, &new_packs, &aside);
+    for _ in 0..3 {
+        let r = s.gc(100, after_grace());
+        for old in &first.repacked {
+            assert!(!r.deleted.contains(old), "{old} deleted: {r:?}");
+        }
+    }
+    assert!(s.restore(&v2) == live, "restores from the old packs");
+}
+
+// Red team (session 6): a site that withheld only the repack index for two gc runs made gc
+// delete the new packs (unreferenced), then, once the index was shown again, the old ones.
+#[test]
+fn a_withheld_repack_index_never_makes_gc_delete_both_copies() {
+    let s = Setup::new();
+    let (v2, live, first) = repacked(&s);
+    let repack_indexes: Vec<String> = first
+        .repack_written
+        .iter()
+        .filter(|p| p.starts_with("index/"))
+        .cloned()
+        .collect();
+    assert!(!repack_indexes.is_empty(), "{first:?}");
+    let aside = s.dir.path().join("withheld");
+    hide(&s, &repack_indexes, &aside);
+    s.gc(100, after_grace());
+    s.gc(100, after_grace());
+    unhide(&s, &repack_indexes, &aside);
+    for _ in 0..3 {
+        s.gc(100, after_grace());
+    }
+    assert!(s.restore(&v2) == live, "the version still restores");
+    let keyless = verify::verify(&s.vault, None, &Silent).unwrap();
+    assert!(keyless.is_ok(), "keyless: {:?}", keyless.problems);
+}

@@ -189,10 +189,16 @@ fn references(
         .collect();
     // Indexes that cannot be read or are not trusted stand in for nothing (`verify` reports
     // them); what they would replace stays referenced.
-    let (replacements, _ignored) =
+    let (mut replacements, _ignored) =
         crate::format::index::Replacements::load(site, dataset, candidates, &|k| {
             deleters.contains(k)
         });
+    // A repack index stands in only while the site lists every pack it names (or this run
+    // wrote it, after its packs): the old packs stay referenced until the new ones are there
+    // (a lost or withheld new pack never makes the only copy left look unneeded).
+    replacements.retain_complete(extra, &|pack| {
+        listed.contains_key(layout::pack(dataset, pack).as_str())
+    });
     let mut followed: HashSet<ObjectId> = HashSet::new();
     for (named_index, seq) in named {
         for index in replacements.needed(&named_index, seq) {

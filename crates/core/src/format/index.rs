@@ -294,6 +294,30 @@ impl Replacements {
         }
     }
 
+    /// Keeps only the repack indexes whose every pack `has_pack` says the site holds (or that
+    /// are in `written`, whose packs this process has just stored), and returns the ids of those
+    /// dropped. Garbage collection applies it before it lets a repack index stand in for the
+    /// indexes it replaces: a repack whose new pack is lost or withheld must never make the old
+    /// packs, the only copy left, look unneeded.
+    pub fn retain_complete(
+        &mut self,
+        written: &[ObjectId],
+        has_pack: &dyn Fn(&ObjectId) -> bool,
+    ) -> Vec<ObjectId> {
+        let mut dropped = Vec::new();
+        for list in self.by_replaced.values_mut() {
+            list.retain(|(id, header)| {
+                let complete = written.contains(id) || header.packs.iter().all(has_pack);
+                if !complete && !dropped.contains(id) {
+                    dropped.push(*id);
+                }
+                complete
+            });
+        }
+        self.by_replaced.retain(|_, list| !list.is_empty());
+        dropped
+    }
+
     /// True when no repack index was found.
     pub fn is_empty(&self) -> bool {
         self.by_replaced.is_empty()
