@@ -88,12 +88,12 @@ impl VersionReader {
             .any(|r| matches!(r, Err(Error::Missing { .. })))
         {
             let named: std::collections::HashSet<ObjectId> = indexes.iter().copied().collect();
-            let candidates: Vec<ObjectId> =
-                site.list(&layout::index_prefix(dataset))?
-                    .iter()
-                    .filter_map(|i| layout::id_in_path(&i.path))
-                    .filter(|id| !named.contains(id))
-                    .collect();
+            let candidates: Vec<ObjectId> = site
+                .list(&layout::index_prefix(dataset))?
+                .iter()
+                .filter_map(|i| layout::id_in_path(&i.path))
+                .filter(|id| !named.contains(id))
+                .collect();
             let (replacements, _) =
                 index::Replacements::load(site.as_ref(), dataset, candidates, &|_| true);
             let mut all_indexes = Vec::new();
