@@ -114,7 +114,8 @@ pub(crate) use embassy_core::site::valid_object_path;
 /// Opens several sites as one vault: writes go to all, and succeed once `min_sites` hold them.
 /// Every site must already hold the same vault, except when `creating` a vault: a site that holds
 /// none while others do is refused ([`embassy_core::Error::SiteWithoutVault`]; a new site is
-/// seeded with [`embassy_core::engine::sync::seed`]), never created or filled.
+/// seeded with [`embassy_core::engine::sync::seed`]), never created or filled (the agent leaves
+/// it out instead: [`open_many_queued_with`] with [`WithoutVault::LeaveOut`]).
 pub fn open_many(
     locations: &[String],
     min_sites: usize,
