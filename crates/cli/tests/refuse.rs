@@ -236,7 +236,7 @@ enum Lost {
 /// the advised seed brings b back without a restart, b catches up and the alarm clears.
 fn the_agent_leaves_out_b_and_uses_it_again_once_seeded(lost: Lost) {
     use embassy_testkit::agent::{cell, wait_until, Agent};
-    use embassy_testkit::status_page::status_json;
+    use embassy_testkit::status_page::{http_get, status_json};
     use std::time::Duration;
     let env = Env::new();
     env.vault();
@@ -308,6 +308,15 @@ fn the_agent_leaves_out_b_and_uses_it_again_once_seeded(lost: Lost) {
     assert!(error.contains("mount its disk"), "{error}");
     assert_eq!(site_b(&r)["problem_kind"], "config", "{r}");
     assert_eq!(cell(&r, "register", "b")["colour"], "red", "{r}");
+    assert_eq!(site_b(&r)["holds_no_vault"], true, "{r}");
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("embassy_site_holds_no_vault{site=\"b\"} 1"),
+        "{metrics}"
+    );
+    let page = http_get(port, "/").unwrap_or_default();
+    assert!(page.contains("HOLDS NO VAULT"), "{page}");
+    assert!(page.contains("sync --seed"), "{page}");
     // The alarm goes out, of kind config.
     wait_until(Duration::from_secs(30), "the alarm for b", &agent, || {
         let text = std::fs::read_to_string(&alarms).ok()?;
