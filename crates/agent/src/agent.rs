@@ -86,6 +86,11 @@ pub fn run(config_path: &Path, options: Options, control: Control) -> Result<(),
         hint: crate::hints::for_error(&error, &config),
         error: Box::new(error),
     })?;
+    // Sites left out (one that holds no vault, one that is down): the others keep protecting
+    // every dataset; the looks at the sites show why and raise the alarm.
+    for l in embassy_ops::backup::lagging(&vault) {
+        log(format!("warning: site {} is left out: {}", l.site, l.why));
+    }
     let keyring =
         Arc::new(
             run::unlock(&config.keys, &vault).map_err(|error| AgentError::Open {

@@ -174,10 +174,12 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
     }
     h.push_str("</tbody></table>\n<h2>Sites</h2><ul class=\"sites\">");
     for s in &report.sites {
-        let held = s
-            .bytes_stored
-            .map(|b| format!("{} held", embassy_core::text::size(b)))
-            .unwrap_or_else(|| "not readable".into());
+        let held = match (&s.error, s.bytes_stored) {
+            // Left out of every run: say so, with the way out.
+            (Some(e), _) if s.holds_no_vault => e.clone(),
+            (_, Some(b)) => format!("{} held", embassy_core::text::size(b)),
+            _ => "not readable".into(),
+        };
         let queued = match s.catch_up_pending {
             Some(n) if n > 0 => format!("; {n} missed writes queued for catch-up"),
             _ => String::new(),
@@ -208,6 +210,7 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
             match problem {
                 Some(ErrorKind::Integrity) => " DAMAGED OR TAMPERED WITH",
                 Some(ErrorKind::Outage) => " unreachable",
+                _ if s.holds_no_vault => " HOLDS NO VAULT (left out)",
                 _ => "",
             },
             esc(&s.location),

@@ -12,10 +12,6 @@ pub fn for_error(error: &RunError, config: &Config) -> Option<String> {
     let RunError::Core(error) = error else {
         return None;
     };
-    let named = |location: &str| match config.sites.iter().find(|s| s.location == location) {
-        Some(site) => format!("site {:?} ({location})", site.name),
-        None => location.to_string(),
-    };
     match error {
         Error::NoVault { .. } => Some(format!(
             "if there is no vault yet, create it with `embassy init --site {}`; if there is, \
@@ -23,25 +19,7 @@ pub fn for_error(error: &RunError, config: &Config) -> Option<String> {
             config.locations().join(" --site ")
         )),
         Error::SiteWithoutVault { sites, holding } => {
-            let from = holding
-                .first()
-                .map_or("SITE-WITH-THE-VAULT", String::as_str);
-            Some(format!(
-                "{} holds no vault: if it should, mount its disk or fix its `path`/`url` under \
-                 [[sites]] in embassy.toml; if it is a new site, seed it with {} and start the \
-                 agent again; or remove it from embassy.toml. The agent never fills a site that \
-                 holds no vault",
-                sites
-                    .iter()
-                    .map(|s| named(s))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                sites
-                    .iter()
-                    .map(|to| format!("`embassy sync --seed --from {from} --to {to}`"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ))
+            Some(site_without_vault(config, sites, holding))
         }
         Error::NoKeyFile { path } => Some(format!(
             "set `file` under [keys] in embassy.toml to the vault's key file (now {}); if it is \
@@ -50,4 +28,32 @@ pub fn for_error(error: &RunError, config: &Config) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// The way out for `sites` that hold no vault while `holding` hold it: the agent leaves such a
+/// site out (never fills it) and uses it again once it holds the vault.
+pub fn site_without_vault(config: &Config, sites: &[String], holding: &[String]) -> String {
+    let named = |location: &str| match config.sites.iter().find(|s| s.location == location) {
+        Some(site) => format!("site {:?} ({location})", site.name),
+        None => location.to_string(),
+    };
+    let from = holding
+        .first()
+        .map_or("SITE-WITH-THE-VAULT", String::as_str);
+    format!(
+        "{} holds no vault: if it should, mount its disk or fix its `path`/`url` under \
+         [[sites]] in embassy.toml; if it is a new site, seed it with {}; or remove it from \
+         embassy.toml. The agent leaves it out and never fills it; it uses it again, and \
+         catches it up, once it holds the vault",
+        sites
+            .iter()
+            .map(|s| named(s))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sites
+            .iter()
+            .map(|to| format!("`embassy sync --seed --from {from} --to {to}`"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    )
 }

@@ -113,6 +113,12 @@ pub fn metrics(report: &StatusReport) -> String {
         per_site(&|s| Some(s.error.is_none() as u8 as f64)),
     );
     family(
+        "embassy_site_holds_no_vault",
+        "1 when the site holds no vault while other sites hold it (a disk not mounted, a wrong path): left out of every run and never filled until it is seeded.",
+        "gauge",
+        per_site(&|s| Some(s.holds_no_vault as u8 as f64)),
+    );
+    family(
         "embassy_site_bytes_stored",
         "Bytes of all objects at the site.",
         "gauge",

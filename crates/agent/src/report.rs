@@ -46,6 +46,9 @@ pub struct SiteStatus {
     pub error: Option<String>,
     /// Its worst problem, integrity first ([`site_problem`]).
     pub problem_kind: Option<ErrorKind>,
+    /// It holds no vault while other sites hold it: left out of every run, never filled, until
+    /// it holds the vault again (`error` gives the way out).
+    pub holds_no_vault: bool,
     /// Bytes of all objects it holds.
     pub bytes_stored: Option<u64>,
     /// Writes it missed, queued for catch-up.
@@ -189,6 +192,7 @@ pub fn report(
                     x.error.as_ref().map(|e| e.message.clone())
                 }),
                 problem_kind: site_problem(snap, verify),
+                holds_no_vault: snap.is_some_and(|x| x.holds_no_vault),
                 bytes_stored: snap.and_then(|x| x.bytes_stored),
                 catch_up_pending: snap.and_then(|x| x.catch_up_pending),
                 read_at: snap.map(|x| embassy_core::time::utc(x.read_at_ns)),

@@ -25,13 +25,15 @@ pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, Ru
 }
 
 /// How the agent opens the vault: every configured site, `min_sites`, its state folder, the
-/// verified heads in its `vaults` subfolder, writes refused once `cancel` is set.
+/// verified heads in its `vaults` subfolder, writes refused once `cancel` is set, and a site
+/// that holds no vault left out (never filled) while the others keep every dataset protected.
 pub fn open_options(config: &Config, cancel: &Arc<AtomicBool>) -> embassy_ops::open::OpenOptions {
     let state_dir = config.agent.state_dir.clone();
     embassy_ops::open::OpenOptions {
         min_sites: Some(config.agent.min_sites),
         heads_dir: state_dir.join("vaults"),
         cancel: Some(cancel.clone()),
+        without_vault: embassy_sites::WithoutVault::LeaveOut,
         ..embassy_ops::open::OpenOptions::new(config.locations(), state_dir)
     }
 }

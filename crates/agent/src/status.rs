@@ -47,6 +47,9 @@ pub struct SiteSnapshot {
     pub location: String,
     /// Why it cannot be read at all, and what kind of problem that is.
     pub error: Option<Problem>,
+    /// It holds no vault while other sites hold it: left out of every run and never filled
+    /// until it holds the vault again (`error` says so, with the way out).
+    pub holds_no_vault: bool,
     /// Bytes of all objects it holds.
     pub bytes_stored: Option<u64>,
     /// Per dataset.
@@ -72,6 +75,7 @@ pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) 
         name: name.to_string(),
         location: location.to_string(),
         error: read.error,
+        holds_no_vault: read.holds_no_vault,
         bytes_stored: read.bytes_stored,
         read_at_ns: read.read_at_ns,
         ..SiteSnapshot::default()
@@ -110,7 +114,7 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
     } else {
         BTreeMap::new()
     };
-    config
+    let mut snaps: Vec<SiteSnapshot> = config
         .sites
         .iter()
         .map(|s| {
@@ -118,7 +122,25 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
             snap.catch_up_pending = pending.get(&s.location).copied();
             snap
         })
-        .collect()
+        .collect();
+    // A site without a vault among sites that hold it: said so, with the way out (the runs
+    // leave it out). When no site holds the vault, the read error stands as it is.
+    let holding: Vec<String> = snaps
+        .iter()
+        .filter(|s| s.error.is_none())
+        .map(|s| s.location.clone())
+        .collect();
+    if !holding.is_empty() {
+        for snap in snaps.iter_mut().filter(|s| s.holds_no_vault) {
+            let advice = crate::hints::site_without_vault(
+                config,
+                std::slice::from_ref(&snap.location),
+                &holding,
+            );
+            snap.error = Some(Problem::new(ErrorKind::Config, advice));
+        }
+    }
+    snaps
 }
 
 /// Health of one dataset at one site ("green", "amber", "red" in JSON).
@@ -200,8 +222,9 @@ pub fn judge(
         _ => None,
     };
     if let Some((kind, why)) = unreadable {
-        // Damage or tampering is not a matter of time: the data there cannot be trusted now.
-        if kind == ErrorKind::Integrity {
+        // Damage or tampering is not a matter of time: the data there cannot be trusted now;
+        // neither is a site that holds no vault: it holds nothing to restore.
+        if kind == ErrorKind::Integrity || snap.holds_no_vault {
             let lag = last_seen_ns.map(|seen| ((now_ns - seen) as f64 / 1e9).max(0.0));
             return (Colour::Red, why, lag, facts);
         }

@@ -479,6 +479,7 @@ fn the_status_document_keeps_its_documented_fields() {
             "location",
             "error",
             "problem_kind",
+            "holds_no_vault",
             "bytes_stored",
             "catch_up_pending",
             "read_at",

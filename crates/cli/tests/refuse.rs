@@ -2,7 +2,9 @@
 //! moved-away folder, an empty folder (an unmounted disk's mount point) or an empty S3 prefix
 //! among the sites of a vault stops the command with the site named and the way to seed it,
 //! and that way works. `embassy sync` fills a site without a vault only with `--seed`; the agent
-//! refuses to start on such a site and does not suggest `embassy init` (item 2).
+//! leaves such a site out (never fills it), keeps protecting every dataset at the other sites,
+//! shows the site with the way to seed it (not `embassy init`, item 2) and uses it again once
+//! seeded.
 
 use std::path::{Path, PathBuf};
 
@@ -155,45 +157,6 @@ fn an_empty_site_folder_is_refused_and_nothing_is_written_into_it() {
 }
 
 #[test]
-fn the_agent_refuses_a_site_without_a_vault_and_does_not_suggest_init() {
-    let env = Env::new();
-    env.vault();
-    std::fs::write(env.dir.join("passphrase"), embassy_testkit::cli::PASS).unwrap();
-    let config = format!(
-        "[agent]\nstate_dir = \"{}\"\nmin_sites = 1\n[keys]\nfile = \"{}\"\npassphrase_file = \
-         \"{}\"\n[[sites]]\nname = \"a\"\npath = \"{}\"\n[[sites]]\nname = \"b\"\npath = \
-         \"{}\"\n[[datasets]]\nname = \"register\"\nsource = {{ files = [\"{}\"] }}\nrpo = \
-         \"1h\"\ninterval = \"1h\"\n",
-        env.path("agent-state"),
-        env.path("vault.key"),
-        env.path("passphrase"),
-        env.path("a"),
-        env.path("b"),
-        env.path("src"),
-    );
-    std::fs::write(env.dir.join("embassy.toml"), config).unwrap();
-    let b = env.dir.join("b");
-    std::fs::rename(&b, env.dir.join("b.away")).unwrap();
-    let run = env.embassy.run(
-        ["agent", "--config", &env.path("embassy.toml"), "--once"],
-        None,
-    );
-    assert_ne!(run.code, 0, "{run:?}");
-    let text = run.text();
-    assert!(text.contains("holds no vault"), "{run:?}");
-    assert!(text.contains("site \"b\""), "{run:?}");
-    assert!(!text.contains("embassy init"), "{run:?}");
-    assert!(!b.exists(), "the agent created the missing site: {run:?}");
-    // The advice works: seed b, and the agent runs.
-    let seed = advised(&text, "sync --seed");
-    env.embassy.ok(&seed, None);
-    env.embassy.ok(
-        ["agent", "--config", &env.path("embassy.toml"), "--once"],
-        None,
-    );
-}
-
-#[test]
 fn an_empty_s3_prefix_is_refused_and_seeded_only_when_asked() {
     use embassy_core::site::Site;
     use embassy_testkit::s3;
@@ -260,48 +223,164 @@ fn a_site_that_lost_its_configuration_is_refused_and_the_advised_seed_mends_it()
     env.ok(&["a", "b"], &["backup", "register", &env.path("src")]);
 }
 
-#[test]
-fn a_running_agent_does_not_refill_a_site_that_lost_its_vault() {
-    use embassy_testkit::agent::{wait_until, Agent};
+/// When b loses its vault: before the agent starts, or while it runs.
+#[derive(PartialEq)]
+enum Lost {
+    BeforeStart,
+    WhileRunning,
+}
+
+/// The agent with sites a and b (`min_sites = 1`) and b without its vault (moved away; while
+/// running, an empty mount point is left): the agent keeps backing up to a, never re-creates or
+/// fills b, shows b as holding no vault with the way out and raises the alarm (kind config);
+/// the advised seed brings b back without a restart, b catches up and the alarm clears.
+fn the_agent_leaves_out_b_and_uses_it_again_once_seeded(lost: Lost) {
+    use embassy_testkit::agent::{cell, wait_until, Agent};
+    use embassy_testkit::status_page::{http_get, status_json};
     use std::time::Duration;
     let env = Env::new();
     env.vault();
     std::fs::write(env.dir.join("passphrase"), embassy_testkit::cli::PASS).unwrap();
+    let port = embassy_testkit::free_port();
+    let alarms = env.dir.join("alarms.txt");
     let config = format!(
-        "[agent]\nstate_dir = \"{}\"\nmin_sites = 1\n[keys]\nfile = \"{}\"\npassphrase_file = \
-         \"{}\"\n[[sites]]\nname = \"a\"\npath = \"{}\"\n[[sites]]\nname = \"b\"\npath = \
+        "[agent]\nstate_dir = \"{}\"\nmin_sites = 1\nverify_interval = \"never\"\n[keys]\nfile = \
+         \"{}\"\npassphrase_file = \"{}\"\n[status]\nlisten = \"127.0.0.1:{port}\"\n[alarms]\n\
+         command = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_SITE $EMBASSY_ALARM_KIND\\\" \
+         >> '{}'\"\n[[sites]]\nname = \"a\"\npath = \"{}\"\n[[sites]]\nname = \"b\"\npath = \
          \"{}\"\n[[datasets]]\nname = \"register\"\nsource = {{ files = [\"{}\"] }}\nrpo = \
-         \"8s\"\ninterval = \"2s\"\n",
+         \"30s\"\ninterval = \"2s\"\n",
         env.path("agent-state"),
         env.path("vault.key"),
         env.path("passphrase"),
+        alarms.display(),
         env.path("a"),
         env.path("b"),
         env.path("src"),
     );
     std::fs::write(env.dir.join("embassy.toml"), config).unwrap();
+    let b = env.dir.join("b");
+    let newest_at =
+        |r: &serde_json::Value, site: &str| cell(r, "register", site)["newest_version"].as_u64();
+    if lost == Lost::BeforeStart {
+        std::fs::rename(&b, env.dir.join("b.away")).unwrap();
+    }
     let log = env.dir.join("agent.log");
     let mut cmd = env.embassy.command();
-    cmd.args(["agent", "--config", &env.path("embassy.toml")])
+    cmd.current_dir(&env.dir)
+        .args(["agent", "--config", &env.path("embassy.toml")])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let agent = Agent {
         child: cmd.spawn().expect("start embassy agent"),
         log,
     };
-    wait_until(Duration::from_secs(30), "a first run", &agent, || {
-        agent.log().contains("register: version").then_some(())
+    // The vault's one version (from `Env::vault`) is number 1.
+    wait_until(Duration::from_secs(60), "a version at a", &agent, || {
+        let r = status_json(port)?;
+        (newest_at(&r, "a")? >= 2).then_some(())
     });
-    // b's disk goes away: its mount point is left, empty.
-    let b = env.dir.join("b");
-    std::fs::rename(&b, env.dir.join("b.away")).unwrap();
-    std::fs::create_dir(&b).unwrap();
-    wait_until(Duration::from_secs(30), "the refusal", &agent, || {
-        agent.log().contains("holds no vault").then_some(())
+    if lost == Lost::WhileRunning {
+        // b's disk goes away: its mount point is left, empty.
+        std::fs::rename(&b, env.dir.join("b.away")).unwrap();
+        std::fs::create_dir(&b).unwrap();
+    }
+    let site_b = |r: &serde_json::Value| {
+        r["sites"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "b"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let r = wait_until(
+        Duration::from_secs(60),
+        "b shown as holding no vault",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            site_b(&r)["error"]
+                .as_str()?
+                .contains("holds no vault")
+                .then_some(r)
+        },
+    );
+    let error = site_b(&r)["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("mount its disk"), "{error}");
+    assert_eq!(site_b(&r)["problem_kind"], "config", "{r}");
+    assert_eq!(cell(&r, "register", "b")["colour"], "red", "{r}");
+    assert_eq!(site_b(&r)["holds_no_vault"], true, "{r}");
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("embassy_site_holds_no_vault{site=\"b\"} 1"),
+        "{metrics}"
+    );
+    let page = http_get(port, "/").unwrap_or_default();
+    assert!(page.contains("HOLDS NO VAULT"), "{page}");
+    assert!(page.contains("sync --seed"), "{page}");
+    // The alarm goes out, of kind config.
+    wait_until(Duration::from_secs(30), "the alarm for b", &agent, || {
+        let text = std::fs::read_to_string(&alarms).ok()?;
+        text.lines()
+            .any(|l| l.starts_with("raised") && l.contains(" b ") && l.ends_with("config"))
+            .then_some(())
     });
-    // Several runs and looks later, b is still empty.
-    std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(entries(&b), 0, "the agent filled b; log:\n{}", agent.log());
+    // The agent keeps backing up to a.
+    let before = newest_at(&status_json(port).unwrap_or_default(), "a").unwrap_or(0);
+    wait_until(
+        Duration::from_secs(60),
+        "a new version at a",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            (newest_at(&r, "a")? > before).then_some(())
+        },
+    );
+    // b is neither re-created nor filled.
+    match lost {
+        Lost::BeforeStart => assert!(!b.exists(), "the agent created b; log:\n{}", agent.log()),
+        Lost::WhileRunning => {
+            assert_eq!(entries(&b), 0, "the agent filled b; log:\n{}", agent.log())
+        }
+    }
+    // The advice works, without restarting the agent: seed b.
+    let seed = advised(&error, "sync --seed");
+    env.embassy.ok(&seed, None);
+    let r = wait_until(
+        Duration::from_secs(90),
+        "b used and caught up",
+        &agent,
+        || {
+            let r = status_json(port)?;
+            let pending = site_b(&r)["catch_up_pending"].as_u64().unwrap_or(0);
+            (site_b(&r)["error"].is_null()
+                && pending == 0
+                && r["alarms"].as_array().is_some_and(|a| a.is_empty())
+                && newest_at(&r, "b")? > before)
+                .then_some(r)
+        },
+    );
     let (_, log) = agent.stop(Duration::from_secs(30));
     assert!(!log.contains("embassy init"), "{log}");
+    // The writes b missed while it was left out were queued for it, and the agent drained them.
+    assert!(log.contains("site b caught up"), "{log}");
+    let text = std::fs::read_to_string(&alarms).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cleared") && l.contains(" b")),
+        "{text}\n{r}"
+    );
+    // b alone verifies without keys and holds the newest version.
+    env.embassy.ok(["verify", "--site", &env.path("b")], None);
+    let versions = |site: &str| env.ok(&[site], &["versions", "register"]).stdout;
+    assert_eq!(versions("b"), versions("a"));
+}
+
+#[test]
+fn the_agent_starts_without_a_site_that_holds_no_vault_and_uses_it_once_seeded() {
+    the_agent_leaves_out_b_and_uses_it_again_once_seeded(Lost::BeforeStart);
+}
+
+#[test]
+fn a_running_agent_leaves_out_a_site_that_lost_its_vault_and_catches_it_up_once_seeded() {
+    the_agent_leaves_out_b_and_uses_it_again_once_seeded(Lost::WhileRunning);
 }

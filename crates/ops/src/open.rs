@@ -10,7 +10,7 @@ use embassy_core::engine::vault::Vault;
 use embassy_core::history::state::StateStore;
 use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
 use embassy_core::{Error, Result};
-use embassy_sites::RetryPolicy;
+use embassy_sites::{RetryPolicy, WithoutVault};
 
 /// Where a vault is and how this machine opens it.
 #[derive(Debug, Clone)]
@@ -34,6 +34,9 @@ pub struct OpenOptions {
     /// Counts the objects this process stores at the sites (what an interrupted run leaves
     /// for the next one to reuse); None: not counted.
     pub tally: Option<Arc<WriteTally>>,
+    /// A site that holds no vault while others hold it: refused (the command line), or left
+    /// out of the run and never filled (the agent).
+    pub without_vault: WithoutVault,
 }
 
 impl OpenOptions {
@@ -48,6 +51,7 @@ impl OpenOptions {
             forget_site_pin: false,
             cancel: None,
             tally: None,
+            without_vault: WithoutVault::Refuse,
         }
     }
 }
@@ -67,16 +71,19 @@ pub fn open_sites(
         creating,
         queue_dir,
         &RetryPolicy::default(),
+        WithoutVault::Refuse,
     )
 }
 
-/// [`open_sites`], each site retrying as `retry` says (with the run's cancellation switch).
+/// [`open_sites`], each site retrying as `retry` says (with the run's cancellation switch), a
+/// site without a vault refused or left out as `without_vault` says.
 pub fn open_sites_with(
     locations: &[String],
     min_sites: Option<usize>,
     creating: bool,
     queue_dir: Option<&Path>,
     retry: &RetryPolicy,
+    without_vault: WithoutVault,
 ) -> Result<Arc<dyn Site>> {
     if locations.is_empty() {
         return Err(Error::invalid(
@@ -85,7 +92,7 @@ pub fn open_sites_with(
     }
     let min = min_sites.unwrap_or(locations.len());
     let queue_dir = queue_dir.filter(|_| locations.len() > 1);
-    embassy_sites::open_many_queued_with(locations, min, creating, queue_dir, retry)
+    embassy_sites::open_many_queued_with(locations, min, creating, queue_dir, retry, without_vault)
 }
 
 /// Opens the vault at the sites: writers on this host take turns at each ledger through lock
@@ -100,6 +107,7 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
         false,
         Some(&options.state_dir),
         &retry,
+        options.without_vault,
     )?;
     let site: Arc<dyn Site> = if options.cancel.is_some() || options.tally.is_some() {
         let cancel = options.cancel.clone().unwrap_or_default();

@@ -63,6 +63,9 @@ pub struct SiteFacts {
     pub location: String,
     /// Why the site cannot be read at all.
     pub error: Option<Problem>,
+    /// The site holds no vault at all (a missing or empty folder, bucket or prefix: most often
+    /// a disk that is not mounted or a wrong path); `error` says so too.
+    pub holds_no_vault: bool,
     /// Bytes of all objects it holds (when asked for: it lists the whole site).
     pub bytes_stored: Option<u64>,
     /// Per dataset, in name order.
@@ -102,6 +105,7 @@ pub fn read_site(location: &str, options: &ReadOptions) -> SiteFacts {
         ..SiteFacts::default()
     };
     if let Err(e) = read_into(&mut facts, location, options) {
+        facts.holds_no_vault = matches!(e, embassy_core::Error::NoVault { .. });
         facts.error = Some(e.into());
     }
     facts

@@ -114,7 +114,8 @@ pub(crate) use embassy_core::site::valid_object_path;
 /// Opens several sites as one vault: writes go to all, and succeed once `min_sites` hold them.
 /// Every site must already hold the same vault, except when `creating` a vault: a site that holds
 /// none while others do is refused ([`embassy_core::Error::SiteWithoutVault`]; a new site is
-/// seeded with [`embassy_core::engine::sync::seed`]), never created or filled.
+/// seeded with [`embassy_core::engine::sync::seed`]), never created or filled (the agent leaves
+/// it out instead: [`open_many_queued_with`] with [`WithoutVault::LeaveOut`]).
 pub fn open_many(
     locations: &[String],
     min_sites: usize,
@@ -137,16 +138,33 @@ pub fn open_many_queued(
         creating,
         state_dir,
         &RetryPolicy::default(),
+        WithoutVault::Refuse,
     )
 }
 
-/// [`open_many_queued`], each site retrying as `policy` says.
+/// What opening several sites does with a site that holds no vault while others hold it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WithoutVault {
+    /// The open fails with [`embassy_core::Error::SiteWithoutVault`] (the command line: the
+    /// operator is there to mount the disk or seed the site).
+    #[default]
+    Refuse,
+    /// The site is left out of the run, as a site that is down: never written to or filled,
+    /// its missed writes queued, and it counts against `min_sites` (the agent: every dataset
+    /// stays protected at the other sites, and the site is shown as holding no vault).
+    LeaveOut,
+}
+
+/// [`open_many_queued`], each site retrying as `policy` says, a site without a vault refused or
+/// left out as `without_vault` says (every site without one is [`embassy_core::Error::NoVault`]
+/// either way).
 pub fn open_many_queued_with(
     locations: &[String],
     min_sites: usize,
     creating: bool,
     state_dir: Option<&std::path::Path>,
     policy: &RetryPolicy,
+    without_vault: WithoutVault,
 ) -> embassy_core::Result<Arc<dyn Site>> {
     if locations.len() == 1 {
         return Ok(open_with(&locations[0], policy)?);
@@ -187,7 +205,7 @@ pub fn open_many_queued_with(
             let config = match answer {
                 Ok(c) => c,
                 Err(SiteError::NotFound { .. }) => {
-                    without.push(given.clone());
+                    without.push((site.location().to_string(), given.clone()));
                     continue;
                 }
                 Err(e) => {
@@ -219,19 +237,33 @@ pub fn open_many_queued_with(
             holding.push(given.clone());
             usable += 1;
         }
-        if !without.is_empty() {
-            // Refused, not filled: an empty or missing site is most often a disk that is not
-            // mounted or a mistyped path (issue 15).
-            return Err(if without.len() == sites.len() {
-                embassy_core::Error::NoVault {
-                    site: locations.join(" + "),
-                }
-            } else {
-                embassy_core::Error::SiteWithoutVault {
-                    sites: without,
-                    holding,
-                }
+        if without.len() == sites.len() {
+            return Err(embassy_core::Error::NoVault {
+                site: locations.join(" + "),
             });
+        }
+        if !without.is_empty() {
+            // Refused or left out, never filled: an empty or missing site is most often a disk
+            // that is not mounted or a mistyped path (issue 15).
+            match without_vault {
+                WithoutVault::Refuse => {
+                    return Err(embassy_core::Error::SiteWithoutVault {
+                        sites: without.into_iter().map(|(_, given)| given).collect(),
+                        holding,
+                    })
+                }
+                WithoutVault::LeaveOut => {
+                    for (location, _) in &without {
+                        replicated.mark_down(location);
+                        replicated.mark_lagging(
+                            location,
+                            "it holds no vault: left out, never filled; it is used again once \
+                             it holds the vault (seeded), and caught up then"
+                                .into(),
+                        );
+                    }
+                }
+            }
         }
         if usable < min_sites {
             return Err(SiteError::Permanent {

@@ -156,14 +156,22 @@ impl Agent {
         if self.cancel.load(Ordering::SeqCst) {
             return;
         }
-        // The most complete readable site: the one holding the most ledger entries.
+        // The most complete readable site: the one holding the most versions.
         let best = snaps
             .iter()
             .filter(|s| s.error.is_none() && s.datasets.values().all(|f| f.held.error.is_none()))
-            .max_by_key(|s| s.datasets.values().map(|f| f.held.versions).sum::<u64>());
+            .max_by_key(|s| {
+                // Of sites holding as much, one with no writes queued for it (a site just
+                // seeded holds as much as the others but still has its missed writes queued).
+                (
+                    s.datasets.values().map(|f| f.held.versions).sum::<u64>(),
+                    std::cmp::Reverse(s.catch_up_pending.unwrap_or(0)),
+                )
+            });
         let Some(best) = best else { return };
         for s in snaps {
-            if s.name == best.name || self.catching_up.contains_key(&s.name) {
+            // A site that holds no vault is never filled: it is seeded on request only.
+            if s.name == best.name || s.holds_no_vault || self.catching_up.contains_key(&s.name) {
                 continue;
             }
             let behind = best.datasets.iter().any(|(d, f)| {
@@ -173,7 +181,10 @@ impl Agent {
             });
             // A site that cannot be opened at all may still be empty (catch up) or down (the
             // attempt fails and is retried at the next look).
-            if !behind {
+            // Writes it missed while it was left out (down, or holding no vault until it was
+            // seeded) are still queued: drained, even when its versions look current.
+            let queued = s.error.is_none() && s.catch_up_pending.unwrap_or(0) > 0;
+            if !behind && !queued {
                 continue;
             }
             let state_dir = self.config.agent.state_dir.clone();
