@@ -118,37 +118,49 @@ pub fn check(config: &Config) -> Vec<Finding> {
             }
         }
     }
-    // The sites: a local folder must exist and hold a vault (the agent never creates or fills
-    // one that does not).
+    // The sites: a local folder must exist and hold a vault. The agent never creates or fills
+    // one that does not: it leaves it out (a warning) while another site holds the vault, and
+    // refuses to start when none does (an error).
+    let mut without = Vec::new();
+    let mut holding = 0;
     for s in &config.sites {
         if s.location.contains("://") && !s.location.starts_with("file://") {
+            holding += 1; // not checked here: counted as holding, so its peers only warn
             continue;
         }
         let folder = Path::new(s.location.strip_prefix("file://").unwrap_or(&s.location));
-        let config_file = folder.join(embassy_core::format::layout::CONFIG);
-        if !folder.is_dir() {
-            error(
-                format!("sites.{}", s.name),
-                format!(
-                    "the site folder {} does not exist: mount its disk or fix `path`; a new \
-                     site is created with `embassy init` (the first) or seeded with `embassy \
-                     sync --seed --from ANOTHER-SITE --to {}`",
-                    folder.display(),
-                    s.location
-                ),
-            );
-        } else if !config_file.is_file() {
-            error(
-                format!("sites.{}", s.name),
-                format!(
-                    "the site folder {} holds no vault: mount its disk or fix `path`; a new \
-                     site is created with `embassy init` (the first) or seeded with `embassy \
-                     sync --seed --from ANOTHER-SITE --to {}`",
-                    folder.display(),
-                    s.location
-                ),
-            );
-        }
+        let why = if !folder.is_dir() {
+            "does not exist"
+        } else if !folder.join(embassy_core::format::layout::CONFIG).is_file() {
+            "holds no vault"
+        } else {
+            holding += 1;
+            continue;
+        };
+        without.push((s, folder.display().to_string(), why));
+    }
+    for (s, folder, why) in without {
+        let (severity, consequence) = if holding > 0 {
+            (
+                Severity::Warning,
+                "the agent leaves it out and never fills it until it holds the vault",
+            )
+        } else {
+            (
+                Severity::Error,
+                "no site holds the vault, so the agent does not start",
+            )
+        };
+        found.push(Finding {
+            severity,
+            setting: format!("sites.{}", s.name),
+            message: format!(
+                "the site folder {folder} {why}: {consequence}; mount its disk or fix `path`; a \
+                 new site is created with `embassy init` (the first) or seeded with `embassy \
+                 sync --seed --from ANOTHER-SITE --to {}`",
+                s.location
+            ),
+        });
     }
     found.extend(warnings);
     found

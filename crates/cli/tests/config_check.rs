@@ -90,4 +90,15 @@ fn config_check_names_missing_keys_sources_and_sites_with_the_fix() {
             && run.stderr.contains("EMBASSY_TEST_UNSET_PASSPHRASE"),
         "{run:?}"
     );
+
+    // One site without its vault while the other holds it: a warning (the agent leaves it out
+    // and keeps protecting at the other), not an error.
+    std::fs::rename(dir.join("sites/hel"), dir.join("hel.away")).unwrap();
+    let run = check();
+    run.ok();
+    assert!(
+        run.stderr.contains("warning: sites.hel")
+            && run.stderr.contains("leaves it out and never fills it"),
+        "{run:?}"
+    );
 }
