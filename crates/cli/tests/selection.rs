@@ -772,8 +772,16 @@ fn restore_replaces_a_hard_link_to_an_outside_file_and_leaves_that_file_alone() 
         );
         let r = run.json();
         let before = fs::metadata(&secret).unwrap();
-        assert_eq!(before.mode() & 0o7777, 0o600, "{flag}: outside mode changed");
-        assert_eq!(before.modified().unwrap(), old, "{flag}: outside mtime changed");
+        assert_eq!(
+            before.mode() & 0o7777,
+            0o600,
+            "{flag}: outside mode changed"
+        );
+        assert_eq!(
+            before.modified().unwrap(),
+            old,
+            "{flag}: outside mtime changed"
+        );
         assert_eq!(before.nlink(), 1, "{flag}: still linked into the target");
         assert_eq!(fs::read(&secret).unwrap(), b"notes");
         let restored = fs::symlink_metadata(out.join("notes.txt")).unwrap();

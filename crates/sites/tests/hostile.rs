@@ -384,7 +384,10 @@ fn a_site_answering_already_exists_without_storing_does_not_hold_the_pack() {
 
     let both = ReplicatedSite::new(vec![good.clone(), liar.clone()], 2).unwrap();
     let refused = both.put(&path, &bytes);
-    assert!(refused.is_err(), "counted as stored at both sites: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "counted as stored at both sites: {refused:?}"
+    );
 
     let one = ReplicatedSite::new(vec![good.clone(), liar.clone()], 1)
         .unwrap()
