@@ -737,3 +737,73 @@ fn a_restore_with_delete_that_fails_removes_nothing_else() {
         "a failed restore deleted extra.txt"
     );
 }
+
+/// A file at the target that is a hard link to a file outside it, with the version's bytes, is
+/// not "already identical": it is replaced by a file of its own, and the outside file keeps its
+/// mode, modification time and bytes (red team 4, break 3).
+#[test]
+fn restore_replaces_a_hard_link_to_an_outside_file_and_leaves_that_file_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let (v, _src) = tree_version(tmp.path());
+    let out = tmp.path().join("out");
+    v.ok("m", &v.key, &["restore", "docs", "--to", s(&out)], None);
+
+    let outside = tmp.path().join("outside");
+    write(&outside, "secret", b"notes");
+    let secret = outside.join("secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(978_307_200); // 2001-01-01
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&secret)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    fs::remove_file(out.join("notes.txt")).unwrap();
+    fs::hard_link(&secret, out.join("notes.txt")).unwrap();
+
+    for flag in ["--delete", "--overwrite"] {
+        let run = v.ok(
+            "m",
+            &v.key,
+            &["--json", "restore", "docs", "--to", s(&out), flag],
+            None,
+        );
+        let r = run.json();
+        let before = fs::metadata(&secret).unwrap();
+        assert_eq!(
+            before.mode() & 0o7777,
+            0o600,
+            "{flag}: outside mode changed"
+        );
+        assert_eq!(
+            before.modified().unwrap(),
+            old,
+            "{flag}: outside mtime changed"
+        );
+        assert_eq!(before.nlink(), 1, "{flag}: still linked into the target");
+        assert_eq!(fs::read(&secret).unwrap(), b"notes");
+        let restored = fs::symlink_metadata(out.join("notes.txt")).unwrap();
+        assert!(restored.is_file());
+        assert_ne!(restored.ino(), before.ino(), "{flag}: same inode");
+        assert_eq!(restored.nlink(), 1);
+        assert_eq!(fs::read(out.join("notes.txt")).unwrap(), b"notes");
+        // Writing the outside file does not change the restored one.
+        fs::write(&secret, b"EVIL!").unwrap();
+        assert_eq!(fs::read(out.join("notes.txt")).unwrap(), b"notes");
+        fs::write(&secret, b"notes").unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&secret)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        if flag == "--delete" {
+            assert_eq!(r["skipped_files"], 5, "{r}");
+            // Link it again for the --overwrite round.
+            fs::remove_file(out.join("notes.txt")).unwrap();
+            fs::hard_link(&secret, out.join("notes.txt")).unwrap();
+        }
+    }
+}

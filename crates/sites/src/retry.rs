@@ -17,6 +17,12 @@
 //! - A write tried again after a failure that may have been applied (its answer lost) and then
 //!   told "already existed" is settled by comparing the stored bytes with its own: identical
 //!   bytes are this write's, so it reports [`Put::Created`].
+//! - "Already existed" for a pack or an index object (named by their content: what is there
+//!   must be these bytes) is believed only once the site lists an object of this size at that
+//!   path; otherwise the write failed ([`SiteError::Retryable`]: a replicated write queues it
+//!   for catch-up). A site answering "already exists" to every write and storing nothing
+//!   would otherwise count as holding every pack. (A site can still answer "stored" and drop
+//!   the bytes: `verify` finds that.)
 //! - Once the cancellation switch is set (the agent abandoning a run, Ctrl-C), no further attempt
 //!   is made and a waiting retry wakes up: the last error returns.
 //! - An S3 endpoint whose breaker is open refuses an attempt at once, without a request; the
@@ -212,7 +218,8 @@ impl RetryingSite {
 
     /// A write's outcome, settled when an earlier attempt failed in a way that may have stored
     /// the object: "already existed" then means "holds these bytes already" only if the stored
-    /// bytes are ours.
+    /// bytes are ours. "Already existed" for an object named by its content is checked against
+    /// what the site lists (see the module documentation).
     fn settle(
         &self,
         path: &str,
@@ -221,7 +228,14 @@ impl RetryingSite {
         ours: &dyn ObjectSource,
     ) -> Result<Put, SiteError> {
         match outcome {
+            Ok(Put::AlreadyExisted) if named_by_content(path) && !retried => {
+                self.check_stored(path, ours.len())?;
+                Ok(Put::AlreadyExisted)
+            }
             Ok(Put::AlreadyExisted) if retried => {
+                if named_by_content(path) {
+                    self.check_stored(path, ours.len())?;
+                }
                 let mut compare = Compare::new(ours);
                 let read = self.get_to(path, &mut compare);
                 Ok(match read {
@@ -233,6 +247,39 @@ impl RetryingSite {
             other => other,
         }
     }
+}
+
+impl RetryingSite {
+    /// Whether the site lists an object of `len` bytes at `path` (after it answered "already
+    /// existed" to a write of those bytes); a failed write if not.
+    fn check_stored(&self, path: &str, len: u64) -> Result<(), SiteError> {
+        let listed = self.list(path)?;
+        let failed = |message: String| SiteError::Retryable {
+            site: self.location().to_string(),
+            operation: "put",
+            path: path.to_string(),
+            message,
+        };
+        match listed.iter().find(|o| o.path == path) {
+            Some(o) if o.size == len => Ok(()),
+            Some(o) => Err(failed(format!(
+                "the site answered that it already held this object, but it holds {} bytes \
+                 there, not {len}: counted as not stored",
+                o.size
+            ))),
+            None => Err(failed(
+                "the site answered that it already held this object, but lists nothing there: \
+                 counted as not stored"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Whether objects at `path` are named by their content (packs and index objects), so that
+/// one already there must hold the same bytes as a write to it.
+fn named_by_content(path: &str) -> bool {
+    path.starts_with("packs/") || path.starts_with("index/")
 }
 
 impl Site for RetryingSite {

@@ -348,3 +348,72 @@ fn ranged_reads_are_held_to_the_range_asked() {
     eprintln!("{message}");
     assert!(message.contains("disagree"), "{message}");
 }
+
+/// A site answering "already exists" (S3 412) to every write and storing nothing does not count
+/// as holding a pack: with two sites required the write fails, with one the site is reported
+/// behind and the pack queued for its catch-up. An honest "already exists" (the same pack put
+/// twice) is still fine (red team 4, break 5).
+#[test]
+fn a_site_answering_already_exists_without_storing_does_not_hold_the_pack() {
+    use embassy_sites::RetryPolicy;
+    let server = HostileS3::start(Hostility::AlreadyExistsToPuts);
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let policy = RetryPolicy {
+        attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let retried = |s: Arc<dyn Site>| -> Arc<dyn Site> {
+        Arc::new(embassy_sites::RetryingSite::new(s, policy.clone()))
+    };
+    let good = retried(Arc::new(LocalSite::new(dir.path()).unwrap()));
+    // Checked, then put with `If-None-Match: *` (no probe: this server holds nothing).
+    let mut cfg = s3_config(&server.endpoint, "hostile", "vault");
+    cfg.retries = 1;
+    cfg.conditional_writes = embassy_sites::s3::ConditionalWrites::CheckThenPut;
+    let liar = retried(Arc::new(S3Site::new(cfg).unwrap()));
+    let bytes = random_bytes(200 * 1024, 11);
+    let path = layout::pack("population", &ObjectId::of(&bytes));
+
+    // Alone, the lie is a failed write, not "already held".
+    let alone = liar.put(&path, &bytes);
+    assert!(
+        matches!(alone, Err(SiteError::Retryable { .. })),
+        "{alone:?}"
+    );
+
+    let both = ReplicatedSite::new(vec![good.clone(), liar.clone()], 2).unwrap();
+    let refused = both.put(&path, &bytes);
+    assert!(
+        refused.is_err(),
+        "counted as stored at both sites: {refused:?}"
+    );
+
+    let one = ReplicatedSite::new(vec![good.clone(), liar.clone()], 1)
+        .unwrap()
+        .with_queue(state.path())
+        .unwrap();
+    let other = random_bytes(200 * 1024, 12);
+    let other_path = layout::pack("population", &ObjectId::of(&other));
+    assert_eq!(one.put(&other_path, &other).unwrap(), Put::Created);
+    assert!(
+        one.lagging()
+            .iter()
+            .any(|(site, _)| site == liar.location()),
+        "the lying site is not reported behind: {:?}",
+        one.lagging()
+    );
+    let depths =
+        embassy_sites::queue::depths(state.path(), &[liar.location().to_string()]).unwrap();
+    assert!(
+        depths.iter().any(|(_, p)| p.depth() > 0),
+        "nothing queued for the lying site's catch-up"
+    );
+
+    // An honest "already exists": the good site holds the pack, a second put is fine.
+    assert_eq!(good.put(&other_path, &other).unwrap(), Put::AlreadyExisted);
+    assert_eq!(
+        good.put_from(&path, Arc::new(bytes.clone())).unwrap(),
+        Put::AlreadyExisted
+    );
+}

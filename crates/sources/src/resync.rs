@@ -9,12 +9,17 @@
 //! given its old mtime back, has them unchanged. Reading the local file is what a re-sync costs;
 //! what it saves is fetching, decrypting and writing the chunks. The metadata (mode, owner,
 //! times) of a kept file is still set from the version.
+//!
+//! **Shared files.** A file with more than one hard link is never identical: a link to a file
+//! outside the target would otherwise stay shared, and setting the version's metadata on it
+//! would change the outside file too. It is replaced by a new file (temporary name, then
+//! rename), which breaks the link and leaves the other names as they were.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
@@ -77,14 +82,15 @@ pub(crate) fn filter(
 }
 
 /// Whether the file at `path` (a regular file, never followed through a link) holds exactly
-/// the content `node` names in `reader`'s version (see the module's documentation).
+/// the content `node` names in `reader`'s version, and is its only name (one hard link; see
+/// the module's documentation).
 pub(crate) fn identical(reader: &VersionReader, path: &Path, node: &Node) -> Result<bool> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
-    if !meta.is_file() || meta.len() != node.size {
+    if !meta.is_file() || meta.nlink() != 1 || meta.len() != node.size {
         return Ok(false);
     }
     let mut file = match fs::OpenOptions::new()
@@ -96,6 +102,13 @@ pub(crate) fn identical(reader: &VersionReader, path: &Path, node: &Node) -> Res
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
+    // The file opened must be the one checked (not one renamed in since), still with one name.
+    let opened = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if opened.ino() != meta.ino() || opened.dev() != meta.dev() || opened.nlink() != 1 {
+        return Ok(false);
+    }
     let keys = reader.keys();
     let mut buf = Vec::new();
     for id in &node.content {

@@ -40,6 +40,10 @@ pub enum Hostility {
     /// `206` with exactly the range asked (zeros), labelled as part of an object of `total`
     /// bytes for a range from 0 and of `total + 1` bytes for any other.
     ShiftingTotal { total: u64 },
+    /// `412 PreconditionFailed` ("already exists") to every PUT, storing nothing; an empty
+    /// listing to every listing and `404 NoSuchKey` to every other request: a site that claims
+    /// to hold whatever it is sent.
+    AlreadyExistsToPuts,
     /// Listings (`ListObjectsV2`) of `pages` pages of `keys` keys of `key_len` bytes each under
     /// `vault/packs/`, every page but the last marked truncated with a fresh continuation token.
     ListPages { keys: u32, key_len: u32, pages: u32 },
@@ -142,6 +146,28 @@ fn hostile_answer(
         }
         Hostility::NotFound => {
             drain_body(client, rest.len(), content_length(&head))?;
+            return answer(client, "404 Not Found", "NoSuchKey");
+        }
+        Hostility::AlreadyExistsToPuts => {
+            drain_body(client, rest.len(), content_length(&head))?;
+            if head.starts_with("PUT ") {
+                return answer(client, "412 Precondition Failed", "PreconditionFailed");
+            }
+            let first_line = head.lines().next().unwrap_or("");
+            if head.starts_with("GET ") && first_line.contains("list-type=2") {
+                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                     <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                     <Name>hostile</Name><MaxKeys>1000</MaxKeys><KeyCount>0</KeyCount>\
+                     <IsTruncated>false</IsTruncated></ListBucketResult>";
+                write!(
+                    client,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    xml.len()
+                )?;
+                client.write_all(xml.as_bytes())?;
+                return client.flush();
+            }
             return answer(client, "404 Not Found", "NoSuchKey");
         }
         _ => {}
@@ -300,7 +326,7 @@ fn hostile_answer(
                 std::thread::sleep(Duration::from_millis(300));
             }
         }
-        Hostility::Silent | Hostility::NotFound => {}
+        Hostility::Silent | Hostility::NotFound | Hostility::AlreadyExistsToPuts => {}
     }
     client.flush()
 }

@@ -25,7 +25,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub path: Option<PathBuf>,
     /// Allow restoring into a folder that is not empty: files already identical to the
-    /// version's (checked against its chunk hashes) are left as they are, others replaced.
+    /// version's (checked against its chunk hashes) are left as they are, others replaced (a
+    /// file with more than one hard link is always replaced, never changed in place).
     #[arg(long)]
     pub overwrite: bool,
     /// File tree: restore only paths matching this pattern (gitignore-style, relative to the
