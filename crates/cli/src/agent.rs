@@ -178,7 +178,12 @@ pub fn status(file: &Path, as_json: bool) -> ExitCode {
             );
         }
     }
-    let damaged = report.problems.get(&ErrorKind::Integrity).copied().unwrap_or(0) > 0
+    let damaged = report
+        .problems
+        .get(&ErrorKind::Integrity)
+        .copied()
+        .unwrap_or(0)
+        > 0
         || report
             .datasets
             .iter()

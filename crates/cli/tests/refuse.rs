@@ -92,7 +92,10 @@ fn a_moved_away_site_is_refused_not_recreated_and_the_advised_seed_works() {
         &["a", "b"],
         &["--min-sites", "1", "backup", "register", &env.path("src")],
     );
-    run.fails(10, &["holds no vault", &env.path("b"), "sync --seed --from"]);
+    run.fails(
+        10,
+        &["holds no vault", &env.path("b"), "sync --seed --from"],
+    );
     assert!(!run.stderr.contains("embassy init"), "{run:?}");
     assert!(!b.exists(), "the missing site was created: {run:?}");
     // Reading commands refuse too, and create nothing.
