@@ -1,5 +1,6 @@
 //! `embassy verify [--deep]`: the vault's objects, ledgers and streamed WAL (embassy-ops's
-//! verification, the same as the agent's scheduled one).
+//! verification, the same as the agent's scheduled one). With several sites, each site is
+//! verified on its own (reads never fall through to another site) and reported per site.
 
 use std::process::ExitCode;
 
