@@ -58,6 +58,9 @@ pub fn sync_pending(
     }
     Ok(if left == 0 {
         ExitCode::SUCCESS
+    } else if reports.iter().any(|r| r.remaining > 0 && r.no_vault) {
+        // A site without a vault (moved away, unmounted): exit.rs's code for that, not damage.
+        crate::exit::code(crate::exit::NO_VAULT)
     } else {
         crate::exit::code(crate::exit::INTEGRITY)
     })

@@ -147,7 +147,8 @@ enum Command {
     Config(cmd::agent::ConfigCommand),
     /// Create a witness key file and print its public key (to pin with `init --witness`).
     WitnessKey(cmd::witness::WitnessKeyArgs),
-    /// Check the vault without keys; with --deep, also decrypt and check every chunk.
+    /// Check the vault without keys; with --deep, also decrypt and check every chunk. With
+    /// several sites, each site is checked on its own and reported per site.
     Verify(cmd::verify::VerifyArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions(help::CompletionsArgs),

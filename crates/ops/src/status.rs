@@ -4,12 +4,15 @@
 //! of the newest durable WAL there, whichever is later. `embassy status --site`,
 //! `embassy status --config` and the agent's status page, metrics and alarms all read it here.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use embassy_core::engine::vault::{versions_in, Vault};
+use embassy_core::engine::vault::{versions_in, Histories, Vault};
 use embassy_core::error::Problem;
+use embassy_core::history::{checkpoint, History};
 use embassy_core::site::Site;
+use embassy_core::Error;
 use serde::Serialize;
 
 /// The newest streamed WAL one site holds of a dataset.
@@ -105,7 +108,7 @@ pub fn read_site(location: &str, options: &ReadOptions) -> SiteFacts {
         ..SiteFacts::default()
     };
     if let Err(e) = read_into(&mut facts, location, options) {
-        facts.holds_no_vault = matches!(e, embassy_core::Error::NoVault { .. });
+        facts.holds_no_vault = matches!(e, Error::NoVault { .. } | Error::SiteWithoutVault { .. });
         facts.error = Some(e.into());
     }
     facts
@@ -129,30 +132,143 @@ fn read_into(
         }
     }
     names.sort();
+    // Checkpoints listed before the histories are read: one stored meanwhile (a backup running)
+    // may name entries stored after the histories were read (verify's rule).
+    let listed_checkpoints: BTreeSet<String> = site
+        .list(checkpoint::CHECKPOINTS)?
+        .into_iter()
+        .map(|i| i.path)
+        .collect();
+    let mut histories = Histories::new();
+    let mut loaded = Vec::new();
     for dataset in names {
-        facts
-            .datasets
-            .push(read_dataset(location, &vault, site.as_ref(), &dataset));
+        let (dataset_facts, history) = read_dataset(location, &vault, site.as_ref(), &dataset);
+        if let Some(h) = history {
+            histories.insert(dataset.clone(), h.records.clone());
+            loaded.push((dataset, h));
+        }
+        facts.datasets.push(dataset_facts);
     }
+    check_checkpoints(facts, &vault, &histories, &loaded, &listed_checkpoints)
+}
+
+/// Every history read at the site must extend every valid checkpoint there (as `verify`
+/// checks): a dataset whose ledger is shorter than a checkpoint says (a deleted or damaged
+/// newest entry, a rollback) or that differs from it (a fork) is an integrity problem, never
+/// an older version shown as the newest.
+fn check_checkpoints(
+    facts: &mut SiteFacts,
+    vault: &Vault,
+    histories: &Histories,
+    loaded: &[(String, History)],
+    listed: &BTreeSet<String>,
+) -> embassy_core::Result<()> {
+    let (mut checkpoints, _noise) = vault.checkpoints(histories)?;
+    checkpoints.retain(|cp| {
+        listed.contains(&format!(
+            "{}{:020}-{}",
+            checkpoint::CHECKPOINTS,
+            cp.checkpoint.time_ns,
+            cp.id
+        ))
+    });
+    let failed: Vec<String> = facts
+        .datasets
+        .iter()
+        .filter(|d| d.error.is_some())
+        .map(|d| d.dataset.clone())
+        .collect();
+    for cp in &checkpoints {
+        for problem in checkpoint::check_against_except(cp, histories, &failed) {
+            let named = problem.strip_prefix("dataset ").and_then(|p| {
+                cp.checkpoint.heads.keys().find_map(|d| {
+                    p.strip_prefix(d.as_str())
+                        .and_then(|rest| rest.strip_prefix(": "))
+                        .map(|why| (d.clone(), why.to_string()))
+                })
+            });
+            let Some((dataset, why)) = named else {
+                continue;
+            };
+            // What the site holds in the missing entry's place (a damaged copy), if anything.
+            let in_place = loaded
+                .iter()
+                .find(|(d, _)| *d == dataset)
+                .map(|(_, h)| h.in_place(h.records.len() as u64 + 1))
+                .unwrap_or_default();
+            let index = match facts.datasets.iter().position(|d| d.dataset == dataset) {
+                Some(i) => i,
+                None => {
+                    // A dataset the checkpoint names that the site no longer lists at all.
+                    facts.datasets.push(DatasetFacts {
+                        dataset: dataset.clone(),
+                        ..DatasetFacts::default()
+                    });
+                    facts.datasets.len() - 1
+                }
+            };
+            let d = &mut facts.datasets[index];
+            if d.error.is_none() {
+                d.error = Some(unprovable(
+                    &dataset,
+                    &format!("{why}{in_place}"),
+                    d.newest_version,
+                ));
+            }
+        }
+    }
+    facts.datasets.sort_by(|a, b| a.dataset.cmp(&b.dataset));
     Ok(())
 }
 
-/// What one site holds of one dataset.
-fn read_dataset(location: &str, vault: &Vault, site: &dyn Site, dataset: &str) -> DatasetFacts {
+/// The integrity problem of a dataset whose newer entries at a site cannot be proved.
+fn unprovable(dataset: &str, why: &str, newest_version: Option<u64>) -> Problem {
+    Error::History {
+        dataset: dataset.to_string(),
+        problem: format!(
+            "newer entries exist that cannot be proved: {why}; the newest provable version here \
+             is {}",
+            newest_version.map_or("none".to_string(), |v| v.to_string())
+        ),
+    }
+    .into()
+}
+
+/// What one site holds of one dataset, and its history when that was read without problems.
+fn read_dataset(
+    location: &str,
+    vault: &Vault,
+    site: &dyn Site,
+    dataset: &str,
+) -> (DatasetFacts, Option<History>) {
     let mut facts = DatasetFacts {
         dataset: dataset.to_string(),
         ..DatasetFacts::default()
     };
-    match vault.history(dataset) {
-        Ok(history) => {
-            let versions = versions_in(dataset, &history);
+    let mut read = None;
+    match vault.history_full(dataset) {
+        Ok(full) => {
+            let versions = versions_in(dataset, &full.records);
             let newest = versions.last();
-            facts.entries = history.len() as u64;
+            facts.entries = full.records.len() as u64;
             facts.versions = versions.len() as u64;
             facts.newest_version = newest.map(|v| v.number);
             facts.newest_version_ledger_seq = newest.map(|v| v.seq);
             facts.newest_version_ns = newest.map(|v| v.captured_at_ns);
             facts.bytes_stored = versions.iter().map(|v| v.stats.new_bytes_stored).sum();
+            // Newer entries the site holds that cannot be proved (a gap, an unresolved fork):
+            // the newest version shown would not be the newest stored, so the dataset at this
+            // site is an integrity problem, never an older version in silence.
+            let problems = full.problems(dataset);
+            if problems.is_empty() {
+                read = Some(full);
+            } else {
+                facts.error = Some(unprovable(
+                    dataset,
+                    &problems.join("; "),
+                    facts.newest_version,
+                ));
+            }
         }
         Err(e) => facts.error = Some(e.into()),
     }
@@ -170,7 +286,7 @@ fn read_dataset(location: &str, vault: &Vault, site: &dyn Site, dataset: &str) -
         }
     }
     facts.recovery_point_ns = recovery_point(facts.newest_version_ns, facts.wal.as_ref());
-    facts
+    (facts, read)
 }
 
 /// One row of `embassy status --site`: a dataset at a site, or why it cannot be read.
@@ -219,6 +335,9 @@ pub struct ErrorRow {
     pub error: String,
     /// What kind of problem that is (integrity, outage, ...).
     pub kind: embassy_core::ErrorKind,
+    /// True when the site holds no vault (exit 10 in the CLI).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_vault: bool,
 }
 
 impl StatusRow {
@@ -230,6 +349,11 @@ impl StatusRow {
     /// True for a row that says a site's copy is damaged or tampered with.
     pub fn is_integrity_problem(&self) -> bool {
         matches!(self, StatusRow::Error(e) if e.kind == embassy_core::ErrorKind::Integrity)
+    }
+
+    /// True for a row that says a site holds no vault.
+    pub fn is_no_vault(&self) -> bool {
+        matches!(self, StatusRow::Error(e) if e.no_vault)
     }
 }
 
@@ -249,6 +373,7 @@ pub fn site_rows(locations: &[String], key_file: Option<&Path>, now_ns: i64) -> 
                 dataset: None,
                 error: e.message,
                 kind: e.kind,
+                no_vault: facts.holds_no_vault,
             }));
             continue;
         }
@@ -259,6 +384,7 @@ pub fn site_rows(locations: &[String], key_file: Option<&Path>, now_ns: i64) -> 
                     dataset: Some(d.dataset),
                     error: e.message,
                     kind: e.kind,
+                    no_vault: false,
                 }),
                 None => StatusRow::Dataset(DatasetRow {
                     site: location.clone(),

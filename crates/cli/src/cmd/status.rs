@@ -73,11 +73,14 @@ fn sites(cli: &Cli) -> Result<ExitCode> {
             println!("{line}");
         }
     }
-    // 3 only for damage or tampering (core's error policy); a site that cannot be read is 1.
+    // 3 only for damage or tampering (core's error policy); a site without a vault is 10; a
+    // site that cannot be read is 1.
     Ok(if healthy {
         ExitCode::SUCCESS
     } else if rows.iter().any(StatusRow::is_integrity_problem) {
         crate::exit::code(crate::exit::INTEGRITY)
+    } else if rows.iter().any(StatusRow::is_no_vault) {
+        crate::exit::code(crate::exit::NO_VAULT)
     } else {
         crate::exit::code(crate::exit::FAILURE)
     })

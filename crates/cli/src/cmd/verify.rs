@@ -1,5 +1,6 @@
 //! `embassy verify [--deep]`: the vault's objects, ledgers and streamed WAL (embassy-ops's
-//! verification, the same as the agent's scheduled one).
+//! verification, the same as the agent's scheduled one). With several sites, each site is
+//! verified on its own (reads never fall through to another site) and reported per site.
 
 use std::process::ExitCode;
 
@@ -17,26 +18,162 @@ pub struct VerifyArgs {
     pub deep: bool,
 }
 
-/// Runs `embassy verify`: exit 3 when something is wrong.
+/// Runs `embassy verify`: exit 3 when something is wrong. With several sites, each site is
+/// verified on its own (as the agent does), so that one site's damage is not hidden by reads
+/// that fall through to another: exit 3 if any site is damaged, 1 if any could not be checked.
 pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
+    if cli.site.len() > 1 {
+        return run_each_site(cli, args);
+    }
     let vault = open_vault(cli)?;
+    Ok(match verify_and_show(cli, args, &vault)? {
+        Outcome::Ok => ExitCode::SUCCESS,
+        Outcome::Damaged => crate::exit::code(crate::exit::INTEGRITY),
+        Outcome::NotChecked => crate::exit::code(crate::exit::FAILURE),
+    })
+}
+
+/// What verifying one site found.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Ok,
+    NotChecked,
+    Damaged,
+}
+
+/// Verifies each site of `--site` on its own and reports per site.
+fn run_each_site(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
+    let mut worst = Outcome::Ok;
+    let mut json_sites = Vec::new();
+    let mut lines = Vec::new();
+    for site in &cli.site {
+        if !cli.json {
+            println!("== site {}", output::escape(site));
+        }
+        let options = embassy_ops::open::OpenOptions {
+            locations: vec![site.clone()],
+            min_sites: None,
+            ..crate::open_options(cli)?
+        };
+        // The site's pin and --vault-id are checked as for any command; the verification
+        // itself reads the site alone (as the agent's scheduled one does), without this
+        // client's remembered heads, so that a site that merely lags is not called rolled back.
+        let opened = crate::open_vault_with(cli, &options)
+            .and_then(|v| embassy_core::engine::vault::Vault::open(v.site().clone()));
+        let outcome = match opened {
+            Ok(vault) => {
+                let (outcome, value) = if cli.json {
+                    let (o, v) = verify_json(cli, args, &vault)?;
+                    (o, Some(v))
+                } else {
+                    (verify_and_show(cli, args, &vault)?, None)
+                };
+                if let Some(mut v) = value {
+                    v["site"] = json!(site);
+                    json_sites.push(v);
+                }
+                outcome
+            }
+            Err(e) => {
+                let outcome = if e.is_integrity() {
+                    Outcome::Damaged
+                } else {
+                    Outcome::NotChecked
+                };
+                if cli.json {
+                    json_sites.push(json!({
+                        "site": site, "ok": false, "error": e.to_string(), "kind": e.kind(),
+                    }));
+                } else {
+                    println!("PROBLEM: {}", output::escape(&e.to_string()));
+                }
+                outcome
+            }
+        };
+        lines.push(format!(
+            "site {}: {}",
+            output::escape(site),
+            match outcome {
+                Outcome::Ok => "OK",
+                Outcome::NotChecked => "NOT CHECKED (could not be read)",
+                Outcome::Damaged => "DAMAGED",
+            }
+        ));
+        worst = worst.max(outcome);
+    }
+    if cli.json {
+        print_json(json!({"ok": worst == Outcome::Ok, "sites": json_sites}))?;
+    } else {
+        println!("== every site");
+        for l in &lines {
+            println!("{l}");
+        }
+    }
+    Ok(match worst {
+        Outcome::Ok => ExitCode::SUCCESS,
+        Outcome::Damaged => crate::exit::code(crate::exit::INTEGRITY),
+        Outcome::NotChecked => crate::exit::code(crate::exit::FAILURE),
+    })
+}
+
+/// Verifies `vault` (with the keys when `--deep`).
+fn verify_vault(
+    cli: &Cli,
+    args: &VerifyArgs,
+    vault: &embassy_core::engine::vault::Vault,
+) -> Result<embassy_ops::verify::Verification> {
     let keyring = if args.deep {
-        Some(unlock(cli, &vault)?)
+        Some(unlock(cli, vault)?)
     } else {
         None
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let v = embassy_ops::verify::verify(&vault, keyring.as_ref(), &bar)?;
+    let v = embassy_ops::verify::verify(vault, keyring.as_ref(), &bar)?;
     bar.finish();
+    Ok(v)
+}
+
+/// What a verification found, judged.
+fn outcome_of(v: &embassy_ops::verify::Verification) -> Outcome {
+    // 3 only for damage (core's error policy); what could not be read is an outage: 1.
+    if v.is_ok() {
+        Outcome::Ok
+    } else if v.found_damage() {
+        Outcome::Damaged
+    } else {
+        Outcome::NotChecked
+    }
+}
+
+/// A verification as JSON.
+fn verify_json(
+    cli: &Cli,
+    args: &VerifyArgs,
+    vault: &embassy_core::engine::vault::Vault,
+) -> Result<(Outcome, serde_json::Value)> {
+    let v = verify_vault(cli, args, vault)?;
+    let mut value = serde_json::to_value(&v.vault).map_err(|e| Error::invalid(e.to_string()))?;
+    value["ok"] = json!(v.is_ok());
+    value["wal"] = pg::wal_reports_json(&v.wal);
+    value["deep"] = json!(args.deep);
+    Ok((outcome_of(&v), value))
+}
+
+/// Verifies `vault` and prints what was found (JSON with `--json`).
+fn verify_and_show(
+    cli: &Cli,
+    args: &VerifyArgs,
+    vault: &embassy_core::engine::vault::Vault,
+) -> Result<Outcome> {
+    if cli.json {
+        let (outcome, value) = verify_json(cli, args, vault)?;
+        print_json(value)?;
+        return Ok(outcome);
+    }
+    let v = verify_vault(cli, args, vault)?;
     let ok = v.is_ok();
     let report = &v.vault;
-    if cli.json {
-        let mut value = serde_json::to_value(report).map_err(|e| Error::invalid(e.to_string()))?;
-        value["ok"] = json!(ok);
-        value["wal"] = pg::wal_reports_json(&v.wal);
-        value["deep"] = json!(args.deep);
-        print_json(value)?;
-    } else {
+    {
         println!(
             "checked {} objects ({}){}",
             report.objects_checked,
@@ -101,12 +238,5 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
             );
         }
     }
-    // 3 only for damage (core's error policy); what could not be read is an outage: 1.
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else if v.found_damage() {
-        crate::exit::code(crate::exit::INTEGRITY)
-    } else {
-        crate::exit::code(crate::exit::FAILURE)
-    })
+    Ok(outcome_of(&v))
 }

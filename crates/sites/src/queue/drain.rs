@@ -26,6 +26,10 @@ pub struct DrainReport {
     pub remaining: usize,
     /// What went wrong (the queue keeps those entries for the next drain).
     pub problems: Vec<String>,
+    /// True when the site holds no vault while the others do (refused, not filled): a site
+    /// without a vault, not damage.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_vault: bool,
 }
 
 /// Whether `site` holds `path` (without reading it).
@@ -127,7 +131,11 @@ pub fn drain(
                 report.present = r.present;
                 report.problems = r.problems;
             }
-            Err(e) => report.problems.push(e.to_string()),
+            Err(e) => {
+                report.no_vault =
+                    matches!(e, Error::NoVault { .. } | Error::SiteWithoutVault { .. });
+                report.problems.push(e.to_string());
+            }
         }
         let done = report.problems.is_empty();
         if done {

@@ -1,0 +1,251 @@
+//! Red team 4's breaks of promise 9 (never an older version shown as the newest in silence;
+//! damage at one site is never hidden by another) and the exit codes of a site without a vault:
+//! a site whose newest ledger entry is tampered is an integrity problem in `status --site`
+//! (exit 3) and `status --config` (integrity, not "behind"); `verify --site a --site b` checks
+//! each site on its own; `sync --pending` and `status --site` with a site that lost its vault
+//! exit 10 (crates/cli/src/exit.rs). Real binary, real folders.
+
+use std::path::PathBuf;
+
+use embassy_testkit::cli::{Embassy, Run};
+
+const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    embassy: Embassy,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let embassy = Embassy::new(EMBASSY, &dir);
+        Env {
+            _tmp: tmp,
+            dir,
+            embassy,
+        }
+    }
+
+    fn path(&self, p: &str) -> String {
+        self.dir.join(p).display().to_string()
+    }
+
+    /// `embassy --key-file KEY --state-dir STATE --site S... ARGS`.
+    fn run(&self, sites: &[&str], args: &[&str]) -> Run {
+        let mut all = vec![
+            "--key-file".to_string(),
+            self.path("vault.key"),
+            "--state-dir".to_string(),
+            self.path("state"),
+        ];
+        for s in sites {
+            all.push("--site".into());
+            all.push(self.path(s));
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.embassy.run(all, None)
+    }
+
+    fn ok(&self, sites: &[&str], args: &[&str]) -> Run {
+        let run = self.run(sites, args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        run
+    }
+
+    /// A vault at sites a and b holding `backups` versions of dataset `register`.
+    fn vault(&self, backups: usize) {
+        std::fs::create_dir_all(self.dir.join("src")).unwrap();
+        self.ok(&["a", "b"], &["init"]);
+        for i in 0..backups {
+            std::fs::write(
+                self.dir.join(format!("src/register{i}.txt")),
+                format!("citizens {i}\n").repeat(2000),
+            )
+            .unwrap();
+            self.ok(&["a", "b"], &["backup", "register", &self.path("src")]);
+        }
+    }
+
+    /// Flips one byte of a file of site `site`, `from_end` bytes before its end.
+    fn flip(&self, site: &str, rel: &str, from_end: usize) {
+        let p = self.dir.join(site).join(rel);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let at = bytes.len() - from_end;
+        bytes[at] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+    }
+
+    /// The files under `site`/`folder`, relative to the site, sorted.
+    fn files(&self, site: &str, folder: &str) -> Vec<String> {
+        let root = self.dir.join(site);
+        let mut out = Vec::new();
+        let mut todo = vec![root.join(folder)];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.push(p.strip_prefix(&root).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[test]
+fn a_tampered_newest_ledger_entry_is_an_integrity_problem_in_status_never_an_older_version() {
+    let env = Env::new();
+    env.vault(2);
+    let newest = env
+        .files("b", "ledger/register")
+        .pop()
+        .expect("a ledger entry at b");
+    env.flip("b", &newest, 5);
+
+    // status --site: exit 3, the row at b is an integrity problem naming the unprovable entries.
+    let run = env.run(&["a", "b"], &["status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.contains("cannot be proved"), "{run:?}");
+    let run = env.run(&["b"], &["--json", "status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let rows = run.json()["datasets"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 1, "{run:?}");
+    assert_eq!(rows[0]["kind"], "integrity", "{run:?}");
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("newer entries exist that cannot be proved"),
+        "{run:?}"
+    );
+    // The untouched site still shows version 2.
+    let run = env.ok(&["a"], &["--json", "status"]);
+    assert_eq!(run.json()["datasets"][0]["newest_version"], 2, "{run:?}");
+
+    // status --config (the agent's judgement): b's cell is an integrity problem, not "behind".
+    std::fs::write(
+        env.dir.join("embassy.toml"),
+        format!(
+            r#"[agent]
+state_dir = "{state}"
+
+[keys]
+file = "{key}"
+
+[[sites]]
+name = "a"
+path = "{a}"
+
+[[sites]]
+name = "b"
+path = "{b}"
+
+[[datasets]]
+name = "register"
+source = {{ files = ["{src}"] }}
+interval = "1h"
+rpo = "2h"
+"#,
+            state = env.path("agent-state"),
+            key = env.path("vault.key"),
+            a = env.path("a"),
+            b = env.path("b"),
+            src = env.path("src"),
+        ),
+    )
+    .unwrap();
+    let config = env.path("embassy.toml");
+    let run = env
+        .embassy
+        .run(["--json", "status", "--config", &config], None);
+    assert_eq!(run.code, 3, "{run:?}");
+    let text = run.stdout.to_lowercase();
+    assert!(text.contains("integrity"), "{run:?}");
+    assert!(text.contains("cannot be proved"), "{run:?}");
+    let run = env.embassy.run(["status", "--config", &config], None);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.contains("DAMAGED OR TAMPERED WITH"), "{run:?}");
+}
+
+#[test]
+fn verify_over_several_sites_checks_each_site_on_its_own() {
+    let env = Env::new();
+    env.vault(1);
+    let run = env.ok(&["a", "b"], &["verify"]);
+    assert!(run.stdout.contains("site "), "per-site report: {run:?}");
+
+    // A tampered pack at b: reads must not fall through to a.
+    let pack = env.files("b", "packs").into_iter().next().expect("a pack");
+    let len = std::fs::metadata(env.dir.join("b").join(&pack))
+        .unwrap()
+        .len() as usize;
+    env.flip("b", &pack, len / 2);
+    let run = env.run(&["a", "b"], &["verify"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("site {}: DAMAGED", env.path("b"))),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains(&format!("site {}: OK", env.path("a"))),
+        "{run:?}"
+    );
+    let run = env.run(&["a", "b"], &["--json", "verify"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let v = run.json();
+    assert_eq!(v["ok"], false, "{run:?}");
+    assert_eq!(v["sites"][0]["ok"], true, "{run:?}");
+    assert_eq!(v["sites"][1]["ok"], false, "{run:?}");
+
+    // The pack missing at b.
+    std::fs::remove_file(env.dir.join("b").join(&pack)).unwrap();
+    let run = env.run(&["a", "b"], &["verify"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("site {}: DAMAGED", env.path("b"))),
+        "{run:?}"
+    );
+
+    // One site alone: the output as before (no per-site lines).
+    let run = env.ok(&["a"], &["verify"]);
+    assert!(run.stdout.ends_with("vault OK\n"), "{run:?}");
+}
+
+#[test]
+fn a_site_whose_vault_was_moved_away_exits_10_in_sync_pending_and_status() {
+    let env = Env::new();
+    env.vault(1);
+    // b cannot take packs: the next backup (at least one site) queues b's missed writes.
+    std::fs::rename(env.dir.join("b/packs"), env.dir.join("b.packs")).unwrap();
+    std::fs::write(env.dir.join("b/packs"), "x").unwrap();
+    std::fs::write(env.dir.join("src/more.txt"), "more\n").unwrap();
+    env.ok(
+        &["a", "b"],
+        &["--min-sites", "1", "backup", "register", &env.path("src")],
+    );
+    // b's vault moved away; an empty folder in its place.
+    std::fs::rename(env.dir.join("b"), env.dir.join("b.moved")).unwrap();
+    std::fs::create_dir(env.dir.join("b")).unwrap();
+
+    let run = env.run(&["a", "b"], &["sync", "--pending"]);
+    assert_eq!(run.code, 10, "{run:?}");
+    assert!(run.text().contains("holds no vault"), "{run:?}");
+    assert_eq!(
+        std::fs::read_dir(env.dir.join("b")).unwrap().count(),
+        0,
+        "nothing written to b"
+    );
+
+    let run = env.run(&["a", "b"], &["status"]);
+    assert_eq!(run.code, 10, "{run:?}");
+    let run = env.run(&["b"], &["status"]);
+    assert_eq!(run.code, 10, "{run:?}");
+}
