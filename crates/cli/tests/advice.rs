@@ -124,7 +124,7 @@ fn a_mistyped_site_among_sites_with_the_vault_is_not_told_to_init() {
     assert!(!env.dir.join("bb").exists());
     // The advice that names init is kept for a vault nowhere, and it works there.
     let run = env.run(&["c"], &["versions"]);
-    run.fails(1, &["no vault at site"]);
+    run.fails(10, &["no vault at site"]);
     let init = advised(&run.stderr)
         .into_iter()
         .find(|c| c[0] == "init")

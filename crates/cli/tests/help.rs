@@ -166,7 +166,7 @@ fn every_json_success_says_ok() {
         ),
         (vec!["--site", "sites/a", "verify"], None),
         (vec!["--site", "sites/a", "status"], None),
-        (vec!["sync", "--from", "sites/a", "--to", "sites/b"], None),
+        (vec!["sync", "--seed", "--from", "sites/a", "--to", "sites/b"], None),
         (vec!["witness-key", "--out", "witness.key"], None),
         (vec!["approver-key", "--out", "approver.key"], None),
         (vec!["config", "check", "embassy.toml"], None),
