@@ -2,6 +2,7 @@
 //! policy, rule 5): the settings of `embassy.toml` rather than the command line's options, and
 //! the sites by their `[[sites]]` names. The CLI's advice lives in the CLI (`hints.rs` there).
 
+use embassy_core::error::{Grant, WayOut};
 use embassy_core::Error;
 
 use crate::config::Config;
@@ -26,7 +27,58 @@ pub fn for_error(error: &RunError, config: &Config) -> Option<String> {
              lost, custodians can recover the root key with `embassy keys recover --out FILE`",
             path.display()
         )),
+        Error::Refused { way_out, .. } => Some(way_out_hint(way_out, config)),
         _ => None,
+    }
+}
+
+/// The way out of a typed refusal, in the agent's terms: the key file it holds is `file` under
+/// [keys] in embassy.toml; what the root must issue is named in words.
+fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
+    let file = config.keys.file.display();
+    match way_out {
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Read,
+        } => format!(
+            "set `file` under [keys] in embassy.toml (now {file}) to the root key file or a \
+             reader credential of {dataset}"
+        ),
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Seal,
+        } => format!(
+            "the key file under [keys] in embassy.toml (now {file}) may not add to {dataset}: \
+             have the root issue a sealing credential for it (`embassy keys issue --sealing \
+             --dataset {dataset} ...`) and set `file` to it"
+        ),
+        WayOut::Grant {
+            grant: Grant::Delete | Grant::Collect,
+            ..
+        } => format!(
+            "pruning and gc (`gc_interval`) need a key allowed to delete: set `file` under [keys] \
+             in embassy.toml (now {file}) to the root key file or a credential issued with \
+             `embassy keys issue --sealing --may-delete`, or leave gc to a host that has one"
+        ),
+        WayOut::ApproveMinAge { dataset } => format!(
+            "the approvers approve lowering {dataset}'s minimum age first (`embassy approve \
+             --min-age`)"
+        ),
+        WayOut::RevokeSigner { dataset } => format!(
+            "the agent adds nothing to {dataset} until the fork is decided: if one signer is \
+             rogue, the root revokes it (`embassy keys revoke --signer HEX --dataset {dataset}`)"
+        ),
+        WayOut::PgBaseBackup { .. } => "the agent takes a new base backup at the dataset's next \
+             scheduled one (its `interval` or `schedule` in embassy.toml); take one now with \
+             `embassy pg base-backup` to close the gap sooner"
+            .into(),
+        WayOut::PgStream { dataset } => {
+            format!("let the agent's WAL stream of {dataset} run until it passes that point")
+        }
+        WayOut::PgCreateSlot { slot } => format!(
+            "drop slot {slot} on the server and create it again with WAL reserved, or set \
+             another `slot` for the dataset in embassy.toml"
+        ),
     }
 }
 
