@@ -109,3 +109,61 @@ pub fn site_without_vault(config: &Config, sites: &[String], holding: &[String])
             .join(" and ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each typed way out is spelled in the agent's terms: the key file setting, not a flag.
+    #[test]
+    fn a_typed_way_out_names_the_embassy_toml_setting() {
+        let text = "[agent]\nstate_dir = \"/var/lib/embassy\"\n[keys]\nfile = \"/etc/embassy/host.cred\"\n\
+                    passphrase_file = \"/etc/embassy/pass\"\n[[sites]]\nname = \"a\"\npath = \"/srv/a\"\n";
+        let config = Config::parse(text, std::path::Path::new("/etc/embassy/embassy.toml"))
+            .expect("a valid configuration");
+        let refused = |way_out: WayOut| {
+            RunError::Core(Error::Refused {
+                kind: embassy_core::ErrorKind::Keys,
+                problem: "refused in words".into(),
+                way_out,
+            })
+        };
+        for grant in [Grant::Read, Grant::Seal, Grant::Delete, Grant::Collect] {
+            let hint = for_error(
+                &refused(WayOut::Grant {
+                    dataset: "docs".into(),
+                    grant,
+                }),
+                &config,
+            );
+            assert!(
+                hint.as_ref().is_some_and(|h| h.contains("[keys]")
+                    && h.contains("/etc/embassy/host.cred")
+                    && !h.contains("--key-file")),
+                "{grant:?}: {hint:?}"
+            );
+        }
+        for way_out in [
+            WayOut::ApproveMinAge {
+                dataset: "docs".into(),
+            },
+            WayOut::RevokeSigner {
+                dataset: "docs".into(),
+            },
+            WayOut::PgBaseBackup {
+                dataset: "docs".into(),
+            },
+            WayOut::PgStream {
+                dataset: "docs".into(),
+            },
+            WayOut::PgCreateSlot {
+                slot: "embassy".into(),
+            },
+        ] {
+            assert!(
+                for_error(&refused(way_out.clone()), &config).is_some(),
+                "{way_out:?}"
+            );
+        }
+    }
+}
