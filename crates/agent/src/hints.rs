@@ -2,6 +2,7 @@
 //! policy, rule 5): the settings of `embassy.toml` rather than the command line's options, and
 //! the sites by their `[[sites]]` names. The CLI's advice lives in the CLI (`hints.rs` there).
 
+use embassy_core::error::{Grant, WayOut};
 use embassy_core::Error;
 
 use crate::config::Config;
@@ -26,7 +27,58 @@ pub fn for_error(error: &RunError, config: &Config) -> Option<String> {
              lost, custodians can recover the root key with `embassy keys recover --out FILE`",
             path.display()
         )),
+        Error::Refused { way_out, .. } => Some(way_out_hint(way_out, config)),
         _ => None,
+    }
+}
+
+/// The way out of a typed refusal, in the agent's terms: the key file it holds is `file` under
+/// [keys] in embassy.toml; what the root must issue is named in words.
+fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
+    let file = config.keys.file.display();
+    match way_out {
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Read,
+        } => format!(
+            "set `file` under [keys] in embassy.toml (now {file}) to the root key file or a \
+             reader credential of {dataset}"
+        ),
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Seal,
+        } => format!(
+            "the key file under [keys] in embassy.toml (now {file}) may not add to {dataset}: \
+             have the root issue a sealing credential for it (`embassy keys issue --sealing \
+             --dataset {dataset} ...`) and set `file` to it"
+        ),
+        WayOut::Grant {
+            grant: Grant::Delete | Grant::Collect,
+            ..
+        } => format!(
+            "pruning and gc (`gc_interval`) need a key allowed to delete: set `file` under [keys] \
+             in embassy.toml (now {file}) to the root key file or a credential issued with \
+             `embassy keys issue --sealing --may-delete`, or leave gc to a host that has one"
+        ),
+        WayOut::ApproveMinAge { dataset } => format!(
+            "the approvers approve lowering {dataset}'s minimum age first (`embassy approve \
+             --min-age`)"
+        ),
+        WayOut::RevokeSigner { dataset } => format!(
+            "the agent adds nothing to {dataset} until the fork is decided: if one signer is \
+             rogue, the root revokes it (`embassy keys revoke --signer HEX --dataset {dataset}`)"
+        ),
+        WayOut::PgBaseBackup { .. } => "the agent takes a new base backup at the dataset's next \
+             scheduled one (its `interval` or `schedule` in embassy.toml); take one now with \
+             `embassy pg base-backup` to close the gap sooner"
+            .into(),
+        WayOut::PgStream { dataset } => {
+            format!("let the agent's WAL stream of {dataset} run until it passes that point")
+        }
+        WayOut::PgCreateSlot { slot } => format!(
+            "drop slot {slot} on the server and create it again with WAL reserved, or set \
+             another `slot` for the dataset in embassy.toml"
+        ),
     }
 }
 
@@ -56,4 +108,62 @@ pub fn site_without_vault(config: &Config, sites: &[String], holding: &[String])
             .collect::<Vec<_>>()
             .join(" and ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each typed way out is spelled in the agent's terms: the key file setting, not a flag.
+    #[test]
+    fn a_typed_way_out_names_the_embassy_toml_setting() {
+        let text = "[agent]\nstate_dir = \"/var/lib/embassy\"\n[keys]\nfile = \"/etc/embassy/host.cred\"\n\
+                    passphrase_file = \"/etc/embassy/pass\"\n[[sites]]\nname = \"a\"\npath = \"/srv/a\"\n";
+        let config = Config::parse(text, std::path::Path::new("/etc/embassy/embassy.toml"))
+            .expect("a valid configuration");
+        let refused = |way_out: WayOut| {
+            RunError::Core(Error::Refused {
+                kind: embassy_core::ErrorKind::Keys,
+                problem: "refused in words".into(),
+                way_out,
+            })
+        };
+        for grant in [Grant::Read, Grant::Seal, Grant::Delete, Grant::Collect] {
+            let hint = for_error(
+                &refused(WayOut::Grant {
+                    dataset: "docs".into(),
+                    grant,
+                }),
+                &config,
+            );
+            assert!(
+                hint.as_ref().is_some_and(|h| h.contains("[keys]")
+                    && h.contains("/etc/embassy/host.cred")
+                    && !h.contains("--key-file")),
+                "{grant:?}: {hint:?}"
+            );
+        }
+        for way_out in [
+            WayOut::ApproveMinAge {
+                dataset: "docs".into(),
+            },
+            WayOut::RevokeSigner {
+                dataset: "docs".into(),
+            },
+            WayOut::PgBaseBackup {
+                dataset: "docs".into(),
+            },
+            WayOut::PgStream {
+                dataset: "docs".into(),
+            },
+            WayOut::PgCreateSlot {
+                slot: "embassy".into(),
+            },
+        ] {
+            assert!(
+                for_error(&refused(way_out.clone()), &config).is_some(),
+                "{way_out:?}"
+            );
+        }
+    }
 }

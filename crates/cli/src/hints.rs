@@ -1,9 +1,67 @@
 //! The hints that name CLI syntax (core's error policy, rule 5, `embassy_core::error`): a library
 //! error says the way out in words; the command to type is added here, in one place, when the CLI
-//! prints the error (the agent names its own, in terms of embassy.toml). Library messages that
-//! still name commands are listed in that policy, to move here as the CLI's operations take them.
+//! prints the error (the agent names its own, in terms of embassy.toml). A refusal whose way out
+//! needs data says it typed ([`Error::Refused`] with a [`WayOut`]).
 
+use embassy_core::error::{Grant, WayOut};
 use embassy_core::Error;
+
+/// The command line for a typed way out.
+pub fn for_way_out(way_out: &WayOut) -> String {
+    match way_out {
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Read,
+        } => format!(
+            "pass the root key file with --key-file, or a reader credential the root issues with \
+             `embassy keys issue --reader --dataset {dataset} --label WHO --out FILE`"
+        ),
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Seal,
+        } => format!(
+            "the root issues a new sealing credential with `embassy keys issue --sealing \
+             --dataset {dataset} --label HOST --out FILE`"
+        ),
+        WayOut::Grant {
+            dataset,
+            grant: Grant::Delete,
+        } => format!(
+            "pass the root key file with --key-file, or a credential the root issues with \
+             `embassy keys issue --sealing --may-delete --dataset {dataset} --label HOST --out FILE`"
+        ),
+        WayOut::Grant {
+            grant: Grant::Collect,
+            ..
+        } => "run `embassy gc` with the root key file (`--key-file root.key`) or a credential \
+              issued with `embassy keys issue --sealing --may-delete`"
+            .into(),
+        WayOut::ApproveMinAge { dataset } => format!(
+            "each approver runs `embassy approve --approver-key FILE --min-age DURATION \
+             {dataset}`, then run this again"
+        ),
+        WayOut::RevokeSigner { dataset } => format!(
+            "if one signer is rogue, revoke it: `embassy keys revoke --signer HEX --dataset \
+             {dataset}` (HEX: its key, as the message names it)"
+        ),
+        WayOut::PgBaseBackup { dataset } => format!(
+            "`embassy pg base-backup {} --conninfo CONNINFO` takes a new base backup",
+            if dataset.is_empty() { "DATASET" } else { dataset }
+        ),
+        WayOut::PgStream { dataset } => format!(
+            "keep `embassy pg stream {dataset} --conninfo CONNINFO` running past that point, or \
+             restore a base backup taken without --wal-streamed"
+        ),
+        WayOut::PgCreateSlot { slot } => format!(
+            "drop slot {slot} on the server (SELECT pg_drop_replication_slot('{slot}')) and run \
+             `embassy pg stream` with --create-slot"
+        ),
+    }
+}
+
+/// The command line for a restore's note that newer versions are not yet witnessed.
+pub const UNWITNESSED_NOTE: &str =
+    "`embassy witness` has the witnesses cosign; --unwitnessed restores the newest anyway";
 
 /// The command line that gets the user out of `e`, when there is one.
 pub fn for_error(e: &Error) -> Option<String> {
@@ -60,6 +118,11 @@ pub fn for_error(e: &Error) -> Option<String> {
             "if the vault at {site} was legitimately replaced, pass --forget-site-pin once to pin \
              the new one"
         )),
+        Error::Refused { way_out, .. } => Some(for_way_out(way_out)),
+        Error::NotApproved { dataset, .. } => Some(format!(
+            "each pinned approver runs `embassy approve --approver-key FILE {dataset}@N` for the \
+             versions named"
+        )),
         Error::SubstitutedConfig { .. } => {
             Some("the genuine vault id is the fingerprint `embassy init` printed".into())
         }
@@ -112,5 +175,78 @@ mod tests {
         };
         assert!(!e.to_string().contains("embassy "), "{e}");
         assert!(for_error(&e).is_some());
+        let e = Error::NotApproved {
+            dataset: "docs".into(),
+            versions: vec![3],
+            have: 1,
+            need: 2,
+            detail: "get 1 more from pinned approvers".into(),
+        };
+        assert!(!e.to_string().contains("embassy "), "{e}");
+        assert!(for_error(&e)
+            .is_some_and(|h| h.contains("`embassy approve --approver-key FILE docs@N`")));
+        // One case per typed way out: the message in words, the command here.
+        let refused = |way_out: WayOut| Error::Refused {
+            kind: embassy_core::ErrorKind::Keys,
+            problem: "refused in words".into(),
+            way_out,
+        };
+        let grant = |grant: Grant| WayOut::Grant {
+            dataset: "docs".into(),
+            grant,
+        };
+        let dataset = || "docs".to_string();
+        for (way_out, command) in [
+            (
+                grant(Grant::Read),
+                "`embassy keys issue --reader --dataset docs",
+            ),
+            (
+                grant(Grant::Seal),
+                "`embassy keys issue --sealing --dataset docs",
+            ),
+            (
+                grant(Grant::Delete),
+                "`embassy keys issue --sealing --may-delete --dataset docs",
+            ),
+            (grant(Grant::Collect), "`embassy gc` with the root key file"),
+            (
+                WayOut::ApproveMinAge { dataset: dataset() },
+                "`embassy approve --approver-key FILE --min-age DURATION docs`",
+            ),
+            (
+                WayOut::RevokeSigner { dataset: dataset() },
+                "`embassy keys revoke --signer HEX --dataset docs`",
+            ),
+            (
+                WayOut::PgBaseBackup { dataset: dataset() },
+                "`embassy pg base-backup docs",
+            ),
+            (
+                WayOut::PgBaseBackup {
+                    dataset: String::new(),
+                },
+                "`embassy pg base-backup DATASET",
+            ),
+            (
+                WayOut::PgStream { dataset: dataset() },
+                "`embassy pg stream docs",
+            ),
+            (
+                WayOut::PgCreateSlot {
+                    slot: "embassy".into(),
+                },
+                "--create-slot",
+            ),
+        ] {
+            let e = refused(way_out);
+            assert!(!e.to_string().contains("embassy "), "{e}");
+            let hint = for_error(&e);
+            assert!(
+                hint.as_ref().is_some_and(|h| h.contains(command)),
+                "{hint:?}"
+            );
+        }
+        assert!(UNWITNESSED_NOTE.contains("--unwitnessed"));
     }
 }

@@ -297,7 +297,9 @@ fn cli_keys_revoke_resolves_a_fork_by_a_still_active_key() {
     let r = home.backup("fresh", 5);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(
-        r.stderr.contains("keys revoke") && r.stderr.contains(&k_hex),
+        r.stderr
+            .contains("hint: if one signer is rogue, revoke it: `embassy keys revoke")
+            && r.stderr.contains(&k_hex),
         "the refusal names the way out: {r:?}"
     );
 

@@ -317,7 +317,10 @@ fn write_only_credential_cannot_delete_history() {
         prune
             .stderr
             .contains("this credential may not delete versions of registry")
-            && prune.stderr.contains("--may-delete"),
+            && prune.stderr.contains("hint:")
+            && prune
+                .stderr
+                .contains("`embassy keys issue --sealing --may-delete"),
         "{prune:?}"
     );
     // It signs the deletion by hand and puts it at the site: every verifier refuses it.

@@ -46,16 +46,20 @@
 //!    in words ("repair it from another site"); the command to type is the front end's to add,
 //!    since the agent (embassy.toml) and the CLI spell it differently. New hints go to the
 //!    front end: the CLI's live in `crates/cli/src/hints.rs`, chosen by variant (NoVault,
-//!    SiteWithoutVault, NoKeyFile, UnknownDataset, NoSuchVersion, Unwitnessed, SubstitutedConfig,
-//!    SitePinMismatch), the agent's in `crates/agent/src/hints.rs` (in terms of embassy.toml).
-//!    Library messages that still name `embassy ...` commands (to move as the front ends'
-//!    operations take them over, each to a typed variant): core `vault.rs` (2: the unwitnessed note's `embassy witness`/`--unwitnessed`, `embassy
-//!    keys issue --reader`), `prune.rs` (2: `embassy keys issue`, `embassy approve`),
-//!    `deletion.rs` (2: `embassy approve`), `accept.rs` (`embassy keys revoke`), `writer.rs`
-//!    (`embassy keys issue --sealing`), `gc.rs` (2: `embassy gc`, `embassy sync --repair`);
-//!    sites `local.rs` (2: `embassy sync --repair`); postgres `error.rs` (`embassy pg
-//!    base-backup`, `embassy sync`), `restore.rs` (2), `standby.rs` (1), `stream.rs` (2),
-//!    `base_backup.rs` (1).
+//!    SiteWithoutVault, NoKeyFile, UnknownDataset, NoSuchVersion, Unwitnessed, NotApproved,
+//!    SubstitutedConfig, SitePinMismatch), the agent's in `crates/agent/src/hints.rs` (in terms
+//!    of embassy.toml). A refusal whose way out needs data is an [`Error::Refused`] carrying a
+//!    typed [`WayOut`] (a credential to grant, approvals of a lower minimum age, a rogue signer
+//!    to revoke, a PostgreSQL base backup, stream or slot), which each front end spells. A
+//!    note in a report rather than an error (a restore's unwitnessed note) gets its hint where
+//!    the front end prints the note. Library messages that still name CLI syntax: ops
+//!    `open.rs` (`--vault-id`, the CLI's flag; the agent has no such setting) and `unlock.rs`
+//!    (`--key-file`, where the agent always names a file); both are reached only from the
+//!    CLI's flags so far. The format's `specification` text in a vault's configuration names
+//!    `embassy verify`: it is documentation stored in the vault, not a message. Without a
+//!    hint yet, in words only: a local site's object that is not a regular file or lies behind
+//!    a link (a `SiteError::Permanent`, which has other causes too) and gc's skipped datasets
+//!    say "repair this site from another one".
 
 use std::path::PathBuf;
 
@@ -128,6 +132,58 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// The way out of an [`Error::Refused`], in typed terms each front end spells in its own
+/// syntax (the CLI's `hints.rs`, the agent's `hints.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WayOut {
+    /// The keys at hand lack a right on `dataset` (empty: the whole vault): the root grants it
+    /// with a new credential.
+    Grant {
+        /// The dataset.
+        dataset: String,
+        /// What the credential must allow.
+        grant: Grant,
+    },
+    /// Approvers must approve lowering `dataset`'s minimum age before it is lowered.
+    ApproveMinAge {
+        /// The dataset.
+        dataset: String,
+    },
+    /// A fork in `dataset`'s ledger: the root revokes the rogue signer, which decides it.
+    RevokeSigner {
+        /// The dataset.
+        dataset: String,
+    },
+    /// PostgreSQL dataset `dataset` (empty: not known here) needs a new base backup.
+    PgBaseBackup {
+        /// The dataset.
+        dataset: String,
+    },
+    /// PostgreSQL dataset `dataset` needs its WAL stream running (further than it has come).
+    PgStream {
+        /// The dataset.
+        dataset: String,
+    },
+    /// Replication slot `slot` is unusable: drop it and let the streamer create it.
+    PgCreateSlot {
+        /// The slot's name.
+        slot: String,
+    },
+}
+
+/// What a credential must allow, for [`WayOut::Grant`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Read the dataset (a reader credential).
+    Read,
+    /// Add versions and stream WAL (a sealing credential).
+    Seal,
+    /// Delete versions (a sealing credential with the delete right, or the root key).
+    Delete,
+    /// Collect garbage: sign condemnation records with a key allowed to delete.
+    Collect,
 }
 
 /// What can go wrong in the core library.
@@ -330,6 +386,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A refusal whose way out each front end spells in its own syntax (rule 5 of the error
+    /// policy): `problem` says what is wrong and the way out in words, `way_out` says it typed,
+    /// so that the CLI can name the command and the agent the embassy.toml setting.
+    #[error("{problem}")]
+    Refused {
+        /// What kind of failure it is.
+        kind: ErrorKind,
+        /// What is wrong, and the way out in words.
+        problem: String,
+        /// The way out, typed.
+        way_out: WayOut,
+    },
+
     /// A lock another process on this host holds was not released in time (a dataset's ledger
     /// lock): nothing is wrong with the vault; waiting, or stopping the holder, is the way out.
     #[error("{what}: held by {holder} for more than {waited_secs:.0} s: {way_out}")]
@@ -393,6 +462,7 @@ impl Error {
             | Error::Invalid(_)
             | Error::NotApproved { .. }
             | Error::Locked { .. } => ErrorKind::Config,
+            Error::Refused { kind, .. } => *kind,
         }
     }
 

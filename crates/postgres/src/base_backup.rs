@@ -455,7 +455,7 @@ fn pg_basebackup_failed(status: &str, stderr: &str) -> PgError {
             "the cluster has tablespaces outside its data directory ({stderr}); base backups \
              stream pg_basebackup's single tar and cannot include them yet: move the tables \
              into pg_default (ALTER TABLE .. SET TABLESPACE pg_default), or back up a stopped \
-             cluster and its tablespace folders as file trees (`embassy backup`)"
+             cluster and its tablespace folders as file-tree datasets"
         ));
     }
     PgError::BaseBackup(format!(

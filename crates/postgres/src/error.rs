@@ -109,7 +109,7 @@ pub enum PgError {
     #[error(
         "PostgreSQL no longer has the WAL at {lsn} the vault needs next: {message}: the slot was \
          dropped or recreated, so WAL between the vault's last durable position and now is lost; \
-         take a new base backup (`embassy pg base-backup`) to start a new unbroken range"
+         take a new base backup to start a new unbroken range"
     )]
     WalGone {
         /// The position asked for.
@@ -163,7 +163,7 @@ pub enum PgError {
     #[error(
         "WAL file {file} is not served whole by site {site}, though ledger entry {seq} anchors \
          WAL at {lsn} there: the site lost or hides it; restore from another site (--site) or \
-         repair this one with `embassy sync`"
+         repair this one from another site"
     )]
     WalLost {
         /// The WAL file PostgreSQL asked for.
@@ -235,6 +235,15 @@ impl From<PgError> for embassy_core::Error {
             return embassy_core::Error::Corrupt {
                 path: file.clone(),
                 problem: e.to_string(),
+            };
+        }
+        if let PgError::WalGone { .. } = &e {
+            return embassy_core::Error::Refused {
+                kind: e.kind(),
+                problem: e.to_string(),
+                way_out: embassy_core::error::WayOut::PgBaseBackup {
+                    dataset: String::new(),
+                },
             };
         }
         match e {

@@ -495,19 +495,24 @@ pub fn restore(
         Mode::Standby => RecoveryTarget::Latest,
     };
     let Some((chosen, info)) = choose_base_backup(&backups, target).cloned() else {
-        return Err(PgError::Restore(match backups.first() {
-            None => format!(
-                "dataset {dataset} has no PostgreSQL base backup: take one with \
-                 `embassy pg base-backup {dataset} --conninfo ...`"
-            ),
-            Some((_, oldest)) => format!(
+        return Err(match backups.first() {
+            None => PgError::Vault(embassy_core::Error::Refused {
+                kind: embassy_core::ErrorKind::Config,
+                problem: format!(
+                    "dataset {dataset} has no PostgreSQL base backup: take one of its server first"
+                ),
+                way_out: embassy_core::error::WayOut::PgBaseBackup {
+                    dataset: dataset.to_string(),
+                },
+            }),
+            Some((_, oldest)) => PgError::Restore(format!(
                 "dataset {dataset} has no base backup finished before {}: the oldest finished at \
                  {} (LSN {}); choose a later target",
                 target_text(target),
                 embassy_core::time::utc(oldest.stopped_at_ns),
                 oldest.stop_lsn
-            ),
-        }));
+            )),
+        });
     };
     // A base backup without its WAL inside needs the streamed WAL up to its stop LSN, or
     // PostgreSQL refuses to start ("WAL ends before consistent recovery point").
@@ -517,18 +522,24 @@ pub fn restore(
             .as_ref()
             .is_some_and(|w| w.timeline > info.timeline || w.durable >= info.stop_lsn);
         if !reaches {
-            return Err(PgError::Restore(format!(
-                "base backup version {} of {dataset} takes its WAL from the stream, but {} \
-                 the backup's end {}: keep `embassy pg stream` running until it passes that \
-                 point, or restore a base backup with its WAL inside (taken without \
-                 --wal-streamed)",
-                chosen.number,
-                newest.map_or(
-                    "the vault holds no streamed WAL of it, not even up to".to_string(),
-                    |w| { format!("the vault's streamed WAL ends at {}, before", w.durable) }
+            return Err(PgError::Vault(embassy_core::Error::Refused {
+                kind: embassy_core::ErrorKind::Config,
+                problem: format!(
+                    "base backup version {} of {dataset} takes its WAL from the stream, but {} \
+                     the backup's end {}: keep its WAL stream running until it passes that \
+                     point, or restore a base backup with its WAL inside (one taken without \
+                     streamed WAL)",
+                    chosen.number,
+                    newest.map_or(
+                        "the vault holds no streamed WAL of it, not even up to".to_string(),
+                        |w| { format!("the vault's streamed WAL ends at {}, before", w.durable) }
+                    ),
+                    info.stop_lsn
                 ),
-                info.stop_lsn
-            )));
+                way_out: embassy_core::error::WayOut::PgStream {
+                    dataset: dataset.to_string(),
+                },
+            }));
         }
     }
     // The same trust policy as any restore (witnessed checkpoints when the vault wants them).

@@ -229,11 +229,18 @@ pub fn promote(
             .active_signers(&history.records)
             .contains(&signer.verifying_key().to_bytes())
         {
-            return Err(PgError::Restore(format!(
-                "the server is promoted, but this key may not sign dataset {dataset}'s history, \
-                 so the promotion is not recorded: record it with a credential that may \
-                 (`embassy keys issue --sealing`)"
-            )));
+            return Err(PgError::Vault(embassy_core::Error::Refused {
+                kind: embassy_core::ErrorKind::Keys,
+                problem: format!(
+                    "the server is promoted, but this key may not sign dataset {dataset}'s \
+                     history, so the promotion is not recorded: record it with a sealing \
+                     credential of {dataset}"
+                ),
+                way_out: embassy_core::error::WayOut::Grant {
+                    dataset: dataset.to_string(),
+                    grant: embassy_core::error::Grant::Seal,
+                },
+            }));
         }
         match ledger::append_ignoring(
             vault.site().as_ref(),

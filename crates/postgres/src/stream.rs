@@ -177,12 +177,19 @@ impl WalStreamer {
             .authority()
             .active_at_head(&signer.verifying_key().to_bytes())
         {
-            return Err(PgError::Vault(embassy_core::Error::WrongKey(format!(
-                "signing key {} may not add to dataset {}: it was revoked or never added \
-                 (`embassy keys issue --sealing` adds a credential's key)",
-                hex::encode(&signer.verifying_key().to_bytes()[..8]),
-                cfg.dataset
-            ))));
+            return Err(PgError::Vault(embassy_core::Error::Refused {
+                kind: embassy_core::ErrorKind::Keys,
+                problem: format!(
+                    "signing key {} may not add to dataset {}: it was revoked or never added; \
+                     ask the root for a new sealing credential",
+                    hex::encode(&signer.verifying_key().to_bytes()[..8]),
+                    cfg.dataset
+                ),
+                way_out: embassy_core::error::WayOut::Grant {
+                    dataset: cfg.dataset.clone(),
+                    grant: embassy_core::error::Grant::Seal,
+                },
+            }));
         }
         let durable_log = match &cfg.durable_log {
             Some(p) => Some(
@@ -335,11 +342,17 @@ impl Session<'_> {
                     slot: self.cfg.slot.clone(),
                 })?;
         let restart = slot.restart_lsn.ok_or_else(|| {
-            PgError::Invalid(format!(
-                "replication slot \"{}\" reserves no WAL yet (created without RESERVE_WAL and never \
-                 used): drop it and let `embassy pg stream --create-slot` create it",
-                self.cfg.slot
-            ))
+            PgError::Vault(embassy_core::Error::Refused {
+                kind: embassy_core::ErrorKind::Config,
+                problem: format!(
+                    "replication slot \"{}\" reserves no WAL yet (created without RESERVE_WAL and \
+                     never used): drop it and let the streamer create it",
+                    self.cfg.slot
+                ),
+                way_out: embassy_core::error::WayOut::PgCreateSlot {
+                    slot: self.cfg.slot.clone(),
+                },
+            })
         })?;
         Ok(Resume {
             timeline: slot.restart_tli.unwrap_or(server_timeline),

@@ -390,7 +390,9 @@ fn still_active_key_fork_is_unresolved_until_the_root_revokes_the_rogue_signer()
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("keys revoke") && err.contains(&k_hex) && err.contains(&rogue.id.short()),
+        err.contains("the root revokes it")
+            && err.contains(&k_hex)
+            && err.contains(&rogue.id.short()),
         "{err}"
     );
     // The root revokes K: the revocation goes after the honest branch, and decides the fork.

@@ -87,6 +87,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     };
     if let Some(note) = note {
         eprintln!("note: {}", output::escape(note));
+        eprintln!("  hint: {}", crate::hints::UNWITNESSED_NOTE);
     }
     if !matches!(plan, RestorePlan::Tree { .. })
         && (!args.include.is_empty() || !args.exclude.is_empty() || args.delete)

@@ -362,13 +362,20 @@ pub fn collect_garbage(
     }
     let allowed = deleters(vault);
     if !allowed.contains(&collector.public_key()) {
-        return Err(Error::WrongKey(format!(
-            "garbage collection signs its condemnation records with a key allowed to delete, and \
-             key {} is not one in vault {}: run `embassy gc` with the root key file \
-             (`--key-file root.key`) or a credential the root granted the delete right",
-            hex::encode(&collector.public_key()[..8]),
-            vault.config().vault_id
-        )));
+        return Err(Error::Refused {
+            kind: crate::ErrorKind::Keys,
+            problem: format!(
+                "garbage collection signs its condemnation records with a key allowed to \
+                 delete, and key {} is not one in vault {}: collect with the root key file or a \
+                 credential the root granted the delete right",
+                hex::encode(&collector.public_key()[..8]),
+                vault.config().vault_id
+            ),
+            way_out: crate::error::WayOut::Grant {
+                dataset: String::new(),
+                grant: crate::error::Grant::Collect,
+            },
+        });
     }
     let merged = vault.site().as_ref();
     let members = merged.members();
@@ -485,7 +492,7 @@ pub fn collect_garbage(
                     e.kind(),
                     format!(
                         "{dataset}: a live version's objects cannot be followed, so nothing of it \
-                         is collected (repair the site with `embassy sync --repair` first): {e}"
+                         is collected (repair the site from another site first): {e}"
                     ),
                 ));
                 continue;

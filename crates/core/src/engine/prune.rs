@@ -310,11 +310,18 @@ fn check_may_delete(
         )));
     }
     if !authority.may(signer, crate::history::rights::Right::Delete) {
-        return Err(Error::WrongKey(format!(
-            "this credential may not delete versions of {dataset}: the root grants that with \
-             `embassy keys issue --sealing --may-delete` (signing key {})",
-            hex::encode(&signer[..8])
-        )));
+        return Err(Error::Refused {
+            kind: crate::ErrorKind::Keys,
+            problem: format!(
+                "this credential may not delete versions of {dataset}: the root grants that with \
+                 a sealing credential that may delete (signing key {})",
+                hex::encode(&signer[..8])
+            ),
+            way_out: crate::error::WayOut::Grant {
+                dataset: dataset.to_string(),
+                grant: crate::error::Grant::Delete,
+            },
+        });
     }
     Ok(())
 }
@@ -405,10 +412,15 @@ pub fn change_min_age(
         crate::history::rights::Verdict::Accept => {}
         crate::history::rights::Verdict::Noop(why)
         | crate::history::rights::Verdict::Reject(why) => {
-            return Err(Error::invalid(format!(
-                "{why}: approvers approve lowering with `embassy approve --approver-key FILE \
-                 --min-age DURATION {dataset}`, then run this again"
-            )))
+            return Err(Error::Refused {
+                kind: crate::ErrorKind::Config,
+                problem: format!(
+                    "{why}: the pinned approvers approve lowering it first, then run this again"
+                ),
+                way_out: crate::error::WayOut::ApproveMinAge {
+                    dataset: dataset.to_string(),
+                },
+            })
         }
     }
     let record = vault.append_root_event(root, dataset, event)?;

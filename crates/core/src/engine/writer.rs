@@ -199,12 +199,19 @@ impl BackupSession {
             &signer.verifying_key().to_bytes(),
             crate::history::rights::Right::AddVersions,
         ) {
-            return Err(Error::WrongKey(format!(
-                "signing key {} may not add versions to dataset {dataset}: it was revoked, never \
-                 added, or not granted add_versions (`embassy keys issue --sealing` adds a \
-                 credential's key); ask for a new credential",
-                hex::encode(&signer.verifying_key().to_bytes()[..8])
-            )));
+            return Err(Error::Refused {
+                kind: crate::ErrorKind::Keys,
+                problem: format!(
+                    "signing key {} may not add versions to dataset {dataset}: it was revoked, \
+                     never added, or not granted add_versions; ask the root for a new sealing \
+                     credential",
+                    hex::encode(&signer.verifying_key().to_bytes()[..8])
+                ),
+                way_out: crate::error::WayOut::Grant {
+                    dataset: dataset.to_string(),
+                    grant: crate::error::Grant::Seal,
+                },
+            });
         }
         let rejected = history.rejected_ids();
         let head = history.records.last().cloned();

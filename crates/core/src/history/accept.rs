@@ -99,8 +99,8 @@ impl Conflict {
         format!(
             "fork: entries {who} compete at sequence {}, and neither a checkpoint, this client's \
              remembered head nor a root-signed entry decides; versions before {} stay readable. \
-             If one signer is rogue, revoke it and the fork resolves: \
-             `embassy keys revoke --signer <its hex key> --dataset {dataset}`",
+             If one signer is rogue, the root revokes it for dataset {dataset} and the fork \
+             resolves",
             self.seq, self.seq
         )
     }
@@ -182,6 +182,21 @@ impl History {
     /// Refuses an append when the accepted history is not the whole history: a new entry after
     /// a gap or a fork would hide the entries beyond it for good.
     pub fn check_appendable(&self, dataset: &str) -> Result<()> {
+        if self.damage.is_empty() && self.conflict.is_some() {
+            // An unresolved fork alone: revoking the rogue signer decides it.
+            return Err(Error::Refused {
+                kind: crate::ErrorKind::Integrity,
+                problem: format!(
+                    "dataset {dataset}: history does not verify: nothing can be added after \
+                     entry {}: {}",
+                    self.records.len(),
+                    self.problems(dataset).join("; ")
+                ),
+                way_out: crate::error::WayOut::RevokeSigner {
+                    dataset: dataset.into(),
+                },
+            });
+        }
         if self.is_truncated() {
             return Err(Error::History {
                 dataset: dataset.into(),

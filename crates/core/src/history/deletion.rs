@@ -146,13 +146,10 @@ pub(crate) fn deletion_verdict(
         have,
         need,
         detail: if problems.is_empty() {
-            format!(
-                "get {} more with `embassy approve --approver-key FILE {dataset}@N`",
-                need - have
-            )
+            format!("get {} more from pinned approvers", need - have)
         } else {
             format!(
-                "{}; get {} more with `embassy approve --approver-key FILE {dataset}@N`",
+                "{}; get {} more from pinned approvers",
                 problems.join("; "),
                 need - have
             )
