@@ -203,7 +203,7 @@ fn diff_lists_added_removed_and_changed_paths() {
     let f = Fixture::new();
     let run = f.ok(&["diff", "records@1", "records@2"]);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert!(lines.contains(&"- blobs/big.bin  700.0 kB"), "{run:?}");
+    assert!(lines.contains(&"- blobs/big.bin  683.6 KiB"), "{run:?}");
     assert!(lines.contains(&"+ registry/2026/new.csv  4 B"), "{run:?}");
     assert!(
         lines.contains(&"M registry/2026/places.csv  19 B -> 27 B (+8 B)"),
@@ -213,7 +213,7 @@ fn diff_lists_added_removed_and_changed_paths() {
     assert!(!run.stdout.contains("readme"), "{run:?}");
     assert_eq!(
         lines.last().unwrap(),
-        &"records@1 -> records@2: 1 added (4 B), 1 removed (700.0 kB), 1 changed; size -700.0 kB"
+        &"records@1 -> records@2: 1 added (4 B), 1 removed (683.6 KiB), 1 changed; size -683.6 KiB"
     );
     let json = f
         .ok(&["--json", "diff", "records@1", "records@latest"])
