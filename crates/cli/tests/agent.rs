@@ -135,8 +135,7 @@ impl Env {
         ]);
         let out = self.embassy(&args);
         assert!(out.status.success(), "versions failed: {}", show(&out));
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["versions"]
             .as_array()
             .cloned()
             .unwrap_or_default()
