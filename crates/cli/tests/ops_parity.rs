@@ -351,7 +351,8 @@ fn a_passphrase_file_of_several_lines_is_read_alike_by_the_cli_and_the_agent() {
     // Only its first line is the wrong passphrase, for both.
     std::fs::write(env.path("pass"), "first line\n").unwrap();
     let out = env.output(&["backup", "notes", "--command", "echo three"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    // 12: a wrong passphrase (crates/cli/src/exit.rs).
+    assert_eq!(out.status.code(), Some(12), "{}", show(&out));
     let status = env.agent(&["--once"]).status().unwrap();
     assert!(!status.success(), "the agent took a wrong passphrase");
     assert!(
