@@ -56,7 +56,8 @@ pub use embassy_core::text::size;
 pub use embassy_core::text::count;
 
 /// A JSON success says so: an object without `"ok"` gets `"ok": true`, as an error carries
-/// `"ok": false` (lists, such as `versions --json`, stay lists).
+/// `"ok": false`. Every command answers with an object (`versions --json` lists its versions
+/// under `"versions"`, `history --json` its entries under `"entries"`).
 pub fn mark_ok(value: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = value {
         map.entry("ok").or_insert(serde_json::Value::Bool(true));

@@ -134,16 +134,16 @@ impl Env {
             dataset,
         ]);
         let out = self.embassy(&args);
-        // A dataset the vault does not hold yet is an error that says so: no versions.
-        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no dataset") {
+        let answer = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null);
+        // Before its first version the vault holds no such dataset: none listed yet.
+        if answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("no dataset {dataset} ")))
+        {
             return Vec::new();
         }
         assert!(out.status.success(), "versions failed: {}", show(&out));
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        answer["versions"].as_array().cloned().unwrap_or_default()
     }
 
     fn verify(&self, site: &str) {

@@ -612,7 +612,7 @@ fn rotation_then_keys_issue_works() {
     let listed = w
         .ok("reader", &reader, &["--json", "versions", "registry"], None)
         .json();
-    let numbered: Vec<(u64, u64)> = listed
+    let numbered: Vec<(u64, u64)> = listed["versions"]
         .as_array()
         .unwrap()
         .iter()

@@ -139,7 +139,8 @@ impl World {
         );
         assert_eq!(out.code, 0, "{out:?}");
         let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-        v.as_array()
+        v["versions"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|v| {

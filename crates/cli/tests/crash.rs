@@ -151,7 +151,7 @@ impl Embassy {
 
     /// `versions DS --json`.
     fn versions(&self) -> Vec<Value> {
-        match self.json(["versions", DS]) {
+        match self.json(["versions", DS])["versions"].take() {
             Value::Array(v) => v,
             other => panic!("versions printed {other}"),
         }

@@ -107,8 +107,7 @@ impl Env {
     fn versions(&self, dataset: &str) -> Vec<serde_json::Value> {
         let r = self.run(&["--json", "versions", dataset], &[]);
         r.ok();
-        serde_json::from_str::<serde_json::Value>(&r.stdout)
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["versions"]
             .as_array()
             .unwrap()
             .clone()
@@ -374,7 +373,7 @@ fn invalid_dataset_names() {
     r.ok();
     let all: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(
-        all.as_array().unwrap().len(),
+        all["versions"].as_array().unwrap().len(),
         2,
         "only the two good versions"
     );

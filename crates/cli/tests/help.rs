@@ -165,8 +165,14 @@ fn every_json_success_says_ok() {
             None,
         ),
         (vec!["--site", "sites/a", "verify"], None),
+        (vec!["--site", "sites/a", "versions"], None),
+        (vec!["--site", "sites/a", "versions", "tree"], None),
+        (vec!["--site", "sites/a", "history", "tree"], None),
         (vec!["--site", "sites/a", "status"], None),
-        (vec!["sync", "--seed", "--from", "sites/a", "--to", "sites/b"], None),
+        (
+            vec!["sync", "--seed", "--from", "sites/a", "--to", "sites/b"],
+            None,
+        ),
         (vec!["witness-key", "--out", "witness.key"], None),
         (vec!["approver-key", "--out", "approver.key"], None),
         (vec!["config", "check", "embassy.toml"], None),
@@ -179,6 +185,28 @@ fn every_json_success_says_ok() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         assert_eq!(v["ok"], true, "embassy {args:?}: {}", show(&out));
     }
+    // The lists sit under a name, each element as before.
+    let listed = |args: &[&str]| -> Value {
+        let out = embassy(dir, args, None);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let versions = listed(&["--json", "--site", "sites/a", "versions"]);
+    let all = versions["versions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(all.len(), 2, "{versions}");
+    assert!(
+        all.iter()
+            .all(|v| v["version"] == 1 && v["ledger_seq"].is_u64()),
+        "{versions}"
+    );
+    let history = listed(&["--json", "--site", "sites/a", "history", "tree"]);
+    assert_eq!(history["dataset"], "tree", "{history}");
+    let entries = history["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["version"] == 1 && e["seq"].is_u64()),
+        "{history}"
+    );
     let out = embassy(
         dir,
         &[

@@ -51,7 +51,8 @@ impl Env {
     fn versions(&self, name: &str, dataset: &str) -> Vec<Value> {
         let out = self.ok(name, &["--json", "versions", dataset]);
         let all: Value = serde_json::from_slice(&out.stdout).unwrap();
-        all.as_array()
+        all["versions"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|v| {

@@ -157,7 +157,7 @@ fn postgres_with_streamed_wal(env: &Env, pg: &PgServer) -> (String, String) {
     pg.psql("CREATE TABLE people (id serial PRIMARY KEY, name text)");
     env.run(&["pg", "base-backup", "reg", "--conninfo", &pg.conninfo()]);
     let versions = env.json(&["versions", "reg"]);
-    let base_time = versions[0]["captured_at"]
+    let base_time = versions["versions"][0]["captured_at"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -343,11 +343,15 @@ fn a_passphrase_file_of_several_lines_is_read_alike_by_the_cli_and_the_agent() {
     let status = env.agent(&["--once"]).status().unwrap();
     assert!(status.success(), "agent --once: {}", env.agent_log());
     let versions = env.json(&["versions", "notes"]);
-    assert_eq!(versions.as_array().map(Vec::len), Some(2), "{versions}");
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(2),
+        "{versions}"
+    );
     // Only its first line is the wrong passphrase, for both.
     std::fs::write(env.path("pass"), "first line\n").unwrap();
     let out = env.output(&["backup", "notes", "--command", "echo three"]);
-    // exit.rs: a wrong passphrase exits 12.
+    // 12: a wrong passphrase (crates/cli/src/exit.rs).
     assert_eq!(out.status.code(), Some(12), "{}", show(&out));
     let status = env.agent(&["--once"]).status().unwrap();
     assert!(!status.success(), "the agent took a wrong passphrase");

@@ -151,7 +151,7 @@ fn prune_gc_forget_and_approve_from_the_command_line() {
     );
     let versions = env.ok(&["--json", "versions", "registry"]);
     let listed: serde_json::Value = serde_json::from_str(&versions.stdout).unwrap();
-    let seqs: Vec<u64> = listed
+    let seqs: Vec<u64> = listed["versions"]
         .as_array()
         .unwrap()
         .iter()
@@ -267,7 +267,7 @@ fn backup_processes_run_while_prune_and_gc_processes_run() {
     assert!(rounds >= 2, "prune and gc must overlap the backups");
     let versions = env.ok(&["--json", "versions", "ledger"]);
     let listed: serde_json::Value = serde_json::from_str(&versions.stdout).unwrap();
-    let live: Vec<u64> = listed
+    let live: Vec<u64> = listed["versions"]
         .as_array()
         .unwrap()
         .iter()

@@ -149,7 +149,7 @@ fn backup_leaves_out_patterns_exclude_files_and_tagged_caches() {
     missing.fails(1, &["/nonexistent/excludes"]);
     let versions = v.ok("m", &v.key, &["--json", "versions", "docs"], None);
     assert_eq!(
-        versions.json().as_array().map(Vec::len),
+        versions.json()["versions"].as_array().map(Vec::len),
         Some(1),
         "{versions:?}"
     );
@@ -296,7 +296,10 @@ fn dry_run_lists_new_and_changed_files_and_writes_nothing() {
     assert_eq!(plan["bytes"], 9 + 18 + 9);
     assert_eq!(site_listing(&v.site), before, "a dry run wrote to the site");
     let versions = v.ok("m", &v.key, &["--json", "versions", "docs"], None);
-    assert_eq!(versions.json().as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        versions.json()["versions"].as_array().map(Vec::len),
+        Some(1)
+    );
 
     // The text form lists them too.
     let text = v.ok("m", &v.key, &["backup", "docs", s(&src), "--dry-run"], None);

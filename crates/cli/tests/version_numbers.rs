@@ -120,7 +120,7 @@ impl Env {
 
     /// `(version, ledger_seq)` of each version `versions --json` lists for `dataset`.
     fn numbers(&self, dataset: &str) -> Vec<(u64, u64)> {
-        self.json(&["versions", dataset])
+        self.json(&["versions", dataset])["versions"]
             .as_array()
             .unwrap()
             .iter()
@@ -192,7 +192,8 @@ fn a_key_issued_between_two_backups_leaves_versions_1_and_2() {
     assert_eq!(restored["version"]["version"], 2, "{restored}");
     assert_eq!(restored["version"]["ledger_seq"], 3, "{restored}");
     let history = env.json(&["history", "reg"]);
-    let rows: Vec<(u64, Option<u64>)> = history
+    assert_eq!(history["dataset"], "reg", "{history}");
+    let rows: Vec<(u64, Option<u64>)> = history["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -271,8 +272,7 @@ fn interleaved_datasets_each_count_from_1() {
     env.backup("beta", 3);
     assert_eq!(env.numbers("alpha"), vec![(1, 1), (2, 3), (3, 4)]);
     assert_eq!(env.numbers("beta"), vec![(1, 1), (2, 2), (3, 3)]);
-    let all: Vec<(String, u64)> = env
-        .json(&["versions"])
+    let all: Vec<(String, u64)> = env.json(&["versions"])["versions"]
         .as_array()
         .unwrap()
         .iter()

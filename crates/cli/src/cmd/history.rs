@@ -40,7 +40,8 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        print_json(json!(rows))?;
+        // An object, not a bare list, so it carries `"ok": true` like every JSON answer.
+        print_json(json!({ "dataset": dataset, "entries": rows }))?;
     } else {
         println!(
             "{:>5}  {:<20}  {:<16}  {:<16}  EVENT",

@@ -37,10 +37,9 @@ pub fn run(cli: &Cli, args: &VersionsArgs) -> Result<ExitCode> {
         all.extend(versions);
     }
     if cli.json {
-        print_json(json!(all
-            .iter()
-            .map(output::version_json)
-            .collect::<Vec<_>>()))?;
+        // An object, not a bare list, so it carries `"ok": true` like every JSON answer.
+        let versions: Vec<serde_json::Value> = all.iter().map(output::version_json).collect();
+        print_json(json!({ "versions": versions }))?;
     } else if all.is_empty() {
         println!("no versions yet");
     } else {
