@@ -35,8 +35,8 @@ impl Control {
 
 /// Takes the agent's lock on its state folder (`agent.lock`, holding the pid): two agents on one
 /// state folder would overwrite each other's alarms and history. Released when the file closes.
-pub(crate) fn lock_state_dir(dir: &Path) -> Result<std::fs::File, crate::agent::AgentError> {
-    use crate::agent::AgentError;
+pub(crate) fn lock_state_dir(dir: &Path) -> Result<std::fs::File, crate::error::AgentError> {
+    use crate::error::AgentError;
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| {

@@ -119,3 +119,43 @@ mod tests {
         assert_eq!(serde_json::from_str::<Problem>(&json).unwrap(), p);
     }
 }
+
+/// The agent's failure to start or to keep going.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Something needed to start is missing or broken.
+    #[error("{0}")]
+    Start(String),
+    /// Another agent holds the lock on the state folder.
+    #[error("{0}")]
+    Locked(String),
+    /// The vault could not be opened or unlocked at the configured sites.
+    #[error("{context}: {error}{}", hint.as_deref().map(|h| format!("\n  ({h})")).unwrap_or_default())]
+    Open {
+        /// What was being done.
+        context: &'static str,
+        /// Why it failed, typed.
+        error: Box<RunError>,
+        /// What to type, when there is a command that helps.
+        hint: Option<String>,
+    },
+    /// Some runs of a `--once` cycle failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AgentError {
+    /// True when the agent refused to start because a site's vault is damaged or was tampered
+    /// with (the CLI exits 3 for it, as for any integrity error).
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, AgentError::Open { error, .. } if error.kind() == ErrorKind::Integrity)
+    }
+
+    /// True when another process holds a lock the agent needs (the CLI exits 11 for it).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, AgentError::Locked(_))
+    }
+}
