@@ -90,14 +90,9 @@ impl From<(u32, BlobEntry)> for IndexEntry {
     }
 }
 
-/// Encodes an index object for `packs` and their blobs, signed by `signer` (the key that signs
-/// the writer's ledger entries).
-pub fn encode(
-    keys: &DatasetKeys,
-    signer: &SigningKey,
-    packs: &[(ObjectId, Vec<BlobEntry>)],
-) -> Vec<u8> {
-    let entries: Vec<IndexEntry> = packs
+/// The index entries of `packs`, each blob naming its pack by position in the list.
+fn entries_of(packs: &[(ObjectId, Vec<BlobEntry>)]) -> Vec<IndexEntry> {
+    packs
         .iter()
         .enumerate()
         .flat_map(|(i, (_, blobs))| {
@@ -106,7 +101,17 @@ pub fn encode(
                 blob: *b,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Encodes an index object for `packs` and their blobs, signed by `signer` (the key that signs
+/// the writer's ledger entries).
+pub fn encode(
+    keys: &DatasetKeys,
+    signer: &SigningKey,
+    packs: &[(ObjectId, Vec<BlobEntry>)],
+) -> Vec<u8> {
+    let entries = entries_of(packs);
     encode_entries(
         keys,
         signer,
@@ -143,16 +148,7 @@ pub fn encode_repack(
     replaces: Vec<ObjectId>,
     as_of_seq: u64,
 ) -> Vec<u8> {
-    let entries: Vec<IndexEntry> = packs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, blobs))| {
-            blobs.iter().map(move |b| IndexEntry {
-                pack: i as u32,
-                blob: *b,
-            })
-        })
-        .collect();
+    let entries = entries_of(packs);
     let header = IndexHeader {
         dataset: keys.dataset.clone(),
         packs: packs.iter().map(|(id, _)| *id).collect(),
