@@ -336,14 +336,16 @@ fn packs_below_the_unused_threshold_are_not_rewritten() {
         !second.deleted.iter().any(|d| d.starts_with("packs/")) || kept.len() + 2 >= packs.len(),
         "only wholly dead packs go"
     );
-    // With no unused space allowed, the pack holding the dead block is rewritten, and only it
-    // (and its neighbours the dead block spans).
+    // With no unused space allowed, the packs holding the dead block's chunks are rewritten,
+    // and only they: a few of the dataset's packs (how many depends on which pack each chunk
+    // landed in, which the parallel writer does not fix), never most of them.
     let strict = s.gc(0, after_grace());
     assert!(!strict.repacked.is_empty(), "{strict:?}");
     assert!(
-        strict.repacked.len() <= 3,
-        "only the packs holding the dead block: {:?}",
-        strict.repacked
+        strict.repacked.len() <= 5 && strict.repacked.len() * 2 < packs.len(),
+        "only the packs holding the dead block: {:?} of {} packs",
+        strict.repacked,
+        packs.len()
     );
     assert!(s.restore(&v2) == live);
     s.verifies();

@@ -241,7 +241,11 @@ fn prune_records_a_policy_deletion_every_reader_honours_and_gc_removes_only_garb
     }
     assert_eq!(seqs(&s.vault.versions("land").unwrap()), vec![3, 4]);
     let err = s.vault.find_version("land", Some("1")).unwrap_err();
-    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    assert!(matches!(err, Error::NoSuchVersion { .. }), "{err}");
+    assert!(
+        err.to_string().contains("was deleted by ledger entry"),
+        "{err}"
+    );
     // Idempotent: a second run deletes nothing.
     let again = s.keep_last_now("land", 2).unwrap();
     assert!(again.deleted.is_empty() && again.entry.is_none());
