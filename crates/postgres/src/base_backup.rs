@@ -538,7 +538,16 @@ pub fn base_backup(
     let mut stats = VersionStats::default();
     let mut extracted = Extracted::default();
     let stored = match child.stdout.take() {
-        Some(out) => store_archive(&session, out, &mut stats, &mut extracted, progress),
+        Some(mut out) => {
+            let stored = store_archive(&session, &mut out, &mut stats, &mut extracted, progress);
+            if stored.is_ok() {
+                // Read to the end: pg_basebackup may still write after the archive's end
+                // marker (padding), and a pipe closed under it kills it with SIGPIPE, failing
+                // a backup that was complete (seen intermittently under load).
+                let _ = std::io::copy(&mut out, &mut std::io::sink());
+            }
+            stored
+        }
         None => Err(PgError::BaseBackup(
             "pg_basebackup's output is not a pipe".into(),
         )),
