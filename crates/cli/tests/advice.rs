@@ -3,53 +3,23 @@
 //! there are and the nearest one; a mistyped site among sites that hold the vault is not told
 //! to `embassy init`; a missing key file names --key-file to the CLI user.
 
-use std::path::PathBuf;
-
-use embassy_testkit::cli::{Embassy, Run};
+use embassy_testkit::cli::Vaults;
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    embassy: Embassy,
+/// The shared environment (`testkit::cli::Vaults`), with this file's own steps.
+struct Env(Vaults);
+
+impl std::ops::Deref for Env {
+    type Target = Vaults;
+    fn deref(&self) -> &Vaults {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path().to_path_buf();
-        let embassy = Embassy::new(EMBASSY, &dir);
-        Env {
-            _tmp: tmp,
-            dir,
-            embassy,
-        }
-    }
-
-    fn path(&self, p: &str) -> String {
-        self.dir.join(p).display().to_string()
-    }
-
-    fn run(&self, sites: &[&str], args: &[&str]) -> Run {
-        let mut all = vec![
-            "--key-file".to_string(),
-            self.path("vault.key"),
-            "--state-dir".to_string(),
-            self.path("state"),
-        ];
-        for s in sites {
-            all.push("--site".into());
-            all.push(self.path(s));
-        }
-        all.extend(args.iter().map(|a| a.to_string()));
-        self.embassy.run(all, None)
-    }
-
-    fn ok(&self, sites: &[&str], args: &[&str]) -> Run {
-        let run = self.run(sites, args);
-        assert_eq!(run.code, 0, "{args:?}: {run:?}");
-        run
+        Env(Vaults::new(EMBASSY))
     }
 }
 

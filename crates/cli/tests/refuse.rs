@@ -6,54 +6,25 @@
 //! shows the site with the way to seed it (not `embassy init`, item 2) and uses it again once
 //! seeded.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use embassy_testkit::cli::{Embassy, Run};
+use embassy_testkit::cli::Vaults;
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    embassy: Embassy,
+/// The shared environment (`testkit::cli::Vaults`), with this file's own steps.
+struct Env(Vaults);
+
+impl std::ops::Deref for Env {
+    type Target = Vaults;
+    fn deref(&self) -> &Vaults {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path().to_path_buf();
-        let embassy = Embassy::new(EMBASSY, &dir);
-        Env {
-            _tmp: tmp,
-            dir,
-            embassy,
-        }
-    }
-
-    fn path(&self, p: &str) -> String {
-        self.dir.join(p).display().to_string()
-    }
-
-    /// `embassy --key-file KEY --state-dir STATE --site S... ARGS`.
-    fn run(&self, sites: &[&str], args: &[&str]) -> Run {
-        let mut all = vec![
-            "--key-file".to_string(),
-            self.path("vault.key"),
-            "--state-dir".to_string(),
-            self.path("state"),
-        ];
-        for s in sites {
-            all.push("--site".into());
-            all.push(self.path(s));
-        }
-        all.extend(args.iter().map(|a| a.to_string()));
-        self.embassy.run(all, None)
-    }
-
-    fn ok(&self, sites: &[&str], args: &[&str]) -> Run {
-        let run = self.run(sites, args);
-        assert_eq!(run.code, 0, "{args:?}: {run:?}");
-        run
+        Env(Vaults::new(EMBASSY))
     }
 
     /// A vault at sites a and b holding one version of a small tree.
@@ -169,15 +140,9 @@ fn an_empty_s3_prefix_is_refused_and_seeded_only_when_asked() {
         "s3://{bucket}/vault?endpoint={}&region=us-east-1",
         server.endpoint
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let embassy = Embassy::new(EMBASSY, tmp.path())
+    let env = Env(Vaults::new(EMBASSY)
         .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing");
-    let env = Env {
-        dir: tmp.path().to_path_buf(),
-        _tmp: tmp,
-        embassy,
-    };
+        .env("AWS_SECRET_ACCESS_KEY", "testing"));
     std::fs::create_dir_all(env.dir.join("src")).unwrap();
     std::fs::write(env.dir.join("src/register.txt"), "citizens\n").unwrap();
     env.ok(&["a"], &["init"]);

@@ -363,3 +363,62 @@ impl TestVault {
         std::fs::write(path, bytes).expect("write the planted object");
     }
 }
+
+/// A temporary folder for a vault at one or more local sites, and the CLI run against them with
+/// its key file (`vault.key`) and state folder (`state`) there. The shared environment of the
+/// CLI tests that name their sites per command.
+pub struct Vaults {
+    _tmp: tempfile::TempDir,
+    /// The folder everything lives in.
+    pub dir: PathBuf,
+    /// The CLI, run in `dir`.
+    pub embassy: Embassy,
+}
+
+impl Vaults {
+    /// A fresh folder; `bin` is the `embassy` binary (`env!("CARGO_BIN_EXE_embassy")`).
+    pub fn new(bin: &str) -> Vaults {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let embassy = Embassy::new(bin, &dir);
+        Vaults {
+            _tmp: tmp,
+            dir,
+            embassy,
+        }
+    }
+
+    /// The CLI run with `key` set to `value` in its environment (S3 credentials, say).
+    pub fn env(mut self, key: &str, value: &str) -> Vaults {
+        self.embassy = self.embassy.env(key, value);
+        self
+    }
+
+    /// `p` under the folder, as a string.
+    pub fn path(&self, p: &str) -> String {
+        self.dir.join(p).display().to_string()
+    }
+
+    /// `embassy --key-file KEY --state-dir STATE --site S... ARGS`.
+    pub fn run(&self, sites: &[&str], args: &[&str]) -> Run {
+        let mut all = vec![
+            "--key-file".to_string(),
+            self.path("vault.key"),
+            "--state-dir".to_string(),
+            self.path("state"),
+        ];
+        for s in sites {
+            all.push("--site".into());
+            all.push(self.path(s));
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.embassy.run(all, None)
+    }
+
+    /// [`Vaults::run`], which must succeed.
+    pub fn ok(&self, sites: &[&str], args: &[&str]) -> Run {
+        let run = self.run(sites, args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        run
+    }
+}
