@@ -1597,7 +1597,11 @@ fn a_second_signal_exits_at_once_and_still_leaves_no_partial_version() {
     let _g = serial();
     let env = Env::new();
     env.init(&["sites/a"]);
-    write_tree(&env.path("data/big"), 200, 1 << 20, 10);
+    write_tree(&env.path("data/big"), 80, 1 << 20, 10);
+    // The source writes its bytes, then holds its output open while `hold` exists: the backup
+    // cannot end before the second signal, however fast the machine (a plain tree could be
+    // stored in the moment between the two signals, as seen once in CI).
+    std::fs::write(env.path("hold"), b"").unwrap();
     env.config(&agent_config(
         r#"shutdown_grace = "5min"
 verify_interval = "never"
@@ -1606,7 +1610,7 @@ verify_interval = "never"
         &["a"],
         r#"[[datasets]]
 name = "big"
-source = { files = ["data/big"] }
+source = { command = "find data/big -type f | sort | xargs cat; while [ -e hold ]; do sleep 0.1; done" }
 interval = "1h"
 rpo = "2h"
 "#,
@@ -1632,6 +1636,8 @@ rpo = "2h"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Let the source command end whether or not the agent stopped it.
+    std::fs::remove_file(env.path("hold")).unwrap();
     assert_eq!(status.code(), Some(1), "log:\n{}", agent.log());
     assert!(
         !agent.log().contains("big: version 1 stored"),

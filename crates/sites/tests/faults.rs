@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embassy_core::site::{Put, Site, SiteError};
-use embassy_sites::s3::ConditionalWrites;
+use embassy_sites::s3::{ConditionalWrites, FIRST_PROBE_AFTER};
 use embassy_sites::{CreateOnly, RetryPolicy, RetryingSite, S3Site};
 use embassy_testkit::moto::*;
 use embassy_testkit::proxy::*;
@@ -195,6 +195,11 @@ fn each_transient_fault_is_retryable_and_the_retry_layer_recovers() {
                 "{:?}",
                 t.elapsed()
             );
+            // The timeout marked the site down; the retried call starts when the breaker lets
+            // its first probe through, so that probe meets the stall again and the retries'
+            // waits (at least 1.5 s before the fifth attempt) outlast the breaker's second wait
+            // of 1 s. Started any earlier, the stall could fall on the last attempt.
+            std::thread::sleep(FIRST_PROBE_AFTER + Duration::from_millis(100));
         }
         proxy.script(needle, fault, 1);
         if needle.starts_with("GET") {
