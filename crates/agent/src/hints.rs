@@ -53,12 +53,21 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
              --dataset {dataset} ...`) and set `file` to it"
         ),
         WayOut::Grant {
-            grant: Grant::Delete | Grant::Collect,
+            grant: Grant::Delete,
             ..
         } => format!(
-            "pruning and gc (`gc_interval`) need a key allowed to delete: set `file` under [keys] \
-             in embassy.toml (now {file}) to the root key file or a credential issued with \
-             `embassy keys issue --sealing --may-delete`, or leave gc to a host that has one"
+            "pruning needs a key allowed to delete: set `file` under [keys] in embassy.toml (now \
+             {file}) to the root key file or a credential issued with `embassy keys issue \
+             --sealing --may-delete`, or leave retention to a host that has one"
+        ),
+        WayOut::Grant {
+            grant: Grant::Collect,
+            ..
+        } => format!(
+            "gc condemns objects of the whole vault, which only the root key signs (a \
+             credential, even one issued with --may-delete, cannot): set `file` under [keys] in \
+             embassy.toml (now {file}) to the root key file, or set gc_interval = \"never\" here \
+             and run `embassy gc` with the root key file on a host trusted with it"
         ),
         WayOut::ApproveMinAge { dataset } => format!(
             "the approvers approve lowering {dataset}'s minimum age first (`embassy approve \

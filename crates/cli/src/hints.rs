@@ -33,8 +33,9 @@ pub fn for_way_out(way_out: &WayOut) -> String {
         WayOut::Grant {
             grant: Grant::Collect,
             ..
-        } => "run `embassy gc` with the root key file (`--key-file root.key`) or a credential \
-              issued with `embassy keys issue --sealing --may-delete`"
+        } => "run `embassy gc` with the root key file (`--key-file root.key`): gc condemns \
+              objects of the whole vault, which only the root signs (a sealing credential, even \
+              one issued with `--may-delete`, prunes its datasets but cannot collect)"
             .into(),
         WayOut::ApproveMinAge { dataset } => format!(
             "each approver runs `embassy approve --approver-key FILE --min-age DURATION \

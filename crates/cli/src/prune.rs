@@ -319,7 +319,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
         options.repack_small_bytes = parse_size(s)?;
     }
     let vault = crate::open_vault(cli)?;
-    // Condemnation records are signed, by a key allowed to delete (also for a dry run, which
+    // Condemnation records are signed by the root key (also for a dry run, which
     // checks that the key would do).
     let keyring = secrets::unlock(
         vault.config(),
@@ -328,9 +328,8 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     )
     .map_err(|e| {
         Error::WrongKey(format!(
-            "`embassy gc` signs its condemnation records, so it needs a key allowed to delete: \
-             the root key file (`--key-file root.key`) or a credential the root granted the delete \
-             right ({e})"
+            "`embassy gc` signs its condemnation records with the vault's root key: give the \
+             root key file (`--key-file root.key`) ({e})"
         ))
     })?;
     let collection = embassy_ops::gc::collect(

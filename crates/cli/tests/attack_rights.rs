@@ -646,3 +646,27 @@ fn backdated_or_future_dated_deletion() {
     made.push((v, data(9)));
     all_restore(&w, "fresh", &made);
 }
+
+/// A credential issued with `--may-delete` prunes its datasets but cannot collect the vault's
+/// garbage: `gc` refuses it, names why, and its advice (the root key) is what works. The advice
+/// once told the operator to issue exactly such a credential, which gc then refused.
+#[test]
+fn a_may_delete_credential_cannot_collect_and_the_advice_names_the_root_key() {
+    let (w, _) = World::init(&["--min-age", "0"]);
+    w.backup("home", &w.root_key.clone(), &data(1));
+    let (cred, _) = w.issue("janitor", &["--may-delete"]);
+    let gc = w.run_as("host", &cred, &["gc"], None);
+    assert_eq!(gc.code, 1, "{gc:?}");
+    assert!(
+        gc.stderr
+            .contains("signs its condemnation records with the vault's root key")
+            && gc.stderr.contains("hint:")
+            && gc.stderr.contains("with the root key file")
+            && !gc
+                .stderr
+                .contains("issued with `embassy keys issue --sealing --may-delete`"),
+        "{gc:?}"
+    );
+    // What the hint says works.
+    w.root_ok(&["gc"]);
+}

@@ -182,7 +182,7 @@ pub enum Grant {
     Seal,
     /// Delete versions (a sealing credential with the delete right, or the root key).
     Delete,
-    /// Collect garbage: sign condemnation records with a key allowed to delete.
+    /// Collect garbage: sign condemnation records with the root key.
     Collect,
 }
 

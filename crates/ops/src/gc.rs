@@ -60,8 +60,8 @@ impl Collection {
     }
 }
 
-/// Collects the vault's garbage. Condemnation records are signed, so the keys must be allowed
-/// to delete (the root key, or a credential granted the delete right); also for a dry run,
+/// Collects the vault's garbage. Condemnation records are signed by the root key (a
+/// credential's delete right covers pruning its datasets only); also for a dry run,
 /// which checks that the key would do. What this machine saw of the records is remembered in
 /// `heads_dir` (the folder of the verified heads, [`crate::open::OpenOptions::heads_dir`]).
 pub fn collect(

@@ -365,9 +365,9 @@ pub fn collect_garbage(
         return Err(Error::Refused {
             kind: crate::ErrorKind::Keys,
             problem: format!(
-                "garbage collection signs its condemnation records with a key allowed to \
-                 delete, and key {} is not one in vault {}: collect with the root key file or a \
-                 credential the root granted the delete right",
+                "garbage collection signs its condemnation records with the vault's root key, \
+                 and key {} is not the root's in vault {} (a credential's delete right covers \
+                 pruning its datasets, not collecting the vault's objects)",
                 hex::encode(&collector.public_key()[..8]),
                 vault.config().vault_id
             ),
