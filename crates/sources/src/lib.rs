@@ -2,6 +2,7 @@
 //! the environment commands run in ([`env`]), and which paths of a tree a backup stores or a
 //! restore writes ([`selection`]).
 
+pub mod check;
 pub mod env;
 
 pub mod files;
