@@ -31,7 +31,9 @@ impl Agent {
                 };
                 ds.last_success.is_some()
                     && ds.last_drill.as_ref().is_none_or(|l| {
-                        now >= l.at.saturating_add(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX))
+                        now >= l
+                            .at
+                            .saturating_add(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX))
                     })
             })
             .map(|(name, _)| name)
