@@ -509,3 +509,64 @@ fn a_drill_that_cannot_run_in_time_is_overdue_and_raises_the_alarm() {
     );
     drop(agent);
 }
+
+/// A drill entry needs no special handling by witnesses: the drill writes a checkpoint naming
+/// it (as a backup does), and a witness verifies the vault and cosigns that checkpoint.
+#[test]
+fn a_witness_cosigns_the_checkpoint_that_names_the_drill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = embassy_testkit::cli::Embassy::new(EXE, tmp.path());
+    let wk = tmp.path().join("keys/witness.key");
+    let r = e.ok(
+        ["--json", "witness-key", "--out", wk.to_str().unwrap()],
+        None,
+    );
+    let public = r.json()["public_key"].as_str().unwrap().to_string();
+    let site = tmp.path().join("site");
+    let slow = tmp.path().join("keys/init.key");
+    let state = tmp.path().join("state/init");
+    e.ok(
+        [
+            "--site",
+            site.to_str().unwrap(),
+            "--key-file",
+            slow.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "init",
+            "--witness",
+            &public,
+        ],
+        None,
+    );
+    let key = tmp.path().join("keys/root.key");
+    let vault_id = cheapen(&slow, &key);
+    let v = TestVault {
+        embassy: e,
+        base: tmp.path().to_path_buf(),
+        site,
+        key,
+        vault_id,
+    };
+    v.backup_bytes("home", "dump", &vec![3u8; 200_000]);
+    let out = drill(&v, &["dump"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let seq = out.json()["drills"][0]["recorded_seq"].as_u64().unwrap();
+    let w = v.run(
+        "witness",
+        &v.key,
+        &["witness", "--witness-key", wk.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(w.code, 0, "{w:?}");
+    assert!(w.text().contains("cosigned"), "{w:?}");
+    let site: Arc<dyn Site> = Arc::new(embassy_sites::LocalSite::new(&v.site).unwrap());
+    let vault = Vault::open(site).unwrap();
+    let (histories, _) = vault.histories().unwrap();
+    let cp = vault.trusted_checkpoint(&histories).unwrap().unwrap();
+    assert!(!cp.cosigners.is_empty(), "cosigned");
+    assert_eq!(
+        cp.checkpoint.heads["dump"].seq, seq,
+        "the cosigned checkpoint names the drill"
+    );
+}

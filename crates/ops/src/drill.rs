@@ -201,8 +201,9 @@ fn restore_and_check(
     let counts_match = found.files == stats.files && found.bytes == stats.bytes;
     let detail = if found.passed() && counts_match {
         format!(
-            "{} files, {} bytes read back and match the manifest",
-            found.files, found.bytes
+            "{}, {} bytes read back and match the manifest",
+            embassy_core::text::count(found.files, "file", "files"),
+            found.bytes
         )
     } else if !found.passed() {
         format!(
@@ -261,7 +262,16 @@ fn record(
             &history.rejected_ids(),
             Event::DrillRecorded(Box::new(result.clone())),
         ) {
-            Ok(record) => return Ok(record.entry.seq),
+            Ok(record) => {
+                // A checkpoint naming the new head, as a backup writes one: witnesses cosign
+                // it, and a site cannot withhold the drill entry from a client that saw it.
+                // The entry is durable already, so a failure here only leaves the next
+                // operation's checkpoint to cover it.
+                if vault.may_checkpoint(&signer) {
+                    let _ = vault.write_checkpoint(&signer);
+                }
+                return Ok(record.entry.seq);
+            }
             Err(Error::History { .. }) if attempt < 5 => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50 * attempt));

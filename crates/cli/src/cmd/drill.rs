@@ -81,13 +81,13 @@ pub fn run(cli: &Cli, args: &DrillArgs) -> Result<ExitCode> {
 
 fn show(r: &DrillReport) {
     println!(
-        "drill of {}@{}: {} (RTO {} ms, RPO {} ms, {} files, {})",
+        "drill of {}@{}: {} (RTO {} ms, RPO {} ms, {}, {})",
         output::escape(&r.dataset),
         r.version,
         if r.result.passed { "PASSED" } else { "FAILED" },
         r.result.rto_ms,
         r.result.rpo_ms,
-        r.files,
+        output::count(r.files, "file", "files"),
         output::size(r.bytes)
     );
     for c in &r.result.checks {
