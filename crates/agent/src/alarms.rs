@@ -21,6 +21,10 @@ use crate::config::Config;
 use crate::state::{AgentState, RaisedAlarm};
 use crate::status::{Colour, DatasetRow};
 
+/// The `site` of a restore drill's alarm (a failed or overdue drill is the dataset's, not a
+/// site's).
+pub const DRILL_SITE: &str = "drill";
+
 /// One alarm or clearance to deliver.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notice {
@@ -89,6 +93,31 @@ pub fn evaluate(rows: &[DatasetRow], state: &AgentState, now: i64) -> Vec<Notice
                     });
                 }
             }
+        }
+    }
+    // A failed or overdue restore drill: one alarm per dataset, at the pseudo-site `drill`.
+    for row in rows {
+        let Some(drill) = row.drill.as_ref().filter(|d| d.is_red()) else {
+            continue;
+        };
+        let key = format!("{}@{DRILL_SITE}", row.name);
+        still_red.insert(key.clone());
+        let kind = drill
+            .last
+            .as_ref()
+            .filter(|_| drill.failed)
+            .and_then(|l| l.kind);
+        if !state.alarms.contains_key(&key) {
+            out.push(Notice {
+                event: "raised",
+                dataset: row.name.clone(),
+                site: DRILL_SITE.into(),
+                lag_seconds: None,
+                rpo_seconds: row.rpo_seconds,
+                message: format!("{}: {}", row.name, drill.reason()),
+                at: now,
+                kind,
+            });
         }
     }
     for (key, a) in &state.alarms {

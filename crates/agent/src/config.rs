@@ -174,6 +174,8 @@ pub struct DatasetConfig {
     pub owner: Option<String>,
     /// What its backups leave out (a file tree's only).
     pub selection: FileSelection,
+    /// How often to run a restore drill (`drill = "7d"`; none: never).
+    pub drill: Option<Duration>,
 }
 
 /// What a file-tree dataset's backups leave out: `exclude`, `exclude_file`, `exclude_caches`

@@ -127,6 +127,22 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
                 );
             }
         }
+        if let Some(d) = &row.drill {
+            let state = match (d.passed, d.overdue) {
+                (_, true) => "OVERDUE",
+                (Some(true), _) => "passed",
+                (Some(false), _) => "FAILED",
+                (None, _) => "not run yet",
+            };
+            let _ = write!(
+                h,
+                "<br><small class=\"drill{cls}\" id=\"drill-{name}\">drill: {state}{at}{rto}</small>",
+                cls = if d.failed || d.overdue { " error" } else { "" },
+                name = esc(&row.name),
+                at = d.last_at.as_ref().map(|t| format!(" at {}", esc(t))).unwrap_or_default(),
+                rto = d.rto_ms.map(|ms| format!(" · RTO {:.1}s", ms as f64 / 1000.0)).unwrap_or_default(),
+            );
+        }
         h.push_str("</td>");
         for c in &row.sites {
             let text = match (c.lag_seconds, c.newest_version) {

@@ -195,6 +195,36 @@ pub fn metrics(report: &StatusReport) -> String {
             .collect(),
     );
     family(
+        "embassy_drill_last_timestamp_seconds",
+        "When the dataset's last restore drill ended (Unix seconds).",
+        "gauge",
+        per_dataset(&|d| d.drill.as_ref()?.last_at_unix.map(|t| t as f64)),
+    );
+    family(
+        "embassy_drill_passed",
+        "1 when the dataset's last restore drill passed every check, 0 when it failed.",
+        "gauge",
+        per_dataset(&|d| d.drill.as_ref()?.passed.map(|p| f64::from(u8::from(p)))),
+    );
+    family(
+        "embassy_drill_rto_seconds",
+        "Recovery time the dataset's last restore drill measured.",
+        "gauge",
+        per_dataset(&|d| d.drill.as_ref()?.rto_ms.map(|ms| ms as f64 / 1000.0)),
+    );
+    family(
+        "embassy_drill_rpo_seconds",
+        "Recovery point the dataset's last restore drill measured.",
+        "gauge",
+        per_dataset(&|d| d.drill.as_ref()?.rpo_ms.map(|ms| ms as f64 / 1000.0)),
+    );
+    family(
+        "embassy_drill_overdue",
+        "1 when no restore drill of the dataset ended within its drill interval and grace.",
+        "gauge",
+        per_dataset(&|d| d.drill.as_ref().map(|x| f64::from(u8::from(x.overdue)))),
+    );
+    family(
         "embassy_alarms_raised",
         "Alarms raised and not cleared.",
         "gauge",

@@ -115,6 +115,37 @@ pub struct DatasetStatus {
     pub last_error_at: Option<String>,
     /// One cell per site, in configuration order.
     pub sites: Vec<CellStatus>,
+    /// Its restore drills (none without a `drill` schedule).
+    pub drill: Option<DrillStatus>,
+}
+
+/// A dataset's restore drills.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillStatus {
+    /// How often one is due, in seconds.
+    pub interval_seconds: f64,
+    /// When the last one ended, UTC (none: never ran).
+    pub last_at: Option<String>,
+    /// The same, Unix seconds.
+    pub last_at_unix: Option<i64>,
+    /// True when every check of the last one passed.
+    pub passed: Option<bool>,
+    /// Its recovery time, in milliseconds.
+    pub rto_ms: Option<u64>,
+    /// Its recovery point, in milliseconds.
+    pub rpo_ms: Option<u64>,
+    /// The version it restored.
+    pub version: Option<u64>,
+    /// The ledger entry recording it.
+    pub recorded_seq: Option<u64>,
+    /// What it found, one line.
+    pub summary: Option<String>,
+    /// When the next one is (was) due, UTC.
+    pub due_at: String,
+    /// No drill within the interval and its grace.
+    pub overdue: bool,
+    /// The last one failed or could not run.
+    pub failed: bool,
 }
 
 /// One dataset at one site.
@@ -257,6 +288,20 @@ pub fn report(
                         problem_kind: c.problem,
                     })
                     .collect(),
+                drill: row.drill.as_ref().map(|d| DrillStatus {
+                    interval_seconds: d.interval_seconds,
+                    last_at: d.last.as_ref().map(|l| utc_secs(l.at)),
+                    last_at_unix: d.last.as_ref().map(|l| l.at),
+                    passed: d.last.as_ref().map(|l| l.passed),
+                    rto_ms: d.last.as_ref().and_then(|l| l.rto_ms),
+                    rpo_ms: d.last.as_ref().and_then(|l| l.rpo_ms),
+                    version: d.last.as_ref().and_then(|l| l.version),
+                    recorded_seq: d.last.as_ref().and_then(|l| l.recorded_seq),
+                    summary: d.last.as_ref().map(|l| l.summary.clone()),
+                    due_at: utc_secs(d.due_at),
+                    overdue: d.overdue,
+                    failed: d.failed,
+                }),
             })
         })
         .collect();

@@ -342,3 +342,23 @@ pub fn verify_site(location: &str) -> Result<String, RunError> {
     }
     Ok(verification.summary())
 }
+
+/// One restore drill of `dataset` (embassy-ops's `drill`): the newest version restored into a
+/// scratch folder under the agent's state folder (`drills`), checked, measured and recorded in
+/// the ledger. A drill that ran comes back `Ok`, passed or not; `Err` when it could not run.
+pub fn drill_dataset(
+    config: &Config,
+    keyring: &Keyring,
+    dataset: &str,
+    cancel: &Arc<AtomicBool>,
+) -> Result<embassy_ops::drill::DrillReport, RunError> {
+    let vault = open_vault(config, cancel)?;
+    let scratch = config.agent.state_dir.join("drills");
+    let request = embassy_ops::drill::DrillRequest {
+        dataset,
+        scratch: &scratch,
+        allow_unwitnessed: false,
+        record: true,
+    };
+    Ok(embassy_ops::drill::run(&vault, &request, keyring)?)
+}

@@ -3,6 +3,7 @@
 //! intervals, reaps what worker threads report, reloads on SIGHUP and shuts down within the
 //! grace period. Looking at the sites (freshness, alarms, catch-up) is in [`look`].
 
+mod drill;
 mod look;
 mod verify;
 
@@ -47,6 +48,11 @@ enum Done {
     Gc {
         result: Result<String, RunError>,
     },
+    Drill {
+        dataset: String,
+        elapsed: Duration,
+        result: Result<embassy_ops::drill::DrillReport, RunError>,
+    },
     Looked {
         snaps: Vec<SiteSnapshot>,
         delivered: Vec<alarms::Notice>,
@@ -70,6 +76,8 @@ struct Agent {
     rx: Receiver<Done>,
     running: HashMap<String, JoinHandle<()>>,
     catching_up: HashMap<String, JoinHandle<()>>,
+    /// Restore drills running, by dataset.
+    drilling: HashMap<String, JoinHandle<()>>,
     verifying: Option<JoinHandle<()>>,
     /// Sites caught up since their last keyless verification failed: verified again as soon
     /// as no verification is running, so a failure that the catch-up mended does not stay on
@@ -121,6 +129,7 @@ pub(crate) fn schedule(
         rx,
         running: HashMap::new(),
         catching_up: HashMap::new(),
+        drilling: HashMap::new(),
         verifying: None,
         reverify: BTreeSet::new(),
         reverified: BTreeSet::new(),
@@ -158,6 +167,7 @@ impl Agent {
             }
             if !options.once {
                 self.continuous();
+                self.start_due_drills();
             }
             if let Some(at) = self.next_verify {
                 let allowed = !options.once
@@ -529,6 +539,11 @@ impl Agent {
                     self.refresh_now = true;
                 }
                 Done::Verify { results } => self.finish_verify(results),
+                Done::Drill {
+                    dataset,
+                    elapsed,
+                    result,
+                } => self.finish_drill(dataset, elapsed, result),
             }
         }
     }

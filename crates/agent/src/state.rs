@@ -40,6 +40,31 @@ pub struct DatasetState {
     pub consecutive_failures: u32,
     /// When the next retry is due after a failure (Unix seconds).
     pub next_retry: Option<i64>,
+    /// The last restore drill the agent ran.
+    #[serde(default)]
+    pub last_drill: Option<DrillState>,
+}
+
+/// A restore drill the agent ran (`drill = "7d"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DrillState {
+    /// When it ended (Unix seconds).
+    pub at: i64,
+    /// True when every check passed.
+    pub passed: bool,
+    /// Recovery time measured, in milliseconds (none when the drill could not run).
+    pub rto_ms: Option<u64>,
+    /// Recovery point measured, in milliseconds.
+    pub rpo_ms: Option<u64>,
+    /// The version restored.
+    pub version: Option<u64>,
+    /// The ledger entry that records it (none: not recorded).
+    pub recorded_seq: Option<u64>,
+    /// What it found or why it could not run, one line.
+    pub summary: String,
+    /// When it failed: integrity when it found damage, another kind when it could not run.
+    #[serde(default)]
+    pub kind: Option<ErrorKind>,
 }
 
 /// The last keyless verification of one site.

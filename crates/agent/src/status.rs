@@ -326,6 +326,61 @@ pub struct DatasetRow {
     pub colour: Colour,
     /// One per site, in config order.
     pub cells: Vec<Cell>,
+    /// Its restore drills, when it has a `drill` schedule.
+    pub drill: Option<DrillRow>,
+}
+
+/// A dataset's restore drills as judged: the last one, and whether it failed or is overdue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillRow {
+    /// How often a drill is due, in seconds.
+    pub interval_seconds: f64,
+    /// The last drill the agent ran.
+    pub last: Option<crate::state::DrillState>,
+    /// When the next drill was due (Unix seconds).
+    pub due_at: i64,
+    /// No drill ended within the interval: the last one (or the agent's first sight of the
+    /// dataset) is older than the interval and a grace of a tenth of it (at least a second,
+    /// at most a day), for the drill itself to run.
+    pub overdue: bool,
+    /// The last drill failed, or could not run.
+    pub failed: bool,
+}
+
+impl DrillRow {
+    /// Red: an alarm is raised.
+    pub fn is_red(&self) -> bool {
+        self.overdue || self.failed
+    }
+
+    /// Why, for people (when red).
+    pub fn reason(&self) -> String {
+        match (&self.last, self.failed) {
+            (Some(l), true) => format!("restore drill failed at {}: {}", utc_secs(l.at), l.summary),
+            _ => format!("restore drill overdue since {}", utc_secs(self.due_at)),
+        }
+    }
+}
+
+/// Judges a dataset's drills: due `interval` after the last one ended (or after `first_seen`
+/// when none ran), overdue once a grace (a tenth of the interval, between 1 s and 1 day) has
+/// passed since.
+pub fn drill_row(
+    interval: std::time::Duration,
+    last: Option<&crate::state::DrillState>,
+    first_seen: i64,
+    now: i64,
+) -> DrillRow {
+    let interval_s = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+    let grace = (interval_s / 10).clamp(1, 86_400);
+    let due_at = last.map_or(first_seen, |l| l.at).saturating_add(interval_s);
+    DrillRow {
+        interval_seconds: interval.as_secs_f64(),
+        last: last.cloned(),
+        due_at,
+        overdue: now > due_at.saturating_add(grace),
+        failed: last.is_some_and(|l| !l.passed),
+    }
 }
 
 /// Judges every dataset of `config` at every site.
@@ -421,11 +476,21 @@ pub fn rows(
             .map(|c| c.colour)
             .max()
             .unwrap_or(Colour::Green);
+        let dstate = state.datasets.get(&d.name);
+        let drill = d.drill.map(|interval| {
+            drill_row(
+                interval,
+                dstate.and_then(|s| s.last_drill.as_ref()),
+                dstate.map_or(now_ns / 1_000_000_000, |s| s.first_seen),
+                now_ns / 1_000_000_000,
+            )
+        });
         out.push(DatasetRow {
             name: d.name.clone(),
             rpo_seconds: rpo,
             colour,
             cells,
+            drill,
         });
     }
     out

@@ -513,7 +513,8 @@ fn the_status_document_keeps_its_documented_fields() {
             "last_error",
             "last_error_kind",
             "last_error_at",
-            "sites"
+            "sites",
+            "drill"
         ])
     );
     assert_eq!(

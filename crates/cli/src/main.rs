@@ -116,6 +116,9 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
     Restore(cmd::restore::RestoreArgs),
+    /// Restore drill: restore the newest version into a scratch folder, check every byte,
+    /// measure RTO and RPO, sign the result into the ledger (`--report`: the last drills).
+    Drill(cmd::drill::DrillArgs),
     /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
     Standby(pgrestore::StandbyArgs),
     /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline.
@@ -219,6 +222,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Backup(args) => cmd::backup::run(cli, args),
         Command::Versions(args) => cmd::versions::run(cli, args),
         Command::Restore(args) => cmd::restore::run(cli, args),
+        Command::Drill(args) => cmd::drill::run(cli, args),
         Command::Ls(args) => cmd::ls::run(cli, args),
         Command::Find(args) => cmd::find::run(cli, args),
         Command::Diff(args) => cmd::diff::run(cli, args),

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod browse;
 pub mod catchup;
 pub mod custody;
+pub mod drill;
 pub mod gc;
 pub mod init;
 pub mod open;

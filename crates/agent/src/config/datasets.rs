@@ -211,6 +211,18 @@ impl Parser<'_> {
                     "a string naming who answers for the dataset",
                 )
                 .map(Spanned::into_inner);
+            // Restore drills: how often (none: never).
+            let drill = self.duration(&mut f, "drill");
+            if let Some(d) = &drill {
+                if d.get_ref().is_zero() {
+                    self.problem(
+                        d.span(),
+                        &format!("{field}.drill"),
+                        "expected a duration of at least 1s, like \"7d\"",
+                    );
+                }
+            }
+            let drill = drill.map(Spanned::into_inner);
             let span = f.span.clone();
             self.finish(
                 f,
@@ -225,6 +237,7 @@ impl Parser<'_> {
                     "sites",
                     "classification",
                     "owner",
+                    "drill",
                 ],
             );
             // The schedule: a periodic dataset's versions, or a continuous one's base backups.
@@ -318,6 +331,7 @@ impl Parser<'_> {
                     classification,
                     owner,
                     selection: selection.unwrap_or_default(),
+                    drill,
                 });
             }
         }

@@ -104,6 +104,17 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     "promoted: {host}:{data_dir} writes on timeline {timeline} from {}",
                     embassy_postgres::Lsn(*lsn)
                 ),
+                embassy_core::history::ledger::Event::DrillRecorded(d) => format!(
+                    "drill recorded: {} of version {} on {}, RTO {} ms, RPO {} ms, {}/{} checks \
+                     passed",
+                    if d.passed { "passed" } else { "FAILED" },
+                    number(d.version_seq).unwrap_or_default(),
+                    d.host,
+                    d.rto_ms,
+                    d.rpo_ms,
+                    d.checks.iter().filter(|c| c.passed).count(),
+                    d.checks.len()
+                ),
             };
             let detail = match &r.refused {
                 Some(why) => format!("{detail}; REFUSED, no effect: {why}"),

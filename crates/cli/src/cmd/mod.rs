@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod backup;
 pub mod diff;
+pub mod drill;
 pub mod find;
 pub mod history;
 pub mod init;

@@ -156,6 +156,11 @@ fn verify_json(
     value["ok"] = json!(v.is_ok());
     value["wal"] = pg::wal_reports_json(&v.wal);
     value["deep"] = json!(args.deep);
+    value["drills"] = json!(embassy_ops::drill::last_drills(vault)
+        .unwrap_or_default()
+        .iter()
+        .map(crate::cmd::drill::last_json)
+        .collect::<Vec<_>>());
     Ok((outcome_of(&v), value))
 }
 
@@ -195,6 +200,10 @@ fn verify_and_show(
                     .as_deref()
                     .map_or(String::new(), |c| format!(", {c}"))
             );
+        }
+        // The newest signed drill of each dataset, from the accepted histories (no keys).
+        for d in embassy_ops::drill::last_drills(vault).unwrap_or_default() {
+            println!("{}", crate::cmd::drill::last_line(&d));
         }
         if report.is_ok() && !report.unreferenced.is_empty() {
             println!(

@@ -17,8 +17,12 @@ pub const DEFAULT_MIN_AGE_SECS: u64 = 30 * 86_400;
 const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// The vault format this program writes and reads (docs/format.md). Version 2 (issue 12):
 /// signed indexes, signer rights, a vault id derived from the root key, signed GC records,
-/// deletions judged from signed bytes alone.
-pub const FORMAT_VERSION: u32 = 2;
+/// deletions judged from signed bytes alone. Version 3 (issue 16): the `drill_recorded`
+/// ledger entry and the `drill` right; version-2 vaults stay readable (and writable) but take
+/// no drill entries, which a version-2 program could not read.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest vault format this program reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// BLAKE3 key-derivation context of the vault id (format §10).
 const CONTEXT_VAULT_ID: &str = "data-embassy 2026 vault id v2";
 
@@ -213,16 +217,16 @@ impl VaultConfig {
         if config.format != FORMAT {
             return Err(Error::corrupt(layout::CONFIG, "not a Data Embassy vault"));
         }
-        if config.format_version != FORMAT_VERSION {
-            let way_out = if config.format_version < FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&config.format_version) {
+            let way_out = if config.format_version < OLDEST_FORMAT_VERSION {
                 "a vault written before signed indexes, rights and a derived vault id: restore it \
                  with the embassy release that wrote it, then back it up into a new vault"
             } else {
                 "upgrade embassy"
             };
             return Err(Error::invalid(format!(
-                "vault format version {} is not the one this program reads ({FORMAT_VERSION}): \
-                 {way_out}",
+                "vault format version {} is not one this program reads \
+                 ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): {way_out}",
                 config.format_version
             )));
         }

@@ -117,6 +117,48 @@ pub enum Event {
         /// Its data directory.
         data_dir: String,
     },
+    /// A restore drill ran (format version 3): the newest version was restored into a scratch
+    /// place and checked. Needs the `drill` right, which sealing credentials never hold.
+    DrillRecorded(Box<DrillResult>),
+}
+
+/// What a restore drill found, as signed into the ledger (`drill_recorded`, format §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillResult {
+    /// Sequence number of the version's `version_added` entry the drill restored.
+    pub version_seq: u64,
+    /// That version's manifest.
+    pub manifest: ObjectId,
+    /// PostgreSQL: the WAL position the restored server reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<u64>,
+    /// When the drill started (ns since the epoch).
+    pub started_ns: i64,
+    /// Recovery time: from the start until the tree was complete or the database accepted a
+    /// write, in milliseconds.
+    pub rto_ms: u64,
+    /// Recovery point: how far the data restored lies behind the newest data the ledger
+    /// acknowledged when the drill started, in milliseconds.
+    pub rpo_ms: u64,
+    /// Every check run, in order.
+    pub checks: Vec<DrillCheck>,
+    /// True when every check passed.
+    pub passed: bool,
+    /// The host the drill ran on.
+    pub host: String,
+    /// The program that ran it (`embassy 0.x.y`).
+    pub tool: String,
+}
+
+/// One check of a drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillCheck {
+    /// What was checked (`bytes`, `pg_amcheck`, `sql:<name>`, ...).
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What it found, in a line.
+    pub detail: String,
 }
 
 impl Event {
@@ -142,6 +184,7 @@ impl Event {
             Event::ReaderKeyRotated { .. } => "reader key rotated",
             Event::Promoted { .. } => "promoted",
             Event::MinAgeChanged { .. } => "min age changed",
+            Event::DrillRecorded(_) => "drill recorded",
         }
     }
 }
@@ -237,11 +280,19 @@ pub enum Right {
     StreamWal,
     /// Sign `versions_deleted` entries (still bound by the policy, minimum age and approvals).
     Delete,
+    /// Sign `drill_recorded` entries (format version 3). Never a sealing credential's: a key
+    /// that cannot read must not vouch that the data reads back.
+    Drill,
 }
 
 impl Right {
     /// Every right (what the keys in `config.signers` hold).
-    pub const ALL: [Right; 3] = [Right::AddVersions, Right::StreamWal, Right::Delete];
+    pub const ALL: [Right; 4] = [
+        Right::AddVersions,
+        Right::StreamWal,
+        Right::Delete,
+        Right::Drill,
+    ];
 
     /// The rights of a sealing credential: add versions and stream WAL, plus delete when the
     /// root says so (`embassy keys issue --sealing --may-delete`).
@@ -259,6 +310,7 @@ impl Right {
             Right::AddVersions => "add_versions",
             Right::StreamWal => "stream_wal",
             Right::Delete => "delete",
+            Right::Drill => "drill",
         }
     }
 
@@ -268,6 +320,7 @@ impl Right {
             Event::VersionAdded { .. } | Event::Promoted { .. } => Some(Right::AddVersions),
             Event::LogRangeAdded { .. } => Some(Right::StreamWal),
             Event::VersionsDeleted { .. } => Some(Right::Delete),
+            Event::DrillRecorded(_) => Some(Right::Drill),
             _ => None,
         }
     }

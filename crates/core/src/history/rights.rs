@@ -235,6 +235,11 @@ impl Authority {
             if let Some(why) = early {
                 return Verdict::Reject(why);
             }
+            if let Event::DrillRecorded(drill) = &entry.event {
+                if let Err(why) = check_drill(drill, live) {
+                    return Verdict::Reject(why);
+                }
+            }
             return Verdict::Accept;
         }
         if let Err(why) = self.authorise(entry) {
@@ -334,4 +339,31 @@ impl Authority {
             }
         ))
     }
+}
+
+/// A drill entry names a live version and calls itself passed only when every check passed:
+/// otherwise it is noise (a drill of nothing, or a "pass" that hides a failed check).
+fn check_drill(
+    drill: &crate::history::ledger::DrillResult,
+    live: &BTreeMap<u64, Version>,
+) -> std::result::Result<(), String> {
+    if !live.contains_key(&drill.version_seq) {
+        return Err(format!(
+            "drill recorded for entry {}, which is not a live version",
+            drill.version_seq
+        ));
+    }
+    let all = !drill.checks.is_empty() && drill.checks.iter().all(|c| c.passed);
+    if drill.passed != all {
+        return Err(format!(
+            "drill recorded as {} although {}",
+            if drill.passed { "passed" } else { "failed" },
+            if all {
+                "every check passed"
+            } else {
+                "a check failed (or none ran)"
+            }
+        ));
+    }
+    Ok(())
 }
