@@ -14,6 +14,7 @@ mod interrupt;
 mod output;
 mod pg;
 mod pgrestore;
+mod replay;
 mod prune;
 mod secrets;
 
