@@ -14,8 +14,8 @@ mod interrupt;
 mod output;
 mod pg;
 mod pgrestore;
-mod replay;
 mod prune;
+mod replay;
 mod secrets;
 
 use std::io::Write;

@@ -239,7 +239,10 @@ fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCod
     let vault = crate::open_vault(cli)?;
     let keyring = crate::unlock(cli, &vault)?;
     if spool.is_some() {
-        crate::replay::note(cli, &format!("vault unlocked: direct fetch of {}", args.wal_file));
+        crate::replay::note(
+            cli,
+            &format!("vault unlocked: direct fetch of {}", args.wal_file),
+        );
     }
     let opts = FetchOptions {
         partial: args.partial,
@@ -257,11 +260,7 @@ fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCod
 }
 
 /// `wal-fetch`'s answer for what was fetched.
-fn fetched(
-    cli: &Cli,
-    args: &WalFetchArgs,
-    got: Fetched,
-) -> std::result::Result<ExitCode, PgError> {
+fn fetched(cli: &Cli, args: &WalFetchArgs, got: Fetched) -> std::result::Result<ExitCode, PgError> {
     match got {
         Fetched::NotFound => Ok(ExitCode::from(1)),
         Fetched::Complete | Fetched::Partial { .. } => {

@@ -94,8 +94,14 @@ pub fn helper(cli: &Cli, args: &WalFetchArgs) -> Result<std::process::ExitCode, 
     };
     // SAFETY: installing an async-signal-safe handler (one atomic store) at startup.
     unsafe {
-        libc::signal(libc::SIGINT, crate::pg::on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, crate::pg::on_signal as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            crate::pg::on_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            crate::pg::on_signal as *const () as libc::sighandler_t,
+        );
     }
     let vault = crate::open_vault(cli)?;
     let keyring = crate::unlock(cli, &vault)?;
@@ -109,7 +115,8 @@ pub fn helper(cli: &Cli, args: &WalFetchArgs) -> Result<std::process::ExitCode, 
         ),
     );
     let data_dir = std::env::current_dir().unwrap_or_default();
-    let signals = |d: &Path| d.join("recovery.signal").exists() || d.join("standby.signal").exists();
+    let signals =
+        |d: &Path| d.join("recovery.signal").exists() || d.join("standby.signal").exists();
     let recovering = signals(&data_dir);
     let restore_over = || recovering && !signals(&data_dir);
     let idle = std::env::var("EMBASSY_WAL_FETCH_IDLE_SECONDS")

@@ -265,13 +265,18 @@ fn replay_of_many_segments_goes_through_one_helper_and_its_spool_is_removed() {
         segments as f64 * 16.0 / seconds,
         t0.elapsed().as_secs_f64()
     );
-    wait_until("the helper to remove its spool", Duration::from_secs(30), || {
-        !spool.exists()
-    });
+    wait_until(
+        "the helper to remove its spool",
+        Duration::from_secs(30),
+        || !spool.exists(),
+    );
     let fetches = fetch_log(&data);
     assert_eq!(helper_pids(&fetches).len(), 1, "{fetches}");
     let unlocks = fetches.matches("vault unlocked").count();
-    assert!(unlocks <= 8, "{unlocks} vault unlocks for {segments} segments: {fetches}");
+    assert!(
+        unlocks <= 8,
+        "{unlocks} vault unlocks for {segments} segments: {fetches}"
+    );
     assert!(fetches.contains("the restore is over"), "{fetches}");
     assert!(seen_spooled > 0, "never saw a spooled segment");
     // The data directory holds nothing of the spool.
@@ -298,9 +303,11 @@ fn helper_killed_mid_replay_and_the_replay_still_completes() {
         (before as u32) < SWITCHES,
         "the replay finished before it could be paused"
     );
-    wait_until("the helper to fill the spool", Duration::from_secs(120), || {
-        check_spool_private(&spool) >= 4
-    });
+    wait_until(
+        "the helper to fill the spool",
+        Duration::from_secs(120),
+        || check_spool_private(&spool) >= 4,
+    );
     let pids = helper_pids(&fetch_log(&data));
     assert_eq!(pids.len(), 1, "{}", fetch_log(&data));
     // SAFETY: signalling the helper process the log names.

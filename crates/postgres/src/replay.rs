@@ -443,8 +443,7 @@ fn helper_loop(
                     if end.is_some_and(|e| key >= e) {
                         break;
                     }
-                    if have.contains(&key) || in_flight.contains(&key) || none.contains_key(&key)
-                    {
+                    if have.contains(&key) || in_flight.contains(&key) || none.contains_key(&key) {
                         continue;
                     }
                     if in_flight.len() >= opts.parallel.max(1) * 2 {
