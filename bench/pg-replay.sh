@@ -4,7 +4,8 @@
 #   bench/pg-replay.sh EMBASSY_BIN [WORK]        (as root; see bench/README.md)
 # Environment: SCALE (pgbench -i scale of the load after the base backups; 64 writes about
 # 1 GB of WAL), PROCESS_MAX (pgBackRest's archive-get/-push processes, default 2),
-# PGBR_COMPRESS (pgBackRest's compress-type, default zst), KEEP=1 keeps WORK.
+# PGBR_COMPRESS (pgBackRest's compress-type, default zst), DIRECT=1 (also time embassy without
+# the helper: `--prefetch 0`, every WAL file fetched by its own process), KEEP=1 keeps WORK.
 #  1. a fresh PostgreSQL 15 cluster archives with `pgbackrest archive-push` (archive-async=y,
 #     process-max) while `embassy pg stream` streams the same WAL into a local vault;
 #  2. a pgBackRest full backup and an `embassy pg base-backup --wal-streamed`, then the load
@@ -134,3 +135,14 @@ report "embassy wal-fetch (fetch helper)" "$(since "$t")" "$(since "$t2")"
 check $((PORT + 3)) embassy
 grep -c 'vault unlocked' "$W/restores/embassy.wal-fetch/state/wal-fetch.log" | sed 's/^/[pg-replay] embassy vault unlocks during the replay: /'
 echo "[pg-replay] load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+if [ "${DIRECT:-0}" = 1 ]; then
+  stop "$W/restores/embassy"; rm -rf "$W/restores/embassy" "$W/restores/embassy.wal-fetch"
+  t=$(now)
+  emb restore bench --latest --to "$W/restores/embassy" >/dev/null 2>&1
+  sed -i 's/--prefetch 16/--prefetch 0/' "$W/restores/embassy/postgresql.auto.conf"
+  t2=$(now)
+  start "$W/restores/embassy" $((PORT + 3)); open_wait $((PORT + 3))
+  report "embassy wal-fetch without the helper (--prefetch 0)" "$(since "$t")" "$(since "$t2")"
+  check $((PORT + 3)) "embassy --prefetch 0"
+  echo "[pg-replay] load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+fi

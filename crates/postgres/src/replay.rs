@@ -73,6 +73,9 @@ pub struct HelperReport {
     pub stopped: String,
 }
 
+/// A segment: timeline and segment number.
+type Seg = (u32, u64);
+
 const WANT: &str = "want";
 const NONE: &str = ".none";
 
@@ -224,7 +227,7 @@ impl Spool {
     }
 
     /// Segments in the spool (complete ones), and those marked `.none` with their age.
-    fn contents(&self) -> (BTreeSet<(u32, u64)>, BTreeMap<(u32, u64), Duration>) {
+    fn contents(&self) -> (BTreeSet<Seg>, BTreeMap<Seg, Duration>) {
         let mut have = BTreeSet::new();
         let mut none = BTreeMap::new();
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
