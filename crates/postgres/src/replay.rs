@@ -435,6 +435,10 @@ fn helper_loop(
                 last_signers = Instant::now();
             }
             if let Some((timeline, want, _)) = wanted {
+                // PostgreSQL got past a declined segment (a direct fetch served it): go on.
+                if end.is_some_and(|e| e < (timeline, want)) {
+                    end = None;
+                }
                 // Forget segments far behind PostgreSQL (it moved on, or took another path).
                 for &(t, n) in &have {
                     if t != timeline || n + (opts.ahead as u64) < want {
