@@ -479,3 +479,76 @@ fn io_err(path: &Path, e: std::io::Error) -> PgError {
         e,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: &str = "000000010000000000000005";
+
+    fn spool_with_segment(dir: &Path) -> Spool {
+        let spool = Spool::new(&dir.join("replay-spool"));
+        spool.reset().unwrap();
+        std::fs::write(spool.dir().join(SEG), b"verified bytes").unwrap();
+        spool
+    }
+
+    /// No helper holding the lock: nothing is served from the spool (what a killed helper or
+    /// a crash left there is never trusted), whatever it holds.
+    #[test]
+    fn without_a_running_helper_nothing_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with_segment(dir.path());
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(
+            spool.serve(SEG, &dest, Duration::from_secs(1)),
+            FromSpool::NoHelper
+        );
+        assert!(!dest.exists());
+        assert!(!spool.helper_running());
+    }
+
+    /// With the helper's lock held: the segment is moved out, the next one asked for; a
+    /// history file is never served; a spool others can read is never served from.
+    #[test]
+    fn a_running_helper_serves_from_a_private_spool_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with_segment(dir.path());
+        let lock = spool.lock().unwrap().expect("the lock is free");
+        assert!(spool.helper_running());
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(
+            spool.serve(SEG, &dest, Duration::from_secs(1)),
+            FromSpool::Served
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"verified bytes");
+        assert!(!spool.dir().join(SEG).exists());
+        assert_eq!(
+            std::fs::read_to_string(spool.dir().join(WANT)).unwrap(),
+            "000000010000000000000006"
+        );
+        assert_eq!(
+            spool.serve("00000002.history", &dest, Duration::from_secs(1)),
+            FromSpool::Direct
+        );
+        // Declined by the helper: straight to the direct path, no waiting.
+        std::fs::write(spool.dir().join(format!("{SEG}{NONE}")), b"").unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            spool.serve(SEG, &dest, Duration::from_secs(30)),
+            FromSpool::Direct
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Readable by others: never served from.
+        std::fs::write(spool.dir().join(SEG), b"verified bytes").unwrap();
+        std::fs::set_permissions(spool.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_file(&dest).unwrap();
+        assert_eq!(
+            spool.serve(SEG, &dest, Duration::from_secs(1)),
+            FromSpool::Direct
+        );
+        assert!(!dest.exists());
+        drop(lock);
+        assert!(!spool.helper_running());
+    }
+}
