@@ -246,7 +246,6 @@ fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCod
     }
     let opts = FetchOptions {
         partial: args.partial,
-        spool: None,
     };
     let got = fetch::fetch(
         &vault,
