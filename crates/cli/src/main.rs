@@ -15,6 +15,7 @@ mod output;
 mod pg;
 mod pgrestore;
 mod prune;
+mod replay;
 mod secrets;
 
 use std::io::Write;

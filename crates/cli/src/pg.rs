@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use embassy_core::{Error, Result};
 use embassy_postgres::fetch::{self, FetchOptions, Fetched};
+use embassy_postgres::replay::FromSpool;
 use embassy_postgres::replication::ConnConfig;
 use embassy_postgres::stream::{StreamConfig, WalStreamer};
 use embassy_postgres::PgError;
@@ -85,15 +86,19 @@ pub struct WalFetchArgs {
     /// Serve the newest, incomplete segment zero-padded (standby, latest restore).
     #[arg(long)]
     pub partial: bool,
-    /// Spool folder of the prefetch queue.
+    /// Spool folder of the fetch helper (default: `replay-spool` in the state folder).
     #[arg(long)]
     pub spool: Option<PathBuf>,
-    /// Fetch this many following segments ahead into the spool (in a background process).
+    /// Keep this many segments fetched ahead of PostgreSQL by one long-lived helper per restore
+    /// (0: every call fetches from the vault itself).
     #[arg(long, default_value_t = 0)]
     pub prefetch: usize,
-    /// Internal: only fill the spool (the background half of --prefetch).
+    /// Segments the helper fetches at once.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch_parallel: usize,
+    /// Internal: run as the fetch helper (started by the first `wal-fetch` of a restore).
     #[arg(long, hide = true)]
-    pub prefetch_only: bool,
+    pub serve_spool: bool,
     /// Keep retrying a site that fails transiently (unreachable, timing out, busy) for this many
     /// seconds before stopping recovery.
     #[arg(long, env = "EMBASSY_WAL_FETCH_RETRY_SECONDS", default_value_t = 60)]
@@ -105,9 +110,9 @@ pub struct WalFetchArgs {
 /// that the vault proves the file does not exist.
 pub const WAL_FETCH_STOP_RECOVERY: u8 = 200;
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+pub(crate) extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
@@ -174,7 +179,7 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
         match wal_fetch_once(cli, args) {
             Ok(code) => return Ok(code),
             Err(e) if transient(&e) && std::time::Instant::now() + pause < deadline => {
-                if !args.prefetch_only {
+                if !args.serve_spool {
                     eprintln!("embassy wal-fetch {}: {e}; retrying", args.wal_file);
                 }
                 std::thread::sleep(pause);
@@ -183,8 +188,8 @@ pub fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> Result<ExitCode> {
             Err(e) => break e,
         }
     };
-    if args.prefetch_only {
-        return Err(Error::from(e)); // the background half: nobody reads its exit status
+    if args.serve_spool {
+        return Err(Error::from(e)); // the helper: nobody reads its exit status
     }
     let sites = cli.site.join(", ");
     let following = std::path::Path::new("standby.signal").is_file()
@@ -216,43 +221,31 @@ fn transient(e: &PgError) -> bool {
 
 /// One try of `wal-fetch`; errors stay [`PgError`]s, so they print as themselves.
 fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCode, PgError> {
+    if args.serve_spool {
+        return crate::replay::helper(cli, args);
+    }
+    let spool = if args.prefetch > 0 {
+        crate::replay::spool(cli, args)
+    } else {
+        None
+    };
+    if let Some(spool) = &spool {
+        match spool.serve(&args.wal_file, &args.dest, crate::replay::WAIT) {
+            FromSpool::Served => return fetched(cli, args, Fetched::Complete),
+            FromSpool::Direct => {}
+            FromSpool::NoHelper => crate::replay::start_helper(),
+        }
+    }
     let vault = crate::open_vault(cli)?;
     let keyring = crate::unlock(cli, &vault)?;
-    if args.prefetch_only {
-        if let Some(spool) = &args.spool {
-            let lock = spool.join(".prefetch.lock");
-            let _ = std::fs::create_dir_all(spool);
-            let stale = std::fs::metadata(&lock)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(120));
-            if stale {
-                let _ = std::fs::remove_file(&lock);
-            }
-            if std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&lock)
-                .is_ok()
-            {
-                let r = fetch::prefetch(
-                    &vault,
-                    &keyring,
-                    &args.dataset,
-                    &args.wal_file,
-                    args.prefetch,
-                    spool,
-                );
-                let _ = std::fs::remove_file(&lock);
-                r?;
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+    if spool.is_some() {
+        crate::replay::note(
+            cli,
+            &format!("vault unlocked: direct fetch of {}", args.wal_file),
+        );
     }
     let opts = FetchOptions {
         partial: args.partial,
-        spool: args.spool.clone(),
     };
     let got = fetch::fetch(
         &vault,
@@ -262,18 +255,11 @@ fn wal_fetch_once(cli: &Cli, args: &WalFetchArgs) -> std::result::Result<ExitCod
         &args.dest,
         &opts,
     )?;
-    if args.prefetch > 0 && args.spool.is_some() && got == Fetched::Complete {
-        // The queue fills in the background so PostgreSQL is not kept waiting.
-        if let Ok(exe) = std::env::current_exe() {
-            let _ = std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .arg("--prefetch-only")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn();
-        }
-    }
+    fetched(cli, args, got)
+}
+
+/// `wal-fetch`'s answer for what was fetched.
+fn fetched(cli: &Cli, args: &WalFetchArgs, got: Fetched) -> std::result::Result<ExitCode, PgError> {
     match got {
         Fetched::NotFound => Ok(ExitCode::from(1)),
         Fetched::Complete | Fetched::Partial { .. } => {

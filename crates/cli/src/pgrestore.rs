@@ -128,8 +128,12 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Complete WAL segments fetched ahead while PostgreSQL replays (16 MiB each).
-const PREFETCH_SEGMENTS: usize = 8;
+/// Complete WAL segments the restore's fetch helper keeps ahead of PostgreSQL's replay (16 MiB
+/// each, in the private spool of the fetch folder's state folder).
+const PREFETCH_SEGMENTS: usize = 16;
+
+/// Segments the fetch helper fetches at once.
+const PREFETCH_PARALLEL: usize = 2;
 
 /// Files of the fetch folder: the per-restore reader credential, its passphrase, the S3
 /// credentials, and the state folder of `wal-fetch`.
@@ -167,6 +171,7 @@ const FETCH_ENV: &[&str] = &[
     "EMBASSY_S3_MULTIPART_THRESHOLD_MIB",
     "EMBASSY_S3_LISTING_LIMIT_MIB",
     "EMBASSY_WAL_FETCH_RETRY_SECONDS",
+    "EMBASSY_WAL_FETCH_IDLE_SECONDS",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 ];
@@ -338,17 +343,15 @@ impl FetchFolder {
         args.extend(env);
         args.push(program.display().to_string());
         args.extend(globals);
-        // Serve the newest, still growing WAL segment too (--partial), and fetch the next
-        // complete segments ahead into a spool in pg_wal (which base backups of the server
-        // leave out).
-        let spool = std::path::absolute(data_dir.join("pg_wal").join("embassy_prefetch"))
-            .map_err(|e| Error::io(format!("resolving {}", data_dir.display()), e))?;
+        // Serve the newest, still growing WAL segment too (--partial); one fetch helper per
+        // restore keeps the next complete segments in a spool in the state folder (never in
+        // the data directory, which base backups of the server copy).
         let fetch_args = [
             "--partial".to_string(),
             "--prefetch".into(),
             PREFETCH_SEGMENTS.to_string(),
-            "--spool".into(),
-            spool.display().to_string(),
+            "--prefetch-parallel".into(),
+            PREFETCH_PARALLEL.to_string(),
         ];
         let command = restore::restore_command(Path::new(ENV_PROGRAM), &args, &fetch_args, dataset)
             .map_err(Error::from)?;

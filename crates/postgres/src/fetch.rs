@@ -1,15 +1,15 @@
 //! `wal-fetch`: PostgreSQL's `restore_command` (`embassy wal-fetch DATASET %f %p`). Assembles a
 //! WAL segment or timeline history file from the vault, from a compacted segment object or the
 //! chain of small pieces. The newest, still-partial segment can be served zero-padded to 16 MiB
-//! (PostgreSQL stops at the first invalid record and, in standby mode, asks again later). A
-//! prefetch queue fetches the next segments ahead into a local spool directory.
+//! (PostgreSQL stops at the first invalid record and, in standby mode, asks again later). The
+//! restore's fetch helper (`replay`) fetches the next segments ahead into a private spool.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use embassy_core::engine::vault::{Keyring, Vault};
 
 use crate::error::{PgError, Result};
-use crate::lsn::{parse_wal_file_name, segment_file_name, WalFile, SEGMENT_SIZE};
+use crate::lsn::{parse_wal_file_name, WalFile, SEGMENT_SIZE};
 use crate::wal;
 
 /// How to fetch.
@@ -17,8 +17,6 @@ use crate::wal;
 pub struct FetchOptions {
     /// Serve the newest, incomplete segment zero-padded (standby and `--latest` restores).
     pub partial: bool,
-    /// Spool directory of the prefetch queue (complete segments fetched ahead).
-    pub spool: Option<PathBuf>,
 }
 
 /// What `fetch` did.
@@ -79,20 +77,6 @@ pub fn fetch(
     opts: &FetchOptions,
 ) -> Result<Fetched> {
     let what = parse_wal_file_name(name)?;
-    if let (Some(spool), WalFile::Segment { .. }) = (&opts.spool, what) {
-        let spooled = spool.join(name);
-        if spooled.is_file() {
-            let copy = || -> std::io::Result<()> {
-                let mut from = std::fs::File::open(&spooled)?;
-                let mut to = embassy_core::fsutil::NewFile::beside(dest)?;
-                std::io::copy(&mut from, &mut to)?;
-                to.persist().map(drop)
-            };
-            copy().map_err(|e| io_err(dest, e))?;
-            let _ = std::fs::remove_file(&spooled);
-            return Ok(Fetched::Complete);
-        }
-    }
     let site = vault.site().as_ref();
     let signers = wal::dataset_signers(vault, dataset)?;
     match what {
@@ -152,56 +136,6 @@ pub fn fetch(
             }
         }
     }
-}
-
-/// Fetches the `count` segments after `name` (same timeline) into `spool` unless already
-/// there; stops at the first one not complete in the vault. Returns how many were fetched.
-pub fn prefetch(
-    vault: &Vault,
-    keyring: &Keyring,
-    dataset: &str,
-    name: &str,
-    count: usize,
-    spool: &Path,
-) -> Result<usize> {
-    let WalFile::Segment { timeline, segno } = parse_wal_file_name(name)? else {
-        return Ok(0);
-    };
-    std::fs::create_dir_all(spool).map_err(|e| io_err(spool, e))?;
-    let site = vault.site().as_ref();
-    let signers = wal::dataset_signers(vault, dataset)?;
-    let mut fetched = 0;
-    for next in segno + 1..=segno + count as u64 {
-        let file = spool.join(segment_file_name(timeline, next));
-        if file.is_file() {
-            continue;
-        }
-        let listing = wal::list_segment(site, dataset, timeline, next)?;
-        match wal::assemble_segment(site, keyring, &listing, timeline, next, &signers)? {
-            Some(a) if a.complete => {
-                write_atomic(&file, &a.bytes)?;
-                fetched += 1;
-            }
-            _ => break,
-        }
-    }
-    // Forget spooled segments older than the one just asked for.
-    if let Ok(dir) = std::fs::read_dir(spool) {
-        for e in dir.flatten() {
-            if let Some(n) = e.file_name().to_str() {
-                if let Ok(WalFile::Segment {
-                    timeline: t,
-                    segno: s,
-                }) = parse_wal_file_name(n)
-                {
-                    if t == timeline && s <= segno {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
-        }
-    }
-    Ok(fetched)
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> PgError {

@@ -9,6 +9,7 @@ pub mod base_backup;
 pub mod error;
 pub mod fetch;
 pub mod lsn;
+pub mod replay;
 pub mod replication;
 pub mod restore;
 pub mod restored_conf;

@@ -216,41 +216,13 @@ fn streams_under_pgbench_and_wal_fetch_reproduces_every_segment_byte_identical()
         "registry",
         &last,
         &dest,
-        &FetchOptions {
-            partial: true,
-            ..Default::default()
-        },
+        &FetchOptions { partial: true },
     )
     .unwrap();
     if Lsn(end).segment_offset() > 0 {
         assert_eq!(plain, Fetched::NotFound);
         assert!(matches!(partial, Fetched::Partial { .. }), "{partial:?}");
         assert_eq!(std::fs::metadata(&dest).unwrap().len(), SEGMENT_SIZE);
-    }
-    // The prefetch queue: the next two complete segments go to the spool, and a fetch takes
-    // them from there (and removes them), byte-identical.
-    let spool = out.path().join("spool");
-    let first_name = segment_file_name(1, first_segno);
-    assert_eq!(
-        fetch::prefetch(&vault, &keyring, "registry", &first_name, 2, &spool).unwrap(),
-        2
-    );
-    for segno in first_segno + 1..=first_segno + 2 {
-        let name = segment_file_name(1, segno);
-        assert!(spool.join(&name).is_file(), "{name} prefetched");
-        let dest = out.path().join(format!("from-spool-{name}"));
-        let opts = FetchOptions {
-            spool: Some(spool.clone()),
-            ..Default::default()
-        };
-        assert_eq!(
-            fetch::fetch(&vault, &keyring, "registry", &name, &dest, &opts).unwrap(),
-            Fetched::Complete
-        );
-        assert!(!spool.join(&name).exists(), "taken from the spool");
-        assert!(
-            std::fs::read(&dest).unwrap() == std::fs::read(pg.pg_wal_dir().join(&name)).unwrap()
-        );
     }
     // A segment far ahead does not exist yet: NotFound (restore_command exits 1).
     let ahead = segment_file_name(1, Lsn(end).segment_no() + 50);
