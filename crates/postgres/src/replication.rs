@@ -33,6 +33,7 @@ use crate::lsn::Lsn;
 use crate::tls::{SslMode, TlsInfo, TlsStream};
 
 mod auth;
+pub mod basebackup;
 pub mod conninfo;
 pub mod messages;
 

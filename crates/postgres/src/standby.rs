@@ -35,6 +35,7 @@ pub fn standby(
         restore_command: restore_command.to_string(),
         owner,
         allow_unwitnessed: true,
+        relocations: Vec::new(),
     };
     restore(vault, keyring, dataset, dir, &options, progress)
 }
