@@ -18,6 +18,9 @@ use super::{ReplicationConnection, ServerError};
 use crate::error::{PgError, Result};
 use crate::lsn::Lsn;
 
+/// How long a base backup waits for the server's next message.
+const BACKUP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// What the base backup asks the server for.
 #[derive(Debug, Clone)]
 pub struct BaseBackupRequest {
@@ -112,6 +115,9 @@ impl ReplicationConnection {
         }
         postgres_protocol::message::frontend::query(&request.command(), &mut self.out)?;
         self.send()?;
+        // The checkpoint before the first answer, and waiting for WAL archiving before the
+        // last, can take minutes on a busy server (pg_basebackup waits as long as it takes).
+        self.socket.set_read_timeout(Some(BACKUP_READ_TIMEOUT))?;
         let mut sets: Vec<Vec<Vec<Option<String>>>> = vec![Vec::new()];
         loop {
             let frame = self.read_frame_blocking()?;
@@ -243,6 +249,9 @@ impl<'c> BaseBackupStream<'c> {
             }
         }
         self.ended = true;
+        self.conn
+            .socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
         let row = end.ok_or_else(|| PgError::Protocol("BASE_BACKUP: no end position".into()))?;
         let lsn = row
             .first()
