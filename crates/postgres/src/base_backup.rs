@@ -253,7 +253,7 @@ pub fn base_backup(
                     stored?;
                     // The archive's end marker may be followed by padding.
                     std::io::copy(&mut reader, &mut std::io::sink())
-                        .map_err(|e| reader.error.take().unwrap_or_else(|| PgError::Io(e)))?;
+                        .map_err(|e| reader.error.take().unwrap_or(PgError::Io(e)))?;
                 }
                 BackupEvent::Manifest => {
                     let mut manifest = Vec::new();

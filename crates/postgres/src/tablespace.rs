@@ -215,7 +215,7 @@ fn check_empty(oid: u32, original: &Path, location: &Path) -> Result<(), PgError
         }
     };
     let relocated = if original == location {
-        format!("(its location when backed up) ")
+        "(its location when backed up) ".to_string()
     } else {
         format!("(relocated from {}) ", original.display())
     };
@@ -227,7 +227,7 @@ fn check_empty(oid: u32, original: &Path, location: &Path) -> Result<(), PgError
         return Ok(());
     }
     Err(PgError::Restore(format!(
-        "tablespace {oid} would be restored to {} {relocated}but that {} : empty it or move it \
+        "tablespace {oid} would be restored to {} {relocated}but that {}: empty it or move it \
          away, or relocate the tablespace to a new or empty folder; nothing was written",
         location.display(),
         if meta.is_dir() {
