@@ -270,8 +270,7 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
     check_restored(dir.clone());
 
     // Scattered updates in both tablespaces (200 rows of each table); the second base backup
-    // stores about the changed pages: the old rows' heap pages, the pages the new row versions
-    // go to, index leaf pages, and the WAL inside the version.
+    // stores about the changed pages only.
     let mut heap_pages = 0u64;
     for (db, table) in [("postgres", "a"), ("db2", "b")] {
         let pages = psql_db(
@@ -296,8 +295,11 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
          {second_stored} bytes in {second_chunks} chunks ({:.1} % of the first's bytes)",
         100.0 * second_stored as f64 / first_stored as f64
     );
+    // Per updated row: its old heap page, a leaf page in each of the two indexes (no HOT
+    // update: v is indexed), a share of the pages the new versions fill; plus the WAL inside
+    // the version, the visibility maps and the catalog pages of the temporary tables.
     assert!(
-        second_chunks <= 3 * heap_pages + 300,
+        second_chunks <= 4 * heap_pages + 400,
         "second base backup stored {second_chunks} new chunks for {heap_pages} changed heap pages"
     );
     assert!(
