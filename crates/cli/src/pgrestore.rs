@@ -47,6 +47,10 @@ pub struct StandbyArgs {
     /// Owner of the data directory (default: postgres when run as root).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Put the tablespace whose location was OLD at NEW instead (as `embassy restore
+    /// --tablespace-map`). Repeatable.
+    #[arg(long, value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<Relocation>,
 }
 
 /// Arguments of `embassy promote`.
@@ -656,6 +660,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
         &args.to,
         &fetch.restore_command,
         owner,
+        &args.tablespace_map,
         &bar,
     )
     .map_err(Error::from)

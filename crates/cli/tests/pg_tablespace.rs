@@ -335,6 +335,24 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
     let msg = env.fails(&["restore", "registry", "--latest", "--to", s(&refused)]);
     assert!(msg.contains(s(&ts1)) || msg.contains(s(&ts2)), "{msg}");
 
+    // A standby relocates its tablespaces the same way.
+    let (sb1, sb2) = (restores.join("sb-ts1"), restores.join("sb-ts2"));
+    env.run(&[
+        "standby",
+        "registry",
+        "--to",
+        s(&restores.join("standby")),
+        "--tablespace-map",
+        &format!("{}={}", s(&ts1), s(&sb1)),
+        "--tablespace-map",
+        &format!("{}={}", s(&ts2), s(&sb2)),
+    ]);
+    let links: Vec<PathBuf> = std::fs::read_dir(restores.join("standby/pg_tblspc"))
+        .unwrap()
+        .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(links.contains(&sb1) && links.contains(&sb2), "{links:?}");
+
     // Once the original locations are free, a restore puts the tablespaces back there.
     pg.stop();
     let moved = pg.root().join("old");
