@@ -183,6 +183,19 @@ pub fn plan(
             .rev()
             .find(|r| r.old == original)
             .map_or_else(|| original.clone(), |r| r.new.clone());
+        // The location comes from the backup (or the operator): a path that climbs with `..`
+        // could lead a restore run as root somewhere the operator did not read in it.
+        if location
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(PgError::Restore(format!(
+                "tablespace {} would be restored to {}, a path with '..': relocate it to a \
+                 plain absolute folder",
+                t.oid,
+                location.display()
+            )));
+        }
         if let Some(other) = placed.iter().find(|p| p.location == location) {
             return Err(PgError::Restore(format!(
                 "tablespaces {} and {} would both be restored to {}: relocate one of them to \
@@ -375,5 +388,8 @@ mod tests {
         };
         assert!(plan(Some(&map), &[stranger]).is_err());
         assert!(plan(None, &[]).unwrap().is_empty());
+        let climbing = "16400 /srv/../etc/x\n";
+        let e = plan(Some(climbing), &[]).unwrap_err().to_string();
+        assert!(e.contains("'..'"), "{e}");
     }
 }
