@@ -226,6 +226,9 @@ pub fn base_backup(
     progress: &dyn Progress,
 ) -> Result<BaseBackup, PgError> {
     let cfg = ConnConfig::parse(&options.conninfo)?;
+    // Plaintext off this machine is refused before a byte is sent (the connection checks the
+    // peer again once connected).
+    cfg.check_transport(cfg.is_local())?;
     let mut session = BackupSession::begin(vault, keyring, dataset).map_err(PgError::Vault)?;
     let started_at_ns = now_unix_nanos();
     let mut conn = ReplicationConnection::connect(&cfg)?;
