@@ -29,8 +29,8 @@ pub enum PgCommand {
     /// Check a dataset's WAL without keys: names, hashes, signatures, the hash chain, the ledger
     /// anchors and gaps (exit 3 on a problem).
     VerifyWal(PgVerifyWalArgs),
-    /// Take a base backup (pg_basebackup) and store it as a version; relation files are
-    /// stored page by page, so only changed pages take new space.
+    /// Take a base backup (BASE_BACKUP, tablespaces included) and store it as a version;
+    /// relation files are stored page by page, so only changed pages take new space.
     BaseBackup(crate::pgrestore::BaseBackupArgs),
 }
 

@@ -13,6 +13,7 @@ use embassy_core::keys::keyfile::{KdfParams, KeyFile, PURPOSE_READER};
 use embassy_core::{Error, Result};
 use embassy_postgres::base_backup::{BaseBackupOptions, WalSource};
 use embassy_postgres::restore::{self, Mode, PgRestore, PgRestoreOptions, RecoveryTarget};
+use embassy_postgres::tablespace::Relocation;
 use embassy_postgres::Lsn;
 use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
@@ -33,9 +34,6 @@ pub struct BaseBackupArgs {
     /// restores on its own.
     #[arg(long)]
     pub wal_streamed: bool,
-    /// The pg_basebackup program (default: PostgreSQL's bindir, then PATH).
-    #[arg(long)]
-    pub pg_basebackup: Option<PathBuf>,
 }
 
 /// Arguments of `embassy standby`.
@@ -49,6 +47,10 @@ pub struct StandbyArgs {
     /// Owner of the data directory (default: postgres when run as root).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Put the tablespace whose location was OLD at NEW instead (as `embassy restore
+    /// --tablespace-map`). Repeatable.
+    #[arg(long, value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<Relocation>,
 }
 
 /// Arguments of `embassy promote`.
@@ -73,7 +75,6 @@ pub fn base_backup(cli: &Cli, args: &BaseBackupArgs) -> Result<ExitCode> {
     let vault = crate::open_vault_with(cli, &interrupt.open_options(crate::open_options(cli)?))?;
     let keyring = unlock(cli, &vault)?;
     let mut options = BaseBackupOptions::new(args.conninfo.clone());
-    options.pg_basebackup = args.pg_basebackup.clone();
     if args.wal_streamed {
         options.wal = WalSource::Streamed;
     }
@@ -571,6 +572,11 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "overrides": restored_conf::OVERRIDES,
             "fetch_folder": fetch.path,
             "recovery": done.recovery,
+            "tablespaces": done.tablespaces.iter().map(|t| json!({
+                "oid": t.oid,
+                "original": t.original,
+                "location": t.location,
+            })).collect::<Vec<_>>(),
         }))
     } else {
         println!(
@@ -581,6 +587,18 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             done.info.stop_lsn,
             done.recovery,
         );
+        for t in &done.tablespaces {
+            println!(
+                "tablespace {} restored to {}{}",
+                t.oid,
+                t.location.display(),
+                if t.location == t.original {
+                    String::new()
+                } else {
+                    format!(" (was {})", t.original.display())
+                }
+            );
+        }
         Ok(())
     }
 }
@@ -604,6 +622,7 @@ pub fn restore(
     to: Option<&Path>,
     owner_name: Option<&str>,
     allow_unwitnessed: bool,
+    relocations: &[Relocation],
 ) -> Result<ExitCode> {
     let dir = data_dir_given(to)?;
     let owner = owner(owner_name)?;
@@ -613,6 +632,7 @@ pub fn restore(
         restore_command: fetch.restore_command.clone(),
         owner,
         allow_unwitnessed,
+        relocations: relocations.to_vec(),
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let done = restore::restore(vault, keyring, dataset, dir, &options, &bar)
@@ -643,6 +663,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
         &args.to,
         &fetch.restore_command,
         owner,
+        &args.tablespace_map,
         &bar,
     )
     .map_err(Error::from)

@@ -43,7 +43,7 @@ pub enum Source<'a> {
         /// Variables the command does not inherit (None: it inherits the whole environment).
         scrub: Option<&'a Scrub>,
     },
-    /// A PostgreSQL base backup (`pg_basebackup`), relation files stored page by page.
+    /// A PostgreSQL base backup (our own `BASE_BACKUP`), relation files stored page by page.
     Postgres(&'a BaseBackupOptions),
 }
 

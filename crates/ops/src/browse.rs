@@ -8,7 +8,7 @@
 //!
 //! What a version holds depends on its dataset's kind: a file tree holds its files; a stream
 //! holds one file, `stream`, the whole stream; a PostgreSQL dataset's versions are base backups,
-//! whose files are the data directory as `pg_basebackup` sent it (the WAL streamed since is not
+//! whose files are the data directory as the server sent it (the WAL streamed since is not
 //! part of a version and is not shown). [`Content`] says which.
 
 pub mod diff;

@@ -156,7 +156,7 @@ pub enum PgError {
     /// A WAL file name or LSN could not be read.
     #[error("{0}")]
     Invalid(String),
-    /// A base backup could not be taken or read (pg_basebackup's failure, a damaged archive).
+    /// A base backup could not be taken or read (a damaged archive, missing backup_label).
     #[error("base backup: {0}")]
     BaseBackup(String),
     /// A site does not serve WAL that an accepted ledger entry says the vault stored.

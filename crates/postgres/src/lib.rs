@@ -16,6 +16,7 @@ pub mod restored_conf;
 pub mod standby;
 pub mod status;
 pub mod stream;
+pub mod tablespace;
 pub mod tls;
 pub mod wal;
 pub mod walend;

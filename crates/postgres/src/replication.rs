@@ -33,6 +33,7 @@ use crate::lsn::Lsn;
 use crate::tls::{SslMode, TlsInfo, TlsStream};
 
 mod auth;
+pub mod basebackup;
 pub mod conninfo;
 pub mod messages;
 
@@ -361,10 +362,16 @@ impl ReplicationConnection {
         }
     }
 
-    /// Reads one frame, waiting as long as needed (up to the 60 s socket timeout).
+    /// Reads one frame, waiting as long as needed (up to the socket's timeout: 60 s, 15 min
+    /// during a base backup).
     fn read_frame_blocking(&mut self) -> Result<Frame> {
-        self.read_frame()?
-            .ok_or_else(|| PgError::Protocol("the server did not answer within 60 seconds".into()))
+        self.read_frame()?.ok_or_else(|| {
+            PgError::Protocol(
+                "the server did not answer in time (60 s, 15 min during a base backup): is it \
+                 overloaded or stuck? see its log"
+                    .into(),
+            )
+        })
     }
 
     fn parse(frame: Frame) -> Result<backend::Message> {

@@ -24,6 +24,7 @@ use crate::base_backup::{list_base_backups, BaseBackupInfo};
 use crate::error::PgError;
 use crate::lsn::Lsn;
 use crate::restored_conf::{self, Neutralised, OVERRIDES};
+use crate::tablespace::{self, PlacedTablespace, Relocation};
 
 /// Where recovery stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct PgRestoreOptions {
     pub owner: Option<(u32, u32)>,
     /// Accept a version no witnessed checkpoint covers yet.
     pub allow_unwitnessed: bool,
+    /// Tablespaces to put somewhere else than their location when the backup was taken.
+    pub relocations: Vec<Relocation>,
 }
 
 /// A restored data directory.
@@ -78,6 +81,8 @@ pub struct PgRestore {
     /// Where recovery stops, in words (for `--latest`: the pinned LSN, or why it is not
     /// pinned), as written in postgresql.auto.conf's comment.
     pub recovery: String,
+    /// The tablespaces put back outside the data directory, and where.
+    pub tablespaces: Vec<PlacedTablespace>,
 }
 
 /// Picks the newest base backup a recovery to `target` can start from: for a time, one that
@@ -551,10 +556,15 @@ pub fn restore(
             options.allow_unwitnessed,
         )
         .map_err(PgError::Vault)?;
+    // Where each tablespace goes, checked before anything is written.
+    let placed = tablespace::plan(info.tablespace_map.as_deref(), &options.relocations)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
     let mode = pin_latest(vault, keyring, dataset, &info, options.mode)?;
-    files::restore(&reader, dir, &RestoreOptions::default(), progress).map_err(PgError::Vault)?;
+    let mut restore_options = RestoreOptions::default();
+    restore_options.selection.exclude = tablespace::excluded(&placed)?;
+    files::restore(&reader, dir, &restore_options, progress).map_err(PgError::Vault)?;
+    tablespace::restore_tablespaces(&reader, dir, &placed, options.owner, progress)?;
     let recovery = match (options.mode, mode) {
         (Mode::Standby, _) => "follow as a standby".to_string(),
         (Mode::Recover(RecoveryTarget::Latest), Mode::Recover(t @ RecoveryTarget::Lsn(_))) => {
@@ -584,6 +594,7 @@ pub fn restore(
         settings: prepared.settings,
         neutralised: prepared.neutralised,
         recovery,
+        tablespaces: placed,
     })
 }
 

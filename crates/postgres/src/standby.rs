@@ -18,9 +18,12 @@ use embassy_core::progress::Progress;
 use crate::base_backup::pg_program;
 use crate::error::PgError;
 use crate::restore::{restore, Mode, PgRestore, PgRestoreOptions};
+use crate::tablespace::Relocation;
 use crate::Lsn;
 
-/// Writes a standby data directory for `dataset` into the new or empty folder `dir`.
+/// Writes a standby data directory for `dataset` into the new or empty folder `dir`, its
+/// tablespaces at their locations or where `relocations` say.
+#[allow(clippy::too_many_arguments)]
 pub fn standby(
     vault: &Vault,
     keyring: &Keyring,
@@ -28,6 +31,7 @@ pub fn standby(
     dir: &Path,
     restore_command: &str,
     owner: Option<(u32, u32)>,
+    relocations: &[Relocation],
     progress: &dyn Progress,
 ) -> Result<PgRestore, PgError> {
     let options = PgRestoreOptions {
@@ -35,6 +39,7 @@ pub fn standby(
         restore_command: restore_command.to_string(),
         owner,
         allow_unwitnessed: true,
+        relocations: relocations.to_vec(),
     };
     restore(vault, keyring, dataset, dir, &options, progress)
 }

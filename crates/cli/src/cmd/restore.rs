@@ -57,6 +57,11 @@ pub struct RestoreArgs {
     /// PostgreSQL: owner of the restored data directory (default: postgres when root).
     #[arg(long)]
     pub owner: Option<String>,
+    /// PostgreSQL: put the tablespace whose location was OLD at NEW instead (both absolute;
+    /// `\=` for an `=` in a path), like pg_basebackup's -T. Each tablespace's folder must be
+    /// new or empty. Repeatable.
+    #[arg(long, value_name = "OLD=NEW", conflicts_with = "path")]
+    pub tablespace_map: Vec<embassy_postgres::tablespace::Relocation>,
 }
 
 /// Runs `embassy restore`.
@@ -89,6 +94,18 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         eprintln!("note: {}", output::escape(note));
         eprintln!("  hint: {}", crate::hints::UNWITNESSED_NOTE);
     }
+    if !matches!(plan, RestorePlan::Postgres { .. }) && !args.tablespace_map.is_empty() {
+        return Err(Error::invalid(format!(
+            "--tablespace-map relocates tablespaces of a PostgreSQL restore (with --time, --lsn \
+             or --latest); {dataset}@{} is restored as a plain {}",
+            selector.unwrap_or("latest"),
+            if matches!(plan, RestorePlan::Tree { .. }) {
+                "file tree"
+            } else {
+                "stream"
+            }
+        )));
+    }
     if !matches!(plan, RestorePlan::Tree { .. })
         && (!args.include.is_empty() || !args.exclude.is_empty() || args.delete)
     {
@@ -111,6 +128,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                 args.to.as_deref(),
                 args.owner.as_deref(),
                 args.unwitnessed,
+                &args.tablespace_map,
             );
         }
         (RestorePlan::Stream { reader, .. }, None) => {

@@ -100,6 +100,15 @@ impl Restored {
         r
     }
 
+    /// A client program (`psql`, `pg_amcheck`) connected to this server as the superuser.
+    pub fn client(&self, prog: &str) -> Command {
+        let mut c = self.pg(prog);
+        c.arg("-h")
+            .arg(&self.sock)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        c
+    }
+
     /// Runs SQL as the superuser; Err carries psql's stderr.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = self

@@ -1,0 +1,395 @@
+//! Tablespaces outside the data directory in base backups: the map of their original
+//! locations (PostgreSQL's tablespace_map format, kept in a base backup's manifest properties),
+//! the operator's relocations (`OLD=NEW`, like `pg_basebackup -T`), and putting each tablespace
+//! back on restore — its files at its location, the data directory's `pg_tblspc/<oid>` a link
+//! to it, as PostgreSQL expects.
+//!
+//! A base backup version holds a tablespace's files under `pg_tblspc/<oid>/` (the
+//! `PG_<major>_<catversion>` folder and below, as they sit in the tablespace's location).
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::progress::Progress;
+use embassy_sources::files::{self, RestoreOptions};
+use embassy_sources::selection::Patterns;
+
+use crate::error::PgError;
+use crate::replication::basebackup::TablespaceInfo;
+
+/// The tablespace_map text for `tablespaces` (`<oid> <location>\n` each, a backslash before
+/// any backslash, line feed or carriage return in the location); `None` when there are none.
+pub fn map_text(tablespaces: &[TablespaceInfo]) -> Option<String> {
+    if tablespaces.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for t in tablespaces {
+        out.push_str(&t.oid.to_string());
+        out.push(' ');
+        for c in t.location.chars() {
+            if matches!(c, '\\' | '\n' | '\r') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// Reads tablespace_map text back into (OID, location) pairs.
+pub fn parse_map(text: &str) -> Result<Vec<TablespaceInfo>, PgError> {
+    let bad = |why: &str| {
+        PgError::Restore(format!(
+            "the base backup's tablespace map is damaged ({why}): {text:?}"
+        ))
+    };
+    let mut out = Vec::new();
+    let mut chars = text.chars();
+    loop {
+        let mut oid = String::new();
+        let mut started = false;
+        for c in chars.by_ref() {
+            if c == ' ' {
+                started = true;
+                break;
+            }
+            oid.push(c);
+        }
+        if !started {
+            if oid.trim().is_empty() {
+                return Ok(out);
+            }
+            return Err(bad("a line without a location"));
+        }
+        let mut location = String::new();
+        let mut ended = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => location.extend(chars.next()),
+                '\n' => {
+                    ended = true;
+                    break;
+                }
+                c => location.push(c),
+            }
+        }
+        let oid = oid.parse().map_err(|_| bad("an OID is not a number"))?;
+        out.push(TablespaceInfo { oid, location });
+        if !ended {
+            return Ok(out);
+        }
+    }
+}
+
+/// One relocation asked for by the operator: the tablespace at `old` goes to `new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relocation {
+    /// The tablespace's location when the backup was taken.
+    pub old: PathBuf,
+    /// Where to put it now.
+    pub new: PathBuf,
+}
+
+impl std::str::FromStr for Relocation {
+    type Err = PgError;
+
+    /// `OLD=NEW` (a `\=` stands for an `=` inside a path), both absolute.
+    fn from_str(s: &str) -> Result<Self, PgError> {
+        let mut old = String::new();
+        let mut new = None::<String>;
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            let c = match c {
+                '\\' if chars.peek() == Some(&'=') => chars.next().unwrap_or(c),
+                '=' if new.is_none() => {
+                    new = Some(String::new());
+                    continue;
+                }
+                '=' => {
+                    return Err(PgError::Invalid(format!(
+                        "tablespace relocation {s:?} has more than one '=': write OLD=NEW, with \
+                         \\= for an '=' inside a path"
+                    )))
+                }
+                c => c,
+            };
+            new.as_mut().unwrap_or(&mut old).push(c);
+        }
+        let new = new.unwrap_or_default();
+        if !old.starts_with('/') || !new.starts_with('/') {
+            return Err(PgError::Invalid(format!(
+                "tablespace relocation {s:?} must be OLD=NEW with both absolute paths"
+            )));
+        }
+        Ok(Relocation {
+            old: PathBuf::from(old),
+            new: PathBuf::from(new),
+        })
+    }
+}
+
+/// A tablespace to put back: its OID and the folder its files go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedTablespace {
+    /// Its OID (`pg_tblspc/<oid>`).
+    pub oid: u32,
+    /// Its location when the backup was taken.
+    pub original: PathBuf,
+    /// Where it is restored (the original, or the relocation's new folder).
+    pub location: PathBuf,
+}
+
+/// Decides where each tablespace of a backup goes, before anything is written: its original
+/// location unless a relocation names it; every relocation must name one of the backup's
+/// tablespaces; two tablespaces may not share a folder; and a folder that exists must be
+/// empty (a restore never mixes a tablespace into other files). Locations inside the data
+/// directory (`pg_tblspc/<oid>` of an in-place tablespace) stay where they are.
+pub fn plan(
+    map: Option<&str>,
+    relocations: &[Relocation],
+) -> Result<Vec<PlacedTablespace>, PgError> {
+    let tablespaces = match map {
+        Some(text) => parse_map(text)?,
+        None => Vec::new(),
+    };
+    for r in relocations {
+        if !tablespaces.iter().any(|t| Path::new(&t.location) == r.old) {
+            let known: Vec<&str> = tablespaces.iter().map(|t| t.location.as_str()).collect();
+            return Err(PgError::Restore(format!(
+                "the tablespace relocation names {}, which is not a tablespace location of this \
+                 base backup ({}): relocate one of those",
+                r.old.display(),
+                if known.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    format!("it has {}", known.join(", "))
+                }
+            )));
+        }
+    }
+    let mut placed: Vec<PlacedTablespace> = Vec::new();
+    for t in &tablespaces {
+        let original = PathBuf::from(&t.location);
+        if !original.is_absolute() {
+            continue;
+        }
+        let location = relocations
+            .iter()
+            .rev()
+            .find(|r| r.old == original)
+            .map_or_else(|| original.clone(), |r| r.new.clone());
+        // The location comes from the backup (or the operator): a path that climbs with `..`
+        // could lead a restore run as root somewhere the operator did not read in it.
+        if location
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(PgError::Restore(format!(
+                "tablespace {} would be restored to {}, a path with '..': relocate it to a \
+                 plain absolute folder",
+                t.oid,
+                location.display()
+            )));
+        }
+        if let Some(other) = placed.iter().find(|p| p.location == location) {
+            return Err(PgError::Restore(format!(
+                "tablespaces {} and {} would both be restored to {}: relocate one of them to \
+                 another folder",
+                other.oid,
+                t.oid,
+                location.display()
+            )));
+        }
+        check_empty(t.oid, &original, &location)?;
+        placed.push(PlacedTablespace {
+            oid: t.oid,
+            original,
+            location,
+        });
+    }
+    Ok(placed)
+}
+
+/// A tablespace's target folder must be new or empty (a link there is refused too).
+fn check_empty(oid: u32, original: &Path, location: &Path) -> Result<(), PgError> {
+    let meta = match fs::symlink_metadata(location) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(PgError::Restore(format!(
+                "cannot check tablespace {oid}'s folder {}: {e}",
+                location.display()
+            )))
+        }
+    };
+    let relocated = if original == location {
+        "(its location when backed up) ".to_string()
+    } else {
+        format!("(relocated from {}) ", original.display())
+    };
+    let empty = meta.is_dir()
+        && fs::read_dir(location)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+    if empty {
+        return Ok(());
+    }
+    Err(PgError::Restore(format!(
+        "tablespace {oid} would be restored to {} {relocated}but that {}: empty it or move it \
+         away, or relocate the tablespace to a new or empty folder; nothing was written",
+        location.display(),
+        if meta.is_dir() {
+            "folder is not empty"
+        } else {
+            "is not a folder"
+        }
+    )))
+}
+
+/// Patterns that leave the tablespaces restored apart out of the data directory's restore.
+pub fn excluded(placed: &[PlacedTablespace]) -> Result<Patterns, PgError> {
+    let texts: Vec<String> = placed
+        .iter()
+        .map(|p| format!("/pg_tblspc/{}", p.oid))
+        .collect();
+    Patterns::parse(&texts).map_err(|e| PgError::Restore(format!("tablespace patterns: {e}")))
+}
+
+/// Restores each tablespace's files from `reader` to its location and links the data
+/// directory's `pg_tblspc/<oid>` to it; with `owner`, gives the location to that owner.
+pub fn restore_tablespaces(
+    reader: &VersionReader,
+    data_dir: &Path,
+    placed: &[PlacedTablespace],
+    owner: Option<(u32, u32)>,
+    progress: &dyn Progress,
+) -> Result<(), PgError> {
+    let root = reader.root().map_err(PgError::Vault)?;
+    for p in placed {
+        let io = |what: String| move |e: std::io::Error| PgError::Restore(format!("{what}: {e}"));
+        let oid = p.oid.to_string();
+        let children = root
+            .find(b"pg_tblspc")
+            .and_then(|n| n.subtree)
+            .map(|id| reader.read_tree(&id))
+            .transpose()
+            .map_err(PgError::Vault)?
+            .and_then(|t| t.find(oid.as_bytes()).and_then(|n| n.subtree))
+            .map(|id| reader.read_tree(&id))
+            .transpose()
+            .map_err(PgError::Vault)?
+            .ok_or_else(|| {
+                PgError::Restore(format!(
+                    "the base backup lists tablespace {oid} but holds no pg_tblspc/{oid}: it is \
+                     damaged; restore another base backup"
+                ))
+            })?;
+        fs::create_dir_all(&p.location)
+            .map_err(io(format!("creating {}", p.location.display())))?;
+        fs::set_permissions(&p.location, fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("setting mode 0700 on {}", p.location.display())))?;
+        for child in &children.nodes {
+            let name = std::ffi::OsStr::from_bytes(&child.name);
+            let options = RestoreOptions {
+                subpath: Some(Path::new("pg_tblspc").join(&oid).join(name)),
+                // Checked empty by `plan`; later children join the first.
+                overwrite: true,
+                ..RestoreOptions::default()
+            };
+            files::restore(reader, &p.location, &options, progress).map_err(PgError::Vault)?;
+        }
+        if let Some((uid, gid)) = owner {
+            crate::restore::chown_tree(&p.location, uid, gid)?;
+        }
+        let link = data_dir.join("pg_tblspc").join(&oid);
+        if let Ok(meta) = fs::symlink_metadata(&link) {
+            if meta.is_dir() {
+                fs::remove_dir(&link).map_err(io(format!("removing {}", link.display())))?;
+            } else {
+                fs::remove_file(&link).map_err(io(format!("removing {}", link.display())))?;
+            }
+        }
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        std::os::unix::fs::symlink(&p.location, &link)
+            .map_err(io(format!("linking {}", link.display())))?;
+        if let Some((uid, gid)) = owner {
+            crate::restore::chown_tree(&link, uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_round_trip_with_postgresqls_escapes() {
+        let ts = vec![
+            TablespaceInfo {
+                oid: 16400,
+                location: "/srv/ts one".into(),
+            },
+            TablespaceInfo {
+                oid: 16401,
+                location: "/srv/odd\\name\nx".into(),
+            },
+        ];
+        let text = map_text(&ts).unwrap();
+        assert_eq!(text, "16400 /srv/ts one\n16401 /srv/odd\\\\name\\\nx\n");
+        assert_eq!(parse_map(&text).unwrap(), ts);
+        assert!(map_text(&[]).is_none());
+        assert!(parse_map("x /a\n").is_err());
+    }
+
+    #[test]
+    fn relocations_parse_like_pg_basebackups() {
+        let r: Relocation = "/old=/new".parse().unwrap();
+        assert_eq!(
+            (r.old.as_path(), r.new.as_path()),
+            (Path::new("/old"), Path::new("/new"))
+        );
+        let r: Relocation = "/a\\=b=/c".parse().unwrap();
+        assert_eq!(r.old, Path::new("/a=b"));
+        assert!("old=/new".parse::<Relocation>().is_err());
+        assert!("/old".parse::<Relocation>().is_err());
+        assert!("/a=/b=/c".parse::<Relocation>().is_err());
+    }
+
+    #[test]
+    fn plans_refuse_what_would_mix_or_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full");
+        fs::create_dir(&full).unwrap();
+        fs::write(full.join("x"), b"x").unwrap();
+        let map = format!("16400 {}\n", full.display());
+        let e = plan(Some(&map), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains(&full.display().to_string()) && e.contains("not empty"),
+            "{e}"
+        );
+        let new = dir.path().join("new");
+        let r = Relocation {
+            old: full.clone(),
+            new: new.clone(),
+        };
+        let placed = plan(Some(&map), &[r]).unwrap();
+        assert_eq!(placed[0].location, new);
+        let stranger = Relocation {
+            old: "/nowhere".into(),
+            new: new.clone(),
+        };
+        assert!(plan(Some(&map), &[stranger]).is_err());
+        assert!(plan(None, &[]).unwrap().is_empty());
+        let climbing = "16400 /srv/../etc/x\n";
+        let e = plan(Some(climbing), &[]).unwrap_err().to_string();
+        assert!(e.contains("'..'"), "{e}");
+    }
+}
