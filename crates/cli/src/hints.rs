@@ -56,6 +56,14 @@ pub fn for_way_out(way_out: &WayOut) -> String {
             "drop slot {slot} on the server (SELECT pg_drop_replication_slot('{slot}')) and run \
              `embassy pg stream` with --create-slot"
         ),
+        WayOut::CatchUpSites { sites } => format!(
+            "catch it up from a site that holds the writes: `embassy sync --pending{} --site \
+             OTHER-SITE`",
+            sites
+                .iter()
+                .map(|s| format!(" --site {s}"))
+                .collect::<String>()
+        ),
     }
 }
 

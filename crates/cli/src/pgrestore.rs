@@ -18,7 +18,7 @@ use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::{output, unlock, Cli};
+use crate::{output, secrets, unlock, Cli};
 
 /// Arguments of `embassy pg base-backup`.
 #[derive(Args)]
@@ -177,6 +177,9 @@ const FETCH_ENV: &[&str] = &[
 pub struct FetchFolder {
     /// The folder.
     pub path: PathBuf,
+    /// The state folder of `wal-fetch`: in the fetch folder, or below the state folder given
+    /// with `--state-dir` (or EMBASSY_STATE_DIR) when one is.
+    pub state: PathBuf,
     /// The restore_command using it.
     pub restore_command: String,
 }
@@ -234,8 +237,13 @@ impl FetchFolder {
                     e,
                 )
             })?;
+        let state = match &cli.state_dir {
+            Some(dir) => Self::state_below(dir, &path)?,
+            None => path.join(FETCH_STATE),
+        };
         let folder = Self {
             path,
+            state,
             restore_command: String::new(),
         };
         match folder.fill(cli, vault, keyring, dataset, owner, data_dir) {
@@ -248,6 +256,25 @@ impl FetchFolder {
                 Err(e)
             }
         }
+    }
+
+    /// The state folder of the `wal-fetch` of fetch folder `fetch` below the state folder
+    /// `dir`: `<dir>/wal-fetch/<folder name>-<hash of its path>` (one per restore).
+    fn state_below(dir: &Path, fetch: &Path) -> Result<PathBuf> {
+        let name = fetch
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The BLAKE3 hash of the path (an object id is one).
+        let hash = embassy_core::id::ObjectId::of(fetch.as_os_str().as_encoded_bytes()).to_hex();
+        let parent = dir.join("wal-fetch");
+        // Traversable by the data directory's owner, listable only by this user.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        Ok(parent.join(format!("{name}-{}", &hash[..16])))
     }
 
     fn fill(
@@ -283,7 +310,7 @@ impl FetchFolder {
         key_file.store(&credential_path)?;
         let passphrase_path = self.path.join(FETCH_PASSPHRASE);
         write_private(&passphrase_path, passphrase.as_bytes())?;
-        let state = self.path.join(FETCH_STATE);
+        let state = &self.state;
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&state)
@@ -303,7 +330,7 @@ impl FetchFolder {
         }
         if let Some((uid, gid)) = owner {
             let s3 = self.path.join(FETCH_S3_CREDENTIALS);
-            for p in [&credential_path, &passphrase_path, &s3, &state, &self.path] {
+            for p in [&credential_path, &passphrase_path, &s3, state, &self.path] {
                 match std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && p == &s3 => {}
                     r => {
@@ -356,8 +383,9 @@ impl FetchFolder {
         Ok(command)
     }
 
-    /// Removes the folder (after a failed restore).
+    /// Removes the folder and its state folder (after a failed restore).
     fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -655,9 +683,13 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `embassy promote DATASET --data DIR`
+/// `embassy promote DATASET --data DIR`: the promotion's entry goes to every site of the vault
+/// this machine knows (the sites given and the ones pinned in the state folder), queued for
+/// those that do not answer.
 pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
-    let vault = crate::open_vault(cli)?;
+    let options = crate::open_options(cli)?;
+    let (vault, sites) = embassy_ops::open::open_vault_everywhere(&options)?;
+    secrets::check_given_key_file(cli.key_file.as_deref(), vault.config())?;
     let keyring = unlock(cli, &vault)?;
     let done = standby::promote(
         &vault,
@@ -668,6 +700,17 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
         Duration::from_secs(args.timeout),
     )
     .map_err(Error::from)?;
+    let queued = embassy_ops::open::lagging_sites(&options.state_dir, &sites);
+    let recorded: Vec<&String> = sites.iter().filter(|s| !queued.contains(s)).collect();
+    if !queued.is_empty() && !cli.json {
+        eprintln!(
+            "embassy: the promotion's entry is queued for {} (not reached): {}",
+            queued.join(", "),
+            crate::hints::for_way_out(&embassy_core::error::WayOut::CatchUpSites {
+                sites: queued.clone()
+            })
+        );
+    }
     if cli.json {
         crate::print_json(json!({
             "ok": true,
@@ -675,6 +718,8 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "lsn": done.lsn.to_string(),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
+            "sites": recorded,
+            "queued": queued,
         }))?;
     } else {
         println!(
