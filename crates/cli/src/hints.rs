@@ -71,6 +71,10 @@ pub fn for_way_out(way_out: &WayOut) -> String {
 pub const UNWITNESSED_NOTE: &str =
     "`embassy witness` has the witnesses cosign; --unwitnessed restores the newest anyway";
 
+/// The command line for a PostgreSQL restore that started from an older witnessed base backup.
+pub const UNWITNESSED_BASE_BACKUP: &str =
+    "`embassy witness` has the witnesses cosign the newer one; --unwitnessed restores from it anyway";
+
 /// The command line that gets the user out of `e`, when there is one.
 pub fn for_error(e: &Error) -> Option<String> {
     match e {

@@ -565,6 +565,10 @@ pub fn recovery_target(
 /// Says what was restored; lists on stderr, always (and in `--json`), every restored setting
 /// that was neutralised and the overrides in force, for the operator to review.
 fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &str) -> Result<()> {
+    if let Some(fell_back) = &done.fell_back {
+        eprintln!("note: {}", output::escape(&fell_back.reason));
+        eprintln!("  hint: {}", crate::hints::UNWITNESSED_BASE_BACKUP);
+    }
     for n in &done.neutralised {
         eprintln!("embassy: NEUTRALISED restored setting {n}");
     }
@@ -596,6 +600,11 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
             "overrides": restored_conf::OVERRIDES,
             "fetch_folder": fetch.path,
             "recovery": done.recovery,
+            "fell_back": done.fell_back.as_ref().map(|f| json!({
+                "skipped_version": f.skipped,
+                "reason": f.reason,
+                "hint": crate::hints::UNWITNESSED_BASE_BACKUP,
+            })),
         }))
     } else {
         println!(

@@ -18,6 +18,7 @@ pub mod stream;
 pub mod tls;
 pub mod wal;
 pub mod walend;
+pub mod witnessed;
 
 pub use error::PgError;
 pub use lsn::Lsn;
