@@ -34,9 +34,17 @@ struct Env {
 impl Env {
     /// A vault at the sites named (folders below the home), made with `embassy init`.
     fn new(sites: &[&str]) -> Self {
+        Self::with_init(sites, |_| Vec::new())
+    }
+
+    /// The same, `init` given the extra arguments `extra` makes (it may run commands first).
+    fn with_init(sites: &[&str], extra: impl FnOnce(&Env) -> Vec<String>) -> Self {
         let (dir, ids) = postgres_home("embassy-pgd-");
         let env = Env { dir, ids };
-        let out = env.at(sites, &["init"]).output().unwrap();
+        let extra = extra(&env);
+        let mut args = vec!["init"];
+        args.extend(extra.iter().map(String::as_str));
+        let out = env.at(sites, &args).output().unwrap();
         assert!(
             out.status.success(),
             "init: {}",
@@ -294,4 +302,84 @@ fn a_root_restore_keeps_the_fetch_state_under_the_state_dir_given() {
     let restored = Restored::start(dir);
     restored.wait_open(Duration::from_secs(120));
     assert_eq!(restored.try_psql("SELECT count(*) FROM t").unwrap(), "1000");
+}
+
+/// Under a witness quorum, `restore --latest` whose newest base backup is not witnessed yet
+/// starts from the newest witnessed one (the streamed WAL gets it to the same point), and says
+/// so; it does not refuse.
+#[test]
+fn latest_restore_falls_back_to_the_newest_witnessed_base_backup() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 1000)");
+    let env = Env::with_init(&["site"], |env| {
+        let key = env.path("witness.key");
+        let out = env.output(&[], &["--json", "witness-key", "--out", arg(&key)]);
+        assert!(out.status.success(), "witness-key: {}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let public = json["public_key"].as_str().unwrap().to_string();
+        vec![
+            "--witness".into(),
+            public,
+            "--witness-quorum".into(),
+            "1".into(),
+        ]
+    });
+    let site = ["site"];
+    let _streamer = env.stream(&site, &pg);
+    wait_until(
+        "the streamer's first durable WAL",
+        Duration::from_secs(30),
+        || env.durable() > 0,
+    );
+    let base_backup = || {
+        env.run(
+            &site,
+            &[
+                "pg",
+                "base-backup",
+                "registry",
+                "--conninfo",
+                &pg.conninfo(),
+                "--wal-streamed",
+            ],
+        )
+    };
+    base_backup();
+    pg.psql("INSERT INTO t SELECT generate_series(1001, 2000)");
+    let key = env.path("witness.key");
+    env.run(&site, &["witness", "--witness-key", arg(&key)]);
+    // A newer base backup, not witnessed, and more WAL after it.
+    base_backup();
+    pg.psql("INSERT INTO t SELECT generate_series(2001, 3000)");
+    let end = pg.current_lsn();
+    wait_until("WAL to become durable", Duration::from_secs(60), || {
+        env.durable() >= end
+    });
+
+    let dir = env.restore_root().join("latest");
+    let out = env.output(
+        &site,
+        &[
+            "--json",
+            "restore",
+            "registry",
+            "--latest",
+            "--to",
+            arg(&dir),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "restore --latest refused: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["version"]["version"], 1, "{json}");
+    assert_eq!(json["fell_back"]["skipped_version"], 2, "{json}");
+    assert!(
+        stderr.contains("version 2 of registry is not witnessed yet")
+            && stderr.contains("--unwitnessed"),
+        "{stderr}"
+    );
+    // It reaches the same point: every row, the last ones after the unwitnessed backup too.
+    let restored = Restored::start(dir);
+    restored.wait_open(Duration::from_secs(120));
+    assert_eq!(restored.try_psql("SELECT count(*) FROM t").unwrap(), "3000");
 }
