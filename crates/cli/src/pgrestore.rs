@@ -313,7 +313,7 @@ impl FetchFolder {
         let state = &self.state;
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&state)
+            .create(state)
             .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
 
         let mut env = Vec::new();
