@@ -88,6 +88,11 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
             "drop slot {slot} on the server and create it again with WAL reserved, or set \
              another `slot` for the dataset in embassy.toml"
         ),
+        WayOut::CatchUpSites { sites } => format!(
+            "the agent catches {} up from the other sites after its next look at them; \
+             `embassy sync --pending` does it now",
+            sites.join(", ")
+        ),
     }
 }
 

@@ -57,12 +57,24 @@ pub fn for_way_out(way_out: &WayOut) -> String {
             "drop slot {slot} on the server (SELECT pg_drop_replication_slot('{slot}')) and run \
              `embassy pg stream` with --create-slot"
         ),
+        WayOut::CatchUpSites { sites } => format!(
+            "catch it up from a site that holds the writes: `embassy sync --pending{} --site \
+             OTHER-SITE`",
+            sites
+                .iter()
+                .map(|s| format!(" --site {s}"))
+                .collect::<String>()
+        ),
     }
 }
 
 /// The command line for a restore's note that newer versions are not yet witnessed.
 pub const UNWITNESSED_NOTE: &str =
     "`embassy witness` has the witnesses cosign; --unwitnessed restores the newest anyway";
+
+/// The command line for a PostgreSQL restore that started from an older witnessed base backup.
+pub const UNWITNESSED_BASE_BACKUP: &str =
+    "`embassy witness` has the witnesses cosign the newer one; --unwitnessed restores from it anyway";
 
 /// The command line that gets the user out of `e`, when there is one.
 pub fn for_error(e: &Error) -> Option<String> {

@@ -62,7 +62,8 @@ struct Cli {
     #[arg(long, short = 'q', global = true)]
     quiet: bool,
     /// Where this machine remembers the newest verified history of each vault (also
-    /// EMBASSY_STATE_DIR); default ~/.local/state/data-embassy.
+    /// EMBASSY_STATE_DIR; a PostgreSQL restore keeps its restore_command's state below it
+    /// too); default ~/.local/state/data-embassy.
     #[arg(long, env = "EMBASSY_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
     /// The vault id (or the fingerprint `embassy init` printed) this vault must have (also
@@ -122,7 +123,8 @@ enum Command {
     Drill(cmd::drill::DrillArgs),
     /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
     Standby(pgrestore::StandbyArgs),
-    /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline.
+    /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline at
+    /// every site of the vault this machine knows (queued for those that do not answer).
     Promote(pgrestore::PromoteArgs),
     /// Show a dataset's signed history (its ledger).
     History(cmd::history::HistoryArgs),

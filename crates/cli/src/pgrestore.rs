@@ -19,7 +19,7 @@ use embassy_postgres::{restored_conf, standby};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::{output, unlock, Cli};
+use crate::{output, secrets, unlock, Cli};
 
 /// Arguments of `embassy pg base-backup`.
 #[derive(Args)]
@@ -183,6 +183,9 @@ const FETCH_ENV: &[&str] = &[
 pub struct FetchFolder {
     /// The folder.
     pub path: PathBuf,
+    /// The state folder of `wal-fetch`: in the fetch folder, or below the state folder given
+    /// with `--state-dir` (or EMBASSY_STATE_DIR) when one is.
+    pub state: PathBuf,
     /// The restore_command using it.
     pub restore_command: String,
 }
@@ -240,8 +243,13 @@ impl FetchFolder {
                     e,
                 )
             })?;
+        let state = match &cli.state_dir {
+            Some(dir) => Self::state_below(dir, &path)?,
+            None => path.join(FETCH_STATE),
+        };
         let folder = Self {
             path,
+            state,
             restore_command: String::new(),
         };
         match folder.fill(cli, vault, keyring, dataset, owner, data_dir) {
@@ -254,6 +262,25 @@ impl FetchFolder {
                 Err(e)
             }
         }
+    }
+
+    /// The state folder of the `wal-fetch` of fetch folder `fetch` below the state folder
+    /// `dir`: `<dir>/wal-fetch/<folder name>-<hash of its path>` (one per restore).
+    fn state_below(dir: &Path, fetch: &Path) -> Result<PathBuf> {
+        let name = fetch
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The BLAKE3 hash of the path (an object id is one).
+        let hash = embassy_core::id::ObjectId::of(fetch.as_os_str().as_encoded_bytes()).to_hex();
+        let parent = dir.join("wal-fetch");
+        // Traversable by the data directory's owner, listable only by this user.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        Ok(parent.join(format!("{name}-{}", &hash[..16])))
     }
 
     fn fill(
@@ -289,10 +316,10 @@ impl FetchFolder {
         key_file.store(&credential_path)?;
         let passphrase_path = self.path.join(FETCH_PASSPHRASE);
         write_private(&passphrase_path, passphrase.as_bytes())?;
-        let state = self.path.join(FETCH_STATE);
+        let state = &self.state;
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&state)
+            .create(state)
             .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
 
         let mut env = Vec::new();
@@ -309,7 +336,7 @@ impl FetchFolder {
         }
         if let Some((uid, gid)) = owner {
             let s3 = self.path.join(FETCH_S3_CREDENTIALS);
-            for p in [&credential_path, &passphrase_path, &s3, &state, &self.path] {
+            for p in [&credential_path, &passphrase_path, &s3, state, &self.path] {
                 match std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && p == &s3 => {}
                     r => {
@@ -360,8 +387,9 @@ impl FetchFolder {
         Ok(command)
     }
 
-    /// Removes the folder (after a failed restore).
+    /// Removes the folder and its state folder (after a failed restore).
     fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -541,6 +569,10 @@ pub fn recovery_target(
 /// Says what was restored; lists on stderr, always (and in `--json`), every restored setting
 /// that was neutralised and the overrides in force, for the operator to review.
 fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &str) -> Result<()> {
+    if let Some(fell_back) = &done.fell_back {
+        eprintln!("note: {}", output::escape(&fell_back.reason));
+        eprintln!("  hint: {}", crate::hints::UNWITNESSED_BASE_BACKUP);
+    }
     for n in &done.neutralised {
         eprintln!("embassy: NEUTRALISED restored setting {n}");
     }
@@ -577,6 +609,11 @@ fn report(cli: &Cli, done: &PgRestore, fetch: &FetchFolder, what: &str, next: &s
                 "original": t.original,
                 "location": t.location,
             })).collect::<Vec<_>>(),
+            "fell_back": done.fell_back.as_ref().map(|f| json!({
+                "skipped_version": f.skipped,
+                "reason": f.reason,
+                "hint": crate::hints::UNWITNESSED_BASE_BACKUP,
+            })),
         }))
     } else {
         println!(
@@ -679,9 +716,13 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `embassy promote DATASET --data DIR`
+/// `embassy promote DATASET --data DIR`: the promotion's entry goes to every site of the vault
+/// this machine knows (the sites given and the ones pinned in the state folder), queued for
+/// those that do not answer.
 pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
-    let vault = crate::open_vault(cli)?;
+    let options = crate::open_options(cli)?;
+    let (vault, sites) = embassy_ops::open::open_vault_everywhere(&options)?;
+    secrets::check_given_key_file(cli.key_file.as_deref(), vault.config())?;
     let keyring = unlock(cli, &vault)?;
     let done = standby::promote(
         &vault,
@@ -692,6 +733,17 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
         Duration::from_secs(args.timeout),
     )
     .map_err(Error::from)?;
+    let queued = embassy_ops::open::lagging_sites(&options.state_dir, &sites);
+    let recorded: Vec<&String> = sites.iter().filter(|s| !queued.contains(s)).collect();
+    if !queued.is_empty() && !cli.json {
+        eprintln!(
+            "embassy: the promotion's entry is queued for {} (not reached): {}",
+            queued.join(", "),
+            crate::hints::for_way_out(&embassy_core::error::WayOut::CatchUpSites {
+                sites: queued.clone()
+            })
+        );
+    }
     if cli.json {
         crate::print_json(json!({
             "ok": true,
@@ -699,6 +751,8 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "lsn": done.lsn.to_string(),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
+            "sites": recorded,
+            "queued": queued,
         }))?;
     } else {
         println!(

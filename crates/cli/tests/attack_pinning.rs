@@ -571,14 +571,66 @@ fn future_dated_checkpoint_cannot_freeze_witnessing() {
     assert!(
         r.stderr.contains("restoring version 2")
             && r.stderr
-                .contains("version 3 is newer but is not yet witnessed"),
+                .contains("1 newer version (3) is not yet witnessed"),
         "{r:?}"
     );
-    // Once witnessed, version 3 is the latest.
+    // Two newer versions: how many, how new and how to take one, on stderr and in --json.
+    w.ok(
+        "home",
+        &key,
+        &["backup", "registry", "--stdin"],
+        Some(&data(4)),
+    );
+    let out = w.path("restored-json");
+    let r = w.ok(
+        "fresh-json",
+        &key,
+        &[
+            "--json",
+            "restore",
+            "registry",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data(2));
+    assert!(
+        r.stderr
+            .contains("2 newer versions (3 to 4) are not yet witnessed")
+            && r.stderr.contains("the newest, version 4, captured")
+            && r.stderr.contains("--unwitnessed"),
+        "{r:?}"
+    );
+    let newer = &r.json()["newer_unwitnessed"];
+    assert_eq!(newer["count"], 2, "{r:?}");
+    assert_eq!(newer["versions"], serde_json::json!([3, 4]), "{r:?}");
+    assert_eq!(newer["newest"], 4, "{r:?}");
+    assert!(newer["newest_age_seconds"].as_u64().unwrap() < 600, "{r:?}");
+    assert!(
+        newer["hint"].as_str().unwrap().contains("--unwitnessed"),
+        "{r:?}"
+    );
+    // The hint's way to take one now.
+    let r = w.ok(
+        "fresh-json",
+        &key,
+        &[
+            "restore",
+            "registry",
+            "--unwitnessed",
+            "--to",
+            w.path("restored-newest").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!r.stderr.contains("not yet witnessed"), "{r:?}");
+    assert_eq!(std::fs::read(w.path("restored-newest")).unwrap(), data(4));
+    // Once witnessed, version 4 is the latest.
     assert_eq!(w.witness("witness").code, 0);
     let (r, bytes) = w.restore("fresh-4", &key, "registry");
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(bytes, data(3));
+    assert_eq!(bytes, data(4));
     assert!(!w.valid_checkpoints().contains(&ahead));
 }
 

@@ -171,6 +171,12 @@ pub enum WayOut {
         /// The slot's name.
         slot: String,
     },
+    /// These sites lag: writes they missed wait in this machine's catch-up queues; catching
+    /// them up from the other sites brings them level.
+    CatchUpSites {
+        /// The lagging sites' locations.
+        sites: Vec<String>,
+    },
 }
 
 /// What a credential must allow, for [`WayOut::Grant`].

@@ -136,8 +136,58 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
             options.forget_site_pin,
         )?;
     }
-    let state = StateStore::open(&options.heads_dir, vault_id)?;
+    let state = StateStore::open(&options.heads_dir, vault_id)?
+        .with_lagging_sites(lagging_sites(&options.state_dir, &options.locations));
     Ok(vault.with_state(state))
+}
+
+/// The sites of `locations` with writes waiting in their catch-up queues under `state_dir`
+/// (a history they serve short of what this machine verified lags; it was not rolled back;
+/// after a write, the sites it was queued for).
+pub fn lagging_sites(state_dir: &Path, locations: &[String]) -> Vec<String> {
+    locations
+        .iter()
+        .filter(|location| {
+            let site = embassy_sites::open(location).ok();
+            embassy_sites::queue::site_queue(state_dir, location, site.as_ref())
+                .and_then(|q| q.pending())
+                .is_ok_and(|p| !p.is_empty())
+        })
+        .cloned()
+        .collect()
+}
+
+/// Opens the vault at the sites given and at every other site of it this machine has met
+/// (pinned in the state folder): for a record that must reach every site, such as a
+/// promotion. Writes go to every site that answers and are queued for the rest (`embassy sync
+/// --pending` catches them up); they count once `min_sites` (default: one) hold them. A
+/// pinned site that holds no vault any more is left out and queued, never filled. Returns the
+/// vault and every site location it was opened at.
+pub fn open_vault_everywhere(options: &OpenOptions) -> Result<(Vault, Vec<String>)> {
+    let vault = open_vault(options)?;
+    let given: Vec<String> = options
+        .locations
+        .iter()
+        .map(|l| embassy_core::history::state::pin_spelling(l))
+        .collect();
+    let extra: Vec<String> =
+        embassy_core::history::state::pinned_sites(&options.state_dir, &vault.config().vault_id)
+            .into_iter()
+            .filter(|l| !given.contains(l))
+            .collect();
+    if extra.is_empty() && options.locations.len() == 1 {
+        return Ok((vault, options.locations.clone()));
+    }
+    drop(vault);
+    let mut locations = options.locations.clone();
+    locations.extend(extra);
+    let vault = open_vault(&OpenOptions {
+        min_sites: Some(options.min_sites.unwrap_or(1)),
+        without_vault: WithoutVault::LeaveOut,
+        locations: locations.clone(),
+        ..options.clone()
+    })?;
+    Ok((vault, locations))
 }
 
 /// The vault id given by the operator (32 hex digits or the grouped fingerprint), parsed.

@@ -3,7 +3,7 @@
 //! for the whole restore, whichever it turns out to be.
 
 use embassy_core::engine::reader::VersionReader;
-use embassy_core::engine::vault::{Keyring, Vault, Version};
+use embassy_core::engine::vault::{Keyring, NewerUnwitnessed, Vault, Version};
 use embassy_core::format::manifest::VersionKind;
 use embassy_core::Result;
 use embassy_postgres::restore::RecoveryTarget;
@@ -29,8 +29,8 @@ pub enum RestorePlan {
     Postgres {
         /// Where recovery stops.
         target: RecoveryTarget,
-        /// Said when the newest version is not witnessed yet.
-        note: Option<String>,
+        /// Said when newer versions than the one restored are not witnessed yet.
+        note: Option<NewerUnwitnessed>,
     },
     /// A file tree, to restore into a folder.
     Tree {
@@ -38,8 +38,8 @@ pub enum RestorePlan {
         version: Box<Version>,
         /// Its reader.
         reader: Box<VersionReader>,
-        /// Said when the newest version is not witnessed yet.
-        note: Option<String>,
+        /// Said when newer versions than the one restored are not witnessed yet.
+        note: Option<NewerUnwitnessed>,
     },
     /// A stream, to restore to a file or standard output.
     Stream {
@@ -47,8 +47,8 @@ pub enum RestorePlan {
         version: Box<Version>,
         /// Its reader.
         reader: Box<VersionReader>,
-        /// Said when the newest version is not witnessed yet.
-        note: Option<String>,
+        /// Said when newer versions than the one restored are not witnessed yet.
+        note: Option<NewerUnwitnessed>,
     },
 }
 
@@ -77,7 +77,7 @@ pub fn plan(
     let version =
         vault.find_trusted_version(request.dataset, request.selector, request.allow_unwitnessed)?;
     let note = if !request.allow_unwitnessed && matches!(request.selector, None | Some("latest")) {
-        vault.unwitnessed_note(&version)?
+        vault.newer_unwitnessed(&version)?
     } else {
         None
     };

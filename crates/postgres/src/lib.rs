@@ -20,6 +20,7 @@ pub mod tablespace;
 pub mod tls;
 pub mod wal;
 pub mod walend;
+pub mod witnessed;
 
 pub use error::PgError;
 pub use lsn::Lsn;

@@ -71,6 +71,8 @@ pub struct PgRestore {
     pub version: Version,
     /// Its PostgreSQL details.
     pub info: BaseBackupInfo,
+    /// Set when a newer base backup reaching the target was passed over, not witnessed yet.
+    pub fell_back: Option<crate::witnessed::FellBack>,
     /// The data directory written.
     pub data_dir: PathBuf,
     /// The settings appended to postgresql.auto.conf.
@@ -91,11 +93,10 @@ pub fn choose_base_backup(
     backups: &[(Version, BaseBackupInfo)],
     target: RecoveryTarget,
 ) -> Option<&(Version, BaseBackupInfo)> {
-    backups.iter().rev().find(|(_, info)| match target {
-        RecoveryTarget::Latest => true,
-        RecoveryTarget::Time(t) => info.stopped_at_ns <= t,
-        RecoveryTarget::Lsn(l) => info.stop_lsn <= l,
-    })
+    backups
+        .iter()
+        .rev()
+        .find(|(_, info)| crate::witnessed::reaches(info, target))
 }
 
 /// Quotes one argument for the shell PostgreSQL runs `restore_command` with.
@@ -547,15 +548,16 @@ pub fn restore(
             }));
         }
     }
-    // The same trust policy as any restore (witnessed checkpoints when the vault wants them).
-    let version = vault
-        .find_trusted_version(
-            dataset,
-            // By its ledger entry's id: exact, whatever numbers the selector grammar gives.
-            Some(&chosen.ledger_id.to_hex()),
-            options.allow_unwitnessed,
-        )
-        .map_err(PgError::Vault)?;
+    // The same trust policy as any restore (witnessed checkpoints when the vault wants them),
+    // falling back to an older witnessed base backup that gets as far.
+    let (version, info, fell_back) = crate::witnessed::trusted_base_backup(
+        vault,
+        dataset,
+        &backups,
+        &(chosen, info),
+        target,
+        options.allow_unwitnessed,
+    )?;
     // Where each tablespace goes, checked before anything is written.
     let placed = tablespace::plan(info.tablespace_map.as_deref(), &options.relocations)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
@@ -590,6 +592,7 @@ pub fn restore(
     Ok(PgRestore {
         version,
         info,
+        fell_back,
         data_dir: dir.to_path_buf(),
         settings: prepared.settings,
         neutralised: prepared.neutralised,

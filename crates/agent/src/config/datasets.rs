@@ -30,6 +30,8 @@ impl Parser<'_> {
             let path_style = self
                 .take(&mut f, "path_style")
                 .map(|v| v.get_ref().as_bool());
+            let object_lock =
+                self.string(&mut f, "object_lock", "MODE:DAYS, like \"governance:30\"");
             let field = f.path.clone();
             let location = match (path, url) {
                 (Some(p), None) => {
@@ -38,6 +40,14 @@ impl Parser<'_> {
                             e.span(),
                             &format!("{field}.endpoint"),
                             "endpoint and region apply to `url = \"s3://...\"` sites only",
+                        );
+                    }
+                    if let Some(l) = &object_lock {
+                        self.problem(
+                            l.span(),
+                            &format!("{field}.object_lock"),
+                            "Object Lock applies to `url = \"s3://...\"` sites only (a folder \
+                             site cannot keep its objects from deletion)",
                         );
                     }
                     Some(self.path(p.get_ref()).display().to_string())
@@ -67,6 +77,28 @@ impl Parser<'_> {
                             ),
                             None => {}
                         }
+                        if let Some(l) = object_lock {
+                            let in_url = u.get_ref().contains("object-lock=");
+                            match embassy_sites::s3::ObjectLock::parse(l.get_ref()) {
+                                Err(why) => self.problem(
+                                    l.span(),
+                                    &format!("{field}.object_lock"),
+                                    format!(
+                                        "{why}: governance (the bucket's owner may still lift \
+                                         it) or compliance (nobody can), and the days each \
+                                         object is kept from deletion"
+                                    ),
+                                ),
+                                Ok(_) if in_url => self.problem(
+                                    l.span(),
+                                    &format!("{field}.object_lock"),
+                                    "the url sets object-lock too: keep one of them",
+                                ),
+                                Ok(lock) => {
+                                    options.push(format!("object-lock={}:{}", lock.mode, lock.days))
+                                }
+                            }
+                        }
                         let mut loc = u.into_inner();
                         if !options.is_empty() {
                             loc.push(if loc.contains('?') { '&' } else { '?' });
@@ -94,7 +126,15 @@ impl Parser<'_> {
             };
             self.finish(
                 f,
-                &["name", "path", "url", "endpoint", "region", "path_style"],
+                &[
+                    "name",
+                    "path",
+                    "url",
+                    "endpoint",
+                    "region",
+                    "path_style",
+                    "object_lock",
+                ],
             );
             if let Some(name) = &name {
                 if let Err(why) = check_name(name.get_ref()) {

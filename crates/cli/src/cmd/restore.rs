@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use embassy_core::engine::vault::NewerUnwitnessed;
 use embassy_core::{Error, Result};
 use embassy_ops::restore::{RestorePlan, RestoreRequest};
 use embassy_sources::{files, stream};
@@ -88,10 +89,12 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let note = match &plan {
         RestorePlan::Postgres { note, .. }
         | RestorePlan::Tree { note, .. }
-        | RestorePlan::Stream { note, .. } => note.as_deref(),
+        | RestorePlan::Stream { note, .. } => note.as_ref(),
     };
+    let newer = note.map(newer_unwitnessed);
     if let Some(note) = note {
-        eprintln!("note: {}", output::escape(note));
+        let now = embassy_core::format::config::now_unix_nanos();
+        eprintln!("note: {}", output::escape(&note.message(now)));
         eprintln!("  hint: {}", crate::hints::UNWITNESSED_NOTE);
     }
     if !matches!(plan, RestorePlan::Postgres { .. }) && !args.tablespace_map.is_empty() {
@@ -159,7 +162,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
             report_restore(
                 cli,
                 &version,
-                json!({"bytes": n, "to": file}),
+                json!({"bytes": n, "to": file, "newer_unwitnessed": newer}),
                 &format!("{} into {}", output::size(n), file.display()),
             )?;
         }
@@ -196,6 +199,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                     "skipped_bytes": stats.skipped_bytes,
                     "deleted": stats.deleted,
                     "to": dir,
+                    "newer_unwitnessed": newer,
                 }),
                 &format!(
                     "{}, {}, {} into {}{}{}",
@@ -226,6 +230,23 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     }
     bar.finish();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A restore's note that newer versions are not yet witnessed, for `--json`: how many, which,
+/// how new, and how to take one.
+fn newer_unwitnessed(note: &NewerUnwitnessed) -> serde_json::Value {
+    let now = embassy_core::format::config::now_unix_nanos();
+    json!({
+        "count": note.versions.len(),
+        "versions": note.versions,
+        "newest": note.newest(),
+        "newest_captured_at": output::time(note.newest_captured_at_ns),
+        "newest_age_seconds": NewerUnwitnessed::age_secs(note.newest_captured_at_ns, now),
+        "restored_age_seconds": NewerUnwitnessed::age_secs(note.restored_captured_at_ns, now),
+        "witness_quorum": note.quorum,
+        "message": note.message(now),
+        "hint": crate::hints::UNWITNESSED_NOTE,
+    })
 }
 
 fn report_restore(

@@ -405,28 +405,33 @@ impl Vault {
     /// When a restore under the witness quorum picked `version` but newer versions exist that
     /// no witnessed checkpoint covers yet: a note saying so, for stderr (invariant 12).
     pub fn unwitnessed_note(&self, version: &Version) -> Result<Option<String>> {
+        let now = crate::format::config::now_unix_nanos();
+        Ok(self.newer_unwitnessed(version)?.map(|n| n.message(now)))
+    }
+
+    /// When a restore under the witness quorum picked `version` but newer versions exist that
+    /// no witnessed checkpoint covers yet: which, and how new (invariant 12). `None` without a
+    /// quorum or when `version` is the newest.
+    pub fn newer_unwitnessed(&self, version: &Version) -> Result<Option<NewerUnwitnessed>> {
         if self.config.witness_quorum == 0 {
             return Ok(None);
         }
-        let newer: Vec<u64> = self
+        let newer: Vec<Version> = self
             .versions(&version.dataset)?
             .into_iter()
             .filter(|v| v.seq > version.seq)
-            .map(|v| v.number)
             .collect();
-        let (Some(first), Some(last)) = (newer.first(), newer.last()) else {
+        let Some(newest) = newer.last() else {
             return Ok(None);
         };
-        let which = if first == last {
-            format!("version {first} is newer but is")
-        } else {
-            format!("versions {first} to {last} are newer but are")
-        };
-        Ok(Some(format!(
-            "dataset {}: restoring version {}, the newest that {} witnesses have cosigned; {which} \
-             not yet witnessed (have the witnesses cosign, or restore it anyway on purpose)",
-            version.dataset, version.number, self.config.witness_quorum
-        )))
+        Ok(Some(NewerUnwitnessed {
+            dataset: version.dataset.clone(),
+            restored: version.number,
+            restored_captured_at_ns: version.captured_at_ns,
+            quorum: u64::from(self.config.witness_quorum),
+            versions: newer.iter().map(|v| v.number).collect(),
+            newest_captured_at_ns: newest.captured_at_ns,
+        }))
     }
 
     /// The newest version of `dataset` that a witnessed checkpoint covers, when the vault
@@ -612,3 +617,59 @@ impl Vault {
 
 mod keyring;
 pub use keyring::Keyring;
+
+/// Newer versions than the one a restore under the witness quorum picked, not yet covered by a
+/// witnessed checkpoint: the restore says so, and how to take one (have the witnesses cosign,
+/// or restore it anyway on purpose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewerUnwitnessed {
+    /// The dataset.
+    pub dataset: String,
+    /// The version restored: the newest witnessed one.
+    pub restored: u64,
+    /// When its source was captured.
+    pub restored_captured_at_ns: i64,
+    /// Cosignatures a checkpoint needs.
+    pub quorum: u64,
+    /// The newer versions' numbers, oldest first (never empty).
+    pub versions: Vec<u64>,
+    /// When the newest of them was captured.
+    pub newest_captured_at_ns: i64,
+}
+
+impl NewerUnwitnessed {
+    /// The newest version not yet witnessed.
+    pub fn newest(&self) -> u64 {
+        self.versions.last().copied().unwrap_or(self.restored)
+    }
+
+    /// Seconds from the capture at `captured_ns` to `now_ns` (0 for a time ahead).
+    pub fn age_secs(captured_ns: i64, now_ns: i64) -> u64 {
+        u64::try_from(now_ns.saturating_sub(captured_ns) / 1_000_000_000).unwrap_or(0)
+    }
+
+    /// The note, in words, at time `now_ns`.
+    pub fn message(&self, now_ns: i64) -> String {
+        let age = |ns| crate::duration::format_duration(Self::age_secs(ns, now_ns));
+        let which = match self.versions.as_slice() {
+            [one] => format!("1 newer version ({one}) is"),
+            many => format!(
+                "{} newer versions ({} to {}) are",
+                many.len(),
+                many.first().copied().unwrap_or_default(),
+                self.newest()
+            ),
+        };
+        format!(
+            "dataset {}: restoring version {} (captured {} ago), the newest that {} witnesses \
+             have cosigned; {which} not yet witnessed, the newest, version {}, captured {} ago: \
+             have the witnesses cosign to restore it, or restore it anyway on purpose",
+            self.dataset,
+            self.restored,
+            age(self.restored_captured_at_ns),
+            self.quorum,
+            self.newest(),
+            age(self.newest_captured_at_ns),
+        )
+    }
+}

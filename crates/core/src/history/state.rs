@@ -54,6 +54,9 @@ pub struct Seen {
 pub struct StateStore {
     path: PathBuf,
     seen: Mutex<Seen>,
+    /// Sites read through this store that have writes waiting in this machine's catch-up
+    /// queues: a history they serve short of the remembered head lags, it was not rolled back.
+    lagging: Vec<String>,
 }
 
 impl StateStore {
@@ -69,7 +72,16 @@ impl StateStore {
         Ok(Self {
             path,
             seen: Mutex::new(seen),
+            lagging: Vec::new(),
         })
+    }
+
+    /// The same store, knowing that these sites (read through it) have writes waiting in this
+    /// machine's catch-up queues: a shorter history they serve is called lagging, with the way
+    /// out ([`WayOut::CatchUpSites`](crate::error::WayOut::CatchUpSites)), not a rollback.
+    pub fn with_lagging_sites(mut self, sites: Vec<String>) -> Self {
+        self.lagging = sites;
+        self
     }
 
     fn read(path: &Path) -> Result<Seen> {
@@ -101,6 +113,27 @@ impl StateStore {
         if let Some(seen) = seen {
             let served = history.last().map(|r| (r.entry.seq, r.id.to_hex()));
             match crate::history::ledger::entry_at(history, seen.seq) {
+                None if !self.lagging.is_empty()
+                    && served.as_ref().is_none_or(|(s, _)| *s < seen.seq) =>
+                {
+                    return Err(Error::Refused {
+                        kind: crate::error::ErrorKind::Outage,
+                        problem: format!(
+                            "dataset {dataset}: site {} lags: it serves {}, but entry {} was \
+                             verified here on {} and waits in this machine's catch-up queue for \
+                             it; catch the site up from the others, which hold it",
+                            self.lagging.join(", "),
+                            served.as_ref().map_or("no history".to_string(), |(s, _)| format!(
+                                "entries up to {s}"
+                            )),
+                            seen.seq,
+                            utc(seen.seen_at_ns)
+                        ),
+                        way_out: crate::error::WayOut::CatchUpSites {
+                            sites: self.lagging.clone(),
+                        },
+                    })
+                }
                 None => {
                     return Err(Error::History {
                         dataset: dataset.into(),
@@ -261,6 +294,25 @@ pub fn pin_site(dir: &Path, location: &str, vault_id: &str, forget: bool) -> Res
     let json = serde_json::to_vec_pretty(&pins).map_err(|e| Error::invalid(e.to_string()))?;
     crate::fsutil::write_atomic(&path, &json)
         .map_err(|e| Error::io(format!("writing site pin file {}", path.display()), e))
+}
+
+/// The site locations pinned in the state folder `dir` to vault `vault_id`: every site of the
+/// vault this machine has met (a command that must reach them all, such as `promote`, adds
+/// them to the sites it was given). A missing or unreadable pin file pins nothing.
+pub fn pinned_sites(dir: &Path, vault_id: &str) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(dir.join(SITE_PINS)) else {
+        return Vec::new();
+    };
+    let pins: BTreeMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
+    pins.into_iter()
+        .filter(|(_, id)| id == vault_id)
+        .map(|(location, _)| location)
+        .collect()
+}
+
+/// The one spelling of a site location that pins use (see [`pinned_sites`]).
+pub fn pin_spelling(location: &str) -> String {
+    normalise_location(location)
 }
 
 /// One spelling per site location: `file://` and trailing slashes dropped, local folders made
