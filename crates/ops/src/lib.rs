@@ -15,6 +15,7 @@ pub mod browse;
 pub mod catchup;
 pub mod custody;
 pub mod gc;
+pub mod group;
 pub mod init;
 pub mod open;
 pub mod prune;

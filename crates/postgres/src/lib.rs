@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod lsn;
 pub mod replication;
 pub mod restore;
+pub mod restore_point;
 pub mod restored_conf;
 pub mod standby;
 pub mod status;

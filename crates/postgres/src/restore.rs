@@ -26,7 +26,7 @@ use crate::lsn::Lsn;
 use crate::restored_conf::{self, Neutralised, OVERRIDES};
 
 /// Where recovery stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
     /// The end of the WAL the vault holds.
     Latest,
@@ -34,10 +34,18 @@ pub enum RecoveryTarget {
     Time(i64),
     /// This WAL position (inclusive).
     Lsn(Lsn),
+    /// A named restore point (`pg_create_restore_point`, a consistency group's point):
+    /// recovery stops just after its record, exactly there.
+    RestorePoint {
+        /// Its name (`recovery_target_name`).
+        name: String,
+        /// The WAL position just after its record (to choose the base backup).
+        lsn: Lsn,
+    },
 }
 
 /// How the restored server should run: recover to a target and promote, or follow as a standby.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// `recovery.signal`: replay to the target, then open for writes on a new timeline.
     Recover(RecoveryTarget),
@@ -82,14 +90,16 @@ pub struct PgRestore {
 
 /// Picks the newest base backup a recovery to `target` can start from: for a time, one that
 /// finished before it; for an LSN, one whose stop LSN is at or before it.
-pub fn choose_base_backup(
-    backups: &[(Version, BaseBackupInfo)],
-    target: RecoveryTarget,
-) -> Option<&(Version, BaseBackupInfo)> {
+pub fn choose_base_backup<'a>(
+    backups: &'a [(Version, BaseBackupInfo)],
+    target: &RecoveryTarget,
+) -> Option<&'a (Version, BaseBackupInfo)> {
     backups.iter().rev().find(|(_, info)| match target {
         RecoveryTarget::Latest => true,
-        RecoveryTarget::Time(t) => info.stopped_at_ns <= t,
-        RecoveryTarget::Lsn(l) => info.stop_lsn <= l,
+        RecoveryTarget::Time(t) => info.stopped_at_ns <= *t,
+        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => {
+            info.stop_lsn <= *l
+        }
     })
 }
 
@@ -274,7 +284,7 @@ pub fn parse_time(s: &str) -> Result<i64, PgError> {
 }
 
 /// The settings a restore appends to postgresql.auto.conf.
-pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
+pub fn recovery_settings(mode: &Mode, restore_command: &str) -> Vec<String> {
     let mut s = vec![
         format!("restore_command = {}", conf_quote(restore_command)),
         "recovery_target_timeline = 'latest'".to_string(),
@@ -290,7 +300,7 @@ pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
                 RecoveryTarget::Time(t) => {
                     s.push(format!(
                         "recovery_target_time = {}",
-                        conf_quote(&pg_timestamp(t))
+                        conf_quote(&pg_timestamp(*t))
                     ));
                 }
                 RecoveryTarget::Lsn(l) => {
@@ -299,8 +309,11 @@ pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
                         conf_quote(&l.to_string())
                     ));
                 }
+                RecoveryTarget::RestorePoint { name, .. } => {
+                    s.push(format!("recovery_target_name = {}", conf_quote(name)));
+                }
             }
-            if target != RecoveryTarget::Latest {
+            if *target != RecoveryTarget::Latest {
                 s.push("recovery_target_inclusive = on".to_string());
                 s.push("recovery_target_action = 'promote'".to_string());
             }
@@ -372,7 +385,7 @@ pub fn prepare_data_dir(
     }
     let neutralised = restored_conf::neutralise(dir)?;
     let mut settings: Vec<String> = OVERRIDES.iter().map(|s| s.to_string()).collect();
-    settings.extend(recovery_settings(mode, restore_command));
+    settings.extend(recovery_settings(&mode, restore_command));
     let conf = dir.join("postgresql.auto.conf");
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -447,11 +460,14 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
     Ok(())
 }
 
-fn target_text(target: RecoveryTarget) -> String {
+fn target_text(target: &RecoveryTarget) -> String {
     match target {
         RecoveryTarget::Latest => "the latest point".into(),
-        RecoveryTarget::Time(t) => embassy_core::time::utc(t),
+        RecoveryTarget::Time(t) => embassy_core::time::utc(*t),
         RecoveryTarget::Lsn(l) => format!("LSN {l}"),
+        RecoveryTarget::RestorePoint { name, lsn } => {
+            format!("restore point {} (LSN {lsn})", embassy_core::text::escape(name))
+        }
     }
 }
 
@@ -490,11 +506,11 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<PgRestore, PgError> {
     let backups = list_base_backups(vault, keyring, dataset)?;
-    let target = match options.mode {
-        Mode::Recover(t) => t,
+    let target = match &options.mode {
+        Mode::Recover(t) => t.clone(),
         Mode::Standby => RecoveryTarget::Latest,
     };
-    let Some((chosen, info)) = choose_base_backup(&backups, target).cloned() else {
+    let Some((chosen, info)) = choose_base_backup(&backups, &target).cloned() else {
         return Err(match backups.first() {
             None => PgError::Vault(embassy_core::Error::Refused {
                 kind: embassy_core::ErrorKind::Config,
@@ -508,7 +524,7 @@ pub fn restore(
             Some((_, oldest)) => PgError::Restore(format!(
                 "dataset {dataset} has no base backup finished before {}: the oldest finished at \
                  {} (LSN {}); choose a later target",
-                target_text(target),
+                target_text(&target),
                 embassy_core::time::utc(oldest.stopped_at_ns),
                 oldest.stop_lsn
             )),
@@ -553,9 +569,9 @@ pub fn restore(
         .map_err(PgError::Vault)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
-    let mode = pin_latest(vault, keyring, dataset, &info, options.mode)?;
+    let mode = pin_latest(vault, keyring, dataset, &info, options.mode.clone())?;
     files::restore(&reader, dir, &RestoreOptions::default(), progress).map_err(PgError::Vault)?;
-    let recovery = match (options.mode, mode) {
+    let recovery = match (&options.mode, &mode) {
         (Mode::Standby, _) => "follow as a standby".to_string(),
         (Mode::Recover(RecoveryTarget::Latest), Mode::Recover(t @ RecoveryTarget::Lsn(_))) => {
             format!(
@@ -680,13 +696,13 @@ mod tests {
     #[test]
     fn settings_name_the_target() {
         let s = recovery_settings(
-            Mode::Recover(RecoveryTarget::Lsn(Lsn(0x1_0000_0028))),
+            &Mode::Recover(RecoveryTarget::Lsn(Lsn(0x1_0000_0028))),
             "x 'y' %f %p",
         );
         assert!(s.contains(&"restore_command = 'x ''y'' %f %p'".to_string()));
         assert!(s.contains(&"recovery_target_lsn = '1/28'".to_string()));
         assert!(s.contains(&"recovery_target_action = 'promote'".to_string()));
-        let latest = recovery_settings(Mode::Recover(RecoveryTarget::Latest), "c");
+        let latest = recovery_settings(&Mode::Recover(RecoveryTarget::Latest), "c");
         assert!(!latest
             .iter()
             .any(|l| l.starts_with("recovery_target_action")));

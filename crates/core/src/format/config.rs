@@ -17,8 +17,15 @@ pub const DEFAULT_MIN_AGE_SECS: u64 = 30 * 86_400;
 const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// The vault format this program writes and reads (docs/format.md). Version 2 (issue 12):
 /// signed indexes, signer rights, a vault id derived from the root key, signed GC records,
-/// deletions judged from signed bytes alone.
-pub const FORMAT_VERSION: u32 = 2;
+/// deletions judged from signed bytes alone. Version 3 (issue 16): the `group_point` ledger
+/// event; a program of version 2 would take such an entry for unparsable noise and the group's
+/// ledger for a gap, so it must refuse the vault instead. Version 2 vaults are still read (they
+/// hold no group points); group points are refused there ([`GROUP_POINTS_SINCE`]).
+pub const FORMAT_VERSION: u32 = 3;
+/// The first format version whose vaults may hold `group_point` entries.
+pub const GROUP_POINTS_SINCE: u32 = 3;
+/// The oldest format version this program still reads.
+pub const OLDEST_READABLE_FORMAT: u32 = 2;
 /// BLAKE3 key-derivation context of the vault id (format §10).
 const CONTEXT_VAULT_ID: &str = "data-embassy 2026 vault id v2";
 
@@ -213,16 +220,16 @@ impl VaultConfig {
         if config.format != FORMAT {
             return Err(Error::corrupt(layout::CONFIG, "not a Data Embassy vault"));
         }
-        if config.format_version != FORMAT_VERSION {
-            let way_out = if config.format_version < FORMAT_VERSION {
+        if !(OLDEST_READABLE_FORMAT..=FORMAT_VERSION).contains(&config.format_version) {
+            let way_out = if config.format_version < OLDEST_READABLE_FORMAT {
                 "a vault written before signed indexes, rights and a derived vault id: restore it \
                  with the embassy release that wrote it, then back it up into a new vault"
             } else {
                 "upgrade embassy"
             };
             return Err(Error::invalid(format!(
-                "vault format version {} is not the one this program reads ({FORMAT_VERSION}): \
-                 {way_out}",
+                "vault format version {} is not one this program reads \
+                 ({OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}): {way_out}",
                 config.format_version
             )));
         }
