@@ -26,7 +26,8 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     (
         "recover",
         &[
-            "restore", "ls", "find", "diff", "stats", "mount", "standby", "promote", "sync",
+            "restore", "group", "ls", "find", "diff", "stats", "mount", "standby", "promote",
+            "sync",
         ],
     ),
     ("custody", &["keys", "approver-key", "approve", "policy"]),

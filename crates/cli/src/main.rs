@@ -116,6 +116,10 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
     Restore(cmd::restore::RestoreArgs),
+    /// Consistency groups: take a group point now (`group point G`), list points (`group points G`);
+    /// `restore --group G` brings every member back to one point.
+    #[command(subcommand)]
+    Group(cmd::group::GroupCommand),
     /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
     Standby(pgrestore::StandbyArgs),
     /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline.
@@ -219,6 +223,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Backup(args) => cmd::backup::run(cli, args),
         Command::Versions(args) => cmd::versions::run(cli, args),
         Command::Restore(args) => cmd::restore::run(cli, args),
+        Command::Group(command) => cmd::group::run(cli, command),
         Command::Ls(args) => cmd::ls::run(cli, args),
         Command::Find(args) => cmd::find::run(cli, args),
         Command::Diff(args) => cmd::diff::run(cli, args),

@@ -104,6 +104,12 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     "promoted: {host}:{data_dir} writes on timeline {timeline} from {}",
                     embassy_postgres::Lsn(*lsn)
                 ),
+                embassy_core::history::ledger::Event::GroupPoint(p) => format!(
+                    "group point {} of {}: {} members",
+                    p.number,
+                    p.group,
+                    p.members.len()
+                ),
             };
             let detail = match &r.refused {
                 Some(why) => format!("{detail}; REFUSED, no effect: {why}"),

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod backup;
 pub mod diff;
 pub mod find;
+pub mod group;
 pub mod history;
 pub mod init;
 pub mod keys;
