@@ -445,7 +445,7 @@ pub fn choose(vault: &Vault, group: &str, target: GroupTarget) -> Result<ListedP
         return Ok(p.clone());
     }
     let problem = if all.is_empty() {
-        "no group point is recorded: take one (the agent does on the group's interval)".into()
+        "no group point is recorded yet: take one first".into()
     } else {
         let skipped: Vec<String> = all
             .iter()
