@@ -156,7 +156,7 @@ impl Drop for Stopper {
 }
 
 fn connect(pg: &PgServer) -> ReplicationConnection {
-    ReplicationConnection::connect_plain(&ConnConfig::parse(&pg.conninfo()).unwrap()).unwrap()
+    ReplicationConnection::connect_plain(&ConnConfig::parse(&pg.conninfo_socket()).unwrap()).unwrap()
 }
 
 /// The client: person N committed to `people`, then company N (referring to person N)
