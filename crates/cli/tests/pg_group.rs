@@ -408,6 +408,30 @@ fn a_group_restores_two_clusters_under_load_to_one_point() {
         "company {companies_n} refers to a person the people cluster does not hold ({people_n})"
     );
     assert!(companies_n > 0);
+
+    // The agent takes the group's points on its interval, through the same operation.
+    let agent_config = env.path("agent.toml");
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("interval = \"5min\"", "interval = \"2s\"")
+        .replace("\" } }", "\", slot = \"embassy_wal\" } }");
+    assert!(text.contains("slot = \"embassy_wal\""), "{text}");
+    std::fs::write(&agent_config, text).unwrap();
+    let agent_log = std::fs::File::create(env.path("agent.log")).unwrap();
+    let _agent = Stopper(
+        env.cmd(&["agent", "--config", agent_config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(agent_log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the agent's group point", Duration::from_secs(120), || {
+        env.points()
+            .iter()
+            .any(|p| p["number"] == 4 && p["restorable"] == true)
+    });
+    let log = std::fs::read_to_string(env.path("agent.log")).unwrap();
+    assert!(log.contains("group registries: point 4 recorded"), "{log}");
 }
 
 fn history_point(history: &[embassy_core::history::ledger::Record]) -> GroupPoint {
