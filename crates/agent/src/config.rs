@@ -427,6 +427,14 @@ impl Config {
                 d.source.describe()
             ));
         }
+        for g in &self.groups {
+            out.push_str(&format!(
+                "group {}: {} (a point every {})\n",
+                g.name,
+                g.members.join(", "),
+                format_duration(g.interval)
+            ));
+        }
         match &self.status.listen {
             Some(l) => out.push_str(&format!(
                 "dashboard: http://{l}/{}\n",

@@ -45,7 +45,10 @@ fn a_group_member_that_cannot_reach_a_point_is_refused_with_its_position() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("groups[0].members[1]: unknown dataset \"land\""), "{e}");
+    assert!(
+        e.contains("groups[0].members[1]: unknown dataset \"land\""),
+        "{e}"
+    );
     let e = parse(
         "continuous",
         "[[groups]]\nname = \"registries\"\nmembers = [\"people\"]\n",

@@ -156,7 +156,8 @@ impl Drop for Stopper {
 }
 
 fn connect(pg: &PgServer) -> ReplicationConnection {
-    ReplicationConnection::connect_plain(&ConnConfig::parse(&pg.conninfo_socket()).unwrap()).unwrap()
+    ReplicationConnection::connect_plain(&ConnConfig::parse(&pg.conninfo_socket()).unwrap())
+        .unwrap()
 }
 
 /// The client: person N committed to `people`, then company N (referring to person N)
@@ -342,7 +343,11 @@ fn a_group_restores_two_clusters_under_load_to_one_point() {
         .iter()
         .map(|p| p["number"].as_u64().unwrap())
         .collect();
-    assert_eq!(numbers, [1, 2, 3], "the forged point is never listed: {listed:?}");
+    assert_eq!(
+        numbers,
+        [1, 2, 3],
+        "the forged point is never listed: {listed:?}"
+    );
     assert_eq!(listed[2]["restorable"], false, "{listed:?}");
     assert!(
         listed[2]["why_not"]
@@ -381,7 +386,9 @@ fn a_group_restores_two_clusters_under_load_to_one_point() {
     for (r, name) in [(&people, "people"), (&companies, "companies")] {
         let log = r.log();
         assert!(
-            log.contains(&format!("recovery stopping at restore point \"{point_name}\"")),
+            log.contains(&format!(
+                "recovery stopping at restore point \"{point_name}\""
+            )),
             "{name} did not stop at {point_name}: {log}"
         );
     }

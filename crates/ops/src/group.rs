@@ -85,7 +85,7 @@ pub enum GroupError {
         dataset: String,
         /// What failed.
         #[source]
-        source: PgError,
+        source: Box<PgError>,
     },
     /// A restore point's WAL did not become durable in the vault in time: no point recorded.
     #[error(
@@ -129,7 +129,7 @@ impl From<GroupError> for embassy_core::Error {
     fn from(e: GroupError) -> Self {
         match e {
             GroupError::Vault(e) => e,
-            GroupError::Postgres { source, .. } => source.into(),
+            GroupError::Postgres { source, .. } => (*source).into(),
             GroupError::NotDurable { .. } => embassy_core::Error::Source {
                 what: "PostgreSQL WAL".into(),
                 problem: e.to_string(),
@@ -184,7 +184,7 @@ fn pg_error(group: &str, dataset: &str) -> impl FnOnce(PgError) -> GroupError {
     move |source| GroupError::Postgres {
         group,
         dataset,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -544,8 +544,11 @@ pub fn restore(
                 MemberRestored::Postgres(Box::new(done))
             }
             GroupMember::Version { entry, .. } => {
-                let version =
-                    vault.find_trusted_version(dataset, Some(&entry.to_hex()), allow_unwitnessed)?;
+                let version = vault.find_trusted_version(
+                    dataset,
+                    Some(&entry.to_hex()),
+                    allow_unwitnessed,
+                )?;
                 let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)?;
                 match version.kind {
                     VersionKind::Tree => {

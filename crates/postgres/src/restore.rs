@@ -97,9 +97,7 @@ pub fn choose_base_backup<'a>(
     backups.iter().rev().find(|(_, info)| match target {
         RecoveryTarget::Latest => true,
         RecoveryTarget::Time(t) => info.stopped_at_ns <= *t,
-        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => {
-            info.stop_lsn <= *l
-        }
+        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => info.stop_lsn <= *l,
     })
 }
 
@@ -466,7 +464,10 @@ fn target_text(target: &RecoveryTarget) -> String {
         RecoveryTarget::Time(t) => embassy_core::time::utc(*t),
         RecoveryTarget::Lsn(l) => format!("LSN {l}"),
         RecoveryTarget::RestorePoint { name, lsn } => {
-            format!("restore point {} (LSN {lsn})", embassy_core::text::escape(name))
+            format!(
+                "restore point {} (LSN {lsn})",
+                embassy_core::text::escape(name)
+            )
         }
     }
 }

@@ -313,7 +313,9 @@ impl<'t> Parser<'t> {
         let groups = self.groups(&mut top, datasets.as_deref().unwrap_or_default());
         self.finish(
             top,
-            &["agent", "status", "alarms", "keys", "sites", "datasets", "groups"],
+            &[
+                "agent", "status", "alarms", "keys", "sites", "datasets", "groups",
+            ],
         );
         let mut agent = agent?;
         if let Some((min, span)) = agent.1 {

@@ -49,10 +49,12 @@ impl GroupPoints {
             let name = g.name.clone();
             self.running = std::thread::Builder::new()
                 .name("group point".into())
-                .spawn(move || match run::group_point(&config, &keyring, &cancel, &name) {
-                    Ok(summary) => log(summary),
-                    Err(e) => log(format!("group {name}: no point taken: [{}] {e}", e.kind())),
-                })
+                .spawn(
+                    move || match run::group_point(&config, &keyring, &cancel, &name) {
+                        Ok(summary) => log(summary),
+                        Err(e) => log(format!("group {name}: no point taken: [{}] {e}", e.kind())),
+                    },
+                )
                 .ok();
             return;
         }
