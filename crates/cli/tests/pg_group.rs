@@ -439,6 +439,21 @@ fn a_group_restores_two_clusters_under_load_to_one_point() {
     });
     let log = std::fs::read_to_string(env.path("agent.log")).unwrap();
     assert!(log.contains("group registries: point 4 recorded"), "{log}");
+    // The group's ledger verifies like any other; the planted entry is reported, by path.
+    let out = env.cmd(&["verify"]).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("verify: {said}");
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("dataset group.registries: 4 ledger entries")
+            && said.contains("NOISE (ignored): ledger/group.registries/")
+            && said.contains("vault OK"),
+        "{said}"
+    );
 }
 
 fn history_point(history: &[embassy_core::history::ledger::Record]) -> GroupPoint {
