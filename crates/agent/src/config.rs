@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::schedule::{format_duration, Schedule};
 
 mod datasets;
+mod groups;
 mod parse;
 mod selection;
 mod webhook;
@@ -178,6 +179,17 @@ pub struct DatasetConfig {
     pub drill: Option<Duration>,
 }
 
+/// A consistency group (`[[groups]]`): datasets restored to one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Its name (its ledger is `group.<name>`).
+    pub name: String,
+    /// Its member datasets, in the order their points are taken.
+    pub members: Vec<String>,
+    /// How often the agent takes a group point.
+    pub interval: Duration,
+}
+
 /// What a file-tree dataset's backups leave out: `exclude`, `exclude_file`, `exclude_caches`
 /// and `one_file_system` beside `files` in its source table (the same as `embassy backup`'s
 /// options of those names).
@@ -303,6 +315,8 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
     /// `[[datasets]]`, in order.
     pub datasets: Vec<DatasetConfig>,
+    /// `[[groups]]`: consistency groups, in order.
+    pub groups: Vec<GroupConfig>,
     /// Things that work but look wrong (an RPO shorter than the schedule's period, ...).
     pub warnings: Vec<Problem>,
 }
@@ -330,6 +344,30 @@ impl Config {
     /// The dataset of this name.
     pub fn dataset(&self, name: &str) -> Option<&DatasetConfig> {
         self.datasets.iter().find(|d| d.name == name)
+    }
+
+    /// The consistency group of this name as the operation takes it (PostgreSQL members with
+    /// their connection strings), or `None` when no group has this name.
+    pub fn group_spec(&self, name: &str) -> Option<embassy_ops::group::GroupSpec> {
+        let group = self.groups.iter().find(|g| g.name == name)?;
+        let members = group
+            .members
+            .iter()
+            .filter_map(|m| self.dataset(m))
+            .map(|d| match &d.source {
+                Source::Postgres { conninfo, .. } => embassy_ops::group::MemberSpec::Postgres {
+                    dataset: d.name.clone(),
+                    conninfo: conninfo.clone(),
+                },
+                _ => embassy_ops::group::MemberSpec::Version {
+                    dataset: d.name.clone(),
+                },
+            })
+            .collect();
+        Some(embassy_ops::group::GroupSpec {
+            name: group.name.clone(),
+            members,
+        })
     }
 
     /// What a command of this configuration (source or alarm) does not inherit: every variable
@@ -389,6 +427,14 @@ impl Config {
                 mode,
                 format_duration(d.rpo),
                 d.source.describe()
+            ));
+        }
+        for g in &self.groups {
+            out.push_str(&format!(
+                "group {}: {} (a point every {})\n",
+                g.name,
+                g.members.join(", "),
+                format_duration(g.interval)
             ));
         }
         match &self.status.listen {

@@ -4,6 +4,7 @@
 //! grace period. Looking at the sites (freshness, alarms, catch-up) is in [`look`].
 
 mod drill;
+mod groups;
 mod look;
 mod verify;
 
@@ -95,6 +96,8 @@ struct Agent {
     once_pending: Vec<String>,
     once_failed: Vec<String>,
     http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
+    /// Consistency groups' points on their intervals.
+    group_points: groups::GroupPoints,
 }
 
 /// Runs the scheduler until stopped (or one cycle with `--once`), then shuts down: returns the
@@ -141,6 +144,7 @@ pub(crate) fn schedule(
         refresh_now: true,
         once_failed: Vec::new(),
         http,
+        group_points: groups::GroupPoints::default(),
     };
     agent.next_gc = agent.config.agent.gc_interval.map(|i| Instant::now() + i);
     agent.main_loop(options, control);
@@ -168,6 +172,8 @@ impl Agent {
             if !options.once {
                 self.continuous();
                 self.start_due_drills();
+                self.group_points
+                    .tick(&self.config, &self.keyring, &self.cancel);
             }
             if let Some(at) = self.next_verify {
                 let allowed = !options.once
@@ -633,6 +639,7 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
+        self.group_points.finish();
         if !self.streams.is_empty() {
             // Streamers seal what they hold, report it durable and return.
             for s in self.streams.values() {

@@ -26,6 +26,7 @@ pub fn config_check(file: &Path, as_json: bool) -> ExitCode {
                         "ok": errors == 0,
                         "sites": config.sites.iter().map(|s| json!({"name": s.name, "location": s.location})).collect::<Vec<_>>(),
                         "datasets": config.datasets.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+                        "groups": config.groups.iter().map(|g| json!({"name": g.name, "members": g.members, "interval_seconds": g.interval.as_secs()})).collect::<Vec<_>>(),
                         "warnings": config.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
                         "findings": findings,
                     })

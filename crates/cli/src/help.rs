@@ -26,7 +26,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     (
         "recover",
         &[
-            "restore", "drill", "ls", "find", "diff", "stats", "mount", "standby", "promote",
+            "restore", "drill", "group", "ls", "find", "diff", "stats", "mount", "standby", "promote",
             "sync",
         ],
     ),

@@ -121,6 +121,10 @@ enum Command {
     /// Restore drill: restore the newest version into a scratch folder, check every byte,
     /// measure RTO and RPO, sign the result into the ledger (`--report`: the last drills).
     Drill(cmd::drill::DrillArgs),
+    /// Consistency groups: take a group point now (`group point G`), list points (`group points G`);
+    /// `restore --group G` brings every member back to one point.
+    #[command(subcommand)]
+    Group(cmd::group::GroupCommand),
     /// PostgreSQL: write a warm standby that follows the vault (`restore_command` = wal-fetch).
     Standby(pgrestore::StandbyArgs),
     /// PostgreSQL: promote a standby written by `embassy standby`; records the new timeline at
@@ -226,6 +230,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Versions(args) => cmd::versions::run(cli, args),
         Command::Restore(args) => cmd::restore::run(cli, args),
         Command::Drill(args) => cmd::drill::run(cli, args),
+        Command::Group(command) => cmd::group::run(cli, command),
         Command::Ls(args) => cmd::ls::run(cli, args),
         Command::Find(args) => cmd::find::run(cli, args),
         Command::Diff(args) => cmd::diff::run(cli, args),

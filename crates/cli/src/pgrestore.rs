@@ -212,7 +212,7 @@ impl FetchFolder {
     /// of that dataset alone, with a fresh random passphrase; the S3 keys the fetch needs; a
     /// state folder), builds the `restore_command` that uses only it, and checks that command
     /// as PostgreSQL will run it (see [`preflight`]). Nothing is left behind on failure.
-    fn create(
+    pub(crate) fn create(
         cli: &Cli,
         vault: &Vault,
         keyring: &Keyring,
@@ -388,7 +388,7 @@ impl FetchFolder {
     }
 
     /// Removes the folder and its state folder (after a failed restore).
-    fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.path);
     }
@@ -522,7 +522,7 @@ fn restore_program(cli: &Cli) -> Result<Vec<String>> {
 }
 
 /// uid and gid of a user name (or a number).
-fn owner(name: Option<&str>) -> Result<Option<(u32, u32)>> {
+pub(crate) fn owner(name: Option<&str>) -> Result<Option<(u32, u32)>> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let name = match name {

@@ -16,6 +16,7 @@ pub mod catchup;
 pub mod custody;
 pub mod drill;
 pub mod gc;
+pub mod group;
 pub mod init;
 pub mod open;
 pub mod prune;

@@ -70,7 +70,7 @@ pub fn plan(
     request: &RestoreRequest,
     unlock: impl FnOnce() -> Result<Keyring>,
 ) -> Result<(Keyring, RestorePlan)> {
-    if let Some(target) = request.recovery_target {
+    if let Some(target) = request.recovery_target.clone() {
         let note = None;
         return Ok((unlock()?, RestorePlan::Postgres { target, note }));
     }

@@ -12,6 +12,7 @@ pub mod lsn;
 pub mod replay;
 pub mod replication;
 pub mod restore;
+pub mod restore_point;
 pub mod restored_conf;
 pub mod standby;
 pub mod status;

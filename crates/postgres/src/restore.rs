@@ -27,7 +27,7 @@ use crate::restored_conf::{self, Neutralised, OVERRIDES};
 use crate::tablespace::{self, PlacedTablespace, Relocation};
 
 /// Where recovery stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
     /// The end of the WAL the vault holds.
     Latest,
@@ -35,10 +35,18 @@ pub enum RecoveryTarget {
     Time(i64),
     /// This WAL position (inclusive).
     Lsn(Lsn),
+    /// A named restore point (`pg_create_restore_point`, a consistency group's point):
+    /// recovery stops just after its record, exactly there.
+    RestorePoint {
+        /// Its name (`recovery_target_name`).
+        name: String,
+        /// The WAL position just after its record (to choose the base backup).
+        lsn: Lsn,
+    },
 }
 
 /// How the restored server should run: recover to a target and promote, or follow as a standby.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// `recovery.signal`: replay to the target, then open for writes on a new timeline.
     Recover(RecoveryTarget),
@@ -89,10 +97,10 @@ pub struct PgRestore {
 
 /// Picks the newest base backup a recovery to `target` can start from: for a time, one that
 /// finished before it; for an LSN, one whose stop LSN is at or before it.
-pub fn choose_base_backup(
-    backups: &[(Version, BaseBackupInfo)],
-    target: RecoveryTarget,
-) -> Option<&(Version, BaseBackupInfo)> {
+pub fn choose_base_backup<'a>(
+    backups: &'a [(Version, BaseBackupInfo)],
+    target: &RecoveryTarget,
+) -> Option<&'a (Version, BaseBackupInfo)> {
     backups
         .iter()
         .rev()
@@ -280,7 +288,7 @@ pub fn parse_time(s: &str) -> Result<i64, PgError> {
 }
 
 /// The settings a restore appends to postgresql.auto.conf.
-pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
+pub fn recovery_settings(mode: &Mode, restore_command: &str) -> Vec<String> {
     let mut s = vec![
         format!("restore_command = {}", conf_quote(restore_command)),
         "recovery_target_timeline = 'latest'".to_string(),
@@ -296,7 +304,7 @@ pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
                 RecoveryTarget::Time(t) => {
                     s.push(format!(
                         "recovery_target_time = {}",
-                        conf_quote(&pg_timestamp(t))
+                        conf_quote(&pg_timestamp(*t))
                     ));
                 }
                 RecoveryTarget::Lsn(l) => {
@@ -305,8 +313,11 @@ pub fn recovery_settings(mode: Mode, restore_command: &str) -> Vec<String> {
                         conf_quote(&l.to_string())
                     ));
                 }
+                RecoveryTarget::RestorePoint { name, .. } => {
+                    s.push(format!("recovery_target_name = {}", conf_quote(name)));
+                }
             }
-            if target != RecoveryTarget::Latest {
+            if *target != RecoveryTarget::Latest {
                 s.push("recovery_target_inclusive = on".to_string());
                 s.push("recovery_target_action = 'promote'".to_string());
             }
@@ -378,7 +389,7 @@ pub fn prepare_data_dir(
     }
     let neutralised = restored_conf::neutralise(dir)?;
     let mut settings: Vec<String> = OVERRIDES.iter().map(|s| s.to_string()).collect();
-    settings.extend(recovery_settings(mode, restore_command));
+    settings.extend(recovery_settings(&mode, restore_command));
     let conf = dir.join("postgresql.auto.conf");
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -453,11 +464,17 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
     Ok(())
 }
 
-fn target_text(target: RecoveryTarget) -> String {
+fn target_text(target: &RecoveryTarget) -> String {
     match target {
         RecoveryTarget::Latest => "the latest point".into(),
-        RecoveryTarget::Time(t) => embassy_core::time::utc(t),
+        RecoveryTarget::Time(t) => embassy_core::time::utc(*t),
         RecoveryTarget::Lsn(l) => format!("LSN {l}"),
+        RecoveryTarget::RestorePoint { name, lsn } => {
+            format!(
+                "restore point {} (LSN {lsn})",
+                embassy_core::text::escape(name)
+            )
+        }
     }
 }
 
@@ -496,11 +513,11 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<PgRestore, PgError> {
     let backups = list_base_backups(vault, keyring, dataset)?;
-    let target = match options.mode {
-        Mode::Recover(t) => t,
+    let target = match &options.mode {
+        Mode::Recover(t) => t.clone(),
         Mode::Standby => RecoveryTarget::Latest,
     };
-    let Some((chosen, info)) = choose_base_backup(&backups, target).cloned() else {
+    let Some((chosen, info)) = choose_base_backup(&backups, &target).cloned() else {
         return Err(match backups.first() {
             None => PgError::Vault(embassy_core::Error::Refused {
                 kind: embassy_core::ErrorKind::Config,
@@ -514,7 +531,7 @@ pub fn restore(
             Some((_, oldest)) => PgError::Restore(format!(
                 "dataset {dataset} has no base backup finished before {}: the oldest finished at \
                  {} (LSN {}); choose a later target",
-                target_text(target),
+                target_text(&target),
                 embassy_core::time::utc(oldest.stopped_at_ns),
                 oldest.stop_lsn
             )),
@@ -555,19 +572,19 @@ pub fn restore(
         dataset,
         &backups,
         &(chosen, info),
-        target,
+        &target,
         options.allow_unwitnessed,
     )?;
     // Where each tablespace goes, checked before anything is written.
     let placed = tablespace::plan(info.tablespace_map.as_deref(), &options.relocations)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
-    let mode = pin_latest(vault, keyring, dataset, &info, options.mode)?;
+    let mode = pin_latest(vault, keyring, dataset, &info, options.mode.clone())?;
     let mut restore_options = RestoreOptions::default();
     restore_options.selection.exclude = tablespace::excluded(&placed)?;
     files::restore(&reader, dir, &restore_options, progress).map_err(PgError::Vault)?;
     tablespace::restore_tablespaces(&reader, dir, &placed, options.owner, progress)?;
-    let recovery = match (options.mode, mode) {
+    let recovery = match (&options.mode, &mode) {
         (Mode::Standby, _) => "follow as a standby".to_string(),
         (Mode::Recover(RecoveryTarget::Latest), Mode::Recover(t @ RecoveryTarget::Lsn(_))) => {
             format!(
@@ -694,13 +711,13 @@ mod tests {
     #[test]
     fn settings_name_the_target() {
         let s = recovery_settings(
-            Mode::Recover(RecoveryTarget::Lsn(Lsn(0x1_0000_0028))),
+            &Mode::Recover(RecoveryTarget::Lsn(Lsn(0x1_0000_0028))),
             "x 'y' %f %p",
         );
         assert!(s.contains(&"restore_command = 'x ''y'' %f %p'".to_string()));
         assert!(s.contains(&"recovery_target_lsn = '1/28'".to_string()));
         assert!(s.contains(&"recovery_target_action = 'promote'".to_string()));
-        let latest = recovery_settings(Mode::Recover(RecoveryTarget::Latest), "c");
+        let latest = recovery_settings(&Mode::Recover(RecoveryTarget::Latest), "c");
         assert!(!latest
             .iter()
             .any(|l| l.starts_with("recovery_target_action")));

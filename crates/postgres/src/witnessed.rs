@@ -29,7 +29,7 @@ pub fn trusted_base_backup(
     dataset: &str,
     backups: &[(Version, BaseBackupInfo)],
     chosen: &(Version, BaseBackupInfo),
-    target: RecoveryTarget,
+    target: &RecoveryTarget,
     allow_unwitnessed: bool,
 ) -> Result<(Version, BaseBackupInfo, Option<FellBack>), PgError> {
     let trusted = |v: &Version| {
@@ -78,11 +78,13 @@ pub fn trusted_base_backup(
 }
 
 /// True when a recovery to `target` can start from this base backup.
-pub fn reaches(info: &BaseBackupInfo, target: RecoveryTarget) -> bool {
+pub fn reaches(info: &BaseBackupInfo, target: &RecoveryTarget) -> bool {
     match target {
         RecoveryTarget::Latest => true,
-        RecoveryTarget::Time(t) => info.stopped_at_ns <= t,
-        RecoveryTarget::Lsn(l) => info.stop_lsn <= l,
+        RecoveryTarget::Time(t) => info.stopped_at_ns <= *t,
+        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => {
+            info.stop_lsn <= *l
+        }
     }
 }
 

@@ -310,9 +310,12 @@ impl<'t> Parser<'t> {
         let sites = self.sites(&mut top);
         let site_names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
         let datasets = self.datasets(&mut top, &site_names);
+        let groups = self.groups(&mut top, datasets.as_deref().unwrap_or_default());
         self.finish(
             top,
-            &["agent", "status", "alarms", "keys", "sites", "datasets"],
+            &[
+                "agent", "status", "alarms", "keys", "sites", "datasets", "groups",
+            ],
         );
         let mut agent = agent?;
         if let Some((min, span)) = agent.1 {
@@ -339,6 +342,7 @@ impl<'t> Parser<'t> {
             keys: keys?,
             sites,
             datasets: datasets?,
+            groups,
             warnings: Vec::new(),
         })
     }

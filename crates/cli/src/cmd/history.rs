@@ -115,6 +115,12 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     d.checks.iter().filter(|c| c.passed).count(),
                     d.checks.len()
                 ),
+                embassy_core::history::ledger::Event::GroupPoint(p) => format!(
+                    "group point {} of {}: {} members",
+                    p.number,
+                    p.group,
+                    p.members.len()
+                ),
             };
             let detail = match &r.refused {
                 Some(why) => format!("{detail}; REFUSED, no effect: {why}"),

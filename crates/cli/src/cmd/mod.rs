@@ -5,6 +5,7 @@ pub mod backup;
 pub mod diff;
 pub mod drill;
 pub mod find;
+pub mod group;
 pub mod history;
 pub mod init;
 pub mod keys;

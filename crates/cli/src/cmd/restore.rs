@@ -17,8 +17,17 @@ use crate::{open_vault, output, pgrestore, print_json, unlock, Cli};
 /// Arguments of `embassy restore`.
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// What to restore.
-    pub target: String,
+    /// What to restore: DATASET or DATASET@VERSION (not with --group).
+    #[arg(required_unless_present = "group", conflicts_with = "group")]
+    pub target: Option<String>,
+    /// Restore every member of this consistency group to one group point, each into
+    /// `--to DIR/<dataset>`.
+    #[arg(long, requires = "at", conflicts_with_all = ["time", "lsn", "latest", "path"])]
+    pub group: Option<String>,
+    /// With --group: the newest restorable point (`latest`), or the newest taken at or before
+    /// this time (2026-11-27T03:04:05Z).
+    #[arg(long, requires = "group")]
+    pub at: Option<String>,
     /// Folder to restore a tree into; for a stream, a file (or `-` / omitted for stdout).
     #[arg(long)]
     pub to: Option<PathBuf>,
@@ -67,9 +76,23 @@ pub struct RestoreArgs {
 
 /// Runs `embassy restore`.
 pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
-    let (dataset, selector) = match args.target.split_once('@') {
+    let target = match (&args.group, &args.target) {
+        (Some(group), _) => {
+            return crate::cmd::group::restore(
+                cli,
+                group,
+                args.at.as_deref().unwrap_or("latest"),
+                args.to.as_deref(),
+                args.owner.as_deref(),
+                args.unwitnessed,
+            )
+        }
+        (None, Some(target)) => target,
+        (None, None) => return Err(Error::invalid("name a dataset to restore, or --group G")),
+    };
+    let (dataset, selector) = match target.split_once('@') {
         Some((d, v)) => (d, Some(v)),
-        None => (args.target.as_str(), None),
+        None => (target.as_str(), None),
     };
     let recovery_target =
         pgrestore::recovery_target(args.time.as_deref(), args.lsn.as_deref(), args.latest)?;

@@ -18,9 +18,13 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// The vault format this program writes and reads (docs/format.md). Version 2 (issue 12):
 /// signed indexes, signer rights, a vault id derived from the root key, signed GC records,
 /// deletions judged from signed bytes alone. Version 3 (issue 16): the `drill_recorded`
-/// ledger entry and the `drill` right; version-2 vaults stay readable (and writable) but take
-/// no drill entries, which a version-2 program could not read.
+/// ledger entry and the `drill` right, and the `group_point` event; a program of version 2
+/// would take such entries for unparsable noise (and a group's ledger for a gap), so it must
+/// refuse the vault instead. Version-2 vaults stay readable (and writable) but take neither
+/// drill entries nor group points.
 pub const FORMAT_VERSION: u32 = 3;
+/// The first format version whose vaults may hold `group_point` entries.
+pub const GROUP_POINTS_SINCE: u32 = 3;
 /// The oldest vault format this program reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// BLAKE3 key-derivation context of the vault id (format §10).

@@ -61,6 +61,16 @@ pub fn ledger_prefix(dataset: &str) -> String {
     format!("ledger/{dataset}/")
 }
 
+/// What a consistency group's ledger name starts with: `group.<name>` (format 3).
+pub const GROUP_LEDGER_PREFIX: &str = "group.";
+
+/// The ledger a consistency group's `group_point` entries are appended to: `group.<name>`,
+/// named like a dataset (it holds no versions) so the ledger rules, checkpoints and witnesses
+/// cover it unchanged.
+pub fn group_ledger(group: &str) -> String {
+    format!("{GROUP_LEDGER_PREFIX}{group}")
+}
+
 /// A ledger entry: sequence number first so listings sort by history.
 pub fn ledger_entry(dataset: &str, seq: u64, id: &ObjectId) -> String {
     format!("ledger/{dataset}/{seq:016}-{id}")

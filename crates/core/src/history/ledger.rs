@@ -120,6 +120,60 @@ pub enum Event {
     /// A restore drill ran (format version 3): the newest version was restored into a scratch
     /// place and checked. Needs the `drill` right, which sealing credentials never hold.
     DrillRecorded(Box<DrillResult>),
+    /// A consistency group's restore point (format 3): its member datasets' positions at one
+    /// moment, so a restore can bring every member back to the same instant. Stored in the
+    /// group's own ledger ([`crate::format::layout::group_ledger`]), never in a member's.
+    GroupPoint(GroupPoint),
+}
+
+/// What a `group_point` entry records: the group, its point's number and when it was taken, and
+/// where each member stood.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPoint {
+    /// The group's name (as in embassy.toml).
+    pub group: String,
+    /// The point's number in the group, from 1 (in its restore point names).
+    pub number: u64,
+    /// When the restore points were created (ns since the Unix epoch): the moment the point
+    /// stands for.
+    pub taken_at_ns: i64,
+    /// Each member, in the group's order.
+    pub members: Vec<GroupMember>,
+}
+
+/// Where one member of a consistency group stood at a group point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GroupMember {
+    /// A PostgreSQL dataset: a named restore point in its WAL.
+    Postgres {
+        /// The dataset.
+        dataset: String,
+        /// The restore point's name (`pg_create_restore_point`), recovery's target.
+        restore_point: String,
+        /// The WAL position just after the restore point's record.
+        lsn: u64,
+        /// The server's timeline then.
+        timeline: u32,
+    },
+    /// A file tree or stream dataset: the version current at the point.
+    Version {
+        /// The dataset.
+        dataset: String,
+        /// The version's ledger entry (its identity).
+        entry: ObjectId,
+        /// Its number, for people.
+        number: u64,
+    },
+}
+
+impl GroupMember {
+    /// The member's dataset.
+    pub fn dataset(&self) -> &str {
+        match self {
+            GroupMember::Postgres { dataset, .. } | GroupMember::Version { dataset, .. } => dataset,
+        }
+    }
 }
 
 /// What a restore drill found, as signed into the ledger (`drill_recorded`, format §9).
@@ -185,6 +239,7 @@ impl Event {
             Event::Promoted { .. } => "promoted",
             Event::MinAgeChanged { .. } => "min age changed",
             Event::DrillRecorded(_) => "drill recorded",
+            Event::GroupPoint(_) => "group point",
         }
     }
 }
@@ -274,7 +329,7 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Entry> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Right {
-    /// Sign `version_added` and `promoted` entries.
+    /// Sign `version_added`, `promoted` and `group_point` entries.
     AddVersions,
     /// Sign `log_range_added` entries (streamed WAL anchors).
     StreamWal,
@@ -317,7 +372,9 @@ impl Right {
     /// The right an event needs, or `None` for events only the root key signs.
     pub fn needed_for(event: &Event) -> Option<Right> {
         match event {
-            Event::VersionAdded { .. } | Event::Promoted { .. } => Some(Right::AddVersions),
+            Event::VersionAdded { .. } | Event::Promoted { .. } | Event::GroupPoint(_) => {
+                Some(Right::AddVersions)
+            }
             Event::LogRangeAdded { .. } => Some(Right::StreamWal),
             Event::VersionsDeleted { .. } => Some(Right::Delete),
             Event::DrillRecorded(_) => Some(Right::Drill),

@@ -1,0 +1,275 @@
+//! `embassy group point G` and `embassy group points G` (consistency groups of embassy.toml),
+//! and `embassy restore --group G --at latest|TIME --to DIR`. The operations are
+//! `embassy_ops::group`'s, the same the agent runs on a group's interval.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use embassy_core::history::ledger::GroupMember;
+use embassy_core::{Error, Result};
+use embassy_ops::group::{self, GroupTarget, ListedPoint, MemberRestored};
+use embassy_postgres::Lsn;
+use serde_json::json;
+
+use crate::{open_vault, output, pgrestore, print_json, unlock, Cli};
+
+/// Consistency groups: datasets restored to one instant.
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Take a group point now: a restore point on each PostgreSQL member at one moment, the
+    /// current version of each file member, recorded as one signed entry once the points' WAL
+    /// is durable in the vault.
+    Point(PointArgs),
+    /// List a group's points, oldest first, and whether each can be restored.
+    Points(PointsArgs),
+}
+
+/// Arguments of `embassy group point`.
+#[derive(Args)]
+pub struct PointArgs {
+    /// The group (a `[[groups]]` of the configuration).
+    pub group: String,
+    /// The agent's configuration naming the group and its members.
+    #[arg(long, default_value = "embassy.toml")]
+    pub config: PathBuf,
+    /// Seconds to wait for the restore points' WAL to become durable in the vault.
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+}
+
+/// Arguments of `embassy group points`.
+#[derive(Args)]
+pub struct PointsArgs {
+    /// The group.
+    pub group: String,
+}
+
+/// Runs a `group` subcommand.
+pub fn run(cli: &Cli, command: &GroupCommand) -> Result<ExitCode> {
+    match command {
+        GroupCommand::Point(args) => point(cli, args),
+        GroupCommand::Points(args) => points(cli, args),
+    }
+}
+
+fn point(cli: &Cli, args: &PointArgs) -> Result<ExitCode> {
+    let config = embassy_agent::config::Config::load(&args.config)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let spec = config.group_spec(&args.group).ok_or_else(|| {
+        Error::invalid(format!(
+            "{} declares no group \"{}\": add a [[groups]] with that name",
+            args.config.display(),
+            args.group
+        ))
+    })?;
+    let vault = open_vault(cli)?;
+    let signer = unlock(cli, &vault)?.signer()?;
+    let taken = group::take_point(&vault, &signer, &spec, Duration::from_secs(args.wait))?;
+    if cli.json {
+        print_json(json!({
+            "group": taken.point.group,
+            "number": taken.point.number,
+            "seq": taken.seq,
+            "taken_at": embassy_core::time::utc(taken.point.taken_at_ns),
+            "spread_seconds": taken.spread.as_secs_f64(),
+            "waited_seconds": taken.waited.as_secs_f64(),
+            "members": members_json(&taken.point.members),
+        }))?;
+    } else {
+        println!(
+            "group {} point {} (entry {}): restore points created {:.1} ms apart, durable after \
+             {:.1} s",
+            taken.point.group,
+            taken.point.number,
+            taken.seq,
+            taken.spread.as_secs_f64() * 1e3,
+            taken.waited.as_secs_f64()
+        );
+        for line in member_lines(&taken.point.members) {
+            println!("  {line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn members_json(members: &[GroupMember]) -> Vec<serde_json::Value> {
+    members
+        .iter()
+        .map(|m| match m {
+            GroupMember::Postgres {
+                dataset,
+                restore_point,
+                lsn,
+                timeline,
+            } => json!({"dataset": dataset, "restore_point": restore_point,
+                        "lsn": Lsn(*lsn).to_string(), "timeline": timeline}),
+            GroupMember::Version {
+                dataset,
+                entry,
+                number,
+            } => json!({"dataset": dataset, "version": number, "entry": entry.to_hex()}),
+        })
+        .collect()
+}
+
+fn member_lines(members: &[GroupMember]) -> Vec<String> {
+    members
+        .iter()
+        .map(|m| match m {
+            GroupMember::Postgres {
+                dataset,
+                restore_point,
+                lsn,
+                ..
+            } => format!("{dataset}: restore point {restore_point} at {}", Lsn(*lsn)),
+            GroupMember::Version {
+                dataset, number, ..
+            } => format!("{dataset}: version {number}"),
+        })
+        .collect()
+}
+
+fn point_json(p: &ListedPoint) -> serde_json::Value {
+    json!({
+        "number": p.point.number,
+        "seq": p.seq,
+        "taken_at": embassy_core::time::utc(p.point.taken_at_ns),
+        "restorable": p.unrestorable.is_none(),
+        "why_not": p.unrestorable,
+        "members": members_json(&p.point.members),
+    })
+}
+
+fn points(cli: &Cli, args: &PointsArgs) -> Result<ExitCode> {
+    let vault = open_vault(cli)?;
+    let listed = group::points(&vault, &args.group)?;
+    if cli.json {
+        let points: Vec<serde_json::Value> = listed.iter().map(point_json).collect();
+        print_json(json!({"group": args.group, "points": points}))?;
+    } else if listed.is_empty() {
+        println!("group {}: no points yet", args.group);
+    } else {
+        for p in &listed {
+            println!(
+                "{:>5}  {}  {}",
+                p.point.number,
+                embassy_core::time::utc(p.point.taken_at_ns),
+                match &p.unrestorable {
+                    None => "restorable".to_string(),
+                    Some(why) => format!("NOT RESTORABLE: {}", output::escape(why)),
+                }
+            );
+            for line in member_lines(&p.point.members) {
+                println!("         {line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `embassy restore --group G --at latest|TIME --to DIR`: every member into `DIR/<dataset>`.
+pub fn restore(
+    cli: &Cli,
+    group_name: &str,
+    at: &str,
+    to: Option<&Path>,
+    owner_name: Option<&str>,
+    allow_unwitnessed: bool,
+) -> Result<ExitCode> {
+    let target = if at == "latest" {
+        GroupTarget::Latest
+    } else {
+        GroupTarget::Time(embassy_postgres::restore::parse_time(at).map_err(Error::from)?)
+    };
+    let dir = to.ok_or_else(|| {
+        Error::invalid("restoring a group needs --to DIR (each member goes into DIR/<dataset>)")
+    })?;
+    let owner = pgrestore::owner(owner_name)?;
+    let vault = open_vault(cli)?;
+    let chosen = group::choose(&vault, group_name, target)?;
+    let keyring = unlock(cli, &vault)?;
+    let mut fetch_folders = Vec::new();
+    let bar = output::Bar::new(!cli.quiet && !cli.json);
+    let mut options = |dataset: &str, data_dir: &Path| {
+        let fetch =
+            pgrestore::FetchFolder::create(cli, &vault, &keyring, dataset, owner, data_dir)?;
+        let options = embassy_postgres::restore::PgRestoreOptions {
+            mode: embassy_postgres::restore::Mode::Recover(
+                embassy_postgres::restore::RecoveryTarget::Latest,
+            ),
+            restore_command: fetch.restore_command.clone(),
+            owner,
+            allow_unwitnessed,
+            // Tablespaces go back where they were (a member restored where its tablespaces
+            // still exist is refused, naming them).
+            relocations: Vec::new(),
+        };
+        fetch_folders.push(fetch);
+        Ok(options)
+    };
+    let done = group::restore(
+        &vault,
+        &keyring,
+        &chosen,
+        dir,
+        allow_unwitnessed,
+        &mut options,
+        &bar,
+    );
+    bar.finish();
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => {
+            for f in &fetch_folders {
+                f.remove();
+            }
+            return Err(e.into());
+        }
+    };
+    if cli.json {
+        let members: Vec<serde_json::Value> = done
+            .iter()
+            .map(|m| {
+                json!({
+                    "dataset": m.dataset,
+                    "path": m.path,
+                    "restored": match &m.restored {
+                        MemberRestored::Postgres(p) => json!({"postgres": {"recovery": p.recovery,
+                            "base_backup": p.version.number}}),
+                        MemberRestored::Tree { version, files } =>
+                            json!({"tree": {"version": version.number, "files": files}}),
+                        MemberRestored::Stream { version, bytes } =>
+                            json!({"stream": {"version": version.number, "bytes": bytes}}),
+                    },
+                })
+            })
+            .collect();
+        print_json(json!({"group": group_name, "point": point_json(&chosen), "members": members}))?;
+    } else {
+        println!(
+            "restored group {group_name} to point {} ({}) into {}:",
+            chosen.point.number,
+            embassy_core::time::utc(chosen.point.taken_at_ns),
+            dir.display()
+        );
+        for m in &done {
+            let what = match &m.restored {
+                MemberRestored::Postgres(p) => format!(
+                    "PostgreSQL data directory from base backup version {}, recovering to {}; \
+                     start PostgreSQL on it",
+                    p.version.number, p.recovery
+                ),
+                MemberRestored::Tree { version, files } => {
+                    format!("version {}, {files} files", version.number)
+                }
+                MemberRestored::Stream { version, bytes } => {
+                    format!("version {}, {}", version.number, output::size(*bytes))
+                }
+            };
+            println!("  {} -> {}: {what}", m.dataset, m.path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
