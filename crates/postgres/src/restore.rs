@@ -579,6 +579,7 @@ pub fn restore(
     let placed = tablespace::plan(info.tablespace_map.as_deref(), &options.relocations)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
+    tablespace::check_layouts(&reader, &placed)?;
     let mode = pin_latest(vault, keyring, dataset, &info, options.mode.clone())?;
     let mut restore_options = RestoreOptions::default();
     restore_options.selection.exclude = tablespace::excluded(&placed)?;

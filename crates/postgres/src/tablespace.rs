@@ -13,6 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
+use embassy_core::format::tree::{NodeKind, Tree};
+use embassy_core::id::ObjectId;
 use embassy_core::progress::Progress;
 use embassy_sources::files::{self, RestoreOptions};
 use embassy_sources::selection::Patterns;
@@ -260,6 +262,94 @@ pub fn excluded(placed: &[PlacedTablespace]) -> Result<Patterns, PgError> {
     Patterns::parse(&texts).map_err(|e| PgError::Restore(format!("tablespace patterns: {e}")))
 }
 
+/// How deep a tablespace's folders go: `PG_<major>_<catversion>/<database>/<file>`, with room
+/// for PostgreSQL's own subfolders; a deeper tree is not a tablespace.
+const TABLESPACE_DEPTH: usize = 4;
+
+/// Checks, before anything is written, that each tablespace the restore puts back holds what
+/// a PostgreSQL tablespace holds: only `PG_<major>_<catversion>` folders at its top, and only
+/// folders and regular files below, a few levels deep. Its files and their names come from the
+/// source host, which may be compromised, and a restore (often run as root) writes them at a
+/// location the backup names: a link, a pipe or any other name there is refused.
+pub fn check_layouts(reader: &VersionReader, placed: &[PlacedTablespace]) -> Result<(), PgError> {
+    let root = reader.root().map_err(PgError::Vault)?;
+    let pg_tblspc = root
+        .find(b"pg_tblspc")
+        .and_then(|n| n.subtree)
+        .map(|id| reader.read_tree(&id))
+        .transpose()
+        .map_err(PgError::Vault)?
+        .unwrap_or_default();
+    let read = |id: &ObjectId| reader.read_tree(id).map_err(PgError::Vault);
+    for p in placed {
+        let oid = p.oid.to_string();
+        let Some(node) = pg_tblspc.find(oid.as_bytes()) else {
+            continue; // reported as damage when it is restored
+        };
+        let tree = match node.subtree {
+            Some(id) => read(&id)?,
+            None => Tree::default(),
+        };
+        check_layout(p.oid, &tree, &read)?;
+    }
+    Ok(())
+}
+
+/// The layout rule of [`check_layouts`] for one tablespace's top folder `tree`.
+fn check_layout(
+    oid: u32,
+    tree: &Tree,
+    read: &dyn Fn(&ObjectId) -> Result<Tree, PgError>,
+) -> Result<(), PgError> {
+    let refused = |path: &[u8], why: &str| {
+        PgError::Restore(format!(
+            "tablespace {oid} of this base backup holds {}, which {why}: a tablespace holds only \
+             PostgreSQL's PG_<major>_<catversion> folders, with folders and files below, and the \
+             backup's source host may have been tampered with; nothing was written: restore \
+             another base backup, and check the source host",
+            String::from_utf8_lossy(path)
+        ))
+    };
+    for child in &tree.nodes {
+        if child.kind != NodeKind::Dir || !is_version_folder(&child.name) {
+            return Err(refused(
+                &child.name,
+                "is not a PG_<major>_<catversion> folder",
+            ));
+        }
+        let mut pending = vec![(child.name.clone(), child.subtree, 1usize)];
+        while let Some((path, subtree, depth)) = pending.pop() {
+            let Some(id) = subtree else { continue };
+            for node in &read(&id)?.nodes {
+                let mut below = path.clone();
+                below.push(b'/');
+                below.extend_from_slice(&node.name);
+                match node.kind {
+                    NodeKind::File => {}
+                    NodeKind::Dir if depth < TABLESPACE_DEPTH => {
+                        pending.push((below, node.subtree, depth + 1))
+                    }
+                    NodeKind::Dir => return Err(refused(&below, "lies too deep")),
+                    NodeKind::Symlink | NodeKind::Fifo => {
+                        return Err(refused(&below, "is neither a folder nor a regular file"))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `PG_<digits>_<digits>`: the folder PostgreSQL makes in a tablespace per major version.
+fn is_version_folder(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(b"PG_") else {
+        return false;
+    };
+    let mut parts = rest.split(|b| *b == b'_');
+    let digits = |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
 /// Restores each tablespace's files from `reader` to its location and links the data
 /// directory's `pg_tblspc/<oid>` to it; with `owner`, gives the location to that owner.
 pub fn restore_tablespaces(
@@ -361,6 +451,69 @@ mod tests {
         assert!("old=/new".parse::<Relocation>().is_err());
         assert!("/old".parse::<Relocation>().is_err());
         assert!("/a=/b=/c".parse::<Relocation>().is_err());
+    }
+
+    /// A tablespace in a backup from a compromised source: anything but PostgreSQL's layout
+    /// is refused before the restore writes it where the backup says.
+    #[test]
+    fn a_tablespace_holds_only_postgresqls_layout() {
+        use embassy_core::format::tree::Node;
+        use std::collections::HashMap;
+        let node = |name: &str, kind: NodeKind, subtree: Option<ObjectId>| Node {
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            content: Vec::new(),
+            subtree,
+            target: None,
+        };
+        let mut trees: HashMap<ObjectId, Tree> = HashMap::new();
+        let mut put = |nodes: Vec<Node>| {
+            let tree = Tree { nodes };
+            let id = ObjectId::of(&tree.encode());
+            trees.insert(id, tree);
+            id
+        };
+        let relations = put(vec![
+            node("16384", NodeKind::File, None),
+            node("16384_fsm", NodeKind::File, None),
+        ]);
+        let database = put(vec![node("16390", NodeKind::Dir, Some(relations))]);
+        let link = put(vec![node("16384", NodeKind::Symlink, None)]);
+        let linked_database = put(vec![node("16390", NodeKind::Dir, Some(link))]);
+        let deep = (0..5).fold(None, |below, i| {
+            Some(put(vec![node(&format!("d{i}"), NodeKind::Dir, below)]))
+        });
+        let read = |id: &ObjectId| {
+            trees
+                .get(id)
+                .cloned()
+                .ok_or_else(|| PgError::Restore("no such tree".into()))
+        };
+        let top = |nodes: Vec<Node>| Tree { nodes };
+        let fine = top(vec![node("PG_15_202209061", NodeKind::Dir, Some(database))]);
+        check_layout(16400, &fine, &read).unwrap();
+        check_layout(16400, &top(vec![]), &read).unwrap();
+        for (bad, why) in [
+            (top(vec![node("authorized_keys", NodeKind::File, None)]), "authorized_keys"),
+            (top(vec![node("cron", NodeKind::Dir, Some(database))]), "cron"),
+            (top(vec![node("PG_15_x", NodeKind::Dir, Some(database))]), "PG_15_x"),
+            (top(vec![node("PG_15_1", NodeKind::Symlink, None)]), "PG_15_1"),
+            (
+                top(vec![node("PG_15_1", NodeKind::Dir, Some(linked_database))]),
+                "PG_15_1/16390/16384",
+            ),
+            (top(vec![node("PG_15_1", NodeKind::Dir, deep)]), "lies too deep"),
+        ] {
+            let e = check_layout(16400, &bad, &read).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("nothing was written"), "{e}");
+        }
     }
 
     #[test]
