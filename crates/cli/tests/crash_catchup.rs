@@ -258,3 +258,84 @@ fn sigterm_during_the_catch_up_of_a_site_that_came_back_leaves_every_site_verifi
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A site that lacks exactly what this machine's catch-up queue says it lacks is behind: a
+/// keyless `verify` of it (after the other site's, whose newer heads this machine now
+/// remembers) says BEHIND and passes, instead of "rollback ... 2 problems found"; once the
+/// queue is drained, it verifies against the remembered heads again.
+#[test]
+fn a_site_behind_by_its_queue_is_reported_behind_not_rolled_back() {
+    let env = Env::new();
+    let both = |args: &[&str]| {
+        let mut all = vec!["--site", "sites/lux", "--site", "sites/hel"];
+        all.extend(["--state-dir", "state", "--passphrase-file", "passphrase"]);
+        all.extend(args);
+        env.embassy(&all)
+    };
+    let out = both(&["init"]);
+    assert!(out.status.success(), "init: {}", show(&out));
+    write_files(&env.path("data/reg"), 0);
+    let out = both(&["backup", "reg", "data/reg"]);
+    assert!(out.status.success(), "backup: {}", show(&out));
+    // hel misses the next version; what it missed is queued for it, as a write through both
+    // sites records it when hel fails.
+    let before: std::collections::BTreeSet<String> = listing(&env.path("sites/hel"));
+    write_files(&env.path("data/reg"), 1);
+    let out = env.embassy(&[
+        "--site",
+        "sites/lux",
+        "--state-dir",
+        "state",
+        "--passphrase-file",
+        "passphrase",
+        "backup",
+        "reg",
+        "data/reg",
+    ]);
+    assert!(out.status.success(), "backup at lux: {}", show(&out));
+    let hel = env.path("sites/hel").display().to_string();
+    let queue = embassy_sites::SiteQueue::open(&env.path("state"), &hel).unwrap();
+    let missed: Vec<String> = listing(&env.path("sites/lux"))
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(!missed.is_empty());
+    for p in &missed {
+        queue.record_missing(p).unwrap();
+    }
+    let verify = |site: &str| env.embassy(&["--site", site, "--state-dir", "state", "verify"]);
+    let out = verify("sites/lux");
+    assert!(out.status.success(), "lux: {}", show(&out));
+    let out = verify("sites/hel");
+    let text = show(&out);
+    assert!(out.status.success(), "hel, behind, judged damaged: {text}");
+    assert!(
+        text.contains(&format!("BEHIND: {} missed objects queued", missed.len()))
+            && text.contains("sync --pending"),
+        "{text}"
+    );
+    // The drain clears it; hel then holds lux's history and verifies against it.
+    let out = both(&["sync", "--pending"]);
+    assert!(out.status.success(), "sync --pending: {}", show(&out));
+    let out = verify("sites/hel");
+    let text = show(&out);
+    assert!(out.status.success() && !text.contains("BEHIND"), "{text}");
+    assert_eq!(env.versions("sites/hel", "reg"), 2);
+}
+
+/// Every object path a folder site holds (relative to it).
+fn listing(root: &Path) -> std::collections::BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                out.insert(rel.display().to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(root, root, &mut out);
+    out
+}
