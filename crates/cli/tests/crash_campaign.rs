@@ -10,7 +10,7 @@
 //! byte. At the end, with every site back and the queues drained: every site verifies, holds
 //! the same versions, and every version restores byte for byte from every site.
 //!
-//! The default suite runs a short campaign (12 kills). `EMBASSY_CRASH_CAMPAIGN=N` runs N kills
+//! The default suite runs a short campaign (12 kills, under two minutes). `EMBASSY_CRASH_CAMPAIGN=N` runs N kills
 //! (`scripts/crash-campaign --kills N`); `EMBASSY_CRASH_SEED=S` (`--seed S`) replays a campaign
 //! exactly: every kill's draw comes from the seed printed at the start, and each kill prints its
 //! own draw.
@@ -30,7 +30,11 @@ use embassy_testkit::proxy::{FaultProxy, FaultRates};
 use embassy_testkit::s3;
 use embassy_testkit::status_page::show;
 
-const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
+/// The binary under test: this build's, or `EMBASSY_CRASH_BIN` (a copy, so that a long campaign
+/// runs on while the tree is rebuilt).
+fn embassy_bin() -> String {
+    std::env::var("EMBASSY_CRASH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_embassy").into())
+}
 /// Kills of the short campaign in the default suite.
 const SHORT: usize = 12;
 const FILES: usize = 12;
@@ -102,6 +106,10 @@ struct Campaign {
     log: PathBuf,
     /// The user the agent runs as when the tests run as root (so that `chmod` takes).
     agent_user: Option<(u32, u32)>,
+    /// Restores compared byte for byte so far.
+    restores: usize,
+    /// Keyless verifications that found a site behind (writes queued for it), not damaged.
+    behind: usize,
 }
 
 impl Campaign {
@@ -141,6 +149,8 @@ impl Campaign {
             seen: HashMap::new(),
             rounds: Vec::new(),
             agent_user: None,
+            restores: 0,
+            behind: 0,
         };
         fs::write(c.path("passphrase"), embassy_testkit::cli::PASS).unwrap();
         let mut init = Vec::new();
@@ -162,7 +172,7 @@ shutdown_grace = "2s"
 retry_initial = "1s"
 retry_max = "2s"
 gc_interval = "3s"
-gc_grace = "10m"
+gc_grace = "10min"
 [keys]
 file = "vault.key"
 passphrase_file = "passphrase"
@@ -205,12 +215,22 @@ retention = { keep_last = 3 }
     }
 
     fn embassy(&self, args: &[&str]) -> Output {
-        Command::new(EMBASSY)
+        self.embassy_as("cli", args)
+    }
+
+    /// The CLI with its own state folder `cli-state-<machine>`: reading one site, one machine
+    /// per site, so each remembers the heads that site served (and catches it rolling back),
+    /// not the newer ones of another site it may lag behind.
+    fn embassy_as(&self, machine: &str, args: &[&str]) -> Output {
+        Command::new(embassy_bin())
             .args(args)
             .current_dir(&self.dir)
             .env_remove("EMBASSY_SITE")
             .env_remove("EMBASSY_PASSPHRASE")
-            .env("EMBASSY_STATE_DIR", self.path("cli-state"))
+            .env(
+                "EMBASSY_STATE_DIR",
+                self.path(&format!("cli-state-{machine}")),
+            )
             .env("EMBASSY_KEY_FILE", self.path("vault.key"))
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -295,7 +315,7 @@ retention = { keep_last = 3 }
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut command = Command::new(EMBASSY);
+        let mut command = Command::new(embassy_bin());
         if let Some((uid, gid)) = self.agent_user {
             command.uid(uid).gid(gid);
         }
@@ -318,15 +338,18 @@ retention = { keep_last = 3 }
 
     /// The versions of `dataset` a site holds: (number, ledger entry id).
     fn versions(&self, site: &str, dataset: &str) -> Result<Vec<(u64, String)>, String> {
-        let out = self.embassy(&[
-            "--site",
-            self.location(site),
-            "--passphrase-file",
-            "passphrase",
-            "--json",
-            "versions",
-            dataset,
-        ]);
+        let out = self.embassy_as(
+            site,
+            &[
+                "--site",
+                self.location(site),
+                "--passphrase-file",
+                "passphrase",
+                "--json",
+                "versions",
+                dataset,
+            ],
+        );
         let answer = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null);
         if answer["error"]
             .as_str()
@@ -363,16 +386,19 @@ retention = { keep_last = 3 }
         let _ = fs::remove_dir_all(&target);
         let _ = fs::remove_file(&target);
         let spec = format!("{dataset}@{number}");
-        let out = self.embassy(&[
-            "--site",
-            self.location(site),
-            "--passphrase-file",
-            "passphrase",
-            "restore",
-            &spec,
-            "--to",
-            &target.display().to_string(),
-        ]);
+        let out = self.embassy_as(
+            site,
+            &[
+                "--site",
+                self.location(site),
+                "--passphrase-file",
+                "passphrase",
+                "restore",
+                &spec,
+                "--to",
+                &target.display().to_string(),
+            ],
+        );
         let result = if !out.status.success() {
             Err(format!("restore {spec} from {site}: {}", show(&out)))
         } else {
@@ -414,9 +440,20 @@ retention = { keep_last = 3 }
             if site == "s3" && self.down.contains("s3") {
                 continue;
             }
-            let out = self.embassy(&["--site", self.location(site), "verify"]);
+            // With the agent's state folder: its catch-up queues say what a site still lacks
+            // (behind, not damaged); its remembered heads are those of every site verified.
+            let out = self.embassy(&[
+                "--site",
+                self.location(site),
+                "--state-dir",
+                "state",
+                "verify",
+            ]);
             if !out.status.success() {
                 problems.push(format!("keyless verify of {site}: {}", show(&out)));
+            }
+            if String::from_utf8_lossy(&out.stdout).contains("BEHIND") {
+                self.behind += 1;
             }
             if site != "s3" {
                 problems.extend(duplicate_sequence_numbers(Path::new(self.location(site))));
@@ -429,6 +466,10 @@ retention = { keep_last = 3 }
                     Err(e) => problems.push(e),
                 }
             }
+        }
+        // What the CLI wrote in the agent's state folder goes back to the agent's user.
+        if self.agent_user.is_some() {
+            unprivileged(&self.path("state"));
         }
         // Versions first seen now hold this round's contents.
         for v in held.values() {
@@ -443,6 +484,7 @@ retention = { keep_last = 3 }
                     continue;
                 }
                 let r = self.seen[entry];
+                self.restores += 1;
                 if let Err(e) = self.check_restore(site, d, *number, r) {
                     problems.push(e);
                 }
@@ -535,6 +577,15 @@ fn campaign(seed: u64, kills: usize) {
         );
         let mut agent = c.spawn_agent();
         std::thread::sleep(Duration::from_millis(after_ms));
+        // It must be running when it is killed: an agent that stopped on its own (a refused
+        // configuration, a crash) is a failure, not a kill.
+        if let Ok(Some(status)) = agent.child.try_wait() {
+            panic!(
+                "kill {k} (seed {seed}): the agent exited on its own ({status}) before the kill; \
+                 log:\n{}",
+                tail(&c.log, 40)
+            );
+        }
         match kill {
             Kill::Sigkill => {
                 agent.signal(libc::SIGKILL);
@@ -595,9 +646,22 @@ fn campaign(seed: u64, kills: usize) {
         "campaign seed {seed}, after {kills} kills and the final drain:\n{}",
         problems.join("\n")
     );
+    // Not a vacuous pass: versions were made and restored.
+    assert!(
+        c.seen.len() >= 2 && c.restores >= 2,
+        "seed {seed}: only {} versions seen and {} restores compared in the campaign; log:\n{}",
+        c.seen.len(),
+        c.restores,
+        tail(&c.log, 80)
+    );
     eprintln!(
-        "crash campaign seed {seed}: {kills} kills ({counts:?}) in {:.0?}, no inconsistency",
-        started.elapsed()
+        "crash campaign seed {seed}: {kills} kills ({counts:?}) in {:.0?}, {} versions seen, \
+         {} restores compared byte for byte, {} verifications of a site behind its queue, no \
+         inconsistency",
+        started.elapsed(),
+        c.seen.len(),
+        c.restores,
+        c.behind
     );
 }
 
