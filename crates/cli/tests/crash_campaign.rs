@@ -65,7 +65,7 @@ impl Rng {
 
 /// How the agent is stopped.
 #[derive(Debug, Clone, Copy)]
-enum Kill {
+enum Stop {
     /// SIGKILL: no chance to do anything.
     Sigkill,
     /// SIGTERM, waited out: in-flight runs get the grace period, then are abandoned.
@@ -567,9 +567,9 @@ fn campaign(seed: u64, kills: usize) {
         c.write_sources(&mut rng);
         let after_ms = 300 + rng.below(3700);
         let kill = match rng.below(3) {
-            0 => Kill::Sigkill,
-            1 => Kill::Sigterm,
-            _ => Kill::SigtermThenKill(rng.below(2000)),
+            0 => Stop::Sigkill,
+            1 => Stop::Sigterm,
+            _ => Stop::SigtermThenKill(rng.below(2000)),
         };
         eprintln!(
             "kill {k} (seed {seed}): sites [{sites}], {kill:?} after {after_ms} ms, {:.0?} in",
@@ -587,15 +587,15 @@ fn campaign(seed: u64, kills: usize) {
             );
         }
         match kill {
-            Kill::Sigkill => {
+            Stop::Sigkill => {
                 agent.signal(libc::SIGKILL);
                 *counts.entry("SIGKILL").or_default() += 1;
             }
-            Kill::Sigterm => {
+            Stop::Sigterm => {
                 agent.signal(libc::SIGTERM);
                 *counts.entry("SIGTERM").or_default() += 1;
             }
-            Kill::SigtermThenKill(ms) => {
+            Stop::SigtermThenKill(ms) => {
                 agent.signal(libc::SIGTERM);
                 std::thread::sleep(Duration::from_millis(ms));
                 agent.signal(libc::SIGKILL);
