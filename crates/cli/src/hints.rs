@@ -143,6 +143,13 @@ pub fn for_error(e: &Error) -> Option<String> {
     }
 }
 
+/// How to catch up a site that is behind (writes queued for it in a state folder).
+pub fn catch_up_pending() -> &'static str {
+    "catch it up from the other sites: embassy --site A --site B ... --state-dir DIR sync \
+     --pending (every site of the vault, and the state folder that holds the queue: the \
+     agent's state_dir), or let the agent's next catch-up do it"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

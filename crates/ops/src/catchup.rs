@@ -98,3 +98,32 @@ pub fn catch_up_pending(
 ) -> Result<Vec<DrainReport>> {
     embassy_sites::drain_all(state_dir, locations, progress)
 }
+
+/// What a site's catch-up queue under a state folder says it still lacks: writes it missed
+/// while it was down (or unwritable) that were acknowledged at the other sites. A site with
+/// writes queued is *behind*, not damaged: it serves an older history than this machine may
+/// have verified elsewhere, and the next drain (`catch_up_pending`, the agent's catch-up)
+/// clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Behind {
+    /// Objects queued for the site.
+    pub queued_objects: usize,
+    /// Why a full comparison with the other sites is needed, if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_sync: Option<String>,
+}
+
+/// Whether the queue under `state_dir` holds writes for the site at `location` (dead writers'
+/// sessions are turned into full-comparison records first, as `status` does): `None` when it
+/// holds nothing.
+pub fn behind(state_dir: &Path, location: &str) -> Result<Option<Behind>> {
+    let depths = embassy_sites::queue::depths(state_dir, &[location.to_string()])?;
+    Ok(depths
+        .into_iter()
+        .next()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(_, p)| Behind {
+            queued_objects: p.paths.len(),
+            full_sync: p.full_sync.first().cloned(),
+        }))
+}

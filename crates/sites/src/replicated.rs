@@ -26,6 +26,10 @@ use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteEr
 /// object is queued for it. The default S3 I/O timeout, so a frozen site costs one timeout.
 pub const WRITE_GRACE: Duration = Duration::from_secs(60);
 
+/// The first write stage of what names ledger entries (entries, checkpoints, cosignatures; see
+/// [`embassy_core::engine::sync::write_stage`]): held back from a site still catching up.
+const ENTRY_STAGE: u8 = 6;
+
 /// A vault kept at several sites at once.
 #[derive(Debug)]
 pub struct ReplicatedSite {
@@ -270,6 +274,54 @@ impl ReplicatedSite {
             .collect()
     }
 
+    /// Which sites must not be given `path` now: for a ledger entry, a checkpoint or a
+    /// cosignature (what names entries), a site whose catch-up queue still holds anything. Such
+    /// a site is first caught up here, its queue drained from the other sites in write order;
+    /// only a site that still lacks something after that is left out (and `path` queued for it
+    /// with the rest). A site holding an entry without the entries and objects before it would
+    /// be judged damaged by `verify`; a site holding a prefix of the vault is only behind.
+    /// Data objects (packs, indexes, manifests) go everywhere at once: alone they are harmless.
+    fn behind_before_entry(&self, path: &str, down: &[bool]) -> Vec<bool> {
+        let mut behind = vec![false; self.sites.len()];
+        let Some(q) = &self.queues else {
+            return behind;
+        };
+        if embassy_core::engine::sync::write_stage(path) < ENTRY_STAGE {
+            return behind;
+        }
+        for (i, target) in self.sites.iter().enumerate() {
+            if down[i] {
+                continue;
+            }
+            // A queue that cannot be read: the site may be behind; left out, the write queued.
+            match q.per_site[i].pending() {
+                Ok(p) if p.is_empty() => continue,
+                Ok(_) => {}
+                Err(_) => {
+                    behind[i] = true;
+                    continue;
+                }
+            }
+            let sources: Vec<Arc<dyn Site>> = self
+                .sites
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && !down[*j])
+                .map(|(_, s)| s.clone())
+                .collect();
+            behind[i] = match queue::drain(
+                &q.per_site[i],
+                target.as_ref(),
+                &sources,
+                &embassy_core::progress::Silent,
+            ) {
+                Ok(report) => report.remaining > 0 || !report.problems.is_empty(),
+                Err(_) => true,
+            };
+        }
+        behind
+    }
+
     fn first_ok<T>(
         &self,
         mut op: impl FnMut(usize, &dyn Site) -> Result<T, SiteError>,
@@ -321,8 +373,24 @@ impl Site for ReplicatedSite {
             }
         }
         // Down sites are left out, as long as the others can meet min_sites.
-        let skip = self.left_out(self.min_sites);
-        let results = self.put_each(path, source, &skip);
+        let down = self.left_out(self.min_sites);
+        // And, for a ledger entry or what names one, sites still behind on their queue.
+        let behind = self.behind_before_entry(path, &down);
+        let skip: Vec<bool> = down.iter().zip(&behind).map(|(d, b)| *d || *b).collect();
+        let mut results = self.put_each(path, source, &skip);
+        for (i, result) in results.iter_mut().enumerate() {
+            if behind[i] && !down[i] {
+                *result = Err(SiteError::Retryable {
+                    site: self.sites[i].location().to_string(),
+                    operation: "put",
+                    path: path.to_string(),
+                    message: "left out: the site still lacks writes queued for it, and a \
+                              ledger entry may reach a site only after everything before it \
+                              (queued for its catch-up)"
+                        .into(),
+                });
+            }
+        }
         let mut stored = 0;
         let mut created = false;
         let mut failures = Vec::new();

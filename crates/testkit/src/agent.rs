@@ -96,3 +96,23 @@ pub fn cell<'a>(report: &'a Value, dataset: &str, site: &str) -> &'a Value {
         .and_then(|cs| cs.iter().find(|c| c["site"] == site))
         .unwrap_or(&Value::Null)
 }
+
+/// When the tests run as root (CI does), a folder made unwritable with `chmod` stays writable to
+/// the agent: this hands `dir` (recursively) to the `postgres` user and returns its uid and gid,
+/// for running the agent as that user (`CommandExt::uid`/`gid`) so that `chmod` takes. `None`
+/// when not root: the agent runs as the tests' own user.
+pub fn unprivileged(dir: &std::path::Path) -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let ids = crate::pg::postgres_uid_gid();
+    let status = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", ids.0, ids.1))
+        .arg(dir)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown {} failed", dir.display());
+    Some(ids)
+}

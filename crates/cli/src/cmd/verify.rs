@@ -8,6 +8,8 @@ use clap::Args;
 use embassy_core::{Error, Result};
 use serde_json::json;
 
+use embassy_ops::catchup::Behind;
+
 use crate::{open_vault, output, pg, print_json, unlock, Cli};
 
 /// Arguments of `embassy verify`.
@@ -26,7 +28,19 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         return run_each_site(cli, args);
     }
     let vault = open_vault(cli)?;
-    Ok(match verify_and_show(cli, args, &vault)? {
+    // A site this machine's catch-up queue says is missing writes is behind, not rolled back:
+    // read as it stands, without the heads this machine remembers (as each site is below).
+    let behind = match cli.site.as_slice() {
+        [one] => embassy_ops::catchup::behind(&crate::state_dir(cli)?, one)
+            .ok()
+            .flatten(),
+        _ => None,
+    };
+    let vault = match &behind {
+        Some(_) => embassy_core::engine::vault::Vault::open(vault.site().clone())?,
+        None => vault,
+    };
+    Ok(match verify_and_show(cli, args, &vault, behind.as_ref())? {
         Outcome::Ok => ExitCode::SUCCESS,
         Outcome::Damaged => crate::exit::code(crate::exit::INTEGRITY),
         Outcome::NotChecked => crate::exit::code(crate::exit::FAILURE),
@@ -60,13 +74,16 @@ fn run_each_site(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         // client's remembered heads, so that a site that merely lags is not called rolled back.
         let opened = crate::open_vault_with(cli, &options)
             .and_then(|v| embassy_core::engine::vault::Vault::open(v.site().clone()));
+        let behind = embassy_ops::catchup::behind(&crate::state_dir(cli)?, site)
+            .ok()
+            .flatten();
         let outcome = match opened {
             Ok(vault) => {
                 let (outcome, value) = if cli.json {
-                    let (o, v) = verify_json(cli, args, &vault)?;
+                    let (o, v) = verify_json(cli, args, &vault, behind.as_ref())?;
                     (o, Some(v))
                 } else {
-                    (verify_and_show(cli, args, &vault)?, None)
+                    (verify_and_show(cli, args, &vault, behind.as_ref())?, None)
                 };
                 if let Some(mut v) = value {
                     v["site"] = json!(site);
@@ -150,9 +167,14 @@ fn verify_json(
     cli: &Cli,
     args: &VerifyArgs,
     vault: &embassy_core::engine::vault::Vault,
+    behind: Option<&Behind>,
 ) -> Result<(Outcome, serde_json::Value)> {
     let v = verify_vault(cli, args, vault)?;
     let mut value = serde_json::to_value(&v.vault).map_err(|e| Error::invalid(e.to_string()))?;
+    if let Some(b) = behind {
+        value["behind"] = json!(b);
+        value["hint"] = json!(crate::hints::catch_up_pending());
+    }
     value["ok"] = json!(v.is_ok());
     value["wal"] = pg::wal_reports_json(&v.wal);
     value["deep"] = json!(args.deep);
@@ -169,11 +191,24 @@ fn verify_and_show(
     cli: &Cli,
     args: &VerifyArgs,
     vault: &embassy_core::engine::vault::Vault,
+    behind: Option<&Behind>,
 ) -> Result<Outcome> {
     if cli.json {
-        let (outcome, value) = verify_json(cli, args, vault)?;
+        let (outcome, value) = verify_json(cli, args, vault, behind)?;
         print_json(value)?;
         return Ok(outcome);
+    }
+    if let Some(b) = behind {
+        println!(
+            "BEHIND: {} queued for this site on this machine{}: it lacks writes it missed while \
+             it was down, which the other sites hold; behind, not damaged. What it holds is \
+             verified as it stands, not against the newer history verified here.\nhint: {}",
+            embassy_core::text::count(b.queued_objects as u64, "missed object", "missed objects"),
+            b.full_sync.as_deref().map_or(String::new(), |why| format!(
+                ", and a full comparison ({why})"
+            )),
+            crate::hints::catch_up_pending()
+        );
     }
     let v = verify_vault(cli, args, vault)?;
     let ok = v.is_ok();

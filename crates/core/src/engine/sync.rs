@@ -57,6 +57,87 @@ fn stage(path: &str) -> u8 {
     write_stage(path)
 }
 
+/// The write stage of ledger entries.
+const LEDGER_STAGE: u8 = 6;
+
+/// The dataset folder of a ledger path (`ledger/<dataset>/...`).
+fn ledger_dataset(path: &str) -> &str {
+    path.split('/').nth(1).unwrap_or_default()
+}
+
+/// What copying one object did.
+enum Copied {
+    Present,
+    Created(u64),
+    Repaired(u64),
+}
+
+/// Copies the object at `path` from `from` to `to` (`at_target`: `to` lists it), its bytes
+/// checked against its name on the way; with `repair`, a copy at the target proven damaged is
+/// replaced. `Err`: what went wrong, one line naming the object.
+fn copy_one(
+    from: &dyn Site,
+    to: &dyn Site,
+    repair: bool,
+    at_target: bool,
+    path: &str,
+) -> std::result::Result<Copied, String> {
+    let Some(id) = layout::id_in_path(path) else {
+        return Err(format!("{path}: not named by its hash; not copied"));
+    };
+    let damaged_at_target = if at_target {
+        if !repair {
+            return Ok(Copied::Present);
+        }
+        // Hashed as it streams: the target's copy is never held whole. Only a copy proven
+        // damaged (its bytes do not hash to its name) is replaced: a copy that cannot be read
+        // now (the site busy or down) may be intact, and deleting it before a write that may
+        // fail too would lose it.
+        match HashSink::read_from(to, path) {
+            Ok(copy) if copy.id() == id => return Ok(Copied::Present),
+            Ok(_) => true,
+            Err(SiteError::NotFound { .. }) => false,
+            Err(e) => {
+                return Err(format!(
+                    "{path}: cannot be read at the target to check it ({e}); left as it is, \
+                     not repaired: run the repair again once the site answers"
+                ))
+            }
+        }
+    } else {
+        false
+    };
+    // Spooled to local disk and hashed on the way: memory per copy is a fixed buffer, and only
+    // bytes that hash to the object's name are ever sent to the target.
+    let spool = match Spool::fetch(from, path, &id) {
+        Ok(Ok(spool)) => spool,
+        Ok(Err(_damaged)) => {
+            return Err(format!(
+                "{path}: damaged at the source {} (bytes do not hash to its name); not copied",
+                from.location()
+            ))
+        }
+        Err(e) => return Err(format!("{path}: cannot be read at the source: {e}")),
+    };
+    let size = spool.len();
+    if damaged_at_target {
+        if let Err(e) = to.delete(path) {
+            return Err(format!(
+                "{path}: damaged at the target and cannot be removed: {e}"
+            ));
+        }
+    }
+    match to.put_from(path, spool.into_source()) {
+        Ok(Put::Created) if damaged_at_target => Ok(Copied::Repaired(size)),
+        Ok(Put::Created) => Ok(Copied::Created(size)),
+        Ok(Put::AlreadyExisted) => Ok(Copied::Present),
+        Err(e) => Err(format!(
+            "{path}: cannot be written to {}: {e}",
+            to.location()
+        )),
+    }
+}
+
 /// Copies to `to` every object of the vault at `from` that `to` lacks. With `repair`, also
 /// reads every object `to` holds and replaces those whose bytes do not match their names.
 /// A target that holds no vault is refused ([`Error::SiteWithoutVault`]): a missing folder or
@@ -125,101 +206,86 @@ fn copy(
     wanted.sort_by(|a, b| (stage(&a.path), &a.path).cmp(&(stage(&b.path), &b.path)));
     progress.set_total(wanted.iter().map(|i| i.size).sum());
     let report = std::sync::Mutex::new(SyncReport::default());
-    let note =
-        |f: &dyn Fn(&mut SyncReport)| f(&mut report.lock().unwrap_or_else(|p| p.into_inner()));
-    // Stage by stage, each stage in parallel.
+    let copy = |info: &crate::site::ObjectInfo| -> bool {
+        progress.add(info.size);
+        let outcome = copy_one(
+            from,
+            to,
+            repair,
+            target.contains_key(&info.path),
+            &info.path,
+        );
+        let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(Copied::Present) => r.present += 1,
+            Ok(Copied::Created(size)) => {
+                r.copied += 1;
+                r.bytes += size;
+            }
+            Ok(Copied::Repaired(size)) => {
+                r.repaired += 1;
+                r.bytes += size;
+            }
+            Err(problem) => {
+                r.problems.push(problem);
+                return false;
+            }
+        }
+        true
+    };
+    // Stage by stage, each stage in parallel. Ledger entries go in order, dataset by dataset
+    // (datasets in parallel), each dataset stopping at its first entry that could not be
+    // copied; and nothing that names entries is copied while anything before it is missing. A
+    // sync cut anywhere (killed, a site gone mid-way) leaves the target holding a prefix of the
+    // vault: behind, never an entry without what comes before it, which verify calls damage.
     let mut start = 0;
+    let mut failed = false;
     while start < wanted.len() {
         let current = stage(&wanted[start].path);
         let end = wanted[start..]
             .iter()
             .position(|i| stage(&i.path) != current)
             .map_or(wanted.len(), |n| start + n);
-        wanted[start..end].par_iter().for_each(|info| {
-            progress.add(info.size);
-            let Some(id) = layout::id_in_path(&info.path) else {
-                return note(&|r| {
-                    r.problems
-                        .push(format!("{}: not named by its hash; not copied", info.path))
-                });
-            };
-            let damaged_at_target = if target.contains_key(&info.path) {
-                if !repair {
-                    return note(&|r| r.present += 1);
-                }
-                // Hashed as it streams: the target's copy is never held whole. Only a copy
-                // proven damaged (its bytes do not hash to its name) is replaced: a copy that
-                // cannot be read now (the site busy or down) may be intact, and deleting it
-                // before a write that may fail too would lose it.
-                match HashSink::read_from(to, &info.path) {
-                    Ok(copy) if copy.id() == id => return note(&|r| r.present += 1),
-                    Ok(_) => true,
-                    Err(SiteError::NotFound { .. }) => false,
-                    Err(e) => {
-                        return note(&|r| {
-                            r.problems.push(format!(
-                                "{}: cannot be read at the target to check it ({e}); left as \
-                                 it is, not repaired: run the repair again once the site answers",
-                                info.path
-                            ))
-                        })
-                    }
-                }
-            } else {
-                false
-            };
-            // Spooled to local disk and hashed on the way: memory per copy is a fixed buffer,
-            // and only bytes that hash to the object's name are ever sent to the target.
-            let spool = match Spool::fetch(from, &info.path, &id) {
-                Ok(Ok(spool)) => spool,
-                Ok(Err(_damaged)) => {
-                    return note(&|r| {
-                        r.problems.push(format!(
-                            "{}: damaged at the source {} (bytes do not hash to its name); not copied",
-                            info.path,
-                            from.location()
-                        ))
-                    })
-                }
-                Err(e) => {
-                    return note(&|r| {
-                        r.problems
-                            .push(format!("{}: cannot be read at the source: {e}", info.path))
-                    })
-                }
-            };
-            let size = spool.len();
-            if damaged_at_target {
-                if let Err(e) = to.delete(&info.path) {
-                    return note(&|r| {
-                        r.problems.push(format!(
-                            "{}: damaged at the target and cannot be removed: {e}",
-                            info.path
-                        ))
-                    });
-                }
-            }
-            let source = spool.into_source();
-            match to.put_from(&info.path, source.clone()) {
-                Ok(Put::Created) => note(&|r| {
-                    if damaged_at_target {
-                        r.repaired += 1;
-                    } else {
-                        r.copied += 1;
-                    }
-                    r.bytes += size;
-                }),
-                Ok(Put::AlreadyExisted) => note(&|r| r.present += 1),
-                Err(e) => note(&|r| {
-                    r.problems.push(format!(
-                        "{}: cannot be written to {}: {e}",
-                        info.path,
-                        to.location()
-                    ))
-                }),
-            }
-        });
+        let batch = &wanted[start..end];
         start = end;
+        if failed && current >= LEDGER_STAGE {
+            let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+            r.problems.push(format!(
+                "{} objects of {}/ not copied yet: they name objects that could not be copied \
+                 (above); the next sync copies them once those are",
+                batch.len(),
+                batch[0].path.split('/').next().unwrap_or_default()
+            ));
+            continue;
+        }
+        let ok = if current == LEDGER_STAGE {
+            let mut by_dataset: Vec<&[crate::site::ObjectInfo]> = Vec::new();
+            let mut i = 0;
+            while i < batch.len() {
+                let dataset = ledger_dataset(&batch[i].path);
+                let n = batch[i..]
+                    .iter()
+                    .position(|o| ledger_dataset(&o.path) != dataset)
+                    .unwrap_or(batch.len() - i);
+                by_dataset.push(&batch[i..i + n]);
+                i += n;
+            }
+            by_dataset
+                .par_iter()
+                .map(|entries| entries.iter().all(&copy))
+                .collect::<Vec<bool>>()
+                .into_iter()
+                .all(|ok| ok)
+        } else {
+            batch
+                .par_iter()
+                .with_max_len(1)
+                .map(&copy)
+                .collect::<Vec<bool>>()
+                .into_iter()
+                .all(|ok| ok)
+        };
+        failed |= !ok;
     }
     let mut report = report.into_inner().unwrap_or_else(|p| p.into_inner());
     report.problems.sort();

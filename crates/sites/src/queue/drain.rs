@@ -41,6 +41,9 @@ fn holds(site: &dyn Site, path: &str) -> std::result::Result<bool, SiteError> {
     }
 }
 
+/// The first write stage of what names ledger entries (entries, checkpoints, cosignatures).
+const ENTRY_STAGE: u8 = 6;
+
 enum Fetched {
     Spooled(Box<Spool>),
     Nowhere,
@@ -151,7 +154,9 @@ pub fn drain(
     let mut blocked_stage: Option<u8> = None;
     for (_, path) in paths {
         let stage = write_stage(path);
-        if blocked_stage.is_some_and(|b| stage > b) {
+        // Ledger entries (and what names them) in write order too: one that could not be
+        // copied holds back every later one, so the site keeps a prefix of each history.
+        if blocked_stage.is_some_and(|b| stage > b || (stage == b && stage >= ENTRY_STAGE)) {
             keep.push(path.clone());
             continue;
         }

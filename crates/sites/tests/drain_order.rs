@@ -1,0 +1,88 @@
+//! A drain cut at a ledger entry (the site refuses it, goes away) leaves the site holding a
+//! prefix of each history: every later entry of the queue waits for the next drain, so `verify`
+//! never finds an entry whose predecessor is missing (issue 19).
+
+use std::sync::Arc;
+
+use embassy_core::format::layout;
+use embassy_core::id::ObjectId;
+use embassy_core::progress::Silent;
+use embassy_core::site::{ObjectInfo, ObjectSink, Put, Site, SiteError};
+use embassy_sites::SiteQueue;
+use embassy_testkit::memory::MemorySite;
+
+/// A site that refuses to store one path.
+#[derive(Debug)]
+struct RefusesOne(Arc<MemorySite>, String);
+
+impl Site for RefusesOne {
+    fn location(&self) -> &str {
+        self.0.location()
+    }
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        if path == self.1 {
+            return Err(SiteError::Permanent {
+                site: self.location().into(),
+                operation: "put",
+                path: path.into(),
+                message: "Permission denied (the test)".into(),
+            });
+        }
+        self.0.put(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
+        self.0.get(path)
+    }
+    fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
+        self.0.get_to(path, sink)
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
+        self.0.get_range(path, offset, len)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
+        self.0.list(prefix)
+    }
+    fn delete(&self, path: &str) -> Result<(), SiteError> {
+        self.0.delete(path)
+    }
+}
+
+#[test]
+fn a_drain_stops_a_history_at_the_first_entry_it_cannot_copy() {
+    let state = tempfile::tempdir().unwrap();
+    let from = Arc::new(MemorySite::named("memory:from"));
+    let to = Arc::new(MemorySite::named("memory:to"));
+    // The target holds the vault (its configuration): a queue drain, not a full comparison.
+    for site in [&from, &to] {
+        site.put(layout::CONFIG, b"config").unwrap();
+    }
+    let entries: Vec<String> = (1..=4u64)
+        .map(|seq| {
+            let bytes = format!("entry {seq}").into_bytes();
+            let path = layout::ledger_entry("reg", seq, &ObjectId::of(&bytes));
+            from.put(&path, &bytes).unwrap();
+            path
+        })
+        .collect();
+    let queue = SiteQueue::open(state.path(), "memory:to").unwrap();
+    for p in &entries {
+        queue.record_missing(p).unwrap();
+    }
+    let target = RefusesOne(to.clone(), entries[1].clone());
+    let sources: Vec<Arc<dyn Site>> = vec![from.clone()];
+    let report = embassy_sites::drain(&queue, &target, &sources, &Silent).unwrap();
+    let held = to.lock();
+    assert!(held.contains_key(&entries[0]));
+    for p in &entries[1..] {
+        assert!(
+            !held.contains_key(p),
+            "{p} copied although entry 2 before it is missing: {report:?}"
+        );
+    }
+    drop(held);
+    assert_eq!(report.remaining, 3, "{report:?}");
+    // The next drain, the site writable again, copies the rest.
+    let report = embassy_sites::drain(&queue, to.as_ref(), &sources, &Silent).unwrap();
+    assert_eq!(report.remaining, 0, "{report:?}");
+    assert!(entries.iter().all(|p| to.lock().contains_key(p)));
+}
