@@ -243,10 +243,13 @@ impl FetchFolder {
                     e,
                 )
             })?;
+        // Below the state folder given when the data directory's owner can reach it there;
+        // in the fetch folder otherwise, as without one (a private state folder of root's).
         let state = match &cli.state_dir {
-            Some(dir) => Self::state_below(dir, &path)?,
-            None => path.join(FETCH_STATE),
-        };
+            Some(dir) => Self::state_below(dir, &path, owner)?,
+            None => None,
+        }
+        .unwrap_or_else(|| path.join(FETCH_STATE));
         let folder = Self {
             path,
             state,
@@ -265,8 +268,15 @@ impl FetchFolder {
     }
 
     /// The state folder of the `wal-fetch` of fetch folder `fetch` below the state folder
-    /// `dir`: `<dir>/wal-fetch/<folder name>-<hash of its path>` (one per restore).
-    fn state_below(dir: &Path, fetch: &Path) -> Result<PathBuf> {
+    /// `dir`: `<dir>/wal-fetch/<folder name>-<hash of its path>` (one per restore), an absolute
+    /// path (PostgreSQL runs the command in the data directory); `None` when `owner`, who runs
+    /// it, cannot pass through every folder above it.
+    fn state_below(dir: &Path, fetch: &Path, owner: Option<(u32, u32)>) -> Result<Option<PathBuf>> {
+        let dir = std::path::absolute(dir)
+            .map_err(|e| Error::io(format!("finding the path of {}", dir.display()), e))?;
+        if !reachable_by(&dir, owner) {
+            return Ok(None);
+        }
         let name = fetch
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -280,7 +290,7 @@ impl FetchFolder {
             .mode(0o711)
             .create(&parent)
             .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-        Ok(parent.join(format!("{name}-{}", &hash[..16])))
+        Ok(Some(parent.join(format!("{name}-{}", &hash[..16]))))
     }
 
     fn fill(
@@ -392,6 +402,29 @@ impl FetchFolder {
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Whether `owner` (this process's user when `None`) may pass through `dir` and every folder
+/// above it (search permission by owner, group or others; root passes everywhere).
+fn reachable_by(dir: &Path, owner: Option<(u32, u32)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = owner.filter(|(uid, _)| *uid != current_uid()) else {
+        return true;
+    };
+    if uid == 0 {
+        return true;
+    }
+    dir.ancestors()
+        .all(|folder| match std::fs::metadata(folder) {
+            Ok(m) => {
+                let mode = m.mode();
+                (m.uid() == uid && mode & 0o100 != 0)
+                    || (m.uid() != uid && m.gid() == gid && mode & 0o010 != 0)
+                    || (m.uid() != uid && m.gid() != gid && mode & 0o001 != 0)
+            }
+            // Not made yet: its parent decides (the folders made here are 0711).
+            Err(_) => true,
+        })
 }
 
 /// Runs the `restore_command` without an environment: it sets its own.

@@ -187,10 +187,27 @@ impl Drop for Stopper {
 }
 
 /// The restore's state folder (in its fetch folder beside the data directory).
+/// The state folder of the restore's `wal-fetch`: below the `--state-dir` the restore was given
+/// (`state/wal-fetch/<name>.wal-fetch-<hash>`: the tests' restores run as the data directory's
+/// owner, who reaches it), else in the fetch folder beside the data directory.
 fn state_of(data: &Path) -> PathBuf {
     let mut name = data.file_name().unwrap().to_os_string();
     name.push(".wal-fetch");
-    data.parent().unwrap().join(name).join("state")
+    // The environment's folder holds `state/` and `restores/<data>`.
+    let below = data
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("state")
+        .join("wal-fetch");
+    let prefix = format!("{}-", name.to_string_lossy());
+    std::fs::read_dir(&below)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .unwrap_or_else(|| data.parent().unwrap().join(name).join("state"))
 }
 
 fn fetch_log(data: &Path) -> String {

@@ -208,7 +208,20 @@ fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
     let written = t.elapsed();
     let conf = std::fs::read_to_string(latest_dir.join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains("wal-fetch --partial --prefetch"), "{conf}");
-    let fetch_log = root.join("latest.wal-fetch/state/wal-fetch.log");
+    // wal-fetch's state folder: below the restore's --state-dir when the data directory's owner
+    // reaches it there (`state/wal-fetch/latest.wal-fetch-<hash>`), else in the fetch folder.
+    let fetch_state = std::fs::read_dir(env.path("state").join("wal-fetch"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("latest.wal-fetch-")
+        })
+        .map(|e| e.path())
+        .unwrap_or_else(|| root.join("latest.wal-fetch/state"));
+    let fetch_log = fetch_state.join("wal-fetch.log");
     let latest = Restored::start(latest_dir);
     latest.wait_open(Duration::from_secs(120));
     println!(

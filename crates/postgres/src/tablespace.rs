@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
 use embassy_core::format::tree::{NodeKind, Tree};
-use embassy_core::id::ObjectId;
+use embassy_core::id::ChunkId;
 use embassy_core::progress::Progress;
 use embassy_sources::files::{self, RestoreOptions};
 use embassy_sources::selection::Patterns;
@@ -280,7 +280,7 @@ pub fn check_layouts(reader: &VersionReader, placed: &[PlacedTablespace]) -> Res
         .transpose()
         .map_err(PgError::Vault)?
         .unwrap_or_default();
-    let read = |id: &ObjectId| reader.read_tree(id).map_err(PgError::Vault);
+    let read = |id: &ChunkId| reader.read_tree(id).map_err(PgError::Vault);
     for p in placed {
         let oid = p.oid.to_string();
         let Some(node) = pg_tblspc.find(oid.as_bytes()) else {
@@ -299,7 +299,7 @@ pub fn check_layouts(reader: &VersionReader, placed: &[PlacedTablespace]) -> Res
 fn check_layout(
     oid: u32,
     tree: &Tree,
-    read: &dyn Fn(&ObjectId) -> Result<Tree, PgError>,
+    read: &dyn Fn(&ChunkId) -> Result<Tree, PgError>,
 ) -> Result<(), PgError> {
     let refused = |path: &[u8], why: &str| {
         PgError::Restore(format!(
@@ -346,7 +346,8 @@ fn is_version_folder(name: &[u8]) -> bool {
         return false;
     };
     let mut parts = rest.split(|b| *b == b'_');
-    let digits = |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    let digits =
+        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
     digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
 }
 
@@ -459,7 +460,7 @@ mod tests {
     fn a_tablespace_holds_only_postgresqls_layout() {
         use embassy_core::format::tree::Node;
         use std::collections::HashMap;
-        let node = |name: &str, kind: NodeKind, subtree: Option<ObjectId>| Node {
+        let node = |name: &str, kind: NodeKind, subtree: Option<ChunkId>| Node {
             name: name.as_bytes().to_vec(),
             kind,
             mode: 0o600,
@@ -473,10 +474,10 @@ mod tests {
             subtree,
             target: None,
         };
-        let mut trees: HashMap<ObjectId, Tree> = HashMap::new();
+        let mut trees: HashMap<ChunkId, Tree> = HashMap::new();
         let mut put = |nodes: Vec<Node>| {
             let tree = Tree { nodes };
-            let id = ObjectId::of(&tree.encode());
+            let id = ChunkId(embassy_core::id::ObjectId::of(&tree.encode()).0);
             trees.insert(id, tree);
             id
         };
@@ -490,7 +491,7 @@ mod tests {
         let deep = (0..5).fold(None, |below, i| {
             Some(put(vec![node(&format!("d{i}"), NodeKind::Dir, below)]))
         });
-        let read = |id: &ObjectId| {
+        let read = |id: &ChunkId| {
             trees
                 .get(id)
                 .cloned()
@@ -501,15 +502,30 @@ mod tests {
         check_layout(16400, &fine, &read).unwrap();
         check_layout(16400, &top(vec![]), &read).unwrap();
         for (bad, why) in [
-            (top(vec![node("authorized_keys", NodeKind::File, None)]), "authorized_keys"),
-            (top(vec![node("cron", NodeKind::Dir, Some(database))]), "cron"),
-            (top(vec![node("PG_15_x", NodeKind::Dir, Some(database))]), "PG_15_x"),
-            (top(vec![node("PG_15_1", NodeKind::Symlink, None)]), "PG_15_1"),
+            (
+                top(vec![node("authorized_keys", NodeKind::File, None)]),
+                "authorized_keys",
+            ),
+            (
+                top(vec![node("cron", NodeKind::Dir, Some(database))]),
+                "cron",
+            ),
+            (
+                top(vec![node("PG_15_x", NodeKind::Dir, Some(database))]),
+                "PG_15_x",
+            ),
+            (
+                top(vec![node("PG_15_1", NodeKind::Symlink, None)]),
+                "PG_15_1",
+            ),
             (
                 top(vec![node("PG_15_1", NodeKind::Dir, Some(linked_database))]),
                 "PG_15_1/16390/16384",
             ),
-            (top(vec![node("PG_15_1", NodeKind::Dir, deep)]), "lies too deep"),
+            (
+                top(vec![node("PG_15_1", NodeKind::Dir, deep)]),
+                "lies too deep",
+            ),
         ] {
             let e = check_layout(16400, &bad, &read).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("nothing was written"), "{e}");

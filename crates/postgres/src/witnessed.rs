@@ -82,9 +82,7 @@ pub fn reaches(info: &BaseBackupInfo, target: &RecoveryTarget) -> bool {
     match target {
         RecoveryTarget::Latest => true,
         RecoveryTarget::Time(t) => info.stopped_at_ns <= *t,
-        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => {
-            info.stop_lsn <= *l
-        }
+        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => info.stop_lsn <= *l,
     }
 }
 
