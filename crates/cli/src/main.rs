@@ -17,6 +17,7 @@ mod pgrestore;
 mod prune;
 mod replay;
 mod secrets;
+mod stop;
 
 use std::io::Write;
 use std::path::PathBuf;

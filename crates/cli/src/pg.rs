@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -74,47 +73,12 @@ pub struct PgStreamArgs {
     pub durable_log: Option<PathBuf>,
 }
 
-/// Arguments of `embassy wal-fetch`.
-#[derive(Args)]
-pub struct WalFetchArgs {
-    /// Dataset.
-    pub dataset: String,
-    /// WAL file name PostgreSQL asks for (`%f`).
-    pub wal_file: String,
-    /// Where to write it (`%p`).
-    pub dest: PathBuf,
-    /// Serve the newest, incomplete segment zero-padded (standby, latest restore).
-    #[arg(long)]
-    pub partial: bool,
-    /// Spool folder of the fetch helper (default: `replay-spool` in the state folder).
-    #[arg(long)]
-    pub spool: Option<PathBuf>,
-    /// Keep this many segments fetched ahead of PostgreSQL by one long-lived helper per restore
-    /// (0: every call fetches from the vault itself).
-    #[arg(long, default_value_t = 0)]
-    pub prefetch: usize,
-    /// Segments the helper fetches at once.
-    #[arg(long, default_value_t = 2)]
-    pub prefetch_parallel: usize,
-    /// Internal: run as the fetch helper (started by the first `wal-fetch` of a restore).
-    #[arg(long, hide = true)]
-    pub serve_spool: bool,
-    /// Keep retrying a site that fails transiently (unreachable, timing out, busy) for this many
-    /// seconds before stopping recovery.
-    #[arg(long, env = "EMBASSY_WAL_FETCH_RETRY_SECONDS", default_value_t = 60)]
-    pub retry_seconds: u64,
-}
+pub use crate::replay::WalFetchArgs;
 
 /// `wal-fetch`'s exit status when it cannot answer: above 125, so PostgreSQL aborts recovery
 /// (FATAL) instead of taking the file for missing and ending recovery early. Exit 1 means only
 /// that the vault proves the file does not exist.
 pub const WAL_FETCH_STOP_RECOVERY: u8 = 200;
-
-pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
-
-pub(crate) extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 /// Runs a `pg` subcommand.
 pub fn run(cli: &Cli, command: &PgCommand) -> Result<ExitCode> {
@@ -136,8 +100,14 @@ fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
     cfg.durable_log = args.durable_log.clone();
     // SAFETY: installing an async-signal-safe handler (one atomic store) at startup.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            crate::stop::on_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            crate::stop::on_signal as *const () as libc::sighandler_t,
+        );
     }
     if !cli.quiet && !cli.json {
         eprintln!(
@@ -147,7 +117,8 @@ fn stream(cli: &Cli, args: &PgStreamArgs) -> Result<ExitCode> {
             args.slot
         );
     }
-    let progress = WalStreamer::run(&cfg, &vault, &keyring, &STOP).map_err(Error::from)?;
+    let progress =
+        WalStreamer::run(&cfg, &vault, &keyring, &crate::stop::STOP).map_err(Error::from)?;
     if cli.json {
         crate::print_json(json!({
             "ok": true,

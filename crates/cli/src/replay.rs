@@ -5,14 +5,45 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
 use embassy_postgres::replay::{self, HelperOptions, Spool};
 use embassy_postgres::PgError;
 
-use crate::pg::WalFetchArgs;
 use crate::Cli;
+
+/// Arguments of `embassy wal-fetch` (beside the fetch helper, which reads them too).
+#[derive(Args)]
+pub struct WalFetchArgs {
+    /// Dataset.
+    pub dataset: String,
+    /// WAL file name PostgreSQL asks for (`%f`).
+    pub wal_file: String,
+    /// Where to write it (`%p`).
+    pub dest: PathBuf,
+    /// Serve the newest, incomplete segment zero-padded (standby, latest restore).
+    #[arg(long)]
+    pub partial: bool,
+    /// Spool folder of the fetch helper (default: `replay-spool` in the state folder).
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+    /// Keep this many segments fetched ahead of PostgreSQL by one long-lived helper per restore
+    /// (0: every call fetches from the vault itself).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: usize,
+    /// Segments the helper fetches at once.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch_parallel: usize,
+    /// Internal: run as the fetch helper (started by the first `wal-fetch` of a restore).
+    #[arg(long, hide = true)]
+    pub serve_spool: bool,
+    /// Keep retrying a site that fails transiently (unreachable, timing out, busy) for this many
+    /// seconds before stopping recovery.
+    #[arg(long, env = "EMBASSY_WAL_FETCH_RETRY_SECONDS", default_value_t = 60)]
+    pub retry_seconds: u64,
+}
 
 /// How long a `wal-fetch` waits for a segment the running helper is fetching before it asks
 /// the vault itself.
@@ -96,11 +127,11 @@ pub fn helper(cli: &Cli, args: &WalFetchArgs) -> Result<std::process::ExitCode, 
     unsafe {
         libc::signal(
             libc::SIGINT,
-            crate::pg::on_signal as *const () as libc::sighandler_t,
+            crate::stop::on_signal as *const () as libc::sighandler_t,
         );
         libc::signal(
             libc::SIGTERM,
-            crate::pg::on_signal as *const () as libc::sighandler_t,
+            crate::stop::on_signal as *const () as libc::sighandler_t,
         );
     }
     let vault = crate::open_vault(cli)?;
@@ -139,7 +170,7 @@ pub fn helper(cli: &Cli, args: &WalFetchArgs) -> Result<std::process::ExitCode, 
         &opts,
         first.as_deref(),
         &restore_over,
-        &crate::pg::STOP,
+        &crate::stop::STOP,
         &log,
     )?;
     note(

@@ -9,6 +9,8 @@ pub mod base_backup;
 pub mod error;
 pub mod fetch;
 pub mod lsn;
+/// Giving restored files to the database's owner.
+mod owner;
 pub mod replay;
 pub mod replication;
 pub mod restore;
@@ -18,6 +20,7 @@ pub mod standby;
 pub mod status;
 pub mod stream;
 pub mod tablespace;
+pub mod target;
 pub mod tls;
 pub mod wal;
 pub mod walend;

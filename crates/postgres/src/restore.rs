@@ -11,7 +11,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -22,28 +21,9 @@ use embassy_sources::files::{self, RestoreOptions};
 
 use crate::base_backup::{list_base_backups, BaseBackupInfo};
 use crate::error::PgError;
-use crate::lsn::Lsn;
 use crate::restored_conf::{self, Neutralised, OVERRIDES};
 use crate::tablespace::{self, PlacedTablespace, Relocation};
-
-/// Where recovery stops.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecoveryTarget {
-    /// The end of the WAL the vault holds.
-    Latest,
-    /// The last transaction committed at or before this time (ns since the Unix epoch).
-    Time(i64),
-    /// This WAL position (inclusive).
-    Lsn(Lsn),
-    /// A named restore point (`pg_create_restore_point`, a consistency group's point):
-    /// recovery stops just after its record, exactly there.
-    RestorePoint {
-        /// Its name (`recovery_target_name`).
-        name: String,
-        /// The WAL position just after its record (to choose the base backup).
-        lsn: Lsn,
-    },
-}
+pub use crate::target::RecoveryTarget;
 
 /// How the restored server should run: recover to a target and promote, or follow as a standby.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +84,7 @@ pub fn choose_base_backup<'a>(
     backups
         .iter()
         .rev()
-        .find(|(_, info)| crate::witnessed::reaches(info, target))
+        .find(|(_, info)| crate::target::reaches(info, target))
 }
 
 /// Quotes one argument for the shell PostgreSQL runs `restore_command` with.
@@ -416,7 +396,7 @@ pub fn prepare_data_dir(
         }
     }
     if let Some((uid, gid)) = owner {
-        chown_tree(dir, uid, gid)?;
+        crate::owner::chown_tree(dir, uid, gid)?;
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(io(format!("setting mode 0700 on {}", dir.display())))?;
@@ -434,34 +414,6 @@ fn remove_unless_dir(path: &Path) -> Result<(), PgError> {
         Ok(_) => fs::remove_file(path).map_err(io(format!("removing {}", path.display()))),
         Err(_) => Ok(()),
     }
-}
-
-/// Gives every file and folder under `dir` (links not followed) to `uid:gid`.
-pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| PgError::Restore(format!("{} has a NUL byte", p.display())))?;
-        // SAFETY: c is a valid NUL-terminated path; lchown does not keep it.
-        if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
-            return Err(PgError::Restore(format!(
-                "giving {} to uid {uid}: {}; run the restore as root or as the database's owner",
-                p.display(),
-                std::io::Error::last_os_error()
-            )));
-        }
-        let meta = fs::symlink_metadata(&p).map_err(io(format!("reading {}", p.display())))?;
-        if meta.is_dir() {
-            for entry in fs::read_dir(&p).map_err(io(format!("listing {}", p.display())))? {
-                stack.push(
-                    entry
-                        .map_err(io(format!("listing {}", p.display())))?
-                        .path(),
-                );
-            }
-        }
-    }
-    Ok(())
 }
 
 fn target_text(target: &RecoveryTarget) -> String {
@@ -622,6 +574,8 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lsn::Lsn;
+    use std::os::unix::ffi::OsStrExt;
 
     /// A backup shaped by a compromised source host (red team): signal files and pg_wal as
     /// links to files the restoring root must not write, postgresql.auto.conf a FIFO.

@@ -395,7 +395,7 @@ pub fn restore_tablespaces(
             files::restore(reader, &p.location, &options, progress).map_err(PgError::Vault)?;
         }
         if let Some((uid, gid)) = owner {
-            crate::restore::chown_tree(&p.location, uid, gid)?;
+            crate::owner::chown_tree(&p.location, uid, gid)?;
         }
         let link = data_dir.join("pg_tblspc").join(&oid);
         if let Ok(meta) = fs::symlink_metadata(&link) {
@@ -411,7 +411,7 @@ pub fn restore_tablespaces(
         std::os::unix::fs::symlink(&p.location, &link)
             .map_err(io(format!("linking {}", link.display())))?;
         if let Some((uid, gid)) = owner {
-            crate::restore::chown_tree(&link, uid, gid)?;
+            crate::owner::chown_tree(&link, uid, gid)?;
         }
     }
     Ok(())

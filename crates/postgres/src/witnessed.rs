@@ -7,7 +7,7 @@ use embassy_core::engine::vault::{Vault, Version};
 
 use crate::base_backup::BaseBackupInfo;
 use crate::error::PgError;
-use crate::restore::RecoveryTarget;
+use crate::target::{reaches, RecoveryTarget};
 use crate::wal::WalListing;
 
 /// A restore that started from an older, witnessed base backup because the newest one that
@@ -75,15 +75,6 @@ pub fn trusted_base_backup(
         ));
     }
     Err(PgError::Vault(unwitnessed))
-}
-
-/// True when a recovery to `target` can start from this base backup.
-pub fn reaches(info: &BaseBackupInfo, target: &RecoveryTarget) -> bool {
-    match target {
-        RecoveryTarget::Latest => true,
-        RecoveryTarget::Time(t) => info.stopped_at_ns <= *t,
-        RecoveryTarget::Lsn(l) | RecoveryTarget::RestorePoint { lsn: l, .. } => info.stop_lsn <= *l,
-    }
 }
 
 /// True when the streamed WAL of `timeline` (pieces and segments) runs without a gap from
