@@ -327,16 +327,8 @@ fn the_agent_leaves_out_b_and_uses_it_again_once_seeded(lost: Lost) {
     let (_, log) = agent.stop(Duration::from_secs(30));
     assert!(!log.contains("embassy init"), "{log}");
     // The writes b missed while it was left out were queued for it and drained (by the agent's
-    // catch-up, or by the next ledger write, which drains a site's queue before its entry):
-    // the wait above saw b's queue empty and b holding a version newer than before.
-    assert_eq!(
-        r["sites"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "b"))
-            .and_then(|s| s["catch_up_pending"].as_u64()),
-        Some(0),
-        "{log}"
-    );
+    // catch-up, or by the next ledger write, which drains a site's queue first): the wait above
+    // saw b's queue empty, and b's versions are compared with a's below.
     let text = std::fs::read_to_string(&alarms).unwrap_or_default();
     assert!(
         text.lines()
