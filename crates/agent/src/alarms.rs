@@ -19,11 +19,15 @@ use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 use crate::config::Config;
 use crate::state::{AgentState, RaisedAlarm};
-use crate::status::{Colour, DatasetRow};
+use crate::status::{Colour, DatasetRow, GroupRow};
 
 /// The `site` of a restore drill's alarm (a failed or overdue drill is the dataset's, not a
 /// site's).
 pub const DRILL_SITE: &str = "drill";
+
+/// The `site` of a consistency group's alarm (its `dataset` is the group's ledger,
+/// `group.<name>`): raised when a group point is overdue, by [`evaluate_groups`].
+pub const GROUP_SITE: &str = "group";
 
 /// One alarm or clearance to deliver.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +125,7 @@ pub fn evaluate(rows: &[DatasetRow], state: &AgentState, now: i64) -> Vec<Notice
         }
     }
     for (key, a) in &state.alarms {
-        if !still_red.contains(key) {
+        if a.site != GROUP_SITE && !still_red.contains(key) {
             let (lag, rpo) = rows
                 .iter()
                 .find(|r| r.name == a.dataset)
@@ -142,6 +146,47 @@ pub fn evaluate(rows: &[DatasetRow], state: &AgentState, now: i64) -> Vec<Notice
                 lag_seconds: lag,
                 rpo_seconds: rpo,
                 message: format!("{} at {}: healthy again", a.dataset, a.site),
+                at: now,
+                kind: a.kind,
+            });
+        }
+    }
+    out
+}
+
+/// The alarms of consistency groups: raised once when a group's point is overdue (no point
+/// recorded within its interval and grace, so a group restore reaches only an older instant),
+/// cleared once a point is recorded again. Keyed `group.<name>@group`; alarms of groups no
+/// longer configured are cleared.
+pub fn evaluate_groups(groups: &[GroupRow], state: &AgentState, now: i64) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let mut still_red = std::collections::HashSet::new();
+    for g in groups.iter().filter(|g| g.overdue) {
+        let dataset = embassy_core::format::layout::group_ledger(&g.name);
+        let key = format!("{dataset}@{GROUP_SITE}");
+        still_red.insert(key.clone());
+        if !state.alarms.contains_key(&key) {
+            out.push(Notice {
+                event: "raised",
+                dataset,
+                site: GROUP_SITE.into(),
+                lag_seconds: None,
+                rpo_seconds: g.interval_seconds,
+                message: format!("group {}: {}", g.name, g.reason()),
+                at: now,
+                kind: g.state.last_error_kind.filter(|_| g.state.consecutive_failures > 0),
+            });
+        }
+    }
+    for (key, a) in &state.alarms {
+        if a.site == GROUP_SITE && !still_red.contains(key) {
+            out.push(Notice {
+                event: "cleared",
+                dataset: a.dataset.clone(),
+                site: a.site.clone(),
+                lag_seconds: None,
+                rpo_seconds: 0.0,
+                message: format!("{}: a group point was recorded again", a.dataset),
                 at: now,
                 kind: a.kind,
             });

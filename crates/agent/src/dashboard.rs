@@ -235,7 +235,35 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
             esc(&verify)
         );
     }
-    h.push_str("</ul>\n<p class=\"meta\">Machine-readable: <a href=\"/status.json\">/status.json</a> · <a href=\"/metrics\">/metrics</a></p>\n</body></html>\n");
+    h.push_str("</ul>\n");
+    if !report.groups.is_empty() {
+        h.push_str("<h2>Consistency groups</h2><ul class=\"groups\">");
+        for g in &report.groups {
+            let last = match (g.last_point, &g.last_point_at) {
+                (Some(n), Some(at)) => format!("point {n} at {at}"),
+                _ => "no point yet".into(),
+            };
+            let failures = match &g.last_error {
+                Some(e) if g.consecutive_failures > 0 => {
+                    format!("; {} failed attempt(s), the last: {e}", g.consecutive_failures)
+                }
+                _ => String::new(),
+            };
+            let _ = write!(
+                h,
+                "<li class=\"{cls}\" id=\"group-{name}\"><b>{name}</b>{overdue} ({members}): {last}, every {every}{failures}</li>",
+                cls = if g.overdue { "error" } else { "" },
+                name = esc(&g.name),
+                overdue = if g.overdue { " OVERDUE" } else { "" },
+                members = esc(&g.members.join(", ")),
+                last = esc(&last),
+                every = human_seconds(g.interval_seconds),
+                failures = esc(&failures),
+            );
+        }
+        h.push_str("</ul>\n");
+    }
+    h.push_str("<p class=\"meta\">Machine-readable: <a href=\"/status.json\">/status.json</a> · <a href=\"/metrics\">/metrics</a></p>\n</body></html>\n");
     h
 }
 

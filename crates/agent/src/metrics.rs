@@ -224,6 +224,37 @@ pub fn metrics(report: &StatusReport) -> String {
         "gauge",
         per_dataset(&|d| d.drill.as_ref().map(|x| f64::from(u8::from(x.overdue)))),
     );
+    let per_group = |f: &dyn Fn(&crate::report::GroupStatus) -> Option<f64>| {
+        report
+            .groups
+            .iter()
+            .filter_map(|g| f(g).map(|v| (format!("group=\"{}\"", label(&g.name)), v)))
+            .collect::<Vec<(String, f64)>>()
+    };
+    family(
+        "embassy_group_point_last_timestamp_seconds",
+        "When the agent last recorded a point of the consistency group (Unix seconds).",
+        "gauge",
+        per_group(&|g| g.last_point_at_unix.map(|t| t as f64)),
+    );
+    family(
+        "embassy_group_point_number",
+        "The number of the consistency group's last point the agent recorded.",
+        "gauge",
+        per_group(&|g| g.last_point.map(|n| n as f64)),
+    );
+    family(
+        "embassy_group_point_failures",
+        "Attempts to take a point of the consistency group that failed since its last point.",
+        "gauge",
+        per_group(&|g| Some(f64::from(g.consecutive_failures))),
+    );
+    family(
+        "embassy_group_point_overdue",
+        "1 when no point of the consistency group was recorded within its interval and grace.",
+        "gauge",
+        per_group(&|g| Some(f64::from(u8::from(g.overdue)))),
+    );
     family(
         "embassy_alarms_raised",
         "Alarms raised and not cleared.",

@@ -29,6 +29,8 @@ pub struct StatusReport {
     pub sites: Vec<SiteStatus>,
     /// Every dataset, in configuration order, with one cell per site.
     pub datasets: Vec<DatasetStatus>,
+    /// Every consistency group (`[[groups]]`), in configuration order.
+    pub groups: Vec<GroupStatus>,
     /// The alarms raised and not cleared.
     pub alarms: Vec<AlarmStatus>,
     /// Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
@@ -146,6 +148,37 @@ pub struct DrillStatus {
     pub overdue: bool,
     /// The last one failed or could not run.
     pub failed: bool,
+}
+
+/// A consistency group's points.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub name: String,
+    /// Its member datasets.
+    pub members: Vec<String>,
+    /// How often a point is due, in seconds.
+    pub interval_seconds: f64,
+    /// The last point's number (none: no point recorded by this agent yet).
+    pub last_point: Option<u64>,
+    /// The group ledger's entry recording it.
+    pub last_point_seq: Option<u64>,
+    /// When it was recorded, UTC.
+    pub last_point_at: Option<String>,
+    /// The same, Unix seconds.
+    pub last_point_at_unix: Option<i64>,
+    /// Milliseconds between its first and last member's restore point.
+    pub last_point_spread_ms: Option<f64>,
+    /// Attempts that failed since the last point.
+    pub consecutive_failures: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Its kind.
+    pub last_error_kind: Option<ErrorKind>,
+    /// When the next point is (was) due, UTC.
+    pub due_at: String,
+    /// No point within the interval and its grace: red, an alarm is raised.
+    pub overdue: bool,
 }
 
 /// One dataset at one site.
@@ -316,6 +349,27 @@ pub fn report(
             problem_kind: a.kind,
         })
         .collect();
+    let groups = crate::status::group_rows(config, state, now_ns / 1_000_000_000)
+        .into_iter()
+        .map(|g| {
+            let last = g.state.last_point.as_ref();
+            GroupStatus {
+                last_point: last.map(|p| p.number),
+                last_point_seq: last.map(|p| p.seq),
+                last_point_at: last.map(|p| utc_secs(p.at)),
+                last_point_at_unix: last.map(|p| p.at),
+                last_point_spread_ms: last.map(|p| p.spread_ms),
+                consecutive_failures: g.state.consecutive_failures,
+                last_error: g.state.last_error.clone(),
+                last_error_kind: g.state.last_error_kind,
+                due_at: utc_secs(g.due_at),
+                overdue: g.overdue,
+                name: g.name,
+                members: g.members,
+                interval_seconds: g.interval_seconds,
+            }
+        })
+        .collect::<Vec<_>>();
     let mut problems: BTreeMap<ErrorKind, usize> =
         ErrorKind::ALL.into_iter().map(|k| (k, 0)).collect();
     for s in &sites {
@@ -324,11 +378,12 @@ pub fn report(
         }
     }
     StatusReport {
-        ok: datasets.iter().all(|d| d.colour != Colour::Red),
+        ok: datasets.iter().all(|d| d.colour != Colour::Red) && groups.iter().all(|g| !g.overdue),
         generated_at: embassy_core::time::utc(now_ns),
         config: config.path.clone(),
         sites,
         datasets,
+        groups,
         alarms,
         problems,
     }

@@ -24,30 +24,21 @@ pub fn open_vault(config: &Config, cancel: &Arc<AtomicBool>) -> Result<Vault, Ru
     ))?)
 }
 
-/// Takes one point of consistency group `group` (`[[groups]]`), as `embassy group point` does,
-/// and says what was recorded.
+/// Takes one point of consistency group `group` (`[[groups]]`), as `embassy group point` does.
 pub fn group_point(
     config: &Config,
     keyring: &Keyring,
     cancel: &Arc<AtomicBool>,
     group: &str,
-) -> Result<String, RunError> {
+) -> Result<embassy_ops::group::PointTaken, RunError> {
     let spec = config
         .group_spec(group)
         .ok_or_else(|| RunError::Config(format!("no group \"{group}\" in the configuration")))?;
     let vault = open_vault(config, cancel)?;
     let signer = keyring.signer()?;
     let wait = std::time::Duration::from_secs(60);
-    let taken = embassy_ops::group::take_point(&vault, &signer, &spec, wait)
-        .map_err(embassy_core::Error::from)?;
-    Ok(format!(
-        "group {group}: point {} recorded (entry {}), restore points {:.1} ms apart, durable \
-         after {:.1} s",
-        taken.point.number,
-        taken.seq,
-        taken.spread.as_secs_f64() * 1e3,
-        taken.waited.as_secs_f64()
-    ))
+    Ok(embassy_ops::group::take_point(&vault, &signer, &spec, wait)
+        .map_err(embassy_core::Error::from)?)
 }
 
 /// How the agent opens the vault: every configured site, `min_sites`, its state folder, the

@@ -54,6 +54,10 @@ enum Done {
         elapsed: Duration,
         result: Result<embassy_ops::drill::DrillReport, RunError>,
     },
+    GroupPoint {
+        group: String,
+        result: Result<embassy_ops::group::PointTaken, RunError>,
+    },
     Looked {
         snaps: Vec<SiteSnapshot>,
         delivered: Vec<alarms::Notice>,
@@ -172,8 +176,7 @@ impl Agent {
             if !options.once {
                 self.continuous();
                 self.start_due_drills();
-                self.group_points
-                    .tick(&self.config, &self.keyring, &self.cancel);
+                self.tick_group_points();
             }
             if let Some(at) = self.next_verify {
                 let allowed = !options.once
@@ -550,6 +553,7 @@ impl Agent {
                     elapsed,
                     result,
                 } => self.finish_drill(dataset, elapsed, result),
+                Done::GroupPoint { group, result } => self.finish_group_point(group, result),
             }
         }
     }

@@ -67,6 +67,37 @@ pub struct DrillState {
     pub kind: Option<ErrorKind>,
 }
 
+/// A consistency group's points as the agent took them (`[[groups]]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GroupState {
+    /// When the agent first saw the group in its configuration (Unix seconds): the first
+    /// point is due one interval after.
+    pub first_seen: i64,
+    /// The last point the agent recorded.
+    pub last_point: Option<GroupPointState>,
+    /// Attempts that failed since the last point was recorded.
+    pub consecutive_failures: u32,
+    /// The last failure, for people.
+    pub last_error: Option<String>,
+    /// Its kind (integrity, outage, source, config, keys).
+    pub last_error_kind: Option<ErrorKind>,
+    /// When it happened (Unix seconds).
+    pub last_error_at: Option<i64>,
+}
+
+/// A group point the agent recorded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GroupPointState {
+    /// When it was recorded (Unix seconds).
+    pub at: i64,
+    /// Its number in the group.
+    pub number: u64,
+    /// The group ledger's entry that records it.
+    pub seq: u64,
+    /// Milliseconds between the first and the last member's restore point.
+    pub spread_ms: f64,
+}
+
 /// The last keyless verification of one site.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct VerifyState {
@@ -116,6 +147,9 @@ pub struct AgentState {
     /// Lag history by `dataset@site`: (Unix seconds, lag seconds; negative = no data).
     #[serde(default)]
     pub history: BTreeMap<String, Vec<(i64, f64)>>,
+    /// Per consistency group.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupState>,
 }
 
 /// The state file in a state folder.

@@ -383,6 +383,73 @@ pub fn drill_row(
     }
 }
 
+/// A consistency group's points as judged: the last one, and whether the next is overdue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    /// The group.
+    pub name: String,
+    /// Its member datasets.
+    pub members: Vec<String>,
+    /// How often a point is due, in seconds.
+    pub interval_seconds: f64,
+    /// What the agent remembers of its points.
+    pub state: crate::state::GroupState,
+    /// When the next point was due (Unix seconds).
+    pub due_at: i64,
+    /// No point was recorded within the interval and a grace of a tenth of it (at least a
+    /// second, at most a day): a group restore can only reach an older instant.
+    pub overdue: bool,
+}
+
+impl GroupRow {
+    /// Why it is red, for people.
+    pub fn reason(&self) -> String {
+        let last = match &self.state.last_point {
+            Some(p) => format!("last point {} at {}", p.number, utc_secs(p.at)),
+            None => "no point yet".to_string(),
+        };
+        match &self.state.last_error {
+            Some(e) if self.state.consecutive_failures > 0 => format!(
+                "group point overdue since {} ({last}); {} failed attempt(s), the last: {e}",
+                utc_secs(self.due_at),
+                self.state.consecutive_failures
+            ),
+            _ => format!("group point overdue since {} ({last})", utc_secs(self.due_at)),
+        }
+    }
+}
+
+/// Judges every consistency group of `config`: a point is due `interval` after the last one
+/// was recorded (or after the agent first saw the group), overdue once the drill's grace (a
+/// tenth of the interval, between 1 s and 1 day) has passed since.
+pub fn group_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<GroupRow> {
+    config
+        .groups
+        .iter()
+        .map(|g| {
+            let st = state.groups.get(&g.name).cloned().unwrap_or(crate::state::GroupState {
+                first_seen: now_s,
+                ..Default::default()
+            });
+            let interval_s = i64::try_from(g.interval.as_secs()).unwrap_or(i64::MAX);
+            let grace = (interval_s / 10).clamp(1, 86_400);
+            let due_at = st
+                .last_point
+                .as_ref()
+                .map_or(st.first_seen, |p| p.at)
+                .saturating_add(interval_s);
+            GroupRow {
+                name: g.name.clone(),
+                members: g.members.clone(),
+                interval_seconds: g.interval.as_secs_f64(),
+                overdue: now_s > due_at.saturating_add(grace),
+                due_at,
+                state: st,
+            }
+        })
+        .collect()
+}
+
 /// Judges every dataset of `config` at every site.
 pub fn rows(
     config: &Config,

@@ -467,6 +467,7 @@ fn the_status_document_keeps_its_documented_fields() {
             "config",
             "sites",
             "datasets",
+            "groups",
             "alarms",
             "problems"
         ])

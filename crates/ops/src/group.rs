@@ -234,6 +234,27 @@ pub fn take_point(
     let number = recorded_points(vault, group)?
         .last()
         .map_or(1, |(_, _, p)| p.number + 1);
+    // A signer without the right would record a point every verifier takes for noise: refuse
+    // before any restore point is created, naming the credential it needs.
+    let ledger_name = layout::group_ledger(group);
+    let history = vault.history_full(&ledger_name)?;
+    let key = signer.verifying_key().to_bytes();
+    if !vault
+        .authority(&ledger_name, &history.records)
+        .may(&key, ledger::Right::AddVersions)
+    {
+        return Err(GroupError::Vault(embassy_core::Error::Refused {
+            kind: embassy_core::ErrorKind::Keys,
+            problem: format!(
+                "this key may not sign group {group}'s ledger {ledger_name}, so its points would \
+                 be noise to every verifier; no restore point was created"
+            ),
+            way_out: embassy_core::error::WayOut::Grant {
+                dataset: ledger_name,
+                grant: embassy_core::error::Grant::Seal,
+            },
+        }));
+    }
     let point_name = restore_point_name(group, number);
     // Sessions first, so the points themselves are created one round trip apart.
     let mut sessions = Vec::new();

@@ -72,8 +72,13 @@ impl Agent {
                 *lock(&shared.snapshots) = snaps.clone();
                 let now_ns = embassy_core::format::config::now_unix_nanos();
                 let rows = status::rows(&config, &snaps, &state, now_ns);
+                let now = now_ns / 1_000_000_000;
+                let groups = status::group_rows(&config, &state, now);
                 let mut delivered = Vec::new();
-                for n in alarms::evaluate(&rows, &state, now_ns / 1_000_000_000) {
+                let notices = alarms::evaluate(&rows, &state, now)
+                    .into_iter()
+                    .chain(alarms::evaluate_groups(&groups, &state, now));
+                for n in notices {
                     let label = if n.event == "raised" {
                         "ALARM"
                     } else {
