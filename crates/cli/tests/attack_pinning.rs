@@ -638,6 +638,45 @@ fn future_dated_checkpoint_cannot_freeze_witnessing() {
 // Attack 8: credentials issued after a rotation
 // ---------------------------------------------------------------------------------------------
 
+/// Under a witness quorum a fresh client (home lost, no remembered heads) restoring the
+/// newest version from a site that withholds one unwitnessed ledger entry gets the gap, as
+/// without a quorum, never a silent restore of the older witnessed version (red team 5, #7);
+/// the witnessed version is taken when asked for by number.
+#[test]
+fn a_withheld_entry_under_a_witness_quorum_is_a_gap_not_a_silent_older_restore() {
+    let w = World::new(1);
+    let key = w.key.clone();
+    w.backup("home", &key, "registry", &data(1));
+    assert_eq!(w.witness("witness").code, 0);
+    w.backup("home", &key, "registry", &data(2));
+    w.backup("home", &key, "registry", &data(3));
+    let ledger = w.site.join("ledger/registry");
+    let second: Vec<PathBuf> = std::fs::read_dir(&ledger)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("0000000000000002-"))
+        })
+        .collect();
+    assert_eq!(second.len(), 1, "{second:?}");
+    std::fs::rename(&second[0], w.path("withheld-entry")).unwrap();
+
+    let (r, bytes) = w.restore("fresh", &key, "registry");
+    refused(
+        "restore of the newest past a withheld entry",
+        &r,
+        3,
+        &["entry 2 is missing", "restore registry@1 to take it"],
+    );
+    assert!(bytes.is_empty(), "{r:?}");
+    let (r, bytes) = w.restore("fresh-2", &key, "registry@1");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(bytes, data(1));
+}
+
 #[test]
 fn rotation_then_keys_issue_works() {
     let w = World::new(0);

@@ -374,18 +374,36 @@ impl Vault {
         };
         let quorum = self.config.witness_quorum;
         if matches!(selector, None | Some("latest")) {
-            return self
-                .versions(dataset)?
-                .into_iter()
-                .rev()
-                .find(|v| v.seq <= limit)
-                .ok_or_else(|| Error::Unwitnessed {
+            // The same rule as without witnesses: a gap or an unresolved fork hides entries
+            // beyond it, so "the newest" cannot be proved, and the newest witnessed version is
+            // taken only when asked for by number (a site withholding one entry must not turn
+            // a restore of the newest into a silent restore of an older version).
+            let (versions, problems) = self.versions_full(dataset)?;
+            let witnessed = versions.into_iter().rev().find(|v| v.seq <= limit);
+            if !problems.is_empty() {
+                return Err(Error::History {
                     dataset: dataset.into(),
                     problem: format!(
-                        "dataset {dataset} has no version that {quorum} witnesses have \
-                             cosigned yet"
+                        "the newest version cannot be proved: {}; {}",
+                        problems.join("; "),
+                        match &witnessed {
+                            Some(v) => format!(
+                                "the newest witnessed version before it is {}: restore \
+                                 {dataset}@{} to take it",
+                                v.number, v.number
+                            ),
+                            None => "no witnessed version before it".to_string(),
+                        }
                     ),
                 });
+            }
+            return witnessed.ok_or_else(|| Error::Unwitnessed {
+                dataset: dataset.into(),
+                problem: format!(
+                    "dataset {dataset} has no version that {quorum} witnesses have \
+                         cosigned yet"
+                ),
+            });
         }
         let version = self.find_version(dataset, selector)?;
         if version.seq > limit {
