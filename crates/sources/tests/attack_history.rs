@@ -404,6 +404,27 @@ fn still_active_key_fork_is_unresolved_until_the_root_revokes_the_rogue_signer()
     honest_still_works(&w, &fresh, &[1, 3, 4, 5], &[&rogue]);
 }
 
+/// A fork a rule decided against entries of a signer the history still trusts (`k`): verify
+/// names the left-out entry as a problem and the newest version is not offered as proved (an
+/// honest writer's versions may be on that branch: a site hid them while another appended);
+/// once the root revokes `k`, its entry is a rogue's noise and nothing is reported.
+fn displaced_until_revoked(w: &World, vault: &Vault, k: &SigningKey, rogue: &Record) {
+    let r = report(vault);
+    assert!(!r.is_ok(), "a displaced entry of a trusted signer passes verify");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("leaves out 1 entries") && p.contains(&rogue.id.short())),
+        "{:?}",
+        r.problems
+    );
+    let err = w.restore(vault, None).unwrap_err().to_string();
+    assert!(err.contains("cannot be proved"), "{err}");
+    w.revoke(vault, k);
+    let history = w.fresh().history_full(DS).unwrap();
+    assert!(history.displaced.is_empty(), "{:?}", history.displaced);
+}
+
 /// Owner versions 1, K added (2), owner versions 3..5 each with a checkpoint by the owner's
 /// writer key; K forks at 3. Nothing root-signed follows the fork.
 fn fork_below_a_trusted_head(w: &World) -> (SigningKey, Record) {
@@ -421,13 +442,16 @@ fn fork_below_a_trusted_head(w: &World) -> (SigningKey, Record) {
 #[test]
 fn fork_below_a_checkpointed_head_is_resolved_by_the_checkpoint() {
     let w = World::new();
-    let (_k, rogue) = fork_below_a_trusted_head(&w);
+    let (k, rogue) = fork_below_a_trusted_head(&w);
     let fresh = w.fresh();
     let history = fresh.history_full(DS).unwrap();
     assert!(history.conflict.is_none(), "{:?}", history.problems(DS));
     let noise = history.rejected.iter().find(|r| r.id == rogue.id).unwrap();
     assert!(noise.reason.contains("checkpointed"), "{}", noise.reason);
-    honest_still_works(&w, &fresh, &[1, 3, 4, 5], &[&rogue]);
+    // K is still trusted: its left-out entry is reported (a rogue, or a writer a site hid
+    // entries from), and the newest version is not offered as proved, until the root decides.
+    displaced_until_revoked(&w, &fresh, &k, &rogue);
+    honest_still_works(&w, &w.fresh(), &[1, 3, 4, 5], &[&rogue]);
 }
 
 #[test]
@@ -452,6 +476,7 @@ fn fork_below_a_remembered_head_is_resolved_by_the_remembered_state() {
     assert_eq!(history.records.len(), 5);
     let noise = history.rejected.iter().find(|r| r.id == rogue.id).unwrap();
     assert!(noise.reason.contains("remembered"), "{}", noise.reason);
+    displaced_until_revoked(&w, &stateful, &k, &rogue);
     assert!(
         w.restore(&stateful, None).unwrap() == payload(5),
         "restored bytes differ"
@@ -662,4 +687,45 @@ fn a_site_listing_objects_it_does_not_hold_changes_nothing() {
         w.restore(&lying, None).unwrap() == payload(2),
         "restored bytes differ"
     );
+}
+
+/// Red team 5, #1: the site hides the newest entries (versions the source host's sealing
+/// credential stored) while a root client with no memory of them appends at their sequence
+/// number (a drill, a root backup), then serves them again. The root-signed branch is
+/// followed, but the hidden versions are reported as left out (verify fails, the newest
+/// version is not offered as proved), never taken for noise behind a "vault OK".
+#[test]
+fn entries_a_site_hid_while_the_root_appended_are_reported_not_noise() {
+    let w = World::new();
+    let vault = w.fresh();
+    let owner = w.owner(&vault);
+    w.backup(&vault, &owner, 1);
+    let (sealing, _k) = w.credential("source-host");
+    assert_eq!(w.backup(&w.fresh(), &sealing, 3).seq, 3);
+    assert_eq!(w.backup(&w.fresh(), &sealing, 4).seq, 4);
+    // The site hides entries 3 and 4.
+    let mut hidden = Vec::new();
+    for r in [w.record(3), w.record(4)] {
+        let path = path_of(&r);
+        hidden.push((path.clone(), w.site.get(&path).unwrap()));
+        w.site.delete(&path).unwrap();
+    }
+    // A root client that never saw them appends at 3.
+    let root_client = w.fresh();
+    assert_eq!(w.backup(&root_client, &owner, 5).seq, 3);
+    for (path, bytes) in &hidden {
+        w.site.put(path, bytes).unwrap();
+    }
+    let fresh = w.fresh();
+    let r = report(&fresh);
+    assert!(!r.is_ok(), "the hidden versions were dropped behind a passing verify");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("fork at entry 3") && p.contains("leaves out 2 entries")),
+        "{:?}",
+        r.problems
+    );
+    let err = w.restore(&fresh, None).unwrap_err().to_string();
+    assert!(err.contains("cannot be proved"), "{err}");
 }

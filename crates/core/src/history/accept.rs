@@ -120,6 +120,10 @@ pub struct History {
     pub damage: Vec<String>,
     /// An unresolved fork after the accepted history.
     pub conflict: Option<Conflict>,
+    /// Forks a rule decided against a branch holding entries of signers the accepted history
+    /// still trusts (a site withheld entries from a writer, or writers raced): integrity
+    /// failures, since the versions on that branch are real and no longer in the history.
+    pub displaced: Vec<String>,
 }
 
 impl History {
@@ -133,12 +137,14 @@ impl History {
         ids
     }
 
-    /// Integrity failures (damage and an unresolved fork), one line each.
+    /// Integrity failures (damage, an unresolved fork, history a fork displaced), one line
+    /// each.
     pub fn problems(&self, dataset: &str) -> Vec<String> {
         let mut out = self.damage.clone();
         if let Some(c) = &self.conflict {
             out.push(c.describe(dataset));
         }
+        out.extend(self.displaced.iter().cloned());
         out
     }
 
@@ -310,6 +316,9 @@ struct Walk {
     rejected: Vec<Rejected>,
     conflict: Option<Conflict>,
     signers_at_end: Vec<[u8; 32]>,
+    /// Forks decided against branches that hold entries of signers still trusted at the end
+    /// of the accepted history: one problem line each.
+    displaced: Vec<String>,
 }
 
 impl Walk {
@@ -491,7 +500,8 @@ fn resolve_fork(
         let winner_index = left[0];
         let winner_id = branches[winner_index].records[0].id;
         let mut winner = None;
-        for (i, b) in branches.into_iter().enumerate() {
+        let mut losers = Vec::new();
+        for (i, mut b) in branches.into_iter().enumerate() {
             if i == winner_index {
                 winner = Some(b);
                 continue;
@@ -506,13 +516,50 @@ fn resolve_fork(
                     ),
                 ));
             }
-            out.rejected.extend(b.rejected);
+            out.rejected.extend(std::mem::take(&mut b.rejected));
+            losers.push(b);
         }
         if let Some(w) = winner {
+            // Entries on a losing branch by signers the accepted history still trusts were
+            // made in good faith (a revoked signer's are a rogue's, decided by the root): their
+            // versions are real, so leaving them out is a problem to report, never noise.
+            for b in &losers {
+                let trusted: Vec<&Record> = b
+                    .records
+                    .iter()
+                    .filter(|r| w.signers_at_end.contains(&r.entry.signer))
+                    .collect();
+                if trusted.is_empty() {
+                    continue;
+                }
+                let what = trusted
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "entry {} {} ({}, signed by {})",
+                            r.entry.seq,
+                            r.id.short(),
+                            r.entry.event.name(),
+                            &hex::encode(r.entry.signer)[..16]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                out.displaced.push(format!(
+                    "fork at entry {seq}: the accepted history follows {} ({rule}), which leaves \
+                     out {} entries of signers this dataset still trusts: {what}; a site \
+                     withheld them from a writer, or two writers raced. Their data is still \
+                     stored: compare this site's ledger with the other sites', and have the \
+                     root revoke the signer only if it is rogue",
+                    winner_id.short(),
+                    trusted.len()
+                ));
+            }
             out.records.extend(w.records);
             out.rejected.extend(w.rejected);
             out.conflict = w.conflict;
             out.signers_at_end = w.signers_at_end;
+            out.displaced.extend(w.displaced);
         }
         return;
     }
@@ -693,6 +740,7 @@ pub fn load(
         .rejected
         .sort_by(|a, b| (a.seq, &a.path).cmp(&(b.seq, &b.path)));
     history.conflict = walked.conflict;
+    history.displaced = walked.displaced;
     Ok(history)
 }
 
