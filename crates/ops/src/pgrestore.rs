@@ -380,7 +380,7 @@ impl FetchFolder {
 
 /// Whether `owner` (this process's user when `None`) may pass through `dir` and every folder
 /// above it (search permission by owner, group or others; root passes everywhere).
-fn reachable_by(dir: &Path, owner: Option<(u32, u32)>) -> bool {
+pub(crate) fn reachable_by(dir: &Path, owner: Option<(u32, u32)>) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Some((uid, gid)) = owner.filter(|(uid, _)| *uid != current_uid()) else {
         return true;
@@ -500,7 +500,7 @@ fn preflight(command: &str, owner: Option<(u32, u32)>) -> Result<()> {
     )))
 }
 
-fn current_uid() -> u32 {
+pub(crate) fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
