@@ -1,6 +1,7 @@
 //! `embassy drill DATASET...`: restore drills (embassy-ops's `drill`): the newest version of
-//! each dataset restored into a scratch folder, checked byte for byte, RTO and RPO measured,
-//! and the result signed into the ledger. `embassy drill --report`: the newest recorded drill
+//! each dataset restored into a scratch folder, checked byte for byte (a PostgreSQL dataset:
+//! replayed, started and checked, see `embassy_ops::pgdrill`), RTO and RPO measured, and the
+//! result signed into the ledger. `embassy drill --report`: the newest recorded drill
 //! of every dataset, read without keys, as a table for an auditor (or JSON).
 
 use std::path::PathBuf;
