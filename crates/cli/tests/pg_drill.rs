@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use embassy_testkit::pg::cli::{arg, PgCli};
-use embassy_testkit::pg::{PgOptions, PgServer};
+use embassy_testkit::pg::{alive, PgOptions, PgServer};
 use embassy_testkit::wait_until;
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
@@ -173,6 +173,39 @@ fn a_postgres_drill_replays_to_the_newest_durable_point_checks_and_records_the_r
         "the live server was touched"
     );
 
+    // A drill killed while its server runs (a check that sleeps holds it there) leaves its
+    // scratch folder and an orphaned server: the next drill stops that server and removes it.
+    let mut killed = env
+        .cmd(&[
+            "drill",
+            "registry",
+            "--scratch",
+            arg(&scratch),
+            "--no-record",
+            "--check",
+            "select pg_sleep(60) is not null",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut orphan = 0;
+    wait_until("the drill's server running", Duration::from_secs(120), || {
+        orphan = left_in(&scratch)
+            .iter()
+            .filter_map(|d| {
+                std::fs::read_to_string(scratch.join(d).join("data/postmaster.pid")).ok()
+            })
+            .find_map(|t| t.lines().next()?.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        orphan > 0
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(killed.id() as i32, libc::SIGKILL) };
+    killed.wait().unwrap();
+    assert!(alive(orphan), "the killed drill's server is not running");
+    assert_eq!(left_in(&scratch).len(), 1, "no leftover scratch folder");
+
     // Run as root, with a check that returns false: the server runs as postgres, the drill
     // fails (exit 3) and is recorded as failed.
     let out = env
@@ -212,6 +245,7 @@ fn a_postgres_drill_replays_to_the_newest_durable_point_checks_and_records_the_r
         Vec::<String>::new(),
         "scratch left behind"
     );
+    assert!(!alive(orphan), "the killed drill's server still runs");
     assert_eq!(
         live_identity(&pg),
         live_before,

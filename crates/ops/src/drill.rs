@@ -106,6 +106,7 @@ pub fn run(vault: &Vault, request: &DrillRequest, keyring: &Keyring) -> Result<D
             dataset,
             options,
             &scratch.path,
+            &version,
             request.allow_unwitnessed,
             started,
         )?;

@@ -130,12 +130,14 @@ fn check(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> Dr
 /// Runs the PostgreSQL drill of `dataset` in `scratch` (private, owned by the server's user).
 /// Damage found while restoring and a server that does not open are failed checks; a vault or
 /// site that cannot be read is an error.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
     options: &PgDrillOptions,
     scratch: &Path,
+    newest: &Version,
     allow_unwitnessed: bool,
     started: Instant,
 ) -> Result<PgDrilled> {
@@ -152,7 +154,21 @@ pub(crate) fn run(
         relocations: &[],
         fetch: &options.fetch,
     };
-    let (done, fetch) = crate::pgrestore::restore(vault, keyring, &request, &Silent)?;
+    let (done, fetch) = match crate::pgrestore::restore(vault, keyring, &request, &Silent) {
+        Ok(restored) => restored,
+        // Damage found while restoring: a failed drill, recorded as such.
+        Err(e) if e.is_integrity() => {
+            return Ok(PgDrilled {
+                version: newest.clone(),
+                lsn: None,
+                checks: vec![check("restore", false, e.to_string())],
+                rto_ms: millis(started.elapsed()),
+                rpo_ms: anchors.rpo_ms(newest.captured_at_ns, None),
+                tables: Vec::new(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
     let drilled = run_server(&done.version, &data, scratch, options, started, &anchors);
     // The state folder of the restore's wal-fetch may lie outside the scratch folder.
     fetch.remove();

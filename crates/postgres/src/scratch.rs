@@ -283,7 +283,16 @@ pub fn stop_leftover(data: &Path) {
     // SAFETY: pid is a postmaster whose working folder is the leftover data directory.
     unsafe { libc::kill(pid, libc::SIGQUIT) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && Path::new(&format!("/proc/{pid}")).exists() {
+    while Instant::now() < deadline && running(pid) {
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// True while `pid` exists and is not a zombie (an orphan's parent may be slow to reap it).
+fn running(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
