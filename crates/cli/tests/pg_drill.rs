@@ -190,16 +190,20 @@ fn a_postgres_drill_replays_to_the_newest_durable_point_checks_and_records_the_r
         .spawn()
         .unwrap();
     let mut orphan = 0;
-    wait_until("the drill's server running", Duration::from_secs(120), || {
-        orphan = left_in(&scratch)
-            .iter()
-            .filter_map(|d| {
-                std::fs::read_to_string(scratch.join(d).join("data/postmaster.pid")).ok()
-            })
-            .find_map(|t| t.lines().next()?.trim().parse::<i32>().ok())
-            .unwrap_or(0);
-        orphan > 0
-    });
+    wait_until(
+        "the drill's server running",
+        Duration::from_secs(120),
+        || {
+            orphan = left_in(&scratch)
+                .iter()
+                .filter_map(|d| {
+                    std::fs::read_to_string(scratch.join(d).join("data/postmaster.pid")).ok()
+                })
+                .find_map(|t| t.lines().next()?.trim().parse::<i32>().ok())
+                .unwrap_or(0);
+            orphan > 0
+        },
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(killed.id() as i32, libc::SIGKILL) };
     killed.wait().unwrap();
