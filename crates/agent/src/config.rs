@@ -177,6 +177,11 @@ pub struct DatasetConfig {
     pub selection: FileSelection,
     /// How often to run a restore drill (`drill = "7d"`; none: never).
     pub drill: Option<Duration>,
+    /// PostgreSQL drills: SQL checks that must each return true on the restored server
+    /// (`drill_checks = ["select count(*) > 0 from persons"]`).
+    pub drill_checks: Vec<String>,
+    /// PostgreSQL drills: the database the checks run in (default `postgres`).
+    pub drill_database: Option<String>,
 }
 
 /// A consistency group (`[[groups]]`): datasets restored to one instant.

@@ -360,6 +360,34 @@ pub fn verify_site(location: &str) -> Result<String, RunError> {
     Ok(verification.summary())
 }
 
+/// How the agent drills a PostgreSQL dataset: its restored server's `restore_command` reaches
+/// the configured sites with the agent's state folder, runs as the `postgres` user when the
+/// agent runs as root, and runs the dataset's `drill_checks` in its `drill_database`. None for
+/// other datasets.
+fn postgres_drill(
+    config: &Config,
+    dataset: &str,
+) -> Result<Option<embassy_ops::pgdrill::PgDrillOptions>, RunError> {
+    let Some(d) = config.datasets.iter().find(|d| d.name == dataset) else {
+        return Ok(None);
+    };
+    if !matches!(d.source, crate::config::Source::Postgres { .. }) {
+        return Ok(None);
+    }
+    let fetch = embassy_ops::pgrestore::FetchSetup::this_program(
+        config.locations(),
+        Some(config.agent.min_sites),
+        Some(config.agent.state_dir.clone()),
+    )?;
+    let owner = embassy_ops::pgrestore::owner(None)?;
+    let mut options = embassy_ops::pgdrill::PgDrillOptions::new(fetch, owner);
+    options.checks = d.drill_checks.clone();
+    if let Some(db) = &d.drill_database {
+        options.check_database = db.clone();
+    }
+    Ok(Some(options))
+}
+
 /// One restore drill of `dataset` (embassy-ops's `drill`): the newest version restored into a
 /// scratch folder under the agent's state folder (`drills`), checked, measured and recorded in
 /// the ledger. A drill that ran comes back `Ok`, passed or not; `Err` when it could not run.
@@ -371,11 +399,13 @@ pub fn drill_dataset(
 ) -> Result<embassy_ops::drill::DrillReport, RunError> {
     let vault = open_vault(config, cancel)?;
     let scratch = config.agent.state_dir.join("drills");
+    let postgres = postgres_drill(config, dataset)?;
     let request = embassy_ops::drill::DrillRequest {
         dataset,
         scratch: &scratch,
         allow_unwitnessed: false,
         record: true,
+        postgres: postgres.as_ref(),
     };
     Ok(embassy_ops::drill::run(&vault, &request, keyring)?)
 }

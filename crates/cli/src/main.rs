@@ -119,8 +119,10 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
     Restore(cmd::restore::RestoreArgs),
-    /// Restore drill: restore the newest version into a scratch folder, check every byte,
-    /// measure RTO and RPO, sign the result into the ledger (`--report`: the last drills).
+    /// Restore drill: restore the newest version into a scratch folder, check every byte (a
+    /// PostgreSQL dataset: replay to the newest durable WAL, start PostgreSQL on a private
+    /// socket, pg_amcheck, row counts, --check SQL), measure RTO and RPO, sign the result into
+    /// the ledger (`--report`: the last drills).
     Drill(cmd::drill::DrillArgs),
     /// Consistency groups: take a group point now (`group point G`), list points (`group points G`);
     /// `restore --group G` brings every member back to one point.

@@ -16,122 +16,17 @@ use embassy_testkit::wait_until;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embassy_testkit::pg::{free_port, PgOptions, PgServer};
 
-use embassy_testkit::cli::{postgres_home, PASS};
+use embassy_testkit::cli::PASS;
+use embassy_testkit::pg::cli::PgCli;
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-/// A vault, key file and passphrase file in a folder owned by `postgres`.
-struct Env {
-    dir: tempfile::TempDir,
-    ids: (u32, u32),
-}
-
-impl Env {
-    fn new() -> Self {
-        let (dir, ids) = postgres_home("embassy-pgr-");
-        let env = Env { dir, ids };
-        let out = env.cmd(&["init"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// An embassy command as the postgres user.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(EXE);
-        c.arg("--site")
-            .arg(self.path("site"))
-            .arg("--key-file")
-            .arg(self.path("vault.key"))
-            .arg("--passphrase-file")
-            .arg(self.path("pass"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--quiet")
-            .args(args)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE")
-            .env_remove("EMBASSY_STATE_DIR")
-            .env_remove("EMBASSY_PASSPHRASE")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .uid(self.ids.0)
-            .gid(self.ids.1);
-        c
-    }
-
-    /// Runs a command that must fail; returns what it said on stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(!out.status.success(), "embassy {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "embassy {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn durable(&self) -> u64 {
-        std::fs::read_to_string(self.path("durable.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn stream(&self, pg: &PgServer) -> Child {
-        let log = self.path("durable.log");
-        self.cmd(&[
-            "pg",
-            "stream",
-            "registry",
-            "--conninfo",
-            &pg.conninfo(),
-            "--slot",
-            "embassy_wal",
-            "--create-slot",
-            "--durable-log",
-            log.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("embassy runs")
-    }
-}
-
-/// Stops a child process (SIGTERM, then wait) when dropped, also when a test fails.
-struct Stopper(Child);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// The folder restores go into: owned by postgres.
-fn restore_root(env: &Env) -> PathBuf {
+fn restore_root(env: &PgCli) -> PathBuf {
     let p = env.path("restores");
     std::fs::create_dir_all(&p).unwrap();
     std::os::unix::fs::chown(&p, Some(env.ids.0), Some(env.ids.1)).unwrap();
@@ -146,8 +41,8 @@ fn dir_arg(p: &Path) -> &str {
 fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
     let pg = PgServer::start(PgOptions::default());
     pg.pgbench(&["-i", "-s", "2", "-q"]);
-    let env = Env::new();
-    let _streamer = Stopper(env.stream(&pg));
+    let env = PgCli::new(EXE, "embassy-pgr-");
+    let _streamer = env.stream(&pg, "registry");
     wait_until(
         "the streamer's first durable WAL",
         Duration::from_secs(30),
@@ -336,7 +231,7 @@ fn base_backups_alone_restore_and_store_only_changed_pages() {
     let pg = PgServer::start(PgOptions::default());
     pg.pgbench(&["-i", "-s", "8", "-q"]); // pgbench_accounts: 800,000 rows, ~100 MB
     pg.psql("CHECKPOINT");
-    let env = Env::new();
+    let env = PgCli::new(EXE, "embassy-pgr-");
     let msg = env.fails(&[
         "restore",
         "registry",
@@ -607,7 +502,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn restored_code_gets_only_a_reader_credential_and_settings_that_run_code_are_off() {
     let pg = PgServer::start(PgOptions::default());
     pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 1000)");
-    let env = Env::new();
+    let env = PgCli::new(EXE, "embassy-pgr-");
     let other = env.path("other-src");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("secret.txt"), "another registry").unwrap();
@@ -857,7 +752,7 @@ fn restored_code_gets_only_a_reader_credential_and_settings_that_run_code_are_of
 fn s3_keys_reach_the_restore_command_in_a_file_of_its_own() {
     let pg = PgServer::start(PgOptions::default());
     pg.psql("CREATE TABLE t(v int); INSERT INTO t SELECT generate_series(1, 500)");
-    let env = Env::new();
+    let env = PgCli::new(EXE, "embassy-pgr-");
     let moto = s3::moto();
     let bucket = s3::unique_bucket("pgkeys");
     let cfg = s3::s3_config(&moto.endpoint, &bucket, "vault");

@@ -10,95 +10,28 @@
 //! Everything runs as the `postgres` user (the tests run as root). Figures are printed
 //! (`cargo test ... -- --nocapture`).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use embassy_testkit::cli::postgres_home;
+use embassy_testkit::pg::cli::PgCli;
 use embassy_testkit::pg::restored::Restored;
 use embassy_testkit::pg::{PgOptions, PgServer};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 
-/// A vault, key file and passphrase file in a folder owned by `postgres`.
-struct Env {
-    dir: tempfile::TempDir,
-    ids: (u32, u32),
-}
-
-impl Env {
-    fn new() -> Self {
-        let (dir, ids) = postgres_home("embassy-pgts-");
-        let env = Env { dir, ids };
-        env.run(&["init"]);
-        env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A new folder owned by postgres.
-    fn folder(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::create_dir_all(&p).unwrap();
-        std::os::unix::fs::chown(&p, Some(self.ids.0), Some(self.ids.1)).unwrap();
-        p
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(EXE);
-        c.arg("--site")
-            .arg(self.path("site"))
-            .arg("--key-file")
-            .arg(self.path("vault.key"))
-            .arg("--passphrase-file")
-            .arg(self.path("pass"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--quiet")
-            .args(args)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE")
-            .env_remove("EMBASSY_STATE_DIR")
-            .env_remove("EMBASSY_PASSPHRASE")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .uid(self.ids.0)
-            .gid(self.ids.1);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "embassy {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(!out.status.success(), "embassy {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn base_backup(&self, pg: &PgServer) -> serde_json::Value {
-        let out = self.run(&[
-            "--json",
-            "pg",
-            "base-backup",
-            "registry",
-            "--conninfo",
-            &pg.conninfo(),
-        ]);
-        serde_json::from_str(&out).unwrap()
-    }
+/// The vault's base backup of `pg` (WAL inside), as `--json` reports it.
+fn base_backup(env: &PgCli, pg: &PgServer) -> serde_json::Value {
+    let out = env.run(&[
+        "--json",
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+    ]);
+    serde_json::from_str(&out).unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -175,7 +108,7 @@ fn check_restored(dir: PathBuf) {
 #[test]
 fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
     let pg = PgServer::start(PgOptions::default());
-    let env = Env::new();
+    let env = PgCli::new(EXE, "embassy-pgts-");
     let ts1 = pg.root().join("ts1");
     let ts2 = pg.root().join("ts2");
     for ts in [&ts1, &ts2] {
@@ -233,7 +166,7 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
             });
         }
         std::thread::sleep(Duration::from_millis(300));
-        let first = env.base_backup(&pg);
+        let first = base_backup(&env, &pg);
         stop.store(true, Ordering::Relaxed);
         first
     });
@@ -242,7 +175,7 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
 
     // Restore to new locations through the map; the originals are untouched (the primary
     // still runs on them).
-    let restores = env.folder("restores");
+    let restores = env.postgres_folder("restores");
     let (new1, new2) = (restores.join("new-ts1"), restores.join("new-ts2"));
     let dir = restores.join("data");
     let out = env.run(&[
@@ -286,7 +219,7 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
         heap_pages += pages.trim().parse::<u64>().unwrap();
     }
     pg.psql("CHECKPOINT");
-    let second = env.base_backup(&pg);
+    let second = base_backup(&env, &pg);
     let second_stored = second["version"]["new_bytes_stored"].as_u64().unwrap();
     let second_chunks = second["version"]["new_chunks"].as_u64().unwrap();
     println!(
@@ -311,7 +244,7 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
     );
 
     // A tablespace folder that is not empty is refused, naming it; nothing is written.
-    let full = env.folder("restores/full");
+    let full = env.postgres_folder("restores/full");
     std::fs::write(full.join("keep.txt"), b"someone's files").unwrap();
     let refused = restores.join("refused");
     let msg = env.fails(&[

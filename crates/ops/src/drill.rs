@@ -37,6 +37,9 @@ pub struct DrillRequest<'a> {
     pub allow_unwitnessed: bool,
     /// Append the result to the ledger.
     pub record: bool,
+    /// How PostgreSQL datasets are drilled on this host (None: a PostgreSQL dataset is
+    /// refused).
+    pub postgres: Option<&'a crate::pgdrill::PgDrillOptions>,
 }
 
 /// What a drill restored.
@@ -47,6 +50,8 @@ pub enum DrillKind {
     Tree,
     /// A byte stream.
     Stream,
+    /// A PostgreSQL dataset: a base backup replayed to the newest durable WAL and started.
+    Postgres,
 }
 
 /// What a drill did and found.
@@ -64,6 +69,8 @@ pub struct DrillReport {
     pub files: u64,
     /// Bytes checked.
     pub bytes: u64,
+    /// PostgreSQL: the rows of every table of the restored server.
+    pub tables: Vec<crate::pgdrill::TableCount>,
     /// The ledger entry's sequence number, once recorded.
     pub recorded: Option<u64>,
     /// Why the result is not recorded, when asked to record it.
@@ -86,16 +93,55 @@ pub fn run(vault: &Vault, request: &DrillRequest, keyring: &Keyring) -> Result<D
     let version = vault.find_trusted_version(dataset, None, request.allow_unwitnessed)?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)?;
     if crate::restore::is_base_backup(&reader) {
-        return Err(Error::invalid(format!(
-            "dataset {dataset} is a PostgreSQL dataset: drills of PostgreSQL datasets are not \
-             built yet; restore it to a scratch folder and start PostgreSQL on it by hand"
-        )));
+        let Some(options) = request.postgres else {
+            return Err(Error::invalid(format!(
+                "dataset {dataset} is a PostgreSQL dataset, and this drill was given no way to \
+                 run PostgreSQL (its programs, the user it runs as, the sites for its WAL)"
+            )));
+        };
+        let scratch = Scratch::new(request.scratch, options.owner)?;
+        let drilled = crate::pgdrill::run(
+            vault,
+            keyring,
+            dataset,
+            options,
+            &scratch.path,
+            &version,
+            request.allow_unwitnessed,
+            started,
+        )?;
+        drop(scratch);
+        let passed = drilled.checks.iter().all(|c| c.passed);
+        let result = DrillResult {
+            version_seq: drilled.version.seq,
+            manifest: drilled.version.manifest,
+            lsn: drilled.lsn,
+            started_ns,
+            rto_ms: drilled.rto_ms,
+            rpo_ms: drilled.rpo_ms,
+            checks: drilled.checks,
+            passed,
+            host: host_name(),
+            tool: TOOL.into(),
+        };
+        let report = DrillReport {
+            dataset: dataset.to_string(),
+            kind: DrillKind::Postgres,
+            version: drilled.version.number,
+            result,
+            files: drilled.version.stats.files,
+            bytes: drilled.version.stats.bytes,
+            tables: drilled.tables,
+            recorded: None,
+            not_recorded: None,
+        };
+        return Ok(finish(vault, keyring, request, report));
     }
     let kind = match version.kind {
         VersionKind::Tree => DrillKind::Tree,
         VersionKind::Stream => DrillKind::Stream,
     };
-    let scratch = Scratch::new(request.scratch)?;
+    let scratch = Scratch::new(request.scratch, None)?;
     let mut checks = Vec::new();
     let mut rto_ms = 0;
     let (files, bytes) = match restore_and_check(&reader, &version, kind, &scratch.path, || {
@@ -134,23 +180,34 @@ pub fn run(vault: &Vault, request: &DrillRequest, keyring: &Keyring) -> Result<D
         host: host_name(),
         tool: TOOL.into(),
     };
-    let mut report = DrillReport {
+    let report = DrillReport {
         dataset: dataset.to_string(),
         kind,
         version: version.number,
         result,
         files,
         bytes,
+        tables: Vec::new(),
         recorded: None,
         not_recorded: None,
     };
+    Ok(finish(vault, keyring, request, report))
+}
+
+/// Records the drill's result when asked to.
+fn finish(
+    vault: &Vault,
+    keyring: &Keyring,
+    request: &DrillRequest,
+    mut report: DrillReport,
+) -> DrillReport {
     if request.record {
-        match record(vault, keyring, dataset, &report.result) {
+        match record(vault, keyring, request.dataset, &report.result) {
             Ok(seq) => report.recorded = Some(seq),
             Err(why) => report.not_recorded = Some(why),
         }
     }
-    Ok(report)
+    report
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -167,6 +224,11 @@ fn restore_and_check(
     complete: impl FnOnce(),
 ) -> Result<(DrillCheck, (DrillCheck, u64, u64))> {
     let checked = match kind {
+        DrillKind::Postgres => {
+            return Err(Error::invalid(
+                "a PostgreSQL base backup is drilled by starting PostgreSQL on it",
+            ))
+        }
         DrillKind::Tree => {
             let target = dir.join("tree");
             let stats =
@@ -349,19 +411,34 @@ pub fn never_drilled(vault: &Vault) -> Result<Vec<String>> {
 
 /// A private scratch folder for one drill, removed when dropped (on every path out of
 /// [`run`], errors and panics included). Folders of earlier drills whose process is gone
-/// (killed before it could clean up) are removed when the next drill starts.
+/// (killed before it could clean up) are removed when the next drill starts, after stopping
+/// a PostgreSQL server such a drill left running in one.
 struct Scratch {
     path: PathBuf,
 }
 
 impl Scratch {
-    fn new(parent: &Path) -> Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
+    /// A new scratch folder below `parent`, owned by `owner` (uid, gid) when given: the user a
+    /// restored PostgreSQL server runs as, who must then be able to pass through `parent`.
+    fn new(parent: &Path, owner: Option<(u32, u32)>) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(parent)
             .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        if let Some((uid, _)) = owner.filter(|(uid, _)| *uid != crate::pgrestore::current_uid()) {
+            // Passable (not listable) by the server's user; each drill's folder is its own.
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| Error::io(format!("setting mode 0711 on {}", parent.display()), e))?;
+            if !crate::pgrestore::reachable_by(parent, owner) {
+                return Err(Error::invalid(format!(
+                    "the restored server's user (uid {uid}) cannot reach the drill's scratch \
+                     folder {}: give a scratch folder below folders that user may pass through",
+                    parent.display()
+                )));
+            }
+        }
         sweep(parent);
         let name = format!(
             "drill-{}-{}",
@@ -373,7 +450,13 @@ impl Scratch {
             .mode(0o700)
             .create(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        Ok(Self { path })
+        let scratch = Self { path };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(&scratch.path, Some(uid), Some(gid)).map_err(|e| {
+                Error::io(format!("giving {} to uid {uid}", scratch.path.display()), e)
+            })?;
+        }
+        Ok(scratch)
     }
 }
 
@@ -399,6 +482,7 @@ fn sweep(parent: &Path) {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            embassy_postgres::scratch::stop_leftover(&entry.path().join("data"));
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -19,6 +19,8 @@ pub mod gc;
 pub mod group;
 pub mod init;
 pub mod open;
+pub mod pgdrill;
+pub mod pgrestore;
 pub mod prune;
 pub mod restore;
 pub mod status;

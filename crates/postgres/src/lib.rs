@@ -16,6 +16,7 @@ pub mod replication;
 pub mod restore;
 pub mod restore_point;
 pub mod restored_conf;
+pub mod scratch;
 pub mod standby;
 pub mod status;
 pub mod stream;

@@ -263,6 +263,19 @@ impl Parser<'_> {
                 }
             }
             let drill = drill.map(Spanned::into_inner);
+            // PostgreSQL drills: SQL checks that must return true, and their database.
+            let drill_checks = self.strings(
+                &mut f,
+                "drill_checks",
+                "a list of SQL queries returning true, like [\"select count(*) > 0 from persons\"]",
+            );
+            let drill_database = self
+                .string(
+                    &mut f,
+                    "drill_database",
+                    "a database name like \"registry\"",
+                )
+                .map(Spanned::into_inner);
             let span = f.span.clone();
             self.finish(
                 f,
@@ -278,6 +291,8 @@ impl Parser<'_> {
                     "classification",
                     "owner",
                     "drill",
+                    "drill_checks",
+                    "drill_database",
                 ],
             );
             // The schedule: a periodic dataset's versions, or a continuous one's base backups.
@@ -372,6 +387,8 @@ impl Parser<'_> {
                     owner,
                     selection: selection.unwrap_or_default(),
                     drill,
+                    drill_checks,
+                    drill_database,
                 });
             }
         }

@@ -272,6 +272,39 @@ impl<'t> Parser<'t> {
         out
     }
 
+    /// A list of non-empty strings (`expected` says what each is).
+    pub(super) fn strings(
+        &mut self,
+        f: &mut Fields<'_, '_>,
+        key: &str,
+        expected: &str,
+    ) -> Vec<String> {
+        let Some(v) = self.take(f, key) else {
+            return Vec::new();
+        };
+        let name = Self::field_name(f, key);
+        let DeValue::Array(items) = v.get_ref() else {
+            self.problem(
+                v.span(),
+                &name,
+                format!("expected {expected}, found {}", describe(v.get_ref())),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref().as_str() {
+                Some(s) if !s.trim().is_empty() => out.push(s.to_string()),
+                _ => self.problem(
+                    item.span(),
+                    &format!("{name}[{i}]"),
+                    format!("expected {expected}"),
+                ),
+            }
+        }
+        out
+    }
+
     pub(super) fn table<'a, 'i>(
         &mut self,
         f: &mut Fields<'a, 'i>,

@@ -1,6 +1,7 @@
 //! `embassy drill DATASET...`: restore drills (embassy-ops's `drill`): the newest version of
-//! each dataset restored into a scratch folder, checked byte for byte, RTO and RPO measured,
-//! and the result signed into the ledger. `embassy drill --report`: the newest recorded drill
+//! each dataset restored into a scratch folder, checked byte for byte (a PostgreSQL dataset:
+//! replayed, started and checked, see `embassy_ops::pgdrill`), RTO and RPO measured, and the
+//! result signed into the ledger. `embassy drill --report`: the newest recorded drill
 //! of every dataset, read without keys, as a table for an auditor (or JSON).
 
 use std::path::PathBuf;
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use embassy_core::{Error, Result};
-use embassy_ops::drill::{DrillReport, DrillRequest, LastDrill};
+use embassy_ops::drill::{DrillKind, DrillReport, DrillRequest, LastDrill};
+use embassy_ops::pgdrill::PgDrillOptions;
 use serde_json::json;
 
 use crate::{open_vault, output, print_json, state_dir, unlock, Cli};
@@ -32,6 +34,16 @@ pub struct DrillArgs {
     /// Report the drill without recording it in the ledger.
     #[arg(long)]
     pub no_record: bool,
+    /// PostgreSQL: an SQL check that must return true on the restored server (for example
+    /// `select count(*) > 0 from persons`). Repeatable; a false or failing check fails the drill.
+    #[arg(long = "check", value_name = "SQL")]
+    pub checks: Vec<String>,
+    /// PostgreSQL: the database the SQL checks run in.
+    #[arg(long, value_name = "DB", default_value = "postgres")]
+    pub check_database: String,
+    /// PostgreSQL: the user the restored server runs as (default: postgres when run as root).
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
 }
 
 /// Runs `embassy drill`: exit 3 when a drill failed, 1 when a result could not be recorded.
@@ -48,6 +60,17 @@ pub fn run(cli: &Cli, args: &DrillArgs) -> Result<ExitCode> {
         vault.require_dataset(dataset)?;
     }
     let keyring = unlock(cli, &vault)?;
+    let postgres = match embassy_ops::pgrestore::owner(args.owner.as_deref()) {
+        Ok(owner) => {
+            let mut options = PgDrillOptions::new(crate::pgrestore::fetch_setup(cli)?, owner);
+            options.checks = args.checks.clone();
+            options.check_database = args.check_database.clone();
+            Some(options)
+        }
+        // Only a PostgreSQL dataset needs the server's user.
+        Err(_) if args.owner.is_none() => None,
+        Err(e) => return Err(e),
+    };
     let mut reports = Vec::new();
     for dataset in &args.datasets {
         let request = DrillRequest {
@@ -55,6 +78,7 @@ pub fn run(cli: &Cli, args: &DrillArgs) -> Result<ExitCode> {
             scratch: &scratch,
             allow_unwitnessed: args.unwitnessed,
             record: !args.no_record,
+            postgres: postgres.as_ref(),
         };
         let report = embassy_ops::drill::run(&vault, &request, &keyring)?;
         if !cli.json {
@@ -81,14 +105,18 @@ pub fn run(cli: &Cli, args: &DrillArgs) -> Result<ExitCode> {
 
 fn show(r: &DrillReport) {
     println!(
-        "drill of {}@{}: {} (RTO {} ms, RPO {} ms, {}, {})",
+        "drill of {}@{}: {} (RTO {} ms, RPO {} ms, {}, {}{})",
         output::escape(&r.dataset),
         r.version,
         if r.result.passed { "PASSED" } else { "FAILED" },
         r.result.rto_ms,
         r.result.rpo_ms,
         output::count(r.files, "file", "files"),
-        output::size(r.bytes)
+        output::size(r.bytes),
+        r.result
+            .lsn
+            .map(|l| format!(", replayed to {}", embassy_postgres::Lsn(l)))
+            .unwrap_or_default()
     );
     for c in &r.result.checks {
         println!(
@@ -97,6 +125,16 @@ fn show(r: &DrillReport) {
             output::escape(&c.name),
             output::escape(&c.detail)
         );
+    }
+    if r.kind == DrillKind::Postgres {
+        for t in &r.tables {
+            println!(
+                "  rows {}.{}: {}",
+                output::escape(&t.database),
+                output::escape(&t.table),
+                t.rows
+            );
+        }
     }
     match (&r.recorded, &r.not_recorded) {
         (Some(seq), _) => println!("  recorded as ledger entry {seq}"),
@@ -115,6 +153,8 @@ fn report_json(r: &DrillReport) -> serde_json::Value {
         "rpo_ms": r.result.rpo_ms,
         "files": r.files,
         "bytes": r.bytes,
+        "lsn": r.result.lsn.map(|l| embassy_postgres::Lsn(l).to_string()),
+        "tables": r.tables,
         "checks": r.result.checks.iter().map(|c| json!({
             "name": c.name, "passed": c.passed, "detail": c.detail,
         })).collect::<Vec<_>>(),

@@ -186,15 +186,21 @@ pub fn restore(
     let dir = to.ok_or_else(|| {
         Error::invalid("restoring a group needs --to DIR (each member goes into DIR/<dataset>)")
     })?;
-    let owner = pgrestore::owner(owner_name)?;
+    let owner = embassy_ops::pgrestore::owner(owner_name)?;
     let vault = open_vault(cli)?;
     let chosen = group::choose(&vault, group_name, target)?;
     let keyring = unlock(cli, &vault)?;
     let mut fetch_folders = Vec::new();
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let mut options = |dataset: &str, data_dir: &Path| {
-        let fetch =
-            pgrestore::FetchFolder::create(cli, &vault, &keyring, dataset, owner, data_dir)?;
+        let fetch = embassy_ops::pgrestore::FetchFolder::create(
+            &pgrestore::fetch_setup(cli)?,
+            &vault,
+            &keyring,
+            dataset,
+            owner,
+            data_dir,
+        )?;
         let options = embassy_postgres::restore::PgRestoreOptions {
             mode: embassy_postgres::restore::Mode::Recover(
                 embassy_postgres::restore::RecoveryTarget::Latest,

@@ -15,6 +15,7 @@
 //!
 //! [`restored`] starts a server on a data directory a restore wrote; [`tls`] a server with TLS.
 
+pub mod cli;
 pub mod restored;
 pub mod tls;
 

@@ -1,0 +1,171 @@
+//! The PostgreSQL CLI test environment: a vault on a local site, its key file and passphrase
+//! file in a temporary home owned by the `postgres` user, and the real `embassy` program run as
+//! that user with a clean environment (no `EMBASSY_*` variables of the caller), as the
+//! PostgreSQL tests of the cli crate need it (PostgreSQL's tools refuse root, and the restored
+//! server's `restore_command` runs as its owner).
+//!
+//! Cargo names the binary only to the cli crate's own tests, so the caller passes its path:
+//! `PgCli::new(env!("CARGO_BIN_EXE_embassy"), "embassy-pgx-")`.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use super::PgServer;
+use crate::cli::postgres_home;
+
+/// A vault (site folder `site`) made by `embassy init`, in a home owned by `postgres`.
+pub struct PgCli {
+    /// The home: `site`, `vault.key`, `pass`, `state`, `durable.log`.
+    pub dir: tempfile::TempDir,
+    /// uid and gid of the `postgres` user, who runs every command.
+    pub ids: (u32, u32),
+    /// The `embassy` program.
+    exe: PathBuf,
+    /// Extra environment for every command.
+    pub vars: Vec<(String, String)>,
+}
+
+impl PgCli {
+    /// A new home (folder name starting with `prefix`) with an initialised vault.
+    pub fn new(exe: &str, prefix: &str) -> Self {
+        let (dir, ids) = postgres_home(prefix);
+        let env = PgCli {
+            dir,
+            ids,
+            exe: PathBuf::from(exe),
+            vars: Vec::new(),
+        };
+        env.run(&["init"]);
+        env
+    }
+
+    /// A path in the home.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The site folder.
+    pub fn site(&self) -> PathBuf {
+        self.path("site")
+    }
+
+    /// An `embassy` command run by this process's user (root, in the tests), with the vault's
+    /// site, key file and passphrase file, and a state folder of its own (`state-caller`: a
+    /// state folder is private to one user).
+    pub fn cmd_as_caller(&self, args: &[&str]) -> Command {
+        self.command("state-caller", args)
+    }
+
+    fn command(&self, state: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("--site")
+            .arg(self.site())
+            .arg("--key-file")
+            .arg(self.path("vault.key"))
+            .arg("--passphrase-file")
+            .arg(self.path("pass"))
+            .arg("--state-dir")
+            .arg(self.path(state))
+            .arg("--quiet")
+            .args(args)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_KEY_FILE")
+            .env_remove("EMBASSY_STATE_DIR")
+            .env_remove("EMBASSY_PASSPHRASE")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// An `embassy` command run as the `postgres` user (state folder `state`).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.command("state", args);
+        c.uid(self.ids.0).gid(self.ids.1);
+        c
+    }
+
+    /// Runs a command as `postgres`; what it did.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("embassy runs")
+    }
+
+    /// Runs a command that must succeed; its standard output.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "embassy {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Runs a command that must fail; its standard error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(!out.status.success(), "embassy {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The newest durable WAL position `embassy pg stream --durable-log durable.log` wrote.
+    pub fn durable(&self) -> u64 {
+        std::fs::read_to_string(self.path("durable.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `embassy pg stream DATASET` from `pg` (slot `embassy_wal`, created), logging durable
+    /// positions to `durable.log`; stopped when the [`Stopper`] is dropped.
+    pub fn stream(&self, pg: &PgServer, dataset: &str) -> Stopper {
+        let log = self.path("durable.log");
+        Stopper(
+            self.cmd(&[
+                "pg",
+                "stream",
+                dataset,
+                "--conninfo",
+                &pg.conninfo(),
+                "--slot",
+                "embassy_wal",
+                "--create-slot",
+                "--durable-log",
+                log.to_str().expect("a UTF-8 path"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("embassy runs"),
+        )
+    }
+
+    /// A folder in the home owned by `postgres` (for data directories and scratch folders).
+    pub fn postgres_folder(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::create_dir_all(&p).expect("create a folder");
+        std::os::unix::fs::chown(&p, Some(self.ids.0), Some(self.ids.1)).expect("chown");
+        p
+    }
+}
+
+/// Stops a child process (SIGTERM, then wait) when dropped, also when a test fails.
+pub struct Stopper(pub Child);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// A path as a command-line argument.
+pub fn arg(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
