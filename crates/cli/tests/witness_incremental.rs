@@ -190,7 +190,10 @@ fn cosigned(w: &Witnessed) -> &serde_json::Value {
 }
 
 fn pass_of(w: &Witnessed) -> String {
-    cosigned(w)["pass"]["pass"].as_str().unwrap_or("").to_string()
+    cosigned(w)["pass"]["pass"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn refused(w: &Witnessed, words: &[&str]) {
@@ -230,7 +233,10 @@ fn the_second_cosign_reads_only_what_is_new() {
     let first = w.witness(&[]);
     assert_eq!(pass_of(&first), "full", "{:?}", first.run);
     assert!(
-        first.run.stderr.contains("no witness memory of this vault and site yet"),
+        first
+            .run
+            .stderr
+            .contains("no witness memory of this vault and site yet"),
         "{:?}",
         first.run
     );
@@ -242,12 +248,7 @@ fn the_second_cosign_reads_only_what_is_new() {
     eprintln!(
         "vault {mb} MiB: first cosign read {} bytes in {:.2?}; second (after a 64 KiB backup) \
          read {} bytes in {:.2?}; --full read {} bytes in {:.2?}",
-        first.bytes_read,
-        first.took,
-        second.bytes_read,
-        second.took,
-        third.bytes_read,
-        third.took
+        first.bytes_read, first.took, second.bytes_read, second.took, third.bytes_read, third.took
     );
     assert!(
         first.bytes_read > (mb as u64) << 20,
@@ -288,6 +289,7 @@ fn a_rolled_back_site_is_refused() {
     }
     let r = w.witness(&[]);
     refused(&r, &["rollback", "this witness cosigned"]);
+    eprintln!("{}", r.run.stderr);
     // And --full does not forget it either.
     refused(&w.witness(&["--full"]), &["rollback"]);
 }
@@ -368,7 +370,8 @@ fn an_unusable_memory_means_a_full_run_with_a_note() {
     assert_eq!(pass_of(&r), "full");
     assert!(r.run.stderr.contains("damaged"), "{:?}", r.run);
     // Foreign: another vault's memory in its place.
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     json["vault_id"] = "another-vault".into();
     std::fs::write(file, serde_json::to_vec(&json).unwrap()).unwrap();
     let r = w.witness(&[]);
@@ -396,11 +399,19 @@ fn the_schedule_makes_a_run_full() {
     assert_eq!(pass_of(&w.witness(&[])), "incremental");
     let r = w.witness(&["--full-every-runs", "1"]);
     assert_eq!(pass_of(&r), "full");
-    assert!(r.run.stderr.contains("incremental runs since"), "{:?}", r.run);
+    assert!(
+        r.run.stderr.contains("incremental runs since"),
+        "{:?}",
+        r.run
+    );
     std::thread::sleep(Duration::from_millis(1100));
     let r = w.witness(&["--full-every", "1s"]);
     assert_eq!(pass_of(&r), "full");
-    assert!(r.run.stderr.contains("the last full check was on"), "{:?}", r.run);
+    assert!(
+        r.run.stderr.contains("the last full check was on"),
+        "{:?}",
+        r.run
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -291,11 +291,12 @@ fn choose_pass(
             "no witness memory of this vault and site yet (it is written to{shown})"
         )),
         Loaded::Unusable(why) => full(format!(
-            "the witness memory{shown} is not used: {why}; every object is read, and the              memory is rewritten after the cosign"
+            "the witness memory{shown} is not used: {why}; every object is read, and the \
+                 memory is rewritten after the cosign"
         )),
         Loaded::Usable(m) => {
-            let age_secs = u64::try_from(now.saturating_sub(m.last_full_ns) / 1_000_000_000)
-                .unwrap_or(0);
+            let age_secs =
+                u64::try_from(now.saturating_sub(m.last_full_ns) / 1_000_000_000).unwrap_or(0);
             if age_secs >= options.full_every_secs {
                 full(format!(
                     "the last full check was on {} (every {} at least)",
@@ -333,13 +334,15 @@ fn not_extending(
         match served.and_then(|h| embassy_core::history::ledger::entry_at(h, head.seq)) {
             Some(r) if r.id.to_hex() == head.id => {}
             Some(r) => problems.push(format!(
-                "dataset {dataset}: rewritten history: entry {} is {} at the site, but this                  witness cosigned a history whose entry {} is {short}",
+                "dataset {dataset}: rewritten history: entry {} is {} at the site, but this \
+                 witness cosigned a history whose entry {} is {short}",
                 head.seq,
                 &r.id.to_hex()[..16],
                 head.seq
             )),
             None => problems.push(format!(
-                "dataset {dataset}: rollback: the site serves {}, but this witness cosigned a                  history up to entry {} ({short}): the site deleted history or was rolled back",
+                "dataset {dataset}: rollback: the site serves {}, but this witness cosigned a \
+                 history up to entry {} ({short}): the site deleted history or was rolled back",
                 served
                     .and_then(|h| h.last())
                     .map_or("no history".into(), |r| format!(
@@ -353,7 +356,8 @@ fn not_extending(
     if let Some(cp) = &m.checkpoint {
         if newest.checkpoint.time_ns < cp.time_ns {
             problems.push(format!(
-                "replay: the newest checkpoint at the site is {} of {}, but this witness cosigned                  checkpoint {} of {}: the site hides newer checkpoints or was rolled back",
+                "replay: the newest checkpoint at the site is {} of {}, but this witness cosigned \
+                 checkpoint {} of {}: the site hides newer checkpoints or was rolled back",
                 newest.id.short(),
                 embassy_core::time::utc(newest.checkpoint.time_ns),
                 cp.id.get(..8).unwrap_or(&cp.id),

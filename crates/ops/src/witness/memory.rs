@@ -119,7 +119,8 @@ pub fn load(file: &Path, vault_id: &str, site: &str, witness: &str) -> Loaded {
 /// Writes `memory` to `file` atomically, readable by its owner only.
 pub fn store(file: &Path, memory: &Memory) -> Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let json = serde_json::to_vec(memory).map_err(|e| Error::invalid(e.to_string()))?;
     embassy_core::fsutil::write_atomic(file, &json)
         .map_err(|e| Error::io(format!("writing witness memory {}", file.display()), e))
@@ -154,11 +155,15 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(load(&file, "v", "/s", &w), Loaded::Usable(_)));
-        assert!(matches!(load(&file, "other", "/s", &w), Loaded::Unusable(m) if m.contains("vault v")));
+        assert!(
+            matches!(load(&file, "other", "/s", &w), Loaded::Unusable(m) if m.contains("vault v"))
+        );
         assert!(matches!(load(&file, "v", "/t", &w), Loaded::Unusable(_)));
         std::fs::write(&file, b"{\"format\": 1, \"vault").unwrap();
         assert!(matches!(load(&file, "v", "/s", &w), Loaded::Unusable(m) if m.contains("damaged")));
         std::fs::write(&file, b"{\"format\": 9}").unwrap();
-        assert!(matches!(load(&file, "v", "/s", &w), Loaded::Unusable(m) if m.contains("format 9")));
+        assert!(
+            matches!(load(&file, "v", "/s", &w), Loaded::Unusable(m) if m.contains("format 9"))
+        );
     }
 }

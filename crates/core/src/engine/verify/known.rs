@@ -72,15 +72,19 @@ mod tests {
     fn a_remembered_version_stands_only_while_all_it_references_is_listed_unchanged() {
         let mut known = Known::default();
         known.objects.insert("packs/d/p".into(), 10);
-        known
-            .versions
-            .insert("d/1/x".into(), vec!["manifests/d/m".into(), "index/d/i".into()]);
+        known.versions.insert(
+            "d/1/x".into(),
+            vec!["manifests/d/m".into(), "index/d/i".into()],
+        );
         known
             .indexes
             .insert("index/d/i".into(), vec!["packs/d/p".into()]);
         let mut sizes: HashMap<&str, u64> =
             [("manifests/d/m", 1), ("index/d/i", 2), ("packs/d/p", 10)].into();
-        assert_eq!(known.version_refs("d/1/x", &sizes).map(|v| v.len()), Some(3));
+        assert_eq!(
+            known.version_refs("d/1/x", &sizes).map(|v| v.len()),
+            Some(3)
+        );
         assert!(known.version_refs("d/2/y", &sizes).is_none());
         sizes.insert("packs/d/p", 11);
         assert!(known.version_refs("d/1/x", &sizes).is_none(), "resized");
