@@ -135,7 +135,9 @@ enum Command {
     Promote(pgrestore::PromoteArgs),
     /// Show a dataset's signed history (its ledger).
     History(cmd::history::HistoryArgs),
-    /// As a witness: verify the vault without keys and cosign its newest checkpoint.
+    /// As a witness: verify the vault without keys and cosign its newest checkpoint. Reads only
+    /// what this witness has not verified before (its memory is in the state folder) and checks
+    /// the rest by listing; --full, or the --full-every schedule, reads everything.
     Witness(cmd::witness::WitnessArgs),
     /// Custody of the keys: custodian shares, credentials, revocation.
     #[command(subcommand)]

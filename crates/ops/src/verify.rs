@@ -113,6 +113,22 @@ pub fn verify(
     })
 }
 
+/// Verifies without keys as [`verify`] does, taking on trust what `known` (a witness's memory)
+/// says was read in full before while the site lists it unchanged: only new objects are read.
+pub fn verify_known(
+    vault: &Vault,
+    known: Option<&embassy_core::engine::verify::Known>,
+    progress: &dyn Progress,
+) -> Result<Verification> {
+    let report = embassy_core::engine::verify::verify_with(vault, None, progress, known)?;
+    let wal = verify_wal_of(vault, report.datasets.iter().map(|d| d.name.as_str()))?;
+    Ok(Verification {
+        vault: report,
+        wal,
+        deep: false,
+    })
+}
+
 /// Verifies, without keys, the vault at one site read on its own (the agent's scheduled check
 /// of each site).
 pub fn verify_site(location: &str) -> Result<Verification> {

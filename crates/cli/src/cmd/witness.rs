@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use embassy_core::{Error, Result};
-use embassy_ops::witness::WitnessReport;
+use embassy_ops::witness::{Pass, WitnessOptions, WitnessReport};
 use serde_json::json;
 
 use crate::{expected_vault_id, open_vault, output, print_json, secrets, Cli};
@@ -17,6 +17,16 @@ pub struct WitnessArgs {
     /// The witness's key file (made with `embassy witness-key --out FILE`).
     #[arg(long)]
     pub witness_key: PathBuf,
+    /// Read every object this time. Otherwise the witness reads only what it has not verified
+    /// before (its memory lives in the state folder) and checks the rest by listing.
+    #[arg(long)]
+    pub full: bool,
+    /// Read every object when the last full check is this old (e.g. 7d, 12h).
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub full_every: String,
+    /// Also read every object after this many runs that did not.
+    #[arg(long, value_name = "N")]
+    pub full_every_runs: Option<u32>,
 }
 
 /// Arguments of `embassy witness-key`.
@@ -51,13 +61,26 @@ pub fn witness_key(cli: &Cli, args: &WitnessKeyArgs) -> Result<ExitCode> {
 
 /// `embassy witness --witness-key FILE`
 pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
+    let options = WitnessOptions {
+        full: args.full,
+        full_every_secs: embassy_core::duration::parse_duration(&args.full_every)?,
+        full_every_runs: args.full_every_runs,
+        ..WitnessOptions::new(Some(crate::state_dir(cli)?))
+    };
     let vault = open_vault(cli)?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let report = secrets::with_rule(cli.passphrase_file.as_deref(), |pass| {
-        embassy_ops::witness::witness(&vault, &args.witness_key, pass, &bar)
+    let run = secrets::with_rule(cli.passphrase_file.as_deref(), |pass| {
+        embassy_ops::witness::witness(&vault, &args.witness_key, pass, &options, &bar)
     });
     bar.finish();
-    match report? {
+    let run = run?;
+    if let Pass::Full { why } = &run.pass {
+        eprintln!("note: reading every object: {}", output::escape(why));
+    }
+    for n in &run.notes {
+        eprintln!("note: {}", output::escape(n));
+    }
+    match run.outcome {
         WitnessReport::NotChecked(verification) => {
             for u in &verification.vault.unreadable {
                 eprintln!("NOT CHECKED: {}", output::escape(u));
@@ -97,12 +120,31 @@ pub fn witness(cli: &Cli, args: &WitnessArgs) -> Result<ExitCode> {
             for n in &verification.vault.noise {
                 eprintln!("noise: {}", output::escape(n));
             }
+            let v = &verification.vault;
             if cli.json {
-                print_json(json!({"ok": true, "checkpoint": checkpoint, "witness": witness}))?;
+                print_json(json!({
+                    "ok": true,
+                    "checkpoint": checkpoint,
+                    "witness": witness,
+                    "pass": run.pass,
+                    "objects_read": v.objects_checked,
+                    "bytes_read": v.bytes_checked,
+                    "objects_remembered": v.objects_remembered,
+                    "bytes_remembered": v.bytes_remembered,
+                }))?;
             } else {
                 println!(
-                    "verified {} objects; cosigned checkpoint {} of {}",
-                    verification.vault.objects_checked,
+                    "verified {} objects ({} read{}); cosigned checkpoint {} of {}",
+                    v.objects_checked + v.objects_remembered,
+                    output::size(v.bytes_checked),
+                    if v.objects_remembered > 0 {
+                        format!(
+                            ", {} verified before and checked by listing",
+                            v.objects_remembered
+                        )
+                    } else {
+                        String::new()
+                    },
                     checkpoint_short,
                     output::time(checkpoint_time_ns)
                 );

@@ -19,7 +19,10 @@ use crate::format::spool::{FetchError, Held, Need};
 use crate::progress::Progress;
 use crate::site::{ObjectInfo, SiteError};
 
+pub mod known;
 mod versions;
+
+pub use known::{version_key, Known};
 
 use versions::{check_references, deep_check_version, Findings, PackDirectories};
 
@@ -30,6 +33,13 @@ pub struct VerifyReport {
     pub objects_checked: u64,
     /// Bytes read.
     pub bytes_checked: u64,
+    /// Objects taken on trust from an earlier full check ([`Known`]): still listed at the
+    /// same size, not read again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub objects_remembered: u64,
+    /// Their bytes (listed sizes), not read.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bytes_remembered: u64,
     /// Blobs decrypted and checked (deep only).
     pub blobs_checked: u64,
     /// Per dataset.
@@ -51,6 +61,14 @@ pub struct VerifyReport {
     /// has no effect).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What this run checked in full or found still standing from [`Known`] (keyless runs):
+    /// what a witness remembers for its next run. Meaningful only when the run is ok.
+    #[serde(skip)]
+    pub learned: Known,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What was proved about one dataset.
@@ -86,7 +104,23 @@ pub fn verify(
     keys: Option<&Keyring>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
+    verify_with(vault, keys, progress, None)
+}
+
+/// [`verify`], taking on trust what `known` says was checked in full before while the site
+/// still lists it at the same size (keyless runs only; a deep run reads everything): those
+/// objects are not read, and those versions' references are checked by listing. Ledgers,
+/// checkpoints and everything new are checked as always.
+pub fn verify_with(
+    vault: &Vault,
+    keys: Option<&Keyring>,
+    progress: &dyn Progress,
+    known: Option<&Known>,
+) -> Result<VerifyReport> {
+    let known = known.filter(|_| keys.is_none());
     let site = vault.site().as_ref();
+    // Objects checked in full this run, or remembered and listed unchanged: path → size.
+    let passed: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
     let listing = site.list("")?;
     let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
     let report = Mutex::new(VerifyReport::default());
@@ -157,6 +191,18 @@ pub fn verify(
     // One object per task: packs are few and heavy, so let idle threads steal them one by one.
     hashed.par_iter().with_max_len(1).for_each(|info| {
         progress.note(&info.path);
+        if known.is_some_and(|k| k.holds_object(&info.path, info.size)) {
+            progress.add(info.size);
+            {
+                let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+                r.objects_remembered += 1;
+                r.bytes_remembered += info.size;
+            }
+            return passed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((info.path.clone(), info.size));
+        }
         let Some(id) = layout::id_in_path(&info.path) else {
             // Nothing names an object but by its hash: whatever else a site holds is noise
             // (checkpoints and cosignatures are named by their own loader).
@@ -239,6 +285,12 @@ pub fn verify(
                 .push((info.path.clone(), why));
             return;
         }
+        if keys.is_none() && size == info.size {
+            passed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((info.path.clone(), size));
+        }
         if let Held::Whole(_, bytes) = &held {
             if info.path.starts_with("index/") {
                 let parsed = index::decode_header(&info.path, bytes)
@@ -300,6 +352,7 @@ pub fn verify(
     // 2. Ledgers (checked against remembered heads) and what they reference.
     let listed_datasets = vault.datasets()?;
     let mut referenced: HashSet<String> = HashSet::new();
+    let mut learned = Known::default();
     let (histories, failed, judged) = vault.histories_full()?;
     let mut noise: Vec<String> = Vec::new();
     for (dataset, h) in &judged {
@@ -475,16 +528,33 @@ pub fn verify(
         );
         for version in crate::engine::vault::versions_in(dataset, history) {
             let version = &version;
-            let ok = check_references(
-                vault,
-                &sizes,
-                &replacements,
-                dataset,
-                version,
-                &mut referenced,
-                &problem,
-                &judge_error,
-            );
+            let key = version_key(dataset, version.seq, &version.ledger_id);
+            let ok = match known.and_then(|k| Some((k, k.version_refs(&key, &sizes)?))) {
+                // Followed in full before, and all of it still listed unchanged.
+                Some((k, refs)) => {
+                    for path in k.versions.get(&key).into_iter().flatten() {
+                        if let Some(packs) = k.indexes.get(path) {
+                            learned.indexes.insert(path.clone(), packs.clone());
+                        }
+                    }
+                    if let Some(direct) = k.versions.get(&key) {
+                        learned.versions.insert(key, direct.clone());
+                    }
+                    referenced.extend(refs);
+                    true
+                }
+                None => check_references(
+                    vault,
+                    &sizes,
+                    &replacements,
+                    dataset,
+                    version,
+                    &mut referenced,
+                    &mut learned,
+                    &problem,
+                    &judge_error,
+                ),
+            };
             // A version recorded after the listing (a backup running meanwhile) has packs the
             // deep pass did not open: its references are checked above, its blobs next run.
             let listed = sizes.contains_key(
@@ -600,6 +670,14 @@ pub fn verify(
         }
     }
     let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    if keys.is_none() {
+        learned.objects = passed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .collect();
+        report.learned = learned;
+    }
     // Indexes no live version names: leftovers of interrupted backups when an active signer
     // made them; noise otherwise (unsigned, forged, foreign, or by a stranger or revoked key).
     let index_headers = index_headers

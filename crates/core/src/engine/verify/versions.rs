@@ -13,6 +13,8 @@ use crate::format::manifest;
 use crate::format::pack;
 use crate::id::{ChunkId, ObjectId};
 
+use super::known::Known;
+
 /// Keyless: the manifest, its indexes (or the repack indexes that stand in for them) and their
 /// packs exist.
 #[allow(clippy::too_many_arguments)]
@@ -23,6 +25,7 @@ pub(super) fn check_references(
     dataset: &str,
     version: &crate::engine::vault::Version,
     referenced: &mut HashSet<String>,
+    learned: &mut Known,
     problem: &dyn Fn(String),
     failed: &dyn Fn(Error),
 ) -> bool {
@@ -67,6 +70,8 @@ pub(super) fn check_references(
         }
     };
     let mut ok = true;
+    // What this version resolved to, remembered when all of it was found.
+    let mut trail = vec![manifest_path.clone()];
     if header.dataset != dataset {
         problem(format!(
             "{manifest_path}: belongs to dataset {}, substituted",
@@ -88,6 +93,7 @@ pub(super) fn check_references(
             ok = false;
             continue;
         }
+        trail.push(index_path.clone());
         if !referenced.insert(index_path.clone()) {
             continue; // already followed for an earlier version
         }
@@ -108,14 +114,23 @@ pub(super) fn check_references(
                 continue;
             }
         };
+        let mut pack_paths = Vec::with_capacity(packs.len());
         for pack_id in packs {
             let pack_path = layout::pack(dataset, &pack_id);
             if !exists(&pack_path) {
                 problem(format!("{pack_path}: missing (referenced by {index_path})"));
                 ok = false;
             }
-            referenced.insert(pack_path);
+            referenced.insert(pack_path.clone());
+            pack_paths.push(pack_path);
         }
+        learned.indexes.insert(index_path, pack_paths);
+    }
+    if ok {
+        learned.versions.insert(
+            super::known::version_key(dataset, version.seq, &version.ledger_id),
+            trail,
+        );
     }
     ok
 }
