@@ -69,7 +69,10 @@ impl Serving {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(200));
-                panic!("embassy serve exited ({status}): {}", stderr.lock().unwrap());
+                panic!(
+                    "embassy serve exited ({status}): {}",
+                    stderr.lock().unwrap()
+                );
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
@@ -122,13 +125,26 @@ impl Drop for Serving {
 }
 
 /// What curl got: the status, the headers of the last response, the body, curl's exit code.
-#[derive(Debug)]
 struct Got {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     curl: i32,
     stderr: String,
+}
+
+impl std::fmt::Debug for Got {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(300)]).into_owned();
+        f.debug_struct("Got")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("body_start", &body)
+            .field("curl", &self.curl)
+            .field("stderr", &self.stderr)
+            .finish()
+    }
 }
 
 impl Got {
@@ -192,7 +208,8 @@ struct Fixture {
     src: PathBuf,
 }
 
-const EVIL: &str = "<html><body><p>hostile page</p><script>document.body.innerHTML = 'RAN-' + (6 * 7);\
+const EVIL: &str =
+    "<html><body><p>hostile page</p><script>document.body.innerHTML = 'RAN-' + (6 * 7);\
 </script></body></html>\n";
 
 impl Fixture {
@@ -206,9 +223,23 @@ impl Fixture {
         fs::write(src.join("gazette/evil.html"), EVIL).unwrap();
         fs::write(src.join("big.bin"), random_bytes(1_500_000, 3)).unwrap();
         std::os::unix::fs::symlink("gazette", src.join("link")).unwrap();
-        vault.ok("m", &vault.key, &["backup", "docs", src.to_str().unwrap()], None);
-        fs::write(src.join("gazette/2026/act-1.txt"), "The first act, amended.\n").unwrap();
-        vault.ok("m", &vault.key, &["backup", "docs", src.to_str().unwrap()], None);
+        vault.ok(
+            "m",
+            &vault.key,
+            &["backup", "docs", src.to_str().unwrap()],
+            None,
+        );
+        fs::write(
+            src.join("gazette/2026/act-1.txt"),
+            "The first act, amended.\n",
+        )
+        .unwrap();
+        vault.ok(
+            "m",
+            &vault.key,
+            &["backup", "docs", src.to_str().unwrap()],
+            None,
+        );
         vault.backup_bytes("m", "dump", b"0123456789abcdefghij");
         Self {
             _tmp: tmp,
@@ -259,10 +290,16 @@ fn files_are_served_with_ranges_etags_and_their_ledger_entry() {
     assert_eq!(whole.header("Accept-Ranges"), Some("bytes"));
     assert_eq!(whole.header("Content-Length"), Some("1500000"));
     let etag = whole.header("ETag").unwrap().to_string();
-    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "strong: {etag}");
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong: {etag}"
+    );
 
     // Same bytes in another version: the same tag; changed bytes: another.
-    assert_eq!(get(&s, "/docs/1/big.bin").header("ETag"), Some(etag.as_str()));
+    assert_eq!(
+        get(&s, "/docs/1/big.bin").header("ETag"),
+        Some(etag.as_str())
+    );
     let act1 = get(&s, "/docs/1/gazette/2026/act-1.txt");
     let act2 = get(&s, "/docs/2/gazette/2026/act-1.txt");
     assert_eq!(act1.body, b"The first act.\n");
@@ -330,7 +367,11 @@ fn files_are_served_with_ranges_etags_and_their_ledger_entry() {
     let raw = String::from_utf8(raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(raw.contains("\r\nContent-Length: 1500000\r\n"), "{raw}");
-    assert_eq!(raw.find("\r\n\r\n"), Some(raw.len() - 4), "a body after the head: {raw}");
+    assert_eq!(
+        raw.find("\r\n\r\n"),
+        Some(raw.len() - 4),
+        "a body after the head: {raw}"
+    );
 
     // A stream's version: its one object.
     let stream = get(&s, "/dump/1/stream");
@@ -353,11 +394,18 @@ fn files_are_served_with_ranges_etags_and_their_ledger_entry() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["gazette/2026/act 2 ä.txt", "gazette/2026/act-1.txt"]);
+    assert_eq!(
+        names,
+        ["gazette/2026/act 2 ä.txt", "gazette/2026/act-1.txt"]
+    );
     assert_eq!(json["ledger_seq"], versions["versions"][0]["ledger_seq"]);
     let html = get(&s, "/docs/1/gazette/2026/");
     assert_eq!(html.header("Cache-Control"), Some("no-cache"));
-    assert!(html.text().contains("href=\"act%202%20%C3%A4.txt\""), "{}", html.text());
+    assert!(
+        html.text().contains("href=\"act%202%20%C3%A4.txt\""),
+        "{}",
+        html.text()
+    );
     let tag = html.header("ETag").unwrap().to_string();
     let again = curl(
         &["-H", &format!("If-None-Match: {tag}")],
@@ -406,7 +454,10 @@ fn it_is_read_only_and_paths_never_leave_the_version() {
     let file = get(&s, "/docs/1/gazette/evil.html");
     assert_eq!(file.status, 200);
     assert_eq!(file.header("X-Content-Type-Options"), Some("nosniff"));
-    assert_eq!(file.header("Content-Type"), Some("application/octet-stream"));
+    assert_eq!(
+        file.header("Content-Type"),
+        Some("application/octet-stream")
+    );
     assert!(file
         .header("Content-Disposition")
         .unwrap()
@@ -474,7 +525,13 @@ fn beyond_loopback_a_token_is_required_and_a_reader_credential_suffices() {
     let run = f.vault.run(
         "m",
         &f.vault.key,
-        &["serve", "--listen", &listen, "--token-file", short.to_str().unwrap()],
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--token-file",
+            short.to_str().unwrap(),
+        ],
         None,
     );
     assert_eq!(run.code, 1, "{run:?}");
@@ -500,7 +557,13 @@ fn beyond_loopback_a_token_is_required_and_a_reader_credential_suffices() {
     assert_eq!(none.status, 401, "{none:?}");
     assert!(none.body.len() < 200 && !none.text().contains("amended"));
     assert!(none.header("WWW-Authenticate").is_some());
-    let wrong = curl(&["-H", "Authorization: Bearer 4f1c2a9e7b6d5c3a1f0e9d8c7b6a5f4f"], &url);
+    let wrong = curl(
+        &[
+            "-H",
+            "Authorization: Bearer 4f1c2a9e7b6d5c3a1f0e9d8c7b6a5f4f",
+        ],
+        &url,
+    );
     assert_eq!(wrong.status, 401);
     assert_eq!(curl(&["-I"], &url).status, 401);
     let bearer = curl(&["-H", &format!("Authorization: Bearer {token}")], &url);
@@ -528,19 +591,71 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for localhost and a client certificate, all signed by the CA.
 fn certificates(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Test CA"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+        ],
+    );
     for (name, ext) in [
-        ("server", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj",
-            &format!("/CN={name}")]);
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey",
-            "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile",
-            &format!("{name}.ext")]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
     }
 }
 
@@ -553,12 +668,26 @@ fn https_with_client_certificates_may_listen_beyond_loopback() {
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let listen = format!("0.0.0.0:{}", free_port());
     let s = f.serve(&[
-        "--listen", &listen, "--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"),
-        "--client-ca", &p("ca.pem"), "docs",
+        "--listen",
+        &listen,
+        "--tls-cert",
+        &p("server.pem"),
+        "--tls-key",
+        &p("server.key"),
+        "--client-ca",
+        &p("ca.pem"),
+        "docs",
     ]);
     let url = s.url("/docs/2/gazette/2026/act-1.txt");
     let with = curl(
-        &["--cacert", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")],
+        &[
+            "--cacert",
+            &p("ca.pem"),
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+        ],
         &url,
     );
     assert_eq!(with.status, 200, "{with:?}");
@@ -597,32 +726,66 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The first offset (in steps of `step`) whose one-byte range the server refuses as damaged.
+fn first_damaged(s: &Serving, path: &str, len: usize, step: usize) -> Option<usize> {
+    (0..len).step_by(step).find(|&at| {
+        let got = curl(&["-r", &format!("{at}-{at}")], &s.url(path));
+        assert!(matches!(got.status, 206 | 502), "{got:?}");
+        got.status == 502
+    })
+}
+
 #[test]
 fn a_tampered_chunk_never_yields_wrong_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let vault = TestVault::init(EXE, tmp.path(), "vault");
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
-    let bytes = random_bytes(6_000_000, 11);
+    const LEN: usize = 6_000_000;
+    let bytes = random_bytes(LEN, 11);
     fs::write(src.join("big.bin"), &bytes).unwrap();
-    vault.ok("m", &vault.key, &["backup", "data", src.to_str().unwrap()], None);
-    // Flip a byte late in the largest pack: inside one of big.bin's later chunks.
-    let mut packs = walk_files(&vault.site.join("packs/data"));
-    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
-    let largest = packs.last().unwrap();
-    let mut stored = fs::read(largest).unwrap();
-    assert!(stored.len() > 5_000_000, "{packs:?}");
-    let at = stored.len() * 4 / 5;
-    stored[at] ^= 0x20;
-    fs::write(largest, &stored).unwrap();
-
+    vault.ok(
+        "m",
+        &vault.key,
+        &["backup", "data", src.to_str().unwrap()],
+        None,
+    );
     let s = Serving::start(&vault, &vault.key, &[]);
-    let got = get(&s, "/data/1/big.bin");
-    // Never a complete-looking answer with other bytes: what came is a true prefix, and the
-    // transfer is cut (curl: 18, partial file) or refused.
+    let path = "/data/1/big.bin";
+    assert_eq!(first_damaged(&s, path, LEN, 200_000), None);
+
+    // Flip one byte inside a chunk of big.bin that is not its first (so that the damage comes
+    // after the head and the first bytes went out): try places in the packs until one is.
+    let mut packs = walk_files(&vault.site.join("packs/data"));
+    packs.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    let mut damaged = None;
+    'places: for pack in &packs {
+        for (num, den) in [(4, 5), (9, 10), (3, 5), (1, 2)] {
+            let mut stored = fs::read(pack).unwrap();
+            let at = stored.len() * num / den;
+            stored[at] ^= 0x20;
+            fs::write(pack, &stored).unwrap();
+            match first_damaged(&s, path, LEN, 100_000) {
+                Some(d) if d > 0 => {
+                    damaged = Some(d);
+                    break 'places;
+                }
+                _ => {
+                    stored[at] ^= 0x20;
+                    fs::write(pack, &stored).unwrap();
+                }
+            }
+        }
+    }
+    let damaged = damaged.expect("a place inside a later chunk of big.bin");
+
+    let got = get(&s, path);
+    // Never a complete-looking answer with other bytes: what came is a true prefix, ending
+    // before the damage, and the transfer is cut (curl: 18, partial file).
+    assert_eq!(got.status, 200, "{got:?}");
     assert!(
-        got.body.len() < bytes.len(),
-        "all {} bytes came with a damaged chunk: {got:?}",
+        got.body.len() <= damaged,
+        "{} bytes came, the damage is at {damaged}: {got:?}",
         got.body.len()
     );
     assert!(
@@ -630,27 +793,27 @@ fn a_tampered_chunk_never_yields_wrong_bytes() {
         "wrong bytes were served (first {} bytes differ)",
         got.body.len()
     );
-    if got.status == 200 {
-        assert_ne!(got.curl, 0, "a cut body must not look complete: {}", got.stderr);
-        assert!(got.body.len() > 1_000_000, "the chunks before the damage came");
-    } else {
-        assert_eq!(got.status, 502, "{got:?}");
-    }
-    // A range inside the damaged part: a clean error, no byte.
-    let tail = curl(&["-r", "5990000-"], &s.url("/data/1/big.bin"));
-    assert_eq!(tail.status, 502, "{tail:?}");
-    assert!(tail.text().contains("damaged in the vault"), "{}", tail.text());
+    assert_eq!(got.curl, 18, "a cut body must not look complete: {got:?}");
+    // A range inside the damage: a clean error, no byte of it.
+    let inside = curl(&["-r", &format!("{damaged}-")], &s.url(path));
+    assert_eq!(inside.status, 502, "{inside:?}");
+    assert!(
+        inside.text().contains("damaged in the vault"),
+        "{}",
+        inside.text()
+    );
     // A range before it is still served.
-    let head = curl(&["-r", "0-999"], &s.url("/data/1/big.bin"));
+    let head = curl(&["-r", "0-999"], &s.url(path));
     assert_eq!(head.status, 206);
     assert!(head.body == bytes[..1000]);
     let said = s.stop();
-    assert!(said.contains("error: "), "{said}");
+    assert!(said.contains("(the transfer was cut)"), "{said}");
     eprintln!(
-        "tampered chunk: status {}, curl exit {}, {} true bytes before the cut",
+        "tampered chunk: damage found at byte {damaged}; a GET got status {} and {} true bytes, \
+         then the cut (curl exit {})",
         got.status,
-        got.curl,
-        got.body.len()
+        got.body.len(),
+        got.curl
     );
 }
 
@@ -703,10 +866,16 @@ fn chromium_shows_the_listing_the_check_page_and_a_hostile_file_as_text() {
     let listing = chromium_dom(&dir, &s.url("/docs/2/gazette/"));
     assert!(listing.contains("Version 2 of docs"), "{listing}");
     assert!(listing.contains("<a href=\"2026/\">2026/</a>"), "{listing}");
-    assert!(listing.contains("<a href=\"evil.html\">evil.html</a>"), "{listing}");
+    assert!(
+        listing.contains("<a href=\"evil.html\">evil.html</a>"),
+        "{listing}"
+    );
     assert!(listing.contains("evil.html?check"), "{listing}");
     let seq = f.versions("docs")["versions"][1]["ledger_seq"].to_string();
-    assert!(listing.contains(&format!("ledger entry {seq}")), "{listing}");
+    assert!(
+        listing.contains(&format!("ledger entry {seq}")),
+        "{listing}"
+    );
 
     // The check page says how to check the file with the CLI; its commands work as written.
     let check = chromium_dom(&dir, &s.url("/docs/2/gazette/2026/act-1.txt?check"));
@@ -721,7 +890,14 @@ fn chromium_shows_the_listing_the_check_page_and_a_hostile_file_as_text() {
     f.vault.ok(
         "m",
         &f.vault.key,
-        &["restore", "docs@2", "--include", "gazette/2026/act-1.txt", "--to", to.to_str().unwrap()],
+        &[
+            "restore",
+            "docs@2",
+            "--include",
+            "gazette/2026/act-1.txt",
+            "--to",
+            to.to_str().unwrap(),
+        ],
         None,
     );
     let served = get(&s, "/docs/2/gazette/2026/act-1.txt").body;
@@ -770,11 +946,19 @@ fn a_large_file_is_served_with_bounded_memory() {
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let want = write_large(&src.join("large.bin"), SIZE);
-    vault.ok("m", &vault.key, &["backup", "bulk", src.to_str().unwrap()], None);
+    vault.ok(
+        "m",
+        &vault.key,
+        &["backup", "bulk", src.to_str().unwrap()],
+        None,
+    );
     fs::remove_dir_all(&src).unwrap();
     let s = Serving::start(&vault, &vault.key, &[]);
     // A first small request opens the version (its index is in memory from then on).
-    assert_eq!(curl(&["-r", "0-0"], &s.url("/bulk/1/large.bin")).status, 206);
+    assert_eq!(
+        curl(&["-r", "0-0"], &s.url("/bulk/1/large.bin")).status,
+        206
+    );
     let before = s.peak_rss_kib();
     let mut child = Command::new("curl")
         .args(["-s", "-S", "--fail"])

@@ -77,7 +77,12 @@ impl FileContent {
         end: u64,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        self.read_range_with(start, end, &mut |id| reader.read_blob(id).map(ChunkBytes::new), sink)
+        self.read_range_with(
+            start,
+            end,
+            &mut |id| reader.read_blob(id).map(ChunkBytes::new),
+            sink,
+        )
     }
 
     /// [`FileContent::read_range`] with the chunks from `chunk` (a cache in front of the
@@ -130,7 +135,11 @@ mod tests {
         for (i, &s) in sizes.iter().enumerate() {
             offsets.push(offsets[i] + s);
             chunks.push(ChunkId([i as u8; 32]));
-            bytes.push((0..s).map(|b| (b as u8).wrapping_add(i as u8 * 50)).collect());
+            bytes.push(
+                (0..s)
+                    .map(|b| (b as u8).wrapping_add(i as u8 * 50))
+                    .collect(),
+            );
         }
         let size = *offsets.last().unwrap_or(&0);
         (
@@ -161,7 +170,15 @@ mod tests {
     fn ranges_cross_chunks_and_clamp_at_the_end() {
         let (f, bytes) = content(&[10, 5, 7]);
         let whole: Vec<u8> = bytes.concat();
-        for (s, e) in [(0, 22), (3, 12), (10, 15), (9, 10), (14, 100), (21, 22), (5, 5)] {
+        for (s, e) in [
+            (0, 22),
+            (3, 12),
+            (10, 15),
+            (9, 10),
+            (14, 100),
+            (21, 22),
+            (5, 5),
+        ] {
             let got = read(&f, &bytes, s, e).unwrap();
             let e = (e as usize).min(whole.len());
             assert_eq!(got, whole[(s as usize).min(e)..e], "{s}..{e}");

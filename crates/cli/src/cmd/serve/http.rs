@@ -49,9 +49,11 @@ impl Request {
 
     /// The value of `name` in the query.
     pub fn query_value(&self, name: &str) -> Option<&str> {
-        self.query
-            .split('&')
-            .find_map(|p| p.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+        self.query.split('&').find_map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        })
     }
 }
 
@@ -65,7 +67,9 @@ pub enum Refusal {
 }
 
 /// Reads one request head from `stream`. `Ok(None)`: the peer closed before sending one.
-pub fn read_request(stream: &mut impl BufRead) -> std::io::Result<Option<Result<Request, Refusal>>> {
+pub fn read_request(
+    stream: &mut impl BufRead,
+) -> std::io::Result<Option<Result<Request, Refusal>>> {
     let mut head = Vec::new();
     let mut limited = stream.take(MAX_HEAD as u64);
     loop {
@@ -75,7 +79,9 @@ pub fn read_request(stream: &mut impl BufRead) -> std::io::Result<Option<Result<
             if head.is_empty() {
                 return Ok(None);
             }
-            return Ok(Some(Err(Refusal::Bad("the request head is cut or too long"))));
+            return Ok(Some(Err(Refusal::Bad(
+                "the request head is cut or too long",
+            ))));
         }
         let line = &head[before..];
         if line == b"\r\n" || line == b"\n" {
@@ -101,7 +107,9 @@ pub fn parse_head(text: &str) -> Result<Request, Refusal> {
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Refusal::Bad("the request line is not METHOD TARGET HTTP/1.x"));
+        return Err(Refusal::Bad(
+            "the request line is not METHOD TARGET HTTP/1.x",
+        ));
     };
     if !version.starts_with("HTTP/1.") || method.is_empty() {
         return Err(Refusal::Bad("only HTTP/1.x is spoken here"));
@@ -277,12 +285,18 @@ mod tests {
         assert_eq!(range(Some("bytes=0-1,4-5"), 10), Whole);
         assert_eq!(range(Some("items=0-1"), 10), Whole);
         assert_eq!(range(Some("bytes=x-1"), 10), Whole);
-        assert_eq!(range(Some("bytes=99999999999999999999999-"), 10), Unsatisfiable);
+        assert_eq!(
+            range(Some("bytes=99999999999999999999999-"), 10),
+            Unsatisfiable
+        );
     }
 
     #[test]
     fn paths_cannot_leave_the_version() {
-        assert_eq!(path_segments("/d/a%20b/1/x").unwrap(), ["d", "a b", "1", "x"]);
+        assert_eq!(
+            path_segments("/d/a%20b/1/x").unwrap(),
+            ["d", "a b", "1", "x"]
+        );
         for bad in [
             "/d/../x",
             "/d/%2e%2e/x",
@@ -312,7 +326,8 @@ mod tests {
 
     #[test]
     fn heads_parse() {
-        let r = parse_head("GET /d/x/?json HTTP/1.1\r\nHost: a\r\nRange: bytes=1-2\r\n\r\n").unwrap();
+        let r =
+            parse_head("GET /d/x/?json HTTP/1.1\r\nHost: a\r\nRange: bytes=1-2\r\n\r\n").unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.segments, ["d", "x"]);
         assert!(r.trailing_slash);

@@ -72,8 +72,7 @@ pub fn esc(s: &str) -> String {
 /// A shell-quoted word (single quotes).
 fn sh(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./@=:,+".contains(&b))
     {
         return s.to_string();
@@ -209,9 +208,7 @@ pub fn folder(opened: &Opened, path: &str, json: bool) -> Result<Page> {
     if opened.content == Content::Stream {
         body.push_str("<p>A stream dataset: the version holds one object, the whole stream.</p>\n");
     }
-    body.push_str(
-        "<table><tr><th>Name</th><th>Size</th><th>Modified (UTC)</th><th></th></tr>\n",
-    );
+    body.push_str("<table><tr><th>Name</th><th>Size</th><th>Modified (UTC)</th><th></th></tr>\n");
     for e in &listing.entries {
         let name = e.path.rsplit('/').next().unwrap_or(&e.path);
         let href = percent_encode(name);
@@ -226,7 +223,9 @@ pub fn folder(opened: &Opened, path: &str, json: bool) -> Result<Page> {
             NodeKind::Fifo => format!("{} (named pipe)", esc(name)),
         };
         let check = if e.kind == NodeKind::File {
-            format!("<a href=\"{href}?check\">check</a> <a href=\"{href}?view=text\">view as text</a>")
+            format!(
+                "<a href=\"{href}?check\">check</a> <a href=\"{href}?view=text\">view as text</a>"
+            )
         } else {
             String::new()
         };
@@ -254,11 +253,18 @@ pub fn check(opened: &Opened, path: &str, content: &FileContent) -> Page {
         "/{}/{}/{}",
         percent_encode(&v.dataset),
         v.number,
-        path.split('/').map(percent_encode).collect::<Vec<_>>().join("/")
+        path.split('/')
+            .map(percent_encode)
+            .collect::<Vec<_>>()
+            .join("/")
     );
     let (restore, restored) = if opened.content == Content::Stream {
         (
-            format!("embassy --site SITE restore {} --to /tmp/check-{}", sh(&target), sh(name)),
+            format!(
+                "embassy --site SITE restore {} --to /tmp/check-{}",
+                sh(&target),
+                sh(name)
+            ),
             format!("/tmp/check-{name}"),
         )
     } else {
@@ -311,7 +317,10 @@ pub fn disposition(kind: &str, name: &str) -> String {
             }
         })
         .collect();
-    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{}", percent_encode(name))
+    format!(
+        "{kind}; filename=\"{ascii}\"; filename*=UTF-8''{}",
+        percent_encode(name)
+    )
 }
 
 /// The time now as an HTTP date (`Sun, 06 Dec 2026 21:30:06 GMT`).

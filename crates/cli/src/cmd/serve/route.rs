@@ -215,7 +215,15 @@ fn listing(
         .header("if-none-match")
         .is_some_and(|h| http::none_match(h, &etag))
     {
-        return send(out, Head { status: 304, ..head }, b"", true);
+        return send(
+            out,
+            Head {
+                status: 304,
+                ..head
+            },
+            b"",
+            true,
+        );
     }
     send(out, head, page.body.as_bytes(), head_only)
 }
@@ -256,7 +264,13 @@ fn in_version(
                 return redirect(out, &to);
             }
             match pages::folder(opened, path, json) {
-                Ok(page) => listing(out, request, Head::new(200).version(opened), page, head_only),
+                Ok(page) => listing(
+                    out,
+                    request,
+                    Head::new(200).version(opened),
+                    page,
+                    head_only,
+                ),
                 Err(e) => vault_error(out, &e, head_only),
             }
         }
@@ -267,13 +281,22 @@ fn in_version(
             };
             if request.has_query("check") {
                 let page = pages::check(opened, path, &content);
-                return listing(out, request, Head::new(200).version(opened), page, head_only);
+                return listing(
+                    out,
+                    request,
+                    Head::new(200).version(opened),
+                    page,
+                    head_only,
+                );
             }
             file(out, request, opened, path, &content, head_only)
         }
         NodeKind::Symlink | NodeKind::Fifo => {
             let what = match &node.target {
-                Some(t) => format!("a link to {} (links are not followed)", String::from_utf8_lossy(t)),
+                Some(t) => format!(
+                    "a link to {} (links are not followed)",
+                    String::from_utf8_lossy(t)
+                ),
                 None => "a named pipe".to_string(),
             };
             error_page(out, 404, &format!("{path} is {what}"), head_only)
@@ -306,14 +329,24 @@ fn file(
         head.with("Content-Type", "text/plain; charset=utf-8")
             .with("Content-Disposition", pages::disposition("inline", name))
     } else {
-        head.with("Content-Type", "application/octet-stream")
-            .with("Content-Disposition", pages::disposition("attachment", name))
+        head.with("Content-Type", "application/octet-stream").with(
+            "Content-Disposition",
+            pages::disposition("attachment", name),
+        )
     };
     if request
         .header("if-none-match")
         .is_some_and(|h| http::none_match(h, &etag))
     {
-        return send(out, Head { status: 304, ..head }, b"", true);
+        return send(
+            out,
+            Head {
+                status: 304,
+                ..head
+            },
+            b"",
+            true,
+        );
     }
     let wanted = if http::if_range_holds(request.header("if-range"), &etag) {
         http::range(request.header("range"), size)
@@ -343,7 +376,9 @@ fn file(
     let mut failed_io = false;
     let result = content.read_range(&opened.reader, start, end, &mut |bytes| {
         let written = match head.take() {
-            Some(h) => h.write(out, end - start).and_then(|()| out.write_all(bytes)),
+            Some(h) => h
+                .write(out, end - start)
+                .and_then(|()| out.write_all(bytes)),
             None => out.write_all(bytes),
         };
         written.map_err(|e| {
