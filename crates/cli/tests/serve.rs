@@ -997,3 +997,71 @@ fn a_large_file_is_served_with_bounded_memory() {
     );
     s.stop();
 }
+
+#[test]
+fn under_a_witness_quorum_only_witnessed_versions_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let embassy = Embassy::new(EXE, base);
+    let witness_key = base.join("witness/witness.key");
+    let w = embassy.ok(
+        ["--json", "witness-key", "--out", witness_key.to_str().unwrap()],
+        None,
+    );
+    let public = w.json()["public_key"].as_str().unwrap().to_string();
+    let site = base.join("vault");
+    let slow = base.join("keys/vault.slow");
+    let init = embassy.ok(
+        [
+            "--json",
+            "--site",
+            site.to_str().unwrap(),
+            "--key-file",
+            slow.to_str().unwrap(),
+            "--state-dir",
+            base.join("state/init").to_str().unwrap(),
+            "init",
+            "--witness",
+            &public,
+            "--witness-quorum",
+            "1",
+        ],
+        None,
+    );
+    assert_eq!(init.code, 0);
+    let key = base.join("keys/vault.key");
+    let vault_id = cheapen(&slow, &key);
+    let vault = TestVault {
+        embassy,
+        base: base.to_path_buf(),
+        site,
+        key: key.clone(),
+        vault_id,
+    };
+    vault.backup_bytes("m", "notices", b"first notice\n");
+    vault.ok(
+        "m",
+        &witness_key,
+        &["witness", "--witness-key", witness_key.to_str().unwrap()],
+        None,
+    );
+    vault.backup_bytes("m", "notices", b"second notice, not yet witnessed\n");
+
+    let s = Serving::start(&vault, &key, &[]);
+    let listed = get(&s, "/notices/?format=json");
+    let json: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+    let numbers: Vec<u64> = json["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1], "{json}");
+    let latest = get(&s, "/notices/latest/stream");
+    assert_eq!(latest.body, b"first notice\n", "{latest:?}");
+    assert_eq!(latest.header("Embassy-Version"), Some("1"));
+    let newer = get(&s, "/notices/2/stream");
+    assert_eq!(newer.status, 403, "{newer:?}");
+    assert!(newer.text().contains("not yet covered"), "{}", newer.text());
+    s.stop();
+}

@@ -80,9 +80,12 @@ fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// A dataset's newest version number, count of versions and newest capture time, or why not.
+type Summary = std::result::Result<(u64, usize, i64), String>;
+
 /// The served datasets and their versions (newest, count).
 pub fn datasets(server: &Server, json: bool) -> Page {
-    let rows: Vec<(String, std::result::Result<(u64, usize, i64), String>)> = server
+    let rows: Vec<(String, Summary)> = server
         .datasets
         .iter()
         .map(|d| {

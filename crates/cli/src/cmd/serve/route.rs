@@ -159,15 +159,12 @@ pub(crate) fn answer(
             let page = pages::datasets(server, json);
             listing(out, &request, Head::new(200), page, head_only)
         }
-        [dataset, rest @ ..] if !server.datasets.contains(dataset) => {
-            let _ = rest;
-            error_page(
-                out,
-                404,
-                &format!("no dataset {dataset} is served here"),
-                head_only,
-            )
-        }
+        [dataset, ..] if !server.datasets.contains(dataset) => error_page(
+            out,
+            404,
+            &format!("no dataset {dataset} is served here"),
+            head_only,
+        ),
         [dataset] => {
             if !request.trailing_slash && !json {
                 return redirect(out, &format!("/{}/", http::percent_encode(dataset)));
