@@ -1005,7 +1005,12 @@ fn under_a_witness_quorum_only_witnessed_versions_are_served() {
     let embassy = Embassy::new(EXE, base);
     let witness_key = base.join("witness/witness.key");
     let w = embassy.ok(
-        ["--json", "witness-key", "--out", witness_key.to_str().unwrap()],
+        [
+            "--json",
+            "witness-key",
+            "--out",
+            witness_key.to_str().unwrap(),
+        ],
         None,
     );
     let public = w.json()["public_key"].as_str().unwrap().to_string();
