@@ -506,18 +506,35 @@ fn beyond_loopback_a_token_is_required_and_a_reader_credential_suffices() {
     let f = Fixture::new();
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
-    // No credential: refused before anything listens.
-    let refused = f.vault.run(
-        "m",
-        &f.vault.key,
-        &["serve", "--listen", &listen, "docs"],
-        None,
-    );
-    assert_eq!(refused.code, 1, "{refused:?}");
+    // No credential: refused before anything listens (a server that starts fails the test
+    // after a while instead of hanging it).
+    let mut cmd = Embassy::new(EXE, &f.vault.base).command();
+    cmd.arg("--site")
+        .arg(&f.vault.site)
+        .arg("--key-file")
+        .arg(&f.vault.key)
+        .arg("--state-dir")
+        .arg(f.vault.state("m"))
+        .args(["serve", "--listen", &listen, "docs"]);
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "serve started on {listen} without a credential: {}",
+                show(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = child.wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        refused.stderr.contains("refusing to serve on 0.0.0.0")
-            && refused.stderr.contains("--token-file"),
-        "{refused:?}"
+        said.contains("refusing to serve on 0.0.0.0") && said.contains("--token-file"),
+        "{said}"
     );
     // A short token is refused too.
     let short = f.vault.base.join("short.token");
