@@ -84,7 +84,7 @@ impl StatusToken {
     pub fn read(path: &Path) -> Result<StatusToken, String> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             format!(
-                "the status token file {} cannot be read: {e}\n  (create it with `openssl rand -hex 32 > {}`)",
+                "the token file {} cannot be read: {e}\n  (create it with `openssl rand -hex 32 > {}`)",
                 path.display(),
                 path.display()
             )
@@ -92,7 +92,7 @@ impl StatusToken {
         let line = text.lines().next().unwrap_or_default().trim();
         if line.len() < MIN_TOKEN_LEN {
             return Err(format!(
-                "the status token in {} is shorter than {MIN_TOKEN_LEN} characters: write a long random one (`openssl rand -hex 32 > {}`)",
+                "the token in {} is shorter than {MIN_TOKEN_LEN} characters: write a long random one (`openssl rand -hex 32 > {}`)",
                 path.display(),
                 path.display()
             ));
@@ -114,27 +114,30 @@ impl StatusToken {
             .headers()
             .iter()
             .filter(|h| h.field.equiv("Authorization"))
-            .any(|h| {
-                let value = h.value.as_str().trim();
-                let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-                if scheme.eq_ignore_ascii_case("bearer") {
-                    self.matches(rest.trim().as_bytes())
-                } else if scheme.eq_ignore_ascii_case("basic") {
-                    use base64::Engine as _;
-                    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim())
-                    else {
-                        return false;
-                    };
-                    let decoded = Zeroizing::new(decoded);
-                    let password = decoded
-                        .iter()
-                        .position(|&b| b == b':')
-                        .map_or(&decoded[..0], |i| &decoded[i + 1..]);
-                    self.matches(password)
-                } else {
-                    false
-                }
-            })
+            .any(|h| self.admits_authorization(h.value.as_str()))
+    }
+
+    /// True when an `Authorization` header's value carries the token: `Bearer TOKEN`, or HTTP
+    /// Basic with the token as password (any user name). The token is compared in constant time.
+    pub fn admits_authorization(&self, value: &str) -> bool {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            self.matches(rest.trim().as_bytes())
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            use base64::Engine as _;
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+                return false;
+            };
+            let decoded = Zeroizing::new(decoded);
+            let password = decoded
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(&decoded[..0], |i| &decoded[i + 1..]);
+            self.matches(password)
+        } else {
+            false
+        }
     }
 }
 

@@ -26,8 +26,8 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     (
         "recover",
         &[
-            "restore", "drill", "group", "ls", "find", "diff", "stats", "mount", "standby",
-            "promote", "sync",
+            "restore", "drill", "group", "ls", "find", "diff", "stats", "mount", "serve",
+            "standby", "promote", "sync",
         ],
     ),
     ("custody", &["keys", "approver-key", "approve", "policy"]),

@@ -117,6 +117,10 @@ enum Command {
     Stats(cmd::stats::StatsArgs),
     /// Mount a dataset's versions read-only (FUSE): a folder per version and `latest`.
     Mount(cmd::mount::MountArgs),
+    /// Serve file and stream datasets read-only over HTTP(S): listings, files with ranges and
+    /// ETags, each response naming its version and ledger entry (loopback unless a token or
+    /// client certificates guard it).
+    Serve(cmd::serve::ServeArgs),
     /// Restore a version: DATASET or DATASET@VERSION (a number, `latest`, or an id prefix).
     Restore(cmd::restore::RestoreArgs),
     /// Restore drill: restore the newest version into a scratch folder, check every byte (a
@@ -241,6 +245,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Diff(args) => cmd::diff::run(cli, args),
         Command::Stats(args) => cmd::stats::run(cli, args),
         Command::Mount(args) => cmd::mount::run(cli, args),
+        Command::Serve(args) => cmd::serve::run(cli, args),
         Command::Standby(args) => pgrestore::standby(cli, args),
         Command::Promote(args) => pgrestore::promote(cli, args),
         Command::History(args) => cmd::history::run(cli, args),

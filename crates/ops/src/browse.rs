@@ -11,6 +11,7 @@
 //! whose files are the data directory as the server sent it (the WAL streamed since is not
 //! part of a version and is not shown). [`Content`] says which.
 
+pub mod content;
 pub mod diff;
 pub mod find;
 pub mod mount;

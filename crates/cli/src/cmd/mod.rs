@@ -12,6 +12,7 @@ pub mod keys;
 pub mod ls;
 pub mod mount;
 pub mod restore;
+pub mod serve;
 pub mod stats;
 pub mod status;
 pub mod sync;

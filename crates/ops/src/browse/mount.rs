@@ -16,6 +16,8 @@ use embassy_core::id::ChunkId;
 use embassy_core::site::Site;
 use embassy_core::{Error, Result};
 
+use super::content::FileContent;
+
 /// The inode of the mount's top folder.
 pub const ROOT: u64 = 1;
 /// The inode of `latest`.
@@ -49,8 +51,8 @@ struct Inode {
     node: Node,
     /// Names and inodes of a folder's entries, once listed.
     children: Option<Vec<(Vec<u8>, u64)>>,
-    /// Where each chunk of a file starts, and the end, once read.
-    offsets: Option<Vec<u64>>,
+    /// Where each chunk of a file starts, once read.
+    content: Option<FileContent>,
 }
 
 /// The versions of one dataset as a read-only tree.
@@ -260,7 +262,7 @@ impl MountTree {
                 version,
                 node,
                 children: None,
-                offsets: None,
+                content: None,
             });
         }
         if ino >= self.first_node() {
@@ -280,52 +282,27 @@ impl MountTree {
         if inode.node.kind != NodeKind::File {
             return Err(not_a_file());
         }
-        let (version, file_size, chunks) =
-            (inode.version, inode.node.size, inode.node.content.clone());
-        if self.inodes[at].offsets.is_none() {
-            let reader = self.reader(version)?;
-            let mut offsets = Vec::with_capacity(chunks.len() + 1);
-            let mut end = 0u64;
-            for id in &chunks {
-                offsets.push(end);
-                end += reader.blob_size(id)? as u64;
+        let version = inode.version;
+        let content = match &self.inodes[at].content {
+            Some(c) => c.clone(),
+            None => {
+                let node = self.inodes[at].node.clone();
+                let c = FileContent::of(self.reader(version)?, &node)?;
+                self.inodes[at].content = Some(c.clone());
+                c
             }
-            offsets.push(end);
-            if end != file_size {
-                return Err(Error::corrupt(
-                    format!(
-                        "version {} of {}",
-                        self.versions[version].number, self.versions[version].dataset
-                    ),
-                    format!("a file of {file_size} bytes whose chunks hold {end}"),
-                ));
-            }
-            self.inodes[at].offsets = Some(offsets);
-        }
-        let offsets = self.inodes[at].offsets.clone().unwrap_or_default();
-        let want_end = file_size.min(offset.saturating_add(size as u64));
-        let mut out = Vec::with_capacity(want_end.saturating_sub(offset) as usize);
-        if offset >= want_end {
-            return Ok(out);
-        }
-        // The chunk holding `offset`: the last that starts at or before it.
-        let mut i = offsets
-            .partition_point(|&start| start <= offset)
-            .saturating_sub(1);
-        while i < chunks.len() && offsets[i] < want_end {
-            let plain = self.chunk(version, &chunks[i])?;
-            let (start, end) = (offsets[i], offsets[i + 1]);
-            if plain.len() as u64 != end - start {
-                return Err(Error::corrupt(
-                    format!("chunk {}", chunks[i].short()),
-                    "holds another size than its index says",
-                ));
-            }
-            let from = offset.max(start) - start;
-            let to = want_end.min(end) - start;
-            out.extend_from_slice(&plain[from as usize..to as usize]);
-            i += 1;
-        }
+        };
+        let end = content.size.min(offset.saturating_add(size as u64));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        content.read_range_with(
+            offset,
+            end,
+            &mut |id| self.chunk(version, id),
+            &mut |bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
