@@ -218,3 +218,55 @@ fn a_site_whose_vault_was_moved_away_exits_10_in_sync_pending_and_status() {
     let run = env.run(&["b"], &["status"]);
     assert_eq!(run.code, 10, "{run:?}");
 }
+
+/// Red team 5, #1c: a signer whose clock runs ahead (a stolen credential dating its version ten
+/// years on) must not hold the dataset fresh: `status --site` reports an integrity problem
+/// naming the date (exit 3), never a negative age that reads as "current".
+#[test]
+fn data_dated_ahead_of_this_clock_is_a_problem_in_status_not_fresh() {
+    use embassy_core::history::ledger::{self, Event};
+    let env = Env::new();
+    env.vault(1);
+    let fresh = env.ok(&["a"], &["--json", "status"]);
+    assert_eq!(fresh.code, 0, "{fresh:?}");
+    // A validly signed version dated ten years ahead, naming version 1's manifest.
+    let key_path = env.dir.join("vault.key");
+    let file = embassy_core::keys::keyfile::KeyFile::load(&key_path).unwrap();
+    let root = file
+        .open(embassy_testkit::cli::PASS.as_bytes(), &key_path)
+        .unwrap();
+    let root = embassy_core::keys::RootSecret::from_bytes(root.expose());
+    let site: std::sync::Arc<dyn embassy_core::site::Site> =
+        std::sync::Arc::new(embassy_sites::LocalSite::new(env.dir.join("a")).unwrap());
+    let vault = embassy_core::engine::vault::Vault::open(site.clone()).unwrap();
+    let history = vault.history("register").unwrap();
+    let Event::VersionAdded {
+        manifest,
+        kind,
+        stats,
+        ..
+    } = history.last().unwrap().entry.event.clone()
+    else {
+        panic!("the newest entry is a version")
+    };
+    let ahead = embassy_core::format::config::now_unix_nanos() + 10 * 365 * 86_400 * 1_000_000_000;
+    ledger::append(
+        site.as_ref(),
+        &root.writer_signing_key(0),
+        "register",
+        history.last(),
+        Event::VersionAdded {
+            manifest,
+            kind,
+            captured_at_ns: ahead,
+            stats,
+        },
+    )
+    .unwrap();
+    let r = env.run(&["a"], &["status"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.text().contains("ahead of this machine's clock"),
+        "the status names the future date: {r:?}"
+    );
+}

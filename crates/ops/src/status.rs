@@ -286,6 +286,29 @@ fn read_dataset(
         }
     }
     facts.recovery_point_ns = recovery_point(facts.newest_version_ns, facts.wal.as_ref());
+    // Data dated ahead of this clock cannot be judged fresh: a signer with a wrong or hostile
+    // clock (a stolen credential) would otherwise hold the dataset green, and its RPO alarm
+    // silent, for as long as it dated ahead (red team 5, #1c).
+    let now = embassy_core::format::config::now_unix_nanos();
+    if let Some(at) = facts
+        .recovery_point_ns
+        .filter(|at| *at > now.saturating_add(embassy_core::engine::prune::CLOCK_SKEW_NS))
+    {
+        facts.error.get_or_insert_with(|| {
+            Error::History {
+                dataset: dataset.to_string(),
+                problem: format!(
+                    "its newest data is dated {}, ahead of this machine's clock ({}): its \
+                     freshness cannot be judged; a signer's clock is wrong or hostile (a stolen \
+                     credential can date entries ahead to hide that the data is old): check the \
+                     clocks of the signers and revoke a signer that is not yours",
+                    embassy_core::time::utc(at),
+                    embassy_core::time::utc(now)
+                ),
+            }
+            .into()
+        });
+    }
     (facts, read)
 }
 

@@ -410,7 +410,10 @@ fn still_active_key_fork_is_unresolved_until_the_root_revokes_the_rogue_signer()
 /// once the root revokes `k`, its entry is a rogue's noise and nothing is reported.
 fn displaced_until_revoked(w: &World, vault: &Vault, k: &SigningKey, rogue: &Record) {
     let r = report(vault);
-    assert!(!r.is_ok(), "a displaced entry of a trusted signer passes verify");
+    assert!(
+        !r.is_ok(),
+        "a displaced entry of a trusted signer passes verify"
+    );
     assert!(
         r.problems
             .iter()
@@ -718,7 +721,10 @@ fn entries_a_site_hid_while_the_root_appended_are_reported_not_noise() {
     }
     let fresh = w.fresh();
     let r = report(&fresh);
-    assert!(!r.is_ok(), "the hidden versions were dropped behind a passing verify");
+    assert!(
+        !r.is_ok(),
+        "the hidden versions were dropped behind a passing verify"
+    );
     assert!(
         r.problems
             .iter()
