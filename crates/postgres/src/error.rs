@@ -254,6 +254,10 @@ impl From<PgError> for embassy_core::Error {
                 problem: e.to_string(),
             };
         }
+        // WAL retention collected it: a request outside what the vault keeps, not damage.
+        if let PgError::WalCollected { .. } = &e {
+            return embassy_core::Error::Invalid(e.to_string());
+        }
         if let PgError::WalGone { .. } = &e {
             return embassy_core::Error::Refused {
                 kind: e.kind(),
