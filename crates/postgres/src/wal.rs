@@ -503,7 +503,8 @@ pub fn history_file(
 /// the time each object was anchored, see [`WalSigners`]).
 pub fn dataset_signers(vault: &Vault, dataset: &str) -> Result<WalSigners> {
     let history = vault.history(dataset)?;
-    Ok(WalSigners::new(vault.wal_authority(&history), dataset).with_cutoff(vault.wal_cutoff(&history)))
+    Ok(WalSigners::new(vault.wal_authority(&history), dataset)
+        .with_cutoff(vault.wal_cutoff(&history)))
 }
 
 /// What keyless WAL verification found.

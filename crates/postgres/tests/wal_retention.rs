@@ -16,9 +16,9 @@ use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::engine::writer::BackupSession;
 use embassy_core::format::config::{now_unix_nanos, VaultConfig};
 use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::format::pack::BlobKind;
 use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_core::format::wal_log::{LogKind, LogSpec};
-use embassy_core::format::pack::BlobKind;
 use embassy_core::history::ledger::{self, Event, Right, WalStart};
 use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::id::ObjectId;
@@ -142,7 +142,12 @@ impl World {
             .store_blob(BlobKind::Tree, Tree { nodes: vec![node] }.encode())
             .unwrap();
         session
-            .finish(VersionKind::Tree, root, vec!["test".into()], VersionStats::default())
+            .finish(
+                VersionKind::Tree,
+                root,
+                vec!["test".into()],
+                VersionStats::default(),
+            )
             .unwrap();
         start
     }
@@ -239,7 +244,10 @@ fn wal_below_the_oldest_kept_base_backup_is_collected_and_the_rest_stays() {
     let report = w.gc();
     let wal_deleted = |r: &gc::GcReport| r.deleted.iter().filter(|p| p.starts_with("wal/")).count();
     assert_eq!(wal_deleted(&report), 1, "{:?}", report.deleted);
-    assert_eq!(w.stored().first().copied(), Some(starts[0] - starts[0] % SEG));
+    assert_eq!(
+        w.stored().first().copied(),
+        Some(starts[0] - starts[0] % SEG)
+    );
     w.prune(2);
     let report = w.gc();
     let cutoff = starts[1] - starts[1] % SEG;
@@ -269,7 +277,10 @@ fn wal_below_the_oldest_kept_base_backup_is_collected_and_the_rest_stays() {
         .unwrap();
     w.vault.site().delete(&lost.path).unwrap();
     let v = wal::verify(&w.vault, DS).unwrap();
-    assert!(!v.is_ok(), "a lost segment above the cut-off went unreported");
+    assert!(
+        !v.is_ok(),
+        "a lost segment above the cut-off went unreported"
+    );
     let e = w.fetch(cutoff / SEG + 1).unwrap_err();
     assert!(matches!(e, PgError::WalLost { .. }), "{e}");
 }
@@ -339,7 +350,12 @@ fn a_stolen_sealing_credential_cannot_raise_the_cut_off() {
     w.gc();
     let cutoff = starts[1] - starts[1] % SEG;
     assert_eq!(w.vault.wal_cutoff(&history).lsn, cutoff);
-    assert_eq!(w.stored().first().copied(), Some(cutoff), "{:?}", w.stored());
+    assert_eq!(
+        w.stored().first().copied(),
+        Some(cutoff),
+        "{:?}",
+        w.stored()
+    );
     assert_eq!(w.stored().len(), 4);
 }
 

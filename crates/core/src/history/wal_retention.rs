@@ -91,9 +91,9 @@ impl WalCutoff {
         let at = format!("{:X}/{:X}", self.lsn >> 32, self.lsn & 0xffff_ffff);
         match &self.basis {
             CutoffBasis::NoVersion => "no cut-off (no version)".into(),
-            CutoffBasis::UnknownStart { version } => format!(
-                "no cut-off (version {version} does not record where its WAL starts)"
-            ),
+            CutoffBasis::UnknownStart { version } => {
+                format!("no cut-off (version {version} does not record where its WAL starts)")
+            }
             CutoffBasis::OldestBaseBackup { version, start } => format!(
                 "{at}, the segment where the oldest kept base backup (version {version}, \
                  timeline {}) starts",

@@ -100,7 +100,10 @@ fn the_cut_off_is_the_segment_of_the_oldest_kept_base_backup() {
     let h = honest();
     let c = h.cutoff();
     assert_eq!(c.lsn, 3 * SEG);
-    assert!(matches!(c.basis, CutoffBasis::OldestBaseBackup { version: 2, .. }));
+    assert!(matches!(
+        c.basis,
+        CutoffBasis::OldestBaseBackup { version: 2, .. }
+    ));
     // The segment the oldest kept backup starts in stays whole; the ones before it go.
     assert!(c.collects(3 * SEG));
     assert!(!c.collects(3 * SEG + 1));
