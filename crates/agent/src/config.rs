@@ -144,6 +144,9 @@ pub struct Retention {
     pub keep_yearly: Option<u32>,
     /// Legal minimum: no version younger than this is ever deleted.
     pub min_age: Option<Duration>,
+    /// PostgreSQL: the point-in-time window of streamed WAL (`wal_keep = "7d"`): WAL streamed
+    /// within it stays even when no kept base backup needs it.
+    pub wal_keep: Option<Duration>,
 }
 
 impl Retention {

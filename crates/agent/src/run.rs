@@ -192,6 +192,7 @@ pub fn retention_policy(config: &Config, dataset: &str) -> Option<RetentionPolic
         keep_monthly: r.keep_monthly.unwrap_or(0),
         keep_yearly: r.keep_yearly.unwrap_or(0),
         min_age_secs: r.min_age.map_or(0, |d| d.as_secs()),
+        wal_keep_secs: r.wal_keep.map_or(0, |d| d.as_secs()),
     })
 }
 

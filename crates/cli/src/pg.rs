@@ -306,6 +306,7 @@ fn wal_report_json(report: &embassy_postgres::wal::WalVerifyReport) -> serde_jso
         "noise": report.noise,
         "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
         "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": e.to_string()})).collect::<Vec<_>>(),
+        "retention_cutoff": embassy_postgres::Lsn(report.cutoff.lsn).to_string(),
     })
 }
 
@@ -326,6 +327,13 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
     println!("{} WAL objects{of} check out", report.objects_ok);
     for (tl, e) in &report.ends {
         println!("timeline {tl}: up to {e}");
+    }
+    if report.cutoff.lsn > 0 {
+        println!(
+            "WAL before {} collected by retention (not needed): cut-off {}",
+            embassy_postgres::Lsn(report.cutoff.lsn),
+            report.cutoff.describe()
+        );
     }
     for p in &report.problems {
         println!("PROBLEM: {}", embassy_core::text::escape(&p.to_string()));

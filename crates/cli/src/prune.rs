@@ -43,6 +43,10 @@ pub struct PruneArgs {
     /// age applies in any case.
     #[arg(long)]
     pub min_age: Option<String>,
+    /// PostgreSQL: keep the streamed WAL of this window (e.g. 7d) for point-in-time restores,
+    /// even when no kept base backup needs it; recorded with the deletion, read by `gc`.
+    #[arg(long)]
+    pub wal_keep: Option<String>,
     /// Print what would be kept and deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -232,6 +236,12 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
         keep_yearly: args.keep_yearly,
         min_age_secs: args
             .min_age
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(0),
+        wal_keep_secs: args
+            .wal_keep
             .as_deref()
             .map(parse_duration)
             .transpose()?

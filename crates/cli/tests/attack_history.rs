@@ -182,6 +182,7 @@ fn forge(home: &Home, key: &SigningKey, seq: u64, prev: ObjectId) -> String {
             kind: VersionKind::Stream,
             captured_at_ns: 1_000,
             stats: Default::default(),
+            wal_start: None,
         },
     };
     let bytes = ledger::encode(&entry, key);

@@ -158,6 +158,7 @@ fn objects() -> &'static Objects {
                 kind: VersionKind::Tree,
                 captured_at_ns: 1,
                 stats: VersionStats::default(),
+                wal_start: None,
             },
         };
         let ledger = ledger::encode(&entry, &writer);

@@ -310,6 +310,10 @@ pub fn base_backup(
         stopped_at_ns,
     };
     session.set_properties(info.to_properties());
+    session.set_wal_start(embassy_core::history::ledger::WalStart {
+        timeline,
+        lsn: start_lsn.0,
+    });
     session.set_root_node(dir_node(b"data"));
     let source = vec![format!(
         "postgresql base backup ({})",

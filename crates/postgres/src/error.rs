@@ -175,6 +175,22 @@ pub enum PgError {
         /// The anchoring ledger entry.
         seq: u64,
     },
+    /// WAL that an accepted ledger entry anchored lies below the dataset's WAL retention cut-off
+    /// (`embassy_core::history::wal_retention`): garbage collection removed it on purpose, since
+    /// no kept base backup and no point-in-time window needs it. Not damage.
+    #[error(
+        "WAL file {file} (at {lsn}) was collected by WAL retention: it lies below the cut-off \
+         {cutoff}, and no kept base backup replays from there; restore a base backup the vault \
+         still holds, to a time after its start"
+    )]
+    WalCollected {
+        /// The WAL file PostgreSQL asked for.
+        file: String,
+        /// The first position asked for.
+        lsn: String,
+        /// The cut-off and what set it.
+        cutoff: String,
+    },
     /// A restore, standby or promotion could not be done (no usable base backup, a target
     /// folder in the way, PostgreSQL's tools failing).
     #[error("{0}")]
@@ -195,6 +211,7 @@ impl PgError {
             PgError::Vault(e) => e.kind(),
             PgError::Site(e) => e.kind(),
             PgError::WalLost { .. } => ErrorKind::Integrity,
+            PgError::WalCollected { .. } => ErrorKind::Config,
             PgError::Connect { .. }
             | PgError::Tls { .. }
             | PgError::Server { .. }
@@ -236,6 +253,10 @@ impl From<PgError> for embassy_core::Error {
                 path: file.clone(),
                 problem: e.to_string(),
             };
+        }
+        // WAL retention collected it: a request outside what the vault keeps, not damage.
+        if let PgError::WalCollected { .. } = &e {
+            return embassy_core::Error::Invalid(e.to_string());
         }
         if let PgError::WalGone { .. } = &e {
             return embassy_core::Error::Refused {

@@ -49,6 +49,7 @@ fn anchored_at(signers: &wal::WalSigners, timeline: u32, lsn: u64) -> Option<u64
 }
 
 /// Absence of `name` that the ledger contradicts: WAL at `lsn` of `timeline` was anchored.
+/// Below the WAL retention cut-off, retention collected it: said so, not called damage.
 fn missing(
     vault: &Vault,
     signers: &wal::WalSigners,
@@ -58,6 +59,11 @@ fn missing(
 ) -> Result<()> {
     match anchored_at(signers, timeline, lsn) {
         None => Ok(()),
+        Some(_) if signers.cutoff().lsn > lsn => Err(PgError::WalCollected {
+            file: name.to_string(),
+            lsn: crate::Lsn(lsn).to_string(),
+            cutoff: signers.cutoff().describe(),
+        }),
         Some(seq) => Err(PgError::WalLost {
             file: name.to_string(),
             site: vault.site().location().to_string(),

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::format::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
 use embassy_core::history::wal_authority::{Anchor, WalAuthority};
+use embassy_core::history::wal_retention::WalCutoff;
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
 use embassy_core::site::Site;
@@ -147,6 +148,8 @@ pub struct WalSigners {
     prevs: Mutex<HashMap<ObjectId, Option<ObjectId>>>,
     /// Pieces and segments of a timeline by id, listed when a chain must be walked there.
     names: Mutex<HashMap<u32, HashMap<ObjectId, WalObject>>>,
+    /// The dataset's WAL retention cut-off: anchored WAL below it was collected on purpose.
+    cutoff: WalCutoff,
 }
 
 /// How many anchors after an object are tried when looking for the one whose chain covers it.
@@ -160,7 +163,19 @@ impl WalSigners {
             dataset: dataset.to_string(),
             prevs: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            cutoff: WalCutoff::none(),
         }
+    }
+
+    /// These signers, knowing the dataset's WAL retention cut-off.
+    pub fn with_cutoff(mut self, cutoff: WalCutoff) -> Self {
+        self.cutoff = cutoff;
+        self
+    }
+
+    /// The dataset's WAL retention cut-off (none unless given, see [`dataset_signers`]).
+    pub fn cutoff(&self) -> &WalCutoff {
+        &self.cutoff
     }
 
     /// The authority (signer intervals and anchors) this judges by.
@@ -488,7 +503,8 @@ pub fn history_file(
 /// the time each object was anchored, see [`WalSigners`]).
 pub fn dataset_signers(vault: &Vault, dataset: &str) -> Result<WalSigners> {
     let history = vault.history(dataset)?;
-    Ok(WalSigners::new(vault.wal_authority(&history), dataset))
+    Ok(WalSigners::new(vault.wal_authority(&history), dataset)
+        .with_cutoff(vault.wal_cutoff(&history)))
 }
 
 /// What keyless WAL verification found.
@@ -506,6 +522,9 @@ pub struct WalVerifyReport {
     pub ends: BTreeMap<u32, Lsn>,
     /// Gaps found in the piece/segment coverage: (timeline, from, to).
     pub gaps: Vec<(u32, Lsn, Lsn)>,
+    /// The WAL retention cut-off: WAL ending at or before it was collected on purpose, so its
+    /// absence is not reported.
+    pub cutoff: WalCutoff,
 }
 
 impl WalVerifyReport {
@@ -524,7 +543,10 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let history = vault.history(dataset)?;
     let authority = vault.wal_authority(&history);
     let listing = list(site, dataset)?;
-    let mut report = WalVerifyReport::default();
+    let mut report = WalVerifyReport {
+        cutoff: vault.wal_cutoff(&history),
+        ..Default::default()
+    };
     // Nothing refers to WAL objects but by the names of log objects: strays are noise.
     for s in &listing.strays {
         report
@@ -622,10 +644,12 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     for (obj, prev) in &prevs {
         // A piece's predecessor ended where it starts, on its timeline or (at a timeline switch)
         // on an earlier one; collected after compaction when a segment covers it.
-        let collected = obj.name.kind == LogKind::Piece
-            && segments_ok.iter().any(|&(tl, s, e)| {
-                tl <= obj.name.timeline && s < obj.name.start && obj.name.start <= e
-            });
+        // Below the retention cut-off, it was collected on purpose.
+        let collected = report.cutoff.collects(obj.name.start)
+            || obj.name.kind == LogKind::Piece
+                && segments_ok.iter().any(|&(tl, s, e)| {
+                    tl <= obj.name.timeline && s < obj.name.start && obj.name.start <= e
+                });
         if !ids.contains_key(prev) && !collected {
             report.problems.push(format!(
                 "{}: the previous object {} of its chain is missing",
@@ -642,9 +666,13 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
             ..
         } = &r.entry.event
         {
-            // An anchored piece may be collected once a segment covers it; an anchored segment
-            // is never collected, so its absence is always reported.
-            if !ids.contains_key(manifest) && !covered_piece(&segments_ok, *timeline, *end) {
+            // An anchored piece may be collected once a segment covers it, and any WAL object
+            // once it ends at or before the retention cut-off; otherwise its absence is
+            // reported.
+            if !ids.contains_key(manifest)
+                && !covered_piece(&segments_ok, *timeline, *end)
+                && !report.cutoff.collects(*end)
+            {
                 report.problems.push(format!(
                     "ledger entry {} anchors WAL object {} which is not stored (or not valid)",
                     r.entry.seq,
@@ -665,8 +693,10 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         ranges.sort();
         let mut reach = ranges[0].1;
         for (s, e) in ranges.into_iter().skip(1) {
-            if s > reach {
-                report.gaps.push((tl, Lsn(reach), Lsn(s)));
+            // Below the retention cut-off WAL may be gone (collection deletes in any order).
+            if s > reach && !report.cutoff.collects(s) {
+                let from = reach.max(report.cutoff.lsn);
+                report.gaps.push((tl, Lsn(from), Lsn(s)));
             }
             reach = reach.max(e);
         }

@@ -575,6 +575,7 @@ fn reader_tries_the_next_mapping_when_an_index_of_the_version_lies() {
             kind: v1.kind,
             captured_at_ns: v1.captured_at_ns,
             stats: v1.stats,
+            wal_start: None,
         },
     )
     .unwrap();

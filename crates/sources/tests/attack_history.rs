@@ -193,6 +193,7 @@ fn forge(site: &dyn Site, key: &SigningKey, seq: u64, prev: Option<ObjectId>, n:
             kind: VersionKind::Stream,
             captured_at_ns: 1_000 + n as i64,
             stats: Default::default(),
+            wal_start: None,
         },
     };
     let bytes = ledger::encode(&entry, key);

@@ -277,6 +277,7 @@ fn a_revoked_credential_is_refused_and_its_forced_entries_are_rejected_without_h
             kind: embassy_core::format::manifest::VersionKind::Tree,
             captured_at_ns: 0,
             stats: Default::default(),
+            wal_start: None,
         },
     )
     .unwrap();

@@ -524,6 +524,7 @@ impl Parser<'_> {
         r.keep_monthly = self.count(&mut t, "keep_monthly", 0);
         r.keep_yearly = self.count(&mut t, "keep_yearly", 0);
         r.min_age = self.duration(&mut t, "min_age").map(Spanned::into_inner);
+        r.wal_keep = self.duration(&mut t, "wal_keep").map(Spanned::into_inner);
         let rules = [
             r.keep_last,
             r.keep_hourly,
@@ -550,6 +551,7 @@ impl Parser<'_> {
                 "keep_monthly",
                 "keep_yearly",
                 "min_age",
+                "wal_keep",
             ],
         );
         Some(r)

@@ -162,7 +162,8 @@ fn references(
         .collect();
     for r in history {
         // A log range names either a manifest or (PostgreSQL WAL) a `wal/` log object, which
-        // collection never touches: follow it only when it is a stored manifest.
+        // the WAL rules judge (`wal::wal_collectable`): follow it only when it is a stored
+        // manifest.
         if let Event::LogRangeAdded { manifest, .. } = &r.entry.event {
             if listed.contains_key(layout::manifest(dataset, manifest).as_str()) {
                 manifests.push((*manifest, r.entry.seq));
@@ -218,13 +219,14 @@ fn references(
 }
 
 /// True for objects garbage collection may remove: a dataset's packs, indexes and manifests,
-/// and its WAL pieces (`wal/<dataset>/<tl>/p/...`, collectable only when an anchored segment
-/// object covers them, see [`wal_pieces_covered`]). Anything else (ledger, checkpoints,
-/// approvals, WAL segment objects and history files, objects of kinds this code does not know)
-/// is never touched.
+/// and its WAL pieces and segments (`wal/<dataset>/<tl>/{p,s}/...`; a piece only when an
+/// anchored segment object covers it, see [`wal_pieces_covered`], either only below the WAL
+/// retention cut-off, see `wal::wal_collectable`). Anything else (ledger, checkpoints,
+/// approvals, WAL timeline history files, objects of kinds this code does not know) is never
+/// touched.
 fn collectable(dataset: &str, path: &str) -> bool {
     if let Some(name) = wal_log::parse_path(path) {
-        return name.dataset == dataset && name.kind == LogKind::Piece;
+        return name.dataset == dataset && name.kind != LogKind::History;
     }
     [
         layout::packs_prefix(dataset),
@@ -474,7 +476,9 @@ pub fn collect_garbage(
             references(merged, dataset, &history, &sizes, &allowed, extra).map(|mut r| {
                 // WAL pieces are kept unless an anchored, verified segment covers them.
                 let authority = vault.wal_authority(&history);
-                let wal_free = wal_collectable(merged, dataset, &history, &authority, &listing);
+                let cutoff = vault.wal_cutoff(&history);
+                let wal_free =
+                    wal_collectable(merged, dataset, &history, &authority, &cutoff, &listing);
                 r.extend(
                     listing
                         .iter()
@@ -743,14 +747,14 @@ mod tests {
     const SEG: u64 = 16 * 1024 * 1024;
 
     #[test]
-    fn wal_pieces_are_collectable_and_segments_and_histories_are_not() {
+    fn wal_pieces_and_segments_are_collectable_and_histories_are_not() {
         let id = ObjectId::of(b"x");
         let p = format!("wal/db/00000001/p/{:016x}-{:016x}-{id}", SEG, SEG + 5);
         let s = format!("wal/db/00000001/s/{:016x}-{:016x}-{id}", SEG, 2 * SEG);
         let h = format!("wal/db/00000002/h/{:016x}-{:016x}-{id}", 0, 40);
         assert!(collectable("db", &p));
         assert!(!collectable("other", &p));
-        assert!(!collectable("db", &s));
+        assert!(collectable("db", &s));
         assert!(!collectable("db", &h));
         assert!(!collectable("db", "wal/db/00000001/p/garbage"));
         assert_eq!(dataset_of(&p), Some("db"));

@@ -153,6 +153,18 @@ impl Vault {
         crate::history::wal_authority::WalAuthority::new(start, history)
     }
 
+    /// The WAL retention cut-off of a dataset from its verified history
+    /// (`history::wal_retention`): none in vaults before format 4, whose older programs would
+    /// take collected WAL for lost.
+    pub fn wal_cutoff(&self, history: &[Record]) -> crate::history::wal_retention::WalCutoff {
+        use crate::history::wal_retention::{wal_cutoff, WalCutoff};
+        if self.config.format_version < crate::format::config::WAL_RETENTION_SINCE {
+            return WalCutoff::none();
+        }
+        let dataset = history.first().map_or("", |r| r.entry.dataset.as_str());
+        wal_cutoff(dataset, history)
+    }
+
     /// Every dataset's verified history; datasets that fail are returned as errors beside,
     /// and rejected entries are listed.
     pub fn histories(&self) -> Result<(Histories, Vec<Error>)> {

@@ -180,6 +180,7 @@ pub struct BackupSession {
     captured_at_ns: i64,
     root_node: Option<crate::format::tree::Node>,
     properties: std::collections::BTreeMap<String, String>,
+    wal_start: Option<crate::history::ledger::WalStart>,
     /// Problems that did not stop the backup (a damaged index that was ignored, a checkpoint
     /// that could not be written); keep a clone to read them after [`BackupSession::finish`].
     pub warnings: Arc<Mutex<Vec<String>>>,
@@ -283,6 +284,7 @@ impl BackupSession {
             captured_at_ns: now_unix_nanos(),
             root_node: None,
             properties: Default::default(),
+            wal_start: None,
             warnings: Arc::new(Mutex::new(warnings)),
         })
     }
@@ -411,6 +413,13 @@ impl BackupSession {
         self.properties = properties;
     }
 
+    /// Records where a PostgreSQL base backup's WAL replay starts, signed into its ledger entry
+    /// (vaults of format 4 on), so that WAL retention can tell keylessly which streamed WAL no
+    /// kept version needs (`history::wal_retention`).
+    pub fn set_wal_start(&mut self, start: crate::history::ledger::WalStart) {
+        self.wal_start = Some(start);
+    }
+
     /// Waits for the sealers; returns the first failure.
     fn drain(&mut self) -> Result<()> {
         self.jobs = None;
@@ -468,6 +477,10 @@ impl BackupSession {
             kind,
             captured_at_ns: self.captured_at_ns,
             stats,
+            // Programs of older formats would take WAL retention's collections for damage.
+            wal_start: self.wal_start.filter(|_| {
+                self.vault.config().format_version >= crate::format::config::WAL_RETENTION_SINCE
+            }),
         };
         let mut attempt = 0;
         let record = loop {

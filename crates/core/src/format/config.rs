@@ -21,8 +21,15 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// ledger entry and the `drill` right, and the `group_point` event; a program of version 2
 /// would take such entries for unparsable noise (and a group's ledger for a gap), so it must
 /// refuse the vault instead. Version-2 vaults stay readable (and writable) but take neither
-/// drill entries nor group points.
-pub const FORMAT_VERSION: u32 = 3;
+/// drill entries nor group points. Version 4 (issue 18): WAL retention; base backups' ledger
+/// entries carry their WAL start (`wal_start`) and garbage collection removes streamed WAL
+/// below the cut-off it implies. A program of version 3 would report that collected WAL as
+/// lost (damage), so it must refuse the vault; version-3 vaults stay readable and writable, and
+/// their WAL is never collected by the cut-off.
+pub const FORMAT_VERSION: u32 = 4;
+/// The first format version whose base backups record their WAL start and whose streamed WAL
+/// retention collects (`history::wal_retention`).
+pub const WAL_RETENTION_SINCE: u32 = 4;
 /// The first format version whose vaults may hold `group_point` entries.
 pub const GROUP_POINTS_SINCE: u32 = 3;
 /// The oldest vault format this program reads.

@@ -33,6 +33,12 @@ pub enum Event {
         captured_at_ns: i64,
         /// Its counts.
         stats: VersionStats,
+        /// Where a PostgreSQL base backup's WAL replay starts (format version 4): signed and
+        /// readable without keys, so that garbage collection, `verify` and `wal-fetch` agree on
+        /// which streamed WAL no kept version needs (`history::wal_retention`). Absent for
+        /// other versions and for base backups written before format 4.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wal_start: Option<WalStart>,
     },
     /// A range of continuous changes (for example PostgreSQL WAL) after a version was stored.
     LogRangeAdded {
@@ -124,6 +130,17 @@ pub enum Event {
     /// moment, so a restore can bring every member back to the same instant. Stored in the
     /// group's own ledger ([`crate::format::layout::group_ledger`]), never in a member's.
     GroupPoint(GroupPoint),
+}
+
+/// Where a PostgreSQL base backup's WAL replay starts: the `START WAL LOCATION` of its
+/// `backup_label` and the timeline it was taken on. Recovery from the backup reads no WAL
+/// before `lsn` (on any timeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalStart {
+    /// The timeline the base backup was taken on.
+    pub timeline: u32,
+    /// The WAL position replay starts at (the checkpoint's redo point).
+    pub lsn: u64,
 }
 
 /// What a `group_point` entry records: the group, its point's number and when it was taken, and

@@ -41,6 +41,15 @@ pub struct RetentionPolicy {
     /// Never delete a version younger than this many seconds (the legal minimum age).
     #[serde(default)]
     pub min_age_secs: u64,
+    /// The point-in-time window of streamed WAL (seconds, 0: none, format 4): WAL streamed
+    /// within this long before the policy was applied stays even when no kept version needs it
+    /// (`history::wal_retention`). It keeps nothing else.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wal_keep_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RetentionPolicy {
@@ -94,6 +103,12 @@ impl fmt::Display for RetentionPolicy {
             parts.push(format!(
                 "min age {}",
                 crate::duration::format_duration(self.min_age_secs)
+            ));
+        }
+        if self.wal_keep_secs > 0 {
+            parts.push(format!(
+                "WAL window {}",
+                crate::duration::format_duration(self.wal_keep_secs)
             ));
         }
         if parts.is_empty() {
@@ -423,6 +438,7 @@ mod tests {
                 keep_monthly: m,
                 keep_yearly: y,
                 min_age_secs: age,
+                wal_keep_secs: 0,
             })
     }
 

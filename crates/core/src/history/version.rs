@@ -40,6 +40,7 @@ impl Version {
             kind,
             captured_at_ns,
             stats,
+            ..
         } = &record.entry.event
         else {
             return None;

@@ -1,11 +1,15 @@
 //! Garbage collection of streamed WAL: pieces (`wal/<dataset>/<tl>/p/...`) go once a segment
-//! object that the ledger anchors, and whose bytes, header and signer check out, covers them.
+//! object that the ledger anchors, and whose bytes, header and signer check out, covers them;
+//! pieces and segments of every timeline go once they end at or before the dataset's WAL
+//! retention cut-off (`history::wal_retention`: no kept base backup and no point-in-time window
+//! needs them). Timeline history files always stay.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::format::wal_log::{self, LogKind, LogName};
 use crate::history::ledger::{Event, Record};
 use crate::history::wal_authority::WalAuthority;
+use crate::history::wal_retention::WalCutoff;
 use crate::id::ObjectId;
 use crate::site::Site;
 
@@ -75,15 +79,17 @@ fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &Wal
     }
 }
 
-/// The WAL pieces of `dataset` that garbage collection may remove now: those whose whole range
-/// a segment object covers that a verified `LogRangeAdded` entry anchors and whose bytes,
-/// header and signature check out (read only when it covers a listed piece). Everything else
-/// under `wal/` stays.
+/// The WAL objects of `dataset` that garbage collection may remove now: pieces and segments
+/// that end at or before `cutoff` (judged by their names alone: deleting a wrongly named
+/// object frees nothing a restore reads), and pieces whose whole range a segment object covers
+/// that a verified `LogRangeAdded` entry anchors and whose bytes, header and signature check
+/// out (read only when it covers a listed piece). Everything else under `wal/` stays.
 pub(super) fn wal_collectable(
     site: &dyn Site,
     dataset: &str,
     history: &[Record],
     authority: &WalAuthority,
+    cutoff: &WalCutoff,
     listing: &[crate::site::ObjectInfo],
 ) -> HashSet<String> {
     let prefix = wal_log::prefix(dataset);
@@ -101,7 +107,11 @@ pub(super) fn wal_collectable(
         .collect();
     let piece_names: Vec<&LogName> = pieces.iter().map(|(_, n)| n).collect();
     let mut verified: HashMap<usize, bool> = HashMap::new();
-    let mut out = HashSet::new();
+    let mut out: HashSet<String> = names
+        .iter()
+        .filter(|(_, n)| n.kind != LogKind::History && cutoff.collects(n.end))
+        .map(|(p, _)| p.clone())
+        .collect();
     for (piece, cover) in pieces
         .iter()
         .zip(wal_pieces_covered(&piece_names, &segment_names))
