@@ -168,10 +168,18 @@ fn a_catch_up_never_forks_a_site() {
     assert!(text.contains("fork"), "sync --from b: {text}");
     // a keeps its own history, readable and verifiable, with both versions.
     let out = env.run(&["a"], "state", &["verify"]);
-    assert!(out.status.success(), "a after the refused copies: {}", show(&out));
+    assert!(
+        out.status.success(),
+        "a after the refused copies: {}",
+        show(&out)
+    );
     let out = env.ok(&["a"], "state", &["--json", "versions", "reg"]);
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(answer["versions"].as_array().map_or(0, Vec::len), 2, "{answer}");
+    assert_eq!(
+        answer["versions"].as_array().map_or(0, Vec::len),
+        2,
+        "{answer}"
+    );
 }
 
 /// 3c/3d: the agent, its state folder the one where the command line verified versions 1..3,
@@ -232,7 +240,11 @@ rpo = "1d"
         let metrics = embassy_testkit::status_page::http_get(port, "/metrics")?;
         metrics
             .lines()
-            .any(|l| l.starts_with("embassy_site_verify_ok{") && l.contains("site=\"b\"") && l.ends_with(" 0"))
+            .any(|l| {
+                l.starts_with("embassy_site_verify_ok{")
+                    && l.contains("site=\"b\"")
+                    && l.ends_with(" 0")
+            })
             .then_some(())
     });
     let report = embassy_testkit::agent::wait_until(limit, "b's cell", &agent, || {

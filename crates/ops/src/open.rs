@@ -165,6 +165,7 @@ pub fn queued_for(state_dir: &Path, locations: &[String]) -> Vec<Queued> {
                 .ok()?;
             (!pending.is_empty()).then(|| Queued {
                 site: location.clone(),
+                full_sync: !pending.full_sync.is_empty(),
                 paths: pending.paths,
             })
         })

@@ -68,6 +68,10 @@ pub struct Queued {
     pub site: String,
     /// The object paths queued for it.
     pub paths: Vec<String>,
+    /// A full comparison is queued for it (a writer was killed before it could name what the
+    /// site missed): this machine knows the site missed writes it cannot name, so any shorter
+    /// history of it lags until that comparison runs.
+    pub full_sync: bool,
 }
 
 impl Queued {
@@ -83,6 +87,9 @@ impl Queued {
             .map(|(_, seq, id)| (seq, id.to_hex()))
             .collect();
         let first = served.map_or(1, |s| s + 1);
+        if self.full_sync {
+            return first <= head.seq;
+        }
         first <= head.seq
             && (first..=head.seq).all(|seq| queued.contains_key(&seq))
             && queued.get(&head.seq) == Some(&head.id)
