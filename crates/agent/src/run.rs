@@ -41,14 +41,15 @@ pub fn group_point(
         .map_err(embassy_core::Error::from)?)
 }
 
-/// How the agent opens the vault: every configured site, `min_sites`, its state folder, the
-/// verified heads in its `vaults` subfolder, writes refused once `cancel` is set, and a site
+/// How the agent opens the vault: every configured site, `min_sites`, its state folder (the
+/// verified heads too, in the same file as the command line's), writes refused once `cancel` is set, and a site
 /// that holds no vault left out (never filled) while the others keep every dataset protected.
 pub fn open_options(config: &Config, cancel: &Arc<AtomicBool>) -> embassy_ops::open::OpenOptions {
     let state_dir = config.agent.state_dir.clone();
     embassy_ops::open::OpenOptions {
         min_sites: Some(config.agent.min_sites),
-        heads_dir: state_dir.join("vaults"),
+        // The one home of the remembered heads, shared with the command line run with the
+        // same state folder (the agent's former `vaults` subfolder is folded in on reading).
         cancel: Some(cancel.clone()),
         without_vault: embassy_sites::WithoutVault::LeaveOut,
         ..embassy_ops::open::OpenOptions::new(config.locations(), state_dir)
@@ -346,8 +347,11 @@ pub fn catch_up(
 /// verification, the same as `embassy verify`): a one-line summary, or what is wrong. Damage
 /// found is [`RunError::Damaged`] (integrity); a site that cannot be read is its own error (an
 /// outage, typically), as `embassy verify` tells them apart by its exit status.
-pub fn verify_site(location: &str) -> Result<String, RunError> {
-    let verification = embassy_ops::verify::verify_site(location)?;
+pub fn verify_site(
+    options: &embassy_ops::open::OpenOptions,
+    location: &str,
+) -> Result<String, RunError> {
+    let (verification, _behind) = embassy_ops::verify::verify_site(options, location)?;
     if verification.found_damage() {
         return Err(RunError::Damaged {
             problems: verification.problems(),

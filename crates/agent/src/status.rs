@@ -63,12 +63,20 @@ pub struct SiteSnapshot {
 /// Reads one site on its own: its vault's datasets, their newest versions and the bytes held.
 /// `wal` names the continuous (WAL) datasets, each with the server's end of WAL when known.
 /// The facts and the recovery point come from embassy-ops (the same as `embassy status`).
-pub fn snapshot_site(name: &str, location: &str, wal: &[(String, Option<u64>)]) -> SiteSnapshot {
+/// With `remembered` (the agent's state folder), histories are checked against the heads
+/// remembered there: a rolled-back site is an integrity problem, not an older version.
+pub fn snapshot_site(
+    name: &str,
+    location: &str,
+    wal: &[(String, Option<u64>)],
+    remembered: Option<&std::path::Path>,
+) -> SiteSnapshot {
     let wal_datasets: Vec<String> = wal.iter().map(|(d, _)| d.clone()).collect();
     let options = embassy_ops::status::ReadOptions {
         wal_datasets: &wal_datasets,
         bytes: true,
         key_file: None,
+        remembered,
     };
     let read = embassy_ops::status::read_site(location, &options);
     let mut snap = SiteSnapshot {
@@ -118,7 +126,7 @@ pub fn snapshot_all(config: &Config, server_ends: &BTreeMap<String, u64>) -> Vec
         .sites
         .iter()
         .map(|s| {
-            let mut snap = snapshot_site(&s.name, &s.location, &wal);
+            let mut snap = snapshot_site(&s.name, &s.location, &wal, Some(&config.agent.state_dir));
             snap.catch_up_pending = pending.get(&s.location).copied();
             snap
         })

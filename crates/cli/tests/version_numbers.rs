@@ -302,7 +302,7 @@ fn the_agents_status_and_dashboard_show_the_version_number() {
     env.issue_key("reg", "host-a");
     env.backup("reg", 2);
     let site = env.path("site");
-    let snap = status::snapshot_site("here", site.to_str().unwrap(), &[]);
+    let snap = status::snapshot_site("here", site.to_str().unwrap(), &[], None);
     let facts = &snap.datasets["reg"];
     assert_eq!(facts.held.newest_version, Some(2), "{snap:?}");
     assert_eq!(facts.held.newest_version_ledger_seq, Some(3), "{snap:?}");

@@ -127,3 +127,40 @@ pub fn behind(state_dir: &Path, location: &str) -> Result<Option<Behind>> {
             full_sync: p.full_sync.first().cloned(),
         }))
 }
+
+/// Whether a site that has writes queued (see [`behind`]) merely lags: `vault` is the site
+/// opened with the heads this machine remembers and what its queue holds
+/// ([`crate::open::open_vault`]); every dataset's history must either reach the remembered
+/// head or lack only entries the queue holds (the one rule, `StateStore::check_history`).
+/// `false` when a history was rolled back, forked or deleted: the site is then verified
+/// against the remembered heads, which reports it as damaged, never as behind.
+pub fn lag_is_excused(vault: &embassy_core::engine::vault::Vault) -> bool {
+    let Ok(datasets) = vault.datasets() else {
+        return false;
+    };
+    let missing = vault
+        .state()
+        .is_some_and(|s| !s.missing_datasets(&datasets).is_empty());
+    !missing
+        && datasets
+            .iter()
+            .all(|d| vault.history(d).err().is_none_or(|e| !e.is_integrity()))
+}
+
+/// The vault to verify at a site that may have writes queued (`behind`, see [`behind`]): read
+/// as it stands, without the remembered heads, only when the queue holds every entry it lacks
+/// ([`lag_is_excused`]: it is behind, not damaged); otherwise `vault` itself, read against the
+/// remembered heads, so that a site rolled back to an old copy of itself is reported damaged
+/// even while some other write waits for it. Returns the vault and whether it is behind.
+pub fn as_it_stands(
+    vault: embassy_core::engine::vault::Vault,
+    behind: Option<Behind>,
+) -> Result<(embassy_core::engine::vault::Vault, Option<Behind>)> {
+    match behind {
+        Some(b) if lag_is_excused(&vault) => Ok((
+            embassy_core::engine::vault::Vault::open(vault.site().clone())?,
+            Some(b),
+        )),
+        _ => Ok((vault, None)),
+    }
+}

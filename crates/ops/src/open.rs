@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use embassy_core::engine::vault::Vault;
-use embassy_core::history::state::StateStore;
+use embassy_core::history::state::{Queued, StateStore};
 use embassy_core::site::{ObjectInfo, ObjectSink, ObjectSource, Put, Site, SiteError};
 use embassy_core::{Error, Result};
 use embassy_sites::{RetryPolicy, WithoutVault};
@@ -137,23 +137,38 @@ pub fn open_vault(options: &OpenOptions) -> Result<Vault> {
         )?;
     }
     let state = StateStore::open(&options.heads_dir, vault_id)?
-        .with_lagging_sites(lagging_sites(&options.state_dir, &options.locations));
+        .with_lagging_sites(queued_for(&options.state_dir, &options.locations));
     Ok(vault.with_state(state))
 }
 
 /// The sites of `locations` with writes waiting in their catch-up queues under `state_dir`
-/// (a history they serve short of what this machine verified lags; it was not rolled back;
-/// after a write, the sites it was queued for).
+/// (a history they serve short of what this machine verified lags, rather than being rolled
+/// back, only when these writes hold every entry it lacks; after a write, the sites it was
+/// queued for).
 pub fn lagging_sites(state_dir: &Path, locations: &[String]) -> Vec<String> {
+    queued_for(state_dir, locations)
+        .into_iter()
+        .map(|q| q.site)
+        .collect()
+}
+
+/// What this machine's catch-up queues under `state_dir` hold for each site of `locations`
+/// that has writes waiting (the remembered heads' one rule, [`Queued::covers`], decides with
+/// it whether a site's shorter history lags or was rolled back).
+pub fn queued_for(state_dir: &Path, locations: &[String]) -> Vec<Queued> {
     locations
         .iter()
-        .filter(|location| {
+        .filter_map(|location| {
             let site = embassy_sites::open(location).ok();
-            embassy_sites::queue::site_queue(state_dir, location, site.as_ref())
+            let pending = embassy_sites::queue::site_queue(state_dir, location, site.as_ref())
                 .and_then(|q| q.pending())
-                .is_ok_and(|p| !p.is_empty())
+                .ok()?;
+            (!pending.is_empty()).then(|| Queued {
+                site: location.clone(),
+                full_sync: !pending.full_sync.is_empty(),
+                paths: pending.paths,
+            })
         })
-        .cloned()
         .collect()
 }
 

@@ -87,6 +87,10 @@ pub struct ReadOptions<'a> {
     pub bytes: bool,
     /// A key file given explicitly: refused if it belongs to another vault.
     pub key_file: Option<&'a Path>,
+    /// The state folder whose remembered heads (and catch-up queues) the site's histories are
+    /// checked against: a site rolled back to an old copy is an integrity problem, never an
+    /// older version shown as the newest. None: read as it stands.
+    pub remembered: Option<&'a Path>,
 }
 
 /// A dataset's recovery point: the later of its newest version's capture time and the capture
@@ -120,7 +124,12 @@ fn read_into(
     options: &ReadOptions,
 ) -> embassy_core::Result<()> {
     let site: Arc<dyn Site> = embassy_sites::open(location)?;
-    let vault = Vault::open(site.clone())?;
+    let mut vault = Vault::open(site.clone())?;
+    if let Some(dir) = options.remembered {
+        let state = embassy_core::history::state::StateStore::open(dir, &vault.config().vault_id)?
+            .with_lagging_sites(crate::open::queued_for(dir, &[location.to_string()]));
+        vault = vault.with_state(state);
+    }
     crate::unlock::check_given_key_file(options.key_file, vault.config())?;
     if options.bytes {
         facts.bytes_stored = Some(site.list("")?.iter().map(|i| i.size).sum());
@@ -382,11 +391,17 @@ impl StatusRow {
 
 /// The rows of `embassy status --site`: every dataset at every site, each site read on its
 /// own (so a site that lags shows it), at time `now_ns`.
-pub fn site_rows(locations: &[String], key_file: Option<&Path>, now_ns: i64) -> Vec<StatusRow> {
+pub fn site_rows(
+    locations: &[String],
+    key_file: Option<&Path>,
+    remembered: Option<&Path>,
+    now_ns: i64,
+) -> Vec<StatusRow> {
     let mut rows = Vec::new();
     for location in locations {
         let options = ReadOptions {
             key_file,
+            remembered,
             ..ReadOptions::default()
         };
         let facts = read_site(location, &options);

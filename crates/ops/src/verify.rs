@@ -130,11 +130,24 @@ pub fn verify_known(
 }
 
 /// Verifies, without keys, the vault at one site read on its own (the agent's scheduled check
-/// of each site).
-pub fn verify_site(location: &str) -> Result<Verification> {
-    let site = embassy_sites::open(location).map_err(Error::from)?;
-    let vault = Vault::open(site)?;
-    verify(&vault, None, &Silent)
+/// of each site), opened as `options` say (the state folder, the remembered heads): against
+/// the heads this machine remembers, unless the site's catch-up queue holds every entry it
+/// lacks ([`crate::catchup::as_it_stands`]). A site rolled back to an old copy of itself is
+/// damaged here, as in `embassy verify`. Returns the verification and whether it is behind.
+pub fn verify_site(
+    options: &crate::open::OpenOptions,
+    location: &str,
+) -> Result<(Verification, Option<crate::catchup::Behind>)> {
+    let vault = crate::open::open_vault(&crate::open::OpenOptions {
+        locations: vec![location.to_string()],
+        min_sites: None,
+        ..options.clone()
+    })?;
+    let behind = crate::catchup::behind(&options.state_dir, location)
+        .ok()
+        .flatten();
+    let (vault, behind) = crate::catchup::as_it_stands(vault, behind)?;
+    Ok((verify(&vault, None, &Silent)?, behind))
 }
 
 /// The keyless WAL check of every dataset that holds WAL or whose ledger anchors some: a site

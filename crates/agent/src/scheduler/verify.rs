@@ -65,13 +65,14 @@ impl Agent {
 
     fn spawn_verify(&mut self, sites: Vec<(String, String)>) {
         let tx = self.tx.clone();
+        let options = run::open_options(&self.config, &self.cancel);
         if let Ok(h) = std::thread::Builder::new()
             .name("verify".into())
             .spawn(move || {
                 let results = sites
                     .into_iter()
                     .map(|(name, location)| {
-                        let result = run::verify_site(&location);
+                        let result = run::verify_site(&options, &location);
                         (name, result)
                     })
                     .collect();

@@ -37,7 +37,9 @@ fn sites(cli: &Cli) -> Result<ExitCode> {
         ));
     }
     let now = embassy_core::format::config::now_unix_nanos();
-    let rows = embassy_ops::status::site_rows(&cli.site, cli.key_file.as_deref(), now);
+    let state = state_dir(cli)?;
+    let rows =
+        embassy_ops::status::site_rows(&cli.site, cli.key_file.as_deref(), Some(&state), now);
     let healthy = !rows.iter().any(StatusRow::is_error);
     let (queue_rows, queue_lines) = if cli.site.len() > 1 {
         catchup::queue_rows(&state_dir(cli)?, &cli.site)?

@@ -28,18 +28,13 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         return run_each_site(cli, args);
     }
     let vault = open_vault(cli)?;
-    // A site this machine's catch-up queue says is missing writes is behind, not rolled back:
-    // read as it stands, without the heads this machine remembers (as each site is below).
     let behind = match cli.site.as_slice() {
         [one] => embassy_ops::catchup::behind(&crate::state_dir(cli)?, one)
             .ok()
             .flatten(),
         _ => None,
     };
-    let vault = match &behind {
-        Some(_) => embassy_core::engine::vault::Vault::open(vault.site().clone())?,
-        None => vault,
-    };
+    let (vault, behind) = embassy_ops::catchup::as_it_stands(vault, behind)?;
     Ok(match verify_and_show(cli, args, &vault, behind.as_ref())? {
         Outcome::Ok => ExitCode::SUCCESS,
         Outcome::Damaged => crate::exit::code(crate::exit::INTEGRITY),
@@ -70,13 +65,17 @@ fn run_each_site(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
             ..crate::open_options(cli)?
         };
         // The site's pin and --vault-id are checked as for any command; the verification
-        // itself reads the site alone (as the agent's scheduled one does), without this
-        // client's remembered heads, so that a site that merely lags is not called rolled back.
-        let opened = crate::open_vault_with(cli, &options)
-            .and_then(|v| embassy_core::engine::vault::Vault::open(v.site().clone()));
+        // reads the site alone, against the heads this machine remembers unless its catch-up
+        // queue holds every entry it lacks (it merely lags: see `as_it_stands`).
         let behind = embassy_ops::catchup::behind(&crate::state_dir(cli)?, site)
             .ok()
             .flatten();
+        let opened = crate::open_vault_with(cli, &options)
+            .and_then(|v| embassy_ops::catchup::as_it_stands(v, behind));
+        let (opened, behind) = match opened {
+            Ok((vault, behind)) => (Ok(vault), behind),
+            Err(e) => (Err(e), None),
+        };
         let outcome = match opened {
             Ok(vault) => {
                 let (outcome, value) = if cli.json {

@@ -164,6 +164,33 @@ pub fn seed(
     copy(from, to, repair, true, progress)
 }
 
+/// The entry `to` holds at the same place in the same ledger as the ledger entry `path`, when
+/// it is another entry: copying `path` there would fork that history (two entries at one
+/// sequence number), which a catch-up never does. `None` for objects that are not ledger
+/// entries and for entries whose place is free or already theirs.
+pub fn fork_at(to: &dyn Site, path: &str) -> std::result::Result<Option<String>, SiteError> {
+    let Some((dataset, seq, _)) = layout::parse_ledger_path(path) else {
+        return Ok(None);
+    };
+    let place = format!("{}{seq:016}-", layout::ledger_prefix(&dataset));
+    Ok(to
+        .list(&place)?
+        .into_iter()
+        .map(|i| i.path)
+        .find(|p| p != path))
+}
+
+/// The problem line for a ledger entry `path` not copied because the target holds `other` at
+/// its place (see [`fork_at`]).
+pub fn fork_refusal(to: &dyn Site, path: &str, other: &str) -> String {
+    format!(
+        "{path}: not copied: site {} holds another entry at its place ({other}); copying it \
+         would fork that history. The site's history differs from the others' (rolled back and \
+         written over, or forged): verify each site and compare them before repairing by hand",
+        to.location()
+    )
+}
+
 fn copy(
     from: &dyn Site,
     to: &dyn Site,
@@ -208,6 +235,21 @@ fn copy(
     let report = std::sync::Mutex::new(SyncReport::default());
     let copy = |info: &crate::site::ObjectInfo| -> bool {
         progress.add(info.size);
+        if !target.contains_key(&info.path) {
+            match fork_at(to, &info.path) {
+                Ok(None) => {}
+                Ok(Some(other)) => {
+                    let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                    r.problems.push(fork_refusal(to, &info.path, &other));
+                    return false;
+                }
+                Err(e) => {
+                    let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                    r.problems.push(format!("{}: {e}", info.path));
+                    return false;
+                }
+            }
+        }
         let outcome = copy_one(
             from,
             to,

@@ -55,8 +55,45 @@ pub struct StateStore {
     path: PathBuf,
     seen: Mutex<Seen>,
     /// Sites read through this store that have writes waiting in this machine's catch-up
-    /// queues: a history they serve short of the remembered head lags, it was not rolled back.
-    lagging: Vec<String>,
+    /// queues, with what is queued: a history they serve short of the remembered head lags
+    /// only when the queue holds exactly the entries it lacks; otherwise it was rolled back.
+    lagging: Vec<Queued>,
+}
+
+/// What this machine's catch-up queue holds for one site: the object paths it missed (the
+/// ledger entries among them decide whether a shorter history merely lags).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Queued {
+    /// The site's location.
+    pub site: String,
+    /// The object paths queued for it.
+    pub paths: Vec<String>,
+    /// A full comparison is queued for it (a writer was killed before it could name what the
+    /// site missed): this machine knows the site missed writes it cannot name, so any shorter
+    /// history of it lags until that comparison runs.
+    pub full_sync: bool,
+}
+
+impl Queued {
+    /// Whether the queue holds every entry of `dataset` after `served` up to and including
+    /// the remembered `head` (and the one at the head is the very entry verified): then a site
+    /// serving history only up to `served` lacks exactly what it missed while it was down.
+    pub fn covers(&self, dataset: &str, served: Option<u64>, head: &SeenHead) -> bool {
+        let queued: BTreeMap<u64, String> = self
+            .paths
+            .iter()
+            .filter_map(|p| crate::format::layout::parse_ledger_path(p))
+            .filter(|(d, _, _)| d == dataset)
+            .map(|(_, seq, id)| (seq, id.to_hex()))
+            .collect();
+        let first = served.map_or(1, |s| s + 1);
+        if self.full_sync {
+            return first <= head.seq;
+        }
+        first <= head.seq
+            && (first..=head.seq).all(|seq| queued.contains_key(&seq))
+            && queued.get(&head.seq) == Some(&head.id)
+    }
 }
 
 impl StateStore {
@@ -68,7 +105,16 @@ impl StateStore {
     /// Opens (or starts) the state of vault `vault_id` in `dir`.
     pub fn open(dir: &Path, vault_id: &str) -> Result<Self> {
         let path = dir.join(format!("{vault_id}.json"));
-        let seen = Self::read(&path)?;
+        let mut seen = Self::read(&path)?;
+        // The agent kept its heads in a `vaults` subfolder once: one home now, shared by the
+        // command line and the agent, with the newer head of each dataset kept.
+        if let Ok(legacy) = Self::read(&dir.join("vaults").join(format!("{vault_id}.json"))) {
+            for (name, head) in legacy.heads {
+                if seen.heads.get(&name).is_none_or(|h| h.seq < head.seq) {
+                    seen.heads.insert(name, head);
+                }
+            }
+        }
         Ok(Self {
             path,
             seen: Mutex::new(seen),
@@ -76,10 +122,11 @@ impl StateStore {
         })
     }
 
-    /// The same store, knowing that these sites (read through it) have writes waiting in this
-    /// machine's catch-up queues: a shorter history they serve is called lagging, with the way
-    /// out ([`WayOut::CatchUpSites`](crate::error::WayOut::CatchUpSites)), not a rollback.
-    pub fn with_lagging_sites(mut self, sites: Vec<String>) -> Self {
+    /// The same store, knowing what this machine's catch-up queues hold for these sites (read
+    /// through it): a shorter history one serves is called lagging, with the way out
+    /// ([`WayOut::CatchUpSites`](crate::error::WayOut::CatchUpSites)), only when its queue
+    /// holds every entry it lacks ([`Queued::covers`]); otherwise it is a rollback.
+    pub fn with_lagging_sites(mut self, sites: Vec<Queued>) -> Self {
         self.lagging = sites;
         self
     }
@@ -112,26 +159,30 @@ impl StateStore {
         let seen = self.lock().heads.get(dataset).cloned();
         if let Some(seen) = seen {
             let served = history.last().map(|r| (r.entry.seq, r.id.to_hex()));
+            let served_seq = served.as_ref().map(|(s, _)| *s);
+            let covering: Vec<String> = self
+                .lagging
+                .iter()
+                .filter(|q| q.covers(dataset, served_seq, &seen))
+                .map(|q| q.site.clone())
+                .collect();
             match crate::history::ledger::entry_at(history, seen.seq) {
-                None if !self.lagging.is_empty()
-                    && served.as_ref().is_none_or(|(s, _)| *s < seen.seq) =>
-                {
+                None if !covering.is_empty() => {
                     return Err(Error::Refused {
                         kind: crate::error::ErrorKind::Outage,
                         problem: format!(
                             "dataset {dataset}: site {} lags: it serves {}, but entry {} was \
-                             verified here on {} and waits in this machine's catch-up queue for \
-                             it; catch the site up from the others, which hold it",
-                            self.lagging.join(", "),
+                             verified here on {} and waits, with every entry before it the site \
+                             lacks, in this machine's catch-up queue for it; catch the site up \
+                             from the others, which hold them",
+                            covering.join(", "),
                             served.as_ref().map_or("no history".to_string(), |(s, _)| format!(
                                 "entries up to {s}"
                             )),
                             seen.seq,
                             utc(seen.seen_at_ns)
                         ),
-                        way_out: crate::error::WayOut::CatchUpSites {
-                            sites: self.lagging.clone(),
-                        },
+                        way_out: crate::error::WayOut::CatchUpSites { sites: covering },
                     })
                 }
                 None => {
@@ -139,12 +190,18 @@ impl StateStore {
                         dataset: dataset.into(),
                         problem: format!(
                             "rollback: the site serves {} (entries up to {}), but entry {} ({}) was verified here on {}: \
-                             the site deleted history or was rolled back",
+                             the site deleted history or was rolled back{}",
                             served.as_ref().map_or("no history".to_string(), |(s, id)| format!("head {s} {}", &id[..16])),
                             served.as_ref().map_or(0, |(s, _)| *s),
                             seen.seq,
                             seen.id.get(..16).unwrap_or(&seen.id),
-                            utc(seen.seen_at_ns)
+                            utc(seen.seen_at_ns),
+                            if self.lagging.is_empty() {
+                                ""
+                            } else {
+                                " (this machine's catch-up queue for it does not hold every entry \
+                                 it lacks, so it does not merely lag)"
+                            }
                         ),
                     })
                 }

@@ -166,29 +166,35 @@ pub fn drain(
                 Ok(())
             }
             Err(e) => Err(format!("{path}: {e}")),
-            Ok(false) => match fetch(sources, path) {
-                Fetched::Nowhere => {
-                    report.nowhere += 1;
-                    Ok(())
-                }
-                Fetched::Failed(why) => Err(format!("{path}: no good copy to read: {why}")),
-                Fetched::Spooled(spool) => {
-                    let size = spool.len();
-                    progress.add(size);
-                    let source = spool.into_source();
-                    match target.put_from(path, source.clone()) {
-                        Ok(Put::Created) => {
-                            report.copied += 1;
-                            report.bytes += size;
-                            Ok(())
-                        }
-                        Ok(Put::AlreadyExisted) => {
-                            report.present += 1;
-                            Ok(())
-                        }
-                        Err(e) => Err(format!("{path}: {e}")),
+            Ok(false) => match embassy_core::engine::sync::fork_at(target, path) {
+                Err(e) => Err(format!("{path}: {e}")),
+                Ok(Some(other)) => Err(embassy_core::engine::sync::fork_refusal(
+                    target, path, &other,
+                )),
+                Ok(None) => match fetch(sources, path) {
+                    Fetched::Nowhere => {
+                        report.nowhere += 1;
+                        Ok(())
                     }
-                }
+                    Fetched::Failed(why) => Err(format!("{path}: no good copy to read: {why}")),
+                    Fetched::Spooled(spool) => {
+                        let size = spool.len();
+                        progress.add(size);
+                        let source = spool.into_source();
+                        match target.put_from(path, source.clone()) {
+                            Ok(Put::Created) => {
+                                report.copied += 1;
+                                report.bytes += size;
+                                Ok(())
+                            }
+                            Ok(Put::AlreadyExisted) => {
+                                report.present += 1;
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("{path}: {e}")),
+                        }
+                    }
+                },
             },
         };
         if let Err(problem) = outcome {

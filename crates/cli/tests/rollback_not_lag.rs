@@ -1,0 +1,268 @@
+//! A site that was rolled back (put back to an old copy of its folder) is never reported as
+//! merely lagging or OK (red team 5, finding 3). Driven as the red team drove it: real
+//! processes, folder sites, the site's folder replaced by a copy kept after version 1.
+//!
+//! - Verified against the heads this machine remembers with one site (`verify --site B`) and
+//!   with several (`verify --site A --site B`): damaged, exit 3.
+//! - A queued write for the site excuses only the entries it holds: one queued later version
+//!   does not make a rollback of two earlier ones "behind".
+//! - A catch-up never copies a ledger entry onto a site that holds another entry at its place
+//!   (a fork): it refuses and says so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use embassy_testkit::status_page::show;
+
+const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        fs::write(dir.join("passphrase"), "rollback test passphrase\n").unwrap();
+        fs::create_dir_all(dir.join("src")).unwrap();
+        Env { _tmp: tmp, dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    /// `embassy` with these sites, the state folder `state` and the key file.
+    fn run(&self, sites: &[&str], state: &str, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = Vec::new();
+        for s in sites {
+            all.extend(["--site", s]);
+        }
+        all.extend(["--state-dir", state, "--passphrase-file", "passphrase"]);
+        all.extend(args);
+        Command::new(EMBASSY)
+            .args(&all)
+            .current_dir(&self.dir)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env_remove("EMBASSY_STATE_DIR")
+            .env("EMBASSY_KEY_FILE", self.path("vault.key"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run embassy")
+    }
+
+    fn ok(&self, sites: &[&str], state: &str, args: &[&str]) -> Output {
+        let out = self.run(sites, state, args);
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+        out
+    }
+
+    /// A new version of `reg` at these sites.
+    fn backup(&self, sites: &[&str], state: &str, n: u32, extra: &[&str]) {
+        fs::write(self.path(&format!("src/f{n}")), format!("{n}\n")).unwrap();
+        let mut args = extra.to_vec();
+        args.extend(["backup", "reg", "src"]);
+        self.ok(sites, state, &args);
+    }
+
+    /// Versions 1..3 at both sites, a copy of site b kept after version 1 (`b.after-v1`).
+    fn three_versions(&self) {
+        self.ok(&["a", "b"], "state", &["init", "--min-age", "0"]);
+        self.backup(&["a", "b"], "state", 1, &[]);
+        copy_dir(&self.path("b"), &self.path("b.after-v1"));
+        for n in [2, 3] {
+            self.backup(&["a", "b"], "state", n, &[]);
+        }
+        self.ok(&["a", "b"], "state", &["verify"]);
+    }
+
+    /// Site b put back to its copy after version 1.
+    fn roll_back_b(&self) {
+        fs::remove_dir_all(self.path("b")).unwrap();
+        copy_dir(&self.path("b.after-v1"), &self.path("b"));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// 3b: no queue. `verify --site a --site b` used to read each site without the remembered
+/// heads and called the rolled-back b OK (exit 0).
+#[test]
+fn a_multi_site_verify_reports_a_rolled_back_site_damaged() {
+    let env = Env::new();
+    env.three_versions();
+    env.roll_back_b();
+    let out = env.run(&["a", "b"], "state", &["verify"]);
+    let text = show(&out);
+    assert_eq!(code(&out), Some(3), "{text}");
+    assert!(text.contains("rollback"), "{text}");
+    assert!(text.contains("site b: DAMAGED"), "{text}");
+    assert!(text.contains("site a: OK"), "{text}");
+}
+
+/// 3: one queued write (version 4) for b, which was rolled back past versions 2 and 3: the
+/// queue does not hold entries 2 and 3, so b is rolled back, not behind; it used to print
+/// "BEHIND ... behind, not damaged", "vault OK" and exit 0.
+#[test]
+fn one_queued_write_does_not_excuse_a_rollback() {
+    let env = Env::new();
+    env.three_versions();
+    // b is down (a file where its folder was: reads fail) while version 4 is written: queued.
+    fs::rename(env.path("b"), env.path("b.down")).unwrap();
+    fs::write(env.path("b"), "not a folder\n").unwrap();
+    env.backup(&["a", "b"], "state", 4, &["--min-sites", "1"]);
+    fs::remove_file(env.path("b")).unwrap();
+    fs::rename(env.path("b.down"), env.path("b")).unwrap();
+    env.roll_back_b();
+    for sites in [&["b"][..], &["a", "b"][..]] {
+        let out = env.run(sites, "state", &["verify"]);
+        let text = show(&out);
+        assert_eq!(code(&out), Some(3), "{sites:?}: {text}");
+        assert!(text.contains("rollback"), "{sites:?}: {text}");
+        assert!(!text.contains("BEHIND"), "{sites:?}: {text}");
+    }
+}
+
+/// A catch-up that would copy a ledger entry onto a site holding another entry at the same
+/// sequence number refuses (it used to copy it, leaving an unresolved fork at the healthy site:
+/// only version 1 readable, no more appends).
+#[test]
+fn a_catch_up_never_forks_a_site() {
+    let env = Env::new();
+    env.ok(&["a", "b"], "state", &["init", "--min-age", "0"]);
+    env.backup(&["a", "b"], "state", 1, &[]);
+    copy_dir(&env.path("b"), &env.path("b.after-v1"));
+    env.backup(&["a", "b"], "state", 2, &[]);
+    env.roll_back_b();
+    // Another machine (its own state folder, no remembered heads) writes a version 2 at b
+    // while a is down: queued there for a (the agent of finding 3d did this).
+    fs::rename(env.path("a"), env.path("a.down")).unwrap();
+    fs::write(env.path("a"), "down\n").unwrap();
+    env.backup(&["a", "b"], "other", 5, &["--min-sites", "1"]);
+    fs::remove_file(env.path("a")).unwrap();
+    fs::rename(env.path("a.down"), env.path("a")).unwrap();
+    // Its catch-up of a (the queue) and a full copy from b both refuse to fork a.
+    let out = env.run(&["a", "b"], "other", &["sync", "--pending"]);
+    let text = show(&out);
+    assert!(!out.status.success(), "sync --pending: {text}");
+    assert!(text.contains("fork"), "sync --pending: {text}");
+    let out = env.run(&["a", "b"], "state", &["sync", "--from", "b", "--to", "a"]);
+    let text = show(&out);
+    assert!(!out.status.success(), "sync --from b: {text}");
+    assert!(text.contains("fork"), "sync --from b: {text}");
+    // a keeps its own history, readable and verifiable, with both versions.
+    let out = env.run(&["a"], "state", &["verify"]);
+    assert!(
+        out.status.success(),
+        "a after the refused copies: {}",
+        show(&out)
+    );
+    let out = env.ok(&["a"], "state", &["--json", "versions", "reg"]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer["versions"].as_array().map_or(0, Vec::len),
+        2,
+        "{answer}"
+    );
+}
+
+/// 3c/3d: the agent, its state folder the one where the command line verified versions 1..3,
+/// meets site b rolled back while site a is down. Its per-site check must call b damaged
+/// (`/metrics` `embassy_site_verify_ok{site="b"} 0`, b's cell red with an integrity problem),
+/// never green, and its backup must not append a new version on top of the rolled-back b (it
+/// used to: "verify b: OK", green, a version 2 at b that its catch-up then forked a with).
+#[test]
+fn the_agent_reports_a_rolled_back_site_and_writes_nothing_on_it() {
+    let env = Env::new();
+    env.three_versions();
+    env.roll_back_b();
+    fs::rename(env.path("a"), env.path("a.down")).unwrap();
+    fs::write(env.path("a"), "down\n").unwrap();
+    let port = embassy_testkit::free_port();
+    fs::write(
+        env.path("embassy.toml"),
+        format!(
+            r#"[agent]
+state_dir = "state"
+verify_interval = "2s"
+min_sites = 1
+[status]
+listen = "127.0.0.1:{port}"
+[keys]
+file = "vault.key"
+passphrase_file = "passphrase"
+[[sites]]
+name = "a"
+path = "a"
+[[sites]]
+name = "b"
+path = "b"
+[[datasets]]
+name = "reg"
+source = {{ files = ["src"] }}
+interval = "2s"
+rpo = "1d"
+"#
+        ),
+    )
+    .unwrap();
+    fs::write(env.path("src/f9"), "9\n").unwrap();
+    let log = env.path("agent.log");
+    let child = Command::new(EMBASSY)
+        .args(["agent", "--config", "embassy.toml"])
+        .current_dir(&env.dir)
+        .env_remove("EMBASSY_PASSPHRASE")
+        .env_remove("EMBASSY_STATE_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("start embassy agent");
+    let agent = embassy_testkit::agent::Agent { child, log };
+    let limit = std::time::Duration::from_secs(60);
+    embassy_testkit::agent::wait_until(limit, "b's verification to fail", &agent, || {
+        let metrics = embassy_testkit::status_page::http_get(port, "/metrics")?;
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("embassy_site_verify_ok{")
+                    && l.contains("site=\"b\"")
+                    && l.ends_with(" 0")
+            })
+            .then_some(())
+    });
+    let report = embassy_testkit::agent::wait_until(limit, "b's cell", &agent, || {
+        let report = embassy_testkit::status_page::status_json(port)?;
+        let cell = embassy_testkit::agent::cell(&report, "reg", "b").clone();
+        (cell["colour"] == "red").then_some(report)
+    });
+    let cell = embassy_testkit::agent::cell(&report, "reg", "b");
+    assert_ne!(cell["colour"], "green", "{cell}");
+    // A few backup attempts later, b still holds only version 1: nothing appended on it.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let (_, text) = agent.stop(std::time::Duration::from_secs(20));
+    assert!(text.contains("rollback"), "agent log:\n{text}");
+    assert!(!text.contains("verify b: OK"), "agent log:\n{text}");
+    let listing: Vec<String> = fs::read_dir(env.path("b/ledger/reg"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listing.len(), 1, "entries at b: {listing:?}");
+}
