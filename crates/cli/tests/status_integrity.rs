@@ -244,6 +244,7 @@ fn data_dated_ahead_of_this_clock_is_a_problem_in_status_not_fresh() {
         manifest,
         kind,
         stats,
+        wal_start,
         ..
     } = history.last().unwrap().entry.event.clone()
     else {
@@ -260,6 +261,7 @@ fn data_dated_ahead_of_this_clock_is_a_problem_in_status_not_fresh() {
             kind,
             captured_at_ns: ahead,
             stats,
+            wal_start,
         },
     )
     .unwrap();
