@@ -458,12 +458,67 @@ pub fn choose(vault: &Vault, group: &str, target: GroupTarget) -> Result<ListedP
         GroupTarget::Latest => true,
         GroupTarget::Time(t) => p.point.taken_at_ns <= t,
     };
-    if let Some(p) = all
-        .iter()
-        .rev()
-        .find(|p| fits(p) && p.unrestorable.is_none())
-    {
-        return Ok(p.clone());
+    // The newest point that fits is the one asked for: when it cannot be restored (a site
+    // withholds a member's entry or WAL) the restore says so instead of silently bringing the
+    // group back to an older instant; an older point is taken when asked for by its time.
+    if let Some(newest) = all.iter().rev().find(|p| fits(p)) {
+        if let Some(why) = &newest.unrestorable {
+            let older = all
+                .iter()
+                .rev()
+                .find(|p| p.seq < newest.seq && p.unrestorable.is_none());
+            return Err(GroupError::NoPoint {
+                group: group.to_string(),
+                problem: format!(
+                    "the newest group point that fits, point {}, cannot be restored: {why}; {}",
+                    newest.point.number,
+                    match older {
+                        Some(o) => format!(
+                            "the newest restorable point before it is point {}, taken at {}: \
+                             ask for that time to bring the group back to it",
+                            o.point.number,
+                            embassy_core::time::utc(o.point.taken_at_ns)
+                        ),
+                        None => "no restorable point precedes it".to_string(),
+                    }
+                ),
+            });
+        }
+        // A point that names fewer members than the point before it would restore part of the
+        // group in silence (a changed configuration, or a point forged by a credential that may
+        // sign the group's ledger): refused, naming what it lacks.
+        if let Some(previous) = all.iter().rev().find(|p| p.seq < newest.seq) {
+            let names = |p: &ListedPoint| -> Vec<String> {
+                p.point
+                    .members
+                    .iter()
+                    .map(|m| m.dataset().to_string())
+                    .collect()
+            };
+            let now: Vec<String> = names(newest);
+            let lacking: Vec<String> = names(previous)
+                .into_iter()
+                .filter(|d| !now.contains(d))
+                .collect();
+            if !lacking.is_empty() {
+                return Err(GroupError::NoPoint {
+                    group: group.to_string(),
+                    problem: format!(
+                        "group point {} names {} but point {} before it also named {}: a \
+                         member was left out (the group's configuration changed, or a key that \
+                         may sign the group's ledger recorded a partial point); restore the \
+                         members one by one to its time if that is what you want, or ask for \
+                         the time of point {} or earlier",
+                        newest.point.number,
+                        now.join(", "),
+                        previous.point.number,
+                        lacking.join(", "),
+                        previous.point.number
+                    ),
+                });
+            }
+        }
+        return Ok(newest.clone());
     }
     let problem = if all.is_empty() {
         "no group point is recorded yet: take one first".into()
