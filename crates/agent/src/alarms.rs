@@ -174,10 +174,7 @@ pub fn evaluate_groups(groups: &[GroupRow], state: &AgentState, now: i64) -> Vec
                 rpo_seconds: g.interval_seconds,
                 message: format!("group {}: {}", g.name, g.reason()),
                 at: now,
-                kind: g
-                    .state
-                    .last_error_kind
-                    .filter(|_| g.state.consecutive_failures > 0),
+                kind: g.state.last_error_kind.filter(|_| g.state.consecutive_failures > 0),
             });
         }
     }

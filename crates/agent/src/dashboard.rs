@@ -245,10 +245,7 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
             };
             let failures = match &g.last_error {
                 Some(e) if g.consecutive_failures > 0 => {
-                    format!(
-                        "; {} failed attempt(s), the last: {e}",
-                        g.consecutive_failures
-                    )
+                    format!("; {} failed attempt(s), the last: {e}", g.consecutive_failures)
                 }
                 _ => String::new(),
             };

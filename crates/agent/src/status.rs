@@ -414,10 +414,7 @@ impl GroupRow {
                 utc_secs(self.due_at),
                 self.state.consecutive_failures
             ),
-            _ => format!(
-                "group point overdue since {} ({last})",
-                utc_secs(self.due_at)
-            ),
+            _ => format!("group point overdue since {} ({last})", utc_secs(self.due_at)),
         }
     }
 }
@@ -430,14 +427,10 @@ pub fn group_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<GroupR
         .groups
         .iter()
         .map(|g| {
-            let st = state
-                .groups
-                .get(&g.name)
-                .cloned()
-                .unwrap_or(crate::state::GroupState {
-                    first_seen: now_s,
-                    ..Default::default()
-                });
+            let st = state.groups.get(&g.name).cloned().unwrap_or(crate::state::GroupState {
+                first_seen: now_s,
+                ..Default::default()
+            });
             let interval_s = i64::try_from(g.interval.as_secs()).unwrap_or(i64::MAX);
             let grace = (interval_s / 10).clamp(1, 86_400);
             let due_at = st

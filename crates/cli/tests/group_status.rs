@@ -131,10 +131,7 @@ fn the_agent_shows_its_group_points_and_an_overdue_group_raises_the_alarm() {
         bad["last_error"].as_str().unwrap().contains("late"),
         "the failure names the member without a version: {bad}"
     );
-    assert_eq!(
-        r["ok"], false,
-        "an overdue group makes the status not ok: {r}"
-    );
+    assert_eq!(r["ok"], false, "an overdue group makes the status not ok: {r}");
     assert!(
         r["alarms"]
             .as_array()
