@@ -84,8 +84,9 @@ pub fn check(
     }
     let withheld = stored.is_none_or(|s| s < anchored);
     let missing = match stored {
-        Some(s) if s >= anchored => "the vault's sites serve that WAL: the standby has not \
-                                     replayed it yet"
+        Some(s) if s >= anchored => "the vault's newest WAL object reaches it, yet the standby \
+                                     has not replayed it (still arriving, or a site withholds \
+                                     a part before it)"
             .to_string(),
         Some(s) => format!(
             "the sites serve WAL only up to {s}: a site withholds or lost the rest, which the \
