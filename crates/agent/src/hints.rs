@@ -93,6 +93,15 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
              `embassy sync --pending` does it now",
             sites.join(", ")
         ),
+        WayOut::PgTablespaceMap { locations } => format!(
+            "the agent restores no PostgreSQL dataset: restore it with `embassy restore` and a \
+             --tablespace-map for each of {}",
+            locations.join(", ")
+        ),
+        WayOut::PgPromoteBehind { dataset, .. } => format!(
+            "the agent promotes no standby: let the standby of {dataset} replay the vault's WAL \
+             first, or promote it with `embassy promote --accept-data-loss`"
+        ),
     }
 }
 

@@ -65,6 +65,27 @@ pub fn for_way_out(way_out: &WayOut) -> String {
                 .map(|s| format!(" --site {s}"))
                 .collect::<String>()
         ),
+        WayOut::PgTablespaceMap { locations } => format!(
+            "choose a folder for each tablespace (a new one in a folder you control, or an empty \
+             one the server's owner owns) and pass{}",
+            locations
+                .iter()
+                .map(|l| format!(
+                    " --tablespace-map {}",
+                    embassy_postgres::restore::shell_quote(&format!(
+                        "{}=NEW-FOLDER",
+                        l.replace('=', "\\=")
+                    ))
+                ))
+                .collect::<String>()
+        ),
+        WayOut::PgPromoteBehind { dataset, data_dir } => format!(
+            "wait until the standby has replayed the vault's WAL and run this again; if a site \
+             lacks WAL, copy it back from one that holds it (`embassy sync --from GOOD-SITE --to \
+             THAT-SITE --repair`); or promote losing that WAL, recorded in the ledger: \
+             `embassy promote {dataset} --data {} --accept-data-loss`",
+            embassy_postgres::restore::shell_quote(data_dir)
+        ),
     }
 }
 
@@ -257,6 +278,19 @@ mod tests {
                     slot: "embassy".into(),
                 },
                 "--create-slot",
+            ),
+            (
+                WayOut::PgTablespaceMap {
+                    locations: vec!["/usr/local/sbin".into()],
+                },
+                "--tablespace-map /usr/local/sbin=NEW-FOLDER",
+            ),
+            (
+                WayOut::PgPromoteBehind {
+                    dataset: dataset(),
+                    data_dir: "/srv/standby".into(),
+                },
+                "`embassy promote docs --data /srv/standby --accept-data-loss`",
             ),
         ] {
             let e = refused(way_out);

@@ -66,6 +66,11 @@ pub struct PromoteArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Promote even though the standby has not replayed all the WAL the vault's ledger anchors
+    /// (refused otherwise): those commits are lost to it, and the `promoted` entry records the
+    /// lost range.
+    #[arg(long)]
+    pub accept_data_loss: bool,
 }
 
 /// `embassy pg base-backup DATASET --conninfo ...`
@@ -326,8 +331,16 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
         &args.data,
         args.conninfo.as_deref(),
         Duration::from_secs(args.timeout),
+        args.accept_data_loss,
     )
     .map_err(Error::from)?;
+    if let (Some(to), false) = (done.data_lost_to, cli.json) {
+        eprintln!(
+            "embassy: promoted ACCEPTING DATA LOSS: the vault's WAL from {} to {to} was never \
+             replayed (recorded in the ledger)",
+            done.lsn
+        );
+    }
     let queued = embassy_ops::open::lagging_sites(&options.state_dir, &sites);
     let recorded: Vec<&String> = sites.iter().filter(|s| !queued.contains(s)).collect();
     if !queued.is_empty() && !cli.json {
@@ -344,6 +357,7 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "ok": true,
             "timeline": done.timeline,
             "lsn": done.lsn.to_string(),
+            "data_lost_to": done.data_lost_to.map(|l| l.to_string()),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
             "sites": recorded,

@@ -828,3 +828,133 @@ fn s3_keys_reach_the_restore_command_in_a_file_of_its_own() {
         restored.log()
     );
 }
+
+/// Red team (#4): the vault holds batch 2 durably (the streamer's `log_range_added` anchors)
+/// but a hostile site withholds those WAL objects; `embassy promote` promoted the standby
+/// without batch 2, exited 0 and recorded a position past the durable end, as if nothing were
+/// lost. Now it refuses, naming both positions and the ways out, and promotes nothing; with
+/// `--accept-data-loss` it promotes, recording where the server really forked and the lost
+/// range.
+#[test]
+fn promote_refuses_a_standby_short_of_the_wal_the_ledger_anchors() {
+    let pg = PgServer::start(PgOptions::default());
+    let env = PgCli::new(EXE, "embassy-pgr-");
+    let streamer = env.stream(&pg, "registry");
+    let durable_past = |what: &str, lsn: &str| {
+        let lsn = lsn.parse::<embassy_postgres::Lsn>().unwrap().0;
+        wait_until(what, Duration::from_secs(30), || env.durable() >= lsn);
+    };
+    pg.psql("CREATE TABLE t (batch int, x int)");
+    env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+    ]);
+    // Each batch committed, then its segment switched (one psql -c would be one transaction).
+    let batch = |sql: &str| {
+        pg.psql(sql);
+        pg.psql("SELECT pg_switch_wal()");
+        pg.psql("SELECT pg_current_wal_lsn()")
+    };
+    let l1 = batch("INSERT INTO t SELECT 1, g FROM generate_series(1, 1000) g");
+    durable_past("batch 1 durable", l1.trim());
+    let wal = env.path("site/wal/registry");
+    let listing = |dir: &Path| -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    };
+    let before = listing(&wal);
+    let l2 = batch("INSERT INTO t SELECT 2, g FROM generate_series(1, 5000) g");
+    durable_past("batch 2 durable", l2.trim());
+    drop(streamer); // anchors its tail in the ledger as it stops
+                    // The hostile site withholds every WAL object stored since batch 1.
+    let withheld = env.path("withheld");
+    std::fs::create_dir(&withheld).unwrap();
+    for (i, p) in listing(&wal).into_iter().enumerate() {
+        if !before.contains(&p) {
+            std::fs::rename(&p, withheld.join(i.to_string())).unwrap();
+        }
+    }
+
+    let standby_dir = restore_root(&env).join("standby");
+    env.run(&["standby", "registry", "--to", dir_arg(&standby_dir)]);
+    let standby = Restored::start(standby_dir.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.try_psql("SELECT count(*) FROM t").ok().as_deref() != Some("1000") {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay batch 1 ({:?}): {}",
+            standby.try_psql("SELECT count(*) FROM t"),
+            standby
+                .log()
+                .lines()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let replay = standby.try_psql("SELECT pg_last_wal_replay_lsn()").unwrap();
+
+    let out = env
+        .cmd(&[
+            "promote",
+            "registry",
+            "--data",
+            dir_arg(&standby_dir),
+            "--timeout",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "promoted without batch 2: {err}");
+    assert!(
+        err.contains(&format!("replayed registry's WAL to {replay}"))
+            && err.contains("anchors WAL to")
+            && err.contains("nothing was promoted")
+            && err.contains("--accept-data-loss"),
+        "{err}"
+    );
+    assert_eq!(standby.try_psql("SELECT pg_is_in_recovery()").unwrap(), "t");
+
+    // Accepting the loss: promoted, and the entry says from where and what was lost.
+    let out = env.run(&[
+        "--json",
+        "promote",
+        "registry",
+        "--data",
+        dir_arg(&standby_dir),
+        "--timeout",
+        "3",
+        "--accept-data-loss",
+    ]);
+    let done: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lost_to = done["data_lost_to"].as_str().expect("the lost range");
+    let parse = |s: &str| s.parse::<embassy_postgres::Lsn>().unwrap();
+    assert_eq!(done["lsn"].as_str(), Some(replay.as_str()), "{done}");
+    assert!(parse(&replay) < parse(lost_to), "{done}");
+    assert_eq!(standby.try_psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    let history = env.run(&["history", "registry"]);
+    assert!(
+        history.lines().any(|l| l.contains("promoted")
+            && l.contains(&format!("from {replay}"))
+            && l.contains(&format!(
+                "ACCEPTING DATA LOSS: the vault's WAL from {replay} to {lost_to}"
+            ))),
+        "{history}"
+    );
+}

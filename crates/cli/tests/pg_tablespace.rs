@@ -5,7 +5,9 @@
 //! `--tablespace-map`, started and checked (row counts against each writer's own log, and
 //! `pg_amcheck` on every database); a second base backup after scattered updates storing about
 //! the changed pages only; a restore refused when a tablespace's folder is not empty; and a
-//! restore to the tablespaces' original locations once they are free.
+//! restore to the tablespaces' original locations once they are free (named with the map: a
+//! restore never writes where the backup alone says). And, as root, a hostile backup's
+//! locations (a folder root owns, one that does not exist) neither taken nor created.
 //!
 //! Everything runs as the `postgres` user (the tests run as root). Figures are printed
 //! (`cargo test ... -- --nocapture`).
@@ -267,9 +269,9 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
         "the refused restore wrote into its data directory"
     );
     assert!(!restores.join("new-ts2-b").exists());
-    // Without a map the tablespaces go back where they were: here still in use, so refused.
+    // Without a map nothing is restored: the refusal names both locations.
     let msg = env.fails(&["restore", "registry", "--latest", "--to", s(&refused)]);
-    assert!(msg.contains(s(&ts1)) || msg.contains(s(&ts2)), "{msg}");
+    assert!(msg.contains(s(&ts1)) && msg.contains(s(&ts2)), "{msg}");
 
     // A standby relocates its tablespaces the same way.
     let (sb1, sb2) = (restores.join("sb-ts1"), restores.join("sb-ts2"));
@@ -296,11 +298,154 @@ fn base_backups_of_a_cluster_with_tablespaces_restore_them_where_asked() {
     std::fs::rename(&ts1, moved.join("ts1")).unwrap();
     std::fs::rename(&ts2, moved.join("ts2")).unwrap();
     let home = restores.join("home");
-    env.run(&["restore", "registry", "--latest", "--to", s(&home)]);
+    env.run(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        s(&home),
+        "--tablespace-map",
+        &format!("{}={}", s(&ts1), s(&ts1)),
+        "--tablespace-map",
+        &format!("{}={}", s(&ts2), s(&ts2)),
+    ]);
     let links: Vec<PathBuf> = std::fs::read_dir(home.join("pg_tblspc"))
         .unwrap()
         .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
         .collect();
     assert!(links.contains(&ts1) && links.contains(&ts2), "{links:?}");
     check_restored(home);
+}
+
+/// Red team (#5): with a stolen sealing credential, a base backup names tablespace locations,
+/// such as /usr/local/sbin (empty, root's, first in root's PATH) or a folder that does not
+/// exist (/etc/systemd/system/ssh.service.d); a root restore took over the first (postgres
+/// 0700, filled) and created the second for postgres. Here, as root: without a map nothing is
+/// written and the refusal names both locations and the flag; a map onto the root-owned folder
+/// is refused too (never taken from its owner), and onto a folder below one that does not
+/// exist; a new folder, and an empty one postgres owns, are fine and the server reads its rows.
+#[test]
+fn a_root_restore_never_writes_where_a_hostile_backup_says() {
+    let pg = PgServer::start(PgOptions::default());
+    let env = PgCli::new(EXE, "embassy-pgts-");
+    let (owned, absent) = (pg.root().join("sbin"), pg.root().join("ssh.service.d"));
+    for ts in [&owned, &absent] {
+        std::fs::create_dir(ts).unwrap();
+        std::os::unix::fs::chown(ts, Some(env.ids.0), Some(env.ids.1)).unwrap();
+    }
+    pg.psql(&format!("CREATE TABLESPACE sbin LOCATION '{}'", s(&owned)));
+    pg.psql(&format!("CREATE TABLESPACE sshd LOCATION '{}'", s(&absent)));
+    pg.psql("CREATE TABLE a (x int) TABLESPACE sbin; INSERT INTO a SELECT generate_series(1, 10)");
+    pg.psql("CREATE TABLE b (x int) TABLESPACE sshd; INSERT INTO b SELECT generate_series(1, 7)");
+    base_backup(&env, &pg);
+    pg.stop();
+    // Now one location is root's own empty folder (0755), the other does not exist.
+    std::fs::remove_dir_all(&owned).unwrap();
+    std::fs::remove_dir_all(&absent).unwrap();
+    std::fs::create_dir(&owned).unwrap();
+    std::fs::set_permissions(&owned, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let untouched = |why: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&owned).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o7777),
+            (0, 0o755),
+            "{why}: root's folder was taken"
+        );
+        assert!(
+            std::fs::read_dir(&owned).unwrap().next().is_none(),
+            "{why}: root's folder was written"
+        );
+        assert!(
+            !absent.exists(),
+            "{why}: a location the backup names was made"
+        );
+    };
+    let restores = env.postgres_folder("restores");
+    let fails = |dir: &str, maps: &[(&Path, PathBuf)]| {
+        let mut args = vec![
+            "restore".to_string(),
+            "registry".into(),
+            "--latest".into(),
+            "--to".into(),
+            s(&restores.join(dir)).to_string(),
+        ];
+        for (old, new) in maps {
+            args.push("--tablespace-map".into());
+            args.push(format!("{}={}", s(old), s(new)));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = env.cmd_as_caller(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "restore {maps:?} succeeded: {err}");
+        untouched(&err);
+        assert!(
+            !restores.join(dir).exists()
+                || std::fs::read_dir(restores.join(dir))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "a refused restore wrote its data directory"
+        );
+        err
+    };
+    let err = fails("a", &[]);
+    for location in [&owned, &absent] {
+        assert!(
+            err.contains(&format!("--tablespace-map {}=NEW-FOLDER", s(location))),
+            "{err}"
+        );
+    }
+    assert!(err.contains("nothing was written"), "{err}");
+    let new = restores.join("new-sbin");
+    let err = fails("b", &[(&owned, owned.clone()), (&absent, new.clone())]);
+    assert!(
+        err.contains("belongs to uid 0") && err.contains("someone else"),
+        "{err}"
+    );
+    let err = fails(
+        "c",
+        &[(&owned, restores.join("no/such")), (&absent, new.clone())],
+    );
+    assert!(err.contains("not an existing folder"), "{err}");
+    assert!(!new.exists());
+
+    // A new folder in the operator's folder, and an empty one postgres owns: restored, given
+    // to postgres, and the server reads both tables.
+    let theirs = env.postgres_folder("restores/sshd");
+    let dir = restores.join("d");
+    let out = env
+        .cmd_as_caller(&[
+            "restore",
+            "registry",
+            "--latest",
+            "--to",
+            s(&dir),
+            "--tablespace-map",
+            &format!("{}={}", s(&owned), s(&new)),
+            "--tablespace-map",
+            &format!("{}={}", s(&absent), s(&theirs)),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    untouched("the restore with a map");
+    for folder in [&new, &theirs] {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(folder).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (env.ids.0, 0o700),
+            "{folder:?}"
+        );
+    }
+    let restored = Restored::start(dir);
+    restored.wait_open(Duration::from_secs(60));
+    let psql = restored_psql(&restored);
+    assert_eq!(psql("postgres", "SELECT count(*) FROM a"), "10");
+    assert_eq!(psql("postgres", "SELECT count(*) FROM b"), "7");
 }

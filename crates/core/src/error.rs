@@ -177,6 +177,21 @@ pub enum WayOut {
         /// The lagging sites' locations.
         sites: Vec<String>,
     },
+    /// A PostgreSQL restore of a base backup with tablespaces: the operator chooses a folder
+    /// for each of the backup's tablespace locations (never the backup alone).
+    PgTablespaceMap {
+        /// The backup's tablespace locations, none chosen yet.
+        locations: Vec<String>,
+    },
+    /// A standby of `dataset` on `data_dir` has not replayed the WAL the vault's ledger
+    /// anchors: wait, catch up the site that withholds it, or promote explicitly accepting the
+    /// loss.
+    PgPromoteBehind {
+        /// The dataset.
+        dataset: String,
+        /// The standby's data directory.
+        data_dir: String,
+    },
 }
 
 /// What a credential must allow, for [`WayOut::Grant`].

@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod lsn;
 /// Giving restored files to the database's owner.
 mod owner;
+pub mod promote_check;
 pub mod replay;
 pub mod replication;
 pub mod restore;

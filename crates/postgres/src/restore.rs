@@ -528,7 +528,11 @@ pub fn restore(
         options.allow_unwitnessed,
     )?;
     // Where each tablespace goes, checked before anything is written.
-    let placed = tablespace::plan(info.tablespace_map.as_deref(), &options.relocations)?;
+    let placed = tablespace::plan(
+        info.tablespace_map.as_deref(),
+        &options.relocations,
+        options.owner,
+    )?;
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
     tablespace::check_layouts(&reader, &placed)?;

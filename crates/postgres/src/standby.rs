@@ -49,8 +49,11 @@ pub fn standby(
 pub struct Promotion {
     /// The timeline the promoted server writes on.
     pub timeline: u32,
-    /// Its WAL position when it first accepted a write.
+    /// Where its new timeline forks: the end of the WAL it replayed.
     pub lsn: Lsn,
+    /// Set when it was promoted short of the WAL the ledger anchored (the loss accepted): the
+    /// anchored end.
+    pub data_lost_to: Option<Lsn>,
     /// From `pg_ctl promote` until a write was accepted.
     pub elapsed: Duration,
     /// The ledger entry's sequence number.
@@ -151,10 +154,12 @@ fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgErro
     }
 }
 
-/// Promotes the standby running on `dir`: `pg_ctl promote`, then waits (up to `timeout`) until
-/// it accepts a write, then appends a `promoted` entry with the new timeline to the dataset's
-/// ledger. `conninfo` overrides the connection used to check writes (default: the server's
-/// Unix socket from postmaster.pid, as the data directory's owner).
+/// Promotes the standby running on `dir`: refused (nothing promoted) while it has not replayed
+/// the WAL the ledger anchors, unless `accept_data_loss` ([`replayed_anchored_wal`]); then
+/// `pg_ctl promote`, waits (up to `timeout`) until it accepts a write, and appends a `promoted`
+/// entry with the new timeline and where it forks (the end of the WAL it replayed) to the
+/// dataset's ledger. `conninfo` overrides the connection used to check writes (default: the
+/// server's Unix socket from postmaster.pid, as the data directory's owner).
 pub fn promote(
     vault: &Vault,
     keyring: &Keyring,
@@ -162,6 +167,7 @@ pub fn promote(
     dir: &Path,
     conninfo: Option<&str>,
     timeout: Duration,
+    accept_data_loss: bool,
 ) -> Result<Promotion, PgError> {
     if !dir.join("standby.signal").exists() && !dir.join("recovery.signal").exists() {
         return Err(PgError::Restore(format!(
@@ -170,6 +176,14 @@ pub fn promote(
         )));
     }
     listen_address(dir)?;
+    let data_lost_to = replayed_anchored_wal(
+        vault,
+        keyring,
+        dataset,
+        (dir, conninfo),
+        timeout.min(CATCH_UP_GRACE),
+        accept_data_loss,
+    )?;
     let signer = keyring.signer().map_err(PgError::Vault)?;
     let started = Instant::now();
     let pg_ctl = pg_program("pg_ctl");
@@ -192,11 +206,12 @@ pub fn promote(
         match sql(
             dir,
             conninfo,
-            "SELECT txid_current() IS NOT NULL, pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn())",
+            "SELECT txid_current() IS NOT NULL, pg_last_wal_replay_lsn(), pg_walfile_name(pg_current_wal_lsn())",
         ) {
             Ok(row) => {
                 let cols: Vec<&str> = row.split('|').collect();
                 if cols.len() == 3 {
+                    // Where the new timeline forks: the end of the WAL replayed.
                     break (cols[1].parse::<Lsn>()?, cols[2].to_string());
                 }
                 return Err(PgError::Restore(format!("unexpected answer {row:?}")));
@@ -223,6 +238,7 @@ pub fn promote(
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
         data_dir: dir.display().to_string(),
+        data_lost_to: data_lost_to.map(|l| l.0),
     };
     // The dataset's WAL streamer may append at the same time: on a conflict, read the history
     // again and append after its new head (a few times).
@@ -266,9 +282,51 @@ pub fn promote(
     Ok(Promotion {
         timeline,
         lsn,
+        data_lost_to,
         elapsed,
         seq: record.entry.seq,
     })
+}
+
+/// How long promotion waits for a standby to replay the WAL the ledger anchors (it asks the
+/// vault every second) before refusing.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(10);
+
+/// The check before promotion ([`crate::promote_check::check`]): the standby's replay
+/// position against the end of the WAL the ledger anchors, asked again for up to `grace` while
+/// it is behind; `Some(anchored end)` when it stays behind and the loss was accepted.
+fn replayed_anchored_wal(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    (dir, conninfo): (&Path, Option<&str>),
+    grace: Duration,
+    accept_data_loss: bool,
+) -> Result<Option<Lsn>, PgError> {
+    let started = Instant::now();
+    loop {
+        let row = sql(
+            dir,
+            conninfo,
+            "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')",
+        )?;
+        let (recovering, replay) = row.split_once('|').unwrap_or((row.as_str(), ""));
+        if recovering != "t" {
+            return Err(PgError::Restore(format!(
+                "the server on {} is not in recovery: it was promoted already, or is not a \
+                 standby",
+                dir.display()
+            )));
+        }
+        let replay = replay.parse::<Lsn>()?;
+        let accept = accept_data_loss && started.elapsed() >= grace;
+        match crate::promote_check::check(vault, keyring, dataset, dir, replay, accept) {
+            Err(_) | Ok(Some(_)) if started.elapsed() < grace => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            done => return done,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! `PG_<major>_<catversion>` folder and below, as they sit in the tablespace's location).
 
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
@@ -146,14 +147,19 @@ pub struct PlacedTablespace {
     pub location: PathBuf,
 }
 
-/// Decides where each tablespace of a backup goes, before anything is written: its original
-/// location unless a relocation names it; every relocation must name one of the backup's
-/// tablespaces; two tablespaces may not share a folder; and a folder that exists must be
-/// empty (a restore never mixes a tablespace into other files). Locations inside the data
+/// Decides where each tablespace of a backup goes, before anything is written. The backup's
+/// locations come from its source host, which may be hostile, and a restore often runs as
+/// root: a location outside the data directory is never written unless the operator chose a
+/// folder for it (`OLD=NEW`, NEW may equal OLD). Every relocation must name one of the
+/// backup's tablespaces; two tablespaces may not share a folder; a chosen folder must be new
+/// (its parent exists: the restore creates only the folder itself) or an empty folder (not a
+/// link) that the server's owner `owner` (this process's user when `None`) owns already — a
+/// restore never takes over a folder that belongs to someone else. Locations inside the data
 /// directory (`pg_tblspc/<oid>` of an in-place tablespace) stay where they are.
 pub fn plan(
     map: Option<&str>,
     relocations: &[Relocation],
+    owner: Option<(u32, u32)>,
 ) -> Result<Vec<PlacedTablespace>, PgError> {
     let tablespaces = match map {
         Some(text) => parse_map(text)?,
@@ -174,6 +180,31 @@ pub fn plan(
             )));
         }
     }
+    let unchosen: Vec<&TablespaceInfo> = tablespaces
+        .iter()
+        .filter(|t| Path::new(&t.location).is_absolute())
+        .filter(|t| !relocations.iter().any(|r| r.old == Path::new(&t.location)))
+        .collect();
+    if !unchosen.is_empty() {
+        return Err(PgError::Vault(embassy_core::Error::Refused {
+            kind: embassy_core::ErrorKind::Config,
+            problem: format!(
+                "this base backup has tablespaces at {}: a restore never writes where a backup \
+                 alone says (its source host may have been tampered with, and a restore often \
+                 runs as root), so choose a folder for each, even to put it back where it was; \
+                 nothing was written",
+                unchosen
+                    .iter()
+                    .map(|t| format!("{} (OID {})", t.location, t.oid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            way_out: embassy_core::error::WayOut::PgTablespaceMap {
+                locations: unchosen.iter().map(|t| t.location.clone()).collect(),
+            },
+        }));
+    }
+    let owner_uid = owner.map_or_else(effective_uid, |(uid, _)| uid);
     let mut placed: Vec<PlacedTablespace> = Vec::new();
     for t in &tablespaces {
         let original = PathBuf::from(&t.location);
@@ -185,8 +216,8 @@ pub fn plan(
             .rev()
             .find(|r| r.old == original)
             .map_or_else(|| original.clone(), |r| r.new.clone());
-        // The location comes from the backup (or the operator): a path that climbs with `..`
-        // could lead a restore run as root somewhere the operator did not read in it.
+        // A path that climbs with `..` could lead a restore run as root somewhere the
+        // operator did not read in it.
         if location
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
@@ -207,7 +238,7 @@ pub fn plan(
                 location.display()
             )));
         }
-        check_empty(t.oid, &original, &location)?;
+        check_target(t.oid, &original, &location, owner_uid)?;
         placed.push(PlacedTablespace {
             oid: t.oid,
             original,
@@ -217,11 +248,35 @@ pub fn plan(
     Ok(placed)
 }
 
-/// A tablespace's target folder must be new or empty (a link there is refused too).
-fn check_empty(oid: u32, original: &Path, location: &Path) -> Result<(), PgError> {
+/// This process's effective user id.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A tablespace's chosen folder: new under an existing folder, or an existing empty folder
+/// (not a link) that `owner_uid` owns.
+fn check_target(oid: u32, original: &Path, location: &Path, owner_uid: u32) -> Result<(), PgError> {
+    let relocated = if original == location {
+        "(its location when backed up) ".to_string()
+    } else {
+        format!("(relocated from {}) ", original.display())
+    };
     let meta = match fs::symlink_metadata(location) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = location.parent().unwrap_or(Path::new("/"));
+            return match fs::metadata(parent) {
+                Ok(m) if m.is_dir() => Ok(()),
+                _ => Err(PgError::Restore(format!(
+                    "tablespace {oid} would be restored to {} {relocated}but {} is not an \
+                     existing folder: a restore creates only the tablespace's own folder, in a \
+                     folder you made; nothing was written",
+                    location.display(),
+                    parent.display()
+                ))),
+            };
+        }
         Err(e) => {
             return Err(PgError::Restore(format!(
                 "cannot check tablespace {oid}'s folder {}: {e}",
@@ -229,28 +284,33 @@ fn check_empty(oid: u32, original: &Path, location: &Path) -> Result<(), PgError
             )))
         }
     };
-    let relocated = if original == location {
-        "(its location when backed up) ".to_string()
-    } else {
-        format!("(relocated from {}) ", original.display())
-    };
     let empty = meta.is_dir()
         && fs::read_dir(location)
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
-    if empty {
-        return Ok(());
+    if !empty {
+        return Err(PgError::Restore(format!(
+            "tablespace {oid} would be restored to {} {relocated}but that {}: empty it or move \
+             it away, or relocate the tablespace to a new or empty folder; nothing was written",
+            location.display(),
+            if meta.is_dir() {
+                "folder is not empty"
+            } else {
+                "is not a folder"
+            }
+        )));
     }
-    Err(PgError::Restore(format!(
-        "tablespace {oid} would be restored to {} {relocated}but that {}: empty it or move it \
-         away, or relocate the tablespace to a new or empty folder; nothing was written",
-        location.display(),
-        if meta.is_dir() {
-            "folder is not empty"
-        } else {
-            "is not a folder"
-        }
-    )))
+    if meta.uid() != owner_uid {
+        return Err(PgError::Restore(format!(
+            "tablespace {oid} would be restored to {} {relocated}but that folder belongs to \
+             uid {}, not to the server's owner (uid {owner_uid}): a restore never takes over a \
+             folder that belongs to someone else; choose a new folder, or give this one to the \
+             server's owner yourself; nothing was written",
+            location.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
 }
 
 /// Patterns that leave the tablespaces restored apart out of the data directory's restore.
@@ -351,8 +411,14 @@ fn is_version_folder(name: &[u8]) -> bool {
     digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
 }
 
-/// Restores each tablespace's files from `reader` to its location and links the data
-/// directory's `pg_tblspc/<oid>` to it; with `owner`, gives the location to that owner.
+/// Restores each tablespace's files from `reader` into its chosen folder and links the data
+/// directory's `pg_tblspc/<oid>` to it; with `owner`, gives the folder's contents and then the
+/// folder to that owner.
+///
+/// Each folder is held open and written only through that handle (`/proc/self/fd/N`), and
+/// belongs to this process's user, mode 0700, while it is filled: no other local user (the
+/// server's owner included, when the folder was already its) can add to it or swap a link into
+/// it meanwhile; the owner gets everything deepest first and the folder itself last.
 pub fn restore_tablespaces(
     reader: &VersionReader,
     data_dir: &Path,
@@ -380,23 +446,23 @@ pub fn restore_tablespaces(
                      damaged; restore another base backup"
                 ))
             })?;
-        fs::create_dir_all(&p.location)
-            .map_err(io(format!("creating {}", p.location.display())))?;
-        fs::set_permissions(&p.location, fs::Permissions::from_mode(0o700))
-            .map_err(io(format!("setting mode 0700 on {}", p.location.display())))?;
+        let folder = take_folder(p, owner)?;
+        // The folder itself, whatever its path is made to name meanwhile.
+        let through = PathBuf::from(format!("/proc/self/fd/{}/.", folder.as_raw_fd()));
         for child in &children.nodes {
             let name = std::ffi::OsStr::from_bytes(&child.name);
             let options = RestoreOptions {
                 subpath: Some(Path::new("pg_tblspc").join(&oid).join(name)),
-                // Checked empty by `plan`; later children join the first.
+                // Checked empty when taken; later children join the first.
                 overwrite: true,
                 ..RestoreOptions::default()
             };
-            files::restore(reader, &p.location, &options, progress).map_err(PgError::Vault)?;
+            files::restore(reader, &through, &options, progress).map_err(PgError::Vault)?;
         }
         if let Some((uid, gid)) = owner {
-            crate::owner::chown_tree(&p.location, uid, gid)?;
+            crate::owner::chown_tree(&through, uid, gid)?;
         }
+        drop(folder);
         let link = data_dir.join("pg_tblspc").join(&oid);
         if let Ok(meta) = fs::symlink_metadata(&link) {
             if meta.is_dir() {
@@ -415,6 +481,83 @@ pub fn restore_tablespaces(
         }
     }
     Ok(())
+}
+
+/// Opens tablespace folder `p.location` (creating it, mode 0700, when new; a link is refused)
+/// and makes it this process's user's, mode 0700, for the restore to fill: [`plan`]'s checks
+/// again on the open folder (what it names may have changed since), its emptiness checked once
+/// nobody else can add to it.
+fn take_folder(p: &PlacedTablespace, owner: Option<(u32, u32)>) -> Result<OwnedFd, PgError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let at = p.location.display();
+    let refused = |why: String| {
+        PgError::Restore(format!(
+            "tablespace {}'s folder {at} {why}: nothing was written there; choose a new folder \
+             and restore again",
+            p.oid
+        ))
+    };
+    let created = match fs::DirBuilder::new().mode(0o700).create(&p.location) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(PgError::Restore(format!("creating {at}: {e}"))),
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&p.location)
+        .map_err(|e| {
+            refused(format!(
+                "cannot be opened as a folder (a link is refused): {e}"
+            ))
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| PgError::Restore(format!("reading {at}: {e}")))?;
+    let me = effective_uid();
+    let expected = if created {
+        me
+    } else {
+        owner.map_or(me, |(uid, _)| uid)
+    };
+    if meta.uid() != expected {
+        return Err(refused(format!(
+            "belongs to uid {}, not {expected} (it changed after it was checked)",
+            meta.uid()
+        )));
+    }
+    let fd = file.as_raw_fd();
+    if meta.uid() != me {
+        // SAFETY: fd is an open descriptor this function owns; getegid cannot fail.
+        if unsafe { libc::fchown(fd, me, libc::getegid()) } != 0 {
+            return Err(PgError::Restore(format!(
+                "taking {at} for the restore: {}; run the restore as root or as the server's \
+                 owner",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fchmod(fd, 0o700) } != 0 {
+        return Err(PgError::Restore(format!(
+            "setting mode 0700 on {at}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let through = format!("/proc/self/fd/{fd}");
+    let empty = fs::read_dir(&through)
+        .map_err(|e| PgError::Restore(format!("listing {at} through {through}: {e}")))?
+        .next()
+        .is_none();
+    if !empty {
+        // Given back as it was found.
+        // SAFETY: as above.
+        unsafe { libc::fchown(fd, meta.uid(), meta.gid()) };
+        return Err(refused(
+            "is not empty (it changed after it was checked)".into(),
+        ));
+    }
+    Ok(OwnedFd::from(file))
 }
 
 #[cfg(test)]
@@ -539,26 +682,105 @@ mod tests {
         fs::create_dir(&full).unwrap();
         fs::write(full.join("x"), b"x").unwrap();
         let map = format!("16400 {}\n", full.display());
-        let e = plan(Some(&map), &[]).unwrap_err().to_string();
+        let back = |new: &Path| Relocation {
+            old: full.clone(),
+            new: new.to_path_buf(),
+        };
+        let e = plan(Some(&map), &[back(&full)], None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(&full.display().to_string()) && e.contains("not empty"),
             "{e}"
         );
         let new = dir.path().join("new");
-        let r = Relocation {
-            old: full.clone(),
-            new: new.clone(),
-        };
-        let placed = plan(Some(&map), &[r]).unwrap();
+        let placed = plan(Some(&map), &[back(&new)], None).unwrap();
         assert_eq!(placed[0].location, new);
         let stranger = Relocation {
             old: "/nowhere".into(),
             new: new.clone(),
         };
-        assert!(plan(Some(&map), &[stranger]).is_err());
-        assert!(plan(None, &[]).unwrap().is_empty());
+        assert!(plan(Some(&map), &[stranger], None).is_err());
+        assert!(plan(None, &[], None).unwrap().is_empty());
         let climbing = "16400 /srv/../etc/x\n";
-        let e = plan(Some(climbing), &[]).unwrap_err().to_string();
+        let up = Relocation {
+            old: "/srv/../etc/x".into(),
+            new: "/srv/../etc/x".into(),
+        };
+        let e = plan(Some(climbing), &[up], None).unwrap_err().to_string();
         assert!(e.contains("'..'"), "{e}");
+    }
+
+    /// Red team: a base backup (sealing credential stolen) named /usr/local/sbin as a
+    /// tablespace location, and a root restore handed that root folder to postgres. A location
+    /// the operator did not choose is never written; a chosen one is new under an existing
+    /// folder, or empty and the server owner's already.
+    #[test]
+    fn a_restore_writes_only_where_the_operator_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = "16400 /usr/local/sbin\n16401 /etc/systemd/system/ssh.service.d\n";
+        let e = plan(Some(map), &[], None).unwrap_err();
+        match &e {
+            PgError::Vault(embassy_core::Error::Refused {
+                way_out: embassy_core::error::WayOut::PgTablespaceMap { locations },
+                ..
+            }) => assert_eq!(
+                locations,
+                &["/usr/local/sbin", "/etc/systemd/system/ssh.service.d"]
+            ),
+            other => panic!("{other}"),
+        }
+        let text = e.to_string();
+        assert!(
+            text.contains("/usr/local/sbin") && text.contains("nothing was written"),
+            "{text}"
+        );
+        let to = |old: &str, new: &Path| Relocation {
+            old: old.into(),
+            new: new.to_path_buf(),
+        };
+        // One chosen, one not: still refused, naming the other.
+        let e = plan(
+            Some(map),
+            &[to("/usr/local/sbin", &dir.path().join("a"))],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("ssh.service.d") && !e.contains("sbin (OID"),
+            "{e}"
+        );
+        // A new folder needs an existing parent: only the folder itself is created.
+        let e = plan(
+            Some("16400 /usr/local/sbin\n"),
+            &[to("/usr/local/sbin", &dir.path().join("no/such/ts"))],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not an existing folder"), "{e}");
+        // An empty folder someone else owns is never taken over.
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        let mine = fs::metadata(&theirs).unwrap().uid();
+        let e = plan(
+            Some("16400 /usr/local/sbin\n"),
+            &[to("/usr/local/sbin", &theirs)],
+            Some((mine + 1, 0)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("belongs to uid") && e.contains("someone else"),
+            "{e}"
+        );
+        // The server owner's empty folder, or a new one, is fine.
+        plan(
+            Some("16400 /usr/local/sbin\n"),
+            &[to("/usr/local/sbin", &theirs)],
+            Some((mine, 0)),
+        )
+        .unwrap();
     }
 }

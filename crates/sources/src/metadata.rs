@@ -53,8 +53,8 @@ pub fn can_chown() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Applies owner (when permitted), mode and modification time to `path`, without following a
-/// final symlink. Owner first: chown clears set-id bits that chmod then restores.
+/// Applies owner (when permitted), mode and modification time to `path`, never following a
+/// final symlink (a link where a file or folder was restored is an error). Owner first: chown clears set-id bits that chmod then restores.
 pub fn apply(path: &Path, node: &Node, chown: bool) -> Result<()> {
     let c = c_path(path)?;
     if chown {
@@ -66,9 +66,18 @@ pub fn apply(path: &Path, node: &Node, chown: bool) -> Result<()> {
         )?;
     }
     if node.kind != NodeKind::Symlink {
-        // SAFETY: as above; chmod on a non-symlink.
+        // Never through a link: one swapped in for the restored file (by a local user who can
+        // write in its folder) would hand its target this mode. A link there is an error.
+        // SAFETY: as above; fchmodat with AT_SYMLINK_NOFOLLOW changes nothing a link names.
         check(
-            unsafe { libc::chmod(c.as_ptr(), node.mode as libc::mode_t) },
+            unsafe {
+                libc::fchmodat(
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                    node.mode as libc::mode_t,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            },
             "setting mode of",
             path,
         )?;
@@ -102,4 +111,28 @@ pub fn make_fifo(path: &Path) -> Result<()> {
         "creating fifo",
         path,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Red team: `apply` used chmod, which follows links: a local user who swapped a link in
+    /// for a restored file got its target the file's mode (a restore runs as root).
+    #[test]
+    fn metadata_is_never_applied_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("restored");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let meta = std::fs::symlink_metadata(&target).unwrap();
+        let mut node = node_from(b"restored", NodeKind::File, &meta);
+        node.mode = 0o4777;
+        assert!(apply(&link, &node, false).is_err());
+        let mode = std::fs::metadata(&target).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the link's target got mode {mode:o}");
+    }
 }

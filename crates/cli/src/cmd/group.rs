@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use embassy_core::history::ledger::GroupMember;
 use embassy_core::{Error, Result};
 use embassy_ops::group::{self, GroupTarget, ListedPoint, MemberRestored};
+use embassy_postgres::tablespace::Relocation;
 use embassy_postgres::Lsn;
 use serde_json::json;
 
@@ -169,6 +170,80 @@ fn points(cli: &Cli, args: &PointsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which of the operator's tablespace relocations (`--tablespace-map OLD=NEW`) go to which
+/// PostgreSQL member of `point`: each OLD must be a tablespace location of exactly one member's
+/// base backups, checked before anything is restored.
+fn relocations_by_member(
+    vault: &embassy_core::engine::vault::Vault,
+    keyring: &embassy_core::engine::vault::Keyring,
+    point: &embassy_core::history::ledger::GroupPoint,
+    relocations: &[Relocation],
+) -> Result<std::collections::HashMap<String, Vec<Relocation>>> {
+    let mut out: std::collections::HashMap<String, Vec<Relocation>> = Default::default();
+    if relocations.is_empty() {
+        return Ok(out);
+    }
+    let mut owners: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for member in &point.members {
+        let GroupMember::Postgres { dataset, .. } = member else {
+            continue;
+        };
+        let backups = embassy_postgres::base_backup::list_base_backups(vault, keyring, dataset)
+            .map_err(Error::from)?;
+        for (_, info) in &backups {
+            let Some(map) = info.tablespace_map.as_deref() else {
+                continue;
+            };
+            for t in embassy_postgres::tablespace::parse_map(map).map_err(Error::from)? {
+                let location = std::path::PathBuf::from(t.location);
+                if !owners.iter().any(|(d, l)| d == dataset && *l == location) {
+                    owners.push((dataset.clone(), location));
+                }
+            }
+        }
+    }
+    for r in relocations {
+        let members: Vec<&String> = owners
+            .iter()
+            .filter(|(_, l)| *l == r.old)
+            .map(|(d, _)| d)
+            .collect();
+        match members.as_slice() {
+            [one] => out.entry((*one).clone()).or_default().push(r.clone()),
+            [] => {
+                return Err(Error::invalid(format!(
+                    "--tablespace-map names {}, which is no tablespace location of the group's \
+                     PostgreSQL members (they have {})",
+                    r.old.display(),
+                    if owners.is_empty() {
+                        "none".to_string()
+                    } else {
+                        owners
+                            .iter()
+                            .map(|(d, l)| format!("{} in {d}", l.display()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                )))
+            }
+            several => {
+                return Err(Error::invalid(format!(
+                    "--tablespace-map names {}, a tablespace location of several members ({}): \
+                     restore them one at a time (`embassy restore DATASET --lsn ...`), each with \
+                     its own map",
+                    r.old.display(),
+                    several
+                        .iter()
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `embassy restore --group G --at latest|TIME --to DIR`: every member into `DIR/<dataset>`.
 pub fn restore(
     cli: &Cli,
@@ -177,6 +252,7 @@ pub fn restore(
     to: Option<&Path>,
     owner_name: Option<&str>,
     allow_unwitnessed: bool,
+    relocations: &[Relocation],
 ) -> Result<ExitCode> {
     let target = if at == "latest" {
         GroupTarget::Latest
@@ -190,6 +266,7 @@ pub fn restore(
     let vault = open_vault(cli)?;
     let chosen = group::choose(&vault, group_name, target)?;
     let keyring = unlock(cli, &vault)?;
+    let members_relocations = relocations_by_member(&vault, &keyring, &chosen.point, relocations)?;
     let mut fetch_folders = Vec::new();
     let bar = output::Bar::new(!cli.quiet && !cli.json);
     let mut options = |dataset: &str, data_dir: &Path| {
@@ -208,9 +285,12 @@ pub fn restore(
             restore_command: fetch.restore_command.clone(),
             owner,
             allow_unwitnessed,
-            // Tablespaces go back where they were (a member restored where its tablespaces
-            // still exist is refused, naming them).
-            relocations: Vec::new(),
+            // Each member's tablespaces where --tablespace-map puts them (a member with one
+            // not chosen is refused, naming it).
+            relocations: members_relocations
+                .get(dataset)
+                .cloned()
+                .unwrap_or_default(),
         };
         fetch_folders.push(fetch);
         Ok(options)

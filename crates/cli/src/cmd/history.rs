@@ -100,9 +100,15 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     lsn,
                     host,
                     data_dir,
+                    data_lost_to,
                 } => format!(
-                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}",
-                    embassy_postgres::Lsn(*lsn)
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}{}",
+                    embassy_postgres::Lsn(*lsn),
+                    data_lost_to.map_or(String::new(), |to| format!(
+                        ", ACCEPTING DATA LOSS: the vault's WAL from {} to {} was never replayed",
+                        embassy_postgres::Lsn(*lsn),
+                        embassy_postgres::Lsn(to)
+                    ))
                 ),
                 embassy_core::history::ledger::Event::DrillRecorded(d) => format!(
                     "drill recorded: {} of version {} on {}, RTO {} ms, RPO {} ms, {}/{} checks \

@@ -67,9 +67,11 @@ pub struct RestoreArgs {
     /// PostgreSQL: owner of the restored data directory (default: postgres when root).
     #[arg(long)]
     pub owner: Option<String>,
-    /// PostgreSQL: put the tablespace whose location was OLD at NEW instead (both absolute;
-    /// `\=` for an `=` in a path), like pg_basebackup's -T. Each tablespace's folder must be
-    /// new or empty. Repeatable.
+    /// PostgreSQL: put the tablespace whose location was OLD at NEW (both absolute; `\=` for
+    /// an `=` in a path), like pg_basebackup's -T. Needed for every tablespace of the base
+    /// backup (OLD=OLD to put it back where it was): a restore never writes where the backup
+    /// alone says. NEW is a new folder in an existing one, or an empty folder the server's
+    /// owner owns. Repeatable; with --group, each OLD goes to the member that has it.
     #[arg(long, value_name = "OLD=NEW", conflicts_with = "path")]
     pub tablespace_map: Vec<embassy_postgres::tablespace::Relocation>,
 }
@@ -85,6 +87,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                 args.to.as_deref(),
                 args.owner.as_deref(),
                 args.unwitnessed,
+                &args.tablespace_map,
             )
         }
         (None, Some(target)) => target,

@@ -116,12 +116,16 @@ pub enum Event {
     Promoted {
         /// The timeline the promoted server writes on.
         timeline: u32,
-        /// Its WAL position when it first accepted a write.
+        /// Where its new timeline forks: the end of the WAL it replayed before promotion.
         lsn: u64,
         /// The host it runs on.
         host: String,
         /// Its data directory.
         data_dir: String,
+        /// Set only when the operator promoted it short of the WAL the ledger anchored
+        /// (`--accept-data-loss`): the anchored end, so WAL from `lsn` to here was lost to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_lost_to: Option<u64>,
     },
     /// A restore drill ran (format version 3): the newest version was restored into a scratch
     /// place and checked. Needs the `drill` right, which sealing credentials never hold.

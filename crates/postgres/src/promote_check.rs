@@ -1,0 +1,141 @@
+//! Before a standby is promoted: has it replayed the WAL the vault holds durably?
+//!
+//! The vault's ledger anchors streamed WAL (`log_range_added` entries, signed by the streamer):
+//! that end is known to every site that serves the ledger and to this machine's remembered
+//! heads, even when a site withholds the WAL objects themselves (a hostile or damaged site). A
+//! standby that has not replayed up to it would go live at an older state, silently dropping
+//! acknowledged commits; [`check`] refuses that unless the operator accepts the loss, which the
+//! `promoted` entry then records.
+
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::history::ledger::{Event, Record};
+
+use crate::error::PgError;
+use crate::Lsn;
+
+/// The end of the WAL the ledger anchors: the highest timeline with an anchor, and the end of
+/// its furthest anchor. None when no WAL was streamed.
+pub fn anchored_end(records: &[Record]) -> Option<(u32, Lsn)> {
+    records
+        .iter()
+        .filter(|r| r.refused.is_none())
+        .filter_map(|r| match &r.entry.event {
+            Event::LogRangeAdded { timeline, end, .. } => Some((*timeline, Lsn(*end))),
+            _ => None,
+        })
+        .max()
+}
+
+/// Whether a standby that replayed to `replay` holds all the WAL anchored up to `anchored`:
+/// at or past it; or, when the vault's stored WAL reaches the anchor and its last complete
+/// record (`last_record`, starting there) begins before the anchor, past that record's start
+/// (the bytes after it are a record no server can replay yet).
+pub fn replayed_enough(
+    replay: Lsn,
+    anchored: Lsn,
+    stored_end: Option<Lsn>,
+    last_record: Option<Lsn>,
+) -> bool {
+    if replay >= anchored {
+        return true;
+    }
+    match (stored_end, last_record) {
+        (Some(stored), Some(last)) => stored >= anchored && last < anchored && replay > last,
+        _ => false,
+    }
+}
+
+/// Compares the standby's replay position `replay` with the end of `dataset`'s WAL the ledger
+/// anchors. `Ok(None)`: it holds all of it (or nothing was streamed). Behind it: refused, naming
+/// both positions, unless `accept_data_loss`, then `Ok(Some(anchored end))` for the
+/// `promoted` entry to record.
+pub fn check(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    data_dir: &std::path::Path,
+    replay: Lsn,
+    accept_data_loss: bool,
+) -> Result<Option<Lsn>, PgError> {
+    let records = vault.history(dataset).map_err(PgError::Vault)?;
+    let Some((timeline, anchored)) = anchored_end(&records) else {
+        return Ok(None);
+    };
+    if replay >= anchored {
+        return Ok(None);
+    }
+    // The stored WAL's end and last complete record, when these keys can read it (a trailing
+    // record cut at the anchor cannot be replayed and is not a loss).
+    let stored = crate::status::site_wal("vault", vault.site().as_ref(), dataset)
+        .ok()
+        .flatten()
+        .filter(|w| w.timeline == timeline)
+        .map(|w| w.durable);
+    let last = crate::walend::last_durable_record(vault, keyring, dataset)
+        .ok()
+        .flatten()
+        .filter(|(tl, _)| *tl == timeline)
+        .map(|(_, lsn)| lsn);
+    if replayed_enough(replay, anchored, stored, last) {
+        return Ok(None);
+    }
+    if accept_data_loss {
+        return Ok(Some(anchored));
+    }
+    let withheld = stored.is_none_or(|s| s < anchored);
+    let missing = match stored {
+        Some(s) if s >= anchored => "the vault's newest WAL object reaches it, yet the standby \
+                                     has not replayed it (still arriving, or a site withholds \
+                                     a part before it)"
+            .to_string(),
+        Some(s) => format!(
+            "the sites serve WAL only up to {s}: a site withholds or lost the rest, which the \
+             ledger proves was stored"
+        ),
+        None => "the sites serve none of it: a site withholds or lost it, which the ledger \
+                 proves was stored"
+            .to_string(),
+    };
+    Err(PgError::Vault(embassy_core::Error::Refused {
+        kind: if withheld {
+            embassy_core::ErrorKind::Integrity
+        } else {
+            embassy_core::ErrorKind::Source
+        },
+        problem: format!(
+            "the standby on {} has replayed {dataset}'s WAL to {replay}, but the vault's ledger \
+             anchors WAL to {anchored} on timeline {timeline} ({} bytes more); {missing}. \
+             Promoting now would lose those commits, so nothing was promoted: wait until the \
+             standby replays them, bring the WAL back to the site that lacks it, or accept the \
+             loss explicitly (it is recorded in the ledger)",
+            data_dir.display(),
+            anchored.0 - replay.0
+        ),
+        way_out: embassy_core::error::WayOut::PgPromoteBehind {
+            dataset: dataset.to_string(),
+            data_dir: data_dir.display().to_string(),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_short_of_the_anchored_end_has_not_replayed_enough() {
+        let l = |x: u64| Lsn(x);
+        // At or past the anchor.
+        assert!(replayed_enough(l(100), l(100), None, None));
+        assert!(replayed_enough(l(120), l(100), None, None));
+        // Short of it, the WAL withheld (the sites serve less than the anchor).
+        assert!(!replayed_enough(l(60), l(100), Some(l(60)), Some(l(40))));
+        assert!(!replayed_enough(l(60), l(100), None, None));
+        // Short of it by the cut record after the last complete one: nothing lost.
+        assert!(replayed_enough(l(90), l(100), Some(l(100)), Some(l(80))));
+        // A complete record at or after the anchor proves the bytes before it complete.
+        assert!(!replayed_enough(l(90), l(100), Some(l(130)), Some(l(110))));
+        // Not past the last complete record's start: it was not replayed.
+        assert!(!replayed_enough(l(80), l(100), Some(l(100)), Some(l(80))));
+    }
+}
