@@ -784,6 +784,8 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "lsn": done.lsn.to_string(),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
+            "approvals": done.approvals,
+            "authoritative": done.not_authoritative.is_none(),
             "sites": recorded,
             "queued": queued,
         }))?;
@@ -797,6 +799,9 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             done.seq,
             args.dataset
         );
+    }
+    if let Some(why) = &done.not_authoritative {
+        eprintln!("warning: the promotion fences no writer of the old primary: {why}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -100,9 +100,15 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     lsn,
                     host,
                     data_dir,
+                    approvals,
                 } => format!(
-                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}",
-                    embassy_postgres::Lsn(*lsn)
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}{}",
+                    embassy_postgres::Lsn(*lsn),
+                    if approvals.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} approvals)", approvals.len())
+                    }
                 ),
                 embassy_core::history::ledger::Event::DrillRecorded(d) => format!(
                     "drill recorded: {} of version {} on {}, RTO {} ms, RPO {} ms, {}/{} checks \

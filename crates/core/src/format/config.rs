@@ -21,8 +21,12 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// ledger entry and the `drill` right, and the `group_point` event; a program of version 2
 /// would take such entries for unparsable noise (and a group's ledger for a gap), so it must
 /// refuse the vault instead. Version-2 vaults stay readable (and writable) but take neither
-/// drill entries nor group points.
-pub const FORMAT_VERSION: u32 = 3;
+/// drill entries nor group points. Version 4 (issue 17): `promotion_approvals` in the
+/// configuration and approvals embedded in `promoted` entries; an authoritative promotion fences
+/// the dataset's earlier writers (docs/format.md §9c). A program of version 3 would ignore the
+/// fence and accept a diverging history from a fenced home, so it must refuse the vault.
+/// Version-2 and -3 vaults stay readable: without a promotion policy nothing changes for them.
+pub const FORMAT_VERSION: u32 = 4;
 /// The first format version whose vaults may hold `group_point` entries.
 pub const GROUP_POINTS_SINCE: u32 = 3;
 /// The oldest vault format this program reads.
@@ -134,6 +138,12 @@ pub struct VaultConfig {
     /// policy. 0: such deletions are refused outright.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub approvals_required: u32,
+    /// How many distinct pinned approvers must approve a `promoted` entry before it is
+    /// authoritative (fences the dataset's earlier writers) when its signer is neither the root
+    /// key nor a key of `signers`. 0: no promotion policy (`embassy promote` needs no approvals,
+    /// and only the root's or a configured signer's promotion fences).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub promotion_approvals: u32,
     /// The legal minimum age, in seconds, of every version of every dataset: deleting a younger
     /// version is outside any retention policy and needs approvals.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
@@ -175,6 +185,7 @@ impl VaultConfig {
             witness_quorum: 0,
             approvers: Vec::new(),
             approvals_required: 0,
+            promotion_approvals: 0,
             min_age_secs: 0,
             dataset_min_age_secs: Default::default(),
         }
@@ -254,6 +265,12 @@ impl VaultConfig {
             return Err(Error::corrupt(
                 layout::CONFIG,
                 "approvals_required exceeds the number of valid approver keys",
+            ));
+        }
+        if config.promotion_approvals as usize > config.approver_keys().len() {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "promotion_approvals exceeds the number of valid approver keys",
             ));
         }
         let root_key = decode_key(&config.root_public_key)

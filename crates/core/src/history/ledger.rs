@@ -116,6 +116,11 @@ pub enum Event {
         host: String,
         /// Its data directory.
         data_dir: String,
+        /// Approvals of this promotion (their full signed bytes, format 4): with
+        /// `config.promotion_approvals` of them it is authoritative and fences the dataset's
+        /// earlier writers (`history::promotion`). Empty when none were needed or given.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<serde_bytes::ByteBuf>,
     },
     /// A restore drill ran (format version 3): the newest version was restored into a scratch
     /// place and checked. Needs the `drill` right, which sealing credentials never hold.
