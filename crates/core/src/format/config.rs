@@ -27,6 +27,9 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// fence and accept a diverging history from a fenced home, so it must refuse the vault.
 /// Version-2 and -3 vaults stay readable: without a promotion policy nothing changes for them.
 pub const FORMAT_VERSION: u32 = 4;
+/// The first format version whose promotions fence (docs/format.md §9c): in older vaults a
+/// `promoted` entry stays what it was, information with no effect.
+pub const FENCING_SINCE: u32 = 4;
 /// The first format version whose vaults may hold `group_point` entries.
 pub const GROUP_POINTS_SINCE: u32 = 3;
 /// The oldest vault format this program reads.

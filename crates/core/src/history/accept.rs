@@ -474,10 +474,12 @@ fn resolve_fork(
     // an old primary cannot undo a takeover by forking the history below it, whatever sequence
     // numbers and times it chooses. It comes before remembered heads: the old primary's own
     // client remembers its own branch.
+    let fencing = ctx.config.format_version >= crate::format::config::FENCING_SINCE;
     let holds_promotion = |w: &Walk| {
-        w.records
-            .iter()
-            .any(|r| r.refused.is_none() && matches!(r.entry.event, Event::Promoted { .. }))
+        fencing
+            && w.records
+                .iter()
+                .any(|r| r.refused.is_none() && matches!(r.entry.event, Event::Promoted { .. }))
     };
     let promoted: Vec<usize> = left
         .iter()

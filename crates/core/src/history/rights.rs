@@ -59,6 +59,8 @@ pub struct Authority {
     last_promotion: u64,
     /// Keys an authoritative promotion fenced, with that promotion's sequence number.
     fenced: BTreeMap<[u8; 32], u64>,
+    /// Whether promotions can fence here (format 4 on; older vaults judge them as before).
+    fencing: bool,
 }
 
 impl Authority {
@@ -77,6 +79,7 @@ impl Authority {
             chain: Vec::new(),
             last_promotion: 0,
             fenced: BTreeMap::new(),
+            fencing: config.format_version >= crate::format::config::FENCING_SINCE,
         })
     }
 
@@ -92,6 +95,7 @@ impl Authority {
             chain: Vec::new(),
             last_promotion: 0,
             fenced: BTreeMap::new(),
+            fencing: true,
         }
     }
 
@@ -110,6 +114,7 @@ impl Authority {
             chain: Vec::new(),
             last_promotion: 0,
             fenced: BTreeMap::new(),
+            fencing: config.format_version >= crate::format::config::FENCING_SINCE,
         });
         for r in history {
             out.record(r);
@@ -125,7 +130,7 @@ impl Authority {
             return;
         }
         self.apply(&record.entry.event);
-        if let Event::Promoted { .. } = record.entry.event {
+        if let (true, Event::Promoted { .. }) = (self.fencing, &record.entry.event) {
             self.fence(&record.entry.signer, record.entry.seq);
         }
     }
@@ -346,9 +351,12 @@ impl Authority {
                     return Verdict::Reject(why);
                 }
             }
-            // A promotion that is not authoritative is kept as information, without effect.
-            if let Err(why) = self.check_promotion(config, dataset, entry) {
-                return Verdict::Noop(why);
+            // A promotion that is not authoritative is kept as information, without effect
+            // (before format 4 every promotion is information, as it always was).
+            if self.fencing {
+                if let Err(why) = self.check_promotion(config, dataset, entry) {
+                    return Verdict::Noop(why);
+                }
             }
             return Verdict::Accept;
         }
