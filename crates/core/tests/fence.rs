@@ -446,3 +446,32 @@ proptest! {
         prop_assert!(h.records.iter().all(|r| r.entry.seq <= 5 || r.entry.signer != home));
     }
 }
+
+/// WAL log objects: a fenced writer keeps what it streamed before the takeover (anchored, or on
+/// the old timeline up to the switch point, which the new timeline needs), and nothing past it
+/// nor on the new timeline; the promoting writer is not fenced.
+#[test]
+fn fenced_wal_is_valid_up_to_the_switch_point_only() {
+    use embassy_core::history::rights::Authority;
+    use embassy_core::history::wal_authority::WalAuthority;
+    let w = world(2, 4);
+    let head = w.start();
+    let p = w.next(&w.embassy, &head, promoted(w.quorum(&head)));
+    let h = w.history();
+    assert_eq!(ids(&h).last(), Some(&p.id));
+    let auth = WalAuthority::new(Authority::after(&w.config, DS, &[]), &h.records);
+    let home = w.home.verifying_key().to_bytes();
+    let embassy = w.embassy.verifying_key().to_bytes();
+    // Anchored by entry 4 (before the takeover): valid.
+    assert!(auth.allows_object(&home, Some(4), 1, 100));
+    // Unanchored, old timeline, up to the switch point (100): valid; past it: not.
+    assert!(auth.allows_object(&home, None, 1, 100));
+    assert!(!auth.allows_object(&home, None, 1, 101));
+    // The new timeline, or an anchor after the takeover: not home's.
+    assert!(!auth.allows_object(&home, None, 2, 50));
+    assert!(!auth.allows_object(&home, Some(6), 1, 200));
+    assert!(!auth.active_at_head(&home));
+    // The embassy streams on.
+    assert!(auth.allows_object(&embassy, None, 2, 500));
+    assert_eq!(auth.fences().len(), 1);
+}

@@ -175,14 +175,14 @@ pub fn promote(
             dir.display()
         )));
     }
-    listen_address(dir)?;
     let signer = keyring.signer().map_err(PgError::Vault)?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    // The vault's promotion policy is checked before the server is promoted: a takeover
+    // The vault's promotion policy is checked before anything touches the server: a takeover
     // without its approvals must not happen at all.
     let approvals = promotion_approvals(vault, dataset, &host, &signer.verifying_key().to_bytes())?;
+    listen_address(dir)?;
     let started = Instant::now();
     let pg_ctl = pg_program("pg_ctl");
     let out = as_owner(&pg_ctl, dir)?
