@@ -2,12 +2,21 @@
 //! `embassy promote` with an embassy's sealing credential refuses before it touches the server
 //! until K distinct pinned approvers have approved a takeover on this host (`embassy approve
 //! --promote HOST`), and says how to get them; approvals for another host, or too few, do not
-//! count. (What an approved promotion does to the old writers, the fence, is proved on the
-//! acceptance rules in `core/tests/fence.rs`.)
+//! count. Then the fence through the real commands: after an approved takeover, home's sealing
+//! credential still "backs up", and `verify`, `versions` and `restore --latest` ignore it (the
+//! promoted entry is written with the library, as `embassy promote` writes it once a server is
+//! promoted; the rules themselves are proved in `core/tests/fence.rs`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use embassy_testkit::cli::{cheapen, passphrase_file, Embassy, Run};
+use embassy_core::engine::vault::Vault;
+use embassy_core::history::approval;
+use embassy_core::history::ledger::{self, Event};
+use embassy_core::keys::keyfile::KeyFile;
+use embassy_core::keys::Credential;
+use embassy_core::site::Site;
+use embassy_testkit::cli::{cheapen, passphrase_file, Embassy, Run, PASS};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const DS: &str = "registry";
@@ -80,17 +89,21 @@ fn public_key(out: &Run) -> String {
         .to_string()
 }
 
-#[test]
-fn promote_refuses_before_promoting_until_the_approvals_are_there() {
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A vault pinning approvers a, b, c with `--promotion-approvals 2`, one version of DS (by the
+/// root key), and sealing credentials `embassy.cred` and `home.cred`.
+fn setup() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let env = Env {
         pass: passphrase_file(tmp.path()),
         tmp,
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
     let approvers: Vec<String> = ["a.key", "b.key", "c.key"]
         .iter()
         .map(|k| {
@@ -108,19 +121,28 @@ fn promote_refuses_before_promoting_until_the_approvals_are_there() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("register.csv"), "row\n".repeat(100)).unwrap();
     env.ok(&["backup", DS, src.to_str().unwrap()]);
-    let slow = env.path("embassy-slow.cred");
-    env.ok(&[
-        "keys",
-        "issue",
-        "--sealing",
-        "--dataset",
-        DS,
-        "--label",
-        "embassy",
-        "--out",
-        slow.to_str().unwrap(),
-    ]);
-    cheapen(&slow, &env.path("embassy.cred"));
+    for label in ["embassy", "home"] {
+        let slow = env.path(&format!("{label}-slow.cred"));
+        env.ok(&[
+            "keys",
+            "issue",
+            "--sealing",
+            "--dataset",
+            DS,
+            "--label",
+            label,
+            "--out",
+            slow.to_str().unwrap(),
+        ]);
+        cheapen(&slow, &env.path(&format!("{label}.cred")));
+    }
+    env
+}
+
+#[test]
+fn promote_refuses_before_promoting_until_the_approvals_are_there() {
+    let env = setup();
+    let host = hostname();
     // A standby data directory (no server runs on it: a promote that got past the approvals
     // would fail on that instead).
     std::fs::create_dir_all(env.path("standby")).unwrap();
@@ -158,4 +180,83 @@ fn promote_refuses_before_promoting_until_the_approvals_are_there() {
     assert!(!out.stderr.contains("promotion policy"), "{out:?}");
     let history = env.ok(&["history", DS]);
     assert!(!history.stdout.contains("promoted"), "{history:?}");
+}
+
+/// The signing key of a credential file.
+fn signing_key(env: &Env, name: &str) -> approval::SigningKey {
+    let path = env.path(name);
+    let payload = KeyFile::load(&path)
+        .unwrap()
+        .open_payload(PASS.as_bytes(), &path)
+        .unwrap();
+    Credential::from_bytes(&payload)
+        .unwrap()
+        .signing_key()
+        .unwrap()
+}
+
+#[test]
+fn after_an_approved_takeover_home_writes_are_ignored_by_every_reader() {
+    let env = setup();
+    let host = hostname();
+    let src = env.path("src");
+    let backup_as = |key: &str, text: &str| {
+        std::fs::write(src.join("register.csv"), text).unwrap();
+        env.run_with(key, &["backup", DS, src.to_str().unwrap()])
+    };
+    assert_eq!(backup_as("home.cred", "home before\n").code, 0);
+    env.approve("a.key", &host);
+    env.approve("c.key", &host);
+    // The embassy's promotion, as `embassy promote` records it after pg_ctl promote.
+    let site: Arc<dyn Site> = Arc::new(embassy_sites::LocalSite::new(&env.path("site")).unwrap());
+    let vault = Vault::open(site.clone()).unwrap();
+    let (found, _) = approval::list_signed(site.as_ref(), &vault.config().vault_id, DS).unwrap();
+    let history = vault.history(DS).unwrap();
+    ledger::append(
+        site.as_ref(),
+        &signing_key(&env, "embassy.cred"),
+        DS,
+        history.last(),
+        Event::Promoted {
+            timeline: 2,
+            lsn: 1 << 24,
+            host: host.clone(),
+            data_dir: "/srv/pg".into(),
+            approvals: found
+                .into_iter()
+                .map(|(_, _, b)| serde_bytes::ByteBuf::from(b))
+                .collect(),
+        },
+    )
+    .unwrap();
+    assert_eq!(backup_as("embassy.cred", "embassy live\n").code, 0);
+    // Home comes back with its old credential and backs up again; and a hacked client of
+    // home's writes an entry after the embassy's by hand.
+    let _ = backup_as("home.cred", "home after the takeover\n");
+    let head = vault.history(DS).unwrap();
+    ledger::append(
+        site.as_ref(),
+        &signing_key(&env, "home.cred"),
+        DS,
+        head.last(),
+        Event::VersionAdded {
+            manifest: embassy_core::id::ObjectId::of(b"home's diverging version"),
+            kind: embassy_core::format::manifest::VersionKind::Tree,
+            captured_at_ns: i64::MAX / 2,
+            stats: Default::default(),
+        },
+    )
+    .unwrap();
+    let verify = env.run_with("vault.key", &["verify"]);
+    assert!(
+        verify.stdout.contains("fenced by the takeover")
+            || verify.stderr.contains("fenced by the takeover"),
+        "{verify:?}"
+    );
+    let to = env.path("restored");
+    env.ok(&["restore", DS, "--to", to.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(to.join("register.csv")).unwrap(),
+        "embassy live\n"
+    );
 }
