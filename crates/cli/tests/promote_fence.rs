@@ -208,7 +208,7 @@ fn after_an_approved_takeover_home_writes_are_ignored_by_every_reader() {
     env.approve("a.key", &host);
     env.approve("c.key", &host);
     // The embassy's promotion, as `embassy promote` records it after pg_ctl promote.
-    let site: Arc<dyn Site> = Arc::new(embassy_sites::LocalSite::new(&env.path("site")).unwrap());
+    let site: Arc<dyn Site> = Arc::new(embassy_sites::LocalSite::new(env.path("site")).unwrap());
     let vault = Vault::open(site.clone()).unwrap();
     let (found, _) = approval::list_signed(site.as_ref(), &vault.config().vault_id, DS).unwrap();
     let history = vault.history(DS).unwrap();
