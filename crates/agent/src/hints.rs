@@ -73,6 +73,10 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
             "the approvers approve lowering {dataset}'s minimum age first (`embassy approve \
              --min-age`)"
         ),
+        WayOut::ApprovePromotion { dataset, host } => format!(
+            "the approvers approve the takeover first (`embassy approve --promote {host} \
+             {dataset}`)"
+        ),
         WayOut::RevokeSigner { dataset } => format!(
             "the agent adds nothing to {dataset} until the fork is decided: if one signer is \
              rogue, the root revokes it (`embassy keys revoke --signer HEX --dataset {dataset}`)"

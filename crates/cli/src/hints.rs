@@ -41,6 +41,10 @@ pub fn for_way_out(way_out: &WayOut) -> String {
             "each approver runs `embassy approve --approver-key FILE --min-age DURATION \
              {dataset}`, then run this again"
         ),
+        WayOut::ApprovePromotion { dataset, host } => format!(
+            "each approver runs `embassy approve --approver-key FILE --promote {host} {dataset}` \
+             (after the ledger's newest entry), then run this again"
+        ),
         WayOut::RevokeSigner { dataset } => format!(
             "if one signer is rogue, revoke it: `embassy keys revoke --signer HEX --dataset \
              {dataset}` (HEX: its key, as the message names it)"
@@ -258,6 +262,13 @@ mod tests {
             (
                 WayOut::RevokeSigner { dataset: dataset() },
                 "`embassy keys revoke --signer HEX --dataset docs`",
+            ),
+            (
+                WayOut::ApprovePromotion {
+                    dataset: dataset(),
+                    host: "embassy-1".into(),
+                },
+                "`embassy approve --approver-key FILE --promote embassy-1 docs`",
             ),
             (
                 WayOut::PgBaseBackup { dataset: dataset() },

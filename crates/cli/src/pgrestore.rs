@@ -360,6 +360,8 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "data_lost_to": done.data_lost_to.map(|l| l.to_string()),
             "seconds": done.elapsed.as_secs_f64(),
             "ledger_seq": done.seq,
+            "approvals": done.approvals,
+            "authoritative": done.not_authoritative.is_none(),
             "sites": recorded,
             "queued": queued,
         }))?;
@@ -373,6 +375,9 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             done.seq,
             args.dataset
         );
+    }
+    if let Some(why) = &done.not_authoritative {
+        eprintln!("warning: the promotion fences no writer of the old primary: {why}");
     }
     Ok(ExitCode::SUCCESS)
 }

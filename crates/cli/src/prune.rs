@@ -165,13 +165,19 @@ pub struct ApproveArgs {
     /// The approver's key file (made with `embassy approver-key --out FILE`).
     #[arg(long)]
     pub approver_key: PathBuf,
-    /// Versions whose deletion is approved: DATASET@N, repeatable. With `--min-age`: datasets.
+    /// Versions whose deletion is approved: DATASET@N, repeatable. With `--min-age` or
+    /// `--promote`: datasets.
     #[arg(required = true)]
     pub targets: Vec<String>,
     /// Approve lowering each named dataset's legal minimum age to this duration (by the root's
     /// next `embassy policy min-age`), instead of deleting versions.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "promote")]
     pub min_age: Option<String>,
+    /// Approve a takeover: `embassy promote` of each named dataset's standby on this host (as
+    /// its /proc/sys/kernel/hostname says). The approval names the ledger's newest entry, so it
+    /// serves one promotion and cannot be replayed for a later one.
+    #[arg(long, value_name = "HOST")]
+    pub promote: Option<String>,
     /// Why, for the record.
     #[arg(long, default_value = "approved")]
     pub reason: String,
@@ -514,10 +520,50 @@ fn approve_min_age(cli: &Cli, args: &ApproveArgs, duration: &str) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+fn approve_promotion(cli: &Cli, args: &ApproveArgs, host: &str) -> Result<ExitCode> {
+    let key = open_approver(cli, &args.approver_key)?;
+    let vault = crate::open_vault(cli)?;
+    let mut done = Vec::new();
+    for dataset in &args.targets {
+        embassy_core::format::layout::check_dataset_name(dataset)?;
+        let history = vault.history(dataset)?;
+        let head = history.last().ok_or_else(|| {
+            Error::invalid(format!("dataset {dataset} has no history to promote"))
+        })?;
+        let id = embassy_core::engine::approve::approve_promotion(
+            &vault,
+            &key,
+            dataset,
+            head,
+            host,
+            &args.reason,
+        )?;
+        done.push(
+            json!({"dataset": dataset, "host": host, "after_entry": head.entry.seq,
+            "approval": id.to_hex()}),
+        );
+        if !cli.json {
+            println!(
+                "approved promoting {dataset}'s standby on {host} after entry {} (approval {});                  `embassy promote` there embeds it once {} approvers have approved",
+                head.entry.seq,
+                id.short(),
+                vault.config().promotion_approvals
+            );
+        }
+    }
+    if cli.json {
+        crate::print_json(json!({"ok": true, "approvals": done}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `embassy approve`.
 pub fn approve(cli: &Cli, args: &ApproveArgs) -> Result<ExitCode> {
     if let Some(d) = &args.min_age {
         return approve_min_age(cli, args, d);
+    }
+    if let Some(host) = &args.promote {
+        return approve_promotion(cli, args, host);
     }
     let targets: Vec<(String, u64)> = args
         .targets

@@ -151,6 +151,14 @@ pub enum WayOut {
         /// The dataset.
         dataset: String,
     },
+    /// The vault's promotion policy needs approvals of promoting `dataset`'s standby on `host`
+    /// before `promote` may run there.
+    ApprovePromotion {
+        /// The dataset.
+        dataset: String,
+        /// The host the standby runs on (as the approval must name it).
+        host: String,
+    },
     /// A fork in `dataset`'s ledger: the root revokes the rogue signer, which decides it.
     RevokeSigner {
         /// The dataset.

@@ -45,6 +45,7 @@ fn valid_approval() -> Vec<u8> {
             approver: key.verifying_key().to_bytes(),
             time_ns: 1,
             min_age_secs: None,
+            promote_host: None,
         },
         &key,
     )

@@ -33,6 +33,9 @@ pub struct InitOptions {
     pub approvers: Vec<String>,
     /// How many distinct approvers must approve each such deletion.
     pub approvals_required: u32,
+    /// How many distinct approvers must approve a promotion (`embassy promote`) before it
+    /// fences the dataset's earlier writers; 0: no promotion policy.
+    pub promotion_approvals: u32,
     /// The legal minimum age of every version, in seconds (None: the default, 30 days).
     pub min_age_secs: Option<u64>,
     /// The key derivation settings for the key file.
@@ -51,6 +54,7 @@ impl InitOptions {
             witness_quorum: 0,
             approvers: Vec::new(),
             approvals_required: 0,
+            promotion_approvals: 0,
             min_age_secs: None,
             kdf: KdfParams::DEFAULT,
         }
@@ -124,7 +128,15 @@ pub fn init(options: &InitOptions, passphrase: &Passphrase) -> Result<InitReport
             approvers.len()
         )));
     }
-    if !approvers.is_empty() && options.approvals_required == 0 {
+    if options.promotion_approvals as usize > approvers.len() {
+        return Err(Error::invalid(format!(
+            "{} promotion approvals required is more than the {} distinct approvers given",
+            options.promotion_approvals,
+            approvers.len()
+        )));
+    }
+    if !approvers.is_empty() && options.approvals_required == 0 && options.promotion_approvals == 0
+    {
         return Err(Error::invalid(
             "approvers given but 0 approvals required: say how many must approve each deletion \
              outside the policy",
@@ -132,6 +144,7 @@ pub fn init(options: &InitOptions, passphrase: &Passphrase) -> Result<InitReport
     }
     config.approvers = approvers;
     config.approvals_required = options.approvals_required;
+    config.promotion_approvals = options.promotion_approvals;
     config.min_age_secs = options.min_age_secs.unwrap_or(DEFAULT_MIN_AGE_SECS);
     let key_file = crate::unlock::key_path(options.key_file.as_deref(), &config.vault_id)?;
     if key_file.exists() {

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use embassy_core::engine::vault::{Keyring, Vault};
-use embassy_core::history::ledger::{self, Event};
+use embassy_core::history::approval;
+use embassy_core::history::ledger::{self, Entry, Event};
 use embassy_core::progress::Progress;
 
 use crate::base_backup::pg_program;
@@ -49,11 +50,16 @@ pub fn standby(
 pub struct Promotion {
     /// The timeline the promoted server writes on.
     pub timeline: u32,
-    /// Where its new timeline forks: the end of the WAL it replayed.
+    /// Where its new timeline forks: the switch point in its timeline history (the end of the
+    /// WAL it replayed; the first write's position when the history file cannot be read).
     pub lsn: Lsn,
     /// Set when it was promoted short of the WAL the ledger anchored (the loss accepted): the
     /// anchored end.
     pub data_lost_to: Option<Lsn>,
+    /// How many approvals the `promoted` entry embeds.
+    pub approvals: usize,
+    /// Why the entry is not authoritative (it then fences no writer), or None when it is.
+    pub not_authoritative: Option<String>,
     /// From `pg_ctl promote` until a write was accepted.
     pub elapsed: Duration,
     /// The ledger entry's sequence number.
@@ -175,7 +181,15 @@ pub fn promote(
             dir.display()
         )));
     }
+    let signer = keyring.signer().map_err(PgError::Vault)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    // The vault's promotion policy is checked before anything touches the server: a takeover
+    // without its approvals must not happen at all.
+    let approvals = promotion_approvals(vault, dataset, &host, &signer.verifying_key().to_bytes())?;
     listen_address(dir)?;
+    // Then the standby must hold every WAL record the ledger anchors (or the loss accepted).
     let data_lost_to = replayed_anchored_wal(
         vault,
         keyring,
@@ -184,7 +198,6 @@ pub fn promote(
         timeout.min(CATCH_UP_GRACE),
         accept_data_loss,
     )?;
-    let signer = keyring.signer().map_err(PgError::Vault)?;
     let started = Instant::now();
     let pg_ctl = pg_program("pg_ctl");
     let out = as_owner(&pg_ctl, dir)?
@@ -231,14 +244,17 @@ pub fn promote(
         .get(..8)
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .ok_or_else(|| PgError::Restore(format!("cannot read a timeline from {walfile:?}")))?;
+    let lsn = switch_point(dir, timeline).unwrap_or(lsn);
     let event = Event::Promoted {
         timeline,
         lsn: lsn.0,
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
+        host,
         data_dir: dir.display().to_string(),
         data_lost_to: data_lost_to.map(|l| l.0),
+        approvals: approvals
+            .iter()
+            .map(|b| serde_bytes::ByteBuf::from(b.clone()))
+            .collect(),
     };
     // The dataset's WAL streamer may append at the same time: on a conflict, read the history
     // again and append after its new head (a few times).
@@ -279,10 +295,18 @@ pub fn promote(
             Err(e) => return Err(PgError::Vault(e)),
         }
     };
+    let not_authoritative = vault.history_full(dataset).ok().and_then(|h| {
+        h.records
+            .iter()
+            .find(|r| r.id == record.id)
+            .and_then(|r| r.refused.clone())
+    });
     Ok(Promotion {
         timeline,
         lsn,
         data_lost_to,
+        approvals: approvals.len(),
+        not_authoritative,
         elapsed,
         seq: record.entry.seq,
     })
@@ -326,6 +350,75 @@ fn replayed_anchored_wal(
             }
             done => return done,
         }
+    }
+}
+
+/// The switch point of `timeline` from its history file in the data directory's `pg_wal`
+/// (`<parent>\t<lsn>\t<reason>` lines, the last one the switch to `timeline`).
+fn switch_point(dir: &Path, timeline: u32) -> Option<Lsn> {
+    let text =
+        std::fs::read_to_string(dir.join("pg_wal").join(format!("{timeline:08X}.history"))).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The approvals of promoting `dataset` on `host` stored in the vault (their signed bytes), and
+/// whether a `promoted` entry by `signer` embedding them would satisfy the vault's promotion
+/// policy: refused when the policy needs approvals it does not have. Without a policy, the
+/// stored approvals are embedded all the same (none are needed).
+fn promotion_approvals(
+    vault: &Vault,
+    dataset: &str,
+    host: &str,
+    signer: &[u8; 32],
+) -> Result<Vec<Vec<u8>>, PgError> {
+    let config = vault.config();
+    let history = vault.history_full(dataset).map_err(PgError::Vault)?;
+    let authority = vault.authority(dataset, &history.records);
+    let (found, _damaged) = approval::list_signed(vault.site().as_ref(), &config.vault_id, dataset)
+        .map_err(PgError::Vault)?;
+    let approvals: Vec<Vec<u8>> = found
+        .into_iter()
+        .filter(|(_, a, _)| {
+            a.promote_host.as_deref() == Some(host) && a.seq >= authority.last_promotion()
+        })
+        .map(|(_, _, bytes)| bytes)
+        .collect();
+    if config.promotion_approvals == 0 {
+        return Ok(approvals);
+    }
+    let head = history.records.last();
+    let probe = Entry {
+        dataset: dataset.to_string(),
+        seq: head.map_or(1, |h| h.entry.seq + 1),
+        prev: head.map(|h| h.id),
+        time_ns: embassy_core::format::config::now_unix_nanos(),
+        signer: *signer,
+        event: Event::Promoted {
+            timeline: 0,
+            lsn: 0,
+            host: host.to_string(),
+            data_dir: String::new(),
+            data_lost_to: None,
+            approvals: approvals
+                .iter()
+                .map(|b| serde_bytes::ByteBuf::from(b.clone()))
+                .collect(),
+        },
+    };
+    match authority.check_promotion(config, dataset, &probe) {
+        Ok(()) => Ok(approvals),
+        Err(why) => Err(PgError::Vault(embassy_core::Error::Refused {
+            kind: embassy_core::ErrorKind::Config,
+            problem: format!(
+                "dataset {dataset}: the server is not promoted: the vault's promotion policy                  needs approvals of a takeover on {host} by {} distinct approvers: {why}",
+                config.promotion_approvals
+            ),
+            way_out: embassy_core::error::WayOut::ApprovePromotion {
+                dataset: dataset.to_string(),
+                host: host.to_string(),
+            },
+        })),
     }
 }
 

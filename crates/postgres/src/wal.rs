@@ -185,12 +185,14 @@ impl WalSigners {
 
     /// True when `signer` may have signed `obj`: active at the head, or active at the sequence
     /// number of the anchor that covers `obj`.
+    /// A writer fenced by a promotion keeps only its WAL up to the promotion's switch point.
     pub fn allows(&self, site: &dyn Site, obj: &WalObject, signer: &[u8; 32]) -> bool {
         if self.authority.active_at_head(signer) {
             return true;
         }
-        self.anchored_at(site, obj)
-            .is_some_and(|seq| self.authority.active_at(signer, seq))
+        let anchored = self.anchored_at(site, obj);
+        self.authority
+            .allows_object(signer, anchored, obj.name.timeline, obj.name.end)
     }
 
     /// The sequence number of the accepted anchor covering `obj` (naming it, or reaching it
@@ -599,7 +601,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let mut valid: Vec<&WalObject> = Vec::new();
     for (obj, h) in &parsed {
         let anchored = coverage.get(&obj.name.id).copied();
-        if !authority.allows(&h.signer, anchored) {
+        if !authority.allows_object(&h.signer, anchored, h.timeline, h.end) {
             report.noise.push(format!(
                 "{}: signed by {}, which is not an active signer of dataset {dataset}{}: ignored",
                 obj.path,

@@ -101,9 +101,15 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     host,
                     data_dir,
                     data_lost_to,
+                    approvals,
                 } => format!(
-                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}{}",
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}{}{}",
                     embassy_postgres::Lsn(*lsn),
+                    if approvals.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} approvals)", approvals.len())
+                    },
                     data_lost_to.map_or(String::new(), |to| format!(
                         ", ACCEPTING DATA LOSS: the vault's WAL from {} to {} was never replayed",
                         embassy_postgres::Lsn(*lsn),

@@ -27,6 +27,11 @@ pub struct InitArgs {
     /// How many distinct approvers must approve each deletion outside the policy.
     #[arg(long, default_value_t = 0)]
     pub approvals_required: u32,
+    /// How many distinct approvers (`--approver`) must approve `embassy promote` of a
+    /// PostgreSQL standby (`embassy approve --promote HOST DATASET`); the approved promotion
+    /// fences the dataset's earlier writers. 0: no promotion policy.
+    #[arg(long, default_value_t = 0)]
+    pub promotion_approvals: u32,
     /// Legal minimum age of every version (e.g. 90d; default 30d): deleting a younger one
     /// needs approvals. `0` turns it off (with a warning); `embassy policy min-age` raises it
     /// later.
@@ -48,6 +53,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<ExitCode> {
         witness_quorum: args.witness_quorum,
         approvers: args.approvers.clone(),
         approvals_required: args.approvals_required,
+        promotion_approvals: args.promotion_approvals,
         min_age_secs: args.min_age.as_deref().map(parse_duration).transpose()?,
         ..InitOptions::new(cli.site.clone(), state_dir(cli)?)
     };

@@ -27,6 +27,7 @@ pub fn approve(
         approver,
         time_ns: crate::format::config::now_unix_nanos(),
         min_age_secs: None,
+        promote_host: None,
     };
     store(vault, key, &approval)
 }
@@ -76,6 +77,7 @@ pub fn approve_min_age(
         approver: key.verifying_key().to_bytes(),
         time_ns: crate::format::config::now_unix_nanos(),
         min_age_secs: Some(min_age_secs),
+        promote_host: None,
     };
     store(vault, key, &approval)
 }
@@ -85,4 +87,34 @@ fn store(vault: &Vault, key: &SigningKey, approval: &Approval) -> Result<ObjectI
     let id = ObjectId::of(&bytes);
     vault.site().put(&path(&approval.dataset, &id), &bytes)?;
     Ok(id)
+}
+
+/// Signs and stores an approval to promote `dataset`'s standby on `host` (an `embassy promote`
+/// there, whose `promoted` entry embeds it) after `head`, the dataset's current last entry;
+/// returns its id. It counts for one promotion only: the next authoritative promotion after
+/// `head` (`history::promotion`).
+pub fn approve_promotion(
+    vault: &Vault,
+    key: &SigningKey,
+    dataset: &str,
+    head: &Record,
+    host: &str,
+    reason: &str,
+) -> Result<ObjectId> {
+    check_pinned(vault, key)?;
+    if host.is_empty() {
+        return Err(Error::invalid("a promotion approval must name the host"));
+    }
+    let approval = Approval {
+        vault_id: vault.config().vault_id.clone(),
+        dataset: dataset.to_string(),
+        seq: head.entry.seq,
+        entry: head.id,
+        reason: reason.to_string(),
+        approver: key.verifying_key().to_bytes(),
+        time_ns: crate::format::config::now_unix_nanos(),
+        min_age_secs: None,
+        promote_host: Some(host.to_string()),
+    };
+    store(vault, key, &approval)
 }

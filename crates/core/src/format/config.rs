@@ -21,15 +21,22 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// ledger entry and the `drill` right, and the `group_point` event; a program of version 2
 /// would take such entries for unparsable noise (and a group's ledger for a gap), so it must
 /// refuse the vault instead. Version-2 vaults stay readable (and writable) but take neither
-/// drill entries nor group points. Version 4 (issue 18): WAL retention; base backups' ledger
-/// entries carry their WAL start (`wal_start`) and garbage collection removes streamed WAL
-/// below the cut-off it implies. A program of version 3 would report that collected WAL as
-/// lost (damage), so it must refuse the vault; version-3 vaults stay readable and writable, and
-/// their WAL is never collected by the cut-off.
+/// drill entries nor group points. Version 4 (issues 17 and 18, one bump): WAL retention, base
+/// backups' ledger entries carry their WAL start (`wal_start`) and garbage collection removes
+/// streamed WAL below the cut-off it implies (a version-3 program would report that WAL as
+/// lost); and `promotion_approvals` in the configuration with approvals embedded in `promoted`
+/// entries, an authoritative promotion fencing the dataset's earlier writers (docs/format.md
+/// §9c; a version-3 program would ignore the fence and accept a diverging history from a
+/// fenced home). So a version-3 program must refuse the vault. Version-2 and -3 vaults stay
+/// readable and writable: their WAL is never collected by the cut-off and their promotions
+/// never fence.
 pub const FORMAT_VERSION: u32 = 4;
 /// The first format version whose base backups record their WAL start and whose streamed WAL
 /// retention collects (`history::wal_retention`).
 pub const WAL_RETENTION_SINCE: u32 = 4;
+/// The first format version whose promotions fence (docs/format.md §9c): in older vaults a
+/// `promoted` entry stays what it was, information with no effect.
+pub const FENCING_SINCE: u32 = 4;
 /// The first format version whose vaults may hold `group_point` entries.
 pub const GROUP_POINTS_SINCE: u32 = 3;
 /// The oldest vault format this program reads.
@@ -141,6 +148,12 @@ pub struct VaultConfig {
     /// policy. 0: such deletions are refused outright.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub approvals_required: u32,
+    /// How many distinct pinned approvers must approve a `promoted` entry before it is
+    /// authoritative (fences the dataset's earlier writers) when its signer is neither the root
+    /// key nor a key of `signers`. 0: no promotion policy (`embassy promote` needs no approvals,
+    /// and only the root's or a configured signer's promotion fences).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub promotion_approvals: u32,
     /// The legal minimum age, in seconds, of every version of every dataset: deleting a younger
     /// version is outside any retention policy and needs approvals.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
@@ -182,6 +195,7 @@ impl VaultConfig {
             witness_quorum: 0,
             approvers: Vec::new(),
             approvals_required: 0,
+            promotion_approvals: 0,
             min_age_secs: 0,
             dataset_min_age_secs: Default::default(),
         }
@@ -261,6 +275,12 @@ impl VaultConfig {
             return Err(Error::corrupt(
                 layout::CONFIG,
                 "approvals_required exceeds the number of valid approver keys",
+            ));
+        }
+        if config.promotion_approvals as usize > config.approver_keys().len() {
+            return Err(Error::corrupt(
+                layout::CONFIG,
+                "promotion_approvals exceeds the number of valid approver keys",
             ));
         }
         let root_key = decode_key(&config.root_public_key)

@@ -10,7 +10,8 @@
 //!   key that may not sign at that point, or continues such an object, is *noise*: reported,
 //!   never fatal;
 //! - the accepted history is the chain of acceptable entries from 1; where several acceptable
-//!   entries compete at one sequence number (a fork), the branch that holds a trusted head
+//!   entries compete at one sequence number (a fork), the branch that holds an authoritative
+//!   promotion (`history::promotion`) wins, else the branch that holds a trusted head
 //!   (checkpointed by the root or a pinned signer, or remembered by this client) wins, else the
 //!   branch holding a root-signed entry wins, else the fork is unresolved: the history ends
 //!   before it and appends are refused until the root revokes the rogue signer;
@@ -234,9 +235,10 @@ struct Judge {
 impl Judge {
     fn apply(&mut self, dataset: &str, record: &Record) {
         self.head_time = Some(record.entry.time_ns);
-        // A no-op (a refused deletion or minimum-age change) changes nothing.
+        // A no-op (a refused deletion or minimum-age change, an informational promotion)
+        // changes nothing.
+        self.authority.record(record);
         if record.refused.is_none() {
-            self.authority.apply(&record.entry.event);
             if let Event::VersionsDeleted { seqs, .. } = &record.entry.event {
                 for s in seqs {
                     self.live.remove(s);
@@ -475,6 +477,27 @@ fn resolve_fork(
     if root_signed.len() == 1 {
         left = root_signed;
         rule = "the root signed the competing entry at this sequence number itself";
+    }
+    // A branch holding an authoritative promotion (a takeover approved by the configured
+    // quorum, or decided by the root or a configured signer) wins over branches without one:
+    // an old primary cannot undo a takeover by forking the history below it, whatever sequence
+    // numbers and times it chooses. It comes before remembered heads: the old primary's own
+    // client remembers its own branch.
+    let fencing = ctx.config.format_version >= crate::format::config::FENCING_SINCE;
+    let holds_promotion = |w: &Walk| {
+        fencing
+            && w.records
+                .iter()
+                .any(|r| r.refused.is_none() && matches!(r.entry.event, Event::Promoted { .. }))
+    };
+    let promoted: Vec<usize> = left
+        .iter()
+        .copied()
+        .filter(|i| holds_promotion(&branches[*i]))
+        .collect();
+    if !promoted.is_empty() && promoted.len() < left.len() {
+        left = promoted;
+        rule = "the other branch holds an authoritative promotion (a takeover)";
     }
     let with_head: Vec<usize> = left
         .iter()

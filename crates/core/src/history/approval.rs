@@ -49,6 +49,23 @@ pub struct Approval {
     /// `seq` (whose id is `entry`). Omitted for deletions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_age_secs: Option<u64>,
+    /// When present, the approval is for promoting the dataset's standby on this host (a
+    /// `promoted` entry naming it) after entry `seq` (id `entry`), which must be at or after the
+    /// dataset's last authoritative promotion: one approval serves one takeover
+    /// (`history::promotion`). Omitted otherwise (format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_host: Option<String>,
+}
+
+impl Approval {
+    /// What it approves, in words, for messages.
+    pub fn what(&self) -> String {
+        match (&self.min_age_secs, &self.promote_host) {
+            (_, Some(host)) => format!("a promotion on {host}"),
+            (Some(_), None) => "a minimum-age change".into(),
+            (None, None) => format!("deleting version entry {}", self.seq),
+        }
+    }
 }
 
 /// Prefix of a dataset's approvals.

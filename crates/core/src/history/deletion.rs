@@ -117,9 +117,9 @@ pub(crate) fn deletion_verdict(
                 "{label} is by {}, which is not a pinned approver",
                 hex::encode(&a.approver[..8])
             )),
-            Ok(a) if a.min_age_secs.is_some() => problems.push(format!(
-                "{label} approves a minimum-age change, not a deletion"
-            )),
+            Ok(a) if a.min_age_secs.is_some() || a.promote_host.is_some() => {
+                problems.push(format!("{label} approves {}, not a deletion", a.what()))
+            }
             Ok(a) => valid.push(a),
             Err(e) => problems.push(e.to_string()),
         }

@@ -126,6 +126,11 @@ pub enum Event {
         /// (`--accept-data-loss`): the anchored end, so WAL from `lsn` to here was lost to it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_lost_to: Option<u64>,
+        /// Approvals of this promotion (their full signed bytes, format 4): with
+        /// `config.promotion_approvals` of them it is authoritative and fences the dataset's
+        /// earlier writers (`history::promotion`). Empty when none were needed or given.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<serde_bytes::ByteBuf>,
     },
     /// A restore drill ran (format version 3): the newest version was restored into a scratch
     /// place and checked. Needs the `drill` right, which sealing credentials never hold.

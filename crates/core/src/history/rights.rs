@@ -8,7 +8,12 @@
 //! - a key added by `signer_added` holds the rights listed there: `add_versions`
 //!   (`version_added`, `promoted`), `stream_wal` (`log_range_added`), `delete`
 //!   (`versions_deleted`), until it is revoked;
-//! - an entry is never dated before its predecessor.
+//! - an entry is never dated before its predecessor;
+//! - an authoritative `promoted` entry (`history::promotion`) fences the dataset's writers
+//!   granted before it, but its own signer: from it on they may not sign `version_added`,
+//!   `log_range_added` or `promoted` (they lose `add_versions` and `stream_wal`), so an old
+//!   primary that comes back cannot write a diverging history. Keys the root grants after it
+//!   write normally.
 //!
 //! [`Authority`] follows these through a history; [`Authority::verdict`] is the one call the
 //! acceptance loop makes per entry.
@@ -17,8 +22,9 @@ use std::collections::BTreeMap;
 
 use crate::error::Result;
 use crate::format::config::VaultConfig;
-use crate::history::ledger::{Entry, Event};
+use crate::history::ledger::{Entry, Event, Record};
 use crate::history::version::Version;
+use crate::id::ObjectId;
 
 pub use crate::history::ledger::Right;
 
@@ -28,7 +34,8 @@ pub enum Verdict {
     /// Accepted, with its effect.
     Accept,
     /// Accepted as a no-op: a policy entry (`versions_deleted`, `min_age_changed`) by a signer
-    /// of the dataset that breaks a rule. It holds its sequence number and entries continuing it
+    /// of the dataset that breaks a rule, or a `promoted` entry that is not authoritative
+    /// (information that fences no one). It holds its sequence number and entries continuing it
     /// are judged normally, but it changes nothing. The reason says why.
     Noop(String),
     /// Rejected: its signer may not sign it at all (never added, revoked, not the root), or it
@@ -45,6 +52,15 @@ pub struct Authority {
     signers: BTreeMap<[u8; 32], Vec<Right>>,
     config_min_age_secs: u64,
     changed_min_age_secs: Option<u64>,
+    /// Ids of the accepted entries so far (entry `s` at index `s - 1`): approvals of a
+    /// promotion name one of them.
+    chain: Vec<ObjectId>,
+    /// Sequence number of the last authoritative promotion (0: none).
+    last_promotion: u64,
+    /// Keys an authoritative promotion fenced, with that promotion's sequence number.
+    fenced: BTreeMap<[u8; 32], u64>,
+    /// Whether promotions can fence here (format 4 on; older vaults judge them as before).
+    fencing: bool,
 }
 
 impl Authority {
@@ -60,6 +76,10 @@ impl Authority {
                 .collect(),
             config_min_age_secs: config.min_age_of(dataset),
             changed_min_age_secs: None,
+            chain: Vec::new(),
+            last_promotion: 0,
+            fenced: BTreeMap::new(),
+            fencing: config.format_version >= crate::format::config::FENCING_SINCE,
         })
     }
 
@@ -72,6 +92,10 @@ impl Authority {
             signers: pinned.iter().map(|k| (*k, Right::ALL.to_vec())).collect(),
             config_min_age_secs: 0,
             changed_min_age_secs: None,
+            chain: Vec::new(),
+            last_promotion: 0,
+            fenced: BTreeMap::new(),
+            fencing: true,
         }
     }
 
@@ -87,11 +111,78 @@ impl Authority {
             signers: BTreeMap::new(),
             config_min_age_secs: config.min_age_of(dataset),
             changed_min_age_secs: None,
+            chain: Vec::new(),
+            last_promotion: 0,
+            fenced: BTreeMap::new(),
+            fencing: config.format_version >= crate::format::config::FENCING_SINCE,
         });
-        for r in history.iter().filter(|r| r.refused.is_none()) {
-            out.apply(&r.entry.event);
+        for r in history {
+            out.record(r);
         }
         out
+    }
+
+    /// Follows one accepted record: its effect when it has one (no-ops change nothing but hold
+    /// their sequence number), including the fence of an authoritative promotion.
+    pub fn record(&mut self, record: &Record) {
+        self.chain.push(record.id);
+        if record.refused.is_some() {
+            return;
+        }
+        self.apply(&record.entry.event);
+        if let (true, Event::Promoted { .. }) = (self.fencing, &record.entry.event) {
+            self.fence(&record.entry.signer, record.entry.seq);
+        }
+    }
+
+    /// An authoritative promotion at `seq` signed by `promoter`: every other signer loses the
+    /// rights to add versions and WAL (and to promote) for this dataset.
+    fn fence(&mut self, promoter: &[u8; 32], seq: u64) {
+        self.last_promotion = seq;
+        self.fenced.remove(promoter);
+        let mut emptied = Vec::new();
+        for (key, rights) in self.signers.iter_mut().filter(|(k, _)| *k != promoter) {
+            rights.retain(|r| !matches!(r, Right::AddVersions | Right::StreamWal));
+            self.fenced.insert(*key, seq);
+            if rights.is_empty() {
+                emptied.push(*key);
+            }
+        }
+        for key in emptied {
+            self.signers.remove(&key);
+        }
+    }
+
+    /// The sequence number of the authoritative promotion that fenced `signer`, if one did
+    /// (and the root has not granted it anew since).
+    pub fn fenced_by(&self, signer: &[u8; 32]) -> Option<u64> {
+        self.fenced.get(signer).copied()
+    }
+
+    /// The sequence number of the dataset's last authoritative promotion (0: none).
+    pub fn last_promotion(&self) -> u64 {
+        self.last_promotion
+    }
+
+    /// Whether `entry` (a `promoted` entry) would be authoritative here: `Ok`, or why not
+    /// (`history::promotion`). `embassy promote` asks before it promotes the server.
+    pub fn check_promotion(
+        &self,
+        config: &VaultConfig,
+        dataset: &str,
+        entry: &Entry,
+    ) -> std::result::Result<(), String> {
+        crate::history::promotion::check(
+            config,
+            dataset,
+            crate::history::promotion::Before {
+                root: &self.root,
+                pinned: &self.pinned,
+                chain: &self.chain,
+                last_promotion: self.last_promotion,
+            },
+            entry,
+        )
     }
 
     /// True when `signer` may sign entries that need `right`.
@@ -144,9 +235,12 @@ impl Authority {
         match event {
             // Keys of config.signers keep every right; a re-grant replaces the rights.
             Event::SignerAdded { key, .. } if self.pinned.contains(key) => {
+                self.fenced.remove(key);
                 self.signers.insert(*key, Right::ALL.to_vec());
             }
             Event::SignerAdded { key, rights, .. } => {
+                // A grant after a promotion is the root's new decision: the fence is lifted.
+                self.fenced.remove(key);
                 let mut r = rights.clone();
                 r.sort();
                 r.dedup();
@@ -172,7 +266,24 @@ impl Authority {
     /// signer holding the right the event needs. `Ok` or why not.
     pub fn authorise(&self, entry: &Entry) -> std::result::Result<(), String> {
         let who = hex::encode(&entry.signer[..8]);
-        match Right::needed_for(&entry.event) {
+        let needed = Right::needed_for(&entry.event);
+        if let (Some(right @ (Right::AddVersions | Right::StreamWal)), Some(at)) =
+            (needed, self.fenced_by(&entry.signer))
+        {
+            if !self.may(&entry.signer, right) {
+                return Err(format!(
+                    "{} signed by {who}, a writer fenced by the takeover recorded at entry {at}                      (an authoritative promotion): the old primary's history after it is ignored",
+                    entry.event.name()
+                ));
+            }
+        }
+        match needed {
+            // The root's own promotion (a takeover it decides alone).
+            Some(Right::AddVersions)
+                if entry.signer == self.root && matches!(entry.event, Event::Promoted { .. }) =>
+            {
+                Ok(())
+            }
             None if entry.signer == self.root => Ok(()),
             None => Err(format!(
                 "{} signed by {who}, which is not the vault's root key",
@@ -238,6 +349,13 @@ impl Authority {
             if let Event::DrillRecorded(drill) = &entry.event {
                 if let Err(why) = check_drill(drill, live) {
                     return Verdict::Reject(why);
+                }
+            }
+            // A promotion that is not authoritative is kept as information, without effect
+            // (before format 4 every promotion is information, as it always was).
+            if self.fencing {
+                if let Err(why) = self.check_promotion(config, dataset, entry) {
+                    return Verdict::Noop(why);
                 }
             }
             return Verdict::Accept;

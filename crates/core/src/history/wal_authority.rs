@@ -42,6 +42,22 @@ pub struct WalAuthority {
     anchors: Vec<Anchor>,
     /// Earliest anchoring sequence number per directly anchored object.
     direct: std::collections::HashMap<ObjectId, u64>,
+    /// Authoritative promotions, in sequence order: who they fenced and where the new timeline
+    /// begins.
+    fences: Vec<Fence>,
+}
+
+/// What one authoritative promotion did to the dataset's WAL writers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Sequence number of the `promoted` entry.
+    pub seq: u64,
+    /// The keys that could stream WAL before it and cannot after it.
+    pub keys: Vec<[u8; 32]>,
+    /// The timeline the promoted server writes on.
+    pub timeline: u32,
+    /// Where it begins: WAL of older timelines up to here is the history both sides share.
+    pub lsn: u64,
 }
 
 impl WalAuthority {
@@ -59,10 +75,20 @@ impl WalAuthority {
         for r in history {
             let seq = r.entry.seq;
             out.head = out.head.max(seq);
-            if r.refused.is_none() {
-                authority.apply(&r.entry.event);
-            }
+            authority.record(r);
             let now = authority.holders(Right::StreamWal);
+            if let (None, Event::Promoted { timeline, lsn, .. }) = (&r.refused, &r.entry.event) {
+                out.fences.push(Fence {
+                    seq,
+                    keys: active
+                        .iter()
+                        .filter(|k| !now.contains(k))
+                        .copied()
+                        .collect(),
+                    timeline: *timeline,
+                    lsn: *lsn,
+                });
+            }
             for key in now.iter().filter(|k| !active.contains(k)) {
                 out.intervals.entry(*key).or_default().push((seq, u64::MAX));
             }
@@ -132,6 +158,28 @@ impl WalAuthority {
     /// anchor that covers it (None: no anchor covers it, the live tail).
     pub fn allows(&self, signer: &[u8; 32], anchored_at: Option<u64>) -> bool {
         self.active_at_head(signer) || anchored_at.is_some_and(|s| self.active_at(signer, s))
+    }
+
+    /// [`WalAuthority::allows`] for an object on `timeline` ending at `end`: a writer fenced by
+    /// a promotion keeps its unanchored WAL of older timelines up to the promotion's switch
+    /// point (the history the promoted server replayed), and nothing past it.
+    pub fn allows_object(
+        &self,
+        signer: &[u8; 32],
+        anchored_at: Option<u64>,
+        timeline: u32,
+        end: u64,
+    ) -> bool {
+        self.allows(signer, anchored_at)
+            || self
+                .fences
+                .iter()
+                .any(|f| f.keys.contains(signer) && timeline < f.timeline && end <= f.lsn)
+    }
+
+    /// The authoritative promotions of the dataset, in sequence order.
+    pub fn fences(&self) -> &[Fence] {
+        &self.fences
     }
 
     /// Which anchor covers each object, given every known object's `prev` (by id): walking

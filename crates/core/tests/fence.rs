@@ -1,0 +1,479 @@
+//! Issue 17, "going live is a decision, recorded and fenced", played as an attacker against the
+//! acceptance rules (docs/format.md §9c): a home sealing credential (stolen, or an old primary
+//! that comes back) after an authoritative promotion, forged promotions, replayed and foreign
+//! approvals, forks below the promotion with sequence numbers and times the attacker chooses,
+//! and old vaults. Entries are signed and stored by hand on a memory site, and judged by the
+//! same loader every verifier uses.
+
+use embassy_core::format::config::VaultConfig;
+use embassy_core::format::layout;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
+use embassy_core::history::approval::{self, Approval, SigningKey};
+use embassy_core::history::ledger::{self, Entry, Event, Record, Right};
+use embassy_core::history::{self, History};
+use embassy_core::id::ObjectId;
+use embassy_core::keys::RootSecret;
+use embassy_core::site::Site;
+use embassy_testkit::memory::MemorySite;
+use proptest::prelude::*;
+
+const DS: &str = "registry";
+const HOST: &str = "embassy-1";
+const SEC: i64 = 1_000_000_000;
+
+struct World {
+    site: MemorySite,
+    config: VaultConfig,
+    root: SigningKey,
+    writer: SigningKey,
+    home: SigningKey,
+    embassy: SigningKey,
+    approvers: Vec<SigningKey>,
+}
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+/// A vault whose configuration pins three approvers and needs `promotion` of them for a
+/// takeover (format `version`).
+fn world(promotion: u32, version: u32) -> World {
+    let secret = RootSecret::from_slice(&[7; 32]).unwrap();
+    let approvers = vec![key(101), key(102), key(103)];
+    let mut config = VaultConfig::new(&secret);
+    config.format_version = version;
+    config.approvers = approvers
+        .iter()
+        .map(|k| hex::encode(k.verifying_key().to_bytes()))
+        .collect();
+    config.approvals_required = 1;
+    config.promotion_approvals = promotion;
+    let site = MemorySite::with(&[]);
+    config.create(&site, &secret).unwrap();
+    World {
+        site,
+        config,
+        root: secret.root_signing_key(),
+        writer: secret.writer_signing_key(0),
+        home: key(1),
+        embassy: key(2),
+        approvers,
+    }
+}
+
+impl World {
+    /// Signs and stores an entry at `seq` after `prev`, dated `time_ns`.
+    fn put(
+        &self,
+        key: &SigningKey,
+        seq: u64,
+        prev: Option<&Record>,
+        time_ns: i64,
+        event: Event,
+    ) -> Record {
+        let entry = Entry {
+            dataset: DS.into(),
+            seq,
+            prev: prev.map(|p| p.id),
+            time_ns,
+            signer: key.verifying_key().to_bytes(),
+            event,
+        };
+        let bytes = ledger::encode(&entry, key);
+        let id = ObjectId::of(&bytes);
+        self.site
+            .put(&layout::ledger_entry(DS, seq, &id), &bytes)
+            .unwrap();
+        Record::new(id, entry)
+    }
+
+    /// The next entry after `prev`, a second later.
+    fn next(&self, key: &SigningKey, prev: &Record, event: Event) -> Record {
+        self.put(
+            key,
+            prev.entry.seq + 1,
+            Some(prev),
+            prev.entry.time_ns + SEC,
+            event,
+        )
+    }
+
+    fn history(&self) -> History {
+        history::load(&self.site, &self.config, DS, None).unwrap()
+    }
+
+    /// Root grants home and the embassy sealing credentials; home adds a version and WAL.
+    /// Returns the head (entry 4).
+    fn start(&self) -> Record {
+        let g1 = self.put(&self.root, 1, None, 10 * SEC, grant(&self.home));
+        let g2 = self.next(&self.root, &g1, grant(&self.embassy));
+        let v = self.next(&self.home, &g2, version(3));
+        self.next(&self.home, &v, wal(1, 0, 100))
+    }
+
+    /// An approval by `approver` of promoting on `host` after `after`.
+    fn approve(&self, approver: &SigningKey, after: &Record, host: Option<&str>) -> Vec<u8> {
+        approval::encode(
+            &Approval {
+                vault_id: self.config.vault_id.clone(),
+                dataset: DS.into(),
+                seq: after.entry.seq,
+                entry: after.id,
+                reason: "takeover".into(),
+                approver: approver.verifying_key().to_bytes(),
+                time_ns: after.entry.time_ns,
+                min_age_secs: None,
+                promote_host: host.map(str::to_string),
+            },
+            approver,
+        )
+    }
+
+    /// Two distinct approvers' approvals of promoting on HOST after `after`.
+    fn quorum(&self, after: &Record) -> Vec<Vec<u8>> {
+        vec![
+            self.approve(&self.approvers[0], after, Some(HOST)),
+            self.approve(&self.approvers[2], after, Some(HOST)),
+        ]
+    }
+}
+
+fn grant(key: &SigningKey) -> Event {
+    Event::SignerAdded {
+        key: key.verifying_key().to_bytes(),
+        role: "sealing".into(),
+        rights: Right::sealing(true),
+    }
+}
+
+fn version(n: u8) -> Event {
+    Event::VersionAdded {
+        wal_start: None,
+        manifest: ObjectId::of(&[n]),
+        kind: VersionKind::Stream,
+        captured_at_ns: i64::from(n),
+        stats: VersionStats::default(),
+    }
+}
+
+fn wal(timeline: u32, start: u64, end: u64) -> Event {
+    Event::LogRangeAdded {
+        manifest: ObjectId::of(&end.to_le_bytes()),
+        timeline,
+        start,
+        end,
+        captured_at_ns: 0,
+    }
+}
+
+fn promoted(approvals: Vec<Vec<u8>>) -> Event {
+    Event::Promoted {
+        data_lost_to: None,
+        timeline: 2,
+        lsn: 100,
+        host: HOST.into(),
+        data_dir: "/srv/pg".into(),
+        approvals: approvals
+            .into_iter()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
+    }
+}
+
+fn ids(h: &History) -> Vec<ObjectId> {
+    h.records.iter().map(|r| r.id).collect()
+}
+
+fn rejected_for(h: &History, r: &Record) -> String {
+    h.rejected
+        .iter()
+        .find(|x| x.id == r.id)
+        .map(|x| x.reason.clone())
+        .unwrap_or_else(|| panic!("entry {} was not rejected: {:?}", r.entry.seq, ids(h)))
+}
+
+fn refusal(h: &History, r: &Record) -> Option<String> {
+    h.records
+        .iter()
+        .find(|x| x.id == r.id)
+        .unwrap_or_else(|| panic!("entry {} not accepted: {:?}", r.entry.seq, h.rejected))
+        .refused
+        .clone()
+}
+
+/// A stolen home credential appends a version, WAL and a promotion of its own after an
+/// approved takeover: every one is noise; the embassy's entries and a credential the root
+/// grants after the takeover (the way back home) write normally.
+#[test]
+fn an_approved_takeover_fences_home_versions_and_wal() {
+    let w = world(2, 4);
+    let head = w.start();
+    let p = w.next(&w.embassy, &head, promoted(w.quorum(&head)));
+    let home_version = w.next(&w.home, &p, version(9));
+    let home_wal = w.next(&w.home, &p, wal(1, 100, 200));
+    let home_promotes = w.next(&w.home, &p, promoted(w.quorum(&head)));
+    let after_rejected = w.next(&w.home, &home_version, version(10));
+    let e = w.next(&w.embassy, &p, wal(2, 100, 300));
+    let back = key(3);
+    let g = w.next(&w.root, &e, grant(&back));
+    let b = w.next(&back, &g, version(11));
+    let h = w.history();
+    assert_eq!(
+        refusal(&h, &p),
+        None,
+        "the approved promotion is authoritative"
+    );
+    assert_eq!(ids(&h)[4..], [p.id, e.id, g.id, b.id]);
+    for r in [&home_version, &home_wal, &home_promotes] {
+        let why = rejected_for(&h, r);
+        assert!(
+            why.contains("fenced by the takeover recorded at entry 5"),
+            "{why}"
+        );
+    }
+    assert!(rejected_for(&h, &after_rejected).contains("continues rejected entry"));
+    assert!(h.problems(DS).is_empty(), "{:?}", h.problems(DS));
+}
+
+/// The root's or a configured signer's promotion is authoritative without approvals, also in a
+/// vault without a promotion policy.
+#[test]
+fn a_configured_signers_promotion_fences_without_approvals() {
+    let w = world(0, 4);
+    let head = w.start();
+    let p = w.next(&w.writer, &head, promoted(vec![]));
+    let home_version = w.next(&w.home, &p, version(9));
+    let h = w.history();
+    assert_eq!(refusal(&h, &p), None);
+    assert!(rejected_for(&h, &home_version).contains("fenced"));
+}
+
+/// A promotion forged with a sealing credential, without the approvals the policy needs (none,
+/// too few, the same approver twice, non-approvers, another host, approvals of a deletion or a
+/// minimum-age change): recorded as information, and nobody is fenced.
+#[test]
+fn a_forged_promotion_fences_no_one() {
+    let w = world(2, 4);
+    let head = w.start();
+    let stranger = key(200);
+    let a = |k: &SigningKey, host: Option<&str>| w.approve(k, &head, host);
+    let min_age = approval::encode(
+        &Approval {
+            min_age_secs: Some(1),
+            ..approval::decode(&w.config.vault_id, DS, "x", &a(&w.approvers[1], None)).unwrap()
+        },
+        &w.approvers[1],
+    );
+    let attempts: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("none", vec![]),
+        ("one", vec![a(&w.approvers[0], Some(HOST))]),
+        (
+            "the same twice",
+            vec![
+                a(&w.approvers[0], Some(HOST)),
+                a(&w.approvers[0], Some(HOST)),
+            ],
+        ),
+        (
+            "non-approvers",
+            vec![a(&stranger, Some(HOST)), a(&key(201), Some(HOST))],
+        ),
+        (
+            "another host",
+            vec![
+                a(&w.approvers[0], Some("home-1")),
+                a(&w.approvers[1], Some("home-1")),
+            ],
+        ),
+        (
+            "deletion and min-age approvals",
+            vec![a(&w.approvers[0], None), min_age],
+        ),
+    ];
+    for (what, approvals) in attempts {
+        let p = w.next(&w.home, &head, promoted(approvals));
+        let e = w.next(&w.embassy, &p, version(20));
+        let home_after = w.next(&w.home, &e, version(21));
+        let h = w.history();
+        let why = refusal(&h, &p).unwrap_or_else(|| panic!("{what}: the forged promotion fenced"));
+        assert!(why.contains("not authoritative"), "{what}: {why}");
+        assert_eq!(ids(&h)[4..], [p.id, e.id, home_after.id], "{what}");
+        for r in [&p, &e, &home_after] {
+            w.site
+                .delete(&layout::ledger_entry(DS, r.entry.seq, &r.id))
+                .unwrap();
+        }
+    }
+}
+
+/// Approvals that served one takeover cannot be replayed for a later one (by anyone), and an
+/// approval naming an entry that is not in the accepted history does not count.
+#[test]
+fn a_replayed_approval_is_refused() {
+    let w = world(2, 4);
+    let head = w.start();
+    let approvals = w.quorum(&head);
+    let p1 = w.next(&w.embassy, &head, promoted(approvals.clone()));
+    let v = w.next(&w.embassy, &p1, version(30));
+    let again = w.next(&w.embassy, &v, promoted(approvals));
+    let h = w.history();
+    assert_eq!(refusal(&h, &p1), None);
+    let why = refusal(&h, &again).expect("the replayed approvals made it authoritative");
+    assert!(why.contains("cannot be replayed"), "{why}");
+    // Fresh approvals, named after the first takeover, do count.
+    let fresh = w.next(&w.embassy, &again, promoted(w.quorum(&again)));
+    assert_eq!(refusal(&w.history(), &fresh), None);
+    // An approval naming an entry the history does not hold (a forged id at a real seq).
+    let mut ghost = fresh.clone();
+    ghost.id = ObjectId::of(b"not an entry");
+    let g = w.next(
+        &w.embassy,
+        &fresh,
+        promoted(vec![
+            w.approve(&w.approvers[0], &ghost, Some(HOST)),
+            w.approve(&w.approvers[1], &ghost, Some(HOST)),
+        ]),
+    );
+    let why = refusal(&w.history(), &g).unwrap();
+    assert!(
+        why.contains("not an accepted entry before this one"),
+        "{why}"
+    );
+}
+
+/// A promotion approval names the head, which may be a version: it must not count as an
+/// approval to delete that version.
+#[test]
+fn a_promotion_approval_does_not_delete_a_version() {
+    let w = world(2, 4);
+    let g1 = w.put(&w.root, 1, None, 10 * SEC, grant(&w.home));
+    let v1 = w.next(&w.home, &g1, version(1));
+    let v2 = w.next(&w.home, &v1, version(2));
+    let forget = w.next(
+        &w.home,
+        &v2,
+        Event::VersionsDeleted {
+            seqs: vec![2],
+            reason: "forget".into(),
+            policy: None,
+            as_of_ns: None,
+            approvals: vec![serde_bytes::ByteBuf::from(w.approve(
+                &w.approvers[0],
+                &v1,
+                Some(HOST),
+            ))],
+        },
+    );
+    let why = refusal(&w.history(), &forget).expect("a promotion approval deleted a version");
+    assert!(
+        why.contains("approves a promotion on embassy-1, not a deletion"),
+        "{why}"
+    );
+}
+
+/// A version-3 vault (no promotion policy, no fence) judges promotions as before: information,
+/// accepted, fencing no one, whoever signs them.
+#[test]
+fn old_vaults_judge_promotions_as_before() {
+    let w = world(0, 3);
+    let head = w.start();
+    let p = w.next(&w.writer, &head, promoted(vec![]));
+    let s = w.next(&w.embassy, &p, promoted(vec![]));
+    let home_after = w.next(&w.home, &s, version(9));
+    let h = w.history();
+    assert_eq!(ids(&h)[4..], [p.id, s.id, home_after.id]);
+    assert!(h.records.iter().all(|r| r.refused.is_none()));
+}
+
+/// What an attacker holding home's credential writes after (or around) the takeover.
+#[derive(Debug, Clone)]
+enum Forged {
+    Version,
+    Wal { timeline: u32, end: u64 },
+    Promotion,
+}
+
+impl Forged {
+    fn event(&self, n: u8) -> Event {
+        match self {
+            Forged::Version => version(n),
+            Forged::Wal { timeline, end } => wal(*timeline, 0, *end),
+            Forged::Promotion => promoted(vec![]),
+        }
+    }
+}
+
+fn forged() -> impl Strategy<Value = Forged> {
+    prop_oneof![
+        Just(Forged::Version),
+        (1u32..4, 1u64..1000).prop_map(|(timeline, end)| Forged::Wal { timeline, end }),
+        Just(Forged::Promotion),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However the attacker picks where its branch starts (at or below the promotion, or after
+    /// it), how long it is, what it holds and how it is dated (times are the signer's choice:
+    /// equal, earlier, far later), and even when this client remembers the attacker's head, the
+    /// accepted history keeps the takeover and holds no entry by home after it.
+    #[test]
+    fn home_cannot_slip_under_the_fence(
+        fork_at in 2u64..=8,
+        events in proptest::collection::vec((forged(), -5i64..1_000_000), 1..6),
+        remember in any::<bool>(),
+    ) {
+        let w = world(2, 4);
+        let head = w.start();
+        let p = w.next(&w.embassy, &head, promoted(w.quorum(&head)));
+        let e6 = w.next(&w.embassy, &p, version(40));
+        let e7 = w.next(&w.embassy, &e6, wal(2, 100, 200));
+        // The legitimate entries 1..=7: the attacker continues any of them.
+        let h0 = w.history();
+        prop_assert_eq!(ids(&h0)[4..].to_vec(), vec![p.id, e6.id, e7.id]);
+        let mut prev = h0.records[(fork_at - 2) as usize].clone();
+        let mut last = None;
+        for (i, (what, dt)) in events.iter().enumerate() {
+            let time = prev.entry.time_ns.saturating_add(dt.saturating_mul(SEC / 1000));
+            let r = w.put(&w.home, prev.entry.seq + 1, Some(&prev), time, what.event(50 + i as u8));
+            last = Some((r.entry.seq, r.id));
+            prev = r;
+        }
+        let h = history::load(&w.site, &w.config, DS, if remember { last } else { None }).unwrap();
+        prop_assert!(h.conflict.is_none(), "{:?}", h.conflict);
+        prop_assert_eq!(ids(&h), ids(&h0));
+        prop_assert_eq!(refusal(&h, &p), None);
+        let home = w.home.verifying_key().to_bytes();
+        prop_assert!(h.records.iter().all(|r| r.entry.seq <= 5 || r.entry.signer != home));
+    }
+}
+
+/// WAL log objects: a fenced writer keeps what it streamed before the takeover (anchored, or on
+/// the old timeline up to the switch point, which the new timeline needs), and nothing past it
+/// nor on the new timeline; the promoting writer is not fenced.
+#[test]
+fn fenced_wal_is_valid_up_to_the_switch_point_only() {
+    use embassy_core::history::rights::Authority;
+    use embassy_core::history::wal_authority::WalAuthority;
+    let w = world(2, 4);
+    let head = w.start();
+    let p = w.next(&w.embassy, &head, promoted(w.quorum(&head)));
+    let h = w.history();
+    assert_eq!(ids(&h).last(), Some(&p.id));
+    let auth = WalAuthority::new(Authority::after(&w.config, DS, &[]), &h.records);
+    let home = w.home.verifying_key().to_bytes();
+    let embassy = w.embassy.verifying_key().to_bytes();
+    // Anchored by entry 4 (before the takeover): valid.
+    assert!(auth.allows_object(&home, Some(4), 1, 100));
+    // Unanchored, old timeline, up to the switch point (100): valid; past it: not.
+    assert!(auth.allows_object(&home, None, 1, 100));
+    assert!(!auth.allows_object(&home, None, 1, 101));
+    // The new timeline, or an anchor after the takeover: not home's.
+    assert!(!auth.allows_object(&home, None, 2, 50));
+    assert!(!auth.allows_object(&home, Some(6), 1, 200));
+    assert!(!auth.active_at_head(&home));
+    // The embassy streams on.
+    assert!(auth.allows_object(&embassy, None, 2, 500));
+    assert_eq!(auth.fences().len(), 1);
+}
