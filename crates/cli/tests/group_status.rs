@@ -265,3 +265,82 @@ fn a_point_signed_by_a_key_without_the_groups_ledger_is_refused_not_written_as_n
     assert_eq!(verify.code, 0, "{verify:?}");
     assert!(!verify.stdout.contains("NOISE"), "{verify:?}");
 }
+
+/// Red team 5, #2: `restore --group` never brings back part of a group, or an older instant,
+/// in silence. A point that names fewer members than the one before it (recorded by a key that
+/// may sign the group's ledger, with its own configuration) is refused, naming the member it
+/// lacks; so is a newest point a site made unrestorable by withholding a member's entry, naming
+/// the newest restorable point before it. Asked for by that point's time, the group restores.
+#[test]
+fn a_group_restore_refuses_a_partial_or_unrestorable_newest_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = TestVault::init(EXE, tmp.path(), "site");
+    let (people, companies) = (tmp.path().join("people"), tmp.path().join("companies"));
+    for (dir, text) in [(&people, "person 1\n"), (&companies, "company 1\n")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("row.txt"), text).unwrap();
+    }
+    let config = |name: &str, members: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[agent]\nstate_dir = \"st\"\n[keys]\nfile = \"k\"\n[[sites]]\nname = \"h\"\n\
+                 path = \"{}\"\n[[datasets]]\nname = \"people\"\nsource = {{ files = [\"{}\"] }}\n\
+                 interval = \"1h\"\nrpo = \"2h\"\n[[datasets]]\nname = \"companies\"\n\
+                 source = {{ files = [\"{}\"] }}\ninterval = \"1h\"\nrpo = \"2h\"\n[[groups]]\n\
+                 name = \"reg\"\nmembers = [{members}]\ninterval = \"1h\"\n",
+                v.site.display(),
+                people.display(),
+                companies.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let whole = config("embassy.toml", "\"people\", \"companies\"");
+    let partial = config("attacker.toml", "\"people\"");
+    let run = |args: &[&str]| v.run("home", &v.key, args, None);
+    for d in ["people", "companies"] {
+        let src = tmp.path().join(d);
+        run(&["backup", d, src.to_str().unwrap()]).ok();
+    }
+    run(&["group", "point", "reg", "--config", &whole]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = embassy_core::time::utc(embassy_core::format::config::now_unix_nanos());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&["group", "point", "reg", "--config", &partial]).ok();
+    let out = tmp.path().join("out");
+    let to = |name: &str| out.join(name).display().to_string();
+    run(&["restore", "--group", "reg", "--at", "latest", "--to", &to("a")]).fails(
+        1,
+        &["group point 2 names people", "also named companies"],
+    );
+    assert!(!out.join("a").join("people").exists(), "a member was restored");
+    run(&[
+        "restore", "--group", "reg", "--at", &between, "--to", &to("b"),
+    ])
+    .ok();
+    assert!(out.join("b/people/row.txt").exists() && out.join("b/companies/row.txt").exists());
+
+    // A newer whole point whose people version the site then withholds (a ledger entry).
+    std::fs::write(people.join("row.txt"), "person 2\n").unwrap();
+    run(&["backup", "people", people.to_str().unwrap()]).ok();
+    run(&["group", "point", "reg", "--config", &whole]).ok();
+    let ledger = v.site.join("ledger/people");
+    let newest = std::fs::read_dir(&ledger)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max()
+        .unwrap();
+    std::fs::rename(&newest, tmp.path().join("withheld")).unwrap();
+    let r = run(&["restore", "--group", "reg", "--at", "latest", "--to", &to("c")]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("the newest group point that fits, point 3, cannot be restored"),
+        "{r:?}"
+    );
+    assert!(!out.join("c").join("people").exists(), "a member was restored");
+}
