@@ -312,13 +312,28 @@ fn a_group_restore_refuses_a_partial_or_unrestorable_newest_point() {
     run(&["group", "point", "reg", "--config", &partial]).ok();
     let out = tmp.path().join("out");
     let to = |name: &str| out.join(name).display().to_string();
-    run(&["restore", "--group", "reg", "--at", "latest", "--to", &to("a")]).fails(
-        1,
-        &["group point 2 names people", "also named companies"],
-    );
-    assert!(!out.join("a").join("people").exists(), "a member was restored");
     run(&[
-        "restore", "--group", "reg", "--at", &between, "--to", &to("b"),
+        "restore",
+        "--group",
+        "reg",
+        "--at",
+        "latest",
+        "--to",
+        &to("a"),
+    ])
+    .fails(1, &["group point 2 names people", "also named companies"]);
+    assert!(
+        !out.join("a").join("people").exists(),
+        "a member was restored"
+    );
+    run(&[
+        "restore",
+        "--group",
+        "reg",
+        "--at",
+        &between,
+        "--to",
+        &to("b"),
     ])
     .ok();
     assert!(out.join("b/people/row.txt").exists() && out.join("b/companies/row.txt").exists());
@@ -335,12 +350,23 @@ fn a_group_restore_refuses_a_partial_or_unrestorable_newest_point() {
         .max()
         .unwrap();
     std::fs::rename(&newest, tmp.path().join("withheld")).unwrap();
-    let r = run(&["restore", "--group", "reg", "--at", "latest", "--to", &to("c")]);
+    let r = run(&[
+        "restore",
+        "--group",
+        "reg",
+        "--at",
+        "latest",
+        "--to",
+        &to("c"),
+    ]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(
         r.stderr
             .contains("the newest group point that fits, point 3, cannot be restored"),
         "{r:?}"
     );
-    assert!(!out.join("c").join("people").exists(), "a member was restored");
+    assert!(
+        !out.join("c").join("people").exists(),
+        "a member was restored"
+    );
 }
