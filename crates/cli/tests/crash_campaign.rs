@@ -1,31 +1,43 @@
 //! Issue 19's crash campaign: a real `embassy agent` with three sites (two local folders, one S3
-//! bucket on moto behind the fault proxy), a file tree that changes between kills and a
-//! command's output, retention and garbage collection on short intervals, sites going down and
-//! coming back (a folder made unwritable with chmod, the S3 site answering 503 through the
-//! proxy), killed at random points (SIGKILL; SIGTERM waited out past the grace period; SIGTERM
-//! then SIGKILL within it) and started again.
+//! bucket on moto behind the fault proxy), a file tree that changes between kills, a command's
+//! output and a PostgreSQL 15 database streamed continuously (`registry`, under an insert loop
+//! whose commits wait for the streamer: `synchronous_standby_names` names it), retention and
+//! garbage collection on short intervals, `embassy gc --grace 1s` run beside the agent (so
+//! objects are condemned and deleted while backups run, and kills land in gc too), sites going
+//! down and coming back (a folder made unwritable with chmod, the S3 site answering 503 through
+//! the proxy), killed at random points (SIGKILL; SIGTERM waited out past the grace period;
+//! SIGTERM then SIGKILL within it) and started again.
 //!
 //! After each kill: every site alone passes a keyless `verify`, no two ledger entries of a
-//! folder site share a sequence number, and the newest versions each site holds restore byte for
-//! byte. At the end, with every site back and the queues drained: every site verifies, holds
-//! the same versions, and every version restores byte for byte from every site.
+//! folder site share a sequence number, kept versions restore byte for byte (the short
+//! campaign: every kept version of one site in turn and the newest of the others; the long one:
+//! every kept version of every site), gc reported no damage, and some readable site holds
+//! streamed WAL past every acknowledged commit. At the end, with every site back and the queues
+//! drained: every site verifies, holds the same versions, every version restores byte for byte
+//! from every site, every site's durable WAL passes every acknowledged commit, a `restore
+//! registry --latest` started as a server holds every acknowledged row, and gc deleted objects.
 //!
-//! The default suite runs a short campaign (12 kills, under two minutes). `EMBASSY_CRASH_CAMPAIGN=N` runs N kills
-//! (`scripts/crash-campaign --kills N`); `EMBASSY_CRASH_SEED=S` (`--seed S`) replays a campaign
-//! exactly: every kill's draw comes from the seed printed at the start, and each kill prints its
-//! own draw.
+//! The default suite runs a short campaign (12 kills, about three minutes on a loaded machine).
+//! `EMBASSY_CRASH_CAMPAIGN=N` runs N kills (`scripts/crash-campaign --kills N`; base backups of
+//! `registry` every 40 s, so kills land in them too); `EMBASSY_CRASH_SEED=S` (`--seed S`)
+//! replays a campaign exactly: every kill's draw comes from the seed printed at the start, and
+//! each kill prints its own draw (the writer's timing and the machine's are not replayed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use embassy_testkit::agent::{unprivileged, Agent};
+use embassy_testkit::pg::restored::{postgres_ids, Restored};
+use embassy_testkit::pg::{parse_lsn, PgOptions, PgServer};
 use embassy_testkit::proxy::{FaultProxy, FaultRates};
 use embassy_testkit::s3;
 use embassy_testkit::status_page::show;
@@ -40,7 +52,15 @@ const SHORT: usize = 12;
 const FILES: usize = 12;
 const FILE_SIZE: usize = 24 << 10;
 const COMMAND_SIZE: usize = 40 << 10;
+/// The datasets whose versions restore byte for byte (the PostgreSQL dataset `registry` is
+/// checked by its acknowledged rows and WAL instead).
 const DATASETS: [&str; 2] = ["tree", "cmd"];
+/// The streaming PostgreSQL dataset.
+const PG: &str = "registry";
+/// The application name the streamer connects with, and PostgreSQL's synchronous standby:
+/// a commit is acknowledged to the writer only once the streamer reported it flushed, that is
+/// durable at `min_sites` sites (docs/design.md, "Continuous WAL").
+const SYNC_NAME: &str = "embassy_campaign";
 
 /// A small deterministic generator (xorshift64*): every draw of a campaign comes from its seed.
 struct Rng(u64);
@@ -92,8 +112,93 @@ fn command_bytes(generation: u64) -> Vec<u8> {
     embassy_testkit::random_bytes(COMMAND_SIZE, 7_000_000 + generation)
 }
 
+/// An insert loop on the campaign's PostgreSQL server: each row is acknowledged (psql returned
+/// success, without a warning that the synchronous wait was cancelled) only once the streamer
+/// reported its commit flushed. With each row it records the WAL insert position read inside
+/// the row's transaction: the commit record lies after it, so a vault holding the commit holds
+/// WAL past that position.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    /// (row number, WAL insert position inside its transaction) of every acknowledged row.
+    acked: Arc<Mutex<Vec<(u64, u64)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(server: Arc<PgServer>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (halt, rows) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !halt.load(Ordering::SeqCst) {
+                n += 1;
+                let sql = format!(
+                    "INSERT INTO acked (n, pad) VALUES ({n}, repeat(md5('{n}'), 32)) \
+                     RETURNING pg_current_wal_insert_lsn()"
+                );
+                let out = server
+                    .tool("psql")
+                    .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+                    .arg(server.socket_dir())
+                    .arg("-p")
+                    .arg(server.port().to_string())
+                    .args(["-U", "postgres", "-d", "postgres", "-c", &sql])
+                    .stdin(Stdio::null())
+                    .output();
+                let Ok(out) = out else { continue };
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let lsn = stdout.lines().find(|l| l.contains('/'));
+                // A cancelled synchronous wait commits locally and warns: not acknowledged.
+                let warned = String::from_utf8_lossy(&out.stderr).contains("WARNING");
+                if let (true, false, Some(lsn)) = (out.status.success(), warned, lsn) {
+                    rows.lock().unwrap().push((n, parse_lsn(lsn)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked(&self) -> Vec<(u64, u64)> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stops the loop after its current row (which needs the streamer if it is waiting).
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the campaign's `embassy gc --grace 1s` runs did.
+#[derive(Debug, Default)]
+struct GcTally {
+    runs: usize,
+    /// Runs stopped by a signal (with the agent).
+    killed: usize,
+    condemned: usize,
+    deleted: usize,
+}
+
 struct Campaign {
     _tmp: tempfile::TempDir,
+    /// The PostgreSQL server the `registry` dataset streams from.
+    pg: Arc<PgServer>,
+    writer: Option<Writer>,
+    /// The highest acknowledged WAL position not yet found durable at a readable site (held
+    /// over while the S3 site, which may be its only holder, is down).
+    pg_pending: Option<u64>,
+    gc: GcTally,
+    /// After each kill, restore every kept version from every site (else from one site in
+    /// turn, and the newest elsewhere).
+    restore_every: bool,
     dir: PathBuf,
     /// Site name → location as the agent and the CLI name it.
     sites: Vec<(String, String)>,
@@ -113,8 +218,16 @@ struct Campaign {
 }
 
 impl Campaign {
-    fn new() -> Campaign {
+    /// A campaign whose PostgreSQL dataset takes a base backup every `pg_interval`.
+    fn new(pg_interval: &str) -> Campaign {
         let tmp = tempfile::tempdir().expect("temp dir");
+        let pg = Arc::new(PgServer::start(PgOptions::default()));
+        pg.psql("CREATE TABLE acked (n bigint PRIMARY KEY, pad text)");
+        // From now on a commit waits for the streamer's flush.
+        pg.psql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{SYNC_NAME}'"
+        ));
+        pg.psql("SELECT pg_reload_conf()");
         let dir = tmp.path().to_path_buf();
         let server = s3::moto();
         let port: u16 = server
@@ -139,8 +252,14 @@ impl Campaign {
                 ),
             ),
         ];
+        let conninfo = format!("{} application_name={SYNC_NAME}", pg.conninfo());
         let mut c = Campaign {
             _tmp: tmp,
+            pg,
+            writer: None,
+            pg_pending: None,
+            gc: GcTally::default(),
+            restore_every: false,
             log: dir.join("agent.log"),
             dir,
             sites,
@@ -205,6 +324,16 @@ rpo = "1h"
 retention = { keep_last = 3 }
 "#,
         );
+        config.push_str(&format!(
+            r#"[[datasets]]
+name = "{PG}"
+source = {{ postgres = {{ conninfo = "{conninfo}" }} }}
+mode = "continuous"
+interval = "{pg_interval}"
+rpo = "1h"
+retention = {{ keep_last = 3 }}
+"#
+        ));
         fs::write(c.path("embassy.toml"), config).unwrap();
         c.agent_user = unprivileged(&c.dir);
         c
@@ -429,6 +558,243 @@ retention = { keep_last = 3 }
         result
     }
 
+    /// The end of `registry`'s durable streamed WAL at `site` (keyless `status`), None while
+    /// the site holds none.
+    fn wal_end(&self, site: &str) -> Result<Option<u64>, String> {
+        let out = self.embassy_as(site, &["--site", self.location(site), "--json", "status"]);
+        let answer = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null);
+        let rows = answer["datasets"].as_array().cloned().unwrap_or_default();
+        let row = rows.iter().find(|r| r["dataset"] == PG);
+        if let Some(e) = row.and_then(|r| r["error"].as_str()) {
+            return Err(format!("status of {PG} at {site}: {e}"));
+        }
+        if answer.is_null() {
+            return Err(format!("status at {site}: {}", show(&out)));
+        }
+        Ok(row.and_then(|r| r["wal_end"].as_str()).map(parse_lsn))
+    }
+
+    /// No acknowledged WAL missing: some readable site holds WAL past the WAL position of
+    /// every acknowledged row (with `every_site`, each site does).
+    fn check_wal(&mut self, every_site: bool) -> Vec<String> {
+        let Some(writer) = &self.writer else {
+            return Vec::new();
+        };
+        let acked = writer.acked().iter().map(|(_, l)| *l).max();
+        let Some(need) = acked.max(self.pg_pending) else {
+            return Vec::new();
+        };
+        let mut problems = Vec::new();
+        let mut best = 0;
+        for (site, _) in self.sites.clone() {
+            if site == "s3" && self.down.contains("s3") {
+                continue;
+            }
+            match self.wal_end(&site) {
+                Ok(end) => {
+                    let end = end.unwrap_or(0);
+                    best = best.max(end);
+                    if every_site && end <= need {
+                        problems.push(format!(
+                            "{PG} at {site}: durable WAL ends at {end:X}, an acknowledged \
+                             commit lies past {need:X}"
+                        ));
+                    }
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if best > need {
+            self.pg_pending = None;
+        } else if self.down.contains("s3") && !every_site {
+            // Perhaps only the S3 site holds it: checked once that site is back.
+            self.pg_pending = Some(need);
+        } else {
+            problems.push(format!(
+                "{PG}: no site holds WAL past {need:X} (best {best:X}), where an acknowledged \
+                 commit lies"
+            ));
+        }
+        problems
+    }
+
+    /// `embassy gc --grace 1s` on every site, as the agent's user, keyed with the root key:
+    /// condemnation and deletion while the agent backs up and streams.
+    fn spawn_gc(&self) -> Child {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.path("gc.json"))
+            .unwrap();
+        let err = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.path("gc.err"))
+            .unwrap();
+        let mut command = Command::new(embassy_bin());
+        if let Some((uid, gid)) = self.agent_user {
+            command.uid(uid).gid(gid);
+        }
+        for (_, l) in &self.sites {
+            command.args(["--site", l.as_str()]);
+        }
+        command
+            .args([
+                "--passphrase-file",
+                "passphrase",
+                "--json",
+                "gc",
+                "--grace",
+                "1s",
+            ])
+            .current_dir(&self.dir)
+            .env_remove("EMBASSY_SITE")
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env("EMBASSY_STATE_DIR", self.path("gc-state"))
+            .env("EMBASSY_KEY_FILE", self.path("vault.key"))
+            .env("EMBASSY_S3_RETRIES", "1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start embassy gc")
+    }
+
+    /// Waits for a gc run and counts what it did; damage it reports is a problem (an outage
+    /// of a site that is down is not).
+    fn finish_gc(&mut self, mut child: Child, signalled: bool) -> Vec<String> {
+        let status = child.wait().expect("wait for embassy gc");
+        self.gc.runs += 1;
+        if signalled && status.code().is_none() {
+            self.gc.killed += 1;
+            return Vec::new();
+        }
+        let answer =
+            serde_json::from_slice::<Value>(&fs::read(self.path("gc.json")).unwrap_or_default())
+                .unwrap_or(Value::Null);
+        let report = &answer["report"];
+        self.gc.condemned += report["condemned"].as_array().map_or(0, Vec::len);
+        self.gc.deleted += report["deleted"].as_array().map_or(0, Vec::len);
+        if status.code() == Some(3) {
+            return vec![format!(
+                "embassy gc reported damage: {}{}",
+                String::from_utf8_lossy(&fs::read(self.path("gc.json")).unwrap_or_default()),
+                String::from_utf8_lossy(&fs::read(self.path("gc.err")).unwrap_or_default())
+            )];
+        }
+        Vec::new()
+    }
+
+    /// `embassy restore registry --latest` from `site`, started as a server: every
+    /// acknowledged row is there.
+    fn check_pg_restore(&self, site: &str) -> Vec<String> {
+        let acked = self.writer.as_ref().map(Writer::acked).unwrap_or_default();
+        let root = self.path("pg-restores");
+        fs::create_dir_all(&root).unwrap();
+        let ids = postgres_ids();
+        std::os::unix::fs::chown(&root, Some(ids.0), Some(ids.1)).unwrap();
+        let target = root.join(site);
+        let out = self.embassy_as(
+            site,
+            &[
+                "--site",
+                self.location(site),
+                "--passphrase-file",
+                "passphrase",
+                "restore",
+                PG,
+                "--latest",
+                "--to",
+                &target.display().to_string(),
+            ],
+        );
+        if !out.status.success() {
+            return vec![format!("restore {PG} --latest from {site}: {}", show(&out))];
+        }
+        let server = Restored::start(target.clone());
+        server.wait_open(Duration::from_secs(180));
+        let rows = match server.try_psql("SELECT n FROM acked") {
+            Ok(rows) => rows,
+            Err(e) => return vec![format!("{PG} restored from {site}: {e}\n{}", server.log())],
+        };
+        let have: BTreeSet<u64> = rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let missing: Vec<u64> = acked
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !have.contains(n))
+            .collect();
+        drop(server);
+        let _ = fs::remove_dir_all(&root);
+        if missing.is_empty() {
+            eprintln!(
+                "{PG} restored from {site}: all {} acknowledged rows ({} rows in all)",
+                acked.len(),
+                have.len()
+            );
+            Vec::new()
+        } else {
+            vec![format!(
+                "{PG} restored --latest from {site} lacks {} of {} acknowledged rows: {:?}",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(20)]
+            )]
+        }
+    }
+
+    /// Before the kills: the agent runs until the PostgreSQL dataset has a base backup and
+    /// streamed WAL at site a, stops cleanly, and the writer starts (its rows wait for the
+    /// streamer from now on).
+    fn start_streaming(&mut self) {
+        let agent = self.spawn_agent();
+        let limit = Instant::now() + Duration::from_secs(180);
+        loop {
+            let ready = self.versions("a", PG).is_ok_and(|v| !v.is_empty())
+                && self.wal_end("a").is_ok_and(|e| e.is_some());
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < limit,
+                "{PG}: no base backup and streamed WAL at site a within 180 s; log:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let (status, log) = agent.stop(Duration::from_secs(60));
+        assert!(status.success(), "the first agent run: {status:?}\n{log}");
+        if self.agent_user.is_some() {
+            unprivileged(&self.path("state"));
+        }
+        self.writer = Some(Writer::start(self.pg.clone()));
+    }
+
+    /// After the kills: the agent runs until the writer had a few more rows acknowledged, the
+    /// writer stops, and the agent is stopped cleanly.
+    fn stop_streaming(&mut self) {
+        let agent = self.spawn_agent();
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        let before = writer.acked().len();
+        let limit = Instant::now() + Duration::from_secs(120);
+        while writer.acked().len() < before + 5 {
+            assert!(
+                Instant::now() < limit,
+                "{PG}: no rows acknowledged in 120 s with every site up; log:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        writer.stop();
+        let (status, log) = agent.stop(Duration::from_secs(60));
+        assert!(status.success(), "the last agent run: {status:?}\n{log}");
+    }
+
     /// Every check after a kill (or at the end, `full`: every version, not only new ones).
     fn check(&mut self, full: bool) -> Vec<String> {
         let mut problems = Vec::new();
@@ -477,10 +843,13 @@ retention = { keep_last = 3 }
                 self.seen.entry(entry.clone()).or_insert(round);
             }
         }
+        // Every kept version of every site (the short campaign: of one site in turn, and the
+        // newest elsewhere, to stay short).
+        let every_at = names[round % names.len()].clone();
         for ((site, d), versions) in &held {
             let newest = versions.iter().map(|(n, _)| *n).max();
             for (number, entry) in versions {
-                if !full && Some(*number) != newest {
+                if !full && !self.restore_every && *site != every_at && Some(*number) != newest {
                     continue;
                 }
                 let r = self.seen[entry];
@@ -490,6 +859,7 @@ retention = { keep_last = 3 }
                 }
             }
         }
+        problems.extend(self.check_wal(full));
         if full {
             for d in DATASETS {
                 let at: Vec<(&String, BTreeSet<&String>)> = held
@@ -560,8 +930,24 @@ fn campaign(seed: u64, kills: usize) {
     );
     let started = Instant::now();
     let mut rng = Rng::new(seed);
-    let mut c = Campaign::new();
+    // The long campaign also kills base backups of the PostgreSQL dataset; the short one takes
+    // one at the start.
+    let mut c = Campaign::new(if kills > SHORT { "40s" } else { "1h" });
+    c.restore_every = kills > SHORT;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    c.write_sources(&mut rng);
+    c.start_streaming();
+    // The versions the first run made hold round 0's contents.
+    let problems = c.check(false);
+    assert!(
+        problems.is_empty(),
+        "seed {seed}, the first run:\n{}",
+        problems.join("\n")
+    );
+    eprintln!(
+        "crash campaign: PostgreSQL streaming, {:.0?} in",
+        started.elapsed()
+    );
     for k in 0..kills {
         let sites = c.change_sites(&mut rng);
         c.write_sources(&mut rng);
@@ -575,8 +961,16 @@ fn campaign(seed: u64, kills: usize) {
             "kill {k} (seed {seed}): sites [{sites}], {kill:?} after {after_ms} ms, {:.0?} in",
             started.elapsed()
         );
+        let gc_at = rng.chance(70).then(|| rng.below(after_ms));
         let mut agent = c.spawn_agent();
-        std::thread::sleep(Duration::from_millis(after_ms));
+        let mut gc = None;
+        if let Some(at) = gc_at {
+            std::thread::sleep(Duration::from_millis(at));
+            gc = Some(c.spawn_gc());
+            std::thread::sleep(Duration::from_millis(after_ms - at));
+        } else {
+            std::thread::sleep(Duration::from_millis(after_ms));
+        }
         // It must be running when it is killed: an agent that stopped on its own (a refused
         // configuration, a crash) is a failure, not a kill.
         if let Ok(Some(status)) = agent.child.try_wait() {
@@ -586,18 +980,28 @@ fn campaign(seed: u64, kills: usize) {
                 tail(&c.log, 40)
             );
         }
+        // A gc still running is stopped the same way: kills land in gc too.
+        let gc_signal = |sig: libc::c_int, gc: &Option<Child>| {
+            if let Some(g) = gc {
+                // SAFETY: signalling our own child process by its id.
+                unsafe { libc::kill(g.id() as libc::pid_t, sig) };
+            }
+        };
         match kill {
             Stop::Sigkill => {
+                gc_signal(libc::SIGKILL, &gc);
                 agent.signal(libc::SIGKILL);
                 *counts.entry("SIGKILL").or_default() += 1;
             }
             Stop::Sigterm => {
+                gc_signal(libc::SIGTERM, &gc);
                 agent.signal(libc::SIGTERM);
                 *counts.entry("SIGTERM").or_default() += 1;
             }
             Stop::SigtermThenKill(ms) => {
                 agent.signal(libc::SIGTERM);
                 std::thread::sleep(Duration::from_millis(ms));
+                gc_signal(libc::SIGKILL, &gc);
                 agent.signal(libc::SIGKILL);
                 *counts.entry("SIGTERM+SIGKILL").or_default() += 1;
             }
@@ -612,7 +1016,11 @@ fn campaign(seed: u64, kills: usize) {
             std::thread::sleep(Duration::from_millis(20));
         }
         drop(agent);
-        let problems = c.check(false);
+        let mut problems = match gc {
+            Some(g) => c.finish_gc(g, true),
+            None => Vec::new(),
+        };
+        problems.extend(c.check(false));
         assert!(
             problems.is_empty(),
             "kill {k} of campaign seed {seed} ({kill:?} after {after_ms} ms, sites [{sites}]):\n{}\n\
@@ -621,8 +1029,10 @@ fn campaign(seed: u64, kills: usize) {
             tail(&c.log, 80)
         );
     }
-    // Every site back, the queues drained: every site complete on its own.
+    // Every site back; the agent runs once more (the writer's last row needs the streamer)
+    // and stops cleanly; then the queues are drained: every site complete on its own.
     c.all_up();
+    c.stop_streaming();
     let mut args: Vec<String> = Vec::new();
     for (_, l) in &c.sites {
         args.extend(["--site".into(), l.clone()]);
@@ -640,11 +1050,25 @@ fn campaign(seed: u64, kills: usize) {
         "seed {seed}: the final drain: {}",
         show(&out)
     );
-    let problems = c.check(true);
+    // Two collections a grace period apart: what the last runs left unreferenced is
+    // condemned, then deleted.
+    for _ in 0..2 {
+        let g = c.spawn_gc();
+        let p = c.finish_gc(g, false);
+        assert!(p.is_empty(), "seed {seed}: the final gc: {}", p.join("\n"));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let mut problems = c.check(true);
+    problems.extend(c.check_pg_restore("a"));
     assert!(
         problems.is_empty(),
         "campaign seed {seed}, after {kills} kills and the final drain:\n{}",
         problems.join("\n")
+    );
+    assert!(
+        c.gc.deleted > 0,
+        "seed {seed}: gc deleted nothing in the campaign ({:?}): deletion not exercised",
+        c.gc
     );
     // Not a vacuous pass: versions were made and restored.
     assert!(
@@ -656,12 +1080,14 @@ fn campaign(seed: u64, kills: usize) {
     );
     eprintln!(
         "crash campaign seed {seed}: {kills} kills ({counts:?}) in {:.0?}, {} versions seen, \
-         {} restores compared byte for byte, {} verifications of a site behind its queue, no \
-         inconsistency",
+         {} restores compared byte for byte, {} verifications of a site behind its queue, \
+         {} PostgreSQL rows acknowledged, gc {:?}, no inconsistency",
         started.elapsed(),
         c.seen.len(),
         c.restores,
-        c.behind
+        c.behind,
+        c.writer.as_ref().map_or(0, |w| w.acked().len()),
+        c.gc
     );
 }
 
