@@ -145,7 +145,15 @@ pub fn verify_wal_of<'a>(
 /// pieces but not those it missed, so without this a site that lags was called damaged ("the
 /// previous object ... is missing", a GAP). Returns one line per gap set aside; what the queue
 /// does not explain stays a problem.
-pub fn set_aside_queued_wal(v: &mut Verification, queued: &[String]) -> Vec<String> {
+///
+/// With `full_sync` (the queue asks for a full comparison: a writer died mid-session, so the site
+/// may lack any object it was writing and the queue cannot name them) every WAL gap and missing
+/// predecessor is set aside the same way until that comparison has run.
+pub fn set_aside_queued_wal(
+    v: &mut Verification,
+    queued: &[String],
+    full_sync: bool,
+) -> Vec<String> {
     let named: Vec<embassy_core::format::wal_log::LogName> = queued
         .iter()
         .filter_map(|p| embassy_core::format::wal_log::parse_path(p))
@@ -172,16 +180,31 @@ pub fn set_aside_queued_wal(v: &mut Verification, queued: &[String]) -> Vec<Stri
                     reached = end;
                 }
             }
-            let covered = reached >= to.0;
+            let covered = full_sync || reached >= to.0;
             if covered {
                 lines.push(format!(
-                    "dataset {dataset}: WAL {from} .. {to} of timeline {timeline} is queued for \
-                     this site (missed while it was down), not yet copied"
+                    "dataset {dataset}: WAL {from} .. {to} of timeline {timeline} {}, not yet \
+                     copied",
+                    if reached >= to.0 {
+                        "is queued for this site (missed while it was down)"
+                    } else {
+                        "may be what the pending full comparison brings (a writer stopped \
+                         mid-session)"
+                    }
                 ));
             }
             !covered
         });
         report.problems.retain(|problem| {
+            // An anchor naming a WAL object the site does not hold yet.
+            if problem.contains(" anchors WAL object ")
+                && problem.ends_with("is not stored (or not valid)")
+            {
+                let named_queued = named.iter().any(|n| {
+                    n.dataset == *dataset && problem.contains(&format!(" {} ", n.id.short()))
+                });
+                return !(full_sync || named_queued);
+            }
             let Some((path, why)) = problem.split_once(": ") else {
                 return true;
             };
@@ -191,7 +214,7 @@ pub fn set_aside_queued_wal(v: &mut Verification, queued: &[String]) -> Vec<Stri
             let queued_before = named.iter().any(|n| {
                 n.dataset == *dataset && n.timeline <= name.timeline && n.end == name.start
             });
-            !(why.starts_with("the previous object ") && queued_before)
+            !(why.starts_with("the previous object ") && (queued_before || full_sync))
         });
     }
     lines

@@ -171,7 +171,7 @@ fn verify_json(
 ) -> Result<(Outcome, serde_json::Value)> {
     let mut v = verify_vault(cli, args, vault)?;
     let queued_wal = behind.map_or_else(Vec::new, |b| {
-        embassy_ops::verify::set_aside_queued_wal(&mut v, &b.queued)
+        embassy_ops::verify::set_aside_queued_wal(&mut v, &b.queued, b.full_sync.is_some())
     });
     let mut value = serde_json::to_value(&v.vault).map_err(|e| Error::invalid(e.to_string()))?;
     if let Some(b) = behind {
@@ -216,7 +216,7 @@ fn verify_and_show(
     }
     let mut v = verify_vault(cli, args, vault)?;
     let queued_wal = behind.map_or_else(Vec::new, |b| {
-        embassy_ops::verify::set_aside_queued_wal(&mut v, &b.queued)
+        embassy_ops::verify::set_aside_queued_wal(&mut v, &b.queued, b.full_sync.is_some())
     });
     for line in &queued_wal {
         println!("BEHIND: {}", output::escape(line));
