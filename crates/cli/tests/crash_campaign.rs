@@ -217,6 +217,8 @@ struct Campaign {
     restores: usize,
     /// Keyless verifications that found a site behind (writes queued for it), not damaged.
     behind: usize,
+    /// Verifications of a site behind that failed and passed after a drain.
+    behind_cleared_by_drain: usize,
 }
 
 impl Campaign {
@@ -274,6 +276,7 @@ impl Campaign {
             agent_user: None,
             restores: 0,
             behind: 0,
+            behind_cleared_by_drain: 0,
         };
         fs::write(c.path("passphrase"), embassy_testkit::cli::PASS).unwrap();
         let mut init = Vec::new();
@@ -819,11 +822,41 @@ retention = {{ keep_last = 3 }}
                 "state",
                 "verify",
             ]);
-            if !out.status.success() {
-                problems.push(format!("keyless verify of {site}: {}", show(&out)));
-            }
-            if String::from_utf8_lossy(&out.stdout).contains("BEHIND") {
+            let behind = String::from_utf8_lossy(&out.stdout).contains("BEHIND");
+            if behind {
                 self.behind += 1;
+            }
+            if !out.status.success() && behind && !self.down.contains(site.as_str()) {
+                // Issue 19's allowance: a site behind may report what its queue says it still
+                // lacks, and the next drain must clear it. Verify still calls a ledger gap at a
+                // site with a full comparison pending damage (seed 1796593640037832259, kill 7):
+                // counted, and the site must verify after the drain.
+                let mut args: Vec<String> = Vec::new();
+                for (_, l) in &self.sites {
+                    args.extend(["--site".into(), l.clone()]);
+                }
+                args.extend(["--state-dir", "state", "sync", "--pending"].map(String::from));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let drain = self.embassy(&args);
+                let again = self.embassy(&[
+                    "--site",
+                    self.location(site),
+                    "--state-dir",
+                    "state",
+                    "verify",
+                ]);
+                if again.status.success() {
+                    self.behind_cleared_by_drain += 1;
+                } else {
+                    problems.push(format!(
+                        "keyless verify of {site} (behind): {}\nafter the drain ({}): {}",
+                        show(&out),
+                        show(&drain),
+                        show(&again)
+                    ));
+                }
+            } else if !out.status.success() {
+                problems.push(format!("keyless verify of {site}: {}", show(&out)));
             }
             if site != "s3" {
                 problems.extend(duplicate_sequence_numbers(Path::new(self.location(site))));
@@ -1084,12 +1117,14 @@ fn campaign(seed: u64, kills: usize) {
     );
     eprintln!(
         "crash campaign seed {seed}: {kills} kills ({counts:?}) in {:.0?}, {} versions seen, \
-         {} restores compared byte for byte, {} verifications of a site behind its queue, \
+         {} restores compared byte for byte, {} verifications of a site behind its queue ({} \
+         failed and passed after a drain), \
          {} PostgreSQL rows acknowledged, gc {:?}, no inconsistency",
         started.elapsed(),
         c.seen.len(),
         c.restores,
         c.behind,
+        c.behind_cleared_by_drain,
         c.writer.as_ref().map_or(0, |w| w.acked().len()),
         c.gc
     );
