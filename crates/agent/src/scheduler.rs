@@ -291,20 +291,28 @@ impl Agent {
         }
     }
 
+    /// Starts the due runs, up to `max_parallel`, the dataset whose last run started longest
+    /// ago (or that never ran) first: in configuration order, a dataset whose run outlasts its
+    /// interval is due again each time a slot frees and kept every later dataset waiting for
+    /// ever (the crash campaign's PostgreSQL base backup never started behind two 1 s datasets).
     fn start_due_runs(&mut self) {
         let now = now_s();
-        let candidates: Vec<(String, Mode)> = self
+        let mut candidates: Vec<(Option<i64>, String)> = self
             .config
             .datasets
             .iter()
-            .map(|d| (d.name.clone(), d.mode.clone()))
+            .filter(|d| !self.running.contains_key(&d.name) && self.due(&d.name, &d.mode, now))
+            .map(|d| {
+                let st = lock(&self.shared.state);
+                let last_start = st.datasets.get(&d.name).and_then(|ds| ds.last_start);
+                (last_start, d.name.clone())
+            })
             .collect();
-        for (name, mode) in candidates {
+        // Stable: equal starts keep the configuration's order (None, never started, first).
+        candidates.sort_by_key(|(last_start, _)| *last_start);
+        for (_, name) in candidates {
             if self.running.len() >= self.config.agent.max_parallel {
                 break;
-            }
-            if self.running.contains_key(&name) || !self.due(&name, &mode, now) {
-                continue;
             }
             self.start_backup(&name);
         }

@@ -1903,3 +1903,48 @@ rpo = "4s"
     let (status, log) = agent.stop(Duration::from_secs(40));
     assert!(status.success(), "{log}");
 }
+
+/// A dataset whose run outlasts its interval is due again whenever a slot frees; the dataset
+/// after it in the configuration must still get its turn (found by the crash campaign: the
+/// PostgreSQL base backup never started behind two 1 s datasets on a loaded machine; before the
+/// fix `quick` never ran here).
+#[test]
+fn a_dataset_always_due_does_not_starve_the_others() {
+    let _g = serial();
+    let env = Env::new();
+    env.init(&["sites/a"]);
+    env.config(&agent_config(
+        "verify_interval = \"never\"\nmax_parallel = 1\n",
+        "",
+        &["a"],
+        r#"[[datasets]]
+name = "slow"
+source = { command = "sleep 2; echo slow" }
+interval = "1s"
+rpo = "1h"
+[[datasets]]
+name = "quick"
+source = { command = "echo quick" }
+interval = "1s"
+rpo = "1h"
+"#,
+    ));
+    let agent = env.spawn_agent(&[]);
+    wait_until(
+        Duration::from_secs(30),
+        "a version of quick",
+        &agent,
+        || {
+            agent
+                .log()
+                .contains("quick: version 1 stored")
+                .then_some(())
+        },
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "a second version of slow",
+        &agent,
+        || agent.log().contains("slow: version 2 stored").then_some(()),
+    );
+}

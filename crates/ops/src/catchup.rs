@@ -111,6 +111,10 @@ pub struct Behind {
     /// Why a full comparison with the other sites is needed, if one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub full_sync: Option<String>,
+    /// The objects queued for the site (what explains WAL it lacks:
+    /// `verify::set_aside_queued_wal`).
+    #[serde(skip)]
+    pub queued: Vec<String>,
 }
 
 /// Whether the queue under `state_dir` holds writes for the site at `location` (dead writers'
@@ -125,6 +129,7 @@ pub fn behind(state_dir: &Path, location: &str) -> Result<Option<Behind>> {
         .map(|(_, p)| Behind {
             queued_objects: p.paths.len(),
             full_sync: p.full_sync.first().cloned(),
+            queued: p.paths,
         }))
 }
 

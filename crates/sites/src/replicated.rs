@@ -302,11 +302,15 @@ impl ReplicatedSite {
                     continue;
                 }
             }
+            // Every other site, the down ones too: down for writes is not down for reads, and
+            // a site left out may be the only holder of what the queue names (drained from the
+            // sites up only, a queued entry was "nowhere" and dropped, and the next entry
+            // landed without it). One that cannot be read leaves the path queued.
             let sources: Vec<Arc<dyn Site>> = self
                 .sites
                 .iter()
                 .enumerate()
-                .filter(|(j, _)| *j != i && !down[*j])
+                .filter(|(j, _)| *j != i)
                 .map(|(_, s)| s.clone())
                 .collect();
             behind[i] = match queue::drain(

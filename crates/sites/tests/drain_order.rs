@@ -86,3 +86,48 @@ fn a_drain_stops_a_history_at_the_first_entry_it_cannot_copy() {
     assert_eq!(report.remaining, 0, "{report:?}");
     assert!(entries.iter().all(|p| to.lock().contains_key(p)));
 }
+
+/// Before a ledger entry reaches a site that is behind, its queue is drained from the other
+/// sites, the down ones too: a site down for writes (a folder made read-only, a full disk) still
+/// serves reads and may be the only holder of what the queue names. Drained from the sites up
+/// only, the queued entry was "nowhere", dropped from the queue, and the next entry landed on a
+/// site without its predecessor: a hole no later drain fills (the crash campaign, seed
+/// 1796593640037832259 kill 7: `verify` found registry's entry 7 missing beside entry 8).
+#[test]
+fn an_entry_reaches_a_site_behind_only_after_what_it_lacks_even_from_a_down_site() {
+    let state = tempfile::tempdir().unwrap();
+    let behind = Arc::new(MemorySite::named("memory:behind"));
+    let holder = Arc::new(MemorySite::named("memory:holder"));
+    let other = Arc::new(MemorySite::named("memory:other"));
+    for site in [&behind, &holder, &other] {
+        site.put(layout::CONFIG, b"config").unwrap();
+    }
+    let entry = |seq: u64| {
+        let bytes = format!("entry {seq}").into_bytes();
+        (
+            layout::ledger_entry("reg", seq, &ObjectId::of(&bytes)),
+            bytes,
+        )
+    };
+    // Entry 1 reached only `holder`; it is queued for `behind`.
+    let (first, first_bytes) = entry(1);
+    holder.put(&first, &first_bytes).unwrap();
+    SiteQueue::open(state.path(), "memory:behind")
+        .unwrap()
+        .record_missing(&first)
+        .unwrap();
+    let sites: Vec<Arc<dyn Site>> = vec![behind.clone(), holder.clone(), other.clone()];
+    let vault = embassy_sites::ReplicatedSite::new(sites, 1)
+        .unwrap()
+        .with_queue(state.path())
+        .unwrap();
+    // `holder` is down for writes in this run (its reads still answer).
+    vault.mark_down("memory:holder");
+    let (second, second_bytes) = entry(2);
+    vault.put(&second, &second_bytes).unwrap();
+    let held = behind.lock();
+    assert!(
+        !held.contains_key(&second) || held.contains_key(&first),
+        "entry 2 reached the site behind without entry 1 (held only by the down site)"
+    );
+}

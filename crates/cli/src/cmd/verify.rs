@@ -168,10 +168,14 @@ fn verify_json(
     vault: &embassy_core::engine::vault::Vault,
     behind: Option<&Behind>,
 ) -> Result<(Outcome, serde_json::Value)> {
-    let v = verify_vault(cli, args, vault)?;
+    let mut v = verify_vault(cli, args, vault)?;
+    let queued_wal = behind.map_or_else(Vec::new, |b| {
+        embassy_ops::verify::set_aside_queued_wal(&mut v, &b.queued, b.full_sync.is_some())
+    });
     let mut value = serde_json::to_value(&v.vault).map_err(|e| Error::invalid(e.to_string()))?;
     if let Some(b) = behind {
         value["behind"] = json!(b);
+        value["behind_wal"] = json!(queued_wal);
         value["hint"] = json!(crate::hints::catch_up_pending());
     }
     value["ok"] = json!(v.is_ok());
@@ -209,7 +213,13 @@ fn verify_and_show(
             crate::hints::catch_up_pending()
         );
     }
-    let v = verify_vault(cli, args, vault)?;
+    let mut v = verify_vault(cli, args, vault)?;
+    let queued_wal = behind.map_or_else(Vec::new, |b| {
+        embassy_ops::verify::set_aside_queued_wal(&mut v, &b.queued, b.full_sync.is_some())
+    });
+    for line in &queued_wal {
+        println!("BEHIND: {}", output::escape(line));
+    }
     let ok = v.is_ok();
     let report = &v.vault;
     {
