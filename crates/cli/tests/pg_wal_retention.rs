@@ -9,98 +9,33 @@
 use embassy_testkit::pg::restored::*;
 use embassy_testkit::wait_until;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use embassy_testkit::cli::postgres_home;
+use embassy_testkit::pg::cli::PgCli;
 use embassy_testkit::pg::{PgOptions, PgServer};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 const SEGMENT: u64 = 16 * 1024 * 1024;
 
-/// A vault, key file and passphrase file in a folder owned by `postgres`.
-struct Env {
-    dir: tempfile::TempDir,
-    ids: (u32, u32),
+/// The testkit's PostgreSQL CLI environment (`PgCli`), with this file's own steps.
+struct Env(PgCli);
+
+impl std::ops::Deref for Env {
+    type Target = PgCli;
+    fn deref(&self) -> &PgCli {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Self {
-        let (dir, ids) = postgres_home("embassy-walret-");
-        let env = Env { dir, ids };
         // Versions seconds old are pruned here: no legal minimum age (the default is 30 days).
-        env.run(&["init", "--min-age", "0"]);
-        env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// An embassy command as the postgres user.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(EXE);
-        c.arg("--site")
-            .arg(self.path("site"))
-            .arg("--key-file")
-            .arg(self.path("vault.key"))
-            .arg("--passphrase-file")
-            .arg(self.path("pass"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--quiet")
-            .args(args)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_KEY_FILE")
-            .env_remove("EMBASSY_STATE_DIR")
-            .env_remove("EMBASSY_PASSPHRASE")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .uid(self.ids.0)
-            .gid(self.ids.1);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "embassy {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn durable(&self) -> u64 {
-        std::fs::read_to_string(self.path("durable.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn stream(&self, pg: &PgServer) -> Child {
-        let log = self.path("durable.log");
-        self.cmd(&[
-            "pg",
-            "stream",
-            "registry",
-            "--conninfo",
-            &pg.conninfo(),
-            "--slot",
-            "embassy_wal",
-            "--create-slot",
-            "--durable-log",
-            log.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("embassy runs")
+        Env(PgCli::with_init(
+            EXE,
+            "embassy-walret-",
+            &["--min-age", "0"],
+        ))
     }
 
     /// Stored WAL objects of the dataset: (bytes, lowest start of any piece or segment), and
@@ -142,17 +77,6 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
     }
 }
 
-/// Stops a child process (SIGTERM, then wait) when dropped, also when a test fails.
-struct Stopper(Child);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// About two segments of WAL: a table of md5 text and some pgbench transactions, then a
 /// segment switch so that compaction has whole segments.
 fn make_wal(pg: &PgServer, round: usize) {
@@ -170,7 +94,7 @@ fn streamed_wal_stays_bounded_under_keep_last_and_restores_still_work() {
     let pg = PgServer::start(PgOptions::default());
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     let env = Env::new();
-    let _streamer = Stopper(env.stream(&pg));
+    let _streamer = env.stream(&pg, "registry");
     wait_until(
         "the streamer's first durable WAL",
         Duration::from_secs(30),

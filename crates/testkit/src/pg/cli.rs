@@ -29,6 +29,11 @@ pub struct PgCli {
 impl PgCli {
     /// A new home (folder name starting with `prefix`) with an initialised vault.
     pub fn new(exe: &str, prefix: &str) -> Self {
+        Self::with_init(exe, prefix, &[])
+    }
+
+    /// The same, `embassy init` given `extra` arguments (`--min-age 0`, say).
+    pub fn with_init(exe: &str, prefix: &str, extra: &[&str]) -> Self {
         let (dir, ids) = postgres_home(prefix);
         let env = PgCli {
             dir,
@@ -36,7 +41,9 @@ impl PgCli {
             exe: PathBuf::from(exe),
             vars: Vec::new(),
         };
-        env.run(&["init"]);
+        let mut args = vec!["init"];
+        args.extend_from_slice(extra);
+        env.run(&args);
         env
     }
 
