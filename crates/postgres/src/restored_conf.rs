@@ -115,6 +115,11 @@ pub const RECOVERY: &[(&str, &str)] = &[
         "promote_trigger_file",
         "promotes when a file the backup names appears",
     ),
+    (
+        "synchronous_standby_names",
+        "waits for standbys of the backed-up server: every write would hang until one connects; \
+         set it again once this server's WAL is streamed",
+    ),
 ];
 
 /// Appended to `postgresql.auto.conf` (read last) before the recovery settings: whatever the

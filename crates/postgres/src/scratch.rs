@@ -96,6 +96,9 @@ impl ScratchServer {
             .args(["-c", "logging_collector=off"])
             .args(["-c", "log_destination=stderr"])
             .args(["-c", "ssl=off"])
+            // A registry whose commits waited for home's streamer restores that setting: the
+            // drill's write would wait for ever for a standby that is not there.
+            .args(["-c", "synchronous_standby_names="])
             .current_dir(data)
             .stdout(
                 log_file
