@@ -357,18 +357,35 @@ fn a_group_restores_two_clusters_under_load_to_one_point() {
         "{listed:?}"
     );
 
-    // Restore every member to the newest restorable point: 2.
+    // The newest point cannot be restored: the restore refuses (never an older instant in
+    // silence) and names point 2's time; asked for that time, every member comes back to 2.
     let root = env.path("restores");
     std::fs::create_dir_all(&root).unwrap();
     std::os::unix::fs::chown(&root, Some(env.ids.0), Some(env.ids.1)).unwrap();
     let to = root.join("group");
+    let said = env.fails(&[
+        "restore",
+        "--group",
+        GROUP,
+        "--at",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(said.contains("point 3, cannot be restored"), "{said}");
+    let at = said
+        .split("point 2, taken at ")
+        .nth(1)
+        .and_then(|rest| rest.split("Z:").next())
+        .map(|t| format!("{t}Z"))
+        .unwrap_or_else(|| panic!("no time of point 2 in {said}"));
     let out = env.run(&[
         "--json",
         "restore",
         "--group",
         GROUP,
         "--at",
-        "latest",
+        &at,
         "--to",
         to.to_str().unwrap(),
     ]);

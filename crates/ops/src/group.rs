@@ -458,10 +458,17 @@ pub fn choose(vault: &Vault, group: &str, target: GroupTarget) -> Result<ListedP
         GroupTarget::Latest => true,
         GroupTarget::Time(t) => p.point.taken_at_ns <= t,
     };
-    // The newest point that fits is the one asked for: when it cannot be restored (a site
-    // withholds a member's entry or WAL) the restore says so instead of silently bringing the
-    // group back to an older instant; an older point is taken when asked for by its time.
-    if let Some(newest) = all.iter().rev().find(|p| fits(p)) {
+    // `latest` asks for the newest point: when it cannot be restored (a site withholds a
+    // member's entry or WAL) the restore says so instead of silently bringing the group back
+    // to an older instant. Asked for a time, the newest restorable point at or before it.
+    let newest = match target {
+        GroupTarget::Latest => all.iter().rev().find(|p| fits(p)),
+        GroupTarget::Time(_) => all
+            .iter()
+            .rev()
+            .find(|p| fits(p) && p.unrestorable.is_none()),
+    };
+    if let Some(newest) = newest {
         if let Some(why) = &newest.unrestorable {
             let older = all
                 .iter()
@@ -477,7 +484,11 @@ pub fn choose(vault: &Vault, group: &str, target: GroupTarget) -> Result<ListedP
                             "the newest restorable point before it is point {}, taken at {}: \
                              ask for that time to bring the group back to it",
                             o.point.number,
-                            embassy_core::time::utc(o.point.taken_at_ns)
+                            // Rounded up to the second, so that the time given selects it.
+                            embassy_core::time::utc(
+                                o.point.taken_at_ns.saturating_add(999_999_999) / 1_000_000_000
+                                    * 1_000_000_000
+                            )
                         ),
                         None => "no restorable point precedes it".to_string(),
                     }

@@ -7,7 +7,7 @@
 //! that is not authoritative stays in the history as information and fences no one: a stolen
 //! sealing credential cannot lock out the legitimate writers by forging one.
 //!
-//! What an authoritative promotion does (the fence) is [`crate::history::rights`]'s; this
+//! What an authoritative promotion does (the fence) is the `rights` module's; this
 //! module only judges the entry, from its signed bytes, the configuration and the ids of the
 //! accepted entries before it (no site reads, no clock).
 
