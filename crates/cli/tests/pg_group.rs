@@ -454,8 +454,16 @@ fn a_group_restores_two_clusters_under_load_to_one_point() {
             .iter()
             .any(|p| p["number"] == 4 && p["restorable"] == true)
     });
-    let log = std::fs::read_to_string(env.path("agent.log")).unwrap();
-    assert!(log.contains("group registries: point 4 recorded"), "{log}");
+    // The agent logs the point once its worker reports back (just after the entry is stored).
+    wait_until(
+        "the agent's log of point 4",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(env.path("agent.log"))
+                .unwrap_or_default()
+                .contains("group registries: point 4 recorded")
+        },
+    );
     // The group's ledger verifies like any other; the planted entry is reported, by path.
     let out = env.cmd(&["verify"]).output().unwrap();
     let said = format!(
