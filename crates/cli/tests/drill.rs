@@ -15,6 +15,8 @@ use embassy_core::keys::Credential;
 use embassy_core::site::Site;
 use embassy_testkit::cli::{cheapen, Run, TestVault, PASS};
 
+use embassy_testkit::agent::Agent;
+
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 
 fn vault(tmp: &Path) -> TestVault {
@@ -397,20 +399,8 @@ name = "docs"
         ),
     )
     .unwrap();
-    let log = tmp.join("agent.log");
-    let child = std::process::Command::new(EXE)
-        .args(["agent", "--config", "embassy.toml"])
-        .current_dir(tmp)
-        .env_remove("EMBASSY_PASSPHRASE")
-        .env_remove("EMBASSY_SITE")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(
-            std::fs::File::create(&log).unwrap(),
-        ))
-        .spawn()
-        .expect("start embassy agent");
-    (embassy_testkit::agent::Agent { child, log }, port, v)
+    let agent = Agent::start_in(EXE, tmp);
+    (agent, port, v)
 }
 
 #[test]

@@ -63,20 +63,8 @@ interval = "2s"
         ),
     )
     .unwrap();
-    let log = tmp.join("agent.log");
-    let child = std::process::Command::new(EXE)
-        .args(["agent", "--config", "embassy.toml"])
-        .current_dir(tmp)
-        .env_remove("EMBASSY_PASSPHRASE")
-        .env_remove("EMBASSY_SITE")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(
-            std::fs::File::create(&log).unwrap(),
-        ))
-        .spawn()
-        .expect("start embassy agent");
-    (Agent { child, log }, port, v)
+    let agent = Agent::start_in(EXE, tmp);
+    (agent, port, v)
 }
 
 fn group<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

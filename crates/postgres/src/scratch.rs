@@ -195,8 +195,15 @@ impl ScratchServer {
     /// Fails when the server exits or `timeout` passes first, with the end of its log.
     pub fn wait_writable(&mut self, timeout: Duration) -> Result<(), PgError> {
         let deadline = Instant::now() + timeout;
-        let probe = format!("BEGIN; CREATE TABLE {PROBE} (x int); DROP TABLE {PROBE}; COMMIT;");
         loop {
+            // Each attempt is bounded too (a lock or a wait the restored configuration asks for
+            // would otherwise hold the drill past its deadline): at most 30 s, never past it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let bound_ms = left.as_millis().clamp(1_000, 30_000);
+            let probe = format!(
+                "SET statement_timeout = {bound_ms}; BEGIN; CREATE TABLE {PROBE} (x int); \
+                 DROP TABLE {PROBE}; COMMIT;"
+            );
             let last = match self.query("postgres", &probe) {
                 Ok(_) => return Ok(()),
                 Err(e) => e.to_string(),

@@ -17,6 +17,25 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts `exe agent --config embassy.toml` in `dir` (its passphrase and site come from the
+    /// configuration, never from the test's environment), its log in `dir/agent.log`.
+    pub fn start_in(exe: &str, dir: &std::path::Path) -> Agent {
+        let log = dir.join("agent.log");
+        let child = std::process::Command::new(exe)
+            .args(["agent", "--config", "embassy.toml"])
+            .current_dir(dir)
+            .env_remove("EMBASSY_PASSPHRASE")
+            .env_remove("EMBASSY_SITE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                fs::File::create(&log).expect("create the agent's log"),
+            ))
+            .spawn()
+            .expect("start embassy agent");
+        Agent { child, log }
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
