@@ -3,7 +3,8 @@
 # cluster and the same WAL, in one run.
 #   bench/pg-replay.sh EMBASSY_BIN [WORK]        (as root; see bench/README.md)
 # Environment: SCALE (pgbench -i scale of the load after the base backups; 64 writes about
-# 1 GB of WAL), PROCESS_MAX (pgBackRest's archive-get/-push processes, default 2),
+# 1 GB of WAL), BASE_SCALE (pgbench -i scale of a `registry` database loaded before the base
+# backups, so they hold it: 80 is about 1.2 GB; default 0, none), PROCESS_MAX (pgBackRest's archive-get/-push processes, default 2),
 # PGBR_COMPRESS (pgBackRest's compress-type, default zst), DIRECT=1 (also time embassy without
 # the helper: `--prefetch 0`, every WAL file fetched by its own process), KEEP=1 keeps WORK.
 #  1. a fresh PostgreSQL 15 cluster archives with `pgbackrest archive-push` (archive-async=y,
@@ -17,9 +18,11 @@
 # Prints, per tool: WAL replayed (MB), replay seconds (server start to accepting writes), replay
 # throughput (MB/s of WAL) and RTO (restore command start to accepting writes); the load average.
 set -euo pipefail
+echo "[pg-replay] load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 EXE=$(readlink -f "${1:?usage: pg-replay.sh EMBASSY_BIN [WORK]}")
 W=${2:-/tmp/embassy-pg-replay}
 SCALE=${SCALE:-64}
+BASE_SCALE=${BASE_SCALE:-0}
 PROCESS_MAX=${PROCESS_MAX:-2}
 PGBIN=/usr/lib/postgresql/15/bin
 [ "$(id -u)" = 0 ] || { echo "pg-replay.sh: run as root" >&2; exit 1; }
@@ -91,7 +94,13 @@ STREAM=$!
 durable() { sort -n "$W/durable.log" 2>/dev/null | tail -1 | cut -d' ' -f1; }
 until [ -n "$(durable)" ]; do sleep 0.2; done
 
-# 2. Base backups, then the load.
+# 2. Base backups (of a registry loaded first, with BASE_SCALE), then the load.
+if [ "$BASE_SCALE" -gt 0 ]; then
+  psql_ "$PORT" 'CREATE DATABASE registry' >/dev/null
+  t=$(now); pg "$PGBIN/pgbench" -h "$W/sock" -p "$PORT" -i -s "$BASE_SCALE" -q registry >/dev/null 2>&1
+  psql_ "$PORT" CHECKPOINT >/dev/null
+  echo "[pg-replay] registry before the base backups (pgbench -i -s $BASE_SCALE): $(psql_ "$PORT" "SELECT pg_size_pretty(sum(pg_database_size(oid))) FROM pg_database"), $(since "$t") s"
+fi
 t=$(now); pgbr backup --type=full >/dev/null; echo "[pg-replay] pgBackRest full backup: $(since "$t") s"
 t=$(now); emb pg base-backup bench --conninfo "host=$W/sock port=$PORT user=postgres dbname=postgres" --wal-streamed >/dev/null
 echo "[pg-replay] embassy base backup: $(since "$t") s"
@@ -133,7 +142,9 @@ t2=$(now)
 start "$W/restores/embassy" $((PORT + 3)); started+=("$W/restores/embassy"); open_wait $((PORT + 3))
 report "embassy wal-fetch (fetch helper)" "$(since "$t")" "$(since "$t2")"
 check $((PORT + 3)) embassy
-grep -c 'vault unlocked' "$W/restores/embassy.wal-fetch/state/wal-fetch.log" | sed 's/^/[pg-replay] embassy vault unlocks during the replay: /'
+# The restore's wal-fetch keeps its log in its own state folder below --state-dir.
+cat "$W"/state/wal-fetch/embassy.wal-fetch-*/wal-fetch.log | grep -c 'vault unlocked' \
+  | sed 's/^/[pg-replay] embassy vault unlocks during the replay: /'
 echo "[pg-replay] load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 if [ "${DIRECT:-0}" = 1 ]; then
   stop "$W/restores/embassy"; rm -rf "$W/restores/embassy" "$W/restores/embassy.wal-fetch"

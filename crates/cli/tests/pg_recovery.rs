@@ -117,7 +117,7 @@ fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
         .map(|e| e.path())
         .unwrap_or_else(|| root.join("latest.wal-fetch/state"));
     let fetch_log = fetch_state.join("wal-fetch.log");
-    let latest = Restored::start(latest_dir);
+    let latest = Restored::start(latest_dir.clone());
     latest.wait_open(Duration::from_secs(120));
     println!(
         "restore --latest: {:.1} s writing the data directory, {:.1} s until it accepts writes",
@@ -136,6 +136,27 @@ fn base_backup_streamed_wal_point_in_time_restore_standby_and_promote() {
         .try_psql("CREATE TABLE after_restore(x int); INSERT INTO after_restore VALUES (1)")
         .unwrap();
     drop(latest);
+
+    // 1b. The same path again once its data directory and fetch folder are deleted (an
+    // operator redoing a restore): the earlier restore's wal-fetch state folder is dropped,
+    // not a reason to fail ("creating ...: File exists" before).
+    std::fs::remove_dir_all(root.join("latest")).unwrap();
+    std::fs::remove_dir_all(root.join("latest.wal-fetch")).unwrap();
+    env.run(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        dir_arg(&latest_dir),
+    ]);
+    let again = Restored::start(latest_dir);
+    again.wait_open(Duration::from_secs(120));
+    assert_eq!(
+        again.try_psql(CHECKSUMS).unwrap(),
+        final_sums,
+        "the second restore to the same path differs"
+    );
+    drop(again);
 
     // 2. Restore to the time in the middle of the load.
     let mid_dir = root.join("mid");

@@ -149,7 +149,7 @@ impl Drop for PendingFile {
 
 impl Write for NewFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        self.file.write(&buf[..buf.len().min(WRITE_SLICE)])
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -175,6 +175,28 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
+/// The most one `write` system call is given. Linux 6.18 with ext4's large folios took about
+/// 30 times longer per byte for a write of 2 MiB or more than for 1.5 MiB or less (measured
+/// on the project's machine: 170 against 5,700 MiB/s into the page cache), so big buffers
+/// (a pack, a WAL segment, a restored chunk) are written in slices of this size.
+pub const WRITE_SLICE: usize = 1024 * 1024;
+
+/// Writes all of `bytes` to `out` in slices of at most [`WRITE_SLICE`].
+pub fn write_sliced(out: &mut (impl Write + ?Sized), bytes: &[u8]) -> io::Result<()> {
+    bytes.chunks(WRITE_SLICE).try_for_each(|s| out.write_all(s))
+}
+
+/// Writes all of `bytes` to `file` at `offset` in slices of at most [`WRITE_SLICE`].
+pub fn write_sliced_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut at = offset;
+    for s in bytes.chunks(WRITE_SLICE) {
+        file.write_all_at(s, at)?;
+        at += s.len() as u64;
+    }
+    Ok(())
+}
+
 /// Replaces `target` with `bytes` atomically through a [`NewFile`] (mode 0600).
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = NewFile::beside(target)?;
@@ -195,6 +217,51 @@ pub fn default_state_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records the size of every write it is given.
+    struct Calls(Vec<usize>, Vec<u8>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.len());
+            self.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A big buffer reaches the system in slices of at most WRITE_SLICE, whole and in order,
+    /// through `write_sliced`, `write_sliced_at` and a `NewFile` written with `write_all`.
+    #[test]
+    fn big_writes_go_in_slices_of_at_most_one_mib() {
+        let bytes: Vec<u8> = (0..5 * WRITE_SLICE + 123)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut calls = Calls(Vec::new(), Vec::new());
+        write_sliced(&mut calls, &bytes).unwrap();
+        assert_eq!(calls.1, bytes);
+        assert_eq!(calls.0.len(), 6);
+        assert!(calls.0.iter().all(|&n| n <= WRITE_SLICE));
+
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("at");
+        let file = File::create(&at).unwrap();
+        write_sliced_at(&file, &bytes, 7).unwrap();
+        let back = std::fs::read(&at).unwrap();
+        assert_eq!(&back[7..], &bytes[..]);
+
+        let mut new = NewFile::beside(&dir.path().join("new")).unwrap();
+        assert_eq!(
+            new.write(&bytes).unwrap(),
+            WRITE_SLICE,
+            "one call, one slice"
+        );
+        new.write_all(&bytes[WRITE_SLICE..]).unwrap();
+        new.persist().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("new")).unwrap(), bytes);
+    }
 
     #[test]
     fn temporary_names_are_fresh_and_planted_links_are_not_followed() {

@@ -302,6 +302,15 @@ impl FetchFolder {
         let passphrase_path = self.path.join(FETCH_PASSPHRASE);
         write_private(&passphrase_path, passphrase.as_bytes())?;
         let state = &self.state;
+        // A state folder at this name was left by an earlier restore to the same path, whose
+        // data directory is gone (a restore needs a new or empty one): it is dropped, never
+        // reused (a link there is removed, not followed).
+        match std::fs::symlink_metadata(state) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(state),
+            Ok(_) => std::fs::remove_file(state),
+            Err(_) => Ok(()),
+        }
+        .map_err(|e| Error::io(format!("removing the old {}", state.display()), e))?;
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(state)

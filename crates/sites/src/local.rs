@@ -277,7 +277,7 @@ impl Site for LocalSite {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        self.put_with(path, |file| file.write_all(bytes))
+        self.put_with(path, |file| embassy_core::fsutil::write_sliced(file, bytes))
     }
 
     fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {

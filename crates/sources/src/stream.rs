@@ -167,7 +167,7 @@ pub fn restore_to(
             .map(|id| reader.read_blob(id))
             .collect::<Result<_>>()?;
         for blob in blobs {
-            out.write_all(&blob)
+            embassy_core::fsutil::write_sliced(out, &blob)
                 .map_err(|e| Error::io("writing the restored stream", e))?;
             written += blob.len() as u64;
             progress.add(blob.len() as u64);

@@ -322,7 +322,9 @@ impl Write for Spool {
                 ),
             ));
         }
-        let n = self.file.write(buf)?;
+        let n = self
+            .file
+            .write(&buf[..buf.len().min(crate::fsutil::WRITE_SLICE)])?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)

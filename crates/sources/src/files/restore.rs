@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
@@ -421,7 +421,7 @@ pub fn restore(
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(temp.temp_path())
                 .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            file.write_all_at(data, offset)
+            embassy_core::fsutil::write_sliced_at(&file, data, offset)
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
             progress.add(data.len() as u64);
         }
