@@ -28,7 +28,9 @@ use embassy_core::site::{
 
 const TMP: &str = "tmp";
 
+mod direct;
 mod fd;
+use direct::{DirectWriter, DIRECT_FROM};
 use fd::{linkat, lstat_at, open_beneath, open_dir_beneath, openat, split, unlinkat};
 
 /// A site in a local folder.
@@ -277,22 +279,39 @@ impl Site for LocalSite {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        self.put_with(path, |file| embassy_core::fsutil::write_sliced(file, bytes))
+        self.put_with(path, |file| {
+            if bytes.len() as u64 >= DIRECT_FROM {
+                let mut w = DirectWriter::new(file);
+                w.write_all(bytes)?;
+                w.finish()
+            } else {
+                embassy_core::fsutil::write_sliced(file, bytes)
+            }
+        })
     }
 
     fn put_from(&self, path: &str, source: Arc<dyn ObjectSource>) -> Result<Put, SiteError> {
         // Through one fixed buffer: the object is never held whole.
         self.put_with(path, |file| {
             let len = source.len();
-            let mut buf = vec![0u8; COPY_BUFFER.min(len as usize)];
-            let mut at = 0u64;
-            while at < len {
-                let n = (len - at).min(buf.len() as u64) as usize;
-                source.read_exact_at(&mut buf[..n], at)?;
-                file.write_all(&buf[..n])?;
-                at += n as u64;
+            let copy = |out: &mut dyn Write| -> std::io::Result<()> {
+                let mut buf = vec![0u8; COPY_BUFFER.min(len as usize)];
+                let mut at = 0u64;
+                while at < len {
+                    let n = (len - at).min(buf.len() as u64) as usize;
+                    source.read_exact_at(&mut buf[..n], at)?;
+                    out.write_all(&buf[..n])?;
+                    at += n as u64;
+                }
+                Ok(())
+            };
+            if len >= DIRECT_FROM {
+                let mut w = DirectWriter::new(file);
+                copy(&mut w)?;
+                w.finish()
+            } else {
+                copy(file)
             }
-            Ok(())
         })
     }
 
