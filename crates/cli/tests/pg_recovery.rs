@@ -979,3 +979,69 @@ fn promote_refuses_a_standby_short_of_the_wal_the_ledger_anchors() {
         "{history}"
     );
 }
+
+/// A server that is not a copy of the dataset's cluster (another `initdb`, in recovery with
+/// `standby.signal`, whatever WAL position it shows) is never promoted as the dataset, not even
+/// with `--accept-data-loss`: its system identifier differs from the one the dataset's signed
+/// base backup records (red team 6: an unrelated cluster moved past the anchored WAL was
+/// promoted and recorded as an authoritative takeover).
+#[test]
+fn promote_refuses_a_server_that_is_not_a_copy_of_the_dataset() {
+    let pg = PgServer::start(PgOptions::default());
+    let env = PgCli::new(EXE, "embassy-pgr-");
+    pg.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+    ]);
+    // Another cluster, in recovery as a standby would be.
+    let other = restore_root(&env).join("other");
+    let (uid, gid) = env.ids;
+    let init = Command::new(embassy_testkit::pg::pg_bindir().join("initdb"))
+        .arg("-D")
+        .arg(&other)
+        .args(["-A", "trust", "-U", "postgres"])
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::write(other.join("standby.signal"), "").unwrap();
+    std::os::unix::fs::chown(other.join("standby.signal"), Some(uid), Some(gid)).unwrap();
+    let server = Restored::start(other.clone());
+    wait_until(
+        "the other cluster to accept reads",
+        Duration::from_secs(60),
+        || server.try_psql("SELECT 1").is_ok(),
+    );
+
+    let out = env.output(&[
+        "promote",
+        "registry",
+        "--data",
+        dir_arg(&other),
+        "--accept-data-loss",
+        "--timeout",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an unrelated cluster was promoted: {stderr}"
+    );
+    assert!(stderr.contains("is not a copy of registry"), "{stderr}");
+    assert_eq!(
+        server.try_psql("SELECT pg_is_in_recovery()").unwrap(),
+        "t",
+        "the server must be left in recovery"
+    );
+    let history = env.run(&["history", "registry"]);
+    assert!(!history.contains("promoted"), "{history}");
+}

@@ -118,9 +118,80 @@ pub fn check(
     }))
 }
 
+/// The standby in `data_dir` must be a copy of `dataset`'s cluster: the system identifier in
+/// its `global/pg_control` equals the one the dataset's newest base backup records (signed in
+/// its manifest). Another cluster moved past the anchored WAL (`pg_resetwal`) would otherwise
+/// pass the position check and go live as the registry. A dataset with no base backup has
+/// nothing to compare with.
+pub fn same_cluster(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    data_dir: &std::path::Path,
+) -> Result<(), PgError> {
+    let control_path = data_dir.join("global").join("pg_control");
+    let control = std::fs::read(&control_path).map_err(|e| {
+        PgError::Restore(format!(
+            "cannot read {} to check that the standby is a copy of {dataset}: {e}",
+            control_path.display()
+        ))
+    })?;
+    let versions = vault.versions(dataset).map_err(PgError::Vault)?;
+    for version in versions.iter().rev() {
+        let reader = embassy_core::engine::reader::VersionReader::open_with(
+            vault.site().clone(),
+            keyring,
+            version,
+        )
+        .map_err(PgError::Vault)?;
+        if let Some(info) =
+            crate::base_backup::BaseBackupInfo::from_properties(&reader.manifest.properties)?
+        {
+            return system_identifier_matches(&control, info.system_identifier, dataset, data_dir);
+        }
+    }
+    Ok(())
+}
+
+/// Compares the system identifier at the start of a `pg_control` file with `expected`.
+fn system_identifier_matches(
+    control: &[u8],
+    expected: u64,
+    dataset: &str,
+    data_dir: &std::path::Path,
+) -> Result<(), PgError> {
+    let found = control
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes);
+    match found {
+        Some(id) if id == expected => Ok(()),
+        Some(id) => Err(PgError::Restore(format!(
+            "the server in {} is not a copy of {dataset}: its system identifier is {id}, the              dataset's base backups record {expected}. Nothing was promoted: promote a standby              made from this dataset (`embassy standby {dataset} --to DIR`)",
+            data_dir.display()
+        ))),
+        None => Err(PgError::Restore(format!(
+            "{}/global/pg_control is too short to be PostgreSQL's: nothing was promoted",
+            data_dir.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the dataset's own cluster passes; another one, or a cut pg_control, is refused.
+    #[test]
+    fn only_a_copy_of_the_datasets_cluster_is_promoted() {
+        let dir = std::path::Path::new("/srv/standby");
+        let mut control = 7_305_000_000_000_000_001u64.to_le_bytes().to_vec();
+        control.extend_from_slice(&[0u8; 100]);
+        assert!(system_identifier_matches(&control, 7_305_000_000_000_000_001, "reg", dir).is_ok());
+        let e = system_identifier_matches(&control, 42, "reg", dir).unwrap_err();
+        assert!(e.to_string().contains("not a copy of reg"), "{e}");
+        assert!(system_identifier_matches(&control[..5], 42, "reg", dir).is_err());
+    }
 
     #[test]
     fn a_standby_short_of_the_anchored_end_has_not_replayed_enough() {

@@ -189,6 +189,8 @@ pub fn promote(
     // without its approvals must not happen at all.
     let approvals = promotion_approvals(vault, dataset, &host, &signer.verifying_key().to_bytes())?;
     listen_address(dir)?;
+    // It must be a copy of this dataset's cluster (whatever WAL position it shows).
+    crate::promote_check::same_cluster(vault, keyring, dataset, dir)?;
     // Then the standby must hold every WAL record the ledger anchors (or the loss accepted).
     let data_lost_to = replayed_anchored_wal(
         vault,
