@@ -28,6 +28,10 @@ pub struct RestoreArgs {
     /// this time (2026-11-27T03:04:05Z).
     #[arg(long, requires = "group")]
     pub at: Option<String>,
+    /// With --group: restore a point even when it names fewer members than earlier points (the
+    /// group lost a member on purpose); without it such a point is refused.
+    #[arg(long, requires = "group")]
+    pub accept_fewer_members: bool,
     /// Folder to restore a tree into; for a stream, a file (or `-` / omitted for stdout).
     #[arg(long)]
     pub to: Option<PathBuf>,
@@ -87,6 +91,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                 args.to.as_deref(),
                 args.owner.as_deref(),
                 args.unwitnessed,
+                args.accept_fewer_members,
                 &args.tablespace_map,
             )
         }
