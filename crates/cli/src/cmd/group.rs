@@ -254,13 +254,14 @@ fn relocations_by_member(
 pub fn restore(
     cli: &Cli,
     group_name: &str,
-    at: &str,
-    to: Option<&Path>,
-    owner_name: Option<&str>,
-    allow_unwitnessed: bool,
-    accept_fewer_members: bool,
-    relocations: &[Relocation],
+    args: &crate::cmd::restore::RestoreArgs,
 ) -> Result<ExitCode> {
+    let at = args.at.as_deref().unwrap_or("latest");
+    let to = args.to.as_deref();
+    let owner_name = args.owner.as_deref();
+    let allow_unwitnessed = args.unwitnessed;
+    let accept_fewer_members = args.accept_fewer_members;
+    let relocations = args.tablespace_map.as_slice();
     let target = if at == "latest" {
         GroupTarget::Latest
     } else {

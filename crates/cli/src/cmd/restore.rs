@@ -83,18 +83,7 @@ pub struct RestoreArgs {
 /// Runs `embassy restore`.
 pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let target = match (&args.group, &args.target) {
-        (Some(group), _) => {
-            return crate::cmd::group::restore(
-                cli,
-                group,
-                args.at.as_deref().unwrap_or("latest"),
-                args.to.as_deref(),
-                args.owner.as_deref(),
-                args.unwitnessed,
-                args.accept_fewer_members,
-                &args.tablespace_map,
-            )
-        }
+        (Some(group), _) => return crate::cmd::group::restore(cli, group, args),
         (None, Some(target)) => target,
         (None, None) => return Err(Error::invalid("name a dataset to restore, or --group G")),
     };
