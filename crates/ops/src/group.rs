@@ -560,14 +560,10 @@ pub fn choose(
     };
     if let Some(newest) = newest {
         if let Some(why) = &newest.unrestorable {
-            // Preferably one that lacks no member (else it would be refused in turn).
-            let restorable = |p: &&ListedPoint| p.seq < newest.seq && p.unrestorable.is_none();
             let older = all
                 .iter()
                 .rev()
-                .filter(restorable)
-                .find(|p| p.lacking.is_empty())
-                .or_else(|| all.iter().rev().find(restorable));
+                .find(|p| p.seq < newest.seq && p.unrestorable.is_none());
             return Err(GroupError::NoPoint {
                 group: group.to_string(),
                 problem: format!(
