@@ -106,6 +106,11 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
             "the agent promotes no standby: let the standby of {dataset} replay the vault's WAL \
              first, or promote it with `embassy promote --accept-data-loss`"
         ),
+        WayOut::AcceptSmallerGroup { group } => format!(
+            "the agent restores no group: `embassy restore --group {group} --at TIME` restores \
+             the whole group to an earlier point, or --accept-fewer-members only the members \
+             the point names"
+        ),
     }
 }
 

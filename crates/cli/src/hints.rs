@@ -90,6 +90,11 @@ pub fn for_way_out(way_out: &WayOut) -> String {
              `embassy promote {dataset} --data {} --accept-data-loss`",
             embassy_postgres::restore::shell_quote(data_dir)
         ),
+        WayOut::AcceptSmallerGroup { group } => format!(
+            "`embassy restore --group {group} --at TIME` with the time named restores the whole \
+             group; if the group lost those members on purpose, add --accept-fewer-members to \
+             restore only the members the point names"
+        ),
     }
 }
 

@@ -309,11 +309,45 @@ fn a_group_restore_refuses_a_partial_or_unrestorable_newest_point() {
         "--to",
         &to("a"),
     ])
-    .fails(1, &["group point 2 names people", "also named companies"]);
+    .fails(1, &["point 2 names people", "also named companies"]);
     assert!(
         !out.join("a").join("people").exists(),
         "a member was restored"
     );
+    // Red team 6, #5: the partial point recorded again (one interval later) is refused too,
+    // naming the flag that accepts a smaller group; with it, the members the point names.
+    run(&["group", "point", "reg", "--config", &partial]).ok();
+    let r = run(&[
+        "restore",
+        "--group",
+        "reg",
+        "--at",
+        "latest",
+        "--to",
+        &to("a2"),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    for said in [
+        "point 3 names people but earlier points also named companies",
+        "point 1, was taken at",
+        "--accept-fewer-members",
+    ] {
+        assert!(r.stderr.contains(said), "{said}: {r:?}");
+    }
+    assert!(!out.join("a2").exists(), "a member was restored");
+    let r = run(&[
+        "restore",
+        "--group",
+        "reg",
+        "--at",
+        "latest",
+        "--accept-fewer-members",
+        "--to",
+        &to("a3"),
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("point 3 lacks companies"), "{r:?}");
+    assert!(out.join("a3/people/row.txt").exists() && !out.join("a3/companies").exists());
     run(&[
         "restore",
         "--group",
@@ -350,7 +384,7 @@ fn a_group_restore_refuses_a_partial_or_unrestorable_newest_point() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(
         r.stderr
-            .contains("the newest group point that fits, point 3, cannot be restored"),
+            .contains("the newest group point that fits, point 4, cannot be restored"),
         "{r:?}"
     );
     assert!(

@@ -1087,3 +1087,106 @@ fn under_a_witness_quorum_only_witnessed_versions_are_served() {
     assert!(newer.text().contains("not yet covered"), "{}", newer.text());
     s.stop();
 }
+
+/// Red team 6, #6: slow clients cannot shut the server. Connections that trickle a request
+/// head (one byte a second, under any per-read timeout), more of them than --max-connections,
+/// leave the accept loop free: a normal client is answered at once; each slow connection is
+/// closed when its head has not arrived within 5 s; a flood beyond every limit is answered 503
+/// at once, never left waiting. And a version selector that is not one (`-1`) is the client's
+/// error (400), not the server's (it was 500).
+#[test]
+fn slow_clients_cannot_block_the_others_and_a_bad_version_is_a_client_error() {
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = Fixture::new();
+    let s = f.serve(&["docs", "--max-connections", "2"]);
+    let addr = format!("127.0.0.1:{}", s.port);
+    let slow: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            c.write_all(b"G").unwrap();
+            c
+        })
+        .collect();
+    let opened = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let socks: Vec<TcpStream> = slow.iter().map(|c| c.try_clone().unwrap()).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                for mut c in &socks {
+                    let _ = c.write_all(b"E");
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let got = curl(
+        &["--max-time", "20"],
+        &s.url("/docs/1/gazette/2026/act-1.txt"),
+    );
+    let waited = asked.elapsed();
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "a normal client waited {waited:?} behind slow ones"
+    );
+    // Each slow connection is closed by the head's deadline, though it still trickles.
+    for mut c in slow {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 64];
+        let r = c.read(&mut buf);
+        let after = opened.elapsed();
+        assert!(
+            matches!(r, Ok(0)) || r.is_err(),
+            "a slow connection got an answer: {r:?}"
+        );
+        assert!(
+            after < Duration::from_secs(9),
+            "a slow connection was kept {after:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().unwrap();
+
+    // A flood of idle connections beyond every limit: the ones over it get 503 at once.
+    let flood: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let started = Instant::now();
+    let mut busy = 0;
+    for mut c in flood.iter().rev().take(10) {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        if answer.starts_with("HTTP/1.1 503") {
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "no connection over the limit was refused");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(flood);
+    // Once the flood's heads are past their deadline, the server answers again.
+    let again = Instant::now();
+    loop {
+        let got = curl(
+            &["--max-time", "20"],
+            &s.url("/docs/1/gazette/2026/act-1.txt"),
+        );
+        if got.status == 200 {
+            break;
+        }
+        assert!(again.elapsed() < Duration::from_secs(10), "{got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    for bad in ["/docs/-1/big.bin", "/docs/x/big.bin", "/docs/-1/"] {
+        let got = get(&s, bad);
+        assert_eq!(got.status, 400, "{bad}: {got:?}");
+    }
+    let said = s.stop();
+    assert!(!said.contains("error:"), "{said}");
+}

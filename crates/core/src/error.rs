@@ -200,6 +200,12 @@ pub enum WayOut {
         /// The standby's data directory.
         data_dir: String,
     },
+    /// A consistency group's point names fewer members than the group has had: ask for an
+    /// earlier point's time, or accept restoring only the members it names.
+    AcceptSmallerGroup {
+        /// The group.
+        group: String,
+    },
 }
 
 /// What a credential must allow, for [`WayOut::Grant`].

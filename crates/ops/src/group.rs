@@ -115,6 +115,41 @@ pub enum GroupError {
         /// What is wrong and the way out.
         problem: String,
     },
+    /// The point chosen names fewer members than the group has had: restoring it would bring
+    /// back part of the group.
+    #[error(
+        "group {group}: point {number} names {} but earlier points also named {}: a member was \
+         left out (the group's configuration dropped it, or a key that may sign the group's \
+         ledger recorded a partial point), so a restore to it would bring back part of the group; \
+         {}",
+        named.join(", "),
+        lacking.join(", "),
+        match whole {
+            Some((n, at)) => format!(
+                "the newest restorable point before it that names every member, point {n}, was \
+                 taken at {at}: ask for that time to restore the whole group, or accept restoring \
+                 only the members point {number} names if the group lost them on purpose"
+            ),
+            None => format!(
+                "no earlier restorable point names every member: accept restoring only the \
+                 members point {number} names if the group lost them on purpose, or restore \
+                 each dataset on its own"
+            ),
+        }
+    )]
+    FewerMembers {
+        /// The group.
+        group: String,
+        /// The point's number.
+        number: u64,
+        /// The members it names.
+        named: Vec<String>,
+        /// The members earlier points named and it does not.
+        lacking: Vec<String>,
+        /// The newest earlier restorable point that lacks no member: its number and a time
+        /// that selects it.
+        whole: Option<(u64, String)>,
+    },
     /// No point of the group can be restored to the target.
     #[error("group {group}: {problem}")]
     NoPoint {
@@ -139,6 +174,13 @@ impl From<GroupError> for embassy_core::Error {
                 problem,
             },
             GroupError::Invalid { .. } => embassy_core::Error::invalid(e.to_string()),
+            GroupError::FewerMembers { ref group, .. } => embassy_core::Error::Refused {
+                kind: embassy_core::ErrorKind::Config,
+                way_out: embassy_core::error::WayOut::AcceptSmallerGroup {
+                    group: group.clone(),
+                },
+                problem: e.to_string(),
+            },
         }
     }
 }
@@ -392,17 +434,34 @@ pub struct ListedPoint {
     /// Why it cannot be restored (a member's WAL not durable in the vault, a member's version
     /// gone), or `None`.
     pub unrestorable: Option<String>,
+    /// Members an earlier point named that this one does not (the group's members are the
+    /// union over its points): a restore to it would bring back part of the group.
+    pub lacking: Vec<String>,
 }
 
 /// The group's points, oldest first, each judged restorable or not: a PostgreSQL member's WAL
 /// must be durable in the vault up to its restore point; a file member's version must exist.
+/// Each also names the members earlier points named and it does not.
 pub fn points(vault: &Vault, group: &str) -> Result<Vec<ListedPoint>> {
     check_group_name(group).map_err(|problem| GroupError::Invalid {
         group: group.to_string(),
         problem,
     })?;
     let mut out = Vec::new();
+    // Every member any point so far named, in order of first appearance.
+    let mut members_so_far: Vec<String> = Vec::new();
     for (seq, entry, point) in recorded_points(vault, group)? {
+        let named = member_names(&point);
+        let lacking: Vec<String> = members_so_far
+            .iter()
+            .filter(|d| !named.contains(d))
+            .cloned()
+            .collect();
+        for d in named {
+            if !members_so_far.contains(&d) {
+                members_so_far.push(d);
+            }
+        }
         let mut why = Vec::new();
         for m in &point.members {
             match m {
@@ -436,6 +495,7 @@ pub fn points(vault: &Vault, group: &str) -> Result<Vec<ListedPoint>> {
             entry,
             point,
             unrestorable: (!why.is_empty()).then(|| why.join("; ")),
+            lacking,
         });
     }
     Ok(out)
@@ -450,9 +510,39 @@ pub enum GroupTarget {
     Time(i64),
 }
 
+/// Whether a restore may bring back fewer members than the group has had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmallerGroup {
+    /// A point that leaves out a member an earlier point named is refused (the default).
+    Refuse,
+    /// The operator accepts restoring only the members the point names (a member was dropped
+    /// from the group on purpose).
+    Accept,
+}
+
+/// The names of a point's members, in its order.
+fn member_names(point: &GroupPoint) -> Vec<String> {
+    point
+        .members
+        .iter()
+        .map(|m| m.dataset().to_string())
+        .collect()
+}
+
+/// A point's time rounded up to the second, so that a restore asked for that time selects it.
+fn selecting_time(taken_at_ns: i64) -> String {
+    embassy_core::time::utc(taken_at_ns.saturating_add(999_999_999) / 1_000_000_000 * 1_000_000_000)
+}
+
 /// The point a restore to `target` uses: the newest restorable one that fits. Points that are
-/// not restorable are passed over (and named in the error when none fits).
-pub fn choose(vault: &Vault, group: &str, target: GroupTarget) -> Result<ListedPoint> {
+/// not restorable are passed over (and named in the error when none fits); a point that leaves
+/// out a member of an earlier point is refused unless `smaller` accepts it.
+pub fn choose(
+    vault: &Vault,
+    group: &str,
+    target: GroupTarget,
+    smaller: SmallerGroup,
+) -> Result<ListedPoint> {
     let all = points(vault, group)?;
     let fits = |p: &ListedPoint| match target {
         GroupTarget::Latest => true,
@@ -484,50 +574,30 @@ pub fn choose(vault: &Vault, group: &str, target: GroupTarget) -> Result<ListedP
                             "the newest restorable point before it is point {}, taken at {}: \
                              ask for that time to bring the group back to it",
                             o.point.number,
-                            // Rounded up to the second, so that the time given selects it.
-                            embassy_core::time::utc(
-                                o.point.taken_at_ns.saturating_add(999_999_999) / 1_000_000_000
-                                    * 1_000_000_000
-                            )
+                            selecting_time(o.point.taken_at_ns)
                         ),
                         None => "no restorable point precedes it".to_string(),
                     }
                 ),
             });
         }
-        // A point that names fewer members than the point before it would restore part of the
-        // group in silence (a changed configuration, or a point forged by a credential that may
-        // sign the group's ledger): refused, naming what it lacks.
-        if let Some(previous) = all.iter().rev().find(|p| p.seq < newest.seq) {
-            let names = |p: &ListedPoint| -> Vec<String> {
-                p.point
-                    .members
-                    .iter()
-                    .map(|m| m.dataset().to_string())
-                    .collect()
-            };
-            let now: Vec<String> = names(newest);
-            let lacking: Vec<String> = names(previous)
-                .into_iter()
-                .filter(|d| !now.contains(d))
-                .collect();
-            if !lacking.is_empty() {
-                return Err(GroupError::NoPoint {
-                    group: group.to_string(),
-                    problem: format!(
-                        "group point {} names {} but point {} before it also named {}: a \
-                         member was left out (the group's configuration changed, or a key that \
-                         may sign the group's ledger recorded a partial point); restore the \
-                         members one by one to its time if that is what you want, or ask for \
-                         the time of point {} or earlier",
-                        newest.point.number,
-                        now.join(", "),
-                        previous.point.number,
-                        lacking.join(", "),
-                        previous.point.number
-                    ),
-                });
-            }
+        // A point that names fewer members than the group has had (any earlier point) would
+        // restore part of the group in silence (a changed configuration, or a point recorded by
+        // a key that may sign the group's ledger, once or again and again): refused unless the
+        // caller accepts a smaller group, naming what it lacks.
+        if !newest.lacking.is_empty() && smaller == SmallerGroup::Refuse {
+            let whole = all
+                .iter()
+                .rev()
+                .find(|p| p.seq < newest.seq && p.lacking.is_empty() && p.unrestorable.is_none())
+                .map(|p| (p.point.number, selecting_time(p.point.taken_at_ns)));
+            return Err(GroupError::FewerMembers {
+                group: group.to_string(),
+                number: newest.point.number,
+                named: member_names(&newest.point),
+                lacking: newest.lacking.clone(),
+                whole,
+            });
         }
         return Ok(newest.clone());
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use embassy_core::history::ledger::GroupMember;
 use embassy_core::{Error, Result};
-use embassy_ops::group::{self, GroupTarget, ListedPoint, MemberRestored};
+use embassy_ops::group::{self, GroupTarget, ListedPoint, MemberRestored, SmallerGroup};
 use embassy_postgres::tablespace::Relocation;
 use embassy_postgres::Lsn;
 use serde_json::json;
@@ -139,6 +139,7 @@ fn point_json(p: &ListedPoint) -> serde_json::Value {
         "taken_at": embassy_core::time::utc(p.point.taken_at_ns),
         "restorable": p.unrestorable.is_none(),
         "why_not": p.unrestorable,
+        "lacking": p.lacking,
         "members": members_json(&p.point.members),
     })
 }
@@ -157,9 +158,14 @@ fn points(cli: &Cli, args: &PointsArgs) -> Result<ExitCode> {
                 "{:>5}  {}  {}",
                 p.point.number,
                 embassy_core::time::utc(p.point.taken_at_ns),
-                match &p.unrestorable {
-                    None => "restorable".to_string(),
-                    Some(why) => format!("NOT RESTORABLE: {}", output::escape(why)),
+                match (&p.unrestorable, p.lacking.as_slice()) {
+                    (None, []) => "restorable".to_string(),
+                    (None, lacking) => format!(
+                        "restorable only with --accept-fewer-members: lacks {}, named by \
+                         earlier points",
+                        output::escape(&lacking.join(", "))
+                    ),
+                    (Some(why), _) => format!("NOT RESTORABLE: {}", output::escape(why)),
                 }
             );
             for line in member_lines(&p.point.members) {
@@ -248,12 +254,14 @@ fn relocations_by_member(
 pub fn restore(
     cli: &Cli,
     group_name: &str,
-    at: &str,
-    to: Option<&Path>,
-    owner_name: Option<&str>,
-    allow_unwitnessed: bool,
-    relocations: &[Relocation],
+    args: &crate::cmd::restore::RestoreArgs,
 ) -> Result<ExitCode> {
+    let at = args.at.as_deref().unwrap_or("latest");
+    let to = args.to.as_deref();
+    let owner_name = args.owner.as_deref();
+    let allow_unwitnessed = args.unwitnessed;
+    let accept_fewer_members = args.accept_fewer_members;
+    let relocations = args.tablespace_map.as_slice();
     let target = if at == "latest" {
         GroupTarget::Latest
     } else {
@@ -264,7 +272,12 @@ pub fn restore(
     })?;
     let owner = embassy_ops::pgrestore::owner(owner_name)?;
     let vault = open_vault(cli)?;
-    let chosen = group::choose(&vault, group_name, target)?;
+    let smaller = if accept_fewer_members {
+        SmallerGroup::Accept
+    } else {
+        SmallerGroup::Refuse
+    };
+    let chosen = group::choose(&vault, group_name, target, smaller)?;
     let keyring = unlock(cli, &vault)?;
     let members_relocations = relocations_by_member(&vault, &keyring, &chosen.point, relocations)?;
     let mut fetch_folders = Vec::new();
@@ -356,6 +369,13 @@ pub fn restore(
             };
             println!("  {} -> {}: {what}", m.dataset, m.path.display());
         }
+    }
+    if !chosen.lacking.is_empty() {
+        eprintln!(
+            "warning: point {} lacks {}, named by earlier points: not restored              (--accept-fewer-members)",
+            chosen.point.number,
+            output::escape(&chosen.lacking.join(", "))
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,10 @@ pub struct RestoreArgs {
     /// this time (2026-11-27T03:04:05Z).
     #[arg(long, requires = "group")]
     pub at: Option<String>,
+    /// With --group: restore a point even when it names fewer members than earlier points (the
+    /// group lost a member on purpose); without it such a point is refused.
+    #[arg(long, requires = "group")]
+    pub accept_fewer_members: bool,
     /// Folder to restore a tree into; for a stream, a file (or `-` / omitted for stdout).
     #[arg(long)]
     pub to: Option<PathBuf>,
@@ -79,17 +83,7 @@ pub struct RestoreArgs {
 /// Runs `embassy restore`.
 pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let target = match (&args.group, &args.target) {
-        (Some(group), _) => {
-            return crate::cmd::group::restore(
-                cli,
-                group,
-                args.at.as_deref().unwrap_or("latest"),
-                args.to.as_deref(),
-                args.owner.as_deref(),
-                args.unwitnessed,
-                &args.tablespace_map,
-            )
-        }
+        (Some(group), _) => return crate::cmd::group::restore(cli, group, args),
         (None, Some(target)) => target,
         (None, None) => return Err(Error::invalid("name a dataset to restore, or --group G")),
     };

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use embassy_agent::http::StatusToken;
@@ -66,7 +66,8 @@ pub struct ServeArgs {
     /// Require a client certificate signed by this CA (PEM); needs --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
-    /// At most this many requests at once (each holds one chunk in memory); more wait.
+    /// At most this many requests answered at once (each holds one chunk in memory); more wait
+    /// up to 30 s for a slot, then get 503. A request head must arrive within 5 s.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_connections: usize,
 }
@@ -173,8 +174,11 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("setting the listener non-blocking", e))?;
-    let active = Arc::new(AtomicUsize::new(0));
-    let max = args.max_connections.max(1);
+    let limits = Arc::new(Limits {
+        open: AtomicUsize::new(0),
+        serving: AtomicUsize::new(0),
+        max_serving: args.max_connections.max(1),
+    });
     while !stop.load(Ordering::Relaxed) {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -188,17 +192,19 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        // Each connection holds at most one chunk: bounded memory needs bounded connections.
-        while active.load(Ordering::Acquire) >= max && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
+        // The accept loop never waits for a slot: a connection over the limit is answered 503
+        // (plain HTTP) or closed (TLS) at once, and slow clients cannot stop it accepting.
+        if limits.open.load(Ordering::Acquire) >= limits.max_open() {
+            refuse_busy(stream, tls.is_some());
+            continue;
         }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (server, tls, active) = (server.clone(), tls.clone(), active.clone());
+        limits.open.fetch_add(1, Ordering::AcqRel);
+        let (server, tls, limits) = (server.clone(), tls.clone(), limits.clone());
         let spawned = std::thread::Builder::new()
             .name("embassy-serve".into())
             .spawn(move || {
-                connection(&server, stream, tls);
-                active.fetch_sub(1, Ordering::AcqRel);
+                connection(&server, stream, tls, &limits);
+                limits.open.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
             eprintln!("warning: cannot start a connection thread: {e}");
@@ -250,12 +256,99 @@ impl Conn for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
     }
 }
 
+/// The whole request head (with the TLS handshake) must arrive within this time: a client
+/// trickling bytes cannot hold a connection longer.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Connections reading their request head, besides those being answered: each costs a thread
+/// and a few KiB, and lasts at most [`HEAD_DEADLINE`].
+const HEADS_MAX: usize = 64;
+
+/// How long a request whose head has arrived waits for one of the `--max-connections` slots
+/// before it is answered 503.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+/// The connection counts: `open` connections (threads), of which `serving` are being answered.
+struct Limits {
+    open: AtomicUsize,
+    serving: AtomicUsize,
+    /// `--max-connections`: requests answered at once (each holds one chunk in memory).
+    max_serving: usize,
+}
+
+impl Limits {
+    /// Connections open at most: those answered, and as many again reading their head.
+    fn max_open(&self) -> usize {
+        self.max_serving.saturating_add(HEADS_MAX)
+    }
+
+    /// Takes a serving slot, waiting at most [`SLOT_WAIT`]; false when none came free.
+    fn take_slot(&self) -> bool {
+        let until = Instant::now() + SLOT_WAIT;
+        loop {
+            let now = self.serving.load(Ordering::Acquire);
+            if now < self.max_serving
+                && self
+                    .serving
+                    .compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Answers a connection over the limit: 503 on plain HTTP (one small write into a fresh
+/// socket's buffer, which does not wait), a plain close on TLS.
+fn refuse_busy(mut stream: TcpStream, tls: bool) {
+    if !tls {
+        let _ = stream.set_nonblocking(true);
+        let _ = stream.write_all(route::BUSY);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// A connection's reader while its request head arrives: every read waits at most until the
+/// head's deadline (the socket's timeout is set to what is left before each read).
+struct HeadReader {
+    conn: Box<dyn Conn>,
+    tcp: TcpStream,
+    until: Instant,
+}
+
+impl Read for HeadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request head did not arrive in time",
+            ));
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.conn.read(buf)
+    }
+}
+
 /// Serves one request on `stream`, then closes it.
-fn connection(server: &Server, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+fn connection(
+    server: &Server,
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &Limits,
+) {
+    let until = Instant::now() + HEAD_DEADLINE;
     let _ = stream.set_write_timeout(Some(Duration::from_secs(120)));
     let _ = stream.set_nodelay(true);
-    let tcp = stream.try_clone().ok();
+    // Without a second handle the head's deadline cannot be kept: close.
+    let Ok(tcp) = stream.try_clone() else {
+        return;
+    };
     let conn: Box<dyn Conn> = match tls {
         None => Box::new(stream),
         Some(config) => match rustls::ServerConnection::new(config) {
@@ -266,18 +359,25 @@ fn connection(server: &Server, stream: TcpStream, tls: Option<Arc<rustls::Server
             }
         },
     };
-    let mut reader = BufReader::new(conn);
+    let mut reader = BufReader::new(HeadReader { conn, tcp, until });
     let request = match http::read_request(&mut reader) {
         Ok(Some(r)) => r,
         // Closed, timed out, or a TLS handshake that failed (no client certificate): nothing to say.
         Ok(None) | Err(_) => return,
     };
-    let mut conn = reader.into_inner();
+    let HeadReader { mut conn, tcp, .. } = reader.into_inner();
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+    if !limits.take_slot() {
+        let _ = conn.write_all(route::BUSY);
+        conn.finish();
+        return;
+    }
     let outcome = route::answer(server, request, &mut conn);
+    limits.serving.fetch_sub(1, Ordering::AcqRel);
     if outcome.is_ok() {
         conn.finish();
     }
-    if let (Err(()), Some(tcp)) = (outcome, tcp) {
+    if outcome.is_err() {
         // The body could not be finished (a damaged chunk after the head went out): abort the
         // connection so the client sees a cut transfer, never a complete-looking wrong one.
         let _ = tcp.shutdown(std::net::Shutdown::Both);

@@ -75,6 +75,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         416 => "Range Not Satisfiable",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
 }
@@ -96,10 +97,18 @@ fn error_page(out: &mut dyn Write, status: u16, message: &str, head_only: bool) 
     send(out, head, format!("{message}\n").as_bytes(), head_only)
 }
 
+/// The whole answer to a request the server is too busy to take: fixed bytes, small enough to
+/// go into a fresh socket's buffer without waiting.
+pub(crate) const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: embassy-serve\r\n\
+Connection: close\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 38\r\nCache-Control: no-store\r\n\r\nbusy: too many connections, try again\n";
+
 /// The HTTP status for an error of the vault.
 fn status_of(e: &Error) -> u16 {
     match e {
         Error::NotFound(_) | Error::UnknownDataset { .. } | Error::NoSuchVersion { .. } => 404,
+        // A version selector that is not one (`-1`, an ambiguous id prefix): the request's fault.
+        Error::Invalid(_) => 400,
         Error::Unwitnessed { .. } => 403,
         e if e.is_integrity() => 502,
         _ => 500,
