@@ -66,9 +66,9 @@ pub struct PromoteArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
-    /// Promote even though the standby has not replayed all the WAL the vault's ledger anchors
-    /// (refused otherwise): those commits are lost to it, and the `promoted` entry records the
-    /// lost range.
+    /// Promote even though the standby has not replayed all the WAL the vault holds durably (the
+    /// ledger's anchors and the signed WAL the sites serve after them; refused otherwise): those
+    /// commits are lost to it, and the `promoted` entry records the lost range.
     #[arg(long)]
     pub accept_data_loss: bool,
 }

@@ -2,15 +2,21 @@
 //!
 //! The vault's ledger anchors streamed WAL (`log_range_added` entries, signed by the streamer):
 //! that end is known to every site that serves the ledger and to this machine's remembered
-//! heads, even when a site withholds the WAL objects themselves (a hostile or damaged site). A
-//! standby that has not replayed up to it would go live at an older state, silently dropping
-//! acknowledged commits; [`check`] refuses that unless the operator accepts the loss, which the
-//! `promoted` entry then records.
+//! heads, even when a site withholds the WAL objects themselves (a hostile or damaged site).
+//! The streamer anchors only every minute and at each whole segment, so the commits it
+//! acknowledged since are in signed WAL objects newer than the last anchor: the durable end is
+//! the further of the two. A standby that has not replayed up to it would go live at an older
+//! state, silently dropping acknowledged commits; [`check`] refuses that unless the operator
+//! accepts the loss, which the `promoted` entry then records.
+
+use std::collections::HashSet;
 
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::history::ledger::{Event, Record};
+use embassy_core::id::ObjectId;
 
 use crate::error::PgError;
+use crate::walend::DurableWal;
 use crate::Lsn;
 
 /// The end of the WAL the ledger anchors: the highest timeline with an anchor, and the end of
@@ -26,90 +32,113 @@ pub fn anchored_end(records: &[Record]) -> Option<(u32, Lsn)> {
         .max()
 }
 
-/// Whether a standby that replayed to `replay` holds all the WAL anchored up to `anchored`:
-/// at or past it; or, when the vault's stored WAL reaches the anchor and its last complete
-/// record (`last_record`, starting there) begins before the anchor, past that record's start
-/// (the bytes after it are a record no server can replay yet).
+/// Whether a standby that replayed to `replay` holds all the WAL known stored up to `known`:
+/// at or past it; or, when the sites serve WAL without a gap to `reachable` at or past it and
+/// its last complete record (`last_record`, starting there) begins before `known`, past that
+/// record's start (the bytes after it are a record no server can replay yet).
 pub fn replayed_enough(
     replay: Lsn,
-    anchored: Lsn,
-    stored_end: Option<Lsn>,
+    known: Lsn,
+    reachable: Option<Lsn>,
     last_record: Option<Lsn>,
 ) -> bool {
-    if replay >= anchored {
+    if replay >= known {
         return true;
     }
-    match (stored_end, last_record) {
-        (Some(stored), Some(last)) => stored >= anchored && last < anchored && replay > last,
+    match (reachable, last_record) {
+        (Some(reachable), Some(last)) => reachable >= known && last < known && replay > last,
         _ => false,
     }
 }
 
-/// Compares the standby's replay position `replay` with the end of `dataset`'s WAL the ledger
-/// anchors. `Ok(None)`: it holds all of it (or nothing was streamed). Behind it: refused, naming
-/// both positions, unless `accept_data_loss`, then `Ok(Some(anchored end))` for the
-/// `promoted` entry to record.
+/// Compares the standby's replay position `replay` with the newest WAL of `dataset` the vault
+/// holds durably: the end of the WAL the ledger anchors, or further, the signed WAL the sites
+/// serve without a gap after it ([`crate::walend::durable_wal`]: the streamer anchors its tail
+/// only every minute, and the commits it acknowledged since are there). `valid` remembers the
+/// objects that checked out between calls. `Ok(None)`: the standby holds all of it (or nothing
+/// was streamed). Behind it: refused, naming both positions and why, unless
+/// `accept_data_loss`, then `Ok(Some(durable end))` for the `promoted` entry to record.
 pub fn check(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
-    data_dir: &std::path::Path,
-    replay: Lsn,
+    (data_dir, replay): (&std::path::Path, Lsn),
     accept_data_loss: bool,
+    valid: &mut HashSet<ObjectId>,
 ) -> Result<Option<Lsn>, PgError> {
     let records = vault.history(dataset).map_err(PgError::Vault)?;
-    let Some((timeline, anchored)) = anchored_end(&records) else {
+    let anchored = anchored_end(&records);
+    // What the sites hold; when they cannot be read at all, the ledger's anchor alone.
+    let durable = match crate::walend::durable_wal(vault, dataset, anchored, valid) {
+        Ok(d) => d,
+        Err(_) => anchored.map(|(timeline, end)| DurableWal {
+            timeline,
+            reachable: Lsn(0),
+            known: (timeline, end),
+        }),
+    };
+    let Some(durable) = durable else {
         return Ok(None);
     };
-    if replay >= anchored {
+    let (timeline, known) = durable.known;
+    if replay >= known {
         return Ok(None);
     }
-    // The stored WAL's end and last complete record, when these keys can read it (a trailing
-    // record cut at the anchor cannot be replayed and is not a loss).
-    let stored = crate::status::site_wal("vault", vault.site().as_ref(), dataset)
-        .ok()
-        .flatten()
-        .filter(|w| w.timeline == timeline)
-        .map(|w| w.durable);
-    let last = crate::walend::last_durable_record(vault, keyring, dataset)
-        .ok()
-        .flatten()
-        .filter(|(tl, _)| *tl == timeline)
-        .map(|(_, lsn)| lsn);
-    if replayed_enough(replay, anchored, stored, last) {
+    // The last complete record the sites serve, when these keys can read it (a trailing record
+    // cut at the durable end cannot be replayed and is not a loss).
+    let last = if durable.has_gap() {
+        None
+    } else {
+        last_record(vault, keyring, dataset, timeline, known)
+    };
+    if replayed_enough(replay, known, Some(durable.reachable), last) {
         return Ok(None);
     }
     if accept_data_loss {
-        return Ok(Some(anchored));
+        return Ok(Some(known));
     }
-    let withheld = stored.is_none_or(|s| s < anchored);
-    let missing = match stored {
-        Some(s) if s >= anchored => "the vault's newest WAL object reaches it, yet the standby \
-                                     has not replayed it (still arriving, or a site withholds \
-                                     a part before it)"
-            .to_string(),
-        Some(s) => format!(
-            "the sites serve WAL only up to {s}: a site withholds or lost the rest, which the \
-             ledger proves was stored"
-        ),
-        None => "the sites serve none of it: a site withholds or lost it, which the ledger \
-                 proves was stored"
-            .to_string(),
+    let why = if !durable.has_gap() {
+        let anchor = match anchored {
+            Some((_, a)) if a < known => format!(
+                "the ledger anchors WAL only to {a}: the streamer anchors its newest WAL every \
+                 minute and at each whole segment, and the commits it acknowledged since are in \
+                 the signed WAL after it"
+            ),
+            _ => "the vault's ledger anchors WAL to it".to_string(),
+        };
+        format!(
+            "the sites serve it without a gap ({anchor}), and the standby has not replayed it \
+             within the wait: it is still arriving, or the standby cannot fetch it (see its \
+             server log)"
+        )
+    } else if anchored == Some(durable.known) {
+        format!(
+            "the vault's ledger anchors WAL to {known}, but the sites serve it without a gap only \
+             to {}: a site withholds or lost the rest, which the ledger proves was stored",
+            durable.reachable
+        )
+    } else {
+        format!(
+            "the sites hold signed WAL to {known} (the ledger anchors WAL to {}), but serve it \
+             without a gap only to {}: a site withholds or lost the part between",
+            anchored.map_or("no point".to_string(), |(_, a)| a.to_string()),
+            durable.reachable
+        )
     };
     Err(PgError::Vault(embassy_core::Error::Refused {
-        kind: if withheld {
+        kind: if durable.has_gap() {
             embassy_core::ErrorKind::Integrity
         } else {
             embassy_core::ErrorKind::Source
         },
         problem: format!(
-            "the standby on {} has replayed {dataset}'s WAL to {replay}, but the vault's ledger \
-             anchors WAL to {anchored} on timeline {timeline} ({} bytes more); {missing}. \
-             Promoting now would lose those commits, so nothing was promoted: wait until the \
-             standby replays them, bring the WAL back to the site that lacks it, or accept the \
-             loss explicitly (it is recorded in the ledger)",
+            "the standby on {} has replayed {dataset}'s WAL to {replay}, but the vault holds WAL \
+             durably to {known} on timeline {timeline} ({} bytes more); {why}. Promoting now \
+             would lose those commits, so nothing was promoted: wait until the standby replays \
+             them, bring the WAL back to the site that lacks it, or accept the loss explicitly \
+             (it is recorded in the ledger)",
             data_dir.display(),
-            anchored.0 - replay.0
+            known.0 - replay.0
         ),
         way_out: embassy_core::error::WayOut::PgPromoteBehind {
             dataset: dataset.to_string(),
@@ -167,7 +196,9 @@ fn system_identifier_matches(
     match found {
         Some(id) if id == expected => Ok(()),
         Some(id) => Err(PgError::Restore(format!(
-            "the server in {} is not a copy of {dataset}: its system identifier is {id}, the              dataset's base backups record {expected}. Nothing was promoted: promote a standby              made from this dataset (`embassy standby {dataset} --to DIR`)",
+            "the server in {} is not a copy of {dataset}: its system identifier is {id}, the \
+             dataset's base backups record {expected}. Nothing was promoted: promote a standby \
+             made from this dataset (`embassy standby {dataset} --to DIR`)",
             data_dir.display()
         ))),
         None => Err(PgError::Restore(format!(
@@ -175,6 +206,22 @@ fn system_identifier_matches(
             data_dir.display()
         ))),
     }
+}
+
+/// The start of the last complete record of the WAL ending at `end` on `timeline`, when these
+/// keys can read it.
+fn last_record(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    timeline: u32,
+    end: Lsn,
+) -> Option<Lsn> {
+    let listing = crate::wal::list(vault.site().as_ref(), dataset).ok()?;
+    let signers = crate::wal::dataset_signers(vault, dataset).ok()?;
+    crate::walend::last_record_before(vault, keyring, &listing, &signers, timeline, end)
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ pub struct ReplicationConnection {
     out: BytesMut,
     cfg: ConnConfig,
     streaming: bool,
+    /// The end of the timeline the server answered START_REPLICATION with at once (the start
+    /// was its switch point): handed out by the next `recv`.
+    ended: Option<ReplicationMessage>,
     parameters: Vec<(String, String)>,
     /// TLS details (None for plaintext).
     tls: Option<TlsInfo>,
@@ -293,6 +296,7 @@ impl ReplicationConnection {
             out: BytesMut::new(),
             cfg: cfg.clone(),
             streaming: false,
+            ended: None,
             parameters: Vec::new(),
             tls,
             local,
@@ -523,6 +527,14 @@ impl ReplicationConnection {
                     self.streaming = true;
                     return Ok(());
                 }
+                b'T' => {
+                    // Started at the timeline's switch point (a promoted server asked for the
+                    // WAL of the timeline it left, up to where it left it): the server answers
+                    // with the next timeline's result set instead of streaming.
+                    self.ended = Some(self.next_timeline()?);
+                    self.streaming = true;
+                    return Ok(());
+                }
                 b'E' => {
                     let e = match Self::parse(frame)? {
                         backend::Message::ErrorResponse(body) => ServerError::from_body(&body),
@@ -563,6 +575,10 @@ impl ReplicationConnection {
         if !self.streaming {
             return Err(PgError::Protocol("recv outside streaming".into()));
         }
+        if let Some(end) = self.ended.take() {
+            self.streaming = false;
+            return Ok(Some(end));
+        }
         self.socket
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let frame = self.read_frame();
@@ -582,39 +598,7 @@ impl ReplicationConnection {
                 frontend::copy_done(&mut self.out);
                 self.send()?;
                 self.streaming = false;
-                let mut next_timeline = None;
-                let mut next_start = None;
-                loop {
-                    let f = self.read_frame_blocking()?;
-                    match f.tag {
-                        b'D' => {
-                            if let backend::Message::DataRow(row) = Self::parse(f)? {
-                                let mut ranges = row.ranges();
-                                let mut vals = Vec::new();
-                                while let Some(r) = ranges.next()? {
-                                    vals.push(r.map(|r| {
-                                        String::from_utf8_lossy(&row.buffer()[r]).to_string()
-                                    }));
-                                }
-                                next_timeline =
-                                    vals.first().cloned().flatten().and_then(|s| s.parse().ok());
-                                next_start =
-                                    vals.get(1).cloned().flatten().and_then(|s| s.parse().ok());
-                            }
-                        }
-                        b'E' => {
-                            if let backend::Message::ErrorResponse(body) = Self::parse(f)? {
-                                return Err(ServerError::from_body(&body).into_error());
-                            }
-                        }
-                        b'Z' => break,
-                        _ => {}
-                    }
-                }
-                Ok(Some(ReplicationMessage::EndOfTimeline {
-                    next_timeline,
-                    next_start,
-                }))
+                self.next_timeline().map(Some)
             }
             b'E' => match Self::parse(frame)? {
                 backend::Message::ErrorResponse(body) => {
@@ -630,9 +614,49 @@ impl ReplicationConnection {
         }
     }
 
+    /// The next-timeline result set after a timeline's end (until ReadyForQuery).
+    fn next_timeline(&mut self) -> Result<ReplicationMessage> {
+        let mut next_timeline = None;
+        let mut next_start = None;
+        loop {
+            let f = self.read_frame_blocking()?;
+            match f.tag {
+                b'D' => {
+                    if let backend::Message::DataRow(row) = Self::parse(f)? {
+                        let mut ranges = row.ranges();
+                        let mut vals = Vec::new();
+                        while let Some(r) = ranges.next()? {
+                            vals.push(
+                                r.map(|r| String::from_utf8_lossy(&row.buffer()[r]).to_string()),
+                            );
+                        }
+                        next_timeline =
+                            vals.first().cloned().flatten().and_then(|s| s.parse().ok());
+                        next_start = vals.get(1).cloned().flatten().and_then(|s| s.parse().ok());
+                    }
+                }
+                b'E' => {
+                    if let backend::Message::ErrorResponse(body) = Self::parse(f)? {
+                        return Err(ServerError::from_body(&body).into_error());
+                    }
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        Ok(ReplicationMessage::EndOfTimeline {
+            next_timeline,
+            next_start,
+        })
+    }
+
     /// Sends a standby status update: `write`, `flush` and `apply` positions (PostgreSQL keeps
-    /// WAL in the slot until `flush`).
+    /// WAL in the slot until `flush`). Nothing while the server is not streaming (it ended the
+    /// timeline at once).
     pub fn send_status(&mut self, write: Lsn, flush: Lsn, apply: Lsn, reply: bool) -> Result<()> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
         let mut body = Vec::with_capacity(34);
         body.push(b'r');
         body.extend_from_slice(&write.0.to_be_bytes());
@@ -646,7 +670,7 @@ impl ReplicationConnection {
 
     /// Ends streaming from our side (CopyDone) and closes the connection.
     pub fn close(mut self) {
-        if self.streaming {
+        if self.streaming && self.ended.is_none() {
             frontend::copy_done(&mut self.out);
         }
         frontend::terminate(&mut self.out);

@@ -53,8 +53,8 @@ pub struct Promotion {
     /// Where its new timeline forks: the switch point in its timeline history (the end of the
     /// WAL it replayed; the first write's position when the history file cannot be read).
     pub lsn: Lsn,
-    /// Set when it was promoted short of the WAL the ledger anchored (the loss accepted): the
-    /// anchored end.
+    /// Set when it was promoted short of the WAL the vault holds durably (the loss accepted):
+    /// that WAL's end.
     pub data_lost_to: Option<Lsn>,
     /// How many approvals the `promoted` entry embeds.
     pub approvals: usize,
@@ -161,7 +161,7 @@ fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgErro
 }
 
 /// Promotes the standby running on `dir`: refused (nothing promoted) while it has not replayed
-/// the WAL the ledger anchors, unless `accept_data_loss` ([`replayed_anchored_wal`]); then
+/// the WAL the vault holds durably, unless `accept_data_loss` ([`replayed_durable_wal`]); then
 /// `pg_ctl promote`, waits (up to `timeout`) until it accepts a write, and appends a `promoted`
 /// entry with the new timeline and where it forks (the end of the WAL it replayed) to the
 /// dataset's ledger. `conninfo` overrides the connection used to check writes (default: the
@@ -191,8 +191,8 @@ pub fn promote(
     listen_address(dir)?;
     // It must be a copy of this dataset's cluster (whatever WAL position it shows).
     crate::promote_check::same_cluster(vault, keyring, dataset, dir)?;
-    // Then the standby must hold every WAL record the ledger anchors (or the loss accepted).
-    let data_lost_to = replayed_anchored_wal(
+    // Then the standby must hold every WAL record the vault holds durably (or the loss accepted).
+    let data_lost_to = replayed_durable_wal(
         vault,
         keyring,
         dataset,
@@ -314,14 +314,15 @@ pub fn promote(
     })
 }
 
-/// How long promotion waits for a standby to replay the WAL the ledger anchors (it asks the
+/// How long promotion waits for a standby to replay the WAL the vault holds durably (it asks the
 /// vault every second) before refusing.
 const CATCH_UP_GRACE: Duration = Duration::from_secs(10);
 
 /// The check before promotion ([`crate::promote_check::check`]): the standby's replay
-/// position against the end of the WAL the ledger anchors, asked again for up to `grace` while
-/// it is behind; `Some(anchored end)` when it stays behind and the loss was accepted.
-fn replayed_anchored_wal(
+/// position against the end of the WAL the vault holds durably (the ledger's anchors and the
+/// signed WAL the sites serve after them), asked again for up to `grace` while it is behind;
+/// `Some(durable end)` when it stays behind and the loss was accepted.
+fn replayed_durable_wal(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
@@ -330,6 +331,8 @@ fn replayed_anchored_wal(
     accept_data_loss: bool,
 ) -> Result<Option<Lsn>, PgError> {
     let started = Instant::now();
+    // Objects that checked out: asked again, only what arrived since is read.
+    let mut valid = std::collections::HashSet::new();
     loop {
         let row = sql(
             dir,
@@ -346,7 +349,14 @@ fn replayed_anchored_wal(
         }
         let replay = replay.parse::<Lsn>()?;
         let accept = accept_data_loss && started.elapsed() >= grace;
-        match crate::promote_check::check(vault, keyring, dataset, dir, replay, accept) {
+        match crate::promote_check::check(
+            vault,
+            keyring,
+            dataset,
+            (dir, replay),
+            accept,
+            &mut valid,
+        ) {
             Err(_) | Ok(Some(_)) if started.elapsed() < grace => {
                 std::thread::sleep(Duration::from_millis(500))
             }

@@ -7,7 +7,10 @@
 //! durable end itself (where the next, not yet written record would start) cannot be the target:
 //! the last record is found by walking the record headers (`xl_tot_len`) of the newest segments.
 
+use std::collections::HashSet;
+
 use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::id::ObjectId;
 
 use crate::error::Result;
 use crate::lsn::{Lsn, SEGMENT_SIZE};
@@ -132,6 +135,26 @@ pub fn last_durable_record(
         return Ok(None);
     };
     let (timeline, end) = (newest.name.timeline, newest.name.end);
+    Ok(
+        last_record_before(vault, keyring, &listing, &signers, timeline, Lsn(end))?
+            .map(|lsn| (timeline, lsn)),
+    )
+}
+
+/// The start of the last complete record of the WAL of `timeline` that ends at `end` (the
+/// record cut there, if any, is not complete): the segment holding the byte before `end`, and
+/// the one before it for a record that began there, assembled from `listing` and walked. None
+/// when no complete record could be found there.
+pub fn last_record_before(
+    vault: &Vault,
+    keyring: &Keyring,
+    listing: &wal::WalListing,
+    signers: &wal::WalSigners,
+    timeline: u32,
+    end: Lsn,
+) -> Result<Option<Lsn>> {
+    let site = vault.site().as_ref();
+    let end = end.0;
     if end == 0 {
         return Ok(None);
     }
@@ -140,7 +163,7 @@ pub fn last_durable_record(
     let mut bytes = Vec::new();
     let mut from = first_segno * SEGMENT_SIZE;
     for segno in first_segno..=last_segno {
-        match wal::assemble_segment(site, keyring, &listing, timeline, segno, &signers)? {
+        match wal::assemble_segment(site, keyring, listing, timeline, segno, signers)? {
             Some(a) if a.complete || segno == last_segno => bytes.extend_from_slice(&a.bytes),
             _ if segno < last_segno => {
                 // The segment before is not there whole: walk the newest one alone.
@@ -150,7 +173,124 @@ pub fn last_durable_record(
             _ => return Ok(None),
         }
     }
-    Ok(last_record_start(&bytes, from, end).map(|lsn| (timeline, Lsn(lsn))))
+    Ok(last_record_start(&bytes, from, end).map(Lsn))
+}
+
+/// The WAL of a dataset the sites hold durably, judged the way `wal-fetch` and `verify` read
+/// it: the streamer anchors its tail in the ledger only every minute (and at each whole
+/// segment), so WAL acknowledged to PostgreSQL may be stored, signed, and newer than any anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableWal {
+    /// The timeline the contiguous WAL ends on.
+    pub timeline: u32,
+    /// Where the WAL the sites serve without a gap ends: valid, signed pieces and segments,
+    /// each starting at or before the end of the one before, from the segment of the ledger's
+    /// last anchor (or from the oldest stored WAL when nothing is anchored yet).
+    pub reachable: Lsn,
+    /// The furthest WAL known to be stored, with its timeline: the ledger's last anchor or the
+    /// newest valid object, whichever reaches further. Past `reachable` when WAL before it is
+    /// missing at the sites (withheld or lost).
+    pub known: (u32, Lsn),
+}
+
+impl DurableWal {
+    /// True when WAL known to be stored is missing before its end (the sites serve less).
+    pub fn has_gap(&self) -> bool {
+        self.known > (self.timeline, self.reachable)
+    }
+}
+
+/// The durable WAL of `dataset` at the sites ([`DurableWal`]), starting from the ledger's last
+/// anchor `anchored` (timeline, end). `valid` remembers the ids of objects that checked out, so
+/// asking again while a standby catches up reads only what is new. None when the vault holds
+/// no WAL of the dataset and the ledger anchors none.
+pub fn durable_wal(
+    vault: &Vault,
+    dataset: &str,
+    anchored: Option<(u32, Lsn)>,
+    valid: &mut HashSet<ObjectId>,
+) -> Result<Option<DurableWal>> {
+    let site = vault.site().as_ref();
+    let listing = wal::list(site, dataset)?;
+    let signers = wal::dataset_signers(vault, dataset)?;
+    let mut checks = |obj: &wal::WalObject| -> Result<bool> {
+        if valid.contains(&obj.name.id) {
+            return Ok(true);
+        }
+        match wal::read_checked(site, obj, &signers) {
+            Ok(_) => {
+                valid.insert(obj.name.id);
+                Ok(true)
+            }
+            Err(e) if wal::is_noise(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let mut objects: Vec<&wal::WalObject> = listing
+        .pieces
+        .iter()
+        .chain(listing.segments.iter())
+        .collect();
+    objects.sort_by_key(|o| (o.name.timeline, o.name.start, std::cmp::Reverse(o.name.end)));
+    let mut newest = None;
+    for candidate in listing.newest_first() {
+        if checks(candidate)? {
+            newest = Some((candidate.name.timeline, Lsn(candidate.name.end)));
+            break;
+        }
+    }
+    // Where the walk starts: the segment holding the anchor's last byte (the anchored WAL
+    // must be served too), or the oldest valid object.
+    let (mut timeline, mut reach) = match anchored {
+        Some((tl, end)) => (tl, Lsn(end.0.saturating_sub(1)).segment_start()),
+        None => {
+            let mut first = None;
+            for o in &objects {
+                if checks(o)? {
+                    first = Some((o.name.timeline, Lsn(o.name.start)));
+                    break;
+                }
+            }
+            match first {
+                Some(f) => f,
+                None => return Ok(None),
+            }
+        }
+    };
+    // Forward from there: the valid object covering `reach` on the newest timeline (a new
+    // timeline's first segment holds the old timeline's bytes before its switch point), the
+    // furthest-reaching first.
+    loop {
+        let mut options: Vec<&&wal::WalObject> = objects
+            .iter()
+            .filter(|o| {
+                o.name.timeline >= timeline && o.name.start <= reach.0 && o.name.end > reach.0
+            })
+            .collect();
+        options.sort_by_key(|o| std::cmp::Reverse((o.name.timeline, o.name.end)));
+        let mut advanced = false;
+        for o in options {
+            if checks(o)? {
+                timeline = o.name.timeline;
+                reach = Lsn(o.name.end);
+                advanced = true;
+                break;
+            }
+        }
+        if !advanced {
+            break;
+        }
+    }
+    let known = [anchored, newest, Some((timeline, reach))]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or((timeline, reach));
+    Ok(Some(DurableWal {
+        timeline,
+        reachable: reach,
+        known,
+    }))
 }
 
 #[cfg(test)]
