@@ -77,7 +77,12 @@ impl Agent {
                 let mut delivered = Vec::new();
                 let notices = alarms::evaluate(&rows, &state, now)
                     .into_iter()
-                    .chain(alarms::evaluate_groups(&groups, &state, now));
+                    .chain(alarms::evaluate_groups(&groups, &state, now))
+                    .chain(alarms::evaluate_standbys(
+                        &crate::report::standby_rows(&config, &state),
+                        &state,
+                        now,
+                    ));
                 for n in notices {
                     let label = if n.event == "raised" {
                         "ALARM"
