@@ -41,6 +41,13 @@ pub const QUICK_EXIT: Duration = Duration::from_secs(30);
 /// Stops at once in a row before the standby is rebuilt instead of started again.
 pub const QUICK_EXITS: u32 = 3;
 
+/// The first wait after a rebuild failed; it doubles with each failure in a row, up to
+/// [`REBUILD_RETRY_MAX`].
+pub const REBUILD_RETRY: Duration = Duration::from_secs(5);
+
+/// The longest wait between rebuild attempts.
+pub const REBUILD_RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// How long replay may stand still while the vault holds WAL it has not replayed before the
 /// standby is rebuilt: twice its lag alarm, at least a minute.
 pub fn stall_limit(s: &StandbyConfig) -> Duration {
@@ -117,6 +124,9 @@ struct Watch {
     stalled: Option<(String, Instant)>,
     last_vault_look: Option<Instant>,
     vault_wal: Option<embassy_postgres::status::SiteWal>,
+    /// Rebuilds that failed in a row, and when the next may be tried.
+    rebuild_failures: u32,
+    next_rebuild: Option<Instant>,
 }
 
 impl Keeper {
@@ -136,6 +146,11 @@ impl Keeper {
             if s.phase != phase {
                 s.phase = phase.to_string();
                 s.since = now;
+            }
+            if phase != "following" {
+                // Not measured while it does not follow: no figure rather than an old one.
+                s.lag_seconds = None;
+                s.lag_bytes = None;
             }
         });
     }
@@ -354,6 +369,9 @@ impl Keeper {
 
     /// Makes the data directory again from the newest base backup (removing what is there).
     fn rebuild(&self, vault: &Vault, w: &mut Watch, why: &str) {
+        if w.next_rebuild.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let dir = &self.standby.data_dir;
         let first = !dir.exists()
             && lock(&self.shared.state)
@@ -387,9 +405,21 @@ impl Keeper {
                     }
                     s.last_error = None;
                 });
+                w.rebuild_failures = 0;
+                w.next_rebuild = None;
                 self.phase("starting");
             }
-            Err(e) => self.down(format!("cannot make it from the newest base backup: {e}")),
+            Err(e) => {
+                w.rebuild_failures = w.rebuild_failures.saturating_add(1);
+                let wait = REBUILD_RETRY
+                    .saturating_mul(1 << w.rebuild_failures.min(6).saturating_sub(1))
+                    .min(REBUILD_RETRY_MAX);
+                w.next_rebuild = Some(Instant::now() + wait);
+                self.down(format!(
+                    "cannot make it from the newest base backup (tried again in {} s): {e}",
+                    wait.as_secs()
+                ));
+            }
         }
     }
 

@@ -223,8 +223,10 @@ pub struct StandbyStatus {
     pub alarm: bool,
 }
 
-/// The standbys of `config` as the agent's state holds them.
-pub fn standby_rows(config: &Config, state: &AgentState) -> Vec<StandbyStatus> {
+/// The standbys of `config` as the agent's state holds them, judged at `now_s` (Unix seconds):
+/// an alarm when one is down or being rebuilt, lags past its threshold, or has been starting
+/// (or being made) for longer than its threshold.
+pub fn standby_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<StandbyStatus> {
     config
         .standbys
         .iter()
@@ -236,8 +238,11 @@ pub fn standby_rows(config: &Config, state: &AgentState) -> Vec<StandbyStatus> {
                 st.phase.clone()
             };
             let threshold = c.lag_alarm.as_secs_f64();
-            let alarm = phase != "following"
-                || st.lag_seconds.is_none_or(|l| l > threshold);
+            let alarm = match phase.as_str() {
+                "following" => st.lag_seconds.is_none_or(|l| l > threshold),
+                "down" | "rebuilding" => true,
+                _ => st.since == 0 || (now_s - st.since) as f64 > threshold,
+            };
             StandbyStatus {
                 dataset: c.dataset.clone(),
                 data_dir: c.data_dir.clone(),
@@ -457,7 +462,7 @@ pub fn report(
             *problems.entry(k).or_default() += 1;
         }
     }
-    let standbys = standby_rows(config, state);
+    let standbys = standby_rows(config, state, now_ns / 1_000_000_000);
     StatusReport {
         ok: datasets.iter().all(|d| d.colour != Colour::Red)
             && groups.iter().all(|g| !g.overdue)

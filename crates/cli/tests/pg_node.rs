@@ -91,6 +91,8 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
         format!(
             "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
              [status]\nlisten = \"127.0.0.1:{http}\"\n\
+             [alarms]\ncommand = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET \
+             $EMBASSY_ALARM_SITE\\\" >> alarms.txt\"\n\
              [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
              [[sites]]\nname = \"home\"\npath = \"{}\"\n\
              [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {pg_port}\n\
@@ -109,6 +111,7 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
         "standby made and following after {:.1} s: {following}",
         started.elapsed().as_secs_f64()
     );
+    assert_eq!(following["alarm"], false, "{following}");
     let meta = std::fs::metadata(&data_dir).expect("the standby's data directory");
     assert_eq!(
         std::os::unix::fs::MetadataExt::uid(&meta),
@@ -182,6 +185,56 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     assert!(rebuilt["last_rebuild_reason"].as_str().is_some(), "{rebuilt}");
     assert!(agent.log().contains("rebuilding it from the newest base backup"), "{}", agent.log());
     let took = seen_at_standby(&pg, &data_dir, pg_port, 3, &agent);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // A standby that cannot be rebuilt is down: it says why and an alarm is raised until it
+    // follows again (here its fetch folder's place is taken by a file).
+    let mut fetch = data_dir.as_os_str().to_os_string();
+    fetch.push(".wal-fetch");
+    std::fs::remove_dir_all(&fetch).expect("remove the fetch folder");
+    std::fs::write(&fetch, b"in the way\n").expect("a file in its place");
+    std::fs::remove_file(data_dir.join("PG_VERSION")).expect("remove PG_VERSION");
+    let alarms = env.path("alarms.txt");
+    let down = wait_until(Duration::from_secs(60), "the standby's alarm", &agent, || {
+        let raised = std::fs::read_to_string(&alarms)
+            .unwrap_or_default()
+            .contains("raised registry standby");
+        standby_status(http).filter(|s| raised && s["phase"] == "down" && s["alarm"] == true)
+    });
+    println!("down while it cannot be rebuilt: {down}");
+    let clears = |alarms: &Path| {
+        std::fs::read_to_string(alarms)
+            .unwrap_or_default()
+            .matches("cleared registry standby")
+            .count()
+    };
+    let cleared_before = clears(&alarms);
+    assert!(
+        down["last_error"].as_str().unwrap_or("").contains("cannot make it"),
+        "{down}"
+    );
+    let report = wait_until(Duration::from_secs(30), "the alarm listed", &agent, || {
+        status_json(http).filter(|r| {
+            r["alarms"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|a| a["site"] == "standby" && a["dataset"] == "registry")
+            })
+        })
+    });
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(report["standbys"][0]["lag_seconds"].is_null(), "{report}");
+    let metrics = http_get(http, "/metrics").expect("/metrics");
+    assert!(
+        metrics.contains("embassy_standby_alarm{dataset=\"registry\"} 1"),
+        "{metrics}"
+    );
+    std::fs::remove_file(&fetch).expect("remove the file in the way");
+    wait_until(Duration::from_secs(180), "the alarm cleared", &agent, || {
+        let cleared = clears(&alarms) > cleared_before;
+        standby_status(http)
+            .filter(|s| cleared && s["rebuilds"].as_u64() >= Some(2) && s["phase"] == "following")
+    });
+    let took = seen_at_standby(&pg, &data_dir, pg_port, 4, &agent);
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
     // The agent stops its standby when it stops.
