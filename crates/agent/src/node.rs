@@ -277,19 +277,20 @@ impl Keeper {
 
     /// Asks the standby and the vault where they are; rebuilds a standby whose replay stalled.
     fn measure(&self, vault: &Vault, w: &mut Watch) {
-        if w.last_vault_look.is_none_or(|t| t.elapsed() >= TICK * 2) {
-            w.last_vault_look = Some(Instant::now());
-            match embassy_postgres::status::site_wal("vault", vault.site().as_ref(), self.name()) {
-                Ok(found) => w.vault_wal = found,
-                Err(e) => self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}"))),
-            }
-        }
         let row = embassy_postgres::standby::sql(
             &self.standby.data_dir,
             None,
             "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, ''), \
              coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::text, '')",
         );
+        // The vault is listed after the standby was asked, so the lag is never understated.
+        if w.last_vault_look.is_none_or(|t| t.elapsed() >= TICK) {
+            w.last_vault_look = Some(Instant::now());
+            match embassy_postgres::status::site_wal("vault", vault.site().as_ref(), self.name()) {
+                Ok(found) => w.vault_wal = found,
+                Err(e) => self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}"))),
+            }
+        }
         let now = now_s();
         let row = match row {
             Ok(row) => row,
