@@ -250,7 +250,10 @@ pub fn evaluate_standbys(
                 site: a.site.clone(),
                 lag_seconds: None,
                 rpo_seconds: 0.0,
-                message: format!("standby of {}: follows the vault within its lag_alarm again", a.dataset),
+                message: format!(
+                    "standby of {}: follows the vault within its lag_alarm again",
+                    a.dataset
+                ),
                 at: now,
                 kind: a.kind,
             });

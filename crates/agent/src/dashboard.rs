@@ -274,7 +274,9 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
                 _ => "lag not measured yet".into(),
             };
             let rebuilt = match (&s.last_rebuild_at, &s.last_rebuild_reason) {
-                (Some(at), Some(why)) => format!("; rebuilt {} time(s), last at {at}: {why}", s.rebuilds),
+                (Some(at), Some(why)) => {
+                    format!("; rebuilt {} time(s), last at {at}: {why}", s.rebuilds)
+                }
                 _ => String::new(),
             };
             let problem = match &s.last_error {

@@ -62,7 +62,11 @@ pub(crate) struct Node {
 
 impl Node {
     /// Starts a keeper thread for every standby of `config` (none: nothing runs).
-    pub(crate) fn start(config: &Arc<Config>, shared: &Arc<Shared>, keyring: &Arc<Keyring>) -> Node {
+    pub(crate) fn start(
+        config: &Arc<Config>,
+        shared: &Arc<Shared>,
+        keyring: &Arc<Keyring>,
+    ) -> Node {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for s in &config.standbys {
@@ -78,7 +82,10 @@ impl Node {
                 .spawn(move || keeper.run())
             {
                 Ok(h) => threads.push(h),
-                Err(e) => log(format!("standby of {}: cannot start its keeper: {e}", s.dataset)),
+                Err(e) => log(format!(
+                    "standby of {}: cannot start its keeper: {e}",
+                    s.dataset
+                )),
             }
         }
         Node { threads, stop }
@@ -226,9 +233,9 @@ impl Keeper {
         }
         if w.server.is_none() {
             let restart = lock(&self.shared.state)
-                    .standbys
-                    .get(self.name())
-                    .is_some_and(|s| s.phase == "down");
+                .standbys
+                .get(self.name())
+                .is_some_and(|s| s.phase == "down");
             match self.start_server() {
                 Ok(server) => {
                     w.server = Some(server);
@@ -288,7 +295,9 @@ impl Keeper {
             w.last_vault_look = Some(Instant::now());
             match embassy_postgres::status::site_wal("vault", vault.site().as_ref(), self.name()) {
                 Ok(found) => w.vault_wal = found,
-                Err(e) => self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}"))),
+                Err(e) => {
+                    self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}")))
+                }
             }
         }
         let now = now_s();
@@ -308,7 +317,9 @@ impl Keeper {
             return;
         }
         if cols[0] != "t" {
-            self.down("its server is not in recovery: it was promoted; the node leaves it alone".into());
+            self.down(
+                "its server is not in recovery: it was promoted; the node leaves it alone".into(),
+            );
             return;
         }
         let replay: Option<embassy_postgres::Lsn> = cols[1].parse().ok();
@@ -382,7 +393,11 @@ impl Keeper {
         log(format!(
             "standby of {}: {} from the newest base backup: {why}",
             self.name(),
-            if first { "creating it" } else { "rebuilding it" }
+            if first {
+                "creating it"
+            } else {
+                "rebuilding it"
+            }
         ));
         self.phase(if first { "creating" } else { "rebuilding" });
         w.stalled = None;
@@ -466,8 +481,12 @@ impl Keeper {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if root {
-            std::os::unix::fs::chown(&run, Some(meta.uid()), Some(meta.gid()))
-                .map_err(|e| format!("handing {} to the data directory's owner: {e}", run.display()))?;
+            std::os::unix::fs::chown(&run, Some(meta.uid()), Some(meta.gid())).map_err(|e| {
+                format!(
+                    "handing {} to the data directory's owner: {e}",
+                    run.display()
+                )
+            })?;
         }
         // A postmaster.pid left by a server that was killed: PostgreSQL checks it itself (it
         // refuses to start while that process lives).

@@ -53,7 +53,10 @@ fn a_standby_mistake_is_refused_with_its_position() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("standbys[1].dataset") && e.contains("one per dataset"), "{e}");
+    assert!(
+        e.contains("standbys[1].dataset") && e.contains("one per dataset"),
+        "{e}"
+    );
     let e = parse(
         "[[standbys]]\ndataset = \"population\"\ndata_dir = \"/srv/p\"\nport = 5433\nlag = \"1m\"\n",
     )

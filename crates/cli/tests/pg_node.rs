@@ -25,7 +25,16 @@ fn standby_psql(pg: &PgServer, data_dir: &Path, port: u16, sql: &str) -> Result<
         .tool("psql")
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(&run)
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run psql");
@@ -42,19 +51,23 @@ fn standby_status(port: u16) -> Option<serde_json::Value> {
 }
 
 /// Commits a row at home and returns how long until the standby reads it.
-fn seen_at_standby(
-    pg: &PgServer,
-    data_dir: &Path,
-    port: u16,
-    id: u32,
-    agent: &Agent,
-) -> Duration {
+fn seen_at_standby(pg: &PgServer, data_dir: &Path, port: u16, id: u32, agent: &Agent) -> Duration {
     pg.psql(&format!("INSERT INTO marks VALUES ({id}, 'mark {id}')"));
     let committed = Instant::now();
-    wait_until(Duration::from_secs(30), "the row at the standby", agent, || {
-        let got = standby_psql(pg, data_dir, port, &format!("SELECT note FROM marks WHERE id = {id}"));
-        (got.as_deref() == Ok(format!("mark {id}").as_str())).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the row at the standby",
+        agent,
+        || {
+            let got = standby_psql(
+                pg,
+                data_dir,
+                port,
+                &format!("SELECT note FROM marks WHERE id = {id}"),
+            );
+            (got.as_deref() == Ok(format!("mark {id}").as_str())).then_some(())
+        },
+    );
     committed.elapsed()
 }
 
@@ -104,9 +117,12 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     .expect("write embassy.toml");
     let started = Instant::now();
     let agent = Agent::start_in(EXE, env.dir.path());
-    let following = wait_until(Duration::from_secs(120), "the standby following", &agent, || {
-        standby_status(http).filter(|s| s["phase"] == "following" && s["lag_bytes"].is_u64())
-    });
+    let following = wait_until(
+        Duration::from_secs(120),
+        "the standby following",
+        &agent,
+        || standby_status(http).filter(|s| s["phase"] == "following" && s["lag_bytes"].is_u64()),
+    );
     println!(
         "standby made and following after {:.1} s: {following}",
         started.elapsed().as_secs_f64()
@@ -121,7 +137,10 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
 
     // A row committed at home is read at the embassy within seconds, under load.
     let took = seen_at_standby(&pg, &data_dir, pg_port, 1, &agent);
-    println!("row 1 readable at the standby {:.2} s after its commit", took.as_secs_f64());
+    println!(
+        "row 1 readable at the standby {:.2} s after its commit",
+        took.as_secs_f64()
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
     // Lag figures in /status.json and /metrics.
@@ -132,21 +151,32 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
         std::thread::sleep(Duration::from_secs(1));
     }
     println!("lag (seconds, bytes) under pgbench load, one a second: {figures:?}");
-    assert!(figures.iter().all(|(s, b)| s.is_some() && b.is_some()), "{figures:?}");
+    assert!(
+        figures.iter().all(|(s, b)| s.is_some() && b.is_some()),
+        "{figures:?}"
+    );
     let metrics = http_get(http, "/metrics").expect("/metrics");
     for family in [
         "embassy_standby_lag_seconds{dataset=\"registry\"}",
         "embassy_standby_lag_bytes{dataset=\"registry\"}",
         "embassy_standby_following{dataset=\"registry\"} 1",
     ] {
-        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
     }
     let dashboard = http_get(http, "/").expect("dashboard");
     assert!(dashboard.contains("id=\"standby-registry\""), "{dashboard}");
 
     // Read-only.
-    let refused = standby_psql(&pg, &data_dir, pg_port, "INSERT INTO marks VALUES (99, 'no')")
-        .expect_err("a standby accepts no write");
+    let refused = standby_psql(
+        &pg,
+        &data_dir,
+        pg_port,
+        "INSERT INTO marks VALUES (99, 'no')",
+    )
+    .expect_err("a standby accepts no write");
     assert!(refused.contains("read-only"), "{refused}");
 
     // kill -9 of its postmaster: started again, catches up.
@@ -159,11 +189,15 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     // SAFETY: a signal to the standby's postmaster, a process of this test's agent.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed = Instant::now();
-    wait_until(Duration::from_secs(60), "the standby started again", &agent, || {
-        standby_status(http).filter(|s| {
-            s["restarts"].as_u64() >= Some(1) && s["phase"] == "following"
-        })
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the standby started again",
+        &agent,
+        || {
+            standby_status(http)
+                .filter(|s| s["restarts"].as_u64() >= Some(1) && s["phase"] == "following")
+        },
+    );
     let took = seen_at_standby(&pg, &data_dir, pg_port, 2, &agent);
     println!(
         "after kill -9: following again and row 2 readable {:.2} s after the kill",
@@ -175,15 +209,30 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     // A broken data directory: rebuilt from the newest base backup, said so.
     std::fs::remove_file(data_dir.join("PG_VERSION")).expect("remove PG_VERSION");
     let broken = Instant::now();
-    let rebuilt = wait_until(Duration::from_secs(120), "the standby rebuilt", &agent, || {
-        standby_status(http).filter(|s| s["rebuilds"].as_u64() >= Some(1) && s["phase"] == "following")
-    });
+    let rebuilt = wait_until(
+        Duration::from_secs(120),
+        "the standby rebuilt",
+        &agent,
+        || {
+            standby_status(http)
+                .filter(|s| s["rebuilds"].as_u64() >= Some(1) && s["phase"] == "following")
+        },
+    );
     println!(
         "rebuilt and following {:.1} s after its data directory broke: {rebuilt}",
         broken.elapsed().as_secs_f64()
     );
-    assert!(rebuilt["last_rebuild_reason"].as_str().is_some(), "{rebuilt}");
-    assert!(agent.log().contains("rebuilding it from the newest base backup"), "{}", agent.log());
+    assert!(
+        rebuilt["last_rebuild_reason"].as_str().is_some(),
+        "{rebuilt}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("rebuilding it from the newest base backup"),
+        "{}",
+        agent.log()
+    );
     let took = seen_at_standby(&pg, &data_dir, pg_port, 3, &agent);
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
@@ -195,12 +244,17 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     std::fs::write(&fetch, b"in the way\n").expect("a file in its place");
     std::fs::remove_file(data_dir.join("PG_VERSION")).expect("remove PG_VERSION");
     let alarms = env.path("alarms.txt");
-    let down = wait_until(Duration::from_secs(60), "the standby's alarm", &agent, || {
-        let raised = std::fs::read_to_string(&alarms)
-            .unwrap_or_default()
-            .contains("raised registry standby");
-        standby_status(http).filter(|s| raised && s["phase"] == "down" && s["alarm"] == true)
-    });
+    let down = wait_until(
+        Duration::from_secs(60),
+        "the standby's alarm",
+        &agent,
+        || {
+            let raised = std::fs::read_to_string(&alarms)
+                .unwrap_or_default()
+                .contains("raised registry standby");
+            standby_status(http).filter(|s| raised && s["phase"] == "down" && s["alarm"] == true)
+        },
+    );
     println!("down while it cannot be rebuilt: {down}");
     let clears = |alarms: &Path| {
         std::fs::read_to_string(alarms)
@@ -210,7 +264,10 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     };
     let cleared_before = clears(&alarms);
     assert!(
-        down["last_error"].as_str().unwrap_or("").contains("cannot make it"),
+        down["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot make it"),
         "{down}"
     );
     let report = wait_until(Duration::from_secs(30), "the alarm listed", &agent, || {
@@ -229,11 +286,17 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
         "{metrics}"
     );
     std::fs::remove_file(&fetch).expect("remove the file in the way");
-    wait_until(Duration::from_secs(180), "the alarm cleared", &agent, || {
-        let cleared = clears(&alarms) > cleared_before;
-        standby_status(http)
-            .filter(|s| cleared && s["rebuilds"].as_u64() >= Some(2) && s["phase"] == "following")
-    });
+    wait_until(
+        Duration::from_secs(180),
+        "the alarm cleared",
+        &agent,
+        || {
+            let cleared = clears(&alarms) > cleared_before;
+            standby_status(http).filter(|s| {
+                cleared && s["rebuilds"].as_u64() >= Some(2) && s["phase"] == "following"
+            })
+        },
+    );
     let took = seen_at_standby(&pg, &data_dir, pg_port, 4, &agent);
     assert!(took < Duration::from_secs(10), "took {took:?}");
 

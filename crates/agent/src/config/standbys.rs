@@ -21,8 +21,11 @@ impl Parser<'_> {
         let mut dirs: HashSet<std::path::PathBuf> = HashSet::new();
         for mut f in items {
             let field = f.path.clone();
-            let dataset =
-                self.required_string(&mut f, "dataset", "a PostgreSQL dataset name like \"population\"");
+            let dataset = self.required_string(
+                &mut f,
+                "dataset",
+                "a PostgreSQL dataset name like \"population\"",
+            );
             let data_dir = self.required_string(
                 &mut f,
                 "data_dir",
@@ -59,7 +62,14 @@ impl Parser<'_> {
             let owner = self.string(&mut f, "owner", "a user name like \"postgres\"");
             self.finish(
                 f,
-                &["dataset", "data_dir", "port", "hot_standby", "lag_alarm", "owner"],
+                &[
+                    "dataset",
+                    "data_dir",
+                    "port",
+                    "hot_standby",
+                    "lag_alarm",
+                    "owner",
+                ],
             );
             let (Some(dataset), Some(data_dir), Some(port)) = (dataset, data_dir, port) else {
                 continue;
