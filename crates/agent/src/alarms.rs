@@ -198,6 +198,70 @@ pub fn evaluate_groups(groups: &[GroupRow], state: &AgentState, now: i64) -> Vec
     out
 }
 
+/// The `site` of an embassy node standby's alarm (its `dataset` is the standby's dataset).
+pub const STANDBY_SITE: &str = "standby";
+
+/// The alarms of the embassy node's standbys: raised once when a standby is not following
+/// (down, being rebuilt) or lags past its `lag_alarm`, cleared once it follows within it again.
+/// Keyed `<dataset>@standby`; alarms of standbys no longer configured are cleared.
+pub fn evaluate_standbys(
+    standbys: &[crate::report::StandbyStatus],
+    state: &AgentState,
+    now: i64,
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let mut still_red = std::collections::HashSet::new();
+    for s in standbys.iter().filter(|s| s.alarm) {
+        let key = format!("{}@{STANDBY_SITE}", s.dataset);
+        still_red.insert(key.clone());
+        if !state.alarms.contains_key(&key) {
+            let why = match (s.phase.as_str(), s.lag_seconds) {
+                ("following", Some(l)) => format!(
+                    "lags {l:.1} s ({} bytes) behind the newest durable WAL, past its lag_alarm of {} s",
+                    s.lag_bytes.unwrap_or(0),
+                    s.lag_alarm_seconds
+                ),
+                ("following", None) => "its lag cannot be measured".to_string(),
+                (phase, _) => format!(
+                    "is {phase}{}",
+                    s.last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            };
+            out.push(Notice {
+                event: "raised",
+                dataset: s.dataset.clone(),
+                site: STANDBY_SITE.into(),
+                lag_seconds: s.lag_seconds,
+                rpo_seconds: s.lag_alarm_seconds,
+                message: format!("standby of {}: {why}", s.dataset),
+                at: now,
+                kind: Some(ErrorKind::Outage),
+            });
+        }
+    }
+    for (key, a) in &state.alarms {
+        if a.site == STANDBY_SITE && !still_red.contains(key) {
+            out.push(Notice {
+                event: "cleared",
+                dataset: a.dataset.clone(),
+                site: a.site.clone(),
+                lag_seconds: None,
+                rpo_seconds: 0.0,
+                message: format!(
+                    "standby of {}: follows the vault within its lag_alarm again",
+                    a.dataset
+                ),
+                at: now,
+                kind: a.kind,
+            });
+        }
+    }
+    out
+}
+
 /// Records a delivered notice in the state.
 pub fn mark_delivered(state: &mut AgentState, n: &Notice) {
     let key = format!("{}@{}", n.dataset, n.site);

@@ -17,6 +17,7 @@ mod datasets;
 mod groups;
 mod parse;
 mod selection;
+mod standbys;
 mod webhook;
 
 pub use webhook::WebhookUrl;
@@ -228,6 +229,24 @@ impl FileSelection {
     }
 }
 
+/// A hot standby the agent keeps as an embassy node (`[[standbys]]`): a PostgreSQL server on
+/// `data_dir` that follows the vault's WAL of `dataset` and answers read-only queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyConfig {
+    /// The PostgreSQL dataset of the vault it follows.
+    pub dataset: String,
+    /// Its data directory: made from the newest base backup when absent.
+    pub data_dir: PathBuf,
+    /// The port the standby listens on (localhost and its socket folder).
+    pub port: u16,
+    /// Read-only queries are answered while it follows (always true for a node).
+    pub hot_standby: bool,
+    /// Lag past which an alarm is raised.
+    pub lag_alarm: Duration,
+    /// The data directory's owner (default: postgres when the agent runs as root).
+    pub owner: Option<String>,
+}
+
 /// One storage site.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteConfig {
@@ -325,6 +344,8 @@ pub struct Config {
     pub datasets: Vec<DatasetConfig>,
     /// `[[groups]]`: consistency groups, in order.
     pub groups: Vec<GroupConfig>,
+    /// `[[standbys]]`: the embassy node's hot standbys, in order.
+    pub standbys: Vec<StandbyConfig>,
     /// Things that work but look wrong (an RPO shorter than the schedule's period, ...).
     pub warnings: Vec<Problem>,
 }
@@ -443,6 +464,15 @@ impl Config {
                 g.name,
                 g.members.join(", "),
                 format_duration(g.interval)
+            ));
+        }
+        for s in &self.standbys {
+            out.push_str(&format!(
+                "standby of {}: {} on port {} (lag alarm past {})\n",
+                s.dataset,
+                s.data_dir.display(),
+                s.port,
+                format_duration(s.lag_alarm)
             ));
         }
         match &self.status.listen {

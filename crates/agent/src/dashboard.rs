@@ -266,6 +266,39 @@ Outlined and marked DAMAGED OR TAMPERED WITH: the data at the site does not veri
         }
         h.push_str("</ul>\n");
     }
+    if !report.standbys.is_empty() {
+        h.push_str("<h2>Embassy node: hot standbys</h2><ul class=\"standbys\">");
+        for s in &report.standbys {
+            let lag = match (s.lag_seconds, s.lag_bytes) {
+                (Some(l), Some(b)) => format!("{l:.1} s / {b} bytes behind the vault"),
+                _ => "lag not measured yet".into(),
+            };
+            let rebuilt = match (&s.last_rebuild_at, &s.last_rebuild_reason) {
+                (Some(at), Some(why)) => {
+                    format!("; rebuilt {} time(s), last at {at}: {why}", s.rebuilds)
+                }
+                _ => String::new(),
+            };
+            let problem = match &s.last_error {
+                Some(e) if s.phase != "following" => format!("; {e}"),
+                _ => String::new(),
+            };
+            let _ = write!(
+                h,
+                "<li class=\"{cls}\" id=\"standby-{name}\"><b>{name}</b> {phase} on port {port}: {lag} (alarm past {threshold}); {restarts} restart(s){rebuilt}{problem}</li>",
+                cls = if s.alarm { "error" } else { "" },
+                name = esc(&s.dataset),
+                phase = esc(&s.phase),
+                port = s.port,
+                lag = esc(&lag),
+                threshold = human_seconds(s.lag_alarm_seconds),
+                restarts = s.restarts,
+                rebuilt = esc(&rebuilt),
+                problem = esc(&problem),
+            );
+        }
+        h.push_str("</ul>\n");
+    }
     h.push_str("<p class=\"meta\">Machine-readable: <a href=\"/status.json\">/status.json</a> · <a href=\"/metrics\">/metrics</a></p>\n</body></html>\n");
     h
 }

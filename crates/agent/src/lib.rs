@@ -12,6 +12,7 @@ pub mod hints;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod node;
 pub mod options;
 pub mod preflight;
 pub mod report;

@@ -224,6 +224,49 @@ pub fn metrics(report: &StatusReport) -> String {
         "gauge",
         per_dataset(&|d| d.drill.as_ref().map(|x| f64::from(u8::from(x.overdue)))),
     );
+    let per_standby = |f: &dyn Fn(&crate::report::StandbyStatus) -> Option<f64>| {
+        report
+            .standbys
+            .iter()
+            .filter_map(|s| f(s).map(|v| (format!("dataset=\"{}\"", label(&s.dataset)), v)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "embassy_standby_lag_seconds",
+        "Seconds the embassy node's standby is behind the newest durable WAL in the vault.",
+        "gauge",
+        per_standby(&|s| s.lag_seconds),
+    );
+    family(
+        "embassy_standby_lag_bytes",
+        "Bytes of durable WAL in the vault the embassy node's standby has not replayed.",
+        "gauge",
+        per_standby(&|s| s.lag_bytes.map(|b| b as f64)),
+    );
+    family(
+        "embassy_standby_following",
+        "1 when the embassy node's standby runs and follows the vault.",
+        "gauge",
+        per_standby(&|s| Some(f64::from(u8::from(s.phase == "following")))),
+    );
+    family(
+        "embassy_standby_alarm",
+        "1 when the standby is not following or lags more than its lag_alarm.",
+        "gauge",
+        per_standby(&|s| Some(f64::from(u8::from(s.alarm)))),
+    );
+    family(
+        "embassy_standby_restarts_total",
+        "Times the agent started the standby's server again after it stopped.",
+        "counter",
+        per_standby(&|s| Some(f64::from(s.restarts))),
+    );
+    family(
+        "embassy_standby_rebuilds_total",
+        "Times the agent rebuilt the standby from the newest base backup.",
+        "counter",
+        per_standby(&|s| Some(f64::from(s.rebuilds))),
+    );
     let per_group = |f: &dyn Fn(&crate::report::GroupStatus) -> Option<f64>| {
         report
             .groups

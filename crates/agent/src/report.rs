@@ -31,6 +31,8 @@ pub struct StatusReport {
     pub datasets: Vec<DatasetStatus>,
     /// Every consistency group (`[[groups]]`), in configuration order.
     pub groups: Vec<GroupStatus>,
+    /// The embassy node's hot standbys (`[[standbys]]`), in configuration order.
+    pub standbys: Vec<StandbyStatus>,
     /// The alarms raised and not cleared.
     pub alarms: Vec<AlarmStatus>,
     /// Sites by their worst problem: `"integrity": 1` is a site damaged or tampered with.
@@ -179,6 +181,89 @@ pub struct GroupStatus {
     pub due_at: String,
     /// No point within the interval and its grace: red, an alarm is raised.
     pub overdue: bool,
+}
+
+/// An embassy node's hot standby: where it is and how far behind home's newest durable WAL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StandbyStatus {
+    /// The PostgreSQL dataset it follows.
+    pub dataset: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The port it answers read-only queries on.
+    pub port: u16,
+    /// `creating`, `starting`, `following`, `rebuilding` or `down` (`unknown` before the agent
+    /// looked at it).
+    pub phase: String,
+    /// When it entered that phase, UTC.
+    pub since: Option<String>,
+    /// Its replay position.
+    pub replay_lsn: Option<String>,
+    /// The end of the newest durable WAL in the vault.
+    pub vault_lsn: Option<String>,
+    /// Bytes of durable WAL it has not replayed.
+    pub lag_bytes: Option<u64>,
+    /// Seconds its data is behind the newest durable WAL.
+    pub lag_seconds: Option<f64>,
+    /// The configured alarm threshold, in seconds.
+    pub lag_alarm_seconds: f64,
+    /// When it was last asked, UTC.
+    pub checked_at: Option<String>,
+    /// Times its server was started again.
+    pub restarts: u32,
+    /// Times it was rebuilt from the newest base backup.
+    pub rebuilds: u32,
+    /// When it was last rebuilt, UTC.
+    pub last_rebuild_at: Option<String>,
+    /// Why.
+    pub last_rebuild_reason: Option<String>,
+    /// The last problem.
+    pub last_error: Option<String>,
+    /// Not following, or behind by more than its threshold: red, an alarm is raised.
+    pub alarm: bool,
+}
+
+/// The standbys of `config` as the agent's state holds them, judged at `now_s` (Unix seconds):
+/// an alarm when one is down or being rebuilt, lags past its threshold, or has been starting
+/// (or being made) for longer than its threshold.
+pub fn standby_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<StandbyStatus> {
+    config
+        .standbys
+        .iter()
+        .map(|c| {
+            let st = state.standbys.get(&c.dataset).cloned().unwrap_or_default();
+            let phase = if st.phase.is_empty() {
+                "unknown".to_string()
+            } else {
+                st.phase.clone()
+            };
+            let threshold = c.lag_alarm.as_secs_f64();
+            let alarm = match phase.as_str() {
+                "following" => st.lag_seconds.is_none_or(|l| l > threshold),
+                "down" | "rebuilding" => true,
+                _ => st.since == 0 || (now_s - st.since) as f64 > threshold,
+            };
+            StandbyStatus {
+                dataset: c.dataset.clone(),
+                data_dir: c.data_dir.clone(),
+                port: c.port,
+                phase,
+                since: (st.since > 0).then(|| utc_secs(st.since)),
+                replay_lsn: st.replay_lsn,
+                vault_lsn: st.vault_lsn,
+                lag_bytes: st.lag_bytes,
+                lag_seconds: st.lag_seconds,
+                lag_alarm_seconds: threshold,
+                checked_at: st.checked_at.map(utc_secs),
+                restarts: st.restarts,
+                rebuilds: st.rebuilds,
+                last_rebuild_at: st.last_rebuild_at.map(utc_secs),
+                last_rebuild_reason: st.last_rebuild_reason,
+                last_error: st.last_error,
+                alarm,
+            }
+        })
+        .collect()
 }
 
 /// One dataset at one site.
@@ -377,13 +462,17 @@ pub fn report(
             *problems.entry(k).or_default() += 1;
         }
     }
+    let standbys = standby_rows(config, state, now_ns / 1_000_000_000);
     StatusReport {
-        ok: datasets.iter().all(|d| d.colour != Colour::Red) && groups.iter().all(|g| !g.overdue),
+        ok: datasets.iter().all(|d| d.colour != Colour::Red)
+            && groups.iter().all(|g| !g.overdue)
+            && standbys.iter().all(|s| !s.alarm),
         generated_at: embassy_core::time::utc(now_ns),
         config: config.path.clone(),
         sites,
         datasets,
         groups,
+        standbys,
         alarms,
         problems,
     }

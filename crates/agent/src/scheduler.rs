@@ -102,6 +102,8 @@ struct Agent {
     http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
     /// Consistency groups' points on their intervals.
     group_points: groups::GroupPoints,
+    /// The embassy node's standbys (`[[standbys]]`).
+    node: Option<crate::node::Node>,
 }
 
 /// Runs the scheduler until stopped (or one cycle with `--once`), then shuts down: returns the
@@ -149,7 +151,15 @@ pub(crate) fn schedule(
         once_failed: Vec::new(),
         http,
         group_points: groups::GroupPoints::default(),
+        node: None,
     };
+    if !options.once && !agent.config.standbys.is_empty() {
+        agent.node = Some(crate::node::Node::start(
+            &agent.config,
+            &agent.shared,
+            &agent.keyring,
+        ));
+    }
     agent.next_gc = agent.config.agent.gc_interval.map(|i| Instant::now() + i);
     agent.main_loop(options, control);
     agent.shutdown();
@@ -652,6 +662,9 @@ impl Agent {
 
     fn shutdown(&mut self) {
         self.group_points.finish();
+        if let Some(mut node) = self.node.take() {
+            node.stop();
+        }
         if !self.streams.is_empty() {
             // Streamers seal what they hold, report it durable and return.
             for s in self.streams.values() {

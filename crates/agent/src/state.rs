@@ -85,6 +85,38 @@ pub struct GroupState {
     pub last_error_at: Option<i64>,
 }
 
+/// An embassy node's hot standby as the agent last saw it (`[[standbys]]`, see
+/// [`crate::node`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StandbyState {
+    /// `creating`, `starting`, `following`, `rebuilding` or `down`.
+    pub phase: String,
+    /// When it entered that phase (Unix seconds).
+    pub since: i64,
+    /// When it was last asked (Unix seconds).
+    pub checked_at: Option<i64>,
+    /// Its replay position (`pg_last_wal_replay_lsn()`).
+    pub replay_lsn: Option<String>,
+    /// The end of the newest durable WAL in the vault (home's, as streamed).
+    pub vault_lsn: Option<String>,
+    /// Bytes of durable WAL in the vault it has not replayed.
+    pub lag_bytes: Option<u64>,
+    /// Seconds its data is behind the newest durable WAL (0 when it has replayed it all).
+    pub lag_seconds: Option<f64>,
+    /// Commit time of the last transaction it replayed (Unix seconds).
+    pub last_replay_at: Option<f64>,
+    /// Times its server was started again after it stopped.
+    pub restarts: u32,
+    /// Times it was rebuilt from the newest base backup.
+    pub rebuilds: u32,
+    /// When it was last rebuilt (Unix seconds).
+    pub last_rebuild_at: Option<i64>,
+    /// Why it was last rebuilt.
+    pub last_rebuild_reason: Option<String>,
+    /// The last problem, for people.
+    pub last_error: Option<String>,
+}
+
 /// A group point the agent recorded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GroupPointState {
@@ -150,6 +182,9 @@ pub struct AgentState {
     /// Per consistency group.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupState>,
+    /// The embassy node's standbys, by dataset.
+    #[serde(default)]
+    pub standbys: BTreeMap<String, StandbyState>,
 }
 
 /// The state file in a state folder.

@@ -430,7 +430,8 @@ fn sorted(names: &[&str]) -> Vec<String> {
 #[test]
 fn the_status_document_keeps_its_documented_fields() {
     let config = parse(&format!(
-        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n"
+        "{BASE}\n[[datasets]]\nname = \"d\"\nsource = {{ command = \"true\" }}\ninterval = \"1min\"\nrpo = \"100s\"\nsites = [\"lux\", \"hel\"]\n\
+         [[standbys]]\ndataset = \"p\"\ndata_dir = \"/srv/p\"\nport = 5433\n"
     ))
     .unwrap();
     let now = 1_800_000_000 * NS;
@@ -468,8 +469,31 @@ fn the_status_document_keeps_its_documented_fields() {
             "sites",
             "datasets",
             "groups",
+            "standbys",
             "alarms",
             "problems"
+        ])
+    );
+    assert_eq!(
+        keys(&doc["standbys"][0]),
+        sorted(&[
+            "dataset",
+            "data_dir",
+            "port",
+            "phase",
+            "since",
+            "replay_lsn",
+            "vault_lsn",
+            "lag_bytes",
+            "lag_seconds",
+            "lag_alarm_seconds",
+            "checked_at",
+            "restarts",
+            "rebuilds",
+            "last_rebuild_at",
+            "last_rebuild_reason",
+            "last_error",
+            "alarm"
         ])
     );
     let site = &doc["sites"][1];

@@ -284,27 +284,17 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
     let vault = crate::open_vault(cli)?;
     let keyring = unlock(cli, &vault)?;
     let owner = owner(args.owner.as_deref())?;
-    let fetch = FetchFolder::create(
-        &fetch_setup(cli)?,
-        &vault,
-        &keyring,
-        &args.dataset,
-        owner,
-        &args.to,
-    )?;
     let bar = output::Bar::new(!cli.quiet && !cli.json);
-    let done = standby::standby(
+    let (done, fetch) = embassy_ops::pgrestore::standby(
         &vault,
         &keyring,
         &args.dataset,
         &args.to,
-        &fetch.restore_command,
         owner,
         &args.tablespace_map,
+        &fetch_setup(cli)?,
         &bar,
-    )
-    .map_err(Error::from)
-    .inspect_err(|_| fetch.remove())?;
+    )?;
     bar.finish();
     report(
         cli,

@@ -104,6 +104,37 @@ pub fn restore(
     Ok((done, fetch))
 }
 
+/// Writes a standby data directory of `dataset` into the new or empty folder `data_dir` (the
+/// newest base backup, `standby.signal`, a `restore_command` through its own fetch folder, so
+/// the standby follows the vault with a reader credential of that dataset alone), as
+/// `embassy standby` and the agent's embassy node make it; nothing is left behind on failure.
+#[allow(clippy::too_many_arguments)]
+pub fn standby(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    data_dir: &Path,
+    owner: Option<(u32, u32)>,
+    relocations: &[Relocation],
+    fetch: &FetchSetup,
+    progress: &dyn Progress,
+) -> Result<(PgRestore, FetchFolder)> {
+    let folder = FetchFolder::create(fetch, vault, keyring, dataset, owner, data_dir)?;
+    let done = embassy_postgres::standby::standby(
+        vault,
+        keyring,
+        dataset,
+        data_dir,
+        &folder.restore_command,
+        owner,
+        relocations,
+        progress,
+    )
+    .map_err(Error::from)
+    .inspect_err(|_| folder.remove())?;
+    Ok((done, folder))
+}
+
 /// Complete WAL segments the restore's fetch helper keeps ahead of PostgreSQL's replay (16 MiB
 /// each, in the private spool of the fetch folder's state folder).
 const PREFETCH_SEGMENTS: usize = 16;
@@ -239,6 +270,18 @@ impl FetchFolder {
                 folder.remove();
                 Err(e)
             }
+        }
+    }
+
+    /// Removes the fetch folder beside `data_dir` left by an earlier standby or restore whose
+    /// data directory is gone (nothing when there is none).
+    pub fn remove_beside(data_dir: &Path) -> Result<()> {
+        let path = Self::path_for(data_dir)?;
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", path.display()), e))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -95,7 +95,7 @@ fn listen_address(dir: &Path) -> Result<(String, String), PgError> {
 }
 
 /// A command running as the data directory's owner (PostgreSQL's tools refuse root).
-fn as_owner(program: &Path, dir: &Path) -> Result<Command, PgError> {
+pub fn as_owner(program: &Path, dir: &Path) -> Result<Command, PgError> {
     let meta = std::fs::metadata(dir)
         .map_err(|e| PgError::Restore(format!("reading {}: {e}", dir.display())))?;
     let mut cmd = Command::new(program);
@@ -142,7 +142,7 @@ fn psql_command(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<Comma
 }
 
 /// Runs one SQL statement on the server on `dir`; returns the output.
-fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgError> {
+pub fn sql(dir: &Path, conninfo: Option<&str>, query: &str) -> Result<String, PgError> {
     let mut cmd = psql_command(dir, conninfo, query)?;
     let out = cmd.output().map_err(|e| {
         PgError::Restore(format!(

@@ -344,10 +344,11 @@ impl<'t> Parser<'t> {
         let site_names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
         let datasets = self.datasets(&mut top, &site_names);
         let groups = self.groups(&mut top, datasets.as_deref().unwrap_or_default());
+        let standbys = self.standbys(&mut top);
         self.finish(
             top,
             &[
-                "agent", "status", "alarms", "keys", "sites", "datasets", "groups",
+                "agent", "status", "alarms", "keys", "sites", "datasets", "groups", "standbys",
             ],
         );
         let mut agent = agent?;
@@ -376,6 +377,7 @@ impl<'t> Parser<'t> {
             sites,
             datasets: datasets?,
             groups,
+            standbys,
             warnings: Vec::new(),
         })
     }

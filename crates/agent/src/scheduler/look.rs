@@ -19,6 +19,7 @@ impl Agent {
             .datasets
             .iter()
             .map(|d| d.rpo / 4)
+            .chain(self.config.standbys.iter().map(|s| s.lag_alarm / 4))
             .min()
             .unwrap_or(Duration::from_secs(10));
         smallest.clamp(Duration::from_secs(1), Duration::from_secs(15))
@@ -77,7 +78,12 @@ impl Agent {
                 let mut delivered = Vec::new();
                 let notices = alarms::evaluate(&rows, &state, now)
                     .into_iter()
-                    .chain(alarms::evaluate_groups(&groups, &state, now));
+                    .chain(alarms::evaluate_groups(&groups, &state, now))
+                    .chain(alarms::evaluate_standbys(
+                        &crate::report::standby_rows(&config, &state, now),
+                        &state,
+                        now,
+                    ));
                 for n in notices {
                     let label = if n.event == "raised" {
                         "ALARM"

@@ -1,0 +1,309 @@
+//! The embassy node (issue 17), with real PostgreSQL 15 and the real agent: home streams into a
+//! local-folder site under pgbench load; an agent configured with `[[standbys]]` makes a hot
+//! standby from the newest base backup, runs it as `postgres` and keeps it following the vault.
+//! A row committed at home is readable at the standby within seconds; its lag (seconds and
+//! bytes) is in `/status.json` and `/metrics`; it refuses writes; after `kill -9` of its
+//! postmaster the agent starts it again and it catches up; a standby whose data directory is
+//! broken is rebuilt from the newest base backup, and the agent says so.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use embassy_testkit::agent::{wait_until, Agent};
+use embassy_testkit::pg::cli::{arg, PgCli};
+use embassy_testkit::pg::{PgOptions, PgServer};
+use embassy_testkit::status_page::{http_get, status_json};
+
+const EXE: &str = env!("CARGO_BIN_EXE_embassy");
+
+/// psql on the standby over its socket (in `<data dir>.run`), as `postgres`.
+fn standby_psql(pg: &PgServer, data_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+    let mut run = data_dir.as_os_str().to_os_string();
+    run.push(".run");
+    let out = pg
+        .tool("psql")
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&run)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+fn standby_status(port: u16) -> Option<serde_json::Value> {
+    let report = status_json(port)?;
+    report["standbys"].as_array()?.first().cloned()
+}
+
+/// Commits a row at home and returns how long until the standby reads it.
+fn seen_at_standby(pg: &PgServer, data_dir: &Path, port: u16, id: u32, agent: &Agent) -> Duration {
+    pg.psql(&format!("INSERT INTO marks VALUES ({id}, 'mark {id}')"));
+    let committed = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the row at the standby",
+        agent,
+        || {
+            let got = standby_psql(
+                pg,
+                data_dir,
+                port,
+                &format!("SELECT note FROM marks WHERE id = {id}"),
+            );
+            (got.as_deref() == Ok(format!("mark {id}").as_str())).then_some(())
+        },
+    );
+    committed.elapsed()
+}
+
+#[test]
+fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE marks (id int PRIMARY KEY, note text NOT NULL)");
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let env = PgCli::new(EXE, "embassy-pgnode-");
+    let _streamer = env.stream(&pg, "registry");
+    embassy_testkit::wait_until("the first durable WAL", Duration::from_secs(60), || {
+        env.durable() > 0
+    });
+    env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+        "--wal-streamed",
+    ]);
+    // Load at home all along.
+    let mut bench = pg
+        .pgbench_command(&["-n", "-c", "2", "-T", "600", "-R", "200"])
+        .spawn()
+        .expect("pgbench runs");
+
+    let node = env.postgres_folder("node");
+    let data_dir = node.join("registry");
+    let http = embassy_testkit::free_port();
+    let pg_port = embassy_testkit::free_port();
+    std::fs::write(
+        env.path("embassy.toml"),
+        format!(
+            "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
+             [status]\nlisten = \"127.0.0.1:{http}\"\n\
+             [alarms]\ncommand = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET \
+             $EMBASSY_ALARM_SITE\\\" >> alarms.txt\"\n\
+             [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
+             [[sites]]\nname = \"home\"\npath = \"{}\"\n\
+             [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {pg_port}\n\
+             hot_standby = true\nlag_alarm = \"30s\"\n",
+            arg(&env.site()),
+            arg(&data_dir)
+        ),
+    )
+    .expect("write embassy.toml");
+    let started = Instant::now();
+    let agent = Agent::start_in(EXE, env.dir.path());
+    let following = wait_until(
+        Duration::from_secs(120),
+        "the standby following",
+        &agent,
+        || standby_status(http).filter(|s| s["phase"] == "following" && s["lag_bytes"].is_u64()),
+    );
+    println!(
+        "standby made and following after {:.1} s: {following}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(following["alarm"], false, "{following}");
+    let meta = std::fs::metadata(&data_dir).expect("the standby's data directory");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        env.ids.0,
+        "the data directory is the owner's"
+    );
+
+    // A row committed at home is read at the embassy within seconds, under load.
+    let took = seen_at_standby(&pg, &data_dir, pg_port, 1, &agent);
+    println!(
+        "row 1 readable at the standby {:.2} s after its commit",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // Lag figures in /status.json and /metrics.
+    let mut figures = Vec::new();
+    for _ in 0..5 {
+        let s = standby_status(http).expect("status");
+        figures.push((s["lag_seconds"].as_f64(), s["lag_bytes"].as_u64()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("lag (seconds, bytes) under pgbench load, one a second: {figures:?}");
+    assert!(
+        figures.iter().all(|(s, b)| s.is_some() && b.is_some()),
+        "{figures:?}"
+    );
+    let metrics = http_get(http, "/metrics").expect("/metrics");
+    for family in [
+        "embassy_standby_lag_seconds{dataset=\"registry\"}",
+        "embassy_standby_lag_bytes{dataset=\"registry\"}",
+        "embassy_standby_following{dataset=\"registry\"} 1",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
+    }
+    let dashboard = http_get(http, "/").expect("dashboard");
+    assert!(dashboard.contains("id=\"standby-registry\""), "{dashboard}");
+
+    // Read-only.
+    let refused = standby_psql(
+        &pg,
+        &data_dir,
+        pg_port,
+        "INSERT INTO marks VALUES (99, 'no')",
+    )
+    .expect_err("a standby accepts no write");
+    assert!(refused.contains("read-only"), "{refused}");
+
+    // kill -9 of its postmaster: started again, catches up.
+    let pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a pid");
+    // SAFETY: a signal to the standby's postmaster, a process of this test's agent.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    wait_until(
+        Duration::from_secs(60),
+        "the standby started again",
+        &agent,
+        || {
+            standby_status(http)
+                .filter(|s| s["restarts"].as_u64() >= Some(1) && s["phase"] == "following")
+        },
+    );
+    let took = seen_at_standby(&pg, &data_dir, pg_port, 2, &agent);
+    println!(
+        "after kill -9: following again and row 2 readable {:.2} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(agent.log().contains("server stopped"), "{}", agent.log());
+
+    // A broken data directory: rebuilt from the newest base backup, said so.
+    std::fs::remove_file(data_dir.join("PG_VERSION")).expect("remove PG_VERSION");
+    let broken = Instant::now();
+    let rebuilt = wait_until(
+        Duration::from_secs(120),
+        "the standby rebuilt",
+        &agent,
+        || {
+            standby_status(http)
+                .filter(|s| s["rebuilds"].as_u64() >= Some(1) && s["phase"] == "following")
+        },
+    );
+    println!(
+        "rebuilt and following {:.1} s after its data directory broke: {rebuilt}",
+        broken.elapsed().as_secs_f64()
+    );
+    assert!(
+        rebuilt["last_rebuild_reason"].as_str().is_some(),
+        "{rebuilt}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("rebuilding it from the newest base backup"),
+        "{}",
+        agent.log()
+    );
+    let took = seen_at_standby(&pg, &data_dir, pg_port, 3, &agent);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // A standby that cannot be rebuilt is down: it says why and an alarm is raised until it
+    // follows again (here its fetch folder's place is taken by a file).
+    let mut fetch = data_dir.as_os_str().to_os_string();
+    fetch.push(".wal-fetch");
+    std::fs::remove_dir_all(&fetch).expect("remove the fetch folder");
+    std::fs::write(&fetch, b"in the way\n").expect("a file in its place");
+    std::fs::remove_file(data_dir.join("PG_VERSION")).expect("remove PG_VERSION");
+    let alarms = env.path("alarms.txt");
+    let down = wait_until(
+        Duration::from_secs(60),
+        "the standby's alarm",
+        &agent,
+        || {
+            let raised = std::fs::read_to_string(&alarms)
+                .unwrap_or_default()
+                .contains("raised registry standby");
+            standby_status(http).filter(|s| raised && s["phase"] == "down" && s["alarm"] == true)
+        },
+    );
+    println!("down while it cannot be rebuilt: {down}");
+    let clears = |alarms: &Path| {
+        std::fs::read_to_string(alarms)
+            .unwrap_or_default()
+            .matches("cleared registry standby")
+            .count()
+    };
+    let cleared_before = clears(&alarms);
+    assert!(
+        down["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot make it"),
+        "{down}"
+    );
+    let report = wait_until(Duration::from_secs(30), "the alarm listed", &agent, || {
+        status_json(http).filter(|r| {
+            r["alarms"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|a| a["site"] == "standby" && a["dataset"] == "registry")
+            })
+        })
+    });
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(report["standbys"][0]["lag_seconds"].is_null(), "{report}");
+    let metrics = http_get(http, "/metrics").expect("/metrics");
+    assert!(
+        metrics.contains("embassy_standby_alarm{dataset=\"registry\"} 1"),
+        "{metrics}"
+    );
+    std::fs::remove_file(&fetch).expect("remove the file in the way");
+    wait_until(
+        Duration::from_secs(180),
+        "the alarm cleared",
+        &agent,
+        || {
+            let cleared = clears(&alarms) > cleared_before;
+            standby_status(http).filter(|s| {
+                cleared && s["rebuilds"].as_u64() >= Some(2) && s["phase"] == "following"
+            })
+        },
+    );
+    let took = seen_at_standby(&pg, &data_dir, pg_port, 4, &agent);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // The agent stops its standby when it stops.
+    let (status, log) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert!(!data_dir.join("postmaster.pid").exists(), "{log}");
+    let _ = bench.kill();
+    let _ = bench.wait();
+}
