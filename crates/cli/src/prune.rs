@@ -547,8 +547,10 @@ fn approve_promotion(cli: &Cli, args: &ApproveArgs, host: &str) -> Result<ExitCo
             &args.reason,
         )?;
         let after = history.last().map_or(0, |h| h.entry.seq);
-        done.push(json!({"dataset": dataset, "host": host, "promoter": hex::encode(promoter),
-            "after_entry": after, "approval": id.to_hex()}));
+        done.push(
+            json!({"dataset": dataset, "host": host, "promoter": hex::encode(promoter),
+            "after_entry": after, "approval": id.to_hex()}),
+        );
         if !cli.json {
             println!(
                 "approved promoting {dataset}'s standby on {host} by key {} after entry {after} \

@@ -273,7 +273,11 @@ fn approvals_for_the_embassys_key_do_not_make_homes_promotion_authoritative() {
     let p = w.next(&w.embassy, &home_after, promoted(w.quorum(&head)));
     let late = w.next(&w.home, &p, version(14));
     let h = w.history();
-    assert_eq!(refusal(&h, &p), None, "the embassy's takeover is authoritative");
+    assert_eq!(
+        refusal(&h, &p),
+        None,
+        "the embassy's takeover is authoritative"
+    );
     let why = rejected_for(&h, &late);
     assert!(
         why.contains("fenced by the takeover recorded at entry 7"),
@@ -319,7 +323,13 @@ fn homes_competing_promotion_loses_the_fork() {
     let approvals = w.quorum(&head);
     let p = w.next(&w.embassy, &head, promoted(approvals.clone()));
     let e = w.next(&w.embassy, &p, wal(2, 100, 300));
-    let rival = w.put(&w.home, 5, Some(&head), p.entry.time_ns, promoted(approvals));
+    let rival = w.put(
+        &w.home,
+        5,
+        Some(&head),
+        p.entry.time_ns,
+        promoted(approvals),
+    );
     let rival_v = w.next(&w.home, &rival, version(16));
     for remember in [None, Some((rival_v.entry.seq, rival_v.id))] {
         let h = history::load(&w.site, &w.config, DS, remember).unwrap();
@@ -332,7 +342,10 @@ fn homes_competing_promotion_loses_the_fork() {
             "{remember:?}: {why}"
         );
         let why = rejected_for(&h, &rival_v);
-        assert!(why.contains("continues rejected entry"), "{remember:?}: {why}");
+        assert!(
+            why.contains("continues rejected entry"),
+            "{remember:?}: {why}"
+        );
     }
 }
 

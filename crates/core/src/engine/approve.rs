@@ -111,9 +111,9 @@ pub fn approve_promotion(
     if host.is_empty() {
         return Err(Error::invalid("a promotion approval must name the host"));
     }
-    let head = history.last().ok_or_else(|| {
-        Error::invalid(format!("dataset {dataset} has no history to promote"))
-    })?;
+    let head = history
+        .last()
+        .ok_or_else(|| Error::invalid(format!("dataset {dataset} has no history to promote")))?;
     let authority = vault.authority(dataset, history);
     let who = hex::encode(promoter);
     if !authority.may(promoter, crate::history::ledger::Right::AddVersions) {
