@@ -73,9 +73,13 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
             "the approvers approve lowering {dataset}'s minimum age first (`embassy approve \
              --min-age`)"
         ),
-        WayOut::ApprovePromotion { dataset, host } => format!(
+        WayOut::ApprovePromotion {
+            dataset,
+            host,
+            promoter,
+        } => format!(
             "the approvers approve the takeover first (`embassy approve --promote {host} \
-             {dataset}`)"
+             --promoter {promoter} {dataset}`)"
         ),
         WayOut::RevokeSigner { dataset } => format!(
             "the agent adds nothing to {dataset} until the fork is decided: if one signer is \

@@ -41,9 +41,14 @@ pub fn for_way_out(way_out: &WayOut) -> String {
             "each approver runs `embassy approve --approver-key FILE --min-age DURATION \
              {dataset}`, then run this again"
         ),
-        WayOut::ApprovePromotion { dataset, host } => format!(
-            "each approver runs `embassy approve --approver-key FILE --promote {host} {dataset}` \
-             (after the ledger's newest entry), then run this again"
+        WayOut::ApprovePromotion {
+            dataset,
+            host,
+            promoter,
+        } => format!(
+            "each approver runs `embassy approve --approver-key FILE --promote {host} --promoter \
+             {promoter} {dataset}` (after the ledger's newest entry; the key is this credential's), \
+             then run this again"
         ),
         WayOut::RevokeSigner { dataset } => format!(
             "if one signer is rogue, revoke it: `embassy keys revoke --signer HEX --dataset \
@@ -272,8 +277,9 @@ mod tests {
                 WayOut::ApprovePromotion {
                     dataset: dataset(),
                     host: "embassy-1".into(),
+                    promoter: "ab12".into(),
                 },
-                "`embassy approve --approver-key FILE --promote embassy-1 docs`",
+                "`embassy approve --approver-key FILE --promote embassy-1 --promoter ab12 docs`",
             ),
             (
                 WayOut::PgBaseBackup { dataset: dataset() },

@@ -176,8 +176,14 @@ pub struct ApproveArgs {
     /// Approve a takeover: `embassy promote` of each named dataset's standby on this host (as
     /// its /proc/sys/kernel/hostname says). The approval names the ledger's newest entry, so it
     /// serves one promotion and cannot be replayed for a later one.
-    #[arg(long, value_name = "HOST")]
+    #[arg(long, value_name = "HOST", requires = "promoter")]
     pub promote: Option<String>,
+    /// With `--promote`: the public key (64 hex digits) of the embassy's credential that will
+    /// sign the `promoted` entry, as printed when the root issued it. The approval counts only
+    /// for a promotion signed by this key: a stolen credential that reads it at the site cannot
+    /// use it. Refused for a key that wrote the dataset since the last takeover (home's).
+    #[arg(long, value_name = "KEY", requires = "promote")]
+    pub promoter: Option<String>,
     /// Why, for the record.
     #[arg(long, default_value = "approved")]
     pub reason: String,
@@ -521,31 +527,36 @@ fn approve_min_age(cli: &Cli, args: &ApproveArgs, duration: &str) -> Result<Exit
 }
 
 fn approve_promotion(cli: &Cli, args: &ApproveArgs, host: &str) -> Result<ExitCode> {
+    let promoter = embassy_ops::custody::parse_signer(
+        args.promoter.as_deref().unwrap_or_default(),
+        "--promoter",
+    )?;
     let key = open_approver(cli, &args.approver_key)?;
     let vault = crate::open_vault(cli)?;
     let mut done = Vec::new();
     for dataset in &args.targets {
         embassy_core::format::layout::check_dataset_name(dataset)?;
         let history = vault.history(dataset)?;
-        let head = history.last().ok_or_else(|| {
-            Error::invalid(format!("dataset {dataset} has no history to promote"))
-        })?;
         let id = embassy_core::engine::approve::approve_promotion(
             &vault,
             &key,
             dataset,
-            head,
+            &history,
             host,
+            &promoter,
             &args.reason,
         )?;
+        let after = history.last().map_or(0, |h| h.entry.seq);
         done.push(
-            json!({"dataset": dataset, "host": host, "after_entry": head.entry.seq,
-            "approval": id.to_hex()}),
+            json!({"dataset": dataset, "host": host, "promoter": hex::encode(promoter),
+            "after_entry": after, "approval": id.to_hex()}),
         );
         if !cli.json {
             println!(
-                "approved promoting {dataset}'s standby on {host} after entry {} (approval {});                  `embassy promote` there embeds it once {} approvers have approved",
-                head.entry.seq,
+                "approved promoting {dataset}'s standby on {host} by key {} after entry {after} \
+                 (approval {}); `embassy promote` there with that key's credential embeds it once \
+                 {} approvers have approved",
+                hex::encode(promoter),
                 id.short(),
                 vault.config().promotion_approvals
             );

@@ -67,16 +67,28 @@ impl Env {
         )
     }
 
+    /// `embassy approve --promote HOST --promoter KEY` for the embassy's credential's key.
     fn approve(&self, approver: &str, host: &str) {
+        let out = self.approve_key(approver, host, &public_of(self, "embassy.cred"));
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// `embassy approve --promote HOST --promoter PROMOTER`.
+    fn approve_key(&self, approver: &str, host: &str, promoter: &str) -> Run {
         let key = self.path(approver);
-        self.ok(&[
-            "approve",
-            "--approver-key",
-            key.to_str().unwrap(),
-            "--promote",
-            host,
-            DS,
-        ]);
+        self.run_with(
+            "vault.key",
+            &[
+                "approve",
+                "--approver-key",
+                key.to_str().unwrap(),
+                "--promote",
+                host,
+                "--promoter",
+                promoter,
+                DS,
+            ],
+        )
     }
 }
 
@@ -158,7 +170,8 @@ fn promote_refuses_before_promoting_until_the_approvals_are_there() {
         );
         assert!(
             out.stderr.contains(&format!(
-                "embassy approve --approver-key FILE --promote {host} {DS}"
+                "embassy approve --approver-key FILE --promote {host} --promoter {} {DS}",
+                public_of(&env, "embassy.cred")
             )),
             "no way out named: {out:?}"
         );
@@ -193,6 +206,88 @@ fn signing_key(env: &Env, name: &str) -> approval::SigningKey {
         .unwrap()
         .signing_key()
         .unwrap()
+}
+
+/// The public key (hex) of a credential file, as `keys issue` printed it.
+fn public_of(env: &Env, name: &str) -> String {
+    hex::encode(signing_key(env, name).verifying_key().to_bytes())
+}
+
+/// Red team 6: approvals name the key that promotes. Officials cannot approve home's writer
+/// (it wrote the dataset); home's stolen credential, on a server with the embassy's host name
+/// and the approvals at the site, is refused by `embassy promote` before the server is touched,
+/// and a `promoted` entry it signs with them anyway (by hand) fences no one: the embassy keeps
+/// writing, and after the embassy's own takeover home is fenced.
+#[test]
+fn approvals_for_the_embassy_do_not_promote_home() {
+    let env = setup();
+    let host = hostname();
+    std::fs::create_dir_all(env.path("standby")).unwrap();
+    std::fs::write(env.path("standby/standby.signal"), "").unwrap();
+    let src = env.path("src");
+    let backup_as = |key: &str, text: &str| {
+        std::fs::write(src.join("register.csv"), text).unwrap();
+        env.run_with(key, &["backup", DS, src.to_str().unwrap()])
+    };
+    assert_eq!(backup_as("home.cred", "home before\n").code, 0);
+    let refused = env.approve_key("a.key", &host, &public_of(&env, "home.cred"));
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("current writer"), "{refused:?}");
+    env.approve("a.key", &host);
+    env.approve("c.key", &host);
+    let home_promotes = env.run_with(
+        "home.cred",
+        &[
+            "promote",
+            DS,
+            "--data",
+            env.path("standby").to_str().unwrap(),
+        ],
+    );
+    assert_ne!(home_promotes.code, 0, "{home_promotes:?}");
+    assert!(
+        home_promotes.stderr.contains("with 0 of the 2 approvals"),
+        "{home_promotes:?}"
+    );
+    assert!(env.path("standby/standby.signal").exists());
+    // Home signs the entry by hand with the embassy's approvals: information, no fence.
+    let site: Arc<dyn Site> = Arc::new(embassy_sites::LocalSite::new(env.path("site")).unwrap());
+    let vault = Vault::open(site.clone()).unwrap();
+    let (found, _) = approval::list_signed(site.as_ref(), &vault.config().vault_id, DS).unwrap();
+    let promoted = |key: &str| {
+        let history = vault.history(DS).unwrap();
+        ledger::append(
+            site.as_ref(),
+            &signing_key(&env, key),
+            DS,
+            history.last(),
+            Event::Promoted {
+                timeline: 2,
+                lsn: 1 << 24,
+                host: host.clone(),
+                data_dir: "/srv/pg".into(),
+                data_lost_to: None,
+                approvals: found
+                    .iter()
+                    .map(|(_, _, b)| serde_bytes::ByteBuf::from(b.clone()))
+                    .collect(),
+            },
+        )
+        .unwrap();
+    };
+    promoted("home.cred");
+    let history = env.ok(&["history", DS]);
+    assert!(history.stdout.contains("not authoritative"), "{history:?}");
+    // The embassy's real takeover, with the same approvals, fences home.
+    promoted("embassy.cred");
+    assert_eq!(backup_as("embassy.cred", "embassy live\n").code, 0);
+    let _ = backup_as("home.cred", "home after the takeover\n");
+    let to = env.path("restored");
+    env.ok(&["restore", DS, "--to", to.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(to.join("register.csv")).unwrap(),
+        "embassy live\n"
+    );
 }
 
 #[test]

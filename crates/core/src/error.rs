@@ -158,6 +158,8 @@ pub enum WayOut {
         dataset: String,
         /// The host the standby runs on (as the approval must name it).
         host: String,
+        /// The public key (hex) of the credential that promotes (as the approval must name it).
+        promoter: String,
     },
     /// A fork in `dataset`'s ledger: the root revokes the rogue signer, which decides it.
     RevokeSigner {

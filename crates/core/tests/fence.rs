@@ -111,8 +111,19 @@ impl World {
         self.next(&self.home, &v, wal(1, 0, 100))
     }
 
-    /// An approval by `approver` of promoting on `host` after `after`.
+    /// An approval by `approver` of promoting on `host` after `after`, by the embassy's key.
     fn approve(&self, approver: &SigningKey, after: &Record, host: Option<&str>) -> Vec<u8> {
+        self.approve_key(approver, after, host, host.map(|_| &self.embassy))
+    }
+
+    /// An approval by `approver` of promoting on `host` after `after`, by `promoter`'s key.
+    fn approve_key(
+        &self,
+        approver: &SigningKey,
+        after: &Record,
+        host: Option<&str>,
+        promoter: Option<&SigningKey>,
+    ) -> Vec<u8> {
         approval::encode(
             &Approval {
                 vault_id: self.config.vault_id.clone(),
@@ -124,16 +135,22 @@ impl World {
                 time_ns: after.entry.time_ns,
                 min_age_secs: None,
                 promote_host: host.map(str::to_string),
+                promote_key: promoter.map(|k| k.verifying_key().to_bytes()),
             },
             approver,
         )
     }
 
-    /// Two distinct approvers' approvals of promoting on HOST after `after`.
+    /// Two distinct approvers' approvals of promoting on HOST after `after` by the embassy.
     fn quorum(&self, after: &Record) -> Vec<Vec<u8>> {
+        self.quorum_for(after, &self.embassy)
+    }
+
+    /// Two distinct approvers' approvals of promoting on HOST after `after` by `promoter`.
+    fn quorum_for(&self, after: &Record, promoter: &SigningKey) -> Vec<Vec<u8>> {
         vec![
-            self.approve(&self.approvers[0], after, Some(HOST)),
-            self.approve(&self.approvers[2], after, Some(HOST)),
+            self.approve_key(&self.approvers[0], after, Some(HOST), Some(promoter)),
+            self.approve_key(&self.approvers[2], after, Some(HOST), Some(promoter)),
         ]
     }
 }
@@ -235,6 +252,103 @@ fn an_approved_takeover_fences_home_versions_and_wal() {
     assert!(h.problems(DS).is_empty(), "{:?}", h.problems(DS));
 }
 
+/// Red team 6: home's stolen credential reads the officials' approvals of the embassy's takeover
+/// at the site and signs a `promoted` entry with them (on a server claiming the embassy's host
+/// name). They name the embassy's key, not home's: the entry is information, fences no one, and
+/// the embassy's own promotion with the same approvals still fences home.
+#[test]
+fn approvals_for_the_embassys_key_do_not_make_homes_promotion_authoritative() {
+    let w = world(2, 5);
+    let head = w.start();
+    let hijack = w.next(&w.home, &head, promoted(w.quorum(&head)));
+    let home_after = w.next(&w.home, &hijack, version(13));
+    let h = w.history();
+    let why = refusal(&h, &hijack)
+        .expect("home's promotion with the embassy's approvals was authoritative (a hijack)");
+    assert!(
+        why.contains("approves a promotion signed by") && why.contains("not authoritative"),
+        "{why}"
+    );
+    assert_eq!(ids(&h)[4..], [hijack.id, home_after.id]);
+    let p = w.next(&w.embassy, &home_after, promoted(w.quorum(&head)));
+    let late = w.next(&w.home, &p, version(14));
+    let h = w.history();
+    assert_eq!(
+        refusal(&h, &p),
+        None,
+        "the embassy's takeover is authoritative"
+    );
+    let why = rejected_for(&h, &late);
+    assert!(
+        why.contains("fenced by the takeover recorded at entry 7"),
+        "{why}"
+    );
+}
+
+/// Approvals that name the key of home's current writer (officials deceived into approving it),
+/// or no key at all (a format-4 approval), make no takeover: a promotion by a key the takeover
+/// would fence, or by any key an approval does not name, fences no one.
+#[test]
+fn approvals_for_homes_writer_or_for_no_key_make_no_takeover() {
+    let w = world(2, 5);
+    let head = w.start();
+    let by_home = w.next(&w.home, &head, promoted(w.quorum_for(&head, &w.home)));
+    let keyless = w.next(
+        &w.embassy,
+        &by_home,
+        promoted(vec![
+            w.approve_key(&w.approvers[0], &head, Some(HOST), None),
+            w.approve_key(&w.approvers[1], &head, Some(HOST), None),
+        ]),
+    );
+    let home_after = w.next(&w.home, &keyless, version(15));
+    let h = w.history();
+    let why = refusal(&h, &by_home).expect("home's writer key was promoted by approvals");
+    assert!(why.contains("a current writer of the dataset"), "{why}");
+    let why = refusal(&h, &keyless).expect("approvals naming no key made a takeover");
+    assert!(why.contains("signed by no named key"), "{why}");
+    assert_eq!(ids(&h)[4..], [by_home.id, keyless.id, home_after.id]);
+}
+
+/// Red team 6, the variant without a race: after the embassy's approved takeover, home signs a
+/// competing `promoted` entry at the same sequence number with the same approvals (and writes on
+/// it). The approvals name the embassy's key, so home's branch holds no authoritative promotion:
+/// every verifier, a fresh one or home's own client that remembers home's branch, keeps the
+/// embassy's takeover, with no unresolved fork, and rejects home's entry as a promotion that is
+/// not authoritative beside the one that is (and what continues it).
+#[test]
+fn homes_competing_promotion_loses_the_fork() {
+    let w = world(2, 5);
+    let head = w.start();
+    let approvals = w.quorum(&head);
+    let p = w.next(&w.embassy, &head, promoted(approvals.clone()));
+    let e = w.next(&w.embassy, &p, wal(2, 100, 300));
+    let rival = w.put(
+        &w.home,
+        5,
+        Some(&head),
+        p.entry.time_ns,
+        promoted(approvals),
+    );
+    let rival_v = w.next(&w.home, &rival, version(16));
+    for remember in [None, Some((rival_v.entry.seq, rival_v.id))] {
+        let h = history::load(&w.site, &w.config, DS, remember).unwrap();
+        assert!(h.conflict.is_none(), "{remember:?}: {:?}", h.conflict);
+        assert_eq!(ids(&h)[4..], [p.id, e.id], "{remember:?}");
+        assert_eq!(refusal(&h, &p), None);
+        let why = rejected_for(&h, &rival);
+        assert!(
+            why.contains("not authoritative") && why.contains("another entry took its sequence"),
+            "{remember:?}: {why}"
+        );
+        let why = rejected_for(&h, &rival_v);
+        assert!(
+            why.contains("continues rejected entry"),
+            "{remember:?}: {why}"
+        );
+    }
+}
+
 /// The root's or a configured signer's promotion is authoritative without approvals, also in a
 /// vault without a promotion policy.
 #[test]
@@ -291,7 +405,7 @@ fn a_forged_promotion_fences_no_one() {
         ),
     ];
     for (what, approvals) in attempts {
-        let p = w.next(&w.home, &head, promoted(approvals));
+        let p = w.next(&w.embassy, &head, promoted(approvals));
         let e = w.next(&w.embassy, &p, version(20));
         let home_after = w.next(&w.home, &e, version(21));
         let h = w.history();
@@ -320,18 +434,18 @@ fn a_replayed_approval_is_refused() {
     assert_eq!(refusal(&h, &p1), None);
     let why = refusal(&h, &again).expect("the replayed approvals made it authoritative");
     assert!(why.contains("cannot be replayed"), "{why}");
-    // Fresh approvals, named after the first takeover, do count.
-    let fresh = w.next(&w.embassy, &again, promoted(w.quorum(&again)));
-    assert_eq!(refusal(&w.history(), &fresh), None);
+    // A relief credential the root grants after the takeover (not fenced, not yet a writer).
+    let relief = key(4);
+    let granted = w.next(&w.root, &again, grant(&relief));
     // An approval naming an entry the history does not hold (a forged id at a real seq).
-    let mut ghost = fresh.clone();
+    let mut ghost = granted.clone();
     ghost.id = ObjectId::of(b"not an entry");
     let g = w.next(
-        &w.embassy,
-        &fresh,
+        &relief,
+        &granted,
         promoted(vec![
-            w.approve(&w.approvers[0], &ghost, Some(HOST)),
-            w.approve(&w.approvers[1], &ghost, Some(HOST)),
+            w.approve_key(&w.approvers[0], &ghost, Some(HOST), Some(&relief)),
+            w.approve_key(&w.approvers[1], &ghost, Some(HOST), Some(&relief)),
         ]),
     );
     let why = refusal(&w.history(), &g).unwrap();
@@ -339,6 +453,9 @@ fn a_replayed_approval_is_refused() {
         why.contains("not an accepted entry before this one"),
         "{why}"
     );
+    // Fresh approvals, named after the first takeover, do count.
+    let fresh = w.next(&relief, &g, promoted(w.quorum_for(&g, &relief)));
+    assert_eq!(refusal(&w.history(), &fresh), None);
 }
 
 /// A promotion approval names the head, which may be a version: it must not count as an

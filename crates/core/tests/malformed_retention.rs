@@ -46,6 +46,7 @@ fn valid_approval() -> Vec<u8> {
             time_ns: 1,
             min_age_secs: None,
             promote_host: None,
+            promote_key: None,
         },
         &key,
     )

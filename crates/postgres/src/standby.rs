@@ -392,7 +392,9 @@ fn promotion_approvals(
     let approvals: Vec<Vec<u8>> = found
         .into_iter()
         .filter(|(_, a, _)| {
-            a.promote_host.as_deref() == Some(host) && a.seq >= authority.last_promotion()
+            a.promote_host.as_deref() == Some(host)
+                && a.promote_key == Some(*signer)
+                && a.seq >= authority.last_promotion()
         })
         .map(|(_, _, bytes)| bytes)
         .collect();
@@ -423,12 +425,14 @@ fn promotion_approvals(
         Err(why) => Err(PgError::Vault(embassy_core::Error::Refused {
             kind: embassy_core::ErrorKind::Config,
             problem: format!(
-                "dataset {dataset}: the server is not promoted: the vault's promotion policy                  needs approvals of a takeover on {host} by {} distinct approvers: {why}",
+                "dataset {dataset}: the server is not promoted: the vault's promotion policy \
+                 needs approvals of a takeover on {host} by {} distinct approvers: {why}",
                 config.promotion_approvals
             ),
             way_out: embassy_core::error::WayOut::ApprovePromotion {
                 dataset: dataset.to_string(),
                 host: host.to_string(),
+                promoter: hex::encode(signer),
             },
         })),
     }

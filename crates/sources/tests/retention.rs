@@ -445,6 +445,7 @@ fn forget_needs_k_distinct_valid_approvals_for_exactly_that_version() {
         time_ns: now_unix_nanos(),
         min_age_secs: None,
         promote_host: None,
+        promote_key: None,
     };
     store(&foreign_appr, &foreign);
     foreign_appr.approver = b.verifying_key().to_bytes(); // claims b, signed by foreign

@@ -28,6 +28,7 @@ pub fn approve(
         time_ns: crate::format::config::now_unix_nanos(),
         min_age_secs: None,
         promote_host: None,
+        promote_key: None,
     };
     store(vault, key, &approval)
 }
@@ -78,6 +79,7 @@ pub fn approve_min_age(
         time_ns: crate::format::config::now_unix_nanos(),
         min_age_secs: Some(min_age_secs),
         promote_host: None,
+        promote_key: None,
     };
     store(vault, key, &approval)
 }
@@ -90,20 +92,43 @@ fn store(vault: &Vault, key: &SigningKey, approval: &Approval) -> Result<ObjectI
 }
 
 /// Signs and stores an approval to promote `dataset`'s standby on `host` (an `embassy promote`
-/// there, whose `promoted` entry embeds it) after `head`, the dataset's current last entry;
-/// returns its id. It counts for one promotion only: the next authoritative promotion after
-/// `head` (`history::promotion`).
+/// there, whose `promoted` entry embeds it) after the newest entry of `history` (the dataset's
+/// accepted history), by the credential whose public key is `promoter` (the embassy's; only a
+/// `promoted` entry that key signs counts the approval); returns its id. It counts for one
+/// promotion only: the next authoritative promotion after that entry (`history::promotion`).
+/// Refused when `promoter` may not sign a promotion there, or is a current writer of the
+/// dataset (a takeover fences it, so approvals cannot make its promotion authoritative).
 pub fn approve_promotion(
     vault: &Vault,
     key: &SigningKey,
     dataset: &str,
-    head: &Record,
+    history: &[Record],
     host: &str,
+    promoter: &[u8; 32],
     reason: &str,
 ) -> Result<ObjectId> {
     check_pinned(vault, key)?;
     if host.is_empty() {
         return Err(Error::invalid("a promotion approval must name the host"));
+    }
+    let head = history
+        .last()
+        .ok_or_else(|| Error::invalid(format!("dataset {dataset} has no history to promote")))?;
+    let authority = vault.authority(dataset, history);
+    let who = hex::encode(promoter);
+    if !authority.may(promoter, crate::history::ledger::Right::AddVersions) {
+        return Err(Error::invalid(format!(
+            "key {who} may not sign a promotion of {dataset} (it is not an active signer holding \
+             add_versions): approve the public key of the embassy's credential, as printed \
+             when the root issued it"
+        )));
+    }
+    if authority.is_current_writer(promoter) {
+        return Err(Error::invalid(format!(
+            "key {who} is a current writer of {dataset} (it added versions or WAL since the last \
+             takeover): a takeover fences it, so it cannot be the key that promotes; approve the \
+             embassy's credential"
+        )));
     }
     let approval = Approval {
         vault_id: vault.config().vault_id.clone(),
@@ -115,6 +140,7 @@ pub fn approve_promotion(
         time_ns: crate::format::config::now_unix_nanos(),
         min_age_secs: None,
         promote_host: Some(host.to_string()),
+        promote_key: Some(*promoter),
     };
     store(vault, key, &approval)
 }

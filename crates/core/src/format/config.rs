@@ -29,8 +29,11 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// §9c; a version-3 program would ignore the fence and accept a diverging history from a
 /// fenced home). So a version-3 program must refuse the vault. Version-2 and -3 vaults stay
 /// readable and writable: their WAL is never collected by the cut-off and their promotions
-/// never fence.
-pub const FORMAT_VERSION: u32 = 4;
+/// never fence. Version 5: a takeover approval names the key that signs the promotion
+/// (`promote_key`, docs/format.md §9c); a version-4 program would ignore it and count approvals
+/// for any signer, so a stolen credential could make its own promotion authoritative where a
+/// version-5 program refuses it: two verifiers would disagree on who is fenced.
+pub const FORMAT_VERSION: u32 = 5;
 /// The first format version whose base backups record their WAL start and whose streamed WAL
 /// retention collects (`history::wal_retention`).
 pub const WAL_RETENTION_SINCE: u32 = 4;

@@ -55,6 +55,12 @@ pub struct Approval {
     /// (`history::promotion`). Omitted otherwise (format 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote_host: Option<String>,
+    /// With `promote_host`: the public key (Ed25519) of the credential that will sign the
+    /// `promoted` entry, the embassy's. Only a promotion signed by exactly this key counts the
+    /// approval, so a stolen credential that reads it at the site (and claims the host's name)
+    /// cannot use it (format 5; an approval without it approves no promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub promote_key: Option<[u8; 32]>,
 }
 
 impl Approval {

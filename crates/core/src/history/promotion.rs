@@ -1,9 +1,12 @@
 //! The promotion rule (`docs/format.md` §9c): when a `promoted` entry is *authoritative*, that is
 //! a decision the dataset's earlier writers must obey. It is when its signer is the root key or
 //! a key of `config.signers`, or when it embeds approvals by `config.promotion_approvals`
-//! distinct pinned approvers, each for a promotion on exactly the host the entry names, made
-//! after an accepted entry at or after the dataset's last authoritative promotion (so an
-//! approval serves one takeover and cannot be replayed for a later one). A `promoted` entry
+//! distinct pinned approvers, each for a promotion on exactly the host the entry names and by
+//! exactly the key that signed it (the embassy's credential: a stolen credential that reads the
+//! approvals at the site cannot use them), made after an accepted entry at or after the
+//! dataset's last authoritative promotion (so an approval serves one takeover and cannot be
+//! replayed for a later one), and when its signer is not a writer the takeover fences (one that
+//! added versions or WAL since the last takeover: home's primary). A `promoted` entry
 //! that is not authoritative stays in the history as information and fences no one: a stolen
 //! sealing credential cannot lock out the legitimate writers by forging one.
 //!
@@ -29,6 +32,10 @@ pub struct Before<'a> {
     pub chain: &'a [ObjectId],
     /// Sequence number of the last authoritative promotion (0: none).
     pub last_promotion: u64,
+    /// The dataset's current writers: keys that signed an accepted `version_added` or
+    /// `log_range_added` since the last authoritative promotion (and that promotion's signer).
+    /// A takeover fences them, so none of them can be the key approvals make authoritative.
+    pub writers: &'a [[u8; 32]],
 }
 
 /// `Ok` when `entry` is an authoritative `promoted` entry (other events: always `Ok`), else why
@@ -83,6 +90,12 @@ pub fn check(
                 "{label} approves {}, not a promotion on {host}",
                 a.what()
             ));
+        } else if a.promote_key != Some(entry.signer) {
+            problems.push(format!(
+                "{label} approves a promotion signed by {}, not by {who}",
+                a.promote_key
+                    .map_or_else(|| "no named key".to_string(), |k| hex::encode(&k[..8]))
+            ));
         } else if a.seq < before.last_promotion {
             problems.push(format!(
                 "{label} was given after entry {}, before the last takeover (entry {}): it \
@@ -100,6 +113,14 @@ pub fn check(
         }
     }
     if counted.len() >= need {
+        if before.writers.contains(&entry.signer) {
+            return Err(format!(
+                "promoted signed by {who}, a current writer of the dataset (it added versions or WAL \
+                 since the last takeover): approvals make a takeover by another key authoritative, \
+                 never one by the writer it fences; recorded as information, it is not authoritative \
+                 and fences no writer"
+            ));
+        }
         return Ok(());
     }
     Err(format!(

@@ -61,6 +61,9 @@ pub struct Authority {
     fenced: BTreeMap<[u8; 32], u64>,
     /// Whether promotions can fence here (format 4 on; older vaults judge them as before).
     fencing: bool,
+    /// Keys that added versions or WAL since the last authoritative promotion, and its signer:
+    /// the writers a takeover fences, which approvals cannot promote (`history::promotion`).
+    writers: Vec<[u8; 32]>,
 }
 
 impl Authority {
@@ -80,6 +83,7 @@ impl Authority {
             last_promotion: 0,
             fenced: BTreeMap::new(),
             fencing: config.format_version >= crate::format::config::FENCING_SINCE,
+            writers: Vec::new(),
         })
     }
 
@@ -96,6 +100,7 @@ impl Authority {
             last_promotion: 0,
             fenced: BTreeMap::new(),
             fencing: true,
+            writers: Vec::new(),
         }
     }
 
@@ -115,6 +120,7 @@ impl Authority {
             last_promotion: 0,
             fenced: BTreeMap::new(),
             fencing: config.format_version >= crate::format::config::FENCING_SINCE,
+            writers: Vec::new(),
         });
         for r in history {
             out.record(r);
@@ -130,8 +136,17 @@ impl Authority {
             return;
         }
         self.apply(&record.entry.event);
-        if let (true, Event::Promoted { .. }) = (self.fencing, &record.entry.event) {
-            self.fence(&record.entry.signer, record.entry.seq);
+        match (self.fencing, &record.entry.event) {
+            (true, Event::Promoted { .. }) => {
+                self.fence(&record.entry.signer, record.entry.seq);
+                self.writers = vec![record.entry.signer];
+            }
+            (_, Event::VersionAdded { .. } | Event::LogRangeAdded { .. })
+                if !self.writers.contains(&record.entry.signer) =>
+            {
+                self.writers.push(record.entry.signer);
+            }
+            _ => {}
         }
     }
 
@@ -159,6 +174,12 @@ impl Authority {
         self.fenced.get(signer).copied()
     }
 
+    /// True when `signer` added versions or WAL since the last authoritative promotion (or
+    /// signed it): a writer the next takeover fences, which approvals cannot promote.
+    pub fn is_current_writer(&self, signer: &[u8; 32]) -> bool {
+        self.writers.contains(signer)
+    }
+
     /// The sequence number of the dataset's last authoritative promotion (0: none).
     pub fn last_promotion(&self) -> u64 {
         self.last_promotion
@@ -180,6 +201,7 @@ impl Authority {
                 pinned: &self.pinned,
                 chain: &self.chain,
                 last_promotion: self.last_promotion,
+                writers: &self.writers,
             },
             entry,
         )
@@ -272,7 +294,8 @@ impl Authority {
         {
             if !self.may(&entry.signer, right) {
                 return Err(format!(
-                    "{} signed by {who}, a writer fenced by the takeover recorded at entry {at}                      (an authoritative promotion): the old primary's history after it is ignored",
+                    "{} signed by {who}, a writer fenced by the takeover recorded at entry {at} \
+                     (an authoritative promotion): the old primary's history after it is ignored",
                     entry.event.name()
                 ));
             }
