@@ -563,78 +563,19 @@ fn resolve_fork(
             losers.push(b);
         }
         if let Some(w) = winner {
-            // Entries on a losing branch that were validly signed there are real history a
-            // site withheld or a race left out: the root's own entries, entries of signers the
-            // accepted history still trusts, and entries of keys granted on that branch. Only
-            // a signer the winning branch removed (revoked or rotated out: a rogue, decided by
-            // the root) signs noise. Leaving them out is a problem to report, never noise.
-            let at_fork = judge.authority.keys();
-            // Keys the winning branch granted or revoked itself (a revocation there decides
-            // that the key is rogue, even for a key granted only on the losing branch).
-            let named_on_winner: Vec<[u8; 32]> = w
-                .records
-                .iter()
-                .filter_map(|r| match &r.entry.event {
-                    Event::SignerAdded { key, .. } | Event::SignerRevoked { key, .. } => Some(*key),
-                    _ => None,
-                })
-                .collect();
-            let removed_by_winner = |k: &[u8; 32]| {
-                (at_fork.contains(k) || named_on_winner.contains(k))
-                    && !w.signers_at_end.contains(k)
-            };
-            for b in &losers {
-                let displaced: Vec<&Record> = b
-                    .records
-                    .iter()
-                    .filter(|r| {
-                        r.entry.signer == ctx.root
-                            || w.signers_at_end.contains(&r.entry.signer)
-                            || !removed_by_winner(&r.entry.signer)
-                    })
-                    .collect();
-                if displaced.is_empty() {
-                    continue;
-                }
-                let root_signed = displaced.iter().any(|r| r.entry.signer == ctx.root);
-                let what = displaced
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "entry {} {} ({}, signed by {})",
-                            r.entry.seq,
-                            r.id.short(),
-                            r.entry.event.name(),
-                            if r.entry.signer == ctx.root {
-                                "the root key".to_string()
-                            } else {
-                                hex::encode(r.entry.signer)[..16].to_string()
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                out.displaced.push(format!(
-                    "fork at entry {seq}: the accepted history follows {} ({rule}), which leaves \
-                     out {} entries validly signed on their own branch{}: {what}; a site \
-                     withheld them from a writer, or two writers raced. Their data is still \
-                     stored and garbage collection keeps this dataset whole: compare this \
-                     site's ledger with the other sites'{}",
-                    winner_id.short(),
-                    displaced.len(),
-                    if root_signed {
-                        " (the root's own among them)"
-                    } else {
-                        ""
-                    },
-                    if root_signed {
-                        "; a left-out root entry (a revocation, a grant, a policy) has no effect \
-                         until the root signs it again on the accepted history"
-                    } else {
-                        ", and have the root revoke the signer only if it is rogue"
-                    }
-                ));
-            }
+            let losing: Vec<&[Record]> = losers.iter().map(|b| b.records.as_slice()).collect();
+            out.displaced.extend(crate::history::displaced::report(
+                &crate::history::displaced::Fork {
+                    seq,
+                    rule,
+                    root: ctx.root,
+                    winner: winner_id,
+                    at_fork: judge.authority.keys(),
+                    winning: &w.records,
+                    signers_at_end: &w.signers_at_end,
+                    losing: &losing,
+                },
+            ));
             out.records.extend(w.records);
             out.rejected.extend(w.rejected);
             out.conflict = w.conflict;
