@@ -4,7 +4,7 @@
 //! rogue, decided by the root) signs noise. The root's own entries, entries of signers still
 //! trusted at the end of the winning branch and entries of keys the root granted on the losing
 //! branch are real history a site withheld from a writer (or a race left out): an integrity
-//! problem. Called from [`crate::history::accept`] only.
+//! problem. Called from the acceptance walk (module accept) only.
 
 use crate::history::ledger::{Event, Record};
 use crate::id::ObjectId;
