@@ -80,6 +80,24 @@ impl Env {
         self.ok(&["a", "b"], "state", &["verify"]);
     }
 
+    /// What a writer killed mid-session leaves behind: its session file, naming both sites, no
+    /// longer locked (the next command turns it into a "full comparison" record in each
+    /// site's catch-up queue).
+    fn killed_writer_session(&self, state: &str) {
+        let dir = self.path(state).join("queues/sessions");
+        fs::create_dir_all(&dir).unwrap();
+        let root = fs::canonicalize(&self.dir).unwrap();
+        fs::write(
+            dir.join("4242-1-0badc0de"),
+            format!(
+                "{}\n{}\n",
+                root.join("a").display(),
+                root.join("b").display()
+            ),
+        )
+        .unwrap();
+    }
+
     /// Site b put back to its copy after version 1.
     fn roll_back_b(&self) {
         fs::remove_dir_all(self.path("b")).unwrap();
@@ -137,6 +155,53 @@ fn one_queued_write_does_not_excuse_a_rollback() {
         assert!(text.contains("rollback"), "{sites:?}: {text}");
         assert!(!text.contains("BEHIND"), "{sites:?}: {text}");
     }
+}
+
+/// Red team 6, finding 3: a writer killed mid-session leaves a "full comparison" record in
+/// each site's queue; site b then drops entries 2 and 3, which it stored and acknowledged
+/// (nothing verified b on its own before). It is rolled back, not behind: it used to be
+/// "BEHIND ... not damaged", "site b: OK", exit 0.
+#[test]
+fn a_killed_writers_full_comparison_does_not_excuse_a_rollback() {
+    let env = Env::new();
+    env.ok(&["a", "b"], "state", &["init", "--min-age", "0"]);
+    env.backup(&["a", "b"], "state", 1, &[]);
+    copy_dir(&env.path("b"), &env.path("b.after-v1"));
+    for n in [2, 3] {
+        env.backup(&["a", "b"], "state", n, &[]);
+    }
+    env.killed_writer_session("state");
+    env.roll_back_b();
+    for sites in [&["b"][..], &["a", "b"][..]] {
+        let out = env.run(sites, "state", &["verify"]);
+        let text = show(&out);
+        assert_eq!(code(&out), Some(3), "{sites:?}: {text}");
+        assert!(text.contains("rollback"), "{sites:?}: {text}");
+        assert!(text.contains("showed entry 3"), "{sites:?}: {text}");
+        // Site a (complete) may be BEHIND by the same record; b must not be.
+        let at_b = text.split("== site b").nth(1).unwrap_or(&text);
+        assert!(!at_b.contains("BEHIND"), "{sites:?}: {text}");
+    }
+    let out = env.run(&["a", "b"], "state", &["verify"]);
+    assert!(show(&out).contains("site b: DAMAGED"), "{}", show(&out));
+}
+
+/// The same record still counts as lag for a site that never showed the entries it lacks:
+/// versions 2 and 3 went to a alone (b never held them), then a writer through both was killed.
+#[test]
+fn a_killed_writers_full_comparison_excuses_a_site_that_never_showed_the_entries() {
+    let env = Env::new();
+    env.ok(&["a", "b"], "state", &["init", "--min-age", "0"]);
+    env.backup(&["a", "b"], "state", 1, &[]);
+    for n in [2, 3] {
+        env.backup(&["a"], "state", n, &[]);
+    }
+    env.killed_writer_session("state");
+    let out = env.run(&["a", "b"], "state", &["verify"]);
+    let text = show(&out);
+    assert_eq!(code(&out), Some(0), "{text}");
+    assert!(text.contains("BEHIND"), "{text}");
+    assert!(text.contains("site b: OK"), "{text}");
 }
 
 /// A catch-up that would copy a ledger entry onto a site holding another entry at the same

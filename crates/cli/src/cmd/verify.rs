@@ -27,13 +27,15 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     if cli.site.len() > 1 {
         return run_each_site(cli, args);
     }
-    let vault = open_vault(cli)?;
+    // What the queue holds first (it turns dead writers' sessions into full-comparison
+    // records), so that the vault is opened knowing it, as `run_each_site` does.
     let behind = match cli.site.as_slice() {
         [one] => embassy_ops::catchup::behind(&crate::state_dir(cli)?, one)
             .ok()
             .flatten(),
         _ => None,
     };
+    let vault = open_vault(cli)?;
     let (vault, behind) = embassy_ops::catchup::as_it_stands(vault, behind)?;
     Ok(match verify_and_show(cli, args, &vault, behind.as_ref())? {
         Outcome::Ok => ExitCode::SUCCESS,

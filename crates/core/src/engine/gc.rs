@@ -455,11 +455,11 @@ pub fn collect_garbage(
     let mut deleted_set: HashSet<String> = HashSet::new();
     let mut rescued_set: HashSet<String> = HashSet::new();
     for dataset in &datasets {
-        // Entries beyond a gap or an unresolved fork may reference anything: collect nothing
-        // of a dataset whose whole history cannot be proved.
+        // Entries beyond a gap or an unresolved fork, or on a branch a fork left out, may
+        // reference anything: collect nothing of a dataset whose whole history cannot be proved.
         let history = match vault
             .history_full(dataset)
-            .and_then(|h| h.check_appendable(dataset).map(|()| h.records))
+            .and_then(|h| h.check_collectable(dataset).map(|()| h.records))
         {
             Ok(h) => h,
             Err(e) => {

@@ -111,7 +111,11 @@ impl Vault {
                 // The remembered head lies beyond a gap or a fork, which is reported as such.
                 return Ok(history);
             }
-            if let Err(mut e) = state.check_history(dataset, &history.records) {
+            let checked = state.check_history(dataset, &history.records);
+            if checked.is_ok() && !history.is_truncated() {
+                self.note_shown(state, dataset, &history.records);
+            }
+            if let Err(mut e) = checked {
                 // Name what the site holds in the place of the next entry (a damaged copy).
                 if let Error::History { problem, .. } = &mut e {
                     problem.push_str(&history.in_place(history.records.len() as u64 + 1));
@@ -125,6 +129,39 @@ impl Vault {
             }
         }
         Ok(history)
+    }
+
+    /// Remembers, per site, that it showed this machine the head of `history`: the site
+    /// itself when it is one site; for several, each member that missed no write of this run
+    /// and holds the head entry itself (read from it alone). A site that later lacks such an
+    /// entry was rolled back, whatever its catch-up queue holds (`StateStore::check_history`).
+    /// Best effort: a member that cannot be read now is simply not noted.
+    fn note_shown(&self, state: &StateStore, dataset: &str, history: &[Record]) {
+        let Some(head) = history.last() else { return };
+        let (seq, id) = (head.entry.seq, head.id.to_hex());
+        let members = self.site.members();
+        if members.is_empty() {
+            let _ = state.note_shown(&[self.site.location()], dataset, seq, &id);
+            return;
+        }
+        let lagging: Vec<String> = self.site.lagging().into_iter().map(|(s, _)| s).collect();
+        let path = layout::ledger_entry(dataset, seq, &head.id);
+        let holding: Vec<&str> = members
+            .iter()
+            .map(|m| m.as_ref())
+            .filter(|m| {
+                !lagging.iter().any(|l| l == m.location())
+                    && state
+                        .shown(m.location(), dataset)
+                        .is_none_or(|h| h.seq < seq)
+                    && m.get(&path)
+                        .is_ok_and(|bytes| ObjectId::of(&bytes) == head.id)
+            })
+            .map(|m| m.location())
+            .collect();
+        if !holding.is_empty() {
+            let _ = state.note_shown(&holding, dataset, seq, &id);
+        }
     }
 
     /// The keys that may sign `dataset`'s next entry (with any right), after its verified

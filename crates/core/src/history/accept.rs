@@ -121,9 +121,11 @@ pub struct History {
     pub damage: Vec<String>,
     /// An unresolved fork after the accepted history.
     pub conflict: Option<Conflict>,
-    /// Forks a rule decided against a branch holding entries of signers the accepted history
-    /// still trusts (a site withheld entries from a writer, or writers raced): integrity
-    /// failures, since the versions on that branch are real and no longer in the history.
+    /// Forks a rule decided against a branch holding entries validly signed there by the
+    /// root, by signers the accepted history still trusts or by keys the root granted on that
+    /// branch (a site withheld entries from a writer, or writers raced): integrity failures,
+    /// since what that branch holds is real and no longer in the history. Garbage collection
+    /// leaves such a dataset alone ([`History::check_collectable`]).
     pub displaced: Vec<String>,
 }
 
@@ -184,6 +186,24 @@ impl History {
             .collect();
         out.sort();
         out
+    }
+
+    /// Refuses garbage collection of a dataset whose accepted history is not the whole
+    /// history: beyond a gap or an unresolved fork ([`History::check_appendable`]), and while
+    /// a fork leaves out validly signed entries ([`History::displaced`]), whose versions are
+    /// real and reference objects the accepted history does not.
+    pub fn check_collectable(&self, dataset: &str) -> Result<()> {
+        self.check_appendable(dataset)?;
+        if !self.displaced.is_empty() {
+            return Err(Error::History {
+                dataset: dataset.into(),
+                problem: format!(
+                    "the versions a fork left out still reference their objects: {}",
+                    self.displaced.join("; ")
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Refuses an append when the accepted history is not the whole history: a new entry after
@@ -318,8 +338,8 @@ struct Walk {
     rejected: Vec<Rejected>,
     conflict: Option<Conflict>,
     signers_at_end: Vec<[u8; 32]>,
-    /// Forks decided against branches that hold entries of signers still trusted at the end
-    /// of the accepted history: one problem line each.
+    /// Forks decided against branches that hold entries signed in good faith (not by a
+    /// signer the winning branch removed): one problem line each.
     displaced: Vec<String>,
 }
 
@@ -543,41 +563,19 @@ fn resolve_fork(
             losers.push(b);
         }
         if let Some(w) = winner {
-            // Entries on a losing branch by signers the accepted history still trusts were
-            // made in good faith (a revoked signer's are a rogue's, decided by the root): their
-            // versions are real, so leaving them out is a problem to report, never noise.
-            for b in &losers {
-                let trusted: Vec<&Record> = b
-                    .records
-                    .iter()
-                    .filter(|r| w.signers_at_end.contains(&r.entry.signer))
-                    .collect();
-                if trusted.is_empty() {
-                    continue;
-                }
-                let what = trusted
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "entry {} {} ({}, signed by {})",
-                            r.entry.seq,
-                            r.id.short(),
-                            r.entry.event.name(),
-                            &hex::encode(r.entry.signer)[..16]
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                out.displaced.push(format!(
-                    "fork at entry {seq}: the accepted history follows {} ({rule}), which leaves \
-                     out {} entries of signers this dataset still trusts: {what}; a site \
-                     withheld them from a writer, or two writers raced. Their data is still \
-                     stored: compare this site's ledger with the other sites', and have the \
-                     root revoke the signer only if it is rogue",
-                    winner_id.short(),
-                    trusted.len()
-                ));
-            }
+            let losing: Vec<&[Record]> = losers.iter().map(|b| b.records.as_slice()).collect();
+            out.displaced.extend(crate::history::displaced::report(
+                &crate::history::displaced::Fork {
+                    seq,
+                    rule,
+                    root: ctx.root,
+                    winner: winner_id,
+                    at_fork: judge.authority.keys(),
+                    winning: &w.records,
+                    signers_at_end: &w.signers_at_end,
+                    losing: &losing,
+                },
+            ));
             out.records.extend(w.records);
             out.rejected.extend(w.rejected);
             out.conflict = w.conflict;

@@ -9,12 +9,13 @@
 //! May import: [`crate::format`], [`crate::keys`] and the top-level vocabulary. Nothing from
 //! `engine`. Inside, from the bottom up: `retention`, `ledger`, `version`, `numbering`, `state`,
 //! `approval`, `deletion`, `promotion`, `rights`, `wal_authority`, `wal_retention`, `checkpoint`,
-//! `accept`; a module imports only those before it.
+//! `displaced`, `accept`; a module imports only those before it.
 
 pub mod accept;
 pub mod approval;
 pub mod checkpoint;
 pub mod deletion;
+pub mod displaced;
 pub mod ledger;
 pub mod numbering;
 pub mod promotion;

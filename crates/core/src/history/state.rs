@@ -47,6 +47,12 @@ pub struct Seen {
     /// Newest checkpoint.
     #[serde(default)]
     pub checkpoint: Option<SeenCheckpoint>,
+    /// Per site location (its pin spelling), per dataset: the newest entry that site itself
+    /// showed this machine (it served or stored it). A site that later lacks such an entry
+    /// was rolled back, whatever its catch-up queue holds: the queue only explains entries the
+    /// site never showed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sites: BTreeMap<String, BTreeMap<String, SeenHead>>,
 }
 
 /// The state file of one vault.
@@ -69,8 +75,9 @@ pub struct Queued {
     /// The object paths queued for it.
     pub paths: Vec<String>,
     /// A full comparison is queued for it (a writer was killed before it could name what the
-    /// site missed): this machine knows the site missed writes it cannot name, so any shorter
-    /// history of it lags until that comparison runs.
+    /// site missed): this machine knows the site missed writes it cannot name, so a shorter
+    /// history of it lags until that comparison runs, as long as it still holds every entry it
+    /// showed this machine before ([`StateStore::check_history`]).
     pub full_sync: bool,
 }
 
@@ -160,10 +167,29 @@ impl StateStore {
         if let Some(seen) = seen {
             let served = history.last().map(|r| (r.entry.seq, r.id.to_hex()));
             let served_seq = served.as_ref().map(|(s, _)| *s);
+            // A site that no longer holds the newest entry it showed this machine was rolled
+            // back: its queue explains only entries it never showed.
+            let mut unshown = Vec::new();
             let covering: Vec<String> = self
                 .lagging
                 .iter()
-                .filter(|q| q.covers(dataset, served_seq, &seen))
+                .filter(|q| match self.shown(&q.site, dataset) {
+                    Some(shown)
+                        if crate::history::ledger::entry_at(history, shown.seq)
+                            .is_none_or(|r| r.id.to_hex() != shown.id) =>
+                    {
+                        unshown.push(format!(
+                            "; site {} showed entry {} ({}) here on {} and no longer serves it, \
+                             so its catch-up queue does not excuse it",
+                            q.site,
+                            shown.seq,
+                            shown.id.get(..16).unwrap_or(&shown.id),
+                            utc(shown.seen_at_ns)
+                        ));
+                        false
+                    }
+                    _ => q.covers(dataset, served_seq, &seen),
+                })
                 .map(|q| q.site.clone())
                 .collect();
             match crate::history::ledger::entry_at(history, seen.seq) {
@@ -196,11 +222,14 @@ impl StateStore {
                             seen.seq,
                             seen.id.get(..16).unwrap_or(&seen.id),
                             utc(seen.seen_at_ns),
-                            if self.lagging.is_empty() {
-                                ""
+                            if !unshown.is_empty() {
+                                unshown.concat()
+                            } else if self.lagging.is_empty() {
+                                String::new()
                             } else {
                                 " (this machine's catch-up queue for it does not hold every entry \
                                  it lacks, so it does not merely lag)"
+                                    .to_string()
                             }
                         ),
                     })
@@ -239,6 +268,42 @@ impl StateStore {
                 drop(state);
                 self.save()?;
             }
+        }
+        Ok(())
+    }
+
+    /// The newest entry of `dataset` that the site at `location` itself showed this machine.
+    pub fn shown(&self, location: &str, dataset: &str) -> Option<SeenHead> {
+        self.lock()
+            .sites
+            .get(&normalise_location(location))?
+            .get(dataset)
+            .cloned()
+    }
+
+    /// Remembers that each site of `locations` itself showed (served or stored) entry `seq`
+    /// `id` of `dataset`, where it is newer than what that site showed before.
+    pub fn note_shown(&self, locations: &[&str], dataset: &str, seq: u64, id: &str) -> Result<()> {
+        let mut state = self.lock();
+        let mut changed = false;
+        for location in locations {
+            let site = state.sites.entry(normalise_location(location)).or_default();
+            if site.get(dataset).is_some_and(|h| h.seq >= seq) {
+                continue;
+            }
+            site.insert(
+                dataset.to_string(),
+                SeenHead {
+                    seq,
+                    id: id.to_string(),
+                    seen_at_ns: crate::format::config::now_unix_nanos(),
+                },
+            );
+            changed = true;
+        }
+        drop(state);
+        if changed {
+            self.save()?;
         }
         Ok(())
     }
@@ -290,6 +355,14 @@ impl StateStore {
                 let keep_disk = merged.heads.get(&name).is_none_or(|h| h.seq < head.seq);
                 if keep_disk {
                     merged.heads.insert(name, head);
+                }
+            }
+            for (location, heads) in on_disk.sites {
+                let mine = merged.sites.entry(location).or_default();
+                for (name, head) in heads {
+                    if mine.get(&name).is_none_or(|h| h.seq < head.seq) {
+                        mine.insert(name, head);
+                    }
                 }
             }
             if let Some(cp) = on_disk.checkpoint {

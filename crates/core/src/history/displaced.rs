@@ -1,0 +1,108 @@
+//! Rule 3d of ledger acceptance (docs/format.md §9): what a decided fork leaves out that must
+//! be reported rather than taken for noise. An entry on a losing branch was validly signed on
+//! its own branch; only a signer the winning branch removed (revoked or rotated out there: a
+//! rogue, decided by the root) signs noise. The root's own entries, entries of signers still
+//! trusted at the end of the winning branch and entries of keys the root granted on the losing
+//! branch are real history a site withheld from a writer (or a race left out): an integrity
+//! problem. Called from the acceptance walk (module accept) only.
+
+use crate::history::ledger::{Event, Record};
+use crate::id::ObjectId;
+
+/// A fork a rule decided, as the report needs it.
+pub struct Fork<'a> {
+    /// The sequence number the branches compete at.
+    pub seq: u64,
+    /// Why the winner won, for people.
+    pub rule: &'a str,
+    /// The root key.
+    pub root: [u8; 32],
+    /// The winning competing entry.
+    pub winner: ObjectId,
+    /// The active signers just before the fork.
+    pub at_fork: Vec<[u8; 32]>,
+    /// The accepted entries of the winning branch, from the competing entry on.
+    pub winning: &'a [Record],
+    /// The active signers at the end of the winning branch.
+    pub signers_at_end: &'a [[u8; 32]],
+    /// The accepted entries of each losing branch, from its competing entry on.
+    pub losing: &'a [&'a [Record]],
+}
+
+/// One problem line per losing branch that holds entries signed in good faith, naming them
+/// and what to do; empty when every left-out entry is a rogue's.
+pub fn report(f: &Fork<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    // Entries on a losing branch that were validly signed there are real history a
+    // site withheld or a race left out: the root's own entries, entries of signers the
+    // accepted history still trusts, and entries of keys granted on that branch. Only
+    // a signer the winning branch removed (revoked or rotated out: a rogue, decided by
+    // the root) signs noise. Leaving them out is a problem to report, never noise.
+    // Keys the winning branch granted or revoked itself (a revocation there decides
+    // that the key is rogue, even for a key granted only on the losing branch).
+    let named_on_winner: Vec<[u8; 32]> = f
+        .winning
+        .iter()
+        .filter_map(|r| match &r.entry.event {
+            Event::SignerAdded { key, .. } | Event::SignerRevoked { key, .. } => Some(*key),
+            _ => None,
+        })
+        .collect();
+    let removed_by_winner = |k: &[u8; 32]| {
+        (f.at_fork.contains(k) || named_on_winner.contains(k)) && !f.signers_at_end.contains(k)
+    };
+    for records in f.losing {
+        let displaced: Vec<&Record> = records
+            .iter()
+            .filter(|r| {
+                r.entry.signer == f.root
+                    || f.signers_at_end.contains(&r.entry.signer)
+                    || !removed_by_winner(&r.entry.signer)
+            })
+            .collect();
+        if displaced.is_empty() {
+            continue;
+        }
+        let root_signed = displaced.iter().any(|r| r.entry.signer == f.root);
+        let what = displaced
+            .iter()
+            .map(|r| {
+                format!(
+                    "entry {} {} ({}, signed by {})",
+                    r.entry.seq,
+                    r.id.short(),
+                    r.entry.event.name(),
+                    if r.entry.signer == f.root {
+                        "the root key".to_string()
+                    } else {
+                        hex::encode(r.entry.signer)[..16].to_string()
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(format!(
+            "fork at entry {}: the accepted history follows {} ({}), which leaves \
+             out {} entries validly signed on their own branch{}: {what}; a site \
+             withheld them from a writer, or two writers raced. Their data is still \
+             stored and garbage collection keeps this dataset whole: compare this \
+             site's ledger with the other sites'{}",
+            f.seq,
+            f.winner.short(),
+            f.rule,
+            displaced.len(),
+            if root_signed {
+                " (the root's own among them)"
+            } else {
+                ""
+            },
+            if root_signed {
+                "; a left-out root entry (a revocation, a grant, a policy) has no effect \
+                 until the root signs it again on the accepted history"
+            } else {
+                ", and have the root revoke the signer only if it is rogue"
+            }
+        ));
+    }
+    out
+}
