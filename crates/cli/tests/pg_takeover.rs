@@ -7,6 +7,7 @@
 //!   each whole segment), so acknowledged WAL newer than the last anchor is durable at the
 //!   sites but not in the ledger; a standby that cannot reach it must not be promoted.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -30,21 +31,29 @@ fn commits_wait_for_the_streamer(pg: &PgServer) {
 /// `embassy pg stream DATASET` from the server at `conninfo` as the synchronous standby, logging
 /// durable positions to `log` in the home (SIGTERM when dropped; `.0.kill()` for SIGKILL).
 fn stream(env: &PgCli, conninfo: &str, dataset: &str, log: &str) -> Stopper {
+    stream_with(env, &env.path("vault.key"), conninfo, dataset, log)
+}
+
+/// The same, signed with the key file `key`.
+fn stream_with(env: &PgCli, key: &Path, conninfo: &str, dataset: &str, log: &str) -> Stopper {
     let conninfo = format!("{conninfo} application_name={SYNC_NAME}");
     let log = env.path(log);
     Stopper(
-        env.cmd(&[
-            "pg",
-            "stream",
-            dataset,
-            "--conninfo",
-            &conninfo,
-            "--slot",
-            "embassy_wal",
-            "--create-slot",
-            "--durable-log",
-            arg(&log),
-        ])
+        env.cmd_with_key(
+            key,
+            &[
+                "pg",
+                "stream",
+                dataset,
+                "--conninfo",
+                &conninfo,
+                "--slot",
+                "embassy_wal",
+                "--create-slot",
+                "--durable-log",
+                arg(&log),
+            ],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -266,7 +275,30 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         &["--approver", &public, "--promotion-approvals", "1"],
     );
     let host = hostname();
-    let approve = || {
+    // The embassy's credential (approvals name the key that promotes); home comes back with a
+    // new one, issued after the takeover fenced the writers of before.
+    let issue = |label: &str| -> (PathBuf, String) {
+        let file = env.path(&format!("{label}.cred"));
+        let out = env.run(&[
+            "keys",
+            "issue",
+            "--sealing",
+            "--dataset",
+            "registry",
+            "--label",
+            label,
+            "--out",
+            arg(&file),
+        ]);
+        let public = out
+            .split_whitespace()
+            .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+            .unwrap_or_else(|| panic!("no public key in {out}"))
+            .to_string();
+        (file, public)
+    };
+    let (embassy_key, embassy_public) = issue("embassy");
+    let approve = |promoter: &str| {
         let out = env
             .cmd_as_caller(&[
                 "approve",
@@ -274,6 +306,8 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
                 arg(&approver),
                 "--promote",
                 &host,
+                "--promoter",
+                promoter,
                 "registry",
             ])
             .output()
@@ -303,17 +337,28 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
     // Takeover: home is lost; two officials' worth of approval (one here), then promote.
     drop(home_streamer);
     home.kill9();
-    approve();
-    let done: serde_json::Value = serde_json::from_str(&env.run(&[
-        "--json",
-        "promote",
-        "registry",
-        "--data",
-        arg(&embassy_dir),
-        "--timeout",
-        "60",
-    ]))
-    .unwrap();
+    approve(&embassy_public);
+    let promote = |key: &Path, dir: &Path| -> serde_json::Value {
+        let out = env
+            .cmd_with_key(
+                key,
+                &[
+                    "--json",
+                    "promote",
+                    "registry",
+                    "--data",
+                    arg(dir),
+                    "--timeout",
+                    "60",
+                ],
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "promote: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let done = promote(&embassy_key, &embassy_dir);
+    assert_eq!(done["authoritative"], true, "{done}");
     assert_eq!(done["timeline"], 2, "{done}");
     assert_eq!(done["approvals"], 1, "{done}");
     assert!(done["data_lost_to"].is_null(), "{done}");
@@ -332,7 +377,13 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         ))
         .unwrap();
     embassy.try_psql("SELECT pg_reload_conf()").unwrap();
-    let embassy_streamer = stream(&env, &embassy_conninfo, "registry", "embassy-durable.log");
+    let embassy_streamer = stream_with(
+        &env,
+        &embassy_key,
+        &embassy_conninfo,
+        "registry",
+        "embassy-durable.log",
+    );
     commit_rows(&|sql| embassy.try_psql(sql), "embassy", 51, 100);
 
     // The switchover: writes stop at the embassy. A fast shutdown waits until the streamer has
@@ -356,17 +407,9 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         || count(&home_again, "SELECT count(*) FROM acked") == "100",
     );
     // The promotion back: approved anew (an approval serves one takeover), recorded.
-    approve();
-    let back: serde_json::Value = serde_json::from_str(&env.run(&[
-        "--json",
-        "promote",
-        "registry",
-        "--data",
-        arg(&home_dir),
-        "--timeout",
-        "60",
-    ]))
-    .unwrap();
+    let (home_key, home_public) = issue("home-again");
+    approve(&home_public);
+    let back = promote(&home_key, &home_dir);
     assert_eq!(back["timeline"], 3, "{back}");
     assert_eq!(back["approvals"], 1, "{back}");
     assert!(back["data_lost_to"].is_null(), "{back}");
@@ -384,7 +427,13 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         port_of(&home_dir),
         embassy_testkit::pg::REPL_PASSWORD
     );
-    let _home_streamer = stream(&env, &home_conninfo, "registry", "home-durable.log");
+    let _home_streamer = stream_with(
+        &env,
+        &home_key,
+        &home_conninfo,
+        "registry",
+        "home-durable.log",
+    );
     commit_rows(&|sql| home_again.try_psql(sql), "home", 101, 120);
 
     // The embassy returns to standby: its data directory, with standby.signal again (its

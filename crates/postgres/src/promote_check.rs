@@ -150,8 +150,8 @@ pub fn check(
 /// The standby in `data_dir` must be a copy of `dataset`'s cluster: the system identifier in
 /// its `global/pg_control` equals the one the dataset's newest base backup records (signed in
 /// its manifest). Another cluster moved past the anchored WAL (`pg_resetwal`) would otherwise
-/// pass the position check and go live as the registry. A dataset with no base backup has
-/// nothing to compare with.
+/// pass the position check and go live as the registry. A dataset with no base backup, or keys
+/// that cannot read its manifests (a sealing-only credential), has nothing to compare with.
 pub fn same_cluster(
     vault: &Vault,
     keyring: &Keyring,
@@ -167,12 +167,17 @@ pub fn same_cluster(
     })?;
     let versions = vault.versions(dataset).map_err(PgError::Vault)?;
     for version in versions.iter().rev() {
-        let reader = embassy_core::engine::reader::VersionReader::open_with(
+        let reader = match embassy_core::engine::reader::VersionReader::open_with(
             vault.site().clone(),
             keyring,
             version,
-        )
-        .map_err(PgError::Vault)?;
+        ) {
+            Ok(r) => r,
+            // A sealing-only credential cannot read the manifest that records the identifier:
+            // nothing to compare with (docs/design.md says so).
+            Err(embassy_core::Error::WrongKey(_)) => return Ok(()),
+            Err(e) => return Err(PgError::Vault(e)),
+        };
         if let Some(info) =
             crate::base_backup::BaseBackupInfo::from_properties(&reader.manifest.properties)?
         {

@@ -65,11 +65,15 @@ impl PgCli {
     }
 
     fn command(&self, state: &str, args: &[&str]) -> Command {
+        self.command_with_key(state, &self.path("vault.key"), args)
+    }
+
+    fn command_with_key(&self, state: &str, key: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
         c.arg("--site")
             .arg(self.site())
             .arg("--key-file")
-            .arg(self.path("vault.key"))
+            .arg(key)
             .arg("--passphrase-file")
             .arg(self.path("pass"))
             .arg("--state-dir")
@@ -90,6 +94,14 @@ impl PgCli {
     /// An `embassy` command run as the `postgres` user (state folder `state`).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.command("state", args);
+        c.uid(self.ids.0).gid(self.ids.1);
+        c
+    }
+
+    /// An `embassy` command run as `postgres` with another key file (a credential the root
+    /// issued, under the same passphrase file).
+    pub fn cmd_with_key(&self, key: &Path, args: &[&str]) -> Command {
+        let mut c = self.command_with_key("state", key, args);
         c.uid(self.ids.0).gid(self.ids.1);
         c
     }
