@@ -847,6 +847,10 @@ retention = {{ keep_last = 3 }}
                 ]);
                 if again.status.success() {
                     self.behind_cleared_by_drain += 1;
+                    println!(
+                        "keyless verify of {site} failed while behind, passed after the drain: {}",
+                        show(&out)
+                    );
                 } else {
                     problems.push(format!(
                         "keyless verify of {site} (behind): {}\nafter the drain ({}): {}",

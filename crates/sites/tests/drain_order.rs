@@ -131,3 +131,51 @@ fn an_entry_reaches_a_site_behind_only_after_what_it_lacks_even_from_a_down_site
         "entry 2 reached the site behind without entry 1 (held only by the down site)"
     );
 }
+
+/// A writer killed while it stored a ledger entry leaves it at some sites only, and nothing in
+/// any queue says so: only its session file, no longer locked, tells that it died mid-write.
+/// The next entry (the restarted agent's) must not reach a site before that session is turned
+/// into a full comparison and the site is caught up: written first, the site held the next
+/// entry without the killed one, a gap `verify` calls damage although the full comparison then
+/// queued would have filled it (crash campaign seed 1796593640037832259 kill 7).
+#[test]
+fn an_entry_waits_for_a_dead_writers_full_comparison_before_it_reaches_a_site() {
+    let state = tempfile::tempdir().unwrap();
+    let missed = Arc::new(MemorySite::named("memory:missed"));
+    let got = Arc::new(MemorySite::named("memory:got"));
+    let root = embassy_core::keys::RootSecret::generate();
+    embassy_core::format::config::VaultConfig::new(&root)
+        .create(got.as_ref(), &root)
+        .unwrap();
+    missed
+        .put(layout::CONFIG, &got.get(layout::CONFIG).unwrap())
+        .unwrap();
+    let entry = |seq: u64| {
+        let bytes = format!("entry {seq}").into_bytes();
+        (
+            layout::ledger_entry("reg", seq, &ObjectId::of(&bytes)),
+            bytes,
+        )
+    };
+    // The killed writer stored entry 1 at `got` and died before `missed` answered: its
+    // session file stays (unlocked), and no queue names the entry.
+    let (first, first_bytes) = entry(1);
+    got.put(&first, &first_bytes).unwrap();
+    let sessions = state.path().join("queues").join("sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    std::fs::write(sessions.join("999-1-killed"), "memory:missed\nmemory:got\n").unwrap();
+    let sites: Vec<Arc<dyn Site>> = vec![missed.clone(), got.clone()];
+    let vault = embassy_sites::ReplicatedSite::new(sites, 1)
+        .unwrap()
+        .with_queue(state.path())
+        .unwrap();
+    let (second, second_bytes) = entry(2);
+    vault.put(&second, &second_bytes).unwrap();
+    let held = missed.lock();
+    assert!(
+        !held.contains_key(&second) || held.contains_key(&first),
+        "entry 2 reached the site without entry 1, which the killed writer left at the other \
+         site only"
+    );
+    assert!(held.contains_key(&second), "caught up, then written");
+}
