@@ -419,7 +419,10 @@ fn a_backup_running_during_a_repack_keeps_the_dead_chunks_it_reuses() {
             .iter()
             .filter(|p| needed.contains(*p))
             .collect();
-        assert!(lost.is_empty(), "deleted what version 3 needs: {lost:?}\n{report:?}");
+        assert!(
+            lost.is_empty(),
+            "deleted what version 3 needs: {lost:?}\n{report:?}"
+        );
         for p in &condemned_needed {
             assert!(s.holds(p), "{p} is gone: {report:?}");
         }
