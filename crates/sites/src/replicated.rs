@@ -327,19 +327,25 @@ impl ReplicatedSite {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, s)| s.clone())
                 .collect();
-            behind[i] = match queue::drain(
+            let copied = match queue::drain(
                 &q.per_site[i],
                 target.as_ref(),
                 &sources,
                 &embassy_core::progress::Silent,
             ) {
-                Ok(report) => report.remaining > 0 || !report.problems.is_empty(),
-                Err(_) => true,
+                Ok(report) => {
+                    behind[i] = report.remaining > 0 || !report.problems.is_empty();
+                    report.copied > 0
+                }
+                Err(_) => {
+                    behind[i] = true;
+                    false
+                }
             };
             // The drain may have brought an entry at this one's place, held by a site down for
             // this run (whose ledger the writer did not list): a second entry there would fork
             // the history at this site (crash campaign seed 1796595018723602712 kill 50).
-            if !behind[i] && layout::parse_ledger_path(path).is_some() {
+            if copied && !behind[i] && layout::parse_ledger_path(path).is_some() {
                 forked[i] = match embassy_core::engine::sync::fork_at(target.as_ref(), path) {
                     Ok(other) => other,
                     Err(e) => Some(format!("(its entries could not be listed: {e})")),
