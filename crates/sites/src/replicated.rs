@@ -281,13 +281,27 @@ impl ReplicatedSite {
     /// with the rest). A site holding an entry without the entries and objects before it would
     /// be judged damaged by `verify`; a site holding a prefix of the vault is only behind.
     /// Data objects (packs, indexes, manifests) go everywhere at once: alone they are harmless.
-    fn behind_before_entry(&self, path: &str, down: &[bool]) -> Vec<bool> {
+    ///
+    /// Also returns, per site, the other entry a drain here brought to the place of the ledger
+    /// entry `path`: the writer read its history without it (from the sites up in this run;
+    /// the drain copies from down sites too), and the site must not get a second entry there.
+    fn behind_before_entry(&self, path: &str, down: &[bool]) -> (Vec<bool>, Vec<Option<String>>) {
         let mut behind = vec![false; self.sites.len()];
+        let mut forked = vec![None; self.sites.len()];
         let Some(q) = &self.queues else {
-            return behind;
+            return (behind, forked);
         };
         if embassy_core::engine::sync::write_stage(path) < ENTRY_STAGE {
-            return behind;
+            return (behind, forked);
+        }
+        // A writer that died mid-write (another process, or this one before a restart) may
+        // have left an entry at some sites only, unqueued for the rest: its session becomes a
+        // full comparison first, so the sites it wrote to are caught up before this entry lands
+        // after a hole (seed 1796593640037832259 kill 7: a restarted agent's next entry reached
+        // a site lacking the one its killed run was writing). If that cannot be done, every
+        // site may be behind: each is left out and the path queued.
+        if queue::recover_sessions(&q.state_dir).is_err() {
+            return (down.iter().map(|d| !d).collect(), forked);
         }
         for (i, target) in self.sites.iter().enumerate() {
             if down[i] {
@@ -313,17 +327,32 @@ impl ReplicatedSite {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, s)| s.clone())
                 .collect();
-            behind[i] = match queue::drain(
+            let copied = match queue::drain(
                 &q.per_site[i],
                 target.as_ref(),
                 &sources,
                 &embassy_core::progress::Silent,
             ) {
-                Ok(report) => report.remaining > 0 || !report.problems.is_empty(),
-                Err(_) => true,
+                Ok(report) => {
+                    behind[i] = report.remaining > 0 || !report.problems.is_empty();
+                    report.copied > 0
+                }
+                Err(_) => {
+                    behind[i] = true;
+                    false
+                }
             };
+            // The drain may have brought an entry at this one's place, held by a site down for
+            // this run (whose ledger the writer did not list): a second entry there would fork
+            // the history at this site (crash campaign seed 1796595018723602712 kill 50).
+            if copied && !behind[i] && layout::parse_ledger_path(path).is_some() {
+                forked[i] = match embassy_core::engine::sync::fork_at(target.as_ref(), path) {
+                    Ok(other) => other,
+                    Err(e) => Some(format!("(its entries could not be listed: {e})")),
+                };
+            }
         }
-        behind
+        (behind, forked)
     }
 
     fn first_ok<T>(
@@ -379,11 +408,22 @@ impl Site for ReplicatedSite {
         // Down sites are left out, as long as the others can meet min_sites.
         let down = self.left_out(self.min_sites);
         // And, for a ledger entry or what names one, sites still behind on their queue.
-        let behind = self.behind_before_entry(path, &down);
-        let skip: Vec<bool> = down.iter().zip(&behind).map(|(d, b)| *d || *b).collect();
+        let (behind, forked) = self.behind_before_entry(path, &down);
+        let skip: Vec<bool> = (0..self.sites.len())
+            .map(|i| down[i] || behind[i] || forked[i].is_some())
+            .collect();
         let mut results = self.put_each(path, source, &skip);
         for (i, result) in results.iter_mut().enumerate() {
-            if behind[i] && !down[i] {
+            if let (Some(other), false) = (&forked[i], down[i]) {
+                *result = Err(SiteError::Permanent {
+                    site: self.sites[i].location().to_string(),
+                    operation: "put",
+                    path: path.to_string(),
+                    message: format!(
+                        "left out: the site holds another entry at this sequence number                          ({other}), which the writer did not see (a site down for this run                          held it); the history must be read again before appending"
+                    ),
+                });
+            } else if behind[i] && !down[i] {
                 *result = Err(SiteError::Retryable {
                     site: self.sites[i].location().to_string(),
                     operation: "put",
@@ -428,7 +468,8 @@ impl Site for ReplicatedSite {
         // Some site holds it: the others must catch up, recorded before the write counts.
         if stored > 0 {
             if let Some(q) = &self.queues {
-                for i in failed_at {
+                // Never a competing entry for a site that holds another at its place.
+                for i in failed_at.into_iter().filter(|i| forked[*i].is_none()) {
                     q.per_site[i]
                         .record_missing(path)
                         .map_err(|e| self.queue_error(path, e))?;

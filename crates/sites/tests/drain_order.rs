@@ -131,3 +131,113 @@ fn an_entry_reaches_a_site_behind_only_after_what_it_lacks_even_from_a_down_site
         "entry 2 reached the site behind without entry 1 (held only by the down site)"
     );
 }
+
+/// A writer killed while it stored a ledger entry leaves it at some sites only, and nothing in
+/// any queue says so: only its session file, no longer locked, tells that it died mid-write.
+/// The next entry (the restarted agent's) must not reach a site before that session is turned
+/// into a full comparison and the site is caught up: written first, the site held the next
+/// entry without the killed one, a gap `verify` calls damage although the full comparison then
+/// queued would have filled it (crash campaign seed 1796593640037832259 kill 7).
+#[test]
+fn an_entry_waits_for_a_dead_writers_full_comparison_before_it_reaches_a_site() {
+    let state = tempfile::tempdir().unwrap();
+    let missed = Arc::new(MemorySite::named("memory:missed"));
+    let got = Arc::new(MemorySite::named("memory:got"));
+    let root = embassy_core::keys::RootSecret::generate();
+    embassy_core::format::config::VaultConfig::new(&root)
+        .create(got.as_ref(), &root)
+        .unwrap();
+    missed
+        .put(layout::CONFIG, &got.get(layout::CONFIG).unwrap())
+        .unwrap();
+    let entry = |seq: u64| {
+        let bytes = format!("entry {seq}").into_bytes();
+        (
+            layout::ledger_entry("reg", seq, &ObjectId::of(&bytes)),
+            bytes,
+        )
+    };
+    // The killed writer stored entry 1 at `got` and died before `missed` answered: its
+    // session file stays (unlocked), and no queue names the entry.
+    let (first, first_bytes) = entry(1);
+    got.put(&first, &first_bytes).unwrap();
+    let sessions = state.path().join("queues").join("sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    std::fs::write(sessions.join("999-1-killed"), "memory:missed\nmemory:got\n").unwrap();
+    let sites: Vec<Arc<dyn Site>> = vec![missed.clone(), got.clone()];
+    let vault = embassy_sites::ReplicatedSite::new(sites, 1)
+        .unwrap()
+        .with_queue(state.path())
+        .unwrap();
+    let (second, second_bytes) = entry(2);
+    vault.put(&second, &second_bytes).unwrap();
+    let held = missed.lock();
+    assert!(
+        !held.contains_key(&second) || held.contains_key(&first),
+        "entry 2 reached the site without entry 1, which the killed writer left at the other \
+         site only"
+    );
+    assert!(held.contains_key(&second), "caught up, then written");
+}
+
+/// A writer lists its ledger through the sites up in its run, while the drain before its entry
+/// copies from the down ones too: entry 2 held only by a site down for this run (queued for the
+/// other) is invisible to the writer, which appends its own entry 2; the drain then brought the
+/// first entry 2 to the site, and the writer's landed beside it, two entries at one sequence
+/// number (crash campaign seed 1796595018723602712 kill 50). The site is left out of that write
+/// instead, and the write is not acknowledged: the history must be read again.
+#[test]
+fn an_entry_never_lands_beside_one_a_drain_just_brought_to_its_place() {
+    let state = tempfile::tempdir().unwrap();
+    let up = Arc::new(MemorySite::named("memory:up"));
+    let down = Arc::new(MemorySite::named("memory:down"));
+    for site in [&up, &down] {
+        site.put(layout::CONFIG, b"config").unwrap();
+    }
+    let entry = |seq: u64, who: &str| {
+        let bytes = format!("entry {seq} by {who}").into_bytes();
+        (
+            layout::ledger_entry("reg", seq, &ObjectId::of(&bytes)),
+            bytes,
+        )
+    };
+    let (first, first_bytes) = entry(1, "one");
+    up.put(&first, &first_bytes).unwrap();
+    down.put(&first, &first_bytes).unwrap();
+    // Entry 2 reached only `down`; it is queued for `up`.
+    let (theirs, theirs_bytes) = entry(2, "them");
+    down.put(&theirs, &theirs_bytes).unwrap();
+    SiteQueue::open(state.path(), "memory:up")
+        .unwrap()
+        .record_missing(&theirs)
+        .unwrap();
+    let sites: Vec<Arc<dyn Site>> = vec![up.clone(), down.clone()];
+    let vault = embassy_sites::ReplicatedSite::new(sites, 1)
+        .unwrap()
+        .with_queue(state.path())
+        .unwrap();
+    vault.mark_down("memory:down");
+    // The writer's listing (sites up only) ends at entry 1: it appends its own entry 2.
+    let listed: Vec<String> = vault
+        .list("ledger/reg/")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.path)
+        .collect();
+    assert_eq!(listed, vec![first.clone()]);
+    let (ours, ours_bytes) = entry(2, "us");
+    let put = vault.put(&ours, &ours_bytes);
+    let held = up.lock();
+    assert!(
+        !(held.contains_key(&theirs) && held.contains_key(&ours)),
+        "two entries at sequence number 2 at one site: {put:?}"
+    );
+    assert!(held.contains_key(&theirs), "the queued entry was copied");
+    assert!(put.is_err(), "a forking entry is never acknowledged");
+    drop(held);
+    let queued = SiteQueue::open(state.path(), "memory:up")
+        .unwrap()
+        .pending()
+        .unwrap();
+    assert!(!queued.paths.contains(&ours), "{queued:?}");
+}
