@@ -66,8 +66,16 @@ lsn() { python3 -c "h, l = '$1'.split('/'); print(int(h, 16) << 32 | int(l, 16))
 open_wait() { until [ "$(psql_ "$1" 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.05; done; }
 started=()
 STREAM=
+# The streamer runs under runuser, which does not always pass SIGTERM on: signal its child too
+# (a streamer left behind kept retrying for an hour after a run).
+stop_stream() {
+  pkill -TERM -P "$STREAM" 2>/dev/null || true
+  kill -TERM "$STREAM" 2>/dev/null || true
+  wait "$STREAM" 2>/dev/null || true
+  STREAM=
+}
 cleanup() {
-  [ -n "$STREAM" ] && kill -TERM "$STREAM" 2>/dev/null || true
+  [ -n "$STREAM" ] && stop_stream || true
   for d in "${started[@]}"; do stop "$d"; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
@@ -115,7 +123,7 @@ until [ "$(durable)" -ge "$END" ] 2>/dev/null; do sleep 0.2; done
 until [ "$(psql_ "$PORT" 'SELECT last_archived_wal FROM pg_stat_archiver')" \> "$LAST" ] \
    || [ "$(psql_ "$PORT" 'SELECT last_archived_wal FROM pg_stat_archiver')" = "$LAST" ]; do sleep 0.2; done
 echo "[pg-replay] $MB MB of WAL after the base backups, held by both"
-kill -TERM "$STREAM"; wait "$STREAM" || true; STREAM=
+stop_stream
 t=$(now)
 pg "$PGBIN/pg_basebackup" -h "$W/sock" -p "$PORT" -D "$W/restores/plain" -X stream -c fast
 start "$W/restores/plain" $((PORT + 1)); started+=("$W/restores/plain"); open_wait $((PORT + 1))
