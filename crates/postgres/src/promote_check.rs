@@ -161,7 +161,9 @@ pub fn same_cluster(
     let control_path = data_dir.join("global").join("pg_control");
     let control = std::fs::read(&control_path).map_err(|e| {
         PgError::Restore(format!(
-            "cannot read {} to check that the standby is a copy of {dataset}: {e}",
+            "cannot read {} to check that the standby is a copy of {dataset}: {e}; nothing was \
+             promoted: run promote as the data directory's owner (or root), with --data naming \
+             the standby's data directory",
             control_path.display()
         ))
     })?;
