@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use embassy_testkit::pg::cli::{arg, PgCli, Stopper};
+use embassy_testkit::pg::cli::{arg, PgCli};
 use embassy_testkit::pg::restored::Restored;
 use embassy_testkit::pg::{PgOptions, PgServer};
 use embassy_testkit::wait_until;
@@ -30,25 +30,12 @@ fn a_registry_comes_back_from_one_site_and_three_shares_with_every_acknowledged_
     ));
     pg.psql("SELECT pg_reload_conf()");
     let home = PgCli::new(EXE, "embassy-pgdisaster-");
-    let log = home.path("durable.log");
     let conninfo = format!("{} application_name={SYNC_NAME}", pg.conninfo());
-    let streamer = Stopper(
-        home.cmd(&[
-            "pg",
-            "stream",
-            "registry",
-            "--conninfo",
-            &conninfo,
-            "--slot",
-            "embassy_wal",
-            "--create-slot",
-            "--durable-log",
-            arg(&log),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("embassy runs"),
+    let streamer = home.stream_from(
+        &home.path("vault.key"),
+        &conninfo,
+        "registry",
+        "durable.log",
     );
     wait_until("the first durable WAL", Duration::from_secs(60), || {
         home.durable() > 0

@@ -8,7 +8,6 @@
 //!   sites but not in the ledger; a standby that cannot reach it must not be promoted.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use embassy_testkit::pg::cli::{arg, PgCli, Stopper};
@@ -37,28 +36,7 @@ fn stream(env: &PgCli, conninfo: &str, dataset: &str, log: &str) -> Stopper {
 /// The same, signed with the key file `key`.
 fn stream_with(env: &PgCli, key: &Path, conninfo: &str, dataset: &str, log: &str) -> Stopper {
     let conninfo = format!("{conninfo} application_name={SYNC_NAME}");
-    let log = env.path(log);
-    Stopper(
-        env.cmd_with_key(
-            key,
-            &[
-                "pg",
-                "stream",
-                dataset,
-                "--conninfo",
-                &conninfo,
-                "--slot",
-                "embassy_wal",
-                "--create-slot",
-                "--durable-log",
-                arg(&log),
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("embassy runs"),
-    )
+    env.stream_from(key, &conninfo, dataset, log)
 }
 
 fn lsn(s: &str) -> u64 {

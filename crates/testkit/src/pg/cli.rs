@@ -143,20 +143,34 @@ impl PgCli {
     /// `embassy pg stream DATASET` from `pg` (slot `embassy_wal`, created), logging durable
     /// positions to `durable.log`; stopped when the [`Stopper`] is dropped.
     pub fn stream(&self, pg: &PgServer, dataset: &str) -> Stopper {
-        let log = self.path("durable.log");
+        self.stream_from(
+            &self.path("vault.key"),
+            &pg.conninfo(),
+            dataset,
+            "durable.log",
+        )
+    }
+
+    /// The same from the server at `conninfo` (an `application_name` there makes the streamer
+    /// a synchronous standby), signed with key file `key`, logging to `log` in the home.
+    pub fn stream_from(&self, key: &Path, conninfo: &str, dataset: &str, log: &str) -> Stopper {
+        let log = self.path(log);
         Stopper(
-            self.cmd(&[
-                "pg",
-                "stream",
-                dataset,
-                "--conninfo",
-                &pg.conninfo(),
-                "--slot",
-                "embassy_wal",
-                "--create-slot",
-                "--durable-log",
-                log.to_str().expect("a UTF-8 path"),
-            ])
+            self.cmd_with_key(
+                key,
+                &[
+                    "pg",
+                    "stream",
+                    dataset,
+                    "--conninfo",
+                    conninfo,
+                    "--slot",
+                    "embassy_wal",
+                    "--create-slot",
+                    "--durable-log",
+                    log.to_str().expect("a UTF-8 path"),
+                ],
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
