@@ -175,10 +175,11 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
-/// The most one `write` system call is given. Linux 6.18 with ext4's large folios took about
-/// 30 times longer per byte for a write of 2 MiB or more than for 1.5 MiB or less (measured
-/// on the project's machine: 170 against 5,700 MiB/s into the page cache), so big buffers
-/// (a pack, a WAL segment, a restored chunk) are written in slices of this size.
+/// The most one `write` system call is given. In one series on the project's VM (Linux 6.18,
+/// ext4) a `write` of 2 MiB or more into the page cache ran at 170–430 MiB/s against about
+/// 5,700 for 1.5 MiB or less; later series showed buffered writes there swinging widely
+/// whatever the size, so the gain is not proven (bench/README.md). Slices of 1 MiB cost
+/// nothing measurable anywhere, so big buffers (a WAL segment, a restored chunk) go in them.
 pub const WRITE_SLICE: usize = 1024 * 1024;
 
 /// Writes all of `bytes` to `out` in slices of at most [`WRITE_SLICE`].

@@ -201,6 +201,8 @@ mod tests {
         let mut w = DirectWriter::new(&mut file);
         assert_eq!(w.is_direct(), takes_direct);
         w.write_all(&vec![7u8; BUFFER + 100]).unwrap();
+        // A whole buffer went out already: still past the page cache (not fallen back).
+        assert_eq!(w.is_direct(), takes_direct, "direct writes were given up");
         w.finish().unwrap();
         // SAFETY: F_GETFL on a descriptor we own.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
