@@ -9,24 +9,32 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
-use embassy_testkit::status_page::show;
+use embassy_testkit::cli::{copy_dir, exec, Embassy, Run};
+
+fn show(out: &Run) -> String {
+    format!("{out:?}")
+}
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
 struct Env {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
+    embassy: Embassy,
 }
 
 impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
-        fs::write(dir.join("passphrase"), "hidden root test passphrase\n").unwrap();
         fs::create_dir_all(dir.join("src")).unwrap();
-        Env { _tmp: tmp, dir }
+        let embassy = Embassy::new(EMBASSY, &dir);
+        Env {
+            _tmp: tmp,
+            dir,
+            embassy,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -35,31 +43,18 @@ impl Env {
 
     /// `embassy` at site `v` with the state folder `state`, the root key file unless `args`
     /// name another.
-    fn run(&self, state: &str, args: &[&str]) -> Output {
-        let mut all = vec![
-            "--site",
-            "v",
-            "--state-dir",
-            state,
-            "--passphrase-file",
-            "passphrase",
-        ];
-        all.extend(args);
-        Command::new(EMBASSY)
-            .args(&all)
-            .current_dir(&self.dir)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_PASSPHRASE")
-            .env_remove("EMBASSY_STATE_DIR")
+    fn run(&self, state: &str, args: &[&str]) -> Run {
+        let mut cmd = self.embassy.command();
+        cmd.current_dir(&self.dir)
             .env("EMBASSY_KEY_FILE", self.path("vault.key"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run embassy")
+            .args(["--site", "v", "--state-dir", state])
+            .args(args);
+        exec(cmd, None)
     }
 
-    fn ok(&self, state: &str, args: &[&str]) -> Output {
+    fn ok(&self, state: &str, args: &[&str]) -> Run {
         let out = self.run(state, args);
-        assert!(out.status.success(), "{args:?}: {}", show(&out));
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
         out
     }
 
@@ -95,16 +90,6 @@ impl Env {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(status.success());
-}
-
 /// Copies into `to` every file of `from` that `to` lacks (what the site stored before).
 fn merge_missing(from: &Path, to: &Path) {
     let Ok(entries) = fs::read_dir(from) else {
@@ -138,7 +123,7 @@ fn files(root: &Path) -> Vec<PathBuf> {
 }
 
 /// The first 64-hex-digit word of a command's output (a key `keys issue` printed).
-fn first_key(out: &Output) -> String {
+fn first_key(out: &Run) -> String {
     show(out)
         .split(|c: char| !c.is_ascii_hexdigit())
         .find(|w| w.len() == 64)
@@ -176,7 +161,7 @@ fn hidden_root_grant_and_its_versions_are_reported_and_kept() {
 
     let out = env.run("st3", &["verify"]);
     let text = show(&out);
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert_eq!(out.code, 3, "{text}");
     assert!(text.contains("fork at entry 2"), "{text}");
     assert!(text.contains("leaves out 3 entries"), "{text}");
     assert!(text.contains("the root's own among them"), "{text}");
@@ -240,7 +225,7 @@ fn a_hidden_revocation_is_reported_not_undone_silently() {
 
     let out = env.run("st3", &["verify"]);
     let text = show(&out);
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert_eq!(out.code, 3, "{text}");
     assert!(text.contains("fork at entry 3"), "{text}");
     assert!(text.contains("signer revoked"), "{text}");
     assert!(!text.contains("vault OK"), "{text}");

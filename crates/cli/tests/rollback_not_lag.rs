@@ -10,54 +10,44 @@
 //!   (a fork): it refuses and says so.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-use embassy_testkit::status_page::show;
+use embassy_testkit::cli::{copy_dir, passphrase_file, Run, Vaults};
 
 const EMBASSY: &str = env!("CARGO_BIN_EXE_embassy");
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    vaults: Vaults,
     dir: PathBuf,
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path().to_path_buf();
-        fs::write(dir.join("passphrase"), "rollback test passphrase\n").unwrap();
+        let vaults = Vaults::new(EMBASSY);
+        let dir = vaults.dir.clone();
+        passphrase_file(&dir);
         fs::create_dir_all(dir.join("src")).unwrap();
-        Env { _tmp: tmp, dir }
+        Env { vaults, dir }
     }
 
     fn path(&self, p: &str) -> PathBuf {
         self.dir.join(p)
     }
 
-    /// `embassy` with these sites, the state folder `state` and the key file.
-    fn run(&self, sites: &[&str], state: &str, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = Vec::new();
-        for s in sites {
-            all.extend(["--site", s]);
-        }
-        all.extend(["--state-dir", state, "--passphrase-file", "passphrase"]);
-        all.extend(args);
-        Command::new(EMBASSY)
-            .args(&all)
-            .current_dir(&self.dir)
-            .env_remove("EMBASSY_SITE")
-            .env_remove("EMBASSY_PASSPHRASE")
-            .env_remove("EMBASSY_STATE_DIR")
-            .env("EMBASSY_KEY_FILE", self.path("vault.key"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run embassy")
+    /// `embassy` with these sites, the state folder `state` and the key file; its output names
+    /// sites by their folder's name (`site b: DAMAGED`).
+    fn run(&self, sites: &[&str], state: &str, args: &[&str]) -> Run {
+        let mut out = self.vaults.run_as(state, sites, args);
+        let folder = format!("{}/", self.dir.display());
+        out.stdout = out.stdout.replace(&folder, "");
+        out.stderr = out.stderr.replace(&folder, "");
+        out
     }
 
-    fn ok(&self, sites: &[&str], state: &str, args: &[&str]) -> Output {
+    fn ok(&self, sites: &[&str], state: &str, args: &[&str]) -> Run {
         let out = self.run(sites, state, args);
-        assert!(out.status.success(), "{args:?}: {}", show(&out));
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
         out
     }
 
@@ -65,7 +55,8 @@ impl Env {
     fn backup(&self, sites: &[&str], state: &str, n: u32, extra: &[&str]) {
         fs::write(self.path(&format!("src/f{n}")), format!("{n}\n")).unwrap();
         let mut args = extra.to_vec();
-        args.extend(["backup", "reg", "src"]);
+        let src = self.vaults.path("src");
+        args.extend(["backup", "reg", &src]);
         self.ok(sites, state, &args);
     }
 
@@ -105,18 +96,12 @@ impl Env {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(status.success());
+fn code(out: &Run) -> Option<i32> {
+    Some(out.code)
 }
 
-fn code(out: &Output) -> Option<i32> {
-    out.status.code()
+fn show(out: &Run) -> String {
+    format!("{out:?}")
 }
 
 /// 3b: no queue. `verify --site a --site b` used to read each site without the remembered
@@ -225,21 +210,22 @@ fn a_catch_up_never_forks_a_site() {
     // Its catch-up of a (the queue) and a full copy from b both refuse to fork a.
     let out = env.run(&["a", "b"], "other", &["sync", "--pending"]);
     let text = show(&out);
-    assert!(!out.status.success(), "sync --pending: {text}");
+    assert_ne!(out.code, 0, "sync --pending: {text}");
     assert!(text.contains("fork"), "sync --pending: {text}");
-    let out = env.run(&["a", "b"], "state", &["sync", "--from", "b", "--to", "a"]);
+    let (from, to) = (env.vaults.path("b"), env.vaults.path("a"));
+    let out = env.run(
+        &["a", "b"],
+        "state",
+        &["sync", "--from", &from, "--to", &to],
+    );
     let text = show(&out);
-    assert!(!out.status.success(), "sync --from b: {text}");
+    assert_ne!(out.code, 0, "sync --from b: {text}");
     assert!(text.contains("fork"), "sync --from b: {text}");
     // a keeps its own history, readable and verifiable, with both versions.
     let out = env.run(&["a"], "state", &["verify"]);
-    assert!(
-        out.status.success(),
-        "a after the refused copies: {}",
-        show(&out)
-    );
+    assert!(out.code == 0, "a after the refused copies: {}", show(&out));
     let out = env.ok(&["a"], "state", &["--json", "versions", "reg"]);
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = out.json();
     assert_eq!(
         answer["versions"].as_array().map_or(0, Vec::len),
         2,

@@ -399,13 +399,25 @@ impl Vaults {
         self.dir.join(p).display().to_string()
     }
 
-    /// `embassy --key-file KEY --state-dir STATE --site S... ARGS`.
+    /// `embassy --key-file KEY --state-dir STATE --site S... ARGS`, with the state folder
+    /// `state`.
     pub fn run(&self, sites: &[&str], args: &[&str]) -> Run {
+        self.run_as("state", sites, args)
+    }
+
+    /// [`Vaults::run`], which must succeed.
+    pub fn ok(&self, sites: &[&str], args: &[&str]) -> Run {
+        self.ok_as("state", sites, args)
+    }
+
+    /// [`Vaults::run`] with the state folder `state` instead: another machine (its own
+    /// remembered heads and queues) using the same key.
+    pub fn run_as(&self, state: &str, sites: &[&str], args: &[&str]) -> Run {
         let mut all = vec![
             "--key-file".to_string(),
             self.path("vault.key"),
             "--state-dir".to_string(),
-            self.path("state"),
+            self.path(state),
         ];
         for s in sites {
             all.push("--site".into());
@@ -415,10 +427,27 @@ impl Vaults {
         self.embassy.run(all, None)
     }
 
-    /// [`Vaults::run`], which must succeed.
-    pub fn ok(&self, sites: &[&str], args: &[&str]) -> Run {
-        let run = self.run(sites, args);
+    /// [`Vaults::run_as`], which must succeed.
+    pub fn ok_as(&self, state: &str, sites: &[&str], args: &[&str]) -> Run {
+        let run = self.run_as(state, sites, args);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
         run
     }
+}
+
+/// Copies the folder `from` to `to` as `cp -a` does (modes, times, links): a site's state kept
+/// to show it again later, the way a hostile or restored-from-backup site would.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
