@@ -166,6 +166,14 @@ fn hidden_root_grant_and_its_versions_are_reported_and_kept() {
     assert!(text.contains("leaves out 3 entries"), "{text}");
     assert!(text.contains("the root's own among them"), "{text}");
     assert!(!text.contains("vault OK"), "{text}");
+    // Reported as a problem, and not also listed as noise that "the history is intact
+    // without" (red team 6's report).
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("NOISE") && l.contains("ledger/")),
+        "{text}"
+    );
 
     // Garbage collection keeps the dataset whole while the left-out branch is reported.
     let stored = files(&env.path("full"));

@@ -371,6 +371,10 @@ pub fn verify_with(
                     ));
                 continue;
             }
+            if h.displaced_ids.contains(&r.id) {
+                // Left out by a fork in good faith: a problem (below), not noise.
+                continue;
+            }
             noise.push(format!(
                 "{}: entry {} of {dataset} rejected: {}; the history is intact without it",
                 r.path, r.seq, r.reason

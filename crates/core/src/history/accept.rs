@@ -127,6 +127,9 @@ pub struct History {
     /// since what that branch holds is real and no longer in the history. Garbage collection
     /// leaves such a dataset alone ([`History::check_collectable`]).
     pub displaced: Vec<String>,
+    /// The entries those forks left out (also in `rejected`, as every entry off the
+    /// accepted history is): reported by `displaced`, so never listed as noise.
+    pub displaced_ids: Vec<ObjectId>,
 }
 
 impl History {
@@ -177,6 +180,7 @@ impl History {
         let mut out: Vec<(String, String)> = self
             .rejected
             .iter()
+            .filter(|r| !self.displaced_ids.contains(&r.id))
             .map(|r| (r.path.clone(), r.reason.clone()))
             .chain(
                 self.noise
@@ -339,8 +343,8 @@ struct Walk {
     conflict: Option<Conflict>,
     signers_at_end: Vec<[u8; 32]>,
     /// Forks decided against branches that hold entries signed in good faith (not by a
-    /// signer the winning branch removed): one problem line each.
-    displaced: Vec<String>,
+    /// signer the winning branch removed): one problem line each, and those entries.
+    displaced: crate::history::displaced::Displaced,
 }
 
 impl Walk {
@@ -564,23 +568,24 @@ fn resolve_fork(
         }
         if let Some(w) = winner {
             let losing: Vec<&[Record]> = losers.iter().map(|b| b.records.as_slice()).collect();
-            out.displaced.extend(crate::history::displaced::report(
-                &crate::history::displaced::Fork {
-                    seq,
-                    rule,
-                    root: ctx.root,
-                    winner: winner_id,
-                    at_fork: judge.authority.keys(),
-                    winning: &w.records,
-                    signers_at_end: &w.signers_at_end,
-                    losing: &losing,
-                },
-            ));
+            let left_out = crate::history::displaced::report(&crate::history::displaced::Fork {
+                seq,
+                rule,
+                root: ctx.root,
+                winner: winner_id,
+                at_fork: judge.authority.keys(),
+                winning: &w.records,
+                signers_at_end: &w.signers_at_end,
+                losing: &losing,
+            });
+            out.displaced.lines.extend(left_out.lines);
+            out.displaced.ids.extend(left_out.ids);
             out.records.extend(w.records);
             out.rejected.extend(w.rejected);
             out.conflict = w.conflict;
             out.signers_at_end = w.signers_at_end;
-            out.displaced.extend(w.displaced);
+            out.displaced.lines.extend(w.displaced.lines);
+            out.displaced.ids.extend(w.displaced.ids);
         }
         return;
     }
@@ -761,7 +766,8 @@ pub fn load(
         .rejected
         .sort_by(|a, b| (a.seq, &a.path).cmp(&(b.seq, &b.path)));
     history.conflict = walked.conflict;
-    history.displaced = walked.displaced;
+    history.displaced = walked.displaced.lines;
+    history.displaced_ids = walked.displaced.ids;
     Ok(history)
 }
 

@@ -29,10 +29,19 @@ pub struct Fork<'a> {
     pub losing: &'a [&'a [Record]],
 }
 
-/// One problem line per losing branch that holds entries signed in good faith, naming them
-/// and what to do; empty when every left-out entry is a rogue's.
-pub fn report(f: &Fork<'_>) -> Vec<String> {
-    let mut out = Vec::new();
+/// What a decided fork leaves out in good faith.
+#[derive(Default)]
+pub struct Displaced {
+    /// One problem line per losing branch that holds such entries, naming them and what to do.
+    pub lines: Vec<String>,
+    /// The entries themselves: reported as a problem, so never listed as noise as well.
+    pub ids: Vec<ObjectId>,
+}
+
+/// The entries of each losing branch signed in good faith, and a problem line per branch;
+/// empty when every left-out entry is a rogue's.
+pub fn report(f: &Fork<'_>) -> Displaced {
+    let mut out = Displaced::default();
     // Entries on a losing branch that were validly signed there are real history a
     // site withheld or a race left out: the root's own entries, entries of signers the
     // accepted history still trusts, and entries of keys granted on that branch. Only
@@ -63,6 +72,7 @@ pub fn report(f: &Fork<'_>) -> Vec<String> {
         if displaced.is_empty() {
             continue;
         }
+        out.ids.extend(displaced.iter().map(|r| r.id));
         let root_signed = displaced.iter().any(|r| r.entry.signer == f.root);
         let what = displaced
             .iter()
@@ -81,7 +91,7 @@ pub fn report(f: &Fork<'_>) -> Vec<String> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        out.push(format!(
+        out.lines.push(format!(
             "fork at entry {}: the accepted history follows {} ({}), which leaves \
              out {} entries validly signed on their own branch{}: {what}; a site \
              withheld them from a writer, or two writers raced. Their data is still \
