@@ -502,12 +502,16 @@ fn three_sites(full: bool) {
             "A back to standby and reading home's timeline 3 {:.1} s after its agent started",
             returned.elapsed().as_secs_f64()
         );
-        b.reads(
+        let b_took = b.reads(
             &agent_b,
             "home-again",
             200_001,
             last,
             Duration::from_secs(120),
+        );
+        println!(
+            "node b read home's timeline 3 commits {:.1} s after A's node read them",
+            b_took.as_secs_f64()
         );
         assert_eq!(a.psql("SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
         for node in [&a, &b] {
