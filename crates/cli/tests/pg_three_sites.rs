@@ -544,12 +544,15 @@ fn three_sites(full: bool) {
             promoted[1].contains("timeline 3") && promoted[1].contains(arg(&home_dir)),
             "{history}"
         );
-        drop(agent_a);
+        let (status, log) = agent_a.stop(Duration::from_secs(60));
+        assert!(status.success(), "{log}");
     } else {
         drop(a_streamer);
-        drop(agent_a);
+        let (status, log) = agent_a.stop(Duration::from_secs(60));
+        assert!(status.success(), "{log}");
     }
-    drop(agent_b);
+    let (status, log) = agent_b.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
 
     // Every step in the ledger, the same at each site, each site verifying without keys.
     let mut ledgers = Vec::new();
