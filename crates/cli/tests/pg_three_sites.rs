@@ -12,7 +12,8 @@
 //! restores a standby from the vault, is approved and promoted (timeline 3) and streams again; A's
 //! data directory returns to standby under its agent and follows timeline 3, and so does B.
 //!
-//! The whole run takes a few minutes: it runs with `EMBASSY_THREE_SITES_FULL=1` (README, "On a fresh machine").
+//! The whole run takes a few minutes: it runs with `EMBASSY_THREE_SITES_FULL=1` (README, "On a
+//! fresh machine").
 //! Without it, the default suite runs the takeover part (home lost, A promoted and streaming, B
 //! following timeline 2, each site verifying on its own).
 
