@@ -40,7 +40,8 @@ pub mod messages;
 pub use conninfo::ConnConfig;
 use messages::parse_copy_data;
 pub use messages::{
-    check_slot_name, pg_now, pg_time_to_unix_ns, ReplicationMessage, SlotInfo, SystemInfo,
+    check_slot_name, pg_now, pg_time_to_unix_ns, timeline_fork, ReplicationMessage, SlotInfo,
+    SystemInfo,
 };
 
 enum Socket {
@@ -606,6 +607,15 @@ impl ReplicationConnection {
                 }
                 _ => Err(PgError::Protocol("bad error response".into())),
             },
+            b'C' => {
+                // A server shutting down ends the stream with CommandComplete once its last WAL
+                // was sent and confirmed flushed (no CopyDone): the stream is over, not broken.
+                self.streaming = false;
+                Err(PgError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server ended the stream (it is shutting down)",
+                )))
+            }
             b'N' | b'S' => Ok(None),
             other => Err(PgError::Protocol(format!(
                 "unexpected message '{}' while streaming",

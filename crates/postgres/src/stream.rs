@@ -465,6 +465,9 @@ impl Session<'_> {
             }
         }
         let mut resume = self.resume_point(&mut conn, system.timeline)?;
+        if resume.timeline < system.timeline {
+            resume = self.past_fork(&mut conn, resume, system.timeline)?;
+        }
         loop {
             self.ensure_history(&mut conn, resume.timeline)?;
             if let Ok(mut p) = self.progress.lock() {
@@ -481,21 +484,53 @@ impl Session<'_> {
                     return Ok(());
                 }
                 Some((next_tl, next_start)) => {
-                    // Continue on the next timeline from its segment start: the new timeline's
-                    // segment file holds the old timeline's bytes before the switch point.
-                    resume = Resume {
-                        timeline: next_tl,
-                        pos: next_start.segment_start(),
-                        prev: resume.prev,
-                    };
-                    self.segment = self.cfg.compact_segments.then(|| SegmentBuf {
-                        timeline: next_tl,
-                        start: resume.pos.0,
-                        bytes: Vec::new(),
-                        prev_segment: None,
-                    });
+                    resume = self.onto_timeline(resume, next_tl, next_start)
                 }
             }
+        }
+    }
+
+    /// Continues on timeline `next_tl` from the segment start of its switch point `switch`: the
+    /// new timeline's segment file holds the old timeline's bytes before the switch point.
+    fn onto_timeline(&mut self, r: Resume, next_tl: u32, switch: Lsn) -> Resume {
+        let resume = Resume {
+            timeline: next_tl,
+            pos: switch.segment_start(),
+            prev: r.prev,
+        };
+        self.segment = self.cfg.compact_segments.then(|| SegmentBuf {
+            timeline: next_tl,
+            start: resume.pos.0,
+            bytes: Vec::new(),
+            prev_segment: None,
+        });
+        resume
+    }
+
+    /// A promoted server's history may leave the vault's newest timeline before the vault's
+    /// end of it: the old primary's last WAL ended mid-record (a crash; the standby replayed
+    /// only whole records), or the standby was promoted short of it. Asking for the old
+    /// timeline from the vault's end would be refused for good ("not in this server's
+    /// history"); the stream goes on at the switch point on the next timeline instead. The
+    /// old timeline's WAL past the switch point stays in the vault; no replay uses it.
+    fn past_fork(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        r: Resume,
+        server_timeline: u32,
+    ) -> Result<Resume> {
+        let (_, history) = conn.timeline_history(server_timeline)?;
+        let history = String::from_utf8_lossy(&history);
+        match crate::replication::timeline_fork(&history, r.timeline, server_timeline) {
+            Some((next, switch)) if r.pos > switch => {
+                eprintln!(
+                    "embassy pg stream: the vault holds timeline {} to {}, past where this \
+                     server left it ({switch}); streaming timeline {next} from there",
+                    r.timeline, r.pos
+                );
+                Ok(self.onto_timeline(r, next, switch))
+            }
+            _ => Ok(r),
         }
     }
 

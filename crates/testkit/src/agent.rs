@@ -20,8 +20,14 @@ impl Agent {
     /// Starts `exe agent --config embassy.toml` in `dir` (its passphrase and site come from the
     /// configuration, never from the test's environment), its log in `dir/agent.log`.
     pub fn start_in(exe: &str, dir: &std::path::Path) -> Agent {
+        Self::start_with(exe, dir, &[])
+    }
+
+    /// The same with `vars` in its environment (an S3 site's credentials, say).
+    pub fn start_with(exe: &str, dir: &std::path::Path, vars: &[(String, String)]) -> Agent {
         let log = dir.join("agent.log");
         let child = std::process::Command::new(exe)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .args(["agent", "--config", "embassy.toml"])
             .current_dir(dir)
             .env_remove("EMBASSY_PASSPHRASE")

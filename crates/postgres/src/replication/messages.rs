@@ -132,9 +132,43 @@ pub fn check_slot_name(slot: &str) -> Result<()> {
     }
 }
 
+/// Where a server's history leaves `timeline`: the timeline that follows it and the switch
+/// point (the end of `timeline`'s WAL in this server's history). `history` is the content of
+/// `server_timeline`'s history file (`TIMELINE_HISTORY`): one `<parent>\t<switch point>\t<reason>`
+/// line per ancestor, oldest first. None when `timeline` is not an ancestor there.
+pub fn timeline_fork(history: &str, timeline: u32, server_timeline: u32) -> Option<(u32, Lsn)> {
+    let entries: Vec<(u32, Lsn)> = history
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.parse().ok()?, cols.next()?.parse().ok()?))
+        })
+        .collect();
+    let at = entries.iter().position(|(tli, _)| *tli == timeline)?;
+    let next = entries.get(at + 1).map_or(server_timeline, |(tli, _)| *tli);
+    Some((next, entries[at].1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_history_names_where_each_ancestor_was_left() {
+        let history = "1\t0/3000A28\tno recovery target specified\n\n\
+                       2\t0/5000060\tno recovery target specified\n";
+        assert_eq!(
+            timeline_fork(history, 1, 3),
+            Some((2, "0/3000A28".parse().unwrap()))
+        );
+        assert_eq!(
+            timeline_fork(history, 2, 3),
+            Some((3, "0/5000060".parse().unwrap()))
+        );
+        assert_eq!(timeline_fork(history, 3, 3), None);
+        assert_eq!(timeline_fork("", 1, 2), None);
+    }
 
     #[test]
     fn slot_names_follow_postgresqls_rule() {

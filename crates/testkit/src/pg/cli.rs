@@ -24,6 +24,9 @@ pub struct PgCli {
     exe: PathBuf,
     /// Extra environment for every command.
     pub vars: Vec<(String, String)>,
+    /// Sites of the vault besides `site` (folders, `s3://` locations), each given to every
+    /// command with another `--site`.
+    pub more_sites: Vec<String>,
 }
 
 impl PgCli {
@@ -34,17 +37,35 @@ impl PgCli {
 
     /// The same, `embassy init` given `extra` arguments (`--min-age 0`, say).
     pub fn with_init(exe: &str, prefix: &str, extra: &[&str]) -> Self {
+        let env = Self::uninitialised(exe, prefix);
+        env.init(extra);
+        env
+    }
+
+    /// A new home without a vault yet: set `more_sites` and `vars`, then [`PgCli::init`].
+    pub fn uninitialised(exe: &str, prefix: &str) -> Self {
         let (dir, ids) = postgres_home(prefix);
-        let env = PgCli {
+        PgCli {
             dir,
             ids,
             exe: PathBuf::from(exe),
             vars: Vec::new(),
-        };
+            more_sites: Vec::new(),
+        }
+    }
+
+    /// `embassy init` of the vault at every site, given `extra` arguments.
+    pub fn init(&self, extra: &[&str]) {
         let mut args = vec!["init"];
         args.extend_from_slice(extra);
-        env.run(&args);
-        env
+        self.run(&args);
+    }
+
+    /// Every site of the vault as `--site` gives it: `site`, then `more_sites`.
+    pub fn sites(&self) -> Vec<String> {
+        let mut all = vec![arg(&self.site()).to_string()];
+        all.extend(self.more_sites.iter().cloned());
+        all
     }
 
     /// A path in the home.
@@ -70,9 +91,10 @@ impl PgCli {
 
     fn command_with_key(&self, state: &str, key: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
-        c.arg("--site")
-            .arg(self.site())
-            .arg("--key-file")
+        for site in self.sites() {
+            c.arg("--site").arg(site);
+        }
+        c.arg("--key-file")
             .arg(key)
             .arg("--passphrase-file")
             .arg(self.path("pass"))
@@ -152,8 +174,12 @@ impl PgCli {
     }
 
     /// The same from the server at `conninfo` (an `application_name` there makes the streamer
-    /// a synchronous standby), signed with key file `key`, logging to `log` in the home.
+    /// a synchronous standby), signed with key file `key`, logging to `log` in the home (and
+    /// what it says on standard error to `log.err`).
     pub fn stream_from(&self, key: &Path, conninfo: &str, dataset: &str, log: &str) -> Stopper {
+        let said = std::fs::File::create(self.path(&format!("{log}.err")))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
         let log = self.path(log);
         Stopper(
             self.cmd_with_key(
@@ -172,7 +198,7 @@ impl PgCli {
                 ],
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(said)
             .spawn()
             .expect("embassy runs"),
         )

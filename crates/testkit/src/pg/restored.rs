@@ -2,7 +2,7 @@
 //! load, and a restored data directory started as a server.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,37 @@ pub fn checksums_at_a_moment(pg: &PgServer) -> (String, String) {
     let time = lines.next().unwrap().to_string();
     let sums = lines.next().unwrap().to_string();
     (time, sums)
+}
+
+/// Runs SQL as `postgres` on the server an embassy node's agent runs on `data_dir` (its socket
+/// in `<data_dir>.run`, TCP port `port`); Err carries psql's stderr.
+pub fn node_psql(data_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+    let (uid, gid) = postgres_ids();
+    let mut run = data_dir.as_os_str().to_os_string();
+    run.push(".run");
+    let out = Command::new(pg_bindir().join("psql"))
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&run)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
 }
 
 /// A PostgreSQL server started on a restored data directory.
