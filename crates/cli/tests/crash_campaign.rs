@@ -225,7 +225,12 @@ impl Campaign {
     /// A campaign whose PostgreSQL dataset takes a base backup every `pg_interval`, every
     /// dataset with recovery point objective `rpo`.
     fn new(pg_interval: &str, rpo: &str) -> Campaign {
-        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut tmp = tempfile::tempdir().expect("temp dir");
+        if std::env::var_os("EMBASSY_CRASH_KEEP").is_some() {
+            // To look at the sites and the agent's state after a failure.
+            tmp.disable_cleanup(true);
+            eprintln!("crash campaign: keeping {}", tmp.path().display());
+        }
         let pg = Arc::new(PgServer::start(PgOptions::default()));
         pg.psql("CREATE TABLE acked (n bigint PRIMARY KEY, pad text)");
         // From now on a commit waits for the streamer's flush.
