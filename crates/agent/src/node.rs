@@ -505,13 +505,25 @@ impl Keeper {
                     }
                 }
             }
-            PidFile::Stale { pid, why } => {
-                if pid > 0 {
-                    log(format!(
-                        "standby of {}: its postmaster.pid is stale ({why}): removed",
-                        self.name()
+            // Killed: PostgreSQL replaces its pid file itself (after its own checks).
+            PidFile::Stale {
+                in_the_way: false, ..
+            } => true,
+            PidFile::Stale { why, .. } => {
+                // PostgreSQL would refuse to start while the process it names exists: the file goes,
+                // once no process of the old server works in the data directory any more.
+                let working = postmaster::working_in(dir);
+                if !working.is_empty() {
+                    self.down(format!(
+                        "its postmaster.pid is stale ({why}) but processes {working:?} still \
+                         work in its data directory: waiting for them to end"
                     ));
+                    return false;
                 }
+                log(format!(
+                    "standby of {}: its postmaster.pid is stale ({why}): removed",
+                    self.name()
+                ));
                 match std::fs::remove_file(dir.join("postmaster.pid")) {
                     Ok(()) => true,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,

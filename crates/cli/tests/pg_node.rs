@@ -547,6 +547,23 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(data_dir.join("PG_VERSION").exists());
     assert!(!data_dir.join("postmaster.pid").exists(), "a clean stop");
 
+    // A postmaster.pid naming a pid the kernel gave to another process since (PostgreSQL
+    // refuses to start while that process lives): stale, removed, not adopted.
+    let mut other = Command::new("sleep")
+        .arg("600")
+        .current_dir("/")
+        .spawn()
+        .expect("run sleep");
+    std::fs::write(
+        data_dir.join("postmaster.pid"),
+        format!(
+            "{}\n{}\n1\n{pg_port}\n/tmp\nlocalhost\n  1234567 1\nready   \n",
+            other.id(),
+            data_dir.display()
+        ),
+    )
+    .expect("write a stale postmaster.pid");
+
     // Added again: started on its data directory (not made again).
     write_config(
         &env,
@@ -557,11 +574,11 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     agent.signal(libc::SIGHUP);
     following(http, &agent, "the added standby following");
     seen_at_standby(&pg, &data_dir, pg_port, 3, &agent);
-    assert!(
-        !agent.log().contains("newest base backup"),
-        "{}",
-        agent.log()
-    );
+    let _ = other.kill();
+    let _ = other.wait();
+    let log = agent.log();
+    assert!(!log.contains("newest base backup"), "{log}");
+    assert!(log.contains("postmaster.pid is stale"), "{log}");
 
     // Changed (another port): restarted on it.
     let port2 = embassy_testkit::free_port();

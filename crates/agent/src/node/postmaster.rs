@@ -14,9 +14,15 @@ pub(crate) enum PidFile {
     Absent,
     /// The data directory's postmaster runs as this process, listening on this port.
     Live { pid: i32, port: Option<u16> },
-    /// A `postmaster.pid` that no running server owns (the server was killed, or its pid now
-    /// belongs to another process): safe to remove before a server is started.
-    Stale { pid: i32, why: String },
+    /// A `postmaster.pid` that no running server owns: the server was killed (PostgreSQL
+    /// replaces such a file itself when it starts, after checking that no process of the old
+    /// server still uses its shared memory), or its pid now belongs to another process or to
+    /// a zombie (`in_the_way`: PostgreSQL would refuse to start while that process exists).
+    Stale {
+        pid: i32,
+        why: String,
+        in_the_way: bool,
+    },
     /// A process that may be the server and cannot be told apart from one (its working folder
     /// cannot be read and its start time does not match): neither adopted nor replaced.
     Unsure { pid: i32, why: String },
@@ -49,6 +55,7 @@ pub(crate) fn look(data_dir: &Path) -> PidFile {
         return PidFile::Stale {
             pid: 0,
             why: "its postmaster.pid names no process".into(),
+            in_the_way: false,
         };
     };
     let started: Option<i64> = lines.get(2).and_then(|l| l.trim().parse().ok());
@@ -58,6 +65,7 @@ pub(crate) fn look(data_dir: &Path) -> PidFile {
         return PidFile::Stale {
             pid,
             why: format!("process {pid} does not run"),
+            in_the_way: false,
         };
     };
     let Some((comm, fields)) = parse_stat(&stat) else {
@@ -69,13 +77,15 @@ pub(crate) fn look(data_dir: &Path) -> PidFile {
     if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
         return PidFile::Stale {
             pid,
-            why: format!("process {pid} has ended"),
+            why: format!("process {pid} has ended (a zombie)"),
+            in_the_way: true,
         };
     }
     if comm != "postgres" && comm != "postmaster" {
         return PidFile::Stale {
             pid,
             why: format!("process {pid} is now {comm:?}, not a PostgreSQL server"),
+            in_the_way: true,
         };
     }
     // PostgreSQL works in its data directory: the strongest sign, when it can be read.
@@ -90,6 +100,7 @@ pub(crate) fn look(data_dir: &Path) -> PidFile {
                     "process {pid} is the server of another data directory ({})",
                     cwd.display()
                 ),
+                in_the_way: true,
             }
         };
     }
@@ -201,6 +212,21 @@ pub(crate) fn stop(data_dir: &Path, pid: i32, limit: Duration) -> Result<(), Str
         "its server (pid {pid}) did not stop, even after SIGKILL; stop it (pg_ctl stop -D {})",
         data_dir.display()
     ))
+}
+
+/// The processes other than `except` working in `data_dir` (`/proc/PID/cwd`): a killed
+/// server's backends, until they noticed their postmaster is gone. While any runs, its
+/// `postmaster.pid` must stay (PostgreSQL checks their shared memory through it).
+pub(crate) fn working_in(data_dir: &Path) -> Vec<i32> {
+    let ours = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c == ours))
+        .collect()
 }
 
 /// The processes whose parent is `pid` (a postmaster's backends and helpers).
