@@ -407,6 +407,7 @@ fn following(http: u16, agent: &Agent, what: &str) -> serde_json::Value {
 #[test]
 fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_with_a_reader_credential(
 ) {
+    let t0 = Instant::now();
     let pg = PgServer::start(PgOptions::default());
     pg.psql("CREATE TABLE marks (id int PRIMARY KEY, note text NOT NULL)");
     let env = PgCli::new(EXE, "embassy-pgadopt-");
@@ -443,6 +444,10 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     let http = embassy_testkit::free_port();
     let pg_port = embassy_testkit::free_port();
 
+    println!(
+        "{:6.1} s: a credential that cannot read",
+        t0.elapsed().as_secs_f64()
+    );
     // A credential that cannot read the dataset: `config check` and the agent say so, and the
     // standby is not made.
     write_config(
@@ -481,6 +486,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     let (status, log) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
 
+    println!("{:6.1} s: reader credential", t0.elapsed().as_secs_f64());
     // The reader credential of `registry` alone: enough to make and run the standby.
     write_config(
         &env,
@@ -495,6 +501,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     seen_at_standby(&pg, &data_dir, pg_port, 1, &agent);
     let pid = postmaster_pid(&data_dir).expect("postmaster.pid");
 
+    println!("{:6.1} s: SIGKILL", t0.elapsed().as_secs_f64());
     // SIGKILL: the server keeps running; the next agent adopts it (no second server, no
     // rebuild) and it keeps following.
     let (_, log) = agent.stop_with(libc::SIGKILL, Duration::from_secs(10));
@@ -515,6 +522,26 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(!log.contains("newest base backup"), "{log}");
     assert!(!log.contains("server stopped"), "{log}");
 
+    // The adopted server killed: started again, following again.
+    // SAFETY: a signal to the test's own standby's postmaster.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until(
+        Duration::from_secs(60),
+        "the adopted standby started again",
+        &agent,
+        || {
+            standby_status(http)
+                .filter(|s| s["restarts"].as_u64() >= Some(1) && s["phase"] == "following")
+        },
+    );
+    assert!(
+        agent.log().contains("the adopted server, pid"),
+        "{}",
+        agent.log()
+    );
+    let pid = postmaster_pid(&data_dir).expect("postmaster.pid");
+
+    println!("{:6.1} s: refused reload", t0.elapsed().as_secs_f64());
     // A reload refused (a mistake in the file): the standby keeps running.
     std::fs::write(
         env.path("embassy.toml"),
@@ -531,6 +558,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(alive(pid));
     following(http, &agent, "the standby following after a refused reload");
 
+    println!("{:6.1} s: removed", t0.elapsed().as_secs_f64());
     // Removed: its server stops, its data directory stays.
     write_config(&env, http, "embassy-node.cred", "");
     agent.signal(libc::SIGHUP);
@@ -547,6 +575,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(data_dir.join("PG_VERSION").exists());
     assert!(!data_dir.join("postmaster.pid").exists(), "a clean stop");
 
+    println!("{:6.1} s: reused pid", t0.elapsed().as_secs_f64());
     // A postmaster.pid naming a pid the kernel gave to another process since (PostgreSQL
     // refuses to start while that process lives): stale, removed, not adopted.
     let mut other = Command::new("sleep")
@@ -580,6 +609,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(!log.contains("newest base backup"), "{log}");
     assert!(log.contains("postmaster.pid is stale"), "{log}");
 
+    println!("{:6.1} s: changed port", t0.elapsed().as_secs_f64());
     // Changed (another port): restarted on it.
     let port2 = embassy_testkit::free_port();
     write_config(
@@ -604,6 +634,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     );
     seen_at_standby(&pg, &data_dir, port2, 4, &agent);
 
+    println!("{:6.1} s: SIGTERM", t0.elapsed().as_secs_f64());
     // SIGTERM: the agent stops, the server keeps serving; the next agent adopts it.
     let pid = postmaster_pid(&data_dir).expect("postmaster.pid");
     let (status, log) = agent.stop(Duration::from_secs(60));
@@ -625,4 +656,5 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     );
     let (status, log) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
+    println!("{:6.1} s: done", t0.elapsed().as_secs_f64());
 }

@@ -214,9 +214,10 @@ pub(crate) fn stop(data_dir: &Path, pid: i32, limit: Duration) -> Result<(), Str
     ))
 }
 
-/// The processes other than `except` working in `data_dir` (`/proc/PID/cwd`): a killed
-/// server's backends, until they noticed their postmaster is gone. While any runs, its
-/// `postmaster.pid` must stay (PostgreSQL checks their shared memory through it).
+/// The PostgreSQL processes working in `data_dir` (`/proc/PID/cwd`): a killed server's
+/// backends, until they noticed their postmaster is gone. While any runs, its `postmaster.pid`
+/// must stay (PostgreSQL checks their shared memory through it). Other programs working there
+/// (the WAL fetch helper waiting for its next request) do not count.
 pub(crate) fn working_in(data_dir: &Path) -> Vec<i32> {
     let ours = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -226,6 +227,12 @@ pub(crate) fn working_in(data_dir: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c == ours))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s).map(|(comm, _)| comm))
+                .is_some_and(|comm| comm == "postgres" || comm == "postmaster")
+        })
         .collect()
 }
 
