@@ -419,10 +419,8 @@ impl Keeper {
                 }
             }
         }
-        if w.server.is_none() {
-            if !self.adopt_or_clear(w) {
-                return;
-            }
+        if w.server.is_none() && !self.adopt_or_clear(w) {
+            return;
         }
         if w.server.is_none() {
             let restart = lock(&self.shared.state)

@@ -62,10 +62,21 @@ pub(crate) fn look(data_dir: &Path) -> PidFile {
     let port: Option<u16> = lines.get(3).and_then(|l| l.trim().parse().ok());
     let proc_dir = Path::new("/proc").join(pid.to_string());
     let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
-        return PidFile::Stale {
-            pid,
-            why: format!("process {pid} does not run"),
-            in_the_way: false,
+        // Hidden from this user (/proc mounted with hidepid) is not absent: ask the kernel.
+        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+        let exists = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        return if exists {
+            PidFile::Unsure {
+                pid,
+                why: format!("process {pid} runs but cannot be looked at (/proc/{pid})"),
+            }
+        } else {
+            PidFile::Stale {
+                pid,
+                why: format!("process {pid} does not run"),
+                in_the_way: false,
+            }
         };
     };
     let Some((comm, fields)) = parse_stat(&stat) else {
