@@ -10,18 +10,23 @@
 //!   [`QUICK_EXIT`] of its start [`QUICK_EXITS`] times in a row is rebuilt;
 //! - a standby whose replay does not move while the vault holds WAL it has not replayed (a
 //!   missing segment, a timeline it cannot follow) for [`stall_limit`] is rebuilt;
-//! - a rebuild stops the server, removes the data directory and its fetch folder and makes
-//!   them again from the newest base backup.
+//! - a rebuild stops the server (and verifies it stopped: never a removal under a running
+//!   server), removes the data directory and its fetch folder and makes them again from the
+//!   newest base backup.
+//!
+//! A server the node did not start (left running by an agent killed with SIGKILL, or by one
+//! that stopped: a stopping agent leaves its standbys' servers running, so the registry stays
+//! readable across an agent restart) is recognised from its `postmaster.pid`
+//! ([`postmaster::look`]) and adopted: measured, started again if it stops, never a second
+//! server on the same data directory. A reload (SIGHUP) adds, removes and restarts standbys
+//! ([`Node::reload`]).
 //!
 //! Each step is logged and kept in the agent's state ([`StandbyState`]): the dashboard,
 //! `/status.json`, `/metrics` and the alarms read it from there.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,6 +36,12 @@ use crate::config::{Config, StandbyConfig};
 use crate::http::{lock, Shared};
 use crate::log::{log, now_s};
 use crate::state::StandbyState;
+
+mod postmaster;
+mod server;
+use postmaster::PidFile;
+pub use server::run_folder;
+use server::Server;
 
 /// How often each standby is looked at.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -54,72 +65,184 @@ pub fn stall_limit(s: &StandbyConfig) -> Duration {
     (s.lag_alarm * 2).max(Duration::from_secs(60))
 }
 
-/// The running embassy node: one thread per standby.
+/// How long a stopping server gets for its fast shutdown before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// A keeper's orders: keep running, or end leaving its server running (the agent stops), or
+/// end stopping its server (its standby was removed, or changed and started anew).
+const RUN: u8 = 0;
+const LEAVE: u8 = 1;
+const REMOVE: u8 = 2;
+const RESTART: u8 = 3;
+
+/// What every keeper reads afresh (a reload replaces it): the configuration and the keys.
+struct Context {
+    config: Arc<Config>,
+    keyring: Arc<Keyring>,
+}
+
+/// A keeper thread and its standby's settings.
+struct Running {
+    standby: StandbyConfig,
+    handle: JoinHandle<()>,
+    orders: Arc<AtomicU8>,
+}
+
+/// The running embassy node: one keeper thread per standby.
 pub(crate) struct Node {
-    threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    context: Arc<Mutex<Context>>,
+    keepers: BTreeMap<String, Running>,
+    /// Keepers told to end (removed or changed standbys), by dataset: a new keeper of the same
+    /// dataset waits for them, the agent's stop too.
+    ending: Vec<(String, JoinHandle<()>)>,
+}
+
+/// True when `a` and `b` run the same server (the same data directory, port and owner): only
+/// then may a changed standby keep its server (the lag alarm is read afresh).
+fn same_server(a: &StandbyConfig, b: &StandbyConfig) -> bool {
+    a.data_dir == b.data_dir && a.port == b.port && a.owner == b.owner
 }
 
 impl Node {
-    /// Starts a keeper thread for every standby of `config` (none: nothing runs).
+    /// Starts a keeper thread for every standby of `config` (none: nothing runs until a
+    /// reload adds one).
     pub(crate) fn start(
         config: &Arc<Config>,
         shared: &Arc<Shared>,
         keyring: &Arc<Keyring>,
     ) -> Node {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for s in &config.standbys {
-            let keeper = Keeper {
+        let mut node = Node {
+            shared: shared.clone(),
+            context: Arc::new(Mutex::new(Context {
                 config: config.clone(),
-                standby: s.clone(),
-                shared: shared.clone(),
                 keyring: keyring.clone(),
-                stop: stop.clone(),
-            };
-            match std::thread::Builder::new()
-                .name(format!("standby {}", s.dataset))
-                .spawn(move || keeper.run())
-            {
-                Ok(h) => threads.push(h),
-                Err(e) => log(format!(
-                    "standby of {}: cannot start its keeper: {e}",
-                    s.dataset
-                )),
-            }
+            })),
+            keepers: BTreeMap::new(),
+            ending: Vec::new(),
+        };
+        for s in &config.standbys {
+            node.spawn(s);
         }
-        Node { threads, stop }
+        node
     }
 
-    /// Stops every standby's server (fast shutdown) and waits for the keepers.
+    fn spawn(&mut self, s: &StandbyConfig) {
+        let orders = Arc::new(AtomicU8::new(RUN));
+        let mut after = Vec::new();
+        let mut i = 0;
+        while i < self.ending.len() {
+            if self.ending[i].0 == s.dataset {
+                after.push(self.ending.swap_remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        let keeper = Keeper {
+            context: self.context.clone(),
+            standby: s.clone(),
+            shared: self.shared.clone(),
+            orders: orders.clone(),
+        };
+        match std::thread::Builder::new()
+            .name(format!("standby {}", s.dataset))
+            .spawn(move || {
+                for h in after {
+                    let _ = h.join();
+                }
+                keeper.run()
+            }) {
+            Ok(handle) => {
+                self.keepers.insert(
+                    s.dataset.clone(),
+                    Running {
+                        standby: s.clone(),
+                        handle,
+                        orders,
+                    },
+                );
+            }
+            Err(e) => log(format!(
+                "standby of {}: cannot start its keeper: {e}",
+                s.dataset
+            )),
+        }
+    }
+
+    /// Applies a reloaded configuration: a standby no longer configured ends and stops its
+    /// server (its data directory stays); one whose data directory, port or owner changed is
+    /// stopped and started anew; a new one starts. The others keep running, with the new
+    /// configuration and keys.
+    pub(crate) fn reload(&mut self, config: &Arc<Config>, keyring: &Arc<Keyring>) {
+        {
+            let mut c = lock(&self.context);
+            c.config = config.clone();
+            c.keyring = keyring.clone();
+        }
+        // Keepers that ended are done with (their threads returned).
+        self.ending.retain(|(_, h)| !h.is_finished());
+        let wanted: BTreeMap<&str, &StandbyConfig> = config
+            .standbys
+            .iter()
+            .map(|s| (s.dataset.as_str(), s))
+            .collect();
+        let names: Vec<String> = self.keepers.keys().cloned().collect();
+        for name in names {
+            let order = match wanted.get(name.as_str()) {
+                None => REMOVE,
+                Some(new) => match self.keepers.get_mut(&name) {
+                    Some(r) if same_server(&r.standby, new) => {
+                        r.standby = (*new).clone();
+                        continue;
+                    }
+                    _ => RESTART,
+                },
+            };
+            let Some(r) = self.keepers.remove(&name) else {
+                continue;
+            };
+            if order == REMOVE {
+                log(format!(
+                    "standby of {name}: no longer configured: stopping its server (its data \
+                     directory {} stays)",
+                    r.standby.data_dir.display()
+                ));
+            } else {
+                log(format!(
+                    "standby of {name}: its data directory, port or owner changed: stopping \
+                     its server to start it anew"
+                ));
+            }
+            r.orders.store(order, Ordering::SeqCst);
+            self.ending.push((name, r.handle));
+        }
+        for s in &config.standbys {
+            if !self.keepers.contains_key(&s.dataset) {
+                self.spawn(s);
+            }
+        }
+    }
+
+    /// Ends every keeper, leaving the standbys' servers running (the next agent adopts them),
+    /// and waits for them and for servers still stopping.
     pub(crate) fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for h in self.threads.drain(..) {
+        for r in self.keepers.values() {
+            r.orders.store(LEAVE, Ordering::SeqCst);
+        }
+        for (_, r) in std::mem::take(&mut self.keepers) {
+            let _ = r.handle.join();
+        }
+        for (_, h) in self.ending.drain(..) {
             let _ = h.join();
         }
     }
 }
 
-/// Where the standby's server puts its socket and log: `<data dir>.run`, beside the data
-/// directory (never inside it: a rebuild removes the data directory).
-pub fn run_folder(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir.as_os_str().to_os_string();
-    name.push(".run");
-    PathBuf::from(name)
-}
-
 struct Keeper {
-    config: Arc<Config>,
+    context: Arc<Mutex<Context>>,
     standby: StandbyConfig,
     shared: Arc<Shared>,
-    keyring: Arc<Keyring>,
-    stop: Arc<AtomicBool>,
-}
-
-/// The server the keeper started.
-struct Server {
-    child: Child,
-    started: Instant,
+    orders: Arc<AtomicU8>,
 }
 
 /// What the keeper remembers between ticks.
@@ -134,6 +257,8 @@ struct Watch {
     /// Rebuilds that failed in a row, and when the next may be tried.
     rebuild_failures: u32,
     next_rebuild: Option<Instant>,
+    /// The configuration the vault was opened with (opened anew when a reload changes sites).
+    opened_with: Option<Arc<Config>>,
 }
 
 impl Keeper {
@@ -162,20 +287,75 @@ impl Keeper {
         });
     }
 
+    fn config(&self) -> Arc<Config> {
+        lock(&self.context).config.clone()
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        lock(&self.context).keyring.clone()
+    }
+
+    fn orders(&self) -> u8 {
+        self.orders.load(Ordering::SeqCst)
+    }
+
     fn run(self) {
         let mut w = Watch::default();
         let mut vault = None;
         self.phase("starting");
-        while !self.stop.load(Ordering::SeqCst) {
+        let keyring = self.keyring();
+        if !keyring.can_read(self.name()) {
+            log(format!(
+                "standby of {}: warning: the configured key file cannot read dataset {0}: it \
+                 cannot be made or rebuilt from the vault until [keys] names a reader credential \
+                 of {0} (or the root key file)",
+                self.name()
+            ));
+        }
+        while self.orders() == RUN {
             self.tick(&mut vault, &mut w);
             let until = Instant::now() + TICK;
-            while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+            while Instant::now() < until && self.orders() == RUN {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        let orders = self.orders();
+        if orders == LEAVE {
+            if let Some(server) = &w.server {
+                log(format!(
+                    "standby of {}: its server (pid {}) keeps running; the next agent adopts it",
+                    self.name(),
+                    server.pid
+                ));
+            }
+            return;
+        }
+        match self.stop_all(&mut w) {
+            Ok(()) => log(format!("standby of {}: server stopped", self.name())),
+            Err(e) => log(format!(
+                "standby of {}: its server may still run: {e}",
+                self.name()
+            )),
+        }
+        if orders == REMOVE {
+            lock(&self.shared.state).standbys.remove(self.name());
+        }
+    }
+
+    /// Stops the server the keeper runs and any other found running on the data directory,
+    /// and verifies they stopped.
+    fn stop_all(&self, w: &mut Watch) -> Result<(), String> {
+        let dir = &self.standby.data_dir;
         if let Some(server) = w.server.take() {
-            stop_server(server);
-            log(format!("standby of {}: server stopped", self.name()));
+            server::stop(server, dir)?;
+        }
+        match postmaster::look(dir) {
+            PidFile::Live { pid, .. } => postmaster::stop(dir, pid, STOP_LIMIT),
+            PidFile::Unsure { why, .. } => Err(format!(
+                "a process may still be its server ({why}); stop it (pg_ctl stop -D {})",
+                dir.display()
+            )),
+            PidFile::Absent | PidFile::Stale { .. } => Ok(()),
         }
     }
 
@@ -184,10 +364,21 @@ impl Keeper {
     }
 
     fn tick(&self, vault: &mut Option<Vault>, w: &mut Watch) {
+        let config = self.config();
+        if w.opened_with
+            .as_ref()
+            .is_some_and(|c| c.sites != config.sites || c.agent.min_sites != config.agent.min_sites)
+        {
+            // A reload changed the sites: the vault is opened anew.
+            *vault = None;
+        }
         if vault.is_none() {
             let cancel = Arc::new(AtomicBool::new(false));
-            match crate::run::open_vault(&self.config, &cancel) {
-                Ok(v) => *vault = Some(v),
+            match crate::run::open_vault(&config, &cancel) {
+                Ok(v) => {
+                    *vault = Some(v);
+                    w.opened_with = Some(config.clone());
+                }
                 Err(e) => {
                     self.down(format!("cannot open the vault: {e}"));
                     return;
@@ -199,9 +390,6 @@ impl Keeper {
         };
         let dir = &self.standby.data_dir;
         if !dir.join("PG_VERSION").exists() {
-            if let Some(server) = w.server.take() {
-                stop_server(server);
-            }
             let why = if dir.exists() {
                 "its data directory is incomplete"
             } else {
@@ -212,7 +400,7 @@ impl Keeper {
         }
         // The server: reaped when it stopped, started when it does not run.
         if let Some(server) = w.server.as_mut() {
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Some(status) = server.ended(dir) {
                 let quick = server.started.elapsed() < QUICK_EXIT;
                 w.server = None;
                 w.quick_exits = if quick { w.quick_exits + 1 } else { 0 };
@@ -231,12 +419,15 @@ impl Keeper {
                 }
             }
         }
+        if w.server.is_none() && !self.adopt_or_clear(w) {
+            return;
+        }
         if w.server.is_none() {
             let restart = lock(&self.shared.state)
                 .standbys
                 .get(self.name())
                 .is_some_and(|s| s.phase == "down");
-            match self.start_server() {
+            match server::start(&self.standby) {
                 Ok(server) => {
                     w.server = Some(server);
                     w.stalled = None;
@@ -268,6 +459,87 @@ impl Keeper {
             return;
         }
         self.measure(vault, w);
+    }
+
+    /// Before a server is started: adopts the data directory's postmaster when one runs (true:
+    /// go on), stops it when it listens on another port than the configured one, removes a
+    /// stale `postmaster.pid`. False when a process that may be its server cannot be told
+    /// apart from one: nothing is started (never a second server) nor rebuilt.
+    fn adopt_or_clear(&self, w: &mut Watch) -> bool {
+        let dir = &self.standby.data_dir;
+        match postmaster::look(dir) {
+            PidFile::Absent => true,
+            PidFile::Live { pid, port } if port == Some(self.standby.port) => {
+                log(format!(
+                    "standby of {}: adopted its server already running on port {} (pid {pid}, \
+                     left by an earlier agent or started by hand)",
+                    self.name(),
+                    self.standby.port
+                ));
+                w.server = Some(Server {
+                    pid,
+                    child: None,
+                    started: Instant::now(),
+                });
+                w.stalled = None;
+                self.update(|s| s.last_error = None);
+                self.phase("starting");
+                true
+            }
+            PidFile::Live { pid, port } => {
+                log(format!(
+                    "standby of {}: its server (pid {pid}) listens on port {}, not the \
+                     configured {}: stopping it to start it on {}",
+                    self.name(),
+                    port.map_or_else(|| "?".to_string(), |p| p.to_string()),
+                    self.standby.port,
+                    self.standby.port
+                ));
+                match postmaster::stop(dir, pid, STOP_LIMIT) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.down(e);
+                        false
+                    }
+                }
+            }
+            // Killed: PostgreSQL replaces its pid file itself (after its own checks).
+            PidFile::Stale {
+                in_the_way: false, ..
+            } => true,
+            PidFile::Stale { why, .. } => {
+                // PostgreSQL would refuse to start while the process it names exists: the file goes,
+                // once no process of the old server works in the data directory any more.
+                let working = postmaster::working_in(dir);
+                if !working.is_empty() {
+                    self.down(format!(
+                        "its postmaster.pid is stale ({why}) but processes {working:?} still \
+                         work in its data directory: waiting for them to end"
+                    ));
+                    return false;
+                }
+                log(format!(
+                    "standby of {}: its postmaster.pid is stale ({why}): removed",
+                    self.name()
+                ));
+                match std::fs::remove_file(dir.join("postmaster.pid")) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                    Err(e) => {
+                        self.down(format!("cannot remove its stale postmaster.pid: {e}"));
+                        false
+                    }
+                }
+            }
+            PidFile::Unsure { why, .. } => {
+                self.down(format!(
+                    "{why}: it is neither adopted nor started nor rebuilt; stop that process \
+                     (pg_ctl stop -D {}) or check it",
+                    dir.display()
+                ));
+                false
+            }
+        }
     }
 
     fn down(&self, why: String) {
@@ -363,15 +635,18 @@ impl Keeper {
         }
         match &w.stalled {
             Some((at, since)) if *at == pos => {
-                if since.elapsed() >= stall_limit(&self.standby) {
+                let limit = self
+                    .config()
+                    .standbys
+                    .iter()
+                    .find(|s| s.dataset == self.standby.dataset)
+                    .map_or_else(|| stall_limit(&self.standby), stall_limit);
+                if since.elapsed() >= limit {
                     let why = format!(
                         "replay stood still at {pos} for {} s while the vault holds WAL to {}",
                         since.elapsed().as_secs(),
                         vault_wal.map(|v| v.durable.to_string()).unwrap_or_default()
                     );
-                    if let Some(server) = w.server.take() {
-                        stop_server(server);
-                    }
                     self.rebuild(vault, w, &why);
                 }
             }
@@ -385,6 +660,11 @@ impl Keeper {
             return;
         }
         let dir = &self.standby.data_dir;
+        // Never under a running server: stopped first, verified stopped.
+        if let Err(e) = self.stop_all(w) {
+            self.down(format!("not rebuilt ({why}): {e}"));
+            return;
+        }
         let first = !dir.exists()
             && lock(&self.shared.state)
                 .standbys
@@ -442,19 +722,32 @@ impl Keeper {
     fn make(&self, vault: &Vault) -> Result<(), String> {
         let dir = &self.standby.data_dir;
         let owner = self.owner()?;
+        // The last look before the removal: no server may run on it.
+        match postmaster::look(dir) {
+            PidFile::Live { pid, .. } => {
+                return Err(format!(
+                    "a server (pid {pid}) runs on {} again; it is not removed under it",
+                    dir.display()
+                ))
+            }
+            PidFile::Unsure { why, .. } => return Err(why),
+            PidFile::Absent | PidFile::Stale { .. } => {}
+        }
+        let config = self.config();
+        let keyring = self.keyring();
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
         }
         embassy_ops::pgrestore::FetchFolder::remove_beside(dir).map_err(|e| e.to_string())?;
         let fetch = embassy_ops::pgrestore::FetchSetup::this_program(
-            self.config.locations(),
-            Some(self.config.agent.min_sites),
-            Some(self.config.agent.state_dir.clone()),
+            config.locations(),
+            Some(config.agent.min_sites),
+            Some(config.agent.state_dir.clone()),
         )
         .map_err(|e| e.to_string())?;
         embassy_ops::pgrestore::standby(
             vault,
-            &self.keyring,
+            &keyring,
             self.name(),
             dir,
             owner,
@@ -465,84 +758,4 @@ impl Keeper {
         .map(|_| ())
         .map_err(|e| e.to_string())
     }
-
-    /// Starts PostgreSQL on the data directory as its owner: `hot_standby = on`, listening on
-    /// localhost at the configured port and on a socket in the run folder.
-    fn start_server(&self) -> Result<Server, String> {
-        let dir = &self.standby.data_dir;
-        let meta = std::fs::metadata(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
-        let run = run_folder(dir);
-        if !run.exists() {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&run)
-                .map_err(|e| format!("creating {}: {e}", run.display()))?;
-        }
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if root {
-            std::os::unix::fs::chown(&run, Some(meta.uid()), Some(meta.gid())).map_err(|e| {
-                format!(
-                    "handing {} to the data directory's owner: {e}",
-                    run.display()
-                )
-            })?;
-        }
-        // A postmaster.pid left by a server that was killed: PostgreSQL checks it itself (it
-        // refuses to start while that process lives).
-        let log_path = run.join("server.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&log_path)
-            .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-        if root {
-            let _ = std::os::unix::fs::chown(&log_path, Some(meta.uid()), Some(meta.gid()));
-        }
-        let err_file = log_file
-            .try_clone()
-            .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-        let postgres = embassy_postgres::base_backup::pg_program("postgres");
-        let mut cmd = Command::new(&postgres);
-        cmd.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LC_ALL", "C.UTF-8")
-            .arg("-D")
-            .arg(dir)
-            .args(["-p", &self.standby.port.to_string()])
-            .args(["-c", "hot_standby=on", "-c", "listen_addresses=localhost"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", run.display()))
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file)
-            .process_group(0);
-        if root {
-            cmd.uid(meta.uid()).gid(meta.gid());
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", postgres.display()))?;
-        Ok(Server {
-            child,
-            started: Instant::now(),
-        })
-    }
-}
-
-/// Stops a server: fast shutdown (SIGINT), SIGKILL after 30 s.
-fn stop_server(mut server: Server) {
-    let pid = server.child.id() as libc::pid_t;
-    // SAFETY: kill has no memory preconditions; the pid is our child's, not reaped yet.
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        if let Ok(Some(_)) = server.child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = server.child.kill();
-    let _ = server.child.wait();
 }

@@ -1,6 +1,7 @@
 //! What `embassy config check` can check beyond the file's syntax without running a backup
 //! (issue 15, item 8): that the key file and the passphrase are there, that every source folder
-//! exists, that every local site folder exists and holds a vault. Each finding names the
+//! exists, that every local site folder exists and holds a vault, that the key file can read
+//! the embassy node's standbys' datasets. Each finding names the
 //! setting at fault and the fix. (A PostgreSQL connection string is checked when the file is
 //! parsed; an S3 site is not contacted here.)
 
@@ -162,8 +163,81 @@ pub fn check(config: &Config) -> Vec<Finding> {
             ),
         });
     }
+    standby_credential(config, &mut found);
     found.extend(warnings);
     found
+}
+
+/// The embassy node reads its standbys' datasets (a standby is made from a base backup and
+/// follows the WAL with a reader credential the agent narrows from its own): a key file that
+/// cannot read a standby's dataset (a sealing credential, a reader credential of other
+/// datasets) is an error. A reader credential is opened with the configured passphrase to
+/// list its datasets; when the passphrase is not at hand here, it is not checked.
+fn standby_credential(config: &Config, found: &mut Vec<Finding>) {
+    use embassy_core::keys::keyfile::{self, KeyFile};
+    if config.standbys.is_empty() {
+        return;
+    }
+    let Ok(file) = KeyFile::load(&config.keys.file) else {
+        return; // reported above
+    };
+    let readable: Option<Vec<String>> = match file.purpose.as_str() {
+        keyfile::PURPOSE_ROOT => return,
+        keyfile::PURPOSE_READER => {
+            let pass = match &config.keys.passphrase {
+                PassphraseSource::File(path) => keyfile::passphrase_from_file(path).ok(),
+                PassphraseSource::Env(name) => std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(zeroize::Zeroizing::new),
+            };
+            let Some(pass) = pass else {
+                return;
+            };
+            match file
+                .open_payload(pass.as_bytes(), &config.keys.file)
+                .and_then(|p| embassy_core::keys::Credential::from_bytes(&p))
+            {
+                Ok(c) => Some(
+                    c.datasets
+                        .iter()
+                        .filter(|d| d.reader_seed.is_some())
+                        .map(|d| d.name.clone())
+                        .collect(),
+                ),
+                Err(e) => {
+                    found.push(Finding {
+                        severity: Severity::Error,
+                        setting: "keys.file".into(),
+                        message: format!(
+                            "{} cannot be opened with the configured passphrase: {e}",
+                            config.keys.file.display()
+                        ),
+                    });
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    for s in &config.standbys {
+        if readable.as_ref().is_some_and(|r| r.contains(&s.dataset)) {
+            continue;
+        }
+        found.push(Finding {
+            severity: Severity::Error,
+            setting: format!("standbys.{}", s.dataset),
+            message: format!(
+                "the key file {} ({}) cannot read dataset {}: the standby cannot be made or \
+                 rebuilt from the vault; set `file` under [keys] to a reader credential of {} \
+                 (the root issues it) or to the vault's key file",
+                config.keys.file.display(),
+                file.purpose,
+                s.dataset,
+                s.dataset
+            ),
+        });
+    }
 }
 
 /// Ok when `path` is a file this process can open for reading; otherwise why not.

@@ -153,7 +153,8 @@ pub(crate) fn schedule(
         group_points: groups::GroupPoints::default(),
         node: None,
     };
-    if !options.once && !agent.config.standbys.is_empty() {
+    if !options.once {
+        // Started with no standbys too: a reload may add some.
         agent.node = Some(crate::node::Node::start(
             &agent.config,
             &agent.shared,
@@ -267,13 +268,17 @@ impl Agent {
                     self.next_verify = new.agent.verify_interval.map(|_| Instant::now());
                 }
                 log(format!(
-                    "configuration reloaded from {}: {} datasets, {} sites",
+                    "configuration reloaded from {}: {} datasets, {} sites, {} standbys",
                     path.display(),
                     new.datasets.len(),
-                    new.sites.len()
+                    new.sites.len(),
+                    new.standbys.len()
                 ));
                 let new = Arc::new(new);
                 *lock(&self.shared.config) = new.clone();
+                if let Some(node) = &mut self.node {
+                    node.reload(&new, &self.keyring);
+                }
                 self.config = new;
                 self.refresh_now = true;
             }

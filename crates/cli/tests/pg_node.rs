@@ -5,9 +5,15 @@
 //! bytes) is in `/status.json` and `/metrics`; it refuses writes; after `kill -9` of its
 //! postmaster the agent starts it again and it catches up; a standby whose data directory is
 //! broken is rebuilt from the newest base backup, and the agent says so.
+//!
+//! The second test: an agent killed with SIGKILL leaves its standby's server running and the
+//! next agent adopts it (the same postmaster, no rebuild); a stopping agent (SIGTERM) leaves it
+//! running too; SIGHUP removes, adds and changes standbys and keeps them on a refused reload;
+//! the node runs with a reader credential of its dataset alone, and a credential that cannot
+//! read the dataset is named by `config check` and by the agent.
 
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embassy_testkit::agent::{wait_until, Agent};
@@ -42,6 +48,46 @@ fn standby_psql(pg: &PgServer, data_dir: &Path, port: u16, sql: &str) -> Result<
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// The pid `postmaster.pid` of `data_dir` names.
+fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// True while process `pid` runs (not ended, not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Stops the standbys' servers on these data directories when dropped (a stopping agent
+/// leaves them running), also when a test fails.
+struct Servers(Vec<PathBuf>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if let Some(pid) = postmaster_pid(dir).filter(|p| alive(*p)) {
+                // SAFETY: a signal (immediate shutdown) to the test's own standby's postmaster.
+                unsafe { libc::kill(pid, libc::SIGQUIT) };
+                let until = Instant::now() + Duration::from_secs(15);
+                while alive(pid) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
     }
 }
 
@@ -97,6 +143,7 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
 
     let node = env.postgres_folder("node");
     let data_dir = node.join("registry");
+    let _servers = Servers(vec![data_dir.clone()]);
     let http = embassy_testkit::free_port();
     let pg_port = embassy_testkit::free_port();
     std::fs::write(
@@ -300,10 +347,314 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     let took = seen_at_standby(&pg, &data_dir, pg_port, 4, &agent);
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
-    // The agent stops its standby when it stops.
+    // The agent leaves its standby running when it stops (the next agent adopts it: the second
+    // test); `_servers` stops it.
+    let pid = postmaster_pid(&data_dir).expect("a running standby");
     let (status, log) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    assert!(!data_dir.join("postmaster.pid").exists(), "{log}");
+    assert!(alive(pid), "{log}");
     let _ = bench.kill();
     let _ = bench.wait();
+}
+
+/// `embassy.toml` of the node: its key file and its standbys.
+fn write_config(env: &PgCli, http: u16, key: &str, standbys: &str) {
+    std::fs::write(
+        env.path("embassy.toml"),
+        format!(
+            "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
+             [status]\nlisten = \"127.0.0.1:{http}\"\n\
+             [keys]\nfile = \"{key}\"\npassphrase_file = \"pass\"\n\
+             [[sites]]\nname = \"home\"\npath = \"{}\"\n{standbys}",
+            arg(&env.site()),
+        ),
+    )
+    .expect("write embassy.toml");
+}
+
+fn standby_toml(data_dir: &Path, port: u16) -> String {
+    format!(
+        "[[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {port}\n",
+        arg(data_dir)
+    )
+}
+
+/// `embassy config check embassy.toml`: success and what it said.
+fn config_check(env: &PgCli) -> (bool, String) {
+    let out = Command::new(EXE)
+        .args(["config", "check", "embassy.toml"])
+        .current_dir(env.dir.path())
+        .env_remove("EMBASSY_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run embassy config check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn following(http: u16, agent: &Agent, what: &str) -> serde_json::Value {
+    wait_until(Duration::from_secs(60), what, agent, || {
+        standby_status(http).filter(|s| s["phase"] == "following" && s["lag_bytes"].is_u64())
+    })
+}
+
+#[test]
+fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_with_a_reader_credential(
+) {
+    let t0 = Instant::now();
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE marks (id int PRIMARY KEY, note text NOT NULL)");
+    let env = PgCli::new(EXE, "embassy-pgadopt-");
+    // The node's reader credential of `registry` alone; a sealing credential (it cannot read).
+    for (kind, label) in [("--reader", "embassy-node"), ("--sealing", "home-streamer")] {
+        let file = env.path(&format!("{label}.cred"));
+        env.run(&[
+            "keys",
+            "issue",
+            kind,
+            "--dataset",
+            "registry",
+            "--label",
+            label,
+            "--out",
+            arg(&file),
+        ]);
+    }
+    let _streamer = env.stream(&pg, "registry");
+    embassy_testkit::wait_until("the first durable WAL", Duration::from_secs(60), || {
+        env.durable() > 0
+    });
+    env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+        "--wal-streamed",
+    ]);
+    let node = env.postgres_folder("node");
+    let data_dir = node.join("registry");
+    let _servers = Servers(vec![data_dir.clone()]);
+    let http = embassy_testkit::free_port();
+    let pg_port = embassy_testkit::free_port();
+
+    println!(
+        "{:6.1} s: a credential that cannot read",
+        t0.elapsed().as_secs_f64()
+    );
+    // A credential that cannot read the dataset: `config check` and the agent say so, and the
+    // standby is not made.
+    write_config(
+        &env,
+        http,
+        "home-streamer.cred",
+        &standby_toml(&data_dir, pg_port),
+    );
+    let (ok, said) = config_check(&env);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("standbys.registry") && said.contains("cannot read dataset registry"),
+        "{said}"
+    );
+    let agent = Agent::start_in(EXE, env.dir.path());
+    let down = wait_until(
+        Duration::from_secs(30),
+        "the standby down for its credential",
+        &agent,
+        || {
+            standby_status(http).filter(|s| {
+                s["phase"] == "down"
+                    && s["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("cannot read dataset registry"))
+            })
+        },
+    );
+    println!("with a sealing credential: {down}");
+    assert!(
+        agent.log().contains("cannot read dataset registry"),
+        "{}",
+        agent.log()
+    );
+    assert!(!data_dir.join("PG_VERSION").exists());
+    let (status, log) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+
+    println!("{:6.1} s: reader credential", t0.elapsed().as_secs_f64());
+    // The reader credential of `registry` alone: enough to make and run the standby.
+    write_config(
+        &env,
+        http,
+        "embassy-node.cred",
+        &standby_toml(&data_dir, pg_port),
+    );
+    let (ok, said) = config_check(&env);
+    assert!(ok, "{said}");
+    let agent = Agent::start_in(EXE, env.dir.path());
+    following(http, &agent, "the standby made with a reader credential");
+    seen_at_standby(&pg, &data_dir, pg_port, 1, &agent);
+    let pid = postmaster_pid(&data_dir).expect("postmaster.pid");
+
+    println!("{:6.1} s: SIGKILL", t0.elapsed().as_secs_f64());
+    // SIGKILL: the server keeps running; the next agent adopts it (no second server, no
+    // rebuild) and it keeps following.
+    let (_, log) = agent.stop_with(libc::SIGKILL, Duration::from_secs(10));
+    assert!(alive(pid), "{log}");
+    let agent = Agent::start_in(EXE, env.dir.path());
+    following(http, &agent, "the adopted standby following");
+    let took = seen_at_standby(&pg, &data_dir, pg_port, 2, &agent);
+    println!(
+        "after the agent's SIGKILL: row 2 readable {:.2} s after its commit",
+        took.as_secs_f64()
+    );
+    // Longer than the old agent took to count its failed starts and rebuild.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = agent.log();
+    assert_eq!(postmaster_pid(&data_dir), Some(pid), "{log}");
+    assert!(alive(pid), "{log}");
+    assert!(log.contains("adopted its server"), "{log}");
+    assert!(!log.contains("newest base backup"), "{log}");
+    assert!(!log.contains("server stopped"), "{log}");
+
+    // The adopted server killed: started again, following again.
+    // SAFETY: a signal to the test's own standby's postmaster.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until(
+        Duration::from_secs(60),
+        "the adopted standby started again",
+        &agent,
+        || {
+            standby_status(http)
+                .filter(|s| s["restarts"].as_u64() >= Some(1) && s["phase"] == "following")
+        },
+    );
+    assert!(
+        agent.log().contains("the adopted server, pid"),
+        "{}",
+        agent.log()
+    );
+    let pid = postmaster_pid(&data_dir).expect("postmaster.pid");
+
+    println!("{:6.1} s: refused reload", t0.elapsed().as_secs_f64());
+    // A reload refused (a mistake in the file): the standby keeps running.
+    std::fs::write(
+        env.path("embassy.toml"),
+        std::fs::read_to_string(env.path("embassy.toml")).expect("read") + "port = \"x\"\n",
+    )
+    .expect("write");
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        "the reload refused",
+        &agent,
+        || agent.log().contains("reload refused").then_some(()),
+    );
+    assert!(alive(pid));
+    following(http, &agent, "the standby following after a refused reload");
+
+    println!("{:6.1} s: removed", t0.elapsed().as_secs_f64());
+    // Removed: its server stops, its data directory stays.
+    write_config(&env, http, "embassy-node.cred", "");
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(40),
+        "the removed standby stopped",
+        &agent,
+        || {
+            let gone = status_json(http)
+                .is_some_and(|r| r["standbys"].as_array().is_some_and(|a| a.is_empty()));
+            (gone && !alive(pid)).then_some(())
+        },
+    );
+    assert!(data_dir.join("PG_VERSION").exists());
+    assert!(!data_dir.join("postmaster.pid").exists(), "a clean stop");
+
+    println!("{:6.1} s: reused pid", t0.elapsed().as_secs_f64());
+    // A postmaster.pid naming a pid the kernel gave to another process since (PostgreSQL
+    // refuses to start while that process lives): stale, removed, not adopted.
+    let mut other = Command::new("sleep")
+        .arg("600")
+        .current_dir("/")
+        .spawn()
+        .expect("run sleep");
+    std::fs::write(
+        data_dir.join("postmaster.pid"),
+        format!(
+            "{}\n{}\n1\n{pg_port}\n/tmp\nlocalhost\n  1234567 1\nready   \n",
+            other.id(),
+            data_dir.display()
+        ),
+    )
+    .expect("write a stale postmaster.pid");
+
+    // Added again: started on its data directory (not made again).
+    write_config(
+        &env,
+        http,
+        "embassy-node.cred",
+        &standby_toml(&data_dir, pg_port),
+    );
+    agent.signal(libc::SIGHUP);
+    following(http, &agent, "the added standby following");
+    seen_at_standby(&pg, &data_dir, pg_port, 3, &agent);
+    let _ = other.kill();
+    let _ = other.wait();
+    let log = agent.log();
+    assert!(!log.contains("newest base backup"), "{log}");
+    assert!(log.contains("postmaster.pid is stale"), "{log}");
+
+    println!("{:6.1} s: changed port", t0.elapsed().as_secs_f64());
+    // Changed (another port): restarted on it.
+    let port2 = embassy_testkit::free_port();
+    write_config(
+        &env,
+        http,
+        "embassy-node.cred",
+        &standby_toml(&data_dir, port2),
+    );
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(40),
+        "the standby on its new port",
+        &agent,
+        || {
+            let port = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().nth(3).map(|l| l.trim().to_string()));
+            standby_status(http).filter(|s| {
+                s["phase"] == "following" && port.as_deref() == Some(port2.to_string().as_str())
+            })
+        },
+    );
+    seen_at_standby(&pg, &data_dir, port2, 4, &agent);
+
+    println!("{:6.1} s: SIGTERM", t0.elapsed().as_secs_f64());
+    // SIGTERM: the agent stops, the server keeps serving; the next agent adopts it.
+    let pid = postmaster_pid(&data_dir).expect("postmaster.pid");
+    let (status, log) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert!(alive(pid), "{log}");
+    assert!(log.contains("keeps running"), "{log}");
+    assert!(
+        standby_psql(&pg, &data_dir, port2, "SELECT count(*) FROM marks").is_ok(),
+        "readable while no agent runs"
+    );
+    let agent = Agent::start_in(EXE, env.dir.path());
+    following(http, &agent, "the standby adopted after SIGTERM");
+    seen_at_standby(&pg, &data_dir, port2, 5, &agent);
+    assert_eq!(postmaster_pid(&data_dir), Some(pid));
+    assert!(
+        agent.log().contains("adopted its server"),
+        "{}",
+        agent.log()
+    );
+    let (status, log) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    println!("{:6.1} s: done", t0.elapsed().as_secs_f64());
 }
