@@ -654,10 +654,15 @@ impl Site for ReplicatedSite {
     }
 
     fn delete(&self, path: &str) -> Result<(), SiteError> {
+        // Every site is asked, even after one failed: a delete is idempotent, and a site that
+        // answers is not left holding what the others dropped (a withdrawn ledger entry).
+        let mut first = None;
         for site in &self.sites {
-            site.delete(path)?;
+            if let Err(e) = site.delete(path) {
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     fn members(&self) -> Vec<Arc<dyn Site>> {

@@ -529,3 +529,124 @@ fn a_writer_names_the_entry_and_its_sites_in_its_session_before_the_entry_goes_o
         "a clean end"
     );
 }
+
+type Meanwhile = Box<dyn FnOnce() + Send>;
+
+/// A memory site that runs `meanwhile` (another writer) the first time `place` is listed.
+#[derive(Debug)]
+struct Hooked {
+    inner: Arc<MemorySite>,
+    place: String,
+    meanwhile: std::sync::Mutex<Option<HookFn>>,
+}
+
+struct HookFn(Meanwhile);
+
+impl std::fmt::Debug for HookFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another writer")
+    }
+}
+
+impl Site for Hooked {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        self.inner.put(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
+        self.inner.get(path)
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
+        self.inner.get_range(path, offset, len)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
+        let listed = self.inner.list(prefix)?;
+        if prefix == self.place {
+            let meanwhile = self.meanwhile.lock().unwrap().take();
+            if let Some(HookFn(other_writer)) = meanwhile {
+                other_writer();
+            }
+        }
+        Ok(listed)
+    }
+    fn delete(&self, path: &str) -> Result<(), SiteError> {
+        self.inner.delete(path)
+    }
+}
+
+/// Issue 19, two writers at once, on one host: an agent writing to A and B, and beside it
+/// `embassy backup --site B --site A` given the agent's state folder. The host's ledger lock was
+/// keyed by the whole location ("memory:a + memory:b" against "memory:b + memory:a"), so the two
+/// never took turns: the interleaving attacked has Y list entry 2's place (free) and X append
+/// its entry 2 whole before Y puts its own. Now an append takes one lock per site, in one order:
+/// X waits for Y's turn, then finds Y's entry 2 and stops before writing anything.
+#[test]
+fn writers_of_one_host_take_turns_whatever_order_their_sites_are_given_in() {
+    use embassy_core::format::manifest::{VersionKind, VersionStats};
+    use embassy_core::history::ledger::{self, Event};
+    let locks = tempfile::tempdir().unwrap();
+    ledger::use_lock_folder(locks.path().to_path_buf());
+    let version = |n: u8| Event::VersionAdded {
+        wal_start: None,
+        manifest: ObjectId::of(&[n]),
+        kind: VersionKind::Stream,
+        captured_at_ns: i64::from(n),
+        stats: VersionStats::default(),
+    };
+    let key = embassy_core::keys::RootSecret::generate().writer_signing_key(0);
+    let a = Arc::new(MemorySite::named("memory:a"));
+    let b = Arc::new(MemorySite::named("memory:b"));
+    let x_sites: Vec<Arc<dyn Site>> = vec![a.clone(), b.clone()];
+    let x = Arc::new(embassy_sites::ReplicatedSite::new(x_sites, 2).unwrap());
+    let first = ledger::append(x.as_ref(), &key, "reg", None, version(1)).unwrap();
+
+    let place = format!("{}{:016}-", layout::ledger_prefix("reg"), 2);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let x_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished_in_ys_turn = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let meanwhile: Meanwhile = {
+        let (x, key, first) = (x.clone(), key.clone(), first.clone());
+        let (x_done, finished) = (x_done.clone(), finished_in_ys_turn.clone());
+        Box::new(move || {
+            let done = x_done.clone();
+            std::thread::spawn(move || {
+                let r = ledger::append(x.as_ref(), &key, "reg", Some(&first), version(2));
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                done_tx.send(r).unwrap();
+            });
+            // Y holds its turn for half a second: X must wait for it.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            finished.store(
+                x_done.load(std::sync::atomic::Ordering::SeqCst),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        })
+    };
+    let hooked = Arc::new(Hooked {
+        inner: b.clone(),
+        place: place.clone(),
+        meanwhile: std::sync::Mutex::new(Some(HookFn(meanwhile))),
+    });
+    let y_sites: Vec<Arc<dyn Site>> = vec![hooked, a.clone()];
+    let y = embassy_sites::ReplicatedSite::new(y_sites, 2).unwrap();
+    let ys = ledger::append(&y, &key, "reg", Some(&first), version(3));
+    let xs = done_rx.recv().unwrap();
+    assert!(
+        !finished_in_ys_turn.load(std::sync::atomic::Ordering::SeqCst),
+        "writer X appended entry 2 while writer Y held its turn at the same sites (X: {xs:?}, \
+         Y: {ys:?})"
+    );
+    let ys = ys.unwrap();
+    assert!(xs.is_err(), "X found Y's entry 2 and stopped: {xs:?}");
+    for site in [&a, &b] {
+        let held: Vec<String> = site
+            .list(&place)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.path)
+            .collect();
+        assert_eq!(held, vec![layout::ledger_entry("reg", 2, &ys.id)]);
+    }
+}

@@ -170,14 +170,13 @@ pub fn drain(
             Err(e) => Err(format!("{path}: {e}")),
             Ok(false) => match embassy_core::engine::sync::fork_at(target, path) {
                 Err(e) => Err(format!("{path}: {e}")),
-                // A dead writer's entry that none of the sites it was sent to holds never
-                // landed: nothing to copy, whoever took its place.
+                // An entry none of the sites that can hold it holds (a dead writer's that never
+                // landed, a racing writer's it withdrew): nothing to copy, whoever took its place.
                 Ok(Some(_))
-                    if pending.in_flight.contains_key(path)
-                        && matches!(
-                            fetch(&holders_of(&pending, path, sources), path),
-                            Fetched::Nowhere
-                        ) =>
+                    if matches!(
+                        fetch(&holders_of(&pending, path, sources), path),
+                        Fetched::Nowhere
+                    ) =>
                 {
                     report.nowhere += 1;
                     Ok(())
