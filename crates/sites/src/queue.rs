@@ -395,6 +395,10 @@ impl SiteQueue {
 pub struct Session {
     path: PathBuf,
     file: File,
+    /// Length of the file's site lines: what is left once no entry is in flight.
+    sites_len: u64,
+    /// Entries named ([`Session::intend`]) and not yet settled ([`Session::settle`]).
+    in_flight: usize,
 }
 
 /// The mark of a session line that names a ledger entry being stored ([`Session::intend`]),
@@ -424,7 +428,12 @@ impl Session {
         }
         file.write_all(text.as_bytes()).map_err(io(ctx()))?;
         let file = file.persist().map_err(io(ctx()))?;
-        Ok(Session { path, file })
+        Ok(Session {
+            path,
+            file,
+            sites_len: text.len() as u64,
+            in_flight: 0,
+        })
     }
 
     /// Records, durably, that the ledger entry (or what names entries) at `path` is about to
@@ -440,7 +449,24 @@ impl Session {
         let keys: Vec<String> = holders.iter().map(|h| holder_key(h)).collect();
         let line = format!("{INTENT}{path} {}\n", keys.join(","));
         let ctx = || format!("writing the session file {}", self.path.display());
+        // At the end of what is there (the file may have been cut back by `settle`).
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::End(0)).map_err(io(ctx()))?;
         self.file.write_all(line.as_bytes()).map_err(io(ctx()))?;
+        self.file.sync_data().map_err(io(ctx()))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Marks one entry named by [`Session::intend`] as settled: it reached its sites, or the
+    /// sites that missed it have it queued. Once none is in flight the names are dropped, so a
+    /// long-lived writer's session stays small and a dead one names only what it was storing.
+    pub fn settle(&mut self) -> Result<()> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight > 0 {
+            return Ok(());
+        }
+        let ctx = || format!("writing the session file {}", self.path.display());
+        self.file.set_len(self.sites_len).map_err(io(ctx()))?;
         self.file.sync_data().map_err(io(ctx()))
     }
 }

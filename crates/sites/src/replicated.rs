@@ -416,7 +416,8 @@ impl Site for ReplicatedSite {
         // should this process die mid-write, it may sit at some of them only, and the sites
         // without it are behind until those have been asked (a site down then may hold the only
         // copy: no other writer's entry may take its place meanwhile).
-        if let (Some(q), true) = (&self.queues, layout::parse_ledger_path(path).is_some()) {
+        let named = layout::parse_ledger_path(path).is_some();
+        if let (Some(q), true) = (&self.queues, named) {
             let holders: Vec<&str> = (0..self.sites.len())
                 .filter(|i| !skip[*i])
                 .map(|i| self.sites[i].location())
@@ -490,6 +491,13 @@ impl Site for ReplicatedSite {
                         .record_missing(path)
                         .map_err(|e| self.queue_error(path, e))?;
                 }
+            }
+        }
+        // The entry is where it went, or queued for the sites it missed: settled.
+        if let (Some(q), true) = (&self.queues, named) {
+            let mut session = q.session.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(session) = session.as_mut() {
+                session.settle().map_err(|e| self.queue_error(path, e))?;
             }
         }
         if stored >= self.min_sites {

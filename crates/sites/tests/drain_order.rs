@@ -522,6 +522,16 @@ fn a_writer_names_the_entry_and_its_sites_in_its_session_before_the_entry_goes_o
     let line = format!("\t{entry} {},{}\n", keys[0], keys[1]);
     let seen_then = seen.2.lock().unwrap().clone();
     assert!(seen_then[0].contains(&line), "{seen_then:?}");
+    // Settled (stored at both sites), it is no longer named: the session stays small.
+    let (second, second_bytes) = entry_by(2, "the writer");
+    vault.put(&second, &second_bytes).unwrap();
+    let seen_then = seen.2.lock().unwrap().clone();
+    assert!(!seen_then[1].contains(&line), "{seen_then:?}");
+    assert!(seen_then[1].contains(&second), "{seen_then:?}");
+    for f in std::fs::read_dir(&sessions).unwrap() {
+        let now = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert_eq!(now, "memory:a\nmemory:b\n");
+    }
     drop(vault);
     assert_eq!(
         std::fs::read_dir(&sessions).unwrap().count(),
