@@ -7,15 +7,21 @@
 //!
 //! - `<site key>.queue`: append-only records, one a line, `<kind> <payload> <check>`, where
 //!   `check` is the first 16 hex digits of the BLAKE3 hash of `<kind> <payload>`. Kinds: `+`
-//!   (the site may lack this object path) and `F` (the site needs a full comparison with the
-//!   others; payload: why). Every append is fsync'd (and the folder, when the file is new) before
+//!   (the site may lack this object path), `W` (a ledger entry a writer that died was storing:
+//!   the site may lack it, and only the sites the writer sent it to can hold it; payload: the
+//!   path, then those sites' [`holder_key`]s) and `F` (the site needs a full comparison with
+//!   the others; payload: why). Every append is fsync'd (and the folder, when the file is new) before
 //!   the write that caused it is acknowledged. A line that does not check (a torn append from a
 //!   killed process) counts as `F`.
 //! - `sessions/<id>`: one per process writing through several sites, listing their locations and
 //!   locked (`flock`) for the process's lifetime. A process killed mid-write (SIGKILL) may have
 //!   written objects to some sites but not yet to others, and had no chance to record them; its
 //!   session file stays, no longer locked, and [`recover_sessions`] turns it into an `F` record
-//!   for each of its sites. A clean end removes the file.
+//!   for each of its sites. A clean end removes the file. Before a ledger entry goes out, the
+//!   writer adds a line naming it and the sites it is sent to ([`Session::intend`]), so that a
+//!   dead writer's entry is queued by name (`W`) for every site of its session: a site that
+//!   lacks it is behind until the sites it was sent to have been asked (issue 19, a down site
+//!   holding the only copy must not be written over).
 //!
 //! Appends and the rewrite after a drain take an exclusive lock on the queue file; an appender
 //! that finds the file replaced after taking the lock reopens it, so no record is lost.
@@ -59,6 +65,10 @@ pub enum Record {
     Missing(String),
     /// The site needs a full comparison with the others (why).
     FullSync(String),
+    /// A ledger entry a writer that died was storing: the site may lack it, and only the sites
+    /// it was sent to (their [`holder_key`]s) can hold it. Until each of them has been asked, a
+    /// site lacking it may be behind a site that is down.
+    InFlight(String, Vec<String>),
 }
 
 /// What a queue holds, read at one moment.
@@ -68,6 +78,9 @@ pub struct Pending {
     pub paths: Vec<String>,
     /// Why a full comparison is needed (empty: the paths suffice).
     pub full_sync: Vec<String>,
+    /// Of `paths`, the ledger entries a writer that died was storing, with the
+    /// [`holder_key`]s of the only sites that can hold them ([`Record::InFlight`]).
+    pub in_flight: std::collections::BTreeMap<String, Vec<String>>,
     /// Bytes of the file read (records after this offset were added later).
     read_len: u64,
 }
@@ -99,6 +112,23 @@ fn site_key(site: &str) -> String {
     format!("{readable}-{}", &hash[..16])
 }
 
+/// How a queue names a site that may hold an object ([`Record::InFlight`]): 16 hex digits of
+/// the hash of its location, a folder by its absolute path (as [`SiteQueue::open`] keys it).
+pub fn holder_key(site: &str) -> String {
+    check(&normalized(site))
+}
+
+/// A location as queues key it: a folder by its absolute path, so `./a`, `a` and `file://a`
+/// are one site.
+fn normalized(site: &str) -> String {
+    match site.strip_prefix("file://").unwrap_or(site) {
+        s if s.contains("://") => s.to_string(),
+        s => std::path::absolute(s)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| s.to_string()),
+    }
+}
+
 fn check(body: &str) -> String {
     ObjectId::of(body.as_bytes()).to_hex()[..16].to_string()
 }
@@ -107,6 +137,7 @@ fn encode(record: &Record) -> String {
     let body = match record {
         Record::Missing(path) => format!("+ {path}"),
         Record::FullSync(why) => format!("F {}", why.replace(['\n', '\r'], " ")),
+        Record::InFlight(path, holders) => format!("W {path} {}", holders.join(",")),
     };
     let sum = check(&body);
     format!("{body} {sum}\n")
@@ -121,6 +152,15 @@ fn decode(line: &str) -> Option<Record> {
     match kind {
         "+" => Some(Record::Missing(payload.to_string())),
         "F" => Some(Record::FullSync(payload.to_string())),
+        "W" => {
+            let (path, holders) = payload.rsplit_once(' ')?;
+            let holders = holders
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect();
+            Some(Record::InFlight(path.to_string(), holders))
+        }
         _ => None,
     }
 }
@@ -138,12 +178,7 @@ impl SiteQueue {
     pub fn open(state_dir: &Path, site: &str) -> Result<Self> {
         let dir = queue_dir(state_dir);
         // A folder is named by its absolute path, so `./a`, `a` and `file://a` share a queue.
-        let key = match site.strip_prefix("file://").unwrap_or(site) {
-            s if s.contains("://") => s.to_string(),
-            s => std::path::absolute(s)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| s.to_string()),
-        };
+        let key = normalized(site);
         Ok(Self {
             site: site.to_string(),
             path: dir.join(format!("{}.queue", site_key(&key))),
@@ -290,6 +325,12 @@ impl SiteQueue {
                     }
                 }
                 Some(Record::FullSync(why)) if whole => pending.full_sync.push(why),
+                Some(Record::InFlight(p, holders)) if whole => {
+                    if seen.insert(p.clone()) {
+                        pending.paths.push(p.clone());
+                    }
+                    pending.in_flight.insert(p, holders);
+                }
                 _ if line.trim().is_empty() => {}
                 _ => pending
                     .full_sync
@@ -325,7 +366,11 @@ impl SiteQueue {
             }
         }
         for p in keep {
-            text.push_str(&encode(&Record::Missing(p.clone())));
+            let record = match read.in_flight.get(p) {
+                Some(holders) => Record::InFlight(p.clone(), holders.clone()),
+                None => Record::Missing(p.clone()),
+            };
+            text.push_str(&encode(&record));
         }
         let mut out = text.into_bytes();
         out.extend_from_slice(later);
@@ -349,8 +394,16 @@ impl SiteQueue {
 #[derive(Debug)]
 pub struct Session {
     path: PathBuf,
-    _file: File,
+    file: File,
+    /// Length of the file's site lines: what is left once no entry is in flight.
+    sites_len: u64,
+    /// Entries named ([`Session::intend`]) and not yet settled ([`Session::settle`]).
+    in_flight: usize,
 }
+
+/// The mark of a session line that names a ledger entry being stored ([`Session::intend`]),
+/// not a site: a location never starts with a tab.
+const INTENT: char = '\t';
 
 impl Session {
     /// Starts a session over `sites` (their locations) in `state_dir`.
@@ -375,7 +428,46 @@ impl Session {
         }
         file.write_all(text.as_bytes()).map_err(io(ctx()))?;
         let file = file.persist().map_err(io(ctx()))?;
-        Ok(Session { path, _file: file })
+        Ok(Session {
+            path,
+            file,
+            sites_len: text.len() as u64,
+            in_flight: 0,
+        })
+    }
+
+    /// Records, durably, that the ledger entry (or what names entries) at `path` is about to
+    /// be sent to the sites `holders` (their locations). Should this writer die before the
+    /// write is settled, [`recover_sessions`] queues the entry by name for every site of the
+    /// session ([`Record::InFlight`]): a site that lacks it is behind until each of `holders`
+    /// has been asked, so that no writer puts another entry at its place while the only copy
+    /// sits at a site that is down.
+    pub fn intend(&mut self, path: &str, holders: &[&str]) -> Result<()> {
+        if path.contains(char::is_whitespace) {
+            return Ok(()); // never a ledger path; the dead session's full comparison covers it
+        }
+        let keys: Vec<String> = holders.iter().map(|h| holder_key(h)).collect();
+        let line = format!("{INTENT}{path} {}\n", keys.join(","));
+        let ctx = || format!("writing the session file {}", self.path.display());
+        // At the end of what is there (the file may have been cut back by `settle`).
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::End(0)).map_err(io(ctx()))?;
+        self.file.write_all(line.as_bytes()).map_err(io(ctx()))?;
+        self.file.sync_data().map_err(io(ctx()))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Marks one entry named by [`Session::intend`] as settled: it reached its sites, or the
+    /// sites that missed it have it queued. Once none is in flight the names are dropped, so a
+    /// long-lived writer's session stays small and a dead one names only what it was storing.
+    pub fn settle(&mut self) -> Result<()> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight > 0 {
+            return Ok(());
+        }
+        let ctx = || format!("writing the session file {}", self.path.display());
+        self.file.set_len(self.sites_len).map_err(io(ctx()))?;
+        self.file.sync_data().map_err(io(ctx()))
     }
 }
 
@@ -426,11 +518,33 @@ pub fn recover_sessions(state_dir: &Path) -> Result<usize> {
             let mut text = String::new();
             file.read_to_string(&mut text)
                 .map_err(io(format!("reading {}", path.display())))?;
-            for site in text.lines().filter(|l| !l.is_empty()) {
-                SiteQueue::open(state_dir, site)?.record_full_sync(&format!(
+            // Entries it was storing (a torn last line names none: the full comparison stays).
+            let in_flight: Vec<Record> = text
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .filter_map(|l| l.trim_end_matches('\n').strip_prefix(INTENT))
+                .filter_map(|l| l.rsplit_once(' '))
+                .map(|(p, holders)| {
+                    Record::InFlight(
+                        p.to_string(),
+                        holders
+                            .split(',')
+                            .filter(|h| !h.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                    )
+                })
+                .collect();
+            for site in text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with(INTENT))
+            {
+                let mut records = in_flight.clone();
+                records.push(Record::FullSync(format!(
                     "a writer (session {name}) stopped without finishing: objects it was \
                      writing may be at some sites only"
-                ))?;
+                )));
+                SiteQueue::open(state_dir, site)?.append(&records)?;
             }
             found += 1;
         }

@@ -412,6 +412,23 @@ impl Site for ReplicatedSite {
         let skip: Vec<bool> = (0..self.sites.len())
             .map(|i| down[i] || behind[i] || forked[i].is_some())
             .collect();
+        // A ledger entry is named in the session before it goes out, with the sites it goes to:
+        // should this process die mid-write, it may sit at some of them only, and the sites
+        // without it are behind until those have been asked (a site down then may hold the only
+        // copy: no other writer's entry may take its place meanwhile).
+        let named = layout::parse_ledger_path(path).is_some();
+        if let (Some(q), true) = (&self.queues, named) {
+            let holders: Vec<&str> = (0..self.sites.len())
+                .filter(|i| !skip[*i])
+                .map(|i| self.sites[i].location())
+                .collect();
+            let mut session = q.session.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(session) = session.as_mut() {
+                session
+                    .intend(path, &holders)
+                    .map_err(|e| self.queue_error(path, e))?;
+            }
+        }
         let mut results = self.put_each(path, source, &skip);
         for (i, result) in results.iter_mut().enumerate() {
             if let (Some(other), false) = (&forked[i], down[i]) {
@@ -474,6 +491,13 @@ impl Site for ReplicatedSite {
                         .record_missing(path)
                         .map_err(|e| self.queue_error(path, e))?;
                 }
+            }
+        }
+        // The entry is where it went, or queued for the sites it missed: settled.
+        if let (Some(q), true) = (&self.queues, named) {
+            let mut session = q.session.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(session) = session.as_mut() {
+                session.settle().map_err(|e| self.queue_error(path, e))?;
             }
         }
         if stored >= self.min_sites {
@@ -638,10 +662,15 @@ impl Site for ReplicatedSite {
     }
 
     fn delete(&self, path: &str) -> Result<(), SiteError> {
+        // Every site is asked, even after one failed: a delete is idempotent, and a site that
+        // answers is not left holding what the others dropped (a withdrawn ledger entry).
+        let mut first = None;
         for site in &self.sites {
-            site.delete(path)?;
+            if let Err(e) = site.delete(path) {
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     fn members(&self) -> Vec<Arc<dyn Site>> {

@@ -449,7 +449,9 @@ pub fn lock_folder() -> Option<std::path::PathBuf> {
 /// following links, and holds the pid of the writer holding it. A writer waits at most
 /// [`LOCK_TIMEOUT_ENV`] seconds, then fails naming the holder. Best effort: without a lock
 /// folder (no home, no permission) appends proceed as before, guarded only by the
-/// list-put-list check. Writers on different hosts are not covered: one writer host per dataset.
+/// list-put-list check. Writers on different hosts are not covered: one writer host per dataset;
+/// should two race all the same, the list-put-list check fails the one that sees the other's
+/// entry after its put, and that one withdraws its own ([`append_ignoring`]).
 struct HostLedgerLock(Option<std::fs::File>);
 
 impl HostLedgerLock {
@@ -562,6 +564,35 @@ impl HostLedgerLock {
     }
 }
 
+/// The host ledger locks an append through `site` takes: one per site it writes to (each member
+/// of a site that stands for several), by the site's location (a folder by its absolute path),
+/// in one order. So two writers of one dataset on this host take turns whenever they share a
+/// site, whatever else they write to and in whatever order their sites were given (an agent
+/// writing to A and B, and `embassy backup --site B --site A` or `--site A` beside it); keyed by
+/// the whole "A + B" they did not.
+fn host_ledger_locks(site: &dyn Site, dataset: &str) -> Result<Vec<HostLedgerLock>> {
+    let members = site.members();
+    let mut locations: Vec<String> = if members.is_empty() {
+        vec![site.location().to_string()]
+    } else {
+        members.iter().map(|m| m.location().to_string()).collect()
+    };
+    for l in &mut locations {
+        let folder = l.strip_prefix("file://").unwrap_or(l);
+        if !folder.contains("://") {
+            if let Ok(absolute) = std::path::absolute(folder) {
+                *l = absolute.display().to_string();
+            }
+        }
+    }
+    locations.sort();
+    locations.dedup();
+    locations
+        .iter()
+        .map(|l| HostLedgerLock::take(l, dataset))
+        .collect()
+}
+
 impl Drop for HostLedgerLock {
     fn drop(&mut self) {
         if let Some(f) = &self.0 {
@@ -594,7 +625,7 @@ pub fn append_ignoring(
 ) -> Result<Record> {
     // Writers of one dataset on this host (the WAL streamer, base backups, promotion, prune)
     // take turns: two appends at the same sequence number would fork the history for good.
-    let _turn = HostLedgerLock::take(site.location(), dataset)?;
+    let _turn = host_ledger_locks(site, dataset)?;
     let seq = head.map_or(1, |h| h.entry.seq + 1);
     let entry = Entry {
         dataset: dataset.to_string(),
@@ -632,7 +663,8 @@ pub fn append_ignoring(
     if !before.is_empty() {
         return Err(concurrent(before));
     }
-    site.put(&layout::ledger_entry(dataset, seq, &id), &bytes)?;
+    let ours = layout::ledger_entry(dataset, seq, &id);
+    site.put(&ours, &bytes)?;
     let after = others(site)?;
     if !after.is_empty() {
         // A version (or any other entry) that raced a deletion to this sequence number wins:
@@ -645,7 +677,23 @@ pub fn append_ignoring(
                     .is_some_and(|e| matches!(e.event, Event::VersionsDeleted { .. }))
             });
         if !ours_wins {
-            return Err(concurrent(after));
+            // Another writer's entry took this sequence number too (a writer this host's lock
+            // does not reach: another host, another state folder). Ours is not acknowledged, so
+            // it is withdrawn: left there, two acceptable entries at one sequence number are a
+            // fork no rule decides (two entries of one signer), which would end every fresh
+            // reader's history before them, the other writer's acknowledged version with it.
+            // Whichever writer sees the other after its own put withdraws, so at most one of
+            // two racing entries stays (none, when both saw each other: both writers fail).
+            let mut e = concurrent(after);
+            if let Err(why) = site.delete(&ours) {
+                if let Error::History { problem, .. } = &mut e {
+                    problem.push_str(&format!(
+                        "; this writer's own entry {ours} could not be withdrawn ({why}): the \
+                         history is forked at entry {seq} until it is removed"
+                    ));
+                }
+            }
+            return Err(e);
         }
     }
     Ok(Record::new(id, entry))

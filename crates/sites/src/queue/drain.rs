@@ -140,12 +140,14 @@ pub fn drain(
                 report.problems.push(e.to_string());
             }
         }
-        let done = report.problems.is_empty();
-        if done {
-            queue.resolve(&pending, &[], false)?;
+        if !report.problems.is_empty() {
+            report.remaining = pending.depth();
+            return Ok(report);
         }
-        report.remaining = if done { 0 } else { pending.depth() };
-        return Ok(report);
+        // The comparison read the sources that answered: a source down for it may be the only
+        // holder of a queued object (a write only it took, a dead writer's entry). The queued
+        // paths are settled one by one below, and the comparison itself stays asked for while
+        // a dead writer's entry is unsettled: the objects it names may be at that source only.
     }
 
     let mut paths: Vec<(usize, &String)> = pending.paths.iter().enumerate().collect();
@@ -168,10 +170,21 @@ pub fn drain(
             Err(e) => Err(format!("{path}: {e}")),
             Ok(false) => match embassy_core::engine::sync::fork_at(target, path) {
                 Err(e) => Err(format!("{path}: {e}")),
+                // An entry none of the sites that can hold it holds (a dead writer's that never
+                // landed, a racing writer's it withdrew): nothing to copy, whoever took its place.
+                Ok(Some(_))
+                    if matches!(
+                        fetch(&holders_of(&pending, path, sources), path),
+                        Fetched::Nowhere
+                    ) =>
+                {
+                    report.nowhere += 1;
+                    Ok(())
+                }
                 Ok(Some(other)) => Err(embassy_core::engine::sync::fork_refusal(
                     target, path, &other,
                 )),
-                Ok(None) => match fetch(sources, path) {
+                Ok(None) => match fetch(&holders_of(&pending, path, sources), path) {
                     Fetched::Nowhere => {
                         report.nowhere += 1;
                         Ok(())
@@ -203,9 +216,24 @@ pub fn drain(
             blocked_stage.get_or_insert(stage);
         }
     }
-    queue.resolve(&pending, &keep, false)?;
-    report.remaining = keep.len();
+    let keep_full = report.full_sync && keep.iter().any(|p| pending.in_flight.contains_key(p));
+    queue.resolve(&pending, &keep, keep_full)?;
+    report.remaining = keep.len() + usize::from(keep_full);
     Ok(report)
+}
+
+/// The sources that may hold `path`: for a dead writer's entry ([`Record::InFlight`]) only those
+/// it was sent to (a site it skipped, down for its run, cannot hold it, and need not answer);
+/// for any other object every source.
+fn holders_of(pending: &Pending, path: &str, sources: &[Arc<dyn Site>]) -> Vec<Arc<dyn Site>> {
+    match pending.in_flight.get(path) {
+        Some(holders) => sources
+            .iter()
+            .filter(|s| holders.contains(&holder_key(s.location())))
+            .cloned()
+            .collect(),
+        None => sources.to_vec(),
+    }
 }
 
 /// Catches up every site of `locations` whose queue under `state_dir` holds anything, each from
