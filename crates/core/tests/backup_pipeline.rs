@@ -241,8 +241,9 @@ fn a_broken_stream_still_hands_over_what_it_marked_pending() {
     let site = Arc::new(MemorySite::default());
     let (vault, keyring) = vault_on(site);
     let session = BackupSession::begin(&vault, &keyring, DATASET).unwrap();
-    // Less than one batch, so nothing was handed over before the break.
-    let head = pages(0..(BATCH_BYTES / PG_PAGE as usize / 2) as u32);
+    // The chunker reads ~1 MiB at a time and cuts what it read before reading on: the first
+    // read fills one batch and starts the next, which is still the stream's own at the break.
+    let head = pages(0..(BATCH_BYTES / PG_PAGE as usize * 3 / 2) as u32);
     match session.store_reader_with(Breaks(&head), Chunking::Aligned(PG_PAGE), &Silent) {
         Err(StoreError::Read(e)) => assert!(e.to_string().contains("went away")),
         other => panic!("expected the read error, got {:?}", other.map(|r| r.1)),
