@@ -114,7 +114,11 @@ fn pages_are_handed_over_in_batches_and_in_order() {
         n + 100
     );
     let version = finish(session, vec![file_node("rel", ids, len)]).unwrap();
-    assert_eq!(version.stats.new_chunks, n as u64 + 1, "each page once, and the tree");
+    assert_eq!(
+        version.stats.new_chunks,
+        n as u64 + 1,
+        "each page once, and the tree"
+    );
     assert!(read_back(&vault, &keyring, &version, "rel") == data);
 }
 
@@ -209,7 +213,10 @@ fn a_failed_pack_put_surfaces_once_and_leaves_no_version() {
     assert!(!text.contains("backup stopped"), "the cause itself: {text}");
     assert!(!error.is_integrity(), "an outage, not damage: {text}");
     assert!(vault.versions(DATASET).unwrap().is_empty());
-    assert!(site.list(&format!("manifests/{DATASET}/")).unwrap().is_empty());
+    assert!(site
+        .list(&format!("manifests/{DATASET}/"))
+        .unwrap()
+        .is_empty());
 
     let session = BackupSession::begin(&vault, &keyring, DATASET).unwrap();
     let (ids, len) = store_pages(&session, &data);

@@ -296,7 +296,11 @@ impl Pipeline {
     pub(super) fn join(&mut self, shared: &Shared) {
         self.batches = None;
         // Sealers first: when the last one ends, the uploaders' channel closes.
-        for handle in self.sealers.drain(..).chain(std::mem::take(&mut self.uploaders)) {
+        for handle in self
+            .sealers
+            .drain(..)
+            .chain(std::mem::take(&mut self.uploaders))
+        {
             if handle.join().is_err() {
                 shared.fail(Error::invalid("a backup worker thread panicked"));
             }
