@@ -10,10 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-
-use crossbeam_channel::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -24,140 +21,17 @@ use crate::format::config::{now_unix_nanos, ChunkerParams};
 use crate::format::index;
 use crate::format::layout;
 use crate::format::manifest::{self, ManifestBody, VersionKind, VersionStats};
-use crate::format::pack::{BlobCompressor, BlobEntry, BlobKind, PackWriter};
+use crate::format::pack::BlobKind;
 use crate::history::ledger::{self, Event, Record};
 use crate::id::{ChunkId, ObjectId};
 use crate::keys::DatasetKeys;
 use crate::progress::Progress;
 use crate::site::Site;
 
-/// Where a known chunk is.
-#[derive(Clone, Copy)]
-enum Known {
-    /// In an index object already on the site.
-    Stored(ObjectId),
-    /// Handed to a sealer in this session; its index will be one of this session's.
-    Pending,
-}
+mod pipeline;
 
-struct Job {
-    kind: BlobKind,
-    id: ChunkId,
-    data: Vec<u8>,
-}
-
-struct Shared {
-    site: Arc<dyn Site>,
-    keys: Arc<DatasetKeys>,
-    /// Signs this session's index objects (the key that signs its ledger entry).
-    signer: ed25519_dalek::SigningKey,
-    pack_target: usize,
-    known: Mutex<HashMap<ChunkId, Known>>,
-    used_indexes: Mutex<BTreeSet<ObjectId>>,
-    failure: Mutex<Option<Error>>,
-    failed: AtomicBool,
-    new_chunks: AtomicU64,
-    new_bytes_stored: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a sealer panicked; its data is still a consistent map.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    fn fail(&self, error: Error) {
-        let mut slot = lock(&self.failure);
-        if slot.is_none() {
-            *slot = Some(error);
-        }
-        self.failed.store(true, Ordering::SeqCst);
-    }
-
-    fn check(&self) -> Result<()> {
-        if self.failed.load(Ordering::SeqCst) {
-            let first = lock(&self.failure)
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            Err(Error::invalid(format!(
-                "backup stopped: a pack could not be stored: {first}"
-            )))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Stores one sealed pack, then its index object; marks its chunks as stored.
-    fn upload(&self, bytes: Vec<u8>, entries: Vec<BlobEntry>) -> Result<()> {
-        let pack_id = ObjectId::of(&bytes);
-        let dataset = &self.keys.dataset;
-        self.site.put(&layout::pack(dataset, &pack_id), &bytes)?;
-        let stored: u64 = bytes.len() as u64;
-        drop(bytes);
-        let described = (pack_id, entries);
-        let index_bytes = index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
-        let entries = &described.1;
-        let index_id = ObjectId::of(&index_bytes);
-        self.site
-            .put(&layout::index(dataset, &index_id), &index_bytes)?;
-        {
-            let mut known = lock(&self.known);
-            for e in entries {
-                known.insert(e.id, Known::Stored(index_id));
-            }
-        }
-        lock(&self.used_indexes).insert(index_id);
-        self.new_chunks
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.new_bytes_stored.fetch_add(stored, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Compresses and encrypts blobs into packs; hands each full pack to the uploaders.
-    fn sealer(&self, jobs: Receiver<Job>, uploads: Sender<PackWriter>) {
-        let mut compressor = match BlobCompressor::new() {
-            Ok(c) => c,
-            Err(e) => return self.fail(e),
-        };
-        let mut pack: Option<PackWriter> = None;
-        for job in jobs {
-            if self.failed.load(Ordering::Relaxed) {
-                continue; // drain so producers never block
-            }
-            let writer = pack
-                .get_or_insert_with(|| PackWriter::new(&self.keys, self.pack_target + PACK_SLACK));
-            if let Err(e) = writer.add(&mut compressor, job.kind, job.id, &job.data) {
-                self.fail(e);
-                continue;
-            }
-            if writer.len() >= self.pack_target {
-                if let Some(full) = pack.take() {
-                    if uploads.send(full).is_err() {
-                        self.fail(Error::invalid("pack uploaders stopped"));
-                    }
-                }
-            }
-        }
-        // Hand over what is left even after a failure elsewhere: it is progress for a rerun.
-        if let Some(last) = pack.take().filter(|p| !p.is_empty()) {
-            let _ = uploads.send(last);
-        }
-    }
-
-    /// Stores finished packs and their indexes.
-    fn uploader(&self, packs: Receiver<PackWriter>) {
-        for pack in packs {
-            let (bytes, entries) = pack.finish();
-            if let Err(e) = self.upload(bytes, entries) {
-                self.fail(e);
-            }
-        }
-    }
-}
-
-/// Room in a pack's buffer beyond its target size: one largest chunk and its framing.
-const PACK_SLACK: usize = 9 * 1024 * 1024;
+use pipeline::{lock, Batch, Known, Pipeline, Shared};
+pub use pipeline::{BATCH_BYTES, QUEUED_BATCHES};
 
 thread_local! {
     static CHUNK_BUFFER: std::cell::RefCell<Option<ChunkBuffer>> = const { std::cell::RefCell::new(None) };
@@ -167,9 +41,7 @@ thread_local! {
 /// A version being written to one dataset.
 pub struct BackupSession {
     shared: Arc<Shared>,
-    jobs: Option<Sender<Job>>,
-    sealers: Vec<JoinHandle<()>>,
-    uploaders: Vec<JoinHandle<()>>,
+    pipeline: Pipeline,
     vault: Vault,
     signer: ed25519_dalek::SigningKey,
     head: Option<Record>,
@@ -248,33 +120,15 @@ impl BackupSession {
             failed: AtomicBool::new(false),
             new_chunks: AtomicU64::new(0),
             new_bytes_stored: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            peak_queued_bytes: AtomicU64::new(0),
         });
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
-        // A rendezvous: a finished pack waits for a free uploader instead of in a queue, so at
-        // most `workers` packs are being sealed and `workers` uploaded (bounded memory).
-        let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackWriter>(0);
-        let mut sealers = Vec::with_capacity(workers);
-        let mut uploaders = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let (worker, rx, pack_tx) = (shared.clone(), rx.clone(), pack_tx.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("sealer-{i}"))
-                .spawn(move || worker.sealer(rx, pack_tx))
-                .map_err(|e| Error::io("starting sealer threads", e))?;
-            sealers.push(handle);
-            let (worker, pack_rx) = (shared.clone(), pack_rx.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("uploader-{i}"))
-                .spawn(move || worker.uploader(pack_rx))
-                .map_err(|e| Error::io("starting uploader threads", e))?;
-            uploaders.push(handle);
-        }
+        let pipeline = Pipeline::start(&shared, workers)?;
         Ok(Self {
             shared,
-            jobs: Some(tx),
-            sealers,
-            uploaders,
+            pipeline,
             vault: vault.clone(),
             signer,
             head,
@@ -298,31 +152,66 @@ impl BackupSession {
     pub fn store_blob(&self, kind: BlobKind, data: Vec<u8>) -> Result<ChunkId> {
         self.shared.check()?;
         let id = self.shared.keys.chunk_id(&data);
-        {
-            let mut known = lock(&self.shared.known);
-            match known.get(&id) {
-                Some(Known::Stored(index)) => {
-                    let index = *index;
-                    drop(known);
-                    lock(&self.shared.used_indexes).insert(index);
-                    return Ok(id);
-                }
-                Some(Known::Pending) => return Ok(id),
-                None => {
-                    known.insert(id, Known::Pending);
-                }
+        if self.admit(id) {
+            self.hand_over(Batch::single(kind, id, data))?;
+        }
+        Ok(id)
+    }
+
+    /// True if chunk `id` is new to the vault: it is then marked pending, and the caller must
+    /// hand it to the sealers. A chunk already stored counts its index as used.
+    fn admit(&self, id: ChunkId) -> bool {
+        let mut known = lock(&self.shared.known);
+        match known.get(&id) {
+            Some(Known::Stored(index)) => {
+                let index = *index;
+                drop(known);
+                lock(&self.shared.used_indexes).insert(index);
+                false
+            }
+            Some(Known::Pending) => false,
+            None => {
+                known.insert(id, Known::Pending);
+                true
             }
         }
-        let sent = self
-            .jobs
-            .as_ref()
-            .map(|tx| tx.send(Job { kind, id, data }).is_ok())
-            .unwrap_or(false);
-        if !sent {
+    }
+
+    /// Hands a batch of new chunks to the sealers.
+    fn hand_over(&self, batch: Batch) -> Result<()> {
+        if !self.pipeline.send(&self.shared, batch) {
             self.shared.check()?;
             return Err(Error::invalid("backup session already finished"));
         }
+        Ok(())
+    }
+
+    /// Hashes one chunk of a stream, adds it to `batch` when new (handing the batch over
+    /// first when it is full), and returns its id.
+    fn store_chunk(&self, chunk: &[u8], batch: &mut Batch) -> Result<ChunkId> {
+        self.shared.check()?;
+        let id = self.shared.keys.chunk_id(chunk);
+        if self.admit(id) {
+            if batch.full_for(chunk.len()) {
+                let full = std::mem::replace(batch, self.pipeline.batch());
+                self.hand_over(full)?;
+            }
+            batch.push(BlobKind::Data, id, chunk);
+        }
         Ok(id)
+    }
+
+    /// Batches handed to the sealers so far: one per [`BATCH_BYTES`] of new chunks (or per
+    /// larger chunk), per stream's end and per tree, not one per chunk.
+    pub fn handoffs(&self) -> u64 {
+        self.shared.handoffs.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes of chunks that were ever handed over and not yet sealed: bounded by
+    /// ([`QUEUED_BATCHES`] + 1) × sealers × the larger of [`BATCH_BYTES`] and the largest
+    /// chunk, whatever the source's size.
+    pub fn peak_queued_bytes(&self) -> u64 {
+        self.shared.peak_queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Chunks and stores a whole stream; returns its chunk ids and length.
@@ -345,13 +234,15 @@ impl BackupSession {
             let mut ids = Vec::new();
             let mut total = 0u64;
             let mut buf = ALIGNED_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            let mut batch = self.pipeline.batch();
             let result = aligned_chunks(reader, size, &mut buf, |chunk| {
                 total += chunk.len() as u64;
                 progress.add(chunk.len() as u64);
-                ids.push(self.store_blob(BlobKind::Data, chunk.to_vec())?);
+                ids.push(self.store_chunk(chunk, &mut batch)?);
                 Ok(())
             });
             ALIGNED_BUFFER.with(|b| *b.borrow_mut() = buf);
+            let result = self.end_stream(batch, result);
             return match result {
                 Ok(()) => Ok((ids, total)),
                 Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
@@ -363,6 +254,7 @@ impl BackupSession {
         let mut buffer = CHUNK_BUFFER
             .with(|b| b.borrow_mut().take())
             .unwrap_or_else(|| ChunkBuffer::new(self.chunker));
+        let mut batch = self.pipeline.batch();
         let result = buffer.chunks(
             reader,
             self.chunker,
@@ -370,15 +262,33 @@ impl BackupSession {
             |chunk| {
                 total += chunk.len() as u64;
                 progress.add(chunk.len() as u64);
-                ids.push(self.store_blob(BlobKind::Data, chunk.to_vec())?);
+                ids.push(self.store_chunk(chunk, &mut batch)?);
                 Ok(())
             },
         );
         CHUNK_BUFFER.with(|b| *b.borrow_mut() = Some(buffer));
-        match result {
+        match self.end_stream(batch, result) {
             Ok(()) => Ok((ids, total)),
             Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
             Err(ChunkError::Consumer(e)) => Err(StoreError::Vault(e)),
+        }
+    }
+
+    /// Hands over what is left in a stream's batch, also when the stream failed: every chunk
+    /// marked pending must reach a sealer, or another file naming it would point at nothing.
+    fn end_stream(
+        &self,
+        batch: Batch,
+        result: std::result::Result<(), ChunkError<Error>>,
+    ) -> std::result::Result<(), ChunkError<Error>> {
+        let flushed = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.hand_over(batch)
+        };
+        match (result, flushed) {
+            (Ok(()), Err(e)) => Err(ChunkError::Consumer(e)),
+            (result, _) => result,
         }
     }
 
@@ -420,20 +330,9 @@ impl BackupSession {
         self.wal_start = Some(start);
     }
 
-    /// Waits for the sealers; returns the first failure.
+    /// Waits for the sealers and uploaders; returns the first failure of any stage.
     fn drain(&mut self) -> Result<()> {
-        self.jobs = None;
-        // Sealers first: when the last one ends, the uploaders' channel closes.
-        for handle in self
-            .sealers
-            .drain(..)
-            .chain(self.uploaders.drain(..).collect::<Vec<_>>())
-        {
-            if handle.join().is_err() {
-                self.shared
-                    .fail(Error::invalid("a backup worker thread panicked"));
-            }
-        }
+        self.pipeline.join(&self.shared);
         match lock(&self.shared.failure).take() {
             Some(e) => Err(e),
             None => Ok(()),

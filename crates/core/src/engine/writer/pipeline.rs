@@ -1,0 +1,309 @@
+//! The writer's pipeline behind [`super::BackupSession`]: producers (the callers' threads: read,
+//! chunk, hash, dedup) hand *batches* of new chunks to a pool of sealer threads (compress,
+//! encrypt into packs), which hand full packs to uploader threads (pack, then its index).
+//!
+//! Every queue is bounded, so memory stays flat whatever the source's size:
+//!
+//! - producers → sealers: at most [`QUEUED_BATCHES`] per worker, each at most [`BATCH_BYTES`]
+//!   of chunks or one larger chunk (at most the chunker's maximum);
+//! - sealers → uploaders: a rendezvous (a finished pack waits for a free uploader);
+//! - emptied batch buffers go back to the producers through a free list of the same bound, so
+//!   a backup does not fault in fresh pages for every megabyte it reads.
+//!
+//! Batches matter because PostgreSQL relation files are cut in 8 KiB pages: one channel message
+//! per page kept the queue a few pages deep, so a producer descheduled for a millisecond left
+//! both sealers waiting on an empty queue, and every page paid a wake-up. A batch carries up to
+//! 1 MiB of pages in one buffer and one message.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::format::index;
+use crate::format::layout;
+use crate::format::pack::{BlobCompressor, BlobEntry, BlobKind, PackWriter};
+use crate::id::{ChunkId, ObjectId};
+use crate::keys::DatasetKeys;
+use crate::site::Site;
+
+/// Where a known chunk is.
+#[derive(Clone, Copy)]
+pub(super) enum Known {
+    /// In an index object already on the site.
+    Stored(ObjectId),
+    /// Handed to a sealer in this session (or in a producer's batch about to be handed over);
+    /// its index will be one of this session's.
+    Pending,
+}
+
+/// Bytes of chunks a producer gathers before handing them to the sealers in one message
+/// (a chunk larger than this goes alone).
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Batches that may wait in the queue to the sealers, per sealer thread.
+pub const QUEUED_BATCHES: usize = 2;
+
+/// New chunks on their way to a sealer: their bytes back to back in one buffer.
+pub(super) struct Batch {
+    data: Vec<u8>,
+    blobs: Vec<(BlobKind, ChunkId, usize)>,
+}
+
+impl Batch {
+    /// One blob whose bytes the batch takes as they are (no copy).
+    pub(super) fn single(kind: BlobKind, id: ChunkId, data: Vec<u8>) -> Self {
+        let len = data.len();
+        Batch {
+            data,
+            blobs: vec![(kind, id, len)],
+        }
+    }
+
+    /// True when `len` more bytes would take a non-empty batch past [`BATCH_BYTES`].
+    pub(super) fn full_for(&self, len: usize) -> bool {
+        !self.blobs.is_empty() && self.data.len() + len > BATCH_BYTES
+    }
+
+    /// Appends a copy of one chunk.
+    pub(super) fn push(&mut self, kind: BlobKind, id: ChunkId, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+        self.blobs.push((kind, id, bytes.len()));
+    }
+
+    /// True when no chunk was added.
+    pub(super) fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+}
+
+/// What the session's threads share.
+pub(super) struct Shared {
+    pub(super) site: Arc<dyn Site>,
+    pub(super) keys: Arc<DatasetKeys>,
+    /// Signs this session's index objects (the key that signs its ledger entry).
+    pub(super) signer: ed25519_dalek::SigningKey,
+    pub(super) pack_target: usize,
+    pub(super) known: Mutex<HashMap<ChunkId, Known>>,
+    pub(super) used_indexes: Mutex<BTreeSet<ObjectId>>,
+    pub(super) failure: Mutex<Option<Error>>,
+    pub(super) failed: AtomicBool,
+    pub(super) new_chunks: AtomicU64,
+    pub(super) new_bytes_stored: AtomicU64,
+    /// Batches handed to the sealers (for tests and measurements).
+    pub(super) handoffs: AtomicU64,
+    /// Bytes of chunks handed over and not yet sealed, and the most there ever were.
+    pub(super) queued_bytes: AtomicU64,
+    pub(super) peak_queued_bytes: AtomicU64,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a worker panicked; its data is still a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Remembers the first failure of any stage; later ones are consequences of it.
+    pub(super) fn fail(&self, error: Error) {
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// An error once any stage failed (the failure itself is reported by `finish`).
+    pub(super) fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            let first = lock(&self.failure)
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "backup stopped: a pack could not be stored: {first}"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stores one sealed pack, then its index object; marks its chunks as stored.
+    fn upload(&self, bytes: Vec<u8>, entries: Vec<BlobEntry>) -> Result<()> {
+        let pack_id = ObjectId::of(&bytes);
+        let dataset = &self.keys.dataset;
+        self.site.put(&layout::pack(dataset, &pack_id), &bytes)?;
+        let stored: u64 = bytes.len() as u64;
+        drop(bytes);
+        let described = (pack_id, entries);
+        let index_bytes = index::encode(&self.keys, &self.signer, std::slice::from_ref(&described));
+        let entries = &described.1;
+        let index_id = ObjectId::of(&index_bytes);
+        self.site
+            .put(&layout::index(dataset, &index_id), &index_bytes)?;
+        {
+            let mut known = lock(&self.known);
+            for e in entries {
+                known.insert(e.id, Known::Stored(index_id));
+            }
+        }
+        lock(&self.used_indexes).insert(index_id);
+        self.new_chunks
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.new_bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Compresses and encrypts batches of blobs into packs; hands each full pack to the
+    /// uploaders and each emptied batch buffer back to the producers.
+    fn sealer(&self, batches: Receiver<Batch>, uploads: Sender<PackWriter>, free: Sender<Vec<u8>>) {
+        let mut compressor = match BlobCompressor::new() {
+            Ok(c) => c,
+            Err(e) => return self.fail(e),
+        };
+        let mut pack: Option<PackWriter> = None;
+        for batch in batches {
+            let bytes = batch.data.len() as u64;
+            if !self.failed.load(Ordering::Relaxed) {
+                self.seal(&mut compressor, &mut pack, &batch, &uploads);
+            } // else: drain so producers never block
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            let mut data = batch.data;
+            if (BATCH_BYTES / 2..=2 * BATCH_BYTES).contains(&data.capacity()) {
+                data.clear();
+                let _ = free.try_send(data);
+            }
+        }
+        // Hand over what is left even after a failure elsewhere: it is progress for a rerun.
+        if let Some(last) = pack.take().filter(|p| !p.is_empty()) {
+            let _ = uploads.send(last);
+        }
+    }
+
+    /// Seals one batch's blobs, in order, into the sealer's current pack.
+    fn seal(
+        &self,
+        compressor: &mut BlobCompressor,
+        pack: &mut Option<PackWriter>,
+        batch: &Batch,
+        uploads: &Sender<PackWriter>,
+    ) {
+        let mut at = 0;
+        for &(kind, id, len) in &batch.blobs {
+            let raw = &batch.data[at..at + len];
+            at += len;
+            let writer = pack
+                .get_or_insert_with(|| PackWriter::new(&self.keys, self.pack_target + PACK_SLACK));
+            if let Err(e) = writer.add(compressor, kind, id, raw) {
+                return self.fail(e);
+            }
+            if writer.len() >= self.pack_target {
+                if let Some(full) = pack.take() {
+                    if uploads.send(full).is_err() {
+                        return self.fail(Error::invalid("pack uploaders stopped"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores finished packs and their indexes.
+    fn uploader(&self, packs: Receiver<PackWriter>) {
+        for pack in packs {
+            let (bytes, entries) = pack.finish();
+            if let Err(e) = self.upload(bytes, entries) {
+                self.fail(e);
+            }
+        }
+    }
+}
+
+/// Room in a pack's buffer beyond its target size: one largest chunk and its framing.
+const PACK_SLACK: usize = 9 * 1024 * 1024;
+
+/// The running sealer and uploader threads and the queues into them.
+pub(super) struct Pipeline {
+    batches: Option<Sender<Batch>>,
+    free: Receiver<Vec<u8>>,
+    sealers: Vec<std::thread::JoinHandle<()>>,
+    uploaders: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts `workers` sealers and `workers` uploaders.
+    pub(super) fn start(shared: &Arc<Shared>, workers: usize) -> Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded::<Batch>(workers * QUEUED_BATCHES);
+        let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(workers * QUEUED_BATCHES);
+        // A rendezvous: a finished pack waits for a free uploader instead of in a queue, so at
+        // most `workers` packs are being sealed and `workers` uploaded (bounded memory).
+        let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackWriter>(0);
+        let mut pipeline = Pipeline {
+            batches: Some(tx),
+            free: free_rx,
+            sealers: Vec::with_capacity(workers),
+            uploaders: Vec::with_capacity(workers),
+        };
+        for i in 0..workers {
+            let (worker, rx, pack_tx, free_tx) =
+                (shared.clone(), rx.clone(), pack_tx.clone(), free_tx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("sealer-{i}"))
+                .spawn(move || worker.sealer(rx, pack_tx, free_tx))
+                .map_err(|e| Error::io("starting sealer threads", e))?;
+            pipeline.sealers.push(handle);
+            let (worker, pack_rx) = (shared.clone(), pack_rx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("uploader-{i}"))
+                .spawn(move || worker.uploader(pack_rx))
+                .map_err(|e| Error::io("starting uploader threads", e))?;
+            pipeline.uploaders.push(handle);
+        }
+        Ok(pipeline)
+    }
+
+    /// An empty batch, in a buffer a sealer gave back when there is one.
+    pub(super) fn batch(&self) -> Batch {
+        Batch {
+            data: self
+                .free
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BATCH_BYTES)),
+            blobs: Vec::new(),
+        }
+    }
+
+    /// Hands a batch to the sealers, waiting while the queue is full. False once the sealers
+    /// are gone (the session finished or failed).
+    pub(super) fn send(&self, shared: &Shared, batch: Batch) -> bool {
+        let Some(tx) = self.batches.as_ref() else {
+            return false;
+        };
+        let bytes = batch.data.len() as u64;
+        let queued = shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        shared
+            .peak_queued_bytes
+            .fetch_max(queued, Ordering::Relaxed);
+        shared.handoffs.fetch_add(1, Ordering::Relaxed);
+        if tx.send(batch).is_err() {
+            shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Closes the queue and waits for every sealer, then every uploader; a panicked worker
+    /// is recorded as the session's failure.
+    pub(super) fn join(&mut self, shared: &Shared) {
+        self.batches = None;
+        // Sealers first: when the last one ends, the uploaders' channel closes.
+        for handle in self
+            .sealers
+            .drain(..)
+            .chain(std::mem::take(&mut self.uploaders))
+        {
+            if handle.join().is_err() {
+                shared.fail(Error::invalid("a backup worker thread panicked"));
+            }
+        }
+    }
+}
