@@ -4,7 +4,8 @@
 //! peak of bytes allocated in this process during the call), against the tests' S3 server.
 //!
 //! Also the failures of a streamed upload: a source that cannot be read, or changes, while it is
-//! sent fails the put with a typed error and stores nothing.
+//! sent fails the put with a typed error and stores nothing (moto does not check `Content-MD5`:
+//! the client itself holds back the last bytes of a body that no longer matches its digest).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
@@ -234,13 +235,13 @@ fn a_source_changing_while_it_is_sent_is_refused_by_its_digest() {
             source.failed.load(Ordering::Relaxed),
             "{name}: the source never changed"
         );
-        assert!(
-            matches!(
-                put,
-                Err(SiteError::Retryable { .. } | SiteError::Permanent { .. })
+        match put {
+            Err(SiteError::Permanent { message, .. }) => assert!(
+                message.contains("changed while they were sent"),
+                "{name}: the error does not say the source changed: {message}"
             ),
-            "{name}: bytes other than the digested ones were accepted: {put:?}"
-        );
+            other => panic!("{name}: bytes other than the digested ones were accepted: {other:?}"),
+        }
         assert!(
             matches!(site.get(name), Err(SiteError::NotFound { .. })),
             "{name}: bytes other than the digested ones were stored"

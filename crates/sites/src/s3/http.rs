@@ -28,11 +28,13 @@ pub(super) enum Payload<'a> {
     /// Bytes already in memory, sent as they are.
     Bytes(&'a [u8]),
     /// `len` bytes of `source` at `offset`, read through one small buffer as they are sent;
-    /// `sha256` is their hex SHA-256 (signed over plain HTTP).
+    /// `md5` is their Content-MD5 (base64), checked again as they are read, and `sha256` their
+    /// hex SHA-256 (signed over plain HTTP).
     Region {
         source: &'a dyn ObjectSource,
         offset: u64,
         len: u64,
+        md5: &'a str,
         sha256: &'a str,
     },
 }
@@ -49,13 +51,28 @@ impl Payload<'_> {
 
 /// Reads a region of a source for a request's body, a buffer at a time; a read error is kept
 /// (the request then fails) so that it is reported as the source's, not the network's.
+///
+/// The bytes are hashed again as they are read, and the last buffer is held back unless they
+/// still match the digest sent ahead of them: a source that changed after its first pass never
+/// reaches the server complete, so nothing is stored even by a server that does not check
+/// `Content-MD5` (moto does not).
 struct RegionReader<'a> {
     source: &'a dyn ObjectSource,
     at: u64,
     end: u64,
+    md5: &'a str,
+    hasher: Md5,
     buf: Vec<u8>,
     filled: std::ops::Range<usize>,
     failed: Option<std::io::Error>,
+}
+
+impl RegionReader<'_> {
+    fn fail(&mut self, e: std::io::Error) -> std::io::Error {
+        let kind = e.kind();
+        self.failed = Some(e);
+        std::io::Error::new(kind, "cannot read the bytes to send")
+    }
 }
 
 impl Read for RegionReader<'_> {
@@ -67,11 +84,20 @@ impl Read for RegionReader<'_> {
             let n = (self.end - self.at).min(COPY_BUFFER as u64) as usize;
             self.buf.resize(n, 0);
             if let Err(e) = self.source.read_exact_at(&mut self.buf[..n], self.at) {
-                let kind = e.kind();
-                self.failed = Some(e);
-                return Err(std::io::Error::new(kind, "cannot read the bytes to send"));
+                return Err(self.fail(e));
             }
+            self.hasher.update(&self.buf[..n]);
             self.at += n as u64;
+            if self.at >= self.end {
+                let md5 = std::mem::take(&mut self.hasher).finalize();
+                if base64::engine::general_purpose::STANDARD.encode(md5) != self.md5 {
+                    return Err(self.fail(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the bytes changed while they were sent (they no longer match the \
+                         digest taken before); nothing was stored",
+                    )));
+                }
+            }
             self.filled = 0..n;
         }
         let n = self.filled.len().min(out.len());
@@ -279,11 +305,14 @@ impl S3Site {
                 source,
                 offset,
                 len,
+                md5,
                 ..
             } => Some(RegionReader {
                 source,
                 at: offset,
                 end: offset + len,
+                md5,
+                hasher: Md5::new(),
                 buf: Vec::new(),
                 filled: 0..0,
                 failed: None,

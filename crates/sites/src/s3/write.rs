@@ -69,6 +69,7 @@ impl<'a> Part<'a> {
                 source: self.source,
                 offset: self.offset,
                 len: self.len,
+                md5: &self.md5,
                 sha256: &self.sha256,
             },
         }
