@@ -43,7 +43,7 @@ impl Payload<'_> {
     /// The bytes sent.
     pub(super) fn len(&self) -> u64 {
         match self {
-            Payload::Bytes(b) => b.len() as u64,
+            Payload::Bytes(b) => <[u8]>::len(b) as u64,
             Payload::Region { len, .. } => *len,
         }
     }

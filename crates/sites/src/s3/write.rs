@@ -177,6 +177,7 @@ impl S3Site {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn upload_part(
         &self,
         operation: &'static str,
