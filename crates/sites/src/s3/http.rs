@@ -337,6 +337,10 @@ impl S3Site {
                 .and_then(|r| self.send(r, probe, bytes))
         };
         if let Some(e) = region.and_then(|r| r.failed) {
+            // Says nothing about the server.
+            if probe {
+                self.breaker.probe_inconclusive();
+            }
             return Err(Failure {
                 error: source_error(&self.location, path, e),
                 maybe_applied: false,
