@@ -151,6 +151,12 @@ pub trait ObjectSource: Send + Sync + fmt::Debug {
 
     /// Fills `buf` with the bytes at `offset`; fewer bytes than `buf` holds is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// The whole object, when it is already in memory: a site can then send it (or parts of
+    /// it) as it is, without copying. `None` (the default) for sources read from elsewhere.
+    fn as_slice(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl ObjectSource for &[u8] {
@@ -166,6 +172,10 @@ impl ObjectSource for &[u8] {
         buf.copy_from_slice(bytes);
         Ok(())
     }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(*self)
+    }
 }
 
 impl ObjectSource for Vec<u8> {
@@ -175,6 +185,10 @@ impl ObjectSource for Vec<u8> {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.as_slice().read_exact_at(buf, offset)
+    }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(Vec::as_slice(self))
     }
 }
 

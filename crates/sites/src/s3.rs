@@ -21,6 +21,8 @@ mod read;
 mod write;
 mod xml;
 
+use http::Payload;
+
 pub use breaker::{FIRST_PROBE_AFTER, MAX_PROBE_INTERVAL};
 pub use config::{
     ConditionalWrites, LockMode, ObjectLock, S3Config, S3Credentials, DEFAULT_LISTING_LIMIT,
@@ -556,7 +558,7 @@ mod tests {
                 &Method::GET,
                 &url,
                 &[("range", "bytes=0-9".into())],
-                &[],
+                &Payload::Bytes(&[]),
                 time,
             )
             .unwrap();

@@ -22,6 +22,91 @@ fn is_reset(e: &ureq::Error) -> bool {
     ))
 }
 
+/// What a request sends: bytes in memory, or a region of a source read as it goes out.
+#[derive(Clone, Copy)]
+pub(super) enum Payload<'a> {
+    /// Bytes already in memory, sent as they are.
+    Bytes(&'a [u8]),
+    /// `len` bytes of `source` at `offset`, read through one small buffer as they are sent;
+    /// `md5` is their Content-MD5 (base64), checked again as they are read, and `sha256` their
+    /// hex SHA-256 (signed over plain HTTP).
+    Region {
+        source: &'a dyn ObjectSource,
+        offset: u64,
+        len: u64,
+        md5: &'a str,
+        sha256: &'a str,
+    },
+}
+
+impl Payload<'_> {
+    /// The bytes sent.
+    pub(super) fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(b) => <[u8]>::len(b) as u64,
+            Payload::Region { len, .. } => *len,
+        }
+    }
+}
+
+/// Reads a region of a source for a request's body, a buffer at a time; a read error is kept
+/// (the request then fails) so that it is reported as the source's, not the network's.
+///
+/// The bytes are hashed again as they are read, and the last buffer is held back unless they
+/// still match the digest sent ahead of them: a source that changed after its first pass never
+/// reaches the server complete, so nothing is stored even by a server that does not check
+/// `Content-MD5` (moto does not).
+struct RegionReader<'a> {
+    source: &'a dyn ObjectSource,
+    at: u64,
+    end: u64,
+    md5: &'a str,
+    hasher: Md5,
+    buf: Vec<u8>,
+    filled: std::ops::Range<usize>,
+    failed: Option<std::io::Error>,
+}
+
+impl RegionReader<'_> {
+    fn fail(&mut self, e: std::io::Error) -> std::io::Error {
+        let kind = e.kind();
+        self.failed = Some(e);
+        std::io::Error::new(kind, "cannot read the bytes to send")
+    }
+}
+
+impl Read for RegionReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.filled.is_empty() {
+            if self.at >= self.end {
+                return Ok(0);
+            }
+            let n = (self.end - self.at).min(COPY_BUFFER as u64) as usize;
+            self.buf.resize(n, 0);
+            if let Err(e) = self.source.read_exact_at(&mut self.buf[..n], self.at) {
+                return Err(self.fail(e));
+            }
+            self.hasher.update(&self.buf[..n]);
+            self.at += n as u64;
+            if self.at >= self.end {
+                let md5 = std::mem::take(&mut self.hasher).finalize();
+                if base64::engine::general_purpose::STANDARD.encode(md5) != self.md5 {
+                    return Err(self.fail(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the bytes changed while they were sent (they no longer match the \
+                         digest taken before); nothing was stored",
+                    )));
+                }
+            }
+            self.filled = 0..n;
+        }
+        let n = self.filled.len().min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.filled.start..self.filled.start + n]);
+        self.filled.start += n;
+        Ok(n)
+    }
+}
+
 impl S3Site {
     // ---------------------------------------------------------------------------------------
     // Requests.
@@ -109,7 +194,7 @@ impl S3Site {
         method: &Method,
         url: &str,
         headers: &[(&str, String)],
-        body: &[u8],
+        body: &Payload<'_>,
         time: SystemTime,
     ) -> Result<Vec<(String, String)>, String> {
         let mut settings = SigningSettings::default();
@@ -128,10 +213,11 @@ impl S3Site {
             .into();
         // Over TLS the transport protects the payload and Content-MD5 lets the server check it;
         // over plain HTTP the payload hash is signed as well.
-        let body = if self.https {
-            SignableBody::UnsignedPayload
-        } else {
-            SignableBody::Bytes(body)
+        // A streamed payload is signed by the hash computed in a first pass over its source.
+        let body = match body {
+            _ if self.https => SignableBody::UnsignedPayload,
+            Payload::Bytes(bytes) => SignableBody::Bytes(bytes),
+            Payload::Region { sha256, .. } => SignableBody::Precomputed(sha256.to_string()),
         };
         let signable = SignableRequest::new(
             method.as_str(),
@@ -166,7 +252,7 @@ impl S3Site {
             key,
             query,
             headers,
-            body,
+            Payload::Bytes(body),
             operation,
             path,
             BodyLimit::ANSWER,
@@ -180,7 +266,7 @@ impl S3Site {
         key: Option<&str>,
         query: &[(&str, Option<String>)],
         headers: &[(&str, String)],
-        body: &[u8],
+        body: Payload<'_>,
         operation: &'static str,
         path: &str,
         body_limit: BodyLimit,
@@ -198,7 +284,7 @@ impl S3Site {
         };
         let url = self.url(key, query);
         let signature = self
-            .signature_headers(&method, &url, headers, body, SystemTime::now())
+            .signature_headers(&method, &url, headers, &body, SystemTime::now())
             .map_err(|m| Failure {
                 error: self.permanent(operation, path, m),
                 maybe_applied: false,
@@ -210,9 +296,36 @@ impl S3Site {
         for (k, v) in &signature {
             builder = builder.header(k, v);
         }
-        let sends_body = !body.is_empty() || method == Method::PUT || method == Method::POST;
-        let bytes = (body.len() as u64).saturating_add(body_limit.partial);
-        let result = if sends_body {
+        let sends_body = body.len() > 0 || method == Method::PUT || method == Method::POST;
+        let bytes = body.len().saturating_add(body_limit.partial);
+        // A region of a source goes out as it is read, through one small buffer; a failure to
+        // read it is kept apart from the transport's errors.
+        let mut region = match body {
+            Payload::Region {
+                source,
+                offset,
+                len,
+                md5,
+                ..
+            } => Some(RegionReader {
+                source,
+                at: offset,
+                end: offset + len,
+                md5,
+                hasher: Md5::new(),
+                buf: Vec::new(),
+                filled: 0..0,
+                failed: None,
+            }),
+            Payload::Bytes(_) => None,
+        };
+        let result = if let Some(reader) = region.as_mut() {
+            builder
+                .header("content-length", body.len().to_string())
+                .body(ureq::SendBody::from_reader(reader))
+                .map_err(ureq::Error::from)
+                .and_then(|r| self.send(r, probe, bytes))
+        } else if let (true, Payload::Bytes(body)) = (sends_body, body) {
             builder
                 .body(body)
                 .map_err(ureq::Error::from)
@@ -223,6 +336,16 @@ impl S3Site {
                 .map_err(ureq::Error::from)
                 .and_then(|r| self.send(r, probe, bytes))
         };
+        if let Some(e) = region.and_then(|r| r.failed) {
+            // Says nothing about the server.
+            if probe {
+                self.breaker.probe_inconclusive();
+            }
+            return Err(Failure {
+                error: source_error(&self.location, path, e),
+                maybe_applied: false,
+            });
+        }
         let mut response = match result {
             Ok(r) => r,
             Err(e) => {

@@ -16,14 +16,14 @@ impl S3Site {
         let key = self.key(&path, "probe")?;
         let op = "probe conditional writes";
         let result = (|| {
-            let first = match self.put_single(op, &path, &key, b"first", false) {
+            let first = match self.put_single(op, &path, &key, &(b"first" as &[u8]), false) {
                 // The header itself is refused (501 NotImplemented): stop sending it; the
                 // server cannot enforce create-only writes.
                 Err(SiteError::Permanent { message, .. })
                     if message.contains("NotImplemented") || message.starts_with("HTTP 501") =>
                 {
                     self.send_if_none_match.store(false, Ordering::Relaxed);
-                    self.put_single(op, &path, &key, b"first", false)?;
+                    self.put_single(op, &path, &key, &(b"first" as &[u8]), false)?;
                     return Ok(ConditionalWriteProbe {
                         put: false,
                         multipart: false,
@@ -39,9 +39,11 @@ impl S3Site {
                         .into(),
                 ));
             }
-            let put = self.put_single(op, &path, &key, b"second", false)? == Put::AlreadyExisted;
+            let put = self.put_single(op, &path, &key, &(b"second" as &[u8]), false)?
+                == Put::AlreadyExisted;
             let upload_id = self.create_multipart(op, &path, &key, false)?;
-            let etag = self.upload_part(op, &path, &key, &upload_id, 1, b"third")?;
+            let etag =
+                self.upload_part(op, &path, &key, &upload_id, 1, &(b"third" as &[u8]), (0, 5))?;
             let outcome = self.complete_multipart(op, &path, &key, &upload_id, &[etag], true);
             let multipart = match outcome {
                 Ok(Put::AlreadyExisted) => true,

@@ -26,7 +26,7 @@ impl S3Site {
                 Some(key),
                 &[],
                 &headers,
-                &[],
+                Payload::Bytes(&[]),
                 operation,
                 path,
                 // A whole answer (200) is a server ignoring the range: it is taken only where it
@@ -170,8 +170,18 @@ impl S3Site {
         len: Option<u64>,
         operation: &'static str,
     ) -> Result<Vec<u8>, SiteError> {
+        // The first piece's buffer becomes the answer: an object read in one piece is never
+        // copied, a larger one grows from it as its pieces arrive.
         let mut bytes = Vec::new();
-        self.read_to(path, key, offset, len, operation, &mut bytes)?;
+        self.read_pieces(path, key, offset, len, operation, &mut |piece: Vec<u8>| {
+            let n = piece.len() as u64;
+            if bytes.is_empty() {
+                bytes = piece;
+            } else {
+                bytes.extend_from_slice(&piece);
+            }
+            Ok(n)
+        })?;
         Ok(bytes)
     }
 
@@ -187,11 +197,24 @@ impl S3Site {
         operation: &'static str,
         sink: &mut dyn ObjectSink,
     ) -> Result<u64, SiteError> {
-        let mut put = |bytes: &[u8]| {
-            sink.write_all(bytes)
+        self.read_pieces(path, key, offset, len, operation, &mut |bytes: Vec<u8>| {
+            sink.write_all(&bytes)
                 .map_err(|e| sink_error(&self.location, path, e))
                 .map(|()| bytes.len() as u64)
-        };
+        })
+    }
+
+    /// The reads of [`S3Site::read`] and [`S3Site::read_to`]: hands each piece to `put` in
+    /// order, as its batch arrives. Returns the bytes handed over.
+    fn read_pieces(
+        &self,
+        path: &str,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+        operation: &'static str,
+        put: &mut dyn FnMut(Vec<u8>) -> Result<u64, SiteError>,
+    ) -> Result<u64, SiteError> {
         if let Some(l) = len {
             self.within_cap(operation, path, offset.saturating_add(l))?;
         }
@@ -226,7 +249,10 @@ impl S3Site {
                 if end > size || offset > size {
                     return Err(self.truncated(operation, path, offset, len.unwrap_or(0), size));
                 }
-                return put(&bytes[offset as usize..end as usize]);
+                let mut bytes = bytes;
+                bytes.truncate(end as usize);
+                bytes.drain(..offset as usize);
+                return put(bytes);
             }
             RangeReply::Unsatisfiable { total } => {
                 if offset == 0 && len.is_none() {
@@ -243,7 +269,7 @@ impl S3Site {
                                 Some(key),
                                 &[],
                                 &[],
-                                &[],
+                                Payload::Bytes(&[]),
                                 operation,
                                 path,
                                 limit,
@@ -254,7 +280,7 @@ impl S3Site {
                             _ => Err(self.status_error(operation, path, &reply)),
                         }
                     })?;
-                    return put(&body);
+                    return put(body);
                 }
                 return Err(self.truncated(
                     operation,
@@ -280,10 +306,9 @@ impl S3Site {
         let got = first_bytes.len() as u64;
         if offset + got >= end {
             first_bytes.truncate((end - offset) as usize);
-            return put(&first_bytes);
+            return put(first_bytes);
         }
-        let mut written = put(&first_bytes)?;
-        drop(first_bytes);
+        let mut written = put(first_bytes)?;
         let workers = self.cfg.parallelism.max(1) as u64;
         let mut next = offset + got;
         while next < end {
@@ -313,7 +338,7 @@ impl S3Site {
                     .collect()
             });
             for bytes in fetched {
-                written += put(&bytes?)?;
+                written += put(bytes?)?;
             }
             next = batch.last().map_or(end, |(start, len)| start + len);
         }

@@ -1,27 +1,110 @@
 //! Writes: single and multipart uploads, create-only settling, retention.
+//!
+//! What is sent is never copied whole: bytes the caller holds in memory go out as they are
+//! ([`ObjectSource::as_slice`]), other sources are read through one small buffer as they are sent
+//! (after one pass for their digests).
+
+use md5::Digest as _;
+use sha2::Sha256;
 
 use super::*;
+
+/// A region of a source to send in one request, with its digests.
+pub(super) struct Part<'a> {
+    source: &'a dyn ObjectSource,
+    offset: u64,
+    len: u64,
+    /// Content-MD5 (base64).
+    md5: String,
+    /// Hex SHA-256 of a region not in memory (the signer hashes bytes in memory itself).
+    sha256: String,
+}
+
+impl<'a> Part<'a> {
+    /// `len` bytes of `source` at `offset`; a source not in memory is read once for its digests.
+    pub(super) fn new(
+        source: &'a dyn ObjectSource,
+        offset: u64,
+        len: u64,
+    ) -> std::io::Result<Part<'a>> {
+        if let Some(bytes) = in_memory(source, offset, len) {
+            return Ok(Part {
+                source,
+                offset,
+                len,
+                md5: content_md5(bytes),
+                sha256: String::new(),
+            });
+        }
+        let mut md5 = Md5::new();
+        let mut sha256 = Sha256::new();
+        let mut buf = vec![0u8; COPY_BUFFER.min(len as usize)];
+        let mut at = offset;
+        let end = offset.saturating_add(len);
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            source.read_exact_at(&mut buf[..n], at)?;
+            md5.update(&buf[..n]);
+            sha256.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(Part {
+            source,
+            offset,
+            len,
+            md5: base64::engine::general_purpose::STANDARD.encode(md5.finalize()),
+            sha256: sha256
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+    }
+
+    /// What a request carries for this part.
+    pub(super) fn payload(&self) -> Payload<'_> {
+        match in_memory(self.source, self.offset, self.len) {
+            Some(bytes) => Payload::Bytes(bytes),
+            None => Payload::Region {
+                source: self.source,
+                offset: self.offset,
+                len: self.len,
+                md5: &self.md5,
+                sha256: &self.sha256,
+            },
+        }
+    }
+}
+
+/// The region's bytes, when the source holds them in memory.
+fn in_memory(source: &dyn ObjectSource, offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = usize::try_from(offset.checked_add(len)?).ok()?;
+    source.as_slice()?.get(start..end)
+}
 
 impl S3Site {
     // ---------------------------------------------------------------------------------------
     // Writes.
 
-    /// PutObject with retries. A 412 after an attempt whose answer was lost is settled by
-    /// comparing the stored bytes with ours. `locked` adds the configured retention.
+    /// PutObject of the whole of `source` with retries. A 412 after an attempt whose answer was
+    /// lost is settled by comparing the stored bytes with ours. `locked` adds the configured
+    /// retention.
     pub(super) fn put_single(
         &self,
         operation: &'static str,
         path: &str,
         key: &str,
-        bytes: &[u8],
+        source: &dyn ObjectSource,
         locked: bool,
     ) -> Result<Put, SiteError> {
-        let md5 = content_md5(bytes);
+        let part = Part::new(source, 0, source.len())
+            .map_err(|e| source_error(&self.location, path, e))?;
         let mut maybe_applied = false;
         self.retry(|_| {
             let mut headers: Vec<(&str, String)> = vec![
                 ("content-type", "application/octet-stream".into()),
-                ("content-md5", md5.clone()),
+                ("content-md5", part.md5.clone()),
             ];
             if self.send_if_none_match.load(Ordering::Relaxed) {
                 headers.push(("if-none-match", "*".into()));
@@ -29,14 +112,15 @@ impl S3Site {
             if locked {
                 headers.extend(lock_headers(self.cfg.object_lock, SystemTime::now()));
             }
-            let reply = match self.exchange(
+            let reply = match self.exchange_limited(
                 Method::PUT,
                 Some(key),
                 &[],
                 &headers,
-                bytes,
+                part.payload(),
                 operation,
                 path,
+                BodyLimit::ANSWER,
             ) {
                 Ok(r) => r,
                 Err(f) => {
@@ -46,7 +130,7 @@ impl S3Site {
             };
             match reply.status {
                 200 => Ok(Put::Created),
-                412 if maybe_applied && self.holds_exactly(path, key, &bytes)? => Ok(Put::Created),
+                412 if maybe_applied && self.holds_exactly(path, key, source)? => Ok(Put::Created),
                 412 => Ok(Put::AlreadyExisted),
                 s => {
                     maybe_applied |= s >= 500;
@@ -93,6 +177,7 @@ impl S3Site {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn upload_part(
         &self,
         operation: &'static str,
@@ -100,24 +185,27 @@ impl S3Site {
         key: &str,
         upload_id: &str,
         number: usize,
-        bytes: &[u8],
+        source: &dyn ObjectSource,
+        (offset, len): (u64, u64),
     ) -> Result<String, SiteError> {
-        let md5 = content_md5(bytes);
+        let part =
+            Part::new(source, offset, len).map_err(|e| source_error(&self.location, path, e))?;
         let query = [
             ("partNumber", Some(number.to_string())),
             ("uploadId", Some(upload_id.to_string())),
         ];
         self.retry(|_| {
-            let headers = [("content-md5", md5.clone())];
+            let headers = [("content-md5", part.md5.clone())];
             let reply = self
-                .exchange(
+                .exchange_limited(
                     Method::PUT,
                     Some(key),
                     &query,
                     &headers,
-                    bytes,
+                    part.payload(),
                     operation,
                     path,
+                    BodyLimit::ANSWER,
                 )
                 .map_err(|f| f.error)?;
             if reply.status != 200 {
@@ -277,8 +365,8 @@ impl S3Site {
         }
     }
 
-    /// A create-only write of `source`: one PutObject up to the multipart threshold (held in
-    /// memory, at most that size), else a multipart upload reading one part per worker.
+    /// A create-only write of `source`: one PutObject up to the multipart threshold, else a
+    /// multipart upload, one part per worker; neither copies the source whole.
     pub(super) fn put_source(
         &self,
         path: &str,
@@ -291,9 +379,7 @@ impl S3Site {
         } else if !probe.put && self.head("put", path, &key)?.is_some() {
             Ok(Put::AlreadyExisted)
         } else {
-            let bytes = read_source(source, 0, source.len())
-                .map_err(|e| source_error(&self.location, path, e))?;
-            self.put_single("put", path, &key, &bytes, true)
+            self.put_single("put", path, &key, source, true)
         };
         self.settle(path, &key, source, result)
     }
@@ -413,14 +499,10 @@ impl S3Site {
                     if i >= parts.len() {
                         return;
                     }
-                    // Each worker holds one part: memory is `parallelism` parts, whatever
-                    // the object's size.
-                    let (offset, len) = parts[i];
-                    let sent = read_source(source, offset, len)
-                        .map_err(|e| source_error(&self.location, path, e))
-                        .and_then(|bytes| {
-                            self.upload_part("put", path, key, upload_id, i + 1, &bytes)
-                        });
+                    // A part goes out from the caller's bytes, or through one small buffer:
+                    // memory stays flat, whatever the part size and the object's size.
+                    let sent =
+                        self.upload_part("put", path, key, upload_id, i + 1, source, parts[i]);
                     match sent {
                         Ok(etag) => etags.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(etag),
                         Err(e) => {
