@@ -153,6 +153,7 @@ impl<'a> Fills<'a> {
     }
 
     /// Bytes written with `O_DIRECT` so far.
+    #[cfg(test)]
     pub(super) fn direct_bytes(&self) -> u64 {
         self.direct_bytes.load(Ordering::Relaxed)
     }
@@ -722,11 +723,9 @@ mod tests {
         );
         fills.set_max_open(3);
         for page in 0..3u64 {
-            for i in 0..n {
+            for (i, content) in contents.iter().enumerate() {
                 let at = (page * 8192) as usize;
-                fills
-                    .put(i, at as u64, &contents[i][at..at + 8192])
-                    .unwrap();
+                fills.put(i, at as u64, &content[at..at + 8192]).unwrap();
                 assert!(fills.open_files() <= 3, "{} open", fills.open_files());
             }
         }
