@@ -325,7 +325,7 @@ pub fn open_blob_in_place<'a>(
         COMPRESSION_ZSTD => {
             scratch.clear();
             scratch.reserve(entry.raw_length as usize);
-            zstd::zstd_safe::decompress(scratch, &plain[1..]).map_err(|code| {
+            decompress(scratch, &plain[1..]).map_err(|code| {
                 bad(format!(
                     "does not decompress within its stated size: {}",
                     zstd::zstd_safe::get_error_name(code)
@@ -342,6 +342,30 @@ pub fn open_blob_in_place<'a>(
         return Err(bad("content does not hash to its chunk id".into()));
     }
     Ok(raw)
+}
+
+thread_local! {
+    /// This thread's zstd decompression context: one per thread, reused, instead of one
+    /// allocated and freed per blob (relation files are restored as 8 KiB blobs).
+    static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses one zstd frame into `out` (within its capacity) with this thread's context.
+fn decompress(out: &mut Vec<u8>, frame: &[u8]) -> std::result::Result<usize, usize> {
+    DCTX.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            // Re-entered on this thread (not done today): a context of its own.
+            return zstd::zstd_safe::decompress(out, frame);
+        };
+        if slot.is_none() {
+            *slot = zstd::zstd_safe::DCtx::try_create();
+        }
+        match slot.as_mut() {
+            Some(dctx) => dctx.decompress(out, frame),
+            None => zstd::zstd_safe::decompress(out, frame),
+        }
+    })
 }
 
 /// Reads the directory at the end of a whole pack (for repair and deep verification).

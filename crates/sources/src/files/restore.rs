@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use embassy_core::engine::reader::VersionReader;
@@ -16,6 +15,8 @@ use embassy_core::id::ChunkId;
 use embassy_core::progress::Progress;
 use embassy_core::{Error, Result};
 use rayon::prelude::*;
+
+mod fill;
 
 use crate::selection::RestoreSelection;
 use crate::{metadata, resync};
@@ -370,7 +371,8 @@ pub fn restore(
     // into place only once every file's content is written: a link already at the final name
     // is replaced, never written through, and a restore that fails half-way (a damaged pack,
     // a full disk) leaves no half-filled file under a final name (its temporary files go).
-    // Files already identical at the target stay (see `resync`).
+    // Files already identical at the target stay (see `resync`). Files are created as their
+    // first blob arrives, on the threads reading packs (see `fill`).
     let same: Vec<bool> = if overwrite {
         plan.files
             .par_iter()
@@ -380,20 +382,15 @@ pub fn restore(
         vec![false; plan.files.len()]
     };
     let (mut skipped_files, mut skipped_bytes) = (0u64, 0u64);
-    let mut pending = Vec::with_capacity(plan.files.len());
+    let mut fill_plan = Vec::with_capacity(plan.files.len());
     for (i, (path, node)) in plan.files.iter().enumerate() {
         if same[i] {
             skipped_files += 1;
             skipped_bytes += node.size;
-            pending.push(None);
+            fill_plan.push(None);
             continue;
         }
-        let file = embassy_core::fsutil::NewFile::beside(path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        file.file()
-            .set_len(node.size)
-            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
-        pending.push(Some(file.into_pending()));
+        fill_plan.push(Some((path.as_path(), node.size)));
         let mut offset = 0u64;
         for id in &node.content {
             targets.entry(*id).or_default().push((i, offset));
@@ -410,28 +407,24 @@ pub fn restore(
     progress.set_total(total);
 
     // Content: each pack once, each blob to every place that needs it.
-    let files = &plan.files;
-    let temps = &pending;
+    let fills = fill::Fills::new(fill_plan, fill::Direct::Try);
     reader.for_each_blob(targets.keys().copied().collect::<Vec<_>>(), &|id, data| {
         for &(i, offset) in targets.get(id).map(|v| v.as_slice()).unwrap_or_default() {
-            let path = &files[i].0;
-            let Some(temp) = &temps[i] else { continue };
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(temp.temp_path())
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            embassy_core::fsutil::write_sliced_at(&file, data, offset)
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            fills.put(i, offset, data)?;
             progress.add(data.len() as u64);
         }
         Ok(())
     })?;
-    for (file, (path, _)) in pending.into_iter().zip(&plan.files) {
-        let Some(file) = file else { continue };
-        file.persist()
-            .map_err(|e| Error::io(format!("putting {} in place", path.display()), e))?;
-    }
+    let pending = fills.finish()?;
+    pending
+        .into_par_iter()
+        .zip(plan.files.par_iter())
+        .try_for_each(|(file, (path, _))| match file {
+            Some(file) => file
+                .persist()
+                .map_err(|e| Error::io(format!("putting {} in place", path.display()), e)),
+            None => Ok(()),
+        })?;
     deleted += delete(true)?;
 
     // Metadata: files and links, then directories deepest first.
