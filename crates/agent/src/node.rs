@@ -589,9 +589,7 @@ impl Keeper {
             return;
         }
         if cols[0] != "t" {
-            self.down(
-                "its server is not in recovery: it was promoted; the node leaves it alone".into(),
-            );
+            self.promoted();
             return;
         }
         let replay: Option<embassy_postgres::Lsn> = cols[1].parse().ok();
@@ -654,12 +652,46 @@ impl Keeper {
         }
     }
 
+    /// A server that left recovery (`embassy promote`): the live registry now. It is kept
+    /// running (started again if it stops) and never rebuilt; not an alarm.
+    fn promoted(&self) {
+        let first = lock(&self.shared.state)
+            .standbys
+            .get(self.name())
+            .is_none_or(|s| s.phase != "promoted");
+        if first {
+            log(format!(
+                "standby of {}: its server was promoted: it runs as the live registry, and the \
+                 node keeps it running and never rebuilds it",
+                self.name()
+            ));
+        }
+        self.update(|s| {
+            s.last_error = None;
+            s.checked_at = Some(now_s());
+        });
+        self.phase("promoted");
+    }
+
     /// Makes the data directory again from the newest base backup (removing what is there).
     fn rebuild(&self, vault: &Vault, w: &mut Watch, why: &str) {
         if w.next_rebuild.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let dir = &self.standby.data_dir;
+        // Never a promoted server's data directory (no standby.signal or recovery.signal
+        // left): it holds the live registry, perhaps writes not yet in the vault.
+        if dir.join("PG_VERSION").exists()
+            && !dir.join("standby.signal").exists()
+            && !dir.join("recovery.signal").exists()
+        {
+            self.down(format!(
+                "not rebuilt ({why}): its data directory is no longer a standby's (it was \
+                 promoted), so it may hold the only copy of recent writes; make it a standby \
+                 again or take it out of [[standbys]] (docs/operations.md)"
+            ));
+            return;
+        }
         // Never under a running server: stopped first, verified stopped.
         if let Err(e) = self.stop_all(w) {
             self.down(format!("not rebuilt ({why}): {e}"));

@@ -241,6 +241,8 @@ pub fn standby_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<Stan
             let alarm = match phase.as_str() {
                 "following" => st.lag_seconds.is_none_or(|l| l > threshold),
                 "down" | "rebuilding" => true,
+                // The live registry after a takeover: nothing to follow.
+                "promoted" => false,
                 _ => st.since == 0 || (now_s - st.since) as f64 > threshold,
             };
             StandbyStatus {

@@ -89,7 +89,8 @@ pub struct GroupState {
 /// [`crate::node`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StandbyState {
-    /// `creating`, `starting`, `following`, `rebuilding` or `down`.
+    /// `creating`, `starting`, `following`, `rebuilding`, `down`, or `promoted` (its server
+    /// left recovery: the live registry, kept running, never rebuilt).
     pub phase: String,
     /// When it entered that phase (Unix seconds).
     pub since: i64,

@@ -658,3 +658,51 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(status.success(), "{log}");
     println!("{:6.1} s: done", t0.elapsed().as_secs_f64());
 }
+
+/// A standby's data directory that left recovery (promoted: no `standby.signal` or
+/// `recovery.signal`) is the live registry and may hold the only copy of recent writes: the node
+/// never removes it to rebuild, even when its server keeps failing to start. The data directory
+/// here is only its shape (PG_VERSION, a file that must survive), so the server fails at once.
+#[test]
+fn a_promoted_data_directory_is_never_rebuilt() {
+    let env = PgCli::new(EXE, "embassy-pgnode-promoted-");
+    let data_dir = env.postgres_folder("node").join("registry");
+    std::fs::create_dir_all(&data_dir).expect("the data directory");
+    std::fs::write(data_dir.join("PG_VERSION"), "15\n").expect("PG_VERSION");
+    std::fs::write(data_dir.join("live-writes"), "the only copy\n").expect("a live file");
+    let (uid, gid) = env.ids;
+    for p in [
+        &data_dir,
+        &data_dir.join("PG_VERSION"),
+        &data_dir.join("live-writes"),
+    ] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+    }
+    let http = embassy_testkit::free_port();
+    write_config(
+        &env,
+        http,
+        "vault.key",
+        &standby_toml(&data_dir, embassy_testkit::free_port()),
+    );
+    let agent = Agent::start_in(EXE, env.dir.path());
+    wait_until(
+        Duration::from_secs(90),
+        "the node refusing to rebuild",
+        &agent,
+        || agent.log().contains("not rebuilt").then_some(()),
+    );
+    let status = standby_status(http).expect("the standby's status");
+    let (_, log) = agent.stop(Duration::from_secs(30));
+    assert!(log.contains("no longer a standby's"), "{log}");
+    assert!(!log.contains("rebuilding it from"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("live-writes"))
+            .ok()
+            .as_deref(),
+        Some("the only copy\n"),
+        "agent log:\n{log}"
+    );
+    assert_eq!(status["phase"], "down", "{status}");
+    assert_eq!(status["alarm"], true, "{status}");
+}

@@ -404,6 +404,11 @@ fn three_sites(full: bool) {
     let b_status = b.status().expect("node b's status");
     assert_eq!(b_status["phase"], "following", "{b_status}");
     assert_eq!(b_status["rebuilds"], 0, "{b_status}");
+    // A's node knows its standby is the live registry now: no alarm, never rebuilt.
+    let a_status = a.status().expect("node a's status");
+    assert_eq!(a_status["phase"], "promoted", "{a_status}");
+    assert_eq!(a_status["alarm"], false, "{a_status}");
+    assert_eq!(a_status["rebuilds"], 0, "{a_status}");
 
     if full {
         // Home comes back with its old credential: its server restarts on timeline 1 and its

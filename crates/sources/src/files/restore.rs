@@ -409,8 +409,14 @@ pub fn restore(
     // Content: each pack once, each blob to every place that needs it.
     // Page-cache writes: O_DIRECT (`Direct::Try`) cut the CPU time but was slower in wall
     // time at moderate load, and leaves restored files out of the page cache for whatever
-    // reads them next (PostgreSQL starting); off until an idle A/B says otherwise.
-    let fills = fill::Fills::new(fill_plan, fill::Direct::Off);
+    // reads them next (PostgreSQL starting); off unless the benchmark's switch asks for it,
+    // until an idle A/B decides (bench/README.md).
+    let direct = if std::env::var_os("EMBASSY_BENCH_RESTORE_O_DIRECT").is_some() {
+        fill::Direct::Try
+    } else {
+        fill::Direct::Off
+    };
+    let fills = fill::Fills::new(fill_plan, direct);
     reader.for_each_blob(targets.keys().copied().collect::<Vec<_>>(), &|id, data| {
         for &(i, offset) in targets.get(id).map(|v| v.as_slice()).unwrap_or_default() {
             fills.put(i, offset, data)?;
