@@ -41,6 +41,9 @@ pub struct LocalSite {
     swept: std::sync::Once,
     /// Most bytes one listing may hold (paths and bookkeeping), as for S3.
     listing_limit: u64,
+    /// Set once this process saw the vault's `config` here: from then on, a folder without it
+    /// is a vault gone (an unmounted disk, a moved or deleted folder), never one to start again.
+    vault_seen: std::sync::atomic::AtomicBool,
 }
 
 impl LocalSite {
@@ -64,6 +67,7 @@ impl LocalSite {
             root,
             swept: std::sync::Once::new(),
             listing_limit: crate::s3::DEFAULT_LISTING_LIMIT,
+            vault_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -165,6 +169,31 @@ impl LocalSite {
     }
 
     /// Opens (creating when missing) the folders `dirs` beneath the root, none a link.
+    /// Refuses a write once the vault this process saw here is gone: creating its folders
+    /// again would store objects (WAL a streamer then acknowledges) where no vault is, on
+    /// the disk under a mount point, say, and they would be missing when the vault returns.
+    fn check_vault_still_here(&self, path: &str) -> Result<(), SiteError> {
+        use std::sync::atomic::Ordering;
+        if matches!(path, layout::CONFIG | layout::CONFIG_SIGNATURE) {
+            return Ok(());
+        }
+        if !self.vault_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match fs::symlink_metadata(self.root.join(layout::CONFIG)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.permanent(
+                "put",
+                path,
+                "the vault's config is gone from this folder (an unmounted disk, a moved or \
+                 deleted folder?): nothing is written here; mount the disk or put the folder \
+                 back, or repair the site from another one"
+                    .into(),
+            )),
+            Err(e) => Err(self.io_error("put", path, e)),
+        }
+    }
+
     fn ensure_dir(&self, dirs: &[&str], path: &str) -> Result<OwnedFd, SiteError> {
         open_dir_beneath(&self.root, dirs, true)
             .map_err(|e| self.io_error("create directory", path, e))
@@ -179,6 +208,7 @@ impl LocalSite {
         write: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> Result<Put, SiteError> {
         self.resolve(path, "put")?;
+        self.check_vault_still_here(path)?;
         let (dirs, name) = split(path);
         let tmp_dir = self.ensure_dir(&[TMP], path)?;
         self.sweep_stale_parts(&tmp_dir);
@@ -339,6 +369,10 @@ impl Site for LocalSite {
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
         let (file, size) = self.open_object(path, "get")?;
+        if path == layout::CONFIG {
+            self.vault_seen
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let cap = layout::max_object_size(path);
         let mut buf = Vec::with_capacity(size as usize);
         file.take(cap.saturating_add(1))
@@ -491,6 +525,36 @@ impl Site for LocalSite {
 
 #[cfg(test)]
 mod tests {
+
+    /// Red team 7: the vault's folder moved away (or its disk unmounted) while a streamer
+    /// wrote; the site made empty folders again and stored WAL there, which the streamer
+    /// acknowledged and the vault then lacked. Once the vault was seen, its absence refuses.
+    #[test]
+    fn a_vault_gone_from_its_folder_is_never_started_again_by_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vault");
+        let site = LocalSite::new(&root).unwrap();
+        site.put(layout::CONFIG, b"config").unwrap();
+        site.get(layout::CONFIG).unwrap();
+        site.put("wal/a", b"one").unwrap();
+        fs::rename(&root, dir.path().join("moved")).unwrap();
+        let err = site.put("wal/b", b"two").unwrap_err().to_string();
+        assert!(err.contains("config is gone"), "{err}");
+        assert!(!root.exists(), "the vault folder was made again");
+        // Emptied in place (a mount point left behind): the same.
+        fs::create_dir_all(&root).unwrap();
+        let err = site.put("wal/b", b"two").unwrap_err().to_string();
+        assert!(err.contains("config is gone"), "{err}");
+        assert!(
+            !root.join("wal").exists(),
+            "a folder was made in the empty mount point"
+        );
+        // Put back, writes go on.
+        fs::remove_dir(&root).unwrap();
+        fs::rename(dir.path().join("moved"), &root).unwrap();
+        site.put("wal/b", b"two").unwrap();
+    }
+
     use super::*;
 
     #[test]
