@@ -18,38 +18,11 @@ use std::time::{Duration, Instant};
 
 use embassy_testkit::agent::{wait_until, Agent};
 use embassy_testkit::pg::cli::{arg, PgCli};
+use embassy_testkit::pg::restored::node_psql;
 use embassy_testkit::pg::{PgOptions, PgServer};
 use embassy_testkit::status_page::{http_get, status_json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
-
-/// psql on the standby over its socket (in `<data dir>.run`), as `postgres`.
-fn standby_psql(pg: &PgServer, data_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
-    let mut run = data_dir.as_os_str().to_os_string();
-    run.push(".run");
-    let out = pg
-        .tool("psql")
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(&run)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
-}
 
 /// The pid `postmaster.pid` of `data_dir` names.
 fn postmaster_pid(data_dir: &Path) -> Option<i32> {
@@ -105,8 +78,7 @@ fn seen_at_standby(pg: &PgServer, data_dir: &Path, port: u16, id: u32, agent: &A
         "the row at the standby",
         agent,
         || {
-            let got = standby_psql(
-                pg,
+            let got = node_psql(
                 data_dir,
                 port,
                 &format!("SELECT note FROM marks WHERE id = {id}"),
@@ -217,13 +189,8 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     assert!(dashboard.contains("id=\"standby-registry\""), "{dashboard}");
 
     // Read-only.
-    let refused = standby_psql(
-        &pg,
-        &data_dir,
-        pg_port,
-        "INSERT INTO marks VALUES (99, 'no')",
-    )
-    .expect_err("a standby accepts no write");
+    let refused = node_psql(&data_dir, pg_port, "INSERT INTO marks VALUES (99, 'no')")
+        .expect_err("a standby accepts no write");
     assert!(refused.contains("read-only"), "{refused}");
 
     // kill -9 of its postmaster: started again, catches up.
@@ -642,7 +609,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
     assert!(alive(pid), "{log}");
     assert!(log.contains("keeps running"), "{log}");
     assert!(
-        standby_psql(&pg, &data_dir, port2, "SELECT count(*) FROM marks").is_ok(),
+        node_psql(&data_dir, port2, "SELECT count(*) FROM marks").is_ok(),
         "readable while no agent runs"
     );
     let agent = Agent::start_in(EXE, env.dir.path());
