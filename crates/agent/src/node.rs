@@ -355,7 +355,7 @@ impl Keeper {
                 "a process may still be its server ({why}); stop it (pg_ctl stop -D {})",
                 dir.display()
             )),
-            PidFile::Absent | PidFile::Stale { .. } => Ok(()),
+            PidFile::Absent | PidFile::Stale { .. } | PidFile::Unreaped { .. } => Ok(()),
         }
     }
 
@@ -503,21 +503,36 @@ impl Keeper {
                     }
                 }
             }
-            // Killed: PostgreSQL replaces its pid file itself (after its own checks).
+            PidFile::Unreaped { pid } => {
+                self.down(format!(
+                    "its server (pid {pid}) has ended but is not reaped yet by its parent \
+                     process; PostgreSQL cannot start before: waiting"
+                ));
+                false
+            }
             PidFile::Stale {
-                in_the_way: false, ..
-            } => true,
-            PidFile::Stale { why, .. } => {
-                // PostgreSQL would refuse to start while the process it names exists: the file goes,
-                // once no process of the old server works in the data directory any more.
+                pid,
+                why,
+                in_the_way,
+            } => {
+                // A killed server's backends go on for a moment, holding its shared memory: a
+                // server started now would stop at once, and such stops must not count towards
+                // a rebuild. Nothing is started until they ended.
                 let working = postmaster::working_in(dir);
                 if !working.is_empty() {
                     self.down(format!(
-                        "its postmaster.pid is stale ({why}) but processes {working:?} still \
-                         work in its data directory: waiting for them to end"
+                        "its postmaster.pid is stale ({why}) but processes {working:?} of its \
+                         old server still work in its data directory: waiting for them to end"
                     ));
                     return false;
                 }
+                if !in_the_way {
+                    // Killed: PostgreSQL replaces its pid file itself (after its own checks).
+                    return true;
+                }
+                // PostgreSQL would refuse to start while the process the file names exists:
+                // the file goes, and so does the socket's lock file naming the same process.
+                self.remove_socket_lock(pid);
                 log(format!(
                     "standby of {}: its postmaster.pid is stale ({why}): removed",
                     self.name()
@@ -538,6 +553,26 @@ impl Keeper {
                     dir.display()
                 ));
                 false
+            }
+        }
+    }
+
+    /// Removes the lock file of the server's socket in its run folder when it names `pid`
+    /// (a process that is not the server any more).
+    fn remove_socket_lock(&self, pid: i32) {
+        let lock_file = server::run_folder(&self.standby.data_dir)
+            .join(format!(".s.PGSQL.{}.lock", self.standby.port));
+        let names_it = std::fs::read_to_string(&lock_file)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            == Some(pid);
+        if names_it {
+            if let Err(e) = std::fs::remove_file(&lock_file) {
+                log(format!(
+                    "standby of {}: cannot remove the stale {}: {e}",
+                    self.name(),
+                    lock_file.display()
+                ));
             }
         }
     }
@@ -763,7 +798,15 @@ impl Keeper {
                 ))
             }
             PidFile::Unsure { why, .. } => return Err(why),
-            PidFile::Absent | PidFile::Stale { .. } => {}
+            PidFile::Absent | PidFile::Stale { .. } | PidFile::Unreaped { .. } => {}
+        }
+        let working = postmaster::working_in(dir);
+        if !working.is_empty() {
+            return Err(format!(
+                "processes {working:?} of its old server still work in {}; it is not removed \
+                 under them",
+                dir.display()
+            ));
         }
         let config = self.config();
         let keyring = self.keyring();

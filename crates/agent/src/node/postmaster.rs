@@ -23,6 +23,10 @@ pub(crate) enum PidFile {
         why: String,
         in_the_way: bool,
     },
+    /// The server has ended but its parent has not reaped it yet (a zombie): PostgreSQL
+    /// refuses to start while its pid exists, and the pid is not reused before it is reaped.
+    /// Nothing is started until then.
+    Unreaped { pid: i32 },
     /// A process that may be the server and cannot be told apart from one (its working folder
     /// cannot be read and its start time does not match): neither adopted nor replaced.
     Unsure { pid: i32, why: String },
@@ -86,11 +90,7 @@ pub(crate) fn look(data_dir: &Path) -> PidFile {
         };
     };
     if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return PidFile::Stale {
-            pid,
-            why: format!("process {pid} has ended (a zombie)"),
-            in_the_way: true,
-        };
+        return PidFile::Unreaped { pid };
     }
     if comm != "postgres" && comm != "postmaster" {
         return PidFile::Stale {
@@ -174,7 +174,7 @@ pub(crate) fn stop(data_dir: &Path, pid: i32, limit: Duration) -> Result<(), Str
             "cannot tell whether its server stopped: {why}; stop it (pg_ctl stop -D {})",
             data_dir.display()
         )),
-        PidFile::Absent | PidFile::Stale { .. } => Ok(false),
+        PidFile::Absent | PidFile::Stale { .. } | PidFile::Unreaped { .. } => Ok(false),
     };
     let wait = |limit: Duration| -> Result<bool, String> {
         let until = Instant::now() + limit;
@@ -296,6 +296,30 @@ mod tests {
         assert!(matches!(look(gone.path()), PidFile::Stale { .. }));
         let garbage = dir_with("not a pid\n");
         assert!(matches!(look(garbage.path()), PidFile::Stale { .. }));
+    }
+
+    /// A pid file naming a server that ended but is not reaped yet (a zombie, as a killed
+    /// postmaster is until its parent reaps it) is neither adopted nor treated as gone:
+    /// PostgreSQL refuses to start while that pid exists.
+    #[test]
+    fn an_ended_server_not_yet_reaped_is_waited_for() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        let until = Instant::now() + Duration::from_secs(10);
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s).map(|(_, f)| f.first() == Some(&"Z")))
+                .unwrap_or(false)
+        };
+        while !zombie() {
+            assert!(Instant::now() < until, "process {pid} did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let d = dir_with(&format!("{pid}\n/srv/x\n1\n5433\n"));
+        assert_eq!(look(d.path()), PidFile::Unreaped { pid: pid as i32 });
+        child.wait().expect("reap");
+        assert!(matches!(look(d.path()), PidFile::Stale { .. }));
     }
 
     #[test]
