@@ -336,6 +336,78 @@ pub fn key_epoch(history: &[Record]) -> u32 {
         .unwrap_or(0)
 }
 
+/// Bytes of encoded entries this process keeps decoded, at most ([`decoded`]). A long-running
+/// agent reads a dataset's whole ledger at every backup; without the cache every entry was
+/// fetched again each time (one GET per entry from an S3 site, for ever more entries). Once
+/// full, further entries are decoded and not kept (no eviction: the oldest entries, which every
+/// load reads, stay), so memory stays bounded whatever the ledger's length.
+pub const DECODED_CACHE_BYTES: usize = 8 << 20;
+
+/// The entries decoded in this process by object id, and the encoded bytes they came from.
+struct DecodedCache {
+    entries: std::collections::HashMap<ObjectId, Entry>,
+    bytes: usize,
+}
+
+fn decoded_cache() -> &'static std::sync::Mutex<DecodedCache> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<DecodedCache>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        std::sync::Mutex::new(DecodedCache {
+            entries: std::collections::HashMap::new(),
+            bytes: 0,
+        })
+    })
+}
+
+std::thread_local! {
+    static FRESH_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, history loads on this thread fetch every entry from the site, cached or not:
+/// `verify` holds one, as it must find a site's damaged or missing entries even when this
+/// process decoded good copies of them before.
+pub struct FreshReads(());
+
+impl FreshReads {
+    /// Starts fresh reads on this thread until the returned guard is dropped.
+    pub fn begin() -> FreshReads {
+        FRESH_READS.with(|f| f.set(f.get().saturating_add(1)));
+        FreshReads(())
+    }
+}
+
+impl Drop for FreshReads {
+    fn drop(&mut self) {
+        FRESH_READS.with(|f| f.set(f.get().saturating_sub(1)));
+    }
+}
+
+/// True while a [`FreshReads`] guard lives on this thread.
+pub fn reads_fresh() -> bool {
+    FRESH_READS.with(|f| f.get() > 0)
+}
+
+/// The entry whose encoded bytes hash to `id`, when this process decoded it before. An object
+/// id is the hash of the object's bytes, so the entry decoded (signature checked) from bytes
+/// that hashed to `id` is what any copy named `id` decodes to: reusing it is the same as
+/// fetching and decoding again. What the entry may do is judged afresh by every load.
+pub fn decoded(id: &ObjectId) -> Option<Entry> {
+    let cache = decoded_cache().lock().unwrap_or_else(|e| e.into_inner());
+    cache.entries.get(id).cloned()
+}
+
+/// Decodes `bytes`, which the caller checked hash to `id` ([`decode`]), and keeps the entry
+/// for [`decoded`] while the cache has room.
+pub fn decode_by_id(id: &ObjectId, path: &str, bytes: &[u8]) -> Result<Entry> {
+    let entry = decode(path, bytes)?;
+    let mut cache = decoded_cache().lock().unwrap_or_else(|e| e.into_inner());
+    if cache.bytes + bytes.len() <= DECODED_CACHE_BYTES && !cache.entries.contains_key(id) {
+        cache.bytes += bytes.len();
+        cache.entries.insert(*id, entry.clone());
+    }
+    Ok(entry)
+}
+
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
 /// is decided by the acceptance rules (`history::accept`), which know the signer set at that
 /// point of the chain.
