@@ -557,6 +557,32 @@ impl Keeper {
         }
     }
 
+    /// Whether the node may remove the existing folder `dir` to make the standby again: only an
+    /// empty folder, a standby's data directory (`PG_VERSION` with `standby.signal` or
+    /// `recovery.signal`), or the folder this node was making (`marker` names it). Anything
+    /// else (a mistyped `data_dir` naming a site's folder, the configuration's folder, `.`)
+    /// is never removed.
+    fn may_remove(&self, dir: &std::path::Path, marker: &std::path::Path) -> Result<(), String> {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .next()
+            .is_none();
+        let a_standby = dir.join("PG_VERSION").is_file()
+            && (dir.join("standby.signal").is_file() || dir.join("recovery.signal").is_file());
+        let ours = std::fs::read(marker)
+            .ok()
+            .is_some_and(|m| m == dir.as_os_str().as_encoded_bytes());
+        if empty || a_standby || ours {
+            return Ok(());
+        }
+        Err(format!(
+            "{} holds files that are not a PostgreSQL standby's data directory and that this \
+             node did not put there: it is never removed; correct data_dir in [[standbys]] \
+             (a folder of its own, absent or empty), or move that folder away",
+            dir.display()
+        ))
+    }
+
     /// Removes the lock file of the server's socket in its run folder when it names `pid`
     /// (a process that is not the server any more).
     fn remove_socket_lock(&self, pid: i32) {
@@ -810,9 +836,19 @@ impl Keeper {
         }
         let config = self.config();
         let keyring = self.keyring();
+        let marker = config
+            .agent
+            .state_dir
+            .join(format!("standby-{}.making", self.name()));
         if dir.exists() {
+            self.may_remove(dir, &marker)?;
             std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
         }
+        // Remembered until the next make: a data directory left incomplete by an agent killed
+        // while making it is the node's own, and may be removed.
+        let _ = std::fs::create_dir_all(&config.agent.state_dir);
+        std::fs::write(&marker, dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| format!("writing {}: {e}", marker.display()))?;
         embassy_ops::pgrestore::FetchFolder::remove_beside(dir).map_err(|e| e.to_string())?;
         let fetch = embassy_ops::pgrestore::FetchSetup::this_program(
             config.locations(),
