@@ -327,14 +327,16 @@ pub fn in_config_dir(config: &Config, command: &str) -> String {
 }
 
 /// Catches the site at `to` up from the site at `from` (no keys), by embassy-ops's catch-up
-/// (the same as `embassy sync --pending`): its queue of missed writes, then a full comparison
+/// (the same as `embassy sync --pending`): its queue of missed writes, read from every site of
+/// the vault (`sites`: a write may sit at a down one only), then a full comparison with `from`
 /// unless that settled everything. Objects left uncopied are [`RunError::CatchUp`].
 pub fn catch_up(
     state_dir: &std::path::Path,
     from: &str,
     to: &str,
+    sites: &[String],
 ) -> Result<embassy_ops::catchup::CatchUpReport, RunError> {
-    let report = embassy_ops::catchup::catch_up(state_dir, from, to, &Silent)?;
+    let report = embassy_ops::catchup::catch_up(state_dir, from, to, sites, &Silent)?;
     if !report.is_complete() {
         return Err(RunError::CatchUp {
             problems: report.problems,

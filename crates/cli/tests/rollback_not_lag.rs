@@ -317,3 +317,101 @@ rpo = "1d"
         .collect();
     assert_eq!(listing.len(), 1, "entries at b: {listing:?}");
 }
+
+/// A catch-up from one site never drops a queued write that a down site alone may hold (crash
+/// campaign seed 1796630629705382569 kill 18). Checkpoint and entries of version 2 reached
+/// site c alone (a and b down); b got the entries later but not the checkpoint; then c went
+/// down and the agent caught a up from b. That catch-up asked b alone, found the checkpoint
+/// "nowhere" and dropped it from a's queue, so a keyless `verify` of a with the state folder
+/// said "replay: ... the site hides newer checkpoints or was rolled back" of a site that only
+/// lagged. Now the queue is drained from every site, and the checkpoint stays queued while c is
+/// down: a is BEHIND. Once c is back the next catch-up copies it and a verifies clean; a site
+/// that then withholds the newest checkpoint is still called out (the replay check stands).
+#[test]
+fn a_write_only_a_down_site_holds_stays_queued_through_a_catch_up_from_another() {
+    let env = Env::new();
+    let all = ["a", "b", "c"];
+    env.ok(&all, "state", &["init", "--min-age", "0"]);
+    env.backup(&all, "state", 1, &[]);
+    let down = |s: &str| {
+        fs::rename(env.path(s), env.path(&format!("{s}.down"))).unwrap();
+        fs::write(env.path(s), "not a folder\n").unwrap();
+    };
+    let up = |s: &str| {
+        fs::remove_file(env.path(s)).unwrap();
+        fs::rename(env.path(&format!("{s}.down")), env.path(s)).unwrap();
+    };
+    // Version 2 (its entry and checkpoint) reaches c alone: queued for a and b.
+    down("a");
+    down("b");
+    env.backup(&all, "state", 2, &["--min-sites", "1"]);
+    up("a");
+    up("b");
+    // b gets what c holds but the checkpoints a lacks (it stays queued for b).
+    let names = |s: &str| -> Vec<String> {
+        fs::read_dir(env.path(s).join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let at_a = names("a");
+    let newer: Vec<String> = names("c")
+        .into_iter()
+        .filter(|n| !at_a.contains(n))
+        .collect();
+    assert!(!newer.is_empty(), "version 2 wrote no checkpoint");
+    fs::remove_dir_all(env.path("b")).unwrap();
+    copy_dir(&env.path("c"), &env.path("b"));
+    for n in &newer {
+        fs::remove_file(env.path("b").join("checkpoints").join(n)).unwrap();
+    }
+    // c is down while the agent catches a up from b (the most complete site it can read).
+    down("c");
+    let locations: Vec<String> = all.iter().map(|s| env.vaults.path(s)).collect();
+    let state = env.path("state");
+    let _ = embassy_ops::catchup::catch_up(
+        &state,
+        &locations[1],
+        &locations[0],
+        &locations,
+        &embassy_core::progress::Silent,
+    );
+    let keyless_verify = |site: &str| {
+        let state = env.vaults.path("state");
+        let site = env.vaults.path(site);
+        let out = env
+            .vaults
+            .embassy
+            .run(["--state-dir", &state, "--site", &site, "verify"], None);
+        show(&out)
+    };
+    let text = keyless_verify("a");
+    assert!(text.contains("BEHIND"), "{text}");
+    assert!(!text.contains("replay"), "{text}");
+    assert!(!text.contains("PROBLEM"), "{text}");
+    // c is back: the next catch-up copies the checkpoint, and a is whole.
+    up("c");
+    let report = embassy_ops::catchup::catch_up(
+        &state,
+        &locations[1],
+        &locations[0],
+        &locations,
+        &embassy_core::progress::Silent,
+    )
+    .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    let text = keyless_verify("a");
+    assert!(
+        !text.contains("BEHIND") && !text.contains("PROBLEM"),
+        "{text}"
+    );
+    for n in &newer {
+        assert!(env.path("a").join("checkpoints").join(n).exists(), "{n}");
+    }
+    // A site that withholds the newest checkpoint it held is still reported.
+    for n in &newer {
+        fs::remove_file(env.path("a").join("checkpoints").join(n)).unwrap();
+    }
+    let text = keyless_verify("a");
+    assert!(text.contains("replay"), "{text}");
+}

@@ -45,13 +45,20 @@ impl CatchUpReport {
 /// Catches the site at `to` up from the site at `from`: first by its queue of missed writes
 /// under `state_dir` (the writes it was not there for, copied in write order), then, unless
 /// that settled everything, by a full comparison that copies whatever `from` holds and `to`
-/// lacks. Objects that could not be copied are listed in the report's problems (the queue keeps
+/// lacks. `sites` are every site of the vault (`from` and `to` among them or not): the queue is
+/// drained from all of them but `to`, down ones included, since a write this machine
+/// acknowledged may sit at one of them only; a queued object none of them holds is dropped
+/// only when every one of them could be asked (else it stays queued: [`drain_from_some`]).
+/// Objects that could not be copied are listed in the report's problems (the queue keeps
 /// them for the next attempt). `Err` only when a site cannot be opened or the queue cannot be
 /// read or written.
+///
+/// [`drain_from_some`]: embassy_sites::queue::drain_from_some
 pub fn catch_up(
     state_dir: &Path,
     from: &str,
     to: &str,
+    sites: &[String],
     progress: &dyn Progress,
 ) -> Result<CatchUpReport> {
     let from_site = embassy_sites::open(from)?;
@@ -62,25 +69,67 @@ pub fn catch_up(
         ..CatchUpReport::default()
     };
     let queue = embassy_sites::queue::site_queue(state_dir, to, Some(&to_site))?;
-    if !queue.pending()?.is_empty() {
-        let drained = embassy_sites::queue::drain(
-            &queue,
-            to_site.as_ref(),
-            std::slice::from_ref(&from_site),
-            progress,
-        )?;
-        report.pending_before = drained.pending_before;
-        report.queue_copied = drained.copied;
-        report.copied = drained.copied;
-        report.bytes = drained.bytes;
-        report.present = drained.present;
-        report.full_sync = drained.full_sync;
-        if drained.remaining == 0 && drained.problems.is_empty() {
-            return Ok(report);
+    if queue.pending()?.is_empty() {
+        return full_sync(&from_site, &to_site, report, progress);
+    }
+    // `from` first (the most complete site), then the others; a site that cannot be opened
+    // leaves the sources incomplete.
+    let mut sources = vec![from_site.clone()];
+    let mut every_other_site = !sites.is_empty();
+    for location in sites {
+        match embassy_sites::open(location) {
+            Ok(site) => {
+                let known = [to_site.location(), from_site.location()];
+                if !known.contains(&site.location()) {
+                    sources.push(site);
+                }
+            }
+            Err(_) => every_other_site = false,
         }
     }
-    let synced =
-        embassy_core::engine::sync::sync(from_site.as_ref(), to_site.as_ref(), false, progress)?;
+    let drain = |progress: &dyn Progress| {
+        if every_other_site {
+            embassy_sites::queue::drain(&queue, to_site.as_ref(), &sources, progress)
+        } else {
+            embassy_sites::queue::drain_from_some(&queue, to_site.as_ref(), &sources, progress)
+        }
+    };
+    let drained = drain(progress)?;
+    report.pending_before = drained.pending_before;
+    report.queue_copied = drained.copied;
+    report.copied = drained.copied;
+    report.bytes = drained.bytes;
+    report.present = drained.present;
+    report.full_sync = drained.full_sync;
+    if drained.remaining == 0 && drained.problems.is_empty() {
+        return Ok(report);
+    }
+    let mut report = full_sync(&from_site, &to_site, report, progress)?;
+    // What the comparison brought settles its queue records; what is left is still lacking
+    // (held by a site that is down, say), and the catch-up is not complete.
+    let again = drain(progress)?;
+    if again.remaining > 0 {
+        report.problems.push(format!(
+            "{} object(s) still queued for this site: {}",
+            again.remaining,
+            if again.problems.is_empty() {
+                "a full comparison with every site is still owed".to_string()
+            } else {
+                again.problems.join("; ")
+            }
+        ));
+    }
+    Ok(report)
+}
+
+/// The full comparison of [`catch_up`]: copies whatever `from` holds and `to` lacks.
+fn full_sync(
+    from: &std::sync::Arc<dyn embassy_core::site::Site>,
+    to: &std::sync::Arc<dyn embassy_core::site::Site>,
+    mut report: CatchUpReport,
+    progress: &dyn Progress,
+) -> Result<CatchUpReport> {
+    let synced = embassy_core::engine::sync::sync(from.as_ref(), to.as_ref(), false, progress)?;
     report.full_sync = true;
     report.copied += synced.copied;
     report.bytes += synced.bytes;

@@ -21,7 +21,7 @@ pub(crate) const LISTED_ENTRY_COST: u64 =
     std::mem::size_of::<embassy_core::site::ObjectInfo>() as u64;
 
 pub use local::LocalSite;
-pub use queue::{drain, drain_all, DrainReport, SiteQueue};
+pub use queue::{drain, drain_all, drain_from_some, DrainReport, SiteQueue};
 pub use replicated::ReplicatedSite;
 pub use retry::{RetryPolicy, RetryingSite};
 pub use s3::S3Site;

@@ -44,7 +44,7 @@ use serde::Serialize;
 use crate::ReplicatedSite;
 
 mod drain;
-pub use drain::{drain, drain_all, DrainReport};
+pub use drain::{drain, drain_all, drain_from_some, DrainReport};
 
 /// The queue folder under a state folder.
 pub fn queue_dir(state_dir: &Path) -> PathBuf {

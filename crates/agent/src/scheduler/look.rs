@@ -199,6 +199,8 @@ impl Agent {
                 continue;
             }
             let state_dir = self.config.agent.state_dir.clone();
+            // Its queue is read from every site: a write may sit at a down one only.
+            let sites = self.config.locations();
             let (from, to, site, tx) = (
                 best.location.clone(),
                 s.location.clone(),
@@ -210,7 +212,7 @@ impl Agent {
                 .spawn({
                     let site = site.clone();
                     move || {
-                        let result = run::catch_up(&state_dir, &from, &to);
+                        let result = run::catch_up(&state_dir, &from, &to, &sites);
                         let _ = tx.send(Done::CatchUp { site, result });
                     }
                 })

@@ -83,10 +83,40 @@ fn fetch(sources: &[Arc<dyn Site>], path: &str) -> Fetched {
 /// holds no vault at all (a site that lost everything, a folder moved away, a disk not mounted)
 /// is refused there and never filled: it is seeded on request only (`sync::seed`). Entries that
 /// could not be settled stay queued. Returns `Err` only when the queue itself cannot be read or written.
+///
+/// `sources` must be every other site of the vault (down ones too: down for writes is not down
+/// for reads): a queued object none of them holds was never acknowledged, and is dropped. A
+/// caller that asks only some of them uses [`drain_from_some`].
 pub fn drain(
     queue: &SiteQueue,
     target: &dyn Site,
     sources: &[Arc<dyn Site>],
+    progress: &dyn Progress,
+) -> Result<DrainReport> {
+    drain_with(queue, target, sources, true, progress)
+}
+
+/// [`drain`] from only some of the other sites of the vault (a catch-up from one site, a site
+/// that could not be opened left out): a queued object the sources asked do not hold stays
+/// queued, since a site not asked may hold the only copy, and so does a full comparison asked
+/// for. Dropping it would forget that the target lacks something this machine acknowledged
+/// (crash campaign seed 1796630629705382569 kill 18: a checkpoint stored at a down S3 site only
+/// was dropped from a folder's queue by a catch-up from the other folder, and `verify` then
+/// called the lagging folder rolled back).
+pub fn drain_from_some(
+    queue: &SiteQueue,
+    target: &dyn Site,
+    sources: &[Arc<dyn Site>],
+    progress: &dyn Progress,
+) -> Result<DrainReport> {
+    drain_with(queue, target, sources, false, progress)
+}
+
+fn drain_with(
+    queue: &SiteQueue,
+    target: &dyn Site,
+    sources: &[Arc<dyn Site>],
+    every_other_site: bool,
     progress: &dyn Progress,
 ) -> Result<DrainReport> {
     let Some(_drain_lock) = queue.drain_lock()? else {
@@ -162,6 +192,23 @@ pub fn drain(
             keep.push(path.clone());
             continue;
         }
+        // Not at the sites asked: dropped only when they are all the sites that may hold it.
+        let nowhere = |report: &mut DrainReport| {
+            if every_other_site {
+                report.nowhere += 1;
+                Ok(())
+            } else {
+                Err(format!(
+                    "{path}: not held by the site(s) asked ({}); a site not asked may hold the \
+                     only copy, so it stays queued for a catch-up from every site",
+                    sources
+                        .iter()
+                        .map(|s| s.location())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        };
         let outcome: std::result::Result<(), String> = match holds(target, path) {
             Ok(true) => {
                 report.present += 1;
@@ -178,17 +225,13 @@ pub fn drain(
                         Fetched::Nowhere
                     ) =>
                 {
-                    report.nowhere += 1;
-                    Ok(())
+                    nowhere(&mut report)
                 }
                 Ok(Some(other)) => Err(embassy_core::engine::sync::fork_refusal(
                     target, path, &other,
                 )),
                 Ok(None) => match fetch(&holders_of(&pending, path, sources), path) {
-                    Fetched::Nowhere => {
-                        report.nowhere += 1;
-                        Ok(())
-                    }
+                    Fetched::Nowhere => nowhere(&mut report),
                     Fetched::Failed(why) => Err(format!("{path}: no good copy to read: {why}")),
                     Fetched::Spooled(spool) => {
                         let size = spool.len();
@@ -216,7 +259,9 @@ pub fn drain(
             blocked_stage.get_or_insert(stage);
         }
     }
-    let keep_full = report.full_sync && keep.iter().any(|p| pending.in_flight.contains_key(p));
+    // A full comparison with only some sites leaves what only the others hold: still asked for.
+    let keep_full = report.full_sync
+        && (!every_other_site || keep.iter().any(|p| pending.in_flight.contains_key(p)));
     queue.resolve(&pending, &keep, keep_full)?;
     report.remaining = keep.len() + usize::from(keep_full);
     Ok(report)
@@ -270,13 +315,20 @@ pub fn drain_all(
                 continue;
             }
         };
-        let sources: Vec<Arc<dyn Site>> = opened
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
+        let others = opened.iter().enumerate().filter(|(j, _)| *j != i);
+        let sources: Vec<Arc<dyn Site>> = others
+            .clone()
             .filter_map(|(_, s)| s.as_ref().ok().cloned())
             .collect();
-        reports.push(drain(&queue, target.as_ref(), &sources, progress)?);
+        // A site that could not be opened may hold the only copy of a queued object.
+        let every_other_site = others.clone().all(|(_, s)| s.is_ok());
+        reports.push(drain_with(
+            &queue,
+            target.as_ref(),
+            &sources,
+            every_other_site,
+            progress,
+        )?);
     }
     Ok(reports)
 }
