@@ -613,8 +613,8 @@ impl Keeper {
     /// or went past where the vault's newest timeline forked off its own.
     fn measure(&self, vault: &Vault, w: &mut Watch) {
         // Its replay, and its timeline as far as PostgreSQL tells: at least that of its last
-        // restartpoint and minimum recovery point; at most the newest timeline it accepted as
-        // its recovery target (the newest history file it kept in pg_wal).
+        // restartpoint and minimum recovery point; at most that of the WAL file it replays from
+        // (the names of the segments it restored into pg_wal carry their timeline).
         let row = embassy_postgres::standby::sql(
             &self.standby.data_dir,
             None,
@@ -622,8 +622,8 @@ impl Keeper {
              coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::text, ''), \
              greatest((SELECT timeline_id FROM pg_control_checkpoint()), \
                       (SELECT min_recovery_end_timeline FROM pg_control_recovery()), 1), \
-             coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() \
-                       WHERE name ~ '^[0-9A-F]{8}[.]history$'), 1)",
+             coalesce((SELECT string_agg(name, ' ') FROM pg_ls_waldir() \
+                       WHERE name ~ '^[0-9A-F]{24}$'), '')",
         );
         // The vault is listed after the standby was asked, so the lag is never understated.
         if w.last_vault_look.is_none_or(|t| t.elapsed() >= TICK) {
@@ -675,7 +675,9 @@ impl Keeper {
         let replay: Option<embassy_postgres::Lsn> = cols[1].parse().ok();
         let replay_ts: Option<f64> = cols[2].parse().ok();
         let lowest: u32 = cols[3].parse().unwrap_or(1);
-        let target: u32 = cols[4].parse::<u32>().unwrap_or(1).max(lowest);
+        let replay_tl =
+            replay.and_then(|r| embassy_postgres::status::replay_timeline(r, cols[4].split(' ')));
+        let target = replay_tl.unwrap_or(lowest).max(lowest);
         let vault_wal = w.vault_wal.clone();
         let standing = match (&vault_wal, replay) {
             (Some(v), Some(r)) => {
@@ -684,9 +686,19 @@ impl Keeper {
                     .as_ref()
                     .filter(|(tl, _)| *tl == v.timeline)
                     .and_then(|(_, h)| h.as_deref());
-                Some(embassy_postgres::status::standing(
+                match embassy_postgres::status::standing(
                     lowest, target, r, v.timeline, v.durable, history,
-                ))
+                ) {
+                    // Never rebuilt on a guess: its timeline must be known.
+                    Standing::Diverged { .. } if replay_tl.is_none() => {
+                        Some(Standing::Unknown(format!(
+                            "its timeline is not known (no WAL file of its replay position {r} \
+                             in pg_wal) and the vault's newest timeline {} may have left it",
+                            v.timeline
+                        )))
+                    }
+                    judged => Some(judged),
+                }
             }
             _ => None,
         };

@@ -848,6 +848,8 @@ fn a_standby_past_a_promotions_fork_is_diverged_and_rebuilt_and_junk_wal_names_m
     );
 
     // B: never "following, lag 0, no alarm" without A's row; diverged, rebuilt, reads A's row.
+    // (B replayed more past the fork than A wrote since: by positions alone B is ahead.)
+    assert!(a_end < b_replayed, "{a_end:X} {b_replayed:X}");
     let holds = |id: u32| {
         node_psql(
             &data_dir,
@@ -873,10 +875,16 @@ fn a_standby_past_a_promotions_fork_is_diverged_and_rebuilt_and_junk_wal_names_m
             if phase == "diverged" && diverged.is_none() {
                 diverged = Some(s.clone());
             }
-            if phase == "following" && s["lag_bytes"] == 0 && s["alarm"] == false {
+            // Judged once the node has looked at the vault since A's row was durable (it
+            // looks every second).
+            let looked = promoted.elapsed() > Duration::from_secs(3);
+            if looked && phase == "following" && s["lag_bytes"] == 0 && s["alarm"] == false {
                 assert!(
                     has_a,
-                    "node B shows following, lag 0, no alarm without A's row: {s}"
+                    "node B shows following, lag 0, no alarm without A's row: {s}\n{:?}\n{}\n{:?}",
+                    std::fs::read_dir(data_dir.join("pg_wal")).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>()),
+                    std::fs::read_to_string(embassy_agent::node::run_folder(&data_dir).join("server.log")).unwrap_or_default(),
+                    node_psql(&data_dir, pg_port, "SELECT (SELECT timeline_id FROM pg_control_checkpoint()), (SELECT min_recovery_end_timeline FROM pg_control_recovery())"),
                 );
             }
             (has_a && phase == "following").then_some(s)

@@ -275,6 +275,8 @@ pub enum Standing {
     },
     /// It can never follow the vault's newest timeline: its replay went past where that
     /// timeline left the standby's (or the standby's timeline is not in its history).
+    /// PostgreSQL says so in its log ("new timeline N forked off current database system
+    /// timeline T before current recovery point") and stays where it is.
     Diverged {
         /// The standby's timeline (as far as it is known).
         timeline: u32,
@@ -285,11 +287,30 @@ pub enum Standing {
     Unknown(String),
 }
 
+/// The newest timeline a standby that replayed to `replay` can be on, from the names of the
+/// WAL files in its `pg_wal` (`wal_files`): PostgreSQL keeps each segment it restored under its
+/// name, which carries the timeline it read it as, so the segment holding the last byte it
+/// replayed is there under its replay timeline (and, for a segment where it switched, under
+/// the older one too: the newest counts). None when no such file is there.
+pub fn replay_timeline<'a>(
+    replay: Lsn,
+    wal_files: impl IntoIterator<Item = &'a str>,
+) -> Option<u32> {
+    let segno = replay.0.checked_sub(1)? / crate::lsn::SEGMENT_SIZE;
+    wal_files
+        .into_iter()
+        .filter_map(|name| match crate::lsn::parse_wal_file_name(name) {
+            Ok(crate::lsn::WalFile::Segment { timeline, segno: s }) if s == segno => Some(timeline),
+            _ => None,
+        })
+        .max()
+}
+
 /// Judges a standby that replayed to `replay` on a timeline from `lowest` to `target` (the
-/// timeline of its last restartpoint or minimum recovery point, and the newest timeline
-/// PostgreSQL accepted as its recovery target: the newest history file it kept in `pg_wal`)
-/// against the vault's newest checked WAL, `durable` on `newest`, whose history file holds
-/// `history` (None when `newest` is 1 or it could not be read).
+/// timeline of its last restartpoint or minimum recovery point, and the newest timeline its
+/// replay can be on: [`replay_timeline`]) against the vault's newest checked WAL, `durable` on
+/// `newest`, whose history file holds `history` (None when `newest` is 1 or it could not be
+/// read).
 ///
 /// PostgreSQL follows a newer timeline only when its replay is at or before where that
 /// timeline left its own (`rescanLatestTimeLine`); LSNs run on across a switch, so the lag
@@ -346,6 +367,30 @@ mod tests {
 
     fn lsn(s: &str) -> Lsn {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_replay_timeline_is_that_of_the_wal_file_it_replays_from() {
+        // Replayed into segment 4 of timeline 1 (recycled files ahead carry its timeline).
+        let files = [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "00000002.history",
+        ];
+        assert_eq!(replay_timeline(lsn("0/445AB90"), files), Some(1));
+        // Switched to timeline 2 in segment 3 and replaying segment 4 of timeline 2.
+        let files = [
+            "000000010000000000000003",
+            "000000020000000000000003",
+            "000000020000000000000004",
+            "000000010000000000000005",
+        ];
+        assert_eq!(replay_timeline(lsn("0/3000200"), files), Some(2));
+        assert_eq!(replay_timeline(lsn("0/4000100"), files), Some(2));
+        // The last byte replayed ends a segment: that segment.
+        assert_eq!(replay_timeline(lsn("0/4000000"), files), Some(2));
+        assert_eq!(replay_timeline(lsn("0/7000100"), files), None);
     }
 
     #[test]
