@@ -634,9 +634,13 @@ impl Keeper {
                     self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}")))
                 }
             }
-            // The newest timeline's history, read once per timeline (timeline 1 has none).
+            // The newest timeline's history, read once per timeline (timeline 1 has none), and
+            // again at each look while the vault holds none that checks out.
             if let Some(tl) = w.vault_wal.as_ref().map(|v| v.timeline) {
-                if w.lineage.as_ref().is_none_or(|(t, _)| *t != tl) {
+                if w.lineage
+                    .as_ref()
+                    .is_none_or(|(t, h)| *t != tl || (tl > 1 && h.is_none()))
+                {
                     let history = if tl <= 1 {
                         Ok(None)
                     } else {
