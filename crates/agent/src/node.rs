@@ -10,6 +10,14 @@
 //!   [`QUICK_EXIT`] of its start [`QUICK_EXITS`] times in a row is rebuilt;
 //! - a standby whose replay does not move while the vault holds WAL it has not replayed (a
 //!   missing segment, a timeline it cannot follow) for [`stall_limit`] is rebuilt;
+//! - a standby whose replay went past where the vault's newest timeline forked off its own (a
+//!   promotion short of what it had replayed: PostgreSQL can never follow that timeline, and
+//!   what it serves past the fork was discarded) is `diverged`: an alarm naming the fork
+//!   point, then it is rebuilt (from a base backup on the new timeline's history). Its lag is
+//!   measured along the vault's newest timeline, never by positions of different timelines;
+//! - the vault's newest WAL is that of the newest object that checks out (signed by a signer
+//!   of the dataset), never a name alone: a hostile site's junk named like later WAL moves
+//!   neither the lag nor the alarms;
 //! - a rebuild stops the server (and verifies it stopped: never a removal under a running
 //!   server), removes the data directory and its fetch folder and makes them again from the
 //!   newest base backup.
@@ -36,6 +44,7 @@ use crate::config::{Config, StandbyConfig};
 use crate::http::{lock, Shared};
 use crate::log::{log, now_s};
 use crate::state::StandbyState;
+use embassy_postgres::status::Standing;
 
 mod postmaster;
 mod server;
@@ -64,6 +73,9 @@ pub const REBUILD_RETRY_MAX: Duration = Duration::from_secs(300);
 pub fn stall_limit(s: &StandbyConfig) -> Duration {
     (s.lag_alarm * 2).max(Duration::from_secs(60))
 }
+
+/// How long a diverged standby waits for its alarm to go out before it is rebuilt anyway.
+pub const DIVERGED_HOLD: Duration = Duration::from_secs(30);
 
 /// How long a stopping server gets for its fast shutdown before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(30);
@@ -253,10 +265,18 @@ struct Watch {
     /// The replay position and since when it has not moved while behind the vault.
     stalled: Option<(String, Instant)>,
     last_vault_look: Option<Instant>,
+    /// The newest checked WAL in the vault (never a name alone: a hostile site's object named
+    /// like later WAL is noise), and the objects judged so far.
     vault_wal: Option<embassy_postgres::status::SiteWal>,
+    checked: embassy_postgres::status::CheckedWal,
+    /// The vault's newest timeline and its history file's content (None: none that checks
+    /// out), read once per timeline.
+    lineage: Option<(u32, Option<String>)>,
     /// Rebuilds that failed in a row, and when the next may be tried.
     rebuild_failures: u32,
     next_rebuild: Option<Instant>,
+    /// Since when it has been seen diverged (rebuilt once its alarm is out).
+    diverged_since: Option<Instant>,
     /// The configuration the vault was opened with (opened anew when a reload changes sites).
     opened_with: Option<Arc<Config>>,
 }
@@ -615,21 +635,50 @@ impl Keeper {
         self.phase("down");
     }
 
-    /// Asks the standby and the vault where they are; rebuilds a standby whose replay stalled.
+    /// Asks the standby and the vault where they are; rebuilds a standby whose replay stalled
+    /// or went past where the vault's newest timeline forked off its own.
     fn measure(&self, vault: &Vault, w: &mut Watch) {
+        // Its replay, and its timeline as far as PostgreSQL tells: at least that of its last
+        // restartpoint and minimum recovery point; at most that of the WAL file it replays from
+        // (the names of the segments it restored into pg_wal carry their timeline).
         let row = embassy_postgres::standby::sql(
             &self.standby.data_dir,
             None,
             "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, ''), \
-             coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::text, '')",
+             coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::text, ''), \
+             greatest((SELECT timeline_id FROM pg_control_checkpoint()), \
+                      (SELECT min_recovery_end_timeline FROM pg_control_recovery()), 1), \
+             coalesce((SELECT string_agg(name, ' ') FROM pg_ls_waldir() \
+                       WHERE name ~ '^[0-9A-F]{24}$'), '')",
         );
         // The vault is listed after the standby was asked, so the lag is never understated.
         if w.last_vault_look.is_none_or(|t| t.elapsed() >= TICK) {
             w.last_vault_look = Some(Instant::now());
-            match embassy_postgres::status::site_wal("vault", vault.site().as_ref(), self.name()) {
+            match w.checked.newest("vault", vault, self.name()) {
                 Ok(found) => w.vault_wal = found,
                 Err(e) => {
                     self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}")))
+                }
+            }
+            // The newest timeline's history, read once per timeline (timeline 1 has none), and
+            // again at each look while the vault holds none that checks out.
+            if let Some(tl) = w.vault_wal.as_ref().map(|v| v.timeline) {
+                if w.lineage
+                    .as_ref()
+                    .is_none_or(|(t, h)| *t != tl || (tl > 1 && h.is_none()))
+                {
+                    let history = if tl <= 1 {
+                        Ok(None)
+                    } else {
+                        w.checked.history(vault, &self.keyring(), self.name(), tl)
+                    };
+                    match history {
+                        Ok(h) => w.lineage = Some((tl, h)),
+                        Err(e) => self.update(|s| {
+                            s.last_error =
+                                Some(format!("reading timeline {tl}'s history in the vault: {e}"))
+                        }),
+                    }
                 }
             }
         }
@@ -646,7 +695,7 @@ impl Keeper {
             }
         };
         let cols: Vec<&str> = row.split('|').collect();
-        if cols.len() != 3 {
+        if cols.len() != 5 {
             return;
         }
         if cols[0] != "t" {
@@ -655,10 +704,89 @@ impl Keeper {
         }
         let replay: Option<embassy_postgres::Lsn> = cols[1].parse().ok();
         let replay_ts: Option<f64> = cols[2].parse().ok();
+        let lowest: u32 = cols[3].parse().unwrap_or(1);
+        let replay_tl =
+            replay.and_then(|r| embassy_postgres::status::replay_timeline(r, cols[4].split(' ')));
+        let target = replay_tl.unwrap_or(lowest).max(lowest);
         let vault_wal = w.vault_wal.clone();
-        let lag_bytes = match (&vault_wal, replay) {
-            (Some(v), Some(r)) => Some(v.durable.0.saturating_sub(r.0)),
+        let standing = match (&vault_wal, replay) {
+            (Some(v), Some(r)) => {
+                let history = w
+                    .lineage
+                    .as_ref()
+                    .filter(|(tl, _)| *tl == v.timeline)
+                    .and_then(|(_, h)| h.as_deref());
+                match embassy_postgres::status::standing(
+                    lowest, target, r, v.timeline, v.durable, history,
+                ) {
+                    // Never rebuilt on a guess: its timeline must be known.
+                    Standing::Diverged { .. } if replay_tl.is_none() => {
+                        Some(Standing::Unknown(format!(
+                            "its timeline is not known (no WAL file of its replay position {r} \
+                             in pg_wal) and the vault's newest timeline {} may have left it",
+                            v.timeline
+                        )))
+                    }
+                    judged => Some(judged),
+                }
+            }
             _ => None,
+        };
+        let mut unknown = None;
+        let lag_bytes = match &standing {
+            Some(Standing::Follows { lag_bytes }) => Some(*lag_bytes),
+            Some(Standing::Diverged { timeline, fork }) => {
+                let v = vault_wal.as_ref().map_or(0, |v| v.timeline);
+                let r = replay.map(|l| l.to_string()).unwrap_or_default();
+                let why = match fork {
+                    Some(fork) => format!(
+                        "diverged: it replayed timeline {timeline} to {r}, past {fork} where the \
+                         vault's newest timeline {v} forked off it (a promotion short of what it \
+                         had replayed): PostgreSQL can never follow timeline {v}, and what it \
+                         serves past {fork} was discarded"
+                    ),
+                    None => format!(
+                        "diverged: its timeline {timeline} is not in the history of the vault's \
+                         newest timeline {v}: PostgreSQL can never follow it"
+                    ),
+                };
+                let first = lock(&self.shared.state)
+                    .standbys
+                    .get(self.name())
+                    .is_none_or(|s| s.phase != "diverged");
+                if first {
+                    log(format!("standby of {}: {why}", self.name()));
+                }
+                self.update(|s| {
+                    s.checked_at = Some(now);
+                    s.replay_lsn = replay.map(|l| l.to_string());
+                    s.vault_lsn = vault_wal.as_ref().map(|v| v.durable.to_string());
+                    s.timeline = Some(*timeline);
+                    s.vault_timeline = vault_wal.as_ref().map(|v| v.timeline);
+                    s.last_replay_at = replay_ts;
+                    s.last_error = Some(why.clone());
+                });
+                self.phase("diverged");
+                w.stalled = None;
+                // Rebuilt once its alarm went out (people learn that it served what the
+                // promotion discarded), or after DIVERGED_HOLD if the alarm cannot be delivered.
+                let alarmed = lock(&self.shared.state).alarms.contains_key(&format!(
+                    "{}@{}",
+                    self.name(),
+                    crate::alarms::STANDBY_SITE
+                ));
+                let since = *w.diverged_since.get_or_insert_with(Instant::now);
+                if alarmed || since.elapsed() >= DIVERGED_HOLD {
+                    w.diverged_since = None;
+                    self.rebuild(vault, w, &why);
+                }
+                return;
+            }
+            Some(Standing::Unknown(why)) => {
+                unknown = Some(why.clone());
+                None
+            }
+            None => None,
         };
         let lag_seconds = match (lag_bytes, &vault_wal, replay_ts) {
             (Some(0), _, _) => Some(0.0),
@@ -682,10 +810,13 @@ impl Keeper {
             s.lag_bytes = lag_bytes;
             s.lag_seconds = lag_seconds;
             s.last_replay_at = replay_ts;
-            s.last_error = None;
+            s.timeline = Some(target);
+            s.vault_timeline = vault_wal.as_ref().map(|v| v.timeline);
+            s.last_error = unknown;
         });
         self.phase("following");
         w.quick_exits = 0;
+        w.diverged_since = None;
         // Stalled: behind the vault and not moving.
         let pos = cols[1].to_string();
         if lag_bytes.unwrap_or(0) == 0 {

@@ -192,8 +192,8 @@ pub struct StandbyStatus {
     pub data_dir: PathBuf,
     /// The port it answers read-only queries on.
     pub port: u16,
-    /// `creating`, `starting`, `following`, `rebuilding` or `down` (`unknown` before the agent
-    /// looked at it).
+    /// `creating`, `starting`, `following`, `diverged`, `rebuilding`, `down` or `promoted`
+    /// (`unknown` before the agent looked at it).
     pub phase: String,
     /// When it entered that phase, UTC.
     pub since: Option<String>,
@@ -201,6 +201,10 @@ pub struct StandbyStatus {
     pub replay_lsn: Option<String>,
     /// The end of the newest durable WAL in the vault.
     pub vault_lsn: Option<String>,
+    /// Its timeline (the newest PostgreSQL accepted as its recovery target).
+    pub timeline: Option<u32>,
+    /// The timeline of the vault's newest durable WAL.
+    pub vault_timeline: Option<u32>,
     /// Bytes of durable WAL it has not replayed.
     pub lag_bytes: Option<u64>,
     /// Seconds its data is behind the newest durable WAL.
@@ -240,7 +244,7 @@ pub fn standby_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<Stan
             let threshold = c.lag_alarm.as_secs_f64();
             let alarm = match phase.as_str() {
                 "following" => st.lag_seconds.is_none_or(|l| l > threshold),
-                "down" | "rebuilding" => true,
+                "down" | "rebuilding" | "diverged" => true,
                 // The live registry after a takeover: nothing to follow.
                 "promoted" => false,
                 _ => st.since == 0 || (now_s - st.since) as f64 > threshold,
@@ -253,6 +257,8 @@ pub fn standby_rows(config: &Config, state: &AgentState, now_s: i64) -> Vec<Stan
                 since: (st.since > 0).then(|| utc_secs(st.since)),
                 replay_lsn: st.replay_lsn,
                 vault_lsn: st.vault_lsn,
+                timeline: st.timeline,
+                vault_timeline: st.vault_timeline,
                 lag_bytes: st.lag_bytes,
                 lag_seconds: st.lag_seconds,
                 lag_alarm_seconds: threshold,

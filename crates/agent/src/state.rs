@@ -89,8 +89,9 @@ pub struct GroupState {
 /// [`crate::node`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StandbyState {
-    /// `creating`, `starting`, `following`, `rebuilding`, `down`, or `promoted` (its server
-    /// left recovery: the live registry, kept running, never rebuilt).
+    /// `creating`, `starting`, `following`, `diverged` (its replay went past where the vault's
+    /// newest timeline forked off its own: rebuilt), `rebuilding`, `down`, or `promoted` (its
+    /// server left recovery: the live registry, kept running, never rebuilt).
     pub phase: String,
     /// When it entered that phase (Unix seconds).
     pub since: i64,
@@ -98,8 +99,15 @@ pub struct StandbyState {
     pub checked_at: Option<i64>,
     /// Its replay position (`pg_last_wal_replay_lsn()`).
     pub replay_lsn: Option<String>,
-    /// The end of the newest durable WAL in the vault (home's, as streamed).
+    /// The end of the newest durable WAL in the vault (home's, as streamed): of the newest
+    /// object that checks out (signed by a signer of the dataset), never a name alone.
     pub vault_lsn: Option<String>,
+    /// Its timeline: the newest PostgreSQL accepted as its recovery target.
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    /// The timeline of the vault's newest durable WAL.
+    #[serde(default)]
+    pub vault_timeline: Option<u32>,
     /// Bytes of durable WAL in the vault it has not replayed.
     pub lag_bytes: Option<u64>,
     /// Seconds its data is behind the newest durable WAL (0 when it has replayed it all).

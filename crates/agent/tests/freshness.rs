@@ -484,6 +484,8 @@ fn the_status_document_keeps_its_documented_fields() {
             "since",
             "replay_lsn",
             "vault_lsn",
+            "timeline",
+            "vault_timeline",
             "lag_bytes",
             "lag_seconds",
             "lag_alarm_seconds",

@@ -673,3 +673,252 @@ fn a_promoted_data_directory_is_never_rebuilt() {
     assert_eq!(status["phase"], "down", "{status}");
     assert_eq!(status["alarm"], true, "{status}");
 }
+
+/// The highest LSN `log` (a streamer's durable log in the home) names.
+fn durable_in(env: &PgCli, log: &str) -> u64 {
+    std::fs::read_to_string(env.path(log))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn lsn_of(s: &str) -> u64 {
+    s.trim()
+        .parse::<embassy_postgres::Lsn>()
+        .unwrap_or_else(|e| panic!("{s:?} is not an LSN: {e}"))
+        .0
+}
+
+/// Red team 7. #2: a hostile site adds an object named like WAL far past the real end (junk
+/// bytes under their own hash): the node's `vault_lsn` and lag stay those of the checked WAL,
+/// no alarm, no rebuild. #1: embassy A, a standby that replayed less than the node's standby B,
+/// is promoted with `--accept-data-loss`: its timeline 2 forks before what B replayed of home's
+/// timeline 1. PostgreSQL on B can never follow timeline 2, and the node once showed it
+/// "following, lag 0, no alarm" while it served the discarded rows. Now it is `diverged` (an
+/// alarm, the fork point named), rebuilt from a base backup on timeline 2's history, and reads
+/// A's rows and not the discarded ones; whenever it shows "following, lag 0" it holds A's row.
+#[test]
+fn a_standby_past_a_promotions_fork_is_diverged_and_rebuilt_and_junk_wal_names_move_nothing() {
+    let t0 = Instant::now();
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE marks (id int PRIMARY KEY, note text NOT NULL)");
+    pg.psql("CREATE TABLE filler (n int, pad text)");
+    let env = PgCli::new(EXE, "embassy-pgnode-fork-");
+    let mut home_streamer = env.stream(&pg, "registry");
+    embassy_testkit::wait_until("the first durable WAL", Duration::from_secs(60), || {
+        env.durable() > 0
+    });
+    env.run(&[
+        "pg",
+        "base-backup",
+        "registry",
+        "--conninfo",
+        &pg.conninfo(),
+        "--wal-streamed",
+    ]);
+    // Embassy A: a standby made by `embassy standby`.
+    let a_dir = env.postgres_folder("restores").join("a");
+    env.run(&["standby", "registry", "--to", arg(&a_dir)]);
+    let a = embassy_testkit::pg::restored::Restored::start(a_dir.clone());
+    // Embassy B: the node's standby.
+    let data_dir = env.postgres_folder("node").join("registry");
+    let _servers = Servers(vec![data_dir.clone()]);
+    let http = embassy_testkit::free_port();
+    let pg_port = embassy_testkit::free_port();
+    std::fs::write(
+        env.path("embassy.toml"),
+        format!(
+            "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
+             [status]\nlisten = \"127.0.0.1:{http}\"\n\
+             [alarms]\ncommand = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET \
+             $EMBASSY_ALARM_SITE\\\" >> alarms.txt\"\n\
+             [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
+             [[sites]]\nname = \"home\"\npath = \"{}\"\n\
+             [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {pg_port}\n\
+             hot_standby = true\nlag_alarm = \"30s\"\n",
+            arg(&env.site()),
+            arg(&data_dir)
+        ),
+    )
+    .expect("write embassy.toml");
+    let agent = Agent::start_in(EXE, env.dir.path());
+    following(http, &agent, "node B following");
+    seen_at_standby(&pg, &data_dir, pg_port, 1, &agent);
+    wait_until(Duration::from_secs(30), "A to replay row 1", &agent, || {
+        (a.try_psql("SELECT count(*) FROM marks WHERE id = 1")
+            .as_deref()
+            == Ok("1"))
+        .then_some(())
+    });
+    println!("{:6.1} s: A and B follow home", t0.elapsed().as_secs_f64());
+
+    // #2: junk named far past the real end, at the site's folder (its true hash in its name).
+    let real_end = env.durable();
+    let junk = b"junk a hostile site added".to_vec();
+    let id = embassy_core::id::ObjectId::of(&junk);
+    let far = real_end + (1 << 30);
+    let junk_dir = env.site().join("wal/registry/00000001/p");
+    std::fs::write(
+        junk_dir.join(format!("{far:016x}-{:016x}-{id}", far + (1 << 20))),
+        &junk,
+    )
+    .expect("write the junk object");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        let s = standby_status(http).expect("status");
+        let vault_lsn = s["vault_lsn"].as_str().map(lsn_of).unwrap_or(0);
+        assert!(
+            vault_lsn > 0 && vault_lsn < far && s["alarm"] == false && s["rebuilds"] == 0,
+            "the junk name moved the node: {s}"
+        );
+        assert!(s["lag_bytes"].as_u64() < Some(1 << 24), "{s}");
+        seen.push((vault_lsn, s["lag_bytes"].as_u64()));
+    }
+    println!("with a junk WAL name at the site: (vault_lsn, lag_bytes) {seen:?}");
+
+    // A stops fetching WAL; home goes on and B replays far past A: row 2 and ~20 MB of WAL.
+    a.try_psql("ALTER SYSTEM SET restore_command = 'false'")
+        .expect("restore_command");
+    a.try_psql("SELECT pg_reload_conf()").expect("reload");
+    std::thread::sleep(Duration::from_secs(2));
+    let a_replayed = lsn_of(
+        &a.try_psql("SELECT pg_last_wal_replay_lsn()")
+            .expect("A's replay"),
+    );
+    pg.psql("INSERT INTO filler SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g");
+    seen_at_standby(&pg, &data_dir, pg_port, 2, &agent);
+    let b_replayed = lsn_of(
+        &node_psql(&data_dir, pg_port, "SELECT pg_last_wal_replay_lsn()").expect("B's replay"),
+    );
+    assert!(
+        b_replayed > a_replayed + (16 << 20),
+        "{b_replayed:X} {a_replayed:X}"
+    );
+    // Home is lost.
+    home_streamer.0.kill().expect("kill home's streamer");
+    drop(home_streamer);
+    pg.kill9();
+
+    // A is promoted short of what the vault holds: timeline 2 forks at A's replay.
+    let out = env.run(&[
+        "--json",
+        "promote",
+        "registry",
+        "--data",
+        arg(&a_dir),
+        "--accept-data-loss",
+        "--timeout",
+        "60",
+    ]);
+    let done: serde_json::Value = serde_json::from_str(&out).expect("promote's JSON");
+    assert_eq!(done["timeline"], 2, "{done}");
+    assert!(!done["data_lost_to"].is_null(), "{done}");
+    let fork = done["lsn"].as_str().expect("the fork point").to_string();
+    assert!(lsn_of(&fork) < b_replayed, "{done}");
+    // A streams timeline 2; its row 3 is durable in the vault.
+    let a_conninfo = format!(
+        "host=127.0.0.1 port={} user=embassy password={} dbname=postgres",
+        std::fs::read_to_string(a_dir.join("postmaster.pid"))
+            .expect("A's postmaster.pid")
+            .lines()
+            .nth(3)
+            .expect("A's port")
+            .trim(),
+        embassy_testkit::pg::REPL_PASSWORD
+    );
+    let _a_streamer = env.stream_from(
+        &env.path("vault.key"),
+        &a_conninfo,
+        "registry",
+        "a-durable.log",
+    );
+    a.try_psql("INSERT INTO marks VALUES (3, 'a')")
+        .expect("A's commit");
+    let a_end = lsn_of(&a.try_psql("SELECT pg_current_wal_lsn()").expect("A's LSN"));
+    embassy_testkit::wait_until("A's row durable", Duration::from_secs(60), || {
+        durable_in(&env, "a-durable.log") >= a_end
+    });
+    let promoted = Instant::now();
+    println!(
+        "{:6.1} s: A promoted at {fork} (B replayed to {b_replayed:X}), its row durable",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // B: never "following, lag 0, no alarm" without A's row; diverged, rebuilt, reads A's row.
+    // (B replayed more past the fork than A wrote since: by positions alone B is ahead.)
+    assert!(a_end < b_replayed, "{a_end:X} {b_replayed:X}");
+    let holds = |id: u32| {
+        node_psql(
+            &data_dir,
+            pg_port,
+            &format!("SELECT count(*) FROM marks WHERE id = {id}"),
+        )
+        .ok()
+            == Some("1".to_string())
+    };
+    let mut phases = Vec::new();
+    let mut diverged = None;
+    let rebuilt = wait_until(
+        Duration::from_secs(150),
+        "node B rebuilt onto timeline 2 and reading A's row",
+        &agent,
+        || {
+            let s = standby_status(http)?;
+            let phase = s["phase"].as_str().unwrap_or("").to_string();
+            if phases.last() != Some(&phase) {
+                phases.push(phase.clone());
+            }
+            let has_a = holds(3);
+            if phase == "diverged" && diverged.is_none() {
+                diverged = Some(s.clone());
+            }
+            // Judged once the node has looked at the vault since A's row was durable (it
+            // looks every second).
+            let looked = promoted.elapsed() > Duration::from_secs(3);
+            if looked && phase == "following" && s["lag_bytes"] == 0 && s["alarm"] == false {
+                assert!(
+                    has_a,
+                    "node B shows following, lag 0, no alarm without A's row: {s}\n{:?}\n{}\n{:?}",
+                    std::fs::read_dir(data_dir.join("pg_wal")).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>()),
+                    std::fs::read_to_string(embassy_agent::node::run_folder(&data_dir).join("server.log")).unwrap_or_default(),
+                    node_psql(&data_dir, pg_port, "SELECT (SELECT timeline_id FROM pg_control_checkpoint()), (SELECT min_recovery_end_timeline FROM pg_control_recovery())"),
+                );
+            }
+            (has_a && phase == "following").then_some(s)
+        },
+    );
+    println!(
+        "B rebuilt and reading A's row {:.1} s after it was durable; phases {phases:?}: {rebuilt}",
+        promoted.elapsed().as_secs_f64()
+    );
+    let diverged = diverged.expect("node B seen diverged");
+    println!("diverged: {diverged}");
+    assert_eq!(diverged["alarm"], true, "{diverged}");
+    assert!(diverged["lag_bytes"].is_null(), "{diverged}");
+    assert!(
+        diverged["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&fork)),
+        "{diverged}"
+    );
+    assert!(rebuilt["rebuilds"].as_u64() >= Some(1), "{rebuilt}");
+    let reason = rebuilt["last_rebuild_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("diverged") && reason.contains(&fork),
+        "{rebuilt}"
+    );
+    assert_eq!(rebuilt["timeline"], 2, "{rebuilt}");
+    assert_eq!(rebuilt["vault_timeline"], 2, "{rebuilt}");
+    assert!(!holds(2), "B still serves home's discarded row 2");
+    let log = agent.log();
+    assert!(log.contains("diverged"), "{log}");
+    let alarms = std::fs::read_to_string(env.path("alarms.txt")).unwrap_or_default();
+    assert!(alarms.contains("raised registry standby"), "{alarms}");
+    let (status, log) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    drop(a);
+    println!("{:6.1} s: done", t0.elapsed().as_secs_f64());
+}

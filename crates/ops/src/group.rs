@@ -411,7 +411,7 @@ fn not_durable(
     lsn: u64,
     timeline: u32,
 ) -> std::result::Result<Option<String>, PgError> {
-    let newest = embassy_postgres::status::site_wal("vault", vault.site().as_ref(), dataset)?;
+    let newest = embassy_postgres::status::site_wal("vault", vault, dataset)?;
     Ok(match newest {
         Some(w) if w.timeline > timeline || (w.timeline == timeline && w.durable.0 >= lsn) => None,
         Some(w) => Some(format!(

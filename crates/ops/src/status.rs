@@ -255,8 +255,15 @@ fn read_dataset(
         ..DatasetFacts::default()
     };
     let mut read = None;
+    // The signers of its WAL, from the history read here: its WAL end is judged by checked
+    // objects only (a hostile site's object named like later WAL is not taken for WAL).
+    let mut signers = None;
     match vault.history_full(dataset) {
         Ok(full) => {
+            signers = Some(
+                embassy_postgres::wal::WalSigners::new(vault.wal_authority(&full.records), dataset)
+                    .with_cutoff(vault.wal_cutoff(&full.records)),
+            );
             let versions = versions_in(dataset, &full.records);
             let newest = versions.last();
             facts.entries = full.records.len() as u64;
@@ -281,7 +288,12 @@ fn read_dataset(
         }
         Err(e) => facts.error = Some(e.into()),
     }
-    match embassy_postgres::status::site_wal(location, site, dataset) {
+    let wal = match signers {
+        Some(signers) => embassy_postgres::status::site_wal_with(location, site, dataset, signers),
+        // Its history cannot be read (the error says why): its WAL cannot be judged either.
+        None => Ok(None),
+    };
+    match wal {
         Ok(Some(w)) => {
             facts.wal = Some(WalFacts {
                 timeline: w.timeline,

@@ -21,6 +21,7 @@ use embassy_sources::files::{self, RestoreOptions};
 
 use crate::base_backup::{list_base_backups, BaseBackupInfo};
 use crate::error::PgError;
+use crate::lsn::Lsn;
 use crate::restored_conf::{self, Neutralised, OVERRIDES};
 use crate::tablespace::{self, PlacedTablespace, Relocation};
 pub use crate::target::RecoveryTarget;
@@ -454,6 +455,41 @@ fn pin_latest(
     )
 }
 
+/// The vault's newest timeline of `dataset` (its newest checked WAL), where it forked off its
+/// parent, and its history file's content; None on timeline 1 or when the vault holds no such
+/// history file that checks out.
+fn newest_timeline_history(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+) -> Result<Option<(u32, Lsn, String)>, PgError> {
+    let mut checked = crate::status::CheckedWal::new();
+    let Some(newest) = checked.newest("vault", vault, dataset)? else {
+        return Ok(None);
+    };
+    if newest.timeline <= 1 {
+        return Ok(None);
+    }
+    let Some(history) = checked.history(vault, keyring, dataset, newest.timeline)? else {
+        return Ok(None);
+    };
+    let fork = history
+        .lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().nth(1)?.parse::<Lsn>().ok())
+        .unwrap_or_default();
+    Ok(Some((newest.timeline, fork, history)))
+}
+
+/// True when recovery from the base backup `info` can reach timeline `newest` (whose history
+/// file holds `history`): taken on it (or a later one), or on an ancestor, ending at or before
+/// where `newest`'s history left that ancestor.
+pub fn on_lineage(info: &BaseBackupInfo, newest: u32, history: &str) -> bool {
+    info.timeline >= newest
+        || crate::replication::messages::timeline_fork(history, info.timeline, newest)
+            .is_some_and(|(_, end)| info.stop_lsn <= end)
+}
+
 /// Restores `dataset` into the new or empty folder `dir` as a PostgreSQL data directory that
 /// recovers to the target (or follows as a standby) when PostgreSQL is started on it.
 pub fn restore(
@@ -464,11 +500,27 @@ pub fn restore(
     options: &PgRestoreOptions,
     progress: &dyn Progress,
 ) -> Result<PgRestore, PgError> {
-    let backups = list_base_backups(vault, keyring, dataset)?;
+    let mut backups = list_base_backups(vault, keyring, dataset)?;
     let target = match &options.mode {
         Mode::Recover(t) => t.clone(),
         Mode::Standby => RecoveryTarget::Latest,
     };
+    // Recovery follows the newest timeline (`recovery_target_timeline = 'latest'`): a base
+    // backup of WAL that timeline discarded (taken on an older timeline after the newest one
+    // forked off it, as after a promotion short of data) can never reach it.
+    if matches!(target, RecoveryTarget::Latest) {
+        if let Some((newest, fork, history)) = newest_timeline_history(vault, keyring, dataset)? {
+            let all = backups.len();
+            backups.retain(|(_, info)| on_lineage(info, newest, &history));
+            if backups.is_empty() && all > 0 {
+                return Err(PgError::Restore(format!(
+                    "dataset {dataset}'s newest timeline {newest} forked off at {fork}, and none \
+                     of its {all} base backups is on that timeline's history (each holds WAL it \
+                     discarded): take a base backup of the server on timeline {newest}"
+                )));
+            }
+        }
+    }
     let Some((chosen, info)) = choose_base_backup(&backups, &target).cloned() else {
         return Err(match backups.first() {
             None => PgError::Vault(embassy_core::Error::Refused {
@@ -492,7 +544,7 @@ pub fn restore(
     // A base backup without its WAL inside needs the streamed WAL up to its stop LSN, or
     // PostgreSQL refuses to start ("WAL ends before consistent recovery point").
     if !info.wal_included {
-        let newest = crate::status::site_wal("vault", vault.site().as_ref(), dataset)?;
+        let newest = crate::status::site_wal("vault", vault, dataset)?;
         let reaches = newest
             .as_ref()
             .is_some_and(|w| w.timeline > info.timeline || w.durable >= info.stop_lsn);
@@ -625,6 +677,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    /// After a promotion short of data, a base backup of WAL the new timeline discarded (taken
+    /// on the old timeline past the fork) can never reach it: not chosen for the latest.
+    #[test]
+    fn a_base_backup_past_the_fork_on_the_old_timeline_is_not_on_the_lineage() {
+        let info = |timeline: u32, stop: &str| BaseBackupInfo {
+            start_lsn: Lsn(0),
+            stop_lsn: stop.parse().unwrap(),
+            timeline,
+            system_identifier: 1,
+            pg_version: "15".into(),
+            backup_label: String::new(),
+            tablespace_map: None,
+            wal_included: false,
+            started_at_ns: 0,
+            stopped_at_ns: 0,
+        };
+        let history = "1\t0/5000060\tno recovery target specified\n";
+        assert!(on_lineage(&info(1, "0/4000000"), 2, history));
+        assert!(on_lineage(&info(1, "0/5000060"), 2, history));
+        assert!(!on_lineage(&info(1, "0/5000100"), 2, history));
+        assert!(on_lineage(&info(2, "0/9000000"), 2, history));
+        // A sibling timeline the newest does not descend from.
+        assert!(!on_lineage(&info(3, "0/4000000"), 4, history));
     }
 
     /// A far-future time once wrapped round to another point in time (red team).
