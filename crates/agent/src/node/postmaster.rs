@@ -303,7 +303,9 @@ mod tests {
     /// PostgreSQL refuses to start while that pid exists.
     #[test]
     fn an_ended_server_not_yet_reaped_is_waited_for() {
-        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
         let pid = child.id();
         let until = Instant::now() + Duration::from_secs(10);
         let zombie = || {
