@@ -496,3 +496,43 @@ fn two_entries_both_withdrawn_leave_the_sequence_number_free() {
     assert!(h.problems(DS).is_empty(), "{:?}", h.problems(DS));
     assert_eq!(h.records.last().map(|r| r.id), Some(second.id));
 }
+
+/// A sync (or seed) from a site that keeps a withdrawn entry copies the history without it:
+/// no fork at the target, no refusal. Before, the entry was copied (or refused as a fork,
+/// which stopped the dataset's copy there).
+#[test]
+fn sync_from_a_site_keeping_a_withdrawn_entry_does_not_copy_it() {
+    let locks = tempfile::tempdir().unwrap();
+    ledger::use_lock_folder(locks.path().to_path_buf());
+    let secret = RootSecret::from_slice(&[9; 32]).unwrap();
+    let r = race(VaultConfig::new(&secret), &secret);
+    r.site.put(&r.y.0, &r.y.1).unwrap();
+    let next = ledger::append_ignoring(
+        r.site.as_ref(),
+        &r.key,
+        DS,
+        Some(&r.x),
+        &[layout::id_in_path(&r.y.0).unwrap()],
+        version(5),
+    )
+    .unwrap();
+    let target = MemorySite::named("memory:new-site");
+    let report = embassy_core::engine::sync::seed(
+        r.site.as_ref(),
+        &target,
+        false,
+        &embassy_core::progress::Silent,
+    )
+    .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        target.get(&r.y.0).is_err(),
+        "the withdrawn entry was copied"
+    );
+    let h = history::load(&target, &r.config, DS, None).unwrap();
+    assert!(h.problems(DS).is_empty(), "{:?}", h.problems(DS));
+    assert_eq!(
+        h.records.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![r.first.id, r.x.id, next.id]
+    );
+}
