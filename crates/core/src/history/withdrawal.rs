@@ -93,15 +93,15 @@ pub fn write(
     Ok(at)
 }
 
+/// Withdrawals read at one place, with their paths, and the objects there that are none, as
+/// `(path, why)`.
+pub type Loaded = (Vec<(String, Withdrawal)>, Vec<(String, String)>);
+
 /// The withdrawals a site holds for entries at `seq` of `dataset`: those that hash to their
 /// names and are validly signed by the key they name, with their paths; and the others, as
 /// `(path, why)`, to report as noise. A site that cannot be listed or read yields none (the
 /// fork they would decide then stays, reported as such).
-pub fn load_at(
-    site: &dyn Site,
-    dataset: &str,
-    seq: u64,
-) -> (Vec<(String, Withdrawal)>, Vec<(String, String)>) {
+pub fn load_at(site: &dyn Site, dataset: &str, seq: u64) -> Loaded {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let Ok(mut listed) = site.list(&prefix_at(dataset, seq)) else {
