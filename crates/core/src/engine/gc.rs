@@ -457,10 +457,10 @@ pub fn collect_garbage(
     for dataset in &datasets {
         // Entries beyond a gap or an unresolved fork, or on a branch a fork left out, may
         // reference anything: collect nothing of a dataset whose whole history cannot be proved.
-        let history = match vault
-            .history_full(dataset)
-            .and_then(|h| h.check_collectable(dataset).map(|()| h.records))
-        {
+        let (history, withdrawn) = match vault.history_full(dataset).and_then(|h| {
+            h.check_collectable(dataset)
+                .map(|()| (h.records, h.withdrawn))
+        }) {
             Ok(h) => h,
             Err(e) => {
                 report.skipped.push(Problem::new(
@@ -489,7 +489,26 @@ pub fn collect_garbage(
                 r
             })
         };
-        let mut referenced = match dataset_references(&[]) {
+        // What entries their own signer withdrew reference stays too: a withdrawal takes an
+        // entry out of the history, never its data (a stolen credential that withdraws its
+        // own acknowledged newest entry must not make garbage collection delete it).
+        let withdrawn_references = || {
+            withdrawn.iter().try_fold(HashSet::new(), |mut all, r| {
+                all.extend(references(
+                    merged,
+                    dataset,
+                    std::slice::from_ref(r),
+                    &sizes,
+                    &allowed,
+                    &[],
+                )?);
+                Ok::<_, Error>(all)
+            })
+        };
+        let mut referenced = match dataset_references(&[]).and_then(|mut r| {
+            r.extend(withdrawn_references()?);
+            Ok(r)
+        }) {
             Ok(r) => r,
             Err(e) => {
                 report.skipped.push(Problem::new(
@@ -629,7 +648,9 @@ pub fn collect_garbage(
         // Rewrite the live chunks of packs that are mostly dead into new packs and a repack
         // index (written first, durably), so that the old packs become unreferenced and are
         // condemned below, then deleted by a later run like any other garbage.
-        if let Some(keyring) = &collector.keyring {
+        // Not while entries their signer withdrew are stored: repacking keeps only what the
+        // accepted history's versions use, and theirs stay whole (above).
+        if let Some(keyring) = collector.keyring.as_ref().filter(|_| withdrawn.is_empty()) {
             let plan = repack::Plan {
                 vault,
                 keyring,

@@ -230,6 +230,26 @@ fn copy(
         .into_iter()
         .filter(|i| !matches!(i.path.as_str(), layout::CONFIG | layout::CONFIG_SIGNATURE))
         .collect();
+    // Ledger entries their own signer withdrew (a writer that lost a race, format 6) are
+    // noise at the source: never copied, so they make no fork at the target. Judged like every
+    // reader judges them, only for datasets with withdrawals.
+    let mut withdrawn: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let with_withdrawals: std::collections::BTreeSet<&str> = wanted
+        .iter()
+        .filter_map(|i| i.path.strip_prefix(crate::history::withdrawal::WITHDRAWALS))
+        .filter_map(|rest| rest.split('/').next())
+        .filter(|d| layout::check_dataset_name(d).is_ok())
+        .collect();
+    for dataset in with_withdrawals {
+        let history = crate::history::load(from, &config, dataset, None)?;
+        withdrawn.extend(
+            history
+                .withdrawn
+                .iter()
+                .map(|r| layout::ledger_entry(dataset, r.entry.seq, &r.id)),
+        );
+    }
+    wanted.retain(|i| !withdrawn.contains(&i.path));
     wanted.sort_by(|a, b| (stage(&a.path), &a.path).cmp(&(stage(&b.path), &b.path)));
     progress.set_total(wanted.iter().map(|i| i.size).sum());
     let report = std::sync::Mutex::new(SyncReport::default());

@@ -663,11 +663,12 @@ pub fn verify_with(
             referenced.insert(path);
         }
     }
-    // Cosignatures, approvals and garbage collection's bookkeeping (condemnation records and
-    // backup session markers) are referenced by nothing, by design.
+    // Cosignatures, approvals, withdrawals and garbage collection's bookkeeping (condemnation
+    // records and backup session markers) are referenced by nothing, by design.
     for prefix in [
         crate::history::checkpoint::COSIGNATURES,
         crate::history::approval::APPROVALS,
+        crate::history::withdrawal::WITHDRAWALS,
         crate::engine::gc::GC_ROOT,
         crate::engine::gc::SESSIONS_ROOT,
     ] {
@@ -766,6 +767,8 @@ fn not_its_kind(path: &str, bytes: &[u8]) -> Option<String> {
         crate::engine::gc::MARKER_MAGIC
     } else if path.starts_with(crate::history::approval::APPROVALS) {
         crate::history::approval::MAGIC
+    } else if path.starts_with(crate::history::withdrawal::WITHDRAWALS) {
+        crate::history::withdrawal::MAGIC
     } else if path.starts_with("manifests/") {
         return manifest::decode_header(path, bytes)
             .err()

@@ -32,8 +32,15 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// never fence. Version 5: a takeover approval names the key that signs the promotion
 /// (`promote_key`, docs/format.md §9c); a version-4 program would ignore it and count approvals
 /// for any signer, so a stolen credential could make its own promotion authoritative where a
-/// version-5 program refuses it: two verifiers would disagree on who is fenced.
-pub const FORMAT_VERSION: u32 = 5;
+/// version-5 program refuses it: two verifiers would disagree on who is fenced. Version 6:
+/// withdrawals (`withdrawals/`, `history::withdrawal`): a writer that lost the race for a
+/// ledger sequence number signs that its entry there is withdrawn, and readers take a withdrawn
+/// entry a site still holds for noise; a version-5 program would read the same site as an
+/// unresolved fork (or history a fork displaced), so two verifiers would disagree on whether
+/// the dataset verifies and which version is the newest. Older vaults stay readable and
+/// writable, and withdrawals count in them too (the rule only removes an entry nothing
+/// continues, in a race its own signer lost).
+pub const FORMAT_VERSION: u32 = 6;
 /// The first format version whose base backups record their WAL start and whose streamed WAL
 /// retention collects (`history::wal_retention`).
 pub const WAL_RETENTION_SINCE: u32 = 4;

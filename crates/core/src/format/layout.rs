@@ -105,7 +105,8 @@ const MIB: u64 = 1024 * 1024;
 
 /// Largest `config` or `config.sig` (a JSON document of keys and settings; a hex signature).
 pub const MAX_CONFIG_SIZE: u64 = MIB;
-/// Largest signed record: a ledger entry, checkpoint, cosignature, approval or session marker.
+/// Largest signed record: a ledger entry, checkpoint, cosignature, approval, session marker or
+/// withdrawal.
 pub const MAX_RECORD_SIZE: u64 = 16 * MIB;
 /// Largest index object, manifest or condemnation record (lists of ids or paths).
 pub const MAX_LIST_SIZE: u64 = 256 * MIB;
@@ -131,7 +132,9 @@ pub const MAX_OTHER_SIZE: u64 = 256 * MIB;
 pub fn max_object_size(path: &str) -> u64 {
     match path.split('/').next().unwrap_or_default() {
         CONFIG | CONFIG_SIGNATURE => MAX_CONFIG_SIZE,
-        "ledger" | "checkpoints" | "cosignatures" | "approvals" | "sessions" => MAX_RECORD_SIZE,
+        "ledger" | "checkpoints" | "cosignatures" | "approvals" | "sessions" | "withdrawals" => {
+            MAX_RECORD_SIZE
+        }
         "index" | "manifests" | "gc" => MAX_LIST_SIZE,
         "wal" => MAX_LOG_OBJECT_SIZE,
         "packs" => MAX_PACK_SIZE,

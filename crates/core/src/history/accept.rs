@@ -10,7 +10,9 @@
 //!   key that may not sign at that point, or continues such an object, is *noise*: reported,
 //!   never fatal;
 //! - the accepted history is the chain of acceptable entries from 1; where several acceptable
-//!   entries compete at one sequence number (a fork), the branch that holds an authoritative
+//!   entries compete at one sequence number (a fork), an entry its own signer withdrew (a writer
+//!   that lost the race for the number, `history::withdrawal`) that nothing continues and no
+//!   trusted head names is noise; of the others, the branch that holds an authoritative
 //!   promotion (`history::promotion`) wins, else the branch that holds a trusted head
 //!   (checkpointed by the root or a pinned signer, or remembered by this client) wins, else the
 //!   branch holding a root-signed entry wins, else the fork is unresolved: the history ends
@@ -130,6 +132,10 @@ pub struct History {
     /// The entries those forks left out (also in `rejected`, as every entry off the
     /// accepted history is): reported by `displaced`, so never listed as noise.
     pub displaced_ids: Vec<ObjectId>,
+    /// Entries a fork left out because their own signer withdrew them (rule 3e: a writer that
+    /// lost a race for the sequence number): noise (also in `rejected`), kept here whole so
+    /// that garbage collection keeps what they reference, whoever withdrew them.
+    pub withdrawn: Vec<Record>,
 }
 
 impl History {
@@ -345,6 +351,23 @@ struct Walk {
     /// Forks decided against branches that hold entries signed in good faith (not by a
     /// signer the winning branch removed): one problem line each, and those entries.
     displaced: crate::history::displaced::Displaced,
+    /// Withdrawals read at forks that withdraw nothing (forged, by another key, of another
+    /// entry): noise.
+    noise: Vec<Noise>,
+    /// Entries left out because their signer withdrew them (rule 3e).
+    withdrawn: Vec<Record>,
+}
+
+impl Walk {
+    /// Takes in what a branch walk found beside its records (rejected entries, noise,
+    /// withdrawn entries, displaced history).
+    fn absorb_side(&mut self, b: &mut Walk) {
+        self.rejected.append(&mut b.rejected);
+        self.noise.append(&mut b.noise);
+        self.withdrawn.append(&mut b.withdrawn);
+        self.displaced.lines.append(&mut b.displaced.lines);
+        self.displaced.ids.append(&mut b.displaced.ids);
+    }
 }
 
 impl Walk {
@@ -458,8 +481,120 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
     out
 }
 
-/// Several acceptable entries at `seq`: follow each branch, then pick the one that holds a
-/// trusted head, else the one that holds a root-signed entry, else leave the fork unresolved.
+/// Rule 3e: leaves out the competing entries at `seq` that their own signer withdrew (a writer
+/// that lost the race for the sequence number, `ledger::append_ignoring`), and returns the
+/// other branches. A withdrawal counts only for an entry that competes with another one at its
+/// sequence number, that nothing acceptable continues, and that no trusted head names; it must
+/// hash to its name, be signed by the entry's own signer, name the entry's id, dataset and
+/// sequence number, and name among the entries it lost to one that competes here
+/// (`history::withdrawal::applies`). So a site cannot forge one, one signer cannot withdraw
+/// another's entry, a withdrawal cannot be moved onto another entry, and no signer can withdraw
+/// an entry that history continues or that a reader has seen as a head.
+fn leave_out_withdrawn(ctx: &Ctx<'_>, seq: u64, branches: Vec<Walk>, out: &mut Walk) -> Vec<Walk> {
+    let alone = |b: &Walk| b.records.len() == 1 && b.conflict.is_none();
+    if !branches.iter().any(alone) {
+        return branches;
+    }
+    let (found, bad) = crate::history::withdrawal::load_at(ctx.site, ctx.dataset, seq);
+    out.noise
+        .extend(bad.into_iter().map(|(path, reason)| Noise { path, reason }));
+    if found.is_empty() {
+        return branches;
+    }
+    let ids: Vec<ObjectId> = branches.iter().map(|b| b.records[0].id).collect();
+    let trusted = ctx.trusted_heads();
+    let mut used: Vec<&str> = Vec::new();
+    let mut kept = Vec::new();
+    for mut b in branches {
+        let first = &b.records[0];
+        let competing: Vec<ObjectId> = ids.iter().copied().filter(|i| *i != first.id).collect();
+        let by = (alone(&b) && !trusted.contains(&(seq, first.id)))
+            .then(|| {
+                found.iter().find(|(_, w)| {
+                    crate::history::withdrawal::applies(
+                        w,
+                        ctx.dataset,
+                        seq,
+                        &first.id,
+                        &first.entry.signer,
+                        &competing,
+                    )
+                    .is_none()
+                })
+            })
+            .flatten();
+        match by {
+            Some((path, w)) => {
+                used.push(path);
+                out.rejected.push(ctx.reject(
+                    seq,
+                    first.id,
+                    format!(
+                        "withdrawn by its own signer ({path}): it lost the race for entry {seq} \
+                         to {} and was never acknowledged",
+                        w.lost_to
+                            .iter()
+                            .map(|o| o.short())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+                out.withdrawn.push(first.clone());
+                out.absorb_side(&mut b);
+            }
+            None => kept.push(b),
+        }
+    }
+    // Withdrawals here that withdraw nothing: say why.
+    for (path, w) in &found {
+        if used.contains(&path.as_str()) {
+            continue;
+        }
+        let Some(b) = kept.iter().find(|b| b.records[0].id == w.entry) else {
+            if !ids.contains(&w.entry) {
+                out.noise.push(Noise {
+                    path: path.clone(),
+                    reason: format!(
+                        "a withdrawal that withdraws nothing: it names entry {} {}, which does \
+                         not compete at entry {seq}",
+                        w.seq,
+                        w.entry.short()
+                    ),
+                });
+            }
+            continue;
+        };
+        let first = &b.records[0];
+        let competing: Vec<ObjectId> = ids.iter().copied().filter(|i| *i != first.id).collect();
+        let why = crate::history::withdrawal::applies(
+            w,
+            ctx.dataset,
+            seq,
+            &first.id,
+            &first.entry.signer,
+            &competing,
+        )
+        .unwrap_or_else(|| {
+            if alone(b) {
+                "a checkpoint or this client's remembered head names the entry".into()
+            } else {
+                "entries continue it".into()
+            }
+        });
+        out.noise.push(Noise {
+            path: path.clone(),
+            reason: format!(
+                "a withdrawal of entry {seq} {} that withdraws nothing: {why}",
+                first.id.short()
+            ),
+        });
+    }
+    kept
+}
+
+/// Several acceptable entries at `seq`: follow each branch, leave out those their own signer
+/// withdrew (rule 3e), then pick the one that holds an authoritative promotion, a trusted head,
+/// else the one that holds a root-signed entry, else leave the fork unresolved.
 fn resolve_fork(
     ctx: &Ctx<'_>,
     judge: &Judge,
@@ -482,6 +617,21 @@ fn resolve_fork(
             rest
         })
         .collect();
+    let mut branches = leave_out_withdrawn(ctx, seq, branches, out);
+    if branches.len() <= 1 {
+        // Every other competing entry was withdrawn: what is left is the history (or nothing
+        // is, when every racing writer withdrew its own).
+        match branches.pop() {
+            Some(mut w) => {
+                out.absorb_side(&mut w);
+                out.records.append(&mut w.records);
+                out.conflict = w.conflict;
+                out.signers_at_end = w.signers_at_end;
+            }
+            None => out.signers_at_end = judge.authority.keys(),
+        }
+        return;
+    }
     let trusted = ctx.trusted_heads();
     let holds_head = |w: &Walk| {
         w.entries()
@@ -564,6 +714,8 @@ fn resolve_fork(
                 ));
             }
             out.rejected.extend(std::mem::take(&mut b.rejected));
+            out.noise.append(&mut b.noise);
+            out.withdrawn.append(&mut b.withdrawn);
             losers.push(b);
         }
         if let Some(w) = winner {
@@ -586,6 +738,8 @@ fn resolve_fork(
             out.signers_at_end = w.signers_at_end;
             out.displaced.lines.extend(w.displaced.lines);
             out.displaced.ids.extend(w.displaced.ids);
+            out.noise.extend(w.noise);
+            out.withdrawn.extend(w.withdrawn);
         }
         return;
     }
@@ -594,7 +748,9 @@ fn resolve_fork(
         seq,
         branches: branches
             .into_iter()
-            .map(|b| {
+            .map(|mut b| {
+                out.noise.append(&mut b.noise);
+                out.withdrawn.append(&mut b.withdrawn);
                 let mut subtree: Vec<ObjectId> = b.entries().iter().map(|(_, id, _)| *id).collect();
                 subtree.extend(b.rejected.iter().map(|r| r.id));
                 out.rejected.extend(b.rejected);
@@ -776,6 +932,8 @@ pub fn load(
     history.conflict = walked.conflict;
     history.displaced = walked.displaced.lines;
     history.displaced_ids = walked.displaced.ids;
+    history.noise.extend(walked.noise);
+    history.withdrawn = walked.withdrawn;
     Ok(history)
 }
 

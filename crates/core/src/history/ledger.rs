@@ -756,13 +756,25 @@ pub fn append_ignoring(
             // reader's history before them, the other writer's acknowledged version with it.
             // Whichever writer sees the other after its own put withdraws, so at most one of
             // two racing entries stays (none, when both saw each other: both writers fail).
+            // The withdrawal is signed first (format 6): a site that keeps the entry all the
+            // same holds noise every reader recognises, not a fork (`history::withdrawal`).
+            let lost_to: Vec<ObjectId> =
+                after.iter().filter_map(|p| layout::id_in_path(p)).collect();
             let mut e = concurrent(after);
+            let signed = crate::history::withdrawal::write(site, key, dataset, seq, id, lost_to);
             if let Err(why) = site.delete(&ours) {
                 if let Error::History { problem, .. } = &mut e {
-                    problem.push_str(&format!(
-                        "; this writer's own entry {ours} could not be withdrawn ({why}): the \
-                         history is forked at entry {seq} until it is removed"
-                    ));
+                    problem.push_str(&match &signed {
+                        Ok(_) => format!(
+                            "; this writer's own entry {ours} could not be deleted ({why}), but \
+                             its withdrawal is stored: readers take it for noise"
+                        ),
+                        Err(not) => format!(
+                            "; this writer's own entry {ours} could not be withdrawn (deleting \
+                             it: {why}; storing its withdrawal: {not}): the history is forked \
+                             at entry {seq} until it is removed"
+                        ),
+                    });
                 }
             }
             return Err(e);

@@ -7,7 +7,7 @@
 //! everything here works from a site, the vault configuration and signed bytes.
 //!
 //! May import: [`crate::format`], [`crate::keys`] and the top-level vocabulary. Nothing from
-//! `engine`. Inside, from the bottom up: `retention`, `ledger`, `version`, `numbering`, `state`,
+//! `engine`. Inside, from the bottom up: `retention`, `withdrawal`, `ledger`, `version`, `numbering`, `state`,
 //! `approval`, `deletion`, `promotion`, `rights`, `wal_authority`, `wal_retention`, `checkpoint`,
 //! `displaced`, `accept`; a module imports only those before it.
 
@@ -25,6 +25,7 @@ pub mod state;
 pub mod version;
 pub mod wal_authority;
 pub mod wal_retention;
+pub mod withdrawal;
 
 pub use accept::{
     load, load_history, load_history_full, Branch, Conflict, History, Noise, Rejected,

@@ -373,6 +373,7 @@ impl S3Site {
         source: &dyn ObjectSource,
     ) -> Result<Put, SiteError> {
         let key = self.key(path, "put")?;
+        self.check_vault_still_here(path)?;
         let probe = self.create_only()?;
         let result = if source.len() > self.cfg.multipart_threshold as u64 {
             self.put_multipart(path, &key, source, probe)
@@ -381,7 +382,9 @@ impl S3Site {
         } else {
             self.put_single("put", path, &key, source, true)
         };
-        self.settle(path, &key, source, result)
+        let settled = self.settle(path, &key, source, result)?;
+        self.saw_config(path, true);
+        Ok(settled)
     }
 
     /// Settles a put across calls: a call that failed with [`SiteError::Retryable`] may have

@@ -1,0 +1,177 @@
+//! Red team 8, finding 1, through the real `embassy` binary on a local-folder vault: two writers
+//! raced for entry 2 of a dataset; the loser withdrew its entry (signed a withdrawal, then deleted
+//! the entry), but a site kept the entry all the same (stale, or hostile). Before withdrawals
+//! were signed, that made a fork of one signer's two entries: a fresh machine's `restore
+//! DATASET` (the latest) refused ("the newest version cannot be proved") and `verify` failed.
+//!
+//! The race's outcome is built with real processes: the loser's backup runs against a copy of
+//! the site taken before the winner's (so its entry 2, manifest and packs are real), its
+//! withdrawal is signed with the library as the losing writer signs it (the writer's key from
+//! the key file), and the site is then given back everything the loser wrote, its withdrawn
+//! entry included.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use embassy_core::format::layout;
+use embassy_core::history::withdrawal;
+use embassy_core::keys::keyfile::KeyFile;
+use embassy_core::keys::RootSecret;
+use embassy_sites::LocalSite;
+use embassy_testkit::cli::{copy_dir, Embassy, Run, CHEAP, PASS};
+
+const EXE: &str = env!("CARGO_BIN_EXE_embassy");
+const DS: &str = "registry";
+
+struct Home {
+    tmp: tempfile::TempDir,
+    key: PathBuf,
+    root: RootSecret,
+}
+
+fn data(n: u8) -> Vec<u8> {
+    (0..200_000u32)
+        .map(|i| (i.wrapping_mul(31) as u8) ^ n)
+        .collect()
+}
+
+impl Home {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let slow = tmp.path().join("keys/init.key");
+        let home = Home {
+            key: slow.clone(),
+            root: RootSecret::from_slice(&[0; 32]).unwrap(),
+            tmp,
+        };
+        let r = home.run("site", "a", &["init", "--min-age", "0"], None);
+        assert_eq!(r.code, 0, "{r:?}");
+        let file = KeyFile::load(&slow).unwrap();
+        let root = file.open(PASS.as_bytes(), &slow).unwrap();
+        let cheap = home.tmp.path().join("keys/cheap.key");
+        KeyFile::seal(&root, &file.vault_id, PASS.as_bytes(), CHEAP)
+            .unwrap()
+            .store(&cheap)
+            .unwrap();
+        Home {
+            key: cheap,
+            root: RootSecret::from_bytes(root.expose()),
+            ..home
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    /// `embassy` at folder `site` as machine `machine` (its own remembered state).
+    fn run(&self, site: &str, machine: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut all: Vec<OsString> = vec![
+            "--site".into(),
+            self.path(site).into_os_string(),
+            "--key-file".into(),
+            self.key.clone().into_os_string(),
+            "--state-dir".into(),
+            self.path("state").join(machine).into_os_string(),
+        ];
+        all.extend(args.iter().map(OsString::from));
+        Embassy::new(EXE, self.tmp.path()).run(&all, stdin)
+    }
+
+    fn backup(&self, site: &str, machine: &str, n: u8) {
+        let r = self.run(site, machine, &["backup", DS, "--stdin"], Some(&data(n)));
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+
+    /// The one ledger entry at `seq` in folder `site`: its path in the vault.
+    fn entry_at(&self, site: &str, seq: u64) -> String {
+        let prefix = format!("{}{seq:016}-", layout::ledger_prefix(DS));
+        let dir = self.path(site).join(layout::ledger_prefix(DS));
+        let held: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                format!(
+                    "{}{}",
+                    layout::ledger_prefix(DS),
+                    e.unwrap().file_name().to_string_lossy()
+                )
+            })
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        assert_eq!(held.len(), 1, "{held:?}");
+        held[0].clone()
+    }
+}
+
+/// Copies every file of `from` that `to` lacks (what the loser wrote: packs, index, manifest,
+/// its ledger entry), but checkpoints: the loser failed before it would have written one.
+fn give_back(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if ["checkpoints", "cosignatures"].contains(&entry.file_name().to_str().unwrap()) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            fs::create_dir_all(&target).unwrap();
+            give_back(&entry.path(), &target);
+        } else if !target.exists() {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn restore_at_the_latest_and_verify_work_where_a_site_keeps_a_withdrawn_entry() {
+    let home = Home::new();
+    home.backup("site", "a", 1);
+    copy_dir(&home.path("site"), &home.path("loser-view"));
+    // Writer X appends entry 2 alone: acknowledged.
+    home.backup("site", "a", 2);
+    // Writer Y listed entry 2's place before X's put (the copy), stored its version there...
+    home.backup("loser-view", "b", 3);
+    let x = home.entry_at("site", 2);
+    let y = home.entry_at("loser-view", 2);
+    assert_ne!(x, y);
+    // ... then found X's entry after its put: it signs its withdrawal at the site, naming X,
+    // and deletes its entry, which this site keeps all the same.
+    let site = LocalSite::new(home.path("site")).unwrap();
+    withdrawal::write(
+        &site,
+        &home.root.writer_signing_key(0),
+        DS,
+        2,
+        layout::id_in_path(&y).unwrap(),
+        vec![layout::id_in_path(&x).unwrap()],
+    )
+    .unwrap();
+    give_back(&home.path("loser-view"), &home.path("site"));
+    assert!(home.path("site").join(&y).exists());
+
+    // A fresh machine restores the latest version: X's.
+    let out = home.path("restored");
+    let r = home.run(
+        "site",
+        "fresh",
+        &["restore", DS, "--to", out.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(r.code, 0, "restore of the latest refused: {r:?}");
+    assert!(fs::read(&out).unwrap() == data(2), "not X's version");
+    // Verify passes, for the writer that saw X and for a fresh machine, and names the kept
+    // entry as noise.
+    for machine in ["a", "fresh2"] {
+        let r = home.run("site", machine, &["verify"], None);
+        assert_eq!(r.code, 0, "{machine}: {r:?}");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            all.contains("withdrawn by its own signer"),
+            "{machine}: {all}"
+        );
+    }
+    // And the next backup appends after X.
+    home.backup("site", "fresh3", 4);
+    let r = home.run("site", "fresh4", &["verify"], None);
+    assert_eq!(r.code, 0, "{r:?}");
+}
