@@ -32,8 +32,14 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// never fence. Version 5: a takeover approval names the key that signs the promotion
 /// (`promote_key`, docs/format.md §9c); a version-4 program would ignore it and count approvals
 /// for any signer, so a stolen credential could make its own promotion authoritative where a
-/// version-5 program refuses it: two verifiers would disagree on who is fenced.
-pub const FORMAT_VERSION: u32 = 5;
+/// version-5 program refuses it: two verifiers would disagree on who is fenced. Version 6:
+/// delta blobs (blob kind 2, docs/format.md §5), a changed PostgreSQL page stored against the
+/// same page's previous version; a version-5 program refuses their index entries (an unknown
+/// blob kind) and, worse, its garbage collection's repacking does not know that a delta keeps
+/// its base alive and would drop bases that kept versions need.
+pub const FORMAT_VERSION: u32 = 6;
+/// The first format version whose writers store delta blobs (`format::pack::BlobKind::Delta`).
+pub const DELTAS_SINCE: u32 = 6;
 /// The first format version whose base backups record their WAL start and whose streamed WAL
 /// retention collects (`history::wal_retention`).
 pub const WAL_RETENTION_SINCE: u32 = 4;
