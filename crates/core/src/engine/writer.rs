@@ -160,17 +160,21 @@ impl BackupSession {
     }
 
     /// True if chunk `id` is new to the vault: it is then marked pending, and the caller must
-    /// hand it to the sealers. A chunk already stored counts its index as used.
+    /// hand it to the sealers. A chunk already stored counts its index as used (and for a
+    /// delta, its base's index); a delta whose base is not known as stored is stored again.
     fn admit(&self, id: ChunkId) -> bool {
         let mut known = lock(&self.shared.known);
-        match known.get(&id) {
-            Some(Known::Stored(index, _)) => {
-                let index = *index;
+        if matches!(known.get(&id), Some(Known::Pending)) {
+            return false;
+        }
+        match pipeline::indexes_for(&known, &id) {
+            Some((index, base_index)) => {
                 drop(known);
-                lock(&self.shared.used_indexes).insert(index);
+                let mut used = lock(&self.shared.used_indexes);
+                used.insert(index);
+                used.extend(base_index);
                 false
             }
-            Some(Known::Pending) => false,
             None => {
                 known.insert(id, Known::Pending);
                 true
@@ -237,7 +241,7 @@ impl BackupSession {
         source: &dyn DeltaBases,
     ) -> Option<(ObjectId, Vec<u8>)> {
         let index = match lock(&self.shared.known).get(base) {
-            Some(Known::Stored(index, true)) => *index,
+            Some(Known::Stored(index, None)) => *index,
             _ => return None,
         };
         match source.read_base(base) {
@@ -387,11 +391,14 @@ impl BackupSession {
         let known = lock(&self.shared.known);
         let mut indexes = HashSet::new();
         for id in ids {
-            match known.get(id) {
-                Some(Known::Stored(index, _)) => {
-                    indexes.insert(*index);
+            if matches!(known.get(id), Some(Known::Pending)) {
+                continue;
+            }
+            match pipeline::indexes_for(&known, id) {
+                Some((index, base_index)) => {
+                    indexes.insert(index);
+                    indexes.extend(base_index);
                 }
-                Some(Known::Pending) => {}
                 None => return false,
             }
         }
@@ -696,10 +703,11 @@ fn load_known_chunks(
         match index::decode(keys, &l.path, &l.bytes) {
             Ok((_, entries)) => {
                 for e in entries {
-                    let full = e.blob.kind != BlobKind::Delta;
                     // A full copy is preferred: only it may serve as a delta's base.
-                    if full || !matches!(known.get(&e.blob.id), Some(Known::Stored(_, true))) {
-                        known.insert(e.blob.id, Known::Stored(l.id, full));
+                    if e.blob.base.is_none()
+                        || !matches!(known.get(&e.blob.id), Some(Known::Stored(_, None)))
+                    {
+                        known.insert(e.blob.id, Known::Stored(l.id, e.blob.base));
                     }
                 }
             }

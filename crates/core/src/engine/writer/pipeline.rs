@@ -32,12 +32,29 @@ use crate::site::Site;
 /// Where a known chunk is.
 #[derive(Clone, Copy)]
 pub(super) enum Known {
-    /// In an index object already on the site; true when stored there as a full blob (not a
-    /// delta), so that it may serve as a delta's base.
-    Stored(ObjectId, bool),
+    /// In an index object already on the site: as a full blob (`None`, which may serve as a
+    /// delta's base), or as a delta against the given base.
+    Stored(ObjectId, Option<ChunkId>),
     /// Handed to a sealer in this session (or in a producer's batch about to be handed over);
     /// its index will be one of this session's.
     Pending,
+}
+
+/// The indexes a version must name to use stored chunk `id`: the one that maps it, and for a
+/// delta the one that maps its base as a full blob. None when `id` is not stored, or is a delta
+/// whose base is not (any more) known as a full blob: then it must be stored again.
+pub(super) fn indexes_for(
+    known: &HashMap<ChunkId, Known>,
+    id: &ChunkId,
+) -> Option<(ObjectId, Option<ObjectId>)> {
+    match known.get(id)? {
+        Known::Stored(index, None) => Some((*index, None)),
+        Known::Stored(index, Some(base)) => match known.get(base)? {
+            Known::Stored(base_index, None) => Some((*index, Some(*base_index))),
+            _ => None,
+        },
+        Known::Pending => None,
+    }
 }
 
 /// Bytes of chunks a producer gathers before handing them to the sealers in one message
@@ -186,7 +203,7 @@ impl Shared {
         {
             let mut known = lock(&self.known);
             for e in entries {
-                known.insert(e.id, Known::Stored(index_id, e.kind != BlobKind::Delta));
+                known.insert(e.id, Known::Stored(index_id, e.base));
             }
         }
         lock(&self.used_indexes).insert(index_id);
