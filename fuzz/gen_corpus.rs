@@ -177,6 +177,7 @@ fn packs() -> Vec<(ObjectId, Vec<BlobEntry>)> {
             offset,
             length: (pack::HEADER_LEN + area.len()) as u32 - offset,
             raw_length: raw.len() as u32,
+            base: None,
         });
     }
     corpus.valid(
@@ -214,6 +215,7 @@ fn finding_zstd_reserve() {
         offset: pack::HEADER_LEN as u32,
         length: area.len() as u32,
         raw_length: u32::MAX,
+        base: None,
     };
     let input = with_mode(1, &join_u16(&cbor(&vec![entry]), &area));
     assert!(

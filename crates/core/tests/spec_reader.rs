@@ -92,10 +92,43 @@ fn nonce(n: u64) -> [u8; 12] {
     out
 }
 
-/// One blob of a pack as §5 describes it.
+/// One blob of a pack as §5 describes it (a delta's plaintext is filled in once its base is
+/// known, by [`apply_deltas`]).
 struct Blob {
     kind: u64,
+    id: [u8; 32],
+    raw_length: u64,
+    /// A delta's base and zstd frame.
+    delta: Option<([u8; 32], Vec<u8>)>,
     plaintext: Vec<u8>,
+}
+
+/// §5 "Delta blobs": each delta's frame decompressed with its base's plaintext (a full data
+/// blob) as raw-content dictionary, its length and chunk id checked.
+fn apply_deltas(root: &[u8; 32], dataset: &str, blobs: &mut [Blob]) {
+    let epoch = 0u32.to_le_bytes();
+    let parts: [&[u8]; 2] = [dataset.as_bytes(), &epoch];
+    let chunk_id_key = kdf(root, "data-embassy 2026 dataset chunk-id key v1", &parts);
+    let full: std::collections::HashMap<[u8; 32], Vec<u8>> = blobs
+        .iter()
+        .filter(|b| b.kind == 0)
+        .map(|b| (b.id, b.plaintext.clone()))
+        .collect();
+    for blob in blobs.iter_mut().filter(|b| b.kind == 2) {
+        let (base, frame) = blob.delta.as_ref().unwrap();
+        let base = &full[base];
+        assert!(base.len() >= 8 && base[..4] != [0x37, 0xa4, 0x30, 0xec]);
+        let plaintext = zstd::bulk::Decompressor::with_dictionary(base)
+            .unwrap()
+            .decompress(frame, blob.raw_length as usize)
+            .expect("a delta decompresses against its base as docs/format.md says");
+        assert_eq!(plaintext.len() as u64, blob.raw_length);
+        assert_eq!(
+            blake3::keyed_hash(&chunk_id_key, &plaintext).as_bytes(),
+            &blob.id
+        );
+        blob.plaintext = plaintext;
+    }
 }
 
 /// §5: every blob of a pack, opened and checked.
@@ -142,15 +175,20 @@ fn open_pack(root: &[u8; 32], dataset: &str, pack: &[u8]) -> Vec<Blob> {
     let entries: ciborium::Value = ciborium::from_reader(&directory[..]).unwrap();
     let mut blobs = Vec::new();
     for entry in entries.as_array().unwrap() {
-        // BlobEntry: [kind, id, offset, length, raw_length].
+        // BlobEntry: [kind, id, offset, length, raw_length], and [.., base] for a delta.
         let fields = entry.as_array().expect("a BlobEntry is a CBOR array");
-        assert_eq!(fields.len(), 5);
         let int = |i: usize| u64::try_from(fields[i].as_integer().unwrap()).unwrap();
         let (kind, offset, length, raw_length) = (int(0), int(2), int(3), int(4));
+        assert_eq!(fields.len(), if kind == 2 { 6 } else { 5 });
         let id: [u8; 32] = fields[1].as_bytes().unwrap().as_slice().try_into().unwrap();
         let mut aad = b"EMBBLOB1".to_vec();
         aad.push(kind as u8);
         aad.extend_from_slice(&id);
+        let base: Option<[u8; 32]> =
+            (kind == 2).then(|| fields[5].as_bytes().unwrap().as_slice().try_into().unwrap());
+        if let Some(base) = &base {
+            aad.extend_from_slice(base);
+        }
         let sealed = &pack[offset as usize..(offset + length) as usize];
         let message = aead
             .decrypt(
@@ -161,6 +199,17 @@ fn open_pack(root: &[u8; 32], dataset: &str, pack: &[u8]) -> Vec<Blob> {
                 },
             )
             .expect("a blob opens as docs/format.md says");
+        if let Some(base) = base {
+            assert_eq!(message[0], 2, "a delta's compression is 2");
+            blobs.push(Blob {
+                kind,
+                id,
+                raw_length,
+                delta: Some((base, message[1..].to_vec())),
+                plaintext: Vec::new(),
+            });
+            continue;
+        }
         let plaintext = match message[0] {
             0 => message[1..].to_vec(),
             1 => zstd::decode_all(&message[1..]).unwrap(),
@@ -172,9 +221,30 @@ fn open_pack(root: &[u8; 32], dataset: &str, pack: &[u8]) -> Vec<Blob> {
             &id,
             "the chunk id is BLAKE3-keyed(chunk-id key, plaintext)"
         );
-        blobs.push(Blob { kind, plaintext });
+        blobs.push(Blob {
+            kind,
+            id,
+            raw_length,
+            delta: None,
+            plaintext,
+        });
     }
     blobs
+}
+
+/// A previous version whose page 0 is `base` (what a file backup reads from the vault).
+struct Fixed {
+    base: embassy_core::id::ChunkId,
+    plain: Vec<u8>,
+}
+
+impl embassy_core::engine::writer::DeltaBases for Fixed {
+    fn base_of(&self, page: usize) -> Option<embassy_core::id::ChunkId> {
+        (page == 0).then_some(self.base)
+    }
+    fn read_base(&self, _: &embassy_core::id::ChunkId) -> embassy_core::Result<Vec<u8>> {
+        Ok(self.plain.clone())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,6 +274,36 @@ fn a_key_file_and_a_pack_open_from_the_spec_alone() {
     session
         .finish(VersionKind::Tree, tree, vec![], VersionStats::default())
         .unwrap();
+    // A second version stores a changed page as a delta against the first one's page.
+    let page: Vec<u8> = (0..8192u32)
+        .map(|i| blake3::hash(&(i / 4).to_le_bytes()).as_bytes()[0] | 1)
+        .collect();
+    let mut changed = page.clone();
+    changed[100..140].fill(7);
+    let session = BackupSession::begin(&vault, &keyring, DATASET).unwrap();
+    let page_id = session.store_blob(BlobKind::Data, page.clone()).unwrap();
+    let tree = session
+        .store_blob(BlobKind::Tree, Tree::default().encode())
+        .unwrap();
+    session
+        .finish(VersionKind::Tree, tree, vec![], VersionStats::default())
+        .unwrap();
+    let session = BackupSession::begin(&vault, &keyring, DATASET).unwrap();
+    let previous = Fixed {
+        base: page_id,
+        plain: page.clone(),
+    };
+    session
+        .store_pages(
+            &changed[..],
+            8192,
+            &previous,
+            &embassy_core::progress::Silent,
+        )
+        .unwrap();
+    session
+        .finish(VersionKind::Tree, tree, vec![], VersionStats::default())
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("vault.key");
@@ -220,9 +320,10 @@ fn a_key_file_and_a_pack_open_from_the_spec_alone() {
     // From here on, only bytes and the spec.
     let r = open_key_file(&std::fs::read(&key_path).unwrap(), PASS);
     assert_eq!(&r, root.expose());
-    // Data and tree blobs may land in one pack or in two (the writer packs in parallel).
+    // Data and tree blobs may land in one pack or in two (the writer packs in parallel); the
+    // second and third versions add one pack each.
     let packs = site.list(&format!("packs/{DATASET}/")).unwrap();
-    assert!(!packs.is_empty() && packs.len() <= 2, "{packs:?}");
+    assert!(packs.len() >= 3 && packs.len() <= 4, "{packs:?}");
     let mut blobs = Vec::new();
     for pack in &packs {
         let bytes = site.get(&pack.path).unwrap();
@@ -232,7 +333,13 @@ fn a_key_file_and_a_pack_open_from_the_spec_alone() {
             .ends_with(&blake3::hash(&bytes).to_hex().to_string()));
         blobs.extend(open_pack(&r, DATASET, &bytes));
     }
-    assert_eq!(blobs.len(), 3);
+    apply_deltas(&r, DATASET, &mut blobs);
+    assert_eq!(blobs.len(), 5);
+    assert!(blobs.iter().any(|b| b.kind == 0 && b.plaintext == page));
+    assert!(
+        blobs.iter().any(|b| b.kind == 2 && b.plaintext == changed),
+        "the changed page is a delta, read from the spec alone"
+    );
     assert!(blobs
         .iter()
         .any(|b| b.kind == 0 && b.plaintext == compressible));

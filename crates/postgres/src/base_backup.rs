@@ -38,7 +38,7 @@ use crate::replication::{ConnConfig, ReplicationConnection};
 
 mod archive;
 
-use archive::{dir_node, Collector, Placement};
+use archive::{dir_node, Collector, Placement, Previous};
 
 /// Manifest property naming a PostgreSQL base backup (value `1`).
 pub const PROP_BASE_BACKUP: &str = "postgres.base_backup";
@@ -241,6 +241,7 @@ pub fn base_backup(
         let tablespaces = stream.tablespaces.clone();
         let oids: Vec<u32> = tablespaces.iter().map(|t| t.oid).collect();
         let mut collector = Collector::new(&session, progress);
+        collector.previous = previous_version(vault, keyring, dataset).map(Previous::new);
         let stop = loop {
             match stream.next_event()? {
                 BackupEvent::Archive { name, .. } => {
@@ -323,6 +324,27 @@ pub fn base_backup(
         .finish(VersionKind::Tree, root, source, stats)
         .map_err(PgError::Vault)?;
     Ok(BaseBackup { version, info })
+}
+
+/// The dataset's newest tree version (the previous base backup), opened to store changed pages
+/// as deltas against it; None when there is none, the key cannot read it, or it cannot be read
+/// (then every page is stored alone, as before).
+fn previous_version(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+) -> Option<embassy_core::engine::reader::VersionReader> {
+    if !keyring.can_read(dataset) {
+        return None;
+    }
+    let version = vault
+        .versions(dataset)
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|v| v.kind == VersionKind::Tree)?;
+    embassy_core::engine::reader::VersionReader::open_with(vault.site().clone(), keyring, &version)
+        .ok()
 }
 
 /// Where an archive of the stream goes in the version: `base.tar` at the root, a tablespace's

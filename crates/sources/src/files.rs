@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use embassy_core::engine::reader::VersionReader;
 use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::engine::writer::{BackupSession, StoreError};
-use embassy_core::format::chunker::Chunking;
+use embassy_core::format::chunker::{Chunking, PG_PAGE};
 use embassy_core::format::manifest::{VersionKind, VersionStats};
 use embassy_core::format::pack::BlobKind;
 use embassy_core::format::tree::{Node, NodeKind, Tree};
@@ -33,11 +33,12 @@ use crate::selection::{is_cache_dir, CACHEDIR_TAG};
 pub use crate::selection::{BackupSelection, Patterns, RestoreSelection};
 
 mod restore;
-/// The relation-file rule, kept where file-tree users have always found it.
 pub use crate::relation::{
     is_relation_dir, is_relation_file_name, RelationChunker, LARGE_RELATION_CHUNK,
     PAGE_CHUNK_BUDGET,
 };
+/// The relation-file rule, kept where file-tree users have always found it.
+use crate::relation::{page_ids, PreviousPages};
 pub use restore::{restore, RestoreOptions, RestoreStats, MAX_RESTORE_DEPTH};
 
 /// A completed backup.
@@ -89,6 +90,9 @@ struct FileJob {
     size: u64,
     chunking: Chunking,
     new: bool,
+    /// A relation file cut in pages whose previous version was cut in pages too: that
+    /// version's page ids, to store changed pages as deltas against.
+    previous_pages: Option<Vec<ChunkId>>,
 }
 
 struct Scan<'a> {
@@ -181,6 +185,9 @@ impl Scan<'_> {
                 size: node.size,
                 chunking,
                 new: prev.is_none_or(|p| p.kind != NodeKind::File),
+                previous_pages: prev
+                    .filter(|_| self.previous.is_some())
+                    .and_then(|p| page_ids(p, chunking)),
             });
             Ok(Some(Scanned::File {
                 node,
@@ -246,6 +253,7 @@ type ReadResult = Option<(Vec<ChunkId>, u64)>;
 
 fn read_file(
     session: &BackupSession,
+    previous: Option<&VersionReader>,
     job: &FileJob,
     progress: &dyn Progress,
 ) -> Result<ReadResult> {
@@ -259,7 +267,13 @@ fn read_file(
             })
         }
     };
-    match session.store_reader_with(file, job.chunking, progress) {
+    let stored = match (previous, &job.previous_pages) {
+        (Some(reader), Some(pages)) => {
+            session.store_pages(file, PG_PAGE, &PreviousPages { reader, pages }, progress)
+        }
+        _ => session.store_reader_with(file, job.chunking, progress),
+    };
+    match stored {
         Ok(result) => Ok(Some(result)),
         Err(StoreError::Read(e)) => Err(Error::Source {
             what: job.path.display().to_string(),
@@ -547,7 +561,7 @@ pub fn backup_with(
     order.sort_by_key(|&i| Reverse(jobs[i].size));
     let results: Vec<(usize, ReadResult)> = order
         .par_iter()
-        .map(|&i| read_file(&session, &jobs[i], progress).map(|r| (i, r)))
+        .map(|&i| read_file(&session, previous.as_ref(), &jobs[i], progress).map(|r| (i, r)))
         .collect::<Result<_>>()?;
     let mut read: Vec<Option<ReadResult>> = vec![None; jobs.len()];
     for (i, r) in results {

@@ -10,7 +10,11 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use embassy_core::engine::reader::VersionReader;
+use embassy_core::engine::writer::DeltaBases;
 use embassy_core::format::chunker::{Chunking, PG_PAGE};
+use embassy_core::format::tree::{Node, NodeKind};
+use embassy_core::id::ChunkId;
 
 /// True if `name` is a PostgreSQL relation file name: `16384`, `16384.1`, `16384_fsm`,
 /// `16384_vm`, `16384_init` (a relfilenode, an optional fork, an optional segment number).
@@ -144,6 +148,36 @@ impl RelationChunker {
             Chunking::Aligned(LARGE_RELATION_CHUNK)
         }
     }
+}
+
+/// The pages of a relation file's previous version, read through that version: what a backup
+/// stores the file's changed pages against, as deltas (docs/format.md §5, *Delta blobs*).
+pub struct PreviousPages<'a> {
+    /// The previous version.
+    pub reader: &'a VersionReader,
+    /// The file's page ids in that version.
+    pub pages: &'a [ChunkId],
+}
+
+impl DeltaBases for PreviousPages<'_> {
+    fn base_of(&self, page: usize) -> Option<ChunkId> {
+        self.reader.delta_base_for(self.pages.get(page)?)
+    }
+
+    fn read_base(&self, base: &ChunkId) -> embassy_core::Result<Vec<u8>> {
+        self.reader.read_base(base)
+    }
+}
+
+/// The page ids of `prev`, a relation file's node in the previous version, when both it and
+/// the file now (`chunking`) are cut in 8 KiB pages (one chunk per page).
+pub fn page_ids(prev: &Node, chunking: Chunking) -> Option<Vec<ChunkId>> {
+    let page = u64::from(PG_PAGE);
+    (chunking == Chunking::Aligned(PG_PAGE)
+        && prev.kind == NodeKind::File
+        && !prev.content.is_empty()
+        && prev.content.len() as u64 == prev.size.div_ceil(page))
+    .then(|| prev.content.clone())
 }
 
 #[cfg(test)]

@@ -278,15 +278,21 @@ impl VersionReader {
         self.read_blob_of_kind(id, None)
     }
 
-    /// Reads one blob through its mappings of `kind` (any when `None`): the first that opens.
-    /// When none does, the first mapping's error is returned (it names the pack).
+    /// Reads one blob through its mappings of `kind` (any content, full or delta, when
+    /// `None`): the first that opens. When none does, the first mapping's error is returned
+    /// (it names the pack). A delta is read with its base, which must be a full data blob.
     fn read_blob_of_kind(&self, id: &ChunkId, kind: Option<BlobKind>) -> Result<Vec<u8>> {
         let mut first_error = None;
         for location in self.locate(id)? {
             if kind.is_some_and(|k| k != location.blob.kind) {
                 continue;
             }
-            match self.read_at(location.pack, &location.blob) {
+            let read = if location.blob.kind == BlobKind::Delta {
+                self.read_delta_at(location.pack, &location.blob)
+            } else {
+                self.read_at(location.pack, &location.blob)
+            };
+            match read {
                 Ok(plain) => return Ok(plain),
                 Err(e) if e.is_integrity() || matches!(e, Error::Missing { .. }) => {
                     first_error.get_or_insert(e);
@@ -297,7 +303,14 @@ impl VersionReader {
         Err(first_error.unwrap_or_else(|| {
             Error::corrupt(
                 layout::manifest(&self.keys.dataset, &self.version.manifest),
-                format!("chunk {} is used as a tree but stored as data", id.short()),
+                match kind {
+                    Some(BlobKind::Data) => format!(
+                        "chunk {} is the base of a delta but is stored only as a delta itself \
+                         (a delta's base must be a full blob)",
+                        id.short()
+                    ),
+                    _ => format!("chunk {} is used as a tree but stored as data", id.short()),
+                },
             )
         }))
     }
@@ -309,6 +322,43 @@ impl VersionReader {
         self.open_range(&path, entry.offset as u64, entry.length as u64, |sealed| {
             pack::open_blob(&key, &self.keys, &path, entry, sealed)
         })
+    }
+
+    /// Reads the delta `entry` says is in pack `number`, and its base (a full data blob
+    /// through the version's indexes), and reconstructs the content, checked against its id.
+    fn read_delta_at(&self, number: u32, entry: &BlobEntry) -> Result<Vec<u8>> {
+        let base_id = entry.base.ok_or_else(|| {
+            Error::corrupt(self.pack_path(number), "a delta entry without a base")
+        })?;
+        let base = self.read_base(&base_id)?;
+        let key = self.pack_key(number)?;
+        let path = self.pack_path(number);
+        self.open_range(&path, entry.offset as u64, entry.length as u64, |sealed| {
+            let mut sealed = sealed.to_vec();
+            let frame = pack::open_delta_in_place(&key, &path, entry, &mut sealed)?;
+            let mut out = Vec::new();
+            pack::apply_delta(&self.keys, &path, entry, frame, &base, &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// Reads the full blob a delta applies to (never a delta: depth 1).
+    pub fn read_base(&self, base: &ChunkId) -> Result<Vec<u8>> {
+        self.read_blob_of_kind(base, Some(BlobKind::Data))
+    }
+
+    /// The full data blob to store a new version of chunk `id` against: `id` itself when the
+    /// version's indexes hold it as a full data blob, else the base of its delta. None when
+    /// the version does not hold it as data.
+    pub fn delta_base_for(&self, id: &ChunkId) -> Option<ChunkId> {
+        let locations = self.locations.get(id)?;
+        if locations.iter().any(|l| l.blob.kind == BlobKind::Data) {
+            return Some(*id);
+        }
+        locations
+            .iter()
+            .find(|l| l.blob.kind == BlobKind::Delta)
+            .and_then(|l| l.blob.base)
     }
 
     /// Reads `len` bytes at `offset` of `path` and opens them with `open`. When they do not
@@ -381,24 +431,148 @@ impl VersionReader {
         Ok((trees, data))
     }
 
+    /// The bases of the deltas among `ids` (chunks stored as deltas in the version's indexes):
+    /// blobs the version needs although its trees do not name them.
+    pub fn delta_bases<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a ChunkId>,
+    ) -> std::collections::HashSet<ChunkId> {
+        ids.into_iter()
+            .filter_map(|id| self.locations.get(id))
+            .flatten()
+            .filter_map(|l| l.blob.base)
+            .collect()
+    }
+
     /// The root tree.
     pub fn root(&self) -> Result<Tree> {
         self.read_tree(&self.manifest.root)
     }
 
     /// Reads many blobs, grouped by pack so each pack is read once in one request, in parallel;
-    /// calls `sink` with each blob's plaintext in no particular order.
+    /// calls `sink` with each blob's plaintext in no particular order. Deltas are read first
+    /// (their frames are small and kept), then the full blobs asked for and the deltas' bases,
+    /// each delta reconstructed as its base arrives: no base is held longer than its blob.
     pub fn for_each_blob(
         &self,
         ids: impl IntoIterator<Item = ChunkId>,
         sink: &(dyn Fn(&ChunkId, &[u8]) -> Result<()> + Sync),
     ) -> Result<()> {
-        let mut by_pack: HashMap<u32, Vec<BlobEntry>> = HashMap::new();
+        let mut fulls: HashMap<u32, Vec<BlobEntry>> = HashMap::new();
+        let mut deltas: HashMap<u32, Vec<BlobEntry>> = HashMap::new();
         for id in ids {
-            let first = self.locate(&id)?[0];
-            by_pack.entry(first.pack).or_default().push(first.blob);
+            let locations = self.locate(&id)?;
+            // A full copy when the version has one: no base to read.
+            let chosen = locations
+                .iter()
+                .find(|l| l.blob.kind != BlobKind::Delta)
+                .unwrap_or(&locations[0]);
+            let into = if chosen.blob.kind == BlobKind::Delta {
+                &mut deltas
+            } else {
+                &mut fulls
+            };
+            into.entry(chosen.pack).or_default().push(chosen.blob);
         }
-        let mut work: Vec<(u32, Vec<BlobEntry>)> = by_pack.into_iter().collect();
+        let fallback = |id: &ChunkId| sink(id, &self.read_blob(id)?);
+        if deltas.is_empty() {
+            return self.read_packs(
+                fulls,
+                &|key, path, entry, sealed, scratch| {
+                    sink(
+                        &entry.id,
+                        pack::open_blob_in_place(key, &self.keys, path, entry, sealed, scratch)?,
+                    )
+                },
+                &fallback,
+            );
+        }
+        // 1. The deltas' frames, by base (the AEAD already binds each to its base).
+        type Waiting = HashMap<ChunkId, Vec<(BlobEntry, String, Vec<u8>)>>;
+        let waiting: Mutex<Waiting> = Mutex::new(HashMap::new());
+        self.read_packs(
+            deltas,
+            &|key, path, entry, sealed, _| {
+                let frame = pack::open_delta_in_place(key, path, entry, sealed)?.to_vec();
+                let base = entry
+                    .base
+                    .ok_or_else(|| Error::corrupt(path, "a delta entry without a base"))?;
+                waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(base)
+                    .or_default()
+                    .push((*entry, path.to_string(), frame));
+                Ok(())
+            },
+            &fallback,
+        )?;
+        let waiting = waiting.into_inner().unwrap_or_else(|p| p.into_inner());
+        // 2. The full blobs asked for, and the bases (full copies only: depth 1).
+        let asked: std::collections::HashSet<ChunkId> =
+            fulls.values().flatten().map(|e| e.id).collect();
+        for base in waiting.keys() {
+            let location = self
+                .locate(base)?
+                .iter()
+                .find(|l| l.blob.kind == BlobKind::Data)
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        layout::manifest(&self.keys.dataset, &self.version.manifest),
+                        format!(
+                            "chunk {} is the base of a delta but is stored only as a delta \
+                             itself (a delta's base must be a full blob)",
+                            base.short()
+                        ),
+                    )
+                })?;
+            fulls.entry(location.pack).or_default().push(location.blob);
+        }
+        let waiting = Mutex::new(waiting);
+        let arrived = |id: &ChunkId, plain: &[u8]| -> Result<()> {
+            if asked.contains(id) {
+                sink(id, plain)?;
+            }
+            let mine = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            let mut out = Vec::new();
+            for (entry, path, frame) in mine.into_iter().flatten() {
+                pack::apply_delta(&self.keys, &path, &entry, &frame, plain, &mut out)?;
+                sink(&entry.id, &out)?;
+            }
+            Ok(())
+        };
+        self.read_packs(
+            fulls,
+            &|key, path, entry, sealed, scratch| {
+                arrived(
+                    &entry.id,
+                    pack::open_blob_in_place(key, &self.keys, path, entry, sealed, scratch)?,
+                )
+            },
+            &|id| arrived(id, &self.read_base(id)?),
+        )?;
+        let left = waiting.into_inner().unwrap_or_else(|p| p.into_inner());
+        match left.keys().next() {
+            None => Ok(()),
+            Some(base) => Err(Error::corrupt(
+                layout::manifest(&self.keys.dataset, &self.version.manifest),
+                format!("the base {} of a delta was never read", base.short()),
+            )),
+        }
+    }
+
+    /// Reads the blobs of `work` (by pack number), one pack per task, in parallel, runs of
+    /// nearby blobs in one request, and calls `open` with each blob's stored bytes. A blob
+    /// that does not open is read through its other mappings (`fallback`, when the version
+    /// has several), or once more from the whole pack checked against its name.
+    #[allow(clippy::type_complexity)]
+    fn read_packs(
+        &self,
+        work: HashMap<u32, Vec<BlobEntry>>,
+        open: &(dyn Fn(&ObjectKey, &str, &BlobEntry, &mut [u8], &mut Vec<u8>) -> Result<()> + Sync),
+        fallback: &(dyn Fn(&ChunkId) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let mut work: Vec<(u32, Vec<BlobEntry>)> = work.into_iter().collect();
         work.sort_by_key(|(n, _)| *n);
         // One pack per task: packs are few and heavy, so idle threads steal them one by one.
         work.par_iter_mut()
@@ -431,15 +605,8 @@ impl VersionReader {
                     for entry in &entries[i..j] {
                         let at = (entry.offset as u64 - start) as usize;
                         let range = at..at + entry.length as usize;
-                        match pack::open_blob_in_place(
-                            &key,
-                            &self.keys,
-                            &path,
-                            entry,
-                            &mut span[range.clone()],
-                            &mut scratch,
-                        ) {
-                            Ok(plain) => sink(&entry.id, plain)?,
+                        match open(&key, &path, entry, &mut span[range.clone()], &mut scratch) {
+                            Ok(()) => {}
                             // Another index of the version maps the chunk elsewhere: try that.
                             Err(e)
                                 if e.is_integrity()
@@ -448,7 +615,7 @@ impl VersionReader {
                                         .get(&entry.id)
                                         .is_some_and(|l| l.len() > 1) =>
                             {
-                                sink(&entry.id, &self.read_blob(&entry.id)?)?;
+                                fallback(&entry.id)?;
                             }
                             Err(e) if e.is_integrity() && !refetched => {
                                 // A damaged copy: take the span from the whole pack, checked
@@ -459,15 +626,7 @@ impl VersionReader {
                                     Error::corrupt(&path, "shorter than its index says")
                                 })?;
                                 span.copy_from_slice(&fresh);
-                                let plain = pack::open_blob_in_place(
-                                    &key,
-                                    &self.keys,
-                                    &path,
-                                    entry,
-                                    &mut span[range],
-                                    &mut scratch,
-                                )?;
-                                sink(&entry.id, plain)?;
+                                open(&key, &path, entry, &mut span[range], &mut scratch)?;
                             }
                             Err(e) => return Err(e),
                         }

@@ -120,6 +120,7 @@ impl BackupSession {
             failed: AtomicBool::new(false),
             new_chunks: AtomicU64::new(0),
             new_bytes_stored: AtomicU64::new(0),
+            new_deltas: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
             peak_queued_bytes: AtomicU64::new(0),
@@ -159,17 +160,21 @@ impl BackupSession {
     }
 
     /// True if chunk `id` is new to the vault: it is then marked pending, and the caller must
-    /// hand it to the sealers. A chunk already stored counts its index as used.
+    /// hand it to the sealers. A chunk already stored counts its index as used (and for a
+    /// delta, its base's index); a delta whose base is not known as stored is stored again.
     fn admit(&self, id: ChunkId) -> bool {
         let mut known = lock(&self.shared.known);
-        match known.get(&id) {
-            Some(Known::Stored(index)) => {
-                let index = *index;
+        if matches!(known.get(&id), Some(Known::Pending)) {
+            return false;
+        }
+        match pipeline::indexes_for(&known, &id) {
+            Some((index, base_index)) => {
                 drop(known);
-                lock(&self.shared.used_indexes).insert(index);
+                let mut used = lock(&self.shared.used_indexes);
+                used.insert(index);
+                used.extend(base_index);
                 false
             }
-            Some(Known::Pending) => false,
             None => {
                 known.insert(id, Known::Pending);
                 true
@@ -189,16 +194,104 @@ impl BackupSession {
     /// Hashes one chunk of a stream, adds it to `batch` when new (handing the batch over
     /// first when it is full), and returns its id.
     fn store_chunk(&self, chunk: &[u8], batch: &mut Batch) -> Result<ChunkId> {
+        self.store_chunk_against(chunk, batch, None)
+    }
+
+    /// [`Self::store_chunk`], offering a new chunk to the sealers as a delta against the full
+    /// blob `base` gives (its id and a way to read its plaintext) when deltas are allowed and
+    /// that blob is stored as a full blob in an index this session trusts.
+    fn store_chunk_against(
+        &self,
+        chunk: &[u8],
+        batch: &mut Batch,
+        base: Option<(ChunkId, &dyn DeltaBases)>,
+    ) -> Result<ChunkId> {
         self.shared.check()?;
         let id = self.shared.keys.chunk_id(chunk);
         if self.admit(id) {
-            if batch.full_for(chunk.len()) {
+            let base = base
+                .filter(|(b, _)| *b != id && self.deltas_allowed())
+                .and_then(|(b, source)| self.base_plaintext(&b, source).map(|p| (b, p)));
+            let len = chunk.len() + base.as_ref().map_or(0, |(_, (_, p))| p.len());
+            if batch.full_for(len) {
                 let full = std::mem::replace(batch, self.pipeline.batch());
                 self.hand_over(full)?;
             }
-            batch.push(BlobKind::Data, id, chunk);
+            match base {
+                Some((b, (index, plain))) => batch.push_with_base(id, chunk, (b, index), &plain),
+                None => batch.push(BlobKind::Data, id, chunk),
+            }
         }
         Ok(id)
+    }
+
+    /// True when this vault's format has delta blobs ([`crate::format::config::DELTAS_SINCE`]).
+    fn deltas_allowed(&self) -> bool {
+        self.vault.config().format_version >= crate::format::config::DELTAS_SINCE
+    }
+
+    /// The index and plaintext of `base` when it may be a delta's base: stored as a full blob
+    /// in an index this session trusts (that index is named by the version's manifest when a
+    /// delta is kept, so readers, verify and garbage collection find the base through the
+    /// version). None otherwise, and when it cannot be read (the chunk is then stored alone; a
+    /// warning says why).
+    fn base_plaintext(
+        &self,
+        base: &ChunkId,
+        source: &dyn DeltaBases,
+    ) -> Option<(ObjectId, Vec<u8>)> {
+        let index = match lock(&self.shared.known).get(base) {
+            Some(Known::Stored(index, None)) => *index,
+            _ => return None,
+        };
+        match source.read_base(base) {
+            Ok(plain) if crate::format::pack::usable_base(&plain) => Some((index, plain)),
+            Ok(_) => None,
+            Err(e) => {
+                let mut warnings = lock(&self.warnings);
+                if warnings.len() < 100 {
+                    warnings.push(format!(
+                        "the previous version of a page could not be read, the page is stored \
+                         whole: {e}"
+                    ));
+                }
+                None
+            }
+        }
+    }
+
+    /// New chunks this session stored as deltas so far (counted as their packs are sealed).
+    pub fn deltas_stored(&self) -> u64 {
+        self.shared.new_deltas.load(Ordering::Relaxed)
+    }
+
+    /// Stores a PostgreSQL relation file cut in `page`-byte chunks, offering each new page as a
+    /// delta against the same page of the file's previous version (`previous`); returns its
+    /// chunk ids and length.
+    pub fn store_pages(
+        &self,
+        reader: impl Read,
+        page: u32,
+        previous: &dyn DeltaBases,
+        progress: &dyn Progress,
+    ) -> std::result::Result<(Vec<ChunkId>, u64), StoreError> {
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        let mut buf = ALIGNED_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let mut batch = self.pipeline.batch();
+        let result = aligned_chunks(reader, page, &mut buf, |chunk| {
+            total += chunk.len() as u64;
+            progress.add(chunk.len() as u64);
+            let base = previous.base_of(ids.len()).map(|b| (b, previous));
+            ids.push(self.store_chunk_against(chunk, &mut batch, base)?);
+            Ok(())
+        });
+        ALIGNED_BUFFER.with(|b| *b.borrow_mut() = buf);
+        match self.end_stream(batch, result) {
+            Ok(()) => Ok((ids, total)),
+            Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
+            Err(ChunkError::Consumer(e)) => Err(StoreError::Vault(e)),
+        }
     }
 
     /// Batches handed to the sealers so far: one per [`BATCH_BYTES`] of new chunks (or per
@@ -298,11 +391,14 @@ impl BackupSession {
         let known = lock(&self.shared.known);
         let mut indexes = HashSet::new();
         for id in ids {
-            match known.get(id) {
-                Some(Known::Stored(index)) => {
-                    indexes.insert(*index);
+            if matches!(known.get(id), Some(Known::Pending)) {
+                continue;
+            }
+            match pipeline::indexes_for(&known, id) {
+                Some((index, base_index)) => {
+                    indexes.insert(index);
+                    indexes.extend(base_index);
                 }
-                Some(Known::Pending) => {}
                 None => return false,
             }
         }
@@ -459,6 +555,15 @@ impl Drop for BackupSession {
     }
 }
 
+/// Where a page's previous version is: what [`BackupSession::store_pages`] deltas against.
+pub trait DeltaBases: Sync {
+    /// The full blob to store page `page` (counted from 0) against, if any: the same page of
+    /// the file's previous version, or that page's own base when it is a delta (depth 1).
+    fn base_of(&self, page: usize) -> Option<ChunkId>;
+    /// The plaintext of a full blob named by [`DeltaBases::base_of`], checked against its id.
+    fn read_base(&self, base: &ChunkId) -> Result<Vec<u8>>;
+}
+
 /// Failure while storing a stream: the source or the vault.
 #[derive(Debug)]
 pub enum StoreError {
@@ -598,7 +703,12 @@ fn load_known_chunks(
         match index::decode(keys, &l.path, &l.bytes) {
             Ok((_, entries)) => {
                 for e in entries {
-                    known.insert(e.blob.id, Known::Stored(l.id));
+                    // A full copy is preferred: only it may serve as a delta's base.
+                    if e.blob.base.is_none()
+                        || !matches!(known.get(&e.blob.id), Some(Known::Stored(_, None)))
+                    {
+                        known.insert(e.blob.id, Known::Stored(l.id, e.blob.base));
+                    }
                 }
             }
             Err(e) if e.is_integrity() => {

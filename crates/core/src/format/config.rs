@@ -39,8 +39,14 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// unresolved fork (or history a fork displaced), so two verifiers would disagree on whether
 /// the dataset verifies and which version is the newest. Older vaults stay readable and
 /// writable, and withdrawals count in them too (the rule only removes an entry nothing
-/// continues, in a race its own signer lost).
-pub const FORMAT_VERSION: u32 = 6;
+/// continues, in a race its own signer lost). Version 7: delta blobs (blob kind 2,
+/// docs/format.md §5), a changed PostgreSQL page stored against the same page's previous
+/// version; a version-6 program refuses their index entries (an unknown blob kind) and, worse,
+/// its garbage collection's repacking does not know that a delta keeps its base alive and would
+/// drop bases that kept versions need.
+pub const FORMAT_VERSION: u32 = 7;
+/// The first format version whose writers store delta blobs (`format::pack::BlobKind::Delta`).
+pub const DELTAS_SINCE: u32 = 7;
 /// The first format version whose base backups record their WAL start and whose streamed WAL
 /// retention collects (`history::wal_retention`).
 pub const WAL_RETENTION_SINCE: u32 = 4;

@@ -37,6 +37,8 @@ pub struct Blobs {
     pub unique_bytes: u64,
     /// Stored (compressed, encrypted) bytes of the distinct data blobs.
     pub stored_bytes: u64,
+    /// Of the distinct data blobs, those stored as deltas against another (format 6).
+    pub deltas: u64,
 }
 
 /// One dataset's figures.
@@ -155,8 +157,9 @@ fn blobs(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Blobs> {
     let mut blobs = Blobs::default();
     for (kind, raw, stored) in seen.into_values() {
         match kind {
-            BlobKind::Data => {
+            BlobKind::Data | BlobKind::Delta => {
                 blobs.data += 1;
+                blobs.deltas += u64::from(kind == BlobKind::Delta);
                 blobs.unique_bytes += raw as u64;
                 blobs.stored_bytes += stored as u64;
             }

@@ -7,14 +7,15 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use embassy_core::engine::reader::VersionReader;
 use embassy_core::engine::writer::{BackupSession, StoreError};
-use embassy_core::format::chunker::Chunking;
+use embassy_core::format::chunker::{Chunking, PG_PAGE};
 use embassy_core::format::manifest::VersionStats;
 use embassy_core::format::pack::BlobKind;
 use embassy_core::format::tree::{Node, NodeKind, Tree};
 use embassy_core::id::ChunkId;
 use embassy_core::progress::Progress;
-use embassy_sources::relation::{is_relation_path, RelationChunker};
+use embassy_sources::relation::{is_relation_path, page_ids, PreviousPages, RelationChunker};
 
 use crate::error::PgError;
 
@@ -178,6 +179,43 @@ impl Placement<'_> {
     }
 }
 
+/// The dataset's previous version (the base backup this one builds on), opened to store changed
+/// relation pages as deltas against the same pages there; its folders' trees read once each.
+pub(super) struct Previous {
+    reader: VersionReader,
+    trees: HashMap<Vec<Vec<u8>>, Option<Tree>>,
+}
+
+impl Previous {
+    /// Compares with the version `reader` opened.
+    pub(super) fn new(reader: VersionReader) -> Self {
+        Previous {
+            reader,
+            trees: HashMap::new(),
+        }
+    }
+
+    /// The node at `path` in the previous version, if it has one.
+    fn node(&mut self, path: &[Vec<u8>]) -> Option<Node> {
+        let (name, dir) = path.split_last()?;
+        for depth in 0..=dir.len() {
+            if self.trees.contains_key(&dir[..depth]) {
+                continue;
+            }
+            let tree = match depth.checked_sub(1) {
+                None => self.reader.root().ok(),
+                Some(up) => self.trees[&dir[..depth - 1]]
+                    .as_ref()
+                    .and_then(|t| t.find(&dir[up]))
+                    .and_then(|n| n.subtree)
+                    .and_then(|id| self.reader.read_tree(&id).ok()),
+            };
+            self.trees.insert(dir[..depth].to_vec(), tree);
+        }
+        self.trees.get(dir)?.as_ref()?.find(name).cloned()
+    }
+}
+
 /// Everything the archives of one base backup are stored into.
 pub(super) struct Collector<'a> {
     /// The version being written.
@@ -192,6 +230,8 @@ pub(super) struct Collector<'a> {
     pub stats: VersionStats,
     /// What restore needs from the main archive.
     pub extracted: Extracted,
+    /// The previous base backup, for deltas (None: every page is stored alone).
+    pub previous: Option<Previous>,
 }
 
 impl<'a> Collector<'a> {
@@ -204,6 +244,7 @@ impl<'a> Collector<'a> {
             budgets: HashMap::new(),
             stats: VersionStats::default(),
             extracted: Extracted::default(),
+            previous: None,
         }
     }
 
@@ -243,6 +284,7 @@ impl<'a> Collector<'a> {
             budgets,
             stats,
             extracted,
+            previous,
         } = self;
         let mut archive = tar::Archive::new(archive);
         let entries = archive.entries().map_err(read_error)?;
@@ -294,9 +336,23 @@ impl<'a> Collector<'a> {
                         .map_err(store_error)?
                 } else {
                     let chunking = chunking_for(&path, header.size().unwrap_or(0), budgets);
-                    session
-                        .store_reader_with(&mut entry, chunking, *progress)
-                        .map_err(store_error)?
+                    let pages = previous
+                        .as_mut()
+                        .and_then(|p| p.node(&path))
+                        .and_then(|n| page_ids(&n, chunking));
+                    match (previous.as_ref(), pages) {
+                        (Some(p), Some(pages)) => session.store_pages(
+                            &mut entry,
+                            PG_PAGE,
+                            &PreviousPages {
+                                reader: &p.reader,
+                                pages: &pages,
+                            },
+                            *progress,
+                        ),
+                        _ => session.store_reader_with(&mut entry, chunking, *progress),
+                    }
+                    .map_err(store_error)?
                 };
                 node.content = content;
                 node.size = length;

@@ -106,6 +106,8 @@ pub(super) fn repack(plan: &Plan, report: &mut GcReport) -> Result<Vec<ObjectId>
     for version in &versions {
         let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
         let (trees, data) = reader.chunks()?;
+        // A delta keeps its base alive, though no tree names the base.
+        live.extend(reader.delta_bases(&data));
         live.extend(trees);
         live.extend(data);
     }
@@ -261,7 +263,10 @@ fn rewrite(
     let mut compressor = BlobCompressor::new()?;
     let mut packs: Vec<(ObjectId, Vec<BlobEntry>)> = Vec::new();
     let mut writer = PackWriter::new(keys, target.min(64 << 20));
+    // Chunks copied, and those copied as a full blob: a full copy is copied even after a delta
+    // of the same chunk was (it may be the base of other deltas, which need a full one).
     let mut copied: HashSet<ChunkId> = HashSet::new();
+    let mut copied_full: HashSet<ChunkId> = HashSet::new();
     let put_pack = |writer: PackWriter, report: &mut GcReport| -> Result<_> {
         let (bytes, blobs) = writer.finish();
         let id = ObjectId::of(&bytes);
@@ -280,20 +285,35 @@ fn rewrite(
                 .ok_or_else(|| Error::corrupt(&path, "shorter than a pack header"))?;
             let key = pack::open_key(keys, &path, header)?;
             for blob in blobs {
-                if !live.contains(&blob.id) || copied.contains(&blob.id) {
+                let full = blob.kind != pack::BlobKind::Delta;
+                if !live.contains(&blob.id)
+                    || copied_full.contains(&blob.id)
+                    || (!full && copied.contains(&blob.id))
+                {
                     continue;
                 }
                 let start = blob.offset as usize;
                 let sealed = bytes
                     .get(start..start.saturating_add(blob.length as usize))
                     .ok_or_else(|| Error::corrupt(&path, "shorter than its index says"))?;
-                let plain = pack::open_blob(&key, keys, &path, blob, sealed)?;
-                writer.add(&mut compressor, blob.kind, blob.id, &plain)?;
+                if blob.kind == pack::BlobKind::Delta {
+                    // Moved as it is (its base may be in another pack): the AEAD checks it,
+                    // the content is checked whenever it is read with its base.
+                    let mut sealed = sealed.to_vec();
+                    let frame = pack::open_delta_in_place(&key, &path, blob, &mut sealed)?;
+                    writer.add_delta_frame(blob, frame)?;
+                } else {
+                    let plain = pack::open_blob(&key, keys, &path, blob, sealed)?;
+                    writer.add(&mut compressor, blob.kind, blob.id, &plain)?;
+                }
                 copied.insert(blob.id);
+                if full {
+                    copied_full.insert(blob.id);
+                }
                 if writer.len() >= target {
-                    let full =
+                    let done =
                         std::mem::replace(&mut writer, PackWriter::new(keys, target.min(64 << 20)));
-                    packs.push(put_pack(full, report)?);
+                    packs.push(put_pack(done, report)?);
                 }
             }
         }

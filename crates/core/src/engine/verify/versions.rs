@@ -166,7 +166,10 @@ pub(super) fn deep_check_version(
     } = *findings;
     let result = (|| -> Result<bool> {
         let reader = VersionReader::open_with(vault.site().clone(), keyring, version)?;
-        let (seen, data) = reader.chunks()?;
+        let (seen, mut data) = reader.chunks()?;
+        // The bases of its deltas are needed too, though no tree names them.
+        let bases = reader.delta_bases(&data);
+        data.extend(bases);
         let dataset = &version.dataset;
         let manifest_path = layout::manifest(dataset, &version.manifest);
         let mut missing = 0u64;

@@ -32,11 +32,29 @@ use crate::site::Site;
 /// Where a known chunk is.
 #[derive(Clone, Copy)]
 pub(super) enum Known {
-    /// In an index object already on the site.
-    Stored(ObjectId),
+    /// In an index object already on the site: as a full blob (`None`, which may serve as a
+    /// delta's base), or as a delta against the given base.
+    Stored(ObjectId, Option<ChunkId>),
     /// Handed to a sealer in this session (or in a producer's batch about to be handed over);
     /// its index will be one of this session's.
     Pending,
+}
+
+/// The indexes a version must name to use stored chunk `id`: the one that maps it, and for a
+/// delta the one that maps its base as a full blob. None when `id` is not stored, or is a delta
+/// whose base is not (any more) known as a full blob: then it must be stored again.
+pub(super) fn indexes_for(
+    known: &HashMap<ChunkId, Known>,
+    id: &ChunkId,
+) -> Option<(ObjectId, Option<ObjectId>)> {
+    match known.get(id)? {
+        Known::Stored(index, None) => Some((*index, None)),
+        Known::Stored(index, Some(base)) => match known.get(base)? {
+            Known::Stored(base_index, None) => Some((*index, Some(*base_index))),
+            _ => None,
+        },
+        Known::Pending => None,
+    }
 }
 
 /// Bytes of chunks a producer gathers before handing them to the sealers in one message
@@ -45,10 +63,19 @@ pub const BATCH_BYTES: usize = 1 << 20;
 /// Batches that may wait in the queue to the sealers, per sealer thread.
 pub const QUEUED_BATCHES: usize = 2;
 
+/// One blob of a batch: its kind, id and length, and for a page that may be stored as a delta
+/// its base's chunk id, length and index (the base's plaintext follows the blob's bytes).
+struct BatchBlob {
+    kind: BlobKind,
+    id: ChunkId,
+    len: usize,
+    base: Option<(ChunkId, usize, ObjectId)>,
+}
+
 /// New chunks on their way to a sealer: their bytes back to back in one buffer.
 pub(super) struct Batch {
     data: Vec<u8>,
-    blobs: Vec<(BlobKind, ChunkId, usize)>,
+    blobs: Vec<BatchBlob>,
 }
 
 impl Batch {
@@ -57,7 +84,12 @@ impl Batch {
         let len = data.len();
         Batch {
             data,
-            blobs: vec![(kind, id, len)],
+            blobs: vec![BatchBlob {
+                kind,
+                id,
+                len,
+                base: None,
+            }],
         }
     }
 
@@ -69,7 +101,32 @@ impl Batch {
     /// Appends a copy of one chunk.
     pub(super) fn push(&mut self, kind: BlobKind, id: ChunkId, bytes: &[u8]) {
         self.data.extend_from_slice(bytes);
-        self.blobs.push((kind, id, bytes.len()));
+        self.blobs.push(BatchBlob {
+            kind,
+            id,
+            len: bytes.len(),
+            base: None,
+        });
+    }
+
+    /// Appends a copy of one data chunk and of the full blob it may be stored against as a
+    /// delta (the sealer keeps the smaller of the delta and the chunk compressed alone), with
+    /// the index that maps that base (the version's manifest names it when a delta is kept).
+    pub(super) fn push_with_base(
+        &mut self,
+        id: ChunkId,
+        bytes: &[u8],
+        base: (ChunkId, ObjectId),
+        plain: &[u8],
+    ) {
+        self.data.extend_from_slice(bytes);
+        self.data.extend_from_slice(plain);
+        self.blobs.push(BatchBlob {
+            kind: BlobKind::Data,
+            id,
+            len: bytes.len(),
+            base: Some((base.0, plain.len(), base.1)),
+        });
     }
 
     /// True when no chunk was added.
@@ -91,6 +148,8 @@ pub(super) struct Shared {
     pub(super) failed: AtomicBool,
     pub(super) new_chunks: AtomicU64,
     pub(super) new_bytes_stored: AtomicU64,
+    /// New chunks stored as deltas.
+    pub(super) new_deltas: AtomicU64,
     /// Batches handed to the sealers (for tests and measurements).
     pub(super) handoffs: AtomicU64,
     /// Bytes of chunks handed over and not yet sealed, and the most there ever were.
@@ -144,7 +203,7 @@ impl Shared {
         {
             let mut known = lock(&self.known);
             for e in entries {
-                known.insert(e.id, Known::Stored(index_id));
+                known.insert(e.id, Known::Stored(index_id, e.base));
             }
         }
         lock(&self.used_indexes).insert(index_id);
@@ -189,12 +248,28 @@ impl Shared {
         uploads: &Sender<PackWriter>,
     ) {
         let mut at = 0;
-        for &(kind, id, len) in &batch.blobs {
-            let raw = &batch.data[at..at + len];
-            at += len;
+        for blob in &batch.blobs {
+            let raw = &batch.data[at..at + blob.len];
+            at += blob.len;
             let writer = pack
                 .get_or_insert_with(|| PackWriter::new(&self.keys, self.pack_target + PACK_SLACK));
-            if let Err(e) = writer.add(compressor, kind, id, raw) {
+            let added = match blob.base {
+                Some((base, base_len, base_index)) => {
+                    let plain = &batch.data[at..at + base_len];
+                    at += base_len;
+                    writer
+                        .add_data(compressor, blob.id, raw, Some((base, plain)))
+                        .map(|(_, kind)| {
+                            if kind == BlobKind::Delta {
+                                self.new_deltas.fetch_add(1, Ordering::Relaxed);
+                                // Readers find the base through the version's own indexes.
+                                lock(&self.used_indexes).insert(base_index);
+                            }
+                        })
+                }
+                None => writer.add(compressor, blob.kind, blob.id, raw).map(|_| ()),
+            };
+            if let Err(e) = added {
                 return self.fail(e);
             }
             if writer.len() >= self.pack_target {
