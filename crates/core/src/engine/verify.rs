@@ -118,8 +118,6 @@ pub fn verify_with(
     progress: &dyn Progress,
     known: Option<&Known>,
 ) -> Result<VerifyReport> {
-    // Every ledger entry is read from the site, even one this process decoded before.
-    let _fresh = crate::history::ledger::FreshReads::begin();
     let known = known.filter(|_| keys.is_none());
     let site = vault.site().as_ref();
     // Objects checked in full this run, or remembered and listed unchanged: path → size.
