@@ -242,8 +242,11 @@ impl embassy_core::engine::writer::DeltaBases for Fixed {
     fn base_of(&self, page: usize) -> Option<embassy_core::id::ChunkId> {
         (page == 0).then_some(self.base)
     }
-    fn read_base(&self, _: &embassy_core::id::ChunkId) -> embassy_core::Result<Vec<u8>> {
-        Ok(self.plain.clone())
+    fn read_bases(
+        &self,
+        bases: &std::collections::HashSet<embassy_core::id::ChunkId>,
+    ) -> embassy_core::Result<std::collections::HashMap<embassy_core::id::ChunkId, Vec<u8>>> {
+        Ok(bases.iter().map(|b| (*b, self.plain.clone())).collect())
     }
 }
 

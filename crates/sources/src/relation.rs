@@ -7,8 +7,10 @@
 //! `pg_tblspc/<tablespace oid>/`). Their files are cut on page boundaries so that unchanged pages
 //! dedup against earlier versions (see docs/design.md).
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use embassy_core::engine::reader::VersionReader;
 use embassy_core::engine::writer::DeltaBases;
@@ -164,8 +166,19 @@ impl DeltaBases for PreviousPages<'_> {
         self.reader.delta_base_for(self.pages.get(page)?)
     }
 
-    fn read_base(&self, base: &ChunkId) -> embassy_core::Result<Vec<u8>> {
-        self.reader.read_base(base)
+    fn read_bases(
+        &self,
+        bases: &HashSet<ChunkId>,
+    ) -> embassy_core::Result<HashMap<ChunkId, Vec<u8>>> {
+        let read = Mutex::new(HashMap::with_capacity(bases.len()));
+        self.reader
+            .for_each_blob(bases.iter().copied(), &|id, plain| {
+                read.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(*id, plain.to_vec());
+                Ok(())
+            })?;
+        Ok(read.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

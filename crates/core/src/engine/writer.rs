@@ -194,35 +194,33 @@ impl BackupSession {
     /// Hashes one chunk of a stream, adds it to `batch` when new (handing the batch over
     /// first when it is full), and returns its id.
     fn store_chunk(&self, chunk: &[u8], batch: &mut Batch) -> Result<ChunkId> {
-        self.store_chunk_against(chunk, batch, None)
-    }
-
-    /// [`Self::store_chunk`], offering a new chunk to the sealers as a delta against the full
-    /// blob `base` gives (its id and a way to read its plaintext) when deltas are allowed and
-    /// that blob is stored as a full blob in an index this session trusts.
-    fn store_chunk_against(
-        &self,
-        chunk: &[u8],
-        batch: &mut Batch,
-        base: Option<(ChunkId, &dyn DeltaBases)>,
-    ) -> Result<ChunkId> {
         self.shared.check()?;
         let id = self.shared.keys.chunk_id(chunk);
         if self.admit(id) {
-            let base = base
-                .filter(|(b, _)| *b != id && self.deltas_allowed())
-                .and_then(|(b, source)| self.base_plaintext(&b, source).map(|p| (b, p)));
-            let len = chunk.len() + base.as_ref().map_or(0, |(_, (_, p))| p.len());
-            if batch.full_for(len) {
-                let full = std::mem::replace(batch, self.pipeline.batch());
-                self.hand_over(full)?;
-            }
-            match base {
-                Some((b, (index, plain))) => batch.push_with_base(id, chunk, (b, index), &plain),
-                None => batch.push(BlobKind::Data, id, chunk),
-            }
+            self.push_new(batch, id, chunk, None)?;
         }
         Ok(id)
+    }
+
+    /// Adds a new chunk to `batch` (handing the batch over first when it is full), with the
+    /// full blob it may be stored against as a delta (its id, index and plaintext).
+    fn push_new(
+        &self,
+        batch: &mut Batch,
+        id: ChunkId,
+        chunk: &[u8],
+        base: Option<(ChunkId, ObjectId, &[u8])>,
+    ) -> Result<()> {
+        let len = chunk.len() + base.map_or(0, |(_, _, p)| p.len());
+        if batch.full_for(len) {
+            let full = std::mem::replace(batch, self.pipeline.batch());
+            self.hand_over(full)?;
+        }
+        match base {
+            Some((b, index, plain)) => batch.push_with_base(id, chunk, (b, index), plain),
+            None => batch.push(BlobKind::Data, id, chunk),
+        }
+        Ok(())
     }
 
     /// True when this vault's format has delta blobs ([`crate::format::config::DELTAS_SINCE`]).
@@ -230,34 +228,48 @@ impl BackupSession {
         self.vault.config().format_version >= crate::format::config::DELTAS_SINCE
     }
 
-    /// The index and plaintext of `base` when it may be a delta's base: stored as a full blob
-    /// in an index this session trusts (that index is named by the version's manifest when a
-    /// delta is kept, so readers, verify and garbage collection find the base through the
-    /// version). None otherwise, and when it cannot be read (the chunk is then stored alone; a
-    /// warning says why).
-    fn base_plaintext(
-        &self,
-        base: &ChunkId,
-        source: &dyn DeltaBases,
-    ) -> Option<(ObjectId, Vec<u8>)> {
-        let index = match lock(&self.shared.known).get(base) {
-            Some(Known::Stored(index, None)) => *index,
-            _ => return None,
-        };
-        match source.read_base(base) {
-            Ok(plain) if crate::format::pack::usable_base(&plain) => Some((index, plain)),
-            Ok(_) => None,
-            Err(e) => {
-                let mut warnings = lock(&self.warnings);
-                if warnings.len() < 100 {
-                    warnings.push(format!(
-                        "the previous version of a page could not be read, the page is stored \
-                         whole: {e}"
-                    ));
-                }
-                None
-            }
+    /// The index that maps `base` when it may be a delta's base: stored as a full blob in an
+    /// index this session trusts (that index is named by the version's manifest when a delta
+    /// is kept, so readers, verify and garbage collection find the base through the version).
+    fn base_index(&self, base: &ChunkId) -> Option<ObjectId> {
+        match lock(&self.shared.known).get(base) {
+            Some(Known::Stored(index, None)) => Some(*index),
+            _ => None,
         }
+    }
+
+    /// Reads the bases of the new pages in `waiting` together (one request per run of nearby
+    /// blobs of a pack, not one per page) and adds each page to `batch`, with its base when that
+    /// could be read and may serve as one, else alone (a warning says why).
+    fn flush_waiting(
+        &self,
+        waiting: &mut Vec<WaitingPage>,
+        previous: &dyn DeltaBases,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let wanted: HashSet<ChunkId> = waiting.iter().map(|w| w.base).collect();
+        let bases = previous.read_bases(&wanted).unwrap_or_else(|e| {
+            let mut warnings = lock(&self.warnings);
+            if warnings.len() < 100 {
+                warnings.push(format!(
+                    "the previous version of {} pages could not be read, they are stored \
+                     whole: {e}",
+                    waiting.len()
+                ));
+            }
+            HashMap::new()
+        });
+        for w in waiting.drain(..) {
+            let plain = bases
+                .get(&w.base)
+                .filter(|p| crate::format::pack::usable_base(p));
+            let base = plain.map(|p| (w.base, w.index, p.as_slice()));
+            self.push_new(batch, w.id, &w.bytes, base)?;
+        }
+        Ok(())
     }
 
     /// New chunks this session stored as deltas so far (counted as their packs are sealed).
@@ -279,14 +291,42 @@ impl BackupSession {
         let mut total = 0u64;
         let mut buf = ALIGNED_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
         let mut batch = self.pipeline.batch();
+        let deltas = self.deltas_allowed();
+        let mut waiting: Vec<WaitingPage> = Vec::new();
         let result = aligned_chunks(reader, page, &mut buf, |chunk| {
             total += chunk.len() as u64;
             progress.add(chunk.len() as u64);
-            let base = previous.base_of(ids.len()).map(|b| (b, previous));
-            ids.push(self.store_chunk_against(chunk, &mut batch, base)?);
+            self.shared.check()?;
+            let id = self.shared.keys.chunk_id(chunk);
+            let base = previous.base_of(ids.len()).filter(|b| deltas && *b != id);
+            ids.push(id);
+            if self.admit(id) {
+                match base.and_then(|b| self.base_index(&b).map(|index| (b, index))) {
+                    Some((base, index)) => {
+                        waiting.push(WaitingPage {
+                            id,
+                            bytes: chunk.to_vec(),
+                            base,
+                            index,
+                        });
+                        if waiting.len() >= PAGES_PER_BASE_READ {
+                            self.flush_waiting(&mut waiting, previous, &mut batch)?;
+                        }
+                    }
+                    None => self.push_new(&mut batch, id, chunk, None)?,
+                }
+            }
             Ok(())
         });
         ALIGNED_BUFFER.with(|b| *b.borrow_mut() = buf);
+        // Pages admitted as new are stored whatever happened to the stream after them.
+        let result = match (
+            result,
+            self.flush_waiting(&mut waiting, previous, &mut batch),
+        ) {
+            (Ok(()), Err(e)) => Err(ChunkError::Consumer(e)),
+            (result, _) => result,
+        };
         match self.end_stream(batch, result) {
             Ok(()) => Ok((ids, total)),
             Err(ChunkError::Read(e)) => Err(StoreError::Read(e)),
@@ -560,8 +600,21 @@ pub trait DeltaBases: Sync {
     /// The full blob to store page `page` (counted from 0) against, if any: the same page of
     /// the file's previous version, or that page's own base when it is a delta (depth 1).
     fn base_of(&self, page: usize) -> Option<ChunkId>;
-    /// The plaintext of a full blob named by [`DeltaBases::base_of`], checked against its id.
-    fn read_base(&self, base: &ChunkId) -> Result<Vec<u8>>;
+    /// The plaintexts of full blobs named by [`DeltaBases::base_of`], each checked against its
+    /// id, read together (a backup asks for up to [`PAGES_PER_BASE_READ`] at a time).
+    fn read_bases(&self, bases: &HashSet<ChunkId>) -> Result<HashMap<ChunkId, Vec<u8>>>;
+}
+
+/// New pages whose bases [`BackupSession::store_pages`] reads in one go: one request per run
+/// of nearby blobs of a pack instead of one per changed page (a GET each from an S3 site).
+pub const PAGES_PER_BASE_READ: usize = 128;
+
+/// A page new to the vault waiting for its base to be read.
+struct WaitingPage {
+    id: ChunkId,
+    bytes: Vec<u8>,
+    base: ChunkId,
+    index: ObjectId,
 }
 
 /// Failure while storing a stream: the source or the vault.
