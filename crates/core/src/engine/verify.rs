@@ -811,75 +811,141 @@ fn check_deltas(
             by_base.entry((dataset, base)).or_default().push(d);
         }
     }
-    let findings = Mutex::new(DeltaFindings::default());
-    let groups: Vec<((String, ChunkId), Vec<OpenedDelta>)> = by_base.into_iter().collect();
-    groups.par_iter().for_each(|((dataset, base), group)| {
-        let prefix = layout::packs_prefix(dataset);
+    let mut findings = DeltaFindings::default();
+    // Each base found in a verified pack's directory, grouped by that pack.
+    let mut by_pack: HashMap<String, Vec<(pack::BlobEntry, Vec<OpenedDelta>)>> = HashMap::new();
+    for ((dataset, base), group) in by_base {
+        let prefix = layout::packs_prefix(&dataset);
         let found = directories
             .iter()
             .filter(|(path, _)| path.starts_with(prefix.as_str()))
             .find_map(|(path, ids)| {
-                ids.get(base)?
+                ids.get(&base)?
                     .iter()
                     .find(|e| e.kind == pack::BlobKind::Data)
                     .map(|e| (path.clone(), *e))
             });
-        let record = |f: &mut DeltaFindings, is_problem: bool, text: String| {
-            if is_problem {
-                f.problems.push(text)
-            } else {
-                f.notes.push(text)
-            }
-        };
-        let Some((path, entry)) = found else {
-            let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
-            let any_unread = unread.iter().any(|p| p.starts_with(prefix.as_str()));
-            for d in group {
-                let text = format!(
-                    "{}: delta blob {} not checked: its base {} is in no {} pack",
-                    d.pack,
-                    d.entry.id.short(),
-                    base.short(),
-                    if any_unread { "readable" } else { "stored" }
-                );
-                if any_unread {
-                    f.unreadable.push(text)
-                } else {
-                    record(&mut f, false, text)
-                }
-            }
-            return;
-        };
-        let keys = &group[0].keys;
-        let base_plain = (|| -> Result<Vec<u8>> {
-            let header = site.get_range(&path, 0, pack::HEADER_LEN as u64)?;
-            let key = pack::open_key(keys, &path, &header)?;
-            let sealed = site.get_range(&path, u64::from(entry.offset), u64::from(entry.length))?;
-            pack::open_blob(&key, keys, &path, &entry, &sealed)
-        })();
-        let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
-        match base_plain {
-            Ok(plain) => {
-                let mut out = Vec::new();
+        match found {
+            Some((path, entry)) => by_pack.entry(path).or_default().push((entry, group)),
+            None => {
+                let any_unread = unread.iter().any(|p| p.starts_with(prefix.as_str()));
                 for d in group {
-                    if let Err(e) =
-                        pack::apply_delta(&d.keys, &d.pack, &d.entry, &d.frame, &plain, &mut out)
-                    {
-                        record(&mut f, true, e.to_string());
+                    let text = format!(
+                        "{}: delta blob {} not checked: its base {} is in no {} pack",
+                        d.pack,
+                        d.entry.id.short(),
+                        base.short(),
+                        if any_unread { "readable" } else { "stored" }
+                    );
+                    if any_unread {
+                        findings.unreadable.push(text)
+                    } else {
+                        findings.notes.push(text)
                     }
                 }
             }
-            Err(e) if e.kind() == crate::ErrorKind::Integrity => {
-                record(&mut f, true, e.to_string())
+        }
+    }
+    // Per pack: its key opened once, its bases read again in runs of nearby blobs (not one
+    // request and one key opening per base), each base checked against its id, then applied.
+    let findings = Mutex::new(findings);
+    let packs: Vec<(String, Vec<(pack::BlobEntry, Vec<OpenedDelta>)>)> =
+        by_pack.into_iter().collect();
+    packs.par_iter().for_each(|(path, bases)| {
+        let outcome = check_pack_bases(site, path, bases);
+        let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
+        for (group, result) in bases.iter().map(|(_, g)| g).zip(outcome) {
+            match result {
+                Ok(problems) => f.problems.extend(problems),
+                Err(e) if e.kind() == crate::ErrorKind::Integrity => f.problems.push(e.to_string()),
+                Err(e) => f.unreadable.push(format!(
+                    "{path}: the base {} of {} deltas cannot be read: {e}",
+                    group[0].entry.base.map(|b| b.short()).unwrap_or_default(),
+                    group.len()
+                )),
             }
-            Err(e) => f.unreadable.push(format!(
-                "{path}: the base {} of {} deltas cannot be read: {e}",
-                base.short(),
-                group.len()
-            )),
         }
     });
     findings.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Largest gap between two bases of a pack read in one request by [`check_pack_bases`].
+const BASE_RUN_GAP: u64 = 256 * 1024;
+
+/// Reads the bases of one pack (runs of nearby blobs in one request, its key opened once) and
+/// applies each base's deltas to it; per base, in order, the deltas' problems or why the base
+/// could not be read.
+fn check_pack_bases(
+    site: &dyn crate::site::Site,
+    path: &str,
+    bases: &[(pack::BlobEntry, Vec<OpenedDelta>)],
+) -> Vec<Result<Vec<String>>> {
+    let keys = &bases[0].1[0].keys;
+    let key = match site
+        .get_range(path, 0, pack::HEADER_LEN as u64)
+        .map_err(Error::from)
+        .and_then(|header| pack::open_key(keys, path, &header))
+    {
+        Ok(key) => key,
+        Err(e) => {
+            let text = e.to_string();
+            let integrity = e.kind() == crate::ErrorKind::Integrity;
+            return bases
+                .iter()
+                .map(|_| {
+                    Err(if integrity {
+                        Error::corrupt(path, text.clone())
+                    } else {
+                        Error::invalid(text.clone())
+                    })
+                })
+                .collect();
+        }
+    };
+    let mut order: Vec<usize> = (0..bases.len()).collect();
+    order.sort_by_key(|&i| bases[i].0.offset);
+    let mut results: Vec<Option<Result<Vec<String>>>> = bases.iter().map(|_| None).collect();
+    let mut i = 0;
+    while i < order.len() {
+        let start = u64::from(bases[order[i]].0.offset);
+        let mut end = start + u64::from(bases[order[i]].0.length);
+        let mut j = i + 1;
+        while j < order.len() {
+            let e = &bases[order[j]].0;
+            if u64::from(e.offset) > end + BASE_RUN_GAP {
+                break;
+            }
+            end = end.max(u64::from(e.offset) + u64::from(e.length));
+            j += 1;
+        }
+        let span = site
+            .get_range(path, start, end - start)
+            .map_err(Error::from);
+        for &k in &order[i..j] {
+            let (entry, group) = &bases[k];
+            let at = (u64::from(entry.offset) - start) as usize;
+            let plain = match &span {
+                Ok(span) => span
+                    .get(at..at + entry.length as usize)
+                    .ok_or_else(|| Error::corrupt(path, "shorter than its index says"))
+                    .and_then(|sealed| pack::open_blob(&key, keys, path, entry, sealed)),
+                Err(e) => Err(Error::invalid(e.to_string())),
+            };
+            results[k] = Some(plain.map(|plain| {
+                let mut out = Vec::new();
+                group
+                    .iter()
+                    .filter_map(|d| {
+                        pack::apply_delta(&d.keys, &d.pack, &d.entry, &d.frame, &plain, &mut out)
+                            .err()
+                            .map(|e| e.to_string())
+                    })
+                    .collect()
+            }));
+        }
+        i = j;
+    }
+    results.into_iter().flatten().collect()
 }
 
 /// Why an object that hashes to its name is not of the kind its folder holds (its magic, or for
