@@ -4,6 +4,7 @@
 //! base, garbage collection keeping a delta's base while its version is kept and collecting it
 //! after, and vaults of format 5 getting no deltas. Against real local-folder sites.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,12 @@ use embassy_core::engine::prune;
 use embassy_core::engine::reader::VersionReader;
 use embassy_core::engine::vault::{Keyring, Vault, Version};
 use embassy_core::engine::verify;
+use embassy_core::engine::writer::{BackupSession, DeltaBases};
 use embassy_core::format::config::{now_unix_nanos, VaultConfig};
 use embassy_core::format::layout;
+use embassy_core::format::manifest::{VersionKind, VersionStats};
 use embassy_core::format::pack::{BlobEntry, BlobKind};
+use embassy_core::format::tree::Tree;
 use embassy_core::history::retention::RetentionPolicy;
 use embassy_core::id::ChunkId;
 use embassy_core::keys::RootSecret;
@@ -417,6 +421,61 @@ fn a_backup_reads_the_bases_of_changed_pages_together_not_one_request_per_page()
         ranges <= 3 * packs && 3 * packs < changed.len() as u64,
         "{ranges} ranged pack reads for {} changed pages in {packs} packs",
         changed.len()
+    );
+}
+
+/// A writer that names a page of the previous version as a delta's base but makes the delta
+/// against other bytes (a holder of the dataset's keys that lies, or a bug).
+struct LyingBases {
+    base: ChunkId,
+    plain: Vec<u8>,
+}
+
+impl DeltaBases for LyingBases {
+    fn base_of(&self, page: usize) -> Option<ChunkId> {
+        (page == 0).then_some(self.base)
+    }
+    fn read_bases(
+        &self,
+        bases: &HashSet<ChunkId>,
+    ) -> embassy_core::Result<HashMap<ChunkId, Vec<u8>>> {
+        Ok(bases.iter().map(|b| (*b, self.plain.clone())).collect())
+    }
+}
+
+#[test]
+fn deep_verify_finds_a_delta_made_against_other_bytes_than_its_base() {
+    let s = Setup::new(8, None);
+    s.backup();
+    s.verifies();
+    let keyring = s.keyring();
+    let day0 = fs::read(s.heap()).unwrap();
+    let base = keyring.dataset(DS).unwrap().chunk_id(&day0[..PAGE]);
+    let mut changed = day0[..PAGE].to_vec();
+    changed[100..140].fill(7);
+    // The delta is made against these bytes, not against the base its entry names.
+    let mut other = changed.clone();
+    other[4000..4016].fill(1);
+    let session = BackupSession::begin(&s.vault, &keyring, DS).unwrap();
+    let lying = LyingBases { base, plain: other };
+    session
+        .store_pages(&changed[..], PAGE as u32, &lying, &Silent)
+        .unwrap();
+    let tree = session
+        .store_blob(BlobKind::Tree, Tree::default().encode())
+        .unwrap();
+    session
+        .finish(VersionKind::Tree, tree, vec![], VersionStats::default())
+        .unwrap();
+    let keyless = verify::verify(&s.vault, None, &Silent).unwrap();
+    assert!(keyless.is_ok(), "keyless: {:?}", keyless.problems);
+    let deep = verify::verify(&s.vault, Some(&keyring), &Silent).unwrap();
+    assert!(
+        deep.problems
+            .iter()
+            .any(|p| p.contains(&base.short()) && p.contains("delta blob")),
+        "deep verify names the delta and its base: {:?}",
+        deep.problems
     );
 }
 

@@ -38,7 +38,7 @@ pub enum BlobKind {
     /// A serialized directory ([`crate::format::tree::Tree`]).
     Tree,
     /// File content stored as a delta against another data blob of the same dataset, its
-    /// *base* (format 6): a PostgreSQL page against the same page's previous version. The
+    /// *base* (format 7): a PostgreSQL page against the same page's previous version. The
     /// base is always a full [`BlobKind::Data`] blob (depth 1), named in [`BlobEntry::base`].
     Delta,
 }
