@@ -190,6 +190,42 @@ fn packs() -> Vec<(ObjectId, Vec<BlobEntry>)> {
         with_mode(1, &join_u16(&cbor(&Vec::<BlobEntry>::new()), &[])),
         embassy_fuzz::pack,
     );
+    // Deltas (kind 2): a changed page against the harness's fixed base, stored and sealed.
+    let base = embassy_fuzz::delta_base();
+    let base_id = keys.chunk_id(base);
+    let mut page = base.to_vec();
+    page[..8].copy_from_slice(&42u64.to_le_bytes());
+    page[3000..3064].fill(9);
+    let mut writer = PackWriter::new(keys, 0);
+    let (_, kind) = writer
+        .add_data(&mut comp, keys.chunk_id(&page), &page, Some((base_id, base)))
+        .expect("add delta");
+    assert_eq!(kind, BlobKind::Delta, "a small change is stored as a delta");
+    let (stored_delta, _) = writer.finish();
+    corpus.valid(
+        "stored-delta",
+        with_mode(0, &stored_delta),
+        embassy_fuzz::pack,
+    );
+    let frame = zstd::bulk::Compressor::with_dictionary(3, base)
+        .and_then(|mut c| c.compress(&page))
+        .expect("zstd with a raw-content dictionary");
+    let mut area = vec![2u8];
+    area.extend_from_slice(&frame);
+    area.extend_from_slice(&[0u8; embassy_core::keys::crypto::TAG_LEN]);
+    let delta = BlobEntry {
+        kind: BlobKind::Delta,
+        id: keys.chunk_id(&page),
+        offset: pack::HEADER_LEN as u32,
+        length: area.len() as u32,
+        raw_length: page.len() as u32,
+        base: Some(base_id),
+    };
+    corpus.valid(
+        "sealed-delta",
+        with_mode(1, &join_u16(&cbor(&vec![delta]), &area)),
+        embassy_fuzz::pack,
+    );
     println!("fuzz_pack: {} seeds", corpus.written);
     finding_zstd_reserve();
     vec![
@@ -249,6 +285,8 @@ fn indexes(packs: &[(ObjectId, Vec<BlobEntry>)]) -> Vec<ObjectId> {
         packs: packs.iter().map(|(id, _)| *id).collect(),
         key_id: keys.key_id(),
         signer: writer.verifying_key().to_bytes(),
+        replaces: Vec::new(),
+        as_of_seq: 0,
     };
     let body: Vec<IndexEntry> = packs
         .iter()
@@ -334,6 +372,7 @@ fn ledgers(manifest: ObjectId) {
             kind: VersionKind::Tree,
             captured_at_ns: 1_700_000_000_000_000_000,
             stats: VersionStats::default(),
+            wal_start: None,
         },
     };
     let first_bytes = ledger::encode(&first, &f.writers[0]);

@@ -147,9 +147,47 @@ fn pack_as_stored(bytes: &[u8]) -> bool {
     let mut all_ok = true;
     for entry in &entries {
         let ciphertext = blob_range(bytes, entry);
-        all_ok &= pack::open_blob(&key, &f.keys, PATH, entry, ciphertext).is_ok();
+        all_ok &= open_entry(&key, entry, ciphertext);
     }
     all_ok
+}
+
+/// The base every delta of the harness is applied to (whatever base id its entry names): a
+/// heap-like 8 KiB page, so seeds made against it reconstruct and mutations reach zstd's
+/// dictionary decoding.
+pub fn delta_base() -> &'static [u8] {
+    static BASE: OnceLock<Vec<u8>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        (0..8192)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                if i % 2 == 0 {
+                    (s & 0xff) as u8
+                } else {
+                    b'a' + (i % 7) as u8
+                }
+            })
+            .collect()
+    })
+}
+
+/// Opens one blob as a reader does: a full blob with `open_blob`; a delta (an index entry of
+/// kind 2 with its base, a payload of compression 2) with `open_delta_in_place`, then its frame
+/// applied to [`delta_base`] with `apply_delta`.
+fn open_entry(key: &ObjectKey, entry: &BlobEntry, ciphertext: &[u8]) -> bool {
+    let f = fixture();
+    if entry.kind != BlobKind::Delta {
+        return pack::open_blob(key, &f.keys, PATH, entry, ciphertext).is_ok();
+    }
+    let mut sealed = ciphertext.to_vec();
+    let Ok(frame) = pack::open_delta_in_place(key, PATH, entry, &mut sealed) else {
+        return false;
+    };
+    let mut out = Vec::new();
+    pack::apply_delta(&f.keys, PATH, entry, frame, delta_base(), &mut out).is_ok()
 }
 
 fn pack_as_sealed(data: &[u8]) -> bool {
@@ -171,12 +209,12 @@ fn pack_as_sealed(data: &[u8]) -> bool {
         let ciphertext = match slot.len().checked_sub(TAG_LEN) {
             Some(plain_len) => f.pack_key.encrypt(
                 entry.offset as u64,
-                &blob_aad(entry.kind, &entry.id),
+                &blob_aad(entry),
                 &slot[..plain_len],
             ),
             None => slot.to_vec(),
         };
-        all_ok &= pack::open_blob(&f.pack_key, &f.keys, PATH, entry, &ciphertext).is_ok();
+        all_ok &= open_entry(&f.pack_key, entry, &ciphertext);
     }
     all_ok
 }
@@ -193,11 +231,14 @@ fn blob_range<'a>(pack: &'a [u8], entry: &BlobEntry) -> &'a [u8] {
     &pack[start..end]
 }
 
-/// `"EMBBLOB1" | kind | chunk id`, as in docs/format.md.
-pub fn blob_aad(kind: BlobKind, id: &ChunkId) -> Vec<u8> {
+/// `"EMBBLOB1" | kind | chunk id [| base chunk id, deltas only]`, as in docs/format.md §5.
+pub fn blob_aad(entry: &BlobEntry) -> Vec<u8> {
     let mut aad = b"EMBBLOB1".to_vec();
-    aad.push(kind.into());
-    aad.extend_from_slice(&id.0);
+    aad.push(entry.kind.into());
+    aad.extend_from_slice(&entry.id.0);
+    if let Some(base) = &entry.base {
+        aad.extend_from_slice(&base.0);
+    }
     aad
 }
 
