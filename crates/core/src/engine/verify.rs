@@ -813,7 +813,7 @@ fn check_deltas(
     }
     let mut findings = DeltaFindings::default();
     // Each base found in a verified pack's directory, grouped by that pack.
-    let mut by_pack: HashMap<String, Vec<(pack::BlobEntry, Vec<OpenedDelta>)>> = HashMap::new();
+    let mut by_pack: HashMap<String, Vec<BaseDeltas>> = HashMap::new();
     for ((dataset, base), group) in by_base {
         let prefix = layout::packs_prefix(&dataset);
         let found = directories
@@ -849,8 +849,7 @@ fn check_deltas(
     // Per pack: its key opened once, its bases read again in runs of nearby blobs (not one
     // request and one key opening per base), each base checked against its id, then applied.
     let findings = Mutex::new(findings);
-    let packs: Vec<(String, Vec<(pack::BlobEntry, Vec<OpenedDelta>)>)> =
-        by_pack.into_iter().collect();
+    let packs: Vec<(String, Vec<BaseDeltas>)> = by_pack.into_iter().collect();
     packs.par_iter().for_each(|(path, bases)| {
         let outcome = check_pack_bases(site, path, bases);
         let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
@@ -869,6 +868,9 @@ fn check_deltas(
     findings.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A base's entry in its pack and the deltas that apply to it.
+type BaseDeltas = (pack::BlobEntry, Vec<OpenedDelta>);
+
 /// Largest gap between two bases of a pack read in one request by [`check_pack_bases`].
 const BASE_RUN_GAP: u64 = 256 * 1024;
 
@@ -878,7 +880,7 @@ const BASE_RUN_GAP: u64 = 256 * 1024;
 fn check_pack_bases(
     site: &dyn crate::site::Site,
     path: &str,
-    bases: &[(pack::BlobEntry, Vec<OpenedDelta>)],
+    bases: &[BaseDeltas],
 ) -> Vec<Result<Vec<String>>> {
     let keys = &bases[0].1[0].keys;
     let key = match site
