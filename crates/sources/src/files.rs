@@ -33,11 +33,11 @@ use crate::selection::{is_cache_dir, CACHEDIR_TAG};
 pub use crate::selection::{BackupSelection, Patterns, RestoreSelection};
 
 mod restore;
+/// The relation-file rule, kept where file-tree users have always found it.
 pub use crate::relation::{
     is_relation_dir, is_relation_file_name, RelationChunker, LARGE_RELATION_CHUNK,
     PAGE_CHUNK_BUDGET,
 };
-/// The relation-file rule, kept where file-tree users have always found it.
 use crate::relation::{page_ids, PreviousPages};
 pub use restore::{restore, RestoreOptions, RestoreStats, MAX_RESTORE_DEPTH};
 
