@@ -275,8 +275,6 @@ struct Watch {
     /// Rebuilds that failed in a row, and when the next may be tried.
     rebuild_failures: u32,
     next_rebuild: Option<Instant>,
-    /// Since when it has been seen diverged (rebuilt once its alarm is out).
-    diverged_since: Option<Instant>,
     /// The configuration the vault was opened with (opened anew when a reload changes sites).
     opened_with: Option<Arc<Config>>,
 }
@@ -770,14 +768,16 @@ impl Keeper {
                 w.stalled = None;
                 // Rebuilt once its alarm went out (people learn that it served what the
                 // promotion discarded), or after DIVERGED_HOLD if the alarm cannot be delivered.
-                let alarmed = lock(&self.shared.state).alarms.contains_key(&format!(
-                    "{}@{}",
-                    self.name(),
-                    crate::alarms::STANDBY_SITE
-                ));
-                let since = *w.diverged_since.get_or_insert_with(Instant::now);
-                if alarmed || since.elapsed() >= DIVERGED_HOLD {
-                    w.diverged_since = None;
+                // Held since it entered the phase (reset by a rebuild or by following again).
+                let (since, alarmed) = {
+                    let st = lock(&self.shared.state);
+                    let key = format!("{}@{}", self.name(), crate::alarms::STANDBY_SITE);
+                    (
+                        st.standbys.get(self.name()).map_or(now, |s| s.since),
+                        st.alarms.contains_key(&key),
+                    )
+                };
+                if alarmed || now - since >= DIVERGED_HOLD.as_secs() as i64 {
                     self.rebuild(vault, w, &why);
                 }
                 return;
@@ -816,7 +816,6 @@ impl Keeper {
         });
         self.phase("following");
         w.quick_exits = 0;
-        w.diverged_since = None;
         // Stalled: behind the vault and not moving.
         let pos = cols[1].to_string();
         if lag_bytes.unwrap_or(0) == 0 {
