@@ -264,13 +264,12 @@ struct Watch {
     quick_exits: u32,
     /// The replay position and since when it has not moved while behind the vault.
     stalled: Option<(String, Instant)>,
-    last_vault_look: Option<Instant>,
     /// The newest checked WAL in the vault (never a name alone: a hostile site's object named
     /// like later WAL is noise), and the objects judged so far.
     vault_wal: Option<embassy_postgres::status::SiteWal>,
     checked: embassy_postgres::status::CheckedWal,
-    /// The vault's newest timeline and its history file's content (None: none that checks
-    /// out), read once per timeline.
+    /// The vault's newest timeline (past 1) and its history file's content (None: none that
+    /// checks out), read once per timeline.
     lineage: Option<(u32, Option<String>)>,
     /// Rebuilds that failed in a row, and when the next may be tried.
     rebuild_failures: u32,
@@ -650,34 +649,24 @@ impl Keeper {
                        WHERE name ~ '^[0-9A-F]{24}$'), '')",
         );
         // The vault is listed after the standby was asked, so the lag is never understated.
-        if w.last_vault_look.is_none_or(|t| t.elapsed() >= TICK) {
-            w.last_vault_look = Some(Instant::now());
-            match w.checked.newest("vault", vault, self.name()) {
-                Ok(found) => w.vault_wal = found,
-                Err(e) => {
-                    self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}")))
-                }
-            }
-            // The newest timeline's history, read once per timeline (timeline 1 has none), and
-            // again at each look while the vault holds none that checks out.
-            if let Some(tl) = w.vault_wal.as_ref().map(|v| v.timeline) {
-                if w.lineage
-                    .as_ref()
-                    .is_none_or(|(t, h)| *t != tl || (tl > 1 && h.is_none()))
-                {
-                    let history = if tl <= 1 {
-                        Ok(None)
-                    } else {
-                        w.checked.history(vault, &self.keyring(), self.name(), tl)
-                    };
-                    match history {
-                        Ok(h) => w.lineage = Some((tl, h)),
-                        Err(e) => self.update(|s| {
-                            s.last_error =
-                                Some(format!("reading timeline {tl}'s history in the vault: {e}"))
-                        }),
-                    }
-                }
+        match w.checked.newest("vault", vault, self.name()) {
+            Ok(found) => w.vault_wal = found,
+            Err(e) => self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}"))),
+        }
+        // The newest timeline's history, read once per timeline (timeline 1 has none), and
+        // again at each look while the vault holds none that checks out.
+        let tl = w.vault_wal.as_ref().map_or(1, |v| v.timeline);
+        let known = w
+            .lineage
+            .as_ref()
+            .is_some_and(|(t, h)| *t == tl && h.is_some());
+        if tl > 1 && !known {
+            match w.checked.history(vault, &self.keyring(), self.name(), tl) {
+                Ok(h) => w.lineage = Some((tl, h)),
+                Err(e) => self.update(|s| {
+                    s.last_error =
+                        Some(format!("reading timeline {tl}'s history in the vault: {e}"))
+                }),
             }
         }
         let now = now_s();
