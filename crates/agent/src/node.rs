@@ -649,9 +649,11 @@ impl Keeper {
                        WHERE name ~ '^[0-9A-F]{24}$'), '')",
         );
         // The vault is listed after the standby was asked, so the lag is never understated.
+        // What went wrong looking (shown on its row, with what it leaves unknown).
+        let mut trouble = None;
         match w.checked.newest("vault", vault, self.name()) {
             Ok(found) => w.vault_wal = found,
-            Err(e) => self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}"))),
+            Err(e) => trouble = Some(format!("listing the vault's WAL: {e}")),
         }
         // The newest timeline's history, read once per timeline (timeline 1 has none), and
         // again at each look while the vault holds none that checks out.
@@ -663,10 +665,9 @@ impl Keeper {
         if tl > 1 && !known {
             match w.checked.history(vault, &self.keyring(), self.name(), tl) {
                 Ok(h) => w.lineage = Some((tl, h)),
-                Err(e) => self.update(|s| {
-                    s.last_error =
-                        Some(format!("reading timeline {tl}'s history in the vault: {e}"))
-                }),
+                Err(e) => {
+                    trouble = Some(format!("reading timeline {tl}'s history in the vault: {e}"))
+                }
             }
         }
         let now = now_s();
@@ -801,7 +802,10 @@ impl Keeper {
             s.last_replay_at = replay_ts;
             s.timeline = Some(target);
             s.vault_timeline = vault_wal.as_ref().map(|v| v.timeline);
-            s.last_error = unknown;
+            s.last_error = match (unknown, trouble) {
+                (Some(why), Some(cause)) => Some(format!("{why} ({cause})")),
+                (why, cause) => why.or(cause),
+            };
         });
         self.phase("following");
         w.quick_exits = 0;
