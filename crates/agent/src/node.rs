@@ -264,19 +264,16 @@ struct Watch {
     quick_exits: u32,
     /// The replay position and since when it has not moved while behind the vault.
     stalled: Option<(String, Instant)>,
-    last_vault_look: Option<Instant>,
     /// The newest checked WAL in the vault (never a name alone: a hostile site's object named
     /// like later WAL is noise), and the objects judged so far.
     vault_wal: Option<embassy_postgres::status::SiteWal>,
     checked: embassy_postgres::status::CheckedWal,
-    /// The vault's newest timeline and its history file's content (None: none that checks
-    /// out), read once per timeline.
+    /// The vault's newest timeline (past 1) and its history file's content (None: none that
+    /// checks out), read once per timeline.
     lineage: Option<(u32, Option<String>)>,
     /// Rebuilds that failed in a row, and when the next may be tried.
     rebuild_failures: u32,
     next_rebuild: Option<Instant>,
-    /// Since when it has been seen diverged (rebuilt once its alarm is out).
-    diverged_since: Option<Instant>,
     /// The configuration the vault was opened with (opened anew when a reload changes sites).
     opened_with: Option<Arc<Config>>,
 }
@@ -652,33 +649,24 @@ impl Keeper {
                        WHERE name ~ '^[0-9A-F]{24}$'), '')",
         );
         // The vault is listed after the standby was asked, so the lag is never understated.
-        if w.last_vault_look.is_none_or(|t| t.elapsed() >= TICK) {
-            w.last_vault_look = Some(Instant::now());
-            match w.checked.newest("vault", vault, self.name()) {
-                Ok(found) => w.vault_wal = found,
+        // What went wrong looking (shown on its row, with what it leaves unknown).
+        let mut trouble = None;
+        match w.checked.newest("vault", vault, self.name()) {
+            Ok(found) => w.vault_wal = found,
+            Err(e) => trouble = Some(format!("listing the vault's WAL: {e}")),
+        }
+        // The newest timeline's history, read once per timeline (timeline 1 has none), and
+        // again at each look while the vault holds none that checks out.
+        let tl = w.vault_wal.as_ref().map_or(1, |v| v.timeline);
+        let known = w
+            .lineage
+            .as_ref()
+            .is_some_and(|(t, h)| *t == tl && h.is_some());
+        if tl > 1 && !known {
+            match w.checked.history(vault, &self.keyring(), self.name(), tl) {
+                Ok(h) => w.lineage = Some((tl, h)),
                 Err(e) => {
-                    self.update(|s| s.last_error = Some(format!("listing the vault's WAL: {e}")))
-                }
-            }
-            // The newest timeline's history, read once per timeline (timeline 1 has none), and
-            // again at each look while the vault holds none that checks out.
-            if let Some(tl) = w.vault_wal.as_ref().map(|v| v.timeline) {
-                if w.lineage
-                    .as_ref()
-                    .is_none_or(|(t, h)| *t != tl || (tl > 1 && h.is_none()))
-                {
-                    let history = if tl <= 1 {
-                        Ok(None)
-                    } else {
-                        w.checked.history(vault, &self.keyring(), self.name(), tl)
-                    };
-                    match history {
-                        Ok(h) => w.lineage = Some((tl, h)),
-                        Err(e) => self.update(|s| {
-                            s.last_error =
-                                Some(format!("reading timeline {tl}'s history in the vault: {e}"))
-                        }),
-                    }
+                    trouble = Some(format!("reading timeline {tl}'s history in the vault: {e}"))
                 }
             }
         }
@@ -770,14 +758,16 @@ impl Keeper {
                 w.stalled = None;
                 // Rebuilt once its alarm went out (people learn that it served what the
                 // promotion discarded), or after DIVERGED_HOLD if the alarm cannot be delivered.
-                let alarmed = lock(&self.shared.state).alarms.contains_key(&format!(
-                    "{}@{}",
-                    self.name(),
-                    crate::alarms::STANDBY_SITE
-                ));
-                let since = *w.diverged_since.get_or_insert_with(Instant::now);
-                if alarmed || since.elapsed() >= DIVERGED_HOLD {
-                    w.diverged_since = None;
+                // Held since it entered the phase (reset by a rebuild or by following again).
+                let (since, alarmed) = {
+                    let st = lock(&self.shared.state);
+                    let key = format!("{}@{}", self.name(), crate::alarms::STANDBY_SITE);
+                    (
+                        st.standbys.get(self.name()).map_or(now, |s| s.since),
+                        st.alarms.contains_key(&key),
+                    )
+                };
+                if alarmed || now - since >= DIVERGED_HOLD.as_secs() as i64 {
                     self.rebuild(vault, w, &why);
                 }
                 return;
@@ -812,11 +802,13 @@ impl Keeper {
             s.last_replay_at = replay_ts;
             s.timeline = Some(target);
             s.vault_timeline = vault_wal.as_ref().map(|v| v.timeline);
-            s.last_error = unknown;
+            s.last_error = match (unknown, trouble) {
+                (Some(why), Some(cause)) => Some(format!("{why} ({cause})")),
+                (why, cause) => why.or(cause),
+            };
         });
         self.phase("following");
         w.quick_exits = 0;
-        w.diverged_since = None;
         // Stalled: behind the vault and not moving.
         let pos = cols[1].to_string();
         if lag_bytes.unwrap_or(0) == 0 {

@@ -37,17 +37,7 @@ fn a_registry_comes_back_from_one_site_and_three_shares_with_every_acknowledged_
         "registry",
         "durable.log",
     );
-    wait_until("the first durable WAL", Duration::from_secs(60), || {
-        home.durable() > 0
-    });
-    home.run(&[
-        "pg",
-        "base-backup",
-        "registry",
-        "--conninfo",
-        &pg.conninfo(),
-        "--wal-streamed",
-    ]);
+    home.base_backup_streamed(&pg.conninfo(), "registry");
     let split: serde_json::Value = serde_json::from_str(&home.run(&[
         "--json",
         "keys",

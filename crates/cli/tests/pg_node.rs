@@ -96,17 +96,7 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     let env = PgCli::new(EXE, "embassy-pgnode-");
     let _streamer = env.stream(&pg, "registry");
-    embassy_testkit::wait_until("the first durable WAL", Duration::from_secs(60), || {
-        env.durable() > 0
-    });
-    env.run(&[
-        "pg",
-        "base-backup",
-        "registry",
-        "--conninfo",
-        &pg.conninfo(),
-        "--wal-streamed",
-    ]);
+    env.base_backup_streamed(&pg.conninfo(), "registry");
     // Load at home all along.
     let mut bench = pg
         .pgbench_command(&["-n", "-c", "2", "-T", "600", "-R", "200"])
@@ -118,22 +108,7 @@ fn an_embassy_node_keeps_a_hot_standby_within_seconds_of_home_and_rebuilds_it() 
     let _servers = Servers(vec![data_dir.clone()]);
     let http = embassy_testkit::free_port();
     let pg_port = embassy_testkit::free_port();
-    std::fs::write(
-        env.path("embassy.toml"),
-        format!(
-            "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
-             [status]\nlisten = \"127.0.0.1:{http}\"\n\
-             [alarms]\ncommand = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET \
-             $EMBASSY_ALARM_SITE\\\" >> alarms.txt\"\n\
-             [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
-             [[sites]]\nname = \"home\"\npath = \"{}\"\n\
-             [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {pg_port}\n\
-             hot_standby = true\nlag_alarm = \"30s\"\n",
-            arg(&env.site()),
-            arg(&data_dir)
-        ),
-    )
-    .expect("write embassy.toml");
+    write_alarmed_config(&env, http, &data_dir, pg_port);
     let started = Instant::now();
     let agent = Agent::start_in(EXE, env.dir.path());
     let following = wait_until(
@@ -339,6 +314,18 @@ fn write_config(env: &PgCli, http: u16, key: &str, standbys: &str) {
     .expect("write embassy.toml");
 }
 
+/// `embassy.toml` of a node with the vault's key file and one hot standby of `registry` in
+/// `data_dir` (`lag_alarm` 30 s), its alarms appended to `alarms.txt` in the home.
+fn write_alarmed_config(env: &PgCli, http: u16, data_dir: &Path, port: u16) {
+    let standbys = format!(
+        "{}hot_standby = true\nlag_alarm = \"30s\"\n\
+         [alarms]\ncommand = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET \
+         $EMBASSY_ALARM_SITE\\\" >> alarms.txt\"\n",
+        standby_toml(data_dir, port)
+    );
+    write_config(env, http, "vault.key", &standbys);
+}
+
 fn standby_toml(data_dir: &Path, port: u16) -> String {
     format!(
         "[[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {port}\n",
@@ -394,17 +381,7 @@ fn an_embassy_node_adopts_its_running_standby_reloads_its_standbys_and_reads_wit
         ]);
     }
     let _streamer = env.stream(&pg, "registry");
-    embassy_testkit::wait_until("the first durable WAL", Duration::from_secs(60), || {
-        env.durable() > 0
-    });
-    env.run(&[
-        "pg",
-        "base-backup",
-        "registry",
-        "--conninfo",
-        &pg.conninfo(),
-        "--wal-streamed",
-    ]);
+    env.base_backup_streamed(&pg.conninfo(), "registry");
     let node = env.postgres_folder("node");
     let data_dir = node.join("registry");
     let _servers = Servers(vec![data_dir.clone()]);
@@ -707,17 +684,7 @@ fn a_standby_past_a_promotions_fork_is_diverged_and_rebuilt_and_junk_wal_names_m
     pg.psql("CREATE TABLE filler (n int, pad text)");
     let env = PgCli::new(EXE, "embassy-pgnode-fork-");
     let mut home_streamer = env.stream(&pg, "registry");
-    embassy_testkit::wait_until("the first durable WAL", Duration::from_secs(60), || {
-        env.durable() > 0
-    });
-    env.run(&[
-        "pg",
-        "base-backup",
-        "registry",
-        "--conninfo",
-        &pg.conninfo(),
-        "--wal-streamed",
-    ]);
+    env.base_backup_streamed(&pg.conninfo(), "registry");
     // Embassy A: a standby made by `embassy standby`.
     let a_dir = env.postgres_folder("restores").join("a");
     env.run(&["standby", "registry", "--to", arg(&a_dir)]);
@@ -727,22 +694,7 @@ fn a_standby_past_a_promotions_fork_is_diverged_and_rebuilt_and_junk_wal_names_m
     let _servers = Servers(vec![data_dir.clone()]);
     let http = embassy_testkit::free_port();
     let pg_port = embassy_testkit::free_port();
-    std::fs::write(
-        env.path("embassy.toml"),
-        format!(
-            "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
-             [status]\nlisten = \"127.0.0.1:{http}\"\n\
-             [alarms]\ncommand = \"echo \\\"$EMBASSY_ALARM_EVENT $EMBASSY_ALARM_DATASET \
-             $EMBASSY_ALARM_SITE\\\" >> alarms.txt\"\n\
-             [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
-             [[sites]]\nname = \"home\"\npath = \"{}\"\n\
-             [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {pg_port}\n\
-             hot_standby = true\nlag_alarm = \"30s\"\n",
-            arg(&env.site()),
-            arg(&data_dir)
-        ),
-    )
-    .expect("write embassy.toml");
+    write_alarmed_config(&env, http, &data_dir, pg_port);
     let agent = Agent::start_in(EXE, env.dir.path());
     following(http, &agent, "node B following");
     seen_at_standby(&pg, &data_dir, pg_port, 1, &agent);

@@ -90,17 +90,7 @@ fn promote_refuses_a_standby_short_of_durable_wal_newer_than_the_last_anchor() {
     commits_wait_for_the_streamer(&pg);
     let env = PgCli::new(EXE, "embassy-takeover-");
     let mut streamer = stream(&env, &pg.conninfo(), "registry", "durable.log");
-    wait_until("the first durable WAL", Duration::from_secs(60), || {
-        env.durable() > 0
-    });
-    env.run(&[
-        "pg",
-        "base-backup",
-        "registry",
-        "--conninfo",
-        &pg.conninfo(),
-        "--wal-streamed",
-    ]);
+    env.base_backup_streamed(&pg.conninfo(), "registry");
     // A standby follows the vault from the start.
     let (standby, standby_dir) = start_standby(&env, "registry", "standby");
     // Under load: pgbench's initialisation (whole segments) and its transactions.
@@ -297,17 +287,7 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
     let home = PgServer::start(PgOptions::default());
     commits_wait_for_the_streamer(&home);
     let home_streamer = stream(&env, &home.conninfo(), "registry", "durable.log");
-    wait_until("the first durable WAL", Duration::from_secs(60), || {
-        env.durable() > 0
-    });
-    env.run(&[
-        "pg",
-        "base-backup",
-        "registry",
-        "--conninfo",
-        &home.conninfo(),
-        "--wal-streamed",
-    ]);
+    env.base_backup_streamed(&home.conninfo(), "registry");
     home.psql("CREATE TABLE acked (n int PRIMARY KEY, site text NOT NULL)");
     let (embassy, embassy_dir) = start_standby(&env, "registry", "embassy");
     commit_rows(&|sql| home.try_psql(sql), "home", 1, 50);

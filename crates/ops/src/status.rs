@@ -289,7 +289,7 @@ fn read_dataset(
         Err(e) => facts.error = Some(e.into()),
     }
     let wal = match signers {
-        Some(signers) => embassy_postgres::status::site_wal_with(location, site, dataset, signers),
+        Some(signers) => embassy_postgres::status::site_wal_with(location, site, dataset, &signers),
         // Its history cannot be read (the error says why): its WAL cannot be judged either.
         None => Ok(None),
     };

@@ -455,15 +455,15 @@ fn pin_latest(
     )
 }
 
-/// The vault's newest timeline of `dataset` (its newest checked WAL), where it forked off its
-/// parent, and its history file's content; None on timeline 1 or when the vault holds no such
-/// history file that checks out.
+/// The vault's newest timeline of `dataset` (its newest checked WAL, judged with `checked`),
+/// where it forked off its parent, and its history file's content; None on timeline 1 or when
+/// the vault holds no such history file that checks out.
 fn newest_timeline_history(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
+    checked: &mut crate::status::CheckedWal,
 ) -> Result<Option<(u32, Lsn, String)>, PgError> {
-    let mut checked = crate::status::CheckedWal::new();
     let Some(newest) = checked.newest("vault", vault, dataset)? else {
         return Ok(None);
     };
@@ -508,8 +508,13 @@ pub fn restore(
     // Recovery follows the newest timeline (`recovery_target_timeline = 'latest'`): a base
     // backup of WAL that timeline discarded (taken on an older timeline after the newest one
     // forked off it, as after a promotion short of data) can never reach it.
+    // One judge of the vault's WAL for this restore: the dataset's signers are read (its whole
+    // ledger) and the newest object checked once, not again for the base backup's WAL below.
+    let mut checked = crate::status::CheckedWal::new();
     if matches!(target, RecoveryTarget::Latest) {
-        if let Some((newest, fork, history)) = newest_timeline_history(vault, keyring, dataset)? {
+        if let Some((newest, fork, history)) =
+            newest_timeline_history(vault, keyring, dataset, &mut checked)?
+        {
             let all = backups.len();
             backups.retain(|(_, info)| on_lineage(info, newest, &history));
             if backups.is_empty() && all > 0 {
@@ -544,7 +549,7 @@ pub fn restore(
     // A base backup without its WAL inside needs the streamed WAL up to its stop LSN, or
     // PostgreSQL refuses to start ("WAL ends before consistent recovery point").
     if !info.wal_included {
-        let newest = crate::status::site_wal("vault", vault, dataset)?;
+        let newest = checked.newest("vault", vault, dataset)?;
         let reaches = newest
             .as_ref()
             .is_some_and(|w| w.timeline > info.timeline || w.durable >= info.stop_lsn);

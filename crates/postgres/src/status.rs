@@ -73,16 +73,59 @@ fn ledger_mark(site: &dyn Site, dataset: &str) -> Result<LedgerMark> {
 /// entries only when they changed.
 #[derive(Debug, Default)]
 pub struct CheckedWal {
+    /// What the objects were judged by, and what was found.
+    judged: Judged,
+    /// The signers the objects were judged by (read again when the ledger changes).
+    signers: Option<wal::WalSigners>,
+    /// The ledger they were read from.
+    ledger: Option<LedgerMark>,
+}
+
+/// Verdicts on WAL objects by one set of signers.
+#[derive(Debug, Default)]
+struct Judged {
     /// Objects that checked out, with their header's `captured_at_ns`.
     valid: HashMap<ObjectId, i64>,
     /// Objects that are noise (damaged, unsigned, signed by no signer of the dataset).
     noise: HashSet<ObjectId>,
-    /// The signers the objects above were judged by.
-    signers: Option<wal::WalSigners>,
-    /// The ledger they were read from.
-    ledger: Option<LedgerMark>,
-    /// The signers were given (read by the caller just now): they judge the next look.
-    given: bool,
+}
+
+impl Judged {
+    /// The newest object of `listing` that checks out by `signers`: remembered verdicts first,
+    /// the others read (newest first) until one checks out.
+    fn newest(
+        &mut self,
+        location: &str,
+        site: &dyn Site,
+        listing: &wal::WalListing,
+        signers: &wal::WalSigners,
+    ) -> Result<Option<SiteWal>> {
+        for candidate in listing.newest_first() {
+            let id = candidate.name.id;
+            let captured_at_ns = match self.valid.get(&id) {
+                Some(at) => *at,
+                None if self.noise.contains(&id) => continue,
+                None => match wal::read_checked(site, candidate, signers) {
+                    Ok((header, _)) => {
+                        self.valid.insert(id, header.captured_at_ns);
+                        header.captured_at_ns
+                    }
+                    Err(e) if wal::is_noise(&e) => {
+                        self.noise.insert(id);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            return Ok(Some(SiteWal {
+                site: location.to_string(),
+                timeline: candidate.name.timeline,
+                durable: Lsn(candidate.name.end),
+                captured_at_ns,
+            }));
+        }
+        Ok(None)
+    }
 }
 
 impl CheckedWal {
@@ -91,19 +134,21 @@ impl CheckedWal {
         Self::default()
     }
 
-    /// Judged with `signers` (read by the caller from the dataset's verified history).
-    pub fn with_signers(signers: wal::WalSigners) -> Self {
-        Self {
-            signers: Some(signers),
-            given: true,
-            ..Self::default()
+    /// The signers of `dataset`'s WAL and the verdicts by them: read again (with every verdict
+    /// forgotten) when the ledger's listing changed since they were read (a signer added,
+    /// revoked, fenced).
+    fn judge(&mut self, vault: &Vault, dataset: &str) -> Result<(&wal::WalSigners, &mut Judged)> {
+        let mark = ledger_mark(vault.site().as_ref(), dataset)?;
+        if self.ledger.as_ref() != Some(&mark) {
+            self.judged = Judged::default();
+            self.signers = None;
+            self.ledger = Some(mark);
         }
-    }
-
-    fn forget(&mut self) {
-        self.valid.clear();
-        self.noise.clear();
-        self.signers = None;
+        let signers = match self.signers.take() {
+            Some(signers) => signers,
+            None => wal::dataset_signers(vault, dataset)?,
+        };
+        Ok((self.signers.insert(signers), &mut self.judged))
     }
 
     /// The newest checked WAL object of `dataset` at the vault's site, named `location` in the
@@ -114,66 +159,17 @@ impl CheckedWal {
         vault: &Vault,
         dataset: &str,
     ) -> Result<Option<SiteWal>> {
-        self.newest_with(location, vault.site().as_ref(), dataset, || {
-            wal::dataset_signers(vault, dataset)
-        })
-    }
-
-    /// [`CheckedWal::newest`] at `site`, reading the signers with `signers` when needed.
-    pub fn newest_with(
-        &mut self,
-        location: &str,
-        site: &dyn Site,
-        dataset: &str,
-        mut signers: impl FnMut() -> Result<wal::WalSigners>,
-    ) -> Result<Option<SiteWal>> {
-        if std::mem::take(&mut self.given) {
-            self.ledger = None;
-        } else {
-            let mark = ledger_mark(site, dataset)?;
-            if self.ledger.as_ref() != Some(&mark) {
-                self.forget();
-                self.ledger = Some(mark);
-            }
-        }
+        let site = vault.site().as_ref();
         let listing = wal::list(site, dataset)?;
-        for candidate in listing.newest_first() {
-            let id = candidate.name.id;
-            let found = |captured_at_ns: i64| SiteWal {
-                site: location.to_string(),
-                timeline: candidate.name.timeline,
-                durable: Lsn(candidate.name.end),
-                captured_at_ns,
-            };
-            if let Some(at) = self.valid.get(&id) {
-                return Ok(Some(found(*at)));
-            }
-            if self.noise.contains(&id) {
-                continue;
-            }
-            if self.signers.is_none() {
-                self.signers = Some(signers()?);
-            }
-            let Some(judge) = self.signers.as_ref() else {
-                continue;
-            };
-            match wal::read_checked(site, candidate, judge) {
-                Ok((header, _)) => {
-                    self.valid.insert(id, header.captured_at_ns);
-                    return Ok(Some(found(header.captured_at_ns)));
-                }
-                Err(e) if wal::is_noise(&e) => {
-                    self.noise.insert(id);
-                }
-                Err(e) => return Err(e),
-            }
+        if listing.newest().is_none() {
+            return Ok(None);
         }
-        Ok(None)
+        let (signers, judged) = self.judge(vault, dataset)?;
+        judged.newest(location, site, &listing, signers)
     }
 
     /// The content of `timeline`'s history file in the vault (decrypted with `keyring`),
-    /// judged by the signers of the last look (read now when there was none); None when the
-    /// vault holds none that checks out.
+    /// judged by the dataset's signers; None when the vault holds none that checks out.
     pub fn history(
         &mut self,
         vault: &Vault,
@@ -181,13 +177,8 @@ impl CheckedWal {
         dataset: &str,
         timeline: u32,
     ) -> Result<Option<String>> {
+        let (signers, _) = self.judge(vault, dataset)?;
         let site = vault.site().as_ref();
-        if self.signers.is_none() {
-            self.signers = Some(wal::dataset_signers(vault, dataset)?);
-        }
-        let Some(signers) = self.signers.as_ref() else {
-            return Ok(None);
-        };
         let listing = wal::list_histories(site, dataset, timeline)?;
         Ok(
             wal::history_file(site, keyring, &listing, timeline, signers)?
@@ -199,7 +190,13 @@ impl CheckedWal {
 /// The newest checked WAL object on the vault's site (see the module documentation), keyless:
 /// the signers come from the vault's signed configuration and the dataset's ledger.
 pub fn site_wal(location: &str, vault: &Vault, dataset: &str) -> Result<Option<SiteWal>> {
-    CheckedWal::new().newest(location, vault, dataset)
+    let site = vault.site().as_ref();
+    let listing = wal::list(site, dataset)?;
+    if listing.newest().is_none() {
+        return Ok(None);
+    }
+    let signers = wal::dataset_signers(vault, dataset)?;
+    Judged::default().newest(location, site, &listing, &signers)
 }
 
 /// [`site_wal`] at `site`, judged by `signers` (the caller read the dataset's history already).
@@ -207,13 +204,10 @@ pub fn site_wal_with(
     location: &str,
     site: &dyn Site,
     dataset: &str,
-    signers: wal::WalSigners,
+    signers: &wal::WalSigners,
 ) -> Result<Option<SiteWal>> {
-    CheckedWal::with_signers(signers).newest_with(location, site, dataset, || {
-        Err(crate::PgError::Invalid(
-            "the WAL signers were given and judge every object".into(),
-        ))
-    })
+    let listing = wal::list(site, dataset)?;
+    Judged::default().newest(location, site, &listing, signers)
 }
 
 /// The server's current WAL position (`IDENTIFY_SYSTEM` over a replication connection).

@@ -10,6 +10,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use super::PgServer;
 use crate::cli::postgres_home;
@@ -160,6 +161,23 @@ impl PgCli {
             .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
             .max()
             .unwrap_or(0)
+    }
+
+    /// Once the stream logging to `durable.log` made its first WAL durable, `embassy pg
+    /// base-backup DATASET --wal-streamed` of the server at `conninfo` (its WAL comes from that
+    /// stream, started by the caller with [`PgCli::stream`] or [`PgCli::stream_from`]).
+    pub fn base_backup_streamed(&self, conninfo: &str, dataset: &str) {
+        crate::wait_until("the first durable WAL", Duration::from_secs(60), || {
+            self.durable() > 0
+        });
+        self.run(&[
+            "pg",
+            "base-backup",
+            dataset,
+            "--conninfo",
+            conninfo,
+            "--wal-streamed",
+        ]);
     }
 
     /// `embassy pg stream DATASET` from `pg` (slot `embassy_wal`, created), logging durable
