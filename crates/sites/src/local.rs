@@ -353,6 +353,7 @@ impl Site for LocalSite {
 
     fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
         let (file, _) = self.open_object(path, "get")?;
+        self.vault.saw(path, false);
         let cap = layout::max_object_size(path);
         let mut file = file;
         let mut out = SinkWriter { sink, failed: None };
