@@ -122,8 +122,28 @@ fn give_back(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn restore_at_the_latest_and_verify_work_where_a_site_keeps_a_withdrawn_entry() {
+/// Every file under `dir`, as paths relative to it.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            all.extend(
+                files(&entry.path())
+                    .into_iter()
+                    .map(|p| PathBuf::from(entry.file_name()).join(p)),
+            );
+        } else {
+            all.push(PathBuf::from(entry.file_name()));
+        }
+    }
+    all
+}
+
+/// Writers X (acknowledged, entry 2) and Y (withdrawn) raced at folder `site`, which keeps
+/// Y's entry all the same. Returns the vault, Y's entry's path and the files only Y's backup
+/// wrote (its entry, manifest, index and packs).
+fn site_keeping_a_withdrawn_entry() -> (Home, String, Vec<PathBuf>) {
     let home = Home::new();
     home.backup("site", "a", 1);
     copy_dir(&home.path("site"), &home.path("loser-view"));
@@ -146,8 +166,22 @@ fn restore_at_the_latest_and_verify_work_where_a_site_keeps_a_withdrawn_entry() 
         vec![layout::id_in_path(&x).unwrap()],
     )
     .unwrap();
+    let at_site = files(&home.path("site"));
+    let only_y: Vec<PathBuf> = files(&home.path("loser-view"))
+        .into_iter()
+        .filter(|p| {
+            let data = ["ledger", "manifests", "index", "packs"];
+            !at_site.contains(p) && data.iter().any(|d| p.starts_with(d))
+        })
+        .collect();
     give_back(&home.path("loser-view"), &home.path("site"));
     assert!(home.path("site").join(&y).exists());
+    (home, y, only_y)
+}
+
+#[test]
+fn restore_at_the_latest_and_verify_work_where_a_site_keeps_a_withdrawn_entry() {
+    let (home, _, _) = site_keeping_a_withdrawn_entry();
 
     // A fresh machine restores the latest version: X's.
     let out = home.path("restored");
@@ -173,5 +207,33 @@ fn restore_at_the_latest_and_verify_work_where_a_site_keeps_a_withdrawn_entry() 
     // And the next backup appends after X.
     home.backup("site", "fresh3", 4);
     let r = home.run("site", "fresh4", &["verify"], None);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+/// docs/format.md §9 rule 3w: garbage collection keeps every object a withdrawn entry
+/// references. A withdrawal takes an entry out of history, never its data: else the holder of a
+/// stolen writer key could withdraw its own acknowledged newest entry in favour of another of
+/// its own and have a fresh machine's `gc` delete the version's data.
+#[test]
+fn gc_keeps_what_a_withdrawn_entry_references() {
+    let (home, y, only_y) = site_keeping_a_withdrawn_entry();
+    assert!(
+        only_y.iter().any(|p| p.starts_with("manifests")),
+        "{only_y:?}"
+    );
+    assert!(only_y.iter().any(|p| p.starts_with("packs")), "{only_y:?}");
+    for _ in 0..2 {
+        let r = home.run("site", "fresh-gc", &["gc", "--grace", "1s"], None);
+        assert_eq!(r.code, 0, "{r:?}");
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+    }
+    for p in &only_y {
+        assert!(
+            home.path("site").join(p).exists(),
+            "gc deleted {} of withdrawn entry {y}",
+            p.display()
+        );
+    }
+    let r = home.run("site", "fresh-gc", &["verify"], None);
     assert_eq!(r.code, 0, "{r:?}");
 }

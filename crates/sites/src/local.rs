@@ -30,6 +30,7 @@ const TMP: &str = "tmp";
 
 mod direct;
 mod fd;
+pub(crate) mod vault_gone;
 use direct::{DirectWriter, DIRECT_FROM};
 use fd::{linkat, lstat_at, open_beneath, open_dir_beneath, openat, split, unlinkat};
 
@@ -41,9 +42,9 @@ pub struct LocalSite {
     swept: std::sync::Once,
     /// Most bytes one listing may hold (paths and bookkeeping), as for S3.
     listing_limit: u64,
-    /// Set once this process saw the vault's `config` here: from then on, a folder without it
-    /// is a vault gone (an unmounted disk, a moved or deleted folder), never one to start again.
-    vault_seen: std::sync::atomic::AtomicBool,
+    /// Once this process saw the vault's `config` here, a folder without it is a vault gone
+    /// (an unmounted disk, a moved or deleted folder), never one to start again.
+    vault: vault_gone::VaultWatch,
 }
 
 impl LocalSite {
@@ -67,7 +68,8 @@ impl LocalSite {
             root,
             swept: std::sync::Once::new(),
             listing_limit: crate::s3::DEFAULT_LISTING_LIMIT,
-            vault_seen: std::sync::atomic::AtomicBool::new(false),
+            // A stat is cheap: every write checks.
+            vault: vault_gone::VaultWatch::new(std::time::Duration::ZERO),
         })
     }
 
@@ -168,32 +170,34 @@ impl LocalSite {
         }
     }
 
-    /// Opens (creating when missing) the folders `dirs` beneath the root, none a link.
     /// Refuses a write once the vault this process saw here is gone: creating its folders
     /// again would store objects (WAL a streamer then acknowledges) where no vault is, on
-    /// the disk under a mount point, say, and they would be missing when the vault returns.
+    /// the disk under a mount point, say, and they would be missing when the vault returns
+    /// ([`vault_gone`]).
     fn check_vault_still_here(&self, path: &str) -> Result<(), SiteError> {
-        use std::sync::atomic::Ordering;
-        if matches!(path, layout::CONFIG | layout::CONFIG_SIGNATURE) {
-            return Ok(());
-        }
-        if !self.vault_seen.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        match fs::symlink_metadata(self.root.join(layout::CONFIG)) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.permanent(
-                "put",
-                path,
-                "the vault's config is gone from this folder (an unmounted disk, a moved or \
-                 deleted folder?): nothing is written here; mount the disk or put the folder \
-                 back, or repair the site from another one"
-                    .into(),
-            )),
-            Err(e) => Err(self.io_error("put", path, e)),
-        }
+        self.vault.check(
+            path,
+            || match fs::symlink_metadata(self.root.join(layout::CONFIG)) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(self.io_error("put", path, e)),
+            },
+            || {
+                self.permanent(
+                    "put",
+                    path,
+                    vault_gone::gone_reason(
+                        "folder",
+                        "an unmounted disk, a moved or deleted folder",
+                        "mount the disk or put the folder back",
+                        &self.location,
+                    ),
+                )
+            },
+        )
     }
 
+    /// Opens (creating when missing) the folders `dirs` beneath the root, none a link.
     fn ensure_dir(&self, dirs: &[&str], path: &str) -> Result<OwnedFd, SiteError> {
         open_dir_beneath(&self.root, dirs, true)
             .map_err(|e| self.io_error("create directory", path, e))
@@ -241,14 +245,16 @@ impl LocalSite {
         }
         let linked = linkat(&tmp_dir, &tmp, &dir, name);
         let _ = unlinkat(&tmp_dir, &tmp);
-        match linked {
+        let put = match linked {
             Ok(()) => {
                 sync_dir(&dir).map_err(|e| self.io_error("sync directory", path, e))?;
-                Ok(Put::Created)
+                Put::Created
             }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Put::AlreadyExisted),
-            Err(e) => Err(self.io_error("put", path, e)),
-        }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Put::AlreadyExisted,
+            Err(e) => return Err(self.io_error("put", path, e)),
+        };
+        self.vault.saw(path, true);
+        Ok(put)
     }
 
     /// Once per process, removes staging files that writers killed mid-write left behind. Only
@@ -347,6 +353,7 @@ impl Site for LocalSite {
 
     fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
         let (file, _) = self.open_object(path, "get")?;
+        self.vault.saw(path, false);
         let cap = layout::max_object_size(path);
         let mut file = file;
         let mut out = SinkWriter { sink, failed: None };
@@ -369,10 +376,7 @@ impl Site for LocalSite {
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
         let (file, size) = self.open_object(path, "get")?;
-        if path == layout::CONFIG {
-            self.vault_seen
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.vault.saw(path, false);
         let cap = layout::max_object_size(path);
         let mut buf = Vec::with_capacity(size as usize);
         file.take(cap.saturating_add(1))

@@ -147,11 +147,9 @@ pub struct S3Site {
     send_if_none_match: AtomicBool,
     /// Down after a timeout or a failed connection: requests fail at once until a probe answers.
     breaker: Arc<breaker::Breaker>,
-    /// Set once this process read or wrote the vault's `config` here: from then on a put into
-    /// the bucket without it is refused ([`S3Site::check_vault_still_here`]).
-    vault_seen: AtomicBool,
-    /// When a HEAD last found the `config` here (none since it was read).
-    config_found_at: Mutex<Option<std::time::Instant>>,
+    /// Once this process read or wrote the vault's `config` here, a put into the bucket
+    /// without it is refused ([`S3Site::check_vault_still_here`]).
+    vault: crate::local::vault_gone::VaultWatch,
 }
 
 /// The most bytes an answer may carry: `partial` for a 206, `whole` for other 2xx answers.
@@ -254,8 +252,7 @@ impl S3Site {
             key_prefix,
             pending: Mutex::new(HashMap::new()),
             send_if_none_match: AtomicBool::new(true),
-            vault_seen: AtomicBool::new(false),
-            config_found_at: Mutex::new(None),
+            vault: crate::local::vault_gone::VaultWatch::new(CONFIG_RECHECK),
             conditional: Mutex::new(match cfg.conditional_writes {
                 ConditionalWrites::CheckThenPut => Some(ConditionalWriteProbe {
                     put: false,
@@ -272,60 +269,37 @@ impl S3Site {
         &self.cfg
     }
 
-    /// Notes that the vault's `config` was read from (or written to) this bucket: from now on
-    /// writes check that it is still there.
-    fn saw_config(&self, path: &str, written: bool) {
-        if path == embassy_core::format::layout::CONFIG {
-            self.vault_seen.store(true, Ordering::Relaxed);
-            if written {
-                *self
-                    .config_found_at
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-            }
-        }
-    }
-
     /// Refuses a write once the vault this process saw in the bucket is gone (the bucket was
     /// emptied, its objects deleted or expired by a lifecycle rule): writing on would store
     /// objects (WAL a streamer then acknowledges) where no vault is, and they would be a vault's
     /// fragments, not a vault. At most one HEAD of `config` every [`CONFIG_RECHECK`], and one
-    /// before the first write after the config was read; `config` and `config.sig` themselves
-    /// are always written (init and repair write them first).
+    /// before the first write after the config was read (the rule: [`crate::local::vault_gone`]).
     fn check_vault_still_here(&self, path: &str) -> Result<(), SiteError> {
         use embassy_core::format::layout;
-        if matches!(path, layout::CONFIG | layout::CONFIG_SIGNATURE)
-            || !self.vault_seen.load(Ordering::Relaxed)
-        {
-            return Ok(());
-        }
-        // Held across the HEAD: writers running at once wait for one answer, not ask each.
-        let mut found_at = self
-            .config_found_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if found_at.is_some_and(|t| t.elapsed() < CONFIG_RECHECK) {
-            return Ok(());
-        }
-        let key = self.key(layout::CONFIG, "put")?;
-        match self.head("put", path, &key)? {
-            Some(_) => {
-                *found_at = Some(std::time::Instant::now());
-                Ok(())
-            }
-            None => Err(self.permanent(
-                "put",
-                path,
-                format!(
-                    "the vault's config is gone from this bucket (emptied, its objects deleted \
-                     or expired, or another bucket or prefix answers under this name?): nothing \
-                     is written here; restore the bucket's objects, or repair the site from \
-                     another one (`embassy sync --seed --from SITE-WITH-THE-VAULT --to {}`), or \
-                     check the bucket '{}' and prefix '{}'",
-                    self.location, self.cfg.bucket, self.cfg.prefix
-                ),
-            )),
-        }
+        self.vault.check(
+            path,
+            || {
+                let key = self.key(layout::CONFIG, "put")?;
+                Ok(self.head("put", path, &key)?.is_some())
+            },
+            || {
+                self.permanent(
+                    "put",
+                    path,
+                    crate::local::vault_gone::gone_reason(
+                        "bucket",
+                        "emptied, its objects deleted or expired, or another bucket or prefix \
+                         answers under this name",
+                        &format!(
+                            "restore the bucket's objects, or check the bucket '{}' and prefix \
+                             '{}'",
+                            self.cfg.bucket, self.cfg.prefix
+                        ),
+                        &self.location,
+                    ),
+                )
+            },
+        )
     }
 }
 
@@ -345,14 +319,14 @@ impl Site for S3Site {
     fn get_to(&self, path: &str, sink: &mut dyn ObjectSink) -> Result<u64, SiteError> {
         let key = self.key(path, "get")?;
         let n = self.read_to(path, &key, 0, None, "get", sink)?;
-        self.saw_config(path, false);
+        self.vault.saw(path, false);
         Ok(n)
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
         let key = self.key(path, "get")?;
         let bytes = self.read(path, &key, 0, None, "get")?;
-        self.saw_config(path, false);
+        self.vault.saw(path, false);
         Ok(bytes)
     }
 

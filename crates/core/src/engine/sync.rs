@@ -232,15 +232,27 @@ fn copy(
         .collect();
     // Ledger entries their own signer withdrew (a writer that lost a race, format 6) are
     // noise at the source: never copied, so they make no fork at the target. Judged like every
-    // reader judges them, only for datasets with withdrawals.
+    // reader judges them, by loading the source's history, but only of a dataset with an entry
+    // to copy at a sequence number that has withdrawals (withdrawals are never collected: a
+    // dataset that ever had one would otherwise have its whole ledger read at every sync).
     let mut withdrawn: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let with_withdrawals: std::collections::BTreeSet<&str> = wanted
+    let withdrawn_at: std::collections::HashSet<(&str, u64)> = wanted
         .iter()
         .filter_map(|i| i.path.strip_prefix(crate::history::withdrawal::WITHDRAWALS))
-        .filter_map(|rest| rest.split('/').next())
-        .filter(|d| layout::check_dataset_name(d).is_ok())
+        .filter_map(|rest| {
+            let (dataset, name) = rest.split_once('/')?;
+            Some((dataset, name.split_once('-')?.0.parse().ok()?))
+        })
         .collect();
-    for dataset in with_withdrawals {
+    let with_withdrawals: std::collections::BTreeSet<String> = wanted
+        .iter()
+        .filter(|i| !target.contains_key(&i.path))
+        .filter_map(|i| layout::parse_ledger_path(&i.path))
+        .filter(|(dataset, seq, _)| withdrawn_at.contains(&(dataset.as_str(), *seq)))
+        .filter(|(dataset, _, _)| layout::check_dataset_name(dataset).is_ok())
+        .map(|(dataset, _, _)| dataset)
+        .collect();
+    for dataset in &with_withdrawals {
         let history = crate::history::load(from, &config, dataset, None)?;
         withdrawn.extend(
             history

@@ -132,7 +132,7 @@ pub struct History {
     /// The entries those forks left out (also in `rejected`, as every entry off the
     /// accepted history is): reported by `displaced`, so never listed as noise.
     pub displaced_ids: Vec<ObjectId>,
-    /// Entries a fork left out because their own signer withdrew them (rule 3e: a writer that
+    /// Entries a fork left out because their own signer withdrew them (rule 3w: a writer that
     /// lost a race for the sequence number): noise (also in `rejected`), kept here whole so
     /// that garbage collection keeps what they reference, whoever withdrew them.
     pub withdrawn: Vec<Record>,
@@ -354,7 +354,7 @@ struct Walk {
     /// Withdrawals read at forks that withdraw nothing (forged, by another key, of another
     /// entry): noise.
     noise: Vec<Noise>,
-    /// Entries left out because their signer withdrew them (rule 3e).
+    /// Entries left out because their signer withdrew them (rule 3w).
     withdrawn: Vec<Record>,
 }
 
@@ -481,7 +481,7 @@ fn walk(ctx: &Ctx<'_>, mut judge: Judge, mut head: Option<(u64, ObjectId)>) -> W
     out
 }
 
-/// Rule 3e: leaves out the competing entries at `seq` that their own signer withdrew (a writer
+/// Rule 3w: leaves out the competing entries at `seq` that their own signer withdrew (a writer
 /// that lost the race for the sequence number, `ledger::append_ignoring`), and returns the
 /// other branches. A withdrawal counts only for an entry that competes with another one at its
 /// sequence number, that nothing acceptable continues, and that no trusted head names; it must
@@ -593,7 +593,7 @@ fn leave_out_withdrawn(ctx: &Ctx<'_>, seq: u64, branches: Vec<Walk>, out: &mut W
 }
 
 /// Several acceptable entries at `seq`: follow each branch, leave out those their own signer
-/// withdrew (rule 3e), then pick the one that holds an authoritative promotion, a trusted head,
+/// withdrew (rule 3w), then pick the one that holds an authoritative promotion, a trusted head,
 /// else the one that holds a root-signed entry, else leave the fork unresolved.
 fn resolve_fork(
     ctx: &Ctx<'_>,

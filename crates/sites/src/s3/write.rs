@@ -383,7 +383,7 @@ impl S3Site {
             self.put_single("put", path, &key, source, true)
         };
         let settled = self.settle(path, &key, source, result)?;
-        self.saw_config(path, true);
+        self.vault.saw(path, true);
         Ok(settled)
     }
 
