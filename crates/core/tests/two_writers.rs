@@ -354,7 +354,8 @@ fn a_site_cannot_withdraw_a_real_entry_with_forged_foreign_or_replayed_withdrawa
 }
 
 /// Red team 8: a stolen credential cannot use a withdrawal of its own to take an entry out of
-/// history that continues it, nor out of the history of a reader that saw it as its head. (A
+/// history that continues it, nor out of the history of a reader that saw it as its head or
+/// that reads a checkpoint naming it. (A
 /// fresh reader does take a withdrawal of an unseen newest entry: docs/format.md §9 says
 /// why that is no worse than what the credential can do anyway, and garbage collection keeps
 /// the withdrawn entry's objects.)
@@ -392,6 +393,34 @@ fn a_withdrawal_never_removes_an_entry_history_continues_or_a_reader_saw_as_its_
         .all_noise()
         .iter()
         .any(|(_, why)| why.contains("remembered head")));
+
+    // Nor does a fresh reader when a checkpoint (here the root's) names X as the head.
+    let heads = [(
+        DS.to_string(),
+        embassy_core::history::checkpoint::Head { seq: 2, id: x.id },
+    )]
+    .into_iter()
+    .collect();
+    embassy_core::history::checkpoint::write(
+        site.as_ref(),
+        &config.vault_id,
+        heads,
+        &secret.root_signing_key(),
+    )
+    .unwrap();
+    let h = history::load(site.as_ref(), &config, DS, None).unwrap();
+    assert_eq!(h.records.last().map(|r| r.id), Some(x.id));
+    assert!(h.withdrawn.is_empty());
+    assert!(h
+        .all_noise()
+        .iter()
+        .any(|(_, why)| why.contains("a checkpoint or this client's remembered head")));
+    for cp in site
+        .list(embassy_core::history::checkpoint::CHECKPOINTS)
+        .unwrap()
+    {
+        site.delete(&cp.path).unwrap();
+    }
 
     // Once history continues X, nobody takes X out.
     let third = ledger::append_ignoring(
