@@ -352,6 +352,12 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             "ledger_seq": done.seq,
             "approvals": done.approvals,
             "authoritative": done.not_authoritative.is_none(),
+            "replayed_wal": done.replayed.as_ref().map(|w| json!({
+                "object": w.object.to_hex(),
+                "timeline": w.timeline,
+                "start": embassy_postgres::Lsn(w.start).to_string(),
+                "end": embassy_postgres::Lsn(w.end).to_string(),
+            })),
             "sites": recorded,
             "queued": queued,
         }))?;
@@ -364,6 +370,14 @@ pub fn promote(cli: &Cli, args: &PromoteArgs) -> Result<ExitCode> {
             done.elapsed.as_secs_f64(),
             done.seq,
             args.dataset
+        );
+    }
+    if done.replayed.is_none() && !cli.json {
+        eprintln!(
+            "warning: no valid WAL object of the timeline it left holds the WAL it replayed last \
+             (before {}): the entry anchors none, so the old writers' WAL after their last anchor \
+             is not valid; check `embassy pg verify-wal {}`",
+            done.lsn, args.dataset
         );
     }
     if let Some(why) = &done.not_authoritative {

@@ -186,6 +186,9 @@ fn promote_refuses_a_standby_short_of_durable_wal_newer_than_the_last_anchor() {
     let done: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(done["data_lost_to"].is_null(), "{done}");
     assert!(lsn(done["lsn"].as_str().unwrap()) > before, "{done}");
+    // With the root key the WAL it names was compared with the copy the server made of it in
+    // its new timeline's first segment (none is named when they differ).
+    assert_eq!(done["replayed_wal"]["timeline"], 1, "{done}");
     assert_eq!(count(&standby, "SELECT count(*) FROM acked"), "2");
     standby.try_psql("INSERT INTO acked VALUES (3)").unwrap();
 }
@@ -212,16 +215,9 @@ fn hostname() -> String {
         .to_string()
 }
 
-/// Issue 17, "the way back": home is lost and the embassy takes over (approved, recorded); the
-/// embassy's promoted server streams its new timeline into the vault with `embassy pg stream`,
-/// its commits acknowledged once durable; then a planned switchover home: writes stop at the
-/// embassy (a fast shutdown sends and flushes all its WAL to the streamer), home restores a
-/// standby from the vault that follows the embassy's timeline, the promotion back is approved
-/// and recorded, home streams again, and the embassy's data directory returns to standby and
-/// follows home. Every acknowledged commit of both sites is at home, and every step is in the
-/// ledger.
-#[test]
-fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
+/// A home whose vault pins one approver and needs one approval per takeover: the home, the
+/// approver's key file, and the folder holding it.
+fn env_with_an_approver(prefix: &str) -> (PgCli, PathBuf, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let pass = embassy_testkit::cli::passphrase_file(keys.path());
     let approver = keys.path().join("official.key");
@@ -239,49 +235,89 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         .unwrap();
     let env = PgCli::with_init(
         EXE,
-        "embassy-failback-",
+        prefix,
         &["--approver", &public, "--promotion-approvals", "1"],
     );
+    (env, approver, keys)
+}
+
+/// A sealing credential of `registry` labelled `label`: its file and public key.
+fn issue(env: &PgCli, label: &str) -> (PathBuf, String) {
+    let file = env.path(&format!("{label}.cred"));
+    let out = env.run(&[
+        "keys",
+        "issue",
+        "--sealing",
+        "--dataset",
+        "registry",
+        "--label",
+        label,
+        "--out",
+        arg(&file),
+    ]);
+    let public = out
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no public key in {out}"))
+        .to_string();
+    (file, public)
+}
+
+/// `embassy approve --promote HOST --promoter PROMOTER registry` by `approver`.
+fn approve_takeover(env: &PgCli, approver: &Path, host: &str, promoter: &str) {
+    let out = env
+        .cmd_as_caller(&[
+            "approve",
+            "--approver-key",
+            arg(approver),
+            "--promote",
+            host,
+            "--promoter",
+            promoter,
+            "registry",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "approve: {out:?}");
+}
+
+/// `embassy --json promote registry --data DIR` with the credential `key`: its JSON answer.
+fn promote_json(env: &PgCli, key: &Path, dir: &Path) -> serde_json::Value {
+    let out = env
+        .cmd_with_key(
+            key,
+            &[
+                "--json",
+                "promote",
+                "registry",
+                "--data",
+                arg(dir),
+                "--timeout",
+                "60",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "promote: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Issue 17, "the way back": home is lost and the embassy takes over (approved, recorded); the
+/// embassy's promoted server streams its new timeline into the vault with `embassy pg stream`,
+/// its commits acknowledged once durable; then a planned switchover home: writes stop at the
+/// embassy (a fast shutdown sends and flushes all its WAL to the streamer), home restores a
+/// standby from the vault that follows the embassy's timeline, the promotion back is approved
+/// and recorded, home streams again, and the embassy's data directory returns to standby and
+/// follows home. Every acknowledged commit of both sites is at home, and every step is in the
+/// ledger.
+#[test]
+fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
+    let (env, approver, _keys) = env_with_an_approver("embassy-failback-");
     let host = hostname();
     // The embassy's credential (approvals name the key that promotes); home comes back with a
     // new one, issued after the takeover fenced the writers of before.
-    let issue = |label: &str| -> (PathBuf, String) {
-        let file = env.path(&format!("{label}.cred"));
-        let out = env.run(&[
-            "keys",
-            "issue",
-            "--sealing",
-            "--dataset",
-            "registry",
-            "--label",
-            label,
-            "--out",
-            arg(&file),
-        ]);
-        let public = out
-            .split_whitespace()
-            .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
-            .unwrap_or_else(|| panic!("no public key in {out}"))
-            .to_string();
-        (file, public)
-    };
-    let (embassy_key, embassy_public) = issue("embassy");
-    let approve = |promoter: &str| {
-        let out = env
-            .cmd_as_caller(&[
-                "approve",
-                "--approver-key",
-                arg(&approver),
-                "--promote",
-                &host,
-                "--promoter",
-                promoter,
-                "registry",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "approve: {out:?}");
-    };
+    let (embassy_key, embassy_public) = issue(&env, "embassy");
+    let approve = |promoter: &str| approve_takeover(&env, &approver, &host, promoter);
 
     // Home streams; its commits are acknowledged once durable in the vault.
     let home = PgServer::start(PgOptions::default());
@@ -296,30 +332,14 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
     drop(home_streamer);
     home.kill9();
     approve(&embassy_public);
-    let promote = |key: &Path, dir: &Path| -> serde_json::Value {
-        let out = env
-            .cmd_with_key(
-                key,
-                &[
-                    "--json",
-                    "promote",
-                    "registry",
-                    "--data",
-                    arg(dir),
-                    "--timeout",
-                    "60",
-                ],
-            )
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "promote: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let promote = |key: &Path, dir: &Path| promote_json(&env, key, dir);
     let done = promote(&embassy_key, &embassy_dir);
     assert_eq!(done["authoritative"], true, "{done}");
     assert_eq!(done["timeline"], 2, "{done}");
     assert_eq!(done["approvals"], 1, "{done}");
     assert!(done["data_lost_to"].is_null(), "{done}");
+    // The entry anchors the WAL of timeline 1 the promoted server replayed last.
+    assert_eq!(done["replayed_wal"]["timeline"], 1, "{done}");
     assert_eq!(count(&embassy, "SELECT count(*) FROM acked"), "50");
 
     // The live registry is protected too: `embassy pg stream` against the promoted server
@@ -365,13 +385,14 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         || count(&home_again, "SELECT count(*) FROM acked") == "100",
     );
     // The promotion back: approved anew (an approval serves one takeover), recorded.
-    let (home_key, home_public) = issue("home-again");
+    let (home_key, home_public) = issue(&env, "home-again");
     approve(&home_public);
     let back = promote(&home_key, &home_dir);
     assert_eq!(back["timeline"], 3, "{back}");
     assert_eq!(back["approvals"], 1, "{back}");
     assert!(back["data_lost_to"].is_null(), "{back}");
     assert_eq!(back["authoritative"], true, "{back}");
+    assert_eq!(back["replayed_wal"]["timeline"], 2, "{back}");
 
     // Home streams again, its commits acknowledged once durable.
     home_again
@@ -444,4 +465,128 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
             },
         );
     }
+}
+
+/// Red team 8: after an approved takeover fences home's credential, a thief holding it signed
+/// other WAL for the old timeline below the switch point (where the fence used to accept any
+/// object of a fenced key) and put it at the site: `verify` passed and `wal-fetch` served the
+/// forged segment, so a fresh restore returned the thief's rows. Now the `promoted` entry
+/// anchors the WAL the promoted server replayed, and a fenced key's WAL is valid only where an
+/// anchor covers it: the forged whole segment and the forged piece below the switch point are
+/// noise to the keyless check, `wal-fetch` serves home's bytes, and home's own unanchored tail
+/// (replayed by the embassy) stays valid.
+#[test]
+fn a_fenced_credential_cannot_add_wal_below_the_switch_point() {
+    use embassy_core::format::wal_log::{LogKind, LogSpec};
+    use embassy_core::keys::keyfile::KeyFile;
+    use embassy_core::keys::Credential;
+    use embassy_postgres::lsn::SEGMENT_SIZE;
+
+    let (env, approver, _keys) = env_with_an_approver("embassy-fence-wal-");
+    let host = hostname();
+    let (home_key, _) = issue(&env, "home");
+    let (embassy_key, embassy_public) = issue(&env, "embassy");
+
+    // Home streams with its sealing credential; a whole segment, then an unanchored tail.
+    let home = PgServer::start(PgOptions::default());
+    commits_wait_for_the_streamer(&home);
+    let home_streamer = stream_with(&env, &home_key, &home.conninfo(), "registry", "durable.log");
+    env.base_backup_streamed(&home.conninfo(), "registry");
+    home.psql("CREATE TABLE acked (n int PRIMARY KEY, site text NOT NULL)");
+    let (embassy, embassy_dir) = start_standby(&env, "registry", "embassy");
+    commit_rows(&|sql| home.try_psql(sql), "home", 1, 20);
+    home.psql("SELECT pg_switch_wal()");
+    commit_rows(&|sql| home.try_psql(sql), "home", 21, 40);
+    wait_until(
+        "the standby to replay home's commits",
+        Duration::from_secs(60),
+        || count(&embassy, "SELECT count(*) FROM acked") == "40",
+    );
+    drop(home_streamer);
+    home.kill9();
+
+    // The approved takeover anchors the WAL of timeline 1 that the embassy replayed last.
+    approve_takeover(&env, &approver, &host, &embassy_public);
+    let done = promote_json(&env, &embassy_key, &embassy_dir);
+    assert_eq!(done["authoritative"], true, "{done}");
+    let switch = lsn(done["lsn"].as_str().unwrap());
+    let replayed = &done["replayed_wal"];
+    assert_eq!(replayed["timeline"], 1, "{done}");
+    assert!(
+        lsn(replayed["start"].as_str().unwrap()) < switch
+            && switch <= lsn(replayed["end"].as_str().unwrap()),
+        "{done}"
+    );
+
+    // The whole segment before the switch point's, as the vault serves it.
+    let segno = (switch - 1) / SEGMENT_SIZE - 1;
+    let name = embassy_postgres::lsn::segment_file_name(1, segno);
+    let fetch = |to: &str| {
+        let dest = env.path(to);
+        env.run(&["wal-fetch", "registry", &name, arg(&dest)]);
+        std::fs::read(&dest).unwrap()
+    };
+    let genuine = fetch("genuine");
+    assert_eq!(genuine.len() as u64, SEGMENT_SIZE);
+
+    // The thief: home's fenced credential signs a different whole segment there and a piece
+    // from the switch point's segment start up to the switch point.
+    let pass = std::fs::read_to_string(env.path("pass")).unwrap();
+    let payload = KeyFile::load(&home_key)
+        .unwrap()
+        .open_payload(pass.trim().as_bytes(), &home_key)
+        .unwrap();
+    let credential = Credential::from_bytes(&payload).unwrap();
+    let signer = credential.signing_key().unwrap();
+    let keys = credential.dataset_keys_at("registry", 0).unwrap();
+    let site = embassy_sites::LocalSite::new(env.site()).unwrap();
+    let forge = |kind, start: u64, bytes: &[u8]| {
+        let spec = LogSpec {
+            kind,
+            timeline: 1,
+            start,
+            end: start + bytes.len() as u64,
+            prev: None,
+            captured_at_ns: i64::MAX / 2,
+            system_id: 0,
+        };
+        embassy_postgres::wal::put(&site, &keys, &signer, &spec, bytes)
+            .unwrap()
+            .1
+    };
+    let mut forged_segment = genuine.clone();
+    forged_segment[SEGMENT_SIZE as usize / 2] ^= 0xff;
+    let tail_start = (switch - 1) / SEGMENT_SIZE * SEGMENT_SIZE;
+    let forged = [
+        forge(LogKind::Segment, segno * SEGMENT_SIZE, &forged_segment),
+        forge(
+            LogKind::Piece,
+            tail_start,
+            &vec![7u8; (switch - tail_start) as usize],
+        ),
+    ];
+
+    // Keyless: both forged objects are noise, nothing of home's is, and nothing is missing.
+    let out = env
+        .cmd(&["--json", "pg", "verify-wal", "registry"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(out.status.success(), "{report}");
+    let noise: Vec<&str> = report["noise"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    for path in &forged {
+        assert!(noise.iter().any(|n| n.contains(path.as_str())), "{report}");
+    }
+    assert_eq!(noise.len(), forged.len(), "{report}");
+    // wal-fetch serves home's segment, not the thief's.
+    assert!(
+        fetch("served") == genuine,
+        "wal-fetch served other bytes than home's"
+    );
 }

@@ -271,6 +271,7 @@ fn approvals_for_the_embassy_do_not_promote_home() {
                     .iter()
                     .map(|(_, _, b)| serde_bytes::ByteBuf::from(b.clone()))
                     .collect(),
+                replayed: None,
             },
         )
         .unwrap();
@@ -322,6 +323,7 @@ fn after_an_approved_takeover_home_writes_are_ignored_by_every_reader() {
                 .into_iter()
                 .map(|(_, _, b)| serde_bytes::ByteBuf::from(b))
                 .collect(),
+            replayed: None,
         },
     )
     .unwrap();

@@ -194,6 +194,7 @@ fn promoted(approvals: Vec<Vec<u8>>) -> Event {
             .into_iter()
             .map(serde_bytes::ByteBuf::from)
             .collect(),
+        replayed: None,
     }
 }
 
@@ -566,31 +567,70 @@ proptest! {
     }
 }
 
-/// WAL log objects: a fenced writer keeps what it streamed before the takeover (anchored, or on
-/// the old timeline up to the switch point, which the new timeline needs), and nothing past it
-/// nor on the new timeline; the promoting writer is not fenced.
+/// WAL log objects: a fenced writer keeps what it streamed before the takeover that an anchor
+/// covers: the ledger's anchors before it, and the `promoted` entry's anchor of the WAL the
+/// promoted server replayed (through `prev`, back to the previous anchor). Any other object it
+/// signs is not valid, below the switch point too: red team 8 forged old-timeline WAL below it
+/// with home's fenced key, and readers took it. The promoting writer is not fenced.
 #[test]
-fn fenced_wal_is_valid_up_to_the_switch_point_only() {
+fn fenced_wal_is_valid_only_where_an_anchor_or_the_promotion_covers_it() {
+    use embassy_core::history::ledger::ReplayedWal;
     use embassy_core::history::rights::Authority;
     use embassy_core::history::wal_authority::WalAuthority;
+    use std::collections::HashMap;
     let w = world(2, 4);
     let head = w.start();
-    let p = w.next(&w.embassy, &head, promoted(w.quorum(&head)));
+    // Home's anchored object (entry 4 names it), two unanchored pieces after it (p1, p2), and a
+    // forged piece over p1's range that the thief signed with home's key after the takeover.
+    let anchored = ObjectId::of(&100u64.to_le_bytes());
+    let (p1, p2, forged) = (
+        ObjectId::of(b"p1"),
+        ObjectId::of(b"p2"),
+        ObjectId::of(b"forged"),
+    );
+    let mut event = promoted(w.quorum(&head));
+    if let Event::Promoted { replayed, lsn, .. } = &mut event {
+        *lsn = 140;
+        *replayed = Some(ReplayedWal {
+            object: p2,
+            timeline: 1,
+            start: 120,
+            end: 150,
+        });
+    }
+    let p = w.next(&w.embassy, &head, event);
     let h = w.history();
     assert_eq!(ids(&h).last(), Some(&p.id));
+    assert_eq!(refusal(&h, &p), None);
     let auth = WalAuthority::new(Authority::after(&w.config, DS, &[]), &h.records);
     let home = w.home.verifying_key().to_bytes();
     let embassy = w.embassy.verifying_key().to_bytes();
-    // Anchored by entry 4 (before the takeover): valid.
-    assert!(auth.allows_object(&home, Some(4), 1, 100));
-    // Unanchored, old timeline, up to the switch point (100): valid; past it: not.
-    assert!(auth.allows_object(&home, None, 1, 100));
-    assert!(!auth.allows_object(&home, None, 1, 101));
-    // The new timeline, or an anchor after the takeover: not home's.
-    assert!(!auth.allows_object(&home, None, 2, 50));
-    assert!(!auth.allows_object(&home, Some(6), 1, 200));
+    let prevs: HashMap<ObjectId, Option<ObjectId>> = [
+        (anchored, None),
+        (p1, Some(anchored)),
+        (p2, Some(p1)),
+        (forged, Some(anchored)),
+    ]
+    .into_iter()
+    .collect();
+    let cover = auth.coverage(&prevs);
+    assert_eq!(cover.get(&anchored), Some(&4));
+    assert_eq!(cover.get(&p1), Some(&p.entry.seq));
+    assert_eq!(cover.get(&p2), Some(&p.entry.seq));
+    assert_eq!(cover.get(&forged), None);
+    // Anchored by entry 4, or replayed by the promoted server: valid.
+    for id in [anchored, p1, p2] {
+        assert!(auth.allows(&home, cover.get(&id).copied()), "{id:?}");
+    }
+    // The forged piece, below the switch point on the old timeline: not valid; nor anything
+    // else unanchored, nor under an anchor after the takeover that is not the promotion's.
+    assert!(!auth.allows(&home, cover.get(&forged).copied()));
+    assert!(!auth.allows(&home, None));
+    assert!(!auth.allows(&home, Some(p.entry.seq + 1)));
     assert!(!auth.active_at_head(&home));
+    // The promotion's anchor vouches for the writers before it only: a key never active then
+    // gains nothing from it.
+    assert!(!auth.allows(&[7u8; 32], Some(p.entry.seq)));
     // The embassy streams on.
-    assert!(auth.allows_object(&embassy, None, 2, 500));
-    assert_eq!(auth.fences().len(), 1);
+    assert!(auth.allows(&embassy, None));
 }

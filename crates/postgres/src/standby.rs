@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::history::approval;
-use embassy_core::history::ledger::{self, Entry, Event};
+use embassy_core::history::ledger::{self, Entry, Event, ReplayedWal};
 use embassy_core::progress::Progress;
 
 use crate::base_backup::pg_program;
@@ -64,6 +64,9 @@ pub struct Promotion {
     pub elapsed: Duration,
     /// The ledger entry's sequence number.
     pub seq: u64,
+    /// The WAL object of the timeline it left that the entry anchors (what it replayed last),
+    /// or None when none was found (the old writers' unanchored WAL is then not valid).
+    pub replayed: Option<ReplayedWal>,
 }
 
 /// Where a running server on `dir` listens, from its postmaster.pid: (socket dir, port).
@@ -246,7 +249,15 @@ pub fn promote(
         .get(..8)
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .ok_or_else(|| PgError::Restore(format!("cannot read a timeline from {walfile:?}")))?;
-    let lsn = switch_point(dir, timeline).unwrap_or(lsn);
+    let switch = switch_point(dir, timeline);
+    let lsn = switch.map_or(lsn, |(_, at)| at);
+    // The WAL it replayed on the timeline it left, anchored by the entry: the only WAL of the
+    // writers it fences that stays valid unanchored (a thief holding their key cannot add
+    // other WAL below the switch point afterwards).
+    let replayed = match switch {
+        Some((parent, at)) => replayed_wal(vault, keyring, dataset, dir, (parent, timeline), at)?,
+        None => None,
+    };
     let event = Event::Promoted {
         timeline,
         lsn: lsn.0,
@@ -257,6 +268,7 @@ pub fn promote(
             .iter()
             .map(|b| serde_bytes::ByteBuf::from(b.clone()))
             .collect(),
+        replayed: replayed.clone(),
     };
     // The dataset's WAL streamer may append at the same time: on a conflict, read the history
     // again and append after its new head (a few times).
@@ -311,6 +323,7 @@ pub fn promote(
         not_authoritative,
         elapsed,
         seq: record.entry.seq,
+        replayed,
     })
 }
 
@@ -368,12 +381,52 @@ fn replayed_durable_wal(
 }
 
 /// The switch point of `timeline` from its history file in the data directory's `pg_wal`
-/// (`<parent>\t<lsn>\t<reason>` lines, the last one the switch to `timeline`).
-fn switch_point(dir: &Path, timeline: u32) -> Option<Lsn> {
+/// (`<parent>\t<lsn>\t<reason>` lines, the last one the switch to `timeline`): the timeline
+/// it left and where.
+fn switch_point(dir: &Path, timeline: u32) -> Option<(u32, Lsn)> {
     let text =
         std::fs::read_to_string(dir.join("pg_wal").join(format!("{timeline:08X}.history"))).ok()?;
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let mut cols = line.split_whitespace();
+    let parent = cols.next()?.parse().ok()?;
+    Some((parent, cols.next()?.parse().ok()?))
+}
+
+/// The log object the promoted server on `dir` replayed last on timeline `parent` before the
+/// switch point `at` to `timeline` ([`crate::wal::replayed_object`]), compared with the copy
+/// of those bytes in its new timeline's first segment when the keyring can read them. Asked a
+/// few times when a site fails: the promotion has happened, and recording it without its
+/// anchor leaves the old writers' unanchored WAL invalid.
+fn replayed_wal(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    dir: &Path,
+    (parent, timeline): (u32, u32),
+    at: Lsn,
+) -> Result<Option<ReplayedWal>, PgError> {
+    let segno = at.0.saturating_sub(1) / crate::lsn::SEGMENT_SIZE;
+    let name = crate::lsn::segment_file_name(timeline, segno);
+    let copy = std::fs::read(dir.join("pg_wal").join(name)).ok();
+    let mut attempt = 0;
+    loop {
+        let signers = crate::wal::dataset_signers(vault, dataset)?;
+        match crate::wal::replayed_object(
+            vault.site().as_ref(),
+            keyring,
+            dataset,
+            &signers,
+            (parent, at.0),
+            copy.as_deref(),
+        ) {
+            Ok(found) => return Ok(found),
+            Err(_) if attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The approvals of promoting `dataset` on `host` stored in the vault (their signed bytes), and
@@ -420,6 +473,7 @@ fn promotion_approvals(
                 .iter()
                 .map(|b| serde_bytes::ByteBuf::from(b.clone()))
                 .collect(),
+            replayed: None,
         },
     };
     match authority.check_promotion(config, dataset, &probe) {

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::format::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
+use embassy_core::history::ledger::ReplayedWal;
 use embassy_core::history::wal_authority::{Anchor, WalAuthority};
 use embassy_core::history::wal_retention::WalCutoff;
 use embassy_core::id::ObjectId;
@@ -185,14 +186,14 @@ impl WalSigners {
 
     /// True when `signer` may have signed `obj`: active at the head, or active at the sequence
     /// number of the anchor that covers `obj`.
-    /// A writer fenced by a promotion keeps only its WAL up to the promotion's switch point.
+    /// A writer fenced by a promotion keeps only the WAL anchored before it and the WAL the
+    /// promoted server replayed (the `promoted` entry's anchor).
     pub fn allows(&self, site: &dyn Site, obj: &WalObject, signer: &[u8; 32]) -> bool {
         if self.authority.active_at_head(signer) {
             return true;
         }
         let anchored = self.anchored_at(site, obj);
-        self.authority
-            .allows_object(signer, anchored, obj.name.timeline, obj.name.end)
+        self.authority.allows(signer, anchored)
     }
 
     /// The sequence number of the accepted anchor covering `obj` (naming it, or reaching it
@@ -475,6 +476,75 @@ pub fn assemble_segment(
     Ok(Some(Assembled { bytes, complete }))
 }
 
+/// The log object a promoted server replayed last on the timeline it left (`timeline`, up to
+/// the switch point `lsn`), for its `promoted` entry to anchor: among the valid pieces and
+/// segments holding the WAL just before `lsn`, the one whose bytes before `lsn` are the ones
+/// the promoted server copied into its new timeline's first segment (`new_segment`, read from
+/// its `pg_wal`), else the one `wal-fetch` would serve (pieces first, furthest end). None when
+/// no valid object holds that WAL.
+pub fn replayed_object(
+    site: &dyn Site,
+    keyring: &Keyring,
+    dataset: &str,
+    signers: &WalSigners,
+    (timeline, lsn): (u32, u64),
+    new_segment: Option<&[u8]>,
+) -> Result<Option<ReplayedWal>> {
+    let Some(last) = lsn.checked_sub(1) else {
+        return Ok(None);
+    };
+    let segno = last / SEGMENT_SIZE;
+    let seg_start = segno * SEGMENT_SIZE;
+    let listing = list_segment(site, dataset, timeline, segno)?;
+    // Comparing needs the payloads, so the reader key (a sealing credential has none).
+    let compare = new_segment.is_some() && keyring.can_read(dataset);
+    let mut found: Vec<(bool, &WalObject)> = Vec::new();
+    for obj in listing.pieces.iter().chain(listing.segments.iter()) {
+        if !(obj.name.start <= last && last < obj.name.end) {
+            continue;
+        }
+        let read = if compare {
+            read_payload(site, keyring, obj, signers)
+        } else {
+            read_checked(site, obj, signers)
+        };
+        let (header, payload) = match read {
+            Ok(read) => read,
+            Err(e) if is_noise(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        // The bytes before `lsn` this object holds, against the copy the server made of them
+        // (pieces never cross a segment boundary: `header.start >= seg_start`).
+        let same = compare
+            && new_segment.is_some_and(|copy| {
+                let at = |base: u64, pos: u64| pos.saturating_sub(base) as usize;
+                let mine = payload.get(at(header.start, header.start)..at(header.start, lsn));
+                let theirs = copy.get(at(seg_start, header.start)..at(seg_start, lsn));
+                mine.is_some() && mine == theirs
+            });
+        found.push((same, obj));
+    }
+    // The server's copy says which bytes it replayed: an object holding other bytes there is
+    // not what it replayed, and none is named rather than a wrong one.
+    if compare && new_segment.is_some() && !found.iter().any(|(same, _)| *same) {
+        return Ok(None);
+    }
+    found.sort_by_key(|(same, o)| {
+        (
+            std::cmp::Reverse(*same),
+            o.name.kind != LogKind::Piece,
+            std::cmp::Reverse(o.name.end),
+            o.path.clone(),
+        )
+    });
+    Ok(found.first().map(|(_, o)| ReplayedWal {
+        object: o.name.id,
+        timeline,
+        start: o.name.start,
+        end: o.name.end,
+    }))
+}
+
 /// The stored timeline history file of `timeline`, if any.
 pub fn history_file(
     site: &dyn Site,
@@ -601,7 +671,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let mut valid: Vec<&WalObject> = Vec::new();
     for (obj, h) in &parsed {
         let anchored = coverage.get(&obj.name.id).copied();
-        if !authority.allows_object(&h.signer, anchored, h.timeline, h.end) {
+        if !authority.allows(&h.signer, anchored) {
             report.noise.push(format!(
                 "{}: signed by {}, which is not an active signer of dataset {dataset}{}: ignored",
                 obj.path,

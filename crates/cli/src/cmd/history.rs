@@ -102,14 +102,22 @@ pub fn run(cli: &Cli, args: &HistoryArgs) -> Result<ExitCode> {
                     data_dir,
                     data_lost_to,
                     approvals,
+                    replayed,
                 } => format!(
-                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}{}{}",
+                    "promoted: {host}:{data_dir} writes on timeline {timeline} from {}{}{}{}",
                     embassy_postgres::Lsn(*lsn),
                     if approvals.is_empty() {
                         String::new()
                     } else {
                         format!(" ({} approvals)", approvals.len())
                     },
+                    replayed.as_ref().map_or(String::new(), |w| format!(
+                        ", anchors WAL {} of timeline {} ({}..{})",
+                        &w.object.to_hex()[..16],
+                        w.timeline,
+                        embassy_postgres::Lsn(w.start),
+                        embassy_postgres::Lsn(w.end)
+                    )),
                     data_lost_to.map_or(String::new(), |to| format!(
                         ", ACCEPTING DATA LOSS: the vault's WAL from {} to {} was never replayed",
                         embassy_postgres::Lsn(*lsn),

@@ -43,8 +43,11 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// docs/format.md §5), a changed PostgreSQL page stored against the same page's previous
 /// version; a version-6 program refuses their index entries (an unknown blob kind) and, worse,
 /// its garbage collection's repacking does not know that a delta keeps its base alive and would
-/// drop bases that kept versions need.
-pub const FORMAT_VERSION: u32 = 7;
+/// drop bases that kept versions need. Version 8 (red team 8): a `promoted` entry anchors the
+/// WAL its server replayed (`replayed`), and a writer the promotion fences keeps only the WAL
+/// an anchor covers; a version-7 program accepts any WAL a fenced key signs below the switch
+/// point, so a thief holding home's old credential could make it serve other rows.
+pub const FORMAT_VERSION: u32 = 8;
 /// The first format version whose writers store delta blobs (`format::pack::BlobKind::Delta`).
 pub const DELTAS_SINCE: u32 = 7;
 /// The first format version whose base backups record their WAL start and whose streamed WAL

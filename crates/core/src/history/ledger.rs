@@ -131,6 +131,11 @@ pub enum Event {
         /// earlier writers (`history::promotion`). Empty when none were needed or given.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         approvals: Vec<serde_bytes::ByteBuf>,
+        /// The WAL log object of the older timeline the promoted server replayed up to its
+        /// switch point (format 8): it anchors that WAL, the only WAL of writers the promotion
+        /// fences that stays valid without an anchor of their own (`docs/format.md` §9b).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replayed: Option<ReplayedWal>,
     },
     /// A restore drill ran (format version 3): the newest version was restored into a scratch
     /// place and checked. Needs the `drill` right, which sealing credentials never hold.
@@ -239,6 +244,21 @@ pub struct DrillCheck {
     pub passed: bool,
     /// What it found, in a line.
     pub detail: String,
+}
+
+/// The WAL log object a promoted server replayed last on the timeline it left (named by a
+/// `promoted` entry, format 8): the newest piece or segment holding the switch point, which
+/// anchors it and, through `prev`, the WAL after the previous anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayedWal {
+    /// The log object's id.
+    pub object: ObjectId,
+    /// Its timeline (the one the promotion left).
+    pub timeline: u32,
+    /// First LSN it holds.
+    pub start: u64,
+    /// The LSN just after its last byte (at or past the switch point).
+    pub end: u64,
 }
 
 impl Event {

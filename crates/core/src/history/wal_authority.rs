@@ -30,7 +30,9 @@ pub struct Anchor {
 /// it through the `prev` chain back to the previous anchored object) and its signer was active
 /// at that anchor's sequence number. So revoking or rotating a streamer's key never invalidates
 /// the WAL it streamed and anchored before, and a revoked key cannot add new WAL: nothing
-/// accepted can anchor an object it signs after its revocation.
+/// accepted can anchor an object it signs after its revocation. An accepted `promoted` entry
+/// naming the WAL its server replayed is an anchor too, for the writers active just before it:
+/// the writers it fences keep that WAL and nothing else they sign unanchored.
 #[derive(Debug, Clone, Default)]
 pub struct WalAuthority {
     /// Per key: half-open intervals `(after, until)` of sequence numbers `s` with
@@ -42,22 +44,8 @@ pub struct WalAuthority {
     anchors: Vec<Anchor>,
     /// Earliest anchoring sequence number per directly anchored object.
     direct: std::collections::HashMap<ObjectId, u64>,
-    /// Authoritative promotions, in sequence order: who they fenced and where the new timeline
-    /// begins.
-    fences: Vec<Fence>,
-}
-
-/// What one authoritative promotion did to the dataset's WAL writers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    /// Sequence number of the `promoted` entry.
-    pub seq: u64,
-    /// The keys that could stream WAL before it and cannot after it.
-    pub keys: Vec<[u8; 32]>,
-    /// The timeline the promoted server writes on.
-    pub timeline: u32,
-    /// Where it begins: WAL of older timelines up to here is the history both sides share.
-    pub lsn: u64,
+    /// Sequence numbers of the accepted `promoted` entries that anchor the WAL they replayed.
+    promoted_anchors: Vec<u64>,
 }
 
 impl WalAuthority {
@@ -77,17 +65,22 @@ impl WalAuthority {
             out.head = out.head.max(seq);
             authority.record(r);
             let now = authority.holders(Right::StreamWal);
-            if let (None, Event::Promoted { timeline, lsn, .. }) = (&r.refused, &r.entry.event) {
-                out.fences.push(Fence {
+            if let (
+                None,
+                Event::Promoted {
+                    replayed: Some(w), ..
+                },
+            ) = (&r.refused, &r.entry.event)
+            {
+                out.anchors.push(Anchor {
                     seq,
-                    keys: active
-                        .iter()
-                        .filter(|k| !now.contains(k))
-                        .copied()
-                        .collect(),
-                    timeline: *timeline,
-                    lsn: *lsn,
+                    id: w.object,
+                    timeline: w.timeline,
+                    start: w.start,
+                    end: w.end,
                 });
+                out.direct.entry(w.object).or_insert(seq);
+                out.promoted_anchors.push(seq);
             }
             for key in now.iter().filter(|k| !active.contains(k)) {
                 out.intervals.entry(*key).or_default().push((seq, u64::MAX));
@@ -155,31 +148,27 @@ impl WalAuthority {
     }
 
     /// Whether a log object signed by `signer` is valid, given the sequence number of the
-    /// anchor that covers it (None: no anchor covers it, the live tail).
+    /// anchor that covers it (None: no anchor covers it, the live tail). A `promoted` entry's
+    /// anchor (the WAL the promoted server replayed) vouches for the writers active just before
+    /// it, the ones it fences included: their WAL after the previous anchor up to the switch
+    /// point stays valid, and nothing else they sign unanchored does (red team 8).
     pub fn allows(&self, signer: &[u8; 32], anchored_at: Option<u64>) -> bool {
-        self.active_at_head(signer) || anchored_at.is_some_and(|s| self.active_at(signer, s))
+        if self.active_at_head(signer) {
+            return true;
+        }
+        let Some(seq) = anchored_at else {
+            return false;
+        };
+        self.active_at(signer, seq)
+            || (self.promoted_anchors.contains(&seq) && self.active_just_before(signer, seq))
     }
 
-    /// [`WalAuthority::allows`] for an object on `timeline` ending at `end`: a writer fenced by
-    /// a promotion keeps its unanchored WAL of older timelines up to the promotion's switch
-    /// point (the history the promoted server replayed), and nothing past it.
-    pub fn allows_object(
-        &self,
-        signer: &[u8; 32],
-        anchored_at: Option<u64>,
-        timeline: u32,
-        end: u64,
-    ) -> bool {
-        self.allows(signer, anchored_at)
-            || self
-                .fences
-                .iter()
-                .any(|f| f.keys.contains(signer) && timeline < f.timeline && end <= f.lsn)
-    }
-
-    /// The authoritative promotions of the dataset, in sequence order.
-    pub fn fences(&self) -> &[Fence] {
-        &self.fences
+    /// True when `key` could sign WAL right before the entry at `seq` (its interval reaches
+    /// `seq`, whether or not it ends there).
+    fn active_just_before(&self, key: &[u8; 32], seq: u64) -> bool {
+        self.intervals
+            .get(key)
+            .is_some_and(|v| v.iter().any(|&(after, until)| after < seq && seq <= until))
     }
 
     /// Which anchor covers each object, given every known object's `prev` (by id): walking
