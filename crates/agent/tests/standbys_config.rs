@@ -64,3 +64,55 @@ fn a_standby_mistake_is_refused_with_its_position() {
     .to_string();
     assert!(e.contains("standbys[0].lag: unknown field"), "{e}");
 }
+
+/// Red team 8: a data directory naming the vault's own site folder, or `"."` (the folder of the
+/// configuration, its key and passphrase files), made the node remove them when it rebuilt the
+/// "incomplete" standby. The node no longer removes a folder that is not a standby's, but the
+/// mistake is refused up front too: a data directory that is or holds the configuration file,
+/// the state folder, the key or passphrase file, or a site's folder, or that lies inside a
+/// site's folder (through `..` or a symbolic link too), is an error naming what it overlaps.
+#[test]
+fn a_data_directory_overlapping_what_the_agent_keeps_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc");
+    let site = tmp.path().join("lux");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&site).unwrap();
+    std::os::unix::fs::symlink(&site, tmp.path().join("alias")).unwrap();
+    let parse = |data_dir: &str| {
+        let text = format!(
+            "[agent]\nstate_dir = \"state\"\n\n[keys]\nfile = \"keys/vault.key\"\n\
+             passphrase_file = \"/run/secrets/pass\"\n\n[[sites]]\nname = \"lux\"\n\
+             path = \"{}\"\n\n[[standbys]]\ndataset = \"population\"\ndata_dir = \"{data_dir}\"\n\
+             port = 5433\n",
+            site.display()
+        );
+        Config::parse(&text, &etc.join("embassy.toml"))
+    };
+    let site_dir = site.display().to_string();
+    let refused = [
+        (".", "this configuration file"),
+        ("state", "the agent's state_dir"),
+        ("keys", "the key file"),
+        ("/run", "the passphrase file"),
+        (site_dir.as_str(), "site lux's folder"),
+        (&format!("{site_dir}/population"), "site lux's folder"),
+        ("../lux", "site lux's folder"),
+        ("../alias/population", "site lux's folder"),
+        ("..", "this configuration file"),
+    ];
+    for (data_dir, what) in refused {
+        let e = parse(data_dir)
+            .err()
+            .unwrap_or_else(|| panic!("data_dir {data_dir:?} was taken"))
+            .to_string();
+        assert!(
+            e.contains("standbys[0].data_dir") && e.contains(what),
+            "{data_dir}: {e}"
+        );
+    }
+    // A folder of its own beside them is fine.
+    for data_dir in ["population", "../standbys/population", "state-of-the-art"] {
+        parse(data_dir).unwrap_or_else(|e| panic!("{data_dir}: {e}"));
+    }
+}

@@ -8,7 +8,8 @@
 //! under load; embassy A takes over with 2 of 3 officials' approvals bound to its key, promotes
 //! and streams timeline 2 into the three sites, its commits acknowledged once durable; embassy B's
 //! node follows timeline 2. Home comes back with its old credential: what it writes is fenced.
-//! Then the documented way back: A stops (its agent's fast shutdown waits for its streamer), home
+//! Then the documented way back: A's agent stops, then A's server (a fast shutdown waits for its
+//! streamer), home
 //! restores a standby from the vault, is approved and promoted (timeline 3) and streams again; A's
 //! data directory returns to standby under its agent and follows timeline 3, and so does B.
 //!
@@ -448,10 +449,23 @@ fn three_sites(full: bool) {
         );
         assert!(verify.status.success(), "{said}");
 
-        // The way back. 1. A stops: its agent's fast shutdown waits until A's streamer has
-        // flushed all of A's WAL; then the streamer stops.
+        // The way back. 1. A's agent stops (it leaves its server running, so that it does not
+        // start it again), then A's server stops with a fast shutdown, which waits until A's
+        // streamer has flushed all of A's WAL; then the streamer stops.
         let (status, log) = agent_a.stop(Duration::from_secs(60));
         assert!(status.success(), "{log}");
+        let stopped = {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new(embassy_testkit::pg::pg_bindir().join("pg_ctl"))
+                .uid(env.ids.0)
+                .gid(env.ids.1)
+                .arg("-D")
+                .arg(&a.data)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"])
+                .output()
+                .expect("pg_ctl runs")
+        };
+        assert!(stopped.status.success(), "{stopped:?}");
         drop(a_streamer);
         // 2. Home restores a standby from the vault; it follows timeline 2 to its end.
         let home_dir = env.postgres_folder("restores").join("home");

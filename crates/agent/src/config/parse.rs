@@ -344,7 +344,24 @@ impl<'t> Parser<'t> {
         let site_names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
         let datasets = self.datasets(&mut top, &site_names);
         let groups = self.groups(&mut top, datasets.as_deref().unwrap_or_default());
-        let standbys = self.standbys(&mut top);
+        let mut kept: Vec<(String, PathBuf)> =
+            vec![("this configuration file".into(), path.into())];
+        if let Some((a, _)) = &agent {
+            kept.push(("the agent's state_dir".into(), a.state_dir.clone()));
+        }
+        if let Some(k) = &keys {
+            kept.push(("the key file".into(), k.file.clone()));
+            if let PassphraseSource::File(f) = &k.passphrase {
+                kept.push(("the passphrase file".into(), f.clone()));
+            }
+        }
+        for s in sites.iter().filter(|s| !s.location.contains("://")) {
+            kept.push((
+                format!("site {}'s folder", s.name),
+                PathBuf::from(&s.location),
+            ));
+        }
+        let standbys = self.standbys(&mut top, &kept);
         self.finish(
             top,
             &[

@@ -4,6 +4,7 @@
 //! node follows what home streams; it backs nothing up itself).
 
 use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::parse::{Fields, Parser};
@@ -13,7 +14,14 @@ use super::StandbyConfig;
 const DEFAULT_LAG_ALARM: Duration = Duration::from_secs(60);
 
 impl Parser<'_> {
-    pub(super) fn standbys(&mut self, top: &mut Fields<'_, '_>) -> Vec<StandbyConfig> {
+    /// The `[[standbys]]`; `kept` names the paths a standby's data directory must never hold
+    /// or be (a rebuild makes the data directory again: red team 8's `data_dir = "."` and a
+    /// data directory naming the vault's own folder).
+    pub(super) fn standbys(
+        &mut self,
+        top: &mut Fields<'_, '_>,
+        kept: &[(String, PathBuf)],
+    ) -> Vec<StandbyConfig> {
         let items = self.array_of_tables(top, "standbys").unwrap_or_default();
         let mut out = Vec::new();
         let mut datasets: HashSet<String> = HashSet::new();
@@ -102,6 +110,20 @@ impl Parser<'_> {
                 );
                 continue;
             }
+            if let Some(what) = overlaps(&dir, kept) {
+                self.problem(
+                    data_dir.span(),
+                    &format!("{field}.data_dir"),
+                    format!(
+                        "{} would hold or be inside {what}: a standby's data directory is made \
+                         again when it is rebuilt, so it must be a folder of its own, like \
+                         \"/srv/embassy/{}\"",
+                        dir.display(),
+                        dataset.get_ref()
+                    ),
+                );
+                continue;
+            }
             if !dirs.insert(dir.clone()) {
                 self.problem(
                     data_dir.span(),
@@ -120,5 +142,48 @@ impl Parser<'_> {
             });
         }
         out
+    }
+}
+
+/// What of `kept` the data directory `dir` would overlap: a kept path equal to it or inside it,
+/// or a site folder it is inside. Paths are compared after resolving `.`, `..` and (where they
+/// exist) symbolic links.
+fn overlaps(dir: &Path, kept: &[(String, PathBuf)]) -> Option<String> {
+    let dir = resolved(dir);
+    kept.iter().find_map(|(what, p)| {
+        let p = resolved(p);
+        let inside_site = what.starts_with("site ") && dir.starts_with(&p);
+        (p.starts_with(&dir) || inside_site).then(|| format!("{what} ({})", p.display()))
+    })
+}
+
+/// `p` with `.` and `..` resolved lexically, then its longest existing ancestor canonicalised
+/// (symbolic links followed) with the rest appended.
+fn resolved(p: &Path) -> PathBuf {
+    let mut lexical = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
     }
 }
