@@ -112,6 +112,10 @@ pub fn backup_dataset(
         RunError::Config(format!("dataset {dataset} is not in the configuration"))
     })?;
     let vault = open_vault(config, cancel)?;
+    // The backup and its retention load the dataset's history several times, at every run: a
+    // writer's own loads reuse the ledger entries this process decoded from the same site
+    // (`verify` and `status` still read every entry).
+    let _cached = embassy_core::history::ledger::CachedReads::begin();
     let command;
     let scrub;
     let base_backup;
@@ -229,6 +233,9 @@ pub fn collect_garbage(
 ) -> Result<String, RunError> {
     let open = open_options(config, cancel);
     let vault = embassy_ops::open::open_vault(&open)?;
+    // Collection loads every dataset's history at every run: it reuses the ledger entries this
+    // process decoded from the same site, as a backup does.
+    let _cached = embassy_core::history::ledger::CachedReads::begin();
     // The same options and key rule as `embassy gc --grace`; what this machine saw of the
     // records is kept beside its verified heads.
     let options = embassy_ops::gc::options(Some(grace.as_secs()), false);

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::config::VaultConfig;
 use crate::format::layout;
-use crate::history::ledger::{decode, Entry, Event, Record};
+use crate::history::ledger::{self, Entry, Event, Record};
 use crate::history::numbering::VersionNumbering;
 use crate::history::version::Version;
 use crate::id::ObjectId;
@@ -788,6 +788,8 @@ pub fn load(
     // The listing order is the site's: sort, so that every client judges the same way.
     listed.sort();
     listed.dedup();
+    let cached = ledger::reads_cached();
+    let location = site.location();
     let fetched: Vec<Result<std::result::Result<Candidate, Rejected>>> = listed
         .par_iter()
         .map(|(seq, id, path)| {
@@ -799,20 +801,32 @@ pub fn load(
                     reason,
                 }))
             };
-            let bytes = match site.get(path) {
-                Ok(bytes) => bytes,
-                // Listed, yet no site produces it (a listing that names what is not there, or
-                // an object lost between listing and reading): judged like a damaged copy,
-                // noise unless the accepted history needs it.
-                Err(SiteError::NotFound { .. }) => return reject(LISTED_NOT_HELD.into()),
-                Err(e) => return Err(e.into()),
-            };
-            if ObjectId::of(&bytes) != *id {
-                return reject("bytes do not hash to the object's name".into());
-            }
-            let entry = match decode(path, &bytes) {
-                Ok(e) => e,
-                Err(e) => return reject(format!("not a validly signed ledger entry: {e}")),
+            // A writer's own load (`ledger::CachedReads`) does not fetch again an entry this
+            // process decoded from the same site before (its id is the hash of its bytes).
+            let entry = match cached.then(|| ledger::decoded(location, id)).flatten() {
+                Some(entry) => entry,
+                None => {
+                    let bytes = match site.get(path) {
+                        Ok(bytes) => bytes,
+                        // Listed, yet no site produces it (a listing that names what is not
+                        // there, or an object lost between listing and reading): judged like a
+                        // damaged copy, noise unless the accepted history needs it.
+                        Err(SiteError::NotFound { .. }) => return reject(LISTED_NOT_HELD.into()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if ObjectId::of(&bytes) != *id {
+                        return reject("bytes do not hash to the object's name".into());
+                    }
+                    let decoded = if cached {
+                        ledger::decode_and_keep(location, id, path, &bytes)
+                    } else {
+                        ledger::decode(path, &bytes)
+                    };
+                    match decoded {
+                        Ok(e) => e,
+                        Err(e) => return reject(format!("not a validly signed ledger entry: {e}")),
+                    }
+                }
             };
             if entry.dataset != dataset {
                 return reject(format!("an entry of dataset {}", entry.dataset));

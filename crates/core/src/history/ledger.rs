@@ -356,6 +356,83 @@ pub fn key_epoch(history: &[Record]) -> u32 {
         .unwrap_or(0)
 }
 
+/// Bytes of encoded entries this process keeps decoded, at most ([`decoded`]). A long-running
+/// agent reads a dataset's whole ledger at every backup, retention and collection; without the
+/// cache every entry was fetched again each time (one GET per entry from an S3 site, for ever
+/// more entries). Once full, further entries are decoded and not kept (no eviction: the oldest
+/// entries, which every load reads, stay), so memory stays bounded whatever the ledger's length.
+pub const DECODED_CACHE_BYTES: usize = 8 << 20;
+
+/// The entries decoded in this process while [`CachedReads`] was on, by site and object id.
+struct DecodedCache {
+    entries: std::collections::HashMap<(String, ObjectId), Entry>,
+    bytes: usize,
+}
+
+fn decoded_cache() -> &'static std::sync::Mutex<DecodedCache> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<DecodedCache>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        std::sync::Mutex::new(DecodedCache {
+            entries: std::collections::HashMap::new(),
+            bytes: 0,
+        })
+    })
+}
+
+std::thread_local! {
+    static CACHED_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, history loads on this thread reuse the entries this process decoded before
+/// from the same site (and keep what they decode). Only a writer's own paths take it (the
+/// agent's backups, retention and collection): they need the true history, which an entry
+/// decoded from bytes that hashed to its id is. Anything that judges a site (`verify`,
+/// `status`, sync, repair) reads every entry from that site, so that a copy damaged or replaced
+/// after this process decoded a good one is still found (the reverted process-wide cache hid a
+/// tampered copy from `status`).
+pub struct CachedReads(());
+
+impl CachedReads {
+    /// Starts cached reads on this thread until the returned guard is dropped.
+    pub fn begin() -> CachedReads {
+        CACHED_READS.with(|f| f.set(f.get().saturating_add(1)));
+        CachedReads(())
+    }
+}
+
+impl Drop for CachedReads {
+    fn drop(&mut self) {
+        CACHED_READS.with(|f| f.set(f.get().saturating_sub(1)));
+    }
+}
+
+/// True while a [`CachedReads`] guard lives on this thread.
+pub fn reads_cached() -> bool {
+    CACHED_READS.with(|f| f.get() > 0)
+}
+
+/// The entry whose encoded bytes, read from `site`, hashed to `id`, when this process decoded
+/// it under [`CachedReads`] before. An object id is the hash of the object's bytes, so that
+/// entry is what the copy named `id` decoded to; what the entry may do is judged afresh by
+/// every load.
+pub fn decoded(site: &str, id: &ObjectId) -> Option<Entry> {
+    let cache = decoded_cache().lock().unwrap_or_else(|e| e.into_inner());
+    cache.entries.get(&(site.to_string(), *id)).cloned()
+}
+
+/// Decodes `bytes` read from `site`, which the caller checked hash to `id` ([`decode`]), and
+/// keeps the entry for [`decoded`] while the cache has room.
+pub fn decode_and_keep(site: &str, id: &ObjectId, path: &str, bytes: &[u8]) -> Result<Entry> {
+    let entry = decode(path, bytes)?;
+    let mut cache = decoded_cache().lock().unwrap_or_else(|e| e.into_inner());
+    let key = (site.to_string(), *id);
+    if cache.bytes + bytes.len() <= DECODED_CACHE_BYTES && !cache.entries.contains_key(&key) {
+        cache.bytes += bytes.len();
+        cache.entries.insert(key, entry.clone());
+    }
+    Ok(entry)
+}
+
 /// Decodes an entry and checks that it is signed by the key it names. Whether that key may sign
 /// is decided by the acceptance rules (`history::accept`), which know the signer set at that
 /// point of the chain.
