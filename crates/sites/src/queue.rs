@@ -481,6 +481,7 @@ impl Drop for Session {
 /// Turns the sessions of writers that died (their files no longer locked) into full-sync records
 /// on each of their sites' queues; returns how many it found.
 pub fn recover_sessions(state_dir: &Path) -> Result<usize> {
+    remove_stale_temporaries(&queue_dir(state_dir));
     let dir = queue_dir(state_dir).join("sessions");
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -564,6 +565,36 @@ pub fn site_queue(
     site: Option<&Arc<dyn Site>>,
 ) -> Result<SiteQueue> {
     SiteQueue::open(state_dir, site.map_or(location, |s| s.location()))
+}
+
+/// How old a temporary file in the queue folder must be before it is taken for one a killed
+/// process left: a queue's rewrite writes and renames its temporary file within moments.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temporary files (`fsutil::TEMP_SUFFIX`) in the queue folder that a process
+/// killed while rewriting a queue left behind (older than [`STALE_TEMPORARY`]): nothing reads
+/// them, and a long-running embassy would otherwise gather them for ever (issue 19's campaign).
+/// Best effort: a file that cannot be looked at or removed stays for the next time.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = name
+            .to_string_lossy()
+            .ends_with(embassy_core::fsutil::TEMP_SUFFIX)
+            && entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMPORARY);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Queue depth per site of `locations` (after recovering dead writers' sessions), for `status`.
@@ -705,6 +736,33 @@ mod tests {
             r.full_sync && r.remaining == 1 && !r.problems.is_empty(),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_killed_rewrites_temporary_file_is_removed_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let queues = queue_dir(dir.path());
+        std::fs::create_dir_all(&queues).unwrap();
+        let suffix = embassy_core::fsutil::TEMP_SUFFIX;
+        let old = queues.join(format!(".a.queue.0123456789abcdef.{suffix}"));
+        let young = queues.join(format!(".b.queue.fedcba9876543210.{suffix}"));
+        let queue = queues.join("a.queue");
+        for p in [&old, &young, &queue] {
+            std::fs::write(p, "+ x 0\n").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - STALE_TEMPORARY * 2;
+        for p in [&old, &queue] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        recover_sessions(dir.path()).unwrap();
+        assert!(!old.exists(), "a stale temporary file stayed");
+        assert!(young.exists(), "a temporary file being written was removed");
+        assert!(queue.exists(), "a queue was removed");
     }
 
     #[test]
