@@ -4,7 +4,6 @@
 //! `status`, sync, repair: anything that judges a site) reads every entry from the site, so
 //! damage done after an entry was decoded is found.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use embassy_core::engine::vault::{Keyring, Vault};
@@ -15,45 +14,14 @@ use embassy_core::format::pack::BlobKind;
 use embassy_core::format::tree::Tree;
 use embassy_core::keys::RootSecret;
 use embassy_core::progress::Silent;
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
-use embassy_testkit::memory::MemorySite;
+use embassy_testkit::memory::{CountingGets, MemorySite};
 
 const DATASET: &str = "registry";
 
-/// A memory site that counts the GETs of ledger entries.
-#[derive(Debug, Default)]
-struct CountingSite {
-    inner: MemorySite,
-    ledger_gets: AtomicU64,
-}
-
-impl Site for CountingSite {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        self.inner.put(path, bytes)
-    }
-    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        if path.starts_with("ledger/") {
-            self.ledger_gets.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.get(path)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        self.inner.get_range(path, offset, len)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, path: &str) -> Result<(), SiteError> {
-        self.inner.delete(path)
-    }
-}
-
 /// A vault on a counting site holding `versions` versions of [`DATASET`].
-fn vault_with_versions(versions: usize) -> (Arc<CountingSite>, Vault) {
-    let site = Arc::new(CountingSite::default());
+fn vault_with_versions(versions: usize) -> (Arc<MemorySite>, Arc<CountingGets>, Vault) {
+    let memory = Arc::new(MemorySite::default());
+    let site = Arc::new(CountingGets::new(memory.clone(), "ledger/"));
     let root = RootSecret::generate();
     let vault = Vault::create(site.clone(), &root).expect("vault");
     let keyring =
@@ -67,16 +35,16 @@ fn vault_with_versions(versions: usize) -> (Arc<CountingSite>, Vault) {
             .finish(VersionKind::Tree, tree, vec![], VersionStats::default())
             .expect("version");
     }
-    (site, vault)
+    (memory, site, vault)
 }
 
 #[test]
 fn a_writers_history_loaded_again_fetches_no_entry_it_decoded_before() {
-    let (site, vault) = vault_with_versions(4);
+    let (_, site, vault) = vault_with_versions(4);
     let count = |load: &dyn Fn() -> Vec<embassy_core::history::ledger::Record>| {
-        let before = site.ledger_gets.load(Ordering::SeqCst);
+        let before = site.gets();
         let records = load();
-        (site.ledger_gets.load(Ordering::SeqCst) - before, records)
+        (site.gets() - before, records)
     };
     let load = || vault.history(DATASET).expect("history");
     // Without the writer's guard, every load reads every entry.
@@ -102,7 +70,7 @@ fn a_writers_history_loaded_again_fetches_no_entry_it_decoded_before() {
 
 #[test]
 fn verify_reads_every_entry_and_finds_one_damaged_after_a_writer_decoded_it() {
-    let (site, vault) = vault_with_versions(3);
+    let (memory, site, vault) = vault_with_versions(3);
     let history = {
         let _writer = embassy_core::history::ledger::CachedReads::begin();
         vault.history(DATASET).expect("history")
@@ -112,11 +80,11 @@ fn verify_reads_every_entry_and_finds_one_damaged_after_a_writer_decoded_it() {
     // The first entry's bytes are damaged at the site after this process decoded them.
     let first = &history[0];
     let path = embassy_core::format::layout::ledger_entry(DATASET, first.entry.seq, &first.id);
-    site.inner.lock().insert(path.clone(), b"damaged".to_vec());
-    let before = site.ledger_gets.load(Ordering::SeqCst);
+    memory.lock().insert(path.clone(), b"damaged".to_vec());
+    let before = site.gets();
     let report = verify(&vault, None, &Silent).expect("verify");
     assert!(
-        site.ledger_gets.load(Ordering::SeqCst) - before >= history.len() as u64,
+        site.gets() - before >= history.len() as u64,
         "verify did not read every ledger entry from the site"
     );
     assert!(

@@ -547,38 +547,6 @@ fn sync_from_a_site_keeping_a_withdrawn_entry_does_not_copy_it() {
     );
 }
 
-/// A source as a sync reads it, counting the ledger entries read from it.
-#[derive(Debug)]
-struct CountingLedgerReads {
-    inner: Arc<MemorySite>,
-    ledger_gets: std::sync::atomic::AtomicUsize,
-}
-
-impl Site for CountingLedgerReads {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
-        self.inner.put(path, bytes)
-    }
-    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
-        if path.starts_with("ledger/") {
-            self.ledger_gets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.inner.get(path)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
-        self.inner.get_range(path, offset, len)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, path: &str) -> Result<(), SiteError> {
-        self.inner.delete(path)
-    }
-}
-
 /// Withdrawals are never collected, so a dataset that once had a race keeps one for ever. A
 /// sync judges withdrawn entries by loading the source's history; it did so for every dataset
 /// holding any withdrawal at every sync (the agent's catch-ups, one GET per ledger entry from
@@ -594,15 +562,12 @@ fn a_sync_reads_no_history_for_a_withdrawal_of_an_entry_no_site_keeps() {
     let silent = &embassy_core::progress::Silent;
     embassy_core::engine::sync::seed(r.site.as_ref(), &target, false, silent).unwrap();
     let next = ledger::append(r.site.as_ref(), &r.key, DS, Some(&r.x), version(5)).unwrap();
-    let from = CountingLedgerReads {
-        inner: r.site.clone(),
-        ledger_gets: Default::default(),
-    };
+    let from = embassy_testkit::memory::CountingGets::new(r.site.clone(), "ledger/");
     let report = embassy_core::engine::sync::sync(&from, &target, false, silent).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(target.get(&layout::ledger_entry(DS, 3, &next.id)).is_ok());
     assert_eq!(
-        from.ledger_gets.into_inner(),
+        from.gets(),
         1,
         "the sync read more ledger entries than the one it copied"
     );

@@ -193,3 +193,53 @@ impl Site for MemorySite {
         Ok(())
     }
 }
+
+/// A site that passes everything to `inner` and counts the GETs of paths under a prefix (the
+/// ledger's, say): how tests prove how many reads a load or a sync makes.
+#[derive(Debug)]
+pub struct CountingGets {
+    /// The site every call goes to.
+    pub inner: std::sync::Arc<dyn Site>,
+    prefix: String,
+    gets: std::sync::atomic::AtomicU64,
+}
+
+impl CountingGets {
+    /// Counts the GETs of paths starting with `prefix` made through it to `inner`.
+    pub fn new(inner: std::sync::Arc<dyn Site>, prefix: &str) -> Self {
+        Self {
+            inner,
+            prefix: prefix.to_string(),
+            gets: Default::default(),
+        }
+    }
+
+    /// GETs counted so far.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Site for CountingGets {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<Put, SiteError> {
+        self.inner.put(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, SiteError> {
+        if path.starts_with(&self.prefix) {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.get(path)
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SiteError> {
+        self.inner.get_range(path, offset, len)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SiteError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, path: &str) -> Result<(), SiteError> {
+        self.inner.delete(path)
+    }
+}
