@@ -243,24 +243,7 @@ fn env_with_an_approver(prefix: &str) -> (PgCli, PathBuf, tempfile::TempDir) {
 
 /// A sealing credential of `registry` labelled `label`: its file and public key.
 fn issue(env: &PgCli, label: &str) -> (PathBuf, String) {
-    let file = env.path(&format!("{label}.cred"));
-    let out = env.run(&[
-        "keys",
-        "issue",
-        "--sealing",
-        "--dataset",
-        "registry",
-        "--label",
-        label,
-        "--out",
-        arg(&file),
-    ]);
-    let public = out
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("no public key in {out}"))
-        .to_string();
-    (file, public)
+    env.issue_sealing("registry", label)
 }
 
 /// `embassy approve --promote HOST --promoter PROMOTER registry` by `approver`.

@@ -239,26 +239,7 @@ fn three_sites(full: bool) {
         init.extend(["--approver", public.as_str()]);
     }
     env.init(&init);
-    let issue = |label: &str| -> (PathBuf, String) {
-        let file = env.path(&format!("{label}.cred"));
-        let out = env.run(&[
-            "keys",
-            "issue",
-            "--sealing",
-            "--dataset",
-            DS,
-            "--label",
-            label,
-            "--out",
-            arg(&file),
-        ]);
-        let public = out
-            .split_whitespace()
-            .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
-            .unwrap_or_else(|| panic!("no public key in {out}"))
-            .to_string();
-        (file, public)
-    };
+    let issue = |label: &str| env.issue_sealing(DS, label);
     let host = hostname();
     let approve = |official: usize, promoter: &str| {
         let out = env

@@ -134,6 +134,31 @@ impl PgCli {
         self.cmd(args).output().expect("embassy runs")
     }
 
+    /// Issues a sealing credential of `dataset` labelled `label` into `<label>.cred` in the
+    /// home (`embassy keys issue --sealing`); its file and public key (hex).
+    pub fn issue_sealing(&self, dataset: &str, label: &str) -> (PathBuf, String) {
+        let file = self.path(&format!("{label}.cred"));
+        let out = self.run(&[
+            "--json",
+            "keys",
+            "issue",
+            "--sealing",
+            "--dataset",
+            dataset,
+            "--label",
+            label,
+            "--out",
+            file.to_str().expect("a UTF-8 home path"),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("keys issue answered {out:?}: {e}"));
+        let public = v["signer"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no signer in {v}"))
+            .to_string();
+        (file, public)
+    }
+
     /// Runs a command that must succeed; its standard output.
     pub fn run(&self, args: &[&str]) -> String {
         let out = self.output(args);
