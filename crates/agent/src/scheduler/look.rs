@@ -12,6 +12,9 @@ use crate::log::log;
 use crate::run;
 use crate::status::{self, SiteSnapshot};
 
+/// See [`Agent::event_look_gap`].
+const EVENT_LOOK_GAP: Duration = Duration::from_secs(5);
+
 impl Agent {
     fn refresh_interval(&self) -> Duration {
         let smallest = self
@@ -40,11 +43,19 @@ impl Agent {
             .as_secs() as i64
     }
 
+    /// Least time between two looks that runs' ends ask for ([`Agent::maybe_refresh`]): a look
+    /// reads every site's whole ledger and checkpoints (it judges each site by its own bytes),
+    /// and with datasets backed up every second the looks ran back to back, most of an S3
+    /// site's requests (issue 19's soak: the S3 site fell behind its RPO).
+    fn event_look_gap(&self) -> Duration {
+        self.refresh_interval().min(EVENT_LOOK_GAP)
+    }
+
     pub(super) fn maybe_refresh(&mut self) {
-        let due = self.refresh_now
-            || self
-                .last_refresh
-                .is_none_or(|t| t.elapsed() >= self.refresh_interval());
+        let since = self.last_refresh.map(|t| t.elapsed());
+        let due = since.is_none_or(|t| {
+            t >= self.refresh_interval() || (self.refresh_now && t >= self.event_look_gap())
+        });
         if due {
             self.refresh();
         }

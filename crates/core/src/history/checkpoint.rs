@@ -190,37 +190,7 @@ pub fn load_all(
             problems.push(format!("{}: unexpected object", info.path));
             continue;
         };
-        let checked = crate::format::object::get_checked(site, &info.path, &id, "the listing")
-            .and_then(|bytes| {
-                let cp = crate::format::framing::decode_signed::<Checkpoint>(
-                    CHECKPOINT_MAGIC,
-                    CHECKPOINT_LABEL,
-                    "a checkpoint",
-                    &info.path,
-                    &bytes,
-                    |c| c.signer,
-                )?;
-                if cp.vault_id != vault_id {
-                    return Err(Error::corrupt(
-                        &info.path,
-                        format!("checkpoint of vault {}, not this one", cp.vault_id),
-                    ));
-                }
-                if !signers.contains(&cp.signer) {
-                    return Err(Error::corrupt(
-                        &info.path,
-                        "signed by a key that may not sign checkpoints (only the root key and the \
-                         writer keys pinned in the configuration may)",
-                    ));
-                }
-                if !info.path.contains(&format!("{:020}-", cp.time_ns)) {
-                    return Err(Error::corrupt(
-                        &info.path,
-                        "stored under another time than it states",
-                    ));
-                }
-                Ok(cp)
-            });
+        let checked = read_checkpoint(site, &info.path, &id, vault_id, signers);
         match checked {
             Ok(checkpoint) => {
                 let mut cosigners = cosigs.remove(&id).unwrap_or_default();
@@ -236,6 +206,95 @@ pub fn load_all(
         }
     }
     Ok((out, problems))
+}
+
+/// Reads the checkpoint stored at `path` (named `id`) and checks it: its bytes hash to `id`,
+/// it is a checkpoint of this vault signed by one of `signers`, stored under the time it
+/// states.
+fn read_checkpoint(
+    site: &dyn Site,
+    path: &str,
+    id: &ObjectId,
+    vault_id: &str,
+    signers: &[[u8; 32]],
+) -> Result<Checkpoint> {
+    let bytes = crate::format::object::get_checked(site, path, id, "the listing")?;
+    let cp = crate::format::framing::decode_signed::<Checkpoint>(
+        CHECKPOINT_MAGIC,
+        CHECKPOINT_LABEL,
+        "a checkpoint",
+        path,
+        &bytes,
+        |c| c.signer,
+    )?;
+    if cp.vault_id != vault_id {
+        return Err(Error::corrupt(
+            path,
+            format!("checkpoint of vault {}, not this one", cp.vault_id),
+        ));
+    }
+    if !signers.contains(&cp.signer) {
+        return Err(Error::corrupt(
+            path,
+            "signed by a key that may not sign checkpoints (only the root key and the \
+             writer keys pinned in the configuration may)",
+        ));
+    }
+    if !path.contains(&format!("{:020}-", cp.time_ns)) {
+        return Err(Error::corrupt(
+            path,
+            "stored under another time than it states",
+        ));
+    }
+    Ok(cp)
+}
+
+/// The newest valid checkpoint naming each dataset of `histories`, newest first, read from
+/// the newest of the `listed` paths back until every dataset has one (or none is left): what a
+/// look at a site (`status`, the agent's dashboard) checks the histories against. Checkpoints
+/// are never collected and a writer stores one per backup, so reading all of them at every
+/// look grew without end (issue 19's soak: most of an S3 site's requests); `verify` still reads
+/// all ([`load_valid`]). A history that extends a dataset's newest checkpoint extends the older
+/// ones too (their heads are on its hash chain). The newest valid checkpoint is always among
+/// them, so a dataset it names that the site no longer lists at all is still judged.
+/// Cosignatures are not read (empty).
+pub fn load_newest(
+    site: &dyn Site,
+    vault_id: &str,
+    signers: &[[u8; 32]],
+    histories: &BTreeMap<String, Vec<Record>>,
+    listed: &std::collections::BTreeSet<String>,
+) -> Result<Vec<StoredCheckpoint>> {
+    let mut uncovered: Vec<&String> = histories.keys().collect();
+    let mut out = Vec::new();
+    // Paths name the checkpoint's time first (`checkpoints/<time_ns, 20 digits>-<id>`).
+    for path in listed.iter().rev() {
+        if uncovered.is_empty() {
+            break;
+        }
+        let Some(id) = crate::format::layout::id_in_path(path) else {
+            continue;
+        };
+        let Ok(checkpoint) = read_checkpoint(site, path, &id, vault_id, signers) else {
+            continue;
+        };
+        let cp = StoredCheckpoint {
+            id,
+            checkpoint,
+            cosigners: Vec::new(),
+        };
+        if time_problem(site, &cp, histories).is_some() {
+            continue;
+        }
+        let before = uncovered.len();
+        uncovered.retain(|d| !cp.checkpoint.heads.contains_key(*d));
+        // The newest valid one is always kept: it names the datasets the site should hold,
+        // a dataset whose whole history the site withholds included.
+        if out.is_empty() || uncovered.len() < before {
+            out.push(cp);
+        }
+    }
+    Ok(out)
 }
 
 /// [`load_all`], then the time check: a checkpoint whose `time_ns` is more than
