@@ -338,6 +338,9 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         ))
         .unwrap();
     embassy.try_psql("SELECT pg_reload_conf()").unwrap();
+    // A hostile site plants names of history files for timelines 2 and 3 (red team 9: the
+    // streamer took any listed name for its stored history file and never stored the real one).
+    let planted = [plant_history(&env, 2), plant_history(&env, 3)];
     let embassy_streamer = stream_with(
         &env,
         &embassy_key,
@@ -448,6 +451,66 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
             },
         );
     }
+
+    // Red team 9: the way back fenced the embassy's credential, which had stored timeline 2's
+    // history file; unanchored, it turned to noise, verify said OK and a restore from the vault
+    // failed ("could not restore file 00000002.history"). The streamer's first anchor on a
+    // timeline names its history file: it stays valid. Only the planted names are noise, and
+    // the vault alone restores every commit across the three timelines.
+    let out = env
+        .cmd(&["--json", "pg", "verify-wal", "registry"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(out.status.success(), "{report}");
+    let noise: Vec<&str> = report["noise"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(noise.len(), planted.len(), "{report}");
+    for path in &planted {
+        assert!(noise.iter().any(|n| n.contains(path.as_str())), "{report}");
+    }
+    let restored_dir = env.postgres_folder("restores").join("latest");
+    env.run(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        arg(&restored_dir),
+    ]);
+    let restored = Restored::start(restored_dir);
+    wait_until(
+        "the vault's restore to replay the three timelines",
+        Duration::from_secs(120),
+        || count(&restored, "SELECT count(*) FROM acked") == "120",
+    );
+}
+
+/// Plants junk named like a history file of `timeline` at the site (its name carries its
+/// true hash); returns its path.
+fn plant_history(env: &PgCli, timeline: u32) -> String {
+    let junk = format!("not the history of timeline {timeline}").into_bytes();
+    let id = embassy_core::id::ObjectId::of(&junk);
+    let path = format!(
+        "wal/registry/{timeline:08x}/h/{:016x}-{:016x}-{id}",
+        0,
+        junk.len()
+    );
+    let file = env.site().join(&path);
+    let mut dir = env.site();
+    for part in std::path::Path::new(&path).parent().unwrap().components() {
+        dir = dir.join(part);
+        if !dir.exists() {
+            std::fs::create_dir(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(env.ids.0), Some(env.ids.1)).unwrap();
+        }
+    }
+    std::fs::write(&file, junk).unwrap();
+    path
 }
 
 /// Red team 8: after an approved takeover fences home's credential, a thief holding it signed

@@ -180,6 +180,7 @@ fn wal(timeline: u32, start: u64, end: u64) -> Event {
         start,
         end,
         captured_at_ns: 0,
+        history: None,
     }
 }
 

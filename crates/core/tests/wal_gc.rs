@@ -76,6 +76,7 @@ impl World {
                 start: name.start,
                 end: name.end,
                 captured_at_ns: 1,
+                history: None,
             },
         )
         .unwrap();

@@ -234,6 +234,7 @@ impl WalStreamer {
             pending: None,
             last_segment: None,
             system_id: s.system_id.clone(),
+            history: None,
         };
         let worker = std::thread::Builder::new()
             .name("wal-compactor".into())
@@ -367,11 +368,18 @@ impl Session<'_> {
         if !self.cfg.compact_segments || !self.keyring.can_read(&self.cfg.dataset) {
             return;
         }
-        let prev_segment = listing
+        // The previous segment object of the chain: one that checks out (a name a site
+        // planted, chained to, would make verify report a missing object for ever: red team
+        // 9), the furthest first.
+        let mut earlier: Vec<&wal::WalObject> = listing
             .segments
             .iter()
             .filter(|o| o.name.timeline == r.timeline && o.name.end <= r.pos.segment_start().0)
-            .max_by_key(|o| o.name.end)
+            .collect();
+        earlier.sort_by_key(|o| std::cmp::Reverse(o.name.end));
+        let prev_segment = earlier
+            .into_iter()
+            .find(|o| wal::read_checked(self.site.as_ref(), o, &self.signers).is_ok())
             .map(|o| o.name.id);
         if r.pos.segment_offset() == 0 {
             self.segment = Some(SegmentBuf {
@@ -401,35 +409,60 @@ impl Session<'_> {
         }
     }
 
+    /// Makes sure a valid history file of `timeline` is stored (above timeline 1) and gets it
+    /// anchored by the next anchor on that timeline (format 8). Only an object that checks out
+    /// counts as stored: a name a site planted (junk, or a signer's that is no longer valid)
+    /// kept the real file from ever being stored (red team 9).
     fn ensure_history(&mut self, conn: &mut ReplicationConnection, timeline: u32) -> Result<()> {
         if timeline <= 1 {
             return Ok(());
         }
-        let listing = wal::list(self.site.as_ref(), &self.cfg.dataset)?;
-        if listing
+        let listing = wal::list_histories(self.site.as_ref(), &self.cfg.dataset, timeline)?;
+        let mut stored = None;
+        for h in listing
             .histories
             .iter()
-            .any(|h| h.name.timeline == timeline)
+            .filter(|h| h.name.timeline == timeline)
         {
-            return Ok(());
+            match wal::read_checked(self.site.as_ref(), h, &self.signers) {
+                Ok(_) => {
+                    stored = Some(h.name.id);
+                    break;
+                }
+                Err(e) if wal::is_noise(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
-        let (_name, content) = conn.timeline_history(timeline)?;
-        let spec = LogSpec {
-            kind: LogKind::History,
-            timeline,
-            start: 0,
-            end: content.len() as u64,
-            prev: None,
-            captured_at_ns: now_ns(),
-            system_id: self.system_id.load(Ordering::Relaxed),
+        let id = match stored {
+            Some(id) => id,
+            None => {
+                let (_name, content) = conn.timeline_history(timeline)?;
+                let spec = LogSpec {
+                    kind: LogKind::History,
+                    timeline,
+                    start: 0,
+                    end: content.len() as u64,
+                    prev: None,
+                    captured_at_ns: now_ns(),
+                    system_id: self.system_id.load(Ordering::Relaxed),
+                };
+                wal::put(
+                    self.site.as_ref(),
+                    &self.keys,
+                    &self.signer,
+                    &spec,
+                    &content,
+                )?
+                .0
+            }
         };
-        wal::put(
-            self.site.as_ref(),
-            &self.keys,
-            &self.signer,
-            &spec,
-            &content,
-        )?;
+        if self.signers.authority().direct_anchor(&id).is_none() {
+            if let Some(jobs) = &self.jobs {
+                // Blocking: the anchor must not be dropped like a piece's (the next piece's
+                // anchor replaces that one; nothing replaces this).
+                let _ = jobs.send(Job::History { timeline, id });
+            }
+        }
         Ok(())
     }
 

@@ -670,7 +670,11 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     let mut segments_ok: Vec<(u32, u64, u64)> = Vec::new();
     let mut valid: Vec<&WalObject> = Vec::new();
     for (obj, h) in &parsed {
-        let anchored = coverage.get(&obj.name.id).copied();
+        // Through a chain, or directly (a history file an anchor names).
+        let anchored = coverage
+            .get(&obj.name.id)
+            .copied()
+            .or_else(|| authority.direct_anchor(&obj.name.id));
         if !authority.allows(&h.signer, anchored) {
             report.noise.push(format!(
                 "{}: signed by {}, which is not an active signer of dataset {dataset}{}: ignored",
@@ -732,6 +736,20 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
     }
     for r in &history {
         if let embassy_core::history::ledger::Event::LogRangeAdded {
+            history: Some(h), ..
+        } = &r.entry.event
+        {
+            // History files are never collected.
+            if !ids.contains_key(h) {
+                report.problems.push(format!(
+                    "ledger entry {} anchors timeline history file {} which is not stored (or \
+                     not valid)",
+                    r.entry.seq,
+                    h.short()
+                ));
+            }
+        }
+        if let embassy_core::history::ledger::Event::LogRangeAdded {
             manifest,
             timeline,
             end,
@@ -752,6 +770,27 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
                 ));
             }
         }
+    }
+    // A timeline after the first is followed through its history file: WAL of one whose
+    // history file no site object validly holds cannot be restored past the switch (red team
+    // 9: the history file of a fenced or revoked streamer turned to noise, and a planted name
+    // kept the streamer from storing it; verify said OK, the restore failed).
+    let with_history: std::collections::BTreeSet<u32> = valid
+        .iter()
+        .filter(|o| o.name.kind == LogKind::History)
+        .map(|o| o.name.timeline)
+        .collect();
+    let with_wal: std::collections::BTreeSet<u32> = valid
+        .iter()
+        .filter(|o| o.name.kind != LogKind::History && o.name.timeline > 1)
+        .map(|o| o.name.timeline)
+        .collect();
+    for tl in with_wal.difference(&with_history) {
+        report.problems.push(format!(
+            "timeline {tl} has WAL but no valid timeline history file ({tl:08X}.history): a \
+             restore cannot follow it past the switch point; repair this site from another \
+             site"
+        ));
     }
     // Coverage: per timeline, pieces and segments together must be contiguous from the first.
     let mut by_tl: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();

@@ -103,6 +103,7 @@ impl World {
                     start: self.end,
                     end: self.end + SEG,
                     captured_at_ns: now_unix_nanos(),
+                    history: None,
                 },
             )
             .unwrap();

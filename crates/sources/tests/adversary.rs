@@ -1458,6 +1458,7 @@ fn attack_09_drop_log_range() {
                 start: 0x100_0000 * (i + 1),
                 end: 0x100_0000 * (i + 2),
                 captured_at_ns: 1_000 + i as i64,
+                history: None,
             },
         )
         .unwrap();
@@ -1514,6 +1515,7 @@ fn attack_10_revoked_and_unknown_signers() {
         start: n,
         end: n + 1,
         captured_at_ns: n as i64,
+        history: None,
     };
     let head = a.history("identity").unwrap().pop();
     let added = ledger::append(

@@ -867,6 +867,7 @@ fn gc_leaves_what_it_does_not_understand_and_follows_wal_anchors_without_failing
             start: 0,
             end: 0x100_0000,
             captured_at_ns: now_unix_nanos(),
+            history: None,
         },
     )
     .unwrap();

@@ -52,6 +52,12 @@ pub enum Event {
         end: u64,
         /// Capture time of the newest change in the range.
         captured_at_ns: i64,
+        /// The timeline's history file (a `wal/` log object of kind history, format 8), named
+        /// by the first anchor a streamer makes on a timeline above 1: it anchors that object
+        /// like the range's, so the history file stays valid after its signer is revoked or
+        /// fenced (red team 9).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<ObjectId>,
     },
     /// Versions were removed by retention or by an approved `forget`; their entries stay in the
     /// history. It takes effect only when its signer holds the `delete` right and every version

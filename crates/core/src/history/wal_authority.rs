@@ -96,9 +96,15 @@ impl WalAuthority {
                 timeline,
                 start,
                 end,
+                history,
                 ..
             } = &r.entry.event
             {
+                // The timeline's history file the entry names is anchored with it (it has no
+                // range and no chain: only directly).
+                if let Some(h) = history {
+                    out.direct.entry(*h).or_insert(seq);
+                }
                 out.anchors.push(Anchor {
                     seq,
                     id: *manifest,
@@ -228,6 +234,7 @@ mod tests {
                     start: 0,
                     end: seq,
                     captured_at_ns: 0,
+                    history: None,
                 },
             )
         };
@@ -289,6 +296,29 @@ mod tests {
         assert_eq!(cov.get(&id(b"p4")), Some(&5));
         assert_eq!(cov.get(&id(b"p5")), Some(&7));
         assert_eq!(cov.get(&id(b"p6")), None);
+        // A history file an anchor names (format 8) is anchored directly with it.
+        let mut with_history = history.clone();
+        with_history.push(rec(
+            8,
+            Event::LogRangeAdded {
+                manifest: id(b"p7"),
+                timeline: 2,
+                start: 0,
+                end: 9,
+                captured_at_ns: 0,
+                history: Some(id(b"h2")),
+            },
+        ));
+        // B, who stored it, is revoked afterwards: the history file stays valid (red team 9:
+        // unanchored, it turned to noise and the timeline could no longer be restored); one B
+        // signs without an anchor is not.
+        with_history.push(revoked(9, b));
+        let auth2 = WalAuthority::new(Authority::pinned(k0, &[k0]), &with_history);
+        assert_eq!(auth2.direct_anchor(&id(b"h2")), Some(8));
+        assert!(!auth2.active_at_head(&b));
+        assert!(auth2.allows(&b, auth2.direct_anchor(&id(b"h2"))));
+        assert!(!auth2.allows(&b, None));
+        assert!(!auth2.allows(&a, auth2.direct_anchor(&id(b"h2"))));
         // A's anchored WAL stays valid after A's revocation; A's later WAL does not.
         assert!(auth.allows(&a, cov.get(&id(b"p1")).copied()));
         assert!(auth.allows(&a, cov.get(&id(b"p4")).copied()));

@@ -58,6 +58,7 @@ impl H {
                 start,
                 end,
                 captured_at_ns: at,
+                history: None,
             },
         )
     }

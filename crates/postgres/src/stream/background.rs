@@ -28,6 +28,9 @@ pub(super) enum Job {
         end: u64,
         captured: i64,
     },
+    /// The timeline's history file is stored (object `id`): the next anchor on that timeline
+    /// names it.
+    History { timeline: u32, id: ObjectId },
     /// A whole segment collected in memory: seal it as one object and anchor it.
     Segment {
         timeline: u32,
@@ -54,6 +57,8 @@ pub(super) struct Background {
     pub(super) pending: Option<(ObjectId, u32, u64, u64, i64)>,
     pub(super) last_segment: Option<(u32, u64, ObjectId)>,
     pub(super) system_id: Arc<AtomicU64>,
+    /// A timeline's history file waiting for its anchor: (timeline, object).
+    pub(super) history: Option<(u32, ObjectId)>,
 }
 
 impl Background {
@@ -78,6 +83,7 @@ impl Background {
                 }) => {
                     self.segment(timeline, start, &bytes, prev_hint, captured);
                 }
+                Ok(Job::History { timeline, id }) => self.history = Some((timeline, id)),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     self.anchor(true);
@@ -142,12 +148,17 @@ impl Background {
         } else {
             start
         };
+        let history = self
+            .history
+            .filter(|(tl, _)| *tl == timeline)
+            .map(|(_, h)| h);
         let event = Event::LogRangeAdded {
             manifest: id,
             timeline,
             start,
             end,
             captured_at_ns: captured,
+            history,
         };
         for _ in 0..3 {
             match ledger::append_ignoring(
@@ -161,6 +172,9 @@ impl Background {
                 Ok(rec) => {
                     self.head = Some(rec);
                     self.pending = None;
+                    if history.is_some() {
+                        self.history = None;
+                    }
                     self.anchored_to = end;
                     self.last_anchor = Instant::now();
                     return;

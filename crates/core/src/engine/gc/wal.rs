@@ -196,6 +196,7 @@ mod tests {
                 start: SEG,
                 end,
                 captured_at_ns: 0,
+                history: None,
             })
         };
         // Anchored by id, timeline and end.
