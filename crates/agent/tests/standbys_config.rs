@@ -116,3 +116,85 @@ fn a_data_directory_overlapping_what_the_agent_keeps_is_refused() {
         parse(data_dir).unwrap_or_else(|e| panic!("{data_dir}: {e}"));
     }
 }
+
+/// Red team 9: a data directory's fetch and run folders (`<data_dir>.wal-fetch`, `<data_dir>.run`)
+/// are the node's too (a site folder named like the fetch folder was emptied by the first
+/// make), a key file reached through `lnk/../` where `lnk` points into the data directory is
+/// inside it, and two standbys' data directories must not nest or alias through a link.
+#[test]
+fn a_standbys_own_folders_links_and_other_standbys_are_checked_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let etc = root.join("etc");
+    std::fs::create_dir_all(etc.join("data/pop/sub")).unwrap();
+    std::fs::create_dir_all(root.join("lux")).unwrap();
+    // `lnk/../k.key` opens `data/pop/k.key`: the link is followed before `..` applies.
+    std::os::unix::fs::symlink(etc.join("data/pop/sub"), etc.join("lnk")).unwrap();
+    std::os::unix::fs::symlink(etc.join("data/pop"), etc.join("alias")).unwrap();
+    let parse = |site: &str, state: &str, key: &str, standbys: &[&str]| {
+        let mut text = format!(
+            "[agent]\nstate_dir = \"{state}\"\n\n[keys]\nfile = \"{key}\"\n\
+             passphrase_env = \"PASS\"\n\n[[sites]]\nname = \"lux\"\npath = \"{site}\"\n"
+        );
+        for (i, d) in standbys.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[standbys]]\ndataset = \"ds{i}\"\ndata_dir = \"{d}\"\nport = {}\n",
+                5433 + i
+            ));
+        }
+        Config::parse(&text, &etc.join("embassy.toml"))
+    };
+    let lux = root.join("lux").display().to_string();
+    let refused = |site: &str, state: &str, key: &str, standbys: &[&str], what: &str| {
+        let e = parse(site, state, key, standbys)
+            .err()
+            .unwrap_or_else(|| panic!("{site} {state} {key} {standbys:?} was taken"))
+            .to_string();
+        assert!(e.contains(what), "{site} {state} {key} {standbys:?}: {e}");
+    };
+    let pop = etc.join("data/pop").display().to_string();
+    refused(
+        &format!("{pop}.wal-fetch"),
+        "state",
+        "k.key",
+        &["data/pop"],
+        "site lux's folder",
+    );
+    refused(
+        &lux,
+        "data/pop.run",
+        "k.key",
+        &["data/pop"],
+        "the agent's state_dir",
+    );
+    refused(&lux, "state", "lnk/../k.key", &["data/pop"], "the key file");
+    refused(
+        &lux,
+        "state",
+        "k.key",
+        &["data/pop", "data/pop/nested"],
+        "overlaps the standby of ds0",
+    );
+    refused(
+        &lux,
+        "state",
+        "k.key",
+        &["data/pop", "alias"],
+        "overlaps the standby of ds0",
+    );
+    refused(
+        &lux,
+        "state",
+        "k.key",
+        &["data/pop", "data/pop.run"],
+        "overlaps the standby of ds0",
+    );
+    // Folders of their own, side by side: fine.
+    parse(
+        &lux,
+        "state",
+        "k.key",
+        &["data/pop", "data/pop2", "data/other"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -275,8 +275,35 @@ impl FetchFolder {
 
     /// Removes the fetch folder beside `data_dir` left by an earlier standby or restore whose
     /// data directory is gone (nothing when there is none).
+    /// Only a folder holding nothing but what a fetch folder holds is removed: anything else
+    /// under that name (a site's folder, a state folder, named so by mistake) is refused and
+    /// kept (red team 9: a site folder named `<data_dir>.wal-fetch` was emptied).
     pub fn remove_beside(data_dir: &Path) -> Result<()> {
         let path = Self::path_for(data_dir)?;
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let ours = [
+            FETCH_CREDENTIAL,
+            FETCH_PASSPHRASE,
+            FETCH_S3_CREDENTIALS,
+            FETCH_STATE,
+        ];
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let name = entry.file_name();
+            if !ours.iter().any(|o| name == *o) {
+                return Err(Error::invalid(format!(
+                    "{} holds {}, which no fetch folder holds: it is not the fetch folder of \
+                     {} and is not removed; move it, or give the data directory another name",
+                    path.display(),
+                    name.to_string_lossy(),
+                    data_dir.display()
+                )));
+            }
+        }
         match std::fs::remove_dir_all(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io(format!("removing {}", path.display()), e))

@@ -26,7 +26,7 @@ impl Parser<'_> {
         let mut out = Vec::new();
         let mut datasets: HashSet<String> = HashSet::new();
         let mut ports: HashSet<u32> = HashSet::new();
-        let mut dirs: HashSet<std::path::PathBuf> = HashSet::new();
+        let mut taken: Vec<(String, Vec<PathBuf>)> = Vec::new();
         for mut f in items {
             let field = f.path.clone();
             let dataset = self.required_string(
@@ -110,28 +110,40 @@ impl Parser<'_> {
                 );
                 continue;
             }
-            if let Some(what) = overlaps(&dir, kept) {
+            let folders = folders_of(&dir);
+            if let Some(what) = overlaps(&folders, kept) {
                 self.problem(
                     data_dir.span(),
                     &format!("{field}.data_dir"),
                     format!(
-                        "{} would hold or be inside {what}: a standby's data directory is made \
-                         again when it is rebuilt, so it must be a folder of its own, like \
-                         \"/srv/embassy/{}\"",
+                        "{} (with its .wal-fetch and .run folders) would hold or be inside \
+                         {what}: a standby's data directory is made again when it is rebuilt, \
+                         so it must be a folder of its own, like \"/srv/embassy/{}\"",
                         dir.display(),
                         dataset.get_ref()
                     ),
                 );
                 continue;
             }
-            if !dirs.insert(dir.clone()) {
+            // Nor another standby's folders, nested or through a link (a rebuild of one would
+            // remove the other's data directory under its running server).
+            if let Some((other, _)) = taken.iter().find(|(_, theirs)| {
+                theirs
+                    .iter()
+                    .any(|t| folders.iter().any(|f| f.starts_with(t) || t.starts_with(f)))
+            }) {
                 self.problem(
                     data_dir.span(),
                     &format!("{field}.data_dir"),
-                    "another standby uses this data directory already",
+                    format!(
+                        "overlaps the standby of {other}'s data directory (the same folder, one \
+                         inside the other, or their .wal-fetch/.run folders): give each standby \
+                         a folder of its own"
+                    ),
                 );
                 continue;
             }
+            taken.push((dataset.get_ref().clone(), folders));
             out.push(StandbyConfig {
                 dataset: dataset.into_inner(),
                 data_dir: dir,
@@ -145,45 +157,50 @@ impl Parser<'_> {
     }
 }
 
-/// What of `kept` the data directory `dir` would overlap: a kept path equal to it or inside it,
-/// or a site folder it is inside. Paths are compared after resolving `.`, `..` and (where they
-/// exist) symbolic links.
-fn overlaps(dir: &Path, kept: &[(String, PathBuf)]) -> Option<String> {
-    let dir = resolved(dir);
+/// The folders a standby's data directory `dir` makes its own: itself, its fetch folder
+/// (`<dir>.wal-fetch`) and its run folder (`<dir>.run`, handed to the server's owner), resolved.
+fn folders_of(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![resolved(dir)];
+    if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+        for suffix in [".wal-fetch", ".run"] {
+            let mut n = name.to_os_string();
+            n.push(suffix);
+            out.push(resolved(&parent.join(n)));
+        }
+    }
+    out
+}
+
+/// What of `kept` a standby's folders (`folders_of`) would overlap: a kept path equal to one
+/// of them or inside one, or a site folder one of them is inside.
+fn overlaps(folders: &[PathBuf], kept: &[(String, PathBuf)]) -> Option<String> {
     kept.iter().find_map(|(what, p)| {
         let p = resolved(p);
-        let inside_site = what.starts_with("site ") && dir.starts_with(&p);
-        (p.starts_with(&dir) || inside_site).then(|| format!("{what} ({})", p.display()))
+        let hit = folders
+            .iter()
+            .any(|f| p.starts_with(f) || (what.starts_with("site ") && f.starts_with(&p)));
+        hit.then(|| format!("{what} ({})", p.display()))
     })
 }
 
-/// `p` with `.` and `..` resolved lexically, then its longest existing ancestor canonicalised
-/// (symbolic links followed) with the rest appended.
+/// `p` resolved as the system would open it: component by component, each symbolic link
+/// followed before a later `..` applies (so `lnk/../x` is the folder holding `lnk`'s target
+/// joined with `x`), components that do not exist yet kept as written.
 fn resolved(p: &Path) -> PathBuf {
-    let mut lexical = PathBuf::new();
+    let mut out = PathBuf::new();
     for c in p.components() {
         match c {
             Component::CurDir => {}
             Component::ParentDir => {
-                lexical.pop();
+                out.pop();
             }
-            other => lexical.push(other),
+            other => {
+                out.push(other);
+                if let Ok(real) = std::fs::canonicalize(&out) {
+                    out = real;
+                }
+            }
         }
     }
-    let mut existing = lexical.as_path();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(existing) {
-            let mut out = real;
-            out.extend(rest.iter().rev());
-            return out;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return lexical,
-        }
-    }
+    out
 }
