@@ -356,3 +356,87 @@ fn a_required_site_down_for_a_minute_under_load_holds_the_slot_then_catches_up()
         assert!(report.gaps.is_empty(), "gaps: {:?}", report.gaps);
     }
 }
+
+/// Red team 9: after a restart in the middle of a segment, the streamer took the previous
+/// segment object of its chain from the listed names alone; a name a site planted (junk ending
+/// where the segment starts) became the `prev` of the honest, immutable segment object, and
+/// verify reported "the previous object of its chain is missing" for ever. Now only a segment
+/// object that checks out is chained to: the planted name is noise and verify passes.
+#[test]
+fn a_planted_segment_name_is_never_chained_to_after_a_restart_mid_segment() {
+    let pg = PgServer::start(PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, root) = vault_at(dir.path());
+    let mut cfg = StreamConfig::new(
+        "registry",
+        ConnConfig::parse(&pg.conninfo()).unwrap(),
+        "embassy_wal",
+    );
+    cfg.create_slot = true;
+    // A whole segment compacted, then a little of the next one, and the streamer stops.
+    let (stop, progress, handle) = spawn_streamer(&vault, &root, &cfg);
+    wait_until("the streamer to start", Duration::from_secs(30), || {
+        durable(&progress) > 0
+    });
+    pg.psql("CREATE TABLE t (n int)");
+    pg.psql("SELECT pg_switch_wal()");
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let end = pg.current_lsn();
+    wait_until("WAL to become durable", Duration::from_secs(60), || {
+        durable(&progress) >= end
+    });
+    let site = vault.site().clone();
+    wait_until("a whole segment object", Duration::from_secs(60), || {
+        !wal::list(site.as_ref(), "registry")
+            .unwrap()
+            .segments
+            .is_empty()
+    });
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    // The site plants junk named as a segment object ending where the current segment starts
+    // (listed after the real one, which it ties on its end).
+    let seg_start = Lsn(end).segment_start().0;
+    let junk = b"a planted segment object".to_vec();
+    let id = embassy_core::id::ObjectId::of(&junk);
+    let planted = format!(
+        "wal/registry/00000001/s/{:016x}-{:016x}-{id}",
+        seg_start - SEGMENT_SIZE / 2,
+        seg_start
+    );
+    site.put(&planted, &junk).unwrap();
+    // The streamer resumes mid-segment (with the root key it reloads the segment to compact
+    // it), and the segment is finished.
+    let (stop, progress, handle) = spawn_streamer(&vault, &root, &cfg);
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    pg.psql("SELECT pg_switch_wal()");
+    let end = pg.current_lsn();
+    wait_until("WAL to become durable", Duration::from_secs(60), || {
+        durable(&progress) >= end
+    });
+    wait_until(
+        "the resumed segment compacted",
+        Duration::from_secs(60),
+        || {
+            wal::list(site.as_ref(), "registry")
+                .unwrap()
+                .segments
+                .iter()
+                .any(|s| s.name.start == seg_start)
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    let report = wal::verify(&vault, "registry").unwrap();
+    assert!(
+        report.is_ok(),
+        "verify: {:?} gaps {:?}",
+        report.problems,
+        report.gaps
+    );
+    assert!(
+        report.noise.iter().any(|n| n.contains(&planted)),
+        "{:?}",
+        report.noise
+    );
+}
