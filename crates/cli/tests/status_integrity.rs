@@ -281,3 +281,59 @@ fn data_dated_ahead_of_this_clock_is_a_problem_in_status_not_fresh() {
         "the status names the future date: {r:?}"
     );
 }
+
+/// `status` judges each site's histories by the site's checkpoints (the newest naming each
+/// dataset, and the newest of all), so a machine that never saw the vault (a fresh state
+/// folder: no remembered head) still finds a site that withholds a dataset's newest entry, or
+/// every entry of a dataset, an integrity problem, never an older version or a dataset gone.
+#[test]
+fn status_judges_a_site_by_its_checkpoints_on_a_machine_that_never_saw_it() {
+    let env = Env::new();
+    env.vault(2);
+    std::fs::write(env.dir.join("src/other.txt"), "other\n").unwrap();
+    env.ok(
+        &["a", "b"],
+        &["backup", "other", &env.path("src/other.txt")],
+    );
+    // b withholds register's newest entry.
+    let newest = env.files("b", "ledger/register").pop().unwrap();
+    std::fs::remove_file(env.dir.join("b").join(&newest)).unwrap();
+    let run = env.run_as("fresh-1", &["b"], &["--json", "status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let rows = run.json()["datasets"].as_array().unwrap().clone();
+    let register = rows.iter().find(|r| r["dataset"] == "register").unwrap();
+    assert_eq!(register["kind"], "integrity", "{run:?}");
+    assert!(
+        register["error"].as_str().unwrap().contains("rollback"),
+        "{run:?}"
+    );
+    // b withholds every entry of other too: other is still there, as an integrity problem.
+    for f in env.files("b", "ledger/other") {
+        std::fs::remove_file(env.dir.join("b").join(f)).unwrap();
+    }
+    let run = env.run_as("fresh-2", &["b"], &["--json", "status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let rows = run.json()["datasets"].as_array().unwrap().clone();
+    let other = rows
+        .iter()
+        .find(|r| r["dataset"] == "other")
+        .unwrap_or_else(|| panic!("other is not shown: {run:?}"));
+    assert_eq!(other["kind"], "integrity", "{run:?}");
+    // b withholds every ledger entry: both datasets are still there, as integrity problems.
+    for f in env.files("b", "ledger") {
+        std::fs::remove_file(env.dir.join("b").join(f)).unwrap();
+    }
+    let run = env.run_as("fresh-3", &["b"], &["--json", "status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let rows = run.json()["datasets"].as_array().unwrap().clone();
+    for name in ["register", "other"] {
+        let row = rows
+            .iter()
+            .find(|r| r["dataset"] == name)
+            .unwrap_or_else(|| panic!("{name} is not shown: {run:?}"));
+        assert_eq!(row["kind"], "integrity", "{run:?}");
+    }
+    // The untouched site, judged the same way, is fine.
+    let run = env.run_as("fresh-4", &["a"], &["--json", "status"]);
+    assert_eq!(run.code, 0, "{run:?}");
+}

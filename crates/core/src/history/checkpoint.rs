@@ -269,7 +269,7 @@ pub fn load_newest(
     let mut out = Vec::new();
     // Paths name the checkpoint's time first (`checkpoints/<time_ns, 20 digits>-<id>`).
     for path in listed.iter().rev() {
-        if uncovered.is_empty() {
+        if uncovered.is_empty() && !out.is_empty() {
             break;
         }
         let Some(id) = crate::format::layout::id_in_path(path) else {
