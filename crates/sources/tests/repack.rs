@@ -101,6 +101,43 @@ impl Setup {
         }
     }
 
+    /// [`Setup::new`] on two folder sites `a` and `b` (writes count once one holds them; a
+    /// missed write is queued), `b` the one that can refuse.
+    fn two_sites() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let refuse_prefix = Arc::new(std::sync::Mutex::new(String::new()));
+        let a: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("a")).unwrap());
+        let b: Arc<dyn Site> = Arc::new(Stopping {
+            inner: Arc::new(LocalSite::new(dir.path().join("b")).unwrap()),
+            refusing: refusing.clone(),
+            refuse_prefix: refuse_prefix.clone(),
+        });
+        let site: Arc<dyn Site> = Arc::new(
+            embassy_sites::ReplicatedSite::new(vec![a, b], 1)
+                .unwrap()
+                .with_queue(&dir.path().join("state"))
+                .unwrap(),
+        );
+        let root = RootSecret::generate();
+        let mut config = VaultConfig::new(&root);
+        config.chunker = ChunkerParams {
+            min: 8 * 1024,
+            avg: 32 * 1024,
+            max: 128 * 1024,
+        };
+        config.pack_target_bytes = 256 * 1024;
+        config.create(site.as_ref(), &root).unwrap();
+        let vault = Vault::open(site).unwrap();
+        Setup {
+            dir,
+            vault,
+            root,
+            refusing,
+            refuse_prefix,
+        }
+    }
+
     fn keyring(&self) -> Keyring {
         Keyring::from_root(
             RootSecret::from_bytes(self.root.expose()),
@@ -549,4 +586,51 @@ fn a_withheld_repack_index_never_makes_gc_delete_both_copies() {
     assert!(s.restore(&v2) == live, "the version still restores");
     let keyless = verify::verify(&s.vault, None, &Silent).unwrap();
     assert!(keyless.is_ok(), "keyless: {:?}", keyless.problems);
+}
+
+/// Issue 19's crash campaign (seed 1796643470424951416): a repack index reached one site (the
+/// other refused the write, queued, not caught up yet); garbage collection judged by all sites'
+/// listings together that the repack index stood in for the old index everywhere and deleted
+/// the old index and packs at both sites: the site without the repack index could no longer
+/// restore the kept version. Each site now keeps what it alone needs.
+#[test]
+fn a_repack_index_at_one_site_never_makes_gc_delete_what_another_site_needs() {
+    let s = Setup::two_sites();
+    let (mixed, _) = stream(24, |_| true);
+    let (live, _) = stream(24, |_| false);
+    s.backup(mixed, || {});
+    let v2 = s.backup(live.clone(), || {});
+    s.keep_newest();
+    // b refuses index writes while gc repacks: the repack index reaches a only (the new packs
+    // and the condemnation records reach both).
+    *s.refuse_prefix.lock().unwrap() = "index/".to_string();
+    s.refusing.store(true, Ordering::SeqCst);
+    let first = s.gc(10, now_unix_nanos());
+    assert!(!first.repacked.is_empty(), "{first:?}");
+    s.refusing.store(false, Ordering::SeqCst);
+    // Both sites up, b's queue not drained: two more runs past the grace period.
+    for _ in 0..2 {
+        let r = s.gc(10, after_grace());
+        assert!(
+            r.problems.iter().all(|p| !p.message.contains("missing")),
+            "{r:?}"
+        );
+    }
+    // b alone still restores the kept version and verifies.
+    let b: Arc<dyn Site> = Arc::new(LocalSite::new(s.dir.path().join("b")).unwrap());
+    let b_vault = Vault::open(b.clone()).unwrap();
+    let reader = VersionReader::open_with(b, &s.keyring(), &v2).unwrap();
+    let mut out = Vec::new();
+    embassy_sources::stream::restore_to(&reader, &mut out, &Silent).unwrap();
+    assert!(
+        out == live,
+        "b alone restores the kept version byte for byte"
+    );
+    let keyless = verify::verify(&b_vault, None, &Silent).unwrap();
+    assert!(keyless.is_ok(), "b alone: {:?}", keyless.problems);
+    // And a, which holds the repack index, was collected.
+    let a: Arc<dyn Site> = Arc::new(LocalSite::new(s.dir.path().join("a")).unwrap());
+    for p in &first.repacked {
+        assert!(a.get(p).is_err(), "{p} still at a");
+    }
 }

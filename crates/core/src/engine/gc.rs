@@ -436,6 +436,31 @@ pub fn collect_garbage(
     report.problems.extend(problems);
     let listing = merged.list("")?;
     let sizes: HashMap<&str, u64> = listing.iter().map(|i| (i.path.as_str(), i.size)).collect();
+    // Each site's own listing (several sites): what a site may delete is judged by what that
+    // site holds too. With the merged listing alone, an index a repack index stands in for was
+    // deleted at every site while the repack index sat at one site only (a write that reached
+    // min_sites, a delete that failed there), and the other sites could no longer restore the
+    // versions naming it (issue 19's crash campaign, seed 1796643470424951416).
+    let own_listings: Vec<Option<Vec<crate::site::ObjectInfo>>> = if sites.len() > 1 {
+        sites
+            .iter()
+            .map(|site| match site.list("") {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    report.problems.push(Problem::new(
+                        e.kind(),
+                        format!(
+                            "{}: cannot be listed, so nothing is deleted there this run: {e}",
+                            site.location()
+                        ),
+                    ));
+                    None
+                }
+            })
+            .collect()
+    } else {
+        vec![Some(Vec::new())]
+    };
     let mut datasets: BTreeSet<String> = vault.datasets()?.into_iter().collect();
     datasets.extend(
         listing
@@ -472,13 +497,16 @@ pub fn collect_garbage(
                 continue;
             }
         };
-        let dataset_references = |extra: &[ObjectId]| {
-            references(merged, dataset, &history, &sizes, &allowed, extra).map(|mut r| {
+        // What the versions need, judged by a listing (the merged one, or one site's).
+        let references_in = |listing: &[crate::site::ObjectInfo],
+                             sizes: &HashMap<&str, u64>,
+                             extra: &[ObjectId]| {
+            references(merged, dataset, &history, sizes, &allowed, extra).map(|mut r| {
                 // WAL pieces are kept unless an anchored, verified segment covers them.
                 let authority = vault.wal_authority(&history);
                 let cutoff = vault.wal_cutoff(&history);
                 let wal_free =
-                    wal_collectable(merged, dataset, &history, &authority, &cutoff, &listing);
+                    wal_collectable(merged, dataset, &history, &authority, &cutoff, listing);
                 r.extend(
                     listing
                         .iter()
@@ -488,6 +516,22 @@ pub fn collect_garbage(
                 );
                 r
             })
+        };
+        let dataset_references = |extra: &[ObjectId]| references_in(&listing, &sizes, extra);
+        // Per site (several sites): what that site alone needs to restore every version; None
+        // when it cannot be judged (nothing is deleted there this run).
+        let site_references: Vec<Option<HashSet<String>>> = if sites.len() > 1 {
+            own_listings
+                .iter()
+                .map(|own| {
+                    let own = own.as_ref()?;
+                    let own_sizes: HashMap<&str, u64> =
+                        own.iter().map(|i| (i.path.as_str(), i.size)).collect();
+                    references_in(own, &own_sizes, &[]).ok()
+                })
+                .collect()
+        } else {
+            vec![Some(HashSet::new())]
         };
         // What entries their own signer withdrew reference stays too: a withdrawal takes an
         // entry out of the history, never its data (a stolen credential that withdraws its
@@ -553,7 +597,7 @@ pub fn collect_garbage(
         let mut pending: HashSet<String> = HashSet::new();
         let prefix = format!("{GC_ROOT}{dataset}/");
         let mut waiting: HashSet<&String> = HashSet::new();
-        for (site, records) in sites.iter().zip(&site_records) {
+        for ((site, records), own_needs) in sites.iter().zip(&site_records).zip(&site_references) {
             let site = site.as_ref();
             for (path, _, record) in records
                 .iter()
@@ -611,6 +655,12 @@ pub fn collect_garbage(
                         if rescued_set.insert(object.clone()) {
                             report.rescued.push(object.clone());
                         }
+                        continue;
+                    }
+                    // Needed by this site alone (the stand-in for it is not here), or this
+                    // site cannot be judged: kept here.
+                    if own_needs.as_ref().is_none_or(|n| n.contains(object)) {
+                        complete = false;
                         continue;
                     }
                     let Some(size) = sizes.get(object.as_str()).copied() else {
