@@ -307,6 +307,20 @@ fn status_judges_a_site_by_its_checkpoints_on_a_machine_that_never_saw_it() {
         register["error"].as_str().unwrap().contains("rollback"),
         "{run:?}"
     );
+    // Nor when b also shows an older checkpoint under a name that sorts after every other
+    // (red team 10: status took it for the newest and reported nothing).
+    let checkpoints = env.files("b", "checkpoints");
+    let oldest = &checkpoints[0];
+    let name = oldest.rsplit('/').next().unwrap();
+    std::fs::copy(
+        env.dir.join("b").join(oldest),
+        env.dir
+            .join("b/checkpoints")
+            .join(format!("99999999999999999999-{name}")),
+    )
+    .unwrap();
+    let run = env.run_as("fresh-1b", &["b"], &["--json", "status"]);
+    assert_eq!(run.code, 3, "{run:?}");
     // b withholds every entry of other too: other is still there, as an integrity problem.
     for f in env.files("b", "ledger/other") {
         std::fs::remove_file(env.dir.join("b").join(f)).unwrap();

@@ -545,7 +545,12 @@ pub fn replayed_object(
     }))
 }
 
-/// The stored timeline history file of `timeline`, if any.
+/// The stored timeline history file of `timeline`, if any: only one a ledger anchor names
+/// (format 8, the streamer's first anchor on the timeline). PostgreSQL acts on a history file at
+/// once and for good (a standby switches its target timeline, a promotion picks the next number),
+/// so one a writer's key merely signed is never served: red team 10 planted one with home's
+/// credential before a takeover, the embassy's standby followed it, and after the takeover it
+/// was noise while PostgreSQL's choices stood (timelines that could not be streamed or restored).
 pub fn history_file(
     site: &dyn Site,
     keyring: &Keyring,
@@ -558,6 +563,7 @@ pub fn history_file(
         .histories
         .iter()
         .filter(|o| o.name.timeline == timeline)
+        .filter(|o| signers.authority().direct_anchor(&o.name.id).is_some())
     {
         match read_payload(site, keyring, obj, signers) {
             Ok((_, bytes)) => return Ok(Some(bytes)),
@@ -785,6 +791,19 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         .filter(|o| o.name.kind != LogKind::History && o.name.timeline > 1)
         .map(|o| o.name.timeline)
         .collect();
+    // Every timeline number up to the newest one the vault holds has its history file: a
+    // missing one stops PostgreSQL's search for the newest timeline there (red team 10: timeline
+    // 2's file turned to noise, timeline 3 could no longer be reached).
+    let newest_timeline = valid.iter().map(|o| o.name.timeline).max().unwrap_or(1);
+    for tl in
+        (2..=newest_timeline).filter(|tl| !with_history.contains(tl) && !with_wal.contains(tl))
+    {
+        report.problems.push(format!(
+            "timeline {tl} has no valid timeline history file ({tl:08X}.history) while timeline \
+             {newest_timeline} is stored: a restore cannot reach the newer timelines; repair \
+             this site from another site"
+        ));
+    }
     for tl in with_wal.difference(&with_history) {
         report.problems.push(format!(
             "timeline {tl} has WAL but no valid timeline history file ({tl:08X}.history): a \

@@ -240,10 +240,12 @@ fn read_checkpoint(
              writer keys pinned in the configuration may)",
         ));
     }
-    if !path.contains(&format!("{:020}-", cp.time_ns)) {
+    // Exactly its own name: the time it states, then its id (a copy under a name that sorts
+    // later must not pass for a newer checkpoint: red team 10).
+    if path != format!("{CHECKPOINTS}{:020}-{id}", cp.time_ns) {
         return Err(Error::corrupt(
             path,
-            "stored under another time than it states",
+            "stored under another name than its time and id make",
         ));
     }
     Ok(cp)

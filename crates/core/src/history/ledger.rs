@@ -52,10 +52,10 @@ pub enum Event {
         end: u64,
         /// Capture time of the newest change in the range.
         captured_at_ns: i64,
-        /// The timeline's history file (a `wal/` log object of kind history, format 8), named
-        /// by the first anchor a streamer makes on a timeline above 1: it anchors that object
-        /// like the range's, so the history file stays valid after its signer is revoked or
-        /// fenced (red team 9).
+        /// A timeline history file (a `wal/` log object of kind history, format 8), named by
+        /// the first anchor a streamer makes after storing it: it anchors that object like the
+        /// range's, so the history file stays valid after its signer is revoked or fenced (red
+        /// team 9), and readers serve only anchored history files (red team 10).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<ObjectId>,
     },

@@ -83,7 +83,14 @@ impl Background {
                 }) => {
                     self.segment(timeline, start, &bytes, prev_hint, captured);
                 }
-                Ok(Job::History { timeline, id }) => self.history = Some((timeline, id)),
+                Ok(Job::History { timeline, id }) => {
+                    // Anchored with the next piece at once: readers serve a history file only
+                    // once an anchor names it.
+                    self.history = Some((timeline, id));
+                    self.last_anchor = Instant::now()
+                        .checked_sub(self.anchor_interval)
+                        .unwrap_or_else(Instant::now);
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     self.anchor(true);
@@ -148,10 +155,8 @@ impl Background {
         } else {
             start
         };
-        let history = self
-            .history
-            .filter(|(tl, _)| *tl == timeline)
-            .map(|(_, h)| h);
+        // The history file stored last (its timeline may be ahead of this piece's, at a switch).
+        let history = self.history.map(|(_, h)| h);
         let event = Event::LogRangeAdded {
             manifest: id,
             timeline,

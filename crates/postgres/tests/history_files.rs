@@ -1,0 +1,149 @@
+//! Timeline history files (format 8): PostgreSQL acts on a history file at once and for good (a
+//! standby switches its target timeline, a promotion takes the next number), so readers serve
+//! only one a ledger anchor names, never one a writer's key merely signed (red team 10: home's
+//! credential planted one before a takeover, the embassy's standby followed it, and after the
+//! takeover it was noise while PostgreSQL's choices stood). Keyless verification reports a
+//! timeline number below the newest one stored without a valid history file. Against a real
+//! vault in a local folder, without a server.
+
+use std::sync::Arc;
+
+use embassy_core::engine::vault::{Keyring, Vault};
+use embassy_core::format::config::VaultConfig;
+use embassy_core::format::wal_log::{LogKind, LogSpec};
+use embassy_core::history::ledger::{self, Event};
+use embassy_core::id::ObjectId;
+use embassy_core::keys::RootSecret;
+use embassy_core::site::Site;
+use embassy_postgres::fetch::{self, FetchOptions, Fetched};
+use embassy_postgres::wal;
+use embassy_sites::LocalSite;
+
+const DS: &str = "registry";
+
+fn put(
+    vault: &Vault,
+    keyring: &Keyring,
+    kind: LogKind,
+    timeline: u32,
+    start: u64,
+    bytes: &[u8],
+) -> ObjectId {
+    let keys = keyring.dataset_at(DS, 0).unwrap();
+    let spec = LogSpec {
+        kind,
+        timeline,
+        start: if kind == LogKind::History { 0 } else { start },
+        end: if kind == LogKind::History {
+            bytes.len() as u64
+        } else {
+            start + bytes.len() as u64
+        },
+        prev: None,
+        captured_at_ns: 1,
+        system_id: 7,
+    };
+    wal::put(
+        vault.site().as_ref(),
+        &keys,
+        &keyring.signer().unwrap(),
+        &spec,
+        bytes,
+    )
+    .unwrap()
+    .0
+}
+
+fn anchor(
+    vault: &Vault,
+    keyring: &Keyring,
+    piece: ObjectId,
+    timeline: u32,
+    start: u64,
+    end: u64,
+    history: Option<ObjectId>,
+) {
+    let head = vault.history(DS).unwrap();
+    ledger::append(
+        vault.site().as_ref(),
+        &keyring.signer().unwrap(),
+        DS,
+        head.last(),
+        Event::LogRangeAdded {
+            manifest: piece,
+            timeline,
+            start,
+            end,
+            captured_at_ns: 1,
+            history,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
+    let root = RootSecret::generate();
+    VaultConfig::new(&root)
+        .create(site.as_ref(), &root)
+        .unwrap();
+    let vault = Vault::open(site).unwrap();
+    let keyring =
+        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    let fetch_history = |timeline: u32| {
+        let name = format!("{timeline:08X}.history");
+        let dest = dir.path().join(&name);
+        let got =
+            fetch::fetch(&vault, &keyring, DS, &name, &dest, &FetchOptions::default()).unwrap();
+        (got, std::fs::read(&dest).ok())
+    };
+    // Timeline 1's WAL, anchored.
+    let seg = 16 * 1024 * 1024;
+    let p1 = put(&vault, &keyring, LogKind::Piece, 1, seg, &[1u8; 4096]);
+    anchor(&vault, &keyring, p1, 1, seg, seg + 4096, None);
+    // A history file of timeline 2 signed by an active writer, no anchor: not served.
+    let content = b"1\t0/1001000\tno recovery target specified\n".to_vec();
+    let h2 = put(&vault, &keyring, LogKind::History, 2, 0, &content);
+    assert_eq!(fetch_history(2).0, Fetched::NotFound);
+    // Once an anchor names it, it is.
+    let p2 = put(
+        &vault,
+        &keyring,
+        LogKind::Piece,
+        2,
+        seg + 4096,
+        &[2u8; 4096],
+    );
+    anchor(&vault, &keyring, p2, 2, seg + 4096, seg + 8192, Some(h2));
+    assert_eq!(fetch_history(2), (Fetched::Complete, Some(content)));
+    assert!(wal::verify(&vault, DS).unwrap().is_ok());
+    // Timeline 4 stored with its history file, timeline 3's missing: verify says so.
+    let h4 = put(
+        &vault,
+        &keyring,
+        LogKind::History,
+        4,
+        0,
+        b"3\t0/1003000\tx\n",
+    );
+    let p4 = put(
+        &vault,
+        &keyring,
+        LogKind::Piece,
+        4,
+        seg + 8192,
+        &[4u8; 4096],
+    );
+    anchor(&vault, &keyring, p4, 4, seg + 8192, seg + 12288, Some(h4));
+    let report = wal::verify(&vault, DS).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("timeline 3 has no valid timeline history file")),
+        "{:?}",
+        report.problems
+    );
+}
