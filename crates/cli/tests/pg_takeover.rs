@@ -457,23 +457,7 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
     // failed ("could not restore file 00000002.history"). The streamer's first anchor on a
     // timeline names its history file: it stays valid. Only the planted names are noise, and
     // the vault alone restores every commit across the three timelines.
-    let out = env
-        .cmd(&["--json", "pg", "verify-wal", "registry"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    assert!(out.status.success(), "{report}");
-    let noise: Vec<&str> = report["noise"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|n| n.as_str())
-        .collect();
-    assert_eq!(noise.len(), planted.len(), "{report}");
-    for path in &planted {
-        assert!(noise.iter().any(|n| n.contains(path.as_str())), "{report}");
-    }
+    assert_wal_verifies_with_only_this_noise(&env, &planted);
     let restored_dir = env.postgres_folder("restores").join("latest");
     env.run(&[
         "restore",
@@ -488,6 +472,28 @@ fn failback_home_after_a_takeover_loses_no_acknowledged_commit() {
         Duration::from_secs(120),
         || count(&restored, "SELECT count(*) FROM acked") == "120",
     );
+}
+
+/// `embassy pg verify-wal registry` (keyless) passes, and what it calls noise is exactly the
+/// objects at `paths`.
+fn assert_wal_verifies_with_only_this_noise(env: &PgCli, paths: &[String]) {
+    let out = env
+        .cmd(&["--json", "pg", "verify-wal", "registry"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(out.status.success(), "{report}");
+    let noise: Vec<&str> = report["noise"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(noise.len(), paths.len(), "{report}");
+    for path in paths {
+        assert!(noise.iter().any(|n| n.contains(path.as_str())), "{report}");
+    }
 }
 
 /// Plants junk named like a history file of `timeline` at the site (its name carries its
@@ -613,23 +619,7 @@ fn a_fenced_credential_cannot_add_wal_below_the_switch_point() {
     ];
 
     // Keyless: both forged objects are noise, nothing of home's is, and nothing is missing.
-    let out = env
-        .cmd(&["--json", "pg", "verify-wal", "registry"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    assert!(out.status.success(), "{report}");
-    let noise: Vec<&str> = report["noise"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|n| n.as_str())
-        .collect();
-    for path in &forged {
-        assert!(noise.iter().any(|n| n.contains(path.as_str())), "{report}");
-    }
-    assert_eq!(noise.len(), forged.len(), "{report}");
+    assert_wal_verifies_with_only_this_noise(&env, &forged);
     // wal-fetch serves home's segment, not the thief's.
     assert!(
         fetch("served") == genuine,

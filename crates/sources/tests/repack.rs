@@ -82,6 +82,16 @@ impl Setup {
             refusing: refusing.clone(),
             refuse_prefix: refuse_prefix.clone(),
         });
+        Self::on(site, dir, refusing, refuse_prefix)
+    }
+
+    /// A vault with small chunks and 256 KiB packs made on `site`.
+    fn on(
+        site: Arc<dyn Site>,
+        dir: tempfile::TempDir,
+        refusing: Arc<AtomicBool>,
+        refuse_prefix: Arc<std::sync::Mutex<String>>,
+    ) -> Self {
         let root = RootSecret::generate();
         let mut config = VaultConfig::new(&root);
         config.chunker = ChunkerParams {
@@ -119,23 +129,7 @@ impl Setup {
                 .with_queue(&dir.path().join("state"))
                 .unwrap(),
         );
-        let root = RootSecret::generate();
-        let mut config = VaultConfig::new(&root);
-        config.chunker = ChunkerParams {
-            min: 8 * 1024,
-            avg: 32 * 1024,
-            max: 128 * 1024,
-        };
-        config.pack_target_bytes = 256 * 1024;
-        config.create(site.as_ref(), &root).unwrap();
-        let vault = Vault::open(site).unwrap();
-        Setup {
-            dir,
-            vault,
-            root,
-            refusing,
-            refuse_prefix,
-        }
+        Self::on(site, dir, refusing, refuse_prefix)
     }
 
     fn keyring(&self) -> Keyring {
