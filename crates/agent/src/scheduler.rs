@@ -97,6 +97,8 @@ struct Agent {
     next_verify: Option<Instant>,
     last_refresh: Option<Instant>,
     refresh_now: bool,
+    /// A look is wanted after a run's end: at most every few seconds (see `event_look_gap`).
+    refresh_soon: bool,
     once_pending: Vec<String>,
     once_failed: Vec<String>,
     http: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
@@ -148,6 +150,7 @@ pub(crate) fn schedule(
         next_gc: None,
         last_refresh: None,
         refresh_now: true,
+        refresh_soon: false,
         once_failed: Vec::new(),
         http,
         group_points: groups::GroupPoints::default(),
@@ -499,7 +502,7 @@ impl Agent {
                         let _ = h.join();
                     }
                     self.finish_backup(&dataset, started, elapsed, result);
-                    self.refresh_now = true;
+                    self.refresh_soon = true;
                 }
                 Done::CatchUp { site, result } => self.finish_catch_up(site, result),
                 Done::Gc { result } => {
@@ -520,7 +523,7 @@ impl Agent {
                             }
                         }
                     }
-                    self.refresh_now = true;
+                    self.refresh_soon = true;
                 }
                 Done::Looked {
                     snaps,

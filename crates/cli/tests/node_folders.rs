@@ -1,8 +1,9 @@
 //! The embassy node never removes a folder that is not a standby's (red team 8): a mistyped
 //! `[[standbys]] data_dir` naming the vault's own site folder, or `.` (the configuration's
 //! folder, with the root key file), was removed by the node's first "rebuild" of an
-//! "incomplete" data directory. Now such a folder is left as it is, the standby is shown down
-//! with the reason, and the vault still verifies.
+//! "incomplete" data directory. Now the configuration check refuses those before anything runs,
+//! and a data directory naming any other folder of other files is left as it is at run time:
+//! the standby is shown down with the reason, and the vault still verifies.
 
 use std::time::Duration;
 
@@ -18,19 +19,38 @@ fn a_data_dir_naming_a_folder_of_other_files_is_never_removed() {
     let site = env.site();
     let config_before = std::fs::read(site.join("config")).expect("the vault's config");
     let (port_a, port_b) = (embassy_testkit::free_port(), embassy_testkit::free_port());
-    std::fs::write(
-        env.path("embassy.toml"),
-        format!(
-            "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
-             [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
-             [[sites]]\nname = \"home\"\npath = \"{}\"\n\
-             [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{}\"\nport = {port_a}\n\
-             [[standbys]]\ndataset = \"gazette\"\ndata_dir = \".\"\nport = {port_b}\n",
-            arg(&site),
-            arg(&site)
-        ),
-    )
-    .expect("write embassy.toml");
+    let write_config = |a: &str, b: &str| {
+        std::fs::write(
+            env.path("embassy.toml"),
+            format!(
+                "[agent]\nstate_dir = \"agent-state\"\nverify_interval = \"never\"\n\
+                 [keys]\nfile = \"vault.key\"\npassphrase_file = \"pass\"\n\
+                 [[sites]]\nname = \"home\"\npath = \"{}\"\n\
+                 [[standbys]]\ndataset = \"registry\"\ndata_dir = \"{a}\"\nport = {port_a}\n\
+                 [[standbys]]\ndataset = \"gazette\"\ndata_dir = \"{b}\"\nport = {port_b}\n",
+                arg(&site),
+            ),
+        )
+        .expect("write embassy.toml")
+    };
+    // The vault's own site folder and `.`: refused by the configuration check, nothing runs.
+    write_config(arg(&site), ".");
+    let check = env.output(&["config", "check", arg(&env.path("embassy.toml"))]);
+    let said = String::from_utf8_lossy(&check.stderr).to_string()
+        + &String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "{said}");
+    assert!(
+        said.contains("standbys[0].data_dir") && said.contains("standbys[1].data_dir"),
+        "{said}"
+    );
+    // Folders of other files the check cannot know of: never removed at run time.
+    let papers = env.path("papers");
+    let letters = env.path("letters");
+    for (dir, file) in [(&papers, "minutes.txt"), (&letters, "letter.txt")] {
+        std::fs::create_dir_all(dir).expect("create a folder of other files");
+        std::fs::write(dir.join(file), "keep me").expect("write a file");
+    }
+    write_config(arg(&papers), arg(&letters));
     let agent = Agent::start_in(EXE, env.dir.path());
     wait_until("both standbys refused", Duration::from_secs(60), || {
         agent.log().matches("is never removed").count() >= 2
@@ -43,8 +63,14 @@ fn a_data_dir_naming_a_folder_of_other_files_is_never_removed() {
         std::fs::read(site.join("config")).expect("the vault's config is still there"),
         config_before
     );
-    for kept in ["embassy.toml", "vault.key", "pass"] {
-        assert!(env.path(kept).exists(), "{kept} was removed; log:\n{log}");
+    for kept in [
+        env.path("embassy.toml"),
+        env.path("vault.key"),
+        env.path("pass"),
+        papers.join("minutes.txt"),
+        letters.join("letter.txt"),
+    ] {
+        assert!(kept.exists(), "{} was removed; log:\n{log}", kept.display());
     }
     let verified = env.output(&["verify"]);
     assert!(

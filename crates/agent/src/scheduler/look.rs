@@ -43,19 +43,21 @@ impl Agent {
             .as_secs() as i64
     }
 
-    /// Least time between two looks that runs' ends ask for ([`Agent::maybe_refresh`]): a look
-    /// reads every site's whole ledger and checkpoints (it judges each site by its own bytes),
-    /// and with datasets backed up every second the looks ran back to back, most of an S3
-    /// site's requests (issue 19's soak: the S3 site fell behind its RPO).
+    /// Least time between two looks that backups' and collections' ends ask for
+    /// ([`Agent::maybe_refresh`]; other events, a verification or a catch-up, look at once): a
+    /// look reads every site's whole ledger (it judges each site by its own bytes), and with
+    /// datasets backed up every second the looks ran back to back, most of an S3 site's
+    /// requests (issue 19's soak: the S3 site fell behind its RPO).
     fn event_look_gap(&self) -> Duration {
         self.refresh_interval().min(EVENT_LOOK_GAP)
     }
 
     pub(super) fn maybe_refresh(&mut self) {
         let since = self.last_refresh.map(|t| t.elapsed());
-        let due = since.is_none_or(|t| {
-            t >= self.refresh_interval() || (self.refresh_now && t >= self.event_look_gap())
-        });
+        let due = self.refresh_now
+            || since.is_none_or(|t| {
+                t >= self.refresh_interval() || (self.refresh_soon && t >= self.event_look_gap())
+            });
         if due {
             self.refresh();
         }
@@ -69,6 +71,7 @@ impl Agent {
             return;
         }
         self.refresh_now = false;
+        self.refresh_soon = false;
         self.last_refresh = Some(Instant::now());
         let config = self.config.clone();
         let ends = self.server_ends();
