@@ -245,7 +245,7 @@ fn read_checkpoint(
     if path != format!("{CHECKPOINTS}{:020}-{id}", cp.time_ns) {
         return Err(Error::corrupt(
             path,
-            "stored under another name than its time and id make",
+            "stored under another time or name than it states (its time, then its id)",
         ));
     }
     Ok(cp)
