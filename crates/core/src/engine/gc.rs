@@ -518,21 +518,6 @@ pub fn collect_garbage(
             })
         };
         let dataset_references = |extra: &[ObjectId]| references_in(&listing, &sizes, extra);
-        // Per site (several sites): what that site alone needs to restore every version; None
-        // when it cannot be judged (nothing is deleted there this run).
-        let site_references: Vec<Option<HashSet<String>>> = if sites.len() > 1 {
-            own_listings
-                .iter()
-                .map(|own| {
-                    let own = own.as_ref()?;
-                    let own_sizes: HashMap<&str, u64> =
-                        own.iter().map(|i| (i.path.as_str(), i.size)).collect();
-                    references_in(own, &own_sizes, &[]).ok()
-                })
-                .collect()
-        } else {
-            vec![Some(HashSet::new())]
-        };
         // What entries their own signer withdrew reference stays too: a withdrawal takes an
         // entry out of the history, never its data (a stolen credential that withdraws its
         // own acknowledged newest entry must not make garbage collection delete it).
@@ -564,6 +549,29 @@ pub fn collect_garbage(
                 ));
                 continue;
             }
+        };
+        // Per site (several sites): what that site alone needs to restore every version; None
+        // when it cannot be judged (nothing is deleted there this run).
+        let site_references: Vec<Option<HashSet<String>>> = if sites.len() > 1 {
+            own_listings
+                .iter()
+                .map(|own| {
+                    let own = own.as_ref()?;
+                    // A site that lists everything the sites list together (the merged listing
+                    // is their union) needs what they need: no second reading of the manifests
+                    // and indexes (the common case, sites in step).
+                    if own.len() == listing.len()
+                        && own.iter().all(|i| sizes.contains_key(i.path.as_str()))
+                    {
+                        return Some(referenced.clone());
+                    }
+                    let own_sizes: HashMap<&str, u64> =
+                        own.iter().map(|i| (i.path.as_str(), i.size)).collect();
+                    references_in(own, &own_sizes, &[]).ok()
+                })
+                .collect()
+        } else {
+            vec![Some(HashSet::new())]
         };
         // Newest version entry: sessions that started from an older head are over.
         let newest_version_seq = history
