@@ -460,6 +460,138 @@ fn a_replayed_approval_is_refused() {
     assert_eq!(refusal(&w.history(), &fresh), None);
 }
 
+/// An approval nobody used expires 48 hours after it was given (format 9): the embassy's key
+/// cannot take over months later with approvals the officials gave for a crisis that passed,
+/// and it cannot date its promotion back into their lifetime once home's history moved past it
+/// (an entry dated before the entry it continues is not acceptable).
+#[test]
+fn an_unused_approval_expires_and_the_promotion_cannot_be_dated_back_into_its_lifetime() {
+    const HOUR: i64 = 3600 * SEC;
+    let w = world(2, 9);
+    let head = w.start();
+    let approvals = w.quorum(&head);
+    // Home goes on writing for two days and more.
+    let later = w.put(
+        &w.home,
+        head.entry.seq + 1,
+        Some(&head),
+        head.entry.time_ns + 49 * HOUR,
+        version(40),
+    );
+    let stale = w.next(&w.embassy, &later, promoted(approvals.clone()));
+    let h = w.history();
+    let why = refusal(&h, &stale).expect("approvals two days old made a takeover authoritative");
+    assert!(why.contains("expired 48 hours later"), "{why}");
+    assert!(why.contains("ask the approvers again"), "{why}");
+    // Home was not fenced: its next version is accepted.
+    let home_again = w.next(&w.home, &stale, version(41));
+    assert!(ids(&w.history()).contains(&home_again.id));
+    for r in [&stale, &home_again] {
+        w.site
+            .delete(&layout::ledger_entry(DS, r.entry.seq, &r.id))
+            .unwrap();
+    }
+    // Dated back into the approvals' lifetime: before the entry it continues, so not acceptable.
+    let backdated = w.put(
+        &w.embassy,
+        later.entry.seq + 1,
+        Some(&later),
+        head.entry.time_ns + HOUR,
+        promoted(approvals.clone()),
+    );
+    let h = w.history();
+    assert!(
+        !ids(&h).contains(&backdated.id),
+        "a back-dated promotion was accepted"
+    );
+    assert!(
+        h.rejected.iter().any(|x| x.id == backdated.id),
+        "the back-dated promotion is not reported"
+    );
+    w.site
+        .delete(&layout::ledger_entry(
+            DS,
+            backdated.entry.seq,
+            &backdated.id,
+        ))
+        .unwrap();
+    // Within the lifetime (the last nanosecond of it included) the same approvals count.
+    let w = world(2, 9);
+    let head = w.start();
+    let on_time = w.put(
+        &w.embassy,
+        head.entry.seq + 1,
+        Some(&head),
+        head.entry.time_ns + 48 * HOUR,
+        promoted(w.quorum(&head)),
+    );
+    assert_eq!(refusal(&w.history(), &on_time), None);
+}
+
+/// The embassy's key keeps approvals nobody used and, months later, forks the history back to
+/// the entry they name, dating its promotion inside their lifetime: a branch holding an
+/// authoritative promotion wins a fork (so home cannot undo a takeover), but home's history it
+/// leaves out is reported (an integrity problem: verify fails and garbage collection keeps the
+/// dataset whole), and what of it is dated more than 48 hours after the takeover is named as no
+/// race: the custodians must decide. A race of home with a takeover gets no such warning.
+#[test]
+fn a_takeover_forked_back_to_old_approvals_leaves_out_home_history_only_loudly() {
+    const HOUR: i64 = 3600 * SEC;
+    let w = world(2, 9);
+    let head = w.start();
+    let approvals = w.quorum(&head);
+    // Home writes for 60 days after the approvals were given, in the history every reader sees.
+    let h1 = w.next(&w.home, &head, version(50));
+    let h2 = w.put(
+        &w.home,
+        h1.entry.seq + 1,
+        Some(&h1),
+        head.entry.time_ns + 60 * 24 * HOUR,
+        version(51),
+    );
+    // The embassy forks at entry 5, its promotion dated an hour after the approvals.
+    let forked = w.put(
+        &w.embassy,
+        head.entry.seq + 1,
+        Some(&head),
+        head.entry.time_ns + HOUR,
+        promoted(approvals.clone()),
+    );
+    let h = w.history();
+    assert_eq!(
+        refusal(&h, &forked),
+        None,
+        "the fork's promotion is authoritative"
+    );
+    let problems = h.problems(DS);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("more than 48 hours after it") && p.contains("custodians")),
+        "home's 60 days were left out in silence: {problems:?}"
+    );
+    assert!(h.displaced_ids.contains(&h2.id), "{:?}", h.displaced_ids);
+    for r in [&forked, &h1, &h2] {
+        w.site
+            .delete(&layout::ledger_entry(DS, r.entry.seq, &r.id))
+            .unwrap();
+    }
+    // A race: home's competing entries are dated within hours of the takeover. The takeover
+    // wins; what it leaves out is reported as left out, without the days-later warning.
+    let race_home = w.next(&w.home, &head, version(52));
+    let race_home2 = w.next(&w.home, &race_home, version(53));
+    let takeover = w.next(&w.embassy, &head, promoted(approvals));
+    let h = w.history();
+    assert_eq!(refusal(&h, &takeover), None);
+    assert!(ids(&h).contains(&takeover.id));
+    assert!(!ids(&h).contains(&race_home2.id));
+    let problems = h.problems(DS);
+    assert!(
+        !problems.iter().any(|p| p.contains("48 hours")),
+        "{problems:?}"
+    );
+}
+
 /// A promotion approval names the head, which may be a version: it must not count as an
 /// approval to delete that version.
 #[test]

@@ -461,7 +461,9 @@ fn promotion_approvals(
         dataset: dataset.to_string(),
         seq: head.map_or(1, |h| h.entry.seq + 1),
         prev: head.map(|h| h.id),
-        time_ns: embassy_core::format::config::now_unix_nanos(),
+        // Dated as the writer will date it (never before the head).
+        time_ns: embassy_core::format::config::now_unix_nanos()
+            .max(head.map_or(0, |h| h.entry.time_ns)),
         signer: *signer,
         event: Event::Promoted {
             timeline: 0,

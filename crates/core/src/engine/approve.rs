@@ -137,7 +137,9 @@ pub fn approve_promotion(
         entry: head.id,
         reason: reason.to_string(),
         approver: key.verifying_key().to_bytes(),
-        time_ns: crate::format::config::now_unix_nanos(),
+        // Its lifetime runs from no earlier than the head's date (an entry dated ahead by a wrong
+        // clock must not make a fresh approval look expired).
+        time_ns: crate::format::config::now_unix_nanos().max(head.entry.time_ns),
         min_age_secs: None,
         promote_host: Some(host.to_string()),
         promote_key: Some(*promoter),

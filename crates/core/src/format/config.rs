@@ -46,8 +46,11 @@ const SIGNATURE_LABEL: &[u8] = b"data-embassy config v1";
 /// drop bases that kept versions need. Version 8 (red team 8): a `promoted` entry anchors the
 /// WAL its server replayed (`replayed`), and a writer the promotion fences keeps only the WAL
 /// an anchor covers; a version-7 program accepts any WAL a fenced key signs below the switch
-/// point, so a thief holding home's old credential could make it serve other rows.
-pub const FORMAT_VERSION: u32 = 8;
+/// point, so a thief holding home's old credential could make it serve other rows. Version 9:
+/// an approval of a takeover expires (48 hours, `history::approval::PROMOTION_APPROVAL_LIFETIME_NS`,
+/// after it was given); a version-8 program counts an approval nobody used for ever, so a
+/// takeover the approvers once allowed and did not need could be made months later.
+pub const FORMAT_VERSION: u32 = 9;
 /// The first format version whose writers store delta blobs (`format::pack::BlobKind::Delta`).
 pub const DELTAS_SINCE: u32 = 7;
 /// The first format version whose base backups record their WAL start and whose streamed WAL

@@ -592,6 +592,9 @@ fn leave_out_withdrawn(ctx: &Ctx<'_>, seq: u64, branches: Vec<Walk>, out: &mut W
     kept
 }
 
+/// Why a fork went to the branch holding an authoritative promotion, in the fork report.
+const PROMOTION_RULE: &str = "the other branch holds an authoritative promotion (a takeover)";
+
 /// Several acceptable entries at `seq`: follow each branch, leave out those their own signer
 /// withdrew (rule 3w), then pick the one that holds an authoritative promotion, a trusted head,
 /// else the one that holds a root-signed entry, else leave the fork unresolved.
@@ -671,7 +674,7 @@ fn resolve_fork(
         .collect();
     if !promoted.is_empty() && promoted.len() < left.len() {
         left = promoted;
-        rule = "the other branch holds an authoritative promotion (a takeover)";
+        rule = PROMOTION_RULE;
     }
     let with_head: Vec<usize> = left
         .iter()
@@ -696,6 +699,16 @@ fn resolve_fork(
     if left.len() == 1 {
         let winner_index = left[0];
         let winner_id = branches[winner_index].records[0].id;
+        // The takeover that decided the fork, when one did (its date bounds what it may leave
+        // out in silence: rule 3d).
+        let takeover = (rule == PROMOTION_RULE)
+            .then(|| {
+                branches[winner_index].records.iter().find(|r| {
+                    r.refused.is_none() && matches!(r.entry.event, Event::Promoted { .. })
+                })
+            })
+            .flatten()
+            .map(|r| (r.entry.seq, r.entry.time_ns));
         let mut winner = None;
         let mut losers = Vec::new();
         for (i, mut b) in branches.into_iter().enumerate() {
@@ -725,6 +738,7 @@ fn resolve_fork(
                 rule,
                 root: ctx.root,
                 winner: winner_id,
+                takeover,
                 at_fork: judge.authority.keys(),
                 winning: &w.records,
                 signers_at_end: &w.signers_at_end,

@@ -9,6 +9,13 @@
 //!   "EMBAPPR1" | u32 LE length | CBOR Approval | Ed25519 signature over "data-embassy approval v1\0" | CBOR
 //! ```
 
+/// How long an approval of a takeover counts (48 hours): a `promoted` entry dated more than this
+/// after the approval's `time_ns` does not count it (format 9). Approvers allow a takeover for
+/// the crisis at hand; one nobody used must not stay a standing licence for the key it names.
+/// The entry's date cannot be set back to fit: entries are dated no earlier than the entry
+/// before them, so an approval is dead once the dataset's history has moved past its lifetime.
+pub const PROMOTION_APPROVAL_LIFETIME_NS: i64 = 48 * 3600 * 1_000_000_000;
+
 /// The key type approvers sign with (Ed25519).
 pub use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -42,7 +49,8 @@ pub struct Approval {
     /// The approver's Ed25519 public key.
     #[serde(with = "serde_bytes")]
     pub approver: [u8; 32],
-    /// When it was signed, ns since the epoch.
+    /// When it was signed, ns since the epoch (for a promotion, no earlier than entry `seq`'s
+    /// own `time_ns`: its lifetime runs from here).
     pub time_ns: i64,
     /// When present, the approval is not for deleting a version but for lowering the dataset's
     /// legal minimum age to this many seconds by a `min_age_changed` entry right after entry

@@ -19,6 +19,8 @@ pub struct Fork<'a> {
     pub root: [u8; 32],
     /// The winning competing entry.
     pub winner: ObjectId,
+    /// When a takeover decided the fork: its `promoted` entry's sequence number and date.
+    pub takeover: Option<(u64, i64)>,
     /// The active signers just before the fork.
     pub at_fork: Vec<[u8; 32]>,
     /// The accepted entries of the winning branch, from the competing entry on.
@@ -60,6 +62,17 @@ pub fn report(f: &Fork<'_>) -> Displaced {
     let removed_by_winner = |k: &[u8; 32]| {
         (f.at_fork.contains(k) || named_on_winner.contains(k)) && !f.signers_at_end.contains(k)
     };
+    // A takeover fences the writers it beats, but the history on their side of the fork dated
+    // more than an approval's lifetime after the takeover was not a race with it: a takeover
+    // made long after its approvals were given (the promoting key forked the history back to
+    // the entry they name, dated inside their lifetime) or a split brain that went on for days.
+    // Either needs people to decide, so it is reported and kept, never left out in silence.
+    let after_takeover = |r: &Record| {
+        f.takeover.is_some_and(|(_, at)| {
+            r.entry.time_ns
+                > at.saturating_add(crate::history::approval::PROMOTION_APPROVAL_LIFETIME_NS)
+        })
+    };
     for records in f.losing {
         let displaced: Vec<&Record> = records
             .iter()
@@ -67,6 +80,7 @@ pub fn report(f: &Fork<'_>) -> Displaced {
                 r.entry.signer == f.root
                     || f.signers_at_end.contains(&r.entry.signer)
                     || !removed_by_winner(&r.entry.signer)
+                    || after_takeover(r)
             })
             .collect();
         if displaced.is_empty() {
@@ -74,6 +88,7 @@ pub fn report(f: &Fork<'_>) -> Displaced {
         }
         out.ids.extend(displaced.iter().map(|r| r.id));
         let root_signed = displaced.iter().any(|r| r.entry.signer == f.root);
+        let late = displaced.iter().filter(|r| after_takeover(r)).count();
         let what = displaced
             .iter()
             .map(|r| {
@@ -113,6 +128,18 @@ pub fn report(f: &Fork<'_>) -> Displaced {
                 ", and have the root revoke the signer only if it is rogue"
             }
         ));
+        if let (Some((at_seq, at)), true) = (f.takeover, late > 0) {
+            out.lines.push(format!(
+                "fork at entry {}: {late} of the entries the takeover at entry {at_seq} (dated \
+                 {}) leaves out are dated more than 48 hours after it: the other side went on \
+                 for days, so this was not a race with the takeover. Either the takeover was \
+                 made with approvals given long before (its key forked the history back to the \
+                 entry they name) or home and the embassy both wrote for days (a split brain): \
+                 the custodians must decide which history stands; nothing is deleted meanwhile",
+                f.seq,
+                crate::time::utc(at)
+            ));
+        }
     }
     out
 }

@@ -5,7 +5,8 @@
 //! exactly the key that signed it (the embassy's credential: a stolen credential that reads the
 //! approvals at the site cannot use them), made after an accepted entry at or after the
 //! dataset's last authoritative promotion (so an approval serves one takeover and cannot be
-//! replayed for a later one), and when its signer is not a writer the takeover fences (one that
+//! replayed for a later one), given at most 48 hours before the entry's date (format 9: an
+//! approval nobody used expires), and when its signer is not a writer the takeover fences (one that
 //! added versions or WAL since the last takeover: home's primary). A `promoted` entry
 //! that is not authoritative stays in the history as information and fences no one: a stolen
 //! sealing credential cannot lock out the legitimate writers by forging one.
@@ -36,6 +37,14 @@ pub struct Before<'a> {
     /// `log_range_added` since the last authoritative promotion (and that promotion's signer).
     /// A takeover fences them, so none of them can be the key approvals make authoritative.
     pub writers: &'a [[u8; 32]],
+}
+
+/// True when approval `a` is too old for the promotion `entry` (format 9, applied to vaults of
+/// every version: an unused approval is a standing licence there too).
+fn expired(a: &approval::Approval, entry: &Entry) -> bool {
+    entry.time_ns
+        > a.time_ns
+            .saturating_add(approval::PROMOTION_APPROVAL_LIFETIME_NS)
 }
 
 /// `Ok` when `entry` is an authoritative `promoted` entry (other events: always `Ok`), else why
@@ -107,6 +116,14 @@ pub fn check(
                 "{label} names entry {} ({}), which is not an accepted entry before this one",
                 a.seq,
                 a.entry.short()
+            ));
+        } else if expired(&a, entry) {
+            problems.push(format!(
+                "{label} was given at {} and expired 48 hours later, before this promotion \
+                 (dated {}): an approval serves a takeover within 48 hours; ask the approvers \
+                 again",
+                crate::time::utc(a.time_ns),
+                crate::time::utc(entry.time_ns)
             ));
         } else {
             counted.insert(a.approver);
