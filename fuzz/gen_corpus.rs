@@ -570,6 +570,43 @@ fn main() {
     configs();
     keyfiles();
     wal_logs();
+    withdrawals();
+}
+
+fn withdrawals() {
+    use embassy_core::history::withdrawal::Withdrawal;
+    let f = fixture();
+    let (_, [x, y]) = embassy_fuzz::withdrawal_race();
+    let mut c = Corpus::new("fuzz_withdrawals");
+    // Y's own signer withdraws Y, which lost to X (and the other way round).
+    for (name, entry, lost_to) in [("y-lost-to-x", *y, *x), ("x-lost-to-y", *x, *y)] {
+        let body = cbor(&Withdrawal {
+            dataset: DATASET.into(),
+            seq: 2,
+            entry,
+            lost_to: vec![lost_to],
+            time_ns: 4_000_000_000,
+            signer: f.signers[0],
+        });
+        let signed = embassy_fuzz::sign_withdrawal(&body);
+        c.valid(name, with_mode(0, &signed), embassy_fuzz::withdrawals);
+        c.valid(&format!("{name}-body"), with_mode(1, &body), embassy_fuzz::withdrawals);
+        let mut bad = signed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        c.rejected(&format!("{name}-tampered"), with_mode(0, &bad), embassy_fuzz::withdrawals);
+    }
+    // Signed by the other writer key: not the entries' own signer.
+    let foreign = cbor(&Withdrawal {
+        dataset: DATASET.into(),
+        seq: 2,
+        entry: *y,
+        lost_to: vec![*x],
+        time_ns: 4_000_000_000,
+        signer: f.signers[1],
+    });
+    c.rejected("foreign-signer-body", with_mode(1, &foreign), embassy_fuzz::withdrawals);
+    println!("fuzz_withdrawals: {} seeds", c.written);
 }
 
 fn wal_logs() {

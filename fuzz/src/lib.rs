@@ -22,7 +22,6 @@ use std::sync::{Mutex, OnceLock};
 
 use embassy_core::format::config::VaultConfig;
 use embassy_core::keys::crypto::{self, ObjectKey, TAG_LEN};
-use embassy_core::id::ChunkId;
 use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
 use embassy_core::keys::{self, DatasetKeys, RootSecret};
 use embassy_core::format::pack::{self, BlobEntry, BlobKind};
@@ -843,5 +842,110 @@ pub fn checkpoints(data: &[u8]) -> bool {
             !valid.is_empty()
         }
         Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Withdrawals: withdrawal::decode and load_at, as the fork rule reads them
+// ---------------------------------------------------------------------------------------------
+
+const WITHDRAWAL_LABEL: &[u8] = b"data-embassy withdrawal v1";
+
+/// The fixed race the withdrawal harness judges: entry 1, and two entries at 2 (X's and Y's,
+/// both by writer 0) continuing it. Returns the objects as stored and the ids of X's and Y's.
+pub fn withdrawal_race() -> &'static (Vec<(String, Vec<u8>)>, [embassy_core::id::ObjectId; 2]) {
+    use embassy_core::format::manifest::{VersionKind, VersionStats};
+    use embassy_core::history::ledger::{Entry, Event};
+    use embassy_core::id::ObjectId;
+    static RACE: OnceLock<(Vec<(String, Vec<u8>)>, [ObjectId; 2])> = OnceLock::new();
+    RACE.get_or_init(|| {
+        let f = fixture();
+        let key = &f.writers[0];
+        let version = |n: u8| Event::VersionAdded {
+            wal_start: None,
+            manifest: ObjectId::of(&[n]),
+            kind: VersionKind::Stream,
+            captured_at_ns: i64::from(n),
+            stats: VersionStats::default(),
+        };
+        let entry = |seq: u64, prev: Option<ObjectId>, n: u8| Entry {
+            dataset: DATASET.into(),
+            seq,
+            prev,
+            time_ns: 1_000_000_000 * i64::from(n),
+            signer: f.signers[0],
+            event: version(n),
+        };
+        let first = ledger::encode(&entry(1, None, 1), key);
+        let first_id = ObjectId::of(&first);
+        let x = ledger::encode(&entry(2, Some(first_id), 2), key);
+        let y = ledger::encode(&entry(2, Some(first_id), 3), key);
+        let ids = [ObjectId::of(&x), ObjectId::of(&y)];
+        let objects = vec![
+            (layout::ledger_entry(DATASET, 1, &first_id), first),
+            (layout::ledger_entry(DATASET, 2, &ids[0]), x),
+            (layout::ledger_entry(DATASET, 2, &ids[1]), y),
+        ];
+        (objects, ids)
+    })
+}
+
+/// A withdrawal with this CBOR body, framed and signed by writer 0 (the race's signer).
+pub fn sign_withdrawal(body: &[u8]) -> Vec<u8> {
+    use embassy_core::history::withdrawal;
+    let mut out = withdrawal::MAGIC.to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&keys::sign(&fixture().writers[0], WITHDRAWAL_LABEL, body));
+    out
+}
+
+/// Withdrawals as the fork rule reads them from a site (format 6): `mode | object`, stored
+/// under the withdrawals of sequence number 2 of [`withdrawal_race`]'s fork, named by its hash.
+/// Mode even: the object as stored. Odd: a CBOR `Withdrawal` body the harness frames and signs
+/// with writer 0 (the race's own signer), so the fuzzer reaches the rule's checks past the
+/// signature. The history must load, and be one a site could honestly show: the fork
+/// (nothing accepted past entry 1), or exactly one of the two entries accepted with the other
+/// withdrawn. True when a withdrawal counted.
+pub fn withdrawals(data: &[u8]) -> bool {
+    use embassy_core::history::withdrawal;
+    use embassy_core::id::ObjectId;
+    let Some((&mode, rest)) = data.split_first() else {
+        return false;
+    };
+    let object = if mode & 1 == 0 {
+        rest.to_vec()
+    } else {
+        sign_withdrawal(rest)
+    };
+    let (objects, ids) = withdrawal_race();
+    let mut stored = objects.clone();
+    stored.push((
+        withdrawal::path(DATASET, 2, &ObjectId::of(&object)),
+        object,
+    ));
+    let site = MemorySite::with(stored);
+    let h = match embassy_core::history::load(&site, &fixture().config, DATASET, None) {
+        Ok(h) => h,
+        Err(e) => panic!("a history with a hostile withdrawal did not load: {e}"),
+    };
+    match h.records.len() {
+        1 => {
+            assert!(h.conflict.is_some(), "the fork vanished without a withdrawal");
+            assert!(h.withdrawn.is_empty(), "withdrawn, yet the fork stays");
+            false
+        }
+        2 => {
+            let last = h.records[1].id;
+            assert!(ids.contains(&last), "an entry from nowhere was accepted");
+            assert!(h.conflict.is_none(), "accepted past an unresolved fork");
+            assert_eq!(h.withdrawn.len(), 1, "one entry accepted without one withdrawn");
+            assert!(
+                ids.contains(&h.withdrawn[0].id) && h.withdrawn[0].id != last,
+                "the withdrawn entry is not the other one of the fork"
+            );
+            true
+        }
+        n => panic!("{n} entries accepted from a ledger of three entries with a fork at 2"),
     }
 }

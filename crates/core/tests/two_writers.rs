@@ -572,3 +572,75 @@ fn a_sync_reads_no_history_for_a_withdrawal_of_an_entry_no_site_keeps() {
         "the sync read more ledger entries than the one it copied"
     );
 }
+
+/// The race's vault as a site keeps it after all (Y's withdrawn entry stored again), without
+/// the withdrawal, and the withdrawal's bytes: built once for the property below.
+fn kept_race_without_withdrawal(
+) -> &'static (Vec<(String, Vec<u8>)>, VaultConfig, ObjectId, Vec<u8>) {
+    static BUILT: std::sync::OnceLock<(Vec<(String, Vec<u8>)>, VaultConfig, ObjectId, Vec<u8>)> =
+        std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let locks = tempfile::tempdir().unwrap();
+        ledger::use_lock_folder(locks.path().to_path_buf());
+        let secret = RootSecret::from_slice(&[9; 32]).unwrap();
+        let r = race(VaultConfig::new(&secret), &secret);
+        r.site.put(&r.y.0, &r.y.1).unwrap();
+        let listed = r.site.list(&format!("withdrawals/{DS}/")).unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let withdrawal = r.site.get(&listed[0].path).unwrap();
+        r.site.delete(&listed[0].path).unwrap();
+        let objects = r
+            .site
+            .lock()
+            .iter()
+            .map(|(p, b)| (p.clone(), b.clone()))
+            .collect();
+        (objects, r.config.clone(), r.x.id, withdrawal)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+    /// Withdrawals are site bytes like any other: a hostile site mutates the one real
+    /// withdrawal (flipped bytes, a cut, inserted bytes) and stores the result under its hash.
+    /// Reading never panics, and the history is exactly one of the two the site could have
+    /// shown honestly: the withdrawal counted whole (X's entry accepted) or not at all (the
+    /// fork reported, nothing accepted past entry 1). Never another entry, never an error.
+    #[test]
+    fn a_mutated_withdrawal_counts_whole_or_not_at_all(
+        flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 0..4),
+        cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        insert in proptest::option::of((proptest::prelude::any::<usize>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 1..9))),
+    ) {
+        let (objects, config, x, original) = kept_race_without_withdrawal();
+        let mut bytes = original.clone();
+        for (at, mask) in &flips {
+            let at = at % bytes.len();
+            bytes[at] ^= mask;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        if let Some((at, more)) = &insert {
+            let at = at % (bytes.len() + 1);
+            bytes.splice(at..at, more.iter().copied());
+        }
+        let site = MemorySite::named("memory:vault");
+        for (path, object) in objects {
+            site.put(path, object).unwrap();
+        }
+        plant_withdrawal(&site, &bytes);
+        let h = history::load(&site, config, DS, None).unwrap();
+        let last = h.records.last().map(|r| r.id);
+        if bytes == *original {
+            proptest::prop_assert_eq!(last, Some(*x));
+        }
+        if last == Some(*x) {
+            proptest::prop_assert!(h.conflict.is_none());
+            proptest::prop_assert_eq!(h.records.len(), 2);
+        } else {
+            proptest::prop_assert!(h.conflict.is_some(), "neither whole nor the fork: {:?}", h.problems(DS));
+            proptest::prop_assert_eq!(h.records.len(), 1);
+        }
+    }
+}
