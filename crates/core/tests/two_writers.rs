@@ -573,12 +573,13 @@ fn a_sync_reads_no_history_for_a_withdrawal_of_an_entry_no_site_keeps() {
     );
 }
 
-/// The race's vault as a site keeps it after all (Y's withdrawn entry stored again), without
-/// the withdrawal, and the withdrawal's bytes: built once for the property below.
-fn kept_race_without_withdrawal(
-) -> &'static (Vec<(String, Vec<u8>)>, VaultConfig, ObjectId, Vec<u8>) {
-    static BUILT: std::sync::OnceLock<(Vec<(String, Vec<u8>)>, VaultConfig, ObjectId, Vec<u8>)> =
-        std::sync::OnceLock::new();
+/// The race's vault as a site keeps it after all (Y's withdrawn entry stored again) without the
+/// withdrawal, its configuration, X's entry id and the withdrawal's bytes.
+type KeptRace = (Vec<(String, Vec<u8>)>, VaultConfig, ObjectId, Vec<u8>);
+
+/// [`KeptRace`], built once for the property below.
+fn kept_race_without_withdrawal() -> &'static KeptRace {
+    static BUILT: std::sync::OnceLock<KeptRace> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let locks = tempfile::tempdir().unwrap();
         ledger::use_lock_folder(locks.path().to_path_buf());
