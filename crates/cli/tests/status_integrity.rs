@@ -351,3 +351,121 @@ fn status_judges_a_site_by_its_checkpoints_on_a_machine_that_never_saw_it() {
     let run = env.run_as("fresh-4", &["a"], &["--json", "status"]);
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+/// Red team 11, break 2: a checkpoint's time is judged against the entries it names, and a
+/// site withheld the very entry that kept the newest checkpoint's time in range (the other
+/// dataset it names was last written an hour before). The checkpoint was then dropped as
+/// "dated more than 10 minutes after the newest entry it names", and status, verify and a
+/// restore on a fresh machine took the rolled-back history for whole. A validly signed
+/// checkpoint proves the entries it names existed: it is judged by its time only when every
+/// one of them is found, and the missing entry is a rollback.
+#[test]
+fn withholding_the_entry_that_dates_the_newest_checkpoint_is_still_a_rollback() {
+    use embassy_core::history::checkpoint::{self, Head};
+    use embassy_core::history::ledger::{self, Entry, Event};
+    use embassy_core::site::Site;
+    const SEC: i64 = 1_000_000_000;
+    let env = Env::new();
+    env.vault(2);
+    let key_path = env.dir.join("vault.key");
+    let file = embassy_core::keys::keyfile::KeyFile::load(&key_path).unwrap();
+    let root = file
+        .open(embassy_testkit::cli::PASS.as_bytes(), &key_path)
+        .unwrap();
+    let root = embassy_core::keys::RootSecret::from_bytes(root.expose());
+    let writer = root.writer_signing_key(0);
+    let site: std::sync::Arc<dyn Site> =
+        std::sync::Arc::new(embassy_sites::LocalSite::new(env.dir.join("b")).unwrap());
+    let vault = embassy_core::engine::vault::Vault::open(site.clone()).unwrap();
+    let register = vault.history("register").unwrap();
+    let (v1, v2) = (&register[0], &register[1]);
+    // Dataset daily, last written an hour before register's version 2.
+    let daily = ledger::encode(
+        &Entry {
+            dataset: "daily".into(),
+            seq: 1,
+            prev: None,
+            time_ns: v2.entry.time_ns - 3600 * SEC,
+            signer: writer.verifying_key().to_bytes(),
+            event: v2.entry.event.clone(),
+        },
+        &writer,
+    );
+    let daily_id = embassy_core::id::ObjectId::of(&daily);
+    site.put(
+        &embassy_core::format::layout::ledger_entry("daily", 1, &daily_id),
+        &daily,
+    )
+    .unwrap();
+    // The site's checkpoints: one after version 1, and the newest naming version 2 and daily.
+    for f in env.files("b", "checkpoints") {
+        std::fs::remove_file(env.dir.join("b").join(f)).unwrap();
+    }
+    let head = |r: &ledger::Record| Head {
+        seq: r.entry.seq,
+        id: r.id,
+    };
+    let vault_id = vault.config().vault_id.clone();
+    checkpoint::write_at(
+        site.as_ref(),
+        &vault_id,
+        [("register".to_string(), head(v1))].into(),
+        &writer,
+        v1.entry.time_ns + SEC,
+    )
+    .unwrap();
+    checkpoint::write_at(
+        site.as_ref(),
+        &vault_id,
+        [
+            ("register".to_string(), head(v2)),
+            (
+                "daily".to_string(),
+                Head {
+                    seq: 1,
+                    id: daily_id,
+                },
+            ),
+        ]
+        .into(),
+        &writer,
+        v2.entry.time_ns + SEC,
+    )
+    .unwrap();
+    let before = env.run_as("fresh-0", &["b"], &["--json", "status"]);
+    let rows = before.json()["datasets"].as_array().unwrap().clone();
+    let row = rows.iter().find(|r| r["dataset"] == "register").unwrap();
+    assert_eq!(row["newest_version"], 2, "{before:?}");
+    // b withholds register's version 2 entry.
+    std::fs::remove_file(
+        env.dir
+            .join("b")
+            .join(embassy_core::format::layout::ledger_entry(
+                "register", 2, &v2.id,
+            )),
+    )
+    .unwrap();
+    let run = env.run_as("fresh-1", &["b"], &["--json", "status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let rows = run.json()["datasets"].as_array().unwrap().clone();
+    let row = rows.iter().find(|r| r["dataset"] == "register").unwrap();
+    assert_eq!(row["kind"], "integrity", "{run:?}");
+    assert!(
+        row["error"].as_str().unwrap().contains("rollback"),
+        "{run:?}"
+    );
+    let run = env.run_as("fresh-2", &["b"], &["verify"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.text().contains("rollback"), "{run:?}");
+    let out = env.path("restored");
+    let run = env.run_as(
+        "fresh-3",
+        &["b"],
+        &["restore", "register@latest", "--to", &out],
+    );
+    assert_eq!(run.code, 3, "a rolled-back latest restored: {run:?}");
+    assert!(
+        run.text().contains("rollback") && run.text().contains("restore register@1"),
+        "{run:?}"
+    );
+}

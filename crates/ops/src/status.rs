@@ -289,10 +289,39 @@ fn read_dataset(
         Err(e) => facts.error = Some(e.into()),
     }
     let wal = match signers {
-        Some(signers) => embassy_postgres::status::site_wal_with(location, site, dataset, &signers),
+        // Anchors are judged by a history that was proved (else its problem is reported).
+        Some(signers) => embassy_postgres::status::site_wal_with(
+            location,
+            site,
+            dataset,
+            &signers,
+            read.as_ref().map_or(&[][..], |h| &h.records),
+        ),
         // Its history cannot be read (the error says why): its WAL cannot be judged either.
-        None => Ok(None),
+        None => Ok((None, Vec::new())),
     };
+    let wal = wal.map(|(newest, missing)| {
+        if !missing.is_empty() {
+            facts.error.get_or_insert_with(|| {
+                Error::History {
+                    dataset: dataset.to_string(),
+                    problem: format!(
+                        "its streamed WAL at this site cannot be restored whole: {}{}",
+                        missing.join("; "),
+                        if missing.iter().any(|m| m.contains("not stored")) {
+                            "; a restore from this site cannot replay past the first missing \
+                             piece: repair this site from another (embassy sync --repair \
+                             --from <good site> --to <this site>)"
+                        } else {
+                            ""
+                        }
+                    ),
+                }
+                .into()
+            });
+        }
+        newest
+    });
     match wal {
         Ok(Some(w)) => {
             facts.wal = Some(WalFacts {

@@ -199,15 +199,45 @@ pub fn site_wal(location: &str, vault: &Vault, dataset: &str) -> Result<Option<S
     Judged::default().newest(location, site, &listing, &signers)
 }
 
-/// [`site_wal`] at `site`, judged by `signers` (the caller read the dataset's history already).
+/// [`site_wal`] at `site`, judged by `signers` (the caller read the dataset's accepted
+/// `history` already), with the WAL that history anchors and the site does not list
+/// ([`wal::missing_anchored`]) and the anchored WAL a newer timeline leaves out
+/// ([`wal::abandoned_anchored`]), one problem line each: a site that lost or withholds WAL in
+/// the middle cannot restore past it, whatever its newest object says (red team 11).
 pub fn site_wal_with(
     location: &str,
     site: &dyn Site,
     dataset: &str,
     signers: &wal::WalSigners,
-) -> Result<Option<SiteWal>> {
+    history: &[embassy_core::history::ledger::Record],
+) -> Result<(Option<SiteWal>, Vec<String>)> {
     let listing = wal::list(site, dataset)?;
-    Judged::default().newest(location, site, &listing, signers)
+    let held: HashSet<ObjectId> = listing
+        .pieces
+        .iter()
+        .chain(&listing.segments)
+        .chain(&listing.histories)
+        .map(|o| o.name.id)
+        .collect();
+    let segments: Vec<(u32, u64, u64)> = listing
+        .segments
+        .iter()
+        .map(|o| (o.name.timeline, o.name.start, o.name.end))
+        .collect();
+    let mut missing =
+        wal::missing_anchored(history, |id| held.contains(id), &segments, signers.cutoff());
+    let mut first_start = std::collections::BTreeMap::new();
+    for o in listing.pieces.iter().chain(&listing.segments) {
+        let s = first_start.entry(o.name.timeline).or_insert(o.name.start);
+        *s = (*s).min(o.name.start);
+    }
+    missing.extend(wal::abandoned_anchored(
+        history,
+        &first_start,
+        signers.cutoff(),
+    ));
+    let newest = Judged::default().newest(location, site, &listing, signers)?;
+    Ok((newest, missing))
 }
 
 /// The server's current WAL position (`IDENTIFY_SYSTEM` over a replication connection).

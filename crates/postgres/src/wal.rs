@@ -723,6 +723,14 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         let e = report.ends.entry(o.name.timeline).or_default();
         *e = (*e).max(Lsn(o.name.end));
     }
+    let mut first_start: BTreeMap<u32, u64> = BTreeMap::new();
+    for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
+        let s = first_start.entry(o.name.timeline).or_insert(o.name.start);
+        *s = (*s).min(o.name.start);
+    }
+    report
+        .problems
+        .extend(abandoned_anchored(&history, &first_start, &report.cutoff));
     for (obj, prev) in &prevs {
         // A piece's predecessor ended where it starts, on its timeline or (at a timeline switch)
         // on an earlier one; collected after compaction when a segment covers it.
@@ -740,43 +748,12 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
             ));
         }
     }
-    for r in &history {
-        if let embassy_core::history::ledger::Event::LogRangeAdded {
-            history: Some(h), ..
-        } = &r.entry.event
-        {
-            // History files are never collected.
-            if !ids.contains_key(h) {
-                report.problems.push(format!(
-                    "ledger entry {} anchors timeline history file {} which is not stored (or \
-                     not valid)",
-                    r.entry.seq,
-                    h.short()
-                ));
-            }
-        }
-        if let embassy_core::history::ledger::Event::LogRangeAdded {
-            manifest,
-            timeline,
-            end,
-            ..
-        } = &r.entry.event
-        {
-            // An anchored piece may be collected once a segment covers it, and any WAL object
-            // once it ends at or before the retention cut-off; otherwise its absence is
-            // reported.
-            if !ids.contains_key(manifest)
-                && !covered_piece(&segments_ok, *timeline, *end)
-                && !report.cutoff.collects(*end)
-            {
-                report.problems.push(format!(
-                    "ledger entry {} anchors WAL object {} which is not stored (or not valid)",
-                    r.entry.seq,
-                    manifest.short()
-                ));
-            }
-        }
-    }
+    report.problems.extend(missing_anchored(
+        &history,
+        |id| ids.contains_key(id),
+        &segments_ok,
+        &report.cutoff,
+    ));
     // A timeline after the first is followed through its history file: WAL of one whose
     // history file no site object validly holds cannot be restored past the switch (red team
     // 9: the history file of a fenced or revoked streamer turned to noise, and a planted name
@@ -832,6 +809,116 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// The WAL the accepted `log_range_added` entries of `history` anchor that a site does not hold:
+/// one problem line per anchored object (`manifest`, or a timeline `history` file) for which
+/// `held` is false, unless a held segment on its timeline covers it (`segments`: timeline,
+/// start, end; garbage collection removes a piece only then) or it ends at or before the
+/// retention cut-off (collected on purpose; history files are never collected). The one rule
+/// for keyless `verify` (`held`: objects that checked out) and a look at a site (`status`:
+/// objects the site lists, so a lost or withheld segment in the middle of the WAL is damage at
+/// once, not only at the next verification; red team 11).
+pub fn missing_anchored(
+    history: &[embassy_core::history::ledger::Record],
+    held: impl Fn(&ObjectId) -> bool,
+    segments: &[(u32, u64, u64)],
+    cutoff: &WalCutoff,
+) -> Vec<String> {
+    use embassy_core::history::ledger::Event;
+    let mut problems = Vec::new();
+    for r in history {
+        let Event::LogRangeAdded {
+            manifest,
+            timeline,
+            end,
+            history: anchored_history,
+            ..
+        } = &r.entry.event
+        else {
+            continue;
+        };
+        if let Some(h) = anchored_history {
+            if !held(h) {
+                problems.push(format!(
+                    "ledger entry {} anchors timeline history file {} which is not stored (or \
+                     not valid)",
+                    r.entry.seq,
+                    h.short()
+                ));
+            }
+        }
+        if !held(manifest) && !covered_piece(segments, *timeline, *end) && !cutoff.collects(*end) {
+            problems.push(format!(
+                "ledger entry {} anchors WAL object {} which is not stored (or not valid)",
+                r.entry.seq,
+                manifest.short()
+            ));
+        }
+    }
+    problems
+}
+
+/// Timelines whose WAL starts before where the ledger anchors their parent's WAL to, with no
+/// takeover that decided it: one problem line each. A new timeline's WAL starts at the segment
+/// holding its switch point, so when the parent's (the next lower timeline that has WAL)
+/// anchored, acknowledged WAL reaches past that segment, the newest timeline leaves it out and a
+/// restore of the latest state, which follows the newest timeline, loses it. An authoritative
+/// `promoted` entry naming the timeline decided that (a takeover, `promote --accept-data-loss`);
+/// anything else is a failover at home that dropped acknowledged commits, or a stolen but still
+/// valid credential that forked the history from an older copy of the database (red team 11).
+/// `first_start`: per timeline, where its first WAL object (piece or segment) starts; the
+/// segment of the switch point is not judged (a crashed primary's last record, cut there, is
+/// lost to any failover). The one rule for keyless `verify` (valid objects) and a look at a site
+/// (`status`, listed names).
+pub fn abandoned_anchored(
+    history: &[embassy_core::history::ledger::Record],
+    first_start: &BTreeMap<u32, u64>,
+    cutoff: &WalCutoff,
+) -> Vec<String> {
+    use embassy_core::history::ledger::Event;
+    let mut anchored_end: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let mut decided: Vec<u32> = Vec::new();
+    for r in history {
+        match &r.entry.event {
+            Event::LogRangeAdded { timeline, end, .. } => {
+                let e = anchored_end.entry(*timeline).or_insert((0, 0));
+                if *end > e.0 {
+                    *e = (*end, r.entry.seq);
+                }
+            }
+            Event::Promoted { timeline, .. } if r.refused.is_none() => decided.push(*timeline),
+            _ => {}
+        }
+    }
+    let mut problems = Vec::new();
+    for (&timeline, &start) in first_start.range(2..) {
+        if decided.contains(&timeline) || cutoff.collects(start) {
+            continue;
+        }
+        let Some((&parent, _)) = first_start.range(..timeline).next_back() else {
+            continue;
+        };
+        let Some(&(end, seq)) = anchored_end.get(&parent) else {
+            continue;
+        };
+        let switch_segment_end = (start / crate::lsn::SEGMENT_SIZE + 1) * crate::lsn::SEGMENT_SIZE;
+        if end > switch_segment_end {
+            problems.push(format!(
+                "timeline {timeline} starts at {} while ledger entry {seq} anchors timeline \
+                 {parent}'s WAL up to {}: the newest timeline leaves out acknowledged WAL of \
+                 timeline {parent}, and no takeover (an authoritative promotion) decided it. A \
+                 restore of the latest state follows timeline {timeline} and loses those \
+                 commits; timeline {parent}'s WAL stays stored. Either a failover at home \
+                 dropped acknowledged commits, or a credential that signs this dataset's WAL \
+                 forked the history from an older copy of the database: find out which, and \
+                 revoke the credential if it is not yours (embassy keys revoke)",
+                Lsn(start),
+                Lsn(end)
+            ));
+        }
+    }
+    problems
 }
 
 /// True when a stored, checked segment object on `timeline` covers the piece that ended at

@@ -147,3 +147,70 @@ fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_
         report.problems
     );
 }
+
+/// Red team 11, break 1: home's stolen credential, still valid, promoted an older copy of the
+/// database and streamed its new timeline from a switch point below the WAL the ledger had
+/// already anchored on timeline 1; every reader followed the new timeline and the acknowledged
+/// commits after the switch point were gone from the latest restore, with verify saying OK.
+/// Keyless verification now reports a timeline that leaves out its parent's anchored WAL past
+/// the segment of its switch point unless an authoritative promotion names it; a timeline that
+/// leaves out only the segment of its switch point (a crashed primary's last, cut record) is
+/// not reported.
+#[test]
+fn a_new_timeline_leaving_out_anchored_wal_without_a_takeover_is_reported() {
+    let seg: u64 = 16 * 1024 * 1024;
+    let setup = || {
+        let dir = tempfile::tempdir().unwrap();
+        let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
+        let root = RootSecret::generate();
+        VaultConfig::new(&root)
+            .create(site.as_ref(), &root)
+            .unwrap();
+        let vault = Vault::open(site).unwrap();
+        let keyring =
+            Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+        (dir, vault, keyring)
+    };
+    // Timeline 1 anchored up to `tl1_end`; timeline 2 from the start of segment 1.
+    let fork = |tl1_end: u64| {
+        let (dir, vault, keyring) = setup();
+        let p1 = put(&vault, &keyring, LogKind::Piece, 1, seg, &[1u8; 4096]);
+        anchor(&vault, &keyring, p1, 1, seg, seg + 4096, None);
+        let tail = put(
+            &vault,
+            &keyring,
+            LogKind::Piece,
+            1,
+            tl1_end - 4096,
+            &[1u8; 4096],
+        );
+        anchor(&vault, &keyring, tail, 1, tl1_end - 4096, tl1_end, None);
+        let h2 = put(
+            &vault,
+            &keyring,
+            LogKind::History,
+            2,
+            0,
+            b"1\t0/1001000\tno recovery target specified\n",
+        );
+        let p2 = put(&vault, &keyring, LogKind::Piece, 2, seg, &[2u8; 4096]);
+        anchor(&vault, &keyring, p2, 2, seg, seg + 4096, Some(h2));
+        (dir, vault)
+    };
+    let abandons = |vault: &Vault| {
+        wal::verify(vault, DS)
+            .unwrap()
+            .problems
+            .into_iter()
+            .filter(|p| p.contains("leaves out acknowledged WAL of timeline 1"))
+            .collect::<Vec<_>>()
+    };
+    // Timeline 1 anchored two segments past the switch: reported, naming the anchor's end.
+    let (_dir, vault) = fork(3 * seg + 8192);
+    let found = abandons(&vault);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("0/3002000"), "{found:?}");
+    // Only inside the switch point's segment: not reported.
+    let (_dir, vault) = fork(seg + 65536);
+    assert!(abandons(&vault).is_empty());
+}

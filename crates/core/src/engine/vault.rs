@@ -404,6 +404,63 @@ impl Vault {
         }))
     }
 
+    /// Refuses "the newest version" of `dataset` when the site's history of it does not extend
+    /// the newest valid checkpoint naming it (or the newest of all): a site that withholds the
+    /// newest entries (a rollback) or serves others (a fork) must not turn a restore of the
+    /// newest into a silent restore of an older version on a machine that never saw the vault
+    /// (no remembered head). The same checkpoints a look (`status`) judges by; a version asked
+    /// for by number is not refused.
+    pub fn check_newest_checkpoints(&self, dataset: &str) -> Result<()> {
+        let records = self.history(dataset)?;
+        let listed: BTreeSet<String> = self
+            .site
+            .list(checkpoint::CHECKPOINTS)?
+            .into_iter()
+            .map(|i| i.path)
+            .collect();
+        let histories = BTreeMap::from([(dataset.to_string(), records)]);
+        let checkpoints = checkpoint::load_newest(
+            self.site.as_ref(),
+            &self.config.vault_id,
+            &self.checkpoint_signers()?,
+            &histories,
+            &listed,
+        )?;
+        let mut problems = Vec::new();
+        for cp in &checkpoints {
+            let others: Vec<String> = cp
+                .checkpoint
+                .heads
+                .keys()
+                .filter(|d| *d != dataset)
+                .cloned()
+                .collect();
+            problems.extend(checkpoint::check_against_except(cp, &histories, &others));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let newest = versions_in(dataset, &histories[dataset])
+            .last()
+            .map(|v| v.number);
+        Err(Error::History {
+            dataset: dataset.into(),
+            problem: format!(
+                "the newest version cannot be proved: {}; {}",
+                problems.join("; "),
+                match newest {
+                    Some(n) => format!(
+                        "the newest version this site serves is {n}: restore {dataset}@{n} to \
+                         take it, or repair this site from another (embassy sync --repair --from <good site> --to <this site>)"
+                    ),
+                    None => "this site serves no version of it: repair this site from another \
+                             (embassy sync --repair --from <good site> --to <this site>)"
+                        .to_string(),
+                }
+            ),
+        })
+    }
+
     /// The version a restore may use by default: like [`Vault::find_version`], but when the
     /// vault requires witnesses, only versions a checkpoint with the quorum of cosignatures
     /// covers (`latest` then means the newest such version), unless `allow_unwitnessed`.
@@ -419,6 +476,9 @@ impl Vault {
             self.witnessed_head(dataset)?
         };
         let Some(limit) = limit else {
+            if matches!(selector, None | Some("latest")) {
+                self.check_newest_checkpoints(dataset)?;
+            }
             return self.find_version(dataset, selector);
         };
         let quorum = self.config.witness_quorum;

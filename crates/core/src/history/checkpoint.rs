@@ -325,8 +325,9 @@ pub fn load_valid(
 }
 
 /// Why a checkpoint's time is not acceptable (see [`load_valid`]), if it is not. A checkpoint
-/// none of whose named entries can be found is not judged here: the served histories
-/// contradict it, and [`check_against`] says so.
+/// is judged only when every entry it names is found: its valid signature proves they existed,
+/// so one the site does not serve is a rollback [`check_against`] reports, never a reason to
+/// drop the checkpoint.
 pub fn time_problem(
     site: &dyn Site,
     cp: &StoredCheckpoint,
@@ -350,8 +351,14 @@ pub fn time_problem(
                 .flatten()
                 .map(|e| e.time_ns)
         });
-        if let Some(t) = time {
-            newest = Some(newest.map_or(t, |n| n.max(t)));
+        match time {
+            Some(t) => newest = Some(newest.map_or(t, |n| n.max(t))),
+            // A named entry the site does not serve: the time cannot be judged (the missing
+            // entry may be the newest it names), and the checkpoint stays, so that
+            // [`check_against`] reports the rollback (red team 11: withholding exactly that
+            // entry made the newest checkpoint look dated too far ahead, and readers fell back
+            // to an older one the rolled-back history extends).
+            None => return None,
         }
     }
     let newest = newest?;
