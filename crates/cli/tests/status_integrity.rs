@@ -362,7 +362,7 @@ fn status_judges_a_site_by_its_checkpoints_on_a_machine_that_never_saw_it() {
 #[test]
 fn withholding_the_entry_that_dates_the_newest_checkpoint_is_still_a_rollback() {
     use embassy_core::history::checkpoint::{self, Head};
-    use embassy_core::history::ledger::{self, Entry, Event};
+    use embassy_core::history::ledger::{self, Entry};
     use embassy_core::site::Site;
     const SEC: i64 = 1_000_000_000;
     let env = Env::new();
