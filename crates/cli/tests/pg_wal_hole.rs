@@ -92,3 +92,67 @@ fn a_site_missing_wal_in_the_middle_is_damaged_in_status_not_fresh() {
         "{error}"
     );
 }
+
+/// Red team 12, break 3: a PostgreSQL restore of the latest state and a standby did not check
+/// the site's history against its checkpoints, so a site withholding the newest ledger entries
+/// (a rollback) made `restore --latest` return an older state in silence on a machine that
+/// never saw the vault, while `status` and `verify` said rollback. Both now refuse.
+#[test]
+fn a_rolled_back_site_is_refused_by_a_latest_restore_and_a_standby() {
+    let pg = PgServer::start(PgOptions::default());
+    let env = PgCli::new(EXE, "embassy-pgroll-");
+    let streamer = env.stream(&pg, "registry");
+    pg.psql("create table acct(id int primary key, balance bigint)");
+    pg.psql("insert into acct values (1, 1); select pg_switch_wal()");
+    env.base_backup_streamed(&pg.conninfo(), "registry");
+    pg.psql("insert into acct values (2, 2); select pg_switch_wal()");
+    // The second base backup (root key) checkpoints the head it appends.
+    env.base_backup_streamed(&pg.conninfo(), "registry");
+    drop(streamer);
+    let site: std::sync::Arc<dyn embassy_core::site::Site> =
+        std::sync::Arc::new(embassy_sites::LocalSite::new(env.site()).unwrap());
+    let vault = embassy_core::engine::vault::Vault::open(site).unwrap();
+    let history = vault.history("registry").unwrap();
+    let second = history
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.entry.event,
+                embassy_core::history::ledger::Event::VersionAdded { .. }
+            )
+        })
+        .map(|r| r.entry.seq)
+        .max()
+        .unwrap();
+    // The site withholds the second base backup's entry and every later one.
+    let ledger = env.site().join("ledger/registry");
+    let mut withheld = 0;
+    for e in std::fs::read_dir(&ledger).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let seq: u64 = name.split('-').next().unwrap().parse().unwrap();
+        if seq >= second {
+            std::fs::remove_file(ledger.join(&name)).unwrap();
+            withheld += 1;
+        }
+    }
+    assert!(withheld > 0);
+    // A machine that never saw the vault (no remembered head).
+    std::fs::remove_dir_all(env.path("state")).ok();
+    let to = env.postgres_folder("restored");
+    let out = env.output(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("rollback"), "{said}");
+    std::fs::remove_dir_all(env.path("state")).ok();
+    let standby = env.postgres_folder("standby");
+    let out = env.output(&["standby", "registry", "--to", standby.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("rollback"), "{said}");
+}

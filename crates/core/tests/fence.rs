@@ -592,6 +592,69 @@ fn a_takeover_forked_back_to_old_approvals_leaves_out_home_history_only_loudly()
     );
 }
 
+/// Red team 12: the writer a takeover fences (a sealing credential without `delete`, so the
+/// fence leaves it no right) had its entries on the losing side of a fork the takeover won
+/// listed as noise, silently, although they were acknowledged history (a rogue embassy forked
+/// back to old approvals, dating its promotion inside their lifetime). They are left-out
+/// history, an integrity problem that keeps garbage collection off the dataset, until the root
+/// revokes the key on the accepted history (the custodians decided it was rogue).
+#[test]
+fn what_a_takeover_leaves_out_of_a_fenced_writer_is_reported_until_the_root_revokes_it() {
+    const HOUR: i64 = 3600 * SEC;
+    let w = world(2, 9);
+    let writer = Event::SignerAdded {
+        key: w.home.verifying_key().to_bytes(),
+        role: "sealing".into(),
+        rights: Right::sealing(false),
+    };
+    let g1 = w.put(&w.root, 1, None, 10 * SEC, writer);
+    let g2 = w.next(&w.root, &g1, grant(&w.embassy));
+    let v = w.next(&w.home, &g2, version(3));
+    let head = w.next(&w.home, &v, wal(1, 0, 100));
+    let approvals = w.quorum(&head);
+    let h1 = w.put(
+        &w.home,
+        head.entry.seq + 1,
+        Some(&head),
+        head.entry.time_ns + HOUR,
+        version(60),
+    );
+    let h2 = w.put(
+        &w.home,
+        h1.entry.seq + 1,
+        Some(&h1),
+        head.entry.time_ns + 10 * HOUR,
+        version(61),
+    );
+    let forked = w.put(
+        &w.embassy,
+        head.entry.seq + 1,
+        Some(&head),
+        head.entry.time_ns + 2 * HOUR,
+        promoted(approvals),
+    );
+    let h = w.history();
+    assert_eq!(refusal(&h, &forked), None);
+    assert!(h.displaced_ids.contains(&h1.id) && h.displaced_ids.contains(&h2.id));
+    let problems = h.problems(DS);
+    assert!(
+        problems.iter().any(|p| p.contains("leaves out 2 entries")),
+        "home's acknowledged entries left out in silence: {problems:?}"
+    );
+    // The custodians decide home's key was rogue: the root revokes it after the takeover.
+    let revoked = w.next(
+        &w.root,
+        &forked,
+        Event::SignerRevoked {
+            key: w.home.verifying_key().to_bytes(),
+            reason: "stolen".into(),
+        },
+    );
+    let h = w.history();
+    assert!(ids(&h).contains(&revoked.id));
+    assert!(h.problems(DS).is_empty(), "{:?}", h.problems(DS));
+}
+
 /// A promotion approval names the head, which may be a version: it must not count as an
 /// approval to delete that version.
 #[test]

@@ -76,6 +76,15 @@ pub fn restore(
     request: &PgRestoreRequest,
     progress: &dyn Progress,
 ) -> Result<(PgRestore, FetchFolder)> {
+    // The newest state must be provable against the site's checkpoints, as for any restore of
+    // the newest version (red team 12: a site withholding the newest ledger entries and WAL
+    // made `restore --latest` return an older state in silence).
+    if matches!(
+        request.target,
+        embassy_postgres::target::RecoveryTarget::Latest
+    ) {
+        vault.check_newest_checkpoints(request.dataset)?;
+    }
     let fetch = FetchFolder::create(
         request.fetch,
         vault,
@@ -119,6 +128,8 @@ pub fn standby(
     fetch: &FetchSetup,
     progress: &dyn Progress,
 ) -> Result<(PgRestore, FetchFolder)> {
+    // A standby follows the newest state: the site's history must extend its checkpoints.
+    vault.check_newest_checkpoints(dataset)?;
     let folder = FetchFolder::create(fetch, vault, keyring, dataset, owner, data_dir)?;
     let done = embassy_postgres::standby::standby(
         vault,

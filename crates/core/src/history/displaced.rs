@@ -73,6 +73,19 @@ pub fn report(f: &Fork<'_>) -> Displaced {
                 > at.saturating_add(crate::history::approval::PROMOTION_APPROVAL_LIFETIME_NS)
         })
     };
+    // A takeover removes the writers it fences without a word from the root, so their entries
+    // on the losing side are left-out history, not a rogue's noise, until the root revokes the
+    // key on the accepted history (red team 12: a rogue embassy forked back to old approvals
+    // and home's acknowledged entries were listed as noise that "may be removed").
+    let revoked_by_winner: Vec<[u8; 32]> = f
+        .winning
+        .iter()
+        .filter_map(|r| match &r.entry.event {
+            Event::SignerRevoked { key, .. } if r.entry.signer == f.root => Some(*key),
+            _ => None,
+        })
+        .collect();
+    let fenced_not_revoked = |k: &[u8; 32]| f.takeover.is_some() && !revoked_by_winner.contains(k);
     for records in f.losing {
         let displaced: Vec<&Record> = records
             .iter()
@@ -80,6 +93,7 @@ pub fn report(f: &Fork<'_>) -> Displaced {
                 r.entry.signer == f.root
                     || f.signers_at_end.contains(&r.entry.signer)
                     || !removed_by_winner(&r.entry.signer)
+                    || fenced_not_revoked(&r.entry.signer)
                     || after_takeover(r)
             })
             .collect();
