@@ -395,6 +395,12 @@ pub fn take_point(
         &history.rejected_ids(),
         Event::GroupPoint(point.clone()),
     )?;
+    // Checkpoint the new head as backups do, so that a site withholding the newest point is a
+    // rollback for every reader (red team 12: it was an older point in silence). A key that may
+    // not sign checkpoints (a credential) writes none; a failed checkpoint is not a failed point.
+    if vault.may_checkpoint(signer) {
+        let _ = vault.write_checkpoint(signer);
+    }
     Ok(PointTaken {
         seq: record.entry.seq,
         point,
@@ -544,6 +550,21 @@ pub fn choose(
     smaller: SmallerGroup,
 ) -> Result<ListedPoint> {
     let all = points(vault, group)?;
+    // The newest point, and each member's newest state, must be provable against the site's
+    // checkpoints (red team 12: a site withholding the newest point, or the members' newest
+    // entries, brought the group back to an older point in silence).
+    if matches!(target, GroupTarget::Latest) {
+        vault.check_newest_checkpoints(&layout::group_ledger(group))?;
+        let mut members: Vec<&str> = all
+            .iter()
+            .flat_map(|p| p.point.members.iter().map(|m| m.dataset()))
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        for dataset in members {
+            vault.check_newest_checkpoints(dataset)?;
+        }
+    }
     let fits = |p: &ListedPoint| match target {
         GroupTarget::Latest => true,
         GroupTarget::Time(t) => p.point.taken_at_ns <= t,

@@ -104,3 +104,65 @@ fn a_point_lacking_a_member_of_any_earlier_point_is_refused_even_when_recorded_t
     assert_eq!(whole.point.number, 4);
     assert!(whole.lacking.is_empty());
 }
+
+/// Red team 12, break 4: a site withholding the group ledger's newest point (or a member's
+/// newest entry) brought a restore of the newest point back to an older one in silence: a point
+/// wrote no checkpoint, and `latest` was never held against the checkpoints. A point now
+/// checkpoints its head (with a key that may), and `latest` refuses a group ledger or member
+/// history that does not extend the site's newest checkpoints, naming the rollback.
+#[test]
+fn a_withheld_newest_point_or_member_entry_is_a_rollback_not_an_older_point() {
+    use embassy_core::site::Site;
+    let root = RootSecret::from_bytes(&[6; 32]);
+    let site = Arc::new(MemorySite::default());
+    let vault = Vault::create(site.clone(), &RootSecret::from_bytes(&[6; 32])).unwrap();
+    let keyring = Keyring::from_root(RootSecret::from_bytes(&[6; 32]), vault.config()).unwrap();
+    let signer = root.writer_signing_key(0);
+    let backup = |d: &str, bytes: &[u8]| {
+        embassy_sources::stream::backup_reader(&vault, &keyring, d, bytes, "t", &Silent).unwrap();
+    };
+    let point = || {
+        take_point(
+            &vault,
+            &signer,
+            &spec(&["people", "companies"]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    };
+    backup("people", b"person 1");
+    backup("companies", b"company 1");
+    point();
+    backup("people", b"person 2");
+    point();
+    assert_eq!(
+        choose(&vault, "reg", GroupTarget::Latest, SmallerGroup::Refuse)
+            .unwrap()
+            .point
+            .number,
+        2
+    );
+    let ledger_of = |dataset: &str| {
+        let mut paths: Vec<String> = site
+            .list(&embassy_core::format::layout::ledger_prefix(dataset))
+            .unwrap()
+            .into_iter()
+            .map(|i| i.path)
+            .collect();
+        paths.sort();
+        paths
+    };
+    // The site withholds the newest point.
+    let group_ledger = embassy_core::format::layout::group_ledger("reg");
+    let newest_point = ledger_of(&group_ledger).pop().unwrap();
+    let kept = site.get(&newest_point).unwrap();
+    site.delete(&newest_point).unwrap();
+    let refused = choose(&vault, "reg", GroupTarget::Latest, SmallerGroup::Refuse).unwrap_err();
+    assert!(refused.to_string().contains("rollback"), "{refused}");
+    site.put(&newest_point, &kept).unwrap();
+    // Or a member's newest entry.
+    let newest_person = ledger_of("people").pop().unwrap();
+    site.delete(&newest_person).unwrap();
+    let refused = choose(&vault, "reg", GroupTarget::Latest, SmallerGroup::Refuse).unwrap_err();
+    assert!(refused.to_string().contains("rollback"), "{refused}");
+}
