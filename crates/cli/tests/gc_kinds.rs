@@ -181,3 +181,66 @@ rpo = "1d"
         },
     );
 }
+
+/// Red team 12, #6: after a routine rotation (a new credential, the old one revoked) every
+/// collection exited 3 with an integrity problem for the old credential's own session markers,
+/// so the agent's scheduled gc failed for good. A former signer's markers are stale and ignored
+/// without a word; a marker by a key that never signed the dataset is still reported.
+#[test]
+fn a_revoked_credentials_session_markers_are_no_integrity_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = TestVault::init(EXE, tmp.path(), "vault");
+    let issue = |label: &str| {
+        let slow = tmp.path().join(format!("{label}-slow.cred"));
+        let run = vault.ok(
+            "m",
+            &vault.key,
+            &[
+                "keys",
+                "issue",
+                "--sealing",
+                "--dataset",
+                "dump",
+                "--label",
+                label,
+                "--out",
+                slow.to_str().unwrap(),
+            ],
+            None,
+        );
+        let cheap = tmp.path().join(format!("{label}.cred"));
+        embassy_testkit::cli::cheapen(&slow, &cheap);
+        let text = run.text();
+        let key = text
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .find(|w| w.len() == 64)
+            .unwrap_or_else(|| panic!("no public key in {text}"))
+            .to_string();
+        (cheap, key)
+    };
+    let (old, old_key) = issue("home-2025");
+    vault.ok(
+        "m",
+        &old,
+        &["backup", "dump", "--stdin"],
+        Some(b"version 1"),
+    );
+    let (new, _) = issue("home-2026");
+    vault.ok(
+        "m",
+        &vault.key,
+        &["keys", "revoke", "--signer", &old_key, "--dataset", "dump"],
+        None,
+    );
+    vault.ok(
+        "m",
+        &new,
+        &["backup", "dump", "--stdin"],
+        Some(b"version 2"),
+    );
+    for _ in 0..2 {
+        let run = vault.run("m", &vault.key, &["gc", "--grace", "1s"], None);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(!run.stdout.contains("session marker signed by"), "{run:?}");
+    }
+}

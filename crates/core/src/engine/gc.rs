@@ -583,10 +583,22 @@ pub fn collect_garbage(
         // Markers count only when signed by an active signer of the dataset (the session's own
         // key); a forged one could only delay collection, so ignoring it is safe.
         let session_signers = vault.active_signers(&history);
+        // Keys that were signers of the dataset once (granted in its history, or pinned): their
+        // markers are a former writer's (a rotation, a revocation, a takeover's fence), stale and
+        // ignored without a word; only a marker by a key that never was one is reported (red
+        // team 12: every collection after a routine rotation failed with an integrity problem).
+        let mut former_signers: HashSet<[u8; 32]> =
+            vault.config().signer_keys().into_iter().collect();
+        former_signers.extend(history.iter().filter_map(|r| match &r.entry.event {
+            Event::SignerAdded { key, .. } => Some(*key),
+            _ => None,
+        }));
         let mut ds_markers: Vec<&(String, i64, SessionMarker)> = Vec::new();
         for m in markers.iter().filter(|(_, _, m)| &m.dataset == dataset) {
             if session_signers.contains(&m.2.signer) {
                 ds_markers.push(m);
+            } else if former_signers.contains(&m.2.signer) {
+                continue;
             } else {
                 report.problems.push(Problem::new(
                     ErrorKind::Integrity,
