@@ -47,6 +47,20 @@ impl Env {
         std::fs::write(&p, bytes).unwrap();
     }
 
+    /// `status --json` of `site` on a machine with state folder `state` (never the writer's):
+    /// exit 3, dataset `register` an integrity problem that names a rollback.
+    fn assert_register_rolled_back(&self, state: &str, site: &str) {
+        let run = self.run_as(state, &[site], &["--json", "status"]);
+        assert_eq!(run.code, 3, "{run:?}");
+        let rows = run.json()["datasets"].as_array().unwrap().clone();
+        let register = rows.iter().find(|r| r["dataset"] == "register").unwrap();
+        assert_eq!(register["kind"], "integrity", "{run:?}");
+        assert!(
+            register["error"].as_str().unwrap().contains("rollback"),
+            "{run:?}"
+        );
+    }
+
     /// The files under `site`/`folder`, relative to the site, sorted.
     fn files(&self, site: &str, folder: &str) -> Vec<String> {
         let root = self.dir.join(site);
@@ -298,15 +312,7 @@ fn status_judges_a_site_by_its_checkpoints_on_a_machine_that_never_saw_it() {
     // b withholds register's newest entry.
     let newest = env.files("b", "ledger/register").pop().unwrap();
     std::fs::remove_file(env.dir.join("b").join(&newest)).unwrap();
-    let run = env.run_as("fresh-1", &["b"], &["--json", "status"]);
-    assert_eq!(run.code, 3, "{run:?}");
-    let rows = run.json()["datasets"].as_array().unwrap().clone();
-    let register = rows.iter().find(|r| r["dataset"] == "register").unwrap();
-    assert_eq!(register["kind"], "integrity", "{run:?}");
-    assert!(
-        register["error"].as_str().unwrap().contains("rollback"),
-        "{run:?}"
-    );
+    env.assert_register_rolled_back("fresh-1", "b");
     // Nor when b also shows an older checkpoint under a name that sorts after every other
     // (red team 10: status took it for the newest and reported nothing).
     let checkpoints = env.files("b", "checkpoints");
@@ -445,15 +451,7 @@ fn withholding_the_entry_that_dates_the_newest_checkpoint_is_still_a_rollback() 
             )),
     )
     .unwrap();
-    let run = env.run_as("fresh-1", &["b"], &["--json", "status"]);
-    assert_eq!(run.code, 3, "{run:?}");
-    let rows = run.json()["datasets"].as_array().unwrap().clone();
-    let row = rows.iter().find(|r| r["dataset"] == "register").unwrap();
-    assert_eq!(row["kind"], "integrity", "{run:?}");
-    assert!(
-        row["error"].as_str().unwrap().contains("rollback"),
-        "{run:?}"
-    );
+    env.assert_register_rolled_back("fresh-1", "b");
     let run = env.run_as("fresh-2", &["b"], &["verify"]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.text().contains("rollback"), "{run:?}");

@@ -550,20 +550,12 @@ pub fn choose(
     smaller: SmallerGroup,
 ) -> Result<ListedPoint> {
     let all = points(vault, group)?;
-    // The newest point, and each member's newest state, must be provable against the site's
-    // checkpoints (red team 12: a site withholding the newest point, or the members' newest
-    // entries, brought the group back to an older point in silence).
+    // The newest point must be provable against the site's checkpoints (red team 12: a site
+    // withholding the newest point brought the group back to an older point in silence). A
+    // point names its members' exact entries, so a withheld one makes that point unrestorable
+    // (below), never an older point in silence.
     if matches!(target, GroupTarget::Latest) {
         vault.check_newest_checkpoints(&layout::group_ledger(group))?;
-        let mut members: Vec<&str> = all
-            .iter()
-            .flat_map(|p| p.point.members.iter().map(|m| m.dataset()))
-            .collect();
-        members.sort_unstable();
-        members.dedup();
-        for dataset in members {
-            vault.check_newest_checkpoints(dataset)?;
-        }
     }
     let fits = |p: &ListedPoint| match target {
         GroupTarget::Latest => true,

@@ -105,11 +105,12 @@ fn a_point_lacking_a_member_of_any_earlier_point_is_refused_even_when_recorded_t
     assert!(whole.lacking.is_empty());
 }
 
-/// Red team 12, break 4: a site withholding the group ledger's newest point (or a member's
-/// newest entry) brought a restore of the newest point back to an older one in silence: a point
-/// wrote no checkpoint, and `latest` was never held against the checkpoints. A point now
-/// checkpoints its head (with a key that may), and `latest` refuses a group ledger or member
-/// history that does not extend the site's newest checkpoints, naming the rollback.
+/// Red team 12, break 4: a site withholding the group ledger's newest point brought a restore
+/// of the newest point back to an older one in silence: a point wrote no checkpoint, and
+/// `latest` was never held against the checkpoints. A point now checkpoints its head (with a
+/// key that may), and `latest` refuses a group ledger that does not extend the site's newest
+/// checkpoints, naming the rollback; a withheld member entry of the newest point makes that
+/// point unrestorable, said so.
 #[test]
 fn a_withheld_newest_point_or_member_entry_is_a_rollback_not_an_older_point() {
     use embassy_core::site::Site;
@@ -160,9 +161,14 @@ fn a_withheld_newest_point_or_member_entry_is_a_rollback_not_an_older_point() {
     let refused = choose(&vault, "reg", GroupTarget::Latest, SmallerGroup::Refuse).unwrap_err();
     assert!(refused.to_string().contains("rollback"), "{refused}");
     site.put(&newest_point, &kept).unwrap();
-    // Or a member's newest entry.
+    // Or the member entry the newest point names: that point cannot be restored, said so.
     let newest_person = ledger_of("people").pop().unwrap();
     site.delete(&newest_person).unwrap();
     let refused = choose(&vault, "reg", GroupTarget::Latest, SmallerGroup::Refuse).unwrap_err();
-    assert!(refused.to_string().contains("rollback"), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("the newest group point that fits, point 2, cannot be restored"),
+        "{refused}"
+    );
 }

@@ -81,8 +81,8 @@ fn anchor(
     .unwrap();
 }
 
-#[test]
-fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_reported() {
+/// A new vault in a local folder, with a root keyring.
+fn setup() -> (tempfile::TempDir, Vault, Keyring) {
     let dir = tempfile::tempdir().unwrap();
     let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
     let root = RootSecret::generate();
@@ -92,6 +92,12 @@ fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_
     let vault = Vault::open(site).unwrap();
     let keyring =
         Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
+    (dir, vault, keyring)
+}
+
+#[test]
+fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_reported() {
+    let (dir, vault, keyring) = setup();
     let fetch_history = |timeline: u32| {
         let name = format!("{timeline:08X}.history");
         let dest = dir.path().join(&name);
@@ -159,18 +165,6 @@ fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_
 #[test]
 fn a_new_timeline_leaving_out_anchored_wal_without_a_takeover_is_reported() {
     let seg: u64 = 16 * 1024 * 1024;
-    let setup = || {
-        let dir = tempfile::tempdir().unwrap();
-        let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
-        let root = RootSecret::generate();
-        VaultConfig::new(&root)
-            .create(site.as_ref(), &root)
-            .unwrap();
-        let vault = Vault::open(site).unwrap();
-        let keyring =
-            Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
-        (dir, vault, keyring)
-    };
     // Timeline 1 anchored up to `tl1_end`; timeline 2 from the start of segment 1.
     let fork = |tl1_end: u64| {
         let (dir, vault, keyring) = setup();
