@@ -47,6 +47,16 @@ impl Env {
         std::fs::write(&p, bytes).unwrap();
     }
 
+    /// The vault's root secret, from its key file.
+    fn root(&self) -> embassy_core::keys::RootSecret {
+        let key_path = self.dir.join("vault.key");
+        let file = embassy_core::keys::keyfile::KeyFile::load(&key_path).unwrap();
+        let root = file
+            .open(embassy_testkit::cli::PASS.as_bytes(), &key_path)
+            .unwrap();
+        embassy_core::keys::RootSecret::from_bytes(root.expose())
+    }
+
     /// `status --json` of `site` on a machine with state folder `state` (never the writer's):
     /// exit 3, dataset `register` an integrity problem that names a rollback.
     fn assert_register_rolled_back(&self, state: &str, site: &str) {
@@ -253,12 +263,7 @@ fn data_dated_ahead_of_this_clock_is_a_problem_in_status_not_fresh() {
     let fresh = env.ok(&["a"], &["--json", "status"]);
     assert_eq!(fresh.code, 0, "{fresh:?}");
     // A validly signed version dated ten years ahead, naming version 1's manifest.
-    let key_path = env.dir.join("vault.key");
-    let file = embassy_core::keys::keyfile::KeyFile::load(&key_path).unwrap();
-    let root = file
-        .open(embassy_testkit::cli::PASS.as_bytes(), &key_path)
-        .unwrap();
-    let root = embassy_core::keys::RootSecret::from_bytes(root.expose());
+    let root = env.root();
     let site: std::sync::Arc<dyn embassy_core::site::Site> =
         std::sync::Arc::new(embassy_sites::LocalSite::new(env.dir.join("a")).unwrap());
     let vault = embassy_core::engine::vault::Vault::open(site.clone()).unwrap();
@@ -373,12 +378,7 @@ fn withholding_the_entry_that_dates_the_newest_checkpoint_is_still_a_rollback() 
     const SEC: i64 = 1_000_000_000;
     let env = Env::new();
     env.vault(2);
-    let key_path = env.dir.join("vault.key");
-    let file = embassy_core::keys::keyfile::KeyFile::load(&key_path).unwrap();
-    let root = file
-        .open(embassy_testkit::cli::PASS.as_bytes(), &key_path)
-        .unwrap();
-    let root = embassy_core::keys::RootSecret::from_bytes(root.expose());
+    let root = env.root();
     let writer = root.writer_signing_key(0);
     let site: std::sync::Arc<dyn Site> =
         std::sync::Arc::new(embassy_sites::LocalSite::new(env.dir.join("b")).unwrap());
