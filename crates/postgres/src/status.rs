@@ -226,14 +226,9 @@ pub fn site_wal_with(
         .collect();
     let mut missing =
         wal::missing_anchored(history, |id| held.contains(id), &segments, signers.cutoff());
-    let mut first_start = std::collections::BTreeMap::new();
-    for o in listing.pieces.iter().chain(&listing.segments) {
-        let s = first_start.entry(o.name.timeline).or_insert(o.name.start);
-        *s = (*s).min(o.name.start);
-    }
     missing.extend(wal::abandoned_anchored(
         history,
-        &first_start,
+        listing.pieces.iter().chain(&listing.segments),
         signers.cutoff(),
     ));
     let newest = Judged::default().newest(location, site, &listing, signers)?;

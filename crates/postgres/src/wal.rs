@@ -723,14 +723,11 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         let e = report.ends.entry(o.name.timeline).or_default();
         *e = (*e).max(Lsn(o.name.end));
     }
-    let mut first_start: BTreeMap<u32, u64> = BTreeMap::new();
-    for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
-        let s = first_start.entry(o.name.timeline).or_insert(o.name.start);
-        *s = (*s).min(o.name.start);
-    }
-    report
-        .problems
-        .extend(abandoned_anchored(&history, &first_start, &report.cutoff));
+    report.problems.extend(abandoned_anchored(
+        &history,
+        valid.iter().copied(),
+        &report.cutoff,
+    ));
     for (obj, prev) in &prevs {
         // A piece's predecessor ended where it starts, on its timeline or (at a timeline switch)
         // on an earlier one; collected after compaction when a segment covers it.
@@ -867,16 +864,25 @@ pub fn missing_anchored(
 /// `promoted` entry naming the timeline decided that (a takeover, `promote --accept-data-loss`);
 /// anything else is a failover at home that dropped acknowledged commits, or a stolen but still
 /// valid credential that forked the history from an older copy of the database (red team 11).
-/// `first_start`: per timeline, where its first WAL object (piece or segment) starts; the
-/// segment of the switch point is not judged (a crashed primary's last record, cut there, is
+/// `objects`: the WAL objects judged (history files are passed over); the segment of the switch
+/// point is not judged (a crashed primary's last record, cut there, is
 /// lost to any failover). The one rule for keyless `verify` (valid objects) and a look at a site
 /// (`status`, listed names).
-pub fn abandoned_anchored(
+pub fn abandoned_anchored<'a>(
     history: &[embassy_core::history::ledger::Record],
-    first_start: &BTreeMap<u32, u64>,
+    objects: impl IntoIterator<Item = &'a WalObject>,
     cutoff: &WalCutoff,
 ) -> Vec<String> {
     use embassy_core::history::ledger::Event;
+    // Per timeline, where its first piece or segment starts.
+    let mut first_start: BTreeMap<u32, u64> = BTreeMap::new();
+    for o in objects
+        .into_iter()
+        .filter(|o| o.name.kind != LogKind::History)
+    {
+        let s = first_start.entry(o.name.timeline).or_insert(o.name.start);
+        *s = (*s).min(o.name.start);
+    }
     let mut anchored_end: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let mut decided: Vec<u32> = Vec::new();
     for r in history {
