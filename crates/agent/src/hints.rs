@@ -110,6 +110,16 @@ fn way_out_hint(way_out: &WayOut, config: &Config) -> String {
             "the agent promotes no standby: let the standby of {dataset} replay the vault's WAL \
              first, or promote it with `embassy promote --accept-data-loss`"
         ),
+        WayOut::PgChooseTimeline {
+            dataset,
+            parent,
+            timeline,
+        } => format!(
+            "the node follows no timeline that leaves out acknowledged WAL: find out who forked \
+             {dataset} (a failover at home, or a credential to revoke), then start its standby by \
+             hand with `embassy standby {dataset} --timeline {parent}` (every record of timeline \
+             {parent}) or `--timeline {timeline}` (the fork)"
+        ),
         WayOut::AcceptSmallerGroup { group } => format!(
             "the agent restores no group: `embassy restore --group {group} --at TIME` restores \
              the whole group to an earlier point, or --accept-fewer-members only the members \

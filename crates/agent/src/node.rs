@@ -986,6 +986,7 @@ impl Keeper {
             dir,
             owner,
             &[],
+            None,
             &fetch,
             &embassy_core::progress::Silent,
         )

@@ -95,6 +95,17 @@ pub fn for_way_out(way_out: &WayOut) -> String {
              `embassy promote {dataset} --data {} --accept-data-loss`",
             embassy_postgres::restore::shell_quote(data_dir)
         ),
+        WayOut::PgChooseTimeline {
+            dataset,
+            parent,
+            timeline,
+        } => format!(
+            "find out who forked it (a failover at home, or a credential to revoke: `embassy \
+             keys revoke`), then name the timeline: `embassy restore {dataset} --latest \
+             --timeline {parent} ...` keeps every record of timeline {parent} and none of \
+             timeline {timeline}'s writes; `--timeline {timeline}` follows the fork and loses \
+             them (the same for `embassy standby`)"
+        ),
         WayOut::AcceptSmallerGroup { group } => format!(
             "`embassy restore --group {group} --at TIME` with the time named restores the whole \
              group; if the group lost those members on purpose, add --accept-fewer-members to \
@@ -313,6 +324,14 @@ mod tests {
                     data_dir: "/srv/standby".into(),
                 },
                 "`embassy promote docs --data /srv/standby --accept-data-loss`",
+            ),
+            (
+                WayOut::PgChooseTimeline {
+                    dataset: dataset(),
+                    parent: 1,
+                    timeline: 2,
+                },
+                "`embassy restore docs --latest --timeline 1",
             ),
         ] {
             let e = refused(way_out);

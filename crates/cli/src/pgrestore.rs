@@ -50,6 +50,10 @@ pub struct StandbyArgs {
     /// --tablespace-map`). Repeatable.
     #[arg(long, value_name = "OLD=NEW")]
     pub tablespace_map: Vec<Relocation>,
+    /// Follow exactly this timeline instead of the newest (as `embassy restore --timeline`):
+    /// such a standby never follows a later promotion.
+    #[arg(long, value_name = "N")]
+    pub timeline: Option<u32>,
 }
 
 /// Arguments of `embassy promote`.
@@ -254,6 +258,7 @@ pub fn restore(
     owner_name: Option<&str>,
     allow_unwitnessed: bool,
     relocations: &[Relocation],
+    timeline: Option<u32>,
 ) -> Result<ExitCode> {
     let dir = data_dir_given(to)?;
     let setup = fetch_setup(cli)?;
@@ -264,6 +269,7 @@ pub fn restore(
         owner: owner(owner_name)?,
         allow_unwitnessed,
         relocations,
+        timeline,
         fetch: &setup,
     };
     let bar = output::Bar::new(!cli.quiet && !cli.json);
@@ -292,6 +298,7 @@ pub fn standby(cli: &Cli, args: &StandbyArgs) -> Result<ExitCode> {
         &args.to,
         owner,
         &args.tablespace_map,
+        args.timeline,
         &fetch_setup(cli)?,
         &bar,
     )?;

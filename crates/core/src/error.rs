@@ -202,6 +202,17 @@ pub enum WayOut {
         /// The standby's data directory.
         data_dir: String,
     },
+    /// `dataset`'s newest timeline `timeline` leaves out acknowledged WAL of its parent
+    /// `parent` and no takeover decided it: the operator names the timeline to restore, the
+    /// parent (every record it holds, none of the fork's) or the fork (knowingly).
+    PgChooseTimeline {
+        /// The dataset.
+        dataset: String,
+        /// The timeline the fork left.
+        parent: u32,
+        /// The timeline that leaves out the parent's WAL.
+        timeline: u32,
+    },
     /// A consistency group's point names fewer members than the group has had: ask for an
     /// earlier point's time, or accept restoring only the members it names.
     AcceptSmallerGroup {

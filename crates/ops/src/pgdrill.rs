@@ -152,6 +152,7 @@ pub(crate) fn run(
         owner: options.owner,
         allow_unwitnessed,
         relocations: &[],
+        timeline: None,
         fetch: &options.fetch,
     };
     let (done, fetch) = match crate::pgrestore::restore(vault, keyring, &request, &Silent) {

@@ -63,6 +63,9 @@ pub struct PgRestoreRequest<'a> {
     pub allow_unwitnessed: bool,
     /// Tablespaces put elsewhere.
     pub relocations: &'a [Relocation],
+    /// Follow exactly this timeline (None: the newest, refused when it leaves out acknowledged
+    /// WAL with no takeover that decided it).
+    pub timeline: Option<u32>,
     /// How the restore_command reaches the vault.
     pub fetch: &'a FetchSetup,
 }
@@ -99,6 +102,7 @@ pub fn restore(
         owner: request.owner,
         allow_unwitnessed: request.allow_unwitnessed,
         relocations: request.relocations.to_vec(),
+        timeline: request.timeline,
     };
     let done = restore::restore(
         vault,
@@ -125,6 +129,7 @@ pub fn standby(
     data_dir: &Path,
     owner: Option<(u32, u32)>,
     relocations: &[Relocation],
+    timeline: Option<u32>,
     fetch: &FetchSetup,
     progress: &dyn Progress,
 ) -> Result<(PgRestore, FetchFolder)> {
@@ -139,6 +144,7 @@ pub fn standby(
         &folder.restore_command,
         owner,
         relocations,
+        timeline,
         progress,
     )
     .map_err(Error::from)

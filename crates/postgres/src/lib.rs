@@ -8,6 +8,7 @@
 pub mod base_backup;
 pub mod error;
 pub mod fetch;
+pub mod fork;
 pub mod lsn;
 /// Giving restored files to the database's owner.
 mod owner;

@@ -51,6 +51,11 @@ pub struct PgRestoreOptions {
     pub allow_unwitnessed: bool,
     /// Tablespaces to put somewhere else than their location when the backup was taken.
     pub relocations: Vec<Relocation>,
+    /// Follow exactly this timeline (`recovery_target_timeline`), as the operator chose after
+    /// a fork that leaves out acknowledged WAL ([`crate::fork`]); None follows the newest
+    /// timeline, and refuses one that leaves out acknowledged WAL of its parent with no
+    /// takeover that decided it.
+    pub timeline: Option<u32>,
 }
 
 /// A restored data directory.
@@ -268,11 +273,15 @@ pub fn parse_time(s: &str) -> Result<i64, PgError> {
         })
 }
 
-/// The settings a restore appends to postgresql.auto.conf.
-pub fn recovery_settings(mode: &Mode, restore_command: &str) -> Vec<String> {
+/// The settings a restore appends to postgresql.auto.conf: recovery follows `timeline`, or
+/// the newest timeline when None.
+pub fn recovery_settings(mode: &Mode, restore_command: &str, timeline: Option<u32>) -> Vec<String> {
     let mut s = vec![
         format!("restore_command = {}", conf_quote(restore_command)),
-        "recovery_target_timeline = 'latest'".to_string(),
+        format!(
+            "recovery_target_timeline = '{}'",
+            timeline.map_or_else(|| "latest".to_string(), |t| t.to_string())
+        ),
     ];
     match mode {
         Mode::Standby => {
@@ -327,6 +336,7 @@ pub struct Prepared {
 pub fn prepare_data_dir(
     dir: &Path,
     mode: Mode,
+    timeline: Option<u32>,
     restore_command: &str,
     owner: Option<(u32, u32)>,
     comment: &str,
@@ -370,7 +380,7 @@ pub fn prepare_data_dir(
     }
     let neutralised = restored_conf::neutralise(dir)?;
     let mut settings: Vec<String> = OVERRIDES.iter().map(|s| s.to_string()).collect();
-    settings.extend(recovery_settings(&mode, restore_command));
+    settings.extend(recovery_settings(&mode, restore_command, timeline));
     let conf = dir.join("postgresql.auto.conf");
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -441,12 +451,13 @@ fn pin_latest(
     dataset: &str,
     info: &BaseBackupInfo,
     mode: Mode,
+    timeline: Option<u32>,
 ) -> Result<Mode, PgError> {
     if mode != Mode::Recover(RecoveryTarget::Latest) {
         return Ok(mode);
     }
     Ok(
-        match crate::walend::last_durable_record(vault, keyring, dataset)? {
+        match crate::walend::last_durable_record_on(vault, keyring, dataset, timeline)? {
             Some((timeline, lsn)) if timeline >= info.timeline && lsn >= info.stop_lsn => {
                 Mode::Recover(RecoveryTarget::Lsn(lsn))
             }
@@ -481,6 +492,70 @@ fn newest_timeline_history(
     Ok(Some((newest.timeline, fork, history)))
 }
 
+/// Timeline `timeline` as a restore names it: where it forked off its parent and its history
+/// file's content (empty for timeline 1, which has none). Refused when the vault holds no
+/// history file of it that checks out.
+fn named_timeline_history(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    checked: &mut crate::status::CheckedWal,
+    timeline: u32,
+) -> Result<(u32, Lsn, String), PgError> {
+    if timeline <= 1 {
+        return Ok((1, Lsn(0), String::new()));
+    }
+    let Some(history) = checked.history(vault, keyring, dataset, timeline)? else {
+        return Err(PgError::Restore(format!(
+            "dataset {dataset} has no timeline {timeline}: the vault holds no history file of it \
+             that checks out (`embassy pg wal-status {dataset}` lists its timelines); name \
+             another timeline or leave --timeline out to follow the newest"
+        )));
+    };
+    let fork = crate::fork::history_edges(&history)
+        .last()
+        .map(|&(_, lsn)| lsn)
+        .unwrap_or_default();
+    Ok((timeline, fork, history))
+}
+
+/// Refuses to follow timeline `timeline` (whose history file holds `history`) when a fork in
+/// its lineage leaves out acknowledged WAL and no takeover decided it ([`crate::fork`]): the
+/// operator names the timeline instead (`--timeline`).
+fn refuse_abandoning(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    timeline: u32,
+    history: &str,
+) -> Result<(), PgError> {
+    let listing = crate::wal::list(vault.site().as_ref(), dataset)?;
+    let signers = crate::wal::dataset_signers(vault, dataset)?;
+    match crate::fork::abandoned(vault, keyring, &listing, &signers, timeline, history)? {
+        None => Ok(()),
+        Some(a) => Err(PgError::Vault(embassy_core::Error::Refused {
+            kind: embassy_core::ErrorKind::Integrity,
+            problem: format!(
+                "dataset {dataset}: {a}. Either a failover at home dropped acknowledged commits, \
+                 or a credential that signs this dataset's WAL forked the history from an older \
+                 copy of the database; a restore does not choose between them"
+            ),
+            way_out: embassy_core::error::WayOut::PgChooseTimeline {
+                dataset: dataset.to_string(),
+                parent: a.parent,
+                timeline: a.timeline,
+            },
+        })),
+    }
+}
+
+/// True when recovery from the base backup `info` can reach exactly timeline `named` (whose
+/// history file holds `history`): taken on it, or on an ancestor, ending at or before where
+/// `named`'s history left that ancestor.
+pub fn on_named_lineage(info: &BaseBackupInfo, named: u32, history: &str) -> bool {
+    info.timeline == named || (info.timeline < named && on_lineage(info, named, history))
+}
+
 /// True when recovery from the base backup `info` can reach timeline `newest` (whose history
 /// file holds `history`): taken on it (or a later one), or on an ancestor, ending at or before
 /// where `newest`'s history left that ancestor.
@@ -511,17 +586,35 @@ pub fn restore(
     // One judge of the vault's WAL for this restore: the dataset's signers are read (its whole
     // ledger) and the newest object checked once, not again for the base backup's WAL below.
     let mut checked = crate::status::CheckedWal::new();
-    if matches!(target, RecoveryTarget::Latest) {
-        if let Some((newest, fork, history)) =
-            newest_timeline_history(vault, keyring, dataset, &mut checked)?
-        {
+    let followed = match options.timeline {
+        Some(named) => Some(named_timeline_history(
+            vault,
+            keyring,
+            dataset,
+            &mut checked,
+            named,
+        )?),
+        None => {
+            let newest = newest_timeline_history(vault, keyring, dataset, &mut checked)?;
+            if let Some((timeline, _, history)) = &newest {
+                refuse_abandoning(vault, keyring, dataset, *timeline, history)?;
+            }
+            newest
+        }
+    };
+    if matches!(target, RecoveryTarget::Latest) || options.timeline.is_some() {
+        if let Some((timeline, fork, history)) = followed {
             let all = backups.len();
-            backups.retain(|(_, info)| on_lineage(info, newest, &history));
+            backups.retain(|(_, info)| match options.timeline {
+                Some(_) => on_named_lineage(info, timeline, &history),
+                None => on_lineage(info, timeline, &history),
+            });
             if backups.is_empty() && all > 0 {
                 return Err(PgError::Restore(format!(
-                    "dataset {dataset}'s newest timeline {newest} forked off at {fork}, and none \
+                    "dataset {dataset}'s timeline {timeline} forked off at {fork}, and none \
                      of its {all} base backups is on that timeline's history (each holds WAL it \
-                     discarded): take a base backup of the server on timeline {newest}"
+                     discarded, or was taken on a later timeline): take a base backup of the \
+                     server on timeline {timeline}"
                 )));
             }
         }
@@ -593,7 +686,14 @@ pub fn restore(
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
     tablespace::check_layouts(&reader, &placed)?;
-    let mode = pin_latest(vault, keyring, dataset, &info, options.mode.clone())?;
+    let mode = pin_latest(
+        vault,
+        keyring,
+        dataset,
+        &info,
+        options.mode.clone(),
+        options.timeline,
+    )?;
     let mut restore_options = RestoreOptions::default();
     restore_options.selection.exclude = tablespace::excluded(&placed)?;
     files::restore(&reader, dir, &restore_options, progress).map_err(PgError::Vault)?;
@@ -619,7 +719,14 @@ pub fn restore(
         info.start_lsn,
         info.stop_lsn,
     );
-    let prepared = prepare_data_dir(dir, mode, &options.restore_command, options.owner, &comment)?;
+    let prepared = prepare_data_dir(
+        dir,
+        mode,
+        options.timeline,
+        &options.restore_command,
+        options.owner,
+        &comment,
+    )?;
     Ok(PgRestore {
         version,
         info,
@@ -655,6 +762,7 @@ mod tests {
         prepare_data_dir(
             d,
             Mode::Recover(RecoveryTarget::Latest),
+            None,
             "true",
             None,
             "test",
@@ -678,9 +786,16 @@ mod tests {
             std::ffi::CString::new(d.join("postgresql.auto.conf").as_os_str().as_bytes()).unwrap();
         // SAFETY: fifo is a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let e = prepare_data_dir(d, Mode::Recover(RecoveryTarget::Latest), "true", None, "t")
-            .unwrap_err()
-            .to_string();
+        let e = prepare_data_dir(
+            d,
+            Mode::Recover(RecoveryTarget::Latest),
+            None,
+            "true",
+            None,
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 
@@ -754,11 +869,15 @@ mod tests {
         let s = recovery_settings(
             &Mode::Recover(RecoveryTarget::Lsn(Lsn(0x1_0000_0028))),
             "x 'y' %f %p",
+            None,
         );
+        assert!(s.contains(&"recovery_target_timeline = 'latest'".to_string()));
+        let named = recovery_settings(&Mode::Standby, "c", Some(3));
+        assert!(named.contains(&"recovery_target_timeline = '3'".to_string()));
         assert!(s.contains(&"restore_command = 'x ''y'' %f %p'".to_string()));
         assert!(s.contains(&"recovery_target_lsn = '1/28'".to_string()));
         assert!(s.contains(&"recovery_target_action = 'promote'".to_string()));
-        let latest = recovery_settings(&Mode::Recover(RecoveryTarget::Latest), "c");
+        let latest = recovery_settings(&Mode::Recover(RecoveryTarget::Latest), "c", None);
         assert!(!latest
             .iter()
             .any(|l| l.starts_with("recovery_target_action")));

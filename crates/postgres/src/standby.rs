@@ -33,6 +33,7 @@ pub fn standby(
     restore_command: &str,
     owner: Option<(u32, u32)>,
     relocations: &[Relocation],
+    timeline: Option<u32>,
     progress: &dyn Progress,
 ) -> Result<PgRestore, PgError> {
     let options = PgRestoreOptions {
@@ -41,6 +42,7 @@ pub fn standby(
         owner,
         allow_unwitnessed: true,
         relocations: relocations.to_vec(),
+        timeline,
     };
     restore(vault, keyring, dataset, dir, &options, progress)
 }

@@ -303,7 +303,15 @@ impl Session<'_> {
         // over, so it cannot stop the stream either.
         let mut newest_valid = None;
         let mut first_err = None;
+        // WAL of a timeline above the server's is not this server's history (a fork made
+        // elsewhere, by a thief's standby say): asking for it would be refused for good ("not
+        // in this server's history"), so the stream resumes on the server's own timelines.
+        let mut elsewhere = None;
         for candidate in listing.newest_first() {
+            if candidate.name.timeline > server_timeline {
+                elsewhere.get_or_insert(candidate.name.timeline);
+                continue;
+            }
             match wal::read_checked(self.site.as_ref(), candidate, &self.signers) {
                 Ok((h, _)) => {
                     newest_valid = Some((candidate, h));
@@ -319,6 +327,14 @@ impl Session<'_> {
             if let Some(e) = first_err {
                 return Err(e);
             }
+        }
+        if let Some(t) = elsewhere {
+            eprintln!(
+                "embassy pg stream: the vault holds WAL of timeline {t}, above this server's \
+                 timeline {server_timeline}: a fork made elsewhere; resuming on this server's \
+                 history (a restore does not follow that fork unasked while it leaves out WAL \
+                 of this timeline)"
+            );
         }
         if let Some((newest, h)) = newest_valid {
             let server = self.system_id.load(Ordering::Relaxed);

@@ -32,6 +32,37 @@ const XLOG_SWITCH: u8 = 0x40;
 /// the durable end `end` (records ending after it are not complete). None when no record starts
 /// and ends inside it (or the bytes are not WAL).
 pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
+    walk(bytes, start, end)?.last_start
+}
+
+/// Where the last complete record other than a segment switch ends in `bytes` (WAL from
+/// `start`, a segment start, up to `end`): the end a server that replayed every complete record
+/// there reached. A switch record carries no data (the rest of its segment is padding), so a
+/// server that stopped just before one lost nothing. `Ok(None)` when no such record starts and
+/// ends inside it; [`NotWal`] when the bytes are not WAL.
+pub fn last_data_end(
+    bytes: &[u8],
+    start: u64,
+    end: u64,
+) -> std::result::Result<Option<u64>, NotWal> {
+    walk(bytes, start, end).map(|w| w.data_end).ok_or(NotWal)
+}
+
+/// Bytes that do not start like WAL (no valid page size in the first long page header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotWal;
+
+/// What walking the record headers of some WAL found.
+struct Walked {
+    /// Start of the last complete record.
+    last_start: Option<u64>,
+    /// End of the last complete record that is not a segment switch.
+    data_end: Option<u64>,
+}
+
+/// Walks the record headers (`xl_tot_len`) of `bytes`, WAL from `start` (a segment start) up to
+/// `end`. None when the bytes are not WAL (no valid page size in the first long header).
+fn walk(bytes: &[u8], start: u64, end: u64) -> Option<Walked> {
     if !start.is_multiple_of(SEGMENT_SIZE) || end <= start {
         return None;
     }
@@ -73,7 +104,10 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
         let rem = u64::from(u32_at(16)?);
         cur = advance(header(0), rem);
     }
-    let mut last = None;
+    let mut walked = Walked {
+        last_start: None,
+        data_end: None,
+    };
     loop {
         cur = cur.checked_add(7)? & !7; // records are MAXALIGNed
         if cur.is_multiple_of(page) {
@@ -90,7 +124,7 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
         if record_end > limit {
             break;
         }
-        last = Some(start + cur);
+        walked.last_start = Some(start + cur);
         // xl_info and xl_rmid are bytes 16 and 17 of the header, perhaps on the next page.
         let rmid_at = advance(cur, 17);
         let info_at = advance(cur, 16);
@@ -101,10 +135,11 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
             let next = (start + record_end).div_ceil(SEGMENT_SIZE) * SEGMENT_SIZE;
             next - start
         } else {
+            walked.data_end = Some(start + record_end);
             record_end
         };
     }
-    last
+    Some(walked)
 }
 
 /// The start of the last complete record of `dataset`'s WAL in the vault, with its timeline:
@@ -116,12 +151,27 @@ pub fn last_durable_record(
     keyring: &Keyring,
     dataset: &str,
 ) -> Result<Option<(u32, Lsn)>> {
+    last_durable_record_on(vault, keyring, dataset, None)
+}
+
+/// [`last_durable_record`] of the WAL of `timeline` only (None: the newest timeline), for a
+/// restore that follows a timeline the operator named.
+pub fn last_durable_record_on(
+    vault: &Vault,
+    keyring: &Keyring,
+    dataset: &str,
+    timeline: Option<u32>,
+) -> Result<Option<(u32, Lsn)>> {
     let site = vault.site().as_ref();
     let listing = wal::list(site, dataset)?;
     let signers = wal::dataset_signers(vault, dataset)?;
     // The newest object that checks out (noise a hostile site added is passed over).
     let mut newest = None;
-    for candidate in listing.newest_first() {
+    for candidate in listing
+        .newest_first()
+        .into_iter()
+        .filter(|o| timeline.is_none_or(|t| o.name.timeline == t))
+    {
         match wal::read_checked(site, candidate, &signers) {
             Ok(_) => {
                 newest = Some(candidate);
@@ -378,5 +428,29 @@ mod tests {
         // Not WAL at all.
         assert_eq!(last_record_start(&[0u8; 100], 0, 100), None);
         assert_eq!(last_record_start(&bytes, 3, 100), None);
+    }
+
+    /// Where a server that replayed every complete record stopped: the end of the last one
+    /// (unaligned), never past a record cut at the durable end, and not moved by a switch.
+    #[test]
+    fn the_data_end_is_the_end_of_the_last_complete_record_but_a_switch() {
+        // Lengths that are multiples of 8: each record starts where the one before ended.
+        let (bytes, starts) = wal(0, &[(104, 0, 10), (9000, 0, 10), (56, 0, 10)]);
+        let end = bytes.len() as u64;
+        assert_eq!(last_data_end(&bytes, 0, end), Ok(Some(starts[2] + 56)));
+        assert_eq!(last_data_end(&bytes, 0, end - 1), Ok(Some(starts[2])));
+        let s = 3 * SEGMENT_SIZE;
+        assert_eq!(
+            last_data_end(&bytes, s, s + 300),
+            Ok(Some(s + starts[0] + 104))
+        );
+        let (bytes, starts) = wal(0, &[(64, 0, 10), (32, XLOG_SWITCH, RM_XLOG)]);
+        assert_eq!(
+            last_data_end(&bytes, 0, bytes.len() as u64),
+            Ok(Some(starts[0] + 64))
+        );
+        let (bytes, _) = wal(3000, &[]);
+        assert_eq!(last_data_end(&bytes, 0, bytes.len() as u64), Ok(None));
+        assert_eq!(last_data_end(&[0u8; 100], 0, 100), Err(NotWal));
     }
 }

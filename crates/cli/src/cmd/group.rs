@@ -304,6 +304,7 @@ pub fn restore(
                 .get(dataset)
                 .cloned()
                 .unwrap_or_default(),
+            timeline: None,
         };
         fetch_folders.push(fetch);
         Ok(options)

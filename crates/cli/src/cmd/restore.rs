@@ -78,6 +78,12 @@ pub struct RestoreArgs {
     /// owner owns. Repeatable; with --group, each OLD goes to the member that has it.
     #[arg(long, value_name = "OLD=NEW", conflicts_with = "path")]
     pub tablespace_map: Vec<embassy_postgres::tablespace::Relocation>,
+    /// PostgreSQL: follow exactly this timeline (recovery_target_timeline) instead of the
+    /// newest. Needed when the newest timeline leaves out acknowledged WAL of its parent and no
+    /// takeover decided it: the parent's number keeps every record it holds, the fork's
+    /// follows the fork.
+    #[arg(long, value_name = "N", conflicts_with_all = ["path", "group"])]
+    pub timeline: Option<u32>,
 }
 
 /// Runs `embassy restore`.
@@ -117,6 +123,13 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         eprintln!("note: {}", output::escape(&note.message(now)));
         eprintln!("  hint: {}", crate::hints::UNWITNESSED_NOTE);
     }
+    if !matches!(plan, RestorePlan::Postgres { .. }) && args.timeline.is_some() {
+        return Err(Error::invalid(format!(
+            "--timeline names the PostgreSQL timeline a restore follows (with --time, --lsn or \
+             --latest); {dataset}@{} is not restored as PostgreSQL",
+            selector.unwrap_or("latest")
+        )));
+    }
     if !matches!(plan, RestorePlan::Postgres { .. }) && !args.tablespace_map.is_empty() {
         return Err(Error::invalid(format!(
             "--tablespace-map relocates tablespaces of a PostgreSQL restore (with --time, --lsn \
@@ -152,6 +165,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
                 args.owner.as_deref(),
                 args.unwitnessed,
                 &args.tablespace_map,
+                args.timeline,
             );
         }
         (RestorePlan::Stream { reader, .. }, None) => {

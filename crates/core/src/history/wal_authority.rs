@@ -46,6 +46,8 @@ pub struct WalAuthority {
     direct: std::collections::HashMap<ObjectId, u64>,
     /// Sequence numbers of the accepted `promoted` entries that anchor the WAL they replayed.
     promoted_anchors: Vec<u64>,
+    /// Timelines an accepted (authoritative) `promoted` entry names: takeovers decided them.
+    decided: Vec<u32>,
 }
 
 impl WalAuthority {
@@ -65,6 +67,9 @@ impl WalAuthority {
             out.head = out.head.max(seq);
             authority.record(r);
             let now = authority.holders(Right::StreamWal);
+            if let (None, Event::Promoted { timeline, .. }) = (&r.refused, &r.entry.event) {
+                out.decided.push(*timeline);
+            }
             if let (
                 None,
                 Event::Promoted {
@@ -151,6 +156,12 @@ impl WalAuthority {
     /// Accepted anchors, in sequence order.
     pub fn anchors(&self) -> &[Anchor] {
         &self.anchors
+    }
+
+    /// True when an accepted (authoritative) `promoted` entry names `timeline`: a takeover
+    /// decided to write on it, whatever WAL of its parent it leaves out.
+    pub fn decided(&self, timeline: u32) -> bool {
+        self.decided.contains(&timeline)
     }
 
     /// Whether a log object signed by `signer` is valid, given the sequence number of the
