@@ -56,8 +56,12 @@ fn restore_following(env: &PgCli, name: &str, timeline: &str) -> String {
     rows(&restored)
 }
 
-#[test]
-fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
+/// Home streams rows 1, 2, 7 and (after F) 3, 4 into the vault with its credential; a thief's
+/// standby of home, stopped at F, is promoted (timeline 2), writes rows 66 and 67 and streams
+/// them with the same (stolen) credential. With `lie`, the thief first rewrites its timeline
+/// history file to name home's acknowledged end as the switch point. Returns home (running),
+/// the vault's home and the stolen credential.
+fn fork_a_few_records_back(lie: bool) -> (PgServer, PgCli, std::path::PathBuf) {
     let home = PgServer::start(PgOptions::default());
     let env = PgCli::new(EXE, "embassy-forkseg-");
     let (stolen, _) = env.issue_sealing("registry", "home-host");
@@ -106,6 +110,17 @@ fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
     .unwrap();
     thief.start_server();
     thief.promote();
+    if lie {
+        let file = thief.pg_wal_dir().join("00000002.history");
+        let history = std::fs::read_to_string(&file).unwrap();
+        let lied = history.replacen(
+            history.split_whitespace().nth(1).unwrap(),
+            &format!("{:X}/{:X}", acknowledged >> 32, acknowledged & 0xffff_ffff),
+            1,
+        );
+        assert_ne!(history, lied);
+        std::fs::write(&file, lied).unwrap();
+    }
     thief.psql("insert into acct values (66, 'thief')");
     let thief_stream = env.stream_from(&stolen, &thief.conninfo(), "registry", "thief.log");
     thief.psql("insert into acct values (67, 'thief')");
@@ -116,20 +131,12 @@ fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
         || durable(&env, "thief.log") >= thief_end,
     );
     drop(thief_stream);
+    (home, env, stolen)
+}
 
-    // Home's streamer starts again (the credential is not revoked yet): it resumes on home's
-    // timeline, not on the thief's (which is not in home's history), and row 5 is acknowledged.
-    let home_stream = env.stream_from(&stolen, &home.conninfo(), "registry", "durable.log");
-    home.psql("insert into acct values (5, 'erin')");
-    let acknowledged = flush_lsn(&home);
-    wait_until(
-        "home's streamer goes on after the fork",
-        Duration::from_secs(60),
-        || env.durable() >= acknowledged,
-    );
-    drop(home_stream);
-
-    // Keyless verification cannot see a fork inside the segment (format.md §9b); a restore can.
+/// `restore registry --latest` into a new folder: refused as a fork that leaves out
+/// acknowledged records, naming the way out, and nothing written.
+fn assert_latest_refused(env: &PgCli) {
     let to = env.postgres_folder("restores").join("latest");
     let out = env.output(&["restore", "registry", "--latest", "--to", arg(&to)]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -145,6 +152,26 @@ fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
         "a refused restore left files in {}",
         to.display()
     );
+}
+
+#[test]
+fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
+    let (home, env, stolen) = fork_a_few_records_back(false);
+
+    // Home's streamer starts again (the credential is not revoked yet): it resumes on home's
+    // timeline, not on the thief's (which is not in home's history), and row 5 is acknowledged.
+    let home_stream = env.stream_from(&stolen, &home.conninfo(), "registry", "durable.log");
+    home.psql("insert into acct values (5, 'erin')");
+    let acknowledged = flush_lsn(&home);
+    wait_until(
+        "home's streamer goes on after the fork",
+        Duration::from_secs(60),
+        || env.durable() >= acknowledged,
+    );
+    drop(home_stream);
+
+    // Keyless verification cannot see a fork inside the segment (format.md §9b); a restore can.
+    assert_latest_refused(&env);
     let standby = env.postgres_folder("restores").join("standby");
     let out = env.output(&["standby", "registry", "--to", arg(&standby)]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -168,4 +195,101 @@ fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
         !out.status.success() && said.contains("has no timeline 5"),
         "{said}"
     );
+}
+
+/// The thief's history file names home's acknowledged end as the switch point, so the records
+/// alone say nothing is left out; the new timeline's copy of its parent's bytes before that
+/// point differs from the parent's WAL, and the restore is refused all the same.
+#[test]
+fn a_history_file_naming_a_later_switch_point_does_not_hide_the_fork() {
+    let (_home, env, _) = fork_a_few_records_back(true);
+    assert_latest_refused(&env);
+    assert_eq!(restore_following(&env, "parent", "1"), "1,2,3,4,7");
+}
+
+/// Every WAL object the site folder holds: (path relative to the site, parsed name).
+fn wal_objects(site: &std::path::Path) -> Vec<(String, embassy_core::format::wal_log::LogName)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![site.join("wal")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(site).unwrap().display().to_string();
+                if let Some(name) = embassy_core::format::wal_log::parse_path(&rel) {
+                    out.push((rel, name));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A site that withholds what the judge reads (red team 13): the parent's WAL in the switch
+/// segment, which the ledger anchors (the walk would see nothing past the switch point), or
+/// the fork's history file (PostgreSQL would stay on timeline 1 and stop at a point pinned on
+/// timeline 2). Either way the latest restore is refused, never a shorter state.
+#[test]
+fn a_site_withholding_the_parents_wal_or_the_forks_history_gets_no_restore() {
+    use embassy_core::format::wal_log::LogKind;
+    let (_home, env, _) = fork_a_few_records_back(false);
+    let site = env.site();
+    let objects = wal_objects(&site);
+    let fork_start = objects
+        .iter()
+        .filter(|(_, n)| n.timeline == 2 && n.kind != LogKind::History)
+        .map(|(_, n)| n.start)
+        .min()
+        .unwrap();
+    let hidden = env.path("hidden");
+    std::fs::create_dir_all(&hidden).unwrap();
+    let withhold = |keep: &dyn Fn(&embassy_core::format::wal_log::LogName) -> bool| {
+        let mut moved = Vec::new();
+        for (rel, name) in &objects {
+            if !keep(name) {
+                let to = hidden.join(rel.replace('/', "_"));
+                std::fs::rename(site.join(rel), &to).unwrap();
+                moved.push((to, site.join(rel)));
+            }
+        }
+        assert!(!moved.is_empty());
+        moved
+    };
+    let give_back = |moved: Vec<(std::path::PathBuf, std::path::PathBuf)>| {
+        for (from, to) in moved {
+            std::fs::rename(from, to).unwrap();
+        }
+    };
+
+    // The switch point, as the refusal names it; the site withholds timeline 1's pieces that
+    // reach past it (anchored: acknowledged rows 3 and 4).
+    let to = env.postgres_folder("restores").join("whole");
+    let out = env.output(&["restore", "registry", "--latest", "--to", arg(&to)]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let switch = said
+        .split("forked off timeline 1 at ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("{said}"))
+        .parse::<embassy_postgres::Lsn>()
+        .unwrap()
+        .0;
+    assert!(switch > fork_start, "{said}");
+    let moved = withhold(&|n| !(n.timeline == 1 && n.kind != LogKind::History && n.end > switch));
+    assert_latest_refused(&env);
+    give_back(moved);
+
+    let moved = withhold(&|n| !(n.timeline == 2 && n.kind == LogKind::History));
+    let to = env.postgres_folder("restores").join("no-history");
+    let out = env.output(&["restore", "registry", "--latest", "--to", arg(&to)]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("no history file of that timeline") && said.contains("--timeline 1"),
+        "{said}"
+    );
+    give_back(moved);
+    assert_latest_refused(&env);
 }

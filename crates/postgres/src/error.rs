@@ -258,6 +258,10 @@ impl From<PgError> for embassy_core::Error {
         if let PgError::WalCollected { .. } = &e {
             return embassy_core::Error::Invalid(e.to_string());
         }
+        // A restore that cannot be done records no version either: said as itself.
+        if let PgError::Restore(problem) = &e {
+            return embassy_core::Error::Invalid(problem.clone());
+        }
         if let PgError::WalGone { .. } = &e {
             return embassy_core::Error::Refused {
                 kind: e.kind(),

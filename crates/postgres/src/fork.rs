@@ -100,7 +100,11 @@ pub fn abandoned(
 
 /// Whether `child`, forking off `parent` at `switch`, leaves out complete records of the
 /// parent's WAL: how far the parent's WAL reaches (its furthest anchor, or its furthest object
-/// that checks out), then the records from the switch point's segment up to there.
+/// that checks out); then the child's copy of its parent's WAL in the switch point's segment
+/// (a promoted server starts its new timeline's first segment with the old one's bytes up to
+/// the switch point), which must equal the parent's: a history file naming a later switch point
+/// than where the child's WAL really parts would make recovery replay the child's records as
+/// the parent's; then the parent's records from the switch point's segment up to its reach.
 fn judge_fork(
     vault: &Vault,
     keyring: &Keyring,
@@ -122,7 +126,7 @@ fn judge_fork(
     for o in listing
         .newest_first()
         .into_iter()
-        .filter(|o| o.name.timeline == parent && o.name.end > reach.max(switch.0))
+        .filter(|o| o.name.timeline == parent && o.name.end > reach)
     {
         match wal::read_checked(site, o, signers) {
             Ok(_) => {
@@ -133,7 +137,11 @@ fn judge_fork(
             Err(e) => return Err(e),
         }
     }
-    if reach <= switch.0 {
+    let first = switch.0 / SEGMENT_SIZE;
+    let seg_start = first * SEGMENT_SIZE;
+    // The parent's WAL ends before the switch point's segment (nothing to compare or leave
+    // out), or retention collected it on purpose (no restore reaches it).
+    if reach <= seg_start || signers.cutoff().collects(reach) {
         return Ok(None);
     }
     let left_out = |end: u64| {
@@ -144,7 +152,6 @@ fn judge_fork(
             parent_end: Lsn(end),
         })
     };
-    let first = switch.0 / SEGMENT_SIZE;
     let last = (reach - 1) / SEGMENT_SIZE;
     if last - first >= MAX_WALKED_SEGMENTS {
         return Ok(left_out(reach));
@@ -157,13 +164,33 @@ fn judge_fork(
             _ => return Ok(left_out(reach)),
         }
     }
-    Ok(
-        match walend::last_data_end(&bytes, first * SEGMENT_SIZE, reach) {
-            Ok(Some(end)) if end > switch.0 => left_out(end),
-            Ok(_) => None,
-            Err(walend::NotWal) => left_out(reach),
-        },
-    )
+    // A site that withholds the parent's WAL the ledger anchors must not shorten the walk.
+    if (bytes.len() as u64) < reach - seg_start {
+        return Ok(left_out(reach));
+    }
+    // The child's copy of the parent's bytes before the switch point.
+    let copied = usize::try_from(switch.0.min(reach) - seg_start).unwrap_or(usize::MAX);
+    if copied > 0 {
+        let same = match wal::assemble_segment(site, keyring, listing, child, first, signers)? {
+            Some(c) => {
+                c.bytes.len() >= copied
+                    && bytes.len() >= copied
+                    && c.bytes[..copied] == bytes[..copied]
+            }
+            None => false,
+        };
+        if !same {
+            return Ok(left_out(reach));
+        }
+    }
+    if reach <= switch.0 {
+        return Ok(None);
+    }
+    Ok(match walend::last_data_end(&bytes, seg_start, reach) {
+        Ok(Some(end)) if end > switch.0 => left_out(end),
+        Ok(_) => None,
+        Err(walend::NotWal) => left_out(reach),
+    })
 }
 
 #[cfg(test)]

@@ -467,8 +467,10 @@ fn pin_latest(
 }
 
 /// The vault's newest timeline of `dataset` (its newest checked WAL, judged with `checked`),
-/// where it forked off its parent, and its history file's content; None on timeline 1 or when
-/// the vault holds no such history file that checks out.
+/// where it forked off its parent, and its history file's content; None on timeline 1.
+/// Refused when the vault holds no history file of it that checks out: PostgreSQL cannot
+/// follow that timeline, and a restore pinned to its WAL would stop short on the one below
+/// (red team 13: a stolen credential stored timeline 2's WAL without its history file).
 fn newest_timeline_history(
     vault: &Vault,
     keyring: &Keyring,
@@ -482,7 +484,21 @@ fn newest_timeline_history(
         return Ok(None);
     }
     let Some(history) = checked.history(vault, keyring, dataset, newest.timeline)? else {
-        return Ok(None);
+        return Err(PgError::Vault(embassy_core::Error::Refused {
+            kind: embassy_core::ErrorKind::Integrity,
+            problem: format!(
+                "dataset {dataset}'s newest WAL is on timeline {}, but the vault holds no \
+                 history file of that timeline that checks out: PostgreSQL cannot follow it, \
+                 and the timeline below ends short of the vault's newest WAL. A site lost it, or \
+                 a credential that signs this dataset's WAL stored a timeline without one",
+                newest.timeline
+            ),
+            way_out: embassy_core::error::WayOut::PgChooseTimeline {
+                dataset: dataset.to_string(),
+                parent: newest.timeline - 1,
+                timeline: newest.timeline,
+            },
+        }));
     };
     let fork = history
         .lines()
@@ -502,7 +518,12 @@ fn named_timeline_history(
     checked: &mut crate::status::CheckedWal,
     timeline: u32,
 ) -> Result<(u32, Lsn, String), PgError> {
-    if timeline <= 1 {
+    if timeline == 0 {
+        return Err(PgError::Restore(
+            "--timeline 0: PostgreSQL's timelines are numbered from 1".into(),
+        ));
+    }
+    if timeline == 1 {
         return Ok((1, Lsn(0), String::new()));
     }
     let Some(history) = checked.history(vault, keyring, dataset, timeline)? else {
@@ -602,6 +623,15 @@ pub fn restore(
             newest
         }
     };
+    // The timeline recovery follows, named in its settings: the one judged (or named), so
+    // PostgreSQL cannot take another (a missing history file stops its search for the newest);
+    // a standby names none unless asked, to follow later promotions.
+    let follow = match options.mode {
+        Mode::Recover(_) => options
+            .timeline
+            .or(followed.as_ref().map(|(timeline, _, _)| *timeline)),
+        Mode::Standby => options.timeline,
+    };
     if matches!(target, RecoveryTarget::Latest) || options.timeline.is_some() {
         if let Some((timeline, fork, history)) = followed {
             let all = backups.len();
@@ -686,14 +716,7 @@ pub fn restore(
     let reader = VersionReader::open_with(vault.site().clone(), keyring, &version)
         .map_err(PgError::Vault)?;
     tablespace::check_layouts(&reader, &placed)?;
-    let mode = pin_latest(
-        vault,
-        keyring,
-        dataset,
-        &info,
-        options.mode.clone(),
-        options.timeline,
-    )?;
+    let mode = pin_latest(vault, keyring, dataset, &info, options.mode.clone(), follow)?;
     let mut restore_options = RestoreOptions::default();
     restore_options.selection.exclude = tablespace::excluded(&placed)?;
     files::restore(&reader, dir, &restore_options, progress).map_err(PgError::Vault)?;
@@ -722,7 +745,7 @@ pub fn restore(
     let prepared = prepare_data_dir(
         dir,
         mode,
-        options.timeline,
+        follow,
         &options.restore_command,
         options.owner,
         &comment,

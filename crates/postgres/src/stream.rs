@@ -303,12 +303,23 @@ impl Session<'_> {
         // over, so it cannot stop the stream either.
         let mut newest_valid = None;
         let mut first_err = None;
-        // WAL of a timeline above the server's is not this server's history (a fork made
-        // elsewhere, by a thief's standby say): asking for it would be refused for good ("not
-        // in this server's history"), so the stream resumes on the server's own timelines.
+        // WAL of a timeline that is not in this server's history (a fork made elsewhere, by a
+        // thief's standby say, above the server's timeline or beside its lineage): asking for
+        // it would be refused for good ("not in this server's history"), so the stream resumes
+        // on the server's own lineage (red teams 12 and 13).
+        let lineage: Vec<u32> = if server_timeline > 1 {
+            let (_, history) = conn.timeline_history(server_timeline)?;
+            crate::fork::history_edges(&String::from_utf8_lossy(&history))
+                .into_iter()
+                .map(|(timeline, _)| timeline)
+                .chain(std::iter::once(server_timeline))
+                .collect()
+        } else {
+            vec![1]
+        };
         let mut elsewhere = None;
         for candidate in listing.newest_first() {
-            if candidate.name.timeline > server_timeline {
+            if !lineage.contains(&candidate.name.timeline) {
                 elsewhere.get_or_insert(candidate.name.timeline);
                 continue;
             }
@@ -330,10 +341,10 @@ impl Session<'_> {
         }
         if let Some(t) = elsewhere {
             eprintln!(
-                "embassy pg stream: the vault holds WAL of timeline {t}, above this server's \
-                 timeline {server_timeline}: a fork made elsewhere; resuming on this server's \
-                 history (a restore does not follow that fork unasked while it leaves out WAL \
-                 of this timeline)"
+                "embassy pg stream: the vault holds WAL of timeline {t}, which is not in this \
+                 server's history (timelines {lineage:?}): a fork made elsewhere; resuming on \
+                 this server's lineage (a restore does not follow that fork unasked while it \
+                 leaves out WAL of this one)"
             );
         }
         if let Some((newest, h)) = newest_valid {

@@ -27,6 +27,8 @@ const FIRST_IS_CONTRECORD: u16 = 0x0001;
 /// `xl_rmid` of the XLOG resource manager and `xl_info` of its segment switch record.
 const RM_XLOG: u8 = 0;
 const XLOG_SWITCH: u8 = 0x40;
+/// `xl_rmid` of the standby resource manager (running transactions, locks for hot standby).
+const RM_STANDBY: u8 = 8;
 
 /// The start of the last complete record in `bytes`, WAL from `start` (a segment start) up to
 /// the durable end `end` (records ending after it are not complete). None when no record starts
@@ -35,10 +37,12 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
     walk(bytes, start, end)?.last_start
 }
 
-/// Where the last complete record other than a segment switch ends in `bytes` (WAL from
-/// `start`, a segment start, up to `end`): the end a server that replayed every complete record
-/// there reached. A switch record carries no data (the rest of its segment is padding), so a
-/// server that stopped just before one lost nothing. `Ok(None)` when no such record starts and
+/// Where the last complete record that carries data ends in `bytes` (WAL from `start`, a
+/// segment start, up to `end`): the end a server must have replayed to lose none of it.
+/// Records of the XLOG resource manager (checkpoints, segment switches, no-ops, hint-bit page
+/// images, parameter changes) and of the standby one (running transactions) carry no commit
+/// and no row, so a server that stopped before them lost nothing: a primary shut down after
+/// its standby was promoted writes its shutdown checkpoint past the switch point (red team 13). `Ok(None)` when no such record starts and
 /// ends inside it; [`NotWal`] when the bytes are not WAL.
 pub fn last_data_end(
     bytes: &[u8],
@@ -56,7 +60,7 @@ pub struct NotWal;
 struct Walked {
     /// Start of the last complete record.
     last_start: Option<u64>,
-    /// End of the last complete record that is not a segment switch.
+    /// End of the last complete record of a resource manager other than XLOG and standby.
     data_end: Option<u64>,
 }
 
@@ -128,14 +132,17 @@ fn walk(bytes: &[u8], start: u64, end: u64) -> Option<Walked> {
         // xl_info and xl_rmid are bytes 16 and 17 of the header, perhaps on the next page.
         let rmid_at = advance(cur, 17);
         let info_at = advance(cur, 16);
-        let switch = at(rmid_at, 1).is_some_and(|b| b[0] == RM_XLOG)
-            && at(info_at, 1).is_some_and(|b| b[0] & 0xF0 == XLOG_SWITCH);
+        let rmid = at(rmid_at, 1).map(|b| b[0]);
+        let switch =
+            rmid == Some(RM_XLOG) && at(info_at, 1).is_some_and(|b| b[0] & 0xF0 == XLOG_SWITCH);
+        if !matches!(rmid, Some(RM_XLOG | RM_STANDBY)) {
+            walked.data_end = Some(start + record_end);
+        }
         cur = if switch {
             // The rest of the segment is padding: the next record starts the next segment.
             let next = (start + record_end).div_ceil(SEGMENT_SIZE) * SEGMENT_SIZE;
             next - start
         } else {
-            walked.data_end = Some(start + record_end);
             record_end
         };
     }
@@ -445,6 +452,12 @@ mod tests {
             Ok(Some(s + starts[0] + 104))
         );
         let (bytes, starts) = wal(0, &[(64, 0, 10), (32, XLOG_SWITCH, RM_XLOG)]);
+        assert_eq!(
+            last_data_end(&bytes, 0, bytes.len() as u64),
+            Ok(Some(starts[0] + 64))
+        );
+        // A shutdown checkpoint (XLOG, info 0x00) and running transactions (standby) after it.
+        let (bytes, starts) = wal(0, &[(64, 0, 10), (120, 0, RM_XLOG), (48, 0x10, RM_STANDBY)]);
         assert_eq!(
             last_data_end(&bytes, 0, bytes.len() as u64),
             Ok(Some(starts[0] + 64))
