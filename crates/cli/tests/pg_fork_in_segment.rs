@@ -18,16 +18,6 @@ use embassy_testkit::wait_until;
 
 const EXE: &str = env!("CARGO_BIN_EXE_embassy");
 
-/// The newest durable position a streamer logged to `log` in the home.
-fn durable(env: &PgCli, log: &str) -> u64 {
-    std::fs::read_to_string(env.path(log))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 fn flush_lsn(pg: &PgServer) -> u64 {
     embassy_testkit::pg::parse_lsn(pg.psql("select pg_current_wal_flush_lsn()").trim())
 }
@@ -128,7 +118,7 @@ fn fork_a_few_records_back(lie: bool) -> (PgServer, PgCli, std::path::PathBuf) {
     wait_until(
         "the vault holds timeline 2",
         Duration::from_secs(60),
-        || durable(&env, "thief.log") >= thief_end,
+        || env.durable_in("thief.log") >= thief_end,
     );
     drop(thief_stream);
     (home, env, stolen)

@@ -651,16 +651,6 @@ fn a_promoted_data_directory_is_never_rebuilt() {
     assert_eq!(status["alarm"], true, "{status}");
 }
 
-/// The highest LSN `log` (a streamer's durable log in the home) names.
-fn durable_in(env: &PgCli, log: &str) -> u64 {
-    std::fs::read_to_string(env.path(log))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 fn lsn_of(s: &str) -> u64 {
     s.trim()
         .parse::<embassy_postgres::Lsn>()
@@ -791,7 +781,7 @@ fn a_standby_past_a_promotions_fork_is_diverged_and_rebuilt_and_junk_wal_names_m
         .expect("A's commit");
     let a_end = lsn_of(&a.try_psql("SELECT pg_current_wal_lsn()").expect("A's LSN"));
     embassy_testkit::wait_until("A's row durable", Duration::from_secs(60), || {
-        durable_in(&env, "a-durable.log") >= a_end
+        env.durable_in("a-durable.log") >= a_end
     });
     let promoted = Instant::now();
     println!(

@@ -180,7 +180,12 @@ impl PgCli {
 
     /// The newest durable WAL position `embassy pg stream --durable-log durable.log` wrote.
     pub fn durable(&self) -> u64 {
-        std::fs::read_to_string(self.path("durable.log"))
+        self.durable_in("durable.log")
+    }
+
+    /// The newest durable WAL position a streamer wrote to its durable log `log` in the home.
+    pub fn durable_in(&self, log: &str) -> u64 {
+        std::fs::read_to_string(self.path(log))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
