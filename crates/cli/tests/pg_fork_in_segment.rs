@@ -51,7 +51,7 @@ fn restore_following(env: &PgCli, name: &str, timeline: &str) -> String {
 /// them with the same (stolen) credential. With `lie`, the thief first rewrites its timeline
 /// history file to name home's acknowledged end as the switch point. Returns home (running),
 /// the vault's home and the stolen credential.
-fn fork_a_few_records_back(lie: bool) -> (PgServer, PgCli, std::path::PathBuf) {
+fn fork_a_few_records_back(lie: Lie) -> (PgServer, PgCli, std::path::PathBuf) {
     let home = PgServer::start(PgOptions::default());
     let env = PgCli::new(EXE, "embassy-forkseg-");
     let (stolen, _) = env.issue_sealing("registry", "home-host");
@@ -100,14 +100,18 @@ fn fork_a_few_records_back(lie: bool) -> (PgServer, PgCli, std::path::PathBuf) {
     .unwrap();
     thief.start_server();
     thief.promote();
-    if lie {
+    if lie != Lie::None {
         let file = thief.pg_wal_dir().join("00000002.history");
         let history = std::fs::read_to_string(&file).unwrap();
-        let lied = history.replacen(
-            history.split_whitespace().nth(1).unwrap(),
-            &format!("{:X}/{:X}", acknowledged >> 32, acknowledged & 0xffff_ffff),
-            1,
-        );
+        let real = history.split_whitespace().nth(1).unwrap().to_string();
+        let told = match lie {
+            Lie::LaterSwitch => {
+                format!("{:X}/{:X}", acknowledged >> 32, acknowledged & 0xffff_ffff)
+            }
+            // PostgreSQL's sscanf reads `0x` prefixes; the same switch point, spelt otherwise.
+            _ => format!("0x{}", real.replace('/', "/0x")),
+        };
+        let lied = history.replacen(&real, &told, 1);
         assert_ne!(history, lied);
         std::fs::write(&file, lied).unwrap();
     }
@@ -122,6 +126,17 @@ fn fork_a_few_records_back(lie: bool) -> (PgServer, PgCli, std::path::PathBuf) {
     );
     drop(thief_stream);
     (home, env, stolen)
+}
+
+/// How the thief's history file lies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lie {
+    /// It does not.
+    None,
+    /// It names home's acknowledged end as the switch point.
+    LaterSwitch,
+    /// It spells the switch point with `0x` prefixes (red team 14).
+    HexPrefix,
 }
 
 /// `restore registry --latest` into a new folder: refused as a fork that leaves out
@@ -146,7 +161,7 @@ fn assert_latest_refused(env: &PgCli) {
 
 #[test]
 fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
-    let (home, env, stolen) = fork_a_few_records_back(false);
+    let (home, env, stolen) = fork_a_few_records_back(Lie::None);
 
     // Home's streamer starts again (the credential is not revoked yet): it resumes on home's
     // timeline, not on the thief's (which is not in home's history), and row 5 is acknowledged.
@@ -192,7 +207,7 @@ fn a_fork_a_few_records_back_is_not_followed_by_a_restore_unless_named() {
 /// point differs from the parent's WAL, and the restore is refused all the same.
 #[test]
 fn a_history_file_naming_a_later_switch_point_does_not_hide_the_fork() {
-    let (_home, env, _) = fork_a_few_records_back(true);
+    let (_home, env, _) = fork_a_few_records_back(Lie::LaterSwitch);
     assert_latest_refused(&env);
     assert_eq!(restore_following(&env, "parent", "1"), "1,2,3,4,7");
 }
@@ -224,7 +239,7 @@ fn wal_objects(site: &std::path::Path) -> Vec<(String, embassy_core::format::wal
 #[test]
 fn a_site_withholding_the_parents_wal_or_the_forks_history_gets_no_restore() {
     use embassy_core::format::wal_log::LogKind;
-    let (_home, env, _) = fork_a_few_records_back(false);
+    let (_home, env, _) = fork_a_few_records_back(Lie::None);
     let site = env.site();
     let objects = wal_objects(&site);
     let fork_start = objects
@@ -282,4 +297,21 @@ fn a_site_withholding_the_parents_wal_or_the_forks_history_gets_no_restore() {
     );
     give_back(moved);
     assert_latest_refused(&env);
+}
+
+/// The thief spells its switch point with `0x` prefixes, which PostgreSQL reads and a strict
+/// parser would pass over (no fork seen): a history file not written as PostgreSQL writes it
+/// is refused (red team 14).
+#[test]
+fn a_history_file_spelt_otherwise_than_postgresql_writes_it_is_refused() {
+    let (_home, env, _) = fork_a_few_records_back(Lie::HexPrefix);
+    let to = env.postgres_folder("restores").join("latest");
+    let out = env.output(&["restore", "registry", "--latest", "--to", arg(&to)]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("not written the way PostgreSQL writes it") && said.contains("--timeline 1"),
+        "{said}"
+    );
+    assert_eq!(restore_following(&env, "parent", "1"), "1,2,3,4,7");
 }

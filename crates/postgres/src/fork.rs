@@ -36,10 +36,52 @@ pub struct Abandoned {
     /// Where the parent's left-out WAL ends: the end of its last complete record, or how far
     /// its stored WAL reaches when the records were not walked.
     pub parent_end: Lsn,
+    /// Why the fork is not followed.
+    pub why: Why,
+}
+
+/// Why a fork is not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The parent's WAL holds records the fork leaves out (or it cannot be read to tell).
+    LeavesOut,
+    /// The parent's WAL in the vault ends before the segment of the switch point the history
+    /// file names: nothing shows the fork started where it says.
+    Unchecked,
+    /// The history file is not written the way PostgreSQL writes it.
+    NotPostgresFormat,
 }
 
 impl std::fmt::Display for Abandoned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.why {
+            Why::LeavesOut => {}
+            Why::Unchecked => {
+                return write!(
+                    f,
+                    "timeline {} forked off timeline {} at {}, but the vault holds timeline \
+                     {}'s WAL only up to {}, before that point's segment: nothing in the vault \
+                     shows where timeline {} really parted, and no takeover (an authoritative \
+                     promotion) decided it",
+                    self.timeline,
+                    self.parent,
+                    self.switch,
+                    self.parent,
+                    self.parent_end,
+                    self.timeline
+                )
+            }
+            Why::NotPostgresFormat => {
+                return write!(
+                    f,
+                    "the history file of timeline {} is not written the way PostgreSQL writes \
+                     it (timeline, tab, upper-case LSN without leading zeros, increasing \
+                     timelines): PostgreSQL and this check could read it differently, so timeline \
+                     {} is not followed unasked",
+                    self.timeline, self.timeline
+                )
+            }
+        }
         write!(
             f,
             "timeline {} forked off timeline {} at {}, but the vault holds timeline {}'s WAL up \
@@ -51,7 +93,8 @@ impl std::fmt::Display for Abandoned {
 }
 
 /// The `(timeline, switch point)` lines of a history file, oldest first: timeline `t` ended at
-/// the switch point, and the next line's timeline (or the file's own) started there.
+/// the switch point, and the next line's timeline (or the file's own) started there. Lenient:
+/// lines that do not parse are passed over (for reading a server's own history).
 pub fn history_edges(history: &str) -> Vec<(u32, Lsn)> {
     history
         .lines()
@@ -62,6 +105,47 @@ pub fn history_edges(history: &str) -> Vec<(u32, Lsn)> {
             Some((cols.next()?.parse().ok()?, cols.next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// The lines of the history file of `timeline` exactly as PostgreSQL writes them
+/// (`%u\t%X/%X\t<reason>`: a timeline from 1, upper-case hexadecimal without leading zeros,
+/// timelines increasing and below `timeline`; blank lines and `#` comments passed over), oldest
+/// first; None when any line is written otherwise. PostgreSQL reads such files with `sscanf`,
+/// which also takes `0x` prefixes, leading zeros, overflowing numbers and timeline 0: a file
+/// that PostgreSQL and the fork judge would read differently is not judged but refused (red
+/// team 14).
+pub fn strict_history_edges(history: &str, timeline: u32) -> Option<Vec<(u32, Lsn)>> {
+    fn hex(part: &str) -> Option<u32> {
+        let canonical = part == "0"
+            || (!part.is_empty()
+                && part.len() <= 8
+                && !part.starts_with('0')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
+        canonical.then(|| u32::from_str_radix(part, 16).ok())?
+    }
+    let mut edges: Vec<(u32, Lsn)> = Vec::new();
+    for line in history.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let mut cols = line.splitn(3, '\t');
+        let tli = cols.next()?;
+        let lsn = cols.next()?;
+        if tli.is_empty() || tli.starts_with('0') || !tli.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let tli: u32 = tli.parse().ok()?;
+        let (hi, lo) = lsn.split_once('/')?;
+        let at = Lsn((u64::from(hex(hi)?) << 32) | u64::from(hex(lo)?));
+        if edges.last().is_some_and(|&(prev, _)| prev >= tli) || tli >= timeline {
+            return None;
+        }
+        edges.push((tli, at));
+    }
+    Some(edges)
 }
 
 /// The first fork in the lineage of `timeline` (whose history file holds `history`), newest
@@ -76,7 +160,15 @@ pub fn abandoned(
     timeline: u32,
     history: &str,
 ) -> Result<Option<Abandoned>> {
-    let edges = history_edges(history);
+    let Some(edges) = strict_history_edges(history, timeline) else {
+        return Ok(Some(Abandoned {
+            timeline,
+            parent: timeline.saturating_sub(1),
+            switch: Lsn(0),
+            parent_end: Lsn(0),
+            why: Why::NotPostgresFormat,
+        }));
+    };
     let children = edges
         .iter()
         .skip(1)
@@ -139,9 +231,9 @@ fn judge_fork(
     }
     let first = switch.0 / SEGMENT_SIZE;
     let seg_start = first * SEGMENT_SIZE;
-    // The parent's WAL ends before the switch point's segment (nothing to compare or leave
-    // out), or retention collected it on purpose (no restore reaches it).
-    if reach <= seg_start || signers.cutoff().collects(reach) {
+    // The vault never held the parent's WAL (streaming began on a later timeline), or
+    // retention collected it on purpose: nothing a restore could reach is left out.
+    if reach == 0 || signers.cutoff().collects(reach) {
         return Ok(None);
     }
     let left_out = |end: u64| {
@@ -150,8 +242,27 @@ fn judge_fork(
             parent,
             switch,
             parent_end: Lsn(end),
+            why: Why::LeavesOut,
         })
     };
+    // The parent's WAL ends before the switch point's segment: no copy to compare, so a
+    // history file could name any later switch point (red team 14). A streamer that follows
+    // the new primary stores the parent's WAL up to the switch point first, so an honest fork
+    // reaches here only when the vault lost the parent's last WAL. A parent that ends exactly
+    // at a switch point on a segment's start (a standby promoted after replaying a segment
+    // switch, as on a quiet server with archive_timeout) leaves nothing out.
+    if reach == switch.0 && reach == seg_start {
+        return Ok(None);
+    }
+    if reach <= seg_start {
+        return Ok(Some(Abandoned {
+            timeline: child,
+            parent,
+            switch,
+            parent_end: Lsn(reach),
+            why: Why::Unchecked,
+        }));
+    }
     let last = (reach - 1) / SEGMENT_SIZE;
     if last - first >= MAX_WALKED_SEGMENTS {
         return Ok(left_out(reach));
@@ -209,5 +320,36 @@ mod tests {
             ]
         );
         assert!(history_edges("garbage\n").is_empty());
+    }
+
+    /// Only what PostgreSQL itself writes is judged: spellings that its `sscanf` reads one way
+    /// and a parser another are refused (red team 14).
+    #[test]
+    fn a_history_file_is_judged_only_as_postgresql_writes_it() {
+        let ok = "1\t0/3000A28\tno recovery target specified\n\n# c\n2\t1/5000060\tx\n";
+        assert_eq!(
+            strict_history_edges(ok, 3),
+            Some(vec![(1, Lsn(0x3000A28)), (2, Lsn(0x1_0500_0060))])
+        );
+        assert_eq!(strict_history_edges("", 2), Some(vec![]));
+        for bad in [
+            "1\t0x0/0x40001D8\tx\n",
+            "1\t0/0040001D8\tx\n",
+            "0\t0/40001D8\tx\n",
+            "01\t0/40001D8\tx\n",
+            "1\t0/40001d8\tx\n",
+            "1 0/40001D8 x\n",
+            "4294967297\t0/40001D8\tx\n",
+            "1\t100000000/0\tx\n",
+            "2\t0/1\tx\n1\t0/2\tx\n",
+            "1\t0/40001D8\tx\n",
+        ] {
+            let child = if bad.starts_with("1\t0/40001D8") {
+                1
+            } else {
+                3
+            };
+            assert_eq!(strict_history_edges(bad, child), None, "{bad:?}");
+        }
     }
 }

@@ -27,8 +27,11 @@ const FIRST_IS_CONTRECORD: u16 = 0x0001;
 /// `xl_rmid` of the XLOG resource manager and `xl_info` of its segment switch record.
 const RM_XLOG: u8 = 0;
 const XLOG_SWITCH: u8 = 0x40;
-/// `xl_rmid` of the standby resource manager (running transactions, locks for hot standby).
-const RM_STANDBY: u8 = 8;
+/// `xl_rmid` of the transaction resource manager, the mask of its record kinds in `xl_info`,
+/// and the kinds that make a transaction durable: commit, prepare, commit of a prepared one.
+const RM_XACT: u8 = 1;
+const XLOG_XACT_OPMASK: u8 = 0x70;
+const XACT_DURABLE: [u8; 3] = [0x00, 0x10, 0x30];
 
 /// The start of the last complete record in `bytes`, WAL from `start` (a segment start) up to
 /// the durable end `end` (records ending after it are not complete). None when no record starts
@@ -37,12 +40,13 @@ pub fn last_record_start(bytes: &[u8], start: u64, end: u64) -> Option<u64> {
     walk(bytes, start, end)?.last_start
 }
 
-/// Where the last complete record that carries data ends in `bytes` (WAL from `start`, a
-/// segment start, up to `end`): the end a server must have replayed to lose none of it.
-/// Records of the XLOG resource manager (checkpoints, segment switches, no-ops, hint-bit page
-/// images, parameter changes) and of the standby one (running transactions) carry no commit
-/// and no row, so a server that stopped before them lost nothing: a primary shut down after
-/// its standby was promoted writes its shutdown checkpoint past the switch point (red team 13). `Ok(None)` when no such record starts and
+/// Where the last complete record that makes a transaction durable ends in `bytes` (WAL from
+/// `start`, a segment start, up to `end`): a commit, a prepare or the commit of a prepared
+/// transaction. A server that stopped before the end of the last one lost nothing anybody was
+/// told was stored: other records past it belong to transactions that had not committed (a
+/// crash failover drops them by design: red team 14), or carry no data at all (checkpoints,
+/// segment switches, running transactions: a primary shut down after its standby was promoted
+/// writes its shutdown checkpoint past the switch point, red team 13). `Ok(None)` when no such record starts and
 /// ends inside it; [`NotWal`] when the bytes are not WAL.
 pub fn last_data_end(
     bytes: &[u8],
@@ -60,7 +64,7 @@ pub struct NotWal;
 struct Walked {
     /// Start of the last complete record.
     last_start: Option<u64>,
-    /// End of the last complete record of a resource manager other than XLOG and standby.
+    /// End of the last complete commit, prepare or commit-prepared record.
     data_end: Option<u64>,
 }
 
@@ -133,9 +137,9 @@ fn walk(bytes: &[u8], start: u64, end: u64) -> Option<Walked> {
         let rmid_at = advance(cur, 17);
         let info_at = advance(cur, 16);
         let rmid = at(rmid_at, 1).map(|b| b[0]);
-        let switch =
-            rmid == Some(RM_XLOG) && at(info_at, 1).is_some_and(|b| b[0] & 0xF0 == XLOG_SWITCH);
-        if !matches!(rmid, Some(RM_XLOG | RM_STANDBY)) {
+        let info = at(info_at, 1).map_or(0xFF, |b| b[0]);
+        let switch = rmid == Some(RM_XLOG) && info & 0xF0 == XLOG_SWITCH;
+        if rmid == Some(RM_XACT) && XACT_DURABLE.contains(&(info & XLOG_XACT_OPMASK)) {
             walked.data_end = Some(start + record_end);
         }
         cur = if switch {
@@ -437,12 +441,14 @@ mod tests {
         assert_eq!(last_record_start(&bytes, 3, 100), None);
     }
 
-    /// Where a server that replayed every complete record stopped: the end of the last one
-    /// (unaligned), never past a record cut at the durable end, and not moved by a switch.
+    /// Where a server must have replayed to lose no commit: the end of the last complete
+    /// commit, prepare or commit-prepared record (unaligned), never past a record cut at the
+    /// durable end; other records (rows of transactions that did not commit, checkpoints,
+    /// switches, running transactions) do not move it.
     #[test]
-    fn the_data_end_is_the_end_of_the_last_complete_record_but_a_switch() {
+    fn the_data_end_is_the_end_of_the_last_complete_commit() {
         // Lengths that are multiples of 8: each record starts where the one before ended.
-        let (bytes, starts) = wal(0, &[(104, 0, 10), (9000, 0, 10), (56, 0, 10)]);
+        let (bytes, starts) = wal(0, &[(104, 0, 1), (9000, 0x30, 1), (56, 0x10, 1)]);
         let end = bytes.len() as u64;
         assert_eq!(last_data_end(&bytes, 0, end), Ok(Some(starts[2] + 56)));
         assert_eq!(last_data_end(&bytes, 0, end - 1), Ok(Some(starts[2])));
@@ -451,13 +457,23 @@ mod tests {
             last_data_end(&bytes, s, s + 300),
             Ok(Some(s + starts[0] + 104))
         );
-        let (bytes, starts) = wal(0, &[(64, 0, 10), (32, XLOG_SWITCH, RM_XLOG)]);
+        let (bytes, starts) = wal(0, &[(64, 0, 1), (32, XLOG_SWITCH, RM_XLOG)]);
         assert_eq!(
             last_data_end(&bytes, 0, bytes.len() as u64),
             Ok(Some(starts[0] + 64))
         );
-        // A shutdown checkpoint (XLOG, info 0x00) and running transactions (standby) after it.
-        let (bytes, starts) = wal(0, &[(64, 0, 10), (120, 0, RM_XLOG), (48, 0x10, RM_STANDBY)]);
+        // After a commit: rows of a transaction that never commits (heap, rmid 10), its abort
+        // (0x20), a shutdown checkpoint (XLOG, 0x00), running transactions (standby, 8).
+        let (bytes, starts) = wal(
+            0,
+            &[
+                (64, 0, 1),
+                (96, 0, 10),
+                (40, 0x20, 1),
+                (120, 0, RM_XLOG),
+                (48, 0x10, 8),
+            ],
+        );
         assert_eq!(
             last_data_end(&bytes, 0, bytes.len() as u64),
             Ok(Some(starts[0] + 64))
