@@ -104,14 +104,20 @@ fn fork_a_few_records_back(lie: Lie) -> (PgServer, PgCli, std::path::PathBuf) {
         let file = thief.pg_wal_dir().join("00000002.history");
         let history = std::fs::read_to_string(&file).unwrap();
         let real = history.split_whitespace().nth(1).unwrap().to_string();
-        let told = match lie {
-            Lie::LaterSwitch => {
-                format!("{:X}/{:X}", acknowledged >> 32, acknowledged & 0xffff_ffff)
-            }
+        let lied = match lie {
+            Lie::LaterSwitch => history.replacen(
+                &real,
+                &format!("{:X}/{:X}", acknowledged >> 32, acknowledged & 0xffff_ffff),
+                1,
+            ),
             // PostgreSQL's sscanf reads `0x` prefixes; the same switch point, spelt otherwise.
-            _ => format!("0x{}", real.replace('/', "/0x")),
+            Lie::HexPrefix => {
+                history.replacen(&real, &format!("0x{}", real.replace('/', "/0x")), 1)
+            }
+            // PostgreSQL reads lines of at most 1023 bytes: the real line hidden after a
+            // comment that long is a line to it, part of the comment to a whole-line reader.
+            _ => format!("#{}{history}", "x".repeat(1022)),
         };
-        let lied = history.replacen(&real, &told, 1);
         assert_ne!(history, lied);
         std::fs::write(&file, lied).unwrap();
     }
@@ -137,6 +143,8 @@ enum Lie {
     LaterSwitch,
     /// It spells the switch point with `0x` prefixes (red team 14).
     HexPrefix,
+    /// It hides its line behind a 1,023-byte comment (red team 15).
+    LongComment,
 }
 
 /// `restore registry --latest` into a new folder: refused as a fork that leaves out
@@ -300,11 +308,18 @@ fn a_site_withholding_the_parents_wal_or_the_forks_history_gets_no_restore() {
 }
 
 /// The thief spells its switch point with `0x` prefixes, which PostgreSQL reads and a strict
-/// parser would pass over (no fork seen): a history file not written as PostgreSQL writes it
-/// is refused (red team 14).
+/// parser would pass over (no fork seen), or hides its line behind a comment PostgreSQL reads
+/// in two pieces: a history file not written as PostgreSQL writes it is refused (red teams 14
+/// and 15).
 #[test]
 fn a_history_file_spelt_otherwise_than_postgresql_writes_it_is_refused() {
-    let (_home, env, _) = fork_a_few_records_back(Lie::HexPrefix);
+    for lie in [Lie::HexPrefix, Lie::LongComment] {
+        refused_as_not_postgresql(lie);
+    }
+}
+
+fn refused_as_not_postgresql(lie: Lie) {
+    let (_home, env, _) = fork_a_few_records_back(lie);
     let to = env.postgres_folder("restores").join("latest");
     let out = env.output(&["restore", "registry", "--latest", "--to", arg(&to)]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();

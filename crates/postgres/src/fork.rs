@@ -60,8 +60,8 @@ impl std::fmt::Display for Abandoned {
                 return write!(
                     f,
                     "timeline {} forked off timeline {} at {}, but the vault holds timeline \
-                     {}'s WAL only up to {}, before that point's segment: nothing in the vault \
-                     shows where timeline {} really parted, and no takeover (an authoritative \
+                     {}'s WAL only up to {}, not into that point's segment: nothing in the \
+                     vault shows where timeline {} really parted, and no takeover (an authoritative \
                      promotion) decided it",
                     self.timeline,
                     self.parent,
@@ -124,6 +124,15 @@ pub fn strict_history_edges(history: &str, timeline: u32) -> Option<Vec<(u32, Ls
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
         canonical.then(|| u32::from_str_radix(part, 16).ok())?
+    }
+    // PostgreSQL reads the file in lines of at most 1023 bytes (`fgets` into MAXPGPATH): a
+    // longer line, comment or not, goes on as another line it reads and this would not (red
+    // team 15). Carriage returns and NUL bytes are not PostgreSQL's either.
+    if history
+        .split('\n')
+        .any(|l| l.len() >= 1023 || l.contains(['\r', '\0']))
+    {
+        return None;
     }
     let mut edges: Vec<(u32, Lsn)> = Vec::new();
     for line in history.lines() {
@@ -251,8 +260,17 @@ fn judge_fork(
     // reaches here only when the vault lost the parent's last WAL. A parent that ends exactly
     // at a switch point on a segment's start (a standby promoted after replaying a segment
     // switch, as on a quiet server with archive_timeout) leaves nothing out.
-    if reach == switch.0 && reach == seg_start {
-        return Ok(None);
+    if reach == switch.0 && reach == seg_start && first > 0 {
+        // Only when the parent's WAL there ends with that switch record: a thief's streamer
+        // resuming the parent from the vault's end would otherwise splice the fork's bytes
+        // into it up to a switch point its history file names at the next segment (red team
+        // 15).
+        let before = first - 1;
+        if let Some(a) = wal::assemble_segment(site, keyring, listing, parent, before, signers)? {
+            if walend::ends_with_switch_to(&a.bytes, before * SEGMENT_SIZE, reach, reach) {
+                return Ok(None);
+            }
+        }
     }
     if reach <= seg_start {
         return Ok(Some(Abandoned {
@@ -343,6 +361,10 @@ mod tests {
             "1\t100000000/0\tx\n",
             "2\t0/1\tx\n1\t0/2\tx\n",
             "1\t0/40001D8\tx\n",
+            &format!("#{}1\t0/40001D8\tx\n", "x".repeat(1022)),
+            &format!("1\t0/3000A28\t{}\n", "r".repeat(1100)),
+            "1\t0/3000A28\tx\r\n",
+            "1\t0/3000A28\tx\0\n",
         ] {
             let child = if bad.starts_with("1\t0/40001D8") {
                 1

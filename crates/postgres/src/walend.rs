@@ -56,6 +56,13 @@ pub fn last_data_end(
     walk(bytes, start, end).map(|w| w.data_end).ok_or(NotWal)
 }
 
+/// True when the last complete record in `bytes` (WAL from `start`, a segment start, up to
+/// `end`) is a segment switch, and the segment it ends is the one before `at` (a segment start):
+/// how a timeline honestly ends exactly where the next segment starts.
+pub fn ends_with_switch_to(bytes: &[u8], start: u64, end: u64, at: u64) -> bool {
+    walk(bytes, start, end).is_some_and(|w| w.switched_to == Some(at))
+}
+
 /// Bytes that do not start like WAL (no valid page size in the first long page header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotWal;
@@ -66,6 +73,8 @@ struct Walked {
     last_start: Option<u64>,
     /// End of the last complete commit, prepare or commit-prepared record.
     data_end: Option<u64>,
+    /// When the last complete record is a segment switch: the start of the next segment.
+    switched_to: Option<u64>,
 }
 
 /// Walks the record headers (`xl_tot_len`) of `bytes`, WAL from `start` (a segment start) up to
@@ -115,6 +124,7 @@ fn walk(bytes: &[u8], start: u64, end: u64) -> Option<Walked> {
     let mut walked = Walked {
         last_start: None,
         data_end: None,
+        switched_to: None,
     };
     loop {
         cur = cur.checked_add(7)? & !7; // records are MAXALIGNed
@@ -142,9 +152,11 @@ fn walk(bytes: &[u8], start: u64, end: u64) -> Option<Walked> {
         if rmid == Some(RM_XACT) && XACT_DURABLE.contains(&(info & XLOG_XACT_OPMASK)) {
             walked.data_end = Some(start + record_end);
         }
+        walked.switched_to = None;
         cur = if switch {
             // The rest of the segment is padding: the next record starts the next segment.
             let next = (start + record_end).div_ceil(SEGMENT_SIZE) * SEGMENT_SIZE;
+            walked.switched_to = Some(next);
             next - start
         } else {
             record_end
@@ -480,6 +492,29 @@ mod tests {
         );
         let (bytes, _) = wal(3000, &[]);
         assert_eq!(last_data_end(&bytes, 0, bytes.len() as u64), Ok(None));
+        // A timeline that ends with a segment switch, and one that ends otherwise.
+        let (bytes, _) = wal(0, &[(64, 0, 1), (32, XLOG_SWITCH, RM_XLOG)]);
+        let s = 4 * SEGMENT_SIZE;
+        assert!(ends_with_switch_to(
+            &bytes,
+            s,
+            s + bytes.len() as u64,
+            s + SEGMENT_SIZE
+        ));
+        assert!(!ends_with_switch_to(
+            &bytes,
+            s,
+            s + bytes.len() as u64,
+            s + 2 * SEGMENT_SIZE
+        ));
+        let (bytes, _) = wal(0, &[(64, 0, 1), (48, 0, 10)]);
+        assert!(!ends_with_switch_to(&[0u8; 64], 0, 64, SEGMENT_SIZE));
+        assert!(!ends_with_switch_to(
+            &bytes,
+            0,
+            bytes.len() as u64,
+            SEGMENT_SIZE
+        ));
         assert_eq!(last_data_end(&[0u8; 100], 0, 100), Err(NotWal));
     }
 }
