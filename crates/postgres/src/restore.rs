@@ -500,10 +500,9 @@ fn newest_timeline_history(
             },
         }));
     };
-    let fork = history
-        .lines()
-        .rev()
-        .find_map(|l| l.split_whitespace().nth(1)?.parse::<Lsn>().ok())
+    let fork = crate::fork::history_edges(&history)
+        .last()
+        .map(|&(_, lsn)| lsn)
         .unwrap_or_default();
     Ok(Some((newest.timeline, fork, history)))
 }
@@ -529,8 +528,8 @@ fn named_timeline_history(
     let Some(history) = checked.history(vault, keyring, dataset, timeline)? else {
         return Err(PgError::Restore(format!(
             "dataset {dataset} has no timeline {timeline}: the vault holds no history file of it \
-             that checks out (`embassy pg wal-status {dataset}` lists its timelines); name \
-             another timeline or leave --timeline out to follow the newest"
+             that checks out (`embassy history {dataset}` names the timelines its WAL was \
+             streamed on); name another timeline or leave --timeline out to follow the newest"
         )));
     };
     let fork = crate::fork::history_edges(&history)
@@ -547,12 +546,14 @@ fn refuse_abandoning(
     vault: &Vault,
     keyring: &Keyring,
     dataset: &str,
+    checked: &mut crate::status::CheckedWal,
     timeline: u32,
     history: &str,
 ) -> Result<(), PgError> {
     let listing = crate::wal::list(vault.site().as_ref(), dataset)?;
-    let signers = crate::wal::dataset_signers(vault, dataset)?;
-    match crate::fork::abandoned(vault, keyring, &listing, &signers, timeline, history)? {
+    // The signers the restore's judge already read (the dataset's whole ledger), not again.
+    let signers = checked.signers(vault, dataset)?;
+    match crate::fork::abandoned(vault, keyring, &listing, signers, timeline, history)? {
         None => Ok(()),
         Some(a) => Err(PgError::Vault(embassy_core::Error::Refused {
             kind: embassy_core::ErrorKind::Integrity,
@@ -618,7 +619,7 @@ pub fn restore(
         None => {
             let newest = newest_timeline_history(vault, keyring, dataset, &mut checked)?;
             if let Some((timeline, _, history)) = &newest {
-                refuse_abandoning(vault, keyring, dataset, *timeline, history)?;
+                refuse_abandoning(vault, keyring, dataset, &mut checked, *timeline, history)?;
             }
             newest
         }

@@ -151,6 +151,11 @@ impl CheckedWal {
         Ok((self.signers.insert(signers), &mut self.judged))
     }
 
+    /// The signers `dataset`'s WAL is judged by (its ledger read once per change of the ledger).
+    pub fn signers(&mut self, vault: &Vault, dataset: &str) -> Result<&wal::WalSigners> {
+        Ok(self.judge(vault, dataset)?.0)
+    }
+
     /// The newest checked WAL object of `dataset` at the vault's site, named `location` in the
     /// answer; None when the site holds no WAL of the dataset that checks out.
     pub fn newest(

@@ -137,14 +137,7 @@ pub fn check_slot_name(slot: &str) -> Result<()> {
 /// `server_timeline`'s history file (`TIMELINE_HISTORY`): one `<parent>\t<switch point>\t<reason>`
 /// line per ancestor, oldest first. None when `timeline` is not an ancestor there.
 pub fn timeline_fork(history: &str, timeline: u32, server_timeline: u32) -> Option<(u32, Lsn)> {
-    let entries: Vec<(u32, Lsn)> = history
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
-            let mut cols = l.split_whitespace();
-            Some((cols.next()?.parse().ok()?, cols.next()?.parse().ok()?))
-        })
-        .collect();
+    let entries = crate::fork::history_edges(history);
     let at = entries.iter().position(|(tli, _)| *tli == timeline)?;
     let next = entries.get(at + 1).map_or(server_timeline, |(tli, _)| *tli);
     Some((next, entries[at].1))
