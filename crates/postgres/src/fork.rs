@@ -374,4 +374,191 @@ mod tests {
             assert_eq!(strict_history_edges(bad, child), None, "{bad:?}");
         }
     }
+
+    /// The judge against a real vault in a local folder holding synthetic WAL: timeline 2
+    /// forks off timeline 1 at the switch point its history file names.
+    mod judged {
+        use std::sync::Arc;
+
+        use embassy_core::engine::vault::{Keyring, Vault};
+        use embassy_core::format::config::VaultConfig;
+        use embassy_core::format::wal_log::{LogKind, LogSpec};
+        use embassy_core::keys::RootSecret;
+        use embassy_core::site::Site;
+        use embassy_sites::LocalSite;
+
+        use super::super::*;
+        use crate::walend::tests::{wal as synthetic, RM_HEAP};
+        use crate::walend::{RM_XACT, RM_XLOG, XLOG_SWITCH};
+
+        const DS: &str = "registry";
+        const SEG: u64 = SEGMENT_SIZE;
+        /// `xl_info` of a commit record (`XLOG_XACT_COMMIT`).
+        const COMMIT: u8 = 0x00;
+
+        struct World {
+            _dir: tempfile::TempDir,
+            vault: Vault,
+            keyring: Keyring,
+        }
+
+        impl World {
+            fn new() -> Self {
+                let dir = tempfile::tempdir().unwrap();
+                let site: Arc<dyn Site> =
+                    Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
+                let root = RootSecret::generate();
+                VaultConfig::new(&root)
+                    .create(site.as_ref(), &root)
+                    .unwrap();
+                let vault = Vault::open(site).unwrap();
+                let keyring =
+                    Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config())
+                        .unwrap();
+                Self {
+                    _dir: dir,
+                    vault,
+                    keyring,
+                }
+            }
+
+            /// Stores `bytes` as WAL of `timeline` from `start`, signed by the vault's writer.
+            fn put(&self, timeline: u32, start: u64, bytes: &[u8]) {
+                let end = start + bytes.len() as u64;
+                let kind = if start % SEG == 0 && end - start == SEG {
+                    LogKind::Segment
+                } else {
+                    LogKind::Piece
+                };
+                let spec = LogSpec {
+                    kind,
+                    timeline,
+                    start,
+                    end,
+                    prev: None,
+                    captured_at_ns: 1,
+                    system_id: 7,
+                };
+                let keys = self.keyring.dataset_at(DS, 0).unwrap();
+                let signer = self.keyring.signer().unwrap();
+                wal::put(self.vault.site().as_ref(), &keys, &signer, &spec, bytes).unwrap();
+            }
+
+            /// The judge's verdict on timeline 2 forking off timeline 1 at `switch`.
+            fn judge(&self, switch: u64) -> Option<Abandoned> {
+                let site = self.vault.site().as_ref();
+                let listing = wal::list(site, DS).unwrap();
+                let signers = wal::dataset_signers(&self.vault, DS).unwrap();
+                let history = format!("1\t{}\tno recovery target specified\n", Lsn(switch));
+                abandoned(&self.vault, &self.keyring, &listing, &signers, 2, &history).unwrap()
+            }
+        }
+
+        /// The child's first segment: the parent's bytes up to the switch point, then its own.
+        fn child_copy(parent: &[u8], upto: usize) -> Vec<u8> {
+            let mut bytes = parent[..upto].to_vec();
+            bytes.extend_from_slice(&[0x5A; 200]);
+            bytes
+        }
+
+        /// Past the switch point only records that make no transaction durable (a row of a
+        /// transaction that never committed, a checkpoint): followed. A commit past it: left
+        /// out, up to the commit's end. A child whose copy of the parent's bytes differs before
+        /// the switch point (a history file naming a later switch point than the real one):
+        /// left out up to the parent's reach.
+        #[test]
+        fn a_commit_past_the_switch_point_is_left_out_and_other_records_are_not() {
+            let s = 3 * SEG;
+            let (parent, starts) = synthetic(
+                0,
+                &[
+                    (64, COMMIT, RM_XACT),
+                    (96, 0, RM_HEAP),
+                    (120, 0, RM_XLOG),
+                    (56, 0x10, RM_XACT),
+                ],
+            );
+            let switch = starts[0] + 64;
+            let quiet = usize::try_from(starts[2] + 120).unwrap();
+            let w = World::new();
+            w.put(1, s, &parent[..quiet]);
+            w.put(2, s, &child_copy(&parent, switch as usize));
+            assert_eq!(w.judge(s + switch), None);
+
+            // The prepare record past the switch point reaches the vault too.
+            w.put(1, s + quiet as u64, &parent[quiet..]);
+            let verdict = w
+                .judge(s + switch)
+                .expect("a prepare past the switch point");
+            assert_eq!(verdict.why, Why::LeavesOut);
+            assert_eq!(
+                (verdict.timeline, verdict.parent, verdict.switch),
+                (2, 1, Lsn(s + switch))
+            );
+            assert_eq!(verdict.parent_end, Lsn(s + starts[3] + 56));
+
+            // A child that parted earlier than its history file says.
+            let w = World::new();
+            w.put(1, s, &parent[..quiet]);
+            let mut forged = child_copy(&parent, switch as usize);
+            forged[usize::try_from(starts[0]).unwrap() + 30] ^= 1;
+            w.put(2, s, &forged);
+            let verdict = w.judge(s + switch).expect("a copy that differs");
+            assert_eq!(verdict.why, Why::LeavesOut);
+            assert_eq!(verdict.parent_end, Lsn(s + quiet as u64));
+            // No copy at all.
+            let w = World::new();
+            w.put(1, s, &parent[..quiet]);
+            assert_eq!(w.judge(s + switch).map(|a| a.why), Some(Why::LeavesOut));
+        }
+
+        /// A parent whose WAL in the vault ends before the switch point's segment is refused
+        /// as unchecked (red team 14), except when it ends exactly at a switch point on a
+        /// segment's start with a segment switch record (red team 15); a parent the vault never
+        /// held leaves nothing out.
+        #[test]
+        fn a_switch_point_past_the_parents_wal_is_unchecked_unless_a_segment_switch_ends_it() {
+            let s = 3 * SEG;
+            let (mut switched, _) =
+                synthetic(0, &[(64, COMMIT, RM_XACT), (32, XLOG_SWITCH, RM_XLOG)]);
+            switched.resize(SEG as usize, 0);
+            let (mut committed, _) = synthetic(0, &[(64, COMMIT, RM_XACT), (48, COMMIT, RM_XACT)]);
+            committed.resize(SEG as usize, 0);
+
+            // A parent that ends within segment 3; a switch point named in segment 5.
+            let w = World::new();
+            w.put(1, s, &committed[..4096]);
+            let verdict = w.judge(5 * SEG + 0x28).expect("a later switch point");
+            assert_eq!(verdict.why, Why::Unchecked);
+            assert_eq!(verdict.parent_end, Lsn(s + 4096));
+            assert!(verdict
+                .to_string()
+                .contains("not into that point's segment"));
+            // Named at the next segment's start: not ended by a switch there either.
+            assert_eq!(w.judge(4 * SEG).map(|a| a.why), Some(Why::Unchecked));
+
+            // The whole segment 3, ended by a segment switch record: a fork at 4's start is
+            // whole; at any other point of segment 4 or later it is unchecked.
+            let w = World::new();
+            w.put(1, s, &switched);
+            assert_eq!(w.judge(4 * SEG), None);
+            assert_eq!(w.judge(4 * SEG + 0x28).map(|a| a.why), Some(Why::Unchecked));
+            assert_eq!(w.judge(5 * SEG).map(|a| a.why), Some(Why::Unchecked));
+
+            // The whole segment 3 ending with a commit and padding (a thief's splice up to a
+            // segment start): unchecked.
+            let w = World::new();
+            w.put(1, s, &committed);
+            let verdict = w.judge(4 * SEG).expect("no switch record");
+            assert_eq!(
+                (verdict.why, verdict.parent_end),
+                (Why::Unchecked, Lsn(4 * SEG))
+            );
+
+            // Streaming began on timeline 2: nothing of timeline 1 to leave out.
+            let w = World::new();
+            w.put(2, 4 * SEG, &switched[..4096]);
+            assert_eq!(w.judge(4 * SEG), None);
+        }
+    }
 }

@@ -25,11 +25,11 @@ const RECORD_HEADER: u64 = 24;
 /// `xlp_info` flag: the page starts with the rest of a record begun on an earlier page.
 const FIRST_IS_CONTRECORD: u16 = 0x0001;
 /// `xl_rmid` of the XLOG resource manager and `xl_info` of its segment switch record.
-const RM_XLOG: u8 = 0;
-const XLOG_SWITCH: u8 = 0x40;
+pub(crate) const RM_XLOG: u8 = 0;
+pub(crate) const XLOG_SWITCH: u8 = 0x40;
 /// `xl_rmid` of the transaction resource manager, the mask of its record kinds in `xl_info`,
 /// and the kinds that make a transaction durable: commit, prepare, commit of a prepared one.
-const RM_XACT: u8 = 1;
+pub(crate) const RM_XACT: u8 = 1;
 const XLOG_XACT_OPMASK: u8 = 0x70;
 const XACT_DURABLE: [u8; 3] = [0x00, 0x10, 0x30];
 
@@ -367,14 +367,17 @@ pub fn durable_wal(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const PAGE: usize = 8192;
+    /// `xl_rmid` of the heap (rows), for synthetic WAL.
+    pub(crate) const RM_HEAP: u8 = 10;
 
     /// A segment's first bytes as PostgreSQL writes them: page headers and records of the given
-    /// total lengths (the first `cont` bytes continue a record from the segment before).
-    fn wal(cont: u32, records: &[(u32, u8, u8)]) -> (Vec<u8>, Vec<u64>) {
+    /// total lengths, `xl_info` and `xl_rmid` (the first `cont` bytes continue a record from the
+    /// segment before), and where each record starts. Records fit in four 8 KiB pages.
+    pub(crate) fn wal(cont: u32, records: &[(u32, u8, u8)]) -> (Vec<u8>, Vec<u64>) {
         let mut b = vec![0u8; 4 * PAGE];
         let header = |b: &mut Vec<u8>, off: usize, rem: u32| {
             let info: u16 = if off == 0 { 2 } else { 0 } | u16::from(rem > 0);
