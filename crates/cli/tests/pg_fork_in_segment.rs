@@ -243,7 +243,8 @@ fn wal_objects(site: &std::path::Path) -> Vec<(String, embassy_core::format::wal
 /// A site that withholds what the judge reads (red team 13): the parent's WAL in the switch
 /// segment, which the ledger anchors (the walk would see nothing past the switch point), or
 /// the fork's history file (PostgreSQL would stay on timeline 1 and stop at a point pinned on
-/// timeline 2). Either way the latest restore is refused, never a shorter state.
+/// timeline 2), or all of timeline 2. Each way the latest restore is refused, never a shorter
+/// state.
 #[test]
 fn a_site_withholding_the_parents_wal_or_the_forks_history_gets_no_restore() {
     use embassy_core::format::wal_log::LogKind;
@@ -301,6 +302,19 @@ fn a_site_withholding_the_parents_wal_or_the_forks_history_gets_no_restore() {
     assert_eq!(out.status.code(), Some(3), "{said}");
     assert!(
         said.contains("no history file of that timeline") && said.contains("--timeline 1"),
+        "{said}"
+    );
+    give_back(moved);
+
+    // The site withholds all of timeline 2, which the ledger anchors (red team 14 #3): not a
+    // restore of timeline 1 as the newest, but refused, naming what the site hides.
+    let moved = withhold(&|n| n.timeline != 2);
+    let to = env.postgres_folder("restores").join("no-timeline-2");
+    let out = env.output(&["restore", "registry", "--latest", "--to", arg(&to)]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("00000002.history") && said.contains("lost or hides it"),
         "{said}"
     );
     give_back(moved);

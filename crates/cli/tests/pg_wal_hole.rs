@@ -156,3 +156,87 @@ fn a_rolled_back_site_is_refused_by_a_latest_restore_and_a_standby() {
     assert_eq!(out.status.code(), Some(3), "{said}");
     assert!(said.contains("rollback"), "{said}");
 }
+
+/// A site that withholds the newest WAL the ledger anchors (every object of the last segment,
+/// the ledger whole): a `--latest` restore pinned recovery to the last record the site served
+/// and exited 0, a state older than the vault's newest as the newest (red team 14 #3, for one
+/// timeline). Now it refuses, naming the first WAL file the site does not serve and the ledger
+/// entry that anchors it; a restore to a point the site serves still works.
+#[test]
+fn a_site_withholding_the_anchored_tail_gets_no_latest_restore() {
+    let pg = PgServer::start(PgOptions::default());
+    let env = PgCli::new(EXE, "embassy-waltail-");
+    let streamer = env.stream(&pg, "registry");
+    pg.psql("create table acct(id int primary key, balance bigint)");
+    pg.psql("insert into acct values (1, 1); select pg_switch_wal()");
+    env.base_backup_streamed(&pg.conninfo(), "registry");
+    pg.psql("insert into acct values (2, 2)");
+    // Row 2's commit ends before this point; the segment switch record starts at it.
+    let served = pg.psql("select pg_current_wal_flush_lsn()");
+    // Megabytes of WAL before the switch: PostgreSQL's recovery reads ahead of its target.
+    pg.psql(
+        "create table filler as select g, repeat('x', 200) f from generate_series(1, 20000) g; \
+         select pg_switch_wal()",
+    );
+    pg.psql("insert into acct values (3, 3)");
+    let end = embassy_testkit::pg::parse_lsn(pg.psql("select pg_current_wal_flush_lsn()").trim());
+    wait_until(
+        "the stream reaches the server",
+        Duration::from_secs(60),
+        || env.durable() >= end,
+    );
+    drop(streamer); // anchors its tail in the ledger as it stops
+
+    // The site withholds every WAL object of the newest segment (row 3's commit).
+    let site = env.site();
+    let mut objects = Vec::new();
+    wal_objects(&site.join("wal"), &mut objects, &site);
+    let newest_segment = objects
+        .iter()
+        .map(|(_, n)| (n.end - 1) / SEGMENT)
+        .max()
+        .unwrap();
+    let mut withheld = 0;
+    for (rel, name) in &objects {
+        if (name.end - 1) / SEGMENT == newest_segment {
+            std::fs::remove_file(site.join(rel)).unwrap();
+            withheld += 1;
+        }
+    }
+    assert!(withheld > 0);
+    std::fs::remove_dir_all(env.path("state")).ok();
+
+    let to = env.postgres_folder("latest");
+    let out = env.output(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "restored without row 3: {said}");
+    assert!(
+        said.contains("lost or hides it") && said.contains("--site"),
+        "{said}"
+    );
+
+    // A point the site serves whole: restored, with row 2.
+    let to = env.postgres_folder("at-served");
+    env.run(&[
+        "restore",
+        "registry",
+        "--lsn",
+        served.trim(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let restored = embassy_testkit::pg::restored::Restored::start(to);
+    restored.wait_open(Duration::from_secs(60));
+    assert_eq!(
+        restored
+            .try_psql("select string_agg(id::text, ',' order by id) from acct")
+            .unwrap(),
+        "1,2"
+    );
+}

@@ -425,7 +425,7 @@ mod tests {
             /// Stores `bytes` as WAL of `timeline` from `start`, signed by the vault's writer.
             fn put(&self, timeline: u32, start: u64, bytes: &[u8]) {
                 let end = start + bytes.len() as u64;
-                let kind = if start % SEG == 0 && end - start == SEG {
+                let kind = if start.is_multiple_of(SEG) && end - start == SEG {
                     LogKind::Segment
                 } else {
                     LogKind::Piece

@@ -539,6 +539,64 @@ fn named_timeline_history(
     Ok((timeline, fork, history))
 }
 
+/// Refuses a `--latest` recovery from a site that serves less WAL than the ledger anchors: on
+/// the timeline named, or on any timeline when following the newest. Pinned to the last record
+/// the site serves, recovery would open a state older than the vault's newest as the newest,
+/// and exit 0 (red team 14 #3: a site withholding all of timeline 2; the same for the newest
+/// segment of one timeline). WAL missing before the site's newest object is caught when
+/// PostgreSQL asks for it (`wal-fetch` refuses anchored WAL it cannot serve).
+fn refuse_withheld_tail(
+    vault: &Vault,
+    dataset: &str,
+    checked: &mut crate::status::CheckedWal,
+    named: Option<u32>,
+) -> Result<(), PgError> {
+    let signers = checked.signers(vault, dataset)?;
+    let anchors = signers.authority().anchors();
+    let Some(newest) = anchors
+        .iter()
+        .filter(|a| named.is_none_or(|t| a.timeline == t))
+        .max_by_key(|a| (a.timeline, a.end))
+    else {
+        return Ok(());
+    };
+    let site = vault.site().as_ref();
+    let listing = crate::wal::list(site, dataset)?;
+    let served = crate::walend::newest_checked(site, &listing, signers, named)?
+        .map(|o| (o.name.timeline, o.name.end));
+    if served.is_some_and(|s| s >= (newest.timeline, newest.end)) {
+        return Ok(());
+    }
+    // The first anchored WAL the site does not serve: past its newest object on the anchor's
+    // timeline, or the timeline's history file (or first WAL) when it serves none of it.
+    let (file, lsn, seq) = match served {
+        Some((timeline, end)) if timeline == newest.timeline => (
+            crate::lsn::segment_file_name(timeline, end / crate::lsn::SEGMENT_SIZE),
+            end,
+            newest.seq,
+        ),
+        _ => {
+            let first = anchors
+                .iter()
+                .filter(|a| a.timeline == newest.timeline)
+                .min_by_key(|a| a.start)
+                .unwrap_or(newest);
+            let file = if newest.timeline > 1 {
+                crate::lsn::history_file_name(newest.timeline)
+            } else {
+                crate::lsn::segment_file_name(1, first.start / crate::lsn::SEGMENT_SIZE)
+            };
+            (file, first.start, first.seq)
+        }
+    };
+    Err(PgError::WalLost {
+        file,
+        site: site.location().to_string(),
+        lsn: Lsn(lsn).to_string(),
+        seq,
+    })
+}
+
 /// Refuses to follow timeline `timeline` (whose history file holds `history`) when a fork in
 /// its lineage leaves out acknowledged WAL and no takeover decided it ([`crate::fork`]): the
 /// operator names the timeline instead (`--timeline`).
@@ -624,6 +682,9 @@ pub fn restore(
             newest
         }
     };
+    if options.mode == Mode::Recover(RecoveryTarget::Latest) {
+        refuse_withheld_tail(vault, dataset, &mut checked, options.timeline)?;
+    }
     // The timeline recovery follows, named in its settings: the one judged (or named), so
     // PostgreSQL cannot take another (a missing history file stops its search for the newest);
     // a standby names none unless asked, to follow later promotions.

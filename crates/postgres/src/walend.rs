@@ -188,23 +188,7 @@ pub fn last_durable_record_on(
     let site = vault.site().as_ref();
     let listing = wal::list(site, dataset)?;
     let signers = wal::dataset_signers(vault, dataset)?;
-    // The newest object that checks out (noise a hostile site added is passed over).
-    let mut newest = None;
-    for candidate in listing
-        .newest_first()
-        .into_iter()
-        .filter(|o| timeline.is_none_or(|t| o.name.timeline == t))
-    {
-        match wal::read_checked(site, candidate, &signers) {
-            Ok(_) => {
-                newest = Some(candidate);
-                break;
-            }
-            Err(e) if wal::is_noise(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let Some(newest) = newest else {
+    let Some(newest) = newest_checked(site, &listing, &signers, timeline)? else {
         return Ok(None);
     };
     let (timeline, end) = (newest.name.timeline, newest.name.end);
@@ -212,6 +196,28 @@ pub fn last_durable_record_on(
         last_record_before(vault, keyring, &listing, &signers, timeline, Lsn(end))?
             .map(|lsn| (timeline, lsn)),
     )
+}
+
+/// The newest object of `listing` (of `timeline` only, when named) that checks out by
+/// `signers`: noise a hostile site added, named further, is passed over.
+pub fn newest_checked<'a>(
+    site: &dyn embassy_core::site::Site,
+    listing: &'a wal::WalListing,
+    signers: &wal::WalSigners,
+    timeline: Option<u32>,
+) -> Result<Option<&'a wal::WalObject>> {
+    for candidate in listing
+        .newest_first()
+        .into_iter()
+        .filter(|o| timeline.is_none_or(|t| o.name.timeline == t))
+    {
+        match wal::read_checked(site, candidate, signers) {
+            Ok(_) => return Ok(Some(candidate)),
+            Err(e) if wal::is_noise(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// The start of the last complete record of the WAL of `timeline` that ends at `end` (the
