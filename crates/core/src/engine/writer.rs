@@ -30,7 +30,7 @@ use crate::site::Site;
 
 mod pipeline;
 
-use pipeline::{lock, Batch, Known, Pipeline, Shared};
+use pipeline::{lock, Batch, Known, KnownChunks, Pipeline, Shared};
 pub use pipeline::{BATCH_BYTES, QUEUED_BATCHES};
 
 thread_local! {
@@ -233,7 +233,7 @@ impl BackupSession {
     /// is kept, so readers, verify and garbage collection find the base through the version).
     fn base_index(&self, base: &ChunkId) -> Option<ObjectId> {
         match lock(&self.shared.known).get(base) {
-            Some(Known::Stored(index, None)) => Some(*index),
+            Some(Known::Stored(index, None)) => Some(index),
             _ => None,
         }
     }
@@ -653,7 +653,7 @@ fn load_known_chunks(
     keys: &DatasetKeys,
     condemned: &HashSet<String>,
     warnings: &mut Vec<String>,
-) -> Result<HashMap<ChunkId, Known>> {
+) -> Result<KnownChunks> {
     let dataset = &keys.dataset;
     // Condemned packs count as missing, and condemned indexes as absent: garbage collection
     // may delete them before this session's version is recorded.
@@ -743,7 +743,7 @@ fn load_known_chunks(
             }
         }
     }
-    let mut known = HashMap::new();
+    let mut known = KnownChunks::default();
     for l in trusted {
         if let Some(missing) = l.header.packs.iter().find(|p| !packs.contains(p)) {
             warnings.push(format!(

@@ -40,17 +40,68 @@ pub(super) enum Known {
     Pending,
 }
 
+/// What a session knows of its dataset's chunks ([`Known`] per chunk), compactly: a number per
+/// chunk (its index's, or pending) and the bases of deltas apart. A map of `Known` values (a
+/// 32-byte index id and an optional base per chunk) held 51 MB for the full benchmark corpus
+/// in an incremental backup; this holds about a third of it.
+#[derive(Default)]
+pub(super) struct KnownChunks {
+    /// Per chunk: the number of the index that maps it (see `indexes`), or [`PENDING`].
+    chunks: HashMap<ChunkId, u32>,
+    /// The base of each chunk stored as a delta.
+    bases: HashMap<ChunkId, ChunkId>,
+    /// Index ids by number.
+    indexes: Vec<ObjectId>,
+    /// Index numbers by id.
+    numbers: HashMap<ObjectId, u32>,
+}
+
+/// The number of a chunk handed to a sealer in this session.
+const PENDING: u32 = u32::MAX;
+
+impl KnownChunks {
+    /// What is known of chunk `id`.
+    pub(super) fn get(&self, id: &ChunkId) -> Option<Known> {
+        let number = *self.chunks.get(id)?;
+        if number == PENDING {
+            return Some(Known::Pending);
+        }
+        let index = *self.indexes.get(number as usize)?;
+        Some(Known::Stored(index, self.bases.get(id).copied()))
+    }
+
+    /// Records what is known of chunk `id`.
+    pub(super) fn insert(&mut self, id: ChunkId, known: Known) {
+        let (number, base) = match known {
+            Known::Pending => (PENDING, None),
+            Known::Stored(index, base) => {
+                let next = self.indexes.len() as u32;
+                let number = *self.numbers.entry(index).or_insert(next);
+                if number == next {
+                    self.indexes.push(index);
+                }
+                (number, base)
+            }
+        };
+        self.chunks.insert(id, number);
+        match base {
+            Some(base) => self.bases.insert(id, base),
+            None => self.bases.remove(&id),
+        };
+    }
+}
+
 /// The indexes a version must name to use stored chunk `id`: the one that maps it, and for a
 /// delta the one that maps its base as a full blob. None when `id` is not stored, or is a delta
 /// whose base is not (any more) known as a full blob: then it must be stored again.
 pub(super) fn indexes_for(
-    known: &HashMap<ChunkId, Known>,
+    known: &KnownChunks,
     id: &ChunkId,
 ) -> Option<(ObjectId, Option<ObjectId>)> {
     match known.get(id)? {
-        Known::Stored(index, None) => Some((*index, None)),
-        Known::Stored(index, Some(base)) => match known.get(base)? {
-            Known::Stored(base_index, None) => Some((*index, Some(*base_index))),
+        Known::Stored(index, None) => Some((index, None)),
+        Known::Stored(index, Some(base)) => match known.get(&base)? {
+            Known::Stored(base_index, None) => Some((index, Some(base_index))),
             _ => None,
         },
         Known::Pending => None,
@@ -142,7 +193,7 @@ pub(super) struct Shared {
     /// Signs this session's index objects (the key that signs its ledger entry).
     pub(super) signer: ed25519_dalek::SigningKey,
     pub(super) pack_target: usize,
-    pub(super) known: Mutex<HashMap<ChunkId, Known>>,
+    pub(super) known: Mutex<KnownChunks>,
     pub(super) used_indexes: Mutex<BTreeSet<ObjectId>>,
     pub(super) failure: Mutex<Option<Error>>,
     pub(super) failed: AtomicBool,
@@ -380,5 +431,41 @@ impl Pipeline {
                 shared.fail(Error::invalid("a backup worker thread panicked"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compact table answers what the map of [`Known`] values did: an index per chunk
+    /// (shared numbers for chunks of one index), a delta's base, pending chunks, and a chunk
+    /// stored again as a full blob forgetting its old base.
+    #[test]
+    fn known_chunks_answer_as_a_map_of_known_values() {
+        let chunk = |n: u8| ChunkId([n; 32]);
+        let (one, two) = (ObjectId::of(b"index 1"), ObjectId::of(b"index 2"));
+        let mut known = KnownChunks::default();
+        known.insert(chunk(1), Known::Stored(one, None));
+        known.insert(chunk(2), Known::Stored(two, Some(chunk(1))));
+        known.insert(chunk(3), Known::Stored(one, None));
+        known.insert(chunk(4), Known::Pending);
+        assert!(matches!(known.get(&chunk(1)), Some(Known::Stored(i, None)) if i == one));
+        assert!(
+            matches!(known.get(&chunk(2)), Some(Known::Stored(i, Some(b))) if i == two && b == chunk(1))
+        );
+        assert!(matches!(known.get(&chunk(3)), Some(Known::Stored(i, None)) if i == one));
+        assert!(matches!(known.get(&chunk(4)), Some(Known::Pending)));
+        assert!(known.get(&chunk(5)).is_none());
+        assert_eq!(known.indexes.len(), 2);
+        assert_eq!(indexes_for(&known, &chunk(2)), Some((two, Some(one))));
+        assert_eq!(indexes_for(&known, &chunk(4)), None);
+
+        // Stored again whole: no base any more; a pending chunk stored.
+        known.insert(chunk(2), Known::Stored(one, None));
+        known.insert(chunk(4), Known::Stored(two, None));
+        assert_eq!(indexes_for(&known, &chunk(2)), Some((one, None)));
+        assert_eq!(indexes_for(&known, &chunk(4)), Some((two, None)));
+        assert!(known.bases.is_empty());
     }
 }
