@@ -457,21 +457,27 @@ def sync_in_place(src: Path, dst: Path) -> dict:
         for dn in dirnames:
             if (ddir / dn).exists() and not (ddir / dn).is_dir():
                 os.unlink(ddir / dn)
-    # metadata last (writing changes directory mtimes), deepest first
+    # metadata last (writing changes directory mtimes), deepest first, and only where it differs:
+    # setting it anyway changes every file's ctime, which a live system does not, and which makes
+    # every tool (restic, borg and embassy all compare ctime) read every unchanged file again
     for dirpath, dirnames, filenames in os.walk(src, topdown=False):
         for name in filenames + dirnames:
             s = Path(dirpath) / name
-            d = dst / s.relative_to(src)
-            ss = s.lstat()
-            if not s.is_symlink():
-                os.chown(d, ss.st_uid, ss.st_gid)
-                os.chmod(d, ss.st_mode & 0o7777)
-            os.utime(d, ns=(ss.st_atime_ns, ss.st_mtime_ns), follow_symlinks=False)
-        ss = Path(dirpath).lstat()
-        d = dst / Path(dirpath).relative_to(src)
-        os.chmod(d, ss.st_mode & 0o7777)
-        os.utime(d, ns=(ss.st_atime_ns, ss.st_mtime_ns))
+            follow_metadata(s.lstat(), dst / s.relative_to(src), s.is_symlink())
+        follow_metadata(Path(dirpath).lstat(), dst / Path(dirpath).relative_to(src), False)
     return st
+
+
+def follow_metadata(ss: os.stat_result, d: Path, symlink: bool) -> None:
+    """Give `d` the owner, mode and mtime of `ss` where they differ (never touching the rest)."""
+    ds = d.lstat()
+    if not symlink:
+        if (ds.st_uid, ds.st_gid) != (ss.st_uid, ss.st_gid):
+            os.chown(d, ss.st_uid, ss.st_gid)
+        if ds.st_mode & 0o7777 != ss.st_mode & 0o7777:
+            os.chmod(d, ss.st_mode & 0o7777)
+    if ds.st_mtime_ns != ss.st_mtime_ns:
+        os.utime(d, ns=(ss.st_atime_ns, ss.st_mtime_ns), follow_symlinks=False)
 
 
 def warm(d: Path) -> float:

@@ -275,6 +275,10 @@ impl BlobAad {
     }
 }
 
+/// A delta at most this fraction of its blob's raw length is stored without trying the blob
+/// compressed alone: a page compressed alone is rarely below a sixteenth of its size.
+const DELTA_SURELY_SMALLER: usize = 16;
+
 /// Builds one pack in memory.
 pub struct PackWriter {
     key: ObjectKey,
@@ -349,17 +353,27 @@ impl PackWriter {
                 ))
             })?;
         let start = self.bytes.len();
-        compressor.encode_into(raw, &mut self.bytes);
-        let (mut kind, mut base_id) = (kind, None);
-        if let Some((base, base_plain)) = base.filter(|(b, _)| *b != id) {
-            let alone = self.bytes.len() - start;
-            if let Some(n) = compressor.delta(raw, base_plain).filter(|&n| n + 1 < alone) {
-                self.bytes.truncate(start);
-                self.bytes.push(COMPRESSION_DELTA);
-                self.bytes.extend_from_slice(&compressor.delta_scratch[..n]);
-                kind = BlobKind::Delta;
-                base_id = Some(base);
+        // The delta first: most changed pages differ from their base in a few tuples, and a
+        // delta of at most a sixteenth of the blob is kept without compressing the blob alone
+        // too (that second compression was a third of an incremental backup's CPU).
+        let delta = base
+            .filter(|(b, _)| *b != id)
+            .and_then(|(base, plain)| Some((base, compressor.delta(raw, plain)?)));
+        let delta = match delta {
+            Some((base, n)) if n <= raw.len() / DELTA_SURELY_SMALLER => Some((base, n)),
+            _ => {
+                compressor.encode_into(raw, &mut self.bytes);
+                let alone = self.bytes.len() - start;
+                delta.filter(|&(_, n)| n + 1 < alone)
             }
+        };
+        let (mut kind, mut base_id) = (kind, None);
+        if let Some((base, n)) = delta {
+            self.bytes.truncate(start);
+            self.bytes.push(COMPRESSION_DELTA);
+            self.bytes.extend_from_slice(&compressor.delta_scratch[..n]);
+            kind = BlobKind::Delta;
+            base_id = Some(base);
         }
         let aad = BlobAad::new(kind, &id, base_id.as_ref());
         let tag =
