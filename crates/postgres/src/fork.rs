@@ -254,24 +254,14 @@ fn judge_fork(
             why: Why::LeavesOut,
         })
     };
-    // The parent's WAL ends before the switch point's segment: no copy to compare, so a
-    // history file could name any later switch point (red team 14). A streamer that follows
-    // the new primary stores the parent's WAL up to the switch point first, so an honest fork
-    // reaches here only when the vault lost the parent's last WAL. A parent that ends exactly
-    // at a switch point on a segment's start (a standby promoted after replaying a segment
-    // switch, as on a quiet server with archive_timeout) leaves nothing out.
-    if reach == switch.0 && reach == seg_start && first > 0 {
-        // Only when the parent's WAL there ends with that switch record: a thief's streamer
-        // resuming the parent from the vault's end would otherwise splice the fork's bytes
-        // into it up to a switch point its history file names at the next segment (red team
-        // 15).
-        let before = first - 1;
-        if let Some(a) = wal::assemble_segment(site, keyring, listing, parent, before, signers)? {
-            if walend::ends_with_switch_to(&a.bytes, before * SEGMENT_SIZE, reach, reach) {
-                return Ok(None);
-            }
-        }
-    }
+    // The parent's WAL ends at or before the start of the switch point's segment: no copy to
+    // compare, so a history file could name any later switch point (red team 14). A streamer
+    // that follows the new primary stores the parent's WAL up to the switch point first, so an
+    // honest fork reaches here only when the vault lost the parent's last WAL, or when the
+    // switch point is a segment's start (a standby promoted right after replaying a segment
+    // switch). That one is refused too: the parent's bytes before it can be a credential's that
+    // signs the dataset's WAL, a segment switch record included (red teams 15 and 16), and
+    // nothing else in the vault shows where the child parted.
     if reach <= seg_start {
         return Ok(Some(Abandoned {
             timeline: child,
@@ -388,7 +378,7 @@ mod tests {
         use embassy_sites::LocalSite;
 
         use super::super::*;
-        use crate::walend::tests::{wal as synthetic, RM_HEAP};
+        use crate::walend::tests::{wal_at, RM_HEAP};
         use crate::walend::{RM_XACT, RM_XLOG, XLOG_SWITCH};
 
         const DS: &str = "registry";
@@ -469,7 +459,8 @@ mod tests {
         #[test]
         fn a_commit_past_the_switch_point_is_left_out_and_other_records_are_not() {
             let s = 3 * SEG;
-            let (parent, starts) = synthetic(
+            let (parent, starts) = wal_at(
+                s,
                 0,
                 &[
                     (64, COMMIT, RM_XACT),
@@ -512,17 +503,18 @@ mod tests {
             assert_eq!(w.judge(s + switch).map(|a| a.why), Some(Why::LeavesOut));
         }
 
-        /// A parent whose WAL in the vault ends before the switch point's segment is refused
-        /// as unchecked (red team 14), except when it ends exactly at a switch point on a
-        /// segment's start with a segment switch record (red team 15); a parent the vault never
-        /// held leaves nothing out.
+        /// A parent whose WAL in the vault ends at or before the start of the switch point's
+        /// segment is refused as unchecked (red team 14), also when it ends exactly there with
+        /// a segment switch record: a credential that signs the dataset's WAL can store that
+        /// record after the last real one (red team 16); a parent the vault never held leaves
+        /// nothing out.
         #[test]
-        fn a_switch_point_past_the_parents_wal_is_unchecked_unless_a_segment_switch_ends_it() {
+        fn a_switch_point_at_or_past_the_parents_end_is_unchecked() {
             let s = 3 * SEG;
             let (mut switched, _) =
-                synthetic(0, &[(64, COMMIT, RM_XACT), (32, XLOG_SWITCH, RM_XLOG)]);
+                wal_at(s, 0, &[(64, COMMIT, RM_XACT), (32, XLOG_SWITCH, RM_XLOG)]);
             switched.resize(SEG as usize, 0);
-            let (mut committed, _) = synthetic(0, &[(64, COMMIT, RM_XACT), (48, COMMIT, RM_XACT)]);
+            let (mut committed, _) = wal_at(s, 0, &[(64, COMMIT, RM_XACT), (48, COMMIT, RM_XACT)]);
             committed.resize(SEG as usize, 0);
 
             // A parent that ends within segment 3; a switch point named in segment 5.
@@ -537,16 +529,15 @@ mod tests {
             // Named at the next segment's start: not ended by a switch there either.
             assert_eq!(w.judge(4 * SEG).map(|a| a.why), Some(Why::Unchecked));
 
-            // The whole segment 3, ended by a segment switch record: a fork at 4's start is
-            // whole; at any other point of segment 4 or later it is unchecked.
+            // The whole segment 3, ended by a segment switch record: a fork at 4's start, or at
+            // any other point of segment 4 or later, is unchecked.
             let w = World::new();
             w.put(1, s, &switched);
-            assert_eq!(w.judge(4 * SEG), None);
+            assert_eq!(w.judge(4 * SEG).map(|a| a.why), Some(Why::Unchecked));
             assert_eq!(w.judge(4 * SEG + 0x28).map(|a| a.why), Some(Why::Unchecked));
             assert_eq!(w.judge(5 * SEG).map(|a| a.why), Some(Why::Unchecked));
 
-            // The whole segment 3 ending with a commit and padding (a thief's splice up to a
-            // segment start): unchecked.
+            // The whole segment 3 ending with a commit and padding: unchecked.
             let w = World::new();
             w.put(1, s, &committed);
             let verdict = w.judge(4 * SEG).expect("no switch record");
