@@ -10,14 +10,16 @@ use std::fs;
 use std::path::PathBuf;
 
 use embassy_core::format::config::VaultConfig;
-use embassy_core::id::ObjectId;
 use embassy_core::format::index::{self, IndexEntry, IndexHeader};
-use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
 use embassy_core::format::layout;
-use embassy_core::history::ledger::{self, Entry, Event};
-use embassy_core::format::manifest::{self, ManifestBody, ManifestHeader, VersionKind, VersionStats};
+use embassy_core::format::manifest::{
+    self, ManifestBody, ManifestHeader, VersionKind, VersionStats,
+};
 use embassy_core::format::pack::{self, BlobCompressor, BlobEntry, BlobKind, PackWriter};
 use embassy_core::format::tree::{Node, NodeKind, Tree};
+use embassy_core::history::ledger::{self, Entry, Event};
+use embassy_core::id::ObjectId;
+use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
 use embassy_fuzz::{
     config_flags, fixture, hex_encode, join_u16, sign_ledger_as_named, DATASET, FAST_KDF,
     PASSPHRASE,
@@ -198,7 +200,12 @@ fn packs() -> Vec<(ObjectId, Vec<BlobEntry>)> {
     page[3000..3064].fill(9);
     let mut writer = PackWriter::new(keys, 0);
     let (_, kind) = writer
-        .add_data(&mut comp, keys.chunk_id(&page), &page, Some((base_id, base)))
+        .add_data(
+            &mut comp,
+            keys.chunk_id(&page),
+            &page,
+            Some((base_id, base)),
+        )
         .expect("add delta");
     assert_eq!(kind, BlobKind::Delta, "a small change is stored as a delta");
     let (stored_delta, _) = writer.finish();
@@ -562,6 +569,10 @@ fn main() {
         wal_logs();
         return;
     }
+    if std::env::var("GEN_CORPUS_ONLY").as_deref() == Ok("fuzz_wal_records") {
+        wal_records();
+        return;
+    }
     let packs = packs();
     let indexes = indexes(&packs);
     let manifest = manifests(indexes);
@@ -590,11 +601,19 @@ fn withdrawals() {
         });
         let signed = embassy_fuzz::sign_withdrawal(&body);
         c.valid(name, with_mode(0, &signed), embassy_fuzz::withdrawals);
-        c.valid(&format!("{name}-body"), with_mode(1, &body), embassy_fuzz::withdrawals);
+        c.valid(
+            &format!("{name}-body"),
+            with_mode(1, &body),
+            embassy_fuzz::withdrawals,
+        );
         let mut bad = signed.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        c.rejected(&format!("{name}-tampered"), with_mode(0, &bad), embassy_fuzz::withdrawals);
+        c.rejected(
+            &format!("{name}-tampered"),
+            with_mode(0, &bad),
+            embassy_fuzz::withdrawals,
+        );
     }
     // Signed by the other writer key: not the entries' own signer.
     let foreign = cbor(&Withdrawal {
@@ -605,7 +624,11 @@ fn withdrawals() {
         time_ns: 4_000_000_000,
         signer: f.signers[1],
     });
-    c.rejected("foreign-signer-body", with_mode(1, &foreign), embassy_fuzz::withdrawals);
+    c.rejected(
+        "foreign-signer-body",
+        with_mode(1, &foreign),
+        embassy_fuzz::withdrawals,
+    );
     println!("fuzz_withdrawals: {} seeds", c.written);
 }
 
@@ -617,9 +640,17 @@ fn wal_logs() {
     for (name, kind, payload) in [
         ("piece-zstd", LogKind::Piece, &compressible),
         ("piece-raw", LogKind::Piece, &noise),
-        ("history", LogKind::History, &b"1\t0/5000028\tno recovery target specified\n".to_vec()),
+        (
+            "history",
+            LogKind::History,
+            &b"1\t0/5000028\tno recovery target specified\n".to_vec(),
+        ),
     ] {
-        let start = if kind == LogKind::History { 0 } else { 0x100_0000 };
+        let start = if kind == LogKind::History {
+            0
+        } else {
+            0x100_0000
+        };
         let spec = LogSpec {
             kind,
             timeline: 1,
@@ -634,7 +665,11 @@ fn wal_logs() {
         let mut bad = bytes.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        c.rejected(&format!("{name}-tampered"), with_mode(0, &bad), embassy_fuzz::wal_log);
+        c.rejected(
+            &format!("{name}-tampered"),
+            with_mode(0, &bad),
+            embassy_fuzz::wal_log,
+        );
         let parsed = wal_log::parse("seed", &bytes).expect("parse");
         let header = &bytes[12..parsed.body_offset - 64];
         let body = &bytes[parsed.body_offset..];
@@ -649,6 +684,83 @@ fn wal_logs() {
     sealed.extend_from_slice(&1u32.to_le_bytes());
     sealed.extend_from_slice(&0x200_0000u64.to_le_bytes());
     sealed.extend_from_slice(&compressible);
-    c.valid("seal-round-trip", with_mode(2, &sealed), embassy_fuzz::wal_log);
+    c.valid(
+        "seal-round-trip",
+        with_mode(2, &sealed),
+        embassy_fuzz::wal_log,
+    );
     println!("fuzz_wal_log: {} seeds", c.written);
+}
+
+/// WAL as PostgreSQL writes it at the start of segment 3: 8 KiB pages whose headers name their
+/// addresses, MAXALIGNed records linked by `xl_prev` with their CRC-32C, one crossing a page.
+fn wal_records() {
+    const PAGE: usize = 8192;
+    fn crc32c(mut state: u32, bytes: &[u8]) -> u32 {
+        for &b in bytes {
+            state ^= u32::from(b);
+            for _ in 0..8 {
+                state = if state & 1 != 0 {
+                    (state >> 1) ^ 0x82F6_3B78
+                } else {
+                    state >> 1
+                };
+            }
+        }
+        state
+    }
+    let start = 3u64 << 24;
+    let mut b = vec![0u8; 3 * PAGE];
+    let header = |b: &mut Vec<u8>, off: usize, rem: u32| {
+        let info: u16 = if off == 0 { 2 } else { 0 } | u16::from(rem > 0);
+        b[off..off + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[off + 2..off + 4].copy_from_slice(&info.to_le_bytes());
+        b[off + 8..off + 16].copy_from_slice(&(start + off as u64).to_le_bytes());
+        b[off + 16..off + 20].copy_from_slice(&rem.to_le_bytes());
+        if off == 0 {
+            b[off + 36..off + 40].copy_from_slice(&(PAGE as u32).to_le_bytes());
+        }
+    };
+    header(&mut b, 0, 0);
+    let (mut cur, mut prev) = (40usize, 0u64);
+    // A commit, a heap record crossing into the second page, a prepare, a segment switch.
+    for (total, info, rmid) in [
+        (64u32, 0u8, 1u8),
+        (9000, 0, 10),
+        (56, 0x10, 1),
+        (24, 0x40, 0),
+    ] {
+        cur = (cur + 7) & !7;
+        if cur % PAGE == 0 {
+            header(&mut b, cur, 0);
+            cur += 24;
+        }
+        let mut rec: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        rec[..24].fill(0);
+        rec[..4].copy_from_slice(&total.to_le_bytes());
+        rec[8..16].copy_from_slice(&prev.to_le_bytes());
+        rec[16] = info;
+        rec[17] = rmid;
+        let crc = !crc32c(crc32c(!0, &rec[24..]), &rec[..20]);
+        rec[20..24].copy_from_slice(&crc.to_le_bytes());
+        prev = start + cur as u64;
+        for (k, byte) in rec.iter().enumerate() {
+            if cur % PAGE == 0 {
+                header(&mut b, cur, total - k as u32);
+                cur += 24;
+            }
+            b[cur] = *byte;
+            cur += 1;
+        }
+    }
+    b.truncate(cur);
+    let mut c = Corpus::new("fuzz_wal_records");
+    c.valid("segment", with_mode(3, &b), embassy_fuzz::wal_records);
+    c.valid(
+        "cut",
+        with_mode(3, &b[..PAGE + 500]),
+        embassy_fuzz::wal_records,
+    );
+    c.rejected("other-segment", with_mode(4, &b), embassy_fuzz::wal_records);
+    println!("fuzz_wal_records: {} seeds", c.written);
 }

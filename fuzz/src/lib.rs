@@ -21,14 +21,14 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use embassy_core::format::config::VaultConfig;
-use embassy_core::keys::crypto::{self, ObjectKey, TAG_LEN};
-use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
-use embassy_core::keys::{self, DatasetKeys, RootSecret};
 use embassy_core::format::pack::{self, BlobEntry, BlobKind};
-use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
 use embassy_core::format::tree::{self, Tree};
 use embassy_core::format::{index, layout, manifest};
 use embassy_core::history::ledger;
+use embassy_core::keys::crypto::{self, ObjectKey, TAG_LEN};
+use embassy_core::keys::keyfile::{self, KdfParams, KeyFile};
+use embassy_core::keys::{self, DatasetKeys, RootSecret};
+use embassy_core::site::{ObjectInfo, Put, Site, SiteError};
 
 /// The dataset every harness uses.
 pub const DATASET: &str = "fuzz";
@@ -206,11 +206,10 @@ fn pack_as_sealed(data: &[u8]) -> bool {
     for entry in &entries {
         let slot = blob_range(&bytes, entry);
         let ciphertext = match slot.len().checked_sub(TAG_LEN) {
-            Some(plain_len) => f.pack_key.encrypt(
-                entry.offset as u64,
-                &blob_aad(entry),
-                &slot[..plain_len],
-            ),
+            Some(plain_len) => {
+                f.pack_key
+                    .encrypt(entry.offset as u64, &blob_aad(entry), &slot[..plain_len])
+            }
             None => slot.to_vec(),
         };
         all_ok &= open_entry(&f.pack_key, entry, &ciphertext);
@@ -718,8 +717,8 @@ pub fn wal_log(data: &[u8]) -> bool {
 /// accepted as what it claims to be.
 pub fn deletion_records(data: &[u8]) -> bool {
     use embassy_core::engine::gc::{self, GcOptions};
-    use embassy_core::id::ObjectId;
     use embassy_core::engine::vault::Vault;
+    use embassy_core::id::ObjectId;
     use embassy_core::{history::approval, site::Site};
     let f = fixture();
     let Some((&mode, bytes)) = data.split_first() else {
@@ -812,7 +811,10 @@ pub fn checkpoints(data: &[u8]) -> bool {
             let id = embassy_core::id::ObjectId::of(&out);
             let path = if n % 2 == 1 {
                 last = id;
-                format!("{}{n:020}-{id}", embassy_core::history::checkpoint::CHECKPOINTS)
+                format!(
+                    "{}{n:020}-{id}",
+                    embassy_core::history::checkpoint::CHECKPOINTS
+                )
             } else {
                 format!(
                     "{}{last}/{}-{id}",
@@ -827,7 +829,12 @@ pub fn checkpoints(data: &[u8]) -> bool {
     let mut signers = vec![f.root.root_signing_key().verifying_key().to_bytes()];
     signers.extend(f.signers.iter().copied());
     let histories = std::collections::BTreeMap::new();
-    match embassy_core::history::checkpoint::load_valid(&site, &f.config.vault_id, &signers, &histories) {
+    match embassy_core::history::checkpoint::load_valid(
+        &site,
+        &f.config.vault_id,
+        &signers,
+        &histories,
+    ) {
         Ok((valid, _noise)) => {
             for cp in &valid {
                 assert_eq!(
@@ -920,10 +927,7 @@ pub fn withdrawals(data: &[u8]) -> bool {
     };
     let (objects, ids) = withdrawal_race();
     let mut stored = objects.clone();
-    stored.push((
-        withdrawal::path(DATASET, 2, &ObjectId::of(&object)),
-        object,
-    ));
+    stored.push((withdrawal::path(DATASET, 2, &ObjectId::of(&object)), object));
     let site = MemorySite::with(stored);
     let h = match embassy_core::history::load(&site, &fixture().config, DATASET, None) {
         Ok(h) => h,
@@ -931,7 +935,10 @@ pub fn withdrawals(data: &[u8]) -> bool {
     };
     match h.records.len() {
         1 => {
-            assert!(h.conflict.is_some(), "the fork vanished without a withdrawal");
+            assert!(
+                h.conflict.is_some(),
+                "the fork vanished without a withdrawal"
+            );
             assert!(h.withdrawn.is_empty(), "withdrawn, yet the fork stays");
             false
         }
@@ -939,7 +946,11 @@ pub fn withdrawals(data: &[u8]) -> bool {
             let last = h.records[1].id;
             assert!(ids.contains(&last), "an entry from nowhere was accepted");
             assert!(h.conflict.is_none(), "accepted past an unresolved fork");
-            assert_eq!(h.withdrawn.len(), 1, "one entry accepted without one withdrawn");
+            assert_eq!(
+                h.withdrawn.len(),
+                1,
+                "one entry accepted without one withdrawn"
+            );
             assert!(
                 ids.contains(&h.withdrawn[0].id) && h.withdrawn[0].id != last,
                 "the withdrawn entry is not the other one of the fork"
@@ -948,4 +959,31 @@ pub fn withdrawals(data: &[u8]) -> bool {
         }
         n => panic!("{n} entries accepted from a ledger of three entries with a fork at 2"),
     }
+}
+
+/// WAL records as `embassy_postgres::walend` walks them (a latest restore's pin, the fork
+/// judge's walk): `segment (1) | bytes`. The bytes are WAL from the start of segment
+/// `segment`, up to their end; the WAL inside a log object is what a credential that signs the
+/// dataset's WAL wrote, so any bytes can reach the walk. Checked: no panic, and what it finds
+/// lies inside the bytes given.
+pub fn wal_records(data: &[u8]) -> bool {
+    let Some((&segment, bytes)) = data.split_first() else {
+        return false;
+    };
+    let start = u64::from(segment) * 16 * 1024 * 1024;
+    let end = start + bytes.len() as u64;
+    let last = embassy_postgres::walend::last_record_start(bytes, start, end);
+    if let Some(at) = last {
+        assert!(
+            at >= start && at < end,
+            "a record start outside the bytes: {at}"
+        );
+    }
+    if let Ok(Some(at)) = embassy_postgres::walend::last_data_end(bytes, start, end) {
+        assert!(
+            at > start && at <= end,
+            "a commit end outside the bytes: {at}"
+        );
+    }
+    last.is_some()
 }
