@@ -695,70 +695,20 @@ fn wal_logs() {
 /// WAL as PostgreSQL writes it at the start of segment 3: 8 KiB pages whose headers name their
 /// addresses, MAXALIGNed records linked by `xl_prev` with their CRC-32C, one crossing a page.
 fn wal_records() {
-    const PAGE: usize = 8192;
-    fn crc32c(mut state: u32, bytes: &[u8]) -> u32 {
-        for &b in bytes {
-            state ^= u32::from(b);
-            for _ in 0..8 {
-                state = if state & 1 != 0 {
-                    (state >> 1) ^ 0x82F6_3B78
-                } else {
-                    state >> 1
-                };
-            }
-        }
-        state
-    }
-    let start = 3u64 << 24;
-    let mut b = vec![0u8; 3 * PAGE];
-    let header = |b: &mut Vec<u8>, off: usize, rem: u32| {
-        let info: u16 = if off == 0 { 2 } else { 0 } | u16::from(rem > 0);
-        b[off..off + 2].copy_from_slice(&0xD110u16.to_le_bytes());
-        b[off + 2..off + 4].copy_from_slice(&info.to_le_bytes());
-        b[off + 8..off + 16].copy_from_slice(&(start + off as u64).to_le_bytes());
-        b[off + 16..off + 20].copy_from_slice(&rem.to_le_bytes());
-        if off == 0 {
-            b[off + 36..off + 40].copy_from_slice(&(PAGE as u32).to_le_bytes());
-        }
-    };
-    header(&mut b, 0, 0);
-    let (mut cur, mut prev) = (40usize, 0u64);
+    use embassy_postgres::walend::synthetic;
     // A commit, a heap record crossing into the second page, a prepare, a segment switch.
-    for (total, info, rmid) in [
+    let records = [
         (64u32, 0u8, 1u8),
         (9000, 0, 10),
         (56, 0x10, 1),
         (24, 0x40, 0),
-    ] {
-        cur = (cur + 7) & !7;
-        if cur % PAGE == 0 {
-            header(&mut b, cur, 0);
-            cur += 24;
-        }
-        let mut rec: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
-        rec[..24].fill(0);
-        rec[..4].copy_from_slice(&total.to_le_bytes());
-        rec[8..16].copy_from_slice(&prev.to_le_bytes());
-        rec[16] = info;
-        rec[17] = rmid;
-        let crc = !crc32c(crc32c(!0, &rec[24..]), &rec[..20]);
-        rec[20..24].copy_from_slice(&crc.to_le_bytes());
-        prev = start + cur as u64;
-        for (k, byte) in rec.iter().enumerate() {
-            if cur % PAGE == 0 {
-                header(&mut b, cur, total - k as u32);
-                cur += 24;
-            }
-            b[cur] = *byte;
-            cur += 1;
-        }
-    }
-    b.truncate(cur);
+    ];
+    let (b, _) = synthetic::segment(3 << 24, 0, &records);
     let mut c = Corpus::new("fuzz_wal_records");
     c.valid("segment", with_mode(3, &b), embassy_fuzz::wal_records);
     c.valid(
         "cut",
-        with_mode(3, &b[..PAGE + 500]),
+        with_mode(3, &b[..synthetic::PAGE + 500]),
         embassy_fuzz::wal_records,
     );
     c.rejected("other-segment", with_mode(4, &b), embassy_fuzz::wal_records);

@@ -453,63 +453,62 @@ pub fn durable_wal(
     }))
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// WAL as PostgreSQL writes it, built for tests and fuzz seeds (not for reading real WAL).
+#[doc(hidden)]
+pub mod synthetic {
+    use super::crc32c;
 
-    const PAGE: usize = 8192;
-    /// `xl_rmid` of the heap (rows), for synthetic WAL.
-    pub(crate) const RM_HEAP: u8 = 10;
+    /// The page size of the WAL built here.
+    pub const PAGE: usize = 8192;
 
     /// A segment's first bytes as PostgreSQL writes them at `start` (a segment start): page
     /// headers naming their addresses, and records of the given total lengths, `xl_info` and
     /// `xl_rmid`, each naming the one before (`xl_prev`) and with its CRC-32C (the first `cont`
-    /// bytes continue a record from the segment before); and where each record starts. Records
-    /// fit in four 8 KiB pages.
-    pub(crate) fn wal_at(start: u64, cont: u32, records: &[(u32, u8, u8)]) -> (Vec<u8>, Vec<u64>) {
-        let mut b = vec![0u8; 4 * PAGE];
-        let header = |b: &mut Vec<u8>, off: usize, rem: u32| {
+    /// bytes, within the first page, continue a record from the segment before); and where
+    /// each record starts, relative to `start`.
+    pub fn segment(start: u64, cont: u32, records: &[(u32, u8, u8)]) -> (Vec<u8>, Vec<u64>) {
+        let mut b: Vec<u8> = Vec::new();
+        let header = |b: &mut Vec<u8>, rem: u32| {
+            let off = b.len();
+            let mut h = vec![0u8; if off == 0 { 40 } else { 24 }];
             let info: u16 = if off == 0 { 2 } else { 0 } | u16::from(rem > 0);
-            b[off..off + 2].copy_from_slice(&0xD110u16.to_le_bytes());
-            b[off + 2..off + 4].copy_from_slice(&info.to_le_bytes());
-            b[off + 8..off + 16].copy_from_slice(&(start + off as u64).to_le_bytes());
-            b[off + 16..off + 20].copy_from_slice(&rem.to_le_bytes());
+            h[..2].copy_from_slice(&0xD110u16.to_le_bytes());
+            h[2..4].copy_from_slice(&info.to_le_bytes());
+            h[8..16].copy_from_slice(&(start + off as u64).to_le_bytes());
+            h[16..20].copy_from_slice(&rem.to_le_bytes());
             if off == 0 {
-                b[off + 36..off + 40].copy_from_slice(&(PAGE as u32).to_le_bytes());
+                h[36..40].copy_from_slice(&(PAGE as u32).to_le_bytes());
             }
+            b.extend_from_slice(&h);
         };
-        header(&mut b, 0, cont);
-        let mut cur = 40 + cont as usize;
+        header(&mut b, cont);
+        b.resize(b.len() + cont as usize, 0);
         let mut starts = Vec::new();
         let mut prev = 0u64;
         for &(total, info, rmid) in records {
-            cur = (cur + 7) & !7;
-            if cur.is_multiple_of(PAGE) {
-                header(&mut b, cur, 0);
-                cur += 24;
+            b.resize(b.len().div_ceil(8) * 8, 0);
+            if b.len().is_multiple_of(PAGE) {
+                header(&mut b, 0);
             }
-            starts.push(cur as u64);
+            starts.push(b.len() as u64);
             let rec = record(total, info, rmid, prev);
-            prev = start + cur as u64;
+            prev = start + b.len() as u64;
             for (k, byte) in rec.iter().enumerate() {
-                if cur.is_multiple_of(PAGE) {
-                    header(&mut b, cur, total - k as u32);
-                    cur += 24;
+                if b.len().is_multiple_of(PAGE) {
+                    header(&mut b, total - k as u32);
                 }
-                b[cur] = *byte;
-                cur += 1;
+                b.push(*byte);
             }
         }
-        b.truncate(cur);
         (b, starts)
     }
 
-    /// One record as PostgreSQL writes it: `total` bytes, `xl_info`, `xl_rmid`, `xl_prev`, and
-    /// its CRC-32C.
-    pub(crate) fn record(total: u32, info: u8, rmid: u8, prev: u64) -> Vec<u8> {
-        let mut rec: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    /// One record as PostgreSQL writes it: `total` bytes (at least 24), `xl_info`, `xl_rmid`,
+    /// `xl_prev`, and its CRC-32C.
+    pub fn record(total: u32, info: u8, rmid: u8, prev: u64) -> Vec<u8> {
+        let mut rec: Vec<u8> = (0..total.max(24)).map(|i| (i % 251) as u8).collect();
         rec[..24].fill(0);
-        rec[..4].copy_from_slice(&total.to_le_bytes());
+        rec[..4].copy_from_slice(&total.max(24).to_le_bytes());
         rec[8..16].copy_from_slice(&prev.to_le_bytes());
         rec[16] = info;
         rec[17] = rmid;
@@ -517,6 +516,17 @@ pub(crate) mod tests {
         rec[20..24].copy_from_slice(&crc.to_le_bytes());
         rec
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const PAGE: usize = synthetic::PAGE;
+    /// `xl_rmid` of the heap (rows), for synthetic WAL.
+    pub(crate) const RM_HEAP: u8 = 10;
+
+    pub(crate) use super::synthetic::{record, segment as wal_at};
 
     /// [`wal_at`] the first segment.
     pub(crate) fn wal(cont: u32, records: &[(u32, u8, u8)]) -> (Vec<u8>, Vec<u64>) {
