@@ -32,6 +32,47 @@ fn wal_objects(
     }
 }
 
+/// Removes the site's WAL objects that `lose` picks, given each object's name and the number
+/// of the newest segment the site holds; how many it removed (at least one).
+fn remove_wal_objects(
+    site: &std::path::Path,
+    lose: impl Fn(&embassy_core::format::wal_log::LogName, u64) -> bool,
+) -> usize {
+    let mut objects = Vec::new();
+    wal_objects(&site.join("wal"), &mut objects, site);
+    let newest_segment = objects
+        .iter()
+        .map(|(_, n)| (n.end - 1) / SEGMENT)
+        .max()
+        .unwrap();
+    let mut removed = 0;
+    for (rel, name) in &objects {
+        if lose(name, newest_segment) {
+            std::fs::remove_file(site.join(rel)).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no WAL object picked: {objects:?}");
+    removed
+}
+
+/// `restore registry --latest` on a machine that never saw the vault: its exit code and stderr.
+fn latest_restore_afresh(env: &PgCli, folder: &str) -> (Option<i32>, String) {
+    std::fs::remove_dir_all(env.path("state")).ok();
+    let to = env.postgres_folder(folder);
+    let out = env.output(&[
+        "restore",
+        "registry",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_site_missing_wal_in_the_middle_is_damaged_in_status_not_fresh() {
     let pg = PgServer::start(PgOptions::default());
@@ -60,23 +101,9 @@ fn a_site_missing_wal_in_the_middle_is_damaged_in_status_not_fresh() {
     assert!(before.status.success(), "{before:?}");
 
     // The site loses every WAL object of a segment in the middle (anchored, not the newest).
-    let site = env.site();
-    let mut objects = Vec::new();
-    wal_objects(&site.join("wal"), &mut objects, &site);
-    let newest_segment = objects
-        .iter()
-        .map(|(_, n)| (n.end - 1) / SEGMENT)
-        .max()
-        .unwrap();
-    let hole = newest_segment - 2;
-    let mut lost = 0;
-    for (rel, name) in &objects {
-        if name.start / SEGMENT == hole {
-            std::fs::remove_file(site.join(rel)).unwrap();
-            lost += 1;
-        }
-    }
-    assert!(lost > 0, "no WAL object in segment {hole}: {objects:?}");
+    remove_wal_objects(&env.site(), |name, newest| {
+        name.start / SEGMENT == newest - 2
+    });
 
     let after = status();
     assert_eq!(after.status.code(), Some(3), "{after:?}");
@@ -136,18 +163,8 @@ fn a_rolled_back_site_is_refused_by_a_latest_restore_and_a_standby() {
         }
     }
     assert!(withheld > 0);
-    // A machine that never saw the vault (no remembered head).
-    std::fs::remove_dir_all(env.path("state")).ok();
-    let to = env.postgres_folder("restored");
-    let out = env.output(&[
-        "restore",
-        "registry",
-        "--latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    let (code, said) = latest_restore_afresh(&env, "restored");
+    assert_eq!(code, Some(3), "{said}");
     assert!(said.contains("rollback"), "{said}");
     std::fs::remove_dir_all(env.path("state")).ok();
     let standby = env.postgres_folder("standby");
@@ -188,34 +205,11 @@ fn a_site_withholding_the_anchored_tail_gets_no_latest_restore() {
     drop(streamer); // anchors its tail in the ledger as it stops
 
     // The site withholds every WAL object of the newest segment (row 3's commit).
-    let site = env.site();
-    let mut objects = Vec::new();
-    wal_objects(&site.join("wal"), &mut objects, &site);
-    let newest_segment = objects
-        .iter()
-        .map(|(_, n)| (n.end - 1) / SEGMENT)
-        .max()
-        .unwrap();
-    let mut withheld = 0;
-    for (rel, name) in &objects {
-        if (name.end - 1) / SEGMENT == newest_segment {
-            std::fs::remove_file(site.join(rel)).unwrap();
-            withheld += 1;
-        }
-    }
-    assert!(withheld > 0);
-    std::fs::remove_dir_all(env.path("state")).ok();
-
-    let to = env.postgres_folder("latest");
-    let out = env.output(&[
-        "restore",
-        "registry",
-        "--latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(3), "restored without row 3: {said}");
+    remove_wal_objects(&env.site(), |name, newest| {
+        (name.end - 1) / SEGMENT == newest
+    });
+    let (code, said) = latest_restore_afresh(&env, "latest");
+    assert_eq!(code, Some(3), "restored without row 3: {said}");
     assert!(
         said.contains("lost or hides it") && said.contains("--site"),
         "{said}"
