@@ -551,5 +551,37 @@ mod tests {
             w.put(2, 4 * SEG, &switched[..4096]);
             assert_eq!(w.judge(4 * SEG), None);
         }
+
+        /// Two valid objects of one timeline over the same range: honest copies hold the same
+        /// bytes and are served; other bytes are a fork inside the timeline and neither is
+        /// served, so neither the judge nor a restore reads a thief's copy of anchored WAL (red
+        /// team 17).
+        #[test]
+        fn objects_of_one_timeline_that_disagree_are_refused() {
+            let s = 3 * SEG;
+            let (wal, _) = wal_at(s, 0, &[(64, COMMIT, RM_XACT), (96, 0, RM_HEAP)]);
+            let assemble = |w: &World| {
+                let site = w.vault.site().as_ref();
+                let listing = wal::list(site, DS).unwrap();
+                let signers = wal::dataset_signers(&w.vault, DS).unwrap();
+                wal::assemble_segment(site, &w.keyring, &listing, 1, 3, &signers)
+            };
+            let w = World::new();
+            w.put(1, s, &wal[..100]);
+            w.put(1, s, &wal);
+            let whole = assemble(&w).unwrap().unwrap();
+            assert_eq!(whole.bytes, wal);
+
+            let mut other = wal.clone();
+            other[90] ^= 1;
+            w.put(1, s, &other[..120]);
+            let err = assemble(&w).unwrap_err().to_string();
+            assert!(
+                err.contains(
+                    "two valid WAL objects of timeline 1 hold different bytes at 0/300005A"
+                ),
+                "{err}"
+            );
+        }
     }
 }

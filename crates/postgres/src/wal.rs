@@ -397,10 +397,20 @@ pub fn assemble_segment(
     }) {
         match read_payload(site, keyring, obj, signers) {
             Ok((_, bytes)) => {
+                let used = [obj.name.id];
+                check_overlapping(
+                    site,
+                    keyring,
+                    listing,
+                    (timeline, seg_start),
+                    &bytes,
+                    &used,
+                    signers,
+                )?;
                 return Ok(Some(Assembled {
                     bytes,
                     complete: true,
-                }))
+                }));
             }
             Err(e) if is_noise(&e) => {}
             Err(e) => segment_failure = Some(e),
@@ -412,6 +422,7 @@ pub fn assemble_segment(
         .filter(|o| o.name.timeline == timeline && o.name.end > seg_start && o.name.start < seg_end)
         .collect();
     let mut bytes = Vec::new();
+    let mut used = Vec::new();
     let mut pos = seg_start;
     while pos < seg_end {
         // The piece covering `pos` that reaches furthest (duplicates after a restart are fine).
@@ -428,6 +439,7 @@ pub fn assemble_segment(
                     let from = (pos - h.start) as usize;
                     let to = (h.end.min(seg_end) - h.start) as usize;
                     bytes.extend_from_slice(&payload[from..to]);
+                    used.push(obj.name.id);
                     pos = h.end.min(seg_end);
                     advanced = true;
                     break;
@@ -472,8 +484,70 @@ pub fn assemble_segment(
     if bytes.is_empty() {
         return Ok(None);
     }
+    check_overlapping(
+        site,
+        keyring,
+        listing,
+        (timeline, seg_start),
+        &bytes,
+        &used,
+        signers,
+    )?;
     let complete = bytes.len() as u64 == SEGMENT_SIZE;
     Ok(Some(Assembled { bytes, complete }))
+}
+
+/// Refuses WAL of `timeline` from `seg_start` (`bytes`, as assembled from the objects `used`)
+/// when another valid object of the timeline holds other bytes anywhere in that range. WAL at an LSN of a timeline never
+/// changes, so honest copies (a retry sealed again, a compacted segment beside its pieces) hold
+/// the same bytes; different ones are a fork inside the timeline, written by a key that signs
+/// the dataset's WAL (red team 17: home's stolen, still valid credential stored an older copy's
+/// WAL over an anchored range, and readers took it whole). Not served, never chosen between.
+fn check_overlapping(
+    site: &dyn Site,
+    keyring: &Keyring,
+    listing: &WalListing,
+    (timeline, seg_start): (u32, u64),
+    bytes: &[u8],
+    used: &[ObjectId],
+    signers: &WalSigners,
+) -> Result<()> {
+    let end = seg_start + bytes.len() as u64;
+    for obj in listing.segments.iter().chain(&listing.pieces).filter(|o| {
+        o.name.timeline == timeline
+            && o.name.start < end
+            && o.name.end > seg_start
+            && !used.contains(&o.name.id)
+    }) {
+        let (h, payload) = match read_payload(site, keyring, obj, signers) {
+            Ok(read) => read,
+            Err(e) if is_noise(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let from = h.start.max(seg_start);
+        let to = h.end.min(end);
+        let theirs = payload.get((from - h.start) as usize..(to - h.start) as usize);
+        let ours = bytes.get((from - seg_start) as usize..(to - seg_start) as usize);
+        if let Some(at) = theirs.zip(ours).and_then(|(t, o)| {
+            t.iter()
+                .zip(o)
+                .position(|(a, b)| a != b)
+                .map(|i| from + i as u64)
+        }) {
+            return Err(PgError::Vault(embassy_core::Error::corrupt(
+                &obj.path,
+                format!(
+                    "two valid WAL objects of timeline {timeline} hold different bytes at {}: a fork \
+                     inside the timeline, written by a key that signs this dataset's WAL \
+                     (this object's signer: {}); neither is served. Revoke the key that is \
+                     not yours (`embassy keys revoke`): its objects then count as noise",
+                    Lsn(at),
+                    hex::encode(&h.signer[..8])
+                ),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The log object a promoted server replayed last on the timeline it left (`timeline`, up to
