@@ -388,6 +388,25 @@ pub fn assemble_segment(
     segno: u64,
     signers: &WalSigners,
 ) -> Result<Option<Assembled>> {
+    let Some((assembled, used)) = assemble_from(site, keyring, listing, timeline, segno, signers)?
+    else {
+        return Ok(None);
+    };
+    let at = (timeline, segno * SEGMENT_SIZE);
+    check_overlapping(site, keyring, listing, at, &assembled.bytes, &used, signers)?;
+    Ok(Some(assembled))
+}
+
+/// [`assemble_segment`] without the comparison: the segment's bytes and the objects they came
+/// from.
+fn assemble_from(
+    site: &dyn Site,
+    keyring: &Keyring,
+    listing: &WalListing,
+    timeline: u32,
+    segno: u64,
+    signers: &WalSigners,
+) -> Result<Option<(Assembled, Vec<ObjectId>)>> {
     let seg_start = segno * SEGMENT_SIZE;
     let seg_end = seg_start + SEGMENT_SIZE;
     // A whole-segment object that exists but could not be read: the segment is complete.
@@ -397,20 +416,11 @@ pub fn assemble_segment(
     }) {
         match read_payload(site, keyring, obj, signers) {
             Ok((_, bytes)) => {
-                let used = [obj.name.id];
-                check_overlapping(
-                    site,
-                    keyring,
-                    listing,
-                    (timeline, seg_start),
-                    &bytes,
-                    &used,
-                    signers,
-                )?;
-                return Ok(Some(Assembled {
+                let whole = Assembled {
                     bytes,
                     complete: true,
-                }));
+                };
+                return Ok(Some((whole, vec![obj.name.id])));
             }
             Err(e) if is_noise(&e) => {}
             Err(e) => segment_failure = Some(e),
@@ -484,17 +494,8 @@ pub fn assemble_segment(
     if bytes.is_empty() {
         return Ok(None);
     }
-    check_overlapping(
-        site,
-        keyring,
-        listing,
-        (timeline, seg_start),
-        &bytes,
-        &used,
-        signers,
-    )?;
     let complete = bytes.len() as u64 == SEGMENT_SIZE;
-    Ok(Some(Assembled { bytes, complete }))
+    Ok(Some((Assembled { bytes, complete }, used)))
 }
 
 /// Refuses WAL of `timeline` from `seg_start` (`bytes`, as assembled from the objects `used`)
