@@ -1,14 +1,15 @@
 //! Garbage collection of WAL pieces (`gc::collect_garbage` on `wal/`): a piece goes only when a
 //! segment object covers it that the ledger anchors and whose bytes, header and signature check
 //! out; unanchored, tampered or foreign-signed segments protect nothing, and segments, history
-//! files and the live tail are never collected. The same on PostgreSQL 15 WAL is
+//! files and the live tail are never collected; nor is a piece when an object over its segment
+//! holds other bytes, or the collector cannot read them to compare. The same on PostgreSQL 15 WAL is
 //! `crates/postgres/tests/wal_gc.rs`.
 
 use embassy_testkit::memory::MemorySite;
 use std::sync::Arc;
 
 use embassy_core::engine::gc::{self, GcOptions};
-use embassy_core::engine::vault::Vault;
+use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::format::wal_log::{self, LogKind, LogSpec};
 use embassy_core::history::ledger::{self, Event, Record};
 use embassy_core::keys::RootSecret;
@@ -45,7 +46,8 @@ impl World {
         } else {
             end - start
         };
-        let payload = vec![(start % 251) as u8; len as usize];
+        // WAL at an LSN is the same in every object: the byte at `x` is `x % 251`.
+        let payload: Vec<u8> = (start..start + len).map(|x| (x % 251) as u8).collect();
         let spec = LogSpec {
             kind,
             timeline: 1,
@@ -83,8 +85,19 @@ impl World {
         self.head = Some(rec);
     }
 
-    /// A collector signing with the root-derived writer key; its state in a folder per test.
+    /// A collector signing with the root-derived writer key and reading with the root's reader
+    /// keys; its state in a folder per test.
     fn collector(&self) -> gc::Collector {
+        let keyring = Keyring::from_root(
+            RootSecret::from_bytes(self.root.expose()),
+            self.vault.config(),
+        )
+        .unwrap();
+        self.keyless_collector().with_keyring(Arc::new(keyring))
+    }
+
+    /// A collector without reader keys.
+    fn keyless_collector(&self) -> gc::Collector {
         let dir = std::env::temp_dir().join(format!(
             "embassy-wal-gc-{}-{:p}",
             std::process::id(),
@@ -193,4 +206,89 @@ fn a_condemned_piece_whose_segment_vanished_is_rescued() {
     assert!(second.deleted.is_empty(), "{second:?}");
     assert_eq!(second.rescued, vec![piece.clone()]);
     assert!(w.exists(&piece));
+}
+
+/// Seals `payload` as a log object of timeline 1 from `start`, signed by `signer_root`'s writer.
+fn put_bytes(
+    w: &World,
+    signer_root: &RootSecret,
+    kind: LogKind,
+    start: u64,
+    payload: &[u8],
+) -> String {
+    let keys = w.root.dataset_keys("db", 0);
+    let spec = LogSpec {
+        kind,
+        timeline: 1,
+        start,
+        end: start + payload.len() as u64,
+        prev: None,
+        captured_at_ns: 2,
+        system_id: 1,
+    };
+    let (bytes, id) =
+        wal_log::seal(&keys, &signer_root.writer_signing_key(0), &spec, payload).unwrap();
+    let header = wal_log::parse("new", &bytes).unwrap().header;
+    let path = wal_log::path(&header, &id);
+    w.site.put(&path, &bytes).unwrap();
+    path
+}
+
+/// Red team 17's overlay, for the collector: a valid signer stores and anchors a segment object
+/// holding other bytes over anchored pieces. Deleting the pieces would leave only its bytes, so
+/// they stay; so do the pieces of a sound segment that another valid object contradicts. A
+/// stranger's object over a sound segment is noise and frees the pieces. Without the reader key
+/// nothing is compared and no piece goes.
+#[test]
+fn pieces_stay_while_an_object_over_their_segment_holds_other_bytes() {
+    let mut w = World::new();
+    let own = RootSecret::from_bytes(&[7; 32]);
+    let stranger = RootSecret::from_bytes(&[8; 32]);
+    let honest = |start: u64, len: u64| -> Vec<u8> {
+        (start..start + len).map(|x| (x % 251) as u8).collect()
+    };
+    // Segment 1: the pieces, then a segment of other bytes anchored after them.
+    let p1 = w.put(&own, LogKind::Piece, SEG, SEG + 100);
+    w.anchor(&p1);
+    let mut other = honest(SEG, SEG);
+    other[50] ^= 1;
+    let forged = put_bytes(&w, &own, LogKind::Segment, SEG, &other);
+    w.anchor(&forged);
+    // Segment 2: a sound segment, and a valid piece over it holding other bytes.
+    let p2 = w.put(&own, LogKind::Piece, 2 * SEG, 2 * SEG + 100);
+    let good2 = w.put(&own, LogKind::Segment, 2 * SEG, 3 * SEG);
+    w.anchor(&good2);
+    let mut bent = honest(2 * SEG + 10, 20);
+    bent[3] ^= 1;
+    let contradicting = put_bytes(&w, &own, LogKind::Piece, 2 * SEG + 10, &bent);
+    // Segment 3: a sound segment, and a stranger's piece over it (noise).
+    let p3 = w.put(&own, LogKind::Piece, 3 * SEG, 3 * SEG + 100);
+    let good3 = w.put(&own, LogKind::Segment, 3 * SEG, 4 * SEG);
+    w.anchor(&good3);
+    let noise = put_bytes(&w, &stranger, LogKind::Piece, 3 * SEG + 10, &bent);
+
+    // Without the reader key: nothing compared, nothing condemned.
+    let options = GcOptions::with_grace(1);
+    let now = embassy_core::format::config::now_unix_nanos();
+    let keyless = gc::collect_garbage(&w.vault, &w.keyless_collector(), &options, now).unwrap();
+    assert!(
+        !keyless.condemned.iter().any(|p| p.starts_with("wal/")),
+        "{keyless:?}"
+    );
+
+    let (first, _) = w.collect_twice();
+    let condemned: Vec<&String> = first
+        .condemned
+        .iter()
+        .filter(|p| p.starts_with("wal/"))
+        .collect();
+    // The stranger's piece lies inside the sound segment 3 too: noise, it goes with p3.
+    let mut want = vec![&p3, &noise];
+    want.sort();
+    let mut got = condemned.clone();
+    got.sort();
+    assert_eq!(got, want, "{first:?}");
+    for p in [&p1, &forged, &p2, &good2, &contradicting, &good3] {
+        assert!(w.exists(p), "{p} was collected");
+    }
 }

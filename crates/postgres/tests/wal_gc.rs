@@ -169,11 +169,13 @@ fn gc_removes_pieces_covered_by_anchored_segments_and_keeps_wal_whole() {
     // still running.
     let options = GcOptions::with_grace(1);
     let gc_state = tempfile::tempdir().unwrap();
+    // With the reader keys: pieces go only once their segment's objects are compared.
     let collector = embassy_core::engine::gc::Collector::new(
         RootSecret::from_bytes(&root).writer_signing_key(0),
         gc_state.path(),
         &vault.config().vault_id,
-    );
+    )
+    .with_keyring(Arc::new(crate::keyring(&vault, &root)));
     let first = collect_garbage(
         &vault,
         &collector,

@@ -505,8 +505,15 @@ pub fn collect_garbage(
                 // WAL pieces are kept unless an anchored, verified segment covers them.
                 let authority = vault.wal_authority(&history);
                 let cutoff = vault.wal_cutoff(&history);
-                let wal_free =
-                    wal_collectable(merged, dataset, &history, &authority, &cutoff, listing);
+                let wal_free = wal_collectable(
+                    merged,
+                    dataset,
+                    &history,
+                    &authority,
+                    &cutoff,
+                    listing,
+                    collector.keyring.as_deref(),
+                );
                 r.extend(
                     listing
                         .iter()

@@ -131,6 +131,14 @@ impl WalAuthority {
             .is_some_and(|v| v.iter().any(|&(after, until)| after < seq && seq < until))
     }
 
+    /// True when `key` was ever a signer of the dataset's WAL (active at some sequence number):
+    /// its objects may be a thief's, unlike a stranger's.
+    pub fn ever_signed(&self, key: &[u8; 32]) -> bool {
+        self.intervals
+            .get(key)
+            .is_some_and(|v| v.iter().any(|&(after, until)| after + 1 < until))
+    }
+
     /// True when `key` is an active signer at the head (may add WAL now).
     pub fn active_at_head(&self, key: &[u8; 32]) -> bool {
         self.active_at(key, self.head.saturating_add(1))

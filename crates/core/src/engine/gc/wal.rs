@@ -1,14 +1,23 @@
 //! Garbage collection of streamed WAL: pieces (`wal/<dataset>/<tl>/p/...`) go once a segment
-//! object that the ledger anchors, and whose bytes, header and signer check out, covers them;
-//! pieces and segments of every timeline go once they end at or before the dataset's WAL
-//! retention cut-off (`history::wal_retention`: no kept base backup and no point-in-time window
-//! needs them). Timeline history files always stay.
+//! object that the ledger anchors, and whose bytes, header and signer check out, covers them
+//! and, read with the dataset's reader key, every object holding WAL of that segment agrees
+//! with it byte for byte; pieces and segments of every timeline go once they end at or before
+//! the dataset's WAL retention cut-off (`history::wal_retention`: no kept base backup and no
+//! point-in-time window needs them). Timeline history files always stay.
+//!
+//! Why the comparison: a key that signs the dataset's WAL (home's stolen credential) can store
+//! and anchor a segment object holding other bytes over anchored pieces. Readers refuse WAL whose
+//! objects disagree ([`crate::history::wal_merge`]); deleting the pieces on the word of such a
+//! segment would leave only the thief's bytes, and nothing to disagree with. A collector without the reader key cannot
+//! compare, so it leaves pieces to the retention cut-off.
 
 use std::collections::{HashMap, HashSet};
 
+use crate::engine::vault::Keyring;
 use crate::format::wal_log::{self, LogKind, LogName};
 use crate::history::ledger::{Event, Record};
 use crate::history::wal_authority::WalAuthority;
+use crate::history::wal_merge;
 use crate::history::wal_retention::WalCutoff;
 use crate::id::ObjectId;
 use crate::site::Site;
@@ -83,7 +92,8 @@ fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &Wal
 /// that end at or before `cutoff` (judged by their names alone: deleting a wrongly named
 /// object frees nothing a restore reads), and pieces whose whole range a segment object covers
 /// that a verified `LogRangeAdded` entry anchors and whose bytes, header and signature check
-/// out (read only when it covers a listed piece). Everything else under `wal/` stays.
+/// out, when `keyring` reads the dataset and every object holding WAL of that segment agrees
+/// with it (see [`segment_agrees`]). Everything else under `wal/` stays.
 pub(super) fn wal_collectable(
     site: &dyn Site,
     dataset: &str,
@@ -91,6 +101,7 @@ pub(super) fn wal_collectable(
     authority: &WalAuthority,
     cutoff: &WalCutoff,
     listing: &[crate::site::ObjectInfo],
+    keyring: Option<&Keyring>,
 ) -> HashSet<String> {
     let prefix = wal_log::prefix(dataset);
     let names: Vec<(String, LogName)> = listing
@@ -99,6 +110,14 @@ pub(super) fn wal_collectable(
         .filter_map(|i| wal_log::parse_path(&i.path).map(|n| (i.path.clone(), n)))
         .filter(|(_, n)| n.dataset == dataset)
         .collect();
+    let mut out: HashSet<String> = names
+        .iter()
+        .filter(|(_, n)| n.kind != LogKind::History && cutoff.collects(n.end))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let Some(keyring) = keyring.filter(|k| k.can_read(dataset)) else {
+        return out;
+    };
     let anchored = anchored_segments(&names, history);
     let segment_names: Vec<&LogName> = anchored.iter().map(|(_, n)| n).collect();
     let pieces: Vec<&(String, LogName)> = names
@@ -106,26 +125,71 @@ pub(super) fn wal_collectable(
         .filter(|(_, n)| n.kind == LogKind::Piece)
         .collect();
     let piece_names: Vec<&LogName> = pieces.iter().map(|(_, n)| n).collect();
-    let mut verified: HashMap<usize, bool> = HashMap::new();
-    let mut out: HashSet<String> = names
-        .iter()
-        .filter(|(_, n)| n.kind != LogKind::History && cutoff.collects(n.end))
-        .map(|(p, _)| p.clone())
-        .collect();
+    let mut agreed: HashMap<usize, bool> = HashMap::new();
     for (piece, cover) in pieces
         .iter()
         .zip(wal_pieces_covered(&piece_names, &segment_names))
     {
         let Some(i) = cover else { continue };
-        let ok = *verified.entry(i).or_insert_with(|| {
+        let ok = *agreed.entry(i).or_insert_with(|| {
             let (path, name) = anchored[i];
             segment_verifies(site, path, name, authority)
+                && segment_agrees(site, keyring, authority, &names, name)
         });
         if ok {
             out.insert(piece.0.clone());
         }
     }
     out
+}
+
+/// True when every object holding WAL of `segment`'s range on its timeline (pieces, segments)
+/// that opens with the dataset's keys and was signed by a key that ever signed the dataset's
+/// WAL holds the same bytes where they overlap, and the segment itself opens. Objects that do
+/// not open, or a stranger signed, are noise to readers and do not count; a read that fails
+/// (site, key) counts as a disagreement: nothing goes on a guess.
+fn segment_agrees(
+    site: &dyn Site,
+    keyring: &Keyring,
+    authority: &WalAuthority,
+    names: &[(String, LogName)],
+    segment: &LogName,
+) -> bool {
+    let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut segment_opened = false;
+    for (path, name) in names.iter().filter(|(_, n)| {
+        n.kind != LogKind::History
+            && n.timeline == segment.timeline
+            && n.start < segment.end
+            && n.end > segment.start
+    }) {
+        let Ok(bytes) = site.get(path) else {
+            return false;
+        };
+        let Ok(parsed) = wal_log::parse(path, &bytes) else {
+            continue;
+        };
+        if ObjectId::of(&bytes) != name.id
+            || !name.matches(&parsed.header)
+            || !authority.ever_signed(&parsed.header.signer)
+        {
+            continue;
+        }
+        let Ok(keys) = keyring.dataset_for_key_id(&parsed.header.dataset, parsed.header.key_id)
+        else {
+            return false;
+        };
+        let Ok((header, payload)) = wal_log::open(&keys, path, &bytes) else {
+            continue;
+        };
+        segment_opened |= name.id == segment.id;
+        held.push((header.start, payload));
+    }
+    let all: Vec<(u64, &[u8])> = held
+        .iter()
+        .map(|(start, bytes)| (*start, bytes.as_slice()))
+        .collect();
+    segment_opened && wal_merge::merge((segment.start, segment.end), &all).is_ok()
 }
 
 #[cfg(test)]
