@@ -304,6 +304,7 @@ fn wal_report_json(report: &embassy_postgres::wal::WalVerifyReport) -> serde_jso
         "objects_ok": report.objects_ok,
         "problems": report.problems,
         "noise": report.noise,
+        "overlapping": report.overlapping,
         "gaps": report.gaps.iter().map(|(tl, a, b)| json!({"timeline": tl, "from": a.to_string(), "to": b.to_string()})).collect::<Vec<_>>(),
         "ends": report.ends.iter().map(|(tl, e)| json!({"timeline": tl, "end": e.to_string()})).collect::<Vec<_>>(),
         "retention_cutoff": embassy_postgres::Lsn(report.cutoff.lsn).to_string(),
@@ -342,6 +343,12 @@ pub fn print_wal_report(dataset: Option<&str>, report: &embassy_postgres::wal::W
         println!(
             "  NOISE (ignored): {}",
             embassy_core::text::escape(&n.to_string())
+        );
+    }
+    for o in &report.overlapping {
+        println!(
+            "  OVERLAP (not compared without a key): {}",
+            embassy_core::text::escape(o)
         );
     }
     for (tl, a, b) in &report.gaps {

@@ -105,7 +105,7 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<Verification> {
     let report = embassy_core::engine::verify::verify(vault, keys, progress)?;
-    let wal = verify_wal_of(vault, report.datasets.iter().map(|d| d.name.as_str()))?;
+    let wal = verify_wal_of(vault, keys, report.datasets.iter().map(|d| d.name.as_str()))?;
     Ok(Verification {
         vault: report,
         wal,
@@ -121,7 +121,7 @@ pub fn verify_known(
     progress: &dyn Progress,
 ) -> Result<Verification> {
     let report = embassy_core::engine::verify::verify_with(vault, None, progress, known)?;
-    let wal = verify_wal_of(vault, report.datasets.iter().map(|d| d.name.as_str()))?;
+    let wal = verify_wal_of(vault, None, report.datasets.iter().map(|d| d.name.as_str()))?;
     Ok(Verification {
         vault: report,
         wal,
@@ -152,14 +152,22 @@ pub fn verify_site(
 
 /// The keyless WAL check of every dataset that holds WAL or whose ledger anchors some: a site
 /// that deletes or damages streamed WAL fails the vault's verification, not only
-/// `pg verify-wal`. Datasets without WAL are left out.
+/// `pg verify-wal`. With `keys` that read a dataset, its WAL is also assembled as a restore
+/// assembles it and every fork inside a timeline is a problem (`wal::forks`: what keyless
+/// verification cannot see). Datasets without WAL are left out.
 pub fn verify_wal_of<'a>(
     vault: &Vault,
+    keys: Option<&Keyring>,
     datasets: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<(String, WalVerifyReport)>> {
     let mut out = Vec::new();
     for dataset in datasets {
-        let report = embassy_postgres::wal::verify(vault, dataset).map_err(Error::from)?;
+        let mut report = embassy_postgres::wal::verify(vault, dataset).map_err(Error::from)?;
+        if let Some(keys) = keys.filter(|k| k.can_read(dataset) && report.objects_ok > 0) {
+            report
+                .problems
+                .extend(embassy_postgres::wal::forks(vault, keys, dataset).map_err(Error::from)?);
+        }
         if report.objects_ok > 0 || !report.is_ok() || !report.noise.is_empty() {
             out.push((dataset.to_string(), report));
         }

@@ -373,6 +373,7 @@ mod tests {
         use embassy_core::engine::vault::{Keyring, Vault};
         use embassy_core::format::config::VaultConfig;
         use embassy_core::format::wal_log::{LogKind, LogSpec};
+        use embassy_core::id::ObjectId;
         use embassy_core::keys::RootSecret;
         use embassy_core::site::Site;
         use embassy_sites::LocalSite;
@@ -412,8 +413,9 @@ mod tests {
                 }
             }
 
-            /// Stores `bytes` as WAL of `timeline` from `start`, signed by the vault's writer.
-            fn put(&self, timeline: u32, start: u64, bytes: &[u8]) {
+            /// Stores `bytes` as WAL of `timeline` from `start`, signed by the vault's writer;
+            /// returns the object's id.
+            fn put(&self, timeline: u32, start: u64, bytes: &[u8]) -> ObjectId {
                 let end = start + bytes.len() as u64;
                 let kind = if start.is_multiple_of(SEG) && end - start == SEG {
                     LogKind::Segment
@@ -431,7 +433,39 @@ mod tests {
                 };
                 let keys = self.keyring.dataset_at(DS, 0).unwrap();
                 let signer = self.keyring.signer().unwrap();
-                wal::put(self.vault.site().as_ref(), &keys, &signer, &spec, bytes).unwrap();
+                wal::put(self.vault.site().as_ref(), &keys, &signer, &spec, bytes)
+                    .unwrap()
+                    .0
+            }
+
+            /// Anchors object `id` (WAL of `timeline` from `start` to `end`) by a ledger entry
+            /// of the vault's writer.
+            fn anchor(&self, id: ObjectId, timeline: u32, (start, end): (u64, u64)) {
+                use embassy_core::history::ledger::{self, Event};
+                let history = self.vault.history(DS).unwrap();
+                ledger::append(
+                    self.vault.site().as_ref(),
+                    &self.keyring.signer().unwrap(),
+                    DS,
+                    history.last(),
+                    Event::LogRangeAdded {
+                        manifest: id,
+                        timeline,
+                        start,
+                        end,
+                        captured_at_ns: 1,
+                        history: None,
+                    },
+                )
+                .unwrap();
+            }
+
+            /// Segment 3 of timeline 1 as readers assemble it.
+            fn assemble(&self) -> Result<Option<wal::Assembled>> {
+                let site = self.vault.site().as_ref();
+                let listing = wal::list(site, DS).unwrap();
+                let signers = wal::dataset_signers(&self.vault, DS).unwrap();
+                wal::assemble_segment(site, &self.keyring, &listing, 1, 3, &signers)
             }
 
             /// The judge's verdict on timeline 2 forking off timeline 1 at `switch`.
@@ -560,28 +594,53 @@ mod tests {
         fn objects_of_one_timeline_that_disagree_are_refused() {
             let s = 3 * SEG;
             let (wal, _) = wal_at(s, 0, &[(64, COMMIT, RM_XACT), (96, 0, RM_HEAP)]);
-            let assemble = |w: &World| {
-                let site = w.vault.site().as_ref();
-                let listing = wal::list(site, DS).unwrap();
-                let signers = wal::dataset_signers(&w.vault, DS).unwrap();
-                wal::assemble_segment(site, &w.keyring, &listing, 1, 3, &signers)
-            };
             let w = World::new();
             w.put(1, s, &wal[..100]);
             w.put(1, s, &wal);
-            let whole = assemble(&w).unwrap().unwrap();
+            let whole = w.assemble().unwrap().unwrap();
             assert_eq!(whole.bytes, wal);
 
             let mut other = wal.clone();
             other[90] ^= 1;
             w.put(1, s, &other[..120]);
-            let err = assemble(&w).unwrap_err().to_string();
+            let err = w.assemble().unwrap_err().to_string();
             assert!(
                 err.contains(
-                    "two valid WAL objects of timeline 1 hold different bytes at 0/300005A"
+                    "two valid WAL objects of timeline 1 hold different bytes at 0/300005A: a fork"
                 ),
                 "{err}"
             );
+        }
+
+        /// Whatever the ledger anchors, and in whichever order, objects that disagree are never
+        /// served: anchors cannot say which is real (red team 18: a thief anchored first a whole
+        /// segment the streamer had not written yet, or anchored an honest piece again to lower
+        /// its standing, and readers that trusted the anchors' order served the thief's bytes).
+        #[test]
+        fn no_anchor_makes_one_of_two_disagreeing_objects_served() {
+            let s = 3 * SEG;
+            let (wal, _) = wal_at(s, 0, &[(64, COMMIT, RM_XACT), (96, 0, RM_HEAP)]);
+            let mut thief = wal.clone();
+            thief[90] ^= 1;
+            thief.resize(SEG as usize, 0);
+            for thief_first in [false, true] {
+                let w = World::new();
+                let (honest_range, thief_range) = ((s, s + wal.len() as u64), (s, s + SEG));
+                if thief_first {
+                    let forged = w.put(1, s, &thief);
+                    w.anchor(forged, 1, thief_range);
+                }
+                let honest = w.put(1, s, &wal);
+                w.anchor(honest, 1, honest_range);
+                if !thief_first {
+                    let forged = w.put(1, s, &thief);
+                    w.anchor(forged, 1, thief_range);
+                    // The honest piece anchored again, after the thief's.
+                    w.anchor(honest, 1, honest_range);
+                }
+                let err = w.assemble().unwrap_err().to_string();
+                assert!(err.contains("hold different bytes at 0/300005A"), "{err}");
+            }
         }
     }
 }

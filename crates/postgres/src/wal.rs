@@ -9,6 +9,7 @@ use embassy_core::engine::vault::{Keyring, Vault};
 use embassy_core::format::wal_log::{self, LogHeader, LogKind, LogName, LogSpec};
 use embassy_core::history::ledger::ReplayedWal;
 use embassy_core::history::wal_authority::{Anchor, WalAuthority};
+use embassy_core::history::wal_merge::Merger;
 use embassy_core::history::wal_retention::WalCutoff;
 use embassy_core::id::ObjectId;
 use embassy_core::keys::DatasetKeys;
@@ -376,10 +377,13 @@ pub fn is_noise(e: &PgError) -> bool {
     matches!(e, PgError::Vault(embassy_core::Error::Corrupt { .. }))
 }
 
-/// Assembles segment `segno` of `timeline` from a compacted segment object, or else from the
-/// pieces, contiguous from the segment's start. None when nothing of it is stored (noise
-/// passed over). An error, never a shorter segment, when a stored object could not be read
-/// (site failure, key) or when valid WAL of the segment follows a gap.
+/// Assembles segment `segno` of `timeline` from every valid object holding WAL of it (a
+/// compacted segment object, pieces), contiguous from the segment's start, when they all agree
+/// where they overlap (format.md §9b, "Objects that overlap"): two that differ anywhere are a
+/// fork inside the timeline and the segment is refused as damage naming both and their
+/// signers; neither is served. None when nothing of it is stored (noise passed over). An
+/// error, never a shorter segment, when a stored object could not be read (site failure, key)
+/// or when valid WAL of the segment follows a gap.
 pub fn assemble_segment(
     site: &dyn Site,
     keyring: &Keyring,
@@ -388,167 +392,62 @@ pub fn assemble_segment(
     segno: u64,
     signers: &WalSigners,
 ) -> Result<Option<Assembled>> {
-    let Some((assembled, used)) = assemble_from(site, keyring, listing, timeline, segno, signers)?
-    else {
-        return Ok(None);
-    };
-    let at = (timeline, segno * SEGMENT_SIZE);
-    check_overlapping(site, keyring, listing, at, &assembled.bytes, &used, signers)?;
-    Ok(Some(assembled))
-}
-
-/// [`assemble_segment`] without the comparison: the segment's bytes and the objects they came
-/// from.
-fn assemble_from(
-    site: &dyn Site,
-    keyring: &Keyring,
-    listing: &WalListing,
-    timeline: u32,
-    segno: u64,
-    signers: &WalSigners,
-) -> Result<Option<(Assembled, Vec<ObjectId>)>> {
     let seg_start = segno * SEGMENT_SIZE;
     let seg_end = seg_start + SEGMENT_SIZE;
-    // A whole-segment object that exists but could not be read: the segment is complete.
-    let mut segment_failure = None;
-    for obj in listing.segments.iter().filter(|o| {
-        o.name.timeline == timeline && o.name.start == seg_start && o.name.end == seg_end
-    }) {
-        match read_payload(site, keyring, obj, signers) {
-            Ok((_, bytes)) => {
-                let whole = Assembled {
-                    bytes,
-                    complete: true,
-                };
-                return Ok(Some((whole, vec![obj.name.id])));
-            }
-            Err(e) if is_noise(&e) => {}
-            Err(e) => segment_failure = Some(e),
-        }
-    }
     let candidates: Vec<&WalObject> = listing
-        .pieces
+        .segments
         .iter()
-        .filter(|o| o.name.timeline == timeline && o.name.end > seg_start && o.name.start < seg_end)
+        .chain(&listing.pieces)
+        .filter(|o| o.name.timeline == timeline && o.name.start < seg_end && o.name.end > seg_start)
         .collect();
-    let mut bytes = Vec::new();
-    let mut used = Vec::new();
-    let mut pos = seg_start;
-    while pos < seg_end {
-        // The piece covering `pos` that reaches furthest (duplicates after a restart are fine).
-        let mut options: Vec<&&WalObject> = candidates
-            .iter()
-            .filter(|o| o.name.start <= pos && o.name.end > pos)
-            .collect();
-        options.sort_by_key(|o| std::cmp::Reverse(o.name.end));
-        let mut advanced = false;
-        let mut failed_here = None;
-        for obj in options {
-            match read_payload(site, keyring, obj, signers) {
-                Ok((h, payload)) => {
-                    let from = (pos - h.start) as usize;
-                    let to = (h.end.min(seg_end) - h.start) as usize;
-                    bytes.extend_from_slice(&payload[from..to]);
-                    used.push(obj.name.id);
-                    pos = h.end.min(seg_end);
-                    advanced = true;
-                    break;
-                }
-                Err(e) if is_noise(&e) => {}
-                Err(e) => failed_here = Some(e),
-            }
-        }
-        if advanced {
-            continue;
-        }
-        // Where the bytes stop is the end of the WAL only if nothing real follows: a stored
-        // piece that could not be read, or a valid piece further on, means WAL is missing here,
-        // and serving what came before as a partial segment would make PostgreSQL end
-        // recovery at the gap.
-        if let Some(e) = failed_here {
-            return Err(e);
-        }
-        for later in candidates.iter().filter(|o| o.name.start > pos) {
-            match read_checked(site, later, signers) {
-                Ok(_) => {
-                    return Err(PgError::Vault(embassy_core::Error::corrupt(
-                        &later.path,
-                        format!(
-                            "the WAL before it, from {}, is missing or damaged on the site: \
-                             a gap in segment {segno:X} of timeline {timeline}",
-                            Lsn(pos)
-                        ),
-                    )))
-                }
-                Err(e) if is_noise(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        break;
-    }
-    if bytes.len() as u64 != SEGMENT_SIZE {
-        if let Some(e) = segment_failure {
-            return Err(e);
-        }
-    }
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let complete = bytes.len() as u64 == SEGMENT_SIZE;
-    Ok(Some((Assembled { bytes, complete }, used)))
-}
-
-/// Refuses WAL of `timeline` from `seg_start` (`bytes`, as assembled from the objects `used`)
-/// when another valid object of the timeline holds other bytes anywhere in that range. WAL at an LSN of a timeline never
-/// changes, so honest copies (a retry sealed again, a compacted segment beside its pieces) hold
-/// the same bytes; different ones are a fork inside the timeline, written by a key that signs
-/// the dataset's WAL (red team 17: home's stolen, still valid credential stored an older copy's
-/// WAL over an anchored range, and readers took it whole). Not served, never chosen between.
-fn check_overlapping(
-    site: &dyn Site,
-    keyring: &Keyring,
-    listing: &WalListing,
-    (timeline, seg_start): (u32, u64),
-    bytes: &[u8],
-    used: &[ObjectId],
-    signers: &WalSigners,
-) -> Result<()> {
-    let end = seg_start + bytes.len() as u64;
-    for obj in listing.segments.iter().chain(&listing.pieces).filter(|o| {
-        o.name.timeline == timeline
-            && o.name.start < end
-            && o.name.end > seg_start
-            && !used.contains(&o.name.id)
-    }) {
+    // Signers of the objects read, by index into `candidates` (one object's bytes held at once).
+    let mut signer: Vec<Option<[u8; 32]>> = vec![None; candidates.len()];
+    let mut merger = Merger::new((seg_start, seg_end));
+    for (i, obj) in candidates.iter().enumerate() {
         let (h, payload) = match read_payload(site, keyring, obj, signers) {
             Ok(read) => read,
             Err(e) if is_noise(&e) => continue,
+            // Unread, it could be the copy that disagrees: nothing is served without it.
             Err(e) => return Err(e),
         };
-        let from = h.start.max(seg_start);
-        let to = h.end.min(end);
-        let theirs = payload.get((from - h.start) as usize..(to - h.start) as usize);
-        let ours = bytes.get((from - seg_start) as usize..(to - seg_start) as usize);
-        if let Some(at) = theirs.zip(ours).and_then(|(t, o)| {
-            t.iter()
-                .zip(o)
-                .position(|(a, b)| a != b)
-                .map(|i| from + i as u64)
-        }) {
+        signer[i] = Some(h.signer);
+        if let Err(d) = merger.add(i, h.start, &payload) {
+            let key = |i: usize| signer[i].map_or(String::new(), |k| hex::encode(&k[..8]));
             return Err(PgError::Vault(embassy_core::Error::corrupt(
                 &obj.path,
                 format!(
-                    "two valid WAL objects of timeline {timeline} hold different bytes at {}: a fork \
-                     inside the timeline, written by a key that signs this dataset's WAL \
-                     (this object's signer: {}); neither is served. Revoke the key that is \
-                     not yours (`embassy keys revoke`): its objects then count as noise",
-                    Lsn(at),
-                    hex::encode(&h.signer[..8])
+                    "two valid WAL objects of timeline {timeline} hold different bytes at {}: a \
+                     fork inside the timeline, written by a key that signs this dataset's WAL \
+                     (this object's signer: {}; the other, {}, signed by {}); neither is served. \
+                     Revoke the key that is not yours (`embassy keys revoke`): its unanchored \
+                     objects then count as noise",
+                    Lsn(d.at),
+                    key(d.other),
+                    candidates[d.kept].path,
+                    key(d.kept),
                 ),
             )));
         }
     }
-    Ok(())
+    let merged = merger.finish();
+    if let Some((past, from)) = merged.beyond {
+        return Err(PgError::Vault(embassy_core::Error::corrupt(
+            &candidates[past].path,
+            format!(
+                "the WAL before it, from {}, is missing or damaged on the site: a gap in segment \
+                 {segno:X} of timeline {timeline}",
+                Lsn(from)
+            ),
+        )));
+    }
+    if merged.bytes.is_empty() {
+        return Ok(None);
+    }
+    let complete = merged.bytes.len() as u64 == SEGMENT_SIZE;
+    Ok(Some(Assembled {
+        bytes: merged.bytes,
+        complete,
+    }))
 }
 
 /// The log object a promoted server replayed last on the timeline it left (`timeline`, up to
@@ -671,6 +570,11 @@ pub struct WalVerifyReport {
     /// covering them while their signer was active), one line each with the path; ignored by
     /// readers and not an integrity failure.
     pub noise: Vec<String>,
+    /// Valid objects over WAL another valid object of their timeline holds, not both anchored
+    /// as the streamer anchors: a write retried, or a fork a key that signs the dataset's WAL
+    /// made. Keyless verification cannot compare sealed bytes: one line each, not a failure
+    /// (readers refuse WAL whose objects disagree; `verify --deep` compares, see [`forks`]).
+    pub overlapping: Vec<String>,
     /// Newest position per timeline.
     pub ends: BTreeMap<u32, Lsn>,
     /// Gaps found in the piece/segment coverage: (timeline, from, to).
@@ -860,6 +764,7 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
              site"
         ));
     }
+    overlaps(&valid, &coverage, &authority, &mut report);
     // Coverage: per timeline, pieces and segments together must be contiguous from the first.
     let mut by_tl: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
@@ -881,6 +786,111 @@ pub fn verify(vault: &Vault, dataset: &str) -> Result<WalVerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// Valid objects of one timeline and kind over the same WAL (history files apart). Honest
+/// streaming writes each range once per kind (a compacted segment beside its pieces is another
+/// kind), resumes after the newest object and compacts a segment once, so two valid segment
+/// objects of one segment, or two anchored pieces over the same WAL, are a fork a key that
+/// signs the dataset's WAL made (or a site that hid the newest piece from the streamer): a
+/// problem. An unanchored object over another's WAL is also what a retried write leaves: one
+/// line in [`WalVerifyReport::overlapping`]. A whole segment over pieces (or pieces over a
+/// segment) is what compaction writes and is not judged here: only a reader key can tell its
+/// bytes from a forged compaction's (see [`forks`]).
+fn overlaps(
+    valid: &[&WalObject],
+    coverage: &HashMap<ObjectId, u64>,
+    authority: &WalAuthority,
+    report: &mut WalVerifyReport,
+) {
+    let anchored = |o: &WalObject| {
+        coverage.contains_key(&o.name.id) || authority.direct_anchor(&o.name.id).is_some()
+    };
+    let mut groups: BTreeMap<(u32, bool), Vec<&WalObject>> = BTreeMap::new();
+    for o in valid.iter().filter(|o| o.name.kind != LogKind::History) {
+        groups
+            .entry((o.name.timeline, o.name.kind == LogKind::Segment))
+            .or_default()
+            .push(o);
+    }
+    for ((timeline, segments), mut objects) in groups {
+        objects.sort_by_key(|o| (o.name.start, std::cmp::Reverse(o.name.end)));
+        // The object reaching furthest so far: each later one starting before its end overlaps it.
+        let mut reach: Option<&WalObject> = None;
+        for o in objects {
+            let Some(r) = reach else {
+                reach = Some(o);
+                continue;
+            };
+            if o.name.start < r.name.end {
+                let both = anchored(o) && anchored(r);
+                if segments || both {
+                    report.problems.push(format!(
+                        "{} and {}: two valid {} of timeline {timeline} over the same WAL ({} to \
+                         {}){}: a fork inside the timeline, written by a key that signs this \
+                         dataset's WAL (or the streamer resumed before WAL a site hid from it). \
+                         Readers refuse it if their bytes differ; `embassy verify --deep` with a \
+                         reader key compares them. Revoke the key if it is not yours",
+                        r.path,
+                        o.path,
+                        if segments {
+                            "segment objects"
+                        } else {
+                            "pieces"
+                        },
+                        Lsn(o.name.start),
+                        Lsn(o.name.end.min(r.name.end)),
+                        if both { ", both anchored" } else { "" },
+                    ));
+                } else {
+                    report.overlapping.push(format!(
+                        "{}: over WAL {} holds ({} to {}), not both anchored: a write retried, \
+                         or a fork a key that signs this dataset's WAL made; not compared \
+                         without a reader key (`embassy verify --deep` compares)",
+                        o.path,
+                        r.path,
+                        Lsn(o.name.start),
+                        Lsn(o.name.end.min(r.name.end)),
+                    ));
+                }
+            }
+            if o.name.end > r.name.end {
+                reach = Some(o);
+            }
+        }
+    }
+}
+
+/// With a reader key: every segment of every timeline of `dataset` assembled as a restore
+/// assembles it, one problem line per segment refused (valid objects that hold different bytes:
+/// a fork inside the timeline; or a gap). What keyless verification cannot see: a compaction
+/// forged over anchored pieces. An error only when the site or key fails.
+pub fn forks(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Vec<String>> {
+    let site = vault.site().as_ref();
+    let listing = list(site, dataset)?;
+    let signers = dataset_signers(vault, dataset)?;
+    let mut segments: std::collections::BTreeSet<(u32, u64)> = Default::default();
+    for o in listing.pieces.iter().chain(&listing.segments) {
+        if o.name.end > o.name.start {
+            let last = (o.name.end - 1) / SEGMENT_SIZE;
+            let first = o.name.start / SEGMENT_SIZE;
+            // A name claiming more than a few segments is checked at its ends only.
+            for segno in [first, first + 1, last.saturating_sub(1), last] {
+                if (first..=last).contains(&segno) {
+                    segments.insert((o.name.timeline, segno));
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (timeline, segno) in segments {
+        match assemble_segment(site, keyring, &listing, timeline, segno, &signers) {
+            Ok(_) => {}
+            Err(e) if is_noise(&e) => problems.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(problems)
 }
 
 /// The WAL the accepted `log_range_added` entries of `history` anchor that a site does not hold:

@@ -6,94 +6,13 @@
 //! timeline number below the newest one stored without a valid history file. Against a real
 //! vault in a local folder, without a server.
 
-use std::sync::Arc;
+mod common;
 
-use embassy_core::engine::vault::{Keyring, Vault};
-use embassy_core::format::config::VaultConfig;
-use embassy_core::format::wal_log::{LogKind, LogSpec};
-use embassy_core::history::ledger::{self, Event};
-use embassy_core::id::ObjectId;
-use embassy_core::keys::RootSecret;
-use embassy_core::site::Site;
+use common::{anchor, put, setup, DS};
+use embassy_core::engine::vault::Vault;
+use embassy_core::format::wal_log::LogKind;
 use embassy_postgres::fetch::{self, FetchOptions, Fetched};
 use embassy_postgres::wal;
-use embassy_sites::LocalSite;
-
-const DS: &str = "registry";
-
-fn put(
-    vault: &Vault,
-    keyring: &Keyring,
-    kind: LogKind,
-    timeline: u32,
-    start: u64,
-    bytes: &[u8],
-) -> ObjectId {
-    let keys = keyring.dataset_at(DS, 0).unwrap();
-    let spec = LogSpec {
-        kind,
-        timeline,
-        start: if kind == LogKind::History { 0 } else { start },
-        end: if kind == LogKind::History {
-            bytes.len() as u64
-        } else {
-            start + bytes.len() as u64
-        },
-        prev: None,
-        captured_at_ns: 1,
-        system_id: 7,
-    };
-    wal::put(
-        vault.site().as_ref(),
-        &keys,
-        &keyring.signer().unwrap(),
-        &spec,
-        bytes,
-    )
-    .unwrap()
-    .0
-}
-
-fn anchor(
-    vault: &Vault,
-    keyring: &Keyring,
-    piece: ObjectId,
-    timeline: u32,
-    start: u64,
-    end: u64,
-    history: Option<ObjectId>,
-) {
-    let head = vault.history(DS).unwrap();
-    ledger::append(
-        vault.site().as_ref(),
-        &keyring.signer().unwrap(),
-        DS,
-        head.last(),
-        Event::LogRangeAdded {
-            manifest: piece,
-            timeline,
-            start,
-            end,
-            captured_at_ns: 1,
-            history,
-        },
-    )
-    .unwrap();
-}
-
-/// A new vault in a local folder, with a root keyring.
-fn setup() -> (tempfile::TempDir, Vault, Keyring) {
-    let dir = tempfile::tempdir().unwrap();
-    let site: Arc<dyn Site> = Arc::new(LocalSite::new(dir.path().join("site")).unwrap());
-    let root = RootSecret::generate();
-    VaultConfig::new(&root)
-        .create(site.as_ref(), &root)
-        .unwrap();
-    let vault = Vault::open(site).unwrap();
-    let keyring =
-        Keyring::from_root(RootSecret::from_bytes(root.expose()), vault.config()).unwrap();
-    (dir, vault, keyring)
-}
 
 #[test]
 fn a_history_file_is_served_only_once_anchored_and_a_missing_timeline_number_is_reported() {
