@@ -419,12 +419,15 @@ pub fn assemble_segment(
                     "two valid WAL objects of timeline {timeline} hold different bytes at {}: a \
                      fork inside the timeline, written by a key that signs this dataset's WAL \
                      (this object's signer: {}; the other, {}, signed by {}); neither is served. \
-                     Revoke the key that is not yours (`embassy keys revoke`): its unanchored \
-                     objects then count as noise",
+                     Find who signed what (`embassy history`) and revoke the key that is not \
+                     yours (`embassy keys revoke`): its unanchored objects then count as noise. \
+                     Until then, or if it anchored them, restore to a point before {} \
+                     (`--lsn`, `--time`)",
                     Lsn(d.at),
                     key(d.other),
                     candidates[d.kept].path,
                     key(d.kept),
+                    Lsn(seg_start),
                 ),
             )));
         }
@@ -870,16 +873,13 @@ pub fn forks(vault: &Vault, keyring: &Keyring, dataset: &str) -> Result<Vec<Stri
     let listing = list(site, dataset)?;
     let signers = dataset_signers(vault, dataset)?;
     let mut segments: std::collections::BTreeSet<(u32, u64)> = Default::default();
+    // A valid object spans at most 64 MiB (four segments, `wal_log::parse` refuses more); a
+    // longer name is noise, and a site's name must not make this loop long.
     for o in listing.pieces.iter().chain(&listing.segments) {
         if o.name.end > o.name.start {
-            let last = (o.name.end - 1) / SEGMENT_SIZE;
             let first = o.name.start / SEGMENT_SIZE;
-            // A name claiming more than a few segments is checked at its ends only.
-            for segno in [first, first + 1, last.saturating_sub(1), last] {
-                if (first..=last).contains(&segno) {
-                    segments.insert((o.name.timeline, segno));
-                }
-            }
+            let last = ((o.name.end - 1) / SEGMENT_SIZE).min(first + 3);
+            segments.extend((first..=last).map(|segno| (o.name.timeline, segno)));
         }
     }
     let mut problems = Vec::new();

@@ -72,7 +72,12 @@ fn a_forged_compaction_is_reported_with_a_key_and_never_served() {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("a fork inside the timeline"), "{err}");
+        assert!(
+            err.contains("a fork inside the timeline")
+                && err.contains("embassy keys revoke")
+                && err.contains("restore to a point before 0/3000000 (`--lsn`, `--time`)"),
+            "{err}"
+        );
         assert!(!dest.exists());
     }
 

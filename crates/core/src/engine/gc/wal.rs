@@ -68,26 +68,6 @@ pub fn wal_pieces_covered(pieces: &[&LogName], segments: &[&LogName]) -> Vec<Opt
         .collect()
 }
 
-/// Checks a segment object keylessly before it is trusted to cover pieces: its bytes hash to
-/// the id in its name, the signed header matches the name, and its signer was active when the
-/// ledger anchored it (or is active now): a later revocation of the streamer's key does not
-/// make its compacted segments untrustworthy.
-fn segment_verifies(site: &dyn Site, path: &str, name: &LogName, authority: &WalAuthority) -> bool {
-    let Ok(bytes) = site.get(path) else {
-        return false;
-    };
-    if ObjectId::of(&bytes) != name.id {
-        return false;
-    }
-    match wal_log::parse(path, &bytes) {
-        Ok(parsed) => {
-            name.matches(&parsed.header)
-                && authority.allows(&parsed.header.signer, authority.direct_anchor(&name.id))
-        }
-        Err(_) => false,
-    }
-}
-
 /// The WAL objects of `dataset` that garbage collection may remove now: pieces and segments
 /// that end at or before `cutoff` (judged by their names alone: deleting a wrongly named
 /// object frees nothing a restore reads), and pieces whose whole range a segment object covers
@@ -131,11 +111,9 @@ pub(super) fn wal_collectable(
         .zip(wal_pieces_covered(&piece_names, &segment_names))
     {
         let Some(i) = cover else { continue };
-        let ok = *agreed.entry(i).or_insert_with(|| {
-            let (path, name) = anchored[i];
-            segment_verifies(site, path, name, authority)
-                && segment_agrees(site, keyring, authority, &names, name)
-        });
+        let ok = *agreed
+            .entry(i)
+            .or_insert_with(|| segment_agrees(site, keyring, authority, &names, &anchored[i].1));
         if ok {
             out.insert(piece.0.clone());
         }
@@ -143,11 +121,14 @@ pub(super) fn wal_collectable(
     out
 }
 
-/// True when every object holding WAL of `segment`'s range on its timeline (pieces, segments)
-/// that opens with the dataset's keys and was signed by a key that ever signed the dataset's
-/// WAL holds the same bytes where they overlap, and the segment itself opens. Objects that do
-/// not open, or a stranger signed, are noise to readers and do not count; a read that fails
-/// (site, key) counts as a disagreement: nothing goes on a guess.
+/// True when `segment` checks out (its bytes hash to the id in its name, the signed header
+/// matches the name, its signer was active when the ledger anchored it or is active now: a
+/// later revocation of the streamer's key does not make its compacted segments untrustworthy)
+/// and opens, and every other object holding WAL of its range on its timeline (pieces,
+/// segments) that opens with the dataset's keys and was signed by a key that ever signed the
+/// dataset's WAL holds the same bytes where they overlap. Objects that do not open, or a
+/// stranger signed, are noise to readers and do not count; a read that fails (site, key) counts
+/// as a disagreement: nothing goes on a guess. Each object is read once, one held at a time.
 fn segment_agrees(
     site: &dyn Site,
     keyring: &Keyring,
@@ -155,23 +136,30 @@ fn segment_agrees(
     names: &[(String, LogName)],
     segment: &LogName,
 ) -> bool {
-    let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut segment_opened = false;
-    for (path, name) in names.iter().filter(|(_, n)| {
-        n.kind != LogKind::History
-            && n.timeline == segment.timeline
-            && n.start < segment.end
-            && n.end > segment.start
-    }) {
+    let mut merger = wal_merge::Merger::new((segment.start, segment.end));
+    let mut segment_sound = false;
+    for (i, (path, name)) in names
+        .iter()
+        .filter(|(_, n)| {
+            n.kind != LogKind::History
+                && n.timeline == segment.timeline
+                && n.start < segment.end
+                && n.end > segment.start
+        })
+        .enumerate()
+    {
         let Ok(bytes) = site.get(path) else {
             return false;
         };
         let Ok(parsed) = wal_log::parse(path, &bytes) else {
             continue;
         };
+        let signer = parsed.header.signer;
+        let is_segment = name.id == segment.id;
         if ObjectId::of(&bytes) != name.id
             || !name.matches(&parsed.header)
-            || !authority.ever_signed(&parsed.header.signer)
+            || !authority.ever_signed(&signer)
+            || is_segment && !authority.allows(&signer, authority.direct_anchor(&name.id))
         {
             continue;
         }
@@ -182,14 +170,12 @@ fn segment_agrees(
         let Ok((header, payload)) = wal_log::open(&keys, path, &bytes) else {
             continue;
         };
-        segment_opened |= name.id == segment.id;
-        held.push((header.start, payload));
+        segment_sound |= is_segment;
+        if merger.add(i, header.start, &payload).is_err() {
+            return false;
+        }
     }
-    let all: Vec<(u64, &[u8])> = held
-        .iter()
-        .map(|(start, bytes)| (*start, bytes.as_slice()))
-        .collect();
-    segment_opened && wal_merge::merge((segment.start, segment.end), &all).is_ok()
+    segment_sound
 }
 
 #[cfg(test)]
